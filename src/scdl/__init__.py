@@ -1,0 +1,30 @@
+"""scdl: deep-learning models for single-cell analysis as scanpy-style steps.
+
+Submodules load lazily so that ``import scdl`` does not import torch or scvi-tools;
+they load the first time a model is built or a tool that trains one is called.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_SUBMODULES = ("datasets", "models", "pl", "pretrained", "tl", "data")
+
+if TYPE_CHECKING:
+    from . import data, datasets, models, pl, pretrained, tl
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'scdl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_SUBMODULES])
+
+
+__all__ = ["__version__", *_SUBMODULES]

@@ -1,0 +1,17 @@
+"""What is ours about feeding models: input checks shared by every ``setup_anndata``."""
+
+from ._checks import (
+    check_categorical,
+    check_counts,
+    check_obs_key,
+    check_unique_var_names,
+    get_matrix,
+)
+
+__all__ = [
+    "check_categorical",
+    "check_counts",
+    "check_obs_key",
+    "check_unique_var_names",
+    "get_matrix",
+]

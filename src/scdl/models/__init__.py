@@ -1,0 +1,27 @@
+"""User-facing model classes (scvi-tools ``BaseModelClass`` subclasses).
+
+Importing this module imports torch and scvi-tools; ``scdl.models.VAE`` is resolved lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_CLASSES = {"VAE": "._vae"}
+
+if TYPE_CHECKING:
+    from ._vae import VAE
+
+
+def __getattr__(name: str):
+    if name in _CLASSES:
+        return getattr(importlib.import_module(_CLASSES[name], __name__), name)
+    raise AttributeError(f"module 'scdl.models' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(_CLASSES)
+
+
+__all__ = list(_CLASSES)

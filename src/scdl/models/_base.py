@@ -1,0 +1,209 @@
+"""Safe save/load shared by every scdl model: JSON config + safetensors weights.
+
+scvi-tools' own ``save``/``load`` pickle the model's attributes and call
+``torch.load(weights_only=False)``, which can execute code from the file. scdl models write
+``config.json`` (init parameters, AnnData registry, gene names, training history; JSON only)
+and ``model.safetensors`` (tensors only), so loading a model file never runs code from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "scdl-model"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def _encode(obj):
+    """Make scvi-tools' registry/attributes JSON-serialisable, tagging what must come back."""
+    if isinstance(obj, dict):
+        return {str(k): _encode(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_encode(v) for v in obj]
+    if isinstance(obj, pd.DataFrame):
+        return {
+            "__dataframe__": {
+                "index": _encode(obj.index.tolist()),
+                "columns": _encode(obj.columns.tolist()),
+                "values": _encode(obj.to_numpy().tolist()),
+            }
+        }
+    if isinstance(obj, pd.Index):
+        return _encode(obj.tolist())
+    if isinstance(obj, np.ndarray):
+        kind = "object" if obj.dtype.kind in "OUS" else str(obj.dtype)
+        return {"__ndarray__": _encode(obj.tolist()), "dtype": kind}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return {"__float__": str(obj)}
+    if obj is None or isinstance(obj, str | int | float | bool):
+        return obj
+    raise TypeError(f"Cannot save attribute of type {type(obj).__name__} to JSON.")
+
+
+def _decode(obj):
+    if isinstance(obj, list):
+        return [_decode(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__ndarray__" in obj:
+        return np.array(_decode(obj["__ndarray__"]), dtype=obj["dtype"])
+    if "__dataframe__" in obj:
+        d = obj["__dataframe__"]
+        return pd.DataFrame(_decode(d["values"]), index=d["index"], columns=d["columns"])
+    if "__float__" in obj:
+        return float(obj["__float__"])
+    return {k: _decode(v) for k, v in obj.items()}
+
+
+def read_config(dir_path: str | os.PathLike) -> dict:
+    """Read and check a saved model's ``config.json`` (JSON only, no code)."""
+    path = Path(dir_path) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No {CONFIG_NAME} in {str(dir_path)!r}: not a folder written by an scdl model's "
+            "`.save()`."
+        )
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an scdl model config (format={config.get('format')!r}).")
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} was written in scdl model format {version}; this scdl reads format "
+            f"{FORMAT_VERSION}. Load it with the scdl version that saved it "
+            f"(scdl {config.get('scdl_version')}), or retrain."
+        )
+    return config
+
+
+def load_weights(dir_path: str | os.PathLike, device: str = "cpu") -> dict:
+    """Load tensors from ``model.safetensors`` (the format cannot hold code)."""
+    from safetensors.torch import load_file
+
+    path = Path(dir_path) / WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"No {WEIGHTS_NAME} in {str(dir_path)!r}.")
+    try:
+        return load_file(str(path), device=device)
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"{path} is not a valid safetensors file: {e}") from e
+
+
+class SafeSaveLoadMixin:
+    """``save``/``load`` through JSON + safetensors instead of pickle."""
+
+    def save(
+        self,
+        dir_path: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+    ) -> None:
+        """Save the model to a folder: ``config.json`` and ``model.safetensors``.
+
+        Parameters
+        ----------
+        dir_path
+            Folder to write; created if needed.
+        overwrite
+            Replace an existing saved model in ``dir_path``.
+        save_anndata
+            Also write the model's AnnData as ``adata.h5ad``.
+        """
+        from safetensors.torch import save_file
+
+        import scdl
+
+        dir_path = Path(dir_path)
+        if (dir_path / CONFIG_NAME).exists() and not overwrite:
+            raise ValueError(
+                f"{str(dir_path)!r} already holds a saved model; pass `overwrite=True` to "
+                "replace it."
+            )
+        dir_path.mkdir(parents=True, exist_ok=True)
+        attrs = {a: v for a, v in self._get_user_attributes() if a.endswith("_")}
+        config = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "scdl_version": scdl.__version__,
+            "model_class": type(self).__name__,
+            "var_names": [str(v) for v in self.get_var_names()],
+            "attrs": _encode(attrs),
+        }
+        state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        save_file(state, str(dir_path / WEIGHTS_NAME))
+        with open(dir_path / CONFIG_NAME, "w", encoding="utf-8") as f:
+            json.dump(config, f)
+        if save_anndata:
+            self.adata.write_h5ad(dir_path / "adata.h5ad")
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str | os.PathLike,
+        adata: AnnData | None = None,
+        *,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+    ):
+        """Load a model saved with :meth:`save`, without unpickling anything.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        adata
+            AnnData to attach, with the same genes in the same order as at training. If
+            ``None``, ``adata.h5ad`` in the folder is used when present; otherwise the model
+            is built from its saved registry and takes data in its methods' ``adata=``.
+        accelerator, device
+            Where to put the model (as in Lightning).
+        """
+        import anndata
+        from scvi.model._utils import parse_device_args
+        from scvi.model.base._save_load import _initialize_model
+
+        config = read_config(dir_path)
+        if config["model_class"] != cls.__name__:
+            raise ValueError(
+                f"{str(dir_path)!r} holds a {config['model_class']} model; load it with "
+                f"scdl.models.{config['model_class']}.load."
+            )
+        _, _, torch_device = parse_device_args(
+            accelerator=accelerator, devices=device, return_device="torch",
+            validate_single_device=True,
+        )
+        if adata is None and (Path(dir_path) / "adata.h5ad").is_file():
+            adata = anndata.read_h5ad(Path(dir_path) / "adata.h5ad")
+        attrs = _decode(config["attrs"])
+        registry = attrs.pop("registry_")
+        if adata is not None:
+            ref = pd.Index(config["var_names"])
+            if not adata.var_names.equals(ref):
+                from scdl.data._genes import gene_mismatch_message
+
+                raise ValueError(gene_mismatch_message(ref, adata.var_names))
+            cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
+        model = _initialize_model(cls, adata, registry, attrs, None)
+        state = load_weights(dir_path)
+        model.module.load_state_dict(state)
+        model.to_device(torch_device)
+        model.module.eval()
+        return model

@@ -1,0 +1,25 @@
+"""Training defaults shared by scdl's models."""
+
+from __future__ import annotations
+
+
+def default_max_epochs(n_obs: int, *, n_steps: int = 6_000, cap: int = 400, floor: int = 20) -> int:
+    """Epochs for ``n_obs`` cells: about ``n_steps`` minibatches of 128, within [floor, cap].
+
+    A fixed budget of gradient steps, rather than of epochs, keeps small datasets from being
+    under-trained and large ones from running for hours.
+    """
+    epochs = round(n_steps * 128 / max(n_obs, 1))
+    return int(min(cap, max(floor, epochs)))
+
+
+def check_batch_size(n_obs: int, batch_size: int, train_size: float | None = None) -> None:
+    """Refuse a minibatch larger than the training set, with the fix."""
+    if not isinstance(batch_size, int) or batch_size < 2:
+        raise ValueError(f"batch_size must be an integer >= 2, got {batch_size!r}.")
+    n_train = int(n_obs * (train_size if train_size is not None else 0.9))
+    if n_train < batch_size:
+        raise ValueError(
+            f"Only {n_train} training cells ({n_obs} cells x train_size) but batch_size="
+            f"{batch_size}. Pass a smaller batch_size (<= {max(2, n_train)}) or more cells."
+        )

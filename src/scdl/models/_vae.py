@@ -1,0 +1,298 @@
+"""``scdl.models.VAE``: the scVI-like model for batch integration and clustering."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Literal
+
+import pandas as pd
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import (
+    CategoricalJointObsField,
+    CategoricalObsField,
+    LayerField,
+    NumericalJointObsField,
+)
+from scvi.model.base import (
+    ArchesMixin,
+    BaseModelClass,
+    RNASeqMixin,
+    UnsupervisedTrainingMixin,
+    VAEMixin,
+)
+
+from scdl.data import check_categorical, check_counts, check_obs_key, check_unique_var_names
+from scdl.data._genes import gene_mismatch_message
+from scdl.module import VAEModule
+
+from ._base import SafeSaveLoadMixin
+from ._training import check_batch_size, default_max_epochs
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+
+class VAE(
+    SafeSaveLoadMixin,
+    RNASeqMixin,
+    VAEMixin,
+    ArchesMixin,
+    UnsupervisedTrainingMixin,
+    BaseModelClass,
+):
+    """A variational autoencoder of raw counts for batch integration and clustering.
+
+    scVI's generative model (:cite:`Lopez18`; negative binomial counts decoded from a
+    low-dimensional latent space, batch as a covariate) with defaults chosen for the data
+    sizes of a typical study, and a batch-alignment (MMD) penalty on the latent space.
+    Registration, data splitting, the training plan and query mapping (scArches) are
+    scvi-tools' own.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    n_latent
+        Dimensionality of the latent space.
+    n_hidden
+        Units per hidden layer.
+    n_layers
+        Hidden layers in encoder and decoder.
+    gene_likelihood
+        ``"nb"`` (negative binomial), ``"zinb"`` (zero-inflated NB) or ``"poisson"``.
+    dropout_rate
+        Dropout in the encoder.
+    batch_mmd_weight
+        Weight of the MMD penalty that aligns batches in the latent space; ``0`` turns it
+        off (plain scVI loss). Ignored without a ``batch_key``.
+    **kwargs
+        Passed to :class:`scvi.module.VAE` (e.g. ``dispersion``, ``latent_distribution``).
+
+    Examples
+    --------
+    >>> scdl.models.VAE.setup_anndata(adata, batch_key="sample")
+    >>> model = scdl.models.VAE(adata)
+    >>> model.train()
+    >>> adata.obsm["X_scdl"] = model.get_latent_representation()
+    """
+
+    _module_cls = VAEModule
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        registry: dict | None = None,
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        gene_likelihood: Literal["nb", "zinb", "poisson"] = "nb",
+        dropout_rate: float = 0.1,
+        batch_mmd_weight: float = 10.0,
+        **kwargs,
+    ):
+        super().__init__(adata, registry)
+        if gene_likelihood not in ("nb", "zinb", "poisson"):
+            raise ValueError(
+                f"gene_likelihood={gene_likelihood!r} is not one of 'nb', 'zinb', 'poisson'."
+            )
+        cat_state = self.registry_["field_registries"][REGISTRY_KEYS.CAT_COVS_KEY]
+        n_cats_per_cov = cat_state["state_registry"].get("n_cats_per_key") or None
+        module_kwargs = {
+            # layer norm and batch-conditioned encoder: the scArches settings, so a query
+            # batch can be mapped by training only its own covariate weights
+            "encode_covariates": True,
+            "use_layer_norm": "both",
+            "use_batch_norm": "none",
+            "deeply_inject_covariates": False,
+            **kwargs,
+        }
+        self.module = self._module_cls(
+            n_input=self.summary_stats.n_vars,
+            n_batch=self.summary_stats.n_batch,
+            n_labels=self.summary_stats.n_labels,
+            n_continuous_cov=self.summary_stats.get("n_extra_continuous_covs", 0),
+            n_cats_per_cov=n_cats_per_cov,
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            n_layers=n_layers,
+            dropout_rate=dropout_rate,
+            gene_likelihood=gene_likelihood,
+            use_observed_lib_size=True,
+            batch_mmd_weight=batch_mmd_weight,
+            **module_kwargs,
+        )
+        self._model_summary_string = (
+            f"scdl VAE: n_latent={n_latent}, n_hidden={n_hidden}, n_layers={n_layers}, "
+            f"gene_likelihood={gene_likelihood}, batch_mmd_weight={batch_mmd_weight}, "
+            f"n_batch={self.summary_stats.n_batch}"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        categorical_covariate_keys: list[str] | None = None,
+        continuous_covariate_keys: list[str] | None = None,
+        **kwargs,
+    ) -> None:
+        """Check ``adata`` and register it for the model.
+
+        Parameters
+        ----------
+        adata
+            AnnData with raw counts (cells x genes).
+        layer
+            Layer holding raw counts; ``None`` uses ``adata.X``.
+        batch_key
+            obs column of the batch (sample, donor, technology) to correct for.
+        labels_key
+            obs column of cell labels (kept in the registry; not used in training).
+        categorical_covariate_keys, continuous_covariate_keys
+            Further obs columns to condition on.
+
+        Raises
+        ------
+        KeyError
+            A layer or obs column does not exist.
+        ValueError, TypeError
+            The counts are not raw counts (non-integer, negative, NaN/inf), some cells or
+            genes have no counts, or gene names repeat. ``adata`` is left unchanged.
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        is_query = kwargs.get("source_registry") is not None
+        check_unique_var_names(adata)
+        # a query or a reloaded dataset may lack some of the reference genes (padded zeros)
+        check_counts(adata, layer, allow_zero_genes=is_query)
+        for key, arg in ((batch_key, "batch_key"), (labels_key, "labels_key")):
+            if key is not None:
+                check_categorical(adata, key, arg=arg)
+        for key in categorical_covariate_keys or []:
+            check_categorical(adata, key, arg="categorical_covariate_keys")
+        for key in continuous_covariate_keys or []:
+            col = check_obs_key(adata, key, arg="continuous_covariate_keys")
+            if not pd.api.types.is_numeric_dtype(col):
+                raise TypeError(f"continuous covariate {key!r} must be numeric, got {col.dtype}.")
+        anndata_fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+            CategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys),
+            NumericalJointObsField(REGISTRY_KEYS.CONT_COVS_KEY, continuous_covariate_keys),
+        ]
+        adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        batch_size: int = 128,
+        early_stopping: bool = False,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float | None = None,
+        n_epochs_kl_warmup: int | None = None,
+        lr: float = 1e-3,
+        plan_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        """Train the model with Lightning (progress bar, history in :attr:`history`).
+
+        Parameters
+        ----------
+        max_epochs
+            Passes through the data. ``None`` chooses from the number of cells: more
+            epochs for small datasets, fewer for large ones (:func:`default_max_epochs`).
+        batch_size
+            Cells per minibatch.
+        early_stopping
+            Stop when the validation ELBO stops improving.
+        accelerator, devices
+            Passed to Lightning (``"cpu"``, ``"gpu"``, ``"auto"``; device count or ids).
+            Further Lightning ``Trainer`` arguments (e.g. ``strategy="ddp"``) go in
+            ``**kwargs``.
+        train_size
+            Fraction of cells for training (the rest for validation); default 0.9.
+        n_epochs_kl_warmup
+            Epochs over which the KL weight rises from 0 to 1; default half of
+            ``max_epochs``.
+        lr
+            Adam learning rate.
+        plan_kwargs
+            Further arguments for :class:`scvi.train.TrainingPlan`.
+        """
+        n_obs = self.adata.n_obs
+        if max_epochs is None:
+            max_epochs = default_max_epochs(n_obs)
+        check_batch_size(n_obs, batch_size, train_size)
+        plan = {
+            "lr": lr,
+            "n_epochs_kl_warmup": (
+                n_epochs_kl_warmup if n_epochs_kl_warmup is not None else max(1, max_epochs // 2)
+            ),
+            **(plan_kwargs or {}),
+        }
+        return super().train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            early_stopping=early_stopping,
+            accelerator=accelerator,
+            devices=devices,
+            train_size=train_size,
+            plan_kwargs=plan,
+            **kwargs,
+        )
+
+    @classmethod
+    def load_query_data(
+        cls,
+        adata: AnnData,
+        reference_model: VAE | str | os.PathLike,
+        **kwargs,
+    ) -> VAE:
+        """Map a new batch onto a trained reference without retraining the reference (scArches).
+
+        Only the weights of the new batch categories are trained afterwards
+        (call ``.train()`` on the returned model, e.g. ``max_epochs=100``,
+        ``plan_kwargs={"weight_decay": 0.0}``).
+
+        Parameters
+        ----------
+        adata
+            Query AnnData with raw counts, the reference's genes, and the reference's
+            ``batch_key`` column holding the new batch name(s). If it holds extra genes, a
+            subset copy with the reference's genes in order is used (``adata`` itself is not
+            modified).
+        reference_model
+            Trained :class:`VAE`, or the folder it was saved to.
+        **kwargs
+            Passed to :meth:`scvi.model.base.ArchesMixin.load_query_data` (freezing options).
+        """
+        if isinstance(reference_model, str | os.PathLike):
+            reference_model = cls.load(reference_model)
+        if not isinstance(reference_model, cls):
+            raise TypeError(
+                f"reference_model must be a trained {cls.__name__} or a folder it was saved to, "
+                f"got {type(reference_model).__name__}."
+            )
+        ref_genes = pd.Index(reference_model.get_var_names())
+        check_unique_var_names(adata)
+        if not adata.var_names.equals(ref_genes):
+            if not ref_genes.isin(adata.var_names).all():
+                raise ValueError(gene_mismatch_message(ref_genes, adata.var_names))
+            logger.info("Using the query's %d reference genes, in the reference's order.",
+                        len(ref_genes))
+            adata = adata[:, ref_genes].copy()
+        setup_args = reference_model.registry_["setup_args"]
+        if setup_args.get("batch_key") is not None:
+            check_obs_key(adata, setup_args["batch_key"], arg="batch_key (of the reference)")
+        return super().load_query_data(adata, reference_model, **kwargs)

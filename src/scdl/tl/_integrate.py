@@ -1,0 +1,172 @@
+"""``scdl.tl.integrate``: train a VAE and write its latent space into AnnData."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from scdl.data import check_categorical, check_counts, check_unique_var_names, get_matrix
+
+from ._genes import select_genes
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from scdl.models import VAE
+
+
+def integrate(
+    adata: AnnData,
+    *,
+    batch_key: str | None = None,
+    layer: str | None = None,
+    key_added: str = "X_scdl",
+    n_latent: int = 10,
+    n_top_genes: int | None = 2000,
+    max_epochs: int | None = None,
+    gene_likelihood: Literal["nb", "zinb", "poisson"] = "nb",
+    batch_size: int = 128,
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    random_state: int = 0,
+    progress_bar: bool = True,
+    model_kwargs: dict | None = None,
+    train_kwargs: dict | None = None,
+) -> VAE:
+    """Integrate batches (or embed one batch) with a VAE on raw counts.
+
+    Selects expressed, highly variable genes from the raw counts, trains
+    :class:`scdl.models.VAE` on them with ``batch_key`` as the batch covariate, and writes
+    the batch-corrected latent space into ``adata``. Use it in place of PCA: clustering,
+    neighbours and UMAP then run on ``obsm[key_added]``. With ``batch_key=None`` it is a
+    learned embedding of a single-batch dataset.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix with raw counts in ``X`` or ``layer``.
+    batch_key
+        obs column of the batches to integrate (sample, donor, technology); it needs at least
+        two categories. ``None`` for no batch correction.
+    layer
+        Layer with raw counts; ``None`` uses ``adata.X``.
+    key_added
+        Where the latent space goes (``obsm``) and the training summary (``uns``).
+    n_latent
+        Dimensionality of the latent space.
+    n_top_genes
+        Highly variable genes to train on (seurat_v3 on counts, per batch); ``None`` uses all
+        expressed genes.
+    max_epochs
+        Training epochs; ``None`` chooses from the number of cells.
+    gene_likelihood
+        Count distribution of the decoder.
+    batch_size
+        Cells per minibatch.
+    accelerator, devices
+        Passed to Lightning.
+    random_state
+        Seed for weights, data order and sampling; the same seed gives the same result on CPU.
+    progress_bar
+        Show Lightning's progress bar.
+    model_kwargs, train_kwargs
+        Further arguments for :class:`scdl.models.VAE` and :meth:`~scdl.models.VAE.train`.
+
+    Returns
+    -------
+    The trained :class:`scdl.models.VAE`, attached to an internal AnnData of the selected
+    genes (``model.adata``); save it with ``model.save(dir)`` or map new batches onto it with
+    :meth:`scdl.models.VAE.load_query_data`. ``adata`` gains:
+
+    ``adata.obsm[key_added]``
+        Latent representation (posterior means), cells x ``n_latent``.
+    ``adata.uns[key_added]``
+        ``params`` (the settings above), ``var_names`` (genes used), ``history``
+        (per-epoch training and validation ELBO) and ``train_time_s``.
+
+    Examples
+    --------
+    >>> import scdl
+    >>> adata = scdl.datasets.kang_pbmc()
+    >>> model = scdl.tl.integrate(adata, batch_key="sample")
+    >>> scdl.tl.cluster(adata, use_rep="X_scdl")
+    """
+    import anndata
+    import scvi
+
+    from scdl.models import VAE
+
+    # validate everything before touching adata, so a failing call leaves it unchanged
+    get_matrix(adata, layer)
+    check_unique_var_names(adata)
+    if batch_key is not None:
+        check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
+    summary = check_counts(adata, layer, allow_zero_genes=True)
+    if summary.n_zero_genes == adata.n_vars:
+        raise ValueError("No gene has counts; nothing to integrate.")
+    genes = select_genes(
+        adata, summary.gene_totals, layer=layer, batch_key=batch_key, n_top_genes=n_top_genes
+    )
+
+    # the model trains on its own small AnnData: the user's object gets no _scvi_* columns
+    x = get_matrix(adata, layer)
+    train_adata = anndata.AnnData(
+        X=x[:, adata.var_names.get_indexer(genes)],
+        obs=adata.obs[[batch_key]].copy() if batch_key is not None else None,
+    )
+    train_adata.obs_names = adata.obs_names
+    train_adata.var_names = genes
+    if train_adata.X.dtype != np.float32:
+        train_adata.X = train_adata.X.astype(np.float32)
+
+    scvi.settings.seed = random_state
+    VAE.setup_anndata(train_adata, batch_key=batch_key)
+    model = VAE(train_adata, n_latent=n_latent, gene_likelihood=gene_likelihood,
+                **(model_kwargs or {}))
+    t0 = time.perf_counter()
+    model.train(
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        accelerator=accelerator,
+        devices=devices,
+        enable_progress_bar=progress_bar,
+        **(train_kwargs or {}),
+    )
+    train_time = time.perf_counter() - t0
+    latent = model.get_latent_representation()
+    if not np.isfinite(latent).all():
+        raise RuntimeError(
+            "Training diverged (non-finite latent values). Lower the learning rate "
+            "(train_kwargs={'lr': 1e-4}) or check the input counts."
+        )
+
+    adata.obsm[key_added] = latent
+    adata.uns[key_added] = {
+        "params": {
+            "batch_key": batch_key or "",
+            "layer": layer or "",
+            "n_latent": n_latent,
+            "n_genes": len(genes),
+            "max_epochs": int(model.history["elbo_train"].shape[0]),
+            "gene_likelihood": gene_likelihood,
+            "random_state": random_state,
+            "model": "scdl.models.VAE",
+        },
+        "var_names": np.asarray(genes, dtype=object),
+        "history": _history(model),
+        "train_time_s": float(train_time),
+    }
+    return model
+
+
+def _history(model) -> dict[str, np.ndarray]:
+    """Per-epoch ELBO curves from the model's Lightning history, as plain arrays."""
+    out = {}
+    for key in ("elbo_train", "elbo_validation", "reconstruction_loss_train", "kl_local_train"):
+        if key in model.history:
+            df = model.history[key]
+            out[key] = df.iloc[:, 0].to_numpy(dtype=float)
+            out[f"{key}_epoch"] = df.index.to_numpy(dtype=float)
+    return out

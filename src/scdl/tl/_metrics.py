@@ -1,0 +1,136 @@
+"""``scdl.tl.integration_metrics``: scib-metrics scores for embeddings in ``obsm``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from scdl.data import check_categorical
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+# exact neighbours are fast at these sizes and avoid pynndescent's numba start-up
+_EXACT_NEIGHBORS_MAX_CELLS = 50_000
+
+
+def _sklearn_neighbors(x: np.ndarray, k: int):
+    from scib_metrics.nearest_neighbors import NeighborsResults
+    from sklearn.neighbors import NearestNeighbors
+
+    dist, idx = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x)
+    return NeighborsResults(indices=idx, distances=dist)
+
+
+def unintegrated_pca(
+    adata: AnnData, *, layer: str | None = None, n_comps: int = 50, n_top_genes: int = 2000
+) -> np.ndarray:
+    """The classical baseline: PCA of log-normalised counts of highly variable genes.
+
+    Computed on a temporary object; ``adata`` is not modified.
+    """
+    import anndata
+    import scanpy as sc
+
+    x = adata.X if layer is None else adata.layers[layer]
+    tmp = anndata.AnnData(X=x.copy())
+    tmp.var_names = adata.var_names
+    sc.pp.normalize_total(tmp, target_sum=1e4)
+    sc.pp.log1p(tmp)
+    if tmp.n_vars > n_top_genes:
+        sc.pp.highly_variable_genes(tmp, n_top_genes=n_top_genes, subset=True)
+    n_comps = min(n_comps, tmp.n_obs - 1, tmp.n_vars - 1)
+    sc.pp.pca(tmp, n_comps=n_comps, random_state=0)
+    return tmp.obsm["X_pca"]
+
+
+def integration_metrics(
+    adata: AnnData,
+    *,
+    batch_key: str,
+    label_key: str,
+    embeddings: Sequence[str] = ("X_scdl",),
+    pre_integrated: str | None = "X_pca",
+    layer: str | None = None,
+    key_added: str | None = "scdl_integration_metrics",
+    n_jobs: int = 1,
+) -> pd.DataFrame:
+    """Score embeddings for batch correction and biological conservation with scib-metrics.
+
+    Runs :class:`scib_metrics.benchmark.Benchmarker` with its default metrics (isolated
+    labels, KMeans NMI/ARI, silhouette, cLISI; BRAS, iLISI, kBET, graph connectivity, PCR
+    comparison) and returns unscaled scores, so numbers are comparable across calls.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix holding the embeddings in ``obsm``.
+    batch_key
+        obs column of the batches (at least two).
+    label_key
+        obs column of the cell types (ground truth).
+    embeddings
+        obsm keys to score.
+    pre_integrated
+        obsm key of the unintegrated embedding for the PCR-comparison metric. If missing
+        from ``obsm``, a PCA of log-normalised counts (from ``X`` or ``layer``) is computed
+        on a temporary copy.
+    layer
+        Raw-count layer for that PCA.
+    key_added
+        uns key for the result table; ``None`` to not store it.
+    n_jobs
+        Parallel jobs for the metrics.
+
+    Returns
+    -------
+    DataFrame with one row per embedding and a column per metric, plus
+    ``Batch correction``, ``Bio conservation`` and ``Total`` (0.4 x batch + 0.6 x bio).
+    Also stored in ``adata.uns[key_added]`` unless ``key_added=None``.
+    """
+    import anndata
+    from scib_metrics.benchmark import Benchmarker
+
+    embeddings = [embeddings] if isinstance(embeddings, str) else list(embeddings)
+    if not embeddings:
+        raise ValueError("Pass at least one obsm key in `embeddings`.")
+    check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
+    check_categorical(adata, label_key, arg="label_key", min_categories=2)
+    for key in embeddings:
+        if key not in adata.obsm:
+            raise KeyError(
+                f"Embedding {key!r} is not in adata.obsm (available: {list(adata.obsm)})."
+            )
+        if not np.isfinite(np.asarray(adata.obsm[key])).all():
+            raise ValueError(f"adata.obsm[{key!r}] has NaN or infinite values.")
+
+    # a light copy: Benchmarker writes into the AnnData it is given
+    obs = adata.obs[[batch_key, label_key]].copy()
+    for col in obs:
+        obs[col] = obs[col].astype(str).astype("category")
+    tmp = anndata.AnnData(obs=obs)
+    for key in embeddings:
+        tmp.obsm[key] = np.asarray(adata.obsm[key], dtype=np.float32)
+    if pre_integrated is not None and pre_integrated in adata.obsm:
+        tmp.obsm["_pre"] = np.asarray(adata.obsm[pre_integrated], dtype=np.float32)
+    else:
+        tmp.obsm["_pre"] = unintegrated_pca(adata, layer=layer).astype(np.float32)
+
+    bm = Benchmarker(
+        tmp, batch_key=batch_key, label_key=label_key, embedding_obsm_keys=embeddings,
+        pre_integrated_embedding_obsm_key="_pre", n_jobs=n_jobs, progress_bar=False,
+    )
+    bm.prepare(
+        neighbor_computer=_sklearn_neighbors if adata.n_obs <= _EXACT_NEIGHBORS_MAX_CELLS else None
+    )
+    bm.benchmark()
+    res = bm.get_results(min_max_scale=False)
+    res = res.drop(index="Metric Type", errors="ignore").astype(float)
+    res.index.name = "embedding"
+    if key_added is not None:
+        adata.uns[key_added] = res
+    return res
