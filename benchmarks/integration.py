@@ -36,7 +36,6 @@ def load(name: str) -> tuple[ad.AnnData, str, str]:
 
 def run(name: str, seed: int, scdl_kwargs: dict) -> pd.DataFrame:
     import harmonypy
-    import scanpy as sc
     import scvi
 
     import scdl
@@ -111,9 +110,10 @@ def main() -> None:
     print("\nscdl / scVI (per dataset): total ratio, time ratio (lower is faster)")
     for d, t in out.groupby("dataset", sort=False):
         s = t.set_index("method")
-        print(f"  {d}: total x{s.loc['scdl VAE', 'total'] / s.loc['scVI (scvi-tools defaults)', 'total']:.3f}, "
-              f"time x{s.loc['scdl VAE', 'seconds'] / s.loc['scVI (scvi-tools defaults)', 'seconds']:.2f}, "
-              f"scdl - Harmony total {s.loc['scdl VAE', 'total'] - s.loc['Harmony', 'total']:+.3f}")
+        ours, scvi_ = s.loc["scdl VAE"], s.loc["scVI (scvi-tools defaults)"]
+        print(f"  {d}: total x{ours.total / scvi_.total:.3f}, "
+              f"time x{ours.seconds / scvi_.seconds:.2f}, "
+              f"scdl - Harmony total {ours.total - s.loc['Harmony', 'total']:+.3f}")
 
 
 if __name__ == "__main__":

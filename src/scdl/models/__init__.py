@@ -24,4 +24,4 @@ def __dir__() -> list[str]:
     return sorted(_CLASSES)
 
 
-__all__ = list(_CLASSES)
+__all__ = ["VAE"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def default_max_epochs(n_obs: int, *, n_steps: int = 6_000, cap: int = 400, floor: int = 20) -> int:
+def default_max_epochs(n_obs: int, *, n_steps: int = 4_000, cap: int = 400, floor: int = 30) -> int:
     """Epochs for ``n_obs`` cells: about ``n_steps`` minibatches of 128, within [floor, cap].
 
     A fixed budget of gradient steps, rather than of epochs, keeps small datasets from being

@@ -25,6 +25,7 @@ from scvi.model.base import (
 
 from scdl.data import check_categorical, check_counts, check_obs_key, check_unique_var_names
 from scdl.data._genes import gene_mismatch_message
+from scdl.data._loader import FastDataSplitter
 from scdl.module import VAEModule
 
 from ._base import SafeSaveLoadMixin
@@ -81,6 +82,7 @@ class VAE(
     """
 
     _module_cls = VAEModule
+    _data_splitter_cls = FastDataSplitter
 
     def __init__(
         self,
@@ -91,7 +93,7 @@ class VAE(
         n_layers: int = 1,
         gene_likelihood: Literal["nb", "zinb", "poisson"] = "nb",
         dropout_rate: float = 0.1,
-        batch_mmd_weight: float = 10.0,
+        batch_mmd_weight: float = 3.0,
         **kwargs,
     ):
         super().__init__(adata, registry)
@@ -234,6 +236,9 @@ class VAE(
         if max_epochs is None:
             max_epochs = default_max_epochs(n_obs)
         check_batch_size(n_obs, batch_size, train_size)
+        if train_size is None or train_size < 1:
+            # ~20 validation points make an over-fitting check visible in the history
+            kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
         plan = {
             "lr": lr,
             "n_epochs_kl_warmup": (

@@ -49,7 +49,9 @@ def cluster(
         Cluster labels (categorical).
     ``adata.uns[key_added]``
         Leiden parameters.
-    ``adata.uns[f"{key_added}_neighbors"]``, ``adata.obsp[f"{key_added}_neighbors_distances"]``, ``adata.obsp[f"{key_added}_neighbors_connectivities"]``
+    ``adata.uns[f"{key_added}_neighbors"]``
+        Parameters of the neighbour graph on ``use_rep``.
+    ``adata.obsp[f"{key_added}_neighbors_distances"]``, ``..._connectivities``
         The neighbour graph on ``use_rep``.
     """
     import scanpy as sc

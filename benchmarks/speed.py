@@ -1,0 +1,75 @@
+"""Training speed: scdl VAE vs scvi-tools SCVI at equal architecture, batch size and epochs.
+
+Kang 14k PBMCs x 2,000 HVGs (seurat_v3 on counts), CPU. Both models: 1 hidden layer of 128,
+10 latent dims, NB likelihood, layer norm, batch = condition, batch size 128, same epochs,
+no validation. scdl's batch-MMD term is off, so the two optimise the same objective.
+
+    python benchmarks/speed.py --epochs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import anndata as ad
+import pandas as pd
+import torch
+from _common import DATA, measure, need
+
+warnings.filterwarnings("ignore")
+
+ARCH = {
+    "n_hidden": 128, "n_latent": 10, "n_layers": 1, "gene_likelihood": "nb",
+    "encode_covariates": True, "use_layer_norm": "both", "use_batch_norm": "none",
+}
+
+
+def main() -> None:
+    import scvi
+
+    import scdl
+    from scdl.data import check_counts
+    from scdl.tl._genes import select_genes
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+
+    adata = ad.read_h5ad(need(DATA / "kang_pbmc_14k.h5ad"))
+    genes = select_genes(adata, check_counts(adata, allow_zero_genes=True).gene_totals,
+                         layer=None, batch_key="condition", n_top_genes=2000)
+    adata = adata[:, genes].copy()
+    train = {"max_epochs": args.epochs, "batch_size": args.batch_size, "train_size": 1.0,
+             "enable_progress_bar": False, "plan_kwargs": {"n_epochs_kl_warmup": None}}
+    rows = []
+    for name in ("scvi-tools SCVI", "scdl VAE"):
+        data = adata.copy()
+        scvi.settings.seed = args.seed
+        if name.startswith("scvi"):
+            scvi.model.SCVI.setup_anndata(data, batch_key="condition")
+            model = scvi.model.SCVI(data, **ARCH)
+        else:
+            scdl.models.VAE.setup_anndata(data, batch_key="condition")
+            model = scdl.models.VAE(data, batch_mmd_weight=0.0, **ARCH)
+        with measure() as m:
+            model.train(**train)
+        elbo = float(model.history["elbo_train"].iloc[-1, 0])
+        rows.append({
+            "model": name, "epochs": args.epochs, "seconds": m["seconds"],
+            "cells_per_s": data.n_obs * args.epochs / m["seconds"],
+            "final_train_elbo": elbo, "peak_MiB": m["peak_mib"],
+        })
+    df = pd.DataFrame(rows).set_index("model")
+    print(f"Kang 14k: {adata.n_obs} cells x {adata.n_vars} genes, torch threads "
+          f"{torch.get_num_threads()}")
+    print(df.to_string(float_format=lambda v: f"{v:.2f}"))
+    s, r = df.loc["scdl VAE"], df.loc["scvi-tools SCVI"]
+    print(f"\nscdl / scVI: cells/s x{s.cells_per_s / r.cells_per_s:.2f}, final ELBO "
+          f"{100 * (s.final_train_elbo / r.final_train_elbo - 1):+.2f}%")
+
+
+if __name__ == "__main__":
+    main()

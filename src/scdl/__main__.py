@@ -1,0 +1,5 @@
+import sys
+
+from scdl.cli import main
+
+sys.exit(main())

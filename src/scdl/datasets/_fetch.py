@@ -1,0 +1,72 @@
+"""Find a data file locally or download it, always checking its sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+_BUNDLED = Path(__file__).parent / "data"
+
+
+def cache_dir() -> Path:
+    """Where downloads go: ``$SCDL_CACHE``, else pooch's per-user cache folder for scdl."""
+    import pooch
+
+    return Path(os.environ.get("SCDL_CACHE", pooch.os_cache("scdl")))
+
+
+def sha256sum(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_file(
+    filename: str,
+    *,
+    sha256: str,
+    url: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Path:
+    """Return a verified local copy of ``filename``.
+
+    Looked up, in order: in the folder ``path`` if given; among the files bundled with
+    scdl; in the download cache, downloading from ``url`` with pooch if absent. The file's
+    sha256 must equal ``sha256`` wherever it comes from.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file is nowhere local and there is no ``url`` to download it from.
+    ValueError
+        The file's checksum does not match (corrupt or different file).
+    """
+    if path is not None:
+        candidate = Path(path) / filename
+        if not candidate.is_file():
+            raise FileNotFoundError(f"{filename!r} not found in {str(path)!r}.")
+    elif (_BUNDLED / filename).is_file():
+        candidate = _BUNDLED / filename
+    elif url is not None:
+        import pooch
+
+        # pooch verifies the hash itself and deletes a mismatching download
+        return Path(
+            pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=filename, path=cache_dir(),
+                           progressbar=False)
+        )
+    else:
+        raise FileNotFoundError(
+            f"{filename!r} is not bundled with scdl and has no download location; pass "
+            "`path=` naming a folder that holds it."
+        )
+    digest = sha256sum(candidate)
+    if digest != sha256:
+        raise ValueError(
+            f"Checksum mismatch for {candidate}: sha256 {digest}, expected {sha256}. The file "
+            "is corrupt or a different version; replace it."
+        )
+    return candidate

@@ -1,0 +1,64 @@
+"""``scdl.pl.integration_metrics``: batch correction, bio conservation and total per embedding."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._utils import finish
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+_COLUMNS = ("Batch correction", "Bio conservation", "Total")
+
+
+def integration_metrics(
+    results: Any,
+    *,
+    key: str = "scdl_integration_metrics",
+    show: bool | None = None,
+    save: str | bool | None = None,
+) -> Figure | None:
+    """Grouped bars of the scib-metrics summary scores per embedding.
+
+    Parameters
+    ----------
+    results
+        The DataFrame returned by :func:`scdl.tl.integration_metrics`, or an AnnData holding
+        it in ``uns[key]``.
+    key
+        uns key when ``results`` is an AnnData.
+    show, save
+        As in scanpy.
+
+    Returns
+    -------
+    The Figure, unless it was shown.
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from anndata import AnnData
+
+    if isinstance(results, AnnData):
+        if key not in results.uns:
+            raise KeyError(f"adata.uns[{key!r}] not found; run scdl.tl.integration_metrics first.")
+        results = results.uns[key]
+    if not isinstance(results, pd.DataFrame) or not set(_COLUMNS) <= set(results.columns):
+        raise TypeError("Pass the DataFrame returned by scdl.tl.integration_metrics.")
+    df = results.loc[:, list(_COLUMNS)].astype(float)
+    n = len(df)
+    width = 0.8 / n
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(_COLUMNS) + 0.3 * n, 3.5))
+    x = np.arange(len(_COLUMNS))
+    for i, (name, row) in enumerate(df.iterrows()):
+        bars = ax.bar(x + (i - (n - 1) / 2) * width, row.to_numpy(), width, label=str(name))
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    ax.set_xticks(x, _COLUMNS)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score (scib-metrics)")
+    ax.legend(frameon=False, fontsize=8, bbox_to_anchor=(1.0, 1.0), loc="upper left")
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return finish(fig, show=show, save=save, default_name="integration_metrics")

@@ -1,0 +1,78 @@
+"""Fixtures: real data from ../shared/data (skipped when absent) and the bundled Kang set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+
+DATA = Path(os.environ.get("SCDL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+# small, fast settings: tests check outcomes, not the defaults' full training budget
+EPOCHS = 60
+
+
+def read_shared(name: str) -> ad.AnnData:
+    path = DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} not available")
+    return ad.read_h5ad(path)
+
+
+@pytest.fixture(scope="session")
+def kang() -> ad.AnnData:
+    """Bundled Kang PBMCs: 1,556 cells, 4 samples, 5 cell types (raw counts)."""
+    import scdl
+
+    return scdl.datasets.kang_pbmc()
+
+
+@pytest.fixture()
+def kang_copy(kang) -> ad.AnnData:
+    return kang.copy()
+
+
+@pytest.fixture(scope="session")
+def kang_integrated(kang):
+    """Kang with a VAE trained once for the session (latent in obsm['X_scdl'])."""
+    import scdl
+
+    adata = kang.copy()
+    model = scdl.tl.integrate(adata, batch_key="sample", max_epochs=EPOCHS, progress_bar=False)
+    return adata, model
+
+
+def snapshot(adata: ad.AnnData) -> dict:
+    """Everything a failing call must leave unchanged, copied."""
+    from scipy import sparse
+
+    def dense(x):
+        return x.toarray() if sparse.issparse(x) else np.asarray(x)
+
+    return {
+        "X": dense(adata.X).copy(),
+        "layers": {k: dense(v).copy() for k, v in adata.layers.items()},
+        "obs": adata.obs.copy(),
+        "var": adata.var.copy(),
+        "obsm": {k: np.asarray(v).copy() for k, v in adata.obsm.items()},
+        "uns_keys": sorted(adata.uns.keys()),
+        "obs_names": adata.obs_names.copy(),
+        "var_names": adata.var_names.copy(),
+    }
+
+
+def assert_unchanged(adata: ad.AnnData, snap: dict) -> None:
+    now = snapshot(adata)
+    np.testing.assert_array_equal(now["X"], snap["X"])
+    assert now["layers"].keys() == snap["layers"].keys()
+    for k in snap["layers"]:
+        np.testing.assert_array_equal(now["layers"][k], snap["layers"][k])
+    assert now["obs"].equals(snap["obs"])
+    assert now["var"].equals(snap["var"])
+    assert now["obsm"].keys() == snap["obsm"].keys()
+    assert now["uns_keys"] == snap["uns_keys"]
+    assert now["obs_names"].equals(snap["obs_names"])
+    assert now["var_names"].equals(snap["var_names"])

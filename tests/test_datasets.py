@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+from functools import partial
+
+import numpy as np
+import pytest
+
+import scdl
+from scdl.datasets import fetch_file
+
+
+def test_kang_bundled(kang):
+    assert kang.shape == (1556, 1267)
+    assert set(kang.obs["sample"].unique()) == {"ctrl101", "stim101", "ctrl107", "stim107"}
+    assert kang.obs["cell_type"].nunique() == 5
+    x = kang.X.data
+    assert np.all(x == np.round(x)) and x.min() >= 0  # raw counts
+    assert "Kang" in kang.uns["provenance"]["study"]
+
+
+def test_fetch_checks_sha256(tmp_path):
+    (tmp_path / "f.txt").write_text("hello")
+    good = hashlib.sha256(b"hello").hexdigest()
+    assert fetch_file("f.txt", sha256=good, path=tmp_path) == tmp_path / "f.txt"
+    with pytest.raises(ValueError, match="Checksum mismatch"):
+        fetch_file("f.txt", sha256="0" * 64, path=tmp_path)
+    with pytest.raises(FileNotFoundError, match="no download location"):
+        fetch_file("absent.h5ad", sha256=good)
+
+
+@pytest.fixture()
+def http_root(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_through_pooch_verifies_hash(http_root, tmp_path, monkeypatch):
+    root, url = http_root
+    monkeypatch.setenv("SCDL_CACHE", str(tmp_path / "cache"))
+    payload = b"real bytes"
+    (root / "d.bin").write_bytes(payload)
+    sha = hashlib.sha256(payload).hexdigest()
+    got = fetch_file("d.bin", sha256=sha, url=f"{url}/d.bin")
+    assert got.read_bytes() == payload and got.parent == tmp_path / "cache"
+    (root / "e.bin").write_bytes(b"tampered")
+    with pytest.raises(ValueError):
+        fetch_file("e.bin", sha256=sha, url=f"{url}/e.bin")
+    assert not (tmp_path / "cache" / "e.bin").exists()
+
+
+def test_datasets_namespace_is_documented():
+    assert scdl.datasets.kang_pbmc.__doc__ and "Kang" in scdl.datasets.kang_pbmc.__doc__

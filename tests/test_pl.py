@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+import scdl  # noqa: E402
+
+
+def test_embedding_side_by_side(kang_integrated, tmp_path):
+    adata, _ = kang_integrated
+    fig = scdl.pl.embedding(adata, color=["sample", "cell_type"], show=False,
+                            save=tmp_path / "umap")
+    assert isinstance(fig, Figure)
+    assert len([ax for ax in fig.axes if ax.get_title()]) == 2
+    assert (tmp_path / "umap.png").stat().st_size > 10_000
+    assert adata.obsm["X_scdl_umap"].shape == (adata.n_obs, 2)
+
+
+def test_training_history_from_adata_and_model(kang_integrated, tmp_path):
+    adata, model = kang_integrated
+    fig = scdl.pl.training_history(adata, show=False, save=tmp_path / "h.png")
+    assert isinstance(fig, Figure) and (tmp_path / "h.png").exists()
+    line = fig.axes[0].get_lines()[0]
+    assert len(line.get_xdata()) == adata.uns["X_scdl"]["params"]["max_epochs"]
+    assert isinstance(scdl.pl.training_history(model, show=False), Figure)
+    with pytest.raises(KeyError, match="integrate"):
+        scdl.pl.training_history(adata, key="X_other", show=False)
+
+
+def test_integration_metrics_plot(tmp_path):
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {"Batch correction": [0.3, 0.6], "Bio conservation": [0.6, 0.7], "Total": [0.48, 0.66]},
+        index=["X_pca", "X_scdl"],
+    )
+    fig = scdl.pl.integration_metrics(df, show=False, save=tmp_path / "m.png")
+    assert isinstance(fig, Figure) and (tmp_path / "m.png").exists()
+    assert len(fig.axes[0].patches) == 6
+    with pytest.raises(TypeError):
+        scdl.pl.integration_metrics(df.drop(columns="Total"), show=False)

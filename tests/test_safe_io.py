@@ -1,0 +1,73 @@
+"""Loading a model never runs code from the file."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import pytest
+
+from scdl.models import VAE
+
+MARKER = "scdl_pwned_marker"
+
+
+class _Exploit:
+    def __reduce__(self):  # what a malicious pickle does on load
+        import os
+
+        return (os.system, (f"touch {MARKER}",))
+
+
+@pytest.fixture()
+def saved(kang_integrated, tmp_path):
+    _, model = kang_integrated
+    model.save(tmp_path / "m")
+    return tmp_path / "m"
+
+
+def test_pickled_weights_are_refused_without_running_code(saved, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    import torch
+
+    torch.save({"x": _Exploit()}, saved / "model.safetensors")  # a pickle in disguise
+    with pytest.raises(ValueError, match="not a valid safetensors"):
+        VAE.load(saved)
+    assert not (tmp_path / MARKER).exists()
+
+
+def test_raw_pickle_weights_refused(saved, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (saved / "model.safetensors").write_bytes(pickle.dumps(_Exploit()))
+    with pytest.raises(ValueError):
+        VAE.load(saved)
+    assert not (tmp_path / MARKER).exists()
+
+
+def test_format_version_mismatch_is_named(saved):
+    cfg = json.loads((saved / "config.json").read_text())
+    cfg["format_version"] = 99
+    (saved / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="format 99"):
+        VAE.load(saved)
+
+
+def test_not_a_model_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        VAE.load(tmp_path)
+
+
+def test_load_checks_genes(saved, kang_integrated):
+    adata, model = kang_integrated
+    wrong = model.adata[:, 5:].copy()
+    with pytest.raises(ValueError, match="lacks 5"):
+        VAE.load(saved, wrong)
+
+
+def test_load_query_from_folder(saved, kang_integrated, tmp_path):
+    adata, model = kang_integrated
+    query = model.adata[model.adata.obs["sample"] == "stim107"].copy()
+    shutil.copytree(saved, tmp_path / "copy")
+    qm = VAE.load_query_data(query, tmp_path / "copy")
+    assert qm.summary_stats.n_batch == 4
