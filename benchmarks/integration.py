@@ -40,7 +40,7 @@ def run(name: str, seed: int, scdl_kwargs: dict) -> pd.DataFrame:
 
     import scdl
     from scdl.data import check_counts
-    from scdl.tl._genes import select_genes
+    from scdl.tl._hvg import select_genes
     from scdl.tl._metrics import unintegrated_pca
 
     adata, batch_key, label_key = load(name)

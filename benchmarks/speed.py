@@ -30,7 +30,7 @@ def main() -> None:
 
     import scdl
     from scdl.data import check_counts
-    from scdl.tl._genes import select_genes
+    from scdl.tl._hvg import select_genes
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=5)

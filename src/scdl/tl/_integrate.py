@@ -9,7 +9,7 @@ import numpy as np
 
 from scdl.data import check_categorical, check_counts, check_unique_var_names, get_matrix
 
-from ._genes import select_genes
+from ._hvg import select_genes
 
 if TYPE_CHECKING:
     from anndata import AnnData
