@@ -1,6 +1,6 @@
 """User-facing model classes (scvi-tools ``BaseModelClass`` subclasses).
 
-Importing this module imports torch and scvi-tools; ``scdl.models.VAE`` is resolved lazily.
+Importing this module imports torch and scvi-tools; classes are resolved lazily.
 """
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-_CLASSES = {"VAE": "._vae"}
+_CLASSES = {"ContrastiveVAE": "._contrastive", "VAE": "._vae"}
 
 if TYPE_CHECKING:
+    from ._contrastive import ContrastiveVAE
     from ._vae import VAE
 
 
@@ -24,4 +25,4 @@ def __dir__() -> list[str]:
     return sorted(_CLASSES)
 
 
-__all__ = ["VAE"]
+__all__ = ["ContrastiveVAE", "VAE"]

@@ -1,5 +1,6 @@
 """Torch networks (scvi-tools ``BaseModuleClass`` subclasses), one file per model."""
 
+from ._contrastive import ContrastiveModule
 from ._vae import VAEModule
 
-__all__ = ["VAEModule"]
+__all__ = ["ContrastiveModule", "VAEModule"]

@@ -1,0 +1,703 @@
+"""``scdl.models.ContrastiveVAE``: what is specific to target cells versus a background."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField, LayerField
+from scvi.external.contrastivevi import ContrastiveDataSplitter
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+
+from scdl.data import check_categorical, check_counts, check_obs_key, check_unique_var_names
+from scdl.data._loader import TensorBatchLoader
+from scdl.module import ContrastiveModule
+from scdl.module._contrastive import TARGET_KEY
+
+from ._base import SafeSaveLoadMixin
+from ._training import check_batch_size, default_max_epochs
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+
+# --- which cells are background and which are target -------------------------------------
+
+
+def _as_values(value, arg: str) -> list:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        return [value]
+    values = list(value)
+    if not values:
+        raise ValueError(f"`{arg}` is empty; pass at least one value of the groupby column.")
+    return values
+
+
+def _as_indices(idx, n_obs: int, arg: str) -> np.ndarray:
+    arr = np.asarray(idx)
+    if arr.dtype == bool:
+        if arr.shape != (n_obs,):
+            raise ValueError(
+                f"`{arg}` is a boolean mask of length {arr.size}, but adata has {n_obs} cells."
+            )
+        return np.flatnonzero(arr)
+    if arr.size == 0:
+        return np.array([], dtype=np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"`{arg}` must hold integer cell positions or be a boolean mask.")
+    arr = arr.ravel().astype(np.int64)
+    if arr.min() < 0 or arr.max() >= n_obs:
+        raise ValueError(f"`{arg}` has positions outside 0..{n_obs - 1} (adata has {n_obs} cells).")
+    if np.unique(arr).size != arr.size:
+        raise ValueError(f"`{arg}` lists some cells more than once.")
+    return np.sort(arr)
+
+
+def _check_present(values: list, present: list, groupby: str, arg: str) -> None:
+    missing = [v for v in values if v not in set(present)]
+    if missing:
+        raise ValueError(
+            f"{arg}={missing[0] if len(missing) == 1 else missing!r} is not a value of "
+            f"adata.obs[{groupby!r}] (values present: {present}). Pass one of those."
+        )
+
+
+def resolve_groups(
+    adata: AnnData,
+    background_indices=None,
+    target_indices=None,
+    *,
+    groupby: str | None = None,
+    background=None,
+    target=None,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Background and target cell positions from indices or from ``groupby`` values.
+
+    Only reads ``adata``. Returns sorted positions of background and target cells and a
+    description of the split (``groupby``, ``background``, ``target`` values) so new data can
+    be split the same way.
+
+    Raises
+    ------
+    KeyError
+        ``groupby`` is not a column of ``adata.obs``.
+    ValueError
+        Neither or both ways given; a value not present in the column; no background or no
+        target cells; a cell both background and target; positions out of range.
+    """
+    by_index = background_indices is not None or target_indices is not None
+    by_group = groupby is not None or background is not None or target is not None
+    if by_index and by_group:
+        raise ValueError(
+            "Pass either background_indices/target_indices or groupby= with background=, "
+            "not both."
+        )
+    if not by_index and not by_group:
+        raise ValueError(
+            "Say which cells are the background: pass groupby= and background= (e.g. "
+            "groupby='condition', background='control'), or background_indices=."
+        )
+    n_obs = adata.n_obs
+    split = {"groupby": None, "background": None, "target": None}
+    if by_group:
+        if groupby is None:
+            raise ValueError("background=/target= need groupby=, the obs column holding them.")
+        if background is None:
+            raise ValueError(
+                f"groupby={groupby!r} needs background=, the value(s) of that column marking "
+                "background (e.g. control) cells."
+            )
+        col = check_obs_key(adata, groupby, arg="groupby")
+        present = sorted(col.unique().tolist(), key=str)
+        bg_values = _as_values(background, "background")
+        _check_present(bg_values, present, groupby, "background")
+        bg_mask = col.isin(bg_values).to_numpy()
+        tg_values = None
+        if target is None:
+            tg_mask = ~bg_mask
+        else:
+            tg_values = _as_values(target, "target")
+            _check_present(tg_values, present, groupby, "target")
+            both = [v for v in tg_values if v in set(bg_values)]
+            if both:
+                raise ValueError(
+                    f"{both} given as both background and target; a group is one or the other."
+                )
+            tg_mask = col.isin(tg_values).to_numpy()
+        bg, tg = np.flatnonzero(bg_mask), np.flatnonzero(tg_mask)
+        split = {"groupby": groupby, "background": bg_values, "target": tg_values}
+        where = f"adata.obs[{groupby!r}]"
+    else:
+        bg = None if background_indices is None else _as_indices(
+            background_indices, n_obs, "background_indices"
+        )
+        tg = None if target_indices is None else _as_indices(
+            target_indices, n_obs, "target_indices"
+        )
+        everyone = np.arange(n_obs)
+        bg = np.setdiff1d(everyone, tg) if bg is None else bg
+        tg = np.setdiff1d(everyone, bg) if tg is None else tg
+        both = np.intersect1d(bg, tg)
+        if both.size:
+            raise ValueError(
+                f"{both.size} cells are in both background_indices and target_indices "
+                f"(e.g. {both[:5].tolist()}); a cell is either background or target."
+            )
+        where = "the indices given"
+    if bg.size == 0:
+        raise ValueError(
+            f"No background cells in {where}. Contrastive analysis needs background "
+            "(e.g. control) cells to contrast the target cells with."
+        )
+    if tg.size == 0:
+        raise ValueError(
+            f"No target cells in {where}: every cell is background. Contrastive analysis "
+            "needs target (e.g. stimulated) cells besides the background; check `background=`."
+        )
+    return bg, tg, split
+
+
+def _obs_fingerprint(adata: AnnData) -> str:
+    return hashlib.sha1("\n".join(map(str, adata.obs_names)).encode()).hexdigest()
+
+
+# --- the fast batch path with a per-cell target flag ---------------------------------------
+
+
+class _FlaggedLoader(TensorBatchLoader):
+    """scdl's fast minibatch loader, plus each cell's target flag under ``TARGET_KEY``."""
+
+    def __init__(self, adata_manager, indices=None, *, is_target: np.ndarray, **kwargs):
+        super().__init__(adata_manager, indices, **kwargs)
+        self.arrays[TARGET_KEY] = (is_target.astype(np.float32).reshape(-1, 1), np.float32)
+
+
+class ContrastiveSplitter(ContrastiveDataSplitter):
+    """contrastiveVI's split, fed through the fast loader in mixed minibatches.
+
+    Background and target cells are split into training and validation sets separately (so
+    both groups are in each); cells in neither group are not used. Minibatches mix the two
+    groups and carry a per-cell flag, so the model trains with scvi-tools' standard
+    ``TrainingPlan``.
+    """
+
+    def __init__(self, adata_manager, background_indices, target_indices, **kwargs):
+        super().__init__(
+            adata_manager,
+            background_indices=[int(i) for i in background_indices],
+            target_indices=[int(i) for i in target_indices],
+            **kwargs,
+        )
+        self.is_target = np.zeros(adata_manager.adata.n_obs, dtype=bool)
+        self.is_target[self.target_indices] = True
+
+    def _loader(self, indices, *, shuffle: bool, drop_last):
+        if len(indices) == 0:
+            return None
+        return _FlaggedLoader(
+            self.adata_manager,
+            indices=np.asarray(indices, dtype=np.int64),
+            is_target=self.is_target,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            pin_memory=self.pin_memory,
+            **self.data_loader_kwargs,
+        )
+
+    def train_dataloader(self):
+        return self._loader(self.train_idx, shuffle=True, drop_last=self.drop_last)
+
+    def val_dataloader(self):
+        return self._loader(self.val_idx, shuffle=False, drop_last=False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_idx, shuffle=False, drop_last=False)
+
+
+# --- ranking genes by what the salient space explains --------------------------------------
+
+
+def salient_gene_table(
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    var_names: Sequence[str],
+    *,
+    library_size: float = 1e4,
+) -> pd.DataFrame:
+    """Rank genes by how much decoding target cells with their salient code changes them.
+
+    Parameters
+    ----------
+    chunks
+        Pairs ``(with_salient, without_salient)`` of normalised expression (cells x genes,
+        rows summing to 1) for target cells: decoded from ``[z, s]`` and from ``[z, 0]``.
+    var_names
+        Gene names, in column order.
+    library_size
+        Scale of the expression before the log (counts per ``library_size``); the pseudocount
+        of 1 on that scale keeps barely expressed genes from ranking on noise.
+
+    Returns
+    -------
+    DataFrame sorted by ``score``: ``gene``; ``score``, the mean over target cells of
+    ``|log2 fold change|`` between the two decodings; ``lfc_mean``, its signed mean (> 0:
+    the salient space raises the gene); ``mean_with_salient`` and ``mean_without_salient``
+    (mean expression per ``library_size`` counts).
+    """
+    n = 0
+    sums = None
+    for full, shared in chunks:
+        full = np.asarray(full, dtype=np.float64) * library_size
+        shared = np.asarray(shared, dtype=np.float64) * library_size
+        lfc = np.log2(full + 1) - np.log2(shared + 1)
+        part = np.stack([np.abs(lfc).sum(0), lfc.sum(0), full.sum(0), shared.sum(0)])
+        sums = part if sums is None else sums + part
+        n += full.shape[0]
+    if not n:
+        raise ValueError("No target cells to score genes on.")
+    mean = sums / n
+    df = pd.DataFrame(
+        {
+            "gene": np.asarray(var_names, dtype=object),
+            "score": mean[0],
+            "lfc_mean": mean[1],
+            "mean_with_salient": mean[2],
+            "mean_without_salient": mean[3],
+        }
+    )
+    return df.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+
+
+# --- the model -----------------------------------------------------------------------------
+
+
+class ContrastiveVAE(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClass):
+    """Separate what is specific to target cells from what they share with a background.
+
+    contrastiveVI's model (:cite:`Weinberger23`): every cell has a shared latent code ``z``
+    (cell type, state, everything background cells also show); target cells (e.g.
+    stimulated, diseased, treated) also have a salient code ``s``, which is zero for
+    background (e.g. control) cells by construction. Counts are decoded from ``[z, s]`` with
+    a negative binomial likelihood. Two penalties keep each space to its job: an MMD
+    between the shared codes of background and target cells keeps the target condition out
+    of the shared space, and an independence (total-correlation) penalty keeps cell identity,
+    which the shared space holds, out of the salient one. Registration, data splitting
+    (contrastiveVI's) and the training plan are scvi-tools' own; minibatches go through
+    scdl's fast batch path.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    registry
+        Saved registry, to build the model without data (used by :meth:`load`).
+    n_shared_latent, n_salient_latent
+        Dimensions of the shared and the salient latent spaces.
+    n_hidden
+        Units per hidden layer.
+    n_layers
+        Hidden layers in encoders and decoder.
+    gene_likelihood
+        ``"nb"`` (negative binomial) or ``"zinb"`` (zero-inflated NB).
+    dropout_rate
+        Dropout in the encoders.
+    wasserstein_penalty
+        Weight of the penalty pulling the salient posterior of background cells to zero
+        (contrastiveVI's Wasserstein term): it keeps variation that background cells show
+        too, such as cell type, out of the salient space. ``0`` turns it off.
+    shared_mmd_weight
+        Weight of the MMD between the shared codes of background and target cells, so the
+        shared space does not also code the target condition. ``0`` turns it off (plain
+        contrastiveVI behaviour).
+    independence_weight
+        Weight of the penalty making the salient code of target cells independent of their
+        shared code (MMD between ``(z, s)`` and ``(z, s)`` with ``s`` shuffled), so cell
+        types separate in the shared space and much less in the salient one. Responses that
+        differ between cell types are still decoded (the decoder combines both codes).
+        ``0`` turns it off.
+
+    Examples
+    --------
+    >>> scdl.models.ContrastiveVAE.setup_anndata(adata)
+    >>> model = scdl.models.ContrastiveVAE(adata)
+    >>> model.train(groupby="condition", background="control")
+    >>> adata.obsm["X_salient"] = model.get_latent_representation(representation="salient")
+    >>> model.get_salient_genes(n_top=20)
+    """
+
+    _module_cls = ContrastiveModule
+    _data_splitter_cls = ContrastiveSplitter
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        registry: dict | None = None,
+        n_shared_latent: int = 10,
+        n_salient_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        gene_likelihood: Literal["nb", "zinb"] = "nb",
+        dropout_rate: float = 0.1,
+        wasserstein_penalty: float = 1.0,
+        shared_mmd_weight: float = 10.0,
+        independence_weight: float = 100.0,
+    ):
+        super().__init__(adata, registry)
+        self.module = self._module_cls(
+            n_input=self.summary_stats.n_vars,
+            n_batch=self.summary_stats.n_batch,
+            n_hidden=n_hidden,
+            n_shared_latent=n_shared_latent,
+            n_salient_latent=n_salient_latent,
+            n_layers=n_layers,
+            dropout_rate=dropout_rate,
+            gene_likelihood=gene_likelihood,
+            wasserstein_penalty=wasserstein_penalty,
+            shared_mmd_weight=shared_mmd_weight,
+            independence_weight=independence_weight,
+        )
+        # set by train(); saved with the model so load() knows the target cells again
+        self.contrastive_split_: dict | None = None
+        self._model_summary_string = (
+            f"scdl ContrastiveVAE: n_shared_latent={n_shared_latent}, "
+            f"n_salient_latent={n_salient_latent}, n_hidden={n_hidden}, n_layers={n_layers}, "
+            f"gene_likelihood={gene_likelihood}, wasserstein_penalty={wasserstein_penalty}, "
+            f"shared_mmd_weight={shared_mmd_weight}, independence_weight={independence_weight}, "
+            f"n_batch={self.summary_stats.n_batch}"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        **kwargs,
+    ) -> None:
+        """Check ``adata`` and register it for the model.
+
+        Which cells are background and which are target is given to :meth:`train`.
+
+        Parameters
+        ----------
+        adata
+            AnnData with raw counts (cells x genes).
+        layer
+            Layer holding raw counts; ``None`` uses ``adata.X``.
+        batch_key
+            obs column of a technical batch (e.g. donor) to condition on. It must not be
+            nested in the background/target grouping (a sample column of
+            ``ctrl1, stim1, ...``): the batch covariate would then absorb the target-specific
+            signal.
+
+        Raises
+        ------
+        KeyError
+            A layer or obs column does not exist.
+        ValueError, TypeError
+            The counts are not raw counts (non-integer, negative, NaN/inf), some cells or
+            genes have no counts, or gene names repeat. ``adata`` is left unchanged.
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        is_reload = kwargs.get("source_registry") is not None
+        check_unique_var_names(adata)
+        check_counts(adata, layer, allow_zero_genes=is_reload)
+        if batch_key is not None:
+            check_categorical(adata, batch_key, arg="batch_key")
+        anndata_fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+        ]
+        adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    def train(
+        self,
+        background_indices: Sequence[int] | np.ndarray | None = None,
+        target_indices: Sequence[int] | np.ndarray | None = None,
+        *,
+        groupby: str | None = None,
+        background=None,
+        target=None,
+        max_epochs: int | None = None,
+        batch_size: int = 128,
+        early_stopping: bool = False,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float | None = None,
+        n_epochs_kl_warmup: int | None = None,
+        lr: float = 1e-3,
+        plan_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        """Train on background and target cells (Lightning; history in :attr:`history`).
+
+        Say which cells are which either by position or by an obs column:
+
+        - ``background_indices`` and/or ``target_indices`` (integer positions or boolean
+          masks); a missing one means all other cells;
+        - ``groupby`` with ``background`` (a value or list of values of
+          ``adata.obs[groupby]``); target cells are all other cells, or those with the
+          value(s) in ``target``.
+
+        Parameters
+        ----------
+        background_indices, target_indices
+            Positions (or boolean masks) of background and target cells.
+        groupby
+            obs column naming each cell's group (e.g. ``"condition"``).
+        background, target
+            Value(s) of ``groupby`` for background and target cells.
+        max_epochs
+            Passes through the data; ``None`` chooses from the number of cells.
+        batch_size
+            Cells per minibatch (background and target cells mixed).
+        early_stopping
+            Stop when the validation ELBO stops improving.
+        accelerator, devices
+            Passed to Lightning; further ``Trainer`` arguments go in ``**kwargs``.
+        train_size
+            Fraction of each group used for training (the rest for validation); default 0.9.
+        n_epochs_kl_warmup
+            Epochs over which the KL (and Wasserstein) weight rises from 0 to 1; default half
+            of ``max_epochs``.
+        lr
+            Adam learning rate.
+        plan_kwargs
+            Further arguments for :class:`scvi.train.TrainingPlan`.
+
+        Raises
+        ------
+        KeyError
+            ``groupby`` is not a column of ``adata.obs``.
+        ValueError
+            A ``background``/``target`` value is not in the column (the message lists the
+            values present); no target or no background cells; a cell is both.
+        """
+        bg, tg, split = resolve_groups(
+            self.adata, background_indices, target_indices,
+            groupby=groupby, background=background, target=target,
+        )
+        n_obs = bg.size + tg.size
+        if max_epochs is None:
+            max_epochs = default_max_epochs(n_obs)
+        check_batch_size(n_obs, batch_size, train_size)
+        if train_size is None or train_size < 1:
+            kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
+        plan = {
+            "lr": lr,
+            "n_epochs_kl_warmup": (
+                n_epochs_kl_warmup if n_epochs_kl_warmup is not None else max(1, max_epochs // 2)
+            ),
+            **(plan_kwargs or {}),
+        }
+        out = super().train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            early_stopping=early_stopping,
+            accelerator=accelerator,
+            devices=devices,
+            train_size=train_size,
+            plan_kwargs=plan,
+            datasplitter_kwargs={"background_indices": bg, "target_indices": tg},
+            **kwargs,
+        )
+        self.contrastive_split_ = {
+            **split,
+            "background_indices": bg,
+            "target_indices": tg,
+            "n_obs": int(self.adata.n_obs),
+            "obs_names_sha1": _obs_fingerprint(self.adata),
+        }
+        return out
+
+    # --- which cells of some AnnData are target cells ---
+
+    def _target_mask(self, adata: AnnData, target_mask=None) -> np.ndarray:
+        if target_mask is not None:
+            mask = np.asarray(target_mask)
+            if mask.dtype != bool or mask.shape != (adata.n_obs,):
+                raise ValueError(
+                    f"target_mask must be a boolean array with one entry per cell ({adata.n_obs})."
+                )
+            return mask
+        split = self.contrastive_split_
+        if split is None:
+            raise RuntimeError("The model is not trained yet: call `.train()` first.")
+        if adata.n_obs == split["n_obs"] and _obs_fingerprint(adata) == split["obs_names_sha1"]:
+            mask = np.zeros(adata.n_obs, dtype=bool)
+            mask[np.asarray(split["target_indices"], dtype=np.int64)] = True
+            return mask
+        groupby = split["groupby"]
+        if groupby is not None and groupby in adata.obs:
+            col = adata.obs[groupby]
+            if split["target"] is not None:
+                return col.isin(split["target"]).to_numpy()
+            return ~col.isin(split["background"]).to_numpy()
+        how = f"an obs column {groupby!r} or " if groupby is not None else ""
+        raise ValueError(
+            "These are not the cells the model was trained on, and they lack "
+            f"{how}a way to tell target cells: pass target_mask= (True for target cells)."
+        )
+
+    def _posterior(self, adata, indices, batch_size):
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        for tensors in loader:
+            inf = self.module.inference(**self.module._get_inference_input(tensors))
+            yield tensors, inf
+
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        representation: Literal["shared", "salient"] = "shared",
+        *,
+        give_mean: bool = True,
+        batch_size: int | None = None,
+        target_mask: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Shared or salient latent representation of each cell.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the model's genes; ``None`` uses the training data.
+        indices
+            Positions of the cells to return; ``None`` for all.
+        representation
+            ``"shared"`` (every cell) or ``"salient"`` (zero rows for non-target cells).
+        give_mean
+            Posterior means (deterministic) rather than one sample.
+        batch_size
+            Cells per minibatch of inference.
+        target_mask
+            Which cells of ``adata`` are target cells (for ``"salient"``). Default: the
+            training split for the training cells, or the trained ``groupby`` rule applied to
+            ``adata.obs``.
+
+        Returns
+        -------
+        Array of shape (cells, ``n_shared_latent`` or ``n_salient_latent``).
+        """
+        if representation not in ("shared", "salient"):
+            raise ValueError(
+                f"representation={representation!r} is not one of 'shared', 'salient'."
+            )
+        self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+        q_key = "qz" if representation == "shared" else "qs"
+        parts = []
+        for _, inf in self._posterior(adata, idx, batch_size):
+            q = inf[q_key]
+            parts.append((q.loc if give_mean else q.sample()).cpu())
+        latent = torch.cat(parts).numpy()
+        if representation == "salient":
+            latent[~self._target_mask(adata, target_mask)[idx]] = 0.0
+        return latent
+
+    def _decode_pairs(self, adata, indices, batch_size):
+        """Normalised expression of each cell decoded from ``[z, s]`` and from ``[z, 0]``."""
+        for tensors, inf in self._posterior(adata, indices, batch_size):
+            z, s, lib = inf["qz"].loc, inf["qs"].loc, inf["library"]
+            b = tensors[REGISTRY_KEYS.BATCH_KEY]
+            full = self.module.generative(z, s, lib, b)["px"].scale
+            shared = self.module.generative(z, torch.zeros_like(s), lib, b)["px"].scale
+            yield full.cpu().numpy(), shared.cpu().numpy()
+
+    @torch.inference_mode()
+    def get_normalized_expression(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        *,
+        salient: bool = True,
+        library_size: float = 1e4,
+        batch_size: int | None = None,
+        target_mask: np.ndarray | None = None,
+    ) -> pd.DataFrame:
+        """Decoded expression per ``library_size`` counts (posterior means).
+
+        Parameters
+        ----------
+        adata, indices, batch_size, target_mask
+            As in :meth:`get_latent_representation`.
+        salient
+            ``True``: target cells decoded with their salient code (the model's fit);
+            ``False``: every cell decoded with the salient code set to zero, i.e. target
+            cells as they would look without what is specific to them.
+        library_size
+            Counts each cell's expression is scaled to.
+        """
+        self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+        use_salient = self._target_mask(adata, target_mask)[idx] if salient else None
+        rows, start = [], 0
+        for full, shared in self._decode_pairs(adata, idx, batch_size):
+            if use_salient is None:
+                rows.append(shared)
+            else:
+                pick = use_salient[start : start + len(full), None]
+                rows.append(np.where(pick, full, shared))
+            start += len(full)
+        return pd.DataFrame(
+            np.concatenate(rows) * library_size,
+            index=adata.obs_names[idx],
+            columns=adata.var_names,
+        )
+
+    @torch.inference_mode()
+    def get_salient_genes(
+        self,
+        n_top: int | None = 50,
+        *,
+        adata: AnnData | None = None,
+        library_size: float = 1e4,
+        batch_size: int | None = None,
+        target_mask: np.ndarray | None = None,
+    ) -> pd.DataFrame:
+        """Genes whose expression in target cells the salient space explains, ranked.
+
+        Each target cell is decoded twice, from its shared and salient codes and from its
+        shared code with the salient code set to zero; a gene's score is the mean over target
+        cells of the absolute log2 fold change between the two (on the scale of counts per
+        ``library_size``, pseudocount 1).
+
+        Parameters
+        ----------
+        n_top
+            Rows to return; ``None`` for every gene.
+        adata, batch_size, target_mask
+            As in :meth:`get_latent_representation`.
+        library_size
+            Scale of expression for the fold change.
+
+        Returns
+        -------
+        DataFrame sorted by ``score`` (see :func:`salient_gene_table`): ``gene``, ``score``,
+        ``lfc_mean`` (> 0: higher because of the salient code), ``mean_with_salient``,
+        ``mean_without_salient``.
+        """
+        self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        targets = np.flatnonzero(self._target_mask(adata, target_mask))
+        table = salient_gene_table(
+            self._decode_pairs(adata, targets, batch_size),
+            adata.var_names,
+            library_size=library_size,
+        )
+        return table if n_top is None else table.head(n_top)

@@ -1,0 +1,175 @@
+"""``scdl.pl.contrastive``: shared and salient spaces side by side, and the top salient genes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._utils import finish
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import pandas as pd
+    from anndata import AnnData
+    from matplotlib.figure import Figure
+
+
+def _umap(x: np.ndarray, n_neighbors: int, random_state: int) -> np.ndarray:
+    import anndata
+    import scanpy as sc
+
+    tmp = anndata.AnnData(obsm={"rep": np.asarray(x, dtype=np.float32)})
+    sc.pp.neighbors(tmp, use_rep="rep", n_neighbors=n_neighbors, random_state=random_state)
+    sc.tl.umap(tmp, random_state=random_state)
+    return tmp.obsm["X_umap"]
+
+
+def _gene_table(adata: AnnData, key: str) -> pd.DataFrame:
+    import pandas as pd
+
+    info = adata.uns.get(key, {})
+    if "salient_genes" not in info:
+        raise KeyError(
+            f"adata.uns[{key!r}]['salient_genes'] not found. Run `scdl.tl.contrastive(adata, "
+            f"key_added={key!r}, ...)` first, or pass n_genes=0 to plot the embeddings only."
+        )
+    return pd.DataFrame(info["salient_genes"])
+
+
+def contrastive(
+    adata: AnnData,
+    *,
+    key: str = "X_scdl_salient",
+    shared_key: str = "X_scdl_shared",
+    color: str | Sequence[str] | None = None,
+    n_genes: int = 20,
+    n_neighbors: int = 15,
+    random_state: int = 0,
+    show: bool | None = None,
+    save: str | bool | None = None,
+) -> Figure | None:
+    """UMAPs of the shared and the salient space side by side, and the top salient genes.
+
+    One row of panels per ``color`` key: the shared space of all cells on the left, the
+    salient space of the target cells (those with a non-zero salient code) on the right, and
+    a bar chart of the ``n_genes`` top salient genes on the far right. What separates cells
+    in the shared space but not in the salient one (e.g. cell type) is shared with the
+    background; what structures the salient space is specific to the target cells.
+
+    UMAPs are computed the first time and cached in ``adata.obsm[f"{shared_key}_umap"]`` and
+    ``adata.obsm[f"{key}_umap"]`` (NaN rows for non-target cells), the only fields this
+    function writes; later calls reuse them.
+
+    Parameters
+    ----------
+    adata
+        AnnData processed by :func:`scdl.tl.contrastive`.
+    key, shared_key
+        obsm keys of the salient and the shared space (``key_added`` and ``shared_key`` of
+        :func:`scdl.tl.contrastive`); ``uns[key]`` holds the ranked genes.
+    color
+        obs column(s) to colour by, e.g. ``["cell_type", "condition"]``. Default: the
+        ``groupby`` column recorded in ``uns[key]``.
+    n_genes
+        Top salient genes in the bar panel; ``0`` leaves the panel out.
+    n_neighbors, random_state
+        For the neighbour graphs and UMAPs.
+    show, save
+        As in scanpy: show the figure, and/or save it (``True`` or a path).
+
+    Returns
+    -------
+    The Figure, unless it was shown.
+    """
+    import anndata
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import scanpy as sc
+    from matplotlib.patches import Patch
+
+    for k in (key, shared_key):
+        if k not in adata.obsm:
+            raise KeyError(
+                f"{k!r} is not in adata.obsm (available: {list(adata.obsm)}). Run "
+                "`scdl.tl.contrastive` first or pass the keys it wrote (key=, shared_key=)."
+            )
+    if color is None:
+        params = adata.uns.get(key, {}).get("params", {})
+        color = [params["groupby"]] if params.get("groupby") else [None]
+    elif isinstance(color, str):
+        color = [color]
+    for c in color:
+        if c is not None and c not in adata.obs.columns:
+            raise KeyError(
+                f"color={c!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})."
+            )
+    table = _gene_table(adata, key).head(n_genes) if n_genes else None
+
+    salient = np.asarray(adata.obsm[key])
+    is_target = np.any(salient != 0, axis=1)
+    if not is_target.any():
+        raise ValueError(f"adata.obsm[{key!r}] is zero for every cell: no target cells to plot.")
+    shared_umap_key, salient_umap_key = f"{shared_key}_umap", f"{key}_umap"
+    cached = adata.obsm.get(shared_umap_key)
+    if cached is None or cached.shape != (adata.n_obs, 2):
+        adata.obsm[shared_umap_key] = _umap(adata.obsm[shared_key], n_neighbors, random_state)
+    cached = adata.obsm.get(salient_umap_key)
+    if (
+        cached is None
+        or cached.shape != (adata.n_obs, 2)
+        or not np.array_equal(~np.isnan(cached[:, 0]), is_target)
+    ):
+        emb = np.full((adata.n_obs, 2), np.nan)
+        emb[is_target] = _umap(salient[is_target], n_neighbors, random_state)
+        adata.obsm[salient_umap_key] = emb
+
+    # plot from a private AnnData: scanpy would otherwise store palettes in the user's uns
+    obs = adata.obs[[c for c in dict.fromkeys(color) if c is not None]].copy()
+    for c in obs.columns:
+        if obs[c].dtype.kind not in "biuf":
+            obs[c] = obs[c].astype("category")  # same categories, same colours in both panels
+    tmp = anndata.AnnData(obs=obs)
+    tmp.obsm["shared"] = np.asarray(adata.obsm[shared_umap_key])
+    tmp.obsm["salient"] = np.asarray(adata.obsm[salient_umap_key])
+    for c in obs.columns:
+        if f"{c}_colors" in adata.uns:
+            tmp.uns[f"{c}_colors"] = list(adata.uns[f"{c}_colors"])
+    tmp_target = tmp[is_target].copy()
+
+    nrows = len(color)
+    # columns: shared, salient, room for the salient panel's legend, gene bars
+    ratios = [1, 1, 0.55] + ([0.8] if table is not None else [])
+    height = max(3.6 * nrows, 0.22 * (n_genes or 0) + 1.2)
+    fig = plt.figure(figsize=(4.2 * sum(ratios), height))
+    gs = fig.add_gridspec(nrows, len(ratios), width_ratios=ratios, wspace=0.3)
+    for i, c in enumerate(color):
+        label = f" · {c}" if c is not None else ""
+        ax = fig.add_subplot(gs[i, 0])
+        sc.pl.embedding(tmp, basis="shared", color=c, ax=ax, show=False, frameon=False,
+                        title="shared space" + label, legend_loc="none")
+        palette = None
+        if c is not None and isinstance(tmp.obs[c].dtype, pd.CategoricalDtype):
+            # the target subset lacks some categories: keep each category's colour
+            palette = dict(zip(tmp.obs[c].cat.categories, tmp.uns[f"{c}_colors"], strict=True))
+        ax = fig.add_subplot(gs[i, 1])
+        sc.pl.embedding(tmp_target, basis="salient", color=c, ax=ax, show=False,
+                        frameon=False, title="salient space (target cells)" + label,
+                        palette=palette, legend_loc="right margin")
+    if table is not None:
+        ax = fig.add_subplot(gs[:, 3])
+        up = table["lfc_mean"].to_numpy() > 0
+        y = np.arange(len(table))[::-1]
+        ax.barh(y, table["score"].to_numpy(), color=np.where(up, "#c0392b", "#2e6da4"))
+        ax.set_yticks(y, table["gene"].astype(str).tolist(), fontsize=8)
+        ax.set_xlabel("mean |log2 FC|, with vs without salient code")
+        ax.set_title(f"top {len(table)} salient genes")
+        ax.legend(
+            handles=[Patch(color="#c0392b", label="up in target"),
+                     Patch(color="#2e6da4", label="down in target")],
+            frameon=False, fontsize=7, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.1),
+        )
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    return finish(fig, show=show, save=save, default_name=f"contrastive_{key}")

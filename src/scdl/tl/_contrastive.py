@@ -1,0 +1,207 @@
+"""``scdl.tl.contrastive``: what is specific to target cells, written into AnnData."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from scdl.data import check_categorical, check_counts, check_unique_var_names, get_matrix
+
+from ._hvg import select_genes
+from ._integrate import _history
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from scdl.models import ContrastiveVAE
+
+
+def contrastive(
+    adata: AnnData,
+    *,
+    groupby: str,
+    background,
+    target=None,
+    layer: str | None = None,
+    batch_key: str | None = None,
+    key_added: str = "X_scdl_salient",
+    shared_key: str = "X_scdl_shared",
+    n_top_genes: int | None = 2000,
+    max_epochs: int | None = None,
+    random_state: int = 0,
+    progress_bar: bool = True,
+    model_kwargs: dict | None = None,
+    train_kwargs: dict | None = None,
+) -> ContrastiveVAE:
+    """Separate the variation specific to target cells from what they share with a background.
+
+    Trains :class:`scdl.models.ContrastiveVAE` (contrastiveVI's model) on expressed, highly
+    variable genes of the raw counts: background cells (e.g. control) get a shared latent
+    code only, target cells (e.g. stimulated, diseased) a shared and a salient one. The
+    shared space holds what both groups show (cell types); the salient space what only the
+    target cells show (e.g. an interferon response), and the genes it explains are ranked.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix with raw counts in ``X`` or ``layer``.
+    groupby
+        obs column naming each cell's group (e.g. ``"condition"``).
+    background
+        Value (or list of values) of ``groupby`` marking background cells (e.g. ``"ctrl"``).
+    target
+        Value(s) of ``groupby`` marking target cells; ``None``: every non-background cell.
+        Cells in neither group are not trained on and get a zero salient code.
+    layer
+        Layer with raw counts; ``None`` uses ``adata.X``.
+    batch_key
+        obs column of a technical batch (e.g. donor) to condition on; not one nested in
+        ``groupby`` (such as a sample column ``ctrl1, stim1, ...``), which would absorb the
+        target-specific signal.
+    key_added
+        obsm key of the salient space and uns key of the summary.
+    shared_key
+        obsm key of the shared space.
+    n_top_genes
+        Highly variable genes to train on (seurat_v3 on counts); ``None`` uses all expressed
+        genes.
+    max_epochs
+        Training epochs; ``None`` chooses from the number of cells.
+    random_state
+        Seed for weights, data order and sampling; the same seed gives the same result on CPU.
+    progress_bar
+        Show Lightning's progress bar.
+    model_kwargs, train_kwargs
+        Further arguments for :class:`scdl.models.ContrastiveVAE` (e.g. ``n_salient_latent``,
+        ``independence_weight``) and its :meth:`~scdl.models.ContrastiveVAE.train`
+        (e.g. ``batch_size``, ``accelerator``).
+
+    Returns
+    -------
+    The trained :class:`scdl.models.ContrastiveVAE`, attached to an internal AnnData of the
+    selected genes (``model.adata``); save it with ``model.save(dir)``. ``adata`` gains:
+
+    ``adata.obsm[key_added]``
+        Salient representation (posterior means), cells x ``n_salient_latent``; rows of
+        non-target cells are zero.
+    ``adata.obsm[shared_key]``
+        Shared representation (posterior means), cells x ``n_shared_latent``.
+    ``adata.uns[key_added]``
+        ``params`` (the settings above, ``shared_key``, ``n_background``, ``n_target``),
+        ``var_names`` (genes used), ``salient_genes`` (DataFrame of every gene ranked by
+        :meth:`~scdl.models.ContrastiveVAE.get_salient_genes`: ``gene``, ``score``,
+        ``lfc_mean``, ``mean_with_salient``, ``mean_without_salient``), ``history``
+        (per-epoch training and validation ELBO) and ``train_time_s``.
+
+    Raises
+    ------
+    KeyError
+        ``groupby``, ``batch_key`` or ``layer`` does not exist.
+    ValueError
+        A ``background``/``target`` value is not in ``adata.obs[groupby]`` (the message lists
+        the values present); no target or no background cells; a value both background and
+        target; the matrix is not raw counts. ``adata`` is left unchanged.
+
+    Examples
+    --------
+    >>> import scdl
+    >>> adata = scdl.datasets.kang_pbmc()
+    >>> model = scdl.tl.contrastive(adata, groupby="condition", background="ctrl")
+    >>> adata.uns["X_scdl_salient"]["salient_genes"].head(10)
+    >>> scdl.pl.contrastive(adata, color=["cell_type", "condition"])
+    """
+    import anndata
+    import scvi
+
+    from scdl.models import ContrastiveVAE
+    from scdl.models._contrastive import resolve_groups
+
+    # validate everything before touching adata, so a failing call leaves it unchanged
+    bg, tg, _ = resolve_groups(adata, groupby=groupby, background=background, target=target)
+    get_matrix(adata, layer)
+    check_unique_var_names(adata)
+    if batch_key is not None:
+        batch = check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
+        _warn_if_nested(batch, adata.obs[groupby], batch_key, groupby)
+    summary = check_counts(adata, layer, allow_zero_genes=True)
+    if summary.n_zero_genes == adata.n_vars:
+        raise ValueError("No gene has counts; nothing to analyse.")
+    genes = select_genes(
+        adata, summary.gene_totals, layer=layer, batch_key=batch_key, n_top_genes=n_top_genes
+    )
+
+    # the model trains on its own small AnnData: the user's object gets no _scvi_* columns
+    cols = [groupby] + ([batch_key] if batch_key is not None and batch_key != groupby else [])
+    x = get_matrix(adata, layer)
+    train_adata = anndata.AnnData(
+        X=x[:, adata.var_names.get_indexer(genes)], obs=adata.obs[cols].copy()
+    )
+    train_adata.obs_names = adata.obs_names
+    train_adata.var_names = genes
+    if train_adata.X.dtype != np.float32:
+        train_adata.X = train_adata.X.astype(np.float32)
+
+    scvi.settings.seed = random_state
+    ContrastiveVAE.setup_anndata(train_adata, batch_key=batch_key)
+    model = ContrastiveVAE(train_adata, **(model_kwargs or {}))
+    t0 = time.perf_counter()
+    model.train(
+        groupby=groupby,
+        background=background,
+        target=target,
+        max_epochs=max_epochs,
+        enable_progress_bar=progress_bar,
+        **(train_kwargs or {}),
+    )
+    train_time = time.perf_counter() - t0
+    shared = model.get_latent_representation(representation="shared")
+    salient = model.get_latent_representation(representation="salient")
+    if not (np.isfinite(shared).all() and np.isfinite(salient).all()):
+        raise RuntimeError(
+            "Training diverged (non-finite latent values). Lower the learning rate "
+            "(train_kwargs={'lr': 1e-4}) or check the input counts."
+        )
+    genes_table = model.get_salient_genes(n_top=None)
+
+    adata.obsm[key_added] = salient
+    adata.obsm[shared_key] = shared
+    adata.uns[key_added] = {
+        "params": {
+            "groupby": groupby,
+            "background": np.asarray(np.atleast_1d(background)).astype(str),
+            "target": np.asarray(np.atleast_1d(target) if target is not None else []).astype(str),
+            "layer": layer or "",
+            "batch_key": batch_key or "",
+            "shared_key": shared_key,
+            "n_background": int(bg.size),
+            "n_target": int(tg.size),
+            "n_genes": len(genes),
+            "n_shared_latent": shared.shape[1],
+            "n_salient_latent": salient.shape[1],
+            "max_epochs": int(model.history["elbo_train"].shape[0]),
+            "random_state": random_state,
+            "model": "scdl.models.ContrastiveVAE",
+        },
+        "var_names": np.asarray(genes, dtype=object),
+        "salient_genes": genes_table,
+        "history": _history(model),
+        "train_time_s": float(train_time),
+    }
+    return model
+
+
+def _warn_if_nested(batch, groups, batch_key: str, groupby: str) -> None:
+    """A batch lying wholly in one group lets the batch covariate absorb the group's signal."""
+    n_groups = groups.groupby(batch.to_numpy(), observed=True).nunique()
+    if (n_groups == 1).all():
+        warnings.warn(
+            f"Every category of batch_key={batch_key!r} lies within one group of "
+            f"{groupby!r}: the batch covariate can explain what is specific to the target "
+            "cells, leaving little for the salient space. Use a batch that spans groups (e.g. "
+            "donor) or batch_key=None.",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,232 @@
+"""The contrastive VAE on real data: Kang 2018 PBMCs, control = background, IFN-beta = target."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from _measures import batch_mixing, label_purity  # noqa: E402
+from conftest import assert_unchanged, snapshot  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+import scdl  # noqa: E402
+from scdl.models import ContrastiveVAE  # noqa: E402
+
+EPOCHS = 100
+
+# classical interferon-stimulated genes present in the bundled set's 1,267 genes
+ISGS = {
+    "ISG15", "ISG20", "IFI6", "IFI44L", "IFIT1", "IFIT2", "IFIT3", "IFITM3", "MX1", "MX2",
+    "LY6E", "OAS1", "OAS2", "OAS3", "OASL", "RSAD2", "CMPK2", "HERC5", "XAF1", "IRF7", "BST2",
+    "EPSTI1", "SAMD9", "SAMD9L", "TNFSF10", "PLSCR1", "EIF2AK2", "GBP1", "SP110", "PARP9",
+    "CXCL10", "CXCL11", "CCL8", "DDX58", "IFI27",
+}
+
+
+@pytest.fixture(scope="session")
+def kang_contrastive(kang):
+    """Kang with a contrastive VAE trained once for the session."""
+    adata = kang.copy()
+    model = scdl.tl.contrastive(
+        adata, groupby="condition", background="ctrl", max_epochs=EPOCHS, progress_bar=False
+    )
+    return adata, model
+
+
+def _small(kang, n=400):
+    idx = np.sort(np.random.default_rng(0).choice(kang.n_obs, n, replace=False))
+    return kang[idx].copy()
+
+
+def test_top_salient_genes_are_interferon_stimulated(kang_contrastive):
+    adata, model = kang_contrastive
+    top = model.get_salient_genes(n_top=30)
+    found = sorted(set(top["gene"]) & ISGS)
+    # by chance about one of these 35 genes would be in the top 30 of 1,267
+    assert len(found) >= 15, (found, top["gene"].tolist())
+    assert top["score"].is_monotonic_decreasing
+    # the salient space raises them in stimulated cells
+    assert (top.set_index("gene").loc[found, "lfc_mean"] > 0).all()
+
+
+def test_cell_types_separate_in_shared_space_not_salient(kang_contrastive):
+    adata, _ = kang_contrastive
+    target = (adata.obs["condition"] == "stim").to_numpy()
+    labels = adata.obs["cell_type"].to_numpy()[target]
+    shared = label_purity(adata.obsm["X_scdl_shared"][target], labels)
+    salient = label_purity(adata.obsm["X_scdl_salient"][target], labels)
+    assert shared > 0.8, shared
+    # 0.22 would be no cell-type structure at all (sum of squared type frequencies)
+    assert shared > salient + 0.3, (shared, salient)
+
+
+def test_shared_space_mixes_conditions(kang_contrastive):
+    adata, _ = kang_contrastive
+    shared = batch_mixing(adata.obsm["X_scdl_shared"], adata.obs["condition"])
+    # stimulation splits every cell type in expression space; the shared space drops it
+    assert shared > 0.6, shared
+
+
+def test_salient_is_zero_exactly_for_background(kang_contrastive):
+    adata, model = kang_contrastive
+    ctrl = (adata.obs["condition"] == "ctrl").to_numpy()
+    s = adata.obsm["X_scdl_salient"]
+    assert np.all(s[ctrl] == 0)
+    assert np.all(np.abs(s[~ctrl]).sum(1) > 0)
+    # on new cells the trained groupby rule decides which cells are target
+    sub = adata[::7].copy()
+    s_sub = model.get_latent_representation(sub, representation="salient")
+    assert np.all(s_sub[(sub.obs["condition"] == "ctrl").to_numpy()] == 0)
+    np.testing.assert_allclose(s_sub, s[::7], rtol=1e-5, atol=1e-6)
+    del sub.obs["condition"]
+    with pytest.raises(ValueError, match="target_mask="):
+        model.get_latent_representation(sub, representation="salient")
+
+
+def test_normalized_expression_with_and_without_salient(kang_contrastive):
+    adata, model = kang_contrastive
+    stim = np.flatnonzero((adata.obs["condition"] == "stim").to_numpy())[:50]
+    fit = model.get_normalized_expression(indices=stim, library_size=1e4)
+    base = model.get_normalized_expression(indices=stim, salient=False, library_size=1e4)
+    assert fit.shape == (50, model.adata.n_vars)
+    np.testing.assert_allclose(fit.sum(1), 1e4, rtol=1e-3)
+    # without their salient code, stimulated cells lose most of their ISG15
+    assert (fit["ISG15"] > 2 * base["ISG15"]).mean() > 0.9
+
+
+def test_batch_nested_in_groups_warns(kang):
+    adata = _small(kang)
+    with pytest.warns(UserWarning, match="lies within one group"):
+        scdl.tl.contrastive(adata, groupby="condition", background="ctrl", batch_key="sample",
+                            max_epochs=1, progress_bar=False, train_kwargs={"batch_size": 64})
+    assert adata.uns["X_scdl_salient"]["params"]["batch_key"] == "sample"
+
+
+def test_contrastive_writes_documented_fields(kang_contrastive, tmp_path):
+    adata, model = kang_contrastive
+    info = adata.uns["X_scdl_salient"]
+    assert adata.obsm["X_scdl_salient"].shape == (adata.n_obs, 10)
+    assert adata.obsm["X_scdl_shared"].shape == (adata.n_obs, 10)
+    assert info["params"]["groupby"] == "condition"
+    assert info["params"]["n_target"] == int((adata.obs["condition"] == "stim").sum())
+    assert len(info["var_names"]) == model.adata.n_vars
+    table = info["salient_genes"]
+    assert list(table.columns[:3]) == ["gene", "score", "lfc_mean"]
+    assert len(table) == model.adata.n_vars
+    hist = info["history"]["elbo_train"]
+    assert len(hist) == info["params"]["max_epochs"] and hist[-1] < hist[0]
+    assert not any(c.startswith("_scvi") for c in adata.obs.columns)
+    adata.write_h5ad(tmp_path / "a.h5ad")  # everything written is h5ad-serialisable
+
+
+def test_save_load_round_trip(kang_contrastive, tmp_path):
+    _, model = kang_contrastive
+    shared = model.get_latent_representation(representation="shared")
+    salient = model.get_latent_representation(representation="salient")
+    genes = model.get_salient_genes()
+    model.save(tmp_path / "m")
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {"config.json", "model.safetensors"}
+    again = ContrastiveVAE.load(tmp_path / "m", model.adata.copy())
+    np.testing.assert_array_equal(again.get_latent_representation(), shared)
+    np.testing.assert_array_equal(
+        again.get_latent_representation(representation="salient"), salient
+    )
+    assert again.get_salient_genes().equals(genes)
+    # without AnnData: built from the saved registry; the training cells are recognised
+    bare = ContrastiveVAE.load(tmp_path / "m")
+    np.testing.assert_array_equal(
+        bare.get_latent_representation(model.adata.copy(), representation="salient"), salient
+    )
+
+
+def test_same_seed_same_result_and_indices_match_groupby(kang):
+    import scvi
+
+    small = _small(kang)
+    runs = []
+    for how in ("groupby", "groupby", "indices"):
+        adata = small.copy()
+        ContrastiveVAE.setup_anndata(adata)
+        scvi.settings.seed = 3
+        model = ContrastiveVAE(adata)
+        kw = {"max_epochs": 3, "batch_size": 64, "enable_progress_bar": False}
+        if how == "groupby":
+            model.train(groupby="condition", background="ctrl", **kw)
+        else:
+            model.train(np.flatnonzero(adata.obs["condition"] == "ctrl"), **kw)
+        runs.append(model.get_latent_representation(representation="salient"))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[0], runs[2])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"background": "control"}, ValueError, r"values present: \['ctrl', 'stim'\]"),
+        ({"background": ["ctrl", "stim"]}, ValueError, "No target cells"),
+        ({"background": "ctrl", "target": "ctrl"}, ValueError, "both background and target"),
+        ({"background": "ctrl", "target": "stimulated"}, ValueError, "values present"),
+        ({"background": "ctrl", "groupby": "conditon"}, KeyError, "Did you mean 'condition'"),
+    ],
+)
+def test_bad_groups_leave_adata_unchanged(kang, kwargs, error, match):
+    adata = _small(kang)
+    snap = snapshot(adata)
+    kwargs = {"groupby": "condition", **kwargs}
+    with pytest.raises(error, match=match):
+        scdl.tl.contrastive(adata, max_epochs=1, **kwargs)
+    assert_unchanged(adata, snap)
+
+
+def test_bad_indices(kang):
+    adata = _small(kang)
+    ContrastiveVAE.setup_anndata(adata)
+    model = ContrastiveVAE(adata)
+    ctrl = np.flatnonzero(adata.obs["condition"] == "ctrl")
+    with pytest.raises(ValueError, match="in both background_indices and target_indices"):
+        model.train(ctrl, ctrl[:10], max_epochs=1)
+    with pytest.raises(ValueError, match="No background cells"):
+        model.train([], max_epochs=1)
+    with pytest.raises(ValueError, match="No target cells"):
+        model.train(np.arange(adata.n_obs), max_epochs=1)
+    with pytest.raises(ValueError, match="either background_indices"):
+        model.train(ctrl, groupby="condition", background="ctrl", max_epochs=1)
+    with pytest.raises(ValueError, match="groupby= and background="):
+        model.train(max_epochs=1)
+    with pytest.raises(ValueError, match="outside"):
+        model.train([adata.n_obs + 5], max_epochs=1)
+    assert not model.is_trained_
+
+
+def test_setup_refuses_normalised_data(kang):
+    import scanpy as sc
+
+    adata = _small(kang)
+    sc.pp.normalize_total(adata)
+    snap = snapshot(adata)
+    with pytest.raises(ValueError, match="non-integer"):
+        ContrastiveVAE.setup_anndata(adata)
+    assert_unchanged(adata, snap)
+
+
+def test_pl_contrastive(kang_contrastive, tmp_path):
+    adata, _ = kang_contrastive
+    adata = adata.copy()
+    fig = scdl.pl.contrastive(adata, color=["cell_type", "condition"], n_genes=15,
+                              show=False, save=tmp_path / "c")
+    assert isinstance(fig, Figure)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert sum(t.startswith("shared") for t in titles) == 2
+    assert sum(t.startswith("salient") for t in titles) == 2
+    assert len(fig.axes[-1].patches) == 15  # the gene bars
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+    umap = adata.obsm["X_scdl_salient_umap"]
+    ctrl = (adata.obs["condition"] == "ctrl").to_numpy()
+    assert np.isnan(umap[ctrl]).all() and np.isfinite(umap[~ctrl]).all()
+    assert adata.obsm["X_scdl_shared_umap"].shape == (adata.n_obs, 2)
+    assert "cell_type_colors" not in adata.uns  # palettes are not written into the user's uns
+    with pytest.raises(KeyError, match="tl.contrastive"):
+        scdl.pl.contrastive(adata, key="X_missing", show=False)
