@@ -12,6 +12,7 @@ from scdl.data import check_categorical, check_counts, check_unique_var_names, g
 
 from ._hvg import select_genes
 from ._integrate import _history
+from ._training_data import training_adata
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -113,7 +114,6 @@ def contrastive(
     >>> adata.uns["X_scdl_salient"]["salient_genes"].head(10)
     >>> scdl.pl.contrastive(adata, color=["cell_type", "condition"])
     """
-    import anndata
     import scvi
 
     from scdl.models import ContrastiveVAE
@@ -135,14 +135,7 @@ def contrastive(
 
     # the model trains on its own small AnnData: the user's object gets no _scvi_* columns
     cols = [groupby] + ([batch_key] if batch_key is not None and batch_key != groupby else [])
-    x = get_matrix(adata, layer)
-    train_adata = anndata.AnnData(
-        X=x[:, adata.var_names.get_indexer(genes)], obs=adata.obs[cols].copy()
-    )
-    train_adata.obs_names = adata.obs_names
-    train_adata.var_names = genes
-    if train_adata.X.dtype != np.float32:
-        train_adata.X = train_adata.X.astype(np.float32)
+    train_adata = training_adata(adata, genes, layer=layer, obs_keys=cols)
 
     scvi.settings.seed = random_state
     ContrastiveVAE.setup_anndata(train_adata, batch_key=batch_key)

@@ -10,6 +10,7 @@ import numpy as np
 from scdl.data import check_categorical, check_counts, check_unique_var_names, get_matrix
 
 from ._hvg import select_genes
+from ._training_data import training_adata
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -93,7 +94,6 @@ def integrate(
     >>> model = scdl.tl.integrate(adata, batch_key="sample")
     >>> scdl.tl.cluster(adata, use_rep="X_scdl")
     """
-    import anndata
     import scvi
 
     from scdl.models import VAE
@@ -111,15 +111,9 @@ def integrate(
     )
 
     # the model trains on its own small AnnData: the user's object gets no _scvi_* columns
-    x = get_matrix(adata, layer)
-    train_adata = anndata.AnnData(
-        X=x[:, adata.var_names.get_indexer(genes)],
-        obs=adata.obs[[batch_key]].copy() if batch_key is not None else None,
+    train_adata = training_adata(
+        adata, genes, layer=layer, obs_keys=[batch_key] if batch_key is not None else []
     )
-    train_adata.obs_names = adata.obs_names
-    train_adata.var_names = genes
-    if train_adata.X.dtype != np.float32:
-        train_adata.X = train_adata.X.astype(np.float32)
 
     scvi.settings.seed = random_state
     VAE.setup_anndata(train_adata, batch_key=batch_key)
