@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("data", "datasets", "models", "pl", "tl")
+_SUBMODULES = ("data", "datasets", "models", "pl", "pretrained", "tl")
 
 if TYPE_CHECKING:
-    from . import data, datasets, models, pl, tl
+    from . import data, datasets, models, pl, pretrained, tl
 
 
 def __getattr__(name: str):
@@ -27,4 +27,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_SUBMODULES])
 
 
-__all__ = ["__version__", "data", "datasets", "models", "pl", "tl"]
+__all__ = ["__version__", "data", "datasets", "models", "pl", "pretrained", "tl"]

@@ -21,7 +21,10 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"  data: {adata.n_obs} cells x {adata.n_vars} genes, batches = obs['sample']")
     adata.obsm["X_pca"] = unintegrated_pca(adata)
     model = scdl.tl.integrate(
-        adata, batch_key="sample", max_epochs=args.max_epochs, random_state=args.seed,
+        adata,
+        batch_key="sample",
+        max_epochs=args.max_epochs,
+        random_state=args.seed,
         progress_bar=not args.quiet,
     )
     scdl.tl.cluster(adata, use_rep="X_scdl", key_added="scdl_cluster")
@@ -50,13 +53,47 @@ def _demo(args: argparse.Namespace) -> int:
     model.save(out / "model", overwrite=True)
     print("\nscib-metrics (unscaled; higher is better):")
     print(metrics[["Batch correction", "Bio conservation", "Total"]].round(3).to_string())
-    print(f"\nLeiden on X_scdl: {adata.obs['scdl_cluster'].nunique()} clusters, "
-          f"ARI vs cell_type = {ari:.3f}")
-    print(f"training: {adata.uns['X_scdl']['params']['max_epochs']} epochs in "
-          f"{adata.uns['X_scdl']['train_time_s']:.0f} s; final ELBO "
-          f"{np.asarray(adata.uns['X_scdl']['history']['elbo_train'])[-1]:.1f}")
-    print(f"\nwrote {out / 'kang_scdl.h5ad'}, {out / 'model'}/ and "
-          + ", ".join(str(out / n) for n in figs))
+    print(
+        f"\nLeiden on X_scdl: {adata.obs['scdl_cluster'].nunique()} clusters, "
+        f"ARI vs cell_type = {ari:.3f}"
+    )
+    print(
+        f"training: {adata.uns['X_scdl']['params']['max_epochs']} epochs in "
+        f"{adata.uns['X_scdl']['train_time_s']:.0f} s; final ELBO "
+        f"{np.asarray(adata.uns['X_scdl']['history']['elbo_train'])[-1]:.1f}"
+    )
+    print(
+        f"\nwrote {out / 'kang_scdl.h5ad'}, {out / 'model'}/ and "
+        + ", ".join(str(out / n) for n in figs)
+    )
+
+    print("\nscdl demo: cell-type annotation with the shipped annotator 'pbmc_kang2018'")
+    cells = scdl.datasets.kang_pbmc_heldout()
+    print(
+        f"  data: {cells.n_obs} held-out Kang PBMCs (never seen by the annotator), "
+        "with known cell types"
+    )
+    scdl.tl.annotate(cells, model="pbmc_kang2018")
+    called = cells.obs["scdl_cell_type"].astype(str)
+    known = ~cells.obs["scdl_cell_type_unknown"].to_numpy()
+    acc = (called[known] == cells.obs["cell_type"].astype(str)[known]).mean()
+    print(
+        f"  accuracy {acc:.1%} on the {known.sum()} cells called; "
+        f"{(~known).mean():.1%} called Unknown"
+    )
+    scdl.pl.annotation(cells, groupby="cell_type", save=out / "annotation.png", show=False)
+    model = scdl.pretrained.load("pbmc_kang2018")
+    attr = model.gene_attributions(cells, n_cells=50)
+    scdl.pl.attributions(attr, save=out / "attributions.png", show=False)
+    plt.close("all")
+    top = attr[attr["rank"] <= 3].groupby("label")["gene"].apply(", ".join)
+    print("  top genes per type (integrated gradients):")
+    for label, genes in top.items():
+        print(f"    {label:<12} {genes}")
+    cells.write_h5ad(out / "kang_annotated.h5ad")
+    print(
+        f"wrote {out / 'kang_annotated.h5ad'}, {out / 'annotation.png'}, {out / 'attributions.png'}"
+    )
     return 0
 
 
@@ -67,8 +104,13 @@ def _integrate(args: argparse.Namespace) -> int:
 
     adata = anndata.read_h5ad(args.input)
     model = scdl.tl.integrate(
-        adata, batch_key=args.batch_key, layer=args.layer, key_added=args.key_added,
-        n_latent=args.n_latent, max_epochs=args.max_epochs, random_state=args.seed,
+        adata,
+        batch_key=args.batch_key,
+        layer=args.layer,
+        key_added=args.key_added,
+        n_latent=args.n_latent,
+        max_epochs=args.max_epochs,
+        random_state=args.seed,
         progress_bar=not args.quiet,
     )
     if args.cluster:
@@ -80,6 +122,26 @@ def _integrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _annotate(args: argparse.Namespace) -> int:
+    import anndata
+
+    import scdl
+
+    adata = anndata.read_h5ad(args.input)
+    scdl.tl.annotate(
+        adata,
+        model=args.model,
+        layer=args.layer,
+        key_added=args.key_added,
+        unknown=not args.no_unknown,
+    )
+    adata.write_h5ad(args.output)
+    counts = adata.obs[args.key_added].value_counts()
+    print(f"wrote obs[{args.key_added!r}] to {args.output}:")
+    print(counts[counts > 0].to_string())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scdl", description="Deep-learning models for single-cell data, on AnnData files."
@@ -88,9 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser(
         "demo",
-        help="integrate and cluster the bundled Kang PBMC data; write .h5ad and PNG figures",
+        help="integrate, cluster and annotate bundled Kang PBMC data; write .h5ad and figures",
         description="Runs scdl's main job on bundled real data (Kang 2018 PBMCs): VAE "
-        "integration of 4 samples, Leiden clustering, scib-metrics vs PCA, figures.",
+        "integration of 4 samples, Leiden clustering, scib-metrics vs PCA, then cell-type "
+        "annotation of held-out cells with the shipped annotator, with gene attributions.",
     )
     d.add_argument(
         "-o", "--output", default="scdl_demo", help="output folder (default: %(default)s)"
@@ -118,6 +181,29 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--save-model", default=None, help="folder to save the trained model")
     i.add_argument("-q", "--quiet", action="store_true")
     i.set_defaults(func=_integrate)
+
+    a = sub.add_parser(
+        "annotate",
+        help="annotate cell types in an .h5ad of raw counts with a (pretrained) annotator",
+        description="Predict cell types of IN.h5ad (raw counts) with a pretrained annotator "
+        "(name, folder, archive or URL; see scdl.pretrained.available()) and write "
+        "obs[KEY], obs[KEY_confidence] and obsm[KEY_probabilities] to OUT.h5ad.",
+    )
+    a.add_argument("input", help="input .h5ad with raw counts")
+    a.add_argument("-o", "--output", required=True, help="output .h5ad")
+    a.add_argument(
+        "--model",
+        default="pbmc_kang2018",
+        help="annotator name, folder or archive (default: %(default)s)",
+    )
+    a.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
+    a.add_argument("--key-added", default="scdl_cell_type")
+    a.add_argument(
+        "--no-unknown",
+        action="store_true",
+        help="give every cell its most probable type (no 'Unknown' calls)",
+    )
+    a.set_defaults(func=_annotate)
     return p
 
 

@@ -26,3 +26,60 @@ def gene_mismatch_message(reference: pd.Index, query: pd.Index) -> str:
         "The query has the model's genes in a different order. Reorder them: "
         "`query = query[:, model.get_var_names()].copy()`."
     )
+
+
+def align_to_genes(
+    adata,
+    genes,
+    *,
+    layer: str | None = None,
+    min_overlap: float = 0.5,
+    what: str = "model",
+):
+    """Put ``adata``'s counts in the column order of ``genes`` (matched by name).
+
+    Returns a CSR matrix (cells x ``len(genes)``, float32) with zeros for genes the data
+    lacks, and a boolean mask of the genes it holds. ``adata`` itself is not modified.
+
+    Raises
+    ------
+    ValueError
+        Fewer than ``min_overlap`` of ``genes`` occur in ``adata.var_names``.
+    """
+    import numpy as np
+    from scipy import sparse
+
+    from ._checks import check_unique_var_names, get_matrix
+
+    genes = pd.Index(genes)
+    check_unique_var_names(adata)
+    col = adata.var_names.get_indexer(genes)
+    present = col >= 0
+    n_present = int(present.sum())
+    if n_present < min_overlap * len(genes):
+        example = adata.var_names[:3].tolist()
+        raise ValueError(
+            f"Only {n_present} of the {what}'s {len(genes)} genes ({n_present / len(genes):.0%}) "
+            f"occur in adata.var_names (e.g. {example}); at least {min_overlap:.0%} are needed. "
+            f"Use the same gene identifiers as the {what} (symbols, e.g. {genes[:3].tolist()}, "
+            "vs Ensembl IDs?), or set adata.var_names from the right var column."
+        )
+    x = get_matrix(adata, layer)
+    # a 0/1 selection matrix maps query columns to the model's, without densifying
+    sel = sparse.csr_matrix(
+        (np.ones(n_present, dtype=np.float32), (col[present], np.flatnonzero(present))),
+        shape=(adata.n_vars, len(genes)),
+    )
+    if sparse.issparse(x):
+        out = sparse.csr_matrix(x, dtype=np.float32) @ sel
+    elif isinstance(x, np.ndarray):
+        out = sparse.csr_matrix(np.asarray(x, dtype=np.float32)) @ sel
+    else:  # backed: read in row chunks
+        out = sparse.vstack(
+            [
+                sparse.csr_matrix(x[i : i + 10_000], dtype=np.float32) @ sel
+                for i in range(0, adata.n_obs, 10_000)
+            ],
+            format="csr",
+        )
+    return sparse.csr_matrix(out, dtype=np.float32), present

@@ -105,3 +105,36 @@ class FastDataSplitter(DataSplitter):
     """scvi-tools' ``DataSplitter`` (same split logic) feeding :class:`TensorBatchLoader`."""
 
     data_loader_cls = TensorBatchLoader
+
+
+class CSRBatches:
+    """Minibatches ``{X_KEY: dense tensor}`` from a cells x genes matrix (CSR or dense).
+
+    For training on data that is not registered with the model (e.g. unlabelled cells for
+    pretraining, aligned to the model's genes). Shuffles with torch's global generator.
+    """
+
+    def __init__(self, x, *, batch_size: int = 256, shuffle: bool = True, drop_last: bool = False):
+        from scvi import REGISTRY_KEYS
+
+        self.x, self.key = x, REGISTRY_KEYS.X_KEY
+        self.batch_size, self.shuffle, self.drop_last = int(batch_size), shuffle, drop_last
+
+    def __len__(self) -> int:
+        n = self.x.shape[0]
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        n = self.x.shape[0]
+        order = torch.randperm(n).numpy() if self.shuffle else np.arange(n)
+        for i in range(len(self)):
+            rows = np.sort(order[i * self.batch_size : (i + 1) * self.batch_size])
+            yield {self.key: dense_rows(self.x, rows)}
+
+
+def dense_rows(x, rows) -> torch.Tensor:
+    """Rows of a sparse, dense or backed matrix as a dense float32 tensor."""
+    part = x[rows]
+    if sparse.issparse(part) or hasattr(part, "toarray"):
+        part = part.toarray()
+    return torch.from_numpy(np.ascontiguousarray(part, dtype=np.float32))

@@ -55,8 +55,13 @@ def fetch_file(
 
         # pooch verifies the hash itself and deletes a mismatching download
         return Path(
-            pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=filename, path=cache_dir(),
-                           progressbar=False)
+            pooch.retrieve(
+                url,
+                known_hash=f"sha256:{sha256}",
+                fname=filename,
+                path=cache_dir(),
+                progressbar=False,
+            )
         )
     else:
         raise FileNotFoundError(

@@ -8,10 +8,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-_CLASSES = {"ContrastiveVAE": "._contrastive", "VAE": "._vae"}
+_CLASSES = {
+    "CellTypeTransformer": "._annotator",
+    "ContrastiveVAE": "._contrastive",
+    "DrugResponseModel": "._drug",
+    "VAE": "._vae",
+}
 
 if TYPE_CHECKING:
+    from ._annotator import CellTypeTransformer
     from ._contrastive import ContrastiveVAE
+    from ._drug import DrugResponseModel
     from ._vae import VAE
 
 
@@ -25,4 +32,4 @@ def __dir__() -> list[str]:
     return sorted(_CLASSES)
 
 
-__all__ = ["ContrastiveVAE", "VAE"]
+__all__ = ["CellTypeTransformer", "ContrastiveVAE", "DrugResponseModel", "VAE"]

@@ -109,6 +109,10 @@ def load_weights(dir_path: str | os.PathLike, device: str = "cpu") -> dict:
 class SafeSaveLoadMixin:
     """``save``/``load`` through JSON + safetensors instead of pickle."""
 
+    def _extra_config(self) -> dict:
+        """Further JSON fields a model writes for readers of ``config.json``."""
+        return {}
+
     def save(
         self,
         dir_path: str | os.PathLike,
@@ -146,6 +150,7 @@ class SafeSaveLoadMixin:
             "model_class": type(self).__name__,
             "var_names": [str(v) for v in self.get_var_names()],
             "attrs": _encode(attrs),
+            **self._extra_config(),
         }
         state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
         save_file(state, str(dir_path / WEIGHTS_NAME))
@@ -187,7 +192,9 @@ class SafeSaveLoadMixin:
                 f"scdl.models.{config['model_class']}.load."
             )
         _, _, torch_device = parse_device_args(
-            accelerator=accelerator, devices=device, return_device="torch",
+            accelerator=accelerator,
+            devices=device,
+            return_device="torch",
             validate_single_device=True,
         )
         if adata is None and (Path(dir_path) / "adata.h5ad").is_file():

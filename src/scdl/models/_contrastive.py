@@ -100,8 +100,7 @@ def resolve_groups(
     by_group = groupby is not None or background is not None or target is not None
     if by_index and by_group:
         raise ValueError(
-            "Pass either background_indices/target_indices or groupby= with background=, "
-            "not both."
+            "Pass either background_indices/target_indices or groupby= with background=, not both."
         )
     if not by_index and not by_group:
         raise ValueError(
@@ -139,11 +138,13 @@ def resolve_groups(
         split = {"groupby": groupby, "background": bg_values, "target": tg_values}
         where = f"adata.obs[{groupby!r}]"
     else:
-        bg = None if background_indices is None else _as_indices(
-            background_indices, n_obs, "background_indices"
+        bg = (
+            None
+            if background_indices is None
+            else _as_indices(background_indices, n_obs, "background_indices")
         )
-        tg = None if target_indices is None else _as_indices(
-            target_indices, n_obs, "target_indices"
+        tg = (
+            None if target_indices is None else _as_indices(target_indices, n_obs, "target_indices")
         )
         everyone = np.arange(n_obs)
         bg = np.setdiff1d(everyone, tg) if bg is None else bg
@@ -487,8 +488,12 @@ class ContrastiveVAE(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClas
             values present); no target or no background cells; a cell is both.
         """
         bg, tg, split = resolve_groups(
-            self.adata, background_indices, target_indices,
-            groupby=groupby, background=background, target=target,
+            self.adata,
+            background_indices,
+            target_indices,
+            groupby=groupby,
+            background=background,
+            target=target,
         )
         n_obs = bg.size + tg.size
         if max_epochs is None:

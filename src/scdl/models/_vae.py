@@ -294,8 +294,9 @@ class VAE(
         if not adata.var_names.equals(ref_genes):
             if not ref_genes.isin(adata.var_names).all():
                 raise ValueError(gene_mismatch_message(ref_genes, adata.var_names))
-            logger.info("Using the query's %d reference genes, in the reference's order.",
-                        len(ref_genes))
+            logger.info(
+                "Using the query's %d reference genes, in the reference's order.", len(ref_genes)
+            )
             adata = adata[:, ref_genes].copy()
         setup_args = reference_model.registry_["setup_args"]
         if setup_args.get("batch_key") is not None:

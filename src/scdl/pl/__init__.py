@@ -1,8 +1,18 @@
 """Figures for scdl's steps (matplotlib; ``show``/``save`` as in scanpy)."""
 
+from ._annotation import annotation, attributions
 from ._contrastive import contrastive
+from ._drug_response import drug_response
 from ._embedding import embedding
 from ._history import training_history
 from ._metrics import integration_metrics
 
-__all__ = ["contrastive", "embedding", "integration_metrics", "training_history"]
+__all__ = [
+    "annotation",
+    "attributions",
+    "contrastive",
+    "drug_response",
+    "embedding",
+    "integration_metrics",
+    "training_history",
+]

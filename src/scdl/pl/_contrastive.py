@@ -147,16 +147,32 @@ def contrastive(
     for i, c in enumerate(color):
         label = f" · {c}" if c is not None else ""
         ax = fig.add_subplot(gs[i, 0])
-        sc.pl.embedding(tmp, basis="shared", color=c, ax=ax, show=False, frameon=False,
-                        title="shared space" + label, legend_loc="none")
+        sc.pl.embedding(
+            tmp,
+            basis="shared",
+            color=c,
+            ax=ax,
+            show=False,
+            frameon=False,
+            title="shared space" + label,
+            legend_loc="none",
+        )
         palette = None
         if c is not None and isinstance(tmp.obs[c].dtype, pd.CategoricalDtype):
             # the target subset lacks some categories: keep each category's colour
             palette = dict(zip(tmp.obs[c].cat.categories, tmp.uns[f"{c}_colors"], strict=True))
         ax = fig.add_subplot(gs[i, 1])
-        sc.pl.embedding(tmp_target, basis="salient", color=c, ax=ax, show=False,
-                        frameon=False, title="salient space (target cells)" + label,
-                        palette=palette, legend_loc="right margin")
+        sc.pl.embedding(
+            tmp_target,
+            basis="salient",
+            color=c,
+            ax=ax,
+            show=False,
+            frameon=False,
+            title="salient space (target cells)" + label,
+            palette=palette,
+            legend_loc="right margin",
+        )
     if table is not None:
         ax = fig.add_subplot(gs[:, 3])
         up = table["lfc_mean"].to_numpy() > 0
@@ -166,9 +182,15 @@ def contrastive(
         ax.set_xlabel("mean |log2 FC|, with vs without salient code")
         ax.set_title(f"top {len(table)} salient genes")
         ax.legend(
-            handles=[Patch(color="#c0392b", label="up in target"),
-                     Patch(color="#2e6da4", label="down in target")],
-            frameon=False, fontsize=7, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.1),
+            handles=[
+                Patch(color="#c0392b", label="up in target"),
+                Patch(color="#2e6da4", label="down in target"),
+            ],
+            frameon=False,
+            fontsize=7,
+            ncols=2,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.1),
         )
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)

@@ -72,8 +72,14 @@ def embedding(
         params = adata.uns.get(basis, {}).get("params", {}) if basis in adata.uns else {}
         color = [params["batch_key"]] if params.get("batch_key") else None
     fig = sc.pl.embedding(
-        adata, basis=umap_key, color=color, ncols=ncols, show=False, return_fig=True,
-        frameon=False, **kwargs,
+        adata,
+        basis=umap_key,
+        color=color,
+        ncols=ncols,
+        show=False,
+        return_fig=True,
+        frameon=False,
+        **kwargs,
     )
     if fig is None or not hasattr(fig, "savefig"):  # scanpy returns Axes for a single panel
         fig = fig.figure if fig is not None else __import__("matplotlib.pyplot").pyplot.gcf()

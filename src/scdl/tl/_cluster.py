@@ -70,11 +70,20 @@ def cluster(
     adata = adata.copy() if copy else adata
     neighbors_key = f"{key_added}_neighbors"
     sc.pp.neighbors(
-        adata, n_neighbors=n_neighbors, use_rep=use_rep, key_added=neighbors_key,
+        adata,
+        n_neighbors=n_neighbors,
+        use_rep=use_rep,
+        key_added=neighbors_key,
         random_state=random_state,
     )
     sc.tl.leiden(
-        adata, resolution=resolution, key_added=key_added, neighbors_key=neighbors_key,
-        flavor="igraph", n_iterations=2, directed=False, random_state=random_state,
+        adata,
+        resolution=resolution,
+        key_added=key_added,
+        neighbors_key=neighbors_key,
+        flavor="igraph",
+        n_iterations=2,
+        directed=False,
+        random_state=random_state,
     )
     return adata if copy else None

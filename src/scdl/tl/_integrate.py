@@ -117,8 +117,9 @@ def integrate(
 
     scvi.settings.seed = random_state
     VAE.setup_anndata(train_adata, batch_key=batch_key)
-    model = VAE(train_adata, n_latent=n_latent, gene_likelihood=gene_likelihood,
-                **(model_kwargs or {}))
+    model = VAE(
+        train_adata, n_latent=n_latent, gene_likelihood=gene_likelihood, **(model_kwargs or {})
+    )
     t0 = time.perf_counter()
     model.train(
         max_epochs=max_epochs,

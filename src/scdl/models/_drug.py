@@ -1,0 +1,756 @@
+"""``scdl.models.DrugResponseModel``: single-cell drug response by transfer from cell lines."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import LayerField, ObsmField
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+
+from scdl.data import check_counts, check_unique_var_names, get_matrix
+from scdl.data._drug_inputs import (
+    MIN_SHARED_GENES,
+    check_response,
+    detected_fraction,
+    looks_like_counts,
+    matched_reference,
+    profiles_from_counts,
+    profiles_from_expression,
+    resolve_drugs,
+    select_variable_genes,
+    shared_genes,
+)
+from scdl.data._loader import FastDataSplitter, TensorBatchLoader
+from scdl.module._drug import (
+    FOLD_KEY,
+    REFERENCE_X_KEY,
+    RESPONSE_KEY,
+    TARGET_X_KEY,
+    DrugResponseModule,
+)
+
+from ._attribution import integrated_gradients
+from ._base import SafeSaveLoadMixin
+from ._training import check_batch_size, default_max_epochs
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+Modality = Literal["auto", "counts", "profiles"]
+
+
+# --- minibatches mixing bulk lines with a sample of target cells ---------------------------
+
+
+class _DomainLoader(TensorBatchLoader):
+    """scdl's fast loader over bulk lines, feeding the model's input profiles; for training
+    also each line's fold and, per minibatch, random samples of target-cell profiles and of
+    reference bulk profiles (``target_batch_size`` each) for the alignment term."""
+
+    def __init__(
+        self,
+        adata_manager,
+        indices=None,
+        *,
+        profiles: np.ndarray,
+        target_x: np.ndarray | None = None,
+        reference_p: np.ndarray | None = None,
+        folds: np.ndarray | None = None,
+        target_batch_size: int = 32,
+        **kwargs,
+    ):
+        super().__init__(adata_manager, indices, **kwargs)
+        self.target_batch_size = int(target_batch_size)
+        self.arrays[REGISTRY_KEYS.X_KEY] = (profiles, np.float32)
+        if folds is not None:
+            self.arrays[FOLD_KEY] = (np.asarray(folds, dtype=np.int64).reshape(-1, 1), np.int64)
+        self.target_x = None if target_x is None else torch.from_numpy(target_x)
+        self.profiles = torch.from_numpy(profiles)
+        self.reference_p = None if reference_p is None else torch.from_numpy(reference_p)
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if self.target_x is not None:
+                n = self.target_batch_size
+                # torch's global generator: reproducible under scvi.settings.seed
+                pick = torch.randint(self.target_x.shape[0], (n,))
+                batch[TARGET_X_KEY] = self.target_x[pick]
+                if self.reference_p is not None:
+                    ref = torch.multinomial(self.reference_p, n, replacement=True)
+                    batch[REFERENCE_X_KEY] = self.profiles[ref]
+            yield batch
+
+
+class DomainSplitter(FastDataSplitter):
+    """scvi-tools' split of the bulk lines; training minibatches also carry target cells.
+
+    The two domains differ in size and in what is known about them (responses only for
+    lines), so the target cells ride along as an extra minibatch key rather than as rows:
+    scvi-tools' standard ``TrainingPlan`` then trains the model unchanged. Validation
+    minibatches hold bulk lines only. ``profiles`` (lines x the model's genes, on the model's
+    common scale) replace the registered expression as the model's input.
+    """
+
+    def __init__(
+        self, adata_manager, *, profiles, target_x=None, reference_p=None, folds=None, **kwargs
+    ):
+        super().__init__(adata_manager, **kwargs)
+        self.profiles = profiles
+        self.target_x = target_x
+        self.reference_p = reference_p
+        self.folds = folds
+
+    def _loader(self, indices, *, train: bool):
+        if len(indices) == 0:
+            return None
+        return _DomainLoader(
+            self.adata_manager,
+            indices=indices,
+            shuffle=train,
+            drop_last=self.drop_last if train else False,
+            pin_memory=self.pin_memory,
+            profiles=self.profiles,
+            target_x=self.target_x if train else None,
+            reference_p=self.reference_p if train else None,
+            folds=self.folds if train else None,
+            **self.data_loader_kwargs,
+        )
+
+    def train_dataloader(self):
+        return self._loader(self.train_idx, train=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_idx, train=False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_idx, train=False)
+
+
+# --- the model -----------------------------------------------------------------------------
+
+
+class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClass):
+    """Predict many drugs' responses of single cells from cancer cell lines' bulk profiles.
+
+    A network learns drug response (e.g. GDSC ln IC50) from bulk expression of cell lines,
+    with single cells of interest (``target``) seen during training so that the encoder,
+    shared by both domains, maps them to the same latent space (MMD alignment, as in scDEAL,
+    Chen et al. 2022, Nat Commun 13:6494). One multi-task head predicts every drug at once,
+    trained with a mean squared error masked to the measured (non-NaN) entries of the
+    response table.
+
+    **Comparable inputs.** Bulk profiles and cells are matched by gene symbol; the model
+    uses the ``n_top_genes`` genes present in both that vary most across the lines (among
+    genes detected in at least ``min_detected`` of the target cells). Counts become
+    log1p(counts per 10k), averaged over each cell's ``smooth_neighbors`` nearest neighbours
+    (PCA space of the cells passed together), since a single cell's counts are too sparse to
+    look like a bulk profile; bulk values are used as they are (already log-scale). Every
+    profile is then put on one scale across those genes: by default (``input_scale="rank"``)
+    each gene's value is replaced by the normal quantile of its rank within the profile, so
+    only the order of genes within a sample counts and monotone differences between
+    platforms (microarray saturation, log1p of sparse counts) vanish; ``"zscore"`` z-scores
+    each profile instead, mirroring GDSC's within-line z-scores. Each gene is then
+    standardised with the lines' mean and sd.
+
+    **Outputs.** A continuous response per drug (the table's units; for ln IC50 lower is
+    more sensitive), the mean over ``n_ensemble`` members. Each member leaves out one fold of
+    the lines, so every line has a held-out prediction; from those the model keeps, per drug,
+    the held-out residual sd and Spearman correlation (:attr:`drug_stats_`). The *sensitive
+    probability* is P(response < the drug's median over the bulk lines) for a Gaussian
+    centred on the prediction with the held-out residual sd:
+    ``Phi((median - prediction) / residual_sd)``; 0.5 means "as sensitive as the median
+    line". (With ``n_ensemble=1`` the residuals come from the validation lines, or, with
+    ``train_size=1``, from the training lines, which understates the uncertainty.)
+
+    Parameters
+    ----------
+    adata
+        Bulk AnnData registered with :meth:`setup_anndata`.
+    registry
+        Saved registry, to build the model without data (used by :meth:`load`).
+    target
+        Single cells to adapt to, raw counts (cells x genes, gene symbols). ``None``: no
+        domain alignment (a bulk-only predictor).
+    target_layer
+        Layer of ``target`` holding the counts; ``None`` uses ``target.X``.
+    genes
+        Genes to use, overriding the selection (must be in the bulk data).
+    n_top_genes
+        Genes kept: most variable across the bulk lines among the shared genes; ``None``
+        keeps all shared genes.
+    min_detected
+        Keep genes detected (count > 0) in at least this fraction of target cells.
+    smooth_neighbors
+        Neighbours each cell's profile is averaged over (itself included); ``0`` or ``1``
+        turns smoothing off.
+    n_hidden, n_latent
+        Units of the encoder's hidden layer and latent code.
+    dropout_rate
+        Dropout in the encoder.
+    input_noise
+        Sd of Gaussian noise added to the standardised genes in training.
+    n_ensemble
+        Ensemble members (each leaves out a different fold of the lines).
+    mmd_weight
+        Weight of the bulk-target MMD alignment; ``0`` turns it off.
+    match_neighbors
+        The MMD aligns the target cells to bulk lines drawn in proportion to how often they
+        are among a cell's ``match_neighbors`` most correlated lines (input space), so cells
+        from a few lines are aligned to comparable lines, not to the whole panel; ``0``
+        aligns to all lines alike.
+    input_scale
+        ``"rank"`` (normal quantiles of within-profile ranks) or ``"zscore"``; see above.
+
+    Examples
+    --------
+    >>> bulk = scdl.datasets.gdsc()
+    >>> scdl.models.DrugResponseModel.setup_anndata(bulk, response_key="ln_ic50")
+    >>> model = scdl.models.DrugResponseModel(bulk, target=cells)
+    >>> model.train()
+    >>> model.predict(cells, drugs=["Gefitinib"], kind="probability")
+    """
+
+    _module_cls = DrugResponseModule
+    _data_splitter_cls = DomainSplitter
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        registry: dict | None = None,
+        target: AnnData | None = None,
+        *,
+        target_layer: str | None = None,
+        genes: Sequence[str] | None = None,
+        n_top_genes: int | None = 2000,
+        min_detected: float = 0.05,
+        smooth_neighbors: int = 15,
+        n_hidden: int = 1024,
+        n_latent: int = 256,
+        dropout_rate: float = 0.5,
+        input_noise: float = 1.0,
+        n_ensemble: int = 5,
+        mmd_weight: float = 1.0,
+        match_neighbors: int = 10,
+        input_scale: Literal["zscore", "rank"] = "rank",
+    ):
+        if input_scale not in ("zscore", "rank"):
+            raise ValueError(f"input_scale={input_scale!r} is not one of 'zscore', 'rank'.")
+        if not isinstance(n_ensemble, int) or n_ensemble < 1:
+            raise ValueError(f"n_ensemble must be a positive integer, got {n_ensemble!r}.")
+        if target is not None and adata is None:
+            raise ValueError("`target` needs the bulk `adata` the model is trained on.")
+        if target is not None:
+            check_unique_var_names(target)
+            check_counts(target, target_layer, allow_zero_genes=True)
+        super().__init__(adata, registry)
+        self.drugs = [str(d) for d in self._drug_names()]
+        if genes is None:
+            if adata is None:
+                raise ValueError("Pass the bulk `adata` (or `genes=`) to build the model.")
+            genes = self._select_genes(adata, target, target_layer, n_top_genes, min_detected)
+        else:
+            genes = pd.Index([str(g) for g in genes])
+            if adata is not None:
+                shared_genes(genes, adata.var_names, min_genes=1, names=("genes", "bulk genes"))
+                missing = genes.difference(adata.var_names)
+                if len(missing):
+                    raise ValueError(
+                        f"{len(missing)} of `genes` are not in the bulk data (e.g. "
+                        f"{missing[:5].tolist()}); pass genes of adata.var_names."
+                    )
+        self.genes = pd.Index(genes)
+        self.smooth_neighbors = int(smooth_neighbors)
+        self.match_neighbors = int(match_neighbors)
+        self.input_scale = input_scale
+        self.module = self._module_cls(
+            n_input=len(self.genes),
+            n_drugs=len(self.drugs),
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            dropout_rate=dropout_rate,
+            input_noise=input_noise,
+            n_ensemble=n_ensemble,
+            mmd_weight=mmd_weight,
+        )
+        self._target_profiles = None
+        if target is not None:
+            self._target_profiles = self._count_profiles(
+                get_matrix(target, target_layer), target.var_names, self.smooth_neighbors
+            )
+        if adata is not None:
+            self._set_scaling()
+        # set by train(); saved with the model
+        self.drug_stats_: pd.DataFrame | None = None
+        self.calibration_source_: str | None = None
+        self._model_summary_string = (
+            f"scdl DrugResponseModel: {len(self.drugs)} drugs, {len(self.genes)} genes, "
+            f"n_hidden={n_hidden}, n_latent={n_latent}, n_ensemble={n_ensemble}, "
+            f"mmd_weight={mmd_weight}, target cells="
+            f"{0 if target is None else target.n_obs}"
+        )
+        self.init_params_ = self._get_init_params(locals())
+        # load() rebuilds the module from the genes chosen here, without the target cells
+        self.init_params_["non_kwargs"]["genes"] = [str(g) for g in self.genes]
+
+    # --- registration ---
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        response_key: str = "ln_ic50",
+        layer: str | None = None,
+        **kwargs,
+    ) -> None:
+        """Check the bulk ``adata`` and register it with its response table.
+
+        Parameters
+        ----------
+        adata
+            Bulk cell lines x genes: log-scale expression (e.g. GDSC's within-line z-scores,
+            or log1p TPM), gene symbols as var_names.
+        response_key
+            obsm key of the response: a DataFrame of lines x drugs, drug names as columns,
+            NaN where unmeasured (as :func:`scdl.datasets.gdsc` writes).
+        layer
+            Layer holding the expression; ``None`` uses ``adata.X``.
+
+        Raises
+        ------
+        KeyError
+            ``response_key`` is not in ``adata.obsm``, or ``layer`` does not exist.
+        TypeError
+            The response is not a numeric DataFrame, or the expression not numeric.
+        ValueError
+            NaN/inf expression; constant profiles; raw counts (log-transform them first);
+            a drug measured on fewer than 3 lines (e.g. all NaN); repeated gene names.
+            ``adata`` is left unchanged.
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        check_unique_var_names(adata)
+        _check_profiles(adata, layer)
+        check_response(adata, response_key)
+        anndata_fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
+            ObsmField(RESPONSE_KEY, response_key),
+        ]
+        adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    def _drug_names(self) -> list:
+        return list(
+            self.registry_["field_registries"][RESPONSE_KEY]["state_registry"]["column_names"]
+        )
+
+    def _bulk(self) -> tuple[np.ndarray, np.ndarray]:
+        """Training profiles (lines x model genes) and responses (lines x drugs)."""
+        x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        profiles = profiles_from_expression(
+            x, self.adata.var_names, self.genes, scale=self.input_scale
+        )
+        y = self.adata_manager.get_from_registry(RESPONSE_KEY)
+        return profiles, np.asarray(y, dtype=np.float64)
+
+    def _count_profiles(self, x, var_names: pd.Index, n_neighbors: int) -> np.ndarray:
+        """Counts to the model's input: one code path for target cells and predictions."""
+        return profiles_from_counts(
+            x, var_names, self.genes, n_neighbors=n_neighbors, scale=self.input_scale
+        )
+
+    def _set_scaling(self) -> None:
+        profiles, y = self._bulk()
+        gene_scale = profiles.std(axis=0)
+        gene_scale[gene_scale == 0] = 1.0
+        self.module.set_scaling(
+            profiles.mean(axis=0), gene_scale, np.nanmean(y, axis=0), np.nanstd(y, axis=0)
+        )
+
+    @staticmethod
+    def _select_genes(adata, target, target_layer, n_top_genes, min_detected) -> pd.Index:
+        genes = adata.var_names
+        if target is not None:
+            genes = shared_genes(adata.var_names, target.var_names)
+            if min_detected > 0:
+                x = get_matrix(target, target_layer)
+                frac = detected_fraction(x, target.var_names.get_indexer(genes))
+                kept = genes[frac >= min_detected]
+                if len(kept) < MIN_SHARED_GENES:
+                    raise ValueError(
+                        f"Only {len(kept)} shared genes are detected in at least "
+                        f"{min_detected:.0%} of the target cells; lower `min_detected`."
+                    )
+                genes = kept
+        x = get_matrix(adata)  # selection on the registered profiles
+        profiles = profiles_from_expression(x, adata.var_names, genes)
+        return select_variable_genes(profiles, genes, n_top_genes)
+
+    # --- training ---
+
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        batch_size: int = 64,
+        target_batch_size: int = 32,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        train_size: float | None = 1.0,
+        early_stopping: bool = False,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        plan_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        """Train on the bulk lines (and align the target cells); Lightning, scvi-tools' plan.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the lines; ``None``: about 1,200 minibatches (80 epochs for ~950
+            lines), within [30, 400].
+        batch_size
+            Lines per minibatch.
+        target_batch_size
+            Target cells (and as many reference lines) drawn per minibatch for the MMD.
+        lr, weight_decay
+            AdamW learning rate and decoupled weight decay.
+        train_size
+            Fraction of lines to train on; the rest are validation lines (in
+            :attr:`history`). Default 1.0: the ensemble's left-out folds already give
+            held-out predictions.
+        early_stopping
+            Stop when the validation loss stops improving (needs ``train_size < 1``).
+        accelerator, devices
+            Passed to Lightning; further ``Trainer`` arguments go in ``**kwargs``.
+        plan_kwargs
+            Further arguments for :class:`scvi.train.TrainingPlan` (e.g.
+            ``n_epochs_kl_warmup``, over which the MMD weight ramps up; default half of
+            ``max_epochs``).
+        """
+        n_obs = self.adata.n_obs
+        profiles = self._bulk()[0]
+        reference_p = None
+        if self._target_profiles is not None and self.match_neighbors > 0:
+            reference_p = matched_reference(self._target_profiles, profiles, self.match_neighbors)
+        if max_epochs is None:
+            max_epochs = default_max_epochs(n_obs, n_steps=600, cap=400, floor=30)
+        check_batch_size(n_obs, batch_size, train_size)
+        if train_size is not None and train_size < 1:
+            kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
+        plan = {
+            "optimizer": "AdamW",
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "eps": 1e-8,
+            "n_epochs_kl_warmup": max(1, max_epochs // 2),
+            **(plan_kwargs or {}),
+        }
+        import scvi
+
+        rng = np.random.RandomState(scvi.settings.seed)
+        folds = rng.permutation(n_obs) % self.module.n_ensemble
+        out = super().train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            early_stopping=early_stopping,
+            accelerator=accelerator,
+            devices=devices,
+            train_size=train_size,
+            plan_kwargs=plan,
+            datasplitter_kwargs={
+                "profiles": profiles,
+                "target_x": self._target_profiles,
+                "reference_p": reference_p,
+                "folds": folds,
+                "target_batch_size": target_batch_size,
+            },
+            **kwargs,
+        )
+        self.module.eval()
+        self.drug_stats_ = self._calibrate(folds)
+        return out
+
+    def _calibrate(self, folds: np.ndarray) -> pd.DataFrame:
+        """Per drug: lines, bulk median, held-out residual sd and Spearman correlation."""
+        profiles, y = self._bulk()
+        members = self._run(profiles, self.module.member_predictions)  # K x lines x drugs
+        k = members.shape[0]
+        train_idx = np.asarray(self.train_indices if self.train_indices is not None else [])
+        in_train = np.zeros(len(y), dtype=bool)
+        in_train[train_idx.astype(np.int64)] = True
+        if k > 1:
+            # a training line's held-out prediction is the member that left its fold out;
+            # validation lines were left out by every member
+            own = members[folds, np.arange(len(y))]
+            heldout = np.where(in_train[:, None], own, members.mean(axis=0))
+            source = "left-out folds"
+        elif (~in_train).any():
+            heldout = np.where(in_train[:, None], np.nan, members[0])
+            source = "validation lines"
+        else:
+            heldout = members[0]
+            source = "training lines"
+            warnings.warn(
+                "With n_ensemble=1 and train_size=1 there are no held-out lines: the sensitive "
+                "probability uses training residuals, which understate the uncertainty. Use "
+                "n_ensemble >= 2 or train_size < 1.",
+                UserWarning,
+                stacklevel=3,
+            )
+        from scipy.stats import spearmanr
+
+        rows = []
+        for j, drug in enumerate(self.drugs):
+            measured = ~np.isnan(y[:, j])
+            ok = measured & ~np.isnan(heldout[:, j])
+            resid = heldout[ok, j] - y[ok, j]
+            rho = spearmanr(heldout[ok, j], y[ok, j])[0] if ok.sum() > 2 else np.nan
+            rows.append(
+                {
+                    "drug": drug,
+                    "n_lines": int(measured.sum()),
+                    "median": float(np.median(y[measured, j])),
+                    "residual_sd": float(np.sqrt(np.mean(resid**2))) if ok.any() else np.nan,
+                    "heldout_spearman": float(rho),
+                }
+            )
+        stats = pd.DataFrame(rows).set_index("drug")
+        stats["residual_sd"] = stats["residual_sd"].fillna(stats["residual_sd"].median())
+        self.calibration_source_ = source
+        return stats
+
+    # --- inference ---
+
+    def _run(self, profiles: np.ndarray, fn, batch_size: int = 1024) -> np.ndarray:
+        """Apply ``fn`` (a module method) to profiles in chunks; concatenates on the last-but-
+        one axis for member outputs and the first axis otherwise."""
+        self.module.eval()
+        device = self.device
+        parts = []
+        with torch.inference_mode():
+            for start in range(0, profiles.shape[0], batch_size):
+                x = torch.from_numpy(profiles[start : start + batch_size]).to(device)
+                parts.append(fn(x).cpu().numpy())
+        return np.concatenate(parts, axis=-2)
+
+    def profiles(
+        self,
+        adata: AnnData | None = None,
+        *,
+        layer: str | None = None,
+        modality: Modality = "auto",
+        smooth_neighbors: int | None = None,
+    ) -> np.ndarray:
+        """The model's input for ``adata``: profiles over :attr:`genes` on the common scale.
+
+        Parameters
+        ----------
+        adata
+            Cells (raw counts) or bulk profiles (log-scale) with gene symbols; ``None`` uses
+            the training lines.
+        layer
+            Layer to read; ``None`` uses ``adata.X``.
+        modality
+            ``"counts"`` (single cells or pseudobulk: log1p CP10k, neighbour smoothing),
+            ``"profiles"`` (log-scale bulk expression) or ``"auto"``: counts if the
+            matrix holds non-negative integers.
+        smooth_neighbors
+            Override the model's neighbour smoothing for counts (``0``: none).
+
+        Raises
+        ------
+        ValueError
+            Too few of the model's genes in ``adata``; ``modality="counts"`` on data that
+            are not raw counts; an unknown modality.
+        """
+        if adata is None:
+            return self._bulk()[0]
+        if modality not in ("auto", "counts", "profiles"):
+            raise ValueError(f"modality={modality!r} is not one of 'auto', 'counts', 'profiles'.")
+        check_unique_var_names(adata)
+        x = get_matrix(adata, layer)
+        present = self.genes.isin(adata.var_names)
+        if present.sum() < min(MIN_SHARED_GENES, len(self.genes)):
+            shared_genes(self.genes, adata.var_names, names=("model's genes", "data"))
+        if present.mean() < 0.9:
+            warnings.warn(
+                f"{(~present).sum()} of the model's {len(self.genes)} genes are missing from "
+                "the data; they are set to the profile's mean. Predictions may be less "
+                "reliable.",
+                UserWarning,
+                stacklevel=3,
+            )
+        if modality == "auto":
+            modality = "counts" if looks_like_counts(x) else "profiles"
+        if modality == "counts":
+            check_counts(adata, layer, allow_zero_genes=True)
+            k = self.smooth_neighbors if smooth_neighbors is None else int(smooth_neighbors)
+            return self._count_profiles(x, adata.var_names, k)
+        _check_profiles(adata, layer)
+        return profiles_from_expression(x, adata.var_names, self.genes, scale=self.input_scale)
+
+    def predict(
+        self,
+        adata: AnnData | None = None,
+        *,
+        drugs: str | Sequence[str] | None = None,
+        kind: Literal["value", "probability"] = "value",
+        layer: str | None = None,
+        modality: Modality = "auto",
+        smooth_neighbors: int | None = None,
+    ) -> pd.DataFrame:
+        """Predicted response of each cell (or line) to each drug.
+
+        Parameters
+        ----------
+        adata
+            Cells (raw counts) or bulk profiles; ``None`` uses the training lines.
+        drugs
+            Drug name(s); ``None`` for every drug the model knows (:attr:`drugs`).
+        kind
+            ``"value"``: the response in the table's units (ln IC50: lower = more
+            sensitive); ``"probability"``: the sensitive probability,
+            ``Phi((median - value) / residual_sd)`` (see the class docstring).
+        layer, modality, smooth_neighbors
+            As in :meth:`profiles`.
+
+        Returns
+        -------
+        DataFrame of cells x drugs, indexed by ``adata.obs_names``.
+
+        Raises
+        ------
+        KeyError
+            A drug the model does not know (close matches are listed).
+        ValueError
+            Unknown ``kind``; see :meth:`profiles`.
+        """
+        self._check_if_trained(warn=False)
+        if kind not in ("value", "probability"):
+            raise ValueError(f"kind={kind!r} is not one of 'value', 'probability'.")
+        drugs = resolve_drugs(drugs, self.drugs)
+        profiles = self.profiles(
+            adata, layer=layer, modality=modality, smooth_neighbors=smooth_neighbors
+        )
+        cols = [self.drugs.index(d) for d in drugs]
+        values = self._run(profiles, self.module.predict)[:, cols]
+        if kind == "probability":
+            values = self._probability(values, drugs)
+        index = self.adata.obs_names if adata is None else adata.obs_names
+        return pd.DataFrame(values, index=index.copy(), columns=pd.Index(drugs))
+
+    def _probability(self, values: np.ndarray, drugs: list[str]) -> np.ndarray:
+        from scipy.special import ndtr
+
+        if self.drug_stats_ is None:
+            raise RuntimeError("The model is not trained yet: call `.train()` first.")
+        stats = self.drug_stats_.loc[drugs]
+        z = (stats["median"].to_numpy() - values) / stats["residual_sd"].to_numpy()
+        return ndtr(z)
+
+    def gene_attributions(
+        self,
+        adata: AnnData | None = None,
+        *,
+        drug: str,
+        layer: str | None = None,
+        modality: Modality = "auto",
+        n_steps: int = 32,
+        batch_size: int = 256,
+    ) -> pd.DataFrame:
+        """Genes ranked by how much they drive the predicted response to ``drug``.
+
+        Integrated gradients (:func:`scdl.models._attribution.integrated_gradients`) of the
+        ensemble's predicted response with respect to the encoder's input, the profile on the
+        common scale, from a baseline of zeros (every gene at the profile's median rank, or
+        mean level with ``input_scale="zscore"``). A
+        gene's attribution is in the response's units: positive means its level in the cell
+        (relative to the cell's typical gene) pushes the predicted ln IC50 up, i.e. towards
+        resistance; negative, towards sensitivity. Per cell the attributions sum to
+        prediction minus baseline prediction.
+
+        Parameters
+        ----------
+        adata, layer, modality
+            As in :meth:`predict` (``None``: the training lines).
+        drug
+            One drug name.
+        n_steps
+            Integration steps.
+        batch_size
+            Cells per chunk.
+
+        Returns
+        -------
+        DataFrame, one row per gene, sorted by ``|mean_attribution|``: ``gene``,
+        ``mean_attribution`` (signed mean over cells), ``mean_abs_attribution``,
+        ``mean_input`` (mean input level on the common scale).
+        """
+        self._check_if_trained(warn=False)
+        if not isinstance(drug, str):
+            raise TypeError(f"`drug` must be one drug name (str), got {type(drug).__name__}.")
+        (drug,) = resolve_drugs([drug], self.drugs)
+        j = self.drugs.index(drug)
+        profiles = self.profiles(adata, layer=layer, modality=modality)
+        self.module.eval()
+        inputs = torch.from_numpy(profiles).to(self.device)
+        attr = integrated_gradients(
+            lambda x: self.module.predict(x)[:, j : j + 1],
+            inputs,
+            target=0,
+            n_steps=n_steps,
+            batch_size=batch_size,
+        )
+        table = pd.DataFrame(
+            {
+                "gene": np.asarray(self.genes, dtype=object),
+                "mean_attribution": attr.mean(axis=0),
+                "mean_abs_attribution": np.abs(attr).mean(axis=0),
+                "mean_input": profiles.mean(axis=0),
+            }
+        )
+        order = np.argsort(-np.abs(table["mean_attribution"].to_numpy()), kind="stable")
+        return table.iloc[order].reset_index(drop=True)
+
+
+def _check_profiles(adata: AnnData, layer: str | None) -> None:
+    """Bulk input must be finite, log-scale, non-constant profiles."""
+    from scipy import sparse
+
+    x = get_matrix(adata, layer)
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or not np.issubdtype(dtype, np.number):
+        raise TypeError(f"{where} has dtype {dtype}; expression must be numeric.")
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"The AnnData is empty ({adata.n_obs} x {adata.n_vars}).")
+    dense = x.toarray() if sparse.issparse(x) else np.asarray(x)
+    if not np.isfinite(dense).all():
+        raise ValueError(
+            f"{where} has {int((~np.isfinite(dense)).sum())} NaN or infinite values; fill or "
+            "drop them first."
+        )
+    flat = dense.std(axis=1) == 0
+    if flat.any():
+        raise ValueError(
+            f"{int(flat.sum())} profiles in {where} are constant (e.g. all zero); drop them: "
+            "`adata = adata[adata.X.std(axis=1) > 0].copy()`."
+        )
+    if looks_like_counts(x) and dense.max() > 50:
+        raise ValueError(
+            f"{where} looks like raw counts, but bulk profiles must be log-scale expression "
+            "(e.g. GDSC's z-scores). Log-transform them first, e.g. "
+            "`sc.pp.normalize_total(bulk); sc.pp.log1p(bulk)`."
+        )

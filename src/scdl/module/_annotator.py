@@ -1,0 +1,232 @@
+"""The network of :class:`scdl.models.CellTypeTransformer`: a small transformer over gene tokens.
+
+A cell becomes a sequence of tokens:
+
+* one token per gene among the cell's ``n_tokens`` most over-expressed genes (expression
+  relative to the reference's mean and spread of that gene, as Geneformer ranks genes by
+  expression normalised across the corpus): the token is the gene's identity embedding plus
+  an encoding of its (continuous) expression value;
+* a CLS token that starts from a linear summary of the whole profile (every vocabulary gene),
+  so genes outside the top list still count, and which the classification head reads.
+
+The encoder is a pre-norm transformer on PyTorch's ``scaled_dot_product_attention``; its last
+layer updates only the CLS token (the head reads nothing else), which halves inference cost.
+Everything is differentiable in the expression values and the token choice can be held fixed,
+so integrated gradients along ``alpha * x`` attribute a prediction to genes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm self-attention + feed-forward block; ``cls_only`` updates only token 0."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        dim_feedforward: int,
+        dropout: float,
+        cls_only: bool = False,
+    ):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}.")
+        self.n_heads, self.cls_only, self.dropout = n_heads, cls_only, dropout
+        self.norm1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ff = nn.Sequential(
+            nn.Linear(d_model, dim_feedforward),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(dim_feedforward, d_model),
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        n, length, d = x.shape
+        q, k, v = (
+            self.qkv(self.norm1(x))
+            .view(n, length, 3, self.n_heads, d // self.n_heads)
+            .permute(2, 0, 3, 1, 4)
+        )
+        if self.cls_only:
+            q, x = q[:, :, :1], x[:, :1]
+        a = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_bias, dropout_p=self.dropout if self.training else 0.0
+        )
+        x = x + self.drop(self.out(a.transpose(1, 2).reshape(n, -1, d)))
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class CellTypeTransformerModule(nn.Module):
+    """Transformer cell-type classifier over gene tokens.
+
+    Parameters
+    ----------
+    n_genes
+        Vocabulary size (the model's genes).
+    n_labels
+        Number of cell types.
+    n_tokens
+        Gene tokens per cell (its most over-expressed genes).
+    d_model, n_heads, n_layers, dim_feedforward
+        Transformer size.
+    dropout
+        Dropout in the transformer and on the CLS features.
+    gene_dropout
+        Fraction of genes hidden per cell during training, so predictions rest on many genes
+        and survive queries that lack some or shift a few (e.g. a stimulation).
+    """
+
+    logits = True  # read by scvi-tools' ClassifierTrainingPlan
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_labels: int,
+        *,
+        n_tokens: int = 32,
+        d_model: int = 32,
+        n_heads: int = 4,
+        n_layers: int = 2,
+        dim_feedforward: int = 64,
+        dropout: float = 0.1,
+        gene_dropout: float = 0.3,
+    ):
+        super().__init__()
+        self.n_genes, self.n_labels = n_genes, n_labels
+        self.n_tokens = min(n_tokens, n_genes)
+        self.gene_dropout = gene_dropout
+        # reference statistics of log1p(CP10k) per gene (set from the training data)
+        self.register_buffer("gene_mean", torch.zeros(n_genes))
+        self.register_buffer("gene_std", torch.ones(n_genes))
+        # calibration for "Unknown" calls (set after training, on held-out reference cells)
+        self.register_buffer("centroids", torch.zeros(n_labels, n_genes))
+        self.register_buffer("novelty_threshold", torch.full((n_labels,), float("inf")))
+        self.register_buffer("confidence_threshold", torch.tensor(0.0))
+
+        self.gene_embedding = nn.Embedding(n_genes, d_model)
+        self.value_encoder = nn.Sequential(nn.Linear(1, 16), nn.GELU(), nn.Linear(16, d_model))
+        self.summary = nn.Linear(n_genes, d_model)
+        self.cls = nn.Parameter(torch.zeros(d_model))
+        self.mask_value = nn.Parameter(torch.zeros(d_model))  # replaces a masked value (pretrain)
+        self.layers = nn.ModuleList(
+            TransformerBlock(d_model, n_heads, dim_feedforward, dropout, cls_only=False)
+            for _ in range(n_layers - 1)
+        )
+        self.cls_layer = TransformerBlock(d_model, n_heads, dim_feedforward, dropout, cls_only=True)
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(d_model, n_labels))
+        self.value_head = nn.Linear(d_model, 1)  # masked-expression pretraining
+        nn.init.normal_(self.gene_embedding.weight, std=0.02)
+        nn.init.normal_(self.cls, std=0.02)
+
+    @property
+    def device(self) -> torch.device:
+        return self.cls.device
+
+    # --- input -------------------------------------------------------------------------------
+    @staticmethod
+    def log_normalize(x: torch.Tensor) -> torch.Tensor:
+        """log1p of counts per 10,000 (over the vocabulary genes)."""
+        return torch.log1p(x / x.sum(1, keepdim=True).clamp(min=1.0) * 1e4)
+
+    def standardize(self, x_log: torch.Tensor) -> torch.Tensor:
+        return ((x_log - self.gene_mean) / self.gene_std).clamp(-10.0, 10.0)
+
+    def select(
+        self, x_log: torch.Tensor, hidden: torch.Tensor | None = None, z: torch.Tensor | None = None
+    ):
+        """Gene tokens of each cell: its ``n_tokens`` most over-expressed visible genes.
+
+        Returns the gene ids (cells x n_tokens) and a padding mask for cells expressing fewer
+        genes. Attributions keep this choice fixed along the path ``alpha * x_log``.
+        """
+        z = self.standardize(x_log) if z is None else z
+        score = z.masked_fill(x_log <= 0, float("-inf"))
+        if hidden is not None:
+            score = score.masked_fill(hidden, float("-inf"))
+        top, idx = torch.topk(score, self.n_tokens, dim=1)
+        return idx, torch.isinf(top)
+
+    def tokens(
+        self,
+        x_log: torch.Tensor,
+        present: torch.Tensor | None = None,
+        value_mask: torch.Tensor | None = None,
+        selection: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
+        """Token embeddings (cells x (1 + n_tokens) x d), padding mask and token values.
+
+        ``present`` (genes) marks vocabulary genes the data holds; absent genes take the
+        reference mean in the summary and are never tokens. ``value_mask`` (cells x n_tokens)
+        hides the values of some tokens (masked-expression pretraining). ``selection``
+        fixes the tokens (gene attributions).
+        """
+        z = self.standardize(x_log)
+        hidden = None
+        if present is not None:
+            hidden = ~present.to(torch.bool).expand_as(z)
+        if self.training and self.gene_dropout > 0:
+            drop = torch.rand_like(z) < self.gene_dropout
+            hidden = drop if hidden is None else hidden | drop
+        idx, pad = self.select(x_log, hidden, z) if selection is None else selection
+        values = torch.gather(z, 1, idx).masked_fill(pad, 0.0)
+        if value_mask is not None:
+            hidden_vals = torch.zeros_like(z, dtype=torch.bool).scatter(1, idx, value_mask)
+            hidden = hidden_vals if hidden is None else hidden | hidden_vals
+        z_summary = z if hidden is None else z.masked_fill(hidden, 0.0)
+        value_emb = self.value_encoder(values.unsqueeze(-1))
+        if value_mask is not None:
+            value_emb = torch.where(value_mask.unsqueeze(-1), self.mask_value, value_emb)
+        gene_tok = self.gene_embedding(idx) + value_emb
+        cls_tok = (self.cls + self.summary(z_summary) / self.n_genes**0.5).unsqueeze(1)
+        tok = torch.cat([cls_tok, gene_tok], dim=1)
+        key_pad = torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)
+        return tok, key_pad, values, z_summary
+
+    @staticmethod
+    def _attn_bias(key_pad: torch.Tensor) -> torch.Tensor | None:
+        """Additive attention mask hiding padding tokens (None when no cell needs padding)."""
+        if not bool(key_pad.any()):
+            return None
+        bias = torch.zeros(key_pad.shape, dtype=torch.float32, device=key_pad.device)
+        return bias.masked_fill(key_pad, float("-inf"))[:, None, None, :]
+
+    # --- forward -----------------------------------------------------------------------------
+    def features_log(self, x_log, present=None, selection=None):
+        """CLS features, logits and the standardised profile (absent genes 0) of each cell."""
+        tok, key_pad, _, z = self.tokens(x_log, present, selection=selection)
+        bias = self._attn_bias(key_pad)
+        for layer in self.layers:
+            tok = layer(tok, bias)
+        emb = self.norm(self.cls_layer(tok, bias)[:, 0])
+        return emb, self.head(emb), z
+
+    def features(self, x: torch.Tensor, present: torch.Tensor | None = None):
+        """CLS features, logits and standardised profile from raw counts (cells x genes)."""
+        return self.features_log(self.log_normalize(x), present)
+
+    def forward(self, x: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (cells x labels) from raw counts (cells x vocabulary genes)."""
+        return self.features(x, present)[1]
+
+    def masked_value_loss(self, x: torch.Tensor, mask_fraction: float = 0.15) -> torch.Tensor:
+        """Self-supervised loss: predict hidden token values from the rest of the cell."""
+        value_mask = torch.rand(x.shape[0], self.n_tokens, device=x.device) < mask_fraction
+        tok, key_pad, values, _ = self.tokens(self.log_normalize(x), value_mask=value_mask)
+        value_mask = value_mask & ~key_pad[:, 1:]
+        bias = self._attn_bias(key_pad)
+        for layer in self.layers:
+            tok = layer(tok, bias)
+        out = tok[:, 1:]
+        pred = self.value_head(out).squeeze(-1)
+        n = value_mask.sum().clamp(min=1)
+        return ((pred - values) ** 2 * value_mask).sum() / n

@@ -1,0 +1,138 @@
+"""``scdl.pl.annotation`` and ``scdl.pl.attributions``: how sure the annotator is, and why."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._utils import finish
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from anndata import AnnData
+    from matplotlib.figure import Figure
+
+
+def annotation(
+    adata: AnnData,
+    *,
+    key: str = "scdl_cell_type",
+    groupby: str | None = None,
+    show: bool | None = None,
+    save: str | bool | None = None,
+) -> Figure | None:
+    """Confidence per predicted cell type and, where true labels exist, a confusion matrix.
+
+    Parameters
+    ----------
+    adata
+        AnnData annotated by :func:`scdl.tl.annotate`.
+    key
+        ``key_added`` of that call.
+    groupby
+        obs column of known labels (e.g. an earlier manual annotation) to compare with: adds
+        a confusion matrix (rows: known label, normalised to fractions; columns: predicted).
+    show, save
+        As in scanpy: show the figure, or save it (``True``: to ``sc.settings.figdir``).
+
+    Returns
+    -------
+    The Figure, unless it was shown.
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from scdl.data import check_obs_key
+
+    pred = check_obs_key(adata, key, arg="key")
+    conf = check_obs_key(adata, f"{key}_confidence", arg="key").to_numpy()
+    truth = check_obs_key(adata, groupby, arg="groupby") if groupby is not None else None
+    types = [c for c in pred.cat.categories if (pred == c).any()]
+    n_panels = 1 if truth is None else 2
+    fig, axes = plt.subplots(1, n_panels, figsize=(5.5 * n_panels, 4.2), squeeze=False)
+    ax = axes[0, 0]
+    data = [conf[(pred == t).to_numpy()] for t in types]
+    ax.boxplot(data, vert=False, showfliers=False)
+    for i, d in enumerate(data, start=1):
+        jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(d))
+        ax.scatter(d, i + jitter, s=3, alpha=0.4, color="tab:blue")
+    ax.set_yticks(range(1, len(types) + 1), [f"{t} ({len(d)})" for t, d in zip(types, data)])
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_title("Predicted cell types")
+    if truth is not None:
+        ax = axes[0, 1]
+        table = pd.crosstab(truth.astype(str), pred.astype(str), normalize="index")
+        im = ax.imshow(table.to_numpy(), cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(table.shape[1]), table.columns, rotation=60, ha="right")
+        ax.set_yticks(range(table.shape[0]), table.index)
+        for (i, j), v in np.ndenumerate(table.to_numpy()):
+            if v >= 0.05:
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if v > 0.6 else "black",
+                )
+        ax.set_xlabel("predicted")
+        ax.set_ylabel(groupby)
+        agree = (truth.astype(str).to_numpy() == pred.astype(str).to_numpy()).mean()
+        ax.set_title(f"Agreement {agree:.1%}")
+        fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of row")
+    fig.tight_layout()
+    return finish(fig, show=show, save=save, default_name=f"annotation_{key}")
+
+
+def attributions(
+    attributions: pd.DataFrame,
+    *,
+    n_top: int = 10,
+    ncols: int = 4,
+    show: bool | None = None,
+    save: str | bool | None = None,
+) -> Figure | None:
+    """Top genes driving each cell type's prediction (bar chart per type).
+
+    Parameters
+    ----------
+    attributions
+        Output of :meth:`scdl.models.CellTypeTransformer.gene_attributions` (columns
+        ``label``, ``gene``, ``attribution``).
+    n_top
+        Genes per cell type.
+    ncols
+        Panels per row.
+    show, save
+        As in scanpy.
+
+    Returns
+    -------
+    The Figure, unless it was shown.
+    """
+    import matplotlib.pyplot as plt
+
+    need = {"label", "gene", "attribution"}
+    if not need.issubset(getattr(attributions, "columns", [])):
+        raise ValueError(
+            f"`attributions` must be the DataFrame of model.gene_attributions() with columns "
+            f"{sorted(need)}."
+        )
+    labels = list(dict.fromkeys(attributions["label"]))
+    ncols = min(ncols, len(labels))
+    nrows = int(np.ceil(len(labels) / ncols))
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.2 * ncols, 0.28 * n_top * nrows + 1.2), squeeze=False
+    )
+    for ax, label in zip(axes.ravel(), labels):
+        part = attributions[attributions["label"] == label].nlargest(n_top, "attribution")
+        ax.barh(part["gene"][::-1], part["attribution"][::-1], color="tab:green")
+        ax.set_title(str(label))
+        ax.tick_params(axis="y", labelsize=8)
+    for ax in axes.ravel()[len(labels) :]:
+        ax.set_axis_off()
+    fig.supxlabel("mean attribution to the type's logit (integrated gradients)")
+    fig.tight_layout()
+    return finish(fig, show=show, save=save, default_name="attributions")

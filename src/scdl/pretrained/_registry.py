@@ -1,0 +1,149 @@
+"""Where pretrained annotators come from: the package, a local path, or a checked download."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+
+from scdl.datasets._fetch import cache_dir, sha256sum
+
+_HERE = Path(__file__).parent / "annotators"
+# files an annotator folder may hold; anything else in an archive is ignored
+_ALLOWED = ("config.json", "model.safetensors", "README.md")
+
+# name -> where it lives and the sha256 of its weights (bundled) or archive (download).
+# Entries with a "url" are fetched with pooch; scdl ships no URL it has not published.
+REGISTRY: dict[str, dict] = {
+    "pbmc_kang2018": {
+        "folder": "pbmc_kang2018",
+        "weights_sha256": "ef5619a03d1325729316044d1a9509b51f500f213f366b6ffa0cd140ac2190f5",
+        "description": "Human PBMCs, 7 types (Kang et al. 2018, control + IFN-beta)",
+    },
+}
+
+
+def available() -> pd.DataFrame:
+    """Known pretrained annotators: name, description, source, cell types and genes."""
+    rows = []
+    for name, entry in REGISTRY.items():
+        row = {"name": name, "description": entry["description"]}
+        if "folder" in entry:
+            config = json.loads((_HERE / entry["folder"] / "config.json").read_text())
+            labels = config.get("labels", [])
+            row.update(
+                source="bundled",
+                n_cell_types=len(labels),
+                cell_types=", ".join(labels),
+                n_genes=len(config["var_names"]),
+            )
+        else:
+            row.update(source=entry["url"])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("name")
+
+
+def _safe_extract(archive: Path, dest: Path) -> Path:
+    """Extract only the annotator's known files (no paths, links or code) into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    found = set()
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            for info in z.infolist():
+                name = Path(info.filename).name
+                if info.is_dir() or name not in _ALLOWED:
+                    continue
+                (dest / name).write_bytes(z.read(info))
+                found.add(name)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as t:
+            for member in t.getmembers():
+                name = Path(member.name).name
+                if not member.isfile() or name not in _ALLOWED:
+                    continue
+                (dest / name).write_bytes(t.extractfile(member).read())
+                found.add(name)
+    else:
+        raise ValueError(f"{archive} is neither a folder, a .zip nor a .tar.gz archive.")
+    missing = {"config.json", "model.safetensors"} - found
+    if missing:
+        raise ValueError(f"{archive} lacks {sorted(missing)}: not a pretrained scdl annotator.")
+    return dest
+
+
+def _fetch_archive(url: str, sha256: str | None) -> Path:
+    import pooch
+
+    if not sha256:
+        raise ValueError(
+            "Downloading a model needs its sha256 checksum: pass `sha256=` (published with the "
+            "model), so a tampered or truncated file is refused."
+        )
+    return Path(
+        pooch.retrieve(
+            url, known_hash=f"sha256:{sha256}", path=cache_dir() / "models", progressbar=False
+        )
+    )
+
+
+def resolve(name_or_path: str | os.PathLike, *, sha256: str | None = None) -> Path:
+    """Local folder holding the annotator's files, downloading/extracting if needed."""
+    key = str(name_or_path)
+    if key in REGISTRY:
+        entry = REGISTRY[key]
+        if "folder" in entry:
+            folder = _HERE / entry["folder"]
+            digest = sha256sum(folder / "model.safetensors")
+            if digest != entry["weights_sha256"]:
+                raise ValueError(
+                    f"Checksum mismatch for the bundled annotator {key!r} ({digest}); the "
+                    "installation is corrupt: reinstall scdl."
+                )
+            return folder
+        archive = _fetch_archive(entry["url"], entry["sha256"])
+    elif key.startswith(("http://", "https://")):
+        archive = _fetch_archive(key, sha256)
+    else:
+        path = Path(name_or_path)
+        if path.is_dir():
+            return path
+        if not path.is_file():
+            raise ValueError(
+                f"{key!r} is not a known annotator ({sorted(REGISTRY)}), a folder, an archive "
+                "or a URL. See scdl.pretrained.available()."
+            )
+        archive = path
+        if sha256 is not None and sha256sum(path) != sha256:
+            raise ValueError(f"Checksum mismatch for {path}: expected sha256 {sha256}.")
+    digest = sha256sum(archive)
+    return _safe_extract(archive, cache_dir() / "models" / digest[:16])
+
+
+def load(name_or_path: str | os.PathLike, *, sha256: str | None = None, device: str = "cpu"):
+    """Load a pretrained annotator without executing anything from its files.
+
+    Parameters
+    ----------
+    name_or_path
+        A name from :func:`available` (bundled with scdl), a folder, a ``.zip``/``.tar.gz``
+        archive of one, or an ``https://`` URL of such an archive.
+    sha256
+        Checksum of the archive; required for URLs (pooch verifies the download), checked
+        for local archives when given. Bundled annotators are always checked.
+    device
+        Where to put the model (``"cpu"``, ``"cuda"``, ``"auto"``).
+
+    Returns
+    -------
+    :class:`scdl.models.CellTypeTransformer`, ready for :func:`scdl.tl.annotate`.
+    """
+    from scdl.models import CellTypeTransformer
+
+    folder = resolve(name_or_path, sha256=sha256)
+    return CellTypeTransformer.load(
+        folder, accelerator="cpu" if device == "cpu" else "auto", device="auto"
+    )

@@ -1,0 +1,130 @@
+"""``scdl.tl.drug_response``: predicted drug response of each cell, written into AnnData."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+    from scdl.models import DrugResponseModel
+
+
+def drug_response(
+    adata: AnnData,
+    *,
+    model: DrugResponseModel,
+    drugs: str | Sequence[str] | None = None,
+    key_added: str = "scdl_drug",
+    layer: str | None = None,
+    modality: str = "auto",
+    copy: bool = False,
+) -> AnnData | None:
+    """Predict each cell's response to many drugs with a trained drug-response model.
+
+    Uses :class:`scdl.models.DrugResponseModel` (trained on cancer cell lines' bulk
+    expression and response, aligned to single cells): raw counts are normalised, smoothed
+    over neighbouring cells and scaled as the model was trained (see its docstring).
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix of cells with raw counts in ``X`` or ``layer`` (or bulk
+        log-scale profiles), gene symbols as var_names.
+    model
+        A trained :class:`scdl.models.DrugResponseModel`.
+    drugs
+        Drug name(s); ``None`` for every drug the model predicts.
+    key_added
+        obsm key of the predictions and uns key of the summary.
+    layer
+        Layer to read; ``None`` uses ``adata.X``.
+    modality
+        ``"auto"``, ``"counts"`` or ``"profiles"`` (see
+        :meth:`~scdl.models.DrugResponseModel.profiles`).
+    copy
+        Return a copy with the results instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None``, or the copy when ``copy=True``. Written (to ``adata`` or its copy):
+
+    ``obsm[key_added]``
+        DataFrame of cells x drugs: predicted response in the training table's units
+        (ln IC50: lower = more sensitive).
+    ``obsm[f"{key_added}_prob"]``
+        DataFrame of cells x drugs: sensitive probability, P(response < the drug's median
+        over the bulk lines) given the held-out residual sd.
+    ``uns[key_added]``
+        ``params`` (``drugs``, ``layer``, ``modality``, ``n_genes``, ``n_cells``, ``model``),
+        ``drugs`` (DataFrame per drug: ``mean_prediction``, ``bulk_median``,
+        ``mean_probability``, ``fraction_sensitive`` (probability > 0.5),
+        ``heldout_spearman`` and ``residual_sd`` of the model on held-out lines,
+        ``n_lines`` trained on), sorted by ``mean_probability``.
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not a DrugResponseModel.
+    KeyError
+        A drug the model does not know (close matches listed), or ``layer`` missing.
+    ValueError
+        Too few of the model's genes in ``adata``; counts that are not raw counts with
+        ``modality="counts"``. ``adata`` is left unchanged.
+
+    Examples
+    --------
+    >>> model = scdl.models.DrugResponseModel(bulk, target=adata)
+    >>> model.train()
+    >>> scdl.tl.drug_response(adata, model=model, drugs=["Gefitinib", "Erlotinib"])
+    >>> scdl.pl.drug_response(adata, groupby="leiden")
+    """
+    from scdl.models import DrugResponseModel
+
+    if not isinstance(model, DrugResponseModel):
+        raise TypeError(
+            f"model must be a trained scdl.models.DrugResponseModel, got {type(model).__name__}."
+        )
+    if not isinstance(key_added, str) or not key_added:
+        raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
+    # everything is computed before anything is written, so a failure leaves adata unchanged
+    value = model.predict(adata, drugs=drugs, layer=layer, modality=modality)
+    prob = pd.DataFrame(
+        model._probability(value.to_numpy(), list(value.columns)),
+        index=value.index.copy(),
+        columns=value.columns.copy(),
+    )
+    stats = model.drug_stats_.loc[list(value.columns)]
+    summary = pd.DataFrame(
+        {
+            "mean_prediction": value.mean(axis=0),
+            "bulk_median": stats["median"].to_numpy(),
+            "mean_probability": prob.mean(axis=0),
+            "fraction_sensitive": (prob > 0.5).mean(axis=0),
+            "heldout_spearman": stats["heldout_spearman"].to_numpy(),
+            "residual_sd": stats["residual_sd"].to_numpy(),
+            "n_lines": stats["n_lines"].to_numpy().astype(np.int64),
+        },
+        index=value.columns.copy(),
+    ).sort_values("mean_probability", ascending=False, kind="stable")
+
+    out = adata.copy() if copy else adata
+    out.obsm[key_added] = value
+    out.obsm[f"{key_added}_prob"] = prob
+    out.uns[key_added] = {
+        "params": {
+            "drugs": np.asarray(value.columns, dtype=object),
+            "layer": layer or "",
+            "modality": modality,
+            "n_genes": len(model.genes),
+            "n_cells": int(adata.n_obs),
+            "model": "scdl.models.DrugResponseModel",
+        },
+        "drugs": summary,
+    }
+    return out if copy else None

@@ -1,0 +1,153 @@
+"""The shipped annotator: registry, offline and checked loading, tl.annotate, pl, CLI."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+import zipfile
+
+import anndata as ad
+import numpy as np
+import pytest
+from conftest import assert_unchanged, snapshot
+
+import scdl
+from scdl.pretrained import _registry
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    return scdl.datasets.kang_pbmc_heldout()
+
+
+def test_available_lists_bundled_annotator():
+    table = scdl.pretrained.available()
+    assert "pbmc_kang2018" in table.index
+    assert table.loc["pbmc_kang2018", "n_cell_types"] == 7
+    card = (_registry._HERE / "pbmc_kang2018" / "README.md").read_text()
+    assert "accuracy" in card and "Kang" in card
+
+
+def test_annotate_writes_fields_and_is_accurate(heldout):
+    adata = heldout.copy()
+    out = scdl.tl.annotate(adata)
+    assert out is None
+    key = "scdl_cell_type"
+    for col in (key, f"{key}_confidence", f"{key}_unknown"):
+        assert col in adata.obs
+    probs = adata.obsm[f"{key}_probabilities"]
+    assert probs.shape == (adata.n_obs, 7)
+    assert adata.uns[key]["n_genes_matched"] == 2000
+    called = ~adata.obs[f"{key}_unknown"].to_numpy()
+    acc = np.mean(adata.obs[key].astype(str)[called] == adata.obs["cell_type"].astype(str)[called])
+    # card: 0.83 on these never-seen cells
+    assert acc > 0.75, acc
+
+
+def test_annotate_copy_leaves_input_unchanged(heldout):
+    adata = heldout.copy()
+    snap = snapshot(adata)
+    out = scdl.tl.annotate(adata, copy=True, key_added="ct", unknown=False)
+    assert_unchanged(adata, snap)
+    assert "ct" in out.obs and "Unknown" not in out.obs["ct"].cat.categories
+
+
+def test_annotate_bad_input_leaves_adata_unchanged(heldout):
+    adata = heldout[:, :500].copy()  # 25% of the model's genes
+    snap = snapshot(adata)
+    with pytest.raises(ValueError, match="at least 50%"):
+        scdl.tl.annotate(adata)
+    assert_unchanged(adata, snap)
+    lognorm = heldout.copy()
+    lognorm.X = np.log1p(lognorm.X.toarray())
+    snap = snapshot(lognorm)
+    with pytest.raises(ValueError):
+        scdl.tl.annotate(lognorm)
+    assert_unchanged(lognorm, snap)
+    with pytest.raises(ValueError, match="not a known annotator"):
+        scdl.tl.annotate(heldout.copy(), model="no_such_model")
+    with pytest.raises(TypeError, match="CellTypeTransformer"):
+        scdl.tl.annotate(heldout.copy(), model=42)
+
+
+def _archive(kind: str, tmp_path, extra: dict | None = None):
+    folder = _registry._HERE / "pbmc_kang2018"
+    path = tmp_path / f"annot.{kind}"
+    files = {n: (folder / n).read_bytes() for n in ("config.json", "model.safetensors")}
+    files.update(extra or {})
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w") as z:
+            for name, data in files.items():
+                z.writestr(f"pbmc/{name}" if not name.startswith("..") else name, data)
+    else:
+        with tarfile.open(path, "w:gz") as t:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name if name.startswith("..") else f"pbmc/{name}")
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_archive_loads_and_ignores_unsafe_members(kind, tmp_path, monkeypatch, heldout):
+    monkeypatch.setenv("SCDL_CACHE", str(tmp_path / "cache"))
+    path = _archive(kind, tmp_path, extra={"../evil.py": b"raise SystemExit"})
+    model = scdl.pretrained.load(path)
+    ref = scdl.pretrained.load("pbmc_kang2018")
+    np.testing.assert_array_equal(
+        model.predict(heldout, soft=True).to_numpy(), ref.predict(heldout, soft=True).to_numpy()
+    )
+    assert not (tmp_path / "evil.py").exists()
+    assert not (tmp_path / "cache" / "evil.py").exists()
+    with pytest.raises(ValueError, match="Checksum mismatch"):
+        scdl.pretrained.load(path, sha256="0" * 64)
+
+
+def test_url_requires_checksum():
+    with pytest.raises(ValueError, match="sha256"):
+        scdl.pretrained.load("https://example.org/annotator.zip")
+
+
+def test_bundled_checksum_is_verified(monkeypatch):
+    entry = dict(_registry.REGISTRY["pbmc_kang2018"], weights_sha256="0" * 64)
+    monkeypatch.setitem(_registry.REGISTRY, "pbmc_kang2018", entry)
+    with pytest.raises(ValueError, match="Checksum mismatch"):
+        scdl.pretrained.load("pbmc_kang2018")
+
+
+def test_folder_with_pickle_weights_is_refused(tmp_path):
+    folder = tmp_path / "annot"
+    shutil.copytree(_registry._HERE / "pbmc_kang2018", folder)
+    (folder / "model.safetensors").write_bytes(b"\x80\x04\x95not a safetensors file")
+    with pytest.raises(ValueError, match="safetensors"):
+        scdl.pretrained.load(folder)
+
+
+def test_plots(heldout):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    adata = heldout.copy()
+    scdl.tl.annotate(adata)
+    fig = scdl.pl.annotation(adata, groupby="cell_type", show=False)
+    assert isinstance(fig, Figure) and len(fig.axes) == 3
+    attr = scdl.pretrained.load("pbmc_kang2018").gene_attributions(adata, label="B", n_cells=20)
+    fig = scdl.pl.attributions(attr, show=False)
+    assert isinstance(fig, Figure)
+    with pytest.raises(ValueError, match="gene_attributions"):
+        scdl.pl.attributions(adata.obs, show=False)
+
+
+def test_cli_annotate(tmp_path, heldout, capsys):
+    from scdl.cli import main
+
+    src = tmp_path / "in.h5ad"
+    heldout.write_h5ad(src)
+    assert main(["annotate", str(src), "-o", str(tmp_path / "out.h5ad")]) == 0
+    out = ad.read_h5ad(tmp_path / "out.h5ad")
+    assert "scdl_cell_type" in out.obs
+    assert main(["annotate", str(src), "-o", str(tmp_path / "x.h5ad"), "--model", "nope"]) == 2
+    assert "not a known annotator" in capsys.readouterr().err
