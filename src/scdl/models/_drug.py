@@ -461,23 +461,27 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
 
         rng = np.random.RandomState(scvi.settings.seed)
         folds = rng.permutation(n_obs) % self.module.n_ensemble
-        out = super().train(
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            early_stopping=early_stopping,
-            accelerator=accelerator,
-            devices=devices,
-            train_size=train_size,
-            plan_kwargs=plan,
-            datasplitter_kwargs={
-                "profiles": profiles,
-                "target_x": self._target_profiles,
-                "reference_p": reference_p,
-                "folds": folds,
-                "target_batch_size": target_batch_size,
-            },
-            **kwargs,
-        )
+        with warnings.catch_warnings():
+            # minibatches hold lines and fewer target cells: Lightning's batch-size guess
+            # finds two sizes and warns; the logged losses are per line either way
+            warnings.filterwarnings("ignore", message=".*infer the `batch_size`")
+            out = super().train(
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+                early_stopping=early_stopping,
+                accelerator=accelerator,
+                devices=devices,
+                train_size=train_size,
+                plan_kwargs=plan,
+                datasplitter_kwargs={
+                    "profiles": profiles,
+                    "target_x": self._target_profiles,
+                    "reference_p": reference_p,
+                    "folds": folds,
+                    "target_batch_size": target_batch_size,
+                },
+                **kwargs,
+            )
         self.module.eval()
         self.drug_stats_ = self._calibrate(folds)
         return out
