@@ -2,6 +2,7 @@
 
 from ._checks import (
     check_categorical,
+    check_count_setup,
     check_counts,
     check_obs_key,
     check_unique_var_names,
@@ -10,6 +11,7 @@ from ._checks import (
 
 __all__ = [
     "check_categorical",
+    "check_count_setup",
     "check_counts",
     "check_obs_key",
     "check_unique_var_names",

@@ -187,3 +187,23 @@ def check_unique_var_names(adata: AnnData) -> None:
             f"adata.var_names has duplicates (e.g. {dup}). Call `adata.var_names_make_unique()` "
             "first."
         )
+
+
+def check_count_setup(
+    adata: AnnData,
+    layer: str | None,
+    *,
+    allow_zero_genes: bool = False,
+    categorical: dict[str, str | None] | None = None,
+) -> CountSummary:
+    """The checks every count model's ``setup_anndata`` runs, in one place.
+
+    Unique gene names, raw counts in ``X``/``layer``, and each ``{arg: obs column}`` in
+    ``categorical`` present without missing values. Raises before anything is written.
+    """
+    check_unique_var_names(adata)
+    summary = check_counts(adata, layer, allow_zero_genes=allow_zero_genes)
+    for arg, key in (categorical or {}).items():
+        if key is not None:
+            check_categorical(adata, key, arg=arg)
+    return summary

@@ -14,7 +14,7 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
-from scdl.data import check_categorical, check_counts, check_unique_var_names
+from scdl.data import check_categorical, check_count_setup, check_counts
 from scdl.data._genes import align_to_genes
 from scdl.data._loader import CSRBatches, FastDataSplitter, dense_rows
 from scdl.module._annotator import CellTypeTransformerModule
@@ -154,16 +154,13 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         is_loading = kwargs.get("source_registry") is not None
-        check_unique_var_names(adata)
-        check_counts(adata, layer, allow_zero_genes=True)
+        check_count_setup(adata, layer, allow_zero_genes=True, categorical={"batch_key": batch_key})
         if labels_key is None and not is_loading:
             raise ValueError("`labels_key` is required: the obs column with cell-type labels.")
         if labels_key is not None:
             check_categorical(
                 adata, labels_key, arg="labels_key", min_categories=1 if is_loading else 2
             )
-        if batch_key is not None:
-            check_categorical(adata, batch_key, arg="batch_key")
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),

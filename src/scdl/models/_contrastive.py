@@ -16,7 +16,7 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.external.contrastivevi import ContrastiveDataSplitter
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
-from scdl.data import check_categorical, check_counts, check_obs_key, check_unique_var_names
+from scdl.data import check_count_setup, check_obs_key
 from scdl.data._loader import TensorBatchLoader
 from scdl.module import ContrastiveModule
 from scdl.module._contrastive import TARGET_KEY
@@ -412,10 +412,9 @@ class ContrastiveVAE(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClas
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         is_reload = kwargs.get("source_registry") is not None
-        check_unique_var_names(adata)
-        check_counts(adata, layer, allow_zero_genes=is_reload)
-        if batch_key is not None:
-            check_categorical(adata, batch_key, arg="batch_key")
+        check_count_setup(
+            adata, layer, allow_zero_genes=is_reload, categorical={"batch_key": batch_key}
+        )
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),

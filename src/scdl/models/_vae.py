@@ -23,7 +23,12 @@ from scvi.model.base import (
     VAEMixin,
 )
 
-from scdl.data import check_categorical, check_counts, check_obs_key, check_unique_var_names
+from scdl.data import (
+    check_categorical,
+    check_count_setup,
+    check_obs_key,
+    check_unique_var_names,
+)
 from scdl.data._genes import gene_mismatch_message
 from scdl.data._loader import FastDataSplitter
 from scdl.module import VAEModule
@@ -170,12 +175,13 @@ class VAE(
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         is_query = kwargs.get("source_registry") is not None
-        check_unique_var_names(adata)
         # a query or a reloaded dataset may lack some of the reference genes (padded zeros)
-        check_counts(adata, layer, allow_zero_genes=is_query)
-        for key, arg in ((batch_key, "batch_key"), (labels_key, "labels_key")):
-            if key is not None:
-                check_categorical(adata, key, arg=arg)
+        check_count_setup(
+            adata,
+            layer,
+            allow_zero_genes=is_query,
+            categorical={"batch_key": batch_key, "labels_key": labels_key},
+        )
         for key in categorical_covariate_keys or []:
             check_categorical(adata, key, arg="categorical_covariate_keys")
         for key in continuous_covariate_keys or []:
