@@ -20,6 +20,7 @@ from scdl.data import check_count_setup, check_obs_key
 from scdl.data._loader import TensorBatchLoader
 from scdl.module import ContrastiveModule
 from scdl.module._contrastive import TARGET_KEY
+from scdl.train import EpochLoggingTrainingPlan
 
 from ._base import SafeSaveLoadMixin
 from ._training import check_batch_size, default_max_epochs
@@ -338,6 +339,7 @@ class ContrastiveVAE(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClas
 
     _module_cls = ContrastiveModule
     _data_splitter_cls = ContrastiveSplitter
+    _training_plan_cls = EpochLoggingTrainingPlan
 
     def __init__(
         self,

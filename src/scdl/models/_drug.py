@@ -35,6 +35,7 @@ from scdl.module._drug import (
     TARGET_X_KEY,
     DrugResponseModule,
 )
+from scdl.train import EpochLoggingTrainingPlan
 
 from ._attribution import integrated_gradients
 from ._base import SafeSaveLoadMixin
@@ -223,6 +224,7 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
 
     _module_cls = DrugResponseModule
     _data_splitter_cls = DomainSplitter
+    _training_plan_cls = EpochLoggingTrainingPlan
 
     def __init__(
         self,

@@ -32,6 +32,7 @@ from scdl.data import (
 from scdl.data._genes import gene_mismatch_message
 from scdl.data._loader import FastDataSplitter
 from scdl.module import VAEModule
+from scdl.train import EpochLoggingTrainingPlan
 
 from ._base import SafeSaveLoadMixin
 from ._training import check_batch_size, default_max_epochs
@@ -88,6 +89,7 @@ class VAE(
 
     _module_cls = VAEModule
     _data_splitter_cls = FastDataSplitter
+    _training_plan_cls = EpochLoggingTrainingPlan
 
     def __init__(
         self,

@@ -26,12 +26,13 @@ from typing import Literal
 
 import torch
 from scvi import REGISTRY_KEYS
-from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
+from scvi.distributions import ZeroInflatedNegativeBinomial
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from scvi.nn import DecoderSCVI, Encoder
 from torch.distributions import Normal, kl_divergence
 
 from ._mmd import _rbf_kernel, batch_mmd
+from ._nb import SparseNegativeBinomial
 
 #: minibatch key of the per-cell flag (1 = target, 0 = background) added by the data loader
 TARGET_KEY = "scdl_is_target"
@@ -163,7 +164,7 @@ class ContrastiveModule(BaseModuleClass):
                 mu=px_rate, theta=theta, zi_logits=px_dropout, scale=px_scale
             )
         else:
-            px = NegativeBinomial(mu=px_rate, theta=theta, scale=px_scale)
+            px = SparseNegativeBinomial(mu=px_rate, theta=theta, scale=px_scale)
         return {"px": px}
 
     def loss(

@@ -4,16 +4,21 @@ The encoder, decoder and likelihoods are scvi-tools' own (``scvi.module.VAE`` bu
 ``scvi.nn.Encoder``/``DecoderSCVI``), so scArches surgery (``load_query_data``) works
 unchanged. What is ours is the loss: an MMD penalty between batches on the posterior means,
 which pulls batches together in the latent space where the decoder's batch covariate alone
-leaves them apart (notably on small datasets with strong batch effects).
+leaves them apart (notably on small datasets with strong batch effects); and a negative
+binomial likelihood that skips the log-gamma terms on zero counts (same value, ~2x faster
+step on CPU; see ``_nb.py``).
 """
 
 from __future__ import annotations
 
 from scvi import REGISTRY_KEYS
+from scvi.distributions import NegativeBinomial
 from scvi.module import VAE as _SCVIModule
+from scvi.module._constants import MODULE_KEYS
 from scvi.module.base import LossOutput
 
 from ._mmd import batch_mmd
+from ._nb import SparseNegativeBinomial
 
 
 class VAEModule(_SCVIModule):
@@ -31,6 +36,13 @@ class VAEModule(_SCVIModule):
     def __init__(self, *args, batch_mmd_weight: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.batch_mmd_weight = float(batch_mmd_weight)
+
+    def generative(self, *args, transform_batch=None, **kwargs):
+        out = super().generative(*args, transform_batch=transform_batch, **kwargs)
+        px = out[MODULE_KEYS.PX_KEY]
+        if type(px) is NegativeBinomial:
+            out[MODULE_KEYS.PX_KEY] = SparseNegativeBinomial.from_scvi(px)
+        return out
 
     def loss(self, tensors, inference_outputs, generative_outputs, kl_weight=1.0) -> LossOutput:
         out = super().loss(tensors, inference_outputs, generative_outputs, kl_weight)
