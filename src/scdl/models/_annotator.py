@@ -21,7 +21,7 @@ from scdl.module._annotator import CellTypeTransformerModule
 
 from ._attribution import integrated_gradients
 from ._base import SafeSaveLoadMixin
-from ._training import check_batch_size, default_max_epochs
+from ._training import check_batch_size, check_max_epochs, default_max_epochs
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -228,7 +228,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         """
         from scvi.train import Trainer
 
-        from scdl.train import MaskedExpressionPlan
+        from scdl.train import MaskedExpressionPlan, guarded_training
 
         if adata is None:
             x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
@@ -239,18 +239,20 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         check_batch_size(n_obs, batch_size, 1.0)
         if max_epochs is None:
             max_epochs = default_max_epochs(n_obs, n_steps=2_000, cap=50, floor=5)
+        max_epochs = check_max_epochs(max_epochs)
         loader = CSRBatches(x, batch_size=batch_size, shuffle=True, drop_last=True)
         plan = MaskedExpressionPlan(self.module, lr=lr)
         trainer_kwargs.setdefault("enable_progress_bar", True)
-        trainer = Trainer(
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            enable_checkpointing=False,
-            logger=False,
-            **trainer_kwargs,
-        )
-        trainer.fit(plan, train_dataloaders=loader)
+        with guarded_training(self, trainer_kwargs, lr=lr):
+            trainer = Trainer(
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                enable_checkpointing=False,
+                logger=False,
+                **trainer_kwargs,
+            )
+            trainer.fit(plan, train_dataloaders=loader)
         self.module.eval()
         self.pretrained_epochs_ = int(max_epochs)
         return self
@@ -290,7 +292,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
             Further arguments for :class:`scdl.train.AnnotatorTrainingPlan`
             (``label_smoothing``, ``weight_decay``, ``class_weights``).
         """
-        from scdl.train import AnnotatorTrainingPlan
+        from scdl.train import AnnotatorTrainingPlan, guarded_training
 
         if not 0 < train_size < 1:
             raise ValueError(
@@ -306,6 +308,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
             max_epochs = default_max_epochs(
                 n_obs, n_steps=1_500 * batch_size // 128, cap=300, floor=10
             )
+        max_epochs = check_max_epochs(max_epochs)
         labels = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel()
         counts = np.bincount(labels.astype(int), minlength=self.summary_stats.n_labels)
         weights = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)
@@ -324,16 +327,17 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         )
         training_plan = AnnotatorTrainingPlan(self.module, **plan)
         kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
-        runner = TrainRunner(
-            self,
-            training_plan=training_plan,
-            data_splitter=splitter,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            **kwargs,
-        )
-        out = runner()
+        with guarded_training(self, kwargs, lr=plan["lr"]):
+            runner = TrainRunner(
+                self,
+                training_plan=training_plan,
+                data_splitter=splitter,
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                **kwargs,
+            )
+            out = runner()
         self.module.eval()
         self.calibrate(splitter.train_idx, splitter.val_idx, unknown_rate=unknown_rate)
         return out
@@ -372,27 +376,48 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         self.unknown_rate_ = float(unknown_rate)
 
     # --- prediction --------------------------------------------------------------------------
-    def _features(self, x, present=None, batch_size: int = 4096):
+    def _features(self, x, present=None, batch_size: int = 1024):
         """Probabilities and novelty (cells) for a matrix in vocabulary order.
 
         Novelty is 1 - the cosine similarity between a cell's standardised profile and the
         mean profile of the type it is predicted as (over the genes the data holds): a cell of
         a type absent from the reference, forced onto the nearest type, matches it poorly.
+        Sparse input goes through the module's CSR path (cost in the non-zeros; same values);
+        batches of ~1k cells keep the working set in cache.
         """
+        from scipy import sparse
+
         self.module.eval()
         dev = self.module.device
         mask = None if present is None else torch.as_tensor(present, device=dev)
         centroids = self.module.centroids
         if mask is not None:
             centroids = centroids * mask
+        c_norm = centroids.norm(dim=1)
+        if sparse.issparse(x):
+            x = sparse.csr_matrix(x, dtype=np.float32)
         probs, novelty = [], []
         with torch.inference_mode():
             for start in range(0, x.shape[0], batch_size):
-                rows = np.arange(start, min(start + batch_size, x.shape[0]))
-                xb = dense_rows(x, rows).to(dev)
-                _, logits, z = self.module.features(xb, mask)
+                stop = min(start + batch_size, x.shape[0])
+                if sparse.issparse(x):
+                    part = x[start:stop]
+                    _, logits, dots, z_norm = self.module.features_csr(
+                        torch.from_numpy(part.indptr.astype(np.int64)).to(dev),
+                        torch.from_numpy(part.indices.astype(np.int64)).to(dev),
+                        torch.from_numpy(part.data).to(dev),
+                        mask,
+                        centroids,
+                    )
+                else:
+                    xb = dense_rows(x, np.arange(start, stop)).to(dev)
+                    _, logits, z = self.module.features(xb, mask)
+                    dots, z_norm = z @ centroids.T, z.norm(dim=1)
                 p = torch.softmax(logits, 1)
-                sim = torch.nn.functional.cosine_similarity(z, centroids[p.argmax(1)], dim=1)
+                best = p.argmax(1)
+                sim = dots.gather(1, best[:, None]).squeeze(1) / (z_norm * c_norm[best]).clamp(
+                    min=1e-8
+                )
                 probs.append(p.cpu())
                 novelty.append((1 - sim).cpu())
         return torch.cat(probs), torch.cat(novelty)
@@ -425,7 +450,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         *,
         layer: str | None = None,
         min_gene_overlap: float = 0.5,
-        batch_size: int = 4096,
+        batch_size: int = 1024,
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Everything :func:`scdl.tl.annotate` writes: per-cell calls and probabilities.
 
@@ -468,7 +493,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         unknown: bool = True,
         layer: str | None = None,
         min_gene_overlap: float = 0.5,
-        batch_size: int = 4096,
+        batch_size: int = 1024,
     ) -> np.ndarray | pd.DataFrame:
         """Cell-type labels (or probabilities) for ``adata`` (raw counts).
 

@@ -51,13 +51,22 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
         n, length, d = x.shape
-        q, k, v = (
-            self.qkv(self.norm1(x))
-            .view(n, length, 3, self.n_heads, d // self.n_heads)
-            .permute(2, 0, 3, 1, 4)
-        )
-        if self.cls_only:
-            q, x = q[:, :, :1], x[:, :1]
+        h = self.norm1(x)
+        if self.cls_only:  # keys and values of every token, the query of token 0 only
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(h[:, :1], w[:d], b[:d]).view(n, 1, self.n_heads, -1).transpose(1, 2)
+            k, v = (
+                F.linear(h, w[d:], b[d:])
+                .view(n, length, 2, self.n_heads, d // self.n_heads)
+                .permute(2, 0, 3, 1, 4)
+            )
+            x = x[:, :1]
+        else:
+            q, k, v = (
+                self.qkv(h)
+                .view(n, length, 3, self.n_heads, d // self.n_heads)
+                .permute(2, 0, 3, 1, 4)
+            )
         a = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_bias, dropout_p=self.dropout if self.training else 0.0
         )
@@ -213,6 +222,60 @@ class CellTypeTransformerModule(nn.Module):
     def features(self, x: torch.Tensor, present: torch.Tensor | None = None):
         """CLS features, logits and standardised profile from raw counts (cells x genes)."""
         return self.features_log(self.log_normalize(x), present)
+
+    def features_csr(self, crow, col, counts, present=None, centroids=None):
+        """:meth:`features` from a CSR minibatch, at a cost in its non-zeros (inference).
+
+        Equal to the dense path (eval mode): a gene a cell does not express has the standardised
+        value ``z0 = -mean / sd`` of its gene, so the summary token and the dot products with
+        the type centroids are ``z0``'s (once per gene) plus the non-zeros' departures from it,
+        and the tokens are chosen among the non-zeros only. Returns the CLS features, logits,
+        the dot products of each cell's standardised profile with ``centroids`` (cells x types)
+        and that profile's norm, which give the novelty score without a dense matrix.
+        """
+        n_cells = crow.numel() - 1
+        dev = counts.device
+        lengths = crow[1:] - crow[:-1]
+        row = torch.repeat_interleave(torch.arange(n_cells, device=dev), lengths)
+        lib = torch.zeros(n_cells, device=dev).index_add_(0, row, counts)
+        x_log = torch.log1p(counts / lib.clamp(min=1.0)[row] * 1e4)
+        z0 = (-self.gene_mean / self.gene_std).clamp(-10.0, 10.0)
+        if present is not None:  # absent genes: no non-zeros, 0 in the summary
+            z0 = z0 * present
+            keep = present.to(torch.bool)[col]
+            if not bool(keep.all()):
+                row, col, x_log = row[keep], col[keep], x_log[keep]
+                lengths = torch.bincount(row, minlength=n_cells)
+                crow = torch.cat([crow[:1], torch.cumsum(lengths, 0)])
+        z_nz = ((x_log - self.gene_mean[col]) / self.gene_std[col]).clamp(-10.0, 10.0)
+        # departures from z0 as a sparse (cells x genes) matrix: products cost its non-zeros
+        delta = torch.sparse_csr_tensor(
+            crow, col, z_nz - z0[col], size=(n_cells, self.n_genes), device=dev
+        )
+        # tokens: top over-expressed among each cell's non-zeros
+        pos = torch.arange(col.numel(), device=dev) - crow[:-1][row]
+        width = max(int(lengths.max()) if n_cells else 0, self.n_tokens)
+        score = torch.full((n_cells, width), float("-inf"), device=dev)
+        score[row, pos] = z_nz.masked_fill(x_log <= 0, float("-inf"))
+        genes = torch.zeros((n_cells, width), dtype=torch.long, device=dev)
+        genes[row, pos] = col
+        top, j = torch.topk(score, self.n_tokens, dim=1)
+        pad = torch.isinf(top)
+        idx = torch.gather(genes, 1, j)
+        values = top.masked_fill(pad, 0.0)
+        gene_tok = self.gene_embedding(idx) + self.value_encoder(values.unsqueeze(-1))
+        summary = self.summary(z0) + delta @ self.summary.weight.T
+        cls_tok = (self.cls + summary / self.n_genes**0.5).unsqueeze(1)
+        tok = torch.cat([cls_tok, gene_tok], dim=1)
+        bias = self._attn_bias(torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1))
+        for layer in self.layers:
+            tok = layer(tok, bias)
+        emb = self.norm(self.cls_layer(tok, bias)[:, 0])
+        c = self.centroids if centroids is None else centroids
+        dots = z0 @ c.T + delta @ c.T
+        sq = torch.full((n_cells,), float(z0 @ z0), device=dev)
+        sq = sq.index_add(0, row, z_nz**2 - z0[col] ** 2)
+        return emb, self.head(emb), dots, sq.clamp(min=0.0).sqrt()
 
     def forward(self, x: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (cells x labels) from raw counts (cells x vocabulary genes)."""

@@ -1,0 +1,68 @@
+"""scdl's fast paths give the same numbers as the reference implementations they replace."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import sparse
+
+import scdl
+
+
+def test_sparse_nb_equals_scvi_nb(kang):
+    from scvi.distributions._negative_binomial import log_nb_positive
+
+    from scdl.module._nb import log_nb_sparse
+
+    x = torch.from_numpy(kang.X[:256].toarray().astype(np.float32))
+    gen = torch.Generator().manual_seed(0)
+    mu = (torch.rand(x.shape, generator=gen) * 3 + 1e-3).requires_grad_()
+    theta = (torch.rand(x.shape[1], generator=gen) * 5 + 0.05).requires_grad_()
+    ref = log_nb_positive(x, mu, theta.expand_as(x))
+    ours = log_nb_sparse(x, mu, theta.expand_as(x))
+    assert (x == 0).float().mean() > 0.5  # the case the fast path is for
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-4)
+    g_ref = torch.autograd.grad(ref.sum(), [mu, theta])
+    g_ours = torch.autograd.grad(ours.sum(), [mu, theta])
+    for a, b in zip(g_ours, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_vae_history_keeps_scvi_names(kang):
+    """Per-epoch logging writes the metrics scvi-tools users read from ``model.history``."""
+    adata = kang[np.random.default_rng(0).choice(kang.n_obs, 400, replace=False)].copy()
+    adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
+    scdl.models.VAE.setup_anndata(adata, batch_key="sample")
+    model = scdl.models.VAE(adata)
+    model.train(max_epochs=3, enable_progress_bar=False)
+    for key in (
+        "train_loss",
+        "elbo_train",
+        "reconstruction_loss_train",
+        "kl_local_train",
+        "kl_weight",
+        "elbo_validation",
+    ):
+        assert key in model.history, key
+    elbo, rec, kl = (
+        model.history[k].iloc[:, 0].to_numpy(dtype=float)
+        for k in ("elbo_train", "reconstruction_loss_train", "kl_local_train")
+    )
+    assert len(elbo) == 3 and np.isfinite(elbo).all()
+    np.testing.assert_allclose(elbo, rec + kl, rtol=1e-4)  # no global KL in this model
+
+
+@pytest.mark.parametrize("drop_genes", [0, 300])
+def test_annotator_csr_inference_equals_dense(drop_genes):
+    """The CSR inference path (cost in the non-zeros) gives the dense path's calls."""
+    model = scdl.pretrained.load("pbmc_kang2018")
+    cells = scdl.datasets.kang_pbmc_heldout()
+    cells = cells[:, drop_genes:].copy()  # some of the model's genes absent
+    x, present = model._query_matrix(cells, None, 0.5)
+    assert sparse.issparse(x)
+    p_csr, nov_csr = model._features(x, present, batch_size=128)
+    p_dense, nov_dense = model._features(x.toarray(), present, batch_size=128)
+    torch.testing.assert_close(p_csr, p_dense, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(nov_csr, nov_dense, rtol=1e-4, atol=1e-5)
+    assert (p_csr.argmax(1) == p_dense.argmax(1)).all()
