@@ -4,7 +4,9 @@ from ._checks import (
     check_categorical,
     check_count_setup,
     check_counts,
+    check_is_anndata,
     check_obs_key,
+    check_query,
     check_unique_var_names,
     get_matrix,
 )
@@ -13,7 +15,9 @@ __all__ = [
     "check_categorical",
     "check_count_setup",
     "check_counts",
+    "check_is_anndata",
     "check_obs_key",
+    "check_query",
     "check_unique_var_names",
     "get_matrix",
 ]

@@ -20,6 +20,22 @@ if TYPE_CHECKING:
 _CHUNK_ROWS = 10_000
 
 
+def check_is_anndata(adata, *, registering: bool = False) -> None:
+    """``adata`` must be an AnnData; when ``registering``, not a view of another one."""
+    from anndata import AnnData
+
+    if not isinstance(adata, AnnData):
+        raise TypeError(
+            f"Expected an AnnData (cells x genes), got {type(adata).__name__}. Wrap a matrix or "
+            "DataFrame first: `adata = anndata.AnnData(X)`."
+        )
+    if registering and adata.is_view:
+        raise ValueError(
+            "adata is a view of another AnnData (e.g. `adata[mask]`), and registering it "
+            "would write into it. Make it a real object first: `adata = adata[mask].copy()`."
+        )
+
+
 def _where(layer: str | None) -> str:
     return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
 
@@ -78,6 +94,7 @@ def check_counts(
     KeyError
         ``layer`` does not exist.
     """
+    check_is_anndata(adata)
     where = _where(layer)
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ValueError(
@@ -169,6 +186,13 @@ def check_categorical(
 ) -> pd.Series:
     """Check an obs column used as a categorical covariate; require ``min_categories`` levels."""
     col = check_obs_key(adata, key, arg=arg)
+    if pd.api.types.is_float_dtype(col) and (col != np.round(col)).any():
+        raise TypeError(
+            f"adata.obs[{key!r}] holds non-integer numbers ({col.dtype}), so it is not a "
+            f"category such as a sample or cell-type name. Pass a categorical column as `{arg}` "
+            f"(numeric covariates go in `continuous_covariate_keys`), or convert it: "
+            f"`adata.obs[{key!r}] = adata.obs[{key!r}].astype(str).astype('category')`."
+        )
     n = col.nunique()
     if n < min_categories:
         raise ValueError(
@@ -189,21 +213,100 @@ def check_unique_var_names(adata: AnnData) -> None:
         )
 
 
+# covariates a model corrects for: a single level means there is nothing to correct
+_COVARIATE_ARGS = ("batch_key", "categorical_covariate_keys")
+
+
 def check_count_setup(
     adata: AnnData,
     layer: str | None,
     *,
     allow_zero_genes: bool = False,
-    categorical: dict[str, str | None] | None = None,
+    categorical: dict[str, str | list[str] | None] | None = None,
+    covariates_need_two: bool = False,
 ) -> CountSummary:
     """The checks every count model's ``setup_anndata`` runs, in one place.
 
-    Unique gene names, raw counts in ``X``/``layer``, and each ``{arg: obs column}`` in
-    ``categorical`` present without missing values. Raises before anything is written.
+    ``adata`` is an AnnData (not a view), gene names are unique, ``X``/``layer`` holds raw
+    counts, and each ``{arg: obs column(s)}`` in ``categorical`` is present, categorical and
+    without missing values. With ``covariates_need_two``, ``batch_key`` and
+    ``categorical_covariate_keys`` need at least two categories (a fresh registration; a
+    query or a reloaded model may hold a single batch). Raises before anything is written.
     """
+    check_is_anndata(adata, registering=True)
     check_unique_var_names(adata)
     summary = check_counts(adata, layer, allow_zero_genes=allow_zero_genes)
-    for arg, key in (categorical or {}).items():
-        if key is not None:
-            check_categorical(adata, key, arg=arg)
+    for arg, keys in (categorical or {}).items():
+        if keys is None:
+            continue
+        if arg.endswith("_keys") and not isinstance(keys, list | tuple):
+            raise TypeError(
+                f"`{arg}` must be a list of obs column names, got {keys!r}; e.g. "
+                f"`{arg}=[{keys!r}]`."
+            )
+        if isinstance(keys, str):
+            keys = [keys]
+        need = 2 if covariates_need_two and arg in _COVARIATE_ARGS else 1
+        for key in keys:
+            check_categorical(adata, key, arg=arg, min_categories=need)
     return summary
+
+
+def check_query(adata: AnnData, registry: dict, *, model: str = "model") -> None:
+    """Check a new AnnData given to a trained model (latent space, expression, ...).
+
+    The genes must be the model's, in its order; the counts raw; each registered obs column
+    present with only the categories the model was trained on. Runs before scvi-tools
+    transfers the registration, so a failing call leaves ``adata`` unchanged.
+
+    Parameters
+    ----------
+    adata
+        The query.
+    registry
+        The trained model's scvi-tools registry (``model.registry_``).
+    model
+        The model's class name, used in the messages.
+    """
+    from scdl.data._genes import gene_mismatch_message
+
+    check_is_anndata(adata)
+    check_unique_var_names(adata)
+    fields = registry.get("field_registries", {})
+    ref = fields.get("X", {}).get("state_registry", {}).get("column_names")
+    if ref is not None and not adata.var_names.equals(pd.Index(ref)):
+        raise ValueError(gene_mismatch_message(pd.Index(ref), adata.var_names))
+    setup_args = registry.get("setup_args", {})
+    check_counts(adata, setup_args.get("layer"), allow_zero_genes=True)
+    known: dict[str, tuple[str, list]] = {}
+    for field in fields.values():
+        state = field.get("state_registry", {})
+        if "categorical_mapping" in state and not str(state.get("original_key")).startswith(
+            "_scvi"
+        ):
+            known[state["original_key"]] = ("registered", list(state["categorical_mapping"]))
+        for key, mapping in (state.get("mappings") or {}).items():
+            known[key] = ("registered", list(mapping))
+    for arg, keys in setup_args.items():
+        for key in [keys] if isinstance(keys, str) else list(keys or []):
+            if key in known:
+                known[key] = (arg, known[key][1])
+    for key, (arg, categories) in known.items():
+        if key not in adata.obs.columns:
+            raise KeyError(
+                f"adata.obs lacks the column {key!r} (the model's `{arg}`). Add it, with "
+                f"values among those the model was trained on: {categories[:10]}."
+            )
+        col = check_obs_key(adata, key, arg=arg)
+        unseen = sorted(set(map(str, pd.unique(col))) - set(map(str, categories)))
+        if unseen:
+            fix = (
+                f"map them onto the model first: `{model}.load_query_data(adata, model)`, "
+                "then `.train()` the returned model"
+                if model == "VAE"
+                else "keep only cells of known categories"
+            )
+            raise ValueError(
+                f"adata.obs[{key!r}] holds categories the {model} was not trained on "
+                f"({unseen[:5]}); it knows {categories[:10]}. To use new categories, {fix}."
+            )

@@ -214,3 +214,30 @@ class SafeSaveLoadMixin:
         model.to_device(torch_device)
         model.module.eval()
         return model
+
+
+class CheckedQueryMixin:
+    """Check a new AnnData passed to a trained model's methods before scvi-tools uses it.
+
+    scvi-tools transfers the registration to a new AnnData without comparing gene names (the
+    same number of genes in another order is accepted) or checking the counts; this runs
+    :func:`scdl.data.check_query` first, once per AnnData.
+    """
+
+    def _registered_here(self, adata) -> bool:
+        """Whether ``adata`` itself (not a copy) is registered with this model instance."""
+        from scvi.data._constants import _SCVI_UUID_KEY
+
+        uns = getattr(adata, "uns", None)
+        if uns is None or _SCVI_UUID_KEY not in uns:
+            return False
+        store = type(self)._per_instance_manager_store.get(self.id, {})
+        manager = store.get(uns[_SCVI_UUID_KEY])
+        return manager is not None and manager.adata is adata
+
+    def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
+        if adata is not None and adata is not self.adata and not self._registered_here(adata):
+            from scdl.data import check_query
+
+            check_query(adata, self.registry_, model=type(self).__name__)
+        return super()._validate_anndata(adata, copy_if_view=copy_if_view)

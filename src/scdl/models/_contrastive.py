@@ -20,10 +20,10 @@ from scdl.data import check_count_setup, check_obs_key
 from scdl.data._loader import TensorBatchLoader
 from scdl.module import ContrastiveModule
 from scdl.module._contrastive import TARGET_KEY
-from scdl.train import EpochLoggingTrainingPlan
+from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
-from ._base import SafeSaveLoadMixin
-from ._training import check_batch_size, default_max_epochs
+from ._base import CheckedQueryMixin, SafeSaveLoadMixin
+from ._training import check_batch_size, check_max_epochs, default_max_epochs
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -283,7 +283,9 @@ def salient_gene_table(
 # --- the model -----------------------------------------------------------------------------
 
 
-class ContrastiveVAE(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class ContrastiveVAE(
+    SafeSaveLoadMixin, CheckedQueryMixin, UnsupervisedTrainingMixin, BaseModelClass
+):
     """Separate what is specific to target cells from what they share with a background.
 
     contrastiveVI's model (:cite:`Weinberger23`): every cell has a shared latent code ``z``
@@ -415,7 +417,11 @@ class ContrastiveVAE(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClas
         setup_method_args = cls._get_setup_method_args(**locals())
         is_reload = kwargs.get("source_registry") is not None
         check_count_setup(
-            adata, layer, allow_zero_genes=is_reload, categorical={"batch_key": batch_key}
+            adata,
+            layer,
+            allow_zero_genes=is_reload,
+            categorical={"batch_key": batch_key},
+            covariates_need_two=not is_reload,
         )
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
@@ -499,6 +505,7 @@ class ContrastiveVAE(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClas
         n_obs = bg.size + tg.size
         if max_epochs is None:
             max_epochs = default_max_epochs(n_obs)
+        max_epochs = check_max_epochs(max_epochs)
         check_batch_size(n_obs, batch_size, train_size)
         if train_size is None or train_size < 1:
             kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
@@ -509,17 +516,18 @@ class ContrastiveVAE(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClas
             ),
             **(plan_kwargs or {}),
         }
-        out = super().train(
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            early_stopping=early_stopping,
-            accelerator=accelerator,
-            devices=devices,
-            train_size=train_size,
-            plan_kwargs=plan,
-            datasplitter_kwargs={"background_indices": bg, "target_indices": tg},
-            **kwargs,
-        )
+        with guarded_training(self, kwargs, lr=plan["lr"]):
+            out = super().train(
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+                early_stopping=early_stopping,
+                accelerator=accelerator,
+                devices=devices,
+                train_size=train_size,
+                plan_kwargs=plan,
+                datasplitter_kwargs={"background_indices": bg, "target_indices": tg},
+                **kwargs,
+            )
         self.contrastive_split_ = {
             **split,
             "background_indices": bg,

@@ -35,11 +35,11 @@ from scdl.module._drug import (
     TARGET_X_KEY,
     DrugResponseModule,
 )
-from scdl.train import EpochLoggingTrainingPlan
+from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
 from ._attribution import integrated_gradients
 from ._base import SafeSaveLoadMixin
-from ._training import check_batch_size, default_max_epochs
+from ._training import check_batch_size, check_max_epochs, default_max_epochs
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -448,6 +448,7 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
             reference_p = matched_reference(self._target_profiles, profiles, self.match_neighbors)
         if max_epochs is None:
             max_epochs = default_max_epochs(n_obs, n_steps=600, cap=400, floor=30)
+        max_epochs = check_max_epochs(max_epochs)
         check_batch_size(n_obs, batch_size, train_size)
         if train_size is not None and train_size < 1:
             kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
@@ -463,7 +464,7 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
 
         rng = np.random.RandomState(scvi.settings.seed)
         folds = rng.permutation(n_obs) % self.module.n_ensemble
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), guarded_training(self, kwargs, lr=plan["lr"]):
             # minibatches hold lines and fewer target cells: Lightning's batch-size guess
             # finds two sizes and warns; the logged losses are per line either way
             warnings.filterwarnings("ignore", message=".*infer the `batch_size`")

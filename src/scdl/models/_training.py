@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 
 def default_max_epochs(n_obs: int, *, n_steps: int = 4_000, cap: int = 400, floor: int = 30) -> int:
     """Epochs for ``n_obs`` cells: about ``n_steps`` minibatches of 128, within [floor, cap].
@@ -23,3 +25,15 @@ def check_batch_size(n_obs: int, batch_size: int, train_size: float | None = Non
             f"Only {n_train} training cells ({n_obs} cells x train_size) but batch_size="
             f"{batch_size}. Pass a smaller batch_size (<= {max(2, n_train)}) or more cells."
         )
+
+
+def check_max_epochs(max_epochs) -> int:
+    """``max_epochs`` must be a positive integer (Lightning reads -1 as "train forever")."""
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int | np.integer):
+        raise TypeError(f"max_epochs must be a positive integer or None, got {max_epochs!r}.")
+    if max_epochs < 1:
+        raise ValueError(
+            f"max_epochs must be >= 1, got {max_epochs}; pass None to choose from the number "
+            "of cells."
+        )
+    return int(max_epochs)

@@ -6,6 +6,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import pandas as pd
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
@@ -24,7 +25,6 @@ from scvi.model.base import (
 )
 
 from scdl.data import (
-    check_categorical,
     check_count_setup,
     check_obs_key,
     check_unique_var_names,
@@ -32,10 +32,10 @@ from scdl.data import (
 from scdl.data._genes import gene_mismatch_message
 from scdl.data._loader import FastDataSplitter
 from scdl.module import VAEModule
-from scdl.train import EpochLoggingTrainingPlan
+from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
-from ._base import SafeSaveLoadMixin
-from ._training import check_batch_size, default_max_epochs
+from ._base import CheckedQueryMixin, SafeSaveLoadMixin
+from ._training import check_batch_size, check_max_epochs, default_max_epochs
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 class VAE(
     SafeSaveLoadMixin,
+    CheckedQueryMixin,
     RNASeqMixin,
     VAEMixin,
     ArchesMixin,
@@ -108,6 +109,9 @@ class VAE(
             raise ValueError(
                 f"gene_likelihood={gene_likelihood!r} is not one of 'nb', 'zinb', 'poisson'."
             )
+        for name, value in (("n_latent", n_latent), ("n_hidden", n_hidden), ("n_layers", n_layers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         cat_state = self.registry_["field_registries"][REGISTRY_KEYS.CAT_COVS_KEY]
         n_cats_per_cov = cat_state["state_registry"].get("n_cats_per_key") or None
         module_kwargs = {
@@ -182,14 +186,29 @@ class VAE(
             adata,
             layer,
             allow_zero_genes=is_query,
-            categorical={"batch_key": batch_key, "labels_key": labels_key},
+            categorical={
+                "batch_key": batch_key,
+                "labels_key": labels_key,
+                "categorical_covariate_keys": categorical_covariate_keys,
+            },
+            covariates_need_two=not is_query,
         )
-        for key in categorical_covariate_keys or []:
-            check_categorical(adata, key, arg="categorical_covariate_keys")
+        if continuous_covariate_keys is not None and not isinstance(
+            continuous_covariate_keys, list | tuple
+        ):
+            raise TypeError(
+                "`continuous_covariate_keys` must be a list of obs column names, got "
+                f"{continuous_covariate_keys!r}."
+            )
         for key in continuous_covariate_keys or []:
             col = check_obs_key(adata, key, arg="continuous_covariate_keys")
             if not pd.api.types.is_numeric_dtype(col):
                 raise TypeError(f"continuous covariate {key!r} must be numeric, got {col.dtype}.")
+            if not np.isfinite(col.to_numpy(dtype=float)).all():
+                raise ValueError(
+                    f"continuous covariate adata.obs[{key!r}] has infinite values; fix or drop "
+                    "those cells."
+                )
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
@@ -243,6 +262,7 @@ class VAE(
         n_obs = self.adata.n_obs
         if max_epochs is None:
             max_epochs = default_max_epochs(n_obs)
+        max_epochs = check_max_epochs(max_epochs)
         check_batch_size(n_obs, batch_size, train_size)
         if train_size is None or train_size < 1:
             # ~20 validation points make an over-fitting check visible in the history
@@ -254,16 +274,17 @@ class VAE(
             ),
             **(plan_kwargs or {}),
         }
-        return super().train(
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            early_stopping=early_stopping,
-            accelerator=accelerator,
-            devices=devices,
-            train_size=train_size,
-            plan_kwargs=plan,
-            **kwargs,
-        )
+        with guarded_training(self, kwargs, lr=plan["lr"]):
+            return super().train(
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+                early_stopping=early_stopping,
+                accelerator=accelerator,
+                devices=devices,
+                train_size=train_size,
+                plan_kwargs=plan,
+                **kwargs,
+            )
 
     @classmethod
     def load_query_data(

@@ -62,6 +62,27 @@ def cluster(
             f"use_rep={use_rep!r} is not in adata.obsm (available: {avail or 'none'}). Run "
             "`scdl.tl.integrate(adata, ...)` first or pass the key of an existing embedding."
         )
+    import numpy as np
+
+    rep = np.asarray(adata.obsm[use_rep])
+    if rep.ndim != 2 or not np.issubdtype(rep.dtype, np.number):
+        raise TypeError(
+            f"adata.obsm[{use_rep!r}] must be a numeric cells x dimensions array, got "
+            f"dtype {rep.dtype} with shape {rep.shape}."
+        )
+    if not np.isfinite(rep).all():
+        raise ValueError(
+            f"adata.obsm[{use_rep!r}] has {int((~np.isfinite(rep)).sum())} NaN or infinite "
+            "values (a diverged training?). Recompute it, e.g. with `scdl.tl.integrate`."
+        )
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int | np.integer):
+        raise TypeError(f"n_neighbors must be an integer, got {n_neighbors!r}.")
+    if n_neighbors < 2:
+        raise ValueError(f"n_neighbors must be >= 2, got {n_neighbors}.")
+    if not resolution > 0:
+        raise ValueError(f"resolution must be > 0 (e.g. 0.5 to 2), got {resolution!r}.")
+    if not isinstance(key_added, str) or not key_added:
+        raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
     if adata.n_obs <= n_neighbors:
         raise ValueError(
             f"{adata.n_obs} cells cannot have n_neighbors={n_neighbors}; pass a smaller "

@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from scdl.data import check_categorical, check_counts, check_unique_var_names, get_matrix
+from scdl.data import (
+    check_categorical,
+    check_counts,
+    check_is_anndata,
+    check_unique_var_names,
+    get_matrix,
+)
 
 from ._hvg import select_genes
 from ._training_data import training_adata
@@ -99,6 +105,16 @@ def integrate(
     from scdl.models import VAE
 
     # validate everything before touching adata, so a failing call leaves it unchanged
+    check_is_anndata(adata)
+    if not isinstance(key_added, str) or not key_added:
+        raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
+    if n_top_genes is not None and (
+        isinstance(n_top_genes, bool) or not isinstance(n_top_genes, int) or n_top_genes < 1
+    ):
+        raise ValueError(
+            f"n_top_genes must be a positive integer or None (all expressed genes), got "
+            f"{n_top_genes!r}."
+        )
     get_matrix(adata, layer)
     check_unique_var_names(adata)
     if batch_key is not None:

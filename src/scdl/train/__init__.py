@@ -1,6 +1,15 @@
-"""Lightning training plans for scdl's models (built on scvi-tools' plans)."""
+"""Lightning training plans for scdl's models (built on scvi-tools' plans), and the guard
+every ``.train()`` runs inside (divergence, interruption)."""
 
 from ._annotator import AnnotatorTrainingPlan, MaskedExpressionPlan
+from ._callbacks import TrainingDivergedError, TrainingGuard, guarded_training
 from ._elbo import EpochLoggingTrainingPlan
 
-__all__ = ["AnnotatorTrainingPlan", "EpochLoggingTrainingPlan", "MaskedExpressionPlan"]
+__all__ = [
+    "AnnotatorTrainingPlan",
+    "EpochLoggingTrainingPlan",
+    "MaskedExpressionPlan",
+    "TrainingDivergedError",
+    "TrainingGuard",
+    "guarded_training",
+]

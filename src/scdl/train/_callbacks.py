@@ -1,0 +1,175 @@
+"""Guards around every scdl training run: divergence (NaN/inf loss) and interruption.
+
+:func:`guarded_training` wraps a model's ``.train()``. It adds a :class:`TrainingGuard`
+callback to the Lightning trainer and, when training fails, leaves the model in a known state:
+
+- the loss or the weights become NaN/inf: training stops with :class:`TrainingDivergedError`
+  naming the epoch and the learning rate, and the weights go back to what they were before
+  this ``.train()`` call (a fresh model stays untrained, ``is_trained_`` is ``False``);
+- Ctrl+C (``KeyboardInterrupt``): Lightning shuts down and exits; the guard turns that back
+  into a ``KeyboardInterrupt`` naming the epoch reached, keeps the weights reached so far and
+  sets ``is_trained_ = False``. Calling ``.train()`` again continues from those weights;
+- another callback stops training early (not early stopping): a warning says how many of
+  the epochs ran.
+
+The loss is checked without a host-device sync per step: a flag is accumulated on the
+device and read every ``check_every_n_steps`` steps and at each epoch end.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import warnings
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+class TrainingDivergedError(FloatingPointError):
+    """Training produced a NaN or infinite loss or weights; the weights were restored."""
+
+
+def _all_finite(module: torch.nn.Module) -> bool:
+    flags = [torch.isfinite(p).all() for p in module.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def _step_loss(outputs) -> torch.Tensor | None:
+    if isinstance(outputs, dict):
+        outputs = outputs.get("loss")
+    return outputs if isinstance(outputs, torch.Tensor) else None
+
+
+class TrainingGuard(Callback):
+    """Stop training with a clear error when the loss or the weights stop being finite.
+
+    Parameters
+    ----------
+    lr
+        Learning rate of the run, named in the error message.
+    check_every_n_steps
+        Steps between reads of the on-device "loss was non-finite" flag (each read is a
+        host-device sync on GPU); it is also read at every epoch end.
+    """
+
+    def __init__(self, lr: float | None = None, check_every_n_steps: int = 50):
+        super().__init__()
+        self.lr = lr
+        self.check_every_n_steps = max(1, int(check_every_n_steps))
+        self._bad: torch.Tensor | None = None
+        self.epoch = 0
+        self.interrupted_epoch: int | None = None
+        self.max_epochs: int | None = None
+        self.diverged = False
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.max_epochs = trainer.max_epochs
+        self._bad = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epoch = int(trainer.current_epoch)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = _step_loss(outputs)
+        if loss is not None:
+            bad = ~torch.isfinite(loss.detach()).all()
+            self._bad = bad if self._bad is None else self._bad | bad
+        if (trainer.global_step + 1) % self.check_every_n_steps == 0:
+            self._check(trainer, pl_module, weights=False)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._check(trainer, pl_module, weights=True)
+
+    def _check(self, trainer, pl_module, *, weights: bool) -> None:
+        bad_loss = self._bad is not None and bool(self._bad)
+        if bad_loss or (weights and not _all_finite(pl_module)):
+            self.diverged = True
+            what = "the training loss" if bad_loss else "its weights"
+            raise TrainingDivergedError(self.message(self.epoch, what))
+
+    def message(self, epoch: int, what: str = "the training loss") -> str:
+        """The divergence error's text."""
+        of = f" of {self.max_epochs}" if self.max_epochs else ""
+        lr = f"lr={self.lr:g}" if isinstance(self.lr, int | float) else "the learning rate"
+        return (
+            f"Training diverged at epoch {epoch + 1}{of}: {what} became NaN or "
+            f"infinite. The model's weights were restored to what they were before this "
+            f".train() call. Lower {lr} (e.g. 10x smaller) and train again; if it persists, "
+            "check the input for extreme values."
+        )
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.interrupted_epoch = self.epoch
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        done, total = int(trainer.current_epoch), trainer.max_epochs
+        early = any(
+            isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0 for cb in trainer.callbacks
+        )
+        if total is not None and 0 < total and done < total and not early:
+            warnings.warn(
+                f"Training stopped after {done} of {total} epochs (a callback asked it to "
+                "stop); model.history shows the epochs that ran. Call .train() again to "
+                "continue from the current weights.",
+                UserWarning,
+                stacklevel=2,
+            )
+
+
+@contextmanager
+def guarded_training(
+    model, trainer_kwargs: dict, *, lr: float | None = None
+) -> Iterator[TrainingGuard]:
+    """Run a model's training inside the guards described in this module.
+
+    Parameters
+    ----------
+    model
+        The scdl model (its ``module`` holds the weights; ``is_trained_`` is updated).
+    trainer_kwargs
+        The ``Trainer`` keyword arguments of the run; a :class:`TrainingGuard` is added to
+        its ``callbacks`` (in place).
+    lr
+        The learning rate, named in the divergence message.
+
+    Yields
+    ------
+    The :class:`TrainingGuard` in use.
+    """
+    guard = TrainingGuard(lr=lr)
+    trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), guard]
+    module = model.module
+    before = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if main_thread else None
+    try:
+        yield guard
+    except (KeyboardInterrupt, SystemExit) as e:
+        if guard.interrupted_epoch is None:
+            raise
+        model.is_trained_ = False
+        of = f" of {guard.max_epochs}" if guard.max_epochs else ""
+        raise KeyboardInterrupt(
+            f"Training was interrupted during epoch {guard.interrupted_epoch + 1}{of}. The "
+            "model keeps the weights reached so far but is marked untrained "
+            "(model.is_trained_ = False). Call .train() again to continue from these weights, "
+            "or set model.is_trained_ = True to use them as they are."
+        ) from e
+    except Exception as e:
+        if guard.diverged or not _all_finite(module):
+            module.load_state_dict(before)
+            if isinstance(e, TrainingDivergedError):
+                raise
+            raise TrainingDivergedError(guard.message(guard.epoch, "its weights")) from e
+        raise
+    finally:
+        if main_thread and sigint is not None:
+            # Lightning ignores Ctrl+C for the rest of the process after an interrupt
+            signal.signal(signal.SIGINT, sigint)
