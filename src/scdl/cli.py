@@ -3,8 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+
+def _read_input(path: str):
+    """Read IN.h5ad with a one-line error for a missing or unreadable file."""
+    import anndata
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"input file {path!r} does not exist.")
+    try:
+        adata = anndata.read_h5ad(p)
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"could not read {path!r} as an .h5ad file ({e}).") from e
+    print(f"read {path}: {adata.n_obs} cells x {adata.n_vars} genes")
+    return adata
+
+
+def _check_output(path: str) -> None:
+    """Fail before any work if OUT cannot be written (its folder is missing)."""
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"output folder {str(parent)!r} does not exist.")
+    if Path(path).is_dir():
+        raise ValueError(f"output {path!r} is a folder; give a file name ending in .h5ad.")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -98,11 +123,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _integrate(args: argparse.Namespace) -> int:
-    import anndata
-
     import scdl
 
-    adata = anndata.read_h5ad(args.input)
+    _check_output(args.output)
+    adata = _read_input(args.input)
+    print(f"training the VAE (batch key: {args.batch_key or 'none'}) ...")
     model = scdl.tl.integrate(
         adata,
         batch_key=args.batch_key,
@@ -115,6 +140,7 @@ def _integrate(args: argparse.Namespace) -> int:
     )
     if args.cluster:
         scdl.tl.cluster(adata, use_rep=args.key_added)
+        print(f"Leiden clusters in obs['scdl_cluster']: {adata.obs['scdl_cluster'].nunique()}")
     adata.write_h5ad(args.output)
     if args.save_model:
         model.save(args.save_model, overwrite=True)
@@ -123,11 +149,11 @@ def _integrate(args: argparse.Namespace) -> int:
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    import anndata
-
     import scdl
 
-    adata = anndata.read_h5ad(args.input)
+    _check_output(args.output)
+    adata = _read_input(args.input)
+    print(f"annotating with {args.model!r} ...")
     scdl.tl.annotate(
         adata,
         model=args.model,
@@ -144,8 +170,19 @@ def _annotate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="scdl", description="Deep-learning models for single-cell data, on AnnData files."
+        prog="scdl",
+        description="Deep-learning models for single-cell data, on AnnData (.h5ad) files of\n"
+        "raw counts. Each command calls the matching scdl.tl function and writes its\n"
+        "results into the output .h5ad.",
+        epilog="examples:\n"
+        "  scdl demo -o scdl_demo\n"
+        "  scdl integrate pbmc.h5ad --batch-key sample --cluster -o pbmc_scdl.h5ad\n"
+        "  scdl annotate pbmc.h5ad --model pbmc_kang2018 -o pbmc_annotated.h5ad\n\n"
+        "'scdl COMMAND --help' lists a command's options. Tutorials: the tutorials/ folder "
+        "of the repository.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"scdl {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser(
@@ -166,20 +203,30 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser(
         "integrate",
         help="batch-correct an .h5ad of raw counts with the VAE",
-        description="Train scdl's VAE on IN.h5ad (raw counts) and write the latent space to "
-        "obsm[KEY] of OUT.h5ad.",
+        description="Train scdl's VAE on IN.h5ad (raw counts; highly variable genes are "
+        "selected per batch) and write the batch-corrected latent space to obsm[KEY] of "
+        "OUT.h5ad (scdl.tl.integrate); --cluster adds Leiden clusters in obs['scdl_cluster'].",
     )
-    i.add_argument("input", help="input .h5ad with raw counts")
-    i.add_argument("-o", "--output", required=True, help="output .h5ad")
+    i.add_argument("input", metavar="IN.h5ad", help="input .h5ad with raw counts")
+    i.add_argument("-o", "--output", metavar="OUT.h5ad", required=True, help="output .h5ad")
     i.add_argument("--batch-key", default=None, help="obs column of the batches")
     i.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
-    i.add_argument("--key-added", default="X_scdl")
-    i.add_argument("--n-latent", type=int, default=10)
-    i.add_argument("--max-epochs", type=int, default=None)
-    i.add_argument("--seed", type=int, default=0)
+    i.add_argument(
+        "--key-added", default="X_scdl", help="obsm key of the latent space (default: %(default)s)"
+    )
+    i.add_argument(
+        "--n-latent", type=int, default=10, help="latent dimensions (default: %(default)s)"
+    )
+    i.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        help="training epochs (default: chosen from the number of cells)",
+    )
+    i.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     i.add_argument("--cluster", action="store_true", help="also run Leiden on the latent space")
     i.add_argument("--save-model", default=None, help="folder to save the trained model")
-    i.add_argument("-q", "--quiet", action="store_true")
+    i.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     i.set_defaults(func=_integrate)
 
     a = sub.add_parser(
@@ -189,15 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(name, folder, archive or URL; see scdl.pretrained.available()) and write "
         "obs[KEY], obs[KEY_confidence] and obsm[KEY_probabilities] to OUT.h5ad.",
     )
-    a.add_argument("input", help="input .h5ad with raw counts")
-    a.add_argument("-o", "--output", required=True, help="output .h5ad")
+    a.add_argument("input", metavar="IN.h5ad", help="input .h5ad with raw counts")
+    a.add_argument("-o", "--output", metavar="OUT.h5ad", required=True, help="output .h5ad")
     a.add_argument(
         "--model",
         default="pbmc_kang2018",
         help="annotator name, folder or archive (default: %(default)s)",
     )
     a.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
-    a.add_argument("--key-added", default="scdl_cell_type")
+    a.add_argument(
+        "--key-added",
+        default="scdl_cell_type",
+        help="obs key of the cell types (default: %(default)s)",
+    )
     a.add_argument(
         "--no-unknown",
         action="store_true",
@@ -205,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.set_defaults(func=_annotate)
     return p
+
+
+def _version() -> str:
+    import scdl
+
+    return scdl.__version__
 
 
 def _quiet_libraries() -> None:
@@ -224,10 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         return args.func(args)
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+    except (ValueError, KeyError, TypeError, OSError, FloatingPointError) as e:
+        # expected problems with the input: one line, no traceback (SCDL_DEBUG=1 shows it)
+        if os.environ.get("SCDL_DEBUG"):
+            raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"scdl {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"scdl {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
