@@ -50,15 +50,21 @@ def snapshot(adata: ad.AnnData) -> dict:
     from scipy import sparse
 
     def dense(x):
+        if hasattr(x, "to_memory"):  # backed sparse dataset
+            x = x.to_memory()
         return x.toarray() if sparse.issparse(x) else np.asarray(x)
 
+    import copy
+
     return {
+        "X_type": (type(adata.X), getattr(adata.X, "dtype", None)),
         "X": dense(adata.X).copy(),
         "layers": {k: dense(v).copy() for k, v in adata.layers.items()},
         "obs": adata.obs.copy(),
         "var": adata.var.copy(),
         "obsm": {k: np.asarray(v).copy() for k, v in adata.obsm.items()},
         "uns_keys": sorted(adata.uns.keys()),
+        "uns": copy.deepcopy(dict(adata.uns)),
         "obs_names": adata.obs_names.copy(),
         "var_names": adata.var_names.copy(),
     }
@@ -74,5 +80,31 @@ def assert_unchanged(adata: ad.AnnData, snap: dict) -> None:
     assert now["var"].equals(snap["var"])
     assert now["obsm"].keys() == snap["obsm"].keys()
     assert now["uns_keys"] == snap["uns_keys"]
+    assert now["X_type"] == snap["X_type"]
+    _assert_same(now["uns"], snap["uns"], "uns")
     assert now["obs_names"].equals(snap["obs_names"])
     assert now["var_names"].equals(snap["var_names"])
+
+
+def _assert_same(a, b, where: str) -> None:
+    """Deep equality of uns-like nested dicts/arrays/frames (NaN equals NaN)."""
+    import pandas as pd
+
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, pd.DataFrame | pd.Series):
+        assert a.equals(b), where
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape, where
+        np.testing.assert_array_equal(a, b, err_msg=where)
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and np.isnan(a):
+        assert np.isnan(b), where
+    else:
+        assert a == b, where

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import assert_unchanged, snapshot
@@ -180,3 +182,294 @@ def test_dense_counts_are_accepted(kang):
     adata.X = adata.X.toarray()
     VAE.setup_anndata(adata)  # no error: dense raw counts are valid
     assert sparse.issparse(kang.X)
+
+
+# --- every model's setup_anndata refuses the same way (shared checks in scdl.data) ---------
+
+SETUPS = {
+    "VAE": lambda a, **kw: VAE.setup_anndata(a, **kw),
+    "ContrastiveVAE": lambda a, **kw: scdl.models.ContrastiveVAE.setup_anndata(a, **kw),
+    "CellTypeTransformer": lambda a, **kw: scdl.models.CellTypeTransformer.setup_anndata(
+        a, labels_key="cell_type", **kw
+    ),
+}
+
+
+def _expressed(kang, n=300):
+    adata = _small(kang, n)
+    return adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
+
+
+def _bad(kind, adata):
+    """Return (AnnData to pass, setup kwargs) for one kind of bad input."""
+    x = adata.X.toarray()
+    if kind in ("negative", "nan", "inf", "fraction"):
+        x[2, 3] = {"negative": -2.0, "nan": np.nan, "inf": np.inf, "fraction": 1.5}[kind]
+        adata.X = sparse.csr_matrix(x)
+    elif kind == "strings":
+        adata.X = x.astype(int).astype(str).astype(object)
+    elif kind == "view":
+        return adata[:200], {}
+    elif kind == "empty":
+        return adata[:0].copy(), {}
+    elif kind == "duplicate_genes":
+        adata.var_names = [adata.var_names[0], *adata.var_names[1:-1], adata.var_names[0]]
+    elif kind == "layer_typo":
+        adata.layers["counts"] = adata.X.copy()
+        return adata, {"layer": "count"}
+    elif kind == "batch_typo":
+        return adata, {"batch_key": "sampel"}
+    elif kind == "zero_cell":
+        x[4] = 0
+        adata.X = sparse.csr_matrix(x)
+    elif kind == "float_batch":
+        adata.obs["depth"] = np.random.default_rng(0).random(adata.n_obs)
+        return adata, {"batch_key": "depth"}
+    elif kind == "batch_missing_values":
+        adata.obs["sample"] = adata.obs["sample"].astype(object)
+        adata.obs.iloc[5, adata.obs.columns.get_loc("sample")] = None
+        return adata, {"batch_key": "sample"}
+    return adata, {}
+
+
+BAD_SETUP = [
+    ("negative", ValueError, "negative values"),
+    ("nan", ValueError, "NaN or infinite"),
+    ("inf", ValueError, "NaN or infinite"),
+    ("fraction", ValueError, "non-integer.*layer="),
+    ("strings", TypeError, "numeric"),
+    ("view", ValueError, r"view.*\.copy\(\)"),
+    ("empty", ValueError, "empty"),
+    ("duplicate_genes", ValueError, "var_names_make_unique"),
+    ("layer_typo", KeyError, "Did you mean 'counts'"),
+    ("batch_typo", KeyError, "Did you mean 'sample'"),
+    ("zero_cell", ValueError, "filter_cells"),
+    ("float_batch", TypeError, "astype\\(str\\)"),
+    ("batch_missing_values", ValueError, "missing values"),
+]
+
+
+@pytest.mark.parametrize("model", list(SETUPS))
+@pytest.mark.parametrize(("kind", "error", "match"), BAD_SETUP, ids=[b[0] for b in BAD_SETUP])
+def test_every_model_refuses_bad_setup_input(kang, model, kind, error, match):
+    adata, kwargs = _bad(kind, _expressed(kang))
+    snap = snapshot(adata)
+    with pytest.raises(error, match=match):
+        SETUPS[model](adata, **kwargs)
+    assert_unchanged(adata, snap)
+    assert "_scvi_uuid" not in adata.uns
+
+
+@pytest.mark.parametrize("model", ["VAE", "ContrastiveVAE"])
+def test_single_level_batch_is_refused_at_setup(kang, model):
+    adata = _expressed(kang)
+    adata.obs["one"] = "run1"
+    snap = snapshot(adata)
+    with pytest.raises(ValueError, match="at least 2.*batch_key=None"):
+        SETUPS[model](adata, batch_key="one")
+    assert_unchanged(adata, snap)
+
+
+def test_not_an_anndata(kang):
+    df = _expressed(kang).to_df()
+    with pytest.raises(TypeError, match="Expected an AnnData"):
+        VAE.setup_anndata(df)
+    with pytest.raises(TypeError, match="Expected an AnnData"):
+        scdl.tl.integrate(df, max_epochs=1)
+    with pytest.raises(TypeError, match="Expected an AnnData"):
+        scdl.tl.annotate(df)
+
+
+def test_covariate_key_types(kang):
+    adata = _expressed(kang)
+    adata.obs["depth"] = np.log(np.asarray(adata.X.sum(1)).ravel())
+    adata.obs.iloc[0, adata.obs.columns.get_loc("depth")] = np.inf
+    snap = snapshot(adata)
+    with pytest.raises(TypeError, match=r"list of obs column names.*\['sample'\]"):
+        VAE.setup_anndata(adata, categorical_covariate_keys="sample")
+    with pytest.raises(ValueError, match="infinite"):
+        VAE.setup_anndata(adata, continuous_covariate_keys=["depth"])
+    with pytest.raises(TypeError, match="must be numeric"):
+        VAE.setup_anndata(adata, continuous_covariate_keys=["sample"])
+    assert_unchanged(adata, snap)
+
+
+def test_backed_anndata(kang, tmp_path):
+    import hashlib
+
+    import anndata
+
+    path = tmp_path / "cells.h5ad"
+    _expressed(kang).write_h5ad(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    backed = anndata.read_h5ad(path, backed="r")
+    snap = snapshot(backed)
+    with pytest.raises(KeyError, match="Did you mean 'sample'"):
+        VAE.setup_anndata(backed, batch_key="Sample")
+    assert_unchanged(backed, snap)
+    VAE.setup_anndata(backed, batch_key="sample")  # backed (read-only) counts are read in chunks
+    backed.file.close()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest  # the file is untouched
+
+
+# --- train ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("max_epochs", "error"), [(0, ValueError), (-1, ValueError), (1.5, TypeError)]
+)
+def test_bad_max_epochs(kang, max_epochs, error):
+    adata = _expressed(kang)
+    VAE.setup_anndata(adata)
+    with pytest.raises(error, match="max_epochs"):  # -1 would mean "train forever" to Lightning
+        VAE(adata).train(max_epochs=max_epochs)
+    scdl.models.CellTypeTransformer.setup_anndata(adata, labels_key="cell_type")
+    with pytest.raises(error, match="max_epochs"):
+        scdl.models.CellTypeTransformer(adata).train(max_epochs=max_epochs)
+
+
+def test_bad_model_size(kang):
+    adata = _expressed(kang)
+    VAE.setup_anndata(adata)
+    with pytest.raises(ValueError, match="n_latent must be a positive integer"):
+        VAE(adata, n_latent=0)
+
+
+# --- a trained model given new data (latent space, expression) ------------------------------
+
+
+def _query(kind, adata):
+    if kind == "unseen_batch":
+        adata.obs["sample"] = adata.obs["sample"].astype(str).replace("ctrl101", "new_donor")
+    elif kind == "gene_order":
+        adata = adata[:, adata.var_names[::-1]].copy()
+    elif kind == "missing_genes":
+        adata = adata[:, 7:].copy()
+    elif kind == "negative":
+        x = adata.X.toarray()
+        x[0, 0] = -1
+        adata.X = sparse.csr_matrix(x)
+    elif kind == "no_batch_column":
+        del adata.obs["sample"]
+    return adata
+
+
+BAD_QUERY = [
+    ("unseen_batch", ValueError, r"not trained on \(\['new_donor'\]\).*load_query_data"),
+    ("gene_order", ValueError, "different order"),
+    ("missing_genes", ValueError, "lacks 7 of the model's"),
+    ("negative", ValueError, "negative values"),
+    ("no_batch_column", KeyError, "lacks the column 'sample'"),
+]
+
+
+@pytest.mark.parametrize(("kind", "error", "match"), BAD_QUERY, ids=[b[0] for b in BAD_QUERY])
+def test_trained_vae_checks_new_data(kang_integrated, kind, error, match):
+    _, model = kang_integrated
+    query = _query(kind, model.adata[:200].copy())
+    snap = snapshot(query)
+    with pytest.raises(error, match=match):
+        model.get_latent_representation(query)
+    assert_unchanged(query, snap)
+
+
+def test_trained_contrastive_checks_new_data(kang):
+    adata = _expressed(kang)
+    scdl.models.ContrastiveVAE.setup_anndata(adata)
+    model = scdl.models.ContrastiveVAE(adata)
+    model.train(groupby="condition", background="ctrl", max_epochs=1, enable_progress_bar=False)
+    query = adata[:, ::-1].copy()
+    snap = snapshot(query)
+    with pytest.raises(ValueError, match="different order"):
+        model.get_latent_representation(query)
+    assert_unchanged(query, snap)
+    model.get_latent_representation(adata[:, model.get_var_names()].copy())  # same genes: fine
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "match"),
+    [("negative", ValueError, "negative"), ("strings", TypeError, "numeric")],
+)
+def test_annotator_predict_checks_counts(kind, error, match):
+    query = scdl.datasets.kang_pbmc_heldout()[:100].copy()
+    query, _ = _bad(kind, query)
+    snap = snapshot(query)
+    with pytest.raises(error, match=match):
+        scdl.pretrained.load("pbmc_kang2018").predict(query)
+    assert_unchanged(query, snap)
+
+
+# --- tl functions -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"resolution": 0}, ValueError, "resolution must be > 0"),
+        ({"n_neighbors": 1}, ValueError, "n_neighbors must be >= 2"),
+        ({"key_added": 3}, TypeError, "key_added"),
+        ({"nan": True}, ValueError, "NaN or infinite"),
+    ],
+)
+def test_cluster_bad_arguments(kang, kwargs, error, match):
+    adata = _small(kang)
+    adata.obsm["X_scdl"] = np.random.default_rng(0).normal(size=(adata.n_obs, 5))
+    if kwargs.pop("nan", False):
+        adata.obsm["X_scdl"][3, 1] = np.nan
+    snap = snapshot(adata)
+    with pytest.raises(error, match=match):
+        scdl.tl.cluster(adata, **kwargs)
+    assert_unchanged(adata, snap)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"key_added": 3}, TypeError, "key_added"),
+        ({"n_top_genes": 0}, ValueError, "n_top_genes"),
+        ({"n_latent": 0}, ValueError, "n_latent"),
+        ({"max_epochs": -1}, ValueError, "max_epochs"),
+        ({"batch_key": "condition", "layer": "counts"}, KeyError, "not found in adata.layers"),
+    ],
+)
+def test_integrate_bad_arguments(kang, kwargs, error, match):
+    adata = _small(kang)
+    snap = snapshot(adata)
+    with pytest.raises(error, match=match):
+        scdl.tl.integrate(adata, progress_bar=False, **kwargs)
+    assert_unchanged(adata, snap)
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "match"),
+    [
+        (["integrate", "{missing}"], "does not exist"),
+        (["integrate", "{not_h5ad}"], "could not read .* as an .h5ad"),
+        (["integrate", "{nan}"], "NaN or infinite"),
+        (["integrate", "{good}", "--max-epochs", "0"], "max_epochs must be >= 1"),
+        (["integrate", "{good}", "--batch-key", "sampel"], "Did you mean 'sample'"),
+        (["annotate", "{nan}"], "NaN or infinite"),
+    ],
+)
+def test_cli_reports_bad_input(kang, tmp_path, capsys, command, match):
+    from scdl.cli import main
+
+    good = _small(kang, 200)
+    bad = good.copy()
+    _set_value(bad, np.nan)
+    files = {"missing": tmp_path / "missing.h5ad", "not_h5ad": tmp_path / "text.h5ad"}
+    files["not_h5ad"].write_text("not an h5ad file")
+    for name, adata in (("good", good), ("nan", bad)):
+        files[name] = tmp_path / f"{name}.h5ad"
+        adata.write_h5ad(files[name])
+    before = {p: p.read_bytes() for p in files.values() if p.exists()}
+    args = [a.format(**files) for a in command] + ["-o", str(tmp_path / "out.h5ad"), "-q"][
+        : 2 if command[0] == "annotate" else 3
+    ]
+    assert main(args) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "out.h5ad").exists()
+    assert {p: p.read_bytes() for p in before} == before

@@ -71,3 +71,54 @@ def test_load_query_from_folder(saved, kang_integrated, tmp_path):
     shutil.copytree(saved, tmp_path / "copy")
     qm = VAE.load_query_data(query, tmp_path / "copy")
     assert qm.summary_stats.n_batch == 4
+
+
+def test_inherited_scvi_loaders_never_unpickle(saved, kang_integrated, tmp_path, monkeypatch):
+    """scvi-tools' prepare_query_anndata/load_registry torch.load a model.pt; scdl's do not."""
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    torch.save({"attr_dict": _Exploit()}, evil / "model.pt")
+    query = kang_integrated[1].adata[:50].copy()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        VAE.prepare_query_anndata(query, str(evil))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        VAE.load_registry(str(evil))
+    with pytest.raises(NotImplementedError, match="pickled"):
+        VAE.convert_legacy_save(str(evil), str(tmp_path / "out"))
+    assert not (tmp_path / MARKER).exists()
+    # the safe versions read config.json
+    assert VAE.load_registry(saved)["setup_args"]["batch_key"] == "sample"
+    genes = VAE.prepare_query_anndata(query, str(saved), return_reference_var_names=True)
+    assert list(genes) == list(kang_integrated[1].get_var_names())
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda c: c.pop("format_version"), "records no format_version.*format 1"),
+        (lambda c: c.update(format="something-else"), "not an scdl model config"),
+        (lambda c: c["attrs"]["init_params_"]["non_kwargs"].update(n_latent=3), "do not fit"),
+    ],
+)
+def test_edited_config_is_refused(saved, edit, match):
+    cfg = json.loads((saved / "config.json").read_text())
+    edit(cfg)
+    (saved / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=match):
+        VAE.load(saved)
+
+
+def test_corrupt_config_json(saved):
+    (saved / "config.json").write_text('{"format": "scdl-model", ')
+    with pytest.raises(ValueError, match="not valid JSON"):
+        VAE.load(saved)
+
+
+def test_saved_config_records_format_and_version(saved):
+    import scdl
+
+    cfg = json.loads((saved / "config.json").read_text())
+    assert cfg["format_version"] == 1 and cfg["scdl_version"] == scdl.__version__

@@ -79,11 +79,27 @@ def read_config(dir_path: str | os.PathLike) -> dict:
             f"No {CONFIG_NAME} in {str(dir_path)!r}: not a folder written by an scdl model's "
             "`.save()`."
         )
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an scdl model config (format={config.get('format')!r}).")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"{path} is not valid JSON ({e}): the file is corrupt or not an scdl model config. "
+            "Save the model again with `.save()`."
+        ) from e
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(
+            f"{path} is not an scdl model config (format={found!r}, expected {FORMAT!r}). "
+            "Load folders written by an scdl model's `.save()`."
+        )
     version = config.get("format_version")
+    if version is None:
+        raise ValueError(
+            f"{path} records no format_version; this scdl reads scdl model format "
+            f"{FORMAT_VERSION}. The file was not written by scdl's `.save()` or was edited: "
+            "save the model again with `.save()`, or retrain."
+        )
     if version != FORMAT_VERSION:
         raise ValueError(
             f"{path} was written in scdl model format {version}; this scdl reads format "
@@ -210,10 +226,39 @@ class SafeSaveLoadMixin:
             cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
         model = _initialize_model(cls, adata, registry, attrs, None)
         state = load_weights(dir_path)
-        model.module.load_state_dict(state)
+        try:
+            model.module.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(
+                f"The weights in {str(dir_path)!r} do not fit the model its {CONFIG_NAME} "
+                f"describes ({str(e).splitlines()[0]}): the files come from different saves or "
+                "were edited. Save the model again with `.save()`."
+            ) from e
         model.to_device(torch_device)
         model.module.eval()
         return model
+
+    @staticmethod
+    def load_registry(dir_path: str | os.PathLike, prefix: str | None = None) -> dict:
+        """The scvi-tools registry saved with a model, read from ``config.json`` (JSON only).
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        prefix
+            Not used (scdl saves carry no file-name prefix).
+        """
+        return _decode(read_config(dir_path)["attrs"])["registry_"]
+
+    @classmethod
+    def convert_legacy_save(cls, *args, **kwargs):
+        """Not supported: scvi-tools' legacy saves are pickles, which scdl never loads."""
+        raise NotImplementedError(
+            "scdl does not read scvi-tools' pickled (legacy) saves: loading them can run code "
+            "from the file. Retrain the model, or load it with scvi-tools in a trusted "
+            "environment and save it with scdl."
+        )
 
 
 class CheckedQueryMixin:

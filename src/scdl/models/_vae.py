@@ -286,6 +286,46 @@ class VAE(
                 **kwargs,
             )
 
+    @staticmethod
+    def prepare_query_anndata(
+        adata: AnnData,
+        reference_model: VAE | str | os.PathLike,
+        return_reference_var_names: bool = False,
+        inplace: bool = True,
+    ):
+        """Pad a query's missing reference genes with zeros and put them in the reference order.
+
+        As scvi-tools' method, but a saved reference is read from its ``config.json`` (the
+        scvi-tools version unpickles ``model.pt``).
+
+        Parameters
+        ----------
+        adata
+            Query AnnData.
+        reference_model
+            Trained :class:`VAE`, or the folder it was saved to.
+        return_reference_var_names
+            Only return the reference's gene names.
+        inplace
+            Modify ``adata`` in place (``True``) or return a new AnnData.
+        """
+        from scvi.model.base._archesmixin import _pad_and_sort_query_anndata
+
+        from ._base import read_config
+
+        if isinstance(reference_model, str | os.PathLike):
+            var_names = pd.Index(read_config(reference_model)["var_names"])
+        else:
+            var_names = pd.Index(reference_model.get_var_names())
+        if return_reference_var_names:
+            return var_names
+        return _pad_and_sort_query_anndata(adata, var_names, inplace)
+
+    @staticmethod
+    def prepare_query_mudata(*args, **kwargs):
+        """Not supported: scdl models take AnnData."""
+        raise NotImplementedError("scdl's VAE takes AnnData; use `VAE.prepare_query_anndata`.")
+
     @classmethod
     def load_query_data(
         cls,
