@@ -247,8 +247,10 @@ class VAE(
             Stop when the validation ELBO stops improving.
         accelerator, devices
             Passed to Lightning (``"cpu"``, ``"gpu"``, ``"auto"``; device count or ids).
-            Further Lightning ``Trainer`` arguments (e.g. ``strategy="ddp"``) go in
-            ``**kwargs``.
+            Further Lightning ``Trainer`` arguments go in ``**kwargs``: for several GPUs,
+            ``devices=4, strategy="ddp"`` (run from a script, not a notebook; each process
+            takes an equal share of every epoch, so the effective batch is
+            ``batch_size x devices``; see ``benchmarks/ddp.py``).
         train_size
             Fraction of cells for training (the rest for validation); default 0.9.
         n_epochs_kl_warmup
@@ -262,6 +264,10 @@ class VAE(
         n_obs = self.adata.n_obs
         if max_epochs is None:
             max_epochs = default_max_epochs(n_obs)
+        if kwargs.get("strategy") == "ddp":
+            # scVI's library-size encoder exists but is unused with observed library sizes;
+            # plain DDP refuses parameters without gradients
+            kwargs["strategy"] = "ddp_find_unused_parameters_true"
         max_epochs = check_max_epochs(max_epochs)
         check_batch_size(n_obs, batch_size, train_size)
         if train_size is None or train_size < 1:
