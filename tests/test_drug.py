@@ -208,7 +208,21 @@ def test_probability_is_calibrated_against_bulk_median(trained, cellbench):
 def test_same_seed_same_predictions(bulk_train, cellbench):
     a = _train(bulk_train, cellbench, seed=3, epochs=3).predict(cellbench)
     b = _train(bulk_train, cellbench, seed=3, epochs=3).predict(cellbench)
-    pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)  # bitwise on CPU
+
+
+def test_divergence_is_reported_and_weights_restored(bulk_train, cellbench):
+    import scvi
+    import torch
+
+    scvi.settings.seed = 0
+    model = scdl.models.DrugResponseModel(bulk_train, target=cellbench, **SMALL)
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    with pytest.raises(scdl.train.TrainingDivergedError, match="diverged at epoch 1 of 3"):
+        model.train(max_epochs=3, lr=1e6, enable_progress_bar=False)
+    assert not model.is_trained_
+    after = model.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_save_load_identical_predictions(trained, cellbench, tmp_path):

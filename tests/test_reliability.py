@@ -1,0 +1,110 @@
+"""Training that diverges or is interrupted leaves the model in a known, reported state."""
+
+from __future__ import annotations
+
+import signal
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+import scdl
+from scdl.models import VAE, CellTypeTransformer, ContrastiveVAE
+from scdl.train import TrainingDivergedError
+
+FAST = {"batch_size": 64, "enable_progress_bar": False}
+
+
+@pytest.fixture(scope="module")
+def cells():
+    kang = scdl.datasets.kang_pbmc()
+    adata = kang[np.sort(np.random.default_rng(0).choice(kang.n_obs, 300, replace=False))].copy()
+    return adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
+
+
+def _model(name, cells):
+    adata = cells.copy()
+    if name == "VAE":
+        VAE.setup_anndata(adata, batch_key="sample")
+        return VAE(adata), {}
+    if name == "ContrastiveVAE":
+        ContrastiveVAE.setup_anndata(adata)
+        return ContrastiveVAE(adata), {"groupby": "condition", "background": "ctrl"}
+    CellTypeTransformer.setup_anndata(adata, labels_key="cell_type")
+    return CellTypeTransformer(adata), {}
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ["VAE", "ContrastiveVAE", "CellTypeTransformer"])
+def test_divergence_stops_with_clear_error_and_restores_weights(cells, name):
+    model, kw = _model(name, cells)
+    before = _weights(model)
+    with pytest.raises(TrainingDivergedError, match=r"diverged at epoch 1 of 3.*lr=10000"):
+        model.train(max_epochs=3, lr=1e4, **kw, **FAST)
+    assert not model.is_trained_
+    assert _same(_weights(model), before)  # no NaN weights left behind
+
+
+def test_divergence_of_a_trained_model_keeps_its_trained_weights(cells):
+    model, _ = _model("VAE", cells)
+    model.train(max_epochs=2, **FAST)
+    trained = _weights(model)
+    z = model.get_latent_representation()
+    with pytest.raises(FloatingPointError, match="Lower lr=10000"):
+        model.train(max_epochs=2, lr=1e4, **FAST)
+    assert model.is_trained_ and _same(_weights(model), trained)
+    np.testing.assert_array_equal(model.get_latent_representation(), z)
+
+
+def test_tl_integrate_reports_divergence_and_writes_nothing(cells):
+    adata = cells.copy()
+    with pytest.raises(TrainingDivergedError, match="lr="):
+        scdl.tl.integrate(adata, max_epochs=2, progress_bar=False, train_kwargs={"lr": 1e4})
+    assert "X_scdl" not in adata.obsm and "X_scdl" not in adata.uns
+
+
+class _CtrlC(Callback):
+    """What pressing Ctrl+C during the second epoch does."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("name", ["VAE", "CellTypeTransformer"])
+def test_interrupted_training_is_reported_and_can_resume(cells, name):
+    model, kw = _model(name, cells)
+    before = _weights(model)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match=r"interrupted during epoch 2 of 5.*\.train\(\)"):
+        model.train(max_epochs=5, callbacks=[_CtrlC()], **kw, **FAST)
+    assert not model.is_trained_  # not silently half-trained
+    assert signal.getsignal(signal.SIGINT) is handler  # Ctrl+C works again afterwards
+    reached = _weights(model)
+    assert not _same(reached, before)  # it keeps what it learnt so far
+    model.train(max_epochs=2, **kw, **FAST)  # ... and continues from there
+    assert model.is_trained_
+
+
+class _Halt(Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            trainer.should_stop = True
+
+
+def test_stopped_training_warns_and_history_shows_it(cells):
+    model, _ = _model("VAE", cells)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.train(max_epochs=6, callbacks=[_Halt()], **FAST)
+    assert any("stopped after 2 of 6 epochs" in str(w.message) for w in caught)
+    assert len(model.history["elbo_train"]) == 2
