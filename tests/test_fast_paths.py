@@ -66,3 +66,27 @@ def test_annotator_csr_inference_equals_dense(drop_genes):
     torch.testing.assert_close(p_csr, p_dense, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(nov_csr, nov_dense, rtol=1e-4, atol=1e-5)
     assert (p_csr.argmax(1) == p_dense.argmax(1)).all()
+
+
+def test_vae_trains_from_backed_h5ad_like_in_memory(kang, tmp_path):
+    """A backed (on-disk) AnnData trains through the same batch path: same seed, same model."""
+    import anndata as ad
+    import scvi
+
+    idx = np.random.default_rng(1).choice(kang.n_obs, 600, replace=False)
+    adata = kang[np.sort(idx)].copy()
+    adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    latents = []
+    for backed in (None, "r"):
+        data = ad.read_h5ad(path, backed=backed)
+        scvi.settings.seed = 0
+        scdl.models.VAE.setup_anndata(data, batch_key="sample")
+        model = scdl.models.VAE(data)
+        model.train(max_epochs=2, enable_progress_bar=False)
+        latents.append(model.get_latent_representation())
+        if backed:
+            assert data.isbacked
+            data.file.close()
+    np.testing.assert_allclose(latents[1], latents[0], rtol=1e-5, atol=1e-5)
