@@ -151,3 +151,16 @@ def test_cli_annotate(tmp_path, heldout, capsys):
     assert "scdl_cell_type" in out.obs
     assert main(["annotate", str(src), "-o", str(tmp_path / "x.h5ad"), "--model", "nope"]) == 2
     assert "not a known annotator" in capsys.readouterr().err
+
+
+def test_annotator_without_format_version_is_refused(tmp_path):
+    import json
+
+    folder = tmp_path / "annot"
+    shutil.copytree(_registry._HERE / "pbmc_kang2018", folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["format_version"] == 1  # the shipped annotator records its format
+    del config["format_version"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="records no format_version.*format 1"):
+        scdl.pretrained.load(folder)
