@@ -396,16 +396,20 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         c_norm = centroids.norm(dim=1)
         if sparse.issparse(x):
             x = sparse.csr_matrix(x, dtype=np.float32)
+            # the whole CSR once as tensors; a minibatch is then a pair of views
+            indptr = torch.from_numpy(x.indptr.astype(np.int64))
+            indices = torch.from_numpy(x.indices.astype(np.int64))
+            data = torch.from_numpy(x.data)
         probs, novelty = [], []
         with torch.inference_mode():
             for start in range(0, x.shape[0], batch_size):
                 stop = min(start + batch_size, x.shape[0])
                 if sparse.issparse(x):
-                    part = x[start:stop]
+                    lo, hi = int(indptr[start]), int(indptr[stop])
                     _, logits, dots, z_norm = self.module.features_csr(
-                        torch.from_numpy(part.indptr.astype(np.int64)).to(dev),
-                        torch.from_numpy(part.indices.astype(np.int64)).to(dev),
-                        torch.from_numpy(part.data).to(dev),
+                        (indptr[start : stop + 1] - lo).to(dev),
+                        indices[lo:hi].to(dev),
+                        data[lo:hi].to(dev),
                         mask,
                         centroids,
                     )

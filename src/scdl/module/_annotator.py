@@ -17,6 +17,8 @@ so integrated gradients along ``alpha * x`` attribute a prediction to genes.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -249,9 +251,16 @@ class CellTypeTransformerModule(nn.Module):
                 crow = torch.cat([crow[:1], torch.cumsum(lengths, 0)])
         z_nz = ((x_log - self.gene_mean[col]) / self.gene_std[col]).clamp(-10.0, 10.0)
         # departures from z0 as a sparse (cells x genes) matrix: products cost its non-zeros
-        delta = torch.sparse_csr_tensor(
-            crow, col, z_nz - z0[col], size=(n_cells, self.n_genes), device=dev
-        )
+        with warnings.catch_warnings():  # torch flags sparse CSR as beta; indices are ours
+            warnings.simplefilter("ignore", UserWarning)
+            delta = torch.sparse_csr_tensor(
+                crow,
+                col,
+                z_nz - z0[col],
+                size=(n_cells, self.n_genes),
+                device=dev,
+                check_invariants=False,
+            )
         # tokens: top over-expressed among each cell's non-zeros
         pos = torch.arange(col.numel(), device=dev) - crow[:-1][row]
         width = max(int(lengths.max()) if n_cells else 0, self.n_tokens)
