@@ -34,7 +34,7 @@ def breakdown(model, epoch_seconds: float, n_steps: int = 60) -> None:
     module = model.module
     module.train()
     loader = TensorBatchLoader(model.adata_manager, batch_size=128, shuffle=True)
-    opt = torch.optim.Adam(module.parameters(), lr=1e-3, eps=0.01, foreach=True)
+    opt = torch.optim.Adam(module.parameters(), lr=1e-3, eps=0.01, fused=True)
     parts = dict.fromkeys(["data (CSR rows -> dense batch)", "forward (incl. NB likelihood)",
                            "backward", "optimiser (Adam)"], 0.0)
     names = list(parts)
