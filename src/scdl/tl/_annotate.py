@@ -21,7 +21,8 @@ def annotate(
     key_added: str = "scdl_cell_type",
     unknown: bool = True,
     min_gene_overlap: float = 0.5,
-    batch_size: int = 4096,
+    batch_size: int = 1024,
+    adapt_to_query: float = 0.0,
     copy: bool = False,
 ) -> AnnData | None:
     """Annotate cell types with a trained or pretrained :class:`~scdl.models.CellTypeTransformer`.
@@ -51,6 +52,11 @@ def annotate(
         Smallest fraction of the model's genes that ``adata`` must hold.
     batch_size
         Cells per forward pass.
+    adapt_to_query
+        Blend (0-1) of the query's own per-gene statistics into the standardisation; ``0.5``
+        helps when the whole query is shifted from the reference (e.g. stimulated cells with
+        a control reference); only for queries holding a mix of cell types. See
+        :meth:`~scdl.models.CellTypeTransformer.annotate_cells`.
     copy
         Return a copy instead of writing to ``adata``.
 
@@ -85,7 +91,11 @@ def annotate(
         )
     # everything is computed (and checked) before anything is written
     calls, probs = model.annotate_cells(
-        adata, layer=layer, min_gene_overlap=min_gene_overlap, batch_size=batch_size
+        adata,
+        layer=layer,
+        min_gene_overlap=min_gene_overlap,
+        batch_size=batch_size,
+        adapt_to_query=adapt_to_query,
     )
     n_present = int(pd.Index(model.get_var_names()).isin(adata.var_names).sum())
     adata = adata.copy() if copy else adata
