@@ -22,13 +22,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
 
 import pandas as pd
-from _common import DATA, need
+from _common import DATA, measure, need
 
 warnings.filterwarnings("ignore")
 
@@ -67,9 +66,6 @@ def generate(n_cells: int, path: Path, seed: int = 0) -> None:
 
 def run_one(path: Path, impl: str, backed: bool) -> dict:
     """One epoch in this process; returns seconds, cells/s and memory figures."""
-    import psutil
-
-    proc = psutil.Process()
     import gc
 
     import anndata as ad
@@ -104,18 +100,12 @@ def run_one(path: Path, impl: str, backed: bool) -> dict:
     build(small).train(max_epochs=1, batch_size=128, enable_progress_bar=False)
     del small
     gc.collect()
-    base = proc.memory_info().rss
-    peak = [base]
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            time.sleep(0.01)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    adata = ad.read_h5ad(path, backed="r" if backed else None)
+    with measure(interval=0.01, kernel_peak=True) as mem:
+        adata = ad.read_h5ad(path, backed="r" if backed else None)
+        model = build(adata)
+        t0 = time.perf_counter()
+        model.train(max_epochs=1, batch_size=128, enable_progress_bar=False)
+        seconds = time.perf_counter() - t0
     if backed:
         import h5py
 
@@ -126,18 +116,6 @@ def run_one(path: Path, impl: str, backed: bool) -> dict:
     else:
         x = adata.X
         csr_bytes = x.data.nbytes + x.indices.nbytes + x.indptr.nbytes
-    model = build(adata)
-    t0 = time.perf_counter()
-    model.train(max_epochs=1, batch_size=128, enable_progress_bar=False)
-    seconds = time.perf_counter() - t0
-    stop.set()
-    th.join()
-    import resource
-
-    # the sampler can miss a short spike; the kernel's high-water mark cannot
-    peak[0] = max(
-        peak[0], proc.memory_info().rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    )
     elbo = float(model.history["elbo_train"].iloc[-1, 0])
     return {
         "cells": adata.n_obs,
@@ -145,10 +123,10 @@ def run_one(path: Path, impl: str, backed: bool) -> dict:
         "backed": backed,
         "seconds": seconds,
         "cells_per_s": adata.n_obs / seconds,
-        "rss_base_mib": base / 2**20,
-        "rss_peak_mib": peak[0] / 2**20,
+        "rss_base_mib": mem["base_mib"],
+        "rss_peak_mib": mem["peak_total_mib"],
         "csr_mib": csr_bytes / 2**20,
-        "increase_x_csr": (peak[0] - base) / csr_bytes,
+        "increase_x_csr": mem["peak_mib"] * 2**20 / csr_bytes,
         "elbo_train": elbo,
         "threads": torch.get_num_threads(),
     }

@@ -90,3 +90,21 @@ def test_vae_trains_from_backed_h5ad_like_in_memory(kang, tmp_path):
             assert data.isbacked
             data.file.close()
     np.testing.assert_allclose(latents[1], latents[0], rtol=1e-5, atol=1e-5)
+
+
+def test_annotator_history_logged_once_per_epoch(kang):
+    """The annotator's plans log epoch means under the names Lightning users read."""
+    import scvi
+
+    scvi.settings.seed = 0
+    ref = kang[np.random.default_rng(0).choice(kang.n_obs, 400, replace=False)].copy()
+    ref = ref[:, np.asarray(ref.X.sum(0)).ravel() > 0].copy()
+    scdl.models.CellTypeTransformer.setup_anndata(ref, labels_key="cell_type")
+    model = scdl.models.CellTypeTransformer(ref)
+    model.train(max_epochs=4, check_val_every_n_epoch=1, enable_progress_bar=False)
+    hist = model.history
+    for key in ("train_loss", "train_accuracy", "validation_loss", "validation_accuracy"):
+        values = hist[key].iloc[:, 0].to_numpy(dtype=float)
+        assert len(values) == 4 and np.isfinite(values).all(), key
+    acc = hist["train_accuracy"].iloc[:, 0].to_numpy(dtype=float)
+    assert ((acc >= 0) & (acc <= 1)).all() and acc[-1] > acc[0]

@@ -21,7 +21,7 @@ from scdl.module._annotator import CellTypeTransformerModule
 
 from ._attribution import integrated_gradients
 from ._base import SafeSaveLoadMixin
-from ._training import check_batch_size, check_max_epochs, default_max_epochs
+from ._training import plan_training
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -235,11 +235,16 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         else:
             check_counts(adata, layer, allow_zero_genes=True)
             x, _ = align_to_genes(adata, self.get_var_names(), layer=layer, what="model")
-        n_obs = x.shape[0]
-        check_batch_size(n_obs, batch_size, 1.0)
-        if max_epochs is None:
-            max_epochs = default_max_epochs(n_obs, n_steps=2_000, cap=50, floor=5)
-        max_epochs = check_max_epochs(max_epochs)
+        max_epochs = plan_training(
+            x.shape[0],
+            max_epochs,
+            batch_size=batch_size,
+            train_size=1.0,
+            trainer_kwargs=trainer_kwargs,
+            n_steps=2_000,
+            cap=50,
+            floor=5,
+        )
         loader = CSRBatches(x, batch_size=batch_size, shuffle=True, drop_last=True)
         plan = MaskedExpressionPlan(self.module, lr=lr)
         trainer_kwargs.setdefault("enable_progress_bar", True)
@@ -301,14 +306,17 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
             )
         if not 0 <= unknown_rate < 0.5:
             raise ValueError(f"unknown_rate must be in [0, 0.5), got {unknown_rate}.")
-        n_obs = self.adata.n_obs
-        check_batch_size(n_obs, batch_size, train_size)
-        if max_epochs is None:
-            # a budget of ~1,500 minibatches: small references need many passes
-            max_epochs = default_max_epochs(
-                n_obs, n_steps=1_500 * batch_size // 128, cap=300, floor=10
-            )
-        max_epochs = check_max_epochs(max_epochs)
+        # a budget of ~1,500 minibatches: small references need many passes
+        max_epochs = plan_training(
+            self.adata.n_obs,
+            max_epochs,
+            batch_size=batch_size,
+            train_size=train_size,
+            trainer_kwargs=kwargs,
+            n_steps=1_500 * batch_size // 128,
+            cap=300,
+            floor=10,
+        )
         labels = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel()
         counts = np.bincount(labels.astype(int), minlength=self.summary_stats.n_labels)
         weights = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)
@@ -326,7 +334,6 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
             drop_last=False,
         )
         training_plan = AnnotatorTrainingPlan(self.module, **plan)
-        kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
         with guarded_training(self, kwargs, lr=plan["lr"]):
             runner = TrainRunner(
                 self,

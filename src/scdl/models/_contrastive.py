@@ -23,7 +23,7 @@ from scdl.module._contrastive import TARGET_KEY
 from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
 from ._base import CheckedQueryMixin, SafeSaveLoadMixin
-from ._training import check_batch_size, check_max_epochs, default_max_epochs
+from ._training import plan_training
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -502,13 +502,13 @@ class ContrastiveVAE(
             background=background,
             target=target,
         )
-        n_obs = bg.size + tg.size
-        if max_epochs is None:
-            max_epochs = default_max_epochs(n_obs)
-        max_epochs = check_max_epochs(max_epochs)
-        check_batch_size(n_obs, batch_size, train_size)
-        if train_size is None or train_size < 1:
-            kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
+        max_epochs = plan_training(
+            bg.size + tg.size,
+            max_epochs,
+            batch_size=batch_size,
+            train_size=train_size,
+            trainer_kwargs=kwargs,
+        )
         plan = {
             "lr": lr,
             "n_epochs_kl_warmup": (

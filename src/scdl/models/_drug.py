@@ -39,7 +39,7 @@ from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
 from ._attribution import integrated_gradients
 from ._base import SafeSaveLoadMixin
-from ._training import check_batch_size, check_max_epochs, default_max_epochs
+from ._training import plan_training
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -446,12 +446,14 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
         reference_p = None
         if self._target_profiles is not None and self.match_neighbors > 0:
             reference_p = matched_reference(self._target_profiles, profiles, self.match_neighbors)
-        if max_epochs is None:
-            max_epochs = default_max_epochs(n_obs, n_steps=600, cap=400, floor=30)
-        max_epochs = check_max_epochs(max_epochs)
-        check_batch_size(n_obs, batch_size, train_size)
-        if train_size is not None and train_size < 1:
-            kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
+        max_epochs = plan_training(
+            n_obs,
+            max_epochs,
+            batch_size=batch_size,
+            train_size=1.0 if train_size is None else train_size,
+            trainer_kwargs=kwargs,
+            n_steps=600,
+        )
         plan = {
             "optimizer": "AdamW",
             "lr": lr,

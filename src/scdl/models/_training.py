@@ -37,3 +37,34 @@ def check_max_epochs(max_epochs) -> int:
             "of cells."
         )
     return int(max_epochs)
+
+
+def plan_training(
+    n_obs: int,
+    max_epochs: int | None,
+    *,
+    batch_size: int,
+    train_size: float | None,
+    trainer_kwargs: dict,
+    n_steps: int = 4_000,
+    cap: int = 400,
+    floor: int = 30,
+) -> int:
+    """What every scdl ``.train()`` settles before Lightning starts; returns ``max_epochs``.
+
+    Chooses ``max_epochs`` from a step budget when it is ``None`` (:func:`default_max_epochs`)
+    and checks it and ``batch_size``. Edits ``trainer_kwargs`` in place: ~20 validation
+    passes over training when cells are held out (``train_size`` ``None`` means scvi-tools'
+    0.9), and ``strategy="ddp"`` becomes ``"ddp_find_unused_parameters_true"``, because every
+    scdl network holds parameters that a given loss does not use (scVI's library encoder
+    with observed library sizes, the annotator's pretraining head) and plain DDP refuses them.
+    """
+    if max_epochs is None:
+        max_epochs = default_max_epochs(n_obs, n_steps=n_steps, cap=cap, floor=floor)
+    max_epochs = check_max_epochs(max_epochs)
+    check_batch_size(n_obs, batch_size, train_size)
+    if train_size is None or train_size < 1:
+        trainer_kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
+    if trainer_kwargs.get("strategy") == "ddp":
+        trainer_kwargs["strategy"] = "ddp_find_unused_parameters_true"
+    return max_epochs

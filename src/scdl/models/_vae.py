@@ -35,7 +35,7 @@ from scdl.module import VAEModule
 from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
 from ._base import CheckedQueryMixin, SafeSaveLoadMixin
-from ._training import check_batch_size, check_max_epochs, default_max_epochs
+from ._training import plan_training
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -261,18 +261,13 @@ class VAE(
         plan_kwargs
             Further arguments for :class:`scvi.train.TrainingPlan`.
         """
-        n_obs = self.adata.n_obs
-        if max_epochs is None:
-            max_epochs = default_max_epochs(n_obs)
-        if kwargs.get("strategy") == "ddp":
-            # scVI's library-size encoder exists but is unused with observed library sizes;
-            # plain DDP refuses parameters without gradients
-            kwargs["strategy"] = "ddp_find_unused_parameters_true"
-        max_epochs = check_max_epochs(max_epochs)
-        check_batch_size(n_obs, batch_size, train_size)
-        if train_size is None or train_size < 1:
-            # ~20 validation points make an over-fitting check visible in the history
-            kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
+        max_epochs = plan_training(
+            self.adata.n_obs,
+            max_epochs,
+            batch_size=batch_size,
+            train_size=train_size,
+            trainer_kwargs=kwargs,
+        )
         plan = {
             "lr": lr,
             "n_epochs_kl_warmup": (

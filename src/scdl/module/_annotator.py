@@ -197,11 +197,22 @@ class CellTypeTransformerModule(nn.Module):
         value_emb = self.value_encoder(values.unsqueeze(-1))
         if value_mask is not None:
             value_emb = torch.where(value_mask.unsqueeze(-1), self.mask_value, value_emb)
-        gene_tok = self.gene_embedding(idx) + value_emb
-        cls_tok = (self.cls + self.summary(z_summary) / self.n_genes**0.5).unsqueeze(1)
-        tok = torch.cat([cls_tok, gene_tok], dim=1)
-        key_pad = torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)
+        tok, key_pad = self._assemble(idx, value_emb, pad, self.summary(z_summary))
         return tok, key_pad, values, z_summary
+
+    def _assemble(self, idx, value_emb, pad, summary):
+        """Sequence [CLS, gene tokens] and its padding mask; ``summary`` is ``self.summary(z)``."""
+        gene_tok = self.gene_embedding(idx) + value_emb
+        cls_tok = (self.cls + summary / self.n_genes**0.5).unsqueeze(1)
+        key_pad = torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)
+        return torch.cat([cls_tok, gene_tok], dim=1), key_pad
+
+    def _encode(self, tok, key_pad) -> torch.Tensor:
+        """The CLS token's features after every layer."""
+        bias = self._attn_bias(key_pad)
+        for layer in self.layers:
+            tok = layer(tok, bias)
+        return self.norm(self.cls_layer(tok, bias)[:, 0])
 
     @staticmethod
     def _attn_bias(key_pad: torch.Tensor) -> torch.Tensor | None:
@@ -215,10 +226,7 @@ class CellTypeTransformerModule(nn.Module):
     def features_log(self, x_log, present=None, selection=None):
         """CLS features, logits and the standardised profile (absent genes 0) of each cell."""
         tok, key_pad, _, z = self.tokens(x_log, present, selection=selection)
-        bias = self._attn_bias(key_pad)
-        for layer in self.layers:
-            tok = layer(tok, bias)
-        emb = self.norm(self.cls_layer(tok, bias)[:, 0])
+        emb = self._encode(tok, key_pad)
         return emb, self.head(emb), z
 
     def features(self, x: torch.Tensor, present: torch.Tensor | None = None):
@@ -272,14 +280,9 @@ class CellTypeTransformerModule(nn.Module):
         pad = torch.isinf(top)
         idx = torch.gather(genes, 1, j)
         values = top.masked_fill(pad, 0.0)
-        gene_tok = self.gene_embedding(idx) + self.value_encoder(values.unsqueeze(-1))
         summary = self.summary(z0) + delta @ self.summary.weight.T
-        cls_tok = (self.cls + summary / self.n_genes**0.5).unsqueeze(1)
-        tok = torch.cat([cls_tok, gene_tok], dim=1)
-        bias = self._attn_bias(torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1))
-        for layer in self.layers:
-            tok = layer(tok, bias)
-        emb = self.norm(self.cls_layer(tok, bias)[:, 0])
+        value_emb = self.value_encoder(values.unsqueeze(-1))
+        emb = self._encode(*self._assemble(idx, value_emb, pad, summary))
         c = self.centroids if centroids is None else centroids
         dots = z0 @ c.T + delta @ c.T
         sq = torch.full((n_cells,), float(z0 @ z0), device=dev)

@@ -7,8 +7,10 @@ from lightning import pytorch as pl
 from scvi import REGISTRY_KEYS
 from scvi.train import ClassifierTrainingPlan
 
+from ._epoch_means import EpochMeansMixin
 
-class AnnotatorTrainingPlan(ClassifierTrainingPlan):
+
+class AnnotatorTrainingPlan(EpochMeansMixin, ClassifierTrainingPlan):
     """scvi-tools' classifier plan with class weights, label smoothing, accuracy and a schedule.
 
     Class weights (inverse square root of frequency) keep rare cell types from being ignored,
@@ -38,23 +40,7 @@ class AnnotatorTrainingPlan(ClassifierTrainingPlan):
         labels = batch[self.labels_key].view(-1).long()
         loss = self.loss_fn(logits, labels)
         acc = (logits.argmax(1) == labels).float().mean()
-        n = labels.shape[0]
-        self.log(
-            f"{prefix}_loss",
-            loss,
-            on_epoch=True,
-            on_step=False,
-            batch_size=n,
-            prog_bar=prefix == "train",
-        )
-        self.log(
-            f"{prefix}_accuracy",
-            acc,
-            on_epoch=True,
-            on_step=False,
-            batch_size=n,
-            prog_bar=prefix == "validation",
-        )
+        self._add_means(prefix, {f"{prefix}_loss": loss, f"{prefix}_accuracy": acc}, len(labels))
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -63,6 +49,12 @@ class AnnotatorTrainingPlan(ClassifierTrainingPlan):
     def validation_step(self, batch, batch_idx):
         return self._step(batch, "validation")
 
+    def on_train_epoch_end(self) -> None:
+        self._log_means("train", prog_bar=("train_loss",))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_means("validation", prog_bar=("validation_accuracy",))
+
     def configure_optimizers(self):
         params = [p for p in self.module.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
@@ -70,7 +62,7 @@ class AnnotatorTrainingPlan(ClassifierTrainingPlan):
         return {"optimizer": opt, "lr_scheduler": sched}
 
 
-class MaskedExpressionPlan(pl.LightningModule):
+class MaskedExpressionPlan(EpochMeansMixin, pl.LightningModule):
     """Self-supervised pretraining: predict the hidden values of 15% of a cell's gene tokens."""
 
     def __init__(
@@ -81,15 +73,9 @@ class MaskedExpressionPlan(pl.LightningModule):
         self.lr, self.weight_decay, self.mask_fraction = lr, weight_decay, mask_fraction
 
     def _step(self, batch, prefix: str):
-        loss = self.module.masked_value_loss(batch[REGISTRY_KEYS.X_KEY], self.mask_fraction)
-        self.log(
-            f"{prefix}_masked_loss",
-            loss,
-            on_epoch=True,
-            on_step=False,
-            batch_size=batch[REGISTRY_KEYS.X_KEY].shape[0],
-            prog_bar=True,
-        )
+        x = batch[REGISTRY_KEYS.X_KEY]
+        loss = self.module.masked_value_loss(x, self.mask_fraction)
+        self._add_means(prefix, {f"{prefix}_masked_loss": loss}, x.shape[0])
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -97,6 +83,12 @@ class MaskedExpressionPlan(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         return self._step(batch, "validation")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_means("train", prog_bar=("train_masked_loss",))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_means("validation", prog_bar=("validation_masked_loss",))
 
     def configure_optimizers(self):
         return torch.optim.AdamW(
