@@ -5,6 +5,7 @@ Kang 14k PBMCs x 2,000 HVGs (seurat_v3 on counts), CPU. Both models: 1 hidden la
 no validation. scdl's batch-MMD term is off, so the two optimise the same objective.
 
     python benchmarks/speed.py --epochs 5
+    python benchmarks/speed.py --accelerator gpu --batch-size 1024 --epochs 20   # one GPU
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ ARCH = {
 }
 
 
-def breakdown(model, epoch_seconds: float, n_steps: int = 60) -> None:
+def breakdown(model, epoch_seconds: float, n_steps: int = 60, batch_size: int = 128) -> None:
     """Where a training step of the scdl VAE goes: data, forward, backward, optimiser, rest."""
     import time
 
@@ -33,28 +34,42 @@ def breakdown(model, epoch_seconds: float, n_steps: int = 60) -> None:
 
     module = model.module
     module.train()
-    loader = TensorBatchLoader(model.adata_manager, batch_size=128, shuffle=True)
+    dev = module.device
+    # on a GPU, wait for the queued kernels before reading the clock (no-op on CPU)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    loader = TensorBatchLoader(model.adata_manager, batch_size=batch_size, shuffle=True)
     opt = torch.optim.Adam(module.parameters(), lr=1e-3, eps=0.01, fused=True)
-    parts = dict.fromkeys(["data (CSR rows -> dense batch)", "forward (incl. NB likelihood)",
+    data_part = "data (CSR rows -> dense batch" + (", to GPU)" if dev.type == "cuda" else ")")
+    parts = dict.fromkeys([data_part, "forward (incl. NB likelihood)",
                            "backward", "optimiser (Adam)"], 0.0)
     names = list(parts)
     batches = iter(loader)
     for _ in range(n_steps):
+        sync()
         t0 = time.perf_counter()
-        batch = next(batches)
+        batch = next(batches, None)
+        if batch is None:  # large batches: fewer than n_steps per epoch
+            batches = iter(loader)
+            batch = next(batches)
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        sync()
         t1 = time.perf_counter()
         _, _, out = module(batch, loss_kwargs={"kl_weight": 1.0})
+        sync()
         t2 = time.perf_counter()
         opt.zero_grad()
         out.loss.backward()
+        sync()
         t3 = time.perf_counter()
         opt.step()
+        sync()
         t4 = time.perf_counter()
         for name, dt in zip(names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             parts[name] += dt / n_steps
     step = epoch_seconds / len(loader)
     parts["Lightning loop, logging, rest"] = max(step - sum(parts.values()), 0.0)
-    print(f"\nwhere a scdl training step goes ({1000 * step:.1f} ms per step of 128 cells):")
+    print(f"\nwhere a scdl training step goes ({1000 * step:.1f} ms per step of "
+          f"{batch_size} cells):")
     for name, dt in parts.items():
         print(f"  {name:32s} {1000 * dt:6.2f} ms  {100 * dt / step:5.1f}%")
 
@@ -70,6 +85,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--accelerator", default="auto",
+                   help='passed to both models\' train ("auto": Lightning\'s choice)')
     args = p.parse_args()
 
     adata = ad.read_h5ad(need(DATA / "kang_pbmc_14k.h5ad"))
@@ -77,7 +94,8 @@ def main() -> None:
                          layer=None, batch_key="condition", n_top_genes=2000)
     adata = adata[:, genes].copy()
     train = {"max_epochs": args.epochs, "batch_size": args.batch_size, "train_size": 1.0,
-             "enable_progress_bar": False, "plan_kwargs": {"n_epochs_kl_warmup": None}}
+             "accelerator": args.accelerator, "enable_progress_bar": False,
+             "plan_kwargs": {"n_epochs_kl_warmup": None}}
     def build(name, data):
         scvi.settings.seed = args.seed
         if name.startswith("scvi"):
@@ -96,6 +114,8 @@ def main() -> None:
     for name in names:
         data = adata.copy()
         model = build(name, data)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         with measure() as m:
             model.train(**train)
         elbo = float(model.history["elbo_train"].iloc[-1, 0])
@@ -104,14 +124,18 @@ def main() -> None:
             "cells_per_s": data.n_obs * args.epochs / m["seconds"],
             "final_train_elbo": elbo, "peak_MiB": m["peak_mib"],
         })
+        on_gpu = model.module.device.type == "cuda"
+        if on_gpu:
+            rows[-1]["peak_GPU_MiB"] = torch.cuda.max_memory_allocated() / 2**20
     df = pd.DataFrame(rows).set_index("model")
-    print(f"Kang 14k: {adata.n_obs} cells x {adata.n_vars} genes, torch threads "
-          f"{torch.get_num_threads()}")
+    where = torch.cuda.get_device_name() if on_gpu else "CPU"
+    print(f"Kang 14k: {adata.n_obs} cells x {adata.n_vars} genes, batch {args.batch_size}, "
+          f"{where}, torch threads {torch.get_num_threads()}")
     print(df.to_string(float_format=lambda v: f"{v:.2f}"))
     s, r = df.loc["scdl VAE"], df.loc["scvi-tools SCVI"]
     print(f"\nscdl / scVI: cells/s x{s.cells_per_s / r.cells_per_s:.2f}, final ELBO "
           f"{100 * (s.final_train_elbo / r.final_train_elbo - 1):+.2f}%")
-    breakdown(model, s.seconds / args.epochs)
+    breakdown(model, s.seconds / args.epochs, batch_size=args.batch_size)
 
 
 if __name__ == "__main__":

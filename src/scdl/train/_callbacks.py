@@ -147,6 +147,9 @@ def guarded_training(
     trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), guard]
     module = model.module
     before = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    # Lightning's teardown moves the module to the CPU; scvi-tools moves it back only after a
+    # successful fit, so a failed run on a GPU is put back where it was here
+    device = next(module.parameters(), torch.empty(0)).device
     main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
@@ -154,6 +157,7 @@ def guarded_training(
     except (KeyboardInterrupt, SystemExit) as e:
         if guard.interrupted_epoch is None:
             raise
+        module.to(device)
         model.is_trained_ = False
         of = f" of {guard.max_epochs}" if guard.max_epochs else ""
         raise KeyboardInterrupt(
@@ -165,6 +169,7 @@ def guarded_training(
     except Exception as e:
         if guard.diverged or not _all_finite(module):
             module.load_state_dict(before)
+            module.to(device)
             if isinstance(e, TrainingDivergedError):
                 raise
             raise TrainingDivergedError(guard.message(guard.epoch, "its weights")) from e
