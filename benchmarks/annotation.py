@@ -223,7 +223,7 @@ def main():
     peers = [m for m in f1.columns if not m.startswith("scdl")]
     f1["scdl - best peer"] = f1["scdl"] - f1[peers].max(axis=1)
     f1["scdl adapt=0.5 - best peer"] = f1["scdl adapt=0.5"] - f1[peers].max(axis=1)
-    print("\nmacro-F1 by split\n" + f1.round(3).to_string())
+    print("\nmacro-F1 by split\n" + f1.round(4).to_string())
     speed()
 
 

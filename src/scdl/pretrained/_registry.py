@@ -21,7 +21,7 @@ _ALLOWED = ("config.json", "model.safetensors", "README.md")
 REGISTRY: dict[str, dict] = {
     "pbmc_kang2018": {
         "folder": "pbmc_kang2018",
-        "weights_sha256": "ef5619a03d1325729316044d1a9509b51f500f213f366b6ffa0cd140ac2190f5",
+        "weights_sha256": "0e21c528dc7104fa8eceb6769f2d243f2e17965e08556c23fccf0eb4b7f06c17",
         "description": "Human PBMCs, 7 types (Kang et al. 2018, control + IFN-beta)",
     },
 }

@@ -54,8 +54,9 @@ def annotate(
         Cells per forward pass.
     adapt_to_query
         Blend (0-1) of the query's own per-gene statistics into the standardisation; ``0.5``
-        helps when the whole query is shifted from the reference (e.g. stimulated cells with
-        a control reference); only for queries holding a mix of cell types. See
+        lowers the Unknown calls when the whole query is shifted from the reference (e.g.
+        stimulated cells with a control reference); only for queries holding a mix of cell
+        types. See
         :meth:`~scdl.models.CellTypeTransformer.annotate_cells`.
     copy
         Return a copy instead of writing to ``adata``.
