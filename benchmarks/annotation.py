@@ -17,12 +17,14 @@ default architecture; the query mapped with ``load_query_data`` and predicted. M
 accuracy use every method's forced call (scdl's Unknown calls are reported separately;
 "F1 w/ Unknown" counts them as errors).
 
-    python benchmarks/annotation.py [--skip-scanvi]
+    python benchmarks/annotation.py [--skip-scanvi] [--only SPLIT] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import time
 
 import anndata as ad
@@ -120,8 +122,8 @@ def run_scdl(ref, qry, seed: int = 0, adapt_to_query: float = 0.0):
     return calls["label_forced"].to_numpy(), t_train, time.perf_counter() - t0, calls
 
 
-def run_scdl_adapted(ref, qry):
-    return run_scdl(ref, qry, adapt_to_query=0.5)
+def run_scdl_adapted(ref, qry, seed: int = 0):
+    return run_scdl(ref, qry, seed=seed, adapt_to_query=0.5)
 
 
 def run_scanvi(ref, qry, seed: int = 0):
@@ -181,6 +183,9 @@ def main():
     parser.add_argument("--skip-scanvi", action="store_true")
     parser.add_argument("--only", default=None, help="run one split (name prefix)")
     parser.add_argument("--speed-only", action="store_true")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="seeds of scdl and scANVI (mean shown)"
+    )
     args = parser.parse_args()
     if args.speed_only:
         return speed()
@@ -194,11 +199,18 @@ def main():
         genes = hvg(ref)
         ref, qry = ref[:, genes].copy(), qry[:, genes].copy()
         truth = qry.obs.cell_type.to_numpy()
-        for method, fn in methods.items():
+        for seed, (method, fn) in itertools.product(args.seeds, methods.items()):
+            if method == "logreg" and seed != args.seeds[0]:
+                continue  # deterministic
+            if method != "logreg":
+                fn = functools.partial(fn, seed=seed)
+            if method == "scdl":
+                _TRAINED.clear()  # a new seed trains anew; the adapted column reuses it
             pred, t_train, t_pred, calls = fn(ref, qry)
             row = {
                 "split": name,
                 "method": method,
+                "seed": seed,
                 "n_ref": ref.n_obs,
                 "n_query": qry.n_obs,
                 "macro_F1": f1_score(truth, pred, average="macro", labels=np.unique(truth)),
@@ -219,7 +231,7 @@ def main():
             )
     df = pd.DataFrame(rows)
     print("\n" + df.round(3).to_string(index=False))
-    f1 = df.pivot(index="split", columns="method", values="macro_F1")
+    f1 = df.pivot_table(index="split", columns="method", values="macro_F1", aggfunc="mean")
     peers = [m for m in f1.columns if not m.startswith("scdl")]
     f1["scdl - best peer"] = f1["scdl"] - f1[peers].max(axis=1)
     f1["scdl adapt=0.5 - best peer"] = f1["scdl adapt=0.5"] - f1[peers].max(axis=1)

@@ -7,6 +7,9 @@ within-sample gene ranks; counts first to log1p CP10k).
 Ridge is scikit-learn's ``RidgeCV`` on standardised genes, one fit per drug on the lines
 measured for it, alpha chosen by efficient leave-one-out CV among 13 values (1e-1..1e5).
 
+scdl runs with its defaults: a wide & deep ensemble, each member the mean of its network and
+a closed-form ridge on its lines (``ridge_alpha=3162``, RidgeCV's usual choice here).
+
 1. Bulk, leave cell lines out: 5-fold CV over the GDSC lines with a measured response;
    per-drug Spearman between out-of-fold predictions and measurements, mean over drugs.
    scdl is trained exactly as in (2), with the CellBench cells as its target.

@@ -191,6 +191,24 @@ def test_transfer_agrees_with_measured_response(line_predictions, gdsc, bulk_tra
         assert spearmanr(pred.loc[ln], measured.loc[ln, drugs])[0] > 0.8, ln
 
 
+def test_wide_path_is_sklearn_ridge(trained):
+    """Each member's wide path is a ridge regression on its lines (scikit-learn's, exactly)."""
+    from sklearn.linear_model import Ridge
+
+    module = trained.module
+    profiles, y = trained._bulk()
+    xs = (profiles - module.gene_mean.numpy()) / module.gene_scale.numpy()
+    y_std = (y - module.drug_mean.numpy()) / module.drug_scale.numpy()
+    # the members' folds follow the training seed (0 for this fixture)
+    folds = np.random.RandomState(0).permutation(len(y)) % module.n_ensemble
+    j = trained.drugs.index("Gefitinib")
+    for k in range(module.n_ensemble):
+        ok = (folds != k) & ~np.isnan(y_std[:, j])
+        ref = Ridge(alpha=module.ridge_alpha).fit(xs[ok], y_std[ok, j])
+        np.testing.assert_allclose(module.ridge_weight[k, j].numpy(), ref.coef_, atol=1e-6)
+        assert module.ridge_bias[k, j].item() == pytest.approx(ref.intercept_, abs=1e-6)
+
+
 def test_probability_is_calibrated_against_bulk_median(trained, cellbench):
     prob = trained.predict(cellbench, drugs=list(EGFR_DRUGS), kind="probability")
     value = trained.predict(cellbench, drugs=list(EGFR_DRUGS))

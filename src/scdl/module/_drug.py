@@ -2,9 +2,17 @@
 
 Each ensemble member is an encoder (``scvi.nn.FCLayers``: linear, layer norm, ReLU,
 dropout) from the model's genes to a latent code, and a linear multi-task head from the code
-to every drug's standardised response. Members differ in initialisation and in the cell
-lines they leave out (one fold each), which gives every line a held-out prediction to
-calibrate the sensitive probability with.
+to every drug's standardised response. With ``ridge_alpha`` set, each member also has a
+*wide* path (wide & deep): a ridge regression from the standardised genes straight to the
+drugs, fitted in closed form on the member's lines (:meth:`DrugResponseModule.set_ridge`),
+and the member predicts the mean of its deep and its ridge predictions. The two learners
+err differently (the deep part fits interactions and is aligned to the target cells; the
+ridge is the strong linear baseline on the line-level signal, such as a line's overall
+sensitivity), so their mean is better than either in bulk cross-validation. The deep part
+is trained on the responses, not on the ridge's residuals: fitted jointly, the deep part
+takes most of the signal and the mix was worse than either alone. Members differ in
+initialisation and in the cell lines they leave out (one fold each), which gives every line
+a held-out prediction to calibrate the sensitive probability with.
 
 Inputs are profiles on a common scale across the model's genes (normal quantiles of
 within-profile ranks, or z-scores; see :mod:`scdl.data._drug_inputs`); the module
@@ -79,6 +87,9 @@ class DrugResponseModule(BaseModuleClass):
         Ensemble members; each leaves out one fold of the lines when ``n_ensemble > 1``.
     mmd_weight
         Weight of the MMD between bulk and target latent codes; ``0`` turns alignment off.
+    ridge_alpha
+        Penalty of the wide path's ridge regressions, in scikit-learn's units; ``None``: no
+        wide path (the deep part alone).
     """
 
     def __init__(
@@ -92,9 +103,11 @@ class DrugResponseModule(BaseModuleClass):
         input_noise: float = 1.0,
         n_ensemble: int = 5,
         mmd_weight: float = 1.0,
+        ridge_alpha: float | None = None,
     ):
         super().__init__()
         self.n_ensemble = int(n_ensemble)
+        self.ridge_alpha = None if ridge_alpha is None else float(ridge_alpha)
         self.input_noise = float(input_noise)
         self.mmd_weight = float(mmd_weight)
         # filled from the training data by set_scaling(); saved with the weights
@@ -106,6 +119,11 @@ class DrugResponseModule(BaseModuleClass):
             _Member(n_input, n_drugs, n_hidden, n_latent, dropout_rate)
             for _ in range(self.n_ensemble)
         )
+        if self.ridge_alpha is not None:
+            # each member's ridge (members x drugs x genes, members x drugs), on standardised
+            # genes and responses; filled by set_ridge(), saved with the weights
+            self.register_buffer("ridge_weight", torch.zeros(self.n_ensemble, n_drugs, n_input))
+            self.register_buffer("ridge_bias", torch.zeros(self.n_ensemble, n_drugs))
 
     @torch.no_grad()
     def set_scaling(self, gene_mean, gene_scale, drug_mean, drug_scale) -> None:
@@ -118,6 +136,60 @@ class DrugResponseModule(BaseModuleClass):
         ):
             buf = getattr(self, name)
             buf.copy_(torch.as_tensor(value, dtype=buf.dtype, device=buf.device))
+
+    @torch.no_grad()
+    def set_ridge(self, xs, y_std, lines_of_member) -> None:
+        """Fit each member's ridge in closed form, per drug on its measured lines.
+
+        Parameters
+        ----------
+        xs
+            Standardised genes of the bulk lines (lines x genes).
+        y_std
+            Standardised responses (lines x drugs), NaN where unmeasured.
+        lines_of_member
+            For each member, a boolean mask of the lines it trains on.
+
+        Solved in the dual (``(K + alpha I) c = y`` with ``K = X X^T`` over a drug's
+        measured lines), as lines are fewer than genes; genes and responses are centred
+        on those lines, which gives the intercept.
+        """
+        x = torch.as_tensor(xs, dtype=torch.float64)
+        y = torch.as_tensor(y_std, dtype=torch.float64)
+        eye = torch.eye(x.shape[0], dtype=torch.float64)
+        for k, rows in enumerate(lines_of_member):
+            rows = torch.as_tensor(rows, dtype=torch.bool)
+            xk, yk = x[rows], y[rows]
+            gram = xk @ xk.T  # once per member; each drug's lines take a sub-block
+            weight = torch.zeros(y.shape[1], x.shape[1], dtype=torch.float64)
+            bias = torch.zeros(y.shape[1], dtype=torch.float64)
+            # drugs measured on the same lines share one factorisation
+            measured = ~torch.isnan(yk)
+            masks, group = torch.unique(measured.T, dim=0, return_inverse=True)
+            for g, mask in enumerate(masks):
+                cols = torch.nonzero(group == g).view(-1)
+                xo = xk[mask]
+                x_mean = xo.mean(0)
+                yo = yk[mask][:, cols]
+                y_mean = yo.mean(0)
+                # the Gram matrix of the centred genes, from the uncentred one
+                ko = gram[mask][:, mask]
+                ko = ko - ko.mean(0, keepdim=True) - ko.mean(1, keepdim=True) + ko.mean()
+                n = ko.shape[0]
+                chol = torch.linalg.cholesky(ko + self.ridge_alpha * eye[:n, :n])
+                dual = torch.cholesky_solve(yo - y_mean, chol)
+                w = ((xo - x_mean).T @ dual).T  # drugs x genes
+                weight[cols] = w
+                bias[cols] = y_mean - w @ x_mean
+            self.ridge_weight[k].copy_(weight.to(self.ridge_weight.dtype))
+            self.ridge_bias[k].copy_(bias.to(self.ridge_bias.dtype))
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        """As torch's; weights saved before the wide path existed load as a deep-only model."""
+        if self.ridge_alpha is not None and "ridge_weight" not in state_dict:
+            self.ridge_alpha = None
+            del self.ridge_weight, self.ridge_bias
+        return super().load_state_dict(state_dict, strict=strict, **kwargs)
 
     def _standardise(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.gene_mean) / self.gene_scale
@@ -156,8 +228,13 @@ class DrugResponseModule(BaseModuleClass):
 
     @auto_move_data
     def generative(self, z: torch.Tensor) -> dict:
-        """Standardised responses of each member (members x profiles x drugs)."""
+        """Standardised responses of each member's deep part (members x profiles x drugs)."""
         return {"y": torch.stack([m.head(z[k]) for k, m in enumerate(self.members)])}
+
+    def _ridge(self, x: torch.Tensor) -> torch.Tensor:
+        """Each member's ridge prediction, standardised (members x profiles x drugs)."""
+        xs = (x - self.gene_mean) / self.gene_scale
+        return torch.einsum("pg,kdg->kpd", xs, self.ridge_weight) + self.ridge_bias[:, None]
 
     def loss(
         self,
@@ -205,6 +282,9 @@ class DrugResponseModule(BaseModuleClass):
         Differentiable (used for gene attributions); call in eval mode.
         """
         y = self.generative(self.inference(x)["z"])["y"]
+        if self.ridge_alpha is not None:
+            # wide & deep: the mean of the deep and the ridge prediction
+            y = 0.5 * (y + self._ridge(x))
         return y.mean(0) if average else y
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
