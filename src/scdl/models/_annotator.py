@@ -373,10 +373,11 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         return out
 
     def _fit_linear_head(self, train_idx, *, C: float, max_cells: int = 20_000) -> None:
-        """Fit the linear path as an L2 logistic regression on standardised profiles; frozen.
+        """Fit the linear path as an L2 logistic regression on centred log expression; frozen.
 
         scikit-learn solves this convex problem exactly; the transformer then learns what it
-        misses. At most ``max_cells`` training cells (stratified) are densified for the fit.
+        misses. At most ``max_cells`` training cells (drawn at random) are densified for the
+        fit.
         """
         from sklearn.linear_model import LogisticRegression
 

@@ -501,24 +501,22 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
         self.module.eval()
         if self.module.ridge_alpha is not None:
             # after the network, so a diverged run leaves every weight as it was
-            self._fit_ridge(profiles, responses, folds, train_size)
+            self._fit_ridge(profiles, responses, folds)
         self.drug_stats_ = self._calibrate(folds)
         return out
 
-    def _fit_ridge(self, profiles, responses, folds, train_size) -> None:
+    def _fit_ridge(self, profiles, responses, folds) -> None:
         """Fit the wide path: each member's ridge on the lines its deep part trains on.
 
         With ``train_size < 1`` the validation lines are drawn inside Lightning's splitter,
         after this; the ridges then train on them too (the ensemble's left-out folds, which
         calibrate the model, stay held out).
         """
-        k = self.module.n_ensemble
-        gene_mean = self.module.gene_mean.cpu().numpy()
-        gene_scale = self.module.gene_scale.cpu().numpy()
-        drug_mean = self.module.drug_mean.cpu().numpy()
-        drug_scale = self.module.drug_scale.cpu().numpy()
-        xs = (profiles - gene_mean) / gene_scale
-        y_std = (responses - drug_mean) / drug_scale
+        module = self.module  # in eval mode: no input noise
+        k = module.n_ensemble
+        with torch.inference_mode():
+            xs = module._standardise(torch.as_tensor(profiles, device=module.device)).cpu()
+        y_std = (responses - module.drug_mean.cpu().numpy()) / module.drug_scale.cpu().numpy()
         members = [folds != j if k > 1 else np.ones(len(folds), dtype=bool) for j in range(k)]
         self.module.set_ridge(xs, y_std, members)
 

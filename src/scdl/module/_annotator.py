@@ -234,9 +234,26 @@ class CellTypeTransformerModule(nn.Module):
         key_pad = torch.cat([torch.zeros_like(pad[:, :1]), pad], dim=1)
         return torch.cat([cls_tok, gene_tok], dim=1), key_pad
 
-    def _weigh(self, logits: torch.Tensor) -> torch.Tensor:
-        """The transformer's logits, down-weighted at prediction (see the module notes)."""
-        return logits if self.training else logits * self.transformer_weight
+    def _logits(self, emb: torch.Tensor, linear: torch.Tensor | None) -> torch.Tensor:
+        """The transformer's logits plus the linear path's, if any; the transformer's count
+        ``transformer_weight`` times at prediction (see the module notes)."""
+        logits = self.head(emb)
+        if linear is None:
+            return logits
+        return (logits if self.training else logits * self.transformer_weight) + linear
+
+    def _csr(self, crow, col, values) -> torch.Tensor:
+        """A (cells x genes) sparse CSR matrix over this minibatch's non-zeros."""
+        with warnings.catch_warnings():  # torch flags sparse CSR as beta; indices are ours
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(
+                crow,
+                col,
+                values,
+                size=(crow.numel() - 1, self.n_genes),
+                device=values.device,
+                check_invariants=False,
+            )
 
     def _encode(self, tok, key_pad) -> torch.Tensor:
         """The CLS token's features after every layer."""
@@ -258,10 +275,9 @@ class CellTypeTransformerModule(nn.Module):
         """CLS features, logits and the standardised profile (absent genes 0) of each cell."""
         tok, key_pad, _, z = self.tokens(x_log, present, selection=selection)
         emb = self._encode(tok, key_pad)
-        logits = self.head(emb)
-        if self.linear is not None:  # every measured gene, no gene dropout (it is fitted)
-            logits = self._weigh(logits) + self.linear(self.centre(x_log, present))
-        return emb, logits, z
+        # the linear path reads every measured gene, without gene dropout (it is fitted)
+        linear = None if self.linear is None else self.linear(self.centre(x_log, present))
+        return emb, self._logits(emb, linear), z
 
     def features(self, x: torch.Tensor, present: torch.Tensor | None = None):
         """CLS features, logits and standardised profile from raw counts (cells x genes)."""
@@ -293,16 +309,7 @@ class CellTypeTransformerModule(nn.Module):
                 crow = torch.cat([crow[:1], torch.cumsum(lengths, 0)])
         z_nz = ((x_log - self.gene_mean[col]) / self.gene_std[col]).clamp(-10.0, 10.0)
         # departures from z0 as a sparse (cells x genes) matrix: products cost its non-zeros
-        with warnings.catch_warnings():  # torch flags sparse CSR as beta; indices are ours
-            warnings.simplefilter("ignore", UserWarning)
-            delta = torch.sparse_csr_tensor(
-                crow,
-                col,
-                z_nz - z0[col],
-                size=(n_cells, self.n_genes),
-                device=dev,
-                check_invariants=False,
-            )
+        delta = self._csr(crow, col, z_nz - z0[col])
         # tokens: top over-expressed among each cell's non-zeros
         pos = torch.arange(col.numel(), device=dev) - crow[:-1][row]
         width = max(int(lengths.max()) if n_cells else 0, self.n_tokens)
@@ -317,20 +324,11 @@ class CellTypeTransformerModule(nn.Module):
         summary = self.summary(z0) + delta @ self.summary.weight.T
         value_emb = self.value_encoder(values.unsqueeze(-1))
         emb = self._encode(*self._assemble(idx, value_emb, pad, summary))
-        logits = self.head(emb)
+        linear = None
         if self.linear is not None:  # centred log expression: -mean at zeros, + x_log at non-zeros
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                x_sp = torch.sparse_csr_tensor(
-                    crow,
-                    col,
-                    x_log,
-                    size=(n_cells, self.n_genes),
-                    device=dev,
-                    check_invariants=False,
-                )
             mean = self.gene_mean if present is None else self.gene_mean * present
-            logits = self._weigh(logits) + self.linear(-mean) + x_sp @ self.linear.weight.T
+            linear = self.linear(-mean) + self._csr(crow, col, x_log) @ self.linear.weight.T
+        logits = self._logits(emb, linear)
         c = self.centroids if centroids is None else centroids
         dots = z0 @ c.T + delta @ c.T
         sq = torch.full((n_cells,), float(z0 @ z0), device=dev)
