@@ -57,16 +57,19 @@ def run(name: str, seed: int) -> pd.DataFrame:
             key = f"leiden_{rep}_{res}"
             scdl.tl.cluster(adata, use_rep=rep, resolution=res, key_added=key, random_state=seed)
             truth, pred = adata.obs[label_key][keep], adata.obs[key][keep]
-            rows.append({
-                "dataset": f"{name} ({adata.n_obs} cells)",
-                "space": "scanpy PCA (50)" if rep == "X_pca" else
-                f"scdl VAE ({'batch=' + batch_key if batch_key else 'no batch'})",
-                "resolution": res,
-                "n_clusters": pred.nunique(),
-                "ARI": adjusted_rand_score(truth, pred),
-                "NMI": normalized_mutual_info_score(truth, pred),
-                "embed_seconds": cost["seconds"],
-            })
+            rows.append(
+                {
+                    "dataset": f"{name} ({adata.n_obs} cells)",
+                    "space": "scanpy PCA (50)"
+                    if rep == "X_pca"
+                    else f"scdl VAE ({'batch=' + batch_key if batch_key else 'no batch'})",
+                    "resolution": res,
+                    "n_clusters": pred.nunique(),
+                    "ARI": adjusted_rand_score(truth, pred),
+                    "NMI": normalized_mutual_info_score(truth, pred),
+                    "embed_seconds": cost["seconds"],
+                }
+            )
     return pd.DataFrame(rows)
 
 

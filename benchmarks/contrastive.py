@@ -118,8 +118,13 @@ def run(name: str, seed: int, epochs: int | None) -> tuple[pd.DataFrame, dict]:
 
     fname, groupby, background, label_key = DATASETS[name]
     adata = ad.read_h5ad(need(DATA / fname))
-    genes = select_genes(adata, check_counts(adata, allow_zero_genes=True).gene_totals,
-                         layer=None, batch_key=None, n_top_genes=2000)
+    genes = select_genes(
+        adata,
+        check_counts(adata, allow_zero_genes=True).gene_totals,
+        layer=None,
+        batch_key=None,
+        n_top_genes=2000,
+    )
     adata = adata[:, genes].copy()
     bg, tg, _ = resolve_groups(adata, groupby=groupby, background=background)
     target_mask = np.zeros(adata.n_obs, dtype=bool)
@@ -132,12 +137,21 @@ def run(name: str, seed: int, epochs: int | None) -> tuple[pd.DataFrame, dict]:
     ContrastiveVAE.setup_anndata(a)
     model = ContrastiveVAE(a)
     with measure() as m:
-        model.train(groupby=groupby, background=background, max_epochs=epochs,
-                    enable_progress_bar=False)
+        model.train(
+            groupby=groupby, background=background, max_epochs=epochs, enable_progress_bar=False
+        )
     genes_scdl = model.get_salient_genes(n_top=50)["gene"].tolist()
-    m.update(scores(model.get_latent_representation(representation="shared"),
-                    model.get_latent_representation(representation="salient"),
-                    adata.obs, label_key, groupby, target_mask, genes_scdl))
+    m.update(
+        scores(
+            model.get_latent_representation(representation="shared"),
+            model.get_latent_representation(representation="salient"),
+            adata.obs,
+            label_key,
+            groupby,
+            target_mask,
+            genes_scdl,
+        )
+    )
     rows["scdl ContrastiveVAE"], top["scdl ContrastiveVAE"] = m, genes_scdl
 
     scvi.settings.seed = seed
@@ -145,14 +159,27 @@ def run(name: str, seed: int, epochs: int | None) -> tuple[pd.DataFrame, dict]:
     scvi.external.ContrastiveVI.setup_anndata(b)
     cvi = scvi.external.ContrastiveVI(b)
     with measure() as m:
-        cvi.train(background_indices=bg.tolist(), target_indices=tg.tolist(), max_epochs=epochs,
-                  enable_progress_bar=False)
+        cvi.train(
+            background_indices=bg.tolist(),
+            target_indices=tg.tolist(),
+            max_epochs=epochs,
+            enable_progress_bar=False,
+        )
     genes_cvi = salient_gene_table(cvi_salient_pairs(cvi, tg), b.var_names).head(50)
     genes_cvi = genes_cvi["gene"].tolist()
     salient = cvi.get_latent_representation(representation_kind="salient")
     salient[~target_mask] = 0.0  # as in scdl: background cells have no salient code
-    m.update(scores(cvi.get_latent_representation(representation_kind="background"), salient,
-                    adata.obs, label_key, groupby, target_mask, genes_cvi))
+    m.update(
+        scores(
+            cvi.get_latent_representation(representation_kind="background"),
+            salient,
+            adata.obs,
+            label_key,
+            groupby,
+            target_mask,
+            genes_cvi,
+        )
+    )
     rows["scvi-tools ContrastiveVI"], top["scvi-tools ContrastiveVI"] = m, genes_cvi
 
     table = pd.DataFrame(
@@ -160,14 +187,22 @@ def run(name: str, seed: int, epochs: int | None) -> tuple[pd.DataFrame, dict]:
             "method": list(rows),
             "seconds": [r["seconds"] for r in rows.values()],
             "peak_MiB": [r["peak_mib"] for r in rows.values()],
-            **{k: [r[k] for r in rows.values()] for k in (
-                "ISGs_top50", "purity_shared", "purity_salient", "silhouette_shared",
-                "silhouette_salient", "condition_mixing_shared",
-            )},
+            **{
+                k: [r[k] for r in rows.values()]
+                for k in (
+                    "ISGs_top50",
+                    "purity_shared",
+                    "purity_salient",
+                    "silhouette_shared",
+                    "silhouette_salient",
+                    "condition_mixing_shared",
+                )
+            },
         }
     )
-    table.insert(0, "dataset", f"{name} ({adata.n_obs} cells x {adata.n_vars} genes, "
-                               f"{epochs} epochs)")
+    table.insert(
+        0, "dataset", f"{name} ({adata.n_obs} cells x {adata.n_vars} genes, {epochs} epochs)"
+    )
     return table, top
 
 
@@ -175,8 +210,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None,
-                   help="epochs for both models (default: scdl's choice for the cell count)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs for both models (default: scdl's choice for the cell count)",
+    )
     args = p.parse_args()
     tables = []
     for d in args.datasets:
@@ -189,18 +228,22 @@ def main() -> None:
     pd.set_option("display.width", 250)
     print()
     print(out.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print("\nscdl / ContrastiveVI per dataset (time: lower is faster; "
-          "shared-salient gap: purity_shared - purity_salient)")
+    print(
+        "\nscdl / ContrastiveVI per dataset (time: lower is faster; "
+        "shared-salient gap: purity_shared - purity_salient)"
+    )
     for d, t in out.groupby("dataset", sort=False):
         s = t.set_index("method")
         ours, peer = s.loc["scdl ContrastiveVAE"], s.loc["scvi-tools ContrastiveVI"]
         gap_o = ours.purity_shared - ours.purity_salient
         gap_p = peer.purity_shared - peer.purity_salient
         mix = ours.condition_mixing_shared / peer.condition_mixing_shared
-        print(f"  {d}: time x{ours.seconds / peer.seconds:.2f}, "
-              f"ISGs in top 50 x{ours.ISGs_top50 / max(peer.ISGs_top50, 1):.2f}, "
-              f"purity gap x{gap_o / gap_p:.2f} ({gap_o:.3f} vs {gap_p:.3f}), "
-              f"shared condition mixing x{mix:.2f}")
+        print(
+            f"  {d}: time x{ours.seconds / peer.seconds:.2f}, "
+            f"ISGs in top 50 x{ours.ISGs_top50 / max(peer.ISGs_top50, 1):.2f}, "
+            f"purity gap x{gap_o / gap_p:.2f} ({gap_o:.3f} vs {gap_p:.3f}), "
+            f"shared condition mixing x{mix:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,13 @@ def run(name: str, seed: int, scdl_kwargs: dict) -> pd.DataFrame:
     from scdl.tl._metrics import unintegrated_pca
 
     adata, batch_key, label_key = load(name)
-    genes = select_genes(adata, check_counts(adata, allow_zero_genes=True).gene_totals,
-                         layer=None, batch_key=batch_key, n_top_genes=2000)
+    genes = select_genes(
+        adata,
+        check_counts(adata, allow_zero_genes=True).gene_totals,
+        layer=None,
+        batch_key=batch_key,
+        n_top_genes=2000,
+    )
     adata = adata[:, genes].copy()
     rows = {}
 
@@ -54,8 +59,9 @@ def run(name: str, seed: int, scdl_kwargs: dict) -> pd.DataFrame:
     rows["PCA (unintegrated)"] = m
 
     with measure() as m:
-        ho = harmonypy.run_harmony(adata.obsm["PCA"], adata.obs, batch_key, random_state=seed,
-                                   verbose=False)
+        ho = harmonypy.run_harmony(
+            adata.obsm["PCA"], adata.obs, batch_key, random_state=seed, verbose=False
+        )
         z = np.asarray(ho.Z_corr)
         adata.obsm["Harmony"] = z if z.shape[0] == adata.n_obs else z.T
     rows["Harmony"] = m
@@ -71,16 +77,31 @@ def run(name: str, seed: int, scdl_kwargs: dict) -> pd.DataFrame:
     rows["scVI (scvi-tools defaults)"] = m
 
     with measure() as m:
-        scdl.tl.integrate(adata, batch_key=batch_key, key_added="scdl", random_state=seed,
-                          n_top_genes=None, progress_bar=False, **scdl_kwargs)
+        scdl.tl.integrate(
+            adata,
+            batch_key=batch_key,
+            key_added="scdl",
+            random_state=seed,
+            n_top_genes=None,
+            progress_bar=False,
+            **scdl_kwargs,
+        )
     m["epochs"] = adata.uns["scdl"]["params"]["max_epochs"]
     rows["scdl VAE"] = m
 
-    keys = {"PCA (unintegrated)": "PCA", "Harmony": "Harmony",
-            "scVI (scvi-tools defaults)": "scVI", "scdl VAE": "scdl"}
+    keys = {
+        "PCA (unintegrated)": "PCA",
+        "Harmony": "Harmony",
+        "scVI (scvi-tools defaults)": "scVI",
+        "scdl VAE": "scdl",
+    }
     scores = scdl.tl.integration_metrics(
-        adata, batch_key=batch_key, label_key=label_key, embeddings=list(keys.values()),
-        pre_integrated="PCA", key_added=None,
+        adata,
+        batch_key=batch_key,
+        label_key=label_key,
+        embeddings=list(keys.values()),
+        pre_integrated="PCA",
+        key_added=None,
     )
     table = pd.DataFrame(
         {
@@ -111,9 +132,11 @@ def main() -> None:
     for d, t in out.groupby("dataset", sort=False):
         s = t.set_index("method")
         ours, scvi_ = s.loc["scdl VAE"], s.loc["scVI (scvi-tools defaults)"]
-        print(f"  {d}: total x{ours.total / scvi_.total:.3f}, "
-              f"time x{ours.seconds / scvi_.seconds:.2f}, "
-              f"scdl - Harmony total {ours.total - s.loc['Harmony', 'total']:+.3f}")
+        print(
+            f"  {d}: total x{ours.total / scvi_.total:.3f}, "
+            f"time x{ours.seconds / scvi_.seconds:.2f}, "
+            f"scdl - Harmony total {ours.total - s.loc['Harmony', 'total']:+.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,13 @@ from _common import DATA, measure, need
 warnings.filterwarnings("ignore")
 
 ARCH = {
-    "n_hidden": 128, "n_latent": 10, "n_layers": 1, "gene_likelihood": "nb",
-    "encode_covariates": True, "use_layer_norm": "both", "use_batch_norm": "none",
+    "n_hidden": 128,
+    "n_latent": 10,
+    "n_layers": 1,
+    "gene_likelihood": "nb",
+    "encode_covariates": True,
+    "use_layer_norm": "both",
+    "use_batch_norm": "none",
 }
 
 
@@ -40,8 +45,9 @@ def breakdown(model, epoch_seconds: float, n_steps: int = 60, batch_size: int = 
     loader = TensorBatchLoader(model.adata_manager, batch_size=batch_size, shuffle=True)
     opt = torch.optim.Adam(module.parameters(), lr=1e-3, eps=0.01, fused=True)
     data_part = "data (CSR rows -> dense batch" + (", to GPU)" if dev.type == "cuda" else ")")
-    parts = dict.fromkeys([data_part, "forward (incl. NB likelihood)",
-                           "backward", "optimiser (Adam)"], 0.0)
+    parts = dict.fromkeys(
+        [data_part, "forward (incl. NB likelihood)", "backward", "optimiser (Adam)"], 0.0
+    )
     names = list(parts)
     batches = iter(loader)
     for _ in range(n_steps):
@@ -68,8 +74,9 @@ def breakdown(model, epoch_seconds: float, n_steps: int = 60, batch_size: int = 
             parts[name] += dt / n_steps
     step = epoch_seconds / len(loader)
     parts["Lightning loop, logging, rest"] = max(step - sum(parts.values()), 0.0)
-    print(f"\nwhere a scdl training step goes ({1000 * step:.1f} ms per step of "
-          f"{batch_size} cells):")
+    print(
+        f"\nwhere a scdl training step goes ({1000 * step:.1f} ms per step of {batch_size} cells):"
+    )
     for name, dt in parts.items():
         print(f"  {name:32s} {1000 * dt:6.2f} ms  {100 * dt / step:5.1f}%")
 
@@ -85,17 +92,31 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--accelerator", default="auto",
-                   help='passed to both models\' train ("auto": Lightning\'s choice)')
+    p.add_argument(
+        "--accelerator",
+        default="auto",
+        help="passed to both models' train (\"auto\": Lightning's choice)",
+    )
     args = p.parse_args()
 
     adata = ad.read_h5ad(need(DATA / "kang_pbmc_14k.h5ad"))
-    genes = select_genes(adata, check_counts(adata, allow_zero_genes=True).gene_totals,
-                         layer=None, batch_key="condition", n_top_genes=2000)
+    genes = select_genes(
+        adata,
+        check_counts(adata, allow_zero_genes=True).gene_totals,
+        layer=None,
+        batch_key="condition",
+        n_top_genes=2000,
+    )
     adata = adata[:, genes].copy()
-    train = {"max_epochs": args.epochs, "batch_size": args.batch_size, "train_size": 1.0,
-             "accelerator": args.accelerator, "enable_progress_bar": False,
-             "plan_kwargs": {"n_epochs_kl_warmup": None}}
+    train = {
+        "max_epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "train_size": 1.0,
+        "accelerator": args.accelerator,
+        "enable_progress_bar": False,
+        "plan_kwargs": {"n_epochs_kl_warmup": None},
+    }
+
     def build(name, data):
         scvi.settings.seed = args.seed
         if name.startswith("scvi"):
@@ -119,22 +140,31 @@ def main() -> None:
         with measure() as m:
             model.train(**train)
         elbo = float(model.history["elbo_train"].iloc[-1, 0])
-        rows.append({
-            "model": name, "epochs": args.epochs, "seconds": m["seconds"],
-            "cells_per_s": data.n_obs * args.epochs / m["seconds"],
-            "final_train_elbo": elbo, "peak_MiB": m["peak_mib"],
-        })
+        rows.append(
+            {
+                "model": name,
+                "epochs": args.epochs,
+                "seconds": m["seconds"],
+                "cells_per_s": data.n_obs * args.epochs / m["seconds"],
+                "final_train_elbo": elbo,
+                "peak_MiB": m["peak_mib"],
+            }
+        )
         on_gpu = model.module.device.type == "cuda"
         if on_gpu:
             rows[-1]["peak_GPU_MiB"] = torch.cuda.max_memory_allocated() / 2**20
     df = pd.DataFrame(rows).set_index("model")
     where = torch.cuda.get_device_name() if on_gpu else "CPU"
-    print(f"Kang 14k: {adata.n_obs} cells x {adata.n_vars} genes, batch {args.batch_size}, "
-          f"{where}, torch threads {torch.get_num_threads()}")
+    print(
+        f"Kang 14k: {adata.n_obs} cells x {adata.n_vars} genes, batch {args.batch_size}, "
+        f"{where}, torch threads {torch.get_num_threads()}"
+    )
     print(df.to_string(float_format=lambda v: f"{v:.2f}"))
     s, r = df.loc["scdl VAE"], df.loc["scvi-tools SCVI"]
-    print(f"\nscdl / scVI: cells/s x{s.cells_per_s / r.cells_per_s:.2f}, final ELBO "
-          f"{100 * (s.final_train_elbo / r.final_train_elbo - 1):+.2f}%")
+    print(
+        f"\nscdl / scVI: cells/s x{s.cells_per_s / r.cells_per_s:.2f}, final ELBO "
+        f"{100 * (s.final_train_elbo / r.final_train_elbo - 1):+.2f}%"
+    )
     breakdown(model, s.seconds / args.epochs, batch_size=args.batch_size)
 
 

@@ -17,8 +17,19 @@ def test_help_lists_commands():
 def test_integrate_command(kang, tmp_path, capsys):
     small = kang[::4].copy()
     small.write_h5ad(tmp_path / "in.h5ad")
-    rc = main(["integrate", str(tmp_path / "in.h5ad"), "--batch-key", "sample", "-o",
-               str(tmp_path / "out.h5ad"), "--max-epochs", "2", "-q"])
+    rc = main(
+        [
+            "integrate",
+            str(tmp_path / "in.h5ad"),
+            "--batch-key",
+            "sample",
+            "-o",
+            str(tmp_path / "out.h5ad"),
+            "--max-epochs",
+            "2",
+            "-q",
+        ]
+    )
     assert rc == 0
     out = ad.read_h5ad(tmp_path / "out.h5ad")
     assert out.obsm["X_scdl"].shape == (small.n_obs, 10)
@@ -26,8 +37,16 @@ def test_integrate_command(kang, tmp_path, capsys):
 
 def test_integrate_command_reports_bad_key(kang, tmp_path, capsys):
     kang[:100].copy().write_h5ad(tmp_path / "in.h5ad")
-    rc = main(["integrate", str(tmp_path / "in.h5ad"), "--batch-key", "donor", "-o",
-               str(tmp_path / "o.h5ad")])
+    rc = main(
+        [
+            "integrate",
+            str(tmp_path / "in.h5ad"),
+            "--batch-key",
+            "donor",
+            "-o",
+            str(tmp_path / "o.h5ad"),
+        ]
+    )
     assert rc == 2
     assert "not a column of adata.obs" in capsys.readouterr().err
 
@@ -42,9 +61,19 @@ def test_help_explains_each_command():
 
 def test_missing_input_is_one_line_error_without_traceback(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "scdl", "integrate", str(tmp_path / "nope.h5ad"),
-         "--batch-key", "sample", "-o", str(tmp_path / "out.h5ad")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "scdl",
+            "integrate",
+            str(tmp_path / "nope.h5ad"),
+            "--batch-key",
+            "sample",
+            "-o",
+            str(tmp_path / "out.h5ad"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 2
     assert "does not exist" in out.stderr and "Traceback" not in out.stderr
@@ -65,8 +94,16 @@ def test_annotate_command(tmp_path, capsys):
     import scdl
 
     scdl.datasets.kang_pbmc_heldout()[:60].copy().write_h5ad(tmp_path / "in.h5ad")
-    rc = main(["annotate", str(tmp_path / "in.h5ad"), "--model", "pbmc_kang2018", "-o",
-               str(tmp_path / "out.h5ad")])
+    rc = main(
+        [
+            "annotate",
+            str(tmp_path / "in.h5ad"),
+            "--model",
+            "pbmc_kang2018",
+            "-o",
+            str(tmp_path / "out.h5ad"),
+        ]
+    )
     assert rc == 0
     out = ad.read_h5ad(tmp_path / "out.h5ad")
     assert out.obs["scdl_cell_type"].notna().all()
@@ -78,8 +115,16 @@ def test_annotate_unknown_model_is_clear_error(tmp_path, capsys):
     import scdl
 
     scdl.datasets.kang_pbmc_heldout()[:20].copy().write_h5ad(tmp_path / "in.h5ad")
-    rc = main(["annotate", str(tmp_path / "in.h5ad"), "--model", "no_such_annotator", "-o",
-               str(tmp_path / "out.h5ad")])
+    rc = main(
+        [
+            "annotate",
+            str(tmp_path / "in.h5ad"),
+            "--model",
+            "no_such_annotator",
+            "-o",
+            str(tmp_path / "out.h5ad"),
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "no_such_annotator" in err and "Traceback" not in err

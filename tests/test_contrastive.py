@@ -19,10 +19,41 @@ EPOCHS = 100
 
 # classical interferon-stimulated genes present in the bundled set's 1,267 genes
 ISGS = {
-    "ISG15", "ISG20", "IFI6", "IFI44L", "IFIT1", "IFIT2", "IFIT3", "IFITM3", "MX1", "MX2",
-    "LY6E", "OAS1", "OAS2", "OAS3", "OASL", "RSAD2", "CMPK2", "HERC5", "XAF1", "IRF7", "BST2",
-    "EPSTI1", "SAMD9", "SAMD9L", "TNFSF10", "PLSCR1", "EIF2AK2", "GBP1", "SP110", "PARP9",
-    "CXCL10", "CXCL11", "CCL8", "DDX58", "IFI27",
+    "ISG15",
+    "ISG20",
+    "IFI6",
+    "IFI44L",
+    "IFIT1",
+    "IFIT2",
+    "IFIT3",
+    "IFITM3",
+    "MX1",
+    "MX2",
+    "LY6E",
+    "OAS1",
+    "OAS2",
+    "OAS3",
+    "OASL",
+    "RSAD2",
+    "CMPK2",
+    "HERC5",
+    "XAF1",
+    "IRF7",
+    "BST2",
+    "EPSTI1",
+    "SAMD9",
+    "SAMD9L",
+    "TNFSF10",
+    "PLSCR1",
+    "EIF2AK2",
+    "GBP1",
+    "SP110",
+    "PARP9",
+    "CXCL10",
+    "CXCL11",
+    "CCL8",
+    "DDX58",
+    "IFI27",
 }
 
 
@@ -100,8 +131,15 @@ def test_normalized_expression_with_and_without_salient(kang_contrastive):
 def test_batch_nested_in_groups_warns(kang):
     adata = _small(kang)
     with pytest.warns(UserWarning, match="lies within one group"):
-        scdl.tl.contrastive(adata, groupby="condition", background="ctrl", batch_key="sample",
-                            max_epochs=1, progress_bar=False, train_kwargs={"batch_size": 64})
+        scdl.tl.contrastive(
+            adata,
+            groupby="condition",
+            background="ctrl",
+            batch_key="sample",
+            max_epochs=1,
+            progress_bar=False,
+            train_kwargs={"batch_size": 64},
+        )
     assert adata.uns["X_scdl_salient"]["params"]["batch_key"] == "sample"
 
 
@@ -215,8 +253,9 @@ def test_setup_refuses_normalised_data(kang):
 def test_pl_contrastive(kang_contrastive, tmp_path):
     adata, _ = kang_contrastive
     adata = adata.copy()
-    fig = scdl.pl.contrastive(adata, color=["cell_type", "condition"], n_genes=15,
-                              show=False, save=tmp_path / "c")
+    fig = scdl.pl.contrastive(
+        adata, color=["cell_type", "condition"], n_genes=15, show=False, save=tmp_path / "c"
+    )
     assert isinstance(fig, Figure)
     titles = [ax.get_title() for ax in fig.axes]
     assert sum(t.startswith("shared") for t in titles) == 2

@@ -12,8 +12,9 @@ import scdl  # noqa: E402
 
 def test_embedding_side_by_side(kang_integrated, tmp_path):
     adata, _ = kang_integrated
-    fig = scdl.pl.embedding(adata, color=["sample", "cell_type"], show=False,
-                            save=tmp_path / "umap")
+    fig = scdl.pl.embedding(
+        adata, color=["sample", "cell_type"], show=False, save=tmp_path / "umap"
+    )
     assert isinstance(fig, Figure)
     assert len([ax for ax in fig.axes if ax.get_title()]) == 2
     assert (tmp_path / "umap.png").stat().st_size > 10_000

@@ -71,7 +71,8 @@ def test_tutorial_runs(path, kernel_env, tmp_path, monkeypatch):
     t0 = time.perf_counter()
     client.execute()
     elapsed = time.perf_counter() - t0
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
-              if o.output_type == "error"]
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
+    ]
     assert not errors
     print(f"{path.name}: {elapsed:.0f} s")

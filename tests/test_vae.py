@@ -91,8 +91,9 @@ def test_same_seed_same_latent(kang):
     z = []
     for _ in range(2):
         a = small.copy()
-        scdl.tl.integrate(a, batch_key="sample", max_epochs=3, batch_size=64,
-                          progress_bar=False, random_state=7)
+        scdl.tl.integrate(
+            a, batch_key="sample", max_epochs=3, batch_size=64, progress_bar=False, random_state=7
+        )
         z.append(a.obsm["X_scdl"])
     np.testing.assert_array_equal(z[0], z[1])
 
