@@ -13,9 +13,10 @@ The logits add a linear path (``linear_head``; "wide and deep"): a logistic regr
 the centred log-normalised expression of every gene, a strong annotator on its own
 (CellTypist's approach). The model class fits it first (scikit-learn, exactly) and freezes
 it; the transformer is then trained on top of it, so it learns what the linear classifier
-misses. At prediction the transformer's logits count ``transformer_weight`` (0.5) times:
-the average of the linear model and the linear + transformer model, which shrinks the
-transformer's fit to the reference (measured in ``benchmarks/annotation.py``).
+misses; once held-out cells have calibrated the Unknown call, it is refitted on all cells.
+At prediction the transformer's logits count ``transformer_weight`` (0.5) times: the average
+of the linear model and the linear + transformer model, which shrinks the transformer's fit
+to the reference (measured in ``benchmarks/annotation.py``).
 
 The encoder is a pre-norm transformer on PyTorch's ``scaled_dot_product_attention``; its last
 layer updates only the CLS token (the head reads nothing else), which halves inference cost.
