@@ -242,3 +242,25 @@ def test_beats_logistic_regression_under_a_condition_shift(annotator, kang2k):
     assert f1 > f1_lr, (f1, f1_lr)
     assert f1 > f1_linear, (f1, f1_linear)
     assert not any(p.requires_grad for p in model.module.linear.parameters())  # fitted, frozen
+
+
+def test_linear_path_is_logistic_regression_on_every_reference_cell(annotator):
+    """After calibration the linear path is scikit-learn's L2 logistic regression (C=0.01) on
+    the centred log1p(CP10k) of all reference cells, held-out ones included."""
+    from scipy import sparse
+    from sklearn.linear_model import LogisticRegression
+
+    model, _ = annotator
+    ref = model.adata
+    x = sparse.csr_matrix(ref.X).toarray().astype(np.float32)
+    x = np.log1p(x / np.maximum(x.sum(1, keepdims=True), 1.0) * 1e4)
+    x -= model.module.gene_mean.cpu().numpy()
+    clf = LogisticRegression(C=0.01, max_iter=1000).fit(x, ref.obs["cell_type"].astype(str))
+    weight = model.module.transformer_weight
+    try:
+        model.module.transformer_weight = 0.0  # the linear path alone
+        probs = model.predict(ref, soft=True)
+    finally:
+        model.module.transformer_weight = weight
+    expected = pd.DataFrame(clf.predict_proba(x), index=probs.index, columns=clf.classes_)
+    np.testing.assert_allclose(probs[clf.classes_].to_numpy(), expected.to_numpy(), atol=2e-3)

@@ -21,7 +21,7 @@ _ALLOWED = ("config.json", "model.safetensors", "README.md")
 REGISTRY: dict[str, dict] = {
     "pbmc_kang2018": {
         "folder": "pbmc_kang2018",
-        "weights_sha256": "0e21c528dc7104fa8eceb6769f2d243f2e17965e08556c23fccf0eb4b7f06c17",
+        "weights_sha256": "c7606244fdc2bbbbc308f094f9a1e52cc2a74f89f8b95d0c0de8f934168d9e4e",
         "description": "Human PBMCs, 7 types (Kang et al. 2018, control + IFN-beta)",
     },
 }
