@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmark scripts: data location and peak-memory sampling."""
+"""Shared helpers for the benchmark scripts: data location, gene selection, peak memory."""
 
 from __future__ import annotations
 
@@ -17,6 +17,17 @@ def need(path: Path) -> Path:
     if not path.is_file():
         raise SystemExit(f"{path} not found: set SCDL_DATA to the folder holding shared/data.")
     return path
+
+
+def hvg_subset(adata, *, batch_key: str | None = None, n_top_genes: int = 2000):
+    """``adata`` on the genes scdl's ``tl`` functions would pick (expressed, seurat_v3 HVGs),
+    so every method in a benchmark sees the same genes."""
+    from scdl.data import check_counts
+    from scdl.tl._hvg import select_genes
+
+    totals = check_counts(adata, allow_zero_genes=True).gene_totals
+    genes = select_genes(adata, totals, layer=None, batch_key=batch_key, n_top_genes=n_top_genes)
+    return adata[:, genes].copy()
 
 
 @contextmanager

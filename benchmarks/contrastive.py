@@ -25,7 +25,7 @@ import warnings
 import anndata as ad
 import numpy as np
 import pandas as pd
-from _common import DATA, measure, need
+from _common import DATA, hvg_subset, measure, need
 
 warnings.filterwarnings("ignore")
 
@@ -110,22 +110,13 @@ def scores(shared, salient, obs, label_key, groupby, target_mask, top_genes) -> 
 def run(name: str, seed: int, epochs: int | None) -> tuple[pd.DataFrame, dict]:
     import scvi
 
-    from scdl.data import check_counts
     from scdl.models import ContrastiveVAE
     from scdl.models._contrastive import resolve_groups, salient_gene_table
     from scdl.models._training import default_max_epochs
-    from scdl.tl._hvg import select_genes
 
     fname, groupby, background, label_key = DATASETS[name]
     adata = ad.read_h5ad(need(DATA / fname))
-    genes = select_genes(
-        adata,
-        check_counts(adata, allow_zero_genes=True).gene_totals,
-        layer=None,
-        batch_key=None,
-        n_top_genes=2000,
-    )
-    adata = adata[:, genes].copy()
+    adata = hvg_subset(adata, batch_key=None)
     bg, tg, _ = resolve_groups(adata, groupby=groupby, background=background)
     target_mask = np.zeros(adata.n_obs, dtype=bool)
     target_mask[tg] = True

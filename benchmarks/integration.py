@@ -16,7 +16,7 @@ import warnings
 import anndata as ad
 import numpy as np
 import pandas as pd
-from _common import DATA, measure, need
+from _common import DATA, hvg_subset, measure, need
 
 warnings.filterwarnings("ignore")
 
@@ -39,19 +39,10 @@ def run(name: str, seed: int, scdl_kwargs: dict) -> pd.DataFrame:
     import scvi
 
     import scdl
-    from scdl.data import check_counts
-    from scdl.tl._hvg import select_genes
     from scdl.tl._metrics import unintegrated_pca
 
     adata, batch_key, label_key = load(name)
-    genes = select_genes(
-        adata,
-        check_counts(adata, allow_zero_genes=True).gene_totals,
-        layer=None,
-        batch_key=batch_key,
-        n_top_genes=2000,
-    )
-    adata = adata[:, genes].copy()
+    adata = hvg_subset(adata, batch_key=batch_key)
     rows = {}
 
     with measure() as m:

@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
-from _common import DATA, measure, need
+from _common import DATA, hvg_subset, measure, need
 
 warnings.filterwarnings("ignore")
 
@@ -38,18 +38,8 @@ def generate(n_cells: int, path: Path, seed: int = 0) -> None:
     import numpy as np
     from scipy import sparse
 
-    from scdl.data import check_counts
-    from scdl.tl._hvg import select_genes
-
     src = ad.read_h5ad(need(DATA / "kang_pbmc_14k.h5ad"))
-    genes = select_genes(
-        src,
-        check_counts(src, allow_zero_genes=True).gene_totals,
-        layer=None,
-        batch_key="condition",
-        n_top_genes=2000,
-    )
-    src = src[:, genes].copy()
+    src = hvg_subset(src, batch_key="condition")
     src = src[np.asarray(src.X.sum(1)).ravel() > 0].copy()
     idx = np.sort(np.random.default_rng(seed).integers(0, src.n_obs, n_cells))
     out = ad.AnnData(

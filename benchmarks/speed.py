@@ -16,7 +16,7 @@ import warnings
 import anndata as ad
 import pandas as pd
 import torch
-from _common import DATA, measure, need
+from _common import DATA, hvg_subset, measure, need
 
 warnings.filterwarnings("ignore")
 
@@ -85,8 +85,6 @@ def main() -> None:
     import scvi
 
     import scdl
-    from scdl.data import check_counts
-    from scdl.tl._hvg import select_genes
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=5)
@@ -100,14 +98,7 @@ def main() -> None:
     args = p.parse_args()
 
     adata = ad.read_h5ad(need(DATA / "kang_pbmc_14k.h5ad"))
-    genes = select_genes(
-        adata,
-        check_counts(adata, allow_zero_genes=True).gene_totals,
-        layer=None,
-        batch_key="condition",
-        n_top_genes=2000,
-    )
-    adata = adata[:, genes].copy()
+    adata = hvg_subset(adata, batch_key="condition")
     train = {
         "max_epochs": args.epochs,
         "batch_size": args.batch_size,
