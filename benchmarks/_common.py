@@ -25,7 +25,7 @@ def hvg_subset(adata, *, batch_key: str | None = None, n_top_genes: int = 2000):
     from scdl.data import check_counts
     from scdl.tl._hvg import select_genes
 
-    totals = check_counts(adata, allow_zero_genes=True).gene_totals
+    totals = check_counts(adata).gene_totals
     genes = select_genes(adata, totals, layer=None, batch_key=batch_key, n_top_genes=n_top_genes)
     return adata[:, genes].copy()
 

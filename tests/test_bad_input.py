@@ -97,15 +97,14 @@ def test_zero_count_cells(kang):
     assert_unchanged(adata, snap)
 
 
-def test_zero_count_genes_refused_by_setup_but_dropped_by_integrate(kang):
+def test_zero_count_genes_are_kept_by_setup_and_dropped_by_integrate(kang):
     adata = _small(kang)
     x = adata.X.tolil()
     x[:, 5] = 0
     adata.X = x.tocsr()
-    snap = snapshot(adata)
-    with pytest.raises(ValueError, match="filter_genes"):
-        VAE.setup_anndata(adata)
-    assert_unchanged(adata, snap)
+    # valid input (scvi-tools accepts it): registered as it is, the gene kept
+    VAE.setup_anndata(adata)
+    assert VAE(adata).summary_stats.n_vars == adata.n_vars
     # integrate selects expressed genes itself: an all-zero gene is simply not used
     scdl.tl.integrate(adata, max_epochs=1, progress_bar=False, batch_size=64)
     assert adata.var_names[5] not in set(adata.uns["X_scdl"]["var_names"])
@@ -136,15 +135,24 @@ def test_duplicate_gene_names(kang):
     assert_unchanged(adata, snap)
 
 
-def test_fewer_cells_than_a_batch(kang):
+def test_fewer_cells_than_a_batch_trains_in_one_minibatch(kang):
     import scanpy as sc
 
     adata = kang[:50].copy()
     sc.pp.filter_genes(adata, min_cells=1)
     VAE.setup_anndata(adata)
     model = VAE(adata)
-    with pytest.raises(ValueError, match="smaller batch_size"):
-        model.train(max_epochs=1)
+    with pytest.warns(UserWarning, match="one minibatch"):
+        model.train(max_epochs=2, enable_progress_bar=False)
+    assert model.is_trained_
+    assert np.isfinite(model.get_latent_representation()).all()
+
+
+def test_batch_size_below_two_is_refused(kang):
+    adata = _expressed(kang)
+    VAE.setup_anndata(adata)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 2"):
+        VAE(adata).train(max_epochs=1, batch_size=1)
 
 
 def test_query_gene_mismatch(kang_integrated):

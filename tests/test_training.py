@@ -9,15 +9,48 @@ from scdl.models._training import plan_training
 
 def test_plan_training_defaults_and_ddp():
     kwargs = {"strategy": "ddp"}
-    epochs = plan_training(1_000, None, batch_size=128, train_size=None, trainer_kwargs=kwargs)
-    assert epochs == 400  # 4,000 steps of 128 on 1,000 cells, capped at 400
-    assert kwargs == {"strategy": "ddp_find_unused_parameters_true", "check_val_every_n_epoch": 20}
+    epochs, batch = plan_training(
+        1_000, None, batch_size=128, train_size=None, trainer_kwargs=kwargs
+    )
+    assert (epochs, batch) == (400, 128)  # 4,000 steps of 128 on 1,000 cells, capped at 400
+    assert kwargs == {
+        "strategy": "ddp_find_unused_parameters_true",
+        "check_val_every_n_epoch": 20,
+        "log_every_n_steps": 7,  # 900 training cells: 7 minibatches of 128 an epoch
+    }
     kwargs = {"strategy": "ddp_spawn"}
-    assert plan_training(10_000, 7, batch_size=64, train_size=1.0, trainer_kwargs=kwargs) == 7
-    assert kwargs == {"strategy": "ddp_spawn"}  # no validation, other strategies untouched
+    assert plan_training(10_000, 7, batch_size=64, train_size=1.0, trainer_kwargs=kwargs) == (7, 64)
+    # no validation, other strategies untouched
+    assert kwargs == {"strategy": "ddp_spawn", "log_every_n_steps": 10}
 
 
-@pytest.mark.parametrize(("epochs", "batch"), [(0, 128), (5, 5_000)])
-def test_plan_training_refuses(epochs, batch):
-    with pytest.raises(ValueError, match="max_epochs|batch_size"):
+@pytest.mark.parametrize(
+    ("epochs", "batch", "error"), [(0, 128, ValueError), (5, 1, ValueError), (5, 2.5, TypeError)]
+)
+def test_plan_training_refuses_impossible_values(epochs, batch, error):
+    with pytest.raises(error, match="max_epochs|batch_size"):
         plan_training(1_000, epochs, batch_size=batch, train_size=0.9, trainer_kwargs={})
+
+
+def test_batch_larger_than_the_data_is_clamped_with_a_warning():
+    # scvi-tools trains a dataset smaller than a minibatch; so does scdl, in one minibatch
+    with pytest.warns(UserWarning, match="fewer than batch_size=5000"):
+        epochs, batch = plan_training(1_000, 5, batch_size=5_000, train_size=0.9, trainer_kwargs={})
+    assert (epochs, batch) == (5, 1_000)
+
+
+def test_train_prints_no_lightning_start_up_lines(kang, capfd):
+    """A notebook user sees the progress bar and warnings, not Lightning's accelerator lines."""
+    import logging
+
+    from scdl.models import VAE
+
+    adata = kang[:300].copy()
+    VAE.setup_anndata(adata)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = rank_zero.level
+    VAE(adata).train(max_epochs=1, enable_progress_bar=False)
+    out, err = capfd.readouterr()
+    for line in ("GPU available", "TPU available", "Tip:", "`Trainer.fit` stopped"):
+        assert line not in out + err
+    assert rank_zero.level == level  # the user's own logging settings are put back

@@ -7,6 +7,7 @@ user's AnnData unchanged. Large matrices are scanned in row chunks and never den
 from __future__ import annotations
 
 import difflib
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,8 @@ from scipy import sparse
 
 if TYPE_CHECKING:
     from anndata import AnnData
+
+logger = logging.getLogger(__name__)
 
 _CHUNK_ROWS = 10_000
 
@@ -52,7 +55,8 @@ def get_matrix(adata: AnnData, layer: str | None = None):
     if not isinstance(layer, str):
         raise TypeError(f"`layer` must be a string or None, got {type(layer).__name__}.")
     if layer not in adata.layers:
-        avail = list(adata.layers.keys())
+        # anndata >= 0.13 lists None (X itself) among the layers' keys
+        avail = [k for k in adata.layers.keys() if isinstance(k, str)]
         hint = difflib.get_close_matches(layer, avail, n=1)
         extra = f" Did you mean {hint[0]!r}?" if hint else ""
         raise KeyError(
@@ -80,9 +84,14 @@ def check_counts(
     adata: AnnData,
     layer: str | None = None,
     *,
-    allow_zero_genes: bool = False,
+    report_zero_genes: bool = False,
 ) -> CountSummary:
     """Check that ``adata.X`` (or ``layer``) holds raw counts a count model can use.
+
+    Genes with no counts in any cell are valid (common after subsetting cells; scvi-tools
+    accepts them): they carry no information and do no harm, so they are kept and counted in
+    the summary. With ``report_zero_genes`` (a fresh registration) their number is logged in
+    one line.
 
     Raises
     ------
@@ -90,7 +99,7 @@ def check_counts(
         The matrix is not numeric.
     ValueError
         The AnnData is empty; the matrix has NaN/inf, negative or non-integer values; some
-        cells have no counts; some genes have no counts (unless ``allow_zero_genes``).
+        cells have no counts.
     KeyError
         ``layer`` does not exist.
     """
@@ -153,10 +162,13 @@ def check_counts(
             "`sc.pp.filter_cells(adata, min_counts=1)`."
         )
     n_zero_genes = int(np.count_nonzero(gene_totals == 0))
-    if n_zero_genes and not allow_zero_genes:
-        raise ValueError(
-            f"{n_zero_genes} genes have zero counts in every cell of {where}. Remove them first, "
-            "e.g. `sc.pp.filter_genes(adata, min_cells=1)`."
+    if n_zero_genes and report_zero_genes:
+        logger.info(
+            "%d of %d genes have no counts in any cell of %s; they are kept and carry no "
+            "information (`sc.pp.filter_genes(adata, min_cells=1)` drops them).",
+            n_zero_genes,
+            adata.n_vars,
+            where,
         )
     return CountSummary(n_zero_cells, n_zero_genes, gene_totals)
 
@@ -221,7 +233,7 @@ def check_count_setup(
     adata: AnnData,
     layer: str | None,
     *,
-    allow_zero_genes: bool = False,
+    report_zero_genes: bool = True,
     categorical: dict[str, str | list[str] | None] | None = None,
     covariates_need_two: bool = False,
 ) -> CountSummary:
@@ -229,13 +241,15 @@ def check_count_setup(
 
     ``adata`` is an AnnData (not a view), gene names are unique, ``X``/``layer`` holds raw
     counts, and each ``{arg: obs column(s)}`` in ``categorical`` is present, categorical and
-    without missing values. With ``covariates_need_two``, ``batch_key`` and
-    ``categorical_covariate_keys`` need at least two categories (a fresh registration; a
+    without missing values. All-zero genes are kept (logged when ``report_zero_genes``; a
+    query padded with the reference's missing genes need not be). With
+    ``covariates_need_two``, ``batch_key`` and ``categorical_covariate_keys`` need at least
+    two categories (a fresh registration; a
     query or a reloaded model may hold a single batch). Raises before anything is written.
     """
     check_is_anndata(adata, registering=True)
     check_unique_var_names(adata)
-    summary = check_counts(adata, layer, allow_zero_genes=allow_zero_genes)
+    summary = check_counts(adata, layer, report_zero_genes=report_zero_genes)
     for arg, keys in (categorical or {}).items():
         if keys is None:
             continue
@@ -277,7 +291,7 @@ def check_query(adata: AnnData, registry: dict, *, model: str = "model") -> None
     if ref is not None and not adata.var_names.equals(pd.Index(ref)):
         raise ValueError(gene_mismatch_message(pd.Index(ref), adata.var_names))
     setup_args = registry.get("setup_args", {})
-    check_counts(adata, setup_args.get("layer"), allow_zero_genes=True)
+    check_counts(adata, setup_args.get("layer"))
     known: dict[str, tuple[str, list]] = {}
     for field in fields.values():
         state = field.get("state_registry", {})

@@ -170,7 +170,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         is_loading = kwargs.get("source_registry") is not None
-        check_count_setup(adata, layer, allow_zero_genes=True, categorical={"batch_key": batch_key})
+        check_count_setup(adata, layer, categorical={"batch_key": batch_key})
         if labels_key is None and not is_loading:
             raise ValueError("`labels_key` is required: the obs column with cell-type labels.")
         if labels_key is not None:
@@ -249,9 +249,9 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         if adata is None:
             x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         else:
-            check_counts(adata, layer, allow_zero_genes=True)
+            check_counts(adata, layer)
             x, _ = align_to_genes(adata, self.get_var_names(), layer=layer, what="model")
-        max_epochs = plan_training(
+        max_epochs, batch_size = plan_training(
             x.shape[0],
             max_epochs,
             batch_size=batch_size,
@@ -330,7 +330,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         if not 0 <= unknown_rate < 0.5:
             raise ValueError(f"unknown_rate must be in [0, 0.5), got {unknown_rate}.")
         # a budget of ~1,500 minibatches: small references need many passes
-        max_epochs = plan_training(
+        max_epochs, batch_size = plan_training(
             self.adata.n_obs,
             max_epochs,
             batch_size=batch_size,
@@ -540,7 +540,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
             return self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY), None
         from scipy import sparse
 
-        check_counts(adata, layer, allow_zero_genes=True)
+        check_counts(adata, layer)
         x, present = align_to_genes(
             adata, self.get_var_names(), layer=layer, min_overlap=min_gene_overlap, what="model"
         )

@@ -411,15 +411,16 @@ class ContrastiveVAE(
         KeyError
             A layer or obs column does not exist.
         ValueError, TypeError
-            The counts are not raw counts (non-integer, negative, NaN/inf), some cells or
-            genes have no counts, or gene names repeat. ``adata`` is left unchanged.
+            The counts are not raw counts (non-integer, negative, NaN/inf), some cells have
+            no counts, or gene names repeat. ``adata`` is left unchanged. Genes with no
+            counts are valid and kept.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         is_reload = kwargs.get("source_registry") is not None
         check_count_setup(
             adata,
             layer,
-            allow_zero_genes=is_reload,
+            report_zero_genes=not is_reload,
             categorical={"batch_key": batch_key},
             covariates_need_two=not is_reload,
         )
@@ -502,7 +503,7 @@ class ContrastiveVAE(
             background=background,
             target=target,
         )
-        max_epochs = plan_training(
+        max_epochs, batch_size = plan_training(
             bg.size + tg.size,
             max_epochs,
             batch_size=batch_size,

@@ -264,7 +264,7 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
             raise ValueError("`target` needs the bulk `adata` the model is trained on.")
         if target is not None:
             check_unique_var_names(target)
-            check_counts(target, target_layer, allow_zero_genes=True)
+            check_counts(target, target_layer)
         super().__init__(adata, registry)
         self.drugs = [str(d) for d in self._drug_names()]
         if genes is None:
@@ -457,7 +457,7 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
         reference_p = None
         if self._target_profiles is not None and self.match_neighbors > 0:
             reference_p = matched_reference(self._target_profiles, profiles, self.match_neighbors)
-        max_epochs = plan_training(
+        max_epochs, batch_size = plan_training(
             n_obs,
             max_epochs,
             batch_size=batch_size,
@@ -633,7 +633,7 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
         if modality == "auto":
             modality = "counts" if looks_like_counts(x) else "profiles"
         if modality == "counts":
-            check_counts(adata, layer, allow_zero_genes=True)
+            check_counts(adata, layer)
             k = self.smooth_neighbors if smooth_neighbors is None else int(smooth_neighbors)
             return self._count_profiles(x, adata.var_names, k)
         _check_profiles(adata, layer)

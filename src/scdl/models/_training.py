@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+from typing import NamedTuple
+
 import numpy as np
 
 
@@ -15,16 +19,33 @@ def default_max_epochs(n_obs: int, *, n_steps: int = 4_000, cap: int = 400, floo
     return int(min(cap, max(floor, epochs)))
 
 
-def check_batch_size(n_obs: int, batch_size: int, train_size: float | None = None) -> None:
-    """Refuse a minibatch larger than the training set, with the fix."""
-    if not isinstance(batch_size, int) or batch_size < 2:
+def _n_train(n_obs: int, train_size: float | None) -> int:
+    # as scvi-tools' splitter counts them: rounded up, 0.9 when not given
+    return math.ceil(n_obs * (train_size if train_size is not None else 0.9))
+
+
+def fit_batch_size(n_obs: int, batch_size: int, train_size: float | None = None) -> int:
+    """``batch_size``, clamped to the training cells when there are fewer (with a warning).
+
+    A dataset smaller than one minibatch is valid (scvi-tools trains on it): it is trained
+    with one minibatch of every training cell. Only impossible values are refused.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+        raise TypeError(f"batch_size must be an integer >= 2, got {batch_size!r}.")
+    if batch_size < 2:
         raise ValueError(f"batch_size must be an integer >= 2, got {batch_size!r}.")
-    n_train = int(n_obs * (train_size if train_size is not None else 0.9))
+    n_train = _n_train(n_obs, train_size)
     if n_train < batch_size:
-        raise ValueError(
-            f"Only {n_train} training cells ({n_obs} cells x train_size) but batch_size="
-            f"{batch_size}. Pass a smaller batch_size (<= {max(2, n_train)}) or more cells."
+        # every cell in one minibatch: whichever way a splitter rounds, no split is left with a
+        # remainder minibatch of one cell (which BatchNorm cannot train on)
+        warnings.warn(
+            f"Only {n_train} training cells, fewer than batch_size={batch_size}: training "
+            f"with one minibatch per epoch (batch_size={n_obs}).",
+            UserWarning,
+            stacklevel=3,
         )
+        return int(n_obs)
+    return int(batch_size)
 
 
 def check_max_epochs(max_epochs) -> int:
@@ -39,6 +60,13 @@ def check_max_epochs(max_epochs) -> int:
     return int(max_epochs)
 
 
+class TrainingSchedule(NamedTuple):
+    """What :func:`plan_training` settled: epochs and the (possibly clamped) batch size."""
+
+    max_epochs: int
+    batch_size: int
+
+
 def plan_training(
     n_obs: int,
     max_epochs: int | None,
@@ -49,22 +77,26 @@ def plan_training(
     n_steps: int = 4_000,
     cap: int = 400,
     floor: int = 30,
-) -> int:
-    """What every scdl ``.train()`` settles before Lightning starts; returns ``max_epochs``.
+) -> TrainingSchedule:
+    """What every scdl ``.train()`` settles before Lightning starts.
 
     Chooses ``max_epochs`` from a step budget when it is ``None`` (:func:`default_max_epochs`)
-    and checks it and ``batch_size``. Edits ``trainer_kwargs`` in place: ~20 validation
-    passes over training when cells are held out (``train_size`` ``None`` means scvi-tools'
-    0.9), and ``strategy="ddp"`` becomes ``"ddp_find_unused_parameters_true"``, because every
-    scdl network holds parameters that a given loss does not use (scVI's library encoder
-    with observed library sizes, the annotator's pretraining head) and plain DDP refuses them.
+    and checks it; clamps ``batch_size`` to the training cells (:func:`fit_batch_size`).
+    Edits ``trainer_kwargs`` in place: ~20 validation passes over training when cells are
+    held out (``train_size`` ``None`` means scvi-tools' 0.9); Lightning's logging interval
+    no longer than an epoch (else it warns on small data); and ``strategy="ddp"`` becomes
+    ``"ddp_find_unused_parameters_true"``, because every scdl network holds parameters that a
+    given loss does not use (scVI's library encoder with observed library sizes, the
+    annotator's pretraining head) and plain DDP refuses them.
     """
     if max_epochs is None:
         max_epochs = default_max_epochs(n_obs, n_steps=n_steps, cap=cap, floor=floor)
     max_epochs = check_max_epochs(max_epochs)
-    check_batch_size(n_obs, batch_size, train_size)
+    batch_size = fit_batch_size(n_obs, batch_size, train_size)
     if train_size is None or train_size < 1:
         trainer_kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
+    n_batches = _n_train(n_obs, train_size) // batch_size
+    trainer_kwargs.setdefault("log_every_n_steps", max(1, min(10, n_batches)))
     if trainer_kwargs.get("strategy") == "ddp":
         trainer_kwargs["strategy"] = "ddp_find_unused_parameters_true"
-    return max_epochs
+    return TrainingSchedule(max_epochs, batch_size)

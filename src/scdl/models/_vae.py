@@ -176,8 +176,9 @@ class VAE(
         KeyError
             A layer or obs column does not exist.
         ValueError, TypeError
-            The counts are not raw counts (non-integer, negative, NaN/inf), some cells or
-            genes have no counts, or gene names repeat. ``adata`` is left unchanged.
+            The counts are not raw counts (non-integer, negative, NaN/inf), some cells have
+            no counts, or gene names repeat. ``adata`` is left unchanged. Genes with no
+            counts are valid and kept.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         is_query = kwargs.get("source_registry") is not None
@@ -185,7 +186,7 @@ class VAE(
         check_count_setup(
             adata,
             layer,
-            allow_zero_genes=is_query,
+            report_zero_genes=not is_query,
             categorical={
                 "batch_key": batch_key,
                 "labels_key": labels_key,
@@ -261,7 +262,7 @@ class VAE(
         plan_kwargs
             Further arguments for :class:`scvi.train.TrainingPlan`.
         """
-        max_epochs = plan_training(
+        max_epochs, batch_size = plan_training(
             self.adata.n_obs,
             max_epochs,
             batch_size=batch_size,

@@ -126,7 +126,7 @@ def contrastive(
     if batch_key is not None:
         batch = check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
         _warn_if_nested(batch, adata.obs[groupby], batch_key, groupby)
-    summary = check_counts(adata, layer, allow_zero_genes=True)
+    summary = check_counts(adata, layer)
     if summary.n_zero_genes == adata.n_vars:
         raise ValueError("No gene has counts; nothing to analyse.")
     genes = select_genes(

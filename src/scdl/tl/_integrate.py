@@ -119,7 +119,7 @@ def integrate(
     check_unique_var_names(adata)
     if batch_key is not None:
         check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
-    summary = check_counts(adata, layer, allow_zero_genes=True)
+    summary = check_counts(adata, layer)
     if summary.n_zero_genes == adata.n_vars:
         raise ValueError("No gene has counts; nothing to integrate.")
     genes = select_genes(

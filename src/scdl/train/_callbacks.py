@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
+from ._quiet import quiet_lightning
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -152,29 +154,30 @@ def guarded_training(
     device = next(module.parameters(), torch.empty(0)).device
     main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main_thread else None
-    try:
-        yield guard
-    except (KeyboardInterrupt, SystemExit) as e:
-        if guard.interrupted_epoch is None:
-            raise
-        module.to(device)
-        model.is_trained_ = False
-        of = f" of {guard.max_epochs}" if guard.max_epochs else ""
-        raise KeyboardInterrupt(
-            f"Training was interrupted during epoch {guard.interrupted_epoch + 1}{of}. The "
-            "model keeps the weights reached so far but is marked untrained "
-            "(model.is_trained_ = False). Call .train() again to continue from these weights, "
-            "or set model.is_trained_ = True to use them as they are."
-        ) from e
-    except Exception as e:
-        if guard.diverged or not _all_finite(module):
-            module.load_state_dict(before)
-            module.to(device)
-            if isinstance(e, TrainingDivergedError):
+    with quiet_lightning():
+        try:
+            yield guard
+        except (KeyboardInterrupt, SystemExit) as e:
+            if guard.interrupted_epoch is None:
                 raise
-            raise TrainingDivergedError(guard.message(guard.epoch, "its weights")) from e
-        raise
-    finally:
-        if main_thread and sigint is not None:
-            # Lightning ignores Ctrl+C for the rest of the process after an interrupt
-            signal.signal(signal.SIGINT, sigint)
+            module.to(device)
+            model.is_trained_ = False
+            of = f" of {guard.max_epochs}" if guard.max_epochs else ""
+            raise KeyboardInterrupt(
+                f"Training was interrupted during epoch {guard.interrupted_epoch + 1}{of}. The "
+                "model keeps the weights reached so far but is marked untrained "
+                "(model.is_trained_ = False). Call .train() again to continue from these weights, "
+                "or set model.is_trained_ = True to use them as they are."
+            ) from e
+        except Exception as e:
+            if guard.diverged or not _all_finite(module):
+                module.load_state_dict(before)
+                module.to(device)
+                if isinstance(e, TrainingDivergedError):
+                    raise
+                raise TrainingDivergedError(guard.message(guard.epoch, "its weights")) from e
+            raise
+        finally:
+            if main_thread and sigint is not None:
+                # Lightning ignores Ctrl+C for the rest of the process after an interrupt
+                signal.signal(signal.SIGINT, sigint)

@@ -1,0 +1,208 @@
+"""Valid input that scvi-tools and scanpy accept trains with default settings.
+
+All-zero genes (common after subsetting cells) and datasets smaller than one minibatch are
+valid: every model and ``tl`` step takes them, with at most a log line or a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from conftest import read_shared
+from scipy import sparse
+from sklearn.neighbors import KNeighborsClassifier
+
+import scdl
+from scdl.models import VAE, CellTypeTransformer, ContrastiveVAE
+
+
+def _n_zero_genes(adata) -> int:
+    return int((np.asarray(adata.X.sum(0)).ravel() == 0).sum())
+
+
+@pytest.fixture(scope="module")
+def two_chemistries():
+    """CellBench lung lines from two chemistries (CEL-seq2, Drop-seq) without one line.
+
+    Leaving H2228's cells out leaves genes with no counts in any remaining cell, as
+    subsetting a public reference does; no gene is filtered.
+    """
+    ref = read_shared("cellbench_lung_lines_2batches.h5ad")
+    ref = ref[(ref.obs["demuxlet"] == "SNG") & (ref.obs["cell_line"] != "H2228")].copy()
+    return ref
+
+
+@pytest.fixture(scope="module")
+def three_plates(two_chemistries):
+    """Query: singlets of the same lines on three new CEL-seq2 plates (new batches)."""
+    query = read_shared("cellbench_lung_5lines_3plates.h5ad")
+    lines = two_chemistries.obs["cell_line"].unique()
+    keep = (query.obs["demuxlet"] == "SNG") & query.obs["cell_line"].isin(lines)
+    return query[keep.to_numpy()].copy()
+
+
+def test_reference_with_all_zero_genes_integrates_and_maps_a_query(
+    two_chemistries, three_plates, caplog
+):
+    import scvi
+
+    ref, query = two_chemistries.copy(), three_plates.copy()
+    assert _n_zero_genes(ref) > 0  # the case under test
+    scvi.settings.seed = 0
+    with caplog.at_level(logging.INFO, logger="scdl"):
+        VAE.setup_anndata(ref, batch_key="batch")
+    assert sum("no counts in any cell" in r.getMessage() for r in caplog.records) == 1
+    vae = VAE(ref)
+    assert vae.summary_stats.n_vars == ref.n_vars  # every gene kept
+    vae.train(max_epochs=40, enable_progress_bar=False)
+    query_model = VAE.load_query_data(query, vae)
+    query_model.train(max_epochs=40, enable_progress_bar=False, plan_kwargs={"weight_decay": 0})
+    z_ref = vae.get_latent_representation()
+    z_query = query_model.get_latent_representation(query)
+    assert np.isfinite(z_ref).all() and np.isfinite(z_query).all()
+    # the mapped cells land next to reference cells of their own line
+    knn = KNeighborsClassifier(15).fit(z_ref, ref.obs["cell_line"].to_numpy())
+    accuracy = (knn.predict(z_query) == query.obs["cell_line"].to_numpy()).mean()
+    assert accuracy > 0.9, accuracy
+
+
+def test_every_model_and_tl_step_keeps_all_zero_genes(two_chemistries):
+    ref = two_chemistries
+    zero = ref.var_names[np.asarray(ref.X.sum(0)).ravel() == 0]
+    assert len(zero) > 0
+    fast = {"max_epochs": 2, "enable_progress_bar": False}
+
+    a = ref.copy()
+    ContrastiveVAE.setup_anndata(a, batch_key="batch")
+    model = ContrastiveVAE(a)
+    model.train(groupby="cell_line", background="HCC827", **fast)
+    assert np.isfinite(model.get_latent_representation(representation="salient")).all()
+
+    a = ref.copy()
+    CellTypeTransformer.setup_anndata(a, labels_key="cell_line")
+    annotator = CellTypeTransformer(a)
+    annotator.train(**fast)
+    assert set(annotator.predict(a, unknown=False)) <= set(ref.obs["cell_line"])
+
+    # the tl steps choose expressed genes themselves: the all-zero ones are not used
+    a = ref.copy()
+    scdl.tl.integrate(a, batch_key="batch", max_epochs=2, progress_bar=False)
+    scdl.tl.contrastive(
+        a, groupby="cell_line", background="HCC827", max_epochs=2, progress_bar=False
+    )
+    for key in ("X_scdl", "X_scdl_salient"):
+        assert not set(zero) & set(a.uns[key]["var_names"])
+        assert np.isfinite(a.obsm[key]).all()
+
+
+# --- smaller than one minibatch: trains with the default batch size ----------------------
+# max_epochs is the one setting given: the default (400 epochs for 100 cells, as scvi-tools
+# chooses) costs minutes of Lightning's per-epoch overhead; 40 still validates every 2 epochs
+
+SMALL_EPOCHS = {"max_epochs": 40, "enable_progress_bar": False}
+
+
+@pytest.fixture()
+def hundred_cells(kang):
+    """100 real cells of the bundled Kang set (all four samples, both conditions)."""
+    idx = np.sort(np.random.default_rng(0).choice(kang.n_obs, 100, replace=False))
+    return kang[idx].copy()
+
+
+def _trains_with_a_warning(train) -> None:
+    with pytest.warns(UserWarning, match="one minibatch per epoch"):
+        train()
+
+
+def test_vae_trains_on_100_cells(hundred_cells):
+    adata = hundred_cells
+    VAE.setup_anndata(adata, batch_key="sample")
+    model = VAE(adata)
+    _trains_with_a_warning(lambda: model.train(**SMALL_EPOCHS))
+    elbo = model.history["elbo_train"].iloc[:, 0]
+    assert elbo.iloc[-1] < elbo.iloc[0]
+    assert np.isfinite(model.get_latent_representation()).all()
+
+
+def test_contrastive_trains_on_100_cells(hundred_cells):
+    adata = hundred_cells
+    ContrastiveVAE.setup_anndata(adata)
+    model = ContrastiveVAE(adata)
+    _trains_with_a_warning(
+        lambda: model.train(groupby="condition", background="ctrl", **SMALL_EPOCHS)
+    )
+    salient = model.get_latent_representation(representation="salient")
+    assert np.isfinite(salient).all()
+    assert (salient[adata.obs["condition"].to_numpy() == "ctrl"] == 0).all()
+
+
+def test_annotator_trains_on_100_cells(hundred_cells, kang):
+    adata = hundred_cells
+    CellTypeTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = CellTypeTransformer(adata)
+    _trains_with_a_warning(lambda: model.train(**SMALL_EPOCHS))
+    # 100 cells are enough to tell most of the other 1,456 cells' types
+    rest = kang[~kang.obs_names.isin(adata.obs_names)].copy()
+    accuracy = (model.predict(rest, unknown=False) == rest.obs["cell_type"].to_numpy()).mean()
+    assert accuracy > 0.6, accuracy
+
+
+def test_tl_steps_on_100_cells(hundred_cells):
+    adata = hundred_cells
+    with pytest.warns(UserWarning, match="one minibatch per epoch"):
+        scdl.tl.integrate(adata, batch_key="sample", max_epochs=10, progress_bar=False)
+    with pytest.warns(UserWarning, match="one minibatch per epoch"):
+        scdl.tl.contrastive(
+            adata, groupby="condition", background="ctrl", max_epochs=10, progress_bar=False
+        )
+    scdl.tl.cluster(adata, use_rep="X_scdl")
+    # the bundled set holds 1,267 genes, 214 of the shipped annotator's 2,000
+    scdl.tl.annotate(adata, model="pbmc_kang2018", min_gene_overlap=0.1)
+    assert np.isfinite(adata.obsm["X_scdl"]).all()
+    assert np.isfinite(adata.obsm["X_scdl_salient"]).all()
+    assert adata.obs["scdl_cluster"].nunique() >= 2
+    assert adata.obs["scdl_cell_type"].notna().all()
+
+
+def test_integer_and_dense_counts_train_like_float_csr(hundred_cells):
+    """Counts stored as integers or as a dense array are the same counts."""
+    import scvi
+
+    latents = []
+    for convert in (
+        lambda x: x,
+        lambda x: x.astype(np.int32),
+        lambda x: x.toarray().astype(np.int64),
+    ):
+        a = hundred_cells.copy()
+        a.X = convert(a.X)
+        scvi.settings.seed = 0
+        VAE.setup_anndata(a, batch_key="sample")
+        model = VAE(a)
+        with pytest.warns(UserWarning, match="one minibatch per epoch"):
+            model.train(max_epochs=5, enable_progress_bar=False)
+        latents.append(model.get_latent_representation())
+    assert sparse.issparse(hundred_cells.X)
+    np.testing.assert_allclose(latents[1], latents[0], atol=1e-5)
+    np.testing.assert_allclose(latents[2], latents[0], atol=1e-5)
+
+
+def test_vae_with_covariates_trains_and_saves(hundred_cells, tmp_path):
+    """Categorical and continuous covariates (as scvi-tools takes them) train and reload."""
+    adata = hundred_cells
+    adata.obs["log_counts"] = np.log1p(np.asarray(adata.X.sum(1)).ravel())
+    VAE.setup_anndata(
+        adata,
+        batch_key="sample",
+        categorical_covariate_keys=["condition"],
+        continuous_covariate_keys=["log_counts"],
+    )
+    model = VAE(adata)
+    with pytest.warns(UserWarning, match="one minibatch per epoch"):
+        model.train(max_epochs=10, enable_progress_bar=False)
+    z = model.get_latent_representation()
+    model.save(tmp_path / "m")
+    again = VAE.load(tmp_path / "m", adata=adata)
+    np.testing.assert_array_equal(again.get_latent_representation(), z)
