@@ -337,6 +337,18 @@ def test_tl_and_pl(trained, cellbench):
     assert isinstance(fig, Figure)
 
 
+def test_fewer_lines_than_a_batch_and_few_cells_train(bulk_train, cellbench):
+    """100 bulk lines (under the default batch of 128) and 30 target cells are valid."""
+    bulk = bulk_train[:100].copy()
+    scdl.models.DrugResponseModel.setup_anndata(bulk, response_key="ln_ic50")
+    cells = cellbench[:30].copy()
+    model = scdl.models.DrugResponseModel(bulk, target=cells, **SMALL)
+    with pytest.warns(UserWarning, match="one minibatch per epoch"):
+        model.train(max_epochs=10, enable_progress_bar=False)
+    pred = model.predict(cells)
+    assert pred.shape[0] == cells.n_obs and np.isfinite(pred.to_numpy()).all()
+
+
 # --- bad input -----------------------------------------------------------------------------
 
 
