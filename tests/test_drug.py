@@ -338,8 +338,8 @@ def test_tl_and_pl(trained, cellbench):
 
 
 def test_fewer_lines_than_a_batch_and_few_cells_train(bulk_train, cellbench):
-    """100 bulk lines (under the default batch of 128) and 30 target cells are valid."""
-    bulk = bulk_train[:100].copy()
+    """50 bulk lines (under the default batch of 64) and 30 target cells are valid."""
+    bulk = bulk_train[:50].copy()
     scdl.models.DrugResponseModel.setup_anndata(bulk, response_key="ln_ic50")
     cells = cellbench[:30].copy()
     model = scdl.models.DrugResponseModel(bulk, target=cells, **SMALL)
