@@ -19,14 +19,16 @@ _TOTAL_SPREAD = 0.01
 _CHUNK_ROWS = 10_000
 
 
-def _expm1_row_totals(x) -> tuple[np.ndarray, int, float]:
-    """Per-cell totals of expm1(x), the number of negative or non-finite values, the max."""
-    totals, n_bad, vmax = [], 0, 0.0
+def _expm1_row_totals(x) -> tuple[np.ndarray, int, int, float]:
+    """Per-cell totals of expm1(x); counts of negative or non-finite and of fractional values;
+    the largest value."""
+    totals, n_bad, n_frac, vmax = [], 0, 0, 0.0
     for start in range(0, x.shape[0], _CHUNK_ROWS):
         chunk = x[start : start + _CHUNK_ROWS]
         vals = chunk.data if sparse.issparse(chunk) else np.asarray(chunk).ravel()
         vals = np.asarray(vals, dtype=np.float64)
         n_bad += int(np.count_nonzero(~np.isfinite(vals) | (vals < 0)))
+        n_frac += int(np.count_nonzero(vals != np.round(vals)))
         if vals.size:
             vmax = max(vmax, float(np.nanmax(np.where(np.isfinite(vals), vals, 0.0))))
         if sparse.issparse(chunk):
@@ -36,7 +38,7 @@ def _expm1_row_totals(x) -> tuple[np.ndarray, int, float]:
         else:
             arr = np.asarray(chunk, dtype=np.float64)
             totals.append(np.expm1(np.clip(np.nan_to_num(arr), 0.0, 50.0)).sum(1))
-    return np.concatenate(totals), n_bad, vmax
+    return np.concatenate(totals), n_bad, n_frac, vmax
 
 
 def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | None]:
@@ -57,19 +59,21 @@ def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | N
     try:
         check_counts(adata, layer, allow_zero_genes=True)
         return "counts", None
-    except ValueError as err:
-        if "non-integer" not in str(err):
+    except ValueError:
+        totals, n_bad, n_frac, vmax = _expm1_row_totals(get_matrix(adata, layer))
+        if not n_bad and not n_frac:  # integer counts with another problem (e.g. empty cells)
             raise
-        count_error = str(err)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    totals, n_bad, vmax = _expm1_row_totals(get_matrix(adata, layer))
     fix = (
         "Pass raw counts (`layer=` naming them, e.g. 'counts'), or log1p of counts normalised "
         "to a constant total over all genes (`sc.pp.normalize_total(adata, target_sum=1e4); "
         "sc.pp.log1p(adata)` before any gene selection or scaling)."
     )
     if n_bad:
-        raise ValueError(f"{count_error} It is not log-normalised either. {fix}")
+        raise ValueError(
+            f"{where} holds neither raw counts nor log-normalised counts: {n_bad} values are "
+            f"negative or not finite (scaled data?). {fix}"
+        )
     positive = totals[totals > 0]
     if positive.size < totals.size:
         raise ValueError(

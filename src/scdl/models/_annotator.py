@@ -608,12 +608,10 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
             into the reference's before standardising the query. ``0`` (default) uses the
             reference's only. Under a shift that moves every cell of the query the same way
             (e.g. a stimulation absent from the reference), ``0.5`` keeps that shift from
-            deciding which genes become a cell's tokens and from making the cells look
-            novel (Kang control -> stimulated: Unknown calls 34% -> 15%, forced-call
-            macro-F1 about the same, 0.76 vs 0.75). Use it only for a query holding a mix of
-            cell types: a query of one population has its markers as its mean. Unknown calls
-            then compare the adapted profiles with the reference types.
-
+            deciding which genes become a cell's tokens and lowers the per-cell
+            ``novelty``. Use it only for a query holding a mix of cell types: a query of one
+            population has its markers as its mean. The Unknown call is made on clusters
+            already standardised by the query's own statistics and does not use it.
         over_clustering_resolution
             Leiden resolution of the query's over-clustering returned as ``over_cluster`` (for
             majority voting); ``None`` chooses it from the number of cells as CellTypist does

@@ -66,10 +66,9 @@ def annotate(
     batch_size
         Cells per forward pass.
     adapt_to_query
-        Blend (0-1) of the query's own per-gene statistics into the standardisation; ``0.5``
-        lowers the Unknown calls when the whole query is shifted from the reference (e.g.
-        stimulated cells with a control reference); only for queries holding a mix of cell
-        types. See
+        Blend (0-1) of the query's own per-gene statistics into the standardisation of each
+        cell (its tokens and per-cell novelty; the Unknown call already removes the query's
+        shared shift); only for queries holding a mix of cell types. See
         :meth:`~scdl.models.CellTypeTransformer.annotate_cells`.
     majority_voting
         Refine the calls over an over-clustering of the query, as CellTypist does: every cell
