@@ -397,13 +397,24 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         self.calibrate_clusters()
         return out
 
-    def calibrate_clusters(self, *, seed: int = 0) -> None:
-        """Set the cluster-level Unknown threshold on the reference (see the class notes)."""
+    def calibrate_clusters(self, *, batch_key: str | None = None, seed: int = 0) -> None:
+        """Set the cluster-level Unknown threshold on the reference (see the class notes).
+
+        :meth:`train` calls it. Parameters: ``batch_key``, an obs column of the reference
+        whose batches play the query in turn (default: the registered ``batch_key``; one
+        batch means random halves); ``seed``, of the halves and the clustering.
+        """
         from ._novelty import log_normalize
 
         x_log = log_normalize(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
         labels = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel()
-        batches = self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY).ravel()
+        if batch_key is None:
+            batches = self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY).ravel()
+        else:
+            from scdl.data import check_obs_key
+
+            obs = check_obs_key(self.adata, batch_key, arg="batch_key")
+            batches = pd.factorize(obs.astype(str))[0]
         threshold, how, genes = calibrate_threshold(
             x_log, labels.astype(int), batches.astype(int), seed=seed
         )
