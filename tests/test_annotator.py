@@ -325,7 +325,7 @@ def test_log_normalised_query_gives_the_same_calls(annotator):
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ("scaled", "negative or not finite"),
+        ("scaled", "values are negative"),
         ("gene_subset", "sums to"),
         ("fractional", "not raw counts"),
     ],

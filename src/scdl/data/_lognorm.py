@@ -19,15 +19,16 @@ _TOTAL_SPREAD = 0.01
 _CHUNK_ROWS = 10_000
 
 
-def _expm1_row_totals(x) -> tuple[np.ndarray, int, int, float]:
-    """Per-cell totals of expm1(x); counts of negative or non-finite and of fractional values;
+def _expm1_row_totals(x) -> tuple[np.ndarray, int, int, int, float]:
+    """Per-cell totals of expm1(x); counts of non-finite, negative and fractional values;
     the largest value."""
-    totals, n_bad, n_frac, vmax = [], 0, 0, 0.0
+    totals, n_nan, n_bad, n_frac, vmax = [], 0, 0, 0, 0.0
     for start in range(0, x.shape[0], _CHUNK_ROWS):
         chunk = x[start : start + _CHUNK_ROWS]
         vals = chunk.data if sparse.issparse(chunk) else np.asarray(chunk).ravel()
         vals = np.asarray(vals, dtype=np.float64)
-        n_bad += int(np.count_nonzero(~np.isfinite(vals) | (vals < 0)))
+        n_nan += int(np.count_nonzero(~np.isfinite(vals)))
+        n_bad += int(np.count_nonzero(vals < 0))
         n_frac += int(np.count_nonzero(vals != np.round(vals)))
         if vals.size:
             vmax = max(vmax, float(np.nanmax(np.where(np.isfinite(vals), vals, 0.0))))
@@ -38,7 +39,7 @@ def _expm1_row_totals(x) -> tuple[np.ndarray, int, int, float]:
         else:
             arr = np.asarray(chunk, dtype=np.float64)
             totals.append(np.expm1(np.clip(np.nan_to_num(arr), 0.0, 50.0)).sum(1))
-    return np.concatenate(totals), n_bad, n_frac, vmax
+    return np.concatenate(totals), n_nan, n_bad, n_frac, vmax
 
 
 def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | None]:
@@ -60,8 +61,8 @@ def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | N
         check_counts(adata, layer, allow_zero_genes=True)
         return "counts", None
     except ValueError:
-        totals, n_bad, n_frac, vmax = _expm1_row_totals(get_matrix(adata, layer))
-        if not n_bad and not n_frac:  # integer counts with another problem (e.g. empty cells)
+        totals, n_nan, n_bad, n_frac, vmax = _expm1_row_totals(get_matrix(adata, layer))
+        if n_nan or not (n_bad or n_frac):  # NaN, or integer counts with another problem
             raise
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     fix = (
@@ -72,7 +73,7 @@ def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | N
     if n_bad:
         raise ValueError(
             f"{where} holds neither raw counts nor log-normalised counts: {n_bad} values are "
-            f"negative or not finite (scaled data?). {fix}"
+            f"negative (scaled data?). {fix}"
         )
     positive = totals[totals > 0]
     if positive.size < totals.size:
