@@ -54,7 +54,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
     or more batches, each batch plays a query against the others' profiles
     (``novelty_calibration_ = "leave-one-batch-out"``); otherwise random halves do
     (``"split-half"``). It is their clusters' 95th percentile of novelty plus a fixed margin
-    (0.15, chosen by the mean over the benchmark's splits) for the shift a new dataset brings
+    (0.15, chosen on the benchmark's splits together) for the shift a new dataset brings
     beyond the reference's own. What to rely on: cells of a known type form clusters that
     match their type once the shared shift is removed, and are rarely called Unknown; a type
     absent from the reference and unlike every reference type (e.g. B cells for a
@@ -309,7 +309,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         plan_kwargs: dict | None = None,
         **kwargs,
     ):
-        """Train the classifier, then calibrate the "Unknown" call on held-out reference cells.
+        """Train the classifier, then calibrate the "Unknown" call on the reference.
 
         Parameters
         ----------
@@ -321,11 +321,12 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
             AdamW learning rate (cosine schedule).
         train_size
             Fraction of the reference the transformer trains on; the rest calibrates the
-            Unknown call. The linear path is then refitted on every reference cell (on small
-            references the held-out tenth is worth up to 0.01 macro-F1).
+            per-cell thresholds. The linear path is then refitted on every reference cell
+            (on small references the held-out tenth is worth up to 0.01 macro-F1).
         unknown_rate
-            Fraction of held-out reference cells that the calibrated thresholds call
-            ``"Unknown"`` (the price of catching cell types absent from the reference).
+            Fraction of held-out reference cells that the per-cell thresholds flag (used only
+            by models without a cluster threshold; the Unknown call is made per query cluster,
+            see the class notes, and calibrated by :meth:`calibrate_clusters`).
         linear_C
             Inverse L2 strength of the linear path's logistic regression (scikit-learn's
             ``C``; with ``linear_head``). Strong by default: a shift between reference and
