@@ -608,6 +608,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         adapt_to_query: float = 0.0,
         over_clustering_resolution: float | None = None,
         seed: int = 0,
+        unknown_call: bool = True,
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Everything :func:`scdl.tl.annotate` writes: per-cell calls and probabilities.
 
@@ -630,6 +631,9 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
             (5 below 5,000 cells, 10 below 20,000, 15 below 40,000, else 20).
         seed
             Seed of the query's PCA and clustering.
+        unknown_call
+            Cluster the query and make the Unknown call (the clustering is most of the cost);
+            ``False`` returns forced calls only (no cell Unknown, cluster columns -1 / NaN).
 
         Returns
         -------
@@ -667,12 +671,18 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
             },
             index=index,
         )
-        calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = self._cluster_calls(
-            x, present, best.numpy(), over_clustering_resolution, seed
-        )
-        if self.cluster_threshold_ is not None:
+        if not unknown_call:  # forced calls only: the query is not clustered
+            calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = -1, np.nan, -1
+            unknown = np.zeros(len(calls), dtype=bool)
+        elif self.cluster_threshold_ is not None:
+            calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = self._cluster_calls(
+                x, present, best.numpy(), over_clustering_resolution, seed
+            )
             unknown = calls["cluster_novelty"].to_numpy() > self.cluster_threshold_
         else:  # a model calibrated before the cluster call: its per-cell thresholds
+            calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = self._cluster_calls(
+                x, present, best.numpy(), over_clustering_resolution, seed
+            )
             unknown = (
                 (conf < self.module.confidence_threshold.cpu())
                 | (novelty > self.module.novelty_threshold.cpu()[best])
@@ -734,6 +744,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
             min_gene_overlap=min_gene_overlap,
             batch_size=batch_size,
             adapt_to_query=adapt_to_query,
+            unknown_call=unknown and not soft,
         )
         if soft:
             return probs
