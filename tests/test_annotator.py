@@ -47,13 +47,17 @@ def test_macro_f1_on_stimulated_cells(annotator):
 
 
 def test_absent_cell_type_is_mostly_unknown(annotator):
+    """Control reference without B cells, stimulated query (a condition shift): the known
+    types are rarely called Unknown, the removed type mostly is; the threshold was set on the
+    reference alone."""
     model, query = annotator
     pred = model.predict(query)
     is_b = (query.obs.cell_type == HELD_OUT_TYPE).to_numpy()
     unknown_b = np.mean(pred[is_b] == "Unknown")
     unknown_rest = np.mean(pred[~is_b] == "Unknown")
-    assert unknown_b > 0.5, unknown_b
-    assert unknown_rest < 0.25, unknown_rest
+    assert model.novelty_calibration_ == "split-half"  # the reference has one batch
+    assert unknown_b >= 0.6, unknown_b
+    assert unknown_rest <= 0.10, unknown_rest
 
 
 def test_soft_predictions_are_probabilities(annotator):
@@ -185,8 +189,8 @@ def test_bad_setup_input(kang2k, change, error, match):
 
 
 def test_adapt_to_query_lowers_unknown_calls_under_a_condition_shift(annotator):
-    """Standardising halfway towards the stimulated query's own statistics calls fewer known
-    cells Unknown, keeps the forced calls about as good, and leaves the model's reference
+    """Standardising halfway towards the stimulated query's own statistics makes known cells
+    look less novel, keeps the forced calls about as good, and leaves the model's reference
     statistics untouched."""
     import torch
 
@@ -199,8 +203,8 @@ def test_adapt_to_query_lowers_unknown_calls_under_a_condition_shift(annotator):
     f1 = {
         a: f1_score(y, c["label_forced"], labels=labels, average="macro") for a, c in calls.items()
     }
-    unknown = {a: c["is_unknown"].mean() for a, c in calls.items()}
-    assert unknown[0.5] < unknown[0.0], unknown
+    novelty = {a: c["novelty"].mean() for a, c in calls.items()}
+    assert novelty[0.5] < novelty[0.0], novelty
     assert f1[0.5] > f1[0.0] - 0.03, f1
     assert torch.equal(model.module.gene_mean, mean) and torch.equal(model.module.gene_std, std)
     with pytest.raises(ValueError, match="adapt_to_query"):
@@ -264,3 +268,83 @@ def test_linear_path_is_logistic_regression_on_every_reference_cell(annotator):
         model.module.transformer_weight = weight
     expected = pd.DataFrame(clf.predict_proba(x), index=probs.index, columns=clf.classes_)
     np.testing.assert_allclose(probs[clf.classes_].to_numpy(), expected.to_numpy(), atol=2e-3)
+
+
+def test_majority_voting_keeps_pure_clusters_and_fixes_isolated_calls(annotator):
+    """CellTypist's refinement: a cluster whose cells are all called the same keeps its
+    calls; in a cluster of one true type whose majority call is right, the isolated wrong
+    calls become right."""
+    model, query = annotator
+    q = query.copy()
+    scdl.tl.annotate(q, model=model, majority_voting=True, over_clustering="cell_type")
+    key = "scdl_cell_type"
+    own = q.obs[key].astype(str).to_numpy()
+    voted = q.obs[f"{key}_majority_voting"].astype(str).to_numpy()
+    truth = q.obs["cell_type"].astype(str).to_numpy()
+    support = q.obs[f"{key}_majority_support"].to_numpy()
+    fixed = 0
+    for t in np.unique(truth):
+        cells = truth == t
+        top = pd.Series(own[cells]).value_counts().index[0]
+        np.testing.assert_allclose(support[cells], np.mean(own[cells] == top))
+        assert (voted[cells] == top).all()
+        if top == t:
+            fixed += int(np.sum(own[cells] != t))
+    assert fixed > 0  # there were isolated wrong calls to fix
+    assert np.mean(voted == truth) > np.mean(own == truth)
+    # default over-clustering of the query: unanimous clusters are left as they are
+    scdl.tl.annotate(q, model=model, majority_voting=True, key_added="mv")
+    clusters = q.obs["mv_over_clustering"].astype(str).to_numpy()
+    own, voted = q.obs["mv"].astype(str).to_numpy(), q.obs["mv_majority_voting"].astype(str)
+    unanimous = [c for c in np.unique(clusters) if len(set(own[clusters == c])) == 1]
+    assert unanimous
+    for c in unanimous:
+        assert (voted[clusters == c] == own[clusters == c]).all()
+    assert q.uns["mv"]["majority_voting"] is True
+
+
+def test_log_normalised_query_gives_the_same_calls(annotator):
+    """log1p(normalize_total) of the counts is detected (one warning) and annotated: forced
+    calls equal, probabilities within 1e-4, Unknown calls on >= 99% of cells the same (the
+    query's clustering sees float32-rounded values)."""
+    import scanpy as sc
+
+    model, query = annotator
+    q = query[:800].copy()
+    calls, probs = model.annotate_cells(q)
+    lognorm = q.copy()
+    sc.pp.normalize_total(lognorm, target_sum=1e4)
+    sc.pp.log1p(lognorm)
+    with pytest.warns(UserWarning, match="log1p of counts normalised to 1e\\+04"):
+        calls_ln, probs_ln = model.annotate_cells(lognorm)
+    np.testing.assert_allclose(probs_ln.to_numpy(), probs.to_numpy(), atol=1e-4)
+    assert (calls_ln["label_forced"] == calls["label_forced"]).all()
+    assert (calls_ln["label"] == calls["label"]).mean() >= 0.99
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ("scaled", "values are negative"),
+        ("gene_subset", "sums to"),
+        ("fractional", "not raw counts"),
+    ],
+)
+def test_other_non_count_input_is_refused_clearly(annotator, change, match):
+    import scanpy as sc
+
+    model, query = annotator
+    q = query[:300].copy()
+    if change == "fractional":
+        q.X = q.X / 3.0
+    else:
+        sc.pp.normalize_total(q, target_sum=1e4)
+        sc.pp.log1p(q)
+        if change == "scaled":
+            sc.pp.scale(q)
+        else:
+            q = q[:, model.get_var_names()[: int(0.8 * len(model.get_var_names()))]].copy()
+    snap = snapshot(q)
+    with pytest.raises(ValueError, match=match):
+        scdl.tl.annotate(q, model=model)
+    assert_unchanged(q, snap)

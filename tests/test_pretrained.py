@@ -164,3 +164,18 @@ def test_annotator_without_format_version_is_refused(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="records no format_version.*format 1"):
         scdl.pretrained.load(folder)
+
+
+def test_shipped_annotator_calls_non_pbmc_cells_unknown_and_pbmcs_known(heldout):
+    """Its Unknown call (calibrated leave one condition out) keeps the held-out PBMCs, of
+    both conditions, and calls cells of lung cancer lines Unknown."""
+    from conftest import read_shared
+
+    model = scdl.pretrained.load("pbmc_kang2018")
+    assert model.novelty_calibration_ == "leave-one-batch-out"
+    calls, _ = model.annotate_cells(heldout)
+    assert calls["is_unknown"].mean() <= 0.05
+    lung = read_shared("cellbench_lung_5lines_3plates.h5ad")
+    lung = lung[:, np.asarray(lung.X.sum(0)).ravel() > 0].copy()
+    calls, _ = model.annotate_cells(lung, min_gene_overlap=0.3)
+    assert calls["is_unknown"].mean() >= 0.9

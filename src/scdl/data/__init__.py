@@ -10,6 +10,7 @@ from ._checks import (
     check_unique_var_names,
     get_matrix,
 )
+from ._lognorm import input_kind
 
 __all__ = [
     "check_categorical",
@@ -20,4 +21,5 @@ __all__ = [
     "check_query",
     "check_unique_var_names",
     "get_matrix",
+    "input_kind",
 ]

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
+
+from ._majority import majority_vote
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -23,22 +27,31 @@ def annotate(
     min_gene_overlap: float = 0.5,
     batch_size: int = 1024,
     adapt_to_query: float = 0.0,
+    majority_voting: bool = False,
+    over_clustering: str | Sequence | None = None,
+    min_support: float = 0.0,
     copy: bool = False,
 ) -> AnnData | None:
     """Annotate cell types with a trained or pretrained :class:`~scdl.models.CellTypeTransformer`.
 
     Genes are matched by name to the model's; genes the data lacks count as unmeasured.
-    Cells unlike every reference type (see the model's calibrated thresholds) are called
-    ``"Unknown"``. About ``unknown_rate`` (5%) of cells like the reference are; cells under a
-    strong shift the reference never saw (e.g. IFN-stimulated cells annotated with a control
-    reference) are unlike it and are called Unknown more often (20-37% on Kang PBMCs): check
-    ``obs[f"{key_added}_confidence"]``, or pass ``unknown=False`` to keep every cell's most
-    probable type.
+    Clusters of the query whose mean profile, corrected for the shift the whole query shares,
+    is unlike the reference type they are predicted as are called ``"Unknown"``; the threshold
+    is set on the reference alone (one batch against the others, or random halves) with a
+    margin for the shift a new dataset brings (see
+    :class:`~scdl.models.CellTypeTransformer`). Pass ``unknown=False`` to keep every cell's
+    most probable type.
+
+    The input may be raw counts or, when a file ships no counts, log1p of counts normalised to
+    a constant total per cell (``sc.pp.normalize_total`` then ``sc.pp.log1p`` on all genes):
+    that is detected, said once in a warning, and gives the same calls as the counts. Any
+    other matrix (scaled, a gene subset of log data, ...) is refused with a ValueError.
 
     Parameters
     ----------
     adata
-        Annotated data matrix with raw counts in ``X`` or ``layer``.
+        Annotated data matrix with raw counts (or log1p of normalised counts, see above) in
+        ``X`` or ``layer``.
     model
         A trained annotator, or a pretrained one by name (:func:`scdl.pretrained.available`),
         folder, archive or URL (see :func:`scdl.pretrained.load`).
@@ -53,11 +66,20 @@ def annotate(
     batch_size
         Cells per forward pass.
     adapt_to_query
-        Blend (0-1) of the query's own per-gene statistics into the standardisation; ``0.5``
-        lowers the Unknown calls when the whole query is shifted from the reference (e.g.
-        stimulated cells with a control reference); only for queries holding a mix of cell
-        types. See
+        Blend (0-1) of the query's own per-gene statistics into the standardisation of each
+        cell (its tokens and per-cell novelty; the Unknown call already removes the query's
+        shared shift); only for queries holding a mix of cell types. See
         :meth:`~scdl.models.CellTypeTransformer.annotate_cells`.
+    majority_voting
+        Refine the calls over an over-clustering of the query, as CellTypist does: every cell
+        takes its cluster's most frequent call (``"Unknown"`` included).
+    over_clustering
+        obs column (or per-cell array) of clusters for the vote; ``None`` uses a Leiden
+        over-clustering of the query on its own PCA and kNN graph, at CellTypist's
+        resolution for its size (5 below 5,000 cells, 10 below 20,000, ...).
+    min_support
+        With ``majority_voting``, clusters whose majority call holds fewer than this fraction
+        of their cells keep the per-cell calls (``0``: always vote, as CellTypist).
     copy
         Return a copy instead of writing to ``adata``.
 
@@ -70,7 +92,19 @@ def annotate(
     ``adata.obs[f"{key_added}_confidence"]``
         Probability of the most probable type.
     ``adata.obs[f"{key_added}_unknown"]``
-        Whether the cell was flagged as unlike the reference (bool).
+        Whether the cell was flagged as unlike the reference (bool; before any vote).
+    ``adata.obs[f"{key_added}_cluster_novelty"]``
+        Novelty of the cell's query cluster (1 - cosine similarity to its predicted type's
+        reference profile, after the query's shared shift is removed); above the model's
+        ``cluster_threshold`` the cluster is called Unknown.
+    ``adata.obs[f"{key_added}_over_clustering"]``
+        With ``majority_voting``: the clusters voted over (categorical).
+    ``adata.obs[f"{key_added}_majority_voting"]``
+        With ``majority_voting``: the cluster's majority call (categorical); ``key_added``
+        keeps the per-cell call.
+    ``adata.obs[f"{key_added}_majority_support"]``
+        With ``majority_voting``: the fraction of the cell's cluster that carries the
+        majority call.
     ``adata.obsm[f"{key_added}_probabilities"]``
         DataFrame of probabilities, cells x cell types.
     ``adata.uns[key_added]``
@@ -91,12 +125,27 @@ def annotate(
             f"(see scdl.pretrained.available()), got {type(model).__name__}."
         )
     # everything is computed (and checked) before anything is written
+    if majority_voting and over_clustering is not None:
+        if isinstance(over_clustering, str):
+            from scdl.data import check_obs_key
+
+            clusters = check_obs_key(adata, over_clustering, arg="over_clustering").to_numpy()
+        else:
+            clusters = np.asarray(over_clustering)
+            if clusters.shape != (adata.n_obs,):
+                raise ValueError(
+                    f"over_clustering must be an obs column name or hold one cluster per cell "
+                    f"({adata.n_obs}); got shape {clusters.shape}."
+                )
+    if not 0.0 <= float(min_support) <= 1.0:
+        raise ValueError(f"min_support must lie in [0, 1], got {min_support!r}.")
     calls, probs = model.annotate_cells(
         adata,
         layer=layer,
         min_gene_overlap=min_gene_overlap,
         batch_size=batch_size,
         adapt_to_query=adapt_to_query,
+        unknown_call=unknown or (majority_voting and over_clustering is None),
     )
     n_present = int(pd.Index(model.get_var_names()).isin(adata.var_names).sum())
     adata = adata.copy() if copy else adata
@@ -105,7 +154,17 @@ def annotate(
     adata.obs[key_added] = pd.Categorical(label.to_numpy(), categories=categories)
     adata.obs[f"{key_added}_confidence"] = calls["confidence"].to_numpy()
     adata.obs[f"{key_added}_unknown"] = calls["is_unknown"].to_numpy() & unknown
+    adata.obs[f"{key_added}_cluster_novelty"] = calls["cluster_novelty"].to_numpy()
     adata.obsm[f"{key_added}_probabilities"] = probs
+    if majority_voting:
+        if over_clustering is None:
+            clusters = calls["over_cluster"].to_numpy()
+        voted, support = majority_vote(label.to_numpy(), clusters, min_support=min_support)
+        adata.obs[f"{key_added}_over_clustering"] = pd.Categorical(
+            pd.Series(clusters).astype(str).to_numpy()
+        )
+        adata.obs[f"{key_added}_majority_voting"] = pd.Categorical(voted, categories=categories)
+        adata.obs[f"{key_added}_majority_support"] = support
     adata.uns[key_added] = {
         "model": model_name,
         "cell_types": list(model.labels),
@@ -115,6 +174,9 @@ def annotate(
         "novelty_thresholds": dict(
             zip(model.labels, model.module.novelty_threshold.cpu().tolist(), strict=True)
         ),
+        "cluster_threshold": model.cluster_threshold_,
+        "novelty_calibration": model.novelty_calibration_,
         "unknown_fraction": float(adata.obs[f"{key_added}_unknown"].mean()),
+        "majority_voting": bool(majority_voting),
     }
     return adata if copy else None

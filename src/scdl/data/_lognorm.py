@@ -1,0 +1,100 @@
+"""Queries that ship log-normalised values instead of raw counts: detect, or refuse clearly."""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import sparse
+
+from ._checks import check_counts, get_matrix
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+# per-cell totals of expm1(X) equal to within this relative spread count as "normalised to a
+# constant total" (float32 storage of log1p values leaves ~1e-6; 1% allows rounded files)
+_TOTAL_SPREAD = 0.01
+_CHUNK_ROWS = 10_000
+
+
+def _expm1_row_totals(x) -> tuple[np.ndarray, int, int, int, float]:
+    """Per-cell totals of expm1(x); counts of non-finite, negative and fractional values;
+    the largest value."""
+    totals, n_nan, n_bad, n_frac, vmax = [], 0, 0, 0, 0.0
+    for start in range(0, x.shape[0], _CHUNK_ROWS):
+        chunk = x[start : start + _CHUNK_ROWS]
+        vals = chunk.data if sparse.issparse(chunk) else np.asarray(chunk).ravel()
+        vals = np.asarray(vals, dtype=np.float64)
+        n_nan += int(np.count_nonzero(~np.isfinite(vals)))
+        n_bad += int(np.count_nonzero(vals < 0))
+        n_frac += int(np.count_nonzero(vals != np.round(vals)))
+        if vals.size:
+            vmax = max(vmax, float(np.nanmax(np.where(np.isfinite(vals), vals, 0.0))))
+        if sparse.issparse(chunk):
+            chunk = sparse.csr_matrix(chunk, dtype=np.float64, copy=True)
+            chunk.data = np.expm1(np.clip(chunk.data, 0.0, 50.0))
+            totals.append(np.asarray(chunk.sum(1)).ravel())
+        else:
+            arr = np.asarray(chunk, dtype=np.float64)
+            totals.append(np.expm1(np.clip(np.nan_to_num(arr), 0.0, 50.0)).sum(1))
+    return np.concatenate(totals), n_nan, n_bad, n_frac, vmax
+
+
+def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | None]:
+    """Whether ``adata.X`` (or ``layer``) holds raw counts or log1p of normalised counts.
+
+    Returns ``("counts", None)`` for raw counts, or ``("log1p", total)`` when ``expm1`` of the
+    matrix sums to the same ``total`` (to within 1%) in every cell: the output of
+    ``sc.pp.normalize_total(adata, target_sum=total); sc.pp.log1p(adata)`` on all genes, the
+    form many public files ship. A warning says so once.
+
+    Raises
+    ------
+    ValueError
+        The matrix is neither: e.g. scaled (negative values), a gene subset of log-normalised
+        data (per-cell totals differ), or another transformation. The message names what was
+        found and what to pass instead.
+    """
+    try:
+        check_counts(adata, layer)
+        return "counts", None
+    except ValueError:
+        totals, n_nan, n_bad, n_frac, vmax = _expm1_row_totals(get_matrix(adata, layer))
+        if n_nan or not (n_bad or n_frac):  # NaN, or integer counts with another problem
+            raise
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    fix = (
+        "Pass raw counts (`layer=` naming them, e.g. 'counts'), or log1p of counts normalised "
+        "to a constant total over all genes (`sc.pp.normalize_total(adata, target_sum=1e4); "
+        "sc.pp.log1p(adata)` before any gene selection or scaling)."
+    )
+    if n_bad:
+        raise ValueError(
+            f"{where} holds neither raw counts nor log-normalised counts: {n_bad} values are "
+            f"negative (scaled data?). {fix}"
+        )
+    positive = totals[totals > 0]
+    if positive.size < totals.size:
+        raise ValueError(
+            f"{where} has non-integer values, and {totals.size - positive.size} cells have no "
+            f"expression at all, so it is neither raw counts nor log-normalised counts. {fix}"
+        )
+    lo, hi = float(positive.min()), float(positive.max())
+    if vmax > 25 or hi > lo * (1 + _TOTAL_SPREAD):
+        raise ValueError(
+            f"{where} has non-integer values, so it is not raw counts; nor is it log1p of counts "
+            f"normalised per cell: expm1 of it sums to {lo:.4g}-{hi:.4g} per cell (a constant "
+            f"total is expected; a gene subset or a scaled matrix gives a spread) and its "
+            f"largest value is {vmax:.3g}. {fix}"
+        )
+    total = float(np.median(positive))
+    warnings.warn(
+        f"{where} is not raw counts but log1p of counts normalised to {total:.4g} per cell; "
+        "annotating it on that scale (the model's log-normalisation of counts gives the same "
+        "values).",
+        UserWarning,
+        stacklevel=3,
+    )
+    return "log1p", total

@@ -1,0 +1,197 @@
+"""The annotator's "Unknown" call: clusters of the query unlike their predicted type.
+
+A cell of a type absent from the reference is forced onto the nearest reference type; a cell
+of a known type under a shift (chemistry, donor, stimulation) also moves away from its type.
+Single cells are too noisy to tell these apart, and a shift moves every cell of the query.
+So the call is made per cluster of the query, in a shift-corrected space:
+
+1. the query is over-clustered on its own (PCA of its genes standardised by its own mean and
+   sd, kNN graph, Leiden at ``resolution``);
+2. each cluster's mean profile, standardised by the *query's* per-gene mean and sd (which
+   removes a shift shared by the whole query), is compared with the mean standardised
+   reference profile of the type most of its cells are predicted as;
+3. the cluster's novelty is 1 - their cosine similarity over the 300 genes that tell the
+   reference types apart best (largest variance of the types' standardised means; a fixed
+   number keeps the score's scale the same whatever the vocabulary's size); its cells are
+   ``"Unknown"`` when it exceeds the model's threshold.
+
+The threshold is set on the reference alone (:func:`calibrate_threshold`): the reference is
+split into a part that gives the type profiles and a part that plays the query (one batch
+against the others when the reference has several batches, else random halves, both ways),
+and the threshold is the 95th percentile of those clusters' novelty (cells weighted) plus a
+fixed ``margin`` for the shift a query brings beyond the reference's own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+#: Leiden resolution of the clusters the Unknown call is made on
+NOVELTY_RESOLUTION = 1.0
+#: added to the reference's own 95th percentile of cluster novelty (see module notes)
+NOVELTY_MARGIN = 0.15
+#: genes compared: those whose standardised mean differs most between reference types
+N_NOVELTY_GENES = 300
+_STD_FLOOR = 0.1
+
+
+def log_normalize(x) -> sparse.csr_matrix:
+    """log1p(CP10k) of a count matrix, as CSR float32."""
+    x = sparse.csr_matrix(x, dtype=np.float64, copy=True)
+    lib = np.maximum(np.asarray(x.sum(1)).ravel(), 1.0)
+    x.data = np.log1p(x.data * np.repeat(1e4 / lib, np.diff(x.indptr)))
+    return x.astype(np.float32)
+
+
+def _mean_sd(x_log) -> tuple[np.ndarray, np.ndarray]:
+    n = x_log.shape[0]
+    mean = np.asarray(x_log.sum(0), dtype=np.float64).ravel() / n
+    sq = np.asarray(x_log.multiply(x_log).sum(0), dtype=np.float64).ravel() / n
+    return mean, np.maximum(np.sqrt(np.maximum(sq - mean**2, 0.0)), _STD_FLOOR)
+
+
+def cluster_cells(
+    x_log, *, resolutions=(NOVELTY_RESOLUTION,), seed: int = 0, n_pcs: int = 30
+) -> list[np.ndarray]:
+    """Leiden clusters (one array per resolution) of cells on their own standardised PCA.
+
+    Genes are scaled by the cells' own sd (the sparse matrix stays sparse; PCA centres
+    implicitly), then scanpy's PCA, exact kNN graph (scikit-learn) and Leiden (igraph).
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    n = x_log.shape[0]
+    if n < 10:  # too few cells to cluster: one cluster
+        return [np.zeros(n, dtype=int) for _ in resolutions]
+    _, sd = _mean_sd(x_log)
+    scaled = sparse.csr_matrix(x_log @ sparse.diags((1.0 / sd).astype(np.float32)))
+    a = ad.AnnData(scaled)
+    n_comps = max(2, min(n_pcs, n - 2, x_log.shape[1] - 1))
+    sc.pp.pca(a, n_comps=n_comps, random_state=seed)
+    sc.pp.neighbors(
+        a, n_neighbors=min(15, n - 1), transformer="sklearn", random_state=seed, use_rep="X_pca"
+    )
+    out = []
+    for r in resolutions:
+        sc.tl.leiden(
+            a, resolution=r, flavor="igraph", n_iterations=2, random_state=seed, key_added="c"
+        )
+        out.append(a.obs["c"].astype(int).to_numpy())
+    return out
+
+
+def _cluster_means_z(x_log, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster mean profile standardised by the cells' own per-gene mean and sd."""
+    ids, inv = np.unique(clusters, return_inverse=True)
+    onehot = sparse.csr_matrix(
+        (np.ones(len(inv)), (inv, np.arange(len(inv)))), shape=(len(ids), len(inv))
+    )
+    sizes = np.asarray(onehot.sum(1)).ravel()
+    means = np.asarray((onehot @ x_log).todense(), dtype=np.float64) / sizes[:, None]
+    mean, sd = _mean_sd(x_log)
+    return (means - mean) / sd, inv
+
+
+def _cosine_to(z: np.ndarray, centroids: np.ndarray, genes, present=None) -> np.ndarray:
+    keep = np.zeros(z.shape[1], dtype=bool)
+    keep[np.asarray(genes, dtype=int)] = True
+    if present is not None:
+        keep &= np.asarray(present, dtype=bool)
+    z, centroids = z[:, keep], centroids[:, keep]
+    dots = z @ centroids.T
+    norms = np.linalg.norm(z, axis=1)[:, None] * np.linalg.norm(centroids, axis=1)[None]
+    return dots / np.maximum(norms, 1e-8)
+
+
+def novelty_genes(centroids: np.ndarray, n: int = N_NOVELTY_GENES) -> list[int]:
+    """The ``n`` genes whose standardised mean varies most between the reference types."""
+    return sorted(int(g) for g in np.argsort(-np.var(centroids, axis=0))[:n])
+
+
+def cluster_novelty(x_log, clusters, predicted, centroids, genes, present=None):
+    """Per-cell novelty of the cell's cluster and the cluster's majority predicted type.
+
+    Parameters
+    ----------
+    x_log
+        log1p(CP10k) of the cells (CSR, vocabulary order).
+    clusters
+        Per-cell cluster ids.
+    predicted
+        Per-cell predicted type (integer index into ``centroids``).
+    centroids
+        Mean reference profile of each type, standardised by the reference (types x genes).
+    genes
+        Indices of the genes compared (:func:`novelty_genes`).
+    present
+        Boolean mask of the genes the cells hold; the others are ignored.
+    """
+    z, inv = _cluster_means_z(x_log, clusters)
+    n_types = centroids.shape[0]
+    majority = np.array(
+        [np.bincount(predicted[inv == k], minlength=n_types).argmax() for k in range(len(z))]
+    )
+    cos = _cosine_to(z, np.asarray(centroids, dtype=np.float64), genes, present)
+    score = 1.0 - cos[np.arange(len(z)), majority]
+    return score[inv], majority[inv]
+
+
+def _type_centroids(x_log, labels: np.ndarray, n_types: int) -> np.ndarray:
+    mean, sd = _mean_sd(x_log)
+    out = np.zeros((n_types, x_log.shape[1]))
+    for t in np.unique(labels):
+        rows = labels == t
+        out[t] = (np.asarray(x_log[rows].mean(0)).ravel() - mean) / sd
+    return out
+
+
+def calibrate_threshold(
+    x_log,
+    labels: np.ndarray,
+    batches: np.ndarray | None = None,
+    *,
+    quantile: float = 0.95,
+    margin: float = NOVELTY_MARGIN,
+    seed: int = 0,
+    min_cells: int = 50,
+) -> tuple[float, str, list[int]]:
+    """Cluster-novelty threshold from the reference alone (see the module notes).
+
+    Returns the threshold, how it was calibrated (``"leave-one-batch-out"`` or
+    ``"split-half"``) and the genes compared (:func:`novelty_genes`).
+    """
+    n_types = int(labels.max()) + 1
+    genes = novelty_genes(_type_centroids(x_log, labels, n_types))
+    parts = []
+    if batches is not None:
+        levels, counts = np.unique(batches, return_counts=True)
+        if (counts >= min_cells).sum() >= 2:
+            parts = [(batches != b, batches == b) for b in levels[counts >= min_cells]]
+    how = "leave-one-batch-out" if parts else "split-half"
+    if not parts:
+        half = np.random.default_rng(seed).random(len(labels)) < 0.5
+        parts = [(half, ~half), (~half, half)]
+    scores, weights = [], []
+    for fit, play in parts:
+        known = np.isin(labels, np.unique(labels[fit]))
+        play = play & known  # a type only one part holds is new to the other
+        if play.sum() < 10 or fit.sum() < 10:
+            continue
+        centroids = _type_centroids(x_log[fit], labels[fit], n_types)
+        q = x_log[play]
+        (clusters,) = cluster_cells(q, seed=seed)
+        z, inv = _cluster_means_z(q, clusters)
+        y = labels[play]
+        majority = np.array([np.bincount(y[inv == k]).argmax() for k in range(len(z))])
+        cos = _cosine_to(z, centroids, genes)
+        scores.append(1.0 - cos[np.arange(len(z)), majority])
+        weights.append(np.bincount(inv))
+    if not scores:
+        return float("inf"), how, genes
+    s, w = np.concatenate(scores), np.concatenate(weights).astype(float)
+    order = np.argsort(s)
+    cum = np.cumsum(w[order]) / w.sum()
+    q = float(s[order][min(np.searchsorted(cum, quantile), len(s) - 1)])
+    return q + margin, how, genes
