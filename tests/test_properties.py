@@ -77,7 +77,8 @@ def random_anndata(draw):
         genes[gene] = genes[(gene + 1) % n_vars]
     n_batches = 1 if "single_batch" in faults else draw(st.integers(2, 3))
     batch = pd.Series(np.resize(["a", "b", "c"][:n_batches], n_obs), dtype=object)
-    batch = batch.sample(frac=1, random_state=draw(st.integers(0, 9))).to_numpy()
+    # a copy: pandas >= 3 (copy-on-write) hands out read-only arrays
+    batch = batch.sample(frac=1, random_state=draw(st.integers(0, 9))).to_numpy().copy()
     if "missing_batch" in faults and n_obs:
         batch[cell] = None
     labels = np.resize(["T"] if "single_label" in faults else ["T", "B"], n_obs)
