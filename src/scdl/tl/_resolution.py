@@ -1,0 +1,178 @@
+"""Leiden resolution without labels: partition stability over a resolution scan, and the
+resolution search behind ``n_clusters``.
+
+Works on a neighbour graph's connectivities (a sparse cells x cells matrix); the Leiden runs
+are igraph's modularity Leiden, as in scanpy's ``flavor="igraph"``.
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import igraph
+    import pandas as pd
+    from scipy import sparse
+
+# Leiden resolutions scanned by ``resolution="auto"``.
+GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0)
+# Subsamples per resolution, and the fraction of cells each keeps.
+N_SUBSAMPLES = 5
+SUBSAMPLE_FRACTION = 0.8
+
+
+def to_igraph(connectivities: sparse.spmatrix) -> igraph.Graph:
+    """Undirected weighted igraph graph of a symmetric connectivity matrix."""
+    import igraph
+    from scipy import sparse
+
+    upper = sparse.triu(sparse.csr_matrix(connectivities), k=1).tocoo()
+    g = igraph.Graph(n=connectivities.shape[0], edges=list(zip(upper.row, upper.col)))
+    g.es["weight"] = upper.data.astype(float)
+    return g
+
+
+@contextmanager
+def _igraph_seed(seed: int):
+    import igraph
+
+    igraph.set_random_number_generator(random.Random(seed))
+    try:
+        yield
+    finally:
+        igraph.set_random_number_generator(random)
+
+
+def leiden(g: igraph.Graph, resolution: float, seed: int, n_iterations: int = 2) -> np.ndarray:
+    """Leiden (modularity with ``resolution``) labels of every vertex of ``g``."""
+    with _igraph_seed(seed):
+        part = g.community_leiden(
+            objective_function="modularity",
+            weights="weight",
+            resolution=resolution,
+            n_iterations=n_iterations,
+        )
+    return np.asarray(part.membership)
+
+
+def subsample_stability(
+    g: igraph.Graph,
+    full: np.ndarray,
+    resolution: float,
+    *,
+    seed: int,
+    n_subsamples: int = N_SUBSAMPLES,
+    fraction: float = SUBSAMPLE_FRACTION,
+) -> float:
+    """Mean ARI between the partition of all cells and Leiden partitions of random subsets of
+    cells (the induced subgraphs), on the cells they share."""
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(seed)
+    n = g.vcount()
+    scores = []
+    for b in range(n_subsamples):
+        keep = np.sort(rng.choice(n, size=max(2, int(round(fraction * n))), replace=False))
+        sub = g.induced_subgraph(keep.tolist())
+        labels = leiden(sub, resolution, seed + 1 + b)
+        scores.append(adjusted_rand_score(full[keep], labels))
+    return float(np.mean(scores))
+
+
+def scan(
+    connectivities: sparse.spmatrix,
+    *,
+    resolutions=GRID,
+    seed: int = 0,
+    n_subsamples: int = N_SUBSAMPLES,
+    fraction: float = SUBSAMPLE_FRACTION,
+) -> tuple[pd.DataFrame, dict[float, np.ndarray]]:
+    """Leiden at every resolution, with its subsample stability.
+
+    Returns the scan (``resolution``, ``n_clusters``, ``stability``) and the labels of all
+    cells at each resolution.
+    """
+    import pandas as pd
+
+    g = to_igraph(connectivities)
+    rows, labels = [], {}
+    for r in resolutions:
+        full = leiden(g, float(r), seed)
+        labels[float(r)] = full
+        rows.append(
+            {
+                "resolution": float(r),
+                "n_clusters": int(len(np.unique(full))),
+                "stability": subsample_stability(
+                    g, full, float(r), seed=seed, n_subsamples=n_subsamples, fraction=fraction
+                ),
+            }
+        )
+    return pd.DataFrame(rows), labels
+
+
+def choose(table: pd.DataFrame, criterion: str = "stability") -> float:
+    """The resolution of highest ``criterion`` among those giving two or more clusters (the
+    highest such resolution on ties); the largest resolution when none gives two."""
+    ok = table[table["n_clusters"] >= 2]
+    if ok.empty:
+        return float(table["resolution"].max())
+    best = ok[criterion].max()
+    return float(ok.loc[ok[criterion] >= best - 1e-12, "resolution"].max())
+
+
+def search_n_clusters(
+    g: igraph.Graph,
+    n_clusters: int,
+    *,
+    seed: int = 0,
+    low: float = 1e-3,
+    high: float = 10.0,
+    max_steps: int = 30,
+) -> tuple[float, np.ndarray, list[tuple[float, int]]]:
+    """Bisection on log-resolution for ``n_clusters`` Leiden clusters.
+
+    Returns the resolution, its labels and the (resolution, n_clusters) steps. When no
+    resolution gives exactly ``n_clusters`` within ``max_steps``, the closest count found
+    (the lower resolution on ties) is returned.
+    """
+    steps: list[tuple[float, int]] = []
+    best: tuple[int, float, np.ndarray] | None = None
+    lo, hi = np.log(low), np.log(high)
+    for _ in range(max_steps):
+        r = float(np.exp((lo + hi) / 2))
+        labels = leiden(g, r, seed)
+        k = int(len(np.unique(labels)))
+        steps.append((r, k))
+        gap = abs(k - n_clusters)
+        if best is None or gap < best[0] or (gap == best[0] and r < best[1]):
+            best = (gap, r, labels)
+        if k == n_clusters:
+            break
+        if k < n_clusters:
+            lo = np.log(r)
+        else:
+            hi = np.log(r)
+    assert best is not None
+    return best[1], best[2], steps
+
+
+def merge_to(labels: np.ndarray, rep: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Merge clusters (average linkage of their centroids in ``rep``) down to ``n_clusters``.
+
+    Leiden never returns fewer clusters than the graph has connected components, so a
+    smaller ``n_clusters`` is reached by joining the closest clusters.
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    ids, inverse = np.unique(labels, return_inverse=True)
+    if len(ids) <= n_clusters:
+        return labels
+    centroids = np.stack([rep[inverse == i].mean(axis=0) for i in range(len(ids))])
+    tree = linkage(centroids, method="average")
+    groups = fcluster(tree, t=n_clusters, criterion="maxclust")
+    return groups[inverse] - 1
