@@ -83,7 +83,7 @@ def scdl_latent(adata: ad.AnnData, batch_key: str | None, seed: int) -> np.ndarr
     return tmp.obsm["X_scdl"]
 
 
-def embeddings(name: str, seed: int, cache: Path | None) -> tuple[ad.AnnData, str]:
+def embeddings(name: str, seed: int, cache: Path | None, spaces=SPACES) -> tuple[ad.AnnData, str]:
     """The dataset with obsm PCA / scVI / scdl (read from ``cache`` when there)."""
     adata, label_key, batch_key = load(name)
     for space, fn in (
@@ -91,6 +91,8 @@ def embeddings(name: str, seed: int, cache: Path | None) -> tuple[ad.AnnData, st
         ("scVI", lambda: scvi_latent(adata, batch_key, seed)),
         ("scdl", lambda: scdl_latent(adata, batch_key, seed)),
     ):
+        if space not in spaces:
+            continue
         path = cache / f"{name}_{space}_{seed}.npy" if cache else None
         if path is not None and path.is_file():
             adata.obsm[space] = np.load(path)
@@ -102,12 +104,12 @@ def embeddings(name: str, seed: int, cache: Path | None) -> tuple[ad.AnnData, st
     return adata, label_key
 
 
-def run(name: str, seed: int, cache: Path | None) -> pd.DataFrame:
+def run(name: str, seed: int, cache: Path | None, spaces=SPACES) -> pd.DataFrame:
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     import scdl
 
-    adata, label_key = embeddings(name, seed, cache)
+    adata, label_key = embeddings(name, seed, cache, spaces)
     keep = (adata.obs[label_key].astype(str) != "NA").to_numpy()
     truth = adata.obs[label_key].astype(str).to_numpy()[keep]
 
@@ -115,11 +117,23 @@ def run(name: str, seed: int, cache: Path | None) -> pd.DataFrame:
         pred = np.asarray(labels)[keep]
         return adjusted_rand_score(truth, pred), normalized_mutual_info_score(truth, pred)
 
+    import scanpy as sc
+
     rows = []
-    for space in SPACES:
+    for space in spaces:
         key = f"cl_{space}"
-        for res in GRID:
-            scdl.tl.cluster(adata, use_rep=space, resolution=res, key_added=key, random_state=seed)
+        scdl.tl.cluster(adata, use_rep=space, key_added=key, random_state=seed)  # the graph
+        for res in GRID:  # what scdl.tl.cluster(resolution=res) runs on that graph
+            sc.tl.leiden(
+                adata,
+                resolution=res,
+                key_added=key,
+                neighbors_key=f"{key}_neighbors",
+                flavor="igraph",
+                n_iterations=2,
+                directed=False,
+                random_state=seed,
+            )
             ari, nmi = score(adata.obs[key])
             rows.append(
                 {
@@ -157,9 +171,14 @@ def summarise(grid: pd.DataFrame) -> pd.DataFrame:
         r = {"dataset": d, "seed": s}
         for space in SPACES:
             u = t[t["space"] == space]
+            if u.empty:  # not run for this seed (see --spaces)
+                u = pd.DataFrame(
+                    {"auto": [False, True], "resolution": 1.0, "ARI": np.nan, "NMI": np.nan,
+                     "n_clusters": np.nan}
+                )  # fmt: skip
             fixed = u[(~u["auto"]) & (u["resolution"] == 1.0)].iloc[0]
             auto = u[u["auto"]].iloc[0]
-            best = u[~u["auto"]].sort_values("ARI").iloc[-1]
+            best = u[~u["auto"]].sort_values("ARI", na_position="first").iloc[-1]
             r[f"{space} 1.0"] = fixed["ARI"]
             r[f"{space} auto"] = auto["ARI"]
             r[f"{space} oracle"] = best["ARI"]
@@ -179,15 +198,18 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--cache", type=Path, default=None, help="folder to keep embeddings in")
     p.add_argument("--embed-only", action="store_true", help="only compute the embeddings")
+    p.add_argument("--spaces", nargs="+", default=list(SPACES), choices=list(SPACES))
     p.add_argument("--out", type=Path, default=None, help="write the full grid as CSV")
     args = p.parse_args()
     if args.embed_only:
         for s in args.seeds:  # seed-major: every set gets seed 0 first
             for d in args.datasets:
-                embeddings(d, s, args.cache)
+                embeddings(d, s, args.cache, args.spaces)
                 print(f"embedded {d} seed {s}", flush=True)
         return
-    grid = pd.concat([run(d, s, args.cache) for s in args.seeds for d in args.datasets])
+    grid = pd.concat(
+        [run(d, s, args.cache, args.spaces) for s in args.seeds for d in args.datasets]
+    )
     if args.out:
         grid.to_csv(args.out, index=False)
     per_seed = summarise(grid)

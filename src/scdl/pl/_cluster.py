@@ -20,7 +20,7 @@ def cluster_resolution(
     show: bool | None = None,
     save: str | bool | None = None,
 ) -> Figure | None:
-    """Plot the stability and number of clusters of each scanned Leiden resolution, with the
+    """Plot the silhouette width and number of clusters of each scanned Leiden resolution, with the
     chosen one marked.
 
     Parameters
@@ -40,21 +40,21 @@ def cluster_resolution(
     import matplotlib.pyplot as plt
 
     info = adata.uns.get(key)
-    if not isinstance(info, dict) or "stability" not in info.get("scan", {}):
+    if not isinstance(info, dict) or "silhouette" not in info.get("scan", {}):
         raise KeyError(
-            f"adata.uns[{key!r}]['scan'] with a stability scan not found. Run "
+            f"adata.uns[{key!r}]['scan'] with a silhouette scan not found. Run "
             f'`scdl.tl.cluster(adata, resolution="auto", key_added={key!r})` first.'
         )
     scan = info["scan"]
     res = np.asarray(scan["resolution"], dtype=float)
-    stab = np.asarray(scan["stability"], dtype=float)
+    stab = np.asarray(scan["silhouette"], dtype=float)
     k = np.asarray(scan["n_clusters"])
     chosen = float(info["resolution"])
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(res, stab, marker="o", color="C0")
     ax.set_xlabel("Leiden resolution")
-    ax.set_ylabel("subsample stability (ARI)", color="C0")
+    ax.set_ylabel("mean silhouette width", color="C0")
     ax.axvline(chosen, color="0.5", linestyle="--", linewidth=1)
     ax2 = ax.twinx()
     ax2.step(res, k, where="mid", color="C1")

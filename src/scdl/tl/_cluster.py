@@ -27,14 +27,16 @@ def cluster(
     is stored under its own key, so a PCA-based ``neighbors`` graph is left as it was.
 
     ``resolution="auto"`` chooses the resolution without labels: Leiden runs at each
-    resolution of a grid (0.1 to 2), each partition of all cells is compared (adjusted Rand
-    index) with Leiden partitions of five random 80% subsets of the cells (the induced
-    subgraphs), and the resolution whose partition is the most stable, among those giving two
-    or more clusters, is kept (the higher one on ties). ``n_clusters=k`` instead bisects the
-    resolution until Leiden gives ``k`` clusters (the closest count when none gives ``k``
-    exactly); as Leiden never returns fewer clusters than the graph has connected components,
-    a smaller ``k`` is reached by merging the clusters whose centroids in ``use_rep`` are
-    closest (average linkage).
+    resolution of a grid (0.1 to 2), the mean silhouette width of each partition is computed
+    in ``use_rep`` (Euclidean, on at most 2,000 random cells), and the highest resolution
+    whose silhouette is within 0.01 of the best, among those giving two or more clusters, is
+    kept. Like any silhouette choice it favours well-separated groups: subtypes that overlap
+    in the representation may stay merged; pass a number or ``n_clusters`` then.
+
+    ``n_clusters=k`` bisects the resolution until Leiden gives ``k`` clusters (the closest
+    count when none gives ``k`` exactly); as Leiden never returns fewer clusters than the
+    graph has connected components, a smaller ``k`` is reached by merging the clusters whose
+    centroids in ``use_rep`` are closest (average linkage).
 
     Parameters
     ----------
@@ -44,7 +46,7 @@ def cluster(
         obsm key of the representation, e.g. the output of :func:`scdl.tl.integrate`.
     resolution
         Leiden resolution: higher gives more, smaller clusters. ``"auto"`` chooses it by
-        subsample stability (see above). Ignored when ``n_clusters`` is given.
+        silhouette width (see above). Ignored when ``n_clusters`` is given.
     n_clusters
         Number of clusters wanted; the resolution is searched for it.
     n_neighbors
@@ -65,7 +67,7 @@ def cluster(
     ``adata.uns[key_added]``
         Leiden parameters, with ``resolution`` (the one used) and ``resolution_method``
         (``"fixed"``, ``"auto"`` or ``"n_clusters"``). ``"auto"`` adds ``scan``: a dict of
-        arrays ``resolution``, ``n_clusters`` and ``stability`` over the grid (plot it with
+        arrays ``resolution``, ``n_clusters`` and ``silhouette`` over the grid (plot it with
         :func:`scdl.pl.cluster_resolution`); ``n_clusters`` adds ``scan`` with the
         ``resolution`` and ``n_clusters`` of each search step.
     ``adata.uns[f"{key_added}_neighbors"]``
@@ -158,9 +160,9 @@ def cluster(
         from ._resolution import choose
         from ._resolution import scan as scan_resolutions
 
-        table, _ = scan_resolutions(connectivities, seed=random_state)
+        table = scan_resolutions(connectivities, rep, seed=random_state)
         resolution = choose(table)
-        scan = {c: table[c].to_numpy() for c in ("resolution", "n_clusters", "stability")}
+        scan = {c: table[c].to_numpy() for c in ("resolution", "n_clusters", "silhouette")}
     sc.tl.leiden(
         adata,
         resolution=float(resolution),

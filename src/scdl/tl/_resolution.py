@@ -1,4 +1,4 @@
-"""Leiden resolution without labels: partition stability over a resolution scan, and the
+"""Leiden resolution without labels: silhouette width over a resolution scan, and the
 resolution search behind ``n_clusters``.
 
 Works on a neighbour graph's connectivities (a sparse cells x cells matrix); the Leiden runs
@@ -20,9 +20,10 @@ if TYPE_CHECKING:
 
 # Leiden resolutions scanned by ``resolution="auto"``.
 GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0)
-# Subsamples per resolution, and the fraction of cells each keeps.
-N_SUBSAMPLES = 5
-SUBSAMPLE_FRACTION = 0.8
+# Cells the silhouette width is computed on (a random subset beyond this).
+MAX_SILHOUETTE_CELLS = 2000
+# Resolutions whose silhouette is within this of the best count as ties (the finest wins).
+TIE = 0.01
 
 
 def to_igraph(connectivities: sparse.spmatrix) -> igraph.Graph:
@@ -59,70 +60,56 @@ def leiden(g: igraph.Graph, resolution: float, seed: int, n_iterations: int = 2)
     return np.asarray(part.membership)
 
 
-def subsample_stability(
-    g: igraph.Graph,
-    full: np.ndarray,
-    resolution: float,
-    *,
-    seed: int,
-    n_subsamples: int = N_SUBSAMPLES,
-    fraction: float = SUBSAMPLE_FRACTION,
-) -> float:
-    """Mean ARI between the partition of all cells and Leiden partitions of random subsets of
-    cells (the induced subgraphs), on the cells they share."""
-    from sklearn.metrics import adjusted_rand_score
+def silhouette(rep: np.ndarray, labels: np.ndarray, *, seed: int, max_cells: int) -> float:
+    """Mean silhouette width of ``labels`` in ``rep`` (Euclidean), on at most ``max_cells``
+    random cells; NaN for a single cluster."""
+    from sklearn.metrics import silhouette_score
 
-    rng = np.random.default_rng(seed)
-    n = g.vcount()
-    scores = []
-    for b in range(n_subsamples):
-        keep = np.sort(rng.choice(n, size=max(2, int(round(fraction * n))), replace=False))
-        sub = g.induced_subgraph(keep.tolist())
-        labels = leiden(sub, resolution, seed + 1 + b)
-        scores.append(adjusted_rand_score(full[keep], labels))
-    return float(np.mean(scores))
+    idx = np.arange(len(labels))
+    if len(idx) > max_cells:
+        idx = np.sort(np.random.default_rng(seed).choice(len(idx), max_cells, replace=False))
+    n = len(np.unique(labels[idx]))
+    if not 1 < n < len(idx):
+        return float("nan")
+    return float(silhouette_score(rep[idx], labels[idx]))
 
 
 def scan(
     connectivities: sparse.spmatrix,
+    rep: np.ndarray,
     *,
     resolutions=GRID,
     seed: int = 0,
-    n_subsamples: int = N_SUBSAMPLES,
-    fraction: float = SUBSAMPLE_FRACTION,
-) -> tuple[pd.DataFrame, dict[float, np.ndarray]]:
-    """Leiden at every resolution, with its subsample stability.
+    max_cells: int = MAX_SILHOUETTE_CELLS,
+) -> pd.DataFrame:
+    """Leiden at every resolution, with the silhouette width of its partition in ``rep``.
 
-    Returns the scan (``resolution``, ``n_clusters``, ``stability``) and the labels of all
-    cells at each resolution.
+    Returns a table of ``resolution``, ``n_clusters`` and ``silhouette``.
     """
     import pandas as pd
 
     g = to_igraph(connectivities)
-    rows, labels = [], {}
+    rows = []
     for r in resolutions:
-        full = leiden(g, float(r), seed)
-        labels[float(r)] = full
+        labels = leiden(g, float(r), seed)
         rows.append(
             {
                 "resolution": float(r),
-                "n_clusters": int(len(np.unique(full))),
-                "stability": subsample_stability(
-                    g, full, float(r), seed=seed, n_subsamples=n_subsamples, fraction=fraction
-                ),
+                "n_clusters": int(len(np.unique(labels))),
+                "silhouette": silhouette(rep, labels, seed=seed, max_cells=max_cells),
             }
         )
-    return pd.DataFrame(rows), labels
+    return pd.DataFrame(rows)
 
 
-def choose(table: pd.DataFrame, criterion: str = "stability") -> float:
-    """The resolution of highest ``criterion`` among those giving two or more clusters (the
-    highest such resolution on ties); the largest resolution when none gives two."""
-    ok = table[table["n_clusters"] >= 2]
+def choose(table: pd.DataFrame, criterion: str = "silhouette", tie: float = TIE) -> float:
+    """The highest resolution whose ``criterion`` is within ``tie`` of the best, among those
+    giving two or more clusters; the largest resolution when none gives two."""
+    ok = table[(table["n_clusters"] >= 2) & table[criterion].notna()]
     if ok.empty:
         return float(table["resolution"].max())
     best = ok[criterion].max()
-    return float(ok.loc[ok[criterion] >= best - 1e-12, "resolution"].max())
+    return float(ok.loc[ok[criterion] >= best - tie, "resolution"].max())
 
 
 def search_n_clusters(
