@@ -83,8 +83,11 @@ def scdl_latent(adata: ad.AnnData, batch_key: str | None, seed: int) -> np.ndarr
     return tmp.obsm["X_scdl"]
 
 
-def embeddings(name: str, seed: int, cache: Path | None, spaces=SPACES) -> tuple[ad.AnnData, str]:
-    """The dataset with obsm PCA / scVI / scdl (read from ``cache`` when there)."""
+def embeddings(
+    name: str, seed: int, cache: Path | None, spaces=SPACES, cache_only: bool = False
+) -> tuple[ad.AnnData, str]:
+    """The dataset with obsm PCA / scVI / scdl (read from ``cache`` when there; with
+    ``cache_only`` a learned space not in the cache is left out)."""
     adata, label_key, batch_key = load(name)
     for space, fn in (
         ("PCA", lambda: scanpy_pca(adata)),
@@ -97,6 +100,8 @@ def embeddings(name: str, seed: int, cache: Path | None, spaces=SPACES) -> tuple
         if path is not None and path.is_file():
             adata.obsm[space] = np.load(path)
             continue
+        if cache_only and space != "PCA":
+            continue
         adata.obsm[space] = np.asarray(fn(), dtype=np.float32)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,12 +109,14 @@ def embeddings(name: str, seed: int, cache: Path | None, spaces=SPACES) -> tuple
     return adata, label_key
 
 
-def run(name: str, seed: int, cache: Path | None, spaces=SPACES) -> pd.DataFrame:
+def run(
+    name: str, seed: int, cache: Path | None, spaces=SPACES, cache_only: bool = False
+) -> pd.DataFrame:
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     import scdl
 
-    adata, label_key = embeddings(name, seed, cache, spaces)
+    adata, label_key = embeddings(name, seed, cache, spaces, cache_only)
     keep = (adata.obs[label_key].astype(str) != "NA").to_numpy()
     truth = adata.obs[label_key].astype(str).to_numpy()[keep]
 
@@ -120,7 +127,7 @@ def run(name: str, seed: int, cache: Path | None, spaces=SPACES) -> pd.DataFrame
     import scanpy as sc
 
     rows = []
-    for space in spaces:
+    for space in [s for s in spaces if s in adata.obsm]:
         key = f"cl_{space}"
         scdl.tl.cluster(adata, use_rep=space, key_added=key, random_state=seed)  # the graph
         for res in GRID:  # what scdl.tl.cluster(resolution=res) runs on that graph
@@ -198,6 +205,9 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--cache", type=Path, default=None, help="folder to keep embeddings in")
     p.add_argument("--embed-only", action="store_true", help="only compute the embeddings")
+    p.add_argument(
+        "--cache-only", action="store_true", help="leave out learned spaces not in --cache"
+    )
     p.add_argument("--spaces", nargs="+", default=list(SPACES), choices=list(SPACES))
     p.add_argument("--out", type=Path, default=None, help="write the full grid as CSV")
     args = p.parse_args()
@@ -208,7 +218,11 @@ def main() -> None:
                 print(f"embedded {d} seed {s}", flush=True)
         return
     grid = pd.concat(
-        [run(d, s, args.cache, args.spaces) for s in args.seeds for d in args.datasets]
+        [
+            run(d, s, args.cache, args.spaces, args.cache_only)
+            for s in args.seeds
+            for d in args.datasets
+        ]
     )
     if args.out:
         grid.to_csv(args.out, index=False)
