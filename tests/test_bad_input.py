@@ -414,6 +414,10 @@ def test_annotator_predict_checks_counts(kind, error, match):
     ("kwargs", "error", "match"),
     [
         ({"resolution": 0}, ValueError, "resolution must be > 0"),
+        ({"resolution": "best"}, ValueError, 'number > 0 or "auto"'),
+        ({"resolution": None}, TypeError, 'number > 0 or "auto"'),
+        ({"n_clusters": 0}, ValueError, "n_clusters must be between 1"),
+        ({"n_clusters": 2.5}, TypeError, "n_clusters must be an integer"),
         ({"n_neighbors": 1}, ValueError, "n_neighbors must be >= 2"),
         ({"key_added": 3}, TypeError, "key_added"),
         ({"nan": True}, ValueError, "NaN or infinite"),

@@ -1,6 +1,7 @@
 """Figures for scdl's steps (matplotlib; ``show``/``save`` as in scanpy)."""
 
 from ._annotation import annotation, attributions
+from ._cluster import cluster_resolution
 from ._contrastive import contrastive
 from ._drug_response import drug_response
 from ._embedding import embedding
@@ -10,6 +11,7 @@ from ._metrics import integration_metrics
 __all__ = [
     "annotation",
     "attributions",
+    "cluster_resolution",
     "contrastive",
     "drug_response",
     "embedding",

@@ -1,8 +1,9 @@
-"""``scdl.tl.cluster``: Leiden clustering on a learned representation."""
+"""``scdl.tl.cluster``: Leiden clustering on a learned representation, at a given resolution,
+a resolution chosen without labels, or the resolution giving a number of clusters."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -12,7 +13,8 @@ def cluster(
     adata: AnnData,
     *,
     use_rep: str = "X_scdl",
-    resolution: float = 1.0,
+    resolution: float | Literal["auto"] = 1.0,
+    n_clusters: int | None = None,
     n_neighbors: int = 15,
     key_added: str = "scdl_cluster",
     random_state: int = 0,
@@ -24,6 +26,18 @@ def cluster(
     :func:`~scanpy.pp.neighbors`) and runs scanpy's Leiden (igraph flavour) on it. The graph
     is stored under its own key, so a PCA-based ``neighbors`` graph is left as it was.
 
+    ``resolution="auto"`` chooses the resolution without labels: Leiden runs at each
+    resolution of a grid (0.1 to 2), the mean silhouette width of each partition is computed
+    in ``use_rep`` (Euclidean, on at most 2,000 random cells), and the highest resolution
+    whose silhouette is within 0.01 of the best, among those giving two or more clusters, is
+    kept. Like any silhouette choice it favours well-separated groups: subtypes that overlap
+    in the representation may stay merged; pass a number or ``n_clusters`` then.
+
+    ``n_clusters=k`` bisects the resolution until Leiden gives ``k`` clusters (the closest
+    count when none gives ``k`` exactly); as Leiden never returns fewer clusters than the
+    graph has connected components, a smaller ``k`` is reached by merging the clusters whose
+    centroids in ``use_rep`` are closest (average linkage).
+
     Parameters
     ----------
     adata
@@ -31,7 +45,10 @@ def cluster(
     use_rep
         obsm key of the representation, e.g. the output of :func:`scdl.tl.integrate`.
     resolution
-        Leiden resolution: higher gives more, smaller clusters.
+        Leiden resolution: higher gives more, smaller clusters. ``"auto"`` chooses it by
+        silhouette width (see above). Ignored when ``n_clusters`` is given.
+    n_clusters
+        Number of clusters wanted; the resolution is searched for it.
     n_neighbors
         Neighbours per cell in the graph.
     key_added
@@ -48,7 +65,11 @@ def cluster(
     ``adata.obs[key_added]``
         Cluster labels (categorical).
     ``adata.uns[key_added]``
-        Leiden parameters.
+        Leiden parameters, with ``resolution`` (the one used) and ``resolution_method``
+        (``"fixed"``, ``"auto"`` or ``"n_clusters"``). ``"auto"`` adds ``scan``: a dict of
+        arrays ``resolution``, ``n_clusters`` and ``silhouette`` over the grid (plot it with
+        :func:`scdl.pl.cluster_resolution`); ``n_clusters`` adds ``scan`` with the
+        ``resolution`` and ``n_clusters`` of each search step.
     ``adata.uns[f"{key_added}_neighbors"]``
         Parameters of the neighbour graph on ``use_rep``.
     ``adata.obsp[f"{key_added}_neighbors_distances"]``, ``..._connectivities``
@@ -79,7 +100,20 @@ def cluster(
         raise TypeError(f"n_neighbors must be an integer, got {n_neighbors!r}.")
     if n_neighbors < 2:
         raise ValueError(f"n_neighbors must be >= 2, got {n_neighbors}.")
-    if not resolution > 0:
+    if n_clusters is not None:
+        if isinstance(n_clusters, bool) or not isinstance(n_clusters, int | np.integer):
+            raise TypeError(f"n_clusters must be an integer or None, got {n_clusters!r}.")
+        if not 1 <= n_clusters <= adata.n_obs:
+            raise ValueError(
+                f"n_clusters must be between 1 and the number of cells ({adata.n_obs}), got "
+                f"{n_clusters}."
+            )
+    elif isinstance(resolution, str):
+        if resolution != "auto":
+            raise ValueError(f'resolution must be a number > 0 or "auto", got {resolution!r}.')
+    elif isinstance(resolution, bool) or not isinstance(resolution, int | float | np.number):
+        raise TypeError(f'resolution must be a number > 0 or "auto", got {resolution!r}.')
+    elif not resolution > 0:
         raise ValueError(f"resolution must be > 0 (e.g. 0.5 to 2), got {resolution!r}.")
     if not isinstance(key_added, str) or not key_added:
         raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
@@ -97,9 +131,41 @@ def cluster(
         key_added=neighbors_key,
         random_state=random_state,
     )
+    connectivities = adata.obsp[f"{neighbors_key}_connectivities"]
+    if n_clusters is not None:
+        import pandas as pd
+
+        from ._resolution import merge_to, search_n_clusters, to_igraph
+
+        chosen, labels, steps = search_n_clusters(
+            to_igraph(connectivities), int(n_clusters), seed=random_state
+        )
+        labels = merge_to(labels, rep, int(n_clusters))
+        sizes = pd.Series(labels).value_counts()  # name clusters 0, 1, ... by size
+        rename = {c: str(i) for i, c in enumerate(sizes.index)}
+        names = [str(i) for i in range(len(sizes))]
+        adata.obs[key_added] = pd.Categorical([rename[c] for c in labels], categories=names)
+        adata.uns[key_added] = {
+            "params": {"resolution": chosen, "random_state": random_state, "n_iterations": 2},
+            "resolution": chosen,
+            "resolution_method": "n_clusters",
+            "scan": {
+                "resolution": np.array([r for r, _ in steps]),
+                "n_clusters": np.array([k for _, k in steps]),
+            },
+        }
+        return adata if copy else None
+    scan = None
+    if isinstance(resolution, str):
+        from ._resolution import choose
+        from ._resolution import scan as scan_resolutions
+
+        table = scan_resolutions(connectivities, rep, seed=random_state)
+        resolution = choose(table)
+        scan = {c: table[c].to_numpy() for c in ("resolution", "n_clusters", "silhouette")}
     sc.tl.leiden(
         adata,
-        resolution=resolution,
+        resolution=float(resolution),
         key_added=key_added,
         neighbors_key=neighbors_key,
         flavor="igraph",
@@ -107,4 +173,8 @@ def cluster(
         directed=False,
         random_state=random_state,
     )
+    adata.uns[key_added]["resolution"] = float(resolution)
+    adata.uns[key_added]["resolution_method"] = "fixed" if scan is None else "auto"
+    if scan is not None:
+        adata.uns[key_added]["scan"] = scan
     return adata if copy else None

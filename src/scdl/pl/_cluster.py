@@ -1,0 +1,66 @@
+"""``scdl.pl.cluster_resolution``: the resolution scan behind ``tl.cluster(resolution="auto")``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._utils import finish
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from matplotlib.figure import Figure
+
+
+def cluster_resolution(
+    adata: AnnData,
+    *,
+    key: str = "scdl_cluster",
+    show: bool | None = None,
+    save: str | bool | None = None,
+) -> Figure | None:
+    """Plot the silhouette width and number of clusters of each scanned Leiden resolution, with the
+    chosen one marked.
+
+    Parameters
+    ----------
+    adata
+        AnnData clustered by ``scdl.tl.cluster(adata, resolution="auto", key_added=key)``
+        (reads ``uns[key]["scan"]``).
+    key
+        ``key_added`` of the cluster call.
+    show, save
+        As in scanpy.
+
+    Returns
+    -------
+    The Figure, unless it was shown.
+    """
+    import matplotlib.pyplot as plt
+
+    info = adata.uns.get(key)
+    if not isinstance(info, dict) or "silhouette" not in info.get("scan", {}):
+        raise KeyError(
+            f"adata.uns[{key!r}]['scan'] with a silhouette scan not found. Run "
+            f'`scdl.tl.cluster(adata, resolution="auto", key_added={key!r})` first.'
+        )
+    scan = info["scan"]
+    res = np.asarray(scan["resolution"], dtype=float)
+    stab = np.asarray(scan["silhouette"], dtype=float)
+    k = np.asarray(scan["n_clusters"])
+    chosen = float(info["resolution"])
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(res, stab, marker="o", color="C0")
+    ax.set_xlabel("Leiden resolution")
+    ax.set_ylabel("mean silhouette width", color="C0")
+    ax.axvline(chosen, color="0.5", linestyle="--", linewidth=1)
+    ax2 = ax.twinx()
+    ax2.step(res, k, where="mid", color="C1")
+    ax2.set_ylabel("clusters", color="C1")
+    for r, s, n in zip(res, stab, k, strict=True):
+        ax.annotate(str(int(n)), (r, s), textcoords="offset points", xytext=(0, 5), fontsize=7)
+    ax.set_title(f"Resolution scan ({key}): chosen {chosen:g}")
+    fig.tight_layout()
+    return finish(fig, show=show, save=save, default_name=f"cluster_resolution_{key}")

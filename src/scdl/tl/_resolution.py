@@ -1,0 +1,165 @@
+"""Leiden resolution without labels: silhouette width over a resolution scan, and the
+resolution search behind ``n_clusters``.
+
+Works on a neighbour graph's connectivities (a sparse cells x cells matrix); the Leiden runs
+are igraph's modularity Leiden, as in scanpy's ``flavor="igraph"``.
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import igraph
+    import pandas as pd
+    from scipy import sparse
+
+# Leiden resolutions scanned by ``resolution="auto"``.
+GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0)
+# Cells the silhouette width is computed on (a random subset beyond this).
+MAX_SILHOUETTE_CELLS = 2000
+# Resolutions whose silhouette is within this of the best count as ties (the finest wins).
+TIE = 0.01
+
+
+def to_igraph(connectivities: sparse.spmatrix) -> igraph.Graph:
+    """Undirected weighted igraph graph of a symmetric connectivity matrix."""
+    import igraph
+    from scipy import sparse
+
+    upper = sparse.triu(sparse.csr_matrix(connectivities), k=1).tocoo()
+    g = igraph.Graph(n=connectivities.shape[0], edges=list(zip(upper.row, upper.col)))
+    g.es["weight"] = upper.data.astype(float)
+    return g
+
+
+@contextmanager
+def _igraph_seed(seed: int):
+    import igraph
+
+    igraph.set_random_number_generator(random.Random(seed))
+    try:
+        yield
+    finally:
+        igraph.set_random_number_generator(random)
+
+
+def leiden(g: igraph.Graph, resolution: float, seed: int, n_iterations: int = 2) -> np.ndarray:
+    """Leiden (modularity with ``resolution``) labels of every vertex of ``g``."""
+    with _igraph_seed(seed):
+        part = g.community_leiden(
+            objective_function="modularity",
+            weights="weight",
+            resolution=resolution,
+            n_iterations=n_iterations,
+        )
+    return np.asarray(part.membership)
+
+
+def silhouette(rep: np.ndarray, labels: np.ndarray, *, seed: int, max_cells: int) -> float:
+    """Mean silhouette width of ``labels`` in ``rep`` (Euclidean), on at most ``max_cells``
+    random cells; NaN for a single cluster."""
+    from sklearn.metrics import silhouette_score
+
+    idx = np.arange(len(labels))
+    if len(idx) > max_cells:
+        idx = np.sort(np.random.default_rng(seed).choice(len(idx), max_cells, replace=False))
+    n = len(np.unique(labels[idx]))
+    if not 1 < n < len(idx):
+        return float("nan")
+    return float(silhouette_score(rep[idx], labels[idx]))
+
+
+def scan(
+    connectivities: sparse.spmatrix,
+    rep: np.ndarray,
+    *,
+    resolutions=GRID,
+    seed: int = 0,
+    max_cells: int = MAX_SILHOUETTE_CELLS,
+) -> pd.DataFrame:
+    """Leiden at every resolution, with the silhouette width of its partition in ``rep``.
+
+    Returns a table of ``resolution``, ``n_clusters`` and ``silhouette``.
+    """
+    import pandas as pd
+
+    g = to_igraph(connectivities)
+    rows = []
+    for r in resolutions:
+        labels = leiden(g, float(r), seed)
+        rows.append(
+            {
+                "resolution": float(r),
+                "n_clusters": int(len(np.unique(labels))),
+                "silhouette": silhouette(rep, labels, seed=seed, max_cells=max_cells),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def choose(table: pd.DataFrame, criterion: str = "silhouette", tie: float = TIE) -> float:
+    """The highest resolution whose ``criterion`` is within ``tie`` of the best, among those
+    giving two or more clusters; the largest resolution when none gives two."""
+    ok = table[(table["n_clusters"] >= 2) & table[criterion].notna()]
+    if ok.empty:
+        return float(table["resolution"].max())
+    best = ok[criterion].max()
+    return float(ok.loc[ok[criterion] >= best - tie, "resolution"].max())
+
+
+def search_n_clusters(
+    g: igraph.Graph,
+    n_clusters: int,
+    *,
+    seed: int = 0,
+    low: float = 1e-3,
+    high: float = 10.0,
+    max_steps: int = 30,
+) -> tuple[float, np.ndarray, list[tuple[float, int]]]:
+    """Bisection on log-resolution for ``n_clusters`` Leiden clusters.
+
+    Returns the resolution, its labels and the (resolution, n_clusters) steps. When no
+    resolution gives exactly ``n_clusters`` within ``max_steps``, the closest count found
+    (the lower resolution on ties) is returned.
+    """
+    steps: list[tuple[float, int]] = []
+    best: tuple[int, float, np.ndarray] | None = None
+    lo, hi = np.log(low), np.log(high)
+    for _ in range(max_steps):
+        r = float(np.exp((lo + hi) / 2))
+        labels = leiden(g, r, seed)
+        k = int(len(np.unique(labels)))
+        steps.append((r, k))
+        gap = abs(k - n_clusters)
+        if best is None or gap < best[0] or (gap == best[0] and r < best[1]):
+            best = (gap, r, labels)
+        if k == n_clusters:
+            break
+        if k < n_clusters:
+            lo = np.log(r)
+        else:
+            hi = np.log(r)
+    assert best is not None
+    return best[1], best[2], steps
+
+
+def merge_to(labels: np.ndarray, rep: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Merge clusters (average linkage of their centroids in ``rep``) down to ``n_clusters``.
+
+    Leiden never returns fewer clusters than the graph has connected components, so a
+    smaller ``n_clusters`` is reached by joining the closest clusters.
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    ids, inverse = np.unique(labels, return_inverse=True)
+    if len(ids) <= n_clusters:
+        return labels
+    centroids = np.stack([rep[inverse == i].mean(axis=0) for i in range(len(ids))])
+    tree = linkage(centroids, method="average")
+    groups = fcluster(tree, t=n_clusters, criterion="maxclust")
+    return groups[inverse] - 1

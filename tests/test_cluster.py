@@ -1,0 +1,73 @@
+"""scdl.tl.cluster's resolution choice (``"auto"``, ``n_clusters``) on real data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import EPOCHS, read_shared
+from sklearn.metrics import adjusted_rand_score
+
+import scdl
+
+
+@pytest.fixture(scope="module")
+def cellbench():
+    """CellBench, five lung cell lines on three CEL-seq2 plates, singlets, with PCA."""
+    from scdl.tl._metrics import unintegrated_pca
+
+    adata = read_shared("cellbench_lung_5lines_3plates.h5ad")
+    adata = adata[adata.obs["demuxlet"] == "SNG"].copy()
+    adata.obsm["X_pca"] = unintegrated_pca(adata, n_comps=30)
+    return adata
+
+
+def test_auto_resolution_close_to_best(cellbench):
+    adata = cellbench.copy()
+    scdl.tl.cluster(adata, use_rep="X_pca", resolution="auto")
+    info = adata.uns["scdl_cluster"]
+    assert info["resolution_method"] == "auto"
+    chosen = info["resolution"]
+    assert chosen in info["scan"]["resolution"]
+    auto = adjusted_rand_score(adata.obs["cell_line"], adata.obs["scdl_cluster"])
+    best = 0.0
+    for res in (0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0):
+        scdl.tl.cluster(adata, use_rep="X_pca", resolution=res, key_added="fixed")
+        best = max(best, adjusted_rand_score(adata.obs["cell_line"], adata.obs["fixed"]))
+    assert auto >= best - 0.1, (auto, best, chosen)
+    # the numeric path at the chosen resolution gives the same clusters
+    scdl.tl.cluster(adata, use_rep="X_pca", resolution=chosen, key_added="again")
+    assert adjusted_rand_score(adata.obs["scdl_cluster"], adata.obs["again"]) == 1.0
+    assert adata.uns["again"]["resolution_method"] == "fixed"
+    fig = scdl.pl.cluster_resolution(adata, show=False)
+    assert fig is not None
+
+
+@pytest.mark.parametrize("k", [3, 5, 8])
+def test_n_clusters(cellbench, k):
+    adata = cellbench.copy()
+    scdl.tl.cluster(adata, use_rep="X_pca", n_clusters=k)
+    assert abs(adata.obs["scdl_cluster"].nunique() - k) <= 1
+    assert adata.uns["scdl_cluster"]["resolution_method"] == "n_clusters"
+    steps = adata.uns["scdl_cluster"]["scan"]
+    assert len(steps["resolution"]) == len(steps["n_clusters"]) >= 1
+
+
+def test_one_batch_gene_codes_defaults(cellbench):
+    """One plate, Ensembl IDs instead of gene names, scdl's defaults end to end (fewer epochs)."""
+    adata = cellbench[cellbench.obs["batch"] == cellbench.obs["batch"].cat.categories[0]].copy()
+    adata.var_names = adata.var["gene_ids"].astype(str).to_numpy()
+    del adata.obsm["X_pca"]
+    scdl.tl.integrate(adata, max_epochs=EPOCHS, progress_bar=False)
+    scdl.tl.cluster(adata, resolution="auto")
+    k = adata.obs["scdl_cluster"].nunique()
+    assert 2 <= k <= 10
+    ari = adjusted_rand_score(adata.obs["cell_line"], adata.obs["scdl_cluster"])
+    assert ari > 0.6, ari
+
+
+def test_cluster_resolution_plot_needs_scan(cellbench):
+    adata = cellbench.copy()
+    scdl.tl.cluster(adata, use_rep="X_pca", resolution=0.5)
+    with pytest.raises(KeyError, match='resolution="auto"'):
+        scdl.pl.cluster_resolution(adata)
+    assert np.isfinite(adata.uns["scdl_cluster"]["resolution"])
