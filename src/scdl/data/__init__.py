@@ -11,6 +11,7 @@ from ._checks import (
     get_matrix,
 )
 from ._lognorm import input_kind
+from ._normalize import log_normalize_counts
 
 __all__ = [
     "check_categorical",
@@ -22,4 +23,5 @@ __all__ = [
     "check_unique_var_names",
     "get_matrix",
     "input_kind",
+    "log_normalize_counts",
 ]

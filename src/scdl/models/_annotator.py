@@ -14,7 +14,13 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
-from scdl.data import check_categorical, check_count_setup, check_counts, input_kind
+from scdl.data import (
+    check_categorical,
+    check_count_setup,
+    check_counts,
+    input_kind,
+    log_normalize_counts,
+)
 from scdl.data._genes import align_to_genes
 from scdl.data._loader import CSRBatches, FastDataSplitter, dense_rows
 from scdl.module._annotator import CellTypeTransformerModule
@@ -219,7 +225,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         total = np.zeros(adata.n_vars)
         total_sq = np.zeros(adata.n_vars)
         for start in range(0, adata.n_obs, 10_000):
-            chunk = _log_normalize_csr(x[start : start + 10_000])
+            chunk = log_normalize_counts(x[start : start + 10_000])
             total += np.asarray(chunk.sum(0)).ravel()
             total_sq += np.asarray(chunk.multiply(chunk).sum(0)).ravel()
         mean = total / adata.n_obs
@@ -848,15 +854,3 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
             if rows
             else pd.DataFrame(columns=["label", "gene", "attribution", "rank"])
         )
-
-
-def _log_normalize_csr(x):
-    """log1p(CP10k) of a sparse or dense row block, as CSR float64."""
-    from scipy import sparse
-
-    x = sparse.csr_matrix(x, dtype=np.float64)
-    lib = np.asarray(x.sum(1)).ravel()
-    scale = 1e4 / np.maximum(lib, 1.0)
-    out = sparse.diags(scale) @ x
-    out.data = np.log1p(out.data)
-    return out

@@ -27,6 +27,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
+from scdl.data import log_normalize_counts
+
 #: Leiden resolution of the clusters the Unknown call is made on
 NOVELTY_RESOLUTION = 1.0
 #: added to the reference's own 95th percentile of cluster novelty (see module notes)
@@ -38,10 +40,7 @@ _STD_FLOOR = 0.1
 
 def log_normalize(x) -> sparse.csr_matrix:
     """log1p(CP10k) of a count matrix, as CSR float32."""
-    x = sparse.csr_matrix(x, dtype=np.float64, copy=True)
-    lib = np.maximum(np.asarray(x.sum(1)).ravel(), 1.0)
-    x.data = np.log1p(x.data * np.repeat(1e4 / lib, np.diff(x.indptr)))
-    return x.astype(np.float32)
+    return log_normalize_counts(x, dtype=np.float32)
 
 
 def _mean_sd(x_log) -> tuple[np.ndarray, np.ndarray]:
