@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy import sparse
 
 import scdl
 
@@ -60,12 +59,46 @@ def test_annotator_csr_inference_equals_dense(drop_genes):
     cells = scdl.datasets.kang_pbmc_heldout()
     cells = cells[:, drop_genes:].copy()  # some of the model's genes absent
     x, present = model._query_matrix(cells, None, 0.5)
-    assert sparse.issparse(x)
+    assert isinstance(x, scdl.data.CSRTensors)
     p_csr, nov_csr = model._features(x, present, batch_size=128)
-    p_dense, nov_dense = model._features(x.toarray(), present, batch_size=128)
+    p_dense, nov_dense = model._features(x.to_scipy().toarray(), present, batch_size=128)
     torch.testing.assert_close(p_csr, p_dense, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(nov_csr, nov_dense, rtol=1e-4, atol=1e-5)
     assert (p_csr.argmax(1) == p_dense.argmax(1)).all()
+
+
+def test_gather_counts_equals_scipy_alignment():
+    """Counts gathered in a model's gene order (host and device code paths) equal scipy's
+    alignment, with genes shuffled and some absent; a non-count value among the kept genes
+    sends the caller to the full check, one among the others does not matter."""
+    from scdl.data import align_to_genes, gather_counts, gene_columns
+    from scdl.data._csr import _gather_device
+
+    cells = scdl.datasets.kang_pbmc_heldout()
+    rng = np.random.default_rng(0)
+    genes = cells.var_names[rng.permutation(cells.n_vars)[: cells.n_vars - 50]]
+    query = cells[:, rng.permutation(cells.n_vars)[40:]].copy()  # 40 model genes absent
+    col, present = gene_columns(query, genes)
+    assert present.sum() < len(genes)
+    lookup = np.full(query.n_vars, -1)
+    lookup[col[present]] = np.flatnonzero(present)
+    expected = align_to_genes(query, genes)[0].sorted_indices()
+    host = gather_counts(query.X, lookup, len(genes))
+    device = _gather_device(query.X, lookup, len(genes), torch.device("cpu"))
+    for got in (host, device):
+        m = got.to_scipy()
+        assert m.shape == expected.shape
+        np.testing.assert_array_equal(m.indptr, expected.indptr)
+        np.testing.assert_array_equal(m.indices, expected.indices)
+        np.testing.assert_array_equal(m.data, expected.data)
+    x = query.X.copy()
+    used = np.isin(x.indices, col[present])
+    x.data[np.flatnonzero(used)[0]] = 0.5
+    assert gather_counts(x, lookup, len(genes)) is None
+    assert _gather_device(x, lookup, len(genes), torch.device("cpu")) is None
+    x = query.X.copy()
+    x.data[np.flatnonzero(~used)[0]] = 0.5
+    assert gather_counts(x, lookup, len(genes)) is not None
 
 
 def test_vae_trains_from_backed_h5ad_like_in_memory(kang, tmp_path):

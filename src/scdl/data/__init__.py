@@ -10,10 +10,17 @@ from ._checks import (
     check_unique_var_names,
     get_matrix,
 )
+from ._csr import CSRTensors, gather_counts, inference_batch_size
+from ._genes import align_to_genes, gene_columns
 from ._lognorm import input_kind
 from ._normalize import log_normalize_counts
 
 __all__ = [
+    "CSRTensors",
+    "align_to_genes",
+    "gather_counts",
+    "gene_columns",
+    "inference_batch_size",
     "check_categorical",
     "check_count_setup",
     "check_counts",

@@ -28,6 +28,32 @@ def gene_mismatch_message(reference: pd.Index, query: pd.Index) -> str:
     )
 
 
+def gene_columns(adata, genes, *, min_overlap: float = 0.5, what: str = "model"):
+    """Where each of ``genes`` sits in ``adata.var_names`` (``-1``: absent) and which occur.
+
+    Raises
+    ------
+    ValueError
+        Gene names are not unique, or fewer than ``min_overlap`` of ``genes`` occur.
+    """
+    from ._checks import check_unique_var_names
+
+    genes = pd.Index(genes)
+    check_unique_var_names(adata)
+    col = adata.var_names.get_indexer(genes)
+    present = col >= 0
+    n_present = int(present.sum())
+    if n_present < min_overlap * len(genes):
+        example = adata.var_names[:3].tolist()
+        raise ValueError(
+            f"Only {n_present} of the {what}'s {len(genes)} genes ({n_present / len(genes):.0%}) "
+            f"occur in adata.var_names (e.g. {example}); at least {min_overlap:.0%} are needed. "
+            f"Use the same gene identifiers as the {what} (symbols, e.g. {genes[:3].tolist()}, "
+            "vs Ensembl IDs?), or set adata.var_names from the right var column."
+        )
+    return col, present
+
+
 def align_to_genes(
     adata,
     genes,
@@ -49,21 +75,10 @@ def align_to_genes(
     import numpy as np
     from scipy import sparse
 
-    from ._checks import check_unique_var_names, get_matrix
+    from ._checks import get_matrix
 
-    genes = pd.Index(genes)
-    check_unique_var_names(adata)
-    col = adata.var_names.get_indexer(genes)
-    present = col >= 0
+    col, present = gene_columns(adata, genes, min_overlap=min_overlap, what=what)
     n_present = int(present.sum())
-    if n_present < min_overlap * len(genes):
-        example = adata.var_names[:3].tolist()
-        raise ValueError(
-            f"Only {n_present} of the {what}'s {len(genes)} genes ({n_present / len(genes):.0%}) "
-            f"occur in adata.var_names (e.g. {example}); at least {min_overlap:.0%} are needed. "
-            f"Use the same gene identifiers as the {what} (symbols, e.g. {genes[:3].tolist()}, "
-            "vs Ensembl IDs?), or set adata.var_names from the right var column."
-        )
     x = get_matrix(adata, layer)
     # a 0/1 selection matrix maps query columns to the model's, without densifying
     sel = sparse.csr_matrix(

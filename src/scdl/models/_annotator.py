@@ -15,13 +15,18 @@ from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
 from scdl.data import (
+    CSRTensors,
+    align_to_genes,
     check_categorical,
     check_count_setup,
     check_counts,
+    gather_counts,
+    gene_columns,
+    get_matrix,
+    inference_batch_size,
     input_kind,
     log_normalize_counts,
 )
-from scdl.data._genes import align_to_genes
 from scdl.data._loader import CSRBatches, FastDataSplitter, dense_rows
 from scdl.module._annotator import CellTypeTransformerModule
 
@@ -504,42 +509,36 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         self.unknown_rate_ = float(unknown_rate)
 
     # --- prediction --------------------------------------------------------------------------
-    def _features(self, x, present=None, batch_size: int = 1024):
+    def _features(self, x, present=None, batch_size: int | None = None):
         """Probabilities and novelty (cells) for a matrix in vocabulary order.
 
         Novelty is 1 - the cosine similarity between a cell's standardised profile and the
         mean profile of the type it is predicted as (over the genes the data holds): a cell of
         a type absent from the reference, forced onto the nearest type, matches it poorly.
-        Sparse input goes through the module's CSR path (cost in the non-zeros; same values);
-        batches of ~1k cells keep the working set in cache.
+        Sparse input (scipy or :class:`~scdl.data.CSRTensors`) goes through the module's CSR
+        path (cost in the non-zeros; same values as the dense path), on the model's device.
         """
         from scipy import sparse
 
         self.module.eval()
         dev = self.module.device
+        batch_size = inference_batch_size(dev) if batch_size is None else int(batch_size)
         mask = None if present is None else torch.as_tensor(present, device=dev)
         centroids = self.module.centroids
         if mask is not None:
             centroids = centroids * mask
         c_norm = centroids.norm(dim=1)
         if sparse.issparse(x):
-            x = sparse.csr_matrix(x, dtype=np.float32)
-            # the whole CSR once as tensors; a minibatch is then a pair of views
-            indptr = torch.from_numpy(x.indptr.astype(np.int64))
-            indices = torch.from_numpy(x.indices.astype(np.int64))
-            data = torch.from_numpy(x.data)
+            x = CSRTensors.from_scipy(x, dev)
         probs, novelty = [], []
         with torch.inference_mode():
-            for start in range(0, x.shape[0], batch_size):
-                stop = min(start + batch_size, x.shape[0])
-                if sparse.issparse(x):
-                    lo, hi = int(indptr[start]), int(indptr[stop])
+            n = x.n_rows if isinstance(x, CSRTensors) else x.shape[0]
+            for start in range(0, n, batch_size):
+                stop = min(start + batch_size, n)
+                if isinstance(x, CSRTensors):
+                    crow, col, data = x.rows(start, stop)
                     _, logits, dots, z_norm = self.module.features_csr(
-                        (indptr[start : stop + 1] - lo).to(dev),
-                        indices[lo:hi].to(dev),
-                        data[lo:hi].to(dev),
-                        mask,
-                        centroids,
+                        crow, col, data, mask, centroids
                     )
                 else:
                     xb = dense_rows(x, np.arange(start, stop)).to(dev)
@@ -550,9 +549,9 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
                 sim = dots.gather(1, best[:, None]).squeeze(1) / (z_norm * c_norm[best]).clamp(
                     min=1e-8
                 )
-                probs.append(p.cpu())
-                novelty.append((1 - sim).cpu())
-        return torch.cat(probs), torch.cat(novelty)
+                probs.append(p)
+                novelty.append(1 - sim)
+        return torch.cat(probs).cpu(), torch.cat(novelty).cpu()
 
     @torch.inference_mode()
     def _blend_query_stats(self, x, present, weight: float) -> None:
@@ -580,29 +579,43 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         )
 
     def _query_matrix(self, adata: AnnData | None, layer: str | None, min_gene_overlap: float):
+        """The query's counts in the model's gene order on the model's device, and the mask
+        of the model's genes it holds (``None``: all)."""
+        from scipy import sparse
+
+        dev = self.module.device
         if adata is None:
             if self.adata is None:
                 raise ValueError(
                     "This model was loaded without its reference data: pass the cells to "
                     "annotate as `adata=`."
                 )
-            return self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY), None
-        from scipy import sparse
-
-        kind, _ = input_kind(adata, layer)  # raw counts, or log1p of normalised counts
-        x, present = align_to_genes(
-            adata, self.get_var_names(), layer=layer, min_overlap=min_gene_overlap, what="model"
+            x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+            return CSRTensors.from_scipy(sparse.csr_matrix(x), dev), None
+        matrix = get_matrix(adata, layer)
+        col, present = gene_columns(
+            adata, self.get_var_names(), min_overlap=min_gene_overlap, what="model"
         )
-        if kind == "log1p":  # expm1 gives counts per a constant total: the same log1p(CP10k)
-            x = sparse.csr_matrix(x, dtype=np.float32, copy=True)
-            x.data = np.expm1(x.data)
+        lookup = np.full(adata.n_vars, -1, dtype=np.int64)
+        lookup[col[present]] = np.flatnonzero(present)
+        # CSR counts: gathered and checked on the device (only the model's genes are read)
+        x = gather_counts(matrix, lookup, len(present), dev)
+        if x is None:  # dense, backed, or not counts: the full check explains or finds log1p
+            kind, _ = input_kind(adata, layer)  # raw counts, or log1p of normalised counts
+            xs, present = align_to_genes(
+                adata, self.get_var_names(), layer=layer, min_overlap=min_gene_overlap
+            )
+            if kind == "log1p":  # expm1 gives counts per a constant total: the same log1p(CP10k)
+                xs = sparse.csr_matrix(xs, dtype=np.float32, copy=True)
+                xs.data = np.expm1(xs.data)
+            x = CSRTensors.from_scipy(xs, dev)
         if not present.all():
             logger.info(
                 "Query holds %d of the model's %d genes; the rest count as unmeasured.",
                 present.sum(),
                 len(present),
             )
-        return sparse.csr_matrix(x), (None if present.all() else present)
+        return x, (None if present.all() else present)
 
     def annotate_cells(
         self,
@@ -610,11 +623,12 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         *,
         layer: str | None = None,
         min_gene_overlap: float = 0.5,
-        batch_size: int = 1024,
+        batch_size: int | None = None,
         adapt_to_query: float = 0.0,
         over_clustering_resolution: float | None = None,
         seed: int = 0,
         unknown_call: bool = True,
+        over_clustering: bool = False,
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Everything :func:`scdl.tl.annotate` writes: per-cell calls and probabilities.
 
@@ -631,10 +645,13 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
             ``novelty``. Use it only for a query holding a mix of cell types: a query of one
             population has its markers as its mean. The Unknown call is made on clusters
             already standardised by the query's own statistics and does not use it.
+        over_clustering
+            Also over-cluster the query (for majority voting) and return it as
+            ``over_cluster`` (``-1`` otherwise); it costs a second Leiden run.
         over_clustering_resolution
-            Leiden resolution of the query's over-clustering returned as ``over_cluster`` (for
-            majority voting); ``None`` chooses it from the number of cells as CellTypist does
-            (5 below 5,000 cells, 10 below 20,000, 15 below 40,000, else 20).
+            Leiden resolution of that over-clustering; ``None`` chooses it from the number of
+            cells as CellTypist does (5 below 5,000 cells, 10 below 20,000, 15 below 40,000,
+            else 20).
         seed
             Seed of the query's PCA and clustering.
         unknown_call
@@ -660,7 +677,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         saved = (mod.gene_mean.clone(), mod.gene_std.clone())
         try:
             if adapt_to_query > 0:
-                self._blend_query_stats(x, present, float(adapt_to_query))
+                self._blend_query_stats(x.to_scipy(), present, float(adapt_to_query))
             probs, novelty = self._features(x, present, batch_size)
         finally:  # the model's reference statistics are never changed by a call
             mod.gene_mean.copy_(saved[0])
@@ -677,18 +694,18 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
             },
             index=index,
         )
-        if not unknown_call:  # forced calls only: the query is not clustered
-            calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = -1, np.nan, -1
+        calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = -1, np.nan, -1
+        if unknown_call or over_clustering:
+            resolution = over_clustering_resolution if over_clustering else False
+            cluster, score, over = self._cluster_calls(
+                x.to_scipy(), present, best.numpy(), resolution, seed
+            )
+            calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = cluster, score, over
+        if not unknown_call:  # forced calls only
             unknown = np.zeros(len(calls), dtype=bool)
         elif self.cluster_threshold_ is not None:
-            calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = self._cluster_calls(
-                x, present, best.numpy(), over_clustering_resolution, seed
-            )
             unknown = calls["cluster_novelty"].to_numpy() > self.cluster_threshold_
         else:  # a model calibrated before the cluster call: its per-cell thresholds
-            calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = self._cluster_calls(
-                x, present, best.numpy(), over_clustering_resolution, seed
-            )
             unknown = (
                 (conf < self.module.confidence_threshold.cpu())
                 | (novelty > self.module.novelty_threshold.cpu()[best])
@@ -698,16 +715,17 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         return calls, pd.DataFrame(probs.numpy(), index=index, columns=self.labels)
 
     def _cluster_calls(self, x, present, best, resolution, seed):
-        """Query clusters, their novelty per cell, and the over-clustering for voting."""
+        """Query clusters, their novelty per cell, and the over-clustering for voting
+        (``resolution=False``: none, ``-1``)."""
         from ._novelty import log_normalize
 
         n = x.shape[0]
         if resolution is None:  # CellTypist's choice by query size
             resolution = 5 if n < 5_000 else 10 if n < 20_000 else 15 if n < 40_000 else 20
         x_log = log_normalize(x)
-        clusters, over = cluster_cells(
-            x_log, resolutions=(NOVELTY_RESOLUTION, float(resolution)), seed=seed
-        )
+        resolutions = (NOVELTY_RESOLUTION,) + (() if resolution is False else (float(resolution),))
+        clusters, *over = cluster_cells(x_log, resolutions=resolutions, seed=seed)
+        over = over[0] if over else np.full(n, -1)
         centroids = self.module.centroids.cpu().numpy()
         genes = self.novelty_genes_ if self.novelty_genes_ is not None else range(x.shape[1])
         score, _ = cluster_novelty(x_log, clusters, best, centroids, genes, present)
@@ -721,7 +739,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         unknown: bool = True,
         layer: str | None = None,
         min_gene_overlap: float = 0.5,
-        batch_size: int = 1024,
+        batch_size: int | None = None,
         adapt_to_query: float = 0.0,
     ) -> np.ndarray | pd.DataFrame:
         """Cell-type labels (or probabilities) for ``adata`` (raw counts).
@@ -803,6 +821,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         if bad:
             raise ValueError(f"Unknown cell type(s) {bad}; the model predicts {names}.")
         x, present = self._query_matrix(adata, layer, 0.5)
+        x = x.to_scipy()
         if groupby is not None:
             from scdl.data import check_obs_key
 

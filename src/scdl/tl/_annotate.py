@@ -145,7 +145,8 @@ def annotate(
         min_gene_overlap=min_gene_overlap,
         batch_size=batch_size,
         adapt_to_query=adapt_to_query,
-        unknown_call=unknown or (majority_voting and over_clustering is None),
+        unknown_call=unknown,
+        over_clustering=majority_voting and over_clustering is None,
     )
     n_present = int(pd.Index(model.get_var_names()).isin(adata.var_names).sum())
     adata = adata.copy() if copy else adata
