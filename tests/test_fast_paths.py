@@ -143,3 +143,25 @@ def test_annotator_history_logged_once_per_epoch(kang):
     loss = hist["train_loss"].iloc[:, 0].to_numpy(dtype=float)
     # the fitted linear path is accurate from the start; the loss still falls as it trains
     assert ((acc >= 0) & (acc <= 1)).all() and loss[-1] < loss[0]
+
+
+def test_torch_knn_equals_sklearn_brute_force():
+    """The GPU path's exact kNN (run here on the CPU) finds scikit-learn's neighbours."""
+    import scanpy as sc
+    from sklearn.neighbors import KNeighborsTransformer
+
+    from scdl.models._knn import TorchKNN
+
+    cells = scdl.datasets.kang_pbmc_heldout()
+    sc.pp.normalize_total(cells, target_sum=1e4)
+    sc.pp.log1p(cells)
+    x = sc.pp.pca(cells.X, n_comps=20)
+    ours = TorchKNN(n_neighbors=15).fit_transform(x)
+    ref = KNeighborsTransformer(n_neighbors=15, algorithm="brute").fit_transform(x)
+    assert ours.shape == ref.shape and (ours.getnnz(axis=1) == 16).all()
+    ref_sorted = ref.sorted_indices()
+    ours_sorted = ours.sorted_indices()
+    np.testing.assert_array_equal(ours_sorted.indices, ref_sorted.indices)
+    np.testing.assert_allclose(ours_sorted.data, ref_sorted.data, atol=1e-4)
+    first = ours.indices.reshape(-1, 16)[:, 0]
+    np.testing.assert_array_equal(first, np.arange(x.shape[0]))  # itself first, as scanpy reads

@@ -724,7 +724,9 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
             resolution = 5 if n < 5_000 else 10 if n < 20_000 else 15 if n < 40_000 else 20
         x_log = log_normalize(x)
         resolutions = (NOVELTY_RESOLUTION,) + (() if resolution is False else (float(resolution),))
-        clusters, *over = cluster_cells(x_log, resolutions=resolutions, seed=seed)
+        clusters, *over = cluster_cells(
+            x_log, resolutions=resolutions, seed=seed, device=self.module.device
+        )
         over = over[0] if over else np.full(n, -1)
         centroids = self.module.centroids.cpu().numpy()
         genes = self.novelty_genes_ if self.novelty_genes_ is not None else range(x.shape[1])

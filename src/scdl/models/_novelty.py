@@ -25,9 +25,12 @@ fixed ``margin`` for the shift a query brings beyond the reference's own.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import sparse
 
 from scdl.data import log_normalize_counts
+
+from ._knn import TorchKNN
 
 #: Leiden resolution of the clusters the Unknown call is made on
 NOVELTY_RESOLUTION = 1.0
@@ -51,12 +54,13 @@ def _mean_sd(x_log) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cluster_cells(
-    x_log, *, resolutions=(NOVELTY_RESOLUTION,), seed: int = 0, n_pcs: int = 30
+    x_log, *, resolutions=(NOVELTY_RESOLUTION,), seed: int = 0, n_pcs: int = 30, device="cpu"
 ) -> list[np.ndarray]:
     """Leiden clusters (one array per resolution) of cells on their own standardised PCA.
 
     Genes are scaled by the cells' own sd (the sparse matrix stays sparse; PCA centres
-    implicitly), then scanpy's PCA, exact kNN graph (scikit-learn) and Leiden (igraph).
+    implicitly), then scanpy's PCA, an exact kNN graph (scikit-learn's brute force; on a GPU
+    ``device`` the same search as matrix products, :class:`TorchKNN`) and Leiden (igraph).
     """
     import anndata as ad
     import scanpy as sc
@@ -69,8 +73,10 @@ def cluster_cells(
     a = ad.AnnData(scaled)
     n_comps = max(2, min(n_pcs, n - 2, x_log.shape[1] - 1))
     sc.pp.pca(a, n_comps=n_comps, random_state=seed)
+    k = min(15, n - 1)
+    knn = TorchKNN(n_neighbors=k, device=device) if torch.device(device).type == "cuda" else None
     sc.pp.neighbors(
-        a, n_neighbors=min(15, n - 1), transformer="sklearn", random_state=seed, use_rep="X_pca"
+        a, n_neighbors=k, transformer=knn or "sklearn", random_state=seed, use_rep="X_pca"
     )
     out = []
     for r in resolutions:
