@@ -35,16 +35,18 @@ def breakdown(model, epoch_seconds: float, n_steps: int = 60, batch_size: int = 
     """Where a training step of the scdl VAE goes: data, forward, backward, optimiser, rest."""
     import time
 
-    from scdl.data._loader import TensorBatchLoader
-
     module = model.module
     module.train()
     dev = module.device
     # on a GPU, wait for the queued kernels before reading the clock (no-op on CPU)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    loader = TensorBatchLoader(model.adata_manager, batch_size=batch_size, shuffle=True)
+    # the loader the model trains with (CSR minibatches, on the model's device)
+    loader_cls = model._data_splitter_cls.data_loader_cls
+    loader = loader_cls(model.adata_manager, batch_size=batch_size, shuffle=True)
+    if hasattr(loader, "to"):
+        loader = loader.to(dev)
     opt = torch.optim.Adam(module.parameters(), lr=1e-3, eps=0.01, fused=True)
-    data_part = "data (CSR rows -> dense batch" + (", to GPU)" if dev.type == "cuda" else ")")
+    data_part = "data (CSR rows -> minibatch" + (", on GPU)" if dev.type == "cuda" else ")")
     parts = dict.fromkeys(
         [data_part, "forward (incl. NB likelihood)", "backward", "optimiser (Adam)"], 0.0
     )
