@@ -104,18 +104,28 @@ class CSRBatchLoader(TensorBatchLoader):
         self.device = device
         return self
 
-    def _gather(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    def __iter__(self):
         if self.csr is None:  # dense, CSC or backed X: read on the host
-            return super()._gather(rows)
-        n_stored = int((self.host_indptr[rows + 1] - self.host_indptr[rows]).sum())
-        rows_t = torch.from_numpy(rows.astype(np.int64, copy=False))
-        if self.device.type != "cpu":
-            rows_t = rows_t.pin_memory().to(self.device, non_blocking=True)
-        out = {
-            REGISTRY_KEYS.X_KEY: gather_csr_rows(*self.csr, rows_t, n_stored, self.n_cols),
-        }
+            yield from super().__iter__()
+            return
+        order = self.indices
+        if self.shuffle:
+            order = order[torch.randperm(len(order)).numpy()]
+        order = self._shard(order)
+        # stored entries per minibatch, from the host's row pointers (no device read-back)
+        per_row = np.diff(self.host_indptr)[order]
+        order_t = torch.from_numpy(np.ascontiguousarray(order, dtype=np.int64))
+        order_t = order_t.to(self.device)  # one copy per epoch
+        for i in range(len(self)):
+            part = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            # sorted rows, as the parent gathers them
+            rows = torch.sort(order_t[part]).values
+            yield self._gather_sorted(rows, int(per_row[part].sum()))
+
+    def _gather_sorted(self, rows: torch.Tensor, n_stored: int) -> dict[str, torch.Tensor]:
+        out = {REGISTRY_KEYS.X_KEY: gather_csr_rows(*self.csr, rows, n_stored, self.n_cols)}
         for key, values in self.covariates.items():
-            out[key] = values.index_select(0, rows_t)
+            out[key] = values.index_select(0, rows)
         return out
 
     def _to_tensor(self, key: str, part, dtype) -> torch.Tensor:
