@@ -77,7 +77,7 @@ class _NBLogLikCSR(torch.autograd.Function):
         nz = (
             x * (torch.log(mu_nz + eps) - log_denom_nz)
             + torch.lgamma(x + theta_nz)
-            - torch.lgamma(theta_nz)
+            - torch.lgamma(theta).index_select(0, col)  # per gene, then gathered
             - torch.lgamma(x + 1)
         )
         ll = ll.index_add(0, row, nz)
@@ -104,7 +104,8 @@ class _NBLogLikCSR(torch.autograd.Function):
                 - grad @ log_denom
                 - grad @ theta_over
             )
-            nz = grad_row * (torch.digamma(x + theta_nz) - torch.digamma(theta_nz) - x / denom_nz)
+            digamma_theta = torch.digamma(theta).index_select(0, col)
+            nz = grad_row * (torch.digamma(x + theta_nz) - digamma_theta - x / denom_nz)
             grad_theta = grad_theta.index_add_(0, col, nz)
         return grad_mu, grad_theta, None, None, None, None
 

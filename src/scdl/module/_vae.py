@@ -26,7 +26,7 @@ from scvi.module._constants import MODULE_KEYS
 from scvi.module.base import LossOutput
 from torch.distributions import Normal, kl_divergence
 
-from ._csr import csr_entries, encode_csr
+from ._csr import csr_entries, encode_csr, fc_forward, one_hots
 from ._mmd import batch_mmd
 from ._nb import SparseNegativeBinomial, nb_log_lik_csr
 
@@ -138,7 +138,13 @@ class VAEModule(_SCVIModule):
         if not self.use_size_factor_key:
             size_factor = library
         decoder = self.decoder
-        hidden = decoder.px_decoder(decoder_input, batch_index, *categorical_input)
+        covariates = (batch_index, *categorical_input)
+        if decoder_input.dim() == 2:
+            fc = decoder.px_decoder
+            covs = one_hots(fc, covariates, decoder_input.dtype)
+            hidden = fc_forward(fc, decoder_input, covs)
+        else:  # several posterior samples: scvi-tools' layers expand the covariates
+            hidden = decoder.px_decoder(decoder_input, *covariates)
         px_scale = decoder.px_scale_decoder(hidden)
         px_rate = torch.exp(size_factor) * px_scale
         if self.dispersion == "gene-label":
@@ -164,7 +170,8 @@ class VAEModule(_SCVIModule):
     def loss(self, tensors, inference_outputs, generative_outputs, kl_weight=1.0) -> LossOutput:
         x = tensors[REGISTRY_KEYS.X_KEY]
         px = generative_outputs[MODULE_KEYS.PX_KEY]
-        if _is_csr(x) and isinstance(px, NegativeBinomial) and _per_gene(px.theta) is not None:
+        plain_nb = type(px) in (NegativeBinomial, SparseNegativeBinomial)  # not ZINB (a subclass)
+        if _is_csr(x) and plain_nb and _per_gene(px.theta) is not None:
             out = self._csr_nb_loss(tensors, px, inference_outputs, generative_outputs, kl_weight)
         else:
             if _is_csr(x):
