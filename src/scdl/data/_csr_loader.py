@@ -28,9 +28,13 @@ from ._loader import FastDataSplitter, TensorBatchLoader
 _DEVICE_SHARE = 0.5
 
 
-def _csr_tensors(x: sparse.csr_matrix):
-    """(indptr int64, indices int32/int64, data float32) of ``x`` as torch tensors (shared)."""
-    indptr = torch.from_numpy(np.asarray(x.indptr, dtype=np.int64))
+def _csr_tensors(x: sparse.csr_matrix, indptr: np.ndarray | None = None):
+    """(indptr int64, indices int32/int64, data float32) of ``x`` as torch tensors.
+
+    No copy where ``x`` already has those dtypes (indices int32 are kept as they are).
+    """
+    indptr = np.asarray(x.indptr, dtype=np.int64) if indptr is None else indptr
+    indptr = torch.from_numpy(indptr)
     idx_dtype = np.int32 if x.indices.dtype == np.int32 else np.int64
     indices = torch.from_numpy(np.asarray(x.indices, dtype=idx_dtype))
     data = torch.from_numpy(np.asarray(x.data, dtype=np.float32))
@@ -80,7 +84,7 @@ class CSRBatchLoader(TensorBatchLoader):
         if sparse.issparse(x) and x.format == "csr":
             self.n_cols = x.shape[1]
             self.host_indptr = np.asarray(x.indptr, dtype=np.int64)
-            self.csr = _csr_tensors(x)
+            self.csr = _csr_tensors(x, self.host_indptr)  # shares the host's row pointers
             self.covariates = {
                 key: torch.from_numpy(np.ascontiguousarray(data, dtype=dtype))
                 for key, (data, dtype) in self.arrays.items()
