@@ -199,3 +199,18 @@ def test_csr_nb_log_lik_equals_scvi_nb(kang):
     g_ours = torch.autograd.grad((ours * weights).sum(), [mu, theta])
     for a, b in zip(g_ours, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-8)
+
+
+def test_entry_sums_of_the_gpu_path_equal_the_cpu_path(kang):
+    """The deterministic (scatter + sum) entry sums used on a GPU equal ``index_add``'s."""
+    from scdl.module._csr import csr_entries
+    from scdl.module._nb import _sum_entries
+
+    x = torch.from_numpy(kang.X[:100].toarray().astype(np.float32)).to_sparse_csr()
+    _, row, col, val = csr_entries(x)
+    for dim, n in ((1, x.shape[0]), (0, x.shape[1])):
+        out = torch.arange(n, dtype=torch.float32)
+        a = _sum_entries(val, row, col, x.shape, dim, out, dense=False)
+        b = _sum_entries(val, row, col, x.shape, dim, out, dense=True)
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, out + x.to_dense().sum(dim))

@@ -53,6 +53,22 @@ class SparseNegativeBinomial(NegativeBinomial):
         return cls(mu=px.mu, theta=px.theta, scale=px.scale)
 
 
+def _sum_entries(
+    values, row, col, shape, dim: int, out: torch.Tensor, dense: bool | None = None
+) -> torch.Tensor:
+    """``out`` plus the entries ``values`` at ``(row, col)`` summed along ``dim``.
+
+    On CPU one ``index_add``; on a GPU, where ``index_add`` adds with atomics in no fixed
+    order, the entries are scattered into a dense matrix (each position once) and summed,
+    so a seed gives the same numbers run to run. ``dense`` forces either way.
+    """
+    if not (values.device.type != "cpu" if dense is None else dense):
+        return out.index_add(0, row if dim == 1 else col, values)
+    dense = torch.zeros(shape, dtype=values.dtype, device=values.device)
+    dense.index_put_((row, col), values)
+    return out + dense.sum(dim)
+
+
 class _NBLogLikCSR(torch.autograd.Function):
     """Per-cell NB log-likelihood of CSR counts, with a hand-written backward.
 
@@ -80,7 +96,7 @@ class _NBLogLikCSR(torch.autograd.Function):
             - torch.lgamma(theta).index_select(0, col)  # per gene, then gathered
             - torch.lgamma(x + 1)
         )
-        ll = ll.index_add(0, row, nz)
+        ll = _sum_entries(nz, row, col, mu.shape, 1, ll)
         ctx.save_for_backward(theta, denom, log_denom, log_theta_eps, row, col, x, flat, mu_nz)
         ctx.eps = eps
         return ll
@@ -96,6 +112,7 @@ class _NBLogLikCSR(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_mu = theta_over * grad.neg().unsqueeze(1)
             nz = grad_row * (x / (mu_nz + eps) - x / denom_nz)
+            # each position once: the same result in any order, on any device
             grad_mu = grad_mu.reshape(-1).index_add_(0, flat, nz).reshape(denom.shape)
         if ctx.needs_input_grad[1]:
             theta_nz = theta.index_select(0, col)
@@ -106,7 +123,7 @@ class _NBLogLikCSR(torch.autograd.Function):
             )
             digamma_theta = torch.digamma(theta).index_select(0, col)
             nz = grad_row * (torch.digamma(x + theta_nz) - digamma_theta - x / denom_nz)
-            grad_theta = grad_theta.index_add_(0, col, nz)
+            grad_theta = _sum_entries(nz, row, col, denom.shape, 0, grad_theta)
         return grad_mu, grad_theta, None, None, None, None
 
 
