@@ -79,16 +79,19 @@ class TensorBatchLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def _gather(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        out = {}
-        for key, (data, dtype) in self.arrays.items():
-            part = data[rows]
-            if sparse.issparse(part):
-                part = part.toarray()
-            elif not isinstance(part, np.ndarray):  # backed dense/sparse datasets
-                part = part.toarray() if hasattr(part, "toarray") else np.asarray(part)
-            t = torch.from_numpy(np.ascontiguousarray(part, dtype=dtype))
-            out[key] = t.pin_memory() if self.pin_memory else t
-        return out
+        return {
+            key: self._to_tensor(key, data[rows], dtype)
+            for key, (data, dtype) in self.arrays.items()
+        }
+
+    def _to_tensor(self, key: str, part, dtype) -> torch.Tensor:
+        """One registered array's minibatch rows as a dense tensor."""
+        if sparse.issparse(part):
+            part = part.toarray()
+        elif not isinstance(part, np.ndarray):  # backed dense/sparse datasets
+            part = part.toarray() if hasattr(part, "toarray") else np.asarray(part)
+        t = torch.from_numpy(np.ascontiguousarray(part, dtype=dtype))
+        return t.pin_memory() if self.pin_memory else t
 
     def __iter__(self):
         order = self.indices

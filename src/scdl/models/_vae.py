@@ -29,8 +29,8 @@ from scdl.data import (
     check_obs_key,
     check_unique_var_names,
 )
+from scdl.data._csr_loader import CSRDataSplitter
 from scdl.data._genes import gene_mismatch_message
-from scdl.data._loader import FastDataSplitter
 from scdl.module import VAEModule
 from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
@@ -89,7 +89,7 @@ class VAE(
     """
 
     _module_cls = VAEModule
-    _data_splitter_cls = FastDataSplitter
+    _data_splitter_cls = CSRDataSplitter
     _training_plan_cls = EpochLoggingTrainingPlan
 
     def __init__(
