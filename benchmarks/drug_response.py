@@ -11,7 +11,8 @@ Checks (issue 18), every method side by side in one run:
    four EGFR inhibitors (gefitinib, erlotinib, afatinib, osimertinib) HCC827, the
    EGFR-mutant line, is predicted the most sensitive.
 2. Bulk, leave lines out: 5-fold CV over the GDSC2 lines, per-drug Spearman between
-   out-of-fold predictions and measurements, mean over drugs; scdl vs RidgeCV.
+   out-of-fold predictions and measurements, mean over drugs; scdl vs RidgeCV (and ridges
+   with fixed penalties 1000 and 3162).
 
 Baselines (seed-free, fitted on the training lines only):
 
@@ -66,7 +67,7 @@ SMOOTH = 15
 
 #: model settings compared in the ablation (keyword arguments of DrugResponseModel)
 _OLD_GENES = {"n_top_genes": 2000, "min_detected": 0.05}
-_OLD = {**_OLD_GENES, "prediction": "wide_deep", "ridge_alpha": 3162.0}
+_OLD = {**_OLD_GENES, "prediction": "wide_deep"}
 VARIANTS = {
     "default": {},
     # the deep part (previous default: wide & deep, 2,000 genes detected in >= 5% of cells)
@@ -81,7 +82,7 @@ VARIANTS = {
     "wide_detected": {"min_detected": 0.05},
     "wide_zscore": {"input_scale": "zscore"},
     "wide_alpha_1000": {"ridge_alpha": 1000.0},
-    "wide_alpha_3162": {"ridge_alpha": 3162.0},
+    "wide_alpha_loo": {"ridge_alpha": ALPHAS},
     "wide_smooth_0": {"smooth_neighbors": 0},
     "wide_smooth_50": {"smooth_neighbors": 50},
 }
@@ -270,18 +271,23 @@ def run_fold(bulk, target, fold: int, folds: np.ndarray, seed: int, variant: str
     model, secs = fit_scdl(train, target, seed, **VARIANTS[variant])
     scdl_pred = model.predict(test, modality="profiles").to_numpy()
     genes, scale = model.genes, model.input_scale
+    y = train.obsm["ln_ic50"].to_numpy()
     with measure() as r:
         x = profiles_from_expression(np.asarray(train.X), train.var_names, genes, scale=scale)
-        ridge = Ridge(x, train.obsm["ln_ic50"].to_numpy(), ALPHAS)
+        ridge = Ridge(x, y, ALPHAS)
     xt = profiles_from_expression(np.asarray(test.X), test.var_names, genes, scale=scale)
     print(f"  fold {fold}: scdl {secs:.0f}s, RidgeCV {r['seconds']:.0f}s", flush=True)
-    return {"rows": np.flatnonzero(folds == fold), "scdl": scdl_pred, "ridge": ridge(xt)}
+    out = {"rows": np.flatnonzero(folds == fold), "scdl": scdl_pred, "RidgeCV": ridge(xt)}
+    for alpha in (1000.0, 3162.0):  # fixed penalties (ablation of the wide path's alpha)
+        out[f"Ridge a={alpha:.0f}"] = Ridge(x, y, alpha)(xt)
+    return out
 
 
 def cv_scores(bulk, results: list[dict]) -> pd.DataFrame:
     y = bulk.obsm["ln_ic50"].to_numpy()
     rows = []
-    pred = {k: np.full(y.shape, np.nan) for k in ("scdl", "ridge")}
+    keys = [k for k in results[0] if k != "rows"]
+    pred = {k: np.full(y.shape, np.nan) for k in keys}
     for res in results:
         for k in pred:
             pred[k][res["rows"]] = res[k]
@@ -293,10 +299,12 @@ def cv_scores(bulk, results: list[dict]) -> pd.DataFrame:
             if ok.sum() >= 10:
                 r[j] = spearmanr(p[ok, j], y[ok, j])[0]
         rho[k] = r
-    both = ~np.isnan(rho["scdl"]) & ~np.isnan(rho["ridge"])
-    for k, name in (("scdl", "scdl"), ("ridge", "RidgeCV")):
-        rows.append({"method": name, "folds": len(results), "drugs": int(both.sum()),
-                     "mean per-drug Spearman": rho[k][both].mean()})  # fmt: skip
+    both = np.all([~np.isnan(r) for r in rho.values()], axis=0)
+    for k in keys:
+        r = rho[k][both]
+        rows.append({"method": k, "folds": len(results), "drugs": int(both.sum()),
+                     "mean per-drug Spearman": r.mean(),
+                     "better than RidgeCV on": int((r > rho["RidgeCV"][both]).sum())})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -323,6 +331,7 @@ def main() -> None:
                    choices=["transfer", "cv", "report"])  # fmt: skip
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--variants", nargs="+", default=["default"], choices=list(VARIANTS))
+    p.add_argument("--no-baselines", action="store_true", help="scdl variants only")
     p.add_argument("--cv-variant", default="default", choices=list(VARIANTS))
     p.add_argument("--folds", nargs="+", type=int, default=list(range(N_FOLDS)))
     p.add_argument("--cache", type=Path, default=None, help="folder keeping finished parts")
@@ -342,7 +351,11 @@ def main() -> None:
             else:
                 print(f"(1) transfer, seed {seed}", flush=True)
                 transfers[seed] = run_transfer(
-                    bulk, files, seed, args.variants, seed == args.seeds[0]
+                    bulk,
+                    files,
+                    seed,
+                    args.variants,
+                    seed == args.seeds[0] and not args.no_baselines,
                 )
                 if path is not None:
                     _save(path, transfers[seed])

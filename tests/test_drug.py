@@ -246,9 +246,9 @@ def line_means(pred, cells):
     return pred.groupby(cells.obs["cell_line_key"].to_numpy()).mean()
 
 
-def test_wide_path_is_sklearn_ridgecv(trained):
-    """Each member's wide path is a RidgeCV on its lines (scikit-learn's alpha and weights)."""
-    from sklearn.linear_model import Ridge, RidgeCV
+def test_wide_path_is_sklearn_ridge(trained):
+    """Each member's wide path is a ridge regression on its lines (scikit-learn's, exactly)."""
+    from sklearn.linear_model import Ridge
 
     module = trained.module
     profiles, y = trained._bulk()
@@ -259,11 +259,29 @@ def test_wide_path_is_sklearn_ridgecv(trained):
     j = trained.drugs.index("Gefitinib")
     for k in range(module.n_ensemble):
         ok = (folds != k) & ~np.isnan(y_std[:, j])
-        alpha = RidgeCV(alphas=module.ridge_alpha).fit(xs[ok], y_std[ok, j]).alpha_
-        ref = Ridge(alpha=alpha).fit(xs[ok], y_std[ok, j])
+        ref = Ridge(alpha=module.ridge_alpha).fit(xs[ok], y_std[ok, j])
         np.testing.assert_allclose(module.ridge_weight[k, j].numpy(), ref.coef_, atol=1e-6)
         assert module.ridge_bias[k, j].item() == pytest.approx(ref.intercept_, abs=1e-6)
-    assert trained.drug_stats_["ridge_alpha"].notna().all()
+    assert (trained.drug_stats_["ridge_alpha"] == module.ridge_alpha).all()
+
+
+def test_masked_ridge_with_several_alphas_is_sklearn_ridgecv(trained):
+    """With several penalties each drug takes RidgeCV's leave-one-out choice."""
+    from sklearn.linear_model import RidgeCV
+
+    from scdl.models._drug import RIDGE_ALPHAS
+    from scdl.module._ridge import fit_masked_ridge
+
+    profiles, y = trained._bulk()
+    xs = (profiles - profiles.mean(0)) / profiles.std(0)
+    cols = [trained.drugs.index(d) for d in EGFR_DRUGS]
+    weight, bias, alpha = fit_masked_ridge(xs, y[:, cols], RIDGE_ALPHAS)
+    for i, j in enumerate(cols):
+        ok = ~np.isnan(y[:, j])
+        ref = RidgeCV(alphas=RIDGE_ALPHAS).fit(xs[ok], y[ok, j])
+        assert alpha[i] == ref.alpha_
+        np.testing.assert_allclose(weight[i], ref.coef_, atol=1e-6)
+        assert bias[i] == pytest.approx(ref.intercept_, abs=1e-6)
 
 
 def test_probability_is_calibrated_against_bulk_median(trained, cellbench):

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Modality = Literal["auto", "counts", "profiles"]
-#: the wide path's penalties, one chosen per drug by leave-one-out error (as RidgeCV)
+#: penalties for ``ridge_alpha=RIDGE_ALPHAS``: one per drug by leave-one-out error (RidgeCV)
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
 
 
@@ -129,9 +129,11 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
     ridge_alpha
         Penalty of the wide path's ridge regressions (scikit-learn's units: squared errors
         summed over a drug's lines + ``ridge_alpha`` x squared weights, on standardised genes
-        and responses), or several (default: 13 values, 0.1 to 1e5), each drug taking the one
+        and responses), or several (e.g. :data:`RIDGE_ALPHAS`), each drug taking the one
         with the smallest leave-one-out error on the member's lines (``drug_stats_``
-        column ``ridge_alpha``); ``None`` drops the wide path.
+        column ``ridge_alpha``); ``None`` drops the wide path. A fixed penalty is the
+        default: it transferred to unseen lines' cells better than each drug's own
+        leave-one-out choice, at the same bulk cross-validation score (benchmarks/README).
     prediction
         ``"wide"``: the ridge alone, no network (``n_hidden``, ``n_latent``,
         ``dropout_rate``, ``input_noise``, ``mmd_weight`` and ``match_neighbors`` then do
@@ -170,7 +172,7 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
         mmd_weight: float = 1.0,
         match_neighbors: int = 10,
         input_scale: Literal["zscore", "rank"] = "rank",
-        ridge_alpha: float | Sequence[float] | None = RIDGE_ALPHAS,
+        ridge_alpha: float | Sequence[float] | None = 3162.0,
         prediction: Literal["wide", "wide_deep", "deep"] = "wide",
     ):
         if input_scale not in ("zscore", "rank"):
@@ -347,6 +349,9 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
     ):
         """Train on the bulk lines (and align the target cells); Lightning, scvi-tools' plan.
 
+        With ``prediction="wide"`` (default) no network is trained: the ridges are fitted in
+        closed form on every line, and the options below except the seed's folds do nothing.
+
         Parameters
         ----------
         max_epochs
@@ -381,7 +386,8 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
         if self.module.prediction == "wide":  # no network: closed-form ridges on all lines
             self.module.eval()
             self.train_indices = np.arange(n_obs)
-            self.drug_stats_ = self._calibrate(folds, self._fit_ridge(profiles, responses, folds))
+            alphas = self._fit_ridge(profiles, responses, folds)
+            self.drug_stats_ = self._calibrate(folds, alphas, (profiles, responses))
             self.is_trained_ = True
             return None
         reference_p = None
@@ -429,7 +435,7 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
         if self.module.ridge_alpha is not None:
             # after the network, so a diverged run leaves every weight as it was
             alphas = self._fit_ridge(profiles, responses, folds)
-        self.drug_stats_ = self._calibrate(folds, alphas)
+        self.drug_stats_ = self._calibrate(folds, alphas, (profiles, responses))
         return out
 
     def _fit_ridge(self, profiles, responses, folds) -> np.ndarray:
@@ -447,10 +453,10 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
         members = [folds != j if k > 1 else np.ones(len(folds), dtype=bool) for j in range(k)]
         return self.module.set_ridge(xs, y_std, members)
 
-    def _calibrate(self, folds: np.ndarray, alphas=None) -> pd.DataFrame:
+    def _calibrate(self, folds: np.ndarray, alphas=None, bulk=None) -> pd.DataFrame:
         """Per drug: lines, bulk median, held-out residual sd and Spearman correlation, and
         the ridges' penalty (median over members; NaN without a wide path)."""
-        profiles, y = self._bulk()
+        profiles, y = self._bulk() if bulk is None else bulk
         members = self._run(profiles, self.module.member_predictions)  # K x lines x drugs
         k = members.shape[0]
         train_idx = np.asarray(self.train_indices if self.train_indices is not None else [])
