@@ -31,10 +31,11 @@ Baselines (seed-free, fitted on the training lines only):
 ``scdl default, pseudobulk`` gives the model each line's summed counts instead (no smoothing).
 
 ``--variants`` adds models trained with other settings (the ablation table in
-benchmarks/README.md), e.g. ``--variants default deep_only wide_deep``.
+benchmarks/README.md), e.g. ``--variants default old_wide_deep wide_alpha_loo``; ``--no-baselines``
+skips the baselines.
 
     python benchmarks/drug_response.py --seeds 0 1 2            # transfer + report
-    python benchmarks/drug_response.py --parts cv --seeds 0      # bulk leave-lines-out
+    python benchmarks/drug_response.py --parts cv report --seeds 0   # bulk leave-lines-out
     python benchmarks/drug_response.py --cache out/ --parts report
 """
 
