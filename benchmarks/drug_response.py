@@ -1,35 +1,41 @@
-"""Drug-response benchmark: scdl DrugResponseModel vs sklearn Ridge, GDSC2 ln IC50.
+"""Drug-response benchmark: scdl DrugResponseModel vs ridge and boosting, GDSC2 ln IC50.
 
-Both methods see the same genes and the same inputs: the model's gene selection (the 2,000
-genes most variable over the bulk lines among those shared with the CellBench cells and
-detected in >= 5% of them) and its default profiles (normal quantiles of each profile's
-within-sample gene ranks; counts first to log1p CP10k).
-Ridge is scikit-learn's ``RidgeCV`` on standardised genes, one fit per drug on the lines
-measured for it, alpha chosen by efficient leave-one-out CV among 13 values (1e-1..1e5).
+Checks (issue 18), every method side by side in one run:
 
-scdl runs with its defaults: a wide & deep ensemble, each member the mean of its network and
-a closed-form ridge on its lines (``ridge_alpha=3162``, RidgeCV's usual choice here).
+1. Transfer to unseen lines' single cells. Every method is trained on the GDSC2 lines
+   without the five CellBench lung lines (A549, HCC827, NCI-H1975, NCI-H2228, NCI-H838) and
+   predicts the singlet cells of two files: ``cellbench_lung_5lines_3plates.h5ad`` (five
+   lines, 571 cells) and ``cellbench_lung_lines_2batches.h5ad`` (three lines). Per drug
+   measured on all lines of a file: Spearman across the lines between the lines' mean
+   predicted ln IC50 and their measured ln IC50; mean over drugs. Also: for how many of the
+   four EGFR inhibitors (gefitinib, erlotinib, afatinib, osimertinib) HCC827, the
+   EGFR-mutant line, is predicted the most sensitive.
+2. Bulk, leave lines out: 5-fold CV over the GDSC2 lines, per-drug Spearman between
+   out-of-fold predictions and measurements, mean over drugs; scdl vs RidgeCV (and ridges
+   with fixed penalties 1000 and 3162).
 
-1. Bulk, leave cell lines out: 5-fold CV over the GDSC lines with a measured response;
-   per-drug Spearman between out-of-fold predictions and measurements, mean over drugs.
-   scdl is trained exactly as in (2), with the CellBench cells as its target.
-2. Transfer to single cells: both methods are trained on every line except the CellBench
-   ones; scdl predicts each singlet cell (then averaged per line), Ridge the line's
-   pseudobulk (summed counts, same transform). Compared with the lines' measured GDSC2
-   values over the drugs measured on all of them: per line, Spearman across drugs, mean over
-   lines (the issue's check), as they are and relative to each drug's mean over the training
-   lines (drug potency removed); per drug, Spearman across lines (mean over drugs); and
-   whether each EGFR inhibitor ranks HCC827, the EGFR-mutant line, as the most sensitive.
-   Rows "on bulk profiles" give each method the lines' own bulk expression instead (what
-   transfer could reach), and "drug mean" predicts every drug's training mean (how much of
-   the across-drug Spearman is drug potency alone).
+Baselines (seed-free, fitted on the training lines only):
 
-No setting was fitted to the CellBench lines' responses: the model's settings come from
-bulk cross-validation and from label-free checks (agreement of the model's predictions from
-the cells with its predictions from the same lines' bulk profiles).
+- ``Ridge a=1000, pseudobulk``: the issue's baseline; every GDSC gene shared with the cells,
+  each profile z-scored (counts summed per line, log1p CP10k), genes standardised, alpha 1000.
+- ``RidgeCV, pseudobulk`` / ``RidgeCV, smoothed cells``: the model's genes and input profiles
+  (normal quantiles of within-profile ranks), alpha per drug by leave-one-out over 13 values;
+  from each line's pseudobulk, or from each cell averaged with its 15 nearest neighbours
+  (then the mean over the line's cells).
+- ``Boosting, pseudobulk``: scikit-learn's HistGradientBoostingRegressor per drug on the top
+  50 principal components of the model's profiles (fitted on the training lines).
+- ``RidgeCV, pseudobulk, genes not standardised``: as above without the per-gene
+  standardisation by the bulk lines' statistics (ablation).
 
-    python benchmarks/drug_response.py                           # all (~25 min on 2 cores)
-    python benchmarks/drug_response.py --cache out/ --folds 0 1  # in pieces, resumable
+``scdl <variant>`` rows average the model's per-cell predictions over each line's cells;
+``scdl default, pseudobulk`` gives the model each line's summed counts instead (no smoothing).
+
+``--variants`` adds models trained with other settings (the ablation table in
+benchmarks/README.md), e.g. ``--variants default old_wide_deep wide_alpha_loo``; ``--no-baselines``
+skips the baselines.
+
+    python benchmarks/drug_response.py --seeds 0 1 2            # transfer + report
+    python benchmarks/drug_response.py --parts cv report --seeds 0   # bulk leave-lines-out
     python benchmarks/drug_response.py --cache out/ --parts report
 """
 
@@ -47,15 +53,40 @@ from _common import DATA, measure, need
 from scipy.stats import spearmanr
 
 warnings.filterwarnings("ignore")
-logging.getLogger("lightning").setLevel(logging.ERROR)
-logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-logging.getLogger("scvi").setLevel(logging.ERROR)
+for _name in ("lightning", "lightning.pytorch", "scvi"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
-EGFR_DRUGS = ("Gefitinib", "Erlotinib", "Afatinib")
+EGFR_DRUGS = ("Gefitinib", "Erlotinib", "Afatinib", "Osimertinib")
 EGFR_LINE = "HCC827"
+FILES = {
+    "5 lines": "cellbench_lung_5lines_3plates.h5ad",
+    "3 lines": "cellbench_lung_lines_2batches.h5ad",
+}
 N_FOLDS = 5
 ALPHAS = np.logspace(-1, 5, 13)
-SCALE = "rank"  # the model's default input scale, given to Ridge too
+SMOOTH = 15
+
+#: model settings compared in the ablation (keyword arguments of DrugResponseModel)
+_OLD_GENES = {"n_top_genes": 2000, "min_detected": 0.05}
+_OLD = {**_OLD_GENES, "prediction": "wide_deep"}
+VARIANTS = {
+    "default": {},
+    # the deep part (previous default: wide & deep, 2,000 genes detected in >= 5% of cells)
+    "old_wide_deep": _OLD,
+    "old_deep_only": {**_OLD, "prediction": "deep"},
+    "old_wide_only": {**_OLD, "prediction": "wide"},
+    "old_no_mmd": {**_OLD, "mmd_weight": 0.0},
+    "old_no_match": {**_OLD, "match_neighbors": 0},
+    # the wide path's inputs and penalty
+    "wide_2000_detected": _OLD_GENES,
+    "wide_2000": {"n_top_genes": 2000},
+    "wide_detected": {"min_detected": 0.05},
+    "wide_zscore": {"input_scale": "zscore"},
+    "wide_alpha_1000": {"ridge_alpha": 1000.0},
+    "wide_alpha_loo": {"ridge_alpha": ALPHAS},
+    "wide_smooth_0": {"smooth_neighbors": 0},
+    "wide_smooth_50": {"smooth_neighbors": 50},
+}
 
 
 def load():
@@ -64,204 +95,224 @@ def load():
 
     need(DATA / "gdsc_bulk_expression.h5ad")
     bulk = scdl.datasets.gdsc(metric="ln_ic50", dataset="GDSC2", path=DATA)
-    cells = ad.read_h5ad(need(DATA / "cellbench_lung_lines_2batches.h5ad"))
-    cells = cells[cells.obs["demuxlet"] == "SNG"].copy()
-    keys = match_cell_lines(cells.obs["cell_line"].unique(), bulk.obs["cell_line_key"])
-    cells.obs["cell_line_key"] = cells.obs["cell_line"].map(keys).astype(str)
-    return bulk, cells
+    bulk = bulk[bulk.obsm["ln_ic50"].notna().any(axis=1).to_numpy()].copy()
+    files = {}
+    for tag, name in FILES.items():
+        cells = ad.read_h5ad(need(DATA / name))
+        cells = cells[cells.obs["demuxlet"] == "SNG"].copy()
+        keys = match_cell_lines(cells.obs["cell_line"].unique(), bulk.obs["cell_line_key"])
+        cells.obs["cell_line_key"] = cells.obs["cell_line"].map(keys).astype(str)
+        cells.obs_names = [f"{tag[0]}_{n}" for n in cells.obs_names]
+        files[tag] = cells
+    return bulk, files
 
 
-def select_genes(bulk, cells) -> pd.Index:
-    from scdl.models import DrugResponseModel
+def pseudobulk(cells) -> ad.AnnData:
+    """Summed counts per line (rows sorted by line key)."""
+    lines = sorted(cells.obs["cell_line_key"].unique())
+    key = cells.obs["cell_line_key"].to_numpy()
+    sums = np.vstack([np.asarray(cells.X[key == ln].sum(axis=0)) for ln in lines])
+    return ad.AnnData(sums.astype(np.float32), obs=pd.DataFrame(index=lines), var=cells.var[[]])
 
-    return DrugResponseModel._select_genes(bulk, cells, None, 2000, 0.05)
+
+def line_means(pred: pd.DataFrame, cells) -> pd.DataFrame:
+    lines = sorted(cells.obs["cell_line_key"].unique())
+    return pred.groupby(cells.obs["cell_line_key"].to_numpy()).mean().loc[lines]
 
 
-def fit_scdl(bulk_train, cells, genes, seed: int):
+# --- baselines -----------------------------------------------------------------------------
+
+
+class Ridge:
+    """Standardised genes, one ridge per drug on its measured lines (dual, closed form)."""
+
+    def __init__(self, x, y, alphas, *, standardise: bool = True):
+        from scdl.module._ridge import fit_masked_ridge
+
+        self.mean, self.sd = x.mean(0), x.std(0)
+        self.sd[self.sd == 0] = 1.0
+        if not standardise:
+            self.mean, self.sd = np.zeros_like(self.mean), np.ones_like(self.sd)
+        self.w, self.b, self.alpha = fit_masked_ridge((x - self.mean) / self.sd, y, alphas)
+
+    def __call__(self, x):
+        return ((x - self.mean) / self.sd) @ self.w.T + self.b
+
+
+def boosting(x_train, y_train, x_tests, drugs_needed, seed=0):
+    from sklearn.decomposition import PCA
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    pca = PCA(n_components=50, random_state=seed).fit(x_train)
+    z = pca.transform(x_train)
+    zt = [pca.transform(x) for x in x_tests]
+    outs = [np.full((x.shape[0], y_train.shape[1]), np.nan) for x in x_tests]
+    for j in np.flatnonzero(drugs_needed):
+        ok = ~np.isnan(y_train[:, j])
+        fit = HistGradientBoostingRegressor(
+            max_iter=200, learning_rate=0.05, max_leaf_nodes=15, random_state=seed
+        ).fit(z[ok], y_train[ok, j])
+        for out, zz in zip(outs, zt, strict=True):
+            out[:, j] = fit.predict(zz)
+    return outs
+
+
+def baselines(train, files, genes, scale) -> dict:
+    from scdl.data._drug_inputs import profiles_from_counts, profiles_from_expression
+
+    y = train.obsm["ln_ic50"].to_numpy()
+    drugs = list(train.obsm["ln_ic50"].columns)
+    out = {}
+    # the issue's baseline: all shared genes, z-scored profiles, alpha 1000
+    shared = train.var_names[train.var_names.isin(next(iter(files.values())).var_names)]
+    x_all = profiles_from_expression(np.asarray(train.X), train.var_names, shared)
+    ridge_issue = Ridge(x_all, y, 1000.0)
+    x = profiles_from_expression(np.asarray(train.X), train.var_names, genes, scale=scale)
+    ridge = Ridge(x, y, ALPHAS)
+    ridge_raw = Ridge(x, y, ALPHAS, standardise=False)
+    pbs = {tag: pseudobulk(c) for tag, c in files.items()}
+    pb_x = {
+        tag: profiles_from_counts(pb.X, pb.var_names, genes, scale=scale) for tag, pb in pbs.items()
+    }
+    needed = np.zeros(len(drugs), dtype=bool)
+    for tag in files:
+        meas = train.uns["_held_measured"][tag]
+        needed |= meas.notna().all(axis=0).to_numpy()
+    boost = boosting(x, y, list(pb_x.values()), needed)
+    for (tag, cells), boost_pred in zip(files.items(), boost, strict=True):
+        pb = pbs[tag]
+        frame = lambda v, idx=pb.obs_names: pd.DataFrame(v, index=idx, columns=drugs)  # noqa: E731
+        z = profiles_from_counts(pb.X, pb.var_names, shared)
+        out.setdefault("Ridge a=1000, pseudobulk (issue's)", {})[tag] = frame(ridge_issue(z))
+        out.setdefault("RidgeCV, pseudobulk", {})[tag] = frame(ridge(pb_x[tag]))
+        out.setdefault("RidgeCV, pseudobulk, genes not standardised", {})[tag] = frame(
+            ridge_raw(pb_x[tag])
+        )
+        sm = profiles_from_counts(cells.X, cells.var_names, genes, n_neighbors=SMOOTH, scale=scale)
+        cell_pred = pd.DataFrame(ridge(sm), index=cells.obs_names, columns=drugs)
+        out.setdefault("RidgeCV, smoothed cells", {})[tag] = line_means(cell_pred, cells)
+        out.setdefault("Boosting, pseudobulk", {})[tag] = frame(boost_pred)
+    return out
+
+
+# --- scdl ----------------------------------------------------------------------------------
+
+
+def fit_scdl(train, target, seed: int, **kwargs):
     import scvi
 
     from scdl.models import DrugResponseModel
 
     scvi.settings.seed = seed
-    a = bulk_train.copy()
+    a = train.copy()
     DrugResponseModel.setup_anndata(a, response_key="ln_ic50")
-    model = DrugResponseModel(a, target=cells, genes=list(genes))
+    model = DrugResponseModel(a, target=target, **kwargs)
     with measure() as m:
         model.train(enable_progress_bar=False)
-    return model, m
+    return model, m["seconds"]
 
 
-def fit_ridge(x_train: np.ndarray, y_train: np.ndarray):
-    """One standardised RidgeCV per drug on its measured lines; returns a predict function."""
-    from sklearn.linear_model import RidgeCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+def run_transfer(bulk, files, seed: int, variants: list[str], with_baselines: bool) -> dict:
+    lines = sorted(set().union(*(c.obs["cell_line_key"].unique() for c in files.values())))
+    held = bulk.obs["cell_line_key"].isin(lines).to_numpy()
+    train = bulk[~held].copy()
+    measured = bulk[held].obsm["ln_ic50"].copy()
+    measured.index = bulk[held].obs["cell_line_key"].to_numpy()
+    meas = {tag: measured.loc[sorted(c.obs["cell_line_key"].unique())] for tag, c in files.items()}
+    train.uns["_held_measured"] = meas
+    target = ad.concat(list(files.values()), join="inner")
+    preds, seconds = {}, {}
+    reference = None  # the default model: its genes and input scale go to the baselines
+    for name in variants:
+        model, secs = fit_scdl(train, target, seed, **VARIANTS[name])
+        seconds[name] = secs
+        label = f"scdl {name}"
+        preds[label] = {
+            tag: line_means(model.predict(c, modality="counts"), c) for tag, c in files.items()
+        }
+        if name == "default":
+            reference = model
+            preds["scdl default, pseudobulk"] = {
+                tag: model.predict(pseudobulk(c), modality="counts", smooth_neighbors=0)
+                for tag, c in files.items()
+            }
+        print(f"  {label}: trained in {secs:.0f}s", flush=True)
+    if with_baselines:
+        if reference is None:
+            reference, _ = fit_scdl(train, target, seed, n_ensemble=1)
+        preds.update(baselines(train, files, reference.genes, reference.input_scale))
+    return {"preds": preds, "measured": meas, "seconds": seconds}
 
-    fits = []
-    for j in range(y_train.shape[1]):
-        ok = ~np.isnan(y_train[:, j])
-        fits.append(
-            make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS)).fit(x_train[ok], y_train[ok, j])
-        )
-    return lambda x: np.column_stack([f.predict(x) for f in fits])
+
+def transfer_scores(res: dict) -> pd.DataFrame:
+    rows = []
+    for name, by_file in res["preds"].items():
+        row = {"method": name}
+        for tag, pred in by_file.items():
+            truth = res["measured"][tag]
+            drugs = truth.columns[truth.notna().all(axis=0)]
+            p = pred.loc[truth.index, drugs]
+            rho = [spearmanr(p[d], truth[d])[0] for d in drugs if p[d].nunique() > 1]
+            row[f"{tag}: Spearman"] = np.mean(rho) if rho else np.nan
+            row[f"{tag}: EGFR"] = sum(
+                p[d].nunique() > 1 and p[d].idxmin() == EGFR_LINE for d in EGFR_DRUGS
+            )
+            row[f"{tag}: drugs"] = len(drugs)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def profiles(adata, genes) -> np.ndarray:
+# --- bulk leave lines out ------------------------------------------------------------------
+
+
+def run_fold(bulk, target, fold: int, folds: np.ndarray, seed: int, variant: str) -> dict:
     from scdl.data._drug_inputs import profiles_from_expression
 
-    return profiles_from_expression(np.asarray(adata.X), adata.var_names, genes, scale=SCALE)
-
-
-# --- (1) bulk cross-validation ------------------------------------------------------------
-
-
-def run_fold(bulk, cells, genes, fold: int, folds: np.ndarray, seed: int) -> dict:
-    train, test = bulk[folds != fold], bulk[folds == fold]
-    model, m = fit_scdl(train, cells, genes, seed)
+    train, test = bulk[folds != fold].copy(), bulk[folds == fold]
+    model, secs = fit_scdl(train, target, seed, **VARIANTS[variant])
     scdl_pred = model.predict(test, modality="profiles").to_numpy()
-    y_train = train.obsm["ln_ic50"].to_numpy()
+    genes, scale = model.genes, model.input_scale
+    y = train.obsm["ln_ic50"].to_numpy()
     with measure() as r:
-        ridge = fit_ridge(profiles(train, genes), y_train)
-    ridge_pred = ridge(profiles(test, genes))
-    print(f"  fold {fold}: scdl {m['seconds']:.0f}s, Ridge {r['seconds']:.0f}s", flush=True)
-    return {
-        "rows": np.flatnonzero(folds == fold),
-        "scdl": scdl_pred,
-        "ridge": ridge_pred,
-        "seconds_scdl": m["seconds"],
-        "seconds_ridge": r["seconds"],
-    }
-
-
-def per_drug_spearman(pred: np.ndarray, y: np.ndarray, min_lines: int = 10) -> np.ndarray:
-    out = np.full(y.shape[1], np.nan)
-    for j in range(y.shape[1]):
-        ok = ~np.isnan(y[:, j]) & ~np.isnan(pred[:, j])
-        if ok.sum() >= min_lines:
-            out[j] = spearmanr(pred[ok, j], y[ok, j])[0]
+        x = profiles_from_expression(np.asarray(train.X), train.var_names, genes, scale=scale)
+        ridge = Ridge(x, y, ALPHAS)
+    xt = profiles_from_expression(np.asarray(test.X), test.var_names, genes, scale=scale)
+    print(f"  fold {fold}: scdl {secs:.0f}s, RidgeCV {r['seconds']:.0f}s", flush=True)
+    out = {"rows": np.flatnonzero(folds == fold), "scdl": scdl_pred, "RidgeCV": ridge(xt)}
+    for alpha in (1000.0, 3162.0):  # fixed penalties (ablation of the wide path's alpha)
+        out[f"Ridge a={alpha:.0f}"] = Ridge(x, y, alpha)(xt)
     return out
 
 
-def cv_table(bulk, results: list[dict]) -> tuple[pd.DataFrame, str]:
+def cv_scores(bulk, results: list[dict]) -> pd.DataFrame:
     y = bulk.obsm["ln_ic50"].to_numpy()
-    pred = {k: np.full(y.shape, np.nan) for k in ("scdl", "ridge")}
+    rows = []
+    keys = [k for k in results[0] if k != "rows"]
+    pred = {k: np.full(y.shape, np.nan) for k in keys}
     for res in results:
         for k in pred:
             pred[k][res["rows"]] = res[k]
-    rho = {k: per_drug_spearman(v, y) for k, v in pred.items()}
-    both = ~np.isnan(rho["scdl"]) & ~np.isnan(rho["ridge"])
-    rows = []
-    for k, name in (("scdl", "scdl DrugResponseModel"), ("ridge", "sklearn RidgeCV")):
+    rho = {}
+    for k, p in pred.items():
+        r = np.full(y.shape[1], np.nan)
+        for j in range(y.shape[1]):
+            ok = ~np.isnan(y[:, j]) & ~np.isnan(p[:, j])
+            if ok.sum() >= 10:
+                r[j] = spearmanr(p[ok, j], y[ok, j])[0]
+        rho[k] = r
+    both = np.all([~np.isnan(r) for r in rho.values()], axis=0)
+    for k in keys:
         r = rho[k][both]
-        rows.append(
-            {
-                "method": name,
-                "folds": len(results),
-                "drugs": int(both.sum()),
-                "mean_spearman": r.mean(),
-                "median_spearman": np.median(r),
-                "train_s_per_fold": np.mean([res[f"seconds_{k}"] for res in results]),
-            }
-        )
-    wins = int((rho["scdl"][both] > rho["ridge"][both]).sum())
-    diff = rho["scdl"][both] - rho["ridge"][both]
-    from scipy.stats import wilcoxon
-
-    note = (
-        f"scdl better on {wins}/{both.sum()} drugs; mean difference {diff.mean():+.4f} "
-        f"(Wilcoxon signed-rank p = {wilcoxon(diff).pvalue:.2g})"
-    )
-    return pd.DataFrame(rows), note
-
-
-# --- (2) transfer to the CellBench cells ---------------------------------------------------
-
-
-def run_transfer(bulk, cells, genes, seed: int) -> dict:
-    from scdl.data._drug_inputs import profiles_from_counts
-
-    lines = sorted(cells.obs["cell_line_key"].unique())
-    held = bulk.obs["cell_line_key"].isin(lines).to_numpy()
-    train = bulk[~held]
-    model, m = fit_scdl(train, cells, genes, seed)
-    cell_pred = model.predict(cells, modality="counts")
-    scdl_cells = cell_pred.groupby(cells.obs["cell_line_key"].to_numpy()).mean().loc[lines]
-    held_bulk = bulk[held]
-    order = pd.Index(held_bulk.obs["cell_line_key"]).get_indexer(lines)
-    scdl_bulk = model.predict(held_bulk, modality="profiles").iloc[order]
-    scdl_bulk.index = lines
-
-    ridge = fit_ridge(profiles(train, genes), train.obsm["ln_ic50"].to_numpy())
-    sums = [
-        np.asarray(cells.X[(cells.obs["cell_line_key"] == ln).to_numpy()].sum(axis=0))
-        for ln in lines
-    ]
-    pseudo = profiles_from_counts(np.vstack(sums), cells.var_names, genes, scale=SCALE)
-    drugs = list(model.drugs)
-    ridge_cells = pd.DataFrame(ridge(pseudo), index=lines, columns=drugs)
-    ridge_bulk = pd.DataFrame(ridge(profiles(held_bulk, genes)[order]), index=lines, columns=drugs)
-    drug_mean = pd.DataFrame(
-        np.tile(np.nanmean(train.obsm["ln_ic50"].to_numpy(), 0), (len(lines), 1)),
-        index=lines,
-        columns=drugs,
-    )
-    measured = held_bulk.obsm["ln_ic50"].iloc[order]
-    measured.index = lines
-    return {
-        "preds": {
-            "scdl DrugResponseModel, single cells": scdl_cells,
-            "sklearn RidgeCV, pseudobulk": ridge_cells,
-            "scdl, on the lines' bulk profiles": scdl_bulk,
-            "Ridge, on the lines' bulk profiles": ridge_bulk,
-            "drug mean (training lines)": drug_mean,
-        },
-        "measured": measured,
-        "n_cells": cells.obs["cell_line_key"].value_counts().loc[lines],
-        "seconds_scdl": m["seconds"],
-    }
-
-
-def transfer_tables(res: dict) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    measured = res["measured"]
-    drugs = measured.columns[measured.notna().all(axis=0)]
-    lines = list(measured.index)
-    # drug potency alone explains most of a line's profile across drugs: also compare the
-    # profiles relative to each drug's mean over the training lines
-    centre = res["preds"]["drug mean (training lines)"].loc[lines, drugs]
-    truth_c = measured[drugs] - centre
-    rows, egfr = [], []
-    for name, pred in res["preds"].items():
-        p = pred.loc[lines, drugs]
-        across_lines = [spearmanr(p[d], measured[d])[0] for d in drugs]
-        row = {"method": name}
-        for ln in lines:
-            row[f"{ln}"] = spearmanr(p.loc[ln], measured.loc[ln, drugs])[0]
-        row["mean"] = np.mean([row[ln] for ln in lines])
-        pc = p - centre
-        for ln in lines:
-            row[f"{ln}_rel"] = (
-                spearmanr(pc.loc[ln], truth_c.loc[ln])[0] if pc.loc[ln].nunique() > 1 else np.nan
-            )
-        row["mean_rel"] = np.mean([row[f"{ln}_rel"] for ln in lines])
-        row["across_lines"] = np.nanmean(across_lines)
-        rows.append(row)
-        e = {"method": name}
-        for d in EGFR_DRUGS:
-            e[d] = p[d].idxmin() if p[d].nunique() > 1 else "tie"
-        e["HCC827_most_sensitive"] = f"{sum(e[d] == EGFR_LINE for d in EGFR_DRUGS)}/3"
-        egfr.append(e)
-    truth = {"method": "measured GDSC2"}
-    for d in EGFR_DRUGS:
-        truth[d] = measured[d].idxmin()
-    truth["HCC827_most_sensitive"] = f"{sum(truth[d] == EGFR_LINE for d in EGFR_DRUGS)}/3"
-    egfr.append(truth)
-    return pd.DataFrame(rows), pd.DataFrame(egfr), len(drugs)
+        rows.append({"method": k, "folds": len(results), "drugs": int(both.sum()),
+                     "mean per-drug Spearman": r.mean(),
+                     "better than RidgeCV on": int((r > rho["RidgeCV"][both]).sum())})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 # --- driver --------------------------------------------------------------------------------
 
 
-def _save(path: Path, obj: dict) -> None:
+def _save(path: Path, obj) -> None:
     import pickle
 
     with open(path, "wb") as f:
@@ -277,110 +328,77 @@ def _load(path: Path):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--parts",
-        nargs="+",
-        default=["cv", "transfer", "report"],
-        choices=["cv", "transfer", "report"],
-    )
+    p.add_argument("--parts", nargs="+", default=["transfer", "report"],
+                   choices=["transfer", "cv", "report"])  # fmt: skip
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--variants", nargs="+", default=["default"], choices=list(VARIANTS))
+    p.add_argument("--no-baselines", action="store_true", help="scdl variants only")
+    p.add_argument("--cv-variant", default="default", choices=list(VARIANTS))
     p.add_argument("--folds", nargs="+", type=int, default=list(range(N_FOLDS)))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--cache",
-        type=Path,
-        default=None,
-        help="folder keeping finished folds/transfer, so a run can be split up",
-    )
+    p.add_argument("--cache", type=Path, default=None, help="folder keeping finished parts")
     args = p.parse_args()
-    bulk, cells = load()
-    measured = bulk.obsm["ln_ic50"].notna().any(axis=1).to_numpy()
-    bulk = bulk[measured].copy()
-    genes = select_genes(bulk, cells)
-    folds = np.random.RandomState(args.seed + 1).permutation(bulk.n_obs) % N_FOLDS
+    bulk, files = load()
     cache = args.cache
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-    results = {}
-
-    if "cv" in args.parts:
-        print(
-            f"(1) {N_FOLDS}-fold CV over {bulk.n_obs} lines, {bulk.obsm['ln_ic50'].shape[1]} "
-            f"drugs, {len(genes)} genes",
-            flush=True,
-        )
-        for f in args.folds:
-            path = None if cache is None else cache / f"cv_fold{f}_seed{args.seed}.pkl"
+    transfers, cvs = {}, {}
+    for seed in args.seeds:
+        if "transfer" in args.parts:
+            path = (
+                None if cache is None else cache / f"transfer_{'-'.join(args.variants)}_s{seed}.pkl"
+            )
             if path is not None and path.is_file():
-                continue
-            res = run_fold(bulk, cells, genes, f, folds, args.seed)
-            results[f"fold{f}"] = res
-            if path is not None:
-                _save(path, res)
-    if "transfer" in args.parts:
-        path = None if cache is None else cache / f"transfer_seed{args.seed}.pkl"
-        if path is None or not path.is_file():
-            res = run_transfer(bulk, cells, genes, args.seed)
-            results["transfer"] = res
-            if path is not None:
-                _save(path, res)
+                transfers[seed] = _load(path)
+            else:
+                print(f"(1) transfer, seed {seed}", flush=True)
+                transfers[seed] = run_transfer(
+                    bulk,
+                    files,
+                    seed,
+                    args.variants,
+                    seed == args.seeds[0] and not args.no_baselines,
+                )
+                if path is not None:
+                    _save(path, transfers[seed])
+        if "cv" in args.parts:
+            folds = np.random.RandomState(seed + 1).permutation(bulk.n_obs) % N_FOLDS
+            target = ad.concat(list(files.values()), join="inner")
+            cvs[seed] = []
+            for f in args.folds:
+                path = None if cache is None else cache / f"cv_{args.cv_variant}_f{f}_s{seed}.pkl"
+                if path is not None and path.is_file():
+                    cvs[seed].append(_load(path))
+                    continue
+                res = run_fold(bulk, target, f, folds, seed, args.cv_variant)
+                cvs[seed].append(res)
+                if path is not None:
+                    _save(path, res)
     if "report" not in args.parts:
         return
-    if cache is not None:
-        for f in range(N_FOLDS):
-            path = cache / f"cv_fold{f}_seed{args.seed}.pkl"
-            if path.is_file():
-                results.setdefault(f"fold{f}", _load(path))
-        path = cache / f"transfer_seed{args.seed}.pkl"
-        if path.is_file():
-            results.setdefault("transfer", _load(path))
-
+    if cache is not None and not transfers:
+        for path in sorted(cache.glob("transfer_*_s*.pkl")):
+            transfers[path.stem] = _load(path)
     pd.set_option("display.width", 250)
     fmt = {"float_format": lambda v: f"{v:.3f}", "index": False}
-    fold_results = [results[f"fold{f}"] for f in range(N_FOLDS) if f"fold{f}" in results]
-    if fold_results:
-        table, note = cv_table(bulk, fold_results)
-        print(
-            f"\n(1) Bulk GDSC2 ln IC50, leave lines out ({len(fold_results)}/{N_FOLDS} folds,"
-            f" {len(genes)} genes): per-drug Spearman, out-of-fold"
-        )
-        print(table.to_string(**fmt))
-        print("   ", note)
-    if "transfer" in results:
-        res = results["transfer"]
-        table, egfr, n_drugs = transfer_tables(res)
-        counts = ", ".join(f"{k} {v}" for k, v in res["n_cells"].items())
-        print(
-            f"\n(2) Transfer: trained without {list(res['measured'].index)}, predicting their "
-            f"singlet cells ({counts}); {n_drugs} drugs measured on all lines; scdl trained "
-            f"in {res['seconds_scdl']:.0f}s"
-        )
-        print(
-            "    <line>: per line, Spearman across drugs (mean: over lines, the issue's check); "
-            "<line>_rel: the same after subtracting each drug's training-line mean from "
-            "predictions and measurements (drug potency removed); across_lines: per drug, "
-            "Spearman across the lines, mean over drugs."
-        )
-        print(table.to_string(**fmt))
-        print(f"\n    Most sensitive line predicted for each EGFR inhibitor (truth: {EGFR_LINE})")
-        print(egfr.to_string(index=False))
-    if cache is not None:
-        seeds_summary(sorted(cache.glob("transfer_seed*.pkl")))
-
-
-def seeds_summary(paths: list[Path]) -> None:
-    """The transfer's summary columns for every seed found in the cache, and their mean."""
-    if len(paths) < 2:
-        return
-    rows = []
-    for path in paths:
-        table = transfer_tables(_load(path))[0].set_index("method")
-        seed = path.stem.removeprefix("transfer_seed")
-        for method in table.index[:2]:  # scdl from cells, Ridge from pseudobulk
-            rows.append({"seed": seed, "method": method, **table.loc[method].to_dict()})
-    df = pd.DataFrame(rows)[["seed", "method", "mean", "mean_rel", "across_lines"]]
-    print(f"\n    Transfer over seeds {', '.join(df.seed.unique())} (Ridge does not depend on it)")
-    print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(df.groupby("method", sort=False)[["mean", "mean_rel", "across_lines"]].mean().round(3))
+    tables = []
+    for seed, res in transfers.items():
+        t = transfer_scores(res)
+        t.insert(0, "seed", seed)
+        tables.append(t)
+    if tables:
+        t = pd.concat(tables)
+        print("\n(1) Transfer to unseen lines' cells: per drug, Spearman across the lines of the "
+              "lines' mean prediction vs measured ln IC50 (mean over drugs); EGFR: inhibitors "
+              f"(of {len(EGFR_DRUGS)}) ranking {EGFR_LINE} most sensitive")  # fmt: skip
+        print(t.to_string(**fmt))
+        if len(tables) > 1:
+            cols = [c for c in t.columns if "Spearman" in c or "EGFR" in c]
+            agg = t.groupby("method", sort=False)[cols].agg(["mean", "std"])
+            print("\n    over seeds (baselines are seed-free: computed once)")
+            print(agg.to_string(float_format=lambda v: f"{v:.3f}"))
+    for seed, results in cvs.items():
+        print(f"\n(2) Bulk GDSC2, leave lines out, seed {seed} ({args.cv_variant})")
+        print(cv_scores(bulk, results).to_string(**fmt))
 
 
 if __name__ == "__main__":

@@ -27,14 +27,8 @@ from scdl.data._drug_inputs import (
     select_variable_genes,
     shared_genes,
 )
-from scdl.data._loader import FastDataSplitter, TensorBatchLoader
-from scdl.module._drug import (
-    FOLD_KEY,
-    REFERENCE_X_KEY,
-    RESPONSE_KEY,
-    TARGET_X_KEY,
-    DrugResponseModule,
-)
+from scdl.data._drug_loader import DomainSplitter
+from scdl.module._drug import RESPONSE_KEY, DrugResponseModule
 from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
 from ._attribution import integrated_gradients
@@ -49,93 +43,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Modality = Literal["auto", "counts", "profiles"]
-
-
-# --- minibatches mixing bulk lines with a sample of target cells ---------------------------
-
-
-class _DomainLoader(TensorBatchLoader):
-    """scdl's fast loader over bulk lines, feeding the model's input profiles; for training
-    also each line's fold and, per minibatch, random samples of target-cell profiles and of
-    reference bulk profiles (``target_batch_size`` each) for the alignment term."""
-
-    def __init__(
-        self,
-        adata_manager,
-        indices=None,
-        *,
-        profiles: np.ndarray,
-        target_x: np.ndarray | None = None,
-        reference_p: np.ndarray | None = None,
-        folds: np.ndarray | None = None,
-        target_batch_size: int = 32,
-        **kwargs,
-    ):
-        super().__init__(adata_manager, indices, **kwargs)
-        self.target_batch_size = int(target_batch_size)
-        self.arrays[REGISTRY_KEYS.X_KEY] = (profiles, np.float32)
-        if folds is not None:
-            self.arrays[FOLD_KEY] = (np.asarray(folds, dtype=np.int64).reshape(-1, 1), np.int64)
-        self.target_x = None if target_x is None else torch.from_numpy(target_x)
-        self.profiles = torch.from_numpy(profiles)
-        self.reference_p = None if reference_p is None else torch.from_numpy(reference_p)
-
-    def __iter__(self):
-        for batch in super().__iter__():
-            if self.target_x is not None:
-                n = self.target_batch_size
-                # torch's global generator: reproducible under scvi.settings.seed
-                pick = torch.randint(self.target_x.shape[0], (n,))
-                batch[TARGET_X_KEY] = self.target_x[pick]
-                if self.reference_p is not None:
-                    ref = torch.multinomial(self.reference_p, n, replacement=True)
-                    batch[REFERENCE_X_KEY] = self.profiles[ref]
-            yield batch
-
-
-class DomainSplitter(FastDataSplitter):
-    """scvi-tools' split of the bulk lines; training minibatches also carry target cells.
-
-    The two domains differ in size and in what is known about them (responses only for
-    lines), so the target cells ride along as an extra minibatch key rather than as rows:
-    scvi-tools' standard ``TrainingPlan`` then trains the model unchanged. Validation
-    minibatches hold bulk lines only. ``profiles`` (lines x the model's genes, on the model's
-    common scale) replace the registered expression as the model's input.
-    """
-
-    def __init__(
-        self, adata_manager, *, profiles, target_x=None, reference_p=None, folds=None, **kwargs
-    ):
-        super().__init__(adata_manager, **kwargs)
-        self.profiles = profiles
-        self.target_x = target_x
-        self.reference_p = reference_p
-        self.folds = folds
-
-    def _loader(self, indices, *, train: bool):
-        if len(indices) == 0:
-            return None
-        return _DomainLoader(
-            self.adata_manager,
-            indices=indices,
-            shuffle=train,
-            drop_last=self.drop_last if train else False,
-            pin_memory=self.pin_memory,
-            profiles=self.profiles,
-            target_x=self.target_x if train else None,
-            reference_p=self.reference_p if train else None,
-            folds=self.folds if train else None,
-            **self.data_loader_kwargs,
-        )
-
-    def train_dataloader(self):
-        return self._loader(self.train_idx, train=True)
-
-    def val_dataloader(self):
-        return self._loader(self.val_idx, train=False)
-
-    def test_dataloader(self):
-        return self._loader(self.test_idx, train=False)
+#: penalties for ``ridge_alpha=RIDGE_ALPHAS``: one per drug by leave-one-out error (RidgeCV)
+RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
 
 
 # --- the model -----------------------------------------------------------------------------
@@ -144,20 +53,21 @@ class DomainSplitter(FastDataSplitter):
 class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """Predict many drugs' responses of single cells from cancer cell lines' bulk profiles.
 
-    A network learns drug response (e.g. GDSC ln IC50) from bulk expression of cell lines,
-    with single cells of interest (``target``) seen during training so that the encoder,
-    shared by both domains, maps them to the same latent space (MMD alignment, as in scDEAL,
-    Chen et al. 2022, Nat Commun 13:6494). One multi-task head predicts every drug at once,
-    trained with a mean squared error masked to the measured (non-NaN) entries of the
-    response table. Each ensemble member pairs this deep part with a *wide* path, a ridge
-    regression from the standardised genes to every drug fitted in closed form on the
-    member's lines, and predicts the mean of the two (wide & deep): the linear model is the
-    strong baseline on bulk lines and errs differently from the network, so the mean is
-    better than either in leave-lines-out cross-validation.
+    Each ensemble member has a *wide* path, a ridge regression per drug (e.g. GDSC ln IC50)
+    from the standardised genes of the cell lines' bulk profiles, fitted in closed form on
+    the member's lines with each drug's penalty chosen by leave-one-out error (as
+    scikit-learn's ``RidgeCV``), and optionally a *deep* path: a network whose encoder sees
+    the single cells of interest (``target``) in training and maps both domains to one latent
+    space (MMD alignment, as in scDEAL, Chen et al. 2022, Nat Commun 13:6494), with one
+    multi-task head trained with a mean squared error masked to the measured (non-NaN)
+    entries. ``prediction`` chooses what a member predicts: ``"wide"`` (default; no network
+    is trained), ``"wide_deep"`` (the mean of both) or ``"deep"``. The wide path is the
+    default because the network, with or without alignment, transferred worse to unseen
+    lines' cells (benchmarks/README.md, "Drug response").
 
     **Comparable inputs.** Bulk profiles and cells are matched by gene symbol; the model
-    uses the ``n_top_genes`` genes present in both that vary most across the lines (among
-    genes detected in at least ``min_detected`` of the target cells). Counts become
+    uses every gene present in both (or the ``n_top_genes`` that vary most across the lines,
+    among genes detected in at least ``min_detected`` of the target cells). Counts become
     log1p(counts per 10k), averaged over each cell's ``smooth_neighbors`` nearest neighbours
     (PCA space of the cells passed together), since a single cell's counts are too sparse to
     look like a bulk profile; bulk values are used as they are (already log-scale). Every
@@ -219,8 +129,16 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
     ridge_alpha
         Penalty of the wide path's ridge regressions (scikit-learn's units: squared errors
         summed over a drug's lines + ``ridge_alpha`` x squared weights, on standardised genes
-        and responses). The default is what scikit-learn's ``RidgeCV`` chooses for most
-        GDSC2 drugs with 2,000 genes (leave-one-out); ``None`` drops the wide path.
+        and responses), or several (e.g. :data:`RIDGE_ALPHAS`), each drug taking the one
+        with the smallest leave-one-out error on the member's lines (``drug_stats_``
+        column ``ridge_alpha``); ``None`` drops the wide path. A fixed penalty is the
+        default: it transferred to unseen lines' cells better than each drug's own
+        leave-one-out choice, at the same bulk cross-validation score (benchmarks/README).
+    prediction
+        ``"wide"``: the ridge alone, no network (``n_hidden``, ``n_latent``,
+        ``dropout_rate``, ``input_noise``, ``mmd_weight`` and ``match_neighbors`` then do
+        nothing); ``"wide_deep"``: the mean of the network and the ridge; ``"deep"``: the
+        network alone.
 
     Examples
     --------
@@ -243,8 +161,8 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
         *,
         target_layer: str | None = None,
         genes: Sequence[str] | None = None,
-        n_top_genes: int | None = 2000,
-        min_detected: float = 0.05,
+        n_top_genes: int | None = None,
+        min_detected: float = 0.0,
         smooth_neighbors: int = 15,
         n_hidden: int = 1024,
         n_latent: int = 256,
@@ -254,7 +172,8 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
         mmd_weight: float = 1.0,
         match_neighbors: int = 10,
         input_scale: Literal["zscore", "rank"] = "rank",
-        ridge_alpha: float | None = 3162.0,
+        ridge_alpha: float | Sequence[float] | None = 3162.0,
+        prediction: Literal["wide", "wide_deep", "deep"] = "wide",
     ):
         if input_scale not in ("zscore", "rank"):
             raise ValueError(f"input_scale={input_scale!r} is not one of 'zscore', 'rank'.")
@@ -295,6 +214,7 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
             n_ensemble=n_ensemble,
             mmd_weight=mmd_weight,
             ridge_alpha=ridge_alpha,
+            prediction=prediction,
         )
         self._target_profiles = None
         if target is not None:
@@ -309,7 +229,8 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
         self._model_summary_string = (
             f"scdl DrugResponseModel: {len(self.drugs)} drugs, {len(self.genes)} genes, "
             f"n_hidden={n_hidden}, n_latent={n_latent}, n_ensemble={n_ensemble}, "
-            f"mmd_weight={mmd_weight}, ridge_alpha={ridge_alpha}, target cells="
+            f"mmd_weight={mmd_weight}, ridge_alpha={ridge_alpha}, "
+            f"prediction={self.module.prediction!r}, target cells="
             f"{0 if target is None else target.n_obs}"
         )
         self.init_params_ = self._get_init_params(locals())
@@ -428,6 +349,9 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
     ):
         """Train on the bulk lines (and align the target cells); Lightning, scvi-tools' plan.
 
+        With ``prediction="wide"`` (default) no network is trained: the ridges are fitted in
+        closed form on every line, and the options below except the seed's folds do nothing.
+
         Parameters
         ----------
         max_epochs
@@ -452,8 +376,20 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
             ``n_epochs_kl_warmup``, over which the MMD weight ramps up; default half of
             ``max_epochs``).
         """
+        import scvi
+
         n_obs = self.adata.n_obs
         profiles, responses = self._bulk()
+        folds = (
+            np.random.RandomState(scvi.settings.seed).permutation(n_obs) % self.module.n_ensemble
+        )
+        if self.module.prediction == "wide":  # no network: closed-form ridges on all lines
+            self.module.eval()
+            self.train_indices = np.arange(n_obs)
+            alphas = self._fit_ridge(profiles, responses, folds)
+            self.drug_stats_ = self._calibrate(folds, alphas, (profiles, responses))
+            self.is_trained_ = True
+            return None
         reference_p = None
         if self._target_profiles is not None and self.match_neighbors > 0:
             reference_p = matched_reference(self._target_profiles, profiles, self.match_neighbors)
@@ -473,10 +409,6 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
             "n_epochs_kl_warmup": max(1, max_epochs // 2),
             **(plan_kwargs or {}),
         }
-        import scvi
-
-        rng = np.random.RandomState(scvi.settings.seed)
-        folds = rng.permutation(n_obs) % self.module.n_ensemble
         with warnings.catch_warnings(), guarded_training(self, kwargs, lr=plan["lr"]):
             # minibatches hold lines and fewer target cells: Lightning's batch-size guess
             # finds two sizes and warns; the logged losses are per line either way
@@ -499,13 +431,14 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
                 **kwargs,
             )
         self.module.eval()
+        alphas = None
         if self.module.ridge_alpha is not None:
             # after the network, so a diverged run leaves every weight as it was
-            self._fit_ridge(profiles, responses, folds)
-        self.drug_stats_ = self._calibrate(folds)
+            alphas = self._fit_ridge(profiles, responses, folds)
+        self.drug_stats_ = self._calibrate(folds, alphas, (profiles, responses))
         return out
 
-    def _fit_ridge(self, profiles, responses, folds) -> None:
+    def _fit_ridge(self, profiles, responses, folds) -> np.ndarray:
         """Fit the wide path: each member's ridge on the lines its deep part trains on.
 
         With ``train_size < 1`` the validation lines are drawn inside Lightning's splitter,
@@ -518,11 +451,12 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
             xs = module._standardise(torch.as_tensor(profiles, device=module.device)).cpu()
         y_std = (responses - module.drug_mean.cpu().numpy()) / module.drug_scale.cpu().numpy()
         members = [folds != j if k > 1 else np.ones(len(folds), dtype=bool) for j in range(k)]
-        self.module.set_ridge(xs, y_std, members)
+        return self.module.set_ridge(xs, y_std, members)
 
-    def _calibrate(self, folds: np.ndarray) -> pd.DataFrame:
-        """Per drug: lines, bulk median, held-out residual sd and Spearman correlation."""
-        profiles, y = self._bulk()
+    def _calibrate(self, folds: np.ndarray, alphas=None, bulk=None) -> pd.DataFrame:
+        """Per drug: lines, bulk median, held-out residual sd and Spearman correlation, and
+        the ridges' penalty (median over members; NaN without a wide path)."""
+        profiles, y = self._bulk() if bulk is None else bulk
         members = self._run(profiles, self.module.member_predictions)  # K x lines x drugs
         k = members.shape[0]
         train_idx = np.asarray(self.train_indices if self.train_indices is not None else [])
@@ -565,6 +499,7 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
                 }
             )
         stats = pd.DataFrame(rows).set_index("drug")
+        stats["ridge_alpha"] = np.nan if alphas is None else np.median(alphas, axis=0)
         stats["residual_sd"] = stats["residual_sd"].fillna(stats["residual_sd"].median())
         self.calibration_source_ = source
         return stats
@@ -644,7 +579,7 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
         adata: AnnData | None = None,
         *,
         drugs: str | Sequence[str] | None = None,
-        kind: Literal["value", "probability"] = "value",
+        kind: Literal["value", "probability", "label", "sd"] = "value",
         layer: str | None = None,
         modality: Modality = "auto",
         smooth_neighbors: int | None = None,
@@ -660,7 +595,10 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
         kind
             ``"value"``: the response in the table's units (ln IC50: lower = more
             sensitive); ``"probability"``: the sensitive probability,
-            ``Phi((median - value) / residual_sd)`` (see the class docstring).
+            ``Phi((median - value) / residual_sd)`` (see the class docstring); ``"label"``:
+            1 (sensitive) where the value is below the drug's median over the training lines
+            (``drug_stats_["median"]``, the threshold; probability > 0.5), else 0;
+            ``"sd"``: the per-cell uncertainty, the sd of the value over ensemble members.
         layer, modality, smooth_neighbors
             As in :meth:`profiles`.
 
@@ -676,16 +614,21 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
             Unknown ``kind``; see :meth:`profiles`.
         """
         self._check_if_trained(warn=False)
-        if kind not in ("value", "probability"):
-            raise ValueError(f"kind={kind!r} is not one of 'value', 'probability'.")
+        if kind not in ("value", "probability", "label", "sd"):
+            raise ValueError(f"kind={kind!r} is not one of 'value', 'probability', 'label', 'sd'.")
         drugs = resolve_drugs(drugs, self.drugs)
         profiles = self.profiles(
             adata, layer=layer, modality=modality, smooth_neighbors=smooth_neighbors
         )
         cols = [self.drugs.index(d) for d in drugs]
-        values = self._run(profiles, self.module.predict)[:, cols]
+        if kind == "sd":
+            values = self._run(profiles, self.module.member_predictions)[:, :, cols].std(axis=0)
+        else:
+            values = self._run(profiles, self.module.predict)[:, cols]
         if kind == "probability":
             values = self._probability(values, drugs)
+        elif kind == "label":
+            values = (values < self.drug_stats_.loc[drugs, "median"].to_numpy()).astype(np.int8)
         index = self.adata.obs_names if adata is None else adata.obs_names
         return pd.DataFrame(values, index=index.copy(), columns=pd.Index(drugs))
 

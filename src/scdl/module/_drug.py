@@ -33,12 +33,14 @@ warm-up weight ramps the MMD term up, so the encoder first learns the task, then
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from scvi.nn import FCLayers
 
 from ._mmd import batch_mmd
+from ._ridge import fit_masked_ridge
 
 #: registry key of the cell lines x drugs response table
 RESPONSE_KEY = "drug_response"
@@ -46,6 +48,8 @@ RESPONSE_KEY = "drug_response"
 TARGET_X_KEY = "scdl_target_x"
 #: minibatch key of bulk profiles drawn to resemble the target cells (the MMD's reference)
 REFERENCE_X_KEY = "scdl_reference_x"
+#: what a member predicts: network and ridge averaged, the ridge alone, the network alone
+PREDICTIONS = ("wide_deep", "wide", "deep")
 #: minibatch key of each line's fold: the ensemble member that does not train on it
 FOLD_KEY = "scdl_fold"
 
@@ -88,8 +92,11 @@ class DrugResponseModule(BaseModuleClass):
     mmd_weight
         Weight of the MMD between bulk and target latent codes; ``0`` turns alignment off.
     ridge_alpha
-        Penalty of the wide path's ridge regressions, in scikit-learn's units; ``None``: no
-        wide path (the deep part alone).
+        Penalty of the wide path's ridge regressions, in scikit-learn's units, or several,
+        chosen per drug by leave-one-out error; ``None``: no wide path (the deep part alone).
+    prediction
+        ``"wide_deep"``: the mean of the network and the ridge; ``"wide"``: the ridge alone
+        (no network is built); ``"deep"``: the network alone (no ridge).
     """
 
     def __init__(
@@ -103,11 +110,23 @@ class DrugResponseModule(BaseModuleClass):
         input_noise: float = 1.0,
         n_ensemble: int = 5,
         mmd_weight: float = 1.0,
-        ridge_alpha: float | None = None,
+        ridge_alpha: float | tuple[float, ...] | None = None,
+        prediction: str = "wide_deep",
     ):
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction={prediction!r} is not one of {PREDICTIONS}.")
+        if ridge_alpha is None or prediction == "deep":
+            prediction, ridge_alpha = "deep", None
+        self.prediction = prediction
         self.n_ensemble = int(n_ensemble)
-        self.ridge_alpha = None if ridge_alpha is None else float(ridge_alpha)
+        self.ridge_alpha = (
+            None
+            if ridge_alpha is None
+            else float(ridge_alpha)
+            if np.ndim(ridge_alpha) == 0
+            else tuple(float(a) for a in ridge_alpha)
+        )
         self.input_noise = float(input_noise)
         self.mmd_weight = float(mmd_weight)
         # filled from the training data by set_scaling(); saved with the weights
@@ -115,15 +134,19 @@ class DrugResponseModule(BaseModuleClass):
         self.register_buffer("gene_scale", torch.ones(n_input))
         self.register_buffer("drug_mean", torch.zeros(n_drugs))
         self.register_buffer("drug_scale", torch.ones(n_drugs))
-        self.members = torch.nn.ModuleList(
-            _Member(n_input, n_drugs, n_hidden, n_latent, dropout_rate)
-            for _ in range(self.n_ensemble)
-        )
+        self._member_args = (n_input, n_drugs, n_hidden, n_latent, dropout_rate)
+        n_members = 0 if prediction == "wide" else self.n_ensemble
+        self.members = torch.nn.ModuleList(_Member(*self._member_args) for _ in range(n_members))
         if self.ridge_alpha is not None:
             # each member's ridge (members x drugs x genes, members x drugs), on standardised
             # genes and responses; filled by set_ridge(), saved with the weights
             self.register_buffer("ridge_weight", torch.zeros(self.n_ensemble, n_drugs, n_input))
             self.register_buffer("ridge_bias", torch.zeros(self.n_ensemble, n_drugs))
+
+    @property
+    def device(self) -> torch.device:
+        """The module's device (from a buffer: a ridge-only module has no parameters)."""
+        return self.gene_mean.device
 
     @torch.no_grad()
     def set_scaling(self, gene_mean, gene_scale, drug_mean, drug_scale) -> None:
@@ -138,7 +161,7 @@ class DrugResponseModule(BaseModuleClass):
             buf.copy_(torch.as_tensor(value, dtype=buf.dtype, device=buf.device))
 
     @torch.no_grad()
-    def set_ridge(self, xs, y_std, lines_of_member) -> None:
+    def set_ridge(self, xs, y_std, lines_of_member) -> np.ndarray:
         """Fit each member's ridge in closed form, per drug on its measured lines.
 
         Parameters
@@ -150,47 +173,33 @@ class DrugResponseModule(BaseModuleClass):
         lines_of_member
             For each member, a boolean mask of the lines it trains on.
 
-        Solved in the dual (``(K + alpha I) c = y`` with ``K = X X^T`` over a drug's
-        measured lines), as lines are fewer than genes; genes and responses are centred
-        on those lines, which gives the intercept. Written here rather than calling
-        scikit-learn's ``Ridge`` per drug (the same solution, tested) because one Gram matrix
-        per member serves every drug: ``Ridge`` would rebuild it for each of ~300 drugs.
+        Returns each member's penalty per drug (members x drugs): ``ridge_alpha``, or with
+        several, each drug's leave-one-out choice on the member's lines
+        (:func:`scdl.module._ridge.fit_masked_ridge`, the same solution as scikit-learn's
+        ``Ridge``/``RidgeCV``, one factorisation per group of drugs measured on the same lines).
         """
-        x = torch.as_tensor(xs, dtype=torch.float64)
-        y = torch.as_tensor(y_std, dtype=torch.float64)
-        eye = torch.eye(x.shape[0], dtype=torch.float64)
+        x = np.asarray(xs, dtype=np.float64)
+        y = np.asarray(y_std, dtype=np.float64)
+        alphas = self.ridge_alpha
+        chosen = []
         for k, rows in enumerate(lines_of_member):
-            rows = torch.as_tensor(rows, dtype=torch.bool)
-            xk, yk = x[rows], y[rows]
-            gram = xk @ xk.T  # once per member; each drug's lines take a sub-block
-            weight = torch.zeros(y.shape[1], x.shape[1], dtype=torch.float64)
-            bias = torch.zeros(y.shape[1], dtype=torch.float64)
-            # drugs measured on the same lines share one factorisation
-            measured = ~torch.isnan(yk)
-            masks, group = torch.unique(measured.T, dim=0, return_inverse=True)
-            for g, mask in enumerate(masks):
-                cols = torch.nonzero(group == g).view(-1)
-                xo = xk[mask]
-                x_mean = xo.mean(0)
-                yo = yk[mask][:, cols]
-                y_mean = yo.mean(0)
-                # the Gram matrix of the centred genes, from the uncentred one
-                ko = gram[mask][:, mask]
-                ko = ko - ko.mean(0, keepdim=True) - ko.mean(1, keepdim=True) + ko.mean()
-                n = ko.shape[0]
-                chol = torch.linalg.cholesky(ko + self.ridge_alpha * eye[:n, :n])
-                dual = torch.cholesky_solve(yo - y_mean, chol)
-                w = ((xo - x_mean).T @ dual).T  # drugs x genes
-                weight[cols] = w
-                bias[cols] = y_mean - w @ x_mean
-            self.ridge_weight[k].copy_(weight.to(self.ridge_weight.dtype))
-            self.ridge_bias[k].copy_(bias.to(self.ridge_bias.dtype))
+            rows = np.asarray(rows, dtype=bool)
+            weight, bias, alpha = fit_masked_ridge(x[rows], y[rows], alphas)
+            self.ridge_weight[k].copy_(torch.as_tensor(weight, dtype=self.ridge_weight.dtype))
+            self.ridge_bias[k].copy_(torch.as_tensor(bias, dtype=self.ridge_bias.dtype))
+            chosen.append(alpha)
+        return np.stack(chosen)
 
     def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
-        """As torch's; weights saved before the wide path existed load as a deep-only model."""
+        """As torch's; weights saved before the wide path existed load as a deep-only model,
+        and those saved with a network (before ``prediction`` existed) as wide & deep."""
         if self.ridge_alpha is not None and "ridge_weight" not in state_dict:
             self.ridge_alpha = None
+            self.prediction = "deep"
             del self.ridge_weight, self.ridge_bias
+        if len(self.members) == 0 and any(k.startswith("members.") for k in state_dict):
+            self.members.extend(_Member(*self._member_args) for _ in range(self.n_ensemble))
+            self.prediction = "wide_deep" if self.ridge_alpha is not None else "deep"
         return super().load_state_dict(state_dict, strict=strict, **kwargs)
 
     def _standardise(self, x: torch.Tensor) -> torch.Tensor:
@@ -283,8 +292,11 @@ class DrugResponseModule(BaseModuleClass):
 
         Differentiable (used for gene attributions); call in eval mode.
         """
-        y = self.generative(self.inference(x)["z"])["y"]
-        if self.ridge_alpha is not None:
+        if self.prediction == "wide":
+            y = self._ridge(x)
+        else:
+            y = self.generative(self.inference(x)["z"])["y"]
+        if self.prediction == "wide_deep":
             # wide & deep: the mean of the deep and the ridge prediction
             y = 0.5 * (y + self._ridge(x))
         return y.mean(0) if average else y

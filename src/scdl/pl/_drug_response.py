@@ -5,20 +5,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+import pandas as pd
 
 from ._utils import finish
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    import pandas as pd
     from anndata import AnnData
     from matplotlib.figure import Figure
 
 
 def _table(adata: AnnData, key: str, value: str) -> pd.DataFrame:
-    import pandas as pd
-
     obsm_key = f"{key}_prob" if value == "probability" else key
     if obsm_key not in adata.obsm:
         raise KeyError(
@@ -45,10 +43,11 @@ def _bulk_median(adata: AnnData, key: str, drugs: list[str]) -> np.ndarray:
 def drug_response(
     adata: AnnData,
     *,
-    groupby: str,
+    groupby: str | None = None,
     drugs: str | Sequence[str] | None = None,
     key: str = "scdl_drug",
-    kind: Literal["heatmap", "violin"] = "heatmap",
+    kind: Literal["heatmap", "violin", "roc"] = "heatmap",
+    labels: str | None = None,
     value: Literal["probability", "response"] = "probability",
     n_drugs: int = 20,
     show: bool | None = None,
@@ -62,7 +61,7 @@ def drug_response(
         AnnData processed by :func:`scdl.tl.drug_response` (reads ``obsm[key]``,
         ``obsm[f"{key}_prob"]`` and ``uns[key]``; writes nothing).
     groupby
-        obs column of the groups (e.g. ``"leiden"``).
+        obs column of the groups (e.g. ``"leiden"``); needed for the heatmap and violins.
     drugs
         Drug name(s) to show; ``None``: the ``n_drugs`` drugs whose group means differ
         most.
@@ -70,7 +69,13 @@ def drug_response(
         ``key_added`` of :func:`scdl.tl.drug_response`.
     kind
         ``"heatmap"``: groups x drugs, the group mean; ``"violin"``: one panel per drug,
-        the distribution over the cells of each group.
+        the distribution over the cells of each group; ``"roc"``: against per-cell truth
+        (``labels``), the ROC curve of the sensitive probability for each drug, AUROC in the
+        legend.
+    labels
+        For ``kind="roc"``: obs column of per-cell truth, boolean or 0/1, True (1) marking
+        the sensitive cells (e.g. ``~adata.obs["survived_treatment"]``); ``kind="roc"`` is
+        chosen when it is given.
     value
         ``"probability"``: the sensitive probability (red = likely more sensitive than the
         median cell line); ``"response"``: the predicted response (e.g. ln IC50) minus the
@@ -90,10 +95,16 @@ def drug_response(
     from scdl.data import check_obs_key
     from scdl.data._drug_inputs import resolve_drugs
 
-    if kind not in ("heatmap", "violin"):
-        raise ValueError(f"kind={kind!r} is not one of 'heatmap', 'violin'.")
+    if labels is not None:
+        kind = "roc"
+    if kind not in ("heatmap", "violin", "roc"):
+        raise ValueError(f"kind={kind!r} is not one of 'heatmap', 'violin', 'roc'.")
     if value not in ("probability", "response"):
         raise ValueError(f"value={value!r} is not one of 'probability', 'response'.")
+    if kind == "roc":
+        return _roc(adata, labels, drugs, key, n_drugs, show=show, save=save)
+    if groupby is None:
+        raise ValueError(f"kind={kind!r} needs `groupby`, an obs column of groups of cells.")
     groups = check_obs_key(adata, groupby, arg="groupby").astype(str)
     table = _table(adata, key, value)
     means = table.groupby(groups.to_numpy(), observed=True).mean()
@@ -139,3 +150,36 @@ def drug_response(
         for j in range(len(drugs), nrows * ncols):
             axes[j // ncols, j % ncols].set_visible(False)
     return finish(fig, show=show, save=save, default_name=f"drug_response_{key}_{kind}")
+
+
+def _roc(adata, labels, drugs, key, n_drugs, *, show, save):
+    """ROC of the sensitive probability against per-cell truth, one curve per drug."""
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from scdl.data import check_obs_key
+    from scdl.data._drug_inputs import resolve_drugs
+
+    if labels is None:
+        raise ValueError("kind='roc' needs `labels`, an obs column of per-cell truth (bool).")
+    truth = check_obs_key(adata, labels, arg="labels")
+    values = set(pd.unique(truth.dropna()).tolist()) if truth.notna().any() else set()
+    if truth.isna().any() or not values <= {0, 1} or len(values) != 2:
+        raise ValueError(
+            f"obs[{labels!r}] must hold both True (1, sensitive) and False (0) and no missing "
+            f"values, got {sorted(map(str, values))[:5]}; e.g. `adata.obs['sensitive'] = "
+            "adata.obs['condition'] == 'untreated'`."
+        )
+    truth = truth.astype(bool).to_numpy()
+    table = _table(adata, key, "probability")
+    drugs = list(table.columns[:n_drugs]) if drugs is None else resolve_drugs(drugs, table.columns)
+    fig, ax = plt.subplots(figsize=(4.2, 4.0), layout="constrained")
+    for drug in drugs:
+        score = table[drug].to_numpy()
+        fpr, tpr, _ = roc_curve(truth, score)
+        ax.plot(fpr, tpr, lw=1.2, label=f"{drug} (AUROC {roc_auc_score(truth, score):.2f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel(f"true positive rate ({labels})")
+    ax.legend(fontsize=7, loc="lower right")
+    return finish(fig, show=show, save=save, default_name=f"drug_response_{key}_roc")

@@ -60,9 +60,16 @@ def drug_response(
     ``obsm[f"{key_added}_prob"]``
         DataFrame of cells x drugs: sensitive probability, P(response < the drug's median
         over the bulk lines) given the held-out residual sd.
+    ``obsm[f"{key_added}_label"]``
+        DataFrame of cells x drugs: 1 (sensitive) where the predicted response is below the
+        drug's median over the training lines (``threshold`` in the summary), else 0.
+    ``obsm[f"{key_added}_sd"]``
+        DataFrame of cells x drugs: per-cell uncertainty, the sd of the prediction over the
+        model's ensemble members (each trained without one fold of the lines).
     ``uns[key_added]``
         ``params`` (``drugs``, ``layer``, ``modality``, ``n_genes``, ``n_cells``, ``model``),
-        ``drugs`` (DataFrame per drug: ``mean_prediction``, ``bulk_median``,
+        ``drugs`` (DataFrame per drug: ``mean_prediction``, ``bulk_median`` (also the
+        label's ``threshold``), ``mean_sd``,
         ``mean_probability``, ``fraction_sensitive`` (probability > 0.5),
         ``heldout_spearman`` and ``residual_sd`` of the model on held-out lines,
         ``n_lines`` trained on), sorted by ``mean_probability``.
@@ -99,11 +106,17 @@ def drug_response(
         index=value.index.copy(),
         columns=value.columns.copy(),
     )
+    label = (value < model.drug_stats_.loc[list(value.columns), "median"].to_numpy()).astype(
+        np.int8
+    )
+    sd = model.predict(adata, drugs=list(value.columns), kind="sd", layer=layer, modality=modality)
     stats = model.drug_stats_.loc[list(value.columns)]
     summary = pd.DataFrame(
         {
             "mean_prediction": value.mean(axis=0),
             "bulk_median": stats["median"].to_numpy(),
+            "threshold": stats["median"].to_numpy(),
+            "mean_sd": sd.mean(axis=0),
             "mean_probability": prob.mean(axis=0),
             "fraction_sensitive": (prob > 0.5).mean(axis=0),
             "heldout_spearman": stats["heldout_spearman"].to_numpy(),
@@ -116,6 +129,8 @@ def drug_response(
     out = adata.copy() if copy else adata
     out.obsm[key_added] = value
     out.obsm[f"{key_added}_prob"] = prob
+    out.obsm[f"{key_added}_label"] = label
+    out.obsm[f"{key_added}_sd"] = sd
     out.uns[key_added] = {
         "params": {
             "drugs": np.asarray(value.columns, dtype=object),
