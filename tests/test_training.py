@@ -54,36 +54,3 @@ def test_train_prints_no_lightning_start_up_lines(kang, capfd):
     for line in ("GPU available", "TPU available", "Tip:", "`Trainer.fit` stopped"):
         assert line not in out + err
     assert rank_zero.level == level  # the user's own logging settings are put back
-
-
-def test_training_leaves_the_garbage_collector_as_it_found_it(kang):
-    """Training freezes the collector's view of the heap only while it runs."""
-    import gc
-
-    from lightning.pytorch.callbacks import Callback
-
-    from scdl.models import VAE
-
-    adata = kang[:300].copy()
-    VAE.setup_anndata(adata)
-    seen = []
-
-    class Probe(Callback):
-        def on_train_epoch_end(self, trainer, pl_module):
-            seen.append(gc.get_freeze_count())
-
-    from scdl.train._gc import _AT_IMPORT
-
-    froze_here = gc.get_freeze_count() <= _AT_IMPORT  # CPython 3.12 counts a few at start-up
-    if froze_here:
-        VAE(adata).train(max_epochs=1, enable_progress_bar=False, callbacks=[Probe()])
-        assert seen and seen[0] > 0  # frozen during training
-        assert gc.get_freeze_count() == 0  # and given back
-        gc.freeze()  # a process that froze its own objects keeps them frozen
-    try:
-        frozen = gc.get_freeze_count()
-        VAE(adata).train(max_epochs=1, enable_progress_bar=False)
-        assert gc.get_freeze_count() > frozen // 2  # not unfrozen (some frozen objects die)
-    finally:
-        if froze_here:
-            gc.unfreeze()

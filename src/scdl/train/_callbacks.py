@@ -12,10 +12,8 @@ callback to the Lightning trainer and, when training fails, leaves the model in 
 - another callback stops training early (not early stopping): a warning says how many of
   the epochs ran.
 
-The objects alive before training are kept out of Python's cyclic collector while it runs
-(:func:`~._gc.frozen_heap`). The loss is checked without a host-device sync per step: a flag
-is accumulated on the device and read every ``check_every_n_steps`` steps and at each epoch
-end.
+The loss is checked without a host-device sync per step: a flag is accumulated on the
+device and read every ``check_every_n_steps`` steps and at each epoch end.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ from typing import TYPE_CHECKING
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
-from ._gc import frozen_heap
 from ._quiet import quiet_lightning
 
 if TYPE_CHECKING:
@@ -157,7 +154,7 @@ def guarded_training(
     device = next(module.parameters(), torch.empty(0)).device
     main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main_thread else None
-    with quiet_lightning(), frozen_heap():
+    with quiet_lightning():
         try:
             yield guard
         except (KeyboardInterrupt, SystemExit) as e:
