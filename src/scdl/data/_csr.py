@@ -10,10 +10,13 @@ on; only the values of the model's genes are checked, since no other value is re
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from scipy import sparse
+
+if TYPE_CHECKING:
+    import torch
 
 #: rows gathered at once (bounds the temporary row-index array on large queries)
 _CHUNK_ROWS = 65_536
@@ -22,7 +25,9 @@ _CHUNK_ROWS = 65_536
 def inference_batch_size(device: torch.device | str) -> int:
     """Cells per forward pass of a small model at inference: large enough that per-call
     overheads vanish, small enough to keep the working set in a CPU's cache."""
-    return 16_384 if torch.device(device).type == "cuda" else 4096
+    import torch
+
+    return 16_384 if torch.device(device).type == "cuda" else 1024
 
 
 @dataclass
@@ -44,6 +49,8 @@ class CSRTensors:
     @classmethod
     def from_scipy(cls, x, device: torch.device | str = "cpu") -> CSRTensors:
         """From any scipy sparse matrix (converted to float32 CSR)."""
+        import torch
+
         x = sparse.csr_matrix(x, dtype=np.float32)
         if not x.has_sorted_indices:
             x = x.sorted_indices()
@@ -80,6 +87,8 @@ def gather_counts(
     scipy CSR matrix or a kept value is not a non-negative finite integer (the caller then
     checks the whole matrix and explains).
     """
+    import torch
+
     if not (sparse.issparse(x) and x.format == "csr"):
         return None
     columns = np.asarray(columns, dtype=np.int64)
@@ -120,6 +129,8 @@ def _gather_host(x, columns: np.ndarray, n_cols: int) -> CSRTensors | None:
 
 
 def _gather_device(x, columns: np.ndarray, n_cols: int, device: torch.device):
+    import torch
+
     lookup = torch.from_numpy(columns).to(device)
     canonical = x.has_canonical_format
     indptr_in = np.asarray(x.indptr, dtype=np.int64)

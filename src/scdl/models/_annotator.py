@@ -20,6 +20,7 @@ from scdl.data import (
     check_categorical,
     check_count_setup,
     check_counts,
+    check_is_anndata,
     gather_counts,
     gene_columns,
     get_matrix,
@@ -592,10 +593,15 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
                 )
             x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
             return CSRTensors.from_scipy(sparse.csr_matrix(x), dev), None
+        check_is_anndata(adata)
         matrix = get_matrix(adata, layer)
-        col, present = gene_columns(
-            adata, self.get_var_names(), min_overlap=min_gene_overlap, what="model"
-        )
+        try:
+            col, present = gene_columns(
+                adata, self.get_var_names(), min_overlap=min_gene_overlap, what="model"
+            )
+        except ValueError:
+            input_kind(adata, layer)  # counts that are wrong are the first thing to fix
+            raise
         lookup = np.full(adata.n_vars, -1, dtype=np.int64)
         lookup[col[present]] = np.flatnonzero(present)
         # CSR counts: gathered and checked on the device (only the model's genes are read)
