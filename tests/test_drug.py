@@ -40,13 +40,18 @@ def gdsc():
     return scdl.datasets.gdsc(path=DATA)
 
 
-@pytest.fixture(scope="module")
-def cellbench(gdsc):
-    cells = read_shared("cellbench_lung_lines_2batches.h5ad")
+def _singlets(name: str, gdsc):
+    """A CellBench file's singlets, with their lines' GDSC keys in obs."""
+    cells = read_shared(name)
     cells = cells[cells.obs["demuxlet"] == "SNG"].copy()
     keys = match_cell_lines(cells.obs["cell_line"].unique(), gdsc.obs["cell_line_key"])
     cells.obs["cell_line_key"] = cells.obs["cell_line"].map(keys).astype(str)
     return cells
+
+
+@pytest.fixture(scope="module")
+def cellbench(gdsc):
+    return _singlets("cellbench_lung_lines_2batches.h5ad", gdsc)
 
 
 @pytest.fixture(scope="module")
@@ -194,11 +199,7 @@ def test_transfer_agrees_with_measured_response(line_predictions, gdsc, bulk_tra
 @pytest.fixture(scope="module")
 def cellbench5(gdsc):
     """Singlets of the five-line CellBench file (three CEL-seq2 plates)."""
-    cells = read_shared("cellbench_lung_5lines_3plates.h5ad")
-    cells = cells[cells.obs["demuxlet"] == "SNG"].copy()
-    keys = match_cell_lines(cells.obs["cell_line"].unique(), gdsc.obs["cell_line_key"])
-    cells.obs["cell_line_key"] = cells.obs["cell_line"].map(keys).astype(str)
-    return cells
+    return _singlets("cellbench_lung_5lines_3plates.h5ad", gdsc)
 
 
 def test_transfer_ranks_five_unseen_lines_better_than_ridge_on_pseudobulk(gdsc, cellbench5):
