@@ -1,4 +1,5 @@
-"""What is ours about feeding models: input checks shared by every ``setup_anndata``."""
+"""Model-agnostic helpers: input checks shared by every ``setup_anndata``, gene alignment,
+normalisation, group resolution and gene ranking."""
 
 from ._checks import (
     check_categorical,
@@ -12,8 +13,10 @@ from ._checks import (
 )
 from ._csr import CSRTensors, gather_counts, inference_batch_size
 from ._genes import align_to_genes, gene_columns
+from ._groups import resolve_groups
 from ._lognorm import input_kind
 from ._normalize import log_normalize_counts
+from ._salient_genes import salient_gene_table
 
 __all__ = [
     "CSRTensors",
@@ -31,4 +34,6 @@ __all__ = [
     "get_matrix",
     "input_kind",
     "log_normalize_counts",
+    "resolve_groups",
+    "salient_gene_table",
 ]
