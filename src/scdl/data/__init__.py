@@ -12,10 +12,12 @@ from ._checks import (
     get_matrix,
 )
 from ._csr import CSRTensors, gather_counts, inference_batch_size
-from ._genes import align_to_genes, gene_columns
+from ._drug_inputs import resolve_drugs
+from ._genes import align_to_genes, gene_columns, gene_mismatch_message
 from ._groups import resolve_groups
 from ._lognorm import input_kind
 from ._normalize import log_normalize_counts
+from ._pca import unintegrated_pca
 from ._salient_genes import salient_gene_table
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "align_to_genes",
     "gather_counts",
     "gene_columns",
+    "gene_mismatch_message",
     "inference_batch_size",
     "check_categorical",
     "check_count_setup",
@@ -34,6 +37,8 @@ __all__ = [
     "get_matrix",
     "input_kind",
     "log_normalize_counts",
+    "resolve_drugs",
     "resolve_groups",
     "salient_gene_table",
+    "unintegrated_pca",
 ]
