@@ -1,7 +1,7 @@
 """Which cells are background and which are target: from positions or from obs values.
 
-Model-agnostic: only reads ``adata`` (used by :class:`scdl.models.ContrastiveVAE` and
-:func:`scdl.tl.contrastive`, and by any analysis contrasting two groups of cells).
+Model-agnostic: only reads ``adata``; for any analysis contrasting two groups of cells
+(e.g. :func:`scdl.tl.contrastive`).
 """
 
 from __future__ import annotations
