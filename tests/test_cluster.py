@@ -13,7 +13,7 @@ import scdl
 @pytest.fixture(scope="module")
 def cellbench():
     """CellBench, five lung cell lines on three CEL-seq2 plates, singlets, with PCA."""
-    from scdl.tl._metrics import unintegrated_pca
+    from scdl.data import unintegrated_pca
 
     adata = read_shared("cellbench_lung_5lines_3plates.h5ad")
     adata = adata[adata.obs["demuxlet"] == "SNG"].copy()

@@ -267,5 +267,12 @@ def test_pl_contrastive(kang_contrastive, tmp_path):
     assert np.isnan(umap[ctrl]).all() and np.isfinite(umap[~ctrl]).all()
     assert adata.obsm["X_scdl_shared_umap"].shape == (adata.n_obs, 2)
     assert "cell_type_colors" not in adata.uns  # palettes are not written into the user's uns
+    # a new salient space under the same key gets a new UMAP, not the cached one
+    salient = adata.obsm["X_scdl_salient"].copy()
+    salient[:, 0] *= 10
+    adata.obsm["X_scdl_salient"] = salient
+    scdl.pl.contrastive(adata, n_genes=0, show=False)
+    new = adata.obsm["X_scdl_salient_umap"]
+    assert np.isnan(new[ctrl]).all() and not np.allclose(new[~ctrl], umap[~ctrl])
     with pytest.raises(KeyError, match="tl.contrastive"):
         scdl.pl.contrastive(adata, key="X_missing", show=False)

@@ -8,7 +8,6 @@ from functools import partial
 import numpy as np
 import pytest
 
-import scdl
 from scdl.datasets import fetch_file
 
 
@@ -54,7 +53,3 @@ def test_download_through_pooch_verifies_hash(http_root, tmp_path, monkeypatch):
     with pytest.raises(ValueError):
         fetch_file("e.bin", sha256=sha, url=f"{url}/e.bin")
     assert not (tmp_path / "cache" / "e.bin").exists()
-
-
-def test_datasets_namespace_is_documented():
-    assert scdl.datasets.kang_pbmc.__doc__ and "Kang" in scdl.datasets.kang_pbmc.__doc__

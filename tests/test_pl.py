@@ -44,3 +44,21 @@ def test_integration_metrics_plot(tmp_path):
     assert len(fig.axes[0].patches) == 6
     with pytest.raises(TypeError):
         scdl.pl.integration_metrics(df.drop(columns="Total"), show=False)
+
+
+def test_embedding_umap_follows_the_representation(kang_integrated):
+    """A new representation under the same key (e.g. a second tl.integrate) gets a new UMAP;
+    an unchanged one reuses the cached UMAP."""
+    import numpy as np
+
+    adata, _ = kang_integrated
+    adata = adata.copy()
+    scdl.pl.embedding(adata, show=False)
+    first = adata.obsm["X_scdl_umap"].copy()
+    scdl.pl.embedding(adata, show=False)
+    np.testing.assert_array_equal(adata.obsm["X_scdl_umap"], first)  # reused, not recomputed
+    # same shape, other content: as after integrating again into key_added="X_scdl"
+    adata.obsm["X_scdl"] = np.random.default_rng(0).normal(size=adata.obsm["X_scdl"].shape)
+    scdl.pl.embedding(adata, show=False)
+    assert not np.allclose(adata.obsm["X_scdl_umap"], first)
+    assert adata.uns["X_scdl_umap"]["params"]["n_neighbors"] == 15

@@ -42,6 +42,22 @@ FAULTS = [
     "single_batch",
     "single_label",
 ]
+# words of the error message that name each fault (any one suffices)
+NAMED_BY = {
+    "nan": ("nan or infinite",),
+    "inf": ("nan or infinite",),
+    "negative": ("negative",),
+    "fraction": ("non-integer",),
+    "empty": ("empty",),
+    "duplicate_gene": ("duplicates",),
+    "zero_cell": ("zero total counts",),
+    "zero_gene": ("zero total counts",),  # valid alone, but it can leave a cell without counts
+    "layer_typo": ("layer 'count' not found",),
+    "key_typo": ("'btach'",),
+    "missing_batch": ("missing values",),
+    "single_batch": ("1 category",),
+    "single_label": ("1 category",),
+}
 
 
 @st.composite
@@ -97,7 +113,7 @@ def random_anndata(draw):
         adata.layers["counts"] = x
         layer = "count" if "layer_typo" in faults else "counts"
     batch_key = "btach" if "key_typo" in faults else draw(st.sampled_from([None, "batch"]))
-    return adata, counts, layer, batch_key
+    return adata, counts, layer, batch_key, faults
 
 
 def _valid(adata, counts, layer, batch_key, *, need_labels: bool) -> bool:
@@ -117,7 +133,7 @@ def _valid(adata, counts, layer, batch_key, *, need_labels: bool) -> bool:
 
 
 def _check(setup, data, *, need_labels: bool) -> None:
-    adata, counts, layer, batch_key = data
+    adata, counts, layer, batch_key, faults = data
     valid = _valid(adata, counts, layer, batch_key, need_labels=need_labels)
     event("valid" if valid else "invalid")
     snap = snapshot(adata)
@@ -125,7 +141,9 @@ def _check(setup, data, *, need_labels: bool) -> None:
         setup(adata, layer=layer, batch_key=batch_key)
     except (ValueError, TypeError, KeyError) as e:
         assert not valid, f"valid input refused: {e}"
-        assert str(e)  # a message, naming the problem
+        message = str(e).lower()
+        named = [f for f in faults if any(word in message for word in NAMED_BY[f])]
+        assert named, f"the message names none of the faults {sorted(faults)}: {e}"
         assert_unchanged(adata, snap)
         return
     assert valid, "invalid input accepted"

@@ -8,8 +8,8 @@ from _measures import batch_mixing, label_purity
 from sklearn.neighbors import KNeighborsClassifier
 
 import scdl
+from scdl.data import unintegrated_pca
 from scdl.models import VAE
-from scdl.tl._metrics import unintegrated_pca
 
 
 def test_integration_mixes_batches_and_keeps_cell_types(kang_integrated):

@@ -37,7 +37,7 @@ def _demo(args: argparse.Namespace) -> int:
     from sklearn.metrics import adjusted_rand_score
 
     import scdl
-    from scdl.tl._metrics import unintegrated_pca
+    from scdl.data import unintegrated_pca
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

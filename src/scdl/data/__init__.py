@@ -1,4 +1,5 @@
-"""What is ours about feeding models: input checks shared by every ``setup_anndata``."""
+"""Model-agnostic helpers: input checks shared by every ``setup_anndata``, gene alignment,
+normalisation, group resolution and gene ranking."""
 
 from ._checks import (
     check_categorical,
@@ -11,15 +12,20 @@ from ._checks import (
     get_matrix,
 )
 from ._csr import CSRTensors, gather_counts, inference_batch_size
-from ._genes import align_to_genes, gene_columns
+from ._drug_inputs import resolve_drugs
+from ._genes import align_to_genes, gene_columns, gene_mismatch_message
+from ._groups import resolve_groups
 from ._lognorm import input_kind
 from ._normalize import log_normalize_counts
+from ._pca import unintegrated_pca
+from ._salient_genes import salient_gene_table
 
 __all__ = [
     "CSRTensors",
     "align_to_genes",
     "gather_counts",
     "gene_columns",
+    "gene_mismatch_message",
     "inference_batch_size",
     "check_categorical",
     "check_count_setup",
@@ -31,4 +37,8 @@ __all__ = [
     "get_matrix",
     "input_kind",
     "log_normalize_counts",
+    "resolve_drugs",
+    "resolve_groups",
+    "salient_gene_table",
+    "unintegrated_pca",
 ]

@@ -17,6 +17,7 @@ def cache_dir() -> Path:
 
 
 def sha256sum(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, as lowercase hex (read in 1 MiB blocks)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

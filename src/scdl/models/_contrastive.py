@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -13,13 +12,11 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
-from scvi.external.contrastivevi import ContrastiveDataSplitter
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
-from scdl.data import check_count_setup, check_obs_key
-from scdl.data._loader import TensorBatchLoader
+from scdl.data import check_count_setup, resolve_groups, salient_gene_table
+from scdl.dataloaders import ContrastiveSplitter
 from scdl.module import ContrastiveModule
-from scdl.module._contrastive import TARGET_KEY
 from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
 from ._base import CheckedQueryMixin, SafeSaveLoadMixin
@@ -33,251 +30,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-# --- which cells are background and which are target -------------------------------------
-
-
-def _as_values(value, arg: str) -> list:
-    if isinstance(value, str) or not isinstance(value, Iterable):
-        return [value]
-    values = list(value)
-    if not values:
-        raise ValueError(f"`{arg}` is empty; pass at least one value of the groupby column.")
-    return values
-
-
-def _as_indices(idx, n_obs: int, arg: str) -> np.ndarray:
-    arr = np.asarray(idx)
-    if arr.dtype == bool:
-        if arr.shape != (n_obs,):
-            raise ValueError(
-                f"`{arg}` is a boolean mask of length {arr.size}, but adata has {n_obs} cells."
-            )
-        return np.flatnonzero(arr)
-    if arr.size == 0:
-        return np.array([], dtype=np.int64)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"`{arg}` must hold integer cell positions or be a boolean mask.")
-    arr = arr.ravel().astype(np.int64)
-    if arr.min() < 0 or arr.max() >= n_obs:
-        raise ValueError(f"`{arg}` has positions outside 0..{n_obs - 1} (adata has {n_obs} cells).")
-    if np.unique(arr).size != arr.size:
-        raise ValueError(f"`{arg}` lists some cells more than once.")
-    return np.sort(arr)
-
-
-def _check_present(values: list, present: list, groupby: str, arg: str) -> None:
-    missing = [v for v in values if v not in set(present)]
-    if missing:
-        raise ValueError(
-            f"{arg}={missing[0] if len(missing) == 1 else missing!r} is not a value of "
-            f"adata.obs[{groupby!r}] (values present: {present}). Pass one of those."
-        )
-
-
-def resolve_groups(
-    adata: AnnData,
-    background_indices=None,
-    target_indices=None,
-    *,
-    groupby: str | None = None,
-    background=None,
-    target=None,
-) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Background and target cell positions from indices or from ``groupby`` values.
-
-    Only reads ``adata``. Returns sorted positions of background and target cells and a
-    description of the split (``groupby``, ``background``, ``target`` values) so new data can
-    be split the same way.
-
-    Raises
-    ------
-    KeyError
-        ``groupby`` is not a column of ``adata.obs``.
-    ValueError
-        Neither or both ways given; a value not present in the column; no background or no
-        target cells; a cell both background and target; positions out of range.
-    """
-    by_index = background_indices is not None or target_indices is not None
-    by_group = groupby is not None or background is not None or target is not None
-    if by_index and by_group:
-        raise ValueError(
-            "Pass either background_indices/target_indices or groupby= with background=, not both."
-        )
-    if not by_index and not by_group:
-        raise ValueError(
-            "Say which cells are the background: pass groupby= and background= (e.g. "
-            "groupby='condition', background='control'), or background_indices=."
-        )
-    n_obs = adata.n_obs
-    split = {"groupby": None, "background": None, "target": None}
-    if by_group:
-        if groupby is None:
-            raise ValueError("background=/target= need groupby=, the obs column holding them.")
-        if background is None:
-            raise ValueError(
-                f"groupby={groupby!r} needs background=, the value(s) of that column marking "
-                "background (e.g. control) cells."
-            )
-        col = check_obs_key(adata, groupby, arg="groupby")
-        present = sorted(col.unique().tolist(), key=str)
-        bg_values = _as_values(background, "background")
-        _check_present(bg_values, present, groupby, "background")
-        bg_mask = col.isin(bg_values).to_numpy()
-        tg_values = None
-        if target is None:
-            tg_mask = ~bg_mask
-        else:
-            tg_values = _as_values(target, "target")
-            _check_present(tg_values, present, groupby, "target")
-            both = [v for v in tg_values if v in set(bg_values)]
-            if both:
-                raise ValueError(
-                    f"{both} given as both background and target; a group is one or the other."
-                )
-            tg_mask = col.isin(tg_values).to_numpy()
-        bg, tg = np.flatnonzero(bg_mask), np.flatnonzero(tg_mask)
-        split = {"groupby": groupby, "background": bg_values, "target": tg_values}
-        where = f"adata.obs[{groupby!r}]"
-    else:
-        bg = (
-            None
-            if background_indices is None
-            else _as_indices(background_indices, n_obs, "background_indices")
-        )
-        tg = (
-            None if target_indices is None else _as_indices(target_indices, n_obs, "target_indices")
-        )
-        everyone = np.arange(n_obs)
-        bg = np.setdiff1d(everyone, tg) if bg is None else bg
-        tg = np.setdiff1d(everyone, bg) if tg is None else tg
-        both = np.intersect1d(bg, tg)
-        if both.size:
-            raise ValueError(
-                f"{both.size} cells are in both background_indices and target_indices "
-                f"(e.g. {both[:5].tolist()}); a cell is either background or target."
-            )
-        where = "the indices given"
-    if bg.size == 0:
-        raise ValueError(
-            f"No background cells in {where}. Contrastive analysis needs background "
-            "(e.g. control) cells to contrast the target cells with."
-        )
-    if tg.size == 0:
-        raise ValueError(
-            f"No target cells in {where}: every cell is background. Contrastive analysis "
-            "needs target (e.g. stimulated) cells besides the background; check `background=`."
-        )
-    return bg, tg, split
-
-
 def _obs_fingerprint(adata: AnnData) -> str:
     return hashlib.sha1("\n".join(map(str, adata.obs_names)).encode()).hexdigest()
-
-
-# --- the fast batch path with a per-cell target flag ---------------------------------------
-
-
-class _FlaggedLoader(TensorBatchLoader):
-    """scdl's fast minibatch loader, plus each cell's target flag under ``TARGET_KEY``."""
-
-    def __init__(self, adata_manager, indices=None, *, is_target: np.ndarray, **kwargs):
-        super().__init__(adata_manager, indices, **kwargs)
-        self.arrays[TARGET_KEY] = (is_target.astype(np.float32).reshape(-1, 1), np.float32)
-
-
-class ContrastiveSplitter(ContrastiveDataSplitter):
-    """contrastiveVI's split, fed through the fast loader in mixed minibatches.
-
-    Background and target cells are split into training and validation sets separately (so
-    both groups are in each); cells in neither group are not used. Minibatches mix the two
-    groups and carry a per-cell flag, so the model trains with scvi-tools' standard
-    ``TrainingPlan``.
-    """
-
-    def __init__(self, adata_manager, background_indices, target_indices, **kwargs):
-        super().__init__(
-            adata_manager,
-            background_indices=[int(i) for i in background_indices],
-            target_indices=[int(i) for i in target_indices],
-            **kwargs,
-        )
-        self.is_target = np.zeros(adata_manager.adata.n_obs, dtype=bool)
-        self.is_target[self.target_indices] = True
-
-    def _loader(self, indices, *, shuffle: bool, drop_last):
-        if len(indices) == 0:
-            return None
-        return _FlaggedLoader(
-            self.adata_manager,
-            indices=np.asarray(indices, dtype=np.int64),
-            is_target=self.is_target,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            pin_memory=self.pin_memory,
-            **self.data_loader_kwargs,
-        )
-
-    def train_dataloader(self):
-        return self._loader(self.train_idx, shuffle=True, drop_last=self.drop_last)
-
-    def val_dataloader(self):
-        return self._loader(self.val_idx, shuffle=False, drop_last=False)
-
-    def test_dataloader(self):
-        return self._loader(self.test_idx, shuffle=False, drop_last=False)
-
-
-# --- ranking genes by what the salient space explains --------------------------------------
-
-
-def salient_gene_table(
-    chunks: Iterable[tuple[np.ndarray, np.ndarray]],
-    var_names: Sequence[str],
-    *,
-    library_size: float = 1e4,
-) -> pd.DataFrame:
-    """Rank genes by how much decoding target cells with their salient code changes them.
-
-    Parameters
-    ----------
-    chunks
-        Pairs ``(with_salient, without_salient)`` of normalised expression (cells x genes,
-        rows summing to 1) for target cells: decoded from ``[z, s]`` and from ``[z, 0]``.
-    var_names
-        Gene names, in column order.
-    library_size
-        Scale of the expression before the log (counts per ``library_size``); the pseudocount
-        of 1 on that scale keeps barely expressed genes from ranking on noise.
-
-    Returns
-    -------
-    DataFrame sorted by ``score``: ``gene``; ``score``, the mean over target cells of
-    ``|log2 fold change|`` between the two decodings; ``lfc_mean``, its signed mean (> 0:
-    the salient space raises the gene); ``mean_with_salient`` and ``mean_without_salient``
-    (mean expression per ``library_size`` counts).
-    """
-    n = 0
-    sums = None
-    for full, shared in chunks:
-        full = np.asarray(full, dtype=np.float64) * library_size
-        shared = np.asarray(shared, dtype=np.float64) * library_size
-        lfc = np.log2(full + 1) - np.log2(shared + 1)
-        part = np.stack([np.abs(lfc).sum(0), lfc.sum(0), full.sum(0), shared.sum(0)])
-        sums = part if sums is None else sums + part
-        n += full.shape[0]
-    if not n:
-        raise ValueError("No target cells to score genes on.")
-    mean = sums / n
-    df = pd.DataFrame(
-        {
-            "gene": np.asarray(var_names, dtype=object),
-            "score": mean[0],
-            "lfc_mean": mean[1],
-            "mean_with_salient": mean[2],
-            "mean_without_salient": mean[3],
-        }
-    )
-    return df.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
 # --- the model -----------------------------------------------------------------------------
@@ -294,8 +48,9 @@ class ContrastiveVAE(
     background (e.g. control) cells by construction. Counts are decoded from ``[z, s]`` with
     a negative binomial likelihood. Two penalties keep each space to its job: an MMD
     between the shared codes of background and target cells keeps the target condition out
-    of the shared space, and an independence (total-correlation) penalty keeps cell identity,
-    which the shared space holds, out of the salient one. Registration, data splitting
+    of the shared space, and an independence penalty (the HSIC between the shared and the
+    salient code of target cells) keeps cell identity, which the shared space holds, out of
+    the salient one. Registration, data splitting
     (contrastiveVI's) and the training plan are scvi-tools' own; minibatches go through
     scdl's fast batch path.
 
@@ -325,8 +80,8 @@ class ContrastiveVAE(
         contrastiveVI behaviour).
     independence_weight
         Weight of the penalty making the salient code of target cells independent of their
-        shared code (MMD between ``(z, s)`` and ``(z, s)`` with ``s`` shuffled), so cell
-        types separate in the shared space and much less in the salient one. Responses that
+        shared code (the HSIC, a kernel measure of dependence, between ``z`` and ``s``), so
+        cell types separate in the shared space and much less in the salient one. Responses that
         differ between cell types are still decoded (the decoder combines both codes).
         ``0`` turns it off.
 

@@ -9,11 +9,12 @@ What is ours, beyond scvi-tools' ``ContrastiveVAE``:
 
 - two penalties that keep each space to its job. An MMD between the shared codes of
   background and target cells: without it the shared space also codes the target condition
-  (the salient code is optional for the decoder, not enforced). An MMD between the joint
-  ``(z, s)`` of target cells and ``(z, s)`` with ``s`` shuffled across cells (a
-  total-correlation penalty, as in Abid & Zou's contrastive VAE, gradient into ``s`` only):
-  it keeps cell identity, which ``z`` already holds, out of ``s``; the decoder still
-  combines the two, so cell-type-specific responses are kept.
+  (the salient code is optional for the decoder, not enforced). The HSIC (Hilbert-Schmidt
+  independence criterion) between the shared and the salient code of target cells, a kernel
+  measure of their dependence (in the spirit of the total-correlation penalty of Abid &
+  Zou's contrastive VAE; gradient into ``s`` only): it keeps cell identity, which ``z``
+  already holds, out of ``s``; the decoder still combines the two, so cell-type-specific
+  responses are kept.
 - one minibatch of mixed cells with a per-cell target flag, so it runs on scdl's fast batch
   path and scvi-tools' standard training plan;
 - layer norm instead of batch norm, so a cell's codes do not depend on its minibatch;
@@ -31,7 +32,7 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from scvi.nn import DecoderSCVI, Encoder
 from torch.distributions import Normal, kl_divergence
 
-from ._mmd import _rbf_kernel, batch_mmd
+from ._mmd import batch_mmd, hsic
 from ._nb import SparseNegativeBinomial
 
 #: minibatch key of the per-cell flag (1 = target, 0 = background) added by the data loader
@@ -66,8 +67,9 @@ class ContrastiveModule(BaseModuleClass):
         Weight of the MMD between the shared codes (posterior means) of background and target
         cells; ``0`` turns it off.
     independence_weight
-        Weight of the MMD between ``(z, s)`` and ``(z, shuffled s)`` of target cells, which
-        makes the salient code independent of the shared one; ``0`` turns it off.
+        Weight of the HSIC between the shared and the salient codes (posterior means) of
+        target cells, which makes the salient code independent of the shared one; ``0`` turns
+        it off.
     """
 
     def __init__(
@@ -174,7 +176,7 @@ class ContrastiveModule(BaseModuleClass):
         generative_outputs: dict,
         kl_weight: float = 1.0,
     ) -> LossOutput:
-        """Negative ELBO per cell plus the Wasserstein, shared-MMD and independence penalties.
+        """Negative ELBO per cell plus the Wasserstein, shared-MMD and HSIC penalties.
 
         KL of ``s`` counts for target cells only: background cells do not use ``s``. The KL
         warm-up weight scales the KL and Wasserstein terms, as in contrastiveVI.
@@ -197,7 +199,7 @@ class ContrastiveModule(BaseModuleClass):
             extra["shared_mmd"] = mmd.detach()
         is_target = target > 0.5
         if self.independence_weight > 0 and int(is_target.sum()) >= 8:
-            dep = _dependence(qz.loc[is_target].detach(), qs.loc[is_target])
+            dep = hsic(qz.loc[is_target].detach(), qs.loc[is_target])
             loss = loss + self.independence_weight * dep
             extra["salient_dependence"] = dep.detach()
         return LossOutput(
@@ -209,23 +211,3 @@ class ContrastiveModule(BaseModuleClass):
 
     def sample(self, *args, **kwargs):
         raise NotImplementedError("Sampling counts is not implemented for the contrastive VAE.")
-
-
-def _kernel(x: torch.Tensor) -> torch.Tensor:
-    """Multi-scale Gaussian kernel matrix, bandwidths from the median distance (detached)."""
-    with torch.no_grad():
-        med = torch.cdist(x, x).pow(2).median().clamp_min(1e-6)
-    scales = med * torch.tensor([0.25, 1.0, 4.0], device=x.device, dtype=x.dtype)
-    return _rbf_kernel(x, x, scales)
-
-
-def _dependence(z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """HSIC between z and s (zero when they are independent), each with its own kernel.
-
-    Separate bandwidths make it blind to the scale of each space, so ``s`` cannot escape it
-    by shrinking.
-    """
-    n = z.shape[0]
-    kz, ks = _kernel(z), _kernel(s)
-    kz = kz - kz.mean(0, keepdim=True) - kz.mean(1, keepdim=True) + kz.mean()
-    return (kz * ks).sum() / (n - 1) ** 2

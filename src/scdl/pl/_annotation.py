@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._utils import finish
+from ._utils import doc_show_save, finish
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+@doc_show_save
 def annotation(
     adata: AnnData,
     *,
@@ -33,12 +34,9 @@ def annotation(
     groupby
         obs column of known labels (e.g. an earlier manual annotation) to compare with: adds
         a confusion matrix (rows: known label, normalised to fractions; columns: predicted).
-    show, save
-        As in scanpy: show the figure, or save it (``True``: to ``sc.settings.figdir``).
+    {show_save}
 
-    Returns
-    -------
-    The Figure, unless it was shown.
+    {returns_figure}
     """
     import matplotlib.pyplot as plt
     import pandas as pd
@@ -86,6 +84,7 @@ def annotation(
     return finish(fig, show=show, save=save, default_name=f"annotation_{key}")
 
 
+@doc_show_save
 def attributions(
     attributions: pd.DataFrame,
     *,
@@ -105,12 +104,9 @@ def attributions(
         Genes per cell type.
     ncols
         Panels per row.
-    show, save
-        As in scanpy.
+    {show_save}
 
-    Returns
-    -------
-    The Figure, unless it was shown.
+    {returns_figure}
     """
     import matplotlib.pyplot as plt
 

@@ -6,13 +6,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._utils import finish
+from ._utils import doc_show_save, finish
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from matplotlib.figure import Figure
 
 
+@doc_show_save
 def cluster_resolution(
     adata: AnnData,
     *,
@@ -30,12 +31,9 @@ def cluster_resolution(
         (reads ``uns[key]["scan"]``).
     key
         ``key_added`` of the cluster call.
-    show, save
-        As in scanpy.
+    {show_save}
 
-    Returns
-    -------
-    The Figure, unless it was shown.
+    {returns_figure}
     """
     import matplotlib.pyplot as plt
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._utils import finish
+from ._utils import cached_umap, doc_show_save, finish
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -14,16 +14,6 @@ if TYPE_CHECKING:
     import pandas as pd
     from anndata import AnnData
     from matplotlib.figure import Figure
-
-
-def _umap(x: np.ndarray, n_neighbors: int, random_state: int) -> np.ndarray:
-    import anndata
-    import scanpy as sc
-
-    tmp = anndata.AnnData(obsm={"rep": np.asarray(x, dtype=np.float32)})
-    sc.pp.neighbors(tmp, use_rep="rep", n_neighbors=n_neighbors, random_state=random_state)
-    sc.tl.umap(tmp, random_state=random_state)
-    return tmp.obsm["X_umap"]
 
 
 def _gene_table(adata: AnnData, key: str) -> pd.DataFrame:
@@ -38,6 +28,7 @@ def _gene_table(adata: AnnData, key: str) -> pd.DataFrame:
     return pd.DataFrame(info["salient_genes"])
 
 
+@doc_show_save
 def contrastive(
     adata: AnnData,
     *,
@@ -59,8 +50,10 @@ def contrastive(
     background; what structures the salient space is specific to the target cells.
 
     UMAPs are computed the first time and cached in ``adata.obsm[f"{shared_key}_umap"]`` and
-    ``adata.obsm[f"{key}_umap"]`` (NaN rows for non-target cells), the only fields this
-    function writes; later calls reuse them.
+    ``adata.obsm[f"{key}_umap"]`` (NaN rows for non-target cells), with what each was
+    computed from (``n_neighbors``, ``random_state``, a fingerprint of the space) in
+    ``adata.uns`` under the same keys (``["params"]``), the only fields this function writes;
+    later calls reuse them while the spaces and settings are unchanged.
 
     Parameters
     ----------
@@ -76,18 +69,11 @@ def contrastive(
         Top salient genes in the bar panel; ``0`` leaves the panel out.
     n_neighbors, random_state
         For the neighbour graphs and UMAPs.
-    show, save
-        As in scanpy: show the figure, and/or save it (``True`` or a path).
+    {show_save}
 
-    Returns
-    -------
-    The Figure, unless it was shown.
+    {returns_figure}
     """
-    import anndata
     import matplotlib.pyplot as plt
-    import pandas as pd
-    import scanpy as sc
-    from matplotlib.patches import Patch
 
     for k in (key, shared_key):
         if k not in adata.obsm:
@@ -95,6 +81,39 @@ def contrastive(
                 f"{k!r} is not in adata.obsm (available: {list(adata.obsm)}). Run "
                 "`scdl.tl.contrastive` first or pass the keys it wrote (key=, shared_key=)."
             )
+    color = _colors(adata, key, color)
+    table = _gene_table(adata, key).head(n_genes) if n_genes else None
+
+    salient = np.asarray(adata.obsm[key])
+    is_target = np.any(salient != 0, axis=1)
+    if not is_target.any():
+        raise ValueError(f"adata.obsm[{key!r}] is zero for every cell: no target cells to plot.")
+    shared_umap_key, salient_umap_key = f"{shared_key}_umap", f"{key}_umap"
+    umap = {"n_neighbors": n_neighbors, "random_state": random_state}
+    cached_umap(
+        adata, shared_umap_key, np.asarray(adata.obsm[shared_key], dtype=np.float32), **umap
+    )
+    cached_umap(
+        adata, salient_umap_key, salient.astype(np.float32, copy=False), rows=is_target, **umap
+    )
+
+    tmp = _plot_data(adata, color, shared_umap_key, salient_umap_key)
+    tmp_target = tmp[is_target].copy()
+
+    nrows = len(color)
+    # columns: shared, salient, room for the salient panel's legend, gene bars
+    ratios = [1, 1, 0.55] + ([0.8] if table is not None else [])
+    height = max(3.6 * nrows, 0.22 * (n_genes or 0) + 1.2)
+    fig = plt.figure(figsize=(4.2 * sum(ratios), height))
+    gs = fig.add_gridspec(nrows, len(ratios), width_ratios=ratios, wspace=0.3)
+    for i, c in enumerate(color):
+        _space_panels(fig, gs[i, 0], gs[i, 1], tmp, tmp_target, c)
+    if table is not None:
+        _gene_bars(fig.add_subplot(gs[:, 3]), table)
+    return finish(fig, show=show, save=save, default_name=f"contrastive_{key}")
+
+
+def _colors(adata: AnnData, key: str, color) -> list:
     if color is None:
         params = adata.uns.get(key, {}).get("params", {})
         color = [params["groupby"]] if params.get("groupby") else [None]
@@ -105,27 +124,13 @@ def contrastive(
             raise KeyError(
                 f"color={c!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})."
             )
-    table = _gene_table(adata, key).head(n_genes) if n_genes else None
+    return color
 
-    salient = np.asarray(adata.obsm[key])
-    is_target = np.any(salient != 0, axis=1)
-    if not is_target.any():
-        raise ValueError(f"adata.obsm[{key!r}] is zero for every cell: no target cells to plot.")
-    shared_umap_key, salient_umap_key = f"{shared_key}_umap", f"{key}_umap"
-    cached = adata.obsm.get(shared_umap_key)
-    if cached is None or cached.shape != (adata.n_obs, 2):
-        adata.obsm[shared_umap_key] = _umap(adata.obsm[shared_key], n_neighbors, random_state)
-    cached = adata.obsm.get(salient_umap_key)
-    if (
-        cached is None
-        or cached.shape != (adata.n_obs, 2)
-        or not np.array_equal(~np.isnan(cached[:, 0]), is_target)
-    ):
-        emb = np.full((adata.n_obs, 2), np.nan)
-        emb[is_target] = _umap(salient[is_target], n_neighbors, random_state)
-        adata.obsm[salient_umap_key] = emb
 
-    # plot from a private AnnData: scanpy would otherwise store palettes in the user's uns
+def _plot_data(adata: AnnData, color: list, shared_umap_key: str, salient_umap_key: str):
+    """A private AnnData to plot from: scanpy would otherwise store palettes in the user's uns."""
+    import anndata
+
     obs = adata.obs[[c for c in dict.fromkeys(color) if c is not None]].copy()
     for c in obs.columns:
         if obs[c].dtype.kind not in "biuf":
@@ -136,62 +141,61 @@ def contrastive(
     for c in obs.columns:
         if f"{c}_colors" in adata.uns:
             tmp.uns[f"{c}_colors"] = list(adata.uns[f"{c}_colors"])
-    tmp_target = tmp[is_target].copy()
+    return tmp
 
-    nrows = len(color)
-    # columns: shared, salient, room for the salient panel's legend, gene bars
-    ratios = [1, 1, 0.55] + ([0.8] if table is not None else [])
-    height = max(3.6 * nrows, 0.22 * (n_genes or 0) + 1.2)
-    fig = plt.figure(figsize=(4.2 * sum(ratios), height))
-    gs = fig.add_gridspec(nrows, len(ratios), width_ratios=ratios, wspace=0.3)
-    for i, c in enumerate(color):
-        label = f" · {c}" if c is not None else ""
-        ax = fig.add_subplot(gs[i, 0])
-        sc.pl.embedding(
-            tmp,
-            basis="shared",
-            color=c,
-            ax=ax,
-            show=False,
-            frameon=False,
-            title="shared space" + label,
-            legend_loc="none",
-        )
-        palette = None
-        if c is not None and isinstance(tmp.obs[c].dtype, pd.CategoricalDtype):
-            # the target subset lacks some categories: keep each category's colour
-            palette = dict(zip(tmp.obs[c].cat.categories, tmp.uns[f"{c}_colors"], strict=True))
-        ax = fig.add_subplot(gs[i, 1])
-        sc.pl.embedding(
-            tmp_target,
-            basis="salient",
-            color=c,
-            ax=ax,
-            show=False,
-            frameon=False,
-            title="salient space (target cells)" + label,
-            palette=palette,
-            legend_loc="right margin",
-        )
-    if table is not None:
-        ax = fig.add_subplot(gs[:, 3])
-        up = table["lfc_mean"].to_numpy() > 0
-        y = np.arange(len(table))[::-1]
-        ax.barh(y, table["score"].to_numpy(), color=np.where(up, "#c0392b", "#2e6da4"))
-        ax.set_yticks(y, table["gene"].astype(str).tolist(), fontsize=8)
-        ax.set_xlabel("mean |log2 FC|, with vs without salient code")
-        ax.set_title(f"top {len(table)} salient genes")
-        ax.legend(
-            handles=[
-                Patch(color="#c0392b", label="up in target"),
-                Patch(color="#2e6da4", label="down in target"),
-            ],
-            frameon=False,
-            fontsize=7,
-            ncols=2,
-            loc="upper center",
-            bbox_to_anchor=(0.5, -0.1),
-        )
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
-    return finish(fig, show=show, save=save, default_name=f"contrastive_{key}")
+
+def _space_panels(fig, cell_shared, cell_salient, tmp, tmp_target, c) -> None:
+    """The shared space of every cell and the salient space of the target cells, by ``c``."""
+    import pandas as pd
+    import scanpy as sc
+
+    label = f" · {c}" if c is not None else ""
+    sc.pl.embedding(
+        tmp,
+        basis="shared",
+        color=c,
+        ax=fig.add_subplot(cell_shared),
+        show=False,
+        frameon=False,
+        title="shared space" + label,
+        legend_loc="none",
+    )
+    palette = None
+    if c is not None and isinstance(tmp.obs[c].dtype, pd.CategoricalDtype):
+        # the target subset lacks some categories: keep each category's colour
+        palette = dict(zip(tmp.obs[c].cat.categories, tmp.uns[f"{c}_colors"], strict=True))
+    sc.pl.embedding(
+        tmp_target,
+        basis="salient",
+        color=c,
+        ax=fig.add_subplot(cell_salient),
+        show=False,
+        frameon=False,
+        title="salient space (target cells)" + label,
+        palette=palette,
+        legend_loc="right margin",
+    )
+
+
+def _gene_bars(ax, table: pd.DataFrame) -> None:
+    from matplotlib.patches import Patch
+
+    up = table["lfc_mean"].to_numpy() > 0
+    y = np.arange(len(table))[::-1]
+    ax.barh(y, table["score"].to_numpy(), color=np.where(up, "#c0392b", "#2e6da4"))
+    ax.set_yticks(y, table["gene"].astype(str).tolist(), fontsize=8)
+    ax.set_xlabel("mean |log2 FC|, with vs without salient code")
+    ax.set_title(f"top {len(table)} salient genes")
+    ax.legend(
+        handles=[
+            Patch(color="#c0392b", label="up in target"),
+            Patch(color="#2e6da4", label="down in target"),
+        ],
+        frameon=False,
+        fontsize=7,
+        ncols=2,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.1),
+    )
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from ._utils import finish
+from ._utils import doc_show_save, finish
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -40,6 +40,7 @@ def _bulk_median(adata: AnnData, key: str, drugs: list[str]) -> np.ndarray:
     return info["drugs"].loc[drugs, "bulk_median"].to_numpy()
 
 
+@doc_show_save
 def drug_response(
     adata: AnnData,
     *,
@@ -83,17 +84,13 @@ def drug_response(
         sensitive), the response itself in the violins with the median as a line.
     n_drugs
         Drugs shown when ``drugs`` is ``None``.
-    show, save
-        As in scanpy: show the figure, and/or save it (``True`` or a path).
+    {show_save}
 
-    Returns
-    -------
-    The Figure, unless it was shown.
+    {returns_figure}
     """
     import matplotlib.pyplot as plt
 
-    from scdl.data import check_obs_key
-    from scdl.data._drug_inputs import resolve_drugs
+    from scdl.data import check_obs_key, resolve_drugs
 
     if labels is not None:
         kind = "roc"
@@ -157,8 +154,7 @@ def _roc(adata, labels, drugs, key, n_drugs, *, show, save):
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    from scdl.data import check_obs_key
-    from scdl.data._drug_inputs import resolve_drugs
+    from scdl.data import check_obs_key, resolve_drugs
 
     if labels is None:
         raise ValueError("kind='roc' needs `labels`, an obs column of per-cell truth (bool).")

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._utils import finish
+from ._utils import cached_umap, doc_show_save, finish
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+@doc_show_save
 def embedding(
     adata: AnnData,
     *,
@@ -30,7 +31,11 @@ def embedding(
     """UMAP of ``obsm[basis]``, one panel per ``color`` key.
 
     The UMAP is computed from ``obsm[basis]`` the first time and cached in
-    ``adata.obsm[f"{basis}_umap"]`` (the only field this function writes); later calls reuse it.
+    ``adata.obsm[f"{basis}_umap"]``, with what it was computed from (``n_neighbors``,
+    ``random_state`` and a fingerprint of ``obsm[basis]``) in
+    ``adata.uns[f"{basis}_umap"]["params"]``: the only fields this function writes. Later
+    calls reuse it while ``obsm[basis]`` and those settings are unchanged, and recompute it
+    otherwise (e.g. after a new :func:`scdl.tl.integrate` into the same key).
 
     Parameters
     ----------
@@ -45,16 +50,12 @@ def embedding(
         For the neighbour graph and UMAP.
     ncols
         Panels per row.
-    show, save
-        As in scanpy: show the figure, and/or save it (``True`` or a path).
+    {show_save}
     **kwargs
         Passed to :func:`scanpy.pl.embedding`.
 
-    Returns
-    -------
-    The Figure, unless it was shown.
+    {returns_figure}
     """
-    import anndata
     import scanpy as sc
 
     if basis not in adata.obsm:
@@ -63,11 +64,13 @@ def embedding(
             "`scdl.tl.integrate` first or pass the key of an existing embedding."
         )
     umap_key = f"{basis}_umap"
-    if umap_key not in adata.obsm or adata.obsm[umap_key].shape[0] != adata.n_obs:
-        tmp = anndata.AnnData(obsm={"rep": np.asarray(adata.obsm[basis])})
-        sc.pp.neighbors(tmp, use_rep="rep", n_neighbors=n_neighbors, random_state=random_state)
-        sc.tl.umap(tmp, random_state=random_state)
-        adata.obsm[umap_key] = tmp.obsm["X_umap"]
+    cached_umap(
+        adata,
+        umap_key,
+        np.asarray(adata.obsm[basis]),
+        n_neighbors=n_neighbors,
+        random_state=random_state,
+    )
     if color is None:
         params = adata.uns.get(basis, {}).get("params", {}) if basis in adata.uns else {}
         color = [params["batch_key"]] if params.get("batch_key") else None

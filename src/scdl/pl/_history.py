@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._utils import finish
+from ._utils import doc_show_save, finish
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -37,6 +37,7 @@ def _curves(source: Any, key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
 
 
+@doc_show_save
 def training_history(
     data: Any,
     *,
@@ -53,12 +54,9 @@ def training_history(
         a trained scdl model (reads ``model.history``).
     key
         ``key_added`` of the integrate call.
-    show, save
-        As in scanpy.
+    {show_save}
 
-    Returns
-    -------
-    The Figure, unless it was shown.
+    {returns_figure}
     """
     import matplotlib.pyplot as plt
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._utils import finish
+from ._utils import doc_show_save, finish
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 _COLUMNS = ("Batch correction", "Bio conservation", "Total")
 
 
+@doc_show_save
 def integration_metrics(
     results: Any,
     *,
@@ -30,12 +31,9 @@ def integration_metrics(
         it in ``uns[key]``.
     key
         uns key when ``results`` is an AnnData.
-    show, save
-        As in scanpy.
+    {show_save}
 
-    Returns
-    -------
-    The Figure, unless it was shown.
+    {returns_figure}
     """
     import matplotlib.pyplot as plt
     import pandas as pd

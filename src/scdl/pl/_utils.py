@@ -1,12 +1,42 @@
-"""Show/save handling shared by every plotting function, following scanpy."""
+"""What every plotting function shares: show/save (scanpy's convention), the shared
+parameter text of their docstrings, and the UMAPs they cache in ``obsm``."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from anndata import AnnData
     from matplotlib.figure import Figure
+
+#: docstring text shared by every plotting function; ``{name}`` in a docstring is replaced
+DOCS = {
+    "show_save": (
+        "show, save\n"
+        "        As in scanpy: show the figure, and/or save it (``True``: to\n"
+        "        ``{scanpy.settings.figdir}/<name>.png``; or a path, ``.png`` added when it\n"
+        "        has no suffix)."
+    ),
+    "returns_figure": "Returns\n    -------\n    The Figure, unless it was shown.",
+}
+
+
+def doc_show_save(func: Callable) -> Callable:
+    """Fill ``{show_save}`` and ``{returns_figure}`` in ``func``'s docstring with :data:`DOCS`.
+
+    Plain replacement (not ``str.format``), so other braces in the docstring stay as written.
+    """
+    doc = func.__doc__ or ""
+    for name, text in DOCS.items():
+        doc = doc.replace("{" + name + "}", text)
+    func.__doc__ = doc
+    return func
 
 
 def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_name: str):
@@ -36,3 +66,62 @@ def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_n
         plt.show()
         return None
     return fig
+
+
+def _umap(x: np.ndarray, n_neighbors: int, random_state: int) -> np.ndarray:
+    import anndata
+    import scanpy as sc
+
+    tmp = anndata.AnnData(obsm={"rep": x})
+    sc.pp.neighbors(tmp, use_rep="rep", n_neighbors=n_neighbors, random_state=random_state)
+    sc.tl.umap(tmp, random_state=random_state)
+    return tmp.obsm["X_umap"]
+
+
+def _fingerprint(x: np.ndarray) -> str:
+    x = np.ascontiguousarray(x)
+    head = f"{x.dtype.str}{x.shape}".encode()
+    return hashlib.sha1(head + x.tobytes()).hexdigest()
+
+
+def cached_umap(
+    adata: AnnData,
+    umap_key: str,
+    x: np.ndarray,
+    *,
+    n_neighbors: int,
+    random_state: int,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """UMAP of ``x`` (cells x dims), cached in ``adata.obsm[umap_key]``.
+
+    The cache is keyed on what the UMAP is computed from: ``uns[umap_key]["params"]`` holds
+    ``n_neighbors``, ``random_state`` and a SHA-1 fingerprint of ``x`` (and of ``rows``), so a
+    new representation under the same key (e.g. after another ``tl.integrate``) is never
+    shown with a stale UMAP. ``rows`` (a boolean mask) embeds only those cells; the others
+    get NaN.
+    """
+    params = {
+        "n_neighbors": int(n_neighbors),
+        "random_state": int(random_state),
+        "fingerprint": _fingerprint(x) if rows is None else _fingerprint(x[rows]),
+        "rows": "all" if rows is None else _fingerprint(np.asarray(rows, dtype=bool)),
+    }
+    cached = adata.obsm.get(umap_key)
+    info = adata.uns.get(umap_key)
+    stored = info.get("params") if isinstance(info, dict) else None
+    if (
+        cached is not None
+        and cached.shape == (adata.n_obs, 2)
+        and isinstance(stored, dict)
+        and {k: stored.get(k) for k in params} == params
+    ):
+        return np.asarray(cached)
+    if rows is None:
+        emb = _umap(x, n_neighbors, random_state)
+    else:
+        emb = np.full((adata.n_obs, 2), np.nan)
+        emb[rows] = _umap(x[rows], n_neighbors, random_state)
+    adata.obsm[umap_key] = emb
+    adata.uns[umap_key] = {"params": params}
+    return emb

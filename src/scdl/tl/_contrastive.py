@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from scdl.data import check_categorical, check_counts, check_unique_var_names, get_matrix
+from scdl.data import (
+    check_categorical,
+    check_counts,
+    check_unique_var_names,
+    get_matrix,
+    resolve_groups,
+)
 
 from ._hvg import select_genes
-from ._integrate import _history
+from ._train import check_finite, train_model, training_summary
 from ._training_data import training_adata
 
 if TYPE_CHECKING:
@@ -114,10 +119,7 @@ def contrastive(
     >>> adata.uns["X_scdl_salient"]["salient_genes"].head(10)
     >>> scdl.pl.contrastive(adata, color=["cell_type", "condition"])
     """
-    import scvi
-
     from scdl.models import ContrastiveVAE
-    from scdl.models._contrastive import resolve_groups
 
     # validate everything before touching adata, so a failing call leaves it unchanged
     bg, tg, _ = resolve_groups(adata, groupby=groupby, background=background, target=target)
@@ -137,26 +139,25 @@ def contrastive(
     cols = [groupby] + ([batch_key] if batch_key is not None and batch_key != groupby else [])
     train_adata = training_adata(adata, genes, layer=layer, obs_keys=cols)
 
-    scvi.settings.seed = random_state
-    ContrastiveVAE.setup_anndata(train_adata, batch_key=batch_key)
-    model = ContrastiveVAE(train_adata, **(model_kwargs or {}))
-    t0 = time.perf_counter()
-    model.train(
-        groupby=groupby,
-        background=background,
-        target=target,
-        max_epochs=max_epochs,
-        enable_progress_bar=progress_bar,
-        **(train_kwargs or {}),
+    model, train_time = train_model(
+        ContrastiveVAE,
+        train_adata,
+        random_state=random_state,
+        setup_kwargs={"batch_key": batch_key},
+        model_kwargs=model_kwargs or {},
+        # dict(): a key given twice is a TypeError, as in a call
+        train_kwargs=dict(
+            groupby=groupby,
+            background=background,
+            target=target,
+            max_epochs=max_epochs,
+            enable_progress_bar=progress_bar,
+            **(train_kwargs or {}),
+        ),
     )
-    train_time = time.perf_counter() - t0
     shared = model.get_latent_representation(representation="shared")
     salient = model.get_latent_representation(representation="salient")
-    if not (np.isfinite(shared).all() and np.isfinite(salient).all()):
-        raise RuntimeError(
-            "Training diverged (non-finite latent values). Lower the learning rate "
-            "(train_kwargs={'lr': 1e-4}) or check the input counts."
-        )
+    check_finite(shared, salient)
     genes_table = model.get_salient_genes(n_top=None)
 
     adata.obsm[key_added] = salient
@@ -180,8 +181,7 @@ def contrastive(
         },
         "var_names": np.asarray(genes, dtype=object),
         "salient_genes": genes_table,
-        "history": _history(model),
-        "train_time_s": float(train_time),
+        **training_summary(model, train_time),
     }
     return model
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -16,6 +15,7 @@ from scdl.data import (
 )
 
 from ._hvg import select_genes
+from ._train import check_finite, train_model, training_summary
 from ._training_data import training_adata
 
 if TYPE_CHECKING:
@@ -100,8 +100,6 @@ def integrate(
     >>> model = scdl.tl.integrate(adata, batch_key="sample")
     >>> scdl.tl.cluster(adata, use_rep="X_scdl")
     """
-    import scvi
-
     from scdl.models import VAE
 
     # validate everything before touching adata, so a failing call leaves it unchanged
@@ -131,27 +129,26 @@ def integrate(
         adata, genes, layer=layer, obs_keys=[batch_key] if batch_key is not None else []
     )
 
-    scvi.settings.seed = random_state
-    VAE.setup_anndata(train_adata, batch_key=batch_key)
-    model = VAE(
-        train_adata, n_latent=n_latent, gene_likelihood=gene_likelihood, **(model_kwargs or {})
+    model, train_time = train_model(
+        VAE,
+        train_adata,
+        random_state=random_state,
+        setup_kwargs={"batch_key": batch_key},
+        # dict(): a key given twice is a TypeError, as in a call
+        model_kwargs=dict(
+            n_latent=n_latent, gene_likelihood=gene_likelihood, **(model_kwargs or {})
+        ),
+        train_kwargs=dict(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            devices=devices,
+            enable_progress_bar=progress_bar,
+            **(train_kwargs or {}),
+        ),
     )
-    t0 = time.perf_counter()
-    model.train(
-        max_epochs=max_epochs,
-        batch_size=batch_size,
-        accelerator=accelerator,
-        devices=devices,
-        enable_progress_bar=progress_bar,
-        **(train_kwargs or {}),
-    )
-    train_time = time.perf_counter() - t0
     latent = model.get_latent_representation()
-    if not np.isfinite(latent).all():
-        raise RuntimeError(
-            "Training diverged (non-finite latent values). Lower the learning rate "
-            "(train_kwargs={'lr': 1e-4}) or check the input counts."
-        )
+    check_finite(latent)
 
     adata.obsm[key_added] = latent
     adata.uns[key_added] = {
@@ -166,18 +163,6 @@ def integrate(
             "model": "scdl.models.VAE",
         },
         "var_names": np.asarray(genes, dtype=object),
-        "history": _history(model),
-        "train_time_s": float(train_time),
+        **training_summary(model, train_time),
     }
     return model
-
-
-def _history(model) -> dict[str, np.ndarray]:
-    """Per-epoch ELBO curves from the model's Lightning history, as plain arrays."""
-    out = {}
-    for key in ("elbo_train", "elbo_validation", "reconstruction_loss_train", "kl_local_train"):
-        if key in model.history:
-            df = model.history[key]
-            out[key] = df.iloc[:, 0].to_numpy(dtype=float)
-            out[f"{key}_epoch"] = df.index.to_numpy(dtype=float)
-    return out

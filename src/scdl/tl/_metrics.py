@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from scdl.data import check_categorical
+from scdl.data import check_categorical, unintegrated_pca
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -24,28 +24,6 @@ def _sklearn_neighbors(x: np.ndarray, k: int):
 
     dist, idx = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x)
     return NeighborsResults(indices=idx, distances=dist)
-
-
-def unintegrated_pca(
-    adata: AnnData, *, layer: str | None = None, n_comps: int = 50, n_top_genes: int = 2000
-) -> np.ndarray:
-    """The classical baseline: PCA of log-normalised counts of highly variable genes.
-
-    Computed on a temporary object; ``adata`` is not modified.
-    """
-    import anndata
-    import scanpy as sc
-
-    x = adata.X if layer is None else adata.layers[layer]
-    tmp = anndata.AnnData(X=x.copy())
-    tmp.var_names = adata.var_names
-    sc.pp.normalize_total(tmp, target_sum=1e4)
-    sc.pp.log1p(tmp)
-    if tmp.n_vars > n_top_genes:
-        sc.pp.highly_variable_genes(tmp, n_top_genes=n_top_genes, subset=True)
-    n_comps = min(n_comps, tmp.n_obs - 1, tmp.n_vars - 1)
-    sc.pp.pca(tmp, n_comps=n_comps, random_state=0)
-    return tmp.obsm["X_pca"]
 
 
 def integration_metrics(

@@ -1,0 +1,164 @@
+"""Which cells are background and which are target: from positions or from obs values.
+
+Model-agnostic: only reads ``adata``; for any analysis contrasting two groups of cells
+(e.g. :func:`scdl.tl.contrastive`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._checks import check_obs_key
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+
+def _as_values(value, arg: str) -> list:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        return [value]
+    values = list(value)
+    if not values:
+        raise ValueError(f"`{arg}` is empty; pass at least one value of the groupby column.")
+    return values
+
+
+def _as_indices(idx, n_obs: int, arg: str) -> np.ndarray:
+    arr = np.asarray(idx)
+    if arr.dtype == bool:
+        if arr.shape != (n_obs,):
+            raise ValueError(
+                f"`{arg}` is a boolean mask of length {arr.size}, but adata has {n_obs} cells."
+            )
+        return np.flatnonzero(arr)
+    if arr.size == 0:
+        return np.array([], dtype=np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"`{arg}` must hold integer cell positions or be a boolean mask.")
+    arr = arr.ravel().astype(np.int64)
+    if arr.min() < 0 or arr.max() >= n_obs:
+        raise ValueError(f"`{arg}` has positions outside 0..{n_obs - 1} (adata has {n_obs} cells).")
+    if np.unique(arr).size != arr.size:
+        raise ValueError(f"`{arg}` lists some cells more than once.")
+    return np.sort(arr)
+
+
+def _check_present(values: list, present: list, groupby: str, arg: str) -> None:
+    missing = [v for v in values if v not in set(present)]
+    if missing:
+        raise ValueError(
+            f"{arg}={missing[0] if len(missing) == 1 else missing!r} is not a value of "
+            f"adata.obs[{groupby!r}] (values present: {present}). Pass one of those."
+        )
+
+
+def resolve_groups(
+    adata: AnnData,
+    background_indices=None,
+    target_indices=None,
+    *,
+    groupby: str | None = None,
+    background=None,
+    target=None,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Background and target cell positions from indices or from ``groupby`` values.
+
+    Say which cells are which either by position (``background_indices`` and/or
+    ``target_indices``: integer positions or boolean masks; a missing one means all other
+    cells) or by an obs column (``groupby`` with ``background``, a value or list of values;
+    target cells are all other cells, or those with the value(s) in ``target``).
+
+    Only reads ``adata``. Returns sorted positions of background and target cells and a
+    description of the split (``groupby``, ``background``, ``target`` values) so new data can
+    be split the same way.
+
+    Raises
+    ------
+    KeyError
+        ``groupby`` is not a column of ``adata.obs``.
+    ValueError
+        Neither or both ways given; a value not present in the column; no background or no
+        target cells; a cell both background and target; positions out of range.
+    """
+    by_index = background_indices is not None or target_indices is not None
+    by_group = groupby is not None or background is not None or target is not None
+    if by_index and by_group:
+        raise ValueError(
+            "Pass either background_indices/target_indices or groupby= with background=, not both."
+        )
+    if not by_index and not by_group:
+        raise ValueError(
+            "Say which cells are the background: pass groupby= and background= (e.g. "
+            "groupby='condition', background='control'), or background_indices=."
+        )
+    if by_group:
+        bg, tg, split = _groups_from_obs(adata, groupby, background, target)
+        where = f"adata.obs[{groupby!r}]"
+    else:
+        bg, tg = _groups_from_indices(adata.n_obs, background_indices, target_indices)
+        split = {"groupby": None, "background": None, "target": None}
+        where = "the indices given"
+    if bg.size == 0:
+        raise ValueError(
+            f"No background cells in {where}. Contrastive analysis needs background "
+            "(e.g. control) cells to contrast the target cells with."
+        )
+    if tg.size == 0:
+        raise ValueError(
+            f"No target cells in {where}: every cell is background. Contrastive analysis "
+            "needs target (e.g. stimulated) cells besides the background; check `background=`."
+        )
+    return bg, tg, split
+
+
+def _groups_from_obs(adata, groupby, background, target) -> tuple[np.ndarray, np.ndarray, dict]:
+    if groupby is None:
+        raise ValueError("background=/target= need groupby=, the obs column holding them.")
+    if background is None:
+        raise ValueError(
+            f"groupby={groupby!r} needs background=, the value(s) of that column marking "
+            "background (e.g. control) cells."
+        )
+    col = check_obs_key(adata, groupby, arg="groupby")
+    present = sorted(col.unique().tolist(), key=str)
+    bg_values = _as_values(background, "background")
+    _check_present(bg_values, present, groupby, "background")
+    bg_mask = col.isin(bg_values).to_numpy()
+    tg_values = None
+    if target is None:
+        tg_mask = ~bg_mask
+    else:
+        tg_values = _as_values(target, "target")
+        _check_present(tg_values, present, groupby, "target")
+        both = [v for v in tg_values if v in set(bg_values)]
+        if both:
+            raise ValueError(
+                f"{both} given as both background and target; a group is one or the other."
+            )
+        tg_mask = col.isin(tg_values).to_numpy()
+    split = {"groupby": groupby, "background": bg_values, "target": tg_values}
+    return np.flatnonzero(bg_mask), np.flatnonzero(tg_mask), split
+
+
+def _groups_from_indices(
+    n_obs: int, background_indices, target_indices
+) -> tuple[np.ndarray, np.ndarray]:
+    bg = (
+        None
+        if background_indices is None
+        else _as_indices(background_indices, n_obs, "background_indices")
+    )
+    tg = None if target_indices is None else _as_indices(target_indices, n_obs, "target_indices")
+    everyone = np.arange(n_obs)
+    bg = np.setdiff1d(everyone, tg) if bg is None else bg
+    tg = np.setdiff1d(everyone, bg) if tg is None else tg
+    both = np.intersect1d(bg, tg)
+    if both.size:
+        raise ValueError(
+            f"{both.size} cells are in both background_indices and target_indices "
+            f"(e.g. {both[:5].tolist()}); a cell is either background or target."
+        )
+    return bg, tg

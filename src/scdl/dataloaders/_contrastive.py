@@ -1,0 +1,59 @@
+"""Mixed minibatches of background and target cells, each cell carrying its target flag."""
+
+from __future__ import annotations
+
+import numpy as np
+from scvi.external.contrastivevi import ContrastiveDataSplitter
+
+from scdl.data._loader import TensorBatchLoader
+from scdl.module import TARGET_KEY
+
+
+class _FlaggedLoader(TensorBatchLoader):
+    """scdl's fast minibatch loader, plus each cell's target flag under ``TARGET_KEY``."""
+
+    def __init__(self, adata_manager, indices=None, *, is_target: np.ndarray, **kwargs):
+        super().__init__(adata_manager, indices, **kwargs)
+        self.arrays[TARGET_KEY] = (is_target.astype(np.float32).reshape(-1, 1), np.float32)
+
+
+class ContrastiveSplitter(ContrastiveDataSplitter):
+    """contrastiveVI's split, fed through the fast loader in mixed minibatches.
+
+    Background and target cells are split into training and validation sets separately (so
+    both groups are in each); cells in neither group are not used. Minibatches mix the two
+    groups and carry a per-cell flag, so the model trains with scvi-tools' standard
+    ``TrainingPlan``.
+    """
+
+    def __init__(self, adata_manager, background_indices, target_indices, **kwargs):
+        super().__init__(
+            adata_manager,
+            background_indices=[int(i) for i in background_indices],
+            target_indices=[int(i) for i in target_indices],
+            **kwargs,
+        )
+        self.is_target = np.zeros(adata_manager.adata.n_obs, dtype=bool)
+        self.is_target[self.target_indices] = True
+
+    def _loader(self, indices, *, shuffle: bool, drop_last):
+        if len(indices) == 0:
+            return None
+        return _FlaggedLoader(
+            self.adata_manager,
+            indices=np.asarray(indices, dtype=np.int64),
+            is_target=self.is_target,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            pin_memory=self.pin_memory,
+            **self.data_loader_kwargs,
+        )
+
+    def train_dataloader(self):
+        return self._loader(self.train_idx, shuffle=True, drop_last=self.drop_last)
+
+    def val_dataloader(self):
+        return self._loader(self.val_idx, shuffle=False, drop_last=False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_idx, shuffle=False, drop_last=False)

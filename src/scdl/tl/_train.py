@@ -1,0 +1,50 @@
+"""The recipe shared by the tools that train a model: seed, register, train, check, summarise."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def train_model(
+    model_cls,
+    train_adata,
+    *,
+    random_state: int,
+    setup_kwargs: dict,
+    model_kwargs: dict,
+    train_kwargs: dict,
+):
+    """Seed scvi-tools, register ``train_adata``, build the model and train it.
+
+    Returns the trained model and the training time in seconds.
+    """
+    import scvi
+
+    scvi.settings.seed = random_state
+    model_cls.setup_anndata(train_adata, **setup_kwargs)
+    model = model_cls(train_adata, **model_kwargs)
+    t0 = time.perf_counter()
+    model.train(**train_kwargs)
+    return model, time.perf_counter() - t0
+
+
+def check_finite(*latents: np.ndarray) -> None:
+    """Refuse latent values from a diverged training run (before anything is written)."""
+    if not all(np.isfinite(x).all() for x in latents):
+        raise RuntimeError(
+            "Training diverged (non-finite latent values). Lower the learning rate "
+            "(train_kwargs={'lr': 1e-4}) or check the input counts."
+        )
+
+
+def training_summary(model, train_time: float) -> dict:
+    """``history`` (per-epoch ELBO curves as plain arrays) and ``train_time_s`` for ``uns``."""
+    history = {}
+    for key in ("elbo_train", "elbo_validation", "reconstruction_loss_train", "kl_local_train"):
+        if key in model.history:
+            df = model.history[key]
+            history[key] = df.iloc[:, 0].to_numpy(dtype=float)
+            history[f"{key}_epoch"] = df.index.to_numpy(dtype=float)
+    return {"history": history, "train_time_s": float(train_time)}
