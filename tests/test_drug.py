@@ -209,7 +209,7 @@ def test_transfer_ranks_five_unseen_lines_better_than_ridge_on_pseudobulk(gdsc, 
     every shared gene from each line's pseudobulk (z-scored profiles, standardised genes)."""
     import scvi
 
-    from scdl.data._drug_inputs import profiles_from_counts, profiles_from_expression
+    from scdl.data import profiles_from_counts, profiles_from_expression
     from scdl.module._ridge import fit_masked_ridge
 
     lines = sorted(cellbench5.obs["cell_line_key"].unique())

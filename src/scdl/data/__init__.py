@@ -11,11 +11,28 @@ from ._checks import (
     get_matrix,
 )
 from ._csr import CSRTensors, gather_counts, inference_batch_size
+from ._drug_checks import (
+    MIN_LINES_PER_DRUG,
+    MIN_SHARED_GENES,
+    check_profiles,
+    check_response,
+    looks_like_counts,
+    resolve_drugs,
+    shared_genes,
+)
+from ._drug_inputs import (
+    matched_reference,
+    profiles_from_counts,
+    profiles_from_expression,
+    select_model_genes,
+)
 from ._genes import align_to_genes, gene_columns
 from ._lognorm import input_kind
 from ._normalize import log_normalize_counts
 
 __all__ = [
+    "MIN_LINES_PER_DRUG",
+    "MIN_SHARED_GENES",
     "CSRTensors",
     "align_to_genes",
     "gather_counts",
@@ -24,6 +41,8 @@ __all__ = [
     "check_categorical",
     "check_count_setup",
     "check_counts",
+    "check_profiles",
+    "check_response",
     "check_is_anndata",
     "check_obs_key",
     "check_query",
@@ -31,4 +50,11 @@ __all__ = [
     "get_matrix",
     "input_kind",
     "log_normalize_counts",
+    "looks_like_counts",
+    "matched_reference",
+    "profiles_from_counts",
+    "profiles_from_expression",
+    "resolve_drugs",
+    "select_model_genes",
+    "shared_genes",
 ]

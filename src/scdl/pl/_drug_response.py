@@ -92,8 +92,7 @@ def drug_response(
     """
     import matplotlib.pyplot as plt
 
-    from scdl.data import check_obs_key
-    from scdl.data._drug_inputs import resolve_drugs
+    from scdl.data import check_obs_key, resolve_drugs
 
     if labels is not None:
         kind = "roc"
@@ -157,8 +156,7 @@ def _roc(adata, labels, drugs, key, n_drugs, *, show, save):
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    from scdl.data import check_obs_key
-    from scdl.data._drug_inputs import resolve_drugs
+    from scdl.data import check_obs_key, resolve_drugs
 
     if labels is None:
         raise ValueError("kind='roc' needs `labels`, an obs column of per-cell truth (bool).")
