@@ -17,7 +17,7 @@ from scvi.external.contrastivevi import ContrastiveDataSplitter
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from scdl.data import check_count_setup, check_obs_key
-from scdl.data._loader import TensorBatchLoader
+from scdl.dataloaders import TensorBatchLoader
 from scdl.module import ContrastiveModule
 from scdl.module._contrastive import TARGET_KEY
 from scdl.train import EpochLoggingTrainingPlan, guarded_training

@@ -26,7 +26,7 @@ from scdl.data import (
     select_model_genes,
     shared_genes,
 )
-from scdl.data._drug_loader import DomainSplitter
+from scdl.dataloaders import DomainSplitter
 from scdl.module import RESPONSE_KEY, DrugResponseModule, drug_table, heldout_predictions
 from scdl.train import EpochLoggingTrainingPlan, guarded_training
 

@@ -29,8 +29,8 @@ from scdl.data import (
     check_obs_key,
     check_unique_var_names,
 )
-from scdl.data._csr_loader import CSRDataSplitter
 from scdl.data._genes import gene_mismatch_message
+from scdl.dataloaders import CSRDataSplitter
 from scdl.module import VAEModule
 from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
