@@ -26,7 +26,7 @@ from ._drug_inputs import (
     profiles_from_expression,
     select_model_genes,
 )
-from ._genes import align_to_genes, gene_columns
+from ._genes import align_to_genes, gene_columns, gene_mismatch_message
 from ._lognorm import input_kind
 from ._normalize import log_normalize_counts
 
@@ -37,6 +37,7 @@ __all__ = [
     "align_to_genes",
     "gather_counts",
     "gene_columns",
+    "gene_mismatch_message",
     "inference_batch_size",
     "check_categorical",
     "check_count_setup",

@@ -1,7 +1,7 @@
 """Datasets: a small real dataset bundled for the demo, and checked loaders for others."""
 
-from ._fetch import cache_dir, fetch_file
+from ._fetch import cache_dir, fetch_file, sha256sum
 from ._gdsc import gdsc
 from ._kang import kang_pbmc, kang_pbmc_heldout
 
-__all__ = ["cache_dir", "fetch_file", "gdsc", "kang_pbmc", "kang_pbmc_heldout"]
+__all__ = ["cache_dir", "fetch_file", "gdsc", "kang_pbmc", "kang_pbmc_heldout", "sha256sum"]

@@ -22,7 +22,8 @@ from scdl.data import (
     log_normalize_counts,
 )
 from scdl.dataloaders import CSRBatches, FastDataSplitter, dense_rows
-from scdl.module._annotator import CellTypeTransformerModule
+from scdl.module import CellTypeTransformerModule
+from scdl.train import AnnotatorTrainingPlan, MaskedExpressionPlan, guarded_training
 
 from ._annotator_predict import AnnotatorPredictionMixin
 from ._base import SafeSaveLoadMixin
@@ -108,7 +109,7 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
 
     _module_cls = CellTypeTransformerModule
     _data_splitter_cls = FastDataSplitter
-    _training_plan_cls = None  # set lazily: scdl.train imports Lightning
+    _training_plan_cls = AnnotatorTrainingPlan
 
     def __init__(
         self,
@@ -264,8 +265,6 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
         """
         from scvi.train import Trainer
 
-        from scdl.train import MaskedExpressionPlan, guarded_training
-
         if adata is None:
             x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         else:
@@ -341,8 +340,6 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
             Further arguments for :class:`scdl.train.AnnotatorTrainingPlan`
             (``label_smoothing``, ``weight_decay``, ``class_weights``).
         """
-        from scdl.train import AnnotatorTrainingPlan, guarded_training
-
         if not 0 < train_size < 1:
             raise ValueError(
                 f"train_size must be in (0, 1): held-out reference cells calibrate the Unknown "
@@ -377,7 +374,7 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
             batch_size=batch_size,
             drop_last=False,
         )
-        training_plan = AnnotatorTrainingPlan(self.module, **plan)
+        training_plan = self._training_plan_cls(self.module, **plan)
         with guarded_training(self, kwargs, lr=plan["lr"]):
             if self.module.linear is not None:
                 splitter.setup()  # the same seeded split Lightning will use

@@ -220,7 +220,7 @@ class SafeSaveLoadMixin:
         if adata is not None:
             ref = pd.Index(config["var_names"])
             if not adata.var_names.equals(ref):
-                from scdl.data._genes import gene_mismatch_message
+                from scdl.data import gene_mismatch_message
 
                 raise ValueError(gene_mismatch_message(ref, adata.var_names))
             cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])

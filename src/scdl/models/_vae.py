@@ -28,8 +28,8 @@ from scdl.data import (
     check_count_setup,
     check_obs_key,
     check_unique_var_names,
+    gene_mismatch_message,
 )
-from scdl.data._genes import gene_mismatch_message
 from scdl.dataloaders import CSRDataSplitter
 from scdl.module import VAEModule
 from scdl.train import EpochLoggingTrainingPlan, guarded_training

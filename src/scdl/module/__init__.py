@@ -1,6 +1,7 @@
 """Torch networks (scvi-tools ``BaseModuleClass`` subclasses), one file per model, and the
 small pure pieces they are fitted with."""
 
+from ._annotator import CellTypeTransformerModule
 from ._calibration import drug_table, heldout_predictions
 from ._contrastive import ContrastiveModule
 from ._drug import FOLD_KEY, REFERENCE_X_KEY, RESPONSE_KEY, TARGET_X_KEY, DrugResponseModule
@@ -11,6 +12,7 @@ __all__ = [
     "REFERENCE_X_KEY",
     "RESPONSE_KEY",
     "TARGET_X_KEY",
+    "CellTypeTransformerModule",
     "ContrastiveModule",
     "DrugResponseModule",
     "VAEModule",

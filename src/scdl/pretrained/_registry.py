@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from scdl.datasets._fetch import cache_dir, sha256sum
+from scdl.datasets import cache_dir, sha256sum
 
 _HERE = Path(__file__).parent / "annotators"
 # files an annotator folder may hold; anything else in an archive is ignored
