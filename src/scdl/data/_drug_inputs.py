@@ -20,20 +20,37 @@ from ._checks import get_matrix
 from ._drug_checks import MIN_SHARED_GENES, shared_genes
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from anndata import AnnData
 
 
 def select_model_genes(
-    bulk: AnnData,
+    bulk: AnnData | None,
     target: AnnData | None = None,
     target_layer: str | None = None,
     *,
+    genes: Sequence[str] | None = None,
     n_top_genes: int | None = None,
     min_detected: float = 0.0,
 ) -> pd.Index:
-    """The genes a drug-response model uses: shared by ``bulk`` and ``target`` (all of
-    ``bulk``'s without a target), detected (count > 0) in at least ``min_detected`` of the
-    target cells, then the ``n_top_genes`` that vary most across the bulk profiles."""
+    """The genes a drug-response model uses: ``genes`` when given (checked against ``bulk``),
+    else those shared by ``bulk`` and ``target`` (all of ``bulk``'s without a target),
+    detected (count > 0) in at least ``min_detected`` of the target cells, then the
+    ``n_top_genes`` that vary most across the bulk profiles."""
+    if genes is not None:
+        genes = pd.Index([str(g) for g in genes])
+        if bulk is not None:
+            shared_genes(genes, bulk.var_names, min_genes=1, names=("genes", "bulk genes"))
+            missing = genes.difference(bulk.var_names)
+            if len(missing):
+                raise ValueError(
+                    f"{len(missing)} of `genes` are not in the bulk data (e.g. "
+                    f"{missing[:5].tolist()}); pass genes of adata.var_names."
+                )
+        return genes
+    if bulk is None:
+        raise ValueError("Pass the bulk `adata` (or `genes=`) to build the model.")
     genes = bulk.var_names
     if target is not None:
         genes = shared_genes(bulk.var_names, target.var_names)

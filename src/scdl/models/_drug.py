@@ -24,7 +24,6 @@ from scdl.data import (
     profiles_from_counts,
     profiles_from_expression,
     select_model_genes,
-    shared_genes,
 )
 from scdl.dataloaders import DomainSplitter
 from scdl.module import RESPONSE_KEY, DrugResponseModule, drug_table, heldout_predictions
@@ -175,34 +174,17 @@ class DrugResponseModel(
         ridge_alpha: float | Sequence[float] | None = 3162.0,
         prediction: Literal["wide", "wide_deep", "deep"] = "wide",
     ):
-        if input_scale not in ("zscore", "rank"):
-            raise ValueError(f"input_scale={input_scale!r} is not one of 'zscore', 'rank'.")
-        if not isinstance(n_ensemble, int) or n_ensemble < 1:
-            raise ValueError(f"n_ensemble must be a positive integer, got {n_ensemble!r}.")
-        if target is not None and adata is None:
-            raise ValueError("`target` needs the bulk `adata` the model is trained on.")
-        if target is not None:
-            check_unique_var_names(target)
-            check_counts(target, target_layer)
+        _check_model_args(adata, target, target_layer, input_scale, n_ensemble)
         super().__init__(adata, registry)
         self.drugs = [str(d) for d in self._drug_names()]
-        if genes is None:
-            if adata is None:
-                raise ValueError("Pass the bulk `adata` (or `genes=`) to build the model.")
-            genes = select_model_genes(
-                adata, target, target_layer, n_top_genes=n_top_genes, min_detected=min_detected
-            )
-        else:
-            genes = pd.Index([str(g) for g in genes])
-            if adata is not None:
-                shared_genes(genes, adata.var_names, min_genes=1, names=("genes", "bulk genes"))
-                missing = genes.difference(adata.var_names)
-                if len(missing):
-                    raise ValueError(
-                        f"{len(missing)} of `genes` are not in the bulk data (e.g. "
-                        f"{missing[:5].tolist()}); pass genes of adata.var_names."
-                    )
-        self.genes = pd.Index(genes)
+        self.genes = select_model_genes(
+            adata,
+            target,
+            target_layer,
+            genes=genes,
+            n_top_genes=n_top_genes,
+            min_detected=min_detected,
+        )
         self.smooth_neighbors = int(smooth_neighbors)
         self.match_neighbors = int(match_neighbors)
         self.input_scale = input_scale
@@ -373,9 +355,41 @@ class DrugResponseModel(
             self.drug_stats_ = self._calibrate(folds, alphas, (profiles, responses))
             self.is_trained_ = True
             return None
+        out = self._train_network(
+            profiles,
+            folds,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            target_batch_size=target_batch_size,
+            plan={
+                "optimizer": "AdamW",
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "eps": 1e-8,
+                **(plan_kwargs or {}),
+            },
+            train_size=train_size,
+            early_stopping=early_stopping,
+            accelerator=accelerator,
+            devices=devices,
+            **kwargs,
+        )
+        self.module.eval()
+        alphas = None
+        if self.module.ridge_alpha is not None:
+            # after the network, so a diverged run leaves every weight as it was
+            alphas = self._fit_ridge(profiles, responses, folds)
+        self.drug_stats_ = self._calibrate(folds, alphas, (profiles, responses))
+        return out
+
+    def _train_network(self, profiles, folds, *, max_epochs, plan, **kwargs):
+        """Lightning training of the deep path (scvi-tools' loop), guarded against divergence."""
+        n_obs = self.adata.n_obs
         reference_p = None
         if self._target_profiles is not None and self.match_neighbors > 0:
             reference_p = matched_reference(self._target_profiles, profiles, self.match_neighbors)
+        batch_size, target_batch_size = kwargs.pop("batch_size"), kwargs.pop("target_batch_size")
+        train_size = kwargs.pop("train_size")
         max_epochs, batch_size = plan_training(
             n_obs,
             max_epochs,
@@ -384,14 +398,7 @@ class DrugResponseModel(
             trainer_kwargs=kwargs,
             n_steps=600,
         )
-        plan = {
-            "optimizer": "AdamW",
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "eps": 1e-8,
-            "n_epochs_kl_warmup": max(1, max_epochs // 2),
-            **(plan_kwargs or {}),
-        }
+        plan = {"n_epochs_kl_warmup": max(1, max_epochs // 2), **plan}
         with warnings.catch_warnings(), guarded_training(self, kwargs, lr=plan["lr"]):
             # minibatches hold lines and fewer target cells: Lightning's batch-size guess
             # finds two sizes and warns; the logged losses are per line either way
@@ -399,9 +406,6 @@ class DrugResponseModel(
             out = super().train(
                 max_epochs=max_epochs,
                 batch_size=batch_size,
-                early_stopping=early_stopping,
-                accelerator=accelerator,
-                devices=devices,
                 train_size=train_size,
                 plan_kwargs=plan,
                 datasplitter_kwargs={
@@ -413,12 +417,6 @@ class DrugResponseModel(
                 },
                 **kwargs,
             )
-        self.module.eval()
-        alphas = None
-        if self.module.ridge_alpha is not None:
-            # after the network, so a diverged run leaves every weight as it was
-            alphas = self._fit_ridge(profiles, responses, folds)
-        self.drug_stats_ = self._calibrate(folds, alphas, (profiles, responses))
         return out
 
     def _fit_ridge(self, profiles, responses, folds) -> np.ndarray:
@@ -454,3 +452,16 @@ class DrugResponseModel(
                 stacklevel=3,
             )
         return drug_table(heldout, y, self.drugs, alphas)
+
+
+def _check_model_args(adata, target, target_layer, input_scale, n_ensemble) -> None:
+    """Refuse bad model arguments before anything is built."""
+    if input_scale not in ("zscore", "rank"):
+        raise ValueError(f"input_scale={input_scale!r} is not one of 'zscore', 'rank'.")
+    if not isinstance(n_ensemble, int) or n_ensemble < 1:
+        raise ValueError(f"n_ensemble must be a positive integer, got {n_ensemble!r}.")
+    if target is not None and adata is None:
+        raise ValueError("`target` needs the bulk `adata` the model is trained on.")
+    if target is not None:
+        check_unique_var_names(target)
+        check_counts(target, target_layer)
