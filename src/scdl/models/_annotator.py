@@ -186,13 +186,13 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
             single type, or gene names repeat. ``adata`` is left unchanged.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
-        is_loading = kwargs.get("source_registry") is not None
+        from_registry = kwargs.get("source_registry") is not None
         check_count_setup(adata, layer, categorical={"batch_key": batch_key})
-        if labels_key is None and not is_loading:
+        if labels_key is None and not from_registry:
             raise ValueError("`labels_key` is required: the obs column with cell-type labels.")
         if labels_key is not None:
             check_categorical(
-                adata, labels_key, arg="labels_key", min_categories=1 if is_loading else 2
+                adata, labels_key, arg="labels_key", min_categories=1 if from_registry else 2
             )
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
@@ -276,7 +276,7 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
             batch_size=batch_size,
             train_size=1.0,
             trainer_kwargs=trainer_kwargs,
-            n_steps=2_000,
+            n_cells_seen=2_000 * 128,
             cap=50,
             floor=5,
         )
@@ -354,7 +354,7 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
             batch_size=batch_size,
             train_size=train_size,
             trainer_kwargs=kwargs,
-            n_steps=1_500 * batch_size // 128,
+            n_cells_seen=1_500 * batch_size,
             cap=300,
             floor=10,
         )

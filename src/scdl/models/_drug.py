@@ -396,7 +396,7 @@ class DrugResponseModel(
             batch_size=batch_size,
             train_size=1.0 if train_size is None else train_size,
             trainer_kwargs=kwargs,
-            n_steps=600,
+            n_cells_seen=600 * 128,
         )
         plan = {"n_epochs_kl_warmup": max(1, max_epochs // 2), **plan}
         with warnings.catch_warnings(), guarded_training(self, kwargs, lr=plan["lr"]):
