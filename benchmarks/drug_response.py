@@ -158,7 +158,7 @@ def boosting(x_train, y_train, x_tests, drugs_needed, seed=0):
 
 
 def baselines(train, files, genes, scale) -> dict:
-    from scdl.data._drug_inputs import profiles_from_counts, profiles_from_expression
+    from scdl.data import profiles_from_counts, profiles_from_expression
 
     y = train.obsm["ln_ic50"].to_numpy()
     drugs = list(train.obsm["ln_ic50"].columns)
@@ -266,7 +266,7 @@ def transfer_scores(res: dict) -> pd.DataFrame:
 
 
 def run_fold(bulk, target, fold: int, folds: np.ndarray, seed: int, variant: str) -> dict:
-    from scdl.data._drug_inputs import profiles_from_expression
+    from scdl.data import profiles_from_expression
 
     train, test = bulk[folds != fold].copy(), bulk[folds == fold]
     model, secs = fit_scdl(train, target, seed, **VARIANTS[variant])

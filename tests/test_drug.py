@@ -209,7 +209,7 @@ def test_transfer_ranks_five_unseen_lines_better_than_ridge_on_pseudobulk(gdsc, 
     every shared gene from each line's pseudobulk (z-scored profiles, standardised genes)."""
     import scvi
 
-    from scdl.data._drug_inputs import profiles_from_counts, profiles_from_expression
+    from scdl.data import profiles_from_counts, profiles_from_expression
     from scdl.module._ridge import fit_masked_ridge
 
     lines = sorted(cellbench5.obs["cell_line_key"].unique())
@@ -506,3 +506,28 @@ def test_setup_response_must_be_dataframe_and_bulk_not_counts(gdsc, cellbench):
     counts.obsm["r"] = pd.DataFrame({"d": np.arange(30.0)}, index=counts.obs_names)
     with pytest.raises(ValueError, match="raw counts"):
         scdl.models.DrugResponseModel.setup_anndata(counts, response_key="r")
+
+
+def test_sparse_bulk_profiles_are_checked_without_densifying(gdsc):
+    """A sparse bulk matrix is checked on its stored values: the same verdicts as dense."""
+    from scipy import sparse
+
+    class NoDense(sparse.csr_matrix):
+        def toarray(self, *args, **kwargs):
+            raise AssertionError("the bulk matrix was densified")
+
+        todense = toarray
+
+    dense = np.where(np.abs(gdsc.X[:40]) > 1.0, gdsc.X[:40], 0.0)
+    ok = ad.AnnData(NoDense(dense), var=gdsc.var[[]].copy())
+    scdl.data.check_profiles(ok)  # valid: passes without densifying
+    flat = dense.copy()
+    flat[3] = 0.0
+    with pytest.raises(ValueError, match="1 profiles in adata.X are constant"):
+        scdl.data.check_profiles(ad.AnnData(NoDense(flat), var=gdsc.var[[]].copy()))
+    bad = dense.copy()
+    bad[5, 7] = np.nan
+    with pytest.raises(ValueError, match="1 NaN or infinite"):
+        scdl.data.check_profiles(ad.AnnData(NoDense(bad), var=gdsc.var[[]].copy()))
+    with pytest.raises(ValueError, match="1 NaN or infinite"):  # the same verdict dense
+        scdl.data.check_profiles(ad.AnnData(bad, var=gdsc.var[[]].copy()))

@@ -199,8 +199,7 @@ def test_vae_csr_minibatch_equals_scvi_dense_step(kang, likelihood):
     """
     import scvi
 
-    from scdl.data._csr_loader import CSRBatchLoader
-    from scdl.data._loader import TensorBatchLoader
+    from scdl.dataloaders import CSRBatchLoader, TensorBatchLoader
 
     adata = kang[np.random.default_rng(2).choice(kang.n_obs, 300, replace=False)].copy()
     adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()

@@ -12,7 +12,21 @@ from ._checks import (
     get_matrix,
 )
 from ._csr import CSRTensors, gather_counts, inference_batch_size
-from ._drug_inputs import resolve_drugs
+from ._drug_checks import (
+    MIN_LINES_PER_DRUG,
+    MIN_SHARED_GENES,
+    check_profiles,
+    check_response,
+    looks_like_counts,
+    resolve_drugs,
+    shared_genes,
+)
+from ._drug_inputs import (
+    matched_reference,
+    profiles_from_counts,
+    profiles_from_expression,
+    select_model_genes,
+)
 from ._genes import align_to_genes, gene_columns, gene_mismatch_message
 from ._groups import resolve_groups
 from ._lognorm import input_kind
@@ -21,6 +35,8 @@ from ._pca import unintegrated_pca
 from ._salient_genes import salient_gene_table
 
 __all__ = [
+    "MIN_LINES_PER_DRUG",
+    "MIN_SHARED_GENES",
     "CSRTensors",
     "align_to_genes",
     "gather_counts",
@@ -30,6 +46,8 @@ __all__ = [
     "check_categorical",
     "check_count_setup",
     "check_counts",
+    "check_profiles",
+    "check_response",
     "check_is_anndata",
     "check_obs_key",
     "check_query",
@@ -37,7 +55,13 @@ __all__ = [
     "get_matrix",
     "input_kind",
     "log_normalize_counts",
+    "looks_like_counts",
+    "matched_reference",
+    "profiles_from_counts",
+    "profiles_from_expression",
     "resolve_drugs",
+    "select_model_genes",
+    "shared_genes",
     "resolve_groups",
     "salient_gene_table",
     "unintegrated_pca",

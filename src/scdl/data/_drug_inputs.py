@@ -1,4 +1,4 @@
-"""Inputs of drug-response transfer: response tables, gene alignment, comparable profiles.
+"""Drug-response inputs on one scale: gene choice, profiles of bulk lines and of cells.
 
 Bulk cell-line profiles (log-scale expression, e.g. GDSC's within-line z-scores) and
 single-cell counts are brought to one scale across the model's genes: each profile is
@@ -10,155 +10,62 @@ Every function only reads its inputs.
 
 from __future__ import annotations
 
-import difflib
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from ._checks import get_matrix
+from ._drug_checks import MIN_SHARED_GENES, shared_genes
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from anndata import AnnData
 
-#: fewest genes shared by bulk profiles and cells for a meaningful transfer
-MIN_SHARED_GENES = 100
-#: fewest measured cell lines per drug (a spread is needed to standardise it)
-MIN_LINES_PER_DRUG = 3
 
-
-# --- the response table --------------------------------------------------------------------
-
-
-def check_response(adata: AnnData, key: str, *, arg: str = "response_key") -> pd.DataFrame:
-    """Return ``adata.obsm[key]``, a cell lines x drugs DataFrame (NaN = not measured).
-
-    Raises
-    ------
-    TypeError
-        ``key`` is not a string, or the entry is not a numeric DataFrame.
-    KeyError
-        ``key`` is not in ``adata.obsm``.
-    ValueError
-        Infinite values; no measured value at all; drugs measured on fewer than
-        :data:`MIN_LINES_PER_DRUG` lines (e.g. a column that is all NaN) or with one value only.
-    """
-    if not isinstance(key, str):
-        raise TypeError(f"`{arg}` must be an obsm key (str), got {type(key).__name__}.")
-    if key not in adata.obsm:
-        avail = list(map(str, adata.obsm.keys()))
-        hint = difflib.get_close_matches(key, avail, n=1)
-        extra = f" Did you mean {hint[0]!r}?" if hint else ""
-        raise KeyError(
-            f"`{arg}={key!r}` is not in adata.obsm (keys: {avail or 'none'}).{extra} Put the "
-            "response there as a DataFrame of cell lines x drugs (NaN where unmeasured), e.g. "
-            "with `scdl.datasets.gdsc()`, which stores it under the metric's name."
-        )
-    table = adata.obsm[key]
-    if not isinstance(table, pd.DataFrame):
-        raise TypeError(
-            f"adata.obsm[{key!r}] is a {type(table).__name__}; it must be a DataFrame with drug "
-            f"names as columns: `adata.obsm[{key!r}] = pd.DataFrame(values, "
-            "index=adata.obs_names, columns=drug_names)`."
-        )
-    bad = [str(c) for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
-    if bad:
-        raise TypeError(
-            f"adata.obsm[{key!r}] has non-numeric columns {bad[:5]}; responses must be numbers "
-            "(NaN where unmeasured)."
-        )
-    if not table.columns.is_unique:
-        dup = table.columns[table.columns.duplicated()].unique()[:5].tolist()
-        raise ValueError(f"adata.obsm[{key!r}] repeats drug columns {dup}; merge them first.")
-    values = table.to_numpy(dtype=np.float64)
-    if np.isinf(values).any():
-        raise ValueError(
-            f"adata.obsm[{key!r}] holds {int(np.isinf(values).sum())} infinite values; use NaN "
-            "for unmeasured entries."
-        )
-    measured = (~np.isnan(values)).sum(axis=0)
-    if table.shape[1] == 0 or measured.sum() == 0:
-        raise ValueError(f"adata.obsm[{key!r}] has no measured response; nothing to learn from.")
-    few = table.columns[measured < MIN_LINES_PER_DRUG].astype(str).tolist()
-    if few:
-        empty = table.columns[measured == 0].astype(str).tolist()
-        what = f"all NaN for {empty[:5]}" if empty else f"under {MIN_LINES_PER_DRUG} values"
-        raise ValueError(
-            f"{len(few)} drugs in adata.obsm[{key!r}] are measured on fewer than "
-            f"{MIN_LINES_PER_DRUG} cell lines ({what}; e.g. {few[:5]}). Drop them: "
-            f"`adata.obsm[{key!r}] = adata.obsm[{key!r}].drop(columns={few[:5]!r}...)`, or keep "
-            f"the drugs with `.loc[:, adata.obsm[{key!r}].notna().sum() >= "
-            f"{MIN_LINES_PER_DRUG}]`."
-        )
-    with np.errstate(invalid="ignore"):
-        flat = np.nanstd(values, axis=0) == 0
-    if flat.any():
-        raise ValueError(
-            f"Drugs {table.columns[flat].astype(str).tolist()[:5]} have the same response on "
-            f"every measured line in adata.obsm[{key!r}]; drop them (nothing to predict)."
-        )
-    return table
-
-
-def resolve_drugs(requested, available: Sequence[str]) -> list[str]:
-    """Check drug names against the model's; a KeyError lists close matches."""
-    available = [str(d) for d in available]
-    if requested is None:
-        return available
-    if isinstance(requested, str):
-        requested = [requested]
-    requested = list(requested)
-    if not requested:
-        raise ValueError("`drugs` is empty; pass drug names, or None for every drug.")
-    lower = {d.lower(): d for d in available}
-    out = []
-    for d in requested:
-        if not isinstance(d, str):
-            raise TypeError(f"Drug names must be strings, got {type(d).__name__} ({d!r}).")
-        if d in available:
-            out.append(d)
-            continue
-        if d.lower() in lower:
-            hint = [lower[d.lower()]]
-        else:
-            hint = difflib.get_close_matches(d, available, n=5, cutoff=0.5) or [
-                lower[m] for m in difflib.get_close_matches(d.lower(), list(lower), n=5, cutoff=0.5)
-            ]
-        extra = f" Close matches: {hint}." if hint else ""
-        raise KeyError(
-            f"Drug {d!r} is not one of the model's {len(available)} drugs.{extra} The model "
-            "predicts the drugs of the response table it was trained on (model.drugs)."
-        )
-    return list(dict.fromkeys(out))
-
-
-# --- genes ---------------------------------------------------------------------------------
-
-
-def shared_genes(
-    reference: pd.Index,
-    query: pd.Index,
+def select_model_genes(
+    bulk: AnnData | None,
+    target: AnnData | None = None,
+    target_layer: str | None = None,
     *,
-    min_genes: int = MIN_SHARED_GENES,
-    names: tuple[str, str] = ("bulk profiles", "cells"),
+    genes: Sequence[str] | None = None,
+    n_top_genes: int | None = None,
+    min_detected: float = 0.0,
 ) -> pd.Index:
-    """Genes in both indexes, in the reference's order; a clear error if too few."""
-    common = pd.Index(reference)[pd.Index(reference).isin(query)]
-    if len(common) == 0:
-        raise ValueError(
-            f"The {names[0]} and the {names[1]} share no gene names (e.g. "
-            f"{list(map(str, reference[:3]))} vs {list(map(str, query[:3]))}). Genes are "
-            "matched by symbol: use gene symbols in both var_names (convert Ensembl IDs, e.g. "
-            "from a var column: `adata.var_names = adata.var['gene_symbols']`)."
-        )
-    if len(common) < min_genes:
-        raise ValueError(
-            f"The {names[0]} and the {names[1]} share only {len(common)} genes (at least "
-            f"{min_genes} are needed). Check that both use the same gene identifiers (symbols) "
-            "and that the cells were not already reduced to a small gene panel."
-        )
-    return common
+    """The genes a drug-response model uses: ``genes`` when given (checked against ``bulk``),
+    else those shared by ``bulk`` and ``target`` (all of ``bulk``'s without a target),
+    detected (count > 0) in at least ``min_detected`` of the target cells, then the
+    ``n_top_genes`` that vary most across the bulk profiles."""
+    if genes is not None:
+        genes = pd.Index([str(g) for g in genes])
+        if bulk is not None:
+            shared_genes(genes, bulk.var_names, min_genes=1, names=("genes", "bulk genes"))
+            missing = genes.difference(bulk.var_names)
+            if len(missing):
+                raise ValueError(
+                    f"{len(missing)} of `genes` are not in the bulk data (e.g. "
+                    f"{missing[:5].tolist()}); pass genes of adata.var_names."
+                )
+        return genes
+    if bulk is None:
+        raise ValueError("Pass the bulk `adata` (or `genes=`) to build the model.")
+    genes = bulk.var_names
+    if target is not None:
+        genes = shared_genes(bulk.var_names, target.var_names)
+        if min_detected > 0:
+            x = get_matrix(target, target_layer)
+            frac = detected_fraction(x, target.var_names.get_indexer(genes))
+            kept = genes[frac >= min_detected]
+            if len(kept) < MIN_SHARED_GENES:
+                raise ValueError(
+                    f"Only {len(kept)} shared genes are detected in at least "
+                    f"{min_detected:.0%} of the target cells; lower `min_detected`."
+                )
+            genes = kept
+    profiles = profiles_from_expression(get_matrix(bulk), bulk.var_names, genes)
+    return select_variable_genes(profiles, genes, n_top_genes)
 
 
 def select_variable_genes(profiles: np.ndarray, genes: pd.Index, n_top: int | None) -> pd.Index:
@@ -180,14 +87,6 @@ def detected_fraction(x, gene_idx: np.ndarray) -> np.ndarray:
 
 
 # --- profiles on one scale -----------------------------------------------------------------
-
-
-def looks_like_counts(x, n_rows: int = 2000) -> bool:
-    """Non-negative integers in the first ``n_rows`` rows (cheap check, no copy of X)."""
-    part = x[: min(n_rows, x.shape[0])]
-    vals = part.data if sparse.issparse(part) else np.asarray(part).ravel()
-    vals = np.asarray(vals, dtype=np.float64)
-    return bool(vals.size) and bool(np.all(vals >= 0)) and bool(np.all(vals == np.round(vals)))
 
 
 def rank_gauss_rows(x: np.ndarray) -> np.ndarray:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 from scvi.external.contrastivevi import ContrastiveDataSplitter
 
-from scdl.data._loader import TensorBatchLoader
 from scdl.module import TARGET_KEY
+
+from ._loader import TensorBatchLoader
 
 
 class _FlaggedLoader(TensorBatchLoader):

@@ -15,25 +15,19 @@ from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
 from scdl.data import (
-    CSRTensors,
     align_to_genes,
     check_categorical,
     check_count_setup,
     check_counts,
-    check_is_anndata,
-    gather_counts,
-    gene_columns,
-    get_matrix,
-    inference_batch_size,
-    input_kind,
     log_normalize_counts,
 )
-from scdl.data._loader import CSRBatches, FastDataSplitter, dense_rows
-from scdl.module._annotator import CellTypeTransformerModule
+from scdl.dataloaders import CSRBatches, FastDataSplitter, dense_rows
+from scdl.module import CellTypeTransformerModule
+from scdl.train import AnnotatorTrainingPlan, MaskedExpressionPlan, guarded_training
 
-from ._attribution import integrated_gradients
+from ._annotator_predict import AnnotatorPredictionMixin
 from ._base import SafeSaveLoadMixin
-from ._novelty import NOVELTY_RESOLUTION, calibrate_threshold, cluster_cells, cluster_novelty
+from ._novelty import calibrate_threshold
 from ._training import plan_training
 
 if TYPE_CHECKING:
@@ -41,10 +35,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-UNKNOWN = "Unknown"
 
-
-class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
+class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModelClass):
     """Cell-type annotator: a small transformer over each cell's most over-expressed genes.
 
     A cell becomes a sequence of gene tokens (gene identity embedding + an encoding of its
@@ -117,7 +109,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
 
     _module_cls = CellTypeTransformerModule
     _data_splitter_cls = FastDataSplitter
-    _training_plan_cls = None  # set lazily: scdl.train imports Lightning
+    _training_plan_cls = AnnotatorTrainingPlan
 
     def __init__(
         self,
@@ -194,13 +186,13 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
             single type, or gene names repeat. ``adata`` is left unchanged.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
-        is_loading = kwargs.get("source_registry") is not None
+        from_registry = kwargs.get("source_registry") is not None
         check_count_setup(adata, layer, categorical={"batch_key": batch_key})
-        if labels_key is None and not is_loading:
+        if labels_key is None and not from_registry:
             raise ValueError("`labels_key` is required: the obs column with cell-type labels.")
         if labels_key is not None:
             check_categorical(
-                adata, labels_key, arg="labels_key", min_categories=1 if is_loading else 2
+                adata, labels_key, arg="labels_key", min_categories=1 if from_registry else 2
             )
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
@@ -273,8 +265,6 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
         """
         from scvi.train import Trainer
 
-        from scdl.train import MaskedExpressionPlan, guarded_training
-
         if adata is None:
             x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         else:
@@ -286,7 +276,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
             batch_size=batch_size,
             train_size=1.0,
             trainer_kwargs=trainer_kwargs,
-            n_steps=2_000,
+            n_cells_seen=2_000 * 128,
             cap=50,
             floor=5,
         )
@@ -350,8 +340,6 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
             Further arguments for :class:`scdl.train.AnnotatorTrainingPlan`
             (``label_smoothing``, ``weight_decay``, ``class_weights``).
         """
-        from scdl.train import AnnotatorTrainingPlan, guarded_training
-
         if not 0 < train_size < 1:
             raise ValueError(
                 f"train_size must be in (0, 1): held-out reference cells calibrate the Unknown "
@@ -366,7 +354,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
             batch_size=batch_size,
             train_size=train_size,
             trainer_kwargs=kwargs,
-            n_steps=1_500 * batch_size // 128,
+            n_cells_seen=1_500 * batch_size,
             cap=300,
             floor=10,
         )
@@ -386,7 +374,7 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
             batch_size=batch_size,
             drop_last=False,
         )
-        training_plan = AnnotatorTrainingPlan(self.module, **plan)
+        training_plan = self._training_plan_cls(self.module, **plan)
         with guarded_training(self, kwargs, lr=plan["lr"]):
             if self.module.linear is not None:
                 splitter.setup()  # the same seeded split Lightning will use
@@ -508,376 +496,3 @@ class CellTypeTransformer(SafeSaveLoadMixin, BaseModelClass):
                 thresholds[c] = torch.quantile(own, 1 - q)
         self.module.novelty_threshold.copy_(thresholds)
         self.unknown_rate_ = float(unknown_rate)
-
-    # --- prediction --------------------------------------------------------------------------
-    def _features(self, x, present=None, batch_size: int | None = None):
-        """Probabilities and novelty (cells) for a matrix in vocabulary order.
-
-        Novelty is 1 - the cosine similarity between a cell's standardised profile and the
-        mean profile of the type it is predicted as (over the genes the data holds): a cell of
-        a type absent from the reference, forced onto the nearest type, matches it poorly.
-        Sparse input (scipy or :class:`~scdl.data.CSRTensors`) goes through the module's CSR
-        path (cost in the non-zeros; same values as the dense path), on the model's device.
-        """
-        from scipy import sparse
-
-        self.module.eval()
-        dev = self.module.device
-        batch_size = inference_batch_size(dev) if batch_size is None else int(batch_size)
-        mask = None if present is None else torch.as_tensor(present, device=dev)
-        centroids = self.module.centroids
-        if mask is not None:
-            centroids = centroids * mask
-        c_norm = centroids.norm(dim=1)
-        if sparse.issparse(x):
-            x = CSRTensors.from_scipy(x, dev)
-        probs, novelty = [], []
-        with torch.inference_mode():
-            n = x.n_rows if isinstance(x, CSRTensors) else x.shape[0]
-            for start in range(0, n, batch_size):
-                stop = min(start + batch_size, n)
-                if isinstance(x, CSRTensors):
-                    crow, col, data = x.rows(start, stop)
-                    _, logits, dots, z_norm = self.module.features_csr(
-                        crow, col, data, mask, centroids
-                    )
-                else:
-                    xb = dense_rows(x, np.arange(start, stop)).to(dev)
-                    _, logits, z = self.module.features(xb, mask)
-                    dots, z_norm = z @ centroids.T, z.norm(dim=1)
-                p = torch.softmax(logits, 1)
-                best = p.argmax(1)
-                sim = dots.gather(1, best[:, None]).squeeze(1) / (z_norm * c_norm[best]).clamp(
-                    min=1e-8
-                )
-                probs.append(p)
-                novelty.append(1 - sim)
-        return torch.cat(probs).cpu(), torch.cat(novelty).cpu()
-
-    @torch.inference_mode()
-    def _blend_query_stats(self, x, present, weight: float) -> None:
-        """Move the standardisation towards the query's own gene statistics (sparse, exact)."""
-        from scipy import sparse
-
-        x = sparse.csr_matrix(x, dtype=np.float32, copy=True)
-        lib = np.clip(np.asarray(x.sum(1)).ravel(), 1.0, None)
-        x.data = np.log1p(x.data / np.repeat(lib, np.diff(x.indptr)) * 1e4)
-        n = x.shape[0]
-        mean = np.asarray(x.sum(0)).ravel() / n
-        var = np.asarray(x.multiply(x).sum(0)).ravel() / n - mean**2
-        mod = self.module
-        q_mean = torch.as_tensor(mean, dtype=torch.float32, device=mod.device)
-        q_std = torch.as_tensor(np.sqrt(np.clip(var, 0.0, None)), dtype=torch.float32)
-        q_std = q_std.to(mod.device).clamp(min=float(mod.gene_std.min()))
-        keep = torch.ones_like(q_mean, dtype=torch.bool)
-        if present is not None:  # genes the query lacks keep the reference's statistics
-            keep = torch.as_tensor(present, device=mod.device)
-        mod.gene_mean.copy_(
-            torch.where(keep, (1 - weight) * mod.gene_mean + weight * q_mean, mod.gene_mean)
-        )
-        mod.gene_std.copy_(
-            torch.where(keep, (1 - weight) * mod.gene_std + weight * q_std, mod.gene_std)
-        )
-
-    def _query_matrix(self, adata: AnnData | None, layer: str | None, min_gene_overlap: float):
-        """The query's counts in the model's gene order on the model's device, and the mask
-        of the model's genes it holds (``None``: all)."""
-        from scipy import sparse
-
-        dev = self.module.device
-        if adata is None:
-            if self.adata is None:
-                raise ValueError(
-                    "This model was loaded without its reference data: pass the cells to "
-                    "annotate as `adata=`."
-                )
-            x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-            return CSRTensors.from_scipy(sparse.csr_matrix(x), dev), None
-        check_is_anndata(adata)
-        matrix = get_matrix(adata, layer)
-        try:
-            col, present = gene_columns(
-                adata, self.get_var_names(), min_overlap=min_gene_overlap, what="model"
-            )
-        except ValueError:
-            input_kind(adata, layer)  # counts that are wrong are the first thing to fix
-            raise
-        lookup = np.full(adata.n_vars, -1, dtype=np.int64)
-        lookup[col[present]] = np.flatnonzero(present)
-        # CSR counts: gathered and checked on the device (only the model's genes are read)
-        x = gather_counts(matrix, lookup, len(present), dev)
-        if x is None:  # dense, backed, or not counts: the full check explains or finds log1p
-            kind, _ = input_kind(adata, layer)  # raw counts, or log1p of normalised counts
-            xs, present = align_to_genes(
-                adata, self.get_var_names(), layer=layer, min_overlap=min_gene_overlap
-            )
-            if kind == "log1p":  # expm1 gives counts per a constant total: the same log1p(CP10k)
-                xs = sparse.csr_matrix(xs, dtype=np.float32, copy=True)
-                xs.data = np.expm1(xs.data)
-            x = CSRTensors.from_scipy(xs, dev)
-        if not present.all():
-            logger.info(
-                "Query holds %d of the model's %d genes; the rest count as unmeasured.",
-                present.sum(),
-                len(present),
-            )
-        return x, (None if present.all() else present)
-
-    def annotate_cells(
-        self,
-        adata: AnnData | None = None,
-        *,
-        layer: str | None = None,
-        min_gene_overlap: float = 0.5,
-        batch_size: int | None = None,
-        adapt_to_query: float = 0.0,
-        over_clustering_resolution: float | None = None,
-        seed: int = 0,
-        unknown_call: bool = True,
-        over_clustering: bool = False,
-    ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Everything :func:`scdl.tl.annotate` writes: per-cell calls and probabilities.
-
-        Parameters
-        ----------
-        adata, layer, min_gene_overlap, batch_size
-            As in :meth:`predict`.
-        adapt_to_query
-            Blend (0-1) of the query's own per-gene mean and sd of log-normalised expression
-            into the reference's before standardising the query. ``0`` (default) uses the
-            reference's only. Under a shift that moves every cell of the query the same way
-            (e.g. a stimulation absent from the reference), ``0.5`` keeps that shift from
-            deciding which genes become a cell's tokens and lowers the per-cell
-            ``novelty``. Use it only for a query holding a mix of cell types: a query of one
-            population has its markers as its mean. The Unknown call is made on clusters
-            already standardised by the query's own statistics and does not use it.
-        over_clustering
-            Also over-cluster the query (for majority voting) and return it as
-            ``over_cluster`` (``-1`` otherwise); it costs a second Leiden run.
-        over_clustering_resolution
-            Leiden resolution of that over-clustering; ``None`` chooses it from the number of
-            cells as CellTypist does (5 below 5,000 cells, 10 below 20,000, 15 below 40,000,
-            else 20).
-        seed
-            Seed of the query's PCA and clustering.
-        unknown_call
-            Cluster the query and make the Unknown call (the clustering is most of the cost);
-            ``False`` returns forced calls only (no cell Unknown, cluster columns -1 / NaN).
-
-        Returns
-        -------
-        calls
-            DataFrame (cells) with ``label`` (``"Unknown"`` where flagged),
-            ``label_forced`` (the most probable type), ``confidence`` (its probability),
-            ``novelty`` (1 - cosine similarity of the cell's standardised profile to the
-            predicted type's mean reference profile), ``cluster`` and ``cluster_novelty``
-            (the query cluster the Unknown call is made on and its novelty, see the class
-            notes), ``over_cluster`` (a finer clustering of the query) and ``is_unknown``.
-        probabilities
-            DataFrame (cells x cell types).
-        """
-        if not 0.0 <= float(adapt_to_query) <= 1.0:
-            raise ValueError(f"adapt_to_query must lie in [0, 1], got {adapt_to_query!r}.")
-        x, present = self._query_matrix(adata, layer, min_gene_overlap)
-        mod = self.module
-        saved = (mod.gene_mean.clone(), mod.gene_std.clone())
-        try:
-            if adapt_to_query > 0:
-                self._blend_query_stats(x.to_scipy(), present, float(adapt_to_query))
-            probs, novelty = self._features(x, present, batch_size)
-        finally:  # the model's reference statistics are never changed by a call
-            mod.gene_mean.copy_(saved[0])
-            mod.gene_std.copy_(saved[1])
-        names = np.asarray(self.labels, dtype=object)
-        conf, best = probs.max(1)
-        forced = names[best.numpy()]
-        index = (self.adata if adata is None else adata).obs_names
-        calls = pd.DataFrame(
-            {
-                "label_forced": forced,
-                "confidence": conf.numpy(),
-                "novelty": novelty.numpy(),
-            },
-            index=index,
-        )
-        calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = -1, np.nan, -1
-        if unknown_call or over_clustering:
-            resolution = over_clustering_resolution if over_clustering else False
-            cluster, score, over = self._cluster_calls(
-                x.to_scipy(), present, best.numpy(), resolution, seed
-            )
-            calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = cluster, score, over
-        if not unknown_call:  # forced calls only
-            unknown = np.zeros(len(calls), dtype=bool)
-        elif self.cluster_threshold_ is not None:
-            unknown = calls["cluster_novelty"].to_numpy() > self.cluster_threshold_
-        else:  # a model calibrated before the cluster call: its per-cell thresholds
-            unknown = (
-                (conf < self.module.confidence_threshold.cpu())
-                | (novelty > self.module.novelty_threshold.cpu()[best])
-            ).numpy()
-        calls.insert(0, "label", np.where(unknown, UNKNOWN, forced))
-        calls["is_unknown"] = unknown
-        return calls, pd.DataFrame(probs.numpy(), index=index, columns=self.labels)
-
-    def _cluster_calls(self, x, present, best, resolution, seed):
-        """Query clusters, their novelty per cell, and the over-clustering for voting
-        (``resolution=False``: none, ``-1``)."""
-        from ._novelty import log_normalize
-
-        n = x.shape[0]
-        if resolution is None:  # CellTypist's choice by query size
-            resolution = 5 if n < 5_000 else 10 if n < 20_000 else 15 if n < 40_000 else 20
-        x_log = log_normalize(x)
-        resolutions = (NOVELTY_RESOLUTION,) + (() if resolution is False else (float(resolution),))
-        clusters, *over = cluster_cells(
-            x_log, resolutions=resolutions, seed=seed, device=self.module.device
-        )
-        over = over[0] if over else np.full(n, -1)
-        centroids = self.module.centroids.cpu().numpy()
-        genes = self.novelty_genes_ if self.novelty_genes_ is not None else range(x.shape[1])
-        score, _ = cluster_novelty(x_log, clusters, best, centroids, genes, present)
-        return clusters, score, over
-
-    def predict(
-        self,
-        adata: AnnData | None = None,
-        *,
-        soft: bool = False,
-        unknown: bool = True,
-        layer: str | None = None,
-        min_gene_overlap: float = 0.5,
-        batch_size: int | None = None,
-        adapt_to_query: float = 0.0,
-    ) -> np.ndarray | pd.DataFrame:
-        """Cell-type labels (or probabilities) for ``adata`` (raw counts).
-
-        Parameters
-        ----------
-        adata
-            Query AnnData; ``None`` predicts the reference. Genes are aligned by name.
-        soft
-            Return probabilities (DataFrame cells x cell types) instead of labels.
-        unknown
-            Call cells unlike any reference type ``"Unknown"`` (see the class notes).
-        layer
-            Layer of ``adata`` holding raw counts.
-        min_gene_overlap
-            Smallest fraction of the model's genes the query must hold.
-        batch_size
-            Cells per forward pass.
-        adapt_to_query
-            Blend of the query's own gene statistics into the standardisation (see
-            :meth:`annotate_cells`); ``0`` uses the reference's only.
-        """
-        calls, probs = self.annotate_cells(
-            adata,
-            layer=layer,
-            min_gene_overlap=min_gene_overlap,
-            batch_size=batch_size,
-            adapt_to_query=adapt_to_query,
-            unknown_call=unknown and not soft,
-        )
-        if soft:
-            return probs
-        return calls["label" if unknown else "label_forced"].to_numpy()
-
-    # --- interpretation ----------------------------------------------------------------------
-    def gene_attributions(
-        self,
-        adata: AnnData | None = None,
-        *,
-        label: str | list[str] | None = None,
-        groupby: str | None = None,
-        n_cells: int = 200,
-        n_top: int | None = 20,
-        n_steps: int = 32,
-        layer: str | None = None,
-        seed: int = 0,
-    ) -> pd.DataFrame:
-        """Genes that drive the prediction of each cell type (integrated gradients).
-
-        For each cell type, up to ``n_cells`` cells of that type (predicted, or from
-        ``adata.obs[groupby]``) are attributed: integrated gradients of the type's logit with
-        respect to the cell's log-normalised expression, from no expression to the cell's
-        profile. Gene scores are averaged over the cells; positive genes push towards the type.
-
-        Parameters
-        ----------
-        adata
-            Cells to explain (raw counts); ``None`` uses the reference.
-        label
-            Cell type(s) to explain; default all.
-        groupby
-            obs column choosing the cells of each type; default the model's own predictions.
-        n_cells, n_steps
-            Cells per type and integration steps (cost grows with both).
-        n_top
-            Top genes per type to return; ``None`` returns every gene.
-        layer
-            Layer of ``adata`` holding raw counts.
-        seed
-            Seed for the choice of cells.
-
-        Returns
-        -------
-        DataFrame with columns ``label``, ``gene``, ``attribution``, ``rank``.
-        """
-        names = self.labels
-        wanted = names if label is None else ([label] if isinstance(label, str) else list(label))
-        bad = [w for w in wanted if w not in names]
-        if bad:
-            raise ValueError(f"Unknown cell type(s) {bad}; the model predicts {names}.")
-        x, present = self._query_matrix(adata, layer, 0.5)
-        x = x.to_scipy()
-        if groupby is not None:
-            from scdl.data import check_obs_key
-
-            groups = check_obs_key(adata, groupby, arg="groupby").astype(str).to_numpy()
-        else:
-            groups = self.predict(adata, unknown=False, layer=layer)
-        rng = np.random.default_rng(seed)
-        dev = self.module.device
-        mask = None if present is None else torch.as_tensor(present, device=dev)
-        genes = np.asarray(self.get_var_names())
-        rows = []
-        self.module.eval()
-        for name in wanted:
-            cells = np.flatnonzero(groups == name)
-            if len(cells) == 0:
-                logger.warning("No cells of type %r to attribute.", name)
-                continue
-            cells = np.sort(rng.choice(cells, min(n_cells, len(cells)), replace=False))
-            xb = dense_rows(x, cells).to(dev)
-            x_log = self.module.log_normalize(xb)
-            with torch.no_grad():
-                hidden = None if mask is None else ~mask.expand_as(x_log)
-                selection = self.module.select(x_log, hidden)
-            target = names.index(name)
-
-            def forward(inp, sel=selection):
-                n = inp.shape[0] // sel[0].shape[0]  # captum stacks the path steps
-                sel_rep = (sel[0].repeat(n, 1), sel[1].repeat(n, 1))
-                return self.module.features_log(inp, mask, sel_rep)[1]
-
-            attr = integrated_gradients(
-                forward, x_log, target=target, n_steps=n_steps, batch_size=len(cells)
-            )
-            score = attr.mean(0)
-            order = np.argsort(-score)
-            top = order if n_top is None else order[:n_top]
-            rows.append(
-                pd.DataFrame(
-                    {
-                        "label": name,
-                        "gene": genes[top],
-                        "attribution": score[top],
-                        "rank": np.arange(1, len(top) + 1),
-                    }
-                )
-            )
-        return (
-            pd.concat(rows, ignore_index=True)
-            if rows
-            else pd.DataFrame(columns=["label", "gene", "attribution", "rank"])
-        )

@@ -171,13 +171,13 @@ class ContrastiveVAE(
             counts are valid and kept.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
-        is_reload = kwargs.get("source_registry") is not None
+        from_registry = kwargs.get("source_registry") is not None
         check_count_setup(
             adata,
             layer,
-            report_zero_genes=not is_reload,
+            report_zero_genes=not from_registry,
             categorical={"batch_key": batch_key},
-            covariates_need_two=not is_reload,
+            covariates_need_two=not from_registry,
         )
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),

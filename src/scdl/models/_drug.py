@@ -14,25 +14,23 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import LayerField, ObsmField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
-from scdl.data import check_counts, check_unique_var_names, get_matrix
-from scdl.data._drug_inputs import (
-    MIN_SHARED_GENES,
+from scdl.data import (
+    check_counts,
+    check_profiles,
     check_response,
-    detected_fraction,
-    looks_like_counts,
+    check_unique_var_names,
+    get_matrix,
     matched_reference,
     profiles_from_counts,
     profiles_from_expression,
-    resolve_drugs,
-    select_variable_genes,
-    shared_genes,
+    select_model_genes,
 )
-from scdl.data._drug_loader import DomainSplitter
-from scdl.module._drug import RESPONSE_KEY, DrugResponseModule
+from scdl.dataloaders import DomainSplitter
+from scdl.module import RESPONSE_KEY, DrugResponseModule, drug_table, heldout_predictions
 from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
-from ._attribution import integrated_gradients
 from ._base import SafeSaveLoadMixin
+from ._drug_predict import DrugPredictionMixin
 from ._training import plan_training
 
 if TYPE_CHECKING:
@@ -42,7 +40,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Modality = Literal["auto", "counts", "profiles"]
 #: penalties for ``ridge_alpha=RIDGE_ALPHAS``: one per drug by leave-one-out error (RidgeCV)
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
 
@@ -50,7 +47,9 @@ RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
 # --- the model -----------------------------------------------------------------------------
 
 
-class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class DrugResponseModel(
+    DrugPredictionMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClass
+):
     """Predict many drugs' responses of single cells from cancer cell lines' bulk profiles.
 
     Each ensemble member has a *wide* path, a ridge regression per drug (e.g. GDSC ln IC50)
@@ -175,32 +174,17 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
         ridge_alpha: float | Sequence[float] | None = 3162.0,
         prediction: Literal["wide", "wide_deep", "deep"] = "wide",
     ):
-        if input_scale not in ("zscore", "rank"):
-            raise ValueError(f"input_scale={input_scale!r} is not one of 'zscore', 'rank'.")
-        if not isinstance(n_ensemble, int) or n_ensemble < 1:
-            raise ValueError(f"n_ensemble must be a positive integer, got {n_ensemble!r}.")
-        if target is not None and adata is None:
-            raise ValueError("`target` needs the bulk `adata` the model is trained on.")
-        if target is not None:
-            check_unique_var_names(target)
-            check_counts(target, target_layer)
+        _check_model_args(adata, target, target_layer, input_scale, n_ensemble)
         super().__init__(adata, registry)
         self.drugs = [str(d) for d in self._drug_names()]
-        if genes is None:
-            if adata is None:
-                raise ValueError("Pass the bulk `adata` (or `genes=`) to build the model.")
-            genes = self._select_genes(adata, target, target_layer, n_top_genes, min_detected)
-        else:
-            genes = pd.Index([str(g) for g in genes])
-            if adata is not None:
-                shared_genes(genes, adata.var_names, min_genes=1, names=("genes", "bulk genes"))
-                missing = genes.difference(adata.var_names)
-                if len(missing):
-                    raise ValueError(
-                        f"{len(missing)} of `genes` are not in the bulk data (e.g. "
-                        f"{missing[:5].tolist()}); pass genes of adata.var_names."
-                    )
-        self.genes = pd.Index(genes)
+        self.genes = select_model_genes(
+            adata,
+            target,
+            target_layer,
+            genes=genes,
+            n_top_genes=n_top_genes,
+            min_detected=min_detected,
+        )
         self.smooth_neighbors = int(smooth_neighbors)
         self.match_neighbors = int(match_neighbors)
         self.input_scale = input_scale
@@ -273,7 +257,7 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         check_unique_var_names(adata)
-        _check_profiles(adata, layer)
+        check_profiles(adata, layer)
         check_response(adata, response_key)
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
@@ -310,25 +294,6 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
         self.module.set_scaling(
             profiles.mean(axis=0), gene_scale, np.nanmean(y, axis=0), np.nanstd(y, axis=0)
         )
-
-    @staticmethod
-    def _select_genes(adata, target, target_layer, n_top_genes, min_detected) -> pd.Index:
-        genes = adata.var_names
-        if target is not None:
-            genes = shared_genes(adata.var_names, target.var_names)
-            if min_detected > 0:
-                x = get_matrix(target, target_layer)
-                frac = detected_fraction(x, target.var_names.get_indexer(genes))
-                kept = genes[frac >= min_detected]
-                if len(kept) < MIN_SHARED_GENES:
-                    raise ValueError(
-                        f"Only {len(kept)} shared genes are detected in at least "
-                        f"{min_detected:.0%} of the target cells; lower `min_detected`."
-                    )
-                genes = kept
-        x = get_matrix(adata)  # selection on the registered profiles
-        profiles = profiles_from_expression(x, adata.var_names, genes)
-        return select_variable_genes(profiles, genes, n_top_genes)
 
     # --- training ---
 
@@ -390,25 +355,50 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
             self.drug_stats_ = self._calibrate(folds, alphas, (profiles, responses))
             self.is_trained_ = True
             return None
+        out = self._train_network(
+            profiles,
+            folds,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            target_batch_size=target_batch_size,
+            plan={
+                "optimizer": "AdamW",
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "eps": 1e-8,
+                **(plan_kwargs or {}),
+            },
+            train_size=train_size,
+            early_stopping=early_stopping,
+            accelerator=accelerator,
+            devices=devices,
+            **kwargs,
+        )
+        self.module.eval()
+        alphas = None
+        if self.module.ridge_alpha is not None:
+            # after the network, so a diverged run leaves every weight as it was
+            alphas = self._fit_ridge(profiles, responses, folds)
+        self.drug_stats_ = self._calibrate(folds, alphas, (profiles, responses))
+        return out
+
+    def _train_network(self, profiles, folds, *, max_epochs, plan, **kwargs):
+        """Lightning training of the deep path (scvi-tools' loop), guarded against divergence."""
+        n_obs = self.adata.n_obs
         reference_p = None
         if self._target_profiles is not None and self.match_neighbors > 0:
             reference_p = matched_reference(self._target_profiles, profiles, self.match_neighbors)
+        batch_size, target_batch_size = kwargs.pop("batch_size"), kwargs.pop("target_batch_size")
+        train_size = kwargs.pop("train_size")
         max_epochs, batch_size = plan_training(
             n_obs,
             max_epochs,
             batch_size=batch_size,
             train_size=1.0 if train_size is None else train_size,
             trainer_kwargs=kwargs,
-            n_steps=600,
+            n_cells_seen=600 * 128,
         )
-        plan = {
-            "optimizer": "AdamW",
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "eps": 1e-8,
-            "n_epochs_kl_warmup": max(1, max_epochs // 2),
-            **(plan_kwargs or {}),
-        }
+        plan = {"n_epochs_kl_warmup": max(1, max_epochs // 2), **plan}
         with warnings.catch_warnings(), guarded_training(self, kwargs, lr=plan["lr"]):
             # minibatches hold lines and fewer target cells: Lightning's batch-size guess
             # finds two sizes and warns; the logged losses are per line either way
@@ -416,9 +406,6 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
             out = super().train(
                 max_epochs=max_epochs,
                 batch_size=batch_size,
-                early_stopping=early_stopping,
-                accelerator=accelerator,
-                devices=devices,
                 train_size=train_size,
                 plan_kwargs=plan,
                 datasplitter_kwargs={
@@ -430,12 +417,6 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
                 },
                 **kwargs,
             )
-        self.module.eval()
-        alphas = None
-        if self.module.ridge_alpha is not None:
-            # after the network, so a diverged run leaves every weight as it was
-            alphas = self._fit_ridge(profiles, responses, folds)
-        self.drug_stats_ = self._calibrate(folds, alphas, (profiles, responses))
         return out
 
     def _fit_ridge(self, profiles, responses, folds) -> np.ndarray:
@@ -458,22 +439,11 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
         the ridges' penalty (median over members; NaN without a wide path)."""
         profiles, y = self._bulk() if bulk is None else bulk
         members = self._run(profiles, self.module.member_predictions)  # K x lines x drugs
-        k = members.shape[0]
         train_idx = np.asarray(self.train_indices if self.train_indices is not None else [])
         in_train = np.zeros(len(y), dtype=bool)
         in_train[train_idx.astype(np.int64)] = True
-        if k > 1:
-            # a training line's held-out prediction is the member that left its fold out;
-            # validation lines were left out by every member
-            own = members[folds, np.arange(len(y))]
-            heldout = np.where(in_train[:, None], own, members.mean(axis=0))
-            source = "left-out folds"
-        elif (~in_train).any():
-            heldout = np.where(in_train[:, None], np.nan, members[0])
-            source = "validation lines"
-        else:
-            heldout = members[0]
-            source = "training lines"
+        heldout, self.calibration_source_ = heldout_predictions(members, folds, in_train)
+        if self.calibration_source_ == "training lines":
             warnings.warn(
                 "With n_ensemble=1 and train_size=1 there are no held-out lines: the sensitive "
                 "probability uses training residuals, which understate the uncertainty. Use "
@@ -481,257 +451,17 @@ class DrugResponseModel(SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelC
                 UserWarning,
                 stacklevel=3,
             )
-        from scipy.stats import spearmanr
-
-        rows = []
-        for j, drug in enumerate(self.drugs):
-            measured = ~np.isnan(y[:, j])
-            ok = measured & ~np.isnan(heldout[:, j])
-            resid = heldout[ok, j] - y[ok, j]
-            rho = spearmanr(heldout[ok, j], y[ok, j])[0] if ok.sum() > 2 else np.nan
-            rows.append(
-                {
-                    "drug": drug,
-                    "n_lines": int(measured.sum()),
-                    "median": float(np.median(y[measured, j])),
-                    "residual_sd": float(np.sqrt(np.mean(resid**2))) if ok.any() else np.nan,
-                    "heldout_spearman": float(rho),
-                }
-            )
-        stats = pd.DataFrame(rows).set_index("drug")
-        stats["ridge_alpha"] = np.nan if alphas is None else np.median(alphas, axis=0)
-        stats["residual_sd"] = stats["residual_sd"].fillna(stats["residual_sd"].median())
-        self.calibration_source_ = source
-        return stats
-
-    # --- inference ---
-
-    def _run(self, profiles: np.ndarray, fn, batch_size: int = 1024) -> np.ndarray:
-        """Apply ``fn`` (a module method) to profiles in chunks; concatenates on the last-but-
-        one axis for member outputs and the first axis otherwise."""
-        self.module.eval()
-        device = self.device
-        parts = []
-        with torch.inference_mode():
-            for start in range(0, profiles.shape[0], batch_size):
-                x = torch.from_numpy(profiles[start : start + batch_size]).to(device)
-                parts.append(fn(x).cpu().numpy())
-        return np.concatenate(parts, axis=-2)
-
-    def profiles(
-        self,
-        adata: AnnData | None = None,
-        *,
-        layer: str | None = None,
-        modality: Modality = "auto",
-        smooth_neighbors: int | None = None,
-    ) -> np.ndarray:
-        """The model's input for ``adata``: profiles over :attr:`genes` on the common scale.
-
-        Parameters
-        ----------
-        adata
-            Cells (raw counts) or bulk profiles (log-scale) with gene symbols; ``None`` uses
-            the training lines.
-        layer
-            Layer to read; ``None`` uses ``adata.X``.
-        modality
-            ``"counts"`` (single cells or pseudobulk: log1p CP10k, neighbour smoothing),
-            ``"profiles"`` (log-scale bulk expression) or ``"auto"``: counts if the
-            matrix holds non-negative integers.
-        smooth_neighbors
-            Override the model's neighbour smoothing for counts (``0``: none).
-
-        Raises
-        ------
-        ValueError
-            Too few of the model's genes in ``adata``; ``modality="counts"`` on data that
-            are not raw counts; an unknown modality.
-        """
-        if adata is None:
-            return self._bulk()[0]
-        if modality not in ("auto", "counts", "profiles"):
-            raise ValueError(f"modality={modality!r} is not one of 'auto', 'counts', 'profiles'.")
-        check_unique_var_names(adata)
-        x = get_matrix(adata, layer)
-        present = self.genes.isin(adata.var_names)
-        if present.sum() < min(MIN_SHARED_GENES, len(self.genes)):
-            shared_genes(self.genes, adata.var_names, names=("model's genes", "data"))
-        if present.mean() < 0.9:
-            warnings.warn(
-                f"{(~present).sum()} of the model's {len(self.genes)} genes are missing from "
-                "the data; they are set to the profile's mean. Predictions may be less "
-                "reliable.",
-                UserWarning,
-                stacklevel=3,
-            )
-        if modality == "auto":
-            modality = "counts" if looks_like_counts(x) else "profiles"
-        if modality == "counts":
-            check_counts(adata, layer)
-            k = self.smooth_neighbors if smooth_neighbors is None else int(smooth_neighbors)
-            return self._count_profiles(x, adata.var_names, k)
-        _check_profiles(adata, layer)
-        return profiles_from_expression(x, adata.var_names, self.genes, scale=self.input_scale)
-
-    def predict(
-        self,
-        adata: AnnData | None = None,
-        *,
-        drugs: str | Sequence[str] | None = None,
-        kind: Literal["value", "probability", "label", "sd"] = "value",
-        layer: str | None = None,
-        modality: Modality = "auto",
-        smooth_neighbors: int | None = None,
-    ) -> pd.DataFrame:
-        """Predicted response of each cell (or line) to each drug.
-
-        Parameters
-        ----------
-        adata
-            Cells (raw counts) or bulk profiles; ``None`` uses the training lines.
-        drugs
-            Drug name(s); ``None`` for every drug the model knows (:attr:`drugs`).
-        kind
-            ``"value"``: the response in the table's units (ln IC50: lower = more
-            sensitive); ``"probability"``: the sensitive probability,
-            ``Phi((median - value) / residual_sd)`` (see the class docstring); ``"label"``:
-            1 (sensitive) where the value is below the drug's median over the training lines
-            (``drug_stats_["median"]``, the threshold; probability > 0.5), else 0;
-            ``"sd"``: the per-cell uncertainty, the sd of the value over ensemble members.
-        layer, modality, smooth_neighbors
-            As in :meth:`profiles`.
-
-        Returns
-        -------
-        DataFrame of cells x drugs, indexed by ``adata.obs_names``.
-
-        Raises
-        ------
-        KeyError
-            A drug the model does not know (close matches are listed).
-        ValueError
-            Unknown ``kind``; see :meth:`profiles`.
-        """
-        self._check_if_trained(warn=False)
-        if kind not in ("value", "probability", "label", "sd"):
-            raise ValueError(f"kind={kind!r} is not one of 'value', 'probability', 'label', 'sd'.")
-        drugs = resolve_drugs(drugs, self.drugs)
-        profiles = self.profiles(
-            adata, layer=layer, modality=modality, smooth_neighbors=smooth_neighbors
-        )
-        cols = [self.drugs.index(d) for d in drugs]
-        if kind == "sd":
-            values = self._run(profiles, self.module.member_predictions)[:, :, cols].std(axis=0)
-        else:
-            values = self._run(profiles, self.module.predict)[:, cols]
-        if kind == "probability":
-            values = self._probability(values, drugs)
-        elif kind == "label":
-            values = (values < self.drug_stats_.loc[drugs, "median"].to_numpy()).astype(np.int8)
-        index = self.adata.obs_names if adata is None else adata.obs_names
-        return pd.DataFrame(values, index=index.copy(), columns=pd.Index(drugs))
-
-    def _probability(self, values: np.ndarray, drugs: list[str]) -> np.ndarray:
-        from scipy.special import ndtr
-
-        if self.drug_stats_ is None:
-            raise RuntimeError("The model is not trained yet: call `.train()` first.")
-        stats = self.drug_stats_.loc[drugs]
-        z = (stats["median"].to_numpy() - values) / stats["residual_sd"].to_numpy()
-        return ndtr(z)
-
-    def gene_attributions(
-        self,
-        adata: AnnData | None = None,
-        *,
-        drug: str,
-        layer: str | None = None,
-        modality: Modality = "auto",
-        n_steps: int = 32,
-        batch_size: int = 256,
-    ) -> pd.DataFrame:
-        """Genes ranked by how much they drive the predicted response to ``drug``.
-
-        Integrated gradients (:func:`scdl.models._attribution.integrated_gradients`) of the
-        ensemble's predicted response with respect to the encoder's input, the profile on the
-        common scale, from a baseline of zeros (every gene at the profile's median rank, or
-        mean level with ``input_scale="zscore"``). A
-        gene's attribution is in the response's units: positive means its level in the cell
-        (relative to the cell's typical gene) pushes the predicted ln IC50 up, i.e. towards
-        resistance; negative, towards sensitivity. Per cell the attributions sum to
-        prediction minus baseline prediction.
-
-        Parameters
-        ----------
-        adata, layer, modality
-            As in :meth:`predict` (``None``: the training lines).
-        drug
-            One drug name.
-        n_steps
-            Integration steps.
-        batch_size
-            Cells per chunk.
-
-        Returns
-        -------
-        DataFrame, one row per gene, sorted by ``|mean_attribution|``: ``gene``,
-        ``mean_attribution`` (signed mean over cells), ``mean_abs_attribution``,
-        ``mean_input`` (mean input level on the common scale).
-        """
-        self._check_if_trained(warn=False)
-        if not isinstance(drug, str):
-            raise TypeError(f"`drug` must be one drug name (str), got {type(drug).__name__}.")
-        (drug,) = resolve_drugs([drug], self.drugs)
-        j = self.drugs.index(drug)
-        profiles = self.profiles(adata, layer=layer, modality=modality)
-        self.module.eval()
-        inputs = torch.from_numpy(profiles).to(self.device)
-        attr = integrated_gradients(
-            lambda x: self.module.predict(x)[:, j : j + 1],
-            inputs,
-            target=0,
-            n_steps=n_steps,
-            batch_size=batch_size,
-        )
-        table = pd.DataFrame(
-            {
-                "gene": np.asarray(self.genes, dtype=object),
-                "mean_attribution": attr.mean(axis=0),
-                "mean_abs_attribution": np.abs(attr).mean(axis=0),
-                "mean_input": profiles.mean(axis=0),
-            }
-        )
-        order = np.argsort(-np.abs(table["mean_attribution"].to_numpy()), kind="stable")
-        return table.iloc[order].reset_index(drop=True)
+        return drug_table(heldout, y, self.drugs, alphas)
 
 
-def _check_profiles(adata: AnnData, layer: str | None) -> None:
-    """Bulk input must be finite, log-scale, non-constant profiles."""
-    from scipy import sparse
-
-    x = get_matrix(adata, layer)
-    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    dtype = getattr(x, "dtype", None)
-    if dtype is None or not np.issubdtype(dtype, np.number):
-        raise TypeError(f"{where} has dtype {dtype}; expression must be numeric.")
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise ValueError(f"The AnnData is empty ({adata.n_obs} x {adata.n_vars}).")
-    dense = x.toarray() if sparse.issparse(x) else np.asarray(x)
-    if not np.isfinite(dense).all():
-        raise ValueError(
-            f"{where} has {int((~np.isfinite(dense)).sum())} NaN or infinite values; fill or "
-            "drop them first."
-        )
-    flat = dense.std(axis=1) == 0
-    if flat.any():
-        raise ValueError(
-            f"{int(flat.sum())} profiles in {where} are constant (e.g. all zero); drop them: "
-            "`adata = adata[adata.X.std(axis=1) > 0].copy()`."
-        )
-    if looks_like_counts(x) and dense.max() > 50:
-        raise ValueError(
-            f"{where} looks like raw counts, but bulk profiles must be log-scale expression "
-            "(e.g. GDSC's z-scores). Log-transform them first, e.g. "
-            "`sc.pp.normalize_total(bulk); sc.pp.log1p(bulk)`."
-        )
+def _check_model_args(adata, target, target_layer, input_scale, n_ensemble) -> None:
+    """Refuse bad model arguments before anything is built."""
+    if input_scale not in ("zscore", "rank"):
+        raise ValueError(f"input_scale={input_scale!r} is not one of 'zscore', 'rank'.")
+    if not isinstance(n_ensemble, int) or n_ensemble < 1:
+        raise ValueError(f"n_ensemble must be a positive integer, got {n_ensemble!r}.")
+    if target is not None and adata is None:
+        raise ValueError("`target` needs the bulk `adata` the model is trained on.")
+    if target is not None:
+        check_unique_var_names(target)
+        check_counts(target, target_layer)

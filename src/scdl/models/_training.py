@@ -9,13 +9,16 @@ from typing import NamedTuple
 import numpy as np
 
 
-def default_max_epochs(n_obs: int, *, n_steps: int = 4_000, cap: int = 400, floor: int = 30) -> int:
-    """Epochs for ``n_obs`` cells: about ``n_steps`` minibatches of 128, within [floor, cap].
+def default_max_epochs(
+    n_obs: int, *, n_cells_seen: int = 512_000, cap: int = 400, floor: int = 30
+) -> int:
+    """Epochs for ``n_obs`` cells: about ``n_cells_seen`` cells passed in training (512,000:
+    4,000 minibatches of 128), within [floor, cap].
 
-    A fixed budget of gradient steps, rather than of epochs, keeps small datasets from being
+    A fixed budget of cells seen, rather than of epochs, keeps small datasets from being
     under-trained and large ones from running for hours.
     """
-    epochs = round(n_steps * 128 / max(n_obs, 1))
+    epochs = round(n_cells_seen / max(n_obs, 1))
     return int(min(cap, max(floor, epochs)))
 
 
@@ -74,13 +77,14 @@ def plan_training(
     batch_size: int,
     train_size: float | None,
     trainer_kwargs: dict,
-    n_steps: int = 4_000,
+    n_cells_seen: int = 512_000,
     cap: int = 400,
     floor: int = 30,
 ) -> TrainingSchedule:
     """What every scdl ``.train()`` settles before Lightning starts.
 
-    Chooses ``max_epochs`` from a step budget when it is ``None`` (:func:`default_max_epochs`)
+    Chooses ``max_epochs`` from a budget of cells seen when it is ``None``
+    (:func:`default_max_epochs`)
     and checks it; clamps ``batch_size`` to the training cells (:func:`fit_batch_size`).
     Edits ``trainer_kwargs`` in place: ~20 validation passes over training when cells are
     held out (``train_size`` ``None`` means scvi-tools' 0.9); Lightning's logging interval
@@ -90,7 +94,7 @@ def plan_training(
     annotator's pretraining head) and plain DDP refuses them.
     """
     if max_epochs is None:
-        max_epochs = default_max_epochs(n_obs, n_steps=n_steps, cap=cap, floor=floor)
+        max_epochs = default_max_epochs(n_obs, n_cells_seen=n_cells_seen, cap=cap, floor=floor)
     max_epochs = check_max_epochs(max_epochs)
     batch_size = fit_batch_size(n_obs, batch_size, train_size)
     if train_size is None or train_size < 1:

@@ -28,9 +28,9 @@ from scdl.data import (
     check_count_setup,
     check_obs_key,
     check_unique_var_names,
+    gene_mismatch_message,
 )
-from scdl.data._csr_loader import CSRDataSplitter
-from scdl.data._genes import gene_mismatch_message
+from scdl.dataloaders import CSRDataSplitter
 from scdl.module import VAEModule
 from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
@@ -181,18 +181,18 @@ class VAE(
             counts are valid and kept.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
-        is_query = kwargs.get("source_registry") is not None
+        from_registry = kwargs.get("source_registry") is not None
         # a query or a reloaded dataset may lack some of the reference genes (padded zeros)
         check_count_setup(
             adata,
             layer,
-            report_zero_genes=not is_query,
+            report_zero_genes=not from_registry,
             categorical={
                 "batch_key": batch_key,
                 "labels_key": labels_key,
                 "categorical_covariate_keys": categorical_covariate_keys,
             },
-            covariates_need_two=not is_query,
+            covariates_need_two=not from_registry,
         )
         if continuous_covariate_keys is not None and not isinstance(
             continuous_covariate_keys, list | tuple

@@ -1,6 +1,6 @@
 """scVI's encoder on a sparse CSR minibatch of counts.
 
-A minibatch arrives from :class:`scdl.data._csr_loader.CSRBatchLoader` as a
+A minibatch arrives from :class:`scdl.dataloaders.CSRBatchLoader` as a
 ``torch.sparse_csr_tensor``. The encoder's input transform ``log1p`` is applied to the stored
 counts only (``log1p(0) = 0``); the first layer's input (those values scattered into a dense
 minibatch, then continuous covariates and one-hot categories, as scvi-tools' ``FCLayers``

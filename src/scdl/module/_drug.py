@@ -15,7 +15,7 @@ initialisation and in the cell lines they leave out (one fold each), which gives
 a held-out prediction to calibrate the sensitive probability with.
 
 Inputs are profiles on a common scale across the model's genes (normal quantiles of
-within-profile ranks, or z-scores; see :mod:`scdl.data._drug_inputs`); the module
+within-profile ranks, or z-scores; see :func:`scdl.data.profiles_from_counts`); the module
 standardises each gene with the bulk lines' mean and sd (buffers, saved with the weights)
 and, while training, adds Gaussian noise to them: a regulariser that matters with a few
 hundred lines and thousands of genes, and one that also makes the encoder tolerant of the

@@ -8,7 +8,7 @@ leaves them apart (notably on small datasets with strong batch effects); and a n
 binomial likelihood that skips the log-gamma terms on zero counts (same value, ~2x faster
 step on CPU; see ``_nb.py``).
 
-Training minibatches arrive as sparse CSR tensors (``scdl.data._csr_loader``): the library
+Training minibatches arrive as sparse CSR tensors (``scdl.dataloaders.CSRBatchLoader``): the library
 size, the encoder's ``log1p`` input and first layer, and the likelihood's count terms are
 then computed on the stored counts only (``_csr.py``, :func:`~._nb.nb_log_lik_csr`). Dense
 minibatches (scvi-tools' loaders, used for inference) take scvi-tools' path. The decoder's

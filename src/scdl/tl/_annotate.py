@@ -110,33 +110,11 @@ def annotate(
     ``adata.uns[key_added]``
         Model, cell types, gene overlap, thresholds and the fraction called Unknown.
     """
-    from scdl.models import CellTypeTransformer
-
-    if isinstance(model, str | os.PathLike):
-        from scdl.pretrained import load
-
-        model_name = str(model)
-        model = load(model)
-    elif isinstance(model, CellTypeTransformer):
-        model_name = "CellTypeTransformer (in memory)"
-    else:
-        raise TypeError(
-            "model must be a CellTypeTransformer or the name/path of a pretrained annotator "
-            f"(see scdl.pretrained.available()), got {type(model).__name__}."
-        )
+    model, model_name = _resolve_model(model)
     # everything is computed (and checked) before anything is written
+    clusters = None
     if majority_voting and over_clustering is not None:
-        if isinstance(over_clustering, str):
-            from scdl.data import check_obs_key
-
-            clusters = check_obs_key(adata, over_clustering, arg="over_clustering").to_numpy()
-        else:
-            clusters = np.asarray(over_clustering)
-            if clusters.shape != (adata.n_obs,):
-                raise ValueError(
-                    f"over_clustering must be an obs column name or hold one cluster per cell "
-                    f"({adata.n_obs}); got shape {clusters.shape}."
-                )
+        clusters = _given_clusters(adata, over_clustering)
     if not 0.0 <= float(min_support) <= 1.0:
         raise ValueError(f"min_support must lie in [0, 1], got {min_support!r}.")
     calls, probs = model.annotate_cells(
@@ -149,35 +127,74 @@ def annotate(
         over_clustering=majority_voting and over_clustering is None,
     )
     n_present = int(pd.Index(model.get_var_names()).isin(adata.var_names).sum())
-    adata = adata.copy() if copy else adata
     label = calls["label"] if unknown else calls["label_forced"]
     categories = model.labels + (["Unknown"] if unknown else [])
+    if majority_voting:
+        if clusters is None:
+            clusters = calls["over_cluster"].to_numpy()
+        voted, support = majority_vote(label.to_numpy(), clusters, min_support=min_support)
+    adata = adata.copy() if copy else adata
     adata.obs[key_added] = pd.Categorical(label.to_numpy(), categories=categories)
     adata.obs[f"{key_added}_confidence"] = calls["confidence"].to_numpy()
     adata.obs[f"{key_added}_unknown"] = calls["is_unknown"].to_numpy() & unknown
     adata.obs[f"{key_added}_cluster_novelty"] = calls["cluster_novelty"].to_numpy()
     adata.obsm[f"{key_added}_probabilities"] = probs
     if majority_voting:
-        if over_clustering is None:
-            clusters = calls["over_cluster"].to_numpy()
-        voted, support = majority_vote(label.to_numpy(), clusters, min_support=min_support)
         adata.obs[f"{key_added}_over_clustering"] = pd.Categorical(
             pd.Series(clusters).astype(str).to_numpy()
         )
         adata.obs[f"{key_added}_majority_voting"] = pd.Categorical(voted, categories=categories)
         adata.obs[f"{key_added}_majority_support"] = support
     adata.uns[key_added] = {
+        **_model_summary(model, model_name),
+        "n_genes_matched": n_present,
+        "unknown_fraction": float(adata.obs[f"{key_added}_unknown"].mean()),
+        "majority_voting": bool(majority_voting),
+    }
+    return adata if copy else None
+
+
+def _resolve_model(model) -> tuple:
+    """The annotator and its name for ``uns``: a trained model, or a pretrained name/path."""
+    from scdl.models import CellTypeTransformer
+
+    if isinstance(model, str | os.PathLike):
+        from scdl.pretrained import load
+
+        return load(model), str(model)
+    if isinstance(model, CellTypeTransformer):
+        return model, "CellTypeTransformer (in memory)"
+    raise TypeError(
+        "model must be a CellTypeTransformer or the name/path of a pretrained annotator "
+        f"(see scdl.pretrained.available()), got {type(model).__name__}."
+    )
+
+
+def _given_clusters(adata: AnnData, over_clustering) -> np.ndarray:
+    """The user's over-clustering: an obs column, or one cluster per cell."""
+    if isinstance(over_clustering, str):
+        from scdl.data import check_obs_key
+
+        return check_obs_key(adata, over_clustering, arg="over_clustering").to_numpy()
+    clusters = np.asarray(over_clustering)
+    if clusters.shape != (adata.n_obs,):
+        raise ValueError(
+            f"over_clustering must be an obs column name or hold one cluster per cell "
+            f"({adata.n_obs}); got shape {clusters.shape}."
+        )
+    return clusters
+
+
+def _model_summary(model, model_name: str) -> dict:
+    """What ``uns`` records about the annotator: its types, genes and thresholds."""
+    return {
         "model": model_name,
         "cell_types": list(model.labels),
         "n_genes_model": len(model.get_var_names()),
-        "n_genes_matched": n_present,
         "confidence_threshold": float(model.module.confidence_threshold),
         "novelty_thresholds": dict(
             zip(model.labels, model.module.novelty_threshold.cpu().tolist(), strict=True)
         ),
         "cluster_threshold": model.cluster_threshold_,
         "novelty_calibration": model.novelty_calibration_,
-        "unknown_fraction": float(adata.obs[f"{key_added}_unknown"].mean()),
-        "majority_voting": bool(majority_voting),
     }
-    return adata if copy else None

@@ -101,14 +101,8 @@ def drug_response(
         raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
     # everything is computed before anything is written, so a failure leaves adata unchanged
     value = model.predict(adata, drugs=drugs, layer=layer, modality=modality)
-    prob = pd.DataFrame(
-        model._probability(value.to_numpy(), list(value.columns)),
-        index=value.index.copy(),
-        columns=value.columns.copy(),
-    )
-    label = (value < model.drug_stats_.loc[list(value.columns), "median"].to_numpy()).astype(
-        np.int8
-    )
+    prob = model.sensitive_probability(value)
+    label = model.sensitive_label(value)
     sd = model.predict(adata, drugs=list(value.columns), kind="sd", layer=layer, modality=modality)
     stats = model.drug_stats_.loc[list(value.columns)]
     summary = pd.DataFrame(

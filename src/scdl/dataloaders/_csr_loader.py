@@ -1,6 +1,6 @@
 """Minibatches whose count matrix stays sparse: CSR rows gathered with torch, on the device.
 
-:class:`~scdl.data._loader.TensorBatchLoader` densifies each minibatch of X on the host.
+:class:`~scdl.dataloaders.TensorBatchLoader` densifies each minibatch of X on the host.
 Models whose module reads a sparse CSR tensor (the VAE: its encoder's first layer and its
 likelihood touch only the non-zero counts) use :class:`CSRBatchLoader` instead: the CSR
 arrays of the registered matrix are wrapped as torch tensors once (no copy where the dtypes

@@ -6,8 +6,9 @@ import numpy as np
 import torch
 from scvi import REGISTRY_KEYS
 
-from scdl.data._loader import FastDataSplitter, TensorBatchLoader
-from scdl.module._drug import FOLD_KEY, REFERENCE_X_KEY, TARGET_X_KEY
+from scdl.module import FOLD_KEY, REFERENCE_X_KEY, TARGET_X_KEY
+
+from ._loader import FastDataSplitter, TensorBatchLoader
 
 # --- minibatches mixing bulk lines with a sample of target cells ---------------------------
 

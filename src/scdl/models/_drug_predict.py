@@ -1,0 +1,250 @@
+"""Predictions of a trained :class:`~scdl.models.DrugResponseModel`: the model's input for
+new cells or lines, responses, sensitive probabilities and labels, and gene attributions.
+
+A mixin of the model class (as scvi-tools keeps ``get_normalized_expression`` and friends in
+``RNASeqMixin``); it reads the trained module, the model's genes and ``drug_stats_``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from scdl.data import (
+    MIN_SHARED_GENES,
+    check_counts,
+    check_profiles,
+    check_unique_var_names,
+    get_matrix,
+    looks_like_counts,
+    profiles_from_expression,
+    resolve_drugs,
+    shared_genes,
+)
+
+from ._attribution import integrated_gradients
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+Modality = Literal["auto", "counts", "profiles"]
+
+
+class DrugPredictionMixin:
+    """Inference methods of :class:`~scdl.models.DrugResponseModel`."""
+
+    def _run(self, profiles: np.ndarray, fn, batch_size: int = 1024) -> np.ndarray:
+        """Apply ``fn`` (a module method) to profiles in chunks; concatenates on the last-but-
+        one axis for member outputs and the first axis otherwise."""
+        self.module.eval()
+        device = self.device
+        parts = []
+        with torch.inference_mode():
+            for start in range(0, profiles.shape[0], batch_size):
+                x = torch.from_numpy(profiles[start : start + batch_size]).to(device)
+                parts.append(fn(x).cpu().numpy())
+        return np.concatenate(parts, axis=-2)
+
+    def profiles(
+        self,
+        adata: AnnData | None = None,
+        *,
+        layer: str | None = None,
+        modality: Modality = "auto",
+        smooth_neighbors: int | None = None,
+    ) -> np.ndarray:
+        """The model's input for ``adata``: profiles over :attr:`genes` on the common scale.
+
+        Parameters
+        ----------
+        adata
+            Cells (raw counts) or bulk profiles (log-scale) with gene symbols; ``None`` uses
+            the training lines.
+        layer
+            Layer to read; ``None`` uses ``adata.X``.
+        modality
+            ``"counts"`` (single cells or pseudobulk: log1p CP10k, neighbour smoothing),
+            ``"profiles"`` (log-scale bulk expression) or ``"auto"``: counts if the
+            matrix holds non-negative integers.
+        smooth_neighbors
+            Override the model's neighbour smoothing for counts (``0``: none).
+
+        Raises
+        ------
+        ValueError
+            Too few of the model's genes in ``adata``; ``modality="counts"`` on data that
+            are not raw counts; an unknown modality.
+        """
+        if adata is None:
+            return self._bulk()[0]
+        if modality not in ("auto", "counts", "profiles"):
+            raise ValueError(f"modality={modality!r} is not one of 'auto', 'counts', 'profiles'.")
+        check_unique_var_names(adata)
+        x = get_matrix(adata, layer)
+        present = self.genes.isin(adata.var_names)
+        if present.sum() < min(MIN_SHARED_GENES, len(self.genes)):
+            shared_genes(self.genes, adata.var_names, names=("model's genes", "data"))
+        if present.mean() < 0.9:
+            warnings.warn(
+                f"{(~present).sum()} of the model's {len(self.genes)} genes are missing from "
+                "the data; they are set to the profile's mean. Predictions may be less "
+                "reliable.",
+                UserWarning,
+                stacklevel=3,
+            )
+        if modality == "auto":
+            modality = "counts" if looks_like_counts(x) else "profiles"
+        if modality == "counts":
+            check_counts(adata, layer)
+            k = self.smooth_neighbors if smooth_neighbors is None else int(smooth_neighbors)
+            return self._count_profiles(x, adata.var_names, k)
+        check_profiles(adata, layer)
+        return profiles_from_expression(x, adata.var_names, self.genes, scale=self.input_scale)
+
+    def predict(
+        self,
+        adata: AnnData | None = None,
+        *,
+        drugs: str | Sequence[str] | None = None,
+        kind: Literal["value", "probability", "label", "sd"] = "value",
+        layer: str | None = None,
+        modality: Modality = "auto",
+        smooth_neighbors: int | None = None,
+    ) -> pd.DataFrame:
+        """Predicted response of each cell (or line) to each drug.
+
+        Parameters
+        ----------
+        adata
+            Cells (raw counts) or bulk profiles; ``None`` uses the training lines.
+        drugs
+            Drug name(s); ``None`` for every drug the model knows (:attr:`drugs`).
+        kind
+            ``"value"``: the response in the table's units (ln IC50: lower = more
+            sensitive); ``"probability"``: the sensitive probability,
+            ``Phi((median - value) / residual_sd)`` (see the class docstring); ``"label"``:
+            1 (sensitive) where the value is below the drug's median over the training lines
+            (``drug_stats_["median"]``, the threshold; probability > 0.5), else 0;
+            ``"sd"``: the per-cell uncertainty, the sd of the value over ensemble members.
+        layer, modality, smooth_neighbors
+            As in :meth:`profiles`.
+
+        Returns
+        -------
+        DataFrame of cells x drugs, indexed by ``adata.obs_names``.
+
+        Raises
+        ------
+        KeyError
+            A drug the model does not know (close matches are listed).
+        ValueError
+            Unknown ``kind``; see :meth:`profiles`.
+        """
+        self._check_if_trained(warn=False)
+        if kind not in ("value", "probability", "label", "sd"):
+            raise ValueError(f"kind={kind!r} is not one of 'value', 'probability', 'label', 'sd'.")
+        drugs = resolve_drugs(drugs, self.drugs)
+        profiles = self.profiles(
+            adata, layer=layer, modality=modality, smooth_neighbors=smooth_neighbors
+        )
+        cols = [self.drugs.index(d) for d in drugs]
+        if kind == "sd":
+            values = self._run(profiles, self.module.member_predictions)[:, :, cols].std(axis=0)
+        else:
+            values = self._run(profiles, self.module.predict)[:, cols]
+        index = self.adata.obs_names if adata is None else adata.obs_names
+        table = pd.DataFrame(values, index=index.copy(), columns=pd.Index(drugs))
+        if kind == "probability":
+            return self.sensitive_probability(table)
+        return self.sensitive_label(table) if kind == "label" else table
+
+    def sensitive_probability(self, values: pd.DataFrame) -> pd.DataFrame:
+        """The sensitive probability ``Phi((median - value) / residual_sd)`` of predicted
+        responses ``values`` (cells x drugs, as :meth:`predict` returns them), as
+        ``predict(kind="probability")`` gives it, without predicting again."""
+        from scipy.special import ndtr
+
+        stats = self._stats(values)
+        z = (stats["median"].to_numpy() - values.to_numpy()) / stats["residual_sd"].to_numpy()
+        return pd.DataFrame(ndtr(z), index=values.index.copy(), columns=values.columns.copy())
+
+    def sensitive_label(self, values: pd.DataFrame) -> pd.DataFrame:
+        """1 (sensitive) where a predicted response in ``values`` (cells x drugs) is below the
+        drug's median over the training lines, else 0, as ``predict(kind="label")``."""
+        median = self._stats(values)["median"].to_numpy()
+        return (values < median).astype(np.int8)
+
+    def _stats(self, values: pd.DataFrame) -> pd.DataFrame:
+        if self.drug_stats_ is None:
+            raise RuntimeError("The model is not trained yet: call `.train()` first.")
+        return self.drug_stats_.loc[resolve_drugs(list(values.columns), self.drugs)]
+
+    def gene_attributions(
+        self,
+        adata: AnnData | None = None,
+        *,
+        drug: str,
+        layer: str | None = None,
+        modality: Modality = "auto",
+        n_steps: int = 32,
+        batch_size: int = 256,
+    ) -> pd.DataFrame:
+        """Genes ranked by how much they drive the predicted response to ``drug``.
+
+        Integrated gradients (:func:`scdl.models._attribution.integrated_gradients`) of the
+        ensemble's predicted response with respect to the encoder's input, the profile on the
+        common scale, from a baseline of zeros (every gene at the profile's median rank, or
+        mean level with ``input_scale="zscore"``). A
+        gene's attribution is in the response's units: positive means its level in the cell
+        (relative to the cell's typical gene) pushes the predicted ln IC50 up, i.e. towards
+        resistance; negative, towards sensitivity. Per cell the attributions sum to
+        prediction minus baseline prediction.
+
+        Parameters
+        ----------
+        adata, layer, modality
+            As in :meth:`predict` (``None``: the training lines).
+        drug
+            One drug name.
+        n_steps
+            Integration steps.
+        batch_size
+            Cells per chunk.
+
+        Returns
+        -------
+        DataFrame, one row per gene, sorted by ``|mean_attribution|``: ``gene``,
+        ``mean_attribution`` (signed mean over cells), ``mean_abs_attribution``,
+        ``mean_input`` (mean input level on the common scale).
+        """
+        self._check_if_trained(warn=False)
+        if not isinstance(drug, str):
+            raise TypeError(f"`drug` must be one drug name (str), got {type(drug).__name__}.")
+        (drug,) = resolve_drugs([drug], self.drugs)
+        j = self.drugs.index(drug)
+        profiles = self.profiles(adata, layer=layer, modality=modality)
+        self.module.eval()
+        inputs = torch.from_numpy(profiles).to(self.device)
+        attr = integrated_gradients(
+            lambda x: self.module.predict(x)[:, j : j + 1],
+            inputs,
+            target=0,
+            n_steps=n_steps,
+            batch_size=batch_size,
+        )
+        table = pd.DataFrame(
+            {
+                "gene": np.asarray(self.genes, dtype=object),
+                "mean_attribution": attr.mean(axis=0),
+                "mean_abs_attribution": np.abs(attr).mean(axis=0),
+                "mean_input": profiles.mean(axis=0),
+            }
+        )
+        order = np.argsort(-np.abs(table["mean_attribution"].to_numpy()), kind="stable")
+        return table.iloc[order].reset_index(drop=True)
