@@ -25,6 +25,7 @@ from scdl.data import (
     get_matrix,
     inference_batch_size,
     input_kind,
+    log_normalize_counts,
 )
 from scdl.dataloaders import dense_rows
 
@@ -91,11 +92,7 @@ class AnnotatorPredictionMixin:
     @torch.inference_mode()
     def _blend_query_stats(self, x, present, weight: float) -> None:
         """Move the standardisation towards the query's own gene statistics (sparse, exact)."""
-        from scipy import sparse
-
-        x = sparse.csr_matrix(x, dtype=np.float32, copy=True)
-        lib = np.clip(np.asarray(x.sum(1)).ravel(), 1.0, None)
-        x.data = np.log1p(x.data / np.repeat(lib, np.diff(x.indptr)) * 1e4)
+        x = log_normalize_counts(x, dtype=np.float32)
         n = x.shape[0]
         mean = np.asarray(x.sum(0)).ravel() / n
         var = np.asarray(x.multiply(x).sum(0)).ravel() / n - mean**2
