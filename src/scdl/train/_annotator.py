@@ -7,16 +7,18 @@ from lightning import pytorch as pl
 from scvi import REGISTRY_KEYS
 from scvi.train import ClassifierTrainingPlan
 
-from ._epoch_means import EpochMeansMixin
+from ._epoch_means import StepsLoggedPerEpochMixin
 
 
-class AnnotatorTrainingPlan(EpochMeansMixin, ClassifierTrainingPlan):
+class AnnotatorTrainingPlan(StepsLoggedPerEpochMixin, ClassifierTrainingPlan):
     """scvi-tools' classifier plan with class weights, label smoothing, accuracy and a schedule.
 
     Class weights (inverse square root of frequency) keep rare cell types from being ignored,
     which is what macro-F1 measures; label smoothing keeps probabilities from saturating, so
     the confidence stays informative for "Unknown" calls.
     """
+
+    _progress_bar = {"train": "train_loss", "validation": "validation_accuracy"}
 
     def __init__(
         self,
@@ -43,18 +45,6 @@ class AnnotatorTrainingPlan(EpochMeansMixin, ClassifierTrainingPlan):
         self._add_means(prefix, {f"{prefix}_loss": loss, f"{prefix}_accuracy": acc}, len(labels))
         return loss
 
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        return self._step(batch, "validation")
-
-    def on_train_epoch_end(self) -> None:
-        self._log_means("train", prog_bar=("train_loss",))
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_means("validation", prog_bar=("validation_accuracy",))
-
     def configure_optimizers(self):
         params = [p for p in self.module.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
@@ -62,8 +52,10 @@ class AnnotatorTrainingPlan(EpochMeansMixin, ClassifierTrainingPlan):
         return {"optimizer": opt, "lr_scheduler": sched}
 
 
-class MaskedExpressionPlan(EpochMeansMixin, pl.LightningModule):
+class MaskedExpressionPlan(StepsLoggedPerEpochMixin, pl.LightningModule):
     """Self-supervised pretraining: predict the hidden values of 15% of a cell's gene tokens."""
+
+    _progress_bar = {"train": "train_masked_loss", "validation": "validation_masked_loss"}
 
     def __init__(
         self, module, *, lr: float = 2e-3, weight_decay: float = 1e-2, mask_fraction: float = 0.15
@@ -77,18 +69,6 @@ class MaskedExpressionPlan(EpochMeansMixin, pl.LightningModule):
         loss = self.module.masked_value_loss(x, self.mask_fraction)
         self._add_means(prefix, {f"{prefix}_masked_loss": loss}, x.shape[0])
         return loss
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        return self._step(batch, "validation")
-
-    def on_train_epoch_end(self) -> None:
-        self._log_means("train", prog_bar=("train_masked_loss",))
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_means("validation", prog_bar=("validation_masked_loss",))
 
     def configure_optimizers(self):
         return torch.optim.AdamW(

@@ -34,3 +34,22 @@ class EpochMeansMixin:
             self.log(
                 key, value, on_step=False, on_epoch=True, prog_bar=key in prog_bar, sync_dist=sync
             )
+
+
+class StepsLoggedPerEpochMixin(EpochMeansMixin):
+    """Training and validation steps that both run ``self._step(batch, stage)`` and log their
+    epoch means once, with ``_progress_bar[stage]`` shown on the progress bar."""
+
+    _progress_bar: dict[str, str] = {}
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        return self._step(batch, "validation")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_means("train", prog_bar=(self._progress_bar.get("train", ""),))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_means("validation", prog_bar=(self._progress_bar.get("validation", ""),))
