@@ -35,6 +35,7 @@ from scdl.module import VAEModule
 from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
 from ._base import CheckedQueryMixin, SafeSaveLoadMixin
+from ._docs import counts_dsp
 from ._training import plan_training
 
 if TYPE_CHECKING:
@@ -146,6 +147,7 @@ class VAE(
         self.init_params_ = self._get_init_params(locals())
 
     @classmethod
+    @counts_dsp.dedent
     def setup_anndata(
         cls,
         adata: AnnData,
@@ -160,10 +162,8 @@ class VAE(
 
         Parameters
         ----------
-        adata
-            AnnData with raw counts (cells x genes).
-        layer
-            Layer holding raw counts; ``None`` uses ``adata.X``.
+        %(param_adata)s
+        %(param_layer)s
         batch_key
             obs column of the batch (sample, donor, technology) to correct for.
         labels_key
@@ -173,12 +173,7 @@ class VAE(
 
         Raises
         ------
-        KeyError
-            A layer or obs column does not exist.
-        ValueError, TypeError
-            The counts are not raw counts (non-integer, negative, NaN/inf), some cells have
-            no counts, or gene names repeat. ``adata`` is left unchanged. Genes with no
-            counts are valid and kept.
+        %(raises_counts)s
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         from_registry = kwargs.get("source_registry") is not None

@@ -1,0 +1,18 @@
+"""Docstring text shared by several models, written once (docrep, as scvi-tools does)."""
+
+from __future__ import annotations
+
+from docrep import DocstringProcessor
+
+counts_dsp = DocstringProcessor(
+    param_adata="adata\n    AnnData with raw counts (cells x genes).",
+    param_layer="layer\n    Layer holding raw counts; ``None`` uses ``adata.X``.",
+    raises_counts=(
+        "KeyError\n"
+        "    A layer or obs column does not exist.\n"
+        "ValueError, TypeError\n"
+        "    The counts are not raw counts (non-integer, negative, NaN/inf), some cells have\n"
+        "    no counts, or gene names repeat. ``adata`` is left unchanged. Genes with no\n"
+        "    counts are valid and kept."
+    ),
+)
