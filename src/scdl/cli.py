@@ -33,14 +33,22 @@ def _check_output(path: str) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    _demo_integration(args, out)
+    _demo_annotation(out)
+    return 0
+
+
+def _demo_integration(args: argparse.Namespace, out: Path) -> None:
+    """Integration + clustering of the bundled Kang samples, with PCA beside it."""
+    import matplotlib.pyplot as plt
     import numpy as np
     from sklearn.metrics import adjusted_rand_score
 
     import scdl
     from scdl.data import unintegrated_pca
 
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     print("scdl demo: integration + clustering of Kang 2018 PBMCs (bundled, 4 samples)")
     adata = scdl.datasets.kang_pbmc()
     print(f"  data: {adata.n_obs} cells x {adata.n_vars} genes, batches = obs['sample']")
@@ -69,8 +77,6 @@ def _demo(args: argparse.Namespace) -> int:
             metrics, save=p, show=False
         ),
     }
-    import matplotlib.pyplot as plt
-
     for name, draw in figs.items():
         draw(out / name)
         plt.close("all")
@@ -91,6 +97,13 @@ def _demo(args: argparse.Namespace) -> int:
         f"\nwrote {out / 'kang_scdl.h5ad'}, {out / 'model'}/ and "
         + ", ".join(str(out / n) for n in figs)
     )
+
+
+def _demo_annotation(out: Path) -> None:
+    """The shipped annotator on held-out Kang cells, with gene attributions."""
+    import matplotlib.pyplot as plt
+
+    import scdl
 
     print("\nscdl demo: cell-type annotation with the shipped annotator 'pbmc_kang2018'")
     cells = scdl.datasets.kang_pbmc_heldout()
@@ -119,7 +132,6 @@ def _demo(args: argparse.Namespace) -> int:
     print(
         f"wrote {out / 'kang_annotated.h5ad'}, {out / 'annotation.png'}, {out / 'attributions.png'}"
     )
-    return 0
 
 
 def _integrate(args: argparse.Namespace) -> int:
@@ -184,7 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"scdl {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_demo(sub)
+    _add_integrate(sub)
+    _add_annotate(sub)
+    return p
 
+
+def _add_demo(sub) -> None:
     d = sub.add_parser(
         "demo",
         help="integrate, cluster and annotate bundled Kang PBMC data; write .h5ad and figures",
@@ -200,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_demo)
 
+
+def _add_integrate(sub) -> None:
     i = sub.add_parser(
         "integrate",
         help="batch-correct an .h5ad of raw counts with the VAE",
@@ -229,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     i.set_defaults(func=_integrate)
 
+
+def _add_annotate(sub) -> None:
     a = sub.add_parser(
         "annotate",
         help="annotate cell types in an .h5ad of raw counts with a (pretrained) annotator",
@@ -255,7 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="give every cell its most probable type (no 'Unknown' calls)",
     )
     a.set_defaults(func=_annotate)
-    return p
 
 
 def _version() -> str:

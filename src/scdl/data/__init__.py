@@ -7,7 +7,6 @@ from ._checks import (
     check_counts,
     check_is_anndata,
     check_obs_key,
-    check_query,
     check_unique_var_names,
     get_matrix,
 )
@@ -32,6 +31,7 @@ from ._groups import resolve_groups
 from ._lognorm import input_kind
 from ._normalize import log_normalize_counts
 from ._pca import unintegrated_pca
+from ._query import check_query
 from ._salient_genes import salient_gene_table
 
 __all__ = [

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ._checks import check_unique_var_names, get_matrix
+
 
 def gene_mismatch_message(reference: pd.Index, query: pd.Index) -> str:
     """Explain how a query's genes differ from the reference's, and how to fix it."""
@@ -36,8 +38,6 @@ def gene_columns(adata, genes, *, min_overlap: float = 0.5, what: str = "model")
     ValueError
         Gene names are not unique, or fewer than ``min_overlap`` of ``genes`` occur.
     """
-    from ._checks import check_unique_var_names
-
     genes = pd.Index(genes)
     check_unique_var_names(adata)
     col = adata.var_names.get_indexer(genes)
@@ -74,8 +74,6 @@ def align_to_genes(
     """
     import numpy as np
     from scipy import sparse
-
-    from ._checks import get_matrix
 
     col, present = gene_columns(adata, genes, min_overlap=min_overlap, what=what)
     n_present = int(present.sum())

@@ -359,15 +359,8 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
             floor=10,
         )
         labels = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel()
-        counts = np.bincount(labels.astype(int), minlength=self.summary_stats.n_labels)
-        weights = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)
-        weights = weights / (weights * counts).sum() * counts.sum()
-        plan = {
-            "lr": lr,
-            "max_epochs": max_epochs,
-            "class_weights": torch.tensor(weights, dtype=torch.float32),
-            **(plan_kwargs or {}),
-        }
+        weights = _class_weights(labels, self.summary_stats.n_labels)
+        plan = {"lr": lr, "max_epochs": max_epochs, "class_weights": weights, **(plan_kwargs or {})}
         splitter = self._data_splitter_cls(
             self.adata_manager,
             train_size=train_size,
@@ -389,6 +382,11 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
                 **kwargs,
             )
             out = runner()
+        self._calibrate_after_training(splitter, unknown_rate=unknown_rate, linear_C=linear_C)
+        return out
+
+    def _calibrate_after_training(self, splitter, *, unknown_rate: float, linear_C: float) -> None:
+        """Unknown thresholds on the held-out cells, the final linear path, cluster calls."""
         self.module.eval()
         self.calibrate(splitter.train_idx, splitter.val_idx, unknown_rate=unknown_rate)
         if self.module.linear is not None:
@@ -396,7 +394,6 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
             # saw them; a convex fit needs no held-out cells, so the final one uses every cell
             self._fit_linear_head(np.arange(self.adata.n_obs), C=linear_C)
         self.calibrate_clusters()
-        return out
 
     def calibrate_clusters(self, *, batch_key: str | None = None, seed: int = 0) -> None:
         """Set the cluster-level Unknown threshold on the reference (see the class notes).
@@ -496,3 +493,11 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
                 thresholds[c] = torch.quantile(own, 1 - q)
         self.module.novelty_threshold.copy_(thresholds)
         self.unknown_rate_ = float(unknown_rate)
+
+
+def _class_weights(labels: np.ndarray, n_labels: int) -> torch.Tensor:
+    """Loss weight per class, proportional to 1 / sqrt(its cells), averaging 1 over cells."""
+    counts = np.bincount(labels.astype(int), minlength=n_labels)
+    weights = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)
+    weights = weights / (weights * counts).sum() * counts.sum()
+    return torch.tensor(weights, dtype=torch.float32)

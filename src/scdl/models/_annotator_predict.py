@@ -379,22 +379,8 @@ class AnnotatorPredictionMixin:
                 logger.warning("No cells of type %r to attribute.", name)
                 continue
             cells = np.sort(rng.choice(cells, min(n_cells, len(cells)), replace=False))
-            xb = dense_rows(x, cells).to(dev)
-            x_log = self.module.log_normalize(xb)
-            with torch.no_grad():
-                hidden = None if mask is None else ~mask.expand_as(x_log)
-                selection = self.module.select(x_log, hidden)
-            target = names.index(name)
-
-            def forward(inp, sel=selection):
-                n = inp.shape[0] // sel[0].shape[0]  # captum stacks the path steps
-                sel_rep = (sel[0].repeat(n, 1), sel[1].repeat(n, 1))
-                return self.module.features_log(inp, mask, sel_rep)[1]
-
-            attr = integrated_gradients(
-                forward, x_log, target=target, n_steps=n_steps, batch_size=len(cells)
-            )
-            score = attr.mean(0)
+            x_log = self.module.log_normalize(dense_rows(x, cells).to(dev))
+            score = self._attribution(x_log, mask, names.index(name), n_steps).mean(0)
             order = np.argsort(-score)
             top = order if n_top is None else order[:n_top]
             rows.append(
@@ -411,4 +397,20 @@ class AnnotatorPredictionMixin:
             pd.concat(rows, ignore_index=True)
             if rows
             else pd.DataFrame(columns=["label", "gene", "attribution", "rank"])
+        )
+
+    def _attribution(self, x_log, mask, target: int, n_steps: int) -> np.ndarray:
+        """Integrated gradients of class ``target``'s logit (cells x genes) at ``x_log``, with
+        each cell's gene tokens held at those its own profile selects."""
+        with torch.no_grad():
+            hidden = None if mask is None else ~mask.expand_as(x_log)
+            selection = self.module.select(x_log, hidden)
+
+        def forward(inp, sel=selection):
+            n = inp.shape[0] // sel[0].shape[0]  # captum stacks the path steps
+            sel_rep = (sel[0].repeat(n, 1), sel[1].repeat(n, 1))
+            return self.module.features_log(inp, mask, sel_rep)[1]
+
+        return integrated_gradients(
+            forward, x_log, target=target, n_steps=n_steps, batch_size=x_log.shape[0]
         )

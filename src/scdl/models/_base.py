@@ -269,6 +269,9 @@ class CheckedQueryMixin:
     :func:`scdl.data.check_query` first, once per AnnData.
     """
 
+    #: what the error for categories the model was not trained on tells the user to do
+    _unseen_categories_fix = "keep only cells of known categories"
+
     def _registered_here(self, adata) -> bool:
         """Whether ``adata`` itself (not a copy) is registered with this model instance."""
         from scvi.data._constants import _SCVI_UUID_KEY
@@ -284,5 +287,10 @@ class CheckedQueryMixin:
         if adata is not None and adata is not self.adata and not self._registered_here(adata):
             from scdl.data import check_query
 
-            check_query(adata, self.registry_, model=type(self).__name__)
+            check_query(
+                adata,
+                self.registry_,
+                model=type(self).__name__,
+                unseen_fix=self._unseen_categories_fix,
+            )
         return super()._validate_anndata(adata, copy_if_view=copy_if_view)

@@ -91,6 +91,10 @@ class VAE(
 
     _module_cls = VAEModule
     _data_splitter_cls = CSRDataSplitter
+    _unseen_categories_fix = (
+        "map them onto the model first: `VAE.load_query_data(adata, model)`, then `.train()` "
+        "the returned model"
+    )
     _training_plan_cls = EpochLoggingTrainingPlan
 
     def __init__(

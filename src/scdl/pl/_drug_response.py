@@ -88,7 +88,6 @@ def drug_response(
 
     {returns_figure}
     """
-    import matplotlib.pyplot as plt
 
     from scdl.data import check_obs_key, resolve_drugs
 
@@ -111,42 +110,57 @@ def drug_response(
     else:
         drugs = resolve_drugs(drugs, list(table.columns))
     median = _bulk_median(adata, key, drugs) if value == "response" else None
-    names = means.index.tolist()
-
     if kind == "heatmap":
-        data = means[drugs].to_numpy()
-        if value == "probability":
-            cmap, vmin, vmax, label = "RdBu_r", 0.0, 1.0, "mean sensitive probability"
-        else:
-            data = data - median
-            lim = float(np.nanmax(np.abs(data))) or 1.0
-            cmap, vmin, vmax, label = "RdBu", -lim, lim, "mean prediction - bulk median"
-        fig, ax = plt.subplots(
-            figsize=(0.35 * len(drugs) + 2.5, 0.35 * len(names) + 1.8), layout="constrained"
-        )
-        im = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
-        ax.set_xticks(range(len(drugs)), drugs, rotation=90, fontsize=8)
-        ax.set_yticks(range(len(names)), names, fontsize=8)
-        ax.set_ylabel(groupby)
-        fig.colorbar(im, ax=ax, label=label, shrink=0.8)
+        fig = _heatmap(means[drugs], median, value, groupby)
     else:
-        ncols = min(4, len(drugs))
-        nrows = int(np.ceil(len(drugs) / ncols))
-        fig, axes = plt.subplots(
-            nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows), squeeze=False, layout="constrained"
-        )
-        for i, drug in enumerate(drugs):
-            ax = axes[i // ncols, i % ncols]
-            vals = [table.loc[(groups == g).to_numpy(), drug].to_numpy() for g in names]
-            ax.violinplot(vals, showmedians=True)
-            ref = 0.5 if value == "probability" else median[i]
-            ax.axhline(ref, color="grey", lw=0.8, ls="--")
-            ax.set_xticks(range(1, len(names) + 1), names, rotation=90, fontsize=7)
-            ax.set_title(drug, fontsize=9)
-            ax.set_ylabel("sensitive probability" if value == "probability" else "prediction")
-        for j in range(len(drugs), nrows * ncols):
-            axes[j // ncols, j % ncols].set_visible(False)
+        fig = _violins(table, groups, means.index.tolist(), drugs, median, value)
     return finish(fig, show=show, save=save, default_name=f"drug_response_{key}_{kind}")
+
+
+def _heatmap(means: pd.DataFrame, median, value: str, groupby: str):
+    """Groups x drugs: mean sensitive probability, or mean prediction minus the bulk median."""
+    import matplotlib.pyplot as plt
+
+    drugs, names = means.columns.tolist(), means.index.tolist()
+    data = means.to_numpy()
+    if value == "probability":
+        cmap, vmin, vmax, label = "RdBu_r", 0.0, 1.0, "mean sensitive probability"
+    else:
+        data = data - median
+        lim = float(np.nanmax(np.abs(data))) or 1.0
+        cmap, vmin, vmax, label = "RdBu", -lim, lim, "mean prediction - bulk median"
+    fig, ax = plt.subplots(
+        figsize=(0.35 * len(drugs) + 2.5, 0.35 * len(names) + 1.8), layout="constrained"
+    )
+    im = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(drugs)), drugs, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_ylabel(groupby)
+    fig.colorbar(im, ax=ax, label=label, shrink=0.8)
+    return fig
+
+
+def _violins(table: pd.DataFrame, groups, names: list, drugs: list, median, value: str):
+    """One panel per drug: the per-cell values of each group, with the reference line."""
+    import matplotlib.pyplot as plt
+
+    ncols = min(4, len(drugs))
+    nrows = int(np.ceil(len(drugs) / ncols))
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows), squeeze=False, layout="constrained"
+    )
+    for i, drug in enumerate(drugs):
+        ax = axes[i // ncols, i % ncols]
+        vals = [table.loc[(groups == g).to_numpy(), drug].to_numpy() for g in names]
+        ax.violinplot(vals, showmedians=True)
+        ref = 0.5 if value == "probability" else median[i]
+        ax.axhline(ref, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(range(1, len(names) + 1), names, rotation=90, fontsize=7)
+        ax.set_title(drug, fontsize=9)
+        ax.set_ylabel("sensitive probability" if value == "probability" else "prediction")
+    for j in range(len(drugs), nrows * ncols):
+        axes[j // ncols, j % ncols].set_visible(False)
+    return fig
 
 
 def _roc(adata, labels, drugs, key, n_drugs, *, show, save):

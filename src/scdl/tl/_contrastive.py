@@ -122,15 +122,7 @@ def contrastive(
     from scdl.models import ContrastiveVAE
 
     # validate everything before touching adata, so a failing call leaves it unchanged
-    bg, tg, _ = resolve_groups(adata, groupby=groupby, background=background, target=target)
-    get_matrix(adata, layer)
-    check_unique_var_names(adata)
-    if batch_key is not None:
-        batch = check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
-        _warn_if_nested(batch, adata.obs[groupby], batch_key, groupby)
-    summary = check_counts(adata, layer)
-    if summary.n_zero_genes == adata.n_vars:
-        raise ValueError("No gene has counts; nothing to analyse.")
+    bg, tg, summary = _check_inputs(adata, groupby, background, target, layer, batch_key)
     genes = select_genes(
         adata, summary.gene_totals, layer=layer, batch_key=batch_key, n_top_genes=n_top_genes
     )
@@ -162,28 +154,37 @@ def contrastive(
 
     adata.obsm[key_added] = salient
     adata.obsm[shared_key] = shared
+    params = {
+        "groupby": groupby,
+        "background": np.asarray(np.atleast_1d(background)).astype(str),
+        "target": np.asarray(np.atleast_1d(target) if target is not None else []).astype(str),
+        "layer": layer or "",
+        "batch_key": batch_key or "",
+        "shared_key": shared_key,
+        "n_background": int(bg.size),
+        "n_target": int(tg.size),
+    }
     adata.uns[key_added] = {
-        "params": {
-            "groupby": groupby,
-            "background": np.asarray(np.atleast_1d(background)).astype(str),
-            "target": np.asarray(np.atleast_1d(target) if target is not None else []).astype(str),
-            "layer": layer or "",
-            "batch_key": batch_key or "",
-            "shared_key": shared_key,
-            "n_background": int(bg.size),
-            "n_target": int(tg.size),
-            "n_genes": len(genes),
-            "n_shared_latent": shared.shape[1],
-            "n_salient_latent": salient.shape[1],
-            "max_epochs": int(model.history["elbo_train"].shape[0]),
-            "random_state": random_state,
-            "model": "scdl.models.ContrastiveVAE",
-        },
+        "params": {**params, **_model_params(model, len(genes), shared, salient, random_state)},
         "var_names": np.asarray(genes, dtype=object),
         "salient_genes": genes_table,
         **training_summary(model, train_time),
     }
     return model
+
+
+def _check_inputs(adata, groupby, background, target, layer, batch_key):
+    """The background and target cells and the count summary; every input checked."""
+    bg, tg, _ = resolve_groups(adata, groupby=groupby, background=background, target=target)
+    get_matrix(adata, layer)
+    check_unique_var_names(adata)
+    if batch_key is not None:
+        batch = check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
+        _warn_if_nested(batch, adata.obs[groupby], batch_key, groupby)
+    summary = check_counts(adata, layer)
+    if summary.n_zero_genes == adata.n_vars:
+        raise ValueError("No gene has counts; nothing to analyse.")
+    return bg, tg, summary
 
 
 def _warn_if_nested(batch, groups, batch_key: str, groupby: str) -> None:
@@ -196,5 +197,17 @@ def _warn_if_nested(batch, groups, batch_key: str, groupby: str) -> None:
             "cells, leaving little for the salient space. Use a batch that spans groups (e.g. "
             "donor) or batch_key=None.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # the user's tl.contrastive call
         )
+
+
+def _model_params(model, n_genes: int, shared, salient, random_state: int) -> dict:
+    """The trained model's sizes and schedule, as ``uns[key_added]["params"]`` records them."""
+    return {
+        "n_genes": n_genes,
+        "n_shared_latent": shared.shape[1],
+        "n_salient_latent": salient.shape[1],
+        "max_epochs": int(model.history["elbo_train"].shape[0]),
+        "random_state": random_state,
+        "model": "scdl.models.ContrastiveVAE",
+    }

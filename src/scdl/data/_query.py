@@ -1,0 +1,74 @@
+"""The check every trained model runs on a new AnnData before scvi-tools uses it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from ._checks import check_counts, check_is_anndata, check_obs_key, check_unique_var_names
+from ._genes import gene_mismatch_message
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+
+def check_query(
+    adata: AnnData,
+    registry: dict,
+    *,
+    model: str = "model",
+    unseen_fix: str = "keep only cells of known categories",
+) -> None:
+    """Check a new AnnData given to a trained model (latent space, expression, ...).
+
+    The genes must be the model's, in its order; the counts raw; each registered obs column
+    present with only the categories the model was trained on. Runs before scvi-tools
+    transfers the registration, so a failing call leaves ``adata`` unchanged.
+
+    Parameters
+    ----------
+    adata
+        The query.
+    registry
+        The trained model's scvi-tools registry (``model.registry_``).
+    model
+        The model's class name, used in the messages.
+    unseen_fix
+        How to use categories the model was not trained on, named in that error.
+    """
+    check_is_anndata(adata)
+    check_unique_var_names(adata)
+    fields = registry.get("field_registries", {})
+    ref = fields.get("X", {}).get("state_registry", {}).get("column_names")
+    if ref is not None and not adata.var_names.equals(pd.Index(ref)):
+        raise ValueError(gene_mismatch_message(pd.Index(ref), adata.var_names))
+    setup_args = registry.get("setup_args", {})
+    check_counts(adata, setup_args.get("layer"))
+    known: dict[str, tuple[str, list]] = {}
+    for field in fields.values():
+        state = field.get("state_registry", {})
+        if "categorical_mapping" in state and not str(state.get("original_key")).startswith(
+            "_scvi"
+        ):
+            known[state["original_key"]] = ("registered", list(state["categorical_mapping"]))
+        for key, mapping in (state.get("mappings") or {}).items():
+            known[key] = ("registered", list(mapping))
+    for arg, keys in setup_args.items():
+        for key in [keys] if isinstance(keys, str) else list(keys or []):
+            if key in known:
+                known[key] = (arg, known[key][1])
+    for key, (arg, categories) in known.items():
+        if key not in adata.obs.columns:
+            raise KeyError(
+                f"adata.obs lacks the column {key!r} (the model's `{arg}`). Add it, with "
+                f"values among those the model was trained on: {categories[:10]}."
+            )
+        col = check_obs_key(adata, key, arg=arg)
+        unseen = sorted(set(map(str, pd.unique(col))) - set(map(str, categories)))
+        if unseen:
+            raise ValueError(
+                f"adata.obs[{key!r}] holds categories the {model} was not trained on "
+                f"({unseen[:5]}); it knows {categories[:10]}. To use new categories, "
+                f"{unseen_fix}."
+            )
