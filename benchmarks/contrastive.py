@@ -110,8 +110,8 @@ def scores(shared, salient, obs, label_key, groupby, target_mask, top_genes) -> 
 def run(name: str, seed: int, epochs: int | None) -> tuple[pd.DataFrame, dict]:
     import scvi
 
+    from scdl.data import resolve_groups, salient_gene_table
     from scdl.models import ContrastiveVAE
-    from scdl.models._contrastive import resolve_groups, salient_gene_table
     from scdl.models._training import default_max_epochs
 
     fname, groupby, background, label_key = DATASETS[name]

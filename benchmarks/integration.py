@@ -39,7 +39,7 @@ def run(name: str, seed: int, scdl_kwargs: dict) -> pd.DataFrame:
     import scvi
 
     import scdl
-    from scdl.tl._metrics import unintegrated_pca
+    from scdl.data import unintegrated_pca
 
     adata, batch_key, label_key = load(name)
     adata = hvg_subset(adata, batch_key=batch_key)

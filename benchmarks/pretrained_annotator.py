@@ -31,7 +31,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
 
 import scdl
-from scdl.datasets._fetch import sha256sum
+from scdl.datasets import sha256sum
 
 ROOT = Path(__file__).resolve().parents[1] / "src" / "scdl"
 OUT = ROOT / "pretrained" / "annotators" / "pbmc_kang2018"
