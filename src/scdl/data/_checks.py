@@ -264,3 +264,10 @@ def check_count_setup(
         for key in keys:
             check_categorical(adata, key, arg=arg, min_categories=need)
     return summary
+
+
+def check_key_added(key_added) -> str:
+    """``key_added`` must be a non-empty string (the key a ``tl`` step writes under)."""
+    if not isinstance(key_added, str) or not key_added:
+        raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
+    return key_added

@@ -91,14 +91,14 @@ def drug_response(
     >>> scdl.tl.drug_response(adata, model=model, drugs=["Gefitinib", "Erlotinib"])
     >>> scdl.pl.drug_response(adata, groupby="leiden")
     """
+    from scdl.data import check_key_added
     from scdl.models import DrugResponseModel
 
     if not isinstance(model, DrugResponseModel):
         raise TypeError(
             f"model must be a trained scdl.models.DrugResponseModel, got {type(model).__name__}."
         )
-    if not isinstance(key_added, str) or not key_added:
-        raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
+    check_key_added(key_added)
     # everything is computed before anything is written, so a failure leaves adata unchanged
     value = model.predict(adata, drugs=drugs, layer=layer, modality=modality)
     prob = model.sensitive_probability(value)

@@ -10,6 +10,7 @@ from scdl.data import (
     check_categorical,
     check_counts,
     check_is_anndata,
+    check_key_added,
     check_unique_var_names,
     get_matrix,
 )
@@ -103,23 +104,7 @@ def integrate(
     from scdl.models import VAE
 
     # validate everything before touching adata, so a failing call leaves it unchanged
-    check_is_anndata(adata)
-    if not isinstance(key_added, str) or not key_added:
-        raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
-    if n_top_genes is not None and (
-        isinstance(n_top_genes, bool) or not isinstance(n_top_genes, int) or n_top_genes < 1
-    ):
-        raise ValueError(
-            f"n_top_genes must be a positive integer or None (all expressed genes), got "
-            f"{n_top_genes!r}."
-        )
-    get_matrix(adata, layer)
-    check_unique_var_names(adata)
-    if batch_key is not None:
-        check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
-    summary = check_counts(adata, layer)
-    if summary.n_zero_genes == adata.n_vars:
-        raise ValueError("No gene has counts; nothing to integrate.")
+    summary = _check_inputs(adata, key_added, layer, batch_key, n_top_genes)
     genes = select_genes(
         adata, summary.gene_totals, layer=layer, batch_key=batch_key, n_top_genes=n_top_genes
     )
@@ -166,3 +151,24 @@ def integrate(
         **training_summary(model, train_time),
     }
     return model
+
+
+def _check_inputs(adata, key_added, layer, batch_key, n_top_genes):
+    """The count summary of ``adata``; every input checked before anything is written."""
+    check_is_anndata(adata)
+    check_key_added(key_added)
+    if n_top_genes is not None and (
+        isinstance(n_top_genes, bool) or not isinstance(n_top_genes, int) or n_top_genes < 1
+    ):
+        raise ValueError(
+            f"n_top_genes must be a positive integer or None (all expressed genes), got "
+            f"{n_top_genes!r}."
+        )
+    get_matrix(adata, layer)
+    check_unique_var_names(adata)
+    if batch_key is not None:
+        check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
+    summary = check_counts(adata, layer)
+    if summary.n_zero_genes == adata.n_vars:
+        raise ValueError("No gene has counts; nothing to integrate.")
+    return summary
