@@ -34,9 +34,9 @@ def annotation(
     groupby
         obs column of known labels (e.g. an earlier manual annotation) to compare with: adds
         a confusion matrix (rows: known label, normalised to fractions; columns: predicted).
-    {show_save}
+    %(show_save)s
 
-    {returns_figure}
+    %(returns_figure)s
     """
     import matplotlib.pyplot as plt
     import pandas as pd
@@ -104,9 +104,9 @@ def attributions(
         Genes per cell type.
     ncols
         Panels per row.
-    {show_save}
+    %(show_save)s
 
-    {returns_figure}
+    %(returns_figure)s
     """
     import matplotlib.pyplot as plt
 

@@ -31,9 +31,9 @@ def cluster_resolution(
         (reads ``uns[key]["scan"]``).
     key
         ``key_added`` of the cluster call.
-    {show_save}
+    %(show_save)s
 
-    {returns_figure}
+    %(returns_figure)s
     """
     import matplotlib.pyplot as plt
 

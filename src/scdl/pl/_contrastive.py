@@ -69,9 +69,9 @@ def contrastive(
         Top salient genes in the bar panel; ``0`` leaves the panel out.
     n_neighbors, random_state
         For the neighbour graphs and UMAPs.
-    {show_save}
+    %(show_save)s
 
-    {returns_figure}
+    %(returns_figure)s
     """
     import matplotlib.pyplot as plt
 

@@ -84,9 +84,9 @@ def drug_response(
         sensitive), the response itself in the violins with the median as a line.
     n_drugs
         Drugs shown when ``drugs`` is ``None``.
-    {show_save}
+    %(show_save)s
 
-    {returns_figure}
+    %(returns_figure)s
     """
 
     from scdl.data import check_obs_key, resolve_drugs

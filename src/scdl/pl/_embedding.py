@@ -50,11 +50,11 @@ def embedding(
         For the neighbour graph and UMAP.
     ncols
         Panels per row.
-    {show_save}
+    %(show_save)s
     **kwargs
         Passed to :func:`scanpy.pl.embedding`.
 
-    {returns_figure}
+    %(returns_figure)s
     """
     import scanpy as sc
 

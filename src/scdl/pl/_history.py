@@ -54,9 +54,9 @@ def training_history(
         a trained scdl model (reads ``model.history``).
     key
         ``key_added`` of the integrate call.
-    {show_save}
+    %(show_save)s
 
-    {returns_figure}
+    %(returns_figure)s
     """
     import matplotlib.pyplot as plt
 

@@ -31,9 +31,9 @@ def integration_metrics(
         it in ``uns[key]``.
     key
         uns key when ``results`` is an AnnData.
-    {show_save}
+    %(show_save)s
 
-    {returns_figure}
+    %(returns_figure)s
     """
     import matplotlib.pyplot as plt
     import pandas as pd

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from docrep import DocstringProcessor
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -15,28 +16,21 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from matplotlib.figure import Figure
 
-#: docstring text shared by every plotting function; ``{name}`` in a docstring is replaced
-DOCS = {
-    "show_save": (
+#: docstring text shared by every plotting function (docrep, as scvi-tools writes it)
+plot_dsp = DocstringProcessor(
+    show_save=(
         "show, save\n"
-        "        As in scanpy: show the figure, and/or save it (``True``: to\n"
-        "        ``{scanpy.settings.figdir}/<name>.png``; or a path, ``.png`` added when it\n"
-        "        has no suffix)."
+        "    As in scanpy: show the figure, and/or save it (``True``: to\n"
+        "    ``{scanpy.settings.figdir}/<name>.png``; or a path, ``.png`` added when it\n"
+        "    has no suffix)."
     ),
-    "returns_figure": "Returns\n    -------\n    The Figure, unless it was shown.",
-}
+    returns_figure="Returns\n-------\nThe Figure, unless it was shown.",
+)
 
 
 def doc_show_save(func: Callable) -> Callable:
-    """Fill ``{show_save}`` and ``{returns_figure}`` in ``func``'s docstring with :data:`DOCS`.
-
-    Plain replacement (not ``str.format``), so other braces in the docstring stay as written.
-    """
-    doc = func.__doc__ or ""
-    for name, text in DOCS.items():
-        doc = doc.replace("{" + name + "}", text)
-    func.__doc__ = doc
-    return func
+    """Fill ``%(show_save)s`` and ``%(returns_figure)s`` in ``func``'s docstring."""
+    return plot_dsp.dedent(func)
 
 
 def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_name: str):
