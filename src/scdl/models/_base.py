@@ -149,7 +149,7 @@ class SafeSaveLoadMixin:
         """
         from safetensors.torch import save_file
 
-        import scdl
+        from scdl._version import __version__
 
         dir_path = Path(dir_path)
         if (dir_path / CONFIG_NAME).exists() and not overwrite:
@@ -162,7 +162,7 @@ class SafeSaveLoadMixin:
         config = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "scdl_version": scdl.__version__,
+            "scdl_version": __version__,
             "model_class": type(self).__name__,
             "var_names": [str(v) for v in self.get_var_names()],
             "attrs": _encode(attrs),
