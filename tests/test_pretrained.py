@@ -66,7 +66,8 @@ def test_annotate_writes_fields_and_is_accurate(heldout):
         r"on the (\d+) held-out cells.*?accuracy (\d+\.\d+)", card
     ).groups()
     assert adata.n_obs == int(n_cells)
-    assert round(acc, 3) == float(card_acc), (acc, card_acc)
+    # another torch build may move a borderline cell: at most one cell (plus the rounding)
+    assert abs(acc - float(card_acc)) <= 1 / adata.n_obs + 5e-4, (acc, card_acc)
 
 
 def test_annotate_copy_leaves_input_unchanged(heldout):
