@@ -15,7 +15,7 @@ def cluster(
     use_rep: str = "X_scdl",
     resolution: float | Literal["auto"] = 1.0,
     n_clusters: int | None = None,
-    n_neighbors: int = 15,
+    n_neighbors: int = 30,
     key_added: str = "scdl_cluster",
     random_state: int = 0,
     copy: bool = False,
@@ -50,7 +50,10 @@ def cluster(
     n_clusters
         Number of clusters wanted; the resolution is searched for it.
     n_neighbors
-        Neighbours per cell in the graph.
+        Neighbours per cell in the graph. The default, twice scanpy's 15, suits a VAE's
+        low-dimensional latent space: on it a 15-neighbour graph breaks large cell types
+        into more Leiden clusters, at the same resolution, than a 15-neighbour graph on 50
+        principal components does. Pass 15 for scanpy's usual graph.
     key_added
         obs column of the clusters.
     random_state
