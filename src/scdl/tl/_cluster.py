@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
+
+from scdl.data import check_key_added
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
@@ -80,14 +84,53 @@ def cluster(
     """
     import scanpy as sc
 
+    rep = _check_inputs(adata, use_rep, resolution, n_clusters, n_neighbors, key_added)
+    adata = adata.copy() if copy else adata
+    neighbors_key = f"{key_added}_neighbors"
+    sc.pp.neighbors(
+        adata,
+        n_neighbors=n_neighbors,
+        use_rep=use_rep,
+        key_added=neighbors_key,
+        random_state=random_state,
+    )
+    connectivities = adata.obsp[f"{neighbors_key}_connectivities"]
+    if n_clusters is not None:
+        _cluster_to_k(adata, connectivities, rep, int(n_clusters), key_added, random_state)
+        return adata if copy else None
+    scan = None
+    if isinstance(resolution, str):
+        from ._resolution import choose
+        from ._resolution import scan as scan_resolutions
+
+        table = scan_resolutions(connectivities, rep, seed=random_state)
+        resolution = choose(table)
+        scan = {c: table[c].to_numpy() for c in ("resolution", "n_clusters", "silhouette")}
+    sc.tl.leiden(
+        adata,
+        resolution=float(resolution),
+        key_added=key_added,
+        neighbors_key=neighbors_key,
+        flavor="igraph",
+        n_iterations=2,
+        directed=False,
+        random_state=random_state,
+    )
+    adata.uns[key_added]["resolution"] = float(resolution)
+    adata.uns[key_added]["resolution_method"] = "fixed" if scan is None else "auto"
+    if scan is not None:
+        adata.uns[key_added]["scan"] = scan
+    return adata if copy else None
+
+
+def _check_inputs(adata, use_rep, resolution, n_clusters, n_neighbors, key_added) -> np.ndarray:
+    """The representation to cluster, with every argument checked before anything is written."""
     if use_rep not in adata.obsm:
         avail = list(adata.obsm.keys())
         raise KeyError(
             f"use_rep={use_rep!r} is not in adata.obsm (available: {avail or 'none'}). Run "
             "`scdl.tl.integrate(adata, ...)` first or pass the key of an existing embedding."
         )
-    import numpy as np
-
     rep = np.asarray(adata.obsm[use_rep])
     if rep.ndim != 2 or not np.issubdtype(rep.dtype, np.number):
         raise TypeError(
@@ -118,66 +161,36 @@ def cluster(
         raise TypeError(f'resolution must be a number > 0 or "auto", got {resolution!r}.')
     elif not resolution > 0:
         raise ValueError(f"resolution must be > 0 (e.g. 0.5 to 2), got {resolution!r}.")
-    if not isinstance(key_added, str) or not key_added:
-        raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
+    check_key_added(key_added)
     if adata.n_obs <= n_neighbors:
         raise ValueError(
             f"{adata.n_obs} cells cannot have n_neighbors={n_neighbors}; pass a smaller "
             "n_neighbors."
         )
-    adata = adata.copy() if copy else adata
-    neighbors_key = f"{key_added}_neighbors"
-    sc.pp.neighbors(
-        adata,
-        n_neighbors=n_neighbors,
-        use_rep=use_rep,
-        key_added=neighbors_key,
-        random_state=random_state,
+    return rep
+
+
+def _cluster_to_k(adata, connectivities, rep, n_clusters: int, key_added: str, random_state):
+    """Leiden at the resolution searched for ``n_clusters`` (merging the closest centroids
+    below the graph's components); clusters named 0, 1, ... by size."""
+    import pandas as pd
+
+    from ._resolution import merge_to, search_n_clusters, to_igraph
+
+    chosen, labels, steps = search_n_clusters(
+        to_igraph(connectivities), n_clusters, seed=random_state
     )
-    connectivities = adata.obsp[f"{neighbors_key}_connectivities"]
-    if n_clusters is not None:
-        import pandas as pd
-
-        from ._resolution import merge_to, search_n_clusters, to_igraph
-
-        chosen, labels, steps = search_n_clusters(
-            to_igraph(connectivities), int(n_clusters), seed=random_state
-        )
-        labels = merge_to(labels, rep, int(n_clusters))
-        sizes = pd.Series(labels).value_counts()  # name clusters 0, 1, ... by size
-        rename = {c: str(i) for i, c in enumerate(sizes.index)}
-        names = [str(i) for i in range(len(sizes))]
-        adata.obs[key_added] = pd.Categorical([rename[c] for c in labels], categories=names)
-        adata.uns[key_added] = {
-            "params": {"resolution": chosen, "random_state": random_state, "n_iterations": 2},
-            "resolution": chosen,
-            "resolution_method": "n_clusters",
-            "scan": {
-                "resolution": np.array([r for r, _ in steps]),
-                "n_clusters": np.array([k for _, k in steps]),
-            },
-        }
-        return adata if copy else None
-    scan = None
-    if isinstance(resolution, str):
-        from ._resolution import choose
-        from ._resolution import scan as scan_resolutions
-
-        table = scan_resolutions(connectivities, rep, seed=random_state)
-        resolution = choose(table)
-        scan = {c: table[c].to_numpy() for c in ("resolution", "n_clusters", "silhouette")}
-    sc.tl.leiden(
-        adata,
-        resolution=float(resolution),
-        key_added=key_added,
-        neighbors_key=neighbors_key,
-        flavor="igraph",
-        n_iterations=2,
-        directed=False,
-        random_state=random_state,
-    )
-    adata.uns[key_added]["resolution"] = float(resolution)
-    adata.uns[key_added]["resolution_method"] = "fixed" if scan is None else "auto"
-    if scan is not None:
-        adata.uns[key_added]["scan"] = scan
-    return adata if copy else None
+    labels = merge_to(labels, rep, n_clusters)
+    sizes = pd.Series(labels).value_counts()  # name clusters 0, 1, ... by size
+    rename = {c: str(i) for i, c in enumerate(sizes.index)}
+    names = [str(i) for i in range(len(sizes))]
+    adata.obs[key_added] = pd.Categorical([rename[c] for c in labels], categories=names)
+    adata.uns[key_added] = {
+        "params": {"resolution": chosen, "random_state": random_state, "n_iterations": 2},
+        "resolution": chosen,
+        "resolution_method": "n_clusters",
+        "scan": {
+            "resolution": np.array([r for r, _ in steps]),
+            "n_clusters": np.array([k for _, k in steps]),
+        },
+    }
