@@ -80,6 +80,33 @@ def _iter_row_chunks(x, n_obs: int):
         yield x[start : min(start + _CHUNK_ROWS, n_obs)]
 
 
+def _count_stats(x, n_obs: int, n_vars: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Row and gene totals of ``x`` and its numbers of non-finite, negative and non-integer
+    values, read in row chunks (a sparse matrix stays sparse)."""
+    row_totals = np.zeros(n_obs, dtype=np.float64)
+    gene_totals = np.zeros(n_vars, dtype=np.float64)
+    n_bad = {"nan": 0, "neg": 0, "frac": 0}
+    is_float = np.issubdtype(x.dtype, np.floating)
+    offset = 0
+    for chunk in _iter_row_chunks(x, n_obs):
+        if sparse.issparse(chunk):
+            vals = chunk.data
+        else:
+            chunk = np.asarray(chunk)
+            vals = chunk.ravel()
+        if is_float:
+            finite = np.isfinite(vals)
+            n_bad["nan"] += int(vals.size - finite.sum())
+            vals = vals[finite] if not finite.all() else vals
+            n_bad["frac"] += int(np.count_nonzero(vals != np.round(vals)))
+        n_bad["neg"] += int(np.count_nonzero(vals < 0))
+        rows = np.asarray(chunk.sum(axis=1)).ravel()
+        row_totals[offset : offset + rows.size] = rows
+        gene_totals += np.asarray(chunk.sum(axis=0)).ravel()
+        offset += rows.size
+    return row_totals, gene_totals, n_bad
+
+
 def check_counts(
     adata: AnnData,
     layer: str | None = None,
@@ -117,28 +144,7 @@ def check_counts(
             f"{where} has dtype {dtype}; raw counts must be numeric (int or float). "
             "Convert it, e.g. `adata.X = adata.X.astype(np.float32)`."
         )
-    n_obs = adata.n_obs
-    row_totals = np.zeros(n_obs, dtype=np.float64)
-    gene_totals = np.zeros(adata.n_vars, dtype=np.float64)
-    n_bad = {"nan": 0, "neg": 0, "frac": 0}
-    is_float = np.issubdtype(dtype, np.floating)
-    offset = 0
-    for chunk in _iter_row_chunks(x, n_obs):
-        if sparse.issparse(chunk):
-            vals = chunk.data
-        else:
-            chunk = np.asarray(chunk)
-            vals = chunk.ravel()
-        if is_float:
-            finite = np.isfinite(vals)
-            n_bad["nan"] += int(vals.size - finite.sum())
-            vals = vals[finite] if not finite.all() else vals
-            n_bad["frac"] += int(np.count_nonzero(vals != np.round(vals)))
-        n_bad["neg"] += int(np.count_nonzero(vals < 0))
-        rows = np.asarray(chunk.sum(axis=1)).ravel()
-        row_totals[offset : offset + rows.size] = rows
-        gene_totals += np.asarray(chunk.sum(axis=0)).ravel()
-        offset += rows.size
+    row_totals, gene_totals, n_bad = _count_stats(x, adata.n_obs, adata.n_vars)
     if n_bad["nan"]:
         raise ValueError(
             f"{where} contains {n_bad['nan']} NaN or infinite values. Raw counts must be finite; "
