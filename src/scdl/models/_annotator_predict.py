@@ -25,7 +25,6 @@ from scdl.data import (
     get_matrix,
     inference_batch_size,
     input_kind,
-    log_normalize_counts,
 )
 from scdl.dataloaders import dense_rows
 
@@ -92,7 +91,11 @@ class AnnotatorPredictionMixin:
     @torch.inference_mode()
     def _blend_query_stats(self, x, present, weight: float) -> None:
         """Move the standardisation towards the query's own gene statistics (sparse, exact)."""
-        x = log_normalize_counts(x, dtype=np.float32)
+        from scipy import sparse
+
+        x = sparse.csr_matrix(x, dtype=np.float32, copy=True)
+        lib = np.clip(np.asarray(x.sum(1)).ravel(), 1.0, None)
+        x.data = np.log1p(x.data / np.repeat(lib, np.diff(x.indptr)) * 1e4)
         n = x.shape[0]
         mean = np.asarray(x.sum(0)).ravel() / n
         var = np.asarray(x.multiply(x).sum(0)).ravel() / n - mean**2
