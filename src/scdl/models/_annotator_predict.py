@@ -93,8 +93,8 @@ class AnnotatorPredictionMixin:
         """Move the standardisation towards the query's own gene statistics (sparse, exact)."""
         from scipy import sparse
 
-        # float32 arithmetic, as the models were calibrated with (log_normalize_counts works
-        # in float64; switching would move the outputs of this opt-in path by float rounding)
+        # float32 arithmetic kept on purpose: scdl.data.log_normalize_counts works in float64,
+        # which would move this path's outputs by float rounding (issue 21 keeps them bitwise)
         x = sparse.csr_matrix(x, dtype=np.float32, copy=True)
         lib = np.clip(np.asarray(x.sum(1)).ravel(), 1.0, None)
         x.data = np.log1p(x.data / np.repeat(lib, np.diff(x.indptr)) * 1e4)
