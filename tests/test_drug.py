@@ -531,3 +531,16 @@ def test_sparse_bulk_profiles_are_checked_without_densifying(gdsc):
         scdl.data.check_profiles(ad.AnnData(NoDense(bad), var=gdsc.var[[]].copy()))
     with pytest.raises(ValueError, match="1 NaN or infinite"):  # the same verdict dense
         scdl.data.check_profiles(ad.AnnData(bad, var=gdsc.var[[]].copy()))
+
+
+def test_predict_several_kinds_in_one_pass_equals_each_kind(trained, cellbench):
+    """A list of kinds gives, from one computation of the cells' profiles, exactly what each
+    kind gives alone; an unknown kind is refused."""
+    kinds = ["value", "probability", "label", "sd"]
+    tables = trained.predict(cellbench, drugs=list(EGFR_DRUGS), kind=kinds)
+    assert list(tables) == kinds
+    for kind in kinds:
+        alone = trained.predict(cellbench, drugs=list(EGFR_DRUGS), kind=kind)
+        pd.testing.assert_frame_equal(tables[kind], alone)
+    with pytest.raises(ValueError, match="each kind must be one of"):
+        trained.predict(cellbench, kind=["value", "ic50"])

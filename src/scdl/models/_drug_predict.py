@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 Modality = Literal["auto", "counts", "profiles"]
+Kind = Literal["value", "probability", "label", "sd"]
+#: what :meth:`DrugPredictionMixin.predict` returns per cell and drug
+KINDS = ("value", "probability", "label", "sd")
 
 
 class DrugPredictionMixin:
@@ -112,11 +115,11 @@ class DrugPredictionMixin:
         adata: AnnData | None = None,
         *,
         drugs: str | Sequence[str] | None = None,
-        kind: Literal["value", "probability", "label", "sd"] = "value",
+        kind: Kind | Sequence[Kind] = "value",
         layer: str | None = None,
         modality: Modality = "auto",
         smooth_neighbors: int | None = None,
-    ) -> pd.DataFrame:
+    ) -> pd.DataFrame | dict[str, pd.DataFrame]:
         """Predicted response of each cell (or line) to each drug.
 
         Parameters
@@ -132,12 +135,15 @@ class DrugPredictionMixin:
             1 (sensitive) where the value is below the drug's median over the training lines
             (``drug_stats_["median"]``, the threshold; probability > 0.5), else 0;
             ``"sd"``: the per-cell uncertainty, the sd of the value over ensemble members.
+            A list of kinds returns a dict of DataFrames by kind, from one pass over the data
+            (the cells' profiles, with their neighbour smoothing, are computed once).
         layer, modality, smooth_neighbors
             As in :meth:`profiles`.
 
         Returns
         -------
-        DataFrame of cells x drugs, indexed by ``adata.obs_names``.
+        DataFrame of cells x drugs, indexed by ``adata.obs_names`` (a dict of them, by kind,
+        for a list of kinds).
 
         Raises
         ------
@@ -147,22 +153,32 @@ class DrugPredictionMixin:
             Unknown ``kind``; see :meth:`profiles`.
         """
         self._check_if_trained(warn=False)
-        if kind not in ("value", "probability", "label", "sd"):
-            raise ValueError(f"kind={kind!r} is not one of 'value', 'probability', 'label', 'sd'.")
+        kinds = [kind] if isinstance(kind, str) else list(kind)
+        bad = [k for k in kinds if k not in KINDS]
+        if bad or not kinds:
+            raise ValueError(f"kind={kind!r}: each kind must be one of {KINDS}.")
         drugs = resolve_drugs(drugs, self.drugs)
         profiles = self.profiles(
             adata, layer=layer, modality=modality, smooth_neighbors=smooth_neighbors
         )
         cols = [self.drugs.index(d) for d in drugs]
-        if kind == "sd":
-            values = self._run(profiles, self.module.member_predictions)[:, :, cols].std(axis=0)
-        else:
-            values = self._run(profiles, self.module.predict)[:, cols]
         index = self.adata.obs_names if adata is None else adata.obs_names
-        table = pd.DataFrame(values, index=index.copy(), columns=pd.Index(drugs))
-        if kind == "probability":
-            return self.sensitive_probability(table)
-        return self.sensitive_label(table) if kind == "label" else table
+
+        def table(values: np.ndarray) -> pd.DataFrame:
+            return pd.DataFrame(values, index=index.copy(), columns=pd.Index(drugs))
+
+        out = {}
+        if "sd" in kinds:
+            out["sd"] = table(
+                self._run(profiles, self.module.member_predictions)[:, :, cols].std(axis=0)
+            )
+        if set(kinds) & {"value", "probability", "label"}:
+            value = table(self._run(profiles, self.module.predict)[:, cols])
+            out["value"] = value
+            out["probability"] = self.sensitive_probability(value)
+            out["label"] = self.sensitive_label(value)
+        out = {k: out[k] for k in kinds}
+        return out[kind] if isinstance(kind, str) else out
 
     def sensitive_probability(self, values: pd.DataFrame) -> pd.DataFrame:
         """The sensitive probability ``Phi((median - value) / residual_sd)`` of predicted

@@ -65,26 +65,24 @@ def fit_masked_ridge(
             weight[cols] = w
             bias[cols] = y_mean - w @ x_mean
             continue
+        # several penalties: each drug's exact leave-one-out choice, one eigendecomposition
         evals, evecs = np.linalg.eigh(ko)
         evals = np.clip(evals, 0, None)
         proj = evecs.T @ yc
-        if grid.size > 1:
-            n = ko.shape[0]
-            best = np.full(len(cols), np.inf)
-            pick = np.zeros(len(cols), dtype=np.int64)
-            for a, alpha in enumerate(grid):
-                shrink = evals / (evals + alpha)
-                fitted = evecs @ (shrink[:, None] * proj)
-                # hat matrix of the centred problem + the intercept's 1/n
-                hat = (evecs**2) @ shrink + 1.0 / n
-                loo = ((yc - fitted) / (1.0 - hat)[:, None]) ** 2
-                err = loo.mean(0)
-                better = err < best
-                best[better] = err[better]
-                pick[better] = a
-            alpha_cols = grid[pick]
-        else:
-            alpha_cols = np.full(len(cols), grid[0])
+        n = ko.shape[0]
+        best = np.full(len(cols), np.inf)
+        pick = np.zeros(len(cols), dtype=np.int64)
+        for a, alpha in enumerate(grid):
+            shrink = evals / (evals + alpha)
+            fitted = evecs @ (shrink[:, None] * proj)
+            # hat matrix of the centred problem + the intercept's 1/n
+            hat = (evecs**2) @ shrink + 1.0 / n
+            loo = ((yc - fitted) / (1.0 - hat)[:, None]) ** 2
+            err = loo.mean(0)
+            better = err < best
+            best[better] = err[better]
+            pick[better] = a
+        alpha_cols = grid[pick]
         dual = evecs @ (proj / (evals[:, None] + alpha_cols[None, :]))
         w = ((xo - x_mean).T @ dual).T  # drugs x genes
         weight[cols] = w

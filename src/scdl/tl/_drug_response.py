@@ -100,10 +100,12 @@ def drug_response(
         )
     check_key_added(key_added)
     # everything is computed before anything is written, so a failure leaves adata unchanged
-    value = model.predict(adata, drugs=drugs, layer=layer, modality=modality)
-    prob = model.sensitive_probability(value)
-    label = model.sensitive_label(value)
-    sd = model.predict(adata, drugs=list(value.columns), kind="sd", layer=layer, modality=modality)
+    # one pass: the cells' profiles (and their neighbour smoothing) are computed once
+    tables = model.predict(
+        adata, drugs=drugs, kind=["value", "probability", "label", "sd"], layer=layer,
+        modality=modality,
+    )  # fmt: skip
+    value, prob, label, sd = (tables[k] for k in ("value", "probability", "label", "sd"))
     stats = model.drug_stats_.loc[list(value.columns)]
     summary = pd.DataFrame(
         {
