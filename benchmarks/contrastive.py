@@ -13,6 +13,12 @@ same number of epochs, at their own default settings otherwise. Measured:
 - mixing of control and stimulated cells in the shared space (normalised kNN entropy, 1 =
   fully mixed): the stimulation should not be in the shared space.
 
+Beside the two models, the simple baselines a user would try first, on the same cells and
+genes (log-normalised, 50 PCs): genes = scanpy's Wilcoxon test of target vs background cells
+(top 50 by score); shared space = Harmony on the PCs with the condition as the batch; salient
+space = contrastive PCA (Abid et al. 2018, Nat Commun 9:2134; alpha = 1): the top 10
+directions of the target cells' gene covariance minus the background's, target cells only.
+
     python benchmarks/contrastive.py                   # both Kang sets
     python benchmarks/contrastive.py --datasets kang2k --epochs 100
 """
@@ -107,6 +113,36 @@ def scores(shared, salient, obs, label_key, groupby, target_mask, top_genes) -> 
     }
 
 
+def simple_baselines(adata, groupby, bg, tg, seed: int) -> tuple[dict, list]:
+    """Wilcoxon genes, Harmony shared space and contrastive PCA salient space (no training)."""
+    import harmonypy
+    import scanpy as sc
+
+    from scdl.data import unintegrated_pca
+
+    tmp = adata.copy()
+    sc.pp.normalize_total(tmp, target_sum=1e4)
+    sc.pp.log1p(tmp)
+    tmp.obs["_side"] = np.where(np.isin(np.arange(tmp.n_obs), tg), "target", "background")
+    with measure() as m:
+        sc.tl.rank_genes_groups(
+            tmp, "_side", groups=["target"], reference="background", method="wilcoxon"
+        )
+        genes = [str(g) for g in tmp.uns["rank_genes_groups"]["names"]["target"][:50]]
+        pcs = unintegrated_pca(adata, n_comps=50)
+        ho = harmonypy.run_harmony(pcs, adata.obs, groupby, random_state=seed, verbose=False)
+        z = np.asarray(ho.Z_corr)
+        shared = z if z.shape[0] == adata.n_obs else z.T
+        # contrastive PCA on standardised log expression (genes scaled over all cells)
+        x = tmp.X.toarray() if hasattr(tmp.X, "toarray") else np.asarray(tmp.X)
+        x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-8)
+        diff = np.cov(x[tg], rowvar=False) - np.cov(x[bg], rowvar=False)
+        evals, evecs = np.linalg.eigh(diff)
+        salient = np.zeros((adata.n_obs, 10))
+        salient[tg] = x[tg] @ evecs[:, np.argsort(evals)[::-1][:10]]
+    return m, (shared, salient, genes)
+
+
 def run(name: str, seed: int, epochs: int | None) -> tuple[pd.DataFrame, dict]:
     import scvi
 
@@ -172,6 +208,11 @@ def run(name: str, seed: int, epochs: int | None) -> tuple[pd.DataFrame, dict]:
         )
     )
     rows["scvi-tools ContrastiveVI"], top["scvi-tools ContrastiveVI"] = m, genes_cvi
+
+    m, (shared, salient, genes_base) = simple_baselines(adata, groupby, bg, tg, seed)
+    m.update(scores(shared, salient, adata.obs, label_key, groupby, target_mask, genes_base))
+    label = "baselines: Wilcoxon genes, Harmony shared, cPCA salient"
+    rows[label], top[label] = m, genes_base
 
     table = pd.DataFrame(
         {
