@@ -87,10 +87,8 @@ def test_auto_floor_when_silhouette_peaks_coarse():
 
     res = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0]
     k = [2, 3, 6, 6, 6, 7, 9, 10]
-    coarse = pd.DataFrame(
-        {"resolution": res, "n_clusters": k, "silhouette": [0.16, 0.16, 0.13, 0.14, 0.14,
-                                                            0.14, 0.14, 0.12]}
-    )  # fmt: skip
+    sil = [0.16, 0.16, 0.13, 0.14, 0.14, 0.14, 0.14, 0.12]
+    coarse = pd.DataFrame({"resolution": res, "n_clusters": k, "silhouette": sil})
     assert choose(coarse) == FLOOR == 0.4
     fine = coarse.assign(silhouette=[0.10, 0.11, 0.12, 0.13, 0.14, 0.19, 0.2, 0.15])
     assert choose(fine) == 0.8
