@@ -76,3 +76,19 @@ def test_cluster_resolution_plot_needs_scan(cellbench):
     with pytest.raises(KeyError, match='resolution="auto"'):
         scdl.pl.cluster_resolution(adata)
     assert np.isfinite(adata.uns["scdl_cluster"]["resolution"])
+
+
+def test_auto_floor_when_silhouette_peaks_coarse():
+    """A silhouette peak at a coarse resolution (as on Kang 2k: 2-3 lymphoid / myeloid-level
+    groups for 7 types) is lifted to the floor; a finer peak is kept."""
+    import pandas as pd
+
+    from scdl.tl._resolution import FLOOR, choose
+
+    res = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0]
+    k = [2, 3, 6, 6, 6, 7, 9, 10]
+    sil = [0.16, 0.16, 0.13, 0.14, 0.14, 0.14, 0.14, 0.12]
+    coarse = pd.DataFrame({"resolution": res, "n_clusters": k, "silhouette": sil})
+    assert choose(coarse) == FLOOR == 0.4
+    fine = coarse.assign(silhouette=[0.10, 0.11, 0.12, 0.13, 0.14, 0.19, 0.2, 0.15])
+    assert choose(fine) == 0.8

@@ -34,8 +34,10 @@ def cluster(
     resolution of a grid (0.1 to 2), the mean silhouette width of each partition is computed
     in ``use_rep`` (Euclidean, on at most 2,000 random cells), and the highest resolution
     whose silhouette is within 0.01 of the best, among those giving two or more clusters, is
-    kept. Like any silhouette choice it favours well-separated groups: subtypes that overlap
-    in the representation may stay merged; pass a number or ``n_clusters`` then.
+    kept, but never one below 0.4: the silhouette can peak at a few coarse groups of types
+    (e.g. lymphoid and myeloid cells), below the types themselves. Like any silhouette
+    choice it favours well-separated groups: subtypes that overlap in the representation
+    may stay merged; pass a number or ``n_clusters`` then.
 
     ``n_clusters=k`` bisects the resolution until Leiden gives ``k`` clusters (the closest
     count when none gives ``k`` exactly); as Leiden never returns fewer clusters than the
@@ -50,7 +52,7 @@ def cluster(
         obsm key of the representation, e.g. the output of :func:`scdl.tl.integrate`.
     resolution
         Leiden resolution: higher gives more, smaller clusters. ``"auto"`` chooses it by
-        silhouette width (see above). Ignored when ``n_clusters`` is given.
+        silhouette width, at least 0.4 (see above). Ignored when ``n_clusters`` is given.
     n_clusters
         Number of clusters wanted; the resolution is searched for it.
     n_neighbors

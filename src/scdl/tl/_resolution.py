@@ -1,5 +1,5 @@
-"""Leiden resolution without labels: silhouette width over a resolution scan, and the
-resolution search behind ``n_clusters``.
+"""Leiden resolution without labels: silhouette width over a resolution scan (with a floor),
+and the resolution search behind ``n_clusters``.
 
 Works on a neighbour graph's connectivities (a sparse cells x cells matrix); the Leiden runs
 are igraph's modularity Leiden, as in scanpy's ``flavor="igraph"``.
@@ -24,6 +24,9 @@ GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0)
 MAX_SILHOUETTE_CELLS = 2000
 # Resolutions whose silhouette is within this of the best count as ties (the finest wins).
 TIE = 0.01
+# Lowest resolution "auto" returns: the silhouette can peak at a few coarse, well-separated
+# groups of types (lymphoid / myeloid), below the partition into the types themselves.
+FLOOR = 0.4
 
 
 def to_igraph(connectivities: sparse.spmatrix) -> igraph.Graph:
@@ -102,14 +105,17 @@ def scan(
     return pd.DataFrame(rows)
 
 
-def choose(table: pd.DataFrame, criterion: str = "silhouette", tie: float = TIE) -> float:
+def choose(
+    table: pd.DataFrame, criterion: str = "silhouette", tie: float = TIE, floor: float = FLOOR
+) -> float:
     """The highest resolution whose ``criterion`` is within ``tie`` of the best, among those
-    giving two or more clusters; the largest resolution when none gives two."""
+    giving two or more clusters, and at least ``floor``; the largest resolution when none
+    gives two."""
     ok = table[(table["n_clusters"] >= 2) & table[criterion].notna()]
     if ok.empty:
         return float(table["resolution"].max())
     best = ok[criterion].max()
-    return float(ok.loc[ok[criterion] >= best - tie, "resolution"].max())
+    return max(float(ok.loc[ok[criterion] >= best - tie, "resolution"].max()), float(floor))
 
 
 def search_n_clusters(
