@@ -323,8 +323,8 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
             AdamW learning rate (cosine schedule).
         train_size
             Fraction of the reference the transformer trains on; the rest calibrates the
-            per-cell thresholds. The linear path is then refitted on every reference cell
-            (on small references the held-out tenth is worth up to 0.01 macro-F1).
+            per-cell thresholds. The linear path, a convex fit that needs no held-out
+            cells, is then refitted on every reference cell.
         unknown_rate
             Fraction of held-out reference cells that the per-cell thresholds flag (used only
             by models without a cluster threshold; the Unknown call is made per query cluster,

@@ -171,8 +171,7 @@ class CellTypeTransformerModule(nn.Module):
 
         Not divided by the reference's spread: a gene that barely varies in the reference
         (an interferon gene in control cells, say) would be amplified, and a condition shift
-        moves exactly such genes (on Kang control -> stimulated, macro-F1 0.72 unscaled vs
-        0.66 standardised for the same logistic regression).
+        moves exactly such genes (benchmarks/README.md compares the two inputs).
         """
         x = x_log - self.gene_mean
         return x if present is None else x * present
