@@ -7,6 +7,7 @@ against the annotated types, per case, and the mean and the worst over the cases
 and of the gap to the case's oracle (the best grid resolution, which needs the labels).
 
     python benchmarks/clustering_rules.py --cache DIR --out rules.csv
+    python benchmarks/clustering_rules.py --cache DIR --spaces scdl --scdl-neighbors 50 --quick
 """
 
 from __future__ import annotations
@@ -161,23 +162,28 @@ def stability(g, labels, seed, n=2):
     )
 
 
-def cases(cache: Path, datasets, seeds):
+def cases(cache: Path, datasets, seeds, spaces=SPACES):
     for d in datasets:
         adata, label_key, _ = load(d)
         truth = adata.obs[label_key].astype(str).to_numpy()
-        for space in SPACES:
+        for space in spaces:
             for seed in seeds:
                 path = cache / f"{d}_{space}_{seed}.npy"
                 if path.is_file():
                     yield d, space, seed, np.load(path), truth
 
 
-def score_rules(d, space, seed, rep, truth, *, recursive_too=False) -> dict:
-    """ARI (and cluster count, ``... k``) of every rule on one case."""
+def score_rules(
+    d, space, seed, rep, truth, *, scdl_neighbors=30, recursive_too=False, quick=False
+) -> dict:
+    """ARI (and cluster count, ``... k``) of every rule on one case (``quick``: the shipped
+    rule, resolutions 1.0 / 0.5 and the oracle only)."""
     from sklearn.metrics import adjusted_rand_score
 
+    from scdl.tl._resolution import choose
+
     keep = truth != "NA"
-    nn = 30 if space == "scdl" else PEER_NEIGHBORS  # as clustering.py
+    nn = scdl_neighbors if space == "scdl" else PEER_NEIGHBORS  # as clustering.py
     g = graph(rep, nn, seed)
     table, labels = grid_scan(g, rep, seed)
     ari = [adjusted_rand_score(truth[keep], lab[keep]) for lab in labels]
@@ -190,6 +196,10 @@ def score_rules(d, space, seed, rep, truth, *, recursive_too=False) -> dict:
     r["oracle"], r["oracle k"] = max(ari), ks[int(np.argmax(ari))]
     for res in (1.0, 0.5):
         r[f"res {res}"], r[f"res {res} k"] = ari[GRID.index(res)], ks[GRID.index(res)]
+    i = GRID.index(choose(table))  # tl.cluster(resolution="auto") as shipped
+    r["auto (shipped)"], r["auto (shipped) k"] = ari[i], ks[i]
+    if quick:
+        return r
     for name, kw in {
         "silhouette (before)": {},
         "sil tie .02": {"tie": 0.02},
@@ -242,12 +252,22 @@ def main() -> None:
     p.add_argument(
         "--recursive", action="store_true", help="also the Gaussian-null recursive rule (slow)"
     )
+    p.add_argument("--spaces", nargs="+", default=list(SPACES), choices=list(SPACES))
+    p.add_argument(
+        "--scdl-neighbors", type=int, default=30, help="scdl's graph (tl.cluster's default 30)"
+    )
+    p.add_argument("--quick", action="store_true", help="the shipped rule, 1.0, 0.5, oracle")
     p.add_argument("--out", type=Path, default=None, help="write the per-case table as CSV")
     args = p.parse_args()
     rows = []
-    for d, space, seed, rep, truth in cases(args.cache, args.datasets, args.seeds):
+    for d, space, seed, rep, truth in cases(args.cache, args.datasets, args.seeds, args.spaces):
         t0 = time.time()
-        rows.append(score_rules(d, space, seed, rep, truth, recursive_too=args.recursive))
+        rows.append(
+            score_rules(
+                d, space, seed, rep, truth, scdl_neighbors=args.scdl_neighbors,
+                recursive_too=args.recursive, quick=args.quick,
+            )
+        )  # fmt: skip
         rows[-1]["seconds"] = time.time() - t0
         print(d, space, seed, f"{rows[-1]['seconds']:.0f}s", flush=True)
     res = pd.DataFrame(rows)
