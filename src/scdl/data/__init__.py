@@ -8,6 +8,7 @@ from ._checks import (
     check_is_anndata,
     check_key_added,
     check_obs_key,
+    check_positive_int,
     check_unique_var_names,
     get_matrix,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "check_is_anndata",
     "check_key_added",
     "check_obs_key",
+    "check_positive_int",
     "check_query",
     "check_unique_var_names",
     "get_matrix",

@@ -272,6 +272,18 @@ def check_count_setup(
     return summary
 
 
+def check_positive_int(value, arg: str, *, none: str | None = None) -> int | None:
+    """``value`` must be a positive integer (numpy integers too); ``None`` is allowed when
+    ``none`` says what it means."""
+    if value is None and none is not None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        allowed = f" or None ({none})" if none is not None else ""
+        error = TypeError if not isinstance(value, int | np.integer) else ValueError
+        raise error(f"{arg} must be a positive integer{allowed}, got {value!r}.")
+    return int(value)
+
+
 def check_key_added(key_added) -> str:
     """``key_added`` must be a non-empty string (the key a ``tl`` step writes under)."""
     if not isinstance(key_added, str) or not key_added:

@@ -38,6 +38,11 @@ def gene_columns(adata, genes, *, min_overlap: float = 0.5, what: str = "model")
     ValueError
         Gene names are not unique, or fewer than ``min_overlap`` of ``genes`` occur.
     """
+    if isinstance(min_overlap, bool) or not 0 <= min_overlap <= 1:
+        raise ValueError(
+            f"min_gene_overlap must be a fraction in [0, 1] (e.g. 0.5: half of the {what}'s "
+            f"genes), got {min_overlap!r}."
+        )
     genes = pd.Index(genes)
     check_unique_var_names(adata)
     col = adata.var_names.get_indexer(genes)

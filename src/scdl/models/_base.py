@@ -109,6 +109,19 @@ def read_config(dir_path: str | os.PathLike) -> dict:
     return config
 
 
+def _check_genes_agree(config: dict, registry: dict, dir_path) -> None:
+    """The genes ``config.json`` lists must be those its registry registered (an edited
+    file can change one and not the other)."""
+    x_state = registry.get("field_registries", {}).get("X", {}).get("state_registry", {})
+    registered = x_state.get("column_names")
+    if registered is not None and [str(g) for g in registered] != list(config["var_names"]):
+        raise ValueError(
+            f"{str(dir_path)!r}: the {len(config['var_names'])} genes in {CONFIG_NAME}'s "
+            f"var_names differ from the {len(registered)} its registry holds: the file was "
+            "edited or is corrupt. Save the model again with `.save()`."
+        )
+
+
 def load_weights(dir_path: str | os.PathLike, device: str = "cpu") -> dict:
     """Load tensors from ``model.safetensors`` (the format cannot hold code)."""
     from safetensors.torch import load_file
@@ -217,6 +230,7 @@ class SafeSaveLoadMixin:
             adata = anndata.read_h5ad(Path(dir_path) / "adata.h5ad")
         attrs = _decode(config["attrs"])
         registry = attrs.pop("registry_")
+        _check_genes_agree(config, registry, dir_path)
         if adata is not None:
             ref = pd.Index(config["var_names"])
             if not adata.var_names.equals(ref):

@@ -344,9 +344,10 @@ class VAE(
         ----------
         adata
             Query AnnData with raw counts, the reference's genes, and the reference's
-            ``batch_key`` column holding the new batch name(s). If it holds extra genes, a
-            subset copy with the reference's genes in order is used (``adata`` itself is not
-            modified).
+            ``batch_key`` column holding the new batch name(s). If it holds extra genes or the
+            reference's genes in another order, a copy with the reference's genes in order is
+            used, as it is for a view (``adata[mask]``); ``adata`` itself is then not
+            modified.
         reference_model
             Trained :class:`VAE`, or the folder it was saved to.
         **kwargs
@@ -368,6 +369,8 @@ class VAE(
                 "Using the query's %d reference genes, in the reference's order.", len(ref_genes)
             )
             adata = adata[:, ref_genes].copy()
+        elif adata.is_view:  # registering writes into the AnnData: a view gets its own copy
+            adata = adata.copy()
         setup_args = reference_model.registry_["setup_args"]
         if setup_args.get("batch_key") is not None:
             check_obs_key(adata, setup_args["batch_key"], arg="batch_key (of the reference)")

@@ -10,6 +10,9 @@ import numpy as np
 from scdl.data import (
     check_categorical,
     check_counts,
+    check_is_anndata,
+    check_key_added,
+    check_positive_int,
     check_unique_var_names,
     get_matrix,
     resolve_groups,
@@ -122,7 +125,9 @@ def contrastive(
     from scdl.models import ContrastiveVAE
 
     # validate everything before touching adata, so a failing call leaves it unchanged
-    bg, tg, summary = _check_inputs(adata, groupby, background, target, layer, batch_key)
+    bg, tg, summary = _check_inputs(
+        adata, groupby, background, target, layer, batch_key, key_added, shared_key, n_top_genes
+    )
     genes = select_genes(
         adata, summary.gene_totals, layer=layer, batch_key=batch_key, n_top_genes=n_top_genes
     )
@@ -173,8 +178,19 @@ def contrastive(
     return model
 
 
-def _check_inputs(adata, groupby, background, target, layer, batch_key):
+def _check_inputs(
+    adata, groupby, background, target, layer, batch_key, key_added, shared_key, n_top_genes
+):
     """The background and target cells and the count summary; every input checked."""
+    check_is_anndata(adata)
+    check_key_added(key_added)
+    check_key_added(shared_key)
+    if key_added == shared_key:
+        raise ValueError(
+            f"key_added and shared_key are both {key_added!r}: the shared space would overwrite "
+            "the salient one. Pass two different obsm keys."
+        )
+    check_positive_int(n_top_genes, "n_top_genes", none="all expressed genes")
     bg, tg, _ = resolve_groups(adata, groupby=groupby, background=background, target=target)
     get_matrix(adata, layer)
     check_unique_var_names(adata)

@@ -11,6 +11,7 @@ from scdl.data import (
     check_counts,
     check_is_anndata,
     check_key_added,
+    check_positive_int,
     check_unique_var_names,
     get_matrix,
 )
@@ -157,13 +158,7 @@ def _check_inputs(adata, key_added, layer, batch_key, n_top_genes):
     """The count summary of ``adata``; every input checked before anything is written."""
     check_is_anndata(adata)
     check_key_added(key_added)
-    if n_top_genes is not None and (
-        isinstance(n_top_genes, bool) or not isinstance(n_top_genes, int) or n_top_genes < 1
-    ):
-        raise ValueError(
-            f"n_top_genes must be a positive integer or None (all expressed genes), got "
-            f"{n_top_genes!r}."
-        )
+    check_positive_int(n_top_genes, "n_top_genes", none="all expressed genes")
     get_matrix(adata, layer)
     check_unique_var_names(adata)
     if batch_key is not None:
