@@ -11,6 +11,7 @@ from ._checks import (
     check_positive_int,
     check_unique_var_names,
     get_matrix,
+    warn_empty_cells,
 )
 from ._csr import CSRTensors, gather_counts, inference_batch_size
 from ._drug_checks import (
@@ -54,6 +55,7 @@ __all__ = [
     "check_key_added",
     "check_obs_key",
     "check_positive_int",
+    "warn_empty_cells",
     "check_query",
     "check_unique_var_names",
     "get_matrix",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -112,21 +113,23 @@ def check_counts(
     layer: str | None = None,
     *,
     report_zero_genes: bool = False,
+    warn_zero_cells: bool = True,
 ) -> CountSummary:
     """Check that ``adata.X`` (or ``layer``) holds raw counts a count model can use.
 
     Genes with no counts in any cell are valid (common after subsetting cells; scvi-tools
     accepts them): they carry no information and do no harm, so they are kept and counted in
     the summary. With ``report_zero_genes`` (a fresh registration) their number is logged in
-    one line.
+    one line. Cells with no counts are valid too (scvi-tools and scanpy take them; common
+    after subsetting genes): they are kept, and with ``warn_zero_cells`` a UserWarning says
+    how many and how to drop them.
 
     Raises
     ------
     TypeError
         The matrix is not numeric.
     ValueError
-        The AnnData is empty; the matrix has NaN/inf, negative or non-integer values; some
-        cells have no counts.
+        The AnnData is empty; the matrix has NaN/inf, negative or non-integer values.
     KeyError
         ``layer`` does not exist.
     """
@@ -162,11 +165,8 @@ def check_counts(
             "layer (e.g. 'counts'), or restore counts into adata.X."
         )
     n_zero_cells = int(np.count_nonzero(row_totals == 0))
-    if n_zero_cells:
-        raise ValueError(
-            f"{n_zero_cells} cells have zero total counts in {where}. Remove them first, e.g. "
-            "`sc.pp.filter_cells(adata, min_counts=1)`."
-        )
+    if n_zero_cells and warn_zero_cells:
+        warn_empty_cells(n_zero_cells, adata.n_obs, f"in {where}")
     n_zero_genes = int(np.count_nonzero(gene_totals == 0))
     if n_zero_genes and report_zero_genes:
         logger.info(
@@ -177,6 +177,17 @@ def check_counts(
             where,
         )
     return CountSummary(n_zero_cells, n_zero_genes, gene_totals)
+
+
+def warn_empty_cells(n_empty: int, n_obs: int, where: str) -> None:
+    """Say that ``n_empty`` cells have no counts (kept; they carry no information)."""
+    warnings.warn(
+        f"{n_empty} of {n_obs} cells have no counts {where}; they are kept, with the "
+        "representation of an empty cell. `sc.pp.filter_cells(adata, min_counts=1)` drops "
+        "them.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def check_obs_key(adata: AnnData, key: str, *, arg: str = "key") -> pd.Series:

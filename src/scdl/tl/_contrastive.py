@@ -197,7 +197,7 @@ def _check_inputs(
     if batch_key is not None:
         batch = check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
         _warn_if_nested(batch, adata.obs[groupby], batch_key, groupby)
-    summary = check_counts(adata, layer)
+    summary = check_counts(adata, layer, warn_zero_cells=False)  # said for the genes used
     if summary.n_zero_genes == adata.n_vars:
         raise ValueError("No gene has counts; nothing to analyse.")
     return bg, tg, summary

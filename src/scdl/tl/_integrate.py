@@ -163,7 +163,7 @@ def _check_inputs(adata, key_added, layer, batch_key, n_top_genes):
     check_unique_var_names(adata)
     if batch_key is not None:
         check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
-    summary = check_counts(adata, layer)
+    summary = check_counts(adata, layer, warn_zero_cells=False)  # said for the genes used
     if summary.n_zero_genes == adata.n_vars:
         raise ValueError("No gene has counts; nothing to integrate.")
     return summary

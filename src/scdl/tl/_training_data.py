@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from scdl.data import get_matrix
+from scdl.data import get_matrix, warn_empty_cells
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -19,7 +19,11 @@ def training_adata(
     adata: AnnData, genes: pd.Index, *, layer: str | None, obs_keys: Sequence[str]
 ) -> AnnData:
     """Counts of ``genes`` (float32) with only ``obs_keys``: scvi-tools' registration then
-    writes its ``_scvi_*`` columns here, not into the user's AnnData."""
+    writes its ``_scvi_*`` columns here, not into the user's AnnData.
+
+    Cells without counts in ``genes`` (empty cells, or cells whose few counts lie in other
+    genes) are kept, with one warning.
+    """
     import anndata
 
     x = get_matrix(adata, layer)
@@ -31,4 +35,9 @@ def training_adata(
     out.var_names = genes
     if out.X.dtype != np.float32:
         out.X = out.X.astype(np.float32)
+    n_empty = int(np.count_nonzero(np.asarray(out.X.sum(axis=1)).ravel() == 0))
+    if n_empty:
+        warn_empty_cells(
+            n_empty, out.n_obs, f"in the {len(genes)} genes trained on (n_top_genes sets how many)"
+        )
     return out
