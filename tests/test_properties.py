@@ -119,7 +119,9 @@ def random_anndata(draw):
 
 def _valid(adata, counts, layer, batch_key, *, need_labels: bool) -> bool:
     """An independent statement of what registration accepts."""
-    if layer == "count" or counts.size == 0 or not adata.var_names.is_unique:
+    if layer == "count" or counts.size == 0:
+        return False
+    if need_labels and not adata.var_names.is_unique:  # the annotator matches genes by name
         return False
     if not np.isfinite(counts).all() or (counts < 0).any() or (counts != np.round(counts)).any():
         return False

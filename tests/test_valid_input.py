@@ -290,3 +290,15 @@ def test_load_query_data_takes_a_view(kang):
     query_model.train(max_epochs=2, enable_progress_bar=False, plan_kwargs={"weight_decay": 0})
     assert query_model.get_latent_representation().shape[0] == view.n_obs
     assert view.is_view and not any(c.startswith("_scvi") for c in view.obs.columns)
+
+
+def test_cli_annotates_a_dataset_holding_few_of_the_model_genes(hundred_cells, tmp_path):
+    """The bundled set holds 214 of the shipped annotator's 2,000 genes (refused at 0.5)."""
+    from scdl.cli import main
+
+    hundred_cells.write_h5ad(tmp_path / "in.h5ad")
+    args = ["annotate", str(tmp_path / "in.h5ad"), "-o", str(tmp_path / "out.h5ad")]
+    assert main([*args, "--min-gene-overlap", "0.1"]) == 0
+    import anndata as ad
+
+    assert ad.read_h5ad(tmp_path / "out.h5ad").obs["scdl_cell_type"].notna().all()

@@ -232,10 +232,20 @@ def check_categorical(
     return col
 
 
-def check_unique_var_names(adata: AnnData) -> None:
-    """Gene names must be unique to align genes between datasets."""
+def check_unique_var_names(adata: AnnData, *, warn: bool = False) -> None:
+    """Gene names must be unique to align genes between datasets; with ``warn``, where genes
+    are not matched by name, duplicates are only said in a warning (as scanpy does)."""
     if not adata.var_names.is_unique:
         dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
+        if warn:
+            warnings.warn(
+                f"adata.var_names has duplicates (e.g. {dup}); they are used as separate genes. "
+                "Call `adata.var_names_make_unique()` to match genes by name later (a query, "
+                "an annotator).",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
         raise ValueError(
             f"adata.var_names has duplicates (e.g. {dup}). Call `adata.var_names_make_unique()` "
             "first."
@@ -253,10 +263,13 @@ def check_count_setup(
     report_zero_genes: bool = True,
     categorical: dict[str, str | list[str] | None] | None = None,
     covariates_need_two: bool = False,
+    unique_genes: bool = True,
 ) -> CountSummary:
     """The checks every count model's ``setup_anndata`` runs, in one place.
 
-    ``adata`` is an AnnData (not a view), gene names are unique, ``X``/``layer`` holds raw
+    ``adata`` is an AnnData (not a view), gene names are unique (with ``unique_genes=False``,
+    for a model that never matches genes by name, duplicates are said in a warning, as
+    scanpy does), ``X``/``layer`` holds raw
     counts, and each ``{arg: obs column(s)}`` in ``categorical`` is present, categorical and
     without missing values. All-zero genes are kept (logged when ``report_zero_genes``; a
     query padded with the reference's missing genes need not be). With
@@ -265,7 +278,7 @@ def check_count_setup(
     query or a reloaded model may hold a single batch). Raises before anything is written.
     """
     check_is_anndata(adata, registering=True)
-    check_unique_var_names(adata)
+    check_unique_var_names(adata, warn=not unique_genes)
     summary = check_counts(adata, layer, report_zero_genes=report_zero_genes)
     for arg, keys in (categorical or {}).items():
         if keys is None:

@@ -192,6 +192,7 @@ class VAE(
                 "categorical_covariate_keys": categorical_covariate_keys,
             },
             covariates_need_two=not from_registry,
+            unique_genes=False,  # as in scvi-tools: genes are matched by name only for a query
         )
         if continuous_covariate_keys is not None and not isinstance(
             continuous_covariate_keys, list | tuple
@@ -361,8 +362,14 @@ class VAE(
                 f"got {type(reference_model).__name__}."
             )
         ref_genes = pd.Index(reference_model.get_var_names())
-        check_unique_var_names(adata)
         if not adata.var_names.equals(ref_genes):
+            check_unique_var_names(adata)
+            if not ref_genes.is_unique:
+                raise ValueError(
+                    "The reference's gene names have duplicates, so the query's genes cannot "
+                    "be matched to them by name: pass a query with the reference's genes in "
+                    "its order (`reference_model.get_var_names()`)."
+                )
             if not ref_genes.isin(adata.var_names).all():
                 raise ValueError(gene_mismatch_message(ref_genes, adata.var_names))
             logger.info(

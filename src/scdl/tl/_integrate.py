@@ -18,7 +18,7 @@ from scdl.data import (
 
 from ._hvg import select_genes
 from ._train import check_finite, train_model, training_summary
-from ._training_data import training_adata
+from ._training_data import training_adata, unique_gene_names
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -92,7 +92,8 @@ def integrate(
     ``adata.obsm[key_added]``
         Latent representation (posterior means), cells x ``n_latent``.
     ``adata.uns[key_added]``
-        ``params`` (the settings above), ``var_names`` (genes used), ``history``
+        ``params`` (the settings above), ``var_names`` (genes used; duplicated names
+        suffixed ``-1``, ``-2``, ... as ``var_names_make_unique`` does), ``history``
         (per-epoch training and validation ELBO) and ``train_time_s``.
 
     Examples
@@ -106,13 +107,23 @@ def integrate(
 
     # validate everything before touching adata, so a failing call leaves it unchanged
     summary = _check_inputs(adata, key_added, layer, batch_key, n_top_genes)
+    names = unique_gene_names(adata)
     genes = select_genes(
-        adata, summary.gene_totals, layer=layer, batch_key=batch_key, n_top_genes=n_top_genes
+        adata,
+        summary.gene_totals,
+        layer=layer,
+        batch_key=batch_key,
+        n_top_genes=n_top_genes,
+        var_names=names,
     )
 
     # the model trains on its own small AnnData: the user's object gets no _scvi_* columns
     train_adata = training_adata(
-        adata, genes, layer=layer, obs_keys=[batch_key] if batch_key is not None else []
+        adata,
+        genes,
+        layer=layer,
+        obs_keys=[batch_key] if batch_key is not None else [],
+        var_names=names,
     )
 
     model, train_time = train_model(
@@ -160,7 +171,7 @@ def _check_inputs(adata, key_added, layer, batch_key, n_top_genes):
     check_key_added(key_added)
     check_positive_int(n_top_genes, "n_top_genes", none="all expressed genes")
     get_matrix(adata, layer)
-    check_unique_var_names(adata)
+    check_unique_var_names(adata, warn=True)  # genes are not matched by name here
     if batch_key is not None:
         check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
     summary = check_counts(adata, layer, warn_zero_cells=False)  # said for the genes used

@@ -15,8 +15,27 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
+def unique_gene_names(adata: AnnData) -> pd.Index:
+    """``adata.var_names``, duplicates suffixed ``-1``, ``-2``, ... as
+    ``var_names_make_unique`` does, for the tool's own AnnData (the user's is not renamed)."""
+    import warnings
+
+    from anndata.utils import make_index_unique
+
+    if adata.var_names.is_unique:
+        return adata.var_names
+    with warnings.catch_warnings():  # check_unique_var_names has said it
+        warnings.simplefilter("ignore")
+        return make_index_unique(adata.var_names.copy())
+
+
 def training_adata(
-    adata: AnnData, genes: pd.Index, *, layer: str | None, obs_keys: Sequence[str]
+    adata: AnnData,
+    genes: pd.Index,
+    *,
+    layer: str | None,
+    obs_keys: Sequence[str],
+    var_names: pd.Index | None = None,
 ) -> AnnData:
     """Counts of ``genes`` (float32) with only ``obs_keys``: scvi-tools' registration then
     writes its ``_scvi_*`` columns here, not into the user's AnnData.
@@ -28,7 +47,7 @@ def training_adata(
 
     x = get_matrix(adata, layer)
     out = anndata.AnnData(
-        X=x[:, adata.var_names.get_indexer(genes)],
+        X=x[:, (adata.var_names if var_names is None else var_names).get_indexer(genes)],
         obs=adata.obs[list(dict.fromkeys(obs_keys))].copy(),
     )
     out.obs_names = adata.obs_names
