@@ -495,19 +495,82 @@ def test_annotate_bad_arguments(kwargs, error, match):
     assert_unchanged(query, snap)
 
 
-def test_load_refuses_a_config_whose_genes_were_edited(kang, tmp_path):
+@pytest.fixture(scope="module")
+def small_save(kang, tmp_path_factory):
+    """A VAE trained briefly on 100 cells, saved; and those cells, unregistered."""
+    adata = _expressed(kang, 100)
+    clean = adata.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        VAE.setup_anndata(adata)
+        model = VAE(adata)
+        model.train(max_epochs=1, enable_progress_bar=False)
+    path = tmp_path_factory.mktemp("save") / "m"
+    model.save(path)
+    return path, clean
+
+
+def _reverse_genes(folder):
     import json
 
-    adata = _expressed(kang, 100)
-    VAE.setup_anndata(adata)
-    model = VAE(adata)
-    model.train(max_epochs=1, enable_progress_bar=False)
-    model.save(tmp_path / "m")
-    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
     config["var_names"] = config["var_names"][::-1]
-    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="differ from the .* its registry holds.*edited"):
-        VAE.load(tmp_path / "m")
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _flip_weight_bytes(folder):
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8:] = bytes(255 - b for b in data[-8:])  # last values changed, header intact
+    weights.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (_reverse_genes, "differ from the .* its registry holds.*edited"),
+        (_flip_weight_bytes, "does not match the checksum.*edited, swapped"),
+    ],
+)
+def test_load_refuses_an_edited_save(small_save, tmp_path, edit, match):
+    import shutil
+
+    path, adata = small_save
+    shutil.copytree(path, tmp_path / "m")
+    edit(tmp_path / "m")
+    query = adata.copy()
+    snap = snapshot(query)
+    with pytest.raises(ValueError, match=match):
+        VAE.load(tmp_path / "m", adata=query)
+    assert_unchanged(query, snap)
+    assert "_scvi_uuid" not in query.uns
+    VAE.load(path, adata=adata.copy())  # the untouched save loads
+
+
+def test_pretrained_folder_checksum_is_checked(tmp_path):
+    import hashlib
+    import shutil
+
+    from scdl.pretrained import _registry
+
+    shutil.copytree(_registry._HERE / "pbmc_kang2018", tmp_path / "a")
+    sha = hashlib.sha256((tmp_path / "a" / "model.safetensors").read_bytes()).hexdigest()
+    scdl.pretrained.load(tmp_path / "a", sha256=sha)
+    with pytest.raises(ValueError, match="Checksum mismatch"):
+        scdl.pretrained.load(tmp_path / "a", sha256="0" * 64)
+    with pytest.raises(ValueError, match="Checksum mismatch"):
+        scdl.pretrained.load("pbmc_kang2018", sha256="0" * 64)
+
+
+def test_metrics_and_plots_name_the_missing_step(kang):
+    adata = _small(kang, 100)
+    adata.obsm["X_scdl"] = np.random.default_rng(0).normal(size=(adata.n_obs, 5))
+    snap = snapshot(adata)
+    with pytest.raises(TypeError, match="key_added"):
+        scdl.tl.integration_metrics(adata, batch_key="sample", label_key="cell_type", key_added=3)
+    with pytest.raises(KeyError, match=r"Run `scdl.tl.annotate"):
+        scdl.pl.annotation(adata, groupby="cell_type", show=False)
+    assert_unchanged(adata, snap)
 
 
 # --- the command line -------------------------------------------------------------------------

@@ -122,6 +122,16 @@ def _check_genes_agree(config: dict, registry: dict, dir_path) -> None:
         )
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_weights(dir_path: str | os.PathLike, device: str = "cpu") -> dict:
     """Load tensors from ``model.safetensors`` (the format cannot hold code)."""
     from safetensors.torch import load_file
@@ -183,6 +193,8 @@ class SafeSaveLoadMixin:
         }
         state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
         save_file(state, str(dir_path / WEIGHTS_NAME))
+        # lets load() refuse weights edited or swapped after saving
+        config["weights_sha256"] = _sha256(dir_path / WEIGHTS_NAME)
         with open(dir_path / CONFIG_NAME, "w", encoding="utf-8") as f:
             json.dump(config, f)
         if save_anndata:
@@ -231,6 +243,16 @@ class SafeSaveLoadMixin:
         attrs = _decode(config["attrs"])
         registry = attrs.pop("registry_")
         _check_genes_agree(config, registry, dir_path)
+        state = load_weights(dir_path)  # before adata is registered; malformed: named
+        # earlier saves (and the bundled annotator, checked by its registry) record none
+        expected = config.get("weights_sha256")
+        weights = Path(dir_path) / WEIGHTS_NAME
+        if expected is not None and weights.is_file() and _sha256(weights) != expected:
+            raise ValueError(
+                f"{str(dir_path)!r}: {WEIGHTS_NAME} does not match the checksum its "
+                f"{CONFIG_NAME} recorded at saving: the file was edited, swapped or is corrupt. "
+                "Save the model again with `.save()`."
+            )
         if adata is not None:
             ref = pd.Index(config["var_names"])
             if not adata.var_names.equals(ref):
@@ -239,7 +261,6 @@ class SafeSaveLoadMixin:
                 raise ValueError(gene_mismatch_message(ref, adata.var_names))
             cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
         model = _initialize_model(cls, adata, registry, attrs, None)
-        state = load_weights(dir_path)
         try:
             model.module.load_state_dict(state)
         except RuntimeError as e:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from scdl.data import check_categorical, unintegrated_pca
+from scdl.data import check_categorical, check_is_anndata, check_key_added, unintegrated_pca
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -73,6 +73,9 @@ def integration_metrics(
     import anndata
     from scib_metrics.benchmark import Benchmarker
 
+    check_is_anndata(adata)
+    if key_added is not None:
+        check_key_added(key_added)
     embeddings = [embeddings] if isinstance(embeddings, str) else list(embeddings)
     if not embeddings:
         raise ValueError("Pass at least one obsm key in `embeddings`.")
