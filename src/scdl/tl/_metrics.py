@@ -70,9 +70,6 @@ def integration_metrics(
     ``Batch correction``, ``Bio conservation`` and ``Total`` (0.4 x batch + 0.6 x bio).
     Also stored in ``adata.uns[key_added]`` unless ``key_added=None``.
     """
-    import anndata
-    from scib_metrics.benchmark import Benchmarker
-
     check_is_anndata(adata)
     if key_added is not None:
         check_key_added(key_added)
@@ -88,6 +85,9 @@ def integration_metrics(
             )
         if not np.isfinite(np.asarray(adata.obsm[key])).all():
             raise ValueError(f"adata.obsm[{key!r}] has NaN or infinite values.")
+
+    import anndata
+    from scib_metrics.benchmark import Benchmarker  # slow to import: after the checks
 
     # a light copy: Benchmarker writes into the AnnData it is given
     obs = adata.obs[[batch_key, label_key]].copy()
