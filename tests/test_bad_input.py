@@ -510,12 +510,20 @@ def small_save(kang, tmp_path_factory):
     return path, clean
 
 
-def _reverse_genes(folder):
+def _edit_config(folder, edit):
     import json
 
     config = json.loads((folder / "config.json").read_text())
-    config["var_names"] = config["var_names"][::-1]
+    edit(config)
     (folder / "config.json").write_text(json.dumps(config))
+
+
+def _reverse_genes(folder):
+    _edit_config(folder, lambda c: c.update(var_names=c["var_names"][::-1]))
+
+
+def _shrink_latent(folder):
+    _edit_config(folder, lambda c: c["attrs"]["init_params_"]["non_kwargs"].update(n_latent=3))
 
 
 def _flip_weight_bytes(folder):
@@ -530,6 +538,7 @@ def _flip_weight_bytes(folder):
     [
         (_reverse_genes, "differ from the .* its registry holds.*edited"),
         (_flip_weight_bytes, "does not match the checksum.*edited, swapped"),
+        (_shrink_latent, "do not fit the model"),
     ],
 )
 def test_load_refuses_an_edited_save(small_save, tmp_path, edit, match):

@@ -8,6 +8,7 @@ and ``model.safetensors`` (tensors only), so loading a model file never runs cod
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -120,6 +121,17 @@ def _check_genes_agree(config: dict, registry: dict, dir_path) -> None:
             f"var_names differ from the {len(registered)} its registry holds: the file was "
             "edited or is corrupt. Save the model again with `.save()`."
         )
+
+
+def _load_state(model, state: dict, dir_path) -> None:
+    try:
+        model.module.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(
+            f"The weights in {str(dir_path)!r} do not fit the model its {CONFIG_NAME} "
+            f"describes ({str(e).splitlines()[0]}): the files come from different saves or "
+            "were edited. Save the model again with `.save()`."
+        ) from e
 
 
 def _sha256(path: Path) -> str:
@@ -259,16 +271,12 @@ class SafeSaveLoadMixin:
                 from scdl.data import gene_mismatch_message
 
                 raise ValueError(gene_mismatch_message(ref, adata.var_names))
+            # the weights must fit before adata is registered (a failing load leaves it as it was)
+            probe = _initialize_model(cls, None, registry, copy.deepcopy(attrs), None)
+            _load_state(probe, state, dir_path)
             cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
         model = _initialize_model(cls, adata, registry, attrs, None)
-        try:
-            model.module.load_state_dict(state)
-        except RuntimeError as e:
-            raise ValueError(
-                f"The weights in {str(dir_path)!r} do not fit the model its {CONFIG_NAME} "
-                f"describes ({str(e).splitlines()[0]}): the files come from different saves or "
-                "were edited. Save the model again with `.save()`."
-            ) from e
+        _load_state(model, state, dir_path)
         model.to_device(torch_device)
         model.module.eval()
         return model
