@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import warnings
 
+import numpy as np
 import pytest
+from conftest import assert_unchanged, snapshot
 
+import scdl
 from scdl.models import VAE
 
 MARKER = "scdl_pwned_marker"
@@ -122,3 +126,79 @@ def test_saved_config_records_format_and_version(saved):
 
     cfg = json.loads((saved / "config.json").read_text())
     assert cfg["format_version"] == 1 and cfg["scdl_version"] == scdl.__version__
+
+
+# --- edited saves: refused before the AnnData given to load() is registered -----------------
+
+
+@pytest.fixture(scope="module")
+def small_save(kang, tmp_path_factory):
+    """A VAE trained briefly on 100 cells, saved; and those cells, unregistered."""
+    idx = np.sort(np.random.default_rng(0).choice(kang.n_obs, 100, replace=False))
+    adata = kang[idx].copy()
+    adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
+    clean = adata.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        VAE.setup_anndata(adata)
+        model = VAE(adata)
+        model.train(max_epochs=1, enable_progress_bar=False)
+    path = tmp_path_factory.mktemp("save") / "m"
+    model.save(path)
+    return path, clean
+
+
+def _edit_config(folder, edit):
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _reverse_genes(folder):
+    _edit_config(folder, lambda c: c.update(var_names=c["var_names"][::-1]))
+
+
+def _shrink_latent(folder):
+    _edit_config(folder, lambda c: c["attrs"]["init_params_"]["non_kwargs"].update(n_latent=3))
+
+
+def _flip_weight_bytes(folder):
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8:] = bytes(255 - b for b in data[-8:])  # last values changed, header intact
+    weights.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (_reverse_genes, "differ from the .* its registry holds.*edited"),
+        (_flip_weight_bytes, "does not match the checksum.*edited, swapped"),
+        (_shrink_latent, "do not fit the model"),
+    ],
+)
+def test_load_refuses_an_edited_save(small_save, tmp_path, edit, match):
+    path, adata = small_save
+    shutil.copytree(path, tmp_path / "m")
+    edit(tmp_path / "m")
+    query = adata.copy()
+    snap = snapshot(query)
+    with pytest.raises(ValueError, match=match):
+        VAE.load(tmp_path / "m", adata=query)
+    assert_unchanged(query, snap)
+    assert "_scvi_uuid" not in query.uns
+    VAE.load(path, adata=adata.copy())  # the untouched save loads
+
+
+def test_pretrained_folder_checksum_is_checked(tmp_path):
+    import hashlib
+
+    from scdl.pretrained import _registry
+
+    shutil.copytree(_registry._HERE / "pbmc_kang2018", tmp_path / "a")
+    sha = hashlib.sha256((tmp_path / "a" / "model.safetensors").read_bytes()).hexdigest()
+    scdl.pretrained.load(tmp_path / "a", sha256=sha)
+    with pytest.raises(ValueError, match="Checksum mismatch"):
+        scdl.pretrained.load(tmp_path / "a", sha256="0" * 64)
+    with pytest.raises(ValueError, match="Checksum mismatch"):
+        scdl.pretrained.load("pbmc_kang2018", sha256="0" * 64)

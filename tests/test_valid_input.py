@@ -206,3 +206,99 @@ def test_vae_with_covariates_trains_and_saves(hundred_cells, tmp_path):
     model.save(tmp_path / "m")
     again = VAE.load(tmp_path / "m", adata=adata)
     np.testing.assert_array_equal(again.get_latent_representation(), z)
+
+
+# --- fewer than 10 cells: no validation cell is left at train_size=0.9 ---------------------
+
+
+@pytest.fixture()
+def five_cells(kang):
+    """Five real cells: two types in both conditions, and a third type."""
+    ct, cond = kang.obs["cell_type"].to_numpy(), kang.obs["condition"].to_numpy()
+    pairs = [("B cells", "ctrl"), ("B cells", "stim"), ("CD14+ Monocytes", "ctrl")]
+    pairs += [("CD14+ Monocytes", "stim"), ("CD4 T cells", "ctrl")]
+    idx = [np.flatnonzero((ct == t) & (cond == c))[0] for t, c in pairs]
+    adata = kang[sorted(idx)].copy()
+    return adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
+
+
+def test_every_model_trains_on_five_cells(five_cells):
+    fast = {"max_epochs": 3, "enable_progress_bar": False}
+    a = five_cells.copy()
+    VAE.setup_anndata(a)
+    vae = VAE(a)
+    with pytest.warns(UserWarning, match="one minibatch per epoch"):
+        vae.train(**fast)
+    assert np.isfinite(vae.get_latent_representation()).all()
+
+    a = five_cells.copy()
+    ContrastiveVAE.setup_anndata(a)
+    cvae = ContrastiveVAE(a)
+    with pytest.warns(UserWarning, match="one minibatch per epoch"):
+        cvae.train(groupby="condition", background="ctrl", **fast)
+    assert np.isfinite(cvae.get_latent_representation(representation="salient")).all()
+
+    a = five_cells.copy()
+    CellTypeTransformer.setup_anndata(a, labels_key="cell_type")
+    annotator = CellTypeTransformer(a)
+    with pytest.warns(UserWarning, match="No reference cell is held out"):
+        annotator.train(**fast)
+    assert set(annotator.predict(a, unknown=False)) <= set(a.obs["cell_type"])
+
+    a = five_cells.copy()
+    with pytest.warns(UserWarning, match="one minibatch per epoch"):
+        scdl.tl.integrate(a, max_epochs=2, progress_bar=False)
+    assert np.isfinite(a.obsm["X_scdl"]).all()
+
+
+# --- cells without counts: kept, with a warning (scvi-tools and scanpy take them) ----------
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "poisson"])
+def test_empty_cells_are_kept_with_a_warning(hundred_cells, likelihood):
+    adata = hundred_cells
+    x = adata.X.tolil()
+    x[3, :] = 0
+    adata.X = x.tocsr()
+    with pytest.warns(UserWarning, match=r"1 of 100 cells have no counts.*filter_cells"):
+        VAE.setup_anndata(adata)
+    model = VAE(adata, gene_likelihood=likelihood)  # log(0) library: Poisson refused it
+    with pytest.warns(UserWarning, match="one minibatch per epoch"):
+        model.train(max_epochs=5, enable_progress_bar=False)
+    assert np.isfinite(model.get_latent_representation()).all()
+    assert np.isfinite(model.get_normalized_expression().to_numpy()).all()
+
+
+def test_integrate_keeps_cells_without_counts_in_the_chosen_genes(hundred_cells):
+    """20 highly variable genes leave some cells without counts in them: valid, said once."""
+    adata = hundred_cells
+    with pytest.warns(UserWarning, match="cells have no counts in the 20 genes trained on"):
+        scdl.tl.integrate(adata, n_top_genes=np.int64(20), max_epochs=2, progress_bar=False)
+    genes = list(adata.uns["X_scdl"]["var_names"])
+    assert (np.asarray(adata[:, genes].X.sum(1)).ravel() == 0).any()  # the case under test
+    assert np.isfinite(adata.obsm["X_scdl"]).all()
+
+
+def test_load_query_data_takes_a_view(kang):
+    ref = kang[kang.obs["sample"] != "stim107"].copy()
+    ref = ref[np.random.default_rng(0).choice(ref.n_obs, 200, replace=False)].copy()
+    VAE.setup_anndata(ref, batch_key="sample")
+    vae = VAE(ref)
+    vae.train(max_epochs=2, enable_progress_bar=False)
+    view = kang[kang.obs["sample"] == "stim107"]
+    query_model = VAE.load_query_data(view, vae)
+    query_model.train(max_epochs=2, enable_progress_bar=False, plan_kwargs={"weight_decay": 0})
+    assert query_model.get_latent_representation().shape[0] == view.n_obs
+    assert view.is_view and not any(c.startswith("_scvi") for c in view.obs.columns)
+
+
+def test_cli_annotates_a_dataset_holding_few_of_the_model_genes(hundred_cells, tmp_path):
+    """The bundled set holds 214 of the shipped annotator's 2,000 genes (refused at 0.5)."""
+    from scdl.cli import main
+
+    hundred_cells.write_h5ad(tmp_path / "in.h5ad")
+    args = ["annotate", str(tmp_path / "in.h5ad"), "-o", str(tmp_path / "out.h5ad")]
+    assert main([*args, "--min-gene-overlap", "0.1"]) == 0
+    import anndata as ad
+
+    assert ad.read_h5ad(tmp_path / "out.h5ad").obs["scdl_cell_type"].notna().all()

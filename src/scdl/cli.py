@@ -172,6 +172,7 @@ def _annotate(args: argparse.Namespace) -> int:
         layer=args.layer,
         key_added=args.key_added,
         unknown=not args.no_unknown,
+        min_gene_overlap=args.min_gene_overlap,
     )
     adata.write_h5ad(args.output)
     counts = adata.obs[args.key_added].value_counts()
@@ -270,6 +271,12 @@ def _add_annotate(sub) -> None:
         "--key-added",
         default="scdl_cell_type",
         help="obs key of the cell types (default: %(default)s)",
+    )
+    a.add_argument(
+        "--min-gene-overlap",
+        type=float,
+        default=0.5,
+        help="smallest fraction of the model's genes the input must hold (default: %(default)s)",
     )
     a.add_argument(
         "--no-unknown",

@@ -8,8 +8,10 @@ from ._checks import (
     check_is_anndata,
     check_key_added,
     check_obs_key,
+    check_positive_int,
     check_unique_var_names,
     get_matrix,
+    warn_empty_cells,
 )
 from ._csr import CSRTensors, gather_counts, inference_batch_size
 from ._drug_checks import (
@@ -52,6 +54,8 @@ __all__ = [
     "check_is_anndata",
     "check_key_added",
     "check_obs_key",
+    "check_positive_int",
+    "warn_empty_cells",
     "check_query",
     "check_unique_var_names",
     "get_matrix",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -112,21 +113,23 @@ def check_counts(
     layer: str | None = None,
     *,
     report_zero_genes: bool = False,
+    warn_zero_cells: bool = True,
 ) -> CountSummary:
     """Check that ``adata.X`` (or ``layer``) holds raw counts a count model can use.
 
     Genes with no counts in any cell are valid (common after subsetting cells; scvi-tools
     accepts them): they carry no information and do no harm, so they are kept and counted in
     the summary. With ``report_zero_genes`` (a fresh registration) their number is logged in
-    one line.
+    one line. Cells with no counts are valid too (scvi-tools and scanpy take them; common
+    after subsetting genes): they are kept, and with ``warn_zero_cells`` a UserWarning says
+    how many and how to drop them.
 
     Raises
     ------
     TypeError
         The matrix is not numeric.
     ValueError
-        The AnnData is empty; the matrix has NaN/inf, negative or non-integer values; some
-        cells have no counts.
+        The AnnData is empty; the matrix has NaN/inf, negative or non-integer values.
     KeyError
         ``layer`` does not exist.
     """
@@ -162,11 +165,8 @@ def check_counts(
             "layer (e.g. 'counts'), or restore counts into adata.X."
         )
     n_zero_cells = int(np.count_nonzero(row_totals == 0))
-    if n_zero_cells:
-        raise ValueError(
-            f"{n_zero_cells} cells have zero total counts in {where}. Remove them first, e.g. "
-            "`sc.pp.filter_cells(adata, min_counts=1)`."
-        )
+    if n_zero_cells and warn_zero_cells:
+        warn_empty_cells(n_zero_cells, adata.n_obs, f"in {where}")
     n_zero_genes = int(np.count_nonzero(gene_totals == 0))
     if n_zero_genes and report_zero_genes:
         logger.info(
@@ -177,6 +177,17 @@ def check_counts(
             where,
         )
     return CountSummary(n_zero_cells, n_zero_genes, gene_totals)
+
+
+def warn_empty_cells(n_empty: int, n_obs: int, where: str) -> None:
+    """Say that ``n_empty`` cells have no counts (kept; they carry no information)."""
+    warnings.warn(
+        f"{n_empty} of {n_obs} cells have no counts {where}; they are kept, with the "
+        "representation of an empty cell. `sc.pp.filter_cells(adata, min_counts=1)` drops "
+        "them.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def check_obs_key(adata: AnnData, key: str, *, arg: str = "key") -> pd.Series:
@@ -221,10 +232,20 @@ def check_categorical(
     return col
 
 
-def check_unique_var_names(adata: AnnData) -> None:
-    """Gene names must be unique to align genes between datasets."""
+def check_unique_var_names(adata: AnnData, *, warn: bool = False) -> None:
+    """Gene names must be unique to align genes between datasets; with ``warn``, where genes
+    are not matched by name, duplicates are only said in a warning (as scanpy does)."""
     if not adata.var_names.is_unique:
         dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
+        if warn:
+            warnings.warn(
+                f"adata.var_names has duplicates (e.g. {dup}); they are used as separate genes. "
+                "Call `adata.var_names_make_unique()` to match genes by name later (a query, "
+                "an annotator).",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
         raise ValueError(
             f"adata.var_names has duplicates (e.g. {dup}). Call `adata.var_names_make_unique()` "
             "first."
@@ -242,10 +263,13 @@ def check_count_setup(
     report_zero_genes: bool = True,
     categorical: dict[str, str | list[str] | None] | None = None,
     covariates_need_two: bool = False,
+    unique_genes: bool = True,
 ) -> CountSummary:
     """The checks every count model's ``setup_anndata`` runs, in one place.
 
-    ``adata`` is an AnnData (not a view), gene names are unique, ``X``/``layer`` holds raw
+    ``adata`` is an AnnData (not a view), gene names are unique (with ``unique_genes=False``,
+    for a model that never matches genes by name, duplicates are said in a warning, as
+    scanpy does), ``X``/``layer`` holds raw
     counts, and each ``{arg: obs column(s)}`` in ``categorical`` is present, categorical and
     without missing values. All-zero genes are kept (logged when ``report_zero_genes``; a
     query padded with the reference's missing genes need not be). With
@@ -254,7 +278,7 @@ def check_count_setup(
     query or a reloaded model may hold a single batch). Raises before anything is written.
     """
     check_is_anndata(adata, registering=True)
-    check_unique_var_names(adata)
+    check_unique_var_names(adata, warn=not unique_genes)
     summary = check_counts(adata, layer, report_zero_genes=report_zero_genes)
     for arg, keys in (categorical or {}).items():
         if keys is None:
@@ -270,6 +294,18 @@ def check_count_setup(
         for key in keys:
             check_categorical(adata, key, arg=arg, min_categories=need)
     return summary
+
+
+def check_positive_int(value, arg: str, *, none: str | None = None) -> int | None:
+    """``value`` must be a positive integer (numpy integers too); ``None`` is allowed when
+    ``none`` says what it means."""
+    if value is None and none is not None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        allowed = f" or None ({none})" if none is not None else ""
+        error = TypeError if not isinstance(value, int | np.integer) else ValueError
+        raise error(f"{arg} must be a positive integer{allowed}, got {value!r}.")
+    return int(value)
 
 
 def check_key_added(key_added) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from ._checks import check_unique_var_names, get_matrix
+from ._checks import get_matrix
 
 
 def gene_mismatch_message(reference: pd.Index, query: pd.Index) -> str:
@@ -33,14 +34,35 @@ def gene_mismatch_message(reference: pd.Index, query: pd.Index) -> str:
 def gene_columns(adata, genes, *, min_overlap: float = 0.5, what: str = "model"):
     """Where each of ``genes`` sits in ``adata.var_names`` (``-1``: absent) and which occur.
 
+    Duplicated names in ``adata.var_names`` are allowed (scanpy warns) unless one of
+    ``genes`` is among them: it could not be matched by name.
+
     Raises
     ------
     ValueError
-        Gene names are not unique, or fewer than ``min_overlap`` of ``genes`` occur.
+        One of ``genes`` occurs more than once in ``adata.var_names``, or fewer than
+        ``min_overlap`` of ``genes`` occur.
     """
+    if isinstance(min_overlap, bool) or not 0 <= min_overlap <= 1:
+        raise ValueError(
+            f"min_gene_overlap must be a fraction in [0, 1] (e.g. 0.5: half of the {what}'s "
+            f"genes), got {min_overlap!r}."
+        )
     genes = pd.Index(genes)
-    check_unique_var_names(adata)
-    col = adata.var_names.get_indexer(genes)
+    names = adata.var_names
+    if names.is_unique:
+        col = names.get_indexer(genes)
+    else:
+        clash = names[names.duplicated()].unique().intersection(genes)
+        if len(clash):
+            raise ValueError(
+                f"adata.var_names has duplicates among the {what}'s genes (e.g. "
+                f"{clash[:5].tolist()}), which cannot be matched by name. Call "
+                "`adata.var_names_make_unique()` first (or keep the right copy of each)."
+            )
+        single = ~names.duplicated(keep=False)
+        pos = names[single].get_indexer(genes)
+        col = np.where(pos >= 0, np.flatnonzero(single)[pos], -1)
     present = col >= 0
     n_present = int(present.sum())
     if n_present < min_overlap * len(genes):
@@ -49,7 +71,9 @@ def gene_columns(adata, genes, *, min_overlap: float = 0.5, what: str = "model")
             f"Only {n_present} of the {what}'s {len(genes)} genes ({n_present / len(genes):.0%}) "
             f"occur in adata.var_names (e.g. {example}); at least {min_overlap:.0%} are needed. "
             f"Use the same gene identifiers as the {what} (symbols, e.g. {genes[:3].tolist()}, "
-            "vs Ensembl IDs?), or set adata.var_names from the right var column."
+            "vs Ensembl IDs?), or set adata.var_names from the right var column. If the data "
+            "simply holds fewer of them, lower `min_gene_overlap` (`scdl.tl.annotate`, "
+            "`predict`; `scdl annotate --min-gene-overlap`)."
         )
     return col, present
 

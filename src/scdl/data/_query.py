@@ -38,10 +38,10 @@ def check_query(
         How to use categories the model was not trained on, named in that error.
     """
     check_is_anndata(adata)
-    check_unique_var_names(adata)
     fields = registry.get("field_registries", {})
     ref = fields.get("X", {}).get("state_registry", {}).get("column_names")
     if ref is not None and not adata.var_names.equals(pd.Index(ref)):
+        check_unique_var_names(adata)
         raise ValueError(gene_mismatch_message(pd.Index(ref), adata.var_names))
     setup_args = registry.get("setup_args", {})
     check_counts(adata, setup_args.get("layer"))

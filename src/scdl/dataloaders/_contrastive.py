@@ -54,7 +54,9 @@ class ContrastiveSplitter(ContrastiveDataSplitter):
         return self._loader(self.train_idx, shuffle=True, drop_last=self.drop_last)
 
     def val_dataloader(self):
-        return self._loader(self.val_idx, shuffle=False, drop_last=False)
+        # no validation cells (a tiny group): an empty list, which Lightning skips
+        loader = self._loader(self.val_idx, shuffle=False, drop_last=False)
+        return [] if loader is None else loader
 
     def test_dataloader(self):
         return self._loader(self.test_idx, shuffle=False, drop_last=False)

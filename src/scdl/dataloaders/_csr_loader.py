@@ -146,7 +146,7 @@ class CSRDataSplitter(FastDataSplitter):
 
     def _on_device(self, loader):
         trainer = getattr(self, "trainer", None)
-        if loader is None or trainer is None:
+        if not isinstance(loader, CSRBatchLoader) or trainer is None:
             return loader
         return loader.to(trainer.strategy.root_device)
 

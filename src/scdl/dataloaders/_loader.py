@@ -105,9 +105,18 @@ class TensorBatchLoader:
 
 
 class FastDataSplitter(DataSplitter):
-    """scvi-tools' ``DataSplitter`` (same split logic) feeding :class:`TensorBatchLoader`."""
+    """scvi-tools' ``DataSplitter`` (same split logic) feeding :class:`TensorBatchLoader`.
+
+    With no validation cells (fewer than 10 cells at the default ``train_size=0.9``) the
+    validation loader is an empty list, which Lightning skips, instead of scvi-tools'
+    ``None``, which Lightning refuses once validation is scheduled.
+    """
 
     data_loader_cls = TensorBatchLoader
+
+    def val_dataloader(self):
+        loader = super().val_dataloader()
+        return [] if loader is None else loader
 
 
 class CSRBatches:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -388,7 +389,17 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
     def _calibrate_after_training(self, splitter, *, unknown_rate: float, linear_C: float) -> None:
         """Unknown thresholds on the held-out cells, the final linear path, cluster calls."""
         self.module.eval()
-        self.calibrate(splitter.train_idx, splitter.val_idx, unknown_rate=unknown_rate)
+        heldout = splitter.val_idx
+        if len(heldout) == 0:  # a tiny reference (< 10 cells at train_size=0.9)
+            warnings.warn(
+                f"No reference cell is held out ({self.adata.n_obs} cells): the Unknown "
+                "thresholds are set on the training cells, so they flag fewer query cells. "
+                "Train on at least 10 cells, or lower `train_size`, to hold some out.",
+                UserWarning,
+                stacklevel=3,
+            )
+            heldout = splitter.train_idx
+        self.calibrate(splitter.train_idx, heldout, unknown_rate=unknown_rate)
         if self.module.linear is not None:
             # the held-out cells have calibrated the Unknown call with a linear path that never
             # saw them; a convex fit needs no held-out cells, so the final one uses every cell

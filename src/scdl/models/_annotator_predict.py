@@ -57,7 +57,12 @@ class AnnotatorPredictionMixin:
 
         self.module.eval()
         dev = self.module.device
-        batch_size = inference_batch_size(dev) if batch_size is None else int(batch_size)
+        if batch_size is None:
+            batch_size = inference_batch_size(dev)
+        elif isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+            raise TypeError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
+        elif batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size}.")
         mask = None if present is None else torch.as_tensor(present, device=dev)
         centroids = self.module.centroids
         if mask is not None:

@@ -8,6 +8,7 @@ and ``model.safetensors`` (tensors only), so loading a model file never runs cod
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -109,6 +110,40 @@ def read_config(dir_path: str | os.PathLike) -> dict:
     return config
 
 
+def _check_genes_agree(config: dict, registry: dict, dir_path) -> None:
+    """The genes ``config.json`` lists must be those its registry registered (an edited
+    file can change one and not the other)."""
+    x_state = registry.get("field_registries", {}).get("X", {}).get("state_registry", {})
+    registered = x_state.get("column_names")
+    if registered is not None and [str(g) for g in registered] != list(config["var_names"]):
+        raise ValueError(
+            f"{str(dir_path)!r}: the {len(config['var_names'])} genes in {CONFIG_NAME}'s "
+            f"var_names differ from the {len(registered)} its registry holds: the file was "
+            "edited or is corrupt. Save the model again with `.save()`."
+        )
+
+
+def _load_state(model, state: dict, dir_path) -> None:
+    try:
+        model.module.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(
+            f"The weights in {str(dir_path)!r} do not fit the model its {CONFIG_NAME} "
+            f"describes ({str(e).splitlines()[0]}): the files come from different saves or "
+            "were edited. Save the model again with `.save()`."
+        ) from e
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_weights(dir_path: str | os.PathLike, device: str = "cpu") -> dict:
     """Load tensors from ``model.safetensors`` (the format cannot hold code)."""
     from safetensors.torch import load_file
@@ -170,6 +205,8 @@ class SafeSaveLoadMixin:
         }
         state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
         save_file(state, str(dir_path / WEIGHTS_NAME))
+        # lets load() refuse weights edited or swapped after saving
+        config["weights_sha256"] = _sha256(dir_path / WEIGHTS_NAME)
         with open(dir_path / CONFIG_NAME, "w", encoding="utf-8") as f:
             json.dump(config, f)
         if save_anndata:
@@ -217,23 +254,29 @@ class SafeSaveLoadMixin:
             adata = anndata.read_h5ad(Path(dir_path) / "adata.h5ad")
         attrs = _decode(config["attrs"])
         registry = attrs.pop("registry_")
+        _check_genes_agree(config, registry, dir_path)
+        state = load_weights(dir_path)  # before adata is registered; malformed: named
+        # earlier saves (and the bundled annotator, checked by its registry) record none
+        expected = config.get("weights_sha256")
+        weights = Path(dir_path) / WEIGHTS_NAME
+        if expected is not None and weights.is_file() and _sha256(weights) != expected:
+            raise ValueError(
+                f"{str(dir_path)!r}: {WEIGHTS_NAME} does not match the checksum its "
+                f"{CONFIG_NAME} recorded at saving: the file was edited, swapped or is corrupt. "
+                "Save the model again with `.save()`."
+            )
         if adata is not None:
             ref = pd.Index(config["var_names"])
             if not adata.var_names.equals(ref):
                 from scdl.data import gene_mismatch_message
 
                 raise ValueError(gene_mismatch_message(ref, adata.var_names))
+            # the weights must fit before adata is registered (a failing load leaves it as it was)
+            probe = _initialize_model(cls, None, registry, copy.deepcopy(attrs), None)
+            _load_state(probe, state, dir_path)
             cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
         model = _initialize_model(cls, adata, registry, attrs, None)
-        state = load_weights(dir_path)
-        try:
-            model.module.load_state_dict(state)
-        except RuntimeError as e:
-            raise ValueError(
-                f"The weights in {str(dir_path)!r} do not fit the model its {CONFIG_NAME} "
-                f"describes ({str(e).splitlines()[0]}): the files come from different saves or "
-                "were edited. Save the model again with `.save()`."
-            ) from e
+        _load_state(model, state, dir_path)
         model.to_device(torch_device)
         model.module.eval()
         return model

@@ -173,6 +173,7 @@ class ContrastiveVAE(
             report_zero_genes=not from_registry,
             categorical={"batch_key": batch_key},
             covariates_need_two=not from_registry,
+            unique_genes=False,  # as in scvi-tools: genes are matched by name only for a query
         )
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),

@@ -192,6 +192,7 @@ class VAE(
                 "categorical_covariate_keys": categorical_covariate_keys,
             },
             covariates_need_two=not from_registry,
+            unique_genes=False,  # as in scvi-tools: genes are matched by name only for a query
         )
         if continuous_covariate_keys is not None and not isinstance(
             continuous_covariate_keys, list | tuple
@@ -344,9 +345,10 @@ class VAE(
         ----------
         adata
             Query AnnData with raw counts, the reference's genes, and the reference's
-            ``batch_key`` column holding the new batch name(s). If it holds extra genes, a
-            subset copy with the reference's genes in order is used (``adata`` itself is not
-            modified).
+            ``batch_key`` column holding the new batch name(s). If it holds extra genes or the
+            reference's genes in another order, a copy with the reference's genes in order is
+            used, as it is for a view (``adata[mask]``); ``adata`` itself is then not
+            modified.
         reference_model
             Trained :class:`VAE`, or the folder it was saved to.
         **kwargs
@@ -360,14 +362,22 @@ class VAE(
                 f"got {type(reference_model).__name__}."
             )
         ref_genes = pd.Index(reference_model.get_var_names())
-        check_unique_var_names(adata)
         if not adata.var_names.equals(ref_genes):
+            check_unique_var_names(adata)
+            if not ref_genes.is_unique:
+                raise ValueError(
+                    "The reference's gene names have duplicates, so the query's genes cannot "
+                    "be matched to them by name: pass a query with the reference's genes in "
+                    "its order (`reference_model.get_var_names()`)."
+                )
             if not ref_genes.isin(adata.var_names).all():
                 raise ValueError(gene_mismatch_message(ref_genes, adata.var_names))
             logger.info(
                 "Using the query's %d reference genes, in the reference's order.", len(ref_genes)
             )
             adata = adata[:, ref_genes].copy()
+        elif adata.is_view:  # registering writes into the AnnData: a view gets its own copy
+            adata = adata.copy()
         setup_args = reference_model.registry_["setup_args"]
         if setup_args.get("batch_key") is not None:
             check_obs_key(adata, setup_args["batch_key"], arg="batch_key (of the reference)")

@@ -132,7 +132,7 @@ class ContrastiveModule(BaseModuleClass):
         Without ``is_target`` (inference outside training) ``s`` is left as sampled and the
         caller decides which cells are target cells.
         """
-        library = torch.log(x.sum(1, keepdim=True))
+        library = torch.log(x.sum(1, keepdim=True).clamp(min=1.0))  # a cell without counts: 0
         x_ = torch.log1p(x)
         qz, z = self.z_encoder(x_, batch_index)
         qs, s = self.s_encoder(x_, batch_index)

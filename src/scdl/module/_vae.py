@@ -68,16 +68,17 @@ class VAEModule(_SCVIModule):
         )
 
     def _regular_inference(self, x, batch_index, cont_covs=None, cat_covs=None, n_samples=1):
-        if not _is_csr(x):
-            return super()._regular_inference(x, batch_index, cont_covs, cat_covs, n_samples)
-        if not self._csr_supported():
-            return super()._regular_inference(
-                x.to_dense(), batch_index, cont_covs, cat_covs, n_samples
-            )
+        if not _is_csr(x) or not self._csr_supported():
+            x = x.to_dense() if _is_csr(x) else x
+            out = super()._regular_inference(x, batch_index, cont_covs, cat_covs, n_samples)
+            if self.use_observed_lib_size:  # a cell without counts: log(1), not log(0) = -inf
+                out[MODULE_KEYS.LIBRARY_KEY] = out[MODULE_KEYS.LIBRARY_KEY].clamp(min=0.0)
+            return out
         crow, row, col, val = csr_entries(x)
         n_cells = x.shape[0]
         totals = torch.zeros(n_cells, dtype=val.dtype, device=val.device).index_add_(0, row, val)
-        library = torch.log(totals).unsqueeze(1)
+        # a cell without counts gets log(1), not log(0) = -inf (which a Poisson refuses)
+        library = torch.log(totals.clamp(min=1.0)).unsqueeze(1)
         dense_inputs = [cont_covs] if cont_covs is not None and self.encode_covariates else []
         if cat_covs is not None and self.encode_covariates:
             categorical_input = torch.split(cat_covs, 1, dim=1)

@@ -43,6 +43,11 @@ def annotation(
 
     from scdl.data import check_obs_key
 
+    if key not in adata.obs.columns:
+        raise KeyError(
+            f"adata.obs[{key!r}] not found. Run `scdl.tl.annotate(adata, key_added={key!r})` "
+            "first, or pass the key it wrote as `key=`."
+        )
     pred = check_obs_key(adata, key, arg="key")
     conf = check_obs_key(adata, f"{key}_confidence", arg="key").to_numpy()
     truth = check_obs_key(adata, groupby, arg="groupby") if groupby is not None else None

@@ -103,6 +103,11 @@ def resolve(name_or_path: str | os.PathLike, *, sha256: str | None = None) -> Pa
                     f"Checksum mismatch for the bundled annotator {key!r} ({digest}); the "
                     "installation is corrupt: reinstall scdl."
                 )
+            if sha256 is not None and sha256 != digest:
+                raise ValueError(
+                    f"Checksum mismatch for the bundled annotator {key!r}: its model.safetensors "
+                    f"has sha256 {digest}, not {sha256}."
+                )
             return folder
         archive = _fetch_archive(entry["url"], entry["sha256"])
     elif key.startswith(("http://", "https://")):
@@ -110,6 +115,10 @@ def resolve(name_or_path: str | os.PathLike, *, sha256: str | None = None) -> Pa
     else:
         path = Path(name_or_path)
         if path.is_dir():
+            if sha256 is not None and sha256sum(path / "model.safetensors") != sha256:
+                raise ValueError(
+                    f"Checksum mismatch for {path / 'model.safetensors'}: expected sha256 {sha256}."
+                )
             return path
         if not path.is_file():
             raise ValueError(
@@ -133,7 +142,8 @@ def load(name_or_path: str | os.PathLike, *, sha256: str | None = None, device: 
         archive of one, or an ``https://`` URL of such an archive.
     sha256
         Checksum of the archive; required for URLs (pooch verifies the download), checked
-        for local archives when given. Bundled annotators are always checked.
+        for local archives when given; for a folder or a bundled name, the checksum of its
+        ``model.safetensors``. Bundled annotators are always checked.
     device
         Where to put the model (``"cpu"``, ``"cuda"``, ``"auto"``).
 

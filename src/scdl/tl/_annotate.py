@@ -110,8 +110,13 @@ def annotate(
     ``adata.uns[key_added]``
         Model, cell types, gene overlap, thresholds and the fraction called Unknown.
     """
-    model, model_name = _resolve_model(model)
+    from scdl.data import check_is_anndata, check_key_added, check_positive_int
+
     # everything is computed (and checked) before anything is written
+    check_is_anndata(adata)
+    check_key_added(key_added)
+    check_positive_int(batch_size, "batch_size")
+    model, model_name = _resolve_model(model)
     clusters = None
     if majority_voting and over_clustering is not None:
         clusters = _given_clusters(adata, over_clustering)

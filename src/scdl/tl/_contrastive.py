@@ -10,6 +10,9 @@ import numpy as np
 from scdl.data import (
     check_categorical,
     check_counts,
+    check_is_anndata,
+    check_key_added,
+    check_positive_int,
     check_unique_var_names,
     get_matrix,
     resolve_groups,
@@ -17,7 +20,7 @@ from scdl.data import (
 
 from ._hvg import select_genes
 from ._train import check_finite, train_model, training_summary
-from ._training_data import training_adata
+from ._training_data import training_adata, unique_gene_names
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -97,7 +100,8 @@ def contrastive(
         Shared representation (posterior means), cells x ``n_shared_latent``.
     ``adata.uns[key_added]``
         ``params`` (the settings above, ``shared_key``, ``n_background``, ``n_target``),
-        ``var_names`` (genes used), ``salient_genes`` (DataFrame of every gene ranked by
+        ``var_names`` (genes used; duplicated names suffixed as ``var_names_make_unique``
+        does), ``salient_genes`` (DataFrame of every gene ranked by
         :meth:`~scdl.models.ContrastiveVAE.get_salient_genes`: ``gene``, ``score``,
         ``lfc_mean``, ``mean_with_salient``, ``mean_without_salient``), ``history``
         (per-epoch training and validation ELBO) and ``train_time_s``.
@@ -122,14 +126,22 @@ def contrastive(
     from scdl.models import ContrastiveVAE
 
     # validate everything before touching adata, so a failing call leaves it unchanged
-    bg, tg, summary = _check_inputs(adata, groupby, background, target, layer, batch_key)
+    bg, tg, summary = _check_inputs(
+        adata, groupby, background, target, layer, batch_key, key_added, shared_key, n_top_genes
+    )
+    names = unique_gene_names(adata)
     genes = select_genes(
-        adata, summary.gene_totals, layer=layer, batch_key=batch_key, n_top_genes=n_top_genes
+        adata,
+        summary.gene_totals,
+        layer=layer,
+        batch_key=batch_key,
+        n_top_genes=n_top_genes,
+        var_names=names,
     )
 
     # the model trains on its own small AnnData: the user's object gets no _scvi_* columns
     cols = [groupby] + ([batch_key] if batch_key is not None and batch_key != groupby else [])
-    train_adata = training_adata(adata, genes, layer=layer, obs_keys=cols)
+    train_adata = training_adata(adata, genes, layer=layer, obs_keys=cols, var_names=names)
 
     model, train_time = train_model(
         ContrastiveVAE,
@@ -173,15 +185,26 @@ def contrastive(
     return model
 
 
-def _check_inputs(adata, groupby, background, target, layer, batch_key):
+def _check_inputs(
+    adata, groupby, background, target, layer, batch_key, key_added, shared_key, n_top_genes
+):
     """The background and target cells and the count summary; every input checked."""
+    check_is_anndata(adata)
+    check_key_added(key_added)
+    check_key_added(shared_key)
+    if key_added == shared_key:
+        raise ValueError(
+            f"key_added and shared_key are both {key_added!r}: the shared space would overwrite "
+            "the salient one. Pass two different obsm keys."
+        )
+    check_positive_int(n_top_genes, "n_top_genes", none="all expressed genes")
     bg, tg, _ = resolve_groups(adata, groupby=groupby, background=background, target=target)
     get_matrix(adata, layer)
-    check_unique_var_names(adata)
+    check_unique_var_names(adata, warn=True)  # genes are not matched by name here
     if batch_key is not None:
         batch = check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
         _warn_if_nested(batch, adata.obs[groupby], batch_key, groupby)
-    summary = check_counts(adata, layer)
+    summary = check_counts(adata, layer, warn_zero_cells=False)  # said for the genes used
     if summary.n_zero_genes == adata.n_vars:
         raise ValueError("No gene has counts; nothing to analyse.")
     return bg, tg, summary

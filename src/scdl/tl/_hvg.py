@@ -18,16 +18,19 @@ def select_genes(
     layer: str | None,
     batch_key: str | None,
     n_top_genes: int | None,
+    var_names: pd.Index | None = None,
 ) -> pd.Index:
     """Expressed genes, reduced to ``n_top_genes`` highly variable ones (seurat_v3 on counts).
 
     Genes with no counts are dropped (they carry no signal and break count likelihoods).
     With a ``batch_key``, variability is ranked within each batch, as in scanpy.
+    ``var_names`` (unique) name the genes in place of ``adata.var_names``.
     """
     import anndata
     import scanpy as sc
 
-    expressed = adata.var_names[gene_totals > 0]
+    names = adata.var_names if var_names is None else var_names
+    expressed = names[gene_totals > 0]
     if n_top_genes is None or len(expressed) <= n_top_genes:
         return expressed
     x = adata.X if layer is None else adata.layers[layer]

@@ -11,13 +11,14 @@ from scdl.data import (
     check_counts,
     check_is_anndata,
     check_key_added,
+    check_positive_int,
     check_unique_var_names,
     get_matrix,
 )
 
 from ._hvg import select_genes
 from ._train import check_finite, train_model, training_summary
-from ._training_data import training_adata
+from ._training_data import training_adata, unique_gene_names
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -91,7 +92,8 @@ def integrate(
     ``adata.obsm[key_added]``
         Latent representation (posterior means), cells x ``n_latent``.
     ``adata.uns[key_added]``
-        ``params`` (the settings above), ``var_names`` (genes used), ``history``
+        ``params`` (the settings above), ``var_names`` (genes used; duplicated names
+        suffixed ``-1``, ``-2``, ... as ``var_names_make_unique`` does), ``history``
         (per-epoch training and validation ELBO) and ``train_time_s``.
 
     Examples
@@ -105,13 +107,23 @@ def integrate(
 
     # validate everything before touching adata, so a failing call leaves it unchanged
     summary = _check_inputs(adata, key_added, layer, batch_key, n_top_genes)
+    names = unique_gene_names(adata)
     genes = select_genes(
-        adata, summary.gene_totals, layer=layer, batch_key=batch_key, n_top_genes=n_top_genes
+        adata,
+        summary.gene_totals,
+        layer=layer,
+        batch_key=batch_key,
+        n_top_genes=n_top_genes,
+        var_names=names,
     )
 
     # the model trains on its own small AnnData: the user's object gets no _scvi_* columns
     train_adata = training_adata(
-        adata, genes, layer=layer, obs_keys=[batch_key] if batch_key is not None else []
+        adata,
+        genes,
+        layer=layer,
+        obs_keys=[batch_key] if batch_key is not None else [],
+        var_names=names,
     )
 
     model, train_time = train_model(
@@ -157,18 +169,12 @@ def _check_inputs(adata, key_added, layer, batch_key, n_top_genes):
     """The count summary of ``adata``; every input checked before anything is written."""
     check_is_anndata(adata)
     check_key_added(key_added)
-    if n_top_genes is not None and (
-        isinstance(n_top_genes, bool) or not isinstance(n_top_genes, int) or n_top_genes < 1
-    ):
-        raise ValueError(
-            f"n_top_genes must be a positive integer or None (all expressed genes), got "
-            f"{n_top_genes!r}."
-        )
+    check_positive_int(n_top_genes, "n_top_genes", none="all expressed genes")
     get_matrix(adata, layer)
-    check_unique_var_names(adata)
+    check_unique_var_names(adata, warn=True)  # genes are not matched by name here
     if batch_key is not None:
         check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
-    summary = check_counts(adata, layer)
+    summary = check_counts(adata, layer, warn_zero_cells=False)  # said for the genes used
     if summary.n_zero_genes == adata.n_vars:
         raise ValueError("No gene has counts; nothing to integrate.")
     return summary

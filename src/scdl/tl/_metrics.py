@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from scdl.data import check_categorical, unintegrated_pca
+from scdl.data import check_categorical, check_is_anndata, check_key_added, unintegrated_pca
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -70,9 +70,9 @@ def integration_metrics(
     ``Batch correction``, ``Bio conservation`` and ``Total`` (0.4 x batch + 0.6 x bio).
     Also stored in ``adata.uns[key_added]`` unless ``key_added=None``.
     """
-    import anndata
-    from scib_metrics.benchmark import Benchmarker
-
+    check_is_anndata(adata)
+    if key_added is not None:
+        check_key_added(key_added)
     embeddings = [embeddings] if isinstance(embeddings, str) else list(embeddings)
     if not embeddings:
         raise ValueError("Pass at least one obsm key in `embeddings`.")
@@ -85,6 +85,9 @@ def integration_metrics(
             )
         if not np.isfinite(np.asarray(adata.obsm[key])).all():
             raise ValueError(f"adata.obsm[{key!r}] has NaN or infinite values.")
+
+    import anndata
+    from scib_metrics.benchmark import Benchmarker  # slow to import: after the checks
 
     # a light copy: Benchmarker writes into the AnnData it is given
     obs = adata.obs[[batch_key, label_key]].copy()

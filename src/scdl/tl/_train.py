@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 
@@ -23,7 +24,9 @@ def train_model(
     import scvi
 
     scvi.settings.seed = random_state
-    model_cls.setup_anndata(train_adata, **setup_kwargs)
+    with warnings.catch_warnings():  # the tool has said it for the genes it chose
+        warnings.filterwarnings("ignore", message=".* cells have no counts", category=UserWarning)
+        model_cls.setup_anndata(train_adata, **setup_kwargs)
     model = model_cls(train_adata, **model_kwargs)
     t0 = time.perf_counter()
     model.train(**train_kwargs)

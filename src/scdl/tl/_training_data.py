@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from scdl.data import get_matrix
+from scdl.data import get_matrix, warn_empty_cells
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -15,20 +15,48 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
+def unique_gene_names(adata: AnnData) -> pd.Index:
+    """``adata.var_names``, duplicates suffixed ``-1``, ``-2``, ... as
+    ``var_names_make_unique`` does, for the tool's own AnnData (the user's is not renamed)."""
+    import warnings
+
+    from anndata.utils import make_index_unique
+
+    if adata.var_names.is_unique:
+        return adata.var_names
+    with warnings.catch_warnings():  # check_unique_var_names has said it
+        warnings.simplefilter("ignore")
+        return make_index_unique(adata.var_names.copy())
+
+
 def training_adata(
-    adata: AnnData, genes: pd.Index, *, layer: str | None, obs_keys: Sequence[str]
+    adata: AnnData,
+    genes: pd.Index,
+    *,
+    layer: str | None,
+    obs_keys: Sequence[str],
+    var_names: pd.Index | None = None,
 ) -> AnnData:
     """Counts of ``genes`` (float32) with only ``obs_keys``: scvi-tools' registration then
-    writes its ``_scvi_*`` columns here, not into the user's AnnData."""
+    writes its ``_scvi_*`` columns here, not into the user's AnnData.
+
+    Cells without counts in ``genes`` (empty cells, or cells whose few counts lie in other
+    genes) are kept, with one warning.
+    """
     import anndata
 
     x = get_matrix(adata, layer)
     out = anndata.AnnData(
-        X=x[:, adata.var_names.get_indexer(genes)],
+        X=x[:, (adata.var_names if var_names is None else var_names).get_indexer(genes)],
         obs=adata.obs[list(dict.fromkeys(obs_keys))].copy(),
     )
     out.obs_names = adata.obs_names
     out.var_names = genes
     if out.X.dtype != np.float32:
         out.X = out.X.astype(np.float32)
+    n_empty = int(np.count_nonzero(np.asarray(out.X.sum(axis=1)).ravel() == 0))
+    if n_empty:
+        warn_empty_cells(
+            n_empty, out.n_obs, f"in the {len(genes)} genes trained on (n_top_genes sets how many)"
+        )
     return out
