@@ -70,6 +70,27 @@ def test_annotate_writes_fields_and_is_accurate(heldout):
     assert abs(acc - float(card_acc)) <= 1 / adata.n_obs + 5e-4, (acc, card_acc)
 
 
+def test_cells_without_counts_are_unknown_and_the_rest_unchanged(heldout):
+    """A cell with no count in the model's genes has nothing to be typed by."""
+    model = scdl.pretrained.load("pbmc_kang2018")
+    before, _ = model.annotate_cells(heldout)
+    adata = heldout.copy()
+    x = adata.X.tolil()
+    empty = [0, 5, 17]
+    for i in empty:
+        x[i, :] = 0
+    adata.X = x.tocsr()
+    after, _ = model.annotate_cells(adata)
+    assert (after["label"].iloc[empty] == "Unknown").all()
+    forced, _ = model.annotate_cells(adata, unknown_call=False)
+    assert (forced["label"].iloc[empty] != "Unknown").all()  # forced calls stay forced
+    rest = np.setdiff1d(np.arange(adata.n_obs), empty)
+    # three empty cells may move a query cluster's mean, not the per-cell forced calls
+    assert (after["label_forced"].iloc[rest] == before["label_forced"].iloc[rest]).all()
+    agree = np.mean(after["label"].iloc[rest].to_numpy() == before["label"].iloc[rest].to_numpy())
+    assert agree >= 0.98, agree
+
+
 def test_annotate_copy_leaves_input_unchanged(heldout):
     adata = heldout.copy()
     snap = snapshot(adata)

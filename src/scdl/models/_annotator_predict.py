@@ -208,7 +208,8 @@ class AnnotatorPredictionMixin:
         Returns
         -------
         calls
-            DataFrame (cells) with ``label`` (``"Unknown"`` where flagged),
+            DataFrame (cells) with ``label`` (``"Unknown"`` where flagged, and for a cell
+            without any count in the model's genes),
             ``label_forced`` (the most probable type), ``confidence`` (its probability),
             ``novelty`` (1 - cosine similarity of the cell's standardised profile to the
             predicted type's mean reference profile), ``cluster`` and ``cluster_novelty``
@@ -257,6 +258,9 @@ class AnnotatorPredictionMixin:
                 (conf < self.module.confidence_threshold.cpu())
                 | (novelty > self.module.novelty_threshold.cpu()[best])
             ).numpy()
+        if unknown_call:  # no count in the model's genes: nothing to type the cell by
+            empty = np.asarray(x.to_scipy().sum(1)).ravel() == 0
+            unknown = unknown | empty
         calls.insert(0, "label", np.where(unknown, UNKNOWN, forced))
         calls["is_unknown"] = unknown
         return calls, pd.DataFrame(probs.numpy(), index=index, columns=self.labels)
