@@ -86,6 +86,8 @@ VARIANTS = {
     "wide_alpha_loo": {"ridge_alpha": ALPHAS},
     "wide_smooth_0": {"smooth_neighbors": 0},
     "wide_smooth_50": {"smooth_neighbors": 50},
+    # the network on the default's inputs (every shared gene)
+    "wide_deep_all_genes": {"prediction": "wide_deep"},
 }
 
 

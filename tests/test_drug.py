@@ -15,6 +15,7 @@ import anndata as ad  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from conftest import DATA, assert_unchanged, read_shared, snapshot  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
@@ -264,6 +265,21 @@ def test_wide_path_is_sklearn_ridge(trained):
         np.testing.assert_allclose(module.ridge_weight[k, j].numpy(), ref.coef_, atol=1e-6)
         assert module.ridge_bias[k, j].item() == pytest.approx(ref.intercept_, abs=1e-6)
     assert (trained.drug_stats_["ridge_alpha"] == module.ridge_alpha).all()
+
+
+def test_genes_flat_across_bulk_lines_carry_no_input(trained, cellbench):
+    """Genes with one value in every bulk line (the arrays' floor) get input 0 everywhere,
+    not cells' values divided by float noise."""
+    module = trained.module
+    flat = ~torch.isfinite(module.gene_scale)
+    assert flat.sum() > 0  # the shared GDSC genes hold some
+    profiles, _ = trained._bulk()
+    assert np.ptp(profiles[:, flat.numpy()], axis=0).max() < 1e-3
+    cells = trained._count_profiles(cellbench.X, cellbench.var_names, 0)
+    with torch.inference_mode():
+        x = module._standardise(torch.as_tensor(cells))
+    assert torch.isfinite(x).all() and (x[:, flat] == 0).all()
+    assert x.abs().max() < 100  # nothing blown up by a near-zero scale
 
 
 def test_masked_ridge_with_several_alphas_is_sklearn_ridgecv(trained):

@@ -289,8 +289,12 @@ class DrugResponseModel(
 
     def _set_scaling(self) -> None:
         profiles, y = self._bulk()
-        gene_scale = profiles.std(axis=0)
-        gene_scale[gene_scale == 0] = 1.0
+        gene_scale = profiles.astype(np.float64).std(axis=0)
+        # A gene with one value in every bulk line (e.g. at the array's floor) carries no
+        # signal; float32 rounding leaves it a spread of ~1e-5, and dividing by that would
+        # blow a cell's value up ~1e5-fold. An infinite scale gives it input 0 everywhere.
+        typical = np.median(gene_scale[gene_scale > 0]) if (gene_scale > 0).any() else 1.0
+        gene_scale[gene_scale < 1e-4 * typical] = np.inf
         self.module.set_scaling(
             profiles.mean(axis=0), gene_scale, np.nanmean(y, axis=0), np.nanstd(y, axis=0)
         )
