@@ -214,7 +214,9 @@ def fit_scdl(train, target, seed: int, **kwargs):
     return model, m["seconds"]
 
 
-def run_transfer(bulk, files, seed: int, variants: list[str], with_baselines: bool) -> dict:
+def held_out_split(bulk, files):
+    """The bulk lines without the files' lines (their measurements in
+    ``uns["_held_measured"]``, per file), the held-out measurements and the files' cells."""
     lines = sorted(set().union(*(c.obs["cell_line_key"].unique() for c in files.values())))
     held = bulk.obs["cell_line_key"].isin(lines).to_numpy()
     train = bulk[~held].copy()
@@ -222,7 +224,11 @@ def run_transfer(bulk, files, seed: int, variants: list[str], with_baselines: bo
     measured.index = bulk[held].obs["cell_line_key"].to_numpy()
     meas = {tag: measured.loc[sorted(c.obs["cell_line_key"].unique())] for tag, c in files.items()}
     train.uns["_held_measured"] = meas
-    target = ad.concat(list(files.values()), join="inner")
+    return train, meas, ad.concat(list(files.values()), join="inner")
+
+
+def run_transfer(bulk, files, seed: int, variants: list[str], with_baselines: bool) -> dict:
+    train, meas, target = held_out_split(bulk, files)
     preds, seconds = {}, {}
     reference = None  # the default model: its genes and input scale go to the baselines
     for name in variants:

@@ -168,14 +168,7 @@ def model_inputs(train, target):
 def transfer(bulk, files, seed: int) -> dict:
     from scdl.data import profiles_from_counts
 
-    lines = sorted(set().union(*(c.obs["cell_line_key"].unique() for c in files.values())))
-    held = bulk.obs["cell_line_key"].isin(lines).to_numpy()
-    train = bulk[~held].copy()
-    measured = bulk[held].obsm["ln_ic50"].copy()
-    measured.index = bulk[held].obs["cell_line_key"].to_numpy()
-    meas = {t: measured.loc[sorted(c.obs["cell_line_key"].unique())] for t, c in files.items()}
-    train.uns["_held_measured"] = meas
-    target = ad.concat(list(files.values()), join="inner")
+    train, meas, target = dr.held_out_split(bulk, files)
     model, _ = dr.fit_scdl(train, target, seed)
     xs, st, genes, y = model_inputs(train, target)
     drugs = list(train.obsm["ln_ic50"].columns)
