@@ -20,7 +20,7 @@ from scdl.data import (
 
 from ._hvg import select_genes
 from ._train import check_finite, train_model, training_summary
-from ._training_data import training_adata, unique_gene_names
+from ._training_data import training_adata
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -129,19 +129,17 @@ def contrastive(
     bg, tg, summary = _check_inputs(
         adata, groupby, background, target, layer, batch_key, key_added, shared_key, n_top_genes
     )
-    names = unique_gene_names(adata)
     genes = select_genes(
         adata,
         summary.gene_totals,
         layer=layer,
         batch_key=batch_key,
         n_top_genes=n_top_genes,
-        var_names=names,
     )
 
     # the model trains on its own small AnnData: the user's object gets no _scvi_* columns
     cols = [groupby] + ([batch_key] if batch_key is not None and batch_key != groupby else [])
-    train_adata = training_adata(adata, genes, layer=layer, obs_keys=cols, var_names=names)
+    train_adata = training_adata(adata, genes, layer=layer, obs_keys=cols)
 
     model, train_time = train_model(
         ContrastiveVAE,

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from ._training_data import unique_gene_names
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
@@ -18,18 +20,18 @@ def select_genes(
     layer: str | None,
     batch_key: str | None,
     n_top_genes: int | None,
-    var_names: pd.Index | None = None,
 ) -> pd.Index:
     """Expressed genes, reduced to ``n_top_genes`` highly variable ones (seurat_v3 on counts).
 
     Genes with no counts are dropped (they carry no signal and break count likelihoods).
     With a ``batch_key``, variability is ranked within each batch, as in scanpy.
-    ``var_names`` (unique) name the genes in place of ``adata.var_names``.
+    Duplicated ``var_names`` are suffixed as ``var_names_make_unique`` does
+    (:func:`unique_gene_names`); the user's AnnData is not renamed.
     """
     import anndata
     import scanpy as sc
 
-    names = adata.var_names if var_names is None else var_names
+    names = unique_gene_names(adata)
     expressed = names[gene_totals > 0]
     if n_top_genes is None or len(expressed) <= n_top_genes:
         return expressed

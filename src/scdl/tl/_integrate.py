@@ -18,7 +18,7 @@ from scdl.data import (
 
 from ._hvg import select_genes
 from ._train import check_finite, train_model, training_summary
-from ._training_data import training_adata, unique_gene_names
+from ._training_data import training_adata
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -107,14 +107,12 @@ def integrate(
 
     # validate everything before touching adata, so a failing call leaves it unchanged
     summary = _check_inputs(adata, key_added, layer, batch_key, n_top_genes)
-    names = unique_gene_names(adata)
     genes = select_genes(
         adata,
         summary.gene_totals,
         layer=layer,
         batch_key=batch_key,
         n_top_genes=n_top_genes,
-        var_names=names,
     )
 
     # the model trains on its own small AnnData: the user's object gets no _scvi_* columns
@@ -123,7 +121,6 @@ def integrate(
         genes,
         layer=layer,
         obs_keys=[batch_key] if batch_key is not None else [],
-        var_names=names,
     )
 
     model, train_time = train_model(

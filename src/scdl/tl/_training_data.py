@@ -35,7 +35,6 @@ def training_adata(
     *,
     layer: str | None,
     obs_keys: Sequence[str],
-    var_names: pd.Index | None = None,
 ) -> AnnData:
     """Counts of ``genes`` (float32) with only ``obs_keys``: scvi-tools' registration then
     writes its ``_scvi_*`` columns here, not into the user's AnnData.
@@ -47,7 +46,7 @@ def training_adata(
 
     x = get_matrix(adata, layer)
     out = anndata.AnnData(
-        X=x[:, (adata.var_names if var_names is None else var_names).get_indexer(genes)],
+        X=x[:, unique_gene_names(adata).get_indexer(genes)],
         obs=adata.obs[list(dict.fromkeys(obs_keys))].copy(),
     )
     out.obs_names = adata.obs_names
