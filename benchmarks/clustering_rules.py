@@ -162,6 +162,24 @@ def stability(g, labels, seed, n=2):
     )
 
 
+def leaving(g, labels) -> np.ndarray:
+    """Per grid partition: the 90th percentile over cells of the share of their cluster's
+    graph edge weight that leaves the cluster (its conductance, each cell counted once)."""
+    from scipy import sparse
+
+    c = sparse.csr_matrix(g.get_adjacency_sparse(attribute="weight"))
+    deg = np.asarray(c.sum(1)).ravel()
+    out = []
+    for lab in labels:
+        member = sparse.csr_matrix((np.ones(len(lab)), (np.arange(len(lab)), lab)))
+        inside = np.asarray((c @ member).multiply(member).sum(1)).ravel()
+        share = 1 - np.bincount(lab, weights=inside) / np.maximum(
+            np.bincount(lab, weights=deg), 1e-12
+        )
+        out.append(np.quantile(share[lab], 0.9))
+    return np.array(out)
+
+
 def cases(cache: Path, datasets, seeds, spaces=SPACES):
     for d in datasets:
         adata, label_key, _ = load(d)
@@ -228,6 +246,14 @@ def score_rules(
         j = max(ok) if ok else pick(table)
         r[f"stable >= {thr}"], r[f"stable >= {thr} k"] = ari[j], ks[j]
     table["stability"] = stab
+    leave = leaving(g, labels)  # graph conductance: the highest resolution that keeps it low
+    for thr in (0.05, 0.1, 0.15):
+        ok = [j for j in range(len(GRID)) if leave[j] <= thr and ks[j] >= 2]
+        j = max(ok) if ok else 0
+        r[f"leave p90 <= {thr}"], r[f"leave p90 <= {thr} k"] = ari[j], ks[j]
+        j = max(j, GRID.index(choose(table)))
+        r[f"max(shipped, leave p90 <= {thr})"] = ari[j]
+        r[f"max(shipped, leave p90 <= {thr}) k"] = ks[j]
     j = pick(table, col="stability", tie=0.02)
     r["stability tie .02"], r["stability tie .02 k"] = ari[j], ks[j]
     if recursive_too:
