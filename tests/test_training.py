@@ -54,3 +54,22 @@ def test_train_prints_no_lightning_start_up_lines(kang, capfd):
     for line in ("GPU available", "TPU available", "Tip:", "`Trainer.fit` stopped"):
         assert line not in out + err
     assert rank_zero.level == level  # the user's own logging settings are put back
+
+
+@pytest.mark.parametrize("model_cls", ["VAE", "ContrastiveVAE"])
+def test_kl_weight_warms_up_over_half_the_epochs(kang, model_cls):
+    """Both VAE-family models ramp the KL weight over half of ``max_epochs`` unless told."""
+    import scdl.models
+
+    cls = getattr(scdl.models, model_cls)
+    adata = kang[::8].copy()  # ~200 cells of every sample
+    setup = {"groupby": "condition", "background": "ctrl"} if model_cls != "VAE" else {}
+    cls.setup_anndata(adata, **({"batch_key": "sample"} if not setup else {}))
+    train = {"max_epochs": 4, "train_size": 1.0, "enable_progress_bar": False, **setup}
+    model = cls(adata)
+    model.train(**train)
+    weights = model.history["kl_weight"].iloc[:, 0].to_numpy()
+    assert weights[0] < weights[1] < 1.0 and weights[2] == weights[3] == 1.0  # over 2 epochs
+    model = cls(adata)
+    model.train(**train, plan_kwargs={"n_epochs_kl_warmup": 8})  # the user's choice wins
+    assert model.history["kl_weight"].iloc[-1, 0] < 1.0

@@ -21,7 +21,7 @@ from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
 from ._base import CheckedQueryMixin, SafeSaveLoadMixin
 from ._docs import counts_dsp
-from ._training import plan_training
+from ._training import plan_training, vae_plan_kwargs
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -261,13 +261,9 @@ class ContrastiveVAE(
             train_size=train_size,
             trainer_kwargs=kwargs,
         )
-        plan = {
-            "lr": lr,
-            "n_epochs_kl_warmup": (
-                n_epochs_kl_warmup if n_epochs_kl_warmup is not None else max(1, max_epochs // 2)
-            ),
-            **(plan_kwargs or {}),
-        }
+        plan = vae_plan_kwargs(
+            max_epochs, lr=lr, n_epochs_kl_warmup=n_epochs_kl_warmup, plan_kwargs=plan_kwargs
+        )
         with guarded_training(self, kwargs, lr=plan["lr"]):
             out = super().train(
                 max_epochs=max_epochs,

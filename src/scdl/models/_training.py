@@ -104,3 +104,13 @@ def plan_training(
     if trainer_kwargs.get("strategy") == "ddp":
         trainer_kwargs["strategy"] = "ddp_find_unused_parameters_true"
     return TrainingSchedule(max_epochs, batch_size)
+
+
+def vae_plan_kwargs(
+    max_epochs: int, *, lr: float, n_epochs_kl_warmup: int | None, plan_kwargs: dict | None
+) -> dict:
+    """The VAE-family training plan's arguments: ``lr``, the KL warm-up (half of
+    ``max_epochs``, at least one epoch, when not given) and the user's ``plan_kwargs``, which
+    take precedence."""
+    warmup = n_epochs_kl_warmup if n_epochs_kl_warmup is not None else max(1, max_epochs // 2)
+    return {"lr": lr, "n_epochs_kl_warmup": warmup, **(plan_kwargs or {})}
