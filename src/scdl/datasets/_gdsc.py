@@ -146,7 +146,7 @@ def gdsc(
 
     Examples
     --------
-    >>> bulk = scdl.datasets.gdsc(path="data/")
+    >>> bulk = scdl.datasets.gdsc(path="data/")  # the folder holding the two GDSC files
     >>> bulk.obsm["ln_ic50"]["Gefitinib"].describe()
     """
     import anndata

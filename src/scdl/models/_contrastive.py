@@ -88,9 +88,10 @@ class ContrastiveVAE(
 
     Examples
     --------
+    >>> adata = scdl.datasets.kang_pbmc()  # obs["condition"]: ctrl or stim
     >>> scdl.models.ContrastiveVAE.setup_anndata(adata)
     >>> model = scdl.models.ContrastiveVAE(adata)
-    >>> model.train(groupby="condition", background="control")
+    >>> model.train(groupby="condition", background="ctrl")
     >>> adata.obsm["X_salient"] = model.get_latent_representation(representation="salient")
     >>> model.get_salient_genes(n_top=20)
     """

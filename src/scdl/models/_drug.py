@@ -141,9 +141,9 @@ class DrugResponseModel(
 
     Examples
     --------
-    >>> bulk = scdl.datasets.gdsc()
+    >>> bulk = scdl.datasets.gdsc(path="data/")  # the folder holding the two GDSC files
     >>> scdl.models.DrugResponseModel.setup_anndata(bulk, response_key="ln_ic50")
-    >>> model = scdl.models.DrugResponseModel(bulk, target=cells)
+    >>> model = scdl.models.DrugResponseModel(bulk, target=cells)  # cells: raw counts
     >>> model.train()
     >>> model.predict(cells, drugs=["Gefitinib"], kind="probability")
     """

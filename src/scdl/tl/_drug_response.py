@@ -86,7 +86,9 @@ def drug_response(
 
     Examples
     --------
-    >>> model = scdl.models.DrugResponseModel(bulk, target=adata)
+    >>> bulk = scdl.datasets.gdsc(path="data/")  # the folder holding the two GDSC files
+    >>> scdl.models.DrugResponseModel.setup_anndata(bulk, response_key="ln_ic50")
+    >>> model = scdl.models.DrugResponseModel(bulk, target=adata)  # adata: raw counts
     >>> model.train()
     >>> scdl.tl.drug_response(adata, model=model, drugs=["Gefitinib", "Erlotinib"])
     >>> scdl.pl.drug_response(adata, groupby="leiden")
