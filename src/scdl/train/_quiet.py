@@ -3,12 +3,15 @@
 Every ``Trainer`` logs which accelerators exist ("GPU available: ..., used: ...", "TPU
 available", "HPU available") and tips for Lightning's cloud services. scvi-tools' own
 ``.train()`` prints them too, but a user who asked for a model did not ask for them.
-Warnings and errors still come through, and so does the progress bar.
+Nor did they ask for Lightning 2.6's ``FutureWarning`` about ``LeafSpec`` under torch >= 2.13
+(Lightning's own use of a torch API it has not caught up with, printed at the first training).
+Every other warning and error still comes through, and so does the progress bar.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -26,14 +29,19 @@ _LOGGERS = (
 
 @contextmanager
 def quiet_lightning() -> Iterator[None]:
-    """Raise Lightning's info loggers to WARNING for the duration, then restore them."""
+    """Raise Lightning's info loggers to WARNING for the duration, then restore them; hide
+    Lightning's ``LeafSpec`` deprecation warning meanwhile."""
     loggers = [logging.getLogger(name) for name in _LOGGERS]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         if lg.getEffectiveLevel() < logging.WARNING:
             lg.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=r".*LeafSpec.* is deprecated", category=FutureWarning
+            )
+            yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
