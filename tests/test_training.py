@@ -68,9 +68,13 @@ def test_kl_weight_warms_up_over_half_the_epochs(kang, model_cls):
 
     cls = getattr(scdl.models, model_cls)
     adata = kang[::8].copy()  # ~200 cells of every sample
-    setup = {"groupby": "condition", "background": "ctrl"} if model_cls != "VAE" else {}
-    cls.setup_anndata(adata, **({"batch_key": "sample"} if not setup else {}))
-    train = {"max_epochs": 4, "train_size": 1.0, "enable_progress_bar": False, **setup}
+    if model_cls == "VAE":
+        cls.setup_anndata(adata, batch_key="sample")
+        groups = {}
+    else:
+        cls.setup_anndata(adata)
+        groups = {"groupby": "condition", "background": "ctrl"}
+    train = {"max_epochs": 4, "train_size": 1.0, "enable_progress_bar": False, **groups}
     model = cls(adata)
     model.train(**train)
     weights = model.history["kl_weight"].iloc[:, 0].to_numpy()
