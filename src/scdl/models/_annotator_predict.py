@@ -221,11 +221,13 @@ class AnnotatorPredictionMixin:
         if not 0.0 <= float(adapt_to_query) <= 1.0:
             raise ValueError(f"adapt_to_query must lie in [0, 1], got {adapt_to_query!r}.")
         x, present = self._query_matrix(adata, layer, min_gene_overlap)
+        # the host copy that query statistics, clustering and the empty-cell check read
+        host = x.to_scipy() if adapt_to_query > 0 or unknown_call or over_clustering else None
         mod = self.module
         saved = (mod.gene_mean.clone(), mod.gene_std.clone())
         try:
             if adapt_to_query > 0:
-                self._blend_query_stats(x.to_scipy(), present, float(adapt_to_query))
+                self._blend_query_stats(host, present, float(adapt_to_query))
             probs, novelty = self._features(x, present, batch_size)
         finally:  # the model's reference statistics are never changed by a call
             mod.gene_mean.copy_(saved[0])
@@ -246,7 +248,7 @@ class AnnotatorPredictionMixin:
         if unknown_call or over_clustering:
             resolution = over_clustering_resolution if over_clustering else False
             cluster, score, over = self._cluster_calls(
-                x.to_scipy(), present, best.numpy(), resolution, seed
+                host, present, best.numpy(), resolution, seed
             )
             calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = cluster, score, over
         if not unknown_call:  # forced calls only
@@ -259,7 +261,7 @@ class AnnotatorPredictionMixin:
                 | (novelty > self.module.novelty_threshold.cpu()[best])
             ).numpy()
         if unknown_call:  # no count in the model's genes: nothing to type the cell by
-            empty = np.asarray(x.to_scipy().sum(1)).ravel() == 0
+            empty = np.asarray(host.sum(1)).ravel() == 0
             unknown = unknown | empty
         calls.insert(0, "label", np.where(unknown, UNKNOWN, forced))
         calls["is_unknown"] = unknown
