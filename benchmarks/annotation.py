@@ -154,6 +154,15 @@ def run_scanvi(ref, qry, seed: int = 0):
     return np.asarray(pred), t_train, time.perf_counter() - t0, None
 
 
+def unknown_score(model, calls) -> np.ndarray:
+    """max(cluster novelty / its threshold, (0.5 - reference share) / (0.5 - 0.15)): the Unknown
+    call is this score above 1."""
+    novelty = calls["cluster_novelty"].to_numpy() / model.cluster_threshold_
+    floor = model.min_reference_share_
+    share = (0.5 - calls["cluster_reference_share"].to_numpy()) / (0.5 - floor)
+    return np.fmax(novelty, share)
+
+
 def leave_one_type_out(name, ref, qry, *, epochs: int = 20, min_cells: int = 30) -> list[dict]:
     """Train without each reference type in turn; how its query cells are called."""
     import scvi
@@ -181,6 +190,9 @@ def leave_one_type_out(name, ref, qry, *, epochs: int = 20, min_cells: int = 30)
             "unknown_removed": float(unknown[is_removed].mean()),
             "unknown_known": float(unknown[~is_removed].mean()),
             "auroc_cluster_novelty": roc_auc_score(is_removed, calls["cluster_novelty"]),
+            "auroc_reference_share": roc_auc_score(is_removed, -calls["cluster_reference_share"]),
+            # the two checks as one score: how far past its own threshold (1) each cluster is
+            "auroc_both": roc_auc_score(is_removed, unknown_score(model, calls)),
             "auroc_cell_novelty": roc_auc_score(is_removed, calls["novelty"]),
         }
         print(pd.DataFrame([row]).round(3).to_string(index=False), flush=True)

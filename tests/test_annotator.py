@@ -73,6 +73,37 @@ def test_save_load_identical_probabilities(annotator, tmp_path):
     loaded = scdl.models.CellTypeTransformer.load(tmp_path / "m")
     pd.testing.assert_frame_equal(model.predict(query, soft=True), loaded.predict(query, soft=True))
     assert loaded.labels == model.labels
+    # the reference sketch of the Unknown call's mixing check travels with the weights
+    calls, _ = model.annotate_cells(query)
+    again, _ = loaded.annotate_cells(query)
+    assert calls["cluster_reference_share"].notna().all()
+    pd.testing.assert_frame_equal(calls, again)
+
+
+def test_model_saved_before_the_sketch_makes_the_novelty_check_only(annotator, tmp_path):
+    """A file written before the mixing check (no sketch tensors, no ``min_reference_share_``)
+    loads, and its Unknown call is the cluster novelty check alone, as it was."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from scdl.datasets import sha256sum
+
+    model, query = annotator
+    model.save(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    state = {k: v for k, v in load_file(weights).items() if not k.startswith("sketch_")}
+    save_file(state, weights)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["attrs"]["min_reference_share_"], config["min_reference_share"]
+    config["weights_sha256"] = sha256sum(weights)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    old = scdl.models.CellTypeTransformer.load(tmp_path / "m")
+    assert old.min_reference_share_ is None
+    calls, _ = old.annotate_cells(query)
+    assert calls["cluster_reference_share"].isna().all()
+    novelty_only = calls["cluster_novelty"] > old.cluster_threshold_
+    np.testing.assert_array_equal(calls["is_unknown"], novelty_only)
 
 
 def test_query_with_missing_genes(annotator):

@@ -28,6 +28,7 @@ from scdl.train import AnnotatorTrainingPlan, MaskedExpressionPlan, guarded_trai
 
 from ._annotator_predict import AnnotatorPredictionMixin
 from ._base import SafeSaveLoadMixin
+from ._mixing import MIN_REFERENCE_SHARE, build_sketch
 from ._novelty import calibrate_threshold
 from ._training import plan_training
 
@@ -60,14 +61,23 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
     (``novelty_calibration_ = "leave-one-batch-out"``); otherwise random halves do
     (``"split-half"``). It is their clusters' 95th percentile of novelty plus a fixed margin
     (0.15, chosen on the benchmark's splits together) for the shift a new dataset brings
-    beyond the reference's own. What to rely on: cells of a known type form clusters that
-    match their type once the shared shift is removed, and are rarely called Unknown; a type
-    absent from the reference and unlike every reference type (e.g. B cells for a
-    T/NK/monocyte reference) forms clusters that do not, and mostly is; a type close to a
-    reference type (CD4 vs CD8 T cells, CD14 vs FCGR3A monocytes) is mostly called as that
-    type. A query made of one population has its own profile as its mean, so its clusters are
-    judged on their departures from it. Models saved before this call keep their per-cell
-    thresholds (``cluster_threshold_`` is ``None``).
+    beyond the reference's own. A second check asks whether the reference holds cells like the
+    cluster's at all (:mod:`scdl.models._mixing`): a sketch of the reference (at most 2,000
+    cells in a PCA fitted on other reference cells) is stored in the model after training; the
+    query, standardised by its own statistics, is projected there, and a cluster whose cells
+    have fewer than ``min_reference_share_`` (15%) reference cells among their 30 nearest
+    neighbours (about 50% where the reference has such cells; sides balanced) is called
+    ``"Unknown"`` too. What to rely on: cells of a known type form clusters that match their
+    type once the shared shift is removed and mix with its reference cells, and are rarely
+    called Unknown; a type absent from the reference and unlike every reference type (e.g. B
+    cells for a T/NK/monocyte reference) mostly is; a type close to a reference type (CD4 vs CD8
+    T cells, NK vs CD8 T cells, CD14 vs FCGR3A monocytes) is caught when its cells sit apart
+    from that type's reference cells, and otherwise called as that type. A known type in a state
+    the reference lacks (e.g. stimulated monocytes for an unstimulated reference) can mix poorly
+    too. A query made of one population has its own profile as its mean, so its clusters are
+    judged on their departures from it. Models saved before the cluster call keep their per-cell
+    thresholds (``cluster_threshold_`` is ``None``); models saved before the sketch make the
+    first check only (``min_reference_share_`` is ``None``).
 
     **Genes.** The vocabulary is the registered AnnData's genes (select e.g. 2,000 highly
     variable genes first). A query is aligned by gene name; missing genes are treated as
@@ -148,6 +158,7 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
         self.cluster_threshold_ = None  # set by train(); None: the per-cell call (old models)
         self.novelty_calibration_ = None
         self.novelty_genes_ = None
+        self.min_reference_share_ = None  # set by train(); None: no mixing check (old models)
         self._model_summary_string = (
             f"scdl CellTypeTransformer: {self.summary_stats.n_labels} cell types, "
             f"{self.summary_stats.n_vars} genes, n_tokens={n_tokens}, d_model={d_model}, "
@@ -216,6 +227,7 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
             "labels": self.labels,
             "unknown_rate": self.unknown_rate_,
             "cluster_threshold": self.cluster_threshold_,
+            "min_reference_share": self.min_reference_share_,
         }
 
     def _gene_statistics(self, adata: AnnData) -> tuple[np.ndarray, np.ndarray]:
@@ -429,6 +441,8 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
         )
         self.cluster_threshold_, self.novelty_calibration_ = float(threshold), how
         self.novelty_genes_ = genes
+        self.module.set_sketch(**build_sketch(x_log, seed=seed))
+        self.min_reference_share_ = MIN_REFERENCE_SHARE
 
     def _fit_linear_head(self, train_idx, *, C: float, max_cells: int = 20_000) -> None:
         """Fit the linear path as an L2 logistic regression on centred log expression; frozen.

@@ -29,6 +29,7 @@ from scdl.data import (
 from scdl.dataloaders import dense_rows
 
 from ._attribution import integrated_gradients
+from ._mixing import reference_share
 from ._novelty import NOVELTY_RESOLUTION, cluster_cells, cluster_novelty
 
 if TYPE_CHECKING:
@@ -214,7 +215,10 @@ class AnnotatorPredictionMixin:
             ``novelty`` (1 - cosine similarity of the cell's standardised profile to the
             predicted type's mean reference profile), ``cluster`` and ``cluster_novelty``
             (the query cluster the Unknown call is made on and its novelty, see the class
-            notes), ``over_cluster`` (a finer clustering of the query) and ``is_unknown``.
+            notes), ``cluster_reference_share`` (the share of reference cells among the
+            neighbours of the cluster's cells in the model's reference sketch; NaN without a
+            sketch or for a query of fewer than 100 cells), ``over_cluster`` (a finer
+            clustering of the query) and ``is_unknown``.
         probabilities
             DataFrame (cells x cell types).
         """
@@ -245,16 +249,21 @@ class AnnotatorPredictionMixin:
             index=index,
         )
         calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = -1, np.nan, -1
+        calls["cluster_reference_share"] = np.nan
         if unknown_call or over_clustering:
             resolution = over_clustering_resolution if over_clustering else False
-            cluster, score, over = self._cluster_calls(
+            cluster, score, share, over = self._cluster_calls(
                 host, present, best.numpy(), resolution, seed
             )
             calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = cluster, score, over
+            calls["cluster_reference_share"] = share
         if not unknown_call:  # forced calls only
             unknown = np.zeros(len(calls), dtype=bool)
         elif self.cluster_threshold_ is not None:
             unknown = calls["cluster_novelty"].to_numpy() > self.cluster_threshold_
+            if self.min_reference_share_ is not None:  # NaN (no sketch, a tiny query): no flag
+                share = calls["cluster_reference_share"].to_numpy()
+                unknown |= share < self.min_reference_share_
         else:  # a model calibrated before the cluster call: its per-cell thresholds
             unknown = (
                 (conf < self.module.confidence_threshold.cpu())
@@ -284,7 +293,8 @@ class AnnotatorPredictionMixin:
         centroids = self.module.centroids.cpu().numpy()
         genes = self.novelty_genes_ if self.novelty_genes_ is not None else range(x.shape[1])
         score, _ = cluster_novelty(x_log, clusters, best, centroids, genes, present)
-        return clusters, score, over
+        share = reference_share(x_log, clusters, self.module.sketch(), present, seed=seed)
+        return clusters, score, share, over
 
     def predict(
         self,

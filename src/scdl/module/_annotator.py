@@ -32,6 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: the reference sketch's buffers and their number of dimensions
+SKETCH_BUFFERS = {"sketch_loadings": 2, "sketch_center": 1, "sketch_cells": 2}
+
 
 class TransformerBlock(nn.Module):
     """Pre-norm self-attention + feed-forward block; ``cls_only`` updates only token 0."""
@@ -138,6 +141,10 @@ class CellTypeTransformerModule(nn.Module):
         self.register_buffer("centroids", torch.zeros(n_labels, n_genes))
         self.register_buffer("novelty_threshold", torch.full((n_labels,), float("inf")))
         self.register_buffer("confidence_threshold", torch.tensor(0.0))
+        # reference sketch of the Unknown call's mixing check (scdl.models._mixing), set after
+        # training; empty in models saved before it existed
+        for name, ndim in SKETCH_BUFFERS.items():
+            self.register_buffer(name, torch.zeros((0,) * ndim))
 
         self.gene_embedding = nn.Embedding(n_genes, d_model)
         self.value_encoder = nn.Sequential(nn.Linear(1, 16), nn.GELU(), nn.Linear(16, d_model))
@@ -155,6 +162,28 @@ class CellTypeTransformerModule(nn.Module):
         self.value_head = nn.Linear(d_model, 1)  # masked-expression pretraining
         nn.init.normal_(self.gene_embedding.weight, std=0.02)
         nn.init.normal_(self.cls, std=0.02)
+
+    def set_sketch(self, **arrays) -> None:
+        """Store the reference sketch (``SKETCH_BUFFERS``: their new sizes replace the old)."""
+        for name, value in arrays.items():
+            if name not in SKETCH_BUFFERS:
+                raise KeyError(f"{name!r} is not a sketch buffer ({list(SKETCH_BUFFERS)}).")
+            self.register_buffer(name, torch.as_tensor(value, dtype=torch.float32).to(self.device))
+
+    def sketch(self) -> dict:
+        """The reference sketch as NumPy arrays (empty in a model saved before it)."""
+        return {name: getattr(self, name).detach().cpu().numpy() for name in SKETCH_BUFFERS}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the sketch's size is the saved one, whatever the module was built with; a file saved
+        # before the sketch existed has none (the mixing check is then skipped)
+        for name, ndim in SKETCH_BUFFERS.items():
+            key = prefix + name
+            if key in state_dict:
+                self.register_buffer(name, torch.empty_like(state_dict[key], device=self.device))
+            else:
+                state_dict[key] = torch.zeros((0,) * ndim)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def device(self) -> torch.device:

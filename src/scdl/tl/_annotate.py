@@ -97,6 +97,11 @@ def annotate(
         Novelty of the cell's query cluster (1 - cosine similarity to its predicted type's
         reference profile, after the query's shared shift is removed); above the model's
         ``cluster_threshold`` the cluster is called Unknown.
+    ``adata.obs[f"{key_added}_cluster_reference_share"]``
+        Share of reference cells among the neighbours of the cluster's cells in the model's
+        reference sketch (about 0.5 where the reference holds such cells, near 0 where it
+        holds none); below 0.15 the cluster is called Unknown. NaN for a model saved without
+        a sketch or a query of fewer than 100 cells.
     ``adata.obs[f"{key_added}_over_clustering"]``
         With ``majority_voting``: the clusters voted over (categorical).
     ``adata.obs[f"{key_added}_majority_voting"]``
@@ -143,6 +148,7 @@ def annotate(
     adata.obs[f"{key_added}_confidence"] = calls["confidence"].to_numpy()
     adata.obs[f"{key_added}_unknown"] = calls["is_unknown"].to_numpy() & unknown
     adata.obs[f"{key_added}_cluster_novelty"] = calls["cluster_novelty"].to_numpy()
+    adata.obs[f"{key_added}_cluster_reference_share"] = calls["cluster_reference_share"].to_numpy()
     adata.obsm[f"{key_added}_probabilities"] = probs
     if majority_voting:
         adata.obs[f"{key_added}_over_clustering"] = pd.Categorical(

@@ -1,0 +1,129 @@
+"""The Unknown call's second check: query clusters that the reference does not reach.
+
+The cluster novelty score (:mod:`scdl.models._novelty`) compares a query cluster with the one
+type it is predicted as; a new type that resembles that type (NK cells called CD8 T cells,
+CD4 T cells called CD8 T cells) passes it. This check asks instead whether the reference
+holds cells like the cluster's at all:
+
+1. after training, the reference's ``MIXING_GENES`` most variable genes (log-normalised) are
+   standardised by its own mean and sd; a PCA is fitted on a random half of its cells, and
+   at most ``SKETCH_CELLS`` of the other half are projected (the *sketch*, stored in the
+   model: the loadings, the centre and the sketch cells' coordinates). Cells the PCA was not
+   fitted on sit in it as the query's cells do, so the two are comparable;
+2. the query's genes are standardised by the *query's* own mean and sd (which removes a shift
+   shared by the whole query) and projected the same way;
+3. sketch and query cells are balanced (the larger side subsampled to the smaller's size),
+   and for each query cell the share of reference cells among its ``MIXING_NEIGHBORS`` nearest
+   neighbours in both is counted: about 0.5 where the reference has cells like it, near 0
+   where it has none. A cluster's *reference share* is the mean over its cells;
+4. the cluster's cells are ``"Unknown"`` when that share is below ``MIN_REFERENCE_SHARE``.
+
+The threshold is fixed, not fitted per model: a reference's own halves mix perfectly (share
+~0.5), so the reference cannot tell how far below 0.5 a known type under a shift drops. It was
+chosen over the four splits of ``benchmarks/annotation.py`` (as the novelty score's margin)
+and checked over five random sketches (benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+from ._novelty import _mean_sd
+
+#: neighbours counted per query cell
+MIXING_NEIGHBORS = 30
+#: principal components of the sketch
+MIXING_PCS = 30
+#: reference cells kept in the sketch
+SKETCH_CELLS = 2_000
+#: reference cells the sketch's PCA is fitted on (densified: at most this many)
+PCA_FIT_CELLS = 5_000
+#: genes the sketch's PCA uses: the reference's most variable (log1p CP10k), so that a large
+#: vocabulary of mostly flat genes does not drown the types' genes once all are standardised
+MIXING_GENES = 2_000
+#: a cluster whose mean reference share is below this is called Unknown (0.5: fully mixed)
+MIN_REFERENCE_SHARE = 0.15
+#: queries with fewer cells are too small to measure mixing on (no cell is flagged by it)
+MIN_QUERY_CELLS = 100
+
+
+def _standardised_dense(x_log, rows: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    block = x_log[rows]
+    block = block.toarray() if sparse.issparse(block) else np.asarray(block)
+    return ((block - mean) / sd).astype(np.float32)
+
+
+def build_sketch(x_log, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """The reference sketch (step 1 of the module notes) from the reference's log1p(CP10k)
+    (cells x vocabulary genes, CSR). Returns ``sketch_loadings`` (genes x PCs),
+    ``sketch_center`` (genes) and ``sketch_cells`` (sketch cells x PCs), float32."""
+    from sklearn.decomposition import PCA
+
+    n, n_genes = x_log.shape
+    mean, sd = (v.astype(np.float32) for v in _mean_sd(x_log))
+    rng = np.random.default_rng(seed)
+    half = rng.random(n) < 0.5
+    fit_rows, sketch_rows = np.flatnonzero(half), np.flatnonzero(~half)
+    if len(fit_rows) > PCA_FIT_CELLS:
+        fit_rows = np.sort(rng.choice(fit_rows, PCA_FIT_CELLS, replace=False))
+    if len(sketch_rows) > SKETCH_CELLS:
+        sketch_rows = np.sort(rng.choice(sketch_rows, SKETCH_CELLS, replace=False))
+    genes = np.arange(x_log.shape[1])
+    if len(genes) > MIXING_GENES:
+        sq = np.asarray(x_log.multiply(x_log).mean(0)).ravel()
+        raw_var = sq - np.asarray(x_log.mean(0)).ravel() ** 2
+        genes = np.sort(np.argsort(-raw_var, kind="stable")[:MIXING_GENES])
+        x_log, mean, sd = x_log[:, genes], mean[genes], sd[genes]
+    n_pcs = min(MIXING_PCS, len(fit_rows) - 1, len(genes) - 1)
+    if n_pcs < 2 or len(sketch_rows) < 2:
+        empty = np.zeros((0, 0), dtype=np.float32)
+        return {"sketch_loadings": empty, "sketch_center": np.zeros(0, np.float32),
+                "sketch_cells": empty}  # fmt: skip
+    pca = PCA(n_pcs, random_state=seed).fit(_standardised_dense(x_log, fit_rows, mean, sd))
+    cells = pca.transform(_standardised_dense(x_log, sketch_rows, mean, sd)).astype(np.float32)
+    # over the whole vocabulary: the genes left out weigh 0
+    loadings = np.zeros((n_genes, n_pcs), dtype=np.float32)
+    loadings[genes] = pca.components_.T
+    center = np.zeros(n_genes, dtype=np.float32)
+    center[genes] = pca.mean_
+    return {"sketch_loadings": loadings, "sketch_center": center, "sketch_cells": cells}
+
+
+def project(x_log, loadings: np.ndarray, center: np.ndarray, present=None) -> np.ndarray:
+    """Query cells in the sketch's PCA, genes standardised by the query's own mean and sd
+    (sparse input stays sparse; genes the query does not hold count as 0)."""
+    mean, sd = _mean_sd(x_log)
+    keep = np.ones(len(mean)) if present is None else np.asarray(present, dtype=float)
+    w = loadings * (keep / sd)[:, None]
+    return np.asarray(x_log @ w) - (keep * mean / sd) @ loadings - center @ loadings
+
+
+def reference_share(
+    x_log, clusters: np.ndarray, sketch: dict[str, np.ndarray], present=None, *, seed: int = 0
+) -> np.ndarray:
+    """Per cell, its cluster's mean share of reference cells among the neighbours of its cells
+    (steps 2-3 of the module notes); NaN for every cell when the model has no sketch or the
+    query has fewer than ``MIN_QUERY_CELLS`` cells."""
+    from sklearn.neighbors import NearestNeighbors
+
+    n = x_log.shape[0]
+    ref = np.asarray(sketch["sketch_cells"], dtype=np.float32)
+    if len(ref) < 2 or n < MIN_QUERY_CELLS:
+        return np.full(n, np.nan)
+    q = project(x_log, sketch["sketch_loadings"], sketch["sketch_center"], present)
+    rng = np.random.default_rng(seed)
+    m = min(len(ref), n)  # balanced: the same number of reference and query neighbours
+    ref = ref[np.sort(rng.choice(len(ref), m, replace=False))] if len(ref) > m else ref
+    servers = np.sort(rng.choice(n, m, replace=False)) if n > m else np.arange(n)
+    k = min(MIXING_NEIGHBORS, 2 * m - 1)
+    pool = np.vstack([ref, q[servers]]).astype(np.float32)
+    is_ref = np.r_[np.ones(m, dtype=bool), np.zeros(len(servers), dtype=bool)]
+    _, ind = NearestNeighbors(n_neighbors=k + 1).fit(pool).kneighbors(q.astype(np.float32))
+    own = np.full(n, -1)
+    own[servers] = m + np.arange(len(servers))  # a query cell in the pool is not its neighbour
+    order = np.argsort(ind == own[:, None], axis=1, kind="stable")[:, :k]
+    share = is_ref[np.take_along_axis(ind, order, axis=1)].mean(1)
+    ids, inv = np.unique(clusters, return_inverse=True)
+    per_cluster = np.bincount(inv, weights=share) / np.bincount(inv)
+    return per_cluster[inv]
