@@ -120,6 +120,18 @@ def test_query_with_missing_genes(annotator):
         model.predict(few)
 
 
+def test_mixing_check_needs_the_sketch_genes(annotator):
+    """A query lacking genes that carry much of the sketch cannot be placed beside it: the
+    mixing check is skipped with a warning, the novelty check still runs."""
+    model, query = annotator
+    genes = model.get_var_names()
+    part = query[:, query.var_names.difference(genes[: len(genes) // 2])].copy()
+    with pytest.warns(UserWarning, match="mixing check is skipped"):
+        calls, _ = model.annotate_cells(part, min_gene_overlap=0.3)
+    assert calls["cluster_reference_share"].isna().all()
+    assert calls["cluster_novelty"].notna().all()
+
+
 def test_tampered_or_pickled_weights_refused(annotator, tmp_path):
     model, _ = annotator
     model.save(tmp_path / "m")

@@ -26,6 +26,8 @@ and checked over five random sketches (benchmarks/README.md).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import sparse
 
@@ -46,6 +48,9 @@ MIXING_GENES = 2_000
 MIN_REFERENCE_SHARE = 0.15
 #: queries with fewer cells are too small to measure mixing on (no cell is flagged by it)
 MIN_QUERY_CELLS = 100
+#: share of the sketch's loadings (squared) the query's genes must carry for the check: the
+#: sketch cells' coordinates use every gene, a query's only those it holds
+MIN_SKETCH_COVERAGE = 0.9
 
 
 def _standardised_dense(x_log, rows: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
@@ -103,14 +108,28 @@ def reference_share(
     x_log, clusters: np.ndarray, sketch: dict[str, np.ndarray], present=None, *, seed: int = 0
 ) -> np.ndarray:
     """Per cell, its cluster's mean share of reference cells among the neighbours of its cells
-    (steps 2-3 of the module notes); NaN for every cell when the model has no sketch or the
-    query has fewer than ``MIN_QUERY_CELLS`` cells."""
+    (steps 2-3 of the module notes); NaN for every cell when the model has no sketch, the
+    query has fewer than ``MIN_QUERY_CELLS`` cells or lacks genes carrying more than 10% of
+    the sketch's loadings (with a warning)."""
     from sklearn.neighbors import NearestNeighbors
 
     n = x_log.shape[0]
     ref = np.asarray(sketch["sketch_cells"], dtype=np.float32)
     if len(ref) < 2 or n < MIN_QUERY_CELLS:
         return np.full(n, np.nan)
+    if present is not None:
+        energy = (np.asarray(sketch["sketch_loadings"], dtype=np.float64) ** 2).sum(1)
+        coverage = energy[np.asarray(present, dtype=bool)].sum() / energy.sum()
+        if coverage < MIN_SKETCH_COVERAGE:
+            warnings.warn(
+                f"The query's genes carry {coverage:.0%} of the reference sketch's principal "
+                f"components (at least {MIN_SKETCH_COVERAGE:.0%} needed): the Unknown call's "
+                "mixing check is skipped and only the cluster novelty check is made. Pass a "
+                "query that holds the model's genes to have both.",
+                UserWarning,
+                stacklevel=4,
+            )
+            return np.full(n, np.nan)
     q = project(x_log, sketch["sketch_loadings"], sketch["sketch_center"], present)
     rng = np.random.default_rng(seed)
     m = min(len(ref), n)  # balanced: the same number of reference and query neighbours

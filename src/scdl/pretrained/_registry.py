@@ -21,7 +21,7 @@ _ALLOWED = ("config.json", "model.safetensors", "README.md")
 REGISTRY: dict[str, dict] = {
     "pbmc_kang2018": {
         "folder": "pbmc_kang2018",
-        "weights_sha256": "c7606244fdc2bbbbc308f094f9a1e52cc2a74f89f8b95d0c0de8f934168d9e4e",
+        "weights_sha256": "ba6f34b70e60e10c200bcc272d2abcbb983cc4af6de44d89d7d912ac3cfc2fba",
         "description": "Human PBMCs, 7 types (Kang et al. 2018, control + IFN-beta)",
     },
 }
