@@ -217,8 +217,9 @@ class AnnotatorPredictionMixin:
             (the query cluster the Unknown call is made on and its novelty, see the class
             notes), ``cluster_reference_share`` (the share of reference cells among the
             neighbours of the cluster's cells in the model's reference sketch; NaN without a
-            sketch or for a query of fewer than 100 cells), ``over_cluster`` (a finer
-            clustering of the query) and ``is_unknown``.
+            sketch, for a query of fewer than 100 cells or one lacking genes that carry more
+            than 10% of the sketch, with a warning), ``over_cluster`` (a finer clustering of
+            the query) and ``is_unknown``.
         probabilities
             DataFrame (cells x cell types).
         """

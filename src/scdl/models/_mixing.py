@@ -143,6 +143,6 @@ def reference_share(
     own[servers] = m + np.arange(len(servers))  # a query cell in the pool is not its neighbour
     order = np.argsort(ind == own[:, None], axis=1, kind="stable")[:, :k]
     share = is_ref[np.take_along_axis(ind, order, axis=1)].mean(1)
-    ids, inv = np.unique(clusters, return_inverse=True)
+    _, inv = np.unique(clusters, return_inverse=True)
     per_cluster = np.bincount(inv, weights=share) / np.bincount(inv)
     return per_cluster[inv]

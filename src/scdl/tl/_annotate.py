@@ -100,8 +100,9 @@ def annotate(
     ``adata.obs[f"{key_added}_cluster_reference_share"]``
         Share of reference cells among the neighbours of the cluster's cells in the model's
         reference sketch (about 0.5 where the reference holds such cells, near 0 where it
-        holds none); below 0.15 the cluster is called Unknown. NaN for a model saved without
-        a sketch or a query of fewer than 100 cells.
+        holds none); below the model's ``min_reference_share_`` (0.15) the cluster is called
+        Unknown. NaN for a model saved without a sketch, a query of fewer than 100 cells or
+        one lacking genes that carry more than 10% of the sketch (with a warning).
     ``adata.obs[f"{key_added}_over_clustering"]``
         With ``majority_voting``: the clusters voted over (categorical).
     ``adata.obs[f"{key_added}_majority_voting"]``
