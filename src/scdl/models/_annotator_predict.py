@@ -30,7 +30,7 @@ from scdl.dataloaders import dense_rows
 
 from ._attribution import integrated_gradients
 from ._mixing import reference_share
-from ._novelty import NOVELTY_RESOLUTION, cluster_cells, cluster_novelty
+from ._novelty import NOVELTY_RESOLUTION, _mean_sd, cluster_cells, cluster_novelty
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -286,15 +286,17 @@ class AnnotatorPredictionMixin:
         if resolution is None:  # CellTypist's choice by query size
             resolution = 5 if n < 5_000 else 10 if n < 20_000 else 15 if n < 40_000 else 20
         x_log = log_normalize(x)
+        stats = _mean_sd(x_log)  # the query's own per-gene statistics, read by all three steps
         resolutions = (NOVELTY_RESOLUTION,) + (() if resolution is False else (float(resolution),))
         clusters, *over = cluster_cells(
-            x_log, resolutions=resolutions, seed=seed, device=self.module.device
+            x_log, resolutions=resolutions, seed=seed, device=self.module.device, stats=stats
         )
         over = over[0] if over else np.full(n, -1)
         centroids = self.module.centroids.cpu().numpy()
         genes = self.novelty_genes_ if self.novelty_genes_ is not None else range(x.shape[1])
-        score, _ = cluster_novelty(x_log, clusters, best, centroids, genes, present)
-        share = reference_share(x_log, clusters, self.module.sketch(), present, seed=seed)
+        score, _ = cluster_novelty(x_log, clusters, best, centroids, genes, present, stats)
+        sketch = self.module.sketch()
+        share = reference_share(x_log, clusters, sketch, present, seed=seed, stats=stats)
         return clusters, score, share, over
 
     def predict(

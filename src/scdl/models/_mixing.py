@@ -74,11 +74,9 @@ def build_sketch(x_log, *, seed: int = 0) -> dict[str, np.ndarray]:
         fit_rows = np.sort(rng.choice(fit_rows, PCA_FIT_CELLS, replace=False))
     if len(sketch_rows) > SKETCH_CELLS:
         sketch_rows = np.sort(rng.choice(sketch_rows, SKETCH_CELLS, replace=False))
-    genes = np.arange(x_log.shape[1])
-    if len(genes) > MIXING_GENES:
-        sq = np.asarray(x_log.multiply(x_log).mean(0)).ravel()
-        raw_var = sq - np.asarray(x_log.mean(0)).ravel() ** 2
-        genes = np.sort(np.argsort(-raw_var, kind="stable")[:MIXING_GENES])
+    genes = np.arange(n_genes)
+    if n_genes > MIXING_GENES:  # by sd (floored: ties among flat genes go by their order)
+        genes = np.sort(np.argsort(-sd, kind="stable")[:MIXING_GENES])
         x_log, mean, sd = x_log[:, genes], mean[genes], sd[genes]
     n_pcs = min(MIXING_PCS, len(fit_rows) - 1, len(genes) - 1)
     if n_pcs < 2 or len(sketch_rows) < 2:
@@ -95,22 +93,30 @@ def build_sketch(x_log, *, seed: int = 0) -> dict[str, np.ndarray]:
     return {"sketch_loadings": loadings, "sketch_center": center, "sketch_cells": cells}
 
 
-def project(x_log, loadings: np.ndarray, center: np.ndarray, present=None) -> np.ndarray:
+def project(x_log, loadings, center, present=None, stats=None) -> np.ndarray:
     """Query cells in the sketch's PCA, genes standardised by the query's own mean and sd
-    (sparse input stays sparse; genes the query does not hold count as 0)."""
-    mean, sd = _mean_sd(x_log)
+    (``stats``, computed when not given; sparse input stays sparse; genes the query does not
+    hold count as 0)."""
+    mean, sd = stats if stats is not None else _mean_sd(x_log)
     keep = np.ones(len(mean)) if present is None else np.asarray(present, dtype=float)
     w = loadings * (keep / sd)[:, None]
     return np.asarray(x_log @ w) - (keep * mean / sd) @ loadings - center @ loadings
 
 
 def reference_share(
-    x_log, clusters: np.ndarray, sketch: dict[str, np.ndarray], present=None, *, seed: int = 0
+    x_log,
+    clusters: np.ndarray,
+    sketch: dict[str, np.ndarray],
+    present=None,
+    *,
+    seed: int = 0,
+    stats: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Per cell, its cluster's mean share of reference cells among the neighbours of its cells
     (steps 2-3 of the module notes); NaN for every cell when the model has no sketch, the
     query has fewer than ``MIN_QUERY_CELLS`` cells or lacks genes carrying more than 10% of
-    the sketch's loadings (with a warning)."""
+    the sketch's loadings (with a warning). ``stats``: the query's per-gene mean and sd, when
+    the caller has them."""
     from sklearn.neighbors import NearestNeighbors
 
     n = x_log.shape[0]
@@ -130,7 +136,7 @@ def reference_share(
                 stacklevel=4,
             )
             return np.full(n, np.nan)
-    q = project(x_log, sketch["sketch_loadings"], sketch["sketch_center"], present)
+    q = project(x_log, sketch["sketch_loadings"], sketch["sketch_center"], present, stats)
     rng = np.random.default_rng(seed)
     m = min(len(ref), n)  # balanced: the same number of reference and query neighbours
     ref = ref[np.sort(rng.choice(len(ref), m, replace=False))] if len(ref) > m else ref

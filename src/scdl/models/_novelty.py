@@ -54,13 +54,20 @@ def _mean_sd(x_log) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cluster_cells(
-    x_log, *, resolutions=(NOVELTY_RESOLUTION,), seed: int = 0, n_pcs: int = 30, device="cpu"
+    x_log,
+    *,
+    resolutions=(NOVELTY_RESOLUTION,),
+    seed: int = 0,
+    n_pcs: int = 30,
+    device="cpu",
+    stats: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """Leiden clusters (one array per resolution) of cells on their own standardised PCA.
 
     Genes are scaled by the cells' own sd (the sparse matrix stays sparse; PCA centres
     implicitly), then scanpy's PCA, an exact kNN graph (scikit-learn's brute force; on a GPU
     ``device`` the same search as matrix products, :class:`TorchKNN`) and Leiden (igraph).
+    ``stats``: the cells' :func:`_mean_sd`, when the caller has it already.
     """
     import anndata as ad
     import scanpy as sc
@@ -68,7 +75,7 @@ def cluster_cells(
     n = x_log.shape[0]
     if n < 10:  # too few cells to cluster: one cluster
         return [np.zeros(n, dtype=int) for _ in resolutions]
-    _, sd = _mean_sd(x_log)
+    _, sd = stats if stats is not None else _mean_sd(x_log)
     scaled = sparse.csr_matrix(x_log @ sparse.diags((1.0 / sd).astype(np.float32)))
     a = ad.AnnData(scaled)
     n_comps = max(2, min(n_pcs, n - 2, x_log.shape[1] - 1))
@@ -87,7 +94,7 @@ def cluster_cells(
     return out
 
 
-def _cluster_means_z(x_log, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _cluster_means_z(x_log, clusters: np.ndarray, stats=None) -> tuple[np.ndarray, np.ndarray]:
     """Per-cluster mean profile standardised by the cells' own per-gene mean and sd."""
     ids, inv = np.unique(clusters, return_inverse=True)
     onehot = sparse.csr_matrix(
@@ -95,7 +102,7 @@ def _cluster_means_z(x_log, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarra
     )
     sizes = np.asarray(onehot.sum(1)).ravel()
     means = np.asarray((onehot @ x_log).todense(), dtype=np.float64) / sizes[:, None]
-    mean, sd = _mean_sd(x_log)
+    mean, sd = stats if stats is not None else _mean_sd(x_log)
     return (means - mean) / sd, inv
 
 
@@ -115,7 +122,7 @@ def novelty_genes(centroids: np.ndarray, n: int = N_NOVELTY_GENES) -> list[int]:
     return sorted(int(g) for g in np.argsort(-np.var(centroids, axis=0))[:n])
 
 
-def cluster_novelty(x_log, clusters, predicted, centroids, genes, present=None):
+def cluster_novelty(x_log, clusters, predicted, centroids, genes, present=None, stats=None):
     """Per-cell novelty of the cell's cluster and the cluster's majority predicted type.
 
     Parameters
@@ -132,8 +139,10 @@ def cluster_novelty(x_log, clusters, predicted, centroids, genes, present=None):
         Indices of the genes compared (:func:`novelty_genes`).
     present
         Boolean mask of the genes the cells hold; the others are ignored.
+    stats
+        The cells' per-gene mean and sd (:func:`_mean_sd`), when the caller has them.
     """
-    z, inv = _cluster_means_z(x_log, clusters)
+    z, inv = _cluster_means_z(x_log, clusters, stats)
     n_types = centroids.shape[0]
     majority = np.array(
         [np.bincount(predicted[inv == k], minlength=n_types).argmax() for k in range(len(z))]
