@@ -140,7 +140,8 @@ def main() -> None:
   of the stimulated cells' type profiles and the reverse): a query cluster is called Unknown
   when its novelty exceeds {model.cluster_threshold_:.3f}, or when its cells have fewer than
   {model.min_reference_share_:.0%} reference cells among their neighbours in the model's
-  reference sketch ({len(model.module.sketch_cells)} training cells).
+  reference sketch ({model.module.sketch_cells.shape[-2]} training cells, stored at
+  {model.module.sketch_cells.shape[0]} depths so that a query is compared at its own depth).
 - **Measured on the {test.n_obs} held-out cells (20%, never seen in training):** accuracy
   {res["accuracy"]:.3f}, macro-F1 {res["macro_f1"]:.3f} (logistic regression on the same
   split: accuracy {res["lr_accuracy"]:.3f}, macro-F1 {res["lr_macro_f1"]:.3f}); accuracy

@@ -8,7 +8,13 @@ import pytest
 import scanpy as sc
 from conftest import read_shared
 
-from scdl.models._mixing import MIN_REFERENCE_SHARE, build_sketch, reference_share
+from scdl.models._mixing import (
+    MIN_REFERENCE_SHARE,
+    build_sketch,
+    integer_counts,
+    reference_share,
+    thin_counts,
+)
 from scdl.models._novelty import cluster_cells, log_normalize
 
 REMOVED = "CD4 T cells"  # called CD4T in the Kang 2k file
@@ -28,9 +34,9 @@ def kang_pair():
     return ref, query, x_query, clusters
 
 
-def flagged(ref, x_query, clusters) -> np.ndarray:
-    sketch = build_sketch(log_normalize(ref.X))
-    return reference_share(x_query, clusters, sketch) < MIN_REFERENCE_SHARE
+def flagged(ref, x_query, clusters, counts=None) -> np.ndarray:
+    sketch = build_sketch(ref.X)
+    return reference_share(x_query, clusters, sketch, counts=counts) < MIN_REFERENCE_SHARE
 
 
 def test_a_type_the_reference_lacks_is_flagged(kang_pair):
@@ -47,12 +53,44 @@ def test_known_types_under_a_processing_shift_are_not(kang_pair):
     assert unknown.mean() <= 0.05, unknown.mean()
 
 
+def test_a_shallower_query_is_placed_beside_a_reference_as_shallow(kang_pair):
+    """At a quarter of the depth (10x chemistries differ by that much) a query's known types
+    lose their reference neighbours unless the sketch cells are as shallow: with the query's
+    counts the check picks that level, without them it compares unlike depths."""
+    ref, query, _, _ = kang_pair
+    shallow = thin_counts(query.X, 0.25, seed=1)
+    x_shallow = log_normalize(shallow)
+    (clusters,) = cluster_cells(x_shallow)
+    unmatched = flagged(ref, x_shallow, clusters).mean()
+    matched = flagged(ref, x_shallow, clusters, counts=shallow).mean()
+    assert matched <= 0.05 < 0.1 < unmatched, (matched, unmatched)
+    # a deeper query is thinned to the reference's depth instead: the same outcome
+    thin_ref = ref.copy()
+    thin_ref.X = thin_counts(ref.X, 0.25, seed=2)
+    x_query = log_normalize(query.X)
+    (clusters,) = cluster_cells(x_query)
+    assert flagged(thin_ref, x_query, clusters, counts=query.X).mean() <= 0.05
+
+
+def test_counts_are_recovered_from_log_normalised_data(kang_pair):
+    _, query, _, _ = kang_pair
+    counts = query.X.tocsr().astype(np.float32)
+    counts = counts[np.asarray(counts.sum(1)).ravel() > 0]
+    scaled = counts.multiply(1e4 / counts.sum(1)).tocsr()  # expm1 of log1p(CP10k)
+    np.testing.assert_array_equal(integer_counts(scaled).toarray(), counts.toarray())
+    assert integer_counts(counts) is counts or np.array_equal(
+        integer_counts(counts).toarray(), counts.toarray()
+    )
+    scaled.data *= np.random.default_rng(0).uniform(0.5, 1.5, scaled.nnz)  # not counts at all
+    assert integer_counts(scaled) is None
+
+
 def test_sketch_is_deterministic_and_small_queries_are_skipped(kang_pair):
     ref, _, x_query, clusters = kang_pair
-    x_ref = log_normalize(ref.X)
-    one, two = build_sketch(x_ref), build_sketch(x_ref)
+    one, two = build_sketch(ref.X), build_sketch(ref.X)
     assert all(np.array_equal(one[k], two[k]) for k in one)
-    n_sketch, n_pcs = one["sketch_cells"].shape
-    assert n_pcs == 30 and 0.4 * ref.n_obs < n_sketch <= min(2000, ref.n_obs), n_sketch
+    n_levels, n_sketch, n_pcs = one["sketch_cells"].shape
+    assert n_levels == 5 and n_pcs == 30, one["sketch_cells"].shape
+    assert 0.4 * ref.n_obs < n_sketch <= min(2000, ref.n_obs), n_sketch
     share = reference_share(x_query[:50], clusters[:50], one)
     assert np.isnan(share).all()

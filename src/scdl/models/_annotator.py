@@ -67,7 +67,11 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
     query, standardised by its own statistics, is projected there, and a cluster whose cells
     have fewer than ``min_reference_share_`` (15%) reference cells among their 30 nearest
     neighbours (about 50% where the reference has such cells; sides balanced) is called
-    ``"Unknown"`` too. What to rely on: cells of a known type form clusters that match their
+    ``"Unknown"`` too. The sketch cells are stored at five depths (the reference's counts
+    thinned to 1, 1/2, ... 1/16), and the query is compared with the depth nearest its own
+    (judged type by type against its predicted types' reference depths; a deeper query is
+    thinned to the reference's), because a shallower query's known types otherwise lose their
+    reference neighbours. What to rely on: cells of a known type form clusters that match their
     type once the shared shift is removed and mix with its reference cells, and are rarely
     called Unknown; a type absent from the reference and unlike every reference type (e.g. B
     cells for a T/NK/monocyte reference) mostly is; a type close to a reference type (CD4 vs CD8
@@ -427,7 +431,8 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
         """
         from ._novelty import log_normalize
 
-        x_log = log_normalize(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
+        counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        x_log = log_normalize(counts)
         labels = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel()
         if batch_key is None:
             batches = self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY).ravel()
@@ -441,7 +446,7 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
         )
         self.cluster_threshold_, self.novelty_calibration_ = float(threshold), how
         self.novelty_genes_ = genes
-        self.module.set_sketch(**build_sketch(x_log, seed=seed))
+        self.module.set_sketch(**build_sketch(counts, seed=seed, x_log=x_log, labels=labels))
         self.min_reference_share_ = MIN_REFERENCE_SHARE
 
     def _fit_linear_head(self, train_idx, *, C: float, max_cells: int = 20_000) -> None:

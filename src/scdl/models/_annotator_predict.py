@@ -29,7 +29,7 @@ from scdl.data import (
 from scdl.dataloaders import dense_rows
 
 from ._attribution import integrated_gradients
-from ._mixing import reference_share
+from ._mixing import integer_counts, reference_share
 from ._novelty import NOVELTY_RESOLUTION, _mean_sd, cluster_cells, cluster_novelty
 
 if TYPE_CHECKING:
@@ -296,7 +296,10 @@ class AnnotatorPredictionMixin:
         genes = self.novelty_genes_ if self.novelty_genes_ is not None else range(x.shape[1])
         score, _ = cluster_novelty(x_log, clusters, best, centroids, genes, present, stats)
         sketch = self.module.sketch()
-        share = reference_share(x_log, clusters, sketch, present, seed=seed, stats=stats)
+        counts = integer_counts(x)  # the query's depth, matched with the sketch's
+        share = reference_share(
+            x_log, clusters, sketch, present, seed=seed, stats=stats, counts=counts, calls=best
+        )
         return clusters, score, share, over
 
     def predict(

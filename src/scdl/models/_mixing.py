@@ -18,6 +18,17 @@ holds cells like the cluster's at all:
    where it has none. A cluster's *reference share* is the mean over its cells;
 4. the cluster's cells are ``"Unknown"`` when that share is below ``MIN_REFERENCE_SHARE``.
 
+Sequencing depth changes how far cells sit from one another in that space (at a quarter of
+the depth, a query's cells are noisier and its known types lose most of their reference
+neighbours), and chemistries differ by that much. So the sketch cells are stored at
+``SKETCH_LEVELS`` depths (the reference's counts binomially thinned to 1, 1/2, 1/4, ... of
+their depth, each level standardised by its own statistics), the query is placed beside the
+level nearest its depth (within a factor of sqrt(2)), and a query deeper than the reference
+by more than that is thinned to the reference's depth. Depths are compared type by type (each
+query cell against the reference's median for the type it is predicted as): cell types
+differ in depth (monocytes carry about twice the counts of T cells), so a query's overall
+median would follow its composition, not its chemistry.
+
 The threshold is fixed, not fitted per model: a reference's own halves mix perfectly (share
 ~0.5), so the reference cannot tell how far below 0.5 a known type under a shift drops. It was
 chosen over the four splits of ``benchmarks/annotation.py`` (as the novelty score's margin)
@@ -31,7 +42,7 @@ import warnings
 import numpy as np
 from scipy import sparse
 
-from ._novelty import _mean_sd
+from ._novelty import _mean_sd, log_normalize
 
 #: neighbours counted per query cell
 MIXING_NEIGHBORS = 30
@@ -48,6 +59,8 @@ MIXING_GENES = 2_000
 MIN_REFERENCE_SHARE = 0.15
 #: queries with fewer cells are too small to measure mixing on (no cell is flagged by it)
 MIN_QUERY_CELLS = 100
+#: depths the sketch cells are stored at: the reference's, then halved at each level
+SKETCH_LEVELS = 5
 #: share of the sketch's loadings (squared) the query's genes must carry for the check: the
 #: sketch cells' coordinates use every gene, a query's only those it holds
 MIN_SKETCH_COVERAGE = 0.9
@@ -59,12 +72,32 @@ def _standardised_dense(x_log, rows: np.ndarray, mean: np.ndarray, sd: np.ndarra
     return ((block - mean) / sd).astype(np.float32)
 
 
-def build_sketch(x_log, *, seed: int = 0) -> dict[str, np.ndarray]:
-    """The reference sketch (step 1 of the module notes) from the reference's log1p(CP10k)
-    (cells x vocabulary genes, CSR). Returns ``sketch_loadings`` (genes x PCs),
-    ``sketch_center`` (genes) and ``sketch_cells`` (sketch cells x PCs), float32."""
+def thin_counts(x, fraction: float, seed: int) -> sparse.csr_matrix:
+    """Binomial thinning: each count kept with probability ``fraction`` (CSR float32)."""
+    x = sparse.csr_matrix(x, dtype=np.float32, copy=True)
+    if fraction < 1.0:
+        rng = np.random.default_rng(seed)
+        x.data = rng.binomial(np.rint(x.data).astype(np.int64), fraction).astype(np.float32)
+        x.eliminate_zeros()
+    return x
+
+
+def median_depth(counts) -> float:
+    """Median total count per cell."""
+    return float(np.median(np.asarray(counts.sum(1), dtype=np.float64).ravel()))
+
+
+def build_sketch(counts, *, seed: int = 0, x_log=None, labels=None) -> dict[str, np.ndarray]:
+    """The reference sketch (step 1 of the module notes) from the reference's counts (cells x
+    vocabulary genes). Returns ``sketch_loadings`` (genes x PCs), ``sketch_center`` (genes),
+    ``sketch_cells`` (levels x sketch cells x PCs: the same cells at each depth level) and
+    ``sketch_depth`` (the reference's median count per cell over the vocabulary, per label
+    code of ``labels`` when given), float32. ``x_log``: the counts' :func:`log_normalize`,
+    when the caller has it."""
     from sklearn.decomposition import PCA
 
+    counts = sparse.csr_matrix(counts)
+    x_log = log_normalize(counts) if x_log is None else x_log
     n, n_genes = x_log.shape
     mean, sd = (v.astype(np.float32) for v in _mean_sd(x_log))
     rng = np.random.default_rng(seed)
@@ -77,20 +110,92 @@ def build_sketch(x_log, *, seed: int = 0) -> dict[str, np.ndarray]:
     genes = np.arange(n_genes)
     if n_genes > MIXING_GENES:  # by sd (floored: ties among flat genes go by their order)
         genes = np.sort(np.argsort(-sd, kind="stable")[:MIXING_GENES])
-        x_log, mean, sd = x_log[:, genes], mean[genes], sd[genes]
     n_pcs = min(MIXING_PCS, len(fit_rows) - 1, len(genes) - 1)
     if n_pcs < 2 or len(sketch_rows) < 2:
-        empty = np.zeros((0, 0), dtype=np.float32)
-        return {"sketch_loadings": empty, "sketch_center": np.zeros(0, np.float32),
-                "sketch_cells": empty}  # fmt: skip
-    pca = PCA(n_pcs, random_state=seed).fit(_standardised_dense(x_log, fit_rows, mean, sd))
-    cells = pca.transform(_standardised_dense(x_log, sketch_rows, mean, sd)).astype(np.float32)
+        return {"sketch_loadings": np.zeros((0, 0), np.float32),
+                "sketch_center": np.zeros(0, np.float32),
+                "sketch_cells": np.zeros((0, 0, 0), np.float32),
+                "sketch_depth": np.zeros(0, np.float32)}  # fmt: skip
+    sub = x_log[:, genes]
+    fit = _standardised_dense(sub, fit_rows, mean[genes], sd[genes])
+    pca = PCA(n_pcs, random_state=seed).fit(fit)
     # over the whole vocabulary: the genes left out weigh 0
     loadings = np.zeros((n_genes, n_pcs), dtype=np.float32)
     loadings[genes] = pca.components_.T
     center = np.zeros(n_genes, dtype=np.float32)
     center[genes] = pca.mean_
-    return {"sketch_loadings": loadings, "sketch_center": center, "sketch_cells": cells}
+    levels = [project(x_log[sketch_rows], loadings, center, stats=(mean, sd))]
+    # thinner levels: each standardised by the thinned reference's own statistics (the query
+    # is standardised by its own), estimated on the cells the sketch was drawn from
+    rows = np.union1d(fit_rows, sketch_rows)
+    at = np.searchsorted(rows, sketch_rows)
+    for level in range(1, SKETCH_LEVELS):
+        thinned = log_normalize(thin_counts(counts[rows], 2.0**-level, seed + level))
+        stats = _mean_sd(thinned)
+        levels.append(project(thinned[at], loadings, center, stats=stats))
+    return {
+        "sketch_loadings": loadings,
+        "sketch_center": center,
+        "sketch_cells": np.stack(levels).astype(np.float32),
+        "sketch_depth": type_depths(counts, labels),
+    }
+
+
+def type_depths(counts, labels=None) -> np.ndarray:
+    """Median count per cell, per label code (one value without ``labels``; a code without
+    cells takes the overall median)."""
+    totals = np.asarray(counts.sum(1), dtype=np.float64).ravel()
+    overall = np.median(totals)
+    if labels is None:
+        return np.array([overall], dtype=np.float32)
+    labels = np.asarray(labels).astype(int).ravel()
+    out = np.full(labels.max() + 1, overall)
+    for code in np.unique(labels):
+        out[code] = np.median(totals[labels == code])
+    return out.astype(np.float32)
+
+
+def integer_counts(x) -> sparse.csr_matrix | None:
+    """Counts behind a query matrix: ``x`` itself when it holds integers; for ``expm1`` of
+    log-normalised data (each cell scaled to one total), each cell divided by its smallest
+    non-zero value (one count) when that gives integers; else ``None`` (depth unknown)."""
+    x = sparse.csr_matrix(x)
+    if x.nnz == 0:
+        return None
+    if np.all(x.data == np.rint(x.data)):
+        return x
+    unit = np.minimum.reduceat(x.data, x.indptr[:-1][np.diff(x.indptr) > 0])
+    per_value = np.repeat(unit, np.diff(x.indptr)[np.diff(x.indptr) > 0])
+    scaled = x.data / per_value
+    if np.mean(np.abs(scaled - np.rint(scaled)) < 0.05) < 0.99:
+        return None
+    out = x.copy()
+    out.data = np.rint(scaled).astype(np.float32)
+    return out
+
+
+def match_depth(counts, sketch: dict[str, np.ndarray], seed: int, calls=None):
+    """The sketch level for a query's ``counts`` (index into ``sketch_cells``), and the counts
+    thinned to the reference's depth when the query is deeper by more than sqrt(2) (else
+    ``None``). The depth ratio is the median over cells of each cell's total against the
+    reference's median for its predicted type (``calls``, label codes; without them, or with a
+    sketch of one depth, against the reference's overall median). Level 0 and ``None`` when
+    either depth is unknown."""
+    depth = np.asarray(sketch.get("sketch_depth", np.zeros(0)), dtype=np.float64)
+    n_levels = np.asarray(sketch["sketch_cells"]).shape[0]
+    if counts is None or depth.size == 0 or np.any(depth <= 0):
+        return 0, None
+    totals = np.asarray(counts.sum(1), dtype=np.float64).ravel()
+    if calls is not None and depth.size > 1:
+        expected = depth[np.clip(np.asarray(calls, dtype=int), 0, depth.size - 1)]
+    else:
+        expected = np.full(len(totals), np.median(depth) if depth.size > 1 else depth[0])
+    ratio = float(np.median(totals / expected))
+    if ratio <= 0:
+        return 0, None
+    if ratio > np.sqrt(2.0):
+        return 0, thin_counts(counts, 1.0 / ratio, seed)
+    return int(np.clip(np.rint(-np.log2(ratio)), 0, n_levels - 1)), None
 
 
 def project(x_log, loadings, center, present=None, stats=None) -> np.ndarray:
@@ -111,17 +216,22 @@ def reference_share(
     *,
     seed: int = 0,
     stats: tuple[np.ndarray, np.ndarray] | None = None,
+    counts=None,
+    calls=None,
 ) -> np.ndarray:
     """Per cell, its cluster's mean share of reference cells among the neighbours of its cells
     (steps 2-3 of the module notes); NaN for every cell when the model has no sketch, the
     query has fewer than ``MIN_QUERY_CELLS`` cells or lacks genes carrying more than 10% of
     the sketch's loadings (with a warning). ``stats``: the query's per-gene mean and sd, when
-    the caller has them."""
+    the caller has them; ``counts``: the query's counts (cells x vocabulary) and ``calls``
+    (its cells' predicted label codes), to match its depth with the sketch's (without counts
+    the reference's depth is used)."""
     from sklearn.neighbors import NearestNeighbors
 
     n = x_log.shape[0]
     ref = np.asarray(sketch["sketch_cells"], dtype=np.float32)
-    if len(ref) < 2 or n < MIN_QUERY_CELLS:
+    ref = ref[None] if ref.ndim == 2 else ref  # a sketch saved with one level
+    if ref.shape[1] < 2 or n < MIN_QUERY_CELLS:
         return np.full(n, np.nan)
     if present is not None:
         energy = (np.asarray(sketch["sketch_loadings"], dtype=np.float64) ** 2).sum(1)
@@ -136,6 +246,10 @@ def reference_share(
                 stacklevel=4,
             )
             return np.full(n, np.nan)
+    level, thinned = match_depth(counts, {**sketch, "sketch_cells": ref}, seed, calls)
+    if thinned is not None:  # a deeper query: its own statistics at the reference's depth
+        x_log, stats = log_normalize(thinned), None
+    ref = ref[level]
     q = project(x_log, sketch["sketch_loadings"], sketch["sketch_center"], present, stats)
     rng = np.random.default_rng(seed)
     m = min(len(ref), n)  # balanced: the same number of reference and query neighbours

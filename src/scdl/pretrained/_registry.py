@@ -21,7 +21,7 @@ _ALLOWED = ("config.json", "model.safetensors", "README.md")
 REGISTRY: dict[str, dict] = {
     "pbmc_kang2018": {
         "folder": "pbmc_kang2018",
-        "weights_sha256": "ba6f34b70e60e10c200bcc272d2abcbb983cc4af6de44d89d7d912ac3cfc2fba",
+        "weights_sha256": "e4ad742722828d0e040aaa6d6d42cbbd79d751a3d6ad5038ca6edef64017f958",
         "description": "Human PBMCs, 7 types (Kang et al. 2018, control + IFN-beta)",
     },
 }
