@@ -60,6 +60,21 @@ def test_absent_cell_type_is_mostly_unknown(annotator):
     assert unknown_rest <= 0.10, unknown_rest
 
 
+def test_a_shallower_query_is_judged_at_its_own_depth(annotator):
+    """The stimulated cells at a quarter of their depth (as another chemistry may give): both
+    Unknown checks compare them with the reference thinned alike, so known types stay known
+    and the removed type is still caught."""
+    from scdl.models._depth import thin_counts
+
+    model, query = annotator
+    shallow = query.copy()
+    shallow.X = thin_counts(query.X, 0.25, seed=0)
+    calls, _ = model.annotate_cells(shallow)
+    is_b = (query.obs.cell_type == HELD_OUT_TYPE).to_numpy()
+    assert calls["is_unknown"][~is_b].mean() <= 0.10, calls["is_unknown"][~is_b].mean()
+    assert calls["is_unknown"][is_b].mean() >= 0.6, calls["is_unknown"][is_b].mean()
+
+
 def test_soft_predictions_are_probabilities(annotator):
     model, query = annotator
     probs = model.predict(query, soft=True)

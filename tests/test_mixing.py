@@ -8,13 +8,8 @@ import pytest
 import scanpy as sc
 from conftest import read_shared
 
-from scdl.models._mixing import (
-    MIN_REFERENCE_SHARE,
-    build_sketch,
-    integer_counts,
-    reference_share,
-    thin_counts,
-)
+from scdl.models._depth import integer_counts, match_depth, thin_counts
+from scdl.models._mixing import MIN_REFERENCE_SHARE, build_sketch, reference_share
 from scdl.models._novelty import cluster_cells, log_normalize
 
 REMOVED = "CD4 T cells"  # called CD4T in the Kang 2k file
@@ -35,8 +30,13 @@ def kang_pair():
 
 
 def flagged(ref, x_query, clusters, counts=None) -> np.ndarray:
+    """The check's flags; with the query's ``counts``, at its depth (as the model does)."""
     sketch = build_sketch(ref.X)
-    return reference_share(x_query, clusters, sketch, counts=counts) < MIN_REFERENCE_SHARE
+    level, thinned = match_depth(counts, sketch["sketch_depth"])
+    if thinned is not None:
+        x_query = log_normalize(thinned)
+    share = reference_share(x_query, clusters, sketch, level=level)
+    return share < MIN_REFERENCE_SHARE
 
 
 def test_a_type_the_reference_lacks_is_flagged(kang_pair):

@@ -29,7 +29,8 @@ from scdl.data import (
 from scdl.dataloaders import dense_rows
 
 from ._attribution import integrated_gradients
-from ._mixing import integer_counts, reference_share
+from ._depth import integer_counts, match_depth
+from ._mixing import reference_share
 from ._novelty import NOVELTY_RESOLUTION, _mean_sd, cluster_cells, cluster_novelty
 
 if TYPE_CHECKING:
@@ -292,13 +293,25 @@ class AnnotatorPredictionMixin:
             x_log, resolutions=resolutions, seed=seed, device=self.module.device, stats=stats
         )
         over = over[0] if over else np.full(n, -1)
+        # both checks compare the query with the reference at the query's depth
+        sketch = self.module.sketch()
+        level, thinned = match_depth(
+            integer_counts(x),
+            sketch["sketch_depth"],
+            n_levels=len(sketch["sketch_centroids"]) + 1,
+            calls=best,
+            seed=seed,
+        )
+        if thinned is not None:  # deeper than the reference: thinned to its depth
+            x_log = log_normalize(thinned)
+            stats = _mean_sd(x_log)
         centroids = self.module.centroids.cpu().numpy()
+        if level > 0:
+            centroids = sketch["sketch_centroids"][level - 1]
         genes = self.novelty_genes_ if self.novelty_genes_ is not None else range(x.shape[1])
         score, _ = cluster_novelty(x_log, clusters, best, centroids, genes, present, stats)
-        sketch = self.module.sketch()
-        counts = integer_counts(x)  # the query's depth, matched with the sketch's
         share = reference_share(
-            x_log, clusters, sketch, present, seed=seed, stats=stats, counts=counts, calls=best
+            x_log, clusters, sketch, present, seed=seed, stats=stats, level=level
         )
         return clusters, score, share, over
 

@@ -18,16 +18,9 @@ holds cells like the cluster's at all:
    where it has none. A cluster's *reference share* is the mean over its cells;
 4. the cluster's cells are ``"Unknown"`` when that share is below ``MIN_REFERENCE_SHARE``.
 
-Sequencing depth changes how far cells sit from one another in that space (at a quarter of
-the depth, a query's cells are noisier and its known types lose most of their reference
-neighbours), and chemistries differ by that much. So the sketch cells are stored at
-``SKETCH_LEVELS`` depths (the reference's counts binomially thinned to 1, 1/2, 1/4, ... of
-their depth, each level standardised by its own statistics), the query is placed beside the
-level nearest its depth (within a factor of sqrt(2)), and a query deeper than the reference
-by more than that is thinned to the reference's depth. Depths are compared type by type (each
-query cell against the reference's median for the type it is predicted as): cell types
-differ in depth (monocytes carry about twice the counts of T cells), so a query's overall
-median would follow its composition, not its chemistry.
+The sketch cells are kept at every depth level of :mod:`scdl.models._depth` (the reference's
+counts thinned, each level standardised by its own statistics), and the caller places the
+query beside the level nearest its depth.
 
 The threshold is fixed, not fitted per model: a reference's own halves mix perfectly (share
 ~0.5), so the reference cannot tell how far below 0.5 a known type under a shift drops. It was
@@ -42,6 +35,7 @@ import warnings
 import numpy as np
 from scipy import sparse
 
+from ._depth import DEPTH_LEVELS, level_fraction, thin_counts, type_depths
 from ._novelty import _mean_sd, log_normalize
 
 #: neighbours counted per query cell
@@ -59,8 +53,6 @@ MIXING_GENES = 2_000
 MIN_REFERENCE_SHARE = 0.15
 #: queries with fewer cells are too small to measure mixing on (no cell is flagged by it)
 MIN_QUERY_CELLS = 100
-#: depths the sketch cells are stored at: the reference's, then halved at each level
-SKETCH_LEVELS = 5
 #: share of the sketch's loadings (squared) the query's genes must carry for the check: the
 #: sketch cells' coordinates use every gene, a query's only those it holds
 MIN_SKETCH_COVERAGE = 0.9
@@ -70,21 +62,6 @@ def _standardised_dense(x_log, rows: np.ndarray, mean: np.ndarray, sd: np.ndarra
     block = x_log[rows]
     block = block.toarray() if sparse.issparse(block) else np.asarray(block)
     return ((block - mean) / sd).astype(np.float32)
-
-
-def thin_counts(x, fraction: float, seed: int) -> sparse.csr_matrix:
-    """Binomial thinning: each count kept with probability ``fraction`` (CSR float32)."""
-    x = sparse.csr_matrix(x, dtype=np.float32, copy=True)
-    if fraction < 1.0:
-        rng = np.random.default_rng(seed)
-        x.data = rng.binomial(np.rint(x.data).astype(np.int64), fraction).astype(np.float32)
-        x.eliminate_zeros()
-    return x
-
-
-def median_depth(counts) -> float:
-    """Median total count per cell."""
-    return float(np.median(np.asarray(counts.sum(1), dtype=np.float64).ravel()))
 
 
 def build_sketch(counts, *, seed: int = 0, x_log=None, labels=None) -> dict[str, np.ndarray]:
@@ -129,8 +106,8 @@ def build_sketch(counts, *, seed: int = 0, x_log=None, labels=None) -> dict[str,
     # is standardised by its own), estimated on the cells the sketch was drawn from
     rows = np.union1d(fit_rows, sketch_rows)
     at = np.searchsorted(rows, sketch_rows)
-    for level in range(1, SKETCH_LEVELS):
-        thinned = log_normalize(thin_counts(counts[rows], 2.0**-level, seed + level))
+    for level in range(1, DEPTH_LEVELS):
+        thinned = log_normalize(thin_counts(counts[rows], level_fraction(level), seed + level))
         stats = _mean_sd(thinned)
         levels.append(project(thinned[at], loadings, center, stats=stats))
     return {
@@ -139,63 +116,6 @@ def build_sketch(counts, *, seed: int = 0, x_log=None, labels=None) -> dict[str,
         "sketch_cells": np.stack(levels).astype(np.float32),
         "sketch_depth": type_depths(counts, labels),
     }
-
-
-def type_depths(counts, labels=None) -> np.ndarray:
-    """Median count per cell, per label code (one value without ``labels``; a code without
-    cells takes the overall median)."""
-    totals = np.asarray(counts.sum(1), dtype=np.float64).ravel()
-    overall = np.median(totals)
-    if labels is None:
-        return np.array([overall], dtype=np.float32)
-    labels = np.asarray(labels).astype(int).ravel()
-    out = np.full(labels.max() + 1, overall)
-    for code in np.unique(labels):
-        out[code] = np.median(totals[labels == code])
-    return out.astype(np.float32)
-
-
-def integer_counts(x) -> sparse.csr_matrix | None:
-    """Counts behind a query matrix: ``x`` itself when it holds integers; for ``expm1`` of
-    log-normalised data (each cell scaled to one total), each cell divided by its smallest
-    non-zero value (one count) when that gives integers; else ``None`` (depth unknown)."""
-    x = sparse.csr_matrix(x)
-    if x.nnz == 0:
-        return None
-    if np.all(x.data == np.rint(x.data)):
-        return x
-    unit = np.minimum.reduceat(x.data, x.indptr[:-1][np.diff(x.indptr) > 0])
-    per_value = np.repeat(unit, np.diff(x.indptr)[np.diff(x.indptr) > 0])
-    scaled = x.data / per_value
-    if np.mean(np.abs(scaled - np.rint(scaled)) < 0.05) < 0.99:
-        return None
-    out = x.copy()
-    out.data = np.rint(scaled).astype(np.float32)
-    return out
-
-
-def match_depth(counts, sketch: dict[str, np.ndarray], seed: int, calls=None):
-    """The sketch level for a query's ``counts`` (index into ``sketch_cells``), and the counts
-    thinned to the reference's depth when the query is deeper by more than sqrt(2) (else
-    ``None``). The depth ratio is the median over cells of each cell's total against the
-    reference's median for its predicted type (``calls``, label codes; without them, or with a
-    sketch of one depth, against the reference's overall median). Level 0 and ``None`` when
-    either depth is unknown."""
-    depth = np.asarray(sketch.get("sketch_depth", np.zeros(0)), dtype=np.float64)
-    n_levels = np.asarray(sketch["sketch_cells"]).shape[0]
-    if counts is None or depth.size == 0 or np.any(depth <= 0):
-        return 0, None
-    totals = np.asarray(counts.sum(1), dtype=np.float64).ravel()
-    if calls is not None and depth.size > 1:
-        expected = depth[np.clip(np.asarray(calls, dtype=int), 0, depth.size - 1)]
-    else:
-        expected = np.full(len(totals), np.median(depth) if depth.size > 1 else depth[0])
-    ratio = float(np.median(totals / expected))
-    if ratio <= 0:
-        return 0, None
-    if ratio > np.sqrt(2.0):
-        return 0, thin_counts(counts, 1.0 / ratio, seed)
-    return int(np.clip(np.rint(-np.log2(ratio)), 0, n_levels - 1)), None
 
 
 def project(x_log, loadings, center, present=None, stats=None) -> np.ndarray:
@@ -216,16 +136,14 @@ def reference_share(
     *,
     seed: int = 0,
     stats: tuple[np.ndarray, np.ndarray] | None = None,
-    counts=None,
-    calls=None,
+    level: int = 0,
 ) -> np.ndarray:
     """Per cell, its cluster's mean share of reference cells among the neighbours of its cells
     (steps 2-3 of the module notes); NaN for every cell when the model has no sketch, the
     query has fewer than ``MIN_QUERY_CELLS`` cells or lacks genes carrying more than 10% of
     the sketch's loadings (with a warning). ``stats``: the query's per-gene mean and sd, when
-    the caller has them; ``counts``: the query's counts (cells x vocabulary) and ``calls``
-    (its cells' predicted label codes), to match its depth with the sketch's (without counts
-    the reference's depth is used)."""
+    the caller has them; ``level``: the sketch's depth level to compare with
+    (:func:`scdl.models._depth.match_depth`; a sketch saved with one level has only 0)."""
     from sklearn.neighbors import NearestNeighbors
 
     n = x_log.shape[0]
@@ -246,10 +164,7 @@ def reference_share(
                 stacklevel=4,
             )
             return np.full(n, np.nan)
-    level, thinned = match_depth(counts, {**sketch, "sketch_cells": ref}, seed, calls)
-    if thinned is not None:  # a deeper query: its own statistics at the reference's depth
-        x_log, stats = log_normalize(thinned), None
-    ref = ref[level]
+    ref = ref[min(level, len(ref) - 1)]
     q = project(x_log, sketch["sketch_loadings"], sketch["sketch_center"], present, stats)
     rng = np.random.default_rng(seed)
     m = min(len(ref), n)  # balanced: the same number of reference and query neighbours

@@ -1,0 +1,115 @@
+"""Sequencing depth in the Unknown call: a query is compared with the reference at its own depth.
+
+Both Unknown checks standardise a query by its own statistics, which removes a shift of every
+gene's level but not one of noise: a query sequenced at a quarter of the reference's depth
+(10x chemistries differ by that much) has noisier cells, so its known types lose their
+reference neighbours in the mixing check and move away from their types' profiles in the
+novelty check. So after training the model keeps the reference as it would look at lower
+depths: its counts binomially thinned to 1/2, 1/4, ... (``DEPTH_LEVELS`` levels, level 0 being
+the reference itself), each level standardised by its own statistics. A query is compared
+with the level nearest its depth (within a factor of sqrt(2)); a query deeper than the
+reference by more than that is thinned to the reference's depth instead.
+
+Depths are compared type by type, each query cell against the reference's median for the type
+it is predicted as: cell types differ in depth (monocytes carry about twice the counts of T
+cells), so a query's overall median would follow its composition, not its chemistry.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+from ._novelty import _type_centroids, log_normalize
+
+#: depth levels of the reference kept by the model: its own, then halved at each level
+DEPTH_LEVELS = 5
+
+
+def thin_counts(x, fraction: float, seed: int) -> sparse.csr_matrix:
+    """Binomial thinning: each count kept with probability ``fraction`` (CSR float32)."""
+    x = sparse.csr_matrix(x, dtype=np.float32, copy=True)
+    if fraction < 1.0:
+        rng = np.random.default_rng(seed)
+        x.data = rng.binomial(np.rint(x.data).astype(np.int64), fraction).astype(np.float32)
+        x.eliminate_zeros()
+    return x
+
+
+def level_fraction(level: int) -> float:
+    """Share of the reference's counts kept at a depth level."""
+    return 2.0**-level
+
+
+def type_depths(counts, labels=None) -> np.ndarray:
+    """Median count per cell, per label code (one value without ``labels``; a code without
+    cells takes the overall median), float32."""
+    totals = np.asarray(counts.sum(1), dtype=np.float64).ravel()
+    overall = np.median(totals)
+    if labels is None:
+        return np.array([overall], dtype=np.float32)
+    labels = np.asarray(labels).astype(int).ravel()
+    out = np.full(labels.max() + 1, overall)
+    for code in np.unique(labels):
+        out[code] = np.median(totals[labels == code])
+    return out.astype(np.float32)
+
+
+def level_centroids(counts, labels, n_types: int, *, seed: int = 0) -> np.ndarray:
+    """Each type's mean log1p(CP10k) profile in the reference thinned to each level below its
+    own (levels 1 .. ``DEPTH_LEVELS`` - 1), standardised by that thinned reference's mean and
+    sd: the novelty check's type profiles at lower depths (levels x types x genes, float32)."""
+    labels = np.asarray(labels).astype(int).ravel()
+    out = [
+        _type_centroids(
+            log_normalize(thin_counts(counts, level_fraction(level), seed + level)),
+            labels,
+            n_types,
+        )
+        for level in range(1, DEPTH_LEVELS)
+    ]
+    return np.stack(out).astype(np.float32)
+
+
+def integer_counts(x) -> sparse.csr_matrix | None:
+    """Counts behind a query matrix: ``x`` itself when it holds integers; for ``expm1`` of
+    log-normalised data (each cell scaled to one total), each cell divided by its smallest
+    non-zero value (one count) when that gives integers; else ``None`` (depth unknown)."""
+    x = sparse.csr_matrix(x)
+    if x.nnz == 0:
+        return None
+    if np.all(x.data == np.rint(x.data)):
+        return x
+    filled = np.diff(x.indptr) > 0
+    unit = np.minimum.reduceat(x.data, x.indptr[:-1][filled])
+    scaled = x.data / np.repeat(unit, np.diff(x.indptr)[filled])
+    if np.mean(np.abs(scaled - np.rint(scaled)) < 0.05) < 0.99:
+        return None
+    out = x.copy()
+    out.data = np.rint(scaled).astype(np.float32)
+    return out
+
+
+def match_depth(counts, depths, *, n_levels: int = DEPTH_LEVELS, calls=None, seed: int = 0):
+    """The depth level a query is compared at, and its counts thinned to the reference's depth
+    when it is deeper by more than sqrt(2) (else ``None``).
+
+    The depth ratio is the median over the query's cells of each cell's total count against
+    ``depths`` (the reference's median per type, :func:`type_depths`) for its predicted type
+    (``calls``, label codes; without them, against the median of ``depths``). Level 0 and
+    ``None`` when the query's counts (``None``) or the reference's depth (empty) are unknown.
+    """
+    depths = np.asarray(depths, dtype=np.float64).ravel()
+    if counts is None or depths.size == 0 or np.any(depths <= 0) or n_levels < 1:
+        return 0, None
+    totals = np.asarray(counts.sum(1), dtype=np.float64).ravel()
+    if calls is not None and depths.size > 1:
+        expected = depths[np.clip(np.asarray(calls, dtype=int), 0, depths.size - 1)]
+    else:
+        expected = np.full(len(totals), np.median(depths))
+    ratio = float(np.median(totals / expected))
+    if ratio <= 0:
+        return 0, None
+    if ratio > np.sqrt(2.0):
+        return 0, thin_counts(counts, 1.0 / ratio, seed)
+    return int(np.clip(np.rint(-np.log2(ratio)), 0, n_levels - 1)), None
