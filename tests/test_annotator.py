@@ -61,9 +61,9 @@ def test_absent_cell_type_is_mostly_unknown(annotator):
 
 
 def test_a_shallower_query_is_judged_at_its_own_depth(annotator):
-    """The stimulated cells at a quarter of their depth (as another chemistry may give): both
-    Unknown checks compare them with the reference thinned alike, so known types stay known
-    and the removed type is still caught."""
+    """The stimulated cells at a quarter of their depth (as another chemistry may give): the
+    mixing check compares them with the reference sketch thinned alike, so known types stay
+    known and the removed type is still caught."""
     from scdl.models._depth import thin_counts
 
     model, query = annotator

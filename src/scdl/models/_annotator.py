@@ -28,7 +28,6 @@ from scdl.train import AnnotatorTrainingPlan, MaskedExpressionPlan, guarded_trai
 
 from ._annotator_predict import AnnotatorPredictionMixin
 from ._base import SafeSaveLoadMixin
-from ._depth import level_centroids
 from ._mixing import MIN_REFERENCE_SHARE, build_sketch
 from ._novelty import calibrate_threshold
 from ._training import plan_training
@@ -447,10 +446,7 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
         )
         self.cluster_threshold_, self.novelty_calibration_ = float(threshold), how
         self.novelty_genes_ = genes
-        sketch = build_sketch(counts, seed=seed, x_log=x_log, labels=labels)
-        # the novelty check's type profiles at the lower depth levels (scdl.models._depth)
-        centroids = level_centroids(counts, labels, self.summary_stats.n_labels, seed=seed)
-        self.module.set_sketch(**sketch, sketch_centroids=centroids)
+        self.module.set_sketch(**build_sketch(counts, seed=seed, x_log=x_log, labels=labels))
         self.min_reference_share_ = MIN_REFERENCE_SHARE
 
     def _fit_linear_head(self, train_idx, *, C: float, max_cells: int = 20_000) -> None:

@@ -293,23 +293,22 @@ class AnnotatorPredictionMixin:
             x_log, resolutions=resolutions, seed=seed, device=self.module.device, stats=stats
         )
         over = over[0] if over else np.full(n, -1)
-        # both checks compare the query with the reference at the query's depth
+        centroids = self.module.centroids.cpu().numpy()
+        genes = self.novelty_genes_ if self.novelty_genes_ is not None else range(x.shape[1])
+        score, _ = cluster_novelty(x_log, clusters, best, centroids, genes, present, stats)
+        # the mixing check compares the query with the reference sketch at the query's depth
         sketch = self.module.sketch()
+        cells = sketch["sketch_cells"]
         level, thinned = match_depth(
             integer_counts(x),
             sketch["sketch_depth"],
-            n_levels=len(sketch["sketch_centroids"]) + 1,
+            n_levels=len(cells) if cells.ndim == 3 else 1,
             calls=best,
             seed=seed,
         )
         if thinned is not None:  # deeper than the reference: thinned to its depth
             x_log = log_normalize(thinned)
             stats = _mean_sd(x_log)
-        centroids = self.module.centroids.cpu().numpy()
-        if level > 0:
-            centroids = sketch["sketch_centroids"][level - 1]
-        genes = self.novelty_genes_ if self.novelty_genes_ is not None else range(x.shape[1])
-        score, _ = cluster_novelty(x_log, clusters, best, centroids, genes, present, stats)
         share = reference_share(
             x_log, clusters, sketch, present, seed=seed, stats=stats, level=level
         )

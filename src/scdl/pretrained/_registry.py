@@ -21,7 +21,7 @@ _ALLOWED = ("config.json", "model.safetensors", "README.md")
 REGISTRY: dict[str, dict] = {
     "pbmc_kang2018": {
         "folder": "pbmc_kang2018",
-        "weights_sha256": "a4a9182bdc323f094429c6aa70912d3451958a4431949acea8ce161a690858d5",
+        "weights_sha256": "e4ad742722828d0e040aaa6d6d42cbbd79d751a3d6ad5038ca6edef64017f958",
         "description": "Human PBMCs, 7 types (Kang et al. 2018, control + IFN-beta)",
     },
 }
