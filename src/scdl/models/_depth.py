@@ -14,8 +14,9 @@ Unknown rate by at most two points over 16 thinned splits, once up and once down
 not done.)
 
 Depths are compared type by type, each query cell against the reference's median for the type
-it is predicted as: cell types differ in depth (monocytes carry about twice the counts of T
-cells), so a query's overall median would follow its composition, not its chemistry.
+it is predicted as: cell types differ in depth (in Kang et al.'s PBMCs monocytes carry six to
+eight times the counts of T cells on 2,000 variable genes), so a query's overall median would
+follow its composition, not its chemistry.
 """
 
 from __future__ import annotations
