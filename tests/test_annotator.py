@@ -75,6 +75,22 @@ def test_a_shallower_query_is_judged_at_its_own_depth(annotator):
     assert calls["is_unknown"][is_b].mean() >= 0.6, calls["is_unknown"][is_b].mean()
 
 
+def test_a_query_of_one_population_is_warned_about(annotator):
+    """The Unknown call reads the query's own statistics as the shift it shares, which holds
+    for a query of mixed types only: one sorted population gets a warning naming the fix,
+    the mixed query none."""
+    import warnings
+
+    model, query = annotator
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*change type.*")
+        model.annotate_cells(query)
+    cd4 = query[query.obs.cell_type == "CD4T"].copy()
+    with pytest.warns(UserWarning, match="sorted population"):
+        calls, _ = model.annotate_cells(cd4)
+    assert (calls["label_forced"] == "CD4T").mean() > 0.8  # the forced calls stay usable
+
+
 def test_soft_predictions_are_probabilities(annotator):
     model, query = annotator
     probs = model.predict(query, soft=True)

@@ -78,10 +78,14 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
     T cells, NK vs CD8 T cells, CD14 vs FCGR3A monocytes) is caught when its cells sit apart
     from that type's reference cells, and otherwise called as that type. A known type in a state
     the reference lacks (e.g. stimulated monocytes for an unstimulated reference) can mix poorly
-    too. A query made of one population has its own profile as its mean, so its clusters are
-    judged on their departures from it. Models saved before the cluster call keep their per-cell
-    thresholds (``cluster_threshold_`` is ``None``); models saved before the sketch make the
-    first check only (``min_reference_share_`` is ``None``).
+    too. A query made of one population (sorted cells) has its own profile as its mean: its
+    clusters are judged on their departures from it and its known types are mostly called
+    Unknown. A ``UserWarning`` says so when the query's predicted composition is more than
+    half away from the reference's (total-variation distance above 0.5); use the forced
+    calls for such a query, or annotate it together with cells of the other types. Models
+    saved before the cluster call keep their per-cell thresholds (``cluster_threshold_`` is
+    ``None``); models saved before the sketch make the first check only
+    (``min_reference_share_`` is ``None``).
 
     **Genes.** The vocabulary is the registered AnnData's genes (select e.g. 2,000 highly
     variable genes first). A query is aligned by gene name; missing genes are treated as

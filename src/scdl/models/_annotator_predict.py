@@ -9,6 +9,7 @@ A mixin of the model class (as scvi-tools keeps ``get_normalized_expression`` an
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,7 +32,14 @@ from scdl.dataloaders import dense_rows
 from ._attribution import integrated_gradients
 from ._depth import integer_counts, match_depth
 from ._mixing import reference_share
-from ._novelty import NOVELTY_RESOLUTION, _mean_sd, cluster_cells, cluster_novelty
+from ._novelty import (
+    MAX_COMPOSITION_SHIFT,
+    NOVELTY_RESOLUTION,
+    _mean_sd,
+    cluster_cells,
+    cluster_novelty,
+    composition_shift,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -274,9 +282,28 @@ class AnnotatorPredictionMixin:
         if unknown_call:  # no count in the model's genes: nothing to type the cell by
             empty = np.asarray(host.sum(1)).ravel() == 0
             unknown = unknown | empty
+        if unknown_call and self.cluster_threshold_ is not None:
+            self._warn_if_composition_differs(best.numpy())
         calls.insert(0, "label", np.where(unknown, UNKNOWN, forced))
         calls["is_unknown"] = unknown
         return calls, pd.DataFrame(probs.numpy(), index=index, columns=self.labels)
+
+    def _warn_if_composition_differs(self, best: np.ndarray) -> None:
+        """Warn when the query's predicted composition is far from the reference's (e.g. one
+        sorted population): the Unknown call reads the query's own statistics as the shift it
+        shares, which holds for a query of mixed types only."""
+        shift = composition_shift(best, self.module.sketch()["sketch_composition"])
+        if shift > MAX_COMPOSITION_SHIFT:
+            warnings.warn(
+                f"{shift:.0%} of the query's cells would have to change type for its predicted "
+                "composition to match the reference's (e.g. a sorted population). The Unknown "
+                "call removes what the whole query shares, so for such a query it can call "
+                "known types 'Unknown'. Annotate it together with cells of the other types, or "
+                "use the forced calls (`unknown=False` in `scdl.tl.annotate`, or the "
+                "`label_forced` column).",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def _cluster_calls(self, x, present, best, resolution, seed):
         """Query clusters, their novelty per cell, and the over-clustering for voting

@@ -35,7 +35,7 @@ import warnings
 import numpy as np
 from scipy import sparse
 
-from ._depth import DEPTH_LEVELS, level_fraction, thin_counts, type_depths
+from ._depth import DEPTH_LEVELS, level_fraction, thin_counts, type_depths, type_shares
 from ._novelty import _mean_sd, log_normalize
 
 #: neighbours counted per query cell
@@ -69,7 +69,8 @@ def build_sketch(counts, *, seed: int = 0, x_log=None, labels=None) -> dict[str,
     vocabulary genes). Returns ``sketch_loadings`` (genes x PCs), ``sketch_center`` (genes),
     ``sketch_cells`` (levels x sketch cells x PCs: the same cells at each depth level) and
     ``sketch_depth`` (the reference's median count per cell over the vocabulary, per label
-    code of ``labels`` when given), float32. ``x_log``: the counts' :func:`log_normalize`,
+    code of ``labels`` when given) and ``sketch_composition`` (the share of each label code;
+    empty without ``labels``), float32. ``x_log``: the counts' :func:`log_normalize`,
     when the caller has it."""
     from sklearn.decomposition import PCA
 
@@ -92,7 +93,8 @@ def build_sketch(counts, *, seed: int = 0, x_log=None, labels=None) -> dict[str,
         return {"sketch_loadings": np.zeros((0, 0), np.float32),
                 "sketch_center": np.zeros(0, np.float32),
                 "sketch_cells": np.zeros((0, 0, 0), np.float32),
-                "sketch_depth": np.zeros(0, np.float32)}  # fmt: skip
+                "sketch_depth": np.zeros(0, np.float32),
+                "sketch_composition": type_shares(n, labels)}  # fmt: skip
     sub = x_log[:, genes]
     fit = _standardised_dense(sub, fit_rows, mean[genes], sd[genes])
     pca = PCA(n_pcs, random_state=seed).fit(fit)
@@ -115,6 +117,7 @@ def build_sketch(counts, *, seed: int = 0, x_log=None, labels=None) -> dict[str,
         "sketch_center": center,
         "sketch_cells": np.stack(levels).astype(np.float32),
         "sketch_depth": type_depths(counts, labels),
+        "sketch_composition": type_shares(n, labels),
     }
 
 

@@ -117,6 +117,24 @@ def _cosine_to(z: np.ndarray, centroids: np.ndarray, genes, present=None) -> np.
     return dots / np.maximum(norms, 1e-8)
 
 
+#: beyond this total-variation distance between the query's predicted composition and the
+#: reference's, the query's own statistics no longer stand for a shift it shares (a sorted
+#: population's mean is its own profile) and the Unknown call is flagged as unreliable
+MAX_COMPOSITION_SHIFT = 0.5
+
+
+def composition_shift(predicted: np.ndarray, reference: np.ndarray) -> float:
+    """Total-variation distance between the query's predicted composition (label codes per
+    cell) and the reference's (share per label code): the share of query cells that would
+    have to change type to match it. NaN when the reference's composition is unknown."""
+    reference = np.asarray(reference, dtype=np.float64).ravel()
+    if reference.size == 0 or len(predicted) == 0:
+        return float("nan")
+    query = np.bincount(np.asarray(predicted, dtype=int), minlength=reference.size)
+    query = query[: reference.size] / max(len(predicted), 1)
+    return float(0.5 * np.abs(query - reference / reference.sum()).sum())
+
+
 def novelty_genes(centroids: np.ndarray, n: int = N_NOVELTY_GENES) -> list[int]:
     """The ``n`` genes whose standardised mean varies most between the reference types."""
     return sorted(int(g) for g in np.argsort(-np.var(centroids, axis=0))[:n])

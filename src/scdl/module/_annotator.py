@@ -33,7 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 
 #: the reference sketch's buffers and their number of dimensions
-SKETCH_BUFFERS = {"sketch_loadings": 2, "sketch_center": 1, "sketch_cells": 3, "sketch_depth": 1}
+SKETCH_BUFFERS = {
+    "sketch_loadings": 2,
+    "sketch_center": 1,
+    "sketch_cells": 3,
+    "sketch_depth": 1,
+    "sketch_composition": 1,
+}
 
 
 class TransformerBlock(nn.Module):

@@ -21,7 +21,7 @@ _ALLOWED = ("config.json", "model.safetensors", "README.md")
 REGISTRY: dict[str, dict] = {
     "pbmc_kang2018": {
         "folder": "pbmc_kang2018",
-        "weights_sha256": "e4ad742722828d0e040aaa6d6d42cbbd79d751a3d6ad5038ca6edef64017f958",
+        "weights_sha256": "46ee57556f1e9e6e1bef541c1597d0f2db8961935178435c0d982f4729de1a4d",
         "description": "Human PBMCs, 7 types (Kang et al. 2018, control + IFN-beta)",
     },
 }
