@@ -292,7 +292,7 @@ class AnnotatorPredictionMixin:
         """Warn when the query's predicted composition is far from the reference's (e.g. one
         sorted population): the Unknown call reads the query's own statistics as the shift it
         shares, which holds for a query of mixed types only."""
-        shift = composition_shift(best, self.module.sketch()["sketch_composition"])
+        shift = composition_shift(best, self.module.sketch_composition.cpu().numpy())
         if shift > MAX_COMPOSITION_SHIFT:
             warnings.warn(
                 f"{shift:.0%} of the query's cells would have to change type for its predicted "
