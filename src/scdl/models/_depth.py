@@ -57,14 +57,6 @@ def type_depths(counts, labels=None) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def type_shares(n_cells: int, labels=None) -> np.ndarray:
-    """Share of the cells per label code (empty without ``labels``), float32."""
-    if labels is None or n_cells == 0:
-        return np.zeros(0, dtype=np.float32)
-    labels = np.asarray(labels).astype(int).ravel()
-    return (np.bincount(labels) / len(labels)).astype(np.float32)
-
-
 def integer_counts(x) -> sparse.csr_matrix | None:
     """Counts behind a query matrix: ``x`` itself when it holds integers; for ``expm1`` of
     log-normalised data (each cell scaled to one total), each cell divided by its smallest

@@ -35,8 +35,8 @@ import warnings
 import numpy as np
 from scipy import sparse
 
-from ._depth import DEPTH_LEVELS, level_fraction, thin_counts, type_depths, type_shares
-from ._novelty import _mean_sd, log_normalize
+from ._depth import DEPTH_LEVELS, level_fraction, thin_counts, type_depths
+from ._novelty import _mean_sd, log_normalize, type_shares
 
 #: neighbours counted per query cell
 MIXING_NEIGHBORS = 30

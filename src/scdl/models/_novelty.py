@@ -123,6 +123,14 @@ def _cosine_to(z: np.ndarray, centroids: np.ndarray, genes, present=None) -> np.
 MAX_COMPOSITION_SHIFT = 0.5
 
 
+def type_shares(n_cells: int, labels=None) -> np.ndarray:
+    """Share of the cells per label code (empty without ``labels``), float32."""
+    if labels is None or n_cells == 0:
+        return np.zeros(0, dtype=np.float32)
+    labels = np.asarray(labels).astype(int).ravel()
+    return (np.bincount(labels) / len(labels)).astype(np.float32)
+
+
 def composition_shift(predicted: np.ndarray, reference: np.ndarray) -> float:
     """Total-variation distance between the query's predicted composition (label codes per
     cell) and the reference's (share per label code): the share of query cells that would
