@@ -231,6 +231,8 @@ def _bad(kind, adata):
         adata.X = sparse.csr_matrix(x)
     elif kind == "strings":
         adata.X = x.astype(int).astype(str).astype(object)
+    elif kind == "sparse_array":
+        adata.X = sparse.csr_array(adata.X)
     elif kind == "view":
         return adata[:200], {}
     elif kind == "empty":
@@ -256,6 +258,7 @@ BAD_SETUP = [
     ("inf", ValueError, "NaN or infinite"),
     ("fraction", ValueError, "non-integer.*layer="),
     ("strings", TypeError, "numeric"),
+    ("sparse_array", TypeError, r"sparse array \(csr_array\).*scipy\.sparse\.csr_matrix"),
     ("view", ValueError, r"view.*\.copy\(\)"),
     ("empty", ValueError, "empty"),
     ("layer_typo", KeyError, "Did you mean 'counts'"),

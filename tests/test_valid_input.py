@@ -226,6 +226,24 @@ def test_tl_steps_take_a_batch_of_one_or_a_few_cells(kang):
     assert np.isfinite(adata.obsm["X_scdl_salient"]).all()
 
 
+def test_tl_integrate_takes_a_scipy_sparse_array(kang):
+    """anndata holds csr_array; scvi-tools registers csr_matrix: the tl step converts its own
+    copy (the user's matrix stays a csr_array) and trains on the same counts."""
+    import scvi
+
+    latents = []
+    for convert in (lambda x: x, sparse.csr_array):
+        adata = _three_hundred(kang)
+        adata.X = convert(adata.X)
+        scvi.settings.seed = 0
+        scdl.tl.integrate(
+            adata, batch_key="sample", n_top_genes=300, max_epochs=1, progress_bar=False
+        )
+        latents.append(adata.obsm["X_scdl"])
+    assert isinstance(adata.X, sparse.csr_array)
+    np.testing.assert_allclose(latents[1], latents[0], atol=1e-5)
+
+
 def test_vae_with_covariates_trains_and_saves(hundred_cells, tmp_path):
     """Categorical and continuous covariates (as scvi-tools takes them) train and reload."""
     adata = hundred_cells

@@ -279,6 +279,14 @@ def check_count_setup(
     """
     check_is_anndata(adata, registering=True)
     check_unique_var_names(adata, warn=not unique_genes)
+    x = get_matrix(adata, layer)
+    if isinstance(x, sparse.sparray):  # scvi-tools: "data type not understood"
+        fmt = "csc" if x.format == "csc" else "csr"
+        raise TypeError(
+            f"{_where(layer)} is a scipy sparse array ({type(x).__name__}); scvi-tools "
+            f"registers sparse matrices only. Convert it: `{_where(layer)} = "
+            f"scipy.sparse.{fmt}_matrix({_where(layer)})` (no densifying)."
+        )
     summary = check_counts(adata, layer, report_zero_genes=report_zero_genes)
     for arg, keys in (categorical or {}).items():
         if keys is None:
