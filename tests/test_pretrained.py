@@ -12,6 +12,7 @@ import anndata as ad
 import numpy as np
 import pytest
 from conftest import assert_unchanged, snapshot
+from scipy import sparse
 
 import scdl
 from scdl.pretrained import _registry
@@ -89,6 +90,20 @@ def test_cells_without_counts_are_unknown_and_the_rest_unchanged(heldout):
     assert (after["label_forced"].iloc[rest] == before["label_forced"].iloc[rest]).all()
     agree = np.mean(after["label"].iloc[rest].to_numpy() == before["label"].iloc[rest].to_numpy())
     assert agree >= 0.98, agree
+
+
+def test_a_query_of_empty_droplets_is_all_unknown(heldout):
+    """No cell with counts (e.g. empty droplets): every cell Unknown, not an ARPACK error from
+    the query's PCA; the composition warning is about typed cells only, so it stays quiet."""
+    import warnings
+
+    adata = heldout[:150].copy()
+    adata.X = sparse.csr_matrix(adata.shape, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*would have to change type")
+        scdl.tl.annotate(adata)
+    assert (adata.obs["scdl_cell_type"] == "Unknown").all()
+    assert adata.obs["scdl_cell_type_unknown"].all()
 
 
 def test_annotate_copy_leaves_input_unchanged(heldout):

@@ -282,8 +282,8 @@ class AnnotatorPredictionMixin:
         if unknown_call:  # no count in the model's genes: nothing to type the cell by
             empty = np.asarray(host.sum(1)).ravel() == 0
             unknown = unknown | empty
-        if unknown_call and self.cluster_threshold_ is not None:
-            self._warn_if_composition_differs(best.numpy())
+        if unknown_call and self.cluster_threshold_ is not None and not empty.all():
+            self._warn_if_composition_differs(best.numpy()[~empty])  # of the typed cells
         calls.insert(0, "label", np.where(unknown, UNKNOWN, forced))
         calls["is_unknown"] = unknown
         return calls, pd.DataFrame(probs.numpy(), index=index, columns=self.labels)
