@@ -434,6 +434,7 @@ def test_annotator_predict_checks_counts(kind, error, match):
         ({"n_neighbors": 1}, ValueError, "n_neighbors must be >= 2"),
         ({"key_added": 3}, TypeError, "key_added"),
         ({"nan": True}, ValueError, "NaN or infinite"),
+        ({"sparse": True}, TypeError, r"sparse matrix.*\.toarray\(\)"),
     ],
 )
 def test_cluster_bad_arguments(kang, kwargs, error, match):
@@ -441,6 +442,8 @@ def test_cluster_bad_arguments(kang, kwargs, error, match):
     adata.obsm["X_scdl"] = np.random.default_rng(0).normal(size=(adata.n_obs, 5))
     if kwargs.pop("nan", False):
         adata.obsm["X_scdl"][3, 1] = np.nan
+    if kwargs.pop("sparse", False):
+        adata.obsm["X_scdl"] = sparse.csr_matrix(adata.obsm["X_scdl"])
     snap = snapshot(adata)
     with pytest.raises(error, match=match):
         scdl.tl.cluster(adata, **kwargs)
