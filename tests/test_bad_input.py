@@ -349,6 +349,17 @@ def test_bad_max_epochs(kang, max_epochs, error):
         scdl.models.CellTypeTransformer(adata).train(max_epochs=max_epochs)
 
 
+@pytest.mark.parametrize("train_size", [0.0, 1.5, "0.9"])
+def test_bad_train_size(kang, train_size):
+    """scvi-tools trains at its default 0.9 when given train_size=0: refused here."""
+    adata = _expressed(kang, 100)
+    VAE.setup_anndata(adata)
+    model = VAE(adata)
+    with pytest.raises(ValueError, match=r"train_size must be a fraction in \(0, 1\]"):
+        model.train(max_epochs=1, train_size=train_size)
+    assert not model.is_trained_
+
+
 def test_bad_model_size(kang):
     adata = _expressed(kang)
     VAE.setup_anndata(adata)
