@@ -56,6 +56,23 @@ def test_normalised_data_in_X_names_layer_fix(kang):
     assert_unchanged(adata, snap)
 
 
+def test_counts_kept_in_raw_are_pointed_to(kang):
+    import scanpy as sc
+
+    adata = _small(kang)
+    adata.raw = adata.copy()
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    snap = snapshot(adata)
+    with pytest.raises(
+        ValueError, match=r"adata\.raw is set.*adata\.raw\[:, adata\.var_names\]\.X"
+    ):
+        scdl.tl.integrate(adata, batch_key="sample", max_epochs=1)
+    assert_unchanged(adata, snap)
+    adata.layers["counts"] = adata.raw[:, adata.var_names].X  # the fix the message names
+    VAE.setup_anndata(adata, layer="counts", batch_key="sample")
+
+
 def test_missing_layer(kang):
     adata = _small(kang)
     adata.layers["counts"] = adata.X.copy()

@@ -153,16 +153,24 @@ def check_counts(
             f"{where} contains {n_bad['nan']} NaN or infinite values. Raw counts must be finite; "
             "remove or fix those entries before setting up the model."
         )
+    # scanpy keeps a copy in .raw: counts there are not used, but can be put into a layer
+    raw = (
+        " adata.raw is set: if it holds the raw counts, copy them into a layer, "
+        "`adata.layers['counts'] = adata.raw[:, adata.var_names].X`, and pass "
+        "`layer='counts'`."
+        if layer is None and getattr(adata, "raw", None) is not None
+        else ""
+    )
     if n_bad["neg"]:
         raise ValueError(
             f"{where} contains {n_bad['neg']} negative values, so it is not raw counts "
-            "(scaled or log data?). Pass the layer holding raw UMI/read counts via `layer=`."
+            "(scaled or log data?). Pass the layer holding raw UMI/read counts via `layer=`." + raw
         )
     if n_bad["frac"]:
         raise ValueError(
             f"{where} contains {n_bad['frac']} non-integer values, so it looks normalised or "
             "log-transformed. The model needs raw counts: pass `layer=` naming the raw-count "
-            "layer (e.g. 'counts'), or restore counts into adata.X."
+            "layer (e.g. 'counts'), or restore counts into adata.X." + raw
         )
     n_zero_cells = int(np.count_nonzero(row_totals == 0))
     if n_zero_cells and warn_zero_cells:
