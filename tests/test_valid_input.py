@@ -226,6 +226,17 @@ def test_tl_steps_take_a_batch_of_one_or_a_few_cells(kang):
     assert np.isfinite(adata.obsm["X_scdl_salient"]).all()
 
 
+def test_integrate_on_too_few_cells_to_rank_genes_uses_every_expressed_gene(kang):
+    """seurat_v3's loess is singular on 10 cells: all expressed genes, with a warning."""
+    adata = _three_hundred(kang)[:10].copy()
+    expressed = adata.var_names[np.asarray(adata.X.sum(0)).ravel() > 0]
+    assert len(expressed) > 300  # the ranking is needed
+    with pytest.warns(UserWarning, match="could not be ranked on 10 cells.*every expressed gene"):
+        scdl.tl.integrate(adata, n_top_genes=300, max_epochs=1, progress_bar=False)
+    assert list(adata.uns["X_scdl"]["var_names"]) == list(expressed)
+    assert np.isfinite(adata.obsm["X_scdl"]).all()
+
+
 def test_tl_integrate_takes_a_scipy_sparse_array(kang):
     """anndata holds csr_array; scvi-tools registers csr_matrix: the tl step converts its own
     copy (the user's matrix stays a csr_array) and trains on the same counts."""

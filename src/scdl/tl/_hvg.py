@@ -92,20 +92,20 @@ def _seurat_v3(tmp: AnnData, n_top_genes: int, batch_key: str | None) -> pd.Data
             warnings.warn(
                 f"Highly variable genes could not be ranked within each batch of "
                 f"adata.obs[{batch_key!r}] (too few cells in a batch for seurat_v3's "
-                "variance trend); they are ranked over all cells together.",
+                "variance trend); they are ranked ignoring the batches.",
                 UserWarning,
                 stacklevel=4,
             )
-    if tmp.n_obs < 2:
-        raise ValueError(
-            f"Ranking highly variable genes needs at least 2 cells, got {tmp.n_obs}; "
-            "pass n_top_genes=None to use every expressed gene."
-        )
     try:
+        if tmp.n_obs < 2:
+            raise ValueError("one cell has no variance")
         return rank(None)
-    except ValueError as err:
-        raise ValueError(
-            f"Highly variable genes could not be ranked on these {tmp.n_obs} cells "
-            f"(seurat_v3's variance trend: {err}). Pass n_top_genes=None to use every "
-            "expressed gene."
-        ) from err
+    except ValueError:  # a singular loess fit: too few cells for a trend
+        warnings.warn(
+            f"Highly variable genes could not be ranked on {tmp.n_obs} cells (too few for "
+            "seurat_v3's variance trend); every expressed gene is used, as with "
+            "n_top_genes=None.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return pd.DataFrame({"highly_variable": np.ones(tmp.n_vars, dtype=bool)})
