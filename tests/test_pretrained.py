@@ -106,6 +106,21 @@ def test_a_query_of_empty_droplets_is_all_unknown(heldout):
     assert adata.obs["scdl_cell_type_unknown"].all()
 
 
+def test_empty_droplets_beside_cells_leave_the_cells_calls_unchanged(heldout):
+    """As many empty droplets as cells (an unfiltered matrix): the droplets are Unknown and
+    the cells keep the calls they get alone (the droplets called 58% of them Unknown)."""
+    model = scdl.pretrained.load("pbmc_kang2018")
+    cells = heldout[:200].copy()
+    alone, _ = model.annotate_cells(cells)
+    droplets = cells.copy()
+    droplets.X = sparse.csr_matrix(droplets.shape, dtype=np.float32)
+    droplets.obs_names = [f"droplet{i}" for i in range(droplets.n_obs)]
+    both, _ = model.annotate_cells(ad.concat([cells, droplets]))
+    assert (both["label"].iloc[200:] == "Unknown").all()
+    assert (both["label"].iloc[:200].to_numpy() == alone["label"].to_numpy()).all()
+    assert (alone["label"] != "Unknown").mean() > 0.9  # the case under test: typed cells
+
+
 def test_annotate_copy_leaves_input_unchanged(heldout):
     adata = heldout.copy()
     snap = snapshot(adata)
