@@ -56,6 +56,23 @@ def test_normalised_data_in_X_names_layer_fix(kang):
     assert_unchanged(adata, snap)
 
 
+def test_counts_kept_in_raw_are_pointed_to(kang):
+    import scanpy as sc
+
+    adata = _small(kang)
+    adata.raw = adata.copy()
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    snap = snapshot(adata)
+    with pytest.raises(
+        ValueError, match=r"adata\.raw is set.*adata\.raw\[:, adata\.var_names\]\.X"
+    ):
+        scdl.tl.integrate(adata, batch_key="sample", max_epochs=1)
+    assert_unchanged(adata, snap)
+    adata.layers["counts"] = adata.raw[:, adata.var_names].X  # the fix the message names
+    VAE.setup_anndata(adata, layer="counts", batch_key="sample")
+
+
 def test_missing_layer(kang):
     adata = _small(kang)
     adata.layers["counts"] = adata.X.copy()
@@ -231,6 +248,8 @@ def _bad(kind, adata):
         adata.X = sparse.csr_matrix(x)
     elif kind == "strings":
         adata.X = x.astype(int).astype(str).astype(object)
+    elif kind == "sparse_array":
+        adata.X = sparse.csr_array(adata.X)
     elif kind == "view":
         return adata[:200], {}
     elif kind == "empty":
@@ -256,6 +275,7 @@ BAD_SETUP = [
     ("inf", ValueError, "NaN or infinite"),
     ("fraction", ValueError, "non-integer.*layer="),
     ("strings", TypeError, "numeric"),
+    ("sparse_array", TypeError, r"sparse array \(csr_array\).*scipy\.sparse\.csr_matrix"),
     ("view", ValueError, r"view.*\.copy\(\)"),
     ("empty", ValueError, "empty"),
     ("layer_typo", KeyError, "Did you mean 'counts'"),
@@ -346,6 +366,17 @@ def test_bad_max_epochs(kang, max_epochs, error):
         scdl.models.CellTypeTransformer(adata).train(max_epochs=max_epochs)
 
 
+@pytest.mark.parametrize("train_size", [0.0, 1.5, "0.9"])
+def test_bad_train_size(kang, train_size):
+    """scvi-tools trains at its default 0.9 when given train_size=0: refused here."""
+    adata = _expressed(kang, 100)
+    VAE.setup_anndata(adata)
+    model = VAE(adata)
+    with pytest.raises(ValueError, match=r"train_size must be a fraction in \(0, 1\]"):
+        model.train(max_epochs=1, train_size=train_size)
+    assert not model.is_trained_
+
+
 def test_bad_model_size(kang):
     adata = _expressed(kang)
     VAE.setup_anndata(adata)
@@ -431,6 +462,7 @@ def test_annotator_predict_checks_counts(kind, error, match):
         ({"n_neighbors": 1}, ValueError, "n_neighbors must be >= 2"),
         ({"key_added": 3}, TypeError, "key_added"),
         ({"nan": True}, ValueError, "NaN or infinite"),
+        ({"sparse": True}, TypeError, r"sparse matrix.*\.toarray\(\)"),
     ],
 )
 def test_cluster_bad_arguments(kang, kwargs, error, match):
@@ -438,6 +470,8 @@ def test_cluster_bad_arguments(kang, kwargs, error, match):
     adata.obsm["X_scdl"] = np.random.default_rng(0).normal(size=(adata.n_obs, 5))
     if kwargs.pop("nan", False):
         adata.obsm["X_scdl"][3, 1] = np.nan
+    if kwargs.pop("sparse", False):
+        adata.obsm["X_scdl"] = sparse.csr_matrix(adata.obsm["X_scdl"])
     snap = snapshot(adata)
     with pytest.raises(error, match=match):
         scdl.tl.cluster(adata, **kwargs)

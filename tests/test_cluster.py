@@ -92,3 +92,20 @@ def test_auto_floor_when_silhouette_peaks_coarse():
     assert choose(coarse) == FLOOR == 0.4
     fine = coarse.assign(silhouette=[0.10, 0.11, 0.12, 0.13, 0.14, 0.19, 0.2, 0.15])
     assert choose(fine) == 0.8
+
+
+def test_fewer_cells_than_n_neighbors_clusters_with_a_warning(cellbench):
+    """scanpy takes n_neighbors >= n_obs (adjusting it with a warning): so does tl.cluster, in
+    each mode; 20 cells of two lines come apart."""
+    lines = cellbench.obs["cell_line"].unique()[:2]
+    idx = np.concatenate([np.flatnonzero(cellbench.obs["cell_line"] == g)[:10] for g in lines])
+    adata = cellbench[idx].copy()
+    for kwargs in ({}, {"resolution": "auto"}, {"n_clusters": 2}):
+        with pytest.warns(
+            UserWarning, match="20 cells cannot have n_neighbors=30; using n_neighbors=11"
+        ):
+            scdl.tl.cluster(adata, use_rep="X_pca", key_added="c", **kwargs)
+        assert adata.uns["c_neighbors"]["params"]["n_neighbors"] == 11
+    assert adjusted_rand_score(adata.obs["cell_line"], adata.obs["c"]) == 1.0
+    with pytest.raises(ValueError, match="2 cells are too few"):
+        scdl.tl.cluster(adata[:2].copy(), use_rep="X_pca")

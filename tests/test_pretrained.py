@@ -12,6 +12,7 @@ import anndata as ad
 import numpy as np
 import pytest
 from conftest import assert_unchanged, snapshot
+from scipy import sparse
 
 import scdl
 from scdl.pretrained import _registry
@@ -89,6 +90,35 @@ def test_cells_without_counts_are_unknown_and_the_rest_unchanged(heldout):
     assert (after["label_forced"].iloc[rest] == before["label_forced"].iloc[rest]).all()
     agree = np.mean(after["label"].iloc[rest].to_numpy() == before["label"].iloc[rest].to_numpy())
     assert agree >= 0.98, agree
+
+
+def test_a_query_of_empty_droplets_is_all_unknown(heldout):
+    """No cell with counts (e.g. empty droplets): every cell Unknown, not an ARPACK error from
+    the query's PCA; the composition warning is about typed cells only, so it stays quiet."""
+    import warnings
+
+    adata = heldout[:150].copy()
+    adata.X = sparse.csr_matrix(adata.shape, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*would have to change type")
+        scdl.tl.annotate(adata)
+    assert (adata.obs["scdl_cell_type"] == "Unknown").all()
+    assert adata.obs["scdl_cell_type_unknown"].all()
+
+
+def test_empty_droplets_beside_cells_leave_the_cells_calls_unchanged(heldout):
+    """As many empty droplets as cells (an unfiltered matrix): the droplets are Unknown and
+    the cells keep the calls they get alone (the droplets called 58% of them Unknown)."""
+    model = scdl.pretrained.load("pbmc_kang2018")
+    cells = heldout[:200].copy()
+    alone, _ = model.annotate_cells(cells)
+    droplets = cells.copy()
+    droplets.X = sparse.csr_matrix(droplets.shape, dtype=np.float32)
+    droplets.obs_names = [f"droplet{i}" for i in range(droplets.n_obs)]
+    both, _ = model.annotate_cells(ad.concat([cells, droplets]))
+    assert (both["label"].iloc[200:] == "Unknown").all()
+    assert (both["label"].iloc[:200].to_numpy() == alone["label"].to_numpy()).all()
+    assert (alone["label"] != "Unknown").mean() > 0.9  # the case under test: typed cells
 
 
 def test_annotate_copy_leaves_input_unchanged(heldout):

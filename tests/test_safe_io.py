@@ -202,3 +202,14 @@ def test_pretrained_folder_checksum_is_checked(tmp_path):
         scdl.pretrained.load(tmp_path / "a", sha256="0" * 64)
     with pytest.raises(ValueError, match="Checksum mismatch"):
         scdl.pretrained.load("pbmc_kang2018", sha256="0" * 64)
+
+
+def test_save_to_a_file_path_names_the_folder_it_needs(small_save, tmp_path):
+    path, clean = small_save
+    model = VAE.load(path, adata=clean.copy())
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"user data")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="is a file; `save\\(\\)` writes a folder"):
+            model.save(target, overwrite=overwrite)
+    assert target.read_bytes() == b"user data"

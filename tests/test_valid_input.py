@@ -189,6 +189,72 @@ def test_integer_and_dense_counts_train_like_float_csr(hundred_cells):
     np.testing.assert_allclose(latents[2], latents[0], atol=1e-5)
 
 
+def _three_hundred(kang):
+    idx = np.sort(np.random.default_rng(0).choice(kang.n_obs, 300, replace=False))
+    return kang[idx].copy()
+
+
+def test_tl_steps_take_a_batch_of_one_or_a_few_cells(kang):
+    """seurat_v3 cannot rank genes within a batch of a few cells (a singular loess fit; one
+    cell crashed the process): such batches are ranked together or left out of the ranking,
+    and every cell is still trained on."""
+    import scanpy as sc
+
+    adata = _three_hundred(kang)  # every sample holds >= 50 of these cells
+    adata.obs["run"] = adata.obs["sample"].astype(str)
+    adata.obs.iloc[0, adata.obs.columns.get_loc("run")] = "one_cell"
+    scdl.tl.integrate(adata, batch_key="run", n_top_genes=300, max_epochs=1, progress_bar=False)
+    # the genes are scanpy's per-batch ranking over the other batches
+    rest = adata[1:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
+    hvg = sc.pp.highly_variable_genes(
+        rest, flavor="seurat_v3", n_top_genes=300, batch_key="run", inplace=False
+    )
+    chosen = rest.var_names[hvg["highly_variable"].to_numpy()]
+    assert list(adata.uns["X_scdl"]["var_names"]) == list(chosen)
+    assert np.isfinite(adata.obsm["X_scdl"]).all() and adata.obsm["X_scdl"].shape[0] == 300
+
+    adata.obs.iloc[:20, adata.obs.columns.get_loc("run")] = "twenty_cells"
+    scdl.tl.contrastive(
+        adata,
+        groupby="condition",
+        background="ctrl",
+        batch_key="run",
+        n_top_genes=300,
+        max_epochs=1,
+        progress_bar=False,
+    )
+    assert np.isfinite(adata.obsm["X_scdl_salient"]).all()
+
+
+def test_integrate_on_too_few_cells_to_rank_genes_uses_every_expressed_gene(kang):
+    """seurat_v3's loess is singular on 10 cells: all expressed genes, with a warning."""
+    adata = _three_hundred(kang)[:10].copy()
+    expressed = adata.var_names[np.asarray(adata.X.sum(0)).ravel() > 0]
+    assert len(expressed) > 300  # the ranking is needed
+    with pytest.warns(UserWarning, match="could not be ranked on 10 cells.*every expressed gene"):
+        scdl.tl.integrate(adata, n_top_genes=300, max_epochs=1, progress_bar=False)
+    assert list(adata.uns["X_scdl"]["var_names"]) == list(expressed)
+    assert np.isfinite(adata.obsm["X_scdl"]).all()
+
+
+def test_tl_integrate_takes_a_scipy_sparse_array(kang):
+    """anndata holds csr_array; scvi-tools registers csr_matrix: the tl step converts its own
+    copy (the user's matrix stays a csr_array) and trains on the same counts."""
+    import scvi
+
+    latents = []
+    for convert in (lambda x: x, sparse.csr_array):
+        adata = _three_hundred(kang)
+        adata.X = convert(adata.X)
+        scvi.settings.seed = 0
+        scdl.tl.integrate(
+            adata, batch_key="sample", n_top_genes=300, max_epochs=1, progress_bar=False
+        )
+        latents.append(adata.obsm["X_scdl"])
+    assert isinstance(adata.X, sparse.csr_array)
+    np.testing.assert_allclose(latents[1], latents[0], atol=1e-5)
+
+
 def test_vae_with_covariates_trains_and_saves(hundred_cells, tmp_path):
     """Categorical and continuous covariates (as scvi-tools takes them) train and reload."""
     adata = hundred_cells

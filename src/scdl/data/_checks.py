@@ -153,16 +153,24 @@ def check_counts(
             f"{where} contains {n_bad['nan']} NaN or infinite values. Raw counts must be finite; "
             "remove or fix those entries before setting up the model."
         )
+    # scanpy keeps a copy in .raw: counts there are not used, but can be put into a layer
+    raw = (
+        " adata.raw is set: if it holds the raw counts, copy them into a layer, "
+        "`adata.layers['counts'] = adata.raw[:, adata.var_names].X`, and pass "
+        "`layer='counts'`."
+        if layer is None and getattr(adata, "raw", None) is not None
+        else ""
+    )
     if n_bad["neg"]:
         raise ValueError(
             f"{where} contains {n_bad['neg']} negative values, so it is not raw counts "
-            "(scaled or log data?). Pass the layer holding raw UMI/read counts via `layer=`."
+            "(scaled or log data?). Pass the layer holding raw UMI/read counts via `layer=`." + raw
         )
     if n_bad["frac"]:
         raise ValueError(
             f"{where} contains {n_bad['frac']} non-integer values, so it looks normalised or "
             "log-transformed. The model needs raw counts: pass `layer=` naming the raw-count "
-            "layer (e.g. 'counts'), or restore counts into adata.X."
+            "layer (e.g. 'counts'), or restore counts into adata.X." + raw
         )
     n_zero_cells = int(np.count_nonzero(row_totals == 0))
     if n_zero_cells and warn_zero_cells:
@@ -279,6 +287,14 @@ def check_count_setup(
     """
     check_is_anndata(adata, registering=True)
     check_unique_var_names(adata, warn=not unique_genes)
+    x = get_matrix(adata, layer)
+    if isinstance(x, sparse.sparray):  # scvi-tools: "data type not understood"
+        fmt = "csc" if x.format == "csc" else "csr"
+        raise TypeError(
+            f"{_where(layer)} is a scipy sparse array ({type(x).__name__}); scvi-tools "
+            f"registers sparse matrices only. Convert it: `{_where(layer)} = "
+            f"scipy.sparse.{fmt}_matrix({_where(layer)})` (no densifying)."
+        )
     summary = check_counts(adata, layer, report_zero_genes=report_zero_genes)
     for arg, keys in (categorical or {}).items():
         if keys is None:

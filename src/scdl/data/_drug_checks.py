@@ -190,9 +190,10 @@ def check_profiles(adata: AnnData, layer: str | None = None) -> None:
         )
     flat = _row_sd(x) == 0
     if flat.any():
+        names = list(map(str, adata.obs_names[flat][:3]))
         raise ValueError(
-            f"{int(flat.sum())} profiles in {where} are constant (e.g. all zero); drop them: "
-            "`adata = adata[adata.X.std(axis=1) > 0].copy()`."
+            f"{int(flat.sum())} profiles in {where} are constant (e.g. all zero): {names}; "
+            "drop them (all-zero rows: `sc.pp.filter_cells(adata, min_genes=1)`)."
         )
     if looks_like_counts(x) and values.max(initial=0) > 50:
         raise ValueError(

@@ -282,8 +282,8 @@ class AnnotatorPredictionMixin:
         if unknown_call:  # no count in the model's genes: nothing to type the cell by
             empty = np.asarray(host.sum(1)).ravel() == 0
             unknown = unknown | empty
-        if unknown_call and self.cluster_threshold_ is not None:
-            self._warn_if_composition_differs(best.numpy())
+        if unknown_call and self.cluster_threshold_ is not None and not empty.all():
+            self._warn_if_composition_differs(best.numpy()[~empty])  # of the typed cells
         calls.insert(0, "label", np.where(unknown, UNKNOWN, forced))
         calls["is_unknown"] = unknown
         return calls, pd.DataFrame(probs.numpy(), index=index, columns=self.labels)
@@ -311,6 +311,15 @@ class AnnotatorPredictionMixin:
         from ._novelty import log_normalize
 
         n = x.shape[0]
+        has = np.asarray(x.sum(1)).ravel() > 0
+        if 0 < has.sum() < n:  # cells without counts are Unknown; clustered with the others,
+            # they form clusters of their own and pull the query's statistics (the shared
+            # shift the call removes), which called many real cells Unknown: left out
+            out = (np.full(n, -1), np.full(n, np.nan), np.full(n, np.nan), np.full(n, -1))
+            sub = self._cluster_calls(x[has], present, best[has], resolution, seed)
+            for full, part in zip(out, sub, strict=True):
+                full[has] = part
+            return out
         if resolution is None:  # CellTypist's choice by query size
             resolution = 5 if n < 5_000 else 10 if n < 20_000 else 15 if n < 40_000 else 20
         x_log = log_normalize(x)

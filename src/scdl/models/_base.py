@@ -187,6 +187,11 @@ class SafeSaveLoadMixin:
         from scdl._version import __version__
 
         dir_path = Path(dir_path)
+        if dir_path.exists() and not dir_path.is_dir():
+            raise FileExistsError(
+                f"{str(dir_path)!r} is a file; `save()` writes a folder (config.json + "
+                "model.safetensors). Pass a folder path, e.g. without the file extension."
+            )
         if (dir_path / CONFIG_NAME).exists() and not overwrite:
             raise ValueError(
                 f"{str(dir_path)!r} already holds a saved model; pass `overwrite=True` to "

@@ -73,7 +73,8 @@ def cluster_cells(
     import scanpy as sc
 
     n = x_log.shape[0]
-    if n < 10:  # too few cells to cluster: one cluster
+    n_values = x_log.nnz if sparse.issparse(x_log) else np.count_nonzero(x_log)
+    if n < 10 or n_values == 0:  # too few cells, or no counts (a PCA of zeros): one cluster
         return [np.zeros(n, dtype=int) for _ in resolutions]
     _, sd = stats if stats is not None else _mean_sd(x_log)
     scaled = sparse.csr_matrix(x_log @ sparse.diags((1.0 / sd).astype(np.float32)))

@@ -93,6 +93,15 @@ def plan_training(
     given loss does not use (scVI's library encoder with observed library sizes, the
     annotator's pretraining head) and plain DDP refuses them.
     """
+    if train_size is not None and (
+        isinstance(train_size, bool)
+        or not isinstance(train_size, int | float | np.number)
+        or not 0 < train_size <= 1
+    ):  # scvi-tools takes 0 as its default 0.9
+        raise ValueError(
+            f"train_size must be a fraction in (0, 1] (the share of cells trained on, the rest "
+            f"validate), got {train_size!r}."
+        )
     if max_epochs is None:
         max_epochs = default_max_epochs(n_obs, n_cells_seen=n_cells_seen, cap=cap, floor=floor)
     max_epochs = check_max_epochs(max_epochs)

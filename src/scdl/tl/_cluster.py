@@ -3,9 +3,11 @@ a resolution chosen without labels, or the resolution giving a number of cluster
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+from scipy import sparse
 
 from scdl.data import check_key_added
 
@@ -86,7 +88,7 @@ def cluster(
     """
     import scanpy as sc
 
-    rep = _check_inputs(adata, use_rep, resolution, n_clusters, n_neighbors, key_added)
+    rep, n_neighbors = _check_inputs(adata, use_rep, resolution, n_clusters, n_neighbors, key_added)
     adata = adata.copy() if copy else adata
     neighbors_key = f"{key_added}_neighbors"
     sc.pp.neighbors(
@@ -125,15 +127,23 @@ def cluster(
     return adata if copy else None
 
 
-def _check_inputs(adata, use_rep, resolution, n_clusters, n_neighbors, key_added) -> np.ndarray:
-    """The representation to cluster, with every argument checked before anything is written."""
+def _check_inputs(adata, use_rep, resolution, n_clusters, n_neighbors, key_added):
+    """The representation to cluster and the number of neighbours to use, with every argument
+    checked before anything is written."""
     if use_rep not in adata.obsm:
         avail = list(adata.obsm.keys())
         raise KeyError(
             f"use_rep={use_rep!r} is not in adata.obsm (available: {avail or 'none'}). Run "
             "`scdl.tl.integrate(adata, ...)` first or pass the key of an existing embedding."
         )
-    rep = np.asarray(adata.obsm[use_rep])
+    rep = adata.obsm[use_rep]
+    if sparse.issparse(rep):
+        raise TypeError(
+            f"adata.obsm[{use_rep!r}] is a sparse matrix; clustering needs a dense embedding "
+            f"(cells x dimensions), e.g. `adata.obsm[{use_rep!r}] = adata.obsm[{use_rep!r}]"
+            ".toarray()` if it is small, or a PCA/latent space."
+        )
+    rep = np.asarray(rep)
     if rep.ndim != 2 or not np.issubdtype(rep.dtype, np.number):
         raise TypeError(
             f"adata.obsm[{use_rep!r}] must be a numeric cells x dimensions array, got "
@@ -165,11 +175,19 @@ def _check_inputs(adata, use_rep, resolution, n_clusters, n_neighbors, key_added
         raise ValueError(f"resolution must be > 0 (e.g. 0.5 to 2), got {resolution!r}.")
     check_key_added(key_added)
     if adata.n_obs <= n_neighbors:
-        raise ValueError(
-            f"{adata.n_obs} cells cannot have n_neighbors={n_neighbors}; pass a smaller "
-            "n_neighbors."
+        if adata.n_obs < 3:
+            raise ValueError(
+                f"{adata.n_obs} cells are too few to cluster (a neighbour graph needs >= 3)."
+            )
+        used = 1 + adata.n_obs // 2  # scanpy's choice for too few cells
+        warnings.warn(
+            f"{adata.n_obs} cells cannot have n_neighbors={n_neighbors}; using "
+            f"n_neighbors={used}, as scanpy does (pass a smaller n_neighbors to choose).",
+            UserWarning,
+            stacklevel=3,
         )
-    return rep
+        n_neighbors = used
+    return rep, n_neighbors
 
 
 def _cluster_to_k(adata, connectivities, rep, n_clusters: int, key_added: str, random_state):

@@ -29,7 +29,7 @@ def select_genes(
     (:func:`unique_gene_names`); the user's AnnData is not renamed.
     """
     import anndata
-    import scanpy as sc
+    from scipy import sparse
 
     names = unique_gene_names(adata)
     expressed = names[gene_totals > 0]
@@ -37,12 +37,75 @@ def select_genes(
         return expressed
     x = adata.X if layer is None else adata.layers[layer]
     mask = np.asarray(gene_totals > 0)
-    obs = adata.obs[[batch_key]].copy() if batch_key is not None else None
-    tmp = anndata.AnnData(X=x[:, mask], obs=obs)
+    x = x[:, mask]
+    if isinstance(x, sparse.sparray):  # scanpy's seurat_v3 takes scipy's sparse matrices only
+        x = sparse.csr_matrix(x) if x.format == "csr" else sparse.csc_matrix(x)
+    obs, keep = None, slice(None)
+    if batch_key is not None:
+        labels, keep = _ranking_groups(adata.obs[batch_key])
+        obs = pd.DataFrame({"batch": labels}, index=adata.obs_names)[keep]
+    tmp = anndata.AnnData(X=x[keep], obs=obs)
     tmp.var_names = expressed
-    hvg = sc.pp.highly_variable_genes(
-        tmp, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=batch_key, inplace=False
-    )
+    hvg = _seurat_v3(tmp, n_top_genes, batch_key)
     hvg.index = expressed
     # keep the original gene order, so the model's genes read like the user's
     return expressed[hvg["highly_variable"].to_numpy()]
+
+
+# seurat_v3 fits a loess trend of variance on mean within each batch: with a few cells the
+# fit is singular (scanpy raises) and with one cell there is nothing to fit (the loess
+# library crashes the process). Smaller batches are ranked together as one group; if that
+# group is still too small beside larger batches, its cells are left out of the ranking
+# (they are still trained on).
+MIN_RANKING_CELLS = 50
+
+
+def _ranking_groups(batch: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Batch labels for the gene ranking (batches under MIN_RANKING_CELLS cells pooled) and
+    which cells take part in it."""
+    labels = batch.astype(str).to_numpy(dtype=object)
+    keep = np.ones(len(labels), dtype=bool)
+    sizes = pd.Series(labels).value_counts()
+    small = np.isin(labels, sizes.index[sizes < MIN_RANKING_CELLS])
+    if small.any():
+        labels = np.where(small, "\x00small batches", labels)
+        if small.sum() < MIN_RANKING_CELLS and not small.all():
+            keep = ~small
+    return labels, keep
+
+
+def _seurat_v3(tmp: AnnData, n_top_genes: int, batch_key: str | None) -> pd.DataFrame:
+    """scanpy's seurat_v3 ranking, per batch where the trend can be fitted, else pooled."""
+    import warnings
+
+    import scanpy as sc
+
+    def rank(by):
+        return sc.pp.highly_variable_genes(
+            tmp, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=by, inplace=False
+        )
+
+    if batch_key is not None and tmp.obs["batch"].nunique() > 1:
+        try:
+            return rank("batch")
+        except ValueError:  # a singular loess fit in one batch
+            warnings.warn(
+                f"Highly variable genes could not be ranked within each batch of "
+                f"adata.obs[{batch_key!r}] (too few cells in a batch for seurat_v3's "
+                "variance trend); they are ranked ignoring the batches.",
+                UserWarning,
+                stacklevel=4,
+            )
+    try:
+        if tmp.n_obs < 2:
+            raise ValueError("one cell has no variance")
+        return rank(None)
+    except ValueError:  # a singular loess fit: too few cells for a trend
+        warnings.warn(
+            f"Highly variable genes could not be ranked on {tmp.n_obs} cells (too few for "
+            "seurat_v3's variance trend); every expressed gene is used, as with "
+            "n_top_genes=None.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return pd.DataFrame({"highly_variable": np.ones(tmp.n_vars, dtype=bool)})

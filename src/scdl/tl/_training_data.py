@@ -43,10 +43,13 @@ def training_adata(
     genes) are kept, with one warning.
     """
     import anndata
+    from scipy import sparse
 
-    x = get_matrix(adata, layer)
+    x = get_matrix(adata, layer)[:, unique_gene_names(adata).get_indexer(genes)]
+    if isinstance(x, sparse.sparray):  # scvi-tools registers scipy's sparse matrices only
+        x = sparse.csr_matrix(x)
     out = anndata.AnnData(
-        X=x[:, unique_gene_names(adata).get_indexer(genes)],
+        X=x,
         obs=adata.obs[list(dict.fromkeys(obs_keys))].copy(),
     )
     out.obs_names = adata.obs_names
