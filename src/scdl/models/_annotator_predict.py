@@ -30,6 +30,7 @@ from scdl.data import (
 from scdl.dataloaders import dense_rows
 
 from ._attribution import integrated_gradients
+from ._composition import filled_stats, query_fill, sketch_stats
 from ._depth import integer_counts, match_depth
 from ._mixing import reference_share
 from ._novelty import (
@@ -290,17 +291,26 @@ class AnnotatorPredictionMixin:
 
     def _warn_if_composition_differs(self, best: np.ndarray) -> None:
         """Warn when the query's predicted composition is far from the reference's (e.g. one
-        sorted population): the Unknown call reads the query's own statistics as the shift it
-        shares, which holds for a query of mixed types only."""
+        sorted population): the Unknown call then rests on the forced calls' composition
+        (:mod:`scdl.models._composition`), or, in a model saved before it, on the query's
+        own statistics, which stand for a shift of a mixed query only."""
         shift = composition_shift(best, self.module.sketch_composition.cpu().numpy())
         if shift > MAX_COMPOSITION_SHIFT:
+            filled = self.module.sketch_moments.numel() > 0
+            risk = (
+                "the call fills the query to the reference's composition from its forced "
+                "calls, so it cannot tell a population the reference lacks from a shifted "
+                "known one: such a population is not called 'Unknown'. Annotate it together "
+                "with cells of the other types to have it checked"
+                if filled
+                else "the call removes what the whole query shares, so for such a query it "
+                "can call known types 'Unknown'. Annotate it together with cells of the other "
+                "types, or use the forced calls (`unknown=False` in `scdl.tl.annotate`, or the "
+                "`label_forced` column)"
+            )
             warnings.warn(
                 f"{shift:.0%} of the query's cells would have to change type for its predicted "
-                "composition to match the reference's (e.g. a sorted population). The Unknown "
-                "call removes what the whole query shares, so for such a query it can call "
-                "known types 'Unknown'. Annotate it together with cells of the other types, or "
-                "use the forced calls (`unknown=False` in `scdl.tl.annotate`, or the "
-                "`label_forced` column).",
+                f"composition to match the reference's (e.g. a sorted population): {risk}.",
                 UserWarning,
                 stacklevel=4,
             )
@@ -314,17 +324,22 @@ class AnnotatorPredictionMixin:
         if resolution is None:  # CellTypist's choice by query size
             resolution = 5 if n < 5_000 else 10 if n < 20_000 else 15 if n < 40_000 else 20
         x_log = log_normalize(x)
-        stats = _mean_sd(x_log)  # the query's own per-gene statistics, read by all three steps
-        resolutions = (NOVELTY_RESOLUTION,) + (() if resolution is False else (float(resolution),))
+        own = _mean_sd(x_log)  # the query's own per-gene statistics, read by all three steps
+        # a query lacking reference types is filled to the reference's composition first
+        sketch = self.module.sketch()
+        fill, stats, part = query_fill(best, sketch), own, 1.0
+        if fill is not None:
+            stats, part = filled_stats(x_log, best, sketch["sketch_moments"], *fill)
+        resolutions = (NOVELTY_RESOLUTION * part,)
+        resolutions += () if resolution is False else (float(resolution),)
         clusters, *over = cluster_cells(
-            x_log, resolutions=resolutions, seed=seed, device=self.module.device, stats=stats
+            x_log, resolutions=resolutions, seed=seed, device=self.module.device, stats=own
         )
         over = over[0] if over else np.full(n, -1)
         centroids = self.module.centroids.cpu().numpy()
         genes = self.novelty_genes_ if self.novelty_genes_ is not None else range(x.shape[1])
         score, _ = cluster_novelty(x_log, clusters, best, centroids, genes, present, stats)
         # the mixing check compares the query with the reference sketch at the query's depth
-        sketch = self.module.sketch()
         cells = sketch["sketch_cells"]
         level, thinned = match_depth(
             integer_counts(x),
@@ -335,9 +350,13 @@ class AnnotatorPredictionMixin:
         )
         if thinned is not None:  # deeper than the reference: thinned to its depth
             x_log = log_normalize(thinned)
-            stats = _mean_sd(x_log)
+            own = _mean_sd(x_log)
+        stats, pseudo = own, None
+        if fill is not None:
+            stats = sketch_stats(x_log, best, sketch, fill, own, level)
+            pseudo = np.round(fill[0])
         share = reference_share(
-            x_log, clusters, sketch, present, seed=seed, stats=stats, level=level
+            x_log, clusters, sketch, present, seed=seed, stats=stats, level=level, fill=pseudo
         )
         return clusters, score, share, over
 
