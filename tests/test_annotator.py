@@ -79,9 +79,9 @@ def test_a_shallower_query_is_judged_at_its_own_depth(annotator):
 
 def test_a_query_of_one_population_is_known_and_warned_about(annotator, tmp_path):
     """A sorted population is filled to the reference's composition before the Unknown call,
-    so its known cells stay known; the warning says that such a query cannot show a type the
-    reference lacks. A model saved before the fill reads the query's own statistics as the
-    shift it shares and calls the population Unknown, as it did; the mixed query warns not."""
+    so its known cells stay known; one unlike every reference type (B cells here) is not. A
+    model saved before the fill reads the query's own statistics as the shift it shares and
+    calls the population Unknown, as it did; the mixed query warns not."""
     import warnings
 
     from safetensors.torch import load_file, save_file
@@ -95,6 +95,10 @@ def test_a_query_of_one_population_is_known_and_warned_about(annotator, tmp_path
         calls, _ = model.annotate_cells(cd4)
     assert (calls["label_forced"] == "CD4T").mean() > 0.8
     assert calls["is_unknown"].mean() <= 0.15, calls["is_unknown"].mean()
+    # B cells alone (the reference has none) look like no reference type: not filled, Unknown
+    with pytest.warns(UserWarning, match="sorted population"):
+        calls, _ = model.annotate_cells(query[query.obs.cell_type == HELD_OUT_TYPE].copy())
+    assert calls["is_unknown"].mean() >= 0.5, calls["is_unknown"].mean()
     model.save(tmp_path / "m")
     weights = tmp_path / "m" / "model.safetensors"
     moments = ("sketch_moments", "sketch_level_moments", "sketch_labels")

@@ -12,7 +12,7 @@ import scanpy as sc
 from conftest import read_shared
 from sklearn.linear_model import LogisticRegression
 
-from scdl.models._composition import filled_stats, query_fill, sketch_stats
+from scdl.models._composition import filled_stats, query_fill, shift_is_plausible, sketch_stats
 from scdl.models._mixing import MIN_REFERENCE_SHARE, build_sketch, reference_share
 from scdl.models._novelty import (
     NOVELTY_RESOLUTION,
@@ -36,17 +36,19 @@ def kang():
     hv = sc.pp.highly_variable_genes(ref, flavor="seurat_v3", n_top_genes=2000, inplace=False)
     keep = genes[hv["highly_variable"].to_numpy()]
     ref, query = ref[:, keep].copy(), query[:, keep].copy()
+    return {"query": query, "x": log_normalize(query.X), **reference(ref)}
+
+
+def reference(ref) -> dict:
+    """What the model keeps of a reference: the sketch, the novelty check's calibration, and
+    (standing in for the model's forced calls) a logistic regression."""
     codes = np.unique(ref.obs["cell_type"].astype(str), return_inverse=True)[1]
     x_ref = log_normalize(ref.X)
-    clf = LogisticRegression(C=0.01, max_iter=500).fit(x_ref, codes)
     threshold, _, genes = calibrate_threshold(x_ref, codes)
-    centroids = _type_centroids(x_ref, codes, int(codes.max()) + 1)
     return {
-        "query": query,
-        "x": log_normalize(query.X),
-        "clf": clf,
+        "clf": LogisticRegression(C=0.01, max_iter=500).fit(x_ref, codes),
         "sketch": build_sketch(ref.X, labels=codes),
-        "novelty": (threshold, genes, centroids),
+        "novelty": (threshold, genes, _type_centroids(x_ref, codes, int(codes.max()) + 1)),
     }
 
 
@@ -69,6 +71,7 @@ def test_one_population_is_known_once_filled(kang, population):
     # filled to the reference's composition
     fill = query_fill(predicted, sketch)
     assert fill is not None
+    assert shift_is_plausible(x, predicted, sketch, fill, centroids, genes)
     stats, part = filled_stats(x, predicted, sketch["sketch_moments"], *fill)
     assert 0 < part < 0.5  # one type of five
     (clusters,) = cluster_cells(x, resolutions=(NOVELTY_RESOLUTION * part,))

@@ -81,8 +81,9 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
     too. A query whose forced calls leave out reference types (one sorted population) is first
     filled to the reference's composition (:mod:`scdl.models._composition`: pseudo-cells of
     the missing types under the shift its present types show), as its own mean would be its
-    own profile; it then cannot show a type the reference lacks, which is read as its nearest
-    type under a shift. A ``UserWarning`` says so when the query's predicted composition is
+    own profile (unless its types are unlike their reference types before any shift is
+    removed); it then cannot show a new type close to a known one, which is read as that type
+    under a shift. A ``UserWarning`` says so when the query's predicted composition is
     more than half away from the reference's (total-variation distance above 0.5). Models
     saved before the cluster call keep their per-cell thresholds (``cluster_threshold_`` is
     ``None``); models saved before the sketch make the first check only

@@ -30,7 +30,13 @@ from scdl.data import (
 from scdl.dataloaders import dense_rows
 
 from ._attribution import integrated_gradients
-from ._composition import filled_stats, query_fill, sketch_stats
+from ._composition import (
+    composition_warning,
+    filled_stats,
+    query_fill,
+    shift_is_plausible,
+    sketch_stats,
+)
 from ._depth import integer_counts, match_depth
 from ._mixing import reference_share
 from ._novelty import (
@@ -291,29 +297,11 @@ class AnnotatorPredictionMixin:
 
     def _warn_if_composition_differs(self, best: np.ndarray) -> None:
         """Warn when the query's predicted composition is far from the reference's (e.g. one
-        sorted population): the Unknown call then rests on the forced calls' composition
-        (:mod:`scdl.models._composition`), or, in a model saved before it, on the query's
-        own statistics, which stand for a shift of a mixed query only."""
+        sorted population), what the Unknown call can then tell (:mod:`._composition`)."""
         shift = composition_shift(best, self.module.sketch_composition.cpu().numpy())
         if shift > MAX_COMPOSITION_SHIFT:
             filled = self.module.sketch_moments.numel() > 0
-            risk = (
-                "the call fills the query to the reference's composition from its forced "
-                "calls, so it cannot tell a population the reference lacks from a shifted "
-                "known one: such a population is not called 'Unknown'. Annotate it together "
-                "with cells of the other types to have it checked"
-                if filled
-                else "the call removes what the whole query shares, so for such a query it "
-                "can call known types 'Unknown'. Annotate it together with cells of the other "
-                "types, or use the forced calls (`unknown=False` in `scdl.tl.annotate`, or the "
-                "`label_forced` column)"
-            )
-            warnings.warn(
-                f"{shift:.0%} of the query's cells would have to change type for its predicted "
-                f"composition to match the reference's (e.g. a sorted population): {risk}.",
-                UserWarning,
-                stacklevel=4,
-            )
+            warnings.warn(composition_warning(shift, filled), UserWarning, stacklevel=4)
 
     def _cluster_calls(self, x, present, best, resolution, seed):
         """Query clusters, their novelty per cell, and the over-clustering for voting
@@ -327,7 +315,13 @@ class AnnotatorPredictionMixin:
         own = _mean_sd(x_log)  # the query's own per-gene statistics, read by all three steps
         # a query lacking reference types is filled to the reference's composition first
         sketch = self.module.sketch()
+        centroids = self.module.centroids.cpu().numpy()
+        genes = self.novelty_genes_ if self.novelty_genes_ is not None else range(x.shape[1])
         fill, stats, part = query_fill(best, sketch), own, 1.0
+        if fill is not None and not shift_is_plausible(
+            x_log, best, sketch, fill, centroids, genes, present
+        ):
+            fill = None  # its types are unlike the reference's: not a shift to remove
         if fill is not None:
             stats, part = filled_stats(x_log, best, sketch["sketch_moments"], *fill)
         resolutions = (NOVELTY_RESOLUTION * part,)
@@ -336,8 +330,6 @@ class AnnotatorPredictionMixin:
             x_log, resolutions=resolutions, seed=seed, device=self.module.device, stats=own
         )
         over = over[0] if over else np.full(n, -1)
-        centroids = self.module.centroids.cpu().numpy()
-        genes = self.novelty_genes_ if self.novelty_genes_ is not None else range(x.shape[1])
         score, _ = cluster_novelty(x_log, clusters, best, centroids, genes, present, stats)
         # the mixing check compares the query with the reference sketch at the query's depth
         cells = sketch["sketch_cells"]
