@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -11,6 +12,7 @@ from conftest import assert_unchanged, read_shared, snapshot
 from sklearn.metrics import f1_score
 
 import scdl
+from scdl.datasets import sha256sum
 
 HELD_OUT_TYPE = "B"
 
@@ -75,20 +77,39 @@ def test_a_shallower_query_is_judged_at_its_own_depth(annotator):
     assert calls["is_unknown"][is_b].mean() >= 0.6, calls["is_unknown"][is_b].mean()
 
 
-def test_a_query_of_one_population_is_warned_about(annotator):
-    """The Unknown call reads the query's own statistics as the shift it shares, which holds
-    for a query of mixed types only: one sorted population gets a warning naming the fix,
-    the mixed query none."""
+def test_a_query_of_one_population_is_known_and_warned_about(annotator, tmp_path):
+    """A sorted population is filled to the reference's composition before the Unknown call,
+    so its known cells stay known; one unlike every reference type (B cells here) is not. A
+    model saved before the fill reads the query's own statistics as the shift it shares and
+    calls the population Unknown, as it did; the mixed query warns not."""
     import warnings
+
+    from safetensors.torch import load_file, save_file
 
     model, query = annotator
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*change type.*")
         model.annotate_cells(query)
     cd4 = query[query.obs.cell_type == "CD4T"].copy()
-    with pytest.warns(UserWarning, match="sorted population"):
+    with pytest.warns(UserWarning, match="not called 'Unknown'"):
         calls, _ = model.annotate_cells(cd4)
-    assert (calls["label_forced"] == "CD4T").mean() > 0.8  # the forced calls stay usable
+    assert (calls["label_forced"] == "CD4T").mean() > 0.8
+    assert calls["is_unknown"].mean() <= 0.15, calls["is_unknown"].mean()
+    # B cells alone (the reference has none) look like no reference type: not filled, Unknown
+    with pytest.warns(UserWarning, match="sorted population"):
+        calls, _ = model.annotate_cells(query[query.obs.cell_type == HELD_OUT_TYPE].copy())
+    assert calls["is_unknown"].mean() >= 0.5, calls["is_unknown"].mean()
+    model.save(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    moments = ("sketch_moments", "sketch_level_moments", "sketch_labels")
+    save_file({k: v for k, v in load_file(weights).items() if k not in moments}, weights)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["weights_sha256"] = sha256sum(weights)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    old = scdl.models.CellTypeTransformer.load(tmp_path / "m")
+    with pytest.warns(UserWarning, match="can call known types"):
+        calls, _ = old.annotate_cells(cd4)
+    assert calls["is_unknown"].mean() >= 0.5, calls["is_unknown"].mean()
 
 
 def test_soft_predictions_are_probabilities(annotator):
@@ -114,11 +135,7 @@ def test_save_load_identical_probabilities(annotator, tmp_path):
 def test_model_saved_before_the_sketch_makes_the_novelty_check_only(annotator, tmp_path):
     """A file written before the mixing check (no sketch tensors, no ``min_reference_share_``)
     loads, and its Unknown call is the cluster novelty check alone, as it was."""
-    import json
-
     from safetensors.torch import load_file, save_file
-
-    from scdl.datasets import sha256sum
 
     model, query = annotator
     model.save(tmp_path / "m")

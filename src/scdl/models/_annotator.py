@@ -78,14 +78,17 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
     T cells, NK vs CD8 T cells, CD14 vs FCGR3A monocytes) is caught when its cells sit apart
     from that type's reference cells, and otherwise called as that type. A known type in a state
     the reference lacks (e.g. stimulated monocytes for an unstimulated reference) can mix poorly
-    too. A query made of one population (sorted cells) has its own profile as its mean: its
-    clusters are judged on their departures from it and its known types are mostly called
-    Unknown. A ``UserWarning`` says so when the query's predicted composition is more than
-    half away from the reference's (total-variation distance above 0.5); use the forced
-    calls for such a query, or annotate it together with cells of the other types. Models
+    too. A query whose forced calls leave out reference types (one sorted population) is first
+    filled to the reference's composition (:mod:`scdl.models._composition`: pseudo-cells of
+    the missing types under the shift its present types show), as its own mean would be its
+    own profile (unless its types are unlike their reference types before any shift is
+    removed); it then cannot show a new type close to a known one, which is read as that type
+    under a shift. A ``UserWarning`` says so when the query's predicted composition is
+    more than half away from the reference's (total-variation distance above 0.5). Models
     saved before the cluster call keep their per-cell thresholds (``cluster_threshold_`` is
     ``None``); models saved before the sketch make the first check only
-    (``min_reference_share_`` is ``None``).
+    (``min_reference_share_`` is ``None``), and before the fill read a sorted population
+    against its own mean (its known types mostly Unknown).
 
     **Genes.** The vocabulary is the registered AnnData's genes (select e.g. 2,000 highly
     variable genes first). A query is aligned by gene name; missing genes are treated as

@@ -30,6 +30,13 @@ from scdl.data import (
 from scdl.dataloaders import dense_rows
 
 from ._attribution import integrated_gradients
+from ._composition import (
+    composition_warning,
+    filled_stats,
+    query_fill,
+    shift_is_plausible,
+    sketch_stats,
+)
 from ._depth import integer_counts, match_depth
 from ._mixing import reference_share
 from ._novelty import (
@@ -290,20 +297,11 @@ class AnnotatorPredictionMixin:
 
     def _warn_if_composition_differs(self, best: np.ndarray) -> None:
         """Warn when the query's predicted composition is far from the reference's (e.g. one
-        sorted population): the Unknown call reads the query's own statistics as the shift it
-        shares, which holds for a query of mixed types only."""
+        sorted population), what the Unknown call can then tell (:mod:`._composition`)."""
         shift = composition_shift(best, self.module.sketch_composition.cpu().numpy())
         if shift > MAX_COMPOSITION_SHIFT:
-            warnings.warn(
-                f"{shift:.0%} of the query's cells would have to change type for its predicted "
-                "composition to match the reference's (e.g. a sorted population). The Unknown "
-                "call removes what the whole query shares, so for such a query it can call "
-                "known types 'Unknown'. Annotate it together with cells of the other types, or "
-                "use the forced calls (`unknown=False` in `scdl.tl.annotate`, or the "
-                "`label_forced` column).",
-                UserWarning,
-                stacklevel=4,
-            )
+            filled = self.module.sketch_moments.numel() > 0
+            warnings.warn(composition_warning(shift, filled), UserWarning, stacklevel=4)
 
     def _cluster_calls(self, x, present, best, resolution, seed):
         """Query clusters, their novelty per cell, and the over-clustering for voting
@@ -323,17 +321,26 @@ class AnnotatorPredictionMixin:
         if resolution is None:  # CellTypist's choice by query size
             resolution = 5 if n < 5_000 else 10 if n < 20_000 else 15 if n < 40_000 else 20
         x_log = log_normalize(x)
-        stats = _mean_sd(x_log)  # the query's own per-gene statistics, read by all three steps
-        resolutions = (NOVELTY_RESOLUTION,) + (() if resolution is False else (float(resolution),))
-        clusters, *over = cluster_cells(
-            x_log, resolutions=resolutions, seed=seed, device=self.module.device, stats=stats
-        )
-        over = over[0] if over else np.full(n, -1)
+        own = _mean_sd(x_log)  # the query's own per-gene statistics, read by all three steps
+        # a query lacking reference types is filled to the reference's composition first
+        sketch = self.module.sketch()
         centroids = self.module.centroids.cpu().numpy()
         genes = self.novelty_genes_ if self.novelty_genes_ is not None else range(x.shape[1])
+        fill, stats, part = query_fill(best, sketch), own, 1.0
+        if fill is not None and not shift_is_plausible(
+            x_log, best, sketch, fill, centroids, genes, present
+        ):
+            fill = None  # its types are unlike the reference's: not a shift to remove
+        if fill is not None:
+            stats, part = filled_stats(x_log, best, sketch["sketch_moments"], *fill)
+        resolutions = (NOVELTY_RESOLUTION * part,)
+        resolutions += () if resolution is False else (float(resolution),)
+        clusters, *over = cluster_cells(
+            x_log, resolutions=resolutions, seed=seed, device=self.module.device, stats=own
+        )
+        over = over[0] if over else np.full(n, -1)
         score, _ = cluster_novelty(x_log, clusters, best, centroids, genes, present, stats)
         # the mixing check compares the query with the reference sketch at the query's depth
-        sketch = self.module.sketch()
         cells = sketch["sketch_cells"]
         level, thinned = match_depth(
             integer_counts(x),
@@ -344,9 +351,13 @@ class AnnotatorPredictionMixin:
         )
         if thinned is not None:  # deeper than the reference: thinned to its depth
             x_log = log_normalize(thinned)
-            stats = _mean_sd(x_log)
+            own = _mean_sd(x_log)
+        stats, pseudo = own, None
+        if fill is not None:
+            stats = sketch_stats(x_log, best, sketch, fill, own, level)
+            pseudo = np.round(fill[0])
         share = reference_share(
-            x_log, clusters, sketch, present, seed=seed, stats=stats, level=level
+            x_log, clusters, sketch, present, seed=seed, stats=stats, level=level, fill=pseudo
         )
         return clusters, score, share, over
 

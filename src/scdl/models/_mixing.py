@@ -20,7 +20,9 @@ holds cells like the cluster's at all:
 
 The sketch cells are kept at every depth level of :mod:`scdl.models._depth` (the reference's
 counts thinned, each level standardised by its own statistics), and the caller places the
-query beside the level nearest its depth.
+query beside the level nearest its depth. A query that lacks reference types is filled to the
+reference's composition first (:mod:`scdl.models._composition`): its statistics, and the
+pool's query side, which then gets sketch cells of each type as pseudo-query cells.
 
 The threshold is fixed, not fitted per model: a reference's own halves mix perfectly (share
 ~0.5), so the reference cannot tell how far below 0.5 a known type under a shift drops. It was
@@ -35,6 +37,7 @@ import warnings
 import numpy as np
 from scipy import sparse
 
+from ._composition import type_moments
 from ._depth import DEPTH_LEVELS, level_fraction, thin_counts, type_depths
 from ._novelty import _mean_sd, log_normalize, type_shares
 
@@ -70,8 +73,11 @@ def build_sketch(counts, *, seed: int = 0, x_log=None, labels=None) -> dict[str,
     ``sketch_cells`` (levels x sketch cells x PCs: the same cells at each depth level) and
     ``sketch_depth`` (the reference's median count per cell over the vocabulary, per label
     code of ``labels`` when given) and ``sketch_composition`` (the share of each label code;
-    empty without ``labels``), float32. ``x_log``: the counts' :func:`log_normalize`,
-    when the caller has it."""
+    empty without ``labels``), float32; with ``labels`` also ``sketch_labels`` (the sketch
+    cells' label codes), ``sketch_moments`` (the reference's per-type mean and variance over the
+    vocabulary, :func:`~scdl.models._composition.type_moments`) and ``sketch_level_moments``
+    (the same per depth level over the genes the PCs load: levels x 2 x types x genes), else
+    empty. ``x_log``: the counts' :func:`log_normalize`, when the caller has it."""
     from sklearn.decomposition import PCA
 
     counts = sparse.csr_matrix(counts)
@@ -89,12 +95,15 @@ def build_sketch(counts, *, seed: int = 0, x_log=None, labels=None) -> dict[str,
     if n_genes > MIXING_GENES:  # by sd (floored: ties among flat genes go by their order)
         genes = np.sort(np.argsort(-sd, kind="stable")[:MIXING_GENES])
     n_pcs = min(MIXING_PCS, len(fit_rows) - 1, len(genes) - 1)
+    typed = {"sketch_labels": np.zeros(0, np.float32),
+             "sketch_moments": np.zeros((0, 0, 0), np.float32),
+             "sketch_level_moments": np.zeros((0, 0, 0, 0), np.float32)}  # fmt: skip
     if n_pcs < 2 or len(sketch_rows) < 2:
         return {"sketch_loadings": np.zeros((0, 0), np.float32),
                 "sketch_center": np.zeros(0, np.float32),
                 "sketch_cells": np.zeros((0, 0, 0), np.float32),
                 "sketch_depth": np.zeros(0, np.float32),
-                "sketch_composition": type_shares(n, labels)}  # fmt: skip
+                "sketch_composition": type_shares(n, labels), **typed}  # fmt: skip
     sub = x_log[:, genes]
     fit = _standardised_dense(sub, fit_rows, mean[genes], sd[genes])
     pca = PCA(n_pcs, random_state=seed).fit(fit)
@@ -104,6 +113,11 @@ def build_sketch(counts, *, seed: int = 0, x_log=None, labels=None) -> dict[str,
     center = np.zeros(n_genes, dtype=np.float32)
     center[genes] = pca.mean_
     levels = [project(x_log[sketch_rows], loadings, center, stats=(mean, sd))]
+    codes = None if labels is None else np.asarray(labels).astype(int).ravel()
+    n_types = 0 if codes is None else int(codes.max()) + 1
+    # the type moments per level, over the genes the PCs load (as the caller finds them)
+    used = np.flatnonzero(np.any(loadings != 0, axis=1))
+    moments = [] if codes is None else [type_moments(x_log[:, used], codes, n_types)]
     # thinner levels: each standardised by the thinned reference's own statistics (the query
     # is standardised by its own), estimated on the cells the sketch was drawn from
     rows = np.union1d(fit_rows, sketch_rows)
@@ -112,12 +126,19 @@ def build_sketch(counts, *, seed: int = 0, x_log=None, labels=None) -> dict[str,
         thinned = log_normalize(thin_counts(counts[rows], level_fraction(level), seed + level))
         stats = _mean_sd(thinned)
         levels.append(project(thinned[at], loadings, center, stats=stats))
+        if codes is not None:
+            moments.append(type_moments(thinned[:, used], codes[rows], n_types))
+    if codes is not None:
+        typed = {"sketch_labels": codes[sketch_rows].astype(np.float32),
+                 "sketch_moments": type_moments(x_log, codes, n_types),
+                 "sketch_level_moments": np.stack(moments)}  # fmt: skip
     return {
         "sketch_loadings": loadings,
         "sketch_center": center,
         "sketch_cells": np.stack(levels).astype(np.float32),
         "sketch_depth": type_depths(counts, labels),
         "sketch_composition": type_shares(n, labels),
+        **typed,
     }
 
 
@@ -140,13 +161,16 @@ def reference_share(
     seed: int = 0,
     stats: tuple[np.ndarray, np.ndarray] | None = None,
     level: int = 0,
+    fill: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per cell, its cluster's mean share of reference cells among the neighbours of its cells
     (steps 2-3 of the module notes); NaN for every cell when the model has no sketch, the
     query has fewer than ``MIN_QUERY_CELLS`` cells or lacks genes carrying more than 10% of
     the sketch's loadings (with a warning). ``stats``: the query's per-gene mean and sd, when
     the caller has them; ``level``: the sketch's depth level to compare with
-    (:func:`scdl.models._depth.match_depth`; a sketch saved with one level has only 0)."""
+    (:func:`scdl.models._depth.match_depth`; a sketch saved with one level has only 0);
+    ``fill``: pseudo-cells per label code that fill the query to the reference's composition
+    (:func:`scdl.models._composition.fill_counts`; used when the sketch has its labels)."""
     from sklearn.neighbors import NearestNeighbors
 
     n = x_log.shape[0]
@@ -170,17 +194,45 @@ def reference_share(
     ref = ref[min(level, len(ref) - 1)]
     q = project(x_log, sketch["sketch_loadings"], sketch["sketch_center"], present, stats)
     rng = np.random.default_rng(seed)
-    m = min(len(ref), n)  # balanced: the same number of reference and query neighbours
+    side, own_rows = q, np.arange(n)  # the pool's query side, and which query cell each is
+    labels = np.asarray(sketch.get("sketch_labels", np.zeros(0)), dtype=int)
+    if fill is not None and fill.sum() > 0 and len(labels) == len(ref):
+        ref, side, own_rows = _filled_sides(ref, labels, q, np.asarray(fill), rng)
+    m = min(len(ref), len(side))  # balanced: the same number of reference and query neighbours
     ref = ref[np.sort(rng.choice(len(ref), m, replace=False))] if len(ref) > m else ref
-    servers = np.sort(rng.choice(n, m, replace=False)) if n > m else np.arange(n)
+    servers = np.sort(rng.choice(len(side), m, replace=False)) if len(side) > m else np.arange(m)
     k = min(MIXING_NEIGHBORS, 2 * m - 1)
-    pool = np.vstack([ref, q[servers]]).astype(np.float32)
+    pool = np.vstack([ref, side[servers]]).astype(np.float32)
     is_ref = np.r_[np.ones(m, dtype=bool), np.zeros(len(servers), dtype=bool)]
     _, ind = NearestNeighbors(n_neighbors=k + 1).fit(pool).kneighbors(q.astype(np.float32))
-    own = np.full(n, -1)
-    own[servers] = m + np.arange(len(servers))  # a query cell in the pool is not its neighbour
+    own = np.full(n, -1)  # a query cell in the pool is not its own neighbour
+    real = own_rows[servers] >= 0
+    own[own_rows[servers][real]] = m + np.flatnonzero(real)
     order = np.argsort(ind == own[:, None], axis=1, kind="stable")[:, :k]
     share = is_ref[np.take_along_axis(ind, order, axis=1)].mean(1)
     _, inv = np.unique(clusters, return_inverse=True)
     per_cluster = np.bincount(inv, weights=share) / np.bincount(inv)
     return per_cluster[inv]
+
+
+def _filled_sides(ref, labels, q, fill, rng):
+    """The pool's two sides for a query filled to the reference's composition: one half of the
+    sketch is the reference side, the other gives each type's pseudo-query cells (``fill``
+    per label code); where that half holds too few, the query's cells and every type's
+    pseudo-cells are cut by the same factor. Returns the reference side, the query side and,
+    per query-side cell, its query row (-1 for a pseudo-cell)."""
+    half = rng.permutation(len(ref))
+    own_half, other = half[: len(ref) // 2], half[len(ref) // 2 :]
+    held = np.bincount(labels[other], minlength=len(fill))[: len(fill)]
+    wanted = np.flatnonzero((fill > 0) & (held > 0))  # a type the half lacks cannot be filled
+    if len(wanted) == 0:
+        return ref, q, np.arange(len(q))
+    cut = min(1.0, min(held[t] / fill[t] for t in wanted))
+    pseudo = [
+        rng.choice(other[labels[other] == t], int(round(cut * fill[t])), replace=False)
+        for t in wanted
+    ]
+    pseudo = np.concatenate(pseudo).astype(int)
+    rows = np.sort(rng.choice(len(q), max(1, int(round(cut * len(q)))), replace=False))
+    side = np.vstack([q[rows], ref[pseudo]])
+    return ref[own_half], side, np.r_[rows, np.full(len(pseudo), -1)]

@@ -39,6 +39,9 @@ SKETCH_BUFFERS = {
     "sketch_cells": 3,
     "sketch_depth": 1,
     "sketch_composition": 1,
+    "sketch_labels": 1,
+    "sketch_moments": 3,
+    "sketch_level_moments": 4,
 }
 
 

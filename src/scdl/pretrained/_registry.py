@@ -21,7 +21,7 @@ _ALLOWED = ("config.json", "model.safetensors", "README.md")
 REGISTRY: dict[str, dict] = {
     "pbmc_kang2018": {
         "folder": "pbmc_kang2018",
-        "weights_sha256": "46ee57556f1e9e6e1bef541c1597d0f2db8961935178435c0d982f4729de1a4d",
+        "weights_sha256": "e9e5fd3e737b9b9315892bae2c5c24a5768f959a19a813675c36e34a55b74272",
         "description": "Human PBMCs, 7 types (Kang et al. 2018, control + IFN-beta)",
     },
 }
