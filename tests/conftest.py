@@ -22,6 +22,22 @@ def read_shared(name: str) -> ad.AnnData:
     return ad.read_h5ad(path)
 
 
+def kang_reference_query(n_top_genes: int = 2000) -> tuple[ad.AnnData, ad.AnnData]:
+    """Kang 2k (reference, 7 types) and Kang 1.5k (query: the same study, other processing) on
+    the reference's most variable genes among those both hold (raw counts)."""
+    import scanpy as sc
+
+    ref = read_shared("kang_pbmc_2k_celltypes.h5ad")
+    query = read_shared("kang_pbmc_1.5k.h5ad")
+    genes = ref.var_names.intersection(query.var_names)
+    ref, query = ref[:, genes].copy(), query[:, genes].copy()
+    hv = sc.pp.highly_variable_genes(
+        ref, flavor="seurat_v3", n_top_genes=n_top_genes, inplace=False
+    )
+    keep = genes[hv["highly_variable"].to_numpy()]
+    return ref[:, keep].copy(), query[:, keep].copy()
+
+
 @pytest.fixture(scope="session")
 def kang() -> ad.AnnData:
     """Bundled Kang PBMCs: 1,556 cells, 4 samples, 5 cell types (raw counts)."""

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scanpy as sc
-from conftest import read_shared
+from conftest import kang_reference_query
 from sklearn.linear_model import LogisticRegression
 
 from scdl.models._composition import filled_stats, query_fill, shift_is_plausible, sketch_stats
@@ -29,13 +28,7 @@ POPULATIONS = ["B cells", "CD4 T cells"]  # Kang 1.5k's names
 
 @pytest.fixture(scope="module")
 def kang():
-    ref = read_shared("kang_pbmc_2k_celltypes.h5ad")
-    query = read_shared("kang_pbmc_1.5k.h5ad")
-    genes = ref.var_names.intersection(query.var_names)
-    ref, query = ref[:, genes].copy(), query[:, genes].copy()
-    hv = sc.pp.highly_variable_genes(ref, flavor="seurat_v3", n_top_genes=2000, inplace=False)
-    keep = genes[hv["highly_variable"].to_numpy()]
-    ref, query = ref[:, keep].copy(), query[:, keep].copy()
+    ref, query = kang_reference_query()
     return {"query": query, "x": log_normalize(query.X), **reference(ref)}
 
 

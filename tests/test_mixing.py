@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scanpy as sc
-from conftest import read_shared
+from conftest import kang_reference_query
 
 from scdl.models._depth import integer_counts, match_depth, thin_counts
 from scdl.models._mixing import MIN_REFERENCE_SHARE, build_sketch, reference_share
@@ -17,13 +16,7 @@ REMOVED = "CD4 T cells"  # called CD4T in the Kang 2k file
 
 @pytest.fixture(scope="module")
 def kang_pair():
-    ref = read_shared("kang_pbmc_2k_celltypes.h5ad")
-    query = read_shared("kang_pbmc_1.5k.h5ad")
-    genes = ref.var_names.intersection(query.var_names)
-    ref, query = ref[:, genes].copy(), query[:, genes].copy()
-    hv = sc.pp.highly_variable_genes(ref, flavor="seurat_v3", n_top_genes=2000, inplace=False)
-    keep = genes[hv["highly_variable"].to_numpy()]
-    ref, query = ref[:, keep].copy(), query[:, keep].copy()
+    ref, query = kang_reference_query()
     x_query = log_normalize(query.X)
     (clusters,) = cluster_cells(x_query)
     return ref, query, x_query, clusters
