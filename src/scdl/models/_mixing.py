@@ -117,7 +117,8 @@ def build_sketch(counts, *, seed: int = 0, x_log=None, labels=None) -> dict[str,
     n_types = 0 if codes is None else int(codes.max()) + 1
     # the type moments per level, over the genes the PCs load (as the caller finds them)
     used = np.flatnonzero(np.any(loadings != 0, axis=1))
-    moments = [] if codes is None else [type_moments(x_log[:, used], codes, n_types)]
+    full = None if codes is None else type_moments(x_log, codes, n_types)
+    moments = [] if full is None else [full[:, :, used]]  # level 0: the vocabulary's, sliced
     # thinner levels: each standardised by the thinned reference's own statistics (the query
     # is standardised by its own), estimated on the cells the sketch was drawn from
     rows = np.union1d(fit_rows, sketch_rows)
@@ -130,7 +131,7 @@ def build_sketch(counts, *, seed: int = 0, x_log=None, labels=None) -> dict[str,
             moments.append(type_moments(thinned[:, used], codes[rows], n_types))
     if codes is not None:
         typed = {"sketch_labels": codes[sketch_rows].astype(np.float32),
-                 "sketch_moments": type_moments(x_log, codes, n_types),
+                 "sketch_moments": full,
                  "sketch_level_moments": np.stack(moments)}  # fmt: skip
     return {
         "sketch_loadings": loadings,

@@ -96,16 +96,15 @@ def _seurat_v3(tmp: AnnData, n_top_genes: int, batch_key: str | None) -> pd.Data
                 UserWarning,
                 stacklevel=4,
             )
-    try:
-        if tmp.n_obs < 2:
-            raise ValueError("one cell has no variance")
-        return rank(None)
-    except ValueError:  # a singular loess fit: too few cells for a trend
-        warnings.warn(
-            f"Highly variable genes could not be ranked on {tmp.n_obs} cells (too few for "
-            "seurat_v3's variance trend); every expressed gene is used, as with "
-            "n_top_genes=None.",
-            UserWarning,
-            stacklevel=4,
-        )
-        return pd.DataFrame({"highly_variable": np.ones(tmp.n_vars, dtype=bool)})
+    if tmp.n_obs >= 2:  # one cell has no variance to rank by
+        try:
+            return rank(None)
+        except ValueError:  # a singular loess fit: too few cells for a trend
+            pass
+    warnings.warn(
+        f"Highly variable genes could not be ranked on {tmp.n_obs} cells (too few for "
+        "seurat_v3's variance trend); every expressed gene is used, as with n_top_genes=None.",
+        UserWarning,
+        stacklevel=4,
+    )
+    return pd.DataFrame({"highly_variable": np.ones(tmp.n_vars, dtype=bool)})
