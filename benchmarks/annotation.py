@@ -33,6 +33,9 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import json
+import os
+import re
 import time
 
 import anndata as ad
@@ -163,7 +166,28 @@ def unknown_score(model, calls) -> np.ndarray:
     return np.fmax(novelty, share)
 
 
-def leave_one_type_out(name, ref, qry, *, epochs: int = 20, min_cells: int = 30) -> list[dict]:
+def save_calls(out: str | None, stem: str, model, calls, truth) -> None:
+    """Write a run's per-cell calls, the query's labels and the model's two thresholds (for
+    scoring other combinations of the Unknown checks offline)."""
+    if out is None:
+        return
+    os.makedirs(out, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9.+]+", "_", stem)
+    frame = calls.drop(columns=[c for c in calls.columns if c.startswith("prob")], errors="ignore")
+    frame = frame.assign(truth=np.asarray(truth))
+    frame.attrs = {}
+    frame.to_csv(os.path.join(out, f"{stem}.csv.gz"))
+    thresholds = {
+        "cluster_threshold": model.cluster_threshold_,
+        "min_reference_share": model.min_reference_share_,
+    }
+    with open(os.path.join(out, f"{stem}.json"), "w") as fh:
+        json.dump(thresholds, fh)
+
+
+def leave_one_type_out(
+    name, ref, qry, *, epochs: int = 20, min_cells: int = 30, save: str | None = None
+) -> list[dict]:
     """Train without each reference type in turn; how its query cells are called."""
     import scvi
     from sklearn.metrics import roc_auc_score
@@ -182,6 +206,7 @@ def leave_one_type_out(name, ref, qry, *, epochs: int = 20, min_cells: int = 30)
         model = scdl.models.CellTypeTransformer(data)
         model.train(max_epochs=epochs, enable_progress_bar=False)
         calls, _ = model.annotate_cells(qry)
+        save_calls(save, f"loto_{name}_{removed}", model, calls, qry.obs.cell_type)
         unknown = calls["is_unknown"].to_numpy()
         row = {
             "split": name,
@@ -270,6 +295,9 @@ def main():
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0], help="seeds of scdl and scANVI (mean shown)"
     )
+    parser.add_argument(
+        "--save-calls", default=None, help="folder for each leave-one-type-out run's per-cell calls"
+    )
     args = parser.parse_args()
     if args.speed_only:
         return speed(device=args.device)
@@ -302,6 +330,8 @@ def main():
                 "train_s": t_train,
                 "predict_cells_per_s": qry.n_obs / t_pred,
             }
+            if method == "scdl":
+                save_calls(args.save_calls, f"full_{name}_s{seed}", _TRAINED[id(ref)], calls, truth)
             if calls is not None:
                 with_unknown = calls["label"].to_numpy()
                 row["F1_w_unknown"] = f1_score(
@@ -314,7 +344,9 @@ def main():
                 flush=True,
             )
         if not args.skip_loto:
-            loto += leave_one_type_out(name, ref, qry, epochs=args.loto_epochs)
+            loto += leave_one_type_out(
+                name, ref, qry, epochs=args.loto_epochs, save=args.save_calls
+            )
     df = pd.DataFrame(rows)
     print("\n" + df.round(3).to_string(index=False))
     f1 = df.pivot_table(index="split", columns="method", values="macro_F1", aggfunc="mean")
