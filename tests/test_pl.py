@@ -62,3 +62,31 @@ def test_embedding_umap_follows_the_representation(kang_integrated):
     scdl.pl.embedding(adata, show=False)
     assert not np.allclose(adata.obsm["X_scdl_umap"], first)
     assert adata.uns["X_scdl_umap"]["params"]["n_neighbors"] == 15
+
+
+def test_embedding_writes_only_its_umap_cache(kang_integrated):
+    """scanpy stores palettes in uns and makes string obs columns categorical; the docstring
+    promises the cached UMAP is all scdl.pl.embedding writes."""
+    from conftest import assert_unchanged, snapshot
+
+    adata = kang_integrated[0].copy()
+    adata.obs["sample_name"] = adata.obs["sample"].astype(str)
+    adata.uns["cell_type_colors"] = ["#000000"]  # too short for 5 types: scanpy replaces it
+    scdl.pl.embedding(adata, show=False)  # computes and caches the UMAP
+    snap = snapshot(adata)
+    fig = scdl.pl.embedding(adata, color=["sample_name", "cell_type"], show=False)
+    assert isinstance(fig, Figure)
+    assert_unchanged(adata, snap)
+    assert adata.obs["sample_name"].dtype == object
+    assert list(adata.uns["cell_type_colors"]) == ["#000000"]
+
+
+def test_embedding_on_given_axes(kang_integrated):
+    import matplotlib.pyplot as plt
+
+    adata = kang_integrated[0].copy()
+    fig, ax = plt.subplots()
+    out = scdl.pl.embedding(adata, color="cell_type", ax=ax, show=False)
+    assert out is fig
+    assert len(ax.collections) > 0  # the cells were drawn on the given axes
+    plt.close(fig)

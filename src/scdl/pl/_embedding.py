@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from anndata import AnnData
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 
@@ -24,6 +25,7 @@ def embedding(
     n_neighbors: int = 15,
     random_state: int = 0,
     ncols: int = 3,
+    ax: Axes | None = None,
     show: bool | None = None,
     save: str | bool | None = None,
     **kwargs,
@@ -33,7 +35,8 @@ def embedding(
     The UMAP is computed from ``obsm[basis]`` the first time and cached in
     ``adata.obsm[f"{basis}_umap"]``, with what it was computed from (``n_neighbors``,
     ``random_state`` and a fingerprint of ``obsm[basis]``) in
-    ``adata.uns[f"{basis}_umap"]["params"]``: the only fields this function writes. Later
+    ``adata.uns[f"{basis}_umap"]["params"]``: the only fields this function writes (palettes
+    in ``uns[f"{color}_colors"]`` are used, but scanpy's new ones are not stored). Later
     calls reuse it while ``obsm[basis]`` and those settings are unchanged, and recompute it
     otherwise (e.g. after a new :func:`scdl.tl.integrate` into the same key).
 
@@ -50,6 +53,8 @@ def embedding(
         For the neighbour graph and UMAP.
     ncols
         Panels per row.
+    ax
+        Axes to draw a single ``color`` panel on; the figure holding it is returned.
     %(show_save)s
     **kwargs
         Passed to :func:`scanpy.pl.embedding`.
@@ -74,16 +79,45 @@ def embedding(
     if color is None:
         params = adata.uns.get(basis, {}).get("params", {}) if basis in adata.uns else {}
         color = [params["batch_key"]] if params.get("batch_key") else None
-    fig = sc.pl.embedding(
-        adata,
+    # scanpy writes palettes into uns and makes string obs columns categorical: plot from
+    # a private AnnData so that the cached UMAP stays the only thing written
+    plot = sc.pl.embedding(
+        _plot_data(adata, umap_key),
         basis=umap_key,
         color=color,
         ncols=ncols,
+        ax=ax,
         show=False,
-        return_fig=True,
+        # with ax given, scanpy draws on it and has no figure of its own to return
+        return_fig=None if ax is not None else True,
         frameon=False,
         **kwargs,
     )
-    if fig is None or not hasattr(fig, "savefig"):  # scanpy returns Axes for a single panel
-        fig = fig.figure if fig is not None else __import__("matplotlib.pyplot").pyplot.gcf()
+    if ax is not None:
+        fig = ax.figure
+    elif plot is None or not hasattr(plot, "savefig"):  # scanpy returns Axes for one panel
+        fig = plot.figure if plot is not None else __import__("matplotlib.pyplot").pyplot.gcf()
+    else:
+        fig = plot
     return finish(fig, show=show, save=save, default_name=f"embedding_{basis}")
+
+
+def _plot_data(adata: AnnData, umap_key: str) -> AnnData:
+    """``adata``'s data (not copied) with its own obs, var and uns, for scanpy to write into."""
+    import anndata
+
+    uns = dict(adata.uns)
+    for k in uns:
+        if k.endswith("_colors"):  # scanpy replaces a palette too short for the categories
+            uns[k] = list(uns[k])
+    tmp = anndata.AnnData(
+        X=adata.X,
+        obs=adata.obs.copy(),
+        var=adata.var.copy(),
+        layers=dict(adata.layers),
+        obsp=dict(adata.obsp),
+        raw=adata.raw,
+        uns=uns,
+    )
+    tmp.obsm[umap_key] = np.asarray(adata.obsm[umap_key])
+    return tmp
