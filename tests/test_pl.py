@@ -90,3 +90,22 @@ def test_embedding_on_given_axes(kang_integrated):
     assert out is fig
     assert len(ax.collections) > 0  # the cells were drawn on the given axes
     plt.close(fig)
+
+
+def test_training_history_of_the_annotator(kang):
+    """The docstring takes any trained scdl model; the annotator's history holds a loss, not
+    an ELBO."""
+    import numpy as np
+
+    adata = kang[:300].copy()
+    adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
+    scdl.models.CellTypeTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = scdl.models.CellTypeTransformer(adata)
+    model.train(max_epochs=3, enable_progress_bar=False)
+    fig = scdl.pl.training_history(model, show=False)
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["train", "validation"]
+    np.testing.assert_allclose(
+        ax.get_lines()[0].get_ydata(), model.history["train_loss"].iloc[:, 0].to_numpy(float)
+    )
+    assert "loss" in ax.get_ylabel()
