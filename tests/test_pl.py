@@ -109,3 +109,15 @@ def test_training_history_of_the_annotator(kang):
         ax.get_lines()[0].get_ydata(), model.history["train_loss"].iloc[:, 0].to_numpy(float)
     )
     assert "loss" in ax.get_ylabel()
+
+
+def test_embedding_of_backed_data(kang_integrated, tmp_path):
+    import anndata as ad
+
+    adata = kang_integrated[0].copy()
+    scdl.pl.embedding(adata, show=False)  # the cached UMAP is saved with the file
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    gene = str(adata.var_names[0])
+    assert isinstance(scdl.pl.embedding(backed, color=["cell_type", gene], show=False), Figure)
+    assert "cell_type_colors" not in backed.uns

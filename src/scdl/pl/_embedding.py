@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -79,20 +80,19 @@ def embedding(
     if color is None:
         params = adata.uns.get(basis, {}).get("params", {}) if basis in adata.uns else {}
         color = [params["batch_key"]] if params.get("batch_key") else None
-    # scanpy writes palettes into uns and makes string obs columns categorical: plot from
-    # a private AnnData so that the cached UMAP stays the only thing written
-    plot = sc.pl.embedding(
-        _plot_data(adata, umap_key),
-        basis=umap_key,
-        color=color,
-        ncols=ncols,
-        ax=ax,
-        show=False,
-        # with ax given, scanpy draws on it and has no figure of its own to return
-        return_fig=None if ax is not None else True,
-        frameon=False,
-        **kwargs,
-    )
+    with _scanpy_writes_undone(adata):  # the cached UMAP stays the only thing written
+        plot = sc.pl.embedding(
+            adata,
+            basis=umap_key,
+            color=color,
+            ncols=ncols,
+            ax=ax,
+            show=False,
+            # with ax given, scanpy draws on it and has no figure of its own to return
+            return_fig=None if ax is not None else True,
+            frameon=False,
+            **kwargs,
+        )
     if ax is not None:
         fig = ax.figure
     elif plot is None or not hasattr(plot, "savefig"):  # scanpy returns Axes for one panel
@@ -102,22 +102,26 @@ def embedding(
     return finish(fig, show=show, save=save, default_name=f"embedding_{basis}")
 
 
-def _plot_data(adata: AnnData, umap_key: str) -> AnnData:
-    """``adata``'s data (not copied) with its own obs, var and uns, for scanpy to write into."""
-    import anndata
+@contextmanager
+def _scanpy_writes_undone(adata: AnnData):
+    """Undo what :func:`scanpy.pl.embedding` writes into ``adata``: its palettes in uns and
+    string obs/var columns made categorical (a private AnnData would not serve backed data)."""
+    import pandas as pd
 
-    uns = dict(adata.uns)
-    for k in uns:
-        if k.endswith("_colors"):  # scanpy replaces a palette too short for the categories
-            uns[k] = list(uns[k])
-    tmp = anndata.AnnData(
-        X=adata.X,
-        obs=adata.obs.copy(),
-        var=adata.var.copy(),
-        layers=dict(adata.layers),
-        obsp=dict(adata.obsp),
-        raw=adata.raw,
-        uns=uns,
-    )
-    tmp.obsm[umap_key] = np.asarray(adata.obsm[umap_key])
-    return tmp
+    def strings(df: pd.DataFrame) -> dict:
+        return {c: df[c] for c in df.columns if not isinstance(df[c].dtype, pd.CategoricalDtype)}
+
+    obs, var = strings(adata.obs), strings(adata.var)
+    palettes = {k: v for k, v in adata.uns.items() if k.endswith("_colors")}
+    try:
+        yield
+    finally:
+        for df, before in ((adata.obs, obs), (adata.var, var)):
+            for c, col in before.items():
+                if c in df.columns and df[c].dtype != col.dtype:
+                    df[c] = col
+        for k in [k for k in adata.uns if k.endswith("_colors") and k not in palettes]:
+            del adata.uns[k]
+        for k, v in palettes.items():
+            if adata.uns.get(k) is not v:
+                adata.uns[k] = v
