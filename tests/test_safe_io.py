@@ -228,6 +228,8 @@ def test_save_without_overwrite_replaces_no_file(small_save, tmp_path):
             model.save(folder, save_anndata=True)
         assert (folder / name).read_bytes() == b"user data"
         assert not (folder / "config.json").exists()
+    model.save(tmp_path / "adata")  # writes no adata.h5ad: the user's file is kept
+    assert (tmp_path / "adata" / "adata.h5ad").read_bytes() == b"user data"
     model.save(tmp_path / "empty_ok")  # an existing empty folder is fine
     assert (tmp_path / "empty_ok" / "config.json").is_file()
 

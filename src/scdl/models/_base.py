@@ -205,10 +205,10 @@ class SafeSaveLoadMixin:
             raise ValueError(
                 f"{str(dir_path)!r} already holds {what}; pass `overwrite=True` to replace it."
             )
-        stale = dir_path / ANNDATA_NAME
-        if (dir_path / CONFIG_NAME).exists() and not save_anndata and stale.is_file():
-            # an earlier save's AnnData, which load() would attach to this model
-            stale.unlink()
+        # an earlier save's AnnData, which load() would attach to this model (removed once
+        # the new save is written; a user's file in a folder without a save is kept)
+        had_save = (dir_path / CONFIG_NAME).exists()
+        stale_anndata = had_save and not save_anndata and (dir_path / ANNDATA_NAME).is_file()
         dir_path.mkdir(parents=True, exist_ok=True)
         attrs = {a: v for a, v in self._get_user_attributes() if a.endswith("_")}
         config = {
@@ -228,6 +228,8 @@ class SafeSaveLoadMixin:
             json.dump(config, f)
         if save_anndata:
             self.adata.write_h5ad(dir_path / ANNDATA_NAME)
+        elif stale_anndata:
+            (dir_path / ANNDATA_NAME).unlink()
 
     @classmethod
     def load(
