@@ -322,6 +322,19 @@ def test_same_seed_same_predictions(bulk_train, cellbench):
     pd.testing.assert_frame_equal(a, b, check_exact=True)  # bitwise on CPU
 
 
+def test_predictions_do_not_depend_on_the_order_of_cells(trained, cellbench):
+    """A cell's profile averages its neighbours in a PCA of the cells: a randomized PCA of
+    the wide matrix made the neighbours, and so the predictions, follow the cells' order."""
+    order = np.random.default_rng(0).permutation(cellbench.n_obs)
+    shuffled = cellbench[order].copy()
+    pred = trained.predict(cellbench, drugs=list(EGFR_DRUGS))
+    again = trained.predict(shuffled, drugs=list(EGFR_DRUGS))
+    assert again.index.equals(shuffled.obs_names)
+    np.testing.assert_allclose(
+        again.loc[cellbench.obs_names].to_numpy(), pred.to_numpy(), rtol=0, atol=1e-4
+    )
+
+
 def test_divergence_is_reported_and_weights_restored(bulk_train, cellbench):
     import scvi
     import torch

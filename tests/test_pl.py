@@ -62,3 +62,62 @@ def test_embedding_umap_follows_the_representation(kang_integrated):
     scdl.pl.embedding(adata, show=False)
     assert not np.allclose(adata.obsm["X_scdl_umap"], first)
     assert adata.uns["X_scdl_umap"]["params"]["n_neighbors"] == 15
+
+
+def test_embedding_writes_only_its_umap_cache(kang_integrated):
+    """scanpy stores palettes in uns and makes string obs columns categorical; the docstring
+    promises the cached UMAP is all scdl.pl.embedding writes."""
+    from conftest import assert_unchanged, snapshot
+
+    adata = kang_integrated[0].copy()
+    adata.obs["sample_name"] = adata.obs["sample"].astype(str)
+    adata.uns["cell_type_colors"] = ["#000000"]  # too short for 5 types: scanpy replaces it
+    scdl.pl.embedding(adata, show=False)  # computes and caches the UMAP
+    snap = snapshot(adata)
+    fig = scdl.pl.embedding(adata, color=["sample_name", "cell_type"], show=False)
+    assert isinstance(fig, Figure)
+    assert_unchanged(adata, snap)
+    assert adata.obs["sample_name"].dtype == object
+    assert list(adata.uns["cell_type_colors"]) == ["#000000"]
+
+
+def test_embedding_on_given_axes(kang_integrated):
+    import matplotlib.pyplot as plt
+
+    adata = kang_integrated[0].copy()
+    fig, ax = plt.subplots()
+    out = scdl.pl.embedding(adata, color="cell_type", ax=ax, show=False)
+    assert out is fig
+    assert len(ax.collections) > 0  # the cells were drawn on the given axes
+    plt.close(fig)
+
+
+def test_training_history_of_the_annotator(kang):
+    """The docstring takes any trained scdl model; the annotator's history holds a loss, not
+    an ELBO."""
+    import numpy as np
+
+    adata = kang[:300].copy()
+    adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
+    scdl.models.CellTypeTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = scdl.models.CellTypeTransformer(adata)
+    model.train(max_epochs=3, enable_progress_bar=False)
+    fig = scdl.pl.training_history(model, show=False)
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["train", "validation"]
+    np.testing.assert_allclose(
+        ax.get_lines()[0].get_ydata(), model.history["train_loss"].iloc[:, 0].to_numpy(float)
+    )
+    assert "loss" in ax.get_ylabel()
+
+
+def test_embedding_of_backed_data(kang_integrated, tmp_path):
+    import anndata as ad
+
+    adata = kang_integrated[0].copy()
+    scdl.pl.embedding(adata, show=False)  # the cached UMAP is saved with the file
+    adata.write_h5ad(tmp_path / "a.h5ad")
+    backed = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    gene = str(adata.var_names[0])
+    assert isinstance(scdl.pl.embedding(backed, color=["cell_type", gene], show=False), Figure)
+    assert "cell_type_colors" not in backed.uns

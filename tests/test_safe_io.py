@@ -213,3 +213,33 @@ def test_save_to_a_file_path_names_the_folder_it_needs(small_save, tmp_path):
         with pytest.raises(FileExistsError, match="is a file; `save\\(\\)` writes a folder"):
             model.save(target, overwrite=overwrite)
     assert target.read_bytes() == b"user data"
+
+
+def test_save_without_overwrite_replaces_no_file(small_save, tmp_path):
+    """As scvi-tools: a folder's files (a user's adata.h5ad, other weights) are replaced only
+    with overwrite=True."""
+    path, clean = small_save
+    model = VAE.load(path, adata=clean.copy())
+    for name in ("adata.h5ad", "model.safetensors"):
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        (folder / name).write_bytes(b"user data")
+        with pytest.raises(ValueError, match=f"already holds {name}; pass `overwrite=True`"):
+            model.save(folder, save_anndata=True)
+        assert (folder / name).read_bytes() == b"user data"
+        assert not (folder / "config.json").exists()
+    model.save(tmp_path / "adata")  # writes no adata.h5ad: the user's file is kept
+    assert (tmp_path / "adata" / "adata.h5ad").read_bytes() == b"user data"
+    model.save(tmp_path / "empty_ok")  # an existing empty folder is fine
+    assert (tmp_path / "empty_ok" / "config.json").is_file()
+
+
+def test_overwriting_a_save_drops_its_stale_anndata(small_save, tmp_path):
+    """load() attaches a folder's adata.h5ad: one left by an earlier save must not be
+    attached to the model saved over it without save_anndata."""
+    path, clean = small_save
+    model = VAE.load(path, adata=clean.copy())
+    model.save(tmp_path / "m", save_anndata=True)
+    model.save(tmp_path / "m", overwrite=True)
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {"config.json", "model.safetensors"}
+    assert VAE.load(tmp_path / "m").adata is None

@@ -139,7 +139,9 @@ def neighbor_average(
 
     logp = np.log1p(profiles)
     n_comp = max(1, min(n_pcs, n - 1, profiles.shape[1] - 1))
-    emb = PCA(n_components=n_comp, svd_solver="randomized", random_state=random_state)
+    # exact PCA (ARPACK, as scanpy's default): sklearn's randomized solver samples over the
+    # cells of a wide matrix, so each cell's neighbours depended on the order of the cells
+    emb = PCA(n_components=n_comp, svd_solver="arpack", random_state=random_state)
     emb = emb.fit_transform(logp - logp.mean(axis=0))
     idx = NearestNeighbors(n_neighbors=k).fit(emb).kneighbors(emb, return_distance=False)
     return profiles[idx].mean(axis=1)

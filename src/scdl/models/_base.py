@@ -27,6 +27,7 @@ FORMAT = "scdl-model"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+ANNDATA_NAME = "adata.h5ad"
 
 
 def _encode(obj):
@@ -178,7 +179,10 @@ class SafeSaveLoadMixin:
         dir_path
             Folder to write; created if needed.
         overwrite
-            Replace an existing saved model in ``dir_path``.
+            Replace the files of an existing save in ``dir_path``. Without it, a folder
+            already holding ``config.json``, ``model.safetensors`` or (with
+            ``save_anndata``) ``adata.h5ad`` is refused, whatever wrote them. Overwriting a
+            save without ``save_anndata`` removes the earlier save's ``adata.h5ad``.
         save_anndata
             Also write the model's AnnData as ``adata.h5ad``.
         """
@@ -192,11 +196,19 @@ class SafeSaveLoadMixin:
                 f"{str(dir_path)!r} is a file; `save()` writes a folder (config.json + "
                 "model.safetensors). Pass a folder path, e.g. without the file extension."
             )
-        if (dir_path / CONFIG_NAME).exists() and not overwrite:
+        # as scvi-tools: without overwrite nothing in the folder is replaced (a user's
+        # adata.h5ad or weights of another tool included)
+        written = [CONFIG_NAME, WEIGHTS_NAME, *([ANNDATA_NAME] if save_anndata else [])]
+        existing = [name for name in written if (dir_path / name).exists()]
+        if existing and not overwrite:
+            what = "a saved model" if CONFIG_NAME in existing else " and ".join(existing)
             raise ValueError(
-                f"{str(dir_path)!r} already holds a saved model; pass `overwrite=True` to "
-                "replace it."
+                f"{str(dir_path)!r} already holds {what}; pass `overwrite=True` to replace it."
             )
+        # an earlier save's AnnData, which load() would attach to this model (removed once
+        # the new save is written; a user's file in a folder without a save is kept)
+        had_save = (dir_path / CONFIG_NAME).exists()
+        stale_anndata = had_save and not save_anndata and (dir_path / ANNDATA_NAME).is_file()
         dir_path.mkdir(parents=True, exist_ok=True)
         attrs = {a: v for a, v in self._get_user_attributes() if a.endswith("_")}
         config = {
@@ -215,7 +227,9 @@ class SafeSaveLoadMixin:
         with open(dir_path / CONFIG_NAME, "w", encoding="utf-8") as f:
             json.dump(config, f)
         if save_anndata:
-            self.adata.write_h5ad(dir_path / "adata.h5ad")
+            self.adata.write_h5ad(dir_path / ANNDATA_NAME)
+        elif stale_anndata:
+            (dir_path / ANNDATA_NAME).unlink()
 
     @classmethod
     def load(
@@ -255,8 +269,8 @@ class SafeSaveLoadMixin:
             return_device="torch",
             validate_single_device=True,
         )
-        if adata is None and (Path(dir_path) / "adata.h5ad").is_file():
-            adata = anndata.read_h5ad(Path(dir_path) / "adata.h5ad")
+        if adata is None and (Path(dir_path) / ANNDATA_NAME).is_file():
+            adata = anndata.read_h5ad(Path(dir_path) / ANNDATA_NAME)
         attrs = _decode(config["attrs"])
         registry = attrs.pop("registry_")
         _check_genes_agree(config, registry, dir_path)

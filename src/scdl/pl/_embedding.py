@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from anndata import AnnData
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 
@@ -24,6 +26,7 @@ def embedding(
     n_neighbors: int = 15,
     random_state: int = 0,
     ncols: int = 3,
+    ax: Axes | None = None,
     show: bool | None = None,
     save: str | bool | None = None,
     **kwargs,
@@ -33,7 +36,8 @@ def embedding(
     The UMAP is computed from ``obsm[basis]`` the first time and cached in
     ``adata.obsm[f"{basis}_umap"]``, with what it was computed from (``n_neighbors``,
     ``random_state`` and a fingerprint of ``obsm[basis]``) in
-    ``adata.uns[f"{basis}_umap"]["params"]``: the only fields this function writes. Later
+    ``adata.uns[f"{basis}_umap"]["params"]``: the only fields this function writes (palettes
+    in ``uns[f"{color}_colors"]`` are used, but scanpy's new ones are not stored). Later
     calls reuse it while ``obsm[basis]`` and those settings are unchanged, and recompute it
     otherwise (e.g. after a new :func:`scdl.tl.integrate` into the same key).
 
@@ -50,6 +54,8 @@ def embedding(
         For the neighbour graph and UMAP.
     ncols
         Panels per row.
+    ax
+        Axes to draw a single ``color`` panel on; the figure holding it is returned.
     %(show_save)s
     **kwargs
         Passed to :func:`scanpy.pl.embedding`.
@@ -74,16 +80,48 @@ def embedding(
     if color is None:
         params = adata.uns.get(basis, {}).get("params", {}) if basis in adata.uns else {}
         color = [params["batch_key"]] if params.get("batch_key") else None
-    fig = sc.pl.embedding(
-        adata,
-        basis=umap_key,
-        color=color,
-        ncols=ncols,
-        show=False,
-        return_fig=True,
-        frameon=False,
-        **kwargs,
-    )
-    if fig is None or not hasattr(fig, "savefig"):  # scanpy returns Axes for a single panel
-        fig = fig.figure if fig is not None else __import__("matplotlib.pyplot").pyplot.gcf()
+    with _scanpy_writes_undone(adata):  # the cached UMAP stays the only thing written
+        plot = sc.pl.embedding(
+            adata,
+            basis=umap_key,
+            color=color,
+            ncols=ncols,
+            ax=ax,
+            show=False,
+            # with ax given, scanpy draws on it and has no figure of its own to return
+            return_fig=None if ax is not None else True,
+            frameon=False,
+            **kwargs,
+        )
+    if ax is not None:
+        fig = ax.figure
+    elif plot is None or not hasattr(plot, "savefig"):  # scanpy returns Axes for one panel
+        fig = plot.figure if plot is not None else __import__("matplotlib.pyplot").pyplot.gcf()
+    else:
+        fig = plot
     return finish(fig, show=show, save=save, default_name=f"embedding_{basis}")
+
+
+@contextmanager
+def _scanpy_writes_undone(adata: AnnData):
+    """Undo what :func:`scanpy.pl.embedding` writes into ``adata``: its palettes in uns and
+    string obs/var columns made categorical (a private AnnData would not serve backed data)."""
+    import pandas as pd
+
+    def strings(df: pd.DataFrame) -> dict:
+        return {c: df[c] for c in df.columns if not isinstance(df[c].dtype, pd.CategoricalDtype)}
+
+    obs, var = strings(adata.obs), strings(adata.var)
+    palettes = {k: v for k, v in adata.uns.items() if k.endswith("_colors")}
+    try:
+        yield
+    finally:
+        for df, before in ((adata.obs, obs), (adata.var, var)):
+            for c, col in before.items():
+                if c in df.columns and df[c].dtype != col.dtype:
+                    df[c] = col
+        for k in [k for k in adata.uns if k.endswith("_colors") and k not in palettes]:
+            del adata.uns[k]
+        for k, v in palettes.items():
+            if adata.uns.get(k) is not v:
+                adata.uns[k] = v

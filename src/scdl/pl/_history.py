@@ -1,4 +1,4 @@
-"""``scdl.pl.training_history``: ELBO per epoch, training and validation."""
+"""``scdl.pl.training_history``: ELBO (or loss) per epoch, training and validation."""
 
 from __future__ import annotations
 
@@ -12,7 +12,20 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def _curves(source: Any, key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+#: what a model's history holds: the ELBO (generative models), else the classification loss
+#: (:class:`~scdl.models.CellTypeTransformer`); curve names and the y-axis label
+_MODEL_CURVES = (
+    (("elbo_train", "elbo_validation"), "negative ELBO per cell"),
+    (("train_loss", "validation_loss"), "loss (cross-entropy)"),
+)
+
+
+def _label(name: str) -> str:
+    """``"train"`` or ``"validation"``, the legend entry of a history curve."""
+    return name.replace("elbo_", "").replace("_loss", "")
+
+
+def _curves(source: Any, key: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
     from anndata import AnnData
 
     if isinstance(source, AnnData):
@@ -22,19 +35,29 @@ def _curves(source: Any, key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 f"key_added={key!r})` first, or pass the trained model."
             )
         h = source.uns[key]["history"]
-        return {
-            name: (np.asarray(h[f"{name}_epoch"]), np.asarray(h[name]))
+        curves = {
+            _label(name): (np.asarray(h[f"{name}_epoch"]), np.asarray(h[name]))
             for name in ("elbo_train", "elbo_validation")
             if name in h
         }
+        return curves, _MODEL_CURVES[0][1]
     history = getattr(source, "history", None)
-    if not isinstance(history, dict) or "elbo_train" not in history:
-        raise TypeError("Pass an AnnData processed by scdl.tl.integrate or a trained scdl model.")
-    return {
-        name: (history[name].index.to_numpy(float), history[name].iloc[:, 0].to_numpy(float))
-        for name in ("elbo_train", "elbo_validation")
-        if name in history
-    }
+    if isinstance(history, dict):
+        for names, ylabel in _MODEL_CURVES:
+            if names[0] in history:
+                curves = {
+                    _label(name): (
+                        history[name].index.to_numpy(float),
+                        history[name].iloc[:, 0].to_numpy(float),
+                    )
+                    for name in names
+                    if name in history
+                }
+                return curves, ylabel
+    raise TypeError(
+        "Pass an AnnData processed by scdl.tl.integrate or scdl.tl.contrastive, or a trained "
+        "scdl model (one whose history holds an ELBO or a training loss)."
+    )
 
 
 @doc_show_save
@@ -45,28 +68,30 @@ def training_history(
     show: bool | None = None,
     save: str | bool | None = None,
 ) -> Figure | None:
-    """Plot the training (and validation) ELBO per epoch, to check convergence.
+    """Plot the training (and validation) ELBO, or loss, per epoch, to check convergence.
 
     Parameters
     ----------
     data
-        AnnData processed by :func:`scdl.tl.integrate` (reads ``uns[key]["history"]``), or
-        a trained scdl model (reads ``model.history``).
+        AnnData processed by :func:`scdl.tl.integrate` or :func:`scdl.tl.contrastive`
+        (reads ``uns[key]["history"]``), or a trained scdl model (reads ``model.history``:
+        the ELBO, or the classification loss of a
+        :class:`~scdl.models.CellTypeTransformer`).
     key
-        ``key_added`` of the integrate call.
+        ``key_added`` of the integrate (or contrastive) call.
     %(show_save)s
 
     %(returns_figure)s
     """
     import matplotlib.pyplot as plt
 
-    curves = _curves(data, key)
+    curves, ylabel = _curves(data, key)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, (epoch, value) in curves.items():
         marker = "." if len(epoch) < 30 else None
-        ax.plot(epoch, value, label=name.replace("elbo_", ""), marker=marker)
+        ax.plot(epoch, value, label=name, marker=marker)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("negative ELBO per cell")
+    ax.set_ylabel(ylabel)
     ax.set_title("Training history")
     ax.legend(frameon=False)
     fig.tight_layout()
