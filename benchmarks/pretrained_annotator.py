@@ -18,6 +18,7 @@ processed by another pipeline, muscat; 5 of its types; labels mapped to common n
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import time
 from pathlib import Path
@@ -100,7 +101,11 @@ def main() -> None:
         np.arange(a.n_obs), test_size=0.2, stratify=a.obs["cell_type"], random_state=0
     )
     ref, test = a[train_idx].copy(), a[test_idx].copy()
-    genes = hvg(ref)
+    # recalibrating keeps the shipped genes (the ranking can move with scanpy's version)
+    if args.recalibrate:
+        genes = json.loads((OUT / "config.json").read_text())["var_names"]
+    else:
+        genes = hvg(ref)
     ref, test = ref[:, genes].copy(), test[:, genes].copy()
 
     scvi.settings.seed = 0

@@ -54,8 +54,10 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
     the query in a shift-corrected space (:mod:`scdl.models._novelty`): the query is
     over-clustered on its own, each cluster's mean profile is standardised by the query's own
     per-gene mean and sd (which removes a shift the whole query shares) and compared with the
-    reference profile of the type its cells are mostly predicted as; a cluster whose
-    novelty (1 - cosine similarity) exceeds ``cluster_threshold_`` is called ``"Unknown"``.
+    mixture of the reference profiles of the types its cells are predicted as (weighted by
+    their shares: a cluster that merges two known types matches their mixture); a cluster
+    whose novelty (1 - cosine similarity) exceeds ``cluster_threshold_`` is called
+    ``"Unknown"``.
     The threshold is set on the reference alone after training: with a ``batch_key`` of two
     or more batches, each batch plays a query against the others' profiles
     (``novelty_calibration_ = "leave-one-batch-out"``); otherwise random halves do
@@ -86,9 +88,10 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
     under a shift. A ``UserWarning`` says so when the query's predicted composition is
     more than half away from the reference's (total-variation distance above 0.5). Models
     saved before the cluster call keep their per-cell thresholds (``cluster_threshold_`` is
-    ``None``); models saved before the sketch make the first check only
-    (``min_reference_share_`` is ``None``), and before the fill read a sorted population
-    against its own mean (its known types mostly Unknown).
+    ``None``), and those calibrated before the mixture compare a cluster with its majority
+    type's profile (``novelty_rule_`` is ``None``); models saved before the sketch make the
+    first check only (``min_reference_share_`` is ``None``), and before the fill read a
+    sorted population against its own mean (its known types mostly Unknown).
 
     **Genes.** The vocabulary is the registered AnnData's genes (select e.g. 2,000 highly
     variable genes first). A query is aligned by gene name; missing genes are treated as
@@ -169,6 +172,9 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
         self.cluster_threshold_ = None  # set by train(); None: the per-cell call (old models)
         self.novelty_calibration_ = None
         self.novelty_genes_ = None
+        # "mixture": a cluster is compared with the mixture of its cells' predicted types; None
+        # (models calibrated before it): with its majority type's profile
+        self.novelty_rule_ = None
         self.min_reference_share_ = None  # set by train(); None: no mixing check (old models)
         self._model_summary_string = (
             f"scdl CellTypeTransformer: {self.summary_stats.n_labels} cell types, "
@@ -452,6 +458,7 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
             x_log, labels.astype(int), batches.astype(int), seed=seed
         )
         self.cluster_threshold_, self.novelty_calibration_ = float(threshold), how
+        self.novelty_rule_ = "mixture"
         self.novelty_genes_ = genes
         self.module.set_sketch(**build_sketch(counts, seed=seed, x_log=x_log, labels=labels))
         self.min_reference_share_ = MIN_REFERENCE_SHARE

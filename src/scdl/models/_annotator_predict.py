@@ -339,7 +339,16 @@ class AnnotatorPredictionMixin:
             x_log, resolutions=resolutions, seed=seed, device=self.module.device, stats=own
         )
         over = over[0] if over else np.full(n, -1)
-        score, _ = cluster_novelty(x_log, clusters, best, centroids, genes, present, stats)
+        score, _ = cluster_novelty(
+            x_log,
+            clusters,
+            best,
+            centroids,
+            genes,
+            present,
+            stats,
+            mixture=self.novelty_rule_ == "mixture",
+        )
         # the mixing check compares the query with the reference sketch at the query's depth
         cells = sketch["sketch_cells"]
         level, thinned = match_depth(

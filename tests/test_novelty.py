@@ -1,0 +1,66 @@
+"""The cluster novelty behind the Unknown call (scdl.models._novelty), on real cells: Kang 2k
+reference, Kang 1.5k query (the same study, other processing), forced calls by logistic
+regression on the reference. A query cluster that merges two known types has their mixture as
+its mean: compared with the mixture of its cells' predicted types it is known; compared with
+its majority type alone (the rule before) it looked new."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import kang_reference_query
+from sklearn.linear_model import LogisticRegression
+
+from scdl.models._novelty import (
+    _mean_sd,
+    _type_centroids,
+    calibrate_threshold,
+    cluster_cells,
+    cluster_novelty,
+    log_normalize,
+)
+
+
+@pytest.fixture(scope="module")
+def kang():
+    ref, query = kang_reference_query()
+    codes = np.unique(ref.obs["cell_type"].astype(str), return_inverse=True)[1]
+    x_ref = log_normalize(ref.X)
+    x = log_normalize(query.X)
+    return {
+        "x": x,
+        "truth": query.obs["cell_type"].astype(str).to_numpy(),
+        "predicted": LogisticRegression(C=0.01, max_iter=500).fit(x_ref, codes).predict(x),
+        "centroids": _type_centroids(x_ref, codes, int(codes.max()) + 1),
+        "calibration": calibrate_threshold(x_ref, codes),
+    }
+
+
+def test_a_cluster_of_two_known_types_is_known(kang):
+    x, truth = kang["x"], kang["truth"]
+    both = np.isin(truth, ["B cells", "CD14+ Monocytes"])
+    clusters = (~both).astype(int)  # B cells and CD14 monocytes merged into cluster 0
+    threshold, _, genes = kang["calibration"]
+    novelty = {
+        mixture: cluster_novelty(
+            x,
+            clusters,
+            kang["predicted"],
+            kang["centroids"],
+            genes,
+            stats=_mean_sd(x),
+            mixture=mixture,
+        )[0][both][0]
+        for mixture in (True, False)
+    }
+    assert novelty[True] < threshold, (novelty, threshold)  # known
+    assert novelty[False] > threshold, (novelty, threshold)  # the majority rule called it new
+
+
+def test_the_query_clusters_match_their_types(kang):
+    """On the query's own clusters, the known types stay below the threshold."""
+    x = kang["x"]
+    threshold, _, genes = kang["calibration"]
+    (clusters,) = cluster_cells(x)
+    score = cluster_novelty(x, clusters, kang["predicted"], kang["centroids"], genes)[0]
+    assert (score > threshold).mean() <= 0.05, (score > threshold).mean()
