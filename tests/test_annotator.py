@@ -154,6 +154,26 @@ def test_model_saved_before_the_sketch_makes_the_novelty_check_only(annotator, t
     np.testing.assert_array_equal(calls["is_unknown"], novelty_only)
 
 
+def test_model_saved_before_the_mixture_compares_with_the_majority_type(annotator, tmp_path):
+    """A file without ``novelty_rule_`` keeps the majority rule: the same clusters, scored
+    against their majority type's profile, which a cluster holding cells called as several
+    types matches worse than their mixture (on average over the query's cells)."""
+    model, query = annotator
+    assert model.novelty_rule_ == "mixture"
+    model.save(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["attrs"]["novelty_rule_"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    old = scdl.models.CellTypeTransformer.load(tmp_path / "m")
+    assert old.novelty_rule_ is None
+    new_calls, _ = model.annotate_cells(query)
+    old_calls, _ = old.annotate_cells(query)
+    np.testing.assert_array_equal(new_calls["cluster"], old_calls["cluster"])
+    new, before = new_calls["cluster_novelty"], old_calls["cluster_novelty"]
+    assert not np.allclose(new, before)
+    assert new.mean() < before.mean(), (new.mean(), before.mean())
+
+
 def test_query_with_missing_genes(annotator):
     model, query = annotator
     genes = model.get_var_names()
