@@ -25,7 +25,13 @@ annotated: the fraction of the removed type's query cells called Unknown and the
 cluster novelty score (removed type vs the known types' cells) are printed per type, with
 the known types' Unknown fraction beside them.
 
+Composition (``--composition``): with the full reference (scdl, first seed), each query type
+in turn is depleted to 5%, 15% and 30% of its cells (two random draws each), a query whose
+composition is unlike the reference's while every type is known; the share of its cells
+called Unknown is printed per split (mean and worst over the types and draws).
+
     python benchmarks/annotation.py [--skip-scanvi] [--skip-loto] [--only SPLIT] [--seeds 0 1 2]
+        [--composition] [--save-calls DIR]
 """
 
 from __future__ import annotations
@@ -185,6 +191,31 @@ def save_calls(out: str | None, stem: str, model, calls, truth) -> None:
         json.dump(thresholds, fh)
 
 
+def composition_shift(name, model, qry, *, fractions=(0.05, 0.15, 0.3), draws=2) -> list[dict]:
+    """Known-type Unknown when one query type is depleted to a fraction of its cells (every
+    type in turn, ``draws`` random draws each): a composition unlike the reference's, with
+    every type still known."""
+    truth = qry.obs.cell_type.to_numpy()
+    rows = []
+    for t in np.unique(truth):
+        idx = np.flatnonzero(truth == t)
+        for f, d in itertools.product(fractions, range(draws)):
+            rng = np.random.default_rng([d, int(f * 100), len(idx)])
+            keep = truth != t
+            keep[rng.choice(idx, max(1, round(f * len(idx))), replace=False)] = True
+            calls, _ = model.annotate_cells(qry[keep].copy())
+            rows.append(
+                {
+                    "split": name,
+                    "depleted": t,
+                    "fraction": f,
+                    "draw": d,
+                    "unknown": float(calls["is_unknown"].mean()),
+                }
+            )
+    return rows
+
+
 def leave_one_type_out(
     name, ref, qry, *, epochs: int = 20, min_cells: int = 30, save: str | None = None
 ) -> list[dict]:
@@ -296,6 +327,11 @@ def main():
         "--seeds", type=int, nargs="+", default=[0], help="seeds of scdl and scANVI (mean shown)"
     )
     parser.add_argument(
+        "--composition",
+        action="store_true",
+        help="also deplete each query type in turn (seed of the first scdl model)",
+    )
+    parser.add_argument(
         "--save-calls", default=None, help="folder for each leave-one-type-out run's per-cell calls"
     )
     args = parser.parse_args()
@@ -304,7 +340,7 @@ def main():
     methods = {"logreg": run_logreg, "scdl": run_scdl, "scdl adapt=0.5": run_scdl_adapted}
     if not args.skip_scanvi:
         methods["scANVI"] = run_scanvi
-    rows, loto = [], []
+    rows, loto, depleted = [], [], []
     for name, ref, qry in splits():
         if args.only and not name.startswith(args.only):
             continue
@@ -332,6 +368,8 @@ def main():
             }
             if method == "scdl":
                 save_calls(args.save_calls, f"full_{name}_s{seed}", _TRAINED[id(ref)], calls, truth)
+                if args.composition and seed == args.seeds[0]:
+                    depleted += composition_shift(name, _TRAINED[id(ref)], qry)
             if calls is not None:
                 with_unknown = calls["label"].to_numpy()
                 row["F1_w_unknown"] = f1_score(
@@ -366,6 +404,12 @@ def main():
             "\nmean over removed types: "
             + lt.drop(columns=["split", "removed", "n_removed_query"]).mean().round(3).to_string()
         )
+    if depleted:
+        dp = pd.DataFrame(depleted)
+        table = dp.groupby(["split", "fraction"])["unknown"].agg(["mean", "max"]).unstack()
+        print("\none query type depleted to a fraction of its cells: Unknown (all known)\n")
+        print(table.round(3).to_string())
+        print(dp.groupby("fraction")["unknown"].agg(["mean", "max"]).round(3).to_string())
     if not args.skip_speed:
         speed()
 
