@@ -29,6 +29,7 @@ def kang():
     x = log_normalize(query.X)
     return {
         "x": x,
+        "reference_types": ref.obs["cell_type"].astype(str).to_numpy(),
         "truth": query.obs["cell_type"].astype(str).to_numpy(),
         "predicted": LogisticRegression(C=0.01, max_iter=500).fit(x_ref, codes).predict(x),
         "centroids": _type_centroids(x_ref, codes, int(codes.max()) + 1),
@@ -64,3 +65,29 @@ def test_the_query_clusters_match_their_types(kang):
     (clusters,) = cluster_cells(x)
     score = cluster_novelty(x, clusters, kang["predicted"], kang["centroids"], genes)[0]
     assert (score > threshold).mean() <= 0.05, (score > threshold).mean()
+
+
+def test_stray_calls_do_not_make_a_mixture(kang):
+    """A cluster of B cells called mostly CD4 T, a few as dendritic cells and monocytes (as a
+    new type's calls scatter): below MIXTURE_MIN_SHARE the stray types stay out, and the
+    cluster is compared with CD4 T cells alone, as by the majority rule."""
+    from scdl.models._novelty import MIXTURE_MIN_SHARE
+
+    x, truth = kang["x"], kang["truth"]
+    b = truth == "B cells"
+    clusters = (~b).astype(int)
+    names = list(np.unique(kang["reference_types"]))
+    predicted = kang["predicted"].copy()
+    called = np.full(b.sum(), names.index("CD4T"))
+    called[: int(0.15 * b.sum())] = names.index("Dendritic")
+    called[int(0.15 * b.sum()) : int(0.25 * b.sum())] = names.index("FCGR3A+Mono")
+    predicted[b] = called
+    assert np.bincount(called).max() / b.sum() >= MIXTURE_MIN_SHARE
+    _, _, genes = kang["calibration"]
+    scores = [
+        cluster_novelty(
+            x, clusters, predicted, kang["centroids"], genes, stats=_mean_sd(x), mixture=m
+        )[0][b][0]
+        for m in (True, False)
+    ]
+    np.testing.assert_allclose(scores[0], scores[1])

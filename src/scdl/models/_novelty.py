@@ -10,11 +10,11 @@ So the call is made per cluster of the query, in a shift-corrected space:
 2. each cluster's mean profile, standardised by the *query's* per-gene mean and sd (which
    removes a shift shared by the whole query), is compared with the mixture of the mean
    standardised reference profiles of the types its cells are predicted as, each weighted by
-   its share of the cluster's cells. A cluster can hold cells of two or more known types (the
-   clustering merges close types, more so when the query's composition differs from the
-   reference's); its mean is then their mixture, unlike the profile of its majority type
-   alone. A cluster of a new type is called as one or more known types and matches their
-   mixture no better;
+   its share of the cluster's cells (types holding at least ``MIXTURE_MIN_SHARE`` of them). A
+   cluster can hold cells of two or more known types (the clustering merges close types, more
+   so when the query's composition differs from the reference's); its mean is then their
+   mixture, unlike the profile of its majority type alone. A cluster of a new type is called
+   as one or more known types and matches their mixture no better;
 3. the cluster's novelty is 1 - their cosine similarity over the 300 genes that tell the
    reference types apart best (largest variance of the types' standardised means; a fixed
    number keeps the score's scale the same whatever the vocabulary's size); its cells are
@@ -49,6 +49,11 @@ NOVELTY_RESOLUTION = 1.0
 NOVELTY_MARGIN = 0.15
 #: genes compared: those whose standardised mean differs most between reference types
 N_NOVELTY_GENES = 300
+#: a predicted type enters a cluster's mixture when it holds at least this share of the
+#: cluster's cells (the majority type always): a few stray calls do not make a mixture, and a
+#: cluster of a new type whose calls scatter over unrelated types is compared with the type
+#: most of them are called as
+MIXTURE_MIN_SHARE = 0.25
 _STD_FLOOR = 0.1
 
 
@@ -136,13 +141,16 @@ def _cosine_to(z: np.ndarray, centroids: np.ndarray, genes, present=None) -> np.
 
 def _novelty_of_clusters(z, inv, labels, centroids, genes, present=None, mixture=True):
     """1 - cosine of each cluster's standardised mean ``z`` with the mixture of its cells'
-    types' ``centroids`` (weighted by their shares; ``mixture=False``: the majority type's
-    centroid alone), and each cluster's majority type."""
+    types' ``centroids`` (weighted by their shares, those of at least ``MIXTURE_MIN_SHARE``;
+    ``mixture=False``: the majority type's centroid alone), and each cluster's majority
+    type."""
     weights = np.zeros((len(z), centroids.shape[0]))
     np.add.at(weights, (inv, np.asarray(labels, dtype=int)), 1.0)
+    weights /= weights.sum(1, keepdims=True)
     majority = weights.argmax(1)
-    if not mixture:
-        weights = np.eye(centroids.shape[0])[majority]
+    keep = weights >= MIXTURE_MIN_SHARE if mixture else np.zeros(weights.shape, dtype=bool)
+    keep[np.arange(len(z)), majority] = True
+    weights = np.where(keep, weights, 0.0)
     target = (weights / weights.sum(1, keepdims=True)) @ centroids
     keep = _gene_mask(z.shape[1], genes, present)
     a, b = z[:, keep], target[:, keep]
