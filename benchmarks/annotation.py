@@ -191,7 +191,7 @@ def save_calls(out: str | None, stem: str, model, calls, truth) -> None:
         json.dump(thresholds, fh)
 
 
-def composition_shift(name, model, qry, *, fractions=(0.05, 0.15, 0.3), draws=2) -> list[dict]:
+def depleted_queries(name, model, qry, *, fractions=(0.05, 0.15, 0.3), draws=2) -> list[dict]:
     """Known-type Unknown when one query type is depleted to a fraction of its cells (every
     type in turn, ``draws`` random draws each): a composition unlike the reference's, with
     every type still known."""
@@ -369,7 +369,7 @@ def main():
             if method == "scdl":
                 save_calls(args.save_calls, f"full_{name}_s{seed}", _TRAINED[id(ref)], calls, truth)
                 if args.composition and seed == args.seeds[0]:
-                    depleted += composition_shift(name, _TRAINED[id(ref)], qry)
+                    depleted += depleted_queries(name, _TRAINED[id(ref)], qry)
             if calls is not None:
                 with_unknown = calls["label"].to_numpy()
                 row["F1_w_unknown"] = f1_score(

@@ -55,8 +55,9 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
     over-clustered on its own, each cluster's mean profile is standardised by the query's own
     per-gene mean and sd (which removes a shift the whole query shares) and compared with the
     mixture of the reference profiles of the types its cells are predicted as (weighted by
-    their shares: a cluster that merges two known types matches their mixture); a cluster
-    whose novelty (1 - cosine similarity) exceeds ``cluster_threshold_`` is called
+    their shares, over the types holding at least a quarter of its cells: a cluster that
+    merges known types matches their mixture, while a few stray calls do not make one); a
+    cluster whose novelty (1 - cosine similarity) exceeds ``cluster_threshold_`` is called
     ``"Unknown"``.
     The threshold is set on the reference alone after training: with a ``batch_key`` of two
     or more batches, each batch plays a query against the others' profiles

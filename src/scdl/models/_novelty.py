@@ -25,11 +25,10 @@ split into a part that gives the type profiles and a part that plays the query (
 against the others when the reference has several batches, else random halves, both ways),
 and the threshold is the 95th percentile of those clusters' novelty (cells weighted) plus a
 fixed ``margin`` for the shift a query brings beyond the reference's own. There each cluster
-is compared with the profile of its majority true type, as before the mixture: a cluster of
-one type is judged exactly as before, and only a cluster that merges known types is now
-compared with their mixture (calibrating with the mixture too lowered the threshold, and the
-margin was set for the majority rule: the shipped annotator then called 40% of FCGR3A+
-monocytes Unknown in the other processing of its own study). Models saved before the mixture
+is compared with the profile of its majority true type, as before the mixture, so a cluster of
+one type is judged exactly as before and only a cluster that merges known types is compared
+with their mixture (the margin was set for the majority rule; calibrating with the mixture
+would lower the threshold for clusters of one type too). Models saved before the mixture
 compare a cluster with its majority type's profile (``mixture=False``).
 """
 
