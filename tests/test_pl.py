@@ -4,6 +4,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
@@ -49,8 +50,6 @@ def test_integration_metrics_plot(tmp_path):
 def test_embedding_umap_follows_the_representation(kang_integrated):
     """A new representation under the same key (e.g. a second tl.integrate) gets a new UMAP;
     an unchanged one reuses the cached UMAP."""
-    import numpy as np
-
     adata, _ = kang_integrated
     adata = adata.copy()
     scdl.pl.embedding(adata, show=False)
@@ -96,8 +95,6 @@ def test_embedding_on_given_axes(kang_integrated):
 def test_training_history_of_the_annotator(kang):
     """The docstring takes any trained scdl model; the annotator's history holds a loss, not
     an ELBO."""
-    import numpy as np
-
     adata = kang[:300].copy()
     adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
     scdl.models.CellTypeTransformer.setup_anndata(adata, labels_key="cell_type")

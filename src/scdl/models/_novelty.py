@@ -122,16 +122,11 @@ def _cluster_means_z(x_log, clusters: np.ndarray, stats=None) -> tuple[np.ndarra
     return (means - mean) / sd, inv
 
 
-def _gene_mask(n_genes: int, genes, present=None) -> np.ndarray:
-    keep = np.zeros(n_genes, dtype=bool)
+def _cosine_to(z: np.ndarray, centroids: np.ndarray, genes, present=None) -> np.ndarray:
+    keep = np.zeros(z.shape[1], dtype=bool)
     keep[np.asarray(genes, dtype=int)] = True
     if present is not None:
         keep &= np.asarray(present, dtype=bool)
-    return keep
-
-
-def _cosine_to(z: np.ndarray, centroids: np.ndarray, genes, present=None) -> np.ndarray:
-    keep = _gene_mask(z.shape[1], genes, present)
     z, centroids = z[:, keep], centroids[:, keep]
     dots = z @ centroids.T
     norms = np.linalg.norm(z, axis=1)[:, None] * np.linalg.norm(centroids, axis=1)[None]
@@ -151,10 +146,7 @@ def _novelty_of_clusters(z, inv, labels, centroids, genes, present=None, mixture
     keep[np.arange(len(z)), majority] = True
     weights = np.where(keep, weights, 0.0)
     target = (weights / weights.sum(1, keepdims=True)) @ centroids
-    keep = _gene_mask(z.shape[1], genes, present)
-    a, b = z[:, keep], target[:, keep]
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return 1.0 - (a * b).sum(1) / np.maximum(norms, 1e-8), majority
+    return 1.0 - np.diag(_cosine_to(z, target, genes, present)), majority
 
 
 #: beyond this total-variation distance between the query's predicted composition and the
