@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import assert_unchanged, read_shared, snapshot
+from scipy import sparse
 from sklearn.metrics import f1_score
 
 import scdl
@@ -362,7 +363,6 @@ def test_beats_logistic_regression_under_a_condition_shift(annotator, kang2k):
 def test_linear_path_is_logistic_regression_on_every_reference_cell(annotator):
     """After calibration the linear path is scikit-learn's L2 logistic regression (C=0.01) on
     the centred log1p(CP10k) of all reference cells, held-out ones included."""
-    from scipy import sparse
     from sklearn.linear_model import LogisticRegression
 
     model, _ = annotator
@@ -431,6 +431,26 @@ def test_log_normalised_query_gives_the_same_calls(annotator):
     np.testing.assert_allclose(probs_ln.to_numpy(), probs.to_numpy(), atol=1e-4)
     assert (calls_ln["label_forced"] == calls["label_forced"]).all()
     assert (calls_ln["label"] == calls["label"]).mean() >= 0.99
+
+
+def test_log_normalised_query_with_an_empty_cell(annotator):
+    """normalize_total leaves an empty cell empty: the log1p query is still annotated (the
+    empty cell Unknown, with a warning), the other cells' forced calls as from counts."""
+    import scanpy as sc
+
+    model, query = annotator
+    q = query[:300].copy()
+    x = q.X.tolil()
+    x[0, :] = 0
+    q.X = sparse.csr_matrix(x)
+    q.X.eliminate_zeros()
+    calls, _ = model.annotate_cells(q)
+    sc.pp.normalize_total(q, target_sum=1e4)
+    sc.pp.log1p(q)
+    with pytest.warns(UserWarning, match="1 of 300 cells have no counts"):
+        calls_ln, _ = model.annotate_cells(q)
+    assert calls_ln["label"].iloc[0] == "Unknown"
+    assert (calls_ln["label_forced"].iloc[1:] == calls["label_forced"].iloc[1:]).all()
 
 
 @pytest.mark.parametrize(

@@ -400,6 +400,8 @@ def _query(kind, adata):
         adata.X = sparse.csr_matrix(x)
     elif kind == "no_batch_column":
         del adata.obs["sample"]
+    elif kind == "sparse_array":
+        adata.X = sparse.csr_array(adata.X)
     return adata
 
 
@@ -409,6 +411,7 @@ BAD_QUERY = [
     ("missing_genes", ValueError, "lacks 7 of the model's"),
     ("negative", ValueError, "negative values"),
     ("no_batch_column", KeyError, "lacks the column 'sample'"),
+    ("sparse_array", TypeError, r"sparse array \(csr_array\).*scipy\.sparse\.csr_matrix"),
 ]
 
 

@@ -187,6 +187,19 @@ def check_counts(
     return CountSummary(n_zero_cells, n_zero_genes, gene_totals)
 
 
+def check_not_sparse_array(adata: AnnData, layer: str | None = None) -> None:
+    """Refuse counts held as a scipy sparse *array* (``csr_array``), which scvi-tools reads
+    as "data type not understood", naming the conversion."""
+    x = get_matrix(adata, layer)
+    if isinstance(x, sparse.sparray):
+        fmt = "csc" if x.format == "csc" else "csr"
+        raise TypeError(
+            f"{_where(layer)} is a scipy sparse array ({type(x).__name__}); scvi-tools "
+            f"reads sparse matrices only. Convert it: `{_where(layer)} = "
+            f"scipy.sparse.{fmt}_matrix({_where(layer)})` (no densifying)."
+        )
+
+
 def warn_empty_cells(n_empty: int, n_obs: int, where: str) -> None:
     """Say that ``n_empty`` cells have no counts (kept; they carry no information)."""
     warnings.warn(
@@ -287,14 +300,7 @@ def check_count_setup(
     """
     check_is_anndata(adata, registering=True)
     check_unique_var_names(adata, warn=not unique_genes)
-    x = get_matrix(adata, layer)
-    if isinstance(x, sparse.sparray):  # scvi-tools: "data type not understood"
-        fmt = "csc" if x.format == "csc" else "csr"
-        raise TypeError(
-            f"{_where(layer)} is a scipy sparse array ({type(x).__name__}); scvi-tools "
-            f"registers sparse matrices only. Convert it: `{_where(layer)} = "
-            f"scipy.sparse.{fmt}_matrix({_where(layer)})` (no densifying)."
-        )
+    check_not_sparse_array(adata, layer)
     summary = check_counts(adata, layer, report_zero_genes=report_zero_genes)
     for arg, keys in (categorical or {}).items():
         if keys is None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import sparse
 
-from ._checks import check_counts, get_matrix
+from ._checks import check_counts, get_matrix, warn_empty_cells
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -46,9 +46,10 @@ def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | N
     """Whether ``adata.X`` (or ``layer``) holds raw counts or log1p of normalised counts.
 
     Returns ``("counts", None)`` for raw counts, or ``("log1p", total)`` when ``expm1`` of the
-    matrix sums to the same ``total`` (to within 1%) in every cell: the output of
-    ``sc.pp.normalize_total(adata, target_sum=total); sc.pp.log1p(adata)`` on all genes, the
-    form many public files ship. A warning says so once.
+    matrix sums to the same ``total`` (to within 1%) in every cell with any expression: the
+    output of ``sc.pp.normalize_total(adata, target_sum=total); sc.pp.log1p(adata)`` on all
+    genes, the form many public files ship, where an empty cell stays empty (kept, with a
+    warning, as in raw counts). A warning says so once.
 
     Raises
     ------
@@ -75,12 +76,7 @@ def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | N
             f"{where} holds neither raw counts nor log-normalised counts: {n_bad} values are "
             f"negative (scaled data?). {fix}"
         )
-    positive = totals[totals > 0]
-    if positive.size < totals.size:
-        raise ValueError(
-            f"{where} has non-integer values, and {totals.size - positive.size} cells have no "
-            f"expression at all, so it is neither raw counts nor log-normalised counts. {fix}"
-        )
+    positive = totals[totals > 0]  # fractional values exist, so some cell has expression
     lo, hi = float(positive.min()), float(positive.max())
     if vmax > 25 or hi > lo * (1 + _TOTAL_SPREAD):
         raise ValueError(
@@ -89,6 +85,8 @@ def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | N
             f"total is expected; a gene subset or a scaled matrix gives a spread) and its "
             f"largest value is {vmax:.3g}. {fix}"
         )
+    if positive.size < totals.size:  # normalize_total leaves an empty cell empty: kept
+        warn_empty_cells(totals.size - positive.size, totals.size, f"in {where}")
     total = float(np.median(positive))
     warnings.warn(
         f"{where} is not raw counts but log1p of counts normalised to {total:.4g} per cell; "

@@ -6,7 +6,13 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ._checks import check_counts, check_is_anndata, check_obs_key, check_unique_var_names
+from ._checks import (
+    check_counts,
+    check_is_anndata,
+    check_not_sparse_array,
+    check_obs_key,
+    check_unique_var_names,
+)
 from ._genes import gene_mismatch_message
 
 if TYPE_CHECKING:
@@ -44,6 +50,7 @@ def check_query(
         check_unique_var_names(adata)
         raise ValueError(gene_mismatch_message(pd.Index(ref), adata.var_names))
     setup_args = registry.get("setup_args", {})
+    check_not_sparse_array(adata, setup_args.get("layer"))
     check_counts(adata, setup_args.get("layer"))
     known: dict[str, tuple[str, list]] = {}
     for field in fields.values():
