@@ -95,9 +95,11 @@ def integration_metrics(
         obs[col] = obs[col].astype(str).astype("category")
     tmp = anndata.AnnData(obs=obs)
     for key in embeddings:
-        tmp.obsm[key] = np.asarray(adata.obsm[key], dtype=np.float32)
+        # a copy: scib-metrics' KMeans centres its input in place, and an embedding already
+        # float32 would otherwise be the user's own array
+        tmp.obsm[key] = np.array(adata.obsm[key], dtype=np.float32, copy=True)
     if pre_integrated is not None and pre_integrated in adata.obsm:
-        tmp.obsm["_pre"] = np.asarray(adata.obsm[pre_integrated], dtype=np.float32)
+        tmp.obsm["_pre"] = np.array(adata.obsm[pre_integrated], dtype=np.float32, copy=True)
     else:
         tmp.obsm["_pre"] = unintegrated_pca(adata, layer=layer).astype(np.float32)
 
