@@ -92,6 +92,16 @@ def test_embedding_on_given_axes(kang_integrated):
     plt.close(fig)
 
 
+def test_embedding_passes_scanpy_options(kang_integrated):
+    """frameon and return_fig are scanpy options a user may pass (they were set twice)."""
+    import matplotlib.pyplot as plt
+
+    adata = kang_integrated[0].copy()
+    fig = scdl.pl.embedding(adata, color="cell_type", frameon=True, return_fig=True, show=False)
+    assert fig.axes[0].axison  # the frame the user asked for
+    plt.close(fig)
+
+
 def test_training_history_of_the_annotator(kang):
     """The docstring takes any trained scdl model; the annotator's history holds a loss, not
     an ELBO."""

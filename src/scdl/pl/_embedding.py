@@ -58,7 +58,8 @@ def embedding(
         Axes to draw a single ``color`` panel on; the figure holding it is returned.
     %(show_save)s
     **kwargs
-        Passed to :func:`scanpy.pl.embedding`.
+        Passed to :func:`scanpy.pl.embedding` (``frameon`` is ``False`` unless given;
+        ``return_fig`` is ignored: the figure is always returned).
 
     %(returns_figure)s
     """
@@ -80,6 +81,8 @@ def embedding(
     if color is None:
         params = adata.uns.get(basis, {}).get("params", {}) if basis in adata.uns else {}
         color = [params["batch_key"]] if params.get("batch_key") else None
+    kwargs.setdefault("frameon", False)
+    kwargs.pop("return_fig", None)  # the figure is always returned
     with _scanpy_writes_undone(adata):  # the cached UMAP stays the only thing written
         plot = sc.pl.embedding(
             adata,
@@ -90,7 +93,6 @@ def embedding(
             show=False,
             # with ax given, scanpy draws on it and has no figure of its own to return
             return_fig=None if ax is not None else True,
-            frameon=False,
             **kwargs,
         )
     if ax is not None:
