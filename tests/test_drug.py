@@ -426,6 +426,12 @@ def test_tl_and_pl(trained, cellbench):
     out.obs["egfr_mutant"] = (out.obs["cell_line_key"] == "HCC827").to_numpy()
     fig = scdl.pl.drug_response(out, labels="egfr_mutant", drugs=["Gefitinib"], show=False)
     assert "AUROC" in fig.axes[0].get_legend().get_texts()[0].get_text()
+    # without drugs: those whose mean probability differs most between the labelled groups
+    fig = scdl.pl.drug_response(out, labels="egfr_mutant", n_drugs=2, show=False)
+    truth = out.obs["egfr_mutant"].to_numpy()
+    gap = (prob[truth].mean() - prob[~truth].mean()).abs().sort_values(ascending=False)
+    shown = [t.get_text().split(" (AUROC")[0] for t in fig.axes[0].get_legend().get_texts()]
+    assert shown == gap.index[:2].tolist()
     out.obs["bad"] = "x"
     with pytest.raises(ValueError, match="True .1, sensitive"):
         scdl.pl.drug_response(out, labels="bad", show=False)

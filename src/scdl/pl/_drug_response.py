@@ -65,7 +65,8 @@ def drug_response(
         obs column of the groups (e.g. ``"leiden"``); needed for the heatmap and violins.
     drugs
         Drug name(s) to show; ``None``: the ``n_drugs`` drugs whose group means differ
-        most.
+        most (for ``kind="roc"``: whose mean sensitive probability differs most between the
+        cells ``labels`` marks sensitive and the others).
     key
         ``key_added`` of :func:`scdl.tl.drug_response`.
     kind
@@ -74,14 +75,16 @@ def drug_response(
         (``labels``), the ROC curve of the sensitive probability for each drug, AUROC in the
         legend.
     labels
-        For ``kind="roc"``: obs column of per-cell truth, boolean or 0/1, True (1) marking
-        the sensitive cells (e.g. ``~adata.obs["survived_treatment"]``); ``kind="roc"`` is
+        For ``kind="roc"``: name of an obs column of per-cell truth, boolean or 0/1, True (1)
+        marking the sensitive cells (e.g. after ``adata.obs["sensitive"] =
+        ~adata.obs["survived_treatment"]``, ``labels="sensitive"``); ``kind="roc"`` is
         chosen when it is given.
     value
         ``"probability"``: the sensitive probability (red = likely more sensitive than the
         median cell line); ``"response"``: the predicted response (e.g. ln IC50) minus the
         drug's median over the bulk lines in the heatmap (red = below the median, i.e. more
-        sensitive), the response itself in the violins with the median as a line.
+        sensitive), the response itself in the violins with the median as a line. The ROC
+        always scores the sensitive probability.
     n_drugs
         Drugs shown when ``drugs`` is ``None``.
     %(show_save)s
@@ -182,7 +185,11 @@ def _roc(adata, labels, drugs, key, n_drugs, *, show, save):
         )
     truth = truth.astype(bool).to_numpy()
     table = _table(adata, key, "probability")
-    drugs = list(table.columns[:n_drugs]) if drugs is None else resolve_drugs(drugs, table.columns)
+    if drugs is None:  # as for the groups: the drugs whose means differ most
+        gap = (table[truth].mean() - table[~truth].mean()).abs()
+        drugs = gap.sort_values(ascending=False, kind="stable").index[:n_drugs].tolist()
+    else:
+        drugs = resolve_drugs(drugs, table.columns)
     fig, ax = plt.subplots(figsize=(4.2, 4.0), layout="constrained")
     for drug in drugs:
         score = table[drug].to_numpy()
