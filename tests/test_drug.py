@@ -502,6 +502,36 @@ def test_predict_counts_modality_refuses_normalised_data(trained, cellbench):
         trained.predict(cells, modality="counts")
 
 
+def test_auto_modality_refuses_counts_with_a_few_odd_values(trained, cellbench):
+    """One fractional value among integer counts is a defect, not log-scale profiles: "auto"
+    refuses it (it read the whole matrix as bulk profiles, silently)."""
+    cells = cellbench.copy()
+    cells.X = cells.X.copy()
+    cells.X.data[0] = 0.5
+    snap = snapshot(cells)
+    with pytest.raises(ValueError, match="neither raw counts nor log-scale profiles"):
+        scdl.tl.drug_response(cells, model=trained, drugs=["Gefitinib"])
+    assert_unchanged(cells, snap)
+
+
+def test_duplicated_var_names_outside_the_model_genes(trained, cellbench):
+    """Duplicated symbols are common: valid unless a model gene is among them."""
+    cells = cellbench.copy()
+    outside = [i for i, g in enumerate(cells.var_names) if g not in set(trained.genes)][:2]
+    names = cells.var_names.tolist()
+    names[outside[1]] = names[outside[0]]
+    dup = cells.copy()
+    dup.var_names = names
+    pd.testing.assert_frame_equal(
+        trained.predict(dup, drugs=["Gefitinib"]), trained.predict(cells, drugs=["Gefitinib"])
+    )
+    inside = cells.var_names.get_loc(trained.genes[0])
+    names[outside[0]] = names[inside]
+    dup.var_names = names
+    with pytest.raises(ValueError, match="duplicates among the model's genes"):
+        trained.predict(dup, drugs=["Gefitinib"])
+
+
 def test_unknown_drug_lists_close_matches(trained, cellbench):
     cells = cellbench.copy()
     snap = snapshot(cells)

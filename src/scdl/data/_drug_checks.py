@@ -164,6 +164,38 @@ def looks_like_counts(x, n_rows: int = 2000) -> bool:
     return bool(vals.size) and bool(np.all(vals >= 0)) and bool(np.all(vals == np.round(vals)))
 
 
+#: share of a matrix's stored values that are negative or fractional from which it reads as
+#: log-scale profiles (z-scores: about half; log1p of normalised counts: most)
+PROFILE_ODD_SHARE = 0.1
+
+
+def guess_modality(x, n_rows: int = 2000, where: str = "adata.X") -> str:
+    """``"counts"`` for non-negative integers in the first ``n_rows`` rows, ``"profiles"``
+    when at least :data:`PROFILE_ODD_SHARE` of their stored values are negative or fractional.
+
+    Raises
+    ------
+    ValueError
+        A few odd values among integers: raw counts with a defect, or a mix; reading them
+        as profiles would change every prediction silently.
+    """
+    part = x[: min(n_rows, x.shape[0])]
+    vals = part.data if sparse.issparse(part) else np.asarray(part).ravel()
+    vals = np.asarray(vals, dtype=np.float64)
+    odd = int(np.count_nonzero((vals < 0) | (vals != np.round(vals))))
+    if odd == 0 and vals.size:
+        return "counts"
+    if vals.size and odd >= PROFILE_ODD_SHARE * vals.size:
+        return "profiles"
+    raise ValueError(
+        f"{where} holds mostly non-negative integers but {odd} of {vals.size} values in its "
+        f"first {part.shape[0]} rows are negative or fractional: neither raw counts nor "
+        "log-scale profiles. Pass raw counts (fix or drop the odd values; `layer=` naming a "
+        "raw-count layer) with `modality='counts'`, or log-scale expression with "
+        "`modality='profiles'`."
+    )
+
+
 def check_profiles(adata: AnnData, layer: str | None = None) -> None:
     """Bulk input must be finite, log-scale, non-constant profiles (sparse input stays sparse).
 

@@ -18,6 +18,7 @@ from scipy import sparse
 
 from ._checks import get_matrix
 from ._drug_checks import MIN_SHARED_GENES, shared_genes
+from ._genes import gene_positions
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -163,7 +164,7 @@ def profiles_from_counts(
     the ``genes`` present (``scale``: z-scores, or ``"rank"``: normal quantiles of the
     ranks); genes absent from ``var_names`` are set to 0 (the profile's mean).
     """
-    positions = pd.Index(var_names).get_indexer(genes)
+    positions = gene_positions(var_names, genes)
     library = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
     library[library == 0] = 1.0
     cp = _columns(x, positions) * (target_sum / library)[:, None]
@@ -179,7 +180,7 @@ def profiles_from_expression(
     Each row is put on the common scale (``scale``, as in :func:`profiles_from_counts`);
     genes absent from ``var_names`` are set to 0 (the profile's mean).
     """
-    positions = pd.Index(var_names).get_indexer(genes)
+    positions = gene_positions(var_names, genes)
     return _standardise_present(_columns(x, positions), positions >= 0, scale)
 
 

@@ -31,6 +31,30 @@ def gene_mismatch_message(reference: pd.Index, query: pd.Index) -> str:
     )
 
 
+def gene_positions(var_names, genes, *, what: str = "model") -> np.ndarray:
+    """Where each of ``genes`` sits in ``var_names`` (``-1``: absent). Duplicated names are
+    allowed (scanpy warns) unless one of ``genes`` is among them.
+
+    Raises
+    ------
+    ValueError
+        One of ``genes`` occurs more than once in ``var_names``.
+    """
+    names, genes = pd.Index(var_names), pd.Index(genes)
+    if names.is_unique:
+        return names.get_indexer(genes)
+    clash = names[names.duplicated()].unique().intersection(genes)
+    if len(clash):
+        raise ValueError(
+            f"adata.var_names has duplicates among the {what}'s genes (e.g. "
+            f"{clash[:5].tolist()}), which cannot be matched by name. Call "
+            "`adata.var_names_make_unique()` first (or keep the right copy of each)."
+        )
+    single = ~names.duplicated(keep=False)
+    pos = names[single].get_indexer(genes)
+    return np.where(pos >= 0, np.flatnonzero(single)[pos], -1)
+
+
 def gene_columns(adata, genes, *, min_overlap: float = 0.5, what: str = "model"):
     """Where each of ``genes`` sits in ``adata.var_names`` (``-1``: absent) and which occur.
 
@@ -49,20 +73,7 @@ def gene_columns(adata, genes, *, min_overlap: float = 0.5, what: str = "model")
             f"genes), got {min_overlap!r}."
         )
     genes = pd.Index(genes)
-    names = adata.var_names
-    if names.is_unique:
-        col = names.get_indexer(genes)
-    else:
-        clash = names[names.duplicated()].unique().intersection(genes)
-        if len(clash):
-            raise ValueError(
-                f"adata.var_names has duplicates among the {what}'s genes (e.g. "
-                f"{clash[:5].tolist()}), which cannot be matched by name. Call "
-                "`adata.var_names_make_unique()` first (or keep the right copy of each)."
-            )
-        single = ~names.duplicated(keep=False)
-        pos = names[single].get_indexer(genes)
-        col = np.where(pos >= 0, np.flatnonzero(single)[pos], -1)
+    col = gene_positions(adata.var_names, genes, what=what)
     present = col >= 0
     n_present = int(present.sum())
     if n_present < min_overlap * len(genes):

@@ -7,6 +7,7 @@ A mixin of the model class (as scvi-tools keeps ``get_normalized_expression`` an
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import TYPE_CHECKING, Literal
 
@@ -18,15 +19,16 @@ from scdl.data import (
     MIN_SHARED_GENES,
     check_counts,
     check_profiles,
-    check_unique_var_names,
     get_matrix,
-    looks_like_counts,
+    guess_modality,
     profiles_from_expression,
     resolve_drugs,
     shared_genes,
 )
 
 from ._attribution import integrated_gradients
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -74,7 +76,8 @@ class DrugPredictionMixin:
         modality
             ``"counts"`` (single cells or pseudobulk: log1p CP10k, neighbour smoothing),
             ``"profiles"`` (log-scale bulk expression) or ``"auto"``: counts if the
-            matrix holds non-negative integers.
+            matrix holds non-negative integers, profiles if at least 10% of its values are
+            negative or fractional (a few odd values among integers raise a ValueError).
         smooth_neighbors
             Override the model's neighbour smoothing for counts (``0``: none).
 
@@ -82,13 +85,14 @@ class DrugPredictionMixin:
         ------
         ValueError
             Too few of the model's genes in ``adata``; ``modality="counts"`` on data that
-            are not raw counts; an unknown modality.
+            are not raw counts; ``"auto"`` on integers with a few negative or fractional
+            values; an unknown modality.
         """
         if adata is None:
             return self._bulk()[0]
         if modality not in ("auto", "counts", "profiles"):
             raise ValueError(f"modality={modality!r} is not one of 'auto', 'counts', 'profiles'.")
-        check_unique_var_names(adata)
+        # duplicated var names are refused only among the model's genes (gene_positions)
         x = get_matrix(adata, layer)
         present = self.genes.isin(adata.var_names)
         if present.sum() < min(MIN_SHARED_GENES, len(self.genes)):
@@ -102,7 +106,9 @@ class DrugPredictionMixin:
                 stacklevel=3,
             )
         if modality == "auto":
-            modality = "counts" if looks_like_counts(x) else "profiles"
+            where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+            modality = guess_modality(x, where=where)
+            logger.info("modality='auto': %s read as %s.", where, modality)
         if modality == "counts":
             check_counts(adata, layer)
             k = self.smooth_neighbors if smooth_neighbors is None else int(smooth_neighbors)

@@ -82,7 +82,8 @@ def drug_response(
         A drug the model does not know (close matches listed), or ``layer`` missing.
     ValueError
         Too few of the model's genes in ``adata``; counts that are not raw counts with
-        ``modality="counts"``. ``adata`` is left unchanged.
+        ``modality="counts"``, or (``"auto"``) integers with a few negative or fractional
+        values. ``adata`` is left unchanged.
 
     Examples
     --------
