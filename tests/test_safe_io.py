@@ -12,6 +12,7 @@ import pytest
 from conftest import assert_unchanged, snapshot
 
 import scdl
+from scdl.datasets import sha256sum
 from scdl.models import VAE
 
 MARKER = "scdl_pwned_marker"
@@ -104,7 +105,11 @@ def test_inherited_scvi_loaders_never_unpickle(saved, kang_integrated, tmp_path,
     [
         (lambda c: c.pop("format_version"), "records no format_version.*format 1"),
         (lambda c: c.update(format="something-else"), "not an scdl model config"),
-        (lambda c: c["attrs"]["init_params_"]["non_kwargs"].update(n_latent=3), "do not fit"),
+        (
+            lambda c: c["attrs"]["init_params_"]["non_kwargs"].update(n_latent=3),
+            "config.json does not match the checksum model.safetensors recorded",
+        ),
+        (lambda c: c.update(scdl_version="0.0.1"), "config.json does not match"),
     ],
 )
 def test_edited_config_is_refused(saved, edit, match):
@@ -169,12 +174,34 @@ def _flip_weight_bytes(folder):
     weights.write_bytes(bytes(data))
 
 
+def _flip_weights_drop_checksum(folder):
+    _flip_weight_bytes(folder)
+    _edit_config(folder, lambda c: c.pop("weights_sha256"))
+
+
+def _as_saved_before_checksums(folder):
+    """The weights rewritten without the config's checksum in their header (saves made
+    before it), the config's weights checksum updated to match."""
+    from safetensors.torch import load_file, save_file
+
+    weights = folder / "model.safetensors"
+    save_file(load_file(weights), weights)
+    _edit_config(folder, lambda c: c.update(weights_sha256=sha256sum(weights)))
+
+
+def _shrink_latent_saved_before_checksums(folder):
+    _as_saved_before_checksums(folder)
+    _shrink_latent(folder)
+
+
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
         (_reverse_genes, "differ from the .* its registry holds.*edited"),
         (_flip_weight_bytes, "does not match the checksum.*edited, swapped"),
-        (_shrink_latent, "do not fit the model"),
+        (_flip_weights_drop_checksum, "config.json does not match the checksum"),
+        (_shrink_latent, "config.json does not match the checksum"),
+        (_shrink_latent_saved_before_checksums, "do not fit the model"),
     ],
 )
 def test_load_refuses_an_edited_save(small_save, tmp_path, edit, match):

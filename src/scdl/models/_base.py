@@ -4,6 +4,8 @@ scvi-tools' own ``save``/``load`` pickle the model's attributes and call
 ``torch.load(weights_only=False)``, which can execute code from the file. scdl models write
 ``config.json`` (init parameters, AnnData registry, gene names, training history; JSON only)
 and ``model.safetensors`` (tensors only), so loading a model file never runs code from it.
+Each file records the other's SHA-256 (the weights' in ``config.json``, the config's in the
+safetensors header), so a file edited, corrupted or swapped after saving is refused.
 """
 
 from __future__ import annotations
@@ -145,6 +147,45 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: key of the config's checksum in the safetensors header, so that each file checks the other
+CONFIG_DIGEST_KEY = "scdl_config_sha256"
+
+
+def _config_digest(config: dict) -> str:
+    """SHA-256 of the config as canonical JSON, without ``weights_sha256`` (which the weights'
+    header cannot hold: it is the checksum of that file)."""
+    import hashlib
+
+    body = {k: v for k, v in config.items() if k != "weights_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _check_checksums(dir_path: str | os.PathLike, config: dict) -> None:
+    """Refuse weights or a config edited after saving. Each file holds the other's checksum:
+    ``config.json`` the weights' (``weights_sha256``), the weights' header the config's.
+    Earlier saves record neither or only the first (the bundled annotator is checked by its
+    registry)."""
+    from safetensors import safe_open
+
+    weights = Path(dir_path) / WEIGHTS_NAME
+    expected = config.get("weights_sha256")
+    if expected is not None and _sha256(weights) != expected:
+        raise ValueError(
+            f"{str(dir_path)!r}: {WEIGHTS_NAME} does not match the checksum its "
+            f"{CONFIG_NAME} recorded at saving: the file was edited, swapped or is corrupt. "
+            "Save the model again with `.save()`."
+        )
+    with safe_open(str(weights), framework="pt") as f:
+        digest = (f.metadata() or {}).get(CONFIG_DIGEST_KEY)
+    if digest is not None and (expected is None or _config_digest(config) != digest):
+        raise ValueError(
+            f"{str(dir_path)!r}: {CONFIG_NAME} does not match the checksum {WEIGHTS_NAME} "
+            "recorded at saving: the config was edited or comes from another save. Save the "
+            "model again with `.save()`."
+        )
+
+
 def load_weights(dir_path: str | os.PathLike, device: str = "cpu") -> dict:
     """Load tensors from ``model.safetensors`` (the format cannot hold code)."""
     from safetensors.torch import load_file
@@ -221,8 +262,12 @@ class SafeSaveLoadMixin:
             **self._extra_config(),
         }
         state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
-        save_file(state, str(dir_path / WEIGHTS_NAME))
-        # lets load() refuse weights edited or swapped after saving
+        # each file records the other's checksum: load() refuses either edited after saving
+        save_file(
+            state,
+            str(dir_path / WEIGHTS_NAME),
+            metadata={CONFIG_DIGEST_KEY: _config_digest(config)},
+        )
         config["weights_sha256"] = _sha256(dir_path / WEIGHTS_NAME)
         with open(dir_path / CONFIG_NAME, "w", encoding="utf-8") as f:
             json.dump(config, f)
@@ -275,15 +320,7 @@ class SafeSaveLoadMixin:
         registry = attrs.pop("registry_")
         _check_genes_agree(config, registry, dir_path)
         state = load_weights(dir_path)  # before adata is registered; malformed: named
-        # earlier saves (and the bundled annotator, checked by its registry) record none
-        expected = config.get("weights_sha256")
-        weights = Path(dir_path) / WEIGHTS_NAME
-        if expected is not None and weights.is_file() and _sha256(weights) != expected:
-            raise ValueError(
-                f"{str(dir_path)!r}: {WEIGHTS_NAME} does not match the checksum its "
-                f"{CONFIG_NAME} recorded at saving: the file was edited, swapped or is corrupt. "
-                "Save the model again with `.save()`."
-            )
+        _check_checksums(dir_path, config)
         if adata is not None:
             ref = pd.Index(config["var_names"])
             if not adata.var_names.equals(ref):
