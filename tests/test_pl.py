@@ -47,6 +47,21 @@ def test_integration_metrics_plot(tmp_path):
         scdl.pl.integration_metrics(df.drop(columns="Total"), show=False)
 
 
+def test_save_true_follows_scanpy_settings(tmp_path):
+    """save=True writes to scanpy's figdir in its figure format."""
+    import pandas as pd
+    import scanpy as sc
+
+    before = sc.settings.figdir, sc.settings.file_format_figs
+    sc.settings.figdir, sc.settings.file_format_figs = tmp_path / "figs", "pdf"
+    try:
+        df = pd.DataFrame({"Batch correction": [0.3], "Bio conservation": [0.6], "Total": [0.5]})
+        scdl.pl.integration_metrics(df, show=False, save=True)
+    finally:
+        sc.settings.figdir, sc.settings.file_format_figs = before
+    assert [p.suffix for p in (tmp_path / "figs").iterdir()] == [".pdf"]
+
+
 def test_embedding_umap_follows_the_representation(kang_integrated):
     """A new representation under the same key (e.g. a second tl.integrate) gets a new UMAP;
     an unchanged one reuses the cached UMAP."""

@@ -1,4 +1,4 @@
-"""What every plotting function shares: show/save (scanpy's convention), the shared
+"""What every plotting function shares: show/save (scanpy's settings), the shared
 parameter text of their docstrings, and the UMAPs they cache in ``obsm``."""
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ if TYPE_CHECKING:
 plot_dsp = DocstringProcessor(
     show_save=(
         "show, save\n"
-        "    As in scanpy: show the figure, and/or save it (``True``: to\n"
-        "    ``{scanpy.settings.figdir}/<name>.png``; or a path, ``.png`` added when it\n"
-        "    has no suffix)."
+        "    Show the figure (``None``: scanpy's ``settings.autoshow``, unless saving), and/or\n"
+        "    save it: ``True`` writes ``{scanpy.settings.figdir}/<name>.<format>`` (scanpy's\n"
+        "    ``settings.file_format_figs``); a string is the file's path (unlike scanpy's\n"
+        "    suffix), ``.png`` added when it has no suffix."
     ),
     returns_figure="Returns\n-------\nThe Figure, unless it was shown.",
 )
@@ -36,8 +37,8 @@ def doc_show_save(func: Callable) -> Callable:
 def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_name: str):
     """Save and/or show ``fig``; return it unless it was shown (scanpy's convention).
 
-    ``save=True`` writes ``{scanpy.settings.figdir}/{default_name}.png``; a string is a path
-    (``.png`` added when it has no suffix).
+    ``save=True`` writes ``{scanpy.settings.figdir}/{default_name}.{file_format_figs}``; a
+    string is a path (``.png`` added when it has no suffix).
     """
     import matplotlib.pyplot as plt
 
@@ -45,7 +46,8 @@ def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_n
         if save is True:
             import scanpy as sc
 
-            path = Path(sc.settings.figdir) / f"{default_name}.png"
+            fmt = str(sc.settings.file_format_figs or "png").lstrip(".")
+            path = Path(sc.settings.figdir) / f"{default_name}.{fmt}"
         else:
             path = Path(save)
             if not path.suffix:
