@@ -124,3 +124,21 @@ def _assert_same(a, b, where: str) -> None:
         assert np.isnan(b), where
     else:
         assert a == b, where
+
+
+def as_saved_before_config_checksum(folder) -> None:
+    """Make a save look like one written before the config's checksum entered the weights'
+    header (weights rewritten without it, the config's weights checksum updated), so that a
+    test may edit config.json as an older scdl wrote it."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from scdl.datasets import sha256sum
+
+    folder = Path(folder)
+    weights = folder / "model.safetensors"
+    save_file(load_file(weights), weights)
+    config = json.loads((folder / "config.json").read_text())
+    config["weights_sha256"] = sha256sum(weights)
+    (folder / "config.json").write_text(json.dumps(config))

@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_unchanged, read_shared, snapshot
+from conftest import as_saved_before_config_checksum, assert_unchanged, read_shared, snapshot
 from scipy import sparse
 from sklearn.metrics import f1_score
 
@@ -162,6 +162,7 @@ def test_model_saved_before_the_mixture_compares_with_the_majority_type(annotato
     model, query = annotator
     assert model.novelty_rule_ == "mixture"
     model.save(tmp_path / "m")
+    as_saved_before_config_checksum(tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     del config["attrs"]["novelty_rule_"]
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))

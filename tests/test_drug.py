@@ -16,7 +16,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import DATA, assert_unchanged, read_shared, snapshot  # noqa: E402
+from conftest import (  # noqa: E402
+    DATA,
+    as_saved_before_config_checksum,
+    assert_unchanged,
+    read_shared,
+    snapshot,
+)
 from matplotlib.figure import Figure  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
@@ -372,6 +378,7 @@ def test_save_load_wide_deep_and_models_saved_before_prediction(bulk_train, cell
     # an older save: the same weights, without `prediction` among the init parameters
     import json
 
+    as_saved_before_config_checksum(tmp_path / "wd")
     path = tmp_path / "wd" / "config.json"
     config = json.loads(path.read_text())
     del config["attrs"]["init_params_"]["non_kwargs"]["prediction"]
@@ -412,6 +419,7 @@ def test_tl_and_pl(trained, cellbench):
     assert ((label == 1) == (prob > 0.5)).all().all()
     assert (sd.to_numpy() > 0).all() and summary["mean_sd"].gt(0).all()
     assert set(summary.index) == set(EGFR_DRUGS)
+    assert out.uns["scdl_drug"]["params"]["modality"] == "counts"  # what "auto" read
     assert summary["mean_probability"].is_monotonic_decreasing
     assert scdl.tl.drug_response(cells, model=trained, key_added="d") is None
     assert cells.obsm["d"].shape == (cells.n_obs, len(trained.drugs))

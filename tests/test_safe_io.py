@@ -9,10 +9,9 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import assert_unchanged, snapshot
+from conftest import as_saved_before_config_checksum, assert_unchanged, snapshot
 
 import scdl
-from scdl.datasets import sha256sum
 from scdl.models import VAE
 
 MARKER = "scdl_pwned_marker"
@@ -179,18 +178,8 @@ def _flip_weights_drop_checksum(folder):
     _edit_config(folder, lambda c: c.pop("weights_sha256"))
 
 
-def _as_saved_before_checksums(folder):
-    """The weights rewritten without the config's checksum in their header (saves made
-    before it), the config's weights checksum updated to match."""
-    from safetensors.torch import load_file, save_file
-
-    weights = folder / "model.safetensors"
-    save_file(load_file(weights), weights)
-    _edit_config(folder, lambda c: c.update(weights_sha256=sha256sum(weights)))
-
-
 def _shrink_latent_saved_before_checksums(folder):
-    _as_saved_before_checksums(folder)
+    as_saved_before_config_checksum(folder)
     _shrink_latent(folder)
 
 

@@ -67,9 +67,10 @@ def drug_response(
         DataFrame of cells x drugs: per-cell uncertainty, the sd of the prediction over the
         model's ensemble members (each trained without one fold of the lines).
     ``uns[key_added]``
-        ``params`` (``drugs``, ``layer``, ``modality``, ``n_genes``, ``n_cells``, ``model``),
-        ``drugs`` (DataFrame per drug: ``mean_prediction``, ``bulk_median`` (also the
-        label's ``threshold``), ``mean_sd``,
+        ``params`` (``drugs``, ``layer``, ``modality`` as read: ``"counts"`` or
+        ``"profiles"``, ``n_genes``, ``n_cells``, ``model``), ``drugs`` (DataFrame per drug:
+        ``mean_prediction``, ``bulk_median`` and ``threshold`` (the same value: the label's
+        cut), ``mean_sd``,
         ``mean_probability``, ``fraction_sensitive`` (probability > 0.5),
         ``heldout_spearman`` and ``residual_sd`` of the model on held-out lines,
         ``n_lines`` trained on), sorted by ``mean_probability``.
@@ -94,7 +95,7 @@ def drug_response(
     >>> scdl.tl.drug_response(adata, model=model, drugs=["Gefitinib", "Erlotinib"])
     >>> scdl.pl.drug_response(adata, groupby="leiden")
     """
-    from scdl.data import check_key_added
+    from scdl.data import check_key_added, get_matrix, guess_modality
     from scdl.models import DrugResponseModel
 
     if not isinstance(model, DrugResponseModel):
@@ -102,6 +103,9 @@ def drug_response(
             f"model must be a trained scdl.models.DrugResponseModel, got {type(model).__name__}."
         )
     check_key_added(key_added)
+    if modality == "auto":  # resolved here so that params records what was read
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        modality = guess_modality(get_matrix(adata, layer), where=where)
     # everything is computed before anything is written, so a failure leaves adata unchanged
     # one pass: the cells' profiles (and their neighbour smoothing) are computed once
     tables = model.predict(
