@@ -183,7 +183,7 @@ def guess_modality(x, n_rows: int = 2000, where: str = "adata.X") -> str:
     vals = part.data if sparse.issparse(part) else np.asarray(part).ravel()
     vals = np.asarray(vals, dtype=np.float64)
     odd = int(np.count_nonzero((vals < 0) | (vals != np.round(vals))))
-    if odd == 0 and vals.size:
+    if odd == 0:  # empty rows too: the counts check says what they are
         return "counts"
     if vals.size and odd >= PROFILE_ODD_SHARE * vals.size:
         return "profiles"
