@@ -425,6 +425,33 @@ def test_trained_vae_checks_new_data(kang_integrated, kind, error, match):
     assert_unchanged(query, snap)
 
 
+@pytest.mark.parametrize("kind", ["unseen_batch", "negative", "no_batch_column"])
+def test_loading_a_vae_onto_new_data_checks_it_as_its_methods_do(kang_integrated, kind, tmp_path):
+    """load(dir, adata=) names the problem as get_latent_representation does (scvi-tools'
+    transfer would name an option load lacks), the AnnData left unchanged."""
+    _, model = kang_integrated
+    model.save(tmp_path / "m")
+    error, match = {k: (e, m) for k, e, m in BAD_QUERY}[kind]
+    query = _query(kind, model.adata[:200].copy())
+    snap = snapshot(query)
+    with pytest.raises(error, match=match):
+        VAE.load(tmp_path / "m", adata=query)
+    assert_unchanged(query, snap)
+
+
+def test_new_data_without_counts_in_x_names_where_the_model_reads(kang_integrated):
+    """A model reads counts where it was set up (tl.integrate copies a layer into X): the
+    error says to put them there, not to pass a `layer=` its methods do not take."""
+    _, model = kang_integrated
+    query = model.adata[:200].copy()
+    query.layers["counts"] = query.X.copy()
+    query.X = query.X.astype(np.float32) * 0.5
+    snap = snapshot(query)
+    with pytest.raises(ValueError, match=r"reads raw counts from adata\.X.*adata\.X = adata"):
+        model.get_latent_representation(query)
+    assert_unchanged(query, snap)
+
+
 def test_trained_contrastive_checks_new_data(kang):
     adata = _expressed(kang)
     scdl.models.ContrastiveVAE.setup_anndata(adata)

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 from conftest import as_saved_before_config_checksum, assert_unchanged, snapshot
+from scipy import sparse
 
 import scdl
 from scdl.models import VAE
@@ -259,3 +260,21 @@ def test_overwriting_a_save_drops_its_stale_anndata(small_save, tmp_path):
     model.save(tmp_path / "m", overwrite=True)
     assert {p.name for p in (tmp_path / "m").iterdir()} == {"config.json", "model.safetensors"}
     assert VAE.load(tmp_path / "m").adata is None
+
+
+def test_load_refuses_an_edited_saved_anndata(small_save, tmp_path):
+    """adata.h5ad is the third file of a save: its checksum is in config.json."""
+    import anndata as ad
+
+    path, clean = small_save
+    model = VAE.load(path, adata=clean.copy())
+    model.save(tmp_path / "m", save_anndata=True)
+    loaded = VAE.load(tmp_path / "m")  # the untouched save attaches its data
+    dense = [sparse.csr_matrix(m.adata.X).toarray() for m in (loaded, model)]
+    np.testing.assert_array_equal(*dense)
+    edited = ad.read_h5ad(tmp_path / "m" / "adata.h5ad")
+    edited.X = edited.X * 7  # every count changed, the file still valid
+    edited.write_h5ad(tmp_path / "m" / "adata.h5ad")
+    with pytest.raises(ValueError, match="adata.h5ad does not match the checksum"):
+        VAE.load(tmp_path / "m")
+    VAE.load(tmp_path / "m", adata=clean.copy())  # data passed by the caller: file not read

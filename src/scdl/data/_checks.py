@@ -114,8 +114,13 @@ def check_counts(
     *,
     report_zero_genes: bool = False,
     warn_zero_cells: bool = True,
+    fix: str | None = None,
 ) -> CountSummary:
     """Check that ``adata.X`` (or ``layer``) holds raw counts a count model can use.
+
+    ``fix``: how to give the counts, named in the errors for values that are not counts
+    (default: pass ``layer=`` naming the raw-count layer); a trained model reading a fixed
+    place names that place.
 
     Genes with no counts in any cell are valid (common after subsetting cells; scvi-tools
     accepts them): they carry no information and do no harm, so they are kept and counted in
@@ -158,19 +163,26 @@ def check_counts(
         " adata.raw is set: if it holds the raw counts, copy them into a layer, "
         "`adata.layers['counts'] = adata.raw[:, adata.var_names].X`, and pass "
         "`layer='counts'`."
-        if layer is None and getattr(adata, "raw", None) is not None
+        if layer is None and fix is None and getattr(adata, "raw", None) is not None
         else ""
     )
     if n_bad["neg"]:
         raise ValueError(
             f"{where} contains {n_bad['neg']} negative values, so it is not raw counts "
-            "(scaled or log data?). Pass the layer holding raw UMI/read counts via `layer=`." + raw
+            "(scaled or log data?). "
+            + (fix or "Pass the layer holding raw UMI/read counts via `layer=`.")
+            + raw
         )
     if n_bad["frac"]:
         raise ValueError(
             f"{where} contains {n_bad['frac']} non-integer values, so it looks normalised or "
-            "log-transformed. The model needs raw counts: pass `layer=` naming the raw-count "
-            "layer (e.g. 'counts'), or restore counts into adata.X." + raw
+            "log-transformed. The model needs raw counts: "
+            + (
+                fix
+                or "pass `layer=` naming the raw-count layer (e.g. 'counts'), or restore "
+                "counts into adata.X."
+            )
+            + raw
         )
     n_zero_cells = int(np.count_nonzero(row_totals == 0))
     if n_zero_cells and warn_zero_cells:

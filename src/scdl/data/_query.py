@@ -51,7 +51,19 @@ def check_query(
         raise ValueError(gene_mismatch_message(pd.Index(ref), adata.var_names))
     setup_args = registry.get("setup_args", {})
     check_not_sparse_array(adata, setup_args.get("layer"))
-    check_counts(adata, setup_args.get("layer"))
+    layer = setup_args.get("layer")
+    # the model reads the place it was set up with: the fix names that place, not `layer=`
+    place = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    check_counts(
+        adata,
+        layer,
+        fix=f"the {model} reads raw counts from {place}; put them there, e.g. "
+        + (
+            "`adata.X = adata.layers['counts']` (or a copy of the AnnData with counts in X)."
+            if layer is None
+            else f"`adata.layers[{layer!r}] = counts`."
+        ),
+    )
     known: dict[str, tuple[str, list]] = {}
     for field in fields.values():
         state = field.get("state_registry", {})

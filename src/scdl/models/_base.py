@@ -149,6 +149,8 @@ def _sha256(path: Path) -> str:
 
 #: key of the config's checksum in the safetensors header, so that each file checks the other
 CONFIG_DIGEST_KEY = "scdl_config_sha256"
+#: key of ``adata.h5ad``'s checksum in ``config.json`` (saves with ``save_anndata=True``)
+ANNDATA_DIGEST_KEY = "anndata_sha256"
 
 
 def _config_digest(config: dict) -> str:
@@ -183,6 +185,18 @@ def _check_checksums(dir_path: str | os.PathLike, config: dict) -> None:
             f"{str(dir_path)!r}: {CONFIG_NAME} does not match the checksum {WEIGHTS_NAME} "
             "recorded at saving: the config was edited or comes from another save. Save the "
             "model again with `.save()`."
+        )
+
+
+def _check_anndata_checksum(dir_path: str | os.PathLike, config: dict) -> None:
+    """Refuse an ``adata.h5ad`` edited or swapped after saving (saves before its checksum was
+    recorded are read as they are)."""
+    expected = config.get(ANNDATA_DIGEST_KEY)
+    if expected is not None and _sha256(Path(dir_path) / ANNDATA_NAME) != expected:
+        raise ValueError(
+            f"{str(dir_path)!r}: {ANNDATA_NAME} does not match the checksum its {CONFIG_NAME} "
+            "recorded at saving: the file was edited, swapped or is corrupt. Pass the data as "
+            "`load(dir_path, adata=...)`, or save the model again with `save_anndata=True`."
         )
 
 
@@ -225,7 +239,8 @@ class SafeSaveLoadMixin:
             ``save_anndata``) ``adata.h5ad`` is refused, whatever wrote them. Overwriting a
             save without ``save_anndata`` removes the earlier save's ``adata.h5ad``.
         save_anndata
-            Also write the model's AnnData as ``adata.h5ad``.
+            Also write the model's AnnData as ``adata.h5ad``; ``config.json`` records its
+            checksum and :meth:`load` refuses the file edited after saving.
         """
         from safetensors.torch import save_file
 
@@ -261,6 +276,9 @@ class SafeSaveLoadMixin:
             "attrs": _encode(attrs),
             **self._extra_config(),
         }
+        if save_anndata:  # written first: the config records its checksum, load() checks it
+            self.adata.write_h5ad(dir_path / ANNDATA_NAME)
+            config[ANNDATA_DIGEST_KEY] = _sha256(dir_path / ANNDATA_NAME)
         state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
         # each file records the other's checksum: load() refuses either edited after saving
         save_file(
@@ -271,9 +289,7 @@ class SafeSaveLoadMixin:
         config["weights_sha256"] = _sha256(dir_path / WEIGHTS_NAME)
         with open(dir_path / CONFIG_NAME, "w", encoding="utf-8") as f:
             json.dump(config, f)
-        if save_anndata:
-            self.adata.write_h5ad(dir_path / ANNDATA_NAME)
-        elif stale_anndata:
+        if stale_anndata:
             (dir_path / ANNDATA_NAME).unlink()
 
     @classmethod
@@ -314,19 +330,27 @@ class SafeSaveLoadMixin:
             return_device="torch",
             validate_single_device=True,
         )
-        if adata is None and (Path(dir_path) / ANNDATA_NAME).is_file():
-            adata = anndata.read_h5ad(Path(dir_path) / ANNDATA_NAME)
         attrs = _decode(config["attrs"])
         registry = attrs.pop("registry_")
         _check_genes_agree(config, registry, dir_path)
         state = load_weights(dir_path)  # before adata is registered; malformed: named
         _check_checksums(dir_path, config)
+        if adata is None and (Path(dir_path) / ANNDATA_NAME).is_file():
+            _check_anndata_checksum(dir_path, config)
+            adata = anndata.read_h5ad(Path(dir_path) / ANNDATA_NAME)
         if adata is not None:
             ref = pd.Index(config["var_names"])
             if not adata.var_names.equals(ref):
                 from scdl.data import gene_mismatch_message
 
                 raise ValueError(gene_mismatch_message(ref, adata.var_names))
+            if issubclass(cls, CheckedQueryMixin):  # counts and categories, named as in
+                # the model's methods (scvi-tools' transfer names an option load lacks)
+                from scdl.data import check_query
+
+                check_query(
+                    adata, registry, model=cls.__name__, unseen_fix=cls._unseen_categories_fix
+                )
             # the weights must fit before adata is registered (a failing load leaves it as it was)
             probe = _initialize_model(cls, None, registry, copy.deepcopy(attrs), None)
             _load_state(probe, state, dir_path)
