@@ -570,6 +570,37 @@ def test_metrics_and_plots_name_the_missing_step(kang):
     assert_unchanged(adata, snap)
 
 
+def _nan_counts(adata):
+    adata.X = adata.X.astype(np.float32)
+    adata.X.data[0] = np.nan
+
+
+def _sparse_embedding(adata):
+    adata.obsm["X_scdl"] = sparse.csr_matrix(adata.obsm["X_scdl"])
+
+
+@pytest.mark.parametrize(
+    ("edit", "kwargs", "error", "match"),
+    [
+        (None, {"pre_integrated": "X_harmony"}, KeyError, r"'X_harmony'.*pre_integrated=None"),
+        (None, {"layer": "counts"}, KeyError, "Layer 'counts' not found"),
+        (_nan_counts, {}, ValueError, "NaN"),
+        (_sparse_embedding, {}, TypeError, r"dense numeric embedding.*toarray"),
+    ],
+)
+def test_integration_metrics_checks_its_inputs_first(kang, edit, kwargs, error, match):
+    """The keys and the data of the fallback PCA are checked before scib-metrics runs: a
+    mistyped key is not replaced by a PCA, nor NaN counts left to scikit-learn's message."""
+    adata = _small(kang, 100)
+    adata.obsm["X_scdl"] = np.random.default_rng(0).normal(size=(adata.n_obs, 5))
+    if edit is not None:
+        edit(adata)
+    snap = snapshot(adata)
+    with pytest.raises(error, match=match):
+        scdl.tl.integration_metrics(adata, batch_key="sample", label_key="cell_type", **kwargs)
+    assert_unchanged(adata, snap)
+
+
 # --- the command line -------------------------------------------------------------------------
 
 

@@ -368,3 +368,18 @@ def test_cli_annotates_a_dataset_holding_few_of_the_model_genes(hundred_cells, t
     import anndata as ad
 
     assert ad.read_h5ad(tmp_path / "out.h5ad").obs["scdl_cell_type"].notna().all()
+
+
+def test_baseline_pca_reads_log_normalised_data_as_its_counts(hundred_cells):
+    """unintegrated_pca (tl.integration_metrics' baseline) on log1p(CP10k) is the PCA of the
+    counts it came from, not a second normalisation of it."""
+    import scanpy as sc
+
+    counts = hundred_cells.copy()
+    lognorm = counts.copy()
+    sc.pp.normalize_total(lognorm, target_sum=1e4)
+    sc.pp.log1p(lognorm)
+    with pytest.warns(UserWarning, match="log"):
+        from_log = scdl.data.unintegrated_pca(lognorm, n_comps=5)
+    from_counts = scdl.data.unintegrated_pca(counts, n_comps=5)
+    np.testing.assert_allclose(np.abs(from_log), np.abs(from_counts), rtol=1e-3, atol=1e-3)

@@ -16,14 +16,23 @@ def unintegrated_pca(
 
     Counts per 10,000 and ``log1p`` (scanpy), then the ``n_top_genes`` highly variable genes
     (when there are more genes), then ``n_comps`` principal components (fewer when the data
-    has fewer cells or genes). Computed on a temporary object; ``adata`` is not modified.
+    has fewer cells or genes). Log-normalised input (log1p of counts normalised to a constant
+    total, :func:`scdl.data.input_kind`, which says so once) is used as it is. Computed on a
+    temporary object; ``adata`` is not modified.
 
     Parameters
     ----------
     adata
-        Annotated data matrix with raw counts in ``X`` or ``layer``.
+        Annotated data matrix with raw counts (or log-normalised counts) in ``X`` or
+        ``layer``.
     layer
-        Layer with raw counts; ``None`` uses ``adata.X``.
+        Layer with the data; ``None`` uses ``adata.X``.
+
+    Raises
+    ------
+    ValueError, KeyError, TypeError
+        ``layer`` is missing, or the data are neither counts nor log-normalised counts (as
+        :func:`scdl.data.input_kind`).
     n_comps
         Principal components.
     n_top_genes
@@ -36,11 +45,15 @@ def unintegrated_pca(
     import anndata
     import scanpy as sc
 
-    x = adata.X if layer is None else adata.layers[layer]
-    tmp = anndata.AnnData(X=x.copy())
+    from ._checks import get_matrix
+    from ._lognorm import input_kind
+
+    kind, _ = input_kind(adata, layer)
+    tmp = anndata.AnnData(X=get_matrix(adata, layer).copy())
     tmp.var_names = adata.var_names
-    sc.pp.normalize_total(tmp, target_sum=1e4)
-    sc.pp.log1p(tmp)
+    if kind == "counts":
+        sc.pp.normalize_total(tmp, target_sum=1e4)
+        sc.pp.log1p(tmp)
     if tmp.n_vars > n_top_genes:
         sc.pp.highly_variable_genes(tmp, n_top_genes=n_top_genes, subset=True)
     n_comps = min(n_comps, tmp.n_obs - 1, tmp.n_vars - 1)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from scdl.data import check_categorical, check_is_anndata, check_key_added, unintegrated_pca
 
@@ -54,11 +55,13 @@ def integration_metrics(
     embeddings
         obsm keys to score.
     pre_integrated
-        obsm key of the unintegrated embedding for the PCR-comparison metric. If missing
-        from ``obsm``, a PCA of log-normalised counts (from ``X`` or ``layer``) is computed
-        on a temporary copy.
+        obsm key of the unintegrated embedding for the PCR-comparison metric. When it is
+        ``None``, or the default ``"X_pca"`` and missing from ``obsm``, a PCA of
+        log-normalised counts (:func:`scdl.data.unintegrated_pca`, from raw or
+        log-normalised ``X`` or ``layer``) is computed on a temporary copy; another key
+        missing from ``obsm`` is an error.
     layer
-        Raw-count layer for that PCA.
+        Layer for that PCA (raw or log-normalised counts).
     key_added
         uns key for the result table; ``None`` to not store it.
     n_jobs
@@ -78,13 +81,33 @@ def integration_metrics(
         raise ValueError("Pass at least one obsm key in `embeddings`.")
     check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
     check_categorical(adata, label_key, arg="label_key", min_categories=2)
-    for key in embeddings:
+    computed_pca = pre_integrated is None or (
+        pre_integrated == "X_pca" and pre_integrated not in adata.obsm
+    )
+    for key in embeddings + ([] if computed_pca else [pre_integrated]):
         if key not in adata.obsm:
             raise KeyError(
                 f"Embedding {key!r} is not in adata.obsm (available: {list(adata.obsm)})."
+                + (
+                    " Pass `pre_integrated=None` to score against a PCA computed from the counts."
+                    if key == pre_integrated
+                    else ""
+                )
             )
-        if not np.isfinite(np.asarray(adata.obsm[key])).all():
+        emb = adata.obsm[key]
+        if sparse.issparse(emb) or not np.issubdtype(np.asarray(emb).dtype, np.number):
+            raise TypeError(
+                f"adata.obsm[{key!r}] is a {type(emb).__name__} of "
+                f"{getattr(emb, 'dtype', 'mixed values')}; the metrics read a dense numeric "
+                f"embedding: store one, e.g. `adata.obsm[{key!r}] = "
+                f"adata.obsm[{key!r}].toarray()` for a sparse matrix."
+            )
+        if not np.isfinite(np.asarray(emb, dtype=np.float64)).all():
             raise ValueError(f"adata.obsm[{key!r}] has NaN or infinite values.")
+    if computed_pca:  # its input checked before the slow part
+        from scdl.data import input_kind
+
+        input_kind(adata, layer)
 
     import anndata
     from scib_metrics.benchmark import Benchmarker  # slow to import: after the checks
@@ -98,10 +121,10 @@ def integration_metrics(
         # a copy: scib-metrics' KMeans centres its input in place, and an embedding already
         # float32 would otherwise be the user's own array
         tmp.obsm[key] = np.array(adata.obsm[key], dtype=np.float32, copy=True)
-    if pre_integrated is not None and pre_integrated in adata.obsm:
-        tmp.obsm["_pre"] = np.array(adata.obsm[pre_integrated], dtype=np.float32, copy=True)
-    else:
+    if computed_pca:
         tmp.obsm["_pre"] = unintegrated_pca(adata, layer=layer).astype(np.float32)
+    else:
+        tmp.obsm["_pre"] = np.array(adata.obsm[pre_integrated], dtype=np.float32, copy=True)
 
     bm = Benchmarker(
         tmp,
