@@ -547,6 +547,7 @@ def test_contrastive_bad_arguments(kang, kwargs, error, match):
     ("kwargs", "error", "match"),
     [
         ({"key_added": 3}, TypeError, "key_added"),
+        ({"key_added": "scdl/ct"}, ValueError, r"holds '/'.*'scdl_ct'"),
         ({"batch_size": 0}, ValueError, "batch_size must be a positive integer"),
         ({"min_gene_overlap": 2}, ValueError, r"min_gene_overlap must be a fraction in \[0, 1\]"),
     ],

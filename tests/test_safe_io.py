@@ -221,6 +221,18 @@ def test_pretrained_folder_checksum_is_checked(tmp_path):
         scdl.pretrained.load("pbmc_kang2018", sha256="0" * 64)
 
 
+def test_pretrained_annotator_with_an_edited_config_is_refused(tmp_path):
+    """The bundled annotator's config (labels, Unknown threshold) is covered by the checksum
+    in its weights' header, in the package and in any copy of its folder."""
+    from scdl.pretrained import _registry
+
+    shutil.copytree(_registry._HERE / "pbmc_kang2018", tmp_path / "a")
+    scdl.pretrained.load(tmp_path / "a")  # an untouched copy loads
+    _edit_config(tmp_path / "a", lambda c: c.update(labels=c["labels"][::-1]))
+    with pytest.raises(ValueError, match="config.json does not match the checksum"):
+        scdl.pretrained.load(tmp_path / "a")
+
+
 def test_save_to_a_file_path_names_the_folder_it_needs(small_save, tmp_path):
     path, clean = small_save
     model = VAE.load(path, adata=clean.copy())

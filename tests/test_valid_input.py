@@ -383,3 +383,30 @@ def test_baseline_pca_reads_log_normalised_data_as_its_counts(hundred_cells):
         from_log = scdl.data.unintegrated_pca(lognorm, n_comps=5)
     from_counts = scdl.data.unintegrated_pca(counts, n_comps=5)
     np.testing.assert_allclose(np.abs(from_log), np.abs(from_counts), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("n", [5, 50])
+def test_annotating_a_few_cells_gives_their_types_with_a_warning(n):
+    """A few cells' own mean is their profile, not a shift they share: the Unknown call,
+    which standardises a query by its own statistics, made every cell of a small query of
+    known types Unknown. It is skipped below 100 cells, with a warning."""
+    query = scdl.datasets.kang_pbmc_heldout()
+    query = query[np.random.default_rng(0).choice(query.n_obs, n, replace=False)].copy()
+    with pytest.warns(UserWarning, match="needs at least 100"):
+        scdl.tl.annotate(query, model="pbmc_kang2018", majority_voting=True)
+    assert not query.obs["scdl_cell_type_unknown"].any()
+    truth = query.obs["cell_type"].astype(str).to_numpy()
+    assert (query.obs["scdl_cell_type"].astype(str).to_numpy() == truth).mean() >= 0.7
+    assert query.obs["scdl_cell_type_majority_voting"].notna().all()
+
+
+def test_annotating_again_under_the_same_key_drops_the_earlier_vote():
+    """A call without majority voting leaves no voting columns of an earlier call (they
+    would contradict the new calls)."""
+    query = scdl.datasets.kang_pbmc_heldout()[:150].copy()
+    scdl.tl.annotate(query, model="pbmc_kang2018", majority_voting=True)
+    assert "scdl_cell_type_majority_voting" in query.obs
+    scdl.tl.annotate(query, model="pbmc_kang2018")
+    assert not any(c.startswith("scdl_cell_type_majority") for c in query.obs)
+    assert "scdl_cell_type_over_clustering" not in query.obs
+    assert query.uns["scdl_cell_type"]["majority_voting"] is False

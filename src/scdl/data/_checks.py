@@ -343,7 +343,14 @@ def check_positive_int(value, arg: str, *, none: str | None = None) -> int | Non
 
 
 def check_key_added(key_added) -> str:
-    """``key_added`` must be a non-empty string (the key a ``tl`` step writes under)."""
+    """``key_added`` must be a non-empty string (the key a ``tl`` step writes under) without
+    "/", which h5ad files read as a path: the written file could not be read back."""
     if not isinstance(key_added, str) or not key_added:
         raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
+    if "/" in key_added:
+        raise ValueError(
+            f"key_added={key_added!r} holds '/', which .h5ad files read as a nested group: "
+            f"the file would not read back. Use another separator, e.g. "
+            f"{key_added.replace('/', '_')!r}."
+        )
     return key_added

@@ -38,7 +38,7 @@ from ._composition import (
     sketch_stats,
 )
 from ._depth import integer_counts, match_depth
-from ._mixing import reference_share
+from ._mixing import MIN_QUERY_CELLS, reference_share
 from ._novelty import (
     MAX_COMPOSITION_SHIFT,
     NOVELTY_RESOLUTION,
@@ -231,7 +231,8 @@ class AnnotatorPredictionMixin:
             ``novelty`` (1 - cosine similarity of the cell's standardised profile to the
             predicted type's mean reference profile), ``cluster`` and ``cluster_novelty``
             (the query cluster the Unknown call is made on and its novelty, see the class
-            notes), ``cluster_reference_share`` (the share of reference cells among the
+            notes; NaN, and no cell flagged, for a query of fewer than 100 cells with counts,
+            with a warning), ``cluster_reference_share`` (the share of reference cells among the
             neighbours of the cluster's cells in the model's reference sketch; NaN without a
             sketch, for a query of fewer than 100 cells or one lacking genes that carry more
             than 10% of the sketch, with a warning), ``over_cluster`` (a finer clustering of
@@ -318,6 +319,22 @@ class AnnotatorPredictionMixin:
             for full, part in zip(out, sub, strict=True):
                 full[has] = part
             return out
+        if n < MIN_QUERY_CELLS:  # a few cells' own mean is their profile, not a shared
+            # shift: every cluster would look new (all Unknown below ~60 cells)
+            warnings.warn(
+                f"The query has {n} cells with counts; the Unknown call compares its clusters "
+                f"using the query's own gene statistics and needs at least {MIN_QUERY_CELLS}. "
+                "It is skipped: every cell takes its most probable type. Annotate these cells "
+                "together with more cells of their sample to have them checked.",
+                UserWarning,
+                stacklevel=4,
+            )
+            over = np.full(n, -1)
+            if resolution is not False:
+                (over,) = cluster_cells(
+                    log_normalize(x), resolutions=(float(resolution or 5),), seed=seed
+                )
+            return np.zeros(n, dtype=int), np.full(n, np.nan), np.full(n, np.nan), over
         if resolution is None:  # CellTypist's choice by query size
             resolution = 5 if n < 5_000 else 10 if n < 20_000 else 15 if n < 40_000 else 20
         x_log = log_normalize(x)

@@ -21,7 +21,7 @@ _ALLOWED = ("config.json", "model.safetensors", "README.md")
 REGISTRY: dict[str, dict] = {
     "pbmc_kang2018": {
         "folder": "pbmc_kang2018",
-        "weights_sha256": "e9e5fd3e737b9b9315892bae2c5c24a5768f959a19a813675c36e34a55b74272",
+        "weights_sha256": "ea2ec5339e144046d1c8de3cd751ce8ed5f5c90b212cfc4a24df156742308af9",
         "description": "Human PBMCs, 7 types (Kang et al. 2018, control + IFN-beta)",
     },
 }

@@ -72,7 +72,8 @@ def annotate(
         :meth:`~scdl.models.CellTypeTransformer.annotate_cells`.
     majority_voting
         Refine the calls over an over-clustering of the query, as CellTypist does: every cell
-        takes its cluster's most frequent call (``"Unknown"`` included).
+        takes its cluster's most frequent call (``"Unknown"`` included). A call without it
+        removes the voting columns an earlier call left under the same ``key_added``.
     over_clustering
         obs column (or per-cell array) of clusters for the vote; ``None`` uses a Leiden
         over-clustering of the query on its own PCA and kNN graph, at CellTypist's
@@ -151,12 +152,15 @@ def annotate(
     adata.obs[f"{key_added}_cluster_novelty"] = calls["cluster_novelty"].to_numpy()
     adata.obs[f"{key_added}_cluster_reference_share"] = calls["cluster_reference_share"].to_numpy()
     adata.obsm[f"{key_added}_probabilities"] = probs
+    voting = [
+        f"{key_added}_{k}" for k in ("over_clustering", "majority_voting", "majority_support")
+    ]
     if majority_voting:
-        adata.obs[f"{key_added}_over_clustering"] = pd.Categorical(
-            pd.Series(clusters).astype(str).to_numpy()
-        )
-        adata.obs[f"{key_added}_majority_voting"] = pd.Categorical(voted, categories=categories)
-        adata.obs[f"{key_added}_majority_support"] = support
+        adata.obs[voting[0]] = pd.Categorical(pd.Series(clusters).astype(str).to_numpy())
+        adata.obs[voting[1]] = pd.Categorical(voted, categories=categories)
+        adata.obs[voting[2]] = support
+    else:  # an earlier call's voting under this key would contradict the new calls
+        adata.obs.drop(columns=[c for c in voting if c in adata.obs], inplace=True)
     adata.uns[key_added] = {
         **_model_summary(model, model_name),
         "n_genes_matched": n_present,
@@ -164,6 +168,10 @@ def annotate(
         "majority_voting": bool(majority_voting),
     }
     return adata if copy else None
+
+
+#: obs fields written with majority voting (a call without it removes them under its key)
+_VOTING_FIELDS = ("over_clustering", "majority_voting", "majority_support")
 
 
 def _resolve_model(model) -> tuple:
