@@ -406,6 +406,25 @@ def test_gene_attributions(trained, cellbench):
     assert total == pytest.approx(float(delta.mean()), abs=0.05 * float(delta.abs().mean()) + 1e-3)
 
 
+def test_a_few_cells_keep_their_own_predictions(trained, cellbench):
+    """Smoothing over 15 neighbours made every cell of a query of <= 15 cells the mean of all
+    (one prediction for cells of three lines): at most a fifth of the query is averaged."""
+    lines = cellbench.obs["cell_line_key"].to_numpy()
+    pick = np.concatenate([np.flatnonzero(lines == line)[:4] for line in np.unique(lines)])
+    few = cellbench[pick].copy()
+    scdl.tl.drug_response(few, model=trained, drugs=list(EGFR_DRUGS))
+    pred = few.obsm["scdl_drug"]
+    # two cells that are each other's nearest neighbour share a mean: at least half distinct
+    assert pred.round(6).drop_duplicates().shape[0] >= few.n_obs // 2
+    assert pred.groupby(lines[pick]).mean().round(6).drop_duplicates().shape[0] == 3
+    assert few.uns["scdl_drug"]["params"]["smooth_neighbors"] == trained.smooth_neighbors
+    alone = scdl.tl.drug_response(few, model=trained, smooth_neighbors=0, copy=True)
+    direct = trained.predict(few, smooth_neighbors=0)
+    np.testing.assert_allclose(alone.obsm["scdl_drug"].to_numpy(), direct.to_numpy(), rtol=1e-5)
+    with pytest.raises(ValueError, match="smooth_neighbors must be an integer >= 0"):
+        scdl.tl.drug_response(few, model=trained, smooth_neighbors=-1)
+
+
 def test_tl_and_pl(trained, cellbench):
     cells = cellbench.copy()
     out = scdl.tl.drug_response(cells, model=trained, drugs=list(EGFR_DRUGS), copy=True)

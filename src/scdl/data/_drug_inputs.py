@@ -123,16 +123,22 @@ def _columns(x, positions: np.ndarray) -> np.ndarray:
     return out
 
 
+#: largest share of the rows one row is averaged over by :func:`neighbor_average`
+MAX_NEIGHBOR_SHARE = 0.2
+
+
 def neighbor_average(
     profiles: np.ndarray, n_neighbors: int, *, n_pcs: int = 30, random_state: int = 0
 ) -> np.ndarray:
     """Average each row with its nearest neighbours (itself included) in PCA space.
 
     Neighbours are found on log1p of ``profiles`` (counts per 10k), so a cell borrows signal
-    from cells of the same state; it is what makes a sparse cell resemble a bulk profile.
+    from cells of the same state; it is what makes a sparse cell resemble a bulk profile. At
+    most a fifth of the rows (``MAX_NEIGHBOR_SHARE``) are averaged: with ``n_neighbors`` near
+    the number of rows every cell took the mean of all, one prediction for a small query.
     """
     n = profiles.shape[0]
-    k = min(int(n_neighbors), n)
+    k = min(int(n_neighbors), max(1, int(n * MAX_NEIGHBOR_SHARE)))
     if k <= 1:
         return profiles
     from sklearn.decomposition import PCA

@@ -111,7 +111,9 @@ class DrugPredictionMixin:
             logger.info("modality='auto': %s read as %s.", where, modality)
         if modality == "counts":
             check_counts(adata, layer)
-            k = self.smooth_neighbors if smooth_neighbors is None else int(smooth_neighbors)
+            k = self.smooth_neighbors if smooth_neighbors is None else smooth_neighbors
+            if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
+                raise ValueError(f"smooth_neighbors must be an integer >= 0, got {k!r}.")
             return self._count_profiles(x, adata.var_names, k)
         check_profiles(adata, layer)
         return profiles_from_expression(x, adata.var_names, self.genes, scale=self.input_scale)

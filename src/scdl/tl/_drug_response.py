@@ -23,6 +23,7 @@ def drug_response(
     key_added: str = "scdl_drug",
     layer: str | None = None,
     modality: str = "auto",
+    smooth_neighbors: int | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Predict each cell's response to many drugs with a trained drug-response model.
@@ -47,6 +48,10 @@ def drug_response(
     modality
         ``"auto"``, ``"counts"`` or ``"profiles"`` (see
         :meth:`~scdl.models.DrugResponseModel.profiles`).
+    smooth_neighbors
+        Cells each cell's counts are averaged over (itself included) before prediction;
+        ``None`` uses the model's setting, ``0`` none. At most a fifth of the query's cells
+        are used, so that a small query's cells keep their own predictions.
     copy
         Return a copy with the results instead of writing into ``adata``.
 
@@ -68,9 +73,9 @@ def drug_response(
         model's ensemble members (each trained without one fold of the lines).
     ``uns[key_added]``
         ``params`` (``drugs``, ``layer``, ``modality`` as read: ``"counts"`` or
-        ``"profiles"``, ``n_genes``, ``n_cells``, ``model``), ``drugs`` (DataFrame per drug:
-        ``mean_prediction``, ``bulk_median`` and ``threshold`` (the same value: the label's
-        cut), ``mean_sd``,
+        ``"profiles"``, ``smooth_neighbors`` as asked, ``n_genes``, ``n_cells``, ``model``),
+        ``drugs`` (DataFrame per drug: ``mean_prediction``, ``bulk_median`` and ``threshold``
+        (the same value: the label's cut), ``mean_sd``,
         ``mean_probability``, ``fraction_sensitive`` (probability > 0.5),
         ``heldout_spearman`` and ``residual_sd`` of the model on held-out lines,
         ``n_lines`` trained on), sorted by ``mean_probability``.
@@ -110,7 +115,7 @@ def drug_response(
     # one pass: the cells' profiles (and their neighbour smoothing) are computed once
     tables = model.predict(
         adata, drugs=drugs, kind=["value", "probability", "label", "sd"], layer=layer,
-        modality=modality,
+        modality=modality, smooth_neighbors=smooth_neighbors,
     )  # fmt: skip
     value, prob, label, sd = (tables[k] for k in ("value", "probability", "label", "sd"))
     stats = model.drug_stats_.loc[list(value.columns)]
@@ -139,6 +144,9 @@ def drug_response(
             "drugs": np.asarray(value.columns, dtype=object),
             "layer": layer or "",
             "modality": modality,
+            "smooth_neighbors": int(
+                model.smooth_neighbors if smooth_neighbors is None else smooth_neighbors
+            ),
             "n_genes": len(model.genes),
             "n_cells": int(adata.n_obs),
             "model": "scdl.models.DrugResponseModel",
