@@ -62,6 +62,35 @@ def test_save_true_follows_scanpy_settings(tmp_path):
     assert [p.suffix for p in (tmp_path / "figs").iterdir()] == [".pdf"]
 
 
+def test_saved_figure_is_closed_as_scanpy_does(tmp_path):
+    """save with show=None closes the figure (scanpy); show=False keeps it and returns it."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.DataFrame({"Batch correction": [0.3], "Bio conservation": [0.6], "Total": [0.5]})
+    plt.close("all")
+    for i in range(3):
+        assert scdl.pl.integration_metrics(df, save=tmp_path / f"m{i}.png") is None
+    assert plt.get_fignums() == [] and len(list(tmp_path.iterdir())) == 3
+    fig = scdl.pl.integration_metrics(df, save=tmp_path / "kept.png", show=False)
+    assert isinstance(fig, Figure) and plt.get_fignums() == [fig.number]
+    plt.close("all")
+
+
+def test_annotation_plots_take_a_string_column_and_name_an_empty_table():
+    import anndata as ad
+    import pandas as pd
+
+    calls = pd.DataFrame(
+        {"scdl_cell_type": ["B", "NK", "B"], "scdl_cell_type_confidence": [0.9, 0.8, 0.7]},
+        index=list("abc"),
+    )
+    assert isinstance(scdl.pl.annotation(ad.AnnData(obs=calls), show=False), Figure)
+    empty = pd.DataFrame(columns=["label", "gene", "attribution", "rank"])
+    with pytest.raises(ValueError, match="has no rows"):
+        scdl.pl.attributions(empty, show=False)
+
+
 def test_embedding_umap_follows_the_representation(kang_integrated):
     """A new representation under the same key (e.g. a second tl.integrate) gets a new UMAP;
     an unchanged one reuses the cached UMAP."""

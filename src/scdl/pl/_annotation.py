@@ -51,6 +51,7 @@ def annotation(
     pred = check_obs_key(adata, key, arg="key")
     conf = check_obs_key(adata, f"{key}_confidence", arg="key").to_numpy()
     truth = check_obs_key(adata, groupby, arg="groupby") if groupby is not None else None
+    pred = pred.astype("category")  # a column written back as strings is fine too
     types = [c for c in pred.cat.categories if (pred == c).any()]
     n_panels = 1 if truth is None else 2
     fig, axes = plt.subplots(1, n_panels, figsize=(5.5 * n_panels, 4.2), squeeze=False)
@@ -122,6 +123,11 @@ def attributions(
             f"{sorted(need)}."
         )
     labels = list(dict.fromkeys(attributions["label"]))
+    if not labels:
+        raise ValueError(
+            "`attributions` has no rows: gene_attributions() found no cell of the requested "
+            "types. Pass cells that are called as those types, or another `label=`."
+        )
     ncols = min(ncols, len(labels))
     nrows = int(np.ceil(len(labels) / ncols))
     fig, axes = plt.subplots(

@@ -20,12 +20,13 @@ if TYPE_CHECKING:
 plot_dsp = DocstringProcessor(
     show_save=(
         "show, save\n"
-        "    Show the figure (``None``: scanpy's ``settings.autoshow``, unless saving), and/or\n"
+        "    Show the figure (``None``: scanpy's ``settings.autoshow``; when saving, the\n"
+        "    figure is closed, as in scanpy, unless ``show=False``), and/or\n"
         "    save it: ``True`` writes ``{scanpy.settings.figdir}/<name>.<format>`` (scanpy's\n"
         "    ``settings.file_format_figs``); a string is the file's path (unlike scanpy's\n"
         "    suffix), ``.png`` added when it has no suffix."
     ),
-    returns_figure="Returns\n-------\nThe Figure, unless it was shown.",
+    returns_figure="Returns\n-------\nThe Figure, unless it was shown or saved and closed.",
 )
 
 
@@ -35,7 +36,8 @@ def doc_show_save(func: Callable) -> Callable:
 
 
 def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_name: str):
-    """Save and/or show ``fig``; return it unless it was shown (scanpy's convention).
+    """Save and/or show ``fig``; return it unless it was shown, or saved with ``show=None``
+    (then closed, as scanpy does).
 
     ``save=True`` writes ``{scanpy.settings.figdir}/{default_name}.{file_format_figs}``; a
     string is a path (``.png`` added when it has no suffix).
@@ -55,9 +57,12 @@ def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_n
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=150, bbox_inches="tight")
     if show is None:
+        if save:  # as scanpy: a saved figure is closed, not left open for the notebook
+            plt.close(fig)
+            return None
         import scanpy as sc
 
-        show = bool(sc.settings.autoshow) and not save
+        show = bool(sc.settings.autoshow)
     if show:
         plt.show()
         return None
