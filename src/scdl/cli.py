@@ -255,11 +255,15 @@ def _add_annotate(sub) -> None:
     a = sub.add_parser(
         "annotate",
         help="annotate cell types in an .h5ad of raw counts with a (pretrained) annotator",
-        description="Predict cell types of IN.h5ad (raw counts) with a pretrained annotator "
-        "(name, folder, archive or URL; see scdl.pretrained.available()) and write "
-        "obs[KEY], obs[KEY_confidence] and obsm[KEY_probabilities] to OUT.h5ad.",
+        description="Predict cell types of IN.h5ad (raw counts, or log1p of normalised counts) "
+        "with a pretrained annotator (name, folder or archive; see "
+        "scdl.pretrained.available()) and write obs[KEY], obs[KEY_confidence], "
+        "obs[KEY_unknown], obs[KEY_cluster_novelty], obs[KEY_cluster_reference_share], "
+        "obsm[KEY_probabilities] and uns[KEY] to OUT.h5ad (see scdl.tl.annotate).",
     )
-    a.add_argument("input", metavar="IN.h5ad", help="input .h5ad with raw counts")
+    a.add_argument(
+        "input", metavar="IN.h5ad", help="input .h5ad with raw counts (or log1p-normalised)"
+    )
     a.add_argument("-o", "--output", metavar="OUT.h5ad", required=True, help="output .h5ad")
     a.add_argument(
         "--model",

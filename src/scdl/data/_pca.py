@@ -27,12 +27,6 @@ def unintegrated_pca(
         ``layer``.
     layer
         Layer with the data; ``None`` uses ``adata.X``.
-
-    Raises
-    ------
-    ValueError, KeyError, TypeError
-        ``layer`` is missing, or the data are neither counts nor log-normalised counts (as
-        :func:`scdl.data.input_kind`).
     n_comps
         Principal components.
     n_top_genes
@@ -41,6 +35,12 @@ def unintegrated_pca(
     Returns
     -------
     Array of shape (cells, ``n_comps``), e.g. for ``adata.obsm["X_pca"]``.
+
+    Raises
+    ------
+    ValueError, KeyError, TypeError
+        ``layer`` is missing, or the data are neither counts nor log-normalised counts (as
+        :func:`scdl.data.input_kind`).
     """
     import anndata
     import scanpy as sc

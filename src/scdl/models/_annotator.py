@@ -103,6 +103,8 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
     ----------
     adata
         Reference AnnData registered with :meth:`setup_anndata`.
+    registry
+        Saved registry, to build the model without data (used by :meth:`load`).
     n_tokens
         Gene tokens per cell.
     d_model, n_heads, n_layers, dim_feedforward
@@ -212,8 +214,9 @@ class CellTypeTransformer(AnnotatorPredictionMixin, SafeSaveLoadMixin, BaseModel
         KeyError
             A layer or obs column does not exist.
         ValueError, TypeError
-            Counts are not raw counts, cells are empty, labels have missing values or a
-            single type, or gene names repeat. ``adata`` is left unchanged.
+            Counts are not raw counts, labels have missing values or a single type, or gene
+            names repeat. ``adata`` is left unchanged. Cells without counts are kept, with a
+            warning.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         from_registry = kwargs.get("source_registry") is not None

@@ -11,8 +11,8 @@ counts_dsp = DocstringProcessor(
         "KeyError\n"
         "    A layer or obs column does not exist.\n"
         "ValueError, TypeError\n"
-        "    The counts are not raw counts (non-integer, negative, NaN/inf), some cells have\n"
-        "    no counts, or gene names repeat. ``adata`` is left unchanged. Genes with no\n"
-        "    counts are valid and kept."
+        "    The counts are not raw counts (non-integer, negative, NaN/inf). ``adata`` is left\n"
+        "    unchanged. Genes with no counts are valid and kept; cells without counts and\n"
+        "    repeated gene names are kept, with a warning."
     ),
 )

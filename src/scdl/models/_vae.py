@@ -65,6 +65,8 @@ class VAE(
     ----------
     adata
         AnnData registered with :meth:`setup_anndata`.
+    registry
+        Saved registry, to build the model without data (used by :meth:`load`).
     n_latent
         Dimensionality of the latent space.
     n_hidden

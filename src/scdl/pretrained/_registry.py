@@ -145,7 +145,8 @@ def load(name_or_path: str | os.PathLike, *, sha256: str | None = None, device: 
         for local archives when given; for a folder or a bundled name, the checksum of its
         ``model.safetensors``. Bundled annotators are always checked.
     device
-        Where to put the model (``"cpu"``, ``"cuda"``, ``"auto"``).
+        Where to put the model: ``"cpu"``, ``"auto"`` (a GPU when there is one), ``"cuda"``
+        or ``"cuda:N"`` (GPU ``N``).
 
     Returns
     -------
@@ -153,7 +154,11 @@ def load(name_or_path: str | os.PathLike, *, sha256: str | None = None, device: 
     """
     from scdl.models import CellTypeTransformer
 
+    kind, _, index = str(device).partition(":")
+    if kind not in ("cpu", "auto", "cuda") or (index and not (kind == "cuda" and index.isdigit())):
+        raise ValueError(f"device must be 'cpu', 'auto', 'cuda' or 'cuda:N', got {device!r}.")
     folder = resolve(name_or_path, sha256=sha256)
+    accelerator = {"cpu": "cpu", "auto": "auto", "cuda": "gpu"}[kind]
     return CellTypeTransformer.load(
-        folder, accelerator="cpu" if device == "cpu" else "auto", device="auto"
+        folder, accelerator=accelerator, device=int(index) if index else "auto"
     )

@@ -54,7 +54,8 @@ def annotate(
         ``X`` or ``layer``.
     model
         A trained annotator, or a pretrained one by name (:func:`scdl.pretrained.available`),
-        folder, archive or URL (see :func:`scdl.pretrained.load`).
+        folder or archive. For a URL, load it with its checksum first,
+        ``scdl.pretrained.load(url, sha256=...)``, and pass the model.
     layer
         Layer with raw counts; ``None`` uses ``adata.X``.
     key_added
@@ -71,9 +72,11 @@ def annotate(
         shared shift); only for queries holding a mix of cell types. See
         :meth:`~scdl.models.CellTypeTransformer.annotate_cells`.
     majority_voting
-        Refine the calls over an over-clustering of the query, as CellTypist does: every cell
-        takes its cluster's most frequent call (``"Unknown"`` included). A call without it
-        removes the voting columns an earlier call left under the same ``key_added``.
+        Refine the calls over an over-clustering of the query, as CellTypist does: each
+        cluster's most frequent call (``"Unknown"`` included) is written to
+        ``obs[f"{key_added}_majority_voting"]``; ``obs[key_added]`` keeps the per-cell
+        calls. A call without it removes the voting columns an earlier call left under the
+        same ``key_added``.
     over_clustering
         obs column (or per-cell array) of clusters for the vote; ``None`` uses a Leiden
         over-clustering of the query on its own PCA and kNN graph, at CellTypist's

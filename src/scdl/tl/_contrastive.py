@@ -99,12 +99,15 @@ def contrastive(
     ``adata.obsm[shared_key]``
         Shared representation (posterior means), cells x ``n_shared_latent``.
     ``adata.uns[key_added]``
-        ``params`` (the settings above, ``shared_key``, ``n_background``, ``n_target``),
+        ``params`` (``groupby``, ``background``, ``target``, ``layer``, ``batch_key``,
+        ``shared_key``, ``n_background``, ``n_target``, ``n_genes``, ``n_shared_latent``,
+        ``n_salient_latent``, ``max_epochs`` (the epochs run), ``random_state``, ``model``),
         ``var_names`` (genes used; duplicated names suffixed as ``var_names_make_unique``
         does), ``salient_genes`` (DataFrame of every gene ranked by
         :meth:`~scdl.models.ContrastiveVAE.get_salient_genes`: ``gene``, ``score``,
         ``lfc_mean``, ``mean_with_salient``, ``mean_without_salient``), ``history``
-        (per-epoch training and validation ELBO) and ``train_time_s``.
+        (per-epoch ``elbo_train``, ``elbo_validation``, ``reconstruction_loss_train`` and
+        ``kl_local_train``, each with its ``<name>_epoch`` array) and ``train_time_s``.
 
     Raises
     ------

@@ -92,9 +92,12 @@ def integrate(
     ``adata.obsm[key_added]``
         Latent representation (posterior means), cells x ``n_latent``.
     ``adata.uns[key_added]``
-        ``params`` (the settings above), ``var_names`` (genes used; duplicated names
-        suffixed ``-1``, ``-2``, ... as ``var_names_make_unique`` does), ``history``
-        (per-epoch training and validation ELBO) and ``train_time_s``.
+        ``params`` (``batch_key``, ``layer``, ``n_latent``, ``n_genes``, ``max_epochs`` (the
+        epochs run), ``gene_likelihood``, ``random_state``, ``model``), ``var_names`` (genes
+        used; duplicated names suffixed ``-1``, ``-2``, ... as ``var_names_make_unique``
+        does), ``history``
+        (per-epoch ``elbo_train``, ``elbo_validation``, ``reconstruction_loss_train`` and
+        ``kl_local_train``, each with its ``<name>_epoch`` array) and ``train_time_s``.
 
     Examples
     --------
