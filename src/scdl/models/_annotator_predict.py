@@ -1,6 +1,6 @@
 """Calls of a trained :class:`~scdl.models.CellTypeTransformer`: the query's counts in the
-model's gene order, probabilities and novelty, the Unknown call per query cluster, labels,
-and gene attributions.
+model's gene order, probabilities and novelty, the Unknown call per query cluster and labels
+(gene attributions: :mod:`._annotator_attribution`).
 
 A mixin of the model class (as scvi-tools keeps ``get_normalized_expression`` and friends in
 ``RNASeqMixin``); it reads the trained module and the calibration ``train`` stored.
@@ -29,7 +29,6 @@ from scdl.data import (
 )
 from scdl.dataloaders import dense_rows
 
-from ._attribution import integrated_gradients
 from ._composition import (
     composition_warning,
     filled_stats,
@@ -429,105 +428,3 @@ class AnnotatorPredictionMixin:
         if soft:
             return probs
         return calls["label" if unknown else "label_forced"].to_numpy()
-
-    # --- interpretation ----------------------------------------------------------------------
-    def gene_attributions(
-        self,
-        adata: AnnData | None = None,
-        *,
-        label: str | list[str] | None = None,
-        groupby: str | None = None,
-        n_cells: int = 200,
-        n_top: int | None = 20,
-        n_steps: int = 32,
-        layer: str | None = None,
-        seed: int = 0,
-    ) -> pd.DataFrame:
-        """Genes that drive the prediction of each cell type (integrated gradients).
-
-        For each cell type, up to ``n_cells`` cells of that type (predicted, or from
-        ``adata.obs[groupby]``) are attributed: integrated gradients of the type's logit with
-        respect to the cell's log-normalised expression, from no expression to the cell's
-        profile. Gene scores are averaged over the cells; positive genes push towards the type.
-
-        Parameters
-        ----------
-        adata
-            Cells to explain (raw counts); ``None`` uses the reference.
-        label
-            Cell type(s) to explain; default all.
-        groupby
-            obs column choosing the cells of each type; default the model's own predictions.
-        n_cells, n_steps
-            Cells per type and integration steps (cost grows with both).
-        n_top
-            Top genes per type to return; ``None`` returns every gene.
-        layer
-            Layer of ``adata`` holding raw counts.
-        seed
-            Seed for the choice of cells.
-
-        Returns
-        -------
-        DataFrame with columns ``label``, ``gene``, ``attribution``, ``rank``.
-        """
-        names = self.labels
-        wanted = names if label is None else ([label] if isinstance(label, str) else list(label))
-        bad = [w for w in wanted if w not in names]
-        if bad:
-            raise ValueError(f"Unknown cell type(s) {bad}; the model predicts {names}.")
-        x, present = self._query_matrix(adata, layer, 0.5)
-        x = x.to_scipy()
-        if groupby is not None:
-            from scdl.data import check_obs_key
-
-            groups = check_obs_key(adata, groupby, arg="groupby").astype(str).to_numpy()
-        else:
-            groups = self.predict(adata, unknown=False, layer=layer)
-        rng = np.random.default_rng(seed)
-        dev = self.module.device
-        mask = None if present is None else torch.as_tensor(present, device=dev)
-        genes = np.asarray(self.get_var_names())
-        rows = []
-        self.module.eval()
-        for name in wanted:
-            cells = np.flatnonzero(groups == name)
-            if len(cells) == 0:
-                logger.warning("No cells of type %r to attribute.", name)
-                continue
-            cells = np.sort(rng.choice(cells, min(n_cells, len(cells)), replace=False))
-            x_log = self.module.log_normalize(dense_rows(x, cells).to(dev))
-            score = self._attribution(x_log, mask, names.index(name), n_steps).mean(0)
-            order = np.argsort(-score)
-            top = order if n_top is None else order[:n_top]
-            rows.append(
-                pd.DataFrame(
-                    {
-                        "label": name,
-                        "gene": genes[top],
-                        "attribution": score[top],
-                        "rank": np.arange(1, len(top) + 1),
-                    }
-                )
-            )
-        return (
-            pd.concat(rows, ignore_index=True)
-            if rows
-            else pd.DataFrame(columns=["label", "gene", "attribution", "rank"])
-        )
-
-    def _attribution(self, x_log, mask, target: int, n_steps: int) -> np.ndarray:
-        """Integrated gradients of class ``target``'s logit (cells x genes) at ``x_log``, with
-        each cell's gene tokens held at those its own profile selects."""
-        with torch.no_grad():
-            hidden = None if mask is None else ~mask.expand_as(x_log)
-            selection = self.module.select(x_log, hidden)
-
-        def forward(inp, sel=selection):
-            n = inp.shape[0] // sel[0].shape[0]  # captum stacks the path steps
-            sel_rep = (sel[0].repeat(n, 1), sel[1].repeat(n, 1))
-            return self.module.features_log(inp, mask, sel_rep)[1]
-
-        return integrated_gradients(
-            forward, x_log, target=target, n_steps=n_steps, batch_size=x_log.shape[0]
-        )
