@@ -86,6 +86,9 @@ def test_annotation_plots_take_a_string_column_and_name_an_empty_table():
         index=list("abc"),
     )
     assert isinstance(scdl.pl.annotation(ad.AnnData(obs=calls), show=False), Figure)
+    voted = ad.AnnData(obs=calls.rename(columns={"scdl_cell_type": "v_majority_voting"}))
+    with pytest.raises(KeyError, match=r"'v_majority_voting_confidence'.*`key_added`"):
+        scdl.pl.annotation(voted, key="v_majority_voting", show=False)
     empty = pd.DataFrame(columns=["label", "gene", "attribution", "rank"])
     with pytest.raises(ValueError, match="has no rows"):
         scdl.pl.attributions(empty, show=False)

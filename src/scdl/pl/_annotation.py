@@ -49,6 +49,13 @@ def annotation(
             "first, or pass the key it wrote as `key=`."
         )
     pred = check_obs_key(adata, key, arg="key")
+    if f"{key}_confidence" not in adata.obs.columns:
+        raise KeyError(
+            f"adata.obs[{key + '_confidence'!r}] not found: the plot reads the confidence that "
+            "`scdl.tl.annotate` writes beside its per-cell calls. Pass `key=` the `key_added` "
+            "of that call (a majority-voting column has no confidence; show it with "
+            "`sc.pl.embedding(adata, color=...)`)."
+        )
     conf = check_obs_key(adata, f"{key}_confidence", arg="key").to_numpy()
     truth = check_obs_key(adata, groupby, arg="groupby") if groupby is not None else None
     pred = pred.astype("category")  # a column written back as strings is fine too
