@@ -529,6 +529,43 @@ def test_predict_counts_modality_refuses_normalised_data(trained, cellbench):
         trained.predict(cells, modality="counts")
 
 
+def test_log_normalised_cells_predict_as_their_counts(trained, cellbench):
+    """scanpy's normalize_total + log1p (raw counts kept in .raw) is read back to normalised
+    counts with a warning, not as bulk profiles; per-million normalisation stays bulk."""
+    import scanpy as sc
+
+    cells = cellbench[:120].copy()
+    counts = scdl.tl.drug_response(cells, model=trained, drugs=list(EGFR_DRUGS), copy=True)
+    lognorm = cells.copy()
+    sc.pp.normalize_total(lognorm, target_sum=1e4)
+    sc.pp.log1p(lognorm)
+    with pytest.warns(UserWarning, match="read back to normalised counts"):
+        out = scdl.tl.drug_response(lognorm, model=trained, drugs=list(EGFR_DRUGS), copy=True)
+    assert out.uns["scdl_drug"]["params"]["modality"] == "log1p"
+    np.testing.assert_allclose(
+        out.obsm["scdl_drug"].to_numpy(), counts.obsm["scdl_drug"].to_numpy(), rtol=1e-4
+    )
+    per_million = cells.copy()
+    sc.pp.normalize_total(per_million, target_sum=1e6)
+    sc.pp.log1p(per_million)
+    with pytest.warns(UserWarning, match="pass `modality='log1p'`"):
+        out = scdl.tl.drug_response(per_million, model=trained, drugs=["Gefitinib"], copy=True)
+    assert out.uns["scdl_drug"]["params"]["modality"] == "profiles"
+
+
+def test_backed_cells_predict_as_in_memory(trained, cellbench, tmp_path):
+    import anndata as ad
+
+    cells = cellbench[:60].copy()
+    cells.write_h5ad(tmp_path / "c.h5ad")
+    backed = ad.read_h5ad(tmp_path / "c.h5ad", backed="r")
+    np.testing.assert_allclose(
+        trained.predict(backed, drugs=["Gefitinib"]).to_numpy(),
+        trained.predict(cells, drugs=["Gefitinib"]).to_numpy(),
+        rtol=1e-5,
+    )
+
+
 def test_auto_modality_refuses_counts_with_a_few_odd_values(trained, cellbench):
     """One fractional value among integer counts is a defect, not log-scale profiles: "auto"
     refuses it (it read the whole matrix as bulk profiles, silently)."""

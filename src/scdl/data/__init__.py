@@ -22,6 +22,7 @@ from ._drug_checks import (
     guess_modality,
     looks_like_counts,
     resolve_drugs,
+    resolve_modality,
     shared_genes,
 )
 from ._drug_inputs import (
@@ -32,7 +33,7 @@ from ._drug_inputs import (
 )
 from ._genes import align_to_genes, gene_columns, gene_mismatch_message
 from ._groups import resolve_groups
-from ._lognorm import input_kind
+from ._lognorm import input_kind, normalised_from_log1p
 from ._normalize import log_normalize_counts
 from ._pca import unintegrated_pca
 from ._query import check_query
@@ -61,7 +62,9 @@ __all__ = [
     "check_unique_var_names",
     "get_matrix",
     "guess_modality",
+    "resolve_modality",
     "input_kind",
+    "normalised_from_log1p",
     "log_normalize_counts",
     "looks_like_counts",
     "matched_reference",

@@ -7,6 +7,7 @@ that names the problem and the fix, so a model refuses bad input before it write
 from __future__ import annotations
 
 import difflib
+import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from anndata import AnnData
+
+logger = logging.getLogger(__name__)
 
 #: fewest genes shared by bulk profiles and cells for a meaningful transfer
 MIN_SHARED_GENES = 100
@@ -200,6 +203,54 @@ def guess_modality(x, n_rows: int = 2000, where: str = "adata.X") -> str:
         "raw-count layer) with `modality='counts'`, or log-scale expression with "
         "`modality='profiles'`."
     )
+
+
+#: per-cell total (of expm1) below which log1p-normalised data read as single cells: scanpy
+#: normalises cells to 1e4 (or their median count, 1e3-1e4 for 10x); bulk data to a million
+SINGLE_CELL_MAX_TOTAL = 1e5
+
+
+def resolve_modality(adata: AnnData, layer: str | None = None, n_rows: int = 2000) -> str:
+    """What ``modality="auto"`` reads ``adata.X`` (or ``layer``) as, logged.
+
+    ``"counts"`` (non-negative integers); ``"log1p"`` (log1p of counts normalised to a
+    constant total below :data:`SINGLE_CELL_MAX_TOTAL`, as ``sc.pp.normalize_total`` +
+    ``sc.pp.log1p`` leave single cells; with a warning); ``"profiles"`` (other log-scale
+    expression; log1p of counts per million with a warning naming ``modality="log1p"`` for
+    single cells normalised that way). Raises as :func:`guess_modality`.
+    """
+    import warnings
+
+    from ._lognorm import input_kind
+
+    x = get_matrix(adata, layer)
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    modality = guess_modality(x, n_rows, where=where)
+    if modality == "profiles":
+        try:
+            with warnings.catch_warnings():  # input_kind's note speaks of annotation
+                warnings.simplefilter("ignore", UserWarning)
+                kind, total = input_kind(adata, layer)
+        except ValueError:  # scaled, a gene subset, z-scores, ...: log-scale profiles
+            kind, total = "profiles", None
+        if kind == "log1p" and total < SINGLE_CELL_MAX_TOTAL:
+            modality = "log1p"
+            msg = (
+                f"{where} holds log1p of counts normalised to {total:.3g} per cell, as "
+                "sc.pp.normalize_total + sc.pp.log1p leave single cells: read back to "
+                "normalised counts and smoothed over neighbouring cells, as counts are. Pass "
+                "`modality='profiles'` to read them as bulk profiles instead."
+            )
+            warnings.warn(msg, UserWarning, stacklevel=3)
+        elif kind == "log1p":
+            msg = (
+                f"{where} holds log1p of counts normalised to {total:.3g} per sample (bulk "
+                "convention): read as bulk log-scale profiles, without neighbour smoothing. "
+                "For single cells normalised that way pass `modality='log1p'`."
+            )
+            warnings.warn(msg, UserWarning, stacklevel=3)
+    logger.info("modality='auto': %s read as %s.", where, modality)
+    return modality
 
 
 def check_profiles(adata: AnnData, layer: str | None = None) -> None:

@@ -151,7 +151,11 @@ def neighbor_average(
     emb = PCA(n_components=n_comp, svd_solver="arpack", random_state=random_state)
     emb = emb.fit_transform(logp - logp.mean(axis=0))
     idx = NearestNeighbors(n_neighbors=k).fit(emb).kneighbors(emb, return_distance=False)
-    return profiles[idx].mean(axis=1)
+    # a sparse averaging matrix: profiles[idx] would hold cells x k x genes at once
+    weights = sparse.csr_matrix(
+        (np.full(idx.size, 1.0 / k), idx.ravel(), np.arange(0, idx.size + 1, k)), shape=(n, n)
+    )
+    return np.asarray(weights @ profiles)
 
 
 def profiles_from_counts(
@@ -171,6 +175,8 @@ def profiles_from_counts(
     ranks); genes absent from ``var_names`` are set to 0 (the profile's mean).
     """
     positions = gene_positions(var_names, genes)
+    if not (sparse.issparse(x) or isinstance(x, np.ndarray)):  # e.g. a backed AnnData's X
+        x = x[:]  # read into memory as stored (sparse stays sparse)
     library = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
     library[library == 0] = 1.0
     cp = _columns(x, positions) * (target_sum / library)[:, None]

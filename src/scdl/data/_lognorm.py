@@ -96,3 +96,32 @@ def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | N
         stacklevel=3,
     )
     return "log1p", total
+
+
+def normalised_from_log1p(adata: AnnData, layer: str | None = None):
+    """``expm1`` of log1p-normalised ``adata.X`` (or ``layer``): the normalised counts, for
+    steps that normalise counts themselves (a constant total per cell normalises to itself).
+    Sparse stays sparse.
+
+    Raises
+    ------
+    ValueError
+        The matrix is raw counts, or neither counts nor log1p of normalised counts (as
+        :func:`input_kind`).
+    """
+    with warnings.catch_warnings():  # input_kind's note speaks of annotation
+        warnings.simplefilter("ignore", UserWarning)
+        kind, _ = input_kind(adata, layer)
+    if kind != "log1p":
+        raise ValueError(
+            f"{'adata.X' if layer is None else f'adata.layers[{layer!r}]'} holds raw counts, "
+            "not log1p of normalised counts: pass `modality='counts'` (or 'auto')."
+        )
+    x = get_matrix(adata, layer)
+    if not (sparse.issparse(x) or isinstance(x, np.ndarray)):  # e.g. a backed AnnData's X
+        x = x[:]
+    if sparse.issparse(x):
+        x = sparse.csr_matrix(x, dtype=np.float64, copy=True)
+        x.data = np.expm1(x.data)
+        return x
+    return np.expm1(np.asarray(x, dtype=np.float64))

@@ -20,9 +20,10 @@ from scdl.data import (
     check_counts,
     check_profiles,
     get_matrix,
-    guess_modality,
+    normalised_from_log1p,
     profiles_from_expression,
     resolve_drugs,
+    resolve_modality,
     shared_genes,
 )
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
-Modality = Literal["auto", "counts", "profiles"]
+Modality = Literal["auto", "counts", "log1p", "profiles"]
 Kind = Literal["value", "probability", "label", "sd"]
 #: what :meth:`DrugPredictionMixin.predict` returns per cell and drug
 KINDS = ("value", "probability", "label", "sd")
@@ -75,9 +76,13 @@ class DrugPredictionMixin:
             Layer to read; ``None`` uses ``adata.X``.
         modality
             ``"counts"`` (single cells or pseudobulk: log1p CP10k, neighbour smoothing),
-            ``"profiles"`` (log-scale bulk expression) or ``"auto"``: counts if the
-            matrix holds non-negative integers, profiles if at least 10% of its values are
-            negative or fractional (a few odd values among integers raise a ValueError).
+            ``"log1p"`` (single cells as ``sc.pp.normalize_total`` + ``sc.pp.log1p`` leave
+            them: read back to normalised counts, then as counts), ``"profiles"``
+            (log-scale bulk expression) or ``"auto"``: counts if the matrix holds
+            non-negative integers, else log1p when it is log1p of counts normalised to a
+            constant total with mostly zeros (single cells; with a warning), profiles when at
+            least 10% of its values are negative or fractional (a few odd values among
+            integers raise a ValueError); see :func:`scdl.data.resolve_modality`.
         smooth_neighbors
             Override the model's neighbour smoothing for counts (``0``: none).
 
@@ -90,8 +95,10 @@ class DrugPredictionMixin:
         """
         if adata is None:
             return self._bulk()[0]
-        if modality not in ("auto", "counts", "profiles"):
-            raise ValueError(f"modality={modality!r} is not one of 'auto', 'counts', 'profiles'.")
+        if modality not in ("auto", "counts", "log1p", "profiles"):
+            raise ValueError(
+                f"modality={modality!r} is not one of 'auto', 'counts', 'log1p', 'profiles'."
+            )
         # duplicated var names are refused only among the model's genes (gene_positions)
         x = get_matrix(adata, layer)
         present = self.genes.isin(adata.var_names)
@@ -106,14 +113,15 @@ class DrugPredictionMixin:
                 stacklevel=3,
             )
         if modality == "auto":
-            where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-            modality = guess_modality(x, where=where)
-            logger.info("modality='auto': %s read as %s.", where, modality)
-        if modality == "counts":
-            check_counts(adata, layer)
+            modality = resolve_modality(adata, layer)
+        if modality in ("counts", "log1p"):
             k = self.smooth_neighbors if smooth_neighbors is None else smooth_neighbors
             if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
                 raise ValueError(f"smooth_neighbors must be an integer >= 0, got {k!r}.")
+            if modality == "log1p":
+                x = normalised_from_log1p(adata, layer)
+            else:
+                check_counts(adata, layer)
             return self._count_profiles(x, adata.var_names, k)
         check_profiles(adata, layer)
         return profiles_from_expression(x, adata.var_names, self.genes, scale=self.input_scale)

@@ -46,7 +46,8 @@ def drug_response(
     layer
         Layer to read; ``None`` uses ``adata.X``.
     modality
-        ``"auto"``, ``"counts"`` or ``"profiles"`` (see
+        ``"auto"``, ``"counts"``, ``"log1p"`` (single cells after ``sc.pp.normalize_total``
+        + ``sc.pp.log1p``) or ``"profiles"`` (see
         :meth:`~scdl.models.DrugResponseModel.profiles`).
     smooth_neighbors
         Cells each cell's counts are averaged over (itself included) before prediction;
@@ -72,8 +73,8 @@ def drug_response(
         DataFrame of cells x drugs: per-cell uncertainty, the sd of the prediction over the
         model's ensemble members (each trained without one fold of the lines).
     ``uns[key_added]``
-        ``params`` (``drugs``, ``layer``, ``modality`` as read: ``"counts"`` or
-        ``"profiles"``, ``smooth_neighbors`` as asked, ``n_genes``, ``n_cells``, ``model``),
+        ``params`` (``drugs``, ``layer``, ``modality`` as read: ``"counts"``, ``"log1p"``
+        or ``"profiles"``, ``smooth_neighbors`` as asked, ``n_genes``, ``n_cells``, ``model``),
         ``drugs`` (DataFrame per drug: ``mean_prediction``, ``bulk_median`` and ``threshold``
         (the same value: the label's cut), ``mean_sd``,
         ``mean_probability``, ``fraction_sensitive`` (probability > 0.5),
@@ -100,7 +101,7 @@ def drug_response(
     >>> scdl.tl.drug_response(adata, model=model, drugs=["Gefitinib", "Erlotinib"])
     >>> scdl.pl.drug_response(adata, groupby="leiden")
     """
-    from scdl.data import check_key_added, get_matrix, guess_modality
+    from scdl.data import check_key_added, resolve_modality
     from scdl.models import DrugResponseModel
 
     if not isinstance(model, DrugResponseModel):
@@ -109,8 +110,7 @@ def drug_response(
         )
     check_key_added(key_added)
     if modality == "auto":  # resolved here so that params records what was read
-        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        modality = guess_modality(get_matrix(adata, layer), where=where)
+        modality = resolve_modality(adata, layer)
     # everything is computed before anything is written, so a failure leaves adata unchanged
     # one pass: the cells' profiles (and their neighbour smoothing) are computed once
     tables = model.predict(
