@@ -485,6 +485,7 @@ def test_annotator_predict_checks_counts(kind, error, match):
     ("kwargs", "error", "match"),
     [
         ({"resolution": 0}, ValueError, "resolution must be > 0"),
+        ({"resolution": float("inf")}, ValueError, "resolution must be > 0 and finite"),
         ({"resolution": "best"}, ValueError, 'number > 0 or "auto"'),
         ({"resolution": None}, TypeError, 'number > 0 or "auto"'),
         ({"n_clusters": 0}, ValueError, "n_clusters must be between 1"),

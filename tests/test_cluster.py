@@ -50,6 +50,16 @@ def test_n_clusters(cellbench, k):
     assert adata.uns["scdl_cluster"]["resolution_method"] == "n_clusters"
     steps = adata.uns["scdl_cluster"]["scan"]
     assert len(steps["resolution"]) == len(steps["n_clusters"]) >= 1
+    assert adata.uns["scdl_cluster"]["n_clusters"] == adata.obs["scdl_cluster"].nunique()
+
+
+def test_n_clusters_beyond_reach_warns_with_the_count_reached(cellbench):
+    adata = cellbench.copy()
+    with pytest.warns(UserWarning, match=f"No resolution gives {adata.n_obs} Leiden clusters"):
+        scdl.tl.cluster(adata, use_rep="X_pca", n_clusters=adata.n_obs)
+    info = adata.uns["scdl_cluster"]
+    assert info["n_clusters_requested"] == adata.n_obs
+    assert info["n_clusters"] == adata.obs["scdl_cluster"].nunique() < adata.n_obs
 
 
 def test_one_batch_gene_codes_defaults(cellbench):

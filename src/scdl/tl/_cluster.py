@@ -79,8 +79,10 @@ def cluster(
         Leiden parameters, with ``resolution`` (the one used) and ``resolution_method``
         (``"fixed"``, ``"auto"`` or ``"n_clusters"``). ``"auto"`` adds ``scan``: a dict of
         arrays ``resolution``, ``n_clusters`` and ``silhouette`` over the grid (plot it with
-        :func:`scdl.pl.cluster_resolution`); ``n_clusters`` adds ``scan`` with the
-        ``resolution`` and ``n_clusters`` of each search step.
+        :func:`scdl.pl.cluster_resolution`); ``n_clusters`` adds ``n_clusters`` (the
+        count reached: the closest one, with a warning, when no resolution gives the one
+        requested), ``n_clusters_requested`` and ``scan`` with the ``resolution`` and
+        ``n_clusters`` of each search step.
     ``adata.uns[f"{key_added}_neighbors"]``
         Parameters of the neighbour graph on ``use_rep``.
     ``adata.obsp[f"{key_added}_neighbors_distances"]``, ``..._connectivities``
@@ -171,8 +173,8 @@ def _check_inputs(adata, use_rep, resolution, n_clusters, n_neighbors, key_added
             raise ValueError(f'resolution must be a number > 0 or "auto", got {resolution!r}.')
     elif isinstance(resolution, bool) or not isinstance(resolution, int | float | np.number):
         raise TypeError(f'resolution must be a number > 0 or "auto", got {resolution!r}.')
-    elif not resolution > 0:
-        raise ValueError(f"resolution must be > 0 (e.g. 0.5 to 2), got {resolution!r}.")
+    elif not 0 < resolution < np.inf:
+        raise ValueError(f"resolution must be > 0 and finite (e.g. 0.5 to 2), got {resolution!r}.")
     check_key_added(key_added)
     if adata.n_obs <= n_neighbors:
         if adata.n_obs < 3:
@@ -202,6 +204,14 @@ def _cluster_to_k(adata, connectivities, rep, n_clusters: int, key_added: str, r
     )
     labels = merge_to(labels, rep, n_clusters)
     sizes = pd.Series(labels).value_counts()  # name clusters 0, 1, ... by size
+    if len(sizes) != n_clusters:  # Leiden's counts jump, or stop growing at resolution 10
+        warnings.warn(
+            f"No resolution gives {n_clusters} Leiden clusters on this graph; using the "
+            f"closest, {len(sizes)} clusters at resolution {chosen:.3g} (recorded in "
+            f"uns[{key_added!r}]['n_clusters']).",
+            UserWarning,
+            stacklevel=3,
+        )
     rename = {c: str(i) for i, c in enumerate(sizes.index)}
     names = [str(i) for i in range(len(sizes))]
     adata.obs[key_added] = pd.Categorical([rename[c] for c in labels], categories=names)
@@ -209,6 +219,8 @@ def _cluster_to_k(adata, connectivities, rep, n_clusters: int, key_added: str, r
         "params": {"resolution": chosen, "random_state": random_state, "n_iterations": 2},
         "resolution": chosen,
         "resolution_method": "n_clusters",
+        "n_clusters": len(sizes),
+        "n_clusters_requested": int(n_clusters),
         "scan": {
             "resolution": np.array([r for r, _ in steps]),
             "n_clusters": np.array([k for _, k in steps]),
