@@ -128,6 +128,46 @@ def test_embedding_writes_only_its_umap_cache(kang_integrated):
     assert list(adata.uns["cell_type_colors"]) == ["#000000"]
 
 
+def _sparse_basis(adata):
+    from scipy import sparse
+
+    adata.obsm["X_scdl"] = sparse.csr_matrix(adata.obsm["X_scdl"])
+
+
+def _nan_basis(adata):
+    adata.obsm["X_scdl"] = adata.obsm["X_scdl"].copy()
+    adata.obsm["X_scdl"][0, 0] = np.nan
+
+
+@pytest.mark.parametrize(
+    ("edit", "kwargs", "error", "match"),
+    [
+        (None, {"color": "cell_typ"}, KeyError, "neither an obs column.*'cell_type'"),
+        (_nan_basis, {}, ValueError, "NaN or infinite"),
+        (_sparse_basis, {}, TypeError, "dense numeric embedding"),
+    ],
+)
+def test_embedding_checks_before_writing_its_cache(kang_integrated, edit, kwargs, error, match):
+    from conftest import assert_unchanged, snapshot
+
+    adata = kang_integrated[0][:300].copy()
+    for key in [k for k in adata.obsm if k.endswith("_umap")]:
+        del adata.obsm[key]
+    if edit is not None:
+        edit(adata)
+    snap = snapshot(adata)
+    with pytest.raises(error, match=match):
+        scdl.pl.embedding(adata, show=False, **kwargs)
+    assert_unchanged(adata, snap)
+    assert "X_scdl_umap" not in adata.obsm
+
+
+def test_embedding_takes_random_state_none(kang_integrated):
+    adata = kang_integrated[0][:300].copy()
+    assert isinstance(scdl.pl.embedding(adata, random_state=None, show=False), Figure)
+    assert adata.uns["X_scdl_umap"]["params"]["random_state"] == 0
+
+
 def test_embedding_on_given_axes(kang_integrated):
     import matplotlib.pyplot as plt
 

@@ -51,7 +51,8 @@ def embedding(
         obs columns or genes to colour by, e.g. ``["sample", "cell_type"]``. Default: the
         batch key recorded by :func:`scdl.tl.integrate` in ``uns[basis]``, if any.
     n_neighbors, random_state
-        For the neighbour graph and UMAP.
+        For the neighbour graph and UMAP (``random_state=None`` uses 0, so that the cached
+        UMAP is reproducible).
     ncols
         Panels per row.
     ax
@@ -70,17 +71,20 @@ def embedding(
             f"basis={basis!r} is not in adata.obsm (available: {list(adata.obsm)}). Run "
             "`scdl.tl.integrate` first or pass the key of an existing embedding."
         )
+    if color is None:
+        params = adata.uns.get(basis, {}).get("params", {}) if basis in adata.uns else {}
+        color = [params["batch_key"]] if params.get("batch_key") else None
+    # everything checked before the UMAP cache is written: a failing call writes nothing
+    rep = _checked_embedding(adata, basis)
+    _check_colors(adata, color)
     umap_key = f"{basis}_umap"
     cached_umap(
         adata,
         umap_key,
-        np.asarray(adata.obsm[basis]),
+        rep,
         n_neighbors=n_neighbors,
-        random_state=random_state,
+        random_state=0 if random_state is None else random_state,
     )
-    if color is None:
-        params = adata.uns.get(basis, {}).get("params", {}) if basis in adata.uns else {}
-        color = [params["batch_key"]] if params.get("batch_key") else None
     kwargs.setdefault("frameon", False)
     kwargs.pop("return_fig", None)  # the figure is always returned
     with _scanpy_writes_undone(adata):  # the cached UMAP stays the only thing written
@@ -102,6 +106,45 @@ def embedding(
     else:
         fig = plot
     return finish(fig, show=show, save=save, default_name=f"embedding_{basis}")
+
+
+def _checked_embedding(adata: AnnData, basis: str) -> np.ndarray:
+    """``obsm[basis]`` as a dense array, refused when it cannot be embedded."""
+    from scipy import sparse
+
+    rep = adata.obsm[basis]
+    if sparse.issparse(rep) or not np.issubdtype(np.asarray(rep).dtype, np.number):
+        raise TypeError(
+            f"adata.obsm[{basis!r}] is a {type(rep).__name__}; a UMAP needs a dense numeric "
+            f"embedding, e.g. `adata.obsm[{basis!r}] = adata.obsm[{basis!r}].toarray()`."
+        )
+    rep = np.asarray(rep)
+    if not np.isfinite(rep).all():
+        raise ValueError(
+            f"adata.obsm[{basis!r}] has {int((~np.isfinite(rep)).sum())} NaN or infinite "
+            "values (a diverged training?). Recompute it, e.g. with `scdl.tl.integrate`."
+        )
+    if rep.ndim != 2 or rep.shape[0] < 4:
+        raise ValueError(
+            f"adata.obsm[{basis!r}] has shape {rep.shape}: a UMAP needs at least 4 cells."
+        )
+    return rep
+
+
+def _check_colors(adata: AnnData, color) -> None:
+    """Each ``color`` key must be an obs column or a gene (scanpy's own error comes after
+    the UMAP would be cached)."""
+    import difflib
+
+    keys = [color] if isinstance(color, str) else list(color or [])
+    genes = set(adata.var_names) | (set(adata.raw.var_names) if adata.raw is not None else set())
+    for key in keys:
+        if key not in adata.obs.columns and key not in genes:
+            hint = difflib.get_close_matches(str(key), list(adata.obs.columns), n=1)
+            raise KeyError(
+                f"color={key!r} is neither an obs column nor a gene of adata."
+                + (f" Did you mean {hint[0]!r}?" if hint else "")
+            )
 
 
 @contextmanager
