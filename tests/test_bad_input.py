@@ -400,6 +400,8 @@ def _query(kind, adata):
         adata.X = sparse.csr_matrix(x)
     elif kind == "no_batch_column":
         del adata.obs["sample"]
+    elif kind == "int_batch":
+        adata.obs["sample"] = 7
     elif kind == "sparse_array":
         adata.X = sparse.csr_array(adata.X)
     return adata
@@ -411,6 +413,7 @@ BAD_QUERY = [
     ("missing_genes", ValueError, "lacks 7 of the model's"),
     ("negative", ValueError, "negative values"),
     ("no_batch_column", KeyError, "lacks the column 'sample'"),
+    ("int_batch", TypeError, r"holds number values \(e.g. 7\).*astype\(str\)"),
     ("sparse_array", TypeError, r"sparse array \(csr_array\).*scipy\.sparse\.csr_matrix"),
 ]
 
@@ -425,7 +428,7 @@ def test_trained_vae_checks_new_data(kang_integrated, kind, error, match):
     assert_unchanged(query, snap)
 
 
-@pytest.mark.parametrize("kind", ["unseen_batch", "negative", "no_batch_column"])
+@pytest.mark.parametrize("kind", ["unseen_batch", "negative", "no_batch_column", "int_batch"])
 def test_loading_a_vae_onto_new_data_checks_it_as_its_methods_do(kang_integrated, kind, tmp_path):
     """load(dir, adata=) names the problem as get_latent_representation does (scvi-tools'
     transfer would name an option load lacks), the AnnData left unchanged."""
@@ -436,6 +439,17 @@ def test_loading_a_vae_onto_new_data_checks_it_as_its_methods_do(kang_integrated
     snap = snapshot(query)
     with pytest.raises(error, match=match):
         VAE.load(tmp_path / "m", adata=query)
+    assert_unchanged(query, snap)
+
+
+def test_query_mapping_names_a_batch_column_of_another_kind(kang_integrated):
+    """scvi-tools compares category values, so 7 is not "7": its own error was numpy's
+    "'<' not supported between instances of 'int' and 'str'"."""
+    _, model = kang_integrated
+    query = _query("int_batch", model.adata[:200].copy())
+    snap = snapshot(query)
+    with pytest.raises(TypeError, match=r"holds number values.*astype\(str\)"):
+        VAE.load_query_data(query, model)
     assert_unchanged(query, snap)
 
 

@@ -36,7 +36,7 @@ from ._groups import resolve_groups
 from ._lognorm import input_kind, normalised_from_log1p
 from ._normalize import log_normalize_counts
 from ._pca import unintegrated_pca
-from ._query import check_query
+from ._query import check_category_kind, check_query
 from ._salient_genes import salient_gene_table
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "check_positive_int",
     "warn_empty_cells",
     "check_query",
+    "check_category_kind",
     "check_unique_var_names",
     "get_matrix",
     "guess_modality",

@@ -84,6 +84,7 @@ def check_query(
                 f"values among those the model was trained on: {categories[:10]}."
             )
         col = check_obs_key(adata, key, arg=arg)
+        check_category_kind(col, categories, key, model=model)
         unseen = sorted(set(map(str, pd.unique(col))) - set(map(str, categories)))
         if unseen:
             raise ValueError(
@@ -91,3 +92,42 @@ def check_query(
                 f"({unseen[:5]}); it knows {categories[:10]}. To use new categories, "
                 f"{unseen_fix}."
             )
+
+
+def _kind(values) -> str | None:
+    """``"str"`` or ``"number"`` when every value is of that kind, else None."""
+    import numbers
+
+    values = [v for v in values if not pd.isna(v)]
+    if values and all(isinstance(v, str) for v in values):
+        return "str"
+    if values and all(isinstance(v, numbers.Number) for v in values):
+        return "number"
+    return None
+
+
+def check_category_kind(column, categories, key: str, *, model: str = "model") -> None:
+    """Refuse a query column whose values are numbers where the model's categories are
+    strings, or the reverse: scvi-tools compares them as values, so ``1`` is not ``"1"``.
+
+    Raises
+    ------
+    TypeError
+        The kinds differ; the message names both and the conversion.
+    """
+    theirs = _kind(pd.unique(pd.Series(column).astype(object)))
+    ours = _kind(list(categories))
+    if theirs is None or ours is None or theirs == ours:
+        return
+    conversion = "astype(str)" if ours == "str" else "astype(int)"
+
+    def example(v):
+        return repr(v.item() if hasattr(v, "item") else v)  # 1, not np.int64(1)
+
+    raise TypeError(
+        f"adata.obs[{key!r}] holds {theirs} values (e.g. {example(pd.unique(column)[0])}) where "
+        f"the {model} was trained on {ours} categories (e.g. {example(list(categories)[0])}), "
+        "which "
+        f"scvi-tools treats as different: convert them, e.g. `adata.obs[{key!r}] = "
+        f"adata.obs[{key!r}].{conversion}`."
+    )

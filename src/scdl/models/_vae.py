@@ -378,5 +378,10 @@ class VAE(
             adata = adata.copy()
         setup_args = reference_model.registry_["setup_args"]
         if setup_args.get("batch_key") is not None:
-            check_obs_key(adata, setup_args["batch_key"], arg="batch_key (of the reference)")
+            from scdl.data import check_category_kind
+
+            key = setup_args["batch_key"]
+            col = check_obs_key(adata, key, arg="batch_key (of the reference)")
+            state = reference_model.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
+            check_category_kind(col, state.categorical_mapping, key, model=cls.__name__)
         return super().load_query_data(adata, reference_model, **kwargs)
