@@ -382,6 +382,8 @@ class VAE(
 
             key = setup_args["batch_key"]
             col = check_obs_key(adata, key, arg="batch_key (of the reference)")
-            state = reference_model.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
-            check_category_kind(col, state.categorical_mapping, key, model=cls.__name__)
+            # from the registry: a model loaded without data has no AnnData manager
+            fields = reference_model.registry_["field_registries"]
+            state = fields[REGISTRY_KEYS.BATCH_KEY]["state_registry"]
+            check_category_kind(col, state["categorical_mapping"], key, model=cls.__name__)
         return super().load_query_data(adata, reference_model, **kwargs)
