@@ -125,37 +125,56 @@ def _columns(x, positions: np.ndarray) -> np.ndarray:
 
 #: largest share of the rows one row is averaged over by :func:`neighbor_average`
 MAX_NEIGHBOR_SHARE = 0.2
+#: rows made dense at a time when profiles are computed from counts
+_CHUNK_ROWS = 1024
 
 
-def neighbor_average(
-    profiles: np.ndarray, n_neighbors: int, *, n_pcs: int = 30, random_state: int = 0
-) -> np.ndarray:
-    """Average each row with its nearest neighbours (itself included) in PCA space.
+def neighbor_weights(
+    profiles, n_neighbors: int, *, n_pcs: int = 30, random_state: int = 0
+) -> sparse.csr_matrix | None:
+    """Sparse averaging matrix over each row's nearest neighbours (itself included) in PCA
+    space of log1p(``profiles``); None when no averaging is done.
 
-    Neighbours are found on log1p of ``profiles`` (counts per 10k), so a cell borrows signal
-    from cells of the same state; it is what makes a sparse cell resemble a bulk profile. At
-    most a fifth of the rows (``MAX_NEIGHBOR_SHARE``) are averaged: with ``n_neighbors`` near
-    the number of rows every cell took the mean of all, one prediction for a small query.
+    ``profiles`` (rows x genes, e.g. counts per 10k; sparse stays sparse: the PCA centres
+    implicitly) are not densified. At most a fifth of the rows (``MAX_NEIGHBOR_SHARE``) are
+    averaged: with ``n_neighbors`` near the number of rows every row took the mean of all,
+    one prediction for a small query.
     """
     n = profiles.shape[0]
     k = min(int(n_neighbors), max(1, int(n * MAX_NEIGHBOR_SHARE)))
     if k <= 1:
-        return profiles
+        return None
     from sklearn.decomposition import PCA
     from sklearn.neighbors import NearestNeighbors
 
-    logp = np.log1p(profiles)
+    if sparse.issparse(profiles):
+        logp = sparse.csr_matrix(profiles, dtype=np.float64, copy=True)
+        logp.data = np.log1p(logp.data)
+    else:
+        logp = np.log1p(np.asarray(profiles, dtype=np.float64))
     n_comp = max(1, min(n_pcs, n - 1, profiles.shape[1] - 1))
     # exact PCA (ARPACK, as scanpy's default): sklearn's randomized solver samples over the
     # cells of a wide matrix, so each cell's neighbours depended on the order of the cells
     emb = PCA(n_components=n_comp, svd_solver="arpack", random_state=random_state)
-    emb = emb.fit_transform(logp - logp.mean(axis=0))
+    emb = emb.fit_transform(logp)
     idx = NearestNeighbors(n_neighbors=k).fit(emb).kneighbors(emb, return_distance=False)
-    # a sparse averaging matrix: profiles[idx] would hold cells x k x genes at once
-    weights = sparse.csr_matrix(
+    return sparse.csr_matrix(
         (np.full(idx.size, 1.0 / k), idx.ravel(), np.arange(0, idx.size + 1, k)), shape=(n, n)
     )
-    return np.asarray(weights @ profiles)
+
+
+def neighbor_average(
+    profiles, n_neighbors: int, *, n_pcs: int = 30, random_state: int = 0
+) -> np.ndarray:
+    """Average each row with its nearest neighbours (itself included) in PCA space.
+
+    Neighbours are found on log1p of ``profiles`` (counts per 10k), so a cell borrows signal
+    from cells of the same state; it is what makes a sparse cell resemble a bulk profile.
+    See :func:`neighbor_weights`; the result is dense (rows x genes).
+    """
+    weights = neighbor_weights(profiles, n_neighbors, n_pcs=n_pcs, random_state=random_state)
+    out = profiles if weights is None else weights @ profiles
+    return out.toarray() if sparse.issparse(out) else np.asarray(out)
 
 
 def profiles_from_counts(
@@ -172,16 +191,30 @@ def profiles_from_counts(
     log1p(counts per ``target_sum``; library size over all of ``var_names``), averaged over
     ``n_neighbors`` nearest neighbours when > 1, then each row put on a common scale across
     the ``genes`` present (``scale``: z-scores, or ``"rank"``: normal quantiles of the
-    ranks); genes absent from ``var_names`` are set to 0 (the profile's mean).
+    ranks); genes absent from ``var_names`` are set to 0 (the profile's mean). Sparse counts
+    stay sparse; rows are made dense a chunk at a time, so memory beyond the float32 result
+    does not grow with the number of cells.
     """
     positions = gene_positions(var_names, genes)
     if not (sparse.issparse(x) or isinstance(x, np.ndarray)):  # e.g. a backed AnnData's X
         x = x[:]  # read into memory as stored (sparse stays sparse)
     library = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
     library[library == 0] = 1.0
-    cp = _columns(x, positions) * (target_sum / library)[:, None]
-    cp = neighbor_average(cp, n_neighbors) if n_neighbors > 1 else cp
-    return _standardise_present(np.log1p(cp), positions >= 0, scale)
+    present = positions >= 0
+    sub = x[:, positions[present]]
+    per_row = sparse.diags(target_sum / library)
+    if sparse.issparse(sub):
+        cp = sparse.csr_matrix(per_row @ sparse.csr_matrix(sub, dtype=np.float64))
+    else:
+        cp = np.asarray(sub, dtype=np.float64) * (target_sum / library)[:, None]
+    weights = neighbor_weights(cp, n_neighbors) if n_neighbors > 1 else None
+    out = np.zeros((x.shape[0], positions.size), dtype=np.float32)
+    for start in range(0, x.shape[0], _CHUNK_ROWS):
+        rows = slice(start, start + _CHUNK_ROWS)
+        block = cp[rows] if weights is None else weights[rows] @ cp
+        block = block.toarray() if sparse.issparse(block) else np.asarray(block)
+        out[rows, present] = SCALES[scale](np.log1p(block))
+    return out
 
 
 def profiles_from_expression(
