@@ -20,6 +20,10 @@ from scdl.dataloaders import dense_rows
 from ._mixing import MIN_REFERENCE_SHARE, build_sketch
 from ._novelty import calibrate_threshold
 
+#: most values (cells x genes) densified for the linear path's fit: with 2,000 genes every
+#: cell up to 20,000; with a whole transcriptome (~30,000 genes) about 4,000
+LINEAR_FIT_VALUES = 125_000_000
+
 
 class AnnotatorCalibrationMixin:
     """``calibrate``, ``calibrate_clusters`` and the linear path's fit."""
@@ -77,12 +81,14 @@ class AnnotatorCalibrationMixin:
 
         scikit-learn solves this convex problem exactly; the transformer then learns what it
         misses. At most ``max_cells`` of the given cells (drawn at random) are densified for
-        the fit.
+        the fit, and fewer with a large vocabulary: at most ``LINEAR_FIT_VALUES`` values
+        (cells x genes), so the dense copies stay near 0.5 GB each.
         """
         from sklearn.linear_model import LogisticRegression
 
         x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         labels = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel()
+        max_cells = min(max_cells, max(2_000, LINEAR_FIT_VALUES // max(x.shape[1], 1)))
         rows = np.sort(np.asarray(train_idx))
         if len(rows) > max_cells:
             rng = np.random.default_rng(0)
