@@ -186,7 +186,8 @@ def main() -> None:
 - **Limits:** PBMCs of one study and one technology (10x 3'); no platelets, megakaryocytes,
   plasma cells or progenitors: such cells should come out "Unknown" or as the nearest type.
   CD4 vs CD8 T cells is the hardest distinction.
-- **Files:** `config.json` (JSON), `model.safetensors` (sha256 `{digest}`; its header holds the checksum of `config.json`, so an edited config is refused), this card.
+- **Files:** `config.json` (JSON), `model.safetensors` (sha256 `{digest}`; its header holds
+  the checksum of `config.json`, so an edited config is refused), this card.
 """
     (OUT / "README.md").write_text(card)
     reg = ROOT / "pretrained" / "_registry.py"
