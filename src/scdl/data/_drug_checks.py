@@ -228,7 +228,7 @@ def resolve_modality(adata: AnnData, layer: str | None = None, n_rows: int = 200
     modality = guess_modality(x, n_rows, where=where)
     if modality == "profiles":
         try:
-            with warnings.catch_warnings():  # input_kind's note speaks of annotation
+            with warnings.catch_warnings():  # the caller says what it reads
                 warnings.simplefilter("ignore", UserWarning)
                 kind, total = input_kind(adata, layer)
         except ValueError:  # scaled, a gene subset, z-scores, ...: log-scale profiles

@@ -123,7 +123,7 @@ def _columns(x, positions: np.ndarray) -> np.ndarray:
     return out
 
 
-#: largest share of the rows one row is averaged over by :func:`neighbor_average`
+#: largest share of the rows one row is averaged over by :func:`neighbor_weights`
 MAX_NEIGHBOR_SHARE = 0.2
 #: rows made dense at a time when profiles are computed from counts
 _CHUNK_ROWS = 1024
@@ -161,20 +161,6 @@ def neighbor_weights(
     return sparse.csr_matrix(
         (np.full(idx.size, 1.0 / k), idx.ravel(), np.arange(0, idx.size + 1, k)), shape=(n, n)
     )
-
-
-def neighbor_average(
-    profiles, n_neighbors: int, *, n_pcs: int = 30, random_state: int = 0
-) -> np.ndarray:
-    """Average each row with its nearest neighbours (itself included) in PCA space.
-
-    Neighbours are found on log1p of ``profiles`` (counts per 10k), so a cell borrows signal
-    from cells of the same state; it is what makes a sparse cell resemble a bulk profile.
-    See :func:`neighbor_weights`; the result is dense (rows x genes).
-    """
-    weights = neighbor_weights(profiles, n_neighbors, n_pcs=n_pcs, random_state=random_state)
-    out = profiles if weights is None else weights @ profiles
-    return out.toarray() if sparse.issparse(out) else np.asarray(out)
 
 
 def profiles_from_counts(

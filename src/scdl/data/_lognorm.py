@@ -90,8 +90,7 @@ def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | N
     total = float(np.median(positive))
     warnings.warn(
         f"{where} is not raw counts but log1p of counts normalised to {total:.4g} per cell; "
-        "annotating it on that scale (the model's log-normalisation of counts gives the same "
-        "values).",
+        "reading it on that scale (log-normalising its counts would give the same values).",
         UserWarning,
         stacklevel=3,
     )
@@ -109,7 +108,7 @@ def normalised_from_log1p(adata: AnnData, layer: str | None = None):
         The matrix is raw counts, or neither counts nor log1p of normalised counts (as
         :func:`input_kind`).
     """
-    with warnings.catch_warnings():  # input_kind's note speaks of annotation
+    with warnings.catch_warnings():  # the caller says what it reads
         warnings.simplefilter("ignore", UserWarning)
         kind, _ = input_kind(adata, layer)
     if kind != "log1p":

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from scdl.models import CellTypeTransformer
 
 
+#: obs fields written with majority voting (a call without it removes them under its key)
+_VOTING_FIELDS = ("over_clustering", "majority_voting", "majority_support")
+
+
 def annotate(
     adata: AnnData,
     *,
@@ -155,9 +159,7 @@ def annotate(
     adata.obs[f"{key_added}_cluster_novelty"] = calls["cluster_novelty"].to_numpy()
     adata.obs[f"{key_added}_cluster_reference_share"] = calls["cluster_reference_share"].to_numpy()
     adata.obsm[f"{key_added}_probabilities"] = probs
-    voting = [
-        f"{key_added}_{k}" for k in ("over_clustering", "majority_voting", "majority_support")
-    ]
+    voting = [f"{key_added}_{k}" for k in _VOTING_FIELDS]
     if majority_voting:
         adata.obs[voting[0]] = pd.Categorical(pd.Series(clusters).astype(str).to_numpy())
         adata.obs[voting[1]] = pd.Categorical(voted, categories=categories)
@@ -171,10 +173,6 @@ def annotate(
         "majority_voting": bool(majority_voting),
     }
     return adata if copy else None
-
-
-#: obs fields written with majority voting (a call without it removes them under its key)
-_VOTING_FIELDS = ("over_clustering", "majority_voting", "majority_support")
 
 
 def _resolve_model(model) -> tuple:

@@ -104,10 +104,8 @@ def integration_metrics(
             )
         if not np.isfinite(np.asarray(emb, dtype=np.float64)).all():
             raise ValueError(f"adata.obsm[{key!r}] has NaN or infinite values.")
-    if computed_pca:  # its input checked before the slow part
-        from scdl.data import input_kind
-
-        input_kind(adata, layer)
+    # the baseline PCA checks its input: computed before scib-metrics' slow import
+    pre = unintegrated_pca(adata, layer=layer) if computed_pca else adata.obsm[pre_integrated]
 
     import anndata
     from scib_metrics.benchmark import Benchmarker  # slow to import: after the checks
@@ -121,10 +119,7 @@ def integration_metrics(
         # a copy: scib-metrics' KMeans centres its input in place, and an embedding already
         # float32 would otherwise be the user's own array
         tmp.obsm[key] = np.array(adata.obsm[key], dtype=np.float32, copy=True)
-    if computed_pca:
-        tmp.obsm["_pre"] = unintegrated_pca(adata, layer=layer).astype(np.float32)
-    else:
-        tmp.obsm["_pre"] = np.array(adata.obsm[pre_integrated], dtype=np.float32, copy=True)
+    tmp.obsm["_pre"] = np.array(pre, dtype=np.float32, copy=True)
 
     bm = Benchmarker(
         tmp,
