@@ -289,7 +289,9 @@ class AnnotatorPredictionMixin:
         if unknown_call:  # no count in the model's genes: nothing to type the cell by
             empty = np.asarray(host.sum(1)).ravel() == 0
             unknown = unknown | empty
-        if unknown_call and self.cluster_threshold_ is not None and not empty.all():
+        typed = 0 if not unknown_call else int((~empty).sum())
+        # below MIN_QUERY_CELLS the call was skipped (and said so): no composition caveat
+        if self.cluster_threshold_ is not None and typed >= MIN_QUERY_CELLS:
             self._warn_if_composition_differs(best.numpy()[~empty])  # of the typed cells
         calls.insert(0, "label", np.where(unknown, UNKNOWN, forced))
         calls["is_unknown"] = unknown
