@@ -37,14 +37,16 @@ def select_genes(
         return expressed
     x = adata.X if layer is None else adata.layers[layer]
     mask = np.asarray(gene_totals > 0)
-    x = x[:, mask]
+    if not mask.all():  # a column subset copies the whole matrix: only when genes drop
+        x = x[:, mask]
     if isinstance(x, sparse.sparray):  # scanpy's seurat_v3 takes scipy's sparse matrices only
         x = sparse.csr_matrix(x) if x.format == "csr" else sparse.csc_matrix(x)
     obs, keep = None, slice(None)
     if batch_key is not None:
         labels, keep = _ranking_groups(adata.obs[batch_key])
         obs = pd.DataFrame({"batch": labels}, index=adata.obs_names)[keep]
-    tmp = anndata.AnnData(X=x[keep], obs=obs)
+    # a row subset copies too: only when cells are left out of the ranking
+    tmp = anndata.AnnData(X=x if isinstance(keep, slice) or np.all(keep) else x[keep], obs=obs)
     tmp.var_names = expressed
     hvg = _seurat_v3(tmp, n_top_genes, batch_key)
     hvg.index = expressed
