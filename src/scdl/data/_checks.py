@@ -354,3 +354,42 @@ def check_key_added(key_added) -> str:
             f"{key_added.replace('/', '_')!r}."
         )
     return key_added
+
+
+def check_embedding(adata: AnnData, key: str, *, purpose: str = "it") -> np.ndarray:
+    """``adata.obsm[key]`` as a dense numeric cells x dimensions array with finite values
+    (what clustering, a UMAP or the integration metrics read).
+
+    Raises
+    ------
+    KeyError
+        ``key`` is not in ``obsm``.
+    TypeError
+        The embedding is sparse, not numeric or not two-dimensional.
+    ValueError
+        It holds NaN or infinite values.
+    """
+    if key not in adata.obsm:
+        raise KeyError(
+            f"{key!r} is not in adata.obsm (available: {list(adata.obsm) or 'none'}). Run "
+            "`scdl.tl.integrate(adata, ...)` first or pass the key of an existing embedding."
+        )
+    rep = adata.obsm[key]
+    dense = None if sparse.issparse(rep) else np.asarray(rep)
+    if dense is None or dense.ndim != 2 or not np.issubdtype(dense.dtype, np.number):
+        raise TypeError(
+            f"adata.obsm[{key!r}] is a "
+            + (
+                f"sparse matrix ({type(rep).__name__})"
+                if dense is None
+                else f"{type(rep).__name__} of dtype {dense.dtype}, shape {dense.shape}"
+            )
+            + f"; {purpose} needs a dense numeric embedding (cells x dimensions), e.g. "
+            f"`adata.obsm[{key!r}] = adata.obsm[{key!r}].toarray()` for a sparse one."
+        )
+    if not np.isfinite(dense).all():
+        raise ValueError(
+            f"adata.obsm[{key!r}] has {int((~np.isfinite(dense)).sum())} NaN or infinite "
+            "values (a diverged training?). Recompute it, e.g. with `scdl.tl.integrate`."
+        )
+    return dense

@@ -290,8 +290,17 @@ class AnnotatorPredictionMixin:
             empty = np.asarray(host.sum(1)).ravel() == 0
             unknown = unknown | empty
         typed = 0 if not unknown_call else int((~empty).sum())
-        # below MIN_QUERY_CELLS the call was skipped (and said so): no composition caveat
-        if self.cluster_threshold_ is not None and typed >= MIN_QUERY_CELLS:
+        if self.cluster_threshold_ is not None and 0 < typed < MIN_QUERY_CELLS:
+            warnings.warn(  # _cluster_calls made no novelty: the call is one caveat, not two
+                f"The query has {typed} cells with counts; the Unknown call compares its "
+                f"clusters using the query's own gene statistics and needs at least "
+                f"{MIN_QUERY_CELLS}. It is skipped: every cell takes its most probable type. "
+                "Annotate these cells together with more cells of their sample to have them "
+                "checked.",
+                UserWarning,
+                stacklevel=3,
+            )
+        elif self.cluster_threshold_ is not None and typed >= MIN_QUERY_CELLS:
             self._warn_if_composition_differs(best.numpy()[~empty])  # of the typed cells
         calls.insert(0, "label", np.where(unknown, UNKNOWN, forced))
         calls["is_unknown"] = unknown
@@ -320,24 +329,17 @@ class AnnotatorPredictionMixin:
             for full, part in zip(out, sub, strict=True):
                 full[has] = part
             return out
+        if resolution is None:  # CellTypist's choice by query size
+            resolution = 5 if n < 5_000 else 10 if n < 20_000 else 15 if n < 40_000 else 20
         if n < MIN_QUERY_CELLS:  # a few cells' own mean is their profile, not a shared
-            # shift: every cluster would look new (all Unknown below ~60 cells)
-            warnings.warn(
-                f"The query has {n} cells with counts; the Unknown call compares its clusters "
-                f"using the query's own gene statistics and needs at least {MIN_QUERY_CELLS}. "
-                "It is skipped: every cell takes its most probable type. Annotate these cells "
-                "together with more cells of their sample to have them checked.",
-                UserWarning,
-                stacklevel=4,
-            )
+            # shift: every cluster would look new (all Unknown below ~60 cells); no novelty
+            # (annotate_cells says so), only the over-clustering for voting
             over = np.full(n, -1)
             if resolution is not False:
                 (over,) = cluster_cells(
-                    log_normalize(x), resolutions=(float(resolution or 5),), seed=seed
+                    log_normalize(x), resolutions=(float(resolution),), seed=seed
                 )
             return np.zeros(n, dtype=int), np.full(n, np.nan), np.full(n, np.nan), over
-        if resolution is None:  # CellTypist's choice by query size
-            resolution = 5 if n < 5_000 else 10 if n < 20_000 else 15 if n < 40_000 else 20
         x_log = log_normalize(x)
         own = _mean_sd(x_log)  # the query's own per-gene statistics, read by all three steps
         # a query lacking reference types is filled to the reference's composition first

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-import numpy as np
+from scdl.data import check_embedding
 
 from ._utils import cached_umap, doc_show_save, finish
 
@@ -75,7 +75,9 @@ def embedding(
         params = adata.uns.get(basis, {}).get("params", {}) if basis in adata.uns else {}
         color = [params["batch_key"]] if params.get("batch_key") else None
     # everything checked before the UMAP cache is written: a failing call writes nothing
-    rep = _checked_embedding(adata, basis)
+    rep = check_embedding(adata, basis, purpose="a UMAP")
+    if rep.shape[0] < 4:
+        raise ValueError(f"adata.obsm[{basis!r}] holds {rep.shape[0]} cells: a UMAP needs 4.")
     _check_colors(adata, color)
     umap_key = f"{basis}_umap"
     cached_umap(
@@ -106,29 +108,6 @@ def embedding(
     else:
         fig = plot
     return finish(fig, show=show, save=save, default_name=f"embedding_{basis}")
-
-
-def _checked_embedding(adata: AnnData, basis: str) -> np.ndarray:
-    """``obsm[basis]`` as a dense array, refused when it cannot be embedded."""
-    from scipy import sparse
-
-    rep = adata.obsm[basis]
-    if sparse.issparse(rep) or not np.issubdtype(np.asarray(rep).dtype, np.number):
-        raise TypeError(
-            f"adata.obsm[{basis!r}] is a {type(rep).__name__}; a UMAP needs a dense numeric "
-            f"embedding, e.g. `adata.obsm[{basis!r}] = adata.obsm[{basis!r}].toarray()`."
-        )
-    rep = np.asarray(rep)
-    if not np.isfinite(rep).all():
-        raise ValueError(
-            f"adata.obsm[{basis!r}] has {int((~np.isfinite(rep)).sum())} NaN or infinite "
-            "values (a diverged training?). Recompute it, e.g. with `scdl.tl.integrate`."
-        )
-    if rep.ndim != 2 or rep.shape[0] < 4:
-        raise ValueError(
-            f"adata.obsm[{basis!r}] has shape {rep.shape}: a UMAP needs at least 4 cells."
-        )
-    return rep
 
 
 def _check_colors(adata: AnnData, color) -> None:

@@ -7,9 +7,8 @@ import warnings
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from scipy import sparse
 
-from scdl.data import check_key_added
+from scdl.data import check_embedding, check_key_added
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -132,30 +131,7 @@ def cluster(
 def _check_inputs(adata, use_rep, resolution, n_clusters, n_neighbors, key_added):
     """The representation to cluster and the number of neighbours to use, with every argument
     checked before anything is written."""
-    if use_rep not in adata.obsm:
-        avail = list(adata.obsm.keys())
-        raise KeyError(
-            f"use_rep={use_rep!r} is not in adata.obsm (available: {avail or 'none'}). Run "
-            "`scdl.tl.integrate(adata, ...)` first or pass the key of an existing embedding."
-        )
-    rep = adata.obsm[use_rep]
-    if sparse.issparse(rep):
-        raise TypeError(
-            f"adata.obsm[{use_rep!r}] is a sparse matrix; clustering needs a dense embedding "
-            f"(cells x dimensions), e.g. `adata.obsm[{use_rep!r}] = adata.obsm[{use_rep!r}]"
-            ".toarray()` if it is small, or a PCA/latent space."
-        )
-    rep = np.asarray(rep)
-    if rep.ndim != 2 or not np.issubdtype(rep.dtype, np.number):
-        raise TypeError(
-            f"adata.obsm[{use_rep!r}] must be a numeric cells x dimensions array, got "
-            f"dtype {rep.dtype} with shape {rep.shape}."
-        )
-    if not np.isfinite(rep).all():
-        raise ValueError(
-            f"adata.obsm[{use_rep!r}] has {int((~np.isfinite(rep)).sum())} NaN or infinite "
-            "values (a diverged training?). Recompute it, e.g. with `scdl.tl.integrate`."
-        )
+    rep = check_embedding(adata, use_rep, purpose="clustering")
     if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int | np.integer):
         raise TypeError(f"n_neighbors must be an integer, got {n_neighbors!r}.")
     if n_neighbors < 2:

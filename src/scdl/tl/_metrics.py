@@ -6,9 +6,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
-from scdl.data import check_categorical, check_is_anndata, check_key_added, unintegrated_pca
+from scdl.data import (
+    check_categorical,
+    check_embedding,
+    check_is_anndata,
+    check_key_added,
+    unintegrated_pca,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -85,25 +90,12 @@ def integration_metrics(
         pre_integrated == "X_pca" and pre_integrated not in adata.obsm
     )
     for key in embeddings + ([] if computed_pca else [pre_integrated]):
-        if key not in adata.obsm:
+        if key == pre_integrated and key not in adata.obsm:
             raise KeyError(
-                f"Embedding {key!r} is not in adata.obsm (available: {list(adata.obsm)})."
-                + (
-                    " Pass `pre_integrated=None` to score against a PCA computed from the counts."
-                    if key == pre_integrated
-                    else ""
-                )
+                f"pre_integrated={key!r} is not in adata.obsm (available: {list(adata.obsm)}). "
+                "Pass `pre_integrated=None` to score against a PCA computed from the counts."
             )
-        emb = adata.obsm[key]
-        if sparse.issparse(emb) or not np.issubdtype(np.asarray(emb).dtype, np.number):
-            raise TypeError(
-                f"adata.obsm[{key!r}] is a {type(emb).__name__} of "
-                f"{getattr(emb, 'dtype', 'mixed values')}; the metrics read a dense numeric "
-                f"embedding: store one, e.g. `adata.obsm[{key!r}] = "
-                f"adata.obsm[{key!r}].toarray()` for a sparse matrix."
-            )
-        if not np.isfinite(np.asarray(emb, dtype=np.float64)).all():
-            raise ValueError(f"adata.obsm[{key!r}] has NaN or infinite values.")
+        check_embedding(adata, key, purpose="scoring")
     # the baseline PCA checks its input: computed before scib-metrics' slow import
     pre = unintegrated_pca(adata, layer=layer) if computed_pca else adata.obsm[pre_integrated]
 
