@@ -82,3 +82,82 @@ def test_kl_weight_warms_up_over_half_the_epochs(kang, model_cls):
     model = cls(adata)
     model.train(**train, plan_kwargs={"n_epochs_kl_warmup": 8})  # the user's choice wins
     assert model.history["kl_weight"].iloc[-1, 0] < 1.0
+
+
+def test_watched_validation_runs_every_epoch():
+    """Early stopping counts its patience in validation passes and a plateau schedule needs one
+    each epoch: as scvi-tools' Trainer, validate every epoch then (the user's choice kept)."""
+    for options in (
+        {"early_stopping": True},
+        {"plan_kwargs": {"reduce_lr_on_plateau": True}},
+        {"trainer_kwargs": {"early_stopping": True}},
+    ):
+        kwargs = dict(options.pop("trainer_kwargs", {}))
+        plan_training(1_000, 200, batch_size=128, train_size=0.9, trainer_kwargs=kwargs, **options)
+        assert kwargs["check_val_every_n_epoch"] == 1, options
+    kwargs = {"check_val_every_n_epoch": 5}
+    plan_training(
+        1_000, 200, batch_size=128, train_size=0.9, trainer_kwargs=kwargs, early_stopping=True
+    )
+    assert kwargs["check_val_every_n_epoch"] == 5
+
+
+def test_early_stopping_stops_after_its_patience_in_epochs(kang):
+    from scdl.models import VAE
+
+    adata = kang[::5].copy()
+    VAE.setup_anndata(adata, batch_key="sample")
+    model = VAE(adata)
+    # nothing counts as an improvement: stops after the first epoch and 3 more
+    model.train(
+        max_epochs=60,
+        early_stopping=True,
+        early_stopping_patience=3,
+        early_stopping_min_delta=1e9,
+        enable_progress_bar=False,
+    )
+    assert len(model.history["elbo_validation"]) == 4
+    model = VAE(adata)
+    model.train(
+        max_epochs=6,
+        plan_kwargs={"reduce_lr_on_plateau": True, "lr_patience": 1},
+        enable_progress_bar=False,
+    )
+    assert len(model.history["elbo_validation"]) == 6
+
+
+def test_annotator_early_stopping_watches_its_validation_loss(kang):
+    from scdl.models import CellTypeTransformer
+
+    adata = kang[::4].copy()
+    CellTypeTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = CellTypeTransformer(adata)
+    model.train(
+        max_epochs=40,
+        early_stopping=True,
+        early_stopping_patience=2,
+        early_stopping_min_delta=1e9,
+        train_size=None,
+        enable_progress_bar=False,
+    )
+    assert len(model.history["validation_loss"]) == 3  # the first epoch and 2 more
+    assert model.predict(adata).shape == (adata.n_obs,)
+
+
+@pytest.mark.parametrize("model_cls", ["VAE", "CellTypeTransformer"])
+def test_model_loaded_without_data_names_the_fix(kang, tmp_path, model_cls):
+    import scdl.models
+
+    cls = getattr(scdl.models, model_cls)
+    adata = kang[::8].copy()
+    cls.setup_anndata(adata, **({"labels_key": "cell_type"} if model_cls != "VAE" else {}))
+    model = cls(adata)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    model.save(tmp_path / "m")
+    loaded = cls.load(tmp_path / "m")
+    with pytest.raises(ValueError, match=r"loaded without data.*load\(dir_path, adata="):
+        loaded.train(max_epochs=1)
+    if model_cls == "VAE":
+        with pytest.raises(ValueError, match="pass them as `adata=`"):
+            loaded.get_latent_representation()
+        assert loaded.get_latent_representation(adata).shape == (adata.n_obs, 10)

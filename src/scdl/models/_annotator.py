@@ -304,6 +304,7 @@ class CellTypeTransformer(
         from scvi.train import Trainer
 
         if adata is None:
+            self._require_adata("pretrain on")
             x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         else:
             check_counts(adata, layer)
@@ -341,12 +342,14 @@ class CellTypeTransformer(
         *,
         batch_size: int = 128,
         lr: float = 2e-3,
-        train_size: float = 0.9,
+        train_size: float | None = 0.9,
+        validation_size: float | None = None,
         unknown_rate: float = 0.05,
         linear_C: float = 0.01,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         plan_kwargs: dict | None = None,
+        datasplitter_kwargs: dict | None = None,
         **kwargs,
     ):
         """Train the classifier, then calibrate the "Unknown" call on the reference.
@@ -362,7 +365,11 @@ class CellTypeTransformer(
         train_size
             Fraction of the reference the transformer trains on; the rest calibrates the
             per-cell thresholds. The linear path, a convex fit that needs no held-out
-            cells, is then refitted on every reference cell.
+            cells, is then refitted on every reference cell. ``None`` is 0.9, as in
+            scvi-tools.
+        validation_size
+            Fraction of the reference held out for validation and calibration; default every
+            cell not trained on (scvi-tools' ``DataSplitter`` rule).
         unknown_rate
             Fraction of held-out reference cells that the per-cell thresholds flag (used only
             by models without a cluster threshold; the Unknown call is made per query cluster,
@@ -374,10 +381,15 @@ class CellTypeTransformer(
         accelerator, devices
             Passed to Lightning (``"cpu"``, ``"gpu"``, ``"auto"``; device count or ids);
             further ``Trainer`` arguments (e.g. ``strategy="ddp"``) go in ``**kwargs``.
+            ``early_stopping=True`` there watches ``validation_loss`` (validated every epoch)
+            unless ``early_stopping_monitor`` names another logged metric.
         plan_kwargs
             Further arguments for :class:`scdl.train.AnnotatorTrainingPlan`
             (``label_smoothing``, ``weight_decay``, ``class_weights``).
+        datasplitter_kwargs
+            Further arguments for the data splitter (scvi-tools' ``DataSplitter``).
         """
+        train_size = 0.9 if train_size is None else train_size  # scvi-tools' None
         if not 0 < train_size < 1:
             raise ValueError(
                 f"train_size must be in (0, 1): held-out reference cells calibrate the Unknown "
@@ -387,23 +399,29 @@ class CellTypeTransformer(
             raise ValueError(f"unknown_rate must be in [0, 0.5), got {unknown_rate}.")
         # a budget of ~1,500 minibatches: small references need many passes
         max_epochs, batch_size = plan_training(
-            self.adata.n_obs,
+            self._require_adata().n_obs,
             max_epochs,
             batch_size=batch_size,
             train_size=train_size,
             trainer_kwargs=kwargs,
+            plan_kwargs=plan_kwargs,
             n_cells_seen=1_500 * batch_size,
             cap=300,
             floor=10,
         )
+        if kwargs.get("early_stopping"):
+            # scvi-tools' Trainer watches the VAE's ELBO by default; this plan logs its loss
+            kwargs.setdefault("early_stopping_monitor", "validation_loss")
         labels = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel()
         weights = _class_weights(labels, self.summary_stats.n_labels)
         plan = {"lr": lr, "max_epochs": max_epochs, "class_weights": weights, **(plan_kwargs or {})}
         splitter = self._data_splitter_cls(
             self.adata_manager,
             train_size=train_size,
+            validation_size=validation_size,
             batch_size=batch_size,
             drop_last=False,
+            **(datasplitter_kwargs or {}),
         )
         training_plan = self._training_plan_cls(self.module, **plan)
         with guarded_training(self, kwargs, lr=plan["lr"]):

@@ -220,6 +220,17 @@ class SafeSaveLoadMixin:
         """Further JSON fields a model writes for readers of ``config.json``."""
         return {}
 
+    def _require_adata(self, what: str = "train"):
+        """The AnnData the model was set up with; a model loaded without data has none."""
+        if self.adata is None:
+            name = type(self).__name__
+            raise ValueError(
+                f"This {name} was loaded without data, so it has no cells to {what}: load it "
+                f"with `{name}.load(dir_path, adata=...)` (cells with the model's genes)"
+                + ("." if what == "train" else ", or pass them as `adata=`.")
+            )
+        return self.adata
+
     def save(
         self,
         dir_path: str | os.PathLike,
@@ -407,6 +418,8 @@ class CheckedQueryMixin:
         return manager is not None and manager.adata is adata
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
+        if adata is None:
+            self._require_adata("use")
         if adata is not None and adata is not self.adata and not self._registered_here(adata):
             from scdl.data import check_query
 

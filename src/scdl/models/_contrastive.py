@@ -248,7 +248,7 @@ class ContrastiveVAE(
             values present); no target or no background cells; a cell is both.
         """
         bg, tg, split = resolve_groups(
-            self.adata,
+            self._require_adata(),
             background_indices,
             target_indices,
             groupby=groupby,
@@ -261,6 +261,8 @@ class ContrastiveVAE(
             batch_size=batch_size,
             train_size=train_size,
             trainer_kwargs=kwargs,
+            early_stopping=early_stopping,
+            plan_kwargs=plan_kwargs,
         )
         plan = vae_plan_kwargs(
             max_epochs, lr=lr, n_epochs_kl_warmup=n_epochs_kl_warmup, plan_kwargs=plan_kwargs

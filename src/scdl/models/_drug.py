@@ -347,7 +347,7 @@ class DrugResponseModel(
         """
         import scvi
 
-        n_obs = self.adata.n_obs
+        n_obs = self._require_adata().n_obs
         profiles, responses = self._bulk()
         folds = (
             np.random.RandomState(scvi.settings.seed).permutation(n_obs) % self.module.n_ensemble
@@ -400,6 +400,7 @@ class DrugResponseModel(
             batch_size=batch_size,
             train_size=1.0 if train_size is None else train_size,
             trainer_kwargs=kwargs,
+            plan_kwargs=plan,
             n_cells_seen=600 * 128,
         )
         plan = {"n_epochs_kl_warmup": max(1, max_epochs // 2), **plan}

@@ -77,6 +77,8 @@ def plan_training(
     batch_size: int,
     train_size: float | None,
     trainer_kwargs: dict,
+    early_stopping: bool = False,
+    plan_kwargs: dict | None = None,
     n_cells_seen: int = 512_000,
     cap: int = 400,
     floor: int = 30,
@@ -87,7 +89,11 @@ def plan_training(
     (:func:`default_max_epochs`)
     and checks it; clamps ``batch_size`` to the training cells (:func:`fit_batch_size`).
     Edits ``trainer_kwargs`` in place: ~20 validation passes over training when cells are
-    held out (``train_size`` ``None`` means scvi-tools' 0.9); Lightning's logging interval
+    held out (``train_size`` ``None`` means scvi-tools' 0.9), or one every epoch when
+    something watches the validation metrics (early stopping, a plateau schedule,
+    checkpointing, as scvi-tools' ``Trainer`` does: Lightning counts early stopping's patience
+    in validation passes, and a plateau schedule fails on an epoch without one); the user's
+    ``check_val_every_n_epoch`` is kept either way. Lightning's logging interval
     no longer than an epoch (else it warns on small data); and ``strategy="ddp"`` becomes
     ``"ddp_find_unused_parameters_true"``, because every scdl network holds parameters that a
     given loss does not use (scVI's library encoder with observed library sizes, the
@@ -107,7 +113,14 @@ def plan_training(
     max_epochs = check_max_epochs(max_epochs)
     batch_size = fit_batch_size(n_obs, batch_size, train_size)
     if train_size is None or train_size < 1:
-        trainer_kwargs.setdefault("check_val_every_n_epoch", max(1, max_epochs // 20))
+        watched = (
+            early_stopping
+            or trainer_kwargs.get("early_stopping")
+            or trainer_kwargs.get("enable_checkpointing")
+            or (plan_kwargs or {}).get("reduce_lr_on_plateau")
+        )
+        every = 1 if watched else max(1, max_epochs // 20)
+        trainer_kwargs.setdefault("check_val_every_n_epoch", every)
     n_batches = _n_train(n_obs, train_size) // batch_size
     trainer_kwargs.setdefault("log_every_n_steps", max(1, min(10, n_batches)))
     if trainer_kwargs.get("strategy") == "ddp":

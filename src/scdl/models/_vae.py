@@ -265,11 +265,13 @@ class VAE(
             Further arguments for :class:`scvi.train.TrainingPlan`.
         """
         max_epochs, batch_size = plan_training(
-            self.adata.n_obs,
+            self._require_adata().n_obs,
             max_epochs,
             batch_size=batch_size,
             train_size=train_size,
             trainer_kwargs=kwargs,
+            early_stopping=early_stopping,
+            plan_kwargs=plan_kwargs,
         )
         plan = vae_plan_kwargs(
             max_epochs, lr=lr, n_epochs_kl_warmup=n_epochs_kl_warmup, plan_kwargs=plan_kwargs
