@@ -276,3 +276,11 @@ def test_pl_contrastive(kang_contrastive, tmp_path):
     assert np.isnan(new[ctrl]).all() and not np.allclose(new[~ctrl], umap[~ctrl])
     with pytest.raises(KeyError, match="tl.contrastive"):
         scdl.pl.contrastive(adata, key="X_missing", show=False)
+    # a stored palette longer than the categories (two merged after a plot) plots, as in scanpy
+    n = adata.obs["cell_type"].nunique()
+    adata.uns["cell_type_colors"] = [f"C{i}" for i in range(n)]
+    first = adata.obs["cell_type"].cat.categories[0]
+    merged = adata.obs["cell_type"].astype(str).where(lambda s: s != first, "merged")
+    adata.obs["cell_type"] = merged.astype("category")
+    fig = scdl.pl.contrastive(adata, color="cell_type", n_genes=0, show=False)
+    assert isinstance(fig, Figure) and len(adata.uns["cell_type_colors"]) == n

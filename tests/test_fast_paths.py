@@ -291,3 +291,42 @@ def test_entry_sums_of_the_gpu_path_equal_the_cpu_path(kang):
         b = _sum_entries(val, row, col, x.shape, dim, out, dense=True)
         torch.testing.assert_close(a, b)
         torch.testing.assert_close(a, out + x.to_dense().sum(dim))
+
+
+def test_tl_steps_rank_genes_of_backed_data_with_every_gene_expressed(kang, tmp_path):
+    """The usual backed file (genes filtered, so every one has counts) ranks its highly
+    variable genes as in memory: scanpy cannot read the on-disk matrix itself."""
+    import anndata as ad
+
+    adata = kang[::4].copy()
+    adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    backed = ad.read_h5ad(tmp_path / "cells.h5ad", backed="r")
+    genes = {}
+    for name, data in (("memory", adata), ("backed", backed)):
+        model = scdl.tl.integrate(
+            data, batch_key="sample", n_top_genes=300, max_epochs=1, progress_bar=False
+        )
+        genes[name] = list(model.adata.var_names)
+    assert len(genes["backed"]) == 300 and genes["backed"] == genes["memory"]
+    backed.file.close()
+
+
+def test_tl_steps_train_csc_input_from_rows_like_csr(kang):
+    """CSC counts (valid input) give the tool's private copy in CSR, which minibatches read
+    by rows, and the same model as CSR input."""
+    import scvi
+    from scipy import sparse
+
+    adata = kang[::4].copy()
+    latents = []
+    for fmt in ("csr", "csc"):
+        data = adata.copy()
+        data.X = data.X.asformat(fmt)
+        scvi.settings.seed = 0
+        model = scdl.tl.integrate(
+            data, batch_key="sample", n_top_genes=300, max_epochs=1, progress_bar=False
+        )
+        assert sparse.isspmatrix_csr(model.adata.X)
+        latents.append(data.obsm["X_scdl"])
+    np.testing.assert_allclose(latents[1], latents[0], rtol=1e-5, atol=1e-5)

@@ -162,8 +162,11 @@ def _space_panels(fig, cell_shared, cell_salient, tmp, tmp_target, c) -> None:
     )
     palette = None
     if c is not None and isinstance(tmp.obs[c].dtype, pd.CategoricalDtype):
-        # the target subset lacks some categories: keep each category's colour
-        palette = dict(zip(tmp.obs[c].cat.categories, tmp.uns[f"{c}_colors"], strict=True))
+        # the target subset lacks some categories: keep each category's colour (scanpy reads
+        # a stored palette longer than the categories, e.g. after merging some, by position)
+        categories = tmp.obs[c].cat.categories
+        colors = list(tmp.uns[f"{c}_colors"])[: len(categories)]
+        palette = dict(zip(categories, colors, strict=True))
     sc.pl.embedding(
         tmp_target,
         basis="salient",

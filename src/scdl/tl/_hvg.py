@@ -37,8 +37,9 @@ def select_genes(
         return expressed
     x = adata.X if layer is None else adata.layers[layer]
     mask = np.asarray(gene_totals > 0)
-    if not mask.all():  # a column subset copies the whole matrix: only when genes drop
-        x = x[:, mask]
+    in_memory = isinstance(x, np.ndarray | sparse.spmatrix | sparse.sparray)
+    if not mask.all() or not in_memory:  # a column subset copies the whole matrix: only
+        x = x[:, mask]  # when genes drop, or to read a backed matrix (scanpy cannot)
     if isinstance(x, sparse.sparray):  # scanpy's seurat_v3 takes scipy's sparse matrices only
         x = sparse.csr_matrix(x) if x.format == "csr" else sparse.csc_matrix(x)
     obs, keep = None, slice(None)

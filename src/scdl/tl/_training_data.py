@@ -46,7 +46,9 @@ def training_adata(
     from scipy import sparse
 
     x = get_matrix(adata, layer)[:, unique_gene_names(adata).get_indexer(genes)]
-    if isinstance(x, sparse.sparray):  # scvi-tools registers scipy's sparse matrices only
+    if isinstance(x, sparse.sparray) or (sparse.issparse(x) and x.format != "csr"):
+        # scvi-tools registers scipy's sparse matrices only, and minibatches gather rows:
+        # from CSC ~40x slower (this is the tool's own copy, so the user cannot convert it)
         x = sparse.csr_matrix(x)
     out = anndata.AnnData(
         X=x,
