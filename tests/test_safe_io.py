@@ -290,3 +290,20 @@ def test_load_refuses_an_edited_saved_anndata(small_save, tmp_path):
     with pytest.raises(ValueError, match="adata.h5ad does not match the checksum"):
         VAE.load(tmp_path / "m")
     VAE.load(tmp_path / "m", adata=clean.copy())  # data passed by the caller: file not read
+
+
+def test_a_failed_anndata_write_leaves_no_partial_file(small_save, tmp_path):
+    """A save whose AnnData anndata cannot write leaves no adata.h5ad that a later save or
+    load would take as the model's data; a model loaded without data cannot save any."""
+    path, clean = small_save
+    model = VAE.load(path, adata=clean.copy())
+    model.adata.obs["unwritable"] = [object()] * model.adata.n_obs  # anndata refuses these
+    with pytest.raises(Exception, match="unwritable|object"):
+        model.save(tmp_path / "m", save_anndata=True)
+    assert not list((tmp_path / "m").iterdir())
+    del model.adata.obs["unwritable"]
+    model.save(tmp_path / "m", save_anndata=True)  # the retry needs no overwrite
+    assert VAE.load(tmp_path / "m").adata.n_obs == clean.n_obs
+    with pytest.raises(ValueError, match="loaded without data, so it has no cells to save"):
+        VAE.load(path).save(tmp_path / "n", save_anndata=True)
+    assert not (tmp_path / "n").exists()

@@ -411,3 +411,24 @@ def test_annotating_again_under_the_same_key_drops_the_earlier_vote():
     assert not any(c.startswith("scdl_cell_type_majority") for c in query.obs)
     assert "scdl_cell_type_over_clustering" not in query.obs
     assert query.uns["scdl_cell_type"]["majority_voting"] is False
+
+
+def test_gene_names_of_string_dtype_match_the_model(hundred_cells, tmp_path):
+    """anndata 0.12 reads files written by anndata 0.13 / pandas 3 with ``string``-dtype
+    ``var_names``; pandas 2 calls them unequal to the same names as ``object``."""
+    import pandas as pd
+
+    adata = hundred_cells
+    VAE.setup_anndata(adata, batch_key="sample")
+    model = VAE(adata)
+    model.train(max_epochs=2, enable_progress_bar=False)
+    model.save(tmp_path / "m")
+    query = adata.copy()
+    query.var_names = pd.Index(list(query.var_names), dtype="string")
+    expected = model.get_latent_representation()
+    np.testing.assert_allclose(model.get_latent_representation(query.copy()), expected)
+    loaded = VAE.load(tmp_path / "m", adata=query.copy())
+    np.testing.assert_allclose(loaded.get_latent_representation(), expected, atol=1e-6)
+    query = query[:, ::-1].copy()  # a real difference is still refused
+    with pytest.raises(ValueError, match="different order"):
+        model.get_latent_representation(query)

@@ -32,7 +32,7 @@ from ._drug_inputs import (
     profiles_from_expression,
     select_model_genes,
 )
-from ._genes import align_to_genes, gene_columns, gene_mismatch_message
+from ._genes import align_to_genes, gene_columns, gene_mismatch_message, same_gene_names
 from ._groups import resolve_groups
 from ._lognorm import input_kind, normalised_from_log1p
 from ._normalize import log_normalize_counts
@@ -48,6 +48,7 @@ __all__ = [
     "gather_counts",
     "gene_columns",
     "gene_mismatch_message",
+    "same_gene_names",
     "inference_batch_size",
     "check_categorical",
     "check_count_setup",

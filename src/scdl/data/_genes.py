@@ -8,6 +8,16 @@ import pandas as pd
 from ._checks import get_matrix
 
 
+def same_gene_names(a, b) -> bool:
+    """Whether two gene lists hold the same names in the same order, whatever their dtype.
+
+    pandas 2 reads a ``string``-dtype Index (what anndata 0.12 gives for a file written by
+    anndata 0.13 / pandas 3) as unequal to the same names as ``object``.
+    """
+    a, b = pd.Index(a), pd.Index(b)
+    return len(a) == len(b) and a.astype(object).equals(b.astype(object))
+
+
 def gene_mismatch_message(reference: pd.Index, query: pd.Index) -> str:
     """Explain how a query's genes differ from the reference's, and how to fix it."""
     ref, qry = pd.Index(reference), pd.Index(query)

@@ -13,7 +13,7 @@ from ._checks import (
     check_obs_key,
     check_unique_var_names,
 )
-from ._genes import gene_mismatch_message
+from ._genes import gene_mismatch_message, same_gene_names
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -46,7 +46,7 @@ def check_query(
     check_is_anndata(adata)
     fields = registry.get("field_registries", {})
     ref = fields.get("X", {}).get("state_registry", {}).get("column_names")
-    if ref is not None and not adata.var_names.equals(pd.Index(ref)):
+    if ref is not None and not same_gene_names(adata.var_names, ref):
         check_unique_var_names(adata)
         raise ValueError(gene_mismatch_message(pd.Index(ref), adata.var_names))
     setup_args = registry.get("setup_args", {})

@@ -304,7 +304,7 @@ class CellTypeTransformer(
         from scvi.train import Trainer
 
         if adata is None:
-            self._require_adata("pretrain on")
+            self._require_adata("pretrain on", takes_adata=True)
             x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         else:
             check_counts(adata, layer)

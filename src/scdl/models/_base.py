@@ -220,14 +220,14 @@ class SafeSaveLoadMixin:
         """Further JSON fields a model writes for readers of ``config.json``."""
         return {}
 
-    def _require_adata(self, what: str = "train"):
+    def _require_adata(self, what: str = "train", *, takes_adata: bool = False):
         """The AnnData the model was set up with; a model loaded without data has none."""
         if self.adata is None:
             name = type(self).__name__
             raise ValueError(
                 f"This {name} was loaded without data, so it has no cells to {what}: load it "
                 f"with `{name}.load(dir_path, adata=...)` (cells with the model's genes)"
-                + ("." if what == "train" else ", or pass them as `adata=`.")
+                + (", or pass them as `adata=`." if takes_adata else ".")
             )
         return self.adata
 
@@ -258,6 +258,8 @@ class SafeSaveLoadMixin:
         from scdl._version import __version__
 
         dir_path = Path(dir_path)
+        if save_anndata:
+            self._require_adata("save")
         if dir_path.exists() and not dir_path.is_dir():
             raise FileExistsError(
                 f"{str(dir_path)!r} is a file; `save()` writes a folder (config.json + "
@@ -288,7 +290,15 @@ class SafeSaveLoadMixin:
             **self._extra_config(),
         }
         if save_anndata:  # written first: the config records its checksum, load() checks it
-            self.adata.write_h5ad(dir_path / ANNDATA_NAME)
+            # under another name until complete: a failed write (e.g. a column anndata cannot
+            # store) leaves no partial adata.h5ad for a later save or load to take as the data
+            partial = dir_path / (ANNDATA_NAME + ".partial")
+            try:
+                self.adata.write_h5ad(partial)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+            partial.replace(dir_path / ANNDATA_NAME)
             config[ANNDATA_DIGEST_KEY] = _sha256(dir_path / ANNDATA_NAME)
         state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
         # each file records the other's checksum: load() refuses either edited after saving
@@ -350,10 +360,10 @@ class SafeSaveLoadMixin:
             _check_anndata_checksum(dir_path, config)
             adata = anndata.read_h5ad(Path(dir_path) / ANNDATA_NAME)
         if adata is not None:
-            ref = pd.Index(config["var_names"])
-            if not adata.var_names.equals(ref):
-                from scdl.data import gene_mismatch_message
+            from scdl.data import gene_mismatch_message, same_gene_names
 
+            ref = pd.Index(config["var_names"])
+            if not same_gene_names(adata.var_names, ref):
                 raise ValueError(gene_mismatch_message(ref, adata.var_names))
             if issubclass(cls, CheckedQueryMixin):  # counts and categories, named as in
                 # the model's methods (scvi-tools' transfer names an option load lacks)
@@ -419,7 +429,7 @@ class CheckedQueryMixin:
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
         if adata is None:
-            self._require_adata("use")
+            self._require_adata("use", takes_adata=True)
         if adata is not None and adata is not self.adata and not self._registered_here(adata):
             from scdl.data import check_query
 

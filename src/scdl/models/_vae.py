@@ -29,6 +29,7 @@ from scdl.data import (
     check_obs_key,
     check_unique_var_names,
     gene_mismatch_message,
+    same_gene_names,
 )
 from scdl.dataloaders import CSRDataSplitter
 from scdl.module import VAEModule
@@ -362,7 +363,7 @@ class VAE(
                 f"got {type(reference_model).__name__}."
             )
         ref_genes = pd.Index(reference_model.get_var_names())
-        if not adata.var_names.equals(ref_genes):
+        if not same_gene_names(adata.var_names, ref_genes):
             check_unique_var_names(adata)
             if not ref_genes.is_unique:
                 raise ValueError(
