@@ -130,7 +130,7 @@ def test_normalized_expression_with_and_without_salient(kang_contrastive):
 
 def test_batch_nested_in_groups_warns(kang):
     adata = _small(kang)
-    with pytest.warns(UserWarning, match="lies within one group"):
+    with pytest.warns(UserWarning, match="lies within the background or within the target"):
         scdl.tl.contrastive(
             adata,
             groupby="condition",
@@ -141,6 +141,25 @@ def test_batch_nested_in_groups_warns(kang):
             train_kwargs={"batch_size": 64},
         )
     assert adata.uns["X_scdl_salient"]["params"]["batch_key"] == "sample"
+
+
+def test_model_api_warns_of_a_nested_batch_too(kang):
+    """The model's own ``train`` checks what ``tl.contrastive`` checks; a donor spanning both
+    groups is fine."""
+    import warnings
+
+    adata = _small(kang)
+    adata.obs["donor"] = adata.obs["sample"].astype(str).str[-3:].astype("category")
+    for batch_key, nested in (("sample", True), ("donor", False)):
+        scdl.models.ContrastiveVAE.setup_anndata(adata, batch_key=batch_key)
+        model = scdl.models.ContrastiveVAE(adata)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.train(
+                groupby="condition", background="ctrl", max_epochs=1, enable_progress_bar=False
+            )
+        said = [w for w in caught if "lies within the background" in str(w.message)]
+        assert len(said) == int(nested), batch_key
 
 
 def test_contrastive_writes_documented_fields(kang_contrastive, tmp_path):
@@ -284,3 +303,21 @@ def test_pl_contrastive(kang_contrastive, tmp_path):
     adata.obs["cell_type"] = merged.astype("category")
     fig = scdl.pl.contrastive(adata, color="cell_type", n_genes=0, show=False)
     assert isinstance(fig, Figure) and len(adata.uns["cell_type_colors"]) == n
+
+
+def test_model_methods_refuse_impossible_arguments(kang_contrastive):
+    """Arguments that would give a silently shortened table, negative expression or a torch
+    error are refused by name; a boolean mask selects as its positions do."""
+    _, model = kang_contrastive
+    with pytest.raises(ValueError, match="n_top must be a positive integer"):
+        model.get_salient_genes(n_top=-3)
+    with pytest.raises(ValueError, match="library_size must be a positive number"):
+        model.get_normalized_expression(library_size=-1)
+    with pytest.raises(ValueError, match="selects no cells"):
+        model.get_latent_representation(indices=[])
+    mask = np.zeros(model.adata.n_obs, dtype=bool)
+    mask[[3, 7, 11]] = True
+    np.testing.assert_allclose(
+        model.get_latent_representation(indices=mask, representation="salient"),
+        model.get_latent_representation(indices=[3, 7, 11], representation="salient"),
+    )

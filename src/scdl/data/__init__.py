@@ -33,7 +33,7 @@ from ._drug_inputs import (
     select_model_genes,
 )
 from ._genes import align_to_genes, gene_columns, gene_mismatch_message, same_gene_names
-from ._groups import resolve_groups
+from ._groups import resolve_groups, warn_if_batch_nested
 from ._lognorm import input_kind, normalised_from_log1p
 from ._normalize import log_normalize_counts
 from ._pca import unintegrated_pca
@@ -78,6 +78,7 @@ __all__ = [
     "select_model_genes",
     "shared_genes",
     "resolve_groups",
+    "warn_if_batch_nested",
     "salient_gene_table",
     "unintegrated_pca",
 ]

@@ -162,3 +162,33 @@ def _groups_from_indices(
             f"(e.g. {both[:5].tolist()}); a cell is either background or target."
         )
     return bg, tg
+
+
+def warn_if_batch_nested(
+    batch, background: np.ndarray, target: np.ndarray, *, batch_key: str, groups: str
+) -> bool:
+    """Warn when every batch lies within the background or within the target cells.
+
+    The batch covariate then explains what is specific to the target cells, leaving little
+    for a salient space. ``batch`` holds one label per cell of the AnnData; ``groups`` says
+    how the groups were given (named in the message). Returns whether it warned.
+    """
+    import warnings
+
+    import pandas as pd
+
+    cells = np.concatenate([background, target])
+    is_target = np.r_[np.zeros(len(background), bool), np.ones(len(target), bool)]
+    labels = pd.Series(np.asarray(batch).ravel()[cells])
+    n_groups = pd.Series(is_target).groupby(labels.to_numpy()).nunique()
+    if len(n_groups) < 2 or not (n_groups == 1).all():
+        return False
+    warnings.warn(
+        f"Every category of batch_key={batch_key!r} lies within the background or within the "
+        f"target cells ({groups}): the batch covariate can explain what is specific to the "
+        "target cells, leaving little for the salient space. Use a batch that spans both "
+        "(e.g. donor) or batch_key=None.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return True

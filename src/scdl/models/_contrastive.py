@@ -14,7 +14,13 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
-from scdl.data import check_count_setup, resolve_groups, salient_gene_table
+from scdl.data import (
+    check_count_setup,
+    check_positive_int,
+    resolve_groups,
+    salient_gene_table,
+    warn_if_batch_nested,
+)
 from scdl.dataloaders import ContrastiveSplitter
 from scdl.module import ContrastiveModule
 from scdl.train import EpochLoggingTrainingPlan, guarded_training
@@ -160,7 +166,7 @@ class ContrastiveVAE(
             obs column of a technical batch (e.g. donor) to condition on. It must not be
             nested in the background/target grouping (a sample column of
             ``ctrl1, stim1, ...``): the batch covariate would then absorb the target-specific
-            signal.
+            signal (:meth:`train` warns when it is).
 
         Raises
         ------
@@ -255,6 +261,11 @@ class ContrastiveVAE(
             background=background,
             target=target,
         )
+        if self.summary_stats.n_batch > 1:
+            batch = self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)
+            batch_key = self.adata_manager.registry["setup_args"]["batch_key"]
+            groups = f"groupby={groupby!r}" if groupby is not None else "the indices given"
+            warn_if_batch_nested(batch, bg, tg, batch_key=batch_key, groups=groups)
         max_epochs, batch_size = plan_training(
             bg.size + tg.size,
             max_epochs,
@@ -363,7 +374,7 @@ class ContrastiveVAE(
             )
         self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)
-        idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+        idx = _positions(indices, adata.n_obs)
         q_key = "qz" if representation == "shared" else "qs"
         parts = []
         for _, inf in self._posterior(adata, idx, batch_size):
@@ -407,9 +418,10 @@ class ContrastiveVAE(
         library_size
             Counts each cell's expression is scaled to.
         """
+        _check_library_size(library_size)
         self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)
-        idx = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+        idx = _positions(indices, adata.n_obs)
         use_salient = self._target_mask(adata, target_mask)[idx] if salient else None
         rows, start = [], 0
         for full, shared in self._decode_pairs(adata, idx, batch_size):
@@ -457,6 +469,8 @@ class ContrastiveVAE(
         ``lfc_mean`` (> 0: higher because of the salient code), ``mean_with_salient``,
         ``mean_without_salient``.
         """
+        n_top = check_positive_int(n_top, "n_top", none="every gene")
+        _check_library_size(library_size)
         self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)
         targets = np.flatnonzero(self._target_mask(adata, target_mask))
@@ -466,3 +480,21 @@ class ContrastiveVAE(
             library_size=library_size,
         )
         return table if n_top is None else table.head(n_top)
+
+
+def _positions(indices, n_obs: int) -> np.ndarray:
+    """Cell positions to return (``None``: all); an empty selection is refused by name."""
+    idx = np.arange(n_obs) if indices is None else np.asarray(indices)
+    if idx.dtype == bool:  # a boolean mask, as scvi-tools' loaders read it
+        idx = np.flatnonzero(idx)
+    if idx.size == 0:
+        raise ValueError("`indices` selects no cells; pass at least one position, or None.")
+    return idx
+
+
+def _check_library_size(library_size) -> None:
+    ok = isinstance(library_size, int | float | np.number) and not isinstance(library_size, bool)
+    if not ok or not np.isfinite(library_size) or library_size <= 0:
+        raise ValueError(
+            f"library_size must be a positive number (counts per cell), got {library_size!r}."
+        )

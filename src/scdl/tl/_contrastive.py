@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -203,26 +202,11 @@ def _check_inputs(
     get_matrix(adata, layer)
     check_unique_var_names(adata, warn=True)  # genes are not matched by name here
     if batch_key is not None:
-        batch = check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
-        _warn_if_nested(batch, adata.obs[groupby], batch_key, groupby)
+        check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
     summary = check_counts(adata, layer, warn_zero_cells=False)  # said for the genes used
     if summary.n_zero_genes == adata.n_vars:
         raise ValueError("No gene has counts; nothing to analyse.")
     return bg, tg, summary
-
-
-def _warn_if_nested(batch, groups, batch_key: str, groupby: str) -> None:
-    """A batch lying wholly in one group lets the batch covariate absorb the group's signal."""
-    n_groups = groups.groupby(batch.to_numpy(), observed=True).nunique()
-    if (n_groups == 1).all():
-        warnings.warn(
-            f"Every category of batch_key={batch_key!r} lies within one group of "
-            f"{groupby!r}: the batch covariate can explain what is specific to the target "
-            "cells, leaving little for the salient space. Use a batch that spans groups (e.g. "
-            "donor) or batch_key=None.",
-            UserWarning,
-            stacklevel=4,  # the user's tl.contrastive call
-        )
 
 
 def _model_params(model, n_genes: int, shared, salient, random_state: int) -> dict:
