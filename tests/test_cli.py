@@ -129,3 +129,43 @@ def test_annotate_unknown_model_is_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no_such_annotator" in err and "Traceback" not in err
     assert not (tmp_path / "out.h5ad").exists()
+
+
+def test_outputs_are_not_replaced_without_overwrite(kang, tmp_path, capsys):
+    """An existing OUT or model folder is refused before any work, unless --overwrite; a
+    folder given as OUT (a trailing slash) is refused."""
+    import scdl
+
+    scdl.datasets.kang_pbmc_heldout()[:30].copy().write_h5ad(tmp_path / "in.h5ad")
+    out = tmp_path / "out.h5ad"
+    out.write_bytes(b"precious")
+    args = ["annotate", str(tmp_path / "in.h5ad"), "-o", str(out)]
+    assert main(args) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"precious"
+    assert main([*args, "--overwrite"]) == 0
+    assert ad.read_h5ad(out).n_obs == 30
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    assert main(["annotate", str(tmp_path / "in.h5ad"), "-o", str(tmp_path / "new") + "/"]) == 2
+    assert "is a folder" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+    kang[:100].copy().write_h5ad(tmp_path / "k.h5ad")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    rc = main(["integrate", str(tmp_path / "k.h5ad"), "-o", str(tmp_path / "k_out.h5ad"),
+               "--save-model", str(tmp_path / "model"), "--max-epochs", "1", "-q"])  # fmt: skip
+    assert rc == 2 and "already holds a saved model" in capsys.readouterr().err
+    assert not (tmp_path / "k_out.h5ad").exists()  # refused before training
+
+
+def test_annotate_from_a_url_names_the_command_line_option(tmp_path, capsys):
+    import scdl
+
+    scdl.datasets.kang_pbmc_heldout()[:20].copy().write_h5ad(tmp_path / "in.h5ad")
+    rc = main(["annotate", str(tmp_path / "in.h5ad"), "-o", str(tmp_path / "o.h5ad"),
+               "--model", "https://example.org/annotator.zip"])  # fmt: skip
+    assert rc == 2 and "--sha256" in capsys.readouterr().err
+    empty = scdl.datasets.kang_pbmc_heldout()[:0].copy()
+    empty.write_h5ad(tmp_path / "empty.h5ad")
+    assert main(["annotate", str(tmp_path / "empty.h5ad"), "-o", str(tmp_path / "e.h5ad")]) == 2
+    assert "no cells to annotate" in capsys.readouterr().err

@@ -53,3 +53,8 @@ def test_download_through_pooch_verifies_hash(http_root, tmp_path, monkeypatch):
     with pytest.raises(ValueError):
         fetch_file("e.bin", sha256=sha, url=f"{url}/e.bin")
     assert not (tmp_path / "cache" / "e.bin").exists()
+    # offline later: the cached file is found without the URL
+    assert fetch_file("d.bin", sha256=sha) == got
+    # a failed download says how to pass the file locally
+    with pytest.raises(OSError, match="pass `path=`"):
+        fetch_file("absent.bin", sha256=sha, url=f"{url}/absent.bin")

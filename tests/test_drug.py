@@ -159,6 +159,9 @@ def test_gdsc_downloads_from_configured_url_with_checksum(tmp_path, monkeypatch)
         bulk = scdl.datasets.gdsc(dataset="CCLE", metric="activity_area")
         assert (tmp_path / "cache" / "drug_response_long.csv.gz").is_file()
         assert bulk.obsm["activity_area"].shape[1] >= 10
+        monkeypatch.delenv("SCDL_GDSC_URL")  # offline later: read from the cache
+        again = scdl.datasets.gdsc(dataset="CCLE", metric="activity_area")
+        assert again.shape == bulk.shape
     finally:
         server.shutdown()
 

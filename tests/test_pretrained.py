@@ -185,6 +185,14 @@ def test_url_requires_checksum():
         scdl.pretrained.load("https://example.org/annotator.zip")
 
 
+def test_a_gpu_that_is_not_there_is_named():
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ValueError, match="CUDA GPU.*use device='cpu'"):
+        scdl.pretrained.load("pbmc_kang2018", device=f"cuda:{n}")
+
+
 def test_bundled_checksum_is_verified(monkeypatch):
     entry = dict(_registry.REGISTRY["pbmc_kang2018"], weights_sha256="0" * 64)
     monkeypatch.setitem(_registry.REGISTRY, "pbmc_kang2018", entry)

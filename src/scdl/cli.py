@@ -23,13 +23,53 @@ def _read_input(path: str):
     return adata
 
 
-def _check_output(path: str) -> None:
-    """Fail before any work if OUT cannot be written (its folder is missing)."""
+def _check_output(path: str, *, overwrite: bool) -> None:
+    """Fail before any work if OUT cannot be written: a missing or unwritable folder, a
+    folder given as OUT, or an existing file without ``--overwrite``."""
+    import tempfile
+
+    if path.endswith(("/", os.sep)) or Path(path).is_dir():
+        raise ValueError(f"output {path!r} is a folder; give a file name ending in .h5ad.")
     parent = Path(path).resolve().parent
     if not parent.is_dir():
         raise FileNotFoundError(f"output folder {str(parent)!r} does not exist.")
-    if Path(path).is_dir():
-        raise ValueError(f"output {path!r} is a folder; give a file name ending in .h5ad.")
+    if Path(path).exists() and not overwrite:
+        raise FileExistsError(
+            f"output {path!r} already exists; pass --overwrite to replace it, or another name."
+        )
+    try:  # the folder must take a new file (the output is written beside it, then renamed)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".scdl-", suffix=".tmp"):
+            pass
+    except OSError as e:
+        raise PermissionError(f"cannot write to the output folder {str(parent)!r} ({e}).") from e
+
+
+def _check_model_folder(path: str | None, *, overwrite: bool) -> None:
+    """``--save-model``: checked before training, like OUT."""
+    if path is None:
+        return
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--save-model {path!r} is a file; give a folder.")
+    if (folder / "config.json").exists() and not overwrite:
+        raise FileExistsError(
+            f"--save-model {path!r} already holds a saved model; pass --overwrite to replace "
+            "it, or another folder."
+        )
+    if not folder.resolve().parent.is_dir():
+        raise FileNotFoundError(f"folder {str(folder.resolve().parent)!r} does not exist.")
+
+
+def _write_h5ad(adata, path: str | os.PathLike) -> None:
+    """Write under a temporary name and rename when complete: a failed write (a full disk)
+    leaves an earlier file of that name as it was, not cut off."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        adata.write_h5ad(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -80,7 +120,7 @@ def _demo_integration(args: argparse.Namespace, out: Path) -> None:
     for name, draw in figs.items():
         draw(out / name)
         plt.close("all")
-    adata.write_h5ad(out / "kang_scdl.h5ad")
+    _write_h5ad(adata, out / "kang_scdl.h5ad")
     model.save(out / "model", overwrite=True)
     print("\nscib-metrics (unscaled; higher is better):")
     print(metrics[["Batch correction", "Bio conservation", "Total"]].round(3).to_string())
@@ -128,7 +168,7 @@ def _demo_annotation(out: Path) -> None:
     print("  top genes per type (integrated gradients):")
     for label, genes in top.items():
         print(f"    {label:<12} {genes}")
-    cells.write_h5ad(out / "kang_annotated.h5ad")
+    _write_h5ad(cells, out / "kang_annotated.h5ad")
     print(
         f"wrote {out / 'kang_annotated.h5ad'}, {out / 'annotation.png'}, {out / 'attributions.png'}"
     )
@@ -137,7 +177,8 @@ def _demo_annotation(out: Path) -> None:
 def _integrate(args: argparse.Namespace) -> int:
     import scdl
 
-    _check_output(args.output)
+    _check_output(args.output, overwrite=args.overwrite)
+    _check_model_folder(args.save_model, overwrite=args.overwrite)
     adata = _read_input(args.input)
     print(f"training the VAE (batch key: {args.batch_key or 'none'}) ...")
     model = scdl.tl.integrate(
@@ -153,9 +194,9 @@ def _integrate(args: argparse.Namespace) -> int:
     if args.cluster:
         scdl.tl.cluster(adata, use_rep=args.key_added)
         print(f"Leiden clusters in obs['scdl_cluster']: {adata.obs['scdl_cluster'].nunique()}")
-    adata.write_h5ad(args.output)
+    _write_h5ad(adata, args.output)
     if args.save_model:
-        model.save(args.save_model, overwrite=True)
+        model.save(args.save_model, overwrite=args.overwrite)
     print(f"wrote obsm[{args.key_added!r}] ({args.n_latent} dims) to {args.output}")
     return 0
 
@@ -163,18 +204,21 @@ def _integrate(args: argparse.Namespace) -> int:
 def _annotate(args: argparse.Namespace) -> int:
     import scdl
 
-    _check_output(args.output)
+    _check_output(args.output, overwrite=args.overwrite)
     adata = _read_input(args.input)
     print(f"annotating with {args.model!r} ...")
+    model = args.model
+    if args.sha256 is not None:
+        model = scdl.pretrained.load(args.model, sha256=args.sha256)
     scdl.tl.annotate(
         adata,
-        model=args.model,
+        model=model,
         layer=args.layer,
         key_added=args.key_added,
         unknown=not args.no_unknown,
         min_gene_overlap=args.min_gene_overlap,
     )
-    adata.write_h5ad(args.output)
+    _write_h5ad(adata, args.output)
     counts = adata.obs[args.key_added].value_counts()
     print(f"wrote obs[{args.key_added!r}] to {args.output}:")
     print(counts[counts > 0].to_string())
@@ -247,6 +291,9 @@ def _add_integrate(sub) -> None:
     i.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     i.add_argument("--cluster", action="store_true", help="also run Leiden on the latent space")
     i.add_argument("--save-model", default=None, help="folder to save the trained model")
+    i.add_argument(
+        "--overwrite", action="store_true", help="replace an existing OUT.h5ad and model folder"
+    )
     i.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     i.set_defaults(func=_integrate)
 
@@ -268,8 +315,14 @@ def _add_annotate(sub) -> None:
     a.add_argument(
         "--model",
         default="pbmc_kang2018",
-        help="annotator name, folder or archive (default: %(default)s)",
+        help="annotator name, folder, archive or https:// URL of an archive (default: %(default)s)",
     )
+    a.add_argument(
+        "--sha256",
+        default=None,
+        help="checksum of the model's archive (required for a URL; checked when given)",
+    )
+    a.add_argument("--overwrite", action="store_true", help="replace an existing OUT.h5ad")
     a.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
     a.add_argument(
         "--key-added",

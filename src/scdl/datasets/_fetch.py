@@ -35,13 +35,17 @@ def fetch_file(
     """Return a verified local copy of ``filename``.
 
     Looked up, in order: in the folder ``path`` if given; among the files bundled with
-    scdl; in the download cache, downloading from ``url`` with pooch if absent. The file's
-    sha256 must equal ``sha256`` wherever it comes from.
+    scdl; in the download cache, downloading from ``url`` with pooch if absent (without a
+    ``url``, a file already in the cache is used). The file's sha256 must equal ``sha256``
+    wherever it comes from.
 
     Raises
     ------
     FileNotFoundError
         The file is nowhere local and there is no ``url`` to download it from.
+    OSError
+        The download failed (no network, a wrong URL); the message says how to pass the
+        file locally.
     ValueError
         The file's checksum does not match (corrupt or different file).
     """
@@ -54,16 +58,26 @@ def fetch_file(
     elif url is not None:
         import pooch
 
-        # pooch verifies the hash itself and deletes a mismatching download
-        return Path(
-            pooch.retrieve(
-                url,
-                known_hash=f"sha256:{sha256}",
-                fname=filename,
-                path=cache_dir(),
-                progressbar=False,
+        try:  # pooch verifies the hash itself and deletes a mismatching download
+            return Path(
+                pooch.retrieve(
+                    url,
+                    known_hash=f"sha256:{sha256}",
+                    fname=filename,
+                    path=cache_dir(),
+                    progressbar=False,
+                )
             )
-        )
+        except ValueError:  # checksum mismatch: pooch's message names both hashes
+            raise
+        except Exception as e:  # no network, a wrong URL, a server error
+            raise OSError(
+                f"Could not download {filename!r} from {url} ({type(e).__name__}: {e}). "
+                "Without network, get the file elsewhere and pass `path=` naming the folder "
+                "that holds it."
+            ) from e
+    elif (cache_dir() / filename).is_file():  # downloaded before
+        candidate = cache_dir() / filename
     else:
         raise FileNotFoundError(
             f"{filename!r} is not bundled with scdl and has no download location; pass "

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._fetch import fetch_file
+from ._fetch import cache_dir, fetch_file
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -90,6 +90,9 @@ def _locate(path: str | os.PathLike | None) -> tuple[Path | None, str | None]:
         return path, None
     base = os.environ.get(URL_ENV)
     if not base:
+        cached = cache_dir()
+        if all((cached / n).is_file() for n, _ in (_EXPRESSION, _RESPONSE)):
+            return cached, None  # downloaded before (their checksums are checked on reading)
         raise FileNotFoundError(_HOW_TO_GET)
     return None, base.rstrip("/") + "/"
 
@@ -117,7 +120,8 @@ def gdsc(
     path
         Folder holding ``gdsc_bulk_expression.h5ad`` and ``drug_response_long.csv.gz``.
         Default: ``$SCDL_GDSC_DIR`` if set; otherwise both files are downloaded with pooch
-        from the base URL in ``$SCDL_GDSC_URL`` (into :func:`scdl.datasets.cache_dir`).
+        from the base URL in ``$SCDL_GDSC_URL`` (into :func:`scdl.datasets.cache_dir`,
+        where later calls find them without the URL).
         Either way their sha256 is checked.
 
     Returns

@@ -151,6 +151,11 @@ class AnnotatorPredictionMixin:
             x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
             return CSRTensors.from_scipy(sparse.csr_matrix(x), dev), None
         check_is_anndata(adata)
+        if adata.n_obs == 0:
+            raise ValueError(
+                f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes); there are "
+                "no cells to annotate."
+            )
         matrix = get_matrix(adata, layer)
         try:
             col, present = gene_columns(

@@ -80,14 +80,24 @@ def _fetch_archive(url: str, sha256: str | None) -> Path:
 
     if not sha256:
         raise ValueError(
-            "Downloading a model needs its sha256 checksum: pass `sha256=` (published with the "
-            "model), so a tampered or truncated file is refused."
+            "Downloading a model needs its sha256 checksum (published with the model), so a "
+            "tampered or truncated file is refused: pass `sha256=` to scdl.pretrained.load "
+            "(`--sha256` on the command line)."
         )
-    return Path(
-        pooch.retrieve(
-            url, known_hash=f"sha256:{sha256}", path=cache_dir() / "models", progressbar=False
+    try:
+        return Path(
+            pooch.retrieve(
+                url, known_hash=f"sha256:{sha256}", path=cache_dir() / "models", progressbar=False
+            )
         )
-    )
+    except ValueError:  # pooch's checksum mismatch: its message names both hashes
+        raise
+    except Exception as e:  # no network, a wrong URL, a server error
+        raise OSError(
+            f"Could not download the model from {url} ({type(e).__name__}: {e}). Without "
+            "network, download the archive elsewhere and pass its local path (or the "
+            "folder it unpacks to) instead of the URL."
+        ) from e
 
 
 def resolve(name_or_path: str | os.PathLike, *, sha256: str | None = None) -> Path:
@@ -157,6 +167,16 @@ def load(name_or_path: str | os.PathLike, *, sha256: str | None = None, device: 
     kind, _, index = str(device).partition(":")
     if kind not in ("cpu", "auto", "cuda") or (index and not (kind == "cuda" and index.isdigit())):
         raise ValueError(f"device must be 'cpu', 'auto', 'cuda' or 'cuda:N', got {device!r}.")
+    if kind == "cuda":
+        import torch
+
+        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(index or 0) >= n_gpus:
+            raise ValueError(
+                f"device={device!r} but this machine has {n_gpus or 'no'} CUDA GPU"
+                f"{'' if n_gpus == 1 else 's'}: use device='cpu' or 'auto' (a GPU when there "
+                "is one)."
+            )
     folder = resolve(name_or_path, sha256=sha256)
     accelerator = {"cpu": "cpu", "auto": "auto", "cuda": "gpu"}[kind]
     return CellTypeTransformer.load(
