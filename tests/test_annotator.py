@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -480,3 +481,45 @@ def test_other_non_count_input_is_refused_clearly(annotator, change, match):
     with pytest.raises(ValueError, match=match):
         scdl.tl.annotate(q, model=model)
     assert_unchanged(q, snap)
+
+
+def test_cell_type_names_with_a_slash_survive_the_h5ad(kang, tmp_path):
+    """CellTypist-style names ("Tcm/Naive helper T cells") round-trip through .h5ad: the
+    per-type thresholds are a table, not a dict keyed by name (read back as nested groups)."""
+    ref = kang[::2].copy()
+    ref.obs["cell_type"] = ref.obs["cell_type"].astype(str).str.replace(" ", "/")
+    scdl.models.CellTypeTransformer.setup_anndata(ref, labels_key="cell_type")
+    model = scdl.models.CellTypeTransformer(ref)
+    model.train(max_epochs=2, enable_progress_bar=False)
+    query = kang[1::2].copy()
+    scdl.tl.annotate(query, model=model)
+    query.write_h5ad(tmp_path / "q.h5ad")
+    table = ad.read_h5ad(tmp_path / "q.h5ad").uns["scdl_cell_type"]["novelty_thresholds"]
+    assert sorted(table.index) == sorted(model.labels) and any("/" in x for x in table.index)
+    # the reference's own labels explain its types without passing the cells again
+    attr = model.gene_attributions(groupby="cell_type", n_cells=10, n_top=3)
+    assert set(attr["label"]) == set(model.labels)
+
+
+def test_annotation_inputs_named_by_what_fixes_them(annotator):
+    """An over-clustering array with holes is refused like such an obs column; a query with
+    fewer of the model's genes is explained at the overlap it was annotated at; scanpy's
+    layout (scaled HVGs in X, the full matrix in .raw) names .raw."""
+    model, query = annotator
+    q = query[:300].copy()
+    clusters = np.where(np.arange(q.n_obs) % 3 == 0, None, "a").astype(object)
+    with pytest.raises(ValueError, match="over_clustering has 100 missing values"):
+        scdl.tl.annotate(q, model=model, majority_voting=True, over_clustering=clusters)
+    assert "scdl_cell_type" not in q.obs
+    genes = np.asarray(model.get_var_names())
+    part = q[:, np.isin(q.var_names, genes[: int(0.4 * len(genes))])].copy()
+    with pytest.raises(ValueError, match="min_gene_overlap"):
+        model.gene_attributions(part, n_cells=5)
+    attr = model.gene_attributions(part, n_cells=5, n_top=3, min_gene_overlap=0.3)
+    assert len(attr) > 0
+    scaled = q.copy()
+    scaled.raw = scaled
+    scaled = scaled[:, genes[:500]].copy()
+    scaled.X = scaled.X.toarray() - 1.0  # scaled: negative values
+    with pytest.raises(ValueError, match=r"adata\.raw holds .* genes.*raw = adata\.raw"):
+        scdl.tl.annotate(scaled, model=model)

@@ -37,6 +37,7 @@ class AnnotatorAttributionMixin:
         n_top: int | None = 20,
         n_steps: int = 32,
         layer: str | None = None,
+        min_gene_overlap: float = 0.5,
         seed: int = 0,
     ) -> pd.DataFrame:
         """Genes that drive the prediction of each cell type (integrated gradients).
@@ -60,6 +61,9 @@ class AnnotatorAttributionMixin:
             Top genes per type to return; ``None`` returns every gene.
         layer
             Layer of ``adata`` holding raw counts.
+        min_gene_overlap
+            Smallest fraction of the model's genes that ``adata`` must hold (as in
+            :func:`scdl.tl.annotate`).
         seed
             Seed for the choice of cells.
 
@@ -72,14 +76,17 @@ class AnnotatorAttributionMixin:
         bad = [w for w in wanted if w not in names]
         if bad:
             raise ValueError(f"Unknown cell type(s) {bad}; the model predicts {names}.")
-        x, present = self._query_matrix(adata, layer, 0.5)
+        x, present = self._query_matrix(adata, layer, min_gene_overlap)
         x = x.to_scipy()
         if groupby is not None:
             from scdl.data import check_obs_key
 
-            groups = check_obs_key(adata, groupby, arg="groupby").astype(str).to_numpy()
+            cells = self._require_adata("explain") if adata is None else adata
+            groups = check_obs_key(cells, groupby, arg="groupby").astype(str).to_numpy()
         else:
-            groups = self.predict(adata, unknown=False, layer=layer)
+            groups = self.predict(
+                adata, unknown=False, layer=layer, min_gene_overlap=min_gene_overlap
+            )
         rng = np.random.default_rng(seed)
         dev = self.module.device
         mask = None if present is None else torch.as_tensor(present, device=dev)

@@ -8,6 +8,7 @@ A mixin of the model class (as scvi-tools keeps ``get_normalized_expression`` an
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from typing import TYPE_CHECKING
@@ -143,11 +144,7 @@ class AnnotatorPredictionMixin:
 
         dev = self.module.device
         if adata is None:
-            if self.adata is None:
-                raise ValueError(
-                    "This model was loaded without its reference data: pass the cells to "
-                    "annotate as `adata=`."
-                )
+            self._require_adata("annotate", takes_adata=True)
             x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
             return CSRTensors.from_scipy(sparse.csr_matrix(x), dev), None
         check_is_anndata(adata)
@@ -161,15 +158,19 @@ class AnnotatorPredictionMixin:
             col, present = gene_columns(
                 adata, self.get_var_names(), min_overlap=min_gene_overlap, what="model"
             )
-        except ValueError:
-            input_kind(adata, layer)  # counts that are wrong are the first thing to fix
+        except ValueError as e:
+            with _naming_raw(adata, layer):
+                input_kind(adata, layer)  # counts that are wrong are the first thing to fix
+            if adata.raw is not None and layer is None:
+                raise ValueError(f"{e} {_raw_hint(adata)}") from None
             raise
         lookup = np.full(adata.n_vars, -1, dtype=np.int64)
         lookup[col[present]] = np.flatnonzero(present)
         # CSR counts: gathered and checked on the device (only the model's genes are read)
         x = gather_counts(matrix, lookup, len(present), dev)
         if x is None:  # dense, backed, or not counts: the full check explains or finds log1p
-            kind, _ = input_kind(adata, layer)  # raw counts, or log1p of normalised counts
+            with _naming_raw(adata, layer):
+                kind, _ = input_kind(adata, layer)  # raw counts, or log1p of normalised counts
             xs, present = align_to_genes(
                 adata, self.get_var_names(), layer=layer, min_overlap=min_gene_overlap
             )
@@ -437,3 +438,24 @@ class AnnotatorPredictionMixin:
         if soft:
             return probs
         return calls["label" if unknown else "label_forced"].to_numpy()
+
+
+def _raw_hint(adata) -> str:
+    return (
+        f"adata.raw holds {adata.raw.n_vars} genes: if those are the counts (or log-normalised "
+        "values) before gene selection and scaling, annotate them: `raw = "
+        "adata.raw.to_adata(); scdl.tl.annotate(raw, ...)`, then copy raw.obs's new columns "
+        "to adata.obs."
+    )
+
+
+@contextlib.contextmanager
+def _naming_raw(adata, layer):
+    """A query refused as neither counts nor log-normalised data, in scanpy's usual layout
+    (scaled highly variable genes in X, the full matrix in ``.raw``): name ``.raw``."""
+    try:
+        yield
+    except ValueError as e:
+        if adata.raw is None or layer is not None:
+            raise
+        raise ValueError(f"{e} {_raw_hint(adata)}") from None

@@ -122,7 +122,8 @@ def annotate(
     ``adata.obsm[f"{key_added}_probabilities"]``
         DataFrame of probabilities, cells x cell types.
     ``adata.uns[key_added]``
-        Model, cell types, gene overlap, thresholds and the fraction called Unknown.
+        Model, cell types, gene overlap, thresholds (``novelty_thresholds``: a DataFrame of
+        each type's per-cell threshold, indexed by cell type) and the fraction called Unknown.
     """
     from scdl.data import check_is_anndata, check_key_added, check_positive_int
 
@@ -203,6 +204,12 @@ def _given_clusters(adata: AnnData, over_clustering) -> np.ndarray:
             f"over_clustering must be an obs column name or hold one cluster per cell "
             f"({adata.n_obs}); got shape {clusters.shape}."
         )
+    n_missing = int(pd.isna(pd.Series(clusters, dtype=object)).sum())
+    if n_missing:  # as an obs column with them is refused: else they vote as one cluster
+        raise ValueError(
+            f"over_clustering has {n_missing} missing values (NaN/None); give every cell a "
+            "cluster, or pass over_clustering=None to compute one."
+        )
     return clusters
 
 
@@ -213,8 +220,10 @@ def _model_summary(model, model_name: str) -> dict:
         "cell_types": list(model.labels),
         "n_genes_model": len(model.get_var_names()),
         "confidence_threshold": float(model.module.confidence_threshold),
-        "novelty_thresholds": dict(
-            zip(model.labels, model.module.novelty_threshold.cpu().tolist(), strict=True)
+        # a table, not a dict keyed by cell type: .h5ad reads "/" in a key as a nested group
+        "novelty_thresholds": pd.DataFrame(
+            {"threshold": model.module.novelty_threshold.cpu().numpy().astype(float)},
+            index=pd.Index([str(x) for x in model.labels], name="cell_type"),
         ),
         "cluster_threshold": model.cluster_threshold_,
         "novelty_calibration": model.novelty_calibration_,
