@@ -684,3 +684,48 @@ def test_predict_several_kinds_in_one_pass_equals_each_kind(trained, cellbench):
         pd.testing.assert_frame_equal(tables[kind], alone)
     with pytest.raises(ValueError, match="each kind must be one of"):
         trained.predict(cellbench, kind=["value", "ic50"])
+
+
+def test_a_second_call_cannot_overwrite_the_first_ones_tables(trained, cellbench):
+    cells = cellbench.copy()
+    scdl.tl.drug_response(cells, model=trained, drugs=["Gefitinib"])
+    with pytest.raises(ValueError, match="would overwrite adata.obsm\\['scdl_drug_prob'\\]"):
+        scdl.tl.drug_response(cells, model=trained, drugs=["Erlotinib"], key_added="scdl_drug_prob")
+    cells.obsm["scdl_drug_prob"] = cells.obsm["scdl_drug"].rename(columns={"Gefitinib": "X"})
+    with pytest.raises(ValueError, match="does not hold the drugs"):  # overwritten by hand
+        scdl.pl.drug_response(cells, groupby="cell_line", show=False)
+    # a drug the model knows but this call did not predict: named as such
+    scdl.tl.drug_response(cells, model=trained, drugs=["Gefitinib"], key_added="g")
+    with pytest.raises(KeyError, match="'g' call's predicted.*drugs=\\[...\\], key_added='g'"):
+        scdl.pl.drug_response(cells, groupby="cell_line", key="g", drugs=["Erlotinib"], show=False)
+
+
+def test_model_arguments_and_data_are_checked_up_front(bulk_train, cellbench, tmp_path, trained):
+    for kwargs, match in (
+        ({"n_top_genes": -3}, "n_top_genes must be a positive integer"),
+        ({"smooth_neighbors": -2}, "smooth_neighbors must be an integer >= 0"),
+        ({"ridge_alpha": -5.0}, "ridge_alpha must be a positive number"),
+        ({"ridge_alpha": [1.0, 0.0]}, "ridge_alpha must be a positive number"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            scdl.models.DrugResponseModel(bulk_train, target=cellbench, **kwargs)
+    trained.save(tmp_path / "m")
+    loaded = scdl.models.DrugResponseModel.load(tmp_path / "m")
+    with pytest.raises(ValueError, match="loaded without data.*pass them as `adata=`"):
+        loaded.predict()
+    assert loaded.predict(cellbench[:5], drugs=["Gefitinib"]).shape == (5, 1)
+    with pytest.raises(ValueError, match=r"takes the bulk cell lines.*predict\(\)"):
+        scdl.models.DrugResponseModel.load(tmp_path / "m", adata=cellbench.copy())
+
+
+def test_nullable_response_columns_train(gdsc):
+    """A response table of pandas' nullable Float64 (read_csv's numpy_nullable backend,
+    parquet) is read with pd.NA as NaN."""
+    bulk = gdsc[:200].copy()
+    table = bulk.obsm["ln_ic50"].iloc[:, :4].astype("Float64")
+    bulk.obsm["ln_ic50"] = table
+    assert table.isna().to_numpy().any()
+    scdl.models.DrugResponseModel.setup_anndata(bulk, response_key="ln_ic50")
+    model = scdl.models.DrugResponseModel(bulk)
+    model.train()
+    assert np.isfinite(model.predict(kind="value").to_numpy()).all()

@@ -72,7 +72,7 @@ def check_response(adata: AnnData, key: str, *, arg: str = "response_key") -> pd
     if not table.columns.is_unique:
         dup = table.columns[table.columns.duplicated()].unique()[:5].tolist()
         raise ValueError(f"adata.obsm[{key!r}] repeats drug columns {dup}; merge them first.")
-    values = table.to_numpy(dtype=np.float64)
+    values = table.to_numpy(dtype=np.float64, na_value=np.nan)  # nullable dtypes' pd.NA too
     if np.isinf(values).any():
         raise ValueError(
             f"adata.obsm[{key!r}] holds {int(np.isinf(values).sum())} infinite values; use NaN "
@@ -102,8 +102,16 @@ def check_response(adata: AnnData, key: str, *, arg: str = "response_key") -> pd
     return table
 
 
-def resolve_drugs(requested, available: Sequence[str]) -> list[str]:
-    """Check drug names against the model's; a KeyError lists close matches."""
+_MODEL_DRUGS = (
+    "model's",
+    "The model predicts the drugs of the response table it was trained on (model.drugs).",
+)
+
+
+def resolve_drugs(requested, available: Sequence[str], *, source=_MODEL_DRUGS) -> list[str]:
+    """Check drug names against the model's (or, with ``source``, another list: whose, and
+    why a drug may be missing from it); a KeyError lists close matches."""
+    of, why = source
     available = [str(d) for d in available]
     if requested is None:
         return available
@@ -127,10 +135,7 @@ def resolve_drugs(requested, available: Sequence[str]) -> list[str]:
                 lower[m] for m in difflib.get_close_matches(d.lower(), list(lower), n=5, cutoff=0.5)
             ]
         extra = f" Close matches: {hint}." if hint else ""
-        raise KeyError(
-            f"Drug {d!r} is not one of the model's {len(available)} drugs.{extra} The model "
-            "predicts the drugs of the response table it was trained on (model.drugs)."
-        )
+        raise KeyError(f"Drug {d!r} is not one of the {of} {len(available)} drugs.{extra} {why}")
     return list(dict.fromkeys(out))
 
 

@@ -216,6 +216,9 @@ def load_weights(dir_path: str | os.PathLike, device: str = "cpu") -> dict:
 class SafeSaveLoadMixin:
     """``save``/``load`` through JSON + safetensors instead of pickle."""
 
+    #: said first when ``load(adata=)`` gets data with other genes (what ``adata`` must be)
+    _load_adata_hint = ""
+
     def _extra_config(self) -> dict:
         """Further JSON fields a model writes for readers of ``config.json``."""
         return {}
@@ -364,7 +367,8 @@ class SafeSaveLoadMixin:
 
             ref = pd.Index(config["var_names"])
             if not same_gene_names(adata.var_names, ref):
-                raise ValueError(gene_mismatch_message(ref, adata.var_names))
+                message = gene_mismatch_message(ref, adata.var_names)
+                raise ValueError(f"{cls._load_adata_hint} {message}".strip())
             if issubclass(cls, CheckedQueryMixin):  # counts and categories, named as in
                 # the model's methods (scvi-tools' transfer names an option load lacks)
                 from scdl.data import check_query

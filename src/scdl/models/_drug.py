@@ -16,6 +16,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from scdl.data import (
     check_counts,
+    check_positive_int,
     check_profiles,
     check_response,
     check_unique_var_names,
@@ -151,6 +152,11 @@ class DrugResponseModel(
     _module_cls = DrugResponseModule
     _data_splitter_cls = DomainSplitter
     _training_plan_cls = EpochLoggingTrainingPlan
+    _load_adata_hint = (
+        "DrugResponseModel.load(adata=) takes the bulk cell lines the model was trained on; "
+        "to predict cells, load without adata and pass them to predict() or "
+        "scdl.tl.drug_response."
+    )
 
     def __init__(
         self,
@@ -175,6 +181,7 @@ class DrugResponseModel(
         prediction: Literal["wide", "wide_deep", "deep"] = "wide",
     ):
         _check_model_args(adata, target, target_layer, input_scale, n_ensemble)
+        _check_sizes(n_top_genes, smooth_neighbors, match_neighbors, ridge_alpha)
         super().__init__(adata, registry)
         self.drugs = [str(d) for d in self._drug_names()]
         self.genes = select_model_genes(
@@ -279,7 +286,9 @@ class DrugResponseModel(
             x, self.adata.var_names, self.genes, scale=self.input_scale
         )
         y = self.adata_manager.get_from_registry(RESPONSE_KEY)
-        return profiles, np.asarray(y, dtype=np.float64)
+        # nullable Float64/Int64 columns come as objects holding pd.NA: read as NaN
+        y = pd.DataFrame(y)
+        return profiles, np.asarray(y.where(y.notna(), np.nan), dtype=np.float64)
 
     def _count_profiles(self, x, var_names: pd.Index, n_neighbors: int) -> np.ndarray:
         """Counts to the model's input: one code path for target cells and predictions."""
@@ -470,3 +479,28 @@ def _check_model_args(adata, target, target_layer, input_scale, n_ensemble) -> N
     if target is not None:
         check_unique_var_names(target)
         check_counts(target, target_layer)
+
+
+def _check_sizes(n_top_genes, smooth_neighbors, match_neighbors, ridge_alpha) -> None:
+    """Numbers the model stores and uses later (a bad one would fail every prediction)."""
+    check_positive_int(n_top_genes, "n_top_genes", none="every gene bulk and cells share")
+    for name, value in (
+        ("smooth_neighbors", smooth_neighbors),
+        ("match_neighbors", match_neighbors),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0 (0: none), got {value!r}.")
+    if ridge_alpha is not None:
+        alphas = np.atleast_1d(np.asarray(ridge_alpha, dtype=object))
+        ok = alphas.size > 0 and all(
+            isinstance(a, int | float | np.number)
+            and not isinstance(a, bool)
+            and np.isfinite(a)
+            and a > 0
+            for a in alphas
+        )
+        if not ok:
+            raise ValueError(
+                f"ridge_alpha must be a positive number, a sequence of them (chosen per drug by "
+                f"cross-validation) or None (no ridge path), got {ridge_alpha!r}."
+            )

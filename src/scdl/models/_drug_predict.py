@@ -94,6 +94,7 @@ class DrugPredictionMixin:
             values; an unknown modality.
         """
         if adata is None:
+            self._require_adata("predict", takes_adata=True)
             return self._bulk()[0]
         if modality not in ("auto", "counts", "log1p", "profiles"):
             raise ValueError(

@@ -27,7 +27,24 @@ def _table(adata: AnnData, key: str, value: str) -> pd.DataFrame:
     table = adata.obsm[obsm_key]
     if not isinstance(table, pd.DataFrame):
         raise TypeError(f"adata.obsm[{obsm_key!r}] is not a DataFrame of cells x drugs.")
+    listed = adata.uns.get(key, {}).get("drugs") if isinstance(adata.uns.get(key), dict) else None
+    if isinstance(listed, pd.DataFrame) and set(map(str, listed.index)) != set(
+        map(str, table.columns)
+    ):
+        raise ValueError(
+            f"adata.obsm[{obsm_key!r}] does not hold the drugs adata.uns[{key!r}] lists (it was "
+            "overwritten since, e.g. by a call with another key_added): run "
+            f"`scdl.tl.drug_response(adata, model=..., key_added={key!r})` again."
+        )
     return table
+
+
+def _predicted(key: str) -> tuple[str, str]:
+    """How :func:`resolve_drugs` names the drugs a ``tl.drug_response`` call predicted."""
+    return (
+        f"{key!r} call's predicted",
+        f"Predict it: `scdl.tl.drug_response(adata, model=..., drugs=[...], key_added={key!r})`.",
+    )
 
 
 def _bulk_median(adata: AnnData, key: str, drugs: list[str]) -> np.ndarray:
@@ -111,7 +128,7 @@ def drug_response(
         spread = means.max(axis=0) - means.min(axis=0)
         drugs = spread.sort_values(ascending=False, kind="stable").index[:n_drugs].tolist()
     else:
-        drugs = resolve_drugs(drugs, list(table.columns))
+        drugs = resolve_drugs(drugs, list(table.columns), source=_predicted(key))
     median = _bulk_median(adata, key, drugs) if value == "response" else None
     if kind == "heatmap":
         fig = _heatmap(means[drugs], median, value, groupby)
@@ -189,7 +206,7 @@ def _roc(adata, labels, drugs, key, n_drugs, *, show, save):
         gap = (table[truth].mean() - table[~truth].mean()).abs()
         drugs = gap.sort_values(ascending=False, kind="stable").index[:n_drugs].tolist()
     else:
-        drugs = resolve_drugs(drugs, table.columns)
+        drugs = resolve_drugs(drugs, table.columns, source=_predicted(key))
     fig, ax = plt.subplots(figsize=(4.2, 4.0), layout="constrained")
     for drug in drugs:
         score = table[drug].to_numpy()
