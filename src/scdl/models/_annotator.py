@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -228,9 +229,20 @@ class CellTypeTransformer(
         if labels_key is None and not from_registry:
             raise ValueError("`labels_key` is required: the obs column with cell-type labels.")
         if labels_key is not None:
-            check_categorical(
+            labels = check_categorical(
                 adata, labels_key, arg="labels_key", min_categories=1 if from_registry else 2
             )
+            slashed = sorted({str(v) for v in labels.dropna().unique() if "/" in str(v)})
+            if slashed and not from_registry:
+                warnings.warn(
+                    f"Cell types {slashed[:3]} contain '/': tl.annotate writes one probability "
+                    "column per type, and .h5ad files cannot hold '/' in column names (anndata "
+                    ">= 0.13 refuses to write them). Rename them before training, e.g. "
+                    f"`adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}].astype(str)"
+                    ".str.replace('/', '|')`.",
+                    UserWarning,
+                    stacklevel=2,
+                )
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
