@@ -1,7 +1,15 @@
 """Datasets: a small real dataset bundled for the demo, and checked loaders for others."""
 
-from ._fetch import cache_dir, fetch_file, sha256sum
+from ._fetch import cache_dir, download, fetch_file, sha256sum
 from ._gdsc import gdsc
 from ._kang import kang_pbmc, kang_pbmc_heldout
 
-__all__ = ["cache_dir", "fetch_file", "gdsc", "kang_pbmc", "kang_pbmc_heldout", "sha256sum"]
+__all__ = [
+    "cache_dir",
+    "download",
+    "fetch_file",
+    "gdsc",
+    "kang_pbmc",
+    "kang_pbmc_heldout",
+    "sha256sum",
+]

@@ -56,26 +56,13 @@ def fetch_file(
     elif (_BUNDLED / filename).is_file():
         candidate = _BUNDLED / filename
     elif url is not None:
-        import pooch
-
-        try:  # pooch verifies the hash itself and deletes a mismatching download
-            return Path(
-                pooch.retrieve(
-                    url,
-                    known_hash=f"sha256:{sha256}",
-                    fname=filename,
-                    path=cache_dir(),
-                    progressbar=False,
-                )
-            )
-        except ValueError:  # checksum mismatch: pooch's message names both hashes
-            raise
-        except Exception as e:  # no network, a wrong URL, a server error
-            raise OSError(
-                f"Could not download {filename!r} from {url} ({type(e).__name__}: {e}). "
-                "Without network, get the file elsewhere and pass `path=` naming the folder "
-                "that holds it."
-            ) from e
+        return download(
+            url,
+            sha256=sha256,
+            folder=cache_dir(),
+            fname=filename,
+            offline=f"get {filename!r} elsewhere and pass `path=` naming the folder that holds it",
+        )
     elif (cache_dir() / filename).is_file():  # downloaded before
         candidate = cache_dir() / filename
     else:
@@ -90,3 +77,25 @@ def fetch_file(
             "is corrupt or a different version; replace it."
         )
     return candidate
+
+
+def download(
+    url: str, *, sha256: str, folder: Path, fname: str | None = None, offline: str
+) -> Path:
+    """Download ``url`` into ``folder`` with pooch, which checks its sha256 (a mismatching
+    download is deleted: ValueError); a failed download (no network, a wrong URL, a server
+    error) is an OSError that says what to do instead (``offline``)."""
+    import pooch
+
+    try:
+        return Path(
+            pooch.retrieve(
+                url, known_hash=f"sha256:{sha256}", fname=fname, path=folder, progressbar=False
+            )
+        )
+    except ValueError:  # checksum mismatch: pooch's message names both hashes
+        raise
+    except Exception as e:
+        raise OSError(
+            f"Could not download {url} ({type(e).__name__}: {e}). Without network, {offline}."
+        ) from e

@@ -154,16 +154,14 @@ class AnnotatorPredictionMixin:
                 "no cells to annotate."
             )
         matrix = get_matrix(adata, layer)
-        try:
-            col, present = gene_columns(
-                adata, self.get_var_names(), min_overlap=min_gene_overlap, what="model"
-            )
-        except ValueError as e:
-            with _naming_raw(adata, layer):
+        with _naming_raw(adata, layer):
+            try:
+                col, present = gene_columns(
+                    adata, self.get_var_names(), min_overlap=min_gene_overlap, what="model"
+                )
+            except ValueError:
                 input_kind(adata, layer)  # counts that are wrong are the first thing to fix
-            if adata.raw is not None and layer is None:
-                raise ValueError(f"{e} {_raw_hint(adata)}") from None
-            raise
+                raise
         lookup = np.full(adata.n_vars, -1, dtype=np.int64)
         lookup[col[present]] = np.flatnonzero(present)
         # CSR counts: gathered and checked on the device (only the model's genes are read)
@@ -440,22 +438,19 @@ class AnnotatorPredictionMixin:
         return calls["label" if unknown else "label_forced"].to_numpy()
 
 
-def _raw_hint(adata) -> str:
-    return (
-        f"adata.raw holds {adata.raw.n_vars} genes: if those are the counts (or log-normalised "
-        "values) before gene selection and scaling, annotate them: `raw = "
-        "adata.raw.to_adata(); scdl.tl.annotate(raw, ...)`, then copy raw.obs's new columns "
-        "to adata.obs."
-    )
-
-
 @contextlib.contextmanager
 def _naming_raw(adata, layer):
-    """A query refused as neither counts nor log-normalised data, in scanpy's usual layout
-    (scaled highly variable genes in X, the full matrix in ``.raw``): name ``.raw``."""
+    """A query refused (neither counts nor log-normalised data, or lacking the model's
+    genes) in scanpy's usual layout, scaled highly variable genes in X and the full matrix
+    in ``.raw``: the message names ``.raw`` and how to annotate it."""
     try:
         yield
     except ValueError as e:
         if adata.raw is None or layer is not None:
             raise
-        raise ValueError(f"{e} {_raw_hint(adata)}") from None
+        raise ValueError(
+            f"{e} adata.raw holds {adata.raw.n_vars} genes: if those are the counts (or "
+            "log-normalised values) before gene selection and scaling, annotate them: `raw = "
+            "adata.raw.to_adata(); scdl.tl.annotate(raw, ...)`, then copy raw.obs's new "
+            "columns to adata.obs."
+        ) from None

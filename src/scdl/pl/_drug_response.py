@@ -27,10 +27,9 @@ def _table(adata: AnnData, key: str, value: str) -> pd.DataFrame:
     table = adata.obsm[obsm_key]
     if not isinstance(table, pd.DataFrame):
         raise TypeError(f"adata.obsm[{obsm_key!r}] is not a DataFrame of cells x drugs.")
-    listed = adata.uns.get(key, {}).get("drugs") if isinstance(adata.uns.get(key), dict) else None
-    if isinstance(listed, pd.DataFrame) and set(map(str, listed.index)) != set(
-        map(str, table.columns)
-    ):
+    info = adata.uns.get(key)
+    listed = info.get("drugs") if isinstance(info, dict) else None
+    if isinstance(listed, pd.DataFrame) and set(map(str, listed.index)) != set(map(str, table)):
         raise ValueError(
             f"adata.obsm[{obsm_key!r}] does not hold the drugs adata.uns[{key!r}] lists (it was "
             "overwritten since, e.g. by a call with another key_added): run "

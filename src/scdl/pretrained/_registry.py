@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from scdl.datasets import cache_dir, sha256sum
+from scdl.datasets import cache_dir, download, sha256sum
 
 _HERE = Path(__file__).parent / "annotators"
 # files an annotator folder may hold; anything else in an archive is ignored
@@ -76,7 +76,6 @@ def _safe_extract(archive: Path, dest: Path) -> Path:
 
 
 def _fetch_archive(url: str, sha256: str | None) -> Path:
-    import pooch
 
     if not sha256:
         raise ValueError(
@@ -84,20 +83,13 @@ def _fetch_archive(url: str, sha256: str | None) -> Path:
             "tampered or truncated file is refused: pass `sha256=` to scdl.pretrained.load "
             "(`--sha256` on the command line)."
         )
-    try:
-        return Path(
-            pooch.retrieve(
-                url, known_hash=f"sha256:{sha256}", path=cache_dir() / "models", progressbar=False
-            )
-        )
-    except ValueError:  # pooch's checksum mismatch: its message names both hashes
-        raise
-    except Exception as e:  # no network, a wrong URL, a server error
-        raise OSError(
-            f"Could not download the model from {url} ({type(e).__name__}: {e}). Without "
-            "network, download the archive elsewhere and pass its local path (or the "
-            "folder it unpacks to) instead of the URL."
-        ) from e
+    return download(
+        url,
+        sha256=sha256,
+        folder=cache_dir() / "models",
+        offline="download the archive elsewhere and pass its local path (or the folder it "
+        "unpacks to) instead of the URL",
+    )
 
 
 def resolve(name_or_path: str | os.PathLike, *, sha256: str | None = None) -> Path:

@@ -110,13 +110,12 @@ def drug_response(
         )
     check_key_added(key_added)
     for suffix in ("_prob", "_label", "_sd"):  # the tables another call writes beside its own
-        base = key_added.removesuffix(suffix)
-        if base != key_added and isinstance(adata.uns.get(base), dict):
-            if "drugs" in adata.uns[base]:
-                raise ValueError(
-                    f"key_added={key_added!r} would overwrite adata.obsm[{key_added!r}], written "
-                    f"by the call under key_added={base!r}; choose another key."
-                )
+        base, info = key_added.removesuffix(suffix), adata.uns.get(key_added.removesuffix(suffix))
+        if base != key_added and isinstance(info, dict) and "drugs" in info:
+            raise ValueError(
+                f"key_added={key_added!r} would overwrite adata.obsm[{key_added!r}], written by "
+                f"the call under key_added={base!r}; choose another key."
+            )
     if modality == "auto":  # resolved here so that params records what was read
         modality = resolve_modality(adata, layer)
     # everything is computed before anything is written, so a failure leaves adata unchanged
