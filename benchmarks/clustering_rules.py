@@ -25,17 +25,15 @@ warnings.filterwarnings("ignore")
 
 
 def graph(rep: np.ndarray, n_neighbors: int, seed: int):
-    """scanpy's neighbour graph (as ``tl.cluster`` builds it), as an igraph graph."""
+    """scanpy's neighbour graph (as ``tl.cluster`` builds it): its connectivities."""
     import anndata as ad
     import scanpy as sc
-
-    from scdl.tl._resolution import to_igraph
 
     a = ad.AnnData(np.zeros((len(rep), 1), dtype=np.float32))
     a.obsm["rep"] = rep
     kw = {"transformer": "sklearn"} if len(rep) >= 4096 else {}
     sc.pp.neighbors(a, n_neighbors=n_neighbors, use_rep="rep", random_state=seed, **kw)
-    return to_igraph(a.obsp["connectivities"])
+    return a.obsp["connectivities"]
 
 
 def grid_scan(g, rep, seed, max_cells=2000):

@@ -595,6 +595,14 @@ def _sparse_embedding(adata):
     adata.obsm["X_scdl"] = sparse.csr_matrix(adata.obsm["X_scdl"])
 
 
+def _one_batch(adata):
+    adata.obs["sample"] = "one"
+
+
+def _ninety_cells(adata):
+    adata._inplace_subset_obs(np.arange(90))
+
+
 @pytest.mark.parametrize(
     ("edit", "kwargs", "error", "match"),
     [
@@ -602,6 +610,8 @@ def _sparse_embedding(adata):
         (None, {"layer": "counts"}, KeyError, "Layer 'counts' not found"),
         (_nan_counts, {}, ValueError, "NaN"),
         (_sparse_embedding, {}, TypeError, r"dense numeric embedding.*toarray"),
+        (_one_batch, {}, ValueError, "no batch correction to score with one batch"),
+        (_ninety_cells, {}, ValueError, "needs more than 90 cells"),
     ],
 )
 def test_integration_metrics_checks_its_inputs_first(kang, edit, kwargs, error, match):

@@ -29,10 +29,14 @@ def test_auto_resolution_close_to_best(cellbench):
     chosen = info["resolution"]
     assert chosen in info["scan"]["resolution"]
     auto = adjusted_rand_score(adata.obs["cell_line"], adata.obs["scdl_cluster"])
+    scanned = dict(zip(info["scan"]["resolution"], info["scan"]["n_clusters"], strict=True))
+    # the scan scores the partitions tl.cluster writes: the same count at every resolution
+    assert adata.obs["scdl_cluster"].nunique() == scanned[chosen]
     best = 0.0
     for res in (0.1, 0.2, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0):
         scdl.tl.cluster(adata, use_rep="X_pca", resolution=res, key_added="fixed")
         best = max(best, adjusted_rand_score(adata.obs["cell_line"], adata.obs["fixed"]))
+        assert adata.obs["fixed"].nunique() == scanned[res], res
     assert auto >= best - 0.1, (auto, best, chosen)
     # the numeric path at the chosen resolution gives the same clusters
     scdl.tl.cluster(adata, use_rep="X_pca", resolution=chosen, key_added="again")

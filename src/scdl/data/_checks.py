@@ -244,9 +244,15 @@ def check_obs_key(adata: AnnData, key: str, *, arg: str = "key") -> pd.Series:
 
 
 def check_categorical(
-    adata: AnnData, key: str, *, arg: str = "key", min_categories: int = 1
+    adata: AnnData,
+    key: str,
+    *,
+    arg: str = "key",
+    min_categories: int = 1,
+    too_few: str | None = None,
 ) -> pd.Series:
-    """Check an obs column used as a categorical covariate; require ``min_categories`` levels."""
+    """Check an obs column used as a categorical covariate; require ``min_categories`` levels
+    (``too_few``: what to do instead, said when there are fewer; default: pass ``None``)."""
     col = check_obs_key(adata, key, arg=arg)
     if pd.api.types.is_float_dtype(col) and (col != np.round(col)).any():
         raise TypeError(
@@ -259,8 +265,8 @@ def check_categorical(
     if n < min_categories:
         raise ValueError(
             f"`{arg}={key!r}` has {n} category ({col.unique()[:3].tolist()}) but at least "
-            f"{min_categories} are needed. Check the column, or pass `{arg}=None` if there is "
-            "nothing to correct for."
+            f"{min_categories} are needed. Check the column, or "
+            + (too_few or f"pass `{arg}=None` if there is nothing to correct for.")
         )
     return col
 

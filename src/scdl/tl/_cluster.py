@@ -173,11 +173,9 @@ def _cluster_to_k(adata, connectivities, rep, n_clusters: int, key_added: str, r
     below the graph's components); clusters named 0, 1, ... by size."""
     import pandas as pd
 
-    from ._resolution import merge_to, search_n_clusters, to_igraph
+    from ._resolution import merge_to, search_n_clusters
 
-    chosen, labels, steps = search_n_clusters(
-        to_igraph(connectivities), n_clusters, seed=random_state
-    )
+    chosen, labels, steps = search_n_clusters(connectivities, n_clusters, seed=random_state)
     labels = merge_to(labels, rep, n_clusters)
     sizes = pd.Series(labels).value_counts()  # name clusters 0, 1, ... by size
     if len(sizes) != n_clusters:  # Leiden's counts jump, or stop growing at resolution 10

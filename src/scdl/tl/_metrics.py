@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,13 +23,15 @@ if TYPE_CHECKING:
 
 # exact neighbours are fast at these sizes and avoid pynndescent's numba start-up
 _EXACT_NEIGHBORS_MAX_CELLS = 50_000
+# the most neighbours Benchmarker.prepare asks for (its default, for kBET and the LISIs)
+_SCIB_NEIGHBORS = 90
 
 
-def _sklearn_neighbors(x: np.ndarray, k: int):
+def _sklearn_neighbors(x: np.ndarray, k: int, n_jobs: int = 1):
     from scib_metrics.nearest_neighbors import NeighborsResults
     from sklearn.neighbors import NearestNeighbors
 
-    dist, idx = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x)
+    dist, idx = NearestNeighbors(n_neighbors=k, n_jobs=n_jobs).fit(x).kneighbors(x)
     return NeighborsResults(indices=idx, distances=dist)
 
 
@@ -64,13 +67,17 @@ def integration_metrics(
         ``None``, or the default ``"X_pca"`` and missing from ``obsm``, a PCA of
         log-normalised counts (:func:`scdl.data.unintegrated_pca`, from raw or
         log-normalised ``X`` or ``layer``) is computed on a temporary copy; another key
-        missing from ``obsm`` is an error.
+        missing from ``obsm`` is an error. PCR comparison credits an embedding for how far
+        its batch variance lies below this one's: to score an unintegrated embedding of your
+        own (e.g. a PCA with other genes or components), pass it here too, or it is credited
+        for differing from scdl's PCA.
     layer
         Layer for that PCA (raw or log-normalised counts).
     key_added
         uns key for the result table; ``None`` to not store it.
     n_jobs
-        Parallel jobs for the metrics.
+        Parallel jobs for the neighbour search (scikit-learn's exact search up to 50,000
+        cells, pynndescent beyond); the metrics themselves run in JAX.
 
     Returns
     -------
@@ -84,7 +91,19 @@ def integration_metrics(
     embeddings = [embeddings] if isinstance(embeddings, str) else list(embeddings)
     if not embeddings:
         raise ValueError("Pass at least one obsm key in `embeddings`.")
-    check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
+    if adata.n_obs <= _SCIB_NEIGHBORS:
+        raise ValueError(
+            f"integration_metrics needs more than {_SCIB_NEIGHBORS} cells (scib-metrics' "
+            f"metrics use {_SCIB_NEIGHBORS} neighbours of each cell); got {adata.n_obs}."
+        )
+    check_categorical(
+        adata,
+        batch_key,
+        arg="batch_key",
+        min_categories=2,
+        too_few="score the embeddings' cell types alone (there is no batch correction to "
+        "score with one batch), e.g. with scib_metrics.silhouette_label.",
+    )
     check_categorical(adata, label_key, arg="label_key", min_categories=2)
     computed_pca = pre_integrated is None or (
         pre_integrated == "X_pca" and pre_integrated not in adata.obsm
@@ -111,20 +130,22 @@ def integration_metrics(
         # a copy: scib-metrics' KMeans centres its input in place, and an embedding already
         # float32 would otherwise be the user's own array
         tmp.obsm[key] = np.array(adata.obsm[key], dtype=np.float32, copy=True)
-    tmp.obsm["_pre"] = np.array(pre, dtype=np.float32, copy=True)
+    pre_key = "_pre"
+    while pre_key in embeddings:  # a user's own obsm key of that name is scored as given
+        pre_key = f"_{pre_key}"
+    tmp.obsm[pre_key] = np.array(pre, dtype=np.float32, copy=True)
 
     bm = Benchmarker(
         tmp,
         batch_key=batch_key,
         label_key=label_key,
         embedding_obsm_keys=embeddings,
-        pre_integrated_embedding_obsm_key="_pre",
+        pre_integrated_embedding_obsm_key=pre_key,
         n_jobs=n_jobs,
         progress_bar=False,
     )
-    bm.prepare(
-        neighbor_computer=_sklearn_neighbors if adata.n_obs <= _EXACT_NEIGHBORS_MAX_CELLS else None
-    )
+    exact = partial(_sklearn_neighbors, n_jobs=n_jobs)
+    bm.prepare(neighbor_computer=exact if adata.n_obs <= _EXACT_NEIGHBORS_MAX_CELLS else None)
     bm.benchmark()
     res = bm.get_results(min_max_scale=False)
     res = res.drop(index="Metric Type", errors="ignore").astype(float)

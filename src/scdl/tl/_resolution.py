@@ -2,19 +2,16 @@
 and the resolution search behind ``n_clusters``.
 
 Works on a neighbour graph's connectivities (a sparse cells x cells matrix); the Leiden runs
-are igraph's modularity Leiden, as in scanpy's ``flavor="igraph"``.
+are scanpy's ``sc.tl.leiden(flavor="igraph")``, the partitions ``tl.cluster`` writes.
 """
 
 from __future__ import annotations
 
-import random
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
-    import igraph
     import pandas as pd
     from scipy import sparse
 
@@ -29,38 +26,29 @@ TIE = 0.01
 FLOOR = 0.4
 
 
-def to_igraph(connectivities: sparse.spmatrix) -> igraph.Graph:
-    """Undirected weighted igraph graph of a symmetric connectivity matrix."""
-    import igraph
-    from scipy import sparse
+def leiden(
+    connectivities: sparse.spmatrix, resolution: float, seed: int, n_iterations: int = 2
+) -> np.ndarray:
+    """Leiden labels of every cell: scanpy's ``sc.tl.leiden`` (igraph, modularity, undirected)
+    on ``connectivities``, exactly as :func:`scdl.tl.cluster` writes a fixed resolution, so a
+    scan's partition at ``resolution`` is the one written there."""
+    import anndata
+    import pandas as pd
+    import scanpy as sc
 
-    upper = sparse.triu(sparse.csr_matrix(connectivities), k=1).tocoo()
-    g = igraph.Graph(n=connectivities.shape[0], edges=list(zip(upper.row, upper.col)))
-    g.es["weight"] = upper.data.astype(float)
-    return g
-
-
-@contextmanager
-def _igraph_seed(seed: int):
-    import igraph
-
-    igraph.set_random_number_generator(random.Random(seed))
-    try:
-        yield
-    finally:
-        igraph.set_random_number_generator(random)
-
-
-def leiden(g: igraph.Graph, resolution: float, seed: int, n_iterations: int = 2) -> np.ndarray:
-    """Leiden (modularity with ``resolution``) labels of every vertex of ``g``."""
-    with _igraph_seed(seed):
-        part = g.community_leiden(
-            objective_function="modularity",
-            weights="weight",
-            resolution=resolution,
-            n_iterations=n_iterations,
-        )
-    return np.asarray(part.membership)
+    n = connectivities.shape[0]
+    tmp = anndata.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(n).astype(str)))
+    sc.tl.leiden(
+        tmp,
+        resolution=resolution,
+        adjacency=connectivities,
+        key_added="leiden",
+        flavor="igraph",
+        n_iterations=n_iterations,
+        directed=False,
+        random_state=seed,
+    )
+    return tmp.obs["leiden"].to_numpy().astype(int)
 
 
 def silhouette(rep: np.ndarray, labels: np.ndarray, *, seed: int, max_cells: int) -> float:
@@ -91,10 +79,9 @@ def scan(
     """
     import pandas as pd
 
-    g = to_igraph(connectivities)
     rows = []
     for r in resolutions:
-        labels = leiden(g, float(r), seed)
+        labels = leiden(connectivities, float(r), seed)
         rows.append(
             {
                 "resolution": float(r),
@@ -119,7 +106,7 @@ def choose(
 
 
 def search_n_clusters(
-    g: igraph.Graph,
+    connectivities: sparse.spmatrix,
     n_clusters: int,
     *,
     seed: int = 0,
@@ -138,7 +125,7 @@ def search_n_clusters(
     lo, hi = np.log(low), np.log(high)
     for _ in range(max_steps):
         r = float(np.exp((lo + hi) / 2))
-        labels = leiden(g, r, seed)
+        labels = leiden(connectivities, r, seed)
         k = int(len(np.unique(labels)))
         steps.append((r, k))
         gap = abs(k - n_clusters)
