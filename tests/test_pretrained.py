@@ -50,7 +50,7 @@ def test_model_card_describes_the_shipped_files():
     assert f"sha256 `{sha}`" in card
 
 
-def test_annotate_writes_fields_and_is_accurate(heldout):
+def test_annotate_writes_fields_and_is_accurate(heldout, tmp_path):
     adata = heldout.copy()
     out = scdl.tl.annotate(adata)
     assert out is None
@@ -60,6 +60,9 @@ def test_annotate_writes_fields_and_is_accurate(heldout):
     probs = adata.obsm[f"{key}_probabilities"]
     assert probs.shape == (adata.n_obs, 7)
     assert adata.uns[key]["n_genes_matched"] == 2000
+    params = adata.uns[key]["params"]  # the options that change the calls, as scanpy records
+    assert params["unknown"] is True and params["layer"] == "" and params["min_support"] == 0
+    adata.write_h5ad(tmp_path / "a.h5ad")  # every field is writable
     acc = np.mean(adata.obs[key].astype(str) == adata.obs["cell_type"].astype(str))
     # the card's held-out accuracy was measured on these never-seen cells (Unknown = wrong)
     card = " ".join(_card().split())

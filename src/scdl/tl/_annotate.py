@@ -122,8 +122,9 @@ def annotate(
     ``adata.obsm[f"{key_added}_probabilities"]``
         DataFrame of probabilities, cells x cell types.
     ``adata.uns[key_added]``
-        Model, cell types, gene overlap, thresholds (``novelty_thresholds``: a DataFrame of
-        each type's per-cell threshold, indexed by cell type) and the fraction called Unknown.
+        ``params`` (the options above that change the calls; ``""`` for ``None``), model,
+        cell types, gene overlap, thresholds (``novelty_thresholds``: a DataFrame of each
+        type's per-cell threshold, indexed by cell type) and the fraction called Unknown.
     """
     from scdl.data import check_is_anndata, check_key_added, check_positive_int
 
@@ -168,6 +169,15 @@ def annotate(
     else:  # an earlier call's voting under this key would contradict the new calls
         adata.obs.drop(columns=[c for c in voting if c in adata.obs], inplace=True)
     adata.uns[key_added] = {
+        "params": {  # what changes the calls, as scanpy's tl functions record them
+            "layer": layer or "",
+            "unknown": bool(unknown),
+            "min_gene_overlap": float(min_gene_overlap),
+            "adapt_to_query": float(adapt_to_query),
+            "majority_voting": bool(majority_voting),
+            "over_clustering": _clusters_given(over_clustering),
+            "min_support": float(min_support),
+        },
         **_model_summary(model, model_name),
         "n_genes_matched": n_present,
         "unknown_fraction": float(adata.obs[f"{key_added}_unknown"].mean()),
@@ -211,6 +221,13 @@ def _given_clusters(adata: AnnData, over_clustering) -> np.ndarray:
             "cluster, or pass over_clustering=None to compute one."
         )
     return clusters
+
+
+def _clusters_given(over_clustering) -> str:
+    """How ``params`` records the over-clustering: its obs column, or where it came from."""
+    if isinstance(over_clustering, str):
+        return over_clustering
+    return "" if over_clustering is None else "an array given per cell"
 
 
 def _model_summary(model, model_name: str) -> dict:
