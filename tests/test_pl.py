@@ -47,6 +47,27 @@ def test_integration_metrics_plot(tmp_path):
         scdl.pl.integration_metrics(df.drop(columns="Total"), show=False)
 
 
+def test_single_panel_plots_draw_on_given_axes(kang_integrated):
+    """As scanpy's: ``ax=`` draws into the user's layout and returns the figure holding it."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    adata = kang_integrated[0].copy()
+    scdl.tl.cluster(adata, use_rep="X_scdl", resolution="auto")
+    df = pd.DataFrame(
+        {"Batch correction": [0.3, 0.6], "Bio conservation": [0.6, 0.7], "Total": [0.48, 0.66]},
+        index=["X_pca", "X_scdl"],
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+    open_figures = set(plt.get_fignums())
+    assert scdl.pl.training_history(adata, ax=axes[0], show=False) is fig
+    assert scdl.pl.cluster_resolution(adata, ax=axes[1], show=False) is fig
+    assert scdl.pl.integration_metrics(df, ax=axes[2], show=False) is fig
+    assert len(axes[0].lines) >= 1 and len(axes[1].lines) >= 1 and len(axes[2].patches) == 6
+    assert set(plt.get_fignums()) == open_figures  # no other figure was opened
+    plt.close(fig)
+
+
 def test_save_true_follows_scanpy_settings(tmp_path):
     """save=True writes to scanpy's figdir in its figure format."""
     import pandas as pd

@@ -6,10 +6,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._utils import doc_show_save, finish
+from ._utils import doc_show_save, finish, new_axes
 
 if TYPE_CHECKING:
     from anndata import AnnData
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 
@@ -18,6 +19,7 @@ def cluster_resolution(
     adata: AnnData,
     *,
     key: str = "scdl_cluster",
+    ax: Axes | None = None,
     show: bool | None = None,
     save: str | bool | None = None,
 ) -> Figure | None:
@@ -31,11 +33,12 @@ def cluster_resolution(
         (reads ``uns[key]["scan"]``).
     key
         ``key_added`` of the cluster call.
+    ax
+        Axes to draw on (in a layout of your own); the figure holding it is returned.
     %(show_save)s
 
     %(returns_figure)s
     """
-    import matplotlib.pyplot as plt
 
     info = adata.uns.get(key)
     if not isinstance(info, dict) or "silhouette" not in info.get("scan", {}):
@@ -49,7 +52,8 @@ def cluster_resolution(
     k = np.asarray(scan["n_clusters"])
     chosen = float(info["resolution"])
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    own = ax is None
+    fig, ax = new_axes(ax, figsize=(5, 3.5))
     ax.plot(res, stab, marker="o", color="C0")
     ax.set_xlabel("Leiden resolution")
     ax.set_ylabel("mean silhouette width", color="C0")
@@ -60,5 +64,6 @@ def cluster_resolution(
     for r, s, n in zip(res, stab, k, strict=True):
         ax.annotate(str(int(n)), (r, s), textcoords="offset points", xytext=(0, 5), fontsize=7)
     ax.set_title(f"Resolution scan ({key}): chosen {chosen:g}")
-    fig.tight_layout()
+    if own:
+        fig.tight_layout()
     return finish(fig, show=show, save=save, default_name=f"cluster_resolution_{key}")

@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._utils import doc_show_save, finish
+from ._utils import doc_show_save, finish, new_axes
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 
@@ -65,6 +66,7 @@ def training_history(
     data: Any,
     *,
     key: str = "X_scdl",
+    ax: Axes | None = None,
     show: bool | None = None,
     save: str | bool | None = None,
 ) -> Figure | None:
@@ -79,14 +81,16 @@ def training_history(
         :class:`~scdl.models.CellTypeTransformer`).
     key
         ``key_added`` of the integrate (or contrastive) call.
+    ax
+        Axes to draw on (in a layout of your own); the figure holding it is returned.
     %(show_save)s
 
     %(returns_figure)s
     """
-    import matplotlib.pyplot as plt
 
     curves, ylabel = _curves(data, key)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    own = ax is None
+    fig, ax = new_axes(ax, figsize=(5, 3.5))
     for name, (epoch, value) in curves.items():
         marker = "." if len(epoch) < 30 else None
         ax.plot(epoch, value, label=name, marker=marker)
@@ -94,5 +98,6 @@ def training_history(
     ax.set_ylabel(ylabel)
     ax.set_title("Training history")
     ax.legend(frameon=False)
-    fig.tight_layout()
+    if own:
+        fig.tight_layout()
     return finish(fig, show=show, save=save, default_name=f"training_history_{key}")

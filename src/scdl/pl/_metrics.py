@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._utils import doc_show_save, finish
+from ._utils import doc_show_save, finish, new_axes
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 _COLUMNS = ("Batch correction", "Bio conservation", "Total")
@@ -19,6 +20,7 @@ def integration_metrics(
     results: Any,
     *,
     key: str = "scdl_integration_metrics",
+    ax: Axes | None = None,
     show: bool | None = None,
     save: str | bool | None = None,
 ) -> Figure | None:
@@ -31,11 +33,12 @@ def integration_metrics(
         it in ``uns[key]``.
     key
         uns key when ``results`` is an AnnData.
+    ax
+        Axes to draw on (in a layout of your own); the figure holding it is returned.
     %(show_save)s
 
     %(returns_figure)s
     """
-    import matplotlib.pyplot as plt
     import pandas as pd
     from anndata import AnnData
 
@@ -48,7 +51,8 @@ def integration_metrics(
     df = results.loc[:, list(_COLUMNS)].astype(float)
     n = len(df)
     width = 0.8 / n
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(_COLUMNS) + 0.3 * n, 3.5))
+    own = ax is None
+    fig, ax = new_axes(ax, figsize=(1.6 + 1.4 * len(_COLUMNS) + 0.3 * n, 3.5))
     x = np.arange(len(_COLUMNS))
     for i, (name, row) in enumerate(df.iterrows()):
         bars = ax.bar(x + (i - (n - 1) / 2) * width, row.to_numpy(), width, label=str(name))
@@ -58,5 +62,6 @@ def integration_metrics(
     ax.set_ylabel("score (scib-metrics)")
     ax.legend(frameon=False, fontsize=8, bbox_to_anchor=(1.0, 1.0), loc="upper left")
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
+    if own:
+        fig.tight_layout()
     return finish(fig, show=show, save=save, default_name="integration_metrics")

@@ -35,6 +35,15 @@ def doc_show_save(func: Callable) -> Callable:
     return plot_dsp.dedent(func)
 
 
+def new_axes(ax, figsize: tuple[float, float]):
+    """The figure and axes to draw one panel on: the user's ``ax``, or a new figure."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        return plt.subplots(figsize=figsize)
+    return ax.figure, ax
+
+
 def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_name: str):
     """Save and/or show ``fig``; return it unless it was shown, or saved with ``show=None``
     (then closed, as scanpy does).
