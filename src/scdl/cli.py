@@ -60,18 +60,6 @@ def _check_model_folder(path: str | None, *, overwrite: bool) -> None:
         raise FileNotFoundError(f"folder {str(folder.resolve().parent)!r} does not exist.")
 
 
-def _write_h5ad(adata, path: str | os.PathLike) -> None:
-    """Write under a temporary name and rename when complete: a failed write (a full disk)
-    leaves an earlier file of that name as it was, not cut off."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        adata.write_h5ad(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def _demo(args: argparse.Namespace) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,7 +108,7 @@ def _demo_integration(args: argparse.Namespace, out: Path) -> None:
     for name, draw in figs.items():
         draw(out / name)
         plt.close("all")
-    _write_h5ad(adata, out / "kang_scdl.h5ad")
+    scdl.data.write_h5ad_atomic(adata, out / "kang_scdl.h5ad")
     model.save(out / "model", overwrite=True)
     print("\nscib-metrics (unscaled; higher is better):")
     print(metrics[["Batch correction", "Bio conservation", "Total"]].round(3).to_string())
@@ -168,7 +156,7 @@ def _demo_annotation(out: Path) -> None:
     print("  top genes per type (integrated gradients):")
     for label, genes in top.items():
         print(f"    {label:<12} {genes}")
-    _write_h5ad(cells, out / "kang_annotated.h5ad")
+    scdl.data.write_h5ad_atomic(cells, out / "kang_annotated.h5ad")
     print(
         f"wrote {out / 'kang_annotated.h5ad'}, {out / 'annotation.png'}, {out / 'attributions.png'}"
     )
@@ -194,7 +182,7 @@ def _integrate(args: argparse.Namespace) -> int:
     if args.cluster:
         scdl.tl.cluster(adata, use_rep=args.key_added)
         print(f"Leiden clusters in obs['scdl_cluster']: {adata.obs['scdl_cluster'].nunique()}")
-    _write_h5ad(adata, args.output)
+    scdl.data.write_h5ad_atomic(adata, args.output)
     if args.save_model:
         model.save(args.save_model, overwrite=args.overwrite)
     print(f"wrote obsm[{args.key_added!r}] ({args.n_latent} dims) to {args.output}")
@@ -218,7 +206,7 @@ def _annotate(args: argparse.Namespace) -> int:
         unknown=not args.no_unknown,
         min_gene_overlap=args.min_gene_overlap,
     )
-    _write_h5ad(adata, args.output)
+    scdl.data.write_h5ad_atomic(adata, args.output)
     counts = adata.obs[args.key_added].value_counts()
     print(f"wrote obs[{args.key_added!r}] to {args.output}:")
     print(counts[counts > 0].to_string())

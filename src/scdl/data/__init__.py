@@ -10,6 +10,7 @@ from ._checks import (
     check_key_added,
     check_obs_key,
     check_positive_int,
+    check_positive_number,
     check_unique_var_names,
     get_matrix,
     warn_empty_cells,
@@ -39,6 +40,7 @@ from ._normalize import log_normalize_counts
 from ._pca import unintegrated_pca
 from ._query import check_category_kind, check_query
 from ._salient_genes import salient_gene_table
+from ._write import write_h5ad_atomic
 
 __all__ = [
     "MIN_LINES_PER_DRUG",
@@ -60,6 +62,7 @@ __all__ = [
     "check_key_added",
     "check_obs_key",
     "check_positive_int",
+    "check_positive_number",
     "warn_empty_cells",
     "check_query",
     "check_category_kind",
@@ -81,4 +84,5 @@ __all__ = [
     "warn_if_batch_nested",
     "salient_gene_table",
     "unintegrated_pca",
+    "write_h5ad_atomic",
 ]

@@ -348,6 +348,16 @@ def check_positive_int(value, arg: str, *, none: str | None = None) -> int | Non
     return int(value)
 
 
+def check_positive_number(value, arg: str, *, meaning: str = "") -> float:
+    """``value`` must be a finite number above zero (numpy numbers too, not bools);
+    ``meaning`` says what it is in the message."""
+    number = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+    if not number or not np.isfinite(value) or value <= 0:
+        extra = f" ({meaning})" if meaning else ""
+        raise ValueError(f"{arg} must be a positive number{extra}, got {value!r}.")
+    return float(value)
+
+
 def check_key_added(key_added) -> str:
     """``key_added`` must be a non-empty string (the key a ``tl`` step writes under) without
     "/", which h5ad files read as a path: the written file could not be read back."""

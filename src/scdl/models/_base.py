@@ -293,15 +293,9 @@ class SafeSaveLoadMixin:
             **self._extra_config(),
         }
         if save_anndata:  # written first: the config records its checksum, load() checks it
-            # under another name until complete: a failed write (e.g. a column anndata cannot
-            # store) leaves no partial adata.h5ad for a later save or load to take as the data
-            partial = dir_path / (ANNDATA_NAME + ".partial")
-            try:
-                self.adata.write_h5ad(partial)
-            except BaseException:
-                partial.unlink(missing_ok=True)
-                raise
-            partial.replace(dir_path / ANNDATA_NAME)
+            from scdl.data import write_h5ad_atomic
+
+            write_h5ad_atomic(self.adata, dir_path / ANNDATA_NAME)
             config[ANNDATA_DIGEST_KEY] = _sha256(dir_path / ANNDATA_NAME)
         state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
         # each file records the other's checksum: load() refuses either edited after saving

@@ -17,6 +17,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scdl.data import (
     check_count_setup,
     check_positive_int,
+    check_positive_number,
     resolve_groups,
     salient_gene_table,
     warn_if_batch_nested,
@@ -418,7 +419,7 @@ class ContrastiveVAE(
         library_size
             Counts each cell's expression is scaled to.
         """
-        _check_library_size(library_size)
+        check_positive_number(library_size, "library_size", meaning="counts per cell")
         self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)
         idx = _positions(indices, adata.n_obs)
@@ -470,7 +471,7 @@ class ContrastiveVAE(
         ``mean_without_salient``.
         """
         n_top = check_positive_int(n_top, "n_top", none="every gene")
-        _check_library_size(library_size)
+        check_positive_number(library_size, "library_size", meaning="counts per cell")
         self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)
         targets = np.flatnonzero(self._target_mask(adata, target_mask))
@@ -490,11 +491,3 @@ def _positions(indices, n_obs: int) -> np.ndarray:
     if idx.size == 0:
         raise ValueError("`indices` selects no cells; pass at least one position, or None.")
     return idx
-
-
-def _check_library_size(library_size) -> None:
-    ok = isinstance(library_size, int | float | np.number) and not isinstance(library_size, bool)
-    if not ok or not np.isfinite(library_size) or library_size <= 0:
-        raise ValueError(
-            f"library_size must be a positive number (counts per cell), got {library_size!r}."
-        )

@@ -17,6 +17,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scdl.data import (
     check_counts,
     check_positive_int,
+    check_positive_number,
     check_profiles,
     check_response,
     check_unique_var_names,
@@ -491,16 +492,7 @@ def _check_sizes(n_top_genes, smooth_neighbors, match_neighbors, ridge_alpha) ->
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0 (0: none), got {value!r}.")
     if ridge_alpha is not None:
-        alphas = np.atleast_1d(np.asarray(ridge_alpha, dtype=object))
-        ok = alphas.size > 0 and all(
-            isinstance(a, int | float | np.number)
-            and not isinstance(a, bool)
-            and np.isfinite(a)
-            and a > 0
-            for a in alphas
-        )
-        if not ok:
-            raise ValueError(
-                f"ridge_alpha must be a positive number, a sequence of them (chosen per drug by "
-                f"cross-validation) or None (no ridge path), got {ridge_alpha!r}."
-            )
+        alphas = list(np.atleast_1d(np.asarray(ridge_alpha, dtype=object)))
+        meaning = "or a sequence of them, chosen per drug by cross-validation; None: no ridge"
+        for a in alphas or [None]:
+            check_positive_number(a, "ridge_alpha", meaning=meaning)
