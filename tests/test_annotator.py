@@ -416,6 +416,53 @@ def test_majority_voting_keeps_pure_clusters_and_fixes_isolated_calls(annotator)
     assert q.uns["mv"]["majority_voting"] is True
 
 
+def test_predict_takes_indices_as_scvi_tools(annotator):
+    """``predict(adata, indices)`` predicts those cells, as ``predict(adata[indices])``."""
+    model, query = annotator
+    idx = np.arange(0, query.n_obs, 3)
+    mask = np.zeros(query.n_obs, dtype=bool)
+    mask[idx] = True
+    expected = model.predict(query[idx], unknown=False)
+    np.testing.assert_array_equal(model.predict(query, idx, unknown=False), expected)
+    np.testing.assert_array_equal(model.predict(query, indices=mask, unknown=False), expected)
+    soft = model.predict(query, idx, soft=True)
+    assert soft.shape == (idx.size, len(model.labels))
+    assert list(soft.index) == list(query.obs_names[idx])
+    with pytest.raises(ValueError, match="indices is empty"):
+        model.predict(query, indices=[])
+    with pytest.raises(IndexError, match="outside"):
+        model.predict(query, indices=[query.n_obs])
+
+
+def test_majority_voting_over_clusters_the_users_neighbour_graph(annotator):
+    """As CellTypist: a query with ``obsp["connectivities"]`` is over-clustered on that graph
+    (here one whose components are the annotated types, so no cluster mixes types)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    model, query = annotator
+    q = query.copy()
+    truth = q.obs["cell_type"].astype(str).to_numpy()
+    rng = np.random.default_rng(0)
+    rows, cols = [], []
+    for t in np.unique(truth):  # each cell linked to 10 random cells of its own type
+        cells = np.flatnonzero(truth == t)
+        for i in cells:
+            rows += [i] * 10
+            cols += list(rng.choice(cells, 10))
+    graph = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(q.n_obs, q.n_obs))
+    q.obsp["connectivities"] = ((graph + graph.T) > 0).astype(np.float32)
+    scdl.tl.annotate(q, model=model, majority_voting=True, key_added="g")
+    clusters = q.obs["g_over_clustering"].astype(str).to_numpy()
+    for c in np.unique(clusters):
+        assert len(set(truth[clusters == c])) == 1
+    assert q.uns["g"]["params"]["over_clustering"] == "Leiden of obsp['connectivities']"
+    # without the graph the query's own PCA graph is used: another partition
+    del q.obsp["connectivities"]
+    scdl.tl.annotate(q, model=model, majority_voting=True, key_added="p")
+    assert adjusted_rand_score(clusters, q.obs["p_over_clustering"]) < 0.99
+    assert q.uns["p"]["params"]["over_clustering"] == ""
+
+
 def test_log_normalised_query_gives_the_same_calls(annotator):
     """log1p(normalize_total) of the counts is detected (one warning) and annotated: forced
     calls equal, probabilities within 1e-4, Unknown calls on >= 99% of cells the same (the

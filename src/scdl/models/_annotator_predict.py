@@ -46,7 +46,9 @@ from ._novelty import (
     cluster_cells,
     cluster_novelty,
     composition_shift,
+    leiden_on_graph,
 )
+from ._novelty import over_clustering_resolution as default_over_resolution
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -196,6 +198,7 @@ class AnnotatorPredictionMixin:
         seed: int = 0,
         unknown_call: bool = True,
         over_clustering: bool = False,
+        over_clustering_graph=None,
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Everything :func:`scdl.tl.annotate` writes: per-cell calls and probabilities.
 
@@ -215,6 +218,10 @@ class AnnotatorPredictionMixin:
         over_clustering
             Also over-cluster the query (for majority voting) and return it as
             ``over_cluster`` (``-1`` otherwise); it costs a second Leiden run.
+        over_clustering_graph
+            A cells x cells graph (e.g. ``adata.obsp["connectivities"]`` from
+            ``sc.pp.neighbors`` on an integrated space) to over-cluster on instead of the
+            query's own PCA, as CellTypist does when the query has a neighbour graph.
         over_clustering_resolution
             Leiden resolution of that over-clustering; ``None`` chooses it from the number of
             cells as CellTypist does (5 below 5,000 cells, 10 below 20,000, 15 below 40,000,
@@ -271,13 +278,24 @@ class AnnotatorPredictionMixin:
         )
         calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = -1, np.nan, -1
         calls["cluster_reference_share"] = np.nan
-        if unknown_call or over_clustering:
-            resolution = over_clustering_resolution if over_clustering else False
+        own_graph = over_clustering and over_clustering_graph is None
+        if unknown_call or own_graph:
+            resolution = over_clustering_resolution if own_graph else False
             cluster, score, share, over = self._cluster_calls(
                 host, present, best.numpy(), resolution, seed
             )
             calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = cluster, score, over
             calls["cluster_reference_share"] = share
+        if over_clustering and not own_graph:
+            graph = over_clustering_graph
+            if getattr(graph, "shape", None) != (len(calls), len(calls)):
+                raise ValueError(
+                    f"over_clustering_graph must be a cells x cells matrix ({len(calls)} x "
+                    f"{len(calls)}), got shape {getattr(graph, 'shape', None)}."
+                )
+            res = over_clustering_resolution
+            res = default_over_resolution(len(calls)) if res is None else float(res)
+            calls["over_cluster"] = leiden_on_graph(graph, resolution=res, seed=seed)
         if not unknown_call:  # forced calls only
             unknown = np.zeros(len(calls), dtype=bool)
         elif self.cluster_threshold_ is not None:
@@ -334,7 +352,7 @@ class AnnotatorPredictionMixin:
                 full[has] = part
             return out
         if resolution is None:  # CellTypist's choice by query size
-            resolution = 5 if n < 5_000 else 10 if n < 20_000 else 15 if n < 40_000 else 20
+            resolution = default_over_resolution(n)
         if n < MIN_QUERY_CELLS:  # a few cells' own mean is their profile, not a shared
             # shift: every cluster would look new (all Unknown below ~60 cells); no novelty
             # (annotate_cells says so), only the over-clustering for voting
@@ -397,6 +415,7 @@ class AnnotatorPredictionMixin:
     def predict(
         self,
         adata: AnnData | None = None,
+        indices=None,
         *,
         soft: bool = False,
         unknown: bool = True,
@@ -411,6 +430,9 @@ class AnnotatorPredictionMixin:
         ----------
         adata
             Query AnnData; ``None`` predicts the reference. Genes are aligned by name.
+        indices
+            Cells of ``adata`` to predict (positions or a boolean mask, as in scvi-tools);
+            ``None``: all. The Unknown call is then made among these cells only.
         soft
             Return probabilities (DataFrame cells x cell types) instead of labels.
         unknown
@@ -425,6 +447,9 @@ class AnnotatorPredictionMixin:
             Blend of the query's own gene statistics into the standardisation (see
             :meth:`annotate_cells`); ``0`` uses the reference's only.
         """
+        if indices is not None:
+            host = self._require_adata("predict", takes_adata=True) if adata is None else adata
+            adata = host[_cell_positions(indices, host.n_obs)]
         calls, probs = self.annotate_cells(
             adata,
             layer=layer,
@@ -436,6 +461,22 @@ class AnnotatorPredictionMixin:
         if soft:
             return probs
         return calls["label" if unknown else "label_forced"].to_numpy()
+
+
+def _cell_positions(indices, n_obs: int) -> np.ndarray:
+    """Positions of the cells ``indices`` names (positions or a boolean mask of ``n_obs``)."""
+    idx = np.asarray(indices)
+    if idx.size == 0:
+        raise ValueError("indices is empty: pass at least one cell to predict.")
+    if idx.dtype == bool:
+        if idx.shape != (n_obs,):
+            raise ValueError(f"A boolean indices mask needs one value per cell ({n_obs}).")
+        idx = np.flatnonzero(idx)
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError("indices must be integer positions or a boolean mask of the cells.")
+    if idx.min() < -n_obs or idx.max() >= n_obs:
+        raise IndexError(f"indices hold positions outside the {n_obs} cells.")
+    return idx
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ compare a cluster with its majority type's profile (``mixture=False``).
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy import sparse
 
@@ -108,6 +109,35 @@ def cluster_cells(
         )
         out.append(a.obs["c"].astype(int).to_numpy())
     return out
+
+
+def over_clustering_resolution(n_cells: int) -> float:
+    """CellTypist's Leiden resolution for the over-clustering of majority voting, by size."""
+    if n_cells < 5_000:
+        return 5.0
+    return 10.0 if n_cells < 20_000 else 15.0 if n_cells < 40_000 else 20.0
+
+
+def leiden_on_graph(graph, *, resolution: float, seed: int = 0) -> np.ndarray:
+    """Leiden clusters (igraph, as :func:`cluster_cells`) of a given cells x cells graph, e.g.
+    the user's ``adata.obsp["connectivities"]`` from ``sc.pp.neighbors``."""
+    import anndata as ad
+    import scanpy as sc
+
+    n = graph.shape[0]
+    if n < 2:
+        return np.zeros(n, dtype=int)
+    holder = ad.AnnData(obs=pd.DataFrame(index=[str(i) for i in range(n)]))
+    sc.tl.leiden(
+        holder,
+        adjacency=sparse.csr_matrix(graph),
+        resolution=resolution,
+        flavor="igraph",
+        n_iterations=2,
+        random_state=seed,
+        key_added="c",
+    )
+    return holder.obs["c"].astype(int).to_numpy()
 
 
 def _cluster_means_z(x_log, clusters: np.ndarray, stats=None) -> tuple[np.ndarray, np.ndarray]:

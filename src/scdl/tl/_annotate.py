@@ -83,8 +83,10 @@ def annotate(
         same ``key_added``.
     over_clustering
         obs column (or per-cell array) of clusters for the vote; ``None`` uses a Leiden
-        over-clustering of the query on its own PCA and kNN graph, at CellTypist's
-        resolution for its size (5 below 5,000 cells, 10 below 20,000, ...).
+        over-clustering at CellTypist's resolution for the query's size (5 below 5,000 cells,
+        10 below 20,000, ...): of the query's neighbour graph
+        ``adata.obsp["connectivities"]`` when it has one (from ``sc.pp.neighbors``, e.g. on
+        an integrated space, as CellTypist does), else of a kNN graph on the query's own PCA.
     min_support
         With ``majority_voting``, clusters whose majority call holds fewer than this fraction
         of their cells keep the per-cell calls (``0``: always vote, as CellTypist).
@@ -133,9 +135,11 @@ def annotate(
     check_key_added(key_added)
     check_positive_int(batch_size, "batch_size")
     model, model_name = _resolve_model(model)
-    clusters = None
+    clusters, graph = None, None
     if majority_voting and over_clustering is not None:
         clusters = _given_clusters(adata, over_clustering)
+    elif majority_voting:  # the user's neighbour graph, as CellTypist over-clusters
+        graph = adata.obsp["connectivities"] if "connectivities" in adata.obsp else None
     if not 0.0 <= float(min_support) <= 1.0:
         raise ValueError(f"min_support must lie in [0, 1], got {min_support!r}.")
     calls, probs = model.annotate_cells(
@@ -146,6 +150,7 @@ def annotate(
         adapt_to_query=adapt_to_query,
         unknown_call=unknown,
         over_clustering=majority_voting and over_clustering is None,
+        over_clustering_graph=graph,
     )
     n_present = int(pd.Index(model.get_var_names()).isin(adata.var_names).sum())
     label = calls["label"] if unknown else calls["label_forced"]
@@ -175,7 +180,7 @@ def annotate(
             "min_gene_overlap": float(min_gene_overlap),
             "adapt_to_query": float(adapt_to_query),
             "majority_voting": bool(majority_voting),
-            "over_clustering": _clusters_given(over_clustering),
+            "over_clustering": _clusters_given(over_clustering, graph),
             "min_support": float(min_support),
         },
         **_model_summary(model, model_name),
@@ -223,11 +228,13 @@ def _given_clusters(adata: AnnData, over_clustering) -> np.ndarray:
     return clusters
 
 
-def _clusters_given(over_clustering) -> str:
+def _clusters_given(over_clustering, graph) -> str:
     """How ``params`` records the over-clustering: its obs column, or where it came from."""
     if isinstance(over_clustering, str):
         return over_clustering
-    return "" if over_clustering is None else "an array given per cell"
+    if over_clustering is not None:
+        return "an array given per cell"
+    return "" if graph is None else "Leiden of obsp['connectivities']"
 
 
 def _model_summary(model, model_name: str) -> dict:
