@@ -115,6 +115,32 @@ def test_annotation_plots_take_a_string_column_and_name_an_empty_table():
         scdl.pl.attributions(empty, show=False)
 
 
+def test_annotation_plot_draws_on_given_axes():
+    """``pl.annotation(ax=)``: one Axes, or two with ``groupby``; a wrong count is named."""
+    import anndata as ad
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    calls = pd.DataFrame(
+        {
+            "scdl_cell_type": ["B", "NK", "B", "NK"],
+            "scdl_cell_type_confidence": [0.9, 0.8, 0.7, 0.6],
+            "truth": ["B", "NK", "NK", "NK"],
+        },
+        index=list("abcd"),
+    )
+    adata = ad.AnnData(obs=calls)
+    fig, axes = plt.subplots(1, 3)
+    open_figures = set(plt.get_fignums())
+    assert scdl.pl.annotation(adata, ax=axes[0], show=False) is fig
+    assert scdl.pl.annotation(adata, groupby="truth", ax=axes[1:], show=False) is fig
+    assert set(plt.get_fignums()) == open_figures
+    assert axes[2].get_title() == "Agreement 75.0%"
+    with pytest.raises(ValueError, match="sequence of 2 Axes"):
+        scdl.pl.annotation(adata, groupby="truth", ax=axes[0], show=False)
+    plt.close(fig)
+
+
 def test_embedding_umap_follows_the_representation(kang_integrated):
     """A new representation under the same key (e.g. a second tl.integrate) gets a new UMAP;
     an unchanged one reuses the cached UMAP."""

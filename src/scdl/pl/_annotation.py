@@ -6,11 +6,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._utils import doc_show_save, finish
+from ._utils import doc_show_save, finish, panel_axes
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import pandas as pd
     from anndata import AnnData
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 
@@ -20,6 +23,7 @@ def annotation(
     *,
     key: str = "scdl_cell_type",
     groupby: str | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
     save: str | bool | None = None,
 ) -> Figure | None:
@@ -34,11 +38,13 @@ def annotation(
     groupby
         obs column of known labels (e.g. an earlier manual annotation) to compare with: adds
         a confusion matrix (rows: known label, normalised to fractions; columns: predicted).
+    ax
+        Axes to draw into (a layout of your own): one Axes, or two with ``groupby`` (the
+        confidence panel, then the confusion matrix). ``None``: a new figure.
     %(show_save)s
 
     %(returns_figure)s
     """
-    import matplotlib.pyplot as plt
     import pandas as pd
 
     from scdl.data import check_obs_key
@@ -61,8 +67,9 @@ def annotation(
     pred = pred.astype("category")  # a column written back as strings is fine too
     types = [c for c in pred.cat.categories if (pred == c).any()]
     n_panels = 1 if truth is None else 2
-    fig, axes = plt.subplots(1, n_panels, figsize=(5.5 * n_panels, 4.2), squeeze=False)
-    ax = axes[0, 0]
+    own_figure = ax is None
+    fig, axes = panel_axes(ax, n_panels, figsize=(5.5 * n_panels, 4.2))
+    ax = axes[0]
     data = [conf[(pred == t).to_numpy()] for t in types]
     ax.boxplot(data, vert=False, showfliers=False)
     for i, d in enumerate(data, start=1):
@@ -72,7 +79,7 @@ def annotation(
     ax.set_xlabel("confidence (top probability)")
     ax.set_title("Predicted cell types")
     if truth is not None:
-        ax = axes[0, 1]
+        ax = axes[1]
         table = pd.crosstab(truth.astype(str), pred.astype(str), normalize="index")
         im = ax.imshow(table.to_numpy(), cmap="Blues", vmin=0, vmax=1)
         ax.set_xticks(range(table.shape[1]), table.columns, rotation=60, ha="right")
@@ -93,7 +100,8 @@ def annotation(
         agree = (truth.astype(str).to_numpy() == pred.astype(str).to_numpy()).mean()
         ax.set_title(f"Agreement {agree:.1%}")
         fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of row")
-    fig.tight_layout()
+    if own_figure:  # a user's layout is theirs to arrange
+        fig.tight_layout()
     return finish(fig, show=show, save=save, default_name=f"annotation_{key}")
 
 

@@ -44,6 +44,23 @@ def new_axes(ax, figsize: tuple[float, float]):
     return ax.figure, ax
 
 
+def panel_axes(ax, n_panels: int, figsize: tuple[float, float]) -> tuple:
+    """The figure and ``n_panels`` axes in a row to draw on: the user's ``ax`` (one Axes for
+    one panel, or a sequence of ``n_panels`` Axes), or a new figure."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, axes = plt.subplots(1, n_panels, figsize=figsize, squeeze=False)
+        return fig, list(axes.ravel())
+    axes = [ax] if hasattr(ax, "figure") else list(ax)
+    if len(axes) != n_panels or not all(hasattr(a, "figure") for a in axes):
+        raise ValueError(
+            f"This plot draws {n_panels} panel(s): pass `ax` as "
+            + ("one matplotlib Axes." if n_panels == 1 else f"a sequence of {n_panels} Axes.")
+        )
+    return axes[0].figure, axes
+
+
 def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_name: str):
     """Save and/or show ``fig``; return it unless it was shown, or saved with ``show=None``
     (then closed, as scanpy does).
