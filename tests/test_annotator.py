@@ -566,8 +566,17 @@ def test_annotation_inputs_named_by_what_fixes_them(annotator):
     part = q[:, np.isin(q.var_names, genes[: int(0.4 * len(genes))])].copy()
     with pytest.raises(ValueError, match="min_gene_overlap"):
         model.gene_attributions(part, n_cells=5)
-    attr = model.gene_attributions(part, n_cells=5, n_top=3, min_gene_overlap=0.3)
-    assert len(attr) > 0
+    attr = model.gene_attributions(part, n_cells=5, n_top=None, min_gene_overlap=0.3)
+    assert len(attr) > 0 and set(attr["gene"]) <= set(part.var_names)  # lacking: not ranked
+    renamed = q.copy()
+    renamed.obs["mine"] = renamed.obs["cell_type"].astype(str) + " cells"
+    with pytest.raises(ValueError, match="not the model's cell types.*label="):
+        model.gene_attributions(renamed, groupby="mine", n_cells=5)
+    with pytest.raises(ValueError, match="no cells labelled"):
+        model.gene_attributions(renamed, groupby="mine", label=model.labels[0], n_cells=5)
+    for bad in ({"n_top": -1}, {"n_cells": 0}, {"n_steps": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            model.gene_attributions(q, **bad)
     scaled = q.copy()
     scaled.raw = scaled
     scaled = scaled[:, genes[:500]].copy()

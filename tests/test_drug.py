@@ -395,18 +395,24 @@ def test_gene_attributions(trained, cellbench):
     cells = cellbench[cellbench.obs["cell_line_key"] == "HCC827"][:40].copy()
     table = trained.gene_attributions(cells, drug="Gefitinib", n_steps=16)
     assert len(table) == len(trained.genes) and table["gene"].is_unique
-    assert {"mean_attribution", "mean_abs_attribution", "mean_input"} <= set(table.columns)
-    assert np.abs(table["mean_attribution"]).is_monotonic_decreasing
-    assert (table["mean_abs_attribution"] >= np.abs(table["mean_attribution"]) - 1e-9).all()
-    # completeness: attributions sum to prediction minus the all-mean baseline's prediction
+    assert list(table.columns[:4]) == ["label", "gene", "attribution", "rank"]
+    assert (table["label"] == "Gefitinib").all() and table["rank"].tolist()[:3] == [1, 2, 3]
+    assert np.abs(table["attribution"]).is_monotonic_decreasing
+    assert (table["mean_abs_attribution"] >= np.abs(table["attribution"]) - 1e-9).all()
+    # completeness: attributions sum to prediction minus the typical training line's
     import torch
 
     x = torch.from_numpy(trained.profiles(cells))
     j = trained.drugs.index("Gefitinib")
+    typical = trained.module.gene_mean[None].expand_as(x)
     with torch.no_grad():
-        delta = (trained.module.predict(x) - trained.module.predict(torch.zeros_like(x)))[:, j]
-    total = table["mean_attribution"].sum()
+        delta = (trained.module.predict(x) - trained.module.predict(typical))[:, j]
+    total = table["attribution"].sum()
     assert total == pytest.approx(float(delta.mean()), abs=0.05 * float(delta.abs().mean()) + 1e-3)
+    # the plot of the annotator's attributions draws this table too
+    assert isinstance(scdl.pl.attributions(table, n_top=5, show=False), Figure)
+    with pytest.raises(ValueError, match="n_steps"):
+        trained.gene_attributions(cells, drug="Gefitinib", n_steps=0)
 
 
 def test_a_few_cells_keep_their_own_predictions(trained, cellbench):

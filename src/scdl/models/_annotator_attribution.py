@@ -69,13 +69,20 @@ class AnnotatorAttributionMixin:
 
         Returns
         -------
-        DataFrame with columns ``label``, ``gene``, ``attribution``, ``rank``.
+        DataFrame with columns ``label``, ``gene``, ``attribution``, ``rank``; genes the
+        query lacks are left out (they carry no attribution).
         """
+        from scdl.data import check_positive_int
+
         names = self.labels
         wanted = names if label is None else ([label] if isinstance(label, str) else list(label))
         bad = [w for w in wanted if w not in names]
         if bad:
             raise ValueError(f"Unknown cell type(s) {bad}; the model predicts {names}.")
+        check_positive_int(n_cells, "n_cells")
+        check_positive_int(n_steps, "n_steps")
+        if n_top is not None:
+            check_positive_int(n_top, "n_top")
         x, present = self._query_matrix(adata, layer, min_gene_overlap)
         x = x.to_scipy()
         if groupby is not None:
@@ -83,6 +90,7 @@ class AnnotatorAttributionMixin:
 
             cells = self._require_adata("explain") if adata is None else adata
             groups = check_obs_key(cells, groupby, arg="groupby").astype(str).to_numpy()
+            _check_groups_are_types(groups, wanted, names, groupby, given=label is not None)
         else:
             groups = self.predict(
                 adata, unknown=False, layer=layer, min_gene_overlap=min_gene_overlap
@@ -101,7 +109,9 @@ class AnnotatorAttributionMixin:
             cells = np.sort(rng.choice(cells, min(n_cells, len(cells)), replace=False))
             x_log = self.module.log_normalize(dense_rows(x, cells).to(dev))
             score = self._attribution(x_log, mask, names.index(name), n_steps).mean(0)
-            order = np.argsort(-score)
+            order = np.argsort(-score, kind="stable")
+            if present is not None:  # a gene the query lacks has no attribution to rank
+                order = order[present[order]]
             top = order if n_top is None else order[:n_top]
             rows.append(
                 pd.DataFrame(
@@ -133,4 +143,26 @@ class AnnotatorAttributionMixin:
 
         return integrated_gradients(
             forward, x_log, target=target, n_steps=n_steps, batch_size=x_log.shape[0]
+        )
+
+
+def _check_groups_are_types(groups, wanted, names, groupby: str, *, given: bool) -> None:
+    """``groupby`` values name the model's cell types: a column of other names would leave
+    types without cells (silently dropped from the table)."""
+    present = set(groups)
+    if given:  # the types asked for must have cells under these names
+        missing = [w for w in wanted if w not in present]
+        if missing:
+            raise ValueError(
+                f"adata.obs[{groupby!r}] has no cells labelled {missing}; its values must be "
+                f"the model's cell-type names ({list(names)})."
+            )
+        return
+    other = sorted(present - set(names))
+    if other:
+        raise ValueError(
+            f"adata.obs[{groupby!r}] holds values that are not the model's cell types: "
+            f"{other[:10]}{' ...' if len(other) > 10 else ''} (the model has {list(names)}). "
+            "Rename them to the model's names, or pass `label=` to explain only types the "
+            "column holds."
         )

@@ -232,12 +232,12 @@ class DrugPredictionMixin:
 
         Integrated gradients (:func:`scdl.models._attribution.integrated_gradients`) of the
         ensemble's predicted response with respect to the encoder's input, the profile on the
-        common scale, from a baseline of zeros (every gene at the profile's median rank, or
-        mean level with ``input_scale="zscore"``). A
-        gene's attribution is in the response's units: positive means its level in the cell
-        (relative to the cell's typical gene) pushes the predicted ln IC50 up, i.e. towards
-        resistance; negative, towards sensitivity. Per cell the attributions sum to
-        prediction minus baseline prediction.
+        common scale, from the mean profile of the training lines (a typical line) to each
+        cell's profile. A gene's attribution is in the response's units: positive means that
+        where the cells differ from a typical training line in this gene, the predicted ln IC50
+        goes up, i.e. towards resistance; negative, towards sensitivity. A profile equal to the
+        typical line has no drivers. Per cell the attributions sum to its prediction minus the
+        typical line's.
 
         Parameters
         ----------
@@ -252,32 +252,44 @@ class DrugPredictionMixin:
 
         Returns
         -------
-        DataFrame, one row per gene, sorted by ``|mean_attribution|``: ``gene``,
-        ``mean_attribution`` (signed mean over cells), ``mean_abs_attribution``,
-        ``mean_input`` (mean input level on the common scale).
+        DataFrame, one row per gene, sorted by ``|attribution|`` (the layout of
+        :meth:`scdl.models.CellTypeTransformer.gene_attributions`, which
+        :func:`scdl.pl.attributions` plots): ``label`` (the drug), ``gene``, ``attribution``
+        (signed mean over cells), ``rank``, ``mean_abs_attribution`` (mean of its absolute
+        value), ``mean_input`` (mean input level on the common scale).
         """
+        from scdl.data import check_positive_int
+
         self._check_if_trained(warn=False)
         if not isinstance(drug, str):
             raise TypeError(f"`drug` must be one drug name (str), got {type(drug).__name__}.")
+        check_positive_int(n_steps, "n_steps")
+        check_positive_int(batch_size, "batch_size")
         (drug,) = resolve_drugs([drug], self.drugs)
         j = self.drugs.index(drug)
         profiles = self.profiles(adata, layer=layer, modality=modality)
         self.module.eval()
         inputs = torch.from_numpy(profiles).to(self.device)
+        # from zeros (the median rank / mean z-score) the attributions explained the gap to an
+        # arbitrary point: the same bulk-vs-cell offsets topped every line's list
+        typical = self.module.gene_mean.to(inputs.dtype)[None]
         attr = integrated_gradients(
             lambda x: self.module.predict(x)[:, j : j + 1],
             inputs,
             target=0,
+            baseline=typical,
             n_steps=n_steps,
             batch_size=batch_size,
         )
-        table = pd.DataFrame(
+        mean = attr.mean(axis=0)
+        order = np.argsort(-np.abs(mean), kind="stable")
+        return pd.DataFrame(
             {
-                "gene": np.asarray(self.genes, dtype=object),
-                "mean_attribution": attr.mean(axis=0),
-                "mean_abs_attribution": np.abs(attr).mean(axis=0),
-                "mean_input": profiles.mean(axis=0),
+                "label": drug,
+                "gene": np.asarray(self.genes, dtype=object)[order],
+                "attribution": mean[order],
+                "rank": np.arange(1, len(order) + 1),
+                "mean_abs_attribution": np.abs(attr).mean(axis=0)[order],
+                "mean_input": profiles.mean(axis=0)[order],
             }
         )
-        order = np.argsort(-np.abs(table["mean_attribution"].to_numpy()), kind="stable")
-        return table.iloc[order].reset_index(drop=True)

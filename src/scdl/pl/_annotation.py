@@ -114,15 +114,18 @@ def attributions(
     show: bool | None = None,
     save: str | bool | None = None,
 ) -> Figure | None:
-    """Top genes driving each cell type's prediction (bar chart per type).
+    """Top genes driving each cell type's prediction, or a drug's predicted response (bar
+    chart per type or drug; bars of positive attributions green, negative red).
 
     Parameters
     ----------
     attributions
-        Output of :meth:`scdl.models.CellTypeTransformer.gene_attributions` (columns
-        ``label``, ``gene``, ``attribution``).
+        Output of :meth:`scdl.models.CellTypeTransformer.gene_attributions` or
+        :meth:`scdl.models.DrugResponseModel.gene_attributions` (columns ``label``, ``gene``,
+        ``attribution``, ``rank``).
     n_top
-        Genes per cell type.
+        Genes per panel: the ``n_top`` best ranked (for a cell type the most positive, for a
+        drug the largest in size).
     ncols
         Panels per row.
     %(show_save)s
@@ -149,12 +152,17 @@ def attributions(
         nrows, ncols, figsize=(3.2 * ncols, 0.28 * n_top * nrows + 1.2), squeeze=False
     )
     for ax, label in zip(axes.ravel(), labels):
-        part = attributions[attributions["label"] == label].nlargest(n_top, "attribution")
-        ax.barh(part["gene"][::-1], part["attribution"][::-1], color="tab:green")
+        part = attributions[attributions["label"] == label]
+        if "rank" in part.columns:
+            part = part.nsmallest(n_top, "rank")
+        else:
+            part = part.nlargest(n_top, "attribution")
+        colors = np.where(part["attribution"].to_numpy() >= 0, "tab:green", "tab:red")
+        ax.barh(part["gene"][::-1], part["attribution"][::-1], color=colors[::-1])
         ax.set_title(str(label))
         ax.tick_params(axis="y", labelsize=8)
     for ax in axes.ravel()[len(labels) :]:
         ax.set_axis_off()
-    fig.supxlabel("mean attribution to the type's logit (integrated gradients)")
+    fig.supxlabel("mean attribution (integrated gradients)")
     fig.tight_layout()
     return finish(fig, show=show, save=save, default_name="attributions")
