@@ -108,3 +108,24 @@ def test_stopped_training_warns_and_history_shows_it(cells):
         model.train(max_epochs=6, callbacks=[_Halt()], **FAST)
     assert any("stopped after 2 of 6 epochs" in str(w.message) for w in caught)
     assert len(model.history["elbo_train"]) == 2
+
+
+def test_tl_seed_is_local_as_scanpys_random_state(cells):
+    """``random_state`` seeds the tool's training only: the user's ``scvi.settings.seed`` and
+    the global numpy / torch streams continue as before the call (scvi-tools' seed setter
+    re-seeds every generator, which had replaced the user's seed with the tool's)."""
+    import scvi
+
+    before = scvi.settings.seed
+    try:
+        scvi.settings.seed = 7
+        np.random.random(3)  # a stream partly consumed by the user's own work
+        expected = np.random.get_state()[1].copy()
+        scdl.tl.integrate(cells.copy(), max_epochs=1, progress_bar=False, batch_size=64)
+        assert scvi.settings.seed == 7
+        np.testing.assert_array_equal(np.random.get_state()[1], expected)
+        # torch's stream is used after training (the latent's inference samples, as in
+        # scvi-tools) but not re-seeded
+        assert torch.initial_seed() == 7
+    finally:
+        scvi.settings.seed = before

@@ -80,7 +80,9 @@ def annotate(
         cluster's most frequent call (``"Unknown"`` included) is written to
         ``obs[f"{key_added}_majority_voting"]``; ``obs[key_added]`` keeps the per-cell
         calls. A call without it removes the voting columns an earlier call left under the
-        same ``key_added``.
+        same ``key_added``. As in CellTypist, the over-clustering (Leiden) depends on the
+        order of the cells, so a reordered query can vote a few clusters differently; the
+        per-cell calls do not depend on it.
     over_clustering
         obs column (or per-cell array) of clusters for the vote; ``None`` uses a Leiden
         over-clustering at CellTypist's resolution for the query's size (5 below 5,000 cells,

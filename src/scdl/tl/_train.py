@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import random
 import time
 import warnings
 
@@ -19,18 +22,57 @@ def train_model(
 ):
     """Seed scvi-tools, register ``train_adata``, build the model and train it.
 
+    ``random_state`` seeds this training only (as scanpy's ``random_state``): the user's
+    ``scvi.settings.seed`` and the global random states are restored afterwards.
     Returns the trained model and the training time in seconds.
     """
-    import scvi
+    with _seeded(random_state):
+        with warnings.catch_warnings():  # the tool has said it for the genes it chose
+            warnings.filterwarnings(
+                "ignore", message=".* cells have no counts", category=UserWarning
+            )
+            model_cls.setup_anndata(train_adata, **setup_kwargs)
+        model = model_cls(train_adata, **model_kwargs)
+        t0 = time.perf_counter()
+        model.train(**train_kwargs)
+        return model, time.perf_counter() - t0
 
-    scvi.settings.seed = random_state
-    with warnings.catch_warnings():  # the tool has said it for the genes it chose
-        warnings.filterwarnings("ignore", message=".* cells have no counts", category=UserWarning)
-        model_cls.setup_anndata(train_adata, **setup_kwargs)
-    model = model_cls(train_adata, **model_kwargs)
-    t0 = time.perf_counter()
-    model.train(**train_kwargs)
-    return model, time.perf_counter() - t0
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """``scvi.settings.seed = seed`` for the duration, then the session's seed and the
+    Python, numpy and torch random states as they were: scvi-tools' setter re-seeds every
+    generator (Lightning's ``seed_everything``), which replaced a seed the user had set."""
+    import scvi
+    import torch
+
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    cudnn = torch.backends.cudnn
+    saved = (
+        scvi.settings.seed,
+        random.getstate(),
+        np.random.get_state(),
+        torch.get_rng_state(),
+        torch.cuda.get_rng_state_all() if cuda else None,
+        {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "XLA_FLAGS")},
+        (cudnn.deterministic, cudnn.benchmark),
+    )
+    try:
+        scvi.settings.seed = seed
+        yield
+    finally:
+        scvi.settings.seed = saved[0]  # (re-seeds; the states below then undo that)
+        random.setstate(saved[1])
+        np.random.set_state(saved[2])
+        torch.set_rng_state(saved[3])
+        if saved[4] is not None:
+            torch.cuda.set_rng_state_all(saved[4])
+        for key, value in saved[5].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        cudnn.deterministic, cudnn.benchmark = saved[6]
 
 
 def check_finite(*latents: np.ndarray) -> None:
