@@ -81,9 +81,16 @@ def test_missing_input_is_one_line_error_without_traceback(tmp_path):
 
 
 def test_unreadable_input_and_missing_output_folder(tmp_path, capsys):
+    import logging
+    import warnings
+
     bad = tmp_path / "table.h5ad"
     bad.write_text("cell,gene\n")
+    filters, level = list(warnings.filters), logging.getLogger("lightning.pytorch").level
     assert main(["annotate", str(bad), "-o", str(tmp_path / "o.h5ad")]) == 2
+    # called from Python, the command leaves the session's warnings and loggers as they were
+    assert warnings.filters == filters
+    assert logging.getLogger("lightning.pytorch").level == level
     assert "could not read" in capsys.readouterr().err
     # the output folder is checked before any work is done
     assert main(["annotate", str(bad), "-o", str(tmp_path / "no" / "o.h5ad")]) == 2

@@ -11,10 +11,20 @@ from typing import TYPE_CHECKING
 
 from ._version import __version__
 
-_SUBMODULES = ("data", "datasets", "models", "pl", "pretrained", "tl")
+_SUBMODULES = (
+    "data",
+    "dataloaders",
+    "datasets",
+    "models",
+    "module",
+    "pl",
+    "pretrained",
+    "tl",
+    "train",
+)
 
 if TYPE_CHECKING:
-    from . import data, datasets, models, pl, pretrained, tl
+    from . import data, dataloaders, datasets, models, module, pl, pretrained, tl, train
 
 
 def __getattr__(name: str):
@@ -23,8 +33,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'scdl' has no attribute {name!r}")
 
 
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_SUBMODULES])
+def __dir__() -> list[str]:  # what tab completion offers: the public API only
+    return sorted(__all__)
 
 
-__all__ = ["__version__", "data", "datasets", "models", "pl", "pretrained", "tl"]
+__all__ = ["__version__", *_SUBMODULES]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -337,21 +338,39 @@ def _version() -> str:
     return scdl.__version__
 
 
-def _quiet_libraries() -> None:
-    """Keep the terminal to scdl's own output and the progress bar."""
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Keep the terminal to scdl's own output and the progress bar, for the command only:
+    ``main(argv)`` called from Python leaves the warning filters and loggers as they were."""
     import logging
     import warnings
 
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    loggers = [
+        logging.getLogger(name)
+        for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+    ]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    with _quiet_libraries():
+        return _run(args)
+
+
+def _run(args) -> int:
+    """The command, with expected input problems reported in one line."""
     try:
         return args.func(args)
     except (ValueError, KeyError, TypeError, OSError, FloatingPointError) as e:
