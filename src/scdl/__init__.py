@@ -37,4 +37,15 @@ def __dir__() -> list[str]:  # what tab completion offers: the public API only
     return sorted(__all__)
 
 
-__all__ = ["__version__", *_SUBMODULES]
+__all__ = [
+    "__version__",
+    "data",
+    "dataloaders",
+    "datasets",
+    "models",
+    "module",
+    "pl",
+    "pretrained",
+    "tl",
+    "train",
+]
