@@ -661,3 +661,22 @@ def test_cli_reports_bad_input(kang, tmp_path, capsys, command, match):
     assert re.search(match, capsys.readouterr().err)
     assert not (tmp_path / "out.h5ad").exists()
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_gene_overlap_message_shows_the_shortfall():
+    """One gene short of the threshold: the message gives the count needed, not two equal
+    percentages (999 of 2000 read "50%; at least 50% are needed")."""
+    import anndata as ad
+
+    from scdl.data import gene_columns
+
+    genes = [f"g{i}" for i in range(2000)]
+    adata = ad.AnnData(np.zeros((2, 999), dtype=np.float32))
+    adata.var_names = genes[:999]
+    with pytest.raises(
+        ValueError, match=r"Only 999 of the model's 2000 genes .*at least 1000 \(50%\)"
+    ):
+        gene_columns(adata, genes, min_overlap=0.5)
+    adata = ad.AnnData(np.zeros((2, 1000), dtype=np.float32))
+    adata.var_names = genes[:1000]
+    assert gene_columns(adata, genes, min_overlap=0.5)[1].sum() == 1000

@@ -332,6 +332,44 @@ def test_tl_steps_train_csc_input_from_rows_like_csr(kang):
     np.testing.assert_allclose(latents[1], latents[0], rtol=1e-5, atol=1e-5)
 
 
+def test_vae_sums_duplicate_csr_entries_as_scvi_tools_does(kang):
+    """A count stored as two entries of one gene (valid CSR: scipy and scvi-tools sum them)
+    trains the same model as the summed matrix; the user's matrix keeps its entries."""
+    import anndata as ad
+    from scipy import sparse
+
+    from scdl.models import VAE
+
+    x = kang.X[::5].tocsr()
+    x = x[:, np.asarray(x.sum(0)).ravel() > 0]
+    rows, cols, vals = sparse.find(x)
+    split = vals >= 2  # each such count stored as two parts of the same gene
+    coo_rows = np.r_[rows, rows[split]]
+    coo_cols = np.r_[cols, cols[split]]
+    parts = np.r_[
+        np.where(split, np.floor(vals / 2), vals), vals[split] - np.floor(vals[split] / 2)
+    ]
+    order = np.lexsort((coo_cols, coo_rows))
+    indptr = np.r_[0, np.cumsum(np.bincount(coo_rows, minlength=x.shape[0]))]
+    twice = sparse.csr_matrix(
+        (parts[order].astype(np.float32), coo_cols[order], indptr), shape=x.shape
+    )
+    assert twice.nnz > x.nnz and np.array_equal(twice.toarray(), x.toarray())
+    out = []
+    for matrix in (x, twice):
+        adata = ad.AnnData(matrix.copy())
+        adata.obs["sample"] = kang.obs["sample"].to_numpy()[::5]
+        scvi.settings.seed = 0
+        VAE.setup_anndata(adata, batch_key="sample")
+        model = VAE(adata, n_latent=5)
+        model.train(max_epochs=2, batch_size=64, enable_progress_bar=False)
+        elbo = model.history["elbo_train"].to_numpy(dtype=float)
+        out.append((elbo, model.get_latent_representation()))
+        assert adata.X.nnz == matrix.nnz  # the user's matrix is not rewritten
+    np.testing.assert_allclose(out[1][0], out[0][0], rtol=1e-5)
+    np.testing.assert_allclose(out[1][1], out[0][1], rtol=1e-4, atol=1e-5)
+
+
 def test_log_normalize_counts_is_scanpys_recipe(kang):
     """scdl's sparse log-normalisation (one float64 copy of the values) equals scanpy's
     normalize_total(1e4) + log1p in float64, for CSR, CSC, dense and duplicate entries."""

@@ -89,8 +89,9 @@ def gene_columns(adata, genes, *, min_overlap: float = 0.5, what: str = "model")
     if n_present < min_overlap * len(genes):
         example = adata.var_names[:3].tolist()
         raise ValueError(
-            f"Only {n_present} of the {what}'s {len(genes)} genes ({n_present / len(genes):.0%}) "
-            f"occur in adata.var_names (e.g. {example}); at least {min_overlap:.0%} are needed. "
+            f"Only {n_present} of the {what}'s {len(genes)} genes ({n_present / len(genes):.1%}) "
+            f"occur in adata.var_names (e.g. {example}); at least "
+            f"{int(np.ceil(min_overlap * len(genes) - 1e-9))} ({min_overlap:.0%}) are needed. "
             f"Use the same gene identifiers as the {what} (symbols, e.g. {genes[:3].tolist()}, "
             "vs Ensembl IDs?), or set adata.var_names from the right var column. If the data "
             "simply holds fewer of them, lower `min_gene_overlap` (`scdl.tl.annotate`, "

@@ -28,6 +28,19 @@ from ._loader import FastDataSplitter, TensorBatchLoader
 _DEVICE_SHARE = 0.5
 
 
+def _summed(x: sparse.csr_matrix) -> sparse.csr_matrix:
+    """``x`` with duplicate entries summed (on a copy: the user's matrix is left as it is).
+
+    Minibatches are gathered entry by entry; a count stored as two entries of one gene was
+    read as two observations (the VAE's likelihood and log1p saw 2 + 3, not 5), where
+    scvi-tools, densifying, sums them."""
+    if x.has_canonical_format:
+        return x
+    x = x.copy()
+    x.sum_duplicates()
+    return x
+
+
 def _csr_tensors(x: sparse.csr_matrix, indptr: np.ndarray | None = None):
     """(indptr int64, indices int32/int64, data float32) of ``x`` as torch tensors.
 
@@ -82,6 +95,7 @@ class CSRBatchLoader(TensorBatchLoader):
         x, _ = self.arrays[REGISTRY_KEYS.X_KEY]
         self.csr = None
         if sparse.issparse(x) and x.format == "csr":
+            x = _summed(x)
             self.n_cols = x.shape[1]
             self.host_indptr = np.asarray(x.indptr, dtype=np.int64)
             self.csr = _csr_tensors(x, self.host_indptr)  # shares the host's row pointers
@@ -134,7 +148,7 @@ class CSRBatchLoader(TensorBatchLoader):
 
     def _to_tensor(self, key: str, part, dtype) -> torch.Tensor:
         if key == REGISTRY_KEYS.X_KEY and sparse.issparse(part):  # backed CSR rows
-            crow, col, val = _csr_tensors(sparse.csr_matrix(part))
+            crow, col, val = _csr_tensors(_summed(sparse.csr_matrix(part)))
             return _csr_tensor(crow, col.long(), val, part.shape)
         return super()._to_tensor(key, part, dtype)
 
