@@ -403,3 +403,20 @@ def test_log_normalize_counts_is_scanpys_recipe(kang):
     assert twice.nnz == 2 * x[:5].nnz and not twice.has_canonical_format
     np.testing.assert_allclose(log_normalize_counts(twice).toarray(), expected[:5], rtol=1e-12)
     assert (x != before).nnz == 0  # the input is not modified
+
+
+def test_count_check_reads_csr_in_place_like_the_row_chunks():
+    """The CSR count check (scipy's sums, values read through views) counts what the
+    row-chunk reading of the same matrix counts: totals, and NaN / negative / fractional."""
+    from scipy import sparse
+
+    from scdl.data._checks import _count_stats
+
+    x = scdl.datasets.kang_pbmc().X.tocsr().astype(np.float32)
+    x.data[[3, 10, 20]] = [np.nan, 2.5, -1.0]
+    fast = _count_stats(x, *x.shape)
+    slow = _count_stats(sparse.csc_matrix(x), *x.shape)
+    assert fast[2] == slow[2] == {"nan": 1, "neg": 1, "frac": 1}
+    ok = np.isfinite(slow[0])
+    np.testing.assert_allclose(fast[0][ok], slow[0][ok], rtol=1e-6)
+    assert np.array_equal(np.isnan(fast[1]), np.isnan(slow[1]))

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _CHUNK_ROWS = 10_000
+_CHUNK_VALUES = 2_000_000
 
 
 def check_is_anndata(adata, *, registering: bool = False) -> None:
@@ -88,6 +89,21 @@ def _count_stats(x, n_obs: int, n_vars: int) -> tuple[np.ndarray, np.ndarray, di
     gene_totals = np.zeros(n_vars, dtype=np.float64)
     n_bad = {"nan": 0, "neg": 0, "frac": 0}
     is_float = np.issubdtype(x.dtype, np.floating)
+    if isinstance(x, sparse.csr_matrix | sparse.csr_array):
+        # in memory: totals by scipy's sums (no copy) and the stored values checked through
+        # views of fixed size (a row slice copied each chunk: 4.5x scvi-tools' setup memory)
+        row_totals = np.asarray(x.sum(axis=1, dtype=np.float64)).ravel()
+        gene_totals = np.asarray(x.sum(axis=0, dtype=np.float64)).ravel()
+        for start in range(0, x.nnz, _CHUNK_VALUES):
+            vals = x.data[start : start + _CHUNK_VALUES]
+            if is_float:
+                finite = np.isfinite(vals)
+                if not finite.all():
+                    n_bad["nan"] += int(vals.size - finite.sum())
+                    vals = vals[finite]
+                n_bad["frac"] += int(np.count_nonzero(vals != np.round(vals)))
+            n_bad["neg"] += int(np.count_nonzero(vals < 0))
+        return row_totals, gene_totals, n_bad
     offset = 0
     for chunk in _iter_row_chunks(x, n_obs):
         if sparse.issparse(chunk):
