@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -68,7 +69,12 @@ def annotation(
     types = [c for c in pred.cat.categories if (pred == c).any()]
     n_panels = 1 if truth is None else 2
     own_figure = ax is None
-    fig, axes = panel_axes(ax, n_panels, figsize=(5.5 * n_panels, 4.2))
+    n_rows = len(types) if truth is None else max(len(types), truth.nunique())
+    # grows with the number of types (a fixed size squeezed 30 types into a line)
+    height = max(4.2, 0.3 * n_rows + 1.8)
+    fig, axes = panel_axes(
+        ax, n_panels, figsize=(max(5.5, 0.3 * len(types) + 3.0) * n_panels, height)
+    )
     ax = axes[0]
     data = [conf[(pred == t).to_numpy()] for t in types]
     ax.boxplot(data, vert=False, showfliers=False)
@@ -76,14 +82,22 @@ def annotation(
         jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(d))
         ax.scatter(d, i + jitter, s=3, alpha=0.4, color="tab:blue")
     ax.set_yticks(range(1, len(types) + 1), [f"{t} ({len(d)})" for t, d in zip(types, data)])
+    ax.invert_yaxis()  # first type on top, as in the matrix beside it
     ax.set_xlabel("confidence (top probability)")
     ax.set_title("Predicted cell types")
     if truth is not None:
         ax = axes[1]
-        table = pd.crosstab(truth.astype(str), pred.astype(str), normalize="index")
+        known, called = truth.astype(str), pred.astype(str)
+        # one order for rows and columns (known types first, then types only predicted),
+        # so a correct call sits on the diagonal even when the label sets differ
+        order = list(dict.fromkeys([*_categories(truth), *map(str, types)]))
+        counts = pd.crosstab(known, called).reindex(index=order, columns=order, fill_value=0)
+        counts = counts.loc[counts.sum(axis=1) > 0, counts.sum(axis=0) > 0]
+        table = counts.div(counts.sum(axis=1), axis=0)
         im = ax.imshow(table.to_numpy(), cmap="Blues", vmin=0, vmax=1)
+        ax.grid(False)  # scanpy's style draws a grid through every cell
         ax.set_xticks(range(table.shape[1]), table.columns, rotation=60, ha="right")
-        ax.set_yticks(range(table.shape[0]), table.index)
+        ax.set_yticks(range(table.shape[0]), [f"{t} ({n})" for t, n in counts.sum(axis=1).items()])
         for (i, j), v in np.ndenumerate(table.to_numpy()):
             if v >= 0.05:
                 ax.text(
@@ -115,7 +129,7 @@ def attributions(
     save: str | bool | None = None,
 ) -> Figure | None:
     """Top genes driving each cell type's prediction, or a drug's predicted response (bar
-    chart per type or drug; bars of positive attributions green, negative red).
+    chart per type or drug; bars of positive attributions orange, negative purple).
 
     Parameters
     ----------
@@ -157,12 +171,28 @@ def attributions(
             part = part.nsmallest(n_top, "rank")
         else:
             part = part.nlargest(n_top, "attribution")
-        colors = np.where(part["attribution"].to_numpy() >= 0, "tab:green", "tab:red")
+        # blue / orange: told apart with any colour vision (red / green are not)
+        colors = np.where(part["attribution"].to_numpy() >= 0, "#e66101", "#5e3c99")
         ax.barh(part["gene"][::-1], part["attribution"][::-1], color=colors[::-1])
-        ax.set_title(str(label))
+        ax.set_title(textwrap.fill(str(label), 24), fontsize=9)
         ax.tick_params(axis="y", labelsize=8)
     for ax in axes.ravel()[len(labels) :]:
         ax.set_axis_off()
-    fig.supxlabel("mean attribution (integrated gradients)")
+    if "mean_input" in attributions.columns:  # DrugResponseModel.gene_attributions
+        fig.supxlabel(
+            "mean contribution to the predicted ln IC50 (integrated gradients, from a typical "
+            "line)\n< 0 (purple): towards sensitive; > 0 (orange): towards resistant"
+        )
+    else:
+        fig.supxlabel(
+            "mean contribution to the type's logit (integrated gradients)\n"
+            "> 0 (orange): towards the type; < 0 (purple): away from it"
+        )
     fig.tight_layout()
     return finish(fig, show=show, save=save, default_name="attributions")
+
+
+def _categories(values) -> list[str]:
+    """The values' categories in their order (a categorical's own), as strings."""
+    values = values.astype("category")
+    return [str(c) for c in values.cat.categories if (values == c).any()]

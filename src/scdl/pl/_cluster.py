@@ -61,9 +61,14 @@ def cluster_resolution(
     ax2 = ax.twinx()
     ax2.step(res, k, where="mid", color="C1")
     ax2.set_ylabel("clusters", color="C1")
+    ax2.grid(False)  # a second, misaligned grid under scanpy's style
     for r, s, n in zip(res, stab, k, strict=True):
         ax.annotate(str(int(n)), (r, s), textcoords="offset points", xytext=(0, 5), fontsize=7)
-    ax.set_title(f"Resolution scan ({key}): chosen {chosen:g}")
+    best = float(res[np.nanargmax(stab)]) if np.isfinite(stab).any() else chosen
+    # the rule keeps a finer resolution near the best (see tl.cluster): say so, or the
+    # dashed line reads as the silhouette's peak
+    note = "" if np.isclose(best, chosen) else f"\n(best silhouette at {best:g}; see tl.cluster)"
+    ax.set_title(f"Resolution scan ({key}): chosen {chosen:g}{note}")
     if own:
         fig.tight_layout()
     return finish(fig, show=show, save=save, default_name=f"cluster_resolution_{key}")

@@ -97,12 +97,23 @@ def contrastive(
         adata, salient_umap_key, salient.astype(np.float32, copy=False), rows=is_target, **umap
     )
 
+    import pandas as pd
+
     tmp = _plot_data(adata, color, shared_umap_key, salient_umap_key)
     tmp_target = tmp[is_target].copy()
+    longest = 0
+    for c in tmp.obs.columns:
+        if isinstance(tmp.obs[c].dtype, pd.CategoricalDtype):
+            # the legend beside the salient panel serves both panels: every category,
+            # the background's too (the subset had dropped those without target cells)
+            cats = tmp.obs[c].cat.categories
+            tmp_target.obs[c] = tmp_target.obs[c].cat.set_categories(cats)
+            longest = max(longest, *(len(str(x)) for x in cats))
 
     nrows = len(color)
-    # columns: shared, salient, room for the salient panel's legend, gene bars
-    ratios = [1, 1, 0.55] + ([0.8] if table is not None else [])
+    # columns: shared, salient, room for the legend (as wide as its longest name), gene bars
+    legend_width = min(1.6, max(0.55, 0.065 * longest + 0.2))
+    ratios = [1, 1, legend_width] + ([0.8] if table is not None else [])
     height = max(3.6 * nrows, 0.22 * (n_genes or 0) + 1.2)
     fig = plt.figure(figsize=(4.2 * sum(ratios), height))
     gs = fig.add_gridspec(nrows, len(ratios), width_ratios=ratios, wspace=0.3)

@@ -120,9 +120,13 @@ def drug_response(
         return _roc(adata, labels, drugs, key, n_drugs, show=show, save=save)
     if groupby is None:
         raise ValueError(f"kind={kind!r} needs `groupby`, an obs column of groups of cells.")
-    groups = check_obs_key(adata, groupby, arg="groupby").astype(str)
+    column = check_obs_key(adata, groupby, arg="groupby").astype("category")
+    groups = column.astype(str)
     table = _table(adata, key, value)
-    means = table.groupby(groups.to_numpy(), observed=True).mean()
+    # in the column's category order (as scanpy's plots), not sorted as strings (0, 1, 10, 2)
+    order = [str(c) for c in column.cat.categories if (column == c).any()]
+    means = table.groupby(groups.to_numpy(), observed=True).mean().reindex(order)
+    sizes = groups.value_counts().reindex(order)
     if drugs is None:
         spread = means.max(axis=0) - means.min(axis=0)
         drugs = spread.sort_values(ascending=False, kind="stable").index[:n_drugs].tolist()
@@ -130,31 +134,34 @@ def drug_response(
         drugs = resolve_drugs(drugs, list(table.columns), source=_predicted(key))
     median = _bulk_median(adata, key, drugs) if value == "response" else None
     if kind == "heatmap":
-        fig = _heatmap(means[drugs], median, value, groupby)
+        fig = _heatmap(means[drugs], median, value, groupby, sizes)
     else:
         fig = _violins(table, groups, means.index.tolist(), drugs, median, value)
     return finish(fig, show=show, save=save, default_name=f"drug_response_{key}_{kind}")
 
 
-def _heatmap(means: pd.DataFrame, median, value: str, groupby: str):
+def _heatmap(means: pd.DataFrame, median, value: str, groupby: str, sizes: pd.Series):
     """Groups x drugs: mean sensitive probability, or mean prediction minus the bulk median."""
     import matplotlib.pyplot as plt
 
     drugs, names = means.columns.tolist(), means.index.tolist()
     data = means.to_numpy()
     if value == "probability":
-        cmap, vmin, vmax, label = "RdBu_r", 0.0, 1.0, "mean sensitive probability"
+        cmap, vmin, vmax = "RdBu_r", 0.0, 1.0
+        label = "mean probability of being more\nsensitive than the median line (red)"
     else:
         data = data - median
         lim = float(np.nanmax(np.abs(data))) or 1.0
-        cmap, vmin, vmax, label = "RdBu", -lim, lim, "mean prediction - bulk median"
+        cmap, vmin, vmax = "RdBu", -lim, lim
+        label = "mean predicted ln IC50 - bulk median\n(red: more sensitive)"
     fig, ax = plt.subplots(
         figsize=(0.35 * len(drugs) + 2.5, 0.35 * len(names) + 1.8), layout="constrained"
     )
     im = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(drugs)), drugs, rotation=90, fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_yticks(range(len(names)), [f"{g} (n={sizes[g]})" for g in names], fontsize=8)
     ax.set_ylabel(groupby)
+    ax.grid(False)  # scanpy's style draws a grid through every cell
     fig.colorbar(im, ax=ax, label=label, shrink=0.8)
     return fig
 
@@ -173,10 +180,25 @@ def _violins(table: pd.DataFrame, groups, names: list, drugs: list, median, valu
         vals = [table.loc[(groups == g).to_numpy(), drug].to_numpy() for g in names]
         ax.violinplot(vals, showmedians=True)
         ref = 0.5 if value == "probability" else median[i]
-        ax.axhline(ref, color="grey", lw=0.8, ls="--")
-        ax.set_xticks(range(1, len(names) + 1), names, rotation=90, fontsize=7)
+        ax.axhline(
+            ref,
+            color="grey",
+            lw=0.8,
+            ls="--",
+            label="0.5" if value == "probability" else "median line",
+        )
+        long = max(len(str(g)) for g in names) > 6 or len(names) > 6
+        ax.set_xticks(range(1, len(names) + 1), names, rotation=90 if long else 0, fontsize=8)
         ax.set_title(drug, fontsize=9)
-        ax.set_ylabel("sensitive probability" if value == "probability" else "prediction")
+        if value == "probability":  # one scale for every panel
+            ax.set_ylim(0, 1)
+        if i % ncols == 0:
+            ax.set_ylabel(
+                "P(more sensitive than\nthe median line)"
+                if value == "probability"
+                else "predicted ln IC50\n(lower: more sensitive)"
+            )
+    axes[0, 0].legend(fontsize=7, loc="best")
     for j in range(len(drugs), nrows * ncols):
         axes[j // ncols, j % ncols].set_visible(False)
     return fig
@@ -206,13 +228,17 @@ def _roc(adata, labels, drugs, key, n_drugs, *, show, save):
         drugs = gap.sort_values(ascending=False, kind="stable").index[:n_drugs].tolist()
     else:
         drugs = resolve_drugs(drugs, table.columns, source=_predicted(key))
+    auroc = {d: roc_auc_score(truth, table[d].to_numpy()) for d in drugs}
+    drugs = sorted(drugs, key=lambda d: -auroc[d])  # the legend reads best first
     fig, ax = plt.subplots(figsize=(4.2, 4.0), layout="constrained")
     for drug in drugs:
-        score = table[drug].to_numpy()
-        fpr, tpr, _ = roc_curve(truth, score)
-        ax.plot(fpr, tpr, lw=1.2, label=f"{drug} (AUROC {roc_auc_score(truth, score):.2f})")
+        fpr, tpr, _ = roc_curve(truth, table[drug].to_numpy())
+        ax.plot(fpr, tpr, lw=1.2, label=f"{drug} (AUROC {auroc[drug]:.2f})")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel(f"true positive rate ({labels})")
-    ax.legend(fontsize=7, loc="lower right")
+    if len(drugs) > 6:  # beside the axes: inside, a long legend hid the curves
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    else:
+        ax.legend(fontsize=7, loc="lower right")
     return finish(fig, show=show, save=save, default_name=f"drug_response_{key}_roc")

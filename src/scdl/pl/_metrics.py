@@ -57,7 +57,7 @@ def integration_metrics(
     for i, (name, row) in enumerate(df.iterrows()):
         bars = ax.bar(x + (i - (n - 1) / 2) * width, row.to_numpy(), width, label=str(name))
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
-    ax.set_xticks(x, _COLUMNS)
+    ax.set_xticks(x, [c.replace(" ", "\n") for c in _COLUMNS])  # two words: no overlap
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score (scib-metrics)")
     ax.legend(frameon=False, fontsize=8, bbox_to_anchor=(1.0, 1.0), loc="upper left")
