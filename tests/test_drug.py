@@ -735,3 +735,9 @@ def test_nullable_response_columns_train(gdsc):
     model = scdl.models.DrugResponseModel(bulk)
     model.train()
     assert np.isfinite(model.predict(kind="value").to_numpy()).all()
+
+
+def test_training_history_names_a_model_fitted_without_epochs(trained):
+    """The drug model's ridges are fitted in closed form: the plot says so by name."""
+    with pytest.raises(TypeError, match="This DrugResponseModel has no per-epoch training history"):
+        scdl.pl.training_history(trained, show=False)

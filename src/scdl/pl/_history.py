@@ -55,6 +55,13 @@ def _curves(source: Any, key: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarr
                     if name in history
                 }
                 return curves, ylabel
+    if hasattr(source, "history"):  # a model without per-epoch curves
+        raise TypeError(
+            f"This {type(source).__name__} has no per-epoch training history to plot (a "
+            "DrugResponseModel fits its ridges in closed form, not by epochs). Pass an AnnData "
+            "processed by scdl.tl.integrate or scdl.tl.contrastive, or a model trained by "
+            "epochs."
+        )
     raise TypeError(
         "Pass an AnnData processed by scdl.tl.integrate or scdl.tl.contrastive, or a trained "
         "scdl model (one whose history holds an ELBO or a training loss)."
