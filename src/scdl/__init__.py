@@ -11,24 +11,12 @@ from typing import TYPE_CHECKING
 
 from ._version import __version__
 
-_SUBMODULES = (
-    "data",
-    "dataloaders",
-    "datasets",
-    "models",
-    "module",
-    "pl",
-    "pretrained",
-    "tl",
-    "train",
-)
-
 if TYPE_CHECKING:
     from . import data, dataloaders, datasets, models, module, pl, pretrained, tl, train
 
 
 def __getattr__(name: str):
-    if name in _SUBMODULES:
+    if name in _SUBMODULES:  # loaded on first access
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'scdl' has no attribute {name!r}")
 
@@ -49,3 +37,5 @@ __all__ = [
     "tl",
     "train",
 ]
+# the public namespaces (ruff reads __all__ as a literal list)
+_SUBMODULES = frozenset(__all__) - {"__version__"}
