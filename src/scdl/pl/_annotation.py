@@ -171,7 +171,7 @@ def attributions(
             part = part.nsmallest(n_top, "rank")
         else:
             part = part.nlargest(n_top, "attribution")
-        # blue / orange: told apart with any colour vision (red / green are not)
+        # orange / purple: told apart with any colour vision (red / green are not)
         colors = np.where(part["attribution"].to_numpy() >= 0, "#e66101", "#5e3c99")
         ax.barh(part["gene"][::-1], part["attribution"][::-1], color=colors[::-1])
         ax.set_title(textwrap.fill(str(label), 24), fontsize=9)

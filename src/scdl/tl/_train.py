@@ -46,33 +46,25 @@ def _seeded(seed: int):
     import scvi
     import torch
 
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     cudnn = torch.backends.cudnn
-    saved = (
-        scvi.settings.seed,
-        random.getstate(),
-        np.random.get_state(),
-        torch.get_rng_state(),
-        torch.cuda.get_rng_state_all() if cuda else None,
-        {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "XLA_FLAGS")},
-        (cudnn.deterministic, cudnn.benchmark),
-    )
-    try:
-        scvi.settings.seed = seed
-        yield
-    finally:
-        scvi.settings.seed = saved[0]  # (re-seeds; the states below then undo that)
-        random.setstate(saved[1])
-        np.random.set_state(saved[2])
-        torch.set_rng_state(saved[3])
-        if saved[4] is not None:
-            torch.cuda.set_rng_state_all(saved[4])
-        for key, value in saved[5].items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        cudnn.deterministic, cudnn.benchmark = saved[6]
+    saved_seed, py_state, np_state = scvi.settings.seed, random.getstate(), np.random.get_state()
+    env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "XLA_FLAGS")}
+    flags = (cudnn.deterministic, cudnn.benchmark)
+    gpus = range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=gpus):  # torch's own save/restore of its generators
+        try:
+            scvi.settings.seed = seed
+            yield
+        finally:
+            scvi.settings.seed = saved_seed  # (re-seeds; the states restored here undo that)
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            for key, value in env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            cudnn.deterministic, cudnn.benchmark = flags
 
 
 def check_finite(*latents: np.ndarray) -> None:
