@@ -139,6 +139,18 @@ def test_annotation_plot_draws_on_given_axes():
     with pytest.raises(ValueError, match="sequence of 2 Axes"):
         scdl.pl.annotation(adata, groupby="truth", ax=axes[0], show=False)
     plt.close(fig)
+    # label sets that differ (a known type never predicted, a predicted type never known):
+    # rows and columns share one order, so correct calls sit on the diagonal
+    adata.obs["truth"] = ["A", "NK", "B", "NK"]  # "A" is never predicted
+    adata.obs["scdl_cell_type"] = ["B", "NK", "B", "pDC"]  # "pDC" is never known
+    fig = scdl.pl.annotation(adata, groupby="truth", show=False)
+    matrix = fig.axes[1]
+    rows = [t.get_text().rsplit(" (", 1)[0] for t in matrix.get_yticklabels()]
+    cols = [t.get_text() for t in matrix.get_xticklabels()]
+    assert rows == ["A", "B", "NK"] and cols == ["A", "B", "NK", "pDC"]
+    values = np.asarray(matrix.get_images()[0].get_array())
+    assert values[1, 1] == 1.0 and values[2, 2] == 0.5  # B called B; one of two NK called NK
+    plt.close(fig)
 
 
 def test_embedding_umap_follows_the_representation(kang_integrated):

@@ -88,11 +88,12 @@ def annotation(
     if truth is not None:
         ax = axes[1]
         known, called = truth.astype(str), pred.astype(str)
-        # one order for rows and columns (known types first, then types only predicted),
-        # so a correct call sits on the diagonal even when the label sets differ
-        order = list(dict.fromkeys([*_categories(truth), *map(str, types)]))
-        counts = pd.crosstab(known, called).reindex(index=order, columns=order, fill_value=0)
-        counts = counts.loc[counts.sum(axis=1) > 0, counts.sum(axis=0) > 0]
+        # rows: the known types; columns: the same types in the same order (a known type
+        # never predicted keeps its empty column), then types only predicted. A correct call
+        # sits on the diagonal even when the label sets differ
+        rows = _categories(truth)
+        order = list(dict.fromkeys([*rows, *map(str, types)]))
+        counts = pd.crosstab(known, called).reindex(index=rows, columns=order, fill_value=0)
         table = counts.div(counts.sum(axis=1), axis=0)
         im = ax.imshow(table.to_numpy(), cmap="Blues", vmin=0, vmax=1)
         ax.grid(False)  # scanpy's style draws a grid through every cell
