@@ -359,14 +359,16 @@ def test_vae_sums_duplicate_csr_entries_as_scvi_tools_does(kang):
     for matrix in (x, twice):
         adata = ad.AnnData(matrix.copy())
         adata.obs["sample"] = kang.obs["sample"].to_numpy()[::5]
-        stored = adata.X.nnz  # (anndata 0.13 sums duplicates itself on construction)
+        stored = adata.X.nnz
         scvi.settings.seed = 0
         VAE.setup_anndata(adata, batch_key="sample")
         model = VAE(adata, n_latent=5)
         model.train(max_epochs=2, batch_size=64, enable_progress_bar=False)
         elbo = model.history["elbo_train"].to_numpy(dtype=float)
         out.append((elbo, model.get_latent_representation()))
-        assert adata.X.nnz == stored  # the loader does not rewrite the user's matrix
+        # neither the count check nor the loader rewrites the user's matrix (scipy 1.18's
+        # sums, which the check used, summed the duplicates in place)
+        assert adata.X.nnz == stored
     np.testing.assert_allclose(out[1][0], out[0][0], rtol=1e-5)
     np.testing.assert_allclose(out[1][1], out[0][1], rtol=1e-4, atol=1e-5)
 
@@ -407,8 +409,8 @@ def test_log_normalize_counts_is_scanpys_recipe(kang):
 
 
 def test_count_check_reads_csr_in_place_like_the_row_chunks():
-    """The CSR count check (scipy's sums, values read through views) counts what the
-    row-chunk reading of the same matrix counts: totals, and NaN / negative / fractional."""
+    """The CSR count check (the stored values read through views) counts what the row-chunk
+    reading of the same matrix counts: totals, and NaN / negative / fractional."""
     from scipy import sparse
 
     from scdl.data._checks import _count_stats

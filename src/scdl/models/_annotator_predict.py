@@ -43,12 +43,12 @@ from ._novelty import (
     MAX_COMPOSITION_SHIFT,
     NOVELTY_RESOLUTION,
     _mean_sd,
+    celltypist_resolution,
     cluster_cells,
     cluster_novelty,
     composition_shift,
     leiden_on_graph,
 )
-from ._novelty import over_clustering_resolution as default_over_resolution
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -294,7 +294,7 @@ class AnnotatorPredictionMixin:
                     f"{len(calls)}), got shape {getattr(graph, 'shape', None)}."
                 )
             res = over_clustering_resolution
-            res = default_over_resolution(len(calls)) if res is None else float(res)
+            res = celltypist_resolution(len(calls)) if res is None else float(res)
             calls["over_cluster"] = leiden_on_graph(graph, resolution=res, seed=seed)
         if not unknown_call:  # forced calls only
             unknown = np.zeros(len(calls), dtype=bool)
@@ -352,7 +352,7 @@ class AnnotatorPredictionMixin:
                 full[has] = part
             return out
         if resolution is None:  # CellTypist's choice by query size
-            resolution = default_over_resolution(n)
+            resolution = celltypist_resolution(n)
         if n < MIN_QUERY_CELLS:  # a few cells' own mean is their profile, not a shared
             # shift: every cluster would look new (all Unknown below ~60 cells); no novelty
             # (annotate_cells says so), only the over-clustering for voting

@@ -111,7 +111,7 @@ def cluster_cells(
     return out
 
 
-def over_clustering_resolution(n_cells: int) -> float:
+def celltypist_resolution(n_cells: int) -> float:
     """CellTypist's Leiden resolution for the over-clustering of majority voting, by size."""
     if n_cells < 5_000:
         return 5.0
