@@ -36,7 +36,7 @@ def annotator(kang2k):
     ref = ref[:, np.asarray(ref.X.sum(0)).ravel() > 0].copy()
     scdl.models.CellTypeTransformer.setup_anndata(ref, labels_key="cell_type")
     model = scdl.models.CellTypeTransformer(ref)
-    model.train(max_epochs=100, enable_progress_bar=False)
+    model.train(max_epochs=50, enable_progress_bar=False)
     query = kang2k[kang2k.obs.condition != "control"].copy()
     return model, query
 

@@ -468,6 +468,38 @@ def test_tl_and_pl(trained, cellbench):
     gap = (prob[truth].mean() - prob[~truth].mean()).abs().sort_values(ascending=False)
     shown = [t.get_text().split(" (AUROC")[0] for t in fig.axes[0].get_legend().get_texts()]
     assert shown == gap.index[:2].tolist()
+    # on the user's own axes: one for the heatmap and the ROC, one per drug for the violins
+    import matplotlib.pyplot as plt
+
+    own, axes = plt.subplots(1, 3)
+    for kind, ax in (("heatmap", axes[0]), ("violin", axes[1:])):
+        fig = scdl.pl.drug_response(
+            out,
+            groupby="cell_line",
+            kind=kind,
+            drugs=["Gefitinib", "Erlotinib"][: 1 + (kind == "violin")],
+            ax=ax,
+            show=False,
+        )
+        assert fig is own
+    assert (
+        scdl.pl.drug_response(
+            out, labels="egfr_mutant", drugs=["Gefitinib"], ax=axes[0], show=False
+        )
+        is own
+    )
+    assert len(own.axes) == 4  # the three panels and the heatmap's colour bar, no new axes
+    assert all(a.has_data() for a in axes)
+    with pytest.raises(ValueError, match="2 panel"):
+        scdl.pl.drug_response(
+            out,
+            groupby="cell_line",
+            kind="violin",
+            drugs=["Gefitinib", "Erlotinib"],
+            ax=axes[0],
+            show=False,
+        )
+    plt.close(own)
     out.obs["bad"] = "x"
     with pytest.raises(ValueError, match="True .1, sensitive"):
         scdl.pl.drug_response(out, labels="bad", show=False)

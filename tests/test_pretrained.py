@@ -224,6 +224,12 @@ def test_plots(heldout):
     attr = scdl.pretrained.load("pbmc_kang2018").gene_attributions(adata, label="B", n_cells=20)
     fig = scdl.pl.attributions(attr, show=False)
     assert isinstance(fig, Figure)
+    import matplotlib.pyplot as plt
+
+    own, ax = plt.subplots()  # one label: one Axes of the user's figure, nothing added
+    assert scdl.pl.attributions(attr, n_top=5, ax=ax, show=False) is own
+    assert len(own.axes) == 1 and len(ax.patches) == 5
+    plt.close(own)
     with pytest.raises(ValueError, match="gene_attributions"):
         scdl.pl.attributions(adata.obs, show=False)
 

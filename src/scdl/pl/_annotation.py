@@ -126,6 +126,7 @@ def attributions(
     *,
     n_top: int = 10,
     ncols: int = 4,
+    ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
     save: str | bool | None = None,
 ) -> Figure | None:
@@ -142,7 +143,10 @@ def attributions(
         Genes per panel: the ``n_top`` best ranked (for a cell type the most positive, for a
         drug the largest in size).
     ncols
-        Panels per row.
+        Panels per row (of a new figure).
+    ax
+        Axes to draw into (a layout of your own): one per label of ``attributions``, in their
+        order (one Axes for one label). ``None``: a new figure.
     %(show_save)s
 
     %(returns_figure)s
@@ -161,12 +165,17 @@ def attributions(
             "`attributions` has no rows: gene_attributions() found no cell of the requested "
             "types. Pass cells that are called as those types, or another `label=`."
         )
-    ncols = min(ncols, len(labels))
-    nrows = int(np.ceil(len(labels) / ncols))
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(3.2 * ncols, 0.28 * n_top * nrows + 1.2), squeeze=False
-    )
-    for ax, label in zip(axes.ravel(), labels):
+    own_figure = ax is None
+    if own_figure:
+        ncols = min(ncols, len(labels))
+        nrows = int(np.ceil(len(labels) / ncols))
+        fig, grid = plt.subplots(
+            nrows, ncols, figsize=(3.2 * ncols, 0.28 * n_top * nrows + 1.2), squeeze=False
+        )
+        axes = list(grid.ravel())
+    else:
+        fig, axes = panel_axes(ax, len(labels), figsize=(0, 0))
+    for ax, label in zip(axes, labels):
         part = attributions[attributions["label"] == label]
         if "rank" in part.columns:
             part = part.nsmallest(n_top, "rank")
@@ -177,9 +186,14 @@ def attributions(
         ax.barh(part["gene"][::-1], part["attribution"][::-1], color=colors[::-1])
         ax.set_title(textwrap.fill(str(label), 24), fontsize=9)
         ax.tick_params(axis="y", labelsize=8)
-    for ax in axes.ravel()[len(labels) :]:
+    for ax in axes[len(labels) :]:
         ax.set_axis_off()
-    if "mean_input" in attributions.columns:  # DrugResponseModel.gene_attributions
+    drug = "mean_input" in attributions.columns  # DrugResponseModel.gene_attributions
+    if not own_figure:  # the user's figure holds other panels: each of ours says it alone
+        for ax in axes:
+            ax.set_xlabel("contribution to ln IC50" if drug else "contribution to the logit")
+        return finish(fig, show=show, save=save, default_name="attributions")
+    if drug:
         fig.supxlabel(
             "mean contribution to the predicted ln IC50 (integrated gradients, from a typical "
             "line)\n< 0 (purple): towards sensitive; > 0 (orange): towards resistant"

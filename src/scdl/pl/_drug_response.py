@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from ._utils import doc_show_save, finish
+from ._utils import doc_show_save, finish, panel_axes
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from anndata import AnnData
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 
@@ -67,6 +68,7 @@ def drug_response(
     labels: str | None = None,
     value: Literal["probability", "response"] = "probability",
     n_drugs: int = 20,
+    ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
     save: str | bool | None = None,
 ) -> Figure | None:
@@ -103,6 +105,9 @@ def drug_response(
         always scores the sensitive probability.
     n_drugs
         Drugs shown when ``drugs`` is ``None``.
+    ax
+        Axes to draw into (a layout of your own): one Axes for the heatmap or the ROC, one
+        per drug for the violins. ``None``: a new figure.
     %(show_save)s
 
     %(returns_figure)s
@@ -117,7 +122,7 @@ def drug_response(
     if value not in ("probability", "response"):
         raise ValueError(f"value={value!r} is not one of 'probability', 'response'.")
     if kind == "roc":
-        return _roc(adata, labels, drugs, key, n_drugs, show=show, save=save)
+        return _roc(adata, labels, drugs, key, n_drugs, ax=ax, show=show, save=save)
     if groupby is None:
         raise ValueError(f"kind={kind!r} needs `groupby`, an obs column of groups of cells.")
     column = check_obs_key(adata, groupby, arg="groupby").astype("category")
@@ -134,13 +139,13 @@ def drug_response(
         drugs = resolve_drugs(drugs, list(table.columns), source=_predicted(key))
     median = _bulk_median(adata, key, drugs) if value == "response" else None
     if kind == "heatmap":
-        fig = _heatmap(means[drugs], median, value, groupby, sizes)
+        fig = _heatmap(means[drugs], median, value, groupby, sizes, ax)
     else:
-        fig = _violins(table, groups, means.index.tolist(), drugs, median, value)
+        fig = _violins(table, groups, means.index.tolist(), drugs, median, value, ax)
     return finish(fig, show=show, save=save, default_name=f"drug_response_{key}_{kind}")
 
 
-def _heatmap(means: pd.DataFrame, median, value: str, groupby: str, sizes: pd.Series):
+def _heatmap(means: pd.DataFrame, median, value: str, groupby: str, sizes: pd.Series, ax=None):
     """Groups x drugs: mean sensitive probability, or mean prediction minus the bulk median."""
     import matplotlib.pyplot as plt
 
@@ -154,9 +159,12 @@ def _heatmap(means: pd.DataFrame, median, value: str, groupby: str, sizes: pd.Se
         lim = float(np.nanmax(np.abs(data))) or 1.0
         cmap, vmin, vmax = "RdBu", -lim, lim
         label = "mean predicted ln IC50 - bulk median\n(red: more sensitive)"
-    fig, ax = plt.subplots(
-        figsize=(0.35 * len(drugs) + 2.5, 0.35 * len(names) + 1.8), layout="constrained"
-    )
+    if ax is None:
+        fig, ax = plt.subplots(
+            figsize=(0.35 * len(drugs) + 2.5, 0.35 * len(names) + 1.8), layout="constrained"
+        )
+    else:
+        fig, (ax,) = panel_axes(ax, 1, figsize=(0, 0))
     im = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(drugs)), drugs, rotation=90, fontsize=8)
     ax.set_yticks(range(len(names)), [f"{g} (n={sizes[g]})" for g in names], fontsize=8)
@@ -166,17 +174,22 @@ def _heatmap(means: pd.DataFrame, median, value: str, groupby: str, sizes: pd.Se
     return fig
 
 
-def _violins(table: pd.DataFrame, groups, names: list, drugs: list, median, value: str):
+def _violins(table, groups, names: list, drugs: list, median, value: str, ax=None):
     """One panel per drug: the per-cell values of each group, with the reference line."""
     import matplotlib.pyplot as plt
 
     ncols = min(4, len(drugs))
     nrows = int(np.ceil(len(drugs) / ncols))
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows), squeeze=False, layout="constrained"
-    )
+    if ax is None:
+        fig, grid = plt.subplots(
+            nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows), squeeze=False, layout="constrained"
+        )
+        axes = list(grid.ravel())
+    else:  # the user's axes: each panel labels its own y axis
+        fig, axes = panel_axes(ax, len(drugs), figsize=(0, 0))
+        ncols = 1
     for i, drug in enumerate(drugs):
-        ax = axes[i // ncols, i % ncols]
+        ax = axes[i]
         vals = [table.loc[(groups == g).to_numpy(), drug].to_numpy() for g in names]
         ax.violinplot(vals, showmedians=True)
         ref = 0.5 if value == "probability" else median[i]
@@ -198,13 +211,13 @@ def _violins(table: pd.DataFrame, groups, names: list, drugs: list, median, valu
                 if value == "probability"
                 else "predicted ln IC50\n(lower: more sensitive)"
             )
-    axes[0, 0].legend(fontsize=7, loc="best")
-    for j in range(len(drugs), nrows * ncols):
-        axes[j // ncols, j % ncols].set_visible(False)
+    axes[0].legend(fontsize=7, loc="best")
+    for extra in axes[len(drugs) :]:
+        extra.set_visible(False)
     return fig
 
 
-def _roc(adata, labels, drugs, key, n_drugs, *, show, save):
+def _roc(adata, labels, drugs, key, n_drugs, *, ax, show, save):
     """ROC of the sensitive probability against per-cell truth, one curve per drug."""
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_auc_score, roc_curve
@@ -230,7 +243,10 @@ def _roc(adata, labels, drugs, key, n_drugs, *, show, save):
         drugs = resolve_drugs(drugs, table.columns, source=_predicted(key))
     auroc = {d: roc_auc_score(truth, table[d].to_numpy()) for d in drugs}
     drugs = sorted(drugs, key=lambda d: -auroc[d])  # the legend reads best first
-    fig, ax = plt.subplots(figsize=(4.2, 4.0), layout="constrained")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.2, 4.0), layout="constrained")
+    else:
+        fig, (ax,) = panel_axes(ax, 1, figsize=(0, 0))
     for drug in drugs:
         fpr, tpr, _ = roc_curve(truth, table[drug].to_numpy())
         ax.plot(fpr, tpr, lw=1.2, label=f"{drug} (AUROC {auroc[drug]:.2f})")
