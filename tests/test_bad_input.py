@@ -461,9 +461,10 @@ def test_new_data_without_counts_in_x_names_where_the_model_reads(kang_integrate
     query.layers["counts"] = query.X.copy()
     query.X = query.X.astype(np.float32) * 0.5
     snap = snapshot(query)
-    with pytest.raises(ValueError, match=r"reads raw counts from adata\.X.*adata\.X = adata"):
-        model.get_latent_representation(query)
-    assert_unchanged(query, snap)
+    for call in (model.get_latent_representation, lambda q: VAE.load_query_data(q, model)):
+        with pytest.raises(ValueError, match=r"reads raw counts from adata\.X.*adata\.X = adata"):
+            call(query)
+        assert_unchanged(query, snap)
 
 
 def test_trained_contrastive_checks_new_data(kang):

@@ -91,3 +91,18 @@ def test_stray_calls_do_not_make_a_mixture(kang):
         for m in (True, False)
     ]
     np.testing.assert_allclose(scores[0], scores[1])
+
+
+def test_pooled_halvings_steady_the_threshold_of_a_one_batch_reference():
+    """Without batches the threshold comes from random halvings of the reference; one
+    halving's percentile rests on a few dozen clusters and depends on the draw. Pooling four
+    halvings' clusters gives a percentile among theirs, and the threshold moves less from
+    one set of halvings to the next."""
+    ref, _ = kang_reference_query()
+    codes = np.unique(ref.obs["cell_type"].astype(str), return_inverse=True)[1]
+    x = log_normalize(ref.X)
+    one = [calibrate_threshold(x, codes, seed=s, n_halvings=1)[0] for s in range(4)]
+    pooled = [calibrate_threshold(x, codes, seed=s, n_halvings=4)[0] for s in (0, 4, 8)]
+    assert min(one) <= pooled[0] <= max(one), (one, pooled)  # halvings 0-3 together
+    assert np.std(pooled) < 0.5 * np.std(one[:3]), (one, pooled)
+    assert calibrate_threshold(x, codes, seed=0)[1] == "split-half"

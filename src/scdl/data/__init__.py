@@ -38,7 +38,7 @@ from ._groups import resolve_groups, warn_if_batch_nested
 from ._lognorm import input_kind, normalised_from_log1p
 from ._normalize import log_normalize_counts
 from ._pca import unintegrated_pca
-from ._query import check_category_kind, check_query
+from ._query import check_category_kind, check_query, counts_place_fix
 from ._salient_genes import salient_gene_table
 from ._write import write_h5ad_atomic
 
@@ -65,6 +65,7 @@ __all__ = [
     "check_positive_number",
     "warn_empty_cells",
     "check_query",
+    "counts_place_fix",
     "check_category_kind",
     "check_unique_var_names",
     "get_matrix",

@@ -334,6 +334,7 @@ def check_count_setup(
     categorical: dict[str, str | list[str] | None] | None = None,
     covariates_need_two: bool = False,
     unique_genes: bool = True,
+    fix: str | None = None,
 ) -> CountSummary:
     """The checks every count model's ``setup_anndata`` runs, in one place.
 
@@ -345,12 +346,13 @@ def check_count_setup(
     query padded with the reference's missing genes need not be). With
     ``covariates_need_two``, ``batch_key`` and ``categorical_covariate_keys`` need at least
     two categories (a fresh registration; a
-    query or a reloaded model may hold a single batch). Raises before anything is written.
+    query or a reloaded model may hold a single batch). ``fix``: how to give the counts, named
+    in the errors (:func:`check_counts`). Raises before anything is written.
     """
     check_is_anndata(adata, registering=True)
     check_unique_var_names(adata, warn=not unique_genes)
     check_not_sparse_array(adata, layer)
-    summary = check_counts(adata, layer, report_zero_genes=report_zero_genes)
+    summary = check_counts(adata, layer, report_zero_genes=report_zero_genes, fix=fix)
     for arg, keys in (categorical or {}).items():
         if keys is None:
             continue

@@ -19,6 +19,17 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
+def counts_place_fix(model: str, layer: str | None) -> str:
+    """How to give a trained model its counts: it reads the place it was set up with, so the
+    fix names that place, not ``layer=``."""
+    place = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    return f"the {model} reads raw counts from {place}; put them there, e.g. " + (
+        "`adata.X = adata.layers['counts']` (or a copy of the AnnData with counts in X)."
+        if layer is None
+        else f"`adata.layers[{layer!r}] = counts`."
+    )
+
+
 def check_query(
     adata: AnnData,
     registry: dict,
@@ -52,18 +63,7 @@ def check_query(
     setup_args = registry.get("setup_args", {})
     check_not_sparse_array(adata, setup_args.get("layer"))
     layer = setup_args.get("layer")
-    # the model reads the place it was set up with: the fix names that place, not `layer=`
-    place = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    check_counts(
-        adata,
-        layer,
-        fix=f"the {model} reads raw counts from {place}; put them there, e.g. "
-        + (
-            "`adata.X = adata.layers['counts']` (or a copy of the AnnData with counts in X)."
-            if layer is None
-            else f"`adata.layers[{layer!r}] = counts`."
-        ),
-    )
+    check_counts(adata, layer, fix=counts_place_fix(model, layer))
     known: dict[str, tuple[str, list]] = {}
     for field in fields.values():
         state = field.get("state_registry", {})

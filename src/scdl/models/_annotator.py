@@ -66,8 +66,9 @@ class CellTypeTransformer(
     ``"Unknown"``.
     The threshold is set on the reference alone after training: with a ``batch_key`` of two
     or more batches, each batch plays a query against the others' profiles
-    (``novelty_calibration_ = "leave-one-batch-out"``); otherwise random halves do
-    (``"split-half"``). It is their clusters' 95th percentile of novelty plus a fixed margin
+    (``novelty_calibration_ = "leave-one-batch-out"``); otherwise four random halvings do, each
+    half both ways (``"split-half"``; one halving's percentile depends on the draw). It is
+    their clusters' 95th percentile of novelty plus a fixed margin
     (0.15, chosen on the benchmark's splits together) for the shift a new dataset brings
     beyond the reference's own. A second check asks whether the reference holds cells like the
     cluster's at all (:mod:`scdl.models._mixing`): a sketch of the reference (at most 2,000

@@ -53,7 +53,7 @@ class AnnotatorCalibrationMixin:
 
         :meth:`train` calls it. Parameters: ``batch_key``, an obs column of the reference
         whose batches play the query in turn (default: the registered ``batch_key``; one
-        batch means random halves); ``seed``, of the halves and the clustering.
+        batch means four random halvings); ``seed``, of the first halving and the clustering.
         """
         from ._novelty import log_normalize
 

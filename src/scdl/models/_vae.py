@@ -28,6 +28,7 @@ from scdl.data import (
     check_count_setup,
     check_obs_key,
     check_unique_var_names,
+    counts_place_fix,
     gene_mismatch_message,
     same_gene_names,
 )
@@ -196,6 +197,8 @@ class VAE(
             },
             covariates_need_two=not from_registry,
             unique_genes=False,  # as in scvi-tools: genes are matched by name only for a query
+            # a query is read where the reference was (`layer=` is not an option there)
+            fix=counts_place_fix(cls.__name__, layer) if from_registry else None,
         )
         if continuous_covariate_keys is not None and not isinstance(
             continuous_covariate_keys, list | tuple
@@ -340,12 +343,18 @@ class VAE(
 
         Only the weights of the new batch categories are trained afterwards
         (call ``.train()`` on the returned model, e.g. ``max_epochs=100``,
-        ``plan_kwargs={"weight_decay": 0.0}``).
+        ``plan_kwargs={"weight_decay": 0.0}``); with that setting the reference cells' latent
+        representation stays as it was. As in scvi-tools, a reference registered with
+        ``categorical_covariate_keys`` is the exception: the first layers' weights of every
+        covariate category, the reference's too, are trained with the query, so the reference
+        cells' representation moves a little.
 
         Parameters
         ----------
         adata
-            Query AnnData with raw counts, the reference's genes, and the reference's
+            Query AnnData with raw counts where the reference had them (``adata.X`` for a
+            model from :func:`scdl.tl.integrate`, whatever its ``layer``), the reference's
+            genes, and the reference's
             ``batch_key`` column holding the new batch name(s). If it holds extra genes or the
             reference's genes in another order, a copy with the reference's genes in order is
             used, as it is for a view (``adata[mask]``); ``adata`` itself is then not

@@ -86,7 +86,8 @@ def integrate(
     Returns
     -------
     The trained :class:`scdl.models.VAE`, attached to an internal AnnData of the selected
-    genes (``model.adata``); save it with ``model.save(dir)`` or map new batches onto it with
+    genes (``model.adata``, counts in ``X`` whatever ``layer`` was: a query for it holds its
+    counts in ``X`` too); save it with ``model.save(dir)`` or map new batches onto it with
     :meth:`scdl.models.VAE.load_query_data`. ``adata`` gains:
 
     ``adata.obsm[key_added]``
