@@ -15,8 +15,20 @@ DATA = Path(os.environ.get("SCDL_DATA", Path(__file__).resolve().parents[2] / "s
 
 def need(path: Path) -> Path:
     if not path.is_file():
-        raise SystemExit(f"{path} not found: set SCDL_DATA to the folder holding shared/data.")
+        raise SystemExit(
+            f"{path} not found: set SCDL_DATA to the folder holding the data files (e.g. "
+            ".../shared/data)."
+        )
     return path
+
+
+def need_module(name: str) -> None:
+    """Fail at the start, in one line, when an optional benchmark dependency is missing
+    (before any model trains)."""
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        raise SystemExit(f"this benchmark needs {name}: pip install -e '.[bench]'")
 
 
 def hvg_subset(adata, *, batch_key: str | None = None, n_top_genes: int = 2000):

@@ -273,7 +273,7 @@ def report(res: dict, bulk, by_fold: dict) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--parts", nargs="+", default=["transfer", "cv", "report"],
                    choices=["transfer", "cv", "report"])  # fmt: skip
     p.add_argument("--folds", nargs="+", type=int, default=list(range(dr.N_FOLDS)))

@@ -132,6 +132,7 @@ def main() -> None:
         "--runs",
         nargs="+",
         default=["scdl:memory", "scvi:memory", "scdl:backed"],
+        choices=["scdl:memory", "scvi:memory", "scdl:backed"],
         help="which of scdl:memory, scvi:memory, scdl:backed to run",
     )
     p.add_argument("--_run", nargs=3, metavar=("PATH", "IMPL", "BACKED"), help=argparse.SUPPRESS)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import anndata as ad
+import pytest
 
 from scdl.cli import main
 
@@ -176,3 +177,20 @@ def test_annotate_from_a_url_names_the_command_line_option(tmp_path, capsys):
     empty.write_h5ad(tmp_path / "empty.h5ad")
     assert main(["annotate", str(tmp_path / "empty.h5ad"), "-o", str(tmp_path / "e.h5ad")]) == 2
     assert "no cells to annotate" in capsys.readouterr().err
+
+
+def test_errors_name_the_command_line_flags(kang, tmp_path, capsys):
+    """The library's messages name Python arguments (`layer=`); the command says its flags.
+    An output not named .h5ad and --max-epochs below 1 are refused before any work."""
+    path = tmp_path / "in.h5ad"
+    kang[:100].copy().write_h5ad(path)
+    out = str(tmp_path / "o.h5ad")
+    assert main(["annotate", str(path), "--layer", "nolayer", "-o", out]) == 2
+    err = capsys.readouterr().err
+    assert "Leave out `--layer` to use adata.X" in err and "layer=" not in err
+    assert main(["annotate", str(path), "-o", str(tmp_path / "o.csv")]) == 2
+    assert "ending in .h5ad" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["integrate", str(path), "--max-epochs", "0", "-o", out])
+    assert e.value.code == 2 and "--max-epochs: must be an integer >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "o.h5ad").exists() and not (tmp_path / "o.csv").exists()

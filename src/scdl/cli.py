@@ -5,8 +5,46 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 from pathlib import Path
+
+#: the Python arguments the library's error messages name, as this command line's flags
+_FLAGS = {
+    "layer": "--layer",
+    "batch_key": "--batch-key",
+    "key_added": "--key-added",
+    "max_epochs": "--max-epochs",
+    "n_latent": "--n-latent",
+    "min_gene_overlap": "--min-gene-overlap",
+}
+
+
+def _as_flags(message: str) -> str:
+    """An error of the Python API in the command line's terms: ``layer=None`` is leaving out
+    ``--layer``, ``layer=`` is ``--layer``."""
+    message = re.sub(
+        r"[Pp]ass `(\w+)=None`",
+        lambda m: (
+            f"{'L' if m[0][0] == 'P' else 'l'}eave out `{_FLAGS[m[1]]}`" if m[1] in _FLAGS else m[0]
+        ),
+        message,
+    )
+    return re.sub(r"`(\w+)=`", lambda m: f"`{_FLAGS.get(m[1], m[1] + '=')}`", message)
+
+
+def _positive_int(text: str) -> int:
+    """``--max-epochs``: argparse's own one-line error for anything but an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer >= 1, got {text!r} (leave it out to choose from the number of "
+            "cells)"
+        )
+    return value
 
 
 def _read_input(path: str):
@@ -31,6 +69,8 @@ def _check_output(path: str, *, overwrite: bool) -> None:
 
     if path.endswith(("/", os.sep)) or Path(path).is_dir():
         raise ValueError(f"output {path!r} is a folder; give a file name ending in .h5ad.")
+    if Path(path).suffix.lower() != ".h5ad":  # an AnnData file is written, whatever the name
+        raise ValueError(f"output {path!r} must be a file name ending in .h5ad.")
     parent = Path(path).resolve().parent
     if not parent.is_dir():
         raise FileNotFoundError(f"output folder {str(parent)!r} does not exist.")
@@ -247,7 +287,9 @@ def _add_demo(sub) -> None:
     d.add_argument(
         "-o", "--output", default="scdl_demo", help="output folder (default: %(default)s)"
     )
-    d.add_argument("--max-epochs", type=int, default=None, help="training epochs (default: auto)")
+    d.add_argument(
+        "--max-epochs", type=_positive_int, default=None, help="training epochs (default: auto)"
+    )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_demo)
@@ -273,7 +315,7 @@ def _add_integrate(sub) -> None:
     )
     i.add_argument(
         "--max-epochs",
-        type=int,
+        type=_positive_int,
         default=None,
         help="training epochs (default: chosen from the number of cells)",
     )
@@ -378,7 +420,7 @@ def _run(args) -> int:
         if os.environ.get("SCDL_DEBUG"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"scdl {args.command}: error: {msg}", file=sys.stderr)
+        print(f"scdl {args.command}: error: {_as_flags(str(msg))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"scdl {args.command}: interrupted", file=sys.stderr)

@@ -17,7 +17,17 @@ def cache_dir() -> Path:
 
 
 def sha256sum(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, as lowercase hex (read in 1 MiB blocks)."""
+    """SHA-256 of a file's bytes, as lowercase hex (read in 1 MiB blocks).
+
+    Parameters
+    ----------
+    path
+        The file.
+
+    Returns
+    -------
+    The 64-character hex digest, as ``sha256sum`` prints it.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -38,6 +48,23 @@ def fetch_file(
     scdl; in the download cache, downloading from ``url`` with pooch if absent (without a
     ``url``, a file already in the cache is used). The file's sha256 must equal ``sha256``
     wherever it comes from.
+
+    Parameters
+    ----------
+    filename
+        The file's name (in ``path``, among the bundled files, in the cache, and the name it
+        is downloaded under).
+    sha256
+        Its expected SHA-256 (lowercase hex, see :func:`sha256sum`).
+    url
+        Where to download it from when it is not local; ``None``: no download.
+    path
+        A folder holding the file (e.g. a copy made on a machine with network): it is read
+        from there only.
+
+    Returns
+    -------
+    The path of the verified file.
 
     Raises
     ------
@@ -82,9 +109,34 @@ def fetch_file(
 def download(
     url: str, *, sha256: str, folder: Path, fname: str | None = None, offline: str
 ) -> Path:
-    """Download ``url`` into ``folder`` with pooch, which checks its sha256 (a mismatching
-    download is deleted: ValueError); a failed download (no network, a wrong URL, a server
-    error) is an OSError that says what to do instead (``offline``)."""
+    """Download ``url`` into ``folder`` with pooch, which checks its sha256.
+
+    Parameters
+    ----------
+    url
+        The file's address.
+    sha256
+        Its expected SHA-256 (lowercase hex).
+    folder
+        Where to store it; a file already there with that checksum is not downloaded again.
+    fname
+        The stored file's name; ``None``: pooch's name from the URL and checksum.
+    offline
+        What to do without network, said in the error (e.g. "pass the file's folder as
+        `path=`").
+
+    Returns
+    -------
+    The path of the downloaded (or already present) file.
+
+    Raises
+    ------
+    ValueError
+        The download's checksum does not match; the file is deleted.
+    OSError
+        The download failed (no network, a wrong URL, a server error); the message ends
+        with ``offline``.
+    """
     import pooch
 
     try:

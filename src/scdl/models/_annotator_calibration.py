@@ -51,9 +51,16 @@ class AnnotatorCalibrationMixin:
     def calibrate_clusters(self, *, batch_key: str | None = None, seed: int = 0) -> None:
         """Set the cluster-level Unknown threshold on the reference (see the class notes).
 
-        :meth:`train` calls it. Parameters: ``batch_key``, an obs column of the reference
-        whose batches play the query in turn (default: the registered ``batch_key``; one
-        batch means four random halvings); ``seed``, of the first halving and the clustering.
+        :meth:`train` calls it; call it again to calibrate on other batches of the reference.
+
+        Parameters
+        ----------
+        batch_key
+            obs column of the reference whose batches play the query in turn (default: the
+            registered ``batch_key``; one batch means four random halvings).
+        seed
+            Seed of the first halving (the others follow it), of the clustering and of the
+            reference sketch.
         """
         from ._novelty import log_normalize
 
@@ -121,7 +128,19 @@ class AnnotatorCalibrationMixin:
 
     @torch.inference_mode()
     def calibrate(self, train_indices, heldout_indices, *, unknown_rate: float = 0.05) -> None:
-        """Set the Unknown thresholds from held-out reference cells (see the class notes)."""
+        """Set the per-cell Unknown thresholds from held-out reference cells (see the class
+        notes); :meth:`train` calls it.
+
+        Parameters
+        ----------
+        train_indices
+            Reference cells whose mean profiles give each type's centroid.
+        heldout_indices
+            Reference cells the thresholds are set on (not seen in training).
+        unknown_rate
+            Share of held-out cells the per-cell thresholds leave Unknown (a fifth of it by
+            confidence, the rest by novelty).
+        """
         x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         labels = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel()
         train_indices, heldout_indices = np.sort(train_indices), np.sort(heldout_indices)

@@ -199,8 +199,19 @@ class DrugPredictionMixin:
 
     def sensitive_probability(self, values: pd.DataFrame) -> pd.DataFrame:
         """The sensitive probability ``Phi((median - value) / residual_sd)`` of predicted
-        responses ``values`` (cells x drugs, as :meth:`predict` returns them), as
-        ``predict(kind="probability")`` gives it, without predicting again."""
+        responses, as ``predict(kind="probability")`` gives it, without predicting again.
+
+        Parameters
+        ----------
+        values
+            Predicted responses, cells x drugs, as :meth:`predict` returns them (columns:
+            the model's drug names).
+
+        Returns
+        -------
+        Probabilities of the same shape, index and columns: the chance that each cell is
+        more sensitive than the drug's median training line.
+        """
         from scipy.special import ndtr
 
         stats = self._stats(values)
@@ -208,8 +219,18 @@ class DrugPredictionMixin:
         return pd.DataFrame(ndtr(z), index=values.index.copy(), columns=values.columns.copy())
 
     def sensitive_label(self, values: pd.DataFrame) -> pd.DataFrame:
-        """1 (sensitive) where a predicted response in ``values`` (cells x drugs) is below the
-        drug's median over the training lines, else 0, as ``predict(kind="label")``."""
+        """Binary calls of predicted responses, as ``predict(kind="label")`` gives them.
+
+        Parameters
+        ----------
+        values
+            Predicted responses, cells x drugs, as :meth:`predict` returns them.
+
+        Returns
+        -------
+        int8 of the same shape, index and columns: 1 (sensitive) where the response is below
+        the drug's median over the training lines, else 0.
+        """
         median = self._stats(values)["median"].to_numpy()
         return (values < median).astype(np.int8)
 
