@@ -49,8 +49,8 @@ NOVELTY_RESOLUTION = 1.0
 #: added to the reference's own 95th percentile of cluster novelty (see module notes)
 NOVELTY_MARGIN = 0.15
 #: random halvings of a reference without batches whose clusters are pooled for the
-#: percentile: one halving's percentile rests on a few dozen clusters and moved by 0.05 (sd
-#: over halving seeds; up to 0.10) on the benchmark's references of 450-3,700 cells
+#: percentile: one halving's percentile rests on a few dozen clusters and moved with the
+#: halving's seed (sd 0.03-0.05, up to 0.1, on the benchmark's references of 450-3,700 cells)
 N_HALVINGS = 4
 #: genes compared: those whose standardised mean differs most between reference types
 N_NOVELTY_GENES = 300
