@@ -75,7 +75,9 @@ def _train(bulk, cells, seed=0, epochs=EPOCHS, **kwargs):
 
     scvi.settings.seed = seed
     model = scdl.models.DrugResponseModel(bulk, target=cells, **{**SMALL, **kwargs})
-    model.train(max_epochs=epochs, enable_progress_bar=False)
+    # the wide path fits in closed form (epochs would do nothing, with a warning)
+    wide = model.module.prediction == "wide"
+    model.train(**({} if wide else {"max_epochs": epochs}), enable_progress_bar=False)
     return model
 
 
@@ -358,6 +360,27 @@ def test_divergence_is_reported_and_weights_restored(bulk_train, cellbench):
     assert not model.is_trained_
     after = model.module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_training_options_are_checked_on_both_paths(bulk_train, cellbench):
+    """The wide path says which options it did not use (a typo too); the network's path
+    refuses early stopping without validation lines before training, and reads
+    train_size=None as its documented default (every line), not scvi-tools' 0.9."""
+    import scvi
+
+    wide = scdl.models.DrugResponseModel(bulk_train, target=cellbench, n_top_genes=500, **SMALL)
+    with pytest.warns(UserWarning, match=r"\['max_epoch'\] did nothing"):
+        wide.train(max_epoch=5)
+    assert wide.is_trained_
+    scvi.settings.seed = 0
+    deep = scdl.models.DrugResponseModel(
+        bulk_train, target=cellbench, prediction="wide_deep", n_top_genes=500, **SMALL
+    )
+    with pytest.raises(ValueError, match="no cells to validate"):
+        deep.train(max_epochs=2, early_stopping=True)
+    assert not deep.is_trained_
+    deep.train(max_epochs=1, train_size=None, datasplitter_kwargs={}, enable_progress_bar=False)
+    assert len(deep.train_indices) == bulk_train.n_obs and len(deep.validation_indices) == 0
 
 
 def test_save_load_identical_predictions(trained, cellbench, tmp_path):

@@ -161,3 +161,47 @@ def test_model_loaded_without_data_names_the_fix(kang, tmp_path, model_cls):
         with pytest.raises(ValueError, match="pass them as `adata=`"):
             loaded.get_latent_representation()
         assert loaded.get_latent_representation(adata).shape == (adata.n_obs, 10)
+
+
+def test_train_options_as_scvi_tools_takes_them(kang):
+    """Early stopping without validation cells is refused before training (scvi-tools' rule);
+    a typo in datasplitter_kwargs is refused as scvi-tools' loader refuses it; the user's
+    datasplitter_kwargs reach the contrastive splitter; the annotator takes
+    shuffle_set_split; stopping at max_steps is not reported as a callback's stop."""
+    import warnings
+
+    import numpy as np
+
+    from scdl.models import VAE, CellTypeTransformer, ContrastiveVAE
+
+    adata = kang[::8].copy()
+    VAE.setup_anndata(adata, batch_key="sample")
+    model = VAE(adata)
+    with pytest.raises(ValueError, match="train_size=1.0 leaves no cells to validate"):
+        model.train(max_epochs=2, early_stopping=True, train_size=1.0)
+    assert not model.is_trained
+    with pytest.raises(TypeError, match=r"\['dropp_last'\]"):
+        model.train(max_epochs=1, datasplitter_kwargs={"dropp_last": True})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.train(max_epochs=5, max_steps=2, enable_progress_bar=False)
+    assert not [w for w in caught if "a callback asked it to stop" in str(w.message)]
+    assert model.trainer.global_step == 2
+
+    ContrastiveVAE.setup_anndata(adata)
+    cvae = ContrastiveVAE(adata)
+    cvae.train(
+        groupby="condition",
+        background="ctrl",
+        max_epochs=1,
+        datasplitter_kwargs={"pin_memory": False},
+        enable_progress_bar=False,
+    )
+    assert cvae.is_trained
+
+    CellTypeTransformer.setup_anndata(adata, labels_key="cell_type")
+    ann = CellTypeTransformer(adata)
+    ann.train(max_epochs=1, shuffle_set_split=False, enable_progress_bar=False)
+    n_val = len(ann.validation_indices)  # scvi-tools' unshuffled split: validation first
+    np.testing.assert_array_equal(ann.validation_indices, np.arange(n_val))
+    np.testing.assert_array_equal(ann.train_indices, np.arange(n_val, adata.n_obs))

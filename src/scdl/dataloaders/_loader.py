@@ -30,10 +30,31 @@ def _as_array(data, dtype):
     return data  # sparse matrix or backed dataset: gathered per minibatch
 
 
+def check_loader_options(kwargs: dict, cls: str) -> None:
+    """Refuse a data-loader option neither scvi-tools' ``AnnDataLoader`` nor torch's
+    ``DataLoader`` takes (a typo in ``datasplitter_kwargs``), as scvi-tools' loader does; the
+    options they take are accepted (the in-memory path has no worker processes to set)."""
+    import inspect
+
+    from scvi.dataloaders import AnnDataLoader
+    from torch.utils.data import DataLoader
+
+    known = set(inspect.signature(AnnDataLoader.__init__).parameters)
+    known |= set(inspect.signature(DataLoader.__init__).parameters)
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(
+            f"{cls}() got unexpected data-loader option(s) {unknown} (from "
+            "`datasplitter_kwargs`?); it takes the options of scvi-tools' AnnDataLoader and "
+            "torch's DataLoader."
+        )
+
+
 class TensorBatchLoader:
     """Iterable of minibatches (dicts of tensors keyed like scvi-tools' registry).
 
-    Accepts the arguments scvi-tools' ``DataSplitter`` passes to its loader class.
+    Accepts the arguments scvi-tools' ``DataSplitter`` passes to its loader class (an option
+    no data loader takes is refused).
     Shuffling uses torch's global generator, so ``scvi.settings.seed`` makes it reproducible.
     Under DDP each process takes its own equal share of every epoch's permutation.
     """
@@ -49,6 +70,7 @@ class TensorBatchLoader:
         pin_memory: bool = False,
         **kwargs,
     ):
+        check_loader_options(kwargs, type(self).__name__)
         n_obs = adata_manager.adata.n_obs
         self.indices = np.arange(n_obs) if indices is None else np.asarray(indices)
         if self.indices.dtype == bool:

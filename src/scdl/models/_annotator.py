@@ -357,6 +357,8 @@ class CellTypeTransformer(
         lr: float = 2e-3,
         train_size: float | None = 0.9,
         validation_size: float | None = None,
+        shuffle_set_split: bool = True,
+        load_sparse_tensor: bool = False,
         unknown_rate: float = 0.05,
         linear_C: float = 0.01,
         accelerator: str = "auto",
@@ -383,6 +385,11 @@ class CellTypeTransformer(
         validation_size
             Fraction of the reference held out for validation and calibration; default every
             cell not trained on (scvi-tools' ``DataSplitter`` rule).
+        shuffle_set_split
+            Draw the held-out cells at random (``False``: the last cells), as in scvi-tools.
+        load_sparse_tensor
+            Accepted for scvi-tools' signature; minibatches are always dense here (the
+            transformer reads each cell's top genes).
         unknown_rate
             Fraction of held-out reference cells that the per-cell thresholds flag (used only
             by models without a cluster threshold; the Unknown call is made per query cluster,
@@ -434,6 +441,7 @@ class CellTypeTransformer(
             validation_size=validation_size,
             batch_size=batch_size,
             drop_last=False,
+            shuffle_set_split=shuffle_set_split,
             **(datasplitter_kwargs or {}),
         )
         training_plan = self._training_plan_cls(self.module, **plan)

@@ -288,7 +288,11 @@ class ContrastiveVAE(
                 devices=devices,
                 train_size=train_size,
                 plan_kwargs=plan,
-                datasplitter_kwargs={"background_indices": bg, "target_indices": tg},
+                datasplitter_kwargs={
+                    **(kwargs.pop("datasplitter_kwargs", None) or {}),
+                    "background_indices": bg,
+                    "target_indices": tg,
+                },
                 **kwargs,
             )
         self.contrastive_split_ = {

@@ -363,6 +363,20 @@ class DrugResponseModel(
             np.random.RandomState(scvi.settings.seed).permutation(n_obs) % self.module.n_ensemble
         )
         if self.module.prediction == "wide":  # no network: closed-form ridges on all lines
+            _warn_unused_training_options(
+                self.train,
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+                target_batch_size=target_batch_size,
+                lr=lr,
+                weight_decay=weight_decay,
+                train_size=train_size,
+                early_stopping=early_stopping,
+                accelerator=accelerator,
+                devices=devices,
+                plan_kwargs=plan_kwargs,
+                **kwargs,
+            )
             self.module.eval()
             self.train_indices = np.arange(n_obs)
             alphas = self._fit_ridge(profiles, responses, folds)
@@ -403,12 +417,15 @@ class DrugResponseModel(
         if self._target_profiles is not None and self.match_neighbors > 0:
             reference_p = matched_reference(self._target_profiles, profiles, self.match_neighbors)
         batch_size, target_batch_size = kwargs.pop("batch_size"), kwargs.pop("target_batch_size")
+        # the documented default (every line): scvi-tools' splitter would read None as 0.9
         train_size = kwargs.pop("train_size")
+        train_size = 1.0 if train_size is None else train_size
+        user_splitter = kwargs.pop("datasplitter_kwargs", None) or {}
         max_epochs, batch_size = plan_training(
             n_obs,
             max_epochs,
             batch_size=batch_size,
-            train_size=1.0 if train_size is None else train_size,
+            train_size=train_size,
             trainer_kwargs=kwargs,
             plan_kwargs=plan,
             n_cells_seen=600 * 128,
@@ -424,6 +441,7 @@ class DrugResponseModel(
                 train_size=train_size,
                 plan_kwargs=plan,
                 datasplitter_kwargs={
+                    **user_splitter,
                     "profiles": profiles,
                     "target_x": self._target_profiles,
                     "reference_p": reference_p,
@@ -496,3 +514,24 @@ def _check_sizes(n_top_genes, smooth_neighbors, match_neighbors, ridge_alpha) ->
         meaning = "or a sequence of them, chosen per drug by cross-validation; None: no ridge"
         for a in alphas or [None]:
             check_positive_number(a, "ridge_alpha", meaning=meaning)
+
+
+def _warn_unused_training_options(train, **given) -> None:
+    """The wide path fits its ridges in closed form: say which options it did not use (those
+    given other than their defaults, and any further keyword, a typo included)."""
+    import inspect
+
+    params = inspect.signature(train).parameters
+    given.pop("enable_progress_bar", None)  # nothing to show either way
+    unused = [
+        name
+        for name, value in given.items()
+        if name not in params or value != params[name].default
+    ]
+    if unused:
+        warnings.warn(
+            f"prediction='wide' fits the ridges in closed form on every line: {unused} "
+            "did nothing. They train the network of prediction='deep' or 'wide_deep'.",
+            UserWarning,
+            stacklevel=3,
+        )

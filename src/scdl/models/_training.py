@@ -108,6 +108,12 @@ def plan_training(
             f"train_size must be a fraction in (0, 1] (the share of cells trained on, the rest "
             f"validate), got {train_size!r}."
         )
+    if (early_stopping or trainer_kwargs.get("early_stopping")) and train_size == 1:
+        # as scvi-tools refuses it, before training (Lightning would fail mid-run)
+        raise ValueError(
+            "early_stopping watches the validation loss, but train_size=1.0 leaves no cells "
+            "to validate on: pass train_size < 1 (e.g. 0.9), or early_stopping=False."
+        )
     if max_epochs is None:
         max_epochs = default_max_epochs(n_obs, n_cells_seen=n_cells_seen, cap=cap, floor=floor)
     max_epochs = check_max_epochs(max_epochs)

@@ -115,7 +115,9 @@ class TrainingGuard(Callback):
         early = any(
             isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0 for cb in trainer.callbacks
         )
-        if total is not None and 0 < total and done < total and not early:
+        # the user's own max_steps stopped it, not a callback
+        steps = trainer.max_steps is not None and 0 <= trainer.max_steps <= trainer.global_step
+        if total is not None and 0 < total and done < total and not early and not steps:
             warnings.warn(
                 f"Training stopped after {done} of {total} epochs (a callback asked it to "
                 "stop); model.history shows the epochs that ran. Call .train() again to "
