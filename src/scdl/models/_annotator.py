@@ -386,7 +386,8 @@ class CellTypeTransformer(
             Fraction of the reference held out for validation and calibration; default every
             cell not trained on (scvi-tools' ``DataSplitter`` rule).
         shuffle_set_split
-            Draw the held-out cells at random (``False``: the last cells), as in scvi-tools.
+            Draw the held-out cells at random (``False``: the first cells in the AnnData's
+            order are held out, the rest train), as scvi-tools' splitter does.
         load_sparse_tensor
             Accepted for scvi-tools' signature; minibatches are always dense here (the
             transformer reads each cell's top genes).
