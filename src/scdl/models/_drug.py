@@ -524,9 +524,7 @@ def _warn_unused_training_options(train, **given) -> None:
     params = inspect.signature(train).parameters
     given.pop("enable_progress_bar", None)  # nothing to show either way
     unused = [
-        name
-        for name, value in given.items()
-        if name not in params or value != params[name].default
+        name for name, value in given.items() if name not in params or value != params[name].default
     ]
     if unused:
         warnings.warn(

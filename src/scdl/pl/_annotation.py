@@ -174,7 +174,7 @@ def attributions(
         )
         axes = list(grid.ravel())
     else:
-        fig, axes = panel_axes(ax, len(labels), figsize=(0, 0))
+        fig, axes = panel_axes(ax, len(labels))
     for ax, label in zip(axes, labels):
         part = attributions[attributions["label"] == label]
         if "rank" in part.columns:

@@ -164,7 +164,7 @@ def _heatmap(means: pd.DataFrame, median, value: str, groupby: str, sizes: pd.Se
             figsize=(0.35 * len(drugs) + 2.5, 0.35 * len(names) + 1.8), layout="constrained"
         )
     else:
-        fig, (ax,) = panel_axes(ax, 1, figsize=(0, 0))
+        fig, (ax,) = panel_axes(ax, 1)
     im = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(drugs)), drugs, rotation=90, fontsize=8)
     ax.set_yticks(range(len(names)), [f"{g} (n={sizes[g]})" for g in names], fontsize=8)
@@ -186,7 +186,7 @@ def _violins(table, groups, names: list, drugs: list, median, value: str, ax=Non
         )
         axes = list(grid.ravel())
     else:  # the user's axes: each panel labels its own y axis
-        fig, axes = panel_axes(ax, len(drugs), figsize=(0, 0))
+        fig, axes = panel_axes(ax, len(drugs))
         ncols = 1
     for i, drug in enumerate(drugs):
         ax = axes[i]
@@ -246,7 +246,7 @@ def _roc(adata, labels, drugs, key, n_drugs, *, ax, show, save):
     if ax is None:
         fig, ax = plt.subplots(figsize=(4.2, 4.0), layout="constrained")
     else:
-        fig, (ax,) = panel_axes(ax, 1, figsize=(0, 0))
+        fig, (ax,) = panel_axes(ax, 1)
     for drug in drugs:
         fpr, tpr, _ = roc_curve(truth, table[drug].to_numpy())
         ax.plot(fpr, tpr, lw=1.2, label=f"{drug} (AUROC {auroc[drug]:.2f})")

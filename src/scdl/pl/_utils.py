@@ -44,7 +44,7 @@ def new_axes(ax, figsize: tuple[float, float]):
     return ax.figure, ax
 
 
-def panel_axes(ax, n_panels: int, figsize: tuple[float, float]) -> tuple:
+def panel_axes(ax, n_panels: int, figsize: tuple[float, float] | None = None) -> tuple:
     """The figure and ``n_panels`` axes in a row to draw on: the user's ``ax`` (one Axes for
     one panel, or a sequence of ``n_panels`` Axes), or a new figure."""
     import matplotlib.pyplot as plt
