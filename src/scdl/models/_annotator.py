@@ -213,7 +213,11 @@ class CellTypeTransformer(
         layer
             Layer holding raw counts; ``None`` uses ``adata.X``.
         batch_key
-            obs column of the reference's batches (registered; kept with the model).
+            obs column of the reference's batches (samples, donors, conditions; registered
+            and kept with the model). The Unknown call is calibrated one batch against the
+            others, which shows the shift a new sample brings; without it, random halves of a
+            reference that mixes samples or conditions set a higher threshold and miss more
+            new types (see the class notes).
 
         Raises
         ------
