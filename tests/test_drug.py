@@ -379,7 +379,9 @@ def test_training_options_are_checked_on_both_paths(bulk_train, cellbench):
     with pytest.raises(ValueError, match="no cells to validate"):
         deep.train(max_epochs=2, early_stopping=True)
     assert not deep.is_trained_
-    deep.train(max_epochs=1, train_size=None, datasplitter_kwargs={}, enable_progress_bar=False)
+    with pytest.raises(TypeError, match=r"\['dropp_last'\]"):  # the user's reach the loader
+        deep.train(max_epochs=1, datasplitter_kwargs={"dropp_last": True})
+    deep.train(max_epochs=1, train_size=None, enable_progress_bar=False)
     assert len(deep.train_indices) == bulk_train.n_obs and len(deep.validation_indices) == 0
 
 

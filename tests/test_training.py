@@ -190,6 +190,8 @@ def test_train_options_as_scvi_tools_takes_them(kang):
 
     ContrastiveVAE.setup_anndata(adata)
     cvae = ContrastiveVAE(adata)
+    with pytest.raises(TypeError, match=r"\['dropp_last'\]"):  # it reaches the loader
+        cvae.train(groupby="condition", background="ctrl", datasplitter_kwargs={"dropp_last": True})
     cvae.train(
         groupby="condition",
         background="ctrl",

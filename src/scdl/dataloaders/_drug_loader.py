@@ -91,8 +91,9 @@ class DomainSplitter(FastDataSplitter):
         return self._loader(self.train_idx, train=True)
 
     def val_dataloader(self):
+        loader = self._loader(self.val_idx, train=False)
         # no validation lines: an empty list, which Lightning skips (None it refuses)
-        return self._loader(self.val_idx, train=False) or []
+        return [] if loader is None else loader
 
     def test_dataloader(self):
         return self._loader(self.test_idx, train=False)

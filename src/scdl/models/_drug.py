@@ -355,6 +355,8 @@ class DrugResponseModel(
             ``n_epochs_kl_warmup``, over which the MMD weight ramps up; default half of
             ``max_epochs``).
         """
+        # first: the arguments as given, for the wide path's report of those it does not use
+        given = {k: v for k, v in locals().items() if k not in ("self", "kwargs")} | kwargs
         import scvi
 
         n_obs = self._require_adata().n_obs
@@ -363,20 +365,7 @@ class DrugResponseModel(
             np.random.RandomState(scvi.settings.seed).permutation(n_obs) % self.module.n_ensemble
         )
         if self.module.prediction == "wide":  # no network: closed-form ridges on all lines
-            _warn_unused_training_options(
-                self.train,
-                max_epochs=max_epochs,
-                batch_size=batch_size,
-                target_batch_size=target_batch_size,
-                lr=lr,
-                weight_decay=weight_decay,
-                train_size=train_size,
-                early_stopping=early_stopping,
-                accelerator=accelerator,
-                devices=devices,
-                plan_kwargs=plan_kwargs,
-                **kwargs,
-            )
+            _warn_unused_training_options(self.train, **given)
             self.module.eval()
             self.train_indices = np.arange(n_obs)
             alphas = self._fit_ridge(profiles, responses, folds)
