@@ -11,6 +11,13 @@ import pytest
 
 DATA = Path(os.environ.get("SCDL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
+
+def pytest_collection_modifyitems(config, items):
+    """The tutorials run last: they run in this process (see test_tutorials.py), reusing what
+    the other tests compiled, and the settings a notebook changes then reach no other test."""
+    items.sort(key=lambda item: item.path.name == "test_tutorials.py")  # stable: order kept
+
+
 # small, fast settings: tests check outcomes, not the defaults' full training budget
 EPOCHS = 60
 

@@ -1,23 +1,26 @@
 """The tutorials run end to end.
 
-Each notebook in ``tutorials/`` is executed from its committed source in memory (the
-committed outputs are never overwritten), in a temporary working folder, with a kernel of
-this Python. Notebooks that need ``../shared/data`` skip when it is absent.
+Each notebook in ``tutorials/`` is executed from its committed source (the committed outputs are
+never overwritten), cell by cell, in a temporary working folder, by an IPython shell inside the
+test process: the machinery a Jupyter kernel runs cells with, without a kernel per notebook.
+Every notebook starts from an empty namespace. Running in this process lets the notebooks reuse
+what the other tests already imported and compiled (numba's UMAP, neighbour search and kBET
+functions cost 30-100 s per fresh process), so ``conftest.py`` runs these tests last, where
+the settings a notebook changes (log levels, scanpy's figure parameters) reach no other test.
+Notebooks that need ``../shared/data`` skip when it is absent.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 from conftest import DATA
 
 nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
+pytest.importorskip("IPython")
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 if not TUTORIALS.is_dir():  # e.g. tests run from an sdist
@@ -31,21 +34,25 @@ NEEDS_DATA = {
         "cellbench_lung_lines_2batches.h5ad",
     ),
 }
-CELL_TIMEOUT_S = 1200  # per cell; generous, as CI runs two suites side by side on two cores
-KERNEL = "scdl-tutorial-test"
 
 
 @pytest.fixture(scope="module")
-def kernel_env(tmp_path_factory):
-    """A kernelspec running this interpreter, found first on JUPYTER_PATH."""
-    root = tmp_path_factory.mktemp("jupyter")
-    spec = root / "kernels" / KERNEL
-    spec.mkdir(parents=True)
-    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    (spec / "kernel.json").write_text(
-        json.dumps({"argv": argv, "display_name": KERNEL, "language": "python"})
-    )
-    return root
+def shell(tmp_path_factory):
+    """An IPython shell of this process, with its history kept in memory (nothing written to
+    the user's ~/.ipython), cleared when the module ends so no later code finds it."""
+    import matplotlib
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    matplotlib.use("Agg")  # figures are drawn but not shown or encoded
+    config = Config()
+    config.HistoryManager.enabled = False
+    config.InteractiveShell.colors = "nocolor"  # tracebacks read plainly in pytest's report
+    ipython_dir = tmp_path_factory.mktemp("ipython")
+    shell = InteractiveShell.instance(config=config, ipython_dir=str(ipython_dir))
+    yield shell
+    shell.reset(new_session=True)
+    InteractiveShell.clear_instance()
 
 
 def test_every_tutorial_is_tested():
@@ -54,24 +61,28 @@ def test_every_tutorial_is_tested():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_tutorial_runs(path, kernel_env, tmp_path, monkeypatch):
+def test_tutorial_runs(path, shell, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
     for name in NEEDS_DATA.get(path.name, ()):
         if not (DATA / name).is_file():
             pytest.skip(f"{DATA / name} not available")
-    monkeypatch.setenv("JUPYTER_PATH", str(kernel_env))
     monkeypatch.setenv("SCDL_DATA", str(DATA.resolve()))
-    monkeypatch.setenv("MPLBACKEND", "Agg")  # figures are drawn but not encoded
-    nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(
-        nb,
-        timeout=CELL_TIMEOUT_S,
-        kernel_name=KERNEL,
-        resources={"metadata": {"path": str(tmp_path)}},  # files the notebook writes go here
-    )
+    monkeypatch.chdir(tmp_path)  # files the notebook writes go here
+    # plt.show() has nothing to show on Agg; in Jupyter the inline backend draws instead
+    warnings.filterwarnings("ignore", message=".*non-interactive, and thus cannot be shown")
+    shell.reset(new_session=True)  # an empty namespace, as a fresh kernel has
+    cells = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    assert cells, f"{path.name} has no code"
     t0 = time.perf_counter()
     try:
-        client.execute()  # stops at the first cell that raises (allow_errors=False)
-    except nbclient.exceptions.CellExecutionError as e:
-        pytest.fail(f"{path.name}: a cell raised {e.ename}: {e.evalue}", pytrace=False)
-    elapsed = time.perf_counter() - t0
-    print(f"{path.name}: {elapsed:.0f} s")
+        for i, cell in enumerate(cells, start=1):
+            result = shell.run_cell(cell.source, store_history=False)
+            if not result.success:  # stop at the first cell that raises, as nbclient does
+                error = result.error_before_exec or result.error_in_exec
+                pytest.fail(
+                    f"{path.name}, code cell {i}: {type(error).__name__}: {error}", pytrace=False
+                )
+    finally:
+        plt.close("all")
+    print(f"{path.name}: {time.perf_counter() - t0:.0f} s")
