@@ -1,5 +1,8 @@
+import json
 import subprocess
 import sys
+
+import pytest
 
 
 def test_import_is_light():
@@ -13,19 +16,28 @@ def test_import_is_light():
     assert out.stdout.strip() == "", f"heavy modules imported: {out.stdout}"
 
 
-def test_models_load_on_demand():
-    code = "import sys, scdl; scdl.models.VAE; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"
-
-
-def test_namespace_lists_the_public_api_and_reaches_every_documented_submodule():
-    """Tab completion offers the public API only; ``scdl.dataloaders`` / ``module`` /
-    ``train`` (documented, as in scvi-tools) load on attribute access."""
+@pytest.fixture(scope="module")
+def fresh_import() -> dict:
+    """What a fresh interpreter sees of scdl's namespace before and after reaching the models
+    (one process for the tests below: each import of torch and scvi-tools costs seconds)."""
     code = (
-        "import scdl; names = dir(scdl); "
-        "assert names == sorted(scdl.__all__), names; "
-        "[getattr(scdl, m) for m in ('dataloaders', 'module', 'train')]; print('ok')"
+        "import json, sys, scdl; names = dir(scdl); torch_before = 'torch' in sys.modules; "
+        "scdl.models.VAE; torch_after = 'torch' in sys.modules; "
+        "reached = [getattr(scdl, m).__name__ for m in ('dataloaders', 'module', 'train')]; "
+        "print(json.dumps({'names': names, 'all': sorted(scdl.__all__), "
+        "'torch_before': torch_before, 'torch_after': torch_after, 'reached': reached}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "ok"
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_models_load_on_demand(fresh_import):
+    assert not fresh_import["torch_before"]
+    assert fresh_import["torch_after"]
+
+
+def test_namespace_lists_the_public_api_and_reaches_every_documented_submodule(fresh_import):
+    """Tab completion offers the public API only; ``scdl.dataloaders`` / ``module`` /
+    ``train`` (documented, as in scvi-tools) load on attribute access."""
+    assert fresh_import["names"] == fresh_import["all"]
+    assert fresh_import["reached"] == ["scdl.dataloaders", "scdl.module", "scdl.train"]
