@@ -278,6 +278,72 @@ def test_csr_nb_log_lik_equals_scvi_nb(kang):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-8)
 
 
+def test_csr_nb_log_lik_keeps_float32_under_mixed_precision(kang):
+    """Under autocast (``precision="bf16-mixed"``) the likelihood is computed in float32, as
+    without it; in bfloat16 its per-cell sums were off by whole nats (or failed on CPU)."""
+    from scdl.module._csr import csr_entries
+    from scdl.module._nb import nb_log_lik_csr
+
+    x = torch.from_numpy(kang.X[:200].toarray().astype(np.float32))
+    gen = torch.Generator().manual_seed(0)
+    mu = torch.rand(x.shape, generator=gen) * 3 + 1e-3
+    theta = torch.rand(x.shape[1], generator=gen) * 50 + 0.05
+    _, row, col, val = csr_entries(x.to_sparse_csr())
+    plain = nb_log_lik_csr(mu, theta, row, col, val)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = nb_log_lik_csr(mu, theta, row, col, val)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain)
+
+
+def test_vae_trains_in_mixed_precision(kang):
+    from scdl.models import VAE
+
+    adata = kang[:300].copy()
+    VAE.setup_anndata(adata)
+    model = VAE(adata)
+    model.train(max_epochs=2, precision="bf16-mixed", enable_progress_bar=False)
+    assert np.isfinite(model.history["elbo_train"].to_numpy(dtype=float)).all()
+
+
+def test_training_loaders_share_the_matrix_and_let_go_of_it(kang):
+    """The training and validation loaders read one set of CSR arrays (one device copy on a
+    GPU), and hold none after training: the trainer, kept on the model, keeps the loaders."""
+    from lightning.pytorch import Callback
+
+    from scdl.models import VAE
+
+    class Shared(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            train, val = trainer.train_dataloader, trainer.val_dataloaders
+            self.shared = train.csr is not None and train.csr is val.csr
+
+    adata = kang[:300].copy()
+    VAE.setup_anndata(adata)
+    model = VAE(adata)
+    check = Shared()
+    model.train(max_epochs=1, callbacks=[check], enable_progress_bar=False)
+    assert check.shared
+    assert model.trainer.train_dataloader.csr is None
+    assert model.trainer.val_dataloaders.csr is None
+
+
+def test_neighbour_blocks_fit_the_free_gpu_memory(monkeypatch):
+    """The exact search on a GPU takes fewer query rows at once when a block of 1,024 rows
+    against every cell would not fit a quarter of the free memory (three float64 blocks)."""
+    from scdl.models._knn import _CHUNK_ROWS, chunk_rows
+
+    cuda = torch.device("cuda")
+    assert chunk_rows(1_000_000, torch.device("cpu")) == _CHUNK_ROWS
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (20 * 2**30, 24 * 2**30))
+    assert chunk_rows(50_000, cuda) == _CHUNK_ROWS
+    rows = chunk_rows(1_000_000, cuda)
+    assert 1 <= rows < _CHUNK_ROWS
+    assert 3 * 8 * rows * 1_000_000 <= 0.25 * 20 * 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2**20, 24 * 2**30))
+    assert chunk_rows(1_000_000, cuda) == 1
+
+
 def test_entry_sums_of_the_gpu_path_equal_the_cpu_path(kang):
     """The deterministic (scatter + sum) entry sums used on a GPU equal ``index_add``'s."""
     from scdl.module._csr import csr_entries

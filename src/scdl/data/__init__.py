@@ -15,7 +15,7 @@ from ._checks import (
     get_matrix,
     warn_empty_cells,
 )
-from ._csr import CSRTensors, gather_counts, inference_batch_size
+from ._csr import CSRTensors, gather_counts, inference_batch_size, sparse_tensors_on
 from ._drug_checks import (
     MIN_LINES_PER_DRUG,
     MIN_SHARED_GENES,
@@ -48,6 +48,7 @@ __all__ = [
     "CSRTensors",
     "align_to_genes",
     "gather_counts",
+    "sparse_tensors_on",
     "gene_columns",
     "gene_mismatch_message",
     "same_gene_names",

@@ -30,6 +30,14 @@ def inference_batch_size(device: torch.device | str) -> int:
     return 16_384 if torch.device(device).type == "cuda" else 1024
 
 
+def sparse_tensors_on(device: torch.device | str) -> bool:
+    """Whether torch builds sparse CSR tensors on ``device`` (the CPU and CUDA GPUs; not
+    Apple's MPS, where minibatches are made dense on the host instead)."""
+    import torch
+
+    return torch.device(device).type in ("cpu", "cuda")
+
+
 @dataclass
 class CSRTensors:
     """A (cells x genes) CSR matrix as three tensors on one device (column indices sorted
@@ -93,7 +101,7 @@ def gather_counts(
         return None
     columns = np.asarray(columns, dtype=np.int64)
     device = torch.device(device)
-    if device.type == "cpu":
+    if device.type != "cuda":  # the CPU, and devices without sparse tensors (read densely)
         return _gather_host(x, columns, n_cols)
     return _gather_device(x, columns, n_cols, device)
 

@@ -9,8 +9,11 @@ allow) and each minibatch's rows are gathered with ``index_select`` into a
 (:class:`CSRDataSplitter` does it when Lightning asks for the loaders), so a training step
 does its gather there, with no host-to-device copy of counts and no host synchronisation:
 each minibatch's number of stored entries is known on the host from the row pointers.
-Covariates are gathered the same way. Backed (on-disk) or dense X falls back to the host
-path of :class:`TensorBatchLoader` (dense X is yielded dense; backed CSR rows as CSR).
+Covariates are gathered the same way. The training and validation loaders share one set of
+these arrays (each loader wraps the whole registered matrix and reads its own cells), and the
+splitter lets go of them when training ends. Backed (on-disk) or dense X falls back to the host
+path of :class:`TensorBatchLoader` (dense X is yielded dense; backed CSR rows as CSR), as does
+a device without sparse CSR tensors (Apple's MPS), where every minibatch is yielded dense.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import numpy as np
 import torch
 from scipy import sparse
 from scvi import REGISTRY_KEYS
+
+from scdl.data import sparse_tensors_on
 
 from ._loader import FastDataSplitter, TensorBatchLoader
 
@@ -105,10 +110,18 @@ class CSRBatchLoader(TensorBatchLoader):
                 if key != REGISTRY_KEYS.X_KEY
             }
         self.device = torch.device("cpu")
+        self.dense_only = False
 
     def to(self, device: torch.device | str) -> CSRBatchLoader:
-        """Keep the CSR arrays and covariates on ``device`` (if they fit there)."""
+        """Keep the CSR arrays and covariates on ``device`` (if they fit there).
+
+        On a device without sparse CSR tensors the loader reads on the host and yields dense
+        minibatches instead."""
         device = torch.device(device)
+        if not sparse_tensors_on(device):
+            self.release()
+            self.dense_only = True
+            return self
         if self.csr is None or device == self.device:
             return self
         if device.type == "cuda":
@@ -121,6 +134,18 @@ class CSRBatchLoader(TensorBatchLoader):
         self.covariates = {k: t.to(device) for k, t in self.covariates.items()}
         self.device = device
         return self
+
+    def share_arrays(self, other: CSRBatchLoader) -> None:
+        """Read the matrix from ``other``'s arrays (the same registered matrix, wherever they
+        are), letting go of this loader's own."""
+        if self.csr is None or other.csr is None:
+            return
+        self.csr, self.covariates, self.device = other.csr, other.covariates, other.device
+        self.host_indptr = other.host_indptr
+
+    def release(self) -> None:
+        """Let go of the CSR arrays (and their device copy); later passes read on the host."""
+        self.csr, self.covariates, self.device = None, {}, torch.device("cpu")
 
     def __iter__(self):
         if self.csr is None:  # dense, CSC or backed X: read on the host
@@ -147,22 +172,41 @@ class CSRBatchLoader(TensorBatchLoader):
         return out
 
     def _to_tensor(self, key: str, part, dtype) -> torch.Tensor:
-        if key == REGISTRY_KEYS.X_KEY and sparse.issparse(part):  # backed CSR rows
+        if key == REGISTRY_KEYS.X_KEY and sparse.issparse(part) and not self.dense_only:
             crow, col, val = _csr_tensors(_summed(sparse.csr_matrix(part)))
             return _csr_tensor(crow, col.long(), val, part.shape)
         return super()._to_tensor(key, part, dtype)
 
 
 class CSRDataSplitter(FastDataSplitter):
-    """scvi-tools' ``DataSplitter`` feeding :class:`CSRBatchLoader`, on the trainer's device."""
+    """scvi-tools' ``DataSplitter`` feeding :class:`CSRBatchLoader`, on the trainer's device.
+
+    Its loaders share one set of arrays (one device copy of the matrix, not one per loader),
+    released when training ends: scvi-tools keeps the trainer, and through it the loaders, on
+    the model, which would otherwise hold the device copy for the model's lifetime.
+    """
 
     data_loader_cls = CSRBatchLoader
 
     def _on_device(self, loader):
-        trainer = getattr(self, "trainer", None)
-        if not isinstance(loader, CSRBatchLoader) or trainer is None:
+        if not isinstance(loader, CSRBatchLoader):
             return loader
-        return loader.to(trainer.strategy.root_device)
+        loaders = getattr(self, "_csr_loaders", None)
+        if loaders is None:
+            loaders = self._csr_loaders = []
+        elif loaders:
+            loader.share_arrays(loaders[0])
+        loaders.append(loader)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            loader.to(trainer.strategy.root_device)
+        return loader
+
+    def teardown(self, stage: str | None = None) -> None:
+        for loader in getattr(self, "_csr_loaders", None) or []:
+            loader.release()
+        self._csr_loaders = None
+        super().teardown(stage)
 
     def train_dataloader(self):
         return self._on_device(super().train_dataloader())

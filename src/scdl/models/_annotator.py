@@ -318,8 +318,14 @@ class CellTypeTransformer(
         accelerator, devices, **trainer_kwargs
             Passed to the Lightning trainer.
         """
+        from scvi.model._utils import parse_device_args
         from scvi.train import Trainer
 
+        # as .train() resolves them: "auto" is one device (Lightning's own "auto" takes every
+        # GPU of the machine and relaunches the script under DDP)
+        accelerator, devices, device = parse_device_args(
+            accelerator=accelerator, devices=devices, return_device="torch"
+        )
         if adata is None:
             self._require_adata("pretrain on", takes_adata=True)
             x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
@@ -349,6 +355,7 @@ class CellTypeTransformer(
                 **trainer_kwargs,
             )
             trainer.fit(plan, train_dataloaders=loader)
+        self.module.to(device)  # Lightning's teardown leaves it on the CPU
         self.module.eval()
         self.pretrained_epochs_ = int(max_epochs)
         return self

@@ -27,6 +27,7 @@ from scdl.data import (
     get_matrix,
     inference_batch_size,
     input_kind,
+    sparse_tensors_on,
 )
 from scdl.dataloaders import dense_rows
 
@@ -87,7 +88,9 @@ class AnnotatorPredictionMixin:
         if mask is not None:
             centroids = centroids * mask
         c_norm = centroids.norm(dim=1)
-        if sparse.issparse(x):
+        if not sparse_tensors_on(dev):  # e.g. Apple's MPS: dense minibatches from the host
+            x = x.to_scipy() if isinstance(x, CSRTensors) else x
+        elif sparse.issparse(x):
             x = CSRTensors.from_scipy(x, dev)
         probs, novelty = [], []
         with torch.inference_mode():

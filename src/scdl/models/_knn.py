@@ -13,6 +13,17 @@ from scipy import sparse
 
 #: rows of the query searched at once (bounds the distance block to ~rows x cells float64)
 _CHUNK_ROWS = 1024
+#: share of the GPU's free memory the distance blocks may take (a block and ~2 temporaries)
+_BLOCK_SHARE = 0.25
+
+
+def chunk_rows(n_cells: int, device: torch.device) -> int:
+    """Query rows per distance block: :data:`_CHUNK_ROWS`, fewer on a GPU whose free memory
+    would not hold three float64 blocks of that many rows against ``n_cells`` cells."""
+    if device.type != "cuda":
+        return _CHUNK_ROWS
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1, min(_CHUNK_ROWS, _BLOCK_SHARE * free // (3 * 8 * max(n_cells, 1)))))
 
 
 class TorchKNN:
@@ -43,9 +54,10 @@ class TorchKNN:
         k = min(self.n_neighbors + 1, n)
         sq = (pts * pts).sum(1)
         idx, dist = [], []
-        for start in range(0, n, _CHUNK_ROWS):
-            block = pts[start : start + _CHUNK_ROWS]
-            d2 = sq[start : start + _CHUNK_ROWS, None] - 2.0 * block @ pts.T + sq[None]
+        step = chunk_rows(n, self.device)
+        for start in range(0, n, step):
+            block = pts[start : start + step]
+            d2 = sq[start : start + step, None] - 2.0 * block @ pts.T + sq[None]
             rows = torch.arange(block.shape[0], device=self.device)
             d2[rows, rows + start] = -1.0  # the cell itself comes first, at distance 0
             top, j = torch.topk(d2, k, dim=1, largest=False, sorted=True)

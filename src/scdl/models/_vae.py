@@ -365,7 +365,11 @@ class VAE(
             Passed to :meth:`scvi.model.base.ArchesMixin.load_query_data` (freezing options).
         """
         if isinstance(reference_model, str | os.PathLike):
-            reference_model = cls.load(reference_model)
+            reference_model = cls.load(  # where the caller asked, not the default device
+                reference_model,
+                accelerator=kwargs.get("accelerator", "auto"),
+                device=kwargs.get("device", "auto"),
+            )
         if not isinstance(reference_model, cls):
             raise TypeError(
                 f"reference_model must be a trained {cls.__name__} or a folder it was saved to, "

@@ -140,5 +140,13 @@ def nb_log_lik_csr(
     Equal to ``log_nb_positive(x_dense, mu, theta, eps).sum(-1)`` (up to float summation
     order). ``mu``: cells x genes; ``theta``: one value per gene; ``row``, ``col``, ``x``: the
     non-zero entries of the count matrix (cell, gene, count).
+
+    Computed in float32 whatever the autocast setting of the caller (mixed precision): in
+    half precision the per-cell sums lose whole nats, and overflow in float16.
     """
-    return _NBLogLikCSR.apply(mu, theta, row, col, x, eps)
+
+    def full(t: torch.Tensor) -> torch.Tensor:  # float16/bfloat16 up to float32, else as is
+        return t.to(torch.promote_types(t.dtype, torch.float32))
+
+    with torch.autocast(mu.device.type, enabled=False):
+        return _NBLogLikCSR.apply(full(mu), full(theta), row, col, full(x), eps)

@@ -50,7 +50,8 @@ def _seeded(seed: int):
     saved_seed, py_state, np_state = scvi.settings.seed, random.getstate(), np.random.get_state()
     env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "XLA_FLAGS")}
     flags = (cudnn.deterministic, cudnn.benchmark)
-    gpus = range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []
+    # every GPU's generator, even before CUDA's first use: training initialises and seeds it
+    gpus = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=gpus):  # torch's own save/restore of its generators
         try:
             scvi.settings.seed = seed

@@ -178,6 +178,7 @@ def guarded_training(
                 if isinstance(e, TrainingDivergedError):
                     raise
                 raise TrainingDivergedError(guard.message(guard.epoch, "its weights")) from e
+            module.to(device)  # e.g. out of GPU memory: later calls run where they did
             raise
         finally:
             if main_thread and sigint is not None:
