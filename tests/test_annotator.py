@@ -121,6 +121,21 @@ def test_soft_predictions_are_probabilities(annotator):
     np.testing.assert_allclose(probs.to_numpy().sum(1), 1.0, atol=1e-5)
 
 
+def test_loading_an_annotator_onto_new_data_checks_it(annotator, tmp_path):
+    """load(dir, adata=) refuses labels the model was not trained on before registering
+    anything (scvi-tools' transfer added `_scvi_labels` to the AnnData, then failed)."""
+    model, _ = annotator
+    model.save(tmp_path / "m")
+    adata = model.adata[:100].copy()
+    key = model.adata_manager.registry["setup_args"]["labels_key"]
+    adata.obs[key] = adata.obs[key].astype(str)
+    adata.obs.iloc[:5, adata.obs.columns.get_loc(key)] = "a new type"
+    snap = snapshot(adata)
+    with pytest.raises(ValueError, match="not trained on.*scdl.tl.annotate"):
+        scdl.models.CellTypeTransformer.load(tmp_path / "m", adata=adata)
+    assert_unchanged(adata, snap)
+
+
 def test_save_load_identical_probabilities(annotator, tmp_path):
     model, query = annotator
     model.save(tmp_path / "m")

@@ -394,6 +394,8 @@ def test_save_load_identical_predictions(trained, cellbench, tmp_path):
         )
     assert loaded.drugs == trained.drugs and loaded.genes.equals(trained.genes)
     assert loaded.module.prediction == "wide" and len(loaded.module.members) == 0
+    assert repr(loaded) == repr(trained)  # the number of target cells included
+    pd.testing.assert_frame_equal(loaded.drug_stats_, trained.drug_stats_)  # index name too
 
 
 def test_save_load_wide_deep_and_models_saved_before_prediction(bulk_train, cellbench, tmp_path):

@@ -184,14 +184,26 @@ def _shrink_latent_saved_before_checksums(folder):
     _shrink_latent(folder)
 
 
+def _reverse_genes_saved_before_checksums(folder):
+    as_saved_before_config_checksum(folder)
+    _reverse_genes(folder)
+
+
+def _drop_class_saved_before_checksums(folder):
+    as_saved_before_config_checksum(folder)
+    _edit_config(folder, lambda c: c.pop("model_class"))
+
+
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        (_reverse_genes, "differ from the .* its registry holds.*edited"),
+        (_reverse_genes, "config.json does not match the checksum"),
+        (_reverse_genes_saved_before_checksums, "differ from the .* its registry holds.*edited"),
         (_flip_weight_bytes, "does not match the checksum.*edited, swapped"),
         (_flip_weights_drop_checksum, "config.json does not match the checksum"),
         (_shrink_latent, "config.json does not match the checksum"),
         (_shrink_latent_saved_before_checksums, "do not fit the model"),
+        (_drop_class_saved_before_checksums, r"config.json lacks \['model_class'\]"),
     ],
 )
 def test_load_refuses_an_edited_save(small_save, tmp_path, edit, match):
@@ -205,6 +217,29 @@ def test_load_refuses_an_edited_save(small_save, tmp_path, edit, match):
     assert_unchanged(query, snap)
     assert "_scvi_uuid" not in query.uns
     VAE.load(path, adata=adata.copy())  # the untouched save loads
+
+
+def test_load_names_the_counts_layer_the_model_reads(small_save, tmp_path):
+    """A model set up with a counts layer, loaded onto data without it: the error names that
+    layer and how to fill it (neither load nor the methods take `layer=`)."""
+    _, clean = small_save
+    adata = clean.copy()
+    adata.layers["counts"] = adata.X.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        VAE.setup_anndata(adata, layer="counts")
+        model = VAE(adata)
+        model.train(max_epochs=1, enable_progress_bar=False)
+    model.save(tmp_path / "m")
+    query = clean.copy()
+    snap = snapshot(query)
+    for call in (
+        lambda: VAE.load(tmp_path / "m", adata=query),
+        lambda: VAE.load(tmp_path / "m").get_latent_representation(query),
+    ):
+        with pytest.raises(KeyError, match=r"no 'counts'.*reads raw counts from adata.layers"):
+            call()
+        assert_unchanged(query, snap)
 
 
 def test_pretrained_folder_checksum_is_checked(tmp_path):
@@ -259,6 +294,8 @@ def test_save_without_overwrite_replaces_no_file(small_save, tmp_path):
         assert not (folder / "config.json").exists()
     model.save(tmp_path / "adata")  # writes no adata.h5ad: the user's file is kept
     assert (tmp_path / "adata" / "adata.h5ad").read_bytes() == b"user data"
+    with pytest.warns(UserWarning, match="was not saved with this model"):  # nor attached
+        assert VAE.load(tmp_path / "adata").adata is None
     model.save(tmp_path / "empty_ok")  # an existing empty folder is fine
     assert (tmp_path / "empty_ok" / "config.json").is_file()
 
@@ -290,6 +327,9 @@ def test_load_refuses_an_edited_saved_anndata(small_save, tmp_path):
     with pytest.raises(ValueError, match="adata.h5ad does not match the checksum"):
         VAE.load(tmp_path / "m")
     VAE.load(tmp_path / "m", adata=clean.copy())  # data passed by the caller: file not read
+    (tmp_path / "m" / "adata.h5ad").unlink()
+    with pytest.raises(FileNotFoundError, match="saved with its AnnData, but adata.h5ad"):
+        VAE.load(tmp_path / "m")
 
 
 def test_a_failed_anndata_write_leaves_no_partial_file(small_save, tmp_path):

@@ -43,6 +43,7 @@ def test_save_load_round_trip(kang_integrated, tmp_path):
     assert {p.name for p in (tmp_path / "m").iterdir()} == {"config.json", "model.safetensors"}
     again = VAE.load(tmp_path / "m", model.adata.copy())
     np.testing.assert_array_equal(again.get_latent_representation(), z)
+    assert again.history["elbo_train"].index.name == "epoch"  # as the trainer logged it
     # without AnnData: built from the saved registry, data passed to the method
     bare = VAE.load(tmp_path / "m")
     np.testing.assert_array_equal(bare.get_latent_representation(model.adata.copy()), z)

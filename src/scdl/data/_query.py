@@ -61,8 +61,13 @@ def check_query(
         check_unique_var_names(adata)
         raise ValueError(gene_mismatch_message(pd.Index(ref), adata.var_names))
     setup_args = registry.get("setup_args", {})
-    check_not_sparse_array(adata, setup_args.get("layer"))
     layer = setup_args.get("layer")
+    if layer is not None and layer not in adata.layers:  # before anything names `layer=`
+        raise KeyError(
+            f"adata.layers has no {layer!r} ({list(adata.layers) or 'no layers'}): "
+            + counts_place_fix(model, layer)
+        )
+    check_not_sparse_array(adata, layer)
     check_counts(adata, layer, fix=counts_place_fix(model, layer))
     known: dict[str, tuple[str, list]] = {}
     for field in fields.values():

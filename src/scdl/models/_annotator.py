@@ -144,6 +144,11 @@ class CellTypeTransformer(
     _module_cls = CellTypeTransformerModule
     _data_splitter_cls = FastDataSplitter
     _training_plan_cls = AnnotatorTrainingPlan
+    _unseen_categories_fix = (
+        "load the model without `adata` and annotate these cells with "
+        "`scdl.tl.annotate(adata, model=model)` or `model.predict(adata)`, which take cells "
+        "of any batch or label"
+    )
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ import copy
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,7 +43,9 @@ def _encode(obj):
         return {
             "__dataframe__": {
                 "index": _encode(obj.index.tolist()),
+                "index_name": _encode(obj.index.name),
                 "columns": _encode(obj.columns.tolist()),
+                "dtypes": [str(t) for t in obj.dtypes],
                 "values": _encode(obj.to_numpy().tolist()),
             }
         }
@@ -60,6 +63,10 @@ def _encode(obj):
     raise TypeError(f"Cannot save attribute of type {type(obj).__name__} to JSON.")
 
 
+_NUMERIC_DTYPES = {"bool", *(f"{k}{b}" for k in ("int", "uint") for b in (8, 16, 32, 64))}
+_NUMERIC_DTYPES |= {"float16", "float32", "float64"}
+
+
 def _decode(obj):
     if isinstance(obj, list):
         return [_decode(v) for v in obj]
@@ -69,7 +76,15 @@ def _decode(obj):
         return np.array(_decode(obj["__ndarray__"]), dtype=obj["dtype"])
     if "__dataframe__" in obj:
         d = obj["__dataframe__"]
-        return pd.DataFrame(_decode(d["values"]), index=d["index"], columns=d["columns"])
+        frame = pd.DataFrame(_decode(d["values"]), index=d["index"], columns=d["columns"])
+        frame.index.name = d.get("index_name")  # saves before it was recorded: None
+        # numeric columns as saved (rows of a frame mixing ints and floats come back floats)
+        numeric = {
+            c: t
+            for c, t in zip(frame.columns, d.get("dtypes", ()), strict=False)
+            if t in _NUMERIC_DTYPES
+        }
+        return frame.astype(numeric) if numeric else frame
     if "__float__" in obj:
         return float(obj["__float__"])
     return {k: _decode(v) for k, v in obj.items()}
@@ -163,11 +178,11 @@ def _config_digest(config: dict) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
-def _check_checksums(dir_path: str | os.PathLike, config: dict) -> None:
+def _check_checksums(dir_path: str | os.PathLike, config: dict) -> bool:
     """Refuse weights or a config edited after saving. Each file holds the other's checksum:
     ``config.json`` the weights' (``weights_sha256``), the weights' header the config's.
     Earlier saves record neither or only the first (the bundled annotator is checked by its
-    registry)."""
+    registry). Returns whether the save records both (so it also records its AnnData's)."""
     from safetensors import safe_open
 
     weights = Path(dir_path) / WEIGHTS_NAME
@@ -186,6 +201,22 @@ def _check_checksums(dir_path: str | os.PathLike, config: dict) -> None:
             "recorded at saving: the config was edited or comes from another save. Save the "
             "model again with `.save()`."
         )
+    return digest is not None
+
+
+#: the fields of ``config.json`` that ``load`` reads (an edited file may lack one)
+_REQUIRED = ("model_class", "var_names", "attrs")
+
+
+def _check_fields(dir_path: str | os.PathLike, config: dict) -> None:
+    missing = [k for k in _REQUIRED if k not in config]
+    if not missing and not (isinstance(config["attrs"], dict) and "registry_" in config["attrs"]):
+        missing = ["attrs.registry_"]
+    if missing:
+        raise ValueError(
+            f"{str(dir_path)!r}: {CONFIG_NAME} lacks {missing}: the file was edited or is "
+            "corrupt. Save the model again with `.save()`."
+        )
 
 
 def _check_anndata_checksum(dir_path: str | os.PathLike, config: dict) -> None:
@@ -198,6 +229,36 @@ def _check_anndata_checksum(dir_path: str | os.PathLike, config: dict) -> None:
             "recorded at saving: the file was edited, swapped or is corrupt. Pass the data as "
             "`load(dir_path, adata=...)`, or save the model again with `save_anndata=True`."
         )
+
+
+def _saved_anndata(dir_path: str | os.PathLike, config: dict, checksummed: bool):
+    """The AnnData saved with the model (``save_anndata=True``), or ``None``.
+
+    A save that records its AnnData's checksum must hold the file; a save that records both
+    files' checksums but not the AnnData's was made without ``save_anndata``, so an
+    ``adata.h5ad`` beside it is someone else's and is not attached. Saves older than the
+    checksums attach the file as they always did."""
+    import anndata
+
+    path = Path(dir_path) / ANNDATA_NAME
+    if ANNDATA_DIGEST_KEY in config:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{str(dir_path)!r} was saved with its AnnData, but {ANNDATA_NAME} is missing. "
+                "Restore the file, or pass the data as `load(dir_path, adata=...)`."
+            )
+        _check_anndata_checksum(dir_path, config)
+    elif checksummed or not path.is_file():
+        if path.is_file():
+            warnings.warn(
+                f"{str(path)!r} was not saved with this model (it was saved without "
+                "`save_anndata`), so it is not attached; pass data as `load(dir_path, "
+                "adata=...)`.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return None
+    return anndata.read_h5ad(path)
 
 
 def load_weights(dir_path: str | os.PathLike, device: str = "cpu") -> dict:
@@ -218,10 +279,16 @@ class SafeSaveLoadMixin:
 
     #: said first when ``load(adata=)`` gets data with other genes (what ``adata`` must be)
     _load_adata_hint = ""
+    #: how to use cells of categories the model was not trained on, said by ``load(adata=)``
+    #: (and by the model's methods, see :class:`CheckedQueryMixin`)
+    _unseen_categories_fix = "keep only cells of known categories"
 
     def _extra_config(self) -> dict:
         """Further JSON fields a model writes for readers of ``config.json``."""
         return {}
+
+    def _on_load(self) -> None:
+        """Called by :meth:`load` once the saved attributes are restored."""
 
     def _require_adata(self, what: str = "train", *, takes_adata: bool = False):
         """The AnnData the model was set up with; a model loaded without data has none."""
@@ -332,11 +399,13 @@ class SafeSaveLoadMixin:
         accelerator, device
             Where to put the model (as in Lightning).
         """
-        import anndata
         from scvi.model._utils import parse_device_args
         from scvi.model.base._save_load import _initialize_model
 
         config = read_config(dir_path)
+        state = load_weights(dir_path)  # before adata is registered; malformed: named
+        checksummed = _check_checksums(dir_path, config)
+        _check_fields(dir_path, config)
         if config["model_class"] != cls.__name__:
             raise ValueError(
                 f"{str(dir_path)!r} holds a {config['model_class']} model; load it with "
@@ -351,11 +420,8 @@ class SafeSaveLoadMixin:
         attrs = _decode(config["attrs"])
         registry = attrs.pop("registry_")
         _check_genes_agree(config, registry, dir_path)
-        state = load_weights(dir_path)  # before adata is registered; malformed: named
-        _check_checksums(dir_path, config)
-        if adata is None and (Path(dir_path) / ANNDATA_NAME).is_file():
-            _check_anndata_checksum(dir_path, config)
-            adata = anndata.read_h5ad(Path(dir_path) / ANNDATA_NAME)
+        if adata is None:
+            adata = _saved_anndata(dir_path, config, checksummed)
         if adata is not None:
             from scdl.data import gene_mismatch_message, same_gene_names
 
@@ -363,18 +429,17 @@ class SafeSaveLoadMixin:
             if not same_gene_names(adata.var_names, ref):
                 message = gene_mismatch_message(ref, adata.var_names)
                 raise ValueError(f"{cls._load_adata_hint} {message}".strip())
-            if issubclass(cls, CheckedQueryMixin):  # counts and categories, named as in
-                # the model's methods (scvi-tools' transfer names an option load lacks)
-                from scdl.data import check_query
+            # counts and categories, named as in the model's methods (scvi-tools' transfer
+            # names an option load lacks, and registers labels before it fails)
+            from scdl.data import check_query
 
-                check_query(
-                    adata, registry, model=cls.__name__, unseen_fix=cls._unseen_categories_fix
-                )
+            check_query(adata, registry, model=cls.__name__, unseen_fix=cls._unseen_categories_fix)
             # the weights must fit before adata is registered (a failing load leaves it as it was)
             probe = _initialize_model(cls, None, registry, copy.deepcopy(attrs), None)
             _load_state(probe, state, dir_path)
             cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
         model = _initialize_model(cls, adata, registry, attrs, None)
+        model._on_load()
         _load_state(model, state, dir_path)
         model.to_device(torch_device)
         model.module.eval()
@@ -408,11 +473,9 @@ class CheckedQueryMixin:
 
     scvi-tools transfers the registration to a new AnnData without comparing gene names (the
     same number of genes in another order is accepted) or checking the counts; this runs
-    :func:`scdl.data.check_query` first, once per AnnData.
+    :func:`scdl.data.check_query` first, once per AnnData. The error for unseen categories
+    says the model class's ``_unseen_categories_fix`` (see :class:`SafeSaveLoadMixin`).
     """
-
-    #: what the error for categories the model was not trained on tells the user to do
-    _unseen_categories_fix = "keep only cells of known categories"
 
     def _registered_here(self, adata) -> bool:
         """Whether ``adata`` itself (not a copy) is registered with this model instance."""

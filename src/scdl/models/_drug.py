@@ -218,16 +218,21 @@ class DrugResponseModel(
         # set by train(); saved with the model
         self.drug_stats_: pd.DataFrame | None = None
         self.calibration_source_: str | None = None
-        self._model_summary_string = (
+        self.n_target_cells_ = 0 if target is None else int(target.n_obs)  # saved: repr
+        self._summary = (
             f"scdl DrugResponseModel: {len(self.drugs)} drugs, {len(self.genes)} genes, "
             f"n_hidden={n_hidden}, n_latent={n_latent}, n_ensemble={n_ensemble}, "
             f"mmd_weight={mmd_weight}, ridge_alpha={ridge_alpha}, "
-            f"prediction={self.module.prediction!r}, target cells="
-            f"{0 if target is None else target.n_obs}"
+            f"prediction={self.module.prediction!r}"
         )
+        self._on_load()
         self.init_params_ = self._get_init_params(locals())
         # load() rebuilds the module from the genes chosen here, without the target cells
         self.init_params_["non_kwargs"]["genes"] = [str(g) for g in self.genes]
+
+    def _on_load(self) -> None:
+        # the target cells are not saved, their number is (a loaded model has no `target`)
+        self._model_summary_string = f"{self._summary}, target cells={self.n_target_cells_}"
 
     # --- registration ---
 
