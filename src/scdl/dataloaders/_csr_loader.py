@@ -104,8 +104,10 @@ class CSRBatchLoader(TensorBatchLoader):
             self.n_cols = x.shape[1]
             self.host_indptr = np.asarray(x.indptr, dtype=np.int64)
             self.csr = _csr_tensors(x, self.host_indptr)  # shares the host's row pointers
+            # copied (one value per cell): pandas 3 hands out read-only arrays, which torch
+            # warns about wrapping
             self.covariates = {
-                key: torch.from_numpy(np.ascontiguousarray(data, dtype=dtype))
+                key: torch.from_numpy(np.array(data, dtype=dtype, order="C"))
                 for key, (data, dtype) in self.arrays.items()
                 if key != REGISTRY_KEYS.X_KEY
             }
