@@ -8,7 +8,12 @@ Reference and query differ in condition, sample or cells (real splits of ../shar
 * ``pbmc7k cells``: 10x PBMCs (200 genes), a stratified half annotates the other half (types
   with fewer than 20 cells and "NA" dropped);
 * ``kang2k->kang1.5k``: the scGen Kang subset annotates the muscat Kang subset (different
-  processing; labels mapped to common names), on the genes both hold.
+  processing; labels mapped to common names), on the genes both hold;
+* ``cellbench 3plates->2batches``: CellBench lung adenocarcinoma lines (cell line as the type,
+  demuxlet singlets only): three CEL-seq2 plates of five lines annotate the CEL-seq2 and
+  Drop-seq batches of three of those lines, on the genes both hold;
+* ``cellbench celseq2->dropseq``: within the two-batch file, the CEL-seq2 batch annotates the
+  Drop-seq batch (same three lines in both).
 
 All methods see the same genes (2,000 highly variable genes of the reference where it has
 more). Logistic regression follows CellTypist: log1p(CP10k), scaled per gene, L2-regularised
@@ -87,6 +92,23 @@ def splits():
     k1m.obs["cell_type"] = k1m.obs["cell_type"].map(KANG_NAMES)
     shared = k2.var_names.intersection(k1m.var_names)
     yield "kang2k->kang1.5k", k2[:, shared], k1m[:, shared]
+    # CellBench lung adenocarcinoma lines (other tissue and chemistries): demuxlet singlets,
+    # the cell line as the cell type
+    plates = read_cellbench("cellbench_lung_5lines_3plates.h5ad")
+    two = read_cellbench("cellbench_lung_lines_2batches.h5ad")
+    shared = plates.var_names.intersection(two.var_names)
+    yield "cellbench 3plates->2batches", plates[:, shared], two[:, shared]
+    # every query (Drop-seq) line is among the reference (CEL-seq2) lines: none is novel
+    celseq2, dropseq = two[two.obs.batch == "sc_celseq2"], two[two.obs.batch == "sc_dropseq"]
+    assert set(dropseq.obs.cell_type) <= set(celseq2.obs.cell_type)
+    yield "cellbench celseq2->dropseq", celseq2, dropseq
+
+
+def read_cellbench(name: str) -> ad.AnnData:
+    a = ad.read_h5ad(need(DATA / name))
+    a = a[a.obs.demuxlet == "SNG"].copy()
+    a.obs["cell_type"] = a.obs["cell_line"].astype(str)
+    return a
 
 
 def hvg(ref: ad.AnnData, n: int = 2000) -> pd.Index:

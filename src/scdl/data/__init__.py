@@ -2,6 +2,7 @@
 normalisation, group resolution and gene ranking."""
 
 from ._checks import (
+    CountSummary,
     check_categorical,
     check_count_setup,
     check_counts,
@@ -46,6 +47,7 @@ __all__ = [
     "MIN_LINES_PER_DRUG",
     "MIN_SHARED_GENES",
     "CSRTensors",
+    "CountSummary",
     "align_to_genes",
     "gather_counts",
     "sparse_tensors_on",

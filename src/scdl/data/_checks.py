@@ -70,7 +70,7 @@ def get_matrix(adata: AnnData, layer: str | None = None):
 
 @dataclass
 class CountSummary:
-    """What :func:`check_counts` learnt while scanning the matrix."""
+    """What :func:`~.check_counts` learnt while scanning the matrix."""
 
     n_zero_cells: int
     n_zero_genes: int

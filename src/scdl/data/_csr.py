@@ -87,7 +87,7 @@ class CSRTensors:
 def gather_counts(
     x, columns: np.ndarray, n_cols: int, device: torch.device | str = "cpu"
 ) -> CSRTensors | None:
-    """Columns of a CSR count matrix in a model's gene order, as :class:`CSRTensors`.
+    """Columns of a CSR count matrix in a model's gene order, as :class:`~scdl.data.CSRTensors`.
 
     ``columns[j]`` is the output column of input column ``j`` (``-1``: dropped). On a CPU the
     columns are taken with scipy; on a GPU the stored values are moved once and gathered

@@ -188,7 +188,7 @@ PROFILE_ODD_SHARE = 0.1
 
 def guess_modality(x, n_rows: int = 2000, where: str = "adata.X") -> str:
     """``"counts"`` for non-negative integers in the first ``n_rows`` rows, ``"profiles"``
-    when at least :data:`PROFILE_ODD_SHARE` of their stored values are negative or fractional.
+    when at least ``PROFILE_ODD_SHARE`` of their stored values are negative or fractional.
 
     Raises
     ------
@@ -219,7 +219,7 @@ def resolve_modality(adata: AnnData, layer: str | None = None, n_rows: int = 200
     """What ``modality="auto"`` reads ``adata.X`` (or ``layer``) as, logged.
 
     ``"counts"`` (non-negative integers); ``"log1p"`` (log1p of counts normalised to a
-    constant total below :data:`SINGLE_CELL_MAX_TOTAL`, as ``sc.pp.normalize_total`` +
+    constant total below ``SINGLE_CELL_MAX_TOTAL``, as ``sc.pp.normalize_total`` +
     ``sc.pp.log1p`` leave single cells; with a warning); ``"profiles"`` (other log-scale
     expression; log1p of counts per million with a warning naming ``modality="log1p"`` for
     single cells normalised that way). Raises as :func:`guess_modality`.

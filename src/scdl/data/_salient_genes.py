@@ -32,10 +32,11 @@ def salient_gene_table(
 
     Returns
     -------
-    DataFrame sorted by ``score``: ``gene``; ``score``, the mean over target cells of
-    ``|log2 fold change|`` between the two decodings; ``lfc_mean``, its signed mean (> 0:
-    the salient space raises the gene); ``mean_with_salient`` and ``mean_without_salient``
-    (mean expression per ``library_size`` counts).
+    pandas.DataFrame
+        Sorted by ``score``: ``gene``; ``score``, the mean over target cells of
+        ``|log2 fold change|`` between the two decodings; ``lfc_mean``, its signed mean (> 0:
+        the salient space raises the gene); ``mean_with_salient`` and ``mean_without_salient``
+        (mean expression per ``library_size`` counts).
     """
     n = 0
     sums = None

@@ -1,8 +1,8 @@
 """Minibatches whose count matrix stays sparse: CSR rows gathered with torch, on the device.
 
-:class:`~scdl.dataloaders.TensorBatchLoader` densifies each minibatch of X on the host.
+:class:`~.TensorBatchLoader` densifies each minibatch of X on the host.
 Models whose module reads a sparse CSR tensor (the VAE: its encoder's first layer and its
-likelihood touch only the non-zero counts) use :class:`CSRBatchLoader` instead: the CSR
+likelihood touch only the non-zero counts) use :class:`~.CSRBatchLoader` instead: the CSR
 arrays of the registered matrix are wrapped as torch tensors once (no copy where the dtypes
 allow) and each minibatch's rows are gathered with ``index_select`` into a
 ``torch.sparse_csr_tensor``. On a GPU the arrays are moved to the device once when they fit
@@ -12,7 +12,7 @@ each minibatch's number of stored entries is known on the host from the row poin
 Covariates are gathered the same way. The training and validation loaders share one set of
 these arrays (each loader wraps the whole registered matrix and reads its own cells), and the
 splitter lets go of them when training ends. Backed (on-disk) or dense X falls back to the host
-path of :class:`TensorBatchLoader` (dense X is yielded dense; backed CSR rows as CSR), as does
+path of :class:`~.TensorBatchLoader` (dense X is yielded dense; backed CSR rows as CSR), as does
 a device without sparse CSR tensors (Apple's MPS), where every minibatch is yielded dense.
 """
 
@@ -90,7 +90,7 @@ def _csr_tensor(crow, col, val, shape) -> torch.Tensor:
 
 
 class CSRBatchLoader(TensorBatchLoader):
-    """:class:`TensorBatchLoader` that yields X as a ``torch.sparse_csr_tensor`` (float32).
+    """:class:`~.TensorBatchLoader` that yields X as a ``torch.sparse_csr_tensor`` (float32).
 
     Same order of cells, minibatches and shuffling (torch's global generator) as its parent.
     """
@@ -181,7 +181,7 @@ class CSRBatchLoader(TensorBatchLoader):
 
 
 class CSRDataSplitter(FastDataSplitter):
-    """scvi-tools' ``DataSplitter`` feeding :class:`CSRBatchLoader`, on the trainer's device.
+    """scvi-tools' ``DataSplitter`` feeding :class:`~.CSRBatchLoader`, on the trainer's device.
 
     Its loaders share one set of arrays (one device copy of the matrix, not one per loader),
     released when training ends: scvi-tools keeps the trainer, and through it the loaders, on

@@ -127,7 +127,7 @@ class TensorBatchLoader:
 
 
 class FastDataSplitter(DataSplitter):
-    """scvi-tools' ``DataSplitter`` (same split logic) feeding :class:`TensorBatchLoader`.
+    """scvi-tools' ``DataSplitter`` (same split logic) feeding :class:`~.TensorBatchLoader`.
 
     With no validation cells (fewer than 10 cells at the default ``train_size=0.9``) the
     validation loader is an empty list, which Lightning skips, instead of scvi-tools'

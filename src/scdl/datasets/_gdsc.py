@@ -58,7 +58,7 @@ def cell_line_key(name: str) -> str:
 def match_cell_lines(names: Iterable[str], known: Iterable[str]) -> dict[str, str | None]:
     """Map cell-line names (e.g. from a single-cell study) to GDSC keys present in ``known``.
 
-    Names are normalised with :func:`cell_line_key`; NCI lines written without the prefix
+    Names are normalised with ``cell_line_key``; NCI lines written without the prefix
     (``"H1975"``, as CellBench does) are found as ``"NCIH1975"``. Names with no match map to
     ``None``.
     """
@@ -130,7 +130,7 @@ def gdsc(
     are dropped) with
 
     ``obs["cell_line_key"]``
-        The join key (upper case, punctuation removed; see :func:`cell_line_key`).
+        The join key (upper case, punctuation removed; see ``cell_line_key``).
     ``obsm[metric]``
         DataFrame of cell lines x drugs (drug names as columns, sorted), NaN where the line
         was not measured. A line measured twice for a drug (a key shared by two spellings of

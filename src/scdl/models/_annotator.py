@@ -50,13 +50,13 @@ class CellTypeTransformer(
     expression, for the cell's ``n_tokens`` genes most expressed relative to the reference)
     and a CLS token that starts from a summary of the whole profile; a transformer encoder
     (scaled-dot-product attention) and a linear head give cell-type probabilities
-    (:mod:`scdl.module._annotator`). Registration, data splitting and the training loop are
+    (``scdl.module._annotator``). Registration, data splitting and the training loop are
     scvi-tools' (``AnnDataManager``, ``DataSplitter``, ``ClassifierTrainingPlan``,
     ``TrainRunner``).
 
     **Unknown calls.** A new cell type and a known type under a shift (chemistry, donor,
     stimulation) both move cells away from the reference, so the call is made on clusters of
-    the query in a shift-corrected space (:mod:`scdl.models._novelty`): the query is
+    the query in a shift-corrected space (``scdl.models._novelty``): the query is
     over-clustered on its own, each cluster's mean profile is standardised by the query's own
     per-gene mean and sd (which removes a shift the whole query shares) and compared with the
     mixture of the reference profiles of the types its cells are predicted as (weighted by
@@ -71,7 +71,7 @@ class CellTypeTransformer(
     their clusters' 95th percentile of novelty plus a fixed margin
     (0.15, chosen on the benchmark's splits together) for the shift a new dataset brings
     beyond the reference's own. A second check asks whether the reference holds cells like the
-    cluster's at all (:mod:`scdl.models._mixing`): a sketch of the reference (at most 2,000
+    cluster's at all (``scdl.models._mixing``): a sketch of the reference (at most 2,000
     cells in a PCA fitted on other reference cells) is stored in the model after training; the
     query, standardised by its own statistics, is projected there, and a cluster whose cells
     have fewer than ``min_reference_share_`` (15%) reference cells among their 30 nearest
@@ -88,12 +88,15 @@ class CellTypeTransformer(
     from that type's reference cells, and otherwise called as that type. A known type in a state
     the reference lacks (e.g. stimulated monocytes for an unstimulated reference) can mix poorly
     too. A query whose forced calls leave out reference types (one sorted population) is first
-    filled to the reference's composition (:mod:`scdl.models._composition`: pseudo-cells of
+    filled to the reference's composition (``scdl.models._composition``: pseudo-cells of
     the missing types under the shift its present types show), as its own mean would be its
     own profile (unless its types are unlike their reference types before any shift is
     removed); it then cannot show a new type close to a known one, which is read as that type
-    under a shift. A ``UserWarning`` says so when the query's predicted composition is
-    more than half away from the reference's (total-variation distance above 0.5). Models
+    under a shift (on cell lines too: a removed line forced onto a similar one). A
+    ``UserWarning`` says so when the query's predicted composition is more than half away from
+    the reference's (total-variation distance above 0.5). A query pooling samples of different
+    chemistries shares only part of its shift: a state more common in one of them than in the
+    reference can be called Unknown, which annotating each sample on its own avoids. Models
     saved before the cluster call keep their per-cell thresholds (``cluster_threshold_`` is
     ``None``), and those calibrated before the mixture compare a cluster with its majority
     type's profile (``novelty_rule_`` is ``None``); models saved before the sketch make the

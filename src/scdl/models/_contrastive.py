@@ -210,7 +210,7 @@ class ContrastiveVAE(
         plan_kwargs: dict | None = None,
         **kwargs,
     ):
-        """Train on background and target cells (Lightning; history in :attr:`history`).
+        """Train on background and target cells (Lightning; history in ``history``).
 
         Say which cells are which either by position or by an obs column:
 
@@ -470,9 +470,10 @@ class ContrastiveVAE(
 
         Returns
         -------
-        DataFrame sorted by ``score`` (see :func:`salient_gene_table`): ``gene``, ``score``,
-        ``lfc_mean`` (> 0: higher because of the salient code), ``mean_with_salient``,
-        ``mean_without_salient``.
+        pandas.DataFrame
+            Sorted by ``score`` (see :func:`scdl.data.salient_gene_table`): ``gene``,
+            ``score``, ``lfc_mean`` (> 0: higher because of the salient code),
+            ``mean_with_salient``, ``mean_without_salient``.
         """
         n_top = check_positive_int(n_top, "n_top", none="every gene")
         check_positive_number(library_size, "library_size", meaning="counts per cell")

@@ -82,7 +82,7 @@ class DrugResponseModel(
     **Outputs.** A continuous response per drug (the table's units; for ln IC50 lower is
     more sensitive), the mean over ``n_ensemble`` members. Each member leaves out one fold of
     the lines, so every line has a held-out prediction; from those the model keeps, per drug,
-    the held-out residual sd and Spearman correlation (:attr:`drug_stats_`). The *sensitive
+    the held-out residual sd and Spearman correlation (``drug_stats_``). The *sensitive
     probability* is P(response < the drug's median over the bulk lines) for a Gaussian
     centred on the prediction with the held-out residual sd:
     ``Phi((median - prediction) / residual_sd)``; 0.5 means "as sensitive as the median
@@ -130,7 +130,7 @@ class DrugResponseModel(
     ridge_alpha
         Penalty of the wide path's ridge regressions (scikit-learn's units: squared errors
         summed over a drug's lines + ``ridge_alpha`` x squared weights, on standardised genes
-        and responses), or several (e.g. :data:`RIDGE_ALPHAS`), each drug taking the one
+        and responses), or several (e.g. ``RIDGE_ALPHAS``), each drug taking the one
         with the smallest leave-one-out error on the member's lines (``drug_stats_``
         column ``ridge_alpha``); ``None`` drops the wide path. A fixed penalty is the
         default: it transferred to unseen lines' cells better than each drug's own
@@ -349,7 +349,7 @@ class DrugResponseModel(
             AdamW learning rate and decoupled weight decay.
         train_size
             Fraction of lines to train on; the rest are validation lines (in
-            :attr:`history`). Default 1.0: the ensemble's left-out folds already give
+            ``history``). Default 1.0: the ensemble's left-out folds already give
             held-out predictions.
         early_stopping
             Stop when the validation loss stops improving (needs ``train_size < 1``).

@@ -65,7 +65,7 @@ class DrugPredictionMixin:
         modality: Modality = "auto",
         smooth_neighbors: int | None = None,
     ) -> np.ndarray:
-        """The model's input for ``adata``: profiles over :attr:`genes` on the common scale.
+        """The model's input for ``adata``: profiles over ``genes`` on the common scale.
 
         Parameters
         ----------
@@ -144,7 +144,7 @@ class DrugPredictionMixin:
         adata
             Cells (raw counts) or bulk profiles; ``None`` uses the training lines.
         drugs
-            Drug name(s); ``None`` for every drug the model knows (:attr:`drugs`).
+            Drug name(s); ``None`` for every drug the model knows (``drugs``).
         kind
             ``"value"``: the response in the table's units (ln IC50: lower = more
             sensitive); ``"probability"``: the sensitive probability,
@@ -209,8 +209,9 @@ class DrugPredictionMixin:
 
         Returns
         -------
-        Probabilities of the same shape, index and columns: the chance that each cell is
-        more sensitive than the drug's median training line.
+        pandas.DataFrame
+            Probabilities of the same shape, index and columns: the chance that each cell is
+            more sensitive than the drug's median training line.
         """
         from scipy.special import ndtr
 
@@ -228,8 +229,9 @@ class DrugPredictionMixin:
 
         Returns
         -------
-        int8 of the same shape, index and columns: 1 (sensitive) where the response is below
-        the drug's median over the training lines, else 0.
+        pandas.DataFrame
+            int8, of the same shape, index and columns: 1 (sensitive) where the response is
+            below the drug's median over the training lines, else 0.
         """
         median = self._stats(values)["median"].to_numpy()
         return (values < median).astype(np.int8)
@@ -251,7 +253,7 @@ class DrugPredictionMixin:
     ) -> pd.DataFrame:
         """Genes ranked by how much they drive the predicted response to ``drug``.
 
-        Integrated gradients (:func:`scdl.models._attribution.integrated_gradients`) of the
+        Integrated gradients (``scdl.models._attribution.integrated_gradients``) of the
         ensemble's predicted response with respect to the encoder's input, the profile on the
         common scale, from the mean profile of the training lines (a typical line) to each
         cell's profile. A gene's attribution is in the response's units: positive means that
@@ -273,11 +275,12 @@ class DrugPredictionMixin:
 
         Returns
         -------
-        DataFrame, one row per gene, sorted by ``|attribution|`` (the layout of
-        :meth:`scdl.models.CellTypeTransformer.gene_attributions`, which
-        :func:`scdl.pl.attributions` plots): ``label`` (the drug), ``gene``, ``attribution``
-        (signed mean over cells), ``rank``, ``mean_abs_attribution`` (mean of its absolute
-        value), ``mean_input`` (mean input level on the common scale).
+        pandas.DataFrame
+            One row per gene, sorted by ``|attribution|`` (the layout of
+            :meth:`scdl.models.CellTypeTransformer.gene_attributions`, which
+            :func:`scdl.pl.attributions` plots): ``label`` (the drug), ``gene``,
+            ``attribution`` (signed mean over cells), ``rank``, ``mean_abs_attribution`` (mean
+            of its absolute value), ``mean_input`` (mean input level on the common scale).
         """
         from scdl.data import check_positive_int
 

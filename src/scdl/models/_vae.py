@@ -241,13 +241,13 @@ class VAE(
         plan_kwargs: dict | None = None,
         **kwargs,
     ):
-        """Train the model with Lightning (progress bar, history in :attr:`history`).
+        """Train the model with Lightning (progress bar, history in ``history``).
 
         Parameters
         ----------
         max_epochs
             Passes through the data. ``None`` chooses from the number of cells: more
-            epochs for small datasets, fewer for large ones (:func:`default_max_epochs`).
+            epochs for small datasets, fewer for large ones (``default_max_epochs``).
         batch_size
             Cells per minibatch.
         early_stopping

@@ -145,7 +145,7 @@ class DrugResponseModule(BaseModuleClass):
 
     @property
     def device(self) -> torch.device:
-        """The module's device (from a buffer: a ridge-only module has no parameters)."""
+        """The module's device, read from a buffer (a ridge-only module has no parameters)."""
         return self.gene_mean.device
 
     @torch.no_grad()
@@ -173,10 +173,13 @@ class DrugResponseModule(BaseModuleClass):
         lines_of_member
             For each member, a boolean mask of the lines it trains on.
 
-        Returns each member's penalty per drug (members x drugs): ``ridge_alpha``, or with
-        several, each drug's leave-one-out choice on the member's lines
-        (:func:`scdl.module._ridge.fit_masked_ridge`, the same solution as scikit-learn's
-        ``Ridge``/``RidgeCV``, one factorisation per group of drugs measured on the same lines).
+        Returns
+        -------
+        numpy.ndarray
+            Each member's penalty per drug (members x drugs): ``ridge_alpha``, or with
+            several, each drug's leave-one-out choice on the member's lines (the same solution
+            as scikit-learn's ``Ridge``/``RidgeCV``, one factorisation per group of drugs
+            measured on the same lines).
         """
         x = np.asarray(xs, dtype=np.float64)
         y = np.asarray(y_std, dtype=np.float64)

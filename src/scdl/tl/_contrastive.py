@@ -89,8 +89,11 @@ def contrastive(
 
     Returns
     -------
-    The trained :class:`scdl.models.ContrastiveVAE`, attached to an internal AnnData of the
-    selected genes (``model.adata``); save it with ``model.save(dir)``. ``adata`` gains:
+    scdl.models.ContrastiveVAE
+        The trained model, attached to an internal AnnData of the selected genes
+        (``model.adata``); save it with ``model.save(dir)``.
+
+    ``adata`` gains
 
     ``adata.obsm[key_added]``
         Salient representation (posterior means), cells x ``n_salient_latent``; rows of

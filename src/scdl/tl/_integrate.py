@@ -85,10 +85,13 @@ def integrate(
 
     Returns
     -------
-    The trained :class:`scdl.models.VAE`, attached to an internal AnnData of the selected
-    genes (``model.adata``, counts in ``X`` whatever ``layer`` was: a query for it holds its
-    counts in ``X`` too); save it with ``model.save(dir)`` or map new batches onto it with
-    :meth:`scdl.models.VAE.load_query_data`. ``adata`` gains:
+    scdl.models.VAE
+        The trained model, attached to an internal AnnData of the selected genes
+        (``model.adata``, counts in ``X`` whatever ``layer`` was, so a query for it holds its
+        counts in ``X`` too); save it with ``model.save(dir)`` or map new batches onto it
+        with :meth:`scdl.models.VAE.load_query_data`.
+
+    ``adata`` gains
 
     ``adata.obsm[key_added]``
         Latent representation (posterior means), cells x ``n_latent``.

@@ -46,6 +46,8 @@ class AnnotatorTrainingPlan(StepsLoggedPerEpochMixin, ClassifierTrainingPlan):
         return loss
 
     def configure_optimizers(self):
+        """AdamW on the trainable parameters, with a cosine learning-rate decay over the
+        epochs."""
         params = [p for p in self.module.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.max_epochs))
@@ -71,6 +73,7 @@ class MaskedExpressionPlan(StepsLoggedPerEpochMixin, pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
+        """AdamW on every parameter."""
         return torch.optim.AdamW(
             self.module.parameters(), lr=self.lr, weight_decay=self.weight_decay
         )

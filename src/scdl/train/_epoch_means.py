@@ -43,9 +43,11 @@ class StepsLoggedPerEpochMixin(EpochMeansMixin):
     _progress_bar: dict[str, str] = {}
 
     def training_step(self, batch, batch_idx):
+        """The minibatch's loss, its metrics added to the epoch's running means."""
         return self._step(batch, "train")
 
     def validation_step(self, batch, batch_idx):
+        """As :meth:`training_step`, for the validation cells."""
         return self._step(batch, "validation")
 
     def on_train_epoch_end(self) -> None:
