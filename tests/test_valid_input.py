@@ -432,3 +432,30 @@ def test_gene_names_of_string_dtype_match_the_model(hundred_cells, tmp_path):
     query = query[:, ::-1].copy()  # a real difference is still refused
     with pytest.raises(ValueError, match="different order"):
         model.get_latent_representation(query)
+
+
+def test_tl_steps_write_into_a_view_warning_at_the_callers_line(kang, caplog):
+    """A view is made an actual AnnData before results are written, warned at this file's line
+    (anndata warned from inside scdl); scdl's warnings about the data point here too; a tool
+    that seeds its own run logs no "Seed set to" line (the user set no seed)."""
+    import warnings
+    from pathlib import Path
+
+    from anndata import ImplicitModificationWarning
+
+    here = str(Path(__file__).resolve())
+    small = kang[np.random.default_rng(0).choice(kang.n_obs, 60, replace=False)]
+    assert small.is_view
+    caplog.set_level(logging.INFO, logger="lightning.fabric.utilities.seed")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scdl.tl.integrate(small, max_epochs=1, progress_bar=False)
+    assert not small.is_view and "X_scdl" in small.obsm
+    mine = [w for w in caught if issubclass(w.category, UserWarning)]
+    view_warnings = [w for w in mine if issubclass(w.category, ImplicitModificationWarning)]
+    assert len(view_warnings) == 1 and "is a view" in str(view_warnings[0].message)
+    batch = [w for w in mine if "fewer than batch_size" in str(w.message)]
+    assert batch, [str(w.message) for w in mine]
+    for w in (*view_warnings, *batch):
+        assert str(Path(w.filename).resolve()) == here, (w.filename, str(w.message))
+    assert not [r for r in caplog.records if "Seed set" in r.getMessage()]

@@ -41,7 +41,7 @@ from ._normalize import log_normalize_counts
 from ._pca import unintegrated_pca
 from ._query import check_category_kind, check_query, counts_place_fix
 from ._salient_genes import salient_gene_table
-from ._write import write_h5ad_atomic
+from ._write import writable, write_h5ad_atomic
 
 __all__ = [
     "MIN_LINES_PER_DRUG",
@@ -88,5 +88,6 @@ __all__ = [
     "warn_if_batch_nested",
     "salient_gene_table",
     "unintegrated_pca",
+    "writable",
     "write_h5ad_atomic",
 ]

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import difflib
 import logging
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
+
+from scdl._warnings import warn_user
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -245,12 +246,11 @@ def check_not_sparse_array(adata: AnnData, layer: str | None = None) -> None:
 
 def warn_empty_cells(n_empty: int, n_obs: int, where: str) -> None:
     """Say that ``n_empty`` cells have no counts (kept; they carry no information)."""
-    warnings.warn(
+    warn_user(
         f"{n_empty} of {n_obs} cells have no counts {where}; they are kept, with the "
         "representation of an empty cell. `sc.pp.filter_cells(adata, min_counts=1)` drops "
         "them.",
         UserWarning,
-        stacklevel=3,
     )
 
 
@@ -308,12 +308,11 @@ def check_unique_var_names(adata: AnnData, *, warn: bool = False) -> None:
     if not adata.var_names.is_unique:
         dup = adata.var_names[adata.var_names.duplicated()].unique()[:5].tolist()
         if warn:
-            warnings.warn(
+            warn_user(
                 f"adata.var_names has duplicates (e.g. {dup}); they are used as separate genes. "
                 "Call `adata.var_names_make_unique()` to match genes by name later (a query, "
                 "an annotator).",
                 UserWarning,
-                stacklevel=3,
             )
             return
         raise ValueError(

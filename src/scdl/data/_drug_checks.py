@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from scdl._warnings import warn_user
+
 from ._checks import get_matrix
 
 if TYPE_CHECKING:
@@ -246,14 +248,14 @@ def resolve_modality(adata: AnnData, layer: str | None = None, n_rows: int = 200
                 "normalised counts and smoothed over neighbouring cells, as counts are. Pass "
                 "`modality='profiles'` to read them as bulk profiles instead."
             )
-            warnings.warn(msg, UserWarning, stacklevel=3)
+            warn_user(msg, UserWarning)
         elif kind == "log1p":
             msg = (
                 f"{where} holds log1p of counts normalised to {total:.3g} per sample (bulk "
                 "convention): read as bulk log-scale profiles, without neighbour smoothing. "
                 "For single cells normalised that way pass `modality='log1p'`."
             )
-            warnings.warn(msg, UserWarning, stacklevel=3)
+            warn_user(msg, UserWarning)
     logger.info("modality='auto': %s read as %s.", where, modality)
     return modality
 

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from scdl._warnings import warn_user
+
 from ._checks import check_obs_key
 
 if TYPE_CHECKING:
@@ -173,7 +175,6 @@ def warn_if_batch_nested(
     for a salient space. ``batch`` holds one label per cell of the AnnData; ``groups`` says
     how the groups were given (named in the message). Returns whether it warned.
     """
-    import warnings
 
     import pandas as pd
 
@@ -183,12 +184,11 @@ def warn_if_batch_nested(
     n_groups = pd.Series(is_target).groupby(labels.to_numpy()).nunique()
     if len(n_groups) < 2 or not (n_groups == 1).all():
         return False
-    warnings.warn(
+    warn_user(
         f"Every category of batch_key={batch_key!r} lies within the background or within the "
         f"target cells ({groups}): the batch covariate can explain what is specific to the "
         "target cells, leaving little for the salient space. Use a batch that spans both "
         "(e.g. donor) or batch_key=None.",
         UserWarning,
-        stacklevel=3,
     )
     return True

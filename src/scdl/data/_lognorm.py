@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import sparse
 
+from scdl._warnings import warn_user
+
 from ._checks import check_counts, get_matrix, warn_empty_cells
 
 if TYPE_CHECKING:
@@ -88,11 +90,10 @@ def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | N
     if positive.size < totals.size:  # normalize_total leaves an empty cell empty: kept
         warn_empty_cells(totals.size - positive.size, totals.size, f"in {where}")
     total = float(np.median(positive))
-    warnings.warn(
+    warn_user(
         f"{where} is not raw counts but log1p of counts normalised to {total:.4g} per cell; "
         "reading it on that scale (log-normalising its counts would give the same values).",
         UserWarning,
-        stacklevel=3,
     )
     return "log1p", total
 

@@ -1,4 +1,5 @@
-"""Writing an AnnData so that a failed write leaves no partial file behind."""
+"""Writing results: into an AnnData a tool was given, and to an h5ad file without a partial
+file left behind by a failed write."""
 
 from __future__ import annotations
 
@@ -6,8 +7,32 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from scdl._warnings import warn_user
+
 if TYPE_CHECKING:
     from anndata import AnnData
+
+
+def writable(adata: AnnData, *, copy: bool = False) -> AnnData:
+    """The AnnData a tool writes its results into.
+
+    A copy with ``copy=True``; otherwise ``adata`` itself, a view first made an actual AnnData
+    (with a warning at the caller's line, as scanpy's tools do; anndata would otherwise warn
+    from inside the tool at its first write).
+    """
+    if copy:
+        return adata.copy()
+    if adata.is_view:
+        from anndata import ImplicitModificationWarning
+
+        warn_user(
+            "adata is a view: it is made an actual AnnData to hold the results (it no longer "
+            "follows the AnnData it was taken from), as scanpy's tools do. Pass "
+            "`adata[...].copy()` to keep the two apart explicitly.",
+            ImplicitModificationWarning,
+        )
+        adata._init_as_actual(adata.copy())  # what scanpy's view_to_actual does
+    return adata
 
 
 def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike) -> Path:

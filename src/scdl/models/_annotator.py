@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,6 +13,7 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
+from scdl._warnings import warn_user
 from scdl.data import (
     align_to_genes,
     check_categorical,
@@ -247,14 +247,13 @@ class CellTypeTransformer(
             )
             slashed = sorted({str(v) for v in labels.dropna().unique() if "/" in str(v)})
             if slashed and not from_registry:
-                warnings.warn(
+                warn_user(
                     f"Cell types {slashed[:3]} contain '/': tl.annotate writes one probability "
                     "column per type, and .h5ad files cannot hold '/' in column names (anndata "
                     ">= 0.13 refuses to write them). Rename them before training, e.g. "
                     f"`adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}].astype(str)"
                     ".str.replace('/', '|')`.",
                     UserWarning,
-                    stacklevel=2,
                 )
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),

@@ -8,13 +8,12 @@ training.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS
 
+from scdl._warnings import warn_user
 from scdl.dataloaders import dense_rows
 
 from ._mixing import MIN_REFERENCE_SHARE, build_sketch
@@ -33,12 +32,11 @@ class AnnotatorCalibrationMixin:
         self.module.eval()
         heldout = splitter.val_idx
         if len(heldout) == 0:  # a tiny reference (< 10 cells at train_size=0.9)
-            warnings.warn(
+            warn_user(
                 f"No reference cell is held out ({self.adata.n_obs} cells): the Unknown "
                 "thresholds are set on the training cells, so they flag fewer query cells. "
                 "Train on at least 10 cells, or lower `train_size`, to hold some out.",
                 UserWarning,
-                stacklevel=3,
             )
             heldout = splitter.train_idx
         self.calibrate(splitter.train_idx, heldout, unknown_rate=unknown_rate)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,6 +17,7 @@ import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS
 
+from scdl._warnings import warn_user
 from scdl.data import (
     CSRTensors,
     align_to_genes,
@@ -316,14 +316,13 @@ class AnnotatorPredictionMixin:
             unknown = unknown | empty
         typed = 0 if not unknown_call else int((~empty).sum())
         if self.cluster_threshold_ is not None and 0 < typed < MIN_QUERY_CELLS:
-            warnings.warn(  # _cluster_calls made no novelty: the call is one caveat, not two
+            warn_user(  # _cluster_calls made no novelty: the call is one caveat, not two
                 f"The query has {typed} cells with counts; the Unknown call compares its "
                 f"clusters using the query's own gene statistics and needs at least "
                 f"{MIN_QUERY_CELLS}. It is skipped: every cell takes its most probable type. "
                 "Annotate these cells together with more cells of their sample to have them "
                 "checked.",
                 UserWarning,
-                stacklevel=3,
             )
         elif self.cluster_threshold_ is not None and typed >= MIN_QUERY_CELLS:
             self._warn_if_composition_differs(best.numpy()[~empty])  # of the typed cells
@@ -337,7 +336,7 @@ class AnnotatorPredictionMixin:
         shift = composition_shift(best, self.module.sketch_composition.cpu().numpy())
         if shift > MAX_COMPOSITION_SHIFT:
             filled = self.module.sketch_moments.numel() > 0
-            warnings.warn(composition_warning(shift, filled), UserWarning, stacklevel=4)
+            warn_user(composition_warning(shift, filled), UserWarning)
 
     def _cluster_calls(self, x, present, best, resolution, seed):
         """Query clusters, their novelty per cell, and the over-clustering for voting

@@ -14,12 +14,13 @@ import copy
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+from scdl._warnings import warn_user
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -250,12 +251,11 @@ def _saved_anndata(dir_path: str | os.PathLike, config: dict, checksummed: bool)
         _check_anndata_checksum(dir_path, config)
     elif checksummed or not path.is_file():
         if path.is_file():
-            warnings.warn(
+            warn_user(
                 f"{str(path)!r} was not saved with this model (it was saved without "
                 "`save_anndata`), so it is not attached; pass data as `load(dir_path, "
                 "adata=...)`.",
                 UserWarning,
-                stacklevel=3,
             )
         return None
     return anndata.read_h5ad(path)

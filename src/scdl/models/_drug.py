@@ -14,6 +14,7 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import LayerField, ObsmField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
+from scdl._warnings import warn_user
 from scdl.data import (
     check_counts,
     check_positive_int,
@@ -277,7 +278,15 @@ class DrugResponseModel(
             ObsmField(RESPONSE_KEY, response_key),
         ]
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(adata, **kwargs)
+        # without scvi-tools' INFO line "Using column names from columns of adata.obsm[...]":
+        # the response table is always a DataFrame here, its columns the drugs
+        field_logger = logging.getLogger("scvi.data.fields._arraylike_field")
+        level = field_logger.level
+        field_logger.setLevel(max(level, logging.WARNING))
+        try:
+            adata_manager.register_fields(adata, **kwargs)
+        finally:
+            field_logger.setLevel(level)
         cls.register_manager(adata_manager)
 
     def _drug_names(self) -> list:
@@ -471,12 +480,11 @@ class DrugResponseModel(
         in_train[train_idx.astype(np.int64)] = True
         heldout, self.calibration_source_ = heldout_predictions(members, folds, in_train)
         if self.calibration_source_ == "training lines":
-            warnings.warn(
+            warn_user(
                 "With n_ensemble=1 and train_size=1 there are no held-out lines: the sensitive "
                 "probability uses training residuals, which understate the uncertainty. Use "
                 "n_ensemble >= 2 or train_size < 1.",
                 UserWarning,
-                stacklevel=3,
             )
         return drug_table(heldout, y, self.drugs, alphas)
 
@@ -521,9 +529,8 @@ def _warn_unused_training_options(train, **given) -> None:
         name for name, value in given.items() if name not in params or value != params[name].default
     ]
     if unused:
-        warnings.warn(
+        warn_user(
             f"prediction='wide' fits the ridges in closed form on every line: {unused} "
             "did nothing. They train the network of prediction='deep' or 'wide_deep'.",
             UserWarning,
-            stacklevel=3,
         )

@@ -8,13 +8,13 @@ A mixin of the model class (as scvi-tools keeps ``get_normalized_expression`` an
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
+from scdl._warnings import warn_user
 from scdl.data import (
     MIN_SHARED_GENES,
     check_counts,
@@ -106,12 +106,11 @@ class DrugPredictionMixin:
         if present.sum() < min(MIN_SHARED_GENES, len(self.genes)):
             shared_genes(self.genes, adata.var_names, names=("model's genes", "data"))
         if present.mean() < 0.9:
-            warnings.warn(
+            warn_user(
                 f"{(~present).sum()} of the model's {len(self.genes)} genes are missing from "
                 "the data; they are set to the profile's mean. Predictions may be less "
                 "reliable.",
                 UserWarning,
-                stacklevel=3,
             )
         if modality == "auto":
             modality = resolve_modality(adata, layer)

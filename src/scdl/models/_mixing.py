@@ -32,10 +32,10 @@ and checked over five random sketches (benchmarks/README.md).
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from scipy import sparse
+
+from scdl._warnings import warn_user
 
 from ._composition import type_moments
 from ._depth import DEPTH_LEVELS, level_fraction, thin_counts, type_depths
@@ -183,13 +183,12 @@ def reference_share(
         energy = (np.asarray(sketch["sketch_loadings"], dtype=np.float64) ** 2).sum(1)
         coverage = energy[np.asarray(present, dtype=bool)].sum() / energy.sum()
         if coverage < MIN_SKETCH_COVERAGE:
-            warnings.warn(
+            warn_user(
                 f"The query's genes carry {coverage:.0%} of the reference sketch's principal "
                 f"components (at least {MIN_SKETCH_COVERAGE:.0%} needed): the Unknown call's "
                 "mixing check is skipped and only the cluster novelty check is made. Pass a "
                 "query that holds the model's genes to have both.",
                 UserWarning,
-                stacklevel=4,
             )
             return np.full(n, np.nan)
     ref = ref[min(level, len(ref) - 1)]

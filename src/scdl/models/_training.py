@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import NamedTuple
 
 import numpy as np
+
+from scdl._warnings import warn_user
 
 
 def default_max_epochs(
@@ -41,11 +42,10 @@ def fit_batch_size(n_obs: int, batch_size: int, train_size: float | None = None)
     if n_train < batch_size:
         # every cell in one minibatch: whichever way a splitter rounds, no split is left with a
         # remainder minibatch of one cell (which BatchNorm cannot train on)
-        warnings.warn(
+        warn_user(
             f"Only {n_train} training cells, fewer than batch_size={batch_size}: training "
             f"with one minibatch per epoch (batch_size={n_obs}).",
             UserWarning,
-            stacklevel=3,
         )
         return int(n_obs)
     return int(batch_size)

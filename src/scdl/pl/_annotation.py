@@ -77,7 +77,7 @@ def annotation(
     )
     ax = axes[0]
     data = [conf[(pred == t).to_numpy()] for t in types]
-    ax.boxplot(data, vert=False, showfliers=False)
+    ax.boxplot(data, showfliers=False, **_horizontal())
     for i, d in enumerate(data, start=1):
         jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(d))
         ax.scatter(d, i + jitter, s=3, alpha=0.4, color="tab:blue")
@@ -205,6 +205,15 @@ def attributions(
         )
     fig.tight_layout()
     return finish(fig, show=show, save=save, default_name="attributions")
+
+
+def _horizontal() -> dict:
+    """``boxplot``'s horizontal option: matplotlib 3.10 added ``orientation`` and deprecated
+    ``vert`` (removed in 3.13)."""
+    import matplotlib
+
+    version = tuple(int(v) for v in matplotlib.__version__.split(".")[:2])
+    return {"orientation": "horizontal"} if version >= (3, 10) else {"vert": False}
 
 
 def _categories(values) -> list[str]:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from scdl.data import writable
+
 from ._majority import majority_vote
 
 if TYPE_CHECKING:
@@ -161,7 +163,7 @@ def annotate(
         if clusters is None:
             clusters = calls["over_cluster"].to_numpy()
         voted, support = majority_vote(label.to_numpy(), clusters, min_support=min_support)
-    adata = adata.copy() if copy else adata
+    adata = writable(adata, copy=copy)
     adata.obs[key_added] = pd.Categorical(label.to_numpy(), categories=categories)
     adata.obs[f"{key_added}_confidence"] = calls["confidence"].to_numpy()
     adata.obs[f"{key_added}_unknown"] = calls["is_unknown"].to_numpy() & unknown
@@ -174,7 +176,8 @@ def annotate(
         adata.obs[voting[1]] = pd.Categorical(voted, categories=categories)
         adata.obs[voting[2]] = support
     else:  # an earlier call's voting under this key would contradict the new calls
-        adata.obs.drop(columns=[c for c in voting if c in adata.obs], inplace=True)
+        for column in [c for c in voting if c in adata.obs]:
+            del adata.obs[column]
     adata.uns[key_added] = {
         "params": {  # what changes the calls, as scanpy's tl functions record them
             "layer": layer or "",

@@ -3,12 +3,12 @@ a resolution chosen without labels, or the resolution giving a number of cluster
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from scdl.data import check_embedding, check_key_added
+from scdl._warnings import warn_user
+from scdl.data import check_embedding, check_key_added, writable
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -90,7 +90,7 @@ def cluster(
     import scanpy as sc
 
     rep, n_neighbors = _check_inputs(adata, use_rep, resolution, n_clusters, n_neighbors, key_added)
-    adata = adata.copy() if copy else adata
+    adata = writable(adata, copy=copy)
     neighbors_key = f"{key_added}_neighbors"
     sc.pp.neighbors(
         adata,
@@ -158,11 +158,10 @@ def _check_inputs(adata, use_rep, resolution, n_clusters, n_neighbors, key_added
                 f"{adata.n_obs} cells are too few to cluster (a neighbour graph needs >= 3)."
             )
         used = 1 + adata.n_obs // 2  # scanpy's choice for too few cells
-        warnings.warn(
+        warn_user(
             f"{adata.n_obs} cells cannot have n_neighbors={n_neighbors}; using "
             f"n_neighbors={used}, as scanpy does (pass a smaller n_neighbors to choose).",
             UserWarning,
-            stacklevel=3,
         )
         n_neighbors = used
     return rep, n_neighbors
@@ -179,12 +178,11 @@ def _cluster_to_k(adata, connectivities, rep, n_clusters: int, key_added: str, r
     labels = merge_to(labels, rep, n_clusters)
     sizes = pd.Series(labels).value_counts()  # name clusters 0, 1, ... by size
     if len(sizes) != n_clusters:  # Leiden's counts jump, or stop growing at resolution 10
-        warnings.warn(
+        warn_user(
             f"No resolution gives {n_clusters} Leiden clusters on this graph; using the "
             f"closest, {len(sizes)} clusters at resolution {chosen:.3g} (recorded in "
             f"uns[{key_added!r}]['n_clusters']).",
             UserWarning,
-            stacklevel=3,
         )
     rename = {c: str(i) for i, c in enumerate(sizes.index)}
     names = [str(i) for i in range(len(sizes))]

@@ -15,6 +15,7 @@ from scdl.data import (
     check_unique_var_names,
     get_matrix,
     resolve_groups,
+    writable,
 )
 
 from ._hvg import select_genes
@@ -167,6 +168,7 @@ def contrastive(
     check_finite(shared, salient)
     genes_table = model.get_salient_genes(n_top=None)
 
+    adata = writable(adata)
     adata.obsm[key_added] = salient
     adata.obsm[shared_key] = shared
     params = {

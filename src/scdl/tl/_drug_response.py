@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from scdl.data import writable
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -141,7 +143,7 @@ def drug_response(
         index=value.columns.copy(),
     ).sort_values("mean_probability", ascending=False, kind="stable")
 
-    out = adata.copy() if copy else adata
+    out = writable(adata, copy=copy)
     out.obsm[key_added] = value
     out.obsm[f"{key_added}_prob"] = prob
     out.obsm[f"{key_added}_label"] = label

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from scdl._warnings import warn_user
+
 from ._training_data import unique_gene_names
 
 if TYPE_CHECKING:
@@ -79,7 +81,6 @@ def _ranking_groups(batch: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 def _seurat_v3(tmp: AnnData, n_top_genes: int, batch_key: str | None) -> pd.DataFrame:
     """scanpy's seurat_v3 ranking, per batch where the trend can be fitted, else pooled."""
-    import warnings
 
     import scanpy as sc
 
@@ -92,22 +93,20 @@ def _seurat_v3(tmp: AnnData, n_top_genes: int, batch_key: str | None) -> pd.Data
         try:
             return rank("batch")
         except ValueError:  # a singular loess fit in one batch
-            warnings.warn(
+            warn_user(
                 f"Highly variable genes could not be ranked within each batch of "
                 f"adata.obs[{batch_key!r}] (too few cells in a batch for seurat_v3's "
                 "variance trend); they are ranked ignoring the batches.",
                 UserWarning,
-                stacklevel=4,
             )
     if tmp.n_obs >= 2:  # one cell has no variance to rank by
         try:
             return rank(None)
         except ValueError:  # a singular loess fit: too few cells for a trend
             pass
-    warnings.warn(
+    warn_user(
         f"Highly variable genes could not be ranked on {tmp.n_obs} cells (too few for "
         "seurat_v3's variance trend); every expressed gene is used, as with n_top_genes=None.",
         UserWarning,
-        stacklevel=4,
     )
     return pd.DataFrame({"highly_variable": np.ones(tmp.n_vars, dtype=bool)})

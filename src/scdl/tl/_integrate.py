@@ -14,6 +14,7 @@ from scdl.data import (
     check_positive_int,
     check_unique_var_names,
     get_matrix,
+    writable,
 )
 
 from ._hvg import select_genes
@@ -151,6 +152,7 @@ def integrate(
     latent = model.get_latent_representation()
     check_finite(latent)
 
+    adata = writable(adata)
     adata.obsm[key_added] = latent
     adata.uns[key_added] = {
         "params": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import time
@@ -39,6 +40,18 @@ def train_model(
 
 
 @contextlib.contextmanager
+def _quiet_seeding():
+    """Without Lightning's "Seed set to ..." line: the user set no seed, the tool did."""
+    seed_logger = logging.getLogger("lightning.fabric.utilities.seed")
+    level = seed_logger.level
+    seed_logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        seed_logger.setLevel(level)
+
+
+@contextlib.contextmanager
 def _seeded(seed: int):
     """``scvi.settings.seed = seed`` for the duration, then the session's seed and the
     Python, numpy and torch random states as they were: scvi-tools' setter re-seeds every
@@ -54,10 +67,12 @@ def _seeded(seed: int):
     gpus = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=gpus):  # torch's own save/restore of its generators
         try:
-            scvi.settings.seed = seed
+            with _quiet_seeding():
+                scvi.settings.seed = seed
             yield
         finally:
-            scvi.settings.seed = saved_seed  # (re-seeds; the states restored here undo that)
+            with _quiet_seeding():  # (re-seeds; the states restored here undo that)
+                scvi.settings.seed = saved_seed
             random.setstate(py_state)
             np.random.set_state(np_state)
             for key, value in env.items():

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import signal
 import threading
-import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
+
+from scdl._warnings import warn_user
 
 from ._quiet import quiet_lightning
 
@@ -118,12 +119,11 @@ class TrainingGuard(Callback):
         # the user's own max_steps stopped it, not a callback
         steps = trainer.max_steps is not None and 0 <= trainer.max_steps <= trainer.global_step
         if total is not None and 0 < total and done < total and not early and not steps:
-            warnings.warn(
+            warn_user(
                 f"Training stopped after {done} of {total} epochs (a callback asked it to "
                 "stop); model.history shows the epochs that ran. Call .train() again to "
                 "continue from the current weights.",
                 UserWarning,
-                stacklevel=2,
             )
 
 
