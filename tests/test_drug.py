@@ -395,6 +395,14 @@ def test_save_load_identical_predictions(trained, cellbench, tmp_path):
     assert loaded.drugs == trained.drugs and loaded.genes.equals(trained.genes)
     assert loaded.module.prediction == "wide" and len(loaded.module.members) == 0
     assert repr(loaded) == repr(trained)  # the number of target cells included
+    # with its bulk lines, saved with the model or given: expression, not counts, is checked
+    trained.save(tmp_path / "with_data", save_anndata=True)
+    for again in (
+        scdl.models.DrugResponseModel.load(tmp_path / "with_data"),
+        scdl.models.DrugResponseModel.load(tmp_path / "drug", adata=trained.adata.copy()),
+    ):
+        assert again.adata.n_obs == trained.adata.n_obs
+        pd.testing.assert_frame_equal(again.predict(cellbench), trained.predict(cellbench))
     pd.testing.assert_frame_equal(loaded.drug_stats_, trained.drug_stats_)  # index name too
 
 

@@ -328,6 +328,28 @@ def test_training_loaders_share_the_matrix_and_let_go_of_it(kang):
     assert model.trainer.val_dataloaders.csr is None
 
 
+def test_training_again_trains_in_train_mode(kang):
+    """A trained (or loaded) model's module is left in eval mode for inference; training it
+    again runs dropout and batch norm in train mode (Lightning >= 2.2 keeps modes as found)."""
+    from lightning.pytorch import Callback
+
+    from scdl.models import VAE
+
+    class Modes(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 0:
+                self.in_eval = sum(not m.training for m in pl_module.modules())
+
+    adata = kang[:300].copy()
+    VAE.setup_anndata(adata)
+    model = VAE(adata)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    assert not model.module.training
+    modes = Modes()
+    model.train(max_epochs=1, callbacks=[modes], enable_progress_bar=False)
+    assert modes.in_eval == 0
+
+
 def test_neighbour_blocks_fit_the_free_gpu_memory(monkeypatch):
     """The exact search on a GPU takes fewer query rows at once when a block of 1,024 rows
     against every cell would not fit a quarter of the free memory (three float64 blocks)."""

@@ -12,8 +12,11 @@ Notebooks that need ``../shared/data`` skip when it is absent.
 
 from __future__ import annotations
 
+import signal
+import sys
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,6 +37,26 @@ NEEDS_DATA = {
         "cellbench_lung_lines_2batches.h5ad",
     ),
 }
+CELL_TIMEOUT_S = 1200  # per cell: a cell that hangs fails its notebook, not the whole run
+
+
+@contextmanager
+def time_limit(seconds: int):
+    """Raise TimeoutError in the cell running after ``seconds`` (where SIGALRM exists)."""
+    if not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError(f"the cell ran over {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +72,12 @@ def shell(tmp_path_factory):
     config.HistoryManager.enabled = False
     config.InteractiveShell.colors = "nocolor"  # tracebacks read plainly in pytest's report
     ipython_dir = tmp_path_factory.mktemp("ipython")
+    main = sys.modules["__main__"]  # the shell installs its own namespace as __main__
     shell = InteractiveShell.instance(config=config, ipython_dir=str(ipython_dir))
     yield shell
     shell.reset(new_session=True)
     InteractiveShell.clear_instance()
+    sys.modules["__main__"] = main
 
 
 def test_every_tutorial_is_tested():
@@ -77,7 +102,8 @@ def test_tutorial_runs(path, shell, tmp_path, monkeypatch):
     t0 = time.perf_counter()
     try:
         for i, cell in enumerate(cells, start=1):
-            result = shell.run_cell(cell.source, store_history=False)
+            with time_limit(CELL_TIMEOUT_S):
+                result = shell.run_cell(cell.source, store_history=False)
             if not result.success:  # stop at the first cell that raises, as nbclient does
                 error = result.error_before_exec or result.error_in_exec
                 pytest.fail(

@@ -36,6 +36,7 @@ def check_query(
     *,
     model: str = "model",
     unseen_fix: str = "keep only cells of known categories",
+    counts: bool = True,
 ) -> None:
     """Check a new AnnData given to a trained model (latent space, expression, ...).
 
@@ -53,6 +54,9 @@ def check_query(
         The model's class name, used in the messages.
     unseen_fix
         How to use categories the model was not trained on, named in that error.
+    counts
+        Whether the model reads raw counts (``False``: e.g. bulk expression, checked by the
+        model's own ``setup_anndata``).
     """
     check_is_anndata(adata)
     fields = registry.get("field_registries", {})
@@ -68,7 +72,8 @@ def check_query(
             + counts_place_fix(model, layer)
         )
     check_not_sparse_array(adata, layer)
-    check_counts(adata, layer, fix=counts_place_fix(model, layer))
+    if counts:
+        check_counts(adata, layer, fix=counts_place_fix(model, layer))
     known: dict[str, tuple[str, list]] = {}
     for field in fields.values():
         state = field.get("state_registry", {})

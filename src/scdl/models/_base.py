@@ -282,6 +282,8 @@ class SafeSaveLoadMixin:
     #: how to use cells of categories the model was not trained on, said by ``load(adata=)``
     #: (and by the model's methods, see :class:`CheckedQueryMixin`)
     _unseen_categories_fix = "keep only cells of known categories"
+    #: whether the registered data are raw counts (checked as such by ``load(adata=)``)
+    _reads_counts = True
 
     def _extra_config(self) -> dict:
         """Further JSON fields a model writes for readers of ``config.json``."""
@@ -433,7 +435,13 @@ class SafeSaveLoadMixin:
             # names an option load lacks, and registers labels before it fails)
             from scdl.data import check_query
 
-            check_query(adata, registry, model=cls.__name__, unseen_fix=cls._unseen_categories_fix)
+            check_query(
+                adata,
+                registry,
+                model=cls.__name__,
+                unseen_fix=cls._unseen_categories_fix,
+                counts=cls._reads_counts,
+            )
             # the weights must fit before adata is registered (a failing load leaves it as it was)
             probe = _initialize_model(cls, None, registry, copy.deepcopy(attrs), None)
             _load_state(probe, state, dir_path)

@@ -154,6 +154,7 @@ class DrugResponseModel(
     _module_cls = DrugResponseModule
     _data_splitter_cls = DomainSplitter
     _training_plan_cls = EpochLoggingTrainingPlan
+    _reads_counts = False  # bulk expression (log or z-scored), checked by setup_anndata
     _load_adata_hint = (
         "DrugResponseModel.load(adata=) takes the bulk cell lines the model was trained on; "
         "to predict cells, load without adata and pass them to predict() or "

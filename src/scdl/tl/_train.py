@@ -63,8 +63,9 @@ def _seeded(seed: int):
     saved_seed, py_state, np_state = scvi.settings.seed, random.getstate(), np.random.get_state()
     env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "XLA_FLAGS")}
     flags = (cudnn.deterministic, cudnn.benchmark)
-    # every GPU's generator, even before CUDA's first use: training initialises and seeds it
-    gpus = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
+    # not is_available(): reading a GPU's generator starts CUDA, which a CPU run on a GPU
+    # machine must not do (Lightning's fork-based strategies refuse to start after it)
+    gpus = range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=gpus):  # torch's own save/restore of its generators
         try:
             with _quiet_seeding():

@@ -74,6 +74,10 @@ class TrainingGuard(Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         self.max_epochs = trainer.max_epochs
         self._bad = None
+        # a loaded, pretrained or already trained model's module is in eval mode (set for
+        # inference) and Lightning >= 2.2 no longer sets train mode itself: dropout and batch
+        # norm would train as at inference (scArches' freezing sets rates, not modes)
+        pl_module.train()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.epoch = int(trainer.current_epoch)

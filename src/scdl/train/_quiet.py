@@ -4,8 +4,7 @@ Every ``Trainer`` logs which accelerators exist ("GPU available: ..., used: ..."
 available", "HPU available") and tips for Lightning's cloud services. scvi-tools' own
 ``.train()`` prints them too, but a user who asked for a model did not ask for them.
 Nor did they ask for Lightning 2.6's ``FutureWarning`` about ``LeafSpec`` under torch >= 2.13
-(Lightning's own use of a torch API it has not caught up with, printed at the first training),
-or for its warning about modules in eval mode, which scdl froze itself (query mapping).
+(Lightning's own use of a torch API it has not caught up with, printed at the first training).
 Every other warning and error still comes through, and so does the progress bar.
 """
 
@@ -42,8 +41,6 @@ def quiet_lightning() -> Iterator[None]:
             warnings.filterwarnings(
                 "ignore", message=r".*LeafSpec.* is deprecated", category=FutureWarning
             )
-            # scdl froze those layers itself (a query mapped onto a reference): not the user's
-            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
