@@ -395,15 +395,24 @@ def test_save_load_identical_predictions(trained, cellbench, tmp_path):
     assert loaded.drugs == trained.drugs and loaded.genes.equals(trained.genes)
     assert loaded.module.prediction == "wide" and len(loaded.module.members) == 0
     assert repr(loaded) == repr(trained)  # the number of target cells included
-    # with its bulk lines, saved with the model or given: expression, not counts, is checked
-    trained.save(tmp_path / "with_data", save_anndata=True)
-    for again in (
-        scdl.models.DrugResponseModel.load(tmp_path / "with_data"),
-        scdl.models.DrugResponseModel.load(tmp_path / "drug", adata=trained.adata.copy()),
-    ):
-        assert again.adata.n_obs == trained.adata.n_obs
-        pd.testing.assert_frame_equal(again.predict(cellbench), trained.predict(cellbench))
     pd.testing.assert_frame_equal(loaded.drug_stats_, trained.drug_stats_)  # index name too
+
+
+def test_loads_with_its_bulk_lines(gdsc, cellbench, tmp_path):
+    """Saved with its data, or given it: the bulk expression is checked as expression, not as
+    counts (its own registration here: a copy of a registered AnnData shares its id)."""
+    bulk = gdsc[:150].copy()
+    scdl.models.DrugResponseModel.setup_anndata(bulk, response_key="ln_ic50")
+    model = scdl.models.DrugResponseModel(bulk, prediction="wide", n_top_genes=300)
+    model.train()
+    model.save(tmp_path / "m", save_anndata=True)
+    expected = model.predict(cellbench[:20])
+    for again in (
+        scdl.models.DrugResponseModel.load(tmp_path / "m"),
+        scdl.models.DrugResponseModel.load(tmp_path / "m", adata=bulk.copy()),
+    ):
+        assert again.adata.n_obs == bulk.n_obs
+        pd.testing.assert_frame_equal(again.predict(cellbench[:20]), expected)
 
 
 def test_save_load_wide_deep_and_models_saved_before_prediction(bulk_train, cellbench, tmp_path):
