@@ -98,9 +98,17 @@ class CSRBatchLoader(TensorBatchLoader):
     def __init__(self, adata_manager, *args, **kwargs):
         super().__init__(adata_manager, *args, **kwargs)
         x, _ = self.arrays[REGISTRY_KEYS.X_KEY]
-        self.csr = None
-        if sparse.issparse(x) and x.format == "csr":
-            x = _summed(x)
+        # the CSR path's arrays are built at first use: a loader that shares another's
+        # (the splitter's validation loader) never builds its own
+        self.csr_source = x if sparse.issparse(x) and x.format == "csr" else None
+        self.csr, self.covariates = None, {}
+        self.device = torch.device("cpu")
+        self.dense_only = False
+
+    def _csr_arrays(self):
+        """The CSR arrays (built now if not yet), or ``None`` on the host path."""
+        if self.csr is None and self.csr_source is not None:
+            x = _summed(self.csr_source)
             self.n_cols = x.shape[1]
             self.host_indptr = np.asarray(x.indptr, dtype=np.int64)
             self.csr = _csr_tensors(x, self.host_indptr)  # shares the host's row pointers
@@ -111,8 +119,7 @@ class CSRBatchLoader(TensorBatchLoader):
                 for key, (data, dtype) in self.arrays.items()
                 if key != REGISTRY_KEYS.X_KEY
             }
-        self.device = torch.device("cpu")
-        self.dense_only = False
+        return self.csr
 
     def to(self, device: torch.device | str) -> CSRBatchLoader:
         """Keep the CSR arrays and covariates on ``device`` (if they fit there).
@@ -124,7 +131,7 @@ class CSRBatchLoader(TensorBatchLoader):
             self.release()
             self.dense_only = True
             return self
-        if self.csr is None or device == self.device:
+        if device == self.device or self._csr_arrays() is None:
             return self
         if device.type == "cuda":
             nbytes = sum(t.numel() * t.element_size() for t in self.csr)
@@ -139,18 +146,19 @@ class CSRBatchLoader(TensorBatchLoader):
 
     def share_arrays(self, other: CSRBatchLoader) -> None:
         """Read the matrix from ``other``'s arrays (the same registered matrix, wherever they
-        are), letting go of this loader's own."""
-        if self.csr is None or other.csr is None:
+        are) instead of building this loader's own."""
+        if self.csr_source is None or other._csr_arrays() is None:
             return
         self.csr, self.covariates, self.device = other.csr, other.covariates, other.device
-        self.host_indptr = other.host_indptr
+        self.host_indptr, self.n_cols = other.host_indptr, other.n_cols
 
     def release(self) -> None:
         """Let go of the CSR arrays (and their device copy); later passes read on the host."""
-        self.csr, self.covariates, self.device = None, {}, torch.device("cpu")
+        self.csr_source, self.csr, self.covariates = None, None, {}
+        self.device = torch.device("cpu")
 
     def __iter__(self):
-        if self.csr is None:  # dense, CSC or backed X: read on the host
+        if self._csr_arrays() is None:  # dense, CSC or backed X (or released): on the host
             yield from super().__iter__()
             return
         order = self.indices

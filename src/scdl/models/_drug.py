@@ -30,7 +30,7 @@ from scdl.data import (
 )
 from scdl.dataloaders import DomainSplitter
 from scdl.module import RESPONSE_KEY, DrugResponseModule, drug_table, heldout_predictions
-from scdl.train import EpochLoggingTrainingPlan, guarded_training
+from scdl.train import EpochLoggingTrainingPlan, guarded_training, quiet_loggers
 
 from ._base import SafeSaveLoadMixin
 from ._drug_predict import DrugPredictionMixin
@@ -281,13 +281,8 @@ class DrugResponseModel(
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
         # without scvi-tools' INFO line "Using column names from columns of adata.obsm[...]":
         # the response table is always a DataFrame here, its columns the drugs
-        field_logger = logging.getLogger("scvi.data.fields._arraylike_field")
-        level = field_logger.level
-        field_logger.setLevel(max(level, logging.WARNING))
-        try:
+        with quiet_loggers("scvi.data.fields._arraylike_field"):
             adata_manager.register_fields(adata, **kwargs)
-        finally:
-            field_logger.setLevel(level)
         cls.register_manager(adata_manager)
 
     def _drug_names(self) -> list:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import random
 import time
 import warnings
 
 import numpy as np
+
+#: where Lightning logs "Seed set to ..." when scvi-tools' seed is set
+_SEED_LOGGER = "lightning.fabric.utilities.seed"
 
 
 def train_model(
@@ -40,24 +42,14 @@ def train_model(
 
 
 @contextlib.contextmanager
-def _quiet_seeding():
-    """Without Lightning's "Seed set to ..." line: the user set no seed, the tool did."""
-    seed_logger = logging.getLogger("lightning.fabric.utilities.seed")
-    level = seed_logger.level
-    seed_logger.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        seed_logger.setLevel(level)
-
-
-@contextlib.contextmanager
 def _seeded(seed: int):
     """``scvi.settings.seed = seed`` for the duration, then the session's seed and the
     Python, numpy and torch random states as they were: scvi-tools' setter re-seeds every
     generator (Lightning's ``seed_everything``), which replaced a seed the user had set."""
     import scvi
     import torch
+
+    from scdl.train import quiet_loggers
 
     cudnn = torch.backends.cudnn
     saved_seed, py_state, np_state = scvi.settings.seed, random.getstate(), np.random.get_state()
@@ -68,11 +60,11 @@ def _seeded(seed: int):
     gpus = range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=gpus):  # torch's own save/restore of its generators
         try:
-            with _quiet_seeding():
+            with quiet_loggers(_SEED_LOGGER):  # the user set no seed: the tool did
                 scvi.settings.seed = seed
             yield
         finally:
-            with _quiet_seeding():  # (re-seeds; the states restored here undo that)
+            with quiet_loggers(_SEED_LOGGER):  # (re-seeds; the states restored undo that)
                 scvi.settings.seed = saved_seed
             random.setstate(py_state)
             np.random.set_state(np_state)

@@ -4,6 +4,7 @@ every ``.train()`` runs inside (divergence, interruption)."""
 from ._annotator import AnnotatorTrainingPlan, MaskedExpressionPlan
 from ._callbacks import TrainingDivergedError, TrainingGuard, guarded_training
 from ._elbo import EpochLoggingTrainingPlan
+from ._quiet import quiet_loggers
 
 __all__ = [
     "AnnotatorTrainingPlan",
@@ -12,4 +13,5 @@ __all__ = [
     "TrainingDivergedError",
     "TrainingGuard",
     "guarded_training",
+    "quiet_loggers",
 ]

@@ -28,20 +28,27 @@ _LOGGERS = (
 
 
 @contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Raise Lightning's info loggers to WARNING for the duration, then restore them; hide
-    Lightning's ``LeafSpec`` deprecation warning meanwhile."""
-    loggers = [logging.getLogger(name) for name in _LOGGERS]
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """The named loggers at WARNING at least for the duration, then as they were (info lines
+    a library logs about what scdl did, not about the user's data)."""
+    loggers = [logging.getLogger(name) for name in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         if lg.getEffectiveLevel() < logging.WARNING:
             lg.setLevel(logging.WARNING)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings(
-                "ignore", message=r".*LeafSpec.* is deprecated", category=FutureWarning
-            )
-            yield
+        yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Raise Lightning's info loggers to WARNING for the duration, then restore them; hide
+    Lightning's ``LeafSpec`` deprecation warning meanwhile."""
+    with quiet_loggers(*_LOGGERS), warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*LeafSpec.* is deprecated", category=FutureWarning
+        )
+        yield
