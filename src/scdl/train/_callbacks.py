@@ -158,6 +158,9 @@ def guarded_training(
     # Lightning's teardown moves the module to the CPU; scvi-tools moves it back only after a
     # successful fit, so a failed run on a GPU is put back where it was here
     device = next(module.parameters(), torch.empty(0)).device
+    # training sets train mode (TrainingGuard.on_fit_start); scvi-tools' inference methods
+    # rely on the eval mode a finished run leaves, so a failed run restores the mode too
+    was_training = module.training
     main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main_thread else None
     with quiet_lightning():
@@ -167,6 +170,7 @@ def guarded_training(
             if guard.interrupted_epoch is None:
                 raise
             module.to(device)
+            module.eval()  # the weights reached so far, ready for inference if the user wants
             model.is_trained_ = False
             of = f" of {guard.max_epochs}" if guard.max_epochs else ""
             raise KeyboardInterrupt(
@@ -179,10 +183,12 @@ def guarded_training(
             if guard.diverged or not _all_finite(module):
                 module.load_state_dict(before)
                 module.to(device)
+                module.train(was_training)
                 if isinstance(e, TrainingDivergedError):
                     raise
                 raise TrainingDivergedError(guard.message(guard.epoch, "its weights")) from e
             module.to(device)  # e.g. out of GPU memory: later calls run where they did
+            module.train(was_training)
             raise
         finally:
             if main_thread and sigint is not None:
