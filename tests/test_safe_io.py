@@ -347,3 +347,43 @@ def test_a_failed_anndata_write_leaves_no_partial_file(small_save, tmp_path):
     with pytest.raises(ValueError, match="loaded without data, so it has no cells to save"):
         VAE.load(path).save(tmp_path / "n", save_anndata=True)
     assert not (tmp_path / "n").exists()
+
+
+def test_two_saves_in_one_folder_with_prefixes(small_save, tmp_path):
+    """scvi-tools' ``prefix``: each save's files carry it, and load reads the one asked for."""
+    import torch
+
+    path, clean = small_save
+    model = VAE.load(path, adata=clean.copy())
+    other = VAE.load(path, adata=clean.copy())
+    with torch.no_grad():
+        next(other.module.parameters()).add_(1.0)  # another model, told apart by its weights
+    model.save(tmp_path, prefix="a_", save_anndata=True)
+    other.save(tmp_path, prefix="b_")
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {
+        "a_config.json",
+        "a_model.safetensors",
+        "a_adata.h5ad",
+        "b_config.json",
+        "b_model.safetensors",
+    }
+    a = VAE.load(tmp_path, prefix="a_")
+    b = VAE.load(tmp_path, adata=clean.copy(), prefix="b_")
+    assert a.adata is not None and a.adata.n_obs == clean.n_obs  # its own AnnData
+    first = [next(m.module.parameters()).detach() for m in (model, other, a, b)]
+    np.testing.assert_array_equal(first[0], first[2])
+    np.testing.assert_array_equal(first[1], first[3])
+    assert VAE.load_registry(tmp_path, prefix="b_")["model_name"] == "VAE"
+    with pytest.raises(ValueError, match="already holds a saved model with prefix 'a_'"):
+        model.save(tmp_path, prefix="a_")
+    with pytest.raises(FileNotFoundError, match="holds saves with prefix 'a_', 'b_': pass it"):
+        VAE.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="No c_config.json in .* with this `prefix`"):
+        VAE.load(tmp_path, prefix="c_")
+    with pytest.raises(ValueError, match="path separator"):
+        model.save(tmp_path, prefix="sub/a_")
+    # backup_url: used by scvi-tools only when the save is missing; an scdl save is not fetched
+    VAE.load(tmp_path, prefix="a_", backup_url="https://example.org/a_model.pt")
+    with pytest.raises(FileNotFoundError, match="not downloaded from `backup_url`"):
+        VAE.load(tmp_path / "nowhere", backup_url="https://example.org/model.pt")

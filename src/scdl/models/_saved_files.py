@@ -1,0 +1,299 @@
+"""The files of a saved scdl model: JSON config + safetensors weights (+ the AnnData).
+
+Reading and checking them (formats, checksums, fields) is here; :mod:`._base` saves and
+loads models through it. Nothing read here can run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scdl._warnings import warn_user
+
+FORMAT = "scdl-model"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+ANNDATA_NAME = "adata.h5ad"
+
+
+class SavedFiles:
+    """The files of one save: ``{prefix}config.json``, ``{prefix}model.safetensors`` and
+    ``{prefix}adata.h5ad`` in ``dir_path`` (scvi-tools' ``prefix``: several saves in one
+    folder)."""
+
+    def __init__(self, dir_path: str | os.PathLike, prefix: str | None = None) -> None:
+        if prefix is not None and not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string, got {type(prefix).__name__}.")
+        prefix = prefix or ""
+        if os.sep in prefix or (os.altsep and os.altsep in prefix):
+            raise ValueError(
+                f"prefix {prefix!r} holds a path separator: it starts the file names; pass "
+                "the folder as `dir_path`."
+            )
+        self.dir = Path(dir_path)
+        self.config_name = f"{prefix}{CONFIG_NAME}"
+        self.weights_name = f"{prefix}{WEIGHTS_NAME}"
+        self.anndata_name = f"{prefix}{ANNDATA_NAME}"
+        self.config = self.dir / self.config_name
+        self.weights = self.dir / self.weights_name
+        self.anndata = self.dir / self.anndata_name
+
+    def __str__(self) -> str:
+        return repr(str(self.dir))
+
+
+def _encode(obj):
+    """Make scvi-tools' registry/attributes JSON-serialisable, tagging what must come back."""
+    if isinstance(obj, dict):
+        return {str(k): _encode(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_encode(v) for v in obj]
+    if isinstance(obj, pd.DataFrame):
+        return {
+            "__dataframe__": {
+                "index": _encode(obj.index.tolist()),
+                "index_name": _encode(obj.index.name),
+                "columns": _encode(obj.columns.tolist()),
+                "dtypes": [str(t) for t in obj.dtypes],
+                "values": _encode(obj.to_numpy().tolist()),
+            }
+        }
+    if isinstance(obj, pd.Index):
+        return _encode(obj.tolist())
+    if isinstance(obj, np.ndarray):
+        kind = "object" if obj.dtype.kind in "OUS" else str(obj.dtype)
+        return {"__ndarray__": _encode(obj.tolist()), "dtype": kind}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return {"__float__": str(obj)}
+    if obj is None or isinstance(obj, str | int | float | bool):
+        return obj
+    raise TypeError(f"Cannot save attribute of type {type(obj).__name__} to JSON.")
+
+
+_NUMERIC_DTYPES = {"bool", *(f"{k}{b}" for k in ("int", "uint") for b in (8, 16, 32, 64))}
+_NUMERIC_DTYPES |= {"float16", "float32", "float64"}
+
+
+def _decode(obj):
+    if isinstance(obj, list):
+        return [_decode(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__ndarray__" in obj:
+        return np.array(_decode(obj["__ndarray__"]), dtype=obj["dtype"])
+    if "__dataframe__" in obj:
+        d = obj["__dataframe__"]
+        frame = pd.DataFrame(_decode(d["values"]), index=d["index"], columns=d["columns"])
+        frame.index.name = d.get("index_name")  # saves before it was recorded: None
+        # numeric columns as saved (rows of a frame mixing ints and floats come back floats)
+        numeric = {
+            c: t
+            for c, t in zip(frame.columns, d.get("dtypes", ()), strict=False)
+            if t in _NUMERIC_DTYPES
+        }
+        return frame.astype(numeric) if numeric else frame
+    if "__float__" in obj:
+        return float(obj["__float__"])
+    return {k: _decode(v) for k, v in obj.items()}
+
+
+def read_config(dir_path: str | os.PathLike, prefix: str | None = None) -> dict:
+    """Read and check a saved model's ``config.json`` (JSON only, no code)."""
+    files = SavedFiles(dir_path, prefix)
+    path = files.config
+    if not path.is_file():
+        others = sorted(
+            repr(p.name[: -len(CONFIG_NAME)])
+            for p in (files.dir.glob(f"*{CONFIG_NAME}") if files.dir.is_dir() else ())
+            if p.name != files.config_name
+        )
+        hint = (
+            f"; it holds saves with prefix {', '.join(others)}: pass it as `prefix=`"
+            if others
+            else ""
+        )
+        raise FileNotFoundError(
+            f"No {files.config_name} in {files}: not a folder written by an scdl model's "
+            f"`.save()`{' with this `prefix`' if prefix else ''}{hint}."
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"{path} is not valid JSON ({e}): the file is corrupt or not an scdl model config. "
+            "Save the model again with `.save()`."
+        ) from e
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(
+            f"{path} is not an scdl model config (format={found!r}, expected {FORMAT!r}). "
+            "Load folders written by an scdl model's `.save()`."
+        )
+    version = config.get("format_version")
+    if version is None:
+        raise ValueError(
+            f"{path} records no format_version; this scdl reads scdl model format "
+            f"{FORMAT_VERSION}. The file was not written by scdl's `.save()` or was edited: "
+            "save the model again with `.save()`, or retrain."
+        )
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} was written in scdl model format {version}; this scdl reads format "
+            f"{FORMAT_VERSION}. Load it with the scdl version that saved it "
+            f"(scdl {config.get('scdl_version')}), or retrain."
+        )
+    return config
+
+
+def _check_genes_agree(config: dict, registry: dict, files: SavedFiles) -> None:
+    """The genes ``config.json`` lists must be those its registry registered (an edited
+    file can change one and not the other)."""
+    x_state = registry.get("field_registries", {}).get("X", {}).get("state_registry", {})
+    registered = x_state.get("column_names")
+    if registered is not None and [str(g) for g in registered] != list(config["var_names"]):
+        raise ValueError(
+            f"{files}: the {len(config['var_names'])} genes in {files.config_name}'s "
+            f"var_names differ from the {len(registered)} its registry holds: the file was "
+            "edited or is corrupt. Save the model again with `.save()`."
+        )
+
+
+def _load_state(model, state: dict, files: SavedFiles) -> None:
+    try:
+        model.module.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(
+            f"The weights in {files} do not fit the model its {files.config_name} "
+            f"describes ({str(e).splitlines()[0]}): the files come from different saves or "
+            "were edited. Save the model again with `.save()`."
+        ) from e
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+#: key of the config's checksum in the safetensors header, so that each file checks the other
+CONFIG_DIGEST_KEY = "scdl_config_sha256"
+#: key of ``adata.h5ad``'s checksum in ``config.json`` (saves with ``save_anndata=True``)
+ANNDATA_DIGEST_KEY = "anndata_sha256"
+
+
+def _config_digest(config: dict) -> str:
+    """SHA-256 of the config as canonical JSON, without ``weights_sha256`` (which the weights'
+    header cannot hold: it is the checksum of that file)."""
+    import hashlib
+
+    body = {k: v for k, v in config.items() if k != "weights_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _check_checksums(files: SavedFiles, config: dict) -> bool:
+    """Refuse weights or a config edited after saving. Each file holds the other's checksum:
+    ``config.json`` the weights' (``weights_sha256``), the weights' header the config's.
+    Earlier saves record neither or only the first (the bundled annotator is checked by its
+    registry). Returns whether the save records both (so it also records its AnnData's)."""
+    from safetensors import safe_open
+
+    weights = files.weights
+    expected = config.get("weights_sha256")
+    if expected is not None and _sha256(weights) != expected:
+        raise ValueError(
+            f"{files}: {files.weights_name} does not match the checksum its "
+            f"{files.config_name} recorded at saving: the file was edited, swapped or is corrupt. "
+            "Save the model again with `.save()`."
+        )
+    with safe_open(str(weights), framework="pt") as f:
+        digest = (f.metadata() or {}).get(CONFIG_DIGEST_KEY)
+    if digest is not None and (expected is None or _config_digest(config) != digest):
+        raise ValueError(
+            f"{files}: {files.config_name} does not match the checksum {files.weights_name} "
+            "recorded at saving: the config was edited or comes from another save. Save the "
+            "model again with `.save()`."
+        )
+    return digest is not None
+
+
+#: the fields of ``config.json`` that ``load`` reads (an edited file may lack one)
+_REQUIRED = ("model_class", "var_names", "attrs")
+
+
+def _check_fields(files: SavedFiles, config: dict) -> None:
+    missing = [k for k in _REQUIRED if k not in config]
+    if not missing and not (isinstance(config["attrs"], dict) and "registry_" in config["attrs"]):
+        missing = ["attrs.registry_"]
+    if missing:
+        raise ValueError(
+            f"{files}: {files.config_name} lacks {missing}: the file was edited or is "
+            "corrupt. Save the model again with `.save()`."
+        )
+
+
+def _check_anndata_checksum(files: SavedFiles, config: dict) -> None:
+    """Refuse an ``adata.h5ad`` edited or swapped after saving (saves before its checksum was
+    recorded are read as they are)."""
+    expected = config.get(ANNDATA_DIGEST_KEY)
+    if expected is not None and _sha256(files.anndata) != expected:
+        raise ValueError(
+            f"{files}: {files.anndata_name} does not match the checksum its {files.config_name} "
+            "recorded at saving: the file was edited, swapped or is corrupt. Pass the data as "
+            "`load(dir_path, adata=...)`, or save the model again with `save_anndata=True`."
+        )
+
+
+def _saved_anndata(files: SavedFiles, config: dict, checksummed: bool):
+    """The AnnData saved with the model (``save_anndata=True``), or ``None``.
+
+    A save that records its AnnData's checksum must hold the file; a save that records both
+    files' checksums but not the AnnData's was made without ``save_anndata``, so an
+    ``adata.h5ad`` beside it is someone else's and is not attached. Saves older than the
+    checksums attach the file as they always did."""
+    import anndata
+
+    path = files.anndata
+    if ANNDATA_DIGEST_KEY in config:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{files} was saved with its AnnData, but {files.anndata_name} is missing. "
+                "Restore the file, or pass the data as `load(dir_path, adata=...)`."
+            )
+        _check_anndata_checksum(files, config)
+    elif checksummed or not path.is_file():
+        if path.is_file():
+            warn_user(
+                f"{str(path)!r} was not saved with this model (it was saved without "
+                "`save_anndata`), so it is not attached; pass data as `load(dir_path, "
+                "adata=...)`.",
+                UserWarning,
+            )
+        return None
+    return anndata.read_h5ad(path)
+
+
+def load_weights(files: SavedFiles, device: str = "cpu") -> dict:
+    """Load tensors from ``model.safetensors`` (the format cannot hold code)."""
+    from safetensors.torch import load_file
+
+    path = files.weights
+    if not path.is_file():
+        raise FileNotFoundError(f"No {files.weights_name} in {files}.")
+    try:
+        return load_file(str(path), device=device)
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"{path} is not a valid safetensors file: {e}") from e
