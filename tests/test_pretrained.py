@@ -34,7 +34,7 @@ def test_available_lists_bundled_annotator():
 
 
 def test_model_card_describes_the_shipped_files():
-    """The card's cell types, gene count, threshold and checksum are those of its files."""
+    """The card's cell types, gene count, thresholds and checksum are those of its files."""
     import hashlib
     import json
 
@@ -44,8 +44,10 @@ def test_model_card_describes_the_shipped_files():
     labels = config["labels"]
     assert f"**Cell types ({len(labels)}):** {', '.join(labels)}." in card
     assert f"**Genes:** {len(config['var_names'])} highly variable genes" in card
-    threshold = float(re.search(r"novelty exceeds (\d+\.\d+)", card).group(1))
+    threshold = float(re.search(r"novelty over (\d+\.\d+)", card).group(1))
     assert threshold == round(config["cluster_threshold"], 3)
+    evidence = float(re.search(r"sum above (\d+\.\d+)", card).group(1))
+    assert evidence == config["unknown_evidence"]
     sha = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     assert f"sha256 `{sha}`" in card
 

@@ -55,52 +55,57 @@ class CellTypeTransformer(
     ``TrainRunner``).
 
     **Unknown calls.** A new cell type and a known type under a shift (chemistry, donor,
-    stimulation) both move cells away from the reference, so the call is made on clusters of
-    the query in a shift-corrected space (``scdl.models._novelty``): the query is
-    over-clustered on its own, each cluster's mean profile is standardised by the query's own
-    per-gene mean and sd (which removes a shift the whole query shares) and compared with the
-    mixture of the reference profiles of the types its cells are predicted as (weighted by
-    their shares, over the types holding at least a quarter of its cells: a cluster that
-    merges known types matches their mixture, while a few stray calls do not make one); a
-    cluster whose novelty (1 - cosine similarity) exceeds ``cluster_threshold_`` is called
-    ``"Unknown"``.
-    The threshold is set on the reference alone after training: with a ``batch_key`` of two
-    or more batches, each batch plays a query against the others' profiles
-    (``novelty_calibration_ = "leave-one-batch-out"``); otherwise four random halvings do, each
-    half both ways (``"split-half"``; one halving's percentile depends on the draw). It is
-    their clusters' 95th percentile of novelty plus a fixed margin
-    (0.15, chosen on the benchmark's splits together) for the shift a new dataset brings
-    beyond the reference's own. A second check asks whether the reference holds cells like the
-    cluster's at all (``scdl.models._mixing``): a sketch of the reference (at most 2,000
-    cells in a PCA fitted on other reference cells) is stored in the model after training; the
-    query, standardised by its own statistics, is projected there, and a cluster whose cells
-    have fewer than ``min_reference_share_`` (15%) reference cells among their 30 nearest
-    neighbours (about 50% where the reference has such cells; sides balanced) is called
-    ``"Unknown"`` too. The sketch cells are stored at five depths (the reference's counts
-    thinned to 1, 1/2, ... 1/16), and the query is compared with the depth nearest its own
-    (judged type by type against its predicted types' reference depths; a deeper query is
-    thinned to the reference's), because a shallower query's known types otherwise lose their
-    reference neighbours. What to rely on: cells of a known type form clusters that match their
-    type once the shared shift is removed and mix with its reference cells, and are rarely
+    stimulation) both move cells away from the reference, so the call is made on clusters of the
+    query in a shift-corrected space (``scdl.models._novelty``): the query is over-clustered on
+    its own, each cluster's mean profile is standardised by the query's own per-gene mean and sd
+    (which removes a shift the whole query shares) and compared with the mixture of the
+    reference profiles of the types its cells are predicted as (weighted by their shares, over
+    the types holding at least a quarter of its cells: a cluster that merges known types matches
+    their mixture, while a few stray calls do not make one); a cluster's *novelty* is 1 - their
+    cosine similarity. The novelty threshold (``cluster_threshold_``) is set on the reference
+    alone after training: with a ``batch_key`` of two or more batches, each batch plays a query
+    against the others' profiles (``novelty_calibration_ = "leave-one-batch-out"``); otherwise
+    four random halvings do, each half both ways (``"split-half"``; one halving's percentile
+    depends on the draw). It is their clusters' 95th percentile of novelty plus a fixed margin
+    (0.15, chosen on the benchmark's splits together) for the shift a new dataset brings beyond
+    the reference's own. A second check asks whether the reference holds cells like the
+    cluster's at all (``scdl.models._mixing``): a sketch of the reference (at most 2,000 cells
+    in a PCA fitted on other reference cells) is stored in the model after training; the query,
+    standardised by its own statistics, is projected there, and a cluster whose cells have fewer
+    than ``min_reference_share_`` (15%) reference cells among their 30 nearest neighbours (about
+    50% where the reference has such cells; sides balanced) is far from it. The two checks'
+    evidence is summed, each in units of its own threshold: the novelty over
+    ``cluster_threshold_`` plus the mixing deficit ``(0.5 - share) / (0.5 -
+    min_reference_share_)`` (0 for a cluster that mixes fully, 1 at 15%), and a cluster's cells
+    are called ``"Unknown"`` when the sum exceeds ``unknown_evidence_`` (1.6, chosen over the
+    benchmark's splits together): one check far past its threshold, or both part of the way (a
+    known type under a shift mostly moves on one; where the mixing check is not made, the
+    novelty alone past its threshold). The sketch cells are stored at five depths (the
+    reference's counts thinned to 1, 1/2, ... 1/16), and the query is compared with the depth
+    nearest its own (judged type by type against its predicted types' reference depths; a deeper
+    query is thinned to the reference's), because a shallower query's known types otherwise lose
+    their reference neighbours. What to rely on: cells of a known type form clusters that match
+    their type once the shared shift is removed and mix with its reference cells, and are rarely
     called Unknown; a type absent from the reference and unlike every reference type (e.g. B
     cells for a T/NK/monocyte reference) mostly is; a type close to a reference type (CD4 vs CD8
     T cells, NK vs CD8 T cells, CD14 vs FCGR3A monocytes) is caught when its cells sit apart
     from that type's reference cells, and otherwise called as that type. A known type in a state
     the reference lacks (e.g. stimulated monocytes for an unstimulated reference) can mix poorly
     too. A query whose forced calls leave out reference types (one sorted population) is first
-    filled to the reference's composition (``scdl.models._composition``: pseudo-cells of
-    the missing types under the shift its present types show), as its own mean would be its
-    own profile (unless its types are unlike their reference types before any shift is
-    removed); it then cannot show a new type close to a known one, which is read as that type
-    under a shift (on cell lines too: a removed line forced onto a similar one). A
-    ``UserWarning`` says so when the query's predicted composition is more than half away from
-    the reference's (total-variation distance above 0.5). A query pooling samples of different
-    chemistries shares only part of its shift: a state more common in one of them than in the
-    reference can be called Unknown, which annotating each sample on its own avoids. Models
-    saved before the cluster call keep their per-cell thresholds (``cluster_threshold_`` is
-    ``None``), and those calibrated before the mixture compare a cluster with its majority
-    type's profile (``novelty_rule_`` is ``None``); models saved before the sketch make the
-    first check only (``min_reference_share_`` is ``None``), and before the fill read a
+    filled to the reference's composition (``scdl.models._composition``: pseudo-cells of the
+    missing types under the shift its present types show), as its own mean would be its own
+    profile (unless its types are unlike their reference types before any shift is removed); it
+    then cannot show a new type close to a known one, which is read as that type under a shift
+    (on cell lines too: a removed line forced onto a similar one). A ``UserWarning`` says so
+    when the query's predicted composition is more than half away from the reference's
+    (total-variation distance above 0.5). A query pooling samples of different chemistries
+    shares only part of its shift: a state more common in one of them than in the reference can
+    be called Unknown, which annotating each sample on its own avoids. Models saved before the
+    cluster call keep their per-cell thresholds (``cluster_threshold_`` is ``None``), and those
+    calibrated before the mixture compare a cluster with its majority type's profile
+    (``novelty_rule_`` is ``None``); models saved before the sketch make the first check only
+    (``min_reference_share_`` is ``None``), those saved before the sum call a cluster past
+    either threshold (``unknown_evidence_`` is ``None``), and those before the fill read a
     sorted population against its own mean (its known types mostly Unknown).
 
     **Genes.** The vocabulary is the registered AnnData's genes (select e.g. 2,000 highly
@@ -193,6 +198,8 @@ class CellTypeTransformer(
         # (models calibrated before it): with its majority type's profile
         self.novelty_rule_ = None
         self.min_reference_share_ = None  # set by train(); None: no mixing check (old models)
+        # set by train(); None: either check alone calls a cluster (models saved before the sum)
+        self.unknown_evidence_ = None
         self._model_summary_string = (
             f"scdl CellTypeTransformer: {self.summary_stats.n_labels} cell types, "
             f"{self.summary_stats.n_vars} genes, n_tokens={n_tokens}, d_model={d_model}, "
@@ -277,6 +284,7 @@ class CellTypeTransformer(
             "unknown_rate": self.unknown_rate_,
             "cluster_threshold": self.cluster_threshold_,
             "min_reference_share": self.min_reference_share_,
+            "unknown_evidence": self.unknown_evidence_,
         }
 
     def _gene_statistics(self, adata: AnnData) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from scdl._warnings import warn_user
 from scdl.dataloaders import dense_rows
 
 from ._mixing import MIN_REFERENCE_SHARE, build_sketch
-from ._novelty import calibrate_threshold
+from ._novelty import UNKNOWN_EVIDENCE, calibrate_threshold
 
 #: most values (cells x genes) densified for the linear path's fit: with 2,000 genes every
 #: cell up to 20,000; with a whole transcriptome (~30,000 genes) about 4,000
@@ -80,6 +80,7 @@ class AnnotatorCalibrationMixin:
         self.novelty_genes_ = genes
         self.module.set_sketch(**build_sketch(counts, seed=seed, x_log=x_log, labels=labels))
         self.min_reference_share_ = MIN_REFERENCE_SHARE
+        self.unknown_evidence_ = UNKNOWN_EVIDENCE
 
     def _fit_linear_head(self, train_idx, *, C: float, max_cells: int = 20_000) -> None:
         """Fit the linear path as an L2 logistic regression on centred log expression; frozen.

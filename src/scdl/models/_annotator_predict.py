@@ -49,6 +49,7 @@ from ._novelty import (
     cluster_novelty,
     composition_shift,
     leiden_on_graph,
+    unknown_clusters,
 )
 
 if TYPE_CHECKING:
@@ -302,10 +303,13 @@ class AnnotatorPredictionMixin:
         if not unknown_call:  # forced calls only
             unknown = np.zeros(len(calls), dtype=bool)
         elif self.cluster_threshold_ is not None:
-            unknown = calls["cluster_novelty"].to_numpy() > self.cluster_threshold_
-            if self.min_reference_share_ is not None:  # NaN (no sketch, a tiny query): no flag
-                share = calls["cluster_reference_share"].to_numpy()
-                unknown |= share < self.min_reference_share_
+            unknown = unknown_clusters(
+                calls["cluster_novelty"].to_numpy(),
+                self.cluster_threshold_,
+                calls["cluster_reference_share"].to_numpy(),
+                self.min_reference_share_,
+                self.unknown_evidence_,
+            )
         else:  # a model calibrated before the cluster call: its per-cell thresholds
             unknown = (
                 (conf < self.module.confidence_threshold.cpu())

@@ -17,8 +17,10 @@ So the call is made per cluster of the query, in a shift-corrected space:
    as one or more known types and matches their mixture no better;
 3. the cluster's novelty is 1 - their cosine similarity over the 300 genes that tell the
    reference types apart best (largest variance of the types' standardised means; a fixed
-   number keeps the score's scale the same whatever the vocabulary's size); its cells are
-   ``"Unknown"`` when it exceeds the model's threshold.
+   number keeps the score's scale the same whatever the vocabulary's size). Over the model's
+   threshold, it is the first check's evidence that the cluster is new; its cells are
+   ``"Unknown"`` when that and the mixing check's (:mod:`scdl.models._mixing`) sum above
+   ``UNKNOWN_EVIDENCE`` (:func:`unknown_evidence`).
 
 The threshold is set on the reference alone (:func:`calibrate_threshold`): the reference is
 split into a part that gives the type profiles and a part that plays the query (one batch
@@ -182,6 +184,43 @@ def _novelty_of_clusters(z, inv, labels, centroids, genes, present=None, mixture
     weights = np.where(keep, weights, 0.0)
     target = (weights / weights.sum(1, keepdims=True)) @ centroids
     return 1.0 - np.diag(_cosine_to(z, target, genes, present)), majority
+
+
+#: a cluster is "Unknown" when the evidence of the two checks, each in units of its own
+#: threshold, sums above this (:func:`unknown_evidence`); chosen over the benchmark's splits
+#: together, as the margin and the mixing floor were (benchmarks/README.md)
+UNKNOWN_EVIDENCE = 1.6
+
+
+def unknown_evidence(novelty, threshold: float, share, min_share: float) -> np.ndarray:
+    """The two checks' evidence that a cluster is new, summed: its novelty over the novelty
+    threshold (1 at the threshold) plus its mixing deficit, ``(0.5 - share) / (0.5 -
+    min_share)`` (0 where the cluster mixes fully with the reference, 1 at the floor,
+    negative where it has more reference neighbours than query ones). A cluster of a known type
+    under a shift moves on one of them; a new type, often on both. NaN where ``share`` is
+    (the mixing check was not made)."""
+    novelty = np.asarray(novelty, dtype=np.float64)
+    deficit = (0.5 - np.asarray(share, dtype=np.float64)) / (0.5 - min_share)
+    return novelty / threshold + deficit
+
+
+def unknown_clusters(novelty, threshold: float, share, min_share, evidence) -> np.ndarray:
+    """Per-cell Unknown flags of the cluster call.
+
+    ``evidence`` (a model's ``unknown_evidence_``): :func:`unknown_evidence` above it; where the
+    mixing check was not made (NaN share, or no ``min_share``: a model saved without the
+    sketch) the novelty alone above its threshold. ``evidence=None`` (models saved before the
+    sum): either check past its own threshold.
+    """
+    novelty = np.asarray(novelty, dtype=np.float64)
+    alone = novelty > threshold  # NaN novelty (a tiny query): never flagged
+    if min_share is None:
+        return alone
+    share = np.asarray(share, dtype=np.float64)
+    if evidence is None:
+        return alone | (share < min_share)
+    summed = unknown_evidence(novelty, threshold, share, min_share) > evidence
+    return np.where(np.isnan(share), alone, summed)
 
 
 #: beyond this total-variation distance between the query's predicted composition and the

@@ -21,7 +21,7 @@ _ALLOWED = ("config.json", "model.safetensors", "README.md")
 REGISTRY: dict[str, dict] = {
     "pbmc_kang2018": {
         "folder": "pbmc_kang2018",
-        "weights_sha256": "ea2ec5339e144046d1c8de3cd751ce8ed5f5c90b212cfc4a24df156742308af9",
+        "weights_sha256": "fea6d14a9062b047bba946de833c9929985ce17281ed7761b39ff1624a0255c0",
         "description": "Human PBMCs, 7 types (Kang et al. 2018, control + IFN-beta)",
     },
 }

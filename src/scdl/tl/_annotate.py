@@ -109,14 +109,16 @@ def annotate(
         Whether the cell was flagged as unlike the reference (bool; before any vote).
     ``adata.obs[f"{key_added}_cluster_novelty"]``
         Novelty of the cell's query cluster (1 - cosine similarity to its predicted type's
-        reference profile, after the query's shared shift is removed); above the model's
-        ``cluster_threshold`` the cluster is called Unknown.
+        reference profile, after the query's shared shift is removed); over the model's
+        ``cluster_threshold`` it is the first check's evidence of the cluster's Unknown call.
     ``adata.obs[f"{key_added}_cluster_reference_share"]``
         Share of reference cells among the neighbours of the cluster's cells in the model's
         reference sketch (about 0.5 where the reference holds such cells, near 0 where it
-        holds none); below the model's ``min_reference_share_`` (0.15) the cluster is called
-        Unknown. NaN for a model saved without a sketch, a query of fewer than 100 cells or
-        one lacking genes that carry more than 10% of the sketch (with a warning).
+        holds none); ``(0.5 - share) / (0.5 - min_reference_share_)`` (1 at 0.15) is the
+        second check's evidence, and the cluster is called Unknown when the two sum above the
+        model's ``unknown_evidence_`` (1.6). NaN for a model saved without a sketch, a query of
+        fewer than 100 cells or one lacking genes that carry more than 10% of the sketch (with a
+        warning).
     ``adata.obs[f"{key_added}_over_clustering"]``
         With ``majority_voting``: the clusters voted over (categorical).
     ``adata.obs[f"{key_added}_majority_voting"]``
@@ -255,5 +257,14 @@ def _model_summary(model, model_name: str) -> dict:
             index=pd.Index([str(x) for x in model.labels], name="cell_type"),
         ),
         "cluster_threshold": model.cluster_threshold_,
+        # the mixing check's floor and the evidence sum (absent for models saved without them)
+        **{
+            k: float(v)
+            for k, v in (
+                ("min_reference_share", model.min_reference_share_),
+                ("unknown_evidence", model.unknown_evidence_),
+            )
+            if v is not None
+        },
         "novelty_calibration": model.novelty_calibration_,
     }
