@@ -193,16 +193,19 @@ def run_scanvi(ref, qry, seed: int = 0):
 
 def unknown_score(model, calls) -> np.ndarray:
     """cluster novelty / its threshold + (0.5 - reference share) / (0.5 - 0.15): the two checks'
-    summed evidence, which the Unknown call compares with the model's ``unknown_evidence_``."""
+    summed evidence, which the Unknown call compares with the model's ``unknown_evidence_``
+    (where the mixing check was skipped, NaN share, the novelty scaled so that its own threshold
+    maps to that sum, as the call reads it)."""
     novelty = calls["cluster_novelty"].to_numpy() / model.cluster_threshold_
     floor = model.min_reference_share_
-    share = (0.5 - calls["cluster_reference_share"].to_numpy()) / (0.5 - floor)
-    return novelty + share
+    share = calls["cluster_reference_share"].to_numpy()
+    summed = novelty + (0.5 - share) / (0.5 - floor)
+    return np.where(np.isnan(share), novelty * model.unknown_evidence_, summed)
 
 
 def save_calls(out: str | None, stem: str, model, calls, truth) -> None:
-    """Write a run's per-cell calls, the query's labels and the model's two thresholds (for
-    scoring other combinations of the Unknown checks offline)."""
+    """Write a run's per-cell calls, the query's labels and the model's thresholds and evidence
+    sum (for scoring other combinations of the Unknown checks offline)."""
     if out is None:
         return
     os.makedirs(out, exist_ok=True)
@@ -277,7 +280,7 @@ def leave_one_type_out(
             "unknown_known": float(unknown[~is_removed].mean()),
             "auroc_cluster_novelty": roc_auc_score(is_removed, calls["cluster_novelty"]),
             "auroc_reference_share": roc_auc_score(is_removed, -calls["cluster_reference_share"]),
-            # the two checks as one score: how far past its own threshold (1) each cluster is
+            # the score the call uses: the two checks' summed evidence
             "auroc_both": roc_auc_score(is_removed, unknown_score(model, calls)),
             "auroc_cell_novelty": roc_auc_score(is_removed, calls["novelty"]),
         }

@@ -182,7 +182,16 @@ def test_model_saved_before_the_sketch_makes_the_novelty_check_only(annotator, t
     np.testing.assert_array_equal(calls["is_unknown"], novelty_only)
 
 
-def test_the_call_sums_the_two_checks_evidence(annotator):
+def _threshold_where_the_rules_differ(calls) -> float:
+    """A novelty threshold at which a well-mixed query cluster passes the novelty check alone
+    (1.3 thresholds) but not the sum: there the two rules call it differently."""
+    share = calls["cluster_reference_share"].to_numpy()
+    novelty = calls["cluster_novelty"].to_numpy()
+    mixes = (0.5 - share) / 0.35 < 0.2
+    return float(novelty[mixes].max() / 1.3)
+
+
+def test_the_call_sums_the_two_checks_evidence(annotator, tmp_path):
     """A cluster is Unknown when novelty / threshold + (0.5 - share) / (0.5 - floor) exceeds
     the model's ``unknown_evidence_``: both checks part of the way can call a cluster that
     neither calls alone, and one check just past its threshold does not, when the cluster mixes
@@ -191,18 +200,27 @@ def test_the_call_sums_the_two_checks_evidence(annotator):
 
     model, query = annotator
     assert model.unknown_evidence_ == 1.6
-    calls, _ = model.annotate_cells(query)
-    novelty = calls["cluster_novelty"].to_numpy() / model.cluster_threshold_
-    deficit = (0.5 - calls["cluster_reference_share"].to_numpy()) / 0.35
-    np.testing.assert_array_equal(calls["is_unknown"], novelty + deficit > 1.6)
+    model.save(tmp_path / "m")
+    copy = scdl.models.CellTypeTransformer.load(tmp_path / "m")
+    calls, _ = copy.annotate_cells(query)
+    # a threshold at which the rules differ on this query (the scores do not depend on it)
+    copy.cluster_threshold_ = _threshold_where_the_rules_differ(calls)
+    calls, _ = copy.annotate_cells(query)
+    novelty = calls["cluster_novelty"].to_numpy() / copy.cluster_threshold_
+    share = calls["cluster_reference_share"].to_numpy()
+    summed = novelty + (0.5 - share) / 0.35 > 1.6
+    either = (novelty > 1) | (share < 0.15)
+    assert (summed != either).any()
+    np.testing.assert_array_equal(calls["is_unknown"], summed)
     # the rule on values either side of each threshold (threshold 0.3, floor 0.15)
-    share = np.array([0.5, 0.5, 0.22, 0.6, 0.10, np.nan, np.nan])
-    novelty = 0.3 * np.array([1.5, 1.7, 0.9, 1.2, 0.0, 1.1, 0.9])
+    # (no mixing check, NaN share: the novelty alone; NaN novelty: never flagged)
+    share = np.array([0.5, 0.5, 0.22, 0.6, 0.10, 0.0, np.nan, np.nan, np.nan])
+    novelty = 0.3 * np.array([1.5, 1.7, 0.9, 1.2, 0.0, 0.2, 1.1, 0.9, np.nan])
     flags = unknown_clusters(novelty, 0.3, share, 0.15, 1.6)
-    assert flags.tolist() == [False, True, True, False, False, True, False]
+    assert flags.tolist() == [False, True, True, False, False, True, True, False, False]
     # models saved before the sum: either check past its own threshold
     either = unknown_clusters(novelty, 0.3, share, 0.15, None)
-    assert either.tolist() == [True, True, False, True, True, True, False]
+    assert either.tolist() == [True, True, False, True, True, True, True, False, False]
 
 
 def test_model_saved_before_the_sum_calls_past_either_threshold(annotator, tmp_path):
@@ -217,9 +235,12 @@ def test_model_saved_before_the_sum_calls_past_either_threshold(annotator, tmp_p
     old = scdl.models.CellTypeTransformer.load(tmp_path / "m")
     assert old.unknown_evidence_ is None
     calls, _ = old.annotate_cells(query)
-    either = (calls["cluster_novelty"] > old.cluster_threshold_) | (
-        calls["cluster_reference_share"] < old.min_reference_share_
-    )
+    old.cluster_threshold_ = _threshold_where_the_rules_differ(calls)
+    calls, _ = old.annotate_cells(query)
+    novelty = calls["cluster_novelty"].to_numpy() / old.cluster_threshold_
+    share = calls["cluster_reference_share"].to_numpy()
+    either = (novelty > 1) | (share < old.min_reference_share_)
+    assert (either != (novelty + (0.5 - share) / 0.35 > 1.6)).any()
     np.testing.assert_array_equal(calls["is_unknown"], either)
 
 

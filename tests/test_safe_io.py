@@ -349,7 +349,7 @@ def test_a_failed_anndata_write_leaves_no_partial_file(small_save, tmp_path):
     assert not (tmp_path / "n").exists()
 
 
-def test_two_saves_in_one_folder_with_prefixes(small_save, tmp_path):
+def test_two_saves_in_one_folder_with_prefixes(small_save, tmp_path, capsys):
     """scvi-tools' ``prefix``: each save's files carry it, and load reads the one asked for."""
     import torch
 
@@ -375,6 +375,10 @@ def test_two_saves_in_one_folder_with_prefixes(small_save, tmp_path):
     np.testing.assert_array_equal(first[0], first[2])
     np.testing.assert_array_equal(first[1], first[3])
     assert VAE.load_registry(tmp_path, prefix="b_")["model_name"] == "VAE"
+    capsys.readouterr()
+    VAE.view_setup_args(tmp_path, prefix="a_")  # scvi-tools' reads a pickled model.pt
+    assert "batch_key" in capsys.readouterr().out
+    (tmp_path / "tokenizer_config.json").write_text("{}")  # another tool's file: no save
     with pytest.raises(ValueError, match="already holds a saved model with prefix 'a_'"):
         model.save(tmp_path, prefix="a_")
     with pytest.raises(FileNotFoundError, match="holds saves with prefix 'a_', 'b_': pass it"):

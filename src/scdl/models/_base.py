@@ -88,11 +88,12 @@ class SafeSaveLoadMixin:
             hold several saves; :meth:`load` then takes the same ``prefix``.
         overwrite
             Replace the files of an existing save in ``dir_path``. Without it, a folder
-            already holding ``config.json``, ``model.safetensors`` or (with
-            ``save_anndata``) ``adata.h5ad`` is refused, whatever wrote them. Overwriting a
-            save without ``save_anndata`` removes the earlier save's ``adata.h5ad``.
+            already holding ``{prefix}config.json``, ``{prefix}model.safetensors`` or (with
+            ``save_anndata``) ``{prefix}adata.h5ad`` is refused, whatever wrote them.
+            Overwriting a save without ``save_anndata`` removes the earlier save's
+            ``{prefix}adata.h5ad``.
         save_anndata
-            Also write the model's AnnData as ``adata.h5ad``; ``config.json`` records its
+            Also write the model's AnnData as ``{prefix}adata.h5ad``; the config records its
             checksum and :meth:`load` refuses the file edited after saving.
         """
         from safetensors.torch import save_file
@@ -171,7 +172,7 @@ class SafeSaveLoadMixin:
             Folder written by :meth:`save`.
         adata
             AnnData to attach, with the same genes in the same order as at training. If
-            ``None``, ``adata.h5ad`` in the folder is used when present; otherwise the model
+            ``None``, the save's ``{prefix}adata.h5ad`` is used when present; otherwise the model
             is built from its saved registry and takes data in its methods' ``adata=``.
         accelerator, device
             Where to put the model (as in Lightning).
@@ -254,6 +255,24 @@ class SafeSaveLoadMixin:
             The ``prefix`` the model was saved with.
         """
         return _decode(read_config(dir_path, prefix)["attrs"])["registry_"]
+
+    @staticmethod
+    def view_setup_args(dir_path: str | os.PathLike, prefix: str | None = None) -> None:
+        """Print the arguments a saved model's AnnData was set up with (read from
+        ``config.json``; scvi-tools' version reads a pickled ``model.pt``).
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        prefix
+            The ``prefix`` the model was saved with.
+        """
+        import rich.pretty  # noqa: F401  (scvi-tools' printer uses it without importing it)
+        from scvi.data import AnnDataManager
+
+        registry = _decode(read_config(dir_path, prefix)["attrs"])["registry_"]
+        AnnDataManager.view_setup_method_args(registry)
 
     @classmethod
     def convert_legacy_save(cls, *args, **kwargs):

@@ -207,13 +207,16 @@ def unknown_evidence(novelty, threshold: float, share, min_share: float) -> np.n
 def unknown_clusters(novelty, threshold: float, share, min_share, evidence) -> np.ndarray:
     """Per-cell Unknown flags of the cluster call.
 
-    ``evidence`` (a model's ``unknown_evidence_``): :func:`unknown_evidence` above it; where the
-    mixing check was not made (NaN share, or no ``min_share``: a model saved without the
-    sketch) the novelty alone above its threshold. ``evidence=None`` (models saved before the
-    sum): either check past its own threshold.
+    ``evidence`` (a model's ``unknown_evidence_``): :func:`unknown_evidence` above it. Where the
+    mixing check was not made (NaN share: a query lacking the sketch's genes, e.g. another
+    tissue's panel), the novelty alone past its own threshold, which is calibrated for use
+    alone: counting the missing check as neutral kept 72% of a lung cancer line query known to
+    a PBMC annotator. ``evidence=None`` (models saved before the sum): either check past its own
+    threshold; without ``min_share`` (models saved before the sketch) the novelty alone. A NaN
+    novelty (a query too small for the call) is never flagged.
     """
     novelty = np.asarray(novelty, dtype=np.float64)
-    alone = novelty > threshold  # NaN novelty (a tiny query): never flagged
+    alone = novelty > threshold
     if min_share is None:
         return alone
     share = np.asarray(share, dtype=np.float64)

@@ -31,10 +31,10 @@ class SavedFiles:
         if prefix is not None and not isinstance(prefix, str):
             raise TypeError(f"prefix must be a string, got {type(prefix).__name__}.")
         prefix = prefix or ""
-        if os.sep in prefix or (os.altsep and os.altsep in prefix):
+        if os.sep in prefix or (os.altsep and os.altsep in prefix) or ":" in prefix:
             raise ValueError(
-                f"prefix {prefix!r} holds a path separator: it starts the file names; pass "
-                "the folder as `dir_path`."
+                f"prefix {prefix!r} holds a path separator or ':': it starts the file names; "
+                "pass the folder as `dir_path`."
             )
         self.dir = Path(dir_path)
         self.config_name = f"{prefix}{CONFIG_NAME}"
@@ -110,10 +110,12 @@ def read_config(dir_path: str | os.PathLike, prefix: str | None = None) -> dict:
     files = SavedFiles(dir_path, prefix)
     path = files.config
     if not path.is_file():
+        # saves with another prefix: a config beside its weights (not any *config.json)
         others = sorted(
             repr(p.name[: -len(CONFIG_NAME)])
             for p in (files.dir.glob(f"*{CONFIG_NAME}") if files.dir.is_dir() else ())
             if p.name != files.config_name
+            and (files.dir / f"{p.name[: -len(CONFIG_NAME)]}{WEIGHTS_NAME}").is_file()
         )
         hint = (
             f"; it holds saves with prefix {', '.join(others)}: pass it as `prefix=`"

@@ -114,8 +114,8 @@ def annotate(
     ``adata.obs[f"{key_added}_cluster_reference_share"]``
         Share of reference cells among the neighbours of the cluster's cells in the model's
         reference sketch (about 0.5 where the reference holds such cells, near 0 where it
-        holds none); ``(0.5 - share) / (0.5 - min_reference_share_)`` (1 at 0.15) is the
-        second check's evidence, and the cluster is called Unknown when the two sum above the
+        holds none); ``(0.5 - share) / (0.5 - min_reference_share_)`` (0 at 0.5, 1 at 0.15) is
+        the second check's evidence, and the cluster is called Unknown when the two sum above the
         model's ``unknown_evidence_`` (1.6). NaN for a model saved without a sketch, a query of
         fewer than 100 cells or one lacking genes that carry more than 10% of the sketch (with a
         warning).
