@@ -209,11 +209,10 @@ def unknown_clusters(novelty, threshold: float, share, min_share, evidence) -> n
 
     ``evidence`` (a model's ``unknown_evidence_``): :func:`unknown_evidence` above it. Where the
     mixing check was not made (NaN share: a query lacking the sketch's genes, e.g. another
-    tissue's panel), the novelty alone past its own threshold, which is calibrated for use
-    alone: counting the missing check as neutral kept 72% of a lung cancer line query known to
-    a PBMC annotator. ``evidence=None`` (models saved before the sum): either check past its own
-    threshold; without ``min_share`` (models saved before the sketch) the novelty alone. A NaN
-    novelty (a query too small for the call) is never flagged.
+    tissue's panel), the novelty alone past its own threshold. ``evidence=None`` (models saved
+    before the sum): either check past its own threshold; without ``min_share`` (models saved
+    before the sketch) the novelty alone. A NaN novelty (a query too small for the call) is
+    never flagged.
     """
     novelty = np.asarray(novelty, dtype=np.float64)
     alone = novelty > threshold
@@ -223,6 +222,9 @@ def unknown_clusters(novelty, threshold: float, share, min_share, evidence) -> n
     if evidence is None:
         return alone | (share < min_share)
     summed = unknown_evidence(novelty, threshold, share, min_share) > evidence
+    # without the mixing check the novelty threshold, calibrated for use alone, decides:
+    # counting the missing check as neutral (1.6 novelty thresholds needed) kept most cells of
+    # another tissue known to a PBMC annotator (benchmarks/README.md)
     return np.where(np.isnan(share), alone, summed)
 
 
