@@ -192,15 +192,15 @@ def run_scanvi(ref, qry, seed: int = 0):
 
 
 def unknown_score(model, calls) -> np.ndarray:
-    """cluster novelty / its threshold + (0.5 - reference share) / (0.5 - 0.15): the two checks'
-    summed evidence, which the Unknown call compares with the model's ``unknown_evidence_``
-    (where the mixing check was skipped, NaN share, the novelty scaled so that its own threshold
-    maps to that sum, as the call reads it)."""
+    """The score the Unknown call thresholds at 1: the smaller of the stronger check's evidence
+    (cluster novelty / its threshold, or the mixing deficit (0.5 - share) / (0.5 - 0.15)) and
+    their sum over the model's ``unknown_evidence_``; the novelty's alone where the mixing
+    check was skipped (NaN share)."""
     novelty = calls["cluster_novelty"].to_numpy() / model.cluster_threshold_
-    floor = model.min_reference_share_
     share = calls["cluster_reference_share"].to_numpy()
-    summed = novelty + (0.5 - share) / (0.5 - floor)
-    return np.where(np.isnan(share), novelty * model.unknown_evidence_, summed)
+    deficit = (0.5 - share) / (0.5 - model.min_reference_share_)
+    both = np.fmin(np.fmax(novelty, deficit), (novelty + deficit) / model.unknown_evidence_)
+    return np.where(np.isnan(share), novelty, both)
 
 
 def save_calls(out: str | None, stem: str, model, calls, truth) -> None:

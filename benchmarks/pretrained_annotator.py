@@ -166,12 +166,13 @@ def main() -> None:
   on 2 CPU cores (`python benchmarks/pretrained_annotator.py`). **Unknown call**
   calibrated {today} on the training cells, leave one condition out (control cells as a query
   of the stimulated cells' type profiles and the reverse): a query cluster is called Unknown
-  when its novelty over {model.cluster_threshold_:.3f} plus its mixing deficit (0 where its
-  cells have as many reference as query cells among their neighbours in the model's reference
-  sketch, 1 where they have {model.min_reference_share_:.0%}) sum above
-  {model.unknown_evidence_} (the sketch: {model.module.sketch_cells.shape[-2]} training cells,
-  stored at {model.module.sketch_cells.shape[0]} depths so that a query is compared at its own
-  depth).
+  when its novelty exceeds {model.cluster_threshold_:.3f} or its cells have fewer than
+  {model.min_reference_share_:.0%} reference cells among their neighbours in the model's
+  reference sketch ({model.module.sketch_cells.shape[-2]} training cells, stored at
+  {model.module.sketch_cells.shape[0]} depths so that a query is compared at its own depth),
+  and its novelty over {model.cluster_threshold_:.3f} plus its mixing deficit (0 at as many
+  reference as query neighbours, 1 at {model.min_reference_share_:.0%}) sum above
+  {model.unknown_evidence_}.
 - **Measured on the {test.n_obs} held-out cells (20%, never seen in training):** accuracy
   {res["accuracy"]:.3f}, macro-F1 {res["macro_f1"]:.3f} (logistic regression on the same
   split: accuracy {res["lr_accuracy"]:.3f}, macro-F1 {res["lr_macro_f1"]:.3f}); accuracy

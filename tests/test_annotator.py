@@ -68,9 +68,10 @@ def test_a_shallower_query_is_judged_at_its_own_depth(annotator):
     """The stimulated cells at a quarter of their depth (as another chemistry may give): the
     mixing check compares them with the reference sketch thinned alike, so known types stay
     known, and the removed type's cells carry more evidence of being new than the known types'.
-    (With this model they are not called: at this depth their cluster mixes better with the
-    reference, and its summed evidence stays just below the 1.6 the call needs; at full depth it
-    is well above, see test_absent_cell_type_is_mostly_unknown.)"""
+    (With this model they are not called: their cluster passes the novelty check, but at this
+    depth it mixes better with the reference and its summed evidence stays just below the 1.6
+    the call needs; at full depth it is well above, see
+    test_absent_cell_type_is_mostly_unknown.)"""
     from scdl.models._depth import thin_counts
     from scdl.models._novelty import unknown_evidence
 
@@ -183,19 +184,20 @@ def test_model_saved_before_the_sketch_makes_the_novelty_check_only(annotator, t
 
 
 def _threshold_where_the_rules_differ(calls) -> float:
-    """A novelty threshold at which a well-mixed query cluster passes the novelty check alone
-    (1.3 thresholds) but not the sum: there the two rules call it differently."""
+    """A novelty threshold at which a well-mixed query cluster passes the novelty check (1.3
+    thresholds) but its summed evidence stays below 1.6: there the two rules call it
+    differently."""
     share = calls["cluster_reference_share"].to_numpy()
     novelty = calls["cluster_novelty"].to_numpy()
     mixes = (0.5 - share) / 0.35 < 0.2
     return float(novelty[mixes].max() / 1.3)
 
 
-def test_the_call_sums_the_two_checks_evidence(annotator, tmp_path):
-    """A cluster is Unknown when novelty / threshold + (0.5 - share) / (0.5 - floor) exceeds
-    the model's ``unknown_evidence_``: both checks part of the way can call a cluster that
-    neither calls alone, and one check just past its threshold does not, when the cluster mixes
-    with the reference."""
+def test_a_call_by_one_check_needs_the_other_not_to_contradict_it(annotator, tmp_path):
+    """A cluster is Unknown when one check passes its threshold and novelty / threshold +
+    (0.5 - share) / (0.5 - floor) exceeds the model's ``unknown_evidence_``: a novelty just past
+    its threshold is not called when the cluster mixes with the reference, and both checks part
+    of the way call nothing."""
     from scdl.models._novelty import unknown_clusters
 
     model, query = annotator
@@ -208,16 +210,16 @@ def test_the_call_sums_the_two_checks_evidence(annotator, tmp_path):
     calls, _ = copy.annotate_cells(query)
     novelty = calls["cluster_novelty"].to_numpy() / copy.cluster_threshold_
     share = calls["cluster_reference_share"].to_numpy()
-    summed = novelty + (0.5 - share) / 0.35 > 1.6
     either = (novelty > 1) | (share < 0.15)
-    assert (summed != either).any()
-    np.testing.assert_array_equal(calls["is_unknown"], summed)
+    corroborated = either & (novelty + (0.5 - share) / 0.35 > 1.6)
+    assert (corroborated != either).any()
+    np.testing.assert_array_equal(calls["is_unknown"], corroborated)
     # the rule on values either side of each threshold (threshold 0.3, floor 0.15)
     # (no mixing check, NaN share: the novelty alone; NaN novelty: never flagged)
     share = np.array([0.5, 0.5, 0.22, 0.6, 0.10, 0.0, np.nan, np.nan, np.nan])
     novelty = 0.3 * np.array([1.5, 1.7, 0.9, 1.2, 0.0, 0.2, 1.1, 0.9, np.nan])
     flags = unknown_clusters(novelty, 0.3, share, 0.15, 1.6)
-    assert flags.tolist() == [False, True, True, False, False, True, True, False, False]
+    assert flags.tolist() == [False, True, False, False, False, True, True, False, False]
     # models saved before the sum: either check past its own threshold
     either = unknown_clusters(novelty, 0.3, share, 0.15, None)
     assert either.tolist() == [True, True, False, True, True, True, True, False, False]
@@ -225,7 +227,8 @@ def test_the_call_sums_the_two_checks_evidence(annotator, tmp_path):
 
 def test_model_saved_before_the_sum_calls_past_either_threshold(annotator, tmp_path):
     """A file without ``unknown_evidence_`` keeps the rule it was saved with: a cluster is
-    Unknown when its novelty is past the threshold or its reference share below the floor."""
+    Unknown when its novelty is past the threshold or its reference share below the floor,
+    whatever the other check says."""
     model, query = annotator
     model.save(tmp_path / "m")
     as_saved_before_config_checksum(tmp_path / "m")
@@ -240,7 +243,7 @@ def test_model_saved_before_the_sum_calls_past_either_threshold(annotator, tmp_p
     novelty = calls["cluster_novelty"].to_numpy() / old.cluster_threshold_
     share = calls["cluster_reference_share"].to_numpy()
     either = (novelty > 1) | (share < old.min_reference_share_)
-    assert (either != (novelty + (0.5 - share) / 0.35 > 1.6)).any()
+    assert (either & ~(novelty + (0.5 - share) / 0.35 > 1.6)).any()
     np.testing.assert_array_equal(calls["is_unknown"], either)
 
 

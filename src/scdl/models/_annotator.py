@@ -73,42 +73,43 @@ class CellTypeTransformer(
     in a PCA fitted on other reference cells) is stored in the model after training; the query,
     standardised by its own statistics, is projected there, and a cluster whose cells have fewer
     than ``min_reference_share_`` (15%) reference cells among their 30 nearest neighbours (about
-    50% where the reference has such cells; sides balanced) is far from it. The two checks'
-    evidence is summed, each in units of its own threshold: the novelty over
-    ``cluster_threshold_`` plus the mixing deficit ``(0.5 - share) / (0.5 -
-    min_reference_share_)`` (0 for a cluster that mixes fully, 1 at 15%, at most 1.43 for one
-    without reference neighbours, negative for one with more reference neighbours than query
-    ones), and a cluster's cells are called ``"Unknown"`` when the sum exceeds
-    ``unknown_evidence_`` (1.6, chosen over the benchmark's splits together): a novelty far past
-    its threshold, or both checks part of the way (a known type under a shift mostly moves on
-    one; where the mixing check is not made, the novelty alone past its threshold). A new type
-    that only one check sees, the other neutral, is called as its nearest type. The sketch cells
-    are stored at five depths (the reference's counts thinned to 1, 1/2, ... 1/16), and the
-    query is compared with the depth nearest its own (judged type by type against its predicted
-    types' reference depths; a deeper query is thinned to the reference's), because a shallower
-    query's known types otherwise lose their reference neighbours. What to rely on: cells of a
-    known type form clusters that match their type once the shared shift is removed and mix with
-    its reference cells, and are rarely called Unknown; a type absent from the reference and
-    unlike every reference type (e.g. B cells for a T/NK/monocyte reference) mostly is; a type
-    close to a reference type (CD4 vs CD8 T cells, NK vs CD8 T cells, CD14 vs FCGR3A monocytes)
-    is caught when its cells sit apart from that type's reference cells, and otherwise called as
-    that type. A known type in a state the reference lacks (e.g. stimulated monocytes for an
-    unstimulated reference) can mix poorly too. A query whose forced calls leave out reference
-    types (one sorted population) is first filled to the reference's composition
-    (``scdl.models._composition``: pseudo-cells of the missing types under the shift its present
-    types show), as its own mean would be its own profile (unless its types are unlike their
-    reference types before any shift is removed); it then cannot show a new type close to a
-    known one, which is read as that type under a shift (on cell lines too: a removed line
-    forced onto a similar one). A ``UserWarning`` says so when the query's predicted composition
-    is more than half away from the reference's (total-variation distance above 0.5). A query
-    pooling samples of different chemistries shares only part of its shift: a state more common
-    in one of them than in the reference can be called Unknown, which annotating each sample on
-    its own avoids. Models saved before the cluster call keep their per-cell thresholds
-    (``cluster_threshold_`` is ``None``), and those calibrated before the mixture compare a
-    cluster with its majority type's profile (``novelty_rule_`` is ``None``); models saved
-    before the sketch make the first check only (``min_reference_share_`` is ``None``), those
-    saved before the sum call a cluster past either threshold (``unknown_evidence_`` is
-    ``None``), and those before the fill read a sorted population against its own mean (its
+    50% where the reference has such cells; sides balanced) is far from it. Each check's
+    evidence is counted in units of its own threshold: the novelty over ``cluster_threshold_``,
+    and the mixing deficit ``(0.5 - share) / (0.5 - min_reference_share_)`` (0 for a cluster
+    that mixes fully, 1 at 15%, at most 1.43 for one without reference neighbours, negative for
+    one with more reference neighbours than query ones). A cluster's cells are called
+    ``"Unknown"`` when one check passes its threshold and the two sum above
+    ``unknown_evidence_`` (1.6, chosen over the benchmark's splits together): a call by one
+    check stands unless the other says the cluster is like the reference (a known type under a
+    shift mostly moves on one check; where the mixing check is not made, the novelty alone past
+    its threshold). A new type that only one check sees, the other neutral, is called as its
+    nearest type. The sketch cells are stored at five depths (the reference's counts thinned to
+    1, 1/2, ... 1/16), and the query is compared with the depth nearest its own (judged type by
+    type against its predicted types' reference depths; a deeper query is thinned to the
+    reference's), because a shallower query's known types otherwise lose their reference
+    neighbours. What to rely on: cells of a known type form clusters that match their type once
+    the shared shift is removed and mix with its reference cells, and are rarely called Unknown;
+    a type absent from the reference and unlike every reference type (e.g. B cells for a
+    T/NK/monocyte reference) mostly is; a type close to a reference type (CD4 vs CD8 T cells, NK
+    vs CD8 T cells, CD14 vs FCGR3A monocytes) is caught when its cells sit apart from that
+    type's reference cells, and otherwise called as that type. A known type in a state the
+    reference lacks (e.g. stimulated monocytes for an unstimulated reference) can mix poorly
+    too. A query whose forced calls leave out reference types (one sorted population) is first
+    filled to the reference's composition (``scdl.models._composition``: pseudo-cells of the
+    missing types under the shift its present types show), as its own mean would be its own
+    profile (unless its types are unlike their reference types before any shift is removed); it
+    then cannot show a new type close to a known one, which is read as that type under a shift
+    (on cell lines too: a removed line forced onto a similar one). A ``UserWarning`` says so
+    when the query's predicted composition is more than half away from the reference's
+    (total-variation distance above 0.5). A query pooling samples of different chemistries
+    shares only part of its shift: a state more common in one of them than in the reference can
+    be called Unknown, which annotating each sample on its own avoids. Models saved before the
+    cluster call keep their per-cell thresholds (``cluster_threshold_`` is ``None``), and those
+    calibrated before the mixture compare a cluster with its majority type's profile
+    (``novelty_rule_`` is ``None``); models saved before the sketch make the first check only
+    (``min_reference_share_`` is ``None``), those saved before the sum call a cluster past
+    either threshold (``unknown_evidence_`` is ``None``), and those before the fill read a
+    sorted population against its own mean (its
     known types mostly Unknown).
 
     **Genes.** The vocabulary is the registered AnnData's genes (select e.g. 2,000 highly

@@ -16,9 +16,10 @@ holds cells like the cluster's at all:
    and for each query cell the share of reference cells among its ``MIXING_NEIGHBORS`` nearest
    neighbours in both is counted: about 0.5 where the reference has cells like it, near 0
    where it has none. A cluster's *reference share* is the mean over its cells;
-4. the cluster's mixing deficit, ``(0.5 - share) / (0.5 - MIN_REFERENCE_SHARE)`` (1 at that
-   floor), is added to its novelty over the novelty threshold, and its cells are ``"Unknown"``
-   when the sum exceeds ``UNKNOWN_EVIDENCE`` (:func:`scdl.models._novelty.unknown_evidence`).
+4. the cluster's cells are ``"Unknown"`` when the share is below ``MIN_REFERENCE_SHARE`` or
+   the novelty check passes, and the mixing deficit, ``(0.5 - share) / (0.5 -
+   MIN_REFERENCE_SHARE)`` (1 at that floor), plus the novelty over its threshold exceed
+   ``UNKNOWN_EVIDENCE`` (:func:`scdl.models._novelty.unknown_clusters`).
 
 The sketch cells are kept at every depth level of :mod:`scdl.models._depth` (the reference's
 counts thinned, each level standardised by its own statistics), and the caller places the
@@ -54,8 +55,8 @@ PCA_FIT_CELLS = 5_000
 #: genes the sketch's PCA uses: the reference's most variable (log1p CP10k), so that a large
 #: vocabulary of mostly flat genes does not drown the types' genes once all are standardised
 MIXING_GENES = 2_000
-#: the mixing check's floor: a cluster's mean reference share here is one threshold's worth of
-#: evidence that it is new (0.5: fully mixed; see UNKNOWN_EVIDENCE)
+#: the mixing check's floor: a cluster whose mean reference share is below it is Unknown unless
+#: its novelty says it is like its type (0.5: fully mixed; see UNKNOWN_EVIDENCE)
 MIN_REFERENCE_SHARE = 0.15
 #: queries with fewer cells are too small to measure mixing on (no cell is flagged by it)
 MIN_QUERY_CELLS = 100

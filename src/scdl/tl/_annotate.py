@@ -113,12 +113,12 @@ def annotate(
         ``cluster_threshold`` it is the first check's evidence of the cluster's Unknown call.
     ``adata.obs[f"{key_added}_cluster_reference_share"]``
         Share of reference cells among the neighbours of the cluster's cells in the model's
-        reference sketch (about 0.5 where the reference holds such cells, near 0 where it
-        holds none); ``(0.5 - share) / (0.5 - min_reference_share_)`` (0 at 0.5, 1 at 0.15) is
-        the second check's evidence, and the cluster is called Unknown when the two sum above the
-        model's ``unknown_evidence_`` (1.6). NaN for a model saved without a sketch, a query of
-        fewer than 100 cells or one lacking genes that carry more than 10% of the sketch (with a
-        warning).
+        reference sketch (about 0.5 where the reference holds such cells, near 0 where it holds
+        none); ``(0.5 - share) / (0.5 - min_reference_share_)`` (0 at 0.5, 1 at 0.15) is the
+        second check's evidence. The cluster is called Unknown when one check passes its
+        threshold and the two sum above the model's ``unknown_evidence_`` (1.6). NaN for a model
+        saved without a sketch, a query of fewer than 100 cells or one lacking genes that carry
+        more than 10% of the sketch (with a warning).
     ``adata.obs[f"{key_added}_over_clustering"]``
         With ``majority_voting``: the clusters voted over (categorical).
     ``adata.obs[f"{key_added}_majority_voting"]``
@@ -257,7 +257,7 @@ def _model_summary(model, model_name: str) -> dict:
             index=pd.Index([str(x) for x in model.labels], name="cell_type"),
         ),
         "cluster_threshold": model.cluster_threshold_,
-        # the mixing check's floor and the evidence sum (absent for models saved without them)
+        # the mixing check's floor and the evidence needed (absent for models saved without)
         **{
             k: float(v)
             for k, v in (
