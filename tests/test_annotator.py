@@ -220,12 +220,12 @@ def test_a_call_by_one_check_needs_the_other_not_to_contradict_it(annotator, tmp
     novelty = 0.3 * np.array([1.5, 1.7, 0.9, 1.2, 0.0, 0.2, 1.1, 0.9, np.nan])
     flags = unknown_clusters(novelty, 0.3, share, 0.15, 1.6)
     assert flags.tolist() == [False, True, False, False, False, True, True, False, False]
-    # models saved before the sum: either check past its own threshold
+    # models saved before this rule: either check past its own threshold
     either = unknown_clusters(novelty, 0.3, share, 0.15, None)
     assert either.tolist() == [True, True, False, True, True, True, True, False, False]
 
 
-def test_model_saved_before_the_sum_calls_past_either_threshold(annotator, tmp_path):
+def test_model_saved_before_this_rule_calls_past_either_threshold(annotator, tmp_path):
     """A file without ``unknown_evidence_`` keeps the rule it was saved with: a cluster is
     Unknown when its novelty is past the threshold or its reference share below the floor,
     whatever the other check says."""
