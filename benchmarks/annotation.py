@@ -192,15 +192,16 @@ def run_scanvi(ref, qry, seed: int = 0):
 
 
 def unknown_score(model, calls) -> np.ndarray:
-    """The score the Unknown call thresholds at 1: the smaller of the stronger check's evidence
-    (cluster novelty / its threshold, or the mixing deficit (0.5 - share) / (0.5 - 0.15)) and
-    their sum over the model's ``unknown_evidence_``; the novelty's alone where the mixing
-    check was skipped (NaN share)."""
-    novelty = calls["cluster_novelty"].to_numpy() / model.cluster_threshold_
-    share = calls["cluster_reference_share"].to_numpy()
-    deficit = (0.5 - share) / (0.5 - model.min_reference_share_)
-    both = np.fmin(np.fmax(novelty, deficit), (novelty + deficit) / model.unknown_evidence_)
-    return np.where(np.isnan(share), novelty, both)
+    """The score the model's Unknown call thresholds at 1 (the model's own function)."""
+    from scdl.models._novelty import unknown_score as score
+
+    return score(
+        calls["cluster_novelty"].to_numpy(),
+        model.cluster_threshold_,
+        calls["cluster_reference_share"].to_numpy(),
+        model.min_reference_share_,
+        model.unknown_evidence_,
+    )
 
 
 def save_calls(out: str | None, stem: str, model, calls, truth) -> None:

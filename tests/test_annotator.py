@@ -73,7 +73,7 @@ def test_a_shallower_query_is_judged_at_its_own_depth(annotator):
     the call needs; at full depth it is well above, see
     test_absent_cell_type_is_mostly_unknown.)"""
     from scdl.models._depth import thin_counts
-    from scdl.models._novelty import unknown_evidence
+    from scdl.models._novelty import unknown_score
 
     model, query = annotator
     shallow = query.copy()
@@ -81,14 +81,16 @@ def test_a_shallower_query_is_judged_at_its_own_depth(annotator):
     calls, _ = model.annotate_cells(shallow)
     is_b = (query.obs.cell_type == HELD_OUT_TYPE).to_numpy()
     assert calls["is_unknown"][~is_b].mean() <= 0.10, calls["is_unknown"][~is_b].mean()
-    evidence = unknown_evidence(
+    score = unknown_score(
         calls["cluster_novelty"],
         model.cluster_threshold_,
         calls["cluster_reference_share"],
         model.min_reference_share_,
+        model.unknown_evidence_,
     )
-    # most of its cells carry more evidence than 95% of the known types' cells
-    assert np.median(evidence[is_b]) > np.quantile(evidence[~is_b], 0.95)
+    np.testing.assert_array_equal(calls["is_unknown"], score > 1)  # the score the call reads
+    # most of its cells score higher than 95% of the known types' cells
+    assert np.median(score[is_b]) > np.quantile(score[~is_b], 0.95)
 
 
 def test_a_query_of_one_population_is_known_and_warned_about(annotator, tmp_path):

@@ -258,21 +258,13 @@ class SafeSaveLoadMixin:
 
     @staticmethod
     def view_setup_args(dir_path: str | os.PathLike, prefix: str | None = None) -> None:
-        """Print the arguments a saved model's AnnData was set up with (read from
-        ``config.json``; scvi-tools' version reads a pickled ``model.pt``).
-
-        Parameters
-        ----------
-        dir_path
-            Folder written by :meth:`save`.
-        prefix
-            The ``prefix`` the model was saved with.
-        """
+        """Print the arguments a saved model's AnnData was set up with (from :meth:`load_registry`;
+        scvi-tools' version reads a pickled ``model.pt``), for ``dir_path`` and ``prefix`` as
+        there."""
         import rich.pretty  # noqa: F401  (scvi-tools' printer uses it without importing it)
         from scvi.data import AnnDataManager
 
-        registry = _decode(read_config(dir_path, prefix)["attrs"])["registry_"]
-        AnnDataManager.view_setup_method_args(registry)
+        AnnDataManager.view_setup_method_args(SafeSaveLoadMixin.load_registry(dir_path, prefix))
 
     @classmethod
     def convert_legacy_save(cls, *args, **kwargs):

@@ -21,7 +21,7 @@ So the call is made per cluster of the query, in a shift-corrected space:
    threshold, it is the first check's evidence that the cluster is new; its cells are
    ``"Unknown"`` when one check passes its threshold and that and the mixing check's
    (:mod:`scdl.models._mixing`) evidence sum above ``UNKNOWN_EVIDENCE``
-   (:func:`unknown_clusters`).
+   (:func:`unknown_score`).
 
 The threshold is set on the reference alone (:func:`calibrate_threshold`): the reference is
 split into a part that gives the type profiles and a part that plays the query (one batch
@@ -206,34 +206,42 @@ def unknown_evidence(novelty, threshold: float, share, min_share: float) -> np.n
     return novelty / threshold + deficit
 
 
-def unknown_clusters(novelty, threshold: float, share, min_share, evidence) -> np.ndarray:
-    """Per-cell Unknown flags of the cluster call.
+def unknown_score(novelty, threshold: float, share, min_share, evidence) -> np.ndarray:
+    """Per-cell score of the cluster call; a cell is ``"Unknown"`` where it exceeds 1.
 
-    ``evidence`` (a model's ``unknown_evidence_``): either check past its own threshold, and
-    :func:`unknown_evidence` above ``evidence`` (a call by one check stands unless the other
-    says the cluster is like the reference: a novelty just past its threshold needs a mixing
-    deficit, a share just below the floor some novelty). Where the mixing check was not made
-    (NaN share: a query lacking the sketch's genes, e.g. another tissue's panel), the novelty
-    alone past its own threshold. ``evidence=None`` (models saved before this rule): either
-    check past its own threshold; without ``min_share`` (models saved before the sketch) the
-    novelty alone. A NaN novelty (a query too small for the call) is never flagged.
+    ``evidence`` (a model's ``unknown_evidence_``): the smaller of the stronger check's
+    evidence (novelty / threshold, or the mixing deficit of :func:`unknown_evidence`) and their
+    sum over ``evidence``: above 1 when one check passes its threshold and the two sum above
+    ``evidence`` (a call by one check stands unless the other says the cluster is like the
+    reference: a novelty just past its threshold needs a mixing deficit, a share just below
+    the floor some novelty). Where the mixing check was not made (NaN share: a query lacking
+    the sketch's genes, e.g. another tissue's panel), the novelty's alone. ``evidence=None``
+    (models saved before this rule): the stronger check's evidence (either check past its
+    threshold calls); without ``min_share`` (models saved before the sketch) the novelty's
+    alone. NaN (never Unknown) where the novelty is (a query too small for the call).
     """
-    novelty = np.asarray(novelty, dtype=np.float64)
-    alone = novelty > threshold
+    novelty = np.asarray(novelty, dtype=np.float64) / threshold
     if min_share is None:
-        return alone
+        return novelty
     share = np.asarray(share, dtype=np.float64)
-    either = alone | (share < min_share)
+    deficit = (0.5 - share) / (0.5 - min_share)
+    stronger = np.where(np.isnan(novelty), np.nan, np.fmax(novelty, deficit))
     if evidence is None:
-        return either
+        return stronger
     # the sum alone (both checks part of the way) also called clusters that neither check
     # calls: a stimulated monocyte cluster at 0.85 of both thresholds on a one-donor reference
     # flipped with the query's composition (benchmarks/README.md)
-    corroborated = either & (unknown_evidence(novelty, threshold, share, min_share) > evidence)
+    corroborated = np.fmin(stronger, (novelty + deficit) / evidence)
     # without the mixing check the novelty threshold, calibrated for use alone, decides:
     # counting the missing check as neutral (1.6 novelty thresholds needed) kept most cells of
     # another tissue known to a PBMC annotator (benchmarks/README.md)
-    return np.where(np.isnan(share), alone, corroborated)
+    return np.where(np.isnan(share), novelty, corroborated)
+
+
+def unknown_clusters(novelty, threshold: float, share, min_share, evidence) -> np.ndarray:
+    """Per-cell Unknown flags of the cluster call: :func:`unknown_score` above 1."""
+    with np.errstate(invalid="ignore"):
+        return unknown_score(novelty, threshold, share, min_share, evidence) > 1
 
 
 #: beyond this total-variation distance between the query's predicted composition and the
