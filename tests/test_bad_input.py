@@ -11,7 +11,7 @@ from conftest import assert_unchanged, snapshot
 from scipy import sparse
 
 import scdl
-from scdl.models import VAE
+from scdl.models import VAE, CellTypeTransformer, ContrastiveVAE
 
 
 def _small(kang, n=300):
@@ -316,6 +316,24 @@ def test_not_an_anndata(kang):
         scdl.tl.annotate(df)
     with pytest.raises(TypeError, match="Expected an AnnData"):
         scdl.tl.contrastive(df, groupby="condition", background="ctrl")
+    with pytest.raises(TypeError, match="Expected an AnnData"):
+        scdl.tl.cluster(df)
+
+
+def test_a_per_cell_number_is_not_a_batch(kang):
+    """A numeric column with about one value per cell (total counts, genes per cell) is not
+    registered as hundreds of batches; numeric batch codes are."""
+    adata = _expressed(kang)
+    adata.obs["total_counts"] = np.asarray(adata.X.sum(1)).ravel()
+    adata.obs["plate"] = np.arange(adata.n_obs) % 4
+    snap = snapshot(adata)
+    with pytest.raises(ValueError, match="distinct numbers for .* a per-cell measurement"):
+        VAE.setup_anndata(adata, batch_key="total_counts")
+    with pytest.raises(ValueError, match="continuous_covariate_keys"):
+        scdl.tl.integrate(adata, batch_key="total_counts", max_epochs=1)
+    assert_unchanged(adata, snap)
+    VAE.setup_anndata(adata, batch_key="plate")
+    assert VAE(adata).summary_stats.n_batch == 4
 
 
 def test_covariate_key_types(kang):
@@ -382,6 +400,23 @@ def test_bad_model_size(kang):
     VAE.setup_anndata(adata)
     with pytest.raises(ValueError, match="n_latent must be a positive integer"):
         VAE(adata, n_latent=0)
+    with pytest.raises(ValueError, match=r"dropout_rate must be a fraction in \[0, 1\)"):
+        VAE(adata, dropout_rate=1.0)
+    with pytest.raises(ValueError, match="batch_mmd_weight must be a finite number >= 0"):
+        VAE(adata, batch_mmd_weight=-1)
+    ContrastiveVAE.setup_anndata(adata)
+    with pytest.raises(ValueError, match="n_salient_latent must be a positive integer"):
+        ContrastiveVAE(adata, n_salient_latent=0)
+    with pytest.raises(TypeError, match="n_shared_latent must be a positive integer"):
+        ContrastiveVAE(adata, n_shared_latent=2.5)
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype("category")
+    CellTypeTransformer.setup_anndata(adata, labels_key="cell_type")
+    with pytest.raises(ValueError, match="n_tokens must be a positive integer"):
+        CellTypeTransformer(adata, n_tokens=0)
+    with pytest.raises(ValueError, match="d_model=30 must be a multiple of n_heads=4"):
+        CellTypeTransformer(adata, d_model=30)
+    with pytest.raises(ValueError, match=r"gene_dropout must be a fraction in \[0, 1\)"):
+        CellTypeTransformer(adata, gene_dropout=1.0)
 
 
 # --- a trained model given new data (latent space, expression) ------------------------------
@@ -507,6 +542,7 @@ def test_annotator_predict_checks_counts(kind, error, match):
         ({"n_clusters": 2.5}, TypeError, "n_clusters must be an integer"),
         ({"n_neighbors": 1}, ValueError, "n_neighbors must be >= 2"),
         ({"key_added": 3}, TypeError, "key_added"),
+        ({"random_state": "abc"}, TypeError, "random_state must be an integer seed"),
         ({"nan": True}, ValueError, "NaN or infinite"),
         ({"sparse": True}, TypeError, r"sparse matrix.*\.toarray\(\)"),
     ],
@@ -566,6 +602,10 @@ def test_contrastive_bad_arguments(kang, kwargs, error, match):
         ({"key_added": "scdl/ct"}, ValueError, r"holds '/'.*'scdl_ct'"),
         ({"batch_size": 0}, ValueError, "batch_size must be a positive integer"),
         ({"min_gene_overlap": 2}, ValueError, r"min_gene_overlap must be a fraction in \[0, 1\]"),
+        ({"unknown": None}, TypeError, "unknown must be True or False"),
+        ({"majority_voting": "yes"}, TypeError, "majority_voting must be True or False"),
+        ({"min_support": "high"}, TypeError, r"min_support must be a number in \[0, 1\]"),
+        ({"adapt_to_query": 1.5}, ValueError, r"adapt_to_query must be a fraction in \[0, 1\]"),
     ],
 )
 def test_annotate_bad_arguments(kwargs, error, match):
@@ -585,6 +625,29 @@ def test_metrics_and_plots_name_the_missing_step(kang):
     with pytest.raises(KeyError, match=r"Run `scdl.tl.annotate"):
         scdl.pl.annotation(adata, groupby="cell_type", show=False)
     assert_unchanged(adata, snap)
+
+
+def test_integration_metrics_needs_two_columns(kang):
+    adata = _small(kang, 100)
+    adata.obsm["X_scdl"] = np.random.default_rng(0).normal(size=(adata.n_obs, 5))
+    snap = snapshot(adata)
+    with pytest.raises(ValueError, match="batch_key and label_key are both 'sample'"):
+        scdl.tl.integration_metrics(adata, batch_key="sample", label_key="sample")
+    assert_unchanged(adata, snap)
+
+
+def test_a_failing_plot_leaves_no_umap_behind(kang):
+    """scanpy refusing an option after the UMAP was cached: the cache is taken back."""
+    adata = _small(kang, 100)
+    adata.obsm["X_scdl"] = np.random.default_rng(0).normal(size=(adata.n_obs, 5))
+    snap = snapshot(adata)
+    with pytest.raises(ValueError, match="n_neighbors must be >= 2"):
+        scdl.pl.embedding(adata, color="sample", n_neighbors=1, show=False)
+    with pytest.raises(ValueError):
+        scdl.pl.embedding(adata, color="sample", legend_loc="bogus", show=False)
+    assert_unchanged(adata, snap)
+    scdl.pl.embedding(adata, color="sample", show=False)  # the same call, valid: cached
+    assert adata.obsm["X_scdl_umap"].shape == (100, 2)
 
 
 def _nan_counts(adata):

@@ -663,6 +663,19 @@ def test_auto_modality_refuses_counts_with_a_few_odd_values(trained, cellbench):
     assert_unchanged(cells, snap)
 
 
+def test_auto_modality_names_nan_counts(trained, cellbench):
+    """NaN among counts is said as NaN (it was counted among 'negative or fractional')."""
+    cells = cellbench.copy()
+    cells.X = cells.X.copy()
+    cells.X.data[:3] = np.nan
+    snap = snapshot(cells)
+    with pytest.raises(ValueError, match="holds 3 NaN or infinite values"):
+        scdl.tl.drug_response(cells, model=trained, drugs=["Gefitinib"])
+    with pytest.raises(TypeError, match="Expected an AnnData"):
+        scdl.tl.drug_response(cells.to_df(), model=trained, drugs=["Gefitinib"])
+    assert_unchanged(cells, snap)
+
+
 def test_duplicated_var_names_outside_the_model_genes(trained, cellbench):
     """Duplicated symbols are common: valid unless a model gene is among them."""
     cells = cellbench.copy()
@@ -776,6 +789,10 @@ def test_a_second_call_cannot_overwrite_the_first_ones_tables(trained, cellbench
     cells.obsm["scdl_drug_prob"] = cells.obsm["scdl_drug"].rename(columns={"Gefitinib": "X"})
     with pytest.raises(ValueError, match="does not hold the drugs"):  # overwritten by hand
         scdl.pl.drug_response(cells, groupby="cell_line", show=False)
+    # the other way round: a call under "x" would write the table of the call under "x_prob"
+    scdl.tl.drug_response(cells, model=trained, drugs=["Gefitinib"], key_added="x_prob")
+    with pytest.raises(ValueError, match="would overwrite adata.obsm\\['x_prob'\\]"):
+        scdl.tl.drug_response(cells, model=trained, drugs=["Erlotinib"], key_added="x")
     # a drug the model knows but this call did not predict: named as such
     scdl.tl.drug_response(cells, model=trained, drugs=["Gefitinib"], key_added="g")
     with pytest.raises(KeyError, match="'g' call's predicted.*drugs=\\[...\\], key_added='g'"):

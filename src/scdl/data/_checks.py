@@ -293,6 +293,15 @@ def check_categorical(
             f"`adata.obs[{key!r}] = adata.obs[{key!r}].astype(str).astype('category')`."
         )
     n = col.nunique()
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        if n > max(_MAX_CODES, col.size // 2):  # e.g. total counts: one "category" per cell
+            raise ValueError(
+                f"adata.obs[{key!r}] holds {n} distinct numbers for {col.size} cells: a "
+                f"per-cell measurement, not categories such as samples or cell types. Pass a "
+                f"column of labels as `{arg}`; numeric covariates go in "
+                f"`continuous_covariate_keys`. If the numbers are codes, convert them: "
+                f"`adata.obs[{key!r}] = adata.obs[{key!r}].astype(str).astype('category')`."
+            )
     if n < min_categories:
         raise ValueError(
             f"`{arg}={key!r}` has {n} category ({col.unique()[:3].tolist()}) but at least "
@@ -320,6 +329,9 @@ def check_unique_var_names(adata: AnnData, *, warn: bool = False) -> None:
             "first."
         )
 
+
+# numeric codes accepted as categories whatever the number of cells (e.g. batches 0-9)
+_MAX_CODES = 10
 
 # covariates a model corrects for: a single level means there is nothing to correct
 _COVARIATE_ARGS = ("batch_key", "categorical_covariate_keys")
@@ -388,6 +400,42 @@ def check_positive_number(value, arg: str, *, meaning: str = "") -> float:
         extra = f" ({meaning})" if meaning else ""
         raise ValueError(f"{arg} must be a positive number{extra}, got {value!r}.")
     return float(value)
+
+
+def check_bool(value, arg: str) -> bool:
+    """``value`` must be ``True`` or ``False`` (numpy bools too): a string such as ``"no"``
+    would otherwise be taken as true."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{arg} must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def check_fraction(value, arg: str, *, meaning: str = "", below_one: bool = False) -> float:
+    """``value`` must be a number in [0, 1] (``below_one``: [0, 1), e.g. a dropout rate;
+    numpy numbers too, not bools); ``meaning`` says what it is in the message."""
+    extra = f" ({meaning})" if meaning else ""
+    span = "[0, 1)" if below_one else "[0, 1]"
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise TypeError(f"{arg} must be a number in {span}{extra}, got {value!r}.")
+    if not (0.0 <= value < 1.0 if below_one else 0.0 <= value <= 1.0):  # NaN fails too
+        raise ValueError(f"{arg} must be a fraction in {span}{extra}, got {value!r}.")
+    return float(value)
+
+
+def check_non_negative(value, arg: str, *, meaning: str = "") -> float:
+    """``value`` must be a finite number >= 0 (a loss weight; numpy numbers too, not bools)."""
+    number = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+    if not number or not np.isfinite(value) or value < 0:
+        extra = f" ({meaning})" if meaning else ""
+        raise ValueError(f"{arg} must be a finite number >= 0{extra}, got {value!r}.")
+    return float(value)
+
+
+def check_random_state(value, arg: str = "random_state") -> None:
+    """``value`` must be an integer seed or ``None`` (checked before anything is written;
+    otherwise numpy's error comes after a step has written part of its results)."""
+    if isinstance(value, bool) or not (value is None or isinstance(value, int | np.integer)):
+        raise TypeError(f"{arg} must be an integer seed (or None), got {value!r}.")
 
 
 def check_key_added(key_added) -> str:

@@ -195,10 +195,19 @@ def guess_modality(x, n_rows: int = 2000, where: str = "adata.X") -> str:
     Raises
     ------
     ValueError
-        A few odd values among integers: raw counts with a defect, or a mix; reading them
-        as profiles would change every prediction silently.
+        NaN or infinite values; a few odd values among integers: raw counts with a defect,
+        or a mix; reading them as profiles would change every prediction silently.
     """
     odd, size, rows = _odd_values(x, n_rows)
+    part = x[:rows]
+    n_bad = int(
+        np.count_nonzero(~np.isfinite(np.asarray(part.data if sparse.issparse(part) else part)))
+    )
+    if n_bad:
+        raise ValueError(
+            f"{where} holds {n_bad} NaN or infinite values in its first {rows} rows: neither "
+            "raw counts nor log-scale profiles. Fix or drop those entries (or cells) first."
+        )
     if odd == 0:  # empty rows too: the counts check says what they are
         return "counts"
     if odd >= PROFILE_ODD_SHARE * size:

@@ -19,6 +19,8 @@ from scdl.data import (
     check_categorical,
     check_count_setup,
     check_counts,
+    check_fraction,
+    check_positive_int,
     log_normalize_counts,
 )
 from scdl.dataloaders import CSRBatches, FastDataSplitter
@@ -177,6 +179,23 @@ class CellTypeTransformer(
         transformer_weight: float = 0.5,
     ):
         super().__init__(adata, registry)
+        sizes = {"n_tokens": n_tokens, "d_model": d_model, "n_heads": n_heads}
+        for name, value in {
+            **sizes,
+            "n_layers": n_layers,
+            "dim_feedforward": dim_feedforward,
+        }.items():
+            check_positive_int(value, name)
+        if d_model % n_heads:
+            raise ValueError(
+                f"d_model={d_model} must be a multiple of n_heads={n_heads} (each attention head "
+                "takes d_model / n_heads dimensions); pass an n_heads that divides d_model."
+            )
+        check_fraction(dropout, "dropout", below_one=True)
+        check_fraction(
+            gene_dropout, "gene_dropout", below_one=True, meaning="genes hidden per cell"
+        )
+        check_fraction(transformer_weight, "transformer_weight")
         self.module = self._module_cls(
             n_genes=self.summary_stats.n_vars,
             n_labels=self.summary_stats.n_labels,

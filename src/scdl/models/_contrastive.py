@@ -16,6 +16,8 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from scdl.data import (
     check_count_setup,
+    check_fraction,
+    check_non_negative,
     check_positive_int,
     check_positive_number,
     resolve_groups,
@@ -122,6 +124,16 @@ class ContrastiveVAE(
         independence_weight: float = 100.0,
     ):
         super().__init__(adata, registry)
+        sizes = {"n_shared_latent": n_shared_latent, "n_salient_latent": n_salient_latent}
+        for name, value in {**sizes, "n_hidden": n_hidden, "n_layers": n_layers}.items():
+            check_positive_int(value, name)
+        check_fraction(dropout_rate, "dropout_rate", below_one=True)
+        for name, value in (
+            ("wasserstein_penalty", wasserstein_penalty),
+            ("shared_mmd_weight", shared_mmd_weight),
+            ("independence_weight", independence_weight),
+        ):
+            check_non_negative(value, name, meaning="a loss weight")
         self.module = self._module_cls(
             n_input=self.summary_stats.n_vars,
             n_batch=self.summary_stats.n_batch,

@@ -26,6 +26,8 @@ from scvi.model.base import (
 
 from scdl.data import (
     check_count_setup,
+    check_fraction,
+    check_non_negative,
     check_obs_key,
     check_unique_var_names,
     counts_place_fix,
@@ -121,6 +123,8 @@ class VAE(
         for name, value in (("n_latent", n_latent), ("n_hidden", n_hidden), ("n_layers", n_layers)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        check_fraction(dropout_rate, "dropout_rate", below_one=True)
+        check_non_negative(batch_mmd_weight, "batch_mmd_weight", meaning="a loss weight")
         cat_state = self.registry_["field_registries"][REGISTRY_KEYS.CAT_COVS_KEY]
         n_cats_per_cov = cat_state["state_registry"].get("n_cats_per_key") or None
         module_kwargs = {

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._utils import cached_umap, doc_show_save, finish
+from ._utils import cached_umap, doc_show_save, finish, umaps_kept_on_success
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -90,38 +90,39 @@ def contrastive(
         raise ValueError(f"adata.obsm[{key!r}] is zero for every cell: no target cells to plot.")
     shared_umap_key, salient_umap_key = f"{shared_key}_umap", f"{key}_umap"
     umap = {"n_neighbors": n_neighbors, "random_state": random_state}
-    cached_umap(
-        adata, shared_umap_key, np.asarray(adata.obsm[shared_key], dtype=np.float32), **umap
-    )
-    cached_umap(
-        adata, salient_umap_key, salient.astype(np.float32, copy=False), rows=is_target, **umap
-    )
+    with umaps_kept_on_success(adata, shared_umap_key, salient_umap_key):
+        cached_umap(
+            adata, shared_umap_key, np.asarray(adata.obsm[shared_key], dtype=np.float32), **umap
+        )
+        cached_umap(
+            adata, salient_umap_key, salient.astype(np.float32, copy=False), rows=is_target, **umap
+        )
 
-    import pandas as pd
+        import pandas as pd
 
-    tmp = _plot_data(adata, color, shared_umap_key, salient_umap_key)
-    tmp_target = tmp[is_target].copy()
-    longest = 0
-    for c in tmp.obs.columns:
-        if isinstance(tmp.obs[c].dtype, pd.CategoricalDtype):
-            # the legend beside the salient panel serves both panels: every category,
-            # the background's too (the subset had dropped those without target cells)
-            cats = tmp.obs[c].cat.categories
-            tmp_target.obs[c] = tmp_target.obs[c].cat.set_categories(cats)
-            longest = max(longest, *(len(str(x)) for x in cats))
+        tmp = _plot_data(adata, color, shared_umap_key, salient_umap_key)
+        tmp_target = tmp[is_target].copy()
+        longest = 0
+        for c in tmp.obs.columns:
+            if isinstance(tmp.obs[c].dtype, pd.CategoricalDtype):
+                # the legend beside the salient panel serves both panels: every category,
+                # the background's too (the subset had dropped those without target cells)
+                cats = tmp.obs[c].cat.categories
+                tmp_target.obs[c] = tmp_target.obs[c].cat.set_categories(cats)
+                longest = max(longest, *(len(str(x)) for x in cats))
 
-    nrows = len(color)
-    # columns: shared, salient, room for the legend (as wide as its longest name), gene bars
-    legend_width = min(1.6, max(0.55, 0.065 * longest + 0.2))
-    ratios = [1, 1, legend_width] + ([0.8] if table is not None else [])
-    height = max(3.6 * nrows, 0.22 * (n_genes or 0) + 1.2)
-    fig = plt.figure(figsize=(4.2 * sum(ratios), height))
-    gs = fig.add_gridspec(nrows, len(ratios), width_ratios=ratios, wspace=0.3)
-    for i, c in enumerate(color):
-        _space_panels(fig, gs[i, 0], gs[i, 1], tmp, tmp_target, c)
-    if table is not None:
-        _gene_bars(fig.add_subplot(gs[:, 3]), table)
-    return finish(fig, show=show, save=save, default_name=f"contrastive_{key}")
+        nrows = len(color)
+        # columns: shared, salient, room for the legend (as wide as its longest name), gene bars
+        legend_width = min(1.6, max(0.55, 0.065 * longest + 0.2))
+        ratios = [1, 1, legend_width] + ([0.8] if table is not None else [])
+        height = max(3.6 * nrows, 0.22 * (n_genes or 0) + 1.2)
+        fig = plt.figure(figsize=(4.2 * sum(ratios), height))
+        gs = fig.add_gridspec(nrows, len(ratios), width_ratios=ratios, wspace=0.3)
+        for i, c in enumerate(color):
+            _space_panels(fig, gs[i, 0], gs[i, 1], tmp, tmp_target, c)
+        if table is not None:
+            _gene_bars(fig.add_subplot(gs[:, 3]), table)
+        return finish(fig, show=show, save=save, default_name=f"contrastive_{key}")
 
 
 def _colors(adata: AnnData, key: str, color) -> list:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from scdl.data import check_embedding
 
-from ._utils import cached_umap, doc_show_save, finish
+from ._utils import cached_umap, doc_show_save, finish, umaps_kept_on_success
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -80,34 +80,35 @@ def embedding(
         raise ValueError(f"adata.obsm[{basis!r}] holds {rep.shape[0]} cells: a UMAP needs 4.")
     _check_colors(adata, color)
     umap_key = f"{basis}_umap"
-    cached_umap(
-        adata,
-        umap_key,
-        rep,
-        n_neighbors=n_neighbors,
-        random_state=0 if random_state is None else random_state,
-    )
-    kwargs.setdefault("frameon", False)
-    kwargs.pop("return_fig", None)  # the figure is always returned
-    with _scanpy_writes_undone(adata):  # the cached UMAP stays the only thing written
-        plot = sc.pl.embedding(
+    with umaps_kept_on_success(adata, umap_key):
+        cached_umap(
             adata,
-            basis=umap_key,
-            color=color,
-            ncols=ncols,
-            ax=ax,
-            show=False,
-            # with ax given, scanpy draws on it and has no figure of its own to return
-            return_fig=None if ax is not None else True,
-            **kwargs,
+            umap_key,
+            rep,
+            n_neighbors=n_neighbors,
+            random_state=0 if random_state is None else random_state,
         )
-    if ax is not None:
-        fig = ax.figure
-    elif plot is None or not hasattr(plot, "savefig"):  # scanpy returns Axes for one panel
-        fig = plot.figure if plot is not None else __import__("matplotlib.pyplot").pyplot.gcf()
-    else:
-        fig = plot
-    return finish(fig, show=show, save=save, default_name=f"embedding_{basis}")
+        kwargs.setdefault("frameon", False)
+        kwargs.pop("return_fig", None)  # the figure is always returned
+        with _scanpy_writes_undone(adata):  # the cached UMAP stays the only thing written
+            plot = sc.pl.embedding(
+                adata,
+                basis=umap_key,
+                color=color,
+                ncols=ncols,
+                ax=ax,
+                show=False,
+                # with ax given, scanpy draws on it and has no figure of its own to return
+                return_fig=None if ax is not None else True,
+                **kwargs,
+            )
+        if ax is not None:
+            fig = ax.figure
+        elif plot is None or not hasattr(plot, "savefig"):  # scanpy returns Axes for one panel
+            fig = plot.figure if plot is not None else __import__("matplotlib.pyplot").pyplot.gcf()
+        else:
+            fig = plot
+        return finish(fig, show=show, save=save, default_name=f"embedding_{basis}")
 
 
 def _check_colors(adata: AnnData, color) -> None:

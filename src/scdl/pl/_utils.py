@@ -4,6 +4,7 @@ parameter text of their docstrings, and the UMAPs they cache in ``obsm``."""
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ import numpy as np
 from docrep import DocstringProcessor
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from anndata import AnnData
     from matplotlib.figure import Figure
@@ -95,6 +96,24 @@ def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_n
     return fig
 
 
+@contextmanager
+def umaps_kept_on_success(adata: AnnData, *keys: str) -> Iterator[None]:
+    """Put back ``obsm[key]`` and ``uns[key]`` of each UMAP cache as they were when the
+    plotting call fails after caching (scanpy refusing an option, a figure that cannot be
+    saved): a failing call writes nothing."""
+    before = {k: (adata.obsm.get(k), adata.uns.get(k)) for k in keys}
+    try:
+        yield
+    except BaseException:
+        for key, (emb, info) in before.items():
+            for store, value in ((adata.obsm, emb), (adata.uns, info)):
+                if value is None:
+                    store.pop(key, None)
+                else:
+                    store[key] = value
+        raise
+
+
 def _umap(x: np.ndarray, n_neighbors: int, random_state: int) -> np.ndarray:
     import anndata
     import scanpy as sc
@@ -128,6 +147,10 @@ def cached_umap(
     shown with a stale UMAP. ``rows`` (a boolean mask) embeds only those cells; the others
     get NaN.
     """
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int | np.integer):
+        raise TypeError(f"n_neighbors must be an integer, got {n_neighbors!r}.")
+    if n_neighbors < 2:
+        raise ValueError(f"n_neighbors must be >= 2 (a UMAP's neighbour graph), got {n_neighbors}.")
     params = {
         "n_neighbors": int(n_neighbors),
         "random_state": int(random_state),

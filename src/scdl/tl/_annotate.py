@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from scdl._warnings import warn_user
 from scdl.data import writable
 
 from ._majority import majority_vote
@@ -134,20 +135,37 @@ def annotate(
         cell types, gene overlap, thresholds (``novelty_thresholds``: a DataFrame of each
         type's per-cell threshold, indexed by cell type) and the fraction called Unknown.
     """
-    from scdl.data import check_is_anndata, check_key_added, check_positive_int
+    from scdl.data import (
+        check_bool,
+        check_fraction,
+        check_is_anndata,
+        check_key_added,
+        check_positive_int,
+    )
 
     # everything is computed (and checked) before anything is written
     check_is_anndata(adata)
     check_key_added(key_added)
     check_positive_int(batch_size, "batch_size")
+    unknown = check_bool(unknown, "unknown")
+    majority_voting = check_bool(majority_voting, "majority_voting")
+    min_gene_overlap = check_fraction(
+        min_gene_overlap, "min_gene_overlap", meaning="the share of the model's genes needed"
+    )
+    adapt_to_query = check_fraction(adapt_to_query, "adapt_to_query", meaning="a blend")
+    min_support = check_fraction(min_support, "min_support", meaning="a share of a cluster")
+    if over_clustering is not None and not majority_voting:
+        warn_user(
+            "over_clustering is used only for majority voting; pass majority_voting=True to "
+            "vote over it (it is ignored now).",
+            UserWarning,
+        )
     model, model_name = _resolve_model(model)
     clusters, graph = None, None
     if majority_voting and over_clustering is not None:
         clusters = _given_clusters(adata, over_clustering)
     elif majority_voting:  # the user's neighbour graph, as CellTypist over-clusters
         graph = adata.obsp["connectivities"] if "connectivities" in adata.obsp else None
-    if not 0.0 <= float(min_support) <= 1.0:
-        raise ValueError(f"min_support must lie in [0, 1], got {min_support!r}.")
     calls, probs = model.annotate_cells(
         adata,
         layer=layer,

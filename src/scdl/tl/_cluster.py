@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from scdl._warnings import warn_user
-from scdl.data import check_embedding, check_key_added, writable
+from scdl.data import (
+    check_embedding,
+    check_is_anndata,
+    check_key_added,
+    check_random_state,
+    writable,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -89,7 +95,9 @@ def cluster(
     """
     import scanpy as sc
 
-    rep, n_neighbors = _check_inputs(adata, use_rep, resolution, n_clusters, n_neighbors, key_added)
+    rep, n_neighbors = _check_inputs(
+        adata, use_rep, resolution, n_clusters, n_neighbors, key_added, random_state
+    )
     adata = writable(adata, copy=copy)
     neighbors_key = f"{key_added}_neighbors"
     sc.pp.neighbors(
@@ -128,10 +136,12 @@ def cluster(
     return adata if copy else None
 
 
-def _check_inputs(adata, use_rep, resolution, n_clusters, n_neighbors, key_added):
+def _check_inputs(adata, use_rep, resolution, n_clusters, n_neighbors, key_added, random_state):
     """The representation to cluster and the number of neighbours to use, with every argument
     checked before anything is written."""
+    check_is_anndata(adata)
     rep = check_embedding(adata, use_rep, purpose="clustering")
+    check_random_state(random_state)
     if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int | np.integer):
         raise TypeError(f"n_neighbors must be an integer, got {n_neighbors!r}.")
     if n_neighbors < 2:

@@ -103,9 +103,10 @@ def drug_response(
     >>> scdl.tl.drug_response(adata, model=model, drugs=["Gefitinib", "Erlotinib"])
     >>> scdl.pl.drug_response(adata, groupby="leiden")
     """
-    from scdl.data import check_key_added, resolve_modality
+    from scdl.data import check_is_anndata, check_key_added, resolve_modality
     from scdl.models import DrugResponseModel
 
+    check_is_anndata(adata)
     if not isinstance(model, DrugResponseModel):
         raise TypeError(
             f"model must be a trained scdl.models.DrugResponseModel, got {type(model).__name__}."
@@ -117,6 +118,12 @@ def drug_response(
             raise ValueError(
                 f"key_added={key_added!r} would overwrite adata.obsm[{key_added!r}], written by "
                 f"the call under key_added={base!r}; choose another key."
+            )
+        info = adata.uns.get(key_added + suffix)  # the other way round
+        if isinstance(info, dict) and "drugs" in info:
+            raise ValueError(
+                f"key_added={key_added!r} would overwrite adata.obsm[{key_added + suffix!r}], "
+                f"written by the call under key_added={key_added + suffix!r}; choose another key."
             )
     if modality == "auto":  # resolved here so that params records what was read
         modality = resolve_modality(adata, layer)

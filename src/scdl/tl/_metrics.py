@@ -96,6 +96,12 @@ def integration_metrics(
             f"integration_metrics needs more than {_SCIB_NEIGHBORS} cells (scib-metrics' "
             f"metrics use {_SCIB_NEIGHBORS} neighbours of each cell); got {adata.n_obs}."
         )
+    if batch_key == label_key:
+        raise ValueError(
+            f"batch_key and label_key are both {batch_key!r}: the metrics score how well batches "
+            "mix while cell types stay apart, so they need two columns (e.g. "
+            "batch_key='sample', label_key='cell_type')."
+        )
     check_categorical(
         adata,
         batch_key,
