@@ -419,6 +419,18 @@ def test_bad_model_size(kang):
         CellTypeTransformer(adata, gene_dropout=1.0)
 
 
+def test_a_reference_label_named_like_the_unknown_call_is_refused(kang):
+    """scANVI marks unlabelled cells "Unknown": as an annotator's type it could not be told
+    from the Unknown call (tl.annotate failed on the duplicate category)."""
+    adata = _expressed(kang)
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype(str)
+    adata.obs.iloc[:30, adata.obs.columns.get_loc("cell_type")] = "Unknown"
+    snap = snapshot(adata)
+    with pytest.raises(ValueError, match=r"holds the label 'Unknown'.*!= 'Unknown'\]\.copy\(\)"):
+        CellTypeTransformer.setup_anndata(adata, labels_key="cell_type")
+    assert_unchanged(adata, snap)
+
+
 # --- a trained model given new data (latent space, expression) ------------------------------
 
 

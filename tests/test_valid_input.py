@@ -459,3 +459,57 @@ def test_tl_steps_write_into_a_view_warning_at_the_callers_line(kang, caplog):
     for w in (*view_warnings, *batch):
         assert str(Path(w.filename).resolve()) == here, (w.filename, str(w.message))
     assert not [r for r in caplog.records if "Seed set" in r.getMessage()]
+
+
+def test_integration_metrics_read_backed_and_sparse_array_counts(kang, tmp_path):
+    """The fallback PCA reads a backed file's counts and a scipy sparse array (scanpy's
+    normalize_total refuses the latter; the private copy is a sparse matrix)."""
+    small = kang[np.random.default_rng(0).choice(kang.n_obs, 200, replace=False)].copy()
+    small.obsm["X_scdl"] = np.random.default_rng(1).normal(size=(small.n_obs, 5))
+    expected = scdl.tl.integration_metrics(
+        small, batch_key="sample", label_key="cell_type", key_added=None
+    )
+    arr = small.copy()
+    arr.X = sparse.csr_array(arr.X)
+    got = scdl.tl.integration_metrics(arr, batch_key="sample", label_key="cell_type")
+    np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-5)
+    assert isinstance(arr.X, sparse.csr_array)  # the user's matrix is left as it was
+    view = small[:150]
+    with pytest.warns(UserWarning, match="adata is a view: it is made an actual AnnData"):
+        scdl.tl.integration_metrics(view, batch_key="sample", label_key="cell_type")
+    assert not view.is_view
+    small.write_h5ad(tmp_path / "small.h5ad")
+    backed = __import__("anndata").read_h5ad(tmp_path / "small.h5ad", backed="r")
+    got = scdl.tl.integration_metrics(
+        backed, batch_key="sample", label_key="cell_type", key_added=None
+    )
+    np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-5)
+
+
+def test_unlabelled_cells_are_left_out_where_labels_are_optional(kang):
+    """NaN in a group column: with target= given, those cells are in neither contrastive
+    group (as a third value is); in pl.annotation's truth, they are left out of the matrix."""
+    import matplotlib.pyplot as plt
+
+    small = kang[np.random.default_rng(0).choice(kang.n_obs, 200, replace=False)].copy()
+    small.obs["group"] = small.obs["condition"].astype(object)
+    small.obs.iloc[:20, small.obs.columns.get_loc("group")] = np.nan
+    scdl.tl.contrastive(
+        small, groupby="group", background="ctrl", target="stim", max_epochs=2, progress_bar=False
+    )
+    assert (
+        small.uns["X_scdl_salient"]["params"]["n_background"]
+        + small.uns["X_scdl_salient"]["params"]["n_target"]
+        == 180
+    )
+    assert np.all(small.obsm["X_scdl_salient"][:20] == 0)
+    with pytest.raises(ValueError, match="missing values, which target=None would make target"):
+        scdl.tl.contrastive(small, groupby="group", background="ctrl", max_epochs=1)
+    scdl.tl.annotate(small, unknown=False, min_gene_overlap=0.1)
+    small.obs["truth"] = small.obs["cell_type"].astype(object)
+    small.obs.iloc[:50, small.obs.columns.get_loc("truth")] = np.nan
+    fig = scdl.pl.annotation(small, groupby="truth", show=False)
+    labels = [t.get_text() for t in fig.axes[1].get_yticklabels()]
+    assert sum(int(t.rsplit("(", 1)[1].rstrip(")")) for t in labels) == 150
+    assert not any(t.startswith("nan") for t in labels)
+    plt.close(fig)

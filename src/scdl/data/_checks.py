@@ -254,8 +254,11 @@ def warn_empty_cells(n_empty: int, n_obs: int, where: str) -> None:
     )
 
 
-def check_obs_key(adata: AnnData, key: str, *, arg: str = "key") -> pd.Series:
-    """Return ``adata.obs[key]``; a clear KeyError with a suggestion if it is missing."""
+def check_obs_key(
+    adata: AnnData, key: str, *, arg: str = "key", missing_ok: bool = False
+) -> pd.Series:
+    """Return ``adata.obs[key]``; a clear KeyError with a suggestion if it is missing, and a
+    ValueError if it has missing values (unless ``missing_ok``)."""
     if not isinstance(key, str):
         raise TypeError(f"`{arg}` must be a column name (str), got {type(key).__name__}.")
     if key not in adata.obs.columns:
@@ -266,7 +269,7 @@ def check_obs_key(adata: AnnData, key: str, *, arg: str = "key") -> pd.Series:
             f"`{arg}={key!r}` is not a column of adata.obs (columns: {cols or 'none'}).{extra}"
         )
     col = adata.obs[key]
-    if col.isna().any():
+    if not missing_ok and col.isna().any():
         raise ValueError(
             f"adata.obs[{key!r}] has {int(col.isna().sum())} missing values; fill or drop them "
             f"before using it as `{arg}`."

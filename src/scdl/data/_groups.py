@@ -124,8 +124,15 @@ def _groups_from_obs(adata, groupby, background, target) -> tuple[np.ndarray, np
             f"groupby={groupby!r} needs background=, the value(s) of that column marking "
             "background (e.g. control) cells."
         )
-    col = check_obs_key(adata, groupby, arg="groupby")
-    present = sorted(col.unique().tolist(), key=str)
+    # with target given, cells without a value are in neither group (like any other value)
+    col = check_obs_key(adata, groupby, arg="groupby", missing_ok=True)
+    if target is None and col.isna().any():
+        raise ValueError(
+            f"adata.obs[{groupby!r}] has {int(col.isna().sum())} missing values, which "
+            "target=None would make target cells. Pass target= (cells without a value are "
+            "then in neither group), or fill or drop them."
+        )
+    present = sorted(col.dropna().unique().tolist(), key=str)
     bg_values = _as_values(background, "background")
     _check_present(bg_values, present, groupby, "background")
     bg_mask = col.isin(bg_values).to_numpy()

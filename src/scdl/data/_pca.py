@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     import numpy as np
     from anndata import AnnData
@@ -44,12 +46,18 @@ def unintegrated_pca(
     """
     import anndata
     import scanpy as sc
+    from scipy import sparse
 
     from ._checks import get_matrix
     from ._lognorm import input_kind
 
     kind, _ = input_kind(adata, layer)
-    tmp = anndata.AnnData(X=get_matrix(adata, layer).copy())
+    x = get_matrix(adata, layer)
+    if not (sparse.issparse(x) or isinstance(x, np.ndarray)):  # a backed AnnData's matrix
+        x = x[:]  # read into memory as stored (sparse stays sparse)
+    # a private copy for scanpy, as a sparse matrix (its normalize_total fails on csr_array)
+    x = sparse.csr_matrix(x, copy=True) if sparse.issparse(x) else np.array(x)
+    tmp = anndata.AnnData(X=x)
     tmp.var_names = adata.var_names
     if kind == "counts":
         sc.pp.normalize_total(tmp, target_sum=1e4)

@@ -29,7 +29,7 @@ from scdl.train import AnnotatorTrainingPlan, MaskedExpressionPlan, guarded_trai
 
 from ._annotator_attribution import AnnotatorAttributionMixin
 from ._annotator_calibration import AnnotatorCalibrationMixin
-from ._annotator_predict import AnnotatorPredictionMixin
+from ._annotator_predict import UNKNOWN, AnnotatorPredictionMixin
 from ._base import SafeSaveLoadMixin
 from ._training import plan_training
 
@@ -262,9 +262,9 @@ class CellTypeTransformer(
         KeyError
             A layer or obs column does not exist.
         ValueError, TypeError
-            Counts are not raw counts, labels have missing values or a single type, or gene
-            names repeat. ``adata`` is left unchanged. Cells without counts are kept, with a
-            warning.
+            Counts are not raw counts, labels have missing values, a single type or the label
+            ``"Unknown"`` (the call's name), or gene names repeat. ``adata`` is left
+            unchanged. Cells without counts are kept, with a warning.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         from_registry = kwargs.get("source_registry") is not None
@@ -275,6 +275,14 @@ class CellTypeTransformer(
             labels = check_categorical(
                 adata, labels_key, arg="labels_key", min_categories=1 if from_registry else 2
             )
+            if not from_registry and (labels.astype(str) == UNKNOWN).any():
+                raise ValueError(
+                    f"adata.obs[{labels_key!r}] holds the label {UNKNOWN!r}, the name the "
+                    "annotator gives cells unlike every reference type: the two could not be "
+                    "told apart. If these cells are unlabelled (scANVI's unlabeled_category), "
+                    f"leave them out of the reference: `ref = ref[ref.obs[{labels_key!r}] != "
+                    f"{UNKNOWN!r}].copy()`; if it is a cell type, rename it."
+                )
             slashed = sorted({str(v) for v in labels.dropna().unique() if "/" in str(v)})
             if slashed and not from_registry:
                 warn_user(

@@ -38,7 +38,8 @@ def annotation(
         ``key_added`` of that call.
     groupby
         obs column of known labels (e.g. an earlier manual annotation) to compare with: adds
-        a confusion matrix (rows: known label, normalised to fractions; columns: predicted).
+        a confusion matrix (rows: known label, normalised to fractions; columns: predicted);
+        cells without a label (NaN) are left out of it.
     ax
         Axes to draw into (a layout of your own): one Axes, or two with ``groupby`` (the
         confidence panel, then the confusion matrix). ``None``: a new figure.
@@ -64,7 +65,11 @@ def annotation(
             "`sc.pl.embedding(adata, color=...)`)."
         )
     conf = check_obs_key(adata, f"{key}_confidence", arg="key").to_numpy()
-    truth = check_obs_key(adata, groupby, arg="groupby") if groupby is not None else None
+    truth = None
+    if groupby is not None:  # unlabelled cells (NaN) are left out of the matrix, as scanpy's
+        truth = check_obs_key(adata, groupby, arg="groupby", missing_ok=True)
+        if truth.isna().all():
+            raise ValueError(f"adata.obs[{groupby!r}] has no values: nothing to compare with.")
     pred = pred.astype("category")  # a column written back as strings is fine too
     types = [c for c in pred.cat.categories if (pred == c).any()]
     n_panels = 1 if truth is None else 2
@@ -87,7 +92,8 @@ def annotation(
     ax.set_title("Predicted cell types")
     if truth is not None:
         ax = axes[1]
-        known, called = truth.astype(str), pred.astype(str)
+        labelled = truth.notna().to_numpy()
+        known, called = truth[labelled].astype(str), pred[labelled].astype(str)
         # rows: the known types; columns: the same types in the same order (a known type
         # never predicted keeps its empty column), then types only predicted. A correct call
         # sits on the diagonal even when the label sets differ

@@ -63,7 +63,8 @@ def contrastive(
         Value (or list of values) of ``groupby`` marking background cells (e.g. ``"ctrl"``).
     target
         Value(s) of ``groupby`` marking target cells; ``None``: every non-background cell.
-        Cells in neither group are not trained on and get a zero salient code.
+        Cells in neither group (with ``target`` given, cells without a ``groupby`` value
+        too) are not trained on and get a zero salient code.
     layer
         Layer with raw counts; ``None`` uses ``adata.X``.
     batch_key

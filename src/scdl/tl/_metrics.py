@@ -14,6 +14,7 @@ from scdl.data import (
     check_is_anndata,
     check_key_added,
     unintegrated_pca,
+    writable,
 )
 
 if TYPE_CHECKING:
@@ -157,5 +158,5 @@ def integration_metrics(
     res = res.drop(index="Metric Type", errors="ignore").astype(float)
     res.index.name = "embedding"
     if key_added is not None:
-        adata.uns[key_added] = res
+        writable(adata).uns[key_added] = res
     return res
