@@ -645,6 +645,10 @@ def test_integration_metrics_needs_two_columns(kang):
     snap = snapshot(adata)
     with pytest.raises(ValueError, match="batch_key and label_key are both 'sample'"):
         scdl.tl.integration_metrics(adata, batch_key="sample", label_key="sample")
+    with pytest.raises(TypeError, match="embeddings must be an obsm key or a list"):
+        scdl.tl.integration_metrics(
+            adata, batch_key="sample", label_key="cell_type", embeddings=None
+        )
     assert_unchanged(adata, snap)
 
 

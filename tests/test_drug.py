@@ -673,6 +673,8 @@ def test_auto_modality_names_nan_counts(trained, cellbench):
         scdl.tl.drug_response(cells, model=trained, drugs=["Gefitinib"])
     with pytest.raises(TypeError, match="Expected an AnnData"):
         scdl.tl.drug_response(cells.to_df(), model=trained, drugs=["Gefitinib"])
+    with pytest.raises(TypeError, match="`drugs` must be a drug name or a list of names"):
+        scdl.tl.drug_response(cellbench, model=trained, drugs=5)
     assert_unchanged(cells, snap)
 
 

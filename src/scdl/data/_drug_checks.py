@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -119,7 +120,13 @@ def resolve_drugs(requested, available: Sequence[str], *, source=_MODEL_DRUGS) -
         return available
     if isinstance(requested, str):
         requested = [requested]
-    requested = list(requested)
+    names = list(requested) if isinstance(requested, Iterable) else None
+    if names is None or any(not isinstance(d, str) for d in names):
+        raise TypeError(
+            f"`drugs` must be a drug name or a list of names (or None for every drug), got "
+            f"{requested!r}."
+        )
+    requested = names
     if not requested:
         raise ValueError("`drugs` is empty; pass drug names, or None for every drug.")
     lower = {d.lower(): d for d in available}

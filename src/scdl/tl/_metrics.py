@@ -89,6 +89,11 @@ def integration_metrics(
     check_is_anndata(adata)
     if key_added is not None:
         check_key_added(key_added)
+    if not isinstance(embeddings, str | list | tuple):
+        raise TypeError(
+            f"embeddings must be an obsm key or a list of them (e.g. ['X_scdl', 'X_pca']), got "
+            f"{embeddings!r}."
+        )
     embeddings = [embeddings] if isinstance(embeddings, str) else list(embeddings)
     if not embeddings:
         raise ValueError("Pass at least one obsm key in `embeddings`.")
