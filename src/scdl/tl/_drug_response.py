@@ -101,7 +101,7 @@ def drug_response(
     >>> model = scdl.models.DrugResponseModel(bulk, target=adata)  # adata: raw counts
     >>> model.train()
     >>> scdl.tl.drug_response(adata, model=model, drugs=["Gefitinib", "Erlotinib"])
-    >>> scdl.pl.drug_response(adata, groupby="leiden")
+    >>> scdl.pl.drug_response(adata, groupby="cell_line")  # any obs column of groups
     """
     from scdl.data import check_is_anndata, check_key_added, resolve_modality
     from scdl.models import DrugResponseModel
