@@ -235,6 +235,14 @@ SETUPS = {
 }
 
 
+def _with_embedding(kang, n=100):
+    """n cells with a random 5-dimensional obsm["X_scdl"] (what clustering, metrics and plots
+    read)."""
+    adata = _small(kang, n)
+    adata.obsm["X_scdl"] = np.random.default_rng(0).normal(size=(adata.n_obs, 5))
+    return adata
+
+
 def _expressed(kang, n=300):
     adata = _small(kang, n)
     return adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
@@ -560,8 +568,7 @@ def test_annotator_predict_checks_counts(kind, error, match):
     ],
 )
 def test_cluster_bad_arguments(kang, kwargs, error, match):
-    adata = _small(kang)
-    adata.obsm["X_scdl"] = np.random.default_rng(0).normal(size=(adata.n_obs, 5))
+    adata = _with_embedding(kang, 300)
     if kwargs.pop("nan", False):
         adata.obsm["X_scdl"][3, 1] = np.nan
     if kwargs.pop("sparse", False):
@@ -629,8 +636,7 @@ def test_annotate_bad_arguments(kwargs, error, match):
 
 
 def test_metrics_and_plots_name_the_missing_step(kang):
-    adata = _small(kang, 100)
-    adata.obsm["X_scdl"] = np.random.default_rng(0).normal(size=(adata.n_obs, 5))
+    adata = _with_embedding(kang)
     snap = snapshot(adata)
     with pytest.raises(TypeError, match="key_added"):
         scdl.tl.integration_metrics(adata, batch_key="sample", label_key="cell_type", key_added=3)
@@ -640,8 +646,7 @@ def test_metrics_and_plots_name_the_missing_step(kang):
 
 
 def test_integration_metrics_needs_two_columns(kang):
-    adata = _small(kang, 100)
-    adata.obsm["X_scdl"] = np.random.default_rng(0).normal(size=(adata.n_obs, 5))
+    adata = _with_embedding(kang)
     snap = snapshot(adata)
     with pytest.raises(ValueError, match="batch_key and label_key are both 'sample'"):
         scdl.tl.integration_metrics(adata, batch_key="sample", label_key="sample")
@@ -654,8 +659,7 @@ def test_integration_metrics_needs_two_columns(kang):
 
 def test_a_failing_plot_leaves_no_umap_behind(kang):
     """scanpy refusing an option after the UMAP was cached: the cache is taken back."""
-    adata = _small(kang, 100)
-    adata.obsm["X_scdl"] = np.random.default_rng(0).normal(size=(adata.n_obs, 5))
+    adata = _with_embedding(kang)
     snap = snapshot(adata)
     with pytest.raises(ValueError, match="n_neighbors must be >= 2"):
         scdl.pl.embedding(adata, color="sample", n_neighbors=1, show=False)
@@ -697,8 +701,7 @@ def _ninety_cells(adata):
 def test_integration_metrics_checks_its_inputs_first(kang, edit, kwargs, error, match):
     """The keys and the data of the fallback PCA are checked before scib-metrics runs: a
     mistyped key is not replaced by a PCA, nor NaN counts left to scikit-learn's message."""
-    adata = _small(kang, 100)
-    adata.obsm["X_scdl"] = np.random.default_rng(0).normal(size=(adata.n_obs, 5))
+    adata = _with_embedding(kang)
     if edit is not None:
         edit(adata)
     snap = snapshot(adata)

@@ -173,18 +173,20 @@ def shared_genes(
     return common
 
 
-def _odd_values(x, n_rows: int) -> tuple[int, int, int]:
-    """Negative or fractional stored values in the first ``n_rows`` rows, the stored values
-    there, and the rows read (cheap check, no copy of X)."""
+def _odd_values(x, n_rows: int) -> tuple[int, int, int, int]:
+    """Negative, fractional or non-finite stored values in the first ``n_rows`` rows, the
+    non-finite ones among them, the stored values there, and the rows read (cheap check, no
+    copy of X)."""
     part = x[: min(n_rows, x.shape[0])]
     vals = part.data if sparse.issparse(part) else np.asarray(part).ravel()
     vals = np.asarray(vals, dtype=np.float64)
-    return int(np.count_nonzero((vals < 0) | (vals != np.round(vals)))), vals.size, part.shape[0]
+    odd = int(np.count_nonzero((vals < 0) | (vals != np.round(vals))))  # NaN and inf included
+    return odd, int(np.count_nonzero(~np.isfinite(vals))), vals.size, part.shape[0]
 
 
 def looks_like_counts(x, n_rows: int = 2000) -> bool:
     """Non-negative integers in the first ``n_rows`` rows (cheap check, no copy of X)."""
-    odd, size, _ = _odd_values(x, n_rows)
+    odd, _, size, _ = _odd_values(x, n_rows)
     return size > 0 and odd == 0
 
 
@@ -205,11 +207,7 @@ def guess_modality(x, n_rows: int = 2000, where: str = "adata.X") -> str:
         NaN or infinite values; a few odd values among integers: raw counts with a defect,
         or a mix; reading them as profiles would change every prediction silently.
     """
-    odd, size, rows = _odd_values(x, n_rows)
-    part = x[:rows]
-    n_bad = int(
-        np.count_nonzero(~np.isfinite(np.asarray(part.data if sparse.issparse(part) else part)))
-    )
+    odd, n_bad, size, rows = _odd_values(x, n_rows)
     if n_bad:
         raise ValueError(
             f"{where} holds {n_bad} NaN or infinite values in its first {rows} rows: neither "

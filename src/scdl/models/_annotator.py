@@ -179,12 +179,13 @@ class CellTypeTransformer(
         transformer_weight: float = 0.5,
     ):
         super().__init__(adata, registry)
-        sizes = {"n_tokens": n_tokens, "d_model": d_model, "n_heads": n_heads}
-        for name, value in {
-            **sizes,
-            "n_layers": n_layers,
-            "dim_feedforward": dim_feedforward,
-        }.items():
+        for name, value in (
+            ("n_tokens", n_tokens),
+            ("d_model", d_model),
+            ("n_heads", n_heads),
+            ("n_layers", n_layers),
+            ("dim_feedforward", dim_feedforward),
+        ):
             check_positive_int(value, name)
         if d_model % n_heads:
             raise ValueError(

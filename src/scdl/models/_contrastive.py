@@ -124,8 +124,12 @@ class ContrastiveVAE(
         independence_weight: float = 100.0,
     ):
         super().__init__(adata, registry)
-        sizes = {"n_shared_latent": n_shared_latent, "n_salient_latent": n_salient_latent}
-        for name, value in {**sizes, "n_hidden": n_hidden, "n_layers": n_layers}.items():
+        for name, value in (
+            ("n_shared_latent", n_shared_latent),
+            ("n_salient_latent", n_salient_latent),
+            ("n_hidden", n_hidden),
+            ("n_layers", n_layers),
+        ):
             check_positive_int(value, name)
         check_fraction(dropout_rate, "dropout_rate", below_one=True)
         for name, value in (

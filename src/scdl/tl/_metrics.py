@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -89,7 +90,7 @@ def integration_metrics(
     check_is_anndata(adata)
     if key_added is not None:
         check_key_added(key_added)
-    if not isinstance(embeddings, str | list | tuple):
+    if not isinstance(embeddings, str | Iterable):  # e.g. None
         raise TypeError(
             f"embeddings must be an obsm key or a list of them (e.g. ['X_scdl', 'X_pca']), got "
             f"{embeddings!r}."
