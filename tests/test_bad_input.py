@@ -663,7 +663,7 @@ def test_a_failing_plot_leaves_no_umap_behind(kang):
     snap = snapshot(adata)
     with pytest.raises(ValueError, match="n_neighbors must be >= 2"):
         scdl.pl.embedding(adata, color="sample", n_neighbors=1, show=False)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="bogus"):  # scanpy's (matplotlib's) refusal
         scdl.pl.embedding(adata, color="sample", legend_loc="bogus", show=False)
     assert_unchanged(adata, snap)
     scdl.pl.embedding(adata, color="sample", show=False)  # the same call, valid: cached

@@ -116,9 +116,15 @@ def test_integration_metrics_rank_vae_above_pca(kang_integrated):
     adata.obsm["X_pca"] = unintegrated_pca(adata)
     adata.obsm["_pre"] = adata.obsm["X_pca"][:, :5]  # a user's key: scored as given
     before = {k: adata.obsm[k].copy() for k in ("X_pca", "X_scdl")}
-    df = scdl.tl.integration_metrics(
-        adata, batch_key="sample", label_key="cell_type", embeddings=["X_pca", "X_scdl", "_pre"]
-    )
+    adata = adata[:]  # a view: made actual before the table is written, warned as tl steps do
+    with pytest.warns(UserWarning, match="adata is a view: it is made an actual AnnData"):
+        df = scdl.tl.integration_metrics(
+            adata,
+            batch_key="sample",
+            label_key="cell_type",
+            embeddings=["X_pca", "X_scdl", "_pre"],
+        )
+    assert not adata.is_view
     assert df.loc["_pre", "Bio conservation"] != df.loc["X_pca", "Bio conservation"]
     for k, v in before.items():  # scores only: the embeddings stay bit for bit
         np.testing.assert_array_equal(adata.obsm[k], v)

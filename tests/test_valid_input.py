@@ -465,6 +465,8 @@ def test_baseline_pca_reads_backed_and_sparse_array_counts(kang, tmp_path):
     """integration_metrics' fallback PCA (scdl.data.unintegrated_pca) reads a backed file's
     counts and a scipy sparse array (scanpy's normalize_total refuses the latter; the private
     copy is a sparse matrix); the user's matrix is left as it was."""
+    import anndata
+
     small = kang[np.random.default_rng(0).choice(kang.n_obs, 200, replace=False)].copy()
     expected = scdl.data.unintegrated_pca(small)
     arr = small.copy()
@@ -472,7 +474,7 @@ def test_baseline_pca_reads_backed_and_sparse_array_counts(kang, tmp_path):
     np.testing.assert_allclose(scdl.data.unintegrated_pca(arr), expected, rtol=1e-4, atol=1e-5)
     assert isinstance(arr.X, sparse.csr_array)
     small.write_h5ad(tmp_path / "small.h5ad")
-    backed = __import__("anndata").read_h5ad(tmp_path / "small.h5ad", backed="r")
+    backed = anndata.read_h5ad(tmp_path / "small.h5ad", backed="r")
     got = scdl.data.unintegrated_pca(backed)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
