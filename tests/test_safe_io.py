@@ -375,6 +375,11 @@ def test_two_saves_in_one_folder_with_prefixes(small_save, tmp_path, capsys):
     np.testing.assert_array_equal(first[0], first[2])
     np.testing.assert_array_equal(first[1], first[3])
     assert VAE.load_registry(tmp_path, prefix="b_")["model_name"] == "VAE"
+    # reference mapping from a prefixed save, as from the model itself
+    padded = VAE.prepare_query_anndata(clean[:, ::-1].copy(), tmp_path, prefix="b_", inplace=False)
+    assert list(padded.var_names) == list(clean.var_names)
+    mapped = VAE.load_query_data(clean.copy(), tmp_path, prefix="b_")
+    np.testing.assert_array_equal(next(mapped.module.parameters()).detach(), first[1])
     capsys.readouterr()
     VAE.view_setup_args(tmp_path, prefix="a_")  # scvi-tools' reads a pickled model.pt
     assert "batch_key" in capsys.readouterr().out
@@ -387,6 +392,8 @@ def test_two_saves_in_one_folder_with_prefixes(small_save, tmp_path, capsys):
         VAE.load(tmp_path, prefix="c_")
     with pytest.raises(ValueError, match="path separator"):
         model.save(tmp_path, prefix="sub/a_")
+    with pytest.raises(TypeError, match="Expected an AnnData .* got bool"):
+        VAE.load(tmp_path, adata=False, prefix="a_")  # an AttributeError inside scvi-tools
     # backup_url: used by scvi-tools only when the save is missing; an scdl save is not fetched
     VAE.load(tmp_path, prefix="a_", backup_url="https://example.org/a_model.pt")
     with pytest.raises(FileNotFoundError, match="not downloaded from `backup_url`"):

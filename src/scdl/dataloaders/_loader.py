@@ -16,8 +16,16 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import sparse
-from scvi.data._utils import registry_key_to_default_dtype
+from scvi import REGISTRY_KEYS
 from scvi.dataloaders import DataSplitter
+
+# the integer fields of a registry, as in scvi-tools' AnnTorchDataset; every other field float32
+_INT_KEYS = (
+    REGISTRY_KEYS.BATCH_KEY,
+    REGISTRY_KEYS.LABELS_KEY,
+    REGISTRY_KEYS.CAT_COVS_KEY,
+    REGISTRY_KEYS.INDICES_KEY,
+)
 
 
 def _as_array(data, dtype):
@@ -81,7 +89,7 @@ class TensorBatchLoader:
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.arrays = {}
         for key in adata_manager.data_registry:
-            dtype = registry_key_to_default_dtype(key)
+            dtype = np.int64 if key in _INT_KEYS else np.float32
             self.arrays[key] = (_as_array(adata_manager.get_from_registry(key), dtype), dtype)
 
     def _shard(self, order: np.ndarray) -> np.ndarray:

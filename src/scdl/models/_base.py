@@ -39,6 +39,10 @@ from ._saved_files import (
 if TYPE_CHECKING:
     from anndata import AnnData
 
+# where scvi-tools' setup_anndata stores an AnnData's registration id (part of the AnnData it
+# writes, so stable across releases; its constant lives in a private module)
+_SCVI_UUID = "_scvi_uuid"
+
 
 class SafeSaveLoadMixin:
     """``save``/``load`` through JSON + safetensors instead of pickle."""
@@ -186,6 +190,10 @@ class SafeSaveLoadMixin:
         from scvi.model._utils import parse_device_args
         from scvi.model.base._save_load import _initialize_model
 
+        if adata is not None:
+            from scdl.data import check_is_anndata
+
+            check_is_anndata(adata)  # scvi-tools takes AnnData or None (a bool failed later)
         files = SavedFiles(dir_path, prefix)
         if backup_url is not None and not files.config.is_file():
             raise FileNotFoundError(
@@ -287,13 +295,11 @@ class CheckedQueryMixin:
 
     def _registered_here(self, adata) -> bool:
         """Whether ``adata`` itself (not a copy) is registered with this model instance."""
-        from scvi.data._constants import _SCVI_UUID_KEY
-
         uns = getattr(adata, "uns", None)
-        if uns is None or _SCVI_UUID_KEY not in uns:
+        if uns is None or _SCVI_UUID not in uns:
             return False
         store = type(self)._per_instance_manager_store.get(self.id, {})
-        manager = store.get(uns[_SCVI_UUID_KEY])
+        manager = store.get(uns[_SCVI_UUID])
         return manager is not None and manager.adata is adata
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):

@@ -302,6 +302,8 @@ class VAE(
         reference_model: VAE | str | os.PathLike,
         return_reference_var_names: bool = False,
         inplace: bool = True,
+        *,
+        prefix: str | None = None,
     ):
         """Pad a query's missing reference genes with zeros and put them in the reference order.
 
@@ -318,13 +320,15 @@ class VAE(
             Only return the reference's gene names.
         inplace
             Modify ``adata`` in place (``True``) or return a new AnnData.
+        prefix
+            The ``prefix`` a saved reference was saved with.
         """
         from scvi.model.base._archesmixin import _pad_and_sort_query_anndata
 
         from ._base import read_config
 
         if isinstance(reference_model, str | os.PathLike):
-            var_names = pd.Index(read_config(reference_model)["var_names"])
+            var_names = pd.Index(read_config(reference_model, prefix)["var_names"])
         else:
             var_names = pd.Index(reference_model.get_var_names())
         if return_reference_var_names:
@@ -341,6 +345,8 @@ class VAE(
         cls,
         adata: AnnData,
         reference_model: VAE | str | os.PathLike,
+        *,
+        prefix: str | None = None,
         **kwargs,
     ) -> VAE:
         """Map a new batch onto a trained reference without retraining the reference (scArches).
@@ -365,6 +371,8 @@ class VAE(
             modified.
         reference_model
             Trained :class:`VAE`, or the folder it was saved to.
+        prefix
+            The ``prefix`` a saved reference was saved with (see :meth:`VAE.save`).
         **kwargs
             Passed to :meth:`scvi.model.base.ArchesMixin.load_query_data` (freezing options).
         """
@@ -373,6 +381,7 @@ class VAE(
                 reference_model,
                 accelerator=kwargs.get("accelerator", "auto"),
                 device=kwargs.get("device", "auto"),
+                prefix=prefix,
             )
         if not isinstance(reference_model, cls):
             raise TypeError(
