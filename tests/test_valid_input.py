@@ -226,6 +226,29 @@ def test_tl_steps_take_a_batch_of_one_or_a_few_cells(kang):
     assert np.isfinite(adata.obsm["X_scdl_salient"]).all()
 
 
+def test_genes_without_counts_never_take_a_highly_variable_place(kang):
+    """Every gene is ranked in place (a column subset would copy the matrix); the n_top_genes
+    chosen are expressed ones, in the user's order."""
+    import anndata as ad
+    from scipy import sparse
+
+    cells = _three_hundred(kang)
+    adata = ad.AnnData(
+        sparse.hstack([cells.X, sparse.csr_matrix((cells.n_obs, 200))], format="csr"),
+        obs=cells.obs.copy(),
+    )
+    adata.var_names = [*cells.var_names, *(f"empty{i}" for i in range(200))]
+    adata.obs["run"] = np.where(np.arange(adata.n_obs) < 60, "small", "large")
+    expressed = adata.var_names[np.asarray(adata.X.sum(0)).ravel() > 0]
+    model = scdl.tl.integrate(
+        adata, batch_key="run", n_top_genes=1000, max_epochs=1, progress_bar=False
+    )
+    genes = list(adata.uns["X_scdl"]["var_names"])
+    assert len(genes) == 1000 and set(genes) <= set(expressed)
+    assert genes == [g for g in expressed if g in set(genes)]  # in the user's order
+    assert model.adata.n_vars == 1000
+
+
 def test_integrate_on_too_few_cells_to_rank_genes_uses_every_expressed_gene(kang):
     """seurat_v3's loess is singular on 10 cells: all expressed genes, with a warning."""
     adata = _three_hundred(kang)[:10].copy()

@@ -38,10 +38,11 @@ def select_genes(
     if n_top_genes is None or len(expressed) <= n_top_genes:
         return expressed
     x = adata.X if layer is None else adata.layers[layer]
-    mask = np.asarray(gene_totals > 0)
     in_memory = isinstance(x, np.ndarray | sparse.spmatrix | sparse.sparray)
-    if not mask.all() or not in_memory:  # a column subset copies the whole matrix: only
-        x = x[:, mask]  # when genes drop, or to read a backed matrix (scanpy cannot)
+    ranked = names  # in memory, every gene is ranked: a column subset would copy the matrix
+    if not in_memory:  # a backed matrix is read (scanpy cannot rank it), expressed genes only
+        ranked = expressed
+        x = x[:, np.asarray(gene_totals > 0)]
     if isinstance(x, sparse.sparray):  # scanpy's seurat_v3 takes scipy's sparse matrices only
         x = sparse.csr_matrix(x) if x.format == "csr" else sparse.csc_matrix(x)
     obs, keep = None, slice(None)
@@ -50,11 +51,20 @@ def select_genes(
         obs = pd.DataFrame({"batch": labels}, index=adata.obs_names)[keep]
     # a row subset copies too: only when cells are left out of the ranking
     tmp = anndata.AnnData(X=x if isinstance(keep, slice) or np.all(keep) else x[keep], obs=obs)
-    tmp.var_names = expressed
-    hvg = _seurat_v3(tmp, n_top_genes, batch_key)
-    hvg.index = expressed
+    tmp.var_names = ranked
+    hvg = _seurat_v3(tmp, n_top_genes, batch_key).set_axis(ranked).loc[expressed]
+    if "highly_variable_rank" in hvg:
+        # scanpy's order (rank, then batches), among expressed genes only: a gene without
+        # counts ranks last in every batch, except in a batch with fewer variable genes than
+        # n_top_genes, where it could take an expressed gene's place
+        by = [c for c in ("highly_variable_rank", "highly_variable_nbatches") if c in hvg]
+        order = hvg.sort_values(by, ascending=[True, False][: len(by)], na_position="last")
+        order = order.index[:n_top_genes]
+        chosen = expressed.isin(order)
+    else:  # too few cells for a trend: every expressed gene
+        chosen = hvg["highly_variable"].to_numpy()
     # keep the original gene order, so the model's genes read like the user's
-    return expressed[hvg["highly_variable"].to_numpy()]
+    return expressed[chosen]
 
 
 # seurat_v3 fits a loess trend of variance on mean within each batch: with a few cells the
