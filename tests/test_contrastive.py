@@ -179,6 +179,22 @@ def test_contrastive_writes_documented_fields(kang_contrastive, tmp_path):
     adata.write_h5ad(tmp_path / "a.h5ad")  # everything written is h5ad-serialisable
 
 
+def test_second_run_under_another_key_keeps_the_first_runs_spaces(kang):
+    """``key_added`` names every space a run writes (scanpy's convention): the shared space of
+    a run under another key goes to ``f"{key_added}_shared"``, and the plot finds it."""
+    adata = _small(kang)
+    kw = dict(groupby="condition", background="ctrl", n_top_genes=200, max_epochs=1)
+    scdl.tl.contrastive(adata, progress_bar=False, **kw)
+    first = adata.obsm["X_scdl_shared"].copy()
+    scdl.tl.contrastive(adata, key_added="run2", random_state=1, progress_bar=False, **kw)
+    np.testing.assert_array_equal(adata.obsm["X_scdl_shared"], first)
+    assert adata.uns["run2"]["params"]["shared_key"] == "run2_shared"
+    assert not np.array_equal(adata.obsm["run2_shared"], first)
+    scdl.pl.contrastive(adata, key="run2", n_genes=0, show=False)
+    assert "run2_shared_umap" in adata.obsm and "X_scdl_shared_umap" not in adata.obsm
+    matplotlib.pyplot.close("all")
+
+
 def test_save_load_round_trip(kang_contrastive, tmp_path):
     _, model = kang_contrastive
     shared = model.get_latent_representation(representation="shared")

@@ -111,21 +111,47 @@ def test_stopped_training_warns_and_history_shows_it(cells):
 
 
 def test_tl_seed_is_local_as_scanpys_random_state(cells):
-    """``random_state`` seeds the tool's training only: the user's ``scvi.settings.seed`` and
-    the global numpy / torch streams continue as before the call (scvi-tools' seed setter
-    re-seeds every generator, which had replaced the user's seed with the tool's)."""
+    """``random_state`` seeds the tool's work only: the user's ``scvi.settings.seed`` and the
+    global Python / numpy / torch streams continue as before the call (scvi-tools' seed setter
+    re-seeds every generator; inference after training and a model's weight initialisation
+    draw from torch's)."""
+    import random
+
     import scvi
 
     before = scvi.settings.seed
     try:
         scvi.settings.seed = 7
-        np.random.random(3)  # a stream partly consumed by the user's own work
-        expected = np.random.get_state()[1].copy()
-        scdl.tl.integrate(cells.copy(), max_epochs=1, progress_bar=False, batch_size=64)
+        np.random.random(3)  # streams partly consumed by the user's own work
+        torch.rand(3)
+        random.random()
+        expected = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
+        adata = cells.copy()
+        scdl.tl.integrate(adata, max_epochs=1, progress_bar=False, batch_size=64)
+        scdl.tl.cluster(adata, use_rep="X_scdl", resolution="auto")
         assert scvi.settings.seed == 7
-        np.testing.assert_array_equal(np.random.get_state()[1], expected)
-        # torch's stream is used after training (the latent's inference samples, as in
-        # scvi-tools) but not re-seeded
-        assert torch.initial_seed() == 7
+        assert random.getstate() == expected[0]
+        np.testing.assert_array_equal(np.random.get_state()[1], expected[1])
+        assert torch.equal(torch.get_rng_state(), expected[2])
     finally:
         scvi.settings.seed = before
+
+
+def test_first_use_of_scvi_tools_keeps_the_users_seed():
+    """Importing scvi-tools sets its seed (every global generator restarts from 0): scdl
+    imports it lazily, at the first model or training step, so that import must not
+    replace a seed the user set before (a fresh process: scvi-tools not yet imported)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import random, numpy as np, torch, scdl\n"
+        "def draw(): return torch.rand(1).item(), float(np.random.rand()), random.random()\n"
+        "def seed(): torch.manual_seed(42); np.random.seed(42); random.seed(42)\n"
+        "seed(); expected = draw(); seed()\n"
+        "import scdl.models\n"
+        "assert 'scvi' in __import__('sys').modules\n"
+        "print(draw() == expected)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"

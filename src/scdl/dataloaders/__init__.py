@@ -6,6 +6,7 @@ bulk lines with target cells, target/background cells) has its own file. Importi
 module imports torch and scvi-tools.
 """
 
+from .. import _quiet_import  # noqa: F401  (first: importing scvi-tools re-seeds)
 from ._contrastive import ContrastiveSplitter
 from ._csr_loader import CSRBatchLoader, CSRDataSplitter, gather_csr_rows
 from ._drug_loader import DomainSplitter

@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from .. import _quiet_import  # noqa: F401  (first: importing scvi-tools re-seeds)
+
 _CLASSES = {
     "CellTypeTransformer": "._annotator",
     "ContrastiveVAE": "._contrastive",

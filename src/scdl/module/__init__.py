@@ -1,6 +1,7 @@
 """Torch networks (scvi-tools ``BaseModuleClass`` subclasses), one file per model; closed-form
 solvers, kernels and calibration statistics in small pure files."""
 
+from .. import _quiet_import  # noqa: F401  (first: importing scvi-tools re-seeds)
 from ._annotator import CellTypeTransformerModule
 from ._calibration import drug_table, heldout_predictions
 from ._contrastive import TARGET_KEY, ContrastiveModule

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from scdl._rng import keeps_rng
+
 from ._utils import cached_umap, doc_show_save, finish, umaps_kept_on_success
 
 if TYPE_CHECKING:
@@ -29,11 +31,12 @@ def _gene_table(adata: AnnData, key: str) -> pd.DataFrame:
 
 
 @doc_show_save
+@keeps_rng
 def contrastive(
     adata: AnnData,
     *,
     key: str = "X_scdl_salient",
-    shared_key: str = "X_scdl_shared",
+    shared_key: str | None = None,
     color: str | Sequence[str] | None = None,
     n_genes: int = 20,
     n_neighbors: int = 15,
@@ -61,7 +64,8 @@ def contrastive(
         AnnData processed by :func:`scdl.tl.contrastive`.
     key, shared_key
         obsm keys of the salient and the shared space (``key_added`` and ``shared_key`` of
-        :func:`scdl.tl.contrastive`); ``uns[key]`` holds the ranked genes.
+        :func:`scdl.tl.contrastive`); ``uns[key]`` holds the ranked genes and, with
+        ``shared_key=None``, the shared space's key.
     color
         obs column(s) to colour by, e.g. ``["cell_type", "condition"]``. Default: the
         ``groupby`` column recorded in ``uns[key]``.
@@ -75,6 +79,9 @@ def contrastive(
     """
     import matplotlib.pyplot as plt
 
+    if shared_key is None:
+        params = adata.uns.get(key, {}).get("params", {})
+        shared_key = params.get("shared_key", "X_scdl_shared")
     for k in (key, shared_key):
         if k not in adata.obsm:
             raise KeyError(

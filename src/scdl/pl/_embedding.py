@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from scdl._rng import keeps_rng
 from scdl.data import check_embedding
 
 from ._utils import cached_umap, doc_show_save, finish, umaps_kept_on_success
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 
 @doc_show_save
+@keeps_rng
 def embedding(
     adata: AnnData,
     *,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from scdl._rng import keeps_rng
 from scdl._warnings import warn_user
 from scdl.data import writable
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 _VOTING_FIELDS = ("over_clustering", "majority_voting", "majority_support")
 
 
+@keeps_rng
 def annotate(
     adata: AnnData,
     *,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from scdl._rng import keeps_rng
 from scdl._warnings import warn_user
 from scdl.data import (
     check_embedding,
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
+@keeps_rng
 def cluster(
     adata: AnnData,
     *,

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from scdl._rng import keeps_rng
 from scdl.data import (
     check_categorical,
     check_counts,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from scdl.models import ContrastiveVAE
 
 
+@keeps_rng
 def contrastive(
     adata: AnnData,
     *,
@@ -37,7 +39,7 @@ def contrastive(
     layer: str | None = None,
     batch_key: str | None = None,
     key_added: str = "X_scdl_salient",
-    shared_key: str = "X_scdl_shared",
+    shared_key: str | None = None,
     n_top_genes: int | None = 2000,
     max_epochs: int | None = None,
     random_state: int = 0,
@@ -74,7 +76,9 @@ def contrastive(
     key_added
         obsm key of the salient space and uns key of the summary.
     shared_key
-        obsm key of the shared space.
+        obsm key of the shared space. ``None``: ``"X_scdl_shared"`` with the default
+        ``key_added``, else ``f"{key_added}_shared"``, so that a second run under another
+        ``key_added`` keeps the first run's shared space.
     n_top_genes
         Highly variable genes to train on (seurat_v3 on counts); ``None`` uses all expressed
         genes.
@@ -132,6 +136,8 @@ def contrastive(
     """
     from scdl.models import ContrastiveVAE
 
+    if shared_key is None:
+        shared_key = "X_scdl_shared" if key_added == "X_scdl_salient" else f"{key_added}_shared"
     # validate everything before touching adata, so a failing call leaves it unchanged
     bg, tg, summary = _check_inputs(
         adata, groupby, background, target, layer, batch_key, key_added, shared_key, n_top_genes

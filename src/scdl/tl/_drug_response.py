@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from scdl._rng import keeps_rng
 from scdl.data import writable
 
 if TYPE_CHECKING:
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from scdl.models import DrugResponseModel
 
 
+@keeps_rng
 def drug_response(
     adata: AnnData,
     *,

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from scdl._rng import keeps_rng
 from scdl.data import (
     check_categorical,
     check_counts,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from scdl.models import VAE
 
 
+@keeps_rng
 def integrate(
     adata: AnnData,
     *,

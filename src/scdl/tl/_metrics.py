@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from scdl._rng import keeps_rng
 from scdl.data import (
     check_categorical,
     check_embedding,
@@ -37,6 +38,7 @@ def _sklearn_neighbors(x: np.ndarray, k: int, n_jobs: int = 1):
     return NeighborsResults(indices=idx, distances=dist)
 
 
+@keeps_rng
 def integration_metrics(
     adata: AnnData,
     *,

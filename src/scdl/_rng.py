@@ -1,0 +1,66 @@
+"""The user's global random states, kept as they were by scdl's steps.
+
+Importing scvi-tools sets ``scvi.settings.seed = 0``, which runs Lightning's
+``seed_everything``: Python's, numpy's and torch's global generators restart from 0 and
+``PL_GLOBAL_SEED`` is set; importing scikit-learn's metrics draws from Python's ``random``. A
+scvi-tools user meets that at ``import scvi``, before seeding the session; scdl imports these
+libraries lazily, at the first step that needs them, when the user may already have seeded.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import random
+import sys
+
+import numpy as np
+
+
+def import_keeping_rng(name: str) -> None:
+    """Import module ``name`` once, then put back the global random states it changed."""
+    if name in sys.modules:
+        return
+    # scvi-tools imports torch, which draws nothing on import; elsewhere torch is left alone
+    torch = importlib.import_module("torch") if name == "scvi" else sys.modules.get("torch")
+    py_state, np_state = random.getstate(), np.random.get_state()
+    torch_state = None if torch is None else torch.random.get_rng_state()
+    env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
+    try:
+        importlib.import_module(name)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        if torch is not None:
+            torch.random.set_rng_state(torch_state)
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def keeps_rng(func):
+    """Run ``func`` with Python's ``random`` and torch's CPU generator put back afterwards.
+
+    The tools seed their own work (``random_state``); a lazy import, a model's weight
+    initialisation or a data loader's shuffling seed would otherwise advance the user's
+    generators. numpy's global generator is not touched here: ``random_state=None`` in scanpy
+    means drawing from it.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        torch = sys.modules.get("torch")
+        py_state = random.getstate()
+        torch_state = None if torch is None else torch.random.get_rng_state()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            random.setstate(py_state)
+            torch = sys.modules.get("torch")  # imported during the call: its state then
+            if torch is not None and torch_state is not None:  # is fresh, nothing to keep
+                torch.random.set_rng_state(torch_state)
+
+    return wrapper
