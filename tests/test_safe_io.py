@@ -392,8 +392,10 @@ def test_two_saves_in_one_folder_with_prefixes(small_save, tmp_path, capsys):
         VAE.load(tmp_path, prefix="c_")
     with pytest.raises(ValueError, match="path separator"):
         model.save(tmp_path, prefix="sub/a_")
-    with pytest.raises(TypeError, match="Expected an AnnData .* got bool"):
-        VAE.load(tmp_path, adata=False, prefix="a_")  # an AttributeError inside scvi-tools
+    # adata=False: without data, though the save holds its AnnData (scvi-tools' meaning)
+    assert VAE.load(tmp_path, adata=False, prefix="a_").adata is None
+    with pytest.raises(TypeError, match="Expected an AnnData .* got str"):
+        VAE.load(tmp_path, adata="cells.h5ad", prefix="a_")
     # backup_url: used by scvi-tools only when the save is missing; an scdl save is not fetched
     VAE.load(tmp_path, prefix="a_", backup_url="https://example.org/a_model.pt")
     with pytest.raises(FileNotFoundError, match="not downloaded from `backup_url`"):

@@ -379,6 +379,10 @@ def test_load_query_data_takes_a_view(kang):
     query_model.train(max_epochs=2, enable_progress_bar=False, plan_kwargs={"weight_decay": 0})
     assert query_model.get_latent_representation().shape[0] == view.n_obs
     assert view.is_view and not any(c.startswith("_scvi") for c in view.obs.columns)
+    # a query of a batch the reference knows: mapping it would move that batch's cells
+    known = kang[kang.obs["sample"] == "ctrl101"][:50].copy()
+    with pytest.warns(UserWarning, match=r"batches the reference was trained on \(\['ctrl101'\]"):
+        VAE.load_query_data(known, vae)
 
 
 def test_cli_annotates_a_dataset_holding_few_of_the_model_genes(hundred_cells, tmp_path):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 
@@ -161,7 +161,7 @@ class SafeSaveLoadMixin:
     def load(
         cls,
         dir_path: str | os.PathLike,
-        adata: AnnData | None = None,
+        adata: AnnData | Literal[False] | None = None,
         *,
         accelerator: str = "auto",
         device: int | str = "auto",
@@ -176,8 +176,9 @@ class SafeSaveLoadMixin:
             Folder written by :meth:`save`.
         adata
             AnnData to attach, with the same genes in the same order as at training. If
-            ``None``, the save's ``{prefix}adata.h5ad`` is used when present; otherwise the model
-            is built from its saved registry and takes data in its methods' ``adata=``.
+            ``None``, the save's ``{prefix}adata.h5ad`` is used when present; otherwise, or
+            with ``False`` (as in scvi-tools), the model is built from its saved registry
+            without data and takes data in its methods' ``adata=``.
         accelerator, device
             Where to put the model (as in Lightning).
         prefix
@@ -190,10 +191,11 @@ class SafeSaveLoadMixin:
         from scvi.model._utils import parse_device_args
         from scvi.model.base._save_load import _initialize_model
 
-        if adata is not None:
+        without_data = adata is False  # scvi-tools' "load without AnnData"
+        if adata is not None and not without_data:
             from scdl.data import check_is_anndata
 
-            check_is_anndata(adata)  # scvi-tools takes AnnData or None (a bool failed later)
+            check_is_anndata(adata)
         files = SavedFiles(dir_path, prefix)
         if backup_url is not None and not files.config.is_file():
             raise FileNotFoundError(
@@ -220,7 +222,9 @@ class SafeSaveLoadMixin:
         attrs = _decode(config["attrs"])
         registry = attrs.pop("registry_")
         _check_genes_agree(config, registry, files)
-        if adata is None:
+        if without_data:
+            adata = None
+        elif adata is None:
             adata = _saved_anndata(files, config, checksummed)
         if adata is not None:
             from scdl.data import gene_mismatch_message, same_gene_names

@@ -351,13 +351,14 @@ class VAE(
     ) -> VAE:
         """Map a new batch onto a trained reference without retraining the reference (scArches).
 
-        Only the weights of the new batch categories are trained afterwards
+        Only the weights of the query's batch categories are trained afterwards
         (call ``.train()`` on the returned model, e.g. ``max_epochs=100``,
         ``plan_kwargs={"weight_decay": 0.0}``); with that setting the reference cells' latent
-        representation stays as it was. As in scvi-tools, a reference registered with
-        ``categorical_covariate_keys`` is the exception: the first layers' weights of every
-        covariate category, the reference's too, are trained with the query, so the reference
-        cells' representation moves a little.
+        representation stays as it was, unless the query holds batches the reference was
+        trained on (a warning says so): their weights are trained too. As in scvi-tools, a
+        reference registered with ``categorical_covariate_keys`` is the other exception: the
+        first layers' weights of every covariate category, the reference's too, are trained
+        with the query, so the reference cells' representation moves a little.
 
         Parameters
         ----------
@@ -415,4 +416,18 @@ class VAE(
             fields = reference_model.registry_["field_registries"]
             state = fields[REGISTRY_KEYS.BATCH_KEY]["state_registry"]
             check_category_kind(col, state["categorical_mapping"], key, model=cls.__name__)
+            known = sorted(
+                set(col.dropna().astype(str)) & set(map(str, state["categorical_mapping"]))
+            )
+            if known:  # scArches trains every batch column the query's cells use
+                from scdl._warnings import warn_user
+
+                warn_user(
+                    f"The query's {key!r} holds batches the reference was trained on "
+                    f"({known[:5]}): training the query model also trains their weights, so "
+                    "the reference cells of those batches move. To place such cells without "
+                    "changing the reference, use `reference_model.get_latent_representation("
+                    "query)`; to map them as a new batch, give them a new batch name.",
+                    UserWarning,
+                )
         return super().load_query_data(adata, reference_model, **kwargs)
