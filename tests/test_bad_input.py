@@ -635,6 +635,37 @@ def test_annotate_bad_arguments(kwargs, error, match):
     assert_unchanged(query, snap)
 
 
+def _mouse_cased(query):
+    query.var_names = query.var_names.str.capitalize()  # "CD3E" -> "Cd3e"
+
+
+def _ids_with_symbols_in_var(query):
+    query.var["symbol"] = query.var_names.to_numpy()
+    query.var_names = [f"ENSG{i:011d}" for i in range(query.n_vars)]
+
+
+def _no_shared_gene(query):
+    query.var_names = [f"gene{i}" for i in range(query.n_vars)]
+
+
+@pytest.mark.parametrize(
+    ("edit", "kwargs", "match"),
+    [
+        (_mouse_cased, {}, r"differ from adata.var_names in case only \(e.g. \['KLHL17'"),
+        (_ids_with_symbols_in_var, {}, r"adata.var\['symbol'\] holds \d+ of them"),
+        (_no_shared_gene, {"min_gene_overlap": 0}, r"Only 0 of the model's.*never none"),
+    ],
+)
+def test_annotate_names_the_gene_identifiers_to_use(edit, kwargs, match):
+    """Too few model genes by name: the message points at the fix the data allows."""
+    query = scdl.datasets.kang_pbmc_heldout()[:100].copy()
+    edit(query)
+    snap = snapshot(query)
+    with pytest.raises(ValueError, match=match):
+        scdl.tl.annotate(query, **kwargs)
+    assert_unchanged(query, snap)
+
+
 def test_metrics_and_plots_name_the_missing_step(kang):
     adata = _with_embedding(kang)
     snap = snapshot(adata)

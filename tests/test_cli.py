@@ -93,6 +93,8 @@ def test_unreadable_input_and_missing_output_folder(tmp_path, capsys):
     assert warnings.filters == filters
     assert logging.getLogger("lightning.pytorch").level == level
     assert "could not read" in capsys.readouterr().err
+    assert main(["annotate", str(tmp_path), "-o", str(tmp_path / "o.h5ad")]) == 2
+    assert "is a folder; give an .h5ad file" in capsys.readouterr().err
     # the output folder is checked before any work is done
     assert main(["annotate", str(bad), "-o", str(tmp_path / "no" / "o.h5ad")]) == 2
     assert "output folder" in capsys.readouterr().err
@@ -160,10 +162,18 @@ def test_outputs_are_not_replaced_without_overwrite(kang, tmp_path, capsys):
     kang[:100].copy().write_h5ad(tmp_path / "k.h5ad")
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
-    rc = main(["integrate", str(tmp_path / "k.h5ad"), "-o", str(tmp_path / "k_out.h5ad"),
-               "--save-model", str(tmp_path / "model"), "--max-epochs", "1", "-q"])  # fmt: skip
-    assert rc == 2 and "already holds a saved model" in capsys.readouterr().err
-    assert not (tmp_path / "k_out.h5ad").exists()  # refused before training
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "model.safetensors").write_bytes(b"another tool's")
+    integrate = ["integrate", str(tmp_path / "k.h5ad"), "-o", str(tmp_path / "k_out.h5ad"),
+                 "--max-epochs", "1", "-q"]  # fmt: skip
+    for folder, message in (
+        (tmp_path / "model", "already holds config.json; pass --overwrite"),
+        (tmp_path / "weights", "already holds model.safetensors; pass --overwrite"),
+        (tmp_path / "k_out.h5ad", "is the output file"),
+    ):
+        assert main([*integrate, "--save-model", str(folder)]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "k_out.h5ad").exists()  # refused before training
 
 
 def test_annotate_from_a_url_names_the_command_line_option(tmp_path, capsys):

@@ -183,11 +183,18 @@ def test_archive_loads_and_ignores_unsafe_members(kind, tmp_path, monkeypatch, h
     assert not (tmp_path / "cache" / "evil.py").exists()
     with pytest.raises(ValueError, match="Checksum mismatch"):
         scdl.pretrained.load(path, sha256="0" * 64)
+    # a checksum as PowerShell or certutil print it (uppercase), or pasted with a space
+    digest = scdl.datasets.sha256sum(path)
+    scdl.pretrained.load(path, sha256=f" {digest.upper()}\n")
+    with pytest.raises(ValueError, match="64 hexadecimal characters"):
+        scdl.pretrained.load(path, sha256=digest[:12])
 
 
 def test_url_requires_checksum():
     with pytest.raises(ValueError, match="sha256"):
         scdl.pretrained.load("https://example.org/annotator.zip")
+    with pytest.raises(ValueError, match="No annotator named.*pbmc_kang2018"):
+        scdl.pretrained.load("")  # it was read as the working folder
 
 
 def test_a_gpu_that_is_not_there_is_named():

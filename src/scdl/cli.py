@@ -52,6 +52,8 @@ def _read_input(path: str):
     import anndata
 
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"input {path!r} is a folder; give an .h5ad file.")
     if not p.is_file():
         raise FileNotFoundError(f"input file {path!r} does not exist.")
     try:
@@ -85,17 +87,20 @@ def _check_output(path: str, *, overwrite: bool) -> None:
         raise PermissionError(f"cannot write to the output folder {str(parent)!r} ({e}).") from e
 
 
-def _check_model_folder(path: str | None, *, overwrite: bool) -> None:
-    """``--save-model``: checked before training, like OUT."""
+def _check_model_folder(path: str | None, *, overwrite: bool, output: str) -> None:
+    """``--save-model``: checked before training, like OUT (what ``save()`` would refuse)."""
     if path is None:
         return
     folder = Path(path)
+    if folder.resolve() == Path(output).resolve():
+        raise ValueError(f"--save-model {path!r} is the output file; give a folder of its own.")
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--save-model {path!r} is a file; give a folder.")
-    if (folder / "config.json").exists() and not overwrite:
+    held = [name for name in ("config.json", "model.safetensors") if (folder / name).exists()]
+    if held and not overwrite:
         raise FileExistsError(
-            f"--save-model {path!r} already holds a saved model; pass --overwrite to replace "
-            "it, or another folder."
+            f"--save-model {path!r} already holds {' and '.join(held)}; pass --overwrite to "
+            "replace it, or another folder."
         )
     if not folder.resolve().parent.is_dir():
         raise FileNotFoundError(f"folder {str(folder.resolve().parent)!r} does not exist.")
@@ -207,7 +212,7 @@ def _integrate(args: argparse.Namespace) -> int:
     import scdl
 
     _check_output(args.output, overwrite=args.overwrite)
-    _check_model_folder(args.save_model, overwrite=args.overwrite)
+    _check_model_folder(args.save_model, overwrite=args.overwrite, output=args.output)
     adata = _read_input(args.input)
     print(f"training the VAE (batch key: {args.batch_key or 'none'}) ...")
     model = scdl.tl.integrate(

@@ -18,26 +18,72 @@ def same_gene_names(a, b) -> bool:
     return len(a) == len(b) and a.astype(object).equals(b.astype(object))
 
 
-def gene_mismatch_message(reference: pd.Index, query: pd.Index) -> str:
-    """Explain how a query's genes differ from the reference's, and how to fix it."""
-    ref, qry = pd.Index(reference), pd.Index(query)
+def gene_mismatch_message(
+    reference: pd.Index, query, *, genes_from: str = "model.get_var_names()", pad: bool = True
+) -> str:
+    """Explain how a query's genes differ from the reference's, and how to fix it.
+
+    ``query`` is the query's gene names, or its AnnData (then a var column holding the
+    reference's identifiers is named). ``genes_from`` is the code giving the reference's genes
+    in the fix; ``pad`` offers the VAE's zero padding of a few missing genes.
+    """
+    var = getattr(query, "var", None)
+    ref, qry = pd.Index(reference), pd.Index(query.var_names if var is not None else query)
     missing = ref.difference(qry)
     extra = qry.difference(ref)
     if len(missing):
+        pad_fix = (
+            ", or pad the missing genes with zeros with `VAE.prepare_query_anndata(query, "
+            "model)` if only a few are absent"
+            if pad
+            else ""
+        )
         return (
             f"The query lacks {len(missing)} of the model's {len(ref)} genes "
-            f"(e.g. {missing[:5].tolist()}). Use the same gene identifiers as the reference "
-            "(symbols vs Ensembl IDs?), or pad the missing genes with zeros with "
-            "`VAE.prepare_query_anndata(query, model)` if only a few are absent."
+            f"(e.g. {missing[:5].tolist()}). "
+            f"{identifier_hint(ref, qry, var)}{pad_fix}."
         )
     if len(extra):
         return (
             f"The query has {len(extra)} genes the model was not trained on. Subset it to the "
-            "model's genes: `query = query[:, model.get_var_names()].copy()`."
+            f"model's genes: `query = query[:, {genes_from}].copy()`."
         )
     return (
         "The query has the model's genes in a different order. Reorder them: "
-        "`query = query[:, model.get_var_names()].copy()`."
+        f"`query = query[:, {genes_from}].copy()`."
+    )
+
+
+def identifier_hint(genes: pd.Index, var_names: pd.Index, var: pd.DataFrame | None) -> str:
+    """How to give the query the model's gene identifiers: a var column holding more of them
+    than ``var_names``, names that differ in case only, or a generic hint."""
+    genes = pd.Index(genes).astype(str)
+    n_names = int(genes.isin(pd.Index(var_names).astype(str)).sum())
+    if var is not None:
+        best, best_n = None, n_names
+        for column in var.columns:
+            values = var[column]
+            if values.dtype.kind in "biufc":  # identifiers are text
+                continue
+            n = int(genes.isin(pd.Index(values.astype(str))).sum())
+            if n > best_n:
+                best, best_n = column, n
+        if best is not None:
+            return (
+                f"adata.var[{best!r}] holds {best_n} of them: use it as the names, "
+                f"`adata.var_names = adata.var[{best!r}].astype(str)`, then "
+                "`adata.var_names_make_unique()`"
+            )
+    n_case = int(genes.str.upper().isin(pd.Index(var_names).astype(str).str.upper()).sum())
+    if n_case > max(n_names, 0.5 * len(genes)):
+        return (
+            f"{n_case} of them differ from adata.var_names in case only (e.g. "
+            f"{genes[:2].tolist()}): another species' or annotation's convention? Match the "
+            "model's genes by name only if they are the same genes"
+        )
+    return (
+        "Use the same gene identifiers as the model (symbols vs Ensembl IDs?), or set "
+        "adata.var_names from the var column that holds them"
     )
 
 
@@ -86,16 +132,20 @@ def gene_columns(adata, genes, *, min_overlap: float = 0.5, what: str = "model")
     col = gene_positions(adata.var_names, genes, what=what)
     present = col >= 0
     n_present = int(present.sum())
-    if n_present < min_overlap * len(genes):
+    if n_present == 0 or n_present < min_overlap * len(genes):
         example = adata.var_names[:3].tolist()
+        needed = max(1, int(np.ceil(min_overlap * len(genes) - 1e-9)))
+        lower = (
+            " If the data simply holds fewer of them, lower `min_gene_overlap` "
+            "(`scdl.tl.annotate`, `predict`; `scdl annotate --min-gene-overlap`)."
+            if n_present
+            else ""
+        )
         raise ValueError(
             f"Only {n_present} of the {what}'s {len(genes)} genes ({n_present / len(genes):.1%}) "
-            f"occur in adata.var_names (e.g. {example}); at least "
-            f"{int(np.ceil(min_overlap * len(genes) - 1e-9))} ({min_overlap:.0%}) are needed. "
-            f"Use the same gene identifiers as the {what} (symbols, e.g. {genes[:3].tolist()}, "
-            "vs Ensembl IDs?), or set adata.var_names from the right var column. If the data "
-            "simply holds fewer of them, lower `min_gene_overlap` (`scdl.tl.annotate`, "
-            "`predict`; `scdl annotate --min-gene-overlap`)."
+            f"occur in adata.var_names (e.g. {example}; the {what}'s: {genes[:3].tolist()}); "
+            f"at least {needed} ({min_overlap:.0%}, and never none) are needed. "
+            f"{identifier_hint(genes, adata.var_names, adata.var)}.{lower}"
         )
     return col, present
 

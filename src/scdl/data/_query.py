@@ -63,7 +63,7 @@ def check_query(
     ref = fields.get("X", {}).get("state_registry", {}).get("column_names")
     if ref is not None and not same_gene_names(adata.var_names, ref):
         check_unique_var_names(adata)
-        raise ValueError(gene_mismatch_message(pd.Index(ref), adata.var_names))
+        raise ValueError(gene_mismatch_message(pd.Index(ref), adata, pad=model == "VAE"))
     setup_args = registry.get("setup_args", {})
     layer = setup_args.get("layer")
     if layer is not None and layer not in adata.layers:  # before anything names `layer=`

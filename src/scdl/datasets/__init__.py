@@ -1,10 +1,11 @@
 """Datasets: a small real dataset bundled for the demo, and checked loaders for others."""
 
-from ._fetch import cache_dir, download, fetch_file, sha256sum
+from ._fetch import as_sha256, cache_dir, download, fetch_file, sha256sum
 from ._gdsc import gdsc
 from ._kang import kang_pbmc, kang_pbmc_heldout
 
 __all__ = [
+    "as_sha256",
     "cache_dir",
     "download",
     "fetch_file",

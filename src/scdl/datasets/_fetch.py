@@ -35,6 +35,20 @@ def sha256sum(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def as_sha256(value: str) -> str:
+    """A SHA-256 checksum as :func:`sha256sum` prints it: lowercase hex, no spaces around.
+
+    Tools print it in either case (PowerShell's ``Get-FileHash`` and ``certutil`` in
+    uppercase); anything but 64 hexadecimal characters is refused.
+    """
+    digest = str(value).strip().lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(
+            f"sha256 must be 64 hexadecimal characters (as `sha256sum FILE` prints), got {value!r}."
+        )
+    return digest
+
+
 def fetch_file(
     filename: str,
     *,
@@ -55,7 +69,7 @@ def fetch_file(
         The file's name (in ``path``, among the bundled files, in the cache, and the name it
         is downloaded under).
     sha256
-        Its expected SHA-256 (lowercase hex, see :func:`sha256sum`).
+        Its expected SHA-256 (hex, see :func:`sha256sum`; either case).
     url
         Where to download it from when it is not local; ``None``: no download.
     path
@@ -98,7 +112,7 @@ def fetch_file(
             "`path=` naming a folder that holds it."
         )
     digest = sha256sum(candidate)
-    if digest != sha256:
+    if digest != as_sha256(sha256):
         raise ValueError(
             f"Checksum mismatch for {candidate}: sha256 {digest}, expected {sha256}. The file "
             "is corrupt or a different version; replace it."
@@ -116,7 +130,7 @@ def download(
     url
         The file's address.
     sha256
-        Its expected SHA-256 (lowercase hex).
+        Its expected SHA-256 (hex, either case).
     folder
         Where to store it; a file already there with that checksum is not downloaded again.
     fname
@@ -142,7 +156,11 @@ def download(
     try:
         return Path(
             pooch.retrieve(
-                url, known_hash=f"sha256:{sha256}", fname=fname, path=folder, progressbar=False
+                url,
+                known_hash=f"sha256:{as_sha256(sha256)}",
+                fname=fname,
+                path=folder,
+                progressbar=False,
             )
         )
     except ValueError:  # checksum mismatch: pooch's message names both hashes

@@ -231,7 +231,12 @@ class SafeSaveLoadMixin:
 
             ref = pd.Index(config["var_names"])
             if not same_gene_names(adata.var_names, ref):
-                message = gene_mismatch_message(ref, adata.var_names)
+                message = gene_mismatch_message(
+                    ref,
+                    adata,
+                    genes_from=f"{cls.__name__}.load(path, adata=False).get_var_names()",
+                    pad=cls.__name__ == "VAE",
+                )
                 raise ValueError(f"{cls._load_adata_hint} {message}".strip())
             # counts and categories, named as in the model's methods (scvi-tools' transfer
             # names an option load lacks, and registers labels before it fails)

@@ -399,7 +399,7 @@ class VAE(
                     "its order (`reference_model.get_var_names()`)."
                 )
             if not ref_genes.isin(adata.var_names).all():
-                raise ValueError(gene_mismatch_message(ref_genes, adata.var_names))
+                raise ValueError(gene_mismatch_message(ref_genes, adata))
             logger.info(
                 "Using the query's %d reference genes, in the reference's order.", len(ref_genes)
             )

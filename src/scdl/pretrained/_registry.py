@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from scdl.datasets import cache_dir, download, sha256sum
+from scdl.datasets import as_sha256, cache_dir, download, sha256sum
 
 _HERE = Path(__file__).parent / "annotators"
 # files an annotator folder may hold; anything else in an archive is ignored
@@ -95,6 +95,13 @@ def _fetch_archive(url: str, sha256: str | None) -> Path:
 def resolve(name_or_path: str | os.PathLike, *, sha256: str | None = None) -> Path:
     """Local folder holding the annotator's files, downloading/extracting if needed."""
     key = str(name_or_path)
+    if not key.strip():  # Path("") is the working folder
+        raise ValueError(
+            f"No annotator named: give a name from scdl.pretrained.available() "
+            f"({sorted(REGISTRY)}), a folder, an archive or a URL."
+        )
+    if sha256 is not None:
+        sha256 = as_sha256(sha256)
     if key in REGISTRY:
         entry = REGISTRY[key]
         if "folder" in entry:
