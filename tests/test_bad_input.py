@@ -653,7 +653,11 @@ def _no_shared_gene(query):
     [
         (_mouse_cased, {}, r"differ from adata.var_names in case only \(e.g. \['KLHL17'"),
         (_ids_with_symbols_in_var, {}, r"adata.var\['symbol'\] holds \d+ of them"),
-        (_no_shared_gene, {"min_gene_overlap": 0}, r"Only 0 of the model's.*never none"),
+        (
+            _no_shared_gene,
+            {"min_gene_overlap": 0},
+            r"Only 0 of the model's.*at least one \(none given\) is needed",
+        ),
     ],
 )
 def test_annotate_names_the_gene_identifiers_to_use(edit, kwargs, match):

@@ -134,7 +134,8 @@ def gene_columns(adata, genes, *, min_overlap: float = 0.5, what: str = "model")
     n_present = int(present.sum())
     if n_present == 0 or n_present < min_overlap * len(genes):
         example = adata.var_names[:3].tolist()
-        needed = max(1, int(np.ceil(min_overlap * len(genes) - 1e-9)))
+        needed = int(np.ceil(min_overlap * len(genes) - 1e-9))
+        needed = f"{needed} ({min_overlap:.0%}) are" if needed else "one (none given) is"
         lower = (
             " If the data simply holds fewer of them, lower `min_gene_overlap` "
             "(`scdl.tl.annotate`, `predict`; `scdl annotate --min-gene-overlap`)."
@@ -144,7 +145,7 @@ def gene_columns(adata, genes, *, min_overlap: float = 0.5, what: str = "model")
         raise ValueError(
             f"Only {n_present} of the {what}'s {len(genes)} genes ({n_present / len(genes):.1%}) "
             f"occur in adata.var_names (e.g. {example}; the {what}'s: {genes[:3].tolist()}); "
-            f"at least {needed} ({min_overlap:.0%}, and never none) are needed. "
+            f"at least {needed} needed. "
             f"{identifier_hint(genes, adata.var_names, adata.var)}.{lower}"
         )
     return col, present

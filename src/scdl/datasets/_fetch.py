@@ -36,7 +36,7 @@ def sha256sum(path: str | os.PathLike) -> str:
 
 
 def as_sha256(value: str) -> str:
-    """A SHA-256 checksum as :func:`sha256sum` prints it: lowercase hex, no spaces around.
+    """A SHA-256 checksum as :func:`~scdl.datasets.sha256sum` prints it: lowercase hex.
 
     Tools print it in either case (PowerShell's ``Get-FileHash`` and ``certutil`` in
     uppercase); anything but 64 hexadecimal characters is refused.
