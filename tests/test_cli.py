@@ -198,6 +198,9 @@ def test_errors_name_the_command_line_flags(kang, tmp_path, capsys):
     assert main(["annotate", str(path), "--layer", "nolayer", "-o", out]) == 2
     err = capsys.readouterr().err
     assert "Leave out `--layer` to use adata.X" in err and "layer=" not in err
+    assert main(["integrate", str(path), "--batch-key", "sampel", "-o", out]) == 2
+    captured = capsys.readouterr()
+    assert "Did you mean 'sample'" in captured.err and "training" not in captured.out
     assert main(["annotate", str(path), "-o", str(tmp_path / "o.csv")]) == 2
     assert "ending in .h5ad" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:

@@ -214,6 +214,8 @@ def _integrate(args: argparse.Namespace) -> int:
     _check_output(args.output, overwrite=args.overwrite)
     _check_model_folder(args.save_model, overwrite=args.overwrite, output=args.output)
     adata = _read_input(args.input)
+    if args.batch_key is not None:  # named before "training ..." is printed
+        scdl.data.check_categorical(adata, args.batch_key, arg="batch_key", min_categories=2)
     print(f"training the VAE (batch key: {args.batch_key or 'none'}) ...")
     model = scdl.tl.integrate(
         adata,

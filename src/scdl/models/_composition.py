@@ -151,8 +151,9 @@ def composition_warning(shift: float, filled: bool) -> str:
     risk = (
         "the call fills the query to the reference's composition from its forced calls, so it "
         "cannot tell a population the reference lacks but resembles a known type from that "
-        "type shifted: such a population is not called 'Unknown'. Annotate it together with "
-        "cells of the other types to have it checked"
+        "type shifted: such a population can be called the type it resembles instead of "
+        "'Unknown' (one unlike every type still is). Annotate it together with cells of the "
+        "other types to have it checked"
         if filled
         else "the call removes what the whole query shares, so for such a query it can call "
         "known types 'Unknown'. Annotate it together with cells of the other types, or use the "

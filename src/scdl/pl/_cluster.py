@@ -40,6 +40,8 @@ def cluster_resolution(
     %(returns_figure)s
     """
 
+    from matplotlib.ticker import MaxNLocator
+
     info = adata.uns.get(key)
     if not isinstance(info, dict) or "silhouette" not in info.get("scan", {}):
         raise KeyError(
@@ -61,6 +63,7 @@ def cluster_resolution(
     ax2 = ax.twinx()
     ax2.step(res, k, where="mid", color="C1")
     ax2.set_ylabel("clusters", color="C1")
+    ax2.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 2.5 clusters
     ax2.grid(False)  # a second, misaligned grid under scanpy's style
     for r, s, n in zip(res, stab, k, strict=True):
         ax.annotate(str(int(n)), (r, s), textcoords="offset points", xytext=(0, 5), fontsize=7)

@@ -105,8 +105,9 @@ def _seurat_v3(tmp: AnnData, n_top_genes: int, batch_key: str | None) -> pd.Data
         except ValueError:  # a singular loess fit in one batch
             warn_user(
                 f"Highly variable genes could not be ranked within each batch of "
-                f"adata.obs[{batch_key!r}] (too few cells in a batch for seurat_v3's "
-                "variance trend); they are ranked ignoring the batches.",
+                f"adata.obs[{batch_key!r}] (seurat_v3's variance trend could not be fitted in "
+                "a batch: too few cells, or too few genes with counts in it); they are ranked "
+                "ignoring the batches.",
                 UserWarning,
             )
     if tmp.n_obs >= 2:  # one cell has no variance to rank by

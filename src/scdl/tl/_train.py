@@ -37,7 +37,13 @@ def train_model(
             model_cls.setup_anndata(train_adata, **setup_kwargs)
         model = model_cls(train_adata, **model_kwargs)
         t0 = time.perf_counter()
-        model.train(**train_kwargs)
+        with warnings.catch_warnings():  # its advice names train_size, which tools take in
+            warnings.filterwarnings(  # train_kwargs; a cell or two moved is no news
+                "ignore",
+                message=".*moved from training set to validation set",
+                category=UserWarning,
+            )
+            model.train(**train_kwargs)
         return model, time.perf_counter() - t0
 
 
