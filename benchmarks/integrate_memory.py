@@ -29,29 +29,9 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
-from _common import DATA, measure, need
+from _common import measure, write_resampled_kang
 
 warnings.filterwarnings("ignore")
-
-
-def generate(n_cells: int, path: Path, seed: int = 0) -> None:
-    """Resample real Kang PBMC profiles (every gene) to ``n_cells`` and write an h5ad."""
-    import anndata as ad
-    import numpy as np
-    from scipy import sparse
-
-    src = ad.read_h5ad(need(DATA / "kang_pbmc_14k.h5ad"))
-    idx = np.sort(np.random.default_rng(seed).integers(0, src.n_obs, n_cells))
-    out = ad.AnnData(
-        X=sparse.csr_matrix(src.X[idx], dtype=np.float32),
-        obs=pd.DataFrame(
-            {"condition": src.obs["condition"].to_numpy()[idx]},
-            index=[f"cell{i}" for i in range(n_cells)],
-        ),
-        var=pd.DataFrame(index=src.var_names),
-    )
-    out.obs["condition"] = out.obs["condition"].astype("category")
-    out.write_h5ad(path)
 
 
 def run_one(path: Path, impl: str) -> dict:
@@ -121,7 +101,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"kang_all_genes_{args.cells}.h5ad"
-        generate(args.cells, path)
+        write_resampled_kang(args.cells, path, hvg=False)
         for impl in ("peer", "scdl"):
             out = subprocess.run(
                 [sys.executable, __file__, "--_run", str(path), impl],

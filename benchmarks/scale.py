@@ -27,31 +27,9 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
-from _common import DATA, hvg_subset, measure, need
+from _common import measure, write_resampled_kang
 
 warnings.filterwarnings("ignore")
-
-
-def generate(n_cells: int, path: Path, seed: int = 0) -> None:
-    """Resample real Kang PBMC profiles (2,000 HVGs) to ``n_cells`` and write an h5ad."""
-    import anndata as ad
-    import numpy as np
-    from scipy import sparse
-
-    src = ad.read_h5ad(need(DATA / "kang_pbmc_14k.h5ad"))
-    src = hvg_subset(src, batch_key="condition")
-    src = src[np.asarray(src.X.sum(1)).ravel() > 0].copy()
-    idx = np.sort(np.random.default_rng(seed).integers(0, src.n_obs, n_cells))
-    out = ad.AnnData(
-        X=sparse.csr_matrix(src.X[idx], dtype=np.float32),
-        obs=pd.DataFrame(
-            {"condition": src.obs["condition"].to_numpy()[idx]},
-            index=[f"cell{i}" for i in range(n_cells)],
-        ),
-        var=pd.DataFrame(index=src.var_names),
-    )
-    out.obs["condition"] = out.obs["condition"].astype("category")
-    out.write_h5ad(path)
 
 
 def run_one(path: Path, impl: str, backed: bool) -> dict:
@@ -147,7 +125,7 @@ def main() -> None:
         path = args.workdir / f"kang_resampled_{n}.h5ad"
         if not path.exists():
             t0 = time.perf_counter()
-            generate(n, path)
+            write_resampled_kang(n, path, hvg=True)
             print(
                 f"wrote {path} ({path.stat().st_size / 2**20:,.0f} MiB) in "
                 f"{time.perf_counter() - t0:.0f} s",

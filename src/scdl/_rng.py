@@ -9,6 +9,7 @@ libraries lazily, at the first step that needs them, when the user may already h
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -17,6 +18,27 @@ import sys
 
 import numpy as np
 
+#: what Lightning's ``seed_everything`` writes into the environment
+SEED_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+
+
+@contextlib.contextmanager
+def python_numpy_env_kept(env_keys: tuple[str, ...] = SEED_ENV):
+    """Python's and numpy's global random states and the environment variables ``env_keys``
+    as they were before the block."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    env = {k: os.environ.get(k) for k in env_keys}
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
 
 def import_keeping_rng(name: str) -> None:
     """Import module ``name`` once, then put back the global random states it changed."""
@@ -24,21 +46,13 @@ def import_keeping_rng(name: str) -> None:
         return
     # scvi-tools imports torch, which draws nothing on import; elsewhere torch is left alone
     torch = importlib.import_module("torch") if name == "scvi" else sys.modules.get("torch")
-    py_state, np_state = random.getstate(), np.random.get_state()
     torch_state = None if torch is None else torch.random.get_rng_state()
-    env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
     try:
-        importlib.import_module(name)
+        with python_numpy_env_kept():
+            importlib.import_module(name)
     finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
         if torch is not None:
             torch.random.set_rng_state(torch_state)
-        for key, value in env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def keeps_rng(func):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import random
 import time
 import warnings
 
 import numpy as np
+
+from scdl._rng import SEED_ENV, python_numpy_env_kept
 
 #: where Lightning logs "Seed set to ..." when scvi-tools' seed is set
 _SEED_LOGGER = "lightning.fabric.utilities.seed"
@@ -58,13 +58,14 @@ def _seeded(seed: int):
     from scdl.train import quiet_loggers
 
     cudnn = torch.backends.cudnn
-    saved_seed, py_state, np_state = scvi.settings.seed, random.getstate(), np.random.get_state()
-    env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "XLA_FLAGS")}
-    flags = (cudnn.deterministic, cudnn.benchmark)
+    saved_seed, flags = scvi.settings.seed, (cudnn.deterministic, cudnn.benchmark)
     # not is_available(): reading a GPU's generator starts CUDA, which a CPU run on a GPU
     # machine must not do (Lightning's fork-based strategies refuse to start after it)
     gpus = range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=gpus):  # torch's own save/restore of its generators
+    with (
+        torch.random.fork_rng(devices=gpus),  # torch's own save/restore of its generators
+        python_numpy_env_kept((*SEED_ENV, "XLA_FLAGS")),
+    ):
         try:
             with quiet_loggers(_SEED_LOGGER):  # the user set no seed: the tool did
                 scvi.settings.seed = seed
@@ -72,13 +73,6 @@ def _seeded(seed: int):
         finally:
             with quiet_loggers(_SEED_LOGGER):  # (re-seeds; the states restored undo that)
                 scvi.settings.seed = saved_seed
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-            for key, value in env.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
             cudnn.deterministic, cudnn.benchmark = flags
 
 
