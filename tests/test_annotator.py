@@ -107,7 +107,7 @@ def test_a_query_of_one_population_is_known_and_warned_about(annotator, tmp_path
         warnings.filterwarnings("error", message=".*change type.*")
         model.annotate_cells(query)
     cd4 = query[query.obs.cell_type == "CD4T"].copy()
-    with pytest.warns(UserWarning, match="not called 'Unknown'"):
+    with pytest.warns(UserWarning, match="called the type it resembles instead of 'Unknown'"):
         calls, _ = model.annotate_cells(cd4)
     assert (calls["label_forced"] == "CD4T").mean() > 0.8
     assert calls["is_unknown"].mean() <= 0.15, calls["is_unknown"].mean()
