@@ -227,9 +227,12 @@ def test_tl_steps_take_a_batch_of_one_or_a_few_cells(kang):
 
 
 def test_genes_without_counts_never_take_a_highly_variable_place(kang):
-    """Every gene is ranked in place (a column subset would copy the matrix); the n_top_genes
-    chosen are expressed ones, in the user's order."""
+    """Every gene is ranked in place (a column subset would copy the matrix). In a batch with
+    fewer variable genes than n_top_genes, scanpy's ranking gives genes without counts a place
+    (the case below); the n_top_genes chosen are expressed ones all the same, in the user's
+    order."""
     import anndata as ad
+    import scanpy as sc
     from scipy import sparse
 
     cells = _three_hundred(kang)
@@ -240,13 +243,18 @@ def test_genes_without_counts_never_take_a_highly_variable_place(kang):
     adata.var_names = [*cells.var_names, *(f"empty{i}" for i in range(200))]
     adata.obs["run"] = np.where(np.arange(adata.n_obs) < 60, "small", "large")
     expressed = adata.var_names[np.asarray(adata.X.sum(0)).ravel() > 0]
+    n_top = len(expressed) - 1
+    scanpys = sc.pp.highly_variable_genes(
+        adata, flavor="seurat_v3", n_top_genes=n_top, batch_key="run", inplace=False
+    )
+    assert scanpys.loc[~adata.var_names.isin(expressed), "highly_variable"].any()  # the case
     model = scdl.tl.integrate(
-        adata, batch_key="run", n_top_genes=1000, max_epochs=1, progress_bar=False
+        adata, batch_key="run", n_top_genes=n_top, max_epochs=1, progress_bar=False
     )
     genes = list(adata.uns["X_scdl"]["var_names"])
-    assert len(genes) == 1000 and set(genes) <= set(expressed)
+    assert len(genes) == n_top and set(genes) <= set(expressed)
     assert genes == [g for g in expressed if g in set(genes)]  # in the user's order
-    assert model.adata.n_vars == 1000
+    assert model.adata.n_vars == n_top
 
 
 def test_integrate_on_too_few_cells_to_rank_genes_uses_every_expressed_gene(kang):

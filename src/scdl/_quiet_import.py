@@ -3,6 +3,6 @@ import-time seeding reaching the user's session (see :mod:`scdl._rng`)."""
 
 from __future__ import annotations
 
-from ._rng import import_keeping_rng
+from ._rng import import_scvi_keeping_rng
 
-import_keeping_rng("scvi")
+import_scvi_keeping_rng()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import os
 import random
 import sys
@@ -40,19 +39,14 @@ def python_numpy_env_kept(env_keys: tuple[str, ...] = SEED_ENV):
                 os.environ[key] = value
 
 
-def import_keeping_rng(name: str) -> None:
-    """Import module ``name`` once, then put back the global random states it changed."""
-    if name in sys.modules:
+def import_scvi_keeping_rng() -> None:
+    """Import scvi-tools once, then put back the global random states its import changed."""
+    if "scvi" in sys.modules:
         return
-    # scvi-tools imports torch, which draws nothing on import; elsewhere torch is left alone
-    torch = importlib.import_module("torch") if name == "scvi" else sys.modules.get("torch")
-    torch_state = None if torch is None else torch.random.get_rng_state()
-    try:
-        with python_numpy_env_kept():
-            importlib.import_module(name)
-    finally:
-        if torch is not None:
-            torch.random.set_rng_state(torch_state)
+    import torch
+
+    with torch.random.fork_rng(devices=[]), python_numpy_env_kept():  # CUDA not started
+        import scvi  # noqa: F401
 
 
 def keeps_rng(func):
