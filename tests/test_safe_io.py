@@ -219,6 +219,25 @@ def test_load_refuses_an_edited_save(small_save, tmp_path, edit, match):
     VAE.load(path, adata=adata.copy())  # the untouched save loads
 
 
+def test_save_without_checksums_loads_with_a_warning(small_save, tmp_path):
+    """A save that records no checksum at all (weights rewritten without the config's digest,
+    ``weights_sha256`` dropped) is not refused, but its load says that edits go unnoticed; a
+    save with its checksums loads without that warning."""
+    path, adata = small_save
+    shutil.copytree(path, tmp_path / "m")
+    as_saved_before_config_checksum(tmp_path / "m")
+    _edit_config(tmp_path / "m", lambda c: c.pop("weights_sha256"))
+    with pytest.warns(UserWarning, match="records no checksums.*save\\(\\)` it again"):
+        model = VAE.load(tmp_path / "m", adata=adata.copy())
+    reference = VAE.load(path, adata=adata.copy())
+    np.testing.assert_array_equal(
+        model.get_latent_representation(), reference.get_latent_representation()
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        VAE.load(path, adata=adata.copy())
+
+
 def test_load_names_the_counts_layer_the_model_reads(small_save, tmp_path):
     """A model set up with a counts layer, loaded onto data without it: the error names that
     layer and how to fill it (neither load nor the methods take `layer=`)."""

@@ -210,7 +210,8 @@ def _check_checksums(files: SavedFiles, config: dict) -> bool:
     """Refuse weights or a config edited after saving. Each file holds the other's checksum:
     ``config.json`` the weights' (``weights_sha256``), the weights' header the config's.
     Earlier saves record neither or only the first (the bundled annotator is checked by its
-    registry). Returns whether the save records both (so it also records its AnnData's)."""
+    registry); a save that records neither loads with a warning. Returns whether the save
+    records both (so it also records its AnnData's)."""
     from safetensors import safe_open
 
     weights = files.weights
@@ -228,6 +229,15 @@ def _check_checksums(files: SavedFiles, config: dict) -> bool:
             f"{files}: {files.config_name} does not match the checksum {files.weights_name} "
             "recorded at saving: the config was edited or comes from another save. Save the "
             "model again with `.save()`."
+        )
+    if expected is None and digest is None:
+        # Only an integrity gap (safetensors and JSON cannot run code), but an edited save
+        # would load unnoticed: say so once per load rather than silently.
+        warn_user(
+            f"{files} records no checksums (written by an early scdl, or both removed), so "
+            "edits to its files cannot be detected. Load it and `.save()` it again to record "
+            "them.",
+            UserWarning,
         )
     return digest is not None
 

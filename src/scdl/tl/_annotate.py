@@ -87,7 +87,10 @@ def annotate(
         calls. A call without it removes the voting columns an earlier call left under the
         same ``key_added``. As in CellTypist, the over-clustering (Leiden) depends on the
         order of the cells, so a reordered query can vote a few clusters differently; the
-        per-cell calls do not depend on it.
+        per-cell calls do not depend on it. Voting fixes isolated calls inside a cluster of one
+        type; where a cluster mixes types (close types in a query unlike the reference), it
+        gives every cell the majority's type and can lower accuracy, as it does in CellTypist.
+        Compare both columns before keeping the vote, or set ``min_support``.
     over_clustering
         obs column (or per-cell array) of clusters for the vote; ``None`` uses a Leiden
         over-clustering at CellTypist's resolution for the query's size (5 below 5,000 cells,
