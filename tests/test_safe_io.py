@@ -100,6 +100,11 @@ def test_inherited_scvi_loaders_never_unpickle(saved, kang_integrated, tmp_path,
     assert list(genes) == list(kang_integrated[1].get_var_names())
 
 
+def _drop_init_params_saved_before_checksums(folder):
+    as_saved_before_config_checksum(folder)
+    _edit_config(folder, lambda c: c["attrs"].pop("init_params_"))
+
+
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
@@ -204,6 +209,7 @@ def _drop_class_saved_before_checksums(folder):
         (_shrink_latent, "config.json does not match the checksum"),
         (_shrink_latent_saved_before_checksums, "do not fit the model"),
         (_drop_class_saved_before_checksums, r"config.json lacks \['model_class'\]"),
+        (_drop_init_params_saved_before_checksums, r"lacks \['attrs.init_params_'\].*edited"),
     ],
 )
 def test_load_refuses_an_edited_save(small_save, tmp_path, edit, match):

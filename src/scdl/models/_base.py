@@ -29,6 +29,7 @@ from ._saved_files import (
     _config_digest,
     _decode,
     _encode,
+    _initialize_model,
     _load_state,
     _saved_anndata,
     _sha256,
@@ -189,7 +190,6 @@ class SafeSaveLoadMixin:
             a missing save is a :class:`FileNotFoundError` that names the files to fetch.
         """
         from scvi.model._utils import parse_device_args
-        from scvi.model.base._save_load import _initialize_model
 
         without_data = adata is False  # scvi-tools' "load without AnnData"
         if adata is not None and not without_data:
@@ -250,10 +250,10 @@ class SafeSaveLoadMixin:
                 counts=cls._reads_counts,
             )
             # the weights must fit before adata is registered (a failing load leaves it as it was)
-            probe = _initialize_model(cls, None, registry, copy.deepcopy(attrs), None)
+            probe = _initialize_model(cls, None, registry, copy.deepcopy(attrs))
             _load_state(probe, state, files)
             cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
-        model = _initialize_model(cls, adata, registry, attrs, None)
+        model = _initialize_model(cls, adata, registry, attrs)
         model._on_load()
         _load_state(model, state, files)
         model.to_device(torch_device)

@@ -248,13 +248,37 @@ _REQUIRED = ("model_class", "var_names", "attrs")
 
 def _check_fields(files: SavedFiles, config: dict) -> None:
     missing = [k for k in _REQUIRED if k not in config]
-    if not missing and not (isinstance(config["attrs"], dict) and "registry_" in config["attrs"]):
-        missing = ["attrs.registry_"]
+    attrs = config.get("attrs")
+    if not missing and not isinstance(attrs, dict):
+        missing = ["attrs"]
+    if not missing:
+        missing = [f"attrs.{k}" for k in ("registry_", "init_params_") if k not in attrs]
+    if not missing:
+        init = attrs["init_params_"]
+        if not all(isinstance(init.get(k), dict) for k in ("non_kwargs", "kwargs")):
+            missing = ["attrs.init_params_.non_kwargs/kwargs"]
     if missing:
         raise ValueError(
             f"{files}: {files.config_name} lacks {missing}: the file was edited or is "
             "corrupt. Save the model again with `.save()`."
         )
+
+
+def _initialize_model(cls, adata, registry: dict, attrs: dict):
+    """A model of ``cls`` built from its saved ``init_params_`` (the options ``__init__`` took,
+    as scvi-tools' ``_get_init_params`` records them: ``non_kwargs`` and ``kwargs`` grouped by
+    the ``**`` argument), with the other saved attributes set on it; ``attrs`` is consumed.
+    ``adata=None`` builds it from ``registry`` alone (scvi-tools' load without data)."""
+    import inspect
+
+    init = attrs.pop("init_params_")
+    kwargs = {k: v for group in init["kwargs"].values() for k, v in group.items()}
+    if "registry" in inspect.signature(cls).parameters:
+        kwargs["registry"] = registry
+    model = cls(adata, **init["non_kwargs"], **kwargs)
+    for name, value in attrs.items():
+        setattr(model, name, value)
+    return model
 
 
 def _check_anndata_checksum(files: SavedFiles, config: dict) -> None:
