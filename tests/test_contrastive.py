@@ -195,6 +195,29 @@ def test_second_run_under_another_key_keeps_the_first_runs_spaces(kang):
     matplotlib.pyplot.close("all")
 
 
+def test_keys_of_another_run_are_refused_and_a_rerun_drops_its_old_shared_space(kang):
+    """``key_added="X_scdl"`` derives ``"X_scdl_shared"``, the default run's shared space: it is
+    refused, with adata unchanged; so is a ``key_added`` that is another run's shared key. A
+    rerun under the same key with a new ``shared_key`` leaves no orphaned shared space."""
+    adata = _small(kang)
+    kw = dict(groupby="condition", background="ctrl", n_top_genes=200, max_epochs=1)
+    scdl.tl.contrastive(adata, progress_bar=False, **kw)
+    snap = snapshot(adata)
+    for keys, match in (
+        ({"key_added": "X_scdl"}, r"shared_key='X_scdl_shared' would overwrite.*shared space"),
+        ({"key_added": "X_scdl_shared"}, r"key_added='X_scdl_shared' would overwrite"),
+        ({"key_added": "b", "shared_key": "X_scdl_salient"}, r"salient space.*'X_scdl_salient'"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            scdl.tl.contrastive(adata, progress_bar=False, **keys, **kw)
+        assert_unchanged(adata, snap)
+    scdl.tl.contrastive(adata, key_added="b", progress_bar=False, **kw)
+    assert "b_shared" in adata.obsm
+    scdl.tl.contrastive(adata, key_added="b", shared_key="b_other", progress_bar=False, **kw)
+    assert "b_shared" not in adata.obsm and "b_other" in adata.obsm
+    assert "X_scdl_shared" in adata.obsm  # the default run's space is kept
+
+
 def test_save_load_round_trip(kang_contrastive, tmp_path):
     _, model = kang_contrastive
     shared = model.get_latent_representation(representation="shared")

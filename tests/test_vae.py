@@ -132,3 +132,5 @@ def test_integration_metrics_rank_vae_above_pca(kang_integrated):
     assert df.loc["X_scdl", "Batch correction"] > df.loc["X_pca", "Batch correction"]
     assert df.loc["X_scdl", "Total"] > df.loc["X_pca", "Total"]
     assert adata.uns["scdl_integration_metrics"].shape == df.shape
+    df.loc["X_scdl", "Total"] = -1.0  # the returned table is the caller's: the stored one stays
+    assert adata.uns["scdl_integration_metrics"].loc["X_scdl", "Total"] > 0

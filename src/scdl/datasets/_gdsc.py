@@ -138,6 +138,8 @@ def gdsc(
         lines are left out.
     ``uns["gdsc"]``
         ``dataset``, ``metric``, ``n_drugs``, ``n_lines_measured`` and the provenance.
+    ``uns["description"]``
+        The expression file's own description of its source, as shipped.
 
     Raises
     ------

@@ -243,6 +243,10 @@ class CellTypeTransformer(
     ) -> None:
         """Check a reference AnnData and register it for the annotator.
 
+        As in scvi-tools, registering writes into ``adata``: an ``obs`` column per registered
+        categorical field (e.g. ``_scvi_batch``, ``_scvi_labels``) and ``uns["_scvi_uuid"]``,
+        ``uns["_scvi_manager_uuid"]``. The ``scdl.tl`` steps train on a copy and leave them out.
+
         Parameters
         ----------
         adata

@@ -173,6 +173,10 @@ class ContrastiveVAE(
     ) -> None:
         """Check ``adata`` and register it for the model.
 
+        As in scvi-tools, registering writes into ``adata``: ``obs["_scvi_batch"]``,
+        ``uns["_scvi_uuid"]`` and ``uns["_scvi_manager_uuid"]``. The ``scdl.tl`` steps train on
+        a copy and leave them out.
+
         Which cells are background and which are target is given to :meth:`train`.
 
         Parameters

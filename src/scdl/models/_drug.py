@@ -248,6 +248,9 @@ class DrugResponseModel(
     ) -> None:
         """Check the bulk ``adata`` and register it with its response table.
 
+        As in scvi-tools, registering writes ``uns["_scvi_uuid"]`` and
+        ``uns["_scvi_manager_uuid"]`` into ``adata``.
+
         Parameters
         ----------
         adata

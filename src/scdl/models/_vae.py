@@ -172,6 +172,10 @@ class VAE(
     ) -> None:
         """Check ``adata`` and register it for the model.
 
+        As in scvi-tools, registering writes into ``adata``: an ``obs`` column per registered
+        categorical field (e.g. ``_scvi_batch``, ``_scvi_labels``) and ``uns["_scvi_uuid"]``,
+        ``uns["_scvi_manager_uuid"]``. The ``scdl.tl`` steps train on a copy and leave them out.
+
         Parameters
         ----------
         %(param_adata)s
@@ -369,7 +373,8 @@ class VAE(
             ``batch_key`` column holding the new batch name(s). If it holds extra genes or the
             reference's genes in another order, a copy with the reference's genes in order is
             used, as it is for a view (``adata[mask]``); ``adata`` itself is then not
-            modified.
+            modified. Otherwise ``adata`` is registered in place: it gains the ``_scvi_*``
+            fields :meth:`setup_anndata` writes.
         reference_model
             Trained :class:`VAE`, or the folder it was saved to.
         prefix

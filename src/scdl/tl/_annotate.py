@@ -136,9 +136,16 @@ def annotate(
     ``adata.obsm[f"{key_added}_probabilities"]``
         DataFrame of probabilities, cells x cell types.
     ``adata.uns[key_added]``
-        ``params`` (the options above that change the calls; ``""`` for ``None``), model,
-        cell types, gene overlap, thresholds (``novelty_thresholds``: a DataFrame of each
-        type's per-cell threshold, indexed by cell type) and the fraction called Unknown.
+        ``params`` (``layer``, ``unknown``, ``min_gene_overlap``, ``adapt_to_query``,
+        ``majority_voting``, ``over_clustering``, ``min_support``: the options that change the
+        calls; ``""`` for ``None``), ``model`` (its name or path, or
+        ``"CellTypeTransformer (in memory)"``),
+        ``cell_types``, ``n_genes_model`` and ``n_genes_matched`` (the model's genes, and how
+        many ``adata`` holds), the model's thresholds (``confidence_threshold``,
+        ``novelty_thresholds``: a DataFrame of each type's per-cell threshold, indexed by cell
+        type; ``novelty_calibration``; ``cluster_threshold``; ``min_reference_share`` and
+        ``unknown_evidence``, absent for models saved without them), ``unknown_fraction`` (the
+        fraction called Unknown) and ``majority_voting`` (as in ``params``).
     """
     from scdl.data import (
         check_bool,

@@ -78,7 +78,9 @@ def contrastive(
     shared_key
         obsm key of the shared space. ``None``: ``"X_scdl_shared"`` with the default
         ``key_added``, else ``f"{key_added}_shared"``, so that a second run under another
-        ``key_added`` keeps the first run's shared space.
+        ``key_added`` keeps the first run's shared space. A key that is another call's salient
+        or shared space is refused; a rerun under the same ``key_added`` with another
+        ``shared_key`` removes its earlier shared space.
     n_top_genes
         Highly variable genes to train on (seurat_v3 on counts); ``None`` uses all expressed
         genes.
@@ -124,7 +126,8 @@ def contrastive(
     ValueError
         A ``background``/``target`` value is not in ``adata.obs[groupby]`` (the message lists
         the values present); no target or no background cells; a value both background and
-        target; the matrix is not raw counts. ``adata`` is left unchanged.
+        target; the matrix is not raw counts; ``key_added`` or ``shared_key`` is the salient
+        or shared space of another call. ``adata`` is left unchanged.
 
     Examples
     --------
@@ -176,6 +179,7 @@ def contrastive(
     genes_table = model.get_salient_genes(n_top=None)
 
     adata = writable(adata)
+    _drop_previous_shared(adata, key_added, shared_key)
     adata.obsm[key_added] = salient
     adata.obsm[shared_key] = shared
     params = {
@@ -209,6 +213,7 @@ def _check_inputs(
             f"key_added and shared_key are both {key_added!r}: the shared space would overwrite "
             "the salient one. Pass two different obsm keys."
         )
+    _check_other_runs(adata, key_added, shared_key)
     check_positive_int(n_top_genes, "n_top_genes", none="all expressed genes")
     bg, tg, _ = resolve_groups(adata, groupby=groupby, background=background, target=target)
     get_matrix(adata, layer)
@@ -219,6 +224,41 @@ def _check_inputs(
     if summary.n_zero_genes == adata.n_vars:
         raise ValueError("No gene has counts; nothing to analyse.")
     return bg, tg, summary
+
+
+def _contrastive_runs(adata) -> dict[str, str]:
+    """The salient key -> shared key of every earlier ``tl.contrastive`` call on ``adata``."""
+    runs = {}
+    for k, info in adata.uns.items():
+        params = info.get("params") if isinstance(info, dict) else None
+        if isinstance(params, dict) and params.get("model") == "scdl.models.ContrastiveVAE":
+            runs[str(k)] = str(params.get("shared_key", ""))
+    return runs
+
+
+def _check_other_runs(adata, key_added: str, shared_key: str) -> None:
+    """Refuse keys that would overwrite another call's salient or shared space (a derived
+    ``shared_key``, e.g. ``key_added="X_scdl"`` -> ``"X_scdl_shared"``, can be the default
+    call's)."""
+    for salient, shared in _contrastive_runs(adata).items():
+        if salient == key_added:
+            continue  # a rerun under the same key replaces that call's results
+        for key, name in ((shared_key, "shared_key"), (key_added, "key_added")):
+            if key in (salient, shared):
+                raise ValueError(
+                    f"{name}={key!r} would overwrite adata.obsm[{key!r}], the "
+                    f"{'salient' if key == salient else 'shared'} space of the tl.contrastive "
+                    f"call under key_added={salient!r}; choose another key (or pass "
+                    "shared_key=...)."
+                )
+
+
+def _drop_previous_shared(adata, key_added: str, shared_key: str) -> None:
+    """A rerun under ``key_added`` with another ``shared_key`` removes the first run's shared
+    space (nothing would record which run it came from)."""
+    old = _contrastive_runs(adata).get(key_added)
+    if old and old != shared_key and old in adata.obsm:
+        del adata.obsm[old]
 
 
 def _model_params(model, n_genes: int, shared, salient, random_state: int) -> dict:

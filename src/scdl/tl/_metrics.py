@@ -166,5 +166,5 @@ def integration_metrics(
     res = res.drop(index="Metric Type", errors="ignore").astype(float)
     res.index.name = "embedding"
     if key_added is not None:
-        writable(adata).uns[key_added] = res
+        writable(adata).uns[key_added] = res.copy()  # the caller may edit what it gets
     return res
