@@ -344,6 +344,48 @@ def test_pl_contrastive(kang_contrastive, tmp_path):
     assert isinstance(fig, Figure) and len(adata.uns["cell_type_colors"]) == n
 
 
+def test_pl_contrastive_colours_by_genes_with_one_scale_and_a_palette(kang_contrastive):
+    """A gene colours both panels on one scale (scanpy's ``color=`` takes genes), a palette is
+    used in both panels, ``random_state=None`` is 0 as in ``pl.embedding``, and a ``uns`` entry
+    that is not tl.contrastive's summary is named."""
+    from matplotlib.colors import to_hex
+
+    adata, _ = kang_contrastive
+    adata = adata.copy()
+    snap = {k: adata.obsm[k].copy() for k in adata.obsm}
+    palette = {"ctrl": "#000000", "stim": "#ff0000"}
+    fig = scdl.pl.contrastive(
+        adata,
+        color=["ISG15", "condition"],
+        palette=palette,
+        n_genes=0,
+        random_state=None,
+        show=False,
+    )
+    scales = [
+        im.get_clim() for ax in fig.axes for im in ax.collections if im.get_array() is not None
+    ]
+    gene_scales = {tuple(np.round(c, 6)) for c in scales[:2]}
+    assert len(gene_scales) == 1  # shared and salient panel: the same vmin/vmax
+    x = adata[:, "ISG15"].X
+    assert max(gene_scales)[1] == pytest.approx(float(x.max()))
+    (salient,) = [
+        ax for ax in fig.axes if ax.get_title() == "salient space (target cells) · condition"
+    ]
+    salient_colours = {to_hex(c) for c in salient.collections[0].get_facecolors()}
+    assert salient_colours == {"#ff0000"}  # target cells only, in the palette's colour
+    assert "condition_colors" not in adata.uns
+    for k, v in snap.items():
+        np.testing.assert_array_equal(adata.obsm[k], v)
+    assert adata.uns["X_scdl_salient_umap"]["params"]["random_state"] == 0
+    with pytest.raises(KeyError, match="neither a column of adata.obs"):
+        scdl.pl.contrastive(adata, color="NOT_A_GENE", show=False)
+    adata.uns["X_scdl_salient"] = "text"
+    with pytest.raises(KeyError, match="is a str, not the summary"):
+        scdl.pl.contrastive(adata, show=False)
+    matplotlib.pyplot.close("all")
+
+
 def test_model_methods_refuse_impossible_arguments(kang_contrastive):
     """Arguments that would give a silently shortened table, negative expression or a torch
     error are refused by name; a boolean mask selects as its positions do."""

@@ -29,8 +29,10 @@ def test_training_history_from_adata_and_model(kang_integrated, tmp_path):
     line = fig.axes[0].get_lines()[0]
     assert len(line.get_xdata()) == adata.uns["X_scdl"]["params"]["max_epochs"]
     assert isinstance(scdl.pl.training_history(model, show=False), Figure)
-    with pytest.raises(KeyError, match="integrate"):
+    with pytest.raises(KeyError, match=r"Histories are under key=\['X_scdl'\].*integrate"):
         scdl.pl.training_history(adata, key="X_other", show=False)
+    ticks = fig.axes[0].get_xticks()
+    assert np.array_equal(ticks, np.round(ticks))  # whole epochs
 
 
 def test_integration_metrics_plot(tmp_path):

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def _gene_table(adata: AnnData, key: str) -> pd.DataFrame:
     import pandas as pd
 
-    info = adata.uns.get(key, {})
+    info = _summary(adata, key)
     if "salient_genes" not in info:
         raise KeyError(
             f"adata.uns[{key!r}]['salient_genes'] not found. Run `scdl.tl.contrastive(adata, "
@@ -38,6 +38,8 @@ def contrastive(
     key: str = "X_scdl_salient",
     shared_key: str | None = None,
     color: str | Sequence[str] | None = None,
+    layer: str | None = None,
+    palette: str | Sequence[str] | dict | None = None,
     n_genes: int = 20,
     n_neighbors: int = 15,
     random_state: int = 0,
@@ -58,6 +60,8 @@ def contrastive(
     ``adata.uns`` under the same keys (``["params"]``), the only fields this function writes;
     later calls reuse them while the spaces and settings are unchanged.
 
+    The figure has several panels per row, so unlike the one-panel plots it takes no ``ax``.
+
     Parameters
     ----------
     adata
@@ -67,12 +71,20 @@ def contrastive(
         :func:`scdl.tl.contrastive`); ``uns[key]`` holds the ranked genes and, with
         ``shared_key=None``, the shared space's key.
     color
-        obs column(s) to colour by, e.g. ``["cell_type", "condition"]``. Default: the
-        ``groupby`` column recorded in ``uns[key]``.
+        obs column(s) or gene(s) to colour by, e.g. ``["cell_type", "condition", "ISG15"]``.
+        Default: the ``groupby`` column recorded in ``uns[key]``. A numeric colour has one
+        scale over both panels.
+    layer
+        Layer a gene's values are read from; ``None`` uses ``adata.X``.
+    palette
+        Colours of a categorical ``color`` (as :func:`scanpy.pl.embedding` takes them), the
+        same in both panels; ``None`` uses ``adata.uns[f"{color}_colors"]`` or scanpy's
+        default.
     n_genes
         Top salient genes in the bar panel; ``0`` leaves the panel out.
     n_neighbors, random_state
-        For the neighbour graphs and UMAPs.
+        For the neighbour graphs and UMAPs (``random_state=None`` uses 0, as
+        :func:`scdl.pl.embedding`).
     %(show_save)s
 
     %(returns_figure)s
@@ -80,7 +92,7 @@ def contrastive(
     import matplotlib.pyplot as plt
 
     if shared_key is None:
-        params = adata.uns.get(key, {}).get("params", {})
+        params = _summary(adata, key).get("params", {})
         shared_key = params.get("shared_key", "X_scdl_shared")
     for k in (key, shared_key):
         if k not in adata.obsm:
@@ -88,7 +100,7 @@ def contrastive(
                 f"{k!r} is not in adata.obsm (available: {list(adata.obsm)}). Run "
                 "`scdl.tl.contrastive` first or pass the keys it wrote (key=, shared_key=)."
             )
-    color = _colors(adata, key, color)
+    color = _colors(adata, key, color, layer)
     table = _gene_table(adata, key).head(n_genes) if n_genes else None
 
     salient = np.asarray(adata.obsm[key])
@@ -107,7 +119,7 @@ def contrastive(
 
         import pandas as pd
 
-        tmp = _plot_data(adata, color, shared_umap_key, salient_umap_key)
+        tmp = _plot_data(adata, color, shared_umap_key, salient_umap_key, layer)
         tmp_target = tmp[is_target].copy()
         longest = 0
         for c in tmp.obs.columns:
@@ -126,31 +138,50 @@ def contrastive(
         fig = plt.figure(figsize=(4.2 * sum(ratios), height))
         gs = fig.add_gridspec(nrows, len(ratios), width_ratios=ratios, wspace=0.3)
         for i, c in enumerate(color):
-            _space_panels(fig, gs[i, 0], gs[i, 1], tmp, tmp_target, c)
+            _space_panels(fig, gs[i, 0], gs[i, 1], tmp, tmp_target, c, palette)
         if table is not None:
             _gene_bars(fig.add_subplot(gs[:, 3]), table)
         return finish(fig, show=show, save=save, default_name=f"contrastive_{key}")
 
 
-def _colors(adata: AnnData, key: str, color) -> list:
+def _summary(adata: AnnData, key: str) -> dict:
+    """``uns[key]`` as ``tl.contrastive`` writes it (a dict), or an empty one."""
+    info = adata.uns.get(key, {})
+    if not isinstance(info, dict):
+        raise KeyError(
+            f"adata.uns[{key!r}] is a {type(info).__name__}, not the summary "
+            f"`scdl.tl.contrastive(adata, key_added={key!r}, ...)` writes."
+        )
+    return info
+
+
+def _colors(adata: AnnData, key: str, color, layer: str | None) -> list:
     if color is None:
-        params = adata.uns.get(key, {}).get("params", {})
+        params = _summary(adata, key).get("params", {})
         color = [params["groupby"]] if params.get("groupby") else [None]
     elif isinstance(color, str):
         color = [color]
+    if layer is not None and layer not in adata.layers:
+        raise KeyError(f"layer={layer!r} is not in adata.layers (layers: {list(adata.layers)}).")
     for c in color:
-        if c is not None and c not in adata.obs.columns:
+        if c is not None and c not in adata.obs.columns and c not in adata.var_names:
             raise KeyError(
-                f"color={c!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})."
+                f"color={c!r} is neither a column of adata.obs (columns: "
+                f"{list(adata.obs.columns)}) nor a gene in adata.var_names."
             )
     return color
 
 
-def _plot_data(adata: AnnData, color: list, shared_umap_key: str, salient_umap_key: str):
-    """A private AnnData to plot from: scanpy would otherwise store palettes in the user's uns."""
+def _plot_data(
+    adata: AnnData, color: list, shared_umap_key: str, salient_umap_key: str, layer
+) -> AnnData:
+    """A private AnnData to plot from: scanpy would otherwise store palettes in the user's uns.
+    Genes become columns of its obs (one column each, read without densifying the matrix)."""
     import anndata
+    import scanpy as sc
 
-    obs = adata.obs[[c for c in dict.fromkeys(color) if c is not None]].copy()
+    keys = [c for c in dict.fromkeys(color) if c is not None]
+    obs = sc.get.obs_df(adata, keys=keys, layer=layer) if keys else adata.obs[[]].copy()
     for c in obs.columns:
         if obs[c].dtype.kind not in "biuf":
             obs[c] = obs[c].astype("category")  # same categories, same colours in both panels
@@ -163,12 +194,17 @@ def _plot_data(adata: AnnData, color: list, shared_umap_key: str, salient_umap_k
     return tmp
 
 
-def _space_panels(fig, cell_shared, cell_salient, tmp, tmp_target, c) -> None:
+def _space_panels(fig, cell_shared, cell_salient, tmp, tmp_target, c, palette) -> None:
     """The shared space of every cell and the salient space of the target cells, by ``c``."""
     import pandas as pd
     import scanpy as sc
 
     label = f" · {c}" if c is not None else ""
+    scale = {}
+    if c is not None and tmp.obs[c].dtype.kind in "biuf":  # one scale for both panels
+        values = tmp.obs[c].to_numpy(dtype=float)
+        scale = {"vmin": float(np.nanmin(values)), "vmax": float(np.nanmax(values))}
+    categorical = c is not None and isinstance(tmp.obs[c].dtype, pd.CategoricalDtype)
     sc.pl.embedding(
         tmp,
         basis="shared",
@@ -178,9 +214,11 @@ def _space_panels(fig, cell_shared, cell_salient, tmp, tmp_target, c) -> None:
         frameon=False,
         title="shared space" + label,
         legend_loc="none",
+        palette=palette if categorical else None,  # stored in tmp's uns for the second panel
+        **scale,
     )
     palette = None
-    if c is not None and isinstance(tmp.obs[c].dtype, pd.CategoricalDtype):
+    if categorical:
         # the target subset lacks some categories: keep each category's colour (scanpy reads
         # a stored palette longer than the categories, e.g. after merging some, by position)
         categories = tmp.obs[c].cat.categories
@@ -196,6 +234,7 @@ def _space_panels(fig, cell_shared, cell_salient, tmp, tmp_target, c) -> None:
         title="salient space (target cells)" + label,
         palette=palette,
         legend_loc="right margin",
+        **scale,
     )
 
 

@@ -30,10 +30,15 @@ def _curves(source: Any, key: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarr
     from anndata import AnnData
 
     if isinstance(source, AnnData):
-        if key not in source.uns or "history" not in source.uns[key]:
+        info = source.uns.get(key)
+        if not isinstance(info, dict) or "history" not in info:
+            found = [
+                str(k) for k, v in source.uns.items() if isinstance(v, dict) and "history" in v
+            ]
+            hint = f" Histories are under key={found}." if found else ""
             raise KeyError(
-                f"adata.uns[{key!r}]['history'] not found. Run `scdl.tl.integrate(adata, "
-                f"key_added={key!r})` first, or pass the trained model."
+                f"adata.uns[{key!r}]['history'] not found.{hint} Run `scdl.tl.integrate` or "
+                f"`scdl.tl.contrastive` with key_added={key!r} first, or pass the trained model."
             )
         h = source.uns[key]["history"]
         curves = {
@@ -95,6 +100,8 @@ def training_history(
     %(returns_figure)s
     """
 
+    from matplotlib.ticker import MaxNLocator
+
     curves, ylabel = _curves(data, key)
     own = ax is None
     fig, ax = new_axes(ax, figsize=(5, 3.5))
@@ -102,6 +109,7 @@ def training_history(
         marker = "." if len(epoch) < 30 else None
         ax.plot(epoch, value, label=name, marker=marker)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 0.5 on short runs
     ax.set_ylabel(ylabel)
     ax.set_title("Training history")
     ax.legend(frameon=False)

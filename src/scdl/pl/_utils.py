@@ -151,6 +151,7 @@ def cached_umap(
         raise TypeError(f"n_neighbors must be an integer, got {n_neighbors!r}.")
     if n_neighbors < 2:
         raise ValueError(f"n_neighbors must be >= 2 (a UMAP's neighbour graph), got {n_neighbors}.")
+    random_state = 0 if random_state is None else random_state  # so the cache can match it
     params = {
         "n_neighbors": int(n_neighbors),
         "random_state": int(random_state),

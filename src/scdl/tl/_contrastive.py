@@ -109,7 +109,8 @@ def contrastive(
     ``adata.obsm[shared_key]``
         Shared representation (posterior means), cells x ``n_shared_latent``.
     ``adata.uns[key_added]``
-        ``params`` (``groupby``, ``background``, ``target``, ``layer``, ``batch_key``,
+        ``params`` (``groupby``, ``background``, ``target`` (empty: every cell not in the
+        background), ``layer``, ``batch_key``,
         ``shared_key``, ``n_background``, ``n_target``, ``n_genes``, ``n_shared_latent``,
         ``n_salient_latent``, ``max_epochs`` (the epochs run), ``random_state``, ``model``),
         ``var_names`` (genes used; duplicated names suffixed as ``var_names_make_unique``
