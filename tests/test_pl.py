@@ -80,9 +80,15 @@ def test_save_true_follows_scanpy_settings(tmp_path):
     try:
         df = pd.DataFrame({"Batch correction": [0.3], "Bio conservation": [0.6], "Total": [0.5]})
         scdl.pl.integration_metrics(df, show=False, save=True)
+        # a string starting with "_" is scanpy's suffix, its format from its extension
+        scdl.pl.integration_metrics(df, show=False, save="_ctrl")
+        scdl.pl.integration_metrics(df, show=False, save="_stim.png")
     finally:
         sc.settings.figdir, sc.settings.file_format_figs = before
-    assert [p.suffix for p in (tmp_path / "figs").iterdir()] == [".pdf"]
+    written = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert len(written) == 3 and written[0].endswith(".pdf")
+    assert written[1].endswith("_ctrl.pdf") and written[2].endswith("_stim.png")
+    assert written[1].removesuffix("_ctrl.pdf") + ".pdf" == written[0]
 
 
 def test_saved_figure_is_closed_as_scanpy_does(tmp_path):

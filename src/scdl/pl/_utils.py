@@ -24,8 +24,9 @@ plot_dsp = DocstringProcessor(
         "    Show the figure (``None``: scanpy's ``settings.autoshow``; when saving, the\n"
         "    figure is closed, as in scanpy, unless ``show=False``), and/or\n"
         "    save it: ``True`` writes ``{scanpy.settings.figdir}/<name>.<format>`` (scanpy's\n"
-        "    ``settings.file_format_figs``); a string is the file's path (unlike scanpy's\n"
-        "    suffix), ``.png`` added when it has no suffix."
+        "    ``settings.file_format_figs``); a string starting with ``_`` is scanpy's suffix\n"
+        '    (``save="_ctrl"`` writes ``{figdir}/<name>_ctrl.<format>``); any other string or\n'
+        "    path is the file's path, ``.png`` added when it has no suffix."
     ),
     returns_figure="Returns\n-------\nThe Figure, unless it was shown or saved and closed.",
 )
@@ -67,16 +68,23 @@ def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_n
     (then closed, as scanpy does).
 
     ``save=True`` writes ``{scanpy.settings.figdir}/{default_name}.{file_format_figs}``; a
-    string is a path (``.png`` added when it has no suffix).
+    string starting with ``_`` (and no folder) is a suffix to ``default_name`` there, with its
+    format when it ends in one of scanpy's (``.pdf``, ``.png``, ``.svg``), as in scanpy; any
+    other string or path is a path (``.png`` added when it has no suffix).
     """
     import matplotlib.pyplot as plt
 
     if save:
-        if save is True:
+        if save is True or (isinstance(save, str) and save.startswith("_") and "/" not in save):
             import scanpy as sc
 
             fmt = str(sc.settings.file_format_figs or "png").lstrip(".")
-            path = Path(sc.settings.figdir) / f"{default_name}.{fmt}"
+            suffix = "" if save is True else save
+            for ext in (".svg", ".pdf", ".png"):  # scanpy's own list
+                if suffix.endswith(ext):
+                    suffix, fmt = suffix.removesuffix(ext), ext[1:]
+                    break
+            path = Path(sc.settings.figdir) / f"{default_name}{suffix}.{fmt}"
         else:
             path = Path(save)
             if not path.suffix:
