@@ -118,7 +118,9 @@ class DrugResponseModel(
     input_noise
         Sd of Gaussian noise added to the standardised genes in training.
     n_ensemble
-        Ensemble members (each leaves out a different fold of the lines).
+        Ensemble members (each leaves out a different fold of the lines). Folds are drawn per
+        cell line (``obs["cell_line_key"]`` when present, else ``obs_names``), so replicate
+        rows of a line are left out together.
     mmd_weight
         Weight of the bulk-target MMD alignment; ``0`` turns it off.
     match_neighbors
@@ -372,15 +374,24 @@ class DrugResponseModel(
         given = {k: v for k, v in locals().items() if k not in ("self", "kwargs")} | kwargs
         import scvi
 
-        n_obs = self._require_adata().n_obs
+        adata = self._require_adata()
         profiles, responses = self._bulk()
+        # folds of cell lines, not rows: a line's replicate in another fold would make its
+        # "held-out" prediction a training one (and the calibrated sd too narrow); with one
+        # row per line this is the permutation of rows
+        line = pd.Series(adata.obs_names, index=adata.obs_names, dtype=object)
+        if "cell_line_key" in adata.obs:  # scdl.datasets.gdsc's join key; rows without one alone
+            key = adata.obs["cell_line_key"].astype(object)
+            line = key.where(key.notna(), line)
+        codes, lines = pd.factorize(line.astype(str))
         folds = (
-            np.random.RandomState(scvi.settings.seed).permutation(n_obs) % self.module.n_ensemble
-        )
+            np.random.RandomState(scvi.settings.seed).permutation(len(lines))
+            % self.module.n_ensemble
+        )[codes]
         if self.module.prediction == "wide":  # no network: closed-form ridges on all lines
             _warn_unused_training_options(self.train, **given)
             self.module.eval()
-            self.train_indices = np.arange(n_obs)
+            self.train_indices = np.arange(adata.n_obs)
             alphas = self._fit_ridge(profiles, responses, folds)
             self.drug_stats_ = self._calibrate(folds, alphas, (profiles, responses))
             self.is_trained_ = True
