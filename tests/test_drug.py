@@ -585,13 +585,23 @@ def test_fewer_lines_than_a_batch_and_few_cells_train(gdsc, cellbench):
 # --- bad input -----------------------------------------------------------------------------
 
 
-def test_no_shared_genes(bulk_train, cellbench):
+def test_no_shared_genes(bulk_train, cellbench, trained):
+    """Ensembl IDs as names with the symbols in a var column: the message names the column;
+    lower-case symbols: it says they differ in case only (it advised a column that was not
+    there), for training and for prediction alike."""
     cells = cellbench.copy()
+    cells.var["symbol"] = cells.var_names.astype(str)
     cells.var_names = cells.var["gene_ids"].astype(str).to_numpy()  # Ensembl IDs
     snap = snapshot(cells)
-    with pytest.raises(ValueError, match="share no gene names"):
+    with pytest.raises(ValueError, match=r"share no gene names.*adata.var\['symbol'\] holds"):
         scdl.models.DrugResponseModel(bulk_train, target=cells, **SMALL)
     assert_unchanged(cells, snap)
+    with pytest.raises(ValueError, match=r"share no gene names.*adata.var\['symbol'\] holds"):
+        trained.predict(cells, drugs=["Gefitinib"])
+    lower = cellbench.copy()
+    lower.var_names = lower.var_names.str.lower()
+    with pytest.raises(ValueError, match="share no gene names.*differ .* in case only"):
+        scdl.models.DrugResponseModel(bulk_train, target=lower, **SMALL)
 
 
 def test_too_few_shared_genes(bulk_train, cellbench):
@@ -648,6 +658,30 @@ def test_log_normalised_cells_predict_as_their_counts(trained, cellbench):
     with pytest.warns(UserWarning, match="pass `modality='log1p'`"):
         out = scdl.tl.drug_response(per_million, model=trained, drugs=["Gefitinib"], copy=True)
     assert out.uns["scdl_drug"]["params"]["modality"] == "profiles"
+
+
+def test_scaled_cells_are_refused_and_bulk_profiles_still_read(trained, cellbench, gdsc):
+    """sc.pp.scale'd cells (genes centred across cells) are neither counts nor a sample's log
+    profile: "auto" refuses them, naming the counts and modality='profiles', and leaves adata
+    unchanged; bulk profiles (the GDSC lines) are still read as profiles, and modality=
+    'profiles' takes the scaled values as the user says."""
+    import scanpy as sc
+
+    cells = cellbench.copy()
+    sc.pp.normalize_total(cells, target_sum=1e4)
+    sc.pp.log1p(cells)
+    sc.pp.scale(cells, max_value=10)
+    snap = snapshot(cells)
+    with pytest.raises(ValueError, match=r"sc.pp.scale.*layer=.*modality='profiles'"):
+        scdl.tl.drug_response(cells, model=trained, drugs=["Gefitinib"])
+    assert_unchanged(cells, snap)
+    out = scdl.tl.drug_response(
+        cells, model=trained, drugs=["Gefitinib"], modality="profiles", copy=True
+    )
+    assert np.isfinite(out.obsm["scdl_drug"].to_numpy()).all()
+    lines = gdsc[:80].copy()
+    pred = scdl.tl.drug_response(lines, model=trained, drugs=["Gefitinib"], copy=True)
+    assert pred.uns["scdl_drug"]["params"]["modality"] == "profiles"
 
 
 def test_backed_cells_predict_as_in_memory(trained, cellbench, tmp_path):
@@ -747,6 +781,11 @@ def test_setup_response_must_be_dataframe_and_bulk_not_counts(gdsc, cellbench):
     counts.obsm["r"] = pd.DataFrame({"d": np.arange(30.0)}, index=counts.obs_names)
     with pytest.raises(ValueError, match="raw counts"):
         scdl.models.DrugResponseModel.setup_anndata(counts, response_key="r")
+    # shallow integers (at most 50) are not refused, but said to look like counts
+    shallow = counts[:, :200].copy()
+    shallow.X = np.random.default_rng(0).poisson(5.0, shallow.shape).astype(np.float32)
+    with pytest.warns(UserWarning, match="only non-negative integers.*If they are counts"):
+        scdl.models.DrugResponseModel.setup_anndata(shallow, response_key="r")
 
 
 def test_sparse_bulk_profiles_are_checked_without_densifying(gdsc):
@@ -819,12 +858,14 @@ def test_model_arguments_and_data_are_checked_up_front(bulk_train, cellbench, tm
         ({"smooth_neighbors": -2}, "smooth_neighbors must be an integer >= 0"),
         ({"ridge_alpha": -5.0}, "ridge_alpha must be a positive number"),
         ({"ridge_alpha": [1.0, 0.0]}, "ridge_alpha must be a positive number"),
+        ({"min_detected": -1}, r"min_detected must be a fraction in \[0, 1\]"),
+        ({"min_detected": 2.0}, r"min_detected must be a fraction in \[0, 1\]"),
     ):
         with pytest.raises(ValueError, match=match):
             scdl.models.DrugResponseModel(bulk_train, target=cellbench, **kwargs)
     trained.save(tmp_path / "m")
     loaded = scdl.models.DrugResponseModel.load(tmp_path / "m")
-    with pytest.raises(ValueError, match="loaded without data.*pass them as `adata=`"):
+    with pytest.raises(ValueError, match="loaded without data.*the bulk cell lines it was"):
         loaded.predict()
     assert loaded.predict(cellbench[:5], drugs=["Gefitinib"]).shape == (5, 1)
     with pytest.raises(ValueError, match=r"takes the bulk cell lines.*predict\(\)"):

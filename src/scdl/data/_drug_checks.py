@@ -154,21 +154,24 @@ def shared_genes(
     *,
     min_genes: int = MIN_SHARED_GENES,
     names: tuple[str, str] = ("bulk profiles", "cells"),
+    query_var: pd.DataFrame | None = None,
 ) -> pd.Index:
-    """Genes in both indexes, in the reference's order; a clear error if too few."""
+    """Genes in both indexes, in the reference's order; a clear error if too few, with what
+    the query's ``var`` (``query_var``) or the names' case suggest."""
+    from ._genes import identifier_hint
+
     common = pd.Index(reference)[pd.Index(reference).isin(query)]
     if len(common) == 0:
         raise ValueError(
             f"The {names[0]} and the {names[1]} share no gene names (e.g. "
             f"{list(map(str, reference[:3]))} vs {list(map(str, query[:3]))}). Genes are "
-            "matched by symbol: use gene symbols in both var_names (convert Ensembl IDs, e.g. "
-            "from a var column: `adata.var_names = adata.var['gene_symbols']`)."
+            f"matched by name: {identifier_hint(reference, query, query_var)}."
         )
     if len(common) < min_genes:
         raise ValueError(
             f"The {names[0]} and the {names[1]} share only {len(common)} genes (at least "
-            f"{min_genes} are needed). Check that both use the same gene identifiers (symbols) "
-            "and that the cells were not already reduced to a small gene panel."
+            f"{min_genes} are needed). {identifier_hint(reference, query, query_var)}; and "
+            "check that the cells were not already reduced to a small gene panel."
         )
     return common
 
@@ -254,6 +257,15 @@ def resolve_modality(adata: AnnData, layer: str | None = None, n_rows: int = 200
                 kind, total = input_kind(adata, layer)
         except ValueError:  # scaled, a gene subset, z-scores, ...: log-scale profiles
             kind, total = "profiles", None
+        if kind == "profiles" and _gene_standardised(x):
+            raise ValueError(
+                f"{where} looks standardised gene by gene across its rows (every gene centred "
+                "to mean 0, as sc.pp.scale leaves single cells): such values are neither counts "
+                "nor a sample's own log profile, and reading them as bulk profiles shifts every "
+                "prediction. Pass raw counts (a counts layer with `layer=`, or "
+                "`adata.raw.to_adata()`), or `modality='profiles'` for bulk profiles "
+                "standardised that way."
+            )
         if kind == "log1p" and total < SINGLE_CELL_MAX_TOTAL:
             modality = "log1p"
             msg = (
@@ -272,6 +284,34 @@ def resolve_modality(adata: AnnData, layer: str | None = None, n_rows: int = 200
             warn_user(msg, UserWarning)
     logger.info("modality='auto': %s read as %s.", where, modality)
     return modality
+
+
+#: rows needed before a gene-wise centring is told from chance
+_MIN_ROWS_STANDARDISED = 50
+
+
+def _gene_standardised(x, n_rows: int = 2000) -> bool:
+    """Whether the genes of ``x`` look centred across its rows (``sc.pp.scale``'s output):
+    the median gene's |mean| is under a tenth of its sd, over up to ``n_rows`` rows spread
+    through the matrix (cells are often sorted by type). Log-scale profiles have positive
+    gene means, several sds above 0."""
+    n = x.shape[0]
+    if n < _MIN_ROWS_STANDARDISED:
+        return False
+    rows = np.unique(np.linspace(0, n - 1, min(n, n_rows)).astype(int))
+    sub = x[rows]
+    if sparse.issparse(sub):  # moments without densifying
+        mean = np.asarray(sub.mean(axis=0), dtype=float).ravel()
+        sq = np.asarray(sub.multiply(sub).mean(axis=0), dtype=float).ravel()
+    else:
+        sub = np.asarray(sub, dtype=float)
+        mean, sq = sub.mean(axis=0), (sub * sub).mean(axis=0)
+    sd = np.sqrt(np.maximum(sq - mean * mean, 0.0))
+    varying = sd > 1e-8
+    if varying.sum() < 10:
+        return False
+    ratio = np.abs(mean[varying]) / sd[varying]
+    return bool(np.median(ratio) < 0.1)
 
 
 def check_profiles(adata: AnnData, layer: str | None = None) -> None:
@@ -305,11 +345,19 @@ def check_profiles(adata: AnnData, layer: str | None = None) -> None:
             f"{int(flat.sum())} profiles in {where} are constant (e.g. all zero): {names}; "
             "drop them (all-zero rows: `sc.pp.filter_cells(adata, min_genes=1)`)."
         )
-    if looks_like_counts(x) and values.max(initial=0) > 50:
-        raise ValueError(
-            f"{where} looks like raw counts, but bulk profiles must be log-scale expression "
-            "(e.g. GDSC's z-scores). Log-transform them first, e.g. "
-            "`sc.pp.normalize_total(bulk); sc.pp.log1p(bulk)`."
+    if looks_like_counts(x):
+        advice = (
+            "bulk profiles must be log-scale expression (e.g. GDSC's z-scores). Log-transform "
+            "them first, e.g. `sc.pp.normalize_total(bulk); sc.pp.log1p(bulk)`."
+        )
+        if values.max(initial=0) > 50:
+            raise ValueError(f"{where} looks like raw counts, but {advice}")
+        # small integers may be binned log-scale values; counts this shallow are unusual
+        warn_user(
+            f"{where} holds only non-negative integers (at most "
+            f"{values.max(initial=0):g}), as raw counts do; read as log-scale profiles. If they "
+            f"are counts, {advice}",
+            UserWarning,
         )
 
 

@@ -54,7 +54,7 @@ def select_model_genes(
         raise ValueError("Pass the bulk `adata` (or `genes=`) to build the model.")
     genes = bulk.var_names
     if target is not None:
-        genes = shared_genes(bulk.var_names, target.var_names)
+        genes = shared_genes(bulk.var_names, target.var_names, query_var=target.var)
         if min_detected > 0:
             x = get_matrix(target, target_layer)
             frac = detected_fraction(x, target.var_names.get_indexer(genes))

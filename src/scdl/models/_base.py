@@ -55,6 +55,8 @@ class SafeSaveLoadMixin:
     _unseen_categories_fix = "keep only cells of known categories"
     #: whether the registered data are raw counts (checked as such by ``load(adata=)``)
     _reads_counts = True
+    #: what ``load(adata=)`` takes, as a model loaded without data names it
+    _load_adata_what = "cells with the model's genes"
 
     def _extra_config(self) -> dict:
         """Further JSON fields a model writes for readers of ``config.json``."""
@@ -69,7 +71,7 @@ class SafeSaveLoadMixin:
             name = type(self).__name__
             raise ValueError(
                 f"This {name} was loaded without data, so it has no cells to {what}: load it "
-                f"with `{name}.load(dir_path, adata=...)` (cells with the model's genes)"
+                f"with `{name}.load(dir_path, adata=...)` ({self._load_adata_what})"
                 + (", or pass them as `adata=`." if takes_adata else ".")
             )
         return self.adata

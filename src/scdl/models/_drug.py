@@ -17,6 +17,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scdl._warnings import warn_user
 from scdl.data import (
     check_counts,
+    check_fraction,
     check_positive_int,
     check_positive_number,
     check_profiles,
@@ -157,6 +158,7 @@ class DrugResponseModel(
     _data_splitter_cls = DomainSplitter
     _training_plan_cls = EpochLoggingTrainingPlan
     _reads_counts = False  # bulk expression (log or z-scored), checked by setup_anndata
+    _load_adata_what = "the bulk cell lines it was trained on, with their response table"
     _load_adata_hint = (
         "DrugResponseModel.load(adata=) takes the bulk cell lines the model was trained on; "
         "to predict cells, load without adata and pass them to predict() or "
@@ -187,6 +189,7 @@ class DrugResponseModel(
     ):
         _check_model_args(adata, target, target_layer, input_scale, n_ensemble)
         _check_sizes(n_top_genes, smooth_neighbors, match_neighbors, ridge_alpha)
+        check_fraction(min_detected, "min_detected", meaning="of the target cells")
         super().__init__(adata, registry)
         self.drugs = [str(d) for d in self._drug_names()]
         self.genes = select_model_genes(

@@ -104,7 +104,9 @@ class DrugPredictionMixin:
         x = get_matrix(adata, layer)
         present = self.genes.isin(adata.var_names)
         if present.sum() < min(MIN_SHARED_GENES, len(self.genes)):
-            shared_genes(self.genes, adata.var_names, names=("model's genes", "data"))
+            shared_genes(
+                self.genes, adata.var_names, names=("model's genes", "data"), query_var=adata.var
+            )
         if present.mean() < 0.9:
             warn_user(
                 f"{(~present).sum()} of the model's {len(self.genes)} genes are missing from "
