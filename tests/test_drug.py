@@ -465,6 +465,15 @@ def test_gene_attributions(trained, cellbench):
         delta = (trained.module.predict(x) - trained.module.predict(typical))[:, j]
     total = table["attribution"].sum()
     assert total == pytest.approx(float(delta.mean()), abs=0.05 * float(delta.abs().mean()) + 1e-3)
+    # the ridge-only model is linear: each gene's attribution is exactly its standardised
+    # distance from the typical line times its ridge weight (in one step, whatever n_steps)
+    m = trained.module
+    assert m.prediction == "wide"
+    with torch.no_grad():
+        weight = m.ridge_weight[:, j, :].mean(0) * m.drug_scale[j]
+        exact = (((x - m.gene_mean) / m.gene_scale) * weight).mean(0).numpy()
+    by_gene = table.set_index("gene")["attribution"].reindex(trained.genes).to_numpy()
+    np.testing.assert_allclose(by_gene, exact, rtol=1e-4, atol=1e-6)
     # the plot of the annotator's attributions draws this table too
     assert isinstance(scdl.pl.attributions(table, n_top=5, show=False), Figure)
     with pytest.raises(ValueError, match="n_steps"):
