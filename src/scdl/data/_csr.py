@@ -63,9 +63,9 @@ class CSRTensors:
         if not x.has_sorted_indices:
             x = x.sorted_indices()
         indptr = x.indptr.astype(np.int64)
-        return cls(
+        return cls(  # the column indices keep scipy's dtype (no int64 copy); rows() widens
             torch.from_numpy(indptr).to(device),
-            torch.from_numpy(x.indices.astype(np.int64)).to(device),
+            torch.from_numpy(x.indices).to(device),
             torch.from_numpy(x.data).to(device),
             x.shape[1],
             indptr,
@@ -74,7 +74,7 @@ class CSRTensors:
     def rows(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Row pointer (from 0), column indices and values of rows ``start:stop``."""
         lo, hi = int(self.indptr_host[start]), int(self.indptr_host[stop])
-        return self.indptr[start : stop + 1] - lo, self.indices[lo:hi], self.data[lo:hi]
+        return self.indptr[start : stop + 1] - lo, self.indices[lo:hi].long(), self.data[lo:hi]
 
     def to_scipy(self) -> sparse.csr_matrix:
         """The same matrix as a scipy CSR matrix (float32) on the host."""

@@ -6,7 +6,7 @@ import numpy as np
 from scipy import sparse
 
 
-def log_normalize_counts(x, dtype=np.float64) -> sparse.csr_matrix:
+def log_normalize_counts(x, dtype=np.float64, *, share_index: bool = False) -> sparse.csr_matrix:
     """log1p(counts per 10k) of a sparse or dense count block, as CSR of ``dtype``.
 
     Computed in float64 (each count times ``1e4 / its cell's total``), then cast; cells with
@@ -27,6 +27,8 @@ def log_normalize_counts(x, dtype=np.float64) -> sparse.csr_matrix:
     data *= np.repeat(scale, np.diff(x64.indptr))
     np.log1p(data, out=data)
     values = data if dtype == np.float64 else data.astype(dtype)
+    if share_index and sparse.issparse(x) and values.all():  # no zero to eliminate
+        return sparse.csr_matrix((values, x64.indices, x64.indptr), shape=x64.shape)
     out = sparse.csr_matrix((values, x64.indices.copy(), x64.indptr.copy()), shape=x64.shape)
     out.eliminate_zeros()  # stored zeros of the counts, as the product with a diagonal drops
     return out

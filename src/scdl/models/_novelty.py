@@ -66,8 +66,9 @@ _STD_FLOOR = 0.1
 
 
 def log_normalize(x) -> sparse.csr_matrix:
-    """log1p(CP10k) of a count matrix, as CSR float32."""
-    return log_normalize_counts(x, dtype=np.float32)
+    """log1p(CP10k) of a count matrix, as CSR float32 (sharing the index arrays of a sparse
+    ``x`` without stored zeros: neither is changed in place)."""
+    return log_normalize_counts(x, dtype=np.float32, share_index=True)
 
 
 def _mean_sd(x_log) -> tuple[np.ndarray, np.ndarray]:
@@ -160,15 +161,31 @@ def _cluster_means_z(x_log, clusters: np.ndarray, stats=None) -> tuple[np.ndarra
     return (means - mean) / sd, inv
 
 
-def _cosine_to(z: np.ndarray, centroids: np.ndarray, genes, present=None) -> np.ndarray:
-    keep = np.zeros(z.shape[1], dtype=bool)
+def _scored_genes(n_genes: int, genes, present=None) -> np.ndarray:
+    """Mask of the scored ``genes`` among ``n_genes``, less those not ``present``."""
+    keep = np.zeros(n_genes, dtype=bool)
     keep[np.asarray(genes, dtype=int)] = True
     if present is not None:
         keep &= np.asarray(present, dtype=bool)
+    return keep
+
+
+def _cosine_to(z: np.ndarray, centroids: np.ndarray, genes, present=None) -> np.ndarray:
+    keep = _scored_genes(z.shape[1], genes, present)
     z, centroids = z[:, keep], centroids[:, keep]
     dots = z @ centroids.T
     norms = np.linalg.norm(z, axis=1)[:, None] * np.linalg.norm(centroids, axis=1)[None]
     return dots / np.maximum(norms, 1e-8)
+
+
+def _cosine_rowwise(z: np.ndarray, targets: np.ndarray, genes, present=None) -> np.ndarray:
+    """The cosine of each row of ``z`` with the same row of ``targets`` (the diagonal of
+    :func:`_cosine_to`, without its rows x rows matrices: the peak of a query of thousands of
+    clusters)."""
+    keep = _scored_genes(z.shape[1], genes, present)
+    z, targets = z[:, keep], targets[:, keep]
+    norms = np.linalg.norm(z, axis=1) * np.linalg.norm(targets, axis=1)
+    return np.einsum("ij,ij->i", z, targets) / np.maximum(norms, 1e-8)
 
 
 def _novelty_of_clusters(z, inv, labels, centroids, genes, present=None, mixture=True):
@@ -184,7 +201,7 @@ def _novelty_of_clusters(z, inv, labels, centroids, genes, present=None, mixture
     keep[np.arange(len(z)), majority] = True
     weights = np.where(keep, weights, 0.0)
     target = (weights / weights.sum(1, keepdims=True)) @ centroids
-    return 1.0 - np.diag(_cosine_to(z, target, genes, present)), majority
+    return 1.0 - _cosine_rowwise(z, target, genes, present), majority
 
 
 #: a cluster past one check's threshold is "Unknown" only when the two checks' evidence, each in
