@@ -182,7 +182,8 @@ def main() -> None:
   (as another chemistry may give): accuracy {thin[0.5][0]:.3f} / {thin[0.25][0]:.3f},
   called Unknown {thin[0.5][1]:.1%} / {thin[0.25][1]:.1%}.
 - **Measured on the same study processed by another pipeline** (muscat's Kang cells,
-  `kang_pbmc_1.5k.h5ad`, {other["n"]} cells of 5 types; {other["genes"]} of the genes):
+  `kang_pbmc_1.5k.h5ad`, {other["n"]} cells of 5 types; {other["genes"]} of the genes, so
+  annotated with `min_gene_overlap=0.1`: the default 0.5 refuses so small an overlap):
   accuracy {other["accuracy"]:.3f}, macro-F1 {other["macro_f1"]:.3f} ({other["f1_w_unknown"]:.3f}
   counting Unknown as wrong), called Unknown: {other["unknown"]:.1%}. No labelled PBMC set
   of another chemistry or lab with these genes is in the project's data (the 10x PBMC 7k

@@ -277,11 +277,31 @@ def test_query_with_missing_genes(annotator):
     keep = query.var_names.difference(rng.choice(genes, int(0.3 * len(genes)), replace=False))
     part = query[:, keep].copy()
     full = model.predict(query, unknown=False)
-    some = model.predict(part, unknown=False)
+    with pytest.warns(UserWarning, match=r"holds \d+ of the model's \d+ genes \(70%\)"):
+        some = model.predict(part, unknown=False)  # a 30% gap is said, not only logged
     assert np.mean(full == some) > 0.8
     few = query[:, query.var_names.difference(genes[: int(0.6 * len(genes))])].copy()
     with pytest.raises(ValueError, match="genes"):
         model.predict(few)
+
+
+def test_tl_annotate_takes_a_seed_and_refuses_a_backed_copy(annotator, tmp_path):
+    """``random_state`` seeds the query's PCA and clusterings like the other tl steps (the
+    same seed, the same calls; recorded in params); ``copy=True`` of a backed AnnData is
+    refused before any work, naming ``to_memory()``."""
+    import anndata as ad
+
+    model, query = annotator
+    q = query[:400].copy()
+    a = scdl.tl.annotate(q, model=model, random_state=3, copy=True)
+    b = scdl.tl.annotate(q, model=model, random_state=3, copy=True)
+    assert a.obs.equals(b.obs) and a.uns["scdl_cell_type"]["params"]["random_state"] == 3
+    q.write_h5ad(tmp_path / "q.h5ad")
+    backed = ad.read_h5ad(tmp_path / "q.h5ad", backed="r")
+    with pytest.raises(ValueError, match=r"backed AnnData.*to_memory\(\)"):
+        scdl.tl.annotate(backed, model=model, copy=True)
+    with pytest.raises(TypeError, match="random_state must be an integer"):
+        scdl.tl.annotate(q, model=model, random_state="0")
 
 
 def test_mixing_check_needs_the_sketch_genes(annotator):

@@ -182,7 +182,15 @@ class AnnotatorPredictionMixin:
                 xs = sparse.csr_matrix(xs, dtype=np.float32, copy=True)
                 xs.data = np.expm1(xs.data)
             x = CSRTensors.from_scipy(xs, dev)
-        if not present.all():
+        if present.mean() < 0.9:  # calls lose accuracy: said, not only logged
+            warn_user(
+                f"The query holds {int(present.sum())} of the model's {len(present)} genes "
+                f"({present.mean():.0%}); the rest count as unmeasured, and calls made without "
+                "them are less accurate. Check the gene identifiers (symbols vs IDs, a var "
+                "column), or use a model trained on the genes the query has.",
+                UserWarning,
+            )
+        elif not present.all():
             logger.info(
                 "Query holds %d of the model's %d genes; the rest count as unmeasured.",
                 present.sum(),

@@ -39,6 +39,7 @@ def annotate(
     majority_voting: bool = False,
     over_clustering: str | Sequence | None = None,
     min_support: float = 0.0,
+    random_state: int = 0,
     copy: bool = False,
 ) -> AnnData | None:
     """Annotate cell types with a trained or pretrained :class:`~scdl.models.CellTypeTransformer`.
@@ -100,6 +101,9 @@ def annotate(
     min_support
         With ``majority_voting``, clusters whose majority call holds fewer than this fraction
         of their cells keep the per-cell calls (``0``: always vote, as CellTypist).
+    random_state
+        Seed of the query's PCA and Leiden clusterings (the clusters the Unknown call is made
+        on, and the over-clustering); the same seed gives the same calls on CPU.
     copy
         Return a copy instead of writing to ``adata``.
 
@@ -137,8 +141,8 @@ def annotate(
         DataFrame of probabilities, cells x cell types.
     ``adata.uns[key_added]``
         ``params`` (``layer``, ``unknown``, ``min_gene_overlap``, ``adapt_to_query``,
-        ``majority_voting``, ``over_clustering``, ``min_support``: the options that change the
-        calls; ``""`` for ``None``), ``model`` (its name or path, or
+        ``majority_voting``, ``over_clustering``, ``min_support``, ``random_state``: the
+        options that change the calls; ``""`` for ``None``), ``model`` (its name or path, or
         ``"CellTypeTransformer (in memory)"``),
         ``cell_types``, ``n_genes_model`` and ``n_genes_matched`` (the model's genes, and how
         many ``adata`` holds), the model's thresholds (``confidence_threshold``,
@@ -153,11 +157,19 @@ def annotate(
         check_is_anndata,
         check_key_added,
         check_positive_int,
+        check_random_state,
     )
 
     # everything is computed (and checked) before anything is written
     check_is_anndata(adata)
     check_key_added(key_added)
+    check_random_state(random_state)
+    if copy and adata.isbacked:  # anndata refuses it only after all the work
+        raise ValueError(
+            "copy=True of a backed AnnData needs a file to copy to: pass "
+            "`adata.to_memory()` with copy=True, or write the results into the backed object "
+            "with copy=False."
+        )
     check_positive_int(batch_size, "batch_size")
     unknown = check_bool(unknown, "unknown")
     majority_voting = check_bool(majority_voting, "majority_voting")
@@ -187,6 +199,7 @@ def annotate(
         unknown_call=unknown,
         over_clustering=majority_voting and over_clustering is None,
         over_clustering_graph=graph,
+        seed=random_state,
     )
     n_present = int(pd.Index(model.get_var_names()).isin(adata.var_names).sum())
     label = calls["label"] if unknown else calls["label_forced"]
@@ -219,6 +232,7 @@ def annotate(
             "majority_voting": bool(majority_voting),
             "over_clustering": _clusters_given(over_clustering, graph),
             "min_support": float(min_support),
+            "random_state": "" if random_state is None else int(random_state),
         },
         **_model_summary(model, model_name),
         "n_genes_matched": n_present,
