@@ -62,6 +62,31 @@ def test_normalized_expression_transform_batch(kang_integrated):
     assert "ISG15" in diff.sort_values(ascending=False).index[:20]
 
 
+def test_scvi_tools_methods_on_the_model_tl_integrate_returns(kang_integrated, capsys):
+    """The model keeps the data's obs columns, so scvi-tools' differential expression groups by
+    them (stimulated vs control: interferon genes on top); bad groups are named, not a
+    ZeroDivisionError; view_anndata_setup prints (scvi-tools' printer lacked an import)."""
+    _, model = kang_integrated
+    de = model.differential_expression(
+        groupby="condition", group1="stim", group2="ctrl", mode="change", batch_size=512
+    )
+    top = set(de.sort_values("lfc_mean", ascending=False).index[:30])
+    assert len(top & {"ISG15", "IFI6", "IFIT3", "IFIT1", "ISG20", "MX1", "LY6E"}) >= 3
+    with pytest.raises(KeyError, match="groupby='nope' is not a column"):
+        model.differential_expression(groupby="nope", group1="stim")
+    with pytest.raises(ValueError, match=r"\['Stim'\] not among the values"):
+        model.differential_expression(groupby="condition", group1="Stim")
+    model.view_anndata_setup()
+    assert "batch" in capsys.readouterr().out.lower()
+
+
+def test_batch_embeddings_are_refused(kang):
+    adata = kang[::8].copy()
+    scdl.models.VAE.setup_anndata(adata, batch_key="sample")
+    with pytest.raises(ValueError, match="batch_representation='embedding' is not supported"):
+        scdl.models.VAE(adata, batch_representation="embedding")
+
+
 def test_reference_mapping_places_query_next_to_its_type(kang):
     ref = kang[kang.obs["sample"] != "stim107"].copy()
     query = kang[kang.obs["sample"] == "stim107"].copy()

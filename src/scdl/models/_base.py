@@ -262,6 +262,13 @@ class SafeSaveLoadMixin:
         model.module.eval()
         return model
 
+    def view_anndata_setup(self, *args, **kwargs):
+        """Print the setup of the model's AnnData, as scvi-tools does (its printer uses
+        ``rich.pretty`` without importing it)."""
+        import rich.pretty  # noqa: F401
+
+        return super().view_anndata_setup(*args, **kwargs)
+
     @staticmethod
     def load_registry(dir_path: str | os.PathLike, prefix: str | None = None) -> dict:
         """The scvi-tools registry saved with a model, read from ``config.json`` (JSON only).

@@ -43,6 +43,8 @@ from ._docs import counts_dsp
 from ._training import plan_training, vae_plan_kwargs
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from anndata import AnnData
 
 logger = logging.getLogger(__name__)
@@ -63,7 +65,11 @@ class VAE(
     low-dimensional latent space, batch as a covariate) with defaults chosen for the data
     sizes of a typical study, and a batch-alignment (MMD) penalty on the latent space.
     Registration, data splitting, the training plan and query mapping (scArches) are
-    scvi-tools' own.
+    scvi-tools' own, as are the methods on the trained model (``get_normalized_expression``,
+    ``differential_expression``, ``get_elbo``, ...). Unlike scvi-tools' ``SCVI`` it defaults to
+    negative binomial counts (``SCVI``: zero-inflated) and adds the MMD term to the training
+    loss (``train_loss`` in ``history``); ``get_elbo`` and the ``elbo_*`` curves are the ELBO
+    alone, without it.
 
     Parameters
     ----------
@@ -85,7 +91,9 @@ class VAE(
         Weight of the MMD penalty that aligns batches in the latent space; ``0`` turns it
         off (plain scVI loss). Ignored without a ``batch_key``.
     **kwargs
-        Passed to :class:`scvi.module.VAE` (e.g. ``dispersion``, ``latent_distribution``).
+        Passed to :class:`scvi.module.VAE` (e.g. ``dispersion``, ``latent_distribution``);
+        not ``batch_representation="embedding"``, which needs scvi-tools' ``EmbeddingMixin``
+        methods this model does not have.
 
     Examples
     --------
@@ -125,6 +133,12 @@ class VAE(
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         check_fraction(dropout_rate, "dropout_rate", below_one=True)
         check_non_negative(batch_mmd_weight, "batch_mmd_weight", meaning="a loss weight")
+        if kwargs.get("batch_representation", "one-hot") != "one-hot":
+            raise ValueError(
+                f"batch_representation={kwargs['batch_representation']!r} is not supported: "
+                "scdl's VAE encodes batches one-hot (the scArches query mapping trains their "
+                "weights). Use scvi-tools' SCVI for batch embeddings."
+            )
         cat_state = self.registry_["field_registries"][REGISTRY_KEYS.CAT_COVS_KEY]
         n_cats_per_cov = cat_state["state_registry"].get("n_cats_per_key") or None
         module_kwargs = {
@@ -299,6 +313,43 @@ class VAE(
                 plan_kwargs=plan,
                 **kwargs,
             )
+
+    def differential_expression(
+        self,
+        adata: AnnData | None = None,
+        groupby: str | None = None,
+        group1: str | Sequence[str] | None = None,
+        group2: str | None = None,
+        **kwargs,
+    ) -> pd.DataFrame:
+        """scvi-tools' :meth:`~scvi.model.SCVI.differential_expression` (every option as
+        there), with ``groupby`` and the groups checked first: scvi-tools reports a missing
+        column as a bare ``KeyError`` and a group without cells as a ``ZeroDivisionError``.
+
+        Parameters
+        ----------
+        adata, groupby, group1, group2, **kwargs
+            As in scvi-tools; ``adata=None`` uses the model's AnnData (from
+            :func:`scdl.tl.integrate`, it holds the obs columns of the data it was run on).
+        """
+        if groupby is not None:
+            obs = (adata if adata is not None else self._require_adata("compare")).obs
+            if groupby not in obs.columns:
+                raise KeyError(
+                    f"groupby={groupby!r} is not a column of the AnnData's obs (columns: "
+                    f"{list(obs.columns)})."
+                )
+            present = set(map(str, obs[groupby].dropna().unique()))
+            groups = [] if group1 is None else [group1] if isinstance(group1, str) else group1
+            missing = [g for g in [*groups, group2] if g is not None and str(g) not in present]
+            if missing:
+                raise ValueError(
+                    f"{missing} not among the values of obs[{groupby!r}] "
+                    f"({sorted(present)[:20]}): no cells to compare."
+                )
+        return super().differential_expression(
+            adata=adata, groupby=groupby, group1=group1, group2=group2, **kwargs
+        )
 
     @staticmethod
     def prepare_query_anndata(

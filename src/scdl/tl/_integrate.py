@@ -89,10 +89,12 @@ def integrate(
     Returns
     -------
     scdl.models.VAE
-        The trained model, attached to an internal AnnData of the selected genes
-        (``model.adata``, counts in ``X`` whatever ``layer`` was, so a query for it holds its
-        counts in ``X`` too); save it with ``model.save(dir)`` or map new batches onto it
-        with :meth:`scdl.models.VAE.load_query_data`.
+        The trained model, attached to an internal AnnData of the selected genes and all of
+        ``adata.obs`` (``model.adata``, counts in ``X`` whatever ``layer`` was, so a query for
+        it holds its counts in ``X`` too), so its methods group cells by ``adata``'s obs
+        columns, e.g. ``model.differential_expression(groupby="condition", group1="stim")``;
+        save it with ``model.save(dir)`` or map new batches onto it with
+        :meth:`scdl.models.VAE.load_query_data`.
 
     ``adata`` gains
 
@@ -130,7 +132,9 @@ def integrate(
         adata,
         genes,
         layer=layer,
-        obs_keys=[batch_key] if batch_key is not None else [],
+        # every obs column, so the model's methods group cells as the user's data does
+        # (model.differential_expression(groupby="condition", ...))
+        obs_keys=([batch_key] if batch_key is not None else []) + list(adata.obs.columns),
     )
 
     model, train_time = train_model(
