@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmark scripts: data location, gene selection, peak memory."""
+"""Shared helpers for the benchmark scripts: data location, gene selection, peak memory, and
+runs of scdl and its peer in fresh processes."""
 
 from __future__ import annotations
 
@@ -102,3 +103,27 @@ def measure(interval: float = 0.02, kernel_peak: bool = False):
             top = max(top, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         out["base_mib"], out["peak_total_mib"] = base / 2**20, top / 2**20
         out["peak_mib"] = (top - base) / 2**20
+
+
+def peak_in_fresh_processes(script: str, args: list[str], impls=("peer", "scdl")) -> None:
+    """Run ``script --_run *args IMPL`` for each implementation in a fresh process (so the
+    kernel's high-water mark is that run's), read the JSON row each prints last, and print the
+    table with scdl's peak memory increase over the peer's."""
+    import json
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    rows = []
+    for impl in impls:
+        out = subprocess.run(
+            [sys.executable, script, "--_run", *args, impl], capture_output=True, text=True
+        )
+        if out.returncode:
+            raise SystemExit(f"the {impl} run failed:\n{out.stderr[-3000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    table = pd.DataFrame(rows).set_index("impl")
+    print(table.round(2).to_string())
+    ratio = table.loc["scdl", "peak_increase_mib"] / table.loc["peer", "peak_increase_mib"]
+    print(f"\npeak memory increase, scdl / peer: x{ratio:.2f}")

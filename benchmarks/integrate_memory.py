@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 
-import pandas as pd
-from _common import measure, write_resampled_kang
+from _common import measure, peak_in_fresh_processes, write_resampled_kang
 
 warnings.filterwarnings("ignore")
 
@@ -98,23 +95,10 @@ def main() -> None:
     if args._run:
         print(json.dumps(run_one(Path(args._run[0]), args._run[1])))
         return
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"kang_all_genes_{args.cells}.h5ad"
         write_resampled_kang(args.cells, path, hvg=False)
-        for impl in ("peer", "scdl"):
-            out = subprocess.run(
-                [sys.executable, __file__, "--_run", str(path), impl],
-                capture_output=True,
-                text=True,
-            )
-            if out.returncode:
-                raise SystemExit(f"the {impl} run failed:\n{out.stderr[-3000:]}")
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    table = pd.DataFrame(rows).set_index("impl")
-    print(table.round(2).to_string())
-    ratio = table.loc["scdl", "peak_increase_mib"] / table.loc["peer", "peak_increase_mib"]
-    print(f"\npeak memory increase, scdl / peer: x{ratio:.2f}")
+        peak_in_fresh_processes(__file__, [str(path)])
 
 
 if __name__ == "__main__":
