@@ -127,3 +127,41 @@ def peak_in_fresh_processes(script: str, args: list[str], impls=("peer", "scdl")
     print(table.round(2).to_string())
     ratio = table.loc["scdl", "peak_increase_mib"] / table.loc["peer", "peak_increase_mib"]
     print(f"\npeak memory increase, scdl / peer: x{ratio:.2f}")
+
+
+def read_and_step_peak(path: Path, step, warm_up=None) -> tuple:
+    """``step`` run once on 512 cells of the h5ad at ``path`` (``warm_up`` instead, if given:
+    the baseline then holds the libraries' fixed costs), then the file read and ``step`` run
+    under :func:`measure` (kernel high-water mark). Returns the AnnData and the measurement."""
+    import gc
+
+    import anndata as ad
+    import numpy as np
+
+    whole = ad.read_h5ad(path, backed="r")
+    small = whole[np.linspace(0, whole.n_obs - 1, 512).astype(int)].to_memory()
+    whole.file.close()
+    (warm_up or step)(small)
+    del small
+    gc.collect()
+    with measure(interval=0.01, kernel_peak=True) as mem:
+        adata = ad.read_h5ad(path)
+        step(adata)
+    return adata, mem
+
+
+def peak_row(impl: str, adata, mem: dict, **extra) -> dict:
+    """The JSON row a fresh-process run prints: the data's size and CSR bytes, the peak
+    increase and its multiple of those bytes, plus ``extra``."""
+    x = adata.X
+    csr = x.data.nbytes + x.indices.nbytes + x.indptr.nbytes
+    return {
+        "impl": impl,
+        "cells": adata.n_obs,
+        "genes": adata.n_vars,
+        "seconds": mem["seconds"],
+        "csr_mib": csr / 2**20,
+        "peak_increase_mib": mem["peak_mib"],
+        "increase_x_csr": mem["peak_mib"] * 2**20 / csr,
+        **extra,
+    }

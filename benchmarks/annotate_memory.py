@@ -32,7 +32,14 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
-from _common import DATA, measure, need, peak_in_fresh_processes, write_resampled_kang
+from _common import (
+    DATA,
+    need,
+    peak_in_fresh_processes,
+    peak_row,
+    read_and_step_peak,
+    write_resampled_kang,
+)
 
 warnings.filterwarnings("ignore")
 
@@ -70,10 +77,8 @@ def _celltypist_resolution(n_cells: int) -> float:
 
 
 def run_one(path: Path, folder: Path, impl: str) -> dict:
-    import gc
 
     import anndata as ad
-    import numpy as np
     import scanpy as sc
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -111,31 +116,16 @@ def run_one(path: Path, folder: Path, impl: str) -> dict:
             votes = pd.Series(calls).groupby(clusters).agg(lambda s: s.value_counts().idxmax())
             adata.obs["peer_majority_voting"] = votes.loc[clusters].to_numpy()
 
-    # warm-up: the baseline then holds the libraries' and the model's fixed costs
-    whole = ad.read_h5ad(path, backed="r")
-    small = whole[np.linspace(0, whole.n_obs - 1, 512).astype(int)].to_memory()
-    whole.file.close()
-    step(small)
-    del small
-    gc.collect()
-    with measure(interval=0.01, kernel_peak=True) as mem:
-        adata = ad.read_h5ad(path)
-        step(adata)
-    x = adata.X
-    csr = x.data.nbytes + x.indices.nbytes + x.indptr.nbytes
-    q = x[:, adata.var_names.get_indexer(genes)]
-    query = q.data.nbytes + q.indices.nbytes + q.indptr.nbytes
-    return {
-        "impl": impl,
-        "cells": adata.n_obs,
-        "genes": adata.n_vars,
-        "seconds": mem["seconds"],
-        "csr_mib": csr / 2**20,
-        "query_csr_mib": query / 2**20,
-        "peak_increase_mib": mem["peak_mib"],
-        "increase_x_csr": mem["peak_mib"] * 2**20 / csr,
-        "increase_x_query": mem["peak_mib"] * 2**20 / query,
-    }
+    adata, mem = read_and_step_peak(path, step)
+    x = adata.X[:, adata.var_names.get_indexer(genes)]
+    query = x.data.nbytes + x.indices.nbytes + x.indptr.nbytes
+    return peak_row(
+        impl,
+        adata,
+        mem,
+        query_csr_mib=query / 2**20,
+        increase_x_query=mem["peak_mib"] * 2**20 / query,
+    )
 
 
 def main() -> None:

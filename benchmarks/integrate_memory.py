@@ -26,15 +26,12 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from _common import measure, peak_in_fresh_processes, write_resampled_kang
+from _common import peak_in_fresh_processes, peak_row, read_and_step_peak, write_resampled_kang
 
 warnings.filterwarnings("ignore")
 
 
 def run_one(path: Path, impl: str) -> dict:
-    import gc
-
-    import anndata as ad
     import numpy as np
     import scanpy as sc
     import scvi
@@ -64,27 +61,9 @@ def run_one(path: Path, impl: str) -> dict:
         )
 
     step = ours if impl == "scdl" else peer
-    # warm-up: the baseline then holds Lightning's, torch's and the libraries' fixed costs
-    whole = ad.read_h5ad(path, backed="r")
-    small = whole[np.linspace(0, whole.n_obs - 1, 512).astype(int)].to_memory()
-    whole.file.close()
-    step(small, warm_up=True)  # no gene ranking: seurat_v3's trend is singular on 512 cells
-    del small
-    gc.collect()
-    with measure(interval=0.01, kernel_peak=True) as mem:
-        adata = ad.read_h5ad(path)
-        step(adata)
-    x = adata.X
-    csr = x.data.nbytes + x.indices.nbytes + x.indptr.nbytes
-    return {
-        "impl": impl,
-        "cells": adata.n_obs,
-        "genes": adata.n_vars,
-        "seconds": mem["seconds"],
-        "csr_mib": csr / 2**20,
-        "peak_increase_mib": mem["peak_mib"],
-        "increase_x_csr": mem["peak_mib"] * 2**20 / csr,
-    }
+    # warm-up without gene ranking: seurat_v3's trend is singular on 512 cells
+    adata, mem = read_and_step_peak(path, step, warm_up=lambda a: step(a, warm_up=True))
+    return peak_row(impl, adata, mem)
 
 
 def main() -> None:
