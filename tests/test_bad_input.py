@@ -656,7 +656,7 @@ def _no_shared_gene(query):
         (
             _no_shared_gene,
             {"min_gene_overlap": 0},
-            r"Only 0 of the model's.*at least one \(none given\) is needed",
+            r"Only 0 of the model's.*at least one \(none given\) is needed.*another species",
         ),
     ],
 )
@@ -700,6 +700,8 @@ def test_a_failing_plot_leaves_no_umap_behind(kang):
         scdl.pl.embedding(adata, color="sample", n_neighbors=1, show=False)
     with pytest.raises(ValueError, match="bogus"):  # scanpy's (matplotlib's) refusal
         scdl.pl.embedding(adata, color="sample", legend_loc="bogus", show=False)
+    with pytest.raises(TypeError, match="as a string, e.g. color='5'"):  # was "not iterable"
+        scdl.pl.embedding(adata, color=5, show=False)
     assert_unchanged(adata, snap)
     scdl.pl.embedding(adata, color="sample", show=False)  # the same call, valid: cached
     assert adata.obsm["X_scdl_umap"].shape == (100, 2)

@@ -81,6 +81,12 @@ def identifier_hint(genes: pd.Index, var_names: pd.Index, var: pd.DataFrame | No
             f"{genes[:2].tolist()}): another species' or annotation's convention? Match the "
             "model's genes by name only if they are the same genes"
         )
+    if n_names == 0 and n_case == 0:  # nothing in common, in any var column or case
+        return (
+            "None of its genes occur in the data under any name in var_names or a var column: "
+            "is the data from another species or gene panel? Then train a model on labelled "
+            "cells of the same kind (or convert the identifiers, e.g. symbols vs Ensembl IDs)"
+        )
     return (
         "Use the same gene identifiers as the model (symbols vs Ensembl IDs?), or set "
         "adata.var_names from the var column that holds them"
@@ -133,7 +139,7 @@ def gene_columns(adata, genes, *, min_overlap: float = 0.5, what: str = "model")
     present = col >= 0
     n_present = int(present.sum())
     if n_present == 0 or n_present < min_overlap * len(genes):
-        example = adata.var_names[:3].tolist()
+        example = adata.var_names[~adata.var_names.isin(genes)][:3].tolist()
         needed = int(np.ceil(min_overlap * len(genes) - 1e-9))
         needed = f"{needed} ({min_overlap:.0%}) are" if needed else "one (none given) is"
         lower = (
@@ -144,7 +150,8 @@ def gene_columns(adata, genes, *, min_overlap: float = 0.5, what: str = "model")
         )
         raise ValueError(
             f"Only {n_present} of the {what}'s {len(genes)} genes ({n_present / len(genes):.1%}) "
-            f"occur in adata.var_names (e.g. {example}; the {what}'s: {genes[:3].tolist()}); "
+            f"occur in adata.var_names (e.g. {example}; the {what}'s missing ones: "
+            f"{genes[~present][:3].tolist()}); "
             f"at least {needed} needed. "
             f"{identifier_hint(genes, adata.var_names, adata.var)}.{lower}"
         )

@@ -431,6 +431,10 @@ class CellTypeTransformer(
     ):
         """Train the classifier, then calibrate the "Unknown" call on the reference.
 
+        As in scvi-tools, the weights' initialisation, the data split and the minibatch order
+        draw from ``scvi.settings.seed``: set it before building the model
+        (``scvi.settings.seed = 0``) and the same seed gives the same model and calls on CPU.
+
         Parameters
         ----------
         max_epochs

@@ -118,6 +118,12 @@ def _check_colors(adata: AnnData, color) -> None:
     the UMAP would be cached)."""
     import difflib
 
+    if color is not None and not isinstance(color, str):
+        if not (hasattr(color, "__iter__") and all(c is None or isinstance(c, str) for c in color)):
+            raise TypeError(
+                f"color must be an obs column or gene name, or a list of them, got {color!r} "
+                "(a number as a name: pass it as a string, e.g. color='5')."
+            )
     keys = [color] if isinstance(color, str) else list(color or [])
     genes = set(adata.var_names) | (set(adata.raw.var_names) if adata.raw is not None else set())
     for key in keys:
