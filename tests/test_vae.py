@@ -78,6 +78,10 @@ def test_scvi_tools_methods_on_the_model_tl_integrate_returns(kang_integrated, c
         model.differential_expression(groupby="condition", group1="Stim")
     model.view_anndata_setup()
     assert "batch" in capsys.readouterr().out.lower()
+    expr = model.get_normalized_expression(gene_list=["ISG15", "IFI6"], n_samples=1)
+    assert list(expr.columns) == ["ISG15", "IFI6"]
+    with pytest.raises(KeyError, match=r"gene_list holds 1 genes.*\['NOT_A_GENE'\]"):
+        model.get_normalized_expression(gene_list=["ISG15", "NOT_A_GENE"])  # scvi: dropped
 
 
 def test_batch_embeddings_are_refused(kang):

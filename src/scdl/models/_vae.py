@@ -314,6 +314,22 @@ class VAE(
                 **kwargs,
             )
 
+    def get_normalized_expression(self, adata: AnnData | None = None, *args, **kwargs):
+        """scvi-tools' :meth:`~scvi.model.SCVI.get_normalized_expression` (every option as
+        there); a ``gene_list`` naming genes the model lacks is refused (scvi-tools drops them
+        silently, down to an empty table)."""
+        gene_list = kwargs.get("gene_list")
+        if gene_list is not None:
+            genes = pd.Index(self.get_var_names())
+            requested = pd.Index([gene_list] if isinstance(gene_list, str) else gene_list)
+            missing = requested[~requested.isin(genes)]
+            if len(missing):
+                raise KeyError(
+                    f"gene_list holds {len(missing)} genes the model was not trained on (e.g. "
+                    f"{missing[:5].tolist()}); its genes are model.get_var_names()."
+                )
+        return super().get_normalized_expression(adata, *args, **kwargs)
+
     def differential_expression(
         self,
         adata: AnnData | None = None,
