@@ -11,8 +11,8 @@ and run one of
 - **scdl**: ``scdl.tl.annotate(adata, model=model, majority_voting=True)``;
 - **peer** (CellTypist's steps with ``majority_voting=True``): the model's genes taken from the
   query, ``sc.pp.normalize_total`` + ``sc.pp.log1p``, the scaled logistic regression's calls,
-  and the over-clustering CellTypist computes (``sc.pp.pca``, ``sc.pp.neighbors``,
-  ``sc.tl.leiden`` at its resolution for the query's size), then the per-cluster vote.
+  and CellTypist's over-clustering (``sc.pp.pca``, ``sc.pp.neighbors``, ``sc.tl.leiden`` at its
+  resolution for the query's size; here on the model's genes, as scdl's is), then the vote.
 
 Printed: the peak RSS increase over the read + step (the kernel's high-water mark), as a
 multiple of the whole CSR matrix's bytes and of the gathered query's (the model's genes),

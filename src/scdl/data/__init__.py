@@ -38,7 +38,13 @@ from ._drug_inputs import (
     profiles_from_expression,
     select_model_genes,
 )
-from ._genes import align_to_genes, gene_columns, gene_mismatch_message, same_gene_names
+from ._genes import (
+    LOW_GENE_OVERLAP,
+    align_to_genes,
+    gene_columns,
+    gene_mismatch_message,
+    same_gene_names,
+)
 from ._groups import resolve_groups, warn_if_batch_nested
 from ._lognorm import input_kind, normalised_from_log1p
 from ._normalize import log_normalize_counts
@@ -48,6 +54,7 @@ from ._salient_genes import salient_gene_table
 from ._write import writable, write_h5ad_atomic
 
 __all__ = [
+    "LOW_GENE_OVERLAP",
     "MIN_LINES_PER_DRUG",
     "MIN_SHARED_GENES",
     "CSRTensors",

@@ -54,6 +54,10 @@ def gene_mismatch_message(
     )
 
 
+#: below this share of a model's genes, a query's predictions are said to be less reliable
+LOW_GENE_OVERLAP = 0.9
+
+
 def identifier_hint(genes: pd.Index, var_names: pd.Index, var: pd.DataFrame | None) -> str:
     """How to give the query the model's gene identifiers: a var column holding more of them
     than ``var_names``, names that differ in case only, or a generic hint."""

@@ -19,6 +19,7 @@ from scvi import REGISTRY_KEYS
 
 from scdl._warnings import warn_user
 from scdl.data import (
+    LOW_GENE_OVERLAP,
     CSRTensors,
     align_to_genes,
     check_is_anndata,
@@ -182,7 +183,7 @@ class AnnotatorPredictionMixin:
                 xs = sparse.csr_matrix(xs, dtype=np.float32, copy=True)
                 xs.data = np.expm1(xs.data)
             x = CSRTensors.from_scipy(xs, dev)
-        if present.mean() < 0.9:  # calls lose accuracy: said, not only logged
+        if present.mean() < LOW_GENE_OVERLAP:  # calls lose accuracy: said, not only logged
             warn_user(
                 f"The query holds {int(present.sum())} of the model's {len(present)} genes "
                 f"({present.mean():.0%}); the rest count as unmeasured, and calls made without "

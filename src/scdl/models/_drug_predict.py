@@ -16,6 +16,7 @@ import torch
 
 from scdl._warnings import warn_user
 from scdl.data import (
+    LOW_GENE_OVERLAP,
     MIN_SHARED_GENES,
     check_counts,
     check_profiles,
@@ -107,7 +108,7 @@ class DrugPredictionMixin:
             shared_genes(
                 self.genes, adata.var_names, names=("model's genes", "data"), query_var=adata.var
             )
-        if present.mean() < 0.9:
+        if present.mean() < LOW_GENE_OVERLAP:
             warn_user(
                 f"{(~present).sum()} of the model's {len(self.genes)} genes are missing from "
                 "the data; they are set to the profile's mean. Predictions may be less "

@@ -88,7 +88,7 @@ def embedding(
             umap_key,
             rep,
             n_neighbors=n_neighbors,
-            random_state=0 if random_state is None else random_state,
+            random_state=random_state,  # None is 0 there, so the cache can match it
         )
         kwargs.setdefault("frameon", False)
         kwargs.pop("return_fig", None)  # the figure is always returned
