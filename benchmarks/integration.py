@@ -1,9 +1,12 @@
 """Integration benchmark: scdl VAE vs scvi-tools SCVI vs Harmony vs unintegrated PCA.
 
 Every method gets the same cells and the same 2,000 highly variable genes (seurat_v3 on
-counts, per batch). Scores are scib-metrics' (unscaled; total = 0.4 batch + 0.6 bio).
+counts, per batch; all of them where there are fewer). Scores are scib-metrics' (unscaled;
+total = 0.4 batch + 0.6 bio). Datasets: muscat's Kang PBMCs (4 samples), CellBench's lung lines
+(CEL-seq2 vs Drop-seq) and ``pbmc_crosslab``: Kang 2k and 10x PBMC 7k, two labs, on the 149
+genes both files hold, labels mapped to PBMC 7k's (Kang's two monocyte types are one).
 
-    python benchmarks/integration.py            # both datasets
+    python benchmarks/integration.py            # every dataset
     python benchmarks/integration.py --datasets kang
 """
 
@@ -23,11 +26,42 @@ warnings.filterwarnings("ignore")
 DATASETS = {
     "kang": ("kang_pbmc_1.5k.h5ad", "sample", "cell_type"),
     "cellbench": ("cellbench_lung_lines_2batches.h5ad", "batch", "cell_line"),
+    # two labs' PBMCs (Kang 2018 2k + 10x PBMC 7k) on their 149 shared genes
+    "pbmc_crosslab": (None, "source", "cell_type"),
 }
+# Kang 2k's labels in PBMC 7k's words (its two monocyte types are one there)
+KANG_TO_PBMC7K = {
+    "CD4T": "CD4+ T-cells",
+    "CD8T": "CD8+ T-cells",
+    "B": "B-cells",
+    "NK": "NK cells",
+    "CD14+Mono": "Monocytes",
+    "FCGR3A+Mono": "Monocytes",
+    "Dendritic": "Dendritic",
+}
+
+
+def load_crosslab() -> ad.AnnData:
+    """Kang 2k and PBMC 7k (types of >= 20 cells, no "NA") on their shared genes, labels
+    harmonised, ``obs["source"]`` the file."""
+    kang = ad.read_h5ad(need(DATA / "kang_pbmc_2k_celltypes.h5ad"))
+    kang.obs["cell_type"] = kang.obs["cell_type"].astype(str).map(KANG_TO_PBMC7K)
+    p7 = ad.read_h5ad(need(DATA / "pbmc_7k_200genes.h5ad"))
+    counts = p7.obs["cell_type"].value_counts()
+    p7 = p7[p7.obs["cell_type"].isin(counts.index[counts >= 20]) & (p7.obs["cell_type"] != "NA")]
+    shared = kang.var_names.intersection(p7.var_names)
+    parts = {"kang": kang[:, shared].copy(), "pbmc7k": p7[:, shared].copy()}
+    for part in parts.values():
+        part.obs = part.obs[["cell_type"]].astype(str)
+    adata = ad.concat(parts, label="source", index_unique="-")
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype("category")
+    return adata
 
 
 def load(name: str) -> tuple[ad.AnnData, str, str]:
     fname, batch_key, label_key = DATASETS[name]
+    if fname is None:
+        return load_crosslab(), batch_key, label_key
     adata = ad.read_h5ad(need(DATA / fname))
     if "demuxlet" in adata.obs:  # doublets have no single true label
         adata = adata[adata.obs["demuxlet"] == "SNG"].copy()

@@ -118,18 +118,33 @@ class AnnotatorPredictionMixin:
         return torch.cat(probs).cpu(), torch.cat(novelty).cpu()
 
     @torch.inference_mode()
-    def _blend_query_stats(self, x, present, weight: float) -> None:
-        """Move the standardisation towards the query's own gene statistics (sparse, exact)."""
+    def _blend_query_stats(self, x, present, weight: float, best=None) -> None:
+        """Move the standardisation towards the query's own gene statistics (sparse, exact),
+        over its cells with counts; ``best``: the cells' unadapted calls, to fill the query to
+        the reference's composition first (:mod:`._composition`) where it lacks types."""
         from scipy import sparse
 
         # float32 arithmetic kept on purpose: scdl.data.log_normalize_counts works in float64,
         # which would move this path's outputs by float rounding (issue 21 keeps them bitwise)
         x = sparse.csr_matrix(x, dtype=np.float32, copy=True)
-        lib = np.clip(np.asarray(x.sum(1)).ravel(), 1.0, None)
+        lib = np.asarray(x.sum(1)).ravel()
+        has = lib > 0
+        if not has.any():
+            return  # no counts: nothing to adapt to
+        if not has.all():  # empty droplets are no sample of the query's expression
+            x, lib = x[has], lib[has]
+            best = None if best is None else best[torch.as_tensor(has)]
+        lib = np.clip(lib, 1.0, None)
         x.data = np.log1p(x.data / np.repeat(lib, np.diff(x.indptr)) * 1e4)
         n = x.shape[0]
         mean = np.asarray(x.sum(0)).ravel() / n
         var = np.asarray(x.multiply(x).sum(0)).ravel() / n - mean**2
+        sketch = self.module.sketch()
+        fill = None if best is None else query_fill(best.numpy(), sketch)
+        if fill is not None:
+            best = best.numpy()
+            (mean, sd), _ = filled_stats(x, best, sketch["sketch_moments"], *fill)
+            mean, var = mean.astype(np.float32), (sd**2).astype(np.float32)
         mod = self.module
         q_mean = torch.as_tensor(mean, dtype=torch.float32, device=mod.device)
         q_std = torch.as_tensor(np.sqrt(np.clip(var, 0.0, None)), dtype=torch.float32)
@@ -206,7 +221,7 @@ class AnnotatorPredictionMixin:
         layer: str | None = None,
         min_gene_overlap: float = 0.5,
         batch_size: int | None = None,
-        adapt_to_query: float = 0.0,
+        adapt_to_query: float = 0.5,
         over_clustering_resolution: float | None = None,
         seed: int = 0,
         unknown_call: bool = True,
@@ -221,13 +236,18 @@ class AnnotatorPredictionMixin:
             As in :meth:`predict`.
         adapt_to_query
             Blend (0-1) of the query's own per-gene mean and sd of log-normalised expression
-            into the reference's before standardising the query. ``0`` (default) uses the
-            reference's only. Under a shift that moves every cell of the query the same way
-            (e.g. a stimulation absent from the reference), ``0.5`` keeps that shift from
-            deciding which genes become a cell's tokens and lowers the per-cell
-            ``novelty``. Use it only for a query holding a mix of cell types: a query of one
-            population has its markers as its mean. The Unknown call is made on clusters
-            already standardised by the query's own statistics and does not use it.
+            into the reference's before standardising the query; ``0`` uses the reference's
+            only. Under a shift that moves every cell of the query the same way (another lab,
+            chemistry or a stimulation absent from the reference), the blend keeps that shift
+            from deciding which genes become a cell's tokens. The query's statistics are taken
+            after filling it to the reference's composition: reference types that its
+            unadapted calls leave out (or nearly) are added as pseudo-cells with the
+            reference's statistics for those types, moved by the shift its present types
+            share, so a query of one or a few populations does not take its own markers as
+            its mean (a model saved before it kept those statistics blends unfilled). Cells
+            without counts (empty droplets) are left out. It costs one more forward pass. The
+            Unknown call is made on clusters standardised by the query's own statistics and
+            does not use it.
         over_clustering
             Also over-cluster the query (for majority voting) and return it as
             ``over_cluster`` (``-1`` otherwise); it costs a second Leiden run.
@@ -272,7 +292,10 @@ class AnnotatorPredictionMixin:
         saved = (mod.gene_mean.clone(), mod.gene_std.clone())
         try:
             if adapt_to_query > 0:
-                self._blend_query_stats(host, present, float(adapt_to_query))
+                # the unadapted calls say which reference types the query lacks; filling them
+                # in keeps a query of few types from standardising its own markers away
+                first, _ = self._features(x, present, batch_size)
+                self._blend_query_stats(host, present, float(adapt_to_query), first.argmax(1))
             probs, novelty = self._features(x, present, batch_size)
         finally:  # the model's reference statistics are never changed by a call
             mod.gene_mean.copy_(saved[0])
@@ -437,7 +460,7 @@ class AnnotatorPredictionMixin:
         layer: str | None = None,
         min_gene_overlap: float = 0.5,
         batch_size: int | None = None,
-        adapt_to_query: float = 0.0,
+        adapt_to_query: float = 0.5,
     ) -> np.ndarray | pd.DataFrame:
         """Cell-type labels (or probabilities) for ``adata`` (raw counts).
 
