@@ -22,7 +22,9 @@ Reference and query differ in condition, sample or cells (real splits of ../shar
   Unknown rate, and the share of them called Unknown is printed as ``unknown_novel``).
 
 All methods see the same genes (2,000 highly variable genes of the reference where it has
-more). Logistic regression follows CellTypist: log1p(CP10k), scaled per gene, L2-regularised
+more). "scdl" is the model's default call (``adapt_to_query=0.5``); "scdl adapt=0" the same
+model's calls standardised by the reference's statistics only. Logistic regression follows
+CellTypist: log1p(CP10k), scaled per gene, L2-regularised
 multinomial. scANVI: scVI (100 epochs) then scANVI (20 epochs) on the reference, scvi-tools'
 default architecture; the query mapped with ``load_query_data`` and predicted. Macro-F1 and
 accuracy use every method's forced call (scdl's Unknown calls are reported separately;
