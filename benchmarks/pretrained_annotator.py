@@ -173,8 +173,7 @@ def main() -> None:
   and its novelty over {model.cluster_threshold_:.3f} plus its mixing deficit (0 at as many
   reference as query neighbours, 1 at {model.min_reference_share_:.0%}) sum above
   {model.unknown_evidence_}.
-- **Measured on the {test.n_obs} held-out cells (20%, never seen in training; `tl.annotate`'s
-  defaults, which adapt to the query's statistics halfway):** accuracy
+- **Measured on the {test.n_obs} held-out cells (20%, never seen in training):** accuracy
   {res["accuracy"]:.3f}, macro-F1 {res["macro_f1"]:.3f} (logistic regression on the same
   split: accuracy {res["lr_accuracy"]:.3f}, macro-F1 {res["lr_macro_f1"]:.3f}); accuracy
   by condition: {", ".join(f"{k} {v:.3f}" for k, v in per_cond.items())}; called

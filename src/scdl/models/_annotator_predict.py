@@ -221,7 +221,7 @@ class AnnotatorPredictionMixin:
         layer: str | None = None,
         min_gene_overlap: float = 0.5,
         batch_size: int | None = None,
-        adapt_to_query: float = 0.5,
+        adapt_to_query: float = 0.0,
         over_clustering_resolution: float | None = None,
         seed: int = 0,
         unknown_call: bool = True,
@@ -236,10 +236,13 @@ class AnnotatorPredictionMixin:
             As in :meth:`predict`.
         adapt_to_query
             Blend (0-1) of the query's own per-gene mean and sd of log-normalised expression
-            into the reference's before standardising the query; ``0`` uses the reference's
-            only. Under a shift that moves every cell of the query the same way (another lab,
-            chemistry or a stimulation absent from the reference), the blend keeps that shift
-            from deciding which genes become a cell's tokens. The query's statistics are taken
+            into the reference's before standardising the query; ``0`` (default) uses the
+            reference's only. Under a shift that moves every cell of the query the same way
+            (another lab, chemistry or a stimulation absent from the reference), the blend
+            keeps that shift from deciding which genes become a cell's tokens; where the query's
+            composition differs from the reference's (a new donor), the blend moves its mean
+            too, which can cost accuracy: it is not the default, so compare both on cells
+            whose types you know. The query's statistics are taken
             after filling it to the reference's composition: reference types that its
             unadapted calls leave out (or nearly) are added as pseudo-cells with the
             reference's statistics for those types, moved by the shift its present types
@@ -460,7 +463,7 @@ class AnnotatorPredictionMixin:
         layer: str | None = None,
         min_gene_overlap: float = 0.5,
         batch_size: int | None = None,
-        adapt_to_query: float = 0.5,
+        adapt_to_query: float = 0.0,
     ) -> np.ndarray | pd.DataFrame:
         """Cell-type labels (or probabilities) for ``adata`` (raw counts).
 

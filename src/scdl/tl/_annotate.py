@@ -35,7 +35,7 @@ def annotate(
     unknown: bool = True,
     min_gene_overlap: float = 0.5,
     batch_size: int = 1024,
-    adapt_to_query: float = 0.5,
+    adapt_to_query: float = 0.0,
     majority_voting: bool = False,
     over_clustering: str | Sequence | None = None,
     min_support: float = 0.0,
@@ -79,8 +79,8 @@ def annotate(
     adapt_to_query
         Blend (0-1) of the query's own per-gene statistics into the standardisation of each
         cell (its tokens and per-cell novelty; the Unknown call already removes the query's
-        shared shift), taken with the reference types the query lacks filled in; ``0`` uses
-        the reference's statistics only. See
+        shared shift), taken with the reference types the query lacks filled in; ``0``
+        (default) uses the reference's statistics only. See
         :meth:`~scdl.models.CellTypeTransformer.annotate_cells`.
     majority_voting
         Refine the calls over an over-clustering of the query, as CellTypist does: each
