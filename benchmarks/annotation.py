@@ -5,6 +5,8 @@ Reference and query differ in condition, sample or cells (real splits of ../shar
 * ``kang2k ctrl->stim``: Kang 2018 PBMCs (7 types), control cells annotate IFN-beta
   stimulated cells;
 * ``kang1.5k sample``: one Kang sample (ctrl101) annotates the three others;
+* ``kang1.5k donor``: one Kang donor (control and stimulated) annotates the other (the
+  annotation tutorial's split);
 * ``pbmc7k cells``: 10x PBMCs (200 genes), a stratified half annotates the other half (types
   with fewer than 20 cells and "NA" dropped);
 * ``kang2k->kang1.5k``: the scGen Kang subset annotates the muscat Kang subset (different
@@ -101,6 +103,8 @@ def splits(*, cross_lab_novel: bool = False):
     yield "kang2k ctrl->stim", k2[k2.obs.condition == "control"], k2[k2.obs.condition != "control"]
     k1 = read("kang_pbmc_1.5k.h5ad")
     yield "kang1.5k sample", k1[k1.obs["sample"] == "ctrl101"], k1[k1.obs["sample"] != "ctrl101"]
+    donor = k1.obs["sample"].str[-3:]
+    yield "kang1.5k donor", k1[donor == "101"], k1[donor == "107"]
     p7 = read_pbmc7k()
     ref_idx, qry_idx = train_test_split(
         np.arange(p7.n_obs), test_size=0.5, stratify=p7.obs.cell_type, random_state=0
