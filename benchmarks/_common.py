@@ -23,6 +23,29 @@ def need(path: Path) -> Path:
     return path
 
 
+# Kang 2k's labels in PBMC 7k's words (its two monocyte types are one there)
+KANG_TO_PBMC7K = {
+    "CD4T": "CD4+ T-cells",
+    "CD8T": "CD8+ T-cells",
+    "B": "B-cells",
+    "NK": "NK cells",
+    "CD14+Mono": "Monocytes",
+    "FCGR3A+Mono": "Monocytes",
+    "Dendritic": "Dendritic",
+}
+
+
+def read_pbmc7k():
+    """10x PBMC 7k (200 genes) without types of fewer than 20 cells and without "NA";
+    ``obs["cell_type"]`` as strings."""
+    import anndata as ad
+
+    p7 = ad.read_h5ad(need(DATA / "pbmc_7k_200genes.h5ad"))
+    p7.obs["cell_type"] = p7.obs["cell_type"].astype(str)
+    counts = p7.obs["cell_type"].value_counts()
+    return p7[p7.obs["cell_type"].isin(counts.index[counts >= 20]) & (p7.obs["cell_type"] != "NA")]
+
+
 def need_module(name: str) -> None:
     """Fail at the start, in one line, when an optional benchmark dependency is missing
     (before any model trains)."""

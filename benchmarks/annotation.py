@@ -26,10 +26,10 @@ Reference and query differ in condition, sample or cells (real splits of ../shar
 All methods see the same genes (2,000 highly variable genes of the reference where it has
 more). "scdl" is the model's default call (``adapt_to_query=0``); "scdl adapt=0.5" the same
 model's calls with the query's statistics blended in halfway. Logistic regression follows
-CellTypist: log1p(CP10k), scaled per gene, L2-regularised
-multinomial. scANVI: scVI (100 epochs) then scANVI (20 epochs) on the reference, scvi-tools'
-default architecture; the query mapped with ``load_query_data`` and predicted. Macro-F1 and
-accuracy use every method's forced call (scdl's Unknown calls are reported separately;
+CellTypist: log1p(CP10k), scaled per gene, L2-regularised multinomial. scANVI: scVI (100
+epochs) then scANVI (20 epochs) on the reference, scvi-tools' default architecture; the
+query mapped with ``load_query_data`` and predicted. Macro-F1 and accuracy use every method's
+forced call (scdl's Unknown calls are reported separately;
 "F1 w/ Unknown" counts them as errors; every query type is in the reference, so its Unknown
 fraction is the rate on known types).
 
@@ -65,7 +65,7 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 import torch
-from _common import DATA, need
+from _common import DATA, KANG_TO_PBMC7K, need, read_pbmc7k
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
@@ -77,18 +77,6 @@ KANG_NAMES = {
     "B cells": "B",
     "CD14+ Monocytes": "CD14+Mono",
     "FCGR3A+ Monocytes": "FCGR3A+Mono",
-}
-
-
-# Kang 2k's labels in PBMC 7k's words (its two monocyte types are one there)
-KANG_TO_PBMC7K = {
-    "CD4T": "CD4+ T-cells",
-    "CD8T": "CD8+ T-cells",
-    "B": "B-cells",
-    "NK": "NK cells",
-    "CD14+Mono": "Monocytes",
-    "FCGR3A+Mono": "Monocytes",
-    "Dendritic": "Dendritic",
 }
 
 
@@ -125,13 +113,6 @@ def splits(*, cross_lab_novel: bool = False):
     assert set(dropseq.obs.cell_type) <= set(celseq2.obs.cell_type)
     yield "cellbench celseq2->dropseq", celseq2, dropseq
     yield from cross_lab_splits(k2, p7, keep_novel=cross_lab_novel)
-
-
-def read_pbmc7k() -> ad.AnnData:
-    """PBMC 7k without types of fewer than 20 cells and without "NA"."""
-    p7 = read("pbmc_7k_200genes.h5ad")
-    counts = p7.obs.cell_type.value_counts()
-    return p7[p7.obs.cell_type.isin(counts.index[counts >= 20]) & (p7.obs.cell_type != "NA")]
 
 
 def cross_lab_splits(k2: ad.AnnData, p7: ad.AnnData, *, keep_novel: bool = False):
@@ -189,7 +170,7 @@ def run_logreg(ref, qry):
 _TRAINED: dict[int, object] = {}
 
 
-def run_scdl(ref, qry, seed: int = 0, adapt_to_query: float | None = None):
+def run_scdl(ref, qry, seed: int = 0, adapt_to_query: float = 0.0):
     import scvi
 
     import scdl
@@ -207,17 +188,12 @@ def run_scdl(ref, qry, seed: int = 0, adapt_to_query: float | None = None):
         _TRAINED[id(ref)] = model
     model = _TRAINED[id(ref)]
     t0 = time.perf_counter()
-    calls, _ = model.annotate_cells(qry, **adapt_kwargs(adapt_to_query))
+    calls, _ = model.annotate_cells(qry, adapt_to_query=adapt_to_query)
     return calls["label_forced"].to_numpy(), t_train, time.perf_counter() - t0, calls
 
 
 def run_scdl_adapted(ref, qry, seed: int = 0):
     return run_scdl(ref, qry, seed=seed, adapt_to_query=0.5)
-
-
-def adapt_kwargs(adapt: float | None) -> dict:
-    """``adapt_to_query`` for ``annotate_cells``; ``None``: the model's default."""
-    return {} if adapt is None else {"adapt_to_query": adapt}
 
 
 def run_scanvi(ref, qry, seed: int = 0):
@@ -270,7 +246,7 @@ def save_calls(out: str | None, stem: str, model, calls, truth) -> None:
 
 
 def depleted_queries(
-    name, model, ref, qry, *, fractions=(0.05, 0.15, 0.3), draws=2, adapt: float | None = None
+    name, model, ref, qry, *, fractions=(0.05, 0.15, 0.3), draws=2, adapt: float = 0.0
 ) -> list[dict]:
     """Known-type Unknown when one query type is depleted to a fraction of its cells (every
     type in turn, ``draws`` random draws each): a composition unlike the reference's, with
@@ -286,7 +262,7 @@ def depleted_queries(
             rng = np.random.default_rng([d, int(f * 100), len(idx)])
             keep = truth != t
             keep[rng.choice(idx, max(1, round(f * len(idx))), replace=False)] = True
-            calls, _ = model.annotate_cells(qry[keep].copy(), **adapt_kwargs(adapt))
+            calls, _ = model.annotate_cells(qry[keep].copy(), adapt_to_query=adapt)
             rows.append(
                 {
                     "split": name,
@@ -308,7 +284,7 @@ def leave_one_type_out(
     epochs: int = 20,
     min_cells: int = 30,
     save: str | None = None,
-    adapt: float | None = None,
+    adapt: float = 0.0,
 ) -> list[dict]:
     """Train without each reference type in turn; how its query cells are called."""
     import scvi
@@ -327,7 +303,7 @@ def leave_one_type_out(
         scdl.models.CellTypeTransformer.setup_anndata(data, labels_key="cell_type")
         model = scdl.models.CellTypeTransformer(data)
         model.train(max_epochs=epochs, enable_progress_bar=False)
-        calls, _ = model.annotate_cells(qry, **adapt_kwargs(adapt))
+        calls, _ = model.annotate_cells(qry, adapt_to_query=adapt)
         save_calls(save, f"loto_{name}_{removed}", model, calls, qry.obs.cell_type)
         unknown = calls["is_unknown"].to_numpy()
         row = {
@@ -428,8 +404,8 @@ def main():
     parser.add_argument(
         "--adapt",
         type=float,
-        default=None,
-        help="adapt_to_query of the leave-one-type-out and depleted runs (default: the model's)",
+        default=0.0,
+        help="adapt_to_query of the leave-one-type-out and depleted runs",
     )
     parser.add_argument(
         "--cross-lab-novel",

@@ -19,7 +19,7 @@ import warnings
 import anndata as ad
 import numpy as np
 import pandas as pd
-from _common import DATA, hvg_subset, measure, need, need_module
+from _common import DATA, KANG_TO_PBMC7K, hvg_subset, measure, need, need_module, read_pbmc7k
 
 warnings.filterwarnings("ignore")
 
@@ -29,16 +29,6 @@ DATASETS = {
     # two labs' PBMCs (Kang 2018 2k + 10x PBMC 7k) on their 149 shared genes
     "pbmc_crosslab": (None, "source", "cell_type"),
 }
-# Kang 2k's labels in PBMC 7k's words (its two monocyte types are one there)
-KANG_TO_PBMC7K = {
-    "CD4T": "CD4+ T-cells",
-    "CD8T": "CD8+ T-cells",
-    "B": "B-cells",
-    "NK": "NK cells",
-    "CD14+Mono": "Monocytes",
-    "FCGR3A+Mono": "Monocytes",
-    "Dendritic": "Dendritic",
-}
 
 
 def load_crosslab() -> ad.AnnData:
@@ -46,13 +36,11 @@ def load_crosslab() -> ad.AnnData:
     harmonised, ``obs["source"]`` the file."""
     kang = ad.read_h5ad(need(DATA / "kang_pbmc_2k_celltypes.h5ad"))
     kang.obs["cell_type"] = kang.obs["cell_type"].astype(str).map(KANG_TO_PBMC7K)
-    p7 = ad.read_h5ad(need(DATA / "pbmc_7k_200genes.h5ad"))
-    counts = p7.obs["cell_type"].value_counts()
-    p7 = p7[p7.obs["cell_type"].isin(counts.index[counts >= 20]) & (p7.obs["cell_type"] != "NA")]
+    p7 = read_pbmc7k()
     shared = kang.var_names.intersection(p7.var_names)
     parts = {"kang": kang[:, shared].copy(), "pbmc7k": p7[:, shared].copy()}
     for part in parts.values():
-        part.obs = part.obs[["cell_type"]].astype(str)
+        part.obs = part.obs[["cell_type"]]
     adata = ad.concat(parts, label="source", index_unique="-")
     adata.obs["cell_type"] = adata.obs["cell_type"].astype("category")
     return adata

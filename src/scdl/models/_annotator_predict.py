@@ -239,18 +239,17 @@ class AnnotatorPredictionMixin:
             into the reference's before standardising the query; ``0`` (default) uses the
             reference's only. Under a shift that moves every cell of the query the same way
             (another lab, chemistry or a stimulation absent from the reference), the blend
-            keeps that shift from deciding which genes become a cell's tokens; where the query's
-            composition differs from the reference's (a new donor), the blend moves its mean
-            too, which can cost accuracy: it is not the default, so compare both on cells
-            whose types you know. The query's statistics are taken
-            after filling it to the reference's composition: reference types that its
-            unadapted calls leave out (or nearly) are added as pseudo-cells with the
-            reference's statistics for those types, moved by the shift its present types
-            share, so a query of one or a few populations does not take its own markers as
-            its mean (a model saved before it kept those statistics blends unfilled). Cells
-            without counts (empty droplets) are left out. It costs one more forward pass. The
-            Unknown call is made on clusters standardised by the query's own statistics and
-            does not use it.
+            keeps that shift from deciding which genes become a cell's tokens; where the
+            query's composition differs from the reference's (a new donor), the blend moves its
+            mean too, which can cost accuracy: it is not the default, so compare both on cells
+            whose types you know. The query's statistics are taken after filling it to the
+            reference's composition: reference types that its unadapted calls leave out (or
+            nearly) are added as pseudo-cells with the reference's statistics for those types,
+            moved by the shift its present types share, so a query of one or a few populations
+            does not take its own markers as its mean (a model saved before it kept those
+            statistics blends unfilled). Cells without counts (empty droplets) are left out.
+            It costs one more forward pass. The Unknown call is made on clusters standardised
+            by the query's own statistics and does not use it.
         over_clustering
             Also over-cluster the query (for majority voting) and return it as
             ``over_cluster`` (``-1`` otherwise); it costs a second Leiden run.
