@@ -159,12 +159,18 @@ def fit_logreg(ref):
 
 
 def run_logreg(ref, qry):
+    """Forced calls, and CellTypist's default ones: "Unassigned" (counted as Unknown) below a
+    best probability of 0.5."""
     t0 = time.perf_counter()
     scaler, clf = fit_logreg(ref)
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pred = clf.predict(scaler.transform(lognorm(qry)))
-    return pred, t_train, time.perf_counter() - t0, None
+    probs = clf.predict_proba(scaler.transform(lognorm(qry)))
+    t_pred = time.perf_counter() - t0
+    pred = clf.classes_[probs.argmax(1)]
+    unassigned = probs.max(1) < 0.5
+    calls = pd.DataFrame({"label": np.where(unassigned, "Unknown", pred), "is_unknown": unassigned})
+    return pred, t_train, t_pred, calls
 
 
 _TRAINED: dict[int, object] = {}
@@ -460,6 +466,10 @@ def main():
                 )
                 unknown = calls["is_unknown"].to_numpy()
                 row["unknown_frac"] = float(unknown[known].mean())
+                # is the call flagging cells the forced call gets wrong, or right ones?
+                right = known & (pred == truth)
+                row["unknown_if_right"] = float(unknown[right].mean())
+                row["unknown_if_wrong"] = float(unknown[known & ~right].mean())
                 if not known.all():
                     row["unknown_novel"] = float(unknown[~known].mean())
             rows.append(row)
@@ -480,9 +490,15 @@ def main():
     print("\nmacro-F1 by split\n" + f1.round(4).to_string())
     scdl_rows = df[df.method == "scdl"]
     summary = scdl_rows.groupby("split")[["unknown_frac", "F1_w_unknown"]].agg(["mean", "std"])
-    summary["logreg_F1"] = df[df.method == "logreg"].set_index("split")["macro_F1"]
+    cut = df[df.method == "logreg"].set_index("split")
+    summary["logreg_F1"] = cut["macro_F1"]
+    summary["logreg_unassigned"] = cut["unknown_frac"]
+    summary["logreg_F1_w_unassigned"] = cut["F1_w_unknown"]
     print("\nscdl default calls: Unknown on known types, F1 w/ Unknown vs logreg\n")
     print(summary.round(4).to_string())
+    flags = df.groupby(["split", "method"])[["unknown_if_right", "unknown_if_wrong"]].mean()
+    print("\nknown cells flagged Unknown (Unassigned) where the forced call is right / wrong\n")
+    print(flags.unstack().round(3).to_string())
     if "unknown_novel" in scdl_rows:
         novel = scdl_rows.dropna(subset=["unknown_novel"]).groupby("split")["unknown_novel"]
         print("\nquery types the reference lacks, called Unknown\n")
