@@ -24,8 +24,9 @@ Reference and query differ in condition, sample or cells (real splits of ../shar
   Unknown rate, and the share of them called Unknown is printed as ``unknown_novel``).
 
 All methods see the same genes (2,000 highly variable genes of the reference where it has
-more). "scdl" is the model's default call (``adapt_to_query=0``); "scdl adapt=0.5" the same
-model's calls with the query's statistics blended in halfway. Logistic regression follows
+more). "scdl" is the model's default call (``adapt_to_query="auto"``: the query's statistics
+blended in halfway when its cells mix poorly with the reference's); "scdl adapt=0" and "scdl
+adapt=0.5" the same model's calls without the blend and with it always. Logistic regression follows
 CellTypist: log1p(CP10k), scaled per gene, L2-regularised multinomial. scANVI: scVI (100
 epochs) then scANVI (20 epochs) on the reference, scvi-tools' default architecture; the
 query mapped with ``load_query_data`` and predicted. Macro-F1 and accuracy use every method's
@@ -176,13 +177,13 @@ def run_logreg(ref, qry):
 _TRAINED: dict[int, object] = {}
 
 
-def run_scdl(ref, qry, seed: int = 0, adapt_to_query: float = 0.0):
+def run_scdl(ref, qry, seed: int = 0, adapt_to_query: float | str = "auto"):
     import scvi
 
     import scdl
 
     t_train = 0.0
-    if id(ref) not in _TRAINED:  # the adapted column reuses the model trained on this split
+    if id(ref) not in _TRAINED:  # the other scdl columns reuse the model trained on this split
         scvi.settings.seed = seed
         data = ref.copy()
         t0 = time.perf_counter()
@@ -200,6 +201,10 @@ def run_scdl(ref, qry, seed: int = 0, adapt_to_query: float = 0.0):
 
 def run_scdl_adapted(ref, qry, seed: int = 0):
     return run_scdl(ref, qry, seed=seed, adapt_to_query=0.5)
+
+
+def run_scdl_unadapted(ref, qry, seed: int = 0):
+    return run_scdl(ref, qry, seed=seed, adapt_to_query=0.0)
 
 
 def run_scanvi(ref, qry, seed: int = 0):
@@ -252,7 +257,7 @@ def save_calls(out: str | None, stem: str, model, calls, truth) -> None:
 
 
 def depleted_queries(
-    name, model, ref, qry, *, fractions=(0.05, 0.15, 0.3), draws=2, adapt: float = 0.0
+    name, model, ref, qry, *, fractions=(0.05, 0.15, 0.3), draws=2, adapt: float | str = "auto"
 ) -> list[dict]:
     """Known-type Unknown when one query type is depleted to a fraction of its cells (every
     type in turn, ``draws`` random draws each): a composition unlike the reference's, with
@@ -290,7 +295,7 @@ def leave_one_type_out(
     epochs: int = 20,
     min_cells: int = 30,
     save: str | None = None,
-    adapt: float = 0.0,
+    adapt: float | str = "auto",
 ) -> list[dict]:
     """Train without each reference type in turn; how its query cells are called."""
     import scvi
@@ -409,9 +414,9 @@ def main():
     )
     parser.add_argument(
         "--adapt",
-        type=float,
-        default=0.0,
-        help="adapt_to_query of the leave-one-type-out and depleted runs",
+        type=lambda v: v if v == "auto" else float(v),
+        default="auto",
+        help='adapt_to_query of the leave-one-type-out and depleted runs ("auto" or a blend)',
     )
     parser.add_argument(
         "--cross-lab-novel",
@@ -421,7 +426,12 @@ def main():
     args = parser.parse_args()
     if args.speed_only:
         return speed(device=args.device)
-    methods = {"logreg": run_logreg, "scdl": run_scdl, "scdl adapt=0.5": run_scdl_adapted}
+    methods = {
+        "logreg": run_logreg,
+        "scdl": run_scdl,
+        "scdl adapt=0": run_scdl_unadapted,
+        "scdl adapt=0.5": run_scdl_adapted,
+    }
     if not args.skip_scanvi:
         methods["scANVI"] = run_scanvi
     rows, loto, depleted = [], [], []
@@ -440,7 +450,7 @@ def main():
             if method != "logreg":
                 fn = functools.partial(fn, seed=seed)
             if method == "scdl":
-                _TRAINED.clear()  # a new seed trains anew; the adapted column reuses it
+                _TRAINED.clear()  # a new seed trains anew; the other scdl columns reuse it
             pred, t_train, t_pred, calls = fn(ref, qry)
             row = {
                 "split": name,
@@ -466,6 +476,8 @@ def main():
                 )
                 unknown = calls["is_unknown"].to_numpy()
                 row["unknown_frac"] = float(unknown[known].mean())
+                if "adapt_to_query" in calls.attrs:  # the blend applied ("auto" decides)
+                    row["blend"] = calls.attrs["adapt_to_query"]
                 # is the call flagging cells the forced call gets wrong, or right ones?
                 right = known & (pred == truth)
                 row["unknown_if_right"] = float(unknown[right].mean())
@@ -486,7 +498,8 @@ def main():
     f1 = df.pivot_table(index="split", columns="method", values="macro_F1", aggfunc="mean")
     peers = [m for m in f1.columns if not m.startswith("scdl")]
     f1["scdl - best peer"] = f1["scdl"] - f1[peers].max(axis=1)
-    f1["scdl adapt=0.5 - best peer"] = f1["scdl adapt=0.5"] - f1[peers].max(axis=1)
+    for fixed in ("scdl adapt=0", "scdl adapt=0.5"):
+        f1[f"{fixed} - best peer"] = f1[fixed] - f1[peers].max(axis=1)
     print("\nmacro-F1 by split\n" + f1.round(4).to_string())
     scdl_rows = df[df.method == "scdl"]
     summary = scdl_rows.groupby("split")[["unknown_frac", "F1_w_unknown"]].agg(["mean", "std"])

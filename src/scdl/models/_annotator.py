@@ -96,7 +96,12 @@ class CellTypeTransformer(
     vs CD8 T cells, CD14 vs FCGR3A monocytes) is caught when its cells sit apart from that
     type's reference cells, and otherwise called as that type. A known type in a state the
     reference lacks (e.g. stimulated monocytes for an unstimulated reference) can mix poorly
-    too. A query whose forced calls leave out reference types (one sorted population) is first
+    too. Under a shift larger than the reference's own batches show (another lab or chemistry,
+    few genes in common), known clusters mix poorly and many are called Unknown, most of them
+    cells whose most probable type is wrong: read Unknown there as "not reliably typed". Such a
+    query's own gene statistics are blended into its cells' standardisation by default
+    (``adapt_to_query="auto"`` in :meth:`annotate_cells`), which makes fewer forced calls
+    wrong. A query whose forced calls leave out reference types (one sorted population) is first
     filled to the reference's composition (``scdl.models._composition``: pseudo-cells of the
     missing types under the shift its present types show), as its own mean would be its own
     profile (unless its types are unlike their reference types before any shift is removed); it

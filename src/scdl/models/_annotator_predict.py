@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,7 @@ from scdl.data import (
 )
 from scdl.dataloaders import dense_rows
 
+from ._adaptation import auto_blend, blend_query_stats, check_adapt
 from ._composition import (
     composition_warning,
     filled_stats,
@@ -117,48 +118,6 @@ class AnnotatorPredictionMixin:
                 novelty.append(1 - sim)
         return torch.cat(probs).cpu(), torch.cat(novelty).cpu()
 
-    @torch.inference_mode()
-    def _blend_query_stats(self, x, present, weight: float, best=None) -> None:
-        """Move the standardisation towards the query's own gene statistics (sparse, exact),
-        over its cells with counts; ``best``: the cells' unadapted calls, to fill the query to
-        the reference's composition first (:mod:`._composition`) where it lacks types."""
-        from scipy import sparse
-
-        # float32 arithmetic kept on purpose: scdl.data.log_normalize_counts works in float64,
-        # which would move this path's outputs by float rounding (issue 21 keeps them bitwise)
-        x = sparse.csr_matrix(x, dtype=np.float32, copy=True)
-        lib = np.asarray(x.sum(1)).ravel()
-        has = lib > 0
-        if not has.any():
-            return  # no counts: nothing to adapt to
-        if not has.all():  # empty droplets are no sample of the query's expression
-            x, lib = x[has], lib[has]
-            best = None if best is None else best[torch.as_tensor(has)]
-        lib = np.clip(lib, 1.0, None)
-        x.data = np.log1p(x.data / np.repeat(lib, np.diff(x.indptr)) * 1e4)
-        n = x.shape[0]
-        mean = np.asarray(x.sum(0)).ravel() / n
-        var = np.asarray(x.multiply(x).sum(0)).ravel() / n - mean**2
-        sketch = self.module.sketch()
-        fill = None if best is None else query_fill(best.numpy(), sketch)
-        if fill is not None:
-            best = best.numpy()
-            (mean, sd), _ = filled_stats(x, best, sketch["sketch_moments"], *fill)
-            mean, var = mean.astype(np.float32), (sd**2).astype(np.float32)
-        mod = self.module
-        q_mean = torch.as_tensor(mean, dtype=torch.float32, device=mod.device)
-        q_std = torch.as_tensor(np.sqrt(np.clip(var, 0.0, None)), dtype=torch.float32)
-        q_std = q_std.to(mod.device).clamp(min=float(mod.gene_std.min()))
-        keep = torch.ones_like(q_mean, dtype=torch.bool)
-        if present is not None:  # genes the query lacks keep the reference's statistics
-            keep = torch.as_tensor(present, device=mod.device)
-        mod.gene_mean.copy_(
-            torch.where(keep, (1 - weight) * mod.gene_mean + weight * q_mean, mod.gene_mean)
-        )
-        mod.gene_std.copy_(
-            torch.where(keep, (1 - weight) * mod.gene_std + weight * q_std, mod.gene_std)
-        )
-
     def _query_matrix(self, adata: AnnData | None, layer: str | None, min_gene_overlap: float):
         """The query's counts in the model's gene order on the model's device, and the mask
         of the model's genes it holds (``None``: all)."""
@@ -221,7 +180,7 @@ class AnnotatorPredictionMixin:
         layer: str | None = None,
         min_gene_overlap: float = 0.5,
         batch_size: int | None = None,
-        adapt_to_query: float = 0.0,
+        adapt_to_query: float | Literal["auto"] = "auto",
         over_clustering_resolution: float | None = None,
         seed: int = 0,
         unknown_call: bool = True,
@@ -236,20 +195,26 @@ class AnnotatorPredictionMixin:
             As in :meth:`predict`.
         adapt_to_query
             Blend (0-1) of the query's own per-gene mean and sd of log-normalised expression
-            into the reference's before standardising the query; ``0`` (default) uses the
-            reference's only. Under a shift that moves every cell of the query the same way
-            (another lab, chemistry or a stimulation absent from the reference), the blend
-            keeps that shift from deciding which genes become a cell's tokens; where the
-            query's composition differs from the reference's (a new donor), the blend moves its
-            mean too, which can cost accuracy: it is not the default, so compare both on cells
-            whose types you know. The query's statistics are taken after filling it to the
-            reference's composition: reference types that its unadapted calls leave out (or
-            nearly) are added as pseudo-cells with the reference's statistics for those types,
-            moved by the shift its present types share, so a query of one or a few populations
-            does not take its own markers as its mean (a model saved before it kept those
-            statistics blends unfilled). Cells without counts (empty droplets) are left out.
-            It costs one more forward pass. The Unknown call is made on clusters standardised
-            by the query's own statistics and does not use it.
+            into the reference's before standardising the query; ``0`` uses the reference's
+            only. Under a shift that moves every cell of the query the same way (another lab,
+            chemistry or a stimulation absent from the reference), the blend keeps that shift
+            from deciding which genes become a cell's tokens; where the query's composition
+            differs from the reference's (a new donor), the blend moves its mean too, which can
+            cost accuracy. ``"auto"`` (default) decides from the query: it blends 0.5 when the
+            median ``cluster_reference_share`` of its cells is below 0.3 (its cells mix poorly
+            with the reference's, as data of another lab or chemistry do; about 0.5 when they
+            mix fully) and 0 otherwise, also when the mixing check is not made (a model
+            without a sketch, a query of fewer than 100 cells or one lacking the sketch's
+            genes); ``calls.attrs`` records the blend applied (``"adapt_to_query"``) and the
+            median (``"median_reference_share"``). The query's statistics are taken after
+            filling it to the reference's composition: reference types that its unadapted
+            calls leave out (or nearly) are added as pseudo-cells with the reference's
+            statistics for those types, moved by the shift its present types share, so a query
+            of one or a few populations does not take its own markers as its mean (a model
+            saved before it kept those statistics blends unfilled). Cells without counts
+            (empty droplets) are left out. A blend costs one more forward pass, and with
+            ``"auto"`` one more clustering of the query. The Unknown call is made on clusters
+            standardised by the query's own statistics and follows the adapted calls.
         over_clustering
             Also over-cluster the query (for majority voting) and return it as
             ``over_cluster`` (``-1`` otherwise); it costs a second Leiden run.
@@ -285,23 +250,23 @@ class AnnotatorPredictionMixin:
         probabilities
             DataFrame (cells x cell types).
         """
-        if not 0.0 <= float(adapt_to_query) <= 1.0:
-            raise ValueError(f"adapt_to_query must lie in [0, 1], got {adapt_to_query!r}.")
+        adapt = check_adapt(adapt_to_query)
         x, present = self._query_matrix(adata, layer, min_gene_overlap)
         # the host copy that query statistics, clustering and the empty-cell check read
-        host = x.to_scipy() if adapt_to_query > 0 or unknown_call or over_clustering else None
-        mod = self.module
-        saved = (mod.gene_mean.clone(), mod.gene_std.clone())
-        try:
-            if adapt_to_query > 0:
-                # the unadapted calls say which reference types the query lacks; filling them
-                # in keeps a query of few types from standardising its own markers away
-                first, _ = self._features(x, present, batch_size)
-                self._blend_query_stats(host, present, float(adapt_to_query), first.argmax(1))
-            probs, novelty = self._features(x, present, batch_size)
-        finally:  # the model's reference statistics are never changed by a call
-            mod.gene_mean.copy_(saved[0])
-            mod.gene_std.copy_(saved[1])
+        host = x.to_scipy() if adapt != 0.0 or unknown_call or over_clustering else None
+        own_graph = over_clustering and over_clustering_graph is None
+        resolution = over_clustering_resolution if own_graph else False
+        probs, novelty = self._features(x, present, batch_size)
+        clustered, median_share = None, float("nan")
+        if adapt == "auto":  # the query's mixing with the reference decides (._adaptation)
+            first = probs.argmax(1).numpy()
+            clustered = self._cluster_calls(host, present, first, resolution, seed)
+            median_share, adapt = auto_blend(clustered[2])
+        if adapt > 0:
+            # the unadapted calls say which reference types the query lacks; filling them
+            # in keeps a query of few types from standardising its own markers away
+            probs, novelty = self._adapted_features(x, present, batch_size, host, adapt, probs)
+            clustered = None  # the Unknown call follows the adapted calls
         names = np.asarray(self.labels, dtype=object)
         conf, best = probs.max(1)
         forced = names[best.numpy()]
@@ -314,14 +279,14 @@ class AnnotatorPredictionMixin:
             },
             index=index,
         )
+        calls.attrs["adapt_to_query"] = float(adapt)
+        calls.attrs["median_reference_share"] = median_share
         calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = -1, np.nan, -1
         calls["cluster_reference_share"] = np.nan
-        own_graph = over_clustering and over_clustering_graph is None
         if unknown_call or own_graph:
-            resolution = over_clustering_resolution if own_graph else False
-            cluster, score, share, over = self._cluster_calls(
-                host, present, best.numpy(), resolution, seed
-            )
+            if clustered is None:
+                clustered = self._cluster_calls(host, present, best.numpy(), resolution, seed)
+            cluster, score, share, over = clustered
             calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = cluster, score, over
             calls["cluster_reference_share"] = share
         if over_clustering and not own_graph:
@@ -375,6 +340,19 @@ class AnnotatorPredictionMixin:
         if shift > MAX_COMPOSITION_SHIFT:
             filled = self.module.sketch_moments.numel() > 0
             warn_user(composition_warning(shift, filled), UserWarning)
+
+    def _adapted_features(self, x, present, batch_size, host, weight: float, first):
+        """:meth:`_features` with the query's own statistics blended in by ``weight``, the
+        query filled to the reference's composition by its unadapted probabilities ``first``
+        (:func:`._adaptation.blend_query_stats`); the model's statistics are restored."""
+        mod = self.module
+        saved = (mod.gene_mean.clone(), mod.gene_std.clone())
+        try:
+            blend_query_stats(mod, host, present, weight, first.argmax(1))
+            return self._features(x, present, batch_size)
+        finally:  # the model's reference statistics are never changed by a call
+            mod.gene_mean.copy_(saved[0])
+            mod.gene_std.copy_(saved[1])
 
     def _cluster_calls(self, x, present, best, resolution, seed):
         """Query clusters, their novelty per cell, and the over-clustering for voting
@@ -462,7 +440,7 @@ class AnnotatorPredictionMixin:
         layer: str | None = None,
         min_gene_overlap: float = 0.5,
         batch_size: int | None = None,
-        adapt_to_query: float = 0.0,
+        adapt_to_query: float | Literal["auto"] = "auto",
     ) -> np.ndarray | pd.DataFrame:
         """Cell-type labels (or probabilities) for ``adata`` (raw counts).
 
@@ -484,8 +462,8 @@ class AnnotatorPredictionMixin:
         batch_size
             Cells per forward pass.
         adapt_to_query
-            Blend of the query's own gene statistics into the standardisation (see
-            :meth:`annotate_cells`); ``0`` uses the reference's only.
+            Blend of the query's own gene statistics into the standardisation, or ``"auto"``
+            (default; see :meth:`annotate_cells`); ``0`` uses the reference's only.
         """
         if indices is not None:
             host = self._require_adata("predict", takes_adata=True) if adata is None else adata

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -35,7 +35,7 @@ def annotate(
     unknown: bool = True,
     min_gene_overlap: float = 0.5,
     batch_size: int = 1024,
-    adapt_to_query: float = 0.0,
+    adapt_to_query: float | Literal["auto"] = "auto",
     majority_voting: bool = False,
     over_clustering: str | Sequence | None = None,
     min_support: float = 0.0,
@@ -79,9 +79,11 @@ def annotate(
     adapt_to_query
         Blend (0-1) of the query's own per-gene statistics into the standardisation of each
         cell (its tokens and per-cell novelty; the Unknown call already removes the query's
-        shared shift), taken with the reference types the query lacks filled in; ``0``
-        (default) uses the reference's statistics only. See
-        :meth:`~scdl.models.CellTypeTransformer.annotate_cells`.
+        shared shift), taken with the reference types the query lacks filled in; ``0`` uses
+        the reference's statistics only. ``"auto"`` (default) blends 0.5 when the query's
+        cells mix poorly with the reference (median ``cluster_reference_share`` below 0.3, as
+        for data of another lab or chemistry) and 0 otherwise; the blend applied is written
+        to ``uns``. See :meth:`~scdl.models.CellTypeTransformer.annotate_cells`.
     majority_voting
         Refine the calls over an over-clustering of the query, as CellTypist does: each
         cluster's most frequent call (``"Unknown"`` included) is written to
@@ -150,7 +152,10 @@ def annotate(
         ``novelty_thresholds``: a DataFrame of each type's per-cell threshold, indexed by cell
         type; ``novelty_calibration``; ``cluster_threshold``; ``min_reference_share`` and
         ``unknown_evidence``, absent for models saved without them), ``unknown_fraction`` (the
-        fraction called Unknown) and ``majority_voting`` (as in ``params``).
+        fraction called Unknown), ``majority_voting`` (as in ``params``),
+        ``adapt_to_query`` (the blend applied: with ``"auto"``, 0 or 0.5) and
+        ``median_reference_share`` (the cells' median ``cluster_reference_share`` that
+        ``"auto"`` decided on; NaN when it was not measured).
     """
     from scdl.data import (
         check_bool,
@@ -177,7 +182,10 @@ def annotate(
     min_gene_overlap = check_fraction(
         min_gene_overlap, "min_gene_overlap", meaning="the share of the model's genes needed"
     )
-    adapt_to_query = check_fraction(adapt_to_query, "adapt_to_query", meaning="a blend")
+    if not (isinstance(adapt_to_query, str) and adapt_to_query == "auto"):
+        adapt_to_query = check_fraction(
+            adapt_to_query, "adapt_to_query", meaning='a blend, or "auto"'
+        )
     min_support = check_fraction(min_support, "min_support", meaning="a share of a cluster")
     if over_clustering is not None and not majority_voting:
         warn_user(
@@ -229,7 +237,7 @@ def annotate(
             "layer": layer or "",
             "unknown": bool(unknown),
             "min_gene_overlap": float(min_gene_overlap),
-            "adapt_to_query": float(adapt_to_query),
+            "adapt_to_query": adapt_to_query,
             "majority_voting": bool(majority_voting),
             "over_clustering": _clusters_given(over_clustering, graph),
             "min_support": float(min_support),
@@ -239,6 +247,8 @@ def annotate(
         "n_genes_matched": n_present,
         "unknown_fraction": float(adata.obs[f"{key_added}_unknown"].mean()),
         "majority_voting": bool(majority_voting),
+        "adapt_to_query": calls.attrs["adapt_to_query"],
+        "median_reference_share": calls.attrs["median_reference_share"],
     }
     return adata if copy else None
 

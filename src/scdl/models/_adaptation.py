@@ -1,0 +1,94 @@
+"""Query adaptation of the annotator: the query's own gene statistics blended into the
+standardisation of its cells, and when ``adapt_to_query="auto"`` does so.
+
+Each cell is standardised by the reference's per-gene mean and sd before it is tokenised. A
+query from another lab or chemistry moves many genes the same way in every cell (capture
+efficiency, ambient RNA), and with the reference's statistics that shift decides which genes
+become a cell's tokens. Blending the query's own statistics in removes it; but a query whose
+composition differs from the reference's (a new donor) moves those statistics too, which
+costs accuracy where no shift needs removing (benchmarks/README.md). So ``"auto"`` blends only
+when the query itself says it is shifted: its clusters mix with the reference's sketch at a
+median share below :data:`AUTO_BELOW_SHARE` (about 0.5 where the reference holds cells like
+them, the Unknown call's floor 0.15). The query is first filled to the reference's
+composition (:mod:`._composition`) so that a query of a few populations does not take its own
+markers as its mean.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from scdl.data import check_fraction
+
+from ._composition import filled_stats, query_fill
+
+#: ``"auto"`` adapts when the median reference share of the query's cells is below this. The
+#: benchmark's within-study queries (another sample, donor, condition or processing of the
+#: reference's study, and cell lines across plates and chemistries) have medians of 0.38-0.52;
+#: queries of another lab and chemistry, 0.11-0.23. Any value between gives the same calls on
+#: every split; this one is the round number in the gap, chosen on no split's labels
+AUTO_BELOW_SHARE = 0.3
+#: the blend ``"auto"`` applies (the opt-in value measured on every split)
+AUTO_BLEND = 0.5
+
+
+def check_adapt(value) -> float | str:
+    """``adapt_to_query`` must be ``"auto"`` or a number in [0, 1]."""
+    if isinstance(value, str) and value == "auto":
+        return value
+    return check_fraction(value, "adapt_to_query", meaning='a blend, or "auto"')
+
+
+def auto_blend(share: np.ndarray) -> tuple[float, float]:
+    """The median reference share of the cells (NaN where the mixing check was not made) and
+    the blend ``"auto"`` chooses from it: :data:`AUTO_BLEND` below :data:`AUTO_BELOW_SHARE`,
+    else 0 (also when no cell has a share: a query without the sketch's genes, or too small)."""
+    share = np.asarray(share, dtype=np.float64)
+    if not np.isfinite(share).any():
+        return float("nan"), 0.0
+    median = float(np.nanmedian(share))
+    return median, AUTO_BLEND if median < AUTO_BELOW_SHARE else 0.0
+
+
+@torch.inference_mode()
+def blend_query_stats(module, x, present, weight: float, best=None) -> None:
+    """Move ``module``'s standardisation towards the query's own gene statistics (sparse,
+    exact), over its cells with counts; ``best``: the cells' unadapted calls, to fill the query
+    to the reference's composition first where it lacks types. The caller restores the
+    module's statistics."""
+    from scipy import sparse
+
+    # float32 arithmetic kept on purpose: scdl.data.log_normalize_counts works in float64,
+    # which would move this path's outputs by float rounding (issue 21 keeps them bitwise)
+    x = sparse.csr_matrix(x, dtype=np.float32, copy=True)
+    lib = np.asarray(x.sum(1)).ravel()
+    has = lib > 0
+    if not has.any():
+        return  # no counts: nothing to adapt to
+    if not has.all():  # empty droplets are no sample of the query's expression
+        x, lib = x[has], lib[has]
+        best = None if best is None else best[torch.as_tensor(has)]
+    lib = np.clip(lib, 1.0, None)
+    x.data = np.log1p(x.data / np.repeat(lib, np.diff(x.indptr)) * 1e4)
+    n = x.shape[0]
+    mean = np.asarray(x.sum(0)).ravel() / n
+    var = np.asarray(x.multiply(x).sum(0)).ravel() / n - mean**2
+    sketch = module.sketch()
+    fill = None if best is None else query_fill(best.numpy(), sketch)
+    if fill is not None:
+        best = best.numpy()
+        (mean, sd), _ = filled_stats(x, best, sketch["sketch_moments"], *fill)
+        mean, var = mean.astype(np.float32), (sd**2).astype(np.float32)
+    q_mean = torch.as_tensor(mean, dtype=torch.float32, device=module.device)
+    q_std = torch.as_tensor(np.sqrt(np.clip(var, 0.0, None)), dtype=torch.float32)
+    q_std = q_std.to(module.device).clamp(min=float(module.gene_std.min()))
+    keep = torch.ones_like(q_mean, dtype=torch.bool)
+    if present is not None:  # genes the query lacks keep the reference's statistics
+        keep = torch.as_tensor(present, device=module.device)
+    module.gene_mean.copy_(
+        torch.where(keep, (1 - weight) * module.gene_mean + weight * q_mean, module.gene_mean)
+    )
+    module.gene_std.copy_(
+        torch.where(keep, (1 - weight) * module.gene_std + weight * q_std, module.gene_std)
+    )
