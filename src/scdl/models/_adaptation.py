@@ -29,7 +29,7 @@ from ._composition import filled_stats, query_fill
 #: queries of another lab and chemistry, 0.11-0.23. Any value between gives the same calls on
 #: every split; this one is the round number in the gap, chosen on no split's labels
 AUTO_BELOW_SHARE = 0.3
-#: the blend ``"auto"`` applies (the opt-in value measured on every split)
+#: the blend ``"auto"`` applies (the value measured on every split as an option, stop 42)
 AUTO_BLEND = 0.5
 
 
