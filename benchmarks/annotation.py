@@ -478,6 +478,7 @@ def main():
                 row["unknown_frac"] = float(unknown[known].mean())
                 if "adapt_to_query" in calls.attrs:  # the blend applied ("auto" decides)
                     row["blend"] = calls.attrs["adapt_to_query"]
+                    row["median_share"] = calls.attrs["median_reference_share"]
                 # is the call flagging cells the forced call gets wrong, or right ones?
                 right = known & (pred == truth)
                 row["unknown_if_right"] = float(unknown[right].mean())

@@ -1,17 +1,19 @@
 """Query adaptation of the annotator: the query's own gene statistics blended into the
 standardisation of its cells, and when ``adapt_to_query="auto"`` does so.
 
-Each cell is standardised by the reference's per-gene mean and sd before it is tokenised. A
-query from another lab or chemistry moves many genes the same way in every cell (capture
-efficiency, ambient RNA), and with the reference's statistics that shift decides which genes
-become a cell's tokens. Blending the query's own statistics in removes it; but a query whose
-composition differs from the reference's (a new donor) moves those statistics too, which
-costs accuracy where no shift needs removing (benchmarks/README.md). So ``"auto"`` blends only
-when the query itself says it is shifted: its clusters mix with the reference's sketch at a
-median share below :data:`AUTO_BELOW_SHARE` (about 0.5 where the reference holds cells like
-them, the Unknown call's floor 0.15). The query is first filled to the reference's
-composition (:mod:`._composition`) so that a query of a few populations does not take its own
-markers as its mean.
+Each cell is standardised by the reference's per-gene mean and sd before it is tokenised. A query
+from another lab or chemistry moves many genes the same way in every cell (capture efficiency,
+ambient RNA), and with the reference's statistics that shift decides which genes become a cell's
+tokens. Blending the query's own statistics in removes it; but a query whose composition differs
+from the reference's (a new donor) moves those statistics too, which costs accuracy where no shift
+needs removing (benchmarks/README.md). So ``"auto"`` blends only when the query itself says it is
+shifted: its cells mix with the reference's sketch at a median share below :data:`AUTO_BELOW_SHARE`
+(each cell's share of reference cells among its neighbours, as the Unknown call's mixing check
+measures it before averaging over a cluster: about 0.5 where the reference holds cells like it). The
+cells' own shares need no clustering of the query, so forced calls (``unknown_call=False``) decide
+as the full call does. The query is first filled to the reference's composition
+(:mod:`._composition`) so that a query of a few populations does not take its own markers as its
+mean.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from ._composition import filled_stats, query_fill
 
 #: ``"auto"`` adapts when the median reference share of the query's cells is below this. The
 #: benchmark's within-study queries (another sample, donor, condition or processing of the
-#: reference's study, and cell lines across plates and chemistries) have medians of 0.38-0.52;
-#: queries of another lab and chemistry, 0.11-0.23. Any value between gives the same calls on
-#: every split; this one is the round number in the gap, chosen on no split's labels
+#: reference's study, and cell lines across plates and chemistries) have medians of 0.40-0.50;
+#: queries of another lab and chemistry, 0.10 and 0.20. Any value between gives the same calls
+#: on every split; this one is the round number in the gap, chosen on no split's labels
 AUTO_BELOW_SHARE = 0.3
 #: the blend ``"auto"`` applies (the value measured on every split as an option, stop 42)
 AUTO_BLEND = 0.5

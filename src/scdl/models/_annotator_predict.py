@@ -201,9 +201,10 @@ class AnnotatorPredictionMixin:
             from deciding which genes become a cell's tokens; where the query's composition
             differs from the reference's (a new donor), the blend moves its mean too, which can
             cost accuracy. ``"auto"`` (default) decides from the query: it blends 0.5 when the
-            median ``cluster_reference_share`` of its cells is below 0.3 (its cells mix poorly
-            with the reference's, as data of another lab or chemistry do; about 0.5 when they
-            mix fully) and 0 otherwise, also when the mixing check is not made (a model
+            median of its cells' own reference shares (the mixing check's, before
+            ``cluster_reference_share`` averages them over a cluster) is below 0.3 (its cells
+            mix poorly with the reference's, as data of another lab or chemistry do; about 0.5
+            when they mix fully) and 0 otherwise, also when the mixing check is not made (a model
             without a sketch, a query of fewer than 100 cells or one lacking the sketch's
             genes); ``calls.attrs`` records the blend applied (``"adapt_to_query"``) and the
             median (``"median_reference_share"``). The query's statistics are taken after
@@ -212,9 +213,10 @@ class AnnotatorPredictionMixin:
             statistics for those types, moved by the shift its present types share, so a query
             of one or a few populations does not take its own markers as its mean (a model
             saved before it kept those statistics blends unfilled). Cells without counts
-            (empty droplets) are left out. A blend costs one more forward pass, and with
-            ``"auto"`` one more clustering of the query. The Unknown call is made on clusters
-            standardised by the query's own statistics and follows the adapted calls.
+            (empty droplets) are left out. A blend costs one more forward pass, and with ``"auto"``
+            the mixing check's neighbour search when the Unknown call is not made. The Unknown call
+            is made on clusters standardised by the query's own statistics and follows the adapted
+            calls.
         over_clustering
             Also over-cluster the query (for majority voting) and return it as
             ``over_cluster`` (``-1`` otherwise); it costs a second Leiden run.
@@ -260,8 +262,10 @@ class AnnotatorPredictionMixin:
         clustered, median_share = None, float("nan")
         if adapt == "auto":  # the query's mixing with the reference decides (._adaptation)
             first = probs.argmax(1).numpy()
-            clustered = self._cluster_calls(host, present, first, resolution, seed)
-            median_share, adapt = auto_blend(clustered[2])
+            needed = unknown_call or own_graph  # else the cells' own shares suffice
+            clustered = self._cluster_calls(host, present, first, resolution, seed, cluster=needed)
+            median_share, adapt = auto_blend(clustered[4])
+            clustered = clustered if needed else None
         if adapt > 0:
             # the unadapted calls say which reference types the query lacks; filling them
             # in keeps a query of few types from standardising its own markers away
@@ -286,7 +290,7 @@ class AnnotatorPredictionMixin:
         if unknown_call or own_graph:
             if clustered is None:
                 clustered = self._cluster_calls(host, present, best.numpy(), resolution, seed)
-            cluster, score, share, over = clustered
+            cluster, score, share, over, _ = clustered
             calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = cluster, score, over
             calls["cluster_reference_share"] = share
         if over_clustering and not own_graph:
@@ -354,9 +358,11 @@ class AnnotatorPredictionMixin:
             mod.gene_mean.copy_(saved[0])
             mod.gene_std.copy_(saved[1])
 
-    def _cluster_calls(self, x, present, best, resolution, seed):
-        """Query clusters, their novelty per cell, and the over-clustering for voting
-        (``resolution=False``: none, ``-1``)."""
+    def _cluster_calls(self, x, present, best, resolution, seed, *, cluster: bool = True):
+        """Query clusters, their novelty and reference share per cell, the over-clustering for
+        voting (``resolution=False``: none, ``-1``) and each cell's own reference share (what
+        ``"auto"`` adaptation decides on). ``cluster=False``: the cells' own shares only (no
+        clustering; the other outputs -1 / NaN)."""
         from ._novelty import log_normalize
 
         n = x.shape[0]
@@ -364,11 +370,13 @@ class AnnotatorPredictionMixin:
         if 0 < has.sum() < n:  # cells without counts are Unknown; clustered with the others,
             # they form clusters of their own and pull the query's statistics (the shared
             # shift the call removes), which called many real cells Unknown: left out
-            out = (np.full(n, -1), np.full(n, np.nan), np.full(n, np.nan), np.full(n, -1))
-            sub = self._cluster_calls(x[has], present, best[has], resolution, seed)
+            out = (np.full(n, -1), *np.full((2, n), np.nan), np.full(n, -1), np.full(n, np.nan))
+            sub = self._cluster_calls(x[has], present, best[has], resolution, seed, cluster=cluster)
             for full, part in zip(out, sub, strict=True):
                 full[has] = part
             return out
+        if not cluster:
+            resolution = False
         if resolution is None:  # CellTypist's choice by query size
             resolution = celltypist_resolution(n)
         if n < MIN_QUERY_CELLS:  # a few cells' own mean is their profile, not a shared
@@ -379,7 +387,7 @@ class AnnotatorPredictionMixin:
                 (over,) = cluster_cells(
                     log_normalize(x), resolutions=(float(resolution),), seed=seed
                 )
-            return np.zeros(n, dtype=int), np.full(n, np.nan), np.full(n, np.nan), over
+            return np.zeros(n, dtype=int), *np.full((2, n), np.nan), over, np.full(n, np.nan)
         x_log = log_normalize(x)
         own = _mean_sd(x_log)  # the query's own per-gene statistics, read by all three steps
         # a query lacking reference types is filled to the reference's composition first
@@ -393,22 +401,24 @@ class AnnotatorPredictionMixin:
             fill = None  # its types are unlike the reference's: not a shift to remove
         if fill is not None:
             stats, part = filled_stats(x_log, best, sketch["sketch_moments"], *fill)
-        resolutions = (NOVELTY_RESOLUTION * part,)
-        resolutions += () if resolution is False else (float(resolution),)
-        clusters, *over = cluster_cells(
-            x_log, resolutions=resolutions, seed=seed, device=self.module.device, stats=own
-        )
-        over = over[0] if over else np.full(n, -1)
-        score, _ = cluster_novelty(
-            x_log,
-            clusters,
-            best,
-            centroids,
-            genes,
-            present,
-            stats,
-            mixture=self.novelty_rule_ == "mixture",
-        )
+        clusters, score, over = np.full(n, -1), np.full(n, np.nan), np.full(n, -1)
+        if cluster:
+            resolutions = (NOVELTY_RESOLUTION * part,)
+            resolutions += () if resolution is False else (float(resolution),)
+            clusters, *more = cluster_cells(
+                x_log, resolutions=resolutions, seed=seed, device=self.module.device, stats=own
+            )
+            over = more[0] if more else over
+            score, _ = cluster_novelty(
+                x_log,
+                clusters,
+                best,
+                centroids,
+                genes,
+                present,
+                stats,
+                mixture=self.novelty_rule_ == "mixture",
+            )
         # the mixing check compares the query with the reference sketch at the query's depth
         cells = sketch["sketch_cells"]
         level, thinned = match_depth(
@@ -425,10 +435,14 @@ class AnnotatorPredictionMixin:
         if fill is not None:
             stats = sketch_stats(x_log, best, sketch, fill, own, level)
             pseudo = np.round(fill[0])
-        share = reference_share(
-            x_log, clusters, sketch, present, seed=seed, stats=stats, level=level, fill=pseudo
+        own_share = reference_share(
+            x_log, None, sketch, present, seed=seed, stats=stats, level=level, fill=pseudo
         )
-        return clusters, score, share, over
+        share = np.full(n, np.nan)
+        if cluster and np.isfinite(own_share).any():  # each cluster's mean over its cells
+            _, inv = np.unique(clusters, return_inverse=True)
+            share = (np.bincount(inv, weights=own_share) / np.bincount(inv))[inv]
+        return clusters, score, share, over, own_share
 
     def predict(
         self,

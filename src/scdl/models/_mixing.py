@@ -159,7 +159,7 @@ def project(x_log, loadings, center, present=None, stats=None) -> np.ndarray:
 
 def reference_share(
     x_log,
-    clusters: np.ndarray,
+    clusters: np.ndarray | None,
     sketch: dict[str, np.ndarray],
     present=None,
     *,
@@ -169,7 +169,8 @@ def reference_share(
     fill: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per cell, its cluster's mean share of reference cells among the neighbours of its cells
-    (steps 2-3 of the module notes); NaN for every cell when the model has no sketch, the
+    (steps 2-3 of the module notes; ``clusters=None``: the cell's own share, before any
+    average over a cluster); NaN for every cell when the model has no sketch, the
     query has fewer than ``MIN_QUERY_CELLS`` cells or lacks genes carrying more than 10% of
     the sketch's loadings (with a warning). ``stats``: the query's per-gene mean and sd, when
     the caller has them; ``level``: the sketch's depth level to compare with
@@ -214,6 +215,8 @@ def reference_share(
     own[own_rows[servers][real]] = m + np.flatnonzero(real)
     order = np.argsort(ind == own[:, None], axis=1, kind="stable")[:, :k]
     share = is_ref[np.take_along_axis(ind, order, axis=1)].mean(1)
+    if clusters is None:
+        return share
     _, inv = np.unique(clusters, return_inverse=True)
     per_cluster = np.bincount(inv, weights=share) / np.bincount(inv)
     return per_cluster[inv]

@@ -80,10 +80,10 @@ def annotate(
         Blend (0-1) of the query's own per-gene statistics into the standardisation of each
         cell (its tokens and per-cell novelty; the Unknown call already removes the query's
         shared shift), taken with the reference types the query lacks filled in; ``0`` uses
-        the reference's statistics only. ``"auto"`` (default) blends 0.5 when the query's
-        cells mix poorly with the reference (median ``cluster_reference_share`` below 0.3, as
-        for data of another lab or chemistry) and 0 otherwise; the blend applied is written
-        to ``uns``. See :meth:`~scdl.models.CellTypeTransformer.annotate_cells`.
+        the reference's statistics only. ``"auto"`` (default) blends 0.5 when the query's cells mix
+        poorly with the reference (the median of the cells' own reference shares below 0.3, as for
+        data of another lab or chemistry) and 0 otherwise; the blend applied is written to ``uns``.
+        See :meth:`~scdl.models.CellTypeTransformer.annotate_cells`.
     majority_voting
         Refine the calls over an over-clustering of the query, as CellTypist does: each
         cluster's most frequent call (``"Unknown"`` included) is written to
@@ -154,8 +154,9 @@ def annotate(
         ``unknown_evidence``, absent for models saved without them), ``unknown_fraction`` (the
         fraction called Unknown), ``majority_voting`` (as in ``params``),
         ``adapt_to_query`` (the blend applied: with ``"auto"``, 0 or 0.5) and
-        ``median_reference_share`` (the cells' median ``cluster_reference_share`` that
-        ``"auto"`` decided on; NaN when it was not measured).
+        ``median_reference_share`` (the median of the cells' own reference shares, before
+        the cluster average of ``cluster_reference_share``, that ``"auto"`` decided on; NaN
+        when it was not measured).
     """
     from scdl.data import (
         check_bool,
