@@ -41,7 +41,7 @@ from ._composition import (
     sketch_stats,
 )
 from ._depth import integer_counts, match_depth
-from ._mixing import MIN_QUERY_CELLS, reference_share
+from ._mixing import MIN_QUERY_CELLS, cluster_means, reference_share
 from ._novelty import (
     MAX_COMPOSITION_SHIFT,
     NOVELTY_RESOLUTION,
@@ -438,10 +438,7 @@ class AnnotatorPredictionMixin:
         own_share = reference_share(
             x_log, None, sketch, present, seed=seed, stats=stats, level=level, fill=pseudo
         )
-        share = np.full(n, np.nan)
-        if cluster and np.isfinite(own_share).any():  # each cluster's mean over its cells
-            _, inv = np.unique(clusters, return_inverse=True)
-            share = (np.bincount(inv, weights=own_share) / np.bincount(inv))[inv]
+        share = cluster_means(own_share, clusters) if cluster else np.full(n, np.nan)
         return clusters, score, share, over, own_share
 
     def predict(

@@ -215,11 +215,13 @@ def reference_share(
     own[own_rows[servers][real]] = m + np.flatnonzero(real)
     order = np.argsort(ind == own[:, None], axis=1, kind="stable")[:, :k]
     share = is_ref[np.take_along_axis(ind, order, axis=1)].mean(1)
-    if clusters is None:
-        return share
+    return share if clusters is None else cluster_means(share, clusters)
+
+
+def cluster_means(values: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """Per cell, the mean of ``values`` over the cells of its cluster."""
     _, inv = np.unique(clusters, return_inverse=True)
-    per_cluster = np.bincount(inv, weights=share) / np.bincount(inv)
-    return per_cluster[inv]
+    return (np.bincount(inv, weights=values) / np.bincount(inv))[inv]
 
 
 def _filled_sides(ref, labels, q, fill, rng):
