@@ -26,8 +26,8 @@ Reference and query differ in condition, sample or cells (real splits of ../shar
 All methods see the same genes (2,000 highly variable genes of the reference where it has
 more). "scdl" is the model's default call (``adapt_to_query="auto"``: the query's statistics
 blended in halfway when its cells mix poorly with the reference's); "scdl adapt=0" and "scdl
-adapt=0.5" the same model's calls without the blend and with it always. Logistic regression follows
-CellTypist: log1p(CP10k), scaled per gene, L2-regularised multinomial. scANVI: scVI (100
+adapt=0.5" the same model's calls without the blend and with it always. Logistic regression
+follows CellTypist: log1p(CP10k), scaled per gene, L2-regularised multinomial. scANVI: scVI (100
 epochs) then scANVI (20 epochs) on the reference, scvi-tools' default architecture; the
 query mapped with ``load_query_data`` and predicted. Macro-F1 and accuracy use every method's
 forced call (scdl's Unknown calls are reported separately;
@@ -159,9 +159,13 @@ def fit_logreg(ref):
     return scaler, clf.fit(scaler.transform(lognorm(ref)), ref.obs.cell_type)
 
 
+#: CellTypist's default call: a cell whose best probability is below this is "Unassigned"
+CELLTYPIST_CUT = 0.5
+
+
 def run_logreg(ref, qry):
     """Forced calls, and CellTypist's default ones: "Unassigned" (counted as Unknown) below a
-    best probability of 0.5."""
+    best probability of ``CELLTYPIST_CUT``."""
     t0 = time.perf_counter()
     scaler, clf = fit_logreg(ref)
     t_train = time.perf_counter() - t0
@@ -169,7 +173,7 @@ def run_logreg(ref, qry):
     probs = clf.predict_proba(scaler.transform(lognorm(qry)))
     t_pred = time.perf_counter() - t0
     pred = clf.classes_[probs.argmax(1)]
-    unassigned = probs.max(1) < 0.5
+    unassigned = probs.max(1) < CELLTYPIST_CUT
     calls = pd.DataFrame({"label": np.where(unassigned, "Unknown", pred), "is_unknown": unassigned})
     return pred, t_train, t_pred, calls
 
@@ -264,7 +268,7 @@ def depleted_queries(
     every type still known. Beside it, logistic regression's share of cells below CellTypist's
     0.5 probability cut ("Unassigned")."""
     scaler, clf = fit_logreg(ref)
-    confident = clf.predict_proba(scaler.transform(lognorm(qry))).max(1) >= 0.5
+    confident = clf.predict_proba(scaler.transform(lognorm(qry))).max(1) >= CELLTYPIST_CUT
     truth = qry.obs.cell_type.to_numpy()
     rows = []
     for t in np.unique(truth):

@@ -213,10 +213,10 @@ class AnnotatorPredictionMixin:
             statistics for those types, moved by the shift its present types share, so a query
             of one or a few populations does not take its own markers as its mean (a model
             saved before it kept those statistics blends unfilled). Cells without counts
-            (empty droplets) are left out. A blend costs one more forward pass, and with ``"auto"``
-            the mixing check's neighbour search when the Unknown call is not made. The Unknown call
-            is made on clusters standardised by the query's own statistics and follows the adapted
-            calls.
+            (empty droplets) are left out. A blend costs one more forward pass; ``"auto"`` one
+            more neighbour search of the mixing check (the cells' own shares, before the query
+            is clustered). The Unknown call is made on clusters standardised by the query's own
+            statistics and follows the adapted calls.
         over_clustering
             Also over-cluster the query (for majority voting) and return it as
             ``over_cluster`` (``-1`` otherwise); it costs a second Leiden run.
@@ -259,18 +259,16 @@ class AnnotatorPredictionMixin:
         own_graph = over_clustering and over_clustering_graph is None
         resolution = over_clustering_resolution if own_graph else False
         probs, novelty = self._features(x, present, batch_size)
-        clustered, median_share = None, float("nan")
-        if adapt == "auto":  # the query's mixing with the reference decides (._adaptation)
+        median_share = float("nan")
+        if adapt == "auto":  # the query's mixing with the reference decides (._adaptation):
+            # the cells' own shares need no clustering, which is made once, on the final calls
             first = probs.argmax(1).numpy()
-            needed = unknown_call or own_graph  # else the cells' own shares suffice
-            clustered = self._cluster_calls(host, present, first, resolution, seed, cluster=needed)
-            median_share, adapt = auto_blend(clustered[4])
-            clustered = clustered if needed else None
+            own_share = self._cluster_calls(host, present, first, False, seed, cluster=False)[4]
+            median_share, adapt = auto_blend(own_share)
         if adapt > 0:
             # the unadapted calls say which reference types the query lacks; filling them
             # in keeps a query of few types from standardising its own markers away
             probs, novelty = self._adapted_features(x, present, batch_size, host, adapt, probs)
-            clustered = None  # the Unknown call follows the adapted calls
         names = np.asarray(self.labels, dtype=object)
         conf, best = probs.max(1)
         forced = names[best.numpy()]
@@ -288,9 +286,9 @@ class AnnotatorPredictionMixin:
         calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = -1, np.nan, -1
         calls["cluster_reference_share"] = np.nan
         if unknown_call or own_graph:
-            if clustered is None:
-                clustered = self._cluster_calls(host, present, best.numpy(), resolution, seed)
-            cluster, score, share, over, _ = clustered
+            cluster, score, share, over, _ = self._cluster_calls(
+                host, present, best.numpy(), resolution, seed
+            )
             calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = cluster, score, over
             calls["cluster_reference_share"] = share
         if over_clustering and not own_graph:
