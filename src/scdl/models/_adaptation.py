@@ -9,7 +9,8 @@ from the reference's (a new donor) moves those statistics too, which costs accur
 needs removing (benchmarks/README.md). So ``"auto"`` blends only when the query itself says it is
 shifted: its cells mix with the reference's sketch at a median share below :data:`AUTO_BELOW_SHARE`
 (each cell's share of reference cells among its neighbours, as the Unknown call's mixing check
-measures it before averaging over a cluster: about 0.5 where the reference holds cells like it). The
+measures it before averaging over a cluster: about 0.5 where the reference holds cells like it), or
+when that cannot be measured because the query lacks the sketch's genes (another gene panel). The
 cells' own shares need no clustering of the query, so forced calls (``unknown_call=False``) decide
 as the full call does. The query is first filled to the reference's composition
 (:mod:`._composition`) so that a query of a few populations does not take its own markers as its
@@ -33,6 +34,11 @@ from ._composition import filled_stats, query_fill
 AUTO_BELOW_SHARE = 0.3
 #: the blend ``"auto"`` applies (the value measured on every split as an option, stop 42)
 AUTO_BLEND = 0.5
+#: the blend ``"auto"`` applies when the mixing check cannot be made because the query lacks the
+#: sketch's genes (another gene panel or annotation than the reference's). Measured on the
+#: benchmark's nine splits with the query's genes cut at random (seeds 0-2) and on the shipped
+#: annotator's other-lab PBMCs, blending gave the higher mean (benchmarks/README.md)
+BLEND_WITHOUT_SKETCH_GENES = AUTO_BLEND
 
 
 def check_adapt(value) -> float | str:
@@ -42,13 +48,15 @@ def check_adapt(value) -> float | str:
     return check_fraction(value, "adapt_to_query", meaning='a blend, or "auto"')
 
 
-def auto_blend(share: np.ndarray) -> tuple[float, float]:
+def auto_blend(share: np.ndarray, *, lacks_sketch_genes: bool = False) -> tuple[float, float]:
     """The median reference share of the cells (NaN where the mixing check was not made) and
     the blend ``"auto"`` chooses from it: :data:`AUTO_BLEND` below :data:`AUTO_BELOW_SHARE`,
-    else 0 (also when no cell has a share: a query without the sketch's genes, or too small)."""
+    else 0. When no cell has a share, ``lacks_sketch_genes`` decides: a query of enough cells
+    that lacks the sketch's genes is blended (see :data:`BLEND_WITHOUT_SKETCH_GENES`); a query
+    too small, or a model without a sketch, is not."""
     share = np.asarray(share, dtype=np.float64)
     if not np.isfinite(share).any():
-        return float("nan"), 0.0
+        return float("nan"), BLEND_WITHOUT_SKETCH_GENES if lacks_sketch_genes else 0.0
     median = float(np.nanmedian(share))
     return median, AUTO_BLEND if median < AUTO_BELOW_SHARE else 0.0
 

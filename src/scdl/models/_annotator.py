@@ -100,7 +100,8 @@ class CellTypeTransformer(
     few genes in common), known clusters mix poorly and many are called Unknown, most of them
     cells whose most probable type is wrong: read Unknown there as "not reliably typed". Such a
     query's own gene statistics are blended into its cells' standardisation by default
-    (``adapt_to_query="auto"`` in :meth:`annotate_cells`), which makes fewer forced calls
+    (``adapt_to_query="auto"`` in :meth:`annotate_cells`; also when the query lacks the
+    sketch's genes, so that its mixing cannot be measured), which makes fewer forced calls
     wrong. A query whose forced calls leave out reference types (one sorted population) is first
     filled to the reference's composition (``scdl.models._composition``: pseudo-cells of the
     missing types under the shift its present types show), as its own mean would be its own

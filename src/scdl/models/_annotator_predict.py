@@ -41,7 +41,13 @@ from ._composition import (
     sketch_stats,
 )
 from ._depth import integer_counts, match_depth
-from ._mixing import MIN_QUERY_CELLS, cluster_means, reference_share
+from ._mixing import (
+    MIN_QUERY_CELLS,
+    MIN_SKETCH_COVERAGE,
+    cluster_means,
+    reference_share,
+    sketch_coverage,
+)
 from ._novelty import (
     MAX_COMPOSITION_SHIFT,
     NOVELTY_RESOLUTION,
@@ -204,19 +210,21 @@ class AnnotatorPredictionMixin:
             median of its cells' own reference shares (the mixing check's, before
             ``cluster_reference_share`` averages them over a cluster) is below 0.3 (its cells
             mix poorly with the reference's, as data of another lab or chemistry do; about 0.5
-            when they mix fully) and 0 otherwise, also when the mixing check is not made (a model
-            without a sketch, a query of fewer than 100 cells or one lacking the sketch's
-            genes); ``calls.attrs`` records the blend applied (``"adapt_to_query"``) and the
-            median (``"median_reference_share"``). The query's statistics are taken after
-            filling it to the reference's composition: reference types that its unadapted
-            calls leave out (or nearly) are added as pseudo-cells with the reference's
-            statistics for those types, moved by the shift its present types share, so a query
-            of one or a few populations does not take its own markers as its mean (a model
-            saved before it kept those statistics blends unfilled). Cells without counts
-            (empty droplets) are left out. A blend costs one more forward pass; ``"auto"`` one
-            more neighbour search of the mixing check (the cells' own shares, before the query
-            is clustered). The Unknown call is made on clusters standardised by the query's own
-            statistics and follows the adapted calls.
+            when they mix fully) and 0 otherwise. Where the mixing check cannot be made because
+            the query lacks genes carrying more than 10% of the sketch (another gene panel or
+            annotation, mostly another lab's), it blends 0.5; where it is not made for another
+            reason (a model without a sketch, fewer than 100 cells with counts), 0.
+            ``calls.attrs`` records the blend applied (``"adapt_to_query"``) and the median
+            (``"median_reference_share"``, NaN where no share was measured). The query's
+            statistics are taken after filling it to the reference's composition: reference
+            types that its unadapted calls leave out (or nearly) are added as pseudo-cells with
+            the reference's statistics for those types, moved by the shift its present types
+            share, so a query of one or a few populations does not take its own markers as its
+            mean (a model saved before it kept those statistics blends unfilled). Cells
+            without counts (empty droplets) are left out. A blend costs one more forward pass;
+            ``"auto"`` one more neighbour search of the mixing check (the cells' own shares,
+            before the query is clustered). The Unknown call is made on clusters standardised
+            by the query's own statistics and follows the adapted calls.
         over_clustering
             Also over-cluster the query (for majority voting) and return it as
             ``over_cluster`` (``-1`` otherwise); it costs a second Leiden run.
@@ -264,7 +272,8 @@ class AnnotatorPredictionMixin:
             # the cells' own shares need no clustering, which is made once, on the final calls
             first = probs.argmax(1).numpy()
             own_share = self._cluster_calls(host, present, first, False, seed, cluster=False)[4]
-            median_share, adapt = auto_blend(own_share)
+            lacks = self._lacks_sketch_genes(host, present)
+            median_share, adapt = auto_blend(own_share, lacks_sketch_genes=lacks)
         if adapt > 0:
             # the unadapted calls say which reference types the query lacks; filling them
             # in keeps a query of few types from standardising its own markers away
@@ -355,6 +364,13 @@ class AnnotatorPredictionMixin:
         finally:  # the model's reference statistics are never changed by a call
             mod.gene_mean.copy_(saved[0])
             mod.gene_std.copy_(saved[1])
+
+    def _lacks_sketch_genes(self, x, present) -> bool:
+        """Whether the mixing check is skipped only because the query lacks the sketch's genes
+        (a sketch to compare with, and enough cells with counts to measure on)."""
+        coverage = sketch_coverage(self.module.sketch(), present)
+        with_counts = int((np.asarray(x.sum(1)).ravel() > 0).sum())
+        return bool(coverage < MIN_SKETCH_COVERAGE) and with_counts >= MIN_QUERY_CELLS
 
     def _cluster_calls(self, x, present, best, resolution, seed, *, cluster: bool = True):
         """Query clusters, their novelty and reference share per cell, the over-clustering for

@@ -185,8 +185,7 @@ def reference_share(
     if ref.shape[1] < 2 or n < MIN_QUERY_CELLS:
         return np.full(n, np.nan)
     if present is not None:
-        energy = (np.asarray(sketch["sketch_loadings"], dtype=np.float64) ** 2).sum(1)
-        coverage = energy[np.asarray(present, dtype=bool)].sum() / energy.sum()
+        coverage = sketch_coverage(sketch, present)
         if coverage < MIN_SKETCH_COVERAGE:
             warn_user(
                 f"The query's genes carry {coverage:.0%} of the reference sketch's principal "
@@ -216,6 +215,17 @@ def reference_share(
     order = np.argsort(ind == own[:, None], axis=1, kind="stable")[:, :k]
     share = is_ref[np.take_along_axis(ind, order, axis=1)].mean(1)
     return share if clusters is None else cluster_means(share, clusters)
+
+
+def sketch_coverage(sketch: dict[str, np.ndarray], present=None) -> float:
+    """The share of the sketch's loadings (squared) on the genes ``present`` (``None``: all, 1);
+    NaN for a model without a sketch. The mixing check needs :data:`MIN_SKETCH_COVERAGE`."""
+    energy = (np.asarray(sketch["sketch_loadings"], dtype=np.float64) ** 2).sum(1)
+    if energy.size == 0 or energy.sum() == 0:
+        return float("nan")
+    if present is None:
+        return 1.0
+    return float(energy[np.asarray(present, dtype=bool)].sum() / energy.sum())
 
 
 def cluster_means(values: np.ndarray, clusters: np.ndarray) -> np.ndarray:

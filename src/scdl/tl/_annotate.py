@@ -82,7 +82,9 @@ def annotate(
         shared shift), taken with the reference types the query lacks filled in; ``0`` uses
         the reference's statistics only. ``"auto"`` (default) blends 0.5 when the query's cells mix
         poorly with the reference (the median of the cells' own reference shares below 0.3, as for
-        data of another lab or chemistry) and 0 otherwise; the blend applied is written to ``uns``.
+        data of another lab or chemistry) or when that cannot be measured because the query lacks
+        the genes of the model's reference sketch (another gene panel), and 0 otherwise; the
+        blend applied is written to ``uns``.
         See :meth:`~scdl.models.CellTypeTransformer.annotate_cells`.
     majority_voting
         Refine the calls over an over-clustering of the query, as CellTypist does: each
@@ -156,7 +158,8 @@ def annotate(
         ``adapt_to_query`` (the blend applied: with ``"auto"``, 0 or 0.5) and
         ``median_reference_share`` (the median of the cells' own reference shares, before
         the cluster average of ``cluster_reference_share``, that ``"auto"`` decided on; NaN
-        when it was not measured).
+        when it was not measured: then ``"auto"`` blended 0.5 if the query lacked the sketch's
+        genes, else 0).
     """
     from scdl.data import (
         check_bool,
