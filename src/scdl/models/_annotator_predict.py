@@ -1,6 +1,7 @@
 """Calls of a trained :class:`~scdl.models.CellTypeTransformer`: the query's counts in the
 model's gene order, probabilities and novelty, the Unknown call per query cluster and labels
-(gene attributions: :mod:`._annotator_attribution`).
+(the query's adaptation and the cluster checks: :mod:`._annotator_query`; gene attributions:
+:mod:`._annotator_attribution`).
 
 A mixin of the model class (as scvi-tools keeps ``get_normalized_expression`` and friends in
 ``RNASeqMixin``); it reads the trained module and the calibration ``train`` stored.
@@ -32,33 +33,10 @@ from scdl.data import (
 )
 from scdl.dataloaders import dense_rows
 
-from ._adaptation import auto_blend, blend_query_stats, check_adapt
-from ._composition import (
-    composition_warning,
-    filled_stats,
-    query_fill,
-    shift_is_plausible,
-    sketch_stats,
-)
-from ._depth import integer_counts, match_depth
-from ._mixing import (
-    MIN_QUERY_CELLS,
-    MIN_SKETCH_COVERAGE,
-    cluster_means,
-    reference_share,
-    sketch_coverage,
-)
-from ._novelty import (
-    MAX_COMPOSITION_SHIFT,
-    NOVELTY_RESOLUTION,
-    _mean_sd,
-    celltypist_resolution,
-    cluster_cells,
-    cluster_novelty,
-    composition_shift,
-    leiden_on_graph,
-    unknown_clusters,
-)
+from ._adaptation import auto_blend, check_adapt
+from ._annotator_query import AnnotatorQueryMixin
+from ._mixing import MIN_QUERY_CELLS
+from ._novelty import celltypist_resolution, leiden_on_graph, unknown_clusters
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -69,7 +47,7 @@ logger = logging.getLogger(__name__)
 UNKNOWN = "Unknown"
 
 
-class AnnotatorPredictionMixin:
+class AnnotatorPredictionMixin(AnnotatorQueryMixin):
     """Inference methods of :class:`~scdl.models.CellTypeTransformer`."""
 
     # --- prediction --------------------------------------------------------------------------
@@ -343,117 +321,6 @@ class AnnotatorPredictionMixin:
         calls.insert(0, "label", np.where(unknown, UNKNOWN, forced))
         calls["is_unknown"] = unknown
         return calls, pd.DataFrame(probs.numpy(), index=index, columns=self.labels)
-
-    def _warn_if_composition_differs(self, best: np.ndarray) -> None:
-        """Warn when the query's predicted composition is far from the reference's (e.g. one
-        sorted population), what the Unknown call can then tell (:mod:`._composition`)."""
-        shift = composition_shift(best, self.module.sketch_composition.cpu().numpy())
-        if shift > MAX_COMPOSITION_SHIFT:
-            filled = self.module.sketch_moments.numel() > 0
-            warn_user(composition_warning(shift, filled), UserWarning)
-
-    def _adapted_features(self, x, present, batch_size, host, weight: float, first):
-        """:meth:`_features` with the query's own statistics blended in by ``weight``, the
-        query filled to the reference's composition by its unadapted probabilities ``first``
-        (:func:`._adaptation.blend_query_stats`); the model's statistics are restored."""
-        mod = self.module
-        saved = (mod.gene_mean.clone(), mod.gene_std.clone())
-        try:
-            blend_query_stats(mod, host, present, weight, first.argmax(1))
-            return self._features(x, present, batch_size)
-        finally:  # the model's reference statistics are never changed by a call
-            mod.gene_mean.copy_(saved[0])
-            mod.gene_std.copy_(saved[1])
-
-    def _lacks_sketch_genes(self, x, present) -> bool:
-        """Whether the mixing check is skipped only because the query lacks the sketch's genes
-        (a sketch to compare with, and enough cells with counts to measure on)."""
-        coverage = sketch_coverage(self.module.sketch(), present)
-        with_counts = int((np.asarray(x.sum(1)).ravel() > 0).sum())
-        return bool(coverage < MIN_SKETCH_COVERAGE) and with_counts >= MIN_QUERY_CELLS
-
-    def _cluster_calls(self, x, present, best, resolution, seed, *, cluster: bool = True):
-        """Query clusters, their novelty and reference share per cell, the over-clustering for
-        voting (``resolution=False``: none, ``-1``) and each cell's own reference share (what
-        ``"auto"`` adaptation decides on). ``cluster=False``: the cells' own shares only (no
-        clustering; the other outputs -1 / NaN)."""
-        from ._novelty import log_normalize
-
-        n = x.shape[0]
-        has = np.asarray(x.sum(1)).ravel() > 0
-        if 0 < has.sum() < n:  # cells without counts are Unknown; clustered with the others,
-            # they form clusters of their own and pull the query's statistics (the shared
-            # shift the call removes), which called many real cells Unknown: left out
-            out = (np.full(n, -1), *np.full((2, n), np.nan), np.full(n, -1), np.full(n, np.nan))
-            sub = self._cluster_calls(x[has], present, best[has], resolution, seed, cluster=cluster)
-            for full, part in zip(out, sub, strict=True):
-                full[has] = part
-            return out
-        if not cluster:
-            resolution = False
-        if resolution is None:  # CellTypist's choice by query size
-            resolution = celltypist_resolution(n)
-        if n < MIN_QUERY_CELLS:  # a few cells' own mean is their profile, not a shared
-            # shift: every cluster would look new (all Unknown below ~60 cells); no novelty
-            # (annotate_cells says so), only the over-clustering for voting
-            over = np.full(n, -1)
-            if resolution is not False:
-                (over,) = cluster_cells(
-                    log_normalize(x), resolutions=(float(resolution),), seed=seed
-                )
-            return np.zeros(n, dtype=int), *np.full((2, n), np.nan), over, np.full(n, np.nan)
-        x_log = log_normalize(x)
-        own = _mean_sd(x_log)  # the query's own per-gene statistics, read by all three steps
-        # a query lacking reference types is filled to the reference's composition first
-        sketch = self.module.sketch()
-        centroids = self.module.centroids.cpu().numpy()
-        genes = self.novelty_genes_ if self.novelty_genes_ is not None else range(x.shape[1])
-        fill, stats, part = query_fill(best, sketch), own, 1.0
-        if fill is not None and not shift_is_plausible(
-            x_log, best, sketch, fill, centroids, genes, present
-        ):
-            fill = None  # its types are unlike the reference's: not a shift to remove
-        if fill is not None:
-            stats, part = filled_stats(x_log, best, sketch["sketch_moments"], *fill)
-        clusters, score, over = np.full(n, -1), np.full(n, np.nan), np.full(n, -1)
-        if cluster:
-            resolutions = (NOVELTY_RESOLUTION * part,)
-            resolutions += () if resolution is False else (float(resolution),)
-            clusters, *more = cluster_cells(
-                x_log, resolutions=resolutions, seed=seed, device=self.module.device, stats=own
-            )
-            over = more[0] if more else over
-            score, _ = cluster_novelty(
-                x_log,
-                clusters,
-                best,
-                centroids,
-                genes,
-                present,
-                stats,
-                mixture=self.novelty_rule_ == "mixture",
-            )
-        # the mixing check compares the query with the reference sketch at the query's depth
-        cells = sketch["sketch_cells"]
-        level, thinned = match_depth(
-            integer_counts(x),
-            sketch["sketch_depth"],
-            n_levels=len(cells) if cells.ndim == 3 else 1,
-            calls=best,
-            seed=seed,
-        )
-        if thinned is not None:  # deeper than the reference: thinned to its depth
-            x_log = log_normalize(thinned)
-            own = _mean_sd(x_log)
-        stats, pseudo = own, None
-        if fill is not None:
-            stats = sketch_stats(x_log, best, sketch, fill, own, level)
-            pseudo = np.round(fill[0])
-        own_share = reference_share(
-            x_log, None, sketch, present, seed=seed, stats=stats, level=level, fill=pseudo
-        )
-        share = cluster_means(own_share, clusters) if cluster else np.full(n, np.nan)
-        return clusters, score, share, over, own_share
 
     def predict(
         self,
