@@ -9,6 +9,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import as_saved_before_config_checksum, assert_unchanged, read_shared, snapshot
 from scipy import sparse
 from sklearn.metrics import f1_score
@@ -283,6 +284,34 @@ def test_query_with_missing_genes(annotator):
     few = query[:, query.var_names.difference(genes[: int(0.6 * len(genes))])].copy()
     with pytest.raises(ValueError, match="genes"):
         model.predict(few)
+
+
+def test_a_query_lacking_most_genes_gets_the_linear_path_refitted(annotator, tmp_path):
+    """A query holding 40% of the model's genes: the linear path is refitted on the model's
+    reference sample over the genes the query holds, which calls the known types better than
+    the trained path with the genes missing (this model: accuracy 0.738 vs 0.642); the trained
+    path is unchanged by the call, and a saved model refits the same."""
+    model, query = annotator
+    genes = model.get_var_names()
+    keep = np.random.default_rng(0).choice(genes, int(0.4 * len(genes)), replace=False)
+    part = query[:, query.var_names.intersection(keep)].copy()
+    known = part.obs["cell_type"].to_numpy() != HELD_OUT_TYPE
+    truth = part.obs["cell_type"].to_numpy()[known]
+    weight = model.module.linear.weight.detach().clone()
+    refit = model.predict(part, unknown=False, min_gene_overlap=0.3)
+    assert torch.equal(model.module.linear.weight, weight)
+    sample = model.module.reference_sample()
+    assert sample is not None and sample[0].shape == (min(2000, model.adata.n_obs), len(genes))
+    model.module.set_reference_sample(sparse.csr_matrix((0, len(genes))), [])
+    try:
+        trained = model.predict(part, unknown=False, min_gene_overlap=0.3)
+    finally:
+        model.module.set_reference_sample(*sample)
+    acc = {k: np.mean(v[known] == truth) for k, v in (("refit", refit), ("trained", trained))}
+    assert acc["refit"] > acc["trained"] + 0.05, acc
+    model.save(tmp_path / "m")
+    again = scdl.models.CellTypeTransformer.load(tmp_path / "m")
+    np.testing.assert_array_equal(again.predict(part, unknown=False, min_gene_overlap=0.3), refit)
 
 
 def test_tl_annotate_takes_a_seed_and_refuses_a_backed_copy(annotator, tmp_path):

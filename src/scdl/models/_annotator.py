@@ -123,7 +123,11 @@ class CellTypeTransformer(
     **Genes.** The vocabulary is the registered AnnData's genes (select e.g. 2,000 highly
     variable genes first). A query is aligned by gene name; missing genes are treated as
     unmeasured (hidden, not zero), and a query holding fewer than ``min_gene_overlap`` (50%)
-    of the vocabulary is refused.
+    of the vocabulary is refused. After training the model keeps a random sample of up to
+    2,000 reference cells (their counts and labels, in the saved file): for a query lacking
+    genes that carry more than 10% of the reference sketch, the linear path is fitted again on
+    that sample over the genes the query holds (``scdl.models._refit``; the transformer path
+    never reads a missing gene), as a logistic regression trained on those genes would be.
 
     Parameters
     ----------
@@ -230,6 +234,7 @@ class CellTypeTransformer(
         self.min_reference_share_ = None  # set by train(); None: no mixing check (old models)
         # set by train(); None: either check alone calls a cluster (models saved before the sum)
         self.unknown_evidence_ = None
+        self.linear_C_ = None  # set by train(); the refit for a query lacking genes reuses it
         self._model_summary_string = (
             f"scdl CellTypeTransformer: {self.summary_stats.n_labels} cell types, "
             f"{self.summary_stats.n_vars} genes, n_tokens={n_tokens}, d_model={d_model}, "
@@ -518,6 +523,7 @@ class CellTypeTransformer(
             **(datasplitter_kwargs or {}),
         )
         training_plan = self._training_plan_cls(self.module, **plan)
+        self.linear_C_ = float(linear_C)
         with guarded_training(self, kwargs, lr=plan["lr"]):
             if self.module.linear is not None:
                 splitter.setup()  # the same seeded split Lightning will use

@@ -108,7 +108,8 @@ class AnnotatorAttributionMixin:
                 continue
             cells = np.sort(rng.choice(cells, min(n_cells, len(cells)), replace=False))
             x_log = self.module.log_normalize(dense_rows(x, cells).to(dev))
-            score = self._attribution(x_log, mask, names.index(name), n_steps).mean(0)
+            with self._linear_for(present):  # the path the calls of such a query use
+                score = self._attribution(x_log, mask, names.index(name), n_steps).mean(0)
             order = np.argsort(-score, kind="stable")
             if present is not None:  # a gene the query lacks has no attribution to rank
                 order = order[present[order]]

@@ -1,6 +1,7 @@
 """Calibration of a trained :class:`~scdl.models.CellTypeTransformer` on its reference: the
 per-cell Unknown thresholds on held-out cells, the linear path's final fit, and the
-cluster-level Unknown call (threshold, compared genes and the reference sketch).
+cluster-level Unknown call (threshold, compared genes and the reference sketch), and the sample
+of reference cells kept for a query lacking genes.
 
 A mixin of the model class; :meth:`~scdl.models.CellTypeTransformer.train` runs it after
 training.
@@ -18,6 +19,7 @@ from scdl.dataloaders import dense_rows
 
 from ._mixing import MIN_REFERENCE_SHARE, build_sketch
 from ._novelty import UNKNOWN_EVIDENCE, calibrate_threshold
+from ._refit import sample_rows
 
 #: most values (cells x genes) densified for the linear path's fit: with 2,000 genes every
 #: cell up to 20,000; with a whole transcriptome (~30,000 genes) about 4,000
@@ -47,7 +49,9 @@ class AnnotatorCalibrationMixin:
         self.calibrate_clusters()
 
     def calibrate_clusters(self, *, batch_key: str | None = None, seed: int = 0) -> None:
-        """Set the cluster-level Unknown threshold on the reference (see the class notes).
+        """Set the cluster-level Unknown threshold on the reference (see the class notes), the
+        reference sketch of its mixing check and the sample of reference cells the linear path
+        is refitted on for a query lacking genes (:mod:`._refit`).
 
         :meth:`train` calls it; call it again to calibrate on other batches of the reference.
 
@@ -79,6 +83,8 @@ class AnnotatorCalibrationMixin:
         self.novelty_rule_ = "mixture"
         self.novelty_genes_ = genes
         self.module.set_sketch(**build_sketch(counts, seed=seed, x_log=x_log, labels=labels))
+        rows = sample_rows(counts.shape[0], seed)
+        self.module.set_reference_sample(counts[rows], labels[rows].astype(int))
         self.min_reference_share_ = MIN_REFERENCE_SHARE
         self.unknown_evidence_ = UNKNOWN_EVIDENCE
 

@@ -52,6 +52,12 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
 
     # --- prediction --------------------------------------------------------------------------
     def _features(self, x, present=None, batch_size: int | None = None):
+        """Probabilities and novelty (cells) for a matrix in vocabulary order; the linear path
+        refitted to the genes a query lacking the sketch's genes holds (:mod:`._refit`)."""
+        with self._linear_for(present):
+            return self._features_of(x, present, batch_size)
+
+    def _features_of(self, x, present=None, batch_size: int | None = None):
         """Probabilities and novelty (cells) for a matrix in vocabulary order.
 
         Novelty is 1 - the cosine similarity between a cell's standardised profile and the
@@ -350,7 +356,10 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         layer
             Layer of ``adata`` holding raw counts.
         min_gene_overlap
-            Smallest fraction of the model's genes the query must hold.
+            Smallest fraction of the model's genes the query must hold. A query lacking genes
+            that carry more than 10% of the model's reference sketch is called with the linear
+            path refitted on the model's reference sample over the genes it holds (see the
+            class notes; models saved before the sample keep the trained path).
         batch_size
             Cells per forward pass.
         adapt_to_query

@@ -10,7 +10,11 @@ and the calibration ``train`` stored.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+
 import numpy as np
+import torch
 
 from scdl._warnings import warn_user
 
@@ -40,10 +44,44 @@ from ._novelty import (
     composition_shift,
     log_normalize,
 )
+from ._refit import refit_linear
 
 
 class AnnotatorQueryMixin:
-    """Query adaptation and the Unknown call's per-cluster checks of a call."""
+    """Query adaptation, the linear path for a query lacking genes and the Unknown call's
+    per-cluster checks of a call."""
+
+    @contextlib.contextmanager
+    def _linear_for(self, present):
+        """For the duration, the linear path refitted to the genes ``present`` on the model's
+        reference sample (:mod:`._refit`) when the query lacks the sketch's genes; the trained
+        one otherwise, and afterwards."""
+        refit = None
+        if present is not None and sketch_coverage(self.module.sketch(), present) < (
+            MIN_SKETCH_COVERAGE
+        ):
+            mask = np.packbits(np.asarray(present, dtype=bool)).tobytes()
+            # the gene set and the sample it is fitted on (a new sample is a new tensor)
+            key = (hashlib.sha1(mask).hexdigest(), self.module.sample_counts.data_ptr())
+            cached = getattr(self, "_refit_cache", None)
+            if cached is None or cached[0] != key:  # one fit per gene set, reused by its calls
+                cached = (key, refit_linear(self.module, present, getattr(self, "linear_C_", None)))
+                self._refit_cache = cached
+            refit = cached[1]
+        if refit is None:
+            yield
+            return
+        lin = self.module.linear
+        saved = (lin.weight.detach().clone(), lin.bias.detach().clone())
+        try:
+            with torch.no_grad():
+                lin.weight.copy_(refit[0])
+                lin.bias.copy_(refit[1])
+            yield
+        finally:  # the trained path is never changed by a call
+            with torch.no_grad():
+                lin.weight.copy_(saved[0])
+                lin.bias.copy_(saved[1])
 
     def _warn_if_composition_differs(self, best: np.ndarray) -> None:
         """Warn when the query's predicted composition is far from the reference's (e.g. one

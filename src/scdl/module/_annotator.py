@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,6 +43,15 @@ SKETCH_BUFFERS = {
     "sketch_labels": 1,
     "sketch_moments": 3,
     "sketch_level_moments": 4,
+}
+#: a sample of reference cells kept for a query lacking genes (their counts over the vocabulary
+#: as CSR, and their label codes): the linear path is refitted on it to the genes such a query
+#: holds (:mod:`scdl.models._refit`); dtypes of the buffers
+SAMPLE_BUFFERS = {
+    "sample_indptr": "int64",
+    "sample_indices": "int32",
+    "sample_counts": "float32",
+    "sample_labels": "int64",
 }
 
 
@@ -154,6 +164,8 @@ class CellTypeTransformerModule(nn.Module):
         # training; empty in models saved before it existed
         for name, ndim in SKETCH_BUFFERS.items():
             self.register_buffer(name, torch.zeros((0,) * ndim))
+        for name, dtype in SAMPLE_BUFFERS.items():  # the reference sample, also set after it
+            self.register_buffer(name, torch.zeros(0, dtype=getattr(torch, dtype)))
 
         self.gene_embedding = nn.Embedding(n_genes, d_model)
         self.value_encoder = nn.Sequential(nn.Linear(1, 16), nn.GELU(), nn.Linear(16, d_model))
@@ -179,19 +191,65 @@ class CellTypeTransformerModule(nn.Module):
                 raise KeyError(f"{name!r} is not a sketch buffer ({list(SKETCH_BUFFERS)}).")
             self.register_buffer(name, torch.as_tensor(value, dtype=torch.float32).to(self.device))
 
+    def set_reference_sample(self, counts, labels) -> None:
+        """Store a sample of reference cells: ``counts`` (cells x vocabulary, scipy sparse or
+        dense) and their label codes (``SAMPLE_BUFFERS``); no cells remove it."""
+        from scipy import sparse
+
+        counts = sparse.csr_matrix(counts, dtype="float32")
+        if counts.shape[1] != self.n_genes or counts.shape[0] != len(labels):
+            raise ValueError(
+                f"the sample must be cells x {self.n_genes} genes with one label per cell, got "
+                f"{counts.shape} and {len(labels)} labels."
+            )
+        labels = np.asarray(labels)
+        values = {
+            "sample_indptr": counts.indptr,
+            "sample_indices": counts.indices,
+            "sample_counts": counts.data,
+            "sample_labels": labels,
+        }
+        for name, dtype in SAMPLE_BUFFERS.items():
+            tensor = torch.from_numpy(np.ascontiguousarray(values[name], dtype=dtype))
+            self.register_buffer(name, tensor.to(self.device))
+
+    def reference_sample(self):
+        """The stored reference cells as (CSR counts, label codes); ``None`` in a model saved
+        without them."""
+        from scipy import sparse
+
+        if self.sample_labels.numel() == 0:
+            return None
+        counts = sparse.csr_matrix(
+            (
+                self.sample_counts.cpu().numpy(),
+                self.sample_indices.cpu().numpy(),
+                self.sample_indptr.cpu().numpy(),
+            ),
+            shape=(self.sample_labels.numel(), self.n_genes),
+        )
+        return counts, self.sample_labels.cpu().numpy()
+
     def sketch(self) -> dict:
         """The reference sketch as NumPy arrays (empty in a model saved before it)."""
         return {name: getattr(self, name).detach().cpu().numpy() for name in SKETCH_BUFFERS}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # the sketch's size is the saved one, whatever the module was built with; a file saved
-        # before the sketch existed has none (the mixing check is then skipped)
+        # before the sketch existed has none (the mixing check is then skipped), one saved
+        # before the reference sample none of it (no refit for a query lacking genes)
         for name, ndim in SKETCH_BUFFERS.items():
             key = prefix + name
             if key in state_dict:
                 self.register_buffer(name, torch.empty_like(state_dict[key], device=self.device))
             else:
                 state_dict[key] = torch.zeros((0,) * ndim)
+        for name, dtype in SAMPLE_BUFFERS.items():  # the same for the reference sample
+            key = prefix + name
+            if key in state_dict:
+                self.register_buffer(name, torch.empty_like(state_dict[key], device=self.device))
+            else:
+                state_dict[key] = torch.zeros(0, dtype=getattr(torch, dtype))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property

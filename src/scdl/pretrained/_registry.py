@@ -21,7 +21,7 @@ _ALLOWED = ("config.json", "model.safetensors", "README.md")
 REGISTRY: dict[str, dict] = {
     "pbmc_kang2018": {
         "folder": "pbmc_kang2018",
-        "weights_sha256": "79fee1bbe6cd0eab69ff74ee58fea2e10a1d9b1fc67f61f7c27afc03d98a8492",
+        "weights_sha256": "5a18742367cc759feb3b222c32a10fe3c378000293526170653a7d5a4e5ed353",
         "description": "Human PBMCs, 7 types (Kang et al. 2018, control + IFN-beta)",
     },
 }

@@ -73,7 +73,9 @@ def annotate(
     unknown
         Call unlike cells ``"Unknown"``; ``False`` keeps every cell's most probable type.
     min_gene_overlap
-        Smallest fraction of the model's genes that ``adata`` must hold.
+        Smallest fraction of the model's genes that ``adata`` must hold. When it lacks genes
+        carrying more than 10% of the model's reference sketch, the model's linear path is
+        refitted to the genes it holds (see :class:`~scdl.models.CellTypeTransformer`).
     batch_size
         Cells per forward pass.
     adapt_to_query
