@@ -51,7 +51,7 @@ class AnnotatorCalibrationMixin:
     def calibrate_clusters(self, *, batch_key: str | None = None, seed: int = 0) -> None:
         """Set the cluster-level Unknown threshold on the reference (see the class notes), the
         reference sketch of its mixing check and the sample of reference cells the linear path
-        is refitted on for a query lacking genes (:mod:`._refit`).
+        is refitted on for a query lacking genes (``scdl.models._refit``).
 
         :meth:`train` calls it; call it again to calibrate on other batches of the reference.
 
