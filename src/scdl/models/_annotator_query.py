@@ -11,7 +11,6 @@ and the calibration ``train`` stored.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 
 import numpy as np
 import torch
@@ -51,20 +50,25 @@ class AnnotatorQueryMixin:
     """Query adaptation, the linear path for a query lacking genes and the Unknown call's
     per-cluster checks of a call."""
 
+    def _lacks_genes(self, present) -> bool:
+        """Whether the query lacks genes carrying more than 10% of the reference sketch
+        (:data:`MIN_SKETCH_COVERAGE`; ``False`` for a model without a sketch)."""
+        if present is None:
+            return False
+        loadings = {"sketch_loadings": self.module.sketch_loadings.detach().cpu().numpy()}
+        return bool(sketch_coverage(loadings, present) < MIN_SKETCH_COVERAGE)
+
     @contextlib.contextmanager
     def _linear_for(self, present):
         """For the duration, the linear path refitted to the genes ``present`` on the model's
         reference sample (:mod:`._refit`) when the query lacks the sketch's genes; the trained
         one otherwise, and afterwards."""
         refit = None
-        if present is not None and sketch_coverage(self.module.sketch(), present) < (
-            MIN_SKETCH_COVERAGE
-        ):
-            mask = np.packbits(np.asarray(present, dtype=bool)).tobytes()
-            # the gene set and the sample it is fitted on (a new sample is a new tensor)
-            key = (hashlib.sha1(mask).hexdigest(), self.module.sample_counts.data_ptr())
+        if self._lacks_genes(present):
+            # one fit per gene set and sample, reused by the calls of a query
+            key = (np.packbits(np.asarray(present, dtype=bool)).tobytes(), self.module.sample_id)
             cached = getattr(self, "_refit_cache", None)
-            if cached is None or cached[0] != key:  # one fit per gene set, reused by its calls
+            if cached is None or cached[0] != key:
                 cached = (key, refit_linear(self.module, present, getattr(self, "linear_C_", None)))
                 self._refit_cache = cached
             refit = cached[1]
@@ -107,9 +111,8 @@ class AnnotatorQueryMixin:
     def _lacks_sketch_genes(self, x, present) -> bool:
         """Whether the mixing check is skipped only because the query lacks the sketch's genes
         (a sketch to compare with, and enough cells with counts to measure on)."""
-        coverage = sketch_coverage(self.module.sketch(), present)
         with_counts = int((np.asarray(x.sum(1)).ravel() > 0).sum())
-        return bool(coverage < MIN_SKETCH_COVERAGE) and with_counts >= MIN_QUERY_CELLS
+        return self._lacks_genes(present) and with_counts >= MIN_QUERY_CELLS
 
     def _cluster_calls(self, x, present, best, resolution, seed, *, cluster: bool = True):
         """Query clusters, their novelty and reference share per cell, the over-clustering for

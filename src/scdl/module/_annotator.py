@@ -26,6 +26,7 @@ so integrated gradients along ``alpha * x`` attribute a prediction to genes.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -44,6 +45,8 @@ SKETCH_BUFFERS = {
     "sketch_moments": 3,
     "sketch_level_moments": 4,
 }
+#: a new id for every reference sample a module stores (loaded or set)
+_SAMPLE_IDS = itertools.count()
 #: a sample of reference cells kept for a query lacking genes (their counts over the vocabulary
 #: as CSR, and their label codes): the linear path is refitted on it to the genes such a query
 #: holds (:mod:`scdl.models._refit`); dtypes of the buffers
@@ -166,6 +169,7 @@ class CellTypeTransformerModule(nn.Module):
             self.register_buffer(name, torch.zeros((0,) * ndim))
         for name, dtype in SAMPLE_BUFFERS.items():  # the reference sample, also set after it
             self.register_buffer(name, torch.zeros(0, dtype=getattr(torch, dtype)))
+        self.sample_id = next(_SAMPLE_IDS)
 
         self.gene_embedding = nn.Embedding(n_genes, d_model)
         self.value_encoder = nn.Sequential(nn.Linear(1, 16), nn.GELU(), nn.Linear(16, d_model))
@@ -212,6 +216,7 @@ class CellTypeTransformerModule(nn.Module):
         for name, dtype in SAMPLE_BUFFERS.items():
             tensor = torch.from_numpy(np.ascontiguousarray(values[name], dtype=dtype))
             self.register_buffer(name, tensor.to(self.device))
+        self.sample_id = next(_SAMPLE_IDS)  # what a refit fitted on it is cached under
 
     def reference_sample(self):
         """The stored reference cells as (CSR counts, label codes); ``None`` in a model saved
@@ -250,6 +255,7 @@ class CellTypeTransformerModule(nn.Module):
                 self.register_buffer(name, torch.empty_like(state_dict[key], device=self.device))
             else:
                 state_dict[key] = torch.zeros(0, dtype=getattr(torch, dtype))
+        self.sample_id = next(_SAMPLE_IDS)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
