@@ -314,6 +314,22 @@ def test_a_query_lacking_most_genes_gets_the_linear_path_refitted(annotator, tmp
     np.testing.assert_array_equal(again.predict(part, unknown=False, min_gene_overlap=0.3), refit)
 
 
+def test_the_reference_sample_holds_every_type():
+    """The sample kept for the refit, drawn from 10x's 7,480 PBMCs: 2,000 distinct cells with
+    at least 20 of every type (all of a smaller one), so its rare types stay callable."""
+    from scdl.models._refit import MIN_CELLS_PER_TYPE, REFERENCE_SAMPLE_CELLS, sample_rows
+
+    labels = read_shared("pbmc_7k_200genes.h5ad").obs["cell_type"].astype(str).to_numpy()
+    rows = sample_rows(labels, seed=0)
+    assert len(rows) == REFERENCE_SAMPLE_CELLS and np.all(np.diff(rows) > 0)
+    types, sizes = np.unique(labels, return_counts=True)
+    kept = dict(zip(*np.unique(labels[rows], return_counts=True), strict=True))
+    for t, n in zip(types, sizes, strict=True):
+        assert kept.get(t, 0) >= min(n, MIN_CELLS_PER_TYPE), (t, n, kept.get(t, 0))
+    assert min(sizes) < MIN_CELLS_PER_TYPE * len(labels) / REFERENCE_SAMPLE_CELLS  # one is rare
+    np.testing.assert_array_equal(sample_rows(labels[:1500]), np.arange(1500))
+
+
 def test_tl_annotate_takes_a_seed_and_refuses_a_backed_copy(annotator, tmp_path):
     """``random_state`` seeds the query's PCA and clusterings like the other tl steps (the
     same seed, the same calls; recorded in params); ``copy=True`` of a backed AnnData is

@@ -83,7 +83,7 @@ class AnnotatorCalibrationMixin:
         self.novelty_rule_ = "mixture"
         self.novelty_genes_ = genes
         self.module.set_sketch(**build_sketch(counts, seed=seed, x_log=x_log, labels=labels))
-        rows = sample_rows(counts.shape[0], seed)
+        rows = sample_rows(labels, seed)
         self.module.set_reference_sample(counts[rows], labels[rows].astype(int))
         self.min_reference_share_ = MIN_REFERENCE_SHARE
         self.unknown_evidence_ = UNKNOWN_EVIDENCE

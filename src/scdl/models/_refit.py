@@ -4,11 +4,11 @@ The linear path (an L2 logistic regression on each cell's centred log expression
 reference before the transformer) weighs every vocabulary gene. A query lacking many of them
 reads each as the reference's mean, which leaves the logits without genes they relied on, and
 its counts per 10,000 are taken over the genes it holds. So after training the model keeps a
-random sample of its reference cells (:data:`REFERENCE_SAMPLE_CELLS`, their counts and labels);
-for a query lacking the sketch's genes (:func:`scdl.models._mixing.sketch_coverage`) the
-regression is fitted again on that sample over the genes the query holds, the cells normalised
-over those genes as the query's are. The transformer path is unchanged: it never reads a gene a
-cell does not hold. Measured in benchmarks/README.md (stop 44).
+sample of its reference cells (:data:`REFERENCE_SAMPLE_CELLS`, every type in it; their counts and
+labels); for a query lacking the sketch's genes (:func:`scdl.models._mixing.sketch_coverage`)
+the regression is fitted again on that sample over the genes the query holds, the cells
+normalised over those genes as the query's are. The transformer path is unchanged: it never
+reads a gene a cell does not hold. Measured in benchmarks/README.md (stop 44).
 """
 
 from __future__ import annotations
@@ -22,17 +22,30 @@ from scdl.data import log_normalize_counts
 #: reference cells the model keeps for the refit (as many as the sketch; all of them in most of
 #: the benchmark's references, where a refit on half as many scored lower, benchmarks/README.md)
 REFERENCE_SAMPLE_CELLS = 2_000
+#: cells of every type (all of a smaller type) the sample holds before the rest is drawn
+MIN_CELLS_PER_TYPE = 20
 #: the linear path's L2 strength when the model does not record its own (models trained before)
 DEFAULT_LINEAR_C = 0.01
 
 
-def sample_rows(n_cells: int, seed: int = 0) -> np.ndarray:
-    """Sorted rows of the reference cells kept: all of them, or a random
-    :data:`REFERENCE_SAMPLE_CELLS`."""
+def sample_rows(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Sorted rows of the reference cells kept: all of them, or :data:`REFERENCE_SAMPLE_CELLS`
+    drawn at random after up to :data:`MIN_CELLS_PER_TYPE` of every type (``labels``: one per
+    cell). A random draw alone from a large reference can miss a rare type, which the refitted
+    path could then never call."""
+    labels = np.asarray(labels).ravel()
+    n_cells = len(labels)
     if n_cells <= REFERENCE_SAMPLE_CELLS:
         return np.arange(n_cells)
     rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n_cells, REFERENCE_SAMPLE_CELLS, replace=False))
+    kept = np.zeros(n_cells, dtype=bool)
+    for t in np.unique(labels):
+        rows = np.flatnonzero(labels == t)
+        kept[rng.choice(rows, min(len(rows), MIN_CELLS_PER_TYPE), replace=False)] = True
+    rest = np.flatnonzero(~kept)
+    n_more = max(REFERENCE_SAMPLE_CELLS - int(kept.sum()), 0)
+    kept[rng.choice(rest, min(n_more, len(rest)), replace=False)] = True
+    return np.flatnonzero(kept)
 
 
 def refit_linear(
