@@ -122,13 +122,13 @@ class CellTypeTransformer(
 
     **Genes.** The vocabulary is the registered AnnData's genes (select e.g. 2,000 highly
     variable genes first). A query is aligned by gene name; missing genes are treated as
-    unmeasured (hidden, not zero), and a query holding fewer than ``min_gene_overlap`` (50%)
-    of the vocabulary is refused. After training the model keeps a sample of up to 2,000
-    reference cells (at least 20 of every type, the rest at random; their counts and labels, in
-    the saved file): for a query lacking genes that carry more than 10% of the reference
-    sketch, the linear path is fitted again on that sample over the genes the query holds
-    (``scdl.models._refit``; the transformer path never reads a missing gene), as a logistic
-    regression trained on those genes would be.
+    unmeasured (hidden, not zero), and a query holding fewer than ``min_gene_overlap`` (50%) of
+    the vocabulary is refused. After training the model keeps a sample of 2,000 reference cells
+    (all of a smaller reference; at least 20 of every type, the rest at random, so more with
+    over 100 types; their counts and labels, in the saved file): for a query lacking genes that
+    carry more than 10% of the reference sketch, the linear path is fitted again on that sample
+    over the genes the query holds (``scdl.models._refit``; the transformer path never reads a
+    missing gene), as a logistic regression trained on those genes would be.
 
     Parameters
     ----------

@@ -31,8 +31,8 @@ DEFAULT_LINEAR_C = 0.01
 def sample_rows(labels: np.ndarray, seed: int = 0) -> np.ndarray:
     """Sorted rows of the reference cells kept: all of them, or :data:`REFERENCE_SAMPLE_CELLS`
     drawn at random after up to :data:`MIN_CELLS_PER_TYPE` of every type (``labels``: one per
-    cell). A random draw alone from a large reference can miss a rare type, which the refitted
-    path could then never call."""
+    cell; more than that number when the types' floors alone exceed it). A random draw alone
+    from a large reference can miss a rare type, which the refitted path could then never call."""
     labels = np.asarray(labels).ravel()
     n_cells = len(labels)
     if n_cells <= REFERENCE_SAMPLE_CELLS:
