@@ -19,7 +19,7 @@ from scdl.dataloaders import dense_rows
 
 from ._mixing import MIN_REFERENCE_SHARE, build_sketch
 from ._novelty import UNKNOWN_EVIDENCE, calibrate_threshold
-from ._refit import sample_rows
+from ._refit import linear_weights, sample_rows
 
 #: most values (cells x genes) densified for the linear path's fit: with 2,000 genes every
 #: cell up to 20,000; with a whole transcriptome (~30,000 genes) about 4,000
@@ -118,18 +118,10 @@ class AnnotatorCalibrationMixin:
             return
         clf = LogisticRegression(C=C, max_iter=1000)
         clf.fit(z.cpu().numpy(), y)
-        weight = np.zeros((self.summary_stats.n_labels, z.shape[1]), dtype=np.float32)
-        bias = np.full(self.summary_stats.n_labels, -10.0, dtype=np.float32)
-        if len(clf.classes_) == 2:  # binary: sklearn keeps one row, logits +-w/2
-            coef = np.vstack([-clf.coef_[0] / 2, clf.coef_[0] / 2])
-            icpt = np.array([-clf.intercept_[0] / 2, clf.intercept_[0] / 2])
-        else:
-            coef, icpt = clf.coef_, clf.intercept_
-        weight[clf.classes_] = coef
-        bias[clf.classes_] = icpt
+        weight, bias = linear_weights(clf, self.summary_stats.n_labels, z.shape[1])
         with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(weight))
-            lin.bias.copy_(torch.from_numpy(bias))
+            lin.weight.copy_(torch.from_numpy(weight.astype(np.float32)))
+            lin.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
 
     @torch.inference_mode()
     def calibrate(self, train_indices, heldout_indices, *, unknown_rate: float = 0.05) -> None:

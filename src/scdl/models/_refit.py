@@ -48,6 +48,23 @@ def sample_rows(labels: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.flatnonzero(kept)
 
 
+def linear_weights(clf, n_labels: int, n_genes: int, cols=None) -> tuple[np.ndarray, np.ndarray]:
+    """The linear path's weight (types x genes) and bias from a fitted scikit-learn
+    ``LogisticRegression`` over the genes ``cols`` (all when ``None``; the others weigh 0), in
+    float64. A binary fit keeps one row in scikit-learn: the logits are +-w/2. A type the fit
+    did not see gets a bias of -10, so this path never calls it."""
+    coef, icpt = clf.coef_, clf.intercept_
+    if len(clf.classes_) == 2:
+        coef = np.vstack([-coef[0] / 2, coef[0] / 2])
+        icpt = np.array([-icpt[0] / 2, icpt[0] / 2])
+    cols = np.arange(n_genes) if cols is None else np.asarray(cols)
+    weight = np.zeros((n_labels, n_genes))
+    bias = np.full(n_labels, -10.0)
+    weight[np.ix_(clf.classes_, cols)] = coef
+    bias[clf.classes_] = icpt
+    return weight, bias
+
+
 def refit_linear(
     module, present: np.ndarray, C: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -69,15 +86,7 @@ def refit_linear(
     x = log_normalize_counts(sparse.csr_matrix(counts)[:, cols], dtype=np.float64)
     clf = LogisticRegression(C=DEFAULT_LINEAR_C if C is None else C, max_iter=1000)
     clf.fit(x, labels)
-    n_labels, n_genes = module.linear.weight.shape
-    coef, icpt = clf.coef_, clf.intercept_
-    if len(clf.classes_) == 2:  # binary: sklearn keeps one row, logits +-w/2 (as the first fit)
-        coef = np.vstack([-coef[0] / 2, coef[0] / 2])
-        icpt = np.array([-icpt[0] / 2, icpt[0] / 2])
-    weight = np.zeros((n_labels, n_genes), dtype=np.float64)
-    bias = np.full(n_labels, -10.0)  # a type the sample lacks is never called by this path
-    weight[np.ix_(clf.classes_, cols)] = coef
-    bias[clf.classes_] = icpt
+    weight, bias = linear_weights(clf, *module.linear.weight.shape, cols=cols)
     # the module's linear path reads x_log - gene_mean on the genes held: the bias gives it back
     gene_mean = module.gene_mean.detach().cpu().numpy().astype(np.float64)
     bias += weight[:, cols] @ gene_mean[cols]
