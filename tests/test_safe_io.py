@@ -70,6 +70,23 @@ def test_load_checks_genes(saved, kang_integrated):
         VAE.load(saved, wrong)
 
 
+def test_load_resolves_the_device_and_refuses_what_it_cannot_use(saved, kang_integrated):
+    """``accelerator``/``device`` as scvi-tools reads them: "auto" is the CPU on a machine
+    without a GPU, and several devices or an accelerator scdl does not run on are refused."""
+    import torch
+
+    adata = kang_integrated[1].adata
+    model = VAE.load(saved, adata=adata.copy())
+    assert next(model.module.parameters()).device == torch.device("cpu")
+    with pytest.raises(ValueError, match="not one of"):
+        VAE.load(saved, adata=adata.copy(), accelerator="tpu")
+    with pytest.raises(ValueError, match="one device"):
+        VAE.load(saved, adata=adata.copy(), device=[0, 1])
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception, match="(?i)gpu|cuda"):
+            VAE.load(saved, adata=adata.copy(), accelerator="cuda")
+
+
 def test_load_query_from_folder(saved, kang_integrated, tmp_path):
     adata, model = kang_integrated
     query = model.adata[model.adata.obs["sample"] == "stim107"].copy()

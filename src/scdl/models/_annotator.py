@@ -15,21 +15,20 @@ from scvi.train import TrainRunner
 
 from scdl._warnings import warn_user
 from scdl.data import (
-    align_to_genes,
     check_categorical,
     check_count_setup,
-    check_counts,
     check_fraction,
     check_positive_int,
     log_normalize_counts,
 )
-from scdl.dataloaders import CSRBatches, FastDataSplitter
+from scdl.dataloaders import FastDataSplitter
 from scdl.module import CellTypeTransformerModule
-from scdl.train import AnnotatorTrainingPlan, MaskedExpressionPlan, guarded_training
+from scdl.train import AnnotatorTrainingPlan, guarded_training
 
 from ._annotator_attribution import AnnotatorAttributionMixin
 from ._annotator_calibration import AnnotatorCalibrationMixin
 from ._annotator_predict import UNKNOWN, AnnotatorPredictionMixin
+from ._annotator_pretrain import AnnotatorPretrainingMixin
 from ._base import SafeSaveLoadMixin
 from ._training import plan_training
 
@@ -43,6 +42,7 @@ class CellTypeTransformer(
     AnnotatorPredictionMixin,
     AnnotatorAttributionMixin,
     AnnotatorCalibrationMixin,
+    AnnotatorPretrainingMixin,
     SafeSaveLoadMixin,
     BaseModelClass,
 ):
@@ -350,79 +350,6 @@ class CellTypeTransformer(
         return mean.astype(np.float32), np.maximum(std, 0.1).astype(np.float32)
 
     # --- training ----------------------------------------------------------------------------
-    def pretrain(
-        self,
-        adata: AnnData | None = None,
-        *,
-        max_epochs: int | None = None,
-        batch_size: int = 256,
-        lr: float = 2e-3,
-        layer: str | None = None,
-        accelerator: str = "auto",
-        devices: int | list[int] | str = "auto",
-        **trainer_kwargs,
-    ) -> CellTypeTransformer:
-        """Self-supervised pretraining on (unlabelled) cells: masked gene-value prediction.
-
-        15% of each cell's gene tokens have their value hidden and predicted from the rest of
-        the cell. :meth:`train` then fine-tunes from these weights.
-
-        Parameters
-        ----------
-        adata
-            Cells to pretrain on (raw counts; aligned to the vocabulary by gene name);
-            ``None`` uses the reference.
-        max_epochs
-            Passes through the cells; default from the number of cells.
-        batch_size, lr
-            Minibatch size and AdamW learning rate.
-        layer
-            Layer of ``adata`` holding raw counts.
-        accelerator, devices, **trainer_kwargs
-            Passed to the Lightning trainer.
-        """
-        from scvi.model._utils import parse_device_args
-        from scvi.train import Trainer
-
-        # as .train() resolves them: "auto" is one device (Lightning's own "auto" takes every
-        # GPU of the machine and relaunches the script under DDP)
-        accelerator, devices, device = parse_device_args(
-            accelerator=accelerator, devices=devices, return_device="torch"
-        )
-        if adata is None:
-            self._require_adata("pretrain on", takes_adata=True)
-            x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        else:
-            check_counts(adata, layer)
-            x, _ = align_to_genes(adata, self.get_var_names(), layer=layer, what="model")
-        max_epochs, batch_size = plan_training(
-            x.shape[0],
-            max_epochs,
-            batch_size=batch_size,
-            train_size=1.0,
-            trainer_kwargs=trainer_kwargs,
-            n_cells_seen=2_000 * 128,
-            cap=50,
-            floor=5,
-        )
-        loader = CSRBatches(x, batch_size=batch_size, shuffle=True, drop_last=True)
-        plan = MaskedExpressionPlan(self.module, lr=lr)
-        trainer_kwargs.setdefault("enable_progress_bar", True)
-        with guarded_training(self, trainer_kwargs, lr=lr):
-            trainer = Trainer(
-                max_epochs=max_epochs,
-                accelerator=accelerator,
-                devices=devices,
-                enable_checkpointing=False,
-                logger=False,
-                **trainer_kwargs,
-            )
-            trainer.fit(plan, train_dataloaders=loader)
-        self.module.to(device)  # Lightning's teardown leaves it on the CPU
-        self.module.eval()
-        self.pretrained_epochs_ = int(max_epochs)
-        return self
-
     def train(
         self,
         max_epochs: int | None = None,

@@ -191,7 +191,7 @@ class SafeSaveLoadMixin:
             the save is missing. An scdl save is a folder of files, so nothing is downloaded:
             a missing save is a :class:`FileNotFoundError` that names the files to fetch.
         """
-        from scvi.model._utils import parse_device_args
+        from ._devices import resolve_device
 
         without_data = adata is False  # scvi-tools' "load without AnnData"
         if adata is not None and not without_data:
@@ -215,12 +215,7 @@ class SafeSaveLoadMixin:
                 f"{files} holds a {config['model_class']} model; load it with "
                 f"scdl.models.{config['model_class']}.load."
             )
-        _, _, torch_device = parse_device_args(
-            accelerator=accelerator,
-            devices=device,
-            return_device="torch",
-            validate_single_device=True,
-        )
+        _, _, torch_device = resolve_device(accelerator, device, single=True)
         attrs = _decode(config["attrs"])
         registry = attrs.pop("registry_")
         _check_genes_agree(config, registry, files)

@@ -378,7 +378,7 @@ class VAE(
     ):
         """Pad a query's missing reference genes with zeros and put them in the reference order.
 
-        As scvi-tools' method, but a saved reference is read from its ``config.json`` (the
+        As scvi-tools' method, but a saved reference is read with scdl's safe loader (the
         scvi-tools version unpickles ``model.pt``).
 
         Parameters
@@ -394,17 +394,16 @@ class VAE(
         prefix
             The ``prefix`` a saved reference was saved with.
         """
-        from scvi.model.base._archesmixin import _pad_and_sort_query_anndata
-
         from ._base import read_config
 
-        if isinstance(reference_model, str | os.PathLike):
-            var_names = pd.Index(read_config(reference_model, prefix)["var_names"])
-        else:
-            var_names = pd.Index(reference_model.get_var_names())
+        path = isinstance(reference_model, str | os.PathLike)
         if return_reference_var_names:
-            return var_names
-        return _pad_and_sort_query_anndata(adata, var_names, inplace)
+            if path:
+                return pd.Index(read_config(reference_model, prefix)["var_names"])
+            return pd.Index(reference_model.get_var_names())
+        if path:  # our safe loader, without data; scvi-tools' would unpickle a model.pt
+            reference_model = VAE.load(reference_model, adata=False, prefix=prefix)
+        return ArchesMixin.prepare_query_anndata(adata, reference_model, inplace=inplace)
 
     @staticmethod
     def prepare_query_mudata(*args, **kwargs):

@@ -22,13 +22,18 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.distributions import NegativeBinomial, Poisson
 from scvi.module import VAE as _SCVIModule
-from scvi.module._constants import MODULE_KEYS
 from scvi.module.base import LossOutput
 from torch.distributions import Normal, kl_divergence
 
 from ._csr import csr_entries, encode_csr, fc_forward, one_hots
 from ._mmd import batch_mmd
 from ._nb import SparseNegativeBinomial, nb_log_lik_csr
+
+# the output keys of scvi-tools' VAE module (its ``MODULE_KEYS``, which it keeps private): its
+# training plan and ``RNASeqMixin`` read the inference and generative outputs under these names
+Z_KEY, QZ_KEY, QL_KEY, LIBRARY_KEY = "z", "qz", "ql", "library"
+PX_KEY, PL_KEY, PZ_KEY = "px", "pl", "pz"
+KL_L_KEY, KL_Z_KEY = "kl_divergence_l", "kl_divergence_z"
 
 
 def _is_csr(x) -> bool:
@@ -72,7 +77,7 @@ class VAEModule(_SCVIModule):
             x = x.to_dense() if _is_csr(x) else x
             out = super()._regular_inference(x, batch_index, cont_covs, cat_covs, n_samples)
             if self.use_observed_lib_size:  # a cell without counts: log(1), not log(0) = -inf
-                out[MODULE_KEYS.LIBRARY_KEY] = out[MODULE_KEYS.LIBRARY_KEY].clamp(min=0.0)
+                out[LIBRARY_KEY] = out[LIBRARY_KEY].clamp(min=0.0)
             return out
         crow, row, col, val = csr_entries(x)
         n_cells = x.shape[0]
@@ -96,10 +101,10 @@ class VAEModule(_SCVIModule):
             z = self.z_encoder.z_transformation(qz.sample((n_samples,)))
             library = library.unsqueeze(0).expand((n_samples, library.size(0), library.size(1)))
         return {
-            MODULE_KEYS.Z_KEY: z,
-            MODULE_KEYS.QZ_KEY: qz,
-            MODULE_KEYS.QL_KEY: None,
-            MODULE_KEYS.LIBRARY_KEY: library,
+            Z_KEY: z,
+            QZ_KEY: qz,
+            QL_KEY: None,
+            LIBRARY_KEY: library,
         }
 
     def generative(self, *args, transform_batch=None, **kwargs):
@@ -110,9 +115,9 @@ class VAEModule(_SCVIModule):
         ):
             return self._generative_no_zi(*args, transform_batch=transform_batch, **kwargs)
         out = super().generative(*args, transform_batch=transform_batch, **kwargs)
-        px = out[MODULE_KEYS.PX_KEY]
+        px = out[PX_KEY]
         if type(px) is NegativeBinomial:
-            out[MODULE_KEYS.PX_KEY] = SparseNegativeBinomial.from_scvi(px)
+            out[PX_KEY] = SparseNegativeBinomial.from_scvi(px)
         return out
 
     def _generative_no_zi(
@@ -166,11 +171,11 @@ class VAEModule(_SCVIModule):
             means, variances = self._compute_local_library_params(batch_index)
             pl = Normal(means, variances.sqrt())
         pz = Normal(torch.zeros_like(z), torch.ones_like(z), validate_args=False)
-        return {MODULE_KEYS.PX_KEY: px, MODULE_KEYS.PL_KEY: pl, MODULE_KEYS.PZ_KEY: pz}
+        return {PX_KEY: px, PL_KEY: pl, PZ_KEY: pz}
 
     def loss(self, tensors, inference_outputs, generative_outputs, kl_weight=1.0) -> LossOutput:
         x = tensors[REGISTRY_KEYS.X_KEY]
-        px = generative_outputs[MODULE_KEYS.PX_KEY]
+        px = generative_outputs[PX_KEY]
         plain_nb = type(px) in (NegativeBinomial, SparseNegativeBinomial)  # not ZINB (a subclass)
         if _is_csr(x) and plain_nb and _per_gene(px.theta) is not None:
             out = self._csr_nb_loss(tensors, px, inference_outputs, generative_outputs, kl_weight)
@@ -179,7 +184,7 @@ class VAEModule(_SCVIModule):
                 tensors = {**tensors, REGISTRY_KEYS.X_KEY: x.to_dense()}
             out = super().loss(tensors, inference_outputs, generative_outputs, kl_weight)
         if self.batch_mmd_weight > 0 and self.n_batch > 1:
-            mmd = batch_mmd(inference_outputs["qz"].loc, tensors[REGISTRY_KEYS.BATCH_KEY])
+            mmd = batch_mmd(inference_outputs[QZ_KEY].loc, tensors[REGISTRY_KEYS.BATCH_KEY])
             out.loss = out.loss + self.batch_mmd_weight * mmd
             out.extra_metrics["batch_mmd"] = mmd.detach()
         return out
@@ -189,20 +194,16 @@ class VAEModule(_SCVIModule):
         _, row, col, val = csr_entries(tensors[REGISTRY_KEYS.X_KEY])
         theta = _per_gene(px.theta)
         reconst_loss = -nb_log_lik_csr(px.mu, theta, row, col, val, px._eps)
-        kl_z = kl_divergence(
-            inference_outputs[MODULE_KEYS.QZ_KEY], generative_outputs[MODULE_KEYS.PZ_KEY]
-        ).sum(dim=-1)
+        kl_z = kl_divergence(inference_outputs[QZ_KEY], generative_outputs[PZ_KEY]).sum(dim=-1)
         if self.use_observed_lib_size:
             kl_l = torch.zeros_like(kl_z)
         else:
-            kl_l = kl_divergence(
-                inference_outputs[MODULE_KEYS.QL_KEY], generative_outputs[MODULE_KEYS.PL_KEY]
-            ).sum(dim=1)
+            kl_l = kl_divergence(inference_outputs[QL_KEY], generative_outputs[PL_KEY]).sum(dim=1)
         loss = torch.mean(reconst_loss + kl_weight * kl_z + kl_l)
         return LossOutput(
             loss=loss,
             reconstruction_loss=reconst_loss,
-            kl_local={MODULE_KEYS.KL_L_KEY: kl_l, MODULE_KEYS.KL_Z_KEY: kl_z},
+            kl_local={KL_L_KEY: kl_l, KL_Z_KEY: kl_z},
             extra_metrics=self._autotune_payload(tensors, inference_outputs),
         )
 

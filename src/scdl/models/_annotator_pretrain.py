@@ -1,0 +1,97 @@
+"""Self-supervised pretraining of :class:`~scdl.models.CellTypeTransformer` on unlabelled
+cells (masked gene-value prediction), before :meth:`~scdl.models.CellTypeTransformer.train`
+fine-tunes on the labels.
+
+A mixin of the model class; the training plan is :class:`scdl.train.MaskedExpressionPlan`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from scvi import REGISTRY_KEYS
+
+from scdl.data import align_to_genes, check_counts
+from scdl.dataloaders import CSRBatches
+from scdl.train import MaskedExpressionPlan, guarded_training
+
+from ._devices import resolve_device
+from ._training import plan_training
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from ._annotator import CellTypeTransformer
+
+
+class AnnotatorPretrainingMixin:
+    """Masked-expression pretraining of :class:`~scdl.models.CellTypeTransformer`."""
+
+    def pretrain(
+        self,
+        adata: AnnData | None = None,
+        *,
+        max_epochs: int | None = None,
+        batch_size: int = 256,
+        lr: float = 2e-3,
+        layer: str | None = None,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        **trainer_kwargs,
+    ) -> CellTypeTransformer:
+        """Self-supervised pretraining on (unlabelled) cells: masked gene-value prediction.
+
+        15% of each cell's gene tokens have their value hidden and predicted from the rest of
+        the cell. :meth:`train` then fine-tunes from these weights.
+
+        Parameters
+        ----------
+        adata
+            Cells to pretrain on (raw counts; aligned to the vocabulary by gene name);
+            ``None`` uses the reference.
+        max_epochs
+            Passes through the cells; default from the number of cells.
+        batch_size, lr
+            Minibatch size and AdamW learning rate.
+        layer
+            Layer of ``adata`` holding raw counts.
+        accelerator, devices, **trainer_kwargs
+            Passed to the Lightning trainer.
+        """
+        from scvi.train import Trainer
+
+        # as .train() resolves them: "auto" is one device
+        accelerator, devices, device = resolve_device(accelerator, devices)
+        if adata is None:
+            self._require_adata("pretrain on", takes_adata=True)
+            x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        else:
+            check_counts(adata, layer)
+            x, _ = align_to_genes(adata, self.get_var_names(), layer=layer, what="model")
+        max_epochs, batch_size = plan_training(
+            x.shape[0],
+            max_epochs,
+            batch_size=batch_size,
+            train_size=1.0,
+            trainer_kwargs=trainer_kwargs,
+            n_cells_seen=2_000 * 128,
+            cap=50,
+            floor=5,
+        )
+        loader = CSRBatches(x, batch_size=batch_size, shuffle=True, drop_last=True)
+        plan = MaskedExpressionPlan(self.module, lr=lr)
+        trainer_kwargs.setdefault("enable_progress_bar", True)
+        with guarded_training(self, trainer_kwargs, lr=lr):
+            trainer = Trainer(
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                enable_checkpointing=False,
+                logger=False,
+                **trainer_kwargs,
+            )
+            trainer.fit(plan, train_dataloaders=loader)
+        self.module.to(device)  # Lightning's teardown leaves it on the CPU
+        self.module.eval()
+        self.pretrained_epochs_ = int(max_epochs)
+        return self

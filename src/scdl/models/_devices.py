@@ -1,0 +1,50 @@
+"""The device a model goes to, from Lightning's ``accelerator`` and ``devices`` arguments.
+
+scvi-tools resolves these in a private helper of its own; this is the same rule on Lightning's
+public accelerator classes. ``accelerator="auto"`` is the CUDA GPU when there is one and the
+CPU otherwise (Apple's MPS only when asked for by name, as in scvi-tools: not every operation
+runs there), and ``devices="auto"`` is one device, not every GPU of the machine (Lightning's
+own ``"auto"``, which relaunches the script under DDP).
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: accelerators scdl's models run on
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def resolve_device(
+    accelerator: str = "auto", devices: int | list[int] | str = "auto", *, single: bool = False
+) -> tuple[str, int | list[int] | str, torch.device]:
+    """Lightning's accelerator and devices, and the torch device of the first of them.
+
+    ``single`` refuses more than one device (loading puts the model on one).
+    """
+    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
+
+    if accelerator not in ACCELERATORS:
+        raise ValueError(f"accelerator={accelerator!r} is not one of {ACCELERATORS}.")
+    several = (
+        devices == -1
+        or (isinstance(devices, list) and len(devices) > 1)
+        or (isinstance(devices, str) and "," in devices)
+        or (isinstance(devices, int) and not isinstance(devices, bool) and devices > 1)
+    )
+    if single and several:
+        raise ValueError(f"Give one device here, not devices={devices!r}.")
+    if accelerator == "auto":
+        accelerator = "cuda" if CUDAAccelerator.is_available() else "cpu"
+    elif accelerator == "gpu":
+        mps_only = MPSAccelerator.is_available() and not CUDAAccelerator.is_available()
+        accelerator = "mps" if mps_only else "cuda"
+    if accelerator == "cpu":
+        return "cpu", devices, torch.device("cpu")
+    parser = CUDAAccelerator if accelerator == "cuda" else MPSAccelerator
+    ids = parser.parse_devices(1 if devices == "auto" else devices)  # raises when none exists
+    return (
+        accelerator,
+        ids[:1] if devices == "auto" else ids,
+        torch.device(f"{accelerator}:{ids[0]}"),
+    )

@@ -1,0 +1,102 @@
+"""Fitting the two paths of :class:`~scdl.models.DrugResponseModel`: Lightning training of the
+deep path (scvi-tools' loop, with the cells as a second domain), the closed-form ridges of the
+wide path, and the per-drug calibration on held-out lines.
+
+A mixin of the model class (``train`` orchestrates; these are its steps).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+from scvi.model.base import UnsupervisedTrainingMixin
+
+from scdl._warnings import warn_user
+from scdl.data import matched_reference
+from scdl.module import drug_table, heldout_predictions
+from scdl.train import guarded_training
+
+from ._training import plan_training
+
+
+class DrugFittingMixin:
+    """Training steps of :class:`~scdl.models.DrugResponseModel`."""
+
+    def _train_network(self, profiles, folds, *, max_epochs, plan, **kwargs):
+        """Lightning training of the deep path (scvi-tools' loop), guarded against divergence."""
+        n_obs = self.adata.n_obs
+        reference_p = None
+        if self._target_profiles is not None and self.match_neighbors > 0:
+            reference_p = matched_reference(self._target_profiles, profiles, self.match_neighbors)
+        batch_size, target_batch_size = kwargs.pop("batch_size"), kwargs.pop("target_batch_size")
+        # the documented default (every line): scvi-tools' splitter would read None as 0.9
+        train_size = kwargs.pop("train_size")
+        train_size = 1.0 if train_size is None else train_size
+        user_splitter = kwargs.pop("datasplitter_kwargs", None) or {}
+        max_epochs, batch_size = plan_training(
+            n_obs,
+            max_epochs,
+            batch_size=batch_size,
+            train_size=train_size,
+            trainer_kwargs=kwargs,
+            plan_kwargs=plan,
+            n_cells_seen=600 * 128,
+        )
+        plan = {"n_epochs_kl_warmup": max(1, max_epochs // 2), **plan}
+        with warnings.catch_warnings(), guarded_training(self, kwargs, lr=plan["lr"]):
+            # minibatches hold lines and fewer target cells: Lightning's batch-size guess
+            # finds two sizes and warns; the logged losses are per line either way
+            warnings.filterwarnings("ignore", message=".*infer the `batch_size`")
+            out = UnsupervisedTrainingMixin.train(
+                self,
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+                train_size=train_size,
+                plan_kwargs=plan,
+                datasplitter_kwargs={
+                    **user_splitter,
+                    "profiles": profiles,
+                    "target_x": self._target_profiles,
+                    "reference_p": reference_p,
+                    "folds": folds,
+                    "target_batch_size": target_batch_size,
+                },
+                **kwargs,
+            )
+        return out
+
+    def _fit_ridge(self, profiles, responses, folds) -> np.ndarray:
+        """Fit the wide path: each member's ridge on the lines its deep part trains on.
+
+        With ``train_size < 1`` the validation lines are drawn inside Lightning's splitter,
+        after this; the ridges then train on them too (the ensemble's left-out folds, which
+        calibrate the model, stay held out).
+        """
+        module = self.module  # in eval mode: no input noise
+        k = module.n_ensemble
+        with torch.inference_mode():
+            xs = module._standardise(torch.as_tensor(profiles, device=module.device)).cpu()
+        y_std = (responses - module.drug_mean.cpu().numpy()) / module.drug_scale.cpu().numpy()
+        members = [folds != j if k > 1 else np.ones(len(folds), dtype=bool) for j in range(k)]
+        return self.module.set_ridge(xs, y_std, members)
+
+    def _calibrate(self, folds: np.ndarray, alphas=None, bulk=None) -> pd.DataFrame:
+        """Per drug: lines, bulk median, held-out residual sd and Spearman correlation, and
+        the ridges' penalty (median over members; NaN without a wide path)."""
+        profiles, y = self._bulk() if bulk is None else bulk
+        members = self._run(profiles, self.module.member_predictions)  # K x lines x drugs
+        train_idx = np.asarray(self.train_indices if self.train_indices is not None else [])
+        in_train = np.zeros(len(y), dtype=bool)
+        in_train[train_idx.astype(np.int64)] = True
+        heldout, self.calibration_source_ = heldout_predictions(members, folds, in_train)
+        if self.calibration_source_ == "training lines":
+            warn_user(
+                "With n_ensemble=1 and train_size=1 there are no held-out lines: the sensitive "
+                "probability uses training residuals, which understate the uncertainty. Use "
+                "n_ensemble >= 2 or train_size < 1.",
+                UserWarning,
+            )
+        return drug_table(heldout, y, self.drugs, alphas)
