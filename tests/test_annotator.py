@@ -602,7 +602,7 @@ def test_predict_takes_indices_as_scvi_tools(annotator):
     soft = model.predict(query, idx, soft=True)
     assert soft.shape == (idx.size, len(model.labels))
     assert list(soft.index) == list(query.obs_names[idx])
-    with pytest.raises(ValueError, match="indices is empty"):
+    with pytest.raises(ValueError, match="selects no cells"):
         model.predict(query, indices=[])
     with pytest.raises(IndexError, match="outside"):
         model.predict(query, indices=[query.n_obs])

@@ -396,6 +396,8 @@ def test_model_methods_refuse_impossible_arguments(kang_contrastive):
         model.get_normalized_expression(library_size=-1)
     with pytest.raises(ValueError, match="selects no cells"):
         model.get_latent_representation(indices=[])
+    with pytest.raises(IndexError, match="outside"):
+        model.get_normalized_expression(indices=[model.adata.n_obs])
     mask = np.zeros(model.adata.n_obs, dtype=bool)
     mask[[3, 7, 11]] = True
     np.testing.assert_allclose(

@@ -35,6 +35,7 @@ from scdl.dataloaders import dense_rows
 
 from ._adaptation import auto_blend, check_adapt
 from ._annotator_query import AnnotatorQueryMixin
+from ._base import cell_positions
 from ._mixing import MIN_QUERY_CELLS
 from ._novelty import celltypist_resolution, leiden_on_graph, unknown_clusters
 
@@ -368,7 +369,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         """
         if indices is not None:
             host = self._require_adata("predict", takes_adata=True) if adata is None else adata
-            adata = host[_cell_positions(indices, host.n_obs)]
+            adata = host[cell_positions(indices, host.n_obs)]
         calls, probs = self.annotate_cells(
             adata,
             layer=layer,
@@ -380,22 +381,6 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         if soft:
             return probs
         return calls["label" if unknown else "label_forced"].to_numpy()
-
-
-def _cell_positions(indices, n_obs: int) -> np.ndarray:
-    """Positions of the cells ``indices`` names (positions or a boolean mask of ``n_obs``)."""
-    idx = np.asarray(indices)
-    if idx.size == 0:
-        raise ValueError("indices is empty: pass at least one cell to predict.")
-    if idx.dtype == bool:
-        if idx.shape != (n_obs,):
-            raise ValueError(f"A boolean indices mask needs one value per cell ({n_obs}).")
-        idx = np.flatnonzero(idx)
-    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
-        raise TypeError("indices must be integer positions or a boolean mask of the cells.")
-    if idx.min() < -n_obs or idx.max() >= n_obs:
-        raise IndexError(f"indices hold positions outside the {n_obs} cells.")
-    return idx
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import pandas as pd
 
 from ._saved_files import (
@@ -328,3 +329,22 @@ class CheckedQueryMixin:
                 unseen_fix=self._unseen_categories_fix,
             )
         return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+
+
+def cell_positions(indices, n_obs: int) -> np.ndarray:
+    """Positions of the cells ``indices`` names: integer positions, a boolean mask of the
+    ``n_obs`` cells (as scvi-tools' loaders read it), or ``None`` for every cell."""
+    if indices is None:
+        return np.arange(n_obs)
+    idx = np.asarray(indices)
+    if idx.size == 0:
+        raise ValueError("`indices` selects no cells; pass at least one position, or None.")
+    if idx.dtype == bool:
+        if idx.shape != (n_obs,):
+            raise ValueError(f"A boolean `indices` mask needs one value per cell ({n_obs}).")
+        idx = np.flatnonzero(idx)
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError("`indices` must be integer positions or a boolean mask of the cells.")
+    if idx.min() < -n_obs or idx.max() >= n_obs:
+        raise IndexError(f"`indices` hold positions outside the {n_obs} cells.")
+    return idx

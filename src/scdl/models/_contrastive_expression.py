@@ -1,0 +1,125 @@
+"""Decoded expression of :class:`~scdl.models.ContrastiveVAE`: each cell's normalised
+expression with and without its salient code, and the genes the salient space explains.
+
+A mixin of the model class (as scvi-tools keeps ``get_normalized_expression`` in
+``RNASeqMixin``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+from scvi import REGISTRY_KEYS
+
+from scdl.data import check_positive_int, check_positive_number, salient_gene_table
+
+from ._base import cell_positions
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+
+class ContrastiveExpressionMixin:
+    """Expression methods of :class:`~scdl.models.ContrastiveVAE`."""
+
+    def _decode_pairs(self, adata, indices, batch_size):
+        """Normalised expression of each cell decoded from ``[z, s]`` and from ``[z, 0]``."""
+        for tensors, inf in self._posterior(adata, indices, batch_size):
+            z, s, lib = inf["qz"].loc, inf["qs"].loc, inf["library"]
+            b = tensors[REGISTRY_KEYS.BATCH_KEY]
+            full = self.module.generative(z, s, lib, b)["px"].scale
+            shared = self.module.generative(z, torch.zeros_like(s), lib, b)["px"].scale
+            yield full.cpu().numpy(), shared.cpu().numpy()
+
+    @torch.inference_mode()
+    def get_normalized_expression(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        *,
+        salient: bool = True,
+        library_size: float = 1e4,
+        batch_size: int | None = None,
+        target_mask: np.ndarray | None = None,
+    ) -> pd.DataFrame:
+        """Decoded expression per ``library_size`` counts (posterior means).
+
+        Parameters
+        ----------
+        adata, indices, batch_size, target_mask
+            As in :meth:`get_latent_representation`.
+        salient
+            ``True``: target cells decoded with their salient code (the model's fit);
+            ``False``: every cell decoded with the salient code set to zero, i.e. target
+            cells as they would look without what is specific to them.
+        library_size
+            Counts each cell's expression is scaled to.
+        """
+        check_positive_number(library_size, "library_size", meaning="counts per cell")
+        self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        idx = cell_positions(indices, adata.n_obs)
+        use_salient = self._target_mask(adata, target_mask)[idx] if salient else None
+        rows, start = [], 0
+        for full, shared in self._decode_pairs(adata, idx, batch_size):
+            if use_salient is None:
+                rows.append(shared)
+            else:
+                pick = use_salient[start : start + len(full), None]
+                rows.append(np.where(pick, full, shared))
+            start += len(full)
+        return pd.DataFrame(
+            np.concatenate(rows) * library_size,
+            index=adata.obs_names[idx],
+            columns=adata.var_names,
+        )
+
+    @torch.inference_mode()
+    def get_salient_genes(
+        self,
+        n_top: int | None = 50,
+        *,
+        adata: AnnData | None = None,
+        library_size: float = 1e4,
+        batch_size: int | None = None,
+        target_mask: np.ndarray | None = None,
+    ) -> pd.DataFrame:
+        """Genes whose expression in target cells the salient space explains, ranked.
+
+        Each target cell is decoded twice, from its shared and salient codes and from its
+        shared code with the salient code set to zero; a gene's score is the mean over target
+        cells of the absolute log2 fold change between the two (on the scale of counts per
+        ``library_size``, pseudocount 1).
+
+        Parameters
+        ----------
+        n_top
+            Rows to return; ``None`` for every gene.
+        adata, batch_size, target_mask
+            As in :meth:`get_latent_representation`.
+        library_size
+            Scale of expression for the fold change.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Sorted by ``score`` (see :func:`scdl.data.salient_gene_table`): ``gene``,
+            ``score``, ``lfc_mean`` (> 0: higher because of the salient code),
+            ``mean_with_salient``, ``mean_without_salient``.
+        """
+        n_top = check_positive_int(n_top, "n_top", none="every gene")
+        check_positive_number(library_size, "library_size", meaning="counts per cell")
+        self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        targets = np.flatnonzero(self._target_mask(adata, target_mask))
+        table = salient_gene_table(
+            self._decode_pairs(adata, targets, batch_size),
+            adata.var_names,
+            library_size=library_size,
+        )
+        return table if n_top is None else table.head(n_top)
