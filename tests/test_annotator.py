@@ -42,6 +42,28 @@ def annotator(kang2k):
     return model, query
 
 
+def test_only_the_models_genes_are_checked_whatever_the_storage(annotator):
+    """A value that is not a count in a gene the model does not use is ignored, in a CSR and
+    in a dense matrix alike; in one of the model's genes it is refused, again in both."""
+    model, query = annotator
+    q = query[:200].copy()
+    other = int(np.flatnonzero(~q.var_names.isin(model.get_var_names()))[0])
+    used = int(q.var_names.get_loc(model.get_var_names()[0]))
+    expected = model.predict(q, unknown=False)
+    for bad, match in ((np.nan, "NaN"), (-1.0, "negative"), (0.5, "1 non-integer value")):
+        for column, refused in ((other, False), (used, True)):
+            x = q.X.toarray().astype(np.float32)
+            x[0, column] = bad
+            for matrix in (sparse.csr_matrix(x), x):
+                edited = q.copy()
+                edited.X = matrix
+                if refused:
+                    with pytest.raises(ValueError, match=match):
+                        model.predict(edited, unknown=False)
+                else:
+                    np.testing.assert_array_equal(model.predict(edited, unknown=False), expected)
+
+
 def test_macro_f1_on_stimulated_cells(annotator):
     model, query = annotator
     known = query[query.obs.cell_type != HELD_OUT_TYPE]

@@ -724,6 +724,10 @@ def _ninety_cells(adata):
     adata._inplace_subset_obs(np.arange(90))
 
 
+def _batch_is_the_type(adata):
+    adata.obs["sample"] = adata.obs["cell_type"].astype(str)
+
+
 @pytest.mark.parametrize(
     ("edit", "kwargs", "error", "match"),
     [
@@ -733,6 +737,7 @@ def _ninety_cells(adata):
         (_sparse_embedding, {}, TypeError, r"dense numeric embedding.*toarray"),
         (_one_batch, {}, ValueError, "no batch correction to score with one batch"),
         (_ninety_cells, {}, ValueError, "needs more than 90 cells"),
+        (_batch_is_the_type, {}, ValueError, "No 'cell_type' type occurs in two 'sample'"),
     ],
 )
 def test_integration_metrics_checks_its_inputs_first(kang, edit, kwargs, error, match):

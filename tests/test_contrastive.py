@@ -386,6 +386,29 @@ def test_pl_contrastive_colours_by_genes_with_one_scale_and_a_palette(kang_contr
     matplotlib.pyplot.close("all")
 
 
+def test_new_cells_refused_by_the_salient_methods_are_left_unchanged(kang_contrastive):
+    """New cells without the ``groupby`` column, or with a mask of the wrong length, are
+    refused before the model registers them (registration writes into the AnnData)."""
+    adata, model = kang_contrastive
+    query = adata[:60].copy()
+    query.obs_names = [f"new{i}" for i in range(query.n_obs)]  # not the training cells
+    del query.obs["condition"]
+    snap = snapshot(query)
+    with pytest.raises(ValueError, match="pass target_mask="):
+        model.get_latent_representation(query, representation="salient")
+    with pytest.raises(ValueError, match="one entry per cell"):
+        model.get_normalized_expression(query, target_mask=np.ones(3, dtype=bool))
+    with pytest.raises(ValueError, match="pass target_mask="):
+        model.get_salient_genes(adata=query)
+    with pytest.raises(IndexError, match="outside"):
+        model.get_latent_representation(query, indices=[query.n_obs])
+    assert_unchanged(query, snap)
+    mask = np.zeros(query.n_obs, dtype=bool)
+    mask[:20] = True  # the same cells, now with a way to tell target cells: accepted
+    salient = model.get_latent_representation(query, representation="salient", target_mask=mask)
+    assert (salient[20:] == 0).all() and (salient[:20] != 0).any()
+
+
 def test_model_methods_refuse_impossible_arguments(kang_contrastive):
     """Arguments that would give a silently shortened table, negative expression or a torch
     error are refused by name; a boolean mask selects as its positions do."""

@@ -163,3 +163,23 @@ def test_integration_metrics_rank_vae_above_pca(kang_integrated):
     assert adata.uns["scdl_integration_metrics"].shape == df.shape
     df.loc["X_scdl", "Total"] = -1.0  # the returned table is the caller's: the stored one stays
     assert adata.uns["scdl_integration_metrics"].loc["X_scdl", "Total"] > 0
+
+
+def test_bad_cells_or_batch_size_leave_a_new_query_unchanged(kang_integrated):
+    """scvi-tools registers a new AnnData (writing ``_scvi_*`` fields into it) before its data
+    loader reads ``indices`` and ``batch_size``; scdl checks them first."""
+    from conftest import assert_unchanged, snapshot
+
+    adata, model = kang_integrated
+    query = adata[:80].copy()
+    query.obs_names = [f"q{i}" for i in range(query.n_obs)]
+    snap = snapshot(query)
+    with pytest.raises(IndexError, match="outside the 80 cells"):
+        model.get_latent_representation(query, indices=[10_000])
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        model.get_latent_representation(query, batch_size=0)
+    with pytest.raises(ValueError, match="selects no cells"):
+        model.get_normalized_expression(query, indices=[])
+    assert_unchanged(query, snap)
+    latent = model.get_latent_representation(query, indices=[0, 5], batch_size=1)
+    np.testing.assert_allclose(latent, model.get_latent_representation(query)[[0, 5]], atol=1e-6)

@@ -82,10 +82,10 @@ def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | N
     lo, hi = float(positive.min()), float(positive.max())
     if vmax > 25 or hi > lo * (1 + _TOTAL_SPREAD):
         raise ValueError(
-            f"{where} has non-integer values, so it is not raw counts; nor is it log1p of counts "
-            f"normalised per cell: expm1 of it sums to {lo:.4g}-{hi:.4g} per cell (a constant "
-            f"total is expected; a gene subset or a scaled matrix gives a spread) and its "
-            f"largest value is {vmax:.3g}. {fix}"
+            f"{where} has {n_frac} non-integer values, so it is not raw counts; nor is it log1p "
+            f"of counts normalised per cell: expm1 of it sums to {lo:.4g}-{hi:.4g} per cell (a "
+            "constant total is expected; a gene subset or a scaled matrix gives a spread) and "
+            f"its largest value is {vmax:.3g}. {fix}"
         )
     if positive.size < totals.size:  # normalize_total leaves an empty cell empty: kept
         warn_empty_cells(totals.size - positive.size, totals.size, f"in {where}")

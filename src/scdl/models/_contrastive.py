@@ -355,6 +355,15 @@ class ContrastiveVAE(
             f"{how}a way to tell target cells: pass target_mask= (True for target cells)."
         )
 
+    def _cells(self, adata, indices, salient: bool, target_mask=None):
+        """Positions of the cells asked for, and the target mask when ``salient``, checked on
+        ``adata`` (``None``: the training data) before it is registered."""
+        if adata is None:
+            self._require_adata("use", takes_adata=True)
+        source = self.adata if adata is None else adata
+        idx = cell_positions(indices, source.n_obs)
+        return idx, (self._target_mask(source, target_mask) if salient else None)
+
     def _posterior(self, adata, indices, batch_size):
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         for tensors in loader:
@@ -400,14 +409,15 @@ class ContrastiveVAE(
                 f"representation={representation!r} is not one of 'shared', 'salient'."
             )
         self._check_if_trained(warn=False)
+        # the arguments first: registering a new AnnData writes into it
+        idx, target = self._cells(adata, indices, representation == "salient", target_mask)
         adata = self._validate_anndata(adata)
-        idx = cell_positions(indices, adata.n_obs)
         q_key = "qz" if representation == "shared" else "qs"
         parts = []
         for _, inf in self._posterior(adata, idx, batch_size):
             q = inf[q_key]
             parts.append((q.loc if give_mean else q.sample()).cpu())
         latent = torch.cat(parts).numpy()
-        if representation == "salient":
-            latent[~self._target_mask(adata, target_mask)[idx]] = 0.0
+        if target is not None:
+            latent[~target[idx]] = 0.0
         return latent

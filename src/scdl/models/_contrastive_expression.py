@@ -16,8 +16,6 @@ from scvi import REGISTRY_KEYS
 
 from scdl.data import check_positive_int, check_positive_number, salient_gene_table
 
-from ._base import cell_positions
-
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -62,9 +60,9 @@ class ContrastiveExpressionMixin:
         """
         check_positive_number(library_size, "library_size", meaning="counts per cell")
         self._check_if_trained(warn=False)
+        idx, target = self._cells(adata, indices, salient, target_mask)
         adata = self._validate_anndata(adata)
-        idx = cell_positions(indices, adata.n_obs)
-        use_salient = self._target_mask(adata, target_mask)[idx] if salient else None
+        use_salient = None if target is None else target[idx]
         rows, start = [], 0
         for full, shared in self._decode_pairs(adata, idx, batch_size):
             if use_salient is None:
@@ -115,8 +113,9 @@ class ContrastiveExpressionMixin:
         n_top = check_positive_int(n_top, "n_top", none="every gene")
         check_positive_number(library_size, "library_size", meaning="counts per cell")
         self._check_if_trained(warn=False)
+        _, target = self._cells(adata, None, True, target_mask)
         adata = self._validate_anndata(adata)
-        targets = np.flatnonzero(self._target_mask(adata, target_mask))
+        targets = np.flatnonzero(target)
         table = salient_gene_table(
             self._decode_pairs(adata, targets, batch_size),
             adata.var_names,

@@ -120,6 +120,16 @@ def integration_metrics(
         "score with one batch), e.g. with scib_metrics.silhouette_label.",
     )
     check_categorical(adata, label_key, arg="label_key", min_categories=2)
+    batches_per_type = (
+        adata.obs[[label_key, batch_key]].astype(str).drop_duplicates()[label_key].value_counts()
+    )
+    if batches_per_type.max() < 2:
+        raise ValueError(
+            f"No {label_key!r} type occurs in two {batch_key!r} batches: each type lies in one "
+            "batch, so how well batches mix within a type (scib-metrics' batch silhouette) "
+            "cannot be scored. Pass a batch_key whose batches share cell types (batch and type "
+            "confounded leave nothing for integration to correct)."
+        )
     computed_pca = pre_integrated is None or (
         pre_integrated == "X_pca" and pre_integrated not in adata.obsm
     )

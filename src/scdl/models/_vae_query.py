@@ -1,0 +1,172 @@
+"""Reference mapping with :class:`~scdl.models.VAE` (scArches, as scvi-tools' ``ArchesMixin``):
+a query's genes padded into the reference's order, and a query model that trains only its new
+batches' weights. What scdl adds: a saved reference is read with the safe loader, and the
+query's genes and batch categories are checked by name first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+import pandas as pd
+from scvi import REGISTRY_KEYS
+from scvi.model.base import ArchesMixin
+
+from scdl.data import (
+    check_obs_key,
+    check_unique_var_names,
+    gene_mismatch_message,
+    same_gene_names,
+)
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from ._vae import VAE
+
+logger = logging.getLogger(__name__)
+
+
+class VAEQueryMixin:
+    """Reference-mapping methods of :class:`~scdl.models.VAE` (before scvi-tools'
+    ``ArchesMixin`` in the class's bases, whose methods these call)."""
+
+    @staticmethod
+    def prepare_query_anndata(
+        adata: AnnData,
+        reference_model: VAE | str | os.PathLike,
+        return_reference_var_names: bool = False,
+        inplace: bool = True,
+        *,
+        prefix: str | None = None,
+    ):
+        """Pad a query's missing reference genes with zeros and put them in the reference order.
+
+        As scvi-tools' method, but a saved reference is read with scdl's safe loader (the
+        scvi-tools version unpickles ``model.pt``).
+
+        Parameters
+        ----------
+        adata
+            Query AnnData.
+        reference_model
+            Trained :class:`VAE`, or the folder it was saved to.
+        return_reference_var_names
+            Only return the reference's gene names.
+        inplace
+            Modify ``adata`` in place (``True``) or return a new AnnData.
+        prefix
+            The ``prefix`` a saved reference was saved with.
+        """
+        from ._base import read_config
+
+        path = isinstance(reference_model, str | os.PathLike)
+        if return_reference_var_names:
+            if path:
+                return pd.Index(read_config(reference_model, prefix)["var_names"])
+            return pd.Index(reference_model.get_var_names())
+        if path:  # our safe loader, without data; scvi-tools' would unpickle a model.pt
+            from ._vae import VAE
+
+            reference_model = VAE.load(reference_model, adata=False, prefix=prefix)
+        return ArchesMixin.prepare_query_anndata(adata, reference_model, inplace=inplace)
+
+    @staticmethod
+    def prepare_query_mudata(*args, **kwargs):
+        """Not supported: scdl models take AnnData."""
+        raise NotImplementedError("scdl's VAE takes AnnData; use `VAE.prepare_query_anndata`.")
+
+    @classmethod
+    def load_query_data(
+        cls,
+        adata: AnnData,
+        reference_model: VAE | str | os.PathLike,
+        *,
+        prefix: str | None = None,
+        **kwargs,
+    ) -> VAE:
+        """Map a new batch onto a trained reference without retraining the reference (scArches).
+
+        Only the weights of the query's batch categories are trained afterwards
+        (call ``.train()`` on the returned model, e.g. ``max_epochs=100``,
+        ``plan_kwargs={"weight_decay": 0.0}``); with that setting the reference cells' latent
+        representation stays as it was, unless the query holds batches the reference was
+        trained on (a warning says so): their weights are trained too. As in scvi-tools, a
+        reference registered with ``categorical_covariate_keys`` is the other exception: the
+        first layers' weights of every covariate category, the reference's too, are trained
+        with the query, so the reference cells' representation moves a little.
+
+        Parameters
+        ----------
+        adata
+            Query AnnData with raw counts where the reference had them (``adata.X`` for a
+            model from :func:`scdl.tl.integrate`, whatever its ``layer``), the reference's
+            genes, and the reference's
+            ``batch_key`` column holding the new batch name(s). If it holds extra genes or the
+            reference's genes in another order, a copy with the reference's genes in order is
+            used, as it is for a view (``adata[mask]``); ``adata`` itself is then not
+            modified. Otherwise ``adata`` is registered in place: it gains the ``_scvi_*``
+            fields :meth:`setup_anndata` writes.
+        reference_model
+            Trained :class:`VAE`, or the folder it was saved to.
+        prefix
+            The ``prefix`` a saved reference was saved with (see :meth:`VAE.save`).
+        **kwargs
+            Passed to :meth:`scvi.model.base.ArchesMixin.load_query_data` (freezing options).
+        """
+        if isinstance(reference_model, str | os.PathLike):
+            reference_model = cls.load(  # where the caller asked, not the default device
+                reference_model,
+                accelerator=kwargs.get("accelerator", "auto"),
+                device=kwargs.get("device", "auto"),
+                prefix=prefix,
+            )
+        if not isinstance(reference_model, cls):
+            raise TypeError(
+                f"reference_model must be a trained {cls.__name__} or a folder it was saved to, "
+                f"got {type(reference_model).__name__}."
+            )
+        ref_genes = pd.Index(reference_model.get_var_names())
+        if not same_gene_names(adata.var_names, ref_genes):
+            check_unique_var_names(adata)
+            if not ref_genes.is_unique:
+                raise ValueError(
+                    "The reference's gene names have duplicates, so the query's genes cannot "
+                    "be matched to them by name: pass a query with the reference's genes in "
+                    "its order (`reference_model.get_var_names()`)."
+                )
+            if not ref_genes.isin(adata.var_names).all():
+                raise ValueError(gene_mismatch_message(ref_genes, adata))
+            logger.info(
+                "Using the query's %d reference genes, in the reference's order.", len(ref_genes)
+            )
+            adata = adata[:, ref_genes].copy()
+        elif adata.is_view:  # registering writes into the AnnData: a view gets its own copy
+            adata = adata.copy()
+        setup_args = reference_model.registry_["setup_args"]
+        if setup_args.get("batch_key") is not None:
+            from scdl.data import check_category_kind
+
+            key = setup_args["batch_key"]
+            col = check_obs_key(adata, key, arg="batch_key (of the reference)")
+            # from the registry: a model loaded without data has no AnnData manager
+            fields = reference_model.registry_["field_registries"]
+            state = fields[REGISTRY_KEYS.BATCH_KEY]["state_registry"]
+            check_category_kind(col, state["categorical_mapping"], key, model=cls.__name__)
+            known = sorted(
+                set(col.dropna().astype(str)) & set(map(str, state["categorical_mapping"]))
+            )
+            if known:  # scArches trains every batch column the query's cells use
+                from scdl._warnings import warn_user
+
+                warn_user(
+                    f"The query's {key!r} holds batches the reference was trained on "
+                    f"({known[:5]}): training the query model also trains their weights, so "
+                    "the reference cells of those batches move. To place such cells without "
+                    "changing the reference, use `reference_model.get_latent_representation("
+                    "query)`; to map them as a new batch, give them a new batch name.",
+                    UserWarning,
+                )
+        return super().load_query_data(adata, reference_model, **kwargs)
