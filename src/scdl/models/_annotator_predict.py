@@ -138,7 +138,9 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         lookup[col[present]] = np.flatnonzero(present)
         # CSR counts: gathered and checked on the device (only the model's genes are read)
         x = gather_counts(matrix, lookup, len(present), dev)
-        if x is None:  # dense or backed (the model's genes checked as for CSR), or not counts
+        xs = None
+        numeric = np.issubdtype(getattr(matrix, "dtype", np.dtype(object)), np.number)
+        if x is None and numeric:  # dense or backed: the model's genes checked as for CSR
             xs, present = align_to_genes(
                 adata, self.get_var_names(), layer=layer, min_overlap=min_gene_overlap
             )
@@ -146,6 +148,10 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         if x is None:  # not counts: the full check explains, or finds log1p
             with _naming_raw(adata, layer):
                 kind, _ = input_kind(adata, layer)  # raw counts, or log1p of normalised counts
+            if xs is None:
+                xs, present = align_to_genes(
+                    adata, self.get_var_names(), layer=layer, min_overlap=min_gene_overlap
+                )
             if kind == "log1p":  # expm1 gives counts per a constant total: the same log1p(CP10k)
                 xs = sparse.csr_matrix(xs, dtype=np.float32, copy=True)
                 xs.data = np.expm1(xs.data)
