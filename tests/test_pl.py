@@ -75,10 +75,12 @@ def test_single_panel_plots_draw_on_given_axes(kang_integrated):
     plt.close(fig)
 
 
-def test_save_true_follows_scanpy_settings(tmp_path):
+def test_save_true_follows_scanpy_settings(tmp_path, monkeypatch):
     """save=True writes to scanpy's figdir in its figure format."""
     import pandas as pd
     import scanpy as sc
+
+    monkeypatch.chdir(tmp_path)  # where a suffix misread as a path would land
 
     before = sc.settings.figdir, sc.settings.file_format_figs
     sc.settings.figdir, sc.settings.file_format_figs = tmp_path / "figs", "pdf"
@@ -88,12 +90,17 @@ def test_save_true_follows_scanpy_settings(tmp_path):
         # a string starting with "_" is scanpy's suffix, its format from its extension
         scdl.pl.integration_metrics(df, show=False, save="_ctrl")
         scdl.pl.integration_metrics(df, show=False, save="_stim.png")
+        # a format alone, scanpy's `save=".svg"`: the plot's name in that format
+        sc.settings.file_format_figs = "png"
+        scdl.pl.integration_metrics(df, show=False, save=".svg")
     finally:
         sc.settings.figdir, sc.settings.file_format_figs = before
     written = sorted(p.name for p in (tmp_path / "figs").iterdir())
-    assert len(written) == 3 and written[0].endswith(".pdf")
-    assert written[1].endswith("_ctrl.pdf") and written[2].endswith("_stim.png")
-    assert written[1].removesuffix("_ctrl.pdf") + ".pdf" == written[0]
+    assert len(written) == 4 and written[0].endswith(".pdf")
+    assert written[1].endswith(".svg") and written[1].removesuffix(".svg") + ".pdf" == written[0]
+    assert written[2].endswith("_ctrl.pdf") and written[3].endswith("_stim.png")
+    assert written[2].removesuffix("_ctrl.pdf") + ".pdf" == written[0]
+    assert not list(tmp_path.glob(".*"))  # no hidden ".svg.png" in the working folder
 
 
 def test_saved_figure_is_closed_as_scanpy_does(tmp_path):

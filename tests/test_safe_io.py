@@ -155,6 +155,18 @@ def test_saved_config_records_format_and_version(saved):
     assert cfg["format_version"] == 1 and cfg["scdl_version"] == scdl.__version__
 
 
+def test_saved_weights_are_as_readable_as_the_config(saved):
+    """safetensors writes through a 0600 temporary file; the saved weights get the user's
+    usual permissions, as config.json (another user of a shared model can read both)."""
+    import os
+    import stat
+
+    def mode(name):
+        return stat.S_IMODE(os.stat(saved / name).st_mode)
+
+    assert mode("model.safetensors") == mode("config.json")
+
+
 # --- edited saves: refused before the AnnData given to load() is registered -----------------
 
 

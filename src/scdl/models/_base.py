@@ -155,6 +155,12 @@ class SafeSaveLoadMixin:
             str(files.weights),
             metadata={CONFIG_DIGEST_KEY: _config_digest(config)},
         )
+        # safetensors writes through a private temporary file (mode 0600): the weights get
+        # the permissions of any file the user creates, as config.json does (a model shared
+        # on a cluster or in an image stays readable)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(files.weights, 0o666 & ~umask)
         config["weights_sha256"] = _sha256(files.weights)
         with open(files.config, "w", encoding="utf-8") as f:
             json.dump(config, f)

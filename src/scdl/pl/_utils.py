@@ -24,9 +24,10 @@ plot_dsp = DocstringProcessor(
         "    Show the figure (``None``: scanpy's ``settings.autoshow``; when saving, the\n"
         "    figure is closed, as in scanpy, unless ``show=False``), and/or\n"
         "    save it: ``True`` writes ``{scanpy.settings.figdir}/<name>.<format>`` (scanpy's\n"
-        "    ``settings.file_format_figs``); a string starting with ``_`` is scanpy's suffix\n"
-        '    (``save="_ctrl"`` writes ``{figdir}/<name>_ctrl.<format>``); any other string or\n'
-        "    path is the file's path, ``.png`` added when it has no suffix."
+        "    ``settings.file_format_figs``); a string starting with ``_`` or a format is\n"
+        '    scanpy\'s suffix (``save="_ctrl"`` writes ``{figdir}/<name>_ctrl.<format>``,\n'
+        '    ``save=".pdf"`` ``{figdir}/<name>.pdf``); any other string or path is the file\'s\n'
+        "    path, ``.png`` added when it has no suffix."
     ),
     returns_figure="Returns\n-------\nThe Figure, unless it was shown or saved and closed.",
 )
@@ -63,24 +64,32 @@ def panel_axes(ax, n_panels: int, figsize: tuple[float, float] | None = None) ->
     return axes[0].figure, axes
 
 
+#: scanpy's figure formats, read off the end of ``save``
+_FORMATS = (".svg", ".pdf", ".png")
+#: a ``save`` string starting with one of these is scanpy's suffix to the plot's name
+_SUFFIXES = ("_", *_FORMATS)
+
+
 def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_name: str):
     """Save and/or show ``fig``; return it unless it was shown, or saved with ``show=None``
     (then closed, as scanpy does).
 
     ``save=True`` writes ``{scanpy.settings.figdir}/{default_name}.{file_format_figs}``; a
-    string starting with ``_`` (and no folder) is a suffix to ``default_name`` there, with its
-    format when it ends in one of scanpy's (``.pdf``, ``.png``, ``.svg``), as in scanpy; any
-    other string or path is a path (``.png`` added when it has no suffix).
+    string starting with ``_`` or one of scanpy's formats (``.pdf``, ``.png``, ``.svg``), with
+    no folder, is a suffix to ``default_name`` there, with its format when it ends in one of
+    them, as in scanpy (``save=".pdf"``: ``{figdir}/{default_name}.pdf``); any other string
+    or path is a path (``.png`` added when it has no suffix).
     """
     import matplotlib.pyplot as plt
 
     if save:
-        if save is True or (isinstance(save, str) and save.startswith("_") and "/" not in save):
+        scanpy_suffix = isinstance(save, str) and "/" not in save and save.startswith(_SUFFIXES)
+        if save is True or scanpy_suffix:
             import scanpy as sc
 
             fmt = str(sc.settings.file_format_figs or "png").lstrip(".")
             suffix = "" if save is True else save
-            for ext in (".svg", ".pdf", ".png"):  # scanpy's own list
+            for ext in _FORMATS:
                 if suffix.endswith(ext):
                     suffix, fmt = suffix.removesuffix(ext), ext[1:]
                     break
