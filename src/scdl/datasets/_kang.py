@@ -40,7 +40,7 @@ def kang_pbmc() -> AnnData:
 
 _KANG_HELDOUT = (
     "kang_pbmc_heldout.h5ad",
-    "f8d2398e2e3325d654dde19b21f48ad00985c6ed8c853310ce4fda936e2e7f2f",
+    "5c171c6cd31243fca69e91415202e5a8e8fb1e06b9af1b9a5750a2f35af5f23c",
 )
 
 
@@ -49,7 +49,9 @@ def kang_pbmc_heldout() -> AnnData:
 
     The 20% of Kang et al. 2018's cells (scGen repository's validation set, GPL-3; control
     and IFN-beta stimulated) held out when training the bundled annotator, restricted to its
-    2,000 genes; bundled (0.2 MB) to demonstrate and test annotation on labelled cells.
+    2,000 genes; bundled (0.2 MB) to demonstrate and test annotation on labelled cells. The
+    monocytes' labels are the study's own (scGen's call most stimulated CD14 monocytes
+    FCGR3A+Mono), as in the annotator's training cells.
 
     Returns
     -------

@@ -21,7 +21,7 @@ _ALLOWED = ("config.json", "model.safetensors", "README.md")
 REGISTRY: dict[str, dict] = {
     "pbmc_kang2018": {
         "folder": "pbmc_kang2018",
-        "weights_sha256": "5a18742367cc759feb3b222c32a10fe3c378000293526170653a7d5a4e5ed353",
+        "weights_sha256": "f461d710a06388168f4eeccd82d8ebca1378762d9fd54debdce048cce016587f",
         "description": "Human PBMCs, 7 types (Kang et al. 2018, control + IFN-beta)",
     },
 }
