@@ -377,10 +377,15 @@ def test_mixing_check_needs_the_sketch_genes(annotator):
     model, query = annotator
     genes = model.get_var_names()
     part = query[:, query.var_names.difference(genes[: len(genes) // 2])].copy()
-    with pytest.warns(UserWarning, match="mixing check is skipped"):
+    with pytest.warns(UserWarning, match="mixing check is skipped") as record:
         calls, _ = model.annotate_cells(part, min_gene_overlap=0.3)
     assert calls["cluster_reference_share"].isna().all()
     assert calls["cluster_novelty"].notna().all()
+    # said once per call, though "auto" adaptation measures the mixing before the call too
+    assert sum("mixing check is skipped" in str(w.message) for w in record) == 1
+    with pytest.warns(UserWarning, match="mixing check is skipped") as record:
+        model.annotate_cells(part, min_gene_overlap=0.3, unknown_call=False)
+    assert sum("mixing check is skipped" in str(w.message) for w in record) == 1
 
 
 def test_tampered_or_pickled_weights_refused(annotator, tmp_path):

@@ -190,6 +190,30 @@ def test_archive_loads_and_ignores_unsafe_members(kind, tmp_path, monkeypatch, h
         scdl.pretrained.load(path, sha256=digest[:12])
 
 
+def test_a_refused_archive_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
+    """Extraction goes through a temporary folder: an archive without the model's files, or a
+    file that is no archive, leaves the cache as it was; a good one is then extracted."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SCDL_CACHE", str(cache))
+    folder = _registry._HERE / "pbmc_kang2018"
+    partial = tmp_path / "partial.zip"
+    with zipfile.ZipFile(partial, "w") as z:
+        z.writestr("pbmc/config.json", (folder / "config.json").read_bytes())
+    not_archive = tmp_path / "counts.h5ad"
+    not_archive.write_bytes(b"not an archive")
+    with pytest.raises(ValueError, match=r"lacks \['model.safetensors'\]"):
+        scdl.pretrained.load(partial)
+    with pytest.raises(ValueError, match="neither a folder, a .zip nor a .tar.gz"):
+        scdl.pretrained.load(not_archive)
+    assert not list((cache / "models").iterdir())  # no model folder left, empty or not
+    scdl.pretrained.load(_archive("zip", tmp_path))
+    extracted = [p for p in (cache / "models").iterdir()]
+    assert len(extracted) == 1 and {p.name for p in extracted[0].iterdir()} == {
+        "config.json",
+        "model.safetensors",
+    }
+
+
 def test_url_requires_checksum():
     with pytest.raises(ValueError, match="sha256"):
         scdl.pretrained.load("https://example.org/annotator.zip")

@@ -264,7 +264,10 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         if adapt == "auto":  # the query's mixing with the reference decides (._adaptation):
             # the cells' own shares need no clustering, which is made once, on the final calls
             first = probs.argmax(1).numpy()
-            own_share = self._cluster_calls(host, present, first, False, seed, cluster=False)[4]
+            later = unknown_call or own_graph  # clusters the query below, and warns there
+            own_share = self._cluster_calls(
+                host, present, first, False, seed, cluster=False, warn=not later
+            )[4]
             lacks = self._lacks_sketch_genes(host, present)
             median_share, adapt = auto_blend(own_share, lacks_sketch_genes=lacks)
         if adapt > 0:

@@ -114,18 +114,23 @@ class AnnotatorQueryMixin:
         with_counts = int((np.asarray(x.sum(1)).ravel() > 0).sum())
         return self._lacks_genes(present) and with_counts >= MIN_QUERY_CELLS
 
-    def _cluster_calls(self, x, present, best, resolution, seed, *, cluster: bool = True):
+    def _cluster_calls(
+        self, x, present, best, resolution, seed, *, cluster: bool = True, warn: bool = True
+    ):
         """Query clusters, their novelty and reference share per cell, the over-clustering for
         voting (``resolution=False``: none, ``-1``) and each cell's own reference share (what
         ``"auto"`` adaptation decides on). ``cluster=False``: the cells' own shares only (no
-        clustering; the other outputs -1 / NaN)."""
+        clustering; the other outputs -1 / NaN). ``warn=False``: a query lacking the sketch's
+        genes is not warned about here (a later call in the same step warns)."""
         n = x.shape[0]
         has = np.asarray(x.sum(1)).ravel() > 0
         if 0 < has.sum() < n:  # cells without counts are Unknown; clustered with the others,
             # they form clusters of their own and pull the query's statistics (the shared
             # shift the call removes), which called many real cells Unknown: left out
             out = (np.full(n, -1), *np.full((2, n), np.nan), np.full(n, -1), np.full(n, np.nan))
-            sub = self._cluster_calls(x[has], present, best[has], resolution, seed, cluster=cluster)
+            sub = self._cluster_calls(
+                x[has], present, best[has], resolution, seed, cluster=cluster, warn=warn
+            )
             for full, part in zip(out, sub, strict=True):
                 full[has] = part
             return out
@@ -190,7 +195,15 @@ class AnnotatorQueryMixin:
             stats = sketch_stats(x_log, best, sketch, fill, own, level)
             pseudo = np.round(fill[0])
         own_share = reference_share(
-            x_log, None, sketch, present, seed=seed, stats=stats, level=level, fill=pseudo
+            x_log,
+            None,
+            sketch,
+            present,
+            seed=seed,
+            stats=stats,
+            level=level,
+            fill=pseudo,
+            warn=warn,
         )
         share = cluster_means(own_share, clusters) if cluster else np.full(n, np.nan)
         return clusters, score, share, over, own_share

@@ -20,7 +20,8 @@ def resolve_device(
 ) -> tuple[str, int | list[int] | str, torch.device]:
     """Lightning's accelerator and devices, and the torch device of the first of them.
 
-    ``single`` refuses more than one device (loading puts the model on one).
+    ``single`` refuses more than one device (loading puts the model on one) and reads an
+    integer as the device's index, as scvi-tools' ``load`` documents it.
     """
     from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 
@@ -32,8 +33,12 @@ def resolve_device(
         or (isinstance(devices, str) and "," in devices)
         or (isinstance(devices, int) and not isinstance(devices, bool) and devices > 1)
     )
-    if single and several:
+    if single and several and not isinstance(devices, int):
         raise ValueError(f"Give one device here, not devices={devices!r}.")
+    if single and isinstance(devices, int) and not isinstance(devices, bool):
+        if devices < 0:
+            raise ValueError(f"Give one device here, not devices={devices!r}.")
+        devices = [devices]  # one device: an integer is its index (a count to Lightning)
     if accelerator == "auto":
         accelerator = "cuda" if CUDAAccelerator.is_available() else "cpu"
     elif accelerator == "gpu":

@@ -167,6 +167,7 @@ def reference_share(
     stats: tuple[np.ndarray, np.ndarray] | None = None,
     level: int = 0,
     fill: np.ndarray | None = None,
+    warn: bool = True,
 ) -> np.ndarray:
     """Per cell, its cluster's mean share of reference cells among the neighbours of its cells
     (steps 2-3 of the module notes; ``clusters=None``: the cell's own share, before any
@@ -176,7 +177,8 @@ def reference_share(
     the caller has them; ``level``: the sketch's depth level to compare with
     (:func:`scdl.models._depth.match_depth`; a sketch saved with one level has only 0);
     ``fill``: pseudo-cells per label code that fill the query to the reference's composition
-    (:func:`scdl.models._composition.fill_counts`; used when the sketch has its labels)."""
+    (:func:`scdl.models._composition.fill_counts`; used when the sketch has its labels);
+    ``warn=False``: no warning for a query lacking the sketch's genes."""
     from sklearn.neighbors import NearestNeighbors
 
     n = x_log.shape[0]
@@ -186,6 +188,8 @@ def reference_share(
         return np.full(n, np.nan)
     if present is not None:
         coverage = sketch_coverage(sketch, present)
+        if coverage < MIN_SKETCH_COVERAGE and not warn:
+            return np.full(n, np.nan)
         if coverage < MIN_SKETCH_COVERAGE:
             warn_user(
                 f"The query's genes carry {coverage:.0%} of the reference sketch's principal "

@@ -118,7 +118,9 @@ def read_config(dir_path: str | os.PathLike, prefix: str | None = None) -> dict:
             and (files.dir / f"{p.name[: -len(CONFIG_NAME)]}{WEIGHTS_NAME}").is_file()
         )
         hint = (
-            f"; it holds saves with prefix {', '.join(others)}: pass it as `prefix=`"
+            f"; it holds saves with prefix {', '.join(others)}: load one with the model "
+            f"class's `.load(path, prefix={others[0]})` (e.g. scdl.models.CellTypeTransformer), "
+            "and pass the loaded model where a path was given"
             if others
             else ""
         )

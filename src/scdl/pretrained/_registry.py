@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -48,8 +50,21 @@ def available() -> pd.DataFrame:
 
 
 def _safe_extract(archive: Path, dest: Path) -> Path:
-    """Extract only the annotator's known files (no paths, links or code) into ``dest``."""
-    dest.mkdir(parents=True, exist_ok=True)
+    """Extract only the annotator's known files (no paths, links or code) into ``dest``,
+    through a temporary folder beside it: an archive refused halfway leaves nothing behind."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        _extract_known_files(archive, partial)
+        if dest.is_dir():  # an earlier extraction of the same archive (same checksum)
+            shutil.rmtree(dest)
+        os.replace(partial, dest)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return dest
+
+
+def _extract_known_files(archive: Path, dest: Path) -> None:
     found = set()
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
@@ -72,7 +87,6 @@ def _safe_extract(archive: Path, dest: Path) -> Path:
     missing = {"config.json", "model.safetensors"} - found
     if missing:
         raise ValueError(f"{archive} lacks {sorted(missing)}: not a pretrained scdl annotator.")
-    return dest
 
 
 def _fetch_archive(url: str, sha256: str | None) -> Path:
