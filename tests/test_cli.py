@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import anndata as ad
+import numpy as np
 import pytest
 
 from scdl.cli import main
@@ -206,4 +207,19 @@ def test_errors_name_the_command_line_flags(kang, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["integrate", str(path), "--max-epochs", "0", "-o", out])
     assert e.value.code == 2 and "--max-epochs: must be an integer >= 1" in capsys.readouterr().err
+    for flags, said in (
+        (["integrate", "--n-latent", "0"], "--n-latent: must be an integer >= 1"),
+        (["annotate", "--min-gene-overlap", "2"], "--min-gene-overlap: must be a fraction"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main([flags[0], str(path), *flags[1:], "-o", out])
+        assert e.value.code == 2 and said in capsys.readouterr().err
+    # scanpy's log-normalised X with the counts in .raw: the fix is said as flags
+    lognorm = kang[:100].copy()
+    lognorm.raw = lognorm
+    lognorm.X = lognorm.X.astype(np.float32) * 0.5
+    lognorm.write_h5ad(tmp_path / "ln.h5ad")
+    assert main(["integrate", str(tmp_path / "ln.h5ad"), "-o", out]) == 2
+    err = capsys.readouterr().err
+    assert "`--layer counts`" in err and "layer='counts'" not in err
     assert not (tmp_path / "o.h5ad").exists() and not (tmp_path / "o.csv").exists()

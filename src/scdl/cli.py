@@ -30,7 +30,35 @@ def _as_flags(message: str) -> str:
         ),
         message,
     )
+    message = re.sub(  # `layer='counts'` is `--layer counts`
+        r"`(\w+)='([^'`]*)'`",
+        lambda m: f"`{_FLAGS[m[1]]} {m[2]}`" if m[1] in _FLAGS else m[0],
+        message,
+    )
     return re.sub(r"`(\w+)=`", lambda m: f"`{_FLAGS.get(m[1], m[1] + '=')}`", message)
+
+
+def _at_least_one(text: str) -> int:
+    """An integer >= 1 (``--n-latent``), refused by argparse before the input is read."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """A number in [0, 1] (``--min-gene-overlap``), refused by argparse before the input is
+    read."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -318,7 +346,10 @@ def _add_integrate(sub) -> None:
         "--key-added", default="X_scdl", help="obsm key of the latent space (default: %(default)s)"
     )
     i.add_argument(
-        "--n-latent", type=int, default=10, help="latent dimensions (default: %(default)s)"
+        "--n-latent",
+        type=_at_least_one,
+        default=10,
+        help="latent dimensions (default: %(default)s)",
     )
     i.add_argument(
         "--max-epochs",
@@ -369,7 +400,7 @@ def _add_annotate(sub) -> None:
     )
     a.add_argument(
         "--min-gene-overlap",
-        type=float,
+        type=_fraction,
         default=0.5,
         help="smallest fraction of the model's genes the input must hold (default: %(default)s)",
     )
