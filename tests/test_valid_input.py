@@ -425,14 +425,19 @@ def test_annotating_a_few_cells_gives_their_types_with_a_warning(n):
     """A few cells' own mean is their profile, not a shift they share: the Unknown call,
     which standardises a query by its own statistics, made every cell of a small query of
     known types Unknown. It is skipped below 100 cells, with a warning."""
-    query = scdl.datasets.kang_pbmc_heldout()
-    query = query[np.random.default_rng(0).choice(query.n_obs, n, replace=False)].copy()
+    every = scdl.datasets.kang_pbmc_heldout()
+    pick = np.random.default_rng(0).choice(every.n_obs, n, replace=False)
+    query = every[pick].copy()
     with pytest.warns(UserWarning, match="needs at least 100") as caught:
         scdl.tl.annotate(query, model="pbmc_kang2018", majority_voting=True)
     assert not any("composition" in str(w.message) for w in caught)  # one caveat, not two
     assert not query.obs["scdl_cell_type_unknown"].any()
+    # each cell its most probable type, as among all 395 held-out cells (5 cells are too few
+    # for an accuracy: one call is 20%)
+    forced = scdl.pretrained.load("pbmc_kang2018").predict(every, unknown=False)
+    np.testing.assert_array_equal(query.obs["scdl_cell_type"].astype(str), forced[pick])
     truth = query.obs["cell_type"].astype(str).to_numpy()
-    assert (query.obs["scdl_cell_type"].astype(str).to_numpy() == truth).mean() >= 0.7
+    assert n < 50 or (query.obs["scdl_cell_type"].astype(str).to_numpy() == truth).mean() >= 0.7
     assert query.obs["scdl_cell_type_majority_voting"].notna().all()
 
 
