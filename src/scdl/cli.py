@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import sys
+from functools import partial
 from pathlib import Path
 
 #: the Python arguments the library's error messages name, as this command line's flags
@@ -38,14 +39,15 @@ def _as_flags(message: str) -> str:
     return re.sub(r"`(\w+)=`", lambda m: f"`{_FLAGS.get(m[1], m[1] + '=')}`", message)
 
 
-def _at_least_one(text: str) -> int:
-    """An integer >= 1 (``--n-latent``), refused by argparse before the input is read."""
+def _at_least_one(text: str, *, hint: str = "") -> int:
+    """An integer >= 1 (``--n-latent``, ``--max-epochs``), refused by argparse before the
+    input is read; ``hint`` follows the message."""
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}{hint}")
     return value
 
 
@@ -61,18 +63,8 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    """``--max-epochs``: argparse's own one-line error for anything but an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"must be an integer >= 1, got {text!r} (leave it out to choose from the number of "
-            "cells)"
-        )
-    return value
+#: ``--max-epochs``: leaving it out chooses the epochs from the number of cells
+_max_epochs = partial(_at_least_one, hint=" (leave it out to choose from the number of cells)")
 
 
 def _read_input(path: str):
@@ -323,7 +315,7 @@ def _add_demo(sub) -> None:
         "-o", "--output", default="scdl_demo", help="output folder (default: %(default)s)"
     )
     d.add_argument(
-        "--max-epochs", type=_positive_int, default=None, help="training epochs (default: auto)"
+        "--max-epochs", type=_max_epochs, default=None, help="training epochs (default: auto)"
     )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -353,7 +345,7 @@ def _add_integrate(sub) -> None:
     )
     i.add_argument(
         "--max-epochs",
-        type=_positive_int,
+        type=_max_epochs,
         default=None,
         help="training epochs (default: chosen from the number of cells)",
     )
