@@ -27,18 +27,16 @@ def resolve_device(
 
     if accelerator not in ACCELERATORS:
         raise ValueError(f"accelerator={accelerator!r} is not one of {ACCELERATORS}.")
-    several = (
-        devices == -1
-        or (isinstance(devices, list) and len(devices) > 1)
-        or (isinstance(devices, str) and "," in devices)
-        or (isinstance(devices, int) and not isinstance(devices, bool) and devices > 1)
-    )
-    if single and several and not isinstance(devices, int):
-        raise ValueError(f"Give one device here, not devices={devices!r}.")
-    if single and isinstance(devices, int) and not isinstance(devices, bool):
-        if devices < 0:
+    if single:
+        if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 0:
+            devices = [devices]  # one device: an integer is its index (a count to Lightning)
+        elif (
+            not isinstance(devices, int | str | list)
+            or (isinstance(devices, int) and devices < 0)  # -1: every device
+            or (isinstance(devices, list) and len(devices) != 1)
+            or (isinstance(devices, str) and ("," in devices or devices.strip() == "-1"))
+        ):
             raise ValueError(f"Give one device here, not devices={devices!r}.")
-        devices = [devices]  # one device: an integer is its index (a count to Lightning)
     if accelerator == "auto":
         accelerator = "cuda" if CUDAAccelerator.is_available() else "cpu"
     elif accelerator == "gpu":
