@@ -336,15 +336,15 @@ class CheckedQueryMixin:
             )
         return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
-    def _check_cells(self, adata: AnnData | None, indices, batch_size) -> None:
+    def _check_cells(self, adata: AnnData | None, indices, batch_size) -> np.ndarray | None:
         """Refuse ``indices`` or ``batch_size`` that scvi-tools' data loader would fail on,
-        before :meth:`_validate_anndata` registers a new AnnData (which writes into it)."""
+        before :meth:`_validate_anndata` registers a new AnnData (which writes into it); the
+        cells' positions (``None`` without data, which ``_validate_anndata`` refuses)."""
         from scdl.data import check_positive_int
 
         check_positive_int(batch_size, "batch_size", none="scvi-tools' default")
         source = self.adata if adata is None else adata
-        if source is not None:
-            cell_positions(indices, source.n_obs)
+        return None if source is None else cell_positions(indices, source.n_obs)
 
 
 def cell_positions(indices, n_obs: int) -> np.ndarray:

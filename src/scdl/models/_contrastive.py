@@ -25,7 +25,7 @@ from scdl.dataloaders import ContrastiveSplitter
 from scdl.module import ContrastiveModule
 from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
-from ._base import CheckedQueryMixin, SafeSaveLoadMixin, cell_positions
+from ._base import CheckedQueryMixin, SafeSaveLoadMixin
 from ._contrastive_expression import ContrastiveExpressionMixin
 from ._docs import counts_dsp
 from ._training import plan_training, vae_plan_kwargs
@@ -355,13 +355,13 @@ class ContrastiveVAE(
             f"{how}a way to tell target cells: pass target_mask= (True for target cells)."
         )
 
-    def _cells(self, adata, indices, salient: bool, target_mask=None):
+    def _cells(self, adata, indices, batch_size, salient: bool, target_mask=None):
         """Positions of the cells asked for, and the target mask when ``salient``, checked on
         ``adata`` (``None``: the training data) before it is registered."""
         if adata is None:
             self._require_adata("use", takes_adata=True)
+        idx = self._check_cells(adata, indices, batch_size)
         source = self.adata if adata is None else adata
-        idx = cell_positions(indices, source.n_obs)
         return idx, (self._target_mask(source, target_mask) if salient else None)
 
     def _posterior(self, adata, indices, batch_size):
@@ -410,7 +410,9 @@ class ContrastiveVAE(
             )
         self._check_if_trained(warn=False)
         # the arguments first: registering a new AnnData writes into it
-        idx, target = self._cells(adata, indices, representation == "salient", target_mask)
+        idx, target = self._cells(
+            adata, indices, batch_size, representation == "salient", target_mask
+        )
         adata = self._validate_anndata(adata)
         q_key = "qz" if representation == "shared" else "qs"
         parts = []

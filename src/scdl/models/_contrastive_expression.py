@@ -60,7 +60,7 @@ class ContrastiveExpressionMixin:
         """
         check_positive_number(library_size, "library_size", meaning="counts per cell")
         self._check_if_trained(warn=False)
-        idx, target = self._cells(adata, indices, salient, target_mask)
+        idx, target = self._cells(adata, indices, batch_size, salient, target_mask)
         adata = self._validate_anndata(adata)
         use_salient = None if target is None else target[idx]
         rows, start = [], 0
@@ -113,7 +113,7 @@ class ContrastiveExpressionMixin:
         n_top = check_positive_int(n_top, "n_top", none="every gene")
         check_positive_number(library_size, "library_size", meaning="counts per cell")
         self._check_if_trained(warn=False)
-        _, target = self._cells(adata, None, True, target_mask)
+        _, target = self._cells(adata, None, batch_size, True, target_mask)
         adata = self._validate_anndata(adata)
         targets = np.flatnonzero(target)
         table = salient_gene_table(
