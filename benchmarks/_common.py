@@ -40,31 +40,25 @@ def kang2k_study_monocyte_labels(a) -> np.ndarray:
     """Kang 2k's ``cell_type`` with its monocytes' labels taken from the study's own.
 
     Kang 2k's labels (the scGen repository's) call most IFN-beta-stimulated CD14 monocytes
-    FCGR3A+Mono (IFN-beta lowers CD14): on the 62 monocytes both Kang files hold (same barcode
-    and condition), they agree with the study's labels (GEO GSE96583, as in muscat's Kang
-    cells, ``kang_pbmc_1.5k.h5ad``) on 69%. A logistic regression trained on muscat's
-    monocytes (its two monocyte types, both conditions; log1p of counts per 10,000 over the
-    475 genes both files hold, standardised; C = 0.01, 5-fold accuracy 0.92 there, any C in
-    0.001-1 within 0.01) agrees with them on 97% of those 62 (trained without them), and
-    relabels Kang 2k's monocytes to 276 / 96 CD14 / FCGR3A in the stimulated cells and 274 / 96
-    in the control cells (scGen's: 83 / 289 and 238 / 132): one PBMC pool split in two, the
-    same composition. Other types keep their labels.
+    FCGR3A+Mono (IFN-beta lowers CD14). A logistic regression trained on the study's labels
+    of muscat's Kang monocytes (``kang_pbmc_1.5k.h5ad``: its two monocyte types, both
+    conditions; log1p of counts per 10,000 over the genes both files hold, standardised;
+    C = 0.01, chosen by 5-fold accuracy on those cells) relabels Kang 2k's monocytes; other
+    types keep their labels. Why, and how well it agrees with the study: benchmarks/README.md
+    ("Stop 45: Kang 2k's monocyte labels").
     """
     import anndata as ad
-    from scipy import sparse
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from scdl.data import log_normalize_counts
+
     study = ad.read_h5ad(need(DATA / "kang_pbmc_1.5k.h5ad"))
     genes = study.var_names.intersection(a.var_names)
 
-    def lognorm(b):
-        x = sparse.csr_matrix(b[:, genes].X, dtype=np.float64)
-        total = np.asarray(x.sum(1)).ravel()
-        x = sparse.diags(1e4 / np.maximum(total, 1)) @ x
-        x.data = np.log1p(x.data)
-        return x.toarray()
+    def lognorm(b):  # normalised over the shared genes: the two files hold different genes
+        return log_normalize_counts(b[:, genes].X).toarray()
 
     names = {"CD14+ Monocytes": "CD14+Mono", "FCGR3A+ Monocytes": "FCGR3A+Mono"}
     types = study.obs["cell_type"].astype(str)

@@ -188,16 +188,15 @@ def reference_share(
         return np.full(n, np.nan)
     if present is not None:
         coverage = sketch_coverage(sketch, present)
-        if coverage < MIN_SKETCH_COVERAGE and not warn:
-            return np.full(n, np.nan)
         if coverage < MIN_SKETCH_COVERAGE:
-            warn_user(
-                f"The query's genes carry {coverage:.0%} of the reference sketch's principal "
-                f"components (at least {MIN_SKETCH_COVERAGE:.0%} needed): the Unknown call's "
-                "mixing check is skipped and only the cluster novelty check is made. Pass a "
-                "query that holds the model's genes to have both.",
-                UserWarning,
-            )
+            if warn:
+                warn_user(
+                    f"The query's genes carry {coverage:.0%} of the reference sketch's "
+                    f"principal components (at least {MIN_SKETCH_COVERAGE:.0%} needed): the "
+                    "Unknown call's mixing check is skipped and only the cluster novelty check "
+                    "is made. Pass a query that holds the model's genes to have both.",
+                    UserWarning,
+                )
             return np.full(n, np.nan)
     ref = ref[min(level, len(ref) - 1)]
     q = project(x_log, sketch["sketch_loadings"], sketch["sketch_center"], present, stats)

@@ -65,6 +65,7 @@ def _safe_extract(archive: Path, dest: Path) -> Path:
 
 
 def _extract_known_files(archive: Path, dest: Path) -> None:
+    """Write the archive's members named as the annotator's files into ``dest``, flat."""
     found = set()
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
