@@ -43,9 +43,11 @@ def annotate(model, query, blend, *, refit: bool):
             model.module.set_reference_sample(*sample)
 
 
-def measure(seed: int) -> list[dict]:
+def measure(seed: int, only: str | None = None) -> list[dict]:
     rows = []
     for name, ref, qry in splits():
+        if only and not name.startswith(only):
+            continue
         genes = hvg(ref)
         ref, qry = ref[:, genes].copy(), qry[:, genes].copy()
         truth = qry.obs.cell_type.to_numpy()
@@ -85,8 +87,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default=None, help="write every row to this CSV")
+    parser.add_argument("--only", default=None, help="run one split (name prefix)")
     args = parser.parse_args()
-    df = pd.DataFrame([row for seed in args.seeds for row in measure(seed)])
+    df = pd.DataFrame([row for seed in args.seeds for row in measure(seed, args.only)])
     if args.out:
         df.to_csv(args.out, index=False)
     for frac, part in df.groupby("genes_kept", sort=False):

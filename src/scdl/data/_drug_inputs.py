@@ -41,6 +41,13 @@ def select_model_genes(
     ``n_top_genes`` that vary most across the bulk profiles."""
     if genes is not None:
         genes = pd.Index([str(g) for g in genes])
+        if genes.has_duplicates:
+            # a repeated gene would enter the model twice, doubling its weight
+            repeats = genes[genes.duplicated()].unique()
+            raise ValueError(
+                f"`genes` repeats {len(repeats)} gene(s) (e.g. {repeats[:5].tolist()}); pass "
+                "each gene once, e.g. `list(dict.fromkeys(genes))`."
+            )
         if bulk is not None:
             shared_genes(genes, bulk.var_names, min_genes=1, names=("genes", "bulk genes"))
             missing = genes.difference(bulk.var_names)

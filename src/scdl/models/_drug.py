@@ -34,6 +34,10 @@ from ._base import SafeSaveLoadMixin
 from ._drug_fit import DrugFittingMixin
 from ._drug_predict import DrugPredictionMixin
 
+#: response metrics where a higher value means a more sensitive line (CCLE's activity area:
+#: the area above the dose-response curve); every other key is read as lower = sensitive
+HIGHER_IS_SENSITIVE = ("activity_area",)
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -89,8 +93,11 @@ class DrugResponseModel(
     probability* is P(response < the drug's median over the bulk lines) for a Gaussian
     centred on the prediction with the held-out residual sd:
     ``Phi((median - prediction) / residual_sd)``; 0.5 means "as sensitive as the median
-    line". (With ``n_ensemble=1`` the residuals come from the validation lines, or, with
-    ``train_size=1``, from the training lines, which understates the uncertainty.)
+    line". For a response where higher means more sensitive (CCLE's activity area;
+    ``sensitive="high"`` in :meth:`setup_anndata`, :attr:`sensitive`) it is P(response >
+    the median), and the labels follow. (With ``n_ensemble=1`` the residuals come from the
+    validation lines, or, with ``train_size=1``, from the training lines, which understates
+    the uncertainty.)
 
     Parameters
     ----------
@@ -188,7 +195,8 @@ class DrugResponseModel(
         ridge_alpha: float | Sequence[float] | None = 3162.0,
         prediction: Literal["wide", "wide_deep", "deep"] = "wide",
     ):
-        _check_model_args(adata, target, target_layer, input_scale, n_ensemble)
+        n_ensemble = check_positive_int(n_ensemble, "n_ensemble")  # stored as a plain int
+        _check_model_args(adata, target, target_layer, input_scale)
         _check_sizes(n_top_genes, smooth_neighbors, match_neighbors, ridge_alpha)
         check_fraction(min_detected, "min_detected", meaning="of the target cells")
         super().__init__(adata, registry)
@@ -250,6 +258,7 @@ class DrugResponseModel(
         adata: AnnData,
         response_key: str = "ln_ic50",
         layer: str | None = None,
+        sensitive: Literal["low", "high"] | None = None,
         **kwargs,
     ) -> None:
         """Check the bulk ``adata`` and register it with its response table.
@@ -267,6 +276,11 @@ class DrugResponseModel(
             NaN where unmeasured (as :func:`scdl.datasets.gdsc` writes).
         layer
             Layer holding the expression; ``None`` uses ``adata.X``.
+        sensitive
+            Which responses mean a more sensitive line: ``"low"`` (ln IC50, IC50, AUC of
+            viability) or ``"high"`` (CCLE's ``activity_area``). ``None`` takes ``"high"`` for
+            a ``response_key`` of ``"activity_area"`` and ``"low"`` otherwise. It sets the
+            direction of the sensitive probability and label.
 
         Raises
         ------
@@ -276,9 +290,16 @@ class DrugResponseModel(
             The response is not a numeric DataFrame, or the expression not numeric.
         ValueError
             NaN/inf expression; constant profiles; raw counts (log-transform them first);
-            a drug measured on fewer than 3 lines (e.g. all NaN); repeated gene names.
-            ``adata`` is left unchanged.
+            a drug measured on fewer than 3 lines (e.g. all NaN); repeated gene names;
+            ``sensitive`` not ``"low"``, ``"high"`` or ``None``. ``adata`` is left unchanged.
         """
+        if sensitive is None:
+            sensitive = "high" if response_key in HIGHER_IS_SENSITIVE else "low"
+        elif sensitive not in ("low", "high"):
+            raise ValueError(
+                f"sensitive={sensitive!r} is not one of 'low' (a lower response means more "
+                "sensitive, as ln IC50) or 'high' (as activity area)."
+            )
         setup_method_args = cls._get_setup_method_args(**locals())
         check_unique_var_names(adata)
         check_profiles(adata, layer)
@@ -428,12 +449,10 @@ class DrugResponseModel(
         return out
 
 
-def _check_model_args(adata, target, target_layer, input_scale, n_ensemble) -> None:
+def _check_model_args(adata, target, target_layer, input_scale) -> None:
     """Refuse bad model arguments before anything is built."""
     if input_scale not in ("zscore", "rank"):
         raise ValueError(f"input_scale={input_scale!r} is not one of 'zscore', 'rank'.")
-    if not isinstance(n_ensemble, int) or n_ensemble < 1:
-        raise ValueError(f"n_ensemble must be a positive integer, got {n_ensemble!r}.")
     if target is not None and adata is None:
         raise ValueError("`target` needs the bulk `adata` the model is trained on.")
     if target is not None:

@@ -46,6 +46,13 @@ KINDS = ("value", "probability", "label", "sd")
 class DrugPredictionMixin:
     """Inference methods of :class:`~scdl.models.DrugResponseModel`."""
 
+    @property
+    def sensitive(self) -> str:
+        """``"low"`` when a lower response means a more sensitive line (ln IC50), ``"high"``
+        when a higher one does (activity area): as registered by ``setup_anndata``."""
+        # models saved before the option existed were all trained on lower = sensitive
+        return self.registry_["setup_args"].get("sensitive") or "low"
+
     def _run(self, profiles: np.ndarray, fn, batch_size: int = 1024) -> np.ndarray:
         """Apply ``fn`` (a module method) to profiles in chunks; concatenates on the last-but-
         one axis for member outputs and the first axis otherwise."""
@@ -87,6 +94,12 @@ class DrugPredictionMixin:
         smooth_neighbors
             Override the model's neighbour smoothing for counts (``0``: none).
 
+        Returns
+        -------
+        numpy.ndarray
+            float32, cells x ``genes``. A gene absent from ``adata`` holds its mean over the
+            training lines, the value at which it moves no prediction.
+
         Raises
         ------
         ValueError
@@ -111,8 +124,8 @@ class DrugPredictionMixin:
         if present.mean() < LOW_GENE_OVERLAP:
             warn_user(
                 f"{(~present).sum()} of the model's {len(self.genes)} genes are missing from "
-                "the data; they are set to the profile's mean. Predictions may be less "
-                "reliable.",
+                "the data; each is set to its mean over the training lines, so it moves no "
+                "prediction. Predictions may be less reliable.",
                 UserWarning,
             )
         if modality == "auto":
@@ -125,9 +138,17 @@ class DrugPredictionMixin:
                 x = normalised_from_log1p(adata, layer)
             else:
                 check_counts(adata, layer)
-            return self._count_profiles(x, adata.var_names, k)
-        check_profiles(adata, layer)
-        return profiles_from_expression(x, adata.var_names, self.genes, scale=self.input_scale)
+            out = self._count_profiles(x, adata.var_names, k)
+        else:
+            check_profiles(adata, layer)
+            out = profiles_from_expression(x, adata.var_names, self.genes, scale=self.input_scale)
+        if not present.all():
+            # The profile functions leave an absent gene at 0, the row's mean; the model
+            # centres each gene on its mean over the training lines, so only that value is
+            # neutral (0 shifted every prediction one way).
+            typical = self.module.gene_mean.detach().cpu().numpy().astype(out.dtype)
+            out[:, ~present] = typical[~present]
+        return out
 
     def predict(
         self,
@@ -150,8 +171,9 @@ class DrugPredictionMixin:
         kind
             ``"value"``: the response in the table's units (ln IC50: lower = more
             sensitive); ``"probability"``: the sensitive probability,
-            ``Phi((median - value) / residual_sd)`` (see the class docstring); ``"label"``:
-            1 (sensitive) where the value is below the drug's median over the training lines
+            ``Phi((median - value) / residual_sd)`` (see the class docstring; the sign turns
+            when :attr:`sensitive` is ``"high"``); ``"label"``: 1 (sensitive) where the value
+            is on the sensitive side of the drug's median over the training lines
             (``drug_stats_["median"]``, the threshold; probability > 0.5), else 0;
             ``"sd"``: the per-cell uncertainty, the sd of the value over ensemble members.
             A list of kinds returns a dict of DataFrames by kind, from one pass over the data
@@ -213,12 +235,15 @@ class DrugPredictionMixin:
         -------
         pandas.DataFrame
             Probabilities of the same shape, index and columns: the chance that each cell is
-            more sensitive than the drug's median training line.
+            more sensitive than the drug's median training line (below it, or above it when
+            :attr:`sensitive` is ``"high"``).
         """
         from scipy.special import ndtr
 
         stats = self._stats(values)
         z = (stats["median"].to_numpy() - values.to_numpy()) / stats["residual_sd"].to_numpy()
+        if self.sensitive == "high":
+            z = -z
         return pd.DataFrame(ndtr(z), index=values.index.copy(), columns=values.columns.copy())
 
     def sensitive_label(self, values: pd.DataFrame) -> pd.DataFrame:
@@ -233,10 +258,12 @@ class DrugPredictionMixin:
         -------
         pandas.DataFrame
             int8, of the same shape, index and columns: 1 (sensitive) where the response is
-            below the drug's median over the training lines, else 0.
+            below the drug's median over the training lines (above it when :attr:`sensitive`
+            is ``"high"``), else 0.
         """
         median = self._stats(values)["median"].to_numpy()
-        return (values < median).astype(np.int8)
+        sensitive = values > median if self.sensitive == "high" else values < median
+        return sensitive.astype(np.int8)
 
     def _stats(self, values: pd.DataFrame) -> pd.DataFrame:
         if self.drug_stats_ is None:

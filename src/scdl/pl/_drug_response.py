@@ -47,14 +47,20 @@ def _predicted(key: str) -> tuple[str, str]:
     )
 
 
-def _bulk_median(adata: AnnData, key: str, drugs: list[str]) -> np.ndarray:
+def _response_scale(adata: AnnData, key: str, drugs: list[str]) -> tuple[np.ndarray, str, bool]:
+    """The drugs' bulk medians, the response's name, and whether higher means sensitive."""
     info = adata.uns.get(key, {})
     if "drugs" not in info:
         raise KeyError(
             f"adata.uns[{key!r}]['drugs'] not found (the bulk medians). Run "
             "`scdl.tl.drug_response` first, or plot value='probability'."
         )
-    return info["drugs"].loc[drugs, "bulk_median"].to_numpy()
+    params = info.get("params", {})
+    # results written before these fields existed came from ln IC50 models
+    name = str(params.get("response_key", "ln_ic50"))
+    name = "ln IC50" if name == "ln_ic50" else name
+    high = params.get("sensitive", "low") == "high"
+    return info["drugs"].loc[drugs, "bulk_median"].to_numpy(), name, high
 
 
 @doc_show_save
@@ -100,8 +106,9 @@ def drug_response(
     value
         ``"probability"``: the sensitive probability (red = likely more sensitive than the
         median cell line); ``"response"``: the predicted response (e.g. ln IC50) minus the
-        drug's median over the bulk lines in the heatmap (red = below the median, i.e. more
-        sensitive), the response itself in the violins with the median as a line. The ROC
+        drug's median over the bulk lines in the heatmap (red = more sensitive: below the
+        median, or above it for a response where higher means sensitive), the response
+        itself in the violins with the median as a line. The ROC
         always scores the sensitive probability.
     n_drugs
         Drugs shown when ``drugs`` is ``None``.
@@ -137,15 +144,15 @@ def drug_response(
         drugs = spread.sort_values(ascending=False, kind="stable").index[:n_drugs].tolist()
     else:
         drugs = resolve_drugs(drugs, list(table.columns), source=_predicted(key))
-    median = _bulk_median(adata, key, drugs) if value == "response" else None
+    scale = _response_scale(adata, key, drugs) if value == "response" else None
     if kind == "heatmap":
-        fig = _heatmap(means[drugs], median, value, groupby, sizes, ax)
+        fig = _heatmap(means[drugs], scale, value, groupby, sizes, ax)
     else:
-        fig = _violins(table, groups, means.index.tolist(), drugs, median, value, ax)
+        fig = _violins(table, groups, means.index.tolist(), drugs, scale, value, ax)
     return finish(fig, show=show, save=save, default_name=f"drug_response_{key}_{kind}")
 
 
-def _heatmap(means: pd.DataFrame, median, value: str, groupby: str, sizes: pd.Series, ax=None):
+def _heatmap(means: pd.DataFrame, scale, value: str, groupby: str, sizes: pd.Series, ax=None):
     """Groups x drugs: mean sensitive probability, or mean prediction minus the bulk median."""
     import matplotlib.pyplot as plt
 
@@ -155,10 +162,11 @@ def _heatmap(means: pd.DataFrame, median, value: str, groupby: str, sizes: pd.Se
         cmap, vmin, vmax = "RdBu_r", 0.0, 1.0
         label = "mean probability of being more\nsensitive than the median line (red)"
     else:
+        median, name, high = scale
         data = data - median
         lim = float(np.nanmax(np.abs(data))) or 1.0
-        cmap, vmin, vmax = "RdBu", -lim, lim
-        label = "mean predicted ln IC50 - bulk median\n(red: more sensitive)"
+        cmap, vmin, vmax = "RdBu_r" if high else "RdBu", -lim, lim
+        label = f"mean predicted {name} - bulk median\n(red: more sensitive)"
     if ax is None:
         fig, ax = plt.subplots(
             figsize=(0.35 * len(drugs) + 2.5, 0.35 * len(names) + 1.8), layout="constrained"
@@ -174,7 +182,7 @@ def _heatmap(means: pd.DataFrame, median, value: str, groupby: str, sizes: pd.Se
     return fig
 
 
-def _violins(table, groups, names: list, drugs: list, median, value: str, ax=None):
+def _violins(table, groups, names: list, drugs: list, scale, value: str, ax=None):
     """One panel per drug: the per-cell values of each group, with the reference line."""
     import matplotlib.pyplot as plt
 
@@ -192,7 +200,7 @@ def _violins(table, groups, names: list, drugs: list, median, value: str, ax=Non
         ax = axes[i]
         vals = [table.loc[(groups == g).to_numpy(), drug].to_numpy() for g in names]
         ax.violinplot(vals, showmedians=True)
-        ref = 0.5 if value == "probability" else median[i]
+        ref = 0.5 if value == "probability" else scale[0][i]
         ax.axhline(
             ref,
             color="grey",
@@ -209,7 +217,7 @@ def _violins(table, groups, names: list, drugs: list, median, value: str, ax=Non
             ax.set_ylabel(
                 "P(more sensitive than\nthe median line)"
                 if value == "probability"
-                else "predicted ln IC50\n(lower: more sensitive)"
+                else f"predicted {scale[1]}\n({'higher' if scale[2] else 'lower'}: more sensitive)"
             )
     axes[0].legend(fontsize=7, loc="best")
     for extra in axes[len(drugs) :]:

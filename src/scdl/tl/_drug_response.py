@@ -69,16 +69,20 @@ def drug_response(
         (ln IC50: lower = more sensitive).
     ``obsm[f"{key_added}_prob"]``
         DataFrame of cells x drugs: sensitive probability, P(response < the drug's median
-        over the bulk lines) given the held-out residual sd.
+        over the bulk lines) given the held-out residual sd (P(response > the median) for a
+        model whose ``sensitive`` is ``"high"``, e.g. activity area).
     ``obsm[f"{key_added}_label"]``
-        DataFrame of cells x drugs: 1 (sensitive) where the predicted response is below the
-        drug's median over the training lines (``threshold`` in the summary), else 0.
+        DataFrame of cells x drugs: 1 (sensitive) where the predicted response is on the
+        sensitive side of the drug's median over the training lines (``threshold`` in the
+        summary), else 0.
     ``obsm[f"{key_added}_sd"]``
         DataFrame of cells x drugs: per-cell uncertainty, the sd of the prediction over the
         model's ensemble members (each trained without one fold of the lines).
     ``uns[key_added]``
         ``params`` (``drugs``, ``layer``, ``modality`` as read: ``"counts"``, ``"log1p"``
-        or ``"profiles"``, ``smooth_neighbors`` as asked, ``n_genes``, ``n_cells``, ``model``),
+        or ``"profiles"``, ``smooth_neighbors`` as asked, ``n_genes``, ``n_cells``, ``model``,
+        ``response_key``: the model's response, e.g. ``"ln_ic50"``, and ``sensitive``:
+        ``"low"`` or ``"high"``, which responses mean more sensitive),
         ``drugs`` (DataFrame per drug: ``mean_prediction``, ``bulk_median`` and ``threshold``
         (the same value: the label's cut), ``mean_sd``,
         ``mean_probability``, ``fraction_sensitive`` (probability > 0.5),
@@ -168,6 +172,8 @@ def drug_response(
             "n_genes": len(model.genes),
             "n_cells": int(adata.n_obs),
             "model": "scdl.models.DrugResponseModel",
+            "response_key": str(model.registry_["setup_args"]["response_key"]),
+            "sensitive": model.sensitive,
         },
         "drugs": summary,
     }
