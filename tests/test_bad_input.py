@@ -733,6 +733,7 @@ def _batch_is_the_type(adata):
     [
         (None, {"pre_integrated": "X_harmony"}, KeyError, r"'X_harmony'.*pre_integrated=None"),
         (None, {"layer": "counts"}, KeyError, "Layer 'counts' not found"),
+        (None, {"embeddings": ["X_scdl", "X_scdl"]}, ValueError, r"lists \['X_scdl'\] more"),
         (_nan_counts, {}, ValueError, "NaN"),
         (_sparse_embedding, {}, TypeError, r"dense numeric embedding.*toarray"),
         (_one_batch, {}, ValueError, "no batch correction to score with one batch"),

@@ -183,3 +183,41 @@ def test_bad_cells_or_batch_size_leave_a_new_query_unchanged(kang_integrated):
     assert_unchanged(query, snap)
     latent = model.get_latent_representation(query, indices=[0, 5], batch_size=1)
     np.testing.assert_allclose(latent, model.get_latent_representation(query)[[0, 5]], atol=1e-6)
+
+
+def test_an_edited_batch_column_is_read_again_or_refused(kang_integrated):
+    """scvi-tools reads the batch codes it copied when it registered an AnnData; an edit of
+    the column after that is used (a query) or refused (the model's own AnnData)."""
+    from conftest import assert_unchanged, snapshot
+
+    adata, model = kang_integrated
+    query = adata[adata.obs["sample"] == "stim107"][:60].copy()
+    before = model.get_latent_representation(query)  # registers the query
+    query.obs["sample"] = "ctrl101"
+    moved = model.get_latent_representation(query)
+    fresh = adata[adata.obs["sample"] == "stim107"][:60].copy()
+    fresh.obs["sample"] = "ctrl101"
+    np.testing.assert_array_equal(moved, model.get_latent_representation(fresh))
+    assert not np.array_equal(before, moved)
+    query.obs["sample"] = "stim999"
+    snap = snapshot(query)
+    with pytest.raises(
+        ValueError, match=r"categories the VAE was not trained on \(\['stim999'\]\)"
+    ):
+        model.get_latent_representation(query)
+    assert_unchanged(query, snap)
+
+    small = adata[np.sort(np.random.default_rng(0).choice(adata.n_obs, 200, replace=False))].copy()
+    VAE.setup_anndata(small, batch_key="sample")
+    own = VAE(small, n_latent=np.int64(5))  # numpy integers, as scvi-tools takes them
+    assert own.module.n_latent == 5
+    own.train(max_epochs=1, enable_progress_bar=False)
+    small.obs["sample"] = small.obs["sample"].cat.reorder_categories(
+        list(small.obs["sample"].cat.categories[::-1])
+    )  # same values, new category order: not an edit
+    own.get_latent_representation()
+    small.obs["sample"] = small.obs["sample"].astype(str).replace({"ctrl101": "stim107"})
+    with pytest.raises(ValueError, match=r"adata.obs \['sample'\] changed after the VAE was set"):
+        own.get_latent_representation()
+    with pytest.raises(ValueError, match="use_observed_lib_size is fixed to True"):
+        VAE(small, use_observed_lib_size=False)

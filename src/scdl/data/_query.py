@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from ._checks import (
@@ -141,3 +142,46 @@ def check_category_kind(column, categories, key: str, *, model: str = "model") -
         f"scvi-tools treats as different: convert them, e.g. `adata.obs[{key!r}] = "
         f"adata.obs[{key!r}].{conversion}`."
     )
+
+
+def edited_obs_columns(adata: AnnData, registry: dict, *, skip: tuple = ("labels",)) -> list:
+    """obs columns of an already registered ``adata`` whose values changed since then.
+
+    scvi-tools copies a registered column into ``obs["_scvi_batch"]`` (covariates into
+    ``obsm``) when it registers an AnnData, and its models read those copies afterwards, so
+    editing the column itself changes nothing and lets a new category through unchecked.
+    Fields named in ``skip`` (the labels, which no embedding reads) are not compared.
+    """
+    edited = []
+    for name, field in registry.get("field_registries", {}).items():
+        state, data = field.get("state_registry", {}), field.get("data_registry", {})
+        key = data.get("attr_key")
+        if name in skip or key is None:
+            continue
+        if "categorical_mapping" in state:
+            col = state.get("original_key")
+            if str(col).startswith("_scvi") or col not in adata.obs or key not in adata.obs:
+                continue
+            now = pd.Categorical(adata.obs[col], categories=state["categorical_mapping"]).codes
+            if not np.array_equal(now, adata.obs[key].to_numpy()):
+                edited.append(col)
+        elif data.get("attr_name") == "obsm" and key in adata.obsm:
+            stored = adata.obsm[key]
+            for col, mapping in (state.get("mappings") or {}).items():
+                if col in adata.obs and not np.array_equal(
+                    pd.Categorical(adata.obs[col], categories=mapping).codes,
+                    np.asarray(stored[col]),
+                ):
+                    edited.append(col)
+            for col in state.get("columns", []):
+                if col in adata.obs and not _same_numbers(adata.obs[col], stored[col]):
+                    edited.append(col)
+    return edited
+
+
+def _same_numbers(now, stored) -> bool:
+    try:
+        now = np.asarray(now, dtype=np.float64)
+    except (TypeError, ValueError):  # edited to text: not what was registered
+        return False
+    return np.array_equal(now, np.asarray(stored, dtype=np.float64), equal_nan=True)

@@ -323,17 +323,31 @@ class CheckedQueryMixin:
         return manager is not None and manager.adata is adata
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
+        from scdl.data import check_query, edited_obs_columns
+
         if adata is None:
             self._require_adata("use", takes_adata=True)
-        if adata is not None and adata is not self.adata and not self._registered_here(adata):
-            from scdl.data import check_query
-
-            check_query(
-                adata,
+        target = self.adata if adata is None else adata
+        own = target is self.adata
+        registered = own or self._registered_here(target)
+        edited = edited_obs_columns(target, self.registry_) if registered else []
+        if not registered or edited:
+            check_query(  # an edited column with a new category is refused here
+                target,
                 self.registry_,
                 model=type(self).__name__,
                 unseen_fix=self._unseen_categories_fix,
             )
+        if edited and own:
+            # re-registering the model's own AnnData would rebuild its category mappings
+            raise ValueError(
+                f"adata.obs {edited} changed after the {type(self).__name__} was set up on this "
+                "AnnData; the model would read the values registered then. Pass a copy to use "
+                "the new values, e.g. `model.get_latent_representation(adata.copy())`, or "
+                "restore the column."
+            )
+        if edited:  # a query registered earlier: register it again, with its new values
+            self._register_manager_for_instance(self.adata_manager.transfer_fields(target))
         return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
     def _check_cells(self, adata: AnnData | None, indices, batch_size) -> np.ndarray | None:

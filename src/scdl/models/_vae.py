@@ -28,6 +28,7 @@ from scdl.data import (
     check_fraction,
     check_non_negative,
     check_obs_key,
+    check_positive_int,
     counts_place_fix,
 )
 from scdl.dataloaders import CSRDataSplitter
@@ -126,9 +127,16 @@ class VAE(
             raise ValueError(
                 f"gene_likelihood={gene_likelihood!r} is not one of 'nb', 'zinb', 'poisson'."
             )
-        for name, value in (("n_latent", n_latent), ("n_hidden", n_hidden), ("n_layers", n_layers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        # numpy integers are accepted (as scvi-tools does) and kept as plain ints for the save
+        n_latent = check_positive_int(n_latent, "n_latent")
+        n_hidden = check_positive_int(n_hidden, "n_hidden")
+        n_layers = check_positive_int(n_layers, "n_layers")
+        if "use_observed_lib_size" in kwargs:
+            raise ValueError(
+                "use_observed_lib_size is fixed to True in scdl's VAE (each cell's library "
+                "size is its observed total); drop the argument, or use scvi-tools' SCVI for "
+                "a learned library size."
+            )
         check_fraction(dropout_rate, "dropout_rate", below_one=True)
         check_non_negative(batch_mmd_weight, "batch_mmd_weight", meaning="a loss weight")
         if kwargs.get("batch_representation", "one-hot") != "one-hot":

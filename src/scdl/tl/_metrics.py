@@ -100,6 +100,9 @@ def integration_metrics(
     embeddings = [embeddings] if isinstance(embeddings, str) else list(embeddings)
     if not embeddings:
         raise ValueError("Pass at least one obsm key in `embeddings`.")
+    repeated = [e for i, e in enumerate(embeddings) if e in embeddings[:i]]
+    if repeated:  # scib-metrics' results table would fail on it, after every metric ran
+        raise ValueError(f"embeddings lists {repeated} more than once; name each key once.")
     if adata.n_obs <= _SCIB_NEIGHBORS:
         raise ValueError(
             f"integration_metrics needs more than {_SCIB_NEIGHBORS} cells (scib-metrics' "
