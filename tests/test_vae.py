@@ -221,3 +221,17 @@ def test_an_edited_batch_column_is_read_again_or_refused(kang_integrated):
         own.get_latent_representation()
     with pytest.raises(ValueError, match="use_observed_lib_size is fixed to True"):
         VAE(small, use_observed_lib_size=False)
+
+
+def test_counts_normalised_in_place_after_registration_are_refused(kang_integrated):
+    """scanpy's normalize_total and log1p rewrite X in place after the model registered it."""
+    import scanpy as sc
+
+    adata, model = kang_integrated
+    query = adata[:80].copy()
+    query.obs_names = [f"q{i}" for i in range(query.n_obs)]
+    model.get_latent_representation(query)  # registers the query (checked in full)
+    sc.pp.normalize_total(query)
+    sc.pp.log1p(query)
+    with pytest.raises(ValueError, match="non-integer values.*the VAE reads raw counts from"):
+        model.get_latent_representation(query)

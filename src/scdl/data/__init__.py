@@ -49,7 +49,13 @@ from ._groups import resolve_groups, warn_if_batch_nested
 from ._lognorm import input_kind, normalised_from_log1p
 from ._normalize import log_normalize_counts
 from ._pca import unintegrated_pca
-from ._query import check_category_kind, check_query, counts_place_fix, edited_obs_columns
+from ._query import (
+    check_category_kind,
+    check_query,
+    counts_place_fix,
+    edited_obs_columns,
+    sampled_counts_ok,
+)
 from ._salient_genes import salient_gene_table
 from ._write import writable, write_h5ad_atomic
 
@@ -84,6 +90,7 @@ __all__ = [
     "warn_empty_cells",
     "check_query",
     "edited_obs_columns",
+    "sampled_counts_ok",
     "counts_place_fix",
     "check_category_kind",
     "check_unique_var_names",

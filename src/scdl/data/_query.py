@@ -185,3 +185,29 @@ def _same_numbers(now, stored) -> bool:
     except (TypeError, ValueError):  # edited to text: not what was registered
         return False
     return np.array_equal(now, np.asarray(stored, dtype=np.float64), equal_nan=True)
+
+
+def sampled_counts_ok(adata: AnnData, layer: str | None, *, n_values: int = 10_000) -> bool:
+    """Whether an evenly spaced sample of at most ``n_values`` stored values of ``adata.X``
+    (or ``layer``) are still finite, non-negative integers.
+
+    For an AnnData checked in full when a model registered it: scanpy's ``normalize_total``
+    and ``log1p`` rewrite X in place, after which the model would read normalised values as
+    counts. Such data are non-integer almost everywhere, so the sample finds them without a
+    pass over every value; a matrix of another storage (e.g. backed) is not sampled.
+    """
+    from scipy import sparse
+
+    x = adata.X if layer is None else adata.layers.get(layer)
+    if sparse.issparse(x):
+        values = x.data
+    elif isinstance(x, np.ndarray):
+        values = x.reshape(-1)
+    else:
+        return True
+    if values.size == 0 or not np.issubdtype(values.dtype, np.number):
+        return values.size == 0
+    sample = values[:: max(1, values.size // n_values)]
+    return bool(
+        np.isfinite(sample).all() and (sample >= 0).all() and (sample == np.round(sample)).all()
+    )

@@ -311,6 +311,11 @@ class CheckedQueryMixin:
     same number of genes in another order is accepted) or checking the counts; this runs
     :func:`scdl.data.check_query` first, once per AnnData. The error for unseen categories
     says the model class's ``_unseen_categories_fix`` (see :class:`SafeSaveLoadMixin`).
+
+    An AnnData registered before is checked for what may have changed since: a registered
+    obs column edited (:func:`scdl.data.edited_obs_columns`; a query is checked and registered
+    again, the model's own AnnData refused) and counts normalised in place
+    (:func:`scdl.data.sampled_counts_ok`, then the full check's error).
     """
 
     def _registered_here(self, adata) -> bool:
@@ -323,7 +328,13 @@ class CheckedQueryMixin:
         return manager is not None and manager.adata is adata
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
-        from scdl.data import check_query, edited_obs_columns
+        from scdl.data import (
+            check_counts,
+            check_query,
+            counts_place_fix,
+            edited_obs_columns,
+            sampled_counts_ok,
+        )
 
         if adata is None:
             self._require_adata("use", takes_adata=True)
@@ -348,6 +359,11 @@ class CheckedQueryMixin:
             )
         if edited:  # a query registered earlier: register it again, with its new values
             self._register_manager_for_instance(self.adata_manager.transfer_fields(target))
+        elif registered:  # checked in full at registration; normalised in place since?
+            layer = self.registry_["setup_args"].get("layer")
+            if not sampled_counts_ok(target, layer):
+                fix = counts_place_fix(type(self).__name__, layer)
+                check_counts(target, layer, fix=fix, warn_zero_cells=False)
         return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
     def _check_cells(self, adata: AnnData | None, indices, batch_size) -> np.ndarray | None:
