@@ -936,6 +936,11 @@ def test_a_response_where_higher_means_sensitive_turns_probability_and_label(tmp
     cells.obs["half"] = pd.Categorical(np.repeat(["a", "b"], 20))
     fig = scdl.pl.drug_response(cells, groupby="half", kind="violin", value="response", show=False)
     assert fig.axes[0].get_ylabel() == "predicted activity_area\n(higher: more sensitive)"
+    drivers = model.gene_attributions(cells, drug="Erlotinib", modality="profiles")
+    assert drivers.attrs == {"response_key": "activity_area", "sensitive": "high"}
+    fig = scdl.pl.attributions(drivers, show=False)
+    assert "predicted activity_area" in fig._supxlabel.get_text()
+    assert "> 0 (orange): towards sensitive" in fig._supxlabel.get_text()
 
 
 def test_genes_missing_from_the_data_move_no_prediction(trained, bulk_train):

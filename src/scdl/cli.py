@@ -317,7 +317,7 @@ def _add_demo(sub) -> None:
     d.add_argument(
         "--max-epochs", type=_max_epochs, default=None, help="training epochs (default: auto)"
     )
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_demo)
 

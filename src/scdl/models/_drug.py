@@ -142,7 +142,7 @@ class DrugResponseModel(
     ridge_alpha
         Penalty of the wide path's ridge regressions (scikit-learn's units: squared errors
         summed over a drug's lines + ``ridge_alpha`` x squared weights, on standardised genes
-        and responses), or several (e.g. ``RIDGE_ALPHAS``), each drug taking the one
+        and responses), or several (e.g. ``np.logspace(-1, 5, 13)``), each drug taking the one
         with the smallest leave-one-out error on the member's lines (``drug_stats_``
         column ``ridge_alpha``); ``None`` drops the wide path. A fixed penalty is the
         default: it transferred to unseen lines' cells better than each drug's own
@@ -289,7 +289,9 @@ class DrugResponseModel(
         TypeError
             The response is not a numeric DataFrame, or the expression not numeric.
         ValueError
-            NaN/inf expression; constant profiles; raw counts (log-transform them first);
+            NaN/inf expression; constant profiles; raw counts (non-negative integers above
+            50; log-transform them first; integers of at most 50 are read as binned log-scale
+            values, with a warning);
             a drug measured on fewer than 3 lines (e.g. all NaN); repeated gene names;
             ``sensitive`` not ``"low"``, ``"high"`` or ``None``. ``adata`` is left unchanged.
         """

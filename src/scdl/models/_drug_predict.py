@@ -282,14 +282,15 @@ class DrugPredictionMixin:
     ) -> pd.DataFrame:
         """Genes ranked by how much they drive the predicted response to ``drug``.
 
-        Integrated gradients (``scdl.models._attribution.integrated_gradients``) of the
-        ensemble's predicted response with respect to the encoder's input, the profile on the
-        common scale, from the mean profile of the training lines (a typical line) to each
-        cell's profile. A gene's attribution is in the response's units: positive means that
-        where the cells differ from a typical training line in this gene, the predicted ln IC50
-        goes up, i.e. towards resistance; negative, towards sensitivity. A profile equal to the
-        typical line has no drivers. Per cell the attributions sum to its prediction minus the
-        typical line's.
+        Integrated gradients of the ensemble's predicted response with respect to the
+        encoder's input, the profile on the common scale, from the mean profile of the
+        training lines (a typical line) to each cell's profile. A gene's attribution is in the
+        response's units: positive means that where the cells differ from a typical training
+        line in this gene, the predicted response goes up: towards resistance for ln IC50
+        (negative, towards sensitivity), towards sensitivity when :attr:`sensitive` is
+        ``"high"`` (activity area). A profile equal to the typical line has no drivers. Per
+        cell the attributions sum to its prediction minus the typical line's. A gene the data
+        lack holds the typical value and gets 0.
 
         Parameters
         ----------
@@ -311,6 +312,7 @@ class DrugPredictionMixin:
             :func:`scdl.pl.attributions` plots): ``label`` (the drug), ``gene``,
             ``attribution`` (signed mean over cells), ``rank``, ``mean_abs_attribution`` (mean
             of its absolute value), ``mean_input`` (mean input level on the common scale).
+            ``attrs`` holds ``response_key`` and ``sensitive``, which the plot's axis reads.
         """
         from scdl.data import check_positive_int
 
@@ -338,7 +340,7 @@ class DrugPredictionMixin:
         )
         mean = attr.mean(axis=0)
         order = np.argsort(-np.abs(mean), kind="stable")
-        return pd.DataFrame(
+        out = pd.DataFrame(
             {
                 "label": drug,
                 "gene": np.asarray(self.genes, dtype=object)[order],
@@ -348,3 +350,9 @@ class DrugPredictionMixin:
                 "mean_input": profiles.mean(axis=0)[order],
             }
         )
+        # what the units and signs mean, for pl.attributions' axis
+        out.attrs.update(
+            response_key=str(self.registry_["setup_args"]["response_key"]),
+            sensitive=self.sensitive,
+        )
+        return out

@@ -195,14 +195,20 @@ def attributions(
     for ax in axes[len(labels) :]:
         ax.set_axis_off()
     drug = "mean_input" in attributions.columns  # DrugResponseModel.gene_attributions
+    # attributions without attrs (e.g. filtered by the user) read as the default, ln IC50
+    response = str(attributions.attrs.get("response_key", "ln_ic50"))
+    response = "ln IC50" if response == "ln_ic50" else response
+    up, down = ("resistant", "sensitive")
+    if attributions.attrs.get("sensitive") == "high":
+        up, down = down, up
     if not own_figure:  # the user's figure holds other panels: each of ours says it alone
         for ax in axes:
-            ax.set_xlabel("contribution to ln IC50" if drug else "contribution to the logit")
+            ax.set_xlabel(f"contribution to {response}" if drug else "contribution to the logit")
         return finish(fig, show=show, save=save, default_name="attributions")
     if drug:
         fig.supxlabel(
-            "mean contribution to the predicted ln IC50 (integrated gradients, from a typical "
-            "line)\n< 0 (purple): towards sensitive; > 0 (orange): towards resistant"
+            f"mean contribution to the predicted {response} (integrated gradients, from a "
+            f"typical line)\n< 0 (purple): towards {down}; > 0 (orange): towards {up}"
         )
     else:
         fig.supxlabel(

@@ -90,7 +90,8 @@ def training_history(
         AnnData processed by :func:`scdl.tl.integrate` or :func:`scdl.tl.contrastive`
         (reads ``uns[key]["history"]``), or a trained scdl model (reads ``model.history``:
         the ELBO, or the classification loss of a
-        :class:`~scdl.models.CellTypeTransformer`).
+        :class:`~scdl.models.CellTypeTransformer`). A drug-response model fitted in closed
+        form (the default ``prediction="wide"``) has no epochs and is refused.
     key
         ``key_added`` of the integrate (or contrastive) call.
     ax

@@ -149,7 +149,10 @@ def annotate(
     ``adata.uns[key_added]``
         ``params`` (``layer``, ``unknown``, ``min_gene_overlap``, ``adapt_to_query``,
         ``majority_voting``, ``over_clustering``, ``min_support``, ``random_state``: the
-        options that change the calls; ``""`` for ``None``), ``model`` (its name or path, or
+        options that change the calls; ``""`` for ``None``, except ``over_clustering``, which
+        records the clusters: the obs column given, ``"an array given per cell"``,
+        ``"Leiden of obsp['connectivities']"`` when voting over the query's own graph, else
+        ``""``), ``model`` (its name or path, or
         ``"CellTypeTransformer (in memory)"``),
         ``cell_types``, ``n_genes_model`` and ``n_genes_matched`` (the model's genes, and how
         many ``adata`` holds), the model's thresholds (``confidence_threshold``,

@@ -80,7 +80,8 @@ def drug_response(
         model's ensemble members (each trained without one fold of the lines).
     ``uns[key_added]``
         ``params`` (``drugs``, ``layer``, ``modality`` as read: ``"counts"``, ``"log1p"``
-        or ``"profiles"``, ``smooth_neighbors`` as asked, ``n_genes``, ``n_cells``, ``model``,
+        or ``"profiles"``, ``smooth_neighbors`` as used (the model's when ``None``),
+        ``n_genes``, ``n_cells``, ``model``,
         ``response_key``: the model's response, e.g. ``"ln_ic50"``, and ``sensitive``:
         ``"low"`` or ``"high"``, which responses mean more sensitive),
         ``drugs`` (DataFrame per drug: ``mean_prediction``, ``bulk_median`` and ``threshold``
