@@ -784,3 +784,34 @@ def test_annotation_inputs_named_by_what_fixes_them(annotator):
     scaled.X = scaled.X.toarray() - 1.0  # scaled: negative values
     with pytest.raises(ValueError, match=r"adata\.raw holds .* genes.*raw = adata\.raw"):
         scdl.tl.annotate(scaled, model=model)
+
+
+def test_majority_voting_by_a_series_matches_cells_by_name_and_a_tie_keeps_the_calls(annotator):
+    """A Series of clusters is read by its index, as pandas aligns; a cluster whose calls tie
+    has no majority (CellTypist's first label in sorted order rewrote most of a few cells)."""
+    from conftest import assert_unchanged, snapshot
+
+    model, query = annotator
+    q = query.copy()
+    by_column = q.copy()
+    scdl.tl.annotate(by_column, model=model, majority_voting=True, over_clustering="cell_type")
+    reversed_series = q.obs["cell_type"].iloc[::-1]
+    scdl.tl.annotate(q, model=model, majority_voting=True, over_clustering=reversed_series)
+    pd.testing.assert_series_equal(
+        q.obs["scdl_cell_type_majority_voting"], by_column.obs["scdl_cell_type_majority_voting"]
+    )
+    unnamed = pd.Series(q.obs["cell_type"].to_numpy())  # index 0..n-1, not the cells' names
+    snap = snapshot(q)
+    with pytest.raises(ValueError, match="index does not name every cell"):
+        scdl.tl.annotate(q, model=model, majority_voting=True, over_clustering=unnamed)
+    assert_unchanged(q, snap)
+    # a cluster of three cells called three types: no majority, each keeps its call (the
+    # per-cell calls do not depend on the clusters given)
+    own = by_column.obs["scdl_cell_type"].astype(str).to_numpy()
+    picks = [np.flatnonzero(own == t)[0] for t in pd.unique(own)[:3]]
+    clusters = np.array([f"own{i}" for i in range(q.n_obs)], dtype=object)
+    clusters[picks] = "tie"
+    scdl.tl.annotate(q, model=model, majority_voting=True, over_clustering=clusters)
+    assert len(set(own[picks])) == 3
+    voted = q.obs["scdl_cell_type_majority_voting"].astype(str).to_numpy()
+    np.testing.assert_array_equal(voted[picks], own[picks])

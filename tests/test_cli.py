@@ -184,6 +184,11 @@ def test_annotate_from_a_url_names_the_command_line_option(tmp_path, capsys):
     rc = main(["annotate", str(tmp_path / "in.h5ad"), "-o", str(tmp_path / "o.h5ad"),
                "--model", "https://example.org/annotator.zip"])  # fmt: skip
     assert rc == 2 and "--sha256" in capsys.readouterr().err
+    sha = "f461d710a06388168f4eeccd82d8ebca1378762d9fd54debdce048cce016587f"  # bundled weights
+    rc = main(["annotate", str(tmp_path / "in.h5ad"), "-o", str(tmp_path / "o.h5ad"),
+               "--model", "pbmc_kang2018", "--sha256", sha])  # fmt: skip
+    assert rc == 0  # the output names the model, not "(in memory)"
+    assert ad.read_h5ad(tmp_path / "o.h5ad").uns["scdl_cell_type"]["model"] == "pbmc_kang2018"
     empty = scdl.datasets.kang_pbmc_heldout()[:0].copy()
     empty.write_h5ad(tmp_path / "empty.h5ad")
     assert main(["annotate", str(tmp_path / "empty.h5ad"), "-o", str(tmp_path / "e.h5ad")]) == 2

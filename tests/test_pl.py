@@ -295,3 +295,20 @@ def test_embedding_of_backed_data(kang_integrated, tmp_path):
     gene = str(adata.var_names[0])
     assert isinstance(scdl.pl.embedding(backed, color=["cell_type", gene], show=False), Figure)
     assert "cell_type_colors" not in backed.uns
+
+
+def test_annotation_agreement_leaves_unlabelled_cells_out():
+    """Unlabelled cells (NaN) are out of the matrix, and out of the agreement in its title."""
+    import anndata as ad
+    import pandas as pd
+
+    calls = pd.DataFrame(
+        {
+            "scdl_cell_type": ["B", "NK", "B", "NK"],
+            "scdl_cell_type_confidence": [0.9, 0.8, 0.7, 0.6],
+            "truth": ["B", None, None, "NK"],
+        },
+        index=list("abcd"),
+    )
+    fig = scdl.pl.annotation(ad.AnnData(obs=calls), groupby="truth", show=False)
+    assert fig.axes[1].get_title() == "Agreement 100.0%"  # was 50.0%: NaN counted wrong

@@ -118,7 +118,7 @@ def annotation(
                 )
         ax.set_xlabel("predicted")
         ax.set_ylabel(groupby)
-        agree = (truth.astype(str).to_numpy() == pred.astype(str).to_numpy()).mean()
+        agree = (known.to_numpy() == called.to_numpy()).mean()  # over the labelled cells
         ax.set_title(f"Agreement {agree:.1%}")
         fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of row")
     if own_figure:  # a user's layout is theirs to arrange

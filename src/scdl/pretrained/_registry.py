@@ -174,7 +174,9 @@ def load(name_or_path: str | os.PathLike, *, sha256: str | None = None, device: 
 
     Returns
     -------
-    :class:`scdl.models.CellTypeTransformer`, ready for :func:`scdl.tl.annotate`.
+    :class:`scdl.models.CellTypeTransformer`, ready for :func:`scdl.tl.annotate`; its
+    ``source_`` attribute holds ``name_or_path`` as given, which :func:`scdl.tl.annotate`
+    records as the model's name.
     """
     from scdl.models import CellTypeTransformer
 
@@ -193,6 +195,8 @@ def load(name_or_path: str | os.PathLike, *, sha256: str | None = None, device: 
             )
     folder = resolve(name_or_path, sha256=sha256)
     accelerator = {"cpu": "cpu", "auto": "auto", "cuda": "gpu"}[kind]
-    return CellTypeTransformer.load(
+    model = CellTypeTransformer.load(
         folder, accelerator=accelerator, device=int(index) if index else "auto"
     )
+    model.source_ = str(name_or_path)
+    return model

@@ -100,14 +100,17 @@ def annotate(
         gives every cell the majority's type and can lower accuracy, as it does in CellTypist.
         Compare both columns before keeping the vote, or set ``min_support``.
     over_clustering
-        obs column (or per-cell array) of clusters for the vote; ``None`` uses a Leiden
+        obs column (or per-cell array, or a Series indexed by ``adata.obs_names``, matched by
+        name) of clusters for the vote; ``None`` uses a Leiden
         over-clustering at CellTypist's resolution for the query's size (5 below 5,000 cells,
         10 below 20,000, ...): of the query's neighbour graph
         ``adata.obsp["connectivities"]`` when it has one (from ``sc.pp.neighbors``, e.g. on
         an integrated space, as CellTypist does), else of a kNN graph on the query's own PCA.
     min_support
         With ``majority_voting``, clusters whose majority call holds fewer than this fraction
-        of their cells keep the per-cell calls (``0``: always vote, as CellTypist).
+        of their cells keep the per-cell calls (``0``: always vote, as CellTypist). A cluster
+        whose most frequent calls tie keeps the per-cell calls too (CellTypist takes the
+        first in sorted order).
     random_state
         Seed of the query's PCA and Leiden clusterings (the clusters the Unknown call is made
         on, and the over-clustering); the same seed gives the same calls on CPU.
@@ -153,7 +156,8 @@ def annotate(
         records the clusters: the obs column given, ``"an array given per cell"``,
         ``"Leiden of obsp['connectivities']"`` when voting over the query's own graph, else
         ``""``), ``model`` (its name or path, or
-        ``"CellTypeTransformer (in memory)"``),
+        ``"CellTypeTransformer (in memory)"`` for a model object not from
+        :func:`scdl.pretrained.load`),
         ``cell_types``, ``n_genes_model`` and ``n_genes_matched`` (the model's genes, and how
         many ``adata`` holds), the model's thresholds (``confidence_threshold``,
         ``novelty_thresholds``: a DataFrame of each type's per-cell threshold, indexed by cell
@@ -271,7 +275,8 @@ def _resolve_model(model) -> tuple:
 
         return load(model), str(model)
     if isinstance(model, CellTypeTransformer):
-        return model, "CellTypeTransformer (in memory)"
+        # a model from scdl.pretrained.load keeps its name or path
+        return model, getattr(model, "source_", None) or "CellTypeTransformer (in memory)"
     raise TypeError(
         "model must be a CellTypeTransformer or the name/path of a pretrained annotator "
         f"(see scdl.pretrained.available()), got {type(model).__name__}."
@@ -284,6 +289,15 @@ def _given_clusters(adata: AnnData, over_clustering) -> np.ndarray:
         from scdl.data import check_obs_key
 
         return check_obs_key(adata, over_clustering, arg="over_clustering").to_numpy()
+    if isinstance(over_clustering, pd.Series):  # by cell name, as pandas aligns (not position)
+        if not over_clustering.index.is_unique or not adata.obs_names.isin(
+            over_clustering.index
+        ).all():
+            raise ValueError(
+                "over_clustering is a Series whose index does not name every cell of adata "
+                "once; index it by adata.obs_names (or pass its values: `.to_numpy()`)."
+            )
+        over_clustering = over_clustering.reindex(adata.obs_names)
     clusters = np.asarray(over_clustering)
     if clusters.shape != (adata.n_obs,):
         raise ValueError(

@@ -17,7 +17,10 @@ def majority_vote(labels, clusters, *, min_support: float = 0.0) -> tuple[np.nda
         Per-cell cluster ids.
     min_support
         Clusters whose majority label holds fewer than this fraction of its cells keep each
-        cell's own label (``0`` always takes the majority, as CellTypist does).
+        cell's own label (``0`` always takes the majority, as CellTypist does). A cluster
+        whose most frequent labels tie has no majority and keeps each cell's own label too
+        (CellTypist takes the first in sorted order, which on a few cells overwrites most
+        of them with an arbitrary one).
 
     Returns
     -------
@@ -33,10 +36,13 @@ def majority_vote(labels, clusters, *, min_support: float = 0.0) -> tuple[np.nda
             f"labels ({labels.shape[0]}) and clusters ({clusters.shape[0]}) differ in length."
         )
     table = pd.crosstab(clusters, labels)
-    top = table.idxmax(axis=1)  # ties: the first label in sorted order
+    top = table.idxmax(axis=1)
+    tied = (table.to_numpy() == table.max(axis=1).to_numpy()[:, None]).sum(axis=1) > 1
     frac = table.max(axis=1) / table.sum(axis=1)
     support = frac.reindex(clusters).to_numpy(dtype=float)
     voted = top.reindex(clusters).to_numpy(dtype=object)
-    keep_own = support < min_support
+    keep_own = (support < min_support) | pd.Series(tied, index=table.index).reindex(
+        clusters
+    ).to_numpy(dtype=bool)
     voted[keep_own] = labels[keep_own]
     return voted, support
