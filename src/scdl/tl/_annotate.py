@@ -290,9 +290,10 @@ def _given_clusters(adata: AnnData, over_clustering) -> np.ndarray:
 
         return check_obs_key(adata, over_clustering, arg="over_clustering").to_numpy()
     if isinstance(over_clustering, pd.Series):  # by cell name, as pandas aligns (not position)
-        if not over_clustering.index.is_unique or not adata.obs_names.isin(
-            over_clustering.index
-        ).all():
+        if (
+            not over_clustering.index.is_unique
+            or not adata.obs_names.isin(over_clustering.index).all()
+        ):
             raise ValueError(
                 "over_clustering is a Series whose index does not name every cell of adata "
                 "once; index it by adata.obs_names (or pass its values: `.to_numpy()`)."
