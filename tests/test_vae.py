@@ -235,3 +235,8 @@ def test_counts_normalised_in_place_after_registration_are_refused(kang_integrat
     sc.pp.log1p(query)
     with pytest.raises(ValueError, match="non-integer values.*the VAE reads raw counts from"):
         model.get_latent_representation(query)
+    dense = adata[:80].copy()
+    dense.X = dense.X.toarray()
+    assert scdl.data.sampled_counts_ok(dense, None)
+    dense.X = np.log1p(dense.X)
+    assert not scdl.data.sampled_counts_ok(dense, None)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._utils import doc_show_save, finish, panel_axes
+from ._utils import doc_show_save, finish, panel_axes, response_wording
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -195,12 +195,8 @@ def attributions(
     for ax in axes[len(labels) :]:
         ax.set_axis_off()
     drug = "mean_input" in attributions.columns  # DrugResponseModel.gene_attributions
-    # attributions without attrs (e.g. filtered by the user) read as the default, ln IC50
-    response = str(attributions.attrs.get("response_key", "ln_ic50"))
-    response = "ln IC50" if response == "ln_ic50" else response
-    up, down = ("resistant", "sensitive")
-    if attributions.attrs.get("sensitive") == "high":
-        up, down = down, up
+    response, high = response_wording(attributions.attrs)
+    up, down = ("sensitive", "resistant") if high else ("resistant", "sensitive")
     if not own_figure:  # the user's figure holds other panels: each of ours says it alone
         for ax in axes:
             ax.set_xlabel(f"contribution to {response}" if drug else "contribution to the logit")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from ._utils import doc_show_save, finish, panel_axes
+from ._utils import doc_show_save, finish, panel_axes, response_wording
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -55,11 +55,7 @@ def _response_scale(adata: AnnData, key: str, drugs: list[str]) -> tuple[np.ndar
             f"adata.uns[{key!r}]['drugs'] not found (the bulk medians). Run "
             "`scdl.tl.drug_response` first, or plot value='probability'."
         )
-    params = info.get("params", {})
-    # results written before these fields existed came from ln IC50 models
-    name = str(params.get("response_key", "ln_ic50"))
-    name = "ln IC50" if name == "ln_ic50" else name
-    high = params.get("sensitive", "low") == "high"
+    name, high = response_wording(info.get("params", {}))
     return info["drugs"].loc[drugs, "bulk_median"].to_numpy(), name, high
 
 

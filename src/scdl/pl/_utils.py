@@ -38,6 +38,15 @@ def doc_show_save(func: Callable) -> Callable:
     return plot_dsp.dedent(func)
 
 
+def response_wording(info) -> tuple[str, bool]:
+    """A drug response's name for an axis and whether higher means more sensitive, from the
+    ``response_key`` / ``sensitive`` a drug model wrote (``uns[key]["params"]`` or an
+    attribution table's ``attrs``). Results written before those fields existed, or that
+    lost them, came from the default response, ln IC50."""
+    name = str(info.get("response_key", "ln_ic50"))
+    return ("ln IC50" if name == "ln_ic50" else name), info.get("sensitive") == "high"
+
+
 def new_axes(ax, figsize: tuple[float, float]):
     """The figure and axes to draw one panel on: the user's ``ax``, or a new figure."""
     import matplotlib.pyplot as plt
