@@ -301,11 +301,18 @@ def main() -> None:
     print("\nmean over datasets (ARI):")
     print(mean[cols].mean().to_string(float_format=f3))
     best_peer = mean[["PCA 1.0", "scVI 1.0"]].max(axis=1)
+    # the issue's figure compares with the peers at 1.0; the same label-free rule on the
+    # peers' spaces is the like-for-like comparison
+    best_peer_auto = mean[["PCA auto", "scVI auto"]].max(axis=1)
     oracle = mean[["scdl oracle", "PCA oracle", "scVI oracle"]].max(axis=1)
-    print("\nscdl auto - best peer at 1.0 / - best oracle / - own oracle, per dataset:")
+    print(
+        "\nscdl auto - best peer at 1.0 / - best peer at auto / - best oracle / - own oracle, "
+        "per dataset:"
+    )
     for d in mean.index:
         print(
             f"  {d}: {mean.loc[d, 'scdl auto'] - best_peer[d]:+.3f} / "
+            f"{mean.loc[d, 'scdl auto'] - best_peer_auto[d]:+.3f} / "
             f"{mean.loc[d, 'scdl auto'] - oracle[d]:+.3f} / "
             f"{mean.loc[d, 'scdl auto'] - mean.loc[d, 'scdl oracle']:+.3f}"
         )
