@@ -178,10 +178,16 @@ def run_logreg(ref, qry):
     t0 = time.perf_counter()
     probs = clf.predict_proba(scaler.transform(lognorm(qry)))
     t_pred = time.perf_counter() - t0
-    pred = clf.classes_[probs.argmax(1)]
+    pred, calls = _calls_with_cut(clf.classes_, probs)
+    return pred, t_train, t_pred, calls
+
+
+def _calls_with_cut(classes, probs) -> tuple[np.ndarray, pd.DataFrame]:
+    """Forced calls, and CellTypist's: "Unassigned" (as Unknown) below ``CELLTYPIST_CUT``."""
+    pred = classes[probs.argmax(1)]
     unassigned = probs.max(1) < CELLTYPIST_CUT
     calls = pd.DataFrame({"label": np.where(unassigned, "Unknown", pred), "is_unknown": unassigned})
-    return pred, t_train, t_pred, calls
+    return pred, calls
 
 
 #: the tuned baseline's choices, both made by cross-validation on the reference alone
@@ -223,9 +229,7 @@ def run_logreg_cv(ref, qry):
     t0 = time.perf_counter()
     probs = clf.predict_proba(b)
     t_pred = time.perf_counter() - t0
-    pred = clf.classes_[probs.argmax(1)]
-    unassigned = probs.max(1) < CELLTYPIST_CUT
-    calls = pd.DataFrame({"label": np.where(unassigned, "Unknown", pred), "is_unknown": unassigned})
+    pred, calls = _calls_with_cut(clf.classes_, probs)
     calls.attrs["logreg_cv"] = f"C={c}"
     return pred, t_train, t_pred, calls
 
