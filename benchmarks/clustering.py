@@ -21,7 +21,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-from _common import DATA, hvg_subset, need
+from _common import DATA, hvg_subset, kang2k_study_monocyte_labels, need
 
 warnings.filterwarnings("ignore")
 
@@ -55,6 +55,8 @@ def _load_file(name: str) -> tuple[ad.AnnData, str, str | None]:
     adata = ad.read_h5ad(need(DATA / fname))
     if "demuxlet" in adata.obs:  # doublets have no single true label
         adata = adata[adata.obs["demuxlet"] != "DBL"].copy()
+    if name == "kang2k":  # the study's monocyte labels, as annotation.py (stop 45)
+        adata.obs[label_key] = kang2k_study_monocyte_labels(adata)
     return adata, label_key, batch_key
 
 
