@@ -208,6 +208,32 @@ def test_model_saved_before_the_sketch_makes_the_novelty_check_only(annotator, t
     np.testing.assert_array_equal(calls["is_unknown"], novelty_only)
 
 
+def test_model_saved_before_the_prototypes_compares_with_the_type_means(annotator, tmp_path):
+    """A file written before the prototypes (no prototype tensors, ``novelty_rule_`` "mixture")
+    loads and compares each cluster with its types' means alone: never nearer than the new rule,
+    which also tries each type's prototypes, and farther for some cluster."""
+    from safetensors.torch import load_file, save_file
+
+    model, query = annotator
+    assert len(model.module.prototypes()[1]) > 0
+    model.save(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    state = {k: v for k, v in load_file(weights).items() if not k.startswith("prototype_")}
+    save_file(state, weights)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["attrs"]["novelty_rule_"] = "mixture"
+    config["weights_sha256"] = sha256sum(weights)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    old = scdl.models.CellTypeTransformer.load(tmp_path / "m")
+    assert len(old.module.prototypes()[1]) == 0
+    new_calls, _ = model.annotate_cells(query)
+    old_calls, _ = old.annotate_cells(query)
+    np.testing.assert_array_equal(new_calls["cluster"], old_calls["cluster"])
+    new, before = new_calls["cluster_novelty"], old_calls["cluster_novelty"]
+    assert (new <= before + 1e-9).all()
+    assert (new < before - 0.01).any()
+
+
 def _threshold_where_the_rules_differ(calls) -> float:
     """A novelty threshold at which a well-mixed query cluster passes the novelty check (1.3
     thresholds) but its summed evidence stays below 1.6: there the two rules call it
@@ -277,7 +303,7 @@ def test_model_saved_before_the_mixture_compares_with_the_majority_type(annotato
     against their majority type's profile, which a cluster holding cells called as several
     types matches worse than their mixture (on average over the query's cells)."""
     model, query = annotator
-    assert model.novelty_rule_ == "mixture"
+    assert model.novelty_rule_ == "prototypes"
     model.save(tmp_path / "m")
     as_saved_before_config_checksum(tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())

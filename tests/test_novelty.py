@@ -2,7 +2,9 @@
 reference, Kang 1.5k query (the same study, other processing), forced calls by logistic
 regression on the reference. A query cluster that merges two known types has their mixture as
 its mean: compared with the mixture of its cells' predicted types it is known; compared with
-its majority type alone (the rule before) it looked new."""
+its majority type alone (the rule before) it looked new. A reference label that covers two
+states has a mean like neither: a query cluster of one state is compared with the nearest of
+the label's prototypes."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from scdl.models._novelty import (
     cluster_novelty,
     log_normalize,
 )
+from scdl.models._prototypes import type_prototypes
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +37,11 @@ def kang():
         "predicted": LogisticRegression(C=0.01, max_iter=500).fit(x_ref, codes).predict(x),
         "centroids": _type_centroids(x_ref, codes, int(codes.max()) + 1),
         "calibration": calibrate_threshold(x_ref, codes),
+        # the rule of the mixture tests below: types compared by their means alone
+        "calibration_means": calibrate_threshold(x_ref, codes, prototypes=False),
+        "prototypes": type_prototypes(
+            x_ref, codes, cluster_cells(x_ref, stats=_mean_sd(x_ref))[0], _mean_sd(x_ref)
+        ),
     }
 
 
@@ -41,7 +49,7 @@ def test_a_cluster_of_two_known_types_is_known(kang):
     x, truth = kang["x"], kang["truth"]
     both = np.isin(truth, ["B cells", "CD14+ Monocytes"])
     clusters = (~both).astype(int)  # B cells and CD14 monocytes merged into cluster 0
-    threshold, _, genes = kang["calibration"]
+    threshold, _, genes = kang["calibration_means"]
     novelty = {
         mixture: cluster_novelty(
             x,
@@ -63,8 +71,40 @@ def test_the_query_clusters_match_their_types(kang):
     x = kang["x"]
     threshold, _, genes = kang["calibration"]
     (clusters,) = cluster_cells(x)
-    score = cluster_novelty(x, clusters, kang["predicted"], kang["centroids"], genes)[0]
+    score = cluster_novelty(
+        x, clusters, kang["predicted"], kang["centroids"], genes, prototypes=kang["prototypes"]
+    )[0]
     assert (score > threshold).mean() <= 0.05, (score > threshold).mean()
+
+
+def test_a_state_its_type_label_covers_is_known(kang):
+    """Kang 2k's FCGR3A+Mono label also covers most IFN-beta-stimulated CD14 monocytes (the
+    scGen repository's labels), so its mean profile mixes two states. The query's own FCGR3A
+    monocytes form clusters of one state: one of them most of the way to the threshold from
+    the label's mean (each rule against its own calibration), all of them near one of its
+    prototypes."""
+    x, truth = kang["x"], kang["truth"]
+    (clusters,) = cluster_cells(x)
+    fcgr3a = [
+        c
+        for c in np.unique(clusters)
+        if (clusters == c).sum() >= 50
+        and np.mean(truth[clusters == c] == "FCGR3A+ Monocytes") > 0.9
+    ]
+    assert len(fcgr3a) >= 1
+    ratios = {}
+    for rule, protos in (("means", None), ("prototypes", kang["prototypes"])):
+        threshold, _, genes = kang["calibration_means" if protos is None else "calibration"]
+        score = cluster_novelty(
+            x, clusters, kang["predicted"], kang["centroids"], genes, prototypes=protos
+        )[0]
+        ratios[rule] = max(score[clusters == c][0] for c in fcgr3a) / threshold
+    assert ratios["prototypes"] < 0.4 < 0.6 < ratios["means"], ratios
+    # the label's states are among its prototypes, one profile per gene each
+    profiles, types = kang["prototypes"]
+    names = list(np.unique(kang["reference_types"]))
+    assert (types == names.index("FCGR3A+Mono")).sum() >= 2
+    assert profiles.shape == (len(types), x.shape[1])
 
 
 def test_stray_calls_do_not_make_a_mixture(kang):
@@ -83,7 +123,7 @@ def test_stray_calls_do_not_make_a_mixture(kang):
     called[int(0.15 * b.sum()) : int(0.25 * b.sum())] = names.index("FCGR3A+Mono")
     predicted[b] = called
     assert np.bincount(called).max() / b.sum() >= MIXTURE_MIN_SHARE
-    _, _, genes = kang["calibration"]
+    _, _, genes = kang["calibration_means"]
     scores = [
         cluster_novelty(
             x, clusters, predicted, kang["centroids"], genes, stats=_mean_sd(x), mixture=m
@@ -101,8 +141,10 @@ def test_pooled_halvings_steady_the_threshold_of_a_one_batch_reference():
     ref, _ = kang_reference_query()
     codes = np.unique(ref.obs["cell_type"].astype(str), return_inverse=True)[1]
     x = log_normalize(ref.X)
-    one = [calibrate_threshold(x, codes, seed=s, n_halvings=1)[0] for s in range(4)]
-    pooled = [calibrate_threshold(x, codes, seed=s, n_halvings=4)[0] for s in (0, 4, 8)]
+    # types compared by their means: what pooling steadies is the same under either rule
+    kw = {"prototypes": False}
+    one = [calibrate_threshold(x, codes, seed=s, n_halvings=1, **kw)[0] for s in range(4)]
+    pooled = [calibrate_threshold(x, codes, seed=s, n_halvings=4, **kw)[0] for s in (0, 4, 8)]
     assert min(one) <= pooled[0] <= max(one), (one, pooled)  # halvings 0-3 together
     assert np.std(pooled) < 0.5 * np.std(one[:3]), (one, pooled)
     assert calibrate_threshold(x, codes, seed=0)[1] == "split-half"

@@ -1,7 +1,7 @@
 """Calibration of a trained :class:`~scdl.models.CellTypeTransformer` on its reference: the
 per-cell Unknown thresholds on held-out cells, the linear path's final fit, and the
-cluster-level Unknown call (threshold, compared genes and the reference sketch), and the sample
-of reference cells kept for a query lacking genes.
+cluster-level Unknown call (threshold, compared genes, the types' prototypes and the reference
+sketch), and the sample of reference cells kept for a query lacking genes.
 
 A mixin of the model class; :meth:`~scdl.models.CellTypeTransformer.train` runs it after
 training.
@@ -18,7 +18,8 @@ from scdl._warnings import warn_user
 from scdl.dataloaders import dense_rows
 
 from ._mixing import MIN_REFERENCE_SHARE, build_sketch
-from ._novelty import UNKNOWN_EVIDENCE, calibrate_threshold
+from ._novelty import UNKNOWN_EVIDENCE, _mean_sd, calibrate_threshold, cluster_cells
+from ._prototypes import type_prototypes
 from ._refit import linear_weights, sample_rows
 
 #: most values (cells x genes) densified for the linear path's fit: with 2,000 genes every
@@ -50,8 +51,9 @@ class AnnotatorCalibrationMixin:
 
     def calibrate_clusters(self, *, batch_key: str | None = None, seed: int = 0) -> None:
         """Set the cluster-level Unknown threshold on the reference (see the class notes), the
-        reference sketch of its mixing check and the sample of reference cells the linear path
-        is refitted on for a query lacking genes (``scdl.models._refit``).
+        types' prototypes (``scdl.models._prototypes``), the reference sketch of its mixing
+        check and the sample of reference cells the linear path is refitted on for a query
+        lacking genes (``scdl.models._refit``).
 
         :meth:`train` calls it; call it again to calibrate on other batches of the reference.
 
@@ -76,12 +78,18 @@ class AnnotatorCalibrationMixin:
 
             obs = check_obs_key(self.adata, batch_key, arg="batch_key")
             batches = pd.factorize(obs.astype(str))[0]
-        threshold, how, genes = calibrate_threshold(
-            x_log, labels.astype(int), batches.astype(int), seed=seed
-        )
+        labels = labels.astype(int)
+        threshold, how, genes = calibrate_threshold(x_log, labels, batches.astype(int), seed=seed)
         self.cluster_threshold_, self.novelty_calibration_ = float(threshold), how
-        self.novelty_rule_ = "mixture"
+        self.novelty_rule_ = "prototypes"
         self.novelty_genes_ = genes
+        # the types' states, standardised as their centroids are (by the reference statistics)
+        stats = (
+            self.module.gene_mean.cpu().numpy().astype(np.float64),
+            self.module.gene_std.cpu().numpy().astype(np.float64),
+        )
+        (clusters,) = cluster_cells(x_log, seed=seed, stats=_mean_sd(x_log))
+        self.module.set_prototypes(*type_prototypes(x_log, labels, clusters, stats))
         self.module.set_sketch(**build_sketch(counts, seed=seed, x_log=x_log, labels=labels))
         rows = sample_rows(labels, seed)
         self.module.set_reference_sample(counts[rows], labels[rows].astype(int))

@@ -176,7 +176,8 @@ class AnnotatorQueryMixin:
                 genes,
                 present,
                 stats,
-                mixture=self.novelty_rule_ == "mixture",
+                mixture=self.novelty_rule_ in ("mixture", "prototypes"),
+                prototypes=self.module.prototypes() if self.novelty_rule_ == "prototypes" else None,
             )
         # the mixing check compares the query with the reference sketch at the query's depth
         cells = sketch["sketch_cells"]

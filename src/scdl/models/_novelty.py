@@ -14,7 +14,10 @@ So the call is made per cluster of the query, in a shift-corrected space:
    cluster can hold cells of two or more known types (the clustering merges close types, more
    so when the query's composition differs from the reference's); its mean is then their
    mixture, unlike the profile of its majority type alone. A cluster of a new type is called
-   as one or more known types and matches their mixture no better;
+   as one or more known types and matches their mixture no better. Each type's profile is the
+   nearest of its mean and its *prototypes*, the profiles of its states in the reference
+   (:mod:`scdl.models._prototypes`): a type whose cells hold two states (a coarse label, two
+   conditions) has a mean unlike either;
 3. the cluster's novelty is 1 - their cosine similarity over the 300 genes that tell the
    reference types apart best (largest variance of the types' standardised means; a fixed
    number keeps the score's scale the same whatever the vocabulary's size). Over the model's
@@ -29,11 +32,13 @@ against the others when the reference has several batches, else ``N_HALVINGS`` r
 halvings, each half both ways), and the threshold is the 95th percentile of all those
 clusters' novelty (cells weighted) plus a
 fixed ``margin`` for the shift a query brings beyond the reference's own. There each cluster
-is compared with the profile of its majority true type, as before the mixture, so a cluster of
-one type is judged exactly as before and only a cluster that merges known types is compared
-with their mixture (the margin was set for the majority rule; calibrating with the mixture
-would lower the threshold for clusters of one type too). Models saved before the mixture
-compare a cluster with its majority type's profile (``mixture=False``).
+is compared with the profiles of its majority true type (its mean and the prototypes found in
+the part that gives the profiles), as before the mixture, so a cluster of one type is judged
+exactly as before and only a cluster that merges known types is compared with their mixture
+(the margin was set for the majority rule; calibrating with the mixture would lower the
+threshold for clusters of one type too). Models saved before the mixture compare a cluster with
+its majority type's profile (``mixture=False``), and those saved before the prototypes with its
+types' means alone (``prototypes=None``).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from scipy import sparse
 from scdl.data import log_normalize_counts
 
 from ._knn import TorchKNN
+from ._prototypes import nearest_profile_cosine, type_prototypes
 
 #: Leiden resolution of the clusters the Unknown call is made on
 NOVELTY_RESOLUTION = 1.0
@@ -188,11 +194,14 @@ def _cosine_rowwise(z: np.ndarray, targets: np.ndarray, genes, present=None) -> 
     return np.einsum("ij,ij->i", z, targets) / np.maximum(norms, 1e-8)
 
 
-def _novelty_of_clusters(z, inv, labels, centroids, genes, present=None, mixture=True):
+def _novelty_of_clusters(
+    z, inv, labels, centroids, genes, present=None, mixture=True, prototypes=None
+):
     """1 - cosine of each cluster's standardised mean ``z`` with the mixture of its cells'
     types' ``centroids`` (weighted by their shares, those of at least ``MIXTURE_MIN_SHARE``;
     ``mixture=False``: the majority type's centroid alone), and each cluster's majority
-    type."""
+    type. ``prototypes`` (profiles and their types, :func:`type_prototypes`): each type's
+    profile in the mixture is the nearest of its centroid and its prototypes."""
     weights = np.zeros((len(z), centroids.shape[0]))
     np.add.at(weights, (inv, np.asarray(labels, dtype=int)), 1.0)
     weights /= weights.sum(1, keepdims=True)
@@ -200,8 +209,12 @@ def _novelty_of_clusters(z, inv, labels, centroids, genes, present=None, mixture
     keep = weights >= MIXTURE_MIN_SHARE if mixture else np.zeros(weights.shape, dtype=bool)
     keep[np.arange(len(z)), majority] = True
     weights = np.where(keep, weights, 0.0)
-    target = (weights / weights.sum(1, keepdims=True)) @ centroids
-    return 1.0 - _cosine_rowwise(z, target, genes, present), majority
+    weights /= weights.sum(1, keepdims=True)
+    if prototypes is not None and len(prototypes[1]):
+        genes_kept = _scored_genes(z.shape[1], genes, present)
+        cos = nearest_profile_cosine(z, weights, centroids, *prototypes, genes_kept)
+        return 1.0 - cos, majority
+    return 1.0 - _cosine_rowwise(z, weights @ centroids, genes, present), majority
 
 
 #: a cluster past one check's threshold is "Unknown" only when the two checks' evidence, each in
@@ -293,7 +306,16 @@ def novelty_genes(centroids: np.ndarray, n: int = N_NOVELTY_GENES) -> list[int]:
 
 
 def cluster_novelty(
-    x_log, clusters, predicted, centroids, genes, present=None, stats=None, *, mixture=True
+    x_log,
+    clusters,
+    predicted,
+    centroids,
+    genes,
+    present=None,
+    stats=None,
+    *,
+    mixture=True,
+    prototypes=None,
 ):
     """Per-cell novelty of the cell's cluster and the cluster's majority predicted type.
 
@@ -316,10 +338,16 @@ def cluster_novelty(
     mixture
         Compare with the mixture of the cluster's predicted types (see the module notes);
         ``False``: with its majority type's profile (models calibrated before the mixture).
+    prototypes
+        The reference types' prototype profiles and their types (:func:`type_prototypes`,
+        standardised as ``centroids``): each type is compared by the nearest of its profiles.
+        ``None``: by its centroid alone (models calibrated before the prototypes).
     """
     z, inv = _cluster_means_z(x_log, clusters, stats)
     centroids = np.asarray(centroids, dtype=np.float64)
-    score, majority = _novelty_of_clusters(z, inv, predicted, centroids, genes, present, mixture)
+    score, majority = _novelty_of_clusters(
+        z, inv, predicted, centroids, genes, present, mixture, prototypes
+    )
     return score[inv], majority[inv]
 
 
@@ -342,12 +370,15 @@ def calibrate_threshold(
     seed: int = 0,
     min_cells: int = 50,
     n_halvings: int = N_HALVINGS,
+    prototypes: bool = True,
 ) -> tuple[float, str, list[int]]:
     """Cluster-novelty threshold from the reference alone (see the module notes).
 
     Without two batches of at least ``min_cells`` cells, ``n_halvings`` random halvings
     (seeds ``seed``, ``seed + 1``, ...) each play both ways, and the percentile is taken over
-    all their clusters together.
+    all their clusters together. ``prototypes``: each part's clusters are compared by the
+    nearest of their type's profiles in the other part, its mean and its prototypes
+    (:func:`type_prototypes`), as a query's are; ``False``: by the type's mean alone.
 
     Returns the threshold, how it was calibrated (``"leave-one-batch-out"`` or
     ``"split-half"``) and the genes compared (:func:`novelty_genes`).
@@ -372,10 +403,18 @@ def calibrate_threshold(
         if play.sum() < 10 or fit.sum() < 10:
             continue
         centroids = _type_centroids(x_log[fit], labels[fit], n_types)
+        protos = None
+        if prototypes:
+            ref = x_log[fit]
+            stats = _mean_sd(ref)
+            (ref_clusters,) = cluster_cells(ref, seed=part_seed, stats=stats)
+            protos = type_prototypes(ref, labels[fit], ref_clusters, stats)
         q = x_log[play]
         (clusters,) = cluster_cells(q, seed=part_seed)
         z, inv = _cluster_means_z(q, clusters)
-        score, _ = _novelty_of_clusters(z, inv, labels[play], centroids, genes, mixture=False)
+        score, _ = _novelty_of_clusters(
+            z, inv, labels[play], centroids, genes, mixture=False, prototypes=protos
+        )
         scores.append(score)
         weights.append(np.bincount(inv))
     if not scores:

@@ -56,6 +56,9 @@ SAMPLE_BUFFERS = {
     "sample_counts": "float32",
     "sample_labels": "int64",
 }
+#: the reference types' prototypes, profiles of their states (:mod:`scdl.models._prototypes`):
+#: standardised mean profiles (prototypes x genes) and each one's type code; dtypes
+PROTOTYPE_BUFFERS = {"prototype_profiles": "float32", "prototype_types": "int64"}
 
 
 class TransformerBlock(nn.Module):
@@ -169,6 +172,8 @@ class CellTypeTransformerModule(nn.Module):
             self.register_buffer(name, torch.zeros((0,) * ndim))
         for name, dtype in SAMPLE_BUFFERS.items():  # the reference sample, also set after it
             self.register_buffer(name, torch.zeros(0, dtype=getattr(torch, dtype)))
+        self.register_buffer("prototype_profiles", torch.zeros(0, n_genes))  # and prototypes
+        self.register_buffer("prototype_types", torch.zeros(0, dtype=torch.int64))
         self.sample_id = next(_SAMPLE_IDS)
 
         self.gene_embedding = nn.Embedding(n_genes, d_model)
@@ -218,6 +223,27 @@ class CellTypeTransformerModule(nn.Module):
             self.register_buffer(name, tensor.to(self.device))
         self.sample_id = next(_SAMPLE_IDS)  # what a refit fitted on it is cached under
 
+    def set_prototypes(self, profiles, types) -> None:
+        """Store the reference types' prototypes (``PROTOTYPE_BUFFERS``: the new number of
+        prototypes replaces the old)."""
+        profiles = torch.as_tensor(np.asarray(profiles, dtype=np.float32))
+        types = torch.as_tensor(np.asarray(types, dtype=np.int64))
+        if profiles.ndim != 2 or profiles.shape[1] != self.n_genes or len(types) != len(profiles):
+            raise ValueError(
+                f"prototypes must be (prototypes x {self.n_genes} genes) with one type each, got "
+                f"{tuple(profiles.shape)} and {len(types)} types."
+            )
+        self.register_buffer("prototype_profiles", profiles.to(self.device))
+        self.register_buffer("prototype_types", types.to(self.device))
+
+    def prototypes(self) -> tuple[np.ndarray, np.ndarray]:
+        """The stored prototypes as NumPy (profiles, type codes); none in a model saved before
+        them."""
+        return (
+            self.prototype_profiles.detach().cpu().numpy(),
+            self.prototype_types.detach().cpu().numpy(),
+        )
+
     def reference_sample(self):
         """The stored reference cells as (CSR counts, label codes); ``None`` in a model saved
         without them."""
@@ -255,6 +281,13 @@ class CellTypeTransformerModule(nn.Module):
                 self.register_buffer(name, torch.empty_like(state_dict[key], device=self.device))
             else:
                 state_dict[key] = torch.zeros(0, dtype=getattr(torch, dtype))
+        empty = {"prototype_profiles": (0, self.n_genes), "prototype_types": (0,)}
+        for name, dtype in PROTOTYPE_BUFFERS.items():  # and the prototypes
+            key = prefix + name
+            if key in state_dict:
+                self.register_buffer(name, torch.empty_like(state_dict[key], device=self.device))
+            else:
+                state_dict[key] = torch.zeros(empty[name], dtype=getattr(torch, dtype))
         self.sample_id = next(_SAMPLE_IDS)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
