@@ -23,7 +23,7 @@ _ALLOWED = ("config.json", "model.safetensors", "README.md")
 REGISTRY: dict[str, dict] = {
     "pbmc_kang2018": {
         "folder": "pbmc_kang2018",
-        "weights_sha256": "f461d710a06388168f4eeccd82d8ebca1378762d9fd54debdce048cce016587f",
+        "weights_sha256": "d34c15b4eba604816deff9711402540afc83d1a3313745ac0c88aeaaa150df3c",
         "description": "Human PBMCs, 7 types (Kang et al. 2018, control + IFN-beta)",
     },
 }
