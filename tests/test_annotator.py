@@ -87,6 +87,28 @@ def test_absent_cell_type_is_mostly_unknown(annotator):
     assert unknown_rest <= 0.10, unknown_rest
 
 
+def test_absent_cell_type_is_unknown_for_a_reference_of_two_samples(kang):
+    """One donor's two samples (control, stimulated) without B cells annotate the other
+    donor: the call is calibrated one sample against the other, and the B cells, called as
+    CD4 T cells, are Unknown. A state of CD4 T cells near their mean is no prototype of
+    theirs: as one, it drew the B cells' clusters within the threshold (0% Unknown)."""
+    import scvi
+
+    donor = kang.obs["sample"].str[-3:]
+    ref = kang[(donor == "101") & (kang.obs["cell_type"] != "B cells")].copy()
+    query = kang[donor == "107"].copy()
+    scvi.settings.seed = 0
+    scdl.models.CellTypeTransformer.setup_anndata(ref, labels_key="cell_type", batch_key="sample")
+    model = scdl.models.CellTypeTransformer(ref)
+    model.train(max_epochs=40, enable_progress_bar=False)
+    assert model.novelty_calibration_ == "leave-one-batch-out"
+    calls, _ = model.annotate_cells(query)
+    is_b = (query.obs["cell_type"] == "B cells").to_numpy()
+    unknown = calls["is_unknown"].to_numpy()
+    assert unknown[is_b].mean() >= 0.6, unknown[is_b].mean()
+    assert unknown[~is_b].mean() <= 0.10, unknown[~is_b].mean()
+
+
 def test_a_shallower_query_is_judged_at_its_own_depth(annotator):
     """The stimulated cells at a quarter of their depth (as another chemistry may give): the
     mixing check compares them with the reference sketch thinned alike, so known types stay

@@ -30,17 +30,20 @@ def kang():
     codes = np.unique(ref.obs["cell_type"].astype(str), return_inverse=True)[1]
     x_ref = log_normalize(ref.X)
     x = log_normalize(query.X)
+    calibration = calibrate_threshold(x_ref, codes)
+    stats = _mean_sd(x_ref)
     return {
         "x": x,
         "reference_types": ref.obs["cell_type"].astype(str).to_numpy(),
         "truth": query.obs["cell_type"].astype(str).to_numpy(),
         "predicted": LogisticRegression(C=0.01, max_iter=500).fit(x_ref, codes).predict(x),
         "centroids": _type_centroids(x_ref, codes, int(codes.max()) + 1),
-        "calibration": calibrate_threshold(x_ref, codes),
+        "calibration": calibration,
         # the rule of the mixture tests below: types compared by their means alone
         "calibration_means": calibrate_threshold(x_ref, codes, prototypes=False),
+        # as the model keeps them: over the reference's clusters, compared on the same genes
         "prototypes": type_prototypes(
-            x_ref, codes, cluster_cells(x_ref, stats=_mean_sd(x_ref))[0], _mean_sd(x_ref)
+            x_ref, codes, cluster_cells(x_ref, stats=stats)[0], stats, calibration[2]
         ),
     }
 

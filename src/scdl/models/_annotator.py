@@ -64,7 +64,12 @@ class CellTypeTransformer(
     reference profiles of the types its cells are predicted as (weighted by their shares, over
     the types holding at least a quarter of its cells: a cluster that merges known types matches
     their mixture, while a few stray calls do not make one); a cluster's *novelty* is 1 - their
-    cosine similarity. The novelty threshold (``cluster_threshold_``) is set on the reference
+    cosine similarity. A type's profile there is the nearest of its mean and its prototypes
+    (``scdl.models._prototypes``): the mean profiles of its cells within each cluster of the
+    reference that holds at least 15% of them, because a type whose cells hold two states (a
+    coarse label such as "Monocytes", two conditions, labels that put cells of a neighbouring
+    type under it) has a mean like neither, and a query cluster of one state looked new. The
+    novelty threshold (``cluster_threshold_``) is set on the reference
     alone after training: with a ``batch_key`` of two or more batches, each batch plays a query
     against the others' profiles (``novelty_calibration_ = "leave-one-batch-out"``); otherwise
     four random halvings do, each half both ways (``"split-half"``; one halving's percentile
@@ -114,7 +119,8 @@ class CellTypeTransformer(
     be called Unknown, which annotating each sample on its own avoids. Models saved before the
     cluster call keep their per-cell thresholds (``cluster_threshold_`` is ``None``), and those
     calibrated before the mixture compare a cluster with its majority type's profile
-    (``novelty_rule_`` is ``None``); models saved before the sketch make the first check only
+    (``novelty_rule_`` is ``None``), those before the prototypes with its types' means
+    (``novelty_rule_`` is ``"mixture"``); models saved before the sketch make the first check only
     (``min_reference_share_`` is ``None``), those saved before the sum call a cluster past
     either threshold (``unknown_evidence_`` is ``None``), and those before the fill read a
     sorted population against its own mean (its
@@ -229,8 +235,9 @@ class CellTypeTransformer(
         self.cluster_threshold_ = None  # set by train(); None: the per-cell call (old models)
         self.novelty_calibration_ = None
         self.novelty_genes_ = None
-        # "mixture": a cluster is compared with the mixture of its cells' predicted types; None
-        # (models calibrated before it): with its majority type's profile
+        # "prototypes": a cluster is compared with the mixture of its cells' predicted types,
+        # each by the nearest of its mean and prototypes; "mixture" (models calibrated before
+        # the prototypes): by their means; None (before the mixture): its majority type's mean
         self.novelty_rule_ = None
         self.min_reference_share_ = None  # set by train(); None: no mixing check (old models)
         # set by train(); None: either check alone calls a cluster (models saved before the sum)

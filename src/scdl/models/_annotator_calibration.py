@@ -89,7 +89,7 @@ class AnnotatorCalibrationMixin:
             self.module.gene_std.cpu().numpy().astype(np.float64),
         )
         (clusters,) = cluster_cells(x_log, seed=seed, stats=_mean_sd(x_log))
-        self.module.set_prototypes(*type_prototypes(x_log, labels, clusters, stats))
+        self.module.set_prototypes(*type_prototypes(x_log, labels, clusters, stats, genes))
         self.module.set_sketch(**build_sketch(counts, seed=seed, x_log=x_log, labels=labels))
         rows = sample_rows(labels, seed)
         self.module.set_reference_sample(counts[rows], labels[rows].astype(int))

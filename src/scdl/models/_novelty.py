@@ -408,7 +408,7 @@ def calibrate_threshold(
             ref = x_log[fit]
             stats = _mean_sd(ref)
             (ref_clusters,) = cluster_cells(ref, seed=part_seed, stats=stats)
-            protos = type_prototypes(ref, labels[fit], ref_clusters, stats)
+            protos = type_prototypes(ref, labels[fit], ref_clusters, stats, genes)
         q = x_log[play]
         (clusters,) = cluster_cells(q, seed=part_seed)
         z, inv = _cluster_means_z(q, clusters)
