@@ -23,7 +23,7 @@ _ALLOWED = ("config.json", "model.safetensors", "README.md")
 REGISTRY: dict[str, dict] = {
     "pbmc_kang2018": {
         "folder": "pbmc_kang2018",
-        "weights_sha256": "d34c15b4eba604816deff9711402540afc83d1a3313745ac0c88aeaaa150df3c",
+        "weights_sha256": "62a728a7690aeced78c5e3e29cfc5e1ac8d53129c0612d6f04331969ef39e50f",
         "description": "Human PBMCs, 7 types (Kang et al. 2018, control + IFN-beta)",
     },
 }
