@@ -248,6 +248,8 @@ def test_model_saved_before_the_prototypes_compares_with_the_type_means(annotato
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     old = scdl.models.CellTypeTransformer.load(tmp_path / "m")
     assert len(old.module.prototypes()[1]) == 0
+    with pytest.raises(ValueError, match="label codes"):  # a type the model lacks
+        old.module.set_prototypes(np.zeros((1, old.module.n_genes)), [old.module.n_labels])
     new_calls, _ = model.annotate_cells(query)
     old_calls, _ = old.annotate_cells(query)
     np.testing.assert_array_equal(new_calls["cluster"], old_calls["cluster"])

@@ -66,7 +66,8 @@ class CellTypeTransformer(
     their mixture, while a few stray calls do not make one); a cluster's *novelty* is 1 - their
     cosine similarity. A type's profile there is the nearest of its mean and its prototypes
     (``scdl.models._prototypes``): the mean profiles of its cells within each cluster of the
-    reference that holds at least 15% of them, because a type whose cells hold two states (a
+    reference that holds at least 15% of them (and 20 cells) and is a distinct state (cosine
+    with the type's mean below 0.9), because a type whose cells hold two states (a
     coarse label such as "Monocytes", two conditions, labels that put cells of a neighbouring
     type under it) has a mean like neither, and a query cluster of one state looked new. The
     novelty threshold (``cluster_threshold_``) is set on the reference

@@ -18,8 +18,7 @@ from scdl._warnings import warn_user
 from scdl.dataloaders import dense_rows
 
 from ._mixing import MIN_REFERENCE_SHARE, build_sketch
-from ._novelty import UNKNOWN_EVIDENCE, _mean_sd, calibrate_threshold, cluster_cells
-from ._prototypes import type_prototypes
+from ._novelty import UNKNOWN_EVIDENCE, calibrate_threshold, reference_prototypes
 from ._refit import linear_weights, sample_rows
 
 #: most values (cells x genes) densified for the linear path's fit: with 2,000 genes every
@@ -83,13 +82,15 @@ class AnnotatorCalibrationMixin:
         self.cluster_threshold_, self.novelty_calibration_ = float(threshold), how
         self.novelty_rule_ = "prototypes"
         self.novelty_genes_ = genes
-        # the types' states, standardised as their centroids are (by the reference statistics)
+        # the types' states, standardised by the reference statistics as the centroids are
+        # (their mean profiles, not the centroids' mean of per-cell values clamped at +-10)
         stats = (
             self.module.gene_mean.cpu().numpy().astype(np.float64),
             self.module.gene_std.cpu().numpy().astype(np.float64),
         )
-        (clusters,) = cluster_cells(x_log, seed=seed, stats=_mean_sd(x_log))
-        self.module.set_prototypes(*type_prototypes(x_log, labels, clusters, stats, genes))
+        self.module.set_prototypes(
+            *reference_prototypes(x_log, labels, genes, seed=seed, stats=stats)
+        )
         self.module.set_sketch(**build_sketch(counts, seed=seed, x_log=x_log, labels=labels))
         rows = sample_rows(labels, seed)
         self.module.set_reference_sample(counts[rows], labels[rows].astype(int))

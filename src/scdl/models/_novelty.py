@@ -14,10 +14,10 @@ So the call is made per cluster of the query, in a shift-corrected space:
    cluster can hold cells of two or more known types (the clustering merges close types, more
    so when the query's composition differs from the reference's); its mean is then their
    mixture, unlike the profile of its majority type alone. A cluster of a new type is called
-   as one or more known types and matches their mixture no better. Each type's profile is the
-   nearest of its mean and its *prototypes*, the profiles of its states in the reference
-   (:mod:`scdl.models._prototypes`): a type whose cells hold two states (a coarse label, two
-   conditions) has a mean unlike either;
+   as one or more known types and matches their mixture no better. Each type enters the
+   mixture as its mean or one of its *prototypes*, the profiles of its distinct states in the
+   reference (:mod:`scdl.models._prototypes`), whichever mixture is nearest: a type whose
+   cells hold two states (a coarse label, two conditions) has a mean unlike either;
 3. the cluster's novelty is 1 - their cosine similarity over the 300 genes that tell the
    reference types apart best (largest variance of the types' standardised means; a fixed
    number keeps the score's scale the same whatever the vocabulary's size). Over the model's
@@ -51,7 +51,7 @@ from scipy import sparse
 from scdl.data import log_normalize_counts
 
 from ._knn import TorchKNN
-from ._prototypes import nearest_profile_cosine, type_prototypes
+from ._prototypes import PROTOTYPE_MAX_CELLS, nearest_profile_cosine, type_prototypes
 
 #: Leiden resolution of the clusters the Unknown call is made on
 NOVELTY_RESOLUTION = 1.0
@@ -351,6 +351,20 @@ def cluster_novelty(
     return score[inv], majority[inv]
 
 
+def reference_prototypes(x_log, labels, genes, *, seed: int = 0, stats=None):
+    """:func:`type_prototypes` of a reference: its cells clustered as a query's are (at most
+    ``PROTOTYPE_MAX_CELLS`` of them, drawn with ``seed``), the profiles standardised by
+    ``stats`` (default: the cells' own mean and sd)."""
+    labels = np.asarray(labels, dtype=np.int64).ravel()
+    if x_log.shape[0] > PROTOTYPE_MAX_CELLS:
+        rows = np.random.default_rng(seed).choice(x_log.shape[0], PROTOTYPE_MAX_CELLS, False)
+        rows = np.sort(rows)
+        x_log, labels = x_log[rows], labels[rows]
+    own = _mean_sd(x_log)
+    (clusters,) = cluster_cells(x_log, seed=seed, stats=own)
+    return type_prototypes(x_log, labels, clusters, own if stats is None else stats, genes)
+
+
 def _type_centroids(x_log, labels: np.ndarray, n_types: int) -> np.ndarray:
     mean, sd = _mean_sd(x_log)
     out = np.zeros((n_types, x_log.shape[1]))
@@ -405,10 +419,7 @@ def calibrate_threshold(
         centroids = _type_centroids(x_log[fit], labels[fit], n_types)
         protos = None
         if prototypes:
-            ref = x_log[fit]
-            stats = _mean_sd(ref)
-            (ref_clusters,) = cluster_cells(ref, seed=part_seed, stats=stats)
-            protos = type_prototypes(ref, labels[fit], ref_clusters, stats, genes)
+            protos = reference_prototypes(x_log[fit], labels[fit], genes, seed=part_seed)
         q = x_log[play]
         (clusters,) = cluster_cells(q, seed=part_seed)
         z, inv = _cluster_means_z(q, clusters)

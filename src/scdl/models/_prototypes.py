@@ -32,6 +32,10 @@ PROTOTYPE_MIN_CELLS = 20
 #: by a reference without B cells came within its threshold). Chosen by the mean over the
 #: benchmark's splits of the removed types called Unknown (benchmarks/README.md, stop 47)
 PROTOTYPE_MAX_COSINE = 0.9
+#: prototypes are found on at most this many reference cells (a random sample beyond): the
+#: clustering's exact neighbour graph costs cells squared, and calibration clusters every part
+#: of the reference that gives the profiles
+PROTOTYPE_MAX_CELLS = 10_000
 
 
 def type_prototypes(
@@ -64,7 +68,7 @@ def type_prototypes(
     Returns
     -------
     The prototypes' standardised mean profiles (prototypes x genes, float32) and their type
-    codes (int64). A type held by a single such cluster has none: its mean is that cluster's.
+    codes (int64). A cluster holding all of a type's cells is none (its mean is the type's).
     """
     labels = np.asarray(labels, dtype=np.int64).ravel()
     clusters = np.asarray(clusters).ravel()

@@ -233,6 +233,8 @@ class CellTypeTransformerModule(nn.Module):
                 f"prototypes must be (prototypes x {self.n_genes} genes) with one type each, got "
                 f"{tuple(profiles.shape)} and {len(types)} types."
             )
+        if len(types) and (int(types.min()) < 0 or int(types.max()) >= self.n_labels):
+            raise ValueError(f"prototype types must be label codes 0-{self.n_labels - 1}.")
         self.register_buffer("prototype_profiles", profiles.to(self.device))
         self.register_buffer("prototype_types", types.to(self.device))
 
