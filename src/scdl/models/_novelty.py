@@ -351,17 +351,19 @@ def cluster_novelty(
     return score[inv], majority[inv]
 
 
-def reference_prototypes(x_log, labels, genes, *, seed: int = 0, stats=None):
+def reference_prototypes(x_log, labels, genes, *, seed: int = 0, stats=None, clusters=None):
     """:func:`type_prototypes` of a reference: its cells clustered as a query's are (at most
     ``PROTOTYPE_MAX_CELLS`` of them, drawn with ``seed``), the profiles standardised by
-    ``stats`` (default: the cells' own mean and sd)."""
+    ``stats`` (default: the cells' own mean and sd). ``clusters``: the cells' clusters when
+    the caller has them (a reference within the cap)."""
     labels = np.asarray(labels, dtype=np.int64).ravel()
     if x_log.shape[0] > PROTOTYPE_MAX_CELLS:
         rows = np.random.default_rng(seed).choice(x_log.shape[0], PROTOTYPE_MAX_CELLS, False)
         rows = np.sort(rows)
-        x_log, labels = x_log[rows], labels[rows]
+        x_log, labels, clusters = x_log[rows], labels[rows], None
     own = _mean_sd(x_log)
-    (clusters,) = cluster_cells(x_log, seed=seed, stats=own)
+    if clusters is None:
+        (clusters,) = cluster_cells(x_log, seed=seed, stats=own)
     return type_prototypes(x_log, labels, clusters, own if stats is None else stats, genes)
 
 
@@ -410,6 +412,14 @@ def calibrate_threshold(
         half = np.random.default_rng(seed + h).random(len(labels)) < 0.5
         parts += [(half, ~half), (~half, half)]
         seeds += [seed + h] * 2
+    done: dict = {}  # a halving's two halves each give the profiles once and play once
+
+    def clusters_of(cells, part_seed):
+        key = (cells.tobytes(), part_seed)
+        if key not in done:
+            (done[key],) = cluster_cells(x_log[cells], seed=part_seed)
+        return done[key]
+
     scores, weights = [], []
     for (fit, play), part_seed in zip(parts, seeds):
         known = np.isin(labels, np.unique(labels[fit]))
@@ -419,9 +429,16 @@ def calibrate_threshold(
         centroids = _type_centroids(x_log[fit], labels[fit], n_types)
         protos = None
         if prototypes:
-            protos = reference_prototypes(x_log[fit], labels[fit], genes, seed=part_seed)
+            own = fit.sum() <= PROTOTYPE_MAX_CELLS  # else a sample is clustered
+            protos = reference_prototypes(
+                x_log[fit],
+                labels[fit],
+                genes,
+                seed=part_seed,
+                clusters=clusters_of(fit, part_seed) if own else None,
+            )
         q = x_log[play]
-        (clusters,) = cluster_cells(q, seed=part_seed)
+        clusters = clusters_of(play, part_seed)
         z, inv = _cluster_means_z(q, clusters)
         score, _ = _novelty_of_clusters(
             z, inv, labels[play], centroids, genes, mixture=False, prototypes=protos
