@@ -304,6 +304,7 @@ def unknown_score(model, calls) -> np.ndarray:
         calls["cluster_reference_share"].to_numpy(),
         model.min_reference_share_,
         model.unknown_evidence_,
+        calls.attrs.get("mixing_level", 0.5),
     )
 
 
@@ -319,6 +320,8 @@ def save_calls(out: str | None, stem: str, model, calls, truth) -> None:
         "cluster_threshold": model.cluster_threshold_,
         "min_reference_share": model.min_reference_share_,
         "unknown_evidence": model.unknown_evidence_,
+        **{k: calls.attrs.get(k) for k in ("adapt_to_query", "median_reference_share")},
+        "mixing_level": calls.attrs.get("mixing_level"),
     }
     with open(os.path.join(out, f"{stem}.json"), "w") as fh:
         json.dump(thresholds, fh)

@@ -8,7 +8,12 @@ import pytest
 from conftest import kang_reference_query
 
 from scdl.models._depth import integer_counts, match_depth, thin_counts
-from scdl.models._mixing import MIN_REFERENCE_SHARE, build_sketch, reference_share
+from scdl.models._mixing import (
+    MIN_REFERENCE_SHARE,
+    build_sketch,
+    mixing_level,
+    reference_share,
+)
 from scdl.models._novelty import cluster_cells, log_normalize
 
 REMOVED = "CD4 T cells"  # called CD4T in the Kang 2k file
@@ -85,3 +90,17 @@ def test_sketch_is_deterministic_and_small_queries_are_skipped(kang_pair):
     assert 0.4 * ref.n_obs < n_sketch <= min(2000, ref.n_obs), n_sketch
     share = reference_share(x_query[:50], clusters[:50], one)
     assert np.isnan(share).all()
+
+
+def test_mixing_level_moves_only_for_a_query_shifted_as_a_whole():
+    """The share counted as fully mixed: 0.5 unless the cells' median share is below 0.3, then
+    halfway towards the share of the clusters the novelty check finds known; a shifted query
+    with no such cluster, or no share at all, keeps 0.5."""
+    novelty = np.r_[np.full(60, 0.1), np.full(40, 0.9)]  # 60 known-looking cells, 40 new
+    share = np.r_[np.full(60, 0.2), np.full(40, 0.02)]
+    assert mixing_level(novelty, 0.5, share, own_share=share) == pytest.approx(0.35)
+    assert mixing_level(novelty, 0.5, share, own_share=np.full(100, 0.45)) == 0.5
+    assert mixing_level(novelty, 0.05, share, own_share=share) == 0.5  # every cluster new
+    assert mixing_level(novelty, 0.5, share, own_share=np.full(100, np.nan)) == 0.5
+    # a known level above full mixing is not taken beyond it
+    assert mixing_level(novelty, 0.5, np.full(100, 0.7), own_share=share) == 0.5

@@ -112,3 +112,30 @@ def test_auto_without_the_mixing_check_blends_nothing(two_labs):
     calls, _ = model.annotate_cells(same_lab[:60].copy(), unknown_call=False)
     assert calls.attrs["adapt_to_query"] == 0.0
     assert np.isnan(calls.attrs["median_reference_share"])
+
+
+def test_another_labs_mixing_is_read_against_its_known_clusters(two_labs):
+    """Every cluster of another lab's query mixes poorly with the reference, known types too:
+    the share counted as fully mixed moves halfway towards its known clusters' (this model:
+    0.31), which calls fewer of its cells Unknown than reading every share against 0.5 (0.23
+    vs 0.30 with this model); the reference lab's query keeps 0.5 and the same calls."""
+    from scdl.models._novelty import unknown_clusters
+
+    model, same_lab, other_lab = two_labs
+    fractions = {}
+    for name, query in (("same", same_lab), ("other", other_lab)):
+        calls, _ = model.annotate_cells(query)
+        against_half = unknown_clusters(
+            calls["cluster_novelty"].to_numpy(),
+            model.cluster_threshold_,
+            calls["cluster_reference_share"].to_numpy(),
+            model.min_reference_share_,
+            model.unknown_evidence_,
+        )
+        fractions[name] = (calls.attrs["mixing_level"], calls["is_unknown"].mean(),
+                           against_half.mean())  # fmt: skip
+    level, unknown, against_half = fractions["other"]
+    assert 0.25 < level < 0.45, fractions
+    assert unknown < against_half - 0.03, fractions
+    assert fractions["same"][0] == 0.5, fractions
+    assert fractions["same"][1] == fractions["same"][2], fractions

@@ -36,7 +36,7 @@ from scdl.dataloaders import dense_rows
 from ._adaptation import auto_blend, check_adapt
 from ._annotator_query import AnnotatorQueryMixin
 from ._base import cell_positions
-from ._mixing import MIN_QUERY_CELLS
+from ._mixing import MIN_QUERY_CELLS, mixing_level
 from ._novelty import celltypist_resolution, leiden_on_graph, unknown_clusters
 
 if TYPE_CHECKING:
@@ -207,13 +207,15 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             the query lacks genes carrying more than 10% of the sketch (another gene panel or
             annotation, mostly another lab's), it blends 0.5; where it is not made for another
             reason (a model without a sketch, fewer than 100 cells with counts), 0.
-            ``calls.attrs`` records the blend applied (``"adapt_to_query"``) and the median
-            (``"median_reference_share"``, NaN where no share was measured). The query's
-            statistics are taken after filling it to the reference's composition: reference
-            types that its unadapted calls leave out (or nearly) are added as pseudo-cells with
-            the reference's statistics for those types, moved by the shift its present types
-            share, so a query of one or a few populations does not take its own markers as its
-            mean (a model saved before it kept those statistics blends unfilled). Cells
+            ``calls.attrs`` records the blend applied (``"adapt_to_query"``), the median
+            (``"median_reference_share"``, NaN where no share was measured) and the Unknown
+            call's ``"mixing_level"`` (see the class notes; NaN without its mixing check).
+            The query's statistics are taken after filling it to the reference's composition:
+            reference types that its unadapted calls leave out (or nearly) are added as
+            pseudo-cells with the reference's statistics for those types, moved by the shift
+            its present types share, so a query of one or a few populations does not take its
+            own markers as its mean (a model saved before it kept those statistics blends
+            unfilled). Cells
             without counts (empty droplets) are left out. A blend costs one more forward pass;
             ``"auto"`` one more neighbour search of the mixing check (the cells' own shares,
             before the query is clustered). The Unknown call is made on clusters standardised
@@ -288,10 +290,11 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         )
         calls.attrs["adapt_to_query"] = float(adapt)
         calls.attrs["median_reference_share"] = median_share
+        calls.attrs["mixing_level"] = float("nan")  # set by the Unknown call's mixing check
         calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = -1, np.nan, -1
         calls["cluster_reference_share"] = np.nan
         if unknown_call or own_graph:
-            cluster, score, share, over, _ = self._cluster_calls(
+            cluster, score, share, over, own_share = self._cluster_calls(
                 host, present, best.numpy(), resolution, seed
             )
             calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = cluster, score, over
@@ -309,12 +312,22 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         if not unknown_call:  # forced calls only
             unknown = np.zeros(len(calls), dtype=bool)
         elif self.cluster_threshold_ is not None:
+            # a query shifted as a whole (another lab) reads its shares partly relative to its
+            # known clusters', not only to full mixing (._mixing.mixing_level)
+            level = mixing_level(
+                calls["cluster_novelty"].to_numpy(),
+                self.cluster_threshold_,
+                calls["cluster_reference_share"].to_numpy(),
+                own_share,
+            )
+            calls.attrs["mixing_level"] = level
             unknown = unknown_clusters(
                 calls["cluster_novelty"].to_numpy(),
                 self.cluster_threshold_,
                 calls["cluster_reference_share"].to_numpy(),
                 self.min_reference_share_,
                 self.unknown_evidence_,
+                level,
             )
         else:  # a model calibrated before the cluster call: its per-cell thresholds
             unknown = (

@@ -58,6 +58,15 @@ MIXING_GENES = 2_000
 #: the mixing check's floor: a cluster whose mean reference share is below it is Unknown unless
 #: its novelty says it is like its type (0.5: fully mixed; see UNKNOWN_EVIDENCE)
 MIN_REFERENCE_SHARE = 0.15
+#: the share of a query cell whose reference holds cells like it (balanced sides, fully mixed)
+MIXED_SHARE = 0.5
+#: a query whose cells' median share is below this is shifted as a whole
+#: (:func:`mixing_level`); ``adapt_to_query="auto"``'s cut, not fitted again
+SHIFTED_BELOW_SHARE = 0.3
+#: how far a shifted query's level moves from :data:`MIXED_SHARE` towards the share of its
+#: known clusters: halfway. All the way also forgave most of a large population the reference
+#: lacks, whose cells lower the query's median too (benchmarks/README.md, stop 48)
+SHIFTED_LEVEL_WEIGHT = 0.5
 #: queries with fewer cells are too small to measure mixing on (no cell is flagged by it)
 MIN_QUERY_CELLS = 100
 #: share of the sketch's loadings (squared) the query's genes must carry for the check: the
@@ -218,6 +227,28 @@ def reference_share(
     order = np.argsort(ind == own[:, None], axis=1, kind="stable")[:, :k]
     share = is_ref[np.take_along_axis(ind, order, axis=1)].mean(1)
     return share if clusters is None else cluster_means(share, clusters)
+
+
+def mixing_level(novelty: np.ndarray, threshold: float, share: np.ndarray, own_share) -> float:
+    """The reference share that counts as fully mixed for this query.
+
+    :data:`MIXED_SHARE` unless the query's cells mix poorly as a whole (the median of their own
+    shares, ``own_share``, below :data:`SHIFTED_BELOW_SHARE`, as data of another lab or
+    chemistry do); then halfway from it towards the median share of the query's cells in
+    clusters the novelty check finds known (a known type under the same shift), at most
+    :data:`MIXED_SHARE`. A shifted query whose clusters all look new keeps
+    :data:`MIXED_SHARE`. ``novelty`` and ``share`` are per cell (their cluster's); NaN where
+    not measured.
+    """
+    own = np.asarray(own_share, dtype=np.float64)
+    if not np.isfinite(own).any() or np.nanmedian(own) >= SHIFTED_BELOW_SHARE:
+        return MIXED_SHARE
+    novelty, share = np.asarray(novelty, np.float64), np.asarray(share, np.float64)
+    known = np.isfinite(share) & (novelty <= threshold)
+    if not known.any():  # nothing to gauge the shift by
+        return MIXED_SHARE
+    known_level = min(MIXED_SHARE, float(np.median(share[known])))
+    return MIXED_SHARE + SHIFTED_LEVEL_WEIGHT * (known_level - MIXED_SHARE)
 
 
 def sketch_coverage(sketch: dict[str, np.ndarray], present=None) -> float:

@@ -236,7 +236,9 @@ def unknown_evidence(novelty, threshold: float, share, min_share: float) -> np.n
     return novelty / threshold + deficit
 
 
-def unknown_score(novelty, threshold: float, share, min_share, evidence) -> np.ndarray:
+def unknown_score(
+    novelty, threshold: float, share, min_share, evidence, level: float = 0.5
+) -> np.ndarray:
     """Per-cell score of the cluster call; a cell is ``"Unknown"`` where it exceeds 1.
 
     ``evidence`` (a model's ``unknown_evidence_``): the smaller of the stronger check's
@@ -249,11 +251,13 @@ def unknown_score(novelty, threshold: float, share, min_share, evidence) -> np.n
     (models saved before this rule): the stronger check's evidence (either check past its
     threshold calls); without ``min_share`` (models saved before the sketch) the novelty's
     alone. NaN (never Unknown) where the novelty is (a query too small for the call).
+    ``level``: the share that counts as fully mixed (:func:`scdl.models._mixing.mixing_level`;
+    0.5 unless the whole query is shifted); shares are read relative to it, the floor too.
     """
     novelty = np.asarray(novelty, dtype=np.float64) / threshold
     if min_share is None:
         return novelty
-    share = np.asarray(share, dtype=np.float64)
+    share = np.asarray(share, dtype=np.float64) * (0.5 / level)
     deficit = (0.5 - share) / (0.5 - min_share)
     stronger = np.where(np.isnan(novelty), np.nan, np.fmax(novelty, deficit))
     if evidence is None:
@@ -268,10 +272,12 @@ def unknown_score(novelty, threshold: float, share, min_share, evidence) -> np.n
     return np.where(np.isnan(share), novelty, corroborated)
 
 
-def unknown_clusters(novelty, threshold: float, share, min_share, evidence) -> np.ndarray:
+def unknown_clusters(
+    novelty, threshold: float, share, min_share, evidence, level: float = 0.5
+) -> np.ndarray:
     """Per-cell Unknown flags of the cluster call: :func:`unknown_score` above 1."""
     with np.errstate(invalid="ignore"):
-        return unknown_score(novelty, threshold, share, min_share, evidence) > 1
+        return unknown_score(novelty, threshold, share, min_share, evidence, level) > 1
 
 
 #: beyond this total-variation distance between the query's predicted composition and the

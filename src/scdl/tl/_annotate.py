@@ -168,7 +168,9 @@ def annotate(
         ``median_reference_share`` (the median of the cells' own reference shares, before
         the cluster average of ``cluster_reference_share``, that ``"auto"`` decided on; NaN
         when it was not measured: then ``"auto"`` blended 0.5 if the query lacked the sketch's
-        genes, else 0).
+        genes, else 0) and ``mixing_level`` (the reference share the Unknown call counted as
+        fully mixed: 0.5, or lower for a query shifted as a whole from the reference; NaN
+        without the call's mixing check).
     """
     from scdl.data import (
         check_bool,
@@ -262,6 +264,7 @@ def annotate(
         "majority_voting": bool(majority_voting),
         "adapt_to_query": calls.attrs["adapt_to_query"],
         "median_reference_share": calls.attrs["median_reference_share"],
+        "mixing_level": calls.attrs["mixing_level"],
     }
     return adata if copy else None
 
