@@ -103,10 +103,15 @@ class CellTypeTransformer(
     type's reference cells, and otherwise called as that type. A known type in a state the
     reference lacks (e.g. stimulated monocytes for an unstimulated reference) can mix poorly
     too. Under a shift larger than the reference's own batches show (another lab or chemistry,
-    few genes in common), known clusters mix poorly and many are called Unknown, most of them
-    cells whose most probable type is wrong: read Unknown there as "not reliably typed". Such a
-    query's own gene statistics are blended into its cells' standardisation by default
-    (``adapt_to_query="auto"`` in :meth:`annotate_cells`; also when the query lacks the
+    few genes in common), known clusters mix poorly too. When the query's cells mix poorly as
+    a whole (the median of their own reference shares below 0.3), the share that counts as
+    fully mixed moves from 0.5 halfway towards the median share of the query's clusters that
+    the novelty check finds known (``calls.attrs["mixing_level"]``; deficits and the floor are
+    read against it), so that the shift alone does not call known types Unknown; a population
+    the reference lacks is then caught mostly by its novelty. The Unknown calls that remain
+    there are often cells whose most probable type is wrong: read Unknown as "not reliably
+    typed". Such a query's own gene statistics are blended into its cells' standardisation by
+    default (``adapt_to_query="auto"`` in :meth:`annotate_cells`; also when the query lacks the
     sketch's genes, so that its mixing cannot be measured), which makes fewer forced calls
     wrong. A query whose forced calls leave out reference types (one sorted population) is first
     filled to the reference's composition (``scdl.models._composition``: pseudo-cells of the

@@ -19,7 +19,8 @@ holds cells like the cluster's at all:
 4. the cluster's cells are ``"Unknown"`` when the share is below ``MIN_REFERENCE_SHARE`` or
    the novelty check passes, and the mixing deficit, ``(0.5 - share) / (0.5 -
    MIN_REFERENCE_SHARE)`` (1 at that floor), plus the novelty over its threshold exceed
-   ``UNKNOWN_EVIDENCE`` (:func:`scdl.models._novelty.unknown_clusters`).
+   ``UNKNOWN_EVIDENCE`` (:func:`scdl.models._novelty.unknown_clusters`); for a query whose
+   cells mix poorly as a whole, 0.5 is replaced by a lower level (:func:`mixing_level`).
 
 The sketch cells are kept at every depth level of :mod:`scdl.models._depth` (the reference's
 counts thinned, each level standardised by its own statistics), and the caller places the
