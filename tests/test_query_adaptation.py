@@ -98,6 +98,7 @@ def test_auto_blends_a_query_lacking_the_sketch_genes(two_labs):
             auto, _ = model.annotate_cells(query)
         assert auto.attrs["adapt_to_query"] == 0.5
         assert np.isnan(auto.attrs["median_reference_share"])
+        assert np.isnan(auto.attrs["mixing_level"])  # no mixing check to read a level for
         pd.testing.assert_frame_equal(auto, model.annotate_cells(query, adapt_to_query=0.5)[0])
         plain, _ = model.annotate_cells(query, adapt_to_query=0.0)
         f1[name] = (_forced_f1(auto, query), _forced_f1(plain, query))

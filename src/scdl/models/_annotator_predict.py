@@ -314,17 +314,16 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         elif self.cluster_threshold_ is not None:
             # a query shifted as a whole (another lab) reads its shares partly relative to its
             # known clusters', not only to full mixing (._mixing.mixing_level)
+            share = calls["cluster_reference_share"].to_numpy()
             level = mixing_level(
-                calls["cluster_novelty"].to_numpy(),
-                self.cluster_threshold_,
-                calls["cluster_reference_share"].to_numpy(),
-                own_share,
+                calls["cluster_novelty"].to_numpy(), self.cluster_threshold_, share, own_share
             )
-            calls.attrs["mixing_level"] = level
+            if np.isfinite(share).any():  # recorded where the mixing check was made
+                calls.attrs["mixing_level"] = level
             unknown = unknown_clusters(
                 calls["cluster_novelty"].to_numpy(),
                 self.cluster_threshold_,
-                calls["cluster_reference_share"].to_numpy(),
+                share,
                 self.min_reference_share_,
                 self.unknown_evidence_,
                 level,
