@@ -132,6 +132,7 @@ def test_a_shallower_query_is_judged_at_its_own_depth(annotator):
         calls["cluster_reference_share"],
         model.min_reference_share_,
         model.unknown_evidence_,
+        calls.attrs["mixing_level"],
     )
     np.testing.assert_array_equal(calls["is_unknown"], score > 1)  # the score the call reads
     # most of its cells score higher than 95% of the known types' cells

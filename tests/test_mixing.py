@@ -14,7 +14,7 @@ from scdl.models._mixing import (
     mixing_level,
     reference_share,
 )
-from scdl.models._novelty import cluster_cells, log_normalize
+from scdl.models._novelty import cluster_cells, log_normalize, unknown_score
 
 REMOVED = "CD4 T cells"  # called CD4T in the Kang 2k file
 
@@ -95,12 +95,27 @@ def test_sketch_is_deterministic_and_small_queries_are_skipped(kang_pair):
 def test_mixing_level_moves_only_for_a_query_shifted_as_a_whole():
     """The share counted as fully mixed: 0.5 unless the cells' median share is below 0.3, then
     halfway towards the share of the clusters the novelty check finds known; a shifted query
-    with no such cluster, or no share at all, keeps 0.5."""
-    novelty = np.r_[np.full(60, 0.1), np.full(40, 0.9)]  # 60 known-looking cells, 40 new
-    share = np.r_[np.full(60, 0.2), np.full(40, 0.02)]
-    assert mixing_level(novelty, 0.5, share, own_share=share) == pytest.approx(0.35)
-    assert mixing_level(novelty, 0.5, share, own_share=np.full(100, 0.45)) == 0.5
-    assert mixing_level(novelty, 0.05, share, own_share=share) == 0.5  # every cluster new
-    assert mixing_level(novelty, 0.5, share, own_share=np.full(100, np.nan)) == 0.5
+    with too few such cells (< 100), or no share at all, keeps 0.5."""
+    novelty = np.r_[np.full(150, 0.1), np.full(50, 0.9)]  # 150 known-looking cells, 50 new
+    share = np.r_[np.full(150, 0.2), np.full(50, 0.02)]
+    assert mixing_level(novelty, 0.5, share, median=0.2) == pytest.approx(0.35)
+    assert mixing_level(novelty, 0.5, share, median=0.45) == 0.5
+    assert mixing_level(novelty, 0.05, share, median=0.2) == 0.5  # every cluster new
+    assert mixing_level(novelty[51:], 0.5, share[51:], median=0.2) == 0.5  # 99 known
+    assert mixing_level(novelty, 0.5, share, median=np.nan) == 0.5
     # a known level above full mixing is not taken beyond it
-    assert mixing_level(novelty, 0.5, np.full(100, 0.7), own_share=share) == 0.5
+    assert mixing_level(novelty, 0.5, np.full(200, 0.7), median=0.2) == 0.5
+
+
+def test_unknown_score_reads_shares_relative_to_the_level():
+    """A share s read against level L scores as s * 0.5 / L against 0.5 (the floor scales
+    with the level); a level that is not a positive share is refused."""
+    novelty, share = np.array([0.2, 0.5, 1.2]), np.array([0.05, 0.1, 0.3])
+    at = unknown_score(novelty, 0.4, share, MIN_REFERENCE_SHARE, 1.6, 0.3)
+    same = unknown_score(novelty, 0.4, share * 0.5 / 0.3, MIN_REFERENCE_SHARE, 1.6)
+    np.testing.assert_allclose(at, same)
+    # a cluster at the scaled floor has a deficit of exactly 1
+    floor = MIN_REFERENCE_SHARE * 0.3 / 0.5
+    assert unknown_score([0.0], 0.4, [floor], MIN_REFERENCE_SHARE, None, 0.3)[0] == 1.0
+    with pytest.raises(ValueError, match="level"):
+        unknown_score(novelty, 0.4, share, MIN_REFERENCE_SHARE, 1.6, 0.0)

@@ -119,24 +119,35 @@ def test_another_labs_mixing_is_read_against_its_known_clusters(two_labs):
     """Every cluster of another lab's query mixes poorly with the reference, known types too:
     the share counted as fully mixed moves halfway towards its known clusters' (this model:
     0.31), which calls fewer of its cells Unknown than reading every share against 0.5 (0.23
-    vs 0.30 with this model); the reference lab's query keeps 0.5 and the same calls."""
+    vs 0.30 with this model); the reference lab's query keeps 0.5 and the same calls. Empty
+    droplets beside the other lab's cells change neither its level nor its calls."""
+    import anndata as ad
+
     from scdl.models._novelty import unknown_clusters
 
     model, same_lab, other_lab = two_labs
-    fractions = {}
+    calls, against_half = {}, {}
     for name, query in (("same", same_lab), ("other", other_lab)):
-        calls, _ = model.annotate_cells(query)
-        against_half = unknown_clusters(
-            calls["cluster_novelty"].to_numpy(),
+        calls[name], _ = model.annotate_cells(query)
+        against_half[name] = unknown_clusters(
+            calls[name]["cluster_novelty"].to_numpy(),
             model.cluster_threshold_,
-            calls["cluster_reference_share"].to_numpy(),
+            calls[name]["cluster_reference_share"].to_numpy(),
             model.min_reference_share_,
             model.unknown_evidence_,
         )
-        fractions[name] = (calls.attrs["mixing_level"], calls["is_unknown"].mean(),
-                           against_half.mean())  # fmt: skip
-    level, unknown, against_half = fractions["other"]
-    assert 0.25 < level < 0.45, fractions
-    assert unknown < against_half - 0.03, fractions
-    assert fractions["same"][0] == 0.5, fractions
-    assert fractions["same"][1] == fractions["same"][2], fractions
+    level, unknown = calls["other"].attrs["mixing_level"], calls["other"]["is_unknown"].mean()
+    assert 0.25 < level < 0.45, level
+    assert unknown < against_half["other"].mean() - 0.03, (unknown, against_half["other"].mean())
+    assert calls["same"].attrs["mixing_level"] == 0.5
+    np.testing.assert_array_equal(calls["same"]["is_unknown"], against_half["same"])
+
+    empty = other_lab[:200].copy()
+    empty.X = empty.X * 0
+    empty.obs_names = [f"empty{i}" for i in range(empty.n_obs)]
+    with_empty, _ = model.annotate_cells(ad.concat([other_lab, empty]))
+    assert with_empty.attrs["mixing_level"] == pytest.approx(level)
+    assert with_empty["is_unknown"].iloc[other_lab.n_obs :].all()
+    np.testing.assert_array_equal(
+        with_empty["label"].iloc[: other_lab.n_obs].to_numpy(), calls["other"]["label"].to_numpy()
+    )

@@ -208,8 +208,10 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             annotation, mostly another lab's), it blends 0.5; where it is not made for another
             reason (a model without a sketch, fewer than 100 cells with counts), 0.
             ``calls.attrs`` records the blend applied (``"adapt_to_query"``), the median
-            (``"median_reference_share"``, NaN where no share was measured) and the Unknown
-            call's ``"mixing_level"`` (see the class notes; NaN without its mixing check).
+            (``"median_reference_share"``: with a blend given, the one the Unknown call
+            measures on the final calls; NaN where no share was measured) and the Unknown
+            call's ``"mixing_level"`` (set from that median, see the class notes; NaN without
+            its mixing check).
             The query's statistics are taken after filling it to the reference's composition:
             reference types that its unadapted calls leave out (or nearly) are added as
             pseudo-cells with the reference's statistics for those types, moved by the shift
@@ -267,11 +269,11 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             # the cells' own shares need no clustering, which is made once, on the final calls
             first = probs.argmax(1).numpy()
             later = unknown_call or own_graph  # clusters the query below, and warns there
-            own_share = self._cluster_calls(
+            first_share = self._cluster_calls(
                 host, present, first, False, seed, cluster=False, warn=not later
             )[4]
             lacks = self._lacks_sketch_genes(host, present)
-            median_share, adapt = auto_blend(own_share, lacks_sketch_genes=lacks)
+            median_share, adapt = auto_blend(first_share, lacks_sketch_genes=lacks)
         if adapt > 0:
             # the unadapted calls say which reference types the query lacks; filling them
             # in keeps a query of few types from standardising its own markers away
@@ -315,8 +317,12 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             # a query shifted as a whole (another lab) reads its shares partly relative to its
             # known clusters', not only to full mixing (._mixing.mixing_level)
             share = calls["cluster_reference_share"].to_numpy()
+            if np.isnan(median_share) and np.isfinite(own_share).any():
+                # a given blend: the median of the cells' shares on the final calls
+                median_share = float(np.nanmedian(own_share))
+                calls.attrs["median_reference_share"] = median_share
             level = mixing_level(
-                calls["cluster_novelty"].to_numpy(), self.cluster_threshold_, share, own_share
+                calls["cluster_novelty"].to_numpy(), self.cluster_threshold_, share, median_share
             )
             if np.isfinite(share).any():  # recorded where the mixing check was made
                 calls.attrs["mixing_level"] = level

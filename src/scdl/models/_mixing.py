@@ -20,7 +20,8 @@ holds cells like the cluster's at all:
    the novelty check passes, and the mixing deficit, ``(0.5 - share) / (0.5 -
    MIN_REFERENCE_SHARE)`` (1 at that floor), plus the novelty over its threshold exceed
    ``UNKNOWN_EVIDENCE`` (:func:`scdl.models._novelty.unknown_clusters`); for a query whose
-   cells mix poorly as a whole, 0.5 is replaced by a lower level (:func:`mixing_level`).
+   cells mix poorly as a whole, shares are read relative to a lower level than 0.5
+   (:func:`mixing_level`): divided by level / 0.5, so the floor scales with it.
 
 The sketch cells are kept at every depth level of :mod:`scdl.models._depth` (the reference's
 counts thinned, each level standardised by its own statistics), and the caller places the
@@ -41,6 +42,7 @@ from scipy import sparse
 
 from scdl._warnings import warn_user
 
+from ._adaptation import AUTO_BELOW_SHARE
 from ._composition import type_moments
 from ._depth import DEPTH_LEVELS, level_fraction, thin_counts, type_depths
 from ._novelty import _mean_sd, log_normalize, type_shares
@@ -63,7 +65,7 @@ MIN_REFERENCE_SHARE = 0.15
 MIXED_SHARE = 0.5
 #: a query whose cells' median share is below this is shifted as a whole
 #: (:func:`mixing_level`); ``adapt_to_query="auto"``'s cut, not fitted again
-SHIFTED_BELOW_SHARE = 0.3
+SHIFTED_BELOW_SHARE = AUTO_BELOW_SHARE
 #: how far a shifted query's level moves from :data:`MIXED_SHARE` towards the share of its
 #: known clusters: halfway. All the way also forgave most of a large population the reference
 #: lacks, whose cells lower the query's median too (benchmarks/README.md, stop 48)
@@ -230,23 +232,22 @@ def reference_share(
     return share if clusters is None else cluster_means(share, clusters)
 
 
-def mixing_level(novelty: np.ndarray, threshold: float, share: np.ndarray, own_share) -> float:
+def mixing_level(novelty: np.ndarray, threshold: float, share: np.ndarray, median: float) -> float:
     """The reference share that counts as fully mixed for this query.
 
-    :data:`MIXED_SHARE` unless the query's cells mix poorly as a whole (the median of their own
-    shares, ``own_share``, below :data:`SHIFTED_BELOW_SHARE`, as data of another lab or
-    chemistry do); then halfway from it towards the median share of the query's cells in
-    clusters the novelty check finds known (a known type under the same shift), at most
-    :data:`MIXED_SHARE`. A shifted query whose clusters all look new keeps
-    :data:`MIXED_SHARE`. ``novelty`` and ``share`` are per cell (their cluster's); NaN where
-    not measured.
+    :data:`MIXED_SHARE` unless the query's cells mix poorly as a whole (``median``, the median
+    of their own shares, below :data:`SHIFTED_BELOW_SHARE`, as data of another lab or chemistry
+    give; a large population the reference lacks lowers it too); then halfway from it towards
+    the median share of the query's cells in clusters the novelty check finds known (a known
+    type under the same shift), at most :data:`MIXED_SHARE`. A shifted query with fewer than
+    :data:`MIN_QUERY_CELLS` such cells keeps :data:`MIXED_SHARE`. ``novelty`` and ``share``
+    are per cell (their cluster's); NaN where not measured.
     """
-    own = np.asarray(own_share, dtype=np.float64)
-    if not np.isfinite(own).any() or np.nanmedian(own) >= SHIFTED_BELOW_SHARE:
+    if not median < SHIFTED_BELOW_SHARE:  # NaN too: no share measured
         return MIXED_SHARE
     novelty, share = np.asarray(novelty, np.float64), np.asarray(share, np.float64)
     known = np.isfinite(share) & (novelty <= threshold)
-    if not known.any():  # nothing to gauge the shift by
+    if known.sum() < MIN_QUERY_CELLS:  # too few to gauge the shift by
         return MIXED_SHARE
     known_level = min(MIXED_SHARE, float(np.median(share[known])))
     return MIXED_SHARE + SHIFTED_LEVEL_WEIGHT * (known_level - MIXED_SHARE)

@@ -257,6 +257,8 @@ def unknown_score(
     novelty = np.asarray(novelty, dtype=np.float64) / threshold
     if min_share is None:
         return novelty
+    if not level > 0:
+        raise ValueError(f"level must be a share > 0, got {level!r}.")
     share = np.asarray(share, dtype=np.float64) * (0.5 / level)
     deficit = (0.5 - share) / (0.5 - min_share)
     stronger = np.where(np.isnan(novelty), np.nan, np.fmax(novelty, deficit))

@@ -166,7 +166,8 @@ def annotate(
         fraction called Unknown), ``majority_voting`` (as in ``params``),
         ``adapt_to_query`` (the blend applied: with ``"auto"``, 0 or 0.5) and
         ``median_reference_share`` (the median of the cells' own reference shares, before
-        the cluster average of ``cluster_reference_share``, that ``"auto"`` decided on; NaN
+        the cluster average of ``cluster_reference_share``, that ``"auto"`` and the mixing
+        level decided on; with a blend given, measured on the final calls; NaN
         when it was not measured: then ``"auto"`` blended 0.5 if the query lacked the sketch's
         genes, else 0) and ``mixing_level`` (the reference share the Unknown call counted as
         fully mixed: 0.5, or lower for a query shifted as a whole from the reference; NaN
