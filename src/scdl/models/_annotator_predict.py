@@ -211,17 +211,16 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             (``"median_reference_share"``: with a blend given, the one the Unknown call
             measures on the final calls; NaN where no share was measured) and the Unknown
             call's ``"mixing_level"`` (set from that median, see the class notes; NaN without
-            its mixing check).
-            The query's statistics are taken after filling it to the reference's composition:
-            reference types that its unadapted calls leave out (or nearly) are added as
-            pseudo-cells with the reference's statistics for those types, moved by the shift
-            its present types share, so a query of one or a few populations does not take its
-            own markers as its mean (a model saved before it kept those statistics blends
-            unfilled). Cells
-            without counts (empty droplets) are left out. A blend costs one more forward pass;
-            ``"auto"`` one more neighbour search of the mixing check (the cells' own shares,
-            before the query is clustered). The Unknown call is made on clusters standardised
-            by the query's own statistics and follows the adapted calls.
+            its mixing check). The query's statistics are taken after filling it to the
+            reference's composition: reference types that its unadapted calls leave out (or
+            nearly) are added as pseudo-cells with the reference's statistics for those types,
+            moved by the shift its present types share, so a query of one or a few populations
+            does not take its own markers as its mean (a model saved before it kept those
+            statistics blends unfilled). Cells without counts (empty droplets) are left out. A
+            blend costs one more forward pass; ``"auto"`` one more neighbour search of the
+            mixing check (the cells' own shares, before the query is clustered). The Unknown
+            call is made on clusters standardised by the query's own statistics and follows
+            the adapted calls.
         over_clustering
             Also over-cluster the query (for majority voting) and return it as
             ``over_cluster`` (``-1`` otherwise); it costs a second Leiden run.
