@@ -304,7 +304,7 @@ def unknown_score(model, calls) -> np.ndarray:
         calls["cluster_reference_share"].to_numpy(),
         model.min_reference_share_,
         model.unknown_evidence_,
-        level if np.isfinite(level := calls.attrs.get("mixing_level", 0.5)) else 0.5,
+        calls.attrs.get("mixing_level", 0.5),
     )
 
 

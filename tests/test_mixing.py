@@ -119,3 +119,8 @@ def test_unknown_score_reads_shares_relative_to_the_level():
     assert unknown_score([0.0], 0.4, [floor], MIN_REFERENCE_SHARE, None, 0.3)[0] == 1.0
     with pytest.raises(ValueError, match="level"):
         unknown_score(novelty, 0.4, share, MIN_REFERENCE_SHARE, 1.6, 0.0)
+    # the NaN a call without the mixing check records reads as 0.5
+    nan_level = unknown_score(novelty, 0.4, share, MIN_REFERENCE_SHARE, 1.6, np.nan)
+    np.testing.assert_array_equal(
+        nan_level, unknown_score(novelty, 0.4, share, MIN_REFERENCE_SHARE, 1.6)
+    )

@@ -252,11 +252,13 @@ def unknown_score(
     threshold calls); without ``min_share`` (models saved before the sketch) the novelty's
     alone. NaN (never Unknown) where the novelty is (a query too small for the call).
     ``level``: the share that counts as fully mixed (:func:`scdl.models._mixing.mixing_level`;
-    0.5 unless the whole query is shifted); shares are read relative to it, the floor too.
+    0.5 unless the whole query is shifted); shares are read relative to it, the floor too. NaN
+    (a call without the mixing check records it so) reads as 0.5.
     """
     novelty = np.asarray(novelty, dtype=np.float64) / threshold
     if min_share is None:
         return novelty
+    level = 0.5 if np.isnan(level) else level
     if not level > 0:
         raise ValueError(f"level must be a share > 0, got {level!r}.")
     share = np.asarray(share, dtype=np.float64) * (0.5 / level)
