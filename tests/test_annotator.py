@@ -418,6 +418,8 @@ def test_tl_annotate_takes_a_seed_and_refuses_a_backed_copy(annotator, tmp_path)
     backed = ad.read_h5ad(tmp_path / "q.h5ad", backed="r")
     with pytest.raises(ValueError, match=r"backed AnnData.*to_memory\(\)"):
         scdl.tl.annotate(backed, model=model, copy=True)
+    with pytest.raises(ValueError, match=r"view of a backed AnnData.*to_memory\(\)"):
+        scdl.tl.annotate(backed[:200], model=model)  # before the calls, not after
     with pytest.raises(TypeError, match="random_state must be an integer"):
         scdl.tl.annotate(q, model=model, random_state="0")
 

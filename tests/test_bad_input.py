@@ -364,7 +364,9 @@ def test_backed_anndata(kang, tmp_path):
     import anndata
 
     path = tmp_path / "cells.h5ad"
-    _expressed(kang).write_h5ad(path)
+    cells = _expressed(kang)
+    cells.obsm["X_pca"] = np.zeros((cells.n_obs, 2), np.float32)
+    cells.write_h5ad(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     backed = anndata.read_h5ad(path, backed="r")
     snap = snapshot(backed)
@@ -372,6 +374,15 @@ def test_backed_anndata(kang, tmp_path):
         VAE.setup_anndata(backed, batch_key="Sample")
     assert_unchanged(backed, snap)
     VAE.setup_anndata(backed, batch_key="sample")  # backed (read-only) counts are read in chunks
+    # a view of a backed file cannot hold results: refused before any training, not after
+    view = backed[: backed.n_obs // 2]
+    for tool, kwargs in (
+        (scdl.tl.integrate, {"batch_key": "sample"}),
+        (scdl.tl.contrastive, {"groupby": "sample", "background": str(view.obs["sample"][0])}),
+        (scdl.tl.cluster, {"use_rep": "X_pca"}),
+    ):
+        with pytest.raises(ValueError, match=r"view of a backed AnnData.*to_memory\(\)"):
+            tool(view, **kwargs)
     backed.file.close()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest  # the file is untouched
 

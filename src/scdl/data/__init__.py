@@ -57,7 +57,7 @@ from ._query import (
     sampled_counts_ok,
 )
 from ._salient_genes import salient_gene_table
-from ._write import writable, write_h5ad_atomic
+from ._write import check_writable, writable, write_h5ad_atomic
 
 __all__ = [
     "LOW_GENE_OVERLAP",
@@ -111,6 +111,7 @@ __all__ = [
     "warn_if_batch_nested",
     "salient_gene_table",
     "unintegrated_pca",
+    "check_writable",
     "writable",
     "write_h5ad_atomic",
 ]

@@ -35,6 +35,27 @@ def writable(adata: AnnData, *, copy: bool = False) -> AnnData:
     return adata
 
 
+def check_writable(adata: AnnData, *, copy: bool = False) -> None:
+    """Refuse, before any work, an AnnData that :func:`writable` could not write into: a view of
+    a backed AnnData (making it actual needs it in memory), or a backed AnnData with
+    ``copy=True`` (its copy needs a file). anndata refuses both only when the results are
+    written, after all the computing."""
+    if not getattr(adata, "isbacked", False):
+        return
+    if adata.is_view:
+        raise ValueError(
+            "adata is a view of a backed AnnData: the results cannot be written into it. Pass "
+            "`adata[...].to_memory()` (that subset loaded into memory), or the backed AnnData "
+            "itself."
+        )
+    if copy:
+        raise ValueError(
+            "copy=True of a backed AnnData needs a file to copy to: pass "
+            "`adata.to_memory()` with copy=True, or write the results into the backed object "
+            "with copy=False."
+        )
+
+
 def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike) -> Path:
     """``adata.write_h5ad(path)``, under a temporary name beside it until complete.
 

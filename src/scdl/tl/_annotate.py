@@ -11,7 +11,7 @@ import pandas as pd
 
 from scdl._rng import keeps_rng
 from scdl._warnings import warn_user
-from scdl.data import writable
+from scdl.data import check_writable, writable
 
 from ._majority import majority_vote
 
@@ -184,14 +184,9 @@ def annotate(
 
     # everything is computed (and checked) before anything is written
     check_is_anndata(adata)
+    check_writable(adata, copy=copy)  # anndata refuses these only after all the work
     check_key_added(key_added)
     check_random_state(random_state)
-    if copy and adata.isbacked:  # anndata refuses it only after all the work
-        raise ValueError(
-            "copy=True of a backed AnnData needs a file to copy to: pass "
-            "`adata.to_memory()` with copy=True, or write the results into the backed object "
-            "with copy=False."
-        )
     check_positive_int(batch_size, "batch_size")
     unknown = check_bool(unknown, "unknown")
     majority_voting = check_bool(majority_voting, "majority_voting")

@@ -14,6 +14,7 @@ from scdl.data import (
     check_is_anndata,
     check_key_added,
     check_random_state,
+    check_writable,
     writable,
 )
 
@@ -100,6 +101,7 @@ def cluster(
     rep, n_neighbors = _check_inputs(
         adata, use_rep, resolution, n_clusters, n_neighbors, key_added, random_state
     )
+    check_writable(adata, copy=copy)
     adata = writable(adata, copy=copy)
     neighbors_key = f"{key_added}_neighbors"
     sc.pp.neighbors(

@@ -16,6 +16,7 @@ from scdl.data import (
     check_unique_var_names,
     get_matrix,
     resolve_groups,
+    check_writable,
     writable,
 )
 
@@ -207,6 +208,7 @@ def _check_inputs(
 ):
     """The background and target cells and the count summary; every input checked."""
     check_is_anndata(adata)
+    check_writable(adata)
     check_key_added(key_added)
     check_key_added(shared_key)
     if key_added == shared_key:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from scdl._rng import keeps_rng
-from scdl.data import writable
+from scdl.data import check_writable, writable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -114,6 +114,7 @@ def drug_response(
     from scdl.models import DrugResponseModel
 
     check_is_anndata(adata)
+    check_writable(adata, copy=copy)
     if not isinstance(model, DrugResponseModel):
         raise TypeError(
             f"model must be a trained scdl.models.DrugResponseModel, got {type(model).__name__}."

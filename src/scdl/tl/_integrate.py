@@ -15,6 +15,7 @@ from scdl.data import (
     check_positive_int,
     check_unique_var_names,
     get_matrix,
+    check_writable,
     writable,
 )
 
@@ -180,6 +181,7 @@ def integrate(
 def _check_inputs(adata, key_added, layer, batch_key, n_top_genes):
     """The count summary of ``adata``; every input checked before anything is written."""
     check_is_anndata(adata)
+    check_writable(adata)
     check_key_added(key_added)
     check_positive_int(n_top_genes, "n_top_genes", none="all expressed genes")
     get_matrix(adata, layer)
