@@ -14,9 +14,9 @@ from scdl.data import (
     check_key_added,
     check_positive_int,
     check_unique_var_names,
+    check_writable,
     get_matrix,
     resolve_groups,
-    check_writable,
     writable,
 )
 

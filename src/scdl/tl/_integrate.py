@@ -14,8 +14,8 @@ from scdl.data import (
     check_key_added,
     check_positive_int,
     check_unique_var_names,
-    get_matrix,
     check_writable,
+    get_matrix,
     writable,
 )
 
