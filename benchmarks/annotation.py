@@ -24,9 +24,10 @@ Reference and query differ in condition, sample or cells (real splits of ../shar
   Unknown rate, and the share of them called Unknown is printed as ``unknown_novel``).
 
 All methods see the same genes (2,000 highly variable genes of the reference where it has
-more). "scdl" is the model's default call (``adapt_to_query="auto"``: the query's statistics
-blended in halfway when its cells mix poorly with the reference's); "scdl adapt=0" and "scdl
-adapt=0.5" the same model's calls without the blend and with it always. Logistic regression
+more). "scdl" is the model's default call (``adapt_to_query="auto"``: when its cells mix poorly
+with the reference's, the query's statistics blended in halfway, then the reference's mean moved
+by the query's shift at its own composition until the calls settle); "scdl adapt=0" and "scdl
+adapt=0.5" the same model's calls without the blend and with the blend alone, always. Logistic regression
 follows CellTypist: log1p(CP10k), scaled per gene, L2-regularised multinomial. scANVI: scVI (100
 epochs) then scANVI (20 epochs) on the reference, scvi-tools' default architecture; the
 query mapped with ``load_query_data`` and predicted. Macro-F1 and accuracy use every method's
@@ -320,7 +321,10 @@ def save_calls(out: str | None, stem: str, model, calls, truth) -> None:
         "cluster_threshold": model.cluster_threshold_,
         "min_reference_share": model.min_reference_share_,
         "unknown_evidence": model.unknown_evidence_,
-        **{k: calls.attrs.get(k) for k in ("adapt_to_query", "median_reference_share")},
+        **{
+            k: calls.attrs.get(k)
+            for k in ("adapt_to_query", "median_reference_share", "recentre_steps")
+        },
         "mixing_level": calls.attrs.get("mixing_level"),
     }
     with open(os.path.join(out, f"{stem}.json"), "w") as fh:
@@ -564,6 +568,7 @@ def main():
                 if "adapt_to_query" in calls.attrs:  # the blend applied ("auto" decides)
                     row["blend"] = calls.attrs["adapt_to_query"]
                     row["median_share"] = calls.attrs["median_reference_share"]
+                    row["recentre_steps"] = calls.attrs.get("recentre_steps", 0)
                 # is the call flagging cells the forced call gets wrong, or right ones?
                 right = known & (pred == truth)
                 row["unknown_if_right"] = float(unknown[right].mean())

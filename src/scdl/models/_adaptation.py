@@ -41,6 +41,29 @@ AUTO_BLEND = 0.5
 BLEND_WITHOUT_SKETCH_GENES = AUTO_BLEND
 
 
+#: ``"auto"``'s re-centring of a shifted query (:func:`composition_corrected_shift`) stops when
+#: fewer than this share of the cells change their call, or after :data:`MAX_RECENTRE_STEPS`
+RECENTRE_TOLERANCE = 0.001
+MAX_RECENTRE_STEPS = 10
+
+
+def composition_corrected_shift(x_log, best: np.ndarray, type_means: np.ndarray) -> np.ndarray:
+    """The per-gene shift of a query from the reference at the query's own composition: the
+    query's mean log-normalised expression minus the reference's type means weighted by the
+    share of the query's cells called each type (``best``: the cells' type codes;
+    ``type_means``: types x genes). The mean over cells of each cell's expression minus its
+    called type's reference mean; a shift shared by every cell (another lab's capture,
+    chemistry or ambient RNA) and not the query's composition, which the query's plain mean
+    carries too."""
+    from scipy import sparse
+
+    x_log = sparse.csr_matrix(x_log)
+    type_means = np.asarray(type_means, dtype=np.float64)
+    share = np.bincount(np.asarray(best, dtype=np.int64), minlength=len(type_means))
+    share = share / max(share.sum(), 1)
+    return np.asarray(x_log.mean(0), dtype=np.float64).ravel() - share @ type_means
+
+
 def check_adapt(value) -> float | str:
     """``adapt_to_query`` must be ``"auto"`` or a number in [0, 1]."""
     if isinstance(value, str) and value == "auto":

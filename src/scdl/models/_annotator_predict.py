@@ -273,10 +273,15 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             )[4]
             lacks = self._lacks_sketch_genes(host, present)
             median_share, adapt = auto_blend(first_share, lacks_sketch_genes=lacks)
+        steps = 0
         if adapt > 0:
             # the unadapted calls say which reference types the query lacks; filling them
             # in keeps a query of few types from standardising its own markers away
             probs, novelty = self._adapted_features(x, present, batch_size, host, adapt, probs)
+            if adapt_to_query == "auto":  # then the shift at the query's own composition
+                probs, novelty, steps = self._recentred_features(
+                    x, present, batch_size, host, probs, novelty
+                )
         names = np.asarray(self.labels, dtype=object)
         conf, best = probs.max(1)
         forced = names[best.numpy()]
@@ -291,6 +296,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         )
         calls.attrs["adapt_to_query"] = float(adapt)
         calls.attrs["median_reference_share"] = median_share
+        calls.attrs["recentre_steps"] = steps
         calls.attrs["mixing_level"] = float("nan")  # set by the Unknown call's mixing check
         calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = -1, np.nan, -1
         calls["cluster_reference_share"] = np.nan

@@ -17,7 +17,12 @@ import torch
 
 from scdl._warnings import warn_user
 
-from ._adaptation import blend_query_stats
+from ._adaptation import (
+    MAX_RECENTRE_STEPS,
+    RECENTRE_TOLERANCE,
+    blend_query_stats,
+    composition_corrected_shift,
+)
 from ._composition import (
     composition_warning,
     filled_stats,
@@ -107,6 +112,41 @@ class AnnotatorQueryMixin:
         finally:  # the model's reference statistics are never changed by a call
             mod.gene_mean.copy_(saved[0])
             mod.gene_std.copy_(saved[1])
+
+    def _recentred_features(self, x, present, batch_size, host, probs, novelty):
+        """``"auto"``'s adaptation of a shifted query, after the blend: the reference's per-gene
+        mean moved by the query's shift at the query's own composition, measured from its calls
+        so far (:func:`._adaptation.composition_corrected_shift`; the reference's sd kept), and
+        the calls made again, until they settle. Returns the probabilities, the novelty and the
+        steps taken (0 for a model saved before the reference's type means, or a query without
+        counts); the model's statistics are restored."""
+        mod = self.module
+        if mod.sketch_moments.numel() == 0:
+            return probs, novelty, 0
+        has = np.asarray(host.sum(1)).ravel() > 0  # empty droplets are no sample of the shift
+        if not has.any():
+            return probs, novelty, 0
+        x_log = log_normalize(host[has])
+        type_means = mod.sketch_moments[0].detach().cpu().numpy()
+        held = None if present is None else torch.as_tensor(present, device=mod.device)
+        saved = mod.gene_mean.clone()
+        best, steps = probs.argmax(1).numpy(), 0
+        try:
+            while steps < MAX_RECENTRE_STEPS:
+                steps += 1
+                shift = composition_corrected_shift(x_log, best[has], type_means)
+                shift = torch.as_tensor(shift, dtype=saved.dtype, device=mod.device)
+                if held is not None:  # genes the query lacks keep the reference's mean
+                    shift = torch.where(held, shift, torch.zeros_like(shift))
+                mod.gene_mean.copy_(saved + shift)
+                probs, novelty = self._features(x, present, batch_size)
+                now = probs.argmax(1).numpy()
+                changed, best = float((now != best).mean()), now
+                if changed < RECENTRE_TOLERANCE:
+                    break
+        finally:  # the model's reference statistics are never changed by a call
+            mod.gene_mean.copy_(saved)
+        return probs, novelty, steps
 
     def _lacks_sketch_genes(self, x, present) -> bool:
         """Whether the mixing check is skipped only because the query lacks the sketch's genes
