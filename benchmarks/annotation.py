@@ -23,17 +23,16 @@ Reference and query differ in condition, sample or cells (real splits of ../shar
   type; ``--cross-lab-novel`` keeps them: they are then left out of the F1 and the known-type
   Unknown rate, and the share of them called Unknown is printed as ``unknown_novel``).
 
-All methods see the same genes (2,000 highly variable genes of the reference where it has
-more). "scdl" is the model's default call (``adapt_to_query="auto"``: when its cells mix poorly
-with the reference's, the query's statistics blended in halfway, then the reference's mean moved
-by the query's shift at its own composition until the calls settle); "scdl adapt=0" and "scdl
-adapt=0.5" the same model's calls without the blend and with the blend alone, always. Logistic regression
+All methods see the same genes (2,000 highly variable genes of the reference where it has more).
+"scdl" is the model's default call (``adapt_to_query="auto"``: when its cells mix poorly with the
+reference's, the query's statistics blended in halfway, then the reference's mean moved by the
+query's shift at its own composition until the calls settle); "scdl adapt=0" and "scdl adapt=0.5"
+the same model's calls without the blend and with the blend alone, always. Logistic regression
 follows CellTypist: log1p(CP10k), scaled per gene, L2-regularised multinomial. scANVI: scVI (100
-epochs) then scANVI (20 epochs) on the reference, scvi-tools' default architecture; the
-query mapped with ``load_query_data`` and predicted. Macro-F1 and accuracy use every method's
-forced call (scdl's Unknown calls are reported separately;
-"F1 w/ Unknown" counts them as errors; every query type is in the reference, so its Unknown
-fraction is the rate on known types).
+epochs) then scANVI (20 epochs) on the reference, scvi-tools' default architecture; the query mapped
+with ``load_query_data`` and predicted. Macro-F1 and accuracy use every method's forced call (scdl's
+Unknown calls are reported separately; "F1 w/ Unknown" counts them as errors; every query type is in
+the reference, so its Unknown fraction is the rate on known types).
 
 Leave one type out (the novelty call): for each split and each reference type with >= 30
 cells, scdl is trained without it (seed 0, ``--loto-epochs`` epochs, 20 by default, to keep

@@ -12,9 +12,12 @@ shifted: its cells mix with the reference's sketch at a median share below :data
 measures it before averaging over a cluster: about 0.5 where the reference holds cells like it), or
 when that cannot be measured because the query lacks the sketch's genes (another gene panel). The
 cells' own shares need no clustering of the query, so forced calls (``unknown_call=False``) decide
-as the full call does. The query is first filled to the reference's composition
-(:mod:`._composition`) so that a query of a few populations does not take its own markers as its
-mean.
+as the full call does. After the blend, ``"auto"`` re-centres: the blend halves the shift and
+carries the query's composition; the shift at the query's own composition
+(:func:`composition_corrected_shift`, from its calls) carries neither, and once the calls made
+with it settle, it moves the reference's mean (benchmarks/README.md, stop 49). The query is first
+filled to the reference's composition (:mod:`._composition`) so that a query of a few populations
+does not take its own markers as its mean.
 """
 
 from __future__ import annotations

@@ -88,50 +88,50 @@ class CellTypeTransformer(
     one with more reference neighbours than query ones). A cluster's cells are called
     ``"Unknown"`` when one check passes its threshold and the two sum above
     ``unknown_evidence_`` (1.6, chosen over the benchmark's splits together): a call by one
-    check stands unless the other says the cluster is like the reference (a known type under a
-    shift mostly moves on one check; where the mixing check is not made, the novelty alone past
-    its threshold). A new type that only one check sees, the other neutral, is called as its
-    nearest type. The sketch cells are stored at five depths (the reference's counts thinned to
-    1, 1/2, ... 1/16), and the query is compared with the depth nearest its own (judged type by
-    type against its predicted types' reference depths; a deeper query is thinned to the
-    reference's), because a shallower query's known types otherwise lose their reference
-    neighbours. What to rely on: cells of a known type form clusters that match their type once
-    the shared shift is removed and mix with its reference cells, and are rarely called Unknown;
-    a type absent from the reference and unlike every reference type (e.g. B cells for a
-    T/NK/monocyte reference) mostly is; a type close to a reference type (CD4 vs CD8 T cells, NK
-    vs CD8 T cells, CD14 vs FCGR3A monocytes) is caught when its cells sit apart from that
-    type's reference cells, and otherwise called as that type. A known type in a state the
-    reference lacks (e.g. stimulated monocytes for an unstimulated reference) can mix poorly
-    too. Under a shift larger than the reference's own batches show (another lab or chemistry,
-    few genes in common), known clusters mix poorly too. When the query's cells mix poorly as
-    a whole (the median of their own reference shares below 0.3; a large population the
-    reference lacks can lower it too), the share that counts as fully mixed moves from 0.5
-    halfway towards the median share of the query's clusters that the novelty check finds
-    known (``calls.attrs["mixing_level"]``; deficits and the floor are read against it), so
-    that the shift alone does not call known types Unknown; a population the reference lacks
-    is then caught mostly by its novelty, and one whose cells find reference neighbours about
-    as often as the shifted known types' do is called as its nearest type. The Unknown calls
-    that remain there are often cells whose most probable type is wrong: read Unknown as "not
-    reliably typed". Such a query's own gene statistics are blended into its cells'
-    standardisation by default (``adapt_to_query="auto"`` in :meth:`annotate_cells`; also when
-    the query lacks the sketch's genes, so that its mixing cannot be measured), which makes
-    fewer forced calls wrong. A query whose forced calls leave out reference types (one sorted
-    population) is first filled to the reference's composition (``scdl.models._composition``:
-    pseudo-cells of the missing types under the shift its present types show), as its own mean would
-    be its own profile (unless its types are unlike their reference types before any shift is
-    removed); it then cannot show a new type close to a known one, which is read as that type under
-    a shift (on cell lines too: a removed line forced onto a similar one). A ``UserWarning`` says so
-    when the query's predicted composition is more than half away from the reference's
-    (total-variation distance above 0.5). A query pooling samples of different chemistries shares
-    only part of its shift: a state more common in one of them than in the reference can be called
-    Unknown, which annotating each sample on its own avoids. Models saved before the cluster call
-    keep their per-cell thresholds (``cluster_threshold_`` is ``None``), and those calibrated before
-    the mixture compare a cluster with its majority type's profile (``novelty_rule_`` is ``None``),
-    those before the prototypes with its types' means (``novelty_rule_`` is ``"mixture"``); models
-    saved before the sketch make the first check only (``min_reference_share_`` is ``None``), those
-    saved before the sum call a cluster past either threshold (``unknown_evidence_`` is ``None``),
-    and those before the fill read a sorted population against its own mean (its known types mostly
-    Unknown).
+    check stands unless the other says the cluster is like the reference (a known type under a shift
+    mostly moves on one check; where the mixing check is not made, the novelty alone past its
+    threshold). A new type that only one check sees, the other neutral, is called as its nearest
+    type. The sketch cells are stored at five depths (the reference's counts thinned to 1, 1/2, ...
+    1/16), and the query is compared with the depth nearest its own (judged type by type against its
+    predicted types' reference depths; a deeper query is thinned to the reference's), because a
+    shallower query's known types otherwise lose their reference neighbours. What to rely on: cells
+    of a known type form clusters that match their type once the shared shift is removed and mix
+    with its reference cells, and are rarely called Unknown; a type absent from the reference and
+    unlike every reference type (e.g. B cells for a T/NK/monocyte reference) mostly is; a type close
+    to a reference type (CD4 vs CD8 T cells, NK vs CD8 T cells, CD14 vs FCGR3A monocytes) is caught
+    when its cells sit apart from that type's reference cells, and otherwise called as that type. A
+    known type in a state the reference lacks (e.g. stimulated monocytes for an unstimulated
+    reference) can mix poorly too. Under a shift larger than the reference's own batches show
+    (another lab or chemistry, few genes in common), known clusters mix poorly too. When the query's
+    cells mix poorly as a whole (the median of their own reference shares below 0.3; a large
+    population the reference lacks can lower it too), the share that counts as fully mixed moves
+    from 0.5 halfway towards the median share of the query's clusters that the novelty check finds
+    known (``calls.attrs["mixing_level"]``; deficits and the floor are read against it), so that the
+    shift alone does not call known types Unknown; a population the reference lacks is then caught
+    mostly by its novelty, and one whose cells find reference neighbours about as often as the
+    shifted known types' do is called as its nearest type. The Unknown calls that remain there are
+    often cells whose most probable type is wrong: read Unknown as "not reliably typed". Such a
+    query is adapted to by default (``adapt_to_query="auto"`` in :meth:`annotate_cells`; also when
+    the query lacks the sketch's genes, so that its mixing cannot be measured), which makes fewer
+    forced calls wrong: its own gene statistics are blended halfway into its cells' standardisation,
+    then the reference's per-gene mean is moved by the query's shift at the query's own composition
+    (its mean minus the reference's type means weighted by its calls), and the calls are made again
+    until they settle. A query whose forced calls leave out reference types (one sorted population)
+    is first filled to the reference's composition (``scdl.models._composition``: pseudo-cells of
+    the missing types under the shift its present types show), as its own mean would be its own
+    profile (unless its types are unlike their reference types before any shift is removed); it then
+    cannot show a new type close to a known one, which is read as that type under a shift (on cell
+    lines too: a removed line forced onto a similar one). A ``UserWarning`` says so when the query's
+    predicted composition is more than half away from the reference's (total-variation distance
+    above 0.5). A query pooling samples of different chemistries shares only part of its shift: a
+    state more common in one of them than in the reference can be called Unknown, which annotating
+    each sample on its own avoids. Models saved before the cluster call keep their per-cell
+    thresholds (``cluster_threshold_`` is ``None``), and those calibrated before the mixture compare
+    a cluster with its majority type's profile (``novelty_rule_`` is ``None``), those before the
+    prototypes with its types' means (``novelty_rule_`` is ``"mixture"``); models saved before the
+    sketch make the first check only (``min_reference_share_`` is ``None``), those saved before the
+    sum call a cluster past either threshold (``unknown_evidence_`` is ``None``), and those before
+    the fill read a sorted population against its own mean (its known types mostly Unknown).
 
     **Genes.** The vocabulary is the registered AnnData's genes (select e.g. 2,000 highly
     variable genes first). A query is aligned by gene name; missing genes are treated as

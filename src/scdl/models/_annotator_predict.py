@@ -199,15 +199,23 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             chemistry or a stimulation absent from the reference), the blend keeps that shift
             from deciding which genes become a cell's tokens; where the query's composition
             differs from the reference's (a new donor), the blend moves its mean too, which can
-            cost accuracy. ``"auto"`` (default) decides from the query: it blends 0.5 when the
+            cost accuracy. ``"auto"`` (default) decides from the query: it adapts when the
             median of its cells' own reference shares (the mixing check's, before
             ``cluster_reference_share`` averages them over a cluster) is below 0.3 (its cells
             mix poorly with the reference's, as data of another lab or chemistry do; about 0.5
-            when they mix fully) and 0 otherwise. Where the mixing check cannot be made because
-            the query lacks genes carrying more than 10% of the sketch (another gene panel or
-            annotation, mostly another lab's), it blends 0.5; where it is not made for another
-            reason (a model without a sketch, fewer than 100 cells with counts), 0.
-            ``calls.attrs`` records the blend applied (``"adapt_to_query"``), the median
+            when they mix fully), and not otherwise. Where the mixing check cannot be made
+            because the query lacks genes carrying more than 10% of the sketch (another gene
+            panel or annotation, mostly another lab's), it adapts; where it is not made for
+            another reason (a model without a sketch, fewer than 100 cells with counts), not.
+            Adapting is a blend of 0.5, then a re-centring that removes the shift the blend
+            only halves without taking the query's composition for one: the reference's
+            per-gene mean is moved by the query's mean minus the reference's type means
+            weighted by the share of the query's cells called each type (its sd is kept), the
+            calls are made again, and again until fewer than 0.1% of the cells change (at most
+            10 times; a model saved before the reference's type means skips it). A number
+            blends that much and does not re-centre.
+            ``calls.attrs`` records the blend applied (``"adapt_to_query"``), the re-centring
+            passes made (``"recentre_steps"``, 0 without), the median
             (``"median_reference_share"``: with a blend given, the one the Unknown call
             measures on the final calls; NaN where no share was measured) and the Unknown
             call's ``"mixing_level"`` (set from that median, see the class notes; NaN without
@@ -217,8 +225,9 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             moved by the shift its present types share, so a query of one or a few populations
             does not take its own markers as its mean (a model saved before it kept those
             statistics blends unfilled). Cells without counts (empty droplets) are left out. A
-            blend costs one more forward pass; ``"auto"`` one more neighbour search of the
-            mixing check (the cells' own shares, before the query is clustered). The Unknown
+            blend costs one more forward pass, each re-centring pass one more; ``"auto"`` one
+            more neighbour search of the mixing check (the cells' own shares, before the query
+            is clustered). The Unknown
             call is made on clusters standardised by the query's own statistics and follows
             the adapted calls.
         over_clustering

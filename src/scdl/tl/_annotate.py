@@ -82,11 +82,13 @@ def annotate(
         Blend (0-1) of the query's own per-gene statistics into the standardisation of each
         cell (its tokens and per-cell novelty; the Unknown call already removes the query's
         shared shift), taken with the reference types the query lacks filled in; ``0`` uses
-        the reference's statistics only. ``"auto"`` (default) blends 0.5 when the query's cells mix
+        the reference's statistics only. ``"auto"`` (default) adapts when the query's cells mix
         poorly with the reference (the median of the cells' own reference shares below 0.3, as for
         data of another lab or chemistry) or when that cannot be measured because the query lacks
-        the genes of the model's reference sketch (another gene panel), and 0 otherwise; the
-        blend applied is written to ``uns``.
+        the genes of the model's reference sketch (another gene panel), and not otherwise:
+        adapting blends 0.5, then moves the reference's mean by the query's shift at the query's
+        own composition and calls again until the calls settle; the blend applied and the
+        re-centring passes are written to ``uns``.
         See :meth:`~scdl.models.CellTypeTransformer.annotate_cells`.
     majority_voting
         Refine the calls over an over-clustering of the query, as CellTypist does: each
@@ -164,7 +166,8 @@ def annotate(
         type; ``novelty_calibration``; ``cluster_threshold``; ``min_reference_share`` and
         ``unknown_evidence``, absent for models saved without them), ``unknown_fraction`` (the
         fraction called Unknown), ``majority_voting`` (as in ``params``),
-        ``adapt_to_query`` (the blend applied: with ``"auto"``, 0 or 0.5) and
+        ``adapt_to_query`` (the blend applied: with ``"auto"``, 0 or 0.5),
+        ``recentre_steps`` (the re-centring passes ``"auto"`` made after its blend; 0 without),
         ``median_reference_share`` (the median of the cells' own reference shares, before
         the cluster average of ``cluster_reference_share``, that ``"auto"`` and the mixing
         level decided on; with a blend given, measured on the final calls; NaN
@@ -259,6 +262,7 @@ def annotate(
         "unknown_fraction": float(adata.obs[f"{key_added}_unknown"].mean()),
         "majority_voting": bool(majority_voting),
         "adapt_to_query": calls.attrs["adapt_to_query"],
+        "recentre_steps": calls.attrs["recentre_steps"],
         "median_reference_share": calls.attrs["median_reference_share"],
         "mixing_level": calls.attrs["mixing_level"],
     }
