@@ -806,6 +806,26 @@ def test_cell_type_names_with_a_slash_survive_the_h5ad(kang, tmp_path):
     assert set(attr["label"]) == set(model.labels)
 
 
+def test_a_label_category_without_cells_is_warned_about(kang):
+    """A categorical label column keeps categories no cell carries (a subset of a larger
+    file); scvi-tools registers them as types, so setup says so and names the fix, and a
+    column without such categories registers silently."""
+    import warnings
+
+    ref = kang[::4].copy()
+    ref.obs["cell_type"] = ref.obs["cell_type"].astype("category").cat.add_categories(["Neuron"])
+    with pytest.warns(
+        UserWarning,
+        match=r"categories without cells: \['Neuron'\].*"
+        r"remove_unused_categories",
+    ):
+        scdl.models.CellTypeTransformer.setup_anndata(ref, labels_key="cell_type")
+    ref.obs["cell_type"] = ref.obs["cell_type"].cat.remove_unused_categories()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        scdl.models.CellTypeTransformer.setup_anndata(ref, labels_key="cell_type")
+
+
 def test_annotation_inputs_named_by_what_fixes_them(annotator):
     """An over-clustering array with holes is refused like such an obs column; a query with
     fewer of the model's genes is explained at the overlap it was annotated at; scanpy's

@@ -324,6 +324,19 @@ class CellTypeTransformer(
                     ".str.replace('/', '|')`.",
                     UserWarning,
                 )
+            unused = []
+            if hasattr(labels, "cat") and not from_registry:
+                seen = set(labels.dropna().unique())
+                unused = [str(c) for c in labels.cat.categories if c not in seen]
+            if unused:  # scvi-tools registers a categorical's categories, cells or not
+                warn_user(
+                    f"adata.obs[{labels_key!r}] has categories without cells: {unused[:3]}"
+                    f"{' and more' if len(unused) > 3 else ''}. The model will carry them as "
+                    "types it has never seen (a probability column each, near 0). Drop them "
+                    f"before setup: `adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}]"
+                    ".cat.remove_unused_categories()`.",
+                    UserWarning,
+                )
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
