@@ -662,7 +662,7 @@ def _no_shared_gene(query):
 @pytest.mark.parametrize(
     ("edit", "kwargs", "match"),
     [
-        (_mouse_cased, {}, r"differ from adata.var_names in case only \(e.g. \['KLHL17'"),
+        (_mouse_cased, {}, r"of them occur in adata.var_names in another case \(e.g. \[.KLHL17."),
         (_ids_with_symbols_in_var, {}, r"adata.var\['symbol'\] holds \d+ of them"),
         (
             _no_shared_gene,

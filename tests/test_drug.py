@@ -596,7 +596,7 @@ def test_fewer_lines_than_a_batch_and_few_cells_train(gdsc, cellbench):
 
 def test_no_shared_genes(bulk_train, cellbench, trained):
     """Ensembl IDs as names with the symbols in a var column: the message names the column;
-    lower-case symbols: it says they differ in case only (it advised a column that was not
+    lower-case symbols: it says they occur in another case (it advised a column that was not
     there), for training and for prediction alike."""
     cells = cellbench.copy()
     cells.var["symbol"] = cells.var_names.astype(str)
@@ -609,7 +609,7 @@ def test_no_shared_genes(bulk_train, cellbench, trained):
         trained.predict(cells, drugs=["Gefitinib"])
     lower = cellbench.copy()
     lower.var_names = lower.var_names.str.lower()
-    with pytest.raises(ValueError, match="share no gene names.*differ .* in case only"):
+    with pytest.raises(ValueError, match="share no gene names.*in adata.var_names in another case"):
         scdl.models.DrugResponseModel(bulk_train, target=lower, **SMALL)
 
 

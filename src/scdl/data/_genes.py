@@ -80,8 +80,9 @@ def identifier_hint(genes: pd.Index, var_names: pd.Index, var: pd.DataFrame | No
             )
     n_case = int(genes.str.upper().isin(pd.Index(var_names).astype(str).str.upper()).sum())
     if n_case > max(n_names, 0.5 * len(genes)):
+        # the exact matches are counted in n_case too: the message counts the others
         return (
-            f"{n_case} of them differ from adata.var_names in case only (e.g. "
+            f"{n_case - n_names} more of them occur in adata.var_names in another case (e.g. "
             f"{genes[:2].tolist()}): another species' or annotation's convention? Match the "
             "model's genes by name only if they are the same genes"
         )

@@ -359,8 +359,8 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         typed = 0 if not unknown_call else int((~empty).sum())
         if self.cluster_threshold_ is not None and 0 < typed < MIN_QUERY_CELLS:
             warn_user(  # _cluster_calls made no novelty: the call is one caveat, not two
-                f"The query has {typed} cells with counts; the Unknown call compares its "
-                f"clusters using the query's own gene statistics and needs at least "
+                f"The query has {typed} cell{'s' * (typed != 1)} with counts; the Unknown call "
+                "compares its clusters using the query's own gene statistics and needs at least "
                 f"{MIN_QUERY_CELLS}. It is skipped: every cell takes its most probable type. "
                 "Annotate these cells together with more cells of their sample to have them "
                 "checked.",
