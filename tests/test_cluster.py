@@ -109,6 +109,18 @@ def test_auto_floor_when_silhouette_peaks_coarse():
     assert choose(fine) == 0.8
 
 
+def test_auto_keeps_cells_that_no_partition_separates_together(cellbench):
+    """Cells no partition separates (one real cell's profile repeated: every silhouette 0) stay
+    one cluster; the tie band would otherwise hold every partition and return the finest (140
+    clusters for 200 identical cells). Lines that do separate are unaffected."""
+    one = cellbench[np.repeat(0, 200)].copy()
+    one.obs_names_make_unique()
+    scdl.tl.cluster(one, use_rep="X_pca", resolution="auto")
+    assert np.nanmax(one.uns["scdl_cluster"]["scan"]["silhouette"]) <= 0.01
+    assert one.obs["scdl_cluster"].nunique() == 1
+    assert one.uns["scdl_cluster"]["resolution"] == 0.1
+
+
 def test_fewer_cells_than_n_neighbors_clusters_with_a_warning(cellbench):
     """scanpy takes n_neighbors >= n_obs (adjusting it with a warning): so does tl.cluster, in
     each mode; 20 cells of two lines come apart."""

@@ -45,7 +45,9 @@ def cluster(
     in ``use_rep`` (Euclidean, on at most 2,000 random cells), and the highest resolution
     whose silhouette is within 0.01 of the best, among those giving two or more clusters, is
     kept, but never one below 0.4: the silhouette can peak at a few coarse groups of types
-    (e.g. lymphoid and myeloid cells), below the types themselves. Like any silhouette
+    (e.g. lymphoid and myeloid cells), below the types themselves. When no partition's
+    silhouette is above 0.01 (no partition separates the cells better than chance, e.g.
+    identical cells), the lowest resolution of the grid is kept. Like any silhouette
     choice it favours well-separated groups: subtypes that overlap in the representation
     may stay merged; pass a number or ``n_clusters`` then.
 

@@ -97,11 +97,15 @@ def choose(
 ) -> float:
     """The highest resolution whose ``criterion`` is within ``tie`` of the best, among those
     giving two or more clusters, and at least ``floor``; the largest resolution when none
-    gives two."""
+    gives two. When no partition scores above ``tie`` (every silhouette about 0 or below:
+    no partition separates the cells better than chance, e.g. identical cells), the lowest
+    resolution: the band would otherwise hold every partition and return the finest."""
     ok = table[(table["n_clusters"] >= 2) & table[criterion].notna()]
     if ok.empty:
         return float(table["resolution"].max())
     best = ok[criterion].max()
+    if best <= tie:
+        return float(table["resolution"].min())
     return max(float(ok.loc[ok[criterion] >= best - tie, "resolution"].max()), float(floor))
 
 
