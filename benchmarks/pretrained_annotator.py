@@ -289,7 +289,8 @@ def main() -> None:
   {lab["n"]} cells of 5 types; a 200-gene panel holding {lab["genes"]} of the annotator's
   genes, annotated with `min_gene_overlap=0.05`; Kang's types mapped to its five, both
   monocyte types as "Monocytes"; the panel lacks the reference sketch's genes, so
-  `adapt_to_query="auto"` blends the query's own statistics in and the linear path is
+  `adapt_to_query="auto"` adapts to it (the query's own statistics blended in, then the
+  reference's mean moved by its shift at its own composition) and the linear path is
   refitted to the 118 genes): accuracy
   {lab["accuracy"]:.3f}, macro-F1
   {lab["macro_f1"]:.3f} ({lab["f1_w_unknown"]:.3f} counting Unknown as wrong), called Unknown:
