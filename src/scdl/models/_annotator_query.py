@@ -118,35 +118,37 @@ class AnnotatorQueryMixin:
         mean moved by the query's shift at the query's own composition, measured from its calls
         so far (:func:`._adaptation.composition_corrected_shift`; the reference's sd kept), and
         the calls made again, until they settle. Returns the probabilities, the novelty and the
-        steps taken (0 for a model saved before the reference's type means, or a query without
-        counts); the model's statistics are restored."""
+        passes made; 0, and the calls given, where it is not made: a model saved before the
+        reference's type means, a query without counts, one whose calls are far from the
+        reference's composition, or one whose calls do not settle (see the module notes of
+        :mod:`._adaptation`). The model's statistics are restored."""
         mod = self.module
         if mod.sketch_moments.numel() == 0:
             return probs, novelty, 0
         has = np.asarray(host.sum(1)).ravel() > 0  # empty droplets are no sample of the shift
-        if not has.any():
+        best = probs.argmax(1).numpy()
+        composition = mod.sketch_composition.cpu().numpy()
+        if not has.any() or composition_shift(best[has], composition) > MAX_COMPOSITION_SHIFT:
             return probs, novelty, 0
         x_log = log_normalize(host[has])
         type_means = mod.sketch_moments[0].detach().cpu().numpy()
         held = None if present is None else torch.as_tensor(present, device=mod.device)
         saved = mod.gene_mean.clone()
-        best, steps = probs.argmax(1).numpy(), 0
         try:
-            while steps < MAX_RECENTRE_STEPS:
-                steps += 1
+            for steps in range(1, MAX_RECENTRE_STEPS + 1):
                 shift = composition_corrected_shift(x_log, best[has], type_means)
                 shift = torch.as_tensor(shift, dtype=saved.dtype, device=mod.device)
                 if held is not None:  # genes the query lacks keep the reference's mean
                     shift = torch.where(held, shift, torch.zeros_like(shift))
                 mod.gene_mean.copy_(saved + shift)
-                probs, novelty = self._features(x, present, batch_size)
-                now = probs.argmax(1).numpy()
+                moved, moved_novelty = self._features(x, present, batch_size)
+                now = moved.argmax(1).numpy()
                 changed, best = float((now != best).mean()), now
                 if changed < RECENTRE_TOLERANCE:
-                    break
+                    return moved, moved_novelty, steps
         finally:  # the model's reference statistics are never changed by a call
             mod.gene_mean.copy_(saved)
-        return probs, novelty, steps
+        return probs, novelty, 0  # still moving: the calls feed their own shift
 
     def _lacks_sketch_genes(self, x, present) -> bool:
         """Whether the mixing check is skipped only because the query lacks the sketch's genes
