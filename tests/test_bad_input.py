@@ -380,6 +380,7 @@ def test_backed_anndata(kang, tmp_path):
         (scdl.tl.integrate, {"batch_key": "sample"}),
         (scdl.tl.contrastive, {"groupby": "sample", "background": str(view.obs["sample"][0])}),
         (scdl.tl.cluster, {"use_rep": "X_pca"}),
+        (scdl.tl.integration_metrics, {"batch_key": "sample", "label_key": "cell_type"}),
     ):
         with pytest.raises(ValueError, match=r"view of a backed AnnData.*to_memory\(\)"):
             tool(view, **kwargs)

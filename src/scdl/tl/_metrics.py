@@ -15,6 +15,7 @@ from scdl.data import (
     check_embedding,
     check_is_anndata,
     check_key_added,
+    check_writable,
     unintegrated_pca,
     writable,
 )
@@ -90,7 +91,8 @@ def integration_metrics(
     Also stored in ``adata.uns[key_added]`` unless ``key_added=None``.
     """
     check_is_anndata(adata)
-    if key_added is not None:
+    if key_added is not None:  # written after the whole benchmark: refused before it
+        check_writable(adata)
         check_key_added(key_added)
     if not isinstance(embeddings, str | Iterable):  # e.g. None
         raise TypeError(
