@@ -43,7 +43,8 @@ def fit_batch_size(n_obs: int, batch_size: int, train_size: float | None = None)
         # every cell in one minibatch: whichever way a splitter rounds, no split is left with a
         # remainder minibatch of one cell (which BatchNorm cannot train on)
         warn_user(
-            f"Only {n_train} of the {n_obs} cells train (the others validate), fewer than "
+            f"Only {n_train} of the {n_obs} cells train"
+            f"{' (the others validate)' if n_train < n_obs else ''}, fewer than "
             f"batch_size={batch_size}: batch_size is set to {n_obs}, every cell, so training "
             "runs one minibatch per epoch (and validation one).",
             UserWarning,
