@@ -14,10 +14,13 @@ when that cannot be measured because the query lacks the sketch's genes (another
 cells' own shares need no clustering of the query, so forced calls (``unknown_call=False``) decide
 as the full call does. After the blend, ``"auto"`` re-centres: the blend halves the shift and
 carries the query's composition; the shift at the query's own composition
-(:func:`composition_corrected_shift`, from its calls) carries neither, and once the calls made
-with it settle, it moves the reference's mean (benchmarks/README.md, stop 49). The query is first
-filled to the reference's composition (:mod:`._composition`) so that a query of a few populations
-does not take its own markers as its mean.
+(:func:`composition_corrected_shift`, from its calls) carries neither, and once the calls made with
+it settle, it moves the reference's mean (benchmarks/README.md, stop 49). The calls give that
+composition, so where they read it poorly the blend's calls stay: calls more than half away from the
+reference's composition (a sorted population: its few miscalls, all of one kind, would move the
+shift towards their type and make more), or calls that do not settle. For the blend, the query is
+first filled to the reference's composition (:mod:`._composition`) so that a query of a few
+populations does not take its own markers as its mean.
 """
 
 from __future__ import annotations

@@ -116,22 +116,24 @@ class CellTypeTransformer(
     forced calls wrong: its own gene statistics are blended halfway into its cells' standardisation,
     then the reference's per-gene mean is moved by the query's shift at the query's own composition
     (its mean minus the reference's type means weighted by its calls), and the calls are made again
-    until they settle. A query whose forced calls leave out reference types (one sorted population)
-    is first filled to the reference's composition (``scdl.models._composition``: pseudo-cells of
-    the missing types under the shift its present types show), as its own mean would be its own
-    profile (unless its types are unlike their reference types before any shift is removed); it then
-    cannot show a new type close to a known one, which is read as that type under a shift (on cell
-    lines too: a removed line forced onto a similar one). A ``UserWarning`` says so when the query's
-    predicted composition is more than half away from the reference's (total-variation distance
-    above 0.5). A query pooling samples of different chemistries shares only part of its shift: a
-    state more common in one of them than in the reference can be called Unknown, which annotating
-    each sample on its own avoids. Models saved before the cluster call keep their per-cell
-    thresholds (``cluster_threshold_`` is ``None``), and those calibrated before the mixture compare
-    a cluster with its majority type's profile (``novelty_rule_`` is ``None``), those before the
-    prototypes with its types' means (``novelty_rule_`` is ``"mixture"``); models saved before the
-    sketch make the first check only (``min_reference_share_`` is ``None``), those saved before the
-    sum call a cluster past either threshold (``unknown_evidence_`` is ``None``), and those before
-    the fill read a sorted population against its own mean (its known types mostly Unknown).
+    until they settle (not for calls far from the reference's composition, or that do not settle:
+    the blend's calls stay). A query whose forced calls leave out reference types (one sorted
+    population) is first filled to the reference's composition (``scdl.models._composition``:
+    pseudo-cells of the missing types under the shift its present types show), as its own mean would
+    be its own profile (unless its types are unlike their reference types before any shift is
+    removed); it then cannot show a new type close to a known one, which is read as that type under
+    a shift (on cell lines too: a removed line forced onto a similar one). A ``UserWarning`` says so
+    when the query's predicted composition is more than half away from the reference's
+    (total-variation distance above 0.5). A query pooling samples of different chemistries shares
+    only part of its shift: a state more common in one of them than in the reference can be called
+    Unknown, which annotating each sample on its own avoids. Models saved before the cluster call
+    keep their per-cell thresholds (``cluster_threshold_`` is ``None``), and those calibrated before
+    the mixture compare a cluster with its majority type's profile (``novelty_rule_`` is ``None``),
+    those before the prototypes with its types' means (``novelty_rule_`` is ``"mixture"``); models
+    saved before the sketch make the first check only (``min_reference_share_`` is ``None``), those
+    saved before the sum call a cluster past either threshold (``unknown_evidence_`` is ``None``),
+    and those before the fill read a sorted population against its own mean (its known types mostly
+    Unknown).
 
     **Genes.** The vocabulary is the registered AnnData's genes (select e.g. 2,000 highly
     variable genes first). A query is aligned by gene name; missing genes are treated as

@@ -208,14 +208,18 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             panel or annotation, mostly another lab's), it adapts; where it is not made for
             another reason (a model without a sketch, fewer than 100 cells with counts), not.
             Adapting is a blend of 0.5, then a re-centring that removes the shift the blend
-            only halves without taking the query's composition for one: the reference's
-            per-gene mean is moved by the query's mean minus the reference's type means
-            weighted by the share of the query's cells called each type (its sd is kept), the
-            calls are made again, and again until fewer than 0.1% of the cells change (at most
-            10 times; a model saved before the reference's type means skips it). A number
-            blends that much and does not re-centre.
-            ``calls.attrs`` records the blend applied (``"adapt_to_query"``), the re-centring
-            passes made (``"recentre_steps"``, 0 without), the median
+            only halves without taking the query's composition for one: starting from the
+            blend's calls, the reference's per-gene mean (not blended) is moved by the query's
+            mean minus the reference's type means weighted by the share of the query's cells
+            called each type (its sd is kept), the calls are made again, and again until fewer
+            than 0.1% of the cells change; those calls are returned. It is not made, and the
+            blend's calls stay, where the calls read the query's composition poorly: when they
+            are more than half away from the reference's composition (total-variation
+            distance; a sorted population), or do not settle within 10 passes (miscalls
+            feeding their own shift); nor for a model saved before the reference's type means.
+            A number blends that much and does not re-centre. ``calls.attrs`` records the blend
+            that gave the starting calls (``"adapt_to_query"``), the re-centring passes made
+            (``"recentre_steps"``, 0 where none was kept), the median
             (``"median_reference_share"``: with a blend given, the one the Unknown call
             measures on the final calls; NaN where no share was measured) and the Unknown
             call's ``"mixing_level"`` (set from that median, see the class notes; NaN without
