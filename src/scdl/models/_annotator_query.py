@@ -143,7 +143,7 @@ class AnnotatorQueryMixin:
                 mod.gene_mean.copy_(saved + shift)
                 moved, moved_novelty = self._features(x, present, batch_size)
                 now = moved.argmax(1).numpy()
-                changed, best = float((now != best).mean()), now
+                changed, best = float((now[has] != best[has]).mean()), now
                 if changed < RECENTRE_TOLERANCE:
                     return moved, moved_novelty, steps
         finally:  # the model's reference statistics are never changed by a call
