@@ -378,7 +378,7 @@ def test_backed_anndata(kang, tmp_path):
     view = backed[: backed.n_obs // 2]
     for tool, kwargs in (
         (scdl.tl.integrate, {"batch_key": "sample"}),
-        (scdl.tl.contrastive, {"groupby": "sample", "background": str(view.obs["sample"][0])}),
+        (scdl.tl.contrastive, {"groupby": "sample", "background": str(view.obs["sample"].iloc[0])}),
         (scdl.tl.cluster, {"use_rep": "X_pca"}),
         (scdl.tl.integration_metrics, {"batch_key": "sample", "label_key": "cell_type"}),
     ):
