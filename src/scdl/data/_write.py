@@ -36,8 +36,8 @@ def writable(adata: AnnData, *, copy: bool = False) -> AnnData:
 
 
 def check_writable(adata: AnnData, *, copy: bool = False) -> None:
-    """Refuse, before any work, an AnnData that :func:`writable` could not write into: a view of
-    a backed AnnData (making it actual needs it in memory), or a backed AnnData with
+    """Refuse, before any work, an AnnData that :func:`~scdl.data.writable` could not write into: a
+    view of a backed AnnData (making it actual needs it in memory), or a backed AnnData with
     ``copy=True`` (its copy needs a file). anndata refuses both only when the results are
     written, after all the computing."""
     if not getattr(adata, "isbacked", False):
