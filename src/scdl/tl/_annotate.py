@@ -87,8 +87,9 @@ def annotate(
         data of another lab or chemistry) or when that cannot be measured because the query lacks
         the genes of the model's reference sketch (another gene panel), and not otherwise:
         adapting blends 0.5, then moves the reference's mean by the query's shift at the query's
-        own composition and calls again until the calls settle; the blend applied and the
-        re-centring passes are written to ``uns``.
+        own composition and calls again until the calls settle (unless the calls are far from
+        the reference's composition, e.g. a sorted population, or do not settle: the blend's
+        calls stay); the blend and the re-centring passes kept are written to ``uns``.
         See :meth:`~scdl.models.CellTypeTransformer.annotate_cells`.
     majority_voting
         Refine the calls over an over-clustering of the query, as CellTypist does: each
@@ -166,8 +167,9 @@ def annotate(
         type; ``novelty_calibration``; ``cluster_threshold``; ``min_reference_share`` and
         ``unknown_evidence``, absent for models saved without them), ``unknown_fraction`` (the
         fraction called Unknown), ``majority_voting`` (as in ``params``),
-        ``adapt_to_query`` (the blend applied: with ``"auto"``, 0 or 0.5),
-        ``recentre_steps`` (the re-centring passes ``"auto"`` made after its blend; 0 without),
+        ``adapt_to_query`` (the blend that gave the starting calls: with ``"auto"``, 0 or 0.5),
+        ``recentre_steps`` (the re-centring passes ``"auto"`` kept after its blend; 0 where
+        none was kept),
         ``median_reference_share`` (the median of the cells' own reference shares, before
         the cluster average of ``cluster_reference_share``, that ``"auto"`` and the mixing
         level decided on; with a blend given, measured on the final calls; NaN
