@@ -334,6 +334,8 @@ def test_pl_contrastive(kang_contrastive, tmp_path):
     assert np.isnan(new[ctrl]).all() and not np.allclose(new[~ctrl], umap[~ctrl])
     with pytest.raises(KeyError, match="tl.contrastive"):
         scdl.pl.contrastive(adata, key="X_missing", show=False)
+    with pytest.raises(ValueError, match="n_genes"):  # drew all genes but one
+        scdl.pl.contrastive(adata, n_genes=-1, show=False)
     # a stored palette longer than the categories (two merged after a plot) plots, as in scanpy
     n = adata.obs["cell_type"].nunique()
     adata.uns["cell_type_colors"] = [f"C{i}" for i in range(n)]
@@ -409,6 +411,16 @@ def test_new_cells_refused_by_the_salient_methods_are_left_unchanged(kang_contra
     mask[:20] = True  # the same cells, now with a way to tell target cells: accepted
     salient = model.get_latent_representation(query, representation="salient", target_mask=mask)
     assert (salient[20:] == 0).all() and (salient[:20] != 0).any()
+    # cells without a value, which training with target=None refuses, are refused here too
+    # (they were taken as target cells and given salient codes)
+    nan = adata[60:120].copy()
+    nan.obs_names = [f"nan{i}" for i in range(nan.n_obs)]
+    nan.obs["condition"] = nan.obs["condition"].astype(object)
+    nan.obs.iloc[:5, nan.obs.columns.get_loc("condition")] = np.nan
+    snap = snapshot(nan)
+    with pytest.raises(ValueError, match="5 missing values.*target_mask="):
+        model.get_latent_representation(nan, representation="salient")
+    assert_unchanged(nan, snap)
 
 
 def test_model_methods_refuse_impossible_arguments(kang_contrastive):

@@ -345,6 +345,28 @@ def test_same_seed_same_predictions(bulk_train, cellbench):
     pd.testing.assert_frame_equal(a, b, check_exact=True)  # bitwise on CPU
 
 
+def test_unset_seed_gives_the_same_wide_model(bulk_train, cellbench):
+    """scvi-tools leaves its seed unset (None): the wide path's folds, its only draw, then use
+    seed 0, so two fits with the defaults agree (they drew new folds on every run)."""
+    import scvi
+
+    saved = scvi.settings.seed
+    try:
+        fits = []
+        for _ in range(2):
+            model = scdl.models.DrugResponseModel(bulk_train, target=cellbench, **SMALL)
+            scvi.settings.seed = None  # as after `import scvi`: the seed was never set
+            model.train()
+            fits.append(model)
+    finally:
+        scvi.settings.seed = saved
+    pd.testing.assert_frame_equal(fits[0].drug_stats_, fits[1].drug_stats_, check_exact=True)
+    drugs = list(EGFR_DRUGS)
+    pd.testing.assert_frame_equal(
+        fits[0].predict(cellbench, drugs=drugs), fits[1].predict(cellbench, drugs=drugs)
+    )
+
+
 def test_predictions_do_not_depend_on_the_order_of_cells(trained, cellbench):
     """A cell's profile averages its neighbours in a PCA of the cells: a randomized PCA of
     the wide matrix made the neighbours, and so the predictions, follow the cells' order."""
@@ -476,6 +498,8 @@ def test_gene_attributions(trained, cellbench):
     np.testing.assert_allclose(by_gene, exact, rtol=1e-4, atol=1e-6)
     # the plot of the annotator's attributions draws this table too
     assert isinstance(scdl.pl.attributions(table, n_top=5, show=False), Figure)
+    with pytest.raises(ValueError, match="n_top must be a positive integer"):  # drew no bars
+        scdl.pl.attributions(table, n_top=0, show=False)
     with pytest.raises(ValueError, match="n_steps"):
         trained.gene_attributions(cells, drug="Gefitinib", n_steps=0)
 
@@ -533,6 +557,9 @@ def test_tl_and_pl(trained, cellbench):
     gap = (prob[truth].mean() - prob[~truth].mean()).abs().sort_values(ascending=False)
     shown = [t.get_text().split(" (AUROC")[0] for t in fig.axes[0].get_legend().get_texts()]
     assert shown == gap.index[:2].tolist()
+    for bad in (0, -3):  # an empty figure, or all drugs but three
+        with pytest.raises(ValueError, match="n_drugs must be a positive integer"):
+            scdl.pl.drug_response(out, labels="egfr_mutant", n_drugs=bad, show=False)
     # on the user's own axes: one for the heatmap and the ROC, one per drug for the violins
     import matplotlib.pyplot as plt
 

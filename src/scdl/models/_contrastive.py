@@ -348,6 +348,12 @@ class ContrastiveVAE(
             col = adata.obs[groupby]
             if split["target"] is not None:
                 return col.isin(split["target"]).to_numpy()
+            if col.isna().any():  # refused in training for the same reason
+                raise ValueError(
+                    f"adata.obs[{groupby!r}] has {int(col.isna().sum())} missing values; the "
+                    "model, trained with target=None, would take them as target cells. Fill "
+                    "or drop them, or pass target_mask= (True for target cells)."
+                )
             return ~col.isin(split["background"]).to_numpy()
         how = f"an obs column {groupby!r} or " if groupby is not None else ""
         raise ValueError(

@@ -129,7 +129,8 @@ class DrugResponseModel(
     n_ensemble
         Ensemble members (each leaves out a different fold of the lines). Folds are drawn per
         cell line (``obs["cell_line_key"]`` when present, else ``obs_names``), so replicate
-        rows of a line are left out together.
+        rows of a line are left out together, from ``scvi.settings.seed`` (seed 0 when it is
+        unset, so that the default wide path gives the same model on every run).
     mmd_weight
         Weight of the bulk-target MMD alignment; ``0`` turns it off.
     match_neighbors
@@ -411,10 +412,11 @@ class DrugResponseModel(
             key = adata.obs["cell_line_key"].astype(object)
             line = key.where(key.notna(), line)
         codes, lines = pd.factorize(line.astype(str))
-        folds = (
-            np.random.RandomState(scvi.settings.seed).permutation(len(lines))
-            % self.module.n_ensemble
-        )[codes]
+        # scvi-tools leaves its seed unset (None); the folds are the wide path's only draw,
+        # so an unset seed gives seed 0's folds rather than new ones on every run
+        seed = 0 if scvi.settings.seed is None else int(scvi.settings.seed)
+        order = np.random.RandomState(seed).permutation(len(lines))
+        folds = (order % self.module.n_ensemble)[codes]
         if self.module.prediction == "wide":  # no network: closed-form ridges on all lines
             _warn_unused_training_options(self.train, **given)
             self.module.eval()

@@ -159,6 +159,9 @@ def attributions(
     """
     import matplotlib.pyplot as plt
 
+    from scdl.data import check_positive_int
+
+    check_positive_int(n_top, "n_top")
     need = {"label", "gene", "attribution"}
     if not need.issubset(getattr(attributions, "columns", [])):
         raise ValueError(

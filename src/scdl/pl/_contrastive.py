@@ -91,6 +91,10 @@ def contrastive(
     """
     import matplotlib.pyplot as plt
 
+    from scdl.data import check_positive_int
+
+    if isinstance(n_genes, bool) or not isinstance(n_genes, int | np.integer) or n_genes != 0:
+        check_positive_int(n_genes, "n_genes (or 0: the embeddings only)")
     if shared_key is None:
         params = _summary(adata, key).get("params", {})
         shared_key = params.get("shared_key", "X_scdl_shared")

@@ -116,7 +116,9 @@ def drug_response(
     %(returns_figure)s
     """
 
-    from scdl.data import check_obs_key, resolve_drugs
+    from scdl.data import check_obs_key, check_positive_int, resolve_drugs
+
+    check_positive_int(n_drugs, "n_drugs")
 
     if labels is not None:
         kind = "roc"
