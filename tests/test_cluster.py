@@ -136,3 +136,72 @@ def test_fewer_cells_than_n_neighbors_clusters_with_a_warning(cellbench):
     assert adjusted_rand_score(adata.obs["cell_line"], adata.obs["c"]) == 1.0
     with pytest.raises(ValueError, match="2 cells are too few"):
         scdl.tl.cluster(adata[:2].copy(), use_rep="X_pca")
+
+
+@pytest.fixture(scope="module")
+def cellbench_integrated(cellbench):
+    """The three plates integrated (batch = plate), without a stored PCA."""
+    adata = cellbench.copy()
+    del adata.obsm["X_pca"]
+    scdl.tl.integrate(adata, batch_key="batch", max_epochs=EPOCHS, progress_bar=False)
+    return adata
+
+
+def test_default_graph_averages_in_a_pca_of_the_counts(cellbench_integrated):
+    """By default the latent's graph is averaged with scanpy's graph on a PCA of the counts,
+    computed when ``obsm["X_pca"]`` is missing and not stored; on the three plates the lines
+    come apart at "auto", which the latent's graph alone does not manage (6 clusters)."""
+    adata = cellbench_integrated.copy()
+    scdl.tl.cluster(adata, resolution="auto")
+    assert adata.uns["scdl_cluster_neighbors"]["params"]["pca"] == "computed from X"
+    assert "X_pca" not in adata.obsm
+    scdl.tl.cluster(adata, resolution="auto", pca_key=None, key_added="alone")
+    assert adata.uns["alone_neighbors"]["params"]["pca"] == ""
+    joint = adjusted_rand_score(adata.obs["cell_line"], adata.obs["scdl_cluster"])
+    alone = adjusted_rand_score(adata.obs["cell_line"], adata.obs["alone"])
+    assert joint > 0.95 and joint > alone + 0.05, (joint, alone)
+
+
+def test_a_stored_pca_is_used_and_the_graph_is_the_average(cellbench_integrated, cellbench):
+    import anndata as ad
+    import scanpy as sc
+
+    adata = cellbench_integrated.copy()
+    adata.obsm["X_pca"] = cellbench.obsm["X_pca"]
+    scdl.tl.cluster(adata, key_added="joint")
+    assert adata.uns["joint_neighbors"]["params"]["pca"] == "X_pca"
+    scdl.tl.cluster(adata, pca_key=None, key_added="alone")
+    pca = ad.AnnData(obs=adata.obs[[]].copy(), obsm={"X_pca": adata.obsm["X_pca"]})
+    sc.pp.neighbors(pca, n_neighbors=15, use_rep="X_pca", random_state=0)
+    expected = (adata.obsp["alone_neighbors_connectivities"] + pca.obsp["connectivities"]) / 2
+    got = adata.obsp["joint_neighbors_connectivities"]
+    assert abs(got - expected).max() < 1e-6
+    # the distances stay the latent's kNN graph
+    assert (
+        adata.obsp["joint_neighbors_distances"] != adata.obsp["alone_neighbors_distances"]
+    ).nnz == 0
+
+
+def test_pca_key_refusals_and_fallback(cellbench_integrated):
+    from conftest import assert_unchanged, snapshot
+
+    adata = cellbench_integrated.copy()
+    snap = snapshot(adata)
+    with pytest.raises(KeyError, match="pca_key='X_typo' is not in adata.obsm"):
+        scdl.tl.cluster(adata, pca_key="X_typo")
+    with pytest.raises(TypeError, match="pca_key must be"):
+        scdl.tl.cluster(adata, pca_key=3)
+    with pytest.raises(KeyError, match="missing"):
+        scdl.tl.cluster(adata, layer="missing")
+    assert_unchanged(adata, snap)
+    # scaled data (neither counts nor log-normalised) and no PCA: the latent's graph alone
+    scaled = adata.copy()
+    x = scaled.X.toarray() if hasattr(scaled.X, "toarray") else np.asarray(scaled.X)
+    scaled.X = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    with pytest.warns(UserWarning, match="neither counts nor log-normalised counts"):
+        scdl.tl.cluster(scaled)
+    assert scaled.uns["scdl_cluster_neighbors"]["params"]["pca"] == ""
+    # a layer of counts given explicitly is read
+    adata.layers["counts"] = adata.X.copy()
+    scdl.tl.cluster(adata, layer="counts", key_added="from_layer")
+    assert adata.uns["from_layer_neighbors"]["params"]["pca"] == "computed from counts"
