@@ -153,7 +153,8 @@ def test_default_graph_averages_in_a_pca_of_the_counts(cellbench_integrated):
     come apart at "auto", which the latent's graph alone does not manage (6 clusters)."""
     adata = cellbench_integrated.copy()
     scdl.tl.cluster(adata, resolution="auto")
-    assert adata.uns["scdl_cluster_neighbors"]["params"]["pca"] == "computed from X"
+    source = "computed from X, uns['X_scdl']['var_names']"
+    assert adata.uns["scdl_cluster_neighbors"]["params"]["pca"] == source
     assert "X_pca" not in adata.obsm
     scdl.tl.cluster(adata, resolution="auto", pca_key=None, key_added="alone")
     assert adata.uns["alone_neighbors"]["params"]["pca"] == ""
@@ -204,4 +205,26 @@ def test_pca_key_refusals_and_fallback(cellbench_integrated):
     # a layer of counts given explicitly is read
     adata.layers["counts"] = adata.X.copy()
     scdl.tl.cluster(adata, layer="counts", key_added="from_layer")
-    assert adata.uns["from_layer_neighbors"]["params"]["pca"] == "computed from counts"
+    assert adata.uns["from_layer_neighbors"]["params"]["pca"].startswith("computed from counts")
+
+
+def test_computed_pca_is_scanpys_recipe_on_the_integrated_genes(cellbench_integrated):
+    """The PCA computed for the graph copies only the genes the latent was trained on, each
+    cell normalised by its total over all genes: scanpy's normalize_total + log1p, then the
+    gene subset and its PCA, to the sign of each component."""
+    import scanpy as sc
+
+    from scdl.tl._cluster_graph import genes_pca, params_genes
+
+    adata = cellbench_integrated
+    genes = params_genes(adata, "X_scdl")
+    assert genes == list(adata.uns["X_scdl"]["var_names"]) and len(genes) < adata.n_vars
+    ours = genes_pca(adata, None, genes)
+    ref = adata.copy()
+    sc.pp.normalize_total(ref, target_sum=1e4)
+    sc.pp.log1p(ref)
+    ref = ref[:, genes].copy()
+    sc.pp.pca(ref, n_comps=50, random_state=0)
+    theirs = ref.obsm["X_pca"]
+    sign = np.sign((ours * theirs).sum(0))
+    np.testing.assert_allclose(ours, theirs * sign, atol=2e-3 * np.abs(theirs).max())

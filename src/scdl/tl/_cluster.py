@@ -117,8 +117,8 @@ def cluster(
         ``n_clusters`` of each search step.
     ``adata.uns[f"{key_added}_neighbors"]``
         Parameters of the neighbour graph on ``use_rep``, with ``pca``: the obsm key of the
-        PCA whose graph was averaged in, ``"computed from X"`` (or the layer) when it was
-        computed, ``""`` when none was.
+        PCA whose graph was averaged in, ``"computed from X, ..."`` (the layer and genes it
+        was computed from) when it was computed, ``""`` when none was.
     ``adata.obsp[f"{key_added}_neighbors_connectivities"]``
         The graph Leiden ran on: ``use_rep``'s connectivities, averaged with the PCA's.
     ``adata.obsp[f"{key_added}_neighbors_distances"]``

@@ -38,10 +38,11 @@ def expression_pca(
 ) -> tuple[np.ndarray | None, str]:
     """The PCA whose graph joins ``use_rep``'s and how it was found: ``obsm[pca_key]`` when
     there, else (for the default key only; another missing key is a ``KeyError``) computed
-    (:func:`scdl.data.unintegrated_pca`) from ``layer`` or, when that is ``None``, the layer
-    ``tl.integrate`` trained ``use_rep`` on (``X`` when none). ``(None, "")`` when ``pca_key`` is
-    ``None`` or ``use_rep`` itself, or (with a warning) when the data hold neither counts nor
-    log-normalised counts and no layer was given. Nothing is written."""
+    (:func:`genes_pca` on the genes of :func:`params_genes`, else
+    :func:`scdl.data.unintegrated_pca`) from ``layer`` or, when that is ``None``, the layer
+    ``tl.integrate`` trained ``use_rep`` on (``X`` when none). ``(None, "")`` when ``pca_key``
+    is ``None`` or ``use_rep`` itself, or (with a warning) when the data hold neither counts
+    nor log-normalised counts and no layer was given. Nothing is written."""
     from scdl.data import check_embedding, unintegrated_pca
 
     if pca_key is None or pca_key == use_rep:
@@ -76,7 +77,8 @@ def expression_pca(
             UserWarning,
         )
         return None, ""
-    return np.asarray(pca, dtype=np.float32), f"computed from {layer or 'X'}"
+    how = f"uns[{use_rep!r}]['var_names']" if genes is not None else "2,000 variable genes"
+    return np.asarray(pca, dtype=np.float32), f"computed from {layer or 'X'}, {how}"
 
 
 def pca_connectivities(pca: np.ndarray, random_state: int) -> sparse.csr_matrix:
@@ -99,7 +101,7 @@ def params_genes(adata: AnnData, use_rep: str) -> list[str] | None:
     recorded and all in ``adata``; else ``None``."""
     info = adata.uns.get(use_rep)
     genes = info.get("var_names") if isinstance(info, dict) else None
-    if genes is None or len(genes) < 3:
+    if genes is None or len(genes) < 3 or not adata.var_names.is_unique:
         return None
     genes = [str(g) for g in np.asarray(genes).ravel()]
     return genes if adata.var_names.get_indexer(genes).min() >= 0 else None
