@@ -77,7 +77,7 @@ def expression_pca(
             UserWarning,
         )
         return None, ""
-    how = f"uns[{use_rep!r}]['var_names']" if genes is not None else "2,000 variable genes"
+    how = f"uns[{use_rep!r}]['var_names']" if genes is not None else "most variable genes"
     return np.asarray(pca, dtype=np.float32), f"computed from {layer or 'X'}, {how}"
 
 
