@@ -46,8 +46,9 @@ def cluster(
     (igraph flavour) on the average. A VAE's low-dimensional latent removes batch effects and
     noise but draws close, small types together; the PCA keeps that finer structure but
     carries the batches; on the average, cells stay linked by the edges both graphs give
-    them. The graph is stored under its own key, so a PCA-based ``neighbors`` graph is left
-    as it was.
+    them. Under a strong batch effect the clusters follow the batches somewhat more than on
+    ``use_rep``'s graph alone; ``pca_key=None`` clusters that graph alone. The graph is stored
+    under its own key, so a PCA-based ``neighbors`` graph is left as it was.
 
     ``resolution="auto"`` chooses the resolution without labels: Leiden runs at each
     resolution of a grid (0.1 to 2), the mean silhouette width of each partition is computed
