@@ -155,9 +155,13 @@ def embeddings(
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, adata.obsm[space])
-    if "scdl" in adata.obsm:  # the genes tl.integrate records (tl.cluster's PCA reads them)
+    if "scdl" in adata.obsm:  # what tl.integrate records, which tl.cluster reads (its PCA's
+        # genes; whether the latent had a batch key): also for a latent read from the cache
         genes = hvg_subset(adata, batch_key=batch_key).var_names
-        adata.uns["scdl"] = {"var_names": np.asarray(genes, dtype=object)}
+        adata.uns["scdl"] = {
+            "params": {"model": "scdl.models.VAE", "batch_key": batch_key or ""},
+            "var_names": np.asarray(genes, dtype=object),
+        }
     return adata, label_key
 
 
@@ -181,8 +185,9 @@ def run(
     rows = []
     for space in [s for s in spaces if s in adata.obsm]:
         key = f"cl_{space}"
-        # scdl: tl.cluster's default graph (the PCA's graph averaged in, the PCA computed
-        # from the counts); the peers: scanpy's usual 15 neighbours on their own space alone
+        # scdl: tl.cluster's default graph (for a one-batch latent the PCA's graph averaged
+        # in, the PCA computed from the counts); the peers: scanpy's usual 15 neighbours on
+        # their own space alone
         nn = {} if space == "scdl" else {"n_neighbors": PEER_NEIGHBORS, "pca_key": None}
         scdl.tl.cluster(adata, use_rep=space, key_added=key, random_state=seed, **nn)  # the graph
         for res in GRID:  # what scdl.tl.cluster(resolution=res) runs on that graph

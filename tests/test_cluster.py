@@ -140,17 +140,18 @@ def test_fewer_cells_than_n_neighbors_clusters_with_a_warning(cellbench):
 
 @pytest.fixture(scope="module")
 def cellbench_integrated(cellbench):
-    """The three plates integrated (batch = plate), without a stored PCA."""
+    """The three plates integrated as one batch (no batch key), without a stored PCA."""
     adata = cellbench.copy()
     del adata.obsm["X_pca"]
-    scdl.tl.integrate(adata, batch_key="batch", max_epochs=EPOCHS, progress_bar=False)
+    scdl.tl.integrate(adata, max_epochs=EPOCHS, progress_bar=False)
     return adata
 
 
-def test_default_graph_averages_in_a_pca_of_the_counts(cellbench_integrated):
-    """By default the latent's graph is averaged with scanpy's graph on a PCA of the counts,
-    computed when ``obsm["X_pca"]`` is missing and not stored; on the three plates the lines
-    come apart at "auto", which the latent's graph alone does not manage (6 clusters)."""
+def test_one_batch_latent_averages_in_a_pca_of_the_counts(cellbench_integrated):
+    """For a latent trained without a batch key the latent's graph is averaged with scanpy's
+    graph on a PCA of the counts, computed when ``obsm["X_pca"]`` is missing and not stored; on
+    the three plates the lines come apart at "auto", which the latent's graph alone does not
+    manage (7 clusters)."""
     adata = cellbench_integrated.copy()
     scdl.tl.cluster(adata, resolution="auto")
     source = "computed from X, uns['X_scdl']['var_names']"
@@ -161,6 +162,24 @@ def test_default_graph_averages_in_a_pca_of_the_counts(cellbench_integrated):
     joint = adjusted_rand_score(adata.obs["cell_line"], adata.obs["scdl_cluster"])
     alone = adjusted_rand_score(adata.obs["cell_line"], adata.obs["alone"])
     assert joint > 0.95 and joint > alone + 0.05, (joint, alone)
+
+
+def test_a_batch_corrected_latent_is_clustered_alone_unless_a_pca_is_named(kang_integrated):
+    """A PCA carries the batches, so "auto" leaves a latent trained with a batch key (and any
+    representation tl.integrate did not write) on its own graph; naming the PCA averages it in."""
+    adata = kang_integrated[0].copy()
+    scdl.tl.cluster(adata, key_added="auto")
+    assert adata.uns["auto_neighbors"]["params"]["pca"] == ""
+    scdl.tl.cluster(adata, pca_key=None, key_added="alone")
+    assert (
+        adata.obsp["auto_neighbors_connectivities"] != adata.obsp["alone_neighbors_connectivities"]
+    ).nnz == 0
+    adata.obsm["X_other"] = adata.obsm["X_scdl"].copy()  # no tl.integrate record: alone too
+    scdl.tl.cluster(adata, use_rep="X_other", key_added="other")
+    assert adata.uns["other_neighbors"]["params"]["pca"] == ""
+    scdl.tl.cluster(adata, pca_key="X_pca", key_added="named")
+    assert adata.uns["named_neighbors"]["params"]["pca"].startswith("computed from X")
+    assert "X_pca" not in adata.obsm
 
 
 def test_a_stored_pca_is_used_and_the_graph_is_the_average(cellbench_integrated, cellbench):
@@ -183,7 +202,7 @@ def test_a_stored_pca_is_used_and_the_graph_is_the_average(cellbench_integrated,
     ).nnz == 0
 
 
-def test_pca_key_refusals_and_fallback(cellbench_integrated):
+def test_pca_key_refusals_and_fallbacks(cellbench_integrated):
     from conftest import assert_unchanged, snapshot
 
     adata = cellbench_integrated.copy()
@@ -206,6 +225,13 @@ def test_pca_key_refusals_and_fallback(cellbench_integrated):
     adata.layers["counts"] = adata.X.copy()
     scdl.tl.cluster(adata, layer="counts", key_added="from_layer")
     assert adata.uns["from_layer_neighbors"]["params"]["pca"].startswith("computed from counts")
+    # the layer tl.integrate recorded, since dropped: X is read (it worked before the PCA)
+    dropped = adata.copy()
+    dropped.uns["X_scdl"] = {**dropped.uns["X_scdl"]}
+    dropped.uns["X_scdl"]["params"] = {**dropped.uns["X_scdl"]["params"], "layer": "counts"}
+    del dropped.layers["counts"]
+    scdl.tl.cluster(dropped, key_added="dropped")
+    assert dropped.uns["dropped_neighbors"]["params"]["pca"].startswith("computed from X")
 
 
 def test_computed_pca_is_scanpys_recipe_on_the_integrated_genes(cellbench_integrated):

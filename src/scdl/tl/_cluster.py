@@ -32,7 +32,7 @@ def cluster(
     resolution: float | Literal["auto"] = 1.0,
     n_clusters: int | None = None,
     n_neighbors: int = 30,
-    pca_key: str | None = "X_pca",
+    pca_key: str | None = "auto",
     layer: str | None = None,
     key_added: str = "scdl_cluster",
     random_state: int = 0,
@@ -41,14 +41,16 @@ def cluster(
     """Cluster cells by Leiden community detection on a learned representation.
 
     Builds a k-nearest-neighbour graph on ``obsm[use_rep]`` (scanpy's
-    :func:`~scanpy.pp.neighbors`), averages it with scanpy's 15-neighbour graph on a PCA of
-    the cells' expression (``obsm[pca_key]``, computed when missing) and runs scanpy's Leiden
-    (igraph flavour) on the average. A VAE's low-dimensional latent removes batch effects and
-    noise but draws close, small types together; the PCA keeps that finer structure but
-    carries the batches; on the average, cells stay linked by the edges both graphs give
-    them. Under a strong batch effect the clusters follow the batches somewhat more than on
-    ``use_rep``'s graph alone; ``pca_key=None`` clusters that graph alone. The graph is stored
-    under its own key, so a PCA-based ``neighbors`` graph is left as it was.
+    :func:`~scanpy.pp.neighbors`) and runs scanpy's Leiden (igraph flavour) on it. For a latent
+    that :func:`scdl.tl.integrate` trained without a batch key, the graph is first averaged
+    with scanpy's 15-neighbour graph on a PCA of the cells' expression (``obsm["X_pca"]``,
+    computed when missing): the VAE's low-dimensional latent draws close, small types together
+    and splits large ones, the PCA keeps that finer structure, and on the average cells stay
+    linked by the edges both graphs give them. A PCA also carries every batch effect (across
+    two labs it put one lab's monocytes in a cluster of their own), so a latent trained with a
+    batch key, or any other representation, is clustered on its own graph unless ``pca_key``
+    names a PCA. The graph is stored under its own key, so a PCA-based ``neighbors`` graph is
+    left as it was.
 
     ``resolution="auto"`` chooses the resolution without labels: Leiden runs at each
     resolution of a grid (0.1 to 2), the mean silhouette width of each partition is computed
@@ -83,18 +85,21 @@ def cluster(
         types into more Leiden clusters, at the same resolution, than a 15-neighbour graph
         on 50 principal components does. Pass 15 for scanpy's usual graph.
     pca_key
-        obsm key of a PCA of the cells' log-normalised expression (e.g. ``sc.pp.pca``'s ``"X_pca"``)
-        whose 15-neighbour graph is averaged with ``use_rep``'s. When it is not in ``obsm``, the
-        default ``"X_pca"`` is computed for this call (not stored) from ``layer``: counts per
-        10,000, ``log1p``, 50 components, on the genes ``tl.integrate`` trained ``use_rep`` on
-        (``uns[use_rep]["var_names"]``), else on 2,000 highly variable genes
-        (:func:`scdl.data.unintegrated_pca`); log-normalised data are used as they are. Store a PCA
-        to reuse it across calls. Data that are neither (e.g. scaled) give a warning and
-        ``use_rep``'s graph alone. Another key must be in ``obsm``. ``None`` (or ``use_rep``
-        itself): ``use_rep``'s graph alone.
+        ``"auto"``: average in the graph of ``obsm["X_pca"]`` for a latent of
+        :func:`scdl.tl.integrate` trained without ``batch_key`` (``uns[use_rep]["params"]``),
+        else ``use_rep``'s graph alone. An obsm key (e.g. ``sc.pp.pca``'s ``"X_pca"``): average
+        in that PCA's 15-neighbour graph whatever ``use_rep`` is (the key must be in ``obsm``,
+        except ``"X_pca"``). A missing ``"X_pca"`` is computed for the call (not stored) from
+        ``layer``: counts per 10,000, ``log1p``, 50 components, on the genes ``tl.integrate``
+        trained ``use_rep`` on (``uns[use_rep]["var_names"]``), else on 2,000 highly variable
+        genes (:func:`scdl.data.unintegrated_pca`); log-normalised data are used as they are.
+        Store a PCA to reuse it across calls. Data that are neither (e.g. scaled) give a
+        warning and ``use_rep``'s graph alone. ``None`` (or ``use_rep`` itself): ``use_rep``'s
+        graph alone.
     layer
         Layer of counts for a PCA that is computed; ``None``: the layer ``tl.integrate``
-        trained ``use_rep`` on (``uns[use_rep]["params"]["layer"]``), else ``X``.
+        trained ``use_rep`` on (``uns[use_rep]["params"]["layer"]``) while it exists, else
+        ``X``.
     key_added
         obs column of the clusters.
     random_state
@@ -121,7 +126,8 @@ def cluster(
         PCA whose graph was averaged in, ``"computed from X, ..."`` (the layer and genes it
         was computed from) when it was computed, ``""`` when none was.
     ``adata.obsp[f"{key_added}_neighbors_connectivities"]``
-        The graph Leiden ran on: ``use_rep``'s connectivities, averaged with the PCA's.
+        The graph Leiden ran on: ``use_rep``'s connectivities, averaged with the PCA's when
+        one joined.
     ``adata.obsp[f"{key_added}_neighbors_distances"]``
         The kNN distances in ``use_rep``.
     """

@@ -1,18 +1,21 @@
-"""The graph ``tl.cluster`` partitions: the learned representation's neighbour graph averaged
-with scanpy's neighbour graph on a PCA of the cells' expression.
+"""The graph ``tl.cluster`` partitions: the learned representation's neighbour graph, averaged
+with scanpy's neighbour graph on a PCA of the cells' expression for a latent of one batch.
 
-A VAE's low-dimensional latent removes batch effects and noise but draws close, small types
-together (on one-batch data it splits large types and merges small ones at a resolution where a
-PCA's graph does neither); a PCA of log-normalised variable genes keeps that finer structure but
-carries the batches and more noise. On the average of the two connectivity matrices, an edge
-both graphs have keeps its weight and an edge only one has keeps half of it, so Leiden follows
-the structure the two share. Chosen over the latent's graph alone by the mean over every
-labelled set in ``../shared/data``, and the worst one (``benchmarks/README.md``).
+A VAE's low-dimensional latent removes noise but draws close, small types together and splits
+large ones (on one-batch data, at a resolution where a PCA's graph does neither); a PCA of
+log-normalised variable genes keeps that finer structure. On the average of the two
+connectivity matrices, an edge both graphs have keeps its weight and an edge only one has keeps
+half of it, so Leiden follows the structure the two share. The PCA also carries every batch
+effect: across two labs' PBMCs the averaged graph put one lab's monocytes in a cluster of their
+own. So by default (``pca_key="auto"``) the PCA's graph is averaged in only for a latent that
+``tl.integrate`` trained without a batch key; a batch-corrected space, or any other
+representation, is clustered alone unless a PCA is named (``benchmarks/README.md``).
 
 A PCA the user stored (``sc.pp.pca``'s ``obsm["X_pca"]``) is used as it is. Otherwise one is
 computed for the call: from the genes ``tl.integrate`` trained the latent on when it recorded
-them (only those columns are copied, each cell normalised by its total over all genes), else
-by :func:`scdl.data.unintegrated_pca` (2,000 highly variable genes of the whole matrix).
+them (only those columns are copied from an in-memory matrix, each cell normalised by its
+total over all genes; a backed matrix is read into memory first), else by
+:func:`scdl.data.unintegrated_pca` (the most variable genes of a copy of the whole matrix).
 """
 
 from __future__ import annotations
@@ -29,54 +32,81 @@ if TYPE_CHECKING:
 
 #: the PCA key computed over when missing (scanpy's)
 DEFAULT_PCA_KEY = "X_pca"
+#: ``pca_key`` default: a PCA joins only a one-batch latent of ``tl.integrate``
+AUTO = "auto"
+#: what ``tl.integrate`` records as ``uns[key]["params"]["model"]``
+VAE_MODEL = "scdl.models.VAE"
 #: neighbours of the PCA graph: scanpy's default for a PCA
 PCA_NEIGHBORS = 15
+
+
+def uses_pca(adata: AnnData, use_rep: str, pca_key: str | None) -> str | None:
+    """The PCA key whose graph is averaged in, or ``None``: ``"auto"`` gives ``"X_pca"`` for a
+    latent ``tl.integrate`` trained without a batch key (its ``uns[use_rep]["params"]``), else
+    ``None``; a key equal to ``use_rep`` gives ``None``."""
+    if pca_key == AUTO:
+        info = adata.uns.get(use_rep)
+        params = info.get("params", {}) if isinstance(info, dict) else {}
+        one_batch = params.get("model") == VAE_MODEL and not params.get("batch_key")
+        pca_key = DEFAULT_PCA_KEY if one_batch else None
+    return None if pca_key is None or pca_key == use_rep else pca_key
 
 
 def expression_pca(
     adata: AnnData, use_rep: str, pca_key: str | None, layer: str | None
 ) -> tuple[np.ndarray | None, str]:
-    """The PCA whose graph joins ``use_rep``'s and how it was found: ``obsm[pca_key]`` when
-    there, else (for the default key only; another missing key is a ``KeyError``) computed
-    (:func:`genes_pca` on the genes of :func:`params_genes`, else
+    """The PCA whose graph joins ``use_rep``'s (:func:`uses_pca`) and how it was found:
+    ``obsm[key]`` when there, else (for ``"X_pca"`` only; another missing key is a
+    ``KeyError``) computed (:func:`genes_pca` on the genes of :func:`params_genes`, else
     :func:`scdl.data.unintegrated_pca`) from ``layer`` or, when that is ``None``, the layer
-    ``tl.integrate`` trained ``use_rep`` on (``X`` when none). ``(None, "")`` when ``pca_key``
-    is ``None`` or ``use_rep`` itself, or (with a warning) when the data hold neither counts
-    nor log-normalised counts and no layer was given. Nothing is written."""
-    from scdl.data import check_embedding, unintegrated_pca
+    ``tl.integrate`` trained ``use_rep`` on when it is still there (``X`` otherwise). ``(None,
+    "")`` when no PCA joins, or (with a warning) when the data hold neither counts nor
+    log-normalised counts and no layer was given. Nothing is written."""
+    import warnings
 
-    if pca_key is None or pca_key == use_rep:
+    from scdl.data import check_embedding, input_kind, unintegrated_pca
+
+    key = uses_pca(adata, use_rep, pca_key)
+    if key is None:
         return None, ""
-    if pca_key in adata.obsm:
-        return check_embedding(adata, pca_key, purpose="clustering"), pca_key
-    if pca_key != DEFAULT_PCA_KEY:  # a key of the user's own: a typo is not computed over
+    if key in adata.obsm:
+        return check_embedding(adata, key, purpose="clustering"), key
+    if key != DEFAULT_PCA_KEY:  # a key of the user's own: a typo is not computed over
         raise KeyError(
-            f"pca_key={pca_key!r} is not in adata.obsm (available: {list(adata.obsm)}). Pass "
-            f"an existing PCA, {DEFAULT_PCA_KEY!r} (computed when missing) or None."
+            f"pca_key={key!r} is not in adata.obsm (available: {list(adata.obsm)}). Pass "
+            f"an existing PCA, {DEFAULT_PCA_KEY!r} (computed when missing), 'auto' or None."
         )
     given = layer is not None
     if not given:
         params = adata.uns.get(use_rep, {})
         params = params.get("params", {}) if isinstance(params, dict) else {}
         layer = params.get("layer") or None
-    genes = params_genes(adata, use_rep)
+        if layer is not None and layer not in adata.layers:  # dropped since: X is read
+            layer = None
     try:
-        if genes is None:
-            pca = unintegrated_pca(adata, layer=layer)
-        else:
-            pca = genes_pca(adata, layer, genes)
+        with warnings.catch_warnings():  # tl.cluster says what it reads (uns, below)
+            warnings.simplefilter("ignore", UserWarning)
+            input_kind(adata, layer)
     except ValueError as err:
         if given:
             raise
         where = f"layer {layer!r}" if layer else "adata.X"
         warn_user(
-            f"{pca_key!r} is not in adata.obsm and {where} holds neither counts nor "
+            f"{key!r} is not in adata.obsm and {where} holds neither counts nor "
             f"log-normalised counts ({err}); clustering on {use_rep!r}'s graph alone. Pass "
             "layer= (counts), or store a PCA in adata.obsm (e.g. `sc.pp.pca(adata)`), or "
             "pca_key=None to silence this.",
             UserWarning,
         )
         return None, ""
+    genes = params_genes(adata, use_rep)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pca = (
+            unintegrated_pca(adata, layer=layer)
+            if genes is None
+            else genes_pca(adata, layer, genes)
+        )
     how = f"uns[{use_rep!r}]['var_names']" if genes is not None else "most variable genes"
     return np.asarray(pca, dtype=np.float32), f"computed from {layer or 'X'}, {how}"
 
