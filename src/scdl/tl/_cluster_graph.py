@@ -86,7 +86,7 @@ def expression_pca(
     try:
         with warnings.catch_warnings():  # tl.cluster says what it reads (uns, below)
             warnings.simplefilter("ignore", UserWarning)
-            input_kind(adata, layer)
+            kind, _ = input_kind(adata, layer)
     except ValueError as err:
         if given:
             raise
@@ -105,7 +105,7 @@ def expression_pca(
         pca = (
             unintegrated_pca(adata, layer=layer)
             if genes is None
-            else genes_pca(adata, layer, genes)
+            else genes_pca(adata, layer, genes, kind=kind)
         )
     how = f"uns[{use_rep!r}]['var_names']" if genes is not None else "most variable genes"
     return np.asarray(pca, dtype=np.float32), f"computed from {layer or 'X'}, {how}"
@@ -137,7 +137,9 @@ def params_genes(adata: AnnData, use_rep: str) -> list[str] | None:
     return genes if adata.var_names.get_indexer(genes).min() >= 0 else None
 
 
-def genes_pca(adata: AnnData, layer: str | None, genes: list[str], n_comps: int = 50):
+def genes_pca(
+    adata: AnnData, layer: str | None, genes: list[str], n_comps: int = 50, kind: str | None = None
+):
     """PCA of log1p(counts per 10,000) of ``genes`` only, each cell's total over all its genes
     (as ``sc.pp.normalize_total`` before a gene subset): the genes the latent was trained on,
     copied alone rather than the whole matrix. Log-normalised data are used as they are."""
@@ -147,7 +149,8 @@ def genes_pca(adata: AnnData, layer: str | None, genes: list[str], n_comps: int 
 
     from scdl.data import get_matrix, input_kind
 
-    kind, _ = input_kind(adata, layer)
+    if kind is None:  # the caller's input_kind, when it has it (a pass over the matrix)
+        kind, _ = input_kind(adata, layer)
     x = get_matrix(adata, layer)
     if not (sparse.issparse(x) or isinstance(x, np.ndarray)):  # a backed AnnData's matrix
         x = x[:]
