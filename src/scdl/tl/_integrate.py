@@ -19,6 +19,7 @@ from scdl.data import (
     writable,
 )
 
+from ._cluster_graph import VAE_MODEL
 from ._hvg import select_genes
 from ._train import check_finite, train_model, training_summary
 from ._training_data import training_adata
@@ -170,7 +171,7 @@ def integrate(
             "max_epochs": int(model.history["elbo_train"].shape[0]),
             "gene_likelihood": gene_likelihood,
             "random_state": random_state,
-            "model": "scdl.models.VAE",
+            "model": VAE_MODEL,  # tl.cluster reads it (a one-batch latent of scdl)
         },
         "var_names": np.asarray(genes, dtype=object),
         **training_summary(model, train_time),
