@@ -82,6 +82,23 @@ def read_pbmc7k():
     return p7[p7.obs["cell_type"].isin(counts.index[counts >= 20]) & (p7.obs["cell_type"] != "NA")]
 
 
+def load_crosslab():
+    """Kang 2k and PBMC 7k (types of >= 20 cells, no "NA") on their shared genes, labels
+    harmonised, ``obs["source"]`` the file."""
+    import anndata as ad
+
+    kang = ad.read_h5ad(need(DATA / "kang_pbmc_2k_celltypes.h5ad"))
+    kang.obs["cell_type"] = kang.obs["cell_type"].astype(str).map(KANG_TO_PBMC7K)
+    p7 = read_pbmc7k()
+    shared = kang.var_names.intersection(p7.var_names)
+    parts = {"kang": kang[:, shared].copy(), "pbmc7k": p7[:, shared].copy()}
+    for part in parts.values():
+        part.obs = part.obs[["cell_type"]]
+    adata = ad.concat(parts, label="source", index_unique="-")
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype("category")
+    return adata
+
+
 def need_module(name: str) -> None:
     """Fail at the start, in one line, when an optional benchmark dependency is missing
     (before any model trains)."""

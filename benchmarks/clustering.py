@@ -6,6 +6,8 @@ SCVI at scdl's epochs, scdl VAE) a neighbour graph (scanpy's 15 neighbours for P
 clusters against the annotated types. Reported per set: scdl at ``resolution="auto"`` (label
 free, ``scdl.tl.cluster``) and at 1.0; PCA and scVI at 1.0 and at their best grid resolution
 (the oracle, which needs the labels). Cells labelled "NA" and CellBench doublets are left out.
+On sets with batches, also the share of cells in clusters over 90% one batch (a type split by
+batch or lab raises it).
 
     python benchmarks/clustering.py                       # everything (slow: 30 trainings)
     python benchmarks/clustering.py --datasets kang1.5k --seeds 0
@@ -21,7 +23,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-from _common import DATA, hvg_subset, kang2k_study_monocyte_labels, need
+from _common import DATA, hvg_subset, kang2k_study_monocyte_labels, load_crosslab, need
 
 warnings.filterwarnings("ignore")
 
@@ -32,6 +34,9 @@ DATASETS = {
     "kang1.5k": ("kang_pbmc_1.5k.h5ad", "cell_type", "sample"),
     "cellbench2": ("cellbench_lung_lines_2batches.h5ad", "cell_line", "batch"),
     "cellbench3": ("cellbench_lung_5lines_3plates.h5ad", "cell_line", "batch"),
+    # two labs' PBMCs (Kang 2k + PBMC 7k, shared genes, harmonised labels): does a shared type
+    # stay one cluster across labs?
+    "crosslab": (None, "cell_type", "source"),
 }
 # Many-type stress sets (no labelled set above has more than 7 types; the held-out tissues have
 # 10-16): Kang 2k's PBMCs of one condition (7 types) + CellBench 3 plates' singlets (5 lines),
@@ -52,6 +57,8 @@ def load(name: str) -> tuple[ad.AnnData, str, str | None]:
 
 def _load_file(name: str) -> tuple[ad.AnnData, str, str | None]:
     fname, label_key, batch_key = DATASETS[name]
+    if fname is None:
+        return load_crosslab(), label_key, batch_key
     adata = ad.read_h5ad(need(DATA / fname))
     if "demuxlet" in adata.obs:  # doublets have no single true label
         adata = adata[adata.obs["demuxlet"] != "DBL"].copy()
@@ -175,6 +182,8 @@ def run(
     adata, label_key = embeddings(name, seed, cache, spaces, cache_only)
     keep = (adata.obs[label_key].astype(str) != "NA").to_numpy()
     truth = adata.obs[label_key].astype(str).to_numpy()[keep]
+    batch_key = DATASETS[name][2] if name in DATASETS else None
+    batches = adata.obs[batch_key].astype(str) if batch_key else None
 
     def score(labels) -> tuple[float, float]:
         pred = np.asarray(labels)[keep]
@@ -210,6 +219,7 @@ def run(
                     "n_clusters": adata.obs[key].nunique(),
                     "ARI": ari,
                     "NMI": nmi,
+                    "one_batch_share": one_batch_share(adata.obs[key], batches),
                 }
             )
         scdl.tl.cluster(
@@ -224,6 +234,7 @@ def run(
                 "n_clusters": adata.obs[key].nunique(),
                 "ARI": ari,
                 "NMI": nmi,
+                "one_batch_share": one_batch_share(adata.obs[key], batches),
             }
         )
     out = pd.DataFrame(rows)
@@ -231,6 +242,17 @@ def run(
     out.insert(0, "dataset", name)
     out.attrs["n_types"] = len(set(truth))
     return out
+
+
+def one_batch_share(labels: pd.Series, batches: pd.Series | None) -> float:
+    """Share of cells in clusters of which over 90% come from one batch (NaN for one batch):
+    a type split by batch (or lab) raises it; a type or state of one batch (e.g. stimulated
+    monocytes when the batches are control and stimulated) raises it rightly."""
+    if batches is None:
+        return float("nan")
+    labels = pd.Series(np.asarray(labels).astype(str), index=batches.index)
+    purity = pd.crosstab(labels, batches).pipe(lambda t: t.max(axis=1) / t.sum(axis=1))
+    return float(labels.map(purity > 0.9).mean())
 
 
 def summarise(grid: pd.DataFrame) -> pd.DataFrame:
@@ -257,6 +279,8 @@ def summarise(grid: pd.DataFrame) -> pd.DataFrame:
             r[f"{space} auto k"] = auto["n_clusters"]
             r[f"{space} 1.0 k"] = fixed["n_clusters"]
             r[f"{space} oracle res"] = best["resolution"]
+            r[f"{space} auto one-batch"] = auto.get("one_batch_share", np.nan)
+            r[f"{space} 1.0 one-batch"] = fixed.get("one_batch_share", np.nan)
         rows.append(r)
     return pd.DataFrame(rows)
 
@@ -275,7 +299,14 @@ def main() -> None:
     )
     p.add_argument("--spaces", nargs="+", default=list(SPACES), choices=list(SPACES))
     p.add_argument("--out", type=Path, default=None, help="write the full grid as CSV")
+    p.add_argument(
+        "--read", nargs="+", type=Path, default=None,
+        help="print the tables of grids written by --out (e.g. seeds run side by side)",
+    )  # fmt: skip
     args = p.parse_args()
+    if args.read:
+        report(pd.concat([pd.read_csv(f) for f in args.read]))
+        return
     if args.embed_only:
         for s in args.seeds:  # seed-major: every set gets seed 0 first
             for d in args.datasets:
@@ -291,6 +322,11 @@ def main() -> None:
     )
     if args.out:
         grid.to_csv(args.out, index=False)
+    report(grid)
+
+
+def report(grid: pd.DataFrame) -> None:
+    """Print the tables of a grid (``run``'s rows, any sets and seeds)."""
     per_seed = summarise(grid)
     pd.set_option("display.width", 250)
     f3 = lambda v: f"{v:.3f}"  # noqa: E731
@@ -329,6 +365,11 @@ def main() -> None:
         )
     print("\nlabel-free choice on the other spaces (ARI, mean over seeds):")
     print(mean[["PCA auto", "scVI auto", "scdl auto"]].to_string(float_format=f3))
+    pure = [f"{sp} {r} one-batch" for sp in SPACES for r in ("1.0", "auto")]
+    batched = mean[pure].dropna(how="all")
+    if not batched.empty:
+        print("\nshare of cells in clusters over 90% one batch (batch sets; mean over seeds):")
+        print(batched.to_string(float_format=f3))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import warnings
 import anndata as ad
 import numpy as np
 import pandas as pd
-from _common import DATA, KANG_TO_PBMC7K, hvg_subset, measure, need, need_module, read_pbmc7k
+from _common import DATA, hvg_subset, load_crosslab, measure, need, need_module
 
 warnings.filterwarnings("ignore")
 
@@ -29,21 +29,6 @@ DATASETS = {
     # two labs' PBMCs (Kang 2018 2k + 10x PBMC 7k) on their 149 shared genes
     "pbmc_crosslab": (None, "source", "cell_type"),
 }
-
-
-def load_crosslab() -> ad.AnnData:
-    """Kang 2k and PBMC 7k (types of >= 20 cells, no "NA") on their shared genes, labels
-    harmonised, ``obs["source"]`` the file."""
-    kang = ad.read_h5ad(need(DATA / "kang_pbmc_2k_celltypes.h5ad"))
-    kang.obs["cell_type"] = kang.obs["cell_type"].astype(str).map(KANG_TO_PBMC7K)
-    p7 = read_pbmc7k()
-    shared = kang.var_names.intersection(p7.var_names)
-    parts = {"kang": kang[:, shared].copy(), "pbmc7k": p7[:, shared].copy()}
-    for part in parts.values():
-        part.obs = part.obs[["cell_type"]]
-    adata = ad.concat(parts, label="source", index_unique="-")
-    adata.obs["cell_type"] = adata.obs["cell_type"].astype("category")
-    return adata
 
 
 def load(name: str) -> tuple[ad.AnnData, str, str]:

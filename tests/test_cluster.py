@@ -164,22 +164,41 @@ def test_one_batch_latent_averages_in_a_pca_of_the_counts(cellbench_integrated):
     assert joint > 0.95 and joint > alone + 0.05, (joint, alone)
 
 
-def test_a_batch_corrected_latent_is_clustered_alone_unless_a_pca_is_named(kang_integrated):
-    """A PCA carries the batches, so "auto" leaves a latent trained with a batch key (and any
-    representation tl.integrate did not write) on its own graph; naming the PCA averages it in."""
+def _cross_batch_share(graph, batches) -> float:
+    """Share of a graph's edge weight that links cells of different batches."""
+    coo = graph.tocoo()
+    b = np.asarray(batches)
+    return float(coo.data[b[coo.row] != b[coo.col]].sum() / coo.data.sum())
+
+
+def test_a_batch_latent_averages_in_a_harmonised_pca(kang_integrated):
+    """For a latent trained with a batch key, "auto" averages in the graph of a PCA harmonised
+    over that key (a raw PCA carries the batches): its edges link the samples more than those of
+    the raw PCA named by hand; a representation tl.integrate did not write stays alone."""
     adata = kang_integrated[0].copy()
     scdl.tl.cluster(adata, key_added="auto")
-    assert adata.uns["auto_neighbors"]["params"]["pca"] == ""
+    source = "computed from X, uns['X_scdl']['var_names'], harmonised over obs['sample']"
+    assert adata.uns["auto_neighbors"]["params"]["pca"] == source
+    assert "X_pca" not in adata.obsm
+    scdl.tl.cluster(adata, pca_key="X_pca", key_added="named")  # named: used as it is
+    assert adata.uns["named_neighbors"]["params"]["pca"] == source.split(", harm")[0]
     scdl.tl.cluster(adata, pca_key=None, key_added="alone")
-    assert (
-        adata.obsp["auto_neighbors_connectivities"] != adata.obsp["alone_neighbors_connectivities"]
-    ).nnz == 0
-    adata.obsm["X_other"] = adata.obsm["X_scdl"].copy()  # no tl.integrate record: alone too
+    assert adata.uns["alone_neighbors"]["params"]["pca"] == ""
+    graphs = {k: adata.obsp[f"{k}_neighbors_connectivities"] for k in ("auto", "named", "alone")}
+    # the PCA's own graph: twice the average, less the latent's
+    share = {
+        k: _cross_batch_share(2 * graphs[k] - graphs["alone"], adata.obs["sample"])
+        for k in ("auto", "named")
+    }
+    assert share["auto"] > share["named"] + 0.1, share
+    adata.obsm["X_other"] = adata.obsm["X_scdl"].copy()  # no tl.integrate record: alone
     scdl.tl.cluster(adata, use_rep="X_other", key_added="other")
     assert adata.uns["other_neighbors"]["params"]["pca"] == ""
-    scdl.tl.cluster(adata, pca_key="X_pca", key_added="named")
-    assert adata.uns["named_neighbors"]["params"]["pca"].startswith("computed from X")
-    assert "X_pca" not in adata.obsm
+    # the batch column dropped since training: a warning and the latent's graph alone
+    del adata.obs["sample"]
+    with pytest.warns(UserWarning, match="batch_key='sample', which is no longer in adata.obs"):
+        scdl.tl.cluster(adata, key_added="dropped")
+    assert adata.uns["dropped_neighbors"]["params"]["pca"] == ""
 
 
 def test_a_stored_pca_is_used_and_the_graph_is_the_average(cellbench_integrated, cellbench):

@@ -42,15 +42,15 @@ def cluster(
 
     Builds a k-nearest-neighbour graph on ``obsm[use_rep]`` (scanpy's
     :func:`~scanpy.pp.neighbors`) and runs scanpy's Leiden (igraph flavour) on it. For a latent
-    that :func:`scdl.tl.integrate` trained without a batch key, the graph is first averaged
-    with scanpy's 15-neighbour graph on a PCA of the cells' expression (``obsm["X_pca"]``,
-    computed when missing): the VAE's low-dimensional latent draws close, small types together
-    and splits large ones, the PCA keeps that finer structure, and on the average cells stay
-    linked by the edges both graphs give them. A PCA also carries every batch effect (across
-    two labs it put one lab's monocytes in a cluster of their own), so a latent trained with a
-    batch key, or any other representation, is clustered on its own graph unless ``pca_key``
-    names a PCA. The graph is stored under its own key, so a PCA-based ``neighbors`` graph is
-    left as it was.
+    of :func:`scdl.tl.integrate`, the graph is first averaged with scanpy's 15-neighbour graph
+    on a PCA of the cells' expression (``obsm["X_pca"]``, computed when missing): the VAE's
+    low-dimensional latent draws close, small types together and splits large ones, the PCA
+    keeps that finer structure, and on the average cells stay linked by the edges both graphs
+    give them. A PCA also carries every batch effect (across two labs it put one lab's
+    monocytes in a cluster of their own), so for a latent trained with a batch key the PCA is
+    first corrected by Harmony (``harmonypy``) over that key. Any other representation is
+    clustered on its own graph unless ``pca_key`` names a PCA. The graph is stored under its
+    own key, so a PCA-based ``neighbors`` graph is left as it was.
 
     ``resolution="auto"`` chooses the resolution without labels: Leiden runs at each
     resolution of a grid (0.1 to 2), the mean silhouette width of each partition is computed
@@ -86,16 +86,17 @@ def cluster(
         on 50 principal components does. Pass 15 for scanpy's usual graph.
     pca_key
         ``"auto"``: average in the graph of ``obsm["X_pca"]`` for a latent of
-        :func:`scdl.tl.integrate` trained without ``batch_key`` (``uns[use_rep]["params"]``),
-        else ``use_rep``'s graph alone. An obsm key (e.g. ``sc.pp.pca``'s ``"X_pca"``): average
-        in that PCA's 15-neighbour graph whatever ``use_rep`` is (the key must be in ``obsm``,
+        :func:`scdl.tl.integrate` (``uns[use_rep]["params"]``), harmonised over
+        ``obs[batch_key]`` when it was trained with one (a warning and ``use_rep``'s graph
+        alone when that column is gone); else ``use_rep``'s graph alone. An obsm key (e.g.
+        ``sc.pp.pca``'s ``"X_pca"``, or a harmonised PCA of your own): average in that PCA's
+        15-neighbour graph, used as it is, whatever ``use_rep`` is (the key must be in ``obsm``,
         except ``"X_pca"``). A missing ``"X_pca"`` is computed for the call (not stored) from
         ``layer``: counts per 10,000, ``log1p``, 50 components, on the genes ``tl.integrate``
-        trained ``use_rep`` on (``uns[use_rep]["var_names"]``), else on 2,000 highly variable
-        genes (:func:`scdl.data.unintegrated_pca`); log-normalised data are used as they are.
-        Store a PCA to reuse it across calls. Data that are neither (e.g. scaled) give a
-        warning and ``use_rep``'s graph alone. ``None`` (or ``use_rep`` itself): ``use_rep``'s
-        graph alone.
+        trained ``use_rep`` on (``uns[use_rep]["var_names"]``), else on 2,000 highly variable genes
+        (:func:`scdl.data.unintegrated_pca`); log-normalised data are used as they are. Store a PCA
+        to reuse it across calls. Data that are neither (e.g. scaled) give a warning and
+        ``use_rep``'s graph alone. ``None`` (or ``use_rep`` itself): ``use_rep``'s graph alone.
     layer
         Layer of counts for a PCA that is computed; ``None``: the layer ``tl.integrate``
         trained ``use_rep`` on (``uns[use_rep]["params"]["layer"]``) while it exists, else
@@ -124,7 +125,8 @@ def cluster(
     ``adata.uns[f"{key_added}_neighbors"]``
         Parameters of the neighbour graph on ``use_rep``, with ``pca``: the obsm key of the
         PCA whose graph was averaged in, ``"computed from X, ..."`` (the layer and genes it
-        was computed from) when it was computed, ``""`` when none was.
+        was computed from) when it was computed, either followed by ``", harmonised over
+        obs[...]"`` when Harmony corrected it; ``""`` when none was.
     ``adata.obsp[f"{key_added}_neighbors_connectivities"]``
         The graph Leiden ran on: ``use_rep``'s connectivities, averaged with the PCA's when
         one joined.
@@ -138,7 +140,7 @@ def cluster(
     )
     check_writable(adata, copy=copy)
     # computed (or refused) before anything is written
-    pca, pca_source = expression_pca(adata, use_rep, pca_key, layer)
+    pca, pca_source = expression_pca(adata, use_rep, pca_key, layer, random_state)
     adata = writable(adata, copy=copy)
     neighbors_key = f"{key_added}_neighbors"
     sc.pp.neighbors(

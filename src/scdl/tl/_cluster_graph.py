@@ -1,5 +1,5 @@
 """The graph ``tl.cluster`` partitions: the learned representation's neighbour graph, averaged
-with scanpy's neighbour graph on a PCA of the cells' expression for a latent of one batch.
+with scanpy's neighbour graph on a PCA of the cells' expression for a latent of ``tl.integrate``.
 
 A VAE's low-dimensional latent removes noise but draws close, small types together and splits
 large ones (on one-batch data, at a resolution where a PCA's graph does neither); a PCA of
@@ -7,14 +7,15 @@ log-normalised variable genes keeps that finer structure. On the average of the 
 connectivity matrices, an edge both graphs have keeps its weight and an edge only one has keeps
 half of it, so Leiden follows the structure the two share. The PCA also carries every batch
 effect: across two labs' PBMCs the averaged graph put one lab's monocytes in a cluster of their
-own. So by default (``pca_key="auto"``) the PCA's graph is averaged in only for a latent that
-``tl.integrate`` trained without a batch key; a batch-corrected space, or any other
-representation, is clustered alone unless a PCA is named (``benchmarks/README.md``).
+own. So by default (``pca_key="auto"``), for a latent ``tl.integrate`` trained with a batch
+key, the PCA is first corrected by Harmony over that key (harmonypy, its defaults), as a user
+would before clustering a PCA of several batches. Any other representation is clustered alone
+unless a PCA is named, which is used as it is (``benchmarks/README.md``).
 
-A PCA the user stored (``sc.pp.pca``'s ``obsm["X_pca"]``) is used as it is. Otherwise one is
-computed for the call: from the genes ``tl.integrate`` trained the latent on when it recorded
-them (only those columns are copied from an in-memory matrix, each cell normalised by its
-total over all genes; a backed matrix is read into memory first), else by
+A PCA the user stored (``sc.pp.pca``'s ``obsm["X_pca"]``) is used (harmonised for a batch latent,
+not overwritten). Otherwise one is computed for the call: from the genes ``tl.integrate`` trained
+the latent on when it recorded them (only those columns are copied from an in-memory matrix, each
+cell normalised by its total over all genes; a backed matrix is read into memory first), else by
 :func:`scdl.data.unintegrated_pca` (the most variable genes of a copy of the whole matrix).
 """
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 #: the PCA key computed over when missing (scanpy's)
 DEFAULT_PCA_KEY = "X_pca"
-#: ``pca_key`` default: a PCA joins only a one-batch latent of ``tl.integrate``
+#: ``pca_key`` default: a PCA joins a latent of ``tl.integrate`` (harmonised for a batch one)
 AUTO = "auto"
 #: what ``tl.integrate`` records as ``uns[key]["params"]["model"]``
 VAE_MODEL = "scdl.models.VAE"
@@ -40,20 +41,26 @@ VAE_MODEL = "scdl.models.VAE"
 PCA_NEIGHBORS = 15
 
 
-def uses_pca(adata: AnnData, use_rep: str, pca_key: str | None) -> str | None:
-    """The PCA key whose graph is averaged in, or ``None``: ``"auto"`` gives ``"X_pca"`` for a
-    latent ``tl.integrate`` trained without a batch key (its ``uns[use_rep]["params"]``), else
-    ``None``; a key equal to ``use_rep`` gives ``None``."""
+def uses_pca(adata: AnnData, use_rep: str, pca_key: str | None) -> tuple[str | None, str]:
+    """The PCA key whose graph is averaged in (or ``None``) and the obs column it is
+    harmonised over (``""``: none). ``"auto"`` gives ``"X_pca"`` for a latent of
+    ``tl.integrate`` (its ``uns[use_rep]["params"]``), harmonised over the batch key it was
+    trained with, if any; for any other representation ``None``. A key named by the user is
+    used as it is; a key equal to ``use_rep`` gives ``None``."""
+    batch = ""
     if pca_key == AUTO:
         info = adata.uns.get(use_rep)
         params = info.get("params", {}) if isinstance(info, dict) else {}
-        one_batch = params.get("model") == VAE_MODEL and not params.get("batch_key")
-        pca_key = DEFAULT_PCA_KEY if one_batch else None
-    return None if pca_key is None or pca_key == use_rep else pca_key
+        if params.get("model") != VAE_MODEL:
+            return None, ""
+        pca_key, batch = DEFAULT_PCA_KEY, str(params.get("batch_key") or "")
+    if pca_key is None or pca_key == use_rep:
+        return None, ""
+    return pca_key, batch
 
 
 def expression_pca(
-    adata: AnnData, use_rep: str, pca_key: str | None, layer: str | None
+    adata: AnnData, use_rep: str, pca_key: str | None, layer: str | None, random_state: int = 0
 ) -> tuple[np.ndarray | None, str]:
     """The PCA whose graph joins ``use_rep``'s (:func:`uses_pca`) and how it was found:
     ``obsm[key]`` when there, else (for ``"X_pca"`` only; another missing key is a
@@ -66,11 +73,21 @@ def expression_pca(
 
     from scdl.data import check_embedding, input_kind, unintegrated_pca
 
-    key = uses_pca(adata, use_rep, pca_key)
+    key, batch = uses_pca(adata, use_rep, pca_key)
     if key is None:
         return None, ""
+    if batch and batch not in adata.obs:
+        warn_user(
+            f"{use_rep!r} was trained with batch_key={batch!r}, which is no longer in "
+            f"adata.obs, so its PCA cannot be harmonised over the batches; clustering on "
+            f"{use_rep!r}'s graph alone. Restore adata.obs[{batch!r}], or pass pca_key=None "
+            "to silence this.",
+            UserWarning,
+        )
+        return None, ""
     if key in adata.obsm:
-        return check_embedding(adata, key, purpose="clustering"), key
+        pca = check_embedding(adata, key, purpose="clustering")
+        return harmonised(adata, pca, batch, key, random_state)
     if key != DEFAULT_PCA_KEY:  # a key of the user's own: a typo is not computed over
         raise KeyError(
             f"pca_key={key!r} is not in adata.obsm (available: {list(adata.obsm)}). Pass "
@@ -108,7 +125,35 @@ def expression_pca(
             else genes_pca(adata, layer, genes, kind=kind)
         )
     how = f"uns[{use_rep!r}]['var_names']" if genes is not None else "most variable genes"
-    return np.asarray(pca, dtype=np.float32), f"computed from {layer or 'X'}, {how}"
+    source = f"computed from {layer or 'X'}, {how}"
+    return harmonised(adata, np.asarray(pca, dtype=np.float32), batch, source, random_state)
+
+
+def harmonised(
+    adata: AnnData, pca: np.ndarray, batch: str, source: str, random_state: int
+) -> tuple[np.ndarray, str]:
+    """``pca`` corrected by Harmony (harmonypy, its defaults) over ``obs[batch]``, and its
+    source with ``"harmonised over obs[...]"``; unchanged when ``batch`` is ``""`` or names
+    one category."""
+    import harmonypy
+    import pandas as pd
+
+    if not batch:
+        return pca, source
+    codes = pd.DataFrame({"batch": adata.obs[batch].astype(str).to_numpy()})
+    if codes["batch"].nunique() < 2:
+        return pca, source
+    out = harmonypy.run_harmony(
+        np.asarray(pca, dtype=np.float64),
+        codes,
+        "batch",
+        random_state=random_state,
+        verbose=False,
+    )
+    z = np.asarray(out.Z_corr, dtype=np.float32)
+    # harmonypy < 2 returns components x cells, 2.x cells x components
+    z = z if z.shape[0] == pca.shape[0] and z.shape[1] == pca.shape[1] else z.T
+    return np.ascontiguousarray(z), f"{source}, harmonised over obs[{batch!r}]"
 
 
 def pca_connectivities(pca: np.ndarray, random_state: int) -> sparse.csr_matrix:
