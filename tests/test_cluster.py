@@ -194,6 +194,13 @@ def test_a_batch_latent_averages_in_a_harmonised_pca(kang_integrated):
     adata.obsm["X_other"] = adata.obsm["X_scdl"].copy()  # no tl.integrate record: alone
     scdl.tl.cluster(adata, use_rep="X_other", key_added="other")
     assert adata.uns["other_neighbors"]["params"]["pca"] == ""
+    # fewer cells than Harmony's default clusters allow (below 15) are harmonised too
+    two = adata.obs["sample"].unique()[:2]
+    idx = np.concatenate([np.flatnonzero(adata.obs["sample"] == b)[:6] for b in two])
+    small = adata[idx].copy()
+    with pytest.warns(UserWarning, match="12 cells cannot have n_neighbors=30"):
+        scdl.tl.cluster(small, key_added="small")
+    assert small.uns["small_neighbors"]["params"]["pca"] == source
     # the batch column dropped since training: a warning and the latent's graph alone
     del adata.obs["sample"]
     with pytest.warns(UserWarning, match="batch_key='sample', which is no longer in adata.obs"):

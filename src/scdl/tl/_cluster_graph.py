@@ -143,12 +143,15 @@ def harmonised(
     codes = pd.DataFrame({"batch": adata.obs[batch].astype(str).to_numpy()})
     if codes["batch"].nunique() < 2:
         return pca, source
+    # harmonypy's default number of clusters, round(cells / 30), is 0 below 15 cells (an error)
+    few = {"nclust": 1} if pca.shape[0] < 15 else {}
     out = harmonypy.run_harmony(
         np.asarray(pca, dtype=np.float64),
         codes,
         "batch",
         random_state=random_state,
         verbose=False,
+        **few,
     )
     z = np.asarray(out.Z_corr, dtype=np.float32)
     # harmonypy < 2 returns components x cells, 2.x cells x components
