@@ -9,7 +9,7 @@ free, ``scdl.tl.cluster``) and at 1.0; PCA and scVI at 1.0 and at their best gri
 On sets with batches, also the share of cells in clusters over 90% one batch (a type split by
 batch or lab raises it).
 
-    python benchmarks/clustering.py                       # everything (slow: 30 trainings)
+    python benchmarks/clustering.py                       # everything (slow: 36 trainings)
     python benchmarks/clustering.py --datasets kang1.5k --seeds 0
     python benchmarks/clustering.py --cache /tmp/clust    # keep embeddings between runs
 """
@@ -305,7 +305,10 @@ def main() -> None:
     )  # fmt: skip
     args = p.parse_args()
     if args.read:
-        report(pd.concat([pd.read_csv(f) for f in args.read]))
+        grid = pd.concat([pd.read_csv(f) for f in args.read])
+        if grid.duplicated(["dataset", "seed", "space", "resolution", "auto"]).any():
+            raise SystemExit("--read: the grids overlap (a dataset and seed appear twice).")
+        report(grid)
         return
     if args.embed_only:
         for s in args.seeds:  # seed-major: every set gets seed 0 first

@@ -194,18 +194,53 @@ def test_a_batch_latent_averages_in_a_harmonised_pca(kang_integrated):
     adata.obsm["X_other"] = adata.obsm["X_scdl"].copy()  # no tl.integrate record: alone
     scdl.tl.cluster(adata, use_rep="X_other", key_added="other")
     assert adata.uns["other_neighbors"]["params"]["pca"] == ""
-    # fewer cells than Harmony's default clusters allow (below 15) are harmonised too
+    # up to 15 cells Harmony's default, round(cells / 30) clusters, is none: harmonised too
     two = adata.obs["sample"].unique()[:2]
-    idx = np.concatenate([np.flatnonzero(adata.obs["sample"] == b)[:6] for b in two])
+    idx = np.concatenate(
+        [np.flatnonzero(adata.obs["sample"] == b)[:n] for b, n in zip(two, (8, 7))]
+    )
     small = adata[idx].copy()
-    with pytest.warns(UserWarning, match="12 cells cannot have n_neighbors=30"):
+    with pytest.warns(UserWarning, match="15 cells cannot have n_neighbors=30"):
         scdl.tl.cluster(small, key_added="small")
     assert small.uns["small_neighbors"]["params"]["pca"] == source
+    # a batch value missing: refused before anything is written, the fix named
+    from conftest import assert_unchanged, snapshot
+
+    gap = adata.copy()
+    gap.obs["sample"] = gap.obs["sample"].astype(object)
+    gap.obs.iloc[:3, gap.obs.columns.get_loc("sample")] = np.nan
+    snap = snapshot(gap)
+    with pytest.raises(ValueError, match=r"obs\['sample'\].*3 missing values.*pca_key=None"):
+        scdl.tl.cluster(gap, key_added="gap")
+    assert_unchanged(gap, snap)
     # the batch column dropped since training: a warning and the latent's graph alone
     del adata.obs["sample"]
     with pytest.warns(UserWarning, match="batch_key='sample', which is no longer in adata.obs"):
         scdl.tl.cluster(adata, key_added="dropped")
     assert adata.uns["dropped_neighbors"]["params"]["pca"] == ""
+
+
+def test_a_square_pca_is_harmonised_along_the_cells():
+    """A stored PCA with as many components as cells is read as cells x components: Harmony's
+    correction of it is the one of the same cells without the last component, which is not
+    square (read the other way round the two agree at a correlation of about 0.5)."""
+    import anndata as ad
+    import pandas as pd
+
+    from scdl.tl._cluster_graph import harmonised
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 60)).astype(np.float32)
+    x[:30] += 3.0  # the first batch's cells moved along every component
+    obs = pd.DataFrame({"b": np.repeat(["a", "b"], 30)}, index=[str(i) for i in range(60)])
+    adata = ad.AnnData(obs=obs)
+    square, source = harmonised(adata, x, "b", "X_pca", random_state=0)
+    assert square.shape == x.shape and source == "X_pca, harmonised over obs['b']"
+    narrow, _ = harmonised(adata, x[:, :59], "b", "X_pca", random_state=0)
+    moved = (square[:, :59] - x[:, :59]).ravel(), (narrow - x[:, :59]).ravel()
+    assert np.corrcoef(*moved)[0, 1] > 0.99
+    gap = [np.linalg.norm(z[:30].mean(0) - z[30:].mean(0)) for z in (x, square)]
+    assert gap[1] < 0.7 * gap[0], gap
 
 
 def test_a_stored_pca_is_used_and_the_graph_is_the_average(cellbench_integrated, cellbench):

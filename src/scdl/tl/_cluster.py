@@ -87,8 +87,10 @@ def cluster(
     pca_key
         ``"auto"``: average in the graph of ``obsm["X_pca"]`` for a latent of
         :func:`scdl.tl.integrate` (``uns[use_rep]["params"]``), harmonised over
-        ``obs[batch_key]`` when it was trained with one (a warning and ``use_rep``'s graph
-        alone when that column is gone); else ``use_rep``'s graph alone. An obsm key (e.g.
+        ``obs[batch_key]`` when it was trained with one (harmonypy's defaults; one Harmony
+        cluster up to 15 cells; not harmonised when one batch is left; a warning and
+        ``use_rep``'s graph alone when that column is gone; a ``ValueError`` when it has missing
+        values); else ``use_rep``'s graph alone. An obsm key (e.g.
         ``sc.pp.pca``'s ``"X_pca"``, or a harmonised PCA of your own): average in that PCA's
         15-neighbour graph, used as it is, whatever ``use_rep`` is (the key must be in ``obsm``,
         except ``"X_pca"``). A missing ``"X_pca"`` is computed for the call (not stored) from
@@ -104,7 +106,7 @@ def cluster(
     key_added
         obs column of the clusters.
     random_state
-        Seed of the Leiden optimisation.
+        Seed of the Leiden optimisation, the neighbour graphs and Harmony.
     copy
         Return a copy instead of writing into ``adata``.
 

@@ -85,6 +85,14 @@ def expression_pca(
             UserWarning,
         )
         return None, ""
+    if batch and adata.obs[batch].isna().any():
+        n_na = int(adata.obs[batch].isna().sum())
+        raise ValueError(
+            f"adata.obs[{batch!r}] (the batch key {use_rep!r} was trained with) has {n_na} "
+            "missing values; the PCA averaged into the graph is harmonised over it and needs a "
+            "batch for every cell. Fill them (e.g. with the batch the cells came from), or pass "
+            "pca_key=None to cluster on the latent's graph alone."
+        )
     if key in adata.obsm:
         pca = check_embedding(adata, key, purpose="clustering")
         return harmonised(adata, pca, batch, key, random_state)
@@ -132,9 +140,10 @@ def expression_pca(
 def harmonised(
     adata: AnnData, pca: np.ndarray, batch: str, source: str, random_state: int
 ) -> tuple[np.ndarray, str]:
-    """``pca`` corrected by Harmony (harmonypy, its defaults) over ``obs[batch]``, and its
-    source with ``"harmonised over obs[...]"``; unchanged when ``batch`` is ``""`` or names
-    one category."""
+    """``pca`` corrected by Harmony (harmonypy's defaults, seeded by ``random_state``) over
+    ``obs[batch]``, and its source with ``", harmonised over obs[...]"``; unchanged when
+    ``batch`` is ``""`` or names one category. Harmony's default number of clusters,
+    ``round(cells / 30)``, is none up to 15 cells (an error in harmonypy): one is used there."""
     import harmonypy
     import pandas as pd
 
@@ -143,10 +152,12 @@ def harmonised(
     codes = pd.DataFrame({"batch": adata.obs[batch].astype(str).to_numpy()})
     if codes["batch"].nunique() < 2:
         return pca, source
-    # harmonypy's default number of clusters, round(cells / 30), is 0 below 15 cells (an error)
-    few = {"nclust": 1} if pca.shape[0] < 15 else {}
+    n = pca.shape[0]
+    few = {"nclust": 1} if round(n / 30.0) < 1 else {}
+    # components x cells: harmonypy reads a square matrix that way, so no orientation is
+    # ambiguous; it returns cells x components
     out = harmonypy.run_harmony(
-        np.asarray(pca, dtype=np.float64),
+        np.asarray(pca, dtype=np.float64).T,
         codes,
         "batch",
         random_state=random_state,
@@ -154,8 +165,8 @@ def harmonised(
         **few,
     )
     z = np.asarray(out.Z_corr, dtype=np.float32)
-    # harmonypy < 2 returns components x cells, 2.x cells x components
-    z = z if z.shape[0] == pca.shape[0] and z.shape[1] == pca.shape[1] else z.T
+    if z.shape != pca.shape:  # another harmonypy than the >= 2 pyproject asks for
+        raise RuntimeError(f"harmonypy returned shape {z.shape} for a PCA of {pca.shape}.")
     return np.ascontiguousarray(z), f"{source}, harmonised over obs[{batch!r}]"
 
 
