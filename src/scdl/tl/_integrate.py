@@ -171,7 +171,7 @@ def integrate(
             "max_epochs": int(model.history["elbo_train"].shape[0]),
             "gene_likelihood": gene_likelihood,
             "random_state": random_state,
-            "model": VAE_MODEL,  # tl.cluster reads it (a one-batch latent of scdl)
+            "model": VAE_MODEL,  # tl.cluster reads it, with batch_key, to average in a PCA
         },
         "var_names": np.asarray(genes, dtype=object),
         **training_summary(model, train_time),
