@@ -99,15 +99,6 @@ def load_crosslab():
     return adata
 
 
-def need_module(name: str) -> None:
-    """Fail at the start, in one line, when an optional benchmark dependency is missing
-    (before any model trains)."""
-    import importlib.util
-
-    if importlib.util.find_spec(name) is None:
-        raise SystemExit(f"this benchmark needs {name}: pip install -e '.[bench]'")
-
-
 def hvg_subset(adata, *, batch_key: str | None = None, n_top_genes: int = 2000):
     """``adata`` on the genes scdl's ``tl`` functions would pick (expressed, seurat_v3 HVGs),
     so every method in a benchmark sees the same genes."""

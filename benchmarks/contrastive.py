@@ -31,7 +31,7 @@ import warnings
 import anndata as ad
 import numpy as np
 import pandas as pd
-from _common import DATA, hvg_subset, measure, need, need_module
+from _common import DATA, hvg_subset, measure, need
 
 warnings.filterwarnings("ignore")
 
@@ -249,7 +249,6 @@ def main() -> None:
         help="epochs for both models (default: scdl's choice for the cell count)",
     )
     args = p.parse_args()
-    need_module("harmonypy")  # the simple baselines' Harmony, after both trainings
     tables = []
     for d in args.datasets:
         table, top = run(d, args.seed, args.epochs)

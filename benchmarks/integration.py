@@ -19,7 +19,7 @@ import warnings
 import anndata as ad
 import numpy as np
 import pandas as pd
-from _common import DATA, hvg_subset, load_crosslab, measure, need, need_module
+from _common import DATA, hvg_subset, load_crosslab, measure, need
 
 warnings.filterwarnings("ignore")
 
@@ -122,7 +122,6 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scdl-kwargs", default="{}", help="JSON kwargs for scdl.tl.integrate")
     args = p.parse_args()
-    need_module("harmonypy")
     tables = [run(d, args.seed, json.loads(args.scdl_kwargs)) for d in args.datasets]
     out = pd.concat(tables, ignore_index=True)
     pd.set_option("display.width", 200)
