@@ -315,3 +315,34 @@ def test_computed_pca_is_scanpys_recipe_on_the_integrated_genes(cellbench_integr
     theirs = ref.obsm["X_pca"]
     sign = np.sign((ours * theirs).sum(0))
     np.testing.assert_allclose(ours, theirs * sign, atol=2e-3 * np.abs(theirs).max())
+
+
+def test_backed_data_cluster_as_in_memory(cellbench_integrated, tmp_path, monkeypatch):
+    """On a backed AnnData the PCA reads the matrix in chunks of rows (only the trained genes'
+    columns kept): the same PCA, graph and clusters as in memory."""
+    import anndata as ad
+
+    import scdl.tl._cluster_graph as graph_module
+
+    monkeypatch.setattr(graph_module, "BACKED_ROWS", 100)  # several chunks on a small set
+    memory = cellbench_integrated.copy()
+    memory.write_h5ad(tmp_path / "cells.h5ad")
+    backed = ad.read_h5ad(tmp_path / "cells.h5ad", backed="r")
+    assert backed.isbacked and backed.n_obs > 3 * graph_module.BACKED_ROWS
+    genes = graph_module.params_genes(memory, "X_scdl")
+    np.testing.assert_allclose(
+        graph_module.genes_pca(backed, None, genes),
+        graph_module.genes_pca(memory, None, genes),
+        atol=1e-4,
+    )
+    for data in (memory, backed):
+        scdl.tl.cluster(data, resolution="auto")
+    assert backed.uns["scdl_cluster_neighbors"]["params"]["pca"].startswith("computed from X")
+    assert (backed.obs["scdl_cluster"] == memory.obs["scdl_cluster"]).all()
+    assert (
+        abs(
+            backed.obsp["scdl_cluster_neighbors_connectivities"]
+            - memory.obsp["scdl_cluster_neighbors_connectivities"]
+        ).max()
+        < 1e-6
+    )

@@ -14,8 +14,8 @@ unless a PCA is named, which is used as it is (``benchmarks/README.md``).
 
 A PCA the user stored (``sc.pp.pca``'s ``obsm["X_pca"]``) is used (harmonised for a batch latent,
 not overwritten). Otherwise one is computed for the call: from the genes ``tl.integrate`` trained
-the latent on when it recorded them (only those columns are copied from an in-memory matrix, each
-cell normalised by its total over all genes; a backed matrix is read into memory first), else by
+the latent on when it recorded them (only those columns are copied, each cell normalised by its
+total over all genes; a backed matrix is read in chunks of rows), else by
 :func:`scdl.data.unintegrated_pca` (the most variable genes of a copy of the whole matrix).
 """
 
@@ -39,6 +39,8 @@ AUTO = "auto"
 VAE_MODEL = "scdl.models.VAE"
 #: neighbours of the PCA graph: scanpy's default for a PCA
 PCA_NEIGHBORS = 15
+#: rows read at a time from a backed matrix for the PCA
+BACKED_ROWS = 10_000
 
 
 def uses_pca(adata: AnnData, use_rep: str, pca_key: str | None) -> tuple[str | None, str]:
@@ -211,15 +213,21 @@ def genes_pca(
     if kind is None:  # the caller's input_kind, when it has it (a pass over the matrix)
         kind, _ = input_kind(adata, layer)
     x = get_matrix(adata, layer)
-    if not (sparse.issparse(x) or isinstance(x, np.ndarray)):  # a backed AnnData's matrix
-        x = x[:]
     cols = adata.var_names.get_indexer(genes)
-    sub = sparse.csr_matrix(x[:, cols], dtype=np.float32)
-    if kind == "counts":
+    if sparse.issparse(x) or isinstance(x, np.ndarray):
+        sub = sparse.csr_matrix(x[:, cols], dtype=np.float32)
         totals = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
-        scale = np.where(totals > 0, 1e4 / np.maximum(totals, 1e-12), 0.0)
-        sub = sparse.csr_matrix(sparse.diags(scale.astype(np.float32)) @ sub)
-        sub.data = np.log1p(sub.data)
+    else:  # a backed AnnData's matrix: rows in chunks, only the genes' columns kept
+        parts, sums = [], []
+        for start in range(0, adata.n_obs, BACKED_ROWS):
+            block = sparse.csr_matrix(x[start : start + BACKED_ROWS], dtype=np.float32)
+            parts.append(block[:, cols])
+            sums.append(np.asarray(block.sum(axis=1), dtype=np.float64).ravel())
+        sub, totals = sparse.vstack(parts, format="csr"), np.concatenate(sums)
+    if kind == "counts":  # in place: ``sub`` is a copy of the data's columns, not a view
+        scale = np.where(totals > 0, 1e4 / np.maximum(totals, 1e-12), 0.0).astype(np.float32)
+        sub.data *= np.repeat(scale, np.diff(sub.indptr))
+        np.log1p(sub.data, out=sub.data)
     tmp = anndata.AnnData(X=sub)
     n_comps = max(1, min(n_comps, tmp.n_obs - 1, tmp.n_vars - 1))
     sc.pp.pca(tmp, n_comps=n_comps, random_state=0)
