@@ -306,7 +306,11 @@ def test_computed_pca_is_scanpys_recipe_on_the_integrated_genes(cellbench_integr
     adata = cellbench_integrated
     genes = params_genes(adata, "X_scdl")
     assert genes == list(adata.uns["X_scdl"]["var_names"]) and len(genes) < adata.n_vars
+    before = adata.X.copy()
     ours = genes_pca(adata, None, genes)
+    assert abs(adata.X - before).max() == 0  # the columns are normalised in a copy
+    everything = genes_pca(adata, None, list(adata.var_names))  # every column, in order
+    assert everything.shape[0] == adata.n_obs and abs(adata.X - before).max() == 0
     ref = adata.copy()
     sc.pp.normalize_total(ref, target_sum=1e4)
     sc.pp.log1p(ref)

@@ -216,6 +216,8 @@ def genes_pca(
     cols = adata.var_names.get_indexer(genes)
     if sparse.issparse(x) or isinstance(x, np.ndarray):
         sub = sparse.csr_matrix(x[:, cols], dtype=np.float32)
+        if sparse.issparse(x) and np.shares_memory(sub.data, x.data):  # normalised in place below
+            sub = sub.copy()
         totals = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
     else:  # a backed AnnData's matrix: rows in chunks, only the genes' columns kept
         parts, sums = [], []
