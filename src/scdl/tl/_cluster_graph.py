@@ -226,6 +226,8 @@ def genes_pca(
             parts.append(block[:, cols])
             sums.append(np.asarray(block.sum(axis=1), dtype=np.float64).ravel())
         sub, totals = sparse.vstack(parts, format="csr"), np.concatenate(sums)
+    # canonical, as a sparse product would leave it: the PCA's sums then run in one order
+    sub.sort_indices()
     if kind == "counts":  # in place: ``sub`` is a copy of the data's columns, not a view
         scale = np.where(totals > 0, 1e4 / np.maximum(totals, 1e-12), 0.0).astype(np.float32)
         sub.data *= np.repeat(scale, np.diff(sub.indptr))
