@@ -45,7 +45,7 @@ DATASETS = {
 # confounded: a batch key would ask the model to mix PBMCs with lung lines). 12 types.
 MERGED = {"merged12": "control", "merged12s": "stimulated"}
 GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0)
-SPACES = ("PCA", "scVI", "scdl")
+SPACES = ("PCA", "scVI", "scdl", "Harmony")  # Harmony: batch sets only
 PEER_NEIGHBORS = 15  # scanpy's default graph for PCA + Leiden and scVI + Leiden
 
 
@@ -139,6 +139,15 @@ def scdl_latent(adata: ad.AnnData, batch_key: str | None, seed: int) -> np.ndarr
     return tmp.obsm["X_scdl"]
 
 
+def harmony_pca(pca: np.ndarray, batches: pd.Series, seed: int) -> np.ndarray:
+    """The PCA corrected by Harmony over the batches (harmonypy's defaults)."""
+    import harmonypy
+
+    meta = pd.DataFrame({"batch": batches.astype(str).to_numpy()})
+    out = harmonypy.run_harmony(pca.T, meta, "batch", random_state=seed, verbose=False)
+    return np.asarray(out.Z_corr, dtype=np.float32)
+
+
 def embeddings(
     name: str, seed: int, cache: Path | None, spaces=SPACES, cache_only: bool = False
 ) -> tuple[ad.AnnData, str]:
@@ -149,14 +158,15 @@ def embeddings(
         ("PCA", lambda: scanpy_pca(adata)),
         ("scVI", lambda: scvi_latent(adata, batch_key, seed)),
         ("scdl", lambda: scdl_latent(adata, batch_key, seed)),
+        ("Harmony", lambda: harmony_pca(adata.obsm["PCA"], adata.obs[batch_key], seed)),
     ):
-        if space not in spaces:
+        if space not in spaces or (space == "Harmony" and not (batch_key and "PCA" in adata.obsm)):
             continue
         path = cache / f"{name}_{space}_{seed}.npy" if cache else None
         if path is not None and path.is_file():
             adata.obsm[space] = np.load(path)
             continue
-        if cache_only and space != "PCA":
+        if cache_only and space not in ("PCA", "Harmony"):  # both cheap, computed
             continue
         adata.obsm[space] = np.asarray(fn(), dtype=np.float32)
         if path is not None:
@@ -368,6 +378,11 @@ def report(grid: pd.DataFrame) -> None:
         )
     print("\nlabel-free choice on the other spaces (ARI, mean over seeds):")
     print(mean[["PCA auto", "scVI auto", "scdl auto"]].to_string(float_format=f3))
+    harmony = mean[["Harmony 1.0", "Harmony auto", "Harmony oracle", "scdl 1.0", "scdl auto"]]
+    harmony = harmony.dropna(subset=["Harmony 1.0"])
+    if not harmony.empty:
+        print("\nHarmony + Leiden (scanpy's PCA harmonised over the batch key; batch sets):")
+        print(harmony.to_string(float_format=f3))
     pure = [f"{sp} {r} one-batch" for sp in SPACES for r in ("1.0", "auto")]
     batched = mean[pure].dropna(how="all")
     if not batched.empty:

@@ -218,7 +218,7 @@ def genes_pca(
         sub = sparse.csr_matrix(x[:, cols], dtype=np.float32)
         if sparse.issparse(x) and np.shares_memory(sub.data, x.data):  # normalised in place below
             sub = sub.copy()
-        totals = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+        totals = np.asarray(x.sum(axis=1), dtype=np.float64).ravel() if kind == "counts" else None
     else:  # a backed AnnData's matrix: rows in chunks, only the genes' columns kept
         parts, sums = [], []
         for start in range(0, adata.n_obs, BACKED_ROWS):
