@@ -301,15 +301,16 @@ def test_computed_pca_is_scanpys_recipe_on_the_integrated_genes(cellbench_integr
     gene subset and its PCA, to the sign of each component."""
     import scanpy as sc
 
-    from scdl.tl._cluster_graph import genes_pca, params_genes
+    from scdl.data import genes_pca
+    from scdl.tl._cluster_graph import params_genes
 
     adata = cellbench_integrated
     genes = params_genes(adata, "X_scdl")
     assert genes == list(adata.uns["X_scdl"]["var_names"]) and len(genes) < adata.n_vars
     before = adata.X.copy()
-    ours = genes_pca(adata, None, genes)
+    ours = genes_pca(adata, genes)
     assert abs(adata.X - before).max() == 0  # the columns are normalised in a copy
-    everything = genes_pca(adata, None, list(adata.var_names))  # every column, in order
+    everything = genes_pca(adata, list(adata.var_names))  # every column, in order
     assert everything.shape[0] == adata.n_obs and abs(adata.X - before).max() == 0
     ref = adata.copy()
     sc.pp.normalize_total(ref, target_sum=1e4)
@@ -321,26 +322,50 @@ def test_computed_pca_is_scanpys_recipe_on_the_integrated_genes(cellbench_integr
     np.testing.assert_allclose(ours, theirs * sign, atol=2e-3 * np.abs(theirs).max())
 
 
+def test_genes_pca_reads_any_matrix_in_blocks_and_names_missing_genes(
+    cellbench_integrated, monkeypatch
+):
+    """The same PCA from CSR, CSC and dense counts read in several blocks of rows as from CSR
+    in one block, the matrix untouched; a gene the data lack is a KeyError naming it."""
+    from scipy import sparse
+
+    import scdl.data._rows as rows_module
+    from scdl.data import genes_pca
+    from scdl.tl._cluster_graph import params_genes
+
+    adata = cellbench_integrated.copy()
+    genes = params_genes(adata, "X_scdl")
+    one_block = genes_pca(adata, genes)
+    monkeypatch.setattr(rows_module, "ROW_BLOCK", 64)
+    for x in (sparse.csr_matrix(adata.X), sparse.csc_matrix(adata.X), adata.X.toarray()):
+        before = x.copy()
+        adata.X = x
+        np.testing.assert_allclose(genes_pca(adata, genes), one_block, atol=1e-4)
+        assert abs(adata.X - before).max() == 0
+    with pytest.raises(KeyError, match="not_a_gene"):
+        genes_pca(adata, [*genes[:5], "not_a_gene"])
+
+
 def test_backed_data_cluster_as_in_memory(cellbench_integrated, tmp_path, monkeypatch):
-    """On a backed AnnData the PCA reads the matrix in chunks of rows (only the trained genes'
-    columns kept): the same PCA, graph and clusters as in memory."""
+    """On a backed AnnData the PCA reads the matrix in blocks of rows (only the trained genes'
+    columns kept): the same PCA, graph and clusters as in memory in one block."""
     import anndata as ad
 
-    import scdl.tl._cluster_graph as graph_module
+    import scdl.data._rows as rows_module
+    from scdl.data import genes_pca
+    from scdl.tl._cluster_graph import params_genes
 
-    monkeypatch.setattr(graph_module, "BACKED_ROWS", 100)  # several chunks on a small set
     memory = cellbench_integrated.copy()
     memory.write_h5ad(tmp_path / "cells.h5ad")
+    genes = params_genes(memory, "X_scdl")
+    assert memory.n_obs < rows_module.ROW_BLOCK  # one block in memory
+    in_memory = genes_pca(memory, genes)
+    scdl.tl.cluster(memory, resolution="auto")
+    monkeypatch.setattr(rows_module, "ROW_BLOCK", 100)  # several blocks on a small set
     backed = ad.read_h5ad(tmp_path / "cells.h5ad", backed="r")
-    assert backed.isbacked and backed.n_obs > 3 * graph_module.BACKED_ROWS
-    genes = graph_module.params_genes(memory, "X_scdl")
-    np.testing.assert_allclose(
-        graph_module.genes_pca(backed, None, genes),
-        graph_module.genes_pca(memory, None, genes),
-        atol=1e-4,
-    )
-    for data in (memory, backed):
-        scdl.tl.cluster(data, resolution="auto")
+    assert backed.isbacked and backed.n_obs > 3 * rows_module.ROW_BLOCK
+    np.testing.assert_allclose(genes_pca(backed, genes), in_memory, atol=1e-4)
+    scdl.tl.cluster(backed, resolution="auto")
     assert backed.uns["scdl_cluster_neighbors"]["params"]["pca"].startswith("computed from X")
     assert (backed.obs["scdl_cluster"] == memory.obs["scdl_cluster"]).all()
     assert (

@@ -48,7 +48,7 @@ from ._genes import (
 from ._groups import resolve_groups, warn_if_batch_nested
 from ._lognorm import input_kind, normalised_from_log1p
 from ._normalize import log_normalize_counts
-from ._pca import unintegrated_pca
+from ._pca import genes_pca, unintegrated_pca
 from ._query import (
     check_category_kind,
     check_query,
@@ -56,6 +56,7 @@ from ._query import (
     edited_obs_columns,
     sampled_counts_ok,
 )
+from ._rows import ROW_BLOCK, row_blocks
 from ._salient_genes import salient_gene_table
 from ._write import check_writable, writable, write_h5ad_atomic
 
@@ -111,6 +112,9 @@ __all__ = [
     "warn_if_batch_nested",
     "salient_gene_table",
     "unintegrated_pca",
+    "genes_pca",
+    "row_blocks",
+    "ROW_BLOCK",
     "check_writable",
     "writable",
     "write_h5ad_atomic",

@@ -17,12 +17,13 @@ from scipy import sparse
 
 from scdl._warnings import warn_user
 
+from ._rows import row_blocks
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
 logger = logging.getLogger(__name__)
 
-_CHUNK_ROWS = 10_000
 _CHUNK_VALUES = 2_000_000
 
 
@@ -78,11 +79,6 @@ class CountSummary:
     gene_totals: np.ndarray
 
 
-def _iter_row_chunks(x, n_obs: int):
-    for start in range(0, n_obs, _CHUNK_ROWS):
-        yield x[start : min(start + _CHUNK_ROWS, n_obs)]
-
-
 def _count_stats(x, n_obs: int, n_vars: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """Row and gene totals of ``x`` and its numbers of non-finite, negative and non-integer
     values, read in row chunks (a sparse matrix stays sparse)."""
@@ -121,7 +117,7 @@ def _count_stats(x, n_obs: int, n_vars: int) -> tuple[np.ndarray, np.ndarray, di
             row_totals[rows] = np.nan
         return row_totals, gene_totals, n_bad
     offset = 0
-    for chunk in _iter_row_chunks(x, n_obs):
+    for chunk in row_blocks(x, n_obs):
         if sparse.issparse(chunk):
             vals = chunk.data
         else:

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from ._checks import get_matrix
+from ._rows import row_blocks
 
 
 def same_gene_names(a, b) -> bool:
@@ -197,11 +198,6 @@ def align_to_genes(
     elif isinstance(x, np.ndarray):
         out = sparse.csr_matrix(np.asarray(x, dtype=np.float32)) @ sel
     else:  # backed: read in row chunks
-        out = sparse.vstack(
-            [
-                sparse.csr_matrix(x[i : i + 10_000], dtype=np.float32) @ sel
-                for i in range(0, adata.n_obs, 10_000)
-            ],
-            format="csr",
-        )
+        blocks = [sparse.csr_matrix(b, dtype=np.float32) @ sel for b in row_blocks(x)]
+        out = sparse.vstack(blocks, format="csr")
     return sparse.csr_matrix(out, dtype=np.float32), present

@@ -11,6 +11,7 @@ from scipy import sparse
 from scdl._warnings import warn_user
 
 from ._checks import check_counts, get_matrix, warn_empty_cells
+from ._rows import row_blocks
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -18,15 +19,13 @@ if TYPE_CHECKING:
 # per-cell totals of expm1(X) equal to within this relative spread count as "normalised to a
 # constant total" (float32 storage of log1p values leaves ~1e-6; 1% allows rounded files)
 _TOTAL_SPREAD = 0.01
-_CHUNK_ROWS = 10_000
 
 
 def _expm1_row_totals(x) -> tuple[np.ndarray, int, int, int, float]:
     """Per-cell totals of expm1(x); counts of non-finite, negative and fractional values;
     the largest value."""
     totals, n_nan, n_bad, n_frac, vmax = [], 0, 0, 0, 0.0
-    for start in range(0, x.shape[0], _CHUNK_ROWS):
-        chunk = x[start : start + _CHUNK_ROWS]
+    for chunk in row_blocks(x):
         vals = chunk.data if sparse.issparse(chunk) else np.asarray(chunk).ravel()
         vals = np.asarray(vals, dtype=np.float64)
         n_nan += int(np.count_nonzero(~np.isfinite(vals)))

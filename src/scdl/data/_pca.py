@@ -66,3 +66,85 @@ def unintegrated_pca(
     n_comps = min(n_comps, tmp.n_obs - 1, tmp.n_vars - 1)
     sc.pp.pca(tmp, n_comps=n_comps, random_state=0)
     return tmp.obsm["X_pca"]
+
+
+def genes_pca(
+    adata: AnnData,
+    genes: list[str],
+    *,
+    layer: str | None = None,
+    n_comps: int = 50,
+    kind: str | None = None,
+) -> np.ndarray:
+    """PCA of log1p(counts per 10,000) of ``genes`` alone, each cell normalised by its total
+    over all its genes.
+
+    The values of ``sc.pp.normalize_total`` + ``sc.pp.log1p`` on the whole matrix followed by
+    the subset to ``genes`` and ``sc.pp.pca``, but only ``genes``' columns are ever copied: the
+    matrix is read a block of rows at a time (:func:`scdl.data.row_blocks`; a backed AnnData's
+    matrix from disk), each block's row totals taken and its columns of ``genes`` kept.
+    Log-normalised input (:func:`scdl.data.input_kind`) is used as it is. ``adata`` is not
+    modified.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix with raw counts (or log-normalised counts) in ``X`` or ``layer``.
+    genes
+        Names in ``adata.var_names`` (unique there), e.g. the genes a model was trained on.
+    layer
+        Layer with the data; ``None`` uses ``adata.X``.
+    n_comps
+        Principal components (fewer when the data has fewer cells or genes).
+    kind
+        ``"counts"`` or ``"log1p"`` when the caller has already called
+        :func:`scdl.data.input_kind` (saves a pass over the matrix); ``None``: checked here.
+
+    Returns
+    -------
+    Array of shape (cells, ``n_comps``).
+
+    Raises
+    ------
+    KeyError
+        A gene of ``genes`` is not in ``adata.var_names``, or ``layer`` is missing.
+    ValueError, TypeError
+        The data are neither counts nor log-normalised counts (as
+        :func:`scdl.data.input_kind`).
+    """
+    import anndata
+    import scanpy as sc
+    from scipy import sparse
+
+    from ._checks import get_matrix
+    from ._lognorm import input_kind
+    from ._rows import row_blocks
+
+    cols = adata.var_names.get_indexer(genes)
+    if (cols < 0).any():
+        missing = [g for g, c in zip(genes, cols, strict=True) if c < 0][:5]
+        raise KeyError(
+            f"genes_pca: {missing} (of {int((cols < 0).sum())} genes) are not in "
+            "adata.var_names. Pass genes the AnnData holds."
+        )
+    if kind is None:
+        kind, _ = input_kind(adata, layer)
+    parts, totals = [], []
+    for block in row_blocks(get_matrix(adata, layer)):
+        # a row block of a sparse or backed matrix is a copy, of a dense one a view; either
+        # way its column subset below is new memory, normalised in place
+        parts.append(sparse.csr_matrix(block[:, cols], dtype=np.float32))
+        if kind == "counts":
+            totals.append(np.asarray(block.sum(axis=1), dtype=np.float64).ravel())
+    sub = sparse.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
+    # canonical, as a sparse product would leave it: the PCA's sums then run in one order
+    sub.sort_indices()
+    if kind == "counts":
+        total = np.concatenate(totals)
+        scale = np.where(total > 0, 1e4 / np.maximum(total, 1e-12), 0.0).astype(np.float32)
+        sub.data *= np.repeat(scale, np.diff(sub.indptr))
+        np.log1p(sub.data, out=sub.data)
+    tmp = anndata.AnnData(X=sub)
+    n_comps = max(1, min(n_comps, tmp.n_obs - 1, tmp.n_vars - 1))
+    sc.pp.pca(tmp, n_comps=n_comps, random_state=0)
+    return tmp.obsm["X_pca"]

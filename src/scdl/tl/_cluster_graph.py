@@ -39,8 +39,6 @@ AUTO = "auto"
 VAE_MODEL = "scdl.models.VAE"
 #: neighbours of the PCA graph: scanpy's default for a PCA
 PCA_NEIGHBORS = 15
-#: rows read at a time from a backed matrix for the PCA
-BACKED_ROWS = 10_000
 
 
 def uses_pca(adata: AnnData, use_rep: str, pca_key: str | None) -> tuple[str | None, str]:
@@ -66,14 +64,14 @@ def expression_pca(
 ) -> tuple[np.ndarray | None, str]:
     """The PCA whose graph joins ``use_rep``'s (:func:`uses_pca`) and how it was found:
     ``obsm[key]`` when there, else (for ``"X_pca"`` only; another missing key is a
-    ``KeyError``) computed (:func:`genes_pca` on the genes of :func:`params_genes`, else
+    ``KeyError``) computed (:func:`scdl.data.genes_pca` on the genes of :func:`params_genes`, else
     :func:`scdl.data.unintegrated_pca`) from ``layer`` or, when that is ``None``, the layer
     ``tl.integrate`` trained ``use_rep`` on when it is still there (``X`` otherwise). ``(None,
     "")`` when no PCA joins, or (with a warning) when the data hold neither counts nor
     log-normalised counts and no layer was given. Nothing is written."""
     import warnings
 
-    from scdl.data import check_embedding, input_kind, unintegrated_pca
+    from scdl.data import check_embedding, genes_pca, input_kind, unintegrated_pca
 
     key, batch = uses_pca(adata, use_rep, pca_key)
     if key is None:
@@ -132,7 +130,7 @@ def expression_pca(
         pca = (
             unintegrated_pca(adata, layer=layer)
             if genes is None
-            else genes_pca(adata, layer, genes, kind=kind)
+            else genes_pca(adata, genes, layer=layer, kind=kind)
         )
     how = f"uns[{use_rep!r}]['var_names']" if genes is not None else "most variable genes"
     source = f"computed from {layer or 'X'}, {how}"
@@ -196,43 +194,3 @@ def params_genes(adata: AnnData, use_rep: str) -> list[str] | None:
         return None
     genes = [str(g) for g in np.asarray(genes).ravel()]
     return genes if adata.var_names.get_indexer(genes).min() >= 0 else None
-
-
-def genes_pca(
-    adata: AnnData, layer: str | None, genes: list[str], n_comps: int = 50, kind: str | None = None
-):
-    """PCA of log1p(counts per 10,000) of ``genes`` only, each cell's total over all its genes
-    (as ``sc.pp.normalize_total`` before a gene subset): the genes the latent was trained on,
-    copied alone rather than the whole matrix. Log-normalised data are used as they are."""
-    import anndata
-    import scanpy as sc
-    from scipy import sparse
-
-    from scdl.data import get_matrix, input_kind
-
-    if kind is None:  # the caller's input_kind, when it has it (a pass over the matrix)
-        kind, _ = input_kind(adata, layer)
-    x = get_matrix(adata, layer)
-    cols = adata.var_names.get_indexer(genes)
-    if sparse.issparse(x) or isinstance(x, np.ndarray):
-        sub = sparse.csr_matrix(x[:, cols], dtype=np.float32)
-        if sparse.issparse(x) and np.shares_memory(sub.data, x.data):  # normalised in place below
-            sub = sub.copy()
-        totals = np.asarray(x.sum(axis=1), dtype=np.float64).ravel() if kind == "counts" else None
-    else:  # a backed AnnData's matrix: rows in chunks, only the genes' columns kept
-        parts, sums = [], []
-        for start in range(0, adata.n_obs, BACKED_ROWS):
-            block = sparse.csr_matrix(x[start : start + BACKED_ROWS], dtype=np.float32)
-            parts.append(block[:, cols])
-            sums.append(np.asarray(block.sum(axis=1), dtype=np.float64).ravel())
-        sub, totals = sparse.vstack(parts, format="csr"), np.concatenate(sums)
-    # canonical, as a sparse product would leave it: the PCA's sums then run in one order
-    sub.sort_indices()
-    if kind == "counts":  # in place: ``sub`` is a copy of the data's columns, not a view
-        scale = np.where(totals > 0, 1e4 / np.maximum(totals, 1e-12), 0.0).astype(np.float32)
-        sub.data *= np.repeat(scale, np.diff(sub.indptr))
-        np.log1p(sub.data, out=sub.data)
-    tmp = anndata.AnnData(X=sub)
-    n_comps = max(1, min(n_comps, tmp.n_obs - 1, tmp.n_vars - 1))
-    sc.pp.pca(tmp, n_comps=n_comps, random_state=0)
-    return tmp.obsm["X_pca"]
