@@ -575,6 +575,7 @@ def test_annotator_predict_checks_counts(kind, error, match):
         ({"n_neighbors": 1}, ValueError, "n_neighbors must be >= 2"),
         ({"key_added": 3}, TypeError, "key_added"),
         ({"random_state": "abc"}, TypeError, "random_state must be an integer seed"),
+        ({"random_state": -1}, ValueError, r"random_state must be an integer from 0 to 2\*\*32"),
         ({"nan": True}, ValueError, "NaN or infinite"),
         ({"sparse": True}, TypeError, r"sparse matrix.*\.toarray\(\)"),
     ],
@@ -599,6 +600,11 @@ def test_cluster_bad_arguments(kang, kwargs, error, match):
         ({"n_latent": 0}, ValueError, "n_latent"),
         ({"max_epochs": -1}, ValueError, "max_epochs"),
         ({"batch_key": "condition", "layer": "counts"}, KeyError, "not found in adata.layers"),
+        # refused before training: scvi-tools' seed setter gave numpy's errors, a float failed
+        # inside Lightning's first epoch
+        ({"random_state": 1.5}, TypeError, "random_state must be an integer seed"),
+        ({"random_state": -1}, ValueError, r"random_state must be an integer from 0 to 2\*\*32"),
+        ({"random_state": 2**32}, ValueError, "random_state must be an integer from 0"),
     ],
 )
 def test_integrate_bad_arguments(kang, kwargs, error, match):
@@ -616,6 +622,8 @@ def test_integrate_bad_arguments(kang, kwargs, error, match):
         ({"shared_key": ""}, TypeError, "key_added"),
         ({"key_added": "X_c", "shared_key": "X_c"}, ValueError, "shared space would overwrite"),
         ({"n_top_genes": 0}, ValueError, "n_top_genes must be a positive integer"),
+        ({"random_state": "x"}, TypeError, "random_state must be an integer seed"),
+        ({"random_state": -1}, ValueError, "random_state must be an integer from 0"),
     ],
 )
 def test_contrastive_bad_arguments(kang, kwargs, error, match):

@@ -218,6 +218,7 @@ def test_errors_name_the_command_line_flags(kang, tmp_path, capsys):
     for flags, said in (
         (["integrate", "--n-latent", "0"], "--n-latent: must be an integer >= 1"),
         (["annotate", "--min-gene-overlap", "2"], "--min-gene-overlap: must be a fraction"),
+        (["integrate", "--seed", "-1"], "--seed: must be an integer from 0 to 2**32 - 1"),
     ):
         with pytest.raises(SystemExit) as e:
             main([flags[0], str(path), *flags[1:], "-o", out])

@@ -515,7 +515,13 @@ def test_a_few_cells_keep_their_own_predictions(trained, cellbench):
     # two cells that are each other's nearest neighbour share a mean: at least half distinct
     assert pred.round(6).drop_duplicates().shape[0] >= few.n_obs // 2
     assert pred.groupby(lines[pick]).mean().round(6).drop_duplicates().shape[0] == 3
-    assert few.uns["scdl_drug"]["params"]["smooth_neighbors"] == trained.smooth_neighbors
+    # the neighbours used, not the model's 15: 12 cells average over 2
+    used = few.uns["scdl_drug"]["params"]["smooth_neighbors"]
+    assert used == few.n_obs // 5 == 2 < trained.smooth_neighbors
+    as_used = scdl.tl.drug_response(
+        few, model=trained, drugs=list(EGFR_DRUGS), smooth_neighbors=used, copy=True
+    )
+    np.testing.assert_array_equal(as_used.obsm["scdl_drug"].to_numpy(), pred.to_numpy())
     alone = scdl.tl.drug_response(few, model=trained, smooth_neighbors=0, copy=True)
     direct = trained.predict(few, smooth_neighbors=0)
     np.testing.assert_allclose(alone.obsm["scdl_drug"].to_numpy(), direct.to_numpy(), rtol=1e-5)
@@ -960,6 +966,7 @@ def test_a_response_where_higher_means_sensitive_turns_probability_and_label(tmp
     scdl.tl.drug_response(cells, model=model, modality="profiles")
     assert cells.uns["scdl_drug"]["params"]["sensitive"] == "high"
     assert cells.uns["scdl_drug"]["params"]["response_key"] == "activity_area"
+    assert cells.uns["scdl_drug"]["params"]["smooth_neighbors"] == 0  # profiles: none averaged
     cells.obs["half"] = pd.Categorical(np.repeat(["a", "b"], 20))
     fig = scdl.pl.drug_response(cells, groupby="half", kind="violin", value="response", show=False)
     assert fig.axes[0].get_ylabel() == "predicted activity_area\n(higher: more sensitive)"

@@ -63,6 +63,18 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    """An integer seed from 0 to 2**32 - 1 (``--seed``; numpy's range), refused by argparse
+    before the input is read."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**32 - 1, got {text!r}")
+    return value
+
+
 #: ``--max-epochs``: leaving it out chooses the epochs from the number of cells
 _max_epochs = partial(_at_least_one, hint=" (leave it out to choose from the number of cells)")
 
@@ -317,7 +329,7 @@ def _add_demo(sub) -> None:
     d.add_argument(
         "--max-epochs", type=_max_epochs, default=None, help="training epochs (default: auto)"
     )
-    d.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    d.add_argument("--seed", type=_seed, default=0, help="random seed (default: %(default)s)")
     d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_demo)
 
@@ -349,7 +361,7 @@ def _add_integrate(sub) -> None:
         default=None,
         help="training epochs (default: chosen from the number of cells)",
     )
-    i.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    i.add_argument("--seed", type=_seed, default=0, help="random seed (default: %(default)s)")
     i.add_argument("--cluster", action="store_true", help="also run Leiden on the latent space")
     i.add_argument("--save-model", default=None, help="folder to save the trained model")
     i.add_argument(

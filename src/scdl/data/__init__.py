@@ -34,6 +34,7 @@ from ._drug_checks import (
 )
 from ._drug_inputs import (
     matched_reference,
+    neighbors_used,
     profiles_from_counts,
     profiles_from_expression,
     select_model_genes,
@@ -112,6 +113,7 @@ __all__ = [
     "warn_if_batch_nested",
     "salient_gene_table",
     "unintegrated_pca",
+    "neighbors_used",
     "genes_pca",
     "row_blocks",
     "ROW_BLOCK",

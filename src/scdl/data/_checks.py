@@ -431,10 +431,13 @@ def check_non_negative(value, arg: str, *, meaning: str = "") -> float:
 
 
 def check_random_state(value, arg: str = "random_state") -> None:
-    """``value`` must be an integer seed or ``None`` (checked before anything is written;
-    otherwise numpy's error comes after a step has written part of its results)."""
+    """``value`` must be an integer seed from 0 to 2**32 - 1 (numpy's and Lightning's range)
+    or ``None`` (checked before anything is written or trained; otherwise numpy's error comes
+    after a step has written part of its results, or inside training)."""
     if isinstance(value, bool) or not (value is None or isinstance(value, int | np.integer)):
         raise TypeError(f"{arg} must be an integer seed (or None), got {value!r}.")
+    if value is not None and not 0 <= value < 2**32:
+        raise ValueError(f"{arg} must be an integer from 0 to 2**32 - 1, got {value}.")
 
 
 def check_key_added(key_added) -> str:

@@ -136,6 +136,14 @@ MAX_NEIGHBOR_SHARE = 0.2
 _CHUNK_ROWS = 1024
 
 
+def neighbors_used(n_rows: int, n_neighbors: int) -> int:
+    """The neighbours each of ``n_rows`` rows is averaged over (itself included) when
+    ``n_neighbors`` are asked for: at most a fifth of the rows (``MAX_NEIGHBOR_SHARE``); 0 when
+    that leaves one or none (no averaging)."""
+    k = min(int(n_neighbors), max(1, int(n_rows * MAX_NEIGHBOR_SHARE)))
+    return k if k > 1 else 0
+
+
 def neighbor_weights(
     profiles, n_neighbors: int, *, n_pcs: int = 30, random_state: int = 0
 ) -> sparse.csr_matrix | None:
@@ -148,8 +156,8 @@ def neighbor_weights(
     one prediction for a small query.
     """
     n = profiles.shape[0]
-    k = min(int(n_neighbors), max(1, int(n * MAX_NEIGHBOR_SHARE)))
-    if k <= 1:
+    k = neighbors_used(n, n_neighbors)
+    if k == 0:
         return None
     from sklearn.decomposition import PCA
     from sklearn.neighbors import NearestNeighbors

@@ -13,6 +13,7 @@ from scdl.data import (
     check_is_anndata,
     check_key_added,
     check_positive_int,
+    check_random_state,
     check_unique_var_names,
     check_writable,
     get_matrix,
@@ -144,6 +145,7 @@ def contrastive(
     if shared_key is None:
         shared_key = "X_scdl_shared" if key_added == "X_scdl_salient" else f"{key_added}_shared"
     # validate everything before touching adata, so a failing call leaves it unchanged
+    check_random_state(random_state)
     bg, tg, summary = _check_inputs(
         adata, groupby, background, target, layer, batch_key, key_added, shared_key, n_top_genes
     )

@@ -80,7 +80,8 @@ def drug_response(
         model's ensemble members (each trained without one fold of the lines).
     ``uns[key_added]``
         ``params`` (``drugs``, ``layer``, ``modality`` as read: ``"counts"``, ``"log1p"``
-        or ``"profiles"``, ``smooth_neighbors`` as used (the model's when ``None``),
+        or ``"profiles"``, ``smooth_neighbors`` as used: the model's when ``None``, at most
+        a fifth of the cells, 0 when no cell was averaged (``"profiles"``, or too few cells),
         ``n_genes``, ``n_cells``, ``model``,
         ``response_key``: the model's response, e.g. ``"ln_ic50"``, and ``sensitive``:
         ``"low"`` or ``"high"``, which responses mean more sensitive),
@@ -110,7 +111,7 @@ def drug_response(
     >>> scdl.tl.drug_response(adata, model=model, drugs=["Gefitinib", "Erlotinib"])
     >>> scdl.pl.drug_response(adata, groupby="cell_line")  # any obs column of groups
     """
-    from scdl.data import check_is_anndata, check_key_added, resolve_modality
+    from scdl.data import check_is_anndata, check_key_added, neighbors_used, resolve_modality
     from scdl.models import DrugResponseModel
 
     check_is_anndata(adata)
@@ -168,8 +169,11 @@ def drug_response(
             "drugs": np.asarray(value.columns, dtype=object),
             "layer": layer or "",
             "modality": modality,
-            "smooth_neighbors": int(
-                model.smooth_neighbors if smooth_neighbors is None else smooth_neighbors
+            "smooth_neighbors": 0
+            if modality == "profiles"
+            else neighbors_used(
+                adata.n_obs,
+                model.smooth_neighbors if smooth_neighbors is None else smooth_neighbors,
             ),
             "n_genes": len(model.genes),
             "n_cells": int(adata.n_obs),

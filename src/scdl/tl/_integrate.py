@@ -13,6 +13,7 @@ from scdl.data import (
     check_is_anndata,
     check_key_added,
     check_positive_int,
+    check_random_state,
     check_unique_var_names,
     check_writable,
     get_matrix,
@@ -120,6 +121,7 @@ def integrate(
     from scdl.models import VAE
 
     # validate everything before touching adata, so a failing call leaves it unchanged
+    check_random_state(random_state)
     summary = _check_inputs(adata, key_added, layer, batch_key, n_top_genes)
     genes = select_genes(
         adata,
