@@ -848,6 +848,12 @@ def test_annotation_inputs_named_by_what_fixes_them(annotator):
         model.gene_attributions(renamed, groupby="mine", n_cells=5)
     with pytest.raises(ValueError, match="no cells labelled"):
         model.gene_attributions(renamed, groupby="mine", label=model.labels[0], n_cells=5)
+    # tl.annotate's own column, with cells called Unknown: those have no type to explain
+    called = q[q.obs["cell_type"].isin(model.labels).to_numpy()].copy()
+    types = called.obs["cell_type"].astype(str)
+    called.obs["calls"] = np.where(np.arange(called.n_obs) % 5 == 0, "Unknown", types)
+    attr = model.gene_attributions(called, groupby="calls", n_cells=5, n_top=2)
+    assert set(attr["label"]) == set(types) and "Unknown" not in set(attr["label"])
     for bad in ({"n_top": -1}, {"n_cells": 0}, {"n_steps": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             model.gene_attributions(q, **bad)

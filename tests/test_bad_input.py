@@ -328,6 +328,22 @@ def test_not_an_anndata(kang):
         scdl.tl.cluster(df)
 
 
+def test_annotator_labels_refused_with_the_annotators_fix(kang):
+    """A reference of one type is told to give two (not to pass ``labels_key=None``, which
+    the annotator refuses); fractional numbers are not pointed to a parameter it lacks."""
+    adata = _expressed(kang)
+    adata.obs["one"] = "T"
+    adata.obs["score"] = np.linspace(0.0, 1.0, adata.n_obs)
+    snap = snapshot(adata)
+    with pytest.raises(ValueError, match="at least two types") as err:
+        CellTypeTransformer.setup_anndata(adata, labels_key="one")
+    assert "labels_key=None" not in str(err.value)
+    with pytest.raises(TypeError, match="non-integer numbers") as err:
+        CellTypeTransformer.setup_anndata(adata, labels_key="score")
+    assert "continuous_covariate_keys" not in str(err.value)
+    assert_unchanged(adata, snap)
+
+
 def test_a_per_cell_number_is_not_a_batch(kang):
     """A numeric column with about one value per cell (total counts, genes per cell) is not
     registered as hundreds of batches; numeric batch codes are."""
@@ -335,10 +351,11 @@ def test_a_per_cell_number_is_not_a_batch(kang):
     adata.obs["total_counts"] = np.asarray(adata.X.sum(1)).ravel()
     adata.obs["plate"] = np.arange(adata.n_obs) % 4
     snap = snapshot(adata)
-    with pytest.raises(ValueError, match="distinct numbers for .* a per-cell measurement"):
-        VAE.setup_anndata(adata, batch_key="total_counts")
-    with pytest.raises(ValueError, match="continuous_covariate_keys"):
+    with pytest.raises(ValueError, match="a per-cell measurement.*continuous_covariate_keys"):
+        VAE.setup_anndata(adata, batch_key="total_counts")  # the parameter it has for these
+    with pytest.raises(ValueError, match="distinct numbers for .* a per-cell measurement") as e:
         scdl.tl.integrate(adata, batch_key="total_counts", max_epochs=1)
+    assert "continuous_covariate_keys" not in str(e.value)  # not a parameter of tl.integrate
     assert_unchanged(adata, snap)
     VAE.setup_anndata(adata, batch_key="plate")
     assert VAE(adata).summary_stats.n_batch == 4

@@ -280,15 +280,18 @@ def check_categorical(
     arg: str = "key",
     min_categories: int = 1,
     too_few: str | None = None,
+    numeric_hint: str = "",
 ) -> pd.Series:
     """Check an obs column used as a categorical covariate; require ``min_categories`` levels
-    (``too_few``: what to do instead, said when there are fewer; default: pass ``None``)."""
+    (``too_few``: what to do instead, said when there are fewer; default: pass ``None``).
+    ``numeric_hint``: where a numeric covariate goes instead, for a caller that takes one (e.g.
+    ``" (numeric covariates go in `continuous_covariate_keys`)"``), said for a numeric column."""
     col = check_obs_key(adata, key, arg=arg)
     if pd.api.types.is_float_dtype(col) and (col != np.round(col)).any():
         raise TypeError(
             f"adata.obs[{key!r}] holds non-integer numbers ({col.dtype}), so it is not a "
-            f"category such as a sample or cell-type name. Pass a categorical column as `{arg}` "
-            f"(numeric covariates go in `continuous_covariate_keys`), or convert it: "
+            f"category such as a sample or cell-type name. Pass a categorical column as "
+            f"`{arg}`{numeric_hint}, or convert it: "
             f"`adata.obs[{key!r}] = adata.obs[{key!r}].astype(str).astype('category')`."
         )
     n = col.nunique()
@@ -297,8 +300,8 @@ def check_categorical(
             raise ValueError(
                 f"adata.obs[{key!r}] holds {n} distinct numbers for {col.size} cells: a "
                 f"per-cell measurement, not categories such as samples or cell types. Pass a "
-                f"column of labels as `{arg}`; numeric covariates go in "
-                f"`continuous_covariate_keys`. If the numbers are codes, convert them: "
+                f"column of labels as `{arg}`{numeric_hint}. If the numbers are codes, convert "
+                f"them: "
                 f"`adata.obs[{key!r}] = adata.obs[{key!r}].astype(str).astype('category')`."
             )
     if n < min_categories:
@@ -345,6 +348,7 @@ def check_count_setup(
     covariates_need_two: bool = False,
     unique_genes: bool = True,
     fix: str | None = None,
+    numeric_hint: str = "",
 ) -> CountSummary:
     """The checks every count model's ``setup_anndata`` runs, in one place.
 
@@ -357,7 +361,8 @@ def check_count_setup(
     ``covariates_need_two``, ``batch_key`` and ``categorical_covariate_keys`` need at least
     two categories (a fresh registration; a
     query or a reloaded model may hold a single batch). ``fix``: how to give the counts, named
-    in the errors (:func:`check_counts`). Raises before anything is written.
+    in the errors (:func:`check_counts`); ``numeric_hint``: as :func:`check_categorical`'s.
+    Raises before anything is written.
     """
     check_is_anndata(adata, registering=True)
     check_unique_var_names(adata, warn=not unique_genes)
@@ -375,7 +380,7 @@ def check_count_setup(
             keys = [keys]
         need = 2 if covariates_need_two and arg in _COVARIATE_ARGS else 1
         for key in keys:
-            check_categorical(adata, key, arg=arg, min_categories=need)
+            check_categorical(adata, key, arg=arg, min_categories=need, numeric_hint=numeric_hint)
     return summary
 
 

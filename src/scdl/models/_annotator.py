@@ -306,7 +306,12 @@ class CellTypeTransformer(
             raise ValueError("`labels_key` is required: the obs column with cell-type labels.")
         if labels_key is not None:
             labels = check_categorical(
-                adata, labels_key, arg="labels_key", min_categories=1 if from_registry else 2
+                adata,
+                labels_key,
+                arg="labels_key",
+                min_categories=1 if from_registry else 2,
+                too_few="give the reference cells of at least two types: a classifier tells "
+                "types apart.",
             )
             if not from_registry and (labels.astype(str) == UNKNOWN).any():
                 raise ValueError(

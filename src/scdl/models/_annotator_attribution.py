@@ -16,6 +16,7 @@ import torch
 
 from scdl.dataloaders import dense_rows
 
+from ._annotator_predict import UNKNOWN
 from ._attribution import integrated_gradients
 
 if TYPE_CHECKING:
@@ -54,7 +55,8 @@ class AnnotatorAttributionMixin:
         label
             Cell type(s) to explain; default all.
         groupby
-            obs column choosing the cells of each type; default the model's own predictions.
+            obs column choosing the cells of each type, e.g. the column ``tl.annotate`` wrote
+            (its "Unknown" cells are left out); default the model's own predictions.
         n_cells, n_steps
             Cells per type and integration steps (cost grows with both).
         n_top
@@ -159,7 +161,9 @@ def _check_groups_are_types(groups, wanted, names, groupby: str, *, given: bool)
                 f"the model's cell-type names ({list(names)})."
             )
         return
-    other = sorted(present - set(names))
+    # cells called Unknown (tl.annotate's column) have no type to explain: left out, as types
+    # without cells are
+    other = sorted(present - set(names) - {UNKNOWN})
     if other:
         raise ValueError(
             f"adata.obs[{groupby!r}] holds values that are not the model's cell types: "

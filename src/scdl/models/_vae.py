@@ -227,6 +227,7 @@ class VAE(
             unique_genes=False,  # as in scvi-tools: genes are matched by name only for a query
             # a query is read where the reference was (`layer=` is not an option there)
             fix=counts_place_fix(cls.__name__, layer) if from_registry else None,
+            numeric_hint=" (numeric covariates go in `continuous_covariate_keys`)",
         )
         if continuous_covariate_keys is not None and not isinstance(
             continuous_covariate_keys, list | tuple
