@@ -328,6 +328,25 @@ def test_not_an_anndata(kang):
         scdl.tl.cluster(df)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "n", "match"),
+    [
+        ({"n_comps": 0}, 50, "n_comps must be a positive integer"),
+        ({"n_top_genes": 0}, 50, "n_top_genes must be a positive integer"),
+        ({}, 1, "A PCA needs at least 2 cells"),
+    ],
+)
+def test_baseline_pca_refuses_sizes_it_cannot_use(kang, kwargs, n, match):
+    from scdl.data import genes_pca, unintegrated_pca
+
+    adata = _small(kang, n)
+    with pytest.raises(ValueError, match=match):
+        unintegrated_pca(adata, **kwargs)
+    if "n_top_genes" not in kwargs:
+        with pytest.raises(ValueError, match=match):
+            genes_pca(adata, list(adata.var_names[:20]), **kwargs)
+
+
 def test_annotator_labels_refused_with_the_annotators_fix(kang):
     """A reference of one type is told to give two (not to pass ``labels_key=None``, which
     the annotator refuses); fractional numbers are not pointed to a parameter it lacks."""
@@ -595,6 +614,10 @@ def test_annotator_predict_checks_counts(kind, error, match):
         ({"random_state": -1}, ValueError, r"random_state must be an integer from 0 to 2\*\*32"),
         ({"nan": True}, ValueError, "NaN or infinite"),
         ({"sparse": True}, TypeError, r"sparse matrix.*\.toarray\(\)"),
+        # would replace tl.integrate's record, which the next tl.cluster reads
+        ({"key_added": "X_scdl"}, ValueError, r"would overwrite adata\.uns\['X_scdl'\]"),
+        # a stored X_pca means no PCA is computed: the typo is still refused
+        ({"layer": "cuonts", "pca_key": "X_pca"}, KeyError, "cuonts"),
     ],
 )
 def test_cluster_bad_arguments(kang, kwargs, error, match):
@@ -603,6 +626,7 @@ def test_cluster_bad_arguments(kang, kwargs, error, match):
         adata.obsm["X_scdl"][3, 1] = np.nan
     if kwargs.pop("sparse", False):
         adata.obsm["X_scdl"] = sparse.csr_matrix(adata.obsm["X_scdl"])
+    adata.obsm["X_pca"] = adata.obsm["X_scdl"]
     snap = snapshot(adata)
     with pytest.raises(error, match=match):
         scdl.tl.cluster(adata, **kwargs)

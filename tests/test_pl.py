@@ -247,6 +247,19 @@ def test_embedding_takes_random_state_none(kang_integrated):
     assert adata.uns["X_scdl_umap"]["params"]["random_state"] == 0
 
 
+def test_embedding_default_colour_needs_the_recorded_batch_column(kang_integrated):
+    """The default colour is the batch key tl.integrate recorded while that column exists; a
+    renamed column, or an ``uns`` entry of the basis's name that is not a record, gives no
+    colour rather than an error."""
+    adata = kang_integrated[0][:300].copy()
+    batch = adata.uns["X_scdl"]["params"]["batch_key"]
+    adata.obs = adata.obs.rename(columns={batch: "renamed"})
+    assert isinstance(scdl.pl.embedding(adata, show=False), Figure)
+    adata.obsm["X_other"] = adata.obsm["X_scdl"]
+    adata.uns["X_other"] = "a note, not a record"
+    assert isinstance(scdl.pl.embedding(adata, basis="X_other", show=False), Figure)
+
+
 def test_embedding_on_given_axes(kang_integrated):
     import matplotlib.pyplot as plt
 

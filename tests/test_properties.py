@@ -56,7 +56,7 @@ NAMED_BY = {
     "layer_typo": ("layer 'count' not found",),
     "key_typo": ("'btach'",),
     "missing_batch": ("missing values",),
-    "single_batch": ("1 category",),
+    "single_batch": (),  # valid: registered as one batch, with a warning
     "single_label": ("1 category",),
 }
 
@@ -129,8 +129,7 @@ def _valid(adata, counts, layer, batch_key, *, need_labels: bool) -> bool:
     if batch_key is not None:
         if batch_key not in adata.obs or adata.obs[batch_key].isna().any():
             return False
-        if not need_labels and adata.obs[batch_key].nunique() < 2:  # VAE: nothing to correct
-            return False
+        # one batch is valid, with a warning (as scvi-tools registers it)
     return not need_labels or adata.obs["label"].nunique() >= 2
 
 

@@ -166,6 +166,22 @@ def test_tl_steps_on_100_cells(hundred_cells):
     assert adata.obs["scdl_cell_type"].notna().all()
 
 
+def test_a_batch_column_of_one_category_trains_as_one_batch(hundred_cells):
+    """One sample's cells with its batch column (a per-sample pipeline), as scvi-tools
+    registers them: a warning, one batch, and clustering without Harmony."""
+    adata = hundred_cells[hundred_cells.obs["sample"] == hundred_cells.obs["sample"].iloc[0]]
+    adata = adata.copy()
+    with pytest.warns(UserWarning, match="has one category .*nothing to correct"):
+        scdl.tl.integrate(adata, batch_key="sample", max_epochs=5, progress_bar=False)
+    assert adata.uns["X_scdl"]["params"]["batch_key"] == "sample"
+    assert np.isfinite(adata.obsm["X_scdl"]).all()
+    scdl.tl.cluster(adata)
+    assert "harmonised" not in adata.uns["scdl_cluster_neighbors"]["params"]["pca"]
+    with pytest.warns(UserWarning, match="has one category"):
+        VAE.setup_anndata(adata, batch_key="sample")
+    assert VAE(adata).summary_stats.n_batch == 1
+
+
 def test_integer_and_dense_counts_train_like_float_csr(hundred_cells):
     """Counts stored as integers or as a dense array are the same counts."""
     import scvi

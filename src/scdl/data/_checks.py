@@ -345,7 +345,7 @@ def check_count_setup(
     *,
     report_zero_genes: bool = True,
     categorical: dict[str, str | list[str] | None] | None = None,
-    covariates_need_two: bool = False,
+    warn_one_category: bool = False,
     unique_genes: bool = True,
     fix: str | None = None,
     numeric_hint: str = "",
@@ -358,11 +358,11 @@ def check_count_setup(
     counts, and each ``{arg: obs column(s)}`` in ``categorical`` is present, categorical and
     without missing values. All-zero genes are kept (logged when ``report_zero_genes``; a
     query padded with the reference's missing genes need not be). With
-    ``covariates_need_two``, ``batch_key`` and ``categorical_covariate_keys`` need at least
-    two categories (a fresh registration; a
-    query or a reloaded model may hold a single batch). ``fix``: how to give the counts, named
-    in the errors (:func:`check_counts`); ``numeric_hint``: as :func:`check_categorical`'s.
-    Raises before anything is written.
+    ``warn_one_category`` (a fresh registration; a query or a reloaded model may hold a single
+    batch), a ``batch_key`` or ``categorical_covariate_keys`` column of one category is said in
+    a warning and registered as it is, as scvi-tools does (one batch: nothing to correct).
+    ``fix``: how to give the counts, named in the errors (:func:`check_counts`);
+    ``numeric_hint``: as :func:`check_categorical`'s. Raises before anything is written.
     """
     check_is_anndata(adata, registering=True)
     check_unique_var_names(adata, warn=not unique_genes)
@@ -378,10 +378,21 @@ def check_count_setup(
             )
         if isinstance(keys, str):
             keys = [keys]
-        need = 2 if covariates_need_two and arg in _COVARIATE_ARGS else 1
         for key in keys:
-            check_categorical(adata, key, arg=arg, min_categories=need, numeric_hint=numeric_hint)
+            col = check_categorical(adata, key, arg=arg, numeric_hint=numeric_hint)
+            if warn_one_category and arg in _COVARIATE_ARGS and col.nunique() < 2:
+                warn_one_batch(col, key, arg)
     return summary
+
+
+def warn_one_batch(col: pd.Series, key: str, arg: str = "batch_key") -> None:
+    """Say that a batch column of one category leaves nothing to correct (valid input, as in
+    scvi-tools: a subset of one sample, a per-sample pipeline)."""
+    warn_user(
+        f"`{arg}={key!r}` has one category ({col.iloc[0]!r}): there is nothing to correct for, "
+        f"so the cells are treated as one batch. Pass `{arg}=None` to silence this.",
+        UserWarning,
+    )
 
 
 def check_positive_int(value, arg: str, *, none: str | None = None) -> int | None:

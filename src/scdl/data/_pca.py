@@ -41,15 +41,18 @@ def unintegrated_pca(
     ------
     ValueError, KeyError, TypeError
         ``layer`` is missing, or the data are neither counts nor log-normalised counts (as
-        :func:`scdl.data.input_kind`).
+        :func:`scdl.data.input_kind`), or fewer than 2 cells, or a size below 1.
     """
     import anndata
     import scanpy as sc
     from scipy import sparse
 
-    from ._checks import get_matrix
+    from ._checks import check_positive_int, get_matrix
     from ._lognorm import input_kind
 
+    check_positive_int(n_comps, "n_comps")
+    check_positive_int(n_top_genes, "n_top_genes")
+    _check_cells(adata)
     kind, _ = input_kind(adata, layer)
     x = get_matrix(adata, layer)
     if not (sparse.issparse(x) or isinstance(x, np.ndarray)):  # a backed AnnData's matrix
@@ -63,7 +66,7 @@ def unintegrated_pca(
         sc.pp.log1p(tmp)
     if tmp.n_vars > n_top_genes:
         sc.pp.highly_variable_genes(tmp, n_top_genes=n_top_genes, subset=True)
-    n_comps = min(n_comps, tmp.n_obs - 1, tmp.n_vars - 1)
+    n_comps = max(1, min(n_comps, tmp.n_obs - 1, tmp.n_vars - 1))
     sc.pp.pca(tmp, n_comps=n_comps, random_state=0)
     return tmp.obsm["X_pca"]
 
@@ -110,15 +113,18 @@ def genes_pca(
         A gene of ``genes`` is not in ``adata.var_names``, or ``layer`` is missing.
     ValueError, TypeError
         The data are neither counts nor log-normalised counts (as
-        :func:`scdl.data.input_kind`).
+        :func:`scdl.data.input_kind`), or fewer than 2 cells, or ``n_comps`` below 1.
     """
     import anndata
     import scanpy as sc
     from scipy import sparse
 
-    from ._checks import get_matrix
+    from ._checks import check_positive_int, get_matrix
     from ._lognorm import input_kind
     from ._rows import row_blocks
+
+    check_positive_int(n_comps, "n_comps")
+    _check_cells(adata)
 
     cols = adata.var_names.get_indexer(genes)
     if (cols < 0).any():
@@ -148,3 +154,10 @@ def genes_pca(
     n_comps = max(1, min(n_comps, tmp.n_obs - 1, tmp.n_vars - 1))
     sc.pp.pca(tmp, n_comps=n_comps, random_state=0)
     return tmp.obsm["X_pca"]
+
+
+def _check_cells(adata: AnnData) -> None:
+    if adata.n_obs < 2:
+        raise ValueError(
+            f"A PCA needs at least 2 cells; adata holds {adata.n_obs}. Pass more cells."
+        )

@@ -202,7 +202,7 @@ class ContrastiveVAE(
             layer,
             report_zero_genes=not from_registry,
             categorical={"batch_key": batch_key},
-            covariates_need_two=not from_registry,
+            warn_one_category=not from_registry,
             unique_genes=False,  # as in scvi-tools: genes are matched by name only for a query
         )
         anndata_fields = [

@@ -223,7 +223,7 @@ class VAE(
                 "labels_key": labels_key,
                 "categorical_covariate_keys": categorical_covariate_keys,
             },
-            covariates_need_two=not from_registry,
+            warn_one_category=not from_registry,
             unique_genes=False,  # as in scvi-tools: genes are matched by name only for a query
             # a query is read where the reference was (`layer=` is not an option there)
             fix=counts_place_fix(cls.__name__, layer) if from_registry else None,

@@ -51,7 +51,8 @@ def embedding(
         obsm key of the learned representation (e.g. from :func:`scdl.tl.integrate`).
     color
         obs columns or genes to colour by, e.g. ``["sample", "cell_type"]``. Default: the
-        batch key recorded by :func:`scdl.tl.integrate` in ``uns[basis]``, if any.
+        batch key recorded by :func:`scdl.tl.integrate` in ``uns[basis]``, if any and still a
+        column of ``obs``.
     n_neighbors, random_state
         For the neighbour graph and UMAP (``random_state=None`` uses 0, so that the cached
         UMAP is reproducible).
@@ -73,9 +74,11 @@ def embedding(
             f"basis={basis!r} is not in adata.obsm (available: {list(adata.obsm)}). Run "
             "`scdl.tl.integrate` first or pass the key of an existing embedding."
         )
-    if color is None:
-        params = adata.uns.get(basis, {}).get("params", {}) if basis in adata.uns else {}
-        color = [params["batch_key"]] if params.get("batch_key") else None
+    if color is None:  # the batch key tl.integrate recorded, while that column exists
+        info = adata.uns.get(basis)
+        params = info.get("params") if isinstance(info, dict) else None
+        batch = params.get("batch_key") if isinstance(params, dict) else None
+        color = [batch] if batch and batch in adata.obs else None
     # everything checked before the UMAP cache is written: a failing call writes nothing
     rep = check_embedding(adata, basis, purpose="a UMAP")
     if rep.shape[0] < 4:

@@ -15,6 +15,7 @@ from scdl.data import (
     check_key_added,
     check_random_state,
     check_writable,
+    get_matrix,
     writable,
 )
 
@@ -102,9 +103,10 @@ def cluster(
     layer
         Layer of counts for a PCA that is computed; ``None``: the layer ``tl.integrate``
         trained ``use_rep`` on (``uns[use_rep]["params"]["layer"]``) while it exists, else
-        ``X``.
+        ``X``. A layer given must exist, even where no PCA is computed.
     key_added
-        obs column of the clusters.
+        obs column of the clusters (not ``use_rep`` or its UMAP's key, whose ``uns`` records it
+        would overwrite).
     random_state
         Seed of the Leiden optimisation, the neighbour graphs and Harmony.
     copy
@@ -138,7 +140,7 @@ def cluster(
     import scanpy as sc
 
     rep, n_neighbors = _check_inputs(
-        adata, use_rep, resolution, n_clusters, n_neighbors, pca_key, key_added, random_state
+        adata, use_rep, resolution, n_clusters, n_neighbors, pca_key, layer, key_added, random_state
     )
     check_writable(adata, copy=copy)
     # computed (or refused) before anything is written
@@ -187,7 +189,7 @@ def cluster(
 
 
 def _check_inputs(
-    adata, use_rep, resolution, n_clusters, n_neighbors, pca_key, key_added, random_state
+    adata, use_rep, resolution, n_clusters, n_neighbors, pca_key, layer, key_added, random_state
 ):
     """The representation to cluster and the number of neighbours to use, with every argument
     checked before anything is written."""
@@ -214,6 +216,15 @@ def _check_inputs(
     elif not 0 < resolution < np.inf:
         raise ValueError(f"resolution must be > 0 and finite (e.g. 0.5 to 2), got {resolution!r}.")
     check_key_added(key_added)
+    if key_added == use_rep or key_added == f"{use_rep}_umap":
+        # uns[key_added] would replace the representation's record (tl.integrate's genes and
+        # batch key, which the next tl.cluster reads) or pl.embedding's UMAP cache
+        raise ValueError(
+            f"key_added={key_added!r} would overwrite adata.uns[{key_added!r}], the record of "
+            f"use_rep={use_rep!r}. Choose another key, e.g. 'scdl_cluster'."
+        )
+    if layer is not None:  # a typo is refused even where no PCA is computed
+        get_matrix(adata, layer)
     if pca_key is not None and not isinstance(pca_key, str):
         raise TypeError(f"pca_key must be an obsm key (str) or None, got {pca_key!r}.")
     if adata.n_obs <= n_neighbors:

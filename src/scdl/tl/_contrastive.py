@@ -223,8 +223,8 @@ def _check_inputs(
     bg, tg, _ = resolve_groups(adata, groupby=groupby, background=background, target=target)
     get_matrix(adata, layer)
     check_unique_var_names(adata, warn=True)  # genes are not matched by name here
-    if batch_key is not None:
-        check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
+    if batch_key is not None:  # one category is valid: ContrastiveVAE.setup_anndata says so
+        check_categorical(adata, batch_key, arg="batch_key")
     summary = check_counts(adata, layer, warn_zero_cells=False)  # said for the genes used
     if summary.n_zero_genes == adata.n_vars:
         raise ValueError("No gene has counts; nothing to analyse.")

@@ -63,8 +63,9 @@ def integrate(
     adata
         Annotated data matrix with raw counts in ``X`` or ``layer``.
     batch_key
-        obs column of the batches to integrate (sample, donor, technology); it needs at least
-        two categories. ``None`` for no batch correction.
+        obs column of the batches to integrate (sample, donor, technology); ``None`` for no
+        batch correction. A column of one category is trained on as one batch, with a
+        warning (nothing to correct).
     layer
         Layer with raw counts; ``None`` uses ``adata.X``.
     key_added
@@ -189,8 +190,8 @@ def _check_inputs(adata, key_added, layer, batch_key, n_top_genes):
     check_positive_int(n_top_genes, "n_top_genes", none="all expressed genes")
     get_matrix(adata, layer)
     check_unique_var_names(adata, warn=True)  # genes are not matched by name here
-    if batch_key is not None:
-        check_categorical(adata, batch_key, arg="batch_key", min_categories=2)
+    if batch_key is not None:  # one category is valid: VAE.setup_anndata says so
+        check_categorical(adata, batch_key, arg="batch_key")
     summary = check_counts(adata, layer, warn_zero_cells=False)  # said for the genes used
     if summary.n_zero_genes == adata.n_vars:
         raise ValueError("No gene has counts; nothing to integrate.")

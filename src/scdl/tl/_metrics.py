@@ -16,6 +16,7 @@ from scdl.data import (
     check_is_anndata,
     check_key_added,
     check_writable,
+    get_matrix,
     unintegrated_pca,
     writable,
 )
@@ -138,6 +139,8 @@ def integration_metrics(
     computed_pca = pre_integrated is None or (
         pre_integrated == "X_pca" and pre_integrated not in adata.obsm
     )
+    if layer is not None and not computed_pca:  # a typo is refused even where it is not read
+        get_matrix(adata, layer)
     for key in embeddings + ([] if computed_pca else [pre_integrated]):
         if key == pre_integrated and key not in adata.obsm:
             raise KeyError(
