@@ -94,14 +94,6 @@ def test_missing_obs_key(kang):
     assert_unchanged(adata, snap)
 
 
-def test_single_category_batch_key(kang):
-    adata = kang[kang.obs["sample"] == "ctrl101"].copy()
-    snap = snapshot(adata)
-    with pytest.raises(ValueError, match="at least 2"):
-        scdl.tl.integrate(adata, batch_key="sample", max_epochs=1)
-    assert_unchanged(adata, snap)
-
-
 def test_zero_count_genes_are_kept_by_setup_and_dropped_by_integrate(kang):
     adata = _small(kang)
     x = adata.X.tolil()
@@ -305,13 +297,14 @@ def test_every_model_refuses_bad_setup_input(kang, model, kind, error, match):
 
 
 @pytest.mark.parametrize("model", ["VAE", "ContrastiveVAE"])
-def test_single_level_batch_is_refused_at_setup(kang, model):
+def test_single_level_batch_is_registered_with_a_warning(kang, model):
+    """Valid, as in scvi-tools (one sample's cells): one batch, and a warning naming
+    ``batch_key=None`` to silence it (the annotator's labels still need two types)."""
     adata = _expressed(kang)
     adata.obs["one"] = "run1"
-    snap = snapshot(adata)
-    with pytest.raises(ValueError, match="at least 2.*batch_key=None"):
+    with pytest.warns(UserWarning, match="one category .*batch_key=None"):
         SETUPS[model](adata, batch_key="one")
-    assert_unchanged(adata, snap)
+    assert "_scvi_uuid" in adata.uns
 
 
 def test_not_an_anndata(kang):
