@@ -12,7 +12,7 @@ ROW_BLOCK = 10_000
 
 def row_blocks(x: Any, n_rows: int | None = None, *, size: int | None = None) -> Iterator[Any]:
     """Consecutive row slices ``x[start:stop]`` of at most ``size`` rows (default
-    :data:`ROW_BLOCK`), covering the first ``n_rows`` rows (default: all of them).
+    :data:`scdl.data.ROW_BLOCK`), covering the first ``n_rows`` rows (default: all of them).
 
     Works on anything sliced by rows: a dense or sparse in-memory matrix (each slice as
     ``x[a:b]`` gives it: a view of a dense array, a copy of a sparse one's rows) or a backed
