@@ -177,9 +177,18 @@ def test_train_options_as_scvi_tools_takes_them(kang):
     adata = kang[::8].copy()
     VAE.setup_anndata(adata, batch_key="sample")
     model = VAE(adata)
-    with pytest.raises(ValueError, match="train_size=1.0 leaves no cells to validate"):
+    with pytest.raises(ValueError, match="train_size=1.0 leave no cell to validate"):
         model.train(max_epochs=2, early_stopping=True, train_size=1.0)
     assert not model.is_trained
+    # fewer than 10 cells at the default 0.9 leave none either: refused before training, not
+    # after Lightning's first epoch
+    few = kang[:8].copy()
+    VAE.setup_anndata(few)
+    tiny = VAE(few)
+    for kwargs in ({"early_stopping": True}, {"plan_kwargs": {"reduce_lr_on_plateau": True}}):
+        with pytest.raises(ValueError, match="8 cells at train_size=0.9 leave no cell"):
+            tiny.train(max_epochs=2, **kwargs)
+    assert not tiny.is_trained
     with pytest.raises(TypeError, match=r"\['dropp_last'\]"):
         model.train(max_epochs=1, datasplitter_kwargs={"dropp_last": True})
     with warnings.catch_warnings(record=True) as caught:

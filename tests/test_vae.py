@@ -82,6 +82,29 @@ def test_scvi_tools_methods_on_the_model_tl_integrate_returns(kang_integrated, c
     assert list(expr.columns) == ["ISG15", "IFI6"]
     with pytest.raises(KeyError, match=r"gene_list holds 1 genes.*\['NOT_A_GENE'\]"):
         model.get_normalized_expression(gene_list=["ISG15", "NOT_A_GENE"])  # scvi: dropped
+    # positionally (scvi-tools' order: adata, indices, transform_batch, gene_list) too
+    with pytest.raises(KeyError, match="NOT_A_GENE"):
+        model.get_normalized_expression(None, None, None, ["ISG15", "NOT_A_GENE"])
+    one = model.get_normalized_expression(gene_list="ISG15", indices=[0, 1, 2])
+    assert list(one.columns) == ["ISG15"] and one.shape == (3, 1)
+
+
+def test_differential_expression_groups_as_scvi_tools_reads_them(kang_integrated):
+    """A number is one group of a numeric column (scvi-tools' reading), and compared by value:
+    "0" there has no cells; one vs rest skips a category without cells."""
+    _, model = kang_integrated
+    obs = model.adata.obs
+    obs["code"] = obs["condition"].astype("category").cat.codes.astype(int)
+    obs["cond2"] = obs["condition"].astype("category").cat.add_categories(["unused"])
+    try:
+        de = model.differential_expression(groupby="code", group1=0, batch_size=512)
+        assert len(de) and set(de["group1"].astype(str)) == {"0"}
+        with pytest.raises(ValueError, match=r"\['0'\] not among the values"):
+            model.differential_expression(groupby="code", group1="0")
+        de = model.differential_expression(groupby="cond2", batch_size=512)
+        assert set(de["group1"].astype(str)) == set(obs["condition"].astype(str))
+    finally:
+        del obs["code"], obs["cond2"]
 
 
 def test_batch_embeddings_are_refused(kang):
@@ -114,6 +137,28 @@ def test_query_genes_are_aligned_to_the_reference(kang_integrated):
     qm = VAE.load_query_data(query, model)
     assert list(qm.adata.var_names) == list(model.adata.var_names)
     assert query.var_names[0] == adata.var_names[-1]  # the user's query is not reordered
+
+
+def test_a_backed_query_is_aligned_in_memory(kang_integrated, tmp_path):
+    """A backed query (``backed="r"``) with the genes in another order: its subset is read
+    into memory (a copy of a backed AnnData needs a file); padding a backed query in place is
+    refused with the fix, and ``inplace=False`` pads a copy in memory."""
+    import anndata as ad
+
+    adata, model = kang_integrated
+    query = adata[adata.obs["sample"] == "stim107"].copy()
+    query[:, query.var_names[::-1]].copy().write_h5ad(tmp_path / "q.h5ad")
+    backed = ad.read_h5ad(tmp_path / "q.h5ad", backed="r")
+    qm = VAE.load_query_data(backed, model)
+    assert list(qm.adata.var_names) == list(model.adata.var_names)
+    assert backed.isbacked and backed.var_names[0] == adata.var_names[-1]
+    genes = list(model.adata.var_names)
+    query[:, genes[10:]].copy().write_h5ad(tmp_path / "lacking.h5ad")  # 10 genes missing
+    lacking = ad.read_h5ad(tmp_path / "lacking.h5ad", backed="r")
+    with pytest.raises(ValueError, match=r"backed.*adata\.to_memory\(\)"):
+        VAE.prepare_query_anndata(lacking, model)
+    padded = VAE.prepare_query_anndata(lacking, model, inplace=False)
+    assert list(padded.var_names) == genes and not padded.isbacked
 
 
 def test_same_seed_same_latent(kang):

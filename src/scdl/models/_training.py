@@ -46,7 +46,7 @@ def fit_batch_size(n_obs: int, batch_size: int, train_size: float | None = None)
             f"Only {n_train} of the {n_obs} cells train"
             f"{' (the others validate)' if n_train < n_obs else ''}, fewer than "
             f"batch_size={batch_size}: batch_size is set to {n_obs}, every cell, so training "
-            "runs one minibatch per epoch (and validation one).",
+            f"runs one minibatch per epoch{' (and validation one)' if n_train < n_obs else ''}.",
             UserWarning,
         )
         return int(n_obs)
@@ -110,11 +110,18 @@ def plan_training(
             f"train_size must be a fraction in (0, 1] (the share of cells trained on, the rest "
             f"validate), got {train_size!r}."
         )
-    if (early_stopping or trainer_kwargs.get("early_stopping")) and train_size == 1:
-        # as scvi-tools refuses it, before training (Lightning would fail mid-run)
+    n_val = n_obs - _n_train(n_obs, train_size)
+    stops = early_stopping or trainer_kwargs.get("early_stopping")
+    plateau = (plan_kwargs or {}).get("reduce_lr_on_plateau")
+    if (stops or plateau) and n_val == 0:
+        # as scvi-tools refuses train_size=1, before training (Lightning fails after the first
+        # epoch); fewer than 10 cells at 0.9 leave none either
+        what = "early_stopping" if stops else "reduce_lr_on_plateau"
+        off = "early_stopping=False" if stops else "plan_kwargs={'reduce_lr_on_plateau': False}"
         raise ValueError(
-            "early_stopping watches the validation loss, but train_size=1.0 leaves no cells "
-            "to validate on: pass train_size < 1 (e.g. 0.9), or early_stopping=False."
+            f"{what} watches the validation loss, but {n_obs} cells at train_size="
+            f"{0.9 if train_size is None else train_size} leave no cell to validate on: pass "
+            f"a smaller train_size (e.g. 0.8) with more cells, or {off}."
         )
     if max_epochs is None:
         max_epochs = default_max_epochs(n_obs, n_cells_seen=n_cells_seen, cap=cap, floor=floor)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -336,10 +337,14 @@ class VAE(
         there); a ``gene_list`` naming genes the model lacks is refused (scvi-tools drops them
         silently, down to an empty table), and ``indices`` and ``batch_size`` are checked before
         a new AnnData is registered."""
-        self._check_cells(
-            adata, kwargs.get("indices", args[0] if args else None), kwargs.get("batch_size")
-        )
-        gene_list = kwargs.get("gene_list")
+        import inspect
+
+        # bound to scvi-tools' signature: positional arguments are checked like keywords
+        parent = super().get_normalized_expression
+        call = inspect.signature(parent).bind(adata, *args, **kwargs)
+        given = call.arguments
+        self._check_cells(adata, given.get("indices"), given.get("batch_size"))
+        gene_list = given.get("gene_list")
         if gene_list is not None:
             genes = pd.Index(self.get_var_names())
             requested = pd.Index([gene_list] if isinstance(gene_list, str) else gene_list)
@@ -349,7 +354,8 @@ class VAE(
                     f"gene_list holds {len(missing)} genes the model was not trained on (e.g. "
                     f"{missing[:5].tolist()}); its genes are model.get_var_names()."
                 )
-        return super().get_normalized_expression(adata, *args, **kwargs)
+            given["gene_list"] = requested.tolist()  # one name: scvi-tools needs a list
+        return parent(*call.args, **call.kwargs)
 
     def differential_expression(
         self,
@@ -376,14 +382,29 @@ class VAE(
                     f"groupby={groupby!r} is not a column of the AnnData's obs (columns: "
                     f"{list(obs.columns)})."
                 )
-            present = set(map(str, obs[groupby].dropna().unique()))
-            groups = [] if group1 is None else [group1] if isinstance(group1, str) else group1
-            missing = [g for g in [*groups, group2] if g is not None and str(g) not in present]
+            col = obs[groupby]
+            # compared by value, as scvi-tools selects the cells (a "0" is no group of 0s)
+            missing = [g for g in [*_as_list(group1), *_as_list(group2)] if not (col == g).any()]
             if missing:
+                values = sorted(map(str, col.dropna().unique()))[:20]
                 raise ValueError(
-                    f"{missing} not among the values of obs[{groupby!r}] "
-                    f"({sorted(present)[:20]}): no cells to compare."
+                    f"{missing} not among the values of obs[{groupby!r}] ({values}): no cells "
+                    "to compare."
                 )
+            if group1 is None:  # one vs rest over the categories that have cells: scvi-tools
+                # takes every category, and an unused one failed with no cells to sample
+                cats = col.astype("category").cat.categories
+                group1 = [c for c in cats if (col == c).any()]
         return super().differential_expression(
             adata=adata, groupby=groupby, group1=group1, group2=group2, **kwargs
         )
+
+
+def _as_list(group) -> list:
+    """A group or groups as a list, as scvi-tools reads ``group1``: one value (a string, a
+    number) is one group."""
+    if group is None:
+        return []
+    if isinstance(group, str) or not isinstance(group, Iterable):
+        return [group]
+    return list(group)

@@ -56,7 +56,9 @@ class VAEQueryMixin:
         return_reference_var_names
             Only return the reference's gene names.
         inplace
-            Modify ``adata`` in place (``True``) or return a new AnnData.
+            Modify ``adata`` in place (``True``) or return a new AnnData. A backed ``adata``
+            (``backed="r"``) whose genes are not the reference's in order is padded in a copy
+            in memory (``inplace=False``) or refused (``True``: a file cannot gain genes).
         prefix
             The ``prefix`` a saved reference was saved with.
         """
@@ -71,6 +73,15 @@ class VAEQueryMixin:
             from ._vae import VAE
 
             reference_model = VAE.load(reference_model, adata=False, prefix=prefix)
+        ref_genes = pd.Index(reference_model.get_var_names())
+        if getattr(adata, "isbacked", False) and not same_gene_names(adata.var_names, ref_genes):
+            if inplace:  # genes cannot be added to a matrix on disk
+                raise ValueError(
+                    "adata is backed (read with backed='r'), and its genes are not the "
+                    "reference's in order, so they cannot be padded in place. Pass "
+                    "`adata.to_memory()`, or inplace=False for a padded copy in memory."
+                )
+            adata = adata.to_memory()
         return ArchesMixin.prepare_query_anndata(adata, reference_model, inplace=inplace)
 
     @staticmethod
@@ -106,8 +117,8 @@ class VAEQueryMixin:
             genes, and the reference's
             ``batch_key`` column holding the new batch name(s). If it holds extra genes or the
             reference's genes in another order, a copy with the reference's genes in order is
-            used, as it is for a view (``adata[mask]``); ``adata`` itself is then not
-            modified. Otherwise ``adata`` is registered in place: it gains the ``_scvi_*``
+            used, as it is for a view (``adata[mask]``; of a backed ``adata``, the subset is
+            read into memory); ``adata`` itself is then not modified. Otherwise ``adata`` is registered in place: it gains the ``_scvi_*``
             fields :meth:`setup_anndata` writes.
         reference_model
             Trained :class:`VAE`, or the folder it was saved to.
@@ -142,7 +153,9 @@ class VAEQueryMixin:
             logger.info(
                 "Using the query's %d reference genes, in the reference's order.", len(ref_genes)
             )
-            adata = adata[:, ref_genes].copy()
+            subset = adata[:, ref_genes]
+            # a backed query's subset is read into memory (a copy of it would need a file)
+            adata = subset.to_memory() if adata.isbacked else subset.copy()
         elif adata.is_view:  # registering writes into the AnnData: a view gets its own copy
             adata = adata.copy()
         setup_args = reference_model.registry_["setup_args"]
