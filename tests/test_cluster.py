@@ -344,6 +344,11 @@ def test_genes_pca_reads_any_matrix_in_blocks_and_names_missing_genes(
         assert abs(adata.X - before).max() == 0
     with pytest.raises(KeyError, match="not_a_gene"):
         genes_pca(adata, [*genes[:5], "not_a_gene"])
+    twice = adata.copy()
+    names = list(twice.var_names)
+    twice.var_names = [names[1], *names[1:]]  # one name on the first two columns
+    with pytest.raises(ValueError, match="var_names_make_unique"):
+        genes_pca(twice, genes)
 
 
 def test_backed_data_cluster_as_in_memory(cellbench_integrated, tmp_path, monkeypatch):

@@ -113,7 +113,8 @@ def genes_pca(
         A gene of ``genes`` is not in ``adata.var_names``, or ``layer`` is missing.
     ValueError, TypeError
         The data are neither counts nor log-normalised counts (as
-        :func:`scdl.data.input_kind`), or fewer than 2 cells, or ``n_comps`` below 1.
+        :func:`scdl.data.input_kind`), or fewer than 2 cells, or ``n_comps`` below 1, or
+        ``adata.var_names`` has duplicates.
     """
     import anndata
     import scanpy as sc
@@ -126,6 +127,11 @@ def genes_pca(
     check_positive_int(n_comps, "n_comps")
     _check_cells(adata)
 
+    if not adata.var_names.is_unique:  # a name of two columns matches neither
+        raise ValueError(
+            "genes_pca matches genes by name, but adata.var_names has duplicates. Call "
+            "`adata.var_names_make_unique()` first."
+        )
     cols = adata.var_names.get_indexer(genes)
     if (cols < 0).any():
         missing = [g for g, c in zip(genes, cols, strict=True) if c < 0][:5]

@@ -118,8 +118,8 @@ class VAEQueryMixin:
             ``batch_key`` column holding the new batch name(s). If it holds extra genes or the
             reference's genes in another order, a copy with the reference's genes in order is
             used, as it is for a view (``adata[mask]``; of a backed ``adata``, the subset is
-            read into memory); ``adata`` itself is then not modified. Otherwise ``adata`` is registered in place: it gains the ``_scvi_*``
-            fields :meth:`setup_anndata` writes.
+            read into memory); ``adata`` itself is then not modified. Otherwise ``adata`` is
+            registered in place: it gains the ``_scvi_*`` fields :meth:`setup_anndata` writes.
         reference_model
             Trained :class:`VAE`, or the folder it was saved to.
         prefix
