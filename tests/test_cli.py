@@ -229,6 +229,9 @@ def test_errors_name_the_command_line_flags(kang, tmp_path, capsys):
     lognorm.X = lognorm.X.astype(np.float32) * 0.5
     lognorm.write_h5ad(tmp_path / "ln.h5ad")
     assert main(["integrate", str(tmp_path / "ln.h5ad"), "-o", out]) == 2
-    err = capsys.readouterr().err
-    assert "`--layer counts`" in err and "layer='counts'" not in err
+    captured = capsys.readouterr()
+    assert "`--layer counts`" in captured.err and "layer='counts'" not in captured.err
+    assert "training" not in captured.out  # refused before "training ..." is printed
+    assert main(["integrate", str(path), "--layer", "nolayer", "-o", out]) == 2
+    assert "training" not in capsys.readouterr().out
     assert not (tmp_path / "o.h5ad").exists() and not (tmp_path / "o.csv").exists()

@@ -246,8 +246,13 @@ def _integrate(args: argparse.Namespace) -> int:
     _check_output(args.output, overwrite=args.overwrite)
     _check_model_folder(args.save_model, overwrite=args.overwrite, output=args.output)
     adata = _read_input(args.input)
-    if args.batch_key is not None:  # named before "training ..." is printed
-        scdl.data.check_categorical(adata, args.batch_key, arg="batch_key", min_categories=2)
+    # input errors are said before "training ..." is printed: the batch column, the layer,
+    # and values that a sample already shows are not counts (the full check runs in training)
+    if args.batch_key is not None:
+        scdl.data.check_categorical(adata, args.batch_key, arg="batch_key")
+    scdl.data.get_matrix(adata, args.layer)
+    if not scdl.data.sampled_counts_ok(adata, args.layer):
+        scdl.data.check_counts(adata, args.layer)
     print(f"training the VAE (batch key: {args.batch_key or 'none'}) ...")
     model = scdl.tl.integrate(
         adata,

@@ -127,10 +127,10 @@ def cluster(
         requested), ``n_clusters_requested`` and ``scan`` with the ``resolution`` and
         ``n_clusters`` of each search step.
     ``adata.uns[f"{key_added}_neighbors"]``
-        Parameters of the neighbour graph on ``use_rep``, with ``pca``: the obsm key of the
-        PCA whose graph was averaged in, ``"computed from X, ..."`` (the layer and genes it
-        was computed from) when it was computed, either followed by ``", harmonised over
-        obs[...]"`` when Harmony corrected it; ``""`` when none was.
+        The neighbour graph's ``params`` (scanpy's layout), with ``params["pca"]``: the obsm
+        key of the PCA whose graph was averaged in, ``"computed from X, ..."`` (the layer and
+        genes it was computed from) when it was computed, either followed by ``", harmonised
+        over obs[...]"`` when Harmony corrected it; ``""`` when none was.
     ``adata.obsp[f"{key_added}_neighbors_connectivities"]``
         The graph Leiden ran on: ``use_rep``'s connectivities, averaged with the PCA's when
         one joined.
