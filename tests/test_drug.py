@@ -410,7 +410,7 @@ def test_training_options_are_checked_on_both_paths(bulk_train, cellbench):
     deep = scdl.models.DrugResponseModel(
         bulk_train, target=cellbench, prediction="wide_deep", n_top_genes=500, **SMALL
     )
-    with pytest.raises(ValueError, match="no cells to validate"):
+    with pytest.raises(ValueError, match="leave no cell to validate"):
         deep.train(max_epochs=2, early_stopping=True)
     assert not deep.is_trained_
     with pytest.raises(TypeError, match=r"\['dropp_last'\]"):  # the user's reach the loader
