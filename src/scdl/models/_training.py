@@ -118,10 +118,15 @@ def plan_training(
         # epoch); fewer than 10 cells at 0.9 leave none either
         what = "early_stopping" if stops else "reduce_lr_on_plateau"
         off = "early_stopping=False" if stops else "plan_kwargs={'reduce_lr_on_plateau': False}"
+        fix = (
+            "pass train_size < 1 (e.g. 0.9)"
+            if train_size == 1
+            else "train on at least 10 cells, or pass a smaller train_size"
+        )
         raise ValueError(
             f"{what} watches the validation loss, but {n_obs} cells at train_size="
-            f"{0.9 if train_size is None else train_size} leave no cell to validate on: pass "
-            f"a smaller train_size (e.g. 0.8) with more cells, or {off}."
+            f"{0.9 if train_size is None else train_size} leave no cell to validate on: "
+            f"{fix}, or {off}."
         )
     if max_epochs is None:
         max_epochs = default_max_epochs(n_obs, n_cells_seen=n_cells_seen, cap=cap, floor=floor)
