@@ -1003,3 +1003,30 @@ def test_repeated_genes_are_refused_and_numpy_integers_accepted(bulk_train):
     model = scdl.models.DrugResponseModel(bulk_train, genes=genes, n_ensemble=np.int64(2))
     assert model.module.n_ensemble == 2
     assert type(model.init_params_["non_kwargs"]["n_ensemble"]) is int
+
+
+def test_validation_lines_calibrate_ridges_that_never_saw_them(gdsc):
+    """With ``train_size < 1`` and one member, the validation lines calibrate the sensitive
+    probability: the ridge must not train on them (it gave them ~0 error and a residual sd
+    half that of truly left-out folds). Against the wide path's left-out folds on the same
+    lines, the calibrated sd stays within 20%; the wide path's one-member warning advises
+    only what it can use."""
+    import scvi
+
+    bulk = gdsc[:400].copy()
+    scdl.models.DrugResponseModel.setup_anndata(bulk, response_key="ln_ic50")
+    scvi.settings.seed = 0
+    deep = scdl.models.DrugResponseModel(
+        bulk, n_hidden=32, n_latent=16, n_ensemble=1, n_top_genes=500,
+        prediction="wide_deep", ridge_alpha=1e-3,
+    )  # fmt: skip
+    deep.train(max_epochs=2, train_size=0.5, enable_progress_bar=False)
+    assert deep.calibration_source_ == "validation lines"
+    folds = scdl.models.DrugResponseModel(bulk, n_ensemble=2, n_top_genes=500, ridge_alpha=1e-3)
+    folds.train()
+    ratio = deep.drug_stats_["residual_sd"].median() / folds.drug_stats_["residual_sd"].median()
+    assert ratio > 0.8, ratio
+    one = scdl.models.DrugResponseModel(bulk, n_ensemble=1, n_top_genes=500)
+    with pytest.warns(UserWarning, match="Use n_ensemble >= 2 \\(the wide path") as caught:
+        one.train(train_size=0.8)
+    assert not any("or train_size < 1" in str(w.message) for w in caught)

@@ -71,32 +71,46 @@ class DrugFittingMixin:
     def _fit_ridge(self, profiles, responses, folds) -> np.ndarray:
         """Fit the wide path: each member's ridge on the lines its deep part trains on.
 
-        With ``train_size < 1`` the validation lines are drawn inside Lightning's splitter,
-        after this; the ridges then train on them too (the ensemble's left-out folds, which
-        calibrate the model, stay held out).
+        Called after the network (``train_indices`` set): with ``train_size < 1`` the
+        validation lines, which calibrate the model with the ensemble's left-out folds, are
+        left out of every ridge too; a ridge fitted on them gave them training residuals as
+        "held-out" ones (an overconfident sensitive probability).
         """
         module = self.module  # in eval mode: no input noise
         k = module.n_ensemble
         with torch.inference_mode():
             xs = module._standardise(torch.as_tensor(profiles, device=module.device)).cpu()
         y_std = (responses - module.drug_mean.cpu().numpy()) / module.drug_scale.cpu().numpy()
-        members = [folds != j if k > 1 else np.ones(len(folds), dtype=bool) for j in range(k)]
+        in_train = self._in_train(len(folds))
+        members = [(folds != j if k > 1 else True) & in_train for j in range(k)]
         return self.module.set_ridge(xs, y_std, members)
+
+    def _in_train(self, n_lines: int) -> np.ndarray:
+        """Which lines trained (``train_indices``); every line when none are recorded."""
+        if self.train_indices is None:
+            return np.ones(n_lines, dtype=bool)
+        in_train = np.zeros(n_lines, dtype=bool)
+        in_train[np.asarray(self.train_indices, dtype=np.int64)] = True
+        return in_train
 
     def _calibrate(self, folds: np.ndarray, alphas=None, bulk=None) -> pd.DataFrame:
         """Per drug: lines, bulk median, held-out residual sd and Spearman correlation, and
         the ridges' penalty (median over members; NaN without a wide path)."""
         profiles, y = self._bulk() if bulk is None else bulk
         members = self._run(profiles, self.module.member_predictions)  # K x lines x drugs
-        train_idx = np.asarray(self.train_indices if self.train_indices is not None else [])
-        in_train = np.zeros(len(y), dtype=bool)
-        in_train[train_idx.astype(np.int64)] = True
+        in_train = (
+            self._in_train(len(y)) if self.train_indices is not None else np.zeros(len(y), bool)
+        )
         heldout, self.calibration_source_ = heldout_predictions(members, folds, in_train)
         if self.calibration_source_ == "training lines":
+            # the wide path trains on every line whatever train_size: only members help there
+            wide = self.module.prediction == "wide"
             warn_user(
-                "With n_ensemble=1 and train_size=1 there are no held-out lines: the sensitive "
-                "probability uses training residuals, which understate the uncertainty. Use "
-                "n_ensemble >= 2 or train_size < 1.",
+                "With n_ensemble=1"
+                + ("" if wide else " and train_size=1")
+                + " there are no held-out lines: the sensitive probability uses training "
+                "residuals, which understate the uncertainty. Use n_ensemble >= 2"
+                + (" (the wide path trains on every line)." if wide else " or train_size < 1."),
                 UserWarning,
             )
         return drug_table(heldout, y, self.drugs, alphas)
