@@ -406,6 +406,8 @@ def test_new_cells_refused_by_the_salient_methods_are_left_unchanged(kang_contra
         model.get_latent_representation(query, indices=[query.n_obs])
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         model.get_normalized_expression(query, salient=False, batch_size=0)
+    with pytest.raises(ValueError, match="No target cells to score genes on.*target_mask"):
+        model.get_salient_genes(adata=query, target_mask=np.zeros(query.n_obs, dtype=bool))
     assert_unchanged(query, snap)
     mask = np.zeros(query.n_obs, dtype=bool)
     mask[:20] = True  # the same cells, now with a way to tell target cells: accepted

@@ -114,8 +114,14 @@ class ContrastiveExpressionMixin:
         check_positive_number(library_size, "library_size", meaning="counts per cell")
         self._check_if_trained(warn=False)
         _, target = self._cells(adata, None, batch_size, True, target_mask)
-        adata = self._validate_anndata(adata)
         targets = np.flatnonzero(target)
+        if not len(targets):  # said before a new AnnData is registered (it gains _scvi_ keys)
+            raise ValueError(
+                "No target cells to score genes on: every cell is background (the model's "
+                "groupby value for background, or target_mask all False). Pass cells of the "
+                "target group, or a target_mask marking them."
+            )
+        adata = self._validate_anndata(adata)
         table = salient_gene_table(
             self._decode_pairs(adata, targets, batch_size),
             adata.var_names,
