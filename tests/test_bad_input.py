@@ -793,6 +793,8 @@ def _batch_is_the_type(adata):
         (_one_batch, {}, ValueError, "no batch correction to score with one batch"),
         (_ninety_cells, {}, ValueError, "needs more than 90 cells"),
         (_batch_is_the_type, {}, ValueError, "No 'cell_type' type occurs in two 'sample'"),
+        (None, {"n_jobs": 0}, ValueError, r"n_jobs must be a positive integer or -1"),
+        (None, {"n_jobs": "a"}, TypeError, r"n_jobs must be a positive integer or -1"),
     ],
 )
 def test_integration_metrics_checks_its_inputs_first(kang, edit, kwargs, error, match):

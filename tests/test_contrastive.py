@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from _measures import batch_mixing, label_purity  # noqa: E402
 from conftest import assert_unchanged, snapshot  # noqa: E402
@@ -382,6 +383,10 @@ def test_pl_contrastive_colours_by_genes_with_one_scale_and_a_palette(kang_contr
     assert adata.uns["X_scdl_salient_umap"]["params"]["random_state"] == 0
     with pytest.raises(KeyError, match="neither a column of adata.obs"):
         scdl.pl.contrastive(adata, color="NOT_A_GENE", show=False)
+    with pytest.raises(TypeError, match="pass it as a string"):
+        scdl.pl.contrastive(adata, color=5, show=False)
+    adata.obs["unset"] = pd.Series(np.nan, index=adata.obs_names, dtype=object)  # no category
+    assert isinstance(scdl.pl.contrastive(adata, color="unset", n_genes=0, show=False), Figure)
     adata.uns["X_scdl_salient"] = "text"
     with pytest.raises(KeyError, match="is a str, not the summary"):
         scdl.pl.contrastive(adata, show=False)

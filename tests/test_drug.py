@@ -549,6 +549,12 @@ def test_tl_and_pl(trained, cellbench):
     for kind in ("heatmap", "violin"):
         fig = scdl.pl.drug_response(out, groupby="cell_line", kind=kind, show=False)
         assert isinstance(fig, Figure)
+    # cells without a group are left out (as pl.annotation does), not refused
+    out.obs["some_lines"] = out.obs["cell_line"].astype(object).where(np.arange(out.n_obs) % 3 != 0)
+    for kind in ("heatmap", "violin"):
+        fig = scdl.pl.drug_response(out, groupby="some_lines", kind=kind, show=False)
+        assert isinstance(fig, Figure)
+    del out.obs["some_lines"]
     fig = scdl.pl.drug_response(
         cells, groupby="cell_line", key="d", value="response", drugs=["Gefitinib"], show=False
     )

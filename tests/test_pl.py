@@ -116,6 +116,33 @@ def test_saved_figure_is_closed_as_scanpy_does(tmp_path):
     fig = scdl.pl.integration_metrics(df, save=tmp_path / "kept.png", show=False)
     assert isinstance(fig, Figure) and plt.get_fignums() == [fig.number]
     plt.close("all")
+    # shown and saved: closed too (scanpy); save=None follows scanpy's autosave
+    assert scdl.pl.integration_metrics(df, save=tmp_path / "shown.png", show=True) is None
+    assert plt.get_fignums() == []
+
+
+def test_autosave_and_sizes_follow_scanpy(tmp_path):
+    """``sc.settings.autosave`` saves a figure given no ``save`` (scanpy's setting); an empty
+    results table and a panel count below 1 are named, not a ZeroDivisionError."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import scanpy as sc
+
+    figdir, autosave = sc.settings.figdir, sc.settings.autosave
+    sc.settings.figdir, sc.settings.autosave = tmp_path, True  # properties: set and restored
+    df = pd.DataFrame({"Batch correction": [0.3], "Bio conservation": [0.6], "Total": [0.5]})
+    try:
+        assert scdl.pl.integration_metrics(df) is None
+    finally:
+        sc.settings.figdir, sc.settings.autosave = figdir, autosave
+    assert [f.stem for f in tmp_path.iterdir()] == ["integration_metrics"]
+    with pytest.raises(ValueError, match="no rows"):
+        scdl.pl.integration_metrics(df.iloc[:0], show=False)
+    attr = pd.DataFrame({"label": ["B", "B"], "gene": ["CD79A", "MS4A1"], "attribution": [2, 1]})
+    for ncols in (0, -1):
+        with pytest.raises(ValueError, match="ncols must be a positive integer"):
+            scdl.pl.attributions(attr, ncols=ncols, show=False)
+    plt.close("all")
 
 
 def test_annotation_plots_take_a_string_column_and_name_an_empty_table():
@@ -258,6 +285,18 @@ def test_embedding_default_colour_needs_the_recorded_batch_column(kang_integrate
     adata.obsm["X_other"] = adata.obsm["X_scdl"]
     adata.uns["X_other"] = "a note, not a record"
     assert isinstance(scdl.pl.embedding(adata, basis="X_other", show=False), Figure)
+
+
+def test_embedding_takes_scanpys_gene_symbols(kang_integrated):
+    """``gene_symbols=`` goes to scanpy (as the docstring says of other options): a colour
+    named in that var column is a gene, not refused; a missing column is named."""
+    adata = kang_integrated[0][:300].copy()
+    adata.var["symbol"] = ["sym_" + g for g in adata.var_names]
+    gene = "sym_" + adata.var_names[0]
+    fig = scdl.pl.embedding(adata, color=gene, gene_symbols="symbol", show=False)
+    assert isinstance(fig, Figure)
+    with pytest.raises(KeyError, match="gene_symbols='nosuch' is not a column of adata.var"):
+        scdl.pl.embedding(adata, color="sym_x", gene_symbols="nosuch", show=False)
 
 
 def test_embedding_on_given_axes(kang_integrated):

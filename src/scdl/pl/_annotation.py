@@ -162,6 +162,7 @@ def attributions(
     from scdl.data import check_positive_int
 
     check_positive_int(n_top, "n_top")
+    check_positive_int(ncols, "ncols")
     need = {"label", "gene", "attribution"}
     if not need.issubset(getattr(attributions, "columns", [])):
         raise ValueError(

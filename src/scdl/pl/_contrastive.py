@@ -132,7 +132,7 @@ def contrastive(
                 # the background's too (the subset had dropped those without target cells)
                 cats = tmp.obs[c].cat.categories
                 tmp_target.obs[c] = tmp_target.obs[c].cat.set_categories(cats)
-                longest = max(longest, *(len(str(x)) for x in cats))
+                longest = max([longest, *(len(str(x)) for x in cats)])  # cats may be empty
 
         nrows = len(color)
         # columns: shared, salient, room for the legend (as wide as its longest name), gene bars
@@ -165,6 +165,13 @@ def _colors(adata: AnnData, key: str, color, layer: str | None) -> list:
         color = [params["groupby"]] if params.get("groupby") else [None]
     elif isinstance(color, str):
         color = [color]
+    elif not (hasattr(color, "__iter__") and all(c is None or isinstance(c, str) for c in color)):
+        raise TypeError(
+            f"color must be an obs column or gene name, or a list of them, got {color!r} "
+            "(a number as a name: pass it as a string, e.g. color='5')."
+        )
+    else:
+        color = list(color)
     if layer is not None and layer not in adata.layers:
         raise KeyError(f"layer={layer!r} is not in adata.layers (layers: {list(adata.layers)}).")
     for c in color:

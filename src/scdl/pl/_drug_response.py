@@ -83,6 +83,7 @@ def drug_response(
         ``obsm[f"{key}_prob"]`` and ``uns[key]``; writes nothing).
     groupby
         obs column of the groups (e.g. ``"leiden"``); needed for the heatmap and violins.
+        Cells without a group (NaN) are left out.
     drugs
         Drug name(s) to show; ``None``: the ``n_drugs`` drugs whose group means differ
         most (for ``kind="roc"``: whose mean sensitive probability differs most between the
@@ -130,7 +131,8 @@ def drug_response(
         return _roc(adata, labels, drugs, key, n_drugs, ax=ax, show=show, save=save)
     if groupby is None:
         raise ValueError(f"kind={kind!r} needs `groupby`, an obs column of groups of cells.")
-    column = check_obs_key(adata, groupby, arg="groupby").astype("category")
+    # cells without a group are left out, as pl.annotation does
+    column = check_obs_key(adata, groupby, arg="groupby", missing_ok=True).astype("category")
     groups = column.astype(str)
     table = _table(adata, key, value)
     # in the column's category order (as scanpy's plots), not sorted as strings (0, 1, 10, 2)

@@ -83,7 +83,7 @@ def embedding(
     rep = check_embedding(adata, basis, purpose="a UMAP")
     if rep.shape[0] < 4:
         raise ValueError(f"adata.obsm[{basis!r}] holds {rep.shape[0]} cells: a UMAP needs 4.")
-    _check_colors(adata, color)
+    _check_colors(adata, color, kwargs.get("gene_symbols"))
     umap_key = f"{basis}_umap"
     with umaps_kept_on_success(adata, umap_key):
         cached_umap(
@@ -116,9 +116,10 @@ def embedding(
         return finish(fig, show=show, save=save, default_name=f"embedding_{basis}")
 
 
-def _check_colors(adata: AnnData, color) -> None:
+def _check_colors(adata: AnnData, color, gene_symbols: str | None = None) -> None:
     """Each ``color`` key must be an obs column or a gene (scanpy's own error comes after
-    the UMAP would be cached)."""
+    the UMAP would be cached): a name of ``var_names``, of ``raw``'s, or of the var column
+    ``gene_symbols`` names (scanpy's option)."""
     import difflib
 
     if color is not None and not isinstance(color, str):
@@ -129,6 +130,13 @@ def _check_colors(adata: AnnData, color) -> None:
             )
     keys = [color] if isinstance(color, str) else list(color or [])
     genes = set(adata.var_names) | (set(adata.raw.var_names) if adata.raw is not None else set())
+    if gene_symbols is not None:
+        if gene_symbols not in adata.var.columns:
+            raise KeyError(
+                f"gene_symbols={gene_symbols!r} is not a column of adata.var (columns: "
+                f"{list(adata.var.columns)})."
+            )
+        genes |= set(adata.var[gene_symbols].astype(str))
     for key in keys:
         if key not in adata.obs.columns and key not in genes:
             hint = difflib.get_close_matches(str(key), list(adata.obs.columns), n=1)

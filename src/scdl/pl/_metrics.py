@@ -50,6 +50,8 @@ def integration_metrics(
         raise TypeError("Pass the DataFrame returned by scdl.tl.integration_metrics.")
     df = results.loc[:, list(_COLUMNS)].astype(float)
     n = len(df)
+    if n == 0:
+        raise ValueError("The results table has no rows: there is no embedding to draw.")
     width = 0.8 / n
     own = ax is None
     fig, ax = new_axes(ax, figsize=(1.6 + 1.4 * len(_COLUMNS) + 0.3 * n, 3.5))

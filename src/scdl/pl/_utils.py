@@ -27,7 +27,8 @@ plot_dsp = DocstringProcessor(
         "    ``settings.file_format_figs``); a string starting with ``_`` or a format is\n"
         '    scanpy\'s suffix (``save="_ctrl"`` writes ``{figdir}/<name>_ctrl.<format>``,\n'
         '    ``save=".pdf"`` ``{figdir}/<name>.pdf``); any other string or path is the file\'s\n'
-        "    path, ``.png`` added when it has no suffix."
+        "    path, ``.png`` added when it has no suffix. ``save=None``: scanpy's\n"
+        "    ``settings.autosave`` (saved as with ``True`` when it is set)."
     ),
     returns_figure="Returns\n-------\nThe Figure, unless it was shown or saved and closed.",
 )
@@ -91,6 +92,10 @@ def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_n
     """
     import matplotlib.pyplot as plt
 
+    if save is None:  # as scanpy: sc.settings.autosave saves every figure under its name
+        import scanpy as sc
+
+        save = bool(sc.settings.autosave)
     if save:
         scanpy_suffix = isinstance(save, str) and "/" not in save and save.startswith(_SUFFIXES)
         if save is True or scanpy_suffix:
@@ -118,6 +123,8 @@ def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_n
         show = bool(sc.settings.autoshow)
     if show:
         plt.show()
+        if save:  # shown and saved: closed, as scanpy does
+            plt.close(fig)
         return None
     return fig
 

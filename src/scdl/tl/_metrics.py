@@ -83,7 +83,7 @@ def integration_metrics(
         uns key for the result table; ``None`` to not store it.
     n_jobs
         Parallel jobs for the neighbour search (scikit-learn's exact search up to 50,000
-        cells, pynndescent beyond); the metrics themselves run in JAX.
+        cells, pynndescent beyond; ``-1``: every core); the metrics themselves run in JAX.
 
     Returns
     -------
@@ -92,6 +92,11 @@ def integration_metrics(
     Also stored in ``adata.uns[key_added]`` unless ``key_added=None``.
     """
     check_is_anndata(adata)
+    # said here, not by joblib after the baseline PCA and scib-metrics' import
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int | np.integer):
+        raise TypeError(f"n_jobs must be a positive integer or -1 (every core), got {n_jobs!r}.")
+    if not (n_jobs >= 1 or n_jobs == -1):
+        raise ValueError(f"n_jobs must be a positive integer or -1 (every core), got {n_jobs}.")
     if key_added is not None:  # written after the whole benchmark: refused before it
         check_writable(adata)
         check_key_added(key_added)
