@@ -8,7 +8,7 @@ import numpy as np
 
 from scdl._rng import keeps_rng
 
-from ._utils import cached_umap, doc_show_save, finish, umaps_kept_on_success
+from ._utils import cached_umap, color_keys, doc_show_save, finish, umaps_kept_on_success
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -163,15 +163,8 @@ def _colors(adata: AnnData, key: str, color, layer: str | None) -> list:
     if color is None:
         params = _summary(adata, key).get("params", {})
         color = [params["groupby"]] if params.get("groupby") else [None]
-    elif isinstance(color, str):
-        color = [color]
-    elif not (hasattr(color, "__iter__") and all(c is None or isinstance(c, str) for c in color)):
-        raise TypeError(
-            f"color must be an obs column or gene name, or a list of them, got {color!r} "
-            "(a number as a name: pass it as a string, e.g. color='5')."
-        )
     else:
-        color = list(color)
+        color = color_keys(color)
     if layer is not None and layer not in adata.layers:
         raise KeyError(f"layer={layer!r} is not in adata.layers (layers: {list(adata.layers)}).")
     for c in color:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from scdl._rng import keeps_rng
 from scdl.data import check_embedding
 
-from ._utils import cached_umap, doc_show_save, finish, umaps_kept_on_success
+from ._utils import cached_umap, color_keys, doc_show_save, finish, umaps_kept_on_success
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -122,13 +122,7 @@ def _check_colors(adata: AnnData, color, gene_symbols: str | None = None) -> Non
     ``gene_symbols`` names (scanpy's option)."""
     import difflib
 
-    if color is not None and not isinstance(color, str):
-        if not (hasattr(color, "__iter__") and all(c is None or isinstance(c, str) for c in color)):
-            raise TypeError(
-                f"color must be an obs column or gene name, or a list of them, got {color!r} "
-                "(a number as a name: pass it as a string, e.g. color='5')."
-            )
-    keys = [color] if isinstance(color, str) else list(color or [])
+    keys = [k for k in color_keys(color) if k is not None]
     genes = set(adata.var_names) | (set(adata.raw.var_names) if adata.raw is not None else set())
     if gene_symbols is not None:
         if gene_symbols not in adata.var.columns:

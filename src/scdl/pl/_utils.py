@@ -34,6 +34,21 @@ plot_dsp = DocstringProcessor(
 )
 
 
+def color_keys(color) -> list:
+    """``color`` as a list of keys (``None`` entries kept: scanpy's "no colour"); a key that is
+    not a string (e.g. ``color=5``) is a ``TypeError`` naming the fix."""
+    if color is None:
+        return []
+    if isinstance(color, str):
+        return [color]
+    if not (hasattr(color, "__iter__") and all(c is None or isinstance(c, str) for c in color)):
+        raise TypeError(
+            f"color must be an obs column or gene name, or a list of them, got {color!r} "
+            "(a number as a name: pass it as a string, e.g. color='5')."
+        )
+    return list(color)
+
+
 def doc_show_save(func: Callable) -> Callable:
     """Fill ``%(show_save)s`` and ``%(returns_figure)s`` in ``func``'s docstring."""
     return plot_dsp.dedent(func)
