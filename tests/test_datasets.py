@@ -4,6 +4,7 @@ import hashlib
 import http.server
 import threading
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,3 +59,18 @@ def test_download_through_pooch_verifies_hash(http_root, tmp_path, monkeypatch):
     # a failed download says how to pass the file locally
     with pytest.raises(OSError, match="pass `path=`"):
         fetch_file("absent.bin", sha256=sha, url=f"{url}/absent.bin")
+
+
+def test_cache_folder_expands_home_and_ignores_an_empty_variable(monkeypatch, tmp_path):
+    """``$SCDL_CACHE`` as pooch reads its own variables: ``~`` is the home folder (not a
+    folder named "~" in the working one) and an empty value means unset (not the working
+    folder)."""
+    import pooch
+
+    from scdl.datasets import cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("SCDL_CACHE", "~/scdl_cache")
+    assert cache_dir() == tmp_path / "scdl_cache"
+    monkeypatch.setenv("SCDL_CACHE", "")
+    assert cache_dir() == Path(pooch.os_cache("scdl"))

@@ -7,6 +7,7 @@ import re
 import shutil
 import tarfile
 import zipfile
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -15,6 +16,7 @@ from conftest import assert_unchanged, snapshot
 from scipy import sparse
 
 import scdl
+from scdl.models import CellTypeTransformer
 from scdl.pretrained import _registry
 
 
@@ -31,6 +33,23 @@ def test_available_lists_bundled_annotator():
     table = scdl.pretrained.available()
     assert "pbmc_kang2018" in table.index
     assert table.loc["pbmc_kang2018", "n_cell_types"] == 7
+    assert Path(table.loc["pbmc_kang2018", "card"]).read_text() == _card()
+
+
+def test_load_names_what_it_takes(tmp_path):
+    """A non-path name is refused with what load takes (not ``Path(None)``'s TypeError), and a
+    folder of prefixed saves says how to load one and where to pass it."""
+    with pytest.raises(TypeError, match="name from scdl.pretrained.available.*got NoneType"):
+        scdl.pretrained.load(None)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(_registry._HERE / "pbmc_kang2018" / name, tmp_path / f"x_{name}")
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"CellTypeTransformer\.load\(path, prefix='x_'\)`\. Pass that model to scdl\.tl",
+    ):
+        scdl.pretrained.load(tmp_path)
+    model = CellTypeTransformer.load(tmp_path, prefix="x_")
+    assert list(model.labels) == list(scdl.pretrained.load("pbmc_kang2018").labels)
 
 
 def test_model_card_describes_the_shipped_files():

@@ -225,6 +225,23 @@ def _reverse_genes_saved_before_checksums(folder):
     _reverse_genes(folder)
 
 
+def _without_checksums(folder, edit):
+    as_saved_before_config_checksum(folder)
+    _edit_config(folder, lambda c: (c.pop("weights_sha256"), edit(c)))
+
+
+def _set_a_method_without_checksums(folder):
+    """``save`` writes only ``*_`` attributes; a config naming a method or the module would
+    replace it on the loaded model."""
+    _without_checksums(folder, lambda c: c["attrs"].update(predict=1, module={}))
+
+
+def _subarray_dtype_without_checksums(folder):
+    """A sub-array dtype makes a few bytes of JSON allocate n x 4,000 x 4,000 floats."""
+    array = {"__ndarray__": [0, 0], "dtype": "(4000,4000)f8"}
+    _without_checksums(folder, lambda c: c["attrs"].update(large_=array))
+
+
 def _drop_class_saved_before_checksums(folder):
     as_saved_before_config_checksum(folder)
     _edit_config(folder, lambda c: c.pop("model_class"))
@@ -241,6 +258,8 @@ def _drop_class_saved_before_checksums(folder):
         (_shrink_latent_saved_before_checksums, "do not fit the model"),
         (_drop_class_saved_before_checksums, r"config.json lacks \['model_class'\]"),
         (_drop_init_params_saved_before_checksums, r"lacks \['attrs.init_params_'\].*edited"),
+        (_set_a_method_without_checksums, r"sets the attributes \['module', 'predict'\]"),
+        (_subarray_dtype_without_checksums, r"dtype '\(4000,4000\)f8'.*edited"),
     ],
 )
 def test_load_refuses_an_edited_save(small_save, tmp_path, edit, match):
@@ -444,7 +463,7 @@ def test_two_saves_in_one_folder_with_prefixes(small_save, tmp_path, capsys):
         model.save(tmp_path, prefix="a_")
     with pytest.raises(
         FileNotFoundError,
-        match=r"prefix 'a_', 'b_': load one with the model class's `\.load\(path, prefix='a_'\)`",
+        match=r"prefix 'a_', 'b_': load one with `scdl\.models\.VAE\.load\(path, prefix='a_'\)`",
     ):
         VAE.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="No c_config.json in .* with this `prefix`"):

@@ -10,10 +10,12 @@ _BUNDLED = Path(__file__).parent / "data"
 
 
 def cache_dir() -> Path:
-    """Where downloads go: ``$SCDL_CACHE``, else pooch's per-user cache folder for scdl."""
+    """Where downloads go: ``$SCDL_CACHE`` (``~`` expanded), else pooch's per-user cache
+    folder for scdl; an empty ``$SCDL_CACHE`` counts as unset, as pooch reads its own."""
     import pooch
 
-    return Path(os.environ.get("SCDL_CACHE", pooch.os_cache("scdl")))
+    folder = os.environ.get("SCDL_CACHE", "").strip()
+    return Path(folder).expanduser() if folder else Path(pooch.os_cache("scdl"))
 
 
 def sha256sum(path: str | os.PathLike) -> str:

@@ -5,7 +5,9 @@ scvi-tools' own ``save``/``load`` pickle the model's attributes and call
 ``config.json`` (init parameters, AnnData registry, gene names, training history; JSON only)
 and ``model.safetensors`` (tensors only), so loading a model file never runs code from it.
 Each file records the other's SHA-256 (the weights' in ``config.json``, the config's in the
-safetensors header), so a file edited, corrupted or swapped after saving is refused.
+safetensors header), so a file edited, corrupted or swapped after saving is refused; a save
+whose checksums were both removed loads with a warning that edits go unnoticed. Whatever a
+config holds, it can set only the model's own ``*_`` attributes and arrays of plain dtypes.
 """
 
 from __future__ import annotations
@@ -213,7 +215,7 @@ class SafeSaveLoadMixin:
                 f"{files.weights_name} (each checks the other). Download both into the "
                 "folder, then load it."
             )
-        config = read_config(dir_path, prefix)
+        config = read_config(dir_path, prefix, cls.__name__)
         state = load_weights(files)  # before adata is registered; malformed: named
         checksummed = _check_checksums(files, config)
         _check_fields(files, config)
@@ -287,8 +289,15 @@ class SafeSaveLoadMixin:
     @staticmethod
     def view_setup_args(dir_path: str | os.PathLike, prefix: str | None = None) -> None:
         """Print the arguments a saved model's AnnData was set up with (from :meth:`load_registry`;
-        scvi-tools' version reads a pickled ``model.pt``), for ``dir_path`` and ``prefix`` as
-        there."""
+        scvi-tools' version reads a pickled ``model.pt``).
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        prefix
+            The ``prefix`` the model was saved with.
+        """
         import rich.pretty  # noqa: F401  (scvi-tools' printer uses it without importing it)
         from scvi.data import AnnDataManager
 

@@ -88,7 +88,16 @@ def _decode(obj):
     if not isinstance(obj, dict):
         return obj
     if "__ndarray__" in obj:
-        return np.array(_decode(obj["__ndarray__"]), dtype=obj["dtype"])
+        dtype = obj.get("dtype")
+        # only what ``_encode`` writes: a sub-array or structured dtype string would make a
+        # few bytes of JSON allocate gigabytes
+        if dtype not in _NUMERIC_DTYPES and dtype != "object":
+            raise ValueError(
+                f"An array in the config has dtype {dtype!r}; scdl saves only "
+                f"{sorted(_NUMERIC_DTYPES)} or 'object': the file was edited or is corrupt. "
+                "Save the model again with `.save()`."
+            )
+        return np.array(_decode(obj["__ndarray__"]), dtype=dtype)
     if "__dataframe__" in obj:
         d = obj["__dataframe__"]
         frame = pd.DataFrame(_decode(d["values"]), index=d["index"], columns=d["columns"])
@@ -105,8 +114,12 @@ def _decode(obj):
     return {k: _decode(v) for k, v in obj.items()}
 
 
-def read_config(dir_path: str | os.PathLike, prefix: str | None = None) -> dict:
-    """Read and check a saved model's ``config.json`` (JSON only, no code)."""
+def read_config(
+    dir_path: str | os.PathLike, prefix: str | None = None, model_name: str | None = None
+) -> dict:
+    """Read and check a saved model's ``config.json`` (JSON only, no code); ``model_name``,
+    the class loading it, is named in the hint when the folder holds saves of other
+    prefixes."""
     files = SavedFiles(dir_path, prefix)
     path = files.config
     if not path.is_file():
@@ -118,9 +131,8 @@ def read_config(dir_path: str | os.PathLike, prefix: str | None = None) -> dict:
             and (files.dir / f"{p.name[: -len(CONFIG_NAME)]}{WEIGHTS_NAME}").is_file()
         )
         hint = (
-            f"; it holds saves with prefix {', '.join(others)}: load one with the model "
-            f"class's `.load(path, prefix={others[0]})` (e.g. scdl.models.CellTypeTransformer), "
-            "and pass the loaded model where a path was given"
+            f"; it holds saves with prefix {', '.join(others)}: load one with "
+            f"`scdl.models.{model_name or 'CellTypeTransformer'}.load(path, prefix={others[0]})`"
             if others
             else ""
         )
@@ -257,6 +269,17 @@ def _check_fields(files: SavedFiles, config: dict) -> None:
         missing = [f"attrs.{k}" for k in ("registry_", "init_params_") if k not in attrs]
     if not missing:
         init = attrs["init_params_"]
+        # ``save`` writes the model's own ``*_`` attributes only; any other name (a method,
+        # ``module``, a dunder) would replace part of the model on load
+        odd = sorted(
+            k for k in attrs if not (k.isidentifier() and k.endswith("_") and not k.startswith("_"))
+        )
+        if odd:
+            raise ValueError(
+                f"{files}: {files.config_name} sets the attributes {odd}, which no scdl save "
+                "writes (only names ending in '_'): the file was edited or is corrupt. Save "
+                "the model again with `.save()`."
+            )
         if not all(isinstance(init.get(k), dict) for k in ("non_kwargs", "kwargs")):
             missing = ["attrs.init_params_.non_kwargs/kwargs"]
     if missing:

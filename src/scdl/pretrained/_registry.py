@@ -30,7 +30,9 @@ REGISTRY: dict[str, dict] = {
 
 
 def available() -> pd.DataFrame:
-    """Known pretrained annotators: name, description, source, cell types and genes."""
+    """Known pretrained annotators: name, description, source, cell types, genes and the
+    path of the model card (``card``: training data, accuracy and Unknown rate on held-out
+    data, limits; empty for an annotator not bundled)."""
     rows = []
     for name, entry in REGISTRY.items():
         row = {"name": name, "description": entry["description"]}
@@ -42,9 +44,10 @@ def available() -> pd.DataFrame:
                 n_cell_types=len(labels),
                 cell_types=", ".join(labels),
                 n_genes=len(config["var_names"]),
+                card=str(_HERE / entry["folder"] / "README.md"),
             )
         else:
-            row.update(source=entry["url"])
+            row.update(source=entry["url"], card="")
         rows.append(row)
     return pd.DataFrame(rows).set_index("name")
 
@@ -109,6 +112,11 @@ def _fetch_archive(url: str, sha256: str | None) -> Path:
 
 def resolve(name_or_path: str | os.PathLike, *, sha256: str | None = None) -> Path:
     """Local folder holding the annotator's files, downloading/extracting if needed."""
+    if not isinstance(name_or_path, str | os.PathLike):
+        raise TypeError(
+            f"name_or_path must be a name from scdl.pretrained.available() ({sorted(REGISTRY)}), "
+            f"a folder, an archive or a URL, got {type(name_or_path).__name__}."
+        )
     key = str(name_or_path)
     if not key.strip():  # Path("") is the working folder
         raise ValueError(
@@ -195,8 +203,14 @@ def load(name_or_path: str | os.PathLike, *, sha256: str | None = None, device: 
             )
     folder = resolve(name_or_path, sha256=sha256)
     accelerator = {"cpu": "cpu", "auto": "auto", "cuda": "gpu"}[kind]
-    model = CellTypeTransformer.load(
-        folder, accelerator=accelerator, device=int(index) if index else "auto"
-    )
+    try:
+        model = CellTypeTransformer.load(
+            folder, accelerator=accelerator, device=int(index) if index else "auto"
+        )
+    except FileNotFoundError as e:
+        if "saves with prefix" not in str(e):
+            raise
+        # a folder of prefixed saves: pretrained.load takes none, so say where the model goes
+        raise FileNotFoundError(f"{e} Pass that model to scdl.tl.annotate(model=...).") from e
     model.source_ = str(name_or_path)
     return model
