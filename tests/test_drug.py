@@ -410,7 +410,7 @@ def test_training_options_are_checked_on_both_paths(bulk_train, cellbench):
     deep = scdl.models.DrugResponseModel(
         bulk_train, target=cellbench, prediction="wide_deep", n_top_genes=500, **SMALL
     )
-    with pytest.raises(ValueError, match="leave no cell to validate"):
+    with pytest.raises(ValueError, match="lines at train_size=1.0 leave none to validate"):
         deep.train(max_epochs=2, early_stopping=True)
     assert not deep.is_trained_
     with pytest.raises(TypeError, match=r"\['dropp_last'\]"):  # the user's reach the loader
@@ -1036,3 +1036,17 @@ def test_validation_lines_calibrate_ridges_that_never_saw_them(gdsc):
     with pytest.warns(UserWarning, match="Use n_ensemble >= 2 \\(the wide path") as caught:
         one.train(train_size=0.8)
     assert not any("or train_size < 1" in str(w.message) for w in caught)
+
+
+def test_deep_training_options_are_checked_before_training(bulk_train, cellbench):
+    """The deep path's own minibatch of target cells and AdamW's decay: impossible values are
+    refused naming the argument (before, torch failed mid-training or cut 2.5 to 2)."""
+    model = scdl.models.DrugResponseModel(
+        bulk_train, target=cellbench, prediction="wide_deep", n_top_genes=500, **SMALL
+    )
+    for bad, error in ((0, ValueError), (-3, ValueError), (2.5, TypeError)):
+        with pytest.raises(error, match="target_batch_size must be a positive integer"):
+            model.train(max_epochs=1, target_batch_size=bad, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0"):
+        model.train(max_epochs=1, weight_decay=-1.0, enable_progress_bar=False)
+    assert not model.is_trained

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from scdl.models._training import plan_training
@@ -177,7 +178,7 @@ def test_train_options_as_scvi_tools_takes_them(kang):
     adata = kang[::8].copy()
     VAE.setup_anndata(adata, batch_key="sample")
     model = VAE(adata)
-    with pytest.raises(ValueError, match="train_size=1.0 leave no cell to validate"):
+    with pytest.raises(ValueError, match="train_size=1.0 leave none to validate"):
         model.train(max_epochs=2, early_stopping=True, train_size=1.0)
     assert not model.is_trained
     # fewer than 10 cells at the default 0.9 leave none either: refused before training, not
@@ -186,7 +187,7 @@ def test_train_options_as_scvi_tools_takes_them(kang):
     VAE.setup_anndata(few)
     tiny = VAE(few)
     for kwargs in ({"early_stopping": True}, {"plan_kwargs": {"reduce_lr_on_plateau": True}}):
-        with pytest.raises(ValueError, match="8 cells at train_size=0.9 leave no cell"):
+        with pytest.raises(ValueError, match="8 cells at train_size=0.9 leave none"):
             tiny.train(max_epochs=2, **kwargs)
     assert not tiny.is_trained
     with pytest.raises(TypeError, match=r"\['dropp_last'\]"):
@@ -216,3 +217,49 @@ def test_train_options_as_scvi_tools_takes_them(kang):
     n_val = len(ann.validation_indices)  # scvi-tools' unshuffled split: validation first
     np.testing.assert_array_equal(ann.validation_indices, np.arange(n_val))
     np.testing.assert_array_equal(ann.train_indices, np.arange(n_val, adata.n_obs))
+
+
+def test_no_validation_cell_is_refused_before_training_however_the_split_is_given(kang):
+    """scvi-tools refuses early stopping without validation cells up front; so does scdl when
+    they are missing by ``validation_size=0`` or by contrastiveVI's split of each group on its
+    own (9 + 9 cells leave none, though 18 at 0.9 would leave one). A learning rate of 0 or
+    below is refused naming ``lr``, before training (torch's refusal names no argument)."""
+    from scdl.models import VAE, CellTypeTransformer, ContrastiveVAE
+
+    adata = kang[::8].copy()
+    VAE.setup_anndata(adata)
+    model = VAE(adata)
+    with pytest.raises(ValueError, match="validation_size=0.0 leave none to validate"):
+        model.train(max_epochs=1, early_stopping=True, validation_size=0.0)
+    for lr in (-1e-3, 0.0):
+        with pytest.raises(ValueError, match="lr must be a positive number"):
+            model.train(max_epochs=1, lr=lr)
+    assert not model.is_trained
+
+    small = kang[
+        np.r_[
+            np.flatnonzero(kang.obs["condition"] == "ctrl")[:9],
+            np.flatnonzero(kang.obs["condition"] == "stim")[:9],
+        ]
+    ].copy()
+    ContrastiveVAE.setup_anndata(small)
+    cvae = ContrastiveVAE(small)
+    with pytest.raises(ValueError, match=r"split by group.*groups of 9, 9 cells"):
+        cvae.train(groupby="condition", background="ctrl", max_epochs=1, early_stopping=True)
+    assert not cvae.is_trained
+
+    CellTypeTransformer.setup_anndata(adata, labels_key="cell_type")
+    ann = CellTypeTransformer(adata)
+    with pytest.warns(UserWarning, match="leave `validation_size` unset"):
+        ann.train(max_epochs=1, validation_size=0.0, enable_progress_bar=False)
+
+
+def test_logging_interval_follows_the_batches_lightning_runs():
+    """``log_every_n_steps`` no longer than the epoch Lightning runs: with
+    ``limit_train_batches`` that is fewer minibatches than the data holds."""
+    for limit, expected in ((1, 1), (0.25, 1), (3, 3)):
+        kwargs = {"limit_train_batches": limit}
+        plan_training(1_000, 5, batch_size=128, train_size=1.0, trainer_kwargs=kwargs)
+        assert kwargs["log_every_n_steps"] == expected, limit
+    with pytest.warns(UserWarning, match="Only 300 of the 300 lines train"):
+        plan_training(300, 5, batch_size=1_000, train_size=1.0, trainer_kwargs={}, unit="lines")

@@ -465,6 +465,7 @@ class CellTypeTransformer(
             train_size=train_size,
             trainer_kwargs=kwargs,
             plan_kwargs=plan_kwargs,
+            validation_size=validation_size,
             n_cells_seen=1_500 * batch_size,
             cap=300,
             floor=10,

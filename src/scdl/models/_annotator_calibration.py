@@ -33,11 +33,12 @@ class AnnotatorCalibrationMixin:
         """Unknown thresholds on the held-out cells, the final linear path, cluster calls."""
         self.module.eval()
         heldout = splitter.val_idx
-        if len(heldout) == 0:  # a tiny reference (< 10 cells at train_size=0.9)
+        if len(heldout) == 0:  # a tiny reference (< 10 cells at 0.9), or validation_size=0
             warn_user(
                 f"No reference cell is held out ({self.adata.n_obs} cells): the Unknown "
                 "thresholds are set on the training cells, so they flag fewer query cells. "
-                "Train on at least 10 cells, or lower `train_size`, to hold some out.",
+                "Hold some out: leave `validation_size` unset (or above 0), lower `train_size`, "
+                "or train on at least 10 cells.",
                 UserWarning,
             )
             heldout = splitter.train_idx

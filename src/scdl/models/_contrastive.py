@@ -297,6 +297,7 @@ class ContrastiveVAE(
             trainer_kwargs=kwargs,
             early_stopping=early_stopping,
             plan_kwargs=plan_kwargs,
+            groups=(bg.size, tg.size),  # contrastiveVI splits each group on its own
         )
         plan = vae_plan_kwargs(
             max_epochs, lr=lr, n_epochs_kl_warmup=n_epochs_kl_warmup, plan_kwargs=plan_kwargs

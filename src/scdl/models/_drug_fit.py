@@ -15,7 +15,7 @@ import torch
 from scvi.model.base import UnsupervisedTrainingMixin
 
 from scdl._warnings import warn_user
-from scdl.data import matched_reference
+from scdl.data import check_non_negative, check_positive_int, matched_reference
 from scdl.module import drug_table, heldout_predictions
 from scdl.train import guarded_training
 
@@ -32,6 +32,9 @@ class DrugFittingMixin:
         if self._target_profiles is not None and self.match_neighbors > 0:
             reference_p = matched_reference(self._target_profiles, profiles, self.match_neighbors)
         batch_size, target_batch_size = kwargs.pop("batch_size"), kwargs.pop("target_batch_size")
+        target_batch_size = check_positive_int(target_batch_size, "target_batch_size")
+        if "weight_decay" in plan:
+            check_non_negative(plan["weight_decay"], "weight_decay", meaning="AdamW's decay")
         # the documented default (every line): scvi-tools' splitter would read None as 0.9
         train_size = kwargs.pop("train_size")
         train_size = 1.0 if train_size is None else train_size
@@ -43,6 +46,7 @@ class DrugFittingMixin:
             train_size=train_size,
             trainer_kwargs=kwargs,
             plan_kwargs=plan,
+            unit="lines",
             n_cells_seen=600 * 128,
         )
         plan = {"n_epochs_kl_warmup": max(1, max_epochs // 2), **plan}

@@ -28,7 +28,16 @@ def _n_train(n_obs: int, train_size: float | None) -> int:
     return math.ceil(n_obs * (train_size if train_size is not None else 0.9))
 
 
-def fit_batch_size(n_obs: int, batch_size: int, train_size: float | None = None) -> int:
+def _n_validation(n_obs: int, train_size: float | None, validation_size: float | None) -> int:
+    # as scvi-tools' ``validate_data_split``: the rest, or validation_size's share rounded down
+    if validation_size is None:
+        return n_obs - _n_train(n_obs, train_size)
+    return math.floor(n_obs * validation_size)
+
+
+def fit_batch_size(
+    n_obs: int, batch_size: int, train_size: float | None = None, unit: str = "cells"
+) -> int:
     """``batch_size``, clamped to the training cells when there are fewer (with a warning).
 
     A dataset smaller than one minibatch is valid (scvi-tools trains on it): it is trained
@@ -43,9 +52,9 @@ def fit_batch_size(n_obs: int, batch_size: int, train_size: float | None = None)
         # every cell in one minibatch: whichever way a splitter rounds, no split is left with a
         # remainder minibatch of one cell (which BatchNorm cannot train on)
         warn_user(
-            f"Only {n_train} of the {n_obs} cells train"
+            f"Only {n_train} of the {n_obs} {unit} train"
             f"{' (the others validate)' if n_train < n_obs else ''}, fewer than "
-            f"batch_size={batch_size}: batch_size is set to {n_obs}, every cell, so training "
+            f"batch_size={batch_size}: batch_size is set to {n_obs}, all of them, so training "
             f"runs one minibatch per epoch{' (and validation one)' if n_train < n_obs else ''}.",
             UserWarning,
         )
@@ -81,6 +90,9 @@ def plan_training(
     trainer_kwargs: dict,
     early_stopping: bool = False,
     plan_kwargs: dict | None = None,
+    validation_size: float | None = None,
+    groups: tuple[int, ...] | None = None,
+    unit: str = "cells",
     n_cells_seen: int = 512_000,
     cap: int = 400,
     floor: int = 30,
@@ -100,6 +112,11 @@ def plan_training(
     ``"ddp_find_unused_parameters_true"``, because every scdl network holds parameters that a
     given loss does not use (scVI's library encoder with observed library sizes, the
     annotator's pretraining head) and plain DDP refuses them.
+
+    Validation cells are counted as scvi-tools' splitter counts them: ``validation_size``
+    (given here or among ``trainer_kwargs``) or the rest after ``train_size``, in each of
+    ``groups`` (sizes of groups split separately, e.g. contrastiveVI's background and target
+    cells) or in all ``n_obs``. ``unit`` names what is trained on in messages ("lines").
     """
     if train_size is not None and (
         isinstance(train_size, bool)
@@ -110,7 +127,9 @@ def plan_training(
             f"train_size must be a fraction in (0, 1] (the share of cells trained on, the rest "
             f"validate), got {train_size!r}."
         )
-    n_val = n_obs - _n_train(n_obs, train_size)
+    if validation_size is None:
+        validation_size = trainer_kwargs.get("validation_size")
+    n_val = sum(_n_validation(n, train_size, validation_size) for n in groups or (n_obs,))
     stops = early_stopping or trainer_kwargs.get("early_stopping")
     plateau = (plan_kwargs or {}).get("reduce_lr_on_plateau")
     if (stops or plateau) and n_val == 0:
@@ -118,21 +137,27 @@ def plan_training(
         # epoch); fewer than 10 cells at 0.9 leave none either
         what = "early_stopping" if stops else "reduce_lr_on_plateau"
         off = "early_stopping=False" if stops else "plan_kwargs={'reduce_lr_on_plateau': False}"
-        fix = (
-            "pass train_size < 1 (e.g. 0.9)"
-            if train_size == 1
-            else "train on at least 10 cells, or pass a smaller train_size"
-        )
+        if validation_size is not None:
+            at, fix = f"validation_size={validation_size}", "pass a larger validation_size"
+        elif groups:
+            at = f"train_size={0.9 if train_size is None else train_size}, split by group"
+            fix = f"pass a smaller train_size (groups of {', '.join(map(str, groups))} {unit})"
+        else:
+            at = f"train_size={0.9 if train_size is None else train_size}"
+            fix = (
+                "pass train_size < 1 (e.g. 0.9)"
+                if train_size == 1
+                else f"train on at least 10 {unit}, or pass a smaller train_size"
+            )
         raise ValueError(
-            f"{what} watches the validation loss, but {n_obs} cells at train_size="
-            f"{0.9 if train_size is None else train_size} leave no cell to validate on: "
-            f"{fix}, or {off}."
+            f"{what} watches the validation loss, but {n_obs} {unit} at {at} leave none to "
+            f"validate on: {fix}, or {off}."
         )
     if max_epochs is None:
         max_epochs = default_max_epochs(n_obs, n_cells_seen=n_cells_seen, cap=cap, floor=floor)
     max_epochs = check_max_epochs(max_epochs)
-    batch_size = fit_batch_size(n_obs, batch_size, train_size)
-    if train_size is None or train_size < 1:
+    batch_size = fit_batch_size(n_obs, batch_size, train_size, unit)
+    if n_val > 0:
         watched = (
             early_stopping
             or trainer_kwargs.get("early_stopping")
@@ -142,6 +167,11 @@ def plan_training(
         every = 1 if watched else max(1, max_epochs // 20)
         trainer_kwargs.setdefault("check_val_every_n_epoch", every)
     n_batches = _n_train(n_obs, train_size) // batch_size
+    limit = trainer_kwargs.get("limit_train_batches")
+    if isinstance(limit, int | np.integer) and not isinstance(limit, bool):
+        n_batches = min(n_batches, int(limit))  # Lightning's count of batches per epoch
+    elif isinstance(limit, float):
+        n_batches = int(n_batches * limit)
     trainer_kwargs.setdefault("log_every_n_steps", max(1, min(10, n_batches)))
     if trainer_kwargs.get("strategy") == "ddp":
         trainer_kwargs["strategy"] = "ddp_find_unused_parameters_true"

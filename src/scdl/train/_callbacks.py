@@ -145,12 +145,17 @@ def guarded_training(
         The ``Trainer`` keyword arguments of the run; a :class:`TrainingGuard` is added to
         its ``callbacks`` (in place).
     lr
-        The learning rate, named in the divergence message.
+        The learning rate, named in the divergence message; refused unless a positive
+        number (before anything runs).
 
     Yields
     ------
     The :class:`TrainingGuard` in use.
     """
+    if lr is not None:  # torch's own refusal comes from inside Lightning, naming no argument
+        from scdl.data import check_positive_number
+
+        check_positive_number(lr, "lr", meaning="the optimizer's learning rate")
     guard = TrainingGuard(lr=lr)
     trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), guard]
     module = model.module
