@@ -562,3 +562,16 @@ def test_unlabelled_cells_are_left_out_where_labels_are_optional(kang):
     assert sum(int(t.rsplit("(", 1)[1].rstrip(")")) for t in labels) == 150
     assert not any(t.startswith("nan") for t in labels)
     plt.close(fig)
+
+
+def test_half_precision_counts_choose_the_genes_of_their_float32_copy(kang):
+    """float16 holds these counts exactly, but seurat_v3's squares of them overflow it: the
+    genes are ranked on a float32 copy of the stored values, as the model trains on."""
+    adata = _three_hundred(kang)
+    adata.X = adata.X.toarray()  # scipy's sparse matrices hold no float16: a dense file
+    half = adata.copy()
+    half.X = half.X.astype(np.float16)
+    assert np.array_equal(half.X.astype(np.float32), adata.X)
+    for data in (adata, half):
+        scdl.tl.integrate(data, n_top_genes=200, max_epochs=1, progress_bar=False)
+    assert list(half.uns["X_scdl"]["var_names"]) == list(adata.uns["X_scdl"]["var_names"])
