@@ -180,11 +180,11 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         min_gene_overlap: float = 0.5,
         batch_size: int | None = None,
         adapt_to_query: float | Literal["auto"] = "auto",
+        over_clustering: bool = False,
+        over_clustering_graph=None,
         over_clustering_resolution: float | None = None,
         seed: int = 0,
         unknown_call: bool = True,
-        over_clustering: bool = False,
-        over_clustering_graph=None,
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Everything :func:`scdl.tl.annotate` writes: per-cell calls and probabilities.
 

@@ -40,10 +40,10 @@ class ContrastiveExpressionMixin:
         adata: AnnData | None = None,
         indices: Sequence[int] | None = None,
         *,
-        salient: bool = True,
-        library_size: float = 1e4,
         batch_size: int | None = None,
         target_mask: np.ndarray | None = None,
+        salient: bool = True,
+        library_size: float = 1e4,
     ) -> pd.DataFrame:
         """Decoded expression per ``library_size`` counts (posterior means).
 
@@ -83,9 +83,9 @@ class ContrastiveExpressionMixin:
         n_top: int | None = 50,
         *,
         adata: AnnData | None = None,
-        library_size: float = 1e4,
         batch_size: int | None = None,
         target_mask: np.ndarray | None = None,
+        library_size: float = 1e4,
     ) -> pd.DataFrame:
         """Genes whose expression in target cells the salient space explains, ranked.
 

@@ -274,9 +274,9 @@ class DrugPredictionMixin:
         self,
         adata: AnnData | None = None,
         *,
-        drug: str,
         layer: str | None = None,
         modality: Modality = "auto",
+        drug: str,
         n_steps: int = 32,
         batch_size: int = 256,
     ) -> pd.DataFrame:

@@ -328,7 +328,16 @@ class VAE(
     ) -> np.ndarray:
         """scvi-tools' :meth:`~scvi.model.SCVI.get_latent_representation` (every option as
         there); ``indices`` and ``batch_size`` are checked before a new AnnData is registered,
-        so a bad one leaves it unchanged."""
+        so a bad one leaves it unchanged.
+
+        Parameters
+        ----------
+        adata, indices
+            The cells to embed: an AnnData with the model's genes (default: the model's own)
+            and the indices of its cells to use (default: all).
+        *args, **kwargs
+            scvi-tools' further options (``give_mean``, ``mc_samples``, ``batch_size``, ...).
+        """
         self._check_cells(adata, indices, kwargs.get("batch_size"))
         return super().get_latent_representation(adata, indices, *args, **kwargs)
 
@@ -336,7 +345,16 @@ class VAE(
         """scvi-tools' :meth:`~scvi.model.SCVI.get_normalized_expression` (every option as
         there); a ``gene_list`` naming genes the model lacks is refused (scvi-tools drops them
         silently, down to an empty table), and ``indices`` and ``batch_size`` are checked before
-        a new AnnData is registered."""
+        a new AnnData is registered.
+
+        Parameters
+        ----------
+        adata
+            An AnnData with the model's genes (default: the model's own).
+        *args, **kwargs
+            scvi-tools' options, by name or in its order (``indices``, ``transform_batch``,
+            ``gene_list``, ``library_size``, ``n_samples``, ``batch_size``, ...).
+        """
         import inspect
 
         # bound to scvi-tools' signature: positional arguments are checked like keywords
