@@ -653,7 +653,7 @@ def test_integrate_bad_arguments(kang, kwargs, error, match):
     ("kwargs", "error", "match"),
     [
         ({"key_added": 3}, TypeError, "key_added"),
-        ({"shared_key": ""}, TypeError, "key_added"),
+        ({"shared_key": ""}, ValueError, "key_added"),
         ({"key_added": "X_c", "shared_key": "X_c"}, ValueError, "shared space would overwrite"),
         ({"n_top_genes": 0}, ValueError, "n_top_genes must be a positive integer"),
         ({"random_state": "x"}, TypeError, "random_state must be an integer seed"),
@@ -861,3 +861,71 @@ def test_gene_overlap_message_shows_the_shortfall():
     adata = ad.AnnData(np.zeros((2, 1000), dtype=np.float32))
     adata.var_names = genes[:1000]
     assert gene_columns(adata, genes, min_overlap=0.5)[1].sum() == 1000
+
+
+def test_public_helpers_refuse_impossible_arguments_by_name(kang):
+    """The documented helpers below the models (``scdl.data``, ``scdl.module``,
+    ``scdl.dataloaders``) refuse what they cannot do, naming the argument, rather than
+    returning an empty or all-NaN result or failing in numpy, sklearn or their own message."""
+    from scdl.data import (
+        check_key_added,
+        check_non_negative,
+        check_positive_int,
+        check_positive_number,
+        gene_columns,
+        genes_pca,
+        matched_reference,
+        profiles_from_expression,
+        sampled_counts_ok,
+        select_model_genes,
+    )
+    from scdl.dataloaders import CSRBatches
+    from scdl.module import drug_table
+
+    cells = kang[:200].copy()
+    for n_top, error in ((0, ValueError), (-5, ValueError), (2.5, TypeError)):
+        with pytest.raises(error, match="n_top_genes must be a positive integer"):
+            select_model_genes(cells, n_top_genes=n_top)
+    assert len(select_model_genes(cells, n_top_genes=50)) == 50
+    profiles = profiles_from_expression(
+        np.log1p(cells.X[:, :100].toarray()), cells.var_names[:100], cells.var_names[:100]
+    )
+    with pytest.raises(ValueError, match="n_neighbors must be a positive integer"):
+        matched_reference(profiles[:10], profiles, 0)
+    with pytest.raises(ValueError, match="got 0 target and 200 bulk rows"):
+        matched_reference(profiles[:0], profiles, 5)
+    p = matched_reference(profiles[:10], profiles, 5)
+    assert np.isclose(p.sum(), 1.0) and (p >= 0).all()
+    with pytest.raises(ValueError, match=r"scale must be one of \['rank', 'zscore'\]"):
+        genes = cells.var_names[:100]
+        profiles_from_expression(profiles, genes, genes, scale="ranks")
+    with pytest.raises(ValueError, match="No genes given"):
+        gene_columns(cells, [])
+    with pytest.raises(ValueError, match=r"min_gene_overlap \(min_overlap\) must be a fraction"):
+        gene_columns(cells, cells.var_names[:5], min_overlap=2)
+    with pytest.raises(ValueError, match="A PCA needs at least 2 genes; 1 given"):
+        genes_pca(cells, cells.var_names[:1])
+    assert genes_pca(cells, cells.var_names[:2]).shape == (200, 1)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            CSRBatches(cells.X, batch_size=bad)
+    with pytest.raises(ValueError, match="3 drug names for 2 response columns"):
+        drug_table(np.zeros((5, 2)), np.zeros((5, 2)), ["a", "b", "c"])
+    # wrong types are TypeErrors and wrong values ValueErrors, across the scalar checks
+    for check in (check_positive_number, check_non_negative):
+        with pytest.raises(TypeError):
+            check(None, "x")
+        with pytest.raises(TypeError):
+            check("5", "x")
+        with pytest.raises(ValueError):
+            check(-1.0, "x")
+    with pytest.raises(TypeError):
+        check_positive_int(True, "x")
+    with pytest.raises(ValueError, match="non-empty string"):
+        check_key_added("")
+    with pytest.raises(TypeError, match="non-empty string"):
+        check_key_added(None)
+    # a 0/1 matrix is counts to check_counts, and to the later re-check
+    flags = cells.copy()
+    flags.X = (cells.X > 0).astype(bool)
+    assert sampled_counts_ok(flags, None)

@@ -402,7 +402,8 @@ def check_positive_int(value, arg: str, *, none: str | None = None) -> int | Non
         return None
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         allowed = f" or None ({none})" if none is not None else ""
-        error = TypeError if not isinstance(value, int | np.integer) else ValueError
+        wrong_type = isinstance(value, bool) or not isinstance(value, int | np.integer)
+        error = TypeError if wrong_type else ValueError
         raise error(f"{arg} must be a positive integer{allowed}, got {value!r}.")
     return int(value)
 
@@ -413,7 +414,8 @@ def check_positive_number(value, arg: str, *, meaning: str = "") -> float:
     number = isinstance(value, int | float | np.number) and not isinstance(value, bool)
     if not number or not np.isfinite(value) or value <= 0:
         extra = f" ({meaning})" if meaning else ""
-        raise ValueError(f"{arg} must be a positive number{extra}, got {value!r}.")
+        error = ValueError if number else TypeError
+        raise error(f"{arg} must be a positive number{extra}, got {value!r}.")
     return float(value)
 
 
@@ -442,7 +444,8 @@ def check_non_negative(value, arg: str, *, meaning: str = "") -> float:
     number = isinstance(value, int | float | np.number) and not isinstance(value, bool)
     if not number or not np.isfinite(value) or value < 0:
         extra = f" ({meaning})" if meaning else ""
-        raise ValueError(f"{arg} must be a finite number >= 0{extra}, got {value!r}.")
+        error = ValueError if number else TypeError
+        raise error(f"{arg} must be a finite number >= 0{extra}, got {value!r}.")
     return float(value)
 
 
@@ -460,7 +463,8 @@ def check_key_added(key_added) -> str:
     """``key_added`` must be a non-empty string (the key a ``tl`` step writes under) without
     "/", which h5ad files read as a path: the written file could not be read back."""
     if not isinstance(key_added, str) or not key_added:
-        raise TypeError(f"key_added must be a non-empty string, got {key_added!r}.")
+        error = TypeError if not isinstance(key_added, str) else ValueError
+        raise error(f"key_added must be a non-empty string, got {key_added!r}.")
     if "/" in key_added:
         raise ValueError(
             f"key_added={key_added!r} holds '/', which .h5ad files read as a nested group: "

@@ -78,6 +78,9 @@ def select_model_genes(
 
 def select_variable_genes(profiles: np.ndarray, genes: pd.Index, n_top: int | None) -> pd.Index:
     """The ``n_top`` genes whose profiles vary most across cell lines (all if ``None``)."""
+    from ._checks import check_positive_int
+
+    n_top = check_positive_int(n_top, "n_top_genes", none="every gene")
     genes = pd.Index(genes)
     if n_top is None or n_top >= len(genes):
         return genes
@@ -196,6 +199,7 @@ def profiles_from_counts(
     stay sparse; rows are made dense a chunk at a time, so memory beyond the float32 result
     does not grow with the number of cells.
     """
+    _check_scale(scale)
     positions = gene_positions(var_names, genes)
     if not (sparse.issparse(x) or isinstance(x, np.ndarray)):  # e.g. a backed AnnData's X
         x = x[:]  # read into memory as stored (sparse stays sparse)
@@ -234,7 +238,13 @@ def profiles_from_expression(
 SCALES = {"zscore": zscore_rows, "rank": rank_gauss_rows}
 
 
+def _check_scale(scale: str) -> None:
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {sorted(SCALES)}, got {scale!r}.")
+
+
 def _standardise_present(values: np.ndarray, present: np.ndarray, scale: str) -> np.ndarray:
+    _check_scale(scale)
     out = np.zeros(values.shape, dtype=np.float32)
     out[:, present] = SCALES[scale](values[:, present])
     return out
@@ -251,7 +261,14 @@ def matched_reference(
     to all of them, keeps cells from a few lines or one tissue from being spread over every
     tissue of the panel.
     """
-    k = min(int(n_neighbors), bulk.shape[0])
+    from ._checks import check_positive_int
+
+    k = min(check_positive_int(n_neighbors, "n_neighbors"), bulk.shape[0])
+    if target.shape[0] == 0 or bulk.shape[0] == 0:
+        raise ValueError(
+            f"matched_reference needs target and bulk profiles; got {target.shape[0]} target "
+            f"and {bulk.shape[0]} bulk rows (the probabilities would all be NaN)."
+        )
     votes = np.zeros(bulk.shape[0], dtype=np.float64)
     bulk_t = np.asarray(bulk, dtype=np.float32).T
     for start in range(0, target.shape[0], chunk):

@@ -136,11 +136,14 @@ def gene_columns(adata, genes, *, min_overlap: float = 0.5, what: str = "model")
         ``min_overlap`` of ``genes`` occur.
     """
     if isinstance(min_overlap, bool) or not 0 <= min_overlap <= 1:
+        # named as the public callers name it (tl.annotate, predict, the CLI)
         raise ValueError(
-            f"min_gene_overlap must be a fraction in [0, 1] (e.g. 0.5: half of the {what}'s "
-            f"genes), got {min_overlap!r}."
+            f"min_gene_overlap (min_overlap) must be a fraction in [0, 1] (e.g. 0.5: half of "
+            f"the {what}'s genes), got {min_overlap!r}."
         )
     genes = pd.Index(genes)
+    if len(genes) == 0:
+        raise ValueError(f"No genes given to look up in adata.var_names: pass the {what}'s genes.")
     col = gene_positions(adata.var_names, genes, what=what)
     present = col >= 0
     n_present = int(present.sum())

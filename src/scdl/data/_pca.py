@@ -53,6 +53,7 @@ def unintegrated_pca(
     check_positive_int(n_comps, "n_comps")
     check_positive_int(n_top_genes, "n_top_genes")
     _check_cells(adata)
+    _check_genes(adata.n_vars)
     kind, _ = input_kind(adata, layer)
     x = get_matrix(adata, layer)
     if not (sparse.issparse(x) or isinstance(x, np.ndarray)):  # a backed AnnData's matrix
@@ -126,6 +127,7 @@ def genes_pca(
 
     check_positive_int(n_comps, "n_comps")
     _check_cells(adata)
+    _check_genes(len(genes))
 
     if not adata.var_names.is_unique:  # a name of two columns matches neither
         raise ValueError(
@@ -160,6 +162,14 @@ def genes_pca(
     n_comps = max(1, min(n_comps, tmp.n_obs - 1, tmp.n_vars - 1))
     sc.pp.pca(tmp, n_comps=n_comps, random_state=0)
     return tmp.obsm["X_pca"]
+
+
+def _check_genes(n_genes: int) -> None:
+    if n_genes < 2:
+        raise ValueError(
+            f"A PCA needs at least 2 genes; {n_genes} given. Pass more genes (the PCA of one "
+            "gene is the gene itself)."
+        )
 
 
 def _check_cells(adata: AnnData) -> None:

@@ -206,6 +206,8 @@ def sampled_counts_ok(adata: AnnData, layer: str | None, *, n_values: int = 10_0
         values = x[:: max(1, x.shape[0] // 100)].ravel()
     else:
         return True
+    if values.dtype == bool:  # 0/1, counts to check_counts too
+        return True
     if values.size == 0 or not np.issubdtype(values.dtype, np.number):
         return values.size == 0
     sample = values[:: max(1, values.size // n_values)]

@@ -19,6 +19,8 @@ from scipy import sparse
 from scvi import REGISTRY_KEYS
 from scvi.dataloaders import DataSplitter
 
+from scdl.data import check_positive_int
+
 # the integer fields of a registry, as in scvi-tools' AnnTorchDataset; every other field float32
 _INT_KEYS = (
     REGISTRY_KEYS.BATCH_KEY,
@@ -83,7 +85,7 @@ class TensorBatchLoader:
         self.indices = np.arange(n_obs) if indices is None else np.asarray(indices)
         if self.indices.dtype == bool:
             self.indices = np.flatnonzero(self.indices)
-        self.batch_size = int(batch_size)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.pin_memory = pin_memory and torch.cuda.is_available()
@@ -160,7 +162,8 @@ class CSRBatches:
         from scvi import REGISTRY_KEYS
 
         self.x, self.key = x, REGISTRY_KEYS.X_KEY
-        self.batch_size, self.shuffle, self.drop_last = int(batch_size), shuffle, drop_last
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.shuffle, self.drop_last = shuffle, drop_last
 
     def __len__(self) -> int:
         n = self.x.shape[0]

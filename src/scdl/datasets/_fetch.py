@@ -148,7 +148,8 @@ def download(
     Raises
     ------
     ValueError
-        The download's checksum does not match; the file is deleted.
+        The download's checksum does not match (the file is deleted), or the URL is not one
+        pooch downloads (``http(s)://``, ``ftp://``, ``doi:``).
     OSError
         The download failed (no network, a wrong URL, a server error); the message ends
         with ``offline``.

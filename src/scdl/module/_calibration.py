@@ -38,6 +38,11 @@ def drug_table(
     members; NaN without a wide path)."""
     from scipy.stats import spearmanr
 
+    if not len(drugs) == y.shape[1] == heldout.shape[1]:
+        raise ValueError(
+            f"drug_table: {len(drugs)} drug names for {y.shape[1]} response columns and "
+            f"{heldout.shape[1]} held-out ones; pass one name per column."
+        )
     rows = []
     for j, drug in enumerate(drugs):
         measured = ~np.isnan(y[:, j])
