@@ -124,7 +124,7 @@ def test_normalized_expression_with_and_without_salient(kang_contrastive):
     fit = model.get_normalized_expression(indices=stim, library_size=1e4)
     base = model.get_normalized_expression(indices=stim, salient=False, library_size=1e4)
     assert fit.shape == (50, model.adata.n_vars)
-    np.testing.assert_allclose(fit.sum(1), 1e4, rtol=1e-3)
+    np.testing.assert_allclose(fit.sum(axis=1), 1e4, rtol=1e-3)
     # without their salient code, stimulated cells lose most of their ISG15
     assert (fit["ISG15"] > 2 * base["ISG15"]).mean() > 0.9
 

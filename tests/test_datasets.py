@@ -40,6 +40,7 @@ def http_root(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield root, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+    server.server_close()
 
 
 def test_download_through_pooch_verifies_hash(http_root, tmp_path, monkeypatch):

@@ -166,6 +166,7 @@ def test_gdsc_downloads_from_configured_url_with_checksum(tmp_path, monkeypatch)
         assert again.shape == bulk.shape
     finally:
         server.shutdown()
+        server.server_close()
 
 
 def test_cell_line_names_match_gdsc_keys(gdsc):

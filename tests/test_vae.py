@@ -56,9 +56,9 @@ def test_normalized_expression_transform_batch(kang_integrated):
     a = model.get_normalized_expression(transform_batch="ctrl101", library_size=1e4)
     b = model.get_normalized_expression(transform_batch="stim101", library_size=1e4)
     assert a.shape == (model.adata.n_obs, model.adata.n_vars)
-    assert np.allclose(a.sum(1), 1e4, rtol=1e-3)
+    assert np.allclose(a.sum(axis=1), 1e4, rtol=1e-3)
     # decoding in another batch changes the output, ISG15 most of all (IFN response)
-    diff = (b - a).mean(0)
+    diff = (b - a).mean(axis=0)
     assert "ISG15" in diff.sort_values(ascending=False).index[:20]
 
 
@@ -251,6 +251,17 @@ def test_an_edited_batch_column_is_read_again_or_refused(kang_integrated):
     ):
         model.get_latent_representation(query)
     assert_unchanged(query, snap)
+    # read without pandas' deprecated Categorical of values outside its categories (an error
+    # from pandas 4 on)
+    import warnings
+
+    from scdl.data import edited_obs_columns
+
+    registry = model.get_anndata_manager(query).registry
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        warnings.simplefilter("error", FutureWarning)
+        assert edited_obs_columns(query, registry) == ["sample"]
 
     small = adata[np.sort(np.random.default_rng(0).choice(adata.n_obs, 200, replace=False))].copy()
     VAE.setup_anndata(small, batch_key="sample")

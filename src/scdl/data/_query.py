@@ -162,14 +162,14 @@ def edited_obs_columns(adata: AnnData, registry: dict, *, skip: tuple = ("labels
             col = state.get("original_key")
             if str(col).startswith("_scvi") or col not in adata.obs or key not in adata.obs:
                 continue
-            now = pd.Categorical(adata.obs[col], categories=state["categorical_mapping"]).codes
+            now = _codes(adata.obs[col], state["categorical_mapping"])
             if not np.array_equal(now, adata.obs[key].to_numpy()):
                 edited.append(col)
         elif data.get("attr_name") == "obsm" and key in adata.obsm:
             stored = adata.obsm[key]
             for col, mapping in (state.get("mappings") or {}).items():
                 if col in adata.obs and not np.array_equal(
-                    pd.Categorical(adata.obs[col], categories=mapping).codes,
+                    _codes(adata.obs[col], mapping),
                     np.asarray(stored[col]),
                 ):
                     edited.append(col)
@@ -177,6 +177,12 @@ def edited_obs_columns(adata: AnnData, registry: dict, *, skip: tuple = ("labels
                 if col in adata.obs and not _same_numbers(adata.obs[col], stored[col]):
                     edited.append(col)
     return edited
+
+
+def _codes(values: pd.Series, categories) -> np.ndarray:
+    """Codes of ``values`` in ``categories`` (-1: not among them), as scvi-tools registered
+    them; pandas 3 deprecates a Categorical whose values fall outside its categories."""
+    return pd.Index(categories).get_indexer(values.astype(object).where(values.notna(), None))
 
 
 def _same_numbers(now, stored) -> bool:

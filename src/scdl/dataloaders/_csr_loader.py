@@ -85,7 +85,7 @@ def gather_csr_rows(
 
 def _csr_tensor(crow, col, val, shape) -> torch.Tensor:
     with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support", category=UserWarning)
         return torch.sparse_csr_tensor(crow, col, val, shape, check_invariants=False)
 
 

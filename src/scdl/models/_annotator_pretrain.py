@@ -7,6 +7,7 @@ A mixin of the model class; the training plan is :class:`scdl.train.MaskedExpres
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 from scvi import REGISTRY_KEYS
@@ -81,7 +82,9 @@ class AnnotatorPretrainingMixin:
         loader = CSRBatches(x, batch_size=batch_size, shuffle=True, drop_last=True)
         plan = MaskedExpressionPlan(self.module, lr=lr)
         trainer_kwargs.setdefault("enable_progress_bar", True)
-        with guarded_training(self, trainer_kwargs, lr=lr):
+        with guarded_training(self, trainer_kwargs, lr=lr), warnings.catch_warnings():
+            # no validation cells here by design: Lightning would say so on every call
+            warnings.filterwarnings("ignore", message=".*validation_step.* no .val_dataloader")
             trainer = Trainer(
                 max_epochs=max_epochs,
                 accelerator=accelerator,

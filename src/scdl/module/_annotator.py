@@ -382,7 +382,9 @@ class CellTypeTransformerModule(nn.Module):
     def _csr(self, crow, col, values) -> torch.Tensor:
         """A (cells x genes) sparse CSR matrix over this minibatch's non-zeros."""
         with warnings.catch_warnings():  # torch flags sparse CSR as beta; indices are ours
-            warnings.simplefilter("ignore", UserWarning)
+            warnings.filterwarnings(
+                "ignore", message="Sparse CSR tensor support", category=UserWarning
+            )
             return torch.sparse_csr_tensor(
                 crow,
                 col,

@@ -25,7 +25,7 @@ def unique_gene_names(adata: AnnData) -> pd.Index:
     if adata.var_names.is_unique:
         return adata.var_names
     with warnings.catch_warnings():  # check_unique_var_names has said it
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore", UserWarning)
         return make_index_unique(adata.var_names.copy())
 
 
