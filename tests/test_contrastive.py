@@ -127,6 +127,13 @@ def test_normalized_expression_with_and_without_salient(kang_contrastive):
     np.testing.assert_allclose(fit.sum(axis=1), 1e4, rtol=1e-3)
     # without their salient code, stimulated cells lose most of their ISG15
     assert (fit["ISG15"] > 2 * base["ISG15"]).mean() > 0.9
+    # a few genes, as scvi-tools' gene_list: the same values, in the order asked
+    few = model.get_normalized_expression(indices=stim, gene_list=["IFIT1", "ISG15"])
+    pd.testing.assert_frame_equal(few, fit[["IFIT1", "ISG15"]], rtol=1e-6)
+    one = model.get_normalized_expression(indices=stim, salient=False, gene_list="ISG15")
+    pd.testing.assert_frame_equal(one, base[["ISG15"]], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"lacks \(e.g. \['NOTAGENE'\]\)"):
+        model.get_normalized_expression(indices=stim, gene_list=["ISG15", "NOTAGENE"])
 
 
 def test_batch_nested_in_groups_warns(kang):

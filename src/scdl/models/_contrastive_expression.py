@@ -44,6 +44,7 @@ class ContrastiveExpressionMixin:
         target_mask: np.ndarray | None = None,
         salient: bool = True,
         library_size: float = 1e4,
+        gene_list: Sequence[str] | str | None = None,
     ) -> pd.DataFrame:
         """Decoded expression per ``library_size`` counts (posterior means).
 
@@ -57,8 +58,18 @@ class ContrastiveExpressionMixin:
             cells as they would look without what is specific to them.
         library_size
             Counts each cell's expression is scaled to.
+        gene_list
+            Genes to return (a name or names of the model's genes, in the order given);
+            ``None``: every gene. Only these columns are kept as the cells are decoded, so a
+            few genes of many cells take little memory.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Cells x genes (``gene_list`` or every gene).
         """
         check_positive_number(library_size, "library_size", meaning="counts per cell")
+        columns = self._gene_columns(gene_list)
         self._check_if_trained(warn=False)
         idx, target = self._cells(adata, indices, batch_size, salient, target_mask)
         adata = self._validate_anndata(adata)
@@ -66,16 +77,33 @@ class ContrastiveExpressionMixin:
         rows, start = [], 0
         for full, shared in self._decode_pairs(adata, idx, batch_size):
             if use_salient is None:
-                rows.append(shared)
+                rows.append(shared[:, columns])
             else:
                 pick = use_salient[start : start + len(full), None]
-                rows.append(np.where(pick, full, shared))
+                rows.append(np.where(pick, full[:, columns], shared[:, columns]))
             start += len(full)
         return pd.DataFrame(
             np.concatenate(rows) * library_size,
             index=adata.obs_names[idx],
-            columns=adata.var_names,
+            columns=pd.Index(self.get_var_names())[columns],
         )
+
+    def _gene_columns(self, gene_list) -> np.ndarray | slice:
+        """Positions of ``gene_list`` among the model's genes (every gene for ``None``);
+        genes the model lacks are refused, named (not dropped)."""
+        if gene_list is None:
+            return slice(None)
+        names = [gene_list] if isinstance(gene_list, str) else list(gene_list)
+        genes = pd.Index(self.get_var_names())
+        missing = [g for g in names if g not in genes]
+        if missing or not names:
+            raise ValueError(
+                f"gene_list names genes the model lacks (e.g. {missing[:5]}, {len(missing)} "
+                "in all): pass names from model.get_var_names()."
+                if missing
+                else "gene_list is empty: pass gene names, or None for every gene."
+            )
+        return genes.get_indexer(names)
 
     @torch.inference_mode()
     def get_salient_genes(
