@@ -158,6 +158,8 @@ def test_model_loaded_without_data_names_the_fix(kang, tmp_path, model_cls):
     loaded = cls.load(tmp_path / "m")
     with pytest.raises(ValueError, match=r"loaded without data.*load\(dir_path, adata="):
         loaded.train(max_epochs=1)
+    with pytest.raises(ValueError, match="no cells to show the setup of"):
+        loaded.view_anndata_setup()  # scvi-tools: 'NoneType' object has no attribute ...
     if model_cls == "VAE":
         with pytest.raises(ValueError, match="pass them as `adata=`"):
             loaded.get_latent_representation()

@@ -266,12 +266,25 @@ class SafeSaveLoadMixin:
         model.module.eval()
         return model
 
-    def view_anndata_setup(self, *args, **kwargs):
+    def view_anndata_setup(
+        self, adata: AnnData | None = None, hide_state_registries: bool = False
+    ) -> None:
         """Print the setup of the model's AnnData, as scvi-tools does (its printer uses
-        ``rich.pretty`` without importing it)."""
+        ``rich.pretty`` without importing it).
+
+        Parameters
+        ----------
+        adata
+            An AnnData the model has seen (default: the model's own; a model loaded without
+            data has none and says so).
+        hide_state_registries
+            Leave out the fields' state registries.
+        """
         import rich.pretty  # noqa: F401
 
-        return super().view_anndata_setup(*args, **kwargs)
+        if adata is None:
+            self._require_adata("show the setup of", takes_adata=True)
+        return super().view_anndata_setup(adata, hide_state_registries=hide_state_registries)
 
     @staticmethod
     def load_registry(dir_path: str | os.PathLike, prefix: str | None = None) -> dict:
