@@ -464,6 +464,14 @@ def speed(n_repeat: int = 3, device: str = "cpu") -> None:
     print(df.to_string(float_format=lambda v: f"{v:,.2f}"))
 
 
+def _adapt_value(value: str) -> str | float:
+    """``--adapt``: "auto" or a blend in [0, 1]."""
+    try:
+        return value if value == "auto" else float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'auto' or a number in [0, 1], not {value!r}") from None
+
+
 def main():
     import logging
     import warnings
@@ -471,7 +479,7 @@ def main():
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("scvi").setLevel(logging.ERROR)
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-scanvi", action="store_true")
     parser.add_argument("--only", default=None, help="run one split (name prefix)")
     parser.add_argument("--speed-only", action="store_true")
@@ -492,7 +500,7 @@ def main():
     )
     parser.add_argument(
         "--adapt",
-        type=lambda v: v if v == "auto" else float(v),
+        type=_adapt_value,
         default="auto",
         help='adapt_to_query of the leave-one-type-out and depleted runs ("auto" or a blend)',
     )
@@ -588,6 +596,8 @@ def main():
                 save=args.save_calls,
                 adapt=args.adapt,
             )
+    if not rows:
+        raise SystemExit(f"annotation.py: no split's name starts with --only {args.only!r}.")
     df = pd.DataFrame(rows)
     print("\n" + df.round(3).to_string(index=False))
     f1 = df.pivot_table(index="split", columns="method", values="macro_F1", aggfunc="mean")

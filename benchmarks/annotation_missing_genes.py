@@ -84,12 +84,16 @@ def measure(seed: int, only: str | None = None) -> list[dict]:
 
 def main() -> None:
     warnings.filterwarnings("ignore")
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default=None, help="write every row to this CSV")
     parser.add_argument("--only", default=None, help="run one split (name prefix)")
     args = parser.parse_args()
     df = pd.DataFrame([row for seed in args.seeds for row in measure(seed, args.only)])
+    if df.empty:
+        raise SystemExit(
+            f"annotation_missing_genes.py: no split's name starts with --only {args.only!r}."
+        )
     if args.out:
         df.to_csv(args.out, index=False)
     for frac, part in df.groupby("genes_kept", sort=False):

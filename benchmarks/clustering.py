@@ -353,7 +353,9 @@ def report(grid: pd.DataFrame) -> None:
     mean = per_seed.groupby("dataset", sort=False).mean(numeric_only=True)
     sd = per_seed.groupby("dataset", sort=False).std(numeric_only=True)
     print("\nARI mean (sd) over seeds:")
-    table = mean[cols].map(f3) + " (" + sd[cols].fillna(0).map(lambda v: f"{v:.3f}") + ")"
+    # one seed has no spread: shown as "-", not as 0.000
+    spread = sd[cols].map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
+    table = mean[cols].map(f3) + " (" + spread + ")"
     print(table.to_string())
     nmi = [c.replace(" ", " NMI ", 1) for c in cols if "oracle" not in c]
     print("\nNMI mean over seeds:")

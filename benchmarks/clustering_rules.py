@@ -271,7 +271,9 @@ def score_rules(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cache", type=Path, required=True)
-    p.add_argument("--datasets", nargs="+", default=[*DATASETS, *MERGED])
+    p.add_argument(
+        "--datasets", nargs="+", default=[*DATASETS, *MERGED], choices=[*DATASETS, *MERGED]
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument(
         "--recursive", action="store_true", help="also the Gaussian-null recursive rule (slow)"

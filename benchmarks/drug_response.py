@@ -441,6 +441,11 @@ def main() -> None:
     if cache is not None and not transfers:
         for path in sorted(cache.glob("transfer_*_s*.pkl")):
             transfers[path.stem] = _load(path)
+    if not transfers and not any(cvs.values()):
+        raise SystemExit(
+            "drug_response.py: nothing to report: no cached results"
+            f"{f' in {cache}' if cache is not None else ''}; run the other parts first."
+        )
     pd.set_option("display.width", 250)
     fmt = {"float_format": lambda v: f"{v:.3f}", "index": False}
     tables = []

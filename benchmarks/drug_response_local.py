@@ -308,6 +308,11 @@ def main() -> None:
                     pickle.dump({k: v for k, v in out.items() if "lr_m" not in k}, f)
             print(f"  bulk fold {fold}: {time.perf_counter() - t0:.0f}s", flush=True)
     if "report" in args.parts:
+        if not path.is_file():
+            raise SystemExit(
+                f"drug_response_local.py: nothing to report: {path} is missing; run the "
+                "'transfer' part first (e.g. --parts transfer report)."
+            )
         with open(path, "rb") as f:
             res = pickle.load(f)  # noqa: S301 (our own cache)
         by_fold = {}

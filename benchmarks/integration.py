@@ -116,13 +116,28 @@ def run(name: str, seed: int, scdl_kwargs: dict) -> pd.DataFrame:
     return table
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object ({{...}}), not {text!r}")
+    return value
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scdl-kwargs", default="{}", help="JSON kwargs for scdl.tl.integrate")
+    p.add_argument(
+        "--scdl-kwargs",
+        type=_json_object,
+        default={},
+        help="JSON object of keyword arguments for scdl.tl.integrate, e.g. '{\"n_latent\": 20}'",
+    )
     args = p.parse_args()
-    tables = [run(d, args.seed, json.loads(args.scdl_kwargs)) for d in args.datasets]
+    tables = [run(d, args.seed, args.scdl_kwargs) for d in args.datasets]
     out = pd.concat(tables, ignore_index=True)
     pd.set_option("display.width", 200)
     print(out.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

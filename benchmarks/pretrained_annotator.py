@@ -163,8 +163,16 @@ def main() -> None:
 
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--recalibrate", action="store_true", help="keep the weights")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Every run REWRITES the shipped annotator in src/scdl/pretrained/annotators/ "
+        "(weights, config, card) and the bundled held-out cells; commit or discard the result.",
+    )
+    parser.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="keep the shipped weights and genes; recompute only the Unknown call and the card",
+    )
     args = parser.parse_args()
     a = ad.read_h5ad(need(DATA / "kang_pbmc_2k_celltypes.h5ad"))
     a.obs["cell_type"] = a.obs["cell_type"].astype(str)

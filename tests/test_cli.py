@@ -234,4 +234,39 @@ def test_errors_name_the_command_line_flags(kang, tmp_path, capsys):
     assert "training" not in captured.out  # refused before "training ..." is printed
     assert main(["integrate", str(path), "--layer", "nolayer", "-o", out]) == 2
     assert "training" not in capsys.readouterr().out
+    # a batch column with missing values, a file without cells, one without counts: said
+    # first, in flags
+    holes = kang[:100].copy()
+    holes.obs["sample"] = holes.obs["sample"].astype(object)
+    holes.obs.iloc[:3, holes.obs.columns.get_loc("sample")] = None
+    holes.write_h5ad(tmp_path / "holes.h5ad")
+    holes_args = ["integrate", str(tmp_path / "holes.h5ad"), "--batch-key", "sample"]
+    assert main([*holes_args, "-o", out]) == 2
+    captured = capsys.readouterr()
+    assert "as `--batch-key`" in captured.err and "training" not in captured.out
+    empty = kang[:0].copy()
+    empty.write_h5ad(tmp_path / "empty.h5ad")
+    zeros = kang[:100].copy()
+    zeros.X = zeros.X * 0
+    zeros.write_h5ad(tmp_path / "zeros.h5ad")
+    for name, said in (("empty", "holds 0 cells"), ("zeros", "holds no counts")):
+        assert main(["integrate", str(tmp_path / f"{name}.h5ad"), "-o", out]) == 2
+        captured = capsys.readouterr()
+        assert said in captured.err and "training" not in captured.out
     assert not (tmp_path / "o.h5ad").exists() and not (tmp_path / "o.csv").exists()
+
+
+def test_annotate_quiet_and_warnings_as_the_commands_lines(tmp_path, capsys):
+    """`scdl annotate -q` prints nothing on success, as `integrate -q`; a warning reads as the
+    command's own line, not Python's "path:line:" form with its source line."""
+    import scdl
+
+    cells = scdl.datasets.kang_pbmc_heldout()[:60].copy()
+    cells.write_h5ad(tmp_path / "in.h5ad")
+    assert main(["annotate", str(tmp_path / "in.h5ad"), "-q", "-o", str(tmp_path / "o.h5ad")]) == 0
+    assert capsys.readouterr().out == ""
+    cells[:, ::-1][:, :1500].copy().write_h5ad(tmp_path / "fewer.h5ad")  # 75% of the genes
+    args = ["annotate", str(tmp_path / "fewer.h5ad"), "-q", "-o", str(tmp_path / "f.h5ad")]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "scdl annotate: warning:" in err and "sys.exit" not in err and ".py:" not in err

@@ -36,7 +36,9 @@ def _as_flags(message: str) -> str:
         lambda m: f"`{_FLAGS[m[1]]} {m[2]}`" if m[1] in _FLAGS else m[0],
         message,
     )
-    return re.sub(r"`(\w+)=`", lambda m: f"`{_FLAGS.get(m[1], m[1] + '=')}`", message)
+    message = re.sub(r"`(\w+)=`", lambda m: f"`{_FLAGS.get(m[1], m[1] + '=')}`", message)
+    # a bare argument name, e.g. "before using it as `batch_key`"
+    return re.sub(r"`(\w+)`", lambda m: f"`{_FLAGS[m[1]]}`" if m[1] in _FLAGS else m[0], message)
 
 
 def _at_least_one(text: str, *, hint: str = "") -> int:
@@ -79,7 +81,7 @@ def _seed(text: str) -> int:
 _max_epochs = partial(_at_least_one, hint=" (leave it out to choose from the number of cells)")
 
 
-def _read_input(path: str):
+def _read_input(path: str, *, quiet: bool = False):
     """Read IN.h5ad with a one-line error for a missing or unreadable file."""
     import anndata
 
@@ -92,7 +94,8 @@ def _read_input(path: str):
         adata = anndata.read_h5ad(p)
     except (OSError, KeyError, ValueError) as e:
         raise ValueError(f"could not read {path!r} as an .h5ad file ({e}).") from e
-    print(f"read {path}: {adata.n_obs} cells x {adata.n_vars} genes")
+    if not quiet:
+        print(f"read {path}: {adata.n_obs} cells x {adata.n_vars} genes")
     return adata
 
 
@@ -135,7 +138,9 @@ def _check_model_folder(path: str | None, *, overwrite: bool, output: str) -> No
             "replace it, or another folder."
         )
     if not folder.resolve().parent.is_dir():
-        raise FileNotFoundError(f"folder {str(folder.resolve().parent)!r} does not exist.")
+        raise FileNotFoundError(
+            f"--save-model: folder {str(folder.resolve().parent)!r} does not exist."
+        )
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -241,6 +246,8 @@ def _demo_annotation(out: Path) -> None:
 
 
 def _integrate(args: argparse.Namespace) -> int:
+    import numpy as np
+
     import scdl
 
     _check_output(args.output, overwrite=args.overwrite)
@@ -250,9 +257,17 @@ def _integrate(args: argparse.Namespace) -> int:
     # and values that a sample already shows are not counts (the full check runs in training)
     if args.batch_key is not None:
         scdl.data.check_categorical(adata, args.batch_key, arg="batch_key")
-    scdl.data.get_matrix(adata, args.layer)
+    x = scdl.data.get_matrix(adata, args.layer)
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"{args.input} holds {adata.n_obs} cells x {adata.n_vars} genes.")
     if not scdl.data.sampled_counts_ok(adata, args.layer):
         scdl.data.check_counts(adata, args.layer)
+    if isinstance(x, np.ndarray) or hasattr(x, "nnz"):
+        if not x.sum() > 0:  # scvi-tools cannot train on it
+            raise ValueError(
+                f"{args.input} holds no counts (every value of "
+                f"{'X' if args.layer is None else repr(args.layer)} is 0)."
+            )
     print(f"training the VAE (batch key: {args.batch_key or 'none'}) ...")
     model = scdl.tl.integrate(
         adata,
@@ -278,8 +293,9 @@ def _annotate(args: argparse.Namespace) -> int:
     import scdl
 
     _check_output(args.output, overwrite=args.overwrite)
-    adata = _read_input(args.input)
-    print(f"annotating with {args.model!r} ...")
+    adata = _read_input(args.input, quiet=args.quiet)
+    say = (lambda *_: None) if args.quiet else print
+    say(f"annotating with {args.model!r} ...")
     model = args.model
     if args.sha256 is not None:
         model = scdl.pretrained.load(args.model, sha256=args.sha256)
@@ -293,8 +309,8 @@ def _annotate(args: argparse.Namespace) -> int:
     )
     scdl.data.write_h5ad_atomic(adata, args.output)
     counts = adata.obs[args.key_added].value_counts()
-    print(f"wrote obs[{args.key_added!r}] to {args.output}:")
-    print(counts[counts > 0].to_string())
+    say(f"wrote obs[{args.key_added!r}] to {args.output}:")
+    say(counts[counts > 0].to_string())
     return 0
 
 
@@ -418,6 +434,7 @@ def _add_annotate(sub) -> None:
         action="store_true",
         help="give every cell its most probable type (no 'Unknown' calls)",
     )
+    a.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     a.set_defaults(func=_annotate)
 
 
@@ -455,6 +472,13 @@ def _quiet_libraries():
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with _quiet_libraries():
+        import warnings
+
+        def show(message, category, *_args, **_kwargs):
+            # a warning as the command's own line, not Python's "path:line: ..." and source
+            print(f"scdl {args.command}: warning: {_as_flags(str(message))}", file=sys.stderr)
+
+        warnings.showwarning = show  # restored when _quiet_libraries' catch_warnings exits
         return _run(args)
 
 

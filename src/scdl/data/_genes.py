@@ -150,7 +150,7 @@ def gene_columns(adata, genes, *, min_overlap: float = 0.5, what: str = "model")
     if n_present == 0 or n_present < min_overlap * len(genes):
         example = adata.var_names[~adata.var_names.isin(genes)][:3].tolist()
         needed = int(np.ceil(min_overlap * len(genes) - 1e-9))
-        needed = f"{needed} ({min_overlap:.0%}) are" if needed else "one (none given) is"
+        needed = f"{needed} ({min_overlap:.0%}) are" if needed else "one is"
         lower = (
             " If the data simply holds fewer of them, lower `min_gene_overlap` "
             "(`scdl.tl.annotate`, `predict`; `scdl annotate --min-gene-overlap`)."
