@@ -710,7 +710,7 @@ def _no_shared_gene(query):
         (
             _no_shared_gene,
             {"min_gene_overlap": 0},
-            r"Only 0 of the model's.*at least one \(none given\) is needed.*another species",
+            r"Only 0 of the model's.*at least one is needed.*another species",
         ),
     ],
 )

@@ -132,7 +132,7 @@ def test_normalized_expression_with_and_without_salient(kang_contrastive):
     pd.testing.assert_frame_equal(few, fit[["IFIT1", "ISG15"]], rtol=1e-6)
     one = model.get_normalized_expression(indices=stim, salient=False, gene_list="ISG15")
     pd.testing.assert_frame_equal(one, base[["ISG15"]], rtol=1e-6)
-    with pytest.raises(ValueError, match=r"lacks \(e.g. \['NOTAGENE'\]\)"):
+    with pytest.raises(ValueError, match=r"lacks \(e.g. \['NOTAGENE'\], 1 in all\)"):
         model.get_normalized_expression(indices=stim, gene_list=["ISG15", "NOTAGENE"])
 
 
