@@ -132,7 +132,8 @@ def read_config(
         )
         hint = (
             f"; it holds saves with prefix {', '.join(others)}: load one with "
-            f"`scdl.models.{model_name or 'CellTypeTransformer'}.load(path, prefix={others[0]})`"
+            f"`{f'scdl.models.{model_name}' if model_name else 'the model class'}.load(path, "
+            f"prefix={others[0]})`"
             if others
             else ""
         )

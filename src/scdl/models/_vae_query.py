@@ -67,7 +67,7 @@ class VAEQueryMixin:
         path = isinstance(reference_model, str | os.PathLike)
         if return_reference_var_names:
             if path:
-                return pd.Index(read_config(reference_model, prefix)["var_names"])
+                return pd.Index(read_config(reference_model, prefix, "VAE")["var_names"])
             return pd.Index(reference_model.get_var_names())
         if path:  # our safe loader, without data; scvi-tools' would unpickle a model.pt
             from ._vae import VAE
