@@ -364,3 +364,24 @@ def test_annotation_agreement_leaves_unlabelled_cells_out():
     )
     fig = scdl.pl.annotation(ad.AnnData(obs=calls), groupby="truth", show=False)
     assert fig.axes[1].get_title() == "Agreement 100.0%"  # was 50.0%: NaN counted wrong
+
+
+def test_annotation_agreement_needs_shared_label_names():
+    """Known labels named otherwise than the model's types ("B cells" vs "B") share no name:
+    the title says so instead of an agreement of 0% that reads as every call wrong."""
+    import anndata as ad
+    import pandas as pd
+
+    calls = pd.DataFrame(
+        {
+            "scdl_cell_type": ["B", "NK", "B", "NK"],
+            "scdl_cell_type_confidence": [0.9, 0.8, 0.7, 0.6],
+            "truth": ["B cells", "NK cells", "B cells", "NK cells"],
+        },
+        index=list("abcd"),
+    )
+    fig = scdl.pl.annotation(ad.AnnData(obs=calls), groupby="truth", show=False)
+    assert fig.axes[1].get_title() == "No truth label is named as a predicted type: compare by row"
+    calls["truth"] = ["B", "NK cells", "B", "NK cells"]  # one shared name: a rate again
+    fig = scdl.pl.annotation(ad.AnnData(obs=calls), groupby="truth", show=False)
+    assert fig.axes[1].get_title() == "Agreement 50.0%"

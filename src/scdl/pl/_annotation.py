@@ -38,8 +38,10 @@ def annotation(
         ``key_added`` of that call.
     groupby
         obs column of known labels (e.g. an earlier manual annotation) to compare with: adds
-        a confusion matrix (rows: known label, normalised to fractions; columns: predicted);
-        cells without a label (NaN) are left out of it.
+        a confusion matrix (rows: known label, normalised to fractions; columns: predicted)
+        titled with the share of labelled cells whose call has the label's name (when any
+        known label is named as a predicted type); cells without a label (NaN) are left
+        out of it.
     ax
         Axes to draw into (a layout of your own): one Axes, or two with ``groupby`` (the
         confidence panel, then the confusion matrix). ``None``: a new figure.
@@ -118,8 +120,12 @@ def annotation(
                 )
         ax.set_xlabel("predicted")
         ax.set_ylabel(groupby)
-        agree = (known.to_numpy() == called.to_numpy()).mean()  # over the labelled cells
-        ax.set_title(f"Agreement {agree:.1%}")
+        shared = set(map(str, known.unique())) & set(map(str, types))
+        if shared:
+            agree = (known.to_numpy() == called.to_numpy()).mean()  # over the labelled cells
+            ax.set_title(f"Agreement {agree:.1%}")
+        else:  # e.g. "B cells" against "B": a rate of 0% would read as every call wrong
+            ax.set_title(f"No {groupby} label is named as a predicted type: compare by row")
         fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of row")
     if own_figure:  # a user's layout is theirs to arrange
         fig.tight_layout()
