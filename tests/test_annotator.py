@@ -840,7 +840,9 @@ def test_annotation_inputs_named_by_what_fixes_them(annotator):
     part = q[:, np.isin(q.var_names, genes[: int(0.4 * len(genes))])].copy()
     with pytest.raises(ValueError, match="min_gene_overlap"):
         model.gene_attributions(part, n_cells=5)
-    attr = model.gene_attributions(part, n_cells=5, n_top=None, min_gene_overlap=0.3)
+    with pytest.warns(UserWarning, match="The query holds") as said:
+        attr = model.gene_attributions(part, n_cells=5, n_top=None, min_gene_overlap=0.3)
+    assert sum("The query holds" in str(w.message) for w in said) == 1  # said once, not twice
     assert len(attr) > 0 and set(attr["gene"]) <= set(part.var_names)  # lacking: not ranked
     renamed = q.copy()
     renamed.obs["mine"] = renamed.obs["cell_type"].astype(str) + " cells"

@@ -702,11 +702,26 @@ def _no_shared_gene(query):
     query.var_names = [f"gene{i}" for i in range(query.n_vars)]
 
 
+def _lower_case_with_a_few_ids_in_var(query):
+    """Human symbols written in lower case, beside a var column of which a few match (it was
+    advised, though renaming by it would leave most genes missing)."""
+    query.var["gene_ids"] = [
+        g if i < 100 else f"ENSG{i:011d}" for i, g in enumerate(query.var_names)
+    ]
+    query.var_names = query.var_names.str.lower()
+
+
+def _cut_to_a_few_genes(query):
+    return query[:, :600].copy()
+
+
 @pytest.mark.parametrize(
     ("edit", "kwargs", "match"),
     [
         (_mouse_cased, {}, r"of them occur in adata.var_names in another case \(e.g. \[.KLHL17."),
         (_ids_with_symbols_in_var, {}, r"adata.var\['symbol'\] holds \d+ of them"),
+        (_lower_case_with_a_few_ids_in_var, {}, r"another case.*adata.var_names.str.upper\(\)"),
+        (_cut_to_a_few_genes, {}, r"The data hold 600 genes: if they were cut to highly"),
         (
             _no_shared_gene,
             {"min_gene_overlap": 0},
@@ -717,7 +732,7 @@ def _no_shared_gene(query):
 def test_annotate_names_the_gene_identifiers_to_use(edit, kwargs, match):
     """Too few model genes by name: the message points at the fix the data allows."""
     query = scdl.datasets.kang_pbmc_heldout()[:100].copy()
-    edit(query)
+    query = edit(query) or query
     snap = snapshot(query)
     with pytest.raises(ValueError, match=match):
         scdl.tl.annotate(query, **kwargs)
@@ -791,6 +806,7 @@ def _batch_is_the_type(adata):
         (_nan_counts, {}, ValueError, "NaN"),
         (_sparse_embedding, {}, TypeError, r"dense numeric embedding.*toarray"),
         (_one_batch, {}, ValueError, "no batch correction to score with one batch"),
+        (None, {"batch_key": None}, ValueError, "for one batch, score the embeddings' cell"),
         (_ninety_cells, {}, ValueError, "needs more than 90 cells"),
         (_batch_is_the_type, {}, ValueError, "No 'cell_type' type occurs in two 'sample'"),
         (None, {"n_jobs": 0}, ValueError, r"n_jobs must be a positive integer or -1"),
@@ -805,7 +821,8 @@ def test_integration_metrics_checks_its_inputs_first(kang, edit, kwargs, error, 
         edit(adata)
     snap = snapshot(adata)
     with pytest.raises(error, match=match):
-        scdl.tl.integration_metrics(adata, batch_key="sample", label_key="cell_type", **kwargs)
+        kwargs = {"batch_key": "sample", "label_key": "cell_type", **kwargs}
+        scdl.tl.integration_metrics(adata, **kwargs)
     assert_unchanged(adata, snap)
 
 

@@ -61,11 +61,14 @@ LOW_GENE_OVERLAP = 0.9
 
 def identifier_hint(genes: pd.Index, var_names: pd.Index, var: pd.DataFrame | None) -> str:
     """How to give the query the model's gene identifiers: a var column holding more of them
-    than ``var_names``, names that differ in case only, or a generic hint."""
+    than ``var_names`` (and than a change of case would), names that differ in case only, a
+    query cut to a few genes, or a generic hint."""
     genes = pd.Index(genes).astype(str)
-    n_names = int(genes.isin(pd.Index(var_names).astype(str)).sum())
+    names = pd.Index(var_names).astype(str)
+    n_names = int(genes.isin(names).sum())
+    n_case = int(genes.str.upper().isin(names.str.upper()).sum())
     if var is not None:
-        best, best_n = None, n_names
+        best, best_n = None, max(n_names, n_case)
         for column in var.columns:
             values = var[column]
             if values.dtype.kind in "biufc":  # identifiers are text
@@ -79,19 +82,28 @@ def identifier_hint(genes: pd.Index, var_names: pd.Index, var: pd.DataFrame | No
                 f"`adata.var_names = adata.var[{best!r}].astype(str)`, then "
                 "`adata.var_names_make_unique()`"
             )
-    n_case = int(genes.str.upper().isin(pd.Index(var_names).astype(str).str.upper()).sum())
     if n_case > max(n_names, 0.5 * len(genes)):
         # the exact matches are counted in n_case too: the message counts the others
+        upper = float((genes == genes.str.upper()).mean()) > 0.5
+        fix = "upper()" if upper else "lower()"
         return (
             f"{n_case - n_names} more of them occur in adata.var_names in another case (e.g. "
-            f"{genes[:2].tolist()}): another species' or annotation's convention? Match the "
-            "model's genes by name only if they are the same genes"
+            f"{genes[:2].tolist()}). If the data are of the model's species with the names "
+            f"written in another case, match them: `adata.var_names = "
+            f"adata.var_names.str.{fix}`; if they are another species' genes (mouse Isg15 vs "
+            "human ISG15), train a model on labelled cells of that species"
         )
     if n_names == 0 and n_case == 0:  # nothing in common, in any var column or case
         return (
             "None of its genes occur in the data under any name in var_names or a var column: "
             "is the data from another species or gene panel? Then train a model on labelled "
             "cells of the same kind (or convert the identifiers, e.g. symbols vs Ensembl IDs)"
+        )
+    if len(names) < 0.5 * len(genes) or (len(names) <= 5_000 and n_names < 0.5 * len(genes)):
+        return (
+            f"The data hold {len(names)} genes: if they were cut to highly variable genes (or a "
+            "panel), pass every gene the file holds (e.g. `adata.raw.to_adata()`); the model "
+            "reads its own genes"
         )
     return (
         "Use the same gene identifiers as the model (symbols vs Ensembl IDs?), or set "

@@ -8,6 +8,7 @@ whose ``_query_matrix`` and ``predict`` it uses.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -94,9 +95,11 @@ class AnnotatorAttributionMixin:
             groups = check_obs_key(cells, groupby, arg="groupby").astype(str).to_numpy()
             _check_groups_are_types(groups, wanted, names, groupby, given=label is not None)
         else:
-            groups = self.predict(
-                adata, unknown=False, layer=layer, min_gene_overlap=min_gene_overlap
-            )
+            with warnings.catch_warnings():  # _query_matrix above has said it once
+                warnings.filterwarnings("ignore", message="The query holds .* of the model's")
+                groups = self.predict(
+                    adata, unknown=False, layer=layer, min_gene_overlap=min_gene_overlap
+                )
         rng = np.random.default_rng(seed)
         dev = self.module.device
         mask = None if present is None else torch.as_tensor(present, device=dev)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -461,7 +462,14 @@ def _check_model_args(adata, target, target_layer, input_scale) -> None:
         raise ValueError("`target` needs the bulk `adata` the model is trained on.")
     if target is not None:
         check_unique_var_names(target)
-        check_counts(target, target_layer)
+        try:
+            check_counts(target, target_layer)
+        except (ValueError, TypeError, KeyError) as e:
+            # the check speaks of `adata` and `layer=`; here they are `target`, `target_layer=`
+            text = str(e.args[0]) if e.args else str(e)
+            text = re.sub(r"\badata\b", "target", text)
+            text = re.sub(r"`layer=", "`target_layer=", text)
+            raise type(e)(text) from e
 
 
 def _check_sizes(n_top_genes, smooth_neighbors, match_neighbors, ridge_alpha) -> None:

@@ -116,6 +116,12 @@ def integration_metrics(
             f"integration_metrics needs more than {_SCIB_NEIGHBORS} cells (scib-metrics' "
             f"metrics use {_SCIB_NEIGHBORS} neighbours of each cell); got {adata.n_obs}."
         )
+    if batch_key is None:  # one-batch data: what a column of one batch is told, at once
+        raise ValueError(
+            "integration_metrics scores batch correction, which needs a batch_key of two or "
+            "more batches; for one batch, score the embeddings' cell types alone, e.g. with "
+            "scib_metrics.silhouette_label."
+        )
     if batch_key == label_key:
         raise ValueError(
             f"batch_key and label_key are both {batch_key!r}: the metrics score how well batches "
