@@ -85,7 +85,12 @@ def snapshot(adata: ad.AnnData) -> dict:
         "layers": {k: dense(v).copy() for k, v in adata.layers.items()},
         "obs": adata.obs.copy(),
         "var": adata.var.copy(),
-        "obsm": {k: np.asarray(v).copy() for k, v in adata.obsm.items()},
+        "obsm": {k: dense(v).copy() for k, v in adata.obsm.items()},
+        "obsp": {k: dense(v).copy() for k, v in adata.obsp.items()},
+        "varm": {k: dense(v).copy() for k, v in adata.varm.items()},
+        "raw": None
+        if adata.raw is None
+        else (dense(adata.raw.X).copy(), adata.raw.var_names.copy()),
         "uns_keys": sorted(adata.uns.keys()),
         "uns": copy.deepcopy(dict(adata.uns)),
         "obs_names": adata.obs_names.copy(),
@@ -101,7 +106,16 @@ def assert_unchanged(adata: ad.AnnData, snap: dict) -> None:
         np.testing.assert_array_equal(now["layers"][k], snap["layers"][k])
     assert now["obs"].equals(snap["obs"])
     assert now["var"].equals(snap["var"])
-    assert now["obsm"].keys() == snap["obsm"].keys()
+    for slot in ("obsm", "obsp", "varm"):
+        assert now[slot].keys() == snap[slot].keys(), slot
+        for k in snap[slot]:
+            # NaN equals NaN: a refused embedding may hold NaN and must keep them
+            np.testing.assert_array_equal(now[slot][k], snap[slot][k], err_msg=f"{slot}[{k!r}]")
+            assert now[slot][k].dtype == snap[slot][k].dtype, f"{slot}[{k!r}] dtype"
+    assert (now["raw"] is None) == (snap["raw"] is None), "raw"
+    if snap["raw"] is not None:
+        np.testing.assert_array_equal(now["raw"][0], snap["raw"][0])
+        assert now["raw"][1].equals(snap["raw"][1])
     assert now["uns_keys"] == snap["uns_keys"]
     assert now["X_type"] == snap["X_type"]
     _assert_same(now["uns"], snap["uns"], "uns")

@@ -458,7 +458,7 @@ def test_tampered_or_pickled_weights_refused(annotator, tmp_path):
             return (open, (str(marker), "w"))
 
     weights.write_bytes(pickle.dumps({"w": Payload()}))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is not a valid safetensors file"):
         scdl.models.CellTypeTransformer.load(tmp_path / "m")
     assert not marker.exists()
 

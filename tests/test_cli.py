@@ -18,24 +18,25 @@ def test_help_lists_commands():
 
 
 def test_integrate_command(kang, tmp_path, capsys):
+    from scdl.models import VAE
+
     small = kang[::4].copy()
     small.write_h5ad(tmp_path / "in.h5ad")
-    rc = main(
-        [
-            "integrate",
-            str(tmp_path / "in.h5ad"),
-            "--batch-key",
-            "sample",
-            "-o",
-            str(tmp_path / "out.h5ad"),
-            "--max-epochs",
-            "2",
-            "-q",
-        ]
-    )
-    assert rc == 0
+    args = ["integrate", str(tmp_path / "in.h5ad"), "-o", str(tmp_path / "out.h5ad")]
+    args += ["--batch-key", "sample", "--max-epochs", "2", "--key-added", "X_cli"]
+    args += ["--n-latent", "6", "--cluster", "--save-model", str(tmp_path / "m"), "-q"]
+    assert main(args) == 0
     out = ad.read_h5ad(tmp_path / "out.h5ad")
-    assert out.obsm["X_scdl"].shape == (small.n_obs, 10)
+    # each option reached tl.integrate / tl.cluster / save
+    assert out.obsm["X_cli"].shape == (small.n_obs, 6) and "X_scdl" not in out.obsm
+    info = out.uns["X_cli"]
+    assert info["params"]["batch_key"] == "sample"
+    assert len(info["history"]["elbo_train"]) == 2
+    assert out.obs["scdl_cluster"].nunique() > 1
+    genes = list(info["var_names"])
+    again = VAE.load(tmp_path / "m", out[:, genes].copy())
+    np.testing.assert_allclose(again.get_latent_representation(), out.obsm["X_cli"], atol=1e-6)
+    assert "Leiden clusters in obs['scdl_cluster']" in capsys.readouterr().out
 
 
 def test_integrate_command_reports_bad_key(kang, tmp_path, capsys):
@@ -105,22 +106,22 @@ def test_unreadable_input_and_missing_output_folder(tmp_path, capsys):
 def test_annotate_command(tmp_path, capsys):
     import scdl
 
-    scdl.datasets.kang_pbmc_heldout()[:60].copy().write_h5ad(tmp_path / "in.h5ad")
-    rc = main(
-        [
-            "annotate",
-            str(tmp_path / "in.h5ad"),
-            "--model",
-            "pbmc_kang2018",
-            "-o",
-            str(tmp_path / "out.h5ad"),
-        ]
-    )
-    assert rc == 0
+    cells = scdl.datasets.kang_pbmc_heldout()[:200].copy()  # enough for the Unknown call
+    cells.write_h5ad(tmp_path / "in.h5ad")
+    args = ["annotate", str(tmp_path / "in.h5ad"), "--model", "pbmc_kang2018"]
+    assert main([*args, "-o", str(tmp_path / "out.h5ad")]) == 0
     out = ad.read_h5ad(tmp_path / "out.h5ad")
-    assert out.obs["scdl_cell_type"].notna().all()
-    assert out.obsm["scdl_cell_type_probabilities"].shape[0] == 60
+    # the command's calls are tl.annotate's on the same cells
+    scdl.tl.annotate(cells, model="pbmc_kang2018")
+    assert out.obs["scdl_cell_type"].astype(str).equals(cells.obs["scdl_cell_type"].astype(str))
+    assert out.obsm["scdl_cell_type_probabilities"].shape[0] == 200
     assert "wrote obs['scdl_cell_type']" in capsys.readouterr().out
+    forced = [*args, "-o", str(tmp_path / "f.h5ad"), "--no-unknown", "--key-added", "ct", "-q"]
+    assert main(forced) == 0
+    calls = ad.read_h5ad(tmp_path / "f.h5ad").obs["ct"]
+    assert "Unknown" not in set(calls.astype(str))
+    best = cells.obsm["scdl_cell_type_probabilities"]
+    assert (calls.astype(str).to_numpy() == best.columns[best.to_numpy().argmax(1)]).all()
 
 
 def test_annotate_unknown_model_is_clear_error(tmp_path, capsys):
@@ -261,7 +262,7 @@ def test_annotate_quiet_and_warnings_as_the_commands_lines(tmp_path, capsys):
     command's own line, not Python's "path:line:" form with its source line."""
     import scdl
 
-    cells = scdl.datasets.kang_pbmc_heldout()[:60].copy()
+    cells = scdl.datasets.kang_pbmc_heldout()[:200].copy()  # enough for the Unknown call
     cells.write_h5ad(tmp_path / "in.h5ad")
     assert main(["annotate", str(tmp_path / "in.h5ad"), "-q", "-o", str(tmp_path / "o.h5ad")]) == 0
     assert capsys.readouterr().out == ""

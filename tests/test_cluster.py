@@ -164,6 +164,19 @@ def test_one_batch_latent_averages_in_a_pca_of_the_counts(cellbench_integrated):
     assert joint > 0.95 and joint > alone + 0.05, (joint, alone)
 
 
+def test_copy_returns_a_clustered_copy_and_leaves_the_input(cellbench_integrated):
+    from conftest import assert_unchanged, snapshot
+
+    adata = cellbench_integrated.copy()
+    snap = snapshot(adata)
+    out = scdl.tl.cluster(adata, resolution=0.5, copy=True)
+    assert out is not adata and "scdl_cluster" in out.obs
+    assert "scdl_cluster_neighbors_connectivities" in out.obsp
+    assert_unchanged(adata, snap)
+    assert scdl.tl.cluster(adata, resolution=0.5) is None
+    assert adata.obs["scdl_cluster"].equals(out.obs["scdl_cluster"])
+
+
 def _cross_batch_share(graph, batches) -> float:
     """Share of a graph's edge weight that links cells of different batches."""
     coo = graph.tocoo()

@@ -52,7 +52,7 @@ def test_download_through_pooch_verifies_hash(http_root, tmp_path, monkeypatch):
     got = fetch_file("d.bin", sha256=sha, url=f"{url}/d.bin")
     assert got.read_bytes() == payload and got.parent == tmp_path / "cache"
     (root / "e.bin").write_bytes(b"tampered")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="does not match the known hash"):
         fetch_file("e.bin", sha256=sha, url=f"{url}/e.bin")
     assert not (tmp_path / "cache" / "e.bin").exists()
     # offline later: the cached file is found without the URL

@@ -303,6 +303,7 @@ def test_vae_trains_in_mixed_precision(kang):
     VAE.setup_anndata(adata)
     model = VAE(adata)
     model.train(max_epochs=2, precision="bf16-mixed", enable_progress_bar=False)
+    assert model.trainer.precision == "bf16-mixed"  # the option reached Lightning
     assert np.isfinite(model.history["elbo_train"].to_numpy(dtype=float)).all()
 
 

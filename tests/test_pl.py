@@ -50,8 +50,10 @@ def test_integration_metrics_plot(tmp_path):
     fig = scdl.pl.integration_metrics(df, show=False, save=tmp_path / "m.png")
     assert isinstance(fig, Figure) and (tmp_path / "m.png").exists()
     assert len(fig.axes[0].patches) == 6
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['Total'\]"):
         scdl.pl.integration_metrics(df.drop(columns="Total"), show=False)
+    with pytest.raises(TypeError, match="results is a dict; pass the DataFrame"):
+        scdl.pl.integration_metrics(df.to_dict(), show=False)
 
 
 def test_single_panel_plots_draw_on_given_axes(kang_integrated):
@@ -281,7 +283,8 @@ def test_embedding_default_colour_needs_the_recorded_batch_column(kang_integrate
     adata = kang_integrated[0][:300].copy()
     batch = adata.uns["X_scdl"]["params"]["batch_key"]
     adata.obs = adata.obs.rename(columns={batch: "renamed"})
-    assert isinstance(scdl.pl.embedding(adata, show=False), Figure)
+    fig = scdl.pl.embedding(adata, show=False)
+    assert len(fig.axes) == 1 and fig.axes[0].get_legend() is None  # one uncoloured panel
     adata.obsm["X_other"] = adata.obsm["X_scdl"]
     adata.uns["X_other"] = "a note, not a record"
     assert isinstance(scdl.pl.embedding(adata, basis="X_other", show=False), Figure)
@@ -294,7 +297,7 @@ def test_embedding_takes_scanpys_gene_symbols(kang_integrated):
     adata.var["symbol"] = ["sym_" + g for g in adata.var_names]
     gene = "sym_" + adata.var_names[0]
     fig = scdl.pl.embedding(adata, color=gene, gene_symbols="symbol", show=False)
-    assert isinstance(fig, Figure)
+    assert fig.axes[0].get_title() == gene
     with pytest.raises(KeyError, match="gene_symbols='nosuch' is not a column of adata.var"):
         scdl.pl.embedding(adata, color="sym_x", gene_symbols="nosuch", show=False)
 

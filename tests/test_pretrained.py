@@ -162,7 +162,7 @@ def test_annotate_bad_input_leaves_adata_unchanged(heldout):
     lognorm = heldout.copy()
     lognorm.X = np.log1p(lognorm.X.toarray())
     snap = snapshot(lognorm)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="nor is it log1p of counts normalised per cell"):
         scdl.tl.annotate(lognorm)
     assert_unchanged(lognorm, snap)
     with pytest.raises(ValueError, match="not a known annotator"):

@@ -137,6 +137,37 @@ def test_tl_seed_is_local_as_scanpys_random_state(cells):
         scvi.settings.seed = before
 
 
+def test_steps_keep_the_users_torch_thread_count(tmp_path):
+    """scanpy's neighbours (numba) set the OpenMP thread count torch shares to every core: the
+    steps put the user's count back, or the next training of the session would sum in another
+    order than the first (a fresh process: numba's first parallel call is the one that sets it).
+    """
+    import subprocess
+    import sys
+
+    from conftest import DATA
+
+    path = DATA / "kang_pbmc_1.5k.h5ad"
+    if not path.is_file():
+        pytest.skip(f"{path} not available")
+    code = (
+        "import anndata as ad, torch, scdl\n"
+        "from scdl.models import CellTypeTransformer\n"
+        "torch.set_num_threads(1)\n"
+        f"a = ad.read_h5ad({str(path)!r})[::3].copy()\n"
+        "scdl.tl.integrate(a, batch_key='sample', max_epochs=1, progress_bar=False)\n"
+        "scdl.tl.cluster(a, resolution=0.5)\n"
+        "assert torch.get_num_threads() == 1, ('tl', torch.get_num_threads())\n"
+        "CellTypeTransformer.setup_anndata(a, labels_key='cell_type')\n"
+        "m = CellTypeTransformer(a)\n"
+        "m.train(max_epochs=1, enable_progress_bar=False)\n"
+        "m.annotate_cells(a)\n"
+        "assert torch.get_num_threads() == 1, ('annotator', torch.get_num_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
 def test_first_use_of_scvi_tools_keeps_the_users_seed():
     """Importing scvi-tools sets its seed (every global generator restarts from 0): scdl
     imports it lazily, at the first model or training step, so that import must not

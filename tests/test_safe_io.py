@@ -45,7 +45,7 @@ def test_pickled_weights_are_refused_without_running_code(saved, tmp_path, monke
 def test_raw_pickle_weights_refused(saved, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (saved / "model.safetensors").write_bytes(pickle.dumps(_Exploit()))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is not a valid safetensors file"):
         VAE.load(saved)
     assert not (tmp_path / MARKER).exists()
 
@@ -61,6 +61,15 @@ def test_format_version_mismatch_is_named(saved):
 def test_not_a_model_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         VAE.load(tmp_path)
+
+
+def test_missing_weights_name_the_fix(saved, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(saved, tmp_path / "copy")
+    (copy / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="not its weights. Copy the whole folder"):
+        VAE.load(copy)
 
 
 def test_load_checks_genes(saved, kang_integrated):

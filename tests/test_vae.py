@@ -33,6 +33,8 @@ def test_integrate_writes_documented_fields(kang_integrated):
     hist = info["history"]["elbo_train"]
     assert len(hist) == info["params"]["max_epochs"]
     assert hist[-1] < hist[0]  # training reduced the loss
+    mmd = model.history["batch_mmd_train"].to_numpy(dtype=float).ravel()  # the penalty is on
+    assert len(mmd) == info["params"]["max_epochs"] and np.isfinite(mmd).all()
     assert "_scdl_batch" not in adata.obs and "_scvi_batch" not in adata.obs
 
 
@@ -161,6 +163,35 @@ def test_a_backed_query_is_aligned_in_memory(kang_integrated, tmp_path):
     assert list(padded.var_names) == genes and not padded.isbacked
 
 
+def test_batch_penalty_brings_the_batches_closer(kang_integrated):
+    """The default batch MMD weight leaves the batches closer in the latent than weight 0."""
+    from scipy.spatial.distance import cdist
+
+    def batch_mmd(z, batch):  # an RBF MMD of each batch against the rest, written here
+        d2 = cdist(z, z, "sqeuclidean")
+        k = np.exp(-d2 / np.median(d2))
+        out = []
+        for b in np.unique(batch):
+            i = batch == b
+            out.append(k[i][:, i].mean() + k[~i][:, ~i].mean() - 2 * k[i][:, ~i].mean())
+        return float(np.mean(out))
+
+    adata, _ = kang_integrated
+    plain = adata.copy()
+    scdl.tl.integrate(
+        plain,
+        batch_key="sample",
+        max_epochs=adata.uns["X_scdl"]["params"]["max_epochs"],
+        progress_bar=False,
+        model_kwargs={"batch_mmd_weight": 0.0},
+    )
+    batch = adata.obs["sample"].to_numpy()
+    with_penalty = batch_mmd(adata.obsm["X_scdl"], batch)
+    without = batch_mmd(plain.obsm["X_scdl"], batch)
+    assert "batch_mmd_train" not in plain.uns["X_scdl"]["history"]
+    assert with_penalty < 0.9 * without, (with_penalty, without)
+
+
 def test_same_seed_same_latent(kang):
     small = kang[np.sort(np.random.default_rng(0).choice(kang.n_obs, 400, replace=False))].copy()
     z = []
@@ -171,6 +202,11 @@ def test_same_seed_same_latent(kang):
         )
         z.append(a.obsm["X_scdl"])
     np.testing.assert_array_equal(z[0], z[1])
+    other = small.copy()
+    scdl.tl.integrate(
+        other, batch_key="sample", max_epochs=3, batch_size=64, progress_bar=False, random_state=8
+    )
+    assert not np.array_equal(other.obsm["X_scdl"], z[0])  # the seed is used, not a constant
 
 
 def test_cluster_recovers_cell_types(kang_integrated):

@@ -1,4 +1,4 @@
-"""The user's global random states, kept as they were by scdl's steps.
+"""The user's global random states (and torch's thread count), kept as they were by scdl's steps.
 
 Importing scvi-tools sets ``scvi.settings.seed = 0``, which runs Lightning's
 ``seed_everything``: Python's, numpy's and torch's global generators restart from 0 and
@@ -49,15 +49,38 @@ def import_scvi_keeping_rng() -> None:
         import scvi  # noqa: F401
 
 
+def keeps_torch_threads(func):
+    """Run ``func`` with torch's CPU thread count put back afterwards.
+
+    scanpy's neighbours (UMAP's numba code) and HVG steps set the OpenMP thread count, which
+    torch shares, to every core: a user's ``torch.set_num_threads(n)`` or ``OMP_NUM_THREADS``
+    would be dropped for the rest of the session, and the next training would sum in another
+    order (the same seed giving other weights in the same session).
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        torch = sys.modules.get("torch")
+        n_threads = None if torch is None else torch.get_num_threads()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            if n_threads is not None and torch.get_num_threads() != n_threads:
+                torch.set_num_threads(n_threads)
+
+    return wrapper
+
+
 def keeps_rng(func):
     """Run ``func`` with Python's ``random`` and torch's CPU generator put back afterwards.
 
     The tools seed their own work (``random_state``); a lazy import, a model's weight
     initialisation or a data loader's shuffling seed would otherwise advance the user's
     generators. numpy's global generator is not touched here: ``random_state=None`` in scanpy
-    means drawing from it.
+    means drawing from it. torch's thread count is kept too (:func:`keeps_torch_threads`).
     """
 
+    @keeps_torch_threads
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         torch = sys.modules.get("torch")

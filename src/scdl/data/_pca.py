@@ -6,10 +6,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from scdl._rng import keeps_torch_threads
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
 
+@keeps_torch_threads
 def unintegrated_pca(
     adata: AnnData, *, layer: str | None = None, n_comps: int = 50, n_top_genes: int = 2000
 ) -> np.ndarray:
@@ -72,6 +75,7 @@ def unintegrated_pca(
     return tmp.obsm["X_pca"]
 
 
+@keeps_torch_threads
 def genes_pca(
     adata: AnnData,
     genes: list[str],

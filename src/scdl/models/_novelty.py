@@ -48,6 +48,7 @@ import pandas as pd
 import torch
 from scipy import sparse
 
+from scdl._rng import keeps_torch_threads
 from scdl.data import log_normalize_counts
 
 from ._knn import TorchKNN
@@ -84,6 +85,7 @@ def _mean_sd(x_log) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.maximum(np.sqrt(np.maximum(sq - mean**2, 0.0)), _STD_FLOOR)
 
 
+@keeps_torch_threads
 def cluster_cells(
     x_log,
     *,
@@ -133,6 +135,7 @@ def celltypist_resolution(n_cells: int) -> float:
     return 10.0 if n_cells < 20_000 else 15.0 if n_cells < 40_000 else 20.0
 
 
+@keeps_torch_threads
 def leiden_on_graph(graph, *, resolution: float, seed: int = 0) -> np.ndarray:
     """Leiden clusters (igraph, as :func:`cluster_cells`) of a given cells x cells graph, e.g.
     the user's ``adata.obsp["connectivities"]`` from ``sc.pp.neighbors``."""

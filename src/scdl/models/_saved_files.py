@@ -354,8 +354,15 @@ def load_weights(files: SavedFiles, device: str = "cpu") -> dict:
 
     path = files.weights
     if not path.is_file():
-        raise FileNotFoundError(f"No {files.weights_name} in {files}.")
+        raise FileNotFoundError(
+            f"No {files.weights_name} in {files}: the folder holds the model's config but not "
+            "its weights. Copy the whole folder the model was saved to, or save the model again."
+        )
     try:
         return load_file(str(path), device=device)
     except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{path} is not a valid safetensors file: {e}") from e
+        raise ValueError(
+            f"{path} is not a valid safetensors file ({e}): the file is damaged or was replaced. "
+            "Copy the folder the model was saved to again, or save the model again; scdl never "
+            "loads pickled weights."
+        ) from e

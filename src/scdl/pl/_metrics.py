@@ -46,8 +46,18 @@ def integration_metrics(
         if key not in results.uns:
             raise KeyError(f"adata.uns[{key!r}] not found; run scdl.tl.integration_metrics first.")
         results = results.uns[key]
-    if not isinstance(results, pd.DataFrame) or not set(_COLUMNS) <= set(results.columns):
-        raise TypeError("Pass the DataFrame returned by scdl.tl.integration_metrics.")
+    if not isinstance(results, pd.DataFrame):
+        raise TypeError(
+            f"results is a {type(results).__name__}; pass the DataFrame returned by "
+            "scdl.tl.integration_metrics (or an AnnData holding it in uns[key])."
+        )
+    missing = [c for c in _COLUMNS if c not in results.columns]
+    if missing:
+        raise ValueError(
+            f"results lacks the column(s) {missing}; pass the DataFrame returned by "
+            "scdl.tl.integration_metrics, which holds "
+            f"{list(_COLUMNS)}."
+        )
     df = results.loc[:, list(_COLUMNS)].astype(float)
     n = len(df)
     if n == 0:

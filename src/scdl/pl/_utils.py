@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from docrep import DocstringProcessor
 
+from scdl._rng import keeps_torch_threads
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
@@ -162,6 +164,7 @@ def umaps_kept_on_success(adata: AnnData, *keys: str) -> Iterator[None]:
         raise
 
 
+@keeps_torch_threads
 def _umap(x: np.ndarray, n_neighbors: int, random_state: int) -> np.ndarray:
     import anndata
     import scanpy as sc

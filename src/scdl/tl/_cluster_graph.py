@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from scdl._rng import keeps_torch_threads
 from scdl._warnings import warn_user
 
 if TYPE_CHECKING:
@@ -137,6 +138,7 @@ def expression_pca(
     return harmonised(adata, np.asarray(pca, dtype=np.float32), batch, source, random_state)
 
 
+@keeps_torch_threads
 def harmonised(
     adata: AnnData, pca: np.ndarray, batch: str, source: str, random_state: int
 ) -> tuple[np.ndarray, str]:
@@ -170,6 +172,7 @@ def harmonised(
     return np.ascontiguousarray(z), f"{source}, harmonised over obs[{batch!r}]"
 
 
+@keeps_torch_threads
 def pca_connectivities(pca: np.ndarray, random_state: int) -> sparse.csr_matrix:
     """scanpy's neighbour graph (``PCA_NEIGHBORS`` neighbours) of ``pca``, on a private
     AnnData."""

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from scdl._rng import keeps_torch_threads
 from scdl._warnings import warn_user
 
 from ._training_data import unique_gene_names
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
+@keeps_torch_threads
 def select_genes(
     adata: AnnData,
     gene_totals: np.ndarray,
