@@ -826,6 +826,24 @@ def test_a_label_category_without_cells_is_warned_about(kang):
         scdl.models.CellTypeTransformer.setup_anndata(ref, labels_key="cell_type")
 
 
+def test_labels_that_are_the_text_of_a_missing_value_are_warned_about(kang):
+    """NaN labels are refused; the same cells after `.astype(str)` read 'nan' and would train
+    a type of that name: setup warns with the count and the line that leaves them out, and
+    that line gives a reference that registers silently."""
+    import warnings
+
+    ref = kang[::4].copy()
+    labels = ref.obs["cell_type"].astype(object)
+    labels.iloc[:30] = np.nan
+    ref.obs["cell_type"] = labels.astype(str)  # NaN -> 'nan'
+    with pytest.warns(UserWarning, match=r"labels 30 cells \['nan'\], the text of a missing"):
+        scdl.models.CellTypeTransformer.setup_anndata(ref, labels_key="cell_type")
+    ref = ref[~ref.obs["cell_type"].astype(str).isin(["nan"])].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        scdl.models.CellTypeTransformer.setup_anndata(ref, labels_key="cell_type")
+
+
 def test_annotation_inputs_named_by_what_fixes_them(annotator):
     """An over-clustering array with holes is refused like such an obs column; a query with
     fewer of the model's genes is explained at the overlap it was annotated at; scanpy's

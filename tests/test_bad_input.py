@@ -43,6 +43,26 @@ def test_not_raw_counts(kang, value, match, call):
     assert_unchanged(adata, snap)
 
 
+def test_counts_with_float_round_off_are_told_to_round(kang):
+    """Counts recovered from log values (expm1 of float32 log1p) miss whole numbers by ~1e-4:
+    the refusal says so and names the rounding, for the count models and for annotate (which
+    would otherwise diagnose them as a badly normalised log matrix); rounded, they train."""
+    adata = _small(kang)
+    adata.X.data = np.expm1(np.log1p(adata.X.data).astype(np.float32)).astype(np.float32)
+    assert (adata.X.data != np.round(adata.X.data)).any()
+    snap = snapshot(adata)
+    for step in (
+        lambda a: scdl.tl.integrate(a, batch_key="sample", max_epochs=1),
+        lambda a: scdl.tl.annotate(a),
+    ):
+        with pytest.raises(ValueError, match=r"round-off .* `adata.X.data = np.round"):
+            step(adata)
+        assert_unchanged(adata, snap)
+    adata.X.data = np.round(adata.X.data)
+    scdl.tl.integrate(adata, batch_key="sample", max_epochs=1, progress_bar=False)
+    assert np.isfinite(adata.obsm["X_scdl"]).all()
+
+
 def test_normalised_data_in_X_names_layer_fix(kang):
     import scanpy as sc
 
@@ -717,6 +737,34 @@ def _lower_case_with_a_few_ids_in_var(query):
 
 def _cut_to_a_few_genes(query):
     return query[:, :600].copy()
+
+
+@pytest.mark.parametrize(
+    ("model_genes", "query_genes"),
+    [
+        (["Cd3e", "Isg15", "Hes4", "Ms4a1"], str.upper),  # mouse symbols, upper-cased query
+        (["CD3E", "ISG15", "HES4", "MS4A1"], str.lower),  # human symbols, lower-cased query
+        (["WBGene00000001", "WBGene00000002", "WBGene00000003"], str.lower),  # worm codes
+    ],
+    ids=["mouse", "human", "worm"],
+)
+def test_the_case_hint_s_fix_matches_every_gene(model_genes, query_genes):
+    """Names that differ from the model's only in case: the code the message gives, run as
+    written, matches every model gene (upper()/lower() only fit one-case vocabularies)."""
+    import anndata as ad
+    import pandas as pd
+
+    adata = ad.AnnData(
+        sparse.csr_matrix(np.ones((3, len(model_genes)), dtype=np.float32)),
+        var=pd.DataFrame(index=[query_genes(g) for g in model_genes]),
+    )
+    genes = pd.Index(model_genes)
+    with pytest.raises(ValueError, match="another case") as err:
+        scdl.data.align_to_genes(adata, genes)
+    fix = re.search(r"match them: `([^`]+)`", str(err.value)).group(1)
+    exec(fix, {"adata": adata, "genes": genes})
+    _, present = scdl.data.align_to_genes(adata, genes)
+    assert present.all(), (fix, adata.var_names.tolist())
 
 
 @pytest.mark.parametrize(

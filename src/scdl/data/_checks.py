@@ -84,7 +84,7 @@ def _count_stats(x, n_obs: int, n_vars: int) -> tuple[np.ndarray, np.ndarray, di
     values, read in row chunks (a sparse matrix stays sparse)."""
     row_totals = np.zeros(n_obs, dtype=np.float64)
     gene_totals = np.zeros(n_vars, dtype=np.float64)
-    n_bad = {"nan": 0, "neg": 0, "frac": 0}
+    n_bad = {"nan": 0, "neg": 0, "frac": 0, "frac_dev": 0.0}
     is_float = np.issubdtype(x.dtype, np.floating)
     if isinstance(x, sparse.csr_matrix | sparse.csr_array):
         # in memory: the stored values read through views of fixed size (a row slice copied
@@ -106,7 +106,7 @@ def _count_stats(x, n_obs: int, n_vars: int) -> tuple[np.ndarray, np.ndarray, di
                     bad_rows.append(np.searchsorted(indptr, where, side="right") - 1)
                     summed = np.where(finite, vals, 0)
                     vals = vals[finite]
-                n_bad["frac"] += int(np.count_nonzero(vals != np.round(vals)))
+                _count_fractions(vals, n_bad)
             n_bad["neg"] += int(np.count_nonzero(vals < 0))
             partial = running + np.cumsum(summed, dtype=np.float64)
             first, last = np.searchsorted(indptr, [start, stop], side="right")
@@ -127,13 +127,31 @@ def _count_stats(x, n_obs: int, n_vars: int) -> tuple[np.ndarray, np.ndarray, di
             finite = np.isfinite(vals)
             n_bad["nan"] += int(vals.size - finite.sum())
             vals = vals[finite] if not finite.all() else vals
-            n_bad["frac"] += int(np.count_nonzero(vals != np.round(vals)))
+            _count_fractions(vals, n_bad)
         n_bad["neg"] += int(np.count_nonzero(vals < 0))
         rows = np.asarray(chunk.sum(axis=1)).ravel()
         row_totals[offset : offset + rows.size] = rows
         gene_totals += np.asarray(chunk.sum(axis=0)).ravel()
         offset += rows.size
     return row_totals, gene_totals, n_bad
+
+
+#: non-integer values all this close to a whole number are counts with float round-off
+ROUND_OFF = 1e-3
+
+
+class RoundOffError(ValueError):
+    """Counts whose only fault is floating-point round-off (e.g. recovered from log values)."""
+
+
+def _count_fractions(vals: np.ndarray, n_bad: dict) -> None:
+    """Add the non-integer values of ``vals`` (finite) and their largest distance from a whole
+    number to ``n_bad``."""
+    dev = np.abs(vals - np.round(vals))
+    n_frac = int(np.count_nonzero(dev))
+    if n_frac:
+        n_bad["frac"] += n_frac
+        n_bad["frac_dev"] = max(n_bad["frac_dev"], float(dev.max()))
 
 
 def check_counts(
@@ -200,6 +218,15 @@ def check_counts(
             "(scaled or log data?). "
             + (fix or "Pass the layer holding raw UMI/read counts via `layer=`.")
             + raw
+        )
+    if n_bad["frac"] and n_bad["frac_dev"] <= ROUND_OFF:
+        data = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        raise RoundOffError(
+            f"{where} contains {n_bad['frac']} non-integer values, each within "
+            f"{n_bad['frac_dev']:.2g} of a whole number: counts carried with floating-point "
+            "round-off (as when recovered from log-normalised values). Round them: "
+            f"`{data}.data = np.round({data}.data)` (sparse) or `{data} = np.round({data})` "
+            "(dense)."
         )
     if n_bad["frac"]:
         raise ValueError(

@@ -59,6 +59,25 @@ def gene_mismatch_message(
 LOW_GENE_OVERLAP = 0.9
 
 
+_CASES = ("upper", "lower", "capitalize")
+
+
+def _case_fix(genes: pd.Index) -> str:
+    """The rewrite of ``adata.var_names`` that spells them as ``genes`` are spelled: one case
+    method that nearly every model gene follows (human symbols: upper, bar a few like
+    'C1orf112'), else a lookup through the model's own names (mixed spellings, e.g. worm
+    'WBGene00000001')."""
+    share = {m: float((genes == getattr(genes.str, m)()).mean()) for m in _CASES}
+    method = max(share, key=share.get)
+    if share[method] >= 0.95:
+        return f"`adata.var_names = adata.var_names.str.{method}()`"
+    return (
+        "`spelling = {g.upper(): g for g in genes}; adata.var_names = "
+        "[spelling.get(g.upper(), g) for g in adata.var_names]` (`genes`: the model's gene "
+        "names)"
+    )
+
+
 def identifier_hint(genes: pd.Index, var_names: pd.Index, var: pd.DataFrame | None) -> str:
     """How to give the query the model's gene identifiers: a var column holding more of them
     than ``var_names`` (and than a change of case would), names that differ in case only, a
@@ -84,14 +103,12 @@ def identifier_hint(genes: pd.Index, var_names: pd.Index, var: pd.DataFrame | No
             )
     if n_case > max(n_names, 0.5 * len(genes)):
         # the exact matches are counted in n_case too: the message counts the others
-        upper = float((genes == genes.str.upper()).mean()) > 0.5
-        fix = "upper()" if upper else "lower()"
         return (
             f"{n_case - n_names} more of them occur in adata.var_names in another case (e.g. "
             f"{genes[:2].tolist()}). If the data are of the model's species with the names "
-            f"written in another case, match them: `adata.var_names = "
-            f"adata.var_names.str.{fix}`; if they are another species' genes (mouse Isg15 vs "
-            "human ISG15), train a model on labelled cells of that species"
+            f"written in another case, match them: {_case_fix(genes)}; if they are another "
+            "species' genes (mouse Isg15 vs human ISG15), train a model on labelled cells of "
+            "that species"
         )
     if n_names == 0 and n_case == 0:  # nothing in common, in any var column or case
         return (

@@ -10,7 +10,7 @@ from scipy import sparse
 
 from scdl._warnings import warn_user
 
-from ._checks import check_counts, get_matrix, warn_empty_cells
+from ._checks import RoundOffError, check_counts, get_matrix, warn_empty_cells
 from ._rows import row_blocks
 
 if TYPE_CHECKING:
@@ -62,6 +62,8 @@ def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | N
     try:
         check_counts(adata, layer)
         return "counts", None
+    except RoundOffError:  # counts after all: the message says to round them
+        raise
     except ValueError:
         totals, n_nan, n_bad, n_frac, vmax = _expm1_row_totals(get_matrix(adata, layer))
         if n_nan or not (n_bad or n_frac):  # NaN, or integer counts with another problem

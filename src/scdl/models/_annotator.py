@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: labels that are the text of a missing value, as `.astype(str)`, pandas and R write it
+_NA_TEXT = frozenset({"nan", "na", "<na>", "none", "null", ""})
+
 
 class CellTypeTransformer(
     AnnotatorPredictionMixin,
@@ -320,6 +323,19 @@ class CellTypeTransformer(
                     "told apart. If these cells are unlabelled (scANVI's unlabeled_category), "
                     f"leave them out of the reference: `ref = ref[ref.obs[{labels_key!r}] != "
                     f"{UNKNOWN!r}].copy()`; if it is a cell type, rename it."
+                )
+            missing_text = sorted(
+                {str(v) for v in labels.dropna().unique() if str(v).strip().lower() in _NA_TEXT}
+            )
+            if missing_text and not from_registry:
+                n_cells = int(labels.astype(str).isin(missing_text).sum())
+                warn_user(
+                    f"adata.obs[{labels_key!r}] labels {n_cells} cells {missing_text}, the text "
+                    "of a missing value (NaN turned into text by `.astype(str)` or a CSV): they "
+                    "are trained as a cell type of that name. If they are unlabelled, leave them "
+                    f"out: `ref = ref[~ref.obs[{labels_key!r}].astype(str).isin({missing_text!r})]"
+                    ".copy()`.",
+                    UserWarning,
                 )
             slashed = sorted({str(v) for v in labels.dropna().unique() if "/" in str(v)})
             if slashed and not from_registry:

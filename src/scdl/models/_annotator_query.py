@@ -184,7 +184,9 @@ class AnnotatorQueryMixin:
             # shift: every cluster would look new (all Unknown below ~60 cells); no novelty
             # (annotate_cells says so), only the over-clustering for voting
             over = np.full(n, -1)
-            if resolution is not False:
+            if resolution is not False and n < 10:  # too few to over-cluster: a vote over
+                over = np.arange(n)  # them all would overwrite right calls; each keeps its own
+            elif resolution is not False:
                 (over,) = cluster_cells(
                     log_normalize(x), resolutions=(float(resolution),), seed=seed
                 )

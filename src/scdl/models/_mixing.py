@@ -96,7 +96,8 @@ def build_sketch(counts, *, seed: int = 0, x_log=None, labels=None) -> dict[str,
     empty. ``x_log``: the counts' :func:`log_normalize`, when the caller has it."""
     from sklearn.decomposition import PCA
 
-    counts = sparse.csr_matrix(counts)
+    # scipy's sparse matrices cannot hold float16 (a dense half-precision X is valid counts)
+    counts = sparse.csr_matrix(counts, dtype=np.float32 if counts.dtype == np.float16 else None)
     x_log = log_normalize(counts) if x_log is None else x_log
     n, n_genes = x_log.shape
     mean, sd = (v.astype(np.float32) for v in _mean_sd(x_log))

@@ -101,7 +101,8 @@ def annotate(
         per-cell calls do not depend on it. Voting fixes isolated calls inside a cluster of one
         type; where a cluster mixes types (close types in a query unlike the reference), it
         gives every cell the majority's type and can lower accuracy, as it does in CellTypist.
-        Compare both columns before keeping the vote, or set ``min_support``.
+        Compare both columns before keeping the vote, or set ``min_support``. A query of
+        fewer than 10 cells is too small to over-cluster: each cell is its own cluster.
     over_clustering
         obs column (or per-cell array, or a Series indexed by ``adata.obs_names``, matched by
         name) of clusters for the vote; ``None`` uses a Leiden

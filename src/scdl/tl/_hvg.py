@@ -47,9 +47,10 @@ def select_genes(
         x = x[:, np.asarray(gene_totals > 0)]
     if isinstance(x, sparse.sparray):  # scanpy's seurat_v3 takes scipy's sparse matrices only
         x = sparse.csr_matrix(x) if x.format == "csr" else sparse.csc_matrix(x)
-    if x.dtype == np.float16:
-        # seurat_v3's squares of counts above ~256 overflow half precision (infinite variances,
-        # other genes chosen); the copy is of the stored values only, as training reads them
+    if x.dtype == np.float16 or (not sparse.issparse(x) and x.dtype.kind in "iub"):
+        # seurat_v3 squares the values in their own dtype: counts above ~256 overflow half
+        # precision, and a dense integer matrix's squares wrap (uint16 above 255, int32 above
+        # 46,340): other genes chosen. Training reads float32 copies of minibatches anyway.
         x = x.astype(np.float32)
     obs, keep = None, slice(None)
     if batch_key is not None:
