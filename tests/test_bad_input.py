@@ -345,6 +345,21 @@ def test_not_an_anndata(kang):
         scdl.tl.cluster(df)
 
 
+def test_model_methods_take_only_an_anndata(kang_integrated):
+    """A DataFrame given to a trained model's methods is named, not met with AttributeError."""
+    _, model = kang_integrated
+    df = model.adata.to_df()
+    for call in (
+        lambda: model.get_latent_representation(df),
+        lambda: model.get_normalized_expression(df),
+        lambda: VAE.load_query_data(df, model),
+        lambda: VAE.prepare_query_anndata(df, model),
+        lambda: scdl.models.DrugResponseModel.setup_anndata(df, response_key="ic50"),
+    ):
+        with pytest.raises(TypeError, match="Expected an AnnData .* got DataFrame"):
+            call()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "n", "match"),
     [
@@ -635,6 +650,9 @@ def test_annotator_predict_checks_counts(kind, error, match):
         ({"key_added": "X_scdl"}, ValueError, r"would overwrite adata\.uns\['X_scdl'\]"),
         # a stored X_pca means no PCA is computed: the typo is still refused
         ({"layer": "cuonts", "pca_key": "X_pca"}, KeyError, "cuonts"),
+        # one key, not a list (was "unhashable type: 'list'")
+        ({"use_rep": ["X_scdl"]}, TypeError, r"use_rep must be one adata.obsm key"),
+        ({"pca_key": ["X_pca"]}, TypeError, r"pca_key must be one adata.obsm key"),
     ],
 )
 def test_cluster_bad_arguments(kang, kwargs, error, match):
@@ -853,6 +871,7 @@ def _batch_is_the_type(adata):
     ("edit", "kwargs", "error", "match"),
     [
         (None, {"pre_integrated": "X_harmony"}, KeyError, r"'X_harmony'.*pre_integrated=None"),
+        (None, {"pre_integrated": ["X_pca"]}, TypeError, "pre_integrated must be one adata.obsm"),
         (None, {"layer": "counts"}, KeyError, "Layer 'counts' not found"),
         (None, {"embeddings": ["X_scdl", "X_scdl"]}, ValueError, r"lists \['X_scdl'\] more"),
         (_nan_counts, {}, ValueError, "NaN"),

@@ -400,6 +400,24 @@ def test_pl_contrastive_colours_by_genes_with_one_scale_and_a_palette(kang_contr
     matplotlib.pyplot.close("all")
 
 
+def test_pl_contrastive_plots_data_with_a_duplicated_gene_name(kang_contrastive):
+    """tl.contrastive takes duplicated var names (with a warning), and so do scanpy's plots
+    coloured by obs columns or by an unduplicated gene; only a duplicated gene asked for as a
+    colour is ambiguous."""
+    adata, _ = kang_contrastive
+    adata = adata.copy()
+    names = adata.var_names.tolist()
+    assert "ISG15" not in names[2:4]
+    names[3] = names[2]
+    adata.var_names = names
+    fig = scdl.pl.contrastive(adata, color=["condition", "ISG15"], n_genes=0, show=False)
+    titles = {ax.get_title() for ax in fig.axes}
+    assert {"shared space · condition", "salient space (target cells) · ISG15"} <= titles
+    with pytest.raises(ValueError, match=r"names 2 genes.*var_names_make_unique"):
+        scdl.pl.contrastive(adata, color=names[2], show=False)
+    matplotlib.pyplot.close("all")
+
+
 def test_new_cells_refused_by_the_salient_methods_are_left_unchanged(kang_contrastive):
     """New cells without the ``groupby`` column, or with a mask of the wrong length, are
     refused before the model registers them (registration writes into the AnnData)."""

@@ -457,6 +457,10 @@ def test_save_load_wide_deep_and_models_saved_before_prediction(bulk_train, cell
     loaded = scdl.models.DrugResponseModel.load(tmp_path / "wd")
     assert loaded.module.prediction == "wide_deep"
     pd.testing.assert_frame_equal(model.predict(cellbench), loaded.predict(cellbench))
+    # the target cells are not saved: training the loaded model again says it aligns to none
+    again = scdl.models.DrugResponseModel.load(tmp_path / "wd", adata=bulk_train.copy())
+    with pytest.warns(UserWarning, match=r"built with \d+ target cells, which a saved model"):
+        again.train(max_epochs=1)
     # an older save: the same weights, without `prediction` among the init parameters
     import json
 
@@ -647,6 +651,8 @@ def test_no_shared_genes(bulk_train, cellbench, trained):
     assert_unchanged(cells, snap)
     with pytest.raises(ValueError, match=r"share no gene names.*adata.var\['symbol'\] holds"):
         trained.predict(cells, drugs=["Gefitinib"])
+    with pytest.raises(TypeError, match="target is a DataFrame; pass the cells as an AnnData"):
+        scdl.models.DrugResponseModel(bulk_train, target=cellbench.to_df(), **SMALL)
     lower = cellbench.copy()
     lower.var_names = lower.var_names.str.lower()
     with pytest.raises(ValueError, match="share no gene names.*in adata.var_names in another case"):
@@ -771,6 +777,8 @@ def test_auto_modality_names_nan_counts(trained, cellbench):
         scdl.tl.drug_response(cells, model=trained, drugs=["Gefitinib"])
     with pytest.raises(TypeError, match="Expected an AnnData"):
         scdl.tl.drug_response(cells.to_df(), model=trained, drugs=["Gefitinib"])
+    with pytest.raises(TypeError, match="Expected an AnnData .* got DataFrame"):
+        trained.predict(cells.to_df(), drugs=["Gefitinib"])
     with pytest.raises(TypeError, match="`drugs` must be a drug name or a list of names"):
         scdl.tl.drug_response(cellbench, model=trained, drugs=5)
     assert_unchanged(cells, snap)

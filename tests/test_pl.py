@@ -253,6 +253,7 @@ def _nan_basis(adata):
         (None, {"color": "cell_typ"}, KeyError, "neither an obs column.*'cell_type'"),
         (_nan_basis, {}, ValueError, "NaN or infinite"),
         (_sparse_basis, {}, TypeError, "dense numeric embedding"),
+        (None, {"basis": ["X_scdl"]}, TypeError, "basis must be one adata.obsm key"),
     ],
 )
 def test_embedding_checks_before_writing_its_cache(kang_integrated, edit, kwargs, error, match):

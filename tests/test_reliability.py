@@ -137,6 +137,33 @@ def test_tl_seed_is_local_as_scanpys_random_state(cells):
         scvi.settings.seed = before
 
 
+@pytest.mark.parametrize("name", ["VAE", "ContrastiveVAE", "CellTypeTransformer"])
+def test_save_checkpoint_loads_the_best_epoch_from_an_scdl_save(cells, name, tmp_path):
+    """scvi-tools' SaveCheckpoint saves with the model's own save; load_best_on_end read a
+    pickled model.pt back and failed after the last epoch. The best save (here the worst loss:
+    mode="max", so not the last epoch) is read with the class's own safe load."""
+    from scvi.train import SaveCheckpoint
+
+    model, kwargs = _model(name, cells)
+    checkpoint = SaveCheckpoint(
+        dirpath=str(tmp_path), monitor="validation_loss", mode="max", load_best_on_end=True
+    )
+    model.train(
+        max_epochs=4,
+        callbacks=[checkpoint],
+        check_val_every_n_epoch=1,
+        enable_progress_bar=False,
+        **kwargs,
+    )
+    assert "epoch=3" not in checkpoint.best_model_path  # an earlier epoch was the "best"
+    best = dict(type(model).load(checkpoint.best_model_path, adata=False).module.named_parameters())
+    # the trained weights (after training the annotator computes its calibration buffers and
+    # refits its linear head, on these weights)
+    for key, value in model.module.named_parameters():
+        if not key.startswith("linear."):
+            assert torch.equal(value.detach().cpu(), best[key].detach()), key
+
+
 def test_steps_keep_the_users_torch_thread_count(tmp_path):
     """scanpy's neighbours (numba) set the OpenMP thread count torch shares to every core: the
     steps put the user's count back, or the next training of the session would sum in another

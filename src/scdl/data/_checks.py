@@ -501,19 +501,31 @@ def check_key_added(key_added) -> str:
     return key_added
 
 
-def check_embedding(adata: AnnData, key: str, *, purpose: str = "it") -> np.ndarray:
+def check_obsm_key(key, arg: str) -> None:
+    """``key`` must be one obsm key (a string); a list of keys failed as unhashable."""
+    if not isinstance(key, str):
+        raise TypeError(
+            f"{arg} must be one adata.obsm key (a string, e.g. 'X_scdl'), got "
+            f"{type(key).__name__} {key!r}."
+        )
+
+
+def check_embedding(
+    adata: AnnData, key: str, *, purpose: str = "it", arg: str = "key"
+) -> np.ndarray:
     """``adata.obsm[key]`` as a dense numeric cells x dimensions array with finite values
-    (what clustering, a UMAP or the integration metrics read).
+    (what clustering, a UMAP or the integration metrics read); ``arg`` names the argument.
 
     Raises
     ------
     KeyError
         ``key`` is not in ``obsm``.
     TypeError
-        The embedding is sparse, not numeric or not two-dimensional.
+        ``key`` is not a string; the embedding is sparse, not numeric or not two-dimensional.
     ValueError
         It holds NaN or infinite values.
     """
+    check_obsm_key(key, arg)
     if key not in adata.obsm:
         raise KeyError(
             f"{key!r} is not in adata.obsm (available: {list(adata.obsm) or 'none'}). Run "

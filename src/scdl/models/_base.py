@@ -187,10 +187,13 @@ class SafeSaveLoadMixin:
         dir_path
             Folder written by :meth:`save`.
         adata
-            AnnData to attach, with the same genes in the same order as at training. If
-            ``None``, the save's ``{prefix}adata.h5ad`` is used when present; otherwise, or
-            with ``False`` (as in scvi-tools), the model is built from its saved registry
-            without data and takes data in its methods' ``adata=``.
+            AnnData to attach, with the same genes in the same order as at training. As in
+            scvi-tools, it is registered in place: it gains the ``_scvi_*`` fields
+            ``setup_anndata`` writes (``obs`` columns, ``uns["_scvi_uuid"]``,
+            ``uns["_scvi_manager_uuid"]``). If ``None``, the save's ``{prefix}adata.h5ad`` is
+            used when present; otherwise, or with ``False`` (as in scvi-tools), the model is
+            built from its saved registry without data and takes data in its methods'
+            ``adata=``.
         accelerator, device
             Where to put the model (as in Lightning).
         prefix
@@ -392,8 +395,10 @@ class CheckedQueryMixin:
         """Refuse ``indices`` or ``batch_size`` that scvi-tools' data loader would fail on,
         before :meth:`_validate_anndata` registers a new AnnData (which writes into it); the
         cells' positions (``None`` without data, which ``_validate_anndata`` refuses)."""
-        from scdl.data import check_positive_int
+        from scdl.data import check_is_anndata, check_positive_int
 
+        if adata is not None:
+            check_is_anndata(adata)
         check_positive_int(batch_size, "batch_size", none="scvi-tools' default")
         source = self.adata if adata is None else adata
         return None if source is None else cell_positions(indices, source.n_obs)

@@ -17,6 +17,7 @@ from scdl._warnings import warn_user
 from scdl.data import (
     check_counts,
     check_fraction,
+    check_is_anndata,
     check_positive_int,
     check_positive_number,
     check_profiles,
@@ -305,6 +306,7 @@ class DrugResponseModel(
                 "sensitive, as ln IC50) or 'high' (as activity area)."
             )
         setup_method_args = cls._get_setup_method_args(**locals())
+        check_is_anndata(adata, registering=True)
         check_unique_var_names(adata)
         check_profiles(adata, layer)
         check_response(adata, response_key)
@@ -374,6 +376,8 @@ class DrugResponseModel(
 
         With ``prediction="wide"`` (default) no network is trained: the ridges are fitted in
         closed form on every line, and the options below except the seed's folds do nothing.
+        A loaded model holds no target cells (they are not saved): training it again fits the
+        bulk lines only, with a warning.
 
         Parameters
         ----------
@@ -426,6 +430,14 @@ class DrugResponseModel(
             self.drug_stats_ = self._calibrate(folds, alphas, (profiles, responses))
             self.is_trained_ = True
             return None
+        if self._target_profiles is None and self.n_target_cells_ > 0:
+            warn_user(
+                f"This model was built with {self.n_target_cells_} target cells, which a saved "
+                "model does not hold: training it again fits the bulk lines only, with no "
+                "alignment to cells (mmd_weight and match_neighbors do nothing). To align "
+                "again, build a new model with `target=` the cells.",
+                UserWarning,
+            )
         out = self._train_network(
             profiles,
             folds,
@@ -461,6 +473,13 @@ def _check_model_args(adata, target, target_layer, input_scale) -> None:
     if target is not None and adata is None:
         raise ValueError("`target` needs the bulk `adata` the model is trained on.")
     if target is not None:
+        from anndata import AnnData
+
+        if not isinstance(target, AnnData):
+            raise TypeError(
+                f"target is a {type(target).__name__}; pass the cells as an AnnData of counts "
+                "(cells x genes), e.g. `anndata.AnnData(X)`."
+            )
         check_unique_var_names(target)
         try:
             check_counts(target, target_layer)

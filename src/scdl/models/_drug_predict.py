@@ -19,6 +19,7 @@ from scdl.data import (
     LOW_GENE_OVERLAP,
     MIN_SHARED_GENES,
     check_counts,
+    check_is_anndata,
     check_profiles,
     get_matrix,
     normalised_from_log1p,
@@ -114,6 +115,7 @@ class DrugPredictionMixin:
             raise ValueError(
                 f"modality={modality!r} is not one of 'auto', 'counts', 'log1p', 'profiles'."
             )
+        check_is_anndata(adata)
         # duplicated var names are refused only among the model's genes (gene_positions)
         x = get_matrix(adata, layer)
         present = self.genes.isin(adata.var_names)

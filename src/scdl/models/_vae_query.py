@@ -15,6 +15,7 @@ from scvi import REGISTRY_KEYS
 from scvi.model.base import ArchesMixin
 
 from scdl.data import (
+    check_is_anndata,
     check_obs_key,
     check_unique_var_names,
     gene_mismatch_message,
@@ -64,6 +65,8 @@ class VAEQueryMixin:
         """
         from ._base import read_config
 
+        if not return_reference_var_names:  # then adata is not read
+            check_is_anndata(adata)
         path = isinstance(reference_model, str | os.PathLike)
         if return_reference_var_names:
             if path:
@@ -127,6 +130,7 @@ class VAEQueryMixin:
         **kwargs
             Passed to :meth:`scvi.model.base.ArchesMixin.load_query_data` (freezing options).
         """
+        check_is_anndata(adata)
         if isinstance(reference_model, str | os.PathLike):
             reference_model = cls.load(  # where the caller asked, not the default device
                 reference_model,

@@ -173,6 +173,11 @@ def _colors(adata: AnnData, key: str, color, layer: str | None) -> list:
                 f"color={c!r} is neither a column of adata.obs (columns: "
                 f"{list(adata.obs.columns)}) nor a gene in adata.var_names."
             )
+        if c is not None and c not in adata.obs.columns and (adata.var_names == c).sum() > 1:
+            raise ValueError(
+                f"color={c!r} names {int((adata.var_names == c).sum())} genes of "
+                "adata.var_names: make the names unique first (`adata.var_names_make_unique()`)."
+            )
     return color
 
 
@@ -185,7 +190,16 @@ def _plot_data(
     import scanpy as sc
 
     keys = [c for c in dict.fromkeys(color) if c is not None]
-    obs = sc.get.obs_df(adata, keys=keys, layer=layer) if keys else adata.obs[[]].copy()
+    # obs columns read directly: scanpy's obs_df refuses any duplicated var name, even when
+    # only obs columns are asked for (genes are checked for duplicates in _colors)
+    obs = adata.obs[[c for c in keys if c in adata.obs.columns]].copy()
+    genes = [c for c in keys if c not in adata.obs.columns]
+    if genes:
+        at = [int(np.flatnonzero(adata.var_names == g)[0]) for g in genes]  # unique (_colors)
+        values = sc.get.obs_df(adata[:, at], keys=genes, layer=layer)
+        for c in genes:
+            obs[c] = values[c].to_numpy()
+    obs = obs[keys]
     for c in obs.columns:
         if obs[c].dtype.kind not in "biuf":
             obs[c] = obs[c].astype("category")  # same categories, same colours in both panels

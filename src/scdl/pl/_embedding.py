@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from scdl._rng import keeps_rng
-from scdl.data import check_embedding
+from scdl.data import check_embedding, check_obsm_key
 
 from ._utils import cached_umap, color_keys, doc_show_save, finish, umaps_kept_on_success
 
@@ -69,6 +69,7 @@ def embedding(
     """
     import scanpy as sc
 
+    check_obsm_key(basis, "basis")
     if basis not in adata.obsm:
         raise KeyError(
             f"basis={basis!r} is not in adata.obsm (available: {list(adata.obsm)}). Run "
@@ -80,7 +81,7 @@ def embedding(
         batch = params.get("batch_key") if isinstance(params, dict) else None
         color = [batch] if batch and batch in adata.obs else None
     # everything checked before the UMAP cache is written: a failing call writes nothing
-    rep = check_embedding(adata, basis, purpose="a UMAP")
+    rep = check_embedding(adata, basis, purpose="a UMAP", arg="basis")
     if rep.shape[0] < 4:
         raise ValueError(f"adata.obsm[{basis!r}] holds {rep.shape[0]} cells: a UMAP needs 4.")
     _check_colors(adata, color, kwargs.get("gene_symbols"))

@@ -13,6 +13,7 @@ from scdl.data import (
     check_embedding,
     check_is_anndata,
     check_key_added,
+    check_obsm_key,
     check_random_state,
     check_writable,
     get_matrix,
@@ -194,7 +195,9 @@ def _check_inputs(
     """The representation to cluster and the number of neighbours to use, with every argument
     checked before anything is written."""
     check_is_anndata(adata)
-    rep = check_embedding(adata, use_rep, purpose="clustering")
+    rep = check_embedding(adata, use_rep, purpose="clustering", arg="use_rep")
+    if pca_key is not None and pca_key != "auto":
+        check_obsm_key(pca_key, "pca_key")
     check_random_state(random_state)
     if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int | np.integer):
         raise TypeError(f"n_neighbors must be an integer, got {n_neighbors!r}.")

@@ -15,6 +15,7 @@ from scdl.data import (
     check_embedding,
     check_is_anndata,
     check_key_added,
+    check_obsm_key,
     check_writable,
     get_matrix,
     unintegrated_pca,
@@ -147,6 +148,8 @@ def integration_metrics(
             "cannot be scored. Pass a batch_key whose batches share cell types (batch and type "
             "confounded leave nothing for integration to correct)."
         )
+    if pre_integrated is not None:
+        check_obsm_key(pre_integrated, "pre_integrated")
     computed_pca = pre_integrated is None or (
         pre_integrated == "X_pca" and pre_integrated not in adata.obsm
     )

@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 from scdl._warnings import warn_user
 
+from ._checkpoint import safe_checkpoints
 from ._quiet import quiet_lightning
 
 if TYPE_CHECKING:
@@ -157,6 +158,7 @@ def guarded_training(
 
         check_positive_number(lr, "lr", meaning="the optimizer's learning rate")
     guard = TrainingGuard(lr=lr)
+    safe_checkpoints(trainer_kwargs.get("callbacks"))  # the best save read without pickle
     trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), guard]
     module = model.module
     before = {k: v.detach().clone() for k, v in module.state_dict().items()}

@@ -1,0 +1,61 @@
+"""scvi-tools' :class:`~scvi.train.SaveCheckpoint` for scdl models.
+
+The callback saves each best epoch with the model's own ``save`` (scdl: ``config.json`` +
+``model.safetensors``), but reads the best one back (``load_best_on_end``, and after a failed
+run with ``check_nan_gradients``) from scvi-tools' pickled ``model.pt``, which an scdl save does
+not hold: training ran to the end and then failed. :func:`safe_checkpoints` switches such
+callbacks to :class:`SafeSaveCheckpoint`, which reads the save with the model class's own
+``load`` (no pickle).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scvi.train import SaveCheckpoint
+
+from scdl._warnings import warn_user
+
+
+class SafeSaveCheckpoint(SaveCheckpoint):
+    """:class:`~scvi.train.SaveCheckpoint` that reads an scdl model's best save safely."""
+
+    def _best_state(self, trainer) -> dict | None:
+        """The best save's weights; ``None`` for a scvi-tools save (``model.pt``) or none."""
+        path = Path(self.best_model_path) if self.best_model_path else None
+        if path is None or (path / "model.pt").is_file() or not path.is_dir():
+            return None
+        model = trainer._model
+        return type(model).load(path, adata=False).module.state_dict()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not self.load_best_on_end:
+            return
+        state = self._best_state(trainer)
+        if state is None:
+            super().on_train_end(trainer, pl_module)
+            return
+        pl_module.module.load_state_dict(state)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if isinstance(exception, KeyboardInterrupt) or not self.check_nan_gradients:
+            return
+        state = self._best_state(trainer)
+        if state is None:
+            super().on_exception(trainer, pl_module, exception)
+            return
+        trainer.should_stop = True
+        pl_module.module.load_state_dict(state)
+        warn_user(
+            f"Training failed ({type(exception).__name__}); the weights of the best checkpoint, "
+            f"{self.best_model_path}, were loaded.",
+            UserWarning,
+        )
+
+
+def safe_checkpoints(callbacks) -> None:
+    """Switch scvi-tools' ``SaveCheckpoint`` callbacks among ``callbacks`` (in place) to
+    :class:`SafeSaveCheckpoint`: same settings and state, a safe read of the best save."""
+    for callback in callbacks or []:
+        if type(callback) is SaveCheckpoint:
+            callback.__class__ = SafeSaveCheckpoint  # a subclass adding no state
