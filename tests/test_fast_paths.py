@@ -148,6 +148,32 @@ def test_vae_trains_from_backed_h5ad_like_in_memory(kang, tmp_path):
     np.testing.assert_allclose(latents[1], latents[0], rtol=1e-5, atol=1e-5)
 
 
+def test_annotator_trains_from_backed_h5ad_like_in_memory(kang, tmp_path):
+    """A backed AnnData registers for the annotator as for the VAE; the calibration after
+    training read the on-disk matrix as an array and failed once every epoch had run. Same
+    seed, same calls and probabilities as in memory."""
+    import anndata as ad
+    import scvi
+
+    idx = np.random.default_rng(1).choice(kang.n_obs, 400, replace=False)
+    adata = kang[np.sort(idx)].copy()
+    adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
+    path = tmp_path / "ref.h5ad"
+    adata.write_h5ad(path)
+    probs = []
+    for backed in (None, "r"):
+        data = ad.read_h5ad(path, backed=backed)
+        scvi.settings.seed = 0
+        scdl.models.CellTypeTransformer.setup_anndata(data, labels_key="cell_type")
+        model = scdl.models.CellTypeTransformer(data)
+        model.train(max_epochs=2, enable_progress_bar=False)
+        probs.append(model.predict(adata, soft=True))
+        if backed:
+            assert data.isbacked
+            data.file.close()
+    np.testing.assert_allclose(probs[1].to_numpy(), probs[0].to_numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_annotator_history_logged_once_per_epoch(kang):
     """The annotator's plans log epoch means under the names Lightning users read."""
     import scvi

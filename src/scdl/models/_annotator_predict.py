@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 import torch
+from scipy import sparse
 from scvi import REGISTRY_KEYS
 
 from scdl._warnings import warn_user
@@ -67,7 +68,6 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         Sparse input (scipy or :class:`~scdl.data.CSRTensors`) goes through the module's CSR
         path (cost in the non-zeros; same values as the dense path), on the model's device.
         """
-        from scipy import sparse
 
         self.module.eval()
         dev = self.module.device
@@ -112,12 +112,13 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
     def _query_matrix(self, adata: AnnData | None, layer: str | None, min_gene_overlap: float):
         """The query's counts in the model's gene order on the model's device, and the mask
         of the model's genes it holds (``None``: all)."""
-        from scipy import sparse
 
         dev = self.module.device
         if adata is None:
             self._require_adata("annotate", takes_adata=True)
             x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+            if not (sparse.issparse(x) or isinstance(x, np.ndarray)):  # a backed AnnData
+                x = x[:]  # read into memory as stored (sparse stays sparse)
             return CSRTensors.from_scipy(sparse.csr_matrix(x), dev), None
         check_is_anndata(adata)
         if adata.n_obs == 0:
