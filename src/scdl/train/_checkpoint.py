@@ -25,7 +25,7 @@ class SafeSaveCheckpoint(SaveCheckpoint):
         path = Path(self.best_model_path) if self.best_model_path else None
         if path is None or (path / "model.pt").is_file() or not path.is_dir():
             return None
-        model = trainer._model
+        model = trainer._model  # where scvi-tools' SaveCheckpoint itself finds the model
         return type(model).load(path, adata=False).module.state_dict()
 
     def on_train_end(self, trainer, pl_module) -> None:
