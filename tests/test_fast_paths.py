@@ -124,54 +124,38 @@ def test_gather_counts_equals_scipy_alignment():
     assert gather_counts(x, lookup, len(genes)) is not None
 
 
-def test_vae_trains_from_backed_h5ad_like_in_memory(kang, tmp_path):
-    """A backed (on-disk) AnnData trains through the same batch path: same seed, same model."""
+@pytest.mark.parametrize("name", ["VAE", "CellTypeTransformer"])
+def test_models_train_from_backed_h5ad_like_in_memory(kang, tmp_path, name):
+    """A backed (on-disk) AnnData trains through the same batch path: same seed, same model.
+    (The annotator's calibration after training read the on-disk matrix as an array and
+    failed once every epoch had run.)"""
     import anndata as ad
     import scvi
 
+    cls = getattr(scdl.models, name)
     idx = np.random.default_rng(1).choice(kang.n_obs, 600, replace=False)
     adata = kang[np.sort(idx)].copy()
     adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
     path = tmp_path / "cells.h5ad"
     adata.write_h5ad(path)
-    latents = []
+    outputs = []
     for backed in (None, "r"):
         data = ad.read_h5ad(path, backed=backed)
         scvi.settings.seed = 0
-        scdl.models.VAE.setup_anndata(data, batch_key="sample")
-        model = scdl.models.VAE(data)
+        if name == "VAE":
+            cls.setup_anndata(data, batch_key="sample")
+        else:
+            cls.setup_anndata(data, labels_key="cell_type")
+        model = cls(data)
         model.train(max_epochs=2, enable_progress_bar=False)
-        latents.append(model.get_latent_representation())
+        if name == "VAE":
+            outputs.append(model.get_latent_representation())
+        else:
+            outputs.append(model.predict(adata, soft=True).to_numpy())
         if backed:
             assert data.isbacked
             data.file.close()
-    np.testing.assert_allclose(latents[1], latents[0], rtol=1e-5, atol=1e-5)
-
-
-def test_annotator_trains_from_backed_h5ad_like_in_memory(kang, tmp_path):
-    """A backed AnnData registers for the annotator as for the VAE; the calibration after
-    training read the on-disk matrix as an array and failed once every epoch had run. Same
-    seed, same calls and probabilities as in memory."""
-    import anndata as ad
-    import scvi
-
-    idx = np.random.default_rng(1).choice(kang.n_obs, 400, replace=False)
-    adata = kang[np.sort(idx)].copy()
-    adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
-    path = tmp_path / "ref.h5ad"
-    adata.write_h5ad(path)
-    probs = []
-    for backed in (None, "r"):
-        data = ad.read_h5ad(path, backed=backed)
-        scvi.settings.seed = 0
-        scdl.models.CellTypeTransformer.setup_anndata(data, labels_key="cell_type")
-        model = scdl.models.CellTypeTransformer(data)
-        model.train(max_epochs=2, enable_progress_bar=False)
-        probs.append(model.predict(adata, soft=True))
-        if backed:
-            assert data.isbacked
-            data.file.close()
-    np.testing.assert_allclose(probs[1].to_numpy(), probs[0].to_numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
 
 
 def test_annotator_history_logged_once_per_epoch(kang):

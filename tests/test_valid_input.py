@@ -570,11 +570,12 @@ def test_unlabelled_cells_are_left_out_where_labels_are_optional(kang):
     plt.close(fig)
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.uint16, np.int16, np.int32])
+@pytest.mark.parametrize("dtype", [np.float16, np.uint16, np.int16, np.int32, np.int64])
 def test_narrow_dtype_counts_choose_the_genes_of_their_float32_copy(kang, dtype):
     """These dtypes hold the counts exactly, but seurat_v3 squares them in their own dtype
     (float16 overflows, integers wrap): the genes are ranked on a float32 copy of the values,
-    as the model trains on. int32 wraps above 46,340: the counts are scaled to read counts."""
+    as the model trains on. int32 wraps above 46,340: the counts are scaled to read counts.
+    int64 holds the squares and is ranked as it is (no copy)."""
     adata = _three_hundred(kang)
     adata.X = adata.X.toarray()  # scipy's sparse matrices hold no float16: a dense file
     if dtype == np.int32:

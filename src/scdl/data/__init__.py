@@ -58,7 +58,7 @@ from ._query import (
     edited_obs_columns,
     sampled_counts_ok,
 )
-from ._rows import ROW_BLOCK, row_blocks
+from ._rows import ROW_BLOCK, in_memory, row_blocks
 from ._salient_genes import salient_gene_table
 from ._write import check_writable, writable, write_h5ad_atomic
 
@@ -99,6 +99,7 @@ __all__ = [
     "check_category_kind",
     "check_unique_var_names",
     "get_matrix",
+    "in_memory",
     "guess_modality",
     "resolve_modality",
     "input_kind",

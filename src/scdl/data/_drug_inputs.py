@@ -19,6 +19,7 @@ from scipy import sparse
 from ._checks import get_matrix
 from ._drug_checks import MIN_SHARED_GENES, shared_genes
 from ._genes import gene_positions
+from ._rows import in_memory
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -201,8 +202,7 @@ def profiles_from_counts(
     """
     _check_scale(scale)
     positions = gene_positions(var_names, genes)
-    if not (sparse.issparse(x) or isinstance(x, np.ndarray)):  # e.g. a backed AnnData's X
-        x = x[:]  # read into memory as stored (sparse stays sparse)
+    x = in_memory(x)
     library = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
     library[library == 0] = 1.0
     present = positions >= 0

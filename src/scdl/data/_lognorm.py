@@ -11,7 +11,7 @@ from scipy import sparse
 from scdl._warnings import warn_user
 
 from ._checks import RoundOffError, check_counts, get_matrix, warn_empty_cells
-from ._rows import row_blocks
+from ._rows import in_memory, row_blocks
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -119,8 +119,7 @@ def normalised_from_log1p(adata: AnnData, layer: str | None = None):
             "not log1p of normalised counts: pass `modality='counts'` (or 'auto')."
         )
     x = get_matrix(adata, layer)
-    if not (sparse.issparse(x) or isinstance(x, np.ndarray)):  # e.g. a backed AnnData's X
-        x = x[:]
+    x = in_memory(x)
     if sparse.issparse(x):
         x = sparse.csr_matrix(x, dtype=np.float64, copy=True)
         x.data = np.expm1(x.data)

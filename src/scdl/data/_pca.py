@@ -52,6 +52,7 @@ def unintegrated_pca(
 
     from ._checks import check_positive_int, get_matrix
     from ._lognorm import input_kind
+    from ._rows import in_memory
 
     check_positive_int(n_comps, "n_comps")
     check_positive_int(n_top_genes, "n_top_genes")
@@ -59,8 +60,7 @@ def unintegrated_pca(
     _check_genes(adata.n_vars)
     kind, _ = input_kind(adata, layer)
     x = get_matrix(adata, layer)
-    if not (sparse.issparse(x) or isinstance(x, np.ndarray)):  # a backed AnnData's matrix
-        x = x[:]  # read into memory as stored (sparse stays sparse)
+    x = in_memory(x)
     # a private copy for scanpy, as a sparse matrix (its normalize_total fails on csr_array)
     x = sparse.csr_matrix(x, copy=True) if sparse.issparse(x) else np.array(x)
     tmp = anndata.AnnData(X=x)

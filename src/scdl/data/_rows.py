@@ -1,10 +1,12 @@
-"""Reading a matrix a block of rows at a time: a backed AnnData's matrix is never read whole,
-and a check of a large in-memory one never copies it whole."""
+"""Reading a matrix a block of rows at a time (a backed AnnData's matrix is never read whole, and
+a check of a large in-memory one never copies it whole), or whole where a step needs all of it."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+
+import numpy as np
 
 #: rows per block: 10,000 cells of 30,000 genes are ~1.2 GB dense (float32), far less sparse
 ROW_BLOCK = 10_000
@@ -22,3 +24,13 @@ def row_blocks(x: Any, n_rows: int | None = None, *, size: int | None = None) ->
     size = ROW_BLOCK if size is None else size
     for start in range(0, n_rows, size):
         yield x[start : min(start + size, n_rows)]
+
+
+def in_memory(x: Any) -> Any:
+    """``x`` as an in-memory matrix: a backed AnnData's on-disk matrix read whole as it is
+    stored (a sparse one stays sparse); an in-memory dense or sparse matrix as it is."""
+    from scipy import sparse
+
+    if sparse.issparse(x) or isinstance(x, np.ndarray):
+        return x
+    return x[:]

@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from scipy import sparse
 from scvi import REGISTRY_KEYS
 
 from scdl._warnings import warn_user
+from scdl.data import in_memory
 from scdl.dataloaders import dense_rows
 
 from ._mixing import MIN_REFERENCE_SHARE, build_sketch
@@ -69,9 +69,7 @@ class AnnotatorCalibrationMixin:
         """
         from ._novelty import log_normalize
 
-        counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        if not (sparse.issparse(counts) or isinstance(counts, np.ndarray)):  # backed AnnData
-            counts = counts[:]  # read into memory as stored (sparse stays sparse)
+        counts = in_memory(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
         x_log = log_normalize(counts)
         labels = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel()
         if batch_key is None:

@@ -28,6 +28,7 @@ from scdl.data import (
     gather_counts,
     gene_columns,
     get_matrix,
+    in_memory,
     inference_batch_size,
     input_kind,
     sparse_tensors_on,
@@ -117,9 +118,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         if adata is None:
             self._require_adata("annotate", takes_adata=True)
             x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-            if not (sparse.issparse(x) or isinstance(x, np.ndarray)):  # a backed AnnData
-                x = x[:]  # read into memory as stored (sparse stays sparse)
-            return CSRTensors.from_scipy(sparse.csr_matrix(x), dev), None
+            return CSRTensors.from_scipy(sparse.csr_matrix(in_memory(x)), dev), None
         check_is_anndata(adata)
         if adata.n_obs == 0:
             raise ValueError(

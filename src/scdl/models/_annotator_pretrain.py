@@ -10,11 +10,9 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING
 
-import numpy as np
-from scipy import sparse
 from scvi import REGISTRY_KEYS
 
-from scdl.data import align_to_genes, check_counts
+from scdl.data import align_to_genes, check_counts, in_memory
 from scdl.dataloaders import CSRBatches
 from scdl.train import MaskedExpressionPlan, guarded_training
 
@@ -67,9 +65,7 @@ class AnnotatorPretrainingMixin:
         accelerator, devices, device = resolve_device(accelerator, devices)
         if adata is None:
             self._require_adata("pretrain on", takes_adata=True)
-            x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-            if not (sparse.issparse(x) or isinstance(x, np.ndarray)):  # a backed AnnData
-                x = x[:]  # read into memory as stored (sparse stays sparse)
+            x = in_memory(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
         else:
             check_counts(adata, layer)
             x, _ = align_to_genes(adata, self.get_var_names(), layer=layer, what="model")

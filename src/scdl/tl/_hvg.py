@@ -47,10 +47,11 @@ def select_genes(
         x = x[:, np.asarray(gene_totals > 0)]
     if isinstance(x, sparse.sparray):  # scanpy's seurat_v3 takes scipy's sparse matrices only
         x = sparse.csr_matrix(x) if x.format == "csr" else sparse.csc_matrix(x)
-    if x.dtype == np.float16 or (not sparse.issparse(x) and x.dtype.kind in "iub"):
+    narrow_int = x.dtype.kind in "iu" and x.dtype.itemsize <= 4 and not sparse.issparse(x)
+    if x.dtype == np.float16 or narrow_int:
         # seurat_v3 squares the values in their own dtype: counts above ~256 overflow half
         # precision, and a dense integer matrix's squares wrap (uint16 above 255, int32 above
-        # 46,340): other genes chosen. Training reads float32 copies of minibatches anyway.
+        # 46,340): other genes chosen. int64 (e.g. read from a CSV) holds the squares: no copy.
         x = x.astype(np.float32)
     obs, keep = None, slice(None)
     if batch_key is not None:
