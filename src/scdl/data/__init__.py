@@ -34,6 +34,8 @@ from ._drug_checks import (
     shared_genes,
 )
 from ._drug_inputs import (
+    iter_profiles_from_counts,
+    iter_profiles_from_expression,
     matched_reference,
     neighbors_used,
     profiles_from_counts,
@@ -109,6 +111,8 @@ __all__ = [
     "matched_reference",
     "profiles_from_counts",
     "profiles_from_expression",
+    "iter_profiles_from_counts",
+    "iter_profiles_from_expression",
     "resolve_drugs",
     "select_model_genes",
     "shared_genes",

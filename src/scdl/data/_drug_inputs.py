@@ -22,7 +22,7 @@ from ._genes import gene_positions
 from ._rows import in_memory
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from anndata import AnnData
 
@@ -136,8 +136,6 @@ def _columns(x, positions: np.ndarray) -> np.ndarray:
 
 #: largest share of the rows one row is averaged over by :func:`neighbor_weights`
 MAX_NEIGHBOR_SHARE = 0.2
-#: rows made dense at a time when profiles are computed from counts
-_CHUNK_ROWS = 1024
 
 
 def neighbors_used(n_rows: int, n_neighbors: int) -> int:
@@ -149,15 +147,21 @@ def neighbors_used(n_rows: int, n_neighbors: int) -> int:
 
 
 def neighbor_weights(
-    profiles, n_neighbors: int, *, n_pcs: int = 30, random_state: int = 0
+    profiles,
+    n_neighbors: int,
+    *,
+    row_scale: np.ndarray | None = None,
+    n_pcs: int = 30,
+    random_state: int = 0,
 ) -> sparse.csr_matrix | None:
     """Sparse averaging matrix over each row's nearest neighbours (itself included) in PCA
-    space of log1p(``profiles``); None when no averaging is done.
+    space of log1p(``profiles`` x ``row_scale``, each row scaled by its factor); None when no
+    averaging is done.
 
-    ``profiles`` (rows x genes, e.g. counts per 10k; sparse stays sparse: the PCA centres
-    implicitly) are not densified. At most a fifth of the rows (``MAX_NEIGHBOR_SHARE``) are
-    averaged: with ``n_neighbors`` near the number of rows every row took the mean of all,
-    one prediction for a small query.
+    ``profiles`` (rows x genes, e.g. counts, with ``row_scale`` the factors to counts per 10k;
+    sparse stays sparse: the PCA centres implicitly) are not densified. At most a fifth of the
+    rows (``MAX_NEIGHBOR_SHARE``) are averaged: with ``n_neighbors`` near the number of rows
+    every row took the mean of all, one prediction for a small query.
     """
     n = profiles.shape[0]
     k = neighbors_used(n, n_neighbors)
@@ -168,9 +172,14 @@ def neighbor_weights(
 
     if sparse.issparse(profiles):
         logp = sparse.csr_matrix(profiles, dtype=np.float64, copy=True)
+        if row_scale is not None:
+            logp.data *= np.repeat(row_scale, np.diff(logp.indptr))
         logp.data = np.log1p(logp.data)
     else:
-        logp = np.log1p(np.asarray(profiles, dtype=np.float64))
+        logp = np.array(profiles, dtype=np.float64)
+        if row_scale is not None:
+            logp *= row_scale[:, None]
+        logp = np.log1p(logp, out=logp)
     n_comp = max(1, min(n_pcs, n - 1, profiles.shape[1] - 1))
     # exact PCA (ARPACK, as scanpy's default): sklearn's randomized solver samples over the
     # cells of a wide matrix, so each cell's neighbours depended on the order of the cells
@@ -198,28 +207,56 @@ def profiles_from_counts(
     the ``genes`` present (``scale``: z-scores, or ``"rank"``: normal quantiles of the
     ranks); genes absent from ``var_names`` are set to 0 (the profile's mean). Sparse counts
     stay sparse; rows are made dense a chunk at a time, so memory beyond the float32 result
-    does not grow with the number of cells.
+    does not grow with the number of cells. :func:`iter_profiles_from_counts` gives the same
+    rows a block at a time, without the whole result.
     """
+    blocks = iter_profiles_from_counts(
+        x, var_names, genes, n_neighbors=n_neighbors, target_sum=target_sum, scale=scale
+    )
+    return _stack(blocks, x.shape[0], len(genes))
+
+
+def iter_profiles_from_counts(
+    x,
+    var_names: pd.Index,
+    genes: pd.Index,
+    *,
+    n_neighbors: int = 0,
+    target_sum: float = 1e4,
+    scale: str = "zscore",
+    chunk_rows: int = 256,
+) -> Iterator[np.ndarray]:
+    """:func:`profiles_from_counts` a block of at most ``chunk_rows`` rows at a time (float32,
+    rows x ``genes``, in order), for steps that reduce each block (predictions, attributions):
+    memory then does not grow with the number of cells beyond the sparse counts of ``genes``
+    and the neighbour graph. The arguments are checked and the neighbours found on the call,
+    before the first block."""
     _check_scale(scale)
     positions = gene_positions(var_names, genes)
     x = in_memory(x)
     library = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
     library[library == 0] = 1.0
+    to_cp = target_sum / library  # each row's factor to counts per target_sum
     present = positions >= 0
     sub = x[:, positions[present]]
-    per_row = sparse.diags(target_sum / library)
-    if sparse.issparse(sub):
-        cp = sparse.csr_matrix(per_row @ sparse.csr_matrix(sub, dtype=np.float64))
-    else:
-        cp = np.asarray(sub, dtype=np.float64) * (target_sum / library)[:, None]
-    weights = neighbor_weights(cp, n_neighbors) if n_neighbors > 1 else None
-    out = np.zeros((x.shape[0], positions.size), dtype=np.float32)
-    for start in range(0, x.shape[0], _CHUNK_ROWS):
-        rows = slice(start, start + _CHUNK_ROWS)
-        block = cp[rows] if weights is None else weights[rows] @ cp
-        block = block.toarray() if sparse.issparse(block) else np.asarray(block)
-        out[rows, present] = SCALES[scale](np.log1p(block))
-    return out
+    sub = sparse.csr_matrix(sub) if sparse.issparse(sub) else np.asarray(sub)
+    # the counts are scaled a block at a time (no float64 copy of all of them): a block is
+    # W[rows] @ diag(to_cp) @ counts, W the neighbour average (the identity without one)
+    weights = neighbor_weights(sub, n_neighbors, row_scale=to_cp) if n_neighbors > 1 else None
+
+    def blocks() -> Iterator[np.ndarray]:
+        for start in range(0, x.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            if weights is None:
+                block = sparse.diags(to_cp[rows]) @ sub[rows]
+            else:
+                block = (weights[rows] @ sparse.diags(to_cp)) @ sub
+            block = block.toarray() if sparse.issparse(block) else np.asarray(block)
+            out = np.zeros((block.shape[0], positions.size), dtype=np.float32)
+            out[:, present] = SCALES[scale](np.log1p(block.astype(np.float64, copy=False)))
+            yield out
+
+    return blocks()
 
 
 def profiles_from_expression(
@@ -229,9 +266,40 @@ def profiles_from_expression(
 
     Each row is put on the common scale (``scale``, as in :func:`profiles_from_counts`);
     genes absent from ``var_names`` are set to 0 (the profile's mean).
+    :func:`iter_profiles_from_expression` gives the same rows a block at a time.
     """
+    blocks = iter_profiles_from_expression(x, var_names, genes, scale=scale)
+    return _stack(blocks, x.shape[0], len(genes))
+
+
+def iter_profiles_from_expression(
+    x, var_names: pd.Index, genes: pd.Index, *, scale: str = "zscore", chunk_rows: int = 256
+) -> Iterator[np.ndarray]:
+    """:func:`profiles_from_expression` a block of at most ``chunk_rows`` rows at a time
+    (float32, rows x ``genes``, in order); a sparse or backed matrix is read a block of rows
+    at a time."""
+    _check_scale(scale)
     positions = gene_positions(var_names, genes)
-    return _standardise_present(_columns(x, positions), positions >= 0, scale)
+    present = positions >= 0
+
+    def blocks() -> Iterator[np.ndarray]:
+        for start in range(0, x.shape[0], chunk_rows):
+            block = _columns(x[start : start + chunk_rows], positions)
+            out = np.zeros(block.shape, dtype=np.float32)
+            out[:, present] = SCALES[scale](block[:, present])
+            yield out
+
+    return blocks()
+
+
+def _stack(blocks: Iterator[np.ndarray], n_rows: int, n_cols: int) -> np.ndarray:
+    """The blocks' rows in one float32 array, filled in place (no second copy)."""
+    out = np.zeros((n_rows, n_cols), dtype=np.float32)
+    start = 0
+    for block in blocks:
+        out[start : start + block.shape[0]] = block
+        start += block.shape[0]
+    return out
 
 
 #: how a profile is put on the common scale: z-scores, or normal quantiles of ranks
@@ -241,13 +309,6 @@ SCALES = {"zscore": zscore_rows, "rank": rank_gauss_rows}
 def _check_scale(scale: str) -> None:
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {sorted(SCALES)}, got {scale!r}.")
-
-
-def _standardise_present(values: np.ndarray, present: np.ndarray, scale: str) -> np.ndarray:
-    _check_scale(scale)
-    out = np.zeros(values.shape, dtype=np.float32)
-    out[:, present] = SCALES[scale](values[:, present])
-    return out
 
 
 def matched_reference(

@@ -24,6 +24,7 @@ from scdl.data import (
     check_response,
     check_unique_var_names,
     get_matrix,
+    iter_profiles_from_counts,
     profiles_from_counts,
     profiles_from_expression,
     select_model_genes,
@@ -109,7 +110,10 @@ class DrugResponseModel(
         Saved registry, to build the model without data (used by :meth:`load`).
     target
         Single cells to adapt to, raw counts (cells x genes, gene symbols). ``None``: no
-        domain alignment (a bulk-only predictor).
+        domain alignment (a bulk-only predictor). They choose the model's genes (those they
+        share with the bulk data, see ``min_detected``); the network (``prediction`` other
+        than ``"wide"``) also trains on their profiles, held in memory as float32 cells x
+        genes.
     target_layer
         Layer of ``target`` holding the counts; ``None`` uses ``target.X``.
     genes
@@ -228,7 +232,9 @@ class DrugResponseModel(
             prediction=prediction,
         )
         self._target_profiles = None
-        if target is not None:
+        # only the network aligns to the cells: the ridges alone (prediction="wide") would
+        # hold a dense cells x genes matrix they never read
+        if target is not None and self.module.prediction != "wide":
             self._target_profiles = self._count_profiles(
                 get_matrix(target, target_layer), target.var_names, self.smooth_neighbors
             )
@@ -340,6 +346,12 @@ class DrugResponseModel(
     def _count_profiles(self, x, var_names: pd.Index, n_neighbors: int) -> np.ndarray:
         """Counts to the model's input: one code path for target cells and predictions."""
         return profiles_from_counts(
+            x, var_names, self.genes, n_neighbors=n_neighbors, scale=self.input_scale
+        )
+
+    def _count_profile_blocks(self, x, var_names: pd.Index, n_neighbors: int):
+        """:meth:`_count_profiles` a block of rows at a time (the same code path)."""
+        return iter_profiles_from_counts(
             x, var_names, self.genes, n_neighbors=n_neighbors, scale=self.input_scale
         )
 

@@ -22,8 +22,8 @@ from scdl.data import (
     check_is_anndata,
     check_profiles,
     get_matrix,
+    iter_profiles_from_expression,
     normalised_from_log1p,
-    profiles_from_expression,
     resolve_drugs,
     resolve_modality,
     shared_genes,
@@ -34,7 +34,7 @@ from ._attribution import integrated_gradients
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from anndata import AnnData
 
@@ -111,6 +111,30 @@ class DrugPredictionMixin:
         if adata is None:
             self._require_adata("predict", takes_adata=True)
             return self._bulk()[0]
+        blocks = self._profile_blocks(
+            adata, layer=layer, modality=modality, smooth_neighbors=smooth_neighbors
+        )
+        out = np.zeros((adata.n_obs, len(self.genes)), dtype=np.float32)
+        start = 0
+        for block in blocks:
+            out[start : start + len(block)] = block
+            start += len(block)
+        return out
+
+    def _profile_blocks(
+        self,
+        adata: AnnData | None,
+        *,
+        layer: str | None = None,
+        modality: Modality = "auto",
+        smooth_neighbors: int | None = None,
+    ) -> Iterator[np.ndarray]:
+        """:meth:`profiles` a block of rows at a time (float32, in order), so that a step
+        reducing each block never holds the whole cells x genes matrix. Everything is checked
+        (and the neighbours found) on the call, before the first block."""
+        if adata is None:
+            self._require_adata("predict", takes_adata=True)
+            return iter([self._bulk()[0]])
         if modality not in ("auto", "counts", "log1p", "profiles"):
             raise ValueError(
                 f"modality={modality!r} is not one of 'auto', 'counts', 'log1p', 'profiles'."
@@ -140,17 +164,25 @@ class DrugPredictionMixin:
                 x = normalised_from_log1p(adata, layer)
             else:
                 check_counts(adata, layer)
-            out = self._count_profiles(x, adata.var_names, k)
+            blocks = self._count_profile_blocks(x, adata.var_names, k)
         else:
             check_profiles(adata, layer)
-            out = profiles_from_expression(x, adata.var_names, self.genes, scale=self.input_scale)
-        if not present.all():
-            # The profile functions leave an absent gene at 0, the row's mean; the model
-            # centres each gene on its mean over the training lines, so only that value is
-            # neutral (0 shifted every prediction one way).
-            typical = self.module.gene_mean.detach().cpu().numpy().astype(out.dtype)
-            out[:, ~present] = typical[~present]
-        return out
+            blocks = iter_profiles_from_expression(
+                x, adata.var_names, self.genes, scale=self.input_scale
+            )
+        if present.all():
+            return blocks
+        # The profile functions leave an absent gene at 0, the row's mean; the model
+        # centres each gene on its mean over the training lines, so only that value is
+        # neutral (0 shifted every prediction one way).
+        typical = self.module.gene_mean.detach().cpu().numpy().astype(np.float32)[~present]
+
+        def filled() -> Iterator[np.ndarray]:
+            for block in blocks:
+                block[:, ~present] = typical
+                yield block
+
+        return filled()
 
     def predict(
         self,
@@ -179,7 +211,9 @@ class DrugPredictionMixin:
             (``drug_stats_["median"]``, the threshold; probability > 0.5), else 0;
             ``"sd"``: the per-cell uncertainty, the sd of the value over ensemble members.
             A list of kinds returns a dict of DataFrames by kind, from one pass over the data
-            (the cells' profiles, with their neighbour smoothing, are computed once).
+            (the cells' profiles, with their neighbour smoothing, are computed once). The
+            profiles are made and reduced to the drugs' columns a block of cells at a time,
+            so the dense cells x genes matrix of :meth:`profiles` is never held.
         layer, modality, smooth_neighbors
             As in :meth:`profiles`.
 
@@ -201,22 +235,31 @@ class DrugPredictionMixin:
         if bad or not kinds:
             raise ValueError(f"kind={kind!r}: each kind must be one of {KINDS}.")
         drugs = resolve_drugs(drugs, self.drugs)
-        profiles = self.profiles(
+        blocks = self._profile_blocks(
             adata, layer=layer, modality=modality, smooth_neighbors=smooth_neighbors
         )
         cols = [self.drugs.index(d) for d in drugs]
         index = self.adata.obs_names if adata is None else adata.obs_names
+        want_sd = "sd" in kinds
+        want_value = bool(set(kinds) & {"value", "probability", "label"})
+        # each block of profiles is reduced to the drugs' columns before the next is made
+        sds, values = [], []
+        for block in blocks:
+            if want_sd:
+                members = self._run(block, self.module.member_predictions)[:, :, cols]
+                sds.append(members.std(axis=0))
+            if want_value:
+                values.append(self._run(block, self.module.predict)[:, cols])
 
-        def table(values: np.ndarray) -> pd.DataFrame:
+        def table(parts: list) -> pd.DataFrame:
+            values = np.concatenate(parts) if parts else np.zeros((0, len(cols)), np.float32)
             return pd.DataFrame(values, index=index.copy(), columns=pd.Index(drugs))
 
         out = {}
-        if "sd" in kinds:
-            out["sd"] = table(
-                self._run(profiles, self.module.member_predictions)[:, :, cols].std(axis=0)
-            )
-        if set(kinds) & {"value", "probability", "label"}:
-            value = table(self._run(profiles, self.module.predict)[:, cols])
+        if want_sd:
+            out["sd"] = table(sds)
+        if want_value:
+            value = table(values)
             out["value"] = value
             out["probability"] = self.sensitive_probability(value)
             out["label"] = self.sensitive_label(value)
@@ -304,7 +347,9 @@ class DrugPredictionMixin:
             Integration steps (a ridge-only model, ``prediction="wide"``, is linear in the
             profile: its attributions are exact in one step, which it takes).
         batch_size
-            Cells per chunk.
+            Cells per chunk of the integration. The profiles are made a block of cells at a
+            time and the attributions summed over cells as they come, so neither cells x
+            genes matrix is held whole.
 
         Returns
         -------
@@ -325,22 +370,31 @@ class DrugPredictionMixin:
         check_positive_int(batch_size, "batch_size")
         (drug,) = resolve_drugs([drug], self.drugs)
         j = self.drugs.index(drug)
-        profiles = self.profiles(adata, layer=layer, modality=modality)
+        blocks = self._profile_blocks(adata, layer=layer, modality=modality)
         self.module.eval()
-        inputs = torch.from_numpy(profiles).to(self.device)
         # from zeros (the median rank / mean z-score) the attributions explained the gap to an
         # arbitrary point: the same bulk-vs-cell offsets topped every line's list
-        typical = self.module.gene_mean.to(inputs.dtype)[None]
-        attr = integrated_gradients(
-            lambda x: self.module.predict(x)[:, j : j + 1],
-            inputs,
-            target=0,
-            baseline=typical,
-            # the ridges alone are linear in the profile: one step is exact (32x less work)
-            n_steps=1 if self.module.prediction == "wide" else n_steps,
-            batch_size=batch_size,
-        )
-        mean = attr.mean(axis=0)
+        typical = self.module.gene_mean[None]
+        # sums over cells, a block of profiles at a time: never cells x genes at once
+        n_genes = len(self.genes)
+        total, total_abs, total_input = (np.zeros(n_genes, dtype=np.float64) for _ in range(3))
+        n_cells = 0
+        for block in blocks:
+            attr = integrated_gradients(
+                lambda x: self.module.predict(x)[:, j : j + 1],
+                torch.from_numpy(block).to(self.device),
+                target=0,
+                baseline=typical.to(self.device, torch.float32),
+                # the ridges alone are linear in the profile: one step is exact (32x less work)
+                n_steps=1 if self.module.prediction == "wide" else n_steps,
+                batch_size=batch_size,
+            )
+            total += attr.sum(axis=0, dtype=np.float64)
+            total_abs += np.abs(attr).sum(axis=0, dtype=np.float64)
+            total_input += block.sum(axis=0, dtype=np.float64)
+            n_cells += len(block)
+        n_cells = max(n_cells, 1)
+        mean = total / n_cells
         order = np.argsort(-np.abs(mean), kind="stable")
         out = pd.DataFrame(
             {
@@ -348,8 +402,8 @@ class DrugPredictionMixin:
                 "gene": np.asarray(self.genes, dtype=object)[order],
                 "attribution": mean[order],
                 "rank": np.arange(1, len(order) + 1),
-                "mean_abs_attribution": np.abs(attr).mean(axis=0)[order],
-                "mean_input": profiles.mean(axis=0)[order],
+                "mean_abs_attribution": (total_abs / n_cells)[order],
+                "mean_input": (total_input / n_cells)[order],
             }
         )
         # what the units and signs mean, for pl.attributions' axis
