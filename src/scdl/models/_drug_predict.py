@@ -246,10 +246,10 @@ class DrugPredictionMixin:
         sds, values = [], []
         for block in blocks:
             if want_sd:
-                members = self._run(block, self.module.member_predictions)[:, :, cols]
+                members = self._run(block, lambda x: self.module.member_predictions(x, cols))
                 sds.append(members.std(axis=0))
             if want_value:
-                values.append(self._run(block, self.module.predict)[:, cols])
+                values.append(self._run(block, lambda x: self.module.predict(x, cols)))
 
         def table(parts: list) -> pd.DataFrame:
             values = np.concatenate(parts) if parts else np.zeros((0, len(cols)), np.float32)
@@ -381,7 +381,7 @@ class DrugPredictionMixin:
         n_cells = 0
         for block in blocks:
             attr = integrated_gradients(
-                lambda x: self.module.predict(x)[:, j : j + 1],
+                lambda x: self.module.predict(x, [j]),
                 torch.from_numpy(block).to(self.device),
                 target=0,
                 baseline=typical.to(self.device, torch.float32),

@@ -245,10 +245,14 @@ class DrugResponseModule(BaseModuleClass):
         """Standardised responses of each member's deep part (members x profiles x drugs)."""
         return {"y": torch.stack([m.head(z[k]) for k, m in enumerate(self.members)])}
 
-    def _ridge(self, x: torch.Tensor) -> torch.Tensor:
-        """Each member's ridge prediction, standardised (members x profiles x drugs)."""
+    def _ridge(self, x: torch.Tensor, drugs: list[int] | None = None) -> torch.Tensor:
+        """Each member's ridge prediction, standardised (members x profiles x drugs), for
+        the drugs at positions ``drugs`` (all when ``None``)."""
         xs = self._standardise(x)  # called in eval mode: no input noise
-        return torch.einsum("pg,kdg->kpd", xs, self.ridge_weight) + self.ridge_bias[:, None]
+        weight, bias = self.ridge_weight, self.ridge_bias
+        if drugs is not None:  # the product's cost is per drug: only those asked for
+            weight, bias = weight[:, drugs], bias[:, drugs]
+        return torch.einsum("pg,kdg->kpd", xs, weight) + bias[:, None]
 
     def loss(
         self,
@@ -286,27 +290,41 @@ class DrugResponseModule(BaseModuleClass):
         return LossOutput(loss=loss, reconstruction_loss=per_line, extra_metrics=extra)
 
     @torch.inference_mode()
-    def member_predictions(self, x: torch.Tensor) -> torch.Tensor:
-        """Each member's responses in the table's units (members x profiles x drugs)."""
-        return self.predict_std(x, average=False) * self.drug_scale + self.drug_mean
+    def member_predictions(self, x: torch.Tensor, drugs: list[int] | None = None) -> torch.Tensor:
+        """Each member's responses in the table's units (members x profiles x drugs), for the
+        drugs at positions ``drugs`` (all when ``None``)."""
+        scale, mean = self._drug_stats(drugs)
+        return self.predict_std(x, average=False, drugs=drugs) * scale + mean
 
-    def predict_std(self, x: torch.Tensor, *, average: bool = True) -> torch.Tensor:
-        """Standardised responses, averaged over members unless ``average=False``.
+    def predict_std(
+        self, x: torch.Tensor, *, average: bool = True, drugs: list[int] | None = None
+    ) -> torch.Tensor:
+        """Standardised responses, averaged over members unless ``average=False``, for the
+        drugs at positions ``drugs`` (all when ``None``).
 
         Differentiable (used for gene attributions); call in eval mode.
         """
         if self.prediction == "wide":
-            y = self._ridge(x)
+            y = self._ridge(x, drugs)
         else:
             y = self.generative(self.inference(x)["z"])["y"]
+            if drugs is not None:
+                y = y[..., drugs]
         if self.prediction == "wide_deep":
             # wide & deep: the mean of the deep and the ridge prediction
-            y = 0.5 * (y + self._ridge(x))
+            y = 0.5 * (y + self._ridge(x, drugs))
         return y.mean(0) if average else y
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Ensemble-mean responses in the table's units (profiles x drugs); differentiable."""
-        return self.predict_std(x) * self.drug_scale + self.drug_mean
+    def predict(self, x: torch.Tensor, drugs: list[int] | None = None) -> torch.Tensor:
+        """Ensemble-mean responses in the table's units (profiles x drugs), for the drugs at
+        positions ``drugs`` (all when ``None``); differentiable."""
+        scale, mean = self._drug_stats(drugs)
+        return self.predict_std(x, drugs=drugs) * scale + mean
+
+    def _drug_stats(self, drugs: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if drugs is None:
+            return self.drug_scale, self.drug_mean
+        return self.drug_scale[drugs], self.drug_mean[drugs]
 
     def sample(self, *args, **kwargs):
         raise NotImplementedError("The drug-response module is not generative.")
