@@ -1,4 +1,4 @@
-"""The tutorials run end to end.
+"""The tutorials run end to end, and the results their text states hold.
 
 Each notebook in ``tutorials/`` is executed from its committed source (the committed outputs are
 never overwritten), cell by cell, in a temporary working folder, by an IPython shell inside the
@@ -38,6 +38,87 @@ NEEDS_DATA = {
     ),
 }
 CELL_TIMEOUT_S = 1200  # per cell: a cell that hangs fails its notebook, not the whole run
+
+
+# --- what each tutorial's text states about its results, checked on the run's namespace ---
+
+
+def _ari(truth, pred) -> float:
+    from sklearn.metrics import adjusted_rand_score
+
+    return adjusted_rand_score(truth, pred)
+
+
+def _claims_integration(ns: dict) -> dict:
+    adata, pca, metrics = ns["adata"], ns["pca"], ns["metrics"]
+    scdl_ari = _ari(adata.obs["cell_type"], adata.obs["scdl_cluster"])
+    pca_ari = _ari(adata.obs["cell_type"], pca.obs["leiden"])
+    # "its clusters follow the samples as much as the cell types (ARI 0.46 against 0.72)"
+    assert scdl_ari > pca_ari + 0.1, (scdl_ari, pca_ari)
+    # "auto" never goes below 0.4
+    assert adata.uns["scdl_auto"]["resolution"] >= 0.4
+    # the 60-epoch run mixes the samples better than PCA and scores below Harmony's 0.756
+    assert metrics.loc["X_scdl", "Batch correction"] > metrics.loc["X_pca", "Batch correction"]
+    assert metrics.loc["X_pca", "Total"] < metrics.loc["X_scdl", "Total"] < 0.756
+    return {"scdl ARI": scdl_ari, "PCA ARI": pca_ari, "total": metrics.loc["X_scdl", "Total"]}
+
+
+def _claims_annotation(ns: dict) -> dict:
+    cells, query = ns["cells"], ns["query"]
+    shipped = (cells.obs["scdl_cell_type"] == cells.obs["cell_type"].astype(str)).mean()
+    # the shipped annotator on its held-out cells: above the card's logistic regression (87.1%)
+    assert shipped > 0.871 and not cells.obs["scdl_cell_type_unknown"].any(), shipped
+    # own reference: "logistic regression does as well"
+    own = (query.obs["scdl_cell_type"] == query.obs["cell_type"].astype(str)).mean()
+    assert abs(own - ns["right"].mean()) <= 0.03, (own, ns["right"].mean())
+    # without B cells: "it calls the query's B cells Unknown"
+    is_b, unknown = ns["is_b"], ns["unknown"]
+    assert unknown[is_b].mean() >= 0.9 and unknown[~is_b].mean() <= 0.05
+    return {"shipped": shipped, "own": own, "B Unknown": unknown[is_b].mean()}
+
+
+def _claims_contrastive(ns: dict) -> dict:
+    top = ns["adata"].uns["X_scdl_salient"]["salient_genes"]["gene"].head(10).tolist()
+    # "interferon-stimulated genes (ISG15, IFIT1/3, IFI6, MX1, ...) come first"
+    assert {"ISG15", "IFIT1", "IFIT3", "IFI6", "MX1"} <= set(top), top
+    # "a Wilcoxon test of stimulated against control cells finds most of the same genes"
+    shared = len(ns["wilcoxon"] & ns["salient"])
+    assert shared > 25, shared
+    return {"top 5": top[:5], "shared with Wilcoxon": shared}
+
+
+def _claims_drug_response(ns: dict) -> dict:
+    predicted, measured = ns["predicted"], ns["measured"]
+    # "HCC827 is the lowest predicted line for all three inhibitors"
+    lowest = predicted[ns["egfr"]].idxmin().tolist()
+    assert lowest == ["HCC827"] * len(ns["egfr"]), lowest
+    # "across all drugs, predictions track the measured values"
+    from scipy.stats import spearmanr
+
+    rho = {}
+    for line in predicted.index:
+        ok = measured.loc[line].notna()
+        rho[line] = spearmanr(measured.loc[line, ok], predicted.loc[line, ok])[0]
+    assert min(rho.values()) > 0.5, rho
+    return {"Spearman per line": rho}
+
+
+def _claims_reference_mapping(ns: dict) -> dict:
+    mapped, projected = ns["accuracy"], ns["right"].mean()
+    # "most query cells fall onto the matching reference cell types"; "here the simple
+    # projection transfers labels better": the text says so, so a change that reverses it
+    # must change the text too
+    assert mapped > 0.8 and projected >= mapped, (mapped, projected)
+    return {"mapped": mapped, "PCA projection": projected}
+
+
+CLAIMS = {
+    "01_integration.ipynb": _claims_integration,
+    "02_annotation.ipynb": _claims_annotation,
+    "03_contrastive.ipynb": _claims_contrastive,
+    "04_drug_response.ipynb": _claims_drug_response,
+    "05_reference_mapping.ipynb": _claims_reference_mapping,
+}
 
 
 @contextmanager
@@ -83,6 +164,7 @@ def shell(tmp_path_factory):
 def test_every_tutorial_is_tested():
     assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05"]
     assert set(NEEDS_DATA) <= {p.name for p in NOTEBOOKS}
+    assert set(CLAIMS) == {p.name for p in NOTEBOOKS}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -109,6 +191,8 @@ def test_tutorial_runs(path, shell, tmp_path, monkeypatch):
                 pytest.fail(
                     f"{path.name}, code cell {i}: {type(error).__name__}: {error}", pytrace=False
                 )
+        # the results the notebook's text states hold on this run
+        found = CLAIMS[path.name](shell.user_ns)
     finally:
         plt.close("all")
-    print(f"{path.name}: {time.perf_counter() - t0:.0f} s")
+    print(f"{path.name}: {time.perf_counter() - t0:.0f} s; {found}")
