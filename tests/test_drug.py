@@ -1010,9 +1010,22 @@ def test_model_arguments_and_data_are_checked_up_front(bulk_train, cellbench, tm
         ({"ridge_alpha": [1.0, 0.0]}, "ridge_alpha must be a positive number"),
         ({"min_detected": -1}, r"min_detected must be a fraction in \[0, 1\]"),
         ({"min_detected": 2.0}, r"min_detected must be a fraction in \[0, 1\]"),
+        # the network's settings, named (torch's errors did not; 0 or < 0 trained silently)
+        ({"n_hidden": 0}, "n_hidden must be a positive integer"),
+        ({"n_latent": -3}, "n_latent must be a positive integer"),
+        ({"dropout_rate": 1.5}, r"dropout_rate must be a fraction in \[0, 1\)"),
+        ({"input_noise": float("nan")}, "input_noise must be a finite number >= 0"),
+        ({"mmd_weight": -1.0}, "mmd_weight must be a finite number >= 0"),
+        # the ridges' paths without a ridge (before: the network alone, silently)
+        ({"prediction": "wide", "ridge_alpha": None}, "needs the ridges.*prediction='deep'"),
+        ({"prediction": "wide_deep", "ridge_alpha": None}, "needs the ridges"),
+        ({"prediction": "ridge"}, "prediction='ridge' is not one of"),
     ):
         with pytest.raises(ValueError, match=match):
             scdl.models.DrugResponseModel(bulk_train, target=cellbench, **kwargs)
+    # ridge_alpha=None alone: the network alone, as documented
+    deep = scdl.models.DrugResponseModel(bulk_train, ridge_alpha=None, n_top_genes=50, **SMALL)
+    assert deep.module.prediction == "deep" and len(deep.module.members) == SMALL["n_ensemble"]
     trained.save(tmp_path / "m")
     loaded = scdl.models.DrugResponseModel.load(tmp_path / "m")
     with pytest.raises(ValueError, match="loaded without data.*the bulk cell lines it was"):
@@ -1020,6 +1033,46 @@ def test_model_arguments_and_data_are_checked_up_front(bulk_train, cellbench, tm
     assert loaded.predict(cellbench[:5], drugs=["Gefitinib"]).shape == (5, 1)
     with pytest.raises(ValueError, match=r"takes the bulk cell lines.*predict\(\)"):
         scdl.models.DrugResponseModel.load(tmp_path / "m", adata=cellbench.copy())
+
+
+def test_bulk_expression_in_a_layer_is_read_for_gene_selection(bulk_train):
+    """``setup_anndata(layer=)``: the most variable genes are ranked on that layer (they were
+    ranked on X), and a bulk AnnData whose X is empty builds and trains."""
+    n_top = 300
+    from_x = scdl.models.DrugResponseModel(bulk_train, n_top_genes=n_top, **SMALL).genes
+    in_layer = ad.AnnData(
+        X=None,
+        obs=bulk_train.obs.copy(),
+        var=bulk_train.var[[]].copy(),
+        obsm={"ln_ic50": bulk_train.obsm["ln_ic50"].copy()},
+        layers={"expr": np.asarray(bulk_train.X).copy()},
+    )
+    scdl.models.DrugResponseModel.setup_anndata(in_layer, response_key="ln_ic50", layer="expr")
+    model = scdl.models.DrugResponseModel(in_layer, n_top_genes=n_top, **SMALL)
+    assert list(model.genes) == list(from_x)
+    model.train()
+    assert model.predict().shape == (in_layer.n_obs, len(model.drugs))
+
+
+def test_a_deep_model_saved_with_prediction_wide_and_no_ridge_loads(bulk_train, tmp_path):
+    """Before ``prediction`` was checked, ``ridge_alpha=None`` with the default
+    ``prediction="wide"`` built the network alone and saved that pair: it loads as that."""
+    import json
+
+    model = scdl.models.DrugResponseModel(bulk_train, ridge_alpha=None, n_top_genes=100, **SMALL)
+    model.train(max_epochs=2, enable_progress_bar=False)
+    model.save(tmp_path / "deep")
+    as_saved_before_config_checksum(tmp_path / "deep")
+    path = tmp_path / "deep" / "config.json"
+    config = json.loads(path.read_text())
+    config["attrs"]["init_params_"]["non_kwargs"]["prediction"] = "wide"  # as it was saved
+    path.write_text(json.dumps(config))
+    loaded = scdl.models.DrugResponseModel.load(tmp_path / "deep")
+    assert loaded.module.prediction == "deep"
+    some = bulk_train[:20]
+    pd.testing.assert_frame_equal(
+        model.predict(some, modality="profiles"), loaded.predict(some, modality="profiles")
+    )
 
 
 def test_nullable_response_columns_train(gdsc):

@@ -252,6 +252,12 @@ def test_no_validation_cell_is_refused_before_training_however_the_split_is_give
 
     CellTypeTransformer.setup_anndata(adata, labels_key="cell_type")
     ann = CellTypeTransformer(adata)
+    # the linear head's strength, by its own name (scikit-learn's error named `C`), and the
+    # saved value left as it was by a refused call
+    for bad in ({"linear_C": 0.0}, {"linear_C": -1.0}, {"lr": 0.0}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be a positive number"):
+            ann.train(max_epochs=1, **bad)
+        assert ann.linear_C_ is None and not ann.is_trained
     with pytest.warns(UserWarning, match="leave `validation_size` unset"):
         ann.train(max_epochs=1, validation_size=0.0, enable_progress_bar=False)
 

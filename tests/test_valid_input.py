@@ -7,8 +7,10 @@ valid: every model and ``tl`` step takes them, with at most a log line or a warn
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import read_shared
 from scipy import sparse
@@ -282,6 +284,28 @@ def test_integrate_on_too_few_cells_to_rank_genes_uses_every_expressed_gene(kang
         scdl.tl.integrate(adata, n_top_genes=300, max_epochs=1, progress_bar=False)
     assert list(adata.uns["X_scdl"]["var_names"]) == list(expressed)
     assert np.isfinite(adata.obsm["X_scdl"]).all()
+
+
+def test_integrate_ranks_genes_on_a_few_hundred_droplet_cells():
+    """500 droplet cells hold ~1,500 genes seen in one cell, which make seurat_v3's loess
+    singular over every gene (scanpy raises): the genes with counts in >= 3 cells are ranked,
+    and n_top_genes holds (before: every expressed gene, with a warning blaming the cells)."""
+    full = read_shared("kang_pbmc_14k.h5ad")
+    adata = full[np.sort(np.random.default_rng(0).choice(full.n_obs, 500, replace=False))].copy()
+    detected = np.asarray((adata.X > 0).sum(0)).ravel()
+    assert (detected == 1).sum() > 1000  # the case: many genes seen in one cell
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback warning
+        scdl.tl.integrate(adata, n_top_genes=2000, max_epochs=1, progress_bar=False)
+    genes = pd.Index(adata.uns["X_scdl"]["var_names"])
+    assert len(genes) == 2000
+    assert (detected[adata.var_names.get_indexer(genes)] >= 3).all()
+    # scanpy's ranking of the same genes after sc.pp.filter_genes(min_cells=3)
+    import scanpy as sc
+
+    filtered = adata[:, detected >= 3].copy()
+    hvg = sc.pp.highly_variable_genes(filtered, flavor="seurat_v3", n_top_genes=2000, inplace=False)
+    assert set(genes) == set(filtered.var_names[hvg["highly_variable"].to_numpy()])
 
 
 def test_tl_integrate_takes_a_scipy_sparse_array(kang):

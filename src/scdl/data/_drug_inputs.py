@@ -32,6 +32,7 @@ def select_model_genes(
     target: AnnData | None = None,
     target_layer: str | None = None,
     *,
+    bulk_layer: str | None = None,
     genes: Sequence[str] | None = None,
     n_top_genes: int | None = None,
     min_detected: float = 0.0,
@@ -39,7 +40,8 @@ def select_model_genes(
     """The genes a drug-response model uses: ``genes`` when given (checked against ``bulk``),
     else those shared by ``bulk`` and ``target`` (all of ``bulk``'s without a target),
     detected (count > 0) in at least ``min_detected`` of the target cells, then the
-    ``n_top_genes`` that vary most across the bulk profiles."""
+    ``n_top_genes`` that vary most across the bulk profiles (``bulk.layers[bulk_layer]``, or
+    ``bulk.X``; read only when ``n_top_genes`` leaves genes out)."""
     if genes is not None:
         genes = pd.Index([str(g) for g in genes])
         if genes.has_duplicates:
@@ -73,8 +75,13 @@ def select_model_genes(
                     f"{min_detected:.0%} of the target cells; lower `min_detected`."
                 )
             genes = kept
-    profiles = profiles_from_expression(get_matrix(bulk), bulk.var_names, genes)
-    return select_variable_genes(profiles, genes, n_top_genes)
+    from ._checks import check_positive_int
+
+    n_top = check_positive_int(n_top_genes, "n_top_genes", none="every gene")
+    if n_top is None or n_top >= len(genes):
+        return genes
+    profiles = profiles_from_expression(get_matrix(bulk, bulk_layer), bulk.var_names, genes)
+    return select_variable_genes(profiles, genes, n_top)
 
 
 def select_variable_genes(profiles: np.ndarray, genes: pd.Index, n_top: int | None) -> pd.Index:

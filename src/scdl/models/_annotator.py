@@ -19,6 +19,7 @@ from scdl.data import (
     check_count_setup,
     check_fraction,
     check_positive_int,
+    check_positive_number,
     log_normalize_counts,
 )
 from scdl.dataloaders import FastDataSplitter
@@ -473,6 +474,10 @@ class CellTypeTransformer(
             )
         if not 0 <= unknown_rate < 0.5:
             raise ValueError(f"unknown_rate must be in [0, 0.5), got {unknown_rate}.")
+        # refused by its own name (scikit-learn's error names `C`), before anything is set
+        linear_C = check_positive_number(
+            linear_C, "linear_C", meaning="inverse L2 strength of the linear head"
+        )
         # a budget of ~1,500 minibatches: small references need many passes
         max_epochs, batch_size = plan_training(
             self._require_adata().n_obs,
@@ -502,7 +507,6 @@ class CellTypeTransformer(
             **(datasplitter_kwargs or {}),
         )
         training_plan = self._training_plan_cls(self.module, **plan)
-        self.linear_C_ = float(linear_C)
         with guarded_training(self, kwargs, lr=plan["lr"]):
             if self.module.linear is not None:
                 splitter.setup()  # the same seeded split Lightning will use
@@ -517,6 +521,7 @@ class CellTypeTransformer(
                 **kwargs,
             )
             out = runner()
+        self.linear_C_ = linear_C  # kept only once training went through
         self._calibrate_after_training(splitter, unknown_rate=unknown_rate, linear_C=linear_C)
         return out
 

@@ -18,6 +18,7 @@ from scdl.data import (
     check_counts,
     check_fraction,
     check_is_anndata,
+    check_non_negative,
     check_positive_int,
     check_positive_number,
     check_profiles,
@@ -158,7 +159,8 @@ class DrugResponseModel(
         ``"wide"``: the ridge alone, no network (``n_hidden``, ``n_latent``,
         ``dropout_rate``, ``input_noise``, ``mmd_weight`` and ``match_neighbors`` then do
         nothing); ``"wide_deep"``: the mean of the network and the ridge; ``"deep"``: the
-        network alone.
+        network alone. ``None`` (default): ``"wide"``, or ``"deep"`` with
+        ``ridge_alpha=None``. ``"wide"`` and ``"wide_deep"`` need a ``ridge_alpha``.
 
     Examples
     --------
@@ -200,11 +202,13 @@ class DrugResponseModel(
         match_neighbors: int = 10,
         input_scale: Literal["zscore", "rank"] = "rank",
         ridge_alpha: float | Sequence[float] | None = 3162.0,
-        prediction: Literal["wide", "wide_deep", "deep"] = "wide",
+        prediction: Literal["wide", "wide_deep", "deep"] | None = None,
     ):
         n_ensemble = check_positive_int(n_ensemble, "n_ensemble")  # stored as a plain int
         _check_model_args(adata, target, target_layer, input_scale)
         _check_sizes(n_top_genes, smooth_neighbors, match_neighbors, ridge_alpha)
+        _check_network(n_hidden, n_latent, dropout_rate, input_noise, mmd_weight)
+        prediction = _resolve_prediction(prediction, ridge_alpha)
         check_fraction(min_detected, "min_detected", meaning="of the target cells")
         super().__init__(adata, registry)
         self.drugs = [str(d) for d in self._drug_names()]
@@ -212,6 +216,7 @@ class DrugResponseModel(
             adata,
             target,
             target_layer,
+            bulk_layer=None if adata is None else self.registry_["setup_args"].get("layer"),
             genes=genes,
             n_top_genes=n_top_genes,
             min_detected=min_detected,
@@ -254,6 +259,17 @@ class DrugResponseModel(
         self.init_params_ = self._get_init_params(locals())
         # load() rebuilds the module from the genes chosen here, without the target cells
         self.init_params_["non_kwargs"]["genes"] = [str(g) for g in self.genes]
+
+    @staticmethod
+    def _saved_init_params(init: dict) -> dict:
+        """Saved options as this version reads them: a model saved with ``ridge_alpha=None``
+        and ``prediction`` "wide" or "wide_deep" was built as the network alone (such a pair
+        is refused now)."""
+        given = init["non_kwargs"]
+        if "ridge_alpha" in given and given["ridge_alpha"] is None:
+            if given.get("prediction") in ("wide", "wide_deep"):
+                given = {**given, "prediction": "deep"}
+        return {**init, "non_kwargs": given}
 
     def _on_load(self) -> None:
         # the target cells are not saved, their number is (a loaded model has no `target`)
@@ -517,6 +533,35 @@ def _check_sizes(n_top_genes, smooth_neighbors, match_neighbors, ridge_alpha) ->
         meaning = "or a sequence of them, chosen per drug by cross-validation; None: no ridge"
         for a in alphas or [None]:
             check_positive_number(a, "ridge_alpha", meaning=meaning)
+
+
+def _check_network(n_hidden, n_latent, dropout_rate, input_noise, mmd_weight) -> None:
+    """The network's settings, refused by name before anything is built (torch's errors do not
+    name them, and a zero or negative value would otherwise train a constant or silently mean
+    "off")."""
+    check_positive_int(n_hidden, "n_hidden")
+    check_positive_int(n_latent, "n_latent")
+    check_fraction(dropout_rate, "dropout_rate", meaning="the encoder's dropout", below_one=True)
+    check_non_negative(input_noise, "input_noise", meaning="sd of the training noise; 0: none")
+    check_non_negative(mmd_weight, "mmd_weight", meaning="0 turns the alignment off")
+
+
+def _resolve_prediction(prediction, ridge_alpha) -> str:
+    """``prediction`` given ``ridge_alpha``: ``None`` means the ridge alone, or the network
+    alone without a ridge; a path that needs the ridge is refused without one."""
+    if prediction is None:
+        return "deep" if ridge_alpha is None else "wide"
+    if prediction not in ("wide", "wide_deep", "deep"):
+        raise ValueError(
+            f"prediction={prediction!r} is not one of 'wide', 'wide_deep', 'deep' (or None)."
+        )
+    if ridge_alpha is None and prediction != "deep":
+        raise ValueError(
+            f"prediction={prediction!r} needs the ridges, which ridge_alpha=None drops: pass "
+            "a ridge_alpha (e.g. 3162.0, the default), or prediction='deep' for the network "
+            "alone."
+        )
+    return prediction
 
 
 def _warn_unused_training_options(train, **given) -> None:

@@ -298,6 +298,8 @@ def _initialize_model(cls, adata, registry: dict, attrs: dict):
     import inspect
 
     init = attrs.pop("init_params_")
+    if hasattr(cls, "_saved_init_params"):  # options whose meaning changed since the save
+        init = cls._saved_init_params(init)
     kwargs = {k: v for group in init["kwargs"].values() for k, v in group.items()}
     if "registry" in inspect.signature(cls).parameters:
         kwargs["registry"] = registry

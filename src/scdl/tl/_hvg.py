@@ -97,8 +97,44 @@ def _ranking_groups(batch: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return labels, keep
 
 
+#: a gene must have counts in this many cells to be ranked when the trend over every gene
+#: cannot be fitted (scanpy's tutorials filter with the same number)
+MIN_RANKED_CELLS = 3
+
+
 def _seurat_v3(tmp: AnnData, n_top_genes: int, batch_key: str | None) -> pd.DataFrame:
-    """scanpy's seurat_v3 ranking, per batch where the trend can be fitted, else pooled."""
+    """scanpy's seurat_v3 ranking, per batch where the trend can be fitted, else pooled; if
+    neither fits over every gene, over the genes with counts in at least
+    ``MIN_RANKED_CELLS`` cells (the others ranked last)."""
+    out = _seurat_v3_fit(tmp, n_top_genes, batch_key, warn=True)
+    if out is not None:
+        return out
+    # Genes seen in one or two cells all sit at nearly one (mean, variance) point, which makes
+    # the loess fit singular on a few hundred droplet cells; scanpy users filter them first
+    # (sc.pp.filter_genes(min_cells=3)).
+    from scipy import sparse
+
+    x = tmp.X
+    detected = np.asarray(x.getnnz(axis=0) if sparse.issparse(x) else (x != 0).sum(axis=0))
+    keep = detected.ravel() >= MIN_RANKED_CELLS
+    if n_top_genes < keep.sum() < tmp.n_vars:
+        out = _seurat_v3_fit(tmp[:, keep].copy(), n_top_genes, batch_key, warn=False)
+        if out is not None:
+            return out.reindex(tmp.var_names)  # unranked genes: NaN rank, not variable
+    warn_user(
+        f"Highly variable genes could not be ranked on {tmp.n_obs} cells (seurat_v3's variance "
+        "trend could not be fitted, also over the genes with counts in at least "
+        f"{MIN_RANKED_CELLS} cells); every expressed gene is used, as with n_top_genes=None.",
+        UserWarning,
+    )
+    return pd.DataFrame({"highly_variable": np.ones(tmp.n_vars, dtype=bool)})
+
+
+def _seurat_v3_fit(
+    tmp: AnnData, n_top_genes: int, batch_key: str | None, *, warn: bool
+) -> pd.DataFrame | None:
+    """scanpy's seurat_v3 ranking, per batch where the trend can be fitted, else pooled;
+    ``None`` when neither can be fitted."""
 
     import scanpy as sc
 
@@ -111,21 +147,17 @@ def _seurat_v3(tmp: AnnData, n_top_genes: int, batch_key: str | None) -> pd.Data
         try:
             return rank("batch")
         except ValueError:  # a singular loess fit in one batch
-            warn_user(
-                f"Highly variable genes could not be ranked within each batch of "
-                f"adata.obs[{batch_key!r}] (seurat_v3's variance trend could not be fitted in "
-                "a batch: too few cells, or too few genes with counts in it); they are ranked "
-                "ignoring the batches.",
-                UserWarning,
-            )
+            if warn:
+                warn_user(
+                    f"Highly variable genes could not be ranked within each batch of "
+                    f"adata.obs[{batch_key!r}] (seurat_v3's variance trend could not be fitted "
+                    "in a batch: too few cells, or too few genes with counts in it); they are "
+                    "ranked ignoring the batches.",
+                    UserWarning,
+                )
     if tmp.n_obs >= 2:  # one cell has no variance to rank by
         try:
             return rank(None)
         except ValueError:  # a singular loess fit: too few cells for a trend
             pass
-    warn_user(
-        f"Highly variable genes could not be ranked on {tmp.n_obs} cells (too few for "
-        "seurat_v3's variance trend); every expressed gene is used, as with n_top_genes=None.",
-        UserWarning,
-    )
-    return pd.DataFrame({"highly_variable": np.ones(tmp.n_vars, dtype=bool)})
+    return None
