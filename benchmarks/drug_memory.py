@@ -3,11 +3,12 @@
 A query as users bring it: every gene of real Kang 2018 PBMC profiles (the 14k set),
 resampled with replacement to ``--cells`` and written to an h5ad. The model is the default
 ``DrugResponseModel`` (the wide path: per-drug ridges) on every GDSC2 line, over the GDSC
-genes the query holds; the peer is the same ridges (the model's own coefficients, so both
-predict the same thing) applied the way a scanpy user would: the model's genes taken from
-the query, ``sc.pp.normalize_total`` + ``sc.pp.log1p``, the matrix made dense and each cell
-z-scored over the genes, then one matrix product. The peer skips the neighbour smoothing
-scdl does (15 neighbours in a PCA of the cells), so it is the cheaper recipe.
+genes the query holds; the peer applies the same ridges (the model's own coefficients, as one
+linear map) the way a scanpy user would: the model's genes taken from the query,
+``sc.pp.normalize_total`` + ``sc.pp.log1p``, the matrix made dense and each cell z-scored over
+the genes, then one matrix product. Its predictions are not scdl's: it skips the neighbour
+smoothing (15 neighbours in a PCA of the cells) and z-scores where the model ranks, so it is
+the cheaper recipe, not the same computation.
 
 Each run is a fresh process: imports, the model, a warm-up on 512 cells, then read the file
 and run one step:
@@ -99,8 +100,8 @@ def run_one(path: Path, folder: Path, step_name: str, impl: str) -> dict:
                 m.train()
 
     else:
-        # the model's own ridges as one linear map of the profile (the wide path is linear):
-        # the peer predicts what the model would from unsmoothed, z-scored cells
+        # the model's own ridges as one linear map of the profile (the wide path is linear),
+        # applied to unsmoothed, z-scored cells
         mod = model.module
         cols = [model.drugs.index(d) for d in DRUGS]
         with torch.inference_mode():

@@ -543,6 +543,13 @@ def test_profile_blocks_equal_the_whole_profiles(cellbench, gdsc):
     np.testing.assert_array_equal(np.vstack(list(blocks)), whole)
     with pytest.raises(ValueError, match="scale must be one of"):  # on the call, not later
         iter_profiles_from_counts(cellbench.X, cellbench.var_names, genes, scale="ranks")
+    for iterate, x, names in (
+        (iter_profiles_from_counts, cellbench.X, cellbench.var_names),
+        (iter_profiles_from_expression, gdsc.X, gdsc.var_names),
+    ):
+        for bad in (0, -1):  # 0 failed in range() at the first block; -1 gave no rows
+            with pytest.raises(ValueError, match="chunk_rows must be a positive integer"):
+                iterate(x, names, genes, chunk_rows=bad)
 
 
 def _thinned(cells, n_cells: int, fraction: float, seed: int = 0):
@@ -574,6 +581,12 @@ def test_many_cells_are_predicted_and_attributed_a_block_at_a_time(trained, cell
         trained.predict(cells, drugs=drug)[drug], expected, rtol=1e-5, atol=1e-5
     )
     table = trained.gene_attributions(cells, drug=drug).set_index("gene")
+    # chunks of 1,024 cells (blocks of profiles follow batch_size): the same table
+    pd.testing.assert_frame_equal(
+        trained.gene_attributions(cells, drug=drug, batch_size=1024).set_index("gene"),
+        table,
+        rtol=1e-5,
+    )
     # completeness over every block's cells, and the input's mean over all of them
     assert table["attribution"].sum() == pytest.approx(expected.mean() - typical, abs=1e-3)
     np.testing.assert_allclose(
@@ -832,7 +845,7 @@ def test_scaled_cells_are_refused_and_bulk_profiles_still_read(trained, cellbenc
     assert pred.uns["scdl_drug"]["params"]["modality"] == "profiles"
 
 
-def test_backed_cells_predict_as_in_memory(trained, cellbench, tmp_path):
+def test_backed_cells_predict_as_in_memory(trained, cellbench, bulk_train, tmp_path):
     import anndata as ad
 
     cells = cellbench[:60].copy()
@@ -842,6 +855,18 @@ def test_backed_cells_predict_as_in_memory(trained, cellbench, tmp_path):
         trained.predict(backed, drugs=["Gefitinib"]).to_numpy(),
         trained.predict(cells, drugs=["Gefitinib"]).to_numpy(),
         rtol=1e-5,
+    )
+    # bulk profiles in a backed sparse file (the check met numpy's TypeError on them)
+    from scipy import sparse
+
+    bulk = ad.AnnData(
+        sparse.csr_matrix(np.asarray(bulk_train.X[:30])), var=bulk_train.var[[]].copy()
+    )
+    bulk.obs_names = bulk_train.obs_names[:30]
+    bulk.write_h5ad(tmp_path / "b.h5ad")
+    backed = ad.read_h5ad(tmp_path / "b.h5ad", backed="r")
+    pd.testing.assert_frame_equal(
+        trained.predict(backed, modality="profiles"), trained.predict(bulk, modality="profiles")
     )
 
 

@@ -18,6 +18,7 @@ from scipy import sparse
 from scdl._warnings import warn_user
 
 from ._checks import get_matrix
+from ._rows import in_memory
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -327,6 +328,7 @@ def check_profiles(adata: AnnData, layer: str | None = None) -> None:
     """
     x = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    x = in_memory(x)  # a backed matrix (bulk lines: small) is read to be checked
     dtype = getattr(x, "dtype", None)
     if dtype is None or not np.issubdtype(dtype, np.number):
         raise TypeError(f"{where} has dtype {dtype}; expression must be numeric.")

@@ -238,26 +238,35 @@ def iter_profiles_from_counts(
     memory then does not grow with the number of cells beyond the sparse counts of ``genes``
     and the neighbour graph. The arguments are checked and the neighbours found on the call,
     before the first block."""
+    from ._checks import check_positive_int
+
     _check_scale(scale)
+    chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
     positions = gene_positions(var_names, genes)
     x = in_memory(x)
+    n_rows = x.shape[0]
     library = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
     library[library == 0] = 1.0
     to_cp = target_sum / library  # each row's factor to counts per target_sum
     present = positions >= 0
     sub = x[:, positions[present]]
     sub = sparse.csr_matrix(sub) if sparse.issparse(sub) else np.asarray(sub)
+    del x  # the blocks read only the model's genes: a backed file's whole read is let go
     # the counts are scaled a block at a time (no float64 copy of all of them): a block is
     # W[rows] @ diag(to_cp) @ counts, W the neighbour average (the identity without one)
     weights = neighbor_weights(sub, n_neighbors, row_scale=to_cp) if n_neighbors > 1 else None
 
     def blocks() -> Iterator[np.ndarray]:
-        for start in range(0, x.shape[0], chunk_rows):
+        for start in range(0, n_rows, chunk_rows):
             rows = slice(start, start + chunk_rows)
             if weights is None:
                 block = sparse.diags(to_cp[rows]) @ sub[rows]
             else:
-                block = (weights[rows] @ sparse.diags(to_cp)) @ sub
+                # only the rows the block's neighbours are: W @ all counts made a float64
+                # copy of every row's counts per block
+                w = weights[rows]
+                need = np.unique(w.indices)
+                block = (w[:, need] @ sparse.diags(to_cp[need])) @ sub[need]
             block = block.toarray() if sparse.issparse(block) else np.asarray(block)
             out = np.zeros((block.shape[0], positions.size), dtype=np.float32)
             out[:, present] = SCALES[scale](np.log1p(block.astype(np.float64, copy=False)))
@@ -285,7 +294,10 @@ def iter_profiles_from_expression(
     """:func:`profiles_from_expression` a block of at most ``chunk_rows`` rows at a time
     (float32, rows x ``genes``, in order); a sparse or backed matrix is read a block of rows
     at a time."""
+    from ._checks import check_positive_int
+
     _check_scale(scale)
+    chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
     positions = gene_positions(var_names, genes)
     present = positions >= 0
 

@@ -111,10 +111,10 @@ class DrugResponseModel(
         Saved registry, to build the model without data (used by :meth:`load`).
     target
         Single cells to adapt to, raw counts (cells x genes, gene symbols). ``None``: no
-        domain alignment (a bulk-only predictor). They choose the model's genes (those they
-        share with the bulk data, see ``min_detected``); the network (``prediction`` other
-        than ``"wide"``) also trains on their profiles, held in memory as float32 cells x
-        genes.
+        domain alignment (a bulk-only predictor). Unless ``genes`` is given, they choose the
+        model's genes (those they share with the bulk data, see ``min_detected``); the
+        network (``prediction`` other than ``"wide"``) also trains on their profiles, held in
+        memory as float32 cells x genes.
     target_layer
         Layer of ``target`` holding the counts; ``None`` uses ``target.X``.
     genes
@@ -365,10 +365,17 @@ class DrugResponseModel(
             x, var_names, self.genes, n_neighbors=n_neighbors, scale=self.input_scale
         )
 
-    def _count_profile_blocks(self, x, var_names: pd.Index, n_neighbors: int):
+    def _count_profile_blocks(
+        self, x, var_names: pd.Index, n_neighbors: int, *, chunk_rows: int = 256
+    ):
         """:meth:`_count_profiles` a block of rows at a time (the same code path)."""
         return iter_profiles_from_counts(
-            x, var_names, self.genes, n_neighbors=n_neighbors, scale=self.input_scale
+            x,
+            var_names,
+            self.genes,
+            n_neighbors=n_neighbors,
+            scale=self.input_scale,
+            chunk_rows=chunk_rows,
         )
 
     def _set_scaling(self) -> None:

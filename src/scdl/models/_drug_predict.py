@@ -128,10 +128,11 @@ class DrugPredictionMixin:
         layer: str | None = None,
         modality: Modality = "auto",
         smooth_neighbors: int | None = None,
+        chunk_rows: int = 256,
     ) -> Iterator[np.ndarray]:
-        """:meth:`profiles` a block of rows at a time (float32, in order), so that a step
-        reducing each block never holds the whole cells x genes matrix. Everything is checked
-        (and the neighbours found) on the call, before the first block."""
+        """:meth:`profiles` a block of at most ``chunk_rows`` rows at a time (float32, in
+        order), so that a step reducing each block never holds the whole cells x genes matrix.
+        Everything is checked (and the neighbours found) on the call, before the first block."""
         if adata is None:
             self._require_adata("predict", takes_adata=True)
             return iter([self._bulk()[0]])
@@ -164,11 +165,11 @@ class DrugPredictionMixin:
                 x = normalised_from_log1p(adata, layer)
             else:
                 check_counts(adata, layer)
-            blocks = self._count_profile_blocks(x, adata.var_names, k)
+            blocks = self._count_profile_blocks(x, adata.var_names, k, chunk_rows=chunk_rows)
         else:
             check_profiles(adata, layer)
             blocks = iter_profiles_from_expression(
-                x, adata.var_names, self.genes, scale=self.input_scale
+                x, adata.var_names, self.genes, scale=self.input_scale, chunk_rows=chunk_rows
             )
         if present.all():
             return blocks
@@ -347,9 +348,9 @@ class DrugPredictionMixin:
             Integration steps (a ridge-only model, ``prediction="wide"``, is linear in the
             profile: its attributions are exact in one step, which it takes).
         batch_size
-            Cells per chunk of the integration. The profiles are made a block of cells at a
-            time and the attributions summed over cells as they come, so neither cells x
-            genes matrix is held whole.
+            Cells per chunk of the integration. The profiles are made a block of
+            ``max(256, batch_size)`` cells at a time and the attributions summed over cells
+            as they come, so neither cells x genes matrix is held whole.
 
         Returns
         -------
@@ -370,7 +371,10 @@ class DrugPredictionMixin:
         check_positive_int(batch_size, "batch_size")
         (drug,) = resolve_drugs([drug], self.drugs)
         j = self.drugs.index(drug)
-        blocks = self._profile_blocks(adata, layer=layer, modality=modality)
+        # blocks of profiles as large as the integration's chunks (256 cells at least)
+        blocks = self._profile_blocks(
+            adata, layer=layer, modality=modality, chunk_rows=max(256, batch_size)
+        )
         self.module.eval()
         # from zeros (the median rank / mean z-score) the attributions explained the gap to an
         # arbitrary point: the same bulk-vs-cell offsets topped every line's list
