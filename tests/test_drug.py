@@ -536,6 +536,11 @@ def test_profile_blocks_equal_the_whole_profiles(cellbench, gdsc):
             assert [len(b) for b in blocks] == [100] * 4 + [cellbench.n_obs - 400]
             np.testing.assert_array_equal(np.vstack(blocks), whole)
             assert (whole[:, -1] == 0).all()  # the absent gene: the profile's mean
+            # rows on demand, in any order and repeated (a minibatch's draw)
+            rows = scdl.data.CountProfiles(x, cellbench.var_names, genes, n_neighbors=k)
+            pick = np.array([7, 3, 3, cellbench.n_obs - 1, 0])
+            np.testing.assert_array_equal(rows[pick], whole[pick])
+            assert rows.shape == whole.shape and len(rows) == cellbench.n_obs
     whole = profiles_from_expression(gdsc.X, gdsc.var_names, genes, scale="rank")
     blocks = iter_profiles_from_expression(
         gdsc.X, gdsc.var_names, genes, scale="rank", chunk_rows=300
@@ -567,7 +572,7 @@ def test_many_cells_are_predicted_and_attributed_a_block_at_a_time(trained, cell
     """Predictions and attributions reduce the cells' profiles a block at a time: over
     several blocks they equal the whole matrix's, and on 20,000 sparse cells the traced peak
     stays below one dense copy of the profiles (before, predicting held ~2x and attributing
-    ~3x of it), as does building a ridge-only model with them as its target."""
+    ~3x of it), as does building a model with them as its target."""
     import tracemalloc
 
     drug = "Gefitinib"
@@ -601,6 +606,10 @@ def test_many_cells_are_predicted_and_attributed_a_block_at_a_time(trained, cell
         lambda: scdl.tl.drug_response(many, model=trained, drugs=list(EGFR_DRUGS)),
         lambda: trained.gene_attributions(many, drug=drug),
         lambda: scdl.models.DrugResponseModel(bulk_train, target=many, **SMALL),
+        # the network's target profiles are made as minibatches draw them
+        lambda: scdl.models.DrugResponseModel(
+            bulk_train, target=many, prediction="wide_deep", **SMALL
+        ),
     ):
         tracemalloc.start()
         try:

@@ -34,6 +34,7 @@ from ._drug_checks import (
     shared_genes,
 )
 from ._drug_inputs import (
+    CountProfiles,
     iter_profiles_from_counts,
     iter_profiles_from_expression,
     matched_reference,
@@ -112,6 +113,7 @@ __all__ = [
     "profiles_from_counts",
     "profiles_from_expression",
     "iter_profiles_from_counts",
+    "CountProfiles",
     "iter_profiles_from_expression",
     "resolve_drugs",
     "select_model_genes",

@@ -237,42 +237,82 @@ def iter_profiles_from_counts(
     rows x ``genes``, in order), for steps that reduce each block (predictions, attributions):
     memory then does not grow with the number of cells beyond the sparse counts of ``genes``
     and the neighbour graph. The arguments are checked and the neighbours found on the call,
-    before the first block."""
+    before the first block (:class:`CountProfiles`)."""
     from ._checks import check_positive_int
 
-    _check_scale(scale)
     chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
-    positions = gene_positions(var_names, genes)
-    x = in_memory(x)
-    n_rows = x.shape[0]
-    library = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
-    library[library == 0] = 1.0
-    to_cp = target_sum / library  # each row's factor to counts per target_sum
-    present = positions >= 0
-    sub = x[:, positions[present]]
-    sub = sparse.csr_matrix(sub) if sparse.issparse(sub) else np.asarray(sub)
-    del x  # the blocks read only the model's genes: a backed file's whole read is let go
-    # the counts are scaled a block at a time (no float64 copy of all of them): a block is
-    # W[rows] @ diag(to_cp) @ counts, W the neighbour average (the identity without one)
-    weights = neighbor_weights(sub, n_neighbors, row_scale=to_cp) if n_neighbors > 1 else None
+    profiles = CountProfiles(
+        x, var_names, genes, n_neighbors=n_neighbors, target_sum=target_sum, scale=scale
+    )
+    return profiles.blocks(chunk_rows)
 
-    def blocks() -> Iterator[np.ndarray]:
-        for start in range(0, n_rows, chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            if weights is None:
-                block = sparse.diags(to_cp[rows]) @ sub[rows]
-            else:
-                # only the rows the block's neighbours are: W @ all counts made a float64
-                # copy of every row's counts per block
-                w = weights[rows]
-                need = np.unique(w.indices)
-                block = (w[:, need] @ sparse.diags(to_cp[need])) @ sub[need]
-            block = block.toarray() if sparse.issparse(block) else np.asarray(block)
-            out = np.zeros((block.shape[0], positions.size), dtype=np.float32)
-            out[:, present] = SCALES[scale](np.log1p(block.astype(np.float64, copy=False)))
-            yield out
 
-    return blocks()
+class CountProfiles:
+    """The rows of :func:`profiles_from_counts`, made on demand: ``profiles[idx]`` (a slice or
+    an array of row positions) gives those rows' profiles (float32, rows x ``genes``), as
+    the whole-matrix function gives them.
+
+    Holds the counts of ``genes`` (sparse stays sparse), each row's library factor and the
+    neighbour graph, not the dense rows x genes profiles: a model sampling minibatches of
+    cells, or a step reducing blocks of them, never holds those whole. The arguments are
+    checked and the neighbours found when it is made.
+
+    Parameters
+    ----------
+    x, var_names, genes, n_neighbors, target_sum, scale
+        As in :func:`profiles_from_counts`.
+    """
+
+    def __init__(
+        self,
+        x,
+        var_names: pd.Index,
+        genes: pd.Index,
+        *,
+        n_neighbors: int = 0,
+        target_sum: float = 1e4,
+        scale: str = "zscore",
+    ):
+        _check_scale(scale)
+        self.scale = scale
+        self.positions = gene_positions(var_names, genes)
+        self.present = self.positions >= 0
+        x = in_memory(x)
+        library = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+        library[library == 0] = 1.0
+        self.to_cp = target_sum / library  # each row's factor to counts per target_sum
+        sub = x[:, self.positions[self.present]]
+        # only the genes' counts are kept (a backed file's whole read is let go with x)
+        self.counts = sparse.csr_matrix(sub) if sparse.issparse(sub) else np.asarray(sub)
+        # a row is W[row] @ diag(to_cp) @ counts, W the neighbour average (none: the identity)
+        self.weights = (
+            neighbor_weights(self.counts, n_neighbors, row_scale=self.to_cp)
+            if n_neighbors > 1
+            else None
+        )
+        self.shape = (library.size, self.positions.size)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> np.ndarray:
+        if self.weights is None:
+            block = sparse.diags(self.to_cp[idx]) @ self.counts[idx]
+        else:
+            # only the rows the neighbours of these rows are (W @ every row's counts made a
+            # float64 copy of all of them per call)
+            w = self.weights[idx]
+            need = np.unique(w.indices)
+            block = (w[:, need] @ sparse.diags(self.to_cp[need])) @ self.counts[need]
+        block = block.toarray() if sparse.issparse(block) else np.asarray(block)
+        out = np.zeros((block.shape[0], self.shape[1]), dtype=np.float32)
+        out[:, self.present] = SCALES[self.scale](np.log1p(block.astype(np.float64, copy=False)))
+        return out
+
+    def blocks(self, chunk_rows: int = 256) -> Iterator[np.ndarray]:
+        """The rows in order, ``chunk_rows`` at a time."""
+        for start in range(0, len(self), chunk_rows):
+            yield self[start : start + chunk_rows]
 
 
 def profiles_from_expression(

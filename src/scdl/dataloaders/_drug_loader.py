@@ -24,7 +24,7 @@ class _DomainLoader(TensorBatchLoader):
         indices=None,
         *,
         profiles: np.ndarray,
-        target_x: np.ndarray | None = None,
+        target_x=None,
         reference_p: np.ndarray | None = None,
         folds: np.ndarray | None = None,
         target_batch_size: int = 32,
@@ -35,7 +35,8 @@ class _DomainLoader(TensorBatchLoader):
         self.arrays[REGISTRY_KEYS.X_KEY] = (profiles, np.float32)
         if folds is not None:
             self.arrays[FOLD_KEY] = (np.asarray(folds, dtype=np.int64).reshape(-1, 1), np.int64)
-        self.target_x = None if target_x is None else torch.from_numpy(target_x)
+        # an array, or profiles made by rows on demand (scdl.data.CountProfiles)
+        self.target_x = target_x
         self.profiles = torch.from_numpy(profiles)
         self.reference_p = None if reference_p is None else torch.from_numpy(reference_p)
 
@@ -45,7 +46,8 @@ class _DomainLoader(TensorBatchLoader):
                 n = self.target_batch_size
                 # torch's global generator: reproducible under scvi.settings.seed
                 pick = torch.randint(self.target_x.shape[0], (n,))
-                batch[TARGET_X_KEY] = self.target_x[pick]
+                rows = np.asarray(self.target_x[pick.numpy()], dtype=np.float32)
+                batch[TARGET_X_KEY] = torch.from_numpy(rows)
                 if self.reference_p is not None:
                     ref = torch.multinomial(self.reference_p, n, replacement=True)
                     batch[REFERENCE_X_KEY] = self.profiles[ref]

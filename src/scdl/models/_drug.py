@@ -15,6 +15,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from scdl._warnings import warn_user
 from scdl.data import (
+    CountProfiles,
     check_counts,
     check_fraction,
     check_is_anndata,
@@ -25,7 +26,6 @@ from scdl.data import (
     check_response,
     check_unique_var_names,
     get_matrix,
-    iter_profiles_from_counts,
     profiles_from_counts,
     profiles_from_expression,
     select_model_genes,
@@ -113,8 +113,8 @@ class DrugResponseModel(
         Single cells to adapt to, raw counts (cells x genes, gene symbols). ``None``: no
         domain alignment (a bulk-only predictor). Unless ``genes`` is given, they choose the
         model's genes (those they share with the bulk data, see ``min_detected``); the
-        network (``prediction`` other than ``"wide"``) also trains on their profiles, held in
-        memory as float32 cells x genes.
+        network (``prediction`` other than ``"wide"``) also trains on their profiles (made
+        as minibatches draw them; their counts of the model's genes are kept until training).
     target_layer
         Layer of ``target`` holding the counts; ``None`` uses ``target.X``.
     genes
@@ -240,7 +240,9 @@ class DrugResponseModel(
         # only the network aligns to the cells: the ridges alone (prediction="wide") would
         # hold a dense cells x genes matrix they never read
         if target is not None and self.module.prediction != "wide":
-            self._target_profiles = self._count_profiles(
+            # made by rows as training samples them: the counts of the model's genes and the
+            # neighbour graph are held, not the dense cells x genes profiles
+            self._target_profiles = self._count_profile_rows(
                 get_matrix(target, target_layer), target.var_names, self.smooth_neighbors
             )
         if adata is not None:
@@ -365,18 +367,17 @@ class DrugResponseModel(
             x, var_names, self.genes, n_neighbors=n_neighbors, scale=self.input_scale
         )
 
+    def _count_profile_rows(self, x, var_names: pd.Index, n_neighbors: int) -> CountProfiles:
+        """Counts to the model's input, made on demand by rows (the same code path)."""
+        return CountProfiles(
+            x, var_names, self.genes, n_neighbors=n_neighbors, scale=self.input_scale
+        )
+
     def _count_profile_blocks(
         self, x, var_names: pd.Index, n_neighbors: int, *, chunk_rows: int = 256
     ):
         """:meth:`_count_profiles` a block of rows at a time (the same code path)."""
-        return iter_profiles_from_counts(
-            x,
-            var_names,
-            self.genes,
-            n_neighbors=n_neighbors,
-            scale=self.input_scale,
-            chunk_rows=chunk_rows,
-        )
+        return self._count_profile_rows(x, var_names, n_neighbors).blocks(chunk_rows)
 
     def _set_scaling(self) -> None:
         profiles, y = self._bulk()
