@@ -214,8 +214,8 @@ def profiles_from_counts(
     the ``genes`` present (``scale``: z-scores, or ``"rank"``: normal quantiles of the
     ranks); genes absent from ``var_names`` are set to 0 (the profile's mean). Sparse counts
     stay sparse; rows are made dense a chunk at a time, so memory beyond the float32 result
-    does not grow with the number of cells. :func:`iter_profiles_from_counts` gives the same
-    rows a block at a time, without the whole result.
+    does not grow with the number of cells. :func:`~scdl.data.iter_profiles_from_counts`
+    gives the same rows a block at a time, without the whole result.
     """
     blocks = iter_profiles_from_counts(
         x, var_names, genes, n_neighbors=n_neighbors, target_sum=target_sum, scale=scale
@@ -233,11 +233,11 @@ def iter_profiles_from_counts(
     scale: str = "zscore",
     chunk_rows: int = 256,
 ) -> Iterator[np.ndarray]:
-    """:func:`profiles_from_counts` a block of at most ``chunk_rows`` rows at a time (float32,
-    rows x ``genes``, in order), for steps that reduce each block (predictions, attributions):
-    memory then does not grow with the number of cells beyond the sparse counts of ``genes``
-    and the neighbour graph. The arguments are checked and the neighbours found on the call,
-    before the first block (:class:`CountProfiles`)."""
+    """:func:`~scdl.data.profiles_from_counts` a block of at most ``chunk_rows`` rows at a
+    time (float32, rows x ``genes``, in order), for steps that reduce each block (predictions,
+    attributions): memory then does not grow with the number of cells beyond the sparse
+    counts of ``genes`` and the neighbour graph. The arguments are checked and the neighbours found on the call,
+    before the first block (:class:`~scdl.data.CountProfiles`)."""
     from ._checks import check_positive_int
 
     chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
@@ -248,9 +248,10 @@ def iter_profiles_from_counts(
 
 
 class CountProfiles:
-    """The rows of :func:`profiles_from_counts`, made on demand: ``profiles[idx]`` (a slice or
-    an array of row positions) gives those rows' profiles (float32, rows x ``genes``), as
-    the whole-matrix function gives them.
+    """The rows of :func:`~scdl.data.profiles_from_counts`, made on demand.
+
+    ``profiles[idx]`` (a slice or an array of row positions) gives those rows' profiles
+    (float32, rows x ``genes``), as the whole-matrix function gives them.
 
     Holds the counts of ``genes`` (sparse stays sparse), each row's library factor and the
     neighbour graph, not the dense rows x genes profiles: a model sampling minibatches of
@@ -260,7 +261,7 @@ class CountProfiles:
     Parameters
     ----------
     x, var_names, genes, n_neighbors, target_sum, scale
-        As in :func:`profiles_from_counts`.
+        As in :func:`~scdl.data.profiles_from_counts`.
     """
 
     def __init__(
@@ -322,7 +323,7 @@ def profiles_from_expression(
 
     Each row is put on the common scale (``scale``, as in :func:`profiles_from_counts`);
     genes absent from ``var_names`` are set to 0 (the profile's mean).
-    :func:`iter_profiles_from_expression` gives the same rows a block at a time.
+    :func:`~scdl.data.iter_profiles_from_expression` gives the same rows a block at a time.
     """
     blocks = iter_profiles_from_expression(x, var_names, genes, scale=scale)
     return _stack(blocks, x.shape[0], len(genes))
@@ -331,7 +332,7 @@ def profiles_from_expression(
 def iter_profiles_from_expression(
     x, var_names: pd.Index, genes: pd.Index, *, scale: str = "zscore", chunk_rows: int = 256
 ) -> Iterator[np.ndarray]:
-    """:func:`profiles_from_expression` a block of at most ``chunk_rows`` rows at a time
+    """:func:`~scdl.data.profiles_from_expression` a block of at most ``chunk_rows`` rows at a time
     (float32, rows x ``genes``, in order); a sparse or backed matrix is read a block of rows
     at a time."""
     from ._checks import check_positive_int
