@@ -236,8 +236,8 @@ def iter_profiles_from_counts(
     """:func:`~scdl.data.profiles_from_counts` a block of at most ``chunk_rows`` rows at a
     time (float32, rows x ``genes``, in order), for steps that reduce each block (predictions,
     attributions): memory then does not grow with the number of cells beyond the sparse
-    counts of ``genes`` and the neighbour graph. The arguments are checked and the neighbours found on the call,
-    before the first block (:class:`~scdl.data.CountProfiles`)."""
+    counts of ``genes`` and the neighbour graph. The arguments are checked and the neighbours
+    found on the call, before the first block (:class:`~scdl.data.CountProfiles`)."""
     from ._checks import check_positive_int
 
     chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
