@@ -568,6 +568,41 @@ def _thinned(cells, n_cells: int, fraction: float, seed: int = 0):
     return out
 
 
+def test_training_minibatches_draw_target_cells_as_their_profiles(bulk_train, cellbench):
+    """The network's minibatches carry target cells drawn at random, each row exactly that
+    cell's profile (made on demand from the counts), different cells from draw to draw."""
+    from scdl.data import profiles_from_counts
+    from scdl.dataloaders import DomainSplitter
+    from scdl.module import TARGET_X_KEY
+
+    model = scdl.models.DrugResponseModel(
+        bulk_train, target=cellbench, prediction="wide_deep", n_top_genes=300, **SMALL
+    )
+    whole = profiles_from_counts(
+        cellbench.X, cellbench.var_names, model.genes, n_neighbors=15, scale="rank"
+    )
+    profiles, _ = model._bulk()
+    splitter = DomainSplitter(
+        model.adata_manager,
+        profiles=profiles,
+        target_x=model._target_profiles,
+        target_batch_size=16,
+        batch_size=64,
+        train_size=1.0,
+    )
+    splitter.setup()
+    torch.manual_seed(0)
+    drawn = []
+    for _, batch in zip(range(4), splitter.train_dataloader()):
+        rows = batch[TARGET_X_KEY].numpy()
+        assert rows.shape == (16, len(model.genes)) and rows.dtype == np.float32
+        # each drawn row is one cell's profile, exactly
+        match = (rows[:, None, :] == whole[None]).all(-1)
+        assert (match.sum(1) >= 1).all()
+        drawn.extend(match.argmax(1))
+    assert len(set(drawn)) > 40  # 64 draws from 450 cells: not one cell again and again
+
+
 def test_many_cells_are_predicted_and_attributed_a_block_at_a_time(trained, cellbench, bulk_train):
     """Predictions and attributions reduce the cells' profiles a block at a time: over
     several blocks they equal the whole matrix's, and on 20,000 sparse cells the traced peak

@@ -213,9 +213,10 @@ def profiles_from_counts(
     ``n_neighbors`` nearest neighbours when > 1, then each row put on a common scale across
     the ``genes`` present (``scale``: z-scores, or ``"rank"``: normal quantiles of the
     ranks); genes absent from ``var_names`` are set to 0 (the profile's mean). Sparse counts
-    stay sparse; rows are made dense a chunk at a time, so memory beyond the float32 result
-    does not grow with the number of cells. :func:`~scdl.data.iter_profiles_from_counts`
-    gives the same rows a block at a time, without the whole result.
+    stay sparse and rows are made dense a block at a time: beyond the float32 result, memory
+    holds the counts of ``genes``, a float64 copy of them during the neighbour search, and the
+    neighbour graph. :func:`~scdl.data.iter_profiles_from_counts` gives the same rows a block
+    at a time, without the whole result.
     """
     blocks = iter_profiles_from_counts(
         x, var_names, genes, n_neighbors=n_neighbors, target_sum=target_sum, scale=scale
@@ -235,12 +236,13 @@ def iter_profiles_from_counts(
 ) -> Iterator[np.ndarray]:
     """:func:`~scdl.data.profiles_from_counts` a block of at most ``chunk_rows`` rows at a
     time (float32, rows x ``genes``, in order), for steps that reduce each block (predictions,
-    attributions): memory then does not grow with the number of cells beyond the sparse
-    counts of ``genes`` and the neighbour graph. The arguments are checked and the neighbours
-    found on the call, before the first block (:class:`~scdl.data.CountProfiles`)."""
+    attributions): memory then grows with the number of cells only by the counts of
+    ``genes`` (sparse stays sparse), their float64 copy during the neighbour search and the
+    neighbour graph. The arguments are checked and the neighbours found on the call, before
+    the first block (:class:`~scdl.data.CountProfiles`)."""
     from ._checks import check_positive_int
 
-    chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
+    check_positive_int(chunk_rows, "chunk_rows")  # on the call, not at the first block
     profiles = CountProfiles(
         x, var_names, genes, n_neighbors=n_neighbors, target_sum=target_sum, scale=scale
     )
@@ -250,13 +252,14 @@ def iter_profiles_from_counts(
 class CountProfiles:
     """The rows of :func:`~scdl.data.profiles_from_counts`, made on demand.
 
-    ``profiles[idx]`` (a slice or an array of row positions) gives those rows' profiles
-    (float32, rows x ``genes``), as the whole-matrix function gives them.
+    ``profiles[idx]`` (a slice, row positions or a boolean mask; an integer gives one row)
+    gives those rows' profiles (float32, rows x ``genes``), as the whole-matrix function gives
+    them.
 
-    Holds the counts of ``genes`` (sparse stays sparse), each row's library factor and the
-    neighbour graph, not the dense rows x genes profiles: a model sampling minibatches of
-    cells, or a step reducing blocks of them, never holds those whole. The arguments are
-    checked and the neighbours found when it is made.
+    Holds the counts of ``genes`` (sparse stays sparse; 8-byte counts as float32 where that is
+    exact), each row's library factor and the neighbour graph, not the dense rows x genes
+    profiles: a model sampling minibatches of cells, or a step reducing blocks of them, never
+    holds those whole. The arguments are checked and the neighbours found when it is made.
 
     Parameters
     ----------
@@ -284,7 +287,7 @@ class CountProfiles:
         self.to_cp = target_sum / library  # each row's factor to counts per target_sum
         sub = x[:, self.positions[self.present]]
         # only the genes' counts are kept (a backed file's whole read is let go with x)
-        self.counts = sparse.csr_matrix(sub) if sparse.issparse(sub) else np.asarray(sub)
+        self.counts = _narrow(sparse.csr_matrix(sub) if sparse.issparse(sub) else np.asarray(sub))
         # a row is W[row] @ diag(to_cp) @ counts, W the neighbour average (none: the identity)
         self.weights = (
             neighbor_weights(self.counts, n_neighbors, row_scale=self.to_cp)
@@ -297,6 +300,9 @@ class CountProfiles:
         return self.shape[0]
 
     def __getitem__(self, idx) -> np.ndarray:
+        if not isinstance(idx, slice):
+            # positions (a list, array or tensor; an integer gives one row), or a mask
+            idx = np.atleast_1d(np.asarray(idx))
         if self.weights is None:
             block = sparse.diags(self.to_cp[idx]) @ self.counts[idx]
         else:
@@ -312,8 +318,29 @@ class CountProfiles:
 
     def blocks(self, chunk_rows: int = 256) -> Iterator[np.ndarray]:
         """The rows in order, ``chunk_rows`` at a time."""
-        for start in range(0, len(self), chunk_rows):
-            yield self[start : start + chunk_rows]
+        from ._checks import check_positive_int
+
+        chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
+
+        def rows() -> Iterator[np.ndarray]:
+            for start in range(0, len(self), chunk_rows):
+                yield self[start : start + chunk_rows]
+
+        return rows()
+
+
+def _narrow(counts):
+    """Counts stored in 8 bytes (int64, or float64 from a DataFrame) as float32 when that is
+    exact (whole numbers below 2**24: any real count), halving what a model keeps."""
+    values = counts.data if sparse.issparse(counts) else counts
+    if values.dtype.itemsize <= 4:
+        return counts
+    narrow = values.astype(np.float32)
+    if not np.array_equal(narrow, values):  # e.g. normalised values: kept as they are
+        return counts
+    if sparse.issparse(counts):
+        return sparse.csr_matrix((narrow, counts.indices, counts.indptr), shape=counts.shape)
+    return narrow
 
 
 def profiles_from_expression(

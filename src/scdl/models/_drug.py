@@ -114,7 +114,7 @@ class DrugResponseModel(
         domain alignment (a bulk-only predictor). Unless ``genes`` is given, they choose the
         model's genes (those they share with the bulk data, see ``min_detected``); the
         network (``prediction`` other than ``"wide"``) also trains on their profiles (made
-        as minibatches draw them; their counts of the model's genes are kept until training).
+        as minibatches draw them: the model keeps their counts of its genes, not saved).
     target_layer
         Layer of ``target`` holding the counts; ``None`` uses ``target.X``.
     genes

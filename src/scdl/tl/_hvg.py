@@ -103,61 +103,66 @@ MIN_RANKED_CELLS = 3
 
 
 def _seurat_v3(tmp: AnnData, n_top_genes: int, batch_key: str | None) -> pd.DataFrame:
-    """scanpy's seurat_v3 ranking, per batch where the trend can be fitted, else pooled; if
-    neither fits over every gene, over the genes with counts in at least
-    ``MIN_RANKED_CELLS`` cells (the others ranked last)."""
-    out = _seurat_v3_fit(tmp, n_top_genes, batch_key, warn=True)
-    if out is not None:
-        return out
-    # Genes seen in one or two cells all sit at nearly one (mean, variance) point, which makes
-    # the loess fit singular on a few hundred droplet cells; scanpy users filter them first
-    # (sc.pp.filter_genes(min_cells=3)).
-    from scipy import sparse
+    """scanpy's seurat_v3 ranking: per batch where the trend can be fitted, else pooled. Each
+    is tried over every gene, then over the genes with counts in at least
+    ``MIN_RANKED_CELLS`` cells (the others ranked last), before giving it up."""
+    import scanpy as sc
 
-    x = tmp.X
-    detected = np.asarray(x.getnnz(axis=0) if sparse.issparse(x) else (x != 0).sum(axis=0))
-    keep = detected.ravel() >= MIN_RANKED_CELLS
-    if n_top_genes < keep.sum() < tmp.n_vars:
-        out = _seurat_v3_fit(tmp[:, keep].copy(), n_top_genes, batch_key, warn=False)
+    filtered = None  # made on first need: the genes seen in a few cells removed
+
+    def rank(by):
+        nonlocal filtered
+        try:
+            return sc.pp.highly_variable_genes(
+                tmp, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=by, inplace=False
+            )
+        except ValueError:  # a singular loess fit
+            pass
+        # Genes seen in one or two cells sit at nearly one (mean, variance) point, which makes
+        # the loess fit singular on a few hundred droplet cells; scanpy users filter them
+        # first (sc.pp.filter_genes(min_cells=3)).
+        if filtered is None:
+            filtered = _expressed_in_cells(tmp, n_top_genes)
+        if filtered is False:
+            return None
+        try:
+            out = sc.pp.highly_variable_genes(
+                filtered, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=by, inplace=False
+            )
+        except ValueError:
+            return None
+        return out.reindex(tmp.var_names)  # unranked genes: NaN rank, not variable
+
+    if batch_key is not None and tmp.obs["batch"].nunique() > 1:
+        out = rank("batch")
         if out is not None:
-            return out.reindex(tmp.var_names)  # unranked genes: NaN rank, not variable
+            return out
+        warn_user(
+            f"Highly variable genes could not be ranked within each batch of "
+            f"adata.obs[{batch_key!r}] (seurat_v3's variance trend could not be fitted in "
+            "a batch: too few cells, or too few genes with counts in it); they are ranked "
+            "ignoring the batches.",
+            UserWarning,
+        )
+    if tmp.n_obs >= 2:  # one cell has no variance to rank by
+        out = rank(None)
+        if out is not None:
+            return out
     warn_user(
         f"Highly variable genes could not be ranked on {tmp.n_obs} cells (seurat_v3's variance "
-        "trend could not be fitted, also over the genes with counts in at least "
-        f"{MIN_RANKED_CELLS} cells); every expressed gene is used, as with n_top_genes=None.",
+        "trend could not be fitted); every expressed gene is used, as with n_top_genes=None.",
         UserWarning,
     )
     return pd.DataFrame({"highly_variable": np.ones(tmp.n_vars, dtype=bool)})
 
 
-def _seurat_v3_fit(
-    tmp: AnnData, n_top_genes: int, batch_key: str | None, *, warn: bool
-) -> pd.DataFrame | None:
-    """scanpy's seurat_v3 ranking, per batch where the trend can be fitted, else pooled;
-    ``None`` when neither can be fitted."""
-
-    import scanpy as sc
-
-    def rank(by):
-        return sc.pp.highly_variable_genes(
-            tmp, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=by, inplace=False
-        )
-
-    if batch_key is not None and tmp.obs["batch"].nunique() > 1:
-        try:
-            return rank("batch")
-        except ValueError:  # a singular loess fit in one batch
-            if warn:
-                warn_user(
-                    f"Highly variable genes could not be ranked within each batch of "
-                    f"adata.obs[{batch_key!r}] (seurat_v3's variance trend could not be fitted "
-                    "in a batch: too few cells, or too few genes with counts in it); they are "
-                    "ranked ignoring the batches.",
-                    UserWarning,
-                )
-    if tmp.n_obs >= 2:  # one cell has no variance to rank by
-        try:
-            return rank(None)
-        except ValueError:  # a singular loess fit: too few cells for a trend
-            pass
-    return None
+def _expressed_in_cells(tmp: AnnData, n_top_genes: int):
+    """``tmp`` on the genes with counts in at least ``MIN_RANKED_CELLS`` cells; ``False`` when
+    that leaves every gene or no more than ``n_top_genes`` (nothing to retry)."""
+    x = tmp.X
+    # stored zeros are not detections (scanpy's filter_genes counts values > 0 too)
+    detected = np.asarray((x > 0).sum(axis=0)).ravel()
+    keep = detected >= MIN_RANKED_CELLS
+    if not n_top_genes < keep.sum() < tmp.n_vars:
+        return False
+    return tmp[:, keep].copy()
