@@ -234,6 +234,21 @@ def peak_row(impl: str, adata, mem: dict, **extra) -> dict:
     }
 
 
+def model_genes_peak_row(impl: str, adata, mem: dict, genes, **extra) -> dict:
+    """:func:`peak_row` plus the CSR bytes of the query over a model's ``genes`` and the peak
+    increase as a multiple of them."""
+    x = adata.X[:, adata.var_names.get_indexer(genes)]
+    query = x.data.nbytes + x.indices.nbytes + x.indptr.nbytes
+    return peak_row(
+        impl,
+        adata,
+        mem,
+        **extra,
+        query_csr_mib=query / 2**20,
+        increase_x_query=mem["peak_mib"] * 2**20 / query,
+    )
+
+
 def cells_also_in(a, b) -> np.ndarray:
     """Which of ``a``'s cells are also in ``b``: the same barcode (its nucleotides, without a
     file's suffix) and identical counts over the genes both hold. The Kang files share cells

@@ -34,9 +34,9 @@ from pathlib import Path
 import pandas as pd
 from _common import (
     DATA,
+    model_genes_peak_row,
     need,
     peak_in_fresh_processes,
-    peak_row,
     read_and_step_peak,
     write_resampled_kang,
 )
@@ -117,15 +117,7 @@ def run_one(path: Path, folder: Path, impl: str) -> dict:
             adata.obs["peer_majority_voting"] = votes.loc[clusters].to_numpy()
 
     adata, mem = read_and_step_peak(path, step)
-    x = adata.X[:, adata.var_names.get_indexer(genes)]
-    query = x.data.nbytes + x.indices.nbytes + x.indptr.nbytes
-    return peak_row(
-        impl,
-        adata,
-        mem,
-        query_csr_mib=query / 2**20,
-        increase_x_query=mem["peak_mib"] * 2**20 / query,
-    )
+    return model_genes_peak_row(impl, adata, mem, genes)
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
-from _common import DATA, need, peak_row, read_and_step_peak, write_resampled_kang
+from _common import DATA, model_genes_peak_row, need, read_and_step_peak, write_resampled_kang
 
 warnings.filterwarnings("ignore")
 
@@ -140,17 +140,7 @@ def run_one(path: Path, folder: Path, step_name: str, impl: str) -> dict:
                 pass
 
     adata, mem = read_and_step_peak(path, step)
-    x = adata.X[:, adata.var_names.get_indexer(genes)]
-    query = x.data.nbytes + x.indices.nbytes + x.indptr.nbytes
-    return peak_row(
-        impl,
-        adata,
-        mem,
-        step=step_name,
-        model_genes=len(genes),
-        query_csr_mib=query / 2**20,
-        increase_x_query=mem["peak_mib"] * 2**20 / query,
-    )
+    return model_genes_peak_row(impl, adata, mem, genes, step=step_name, model_genes=len(genes))
 
 
 def main() -> None:
