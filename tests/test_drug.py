@@ -287,7 +287,7 @@ def test_genes_flat_across_bulk_lines_carry_no_input(trained, cellbench):
     assert flat.sum() > 0  # the shared GDSC genes hold some
     profiles, _ = trained._bulk()
     assert np.ptp(profiles[:, flat.numpy()], axis=0).max() < 1e-3
-    cells = trained._count_profiles(cellbench.X, cellbench.var_names, 0)
+    cells = trained.profiles(cellbench, modality="counts", smooth_neighbors=0)
     with torch.inference_mode():
         x = module._standardise(torch.as_tensor(cells))
     assert torch.isfinite(x).all() and (x[:, flat] == 0).all()

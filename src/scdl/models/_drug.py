@@ -26,7 +26,6 @@ from scdl.data import (
     check_response,
     check_unique_var_names,
     get_matrix,
-    profiles_from_counts,
     profiles_from_expression,
     select_model_genes,
 )
@@ -361,12 +360,6 @@ class DrugResponseModel(
         y = pd.DataFrame(y)
         return profiles, np.asarray(y.where(y.notna(), np.nan), dtype=np.float64)
 
-    def _count_profiles(self, x, var_names: pd.Index, n_neighbors: int) -> np.ndarray:
-        """Counts to the model's input: one code path for target cells and predictions."""
-        return profiles_from_counts(
-            x, var_names, self.genes, n_neighbors=n_neighbors, scale=self.input_scale
-        )
-
     def _count_profile_rows(self, x, var_names: pd.Index, n_neighbors: int) -> CountProfiles:
         """Counts to the model's input, made on demand by rows (the same code path)."""
         return CountProfiles(
@@ -376,7 +369,7 @@ class DrugResponseModel(
     def _count_profile_blocks(
         self, x, var_names: pd.Index, n_neighbors: int, *, chunk_rows: int = 256
     ):
-        """:meth:`_count_profiles` a block of rows at a time (the same code path)."""
+        """:meth:`_count_profile_rows` a block of rows at a time, in order."""
         return self._count_profile_rows(x, var_names, n_neighbors).blocks(chunk_rows)
 
     def _set_scaling(self) -> None:

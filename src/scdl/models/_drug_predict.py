@@ -253,8 +253,8 @@ class DrugPredictionMixin:
                 values.append(self._run(block, lambda x: self.module.predict(x, cols)))
 
         def table(parts: list) -> pd.DataFrame:
-            values = np.concatenate(parts) if parts else np.zeros((0, len(cols)), np.float32)
-            return pd.DataFrame(values, index=index.copy(), columns=pd.Index(drugs))
+            stacked = np.concatenate(parts) if parts else np.zeros((0, len(cols)), np.float32)
+            return pd.DataFrame(stacked, index=index.copy(), columns=pd.Index(drugs))
 
         out = {}
         if want_sd:

@@ -106,12 +106,15 @@ def _seurat_v3(tmp: AnnData, n_top_genes: int, batch_key: str | None) -> pd.Data
     """scanpy's seurat_v3 ranking: per batch where the trend can be fitted, else pooled. Each
     is tried over every gene, then over the genes with counts in at least
     ``MIN_RANKED_CELLS`` cells (the others ranked last), before giving it up."""
+    from functools import cache
+
     import scanpy as sc
 
-    filtered = None  # made on first need: the genes seen in a few cells removed
+    @cache
+    def filtered() -> AnnData | None:  # made on first need, once
+        return _expressed_in_cells(tmp, n_top_genes)
 
     def rank(by):
-        nonlocal filtered
         try:
             return sc.pp.highly_variable_genes(
                 tmp, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=by, inplace=False
@@ -121,13 +124,11 @@ def _seurat_v3(tmp: AnnData, n_top_genes: int, batch_key: str | None) -> pd.Data
         # Genes seen in one or two cells sit at nearly one (mean, variance) point, which makes
         # the loess fit singular on a few hundred droplet cells; scanpy users filter them
         # first (sc.pp.filter_genes(min_cells=3)).
-        if filtered is None:
-            filtered = _expressed_in_cells(tmp, n_top_genes)
-        if filtered is False:
+        if filtered() is None:
             return None
         try:
             out = sc.pp.highly_variable_genes(
-                filtered, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=by, inplace=False
+                filtered(), flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=by, inplace=False
             )
         except ValueError:
             return None
@@ -156,13 +157,13 @@ def _seurat_v3(tmp: AnnData, n_top_genes: int, batch_key: str | None) -> pd.Data
     return pd.DataFrame({"highly_variable": np.ones(tmp.n_vars, dtype=bool)})
 
 
-def _expressed_in_cells(tmp: AnnData, n_top_genes: int):
-    """``tmp`` on the genes with counts in at least ``MIN_RANKED_CELLS`` cells; ``False`` when
+def _expressed_in_cells(tmp: AnnData, n_top_genes: int) -> AnnData | None:
+    """``tmp`` on the genes with counts in at least ``MIN_RANKED_CELLS`` cells; ``None`` when
     that leaves every gene or no more than ``n_top_genes`` (nothing to retry)."""
     x = tmp.X
     # stored zeros are not detections (scanpy's filter_genes counts values > 0 too)
     detected = np.asarray((x > 0).sum(axis=0)).ravel()
     keep = detected >= MIN_RANKED_CELLS
     if not n_top_genes < keep.sum() < tmp.n_vars:
-        return False
+        return None
     return tmp[:, keep].copy()
