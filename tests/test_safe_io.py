@@ -251,6 +251,12 @@ def _subarray_dtype_without_checksums(folder):
     _without_checksums(folder, lambda c: c["attrs"].update(large_=array))
 
 
+def _name_torch_load_without_checksums(folder):
+    """A config may name a torch activation (an option's value), never another callable."""
+    named = {"__torch__": "torch.load"}
+    _without_checksums(folder, lambda c: c["attrs"]["init_params_"]["kwargs"].update(f=named))
+
+
 def _drop_class_saved_before_checksums(folder):
     as_saved_before_config_checksum(folder)
     _edit_config(folder, lambda c: c.pop("model_class"))
@@ -269,6 +275,7 @@ def _drop_class_saved_before_checksums(folder):
         (_drop_init_params_saved_before_checksums, r"lacks \['attrs.init_params_'\].*edited"),
         (_set_a_method_without_checksums, r"sets the attributes \['module', 'predict'\]"),
         (_subarray_dtype_without_checksums, r"dtype '\(4000,4000\)f8'.*edited"),
+        (_name_torch_load_without_checksums, r"'torch.load', not one of the torch activ"),
     ],
 )
 def test_load_refuses_an_edited_save(small_save, tmp_path, edit, match):
@@ -282,6 +289,39 @@ def test_load_refuses_an_edited_save(small_save, tmp_path, edit, match):
     assert_unchanged(query, snap)
     assert "_scvi_uuid" not in query.uns
     VAE.load(path, adata=adata.copy())  # the untouched save loads
+
+
+def test_activation_options_are_saved_by_name_and_code_is_refused(kang, tmp_path):
+    """scvi-tools' activation options (a torch class or function) save as names of torch's
+    activations; any other callable is refused by ``save`` naming the option, and no folder
+    is left behind."""
+    import torch
+
+    plain = kang[:150].copy()
+    adata = plain.copy()
+    VAE.setup_anndata(adata)
+    model = VAE(
+        adata,
+        extra_encoder_kwargs={"activation_fn": torch.nn.LeakyReLU},
+        var_activation=torch.nn.functional.softplus,
+    )
+    assert isinstance(model.module.z_encoder.encoder.fc_layers[0][3], torch.nn.LeakyReLU)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    model.save(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    kwargs = config["attrs"]["init_params_"]["kwargs"]["kwargs"]
+    assert kwargs["var_activation"] == {"__torch__": "torch.nn.functional.softplus"}
+    again = VAE.load(tmp_path / "m", adata=plain.copy())
+    assert isinstance(again.module.z_encoder.encoder.fc_layers[0][3], torch.nn.LeakyReLU)
+    assert again.module.z_encoder.var_activation is torch.nn.functional.softplus
+    np.testing.assert_array_equal(
+        again.get_latent_representation(), model.get_latent_representation()
+    )
+    VAE.setup_anndata(plain)
+    own = VAE(plain, var_activation=lambda x: torch.exp(x) + 1e-4)
+    with pytest.raises(TypeError, match=r"var_activation.*never code"):
+        own.save(tmp_path / "own")
+    assert not (tmp_path / "own").exists()
 
 
 def test_save_without_checksums_loads_with_a_warning(small_save, tmp_path):

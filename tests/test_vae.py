@@ -315,6 +315,35 @@ def test_an_edited_batch_column_is_read_again_or_refused(kang_integrated):
         VAE(small, use_observed_lib_size=False)
 
 
+def test_another_models_setup_on_the_same_anndata_leaves_the_model_working(kang):
+    """scvi-tools lets several models register one AnnData in turn; each setup rewrites the
+    shared copies (``obs["_scvi_batch"]``). The first model registers it again with its own
+    categories, as scvi-tools' models do, rather than blaming an edit nobody made."""
+    import scvi
+
+    from scdl.models import ContrastiveVAE
+
+    adata = kang[np.sort(np.random.default_rng(1).choice(kang.n_obs, 200, replace=False))].copy()
+    VAE.setup_anndata(adata, batch_key="sample")
+    model = VAE(adata)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    z = model.get_latent_representation()
+    scvi.model.SCVI.setup_anndata(adata, batch_key="condition")
+    ContrastiveVAE.setup_anndata(adata)
+    other = ContrastiveVAE(adata)
+    other.train(groupby="condition", background="ctrl", max_epochs=1, enable_progress_bar=False)
+    np.testing.assert_array_equal(model.get_latent_representation(), z)
+    assert model.get_normalized_expression().shape == (adata.n_obs, adata.n_vars)
+    # and back: the other model registers it again too (scvi-tools' own replay)
+    assert other.get_latent_representation().shape == (adata.n_obs, 10)
+    np.testing.assert_array_equal(model.get_latent_representation(), z)
+    # a category the model never saw is still refused after another setup
+    scvi.model.SCVI.setup_anndata(adata, batch_key="condition")
+    adata.obs["sample"] = adata.obs["sample"].astype(str).replace({"ctrl101": "ctrl999"})
+    with pytest.raises(ValueError, match="ctrl999"):
+        model.get_latent_representation()
+
+
 def test_counts_normalised_in_place_after_registration_are_refused(kang_integrated):
     """scanpy's normalize_total and log1p rewrite X in place after the model registered it."""
     import scanpy as sc

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 # where scvi-tools' setup_anndata stores an AnnData's registration id (part of the AnnData it
 # writes, so stable across releases; its constant lives in a private module)
 _SCVI_UUID = "_scvi_uuid"
+_MANAGER_UUID = "_scvi_manager_uuid"  # the manager that last registered an AnnData
 
 
 class SafeSaveLoadMixin:
@@ -134,10 +135,9 @@ class SafeSaveLoadMixin:
         # the new save is written; a user's file in a folder without a save is kept)
         had_save = files.config.exists()
         stale_anndata = had_save and not save_anndata and files.anndata.is_file()
-        dir_path.mkdir(parents=True, exist_ok=True)
         attrs = {a: v for a, v in self._get_user_attributes() if a.endswith("_")}
-        config = {
-            "format": FORMAT,
+        config = {  # encoded before the folder is made: an option that cannot be saved
+            "format": FORMAT,  # leaves nothing behind
             "format_version": FORMAT_VERSION,
             "scdl_version": __version__,
             "model_class": type(self).__name__,
@@ -145,6 +145,7 @@ class SafeSaveLoadMixin:
             "attrs": _encode(attrs),
             **self._extra_config(),
         }
+        dir_path.mkdir(parents=True, exist_ok=True)
         if save_anndata:  # written first: the config records its checksum, load() checks it
             from scdl.data import write_h5ad_atomic
 
@@ -340,7 +341,9 @@ class CheckedQueryMixin:
     An AnnData registered before is checked for what may have changed since: a registered
     obs column edited (:func:`scdl.data.edited_obs_columns`; a query is checked and registered
     again, the model's own AnnData refused) and counts normalised in place
-    (:func:`scdl.data.sampled_counts_ok`, then the full check's error).
+    (:func:`scdl.data.sampled_counts_ok`, then the full check's error). One that another
+    model's setup has registered since is registered again with this model's categories
+    first, as scvi-tools' models do.
     """
 
     def _registered_here(self, adata) -> bool:
@@ -351,6 +354,25 @@ class CheckedQueryMixin:
         store = type(self)._per_instance_manager_store.get(self.id, {})
         manager = store.get(uns[_SCVI_UUID])
         return manager is not None and manager.adata is adata
+
+    def _replay_if_registered_elsewhere(self, adata: AnnData) -> None:
+        """Register ``adata`` again with this model's categories when another model's setup
+        (scdl's or scvi-tools') has registered it since: that setup rewrote the shared copies
+        (``obs["_scvi_batch"]``, ...), which the model reads and the edit check compares with.
+        scvi-tools replays a registration the same way (``AnnDataManager.validate``); here the
+        model's own category mappings are kept, so a value outside them is refused."""
+        from scdl.data import check_query
+
+        manager = self.get_anndata_manager(adata)
+        if manager is None or adata.uns.get(_MANAGER_UUID) == manager.id:
+            return
+        check_query(
+            adata, self.registry_, model=type(self).__name__, unseen_fix=self._unseen_categories_fix
+        )
+        # a copy: registering rebuilds the manager's registry, which is the source read here
+        source = copy.deepcopy(manager.registry)
+        manager.adata = None  # as AnnDataManager.validate does before registering again
+        manager.register_fields(adata, source)
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
         from scdl.data import (
@@ -366,6 +388,8 @@ class CheckedQueryMixin:
         target = self.adata if adata is None else adata
         own = target is self.adata
         registered = own or self._registered_here(target)
+        if registered:
+            self._replay_if_registered_elsewhere(target)
         edited = edited_obs_columns(target, self.registry_) if registered else []
         if not registered or edited:
             check_query(  # an edited column with a new category is refused here

@@ -48,12 +48,34 @@ class SavedFiles:
         return repr(str(self.dir))
 
 
-def _encode(obj):
-    """Make scvi-tools' registry/attributes JSON-serialisable, tagging what must come back."""
+def _torch_callables() -> dict:
+    """The activations a model option may name (scvi-tools' ``activation_fn``,
+    ``var_activation``, ...), saved by name: a config names one of these, never code."""
+    import torch
+    from torch.nn.modules import activation
+
+    found = {f"torch.nn.{n}": getattr(torch.nn, n) for n in activation.__all__}
+    for name in ("exp", "sigmoid", "tanh", "relu", "softmax", "log_softmax"):
+        found[f"torch.{name}"] = getattr(torch, name)
+    for name in ("softplus", "relu", "elu", "gelu", "leaky_relu", "silu", "selu", "mish"):
+        found[f"torch.nn.functional.{name}"] = getattr(torch.nn.functional, name)
+    return found
+
+
+def _torch_name(obj) -> str | None:
+    for name, value in _torch_callables().items():
+        if obj is value:
+            return name
+    return None
+
+
+def _encode(obj, where: str = "attrs"):
+    """Make scvi-tools' registry/attributes JSON-serialisable, tagging what must come back.
+    ``where`` (the path to ``obj``) names an option that cannot be saved."""
     if isinstance(obj, dict):
-        return {str(k): _encode(v) for k, v in obj.items()}
+        return {str(k): _encode(v, f"{where}[{str(k)!r}]") for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_encode(v) for v in obj]
+        return [_encode(v, f"{where}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, pd.DataFrame):
         return {
             "__dataframe__": {
@@ -75,7 +97,14 @@ def _encode(obj):
         return {"__float__": str(obj)}
     if obj is None or isinstance(obj, str | int | float | bool):
         return obj
-    raise TypeError(f"Cannot save attribute of type {type(obj).__name__} to JSON.")
+    if callable(obj) and (name := _torch_name(obj)) is not None:
+        return {"__torch__": name}
+    raise TypeError(
+        f"Cannot save {where} = {obj!r} ({type(obj).__name__}): a saved scdl model holds JSON "
+        "and weights only, never code, and names only torch's activations "
+        "(`torch.nn.ReLU`, `torch.exp`, `torch.nn.functional.softplus`, ...). Build the model "
+        "with such a value (or the default) to save it."
+    )
 
 
 _NUMERIC_DTYPES = {"bool", *(f"{k}{b}" for k in ("int", "uint") for b in (8, 16, 32, 64))}
@@ -111,6 +140,14 @@ def _decode(obj):
         return frame.astype(numeric) if numeric else frame
     if "__float__" in obj:
         return float(obj["__float__"])
+    if "__torch__" in obj:
+        known = _torch_callables()
+        if obj["__torch__"] not in known:
+            raise ValueError(
+                f"The config names {obj['__torch__']!r}, not one of the torch activations scdl "
+                "saves: the file was edited or is corrupt. Save the model again with `.save()`."
+            )
+        return known[obj["__torch__"]]
     return {k: _decode(v) for k, v in obj.items()}
 
 
