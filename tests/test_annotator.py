@@ -845,6 +845,22 @@ def test_labels_that_are_the_text_of_a_missing_value_are_warned_about(kang):
         scdl.models.CellTypeTransformer.setup_anndata(ref, labels_key="cell_type")
 
 
+@pytest.mark.parametrize("as_category", [False, True])
+def test_integer_labels_are_warned_to_come_back_as_text(kang, as_category):
+    """Labels 0, 1, ... train, but calls name types as text beside "Unknown" (scANVI returns
+    the integers): setup says so and names the comparison, which then scores the calls."""
+    ref = kang[::3].copy()
+    codes = ref.obs["cell_type"].astype("category").cat.codes.to_numpy().astype(np.int64)
+    ref.obs["cell_type"] = pd.Categorical(codes) if as_category else codes
+    with pytest.warns(UserWarning, match=r"holds numbers \(e.g. 0\).*astype\(str\)"):
+        scdl.models.CellTypeTransformer.setup_anndata(ref, labels_key="cell_type")
+    model = scdl.models.CellTypeTransformer(ref)
+    model.train(max_epochs=5, enable_progress_bar=False)
+    calls = model.predict(ref, unknown=False)
+    assert set(calls) <= {"0", "1", "2", "3", "4"}
+    assert (calls == ref.obs["cell_type"].astype(str).to_numpy()).mean() > 0.6
+
+
 def test_annotation_inputs_named_by_what_fixes_them(annotator):
     """An over-clustering array with holes is refused like such an obs column; a query with
     fewer of the model's genes is explained at the overlap it was annotated at; scanpy's

@@ -395,6 +395,29 @@ def test_annotator_labels_refused_with_the_annotators_fix(kang):
     assert_unchanged(adata, snap)
 
 
+@pytest.mark.parametrize(
+    ("cls", "options"),
+    [
+        (VAE, {"size_factor_key": "sf"}),
+        (ContrastiveVAE, {"labels_key": "cell_type"}),
+        (CellTypeTransformer, {"labels_key": "cell_type", "unlabeled_category": "x"}),
+        ("DrugResponseModel", {"batch_key": "sample"}),
+    ],
+)
+def test_setup_options_of_other_scvi_tools_models_are_refused_by_name(kang, cls, options):
+    """scvi-tools' ``register_fields`` names no option and no fix for a keyword the model's
+    setup does not take; the setup names it and its own options, before writing anything."""
+    if cls == "DrugResponseModel":
+        cls = scdl.models.DrugResponseModel
+    adata = _small(kang, 100)
+    adata.obs["sf"] = 1.0
+    snap = snapshot(adata)
+    unknown = [k for k in options if k not in ("labels_key",) or cls is ContrastiveVAE]
+    with pytest.raises(TypeError, match=rf"does not take \['{unknown[0]}'\].*its options are"):
+        cls.setup_anndata(adata, **options)
+    assert_unchanged(adata, snap)
+
+
 def test_a_per_cell_number_is_not_a_batch(kang):
     """A numeric column with about one value per cell (total counts, genes per cell) is not
     registered as hundreds of batches; numeric batch codes are."""

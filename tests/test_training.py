@@ -85,6 +85,40 @@ def test_kl_weight_warms_up_over_half_the_epochs(kang, model_cls):
     assert model.history["kl_weight"].iloc[-1, 0] < 1.0
 
 
+@pytest.mark.parametrize("model_cls", ["VAE", "ContrastiveVAE"])
+def test_per_step_logging_is_scvi_tools_and_trains_the_same_weights(kang, model_cls):
+    """``plan_kwargs={"on_step": True}`` logs every step as scvi-tools does
+    (``train_loss_step``, epoch values under ``*_epoch``); the weights are the epoch-logging
+    loop's, step for step."""
+    import scvi
+
+    import scdl.models
+
+    cls = getattr(scdl.models, model_cls)
+    adata = kang[::8].copy()
+    cls.setup_anndata(adata)
+    groups = {} if model_cls == "VAE" else {"groupby": "condition", "background": "ctrl"}
+    latents, histories = [], []
+    for plan in ({}, {"on_step": True}):
+        scvi.settings.seed = 0
+        model = cls(adata)
+        model.train(
+            max_epochs=2, batch_size=64, enable_progress_bar=False, plan_kwargs=plan, **groups
+        )
+        latents.append(model.get_latent_representation())
+        histories.append(model.history)
+    assert "train_loss_step" not in histories[0] and "elbo_train" in histories[0]
+    n_steps = 2 * int(np.ceil(0.9 * adata.n_obs / 64))
+    assert len(histories[1]["train_loss_step"]) == n_steps
+    assert "elbo_train_epoch" in histories[1]
+    np.testing.assert_allclose(
+        histories[1]["train_loss_epoch"].to_numpy(dtype=float).ravel(),
+        histories[0]["train_loss"].to_numpy(dtype=float).ravel(),
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(latents[1], latents[0], atol=1e-5)
+
+
 def test_watched_validation_runs_every_epoch():
     """Early stopping counts its patience in validation passes and a plateau schedule needs one
     each epoch: as scvi-tools' Trainer, validate every epoch then (the user's choice kept)."""

@@ -303,6 +303,7 @@ class CellTypeTransformer(
             ``"Unknown"`` (the call's name), or gene names repeat. ``adata`` is left
             unchanged. Cells without counts are kept, with a warning.
         """
+        cls._refuse_setup_options(kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
         from_registry = kwargs.get("source_registry") is not None
         check_count_setup(adata, layer, categorical={"batch_key": batch_key})
@@ -336,6 +337,17 @@ class CellTypeTransformer(
                     "are trained as a cell type of that name. If they are unlabelled, leave them "
                     f"out: `ref = ref[~ref.obs[{labels_key!r}].astype(str).isin({missing_text!r})]"
                     ".copy()`.",
+                    UserWarning,
+                )
+            values = labels.dropna().unique()
+            numbers = [v for v in values if not isinstance(v, str)]
+            if numbers and not from_registry:
+                example = numbers[0].item() if hasattr(numbers[0], "item") else numbers[0]
+                warn_user(
+                    f"adata.obs[{labels_key!r}] holds numbers (e.g. {example!r}): predictions "
+                    f"name cell types as text ({str(example)!r}, beside {UNKNOWN!r}), so compare "
+                    f"them with `adata.obs[{labels_key!r}].astype(str)`, or give the types "
+                    "names before setup.",
                     UserWarning,
                 )
             slashed = sorted({str(v) for v in labels.dropna().unique() if "/" in str(v)})

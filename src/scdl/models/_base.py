@@ -57,6 +57,27 @@ class SafeSaveLoadMixin:
     #: how to use cells of categories the model was not trained on, said by ``load(adata=)``
     #: (and by the model's methods, see :class:`CheckedQueryMixin`)
     _unseen_categories_fix = "keep only cells of known categories"
+
+    @classmethod
+    def _refuse_setup_options(cls, kwargs: dict) -> None:
+        """Refuse ``setup_anndata`` keywords this model does not take (scvi-tools' other
+        models' options, e.g. ``size_factor_key``) by name, before anything is written;
+        scvi-tools' own transfer keywords (``source_registry``, ...) pass."""
+        import inspect
+
+        unknown = sorted(
+            set(kwargs) - {"source_registry", "extend_categories", "allow_missing_labels"}
+        )
+        if unknown:
+            params = inspect.signature(cls.setup_anndata).parameters
+            options = [n for n, p in params.items() if n != "adata" and p.kind != p.VAR_KEYWORD]
+            raise TypeError(
+                f"{cls.__name__}.setup_anndata() does not take {unknown} (an option of other "
+                f"scvi-tools models?); its options are {options}. Drop "
+                f"{'it' if len(unknown) == 1 else 'them'}, or use the scvi-tools model that "
+                "has it."
+            )
+
     #: whether the registered data are raw counts (checked as such by ``load(adata=)``)
     _reads_counts = True
     #: what ``load(adata=)`` takes, as a model loaded without data names it

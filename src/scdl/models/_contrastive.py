@@ -195,6 +195,7 @@ class ContrastiveVAE(
         ------
         %(raises_counts)s
         """
+        cls._refuse_setup_options(kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
         from_registry = kwargs.get("source_registry") is not None
         check_count_setup(

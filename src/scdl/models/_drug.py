@@ -328,6 +328,7 @@ class DrugResponseModel(
                 f"sensitive={sensitive!r} is not one of 'low' (a lower response means more "
                 "sensitive, as ln IC50) or 'high' (as activity area)."
             )
+        cls._refuse_setup_options(kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
         check_is_anndata(adata, registering=True)
         check_unique_var_names(adata)

@@ -212,6 +212,7 @@ class VAE(
         ------
         %(raises_counts)s
         """
+        cls._refuse_setup_options(kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
         from_registry = kwargs.get("source_registry") is not None
         # a query or a reloaded dataset may lack some of the reference genes (padded zeros)

@@ -11,7 +11,9 @@ schedules are scvi-tools'.
 
 The plan also steps its optimiser itself (Lightning's manual optimisation) unless the run asks
 for something only Lightning's automatic loop does (gradient clipping, gradient accumulation,
-a learning-rate scheduler). The update is the same, in the same order (forward, zero the
+a learning-rate scheduler). With ``plan_kwargs={"on_step": True}`` the steps are scvi-tools'
+own, which log every step too (``train_loss_step``; epoch values then end in ``_epoch``, as in
+scvi-tools). The update is the same, in the same order (forward, zero the
 gradients, backward, Adam step), so the same seed gives the same weights; what is skipped is
 the closure Lightning wraps around every step, about a millisecond of Python per minibatch.
 """
@@ -48,12 +50,15 @@ class EpochLoggingTrainingPlan(EpochMeansMixin, TrainingPlan):
         trainer = self._trainer
         return (
             trainer is None
+            or bool(self.on_step)
             or bool(self.reduce_lr_on_plateau)
             or bool(trainer.gradient_clip_val)
             or trainer.accumulate_grad_batches != 1
         )
 
     def training_step(self, batch, batch_idx):
+        if self.on_step:  # per-step values asked for (plan_kwargs): scvi-tools' own step logs
+            return super().training_step(batch, batch_idx)
         if self.automatic_optimization:
             return self._loss(batch)
         optimizer = self.optimizers()
@@ -85,6 +90,8 @@ class EpochLoggingTrainingPlan(EpochMeansMixin, TrainingPlan):
         return out.loss
 
     def on_train_epoch_end(self) -> None:
+        if self.on_step:  # scvi-tools' step logged the epoch's values itself
+            return
         elbo = {name: metric.compute() for name, metric in self.train_metrics.items()}
         for metric in self.train_metrics.values():
             metric.reset()
