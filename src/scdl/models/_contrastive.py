@@ -399,6 +399,8 @@ class ContrastiveVAE(
             Positions of the cells to return; ``None`` for all.
         representation
             ``"shared"`` (every cell) or ``"salient"`` (zero rows for non-target cells).
+            The default is the shared space, the one every cell has (scvi-tools'
+            ``ContrastiveVI`` returns the salient one by default).
         give_mean
             Posterior means (deterministic) rather than one sample.
         batch_size
