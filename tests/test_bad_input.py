@@ -379,6 +379,43 @@ def test_baseline_pca_refuses_sizes_it_cannot_use(kang, kwargs, n, match):
             genes_pca(adata, list(adata.var_names[:20]), **kwargs)
 
 
+def test_estimated_counts_are_told_to_round(kang):
+    """Fractional counts of a quantifier (Salmon, RSEM, kallisto) are not normalised data:
+    the refusal names rounding beside the raw-count layer, and the rounded counts train."""
+    adata = _small(kang, 200)
+    scale = np.random.default_rng(0).uniform(0.8, 1.2, adata.X.nnz).astype(np.float32)
+    adata.X.data = adata.X.data * scale
+    snap = snapshot(adata)
+    with pytest.raises(ValueError, match=r"estimated counts.*np.round\(adata.X.data\)"):
+        VAE.setup_anndata(adata)
+    assert_unchanged(adata, snap)
+    adata.X.data = np.round(adata.X.data)
+    VAE.setup_anndata(adata)
+
+
+def test_log2_of_normalised_counts_is_named_with_its_conversion():
+    """log2(TPM + 1) is a common published form; it was refused as a gene subset or scaled
+    data, and the fix named then (normalize_total + log1p of it) gave other calls. It is named
+    with the conversion to natural log, which gives the counts' calls."""
+    cells = scdl.datasets.kang_pbmc_heldout()
+    counts = cells.copy()
+    log2 = cells.copy()
+    log2.X = sparse.csr_matrix(
+        log2.X.multiply(1e6 / np.asarray(log2.X.sum(1)).clip(1)), dtype=np.float32
+    )
+    log2.X.data = np.log2(log2.X.data + 1)
+    snap = snapshot(log2)
+    with pytest.raises(ValueError, match=r"log2\(x \+ 1\) of counts normalised to 1e\+06"):
+        scdl.tl.annotate(log2, model="pbmc_kang2018")
+    assert_unchanged(log2, snap)
+    log2.X.data = np.log1p(np.exp2(log2.X.data) - 1)  # the conversion the message names
+    with pytest.warns(UserWarning, match="log1p of counts normalised to 1e\\+06"):
+        scdl.tl.annotate(log2, model="pbmc_kang2018")
+    scdl.tl.annotate(counts, model="pbmc_kang2018")
+    same = log2.obs["scdl_cell_type"].to_numpy() == counts.obs["scdl_cell_type"].to_numpy()
+    assert same.mean() >= 0.99
+
+
 def test_annotator_labels_refused_with_the_annotators_fix(kang):
     """A reference of one type is told to give two (not to pass ``labels_key=None``, which
     the annotator refuses); fractional numbers are not pointed to a parameter it lacks."""

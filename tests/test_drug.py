@@ -926,6 +926,42 @@ def test_auto_modality_refuses_counts_with_a_few_odd_values(trained, cellbench):
     assert_unchanged(cells, snap)
 
 
+def test_tpm_is_refused_by_auto_and_its_log1p_predicts_as_the_counts(trained, cellbench):
+    """TPM of plate-based cells (fractional, up to ~1e5) read as log-scale bulk profiles,
+    silently and without smoothing; "auto" refuses it naming log1p + ``modality='log1p'``,
+    which gives the counts' predictions (the cells are scaled to a constant total either
+    way)."""
+    import scipy.sparse
+
+    cells = cellbench[:200].copy()
+    tpm = cells.copy()
+    tpm.X = scipy.sparse.csr_matrix(
+        tpm.X.multiply(1e6 / np.asarray(tpm.X.sum(1))), dtype=np.float32
+    )
+    snap = snapshot(tpm)
+    with pytest.raises(ValueError, match=r"far above a log scale.*np.log1p.*modality='log1p'"):
+        scdl.tl.drug_response(tpm, model=trained, drugs=["Gefitinib"])
+    assert_unchanged(tpm, snap)
+    tpm.X.data = np.log1p(tpm.X.data)
+    from_tpm = trained.predict(tpm, drugs=["Gefitinib"], modality="log1p")
+    from_counts = trained.predict(cells, drugs=["Gefitinib"])
+    np.testing.assert_allclose(from_tpm.to_numpy(), from_counts.to_numpy(), atol=1e-3)
+
+
+def test_cells_of_another_species_are_told_to_map_to_human_genes(trained, cellbench):
+    """The drug model learns on human cell lines: mouse-case or worm gene names are told to
+    be mapped to human orthologues (not, as an annotator's message says, to train a model
+    on labelled cells of that species)."""
+    mouse = cellbench[:50].copy()
+    mouse.var_names = mouse.var_names.str.capitalize()
+    worm = cellbench[:50].copy()
+    worm.var_names = [f"WBGene{i:08d}" for i in range(worm.n_vars)]
+    for cells in (mouse, worm):
+        with pytest.raises(ValueError, match="human orthologue") as err:
+            scdl.tl.drug_response(cells, model=trained, drugs=["Gefitinib"])
+        assert "labelled cells" not in str(err.value)
+
+
 def test_auto_modality_names_nan_counts(trained, cellbench):
     """NaN among counts is said as NaN (it was counted among 'negative or fractional')."""
     cells = cellbench.copy()

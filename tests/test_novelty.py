@@ -153,6 +153,33 @@ def test_pooled_halvings_steady_the_threshold_of_a_one_batch_reference():
     assert calibrate_threshold(x, codes, seed=0)[1] == "split-half"
 
 
+def test_batches_of_other_types_calibrate_on_halves_with_a_warning():
+    """Batches that hold different types (sorted populations, one run each) cannot be left
+    out in turn: the other batches lack the played types, and no cluster (or only another
+    composition) is scored, which gave an infinite threshold. Halves are used, with a warning;
+    batches that share their types (Kang's two conditions) are left out as before."""
+    import warnings
+
+    ref, _ = kang_reference_query()
+    types = ref.obs["cell_type"].astype(str).to_numpy()
+    codes = np.unique(types, return_inverse=True)[1]
+    x = log_normalize(ref.X)
+    lymphoid = np.isin(types, ["CD4T", "CD8T", "NK", "B"])
+    condition = (ref.obs["condition"].astype(str) == "stimulated").to_numpy()
+    halves = calibrate_threshold(x, codes, n_halvings=1, prototypes=False)
+    for batches in (lymphoid, lymphoid * 2 + condition):  # two sorts; and split by condition
+        with pytest.warns(UserWarning, match="batches hold different cell types"):
+            sorted_runs = calibrate_threshold(
+                x, codes, batches.astype(int), n_halvings=1, prototypes=False
+            )
+        assert sorted_runs[1] == "split-half" and np.isfinite(sorted_runs[0])
+        assert sorted_runs[0] == halves[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        by_condition = calibrate_threshold(x, codes, condition.astype(int), prototypes=False)
+    assert by_condition[1] == "leave-one-batch-out" and np.isfinite(by_condition[0])
+
+
 def test_prototypes_of_a_large_reference_come_from_a_sample(monkeypatch):
     """Beyond ``PROTOTYPE_MAX_CELLS`` the prototypes are found on a random sample of that many
     cells (the clustering's exact graph costs cells squared), each sampled cell keeping its own

@@ -229,6 +229,7 @@ def check_counts(
             "(dense)."
         )
     if n_bad["frac"]:
+        data = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         raise ValueError(
             f"{where} contains {n_bad['frac']} non-integer values, so it looks normalised or "
             "log-transformed. The model needs raw counts: "
@@ -238,6 +239,9 @@ def check_counts(
                 "counts into adata.X."
             )
             + raw
+            + " If they are estimated counts (Salmon, RSEM, kallisto, alevin: fractional "
+            f"read or UMI counts), round them first: `{data}.data = np.round({data}.data)` "
+            f"(sparse) or `{data} = np.round({data})` (dense)."
         )
     n_zero_cells = int(np.count_nonzero(row_totals == 0))
     if n_zero_cells and warn_zero_cells:

@@ -162,16 +162,18 @@ def shared_genes(
     from ._genes import identifier_hint
 
     common = pd.Index(reference)[pd.Index(reference).isin(query)]
+    if len(common) == 0 or len(common) < min_genes:  # the hint reads every var column
+        hint = identifier_hint(reference, query, query_var, other_kind="human")
     if len(common) == 0:
         raise ValueError(
             f"The {names[0]} and the {names[1]} share no gene names (e.g. "
             f"{list(map(str, reference[:3]))} vs {list(map(str, query[:3]))}). Genes are "
-            f"matched by name: {identifier_hint(reference, query, query_var)}."
+            f"matched by name: {hint}."
         )
     if len(common) < min_genes:
         raise ValueError(
             f"The {names[0]} and the {names[1]} share only {len(common)} genes (at least "
-            f"{min_genes} are needed). {identifier_hint(reference, query, query_var)}; and "
+            f"{min_genes} are needed). {hint}; and "
             "check that the cells were not already reduced to a small gene panel."
         )
     return common
@@ -230,6 +232,18 @@ def guess_modality(x, n_rows: int = 2000, where: str = "adata.X") -> str:
     )
 
 
+#: largest value that log-scale expression reaches (natural or log2 of a million reads is
+#: 14-20): above it fractional values are on a linear scale (a guard, not a tuned value)
+LOG_SCALE_MAX = 50.0
+
+
+def _largest_value(x, n_rows: int) -> float:
+    """The largest stored value in the first ``n_rows`` rows (NaN-free: checked before)."""
+    part = x[: min(n_rows, x.shape[0])]
+    vals = part.data if sparse.issparse(part) else np.asarray(part)
+    return float(np.max(vals)) if vals.size else 0.0
+
+
 #: per-cell total (of expm1) below which log1p-normalised data read as single cells: scanpy
 #: normalises cells to 1e4 (or their median count, 1e3-1e4 for 10x); bulk data to a million
 SINGLE_CELL_MAX_TOTAL = 1e5
@@ -258,6 +272,17 @@ def resolve_modality(adata: AnnData, layer: str | None = None, n_rows: int = 200
                 kind, total = input_kind(adata, layer)
         except ValueError:  # scaled, a gene subset, z-scores, ...: log-scale profiles
             kind, total = "profiles", None
+        vmax = _largest_value(x, n_rows)
+        if kind == "profiles" and vmax > LOG_SCALE_MAX:
+            raise ValueError(
+                f"{where} holds fractional values up to {vmax:.4g}, far above a log scale: not "
+                "raw counts, log-normalised cells or log-scale bulk profiles (TPM, FPKM or "
+                "estimated counts?). For TPM or CPM of single cells pass their log1p "
+                "(`adata.X.data = np.log1p(adata.X.data)`, dense: `adata.X = "
+                "np.log1p(adata.X)`) with `modality='log1p'`; round estimated counts "
+                "(Salmon, RSEM, kallisto) with `np.round` and pass `modality='counts'`; "
+                "log-transform bulk profiles and pass `modality='profiles'`."
+            )
         if kind == "profiles" and _gene_standardised(x):
             raise ValueError(
                 f"{where} looks standardised gene by gene across its rows (every gene centred "

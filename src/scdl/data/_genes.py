@@ -78,10 +78,23 @@ def _case_fix(genes: pd.Index) -> str:
     )
 
 
-def identifier_hint(genes: pd.Index, var_names: pd.Index, var: pd.DataFrame | None) -> str:
+#: what to do with data of another species or panel: an annotator is trained on labelled
+#: cells of that kind; a drug model's bulk lines are human, so genes are mapped to them
+_OTHER_KIND_FIX = {
+    "train": "train a model on labelled cells of that species",
+    "human": "map them to human orthologue symbols first (the drug model's bulk lines are "
+    "human cell lines)",
+}
+
+
+def identifier_hint(
+    genes: pd.Index, var_names: pd.Index, var: pd.DataFrame | None, *, other_kind: str = "train"
+) -> str:
     """How to give the query the model's gene identifiers: a var column holding more of them
     than ``var_names`` (and than a change of case would), names that differ in case only, a
-    query cut to a few genes, or a generic hint."""
+    query cut to a few genes, or a generic hint. ``other_kind``: the fix for data of another
+    species (``"train"``: a model of its own; ``"human"``: orthologues of the human genes)."""
+    other = _OTHER_KIND_FIX[other_kind]
     genes = pd.Index(genes).astype(str)
     names = pd.Index(var_names).astype(str)
     n_names = int(genes.isin(names).sum())
@@ -107,14 +120,18 @@ def identifier_hint(genes: pd.Index, var_names: pd.Index, var: pd.DataFrame | No
             f"{n_case - n_names} more of them occur in adata.var_names in another case (e.g. "
             f"{genes[:2].tolist()}). If the data are of the model's species with the names "
             f"written in another case, match them: {_case_fix(genes)}; if they are another "
-            "species' genes (mouse Isg15 vs human ISG15), train a model on labelled cells of "
-            "that species"
+            f"species' genes (mouse Isg15 vs human ISG15), {other}"
         )
     if n_names == 0 and n_case == 0:  # nothing in common, in any var column or case
+        then = (
+            "Then train a model on labelled cells of the same kind"
+            if other_kind == "train"
+            else f"Then {other}"
+        )
         return (
             "None of its genes occur in the data under any name in var_names or a var column: "
-            "is the data from another species or gene panel? Then train a model on labelled "
-            "cells of the same kind (or convert the identifiers, e.g. symbols vs Ensembl IDs)"
+            f"is the data from another species or gene panel? {then} (or convert the "
+            "identifiers, e.g. symbols vs Ensembl IDs)"
         )
     if len(names) < 0.5 * len(genes) or (len(names) <= 5_000 and n_names < 0.5 * len(genes)):
         return (

@@ -21,10 +21,10 @@ if TYPE_CHECKING:
 _TOTAL_SPREAD = 0.01
 
 
-def _expm1_row_totals(x) -> tuple[np.ndarray, int, int, int, float]:
+def _expm1_row_totals(x) -> tuple[np.ndarray, int, int, int, float, np.ndarray]:
     """Per-cell totals of expm1(x); counts of non-finite, negative and fractional values;
-    the largest value."""
-    totals, n_nan, n_bad, n_frac, vmax = [], 0, 0, 0, 0.0
+    the largest value; per-cell totals of 2**x - 1 (log2(x + 1) data, e.g. log2(TPM + 1))."""
+    totals, n_nan, n_bad, n_frac, vmax, totals2 = [], 0, 0, 0, 0.0, []
     for chunk in row_blocks(x):
         vals = chunk.data if sparse.issparse(chunk) else np.asarray(chunk).ravel()
         vals = np.asarray(vals, dtype=np.float64)
@@ -35,12 +35,16 @@ def _expm1_row_totals(x) -> tuple[np.ndarray, int, int, int, float]:
             vmax = max(vmax, float(np.nanmax(np.where(np.isfinite(vals), vals, 0.0))))
         if sparse.issparse(chunk):
             chunk = sparse.csr_matrix(chunk, dtype=np.float64, copy=True)
-            chunk.data = np.expm1(np.clip(chunk.data, 0.0, 50.0))
+            clipped = np.clip(chunk.data, 0.0, 50.0)
+            chunk.data = np.expm1(clipped)
             totals.append(np.asarray(chunk.sum(1)).ravel())
+            chunk.data = np.exp2(clipped) - 1.0
+            totals2.append(np.asarray(chunk.sum(1)).ravel())
         else:
-            arr = np.asarray(chunk, dtype=np.float64)
-            totals.append(np.expm1(np.clip(np.nan_to_num(arr), 0.0, 50.0)).sum(1))
-    return np.concatenate(totals), n_nan, n_bad, n_frac, vmax
+            clipped = np.clip(np.nan_to_num(np.asarray(chunk, dtype=np.float64)), 0.0, 50.0)
+            totals.append(np.expm1(clipped).sum(1))
+            totals2.append((np.exp2(clipped) - 1.0).sum(1))
+    return np.concatenate(totals), n_nan, n_bad, n_frac, vmax, np.concatenate(totals2)
 
 
 def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | None]:
@@ -65,7 +69,7 @@ def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | N
     except RoundOffError:  # counts after all: the message says to round them
         raise
     except ValueError:
-        totals, n_nan, n_bad, n_frac, vmax = _expm1_row_totals(get_matrix(adata, layer))
+        totals, n_nan, n_bad, n_frac, vmax, totals2 = _expm1_row_totals(get_matrix(adata, layer))
         if n_nan or not (n_bad or n_frac):  # NaN, or integer counts with another problem
             raise
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
@@ -81,7 +85,17 @@ def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | N
         )
     positive = totals[totals > 0]  # fractional values exist, so some cell has expression
     lo, hi = float(positive.min()), float(positive.max())
-    if vmax > 25 or hi > lo * (1 + _TOTAL_SPREAD):
+    positive2 = totals2[totals2 > 0]
+    natural = vmax <= 25 and hi <= lo * (1 + _TOTAL_SPREAD)
+    if not natural and vmax <= 50 and positive2.max() <= positive2.min() * (1 + _TOTAL_SPREAD):
+        raise ValueError(
+            f"{where} holds log2(x + 1) of counts normalised to "
+            f"{float(np.median(positive2)):.4g} per cell (e.g. log2(TPM + 1)): 2**x - 1 sums "
+            "to that in every cell. scdl reads natural-log values: convert them, "
+            f"`{where}.data = np.log1p(np.exp2({where}.data) - 1)` (sparse) or `{where} = "
+            f"np.log1p(np.exp2({where}) - 1)` (dense), or pass raw counts."
+        )
+    if not natural:
         raise ValueError(
             f"{where} has {n_frac} non-integer values, so it is not raw counts; nor is it log1p "
             f"of counts normalised per cell: expm1 of it sums to {lo:.4g}-{hi:.4g} per cell (a "

@@ -49,6 +49,7 @@ import torch
 from scipy import sparse
 
 from scdl._rng import keeps_torch_threads
+from scdl._warnings import warn_user
 from scdl.data import log_normalize_counts
 
 from ._knn import TorchKNN
@@ -389,6 +390,21 @@ def _type_centroids(x_log, labels: np.ndarray, n_types: int) -> np.ndarray:
     return out
 
 
+#: share of a left-out batch's cells whose type the other batches hold, and of theirs that
+#: it holds, for the batch to calibrate the Unknown call (a guard, not a tuned value)
+BATCH_TYPE_SHARE = 0.9
+
+
+def _types_shared(labels: np.ndarray, fit: np.ndarray, play: np.ndarray) -> bool:
+    """Whether the batch ``play`` and the rest ``fit`` hold the same types, each for at
+    least ``BATCH_TYPE_SHARE`` of the other's cells."""
+    fit_labels, play_labels = labels[fit], labels[play]
+    return (
+        np.isin(play_labels, np.unique(fit_labels)).mean() >= BATCH_TYPE_SHARE
+        and np.isin(fit_labels, np.unique(play_labels)).mean() >= BATCH_TYPE_SHARE
+    )
+
+
 def calibrate_threshold(
     x_log,
     labels: np.ndarray,
@@ -419,6 +435,20 @@ def calibrate_threshold(
         levels, counts = np.unique(batches, return_counts=True)
         if (counts >= min_cells).sum() >= 2:
             parts = [(batches != b, batches == b) for b in levels[counts >= min_cells]]
+            # a batch of other types than the rest (sorted populations, one run each) is a
+            # new composition, not a shift of known types: it cannot calibrate the call
+            shared = [p for p in parts if _types_shared(labels, *p)]
+            if len(shared) < 2:
+                n_apart = len(parts) - len(shared)
+                warn_user(
+                    f"The reference's batches hold different cell types ({n_apart} "
+                    f"of {len(parts)} share fewer than {BATCH_TYPE_SHARE:.0%} of their cells' "
+                    "types with the other batches), so leaving one batch out would play types "
+                    "the rest lacks: the Unknown call is calibrated on random halves of the "
+                    "reference instead, and a shift between batches is not allowed for.",
+                    UserWarning,
+                )
+            parts = shared if len(shared) >= 2 else []
     how = "leave-one-batch-out" if parts else "split-half"
     seeds = [seed] * len(parts)
     for h in range(0 if parts else n_halvings):
