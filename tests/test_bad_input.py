@@ -127,10 +127,22 @@ def test_zero_count_genes_are_kept_by_setup_and_dropped_by_integrate(kang):
     assert adata.var_names[5] not in set(adata.uns["X_scdl"]["var_names"])
 
 
-def test_empty_anndata(kang):
+def test_empty_anndata(kang, tmp_path, capsys):
+    """An AnnData without cells is said to be empty, also where a batch or group column is
+    checked first (its empty column was blamed: "0 categories", "values present: []")."""
+    from scdl.cli import main
+
     adata = kang[:0].copy()
     with pytest.raises(ValueError, match="empty"):
         VAE.setup_anndata(adata)
+    with pytest.raises(ValueError, match="The AnnData is empty"):
+        scdl.tl.integrate(adata, batch_key="sample")
+    with pytest.raises(ValueError, match="The AnnData is empty"):
+        scdl.tl.contrastive(adata, groupby="condition", background="ctrl", batch_key="sample")
+    adata.write_h5ad(tmp_path / "empty.h5ad")
+    args = ["integrate", str(tmp_path / "empty.h5ad"), "-o", str(tmp_path / "o.h5ad")]
+    assert main([*args, "--batch-key", "sample"]) == 2
+    assert "holds 0 cells" in capsys.readouterr().err
 
 
 def test_non_numeric_matrix(kang):

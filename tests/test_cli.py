@@ -24,7 +24,8 @@ def test_integrate_command(kang, tmp_path, capsys):
     small.write_h5ad(tmp_path / "in.h5ad")
     args = ["integrate", str(tmp_path / "in.h5ad"), "-o", str(tmp_path / "out.h5ad")]
     args += ["--batch-key", "sample", "--max-epochs", "2", "--key-added", "X_cli"]
-    args += ["--n-latent", "6", "--cluster", "--save-model", str(tmp_path / "m"), "-q"]
+    args += ["--n-latent", "6", "--n-top-genes", "500", "--cluster"]
+    args += ["--save-model", str(tmp_path / "m"), "-q"]
     assert main(args) == 0
     out = ad.read_h5ad(tmp_path / "out.h5ad")
     # each option reached tl.integrate / tl.cluster / save
@@ -34,9 +35,22 @@ def test_integrate_command(kang, tmp_path, capsys):
     assert len(info["history"]["elbo_train"]) == 2
     assert out.obs["scdl_cluster"].nunique() > 1
     genes = list(info["var_names"])
+    assert len(genes) == 500
     again = VAE.load(tmp_path / "m", out[:, genes].copy())
     np.testing.assert_allclose(again.get_latent_representation(), out.obsm["X_cli"], atol=1e-6)
     assert "Leiden clusters in obs['scdl_cluster']" in capsys.readouterr().out
+
+
+def test_warnings_name_the_command_lines_flags():
+    """A warning about cells empty in the genes trained on names `n_top_genes`: the command
+    line has it as ``--n-top-genes`` (0: every expressed gene)."""
+    from scdl.cli import _as_flags, _n_top_genes
+
+    said = _as_flags("3 cells have no counts in the 2000 genes (`n_top_genes` sets how many)")
+    assert "`--n-top-genes`" in said
+    assert _n_top_genes("0") is None and _n_top_genes("300") == 300
+    with pytest.raises(Exception, match="integer >= 1"):
+        _n_top_genes("-5")
 
 
 def test_integrate_command_reports_bad_key(kang, tmp_path, capsys):

@@ -19,10 +19,19 @@ def test_plan_training_defaults_and_ddp():
         "check_val_every_n_epoch": 20,
         "log_every_n_steps": 7,  # 900 training cells: 7 minibatches of 128 an epoch
     }
-    kwargs = {"strategy": "ddp_spawn"}
-    assert plan_training(10_000, 7, batch_size=64, train_size=1.0, trainer_kwargs=kwargs) == (7, 64)
-    # no validation, other strategies untouched
-    assert kwargs == {"strategy": "ddp_spawn", "log_every_n_steps": 10}
+    # every DDP launcher by name allows unused parameters (Lightning fails on them otherwise)
+    for name in ("ddp_spawn", "ddp_fork", "ddp_notebook"):
+        kwargs = {"strategy": name}
+        plan = plan_training(10_000, 7, batch_size=64, train_size=1.0, trainer_kwargs=kwargs)
+        assert plan == (7, 64)
+        # no validation
+        assert kwargs == {
+            "strategy": f"{name}_find_unused_parameters_true",
+            "log_every_n_steps": 10,
+        }
+    kwargs = {"strategy": "ddp_find_unused_parameters_false"}  # the user's explicit choice
+    plan_training(10_000, 7, batch_size=64, train_size=1.0, trainer_kwargs=kwargs)
+    assert kwargs["strategy"] == "ddp_find_unused_parameters_false"
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ _FLAGS = {
     "key_added": "--key-added",
     "max_epochs": "--max-epochs",
     "n_latent": "--n-latent",
+    "n_top_genes": "--n-top-genes",
     "min_gene_overlap": "--min-gene-overlap",
 }
 
@@ -75,6 +76,19 @@ def _seed(text: str) -> int:
     if not 0 <= value < 2**32:
         raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**32 - 1, got {text!r}")
     return value
+
+
+def _n_top_genes(text: str) -> int | None:
+    """``--n-top-genes``: an integer >= 1, or 0 for every expressed gene (``None``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer >= 1 (or 0: every expressed gene), got {text!r}"
+        )
+    return value or None
 
 
 #: ``--max-epochs``: leaving it out chooses the epochs from the number of cells
@@ -255,11 +269,11 @@ def _integrate(args: argparse.Namespace) -> int:
     adata = _read_input(args.input)
     # input errors are said before "training ..." is printed: the batch column, the layer,
     # and values that a sample already shows are not counts (the full check runs in training)
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(f"{args.input} holds {adata.n_obs} cells x {adata.n_vars} genes.")
     if args.batch_key is not None:
         scdl.data.check_categorical(adata, args.batch_key, arg="batch_key")
     x = scdl.data.get_matrix(adata, args.layer)
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise ValueError(f"{args.input} holds {adata.n_obs} cells x {adata.n_vars} genes.")
     if not scdl.data.sampled_counts_ok(adata, args.layer):
         scdl.data.check_counts(adata, args.layer)
     if isinstance(x, np.ndarray) or hasattr(x, "nnz"):
@@ -275,6 +289,7 @@ def _integrate(args: argparse.Namespace) -> int:
         layer=args.layer,
         key_added=args.key_added,
         n_latent=args.n_latent,
+        n_top_genes=args.n_top_genes,
         max_epochs=args.max_epochs,
         random_state=args.seed,
         progress_bar=not args.quiet,
@@ -375,6 +390,12 @@ def _add_integrate(sub) -> None:
         type=_at_least_one,
         default=10,
         help="latent dimensions (default: %(default)s)",
+    )
+    i.add_argument(
+        "--n-top-genes",
+        type=_n_top_genes,
+        default=2000,
+        help="highly variable genes trained on, 0 for every expressed gene (default: %(default)s)",
     )
     i.add_argument(
         "--max-epochs",

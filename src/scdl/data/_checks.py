@@ -27,6 +27,16 @@ logger = logging.getLogger(__name__)
 _CHUNK_VALUES = 2_000_000
 
 
+def check_not_empty(adata) -> None:
+    """Refuse an AnnData without cells or genes, before its columns are checked (an empty
+    batch column would be blamed otherwise)."""
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ValueError(
+            f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes); "
+            "a model needs at least one cell and one gene."
+        )
+
+
 def check_is_anndata(adata, *, registering: bool = False) -> None:
     """``adata`` must be an AnnData; when ``registering``, not a view of another one."""
     from anndata import AnnData
@@ -186,11 +196,7 @@ def check_counts(
     """
     check_is_anndata(adata)
     where = _where(layer)
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise ValueError(
-            f"The AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes); "
-            "a model needs at least one cell and one gene."
-        )
+    check_not_empty(adata)
     x = get_matrix(adata, layer)
     dtype = getattr(x, "dtype", None)
     if dtype is None or not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):

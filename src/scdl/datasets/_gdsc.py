@@ -113,11 +113,12 @@ def gdsc(
     ----------
     metric
         Response summary: ``"ln_ic50"`` (natural log of the IC50 in µM; lower = more
-        sensitive) or ``"auc"`` (area under the viability curve; lower = more sensitive) for
-        GDSC1/GDSC2; for CCLE ``"ic50_um"`` (the IC50 in µM, not logged, and held at the
-        screen's top dose of 8 µM for most line-drug pairs: take its log before training a
-        model on it) or ``"activity_area"`` (area above the curve; *higher* = more sensitive,
-        which :meth:`scdl.models.DrugResponseModel.setup_anndata` reads from the key).
+        sensitive) for GDSC1 and GDSC2, or ``"auc"`` (area under the viability curve; lower =
+        more sensitive) for GDSC2 only (the carrier holds no GDSC1 AUC); for CCLE
+        ``"ic50_um"`` (the IC50 in µM, not logged, and held at the screen's top dose of 8 µM
+        for most line-drug pairs: take its log before training a model on it) or
+        ``"activity_area"`` (area above the curve; *higher* = more sensitive, which
+        :meth:`scdl.models.DrugResponseModel.setup_anndata` reads from the key).
     dataset
         Screen: ``"GDSC1"``, ``"GDSC2"`` or ``"CCLE"``.
     path

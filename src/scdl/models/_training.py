@@ -109,7 +109,8 @@ def plan_training(
     in validation passes, and a plateau schedule fails on an epoch without one); the user's
     ``check_val_every_n_epoch`` is kept either way. Lightning's logging interval
     no longer than an epoch (else it warns on small data); and ``strategy="ddp"`` becomes
-    ``"ddp_find_unused_parameters_true"``, because every scdl network holds parameters that a
+    ``"ddp_find_unused_parameters_true"`` (``"ddp_spawn"``, ``"ddp_fork"`` and
+    ``"ddp_notebook"`` likewise), because every scdl network holds parameters that a
     given loss does not use (scVI's library encoder with observed library sizes, the
     annotator's pretraining head) and plain DDP refuses them.
 
@@ -173,8 +174,10 @@ def plan_training(
     elif isinstance(limit, float):
         n_batches = int(n_batches * limit)
     trainer_kwargs.setdefault("log_every_n_steps", max(1, min(10, n_batches)))
-    if trainer_kwargs.get("strategy") == "ddp":
-        trainer_kwargs["strategy"] = "ddp_find_unused_parameters_true"
+    # Lightning's DDP strategies by name: their forms that allow parameters a step leaves
+    # unused (scvi-tools' modules have some, e.g. the library encoder)
+    if trainer_kwargs.get("strategy") in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
+        trainer_kwargs["strategy"] = f"{trainer_kwargs['strategy']}_find_unused_parameters_true"
     return TrainingSchedule(max_epochs, batch_size)
 
 

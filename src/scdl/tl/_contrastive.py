@@ -12,6 +12,7 @@ from scdl.data import (
     check_counts,
     check_is_anndata,
     check_key_added,
+    check_not_empty,
     check_positive_int,
     check_random_state,
     check_unique_var_names,
@@ -210,6 +211,7 @@ def _check_inputs(
 ):
     """The background and target cells and the count summary; every input checked."""
     check_is_anndata(adata)
+    check_not_empty(adata)
     check_writable(adata)
     check_key_added(key_added)
     check_key_added(shared_key)

@@ -12,6 +12,7 @@ from scdl.data import (
     check_counts,
     check_is_anndata,
     check_key_added,
+    check_not_empty,
     check_positive_int,
     check_random_state,
     check_unique_var_names,
@@ -185,6 +186,7 @@ def integrate(
 def _check_inputs(adata, key_added, layer, batch_key, n_top_genes):
     """The count summary of ``adata``; every input checked before anything is written."""
     check_is_anndata(adata)
+    check_not_empty(adata)
     check_writable(adata)
     check_key_added(key_added)
     check_positive_int(n_top_genes, "n_top_genes", none="all expressed genes")

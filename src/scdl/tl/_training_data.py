@@ -61,6 +61,8 @@ def training_adata(
     n_empty = int(np.count_nonzero(np.asarray(out.X.sum(axis=1)).ravel() == 0))
     if n_empty:
         warn_empty_cells(
-            n_empty, out.n_obs, f"in the {len(genes)} genes trained on (n_top_genes sets how many)"
+            n_empty,
+            out.n_obs,
+            f"in the {len(genes)} genes trained on (`n_top_genes` sets how many)",
         )
     return out
