@@ -861,6 +861,24 @@ def test_integer_labels_are_warned_to_come_back_as_text(kang, as_category):
     assert (calls == ref.obs["cell_type"].astype(str).to_numpy()).mean() > 0.6
 
 
+def test_training_after_another_models_setup_reads_its_own_labels(kang):
+    """Another model's setup on the same AnnData rewrites the shared copies of the registered
+    columns (``obs["_scvi_labels"]``): training and calibrating then read this model's labels
+    again (they read every cell as the first type: one type called everywhere)."""
+    ref = kang[::4].copy()
+    scdl.models.CellTypeTransformer.setup_anndata(ref, labels_key="cell_type")
+    model = scdl.models.CellTypeTransformer(ref)
+    scdl.models.VAE.setup_anndata(ref)  # e.g. to embed the same cells
+    model.train(max_epochs=3, enable_progress_bar=False)
+    calls = model.predict(ref, unknown=False)
+    truth = ref.obs["cell_type"].astype(str).to_numpy()
+    assert len(set(calls)) >= 4 and (calls == truth).mean() > 0.6
+    threshold = model.cluster_threshold_
+    scdl.models.VAE.setup_anndata(ref)
+    model.calibrate_clusters()
+    assert model.cluster_threshold_ == threshold
+
+
 def test_annotation_inputs_named_by_what_fixes_them(annotator):
     """An over-clustering array with holes is refused like such an obs column; a query with
     fewer of the model's genes is explained at the overlap it was annotated at; scanpy's

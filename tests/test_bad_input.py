@@ -403,6 +403,12 @@ def test_estimated_counts_are_told_to_round(kang):
     assert_unchanged(adata, snap)
     adata.X.data = np.round(adata.X.data)
     VAE.setup_anndata(adata)
+    # log-normalised values are not told to round (that makes them small integers, accepted)
+    logged = _small(kang, 200)
+    logged.X.data = np.log1p(logged.X.data)
+    with pytest.raises(ValueError, match="looks normalised or log-transformed") as err:
+        VAE.setup_anndata(logged)
+    assert "np.round" not in str(err.value)
 
 
 def test_log2_of_normalised_counts_is_named_with_its_conversion():

@@ -942,6 +942,17 @@ def test_tpm_is_refused_by_auto_and_its_log1p_predicts_as_the_counts(trained, ce
     with pytest.raises(ValueError, match=r"far above a log scale.*np.log1p.*modality='log1p'"):
         scdl.tl.drug_response(tpm, model=trained, drugs=["Gefitinib"])
     assert_unchanged(tpm, snap)
+    log2 = tpm.copy()
+    log2.X.data = np.log2(log2.X.data + 1)  # log2(TPM + 1): the bulk convention, said
+    with pytest.warns(UserWarning, match=r"log2\(x \+ 1\).*per sample \(bulk convention"):
+        trained.predict(log2, drugs=["Gefitinib"])
+    cp10k = cells.copy()  # log2 of single cells' counts per 10k: refused, the fix named
+    cp10k.X = scipy.sparse.csr_matrix(
+        cp10k.X.multiply(1e4 / np.asarray(cp10k.X.sum(1))), dtype=np.float32
+    )
+    cp10k.X.data = np.log2(cp10k.X.data + 1)
+    with pytest.raises(ValueError, match=r"log2\(x \+ 1\).*np.log1p\(np.exp2"):
+        trained.predict(cp10k, drugs=["Gefitinib"])
     tpm.X.data = np.log1p(tpm.X.data)
     from_tpm = trained.predict(tpm, drugs=["Gefitinib"], modality="log1p")
     from_counts = trained.predict(cells, drugs=["Gefitinib"])

@@ -27,6 +27,21 @@ logger = logging.getLogger(__name__)
 _CHUNK_VALUES = 2_000_000
 
 
+#: largest value above which fractional values are on a linear scale (estimated counts), not
+#: log-normalised (log1p of counts per 10k or per million stays below ~15): a guard
+LINEAR_SCALE_MIN = 50.0
+
+
+def _largest_value(x) -> float:
+    """The largest stored value of ``x``, read in row blocks (a refusal's hint only)."""
+    largest = 0.0
+    for chunk in row_blocks(x):
+        vals = chunk.data if sparse.issparse(chunk) else np.asarray(chunk)
+        if vals.size:
+            largest = max(largest, float(np.nanmax(np.where(np.isfinite(vals), vals, 0))))
+    return largest
+
+
 def check_not_empty(adata) -> None:
     """Refuse an AnnData without cells or genes, before its columns are checked (an empty
     batch column would be blamed otherwise)."""
@@ -245,9 +260,13 @@ def check_counts(
                 "counts into adata.X."
             )
             + raw
-            + " If they are estimated counts (Salmon, RSEM, kallisto, alevin: fractional "
-            f"read or UMI counts), round them first: `{data}.data = np.round({data}.data)` "
-            f"(sparse) or `{data} = np.round({data})` (dense)."
+            + (
+                " If they are estimated counts (Salmon, RSEM, kallisto, alevin: fractional "
+                f"read or UMI counts), round them first: `{data}.data = np.round({data}.data)` "
+                f"(sparse) or `{data} = np.round({data})` (dense)."
+                if _largest_value(x) > LINEAR_SCALE_MIN  # rounding log values makes no counts
+                else ""
+            )
         )
     n_zero_cells = int(np.count_nonzero(row_totals == 0))
     if n_zero_cells and warn_zero_cells:

@@ -260,7 +260,7 @@ def resolve_modality(adata: AnnData, layer: str | None = None, n_rows: int = 200
     """
     import warnings
 
-    from ._lognorm import input_kind
+    from ._lognorm import Log2Error, input_kind
 
     x = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
@@ -270,19 +270,20 @@ def resolve_modality(adata: AnnData, layer: str | None = None, n_rows: int = 200
             with warnings.catch_warnings():  # the caller says what it reads
                 warnings.simplefilter("ignore", UserWarning)
                 kind, total = input_kind(adata, layer)
+        except Log2Error as err:
+            if err.total < SINGLE_CELL_MAX_TOTAL:  # single cells: as profiles, not smoothed
+                raise ValueError(str(err)) from None
+            kind, total = "log2", err.total
+            warn_user(
+                f"{where} holds log2(x + 1) of counts normalised to {total:.3g} per sample "
+                "(bulk convention, e.g. log2(TPM + 1)): read as bulk log-scale profiles, "
+                f"without neighbour smoothing. For single cells convert them (`{where} = "
+                f"np.log1p(np.exp2({where}) - 1)`, on `.data` when sparse) and pass "
+                "`modality='log1p'`.",
+                UserWarning,
+            )
         except ValueError:  # scaled, a gene subset, z-scores, ...: log-scale profiles
             kind, total = "profiles", None
-        vmax = _largest_value(x, n_rows)
-        if kind == "profiles" and vmax > LOG_SCALE_MAX:
-            raise ValueError(
-                f"{where} holds fractional values up to {vmax:.4g}, far above a log scale: not "
-                "raw counts, log-normalised cells or log-scale bulk profiles (TPM, FPKM or "
-                "estimated counts?). For TPM or CPM of single cells pass their log1p "
-                "(`adata.X.data = np.log1p(adata.X.data)`, dense: `adata.X = "
-                "np.log1p(adata.X)`) with `modality='log1p'`; round estimated counts "
-                "(Salmon, RSEM, kallisto) with `np.round` and pass `modality='counts'`; "
-                "log-transform bulk profiles and pass `modality='profiles'`."
-            )
         if kind == "profiles" and _gene_standardised(x):
             raise ValueError(
                 f"{where} looks standardised gene by gene across its rows (every gene centred "
@@ -291,6 +292,17 @@ def resolve_modality(adata: AnnData, layer: str | None = None, n_rows: int = 200
                 "prediction. Pass raw counts (a counts layer with `layer=`, or "
                 "`adata.raw.to_adata()`), or `modality='profiles'` for bulk profiles "
                 "standardised that way."
+            )
+        vmax = _largest_value(x, n_rows)
+        if kind == "profiles" and vmax > LOG_SCALE_MAX:
+            raise ValueError(
+                f"{where} holds fractional values up to {vmax:.4g}, far above a log scale: not "
+                "raw counts, log-normalised cells or log-scale bulk profiles (TPM, FPKM or "
+                "estimated counts?). For TPM or CPM of single cells pass their log1p "
+                f"(`{where}.data = np.log1p({where}.data)`, dense: `{where} = "
+                f"np.log1p({where})`) with `modality='log1p'`; round estimated counts "
+                "(Salmon, RSEM, kallisto) with `np.round` and pass `modality='counts'`; "
+                "log-transform bulk profiles and pass `modality='profiles'`."
             )
         if kind == "log1p" and total < SINGLE_CELL_MAX_TOTAL:
             modality = "log1p"

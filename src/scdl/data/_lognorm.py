@@ -21,6 +21,15 @@ if TYPE_CHECKING:
 _TOTAL_SPREAD = 0.01
 
 
+class Log2Error(ValueError):
+    """log2(x + 1) of counts normalised to ``total`` per cell, where natural-log values are
+    read (named with the conversion)."""
+
+    def __init__(self, message: str, total: float):
+        super().__init__(message)
+        self.total = total
+
+
 def _expm1_row_totals(x) -> tuple[np.ndarray, int, int, int, float, np.ndarray]:
     """Per-cell totals of expm1(x); counts of non-finite, negative and fractional values;
     the largest value; per-cell totals of 2**x - 1 (log2(x + 1) data, e.g. log2(TPM + 1))."""
@@ -88,12 +97,14 @@ def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | N
     positive2 = totals2[totals2 > 0]
     natural = vmax <= 25 and hi <= lo * (1 + _TOTAL_SPREAD)
     if not natural and vmax <= 50 and positive2.max() <= positive2.min() * (1 + _TOTAL_SPREAD):
-        raise ValueError(
-            f"{where} holds log2(x + 1) of counts normalised to "
-            f"{float(np.median(positive2)):.4g} per cell (e.g. log2(TPM + 1)): 2**x - 1 sums "
-            "to that in every cell. scdl reads natural-log values: convert them, "
-            f"`{where}.data = np.log1p(np.exp2({where}.data) - 1)` (sparse) or `{where} = "
-            f"np.log1p(np.exp2({where}) - 1)` (dense), or pass raw counts."
+        total2 = float(np.median(positive2))
+        raise Log2Error(
+            f"{where} holds log2(x + 1) of counts normalised to {total2:.4g} per cell (e.g. "
+            "log2(TPM + 1)): 2**x - 1 sums to that in every cell. scdl reads natural-log "
+            f"values: convert them, `{where}.data = np.log1p(np.exp2({where}.data) - 1)` "
+            f"(sparse) or `{where} = np.log1p(np.exp2({where}) - 1)` (dense), or pass raw "
+            "counts.",
+            total2,
         )
     if not natural:
         raise ValueError(

@@ -69,6 +69,7 @@ class AnnotatorCalibrationMixin:
         """
         from ._novelty import log_normalize
 
+        self._require_adata("train")  # registered again if another model's setup has since
         counts = in_memory(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
         x_log = log_normalize(counts)
         labels = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel()

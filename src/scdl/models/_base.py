@@ -91,7 +91,8 @@ class SafeSaveLoadMixin:
         """Called by :meth:`load` once the saved attributes are restored."""
 
     def _require_adata(self, what: str = "train", *, takes_adata: bool = False):
-        """The AnnData the model was set up with; a model loaded without data has none."""
+        """The AnnData the model was set up with; a model loaded without data has none. To
+        train on it, it is registered again if another model's setup has since."""
         if self.adata is None:
             name = type(self).__name__
             raise ValueError(
@@ -99,7 +100,32 @@ class SafeSaveLoadMixin:
                 f"with `{name}.load(dir_path, adata=...)` ({self._load_adata_what})"
                 + (", or pass them as `adata=`." if takes_adata else ".")
             )
+        if what == "train":
+            self._replay_if_registered_elsewhere(self.adata)
         return self.adata
+
+    def _replay_if_registered_elsewhere(self, adata: AnnData) -> None:
+        """Register ``adata`` again with this model's categories when another model's setup
+        (scdl's or scvi-tools') has registered it since: that setup rewrote the shared copies
+        (``obs["_scvi_batch"]``, ...), which the model reads and the edit check compares with.
+        scvi-tools replays a registration the same way (``AnnDataManager.validate``); here the
+        model's own category mappings are kept, so a value outside them is refused."""
+        from scdl.data import check_query
+
+        manager = self.get_anndata_manager(adata)
+        if manager is None or adata.uns.get(_MANAGER_UUID) == manager.id:
+            return
+        check_query(
+            adata,
+            self.registry_,
+            model=type(self).__name__,
+            unseen_fix=self._unseen_categories_fix,
+            counts=self._reads_counts,
+        )
+        # a copy: registering rebuilds the manager's registry, which is the source read here
+        source = copy.deepcopy(manager.registry)
+        manager.adata = None  # as AnnDataManager.validate does before registering again
+        manager.register_fields(adata, source)
 
     def save(
         self,
@@ -375,25 +401,6 @@ class CheckedQueryMixin:
         store = type(self)._per_instance_manager_store.get(self.id, {})
         manager = store.get(uns[_SCVI_UUID])
         return manager is not None and manager.adata is adata
-
-    def _replay_if_registered_elsewhere(self, adata: AnnData) -> None:
-        """Register ``adata`` again with this model's categories when another model's setup
-        (scdl's or scvi-tools') has registered it since: that setup rewrote the shared copies
-        (``obs["_scvi_batch"]``, ...), which the model reads and the edit check compares with.
-        scvi-tools replays a registration the same way (``AnnDataManager.validate``); here the
-        model's own category mappings are kept, so a value outside them is refused."""
-        from scdl.data import check_query
-
-        manager = self.get_anndata_manager(adata)
-        if manager is None or adata.uns.get(_MANAGER_UUID) == manager.id:
-            return
-        check_query(
-            adata, self.registry_, model=type(self).__name__, unseen_fix=self._unseen_categories_fix
-        )
-        # a copy: registering rebuilds the manager's registry, which is the source read here
-        source = copy.deepcopy(manager.registry)
-        manager.adata = None  # as AnnDataManager.validate does before registering again
-        manager.register_fields(adata, source)
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
         from scdl.data import (

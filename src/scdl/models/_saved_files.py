@@ -57,7 +57,12 @@ def _torch_callables() -> dict:
     found = {f"torch.nn.{n}": getattr(torch.nn, n) for n in activation.__all__}
     for name in ("exp", "sigmoid", "tanh", "relu", "softmax", "log_softmax"):
         found[f"torch.{name}"] = getattr(torch, name)
-    for name in ("softplus", "relu", "elu", "gelu", "leaky_relu", "silu", "selu", "mish"):
+    functional = (
+        "softplus", "relu", "relu6", "elu", "celu", "selu", "gelu", "leaky_relu", "silu",
+        "mish", "sigmoid", "tanh", "softmax", "log_softmax", "softmin", "hardtanh",
+        "hardsigmoid", "hardswish", "logsigmoid", "softsign", "tanhshrink",
+    )  # fmt: skip
+    for name in functional:
         found[f"torch.nn.functional.{name}"] = getattr(torch.nn.functional, name)
     return found
 

@@ -11,9 +11,9 @@ schedules are scvi-tools'.
 
 The plan also steps its optimiser itself (Lightning's manual optimisation) unless the run asks
 for something only Lightning's automatic loop does (gradient clipping, gradient accumulation,
-a learning-rate scheduler). With ``plan_kwargs={"on_step": True}`` the steps are scvi-tools'
-own, which log every step too (``train_loss_step``; epoch values then end in ``_epoch``, as in
-scvi-tools). The update is the same, in the same order (forward, zero the
+a learning-rate scheduler). With ``plan_kwargs={"on_step": True}`` each step's loss is logged too
+(``train_loss_step``, as scvi-tools names it; the epoch values keep their names). The update
+is the same, in the same order (forward, zero the
 gradients, backward, Adam step), so the same seed gives the same weights; what is skipped is
 the closure Lightning wraps around every step, about a millisecond of Python per minibatch.
 """
@@ -33,6 +33,13 @@ class EpochLoggingTrainingPlan(EpochMeansMixin, TrainingPlan):
     fused implementation on CPU and CUDA: the same update in one kernel.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # ``on_step=True``: each training step's loss is logged by ``_loss``; scvi-tools'
+        # validation logging keeps its epoch names (with on_step it renames them ``*_epoch``,
+        # which scdl's ``tl`` and ``pl`` read under their usual names)
+        self.log_steps, self.on_step = bool(self.on_step), False
+
     def _optimizer_creator_fn(self, optimizer_cls):
         def create(params):
             params = list(params)
@@ -50,15 +57,12 @@ class EpochLoggingTrainingPlan(EpochMeansMixin, TrainingPlan):
         trainer = self._trainer
         return (
             trainer is None
-            or bool(self.on_step)
             or bool(self.reduce_lr_on_plateau)
             or bool(trainer.gradient_clip_val)
             or trainer.accumulate_grad_batches != 1
         )
 
     def training_step(self, batch, batch_idx):
-        if self.on_step:  # per-step values asked for (plan_kwargs): scvi-tools' own step logs
-            return super().training_step(batch, batch_idx)
         if self.automatic_optimization:
             return self._loss(batch)
         optimizer = self.optimizers()
@@ -87,11 +91,14 @@ class EpochLoggingTrainingPlan(EpochMeansMixin, TrainingPlan):
             if isinstance(met, torch.Tensor) and met.dim() == 0
         }
         self._add_means("train", {"train_loss": out.loss, **extra}, out.n_obs_minibatch)
+        logger = self.trainer.logger if self._trainer is not None else None
+        if self.log_steps and logger is not None:
+            # per-step values asked for (plan_kwargs), beside the epoch means; to the logger
+            # by step, as scvi-tools does (Lightning's log would key them by epoch)
+            logger.log_metrics({"train_loss_step": out.loss.detach()}, step=self.global_step)
         return out.loss
 
     def on_train_epoch_end(self) -> None:
-        if self.on_step:  # scvi-tools' step logged the epoch's values itself
-            return
         elbo = {name: metric.compute() for name, metric in self.train_metrics.items()}
         for metric in self.train_metrics.values():
             metric.reset()
