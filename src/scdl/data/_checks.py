@@ -27,13 +27,17 @@ logger = logging.getLogger(__name__)
 _CHUNK_VALUES = 2_000_000
 
 
-#: largest value above which fractional values are on a linear scale (estimated counts), not
-#: log-normalised (log1p of counts per 10k or per million stays below ~15): a guard
-LINEAR_SCALE_MIN = 50.0
+#: largest value that log-scale expression reaches (natural or log2 of a million reads is
+#: 14-20): fractional values above it are on a linear scale (TPM, estimated counts); a guard,
+#: not a tuned value
+LOG_SCALE_MAX = 50.0
 
 
-def _largest_value(x) -> float:
-    """The largest stored value of ``x``, read in row blocks (a refusal's hint only)."""
+def largest_value(x, n_rows: int | None = None) -> float:
+    """The largest finite stored value of ``x`` (of its first ``n_rows`` rows), read in row
+    blocks."""
+    if n_rows is not None:
+        x = x[: min(n_rows, x.shape[0])]
     largest = 0.0
     for chunk in row_blocks(x):
         vals = chunk.data if sparse.issparse(chunk) else np.asarray(chunk)
@@ -250,7 +254,6 @@ def check_counts(
             "(dense)."
         )
     if n_bad["frac"]:
-        data = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         raise ValueError(
             f"{where} contains {n_bad['frac']} non-integer values, so it looks normalised or "
             "log-transformed. The model needs raw counts: "
@@ -262,9 +265,9 @@ def check_counts(
             + raw
             + (
                 " If they are estimated counts (Salmon, RSEM, kallisto, alevin: fractional "
-                f"read or UMI counts), round them first: `{data}.data = np.round({data}.data)` "
-                f"(sparse) or `{data} = np.round({data})` (dense)."
-                if _largest_value(x) > LINEAR_SCALE_MIN  # rounding log values makes no counts
+                f"read or UMI counts), round them first: `{where}.data = np.round({where}.data)` "
+                f"(sparse) or `{where} = np.round({where})` (dense)."
+                if largest_value(x) > LOG_SCALE_MAX  # rounding log values makes no counts
                 else ""
             )
         )

@@ -17,7 +17,7 @@ from scipy import sparse
 
 from scdl._warnings import warn_user
 
-from ._checks import get_matrix
+from ._checks import LOG_SCALE_MAX, get_matrix, largest_value
 from ._rows import in_memory
 
 if TYPE_CHECKING:
@@ -232,18 +232,6 @@ def guess_modality(x, n_rows: int = 2000, where: str = "adata.X") -> str:
     )
 
 
-#: largest value that log-scale expression reaches (natural or log2 of a million reads is
-#: 14-20): above it fractional values are on a linear scale (a guard, not a tuned value)
-LOG_SCALE_MAX = 50.0
-
-
-def _largest_value(x, n_rows: int) -> float:
-    """The largest stored value in the first ``n_rows`` rows (NaN-free: checked before)."""
-    part = x[: min(n_rows, x.shape[0])]
-    vals = part.data if sparse.issparse(part) else np.asarray(part)
-    return float(np.max(vals)) if vals.size else 0.0
-
-
 #: per-cell total (of expm1) below which log1p-normalised data read as single cells: scanpy
 #: normalises cells to 1e4 (or their median count, 1e3-1e4 for 10x); bulk data to a million
 SINGLE_CELL_MAX_TOTAL = 1e5
@@ -293,7 +281,7 @@ def resolve_modality(adata: AnnData, layer: str | None = None, n_rows: int = 200
                 "`adata.raw.to_adata()`), or `modality='profiles'` for bulk profiles "
                 "standardised that way."
             )
-        vmax = _largest_value(x, n_rows)
+        vmax = largest_value(x, n_rows)
         if kind == "profiles" and vmax > LOG_SCALE_MAX:
             raise ValueError(
                 f"{where} holds fractional values up to {vmax:.4g}, far above a log scale: not "

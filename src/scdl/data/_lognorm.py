@@ -10,7 +10,13 @@ from scipy import sparse
 
 from scdl._warnings import warn_user
 
-from ._checks import RoundOffError, check_counts, get_matrix, warn_empty_cells
+from ._checks import (
+    LOG_SCALE_MAX,
+    RoundOffError,
+    check_counts,
+    get_matrix,
+    warn_empty_cells,
+)
 from ._rows import in_memory, row_blocks
 
 if TYPE_CHECKING:
@@ -96,7 +102,8 @@ def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | N
     lo, hi = float(positive.min()), float(positive.max())
     positive2 = totals2[totals2 > 0]
     natural = vmax <= 25 and hi <= lo * (1 + _TOTAL_SPREAD)
-    if not natural and vmax <= 50 and positive2.max() <= positive2.min() * (1 + _TOTAL_SPREAD):
+    constant2 = positive2.max() <= positive2.min() * (1 + _TOTAL_SPREAD)  # 2**x - 1 totals
+    if not natural and vmax <= LOG_SCALE_MAX and constant2:
         total2 = float(np.median(positive2))
         raise Log2Error(
             f"{where} holds log2(x + 1) of counts normalised to {total2:.4g} per cell (e.g. "

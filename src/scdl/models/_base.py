@@ -57,6 +57,10 @@ class SafeSaveLoadMixin:
     #: how to use cells of categories the model was not trained on, said by ``load(adata=)``
     #: (and by the model's methods, see :class:`CheckedQueryMixin`)
     _unseen_categories_fix = "keep only cells of known categories"
+    #: whether the registered data are raw counts (checked as such by ``load(adata=)``)
+    _reads_counts = True
+    #: what ``load(adata=)`` takes, as a model loaded without data names it
+    _load_adata_what = "cells with the model's genes"
 
     @classmethod
     def _refuse_setup_options(cls, kwargs: dict) -> None:
@@ -77,11 +81,6 @@ class SafeSaveLoadMixin:
                 f"{'it' if len(unknown) == 1 else 'them'}, or use the scvi-tools model that "
                 "has it."
             )
-
-    #: whether the registered data are raw counts (checked as such by ``load(adata=)``)
-    _reads_counts = True
-    #: what ``load(adata=)`` takes, as a model loaded without data names it
-    _load_adata_what = "cells with the model's genes"
 
     def _extra_config(self) -> dict:
         """Further JSON fields a model writes for readers of ``config.json``."""

@@ -6,6 +6,7 @@ loads models through it. Nothing read here can run code.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -48,6 +49,7 @@ class SavedFiles:
         return repr(str(self.dir))
 
 
+@functools.cache
 def _torch_callables() -> dict:
     """The activations a model option may name (scvi-tools' ``activation_fn``,
     ``var_activation``, ...), saved by name: a config names one of these, never code."""
