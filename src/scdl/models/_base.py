@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
+from scdl._warnings import warn_user
+
 from ._saved_files import (
     ANNDATA_DIGEST_KEY,
     CONFIG_DIGEST_KEY,
@@ -81,6 +83,14 @@ class SafeSaveLoadMixin:
                 f"{'it' if len(unknown) == 1 else 'them'}, or use the scvi-tools model that "
                 "has it."
             )
+
+    def _warn_if_unsavable(self) -> None:
+        """Say when the model is built, not after training, that an option's value (a
+        callable that is not one of torch's activations) cannot be saved."""
+        try:
+            _encode(self.init_params_, "init_params_")
+        except TypeError as err:
+            warn_user(f"{err} The model trains, but `save()` refuses it.", UserWarning)
 
     def _extra_config(self) -> dict:
         """Further JSON fields a model writes for readers of ``config.json``."""

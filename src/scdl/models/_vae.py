@@ -178,6 +178,7 @@ class VAE(
             f"n_batch={self.summary_stats.n_batch}"
         )
         self.init_params_ = self._get_init_params(locals())
+        self._warn_if_unsavable()
 
     @classmethod
     @counts_dsp.dedent
