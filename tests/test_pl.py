@@ -202,6 +202,38 @@ def test_annotation_plot_draws_on_given_axes():
     plt.close(fig)
 
 
+def test_annotation_groups_must_be_labels_and_axes_may_be_a_grid():
+    """A per-cell number as ``groupby`` (total counts) drew one matrix row per value in a
+    figure ~90 inches tall; it is refused as scanpy's violin refuses it, while integer codes
+    and labels with missing values plot. A grid of Axes (``plt.subplots(1, 2)`` reshaped to
+    2-D) is taken in row order."""
+    import anndata as ad
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 300
+    calls = pd.DataFrame(
+        {
+            "scdl_cell_type": rng.choice(["B", "NK"], n),
+            "scdl_cell_type_confidence": rng.uniform(0.5, 1.0, n),
+            "n_counts": rng.integers(500, 5000, n),
+            "code": rng.integers(0, 3, n),
+        },
+        index=[f"c{i}" for i in range(n)],
+    )
+    adata = ad.AnnData(obs=calls)
+    with pytest.raises(ValueError, match=r"'n_counts'\] holds \d+ distinct numbers"):
+        scdl.pl.annotation(adata, groupby="n_counts", show=False)
+    plt.close(scdl.pl.annotation(adata, groupby="code", show=False))
+    adata.obs["truth"] = adata.obs["scdl_cell_type"].to_numpy().astype(object)
+    adata.obs.iloc[:5, adata.obs.columns.get_loc("truth")] = None  # unlabelled cells
+    fig, axes = plt.subplots(1, 2)
+    grid = np.asarray(axes, dtype=object).reshape(1, 2)
+    assert scdl.pl.annotation(adata, groupby="truth", ax=grid, show=False) is fig
+    plt.close(fig)
+
+
 def test_embedding_umap_follows_the_representation(kang_integrated):
     """A new representation under the same key (e.g. a second tl.integrate) gets a new UMAP;
     an unchanged one reuses the cached UMAP."""

@@ -340,22 +340,28 @@ def check_categorical(
     min_categories: int = 1,
     too_few: str | None = None,
     numeric_hint: str = "",
+    missing_ok: bool = False,
+    max_numbers: int | None = None,
 ) -> pd.Series:
     """Check an obs column used as a categorical covariate; require ``min_categories`` levels
     (``too_few``: what to do instead, said when there are fewer; default: pass ``None``).
     ``numeric_hint``: where a numeric covariate goes instead, for a caller that takes one (e.g.
-    ``" (numeric covariates go in `continuous_covariate_keys`)"``), said for a numeric column."""
-    col = check_obs_key(adata, key, arg=arg)
-    if pd.api.types.is_float_dtype(col) and (col != np.round(col)).any():
+    ``" (numeric covariates go in `continuous_covariate_keys`)"``), said for a numeric column.
+    ``missing_ok``: cells without a value are allowed (and not counted). ``max_numbers``: the
+    most distinct numbers taken as codes (default: 10, or half the cells if more)."""
+    col = check_obs_key(adata, key, arg=arg, missing_ok=missing_ok)
+    values = col.dropna() if missing_ok else col
+    if pd.api.types.is_float_dtype(values) and (values != np.round(values)).any():
         raise TypeError(
             f"adata.obs[{key!r}] holds non-integer numbers ({col.dtype}), so it is not a "
             f"category such as a sample or cell-type name. Pass a categorical column as "
             f"`{arg}`{numeric_hint}, or convert it: "
             f"`adata.obs[{key!r}] = adata.obs[{key!r}].astype(str).astype('category')`."
         )
-    n = col.nunique()
+    n = values.nunique()
+    limit = max(_MAX_CODES, col.size // 2) if max_numbers is None else max_numbers
     if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-        if n > max(_MAX_CODES, col.size // 2):  # e.g. total counts: one "category" per cell
+        if n > limit:  # e.g. total counts: one "category" per cell
             raise ValueError(
                 f"adata.obs[{key!r}] holds {n} distinct numbers for {col.size} cells: a "
                 f"per-cell measurement, not categories such as samples or cell types. Pass a "

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._utils import doc_show_save, finish, panel_axes, response_wording
+from ._utils import MAX_NUMERIC_GROUPS, doc_show_save, finish, panel_axes, response_wording
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -51,7 +51,7 @@ def annotation(
     """
     import pandas as pd
 
-    from scdl.data import check_obs_key
+    from scdl.data import check_categorical, check_obs_key
 
     if key not in adata.obs.columns:
         raise KeyError(
@@ -69,7 +69,14 @@ def annotation(
     conf = check_obs_key(adata, f"{key}_confidence", arg="key").to_numpy()
     truth = None
     if groupby is not None:  # unlabelled cells (NaN) are left out of the matrix, as scanpy's
-        truth = check_obs_key(adata, groupby, arg="groupby", missing_ok=True)
+        truth = check_categorical(  # numbers: codes, not a per-cell measurement
+            adata,
+            groupby,
+            arg="groupby",
+            min_categories=0,  # an empty column is said below
+            missing_ok=True,
+            max_numbers=MAX_NUMERIC_GROUPS,
+        )
         if truth.isna().all():
             raise ValueError(f"adata.obs[{groupby!r}] has no values: nothing to compare with.")
     pred = pred.astype("category")  # a column written back as strings is fine too

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from ._utils import doc_show_save, finish, panel_axes, response_wording
+from ._utils import MAX_NUMERIC_GROUPS, doc_show_save, finish, panel_axes, response_wording
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -117,7 +117,7 @@ def drug_response(
     %(returns_figure)s
     """
 
-    from scdl.data import check_obs_key, check_positive_int, resolve_drugs
+    from scdl.data import check_categorical, check_positive_int, resolve_drugs
 
     check_positive_int(n_drugs, "n_drugs")
 
@@ -132,7 +132,14 @@ def drug_response(
     if groupby is None:
         raise ValueError(f"kind={kind!r} needs `groupby`, an obs column of groups of cells.")
     # cells without a group are left out, as pl.annotation does
-    column = check_obs_key(adata, groupby, arg="groupby", missing_ok=True).astype("category")
+    column = check_categorical(  # numbers: codes, not a per-cell measurement
+        adata,
+        groupby,
+        arg="groupby",
+        min_categories=0,  # an empty column: no groups to draw
+        missing_ok=True,
+        max_numbers=MAX_NUMERIC_GROUPS,
+    ).astype("category")
     groups = column.astype(str)
     table = _table(adata, key, value)
     # in the column's category order (as scanpy's plots), not sorted as strings (0, 1, 10, 2)

@@ -74,6 +74,11 @@ def new_axes(ax, figsize: tuple[float, float]):
     return ax.figure, ax
 
 
+#: distinct numbers a ``groupby`` column may hold as group codes: more is a per-cell
+#: measurement (a figure row or violin per value), refused as scanpy's violin refuses it
+MAX_NUMERIC_GROUPS = 50
+
+
 def panel_axes(ax, n_panels: int, figsize: tuple[float, float] | None = None) -> tuple:
     """The figure and ``n_panels`` axes in a row to draw on: the user's ``ax`` (one Axes for
     one panel, or a sequence of ``n_panels`` Axes), or a new figure."""
@@ -82,7 +87,8 @@ def panel_axes(ax, n_panels: int, figsize: tuple[float, float] | None = None) ->
     if ax is None:
         fig, axes = plt.subplots(1, n_panels, figsize=figsize, squeeze=False)
         return fig, list(axes.ravel())
-    axes = [ax] if hasattr(ax, "figure") else list(ax)
+    # a grid of Axes (``plt.subplots(2, 2)``) in row order, as a flat sequence
+    axes = [ax] if hasattr(ax, "figure") else list(np.ravel(np.asarray(ax, dtype=object)))
     if len(axes) != n_panels or not all(hasattr(a, "figure") for a in axes):
         raise ValueError(
             f"This plot draws {n_panels} panel(s): pass `ax` as "
