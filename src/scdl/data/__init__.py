@@ -43,6 +43,7 @@ from ._drug_inputs import (
     profiles_from_counts,
     profiles_from_expression,
     select_model_genes,
+    stack_blocks,
 )
 from ._genes import (
     LOW_GENE_OVERLAP,
@@ -116,6 +117,7 @@ __all__ = [
     "profiles_from_expression",
     "iter_profiles_from_counts",
     "iter_profiles_from_expression",
+    "stack_blocks",
     "CountProfiles",
     "resolve_drugs",
     "select_model_genes",

@@ -221,7 +221,7 @@ def profiles_from_counts(
     blocks = iter_profiles_from_counts(
         x, var_names, genes, n_neighbors=n_neighbors, target_sum=target_sum, scale=scale
     )
-    return _stack(blocks, x.shape[0], len(genes))
+    return stack_blocks(blocks, x.shape[0], len(genes))
 
 
 def iter_profiles_from_counts(
@@ -353,7 +353,7 @@ def profiles_from_expression(
     :func:`~scdl.data.iter_profiles_from_expression` gives the same rows a block at a time.
     """
     blocks = iter_profiles_from_expression(x, var_names, genes, scale=scale)
-    return _stack(blocks, x.shape[0], len(genes))
+    return stack_blocks(blocks, x.shape[0], len(genes))
 
 
 def iter_profiles_from_expression(
@@ -379,8 +379,10 @@ def iter_profiles_from_expression(
     return blocks()
 
 
-def _stack(blocks: Iterator[np.ndarray], n_rows: int, n_cols: int) -> np.ndarray:
-    """The blocks' rows in one float32 array, filled in place (no second copy)."""
+def stack_blocks(blocks: Iterator[np.ndarray], n_rows: int, n_cols: int) -> np.ndarray:
+    """The rows of ``blocks`` (float32 arrays of ``n_cols`` columns, ``n_rows`` rows in all,
+    e.g. from :func:`~scdl.data.iter_profiles_from_counts`) in one float32 array, filled in
+    place: the blocks and a concatenated copy are never held together."""
     out = np.zeros((n_rows, n_cols), dtype=np.float32)
     start = 0
     for block in blocks:

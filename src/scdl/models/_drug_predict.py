@@ -27,6 +27,7 @@ from scdl.data import (
     resolve_drugs,
     resolve_modality,
     shared_genes,
+    stack_blocks,
 )
 
 from ._attribution import integrated_gradients
@@ -114,12 +115,7 @@ class DrugPredictionMixin:
         blocks = self._profile_blocks(
             adata, layer=layer, modality=modality, smooth_neighbors=smooth_neighbors
         )
-        out = np.zeros((adata.n_obs, len(self.genes)), dtype=np.float32)
-        start = 0
-        for block in blocks:
-            out[start : start + len(block)] = block
-            start += len(block)
-        return out
+        return stack_blocks(blocks, adata.n_obs, len(self.genes))
 
     def _profile_blocks(
         self,
@@ -249,7 +245,9 @@ class DrugPredictionMixin:
             if want_sd:
                 members = self._run(block, lambda x: self.module.member_predictions(x, cols))
                 sds.append(members.std(axis=0))
-            if want_value:
+                if want_value:  # the ensemble's mean: the members are not run again
+                    values.append(members.mean(axis=0))
+            elif want_value:
                 values.append(self._run(block, lambda x: self.module.predict(x, cols)))
 
         def table(parts: list) -> pd.DataFrame:

@@ -160,10 +160,10 @@ def _seurat_v3(tmp: AnnData, n_top_genes: int, batch_key: str | None) -> pd.Data
 def _expressed_in_cells(tmp: AnnData, n_top_genes: int) -> AnnData | None:
     """``tmp`` on the genes with counts in at least ``MIN_RANKED_CELLS`` cells; ``None`` when
     that leaves every gene or no more than ``n_top_genes`` (nothing to retry)."""
-    x = tmp.X
-    # stored zeros are not detections (scanpy's filter_genes counts values > 0 too)
-    detected = np.asarray((x > 0).sum(axis=0)).ravel()
-    keep = detected >= MIN_RANKED_CELLS
+    import scanpy as sc
+
+    # scanpy's own filter (values > 0: stored zeros are not detections), as a mask
+    keep, _ = sc.pp.filter_genes(tmp, min_cells=MIN_RANKED_CELLS, inplace=False)
     if not n_top_genes < keep.sum() < tmp.n_vars:
         return None
     return tmp[:, keep].copy()
