@@ -170,6 +170,27 @@ def test_model_api_warns_of_a_nested_batch_too(kang):
         assert len(said) == int(nested), batch_key
 
 
+def test_a_group_of_few_cells_is_said_once(kang):
+    """A target of a dozen cells trains (valid input) but its salient genes rest on those
+    cells: said once, through tl.contrastive; a split of hundreds of cells says nothing."""
+    import warnings
+
+    adata = _small(kang)
+    ctrl = np.flatnonzero(adata.obs["condition"].to_numpy() == "ctrl")
+    stim = np.flatnonzero(adata.obs["condition"].to_numpy() == "stim")
+    few = adata[np.sort(np.r_[ctrl, stim[:12]])].copy()
+    for data, n_said in ((few, 1), (adata, 0)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scdl.tl.contrastive(
+                data, groupby="condition", background="ctrl", max_epochs=1, progress_bar=False
+            )
+        said = [str(w.message) for w in caught if "Few cells in a group" in str(w.message)]
+        assert len(said) == n_said
+        assert all("target 12 cells" in m for m in said)
+        assert data.obsm["X_scdl_salient"].shape[0] == data.n_obs
+
+
 def test_contrastive_writes_documented_fields(kang_contrastive, tmp_path):
     adata, model = kang_contrastive
     info = adata.uns["X_scdl_salient"]

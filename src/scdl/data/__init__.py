@@ -52,7 +52,7 @@ from ._genes import (
     gene_mismatch_message,
     same_gene_names,
 )
-from ._groups import resolve_groups, warn_if_batch_nested
+from ._groups import resolve_groups, warn_if_batch_nested, warn_if_few_cells
 from ._lognorm import input_kind, normalised_from_log1p
 from ._normalize import log_normalize_counts
 from ._pca import genes_pca, unintegrated_pca
@@ -124,6 +124,7 @@ __all__ = [
     "shared_genes",
     "resolve_groups",
     "warn_if_batch_nested",
+    "warn_if_few_cells",
     "salient_gene_table",
     "unintegrated_pca",
     "neighbors_used",

@@ -173,6 +173,33 @@ def _groups_from_indices(
     return bg, tg
 
 
+# below this many cells a group's mean expression (what the salient space and genes contrast)
+# rests on a handful of cells; a guard, not a tuned value
+MIN_GROUP_CELLS = 20
+
+
+def warn_if_few_cells(background: np.ndarray, target: np.ndarray) -> bool:
+    """Warn when the background or the target holds fewer than ``MIN_GROUP_CELLS`` cells.
+
+    Such a split is valid and trains, but what is specific to the target is then measured on
+    a few cells: the salient genes and space are mostly noise. Returns whether it warned.
+    """
+    small = [
+        f"{name} {n}"
+        for name, n in (("background", len(background)), ("target", len(target)))
+        if n < MIN_GROUP_CELLS
+    ]
+    if not small:
+        return False
+    warn_user(
+        f"Few cells in a group ({', '.join(small)} cells; fewer than {MIN_GROUP_CELLS}): "
+        "the salient space and genes rest on those cells alone and are mostly noise. "
+        "Pool more cells into the group (e.g. several samples of the condition) if you can.",
+        UserWarning,
+    )
+    return True
+
+
 def warn_if_batch_nested(
     batch, background: np.ndarray, target: np.ndarray, *, batch_key: str, groups: str
 ) -> bool:

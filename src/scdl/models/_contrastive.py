@@ -20,6 +20,7 @@ from scdl.data import (
     check_positive_int,
     resolve_groups,
     warn_if_batch_nested,
+    warn_if_few_cells,
 )
 from scdl.dataloaders import ContrastiveSplitter
 from scdl.module import ContrastiveModule
@@ -286,6 +287,7 @@ class ContrastiveVAE(
             background=background,
             target=target,
         )
+        warn_if_few_cells(bg, tg)
         if self.summary_stats.n_batch > 1:
             batch = self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)
             batch_key = self.adata_manager.registry["setup_args"]["batch_key"]
