@@ -63,6 +63,30 @@ def test_not_a_model_folder(tmp_path):
         VAE.load(tmp_path)
 
 
+def test_a_folder_saved_by_scvi_tools_is_named_and_not_unpickled(kang, tmp_path, monkeypatch):
+    """scvi-tools' SCVI.save writes a pickled model.pt: refused unread, the message saying
+    what the folder is and the two ways on (scvi-tools' load, or training scdl's model)."""
+    import scvi
+
+    monkeypatch.chdir(tmp_path)
+    adata = kang[:120, :200].copy()
+    scvi.model.SCVI.setup_anndata(adata)
+    ref = scvi.model.SCVI(adata, n_latent=4)
+    ref.train(max_epochs=1, enable_progress_bar=False)
+    ref.save(tmp_path / "scvi_save")
+    (tmp_path / "scvi_save" / "model.pt").write_bytes(pickle.dumps(_Exploit()))
+    for prefix in (None, "x_"):
+        if prefix:
+            (tmp_path / "scvi_save" / "model.pt").rename(tmp_path / "scvi_save" / "x_model.pt")
+        with pytest.raises(
+            FileNotFoundError,
+            match=r"model.pt, a model saved by scvi-tools.*"
+            r"scvi.model.SCVI.load",
+        ):
+            VAE.load(tmp_path / "scvi_save", adata=adata.copy(), prefix=prefix)
+    assert not (tmp_path / MARKER).exists()
+
+
 def test_missing_weights_name_the_fix(saved, tmp_path):
     import shutil
 
@@ -93,6 +117,15 @@ def test_load_resolves_the_device_and_refuses_what_it_cannot_use(saved, kang_int
         with pytest.raises(ValueError, match="one device"):
             VAE.load(saved, adata=adata.copy(), device=several)
     VAE.load(saved, adata=adata.copy(), device=0)  # an index, as scvi-tools documents it
+    # as torch writes a device: read as its accelerator and index
+    model = VAE.load(saved, adata=adata.copy(), device="cpu")
+    assert next(model.module.parameters()).device == torch.device("cpu")
+    with pytest.raises(ValueError, match="accelerator='cpu' and device 'cuda:0' disagree"):
+        VAE.load(saved, adata=adata.copy(), accelerator="cpu", device="cuda:0")
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception, match=r"(?i)gpu: \[0\]") as gone:
+            VAE.load(saved, adata=adata.copy(), device="cuda:0")
+        assert "invalid literal" not in str(gone.value)
     if not torch.cuda.is_available():
         with pytest.raises(Exception, match="(?i)gpu|cuda"):
             VAE.load(saved, adata=adata.copy(), accelerator="cuda")

@@ -361,3 +361,21 @@ def test_counts_normalised_in_place_after_registration_are_refused(kang_integrat
     assert scdl.data.sampled_counts_ok(dense, None)
     dense.X = np.log1p(dense.X)
     assert not scdl.data.sampled_counts_ok(dense, None)
+
+
+def test_unseen_numbered_batches_are_named_as_the_user_wrote_them(kang):
+    """Batch labels that are numbers: the message shows 999 and [101, 107], not the strings
+    or numpy's np.int64(101)."""
+    import pandas as pd
+
+    idx = np.sort(np.random.default_rng(0).choice(kang.n_obs, 150, replace=False))
+    adata = kang[idx, :300].copy()
+    donor = adata.obs["sample"].astype(str).str[-3:].astype(int)
+    adata.obs["donor"] = pd.Categorical(donor)
+    VAE.setup_anndata(adata, batch_key="donor")
+    model = VAE(adata, n_latent=4)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    query = adata[:40].copy()
+    query.obs["donor"] = pd.Categorical(np.full(query.n_obs, 999))
+    with pytest.raises(ValueError, match=r"\(\[999\]\); it knows \[101, 107\]"):
+        model.get_latent_representation(query)

@@ -96,13 +96,19 @@ def check_query(
             )
         col = check_obs_key(adata, key, arg=arg)
         check_category_kind(col, categories, key, model=model)
-        unseen = sorted(set(map(str, pd.unique(col))) - set(map(str, categories)))
+        known_str = set(map(str, categories))
+        unseen = sorted((v for v in pd.unique(col) if str(v) not in known_str), key=str)
         if unseen:
             raise ValueError(
                 f"adata.obs[{key!r}] holds categories the {model} was not trained on "
-                f"({unseen[:5]}); it knows {categories[:10]}. To use new categories, "
-                f"{unseen_fix}."
+                f"({_plain(unseen[:5])}); it knows {_plain(categories[:10])}. To use new "
+                f"categories, {unseen_fix}."
             )
+
+
+def _plain(values) -> list:
+    """Values as Python writes them (``101``, not numpy's ``np.int64(101)``), for messages."""
+    return [v.item() if isinstance(v, np.generic) else v for v in values]
 
 
 def _kind(values) -> str | None:

@@ -252,7 +252,9 @@ class SafeSaveLoadMixin:
             built from its saved registry without data and takes data in its methods'
             ``adata=``.
         accelerator, device
-            Where to put the model (as in Lightning).
+            Where to put the model (as in Lightning: ``device`` is one device's index), or
+            ``device`` as torch writes it (``"cuda:1"``, ``"mps"``, ``"cpu"``) with
+            ``accelerator="auto"``.
         prefix
             The ``prefix`` the model was saved with.
         backup_url
@@ -381,8 +383,8 @@ class SafeSaveLoadMixin:
         """Not supported: scvi-tools' legacy saves are pickles, which scdl never loads."""
         raise NotImplementedError(
             "scdl does not read scvi-tools' pickled (legacy) saves: loading them can run code "
-            "from the file. Retrain the model, or load it with scvi-tools in a trusted "
-            "environment and save it with scdl."
+            "from the file, and scvi-tools' networks differ from scdl's. Keep using it with "
+            "scvi-tools, or train the scdl model on the data."
         )
 
 

@@ -27,6 +27,7 @@ def resolve_device(
 
     if accelerator not in ACCELERATORS:
         raise ValueError(f"accelerator={accelerator!r} is not one of {ACCELERATORS}.")
+    accelerator, devices = _torch_device_string(accelerator, devices)
     if single:
         if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 0:
             devices = [devices]  # one device: an integer is its index (a count to Lightning)
@@ -51,3 +52,24 @@ def resolve_device(
         ids[:1] if devices == "auto" else ids,
         torch.device(f"{accelerator}:{ids[0]}"),
     )
+
+
+def _torch_device_string(accelerator: str, devices):
+    """A device written as torch writes it (``"cuda:1"``, ``"cuda"``, ``"mps"``, ``"cpu"``)
+    read as its accelerator and index; any other value is returned unchanged (Lightning's)."""
+    if not isinstance(devices, str):
+        return accelerator, devices
+    kind, sep, index = devices.strip().lower().partition(":")
+    if kind not in ACCELERATORS[1:] or (sep and not index.isdigit()):
+        return accelerator, devices
+    if accelerator not in ("auto", kind) and {accelerator, kind} not in (
+        {"gpu", "cuda"},
+        {"gpu", "mps"},
+    ):
+        raise ValueError(
+            f"accelerator={accelerator!r} and device {devices!r} disagree. Pass the device "
+            f"alone (accelerator='auto', the default) or the accelerator with an index "
+            "(e.g. accelerator='cuda', device=0)."
+        )
+    accelerator = kind if accelerator == "auto" else accelerator
+    return accelerator, [int(index)] if sep and kind != "cpu" else "auto"

@@ -181,6 +181,14 @@ def read_config(
             if others
             else ""
         )
+        if not others and (files.dir / f"{prefix or ''}model.pt").is_file():
+            # scvi-tools' own save: a pickle, and its networks are not scdl's
+            hint = (
+                f": it holds {prefix or ''}model.pt, a model saved by scvi-tools (a pickle, "
+                "which scdl never loads: it can run code from the file, and scvi-tools' "
+                "networks differ from scdl's). Load it with scvi-tools (e.g. "
+                "`scvi.model.SCVI.load(path, adata)`), or train the scdl model on the data"
+            )
         raise FileNotFoundError(
             f"No {files.config_name} in {files}: not a folder written by an scdl model's "
             f"`.save()`{' with this `prefix`' if prefix else ''}{hint}."
