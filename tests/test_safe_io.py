@@ -137,6 +137,16 @@ def test_load_query_from_folder(saved, kang_integrated, tmp_path):
     shutil.copytree(saved, tmp_path / "copy")
     qm = VAE.load_query_data(query, tmp_path / "copy")
     assert qm.summary_stats.n_batch == 4
+    # a saved reference maps a query as the same reference in memory does, seed for seed
+    import scvi
+
+    latents = []
+    for reference in (model, tmp_path / "copy"):
+        scvi.settings.seed = 0
+        qm = VAE.load_query_data(query[:200].copy(), reference)
+        qm.train(max_epochs=2, enable_progress_bar=False)
+        latents.append(qm.get_latent_representation())
+    np.testing.assert_array_equal(*latents)
 
 
 def test_inherited_scvi_loaders_never_unpickle(saved, kang_integrated, tmp_path, monkeypatch):

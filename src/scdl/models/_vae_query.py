@@ -11,6 +11,7 @@ import os
 from typing import TYPE_CHECKING
 
 import pandas as pd
+import torch
 from scvi import REGISTRY_KEYS
 from scvi.model.base import ArchesMixin
 
@@ -75,7 +76,8 @@ class VAEQueryMixin:
         if path:  # our safe loader, without data; scvi-tools' would unpickle a model.pt
             from ._vae import VAE
 
-            reference_model = VAE.load(reference_model, adata=False, prefix=prefix)
+            with torch.random.fork_rng(devices=[]):  # building it draws from torch's RNG
+                reference_model = VAE.load(reference_model, adata=False, prefix=prefix)
         ref_genes = pd.Index(reference_model.get_var_names())
         if getattr(adata, "isbacked", False) and not same_gene_names(adata.var_names, ref_genes):
             if inplace:  # genes cannot be added to a matrix on disk
@@ -121,8 +123,10 @@ class VAEQueryMixin:
             ``batch_key`` column holding the new batch name(s). If it holds extra genes or the
             reference's genes in another order, a copy with the reference's genes in order is
             used, as it is for a view (``adata[mask]``; of a backed ``adata``, the subset is
-            read into memory); ``adata`` itself is then not modified. Otherwise ``adata`` is
-            registered in place: it gains the ``_scvi_*`` fields :meth:`setup_anndata` writes.
+            read into memory); ``adata`` itself is then not modified, and the returned model
+            holds the copy (``model.adata``): call its methods without ``adata=``, or pass
+            ``adata[:, model.get_var_names()]``. Otherwise ``adata`` is registered in place:
+            it gains the ``_scvi_*`` fields :meth:`setup_anndata` writes.
         reference_model
             Trained :class:`VAE`, or the folder it was saved to.
         prefix
@@ -132,12 +136,15 @@ class VAEQueryMixin:
         """
         check_is_anndata(adata)
         if isinstance(reference_model, str | os.PathLike):
-            reference_model = cls.load(  # where the caller asked, not the default device
-                reference_model,
-                accelerator=kwargs.get("accelerator", "auto"),
-                device=kwargs.get("device", "auto"),
-                prefix=prefix,
-            )
+            # building the saved model draws from torch's RNG: without the fork, a folder
+            # would map the query otherwise than the same reference in memory, seed for seed
+            with torch.random.fork_rng(devices=[]):
+                reference_model = cls.load(  # where the caller asked, not the default device
+                    reference_model,
+                    accelerator=kwargs.get("accelerator", "auto"),
+                    device=kwargs.get("device", "auto"),
+                    prefix=prefix,
+                )
         if not isinstance(reference_model, cls):
             raise TypeError(
                 f"reference_model must be a trained {cls.__name__} or a folder it was saved to, "
