@@ -474,6 +474,29 @@ def test_gene_attributions_find_markers():
     assert top_mono & {"CD14", "S100A8", "S100A9", "LYZ"}, top_mono
     with pytest.raises(ValueError, match="Unknown cell type"):
         model.gene_attributions(cells, label="Neuron")
+    # a type asked for by name that no cell is predicted as: said, with the way to ask
+    nk = cells[np.asarray(model.predict(cells, unknown=False)) == "NK"].copy()
+    with pytest.raises(ValueError, match=r"No cell is predicted \['B'\].*groupby='explain'"):
+        model.gene_attributions(nk, label="B")
+    nk.obs["explain"] = "B"
+    why_b = model.gene_attributions(nk, label="B", groupby="explain", n_top=5)
+    assert len(why_b) == 5 and set(why_b["label"]) == {"B"}
+
+
+def test_gene_attributions_in_chunks_match_one_pass():
+    """Cells go through integrated gradients a chunk at a time (bounded memory); chunks
+    give each cell the attribution one pass over every cell gives."""
+    import torch
+
+    model = scdl.pretrained.load("pbmc_kang2018")
+    cells = scdl.datasets.kang_pbmc_heldout()[:40]
+    x, _ = model._query_matrix(cells, None, 0.5)
+    x_log = model.module.log_normalize(torch.as_tensor(x.to_scipy().toarray()))
+    model.module.eval()
+    whole = model._attribution(x_log, None, 0, 8, chunk=40)
+    chunked = model._attribution(x_log, None, 0, 8, chunk=7)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-6)
+    assert np.abs(whole).sum() > 0
 
 
 def test_same_seed_same_predictions(kang2k):
