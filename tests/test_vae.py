@@ -141,6 +141,38 @@ def test_query_genes_are_aligned_to_the_reference(kang_integrated):
     assert query.var_names[0] == adata.var_names[-1]  # the user's query is not reordered
 
 
+def test_query_cells_empty_in_the_reference_genes_are_said_as_such(kang_integrated):
+    """Cells whose counts all lie in the query's extra genes are empty in the copy mapped:
+    said of the reference's genes, with a filter that drops them (filter_cells on the whole
+    query would keep them)."""
+    import warnings
+
+    import anndata as ad
+    from scipy import sparse
+
+    adata, model = kang_integrated
+    query = adata[adata.obs["sample"] == "stim107"][:100].copy()
+    x = query.X.tolil()
+    x[:3] = 0
+    extra = ad.AnnData(
+        sparse.csr_matrix(np.r_[np.full((3, 2), 5.0), np.zeros((97, 2))].astype(np.float32)),
+        obs=query.obs[[]],
+    )
+    extra.var_names = ["EXTRA1", "EXTRA2"]
+    query.X = x.tocsr()
+    query = ad.concat([query, extra], axis=1, merge="first")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        VAE.load_query_data(query, model)
+    said = [str(w.message) for w in caught if "no counts" in str(w.message)]
+    assert len(said) == 1, said
+    assert said[0].startswith(
+        f"3 of 100 query cells have no counts in the reference's {model.adata.n_vars} genes"
+    )
+    keep = np.asarray(query[:, model.get_var_names()].X.sum(1)).ravel() > 0  # the fix it names
+    assert keep.sum() == 97
+
+
 def test_a_backed_query_is_aligned_in_memory(kang_integrated, tmp_path):
     """A backed query (``backed="r"``) with the genes in another order: its subset is read
     into memory (a copy of a backed AnnData needs a file); padding a backed query in place is

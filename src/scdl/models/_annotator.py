@@ -139,6 +139,14 @@ class CellTypeTransformer(
     and those before the fill read a sorted population against its own mean (its known types mostly
     Unknown).
 
+    **What the Unknown call is not.** It is made per query cluster: a handful of unlike cells
+    among many (ten cells of an unseen type in a query of 1,500) join a known cluster and take its
+    type. It is not a doublet or empty-droplet detector: doublets mostly take the type of their
+    larger part. Filter barcodes and doublets first, as a scanpy workflow does
+    (``sc.pp.filter_cells``, ``sc.pp.scrublet``). Cells with no count in the model's genes, or
+    fewer than 5% of the query's median count there, are called Unknown (the latter with a
+    warning): their type would be read from a few molecules.
+
     **Genes.** The vocabulary is the registered AnnData's genes (select e.g. 2,000 highly
     variable genes first). A query is aligned by gene name; missing genes are treated as
     unmeasured (hidden, not zero), and a query holding fewer than ``min_gene_overlap`` (50%) of

@@ -10,6 +10,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS
@@ -20,6 +21,7 @@ from scdl.data import (
     check_obs_key,
     check_unique_var_names,
     gene_mismatch_message,
+    get_matrix,
     same_gene_names,
 )
 
@@ -151,7 +153,8 @@ class VAEQueryMixin:
                 f"got {type(reference_model).__name__}."
             )
         ref_genes = pd.Index(reference_model.get_var_names())
-        if not same_gene_names(adata.var_names, ref_genes):
+        subset_genes = not same_gene_names(adata.var_names, ref_genes)
+        if subset_genes:
             check_unique_var_names(adata)
             if not ref_genes.is_unique:
                 raise ValueError(
@@ -193,4 +196,24 @@ class VAEQueryMixin:
                     "query)`; to map them as a new batch, give them a new batch name.",
                     UserWarning,
                 )
-        return super().load_query_data(adata, reference_model, **kwargs)
+        if not subset_genes:
+            return super().load_query_data(adata, reference_model, **kwargs)
+        import warnings
+
+        with warnings.catch_warnings():  # said below: the fix it names is for the copy
+            warnings.filterwarnings("ignore", message=r".* cells have no counts in adata")
+            model = super().load_query_data(adata, reference_model, **kwargs)
+        x = get_matrix(adata, setup_args.get("layer"))
+        n_empty = int(np.count_nonzero(np.asarray(x.sum(axis=1)).ravel() == 0))
+        if n_empty:
+            from scdl._warnings import warn_user
+
+            warn_user(
+                f"{n_empty} of {adata.n_obs} query cells have no counts in the reference's "
+                f"{len(ref_genes)} genes (only in the query's other genes); they are kept, with "
+                "the representation of an empty cell. To drop them, filter on those genes: "
+                "`keep = np.asarray(query[:, model.get_var_names()].X.sum(1)).ravel() > 0`, "
+                "then map `query[keep].copy()`.",
+                UserWarning,
+            )
+        return model
