@@ -6,6 +6,12 @@ A case is one labelled set x space (PCA, scVI, scdl) x seed, read from the embed
 against the annotated types, per case, and the mean and the worst over the cases of the ARI
 and of the gap to the case's oracle (the best grid resolution, which needs the labels).
 
+Each case is clustered on its space's own neighbour graph, as ``tl.cluster`` built it when the
+rules were compared (stops 25-39). Since stops 50-51 ``tl.cluster`` averages a PCA's graph
+(harmonised over a batch key) into the scdl latent's; ``clustering.py`` measures that, so the
+scdl rows here are the latent's graph alone, not what ``tl.cluster`` ships (on CellBench 2,
+seed 0: "auto" 1.000 here, 0.838 in ``clustering.py``).
+
     python benchmarks/clustering_rules.py --cache DIR --out rules.csv
     python benchmarks/clustering_rules.py --cache DIR --spaces scdl --scdl-neighbors 50 --quick
 """
@@ -25,7 +31,8 @@ warnings.filterwarnings("ignore")
 
 
 def graph(rep: np.ndarray, n_neighbors: int, seed: int):
-    """scanpy's neighbour graph (as ``tl.cluster`` builds it): its connectivities."""
+    """scanpy's neighbour graph of one space: its connectivities (``tl.cluster``'s graph for
+    the scdl latent also averages in a PCA's; see the module notes)."""
     import anndata as ad
     import scanpy as sc
 
@@ -296,6 +303,12 @@ def main() -> None:
         )  # fmt: skip
         rows[-1]["seconds"] = time.time() - t0
         print(d, space, seed, f"{rows[-1]['seconds']:.0f}s", flush=True)
+    if not rows:
+        raise SystemExit(
+            f"No cached embeddings for {args.datasets} x {args.spaces} x seeds {args.seeds} in "
+            f"{args.cache}: write them first with `python benchmarks/clustering.py "
+            f"--embed-only --cache {args.cache}` (same datasets and seeds)."
+        )
     res = pd.DataFrame(rows)
     if args.out:
         res.to_csv(args.out, index=False)
