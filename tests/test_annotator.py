@@ -738,6 +738,13 @@ def test_majority_voting_over_clusters_the_users_neighbour_graph(annotator):
     scdl.tl.annotate(q, model=model, majority_voting=True, key_added="p")
     assert adjusted_rand_score(clusters, q.obs["p_over_clustering"]) < 0.99
     assert q.uns["p"]["params"]["over_clustering"] == ""
+    # cluster ids in numeric order, as scanpy writes Leiden's (0, 1, 2, ..., 10, not 0, 1, 10)
+    ids = list(q.obs["p_over_clustering"].cat.categories)
+    assert len(ids) > 10 and ids == [str(i) for i in sorted(map(int, ids))], ids
+    # a categorical column given keeps its own order
+    q.obs["mine"] = pd.Categorical(clusters, categories=sorted(set(clusters), reverse=True))
+    scdl.tl.annotate(q, model=model, majority_voting=True, over_clustering="mine", key_added="m")
+    assert list(q.obs["m_over_clustering"].cat.categories) == list(q.obs["mine"].cat.categories)
 
 
 def test_log_normalised_query_gives_the_same_calls(annotator):

@@ -84,6 +84,17 @@ def test_annotate_writes_fields_and_is_accurate(heldout, tmp_path):
     params = adata.uns[key]["params"]  # the options that change the calls, as scanpy records
     assert params["unknown"] is True and params["layer"] == "" and params["min_support"] == 0
     adata.write_h5ad(tmp_path / "a.h5ad")  # every field is writable
+    # no category without cells (no cell is Unknown here): scanpy's tools group by the column
+    labels = adata.obs[key]
+    assert set(labels.cat.categories) == set(labels.astype(str)), labels.cat.categories
+    assert list(labels.cat.categories) == [
+        t for t in adata.uns[key]["cell_types"] if t in set(labels)
+    ]
+    import scanpy as sc
+
+    sc.pp.normalize_total(ranked := adata.copy())
+    sc.pp.log1p(ranked)
+    sc.tl.rank_genes_groups(ranked, groupby=key)
     acc = np.mean(adata.obs[key].astype(str) == adata.obs["cell_type"].astype(str))
     # the card's held-out accuracy was measured on these never-seen cells (Unknown = wrong)
     card = " ".join(_card().split())

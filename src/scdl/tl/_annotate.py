@@ -129,7 +129,8 @@ def annotate(
     ``None``, or a copy of ``adata`` if ``copy=True``, with
 
     ``adata.obs[key_added]``
-        Cell type (categorical), ``"Unknown"`` for flagged cells.
+        Cell type (categorical, in the model's order; types no cell holds are not
+        categories), ``"Unknown"`` for flagged cells.
     ``adata.obs[f"{key_added}_confidence"]``
         Probability of the most probable type.
     ``adata.obs[f"{key_added}_unknown"]``
@@ -147,7 +148,8 @@ def annotate(
         saved without a sketch, a query of fewer than 100 cells or one lacking genes that carry
         more than 10% of the sketch (with a warning).
     ``adata.obs[f"{key_added}_over_clustering"]``
-        With ``majority_voting``: the clusters voted over (categorical).
+        With ``majority_voting``: the clusters voted over (categorical of strings; in the
+        order of a categorical ``over_clustering``, else numeric ids by value).
     ``adata.obs[f"{key_added}_majority_voting"]``
         With ``majority_voting``: the cluster's majority call (categorical); ``key_added``
         keeps the per-cell call.
@@ -237,8 +239,13 @@ def annotate(
         if clusters is None:
             clusters = calls["over_cluster"].to_numpy()
         voted, support = majority_vote(label.to_numpy(), clusters, min_support=min_support)
+    user_order = _categories_given(adata, over_clustering) if majority_voting else None
     adata = writable(adata, copy=copy)
-    adata.obs[key_added] = pd.Categorical(label.to_numpy(), categories=categories)
+    # the model's order, without types no cell holds (scanpy's rank_genes_groups and dotplot
+    # fail on an empty group; uns[key_added]["cell_types"] lists every type)
+    adata.obs[key_added] = pd.Categorical(
+        label.to_numpy(), categories=categories
+    ).remove_unused_categories()
     adata.obs[f"{key_added}_confidence"] = calls["confidence"].to_numpy()
     adata.obs[f"{key_added}_unknown"] = calls["is_unknown"].to_numpy() & unknown
     adata.obs[f"{key_added}_cluster_novelty"] = calls["cluster_novelty"].to_numpy()
@@ -246,8 +253,10 @@ def annotate(
     adata.obsm[f"{key_added}_probabilities"] = probs
     voting = [f"{key_added}_{k}" for k in _VOTING_FIELDS]
     if majority_voting:
-        adata.obs[voting[0]] = pd.Categorical(pd.Series(clusters).astype(str).to_numpy())
-        adata.obs[voting[1]] = pd.Categorical(voted, categories=categories)
+        adata.obs[voting[0]] = _cluster_column(clusters, user_order)
+        adata.obs[voting[1]] = pd.Categorical(
+            voted, categories=categories
+        ).remove_unused_categories()
         adata.obs[voting[2]] = support
     else:  # an earlier call's voting under this key would contradict the new calls
         for column in [c for c in voting if c in adata.obs]:
@@ -321,6 +330,28 @@ def _given_clusters(adata: AnnData, over_clustering) -> np.ndarray:
             "cluster, or pass over_clustering=None to compute one."
         )
     return clusters
+
+
+def _categories_given(adata: AnnData, over_clustering) -> list[str] | None:
+    """The order of a categorical over-clustering the user gave (an obs column or a
+    Series), as strings; ``None`` for any other."""
+    column = adata.obs.get(over_clustering) if isinstance(over_clustering, str) else over_clustering
+    if isinstance(getattr(column, "dtype", None), pd.CategoricalDtype):
+        return [str(c) for c in column.cat.categories]
+    return None
+
+
+def _cluster_column(clusters, order: list[str] | None) -> pd.Categorical:
+    """Cluster ids as a categorical of strings, as scanpy writes Leiden's: in the given
+    order, else numbers by value (0, 1, 2, ..., 10, not 0, 1, 10) and any other ids after
+    them in text order."""
+    values = pd.Series(clusters).astype(str).to_numpy()
+    present = set(values)
+    if order is None:
+        order = sorted(
+            present, key=lambda v: (0, int(v), "") if v.lstrip("-").isdigit() else (1, 0, v)
+        )
+    return pd.Categorical(values, categories=[c for c in order if c in present])
 
 
 def _clusters_given(over_clustering, graph) -> str:
