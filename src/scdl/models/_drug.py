@@ -412,8 +412,8 @@ class DrugResponseModel(
         Parameters
         ----------
         max_epochs
-            Passes over the lines; ``None``: about 1,200 minibatches (80 epochs for ~950
-            lines), within [30, 400].
+            Passes over the lines; ``None``: about 76,800 lines seen (about 1,200 minibatches
+            at the default ``batch_size``; 80 epochs for ~950 lines), within [30, 400].
         batch_size
             Lines per minibatch.
         target_batch_size
