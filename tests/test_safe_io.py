@@ -122,6 +122,11 @@ def test_load_resolves_the_device_and_refuses_what_it_cannot_use(saved, kang_int
     assert next(model.module.parameters()).device == torch.device("cpu")
     with pytest.raises(ValueError, match="accelerator='cpu' and device 'cuda:0' disagree"):
         VAE.load(saved, adata=adata.copy(), accelerator="cpu", device="cuda:0")
+    for wrong in ("tpu:0", "cuda:x", "cuda:", "cuda:1.5"):  # not silently the CPU
+        with pytest.raises(ValueError, match="not one scdl can use"):
+            VAE.load(saved, adata=adata.copy(), device=wrong)
+    model = VAE.load(saved, adata=adata.copy(), device=torch.device("cpu"))
+    assert next(model.module.parameters()).device == torch.device("cpu")
     if not torch.cuda.is_available():
         with pytest.raises(Exception, match=r"(?i)gpu: \[0\]") as gone:
             VAE.load(saved, adata=adata.copy(), device="cuda:0")

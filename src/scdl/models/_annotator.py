@@ -143,9 +143,9 @@ class CellTypeTransformer(
     among many (ten cells of an unseen type in a query of 1,500) join a known cluster and take its
     type. It is not a doublet or empty-droplet detector: doublets mostly take the type of their
     larger part. Filter barcodes and doublets first, as a scanpy workflow does
-    (``sc.pp.filter_cells``, ``sc.pp.scrublet``). Cells with no count in the model's genes, or
-    fewer than 5% of the query's median count there, are called Unknown (the latter with a
-    warning): their type would be read from a few molecules.
+    (``sc.pp.filter_cells``, ``sc.pp.scrublet``): a near-empty droplet among many cells takes
+    its cluster's type. Only cells with no count in the model's genes are called Unknown on
+    their own.
 
     **Genes.** The vocabulary is the registered AnnData's genes (select e.g. 2,000 highly
     variable genes first). A query is aligned by gene name; missing genes are treated as

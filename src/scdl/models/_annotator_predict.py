@@ -48,10 +48,6 @@ logger = logging.getLogger(__name__)
 
 #: the label of a cell whose cluster matches no reference type
 UNKNOWN = "Unknown"
-# a cell holding less than this share of the query's median count in the model's genes (an
-# empty droplet, debris) is not typed: its calls rest on a few molecules. A guard, not tuned:
-# no cell of any set in ../shared/data falls below it (their lowest is 0.08 of the median)
-LOW_COUNT_SHARE = 0.05
 
 
 class AnnotatorPredictionMixin(AnnotatorQueryMixin):
@@ -362,9 +358,8 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
                 | (novelty > self.module.novelty_threshold.cpu()[best])
             ).numpy()
         if unknown_call:  # no count in the model's genes: nothing to type the cell by
-            depth = np.asarray(host.sum(1)).ravel()
-            empty = depth == 0
-            unknown = unknown | empty | _too_few_counts(depth, empty)
+            empty = np.asarray(host.sum(1)).ravel() == 0
+            unknown = unknown | empty
         typed = 0 if not unknown_call else int((~empty).sum())
         if self.cluster_threshold_ is not None and 0 < typed < MIN_QUERY_CELLS:
             warn_user(  # _cluster_calls made no novelty: the call is one caveat, not two
@@ -451,24 +446,3 @@ def _naming_raw(adata, layer):
             "adata.raw.to_adata(); scdl.tl.annotate(raw, ...)`, then copy raw.obs's new "
             "columns to adata.obs."
         ) from None
-
-
-def _too_few_counts(depth: np.ndarray, empty: np.ndarray) -> np.ndarray:
-    """Cells with counts in the model's genes, but fewer than ``LOW_COUNT_SHARE`` of the
-    query's median (said in a warning); the Unknown call, made per cluster, lets a few such
-    droplets take their cluster's type."""
-    few = np.zeros(len(depth), dtype=bool)
-    if empty.all():
-        return few
-    cut = LOW_COUNT_SHARE * float(np.median(depth[~empty]))
-    few = ~empty & (depth < cut)
-    if n := int(few.sum()):
-        warn_user(
-            f"{n} cell{'s' * (n != 1)} hold{'s' * (n == 1)} fewer than {cut:.3g} counts "
-            f"in the model's genes ({LOW_COUNT_SHARE:.0%} of the query's median): called "
-            "Unknown, as a type read from so few molecules is noise (empty droplets, debris). "
-            "Filter such barcodes before annotating, e.g. `sc.pp.filter_cells(adata, "
-            "min_counts=...)`.",
-            UserWarning,
-        )
-    return few

@@ -55,13 +55,23 @@ def resolve_device(
 
 
 def _torch_device_string(accelerator: str, devices):
-    """A device written as torch writes it (``"cuda:1"``, ``"cuda"``, ``"mps"``, ``"cpu"``)
-    read as its accelerator and index; any other value is returned unchanged (Lightning's)."""
+    """A device written as torch writes it (``"cuda:1"``, ``"cuda"``, ``"mps"``, ``"cpu"``, or
+    a ``torch.device``) read as its accelerator and index; Lightning's own values (``"auto"``,
+    an index or count, a list, ``"0,1"``, ``"-1"``) are returned unchanged, and any other
+    string is refused."""
+    if isinstance(devices, torch.device):
+        devices = str(devices)
     if not isinstance(devices, str):
         return accelerator, devices
-    kind, sep, index = devices.strip().lower().partition(":")
-    if kind not in ACCELERATORS[1:] or (sep and not index.isdigit()):
+    text = devices.strip().lower()
+    kind, sep, index = text.partition(":")
+    if text == "auto" or text.replace(",", "").replace("-", "").strip().isdigit():
         return accelerator, devices
+    if kind not in ACCELERATORS[1:] or (sep and not index.isdigit()):
+        raise ValueError(
+            f"device {devices!r} is not one scdl can use: pass an index (0), 'auto', or a "
+            "device as torch writes it ('cuda', 'cuda:1', 'mps', 'cpu')."
+        )
     if accelerator not in ("auto", kind) and {accelerator, kind} not in (
         {"gpu", "cuda"},
         {"gpu", "mps"},

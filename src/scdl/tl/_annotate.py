@@ -49,11 +49,9 @@ def annotate(
     is unlike the reference type they are predicted as are called ``"Unknown"``; the threshold
     is set on the reference alone (one batch against the others, or random halves) with a
     margin for the shift a new dataset brings (see
-    :class:`~scdl.models.CellTypeTransformer`). Cells with no count in the model's genes, or
-    fewer than 5% of the query's median count there (empty droplets, debris; with a warning),
-    are called ``"Unknown"`` too. The call is not a doublet or empty-droplet detector: run
-    scanpy's quality control first. Pass ``unknown=False`` to keep every cell's most probable
-    type.
+    :class:`~scdl.models.CellTypeTransformer`). Cells with no count in the model's genes are
+    called ``"Unknown"`` too. The call is not a doublet or empty-droplet detector: run scanpy's
+    quality control first. Pass ``unknown=False`` to keep every cell's most probable type.
 
     The input may be raw counts or, when a file ships no counts, log1p of counts normalised to
     a constant total per cell (``sc.pp.normalize_total`` then ``sc.pp.log1p`` on all genes):
@@ -336,8 +334,8 @@ def _categories_given(adata: AnnData, over_clustering) -> list[str] | None:
     """The order of a categorical over-clustering the user gave (an obs column or a
     Series), as strings; ``None`` for any other."""
     column = adata.obs.get(over_clustering) if isinstance(over_clustering, str) else over_clustering
-    if isinstance(getattr(column, "dtype", None), pd.CategoricalDtype):
-        return [str(c) for c in column.cat.categories]
+    if isinstance(getattr(column, "dtype", None), pd.CategoricalDtype):  # Series or Categorical
+        return [str(c) for c in column.dtype.categories]
     return None
 
 
