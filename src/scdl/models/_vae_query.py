@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.model.base import ArchesMixin
 
+from scdl._warnings import warn_user
 from scdl.data import (
     check_is_anndata,
     check_obs_key,
@@ -186,8 +188,6 @@ class VAEQueryMixin:
                 set(col.dropna().astype(str)) & set(map(str, state["categorical_mapping"]))
             )
             if known:  # scArches trains every batch column the query's cells use
-                from scdl._warnings import warn_user
-
                 warn_user(
                     f"The query's {key!r} holds batches the reference was trained on "
                     f"({known[:5]}): training the query model also trains their weights, so "
@@ -198,16 +198,12 @@ class VAEQueryMixin:
                 )
         if not subset_genes:
             return super().load_query_data(adata, reference_model, **kwargs)
-        import warnings
-
         with warnings.catch_warnings():  # said below: the fix it names is for the copy
             warnings.filterwarnings("ignore", message=r".* cells have no counts in adata")
             model = super().load_query_data(adata, reference_model, **kwargs)
         x = get_matrix(adata, setup_args.get("layer"))
         n_empty = int(np.count_nonzero(np.asarray(x.sum(axis=1)).ravel() == 0))
         if n_empty:
-            from scdl._warnings import warn_user
-
             warn_user(
                 f"{n_empty} of {adata.n_obs} query cells have no counts in the reference's "
                 f"{len(ref_genes)} genes (only in the query's other genes); they are kept, with "
