@@ -1054,6 +1054,47 @@ def test_setup_response_must_be_dataframe_and_bulk_not_counts(gdsc, cellbench):
         scdl.models.DrugResponseModel.setup_anndata(shallow, response_key="r")
 
 
+def test_bulk_named_by_ensembl_ids_against_symbol_named_cells_is_said(cellbench):
+    """CellBench names its genes by symbol, and by Ensembl ID the genes without one: a bulk
+    named by Ensembl IDs shares only those (11%) by name, which passed silently; said, naming
+    the var column that holds them all. A bulk of the cells' own names says nothing."""
+    import warnings
+
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    for names, said in ((cellbench.var["gene_ids"].astype(str), 1), (cellbench.var_names, 0)):
+        bulk = ad.AnnData(
+            np.log1p(rng.gamma(1.0, 50.0, size=(15, cellbench.n_vars))).astype(np.float32),
+            var=pd.DataFrame(index=pd.Index(names.to_numpy())),
+        )
+        bulk.obsm["r"] = pd.DataFrame(
+            rng.normal(size=(15, 2)), index=bulk.obs_names, columns=["a", "b"]
+        )
+        scdl.models.DrugResponseModel.setup_anndata(bulk, response_key="r")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scdl.models.DrugResponseModel(bulk, target=cellbench)
+        messages = [str(w.message) for w in caught if "share only" in str(w.message)]
+        assert len(messages) == said, messages
+        assert all("var['gene_ids']" in m for m in messages)
+
+
+def test_bulk_tpm_is_refused_at_setup_as_predict_refuses_it(gdsc):
+    """Unlogged TPM-like bulk (fractional, up to ~1e5) trained silently, then predict()
+    refused the same matrix as "far above a log scale": refused at setup too, naming the
+    log1p that makes it pass."""
+    tpm = ad.AnnData(np.exp2(2.0 * np.asarray(gdsc.X[:40]) + 8.0), var=gdsc.var[[]].copy())
+    with pytest.raises(
+        ValueError,
+        match=r"fractional values up to .*far above a log scale.*"
+        r"np.log1p",
+    ):
+        scdl.data.check_profiles(tpm)
+    tpm.X = np.log1p(tpm.X)  # the fix it names
+    scdl.data.check_profiles(tpm)
+
+
 def test_sparse_bulk_profiles_are_checked_without_densifying(gdsc):
     """A sparse bulk matrix is checked on its stored values: the same verdicts as dense."""
     from scipy import sparse

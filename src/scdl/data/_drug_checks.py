@@ -176,6 +176,19 @@ def shared_genes(
             f"{min_genes} are needed). {hint}; and "
             "check that the cells were not already reduced to a small gene panel."
         )
+    if query_var is not None and len(common) < 0.5 * len(reference):
+        from ._genes import best_var_column
+
+        # enough genes match, but by the wrong identifiers (symbols beside the Ensembl IDs
+        # of genes without one): another var column matching far more is the right one
+        if best_var_column(reference, query_var, floor=2 * len(common))[0] is not None:
+            warn_user(
+                f"The {names[0]} and the {names[1]} share only {len(common)} of "
+                f"{len(reference)} gene names; the {names[1]}' "
+                + identifier_hint(reference, query, query_var, other_kind="human")
+                + f". Until then only those {len(common)} genes are used.",
+                UserWarning,
+            )
     return common
 
 
@@ -349,7 +362,8 @@ def check_profiles(adata: AnnData, layer: str | None = None) -> None:
         The expression is not numeric.
     ValueError
         The AnnData is empty; NaN or infinite values; constant profiles (e.g. all zero); raw
-        counts (log-transform them first).
+        counts or values above a log scale (``LOG_SCALE_MAX``, e.g. TPM: log-transform them
+        first).
     """
     x = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
@@ -385,6 +399,13 @@ def check_profiles(adata: AnnData, layer: str | None = None) -> None:
             f"{values.max(initial=0):g}), as raw counts do; read as log-scale profiles. If they "
             f"are counts, {advice}",
             UserWarning,
+        )
+    elif (vmax := largest_value(x)) > LOG_SCALE_MAX:  # as predict() refuses such profiles
+        raise ValueError(
+            f"{where} holds fractional values up to {vmax:.4g}, far above a log scale (TPM, "
+            "CPM, FPKM or estimated counts?): bulk profiles must be log-scale expression "
+            f"(e.g. GDSC's z-scores). Log-transform them first, e.g. `{where} = "
+            f"np.log1p({where})` (sparse: `{where}.data = np.log1p({where}.data)`)."
         )
 
 

@@ -87,6 +87,21 @@ _OTHER_KIND_FIX = {
 }
 
 
+def best_var_column(genes, var: pd.DataFrame, *, floor: int = 0) -> tuple[str | None, int]:
+    """The text column of ``var`` holding the most of ``genes`` (more than ``floor``), and how
+    many it holds; ``(None, floor)`` when none holds more."""
+    genes = pd.Index(genes).astype(str)
+    best, best_n = None, floor
+    for column in var.columns:
+        values = var[column]
+        if values.dtype.kind in "biufc":  # identifiers are text
+            continue
+        n = int(genes.isin(pd.Index(values.astype(str))).sum())
+        if n > best_n:
+            best, best_n = column, n
+    return best, best_n
+
+
 def identifier_hint(
     genes: pd.Index, var_names: pd.Index, var: pd.DataFrame | None, *, other_kind: str = "train"
 ) -> str:
@@ -100,14 +115,7 @@ def identifier_hint(
     n_names = int(genes.isin(names).sum())
     n_case = int(genes.str.upper().isin(names.str.upper()).sum())
     if var is not None:
-        best, best_n = None, max(n_names, n_case)
-        for column in var.columns:
-            values = var[column]
-            if values.dtype.kind in "biufc":  # identifiers are text
-                continue
-            n = int(genes.isin(pd.Index(values.astype(str))).sum())
-            if n > best_n:
-                best, best_n = column, n
+        best, best_n = best_var_column(genes, var, floor=max(n_names, n_case))
         if best is not None:
             return (
                 f"adata.var[{best!r}] holds {best_n} of them: use it as the names, "
