@@ -36,6 +36,13 @@ def drug_response(
     expression and response, aligned to single cells): raw counts are normalised, smoothed
     over neighbouring cells and scaled as the model was trained (see its docstring).
 
+    What to rely on: the order of cells, clusters or samples within a drug (which are more
+    sensitive than which). Predictions are shrunk towards the training lines' typical response
+    (a ridge ensemble fitted on bulk lines), so their spread is narrower than the measured one,
+    and the ``_label`` / ``_prob`` tables, which read each cell against the drug's median over
+    the bulk lines, can put every cell of a query on one side of it, the most sensitive
+    line's cells included (tutorial 04 shows such a case). Compare within a drug by rank.
+
     Parameters
     ----------
     adata
