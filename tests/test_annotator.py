@@ -499,6 +499,34 @@ def test_gene_attributions_in_chunks_match_one_pass():
     assert np.abs(whole).sum() > 0
 
 
+def test_a_type_whose_cells_all_fall_in_validation_is_trained_on(kang2k):
+    """A 1-cell type placed where scvi-tools' split holds cells out (first, unshuffled): its
+    cell is moved into training. Before, the network learnt to offset its absence from the
+    linear path, and once that path was refitted on every cell the type took most of a
+    query's calls."""
+    import scanpy as sc
+    import scvi
+
+    ref = kang2k[kang2k.obs.condition == "control"].copy()
+    hvg = sc.pp.highly_variable_genes(ref, n_top_genes=1000, flavor="seurat_v3", inplace=False)
+    ref = ref[:, hvg["highly_variable"].to_numpy()].copy()
+    rare = np.flatnonzero(ref.obs["cell_type"] == "FCGR3A+Mono")
+    others = np.flatnonzero(ref.obs["cell_type"] != "FCGR3A+Mono")
+    ref = ref[np.r_[rare[:1], others]].copy()  # one cell of the type, first in line
+    query = kang2k[kang2k.obs.condition != "control", ref.var_names].copy()
+    scdl.models.CellTypeTransformer.setup_anndata(ref, labels_key="cell_type")
+    scvi.settings.seed = 0
+    m = scdl.models.CellTypeTransformer(ref)
+    m.train(max_epochs=20, shuffle_set_split=False, enable_progress_bar=False)
+    assert 0 in set(np.asarray(m.train_indices).tolist())  # the rare cell trained on
+    assert 0 not in set(np.asarray(m.validation_indices).tolist())
+    calls = np.asarray(m.predict(query, unknown=False))
+    truth = query.obs["cell_type"].to_numpy()
+    assert np.mean(calls == "FCGR3A+Mono") < 0.2  # the query holds 14% of them
+    for t in ("CD4T", "CD14+Mono"):
+        assert np.mean(calls[truth == t] == t) > 0.8, t
+
+
 def test_same_seed_same_predictions(kang2k):
     """Bitwise on CPU (the promise); a GPU's atomic sums reorder at ~1e-7 (benchmarks/README)."""
     import scvi

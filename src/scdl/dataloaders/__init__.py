@@ -10,7 +10,13 @@ from .. import _quiet_import  # noqa: F401  (first: importing scvi-tools re-seed
 from ._contrastive import ContrastiveSplitter
 from ._csr_loader import CSRBatchLoader, CSRDataSplitter, gather_csr_rows
 from ._drug_loader import DomainSplitter
-from ._loader import CSRBatches, FastDataSplitter, TensorBatchLoader, dense_rows
+from ._loader import (
+    CSRBatches,
+    FastDataSplitter,
+    LabelledSplitter,
+    TensorBatchLoader,
+    dense_rows,
+)
 
 __all__ = [
     "CSRBatchLoader",
@@ -19,6 +25,7 @@ __all__ = [
     "ContrastiveSplitter",
     "DomainSplitter",
     "FastDataSplitter",
+    "LabelledSplitter",
     "TensorBatchLoader",
     "dense_rows",
     "gather_csr_rows",

@@ -151,6 +151,38 @@ class FastDataSplitter(DataSplitter):
         return [] if loader is None else loader
 
 
+class LabelledSplitter(FastDataSplitter):
+    """:class:`FastDataSplitter` whose training cells hold every registered label.
+
+    scvi-tools' split is random, so a type of one or two cells can fall wholly into the
+    validation cells; a classifier then never trains on it, yet its output for that type is
+    set by the rest of training (with a linear path fitted without the type, the network
+    learns to offset its absence, and a linear path refitted on every cell afterwards left a
+    type that took most of a query's calls). Such a type gets one of its held-out cells back in
+    training (the first in the split's order, so the split stays seeded). A split given as
+    ``external_indexing`` is kept as given.
+    """
+
+    def setup(self, stage: str | None = None):
+        super().setup(stage)
+        if self.external_indexing is not None:
+            return
+        labels = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY))
+        labels = labels.ravel()
+        train = np.asarray(self.train_idx)
+        missing = np.setdiff1d(np.unique(labels), np.unique(labels[train]))
+        held = {"val": np.asarray(self.val_idx), "test": np.asarray(self.test_idx)}
+        moved = []
+        for label in missing:  # every cell of it is held out: one goes back to training
+            name = "val" if (labels[held["val"]] == label).any() else "test"
+            cell = held[name][labels[held[name]] == label][0]
+            held[name] = held[name][held[name] != cell]
+            moved.append(cell)
+        if moved:
+            self.train_idx = np.r_[train, moved]
+            self.val_idx, self.test_idx = held["val"], held["test"]
+
+
 class CSRBatches:
     """Minibatches ``{X_KEY: dense tensor}`` from a cells x genes matrix (CSR or dense).
 

@@ -22,7 +22,7 @@ from scdl.data import (
     check_positive_number,
     log_normalize_counts,
 )
-from scdl.dataloaders import FastDataSplitter
+from scdl.dataloaders import LabelledSplitter
 from scdl.module import CellTypeTransformerModule
 from scdl.train import AnnotatorTrainingPlan, guarded_training
 
@@ -194,7 +194,7 @@ class CellTypeTransformer(
     """
 
     _module_cls = CellTypeTransformerModule
-    _data_splitter_cls = FastDataSplitter
+    _data_splitter_cls = LabelledSplitter
     _training_plan_cls = AnnotatorTrainingPlan
     _unseen_categories_fix = (
         "load the model without `adata` and annotate these cells with "
