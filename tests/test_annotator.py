@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 
 import anndata as ad
 import numpy as np
@@ -525,6 +526,26 @@ def test_a_type_whose_cells_all_fall_in_validation_is_trained_on(kang2k):
     assert np.mean(calls == "FCGR3A+Mono") < 0.2  # the query holds 14% of them
     for t in ("CD4T", "CD14+Mono"):
         assert np.mean(calls[truth == t] == t) > 0.8, t
+
+
+def test_a_tiny_reference_keeps_its_validation_cell_for_early_stopping(kang2k):
+    """15 cells whose only validation cell is a 1-cell type's: that cell trains and a cell of
+    a type with others takes its place, so early stopping still has a validation loss."""
+    import scvi
+
+    ref = kang2k[kang2k.obs.condition == "control", :300].copy()
+    types = ref.obs["cell_type"].to_numpy()
+    pick = [np.flatnonzero(types == "CD8T")[:1], np.flatnonzero(types == "B")[:7]]
+    ref = ref[np.r_[*pick, np.flatnonzero(types == "CD4T")[:7]]].copy()  # the lone one first
+    scdl.models.CellTypeTransformer.setup_anndata(ref, labels_key="cell_type")
+    scvi.settings.seed = 0
+    m = scdl.models.CellTypeTransformer(ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a 15-cell reference is said to be small
+        m.train(max_epochs=3, shuffle_set_split=False, early_stopping=True,
+                enable_progress_bar=False)  # fmt: skip
+    assert 0 in set(np.asarray(m.train_indices).tolist())
+    assert len(m.validation_indices) == 1 and 0 not in set(m.validation_indices.tolist())
 
 
 def test_same_seed_same_predictions(kang2k):

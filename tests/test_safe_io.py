@@ -125,6 +125,9 @@ def test_load_resolves_the_device_and_refuses_what_it_cannot_use(saved, kang_int
     for wrong in ("tpu:0", "cuda:x", "cuda:", "cuda:1.5"):  # not silently the CPU
         with pytest.raises(ValueError, match="not one scdl can use"):
             VAE.load(saved, adata=adata.copy(), device=wrong)
+    from scdl.models._devices import resolve_device
+
+    assert resolve_device("cpu", "1,")[1] == "1,"  # Lightning's one-index form, left to it
     model = VAE.load(saved, adata=adata.copy(), device=torch.device("cpu"))
     assert next(model.module.parameters()).device == torch.device("cpu")
     if not torch.cuda.is_available():

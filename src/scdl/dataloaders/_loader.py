@@ -159,7 +159,10 @@ class LabelledSplitter(FastDataSplitter):
     set by the rest of training (with a linear path fitted without the type, the network
     learns to offset its absence, and a linear path refitted on every cell afterwards left a
     type that took most of a query's calls). Such a type gets one of its held-out cells back in
-    training (the first in the split's order, so the split stays seeded). A split given as
+    training (the first in the split's order, so the split stays seeded), taken from the test
+    cells when they hold one; one taken from the validation cells is replaced there by the last
+    training cell of a type with other training cells, so validation keeps its size (early
+    stopping and the Unknown call's calibration read it). A split given as
     ``external_indexing`` is kept as given.
     """
 
@@ -169,17 +172,22 @@ class LabelledSplitter(FastDataSplitter):
             return
         labels = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY))
         labels = labels.ravel()
-        train = np.asarray(self.train_idx)
-        missing = np.setdiff1d(np.unique(labels), np.unique(labels[train]))
+        train = list(np.asarray(self.train_idx))
         held = {"val": np.asarray(self.val_idx), "test": np.asarray(self.test_idx)}
-        moved = []
+        missing = np.setdiff1d(np.unique(labels), np.unique(labels[train]))
         for label in missing:  # every cell of it is held out: one goes back to training
-            name = "val" if (labels[held["val"]] == label).any() else "test"
+            name = "test" if (labels[held["test"]] == label).any() else "val"
             cell = held[name][labels[held[name]] == label][0]
             held[name] = held[name][held[name] != cell]
-            moved.append(cell)
-        if moved:
-            self.train_idx = np.r_[train, moved]
+            if name == "val":  # a training cell of a type that keeps others takes its place
+                counts = pd.Series(labels[train]).value_counts()
+                spare = next((j for j in reversed(range(len(train)))
+                              if counts[labels[train[j]]] > 1), None)  # fmt: skip
+                if spare is not None:
+                    held["val"] = np.r_[held["val"], train.pop(spare)]
+            train.append(cell)
+        if len(missing):
+            self.train_idx = np.asarray(train)
             self.val_idx, self.test_idx = held["val"], held["test"]
 
 

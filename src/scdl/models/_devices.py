@@ -65,8 +65,9 @@ def _torch_device_string(accelerator: str, devices):
         return accelerator, devices
     text = devices.strip().lower()
     kind, sep, index = text.partition(":")
-    if text == "auto" or all(p.strip().lstrip("-").isdigit() for p in text.split(",")):
-        return accelerator, devices  # Lightning's: "auto", "1", "0,1", "-1"
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if text == "auto" or (parts and all(p.lstrip("-").isdigit() for p in parts)):
+        return accelerator, devices  # Lightning's: "auto", "1", "0,1", "1,", "-1"
     if kind not in ACCELERATORS[1:] or (sep and not index.isdigit()):
         raise ValueError(
             f"device {devices!r} is not one scdl can use: pass an index (0), 'auto', or a "
