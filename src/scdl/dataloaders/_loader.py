@@ -172,9 +172,11 @@ class LabelledSplitter(FastDataSplitter):
             return
         labels = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY))
         labels = labels.ravel()
+        missing = np.setdiff1d(np.unique(labels), np.unique(labels[self.train_idx]))
+        if not len(missing):  # the usual case: the split stays scvi-tools' own
+            return
         train = list(np.asarray(self.train_idx))
         held = {"val": np.asarray(self.val_idx), "test": np.asarray(self.test_idx)}
-        missing = np.setdiff1d(np.unique(labels), np.unique(labels[train]))
         for label in missing:  # every cell of it is held out: one goes back to training
             name = "test" if (labels[held["test"]] == label).any() else "val"
             cell = held[name][labels[held[name]] == label][0]
@@ -186,9 +188,8 @@ class LabelledSplitter(FastDataSplitter):
                 if spare is not None:
                     held["val"] = np.r_[held["val"], train.pop(spare)]
             train.append(cell)
-        if len(missing):
-            self.train_idx = np.asarray(train)
-            self.val_idx, self.test_idx = held["val"], held["test"]
+        self.train_idx = np.asarray(train)
+        self.val_idx, self.test_idx = held["val"], held["test"]
 
 
 class CSRBatches:
