@@ -152,7 +152,8 @@ class FastDataSplitter(DataSplitter):
 
 
 class LabelledSplitter(FastDataSplitter):
-    """:class:`FastDataSplitter` whose training cells hold every registered label.
+    """:class:`~scdl.dataloaders.FastDataSplitter` whose training cells hold every registered
+    label.
 
     scvi-tools' split is random, so a type of one or two cells can fall wholly into the
     validation cells; a classifier then never trains on it, yet its output for that type is
