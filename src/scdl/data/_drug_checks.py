@@ -181,12 +181,14 @@ def shared_genes(
 
         # enough genes match, but by the wrong identifiers (symbols beside the Ensembl IDs
         # of genes without one): another var column matching far more is the right one
-        if best_var_column(reference, query_var, floor=2 * len(common))[0] is not None:
+        column, n = best_var_column(reference, query_var, floor=2 * len(common))
+        if column is not None:
             warn_user(
                 f"The {names[0]} and the {names[1]} share only {len(common)} of "
-                f"{len(reference)} gene names; the {names[1]}' "
-                + identifier_hint(reference, query, query_var, other_kind="human")
-                + f". Until then only those {len(common)} genes are used.",
+                f"{len(reference)} gene names; the {names[1]}' var[{column!r}] holds {n} of "
+                f"them: use it as the names (`adata.var_names = adata.var[{column!r}]"
+                ".astype(str)`, then `adata.var_names_make_unique()`). Until then only those "
+                f"{len(common)} genes are used.",
                 UserWarning,
             )
     return common
