@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import tarfile
@@ -83,6 +84,9 @@ def test_annotate_writes_fields_and_is_accurate(heldout, tmp_path):
     assert adata.uns[key]["n_genes_matched"] == 2000
     params = adata.uns[key]["params"]  # the options that change the calls, as scanpy records
     assert params["unknown"] is True and params["layer"] == "" and params["min_support"] == 0
+    # which weights made the calls, should a later scdl ship a retrained model of that name
+    assert adata.uns[key]["model_sha256"] == _registry.REGISTRY["pbmc_kang2018"]["weights_sha256"]
+    assert adata.uns[key]["scdl_version"] == scdl.__version__
     adata.write_h5ad(tmp_path / "a.h5ad")  # every field is writable
     # no category without cells (no cell is Unknown here): scanpy's tools group by the column
     labels = adata.obs[key]
@@ -235,13 +239,54 @@ def test_a_refused_archive_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
         scdl.pretrained.load(partial)
     with pytest.raises(ValueError, match="neither a folder, a .zip nor a .tar.gz"):
         scdl.pretrained.load(not_archive)
-    assert not list((cache / "models").iterdir())  # no model folder left, empty or not
+    assert not list((cache / "models").glob("*"))  # no model folder left, empty or not
     scdl.pretrained.load(_archive("zip", tmp_path))
     extracted = [p for p in (cache / "models").iterdir()]
     assert len(extracted) == 1 and {p.name for p in extracted[0].iterdir()} == {
         "config.json",
         "model.safetensors",
     }
+
+
+def test_an_unpacked_archive_is_reused_and_a_damaged_copy_replaced(tmp_path, monkeypatch):
+    """A second load reads the earlier extraction in place (other processes may be reading it,
+    a shared cache may be read-only); a copy that no longer matches the archive is unpacked
+    again."""
+    monkeypatch.setenv("SCDL_CACHE", str(tmp_path / "cache"))
+    path = _archive("zip", tmp_path)
+    first = _registry.resolve(path)
+    inode = first.stat().st_ino
+    assert _registry.resolve(path) == first and first.stat().st_ino == inode
+    (first / "config.json").write_text("{}")
+    assert _registry.resolve(path) == first
+    assert (first / "config.json").read_bytes() == (
+        _registry._HERE / "pbmc_kang2018" / "config.json"
+    ).read_bytes()
+
+
+def test_a_cache_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("SCDL_CACHE", str(blocker))
+    with pytest.raises(OSError, match=r"Cannot unpack.*Set \$SCDL_CACHE to a writable folder"):
+        scdl.pretrained.load(_archive("zip", tmp_path))
+    # a download is refused before any network: the folder is the problem, not the network
+    with pytest.raises(OSError, match=r"Could not store.*Set \$SCDL_CACHE to a writable folder"):
+        scdl.datasets.fetch_file("x.bin", sha256="0" * 64, url="https://example.org/x.bin")
+
+
+def test_a_damaged_bundled_annotator_asks_for_a_reinstall(tmp_path, monkeypatch):
+    """The saved files' own checks say "save again"; a pretrained model's user never saved it."""
+    folder = tmp_path / "annotators" / "pbmc_kang2018"
+    shutil.copytree(_registry._HERE / "pbmc_kang2018", folder)
+    config = folder / "config.json"
+    edited = json.loads(config.read_text())
+    edited["labels"][0] = "Bcell"
+    config.write_text(json.dumps(edited))
+    monkeypatch.setattr(_registry, "_HERE", tmp_path / "annotators")
+    with pytest.raises(ValueError, match="config.json does not match.*reinstall scdl") as info:
+        scdl.pretrained.load("pbmc_kang2018")
+    assert ".save()" not in str(info.value)
 
 
 def test_url_requires_checksum():

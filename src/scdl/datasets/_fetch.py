@@ -151,8 +151,8 @@ def download(
         The download's checksum does not match (the file is deleted), or the URL is not one
         pooch downloads (``http(s)://``, ``ftp://``, ``doi:``).
     OSError
-        The download failed (no network, a wrong URL, a server error); the message ends
-        with ``offline``.
+        The download failed (no network, a wrong URL, a server error) or ``folder`` cannot
+        be written; the message ends with ``offline``.
     """
     import pooch
 
@@ -168,6 +168,12 @@ def download(
         )
     except ValueError:  # checksum mismatch: pooch's message names both hashes
         raise
+    except (PermissionError, NotADirectoryError, FileExistsError) as e:
+        # the cache folder cannot be written: no network would not help
+        raise OSError(
+            f"Could not store the download of {url} in {folder} ({type(e).__name__}: {e}). "
+            "Set $SCDL_CACHE to a writable folder, or " + offline + "."
+        ) from e
     except Exception as e:
         raise OSError(
             f"Could not download {url} ({type(e).__name__}: {e}). Without network, {offline}."

@@ -54,43 +54,70 @@ def available() -> pd.DataFrame:
 
 def _safe_extract(archive: Path, dest: Path) -> Path:
     """Extract only the annotator's known files (no paths, links or code) into ``dest``,
-    through a temporary folder beside it: an archive refused halfway leaves nothing behind."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    through a temporary folder beside it: an archive refused halfway leaves nothing behind.
+
+    An extraction already there with the archive's files is used as it is, without writing:
+    other processes may be reading it, and a shared cache may be read-only.
+    """
+    members = _known_members(archive)
+    if _holds(dest, members):
+        return dest
     try:
-        _extract_known_files(archive, partial)
-        if dest.is_dir():  # an earlier extraction of the same archive (same checksum)
-            shutil.rmtree(dest)
-        os.replace(partial, dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    except OSError as e:
+        raise OSError(
+            f"Cannot unpack {archive.name} into the cache folder {dest.parent} "
+            f"({type(e).__name__}: {e}). Set $SCDL_CACHE to a writable folder, or unpack the "
+            "archive yourself and pass its folder."
+        ) from e
+    try:
+        for name, data in members.items():
+            (partial / name).write_bytes(data)
+        if dest.is_dir():  # differs from the archive (edited or damaged): replaced
+            shutil.rmtree(dest, ignore_errors=True)
+        try:
+            os.replace(partial, dest)
+        except OSError:
+            # another process unpacked the same archive between the check and the move
+            if not _holds(dest, members):
+                raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return dest
 
 
-def _extract_known_files(archive: Path, dest: Path) -> None:
-    """Write the archive's members named as the annotator's files into ``dest``, flat."""
-    found = set()
+def _holds(folder: Path, members: dict[str, bytes]) -> bool:
+    """Whether ``folder`` holds exactly these files' bytes (other files are never read)."""
+    try:
+        return all((folder / name).read_bytes() == data for name, data in members.items())
+    except OSError:
+        return False
+
+
+def _known_members(archive: Path) -> dict[str, bytes]:
+    """The archive's members named as the annotator's files, by file name (flat)."""
+    found: dict[str, bytes] = {}
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
             for info in z.infolist():
                 name = Path(info.filename).name
                 if info.is_dir() or name not in _ALLOWED:
                     continue
-                (dest / name).write_bytes(z.read(info))
-                found.add(name)
+                found[name] = z.read(info)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as t:
             for member in t.getmembers():
                 name = Path(member.name).name
                 if not member.isfile() or name not in _ALLOWED:
                     continue
-                (dest / name).write_bytes(t.extractfile(member).read())
-                found.add(name)
+                found[name] = t.extractfile(member).read()
     else:
         raise ValueError(f"{archive} is neither a folder, a .zip nor a .tar.gz archive.")
-    missing = {"config.json", "model.safetensors"} - found
+    missing = {"config.json", "model.safetensors"} - set(found)
     if missing:
         raise ValueError(f"{archive} lacks {sorted(missing)}: not a pretrained scdl annotator.")
+    return found
 
 
 def _fetch_archive(url: str, sha256: str | None) -> Path:
@@ -164,6 +191,19 @@ def resolve(name_or_path: str | os.PathLike, *, sha256: str | None = None) -> Pa
     return _safe_extract(archive, cache_dir() / "models" / digest[:16])
 
 
+_SAVE_AGAIN = "Save the model again with `.save()`."
+
+
+def _refetch_fix(name_or_path) -> str:
+    """How a user gets intact files of a pretrained annotator back."""
+    key = str(name_or_path)
+    if key in REGISTRY and "folder" in REGISTRY[key]:
+        return "The installation is corrupt: reinstall scdl."
+    if key in REGISTRY or key.startswith(("http://", "https://")):
+        return "Download the archive again (delete it from the cache folder first)."
+    return "Get the annotator's files again from where they came from."
+
+
 def load(name_or_path: str | os.PathLike, *, sha256: str | None = None, device: str = "cpu"):
     """Load a pretrained annotator without executing anything from its files.
 
@@ -212,5 +252,13 @@ def load(name_or_path: str | os.PathLike, *, sha256: str | None = None, device: 
             raise
         # a folder of prefixed saves: pretrained.load takes none, so say where the model goes
         raise FileNotFoundError(f"{e} Pass that model to scdl.tl.annotate(model=...).") from e
+    except ValueError as e:
+        # the saved files' own checksums failed: their fix ("save again") is not a user's
+        # who never saved this model
+        if _SAVE_AGAIN not in str(e):
+            raise
+        raise ValueError(str(e).replace(_SAVE_AGAIN, _refetch_fix(name_or_path))) from e
     model.source_ = str(name_or_path)
+    # recorded by tl.annotate: which weights made the calls, whatever the name
+    model.source_sha256_ = sha256sum(folder / "model.safetensors")
     return model

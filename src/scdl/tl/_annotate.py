@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from scdl._rng import keeps_rng
+from scdl._version import __version__ as scdl_version
 from scdl._warnings import warn_user
 from scdl.data import check_writable, writable
 
@@ -164,9 +165,11 @@ def annotate(
         ``"Leiden of obsp['connectivities']"`` when voting over the query's own graph, else
         ``""``), ``model`` (its name or path, or
         ``"CellTypeTransformer (in memory)"`` for a model object not from
-        :func:`scdl.pretrained.load`),
-        ``cell_types``, ``n_genes_model`` and ``n_genes_matched`` (the model's genes, and how
-        many ``adata`` holds), the model's thresholds (``confidence_threshold``,
+        :func:`scdl.pretrained.load`), ``model_sha256`` (the sha256 of the weights file of a
+        model from :func:`scdl.pretrained.load`, ``""`` for one in memory), ``scdl_version``
+        (the scdl that made the calls), ``cell_types``, ``n_genes_model`` and
+        ``n_genes_matched`` (the model's genes, and how many ``adata`` holds), the model's
+        thresholds (``confidence_threshold``,
         ``novelty_thresholds``: a DataFrame of each type's per-cell threshold, indexed by cell
         type; ``novelty_calibration``; ``cluster_threshold``; ``min_reference_share`` and
         ``unknown_evidence``, absent for models saved without them), ``unknown_fraction`` (the
@@ -365,6 +368,9 @@ def _model_summary(model, model_name: str) -> dict:
     """What ``uns`` records about the annotator: its types, genes and thresholds."""
     return {
         "model": model_name,
+        # which weights made the calls: a retrained annotator may keep its name
+        "model_sha256": getattr(model, "source_sha256_", None) or "",
+        "scdl_version": scdl_version,
         "cell_types": list(model.labels),
         "n_genes_model": len(model.get_var_names()),
         "confidence_threshold": float(model.module.confidence_threshold),
