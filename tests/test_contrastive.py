@@ -462,7 +462,9 @@ def test_new_cells_refused_by_the_salient_methods_are_left_unchanged(kang_contra
     assert_unchanged(query, snap)
     mask = np.zeros(query.n_obs, dtype=bool)
     mask[:20] = True  # the same cells, now with a way to tell target cells: accepted
-    salient = model.get_latent_representation(query, representation="salient", target_mask=mask)
+    salient = model.get_latent_representation(
+        query, representation="salient", target_mask=mask, batch_size=np.int64(16)
+    )
     assert (salient[20:] == 0).all() and (salient[:20] != 0).any()
     # cells without a value, which training with target=None refuses, are refused here too
     # (they were taken as target cells and given salient codes)

@@ -101,12 +101,16 @@ def test_differential_expression_groups_as_scvi_tools_reads_them(kang_integrated
     try:
         de = model.differential_expression(groupby="code", group1=0, batch_size=512)
         assert len(de) and set(de["group1"].astype(str)) == {"0"}
-        with pytest.raises(ValueError, match=r"\['0'\] not among the values"):
+        with pytest.raises(ValueError, match=r"\['0'\] not among the values.*Pass 0 for '0'"):
             model.differential_expression(groupby="code", group1="0")
+        # scanpy's Leiden ids are text: a number given for one is named with its fix
+        obs["leiden"] = obs["code"].astype(str).astype("category")
+        with pytest.raises(ValueError, match=r"\[0\] not among.*\['0', '1'\].*Pass '0' for 0"):
+            model.differential_expression(groupby="leiden", group1=0)
         de = model.differential_expression(groupby="cond2", batch_size=512)
         assert set(de["group1"].astype(str)) == set(obs["condition"].astype(str))
     finally:
-        del obs["code"], obs["cond2"]
+        del obs["code"], obs["cond2"], obs["leiden"]
 
 
 def test_batch_embeddings_are_refused(kang):
@@ -294,7 +298,9 @@ def test_bad_cells_or_batch_size_leave_a_new_query_unchanged(kang_integrated):
     with pytest.raises(ValueError, match="selects no cells"):
         model.get_normalized_expression(query, indices=[])
     assert_unchanged(query, snap)
-    latent = model.get_latent_representation(query, indices=[0, 5], batch_size=1)
+    # a numpy integer (np.ceil(...).astype(int)) as torch's DataLoader needs it: an int
+    latent = model.get_latent_representation(query, indices=[0, 5], batch_size=np.int64(1))
+    assert model.get_normalized_expression(query, batch_size=np.int64(64)).shape == query.shape
     np.testing.assert_allclose(latent, model.get_latent_representation(query)[[0, 5]], atol=1e-6)
 
 

@@ -69,7 +69,13 @@ class VAE(
     ``differential_expression``, ``get_elbo``, ...). Unlike scvi-tools' ``SCVI`` it defaults to
     negative binomial counts (``SCVI``: zero-inflated) and adds the MMD term to the training
     loss (``train_loss`` in ``history``); ``get_elbo`` and the ``elbo_*`` curves are the ELBO
-    alone, without it.
+    alone, without it. Its encoder also reads each cell's batch, with layer norm in place of
+    batch norm (scArches' settings, so reference mapping trains only a query batch's own
+    weights): a cell's latent depends on the batch it is given, as ``SCVI``'s with
+    ``encode_covariates=True`` does. Every method refuses an AnnData whose genes differ from
+    the model's (in name or order), whose counts are not counts, or whose batch column is
+    missing or holds unseen batches, where scvi-tools may embed it without a word; a query of
+    new batches is mapped with :meth:`load_query_data`.
 
     Parameters
     ----------
@@ -341,6 +347,7 @@ class VAE(
             scvi-tools' further options (``give_mean``, ``mc_samples``, ``batch_size``, ...).
         """
         self._check_cells(adata, indices, kwargs.get("batch_size"))
+        _int_batch_size(kwargs)
         return super().get_latent_representation(adata, indices, *args, **kwargs)
 
     def get_normalized_expression(self, adata: AnnData | None = None, *args, **kwargs):
@@ -364,6 +371,7 @@ class VAE(
         call = inspect.signature(parent).bind(adata, *args, **kwargs)
         given = call.arguments
         self._check_cells(adata, given.get("indices"), given.get("batch_size"))
+        _int_batch_size(given)
         gene_list = given.get("gene_list")
         if gene_list is not None:
             genes = pd.Index(self.get_var_names())
@@ -406,18 +414,42 @@ class VAE(
             # compared by value, as scvi-tools selects the cells (a "0" is no group of 0s)
             missing = [g for g in [*_as_list(group1), *_as_list(group2)] if not (col == g).any()]
             if missing:
-                values = sorted(map(str, col.dropna().unique()))[:20]
+                # as Python values, so a 0 given for the text "0" (scanpy's Leiden ids) shows
+                values = sorted(np.asarray(col.dropna().unique()).tolist(), key=str)
+                by_text = {str(v): v for v in values}
+                retyped = [f"{by_text[str(g)]!r} for {g!r}" for g in missing if str(g) in by_text]
+                fix = ""
+                if retyped:
+                    kind = type(by_text[str(missing[0])]).__name__
+                    fix = f" Pass {', '.join(retyped)}: the column holds {kind} values."
                 raise ValueError(
-                    f"{missing} not among the values of obs[{groupby!r}] ({values}): no cells "
-                    "to compare."
+                    f"{[_python(g) for g in missing]} not among the values of obs[{groupby!r}] "
+                    f"({values[:20]}): no cells to compare.{fix}"
                 )
             if group1 is None:  # one vs rest over the categories that have cells: scvi-tools
                 # takes every category, and an unused one failed with no cells to sample
                 cats = col.astype("category").cat.categories
                 group1 = [c for c in cats if (col == c).any()]
+        if kwargs.get("batch_size") is not None:
+            from scdl.data import check_positive_int
+
+            check_positive_int(kwargs["batch_size"], "batch_size")
+        _int_batch_size(kwargs)
         return super().differential_expression(
             adata=adata, groupby=groupby, group1=group1, group2=group2, **kwargs
         )
+
+
+def _python(value):
+    """A numpy scalar as the Python value it holds (``0``, not ``np.int64(0)``)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _int_batch_size(options: dict) -> None:
+    """``batch_size`` as an ``int`` in ``options``: a numpy integer passes the checks, but
+    torch's DataLoader refuses it."""
+    if options.get("batch_size") is not None:
+        options["batch_size"] = int(options["batch_size"])
 
 
 def _as_list(group) -> list:
