@@ -559,6 +559,27 @@ def test_bad_train_size(kang, train_size):
     with pytest.raises(ValueError, match=r"train_size must be a fraction in \(0, 1\]"):
         model.train(max_epochs=1, train_size=train_size)
     assert not model.is_trained_
+    scdl.models.CellTypeTransformer.setup_anndata(adata, labels_key="cell_type")
+    annotator = scdl.models.CellTypeTransformer(adata)
+    with pytest.raises(ValueError, match=r"train_size must be a fraction in \(0, 1\]"):
+        annotator.train(max_epochs=1, train_size=train_size)
+    assert not annotator.is_trained_
+
+
+def test_annotator_trains_on_every_cell_and_refuses_plan_options_it_ignores(kang):
+    """train_size=1.0 is scvi-tools' way to train on every cell (it was refused); scvi-tools'
+    plan options the annotator's own optimiser and loss replace are refused, not ignored."""
+    adata = _expressed(kang, 120)
+    scdl.models.CellTypeTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = scdl.models.CellTypeTransformer(adata)
+    for option in ({"eps": 0.5}, {"optimizer": "Adam"}):
+        with pytest.raises(ValueError, match=f"plan_kwargs \\['{next(iter(option))}'\\]"):
+            model.train(max_epochs=1, plan_kwargs=option)
+        assert not model.is_trained_
+    with pytest.warns(UserWarning, match="No reference cell is held out"):
+        model.train(max_epochs=2, train_size=1.0, enable_progress_bar=False)
+    assert model.is_trained_ and len(model.train_indices_) == adata.n_obs
+    assert len(model.predict(adata)) == adata.n_obs
 
 
 def test_bad_model_size(kang):

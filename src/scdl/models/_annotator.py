@@ -457,7 +457,8 @@ class CellTypeTransformer(
             Fraction of the reference the transformer trains on; the rest calibrates the
             per-cell thresholds. The linear path, a convex fit that needs no held-out
             cells, is then refitted on every reference cell. ``None`` is 0.9, as in
-            scvi-tools.
+            scvi-tools; ``1.0`` holds no cell out (early stopping then has no validation
+            loss, and a warning says the per-cell thresholds are set on training cells).
         validation_size
             Fraction of the reference held out for validation and calibration; default every
             cell not trained on (scvi-tools' ``DataSplitter`` rule).
@@ -487,11 +488,6 @@ class CellTypeTransformer(
             Further arguments for the data splitter (scvi-tools' ``DataSplitter``).
         """
         train_size = 0.9 if train_size is None else train_size  # scvi-tools' None
-        if not 0 < train_size < 1:
-            raise ValueError(
-                f"train_size must be in (0, 1): held-out reference cells calibrate the Unknown "
-                f"call; got {train_size}."
-            )
         if not 0 <= unknown_rate < 0.5:
             raise ValueError(f"unknown_rate must be in [0, 0.5), got {unknown_rate}.")
         # refused by its own name (scikit-learn's error names `C`), before anything is set

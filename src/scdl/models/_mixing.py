@@ -220,7 +220,7 @@ def reference_share(
         ref, side, own_rows = _filled_sides(ref, labels, q, np.asarray(fill), rng)
     m = min(len(ref), len(side))  # balanced: the same number of reference and query neighbours
     ref = ref[np.sort(rng.choice(len(ref), m, replace=False))] if len(ref) > m else ref
-    servers = np.sort(rng.choice(len(side), m, replace=False)) if len(side) > m else np.arange(m)
+    servers = _subsample(side, m, rng) if len(side) > m else np.arange(m)
     k = min(MIXING_NEIGHBORS, 2 * m - 1)
     pool = np.vstack([ref, side[servers]]).astype(np.float32)
     is_ref = np.r_[np.ones(m, dtype=bool), np.zeros(len(servers), dtype=bool)]
@@ -271,6 +271,14 @@ def cluster_means(values: np.ndarray, clusters: np.ndarray) -> np.ndarray:
     return (np.bincount(inv, weights=values) / np.bincount(inv))[inv]
 
 
+def _subsample(points: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    """``m`` of the rows of ``points``, drawn from the rows sorted by their values rather than
+    by position, so the cells drawn (and the calls) do not depend on the query's cell order;
+    their positions, in that sorted order (the pool's order breaks neighbour ties)."""
+    canonical = np.lexsort(points.T[::-1])  # by the first coordinate, ties by the next
+    return canonical[np.sort(rng.choice(len(points), m, replace=False))]
+
+
 def _filled_sides(ref, labels, q, fill, rng):
     """The pool's two sides for a query filled to the reference's composition: one half of the
     sketch is the reference side, the other gives each type's pseudo-query cells (``fill``
@@ -289,6 +297,6 @@ def _filled_sides(ref, labels, q, fill, rng):
         for t in wanted
     ]
     pseudo = np.concatenate(pseudo).astype(int)
-    rows = np.sort(rng.choice(len(q), max(1, int(round(cut * len(q)))), replace=False))
+    rows = _subsample(q, max(1, int(round(cut * len(q)))), rng)
     side = np.vstack([q[rows], ref[pseudo]])
     return ref[own_half], side, np.r_[rows, np.full(len(pseudo), -1)]

@@ -54,6 +54,15 @@ def annotate(
     called ``"Unknown"`` too. The call is not a doublet or empty-droplet detector: run scanpy's
     quality control first. Pass ``unknown=False`` to keep every cell's most probable type.
 
+    The query is read as one dataset: its clusters, its shift from the reference and (with
+    ``adapt_to_query``) its gene statistics are computed over all its cells, so a sample's
+    calls can change with the other samples annotated beside it (unlike a per-cell classifier
+    such as CellTypist without voting). Where samples differ by chemistry, protocol or
+    condition, annotate each on its own and join the results: ``parts = [annotate(adata[m].copy(),
+    copy=True) ...]`` over the sample masks, then ``anndata.concat(parts)``. The order of the
+    cells changes the calls only through the query's Leiden clusters (which depend on it, as
+    in scanpy), for the Unknown call and for voting: rarely, by a cluster at a threshold.
+
     The input may be raw counts or, when a file ships no counts, log1p of counts normalised to
     a constant total per cell (``sc.pp.normalize_total`` then ``sc.pp.log1p`` on all genes):
     that is detected, said once in a warning, and gives the same calls as the counts. Any
@@ -99,10 +108,10 @@ def annotate(
         ``obs[f"{key_added}_majority_voting"]``; ``obs[key_added]`` keeps the per-cell
         calls. A call without it removes the voting columns an earlier call left under the
         same ``key_added``. As in CellTypist, the over-clustering (Leiden) depends on the
-        order of the cells, so a reordered query can vote a few clusters differently; the
-        per-cell calls do not depend on it. Voting fixes isolated calls inside a cluster of one
-        type; where a cluster mixes types (close types in a query unlike the reference), it
-        gives every cell the majority's type and can lower accuracy, as it does in CellTypist.
+        order of the cells, so a reordered query can vote a few clusters differently. Voting
+        fixes isolated calls inside a cluster of one type; where a cluster mixes types (close
+        types in a query unlike the reference), it gives every cell the majority's type and can
+        lower accuracy, as it does in CellTypist.
         Compare both columns before keeping the vote, or set ``min_support``. A query of
         fewer than 10 cells is too small to over-cluster: each cell is its own cluster.
     over_clustering

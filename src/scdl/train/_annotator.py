@@ -31,6 +31,15 @@ class AnnotatorTrainingPlan(StepsLoggedPerEpochMixin, ClassifierTrainingPlan):
         weight_decay: float = 1e-2,
         **kwargs,
     ):
+        # scvi-tools' plan takes these, but this plan's optimiser and loss are its own: refused
+        # rather than ignored (an optimizer= failed with "multiple values for keyword")
+        unused = sorted(set(kwargs) & {"eps", "optimizer", "loss"})
+        if unused:
+            raise ValueError(
+                f"plan_kwargs {unused} are not used by the annotator's plan, which trains with "
+                "AdamW (cosine learning-rate decay) on a class-weighted, label-smoothed cross-"
+                "entropy: set `lr`, `weight_decay`, `label_smoothing` or `class_weights` instead."
+            )
         super().__init__(classifier, lr=lr, weight_decay=weight_decay, optimizer="AdamW", **kwargs)
         self.loss_fn = torch.nn.CrossEntropyLoss(
             weight=class_weights, label_smoothing=label_smoothing
