@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -285,3 +286,91 @@ def test_annotate_quiet_and_warnings_as_the_commands_lines(tmp_path, capsys):
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "scdl annotate: warning:" in err and "sys.exit" not in err and ".py:" not in err
+
+
+def test_scanpy_layouts_are_read_through_layer_raw(kang, tmp_path, capsys):
+    """scanpy leaves counts or every gene in .raw and log values in X: `--layer raw` reads .raw
+    (the messages named only Python code), as the Python recipe they give does."""
+    import scanpy as sc
+
+    import scdl
+
+    counts = kang[::8].copy()
+    sc.pp.filter_genes(counts, min_cells=3)
+    counts.raw = counts.copy()
+    sc.pp.normalize_total(counts, target_sum=1e4)
+    sc.pp.log1p(counts)
+    counts.write_h5ad(tmp_path / "counts_in_raw.h5ad")
+    base = ["integrate", str(tmp_path / "counts_in_raw.h5ad"), "--max-epochs", "1", "-q"]
+    assert main([*base, "-o", str(tmp_path / "no.h5ad")]) == 2
+    assert "`--layer raw` reads .raw" in capsys.readouterr().err
+    assert main([*base, "-o", str(tmp_path / "i.h5ad"), "--layer", "raw"]) == 0
+    out = ad.read_h5ad(tmp_path / "i.h5ad")
+    assert out.obsm["X_scdl"].shape[0] == counts.n_obs and "raw" not in out.layers
+    assert out.raw is not None and out.uns["X_scdl"]["params"]["layer"] == "raw"
+
+    cells = scdl.datasets.kang_pbmc_heldout()[:200].copy()
+    sc.pp.normalize_total(cells, target_sum=1e4)
+    sc.pp.log1p(cells)
+    cells.raw = cells  # every gene, log-normalised; X then keeps variable genes only
+    sc.pp.highly_variable_genes(cells, n_top_genes=500, subset=True)
+    cells.write_h5ad(tmp_path / "hvg.h5ad")
+    args = ["annotate", str(tmp_path / "hvg.h5ad"), "-q", "--layer", "raw"]
+    assert main([*args, "-o", str(tmp_path / "a.h5ad")]) == 0
+    out = ad.read_h5ad(tmp_path / "a.h5ad")
+    expected = scdl.tl.annotate(cells.raw.to_adata(), copy=True)
+    assert out.n_vars == 500 and out.uns["scdl_cell_type"]["params"]["layer"] == "raw"
+    assert (
+        out.obs["scdl_cell_type"].astype(str) == expected.obs["scdl_cell_type"].astype(str)
+    ).all()
+    np.testing.assert_array_equal(
+        out.obsm["scdl_cell_type_probabilities"].to_numpy(),
+        expected.obsm["scdl_cell_type_probabilities"].to_numpy(),
+    )
+
+
+def test_a_cell_ranger_h5_is_read_and_an_empty_file_refused(kang, tmp_path, capsys):
+    """A Cell Ranger .h5 (often a lab's first file) failed with anndata's internal TypeError;
+    annotating a file without counts exited 0 with every cell Unknown."""
+    import h5py
+    from scipy import sparse
+
+    import scdl
+
+    cells = kang[:120].copy()
+    x = sparse.csr_matrix(cells.X).astype(np.int32)  # cells x genes CSR: 10x's genes x cells CSC
+    with h5py.File(tmp_path / "filtered_feature_bc_matrix.h5", "w") as f:
+        g = f.create_group("matrix")
+        g["data"], g["indices"], g["indptr"] = x.data, x.indices, x.indptr
+        g["shape"] = np.array([cells.n_vars, cells.n_obs])
+        g["barcodes"] = np.array(cells.obs_names, dtype="S")
+        features = g.create_group("features")
+        features["name"] = features["id"] = np.array(cells.var_names, dtype="S")
+        features["feature_type"] = np.array(["Gene Expression"] * cells.n_vars, dtype="S")
+        features["genome"] = np.array(["GRCh38"] * cells.n_vars, dtype="S")
+    args = ["integrate", str(tmp_path / "filtered_feature_bc_matrix.h5"), "--max-epochs", "1"]
+    assert main([*args, "-o", str(tmp_path / "i.h5ad")]) == 0
+    assert "a Cell Ranger .h5, read with scanpy.read_10x_h5" in capsys.readouterr().out
+    assert ad.read_h5ad(tmp_path / "i.h5ad").obsm["X_scdl"].shape[0] == 120
+
+    empty = scdl.datasets.kang_pbmc_heldout()[:100].copy()
+    empty.layers["zeros"] = sparse.csr_matrix(empty.shape, dtype=np.float32)
+    empty.write_h5ad(tmp_path / "e.h5ad")
+    args = ["annotate", str(tmp_path / "e.h5ad"), "--layer", "zeros", "-q"]
+    assert main([*args, "-o", str(tmp_path / "a.h5ad")]) == 2
+    assert "holds no counts" in capsys.readouterr().err
+    assert not (tmp_path / "a.h5ad").exists()
+    with pytest.warns(UserWarning, match="No cell of the query has a count in the model's genes"):
+        scdl.tl.annotate(empty, layer="zeros")
+    assert (empty.obs["scdl_cell_type"] == "Unknown").all()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes anyway")
+def test_an_unwritable_model_folder_is_refused_before_training(kang, tmp_path, capsys):
+    kang[:60].copy().write_h5ad(tmp_path / "in.h5ad")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    args = ["integrate", str(tmp_path / "in.h5ad"), "-o", str(tmp_path / "o.h5ad")]
+    assert main([*args, "--save-model", str(locked / "m"), "-q"]) == 2
+    assert "cannot write --save-model" in capsys.readouterr().err
+    assert not (tmp_path / "o.h5ad").exists()  # refused before training and writing

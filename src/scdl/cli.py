@@ -104,13 +104,47 @@ def _read_input(path: str, *, quiet: bool = False):
         raise ValueError(f"input {path!r} is a folder; give an .h5ad file.")
     if not p.is_file():
         raise FileNotFoundError(f"input file {path!r} does not exist.")
+    how = ""
     try:
-        adata = anndata.read_h5ad(p)
-    except (OSError, KeyError, ValueError) as e:
+        if _is_cell_ranger_h5(p):  # often a lab's first file: read as scanpy reads it
+            import scanpy as sc
+
+            adata, how = sc.read_10x_h5(p), " (a Cell Ranger .h5, read with scanpy.read_10x_h5)"
+        else:
+            adata = anndata.read_h5ad(p)
+    except (OSError, KeyError, ValueError, TypeError) as e:
         raise ValueError(f"could not read {path!r} as an .h5ad file ({e}).") from e
     if not quiet:
-        print(f"read {path}: {adata.n_obs} cells x {adata.n_vars} genes")
+        print(f"read {path}{how}: {adata.n_obs} cells x {adata.n_vars} genes")
     return adata
+
+
+def _is_cell_ranger_h5(path: Path) -> bool:
+    """Whether ``path`` is Cell Ranger's HDF5 matrix (v3: a ``matrix`` group; v2: one group per
+    genome), which anndata cannot read as an .h5ad."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "obs" in f or "X" in f:  # an .h5ad
+                return False
+            groups = [f[name] for name in f if isinstance(f[name], h5py.Group)]
+            return any({"barcodes", "data", "indices", "indptr"} <= set(g) for g in groups)
+    except OSError:  # not HDF5: anndata's reader says so
+        return False
+
+
+def _raw_as_layer(adata) -> None:
+    """``--layer raw``: ``adata.raw``'s values of X's genes as the layer ``raw`` (removed again
+    before the output is written)."""
+    if adata.raw is None:
+        raise ValueError("--layer raw: the input has no .raw; name one of its layers instead.")
+    missing = adata.var_names.difference(adata.raw.var_names)
+    if len(missing):
+        raise ValueError(
+            f"--layer raw: .raw lacks {len(missing)} of X's genes (e.g. {list(missing[:3])})."
+        )
+    adata.layers["raw"] = adata.raw[:, adata.var_names].X
 
 
 def _check_output(path: str, *, overwrite: bool) -> None:
@@ -155,6 +189,14 @@ def _check_model_folder(path: str | None, *, overwrite: bool, output: str) -> No
         raise FileNotFoundError(
             f"--save-model: folder {str(folder.resolve().parent)!r} does not exist."
         )
+    import tempfile
+
+    existing = folder if folder.is_dir() else folder.resolve().parent
+    try:  # found now, not after training (the model is saved last)
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".scdl-", suffix=".tmp"):
+            pass
+    except OSError as e:
+        raise PermissionError(f"cannot write --save-model {path!r} ({e}).") from e
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -273,6 +315,9 @@ def _integrate(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.input} holds {adata.n_obs} cells x {adata.n_vars} genes.")
     if args.batch_key is not None:
         scdl.data.check_categorical(adata, args.batch_key, arg="batch_key")
+    raw_layer = args.layer == "raw" and "raw" not in adata.layers
+    if raw_layer:
+        _raw_as_layer(adata)
     x = scdl.data.get_matrix(adata, args.layer)
     if not scdl.data.sampled_counts_ok(adata, args.layer):
         scdl.data.check_counts(adata, args.layer)
@@ -292,11 +337,14 @@ def _integrate(args: argparse.Namespace) -> int:
         n_top_genes=args.n_top_genes,
         max_epochs=args.max_epochs,
         random_state=args.seed,
-        progress_bar=not args.quiet,
+        # a bar redrawn into a log file is one line of thousands of updates
+        progress_bar=not args.quiet and sys.stdout.isatty(),
     )
     if args.cluster:
         scdl.tl.cluster(adata, use_rep=args.key_added)
         print(f"Leiden clusters in obs['scdl_cluster']: {adata.obs['scdl_cluster'].nunique()}")
+    if raw_layer:
+        del adata.layers["raw"]  # a copy of .raw's values, which the output keeps
     scdl.data.write_h5ad_atomic(adata, args.output)
     if args.save_model:
         model.save(args.save_model, overwrite=args.overwrite)
@@ -314,19 +362,46 @@ def _annotate(args: argparse.Namespace) -> int:
     model = args.model
     if args.sha256 is not None:
         model = scdl.pretrained.load(args.model, sha256=args.sha256)
+    use_raw = args.layer == "raw" and "raw" not in adata.layers
+    if use_raw and adata.raw is None:
+        raise ValueError("--layer raw: the input has no .raw; name one of its layers instead.")
+    # .raw holds every gene (scanpy keeps them there before selecting genes): annotated whole
+    target = adata.raw.to_adata() if use_raw else adata
+    layer = None if use_raw else args.layer
+    x = scdl.data.get_matrix(target, layer)
+    if adata.n_obs and not x.sum() > 0:  # every cell would be Unknown (or one forced type)
+        raise ValueError(
+            f"{args.input} holds no counts (every value of "
+            f"{'X' if args.layer is None else repr(args.layer)} is 0)."
+        )
     scdl.tl.annotate(
-        adata,
+        target,
         model=model,
-        layer=args.layer,
+        layer=layer,
         key_added=args.key_added,
         unknown=not args.no_unknown,
         min_gene_overlap=args.min_gene_overlap,
     )
+    if use_raw:
+        _copy_annotation(target, adata, args.key_added)
+        adata.uns[args.key_added]["params"]["layer"] = "raw"  # where the values came from
     scdl.data.write_h5ad_atomic(adata, args.output)
     counts = adata.obs[args.key_added].value_counts()
     say(f"wrote obs[{args.key_added!r}] to {args.output}:")
     say(counts[counts > 0].to_string())
     return 0
+
+
+def _copy_annotation(source, adata, key: str) -> None:
+    """The fields ``tl.annotate`` wrote into ``source`` (a copy of ``adata``'s cells), copied
+    into ``adata``: obs columns and obsm entries named from ``key``, and ``uns[key]``."""
+    for col in source.obs.columns:
+        if col == key or col.startswith(f"{key}_"):
+            adata.obs[col] = source.obs[col].values  # the same cells in the same order
+    for name in source.obsm:
+        if name.startswith(f"{key}_"):
+            adata.obsm[name] = source.obsm[name]
+    adata.uns[key] = source.uns[key]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -381,7 +456,9 @@ def _add_integrate(sub) -> None:
     i.add_argument("input", metavar="IN.h5ad", help="input .h5ad with raw counts")
     i.add_argument("-o", "--output", metavar="OUT.h5ad", required=True, help="output .h5ad")
     i.add_argument("--batch-key", default=None, help="obs column of the batches")
-    i.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
+    i.add_argument(
+        "--layer", default=None, help="layer with raw counts, or 'raw' for .raw (default: X)"
+    )
     i.add_argument(
         "--key-added", default="X_scdl", help="obsm key of the latent space (default: %(default)s)"
     )
@@ -438,7 +515,11 @@ def _add_annotate(sub) -> None:
         help="checksum of the model's archive (required for a URL; checked when given)",
     )
     a.add_argument("--overwrite", action="store_true", help="replace an existing OUT.h5ad")
-    a.add_argument("--layer", default=None, help="layer with raw counts (default: X)")
+    a.add_argument(
+        "--layer",
+        default=None,
+        help="layer with raw counts, or 'raw' for .raw with all its genes (default: X)",
+    )
     a.add_argument(
         "--key-added",
         default="scdl_cell_type",
@@ -511,8 +592,10 @@ def _run(args) -> int:
         # expected problems with the input: one line, no traceback (SCDL_DEBUG=1 shows it)
         if os.environ.get("SCDL_DEBUG"):
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"scdl {args.command}: error: {_as_flags(str(msg))}", file=sys.stderr)
+        msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+        if re.search(r"adata\.raw (is set|holds)", msg) and hasattr(args, "layer"):  # Python fix
+            msg += " On the command line, `--layer raw` reads .raw."
+        print(f"scdl {args.command}: error: {_as_flags(msg)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"scdl {args.command}: interrupted", file=sys.stderr)

@@ -357,8 +357,16 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
                 (conf < self.module.confidence_threshold.cpu())
                 | (novelty > self.module.novelty_threshold.cpu()[best])
             ).numpy()
+        empty = np.asarray(host.sum(1)).ravel() == 0
+        if empty.all():
+            warn_user(
+                f"No cell of the query has a count in the model's genes (every value of "
+                f"{'adata.X' if layer is None else repr(layer)} in them is 0): "
+                f"{'every cell is Unknown' if unknown_call else 'every call is the same guess'}. "
+                "Pass the layer or file that holds the counts.",
+                UserWarning,
+            )
         if unknown_call:  # no count in the model's genes: nothing to type the cell by
-            empty = np.asarray(host.sum(1)).ravel() == 0
             unknown = unknown | empty
         typed = 0 if not unknown_call else int((~empty).sum())
         if self.cluster_threshold_ is not None and 0 < typed < MIN_QUERY_CELLS:
