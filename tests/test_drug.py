@@ -116,6 +116,22 @@ def test_gdsc_loader_joins_expression_and_response(gdsc):
     assert "cell_line_key" in gdsc.obs and np.isfinite(np.asarray(gdsc.X)).all()
 
 
+def test_gdsc_joins_nci_lines_written_without_the_prefix(gdsc):
+    """The expression file writes 16 NCI-H lines without "NCI" (H2869), the response table with
+    it (NCIH2869): their responses were dropped silently."""
+
+    line = gdsc.obs["cell_line_key"].astype(str) == "H2869"
+    assert line.sum() == 1
+    assert gdsc.obsm["ln_ic50"][line.to_numpy()].notna().sum(axis=1).iloc[0] >= 200
+    assert gdsc.uns["gdsc"]["n_lines_measured"] >= 937
+    keys = gdsc.obs["cell_line_key"].astype(str)
+    assert match_cell_lines(["NCI-H2869", "H1975", "HCC827"], keys) == {
+        "NCI-H2869": "H2869",
+        "H1975": "NCIH1975",
+        "HCC827": "HCC827",
+    }
+
+
 def test_gdsc_other_metric(gdsc):
     auc = scdl.datasets.gdsc(metric="auc", path=DATA)
     assert auc.obsm["auc"].shape[0] == gdsc.n_obs
@@ -418,6 +434,31 @@ def test_training_options_are_checked_on_both_paths(bulk_train, cellbench):
         deep.train(max_epochs=1, datasplitter_kwargs={"dropp_last": True})
     deep.train(max_epochs=1, train_size=None, enable_progress_bar=False)
     assert len(deep.train_indices) == bulk_train.n_obs and len(deep.validation_indices) == 0
+
+
+def test_the_wide_model_takes_log_normalised_target_cells(bulk_train, cellbench):
+    """prediction="wide" reads only the target's genes and which are detected: log1p of
+    normalised counts (scanpy's usual preprocessing, counts not kept) builds the same model;
+    the network's paths, which read the counts, still refuse it."""
+    import scanpy as sc
+
+    logged = cellbench.copy()
+    sc.pp.normalize_total(logged)
+    sc.pp.log1p(logged)
+    counts = scdl.models.DrugResponseModel(bulk_train, target=cellbench, n_top_genes=500, **SMALL)
+    with pytest.warns(UserWarning, match="target holds log1p of normalised counts"):
+        log = scdl.models.DrugResponseModel(bulk_train, target=logged, n_top_genes=500, **SMALL)
+    assert log.genes.equals(counts.genes)
+    with pytest.raises(ValueError, match="non-integer values"):
+        scdl.models.DrugResponseModel(
+            bulk_train, target=logged, prediction="wide_deep", n_top_genes=500, **SMALL
+        )
+    # genes= that the target lacks: zero in training's alignment, the lines' mean in predict()
+    absent = bulk_train.var_names.difference(cellbench.var_names)[:3].tolist()
+    with pytest.raises(ValueError, match="3 of `genes` are not in the target cells"):
+        scdl.models.DrugResponseModel(
+            bulk_train, target=cellbench, genes=[*counts.genes[:50], *absent], **SMALL
+        )
 
 
 def test_save_load_identical_predictions(trained, cellbench, tmp_path):

@@ -37,7 +37,8 @@ def select_model_genes(
     n_top_genes: int | None = None,
     min_detected: float = 0.0,
 ) -> pd.Index:
-    """The genes a drug-response model uses: ``genes`` when given (checked against ``bulk``),
+    """The genes a drug-response model uses: ``genes`` when given (checked against ``bulk``
+    and ``target``),
     else those shared by ``bulk`` and ``target`` (all of ``bulk``'s without a target),
     detected (count > 0) in at least ``min_detected`` of the target cells, then the
     ``n_top_genes`` that vary most across the bulk profiles (``bulk.layers[bulk_layer]``, or
@@ -58,6 +59,16 @@ def select_model_genes(
                 raise ValueError(
                     f"{len(missing)} of `genes` are not in the bulk data (e.g. "
                     f"{missing[:5].tolist()}); pass genes of adata.var_names."
+                )
+        if target is not None:
+            # the network aligns to the target's values of these genes: one it lacks would be
+            # a zero there, and the training lines' mean in predict()
+            missing = genes.difference(target.var_names)
+            if len(missing):
+                raise ValueError(
+                    f"{len(missing)} of `genes` are not in the target cells (e.g. "
+                    f"{missing[:5].tolist()}); pass genes both hold, e.g. "
+                    "`[g for g in genes if g in set(target.var_names)]`."
                 )
         return genes
     if bulk is None:

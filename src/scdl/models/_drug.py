@@ -26,6 +26,7 @@ from scdl.data import (
     check_response,
     check_unique_var_names,
     get_matrix,
+    input_kind,
     profiles_from_expression,
     select_model_genes,
 )
@@ -204,10 +205,10 @@ class DrugResponseModel(
         prediction: Literal["wide", "wide_deep", "deep"] | None = None,
     ):
         n_ensemble = check_positive_int(n_ensemble, "n_ensemble")  # stored as a plain int
-        _check_model_args(adata, target, target_layer, input_scale)
+        prediction = _resolve_prediction(prediction, ridge_alpha)
+        _check_model_args(adata, target, target_layer, input_scale, prediction)
         _check_sizes(n_top_genes, smooth_neighbors, match_neighbors, ridge_alpha)
         _check_network(n_hidden, n_latent, dropout_rate, input_noise, mmd_weight)
-        prediction = _resolve_prediction(prediction, ridge_alpha)
         check_fraction(min_detected, "min_detected", meaning="of the target cells")
         super().__init__(adata, registry)
         self.drugs = [str(d) for d in self._drug_names()]
@@ -496,8 +497,10 @@ class DrugResponseModel(
         return out
 
 
-def _check_model_args(adata, target, target_layer, input_scale) -> None:
-    """Refuse bad model arguments before anything is built."""
+def _check_model_args(adata, target, target_layer, input_scale, prediction: str) -> None:
+    """Refuse bad model arguments before anything is built; the target cells' values are read
+    as counts only where the network aligns to them (``prediction="wide"`` reads their genes
+    and which are detected, so log1p of normalised counts does there too)."""
     if input_scale not in ("zscore", "rank"):
         raise ValueError(f"input_scale={input_scale!r} is not one of 'zscore', 'rank'.")
     if target is not None and adata is None:
@@ -512,7 +515,17 @@ def _check_model_args(adata, target, target_layer, input_scale) -> None:
             )
         check_unique_var_names(target)
         try:
-            check_counts(target, target_layer)
+            if prediction == "wide":
+                kind, _ = input_kind(target, target_layer)  # refuses anything else
+                if kind == "log1p":
+                    warn_user(
+                        "target holds log1p of normalised counts, not counts: "
+                        "prediction='wide' reads only its genes and which are detected, the "
+                        "same in both. The deep paths need the counts.",
+                        UserWarning,
+                    )
+            else:
+                check_counts(target, target_layer)
         except (ValueError, TypeError, KeyError) as e:
             # the check speaks of `adata` and `layer=`; here they are `target`, `target_layer=`
             text = str(e.args[0]) if e.args else str(e)
