@@ -54,6 +54,11 @@ def test_integration_metrics_plot(tmp_path):
         scdl.pl.integration_metrics(df.drop(columns="Total"), show=False)
     with pytest.raises(TypeError, match="results is a dict; pass the DataFrame"):
         scdl.pl.integration_metrics(df.to_dict(), show=False)
+    # twelve embeddings: twelve colours (matplotlib's cycle repeated after ten)
+    many = pd.concat([df] * 6, ignore_index=True).set_axis([f"e{i}" for i in range(12)])
+    fig = scdl.pl.integration_metrics(many, show=False)
+    colors = {tuple(bar.get_facecolor()) for bar in fig.axes[0].patches}
+    assert len(colors) == 12
 
 
 def test_single_panel_plots_draw_on_given_axes(kang_integrated):

@@ -282,6 +282,27 @@ def test_integration_metrics_rank_vae_above_pca(kang_integrated):
     assert adata.uns["scdl_integration_metrics"].loc["X_scdl", "Total"] > 0
 
 
+def test_integration_metrics_say_where_a_score_rests_on_little(kang_integrated):
+    """A NaN metric (PCR comparison of an embedding with a constant column) leaves its totals
+    on fewer metrics, and a one-cell type scored as isolated gives 0.5 whatever the embedding:
+    both were silent (scib-metrics' own values, passed through)."""
+    adata, _ = kang_integrated
+    adata = adata.copy()
+    adata.obsm["flat"] = np.c_[adata.obsm["X_scdl"], np.zeros(adata.n_obs)]
+    types = adata.obs["cell_type"].astype(str).to_numpy().copy()
+    types[0] = "Lonely"
+    adata.obs["types"] = types
+    with pytest.warns(UserWarning) as record:
+        df = scdl.tl.integration_metrics(
+            adata, batch_key="sample", label_key="types", embeddings=["X_scdl", "flat"]
+        )
+    said = " ".join(str(w.message) for w in record)
+    assert "is NaN for 'flat'" in said and "is NaN for 'X_scdl'" not in said
+    assert "Lonely (1 cells)" in said
+    assert np.isnan(df.loc["flat", "PCR comparison"]) and np.isfinite(df.loc["X_scdl"]).all()
+    assert df.loc["X_scdl", "Isolated labels"] == pytest.approx(0.5)
+
+
 def test_bad_cells_or_batch_size_leave_a_new_query_unchanged(kang_integrated):
     """scvi-tools registers a new AnnData (writing ``_scvi_*`` fields into it) before its data
     loader reads ``indices`` and ``batch_size``; scdl checks them first."""

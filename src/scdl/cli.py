@@ -225,7 +225,7 @@ def _demo_integration(args: argparse.Namespace, out: Path) -> None:
         batch_key="sample",
         max_epochs=args.max_epochs,
         random_state=args.seed,
-        progress_bar=not args.quiet,
+        progress_bar=not args.quiet and sys.stdout.isatty(),
     )
     scdl.tl.cluster(adata, use_rep="X_scdl", key_added="scdl_cluster")
     ari = adjusted_rand_score(adata.obs["cell_type"], adata.obs["scdl_cluster"])

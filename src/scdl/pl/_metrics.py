@@ -66,9 +66,13 @@ def integration_metrics(
     own = ax is None
     fig, ax = new_axes(ax, figsize=(1.6 + 1.4 * len(_COLUMNS) + 0.3 * n, 3.5))
     x = np.arange(len(_COLUMNS))
+    colors = _palette(n)
     for i, (name, row) in enumerate(df.iterrows()):
-        bars = ax.bar(x + (i - (n - 1) / 2) * width, row.to_numpy(), width, label=str(name))
-        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+        bars = ax.bar(
+            x + (i - (n - 1) / 2) * width, row.to_numpy(), width, label=str(name), color=colors[i]
+        )
+        if n <= 5:  # beyond, the values overlap: the table holds them
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
     ax.set_xticks(x, [c.replace(" ", "\n") for c in _COLUMNS])  # two words: no overlap
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score (scib-metrics)")
@@ -77,3 +81,20 @@ def integration_metrics(
     if own:
         fig.tight_layout()
     return finish(fig, show=show, save=save, default_name="integration_metrics")
+
+
+def _palette(n: int) -> list:
+    """``n`` distinct colours: matplotlib's 10 first, then scanpy's palettes of 20, 28 and
+    102 (its categorical defaults), so no two embeddings share a colour."""
+    from matplotlib import rcParams
+    from scanpy.plotting import palettes
+
+    for colors in (
+        rcParams["axes.prop_cycle"].by_key()["color"],
+        palettes.default_20,
+        palettes.default_28,
+        palettes.default_102,
+    ):
+        if n <= len(colors):
+            return list(colors[:n])
+    return [palettes.default_102[i % 102] for i in range(n)]
