@@ -585,8 +585,19 @@ def test_pretraining_lowers_masked_loss(kang2k):
     unlabelled = kang2k[kang2k.obs.condition != "control"].copy()
     m.pretrain(unlabelled, max_epochs=15, enable_progress_bar=False)
     assert loss() < 0.8 * before
+    # pretrained only: no cell types learnt (near-random calls were written silently)
+    with pytest.raises(ValueError, match=r"not trained: call .train\(\) first"):
+        m.predict(unlabelled)
     m.train(max_epochs=5, enable_progress_bar=False)  # fine-tuning starts from it
     assert m.predict(soft=True).shape == (ref.n_obs, len(m.labels))
+    # without the Unknown call and without adaptation (it crashed on the empty-cell sums)
+    assert len(m.predict(unlabelled, unknown=False, adapt_to_query=0)) == unlabelled.n_obs
+    # pretrain() after train() moves the encoder beneath the trained head: train again
+    with pytest.warns(UserWarning, match="marked untrained"):
+        m.pretrain(unlabelled, max_epochs=1, enable_progress_bar=False)
+    assert not m.is_trained_
+    with pytest.raises(ValueError, match="not trained"):
+        scdl.tl.annotate(unlabelled, model=m)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import re
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import assert_unchanged, snapshot
 from scipy import sparse
@@ -1116,3 +1117,48 @@ def test_public_helpers_refuse_impossible_arguments_by_name(kang):
     flags = cells.copy()
     flags.X = (cells.X > 0).astype(bool)
     assert sampled_counts_ok(flags, None)
+
+
+def test_category_columns_that_fail_later_are_refused_at_setup(kang):
+    """Text mixed with numbers (anndata.concat of a numbered and a named batch) failed inside
+    scvi-tools' registration ("'<' not supported"); dates and pd.cut intervals trained and then
+    could not be saved or loaded. Both are refused with the conversion, the AnnData unchanged."""
+    from conftest import assert_unchanged, snapshot
+
+    adata = _expressed(kang, 120)
+    mixed = np.array(["pbmc_b"] * adata.n_obs, dtype=object)
+    mixed[0::2] = 1  # Python ints beside text
+    adata.obs["mixed"] = pd.Series(mixed, index=adata.obs_names, dtype=object)
+    adata.obs["when"] = pd.to_datetime(["2024-01-01", "2024-02-01"] * (adata.n_obs // 2))
+    adata.obs["binned"] = pd.cut(np.arange(adata.n_obs), 2)
+    snap = snapshot(adata)
+    for key, match in (
+        ("mixed", r"mixes text with other values.*astype\(str\)"),
+        ("when", r"datetime64.*cannot store.*astype\(str\)"),
+        ("binned", r"interval.*cannot store.*astype\(str\)"),
+    ):
+        with pytest.raises(TypeError, match=match):
+            VAE.setup_anndata(adata, batch_key=key)
+        with pytest.raises(TypeError, match=match):
+            scdl.models.CellTypeTransformer.setup_anndata(adata, labels_key=key)
+    assert_unchanged(adata, snap)
+    adata.obs["mixed"] = adata.obs["mixed"].astype(str).astype("category")  # the fix given
+    VAE.setup_anndata(adata, batch_key="mixed")
+
+
+def test_batch_codes_are_compared_by_value(kang):
+    """Numbers are categories by value, as scvi-tools maps them: a query batch 1 is the model's
+    1.0 (it was refused as unseen, with load_query_data as the fix)."""
+    adata = _expressed(kang, 120)
+    adata.obs["code"] = np.where(np.arange(adata.n_obs) % 2 == 0, 1.0, 2.0)
+    VAE.setup_anndata(adata, batch_key="code")
+    model = VAE(adata)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    query = adata.copy()
+    query.obs["code"] = query.obs["code"].astype(int)
+    np.testing.assert_allclose(
+        model.get_latent_representation(query), model.get_latent_representation(), atol=1e-5
+    )
+    adata.obs["dose"] = adata.obs["code"].astype(str)
+    with pytest.raises(TypeError, match=r"must be numeric.*pd.to_numeric"):
+        VAE.setup_anndata(adata, continuous_covariate_keys=["dose"])

@@ -351,6 +351,7 @@ def check_categorical(
     most distinct numbers taken as codes (default: 10, or half the cells if more)."""
     col = check_obs_key(adata, key, arg=arg, missing_ok=missing_ok)
     values = col.dropna() if missing_ok else col
+    _check_category_values(col, key, arg)
     if pd.api.types.is_float_dtype(values) and (values != np.round(values)).any():
         raise TypeError(
             f"adata.obs[{key!r}] holds non-integer numbers ({col.dtype}), so it is not a "
@@ -376,6 +377,36 @@ def check_categorical(
             + (too_few or f"pass `{arg}=None` if there is nothing to correct for.")
         )
     return col
+
+
+def _check_category_values(col: pd.Series, key: str, arg: str) -> None:
+    """Refuse category values scvi-tools cannot sort (text mixed with numbers, as
+    ``anndata.concat`` of a numbered and a named batch gives) or a saved model cannot store
+    (dates, intervals from ``pd.cut``): both failed later, naming neither the column nor a fix."""
+    dtype = col.dtype
+    levels = col.cat.categories if isinstance(dtype, pd.CategoricalDtype) else None
+    kind = levels.dtype if levels is not None else dtype
+    fix = f"`adata.obs[{key!r}] = adata.obs[{key!r}].astype(str).astype('category')`"
+    if (
+        isinstance(kind, pd.IntervalDtype | pd.PeriodDtype)
+        or pd.api.types.is_datetime64_any_dtype(kind)
+        or pd.api.types.is_timedelta64_dtype(kind)
+    ):
+        raise TypeError(
+            f"adata.obs[{key!r}] holds {kind} values, which a saved model cannot store (its "
+            f"files hold text and numbers only). Convert it before using it as `{arg}`: {fix}."
+        )
+    if kind is np.dtype(object):
+        present = pd.unique(levels if levels is not None else col.dropna())
+        is_text = [isinstance(v, str) for v in present]
+        if any(is_text) and not all(is_text):
+            example = [v for v in present if not isinstance(v, str)][:3]
+            raise TypeError(
+                f"adata.obs[{key!r}] mixes text with other values (e.g. {example} beside "
+                f"{[v for v in present if isinstance(v, str)][:3]}; `anndata.concat` of a "
+                f"numbered and a named batch gives this), which cannot be sorted into "
+                f"categories. Convert it before using it as `{arg}`: {fix}."
+            )
 
 
 def check_unique_var_names(adata: AnnData, *, warn: bool = False) -> None:

@@ -96,14 +96,25 @@ def check_query(
             )
         col = check_obs_key(adata, key, arg=arg)
         check_category_kind(col, categories, key, model=model)
-        known_str = set(map(str, categories))
-        unseen = sorted((v for v in pd.unique(col) if str(v) not in known_str), key=str)
+        # by value, as the registry maps them: a batch 1 is the model's 1.0
+        known_values = {_as_value(v) for v in categories}
+        unseen = sorted((v for v in pd.unique(col) if _as_value(v) not in known_values), key=str)
         if unseen:
             raise ValueError(
                 f"adata.obs[{key!r}] holds categories the {model} was not trained on "
                 f"({_plain(unseen[:5])}); it knows {_plain(categories[:10])}. To use new "
                 f"categories, {unseen_fix}."
             )
+
+
+def _as_value(value):
+    """A category as compared with the model's: numbers by value (``1`` is ``1.0``), anything
+    else by its text."""
+    if isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    ):
+        return float(value)
+    return str(value)
 
 
 def _plain(values) -> list:

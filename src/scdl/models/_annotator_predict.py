@@ -114,6 +114,11 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         """The query's counts in the model's gene order on the model's device, and the mask
         of the model's genes it holds (``None``: all)."""
 
+        if not self.is_trained_:  # scvi-tools' own methods refuse an untrained model too
+            raise ValueError(
+                "The annotator is not trained: call .train() first (pretrain() alone learns no "
+                "cell types; after pretrain(), train() fine-tunes on the labels)."
+            )
         dev = self.module.device
         if adata is None:
             self._require_adata("annotate", takes_adata=True)
@@ -357,7 +362,8 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
                 (conf < self.module.confidence_threshold.cpu())
                 | (novelty > self.module.novelty_threshold.cpu()[best])
             ).numpy()
-        empty = np.asarray(host.sum(1)).ravel() == 0
+        # (adapt_to_query=0 without the Unknown call made no host copy: the sums need one)
+        empty = np.asarray((host if host is not None else x.to_scipy()).sum(1)).ravel() == 0
         if empty.all():
             warn_user(
                 f"No cell of the query has a count in the model's genes (every value of "

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from scvi import REGISTRY_KEYS
 
+from scdl._warnings import warn_user
 from scdl.data import align_to_genes, check_counts, in_memory
 from scdl.dataloaders import CSRBatches
 from scdl.train import MaskedExpressionPlan, guarded_training
@@ -43,7 +44,10 @@ class AnnotatorPretrainingMixin:
         """Self-supervised pretraining on (unlabelled) cells: masked gene-value prediction.
 
         15% of each cell's gene tokens have their value hidden and predicted from the rest of
-        the cell. :meth:`train` then fine-tunes from these weights.
+        the cell (through the attention blocks before the last: ``n_layers >= 2``, warned
+        otherwise). :meth:`train` then fine-tunes from these weights: pretrain first. Called
+        on a trained model, it moves the encoder beneath the trained classifier and Unknown
+        thresholds, so the model is marked untrained (with a warning) until trained again.
 
         Parameters
         ----------
@@ -61,6 +65,15 @@ class AnnotatorPretrainingMixin:
         """
         from scvi.train import Trainer
 
+        if len(self.module.layers) == 0:
+            # the last block reads only the CLS token: no block lets a gene see the others
+            warn_user(
+                "With n_layers=1 no attention block reads the gene tokens, so a masked value is "
+                "predicted from its gene's identity alone and pretraining learns little. Build "
+                "the model with n_layers >= 2 (the default) to pretrain it.",
+                UserWarning,
+            )
+        retrained = self.is_trained_
         # as .train() resolves them: "auto" is one device
         accelerator, devices, device = resolve_device(accelerator, devices)
         if adata is None:
@@ -97,4 +110,14 @@ class AnnotatorPretrainingMixin:
         self.module.to(device)  # Lightning's teardown leaves it on the CPU
         self.module.eval()
         self.pretrained_epochs_ = int(max_epochs)
+        if retrained:
+            # the encoder moved beneath the trained head and the Unknown thresholds: a call
+            # now would read a model that is neither, so it must be trained again
+            self.is_trained_ = False
+            warn_user(
+                "pretrain() after train() changed the encoder beneath the trained classifier "
+                "and its Unknown thresholds: the model is marked untrained. Call train() again "
+                "before annotating (pretrain first, then train).",
+                UserWarning,
+            )
         return self

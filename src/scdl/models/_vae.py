@@ -248,7 +248,12 @@ class VAE(
         for key in continuous_covariate_keys or []:
             col = check_obs_key(adata, key, arg="continuous_covariate_keys")
             if not pd.api.types.is_numeric_dtype(col):
-                raise TypeError(f"continuous covariate {key!r} must be numeric, got {col.dtype}.")
+                raise TypeError(
+                    f"continuous covariate {key!r} must be numeric, got {col.dtype}. Numbers "
+                    f"held as text or categories: `adata.obs[{key!r}] = pd.to_numeric("
+                    f"adata.obs[{key!r}].astype(str))`; levels such as samples go in "
+                    "`categorical_covariate_keys`."
+                )
             if not np.isfinite(col.to_numpy(dtype=float)).all():
                 raise ValueError(
                     f"continuous covariate adata.obs[{key!r}] has infinite values; fix or drop "
