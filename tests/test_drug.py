@@ -864,8 +864,8 @@ def test_target_must_be_counts(bulk_train, cellbench):
     sc.pp.normalize_total(cells)
     sc.pp.log1p(cells)
     snap = snapshot(cells)
-    with pytest.raises(ValueError, match="non-integer") as e:
-        scdl.models.DrugResponseModel(bulk_train, target=cells, **SMALL)
+    with pytest.raises(ValueError, match="non-integer") as e:  # the network reads counts
+        scdl.models.DrugResponseModel(bulk_train, target=cells, prediction="wide_deep", **SMALL)
     # named as the model takes them: `target_layer=` and the target's X, not `layer=`/adata
     assert "target_layer=" in str(e.value) and "`layer=" not in str(e.value)
     assert "target.X" in str(e.value) and "adata" not in str(e.value)

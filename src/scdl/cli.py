@@ -369,7 +369,8 @@ def _annotate(args: argparse.Namespace) -> int:
     target = adata.raw.to_adata() if use_raw else adata
     layer = None if use_raw else args.layer
     x = scdl.data.get_matrix(target, layer)
-    if adata.n_obs and not x.sum() > 0:  # every cell would be Unknown (or one forced type)
+    # every cell would be Unknown (or one forced type); NaN or negative values are said below
+    if adata.n_obs and x.sum() == 0:
         raise ValueError(
             f"{args.input} holds no counts (every value of "
             f"{'X' if args.layer is None else repr(args.layer)} is 0)."
