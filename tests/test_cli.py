@@ -314,12 +314,15 @@ def test_scanpy_layouts_are_read_through_layer_raw(kang, tmp_path, capsys):
     sc.pp.log1p(cells)
     cells.raw = cells  # every gene, log-normalised; X then keeps variable genes only
     sc.pp.highly_variable_genes(cells, n_top_genes=500, subset=True)
-    cells.write_h5ad(tmp_path / "hvg.h5ad")
+    stale = cells.copy()
+    stale.obs["scdl_cell_type_majority_voting"] = "B"  # an earlier run's vote: removed
+    stale.write_h5ad(tmp_path / "hvg.h5ad")
     args = ["annotate", str(tmp_path / "hvg.h5ad"), "-q", "--layer", "raw"]
     assert main([*args, "-o", str(tmp_path / "a.h5ad")]) == 0
     out = ad.read_h5ad(tmp_path / "a.h5ad")
     expected = scdl.tl.annotate(cells.raw.to_adata(), copy=True)
     assert out.n_vars == 500 and out.uns["scdl_cell_type"]["params"]["layer"] == "raw"
+    assert "scdl_cell_type_majority_voting" not in out.obs
     assert (
         out.obs["scdl_cell_type"].astype(str) == expected.obs["scdl_cell_type"].astype(str)
     ).all()
@@ -345,12 +348,17 @@ def test_a_cell_ranger_h5_is_read_and_an_empty_file_refused(kang, tmp_path, caps
         g["shape"] = np.array([cells.n_vars, cells.n_obs])
         g["barcodes"] = np.array(cells.obs_names, dtype="S")
         features = g.create_group("features")
-        features["name"] = features["id"] = np.array(cells.var_names, dtype="S")
+        names = np.array(cells.var_names, dtype=object)
+        names[1] = names[0]  # Cell Ranger repeats a few symbols (GRCh38: TBCE, MATR3, ...)
+        features["name"] = np.array(names, dtype="S")
+        features["id"] = np.array(cells.var_names, dtype="S")
         features["feature_type"] = np.array(["Gene Expression"] * cells.n_vars, dtype="S")
         features["genome"] = np.array(["GRCh38"] * cells.n_vars, dtype="S")
     args = ["integrate", str(tmp_path / "filtered_feature_bc_matrix.h5"), "--max-epochs", "1"]
     assert main([*args, "-o", str(tmp_path / "i.h5ad")]) == 0
-    assert "a Cell Ranger .h5, read with scanpy.read_10x_h5" in capsys.readouterr().out
+    assert "read with scanpy.read_10x_h5; repeated gene names made unique" in (
+        capsys.readouterr().out
+    )
     assert ad.read_h5ad(tmp_path / "i.h5ad").obsm["X_scdl"].shape[0] == 120
 
     empty = scdl.datasets.kang_pbmc_heldout()[:100].copy()

@@ -107,6 +107,8 @@ def test_differential_expression_groups_as_scvi_tools_reads_them(kang_integrated
         obs["leiden"] = obs["code"].astype(str).astype("category")
         with pytest.raises(ValueError, match=r"\[0\] not among.*\['0', '1'\].*Pass '0' for 0"):
             model.differential_expression(groupby="leiden", group1=0)
+        with pytest.raises(ValueError, match=r"\[99, 0\] not among.*Pass '0' for 0"):
+            model.differential_expression(groupby="leiden", group1=99, group2=0)
         de = model.differential_expression(groupby="cond2", batch_size=512)
         assert set(de["group1"].astype(str)) == set(obs["condition"].astype(str))
     finally:

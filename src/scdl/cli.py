@@ -107,9 +107,18 @@ def _read_input(path: str, *, quiet: bool = False):
     how = ""
     try:
         if _is_cell_ranger_h5(p):  # often a lab's first file: read as scanpy reads it
+            import warnings
+
             import scanpy as sc
 
-            adata, how = sc.read_10x_h5(p), " (a Cell Ranger .h5, read with scanpy.read_10x_h5)"
+            with warnings.catch_warnings():  # repeated symbols: made unique just below
+                warnings.filterwarnings("ignore", message="Variable names are not unique")
+                adata = sc.read_10x_h5(p)
+            how = " (a Cell Ranger .h5, read with scanpy.read_10x_h5"
+            if not adata.var_names.is_unique:  # as scanpy's tutorials do next
+                adata.var_names_make_unique()
+                how += "; repeated gene names made unique"
+            how += ")"
         else:
             adata = anndata.read_h5ad(p)
     except (OSError, KeyError, ValueError, TypeError) as e:
@@ -395,7 +404,11 @@ def _annotate(args: argparse.Namespace) -> int:
 
 def _copy_annotation(source, adata, key: str) -> None:
     """The fields ``tl.annotate`` wrote into ``source`` (a copy of ``adata``'s cells), copied
-    into ``adata``: obs columns and obsm entries named from ``key``, and ``uns[key]``."""
+    into ``adata``: obs columns and obsm entries named from ``key``, and ``uns[key]``; those an
+    earlier run left under ``key`` and this one removed are removed too."""
+    for col in [c for c in adata.obs.columns if c == key or c.startswith(f"{key}_")]:
+        if col not in source.obs.columns:
+            del adata.obs[col]
     for col in source.obs.columns:
         if col == key or col.startswith(f"{key}_"):
             adata.obs[col] = source.obs[col].values  # the same cells in the same order

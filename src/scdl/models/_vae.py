@@ -425,7 +425,8 @@ class VAE(
                 retyped = [f"{by_text[str(g)]!r} for {g!r}" for g in missing if str(g) in by_text]
                 fix = ""
                 if retyped:
-                    kind = type(by_text[str(missing[0])]).__name__
+                    kind = type(next(by_text[str(g)] for g in missing if str(g) in by_text))
+                    kind = kind.__name__
                     fix = f" Pass {', '.join(retyped)}: the column holds {kind} values."
                 raise ValueError(
                     f"{[_python(g) for g in missing]} not among the values of obs[{groupby!r}] "
