@@ -368,6 +368,15 @@ def test_a_cell_ranger_h5_is_read_and_an_empty_file_refused(kang, tmp_path, caps
     assert main([*args, "-o", str(tmp_path / "a.h5ad")]) == 2
     assert "holds no counts" in capsys.readouterr().err
     assert not (tmp_path / "a.h5ad").exists()
+    import scanpy as sc
+
+    scaled = scdl.datasets.kang_pbmc_heldout()[:105].copy()
+    sc.pp.normalize_total(scaled)
+    sc.pp.log1p(scaled)
+    sc.pp.scale(scaled)  # sums to ~0 without being empty: said as scaled, not as no counts
+    scaled.write_h5ad(tmp_path / "s.h5ad")
+    assert main(["annotate", str(tmp_path / "s.h5ad"), "-q", "-o", str(tmp_path / "s2.h5ad")]) == 2
+    assert "values are negative (scaled data?)" in capsys.readouterr().err
     with pytest.warns(UserWarning, match="No cell of the query has a count in the model's genes"):
         scdl.tl.annotate(empty, layer="zeros")
     assert (empty.obs["scdl_cell_type"] == "Unknown").all()

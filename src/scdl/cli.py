@@ -362,6 +362,8 @@ def _integrate(args: argparse.Namespace) -> int:
 
 
 def _annotate(args: argparse.Namespace) -> int:
+    import numpy as np
+
     import scdl
 
     _check_output(args.output, overwrite=args.overwrite)
@@ -378,8 +380,10 @@ def _annotate(args: argparse.Namespace) -> int:
     target = adata.raw.to_adata() if use_raw else adata
     layer = None if use_raw else args.layer
     x = scdl.data.get_matrix(target, layer)
-    # every cell would be Unknown (or one forced type); NaN or negative values are said below
-    if adata.n_obs and x.sum() == 0:
+    # every cell would be Unknown (or one forced type); NaN, negative or scaled values are
+    # said by the counts check below (a scaled matrix can sum to 0 without being empty)
+    zero = (x.count_nonzero() if hasattr(x, "count_nonzero") else np.count_nonzero(x)) == 0
+    if adata.n_obs and zero:
         raise ValueError(
             f"{args.input} holds no counts (every value of "
             f"{'X' if args.layer is None else repr(args.layer)} is 0)."

@@ -74,6 +74,8 @@ def _safe_extract(archive: Path, dest: Path) -> Path:
     try:
         for name, data in members.items():
             (partial / name).write_bytes(data)
+        if _holds(dest, members):  # another process unpacked it meanwhile: never delete it
+            return dest
         if dest.is_dir():  # differs from the archive (edited or damaged): replaced
             shutil.rmtree(dest, ignore_errors=True)
         try:
