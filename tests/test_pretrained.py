@@ -289,6 +289,18 @@ def test_a_damaged_bundled_annotator_asks_for_a_reinstall(tmp_path, monkeypatch)
     assert ".save()" not in str(info.value)
 
 
+def test_a_pretrained_annotator_trained_further_records_no_shipped_checksum(heldout, tmp_path):
+    """uns[key]["model_sha256"] names the weights that made the calls: once the shipped model is
+    trained further (saved and loaded with labelled cells first), they are not the shipped ones."""
+    scdl.pretrained.load("pbmc_kang2018").save(tmp_path / "m")
+    cells = heldout.copy()
+    model = CellTypeTransformer.load(tmp_path / "m", adata=cells)
+    assert model.source_sha256_ == _registry.REGISTRY["pbmc_kang2018"]["weights_sha256"]
+    model.train(max_epochs=1, enable_progress_bar=False)
+    scdl.tl.annotate(cells, model=model)
+    assert cells.uns["scdl_cell_type"]["model_sha256"] == ""
+
+
 def test_url_requires_checksum():
     with pytest.raises(ValueError, match="sha256"):
         scdl.pretrained.load("https://example.org/annotator.zip")

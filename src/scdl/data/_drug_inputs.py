@@ -36,13 +36,15 @@ def select_model_genes(
     genes: Sequence[str] | None = None,
     n_top_genes: int | None = None,
     min_detected: float = 0.0,
+    genes_in_target: bool = True,
 ) -> pd.Index:
     """The genes a drug-response model uses: ``genes`` when given (checked against ``bulk``
     and ``target``),
     else those shared by ``bulk`` and ``target`` (all of ``bulk``'s without a target),
     detected (count > 0) in at least ``min_detected`` of the target cells, then the
     ``n_top_genes`` that vary most across the bulk profiles (``bulk.layers[bulk_layer]``, or
-    ``bulk.X``; read only when ``n_top_genes`` leaves genes out)."""
+    ``bulk.X``; read only when ``n_top_genes`` leaves genes out). ``genes_in_target``: every
+    one of ``genes`` must be in ``target`` (where a network aligns to its values)."""
     if genes is not None:
         genes = pd.Index([str(g) for g in genes])
         if genes.has_duplicates:
@@ -60,7 +62,7 @@ def select_model_genes(
                     f"{len(missing)} of `genes` are not in the bulk data (e.g. "
                     f"{missing[:5].tolist()}); pass genes of adata.var_names."
                 )
-        if target is not None:
+        if target is not None and genes_in_target:
             # the network aligns to the target's values of these genes: one it lacks would be
             # a zero there, and the training lines' mean in predict()
             missing = genes.difference(target.var_names)

@@ -488,6 +488,8 @@ class CellTypeTransformer(
             Further arguments for the data splitter (scvi-tools' ``DataSplitter``).
         """
         train_size = 0.9 if train_size is None else train_size  # scvi-tools' None
+        # a pretrained annotator trained further is no longer the weights it was loaded with
+        self.source_sha256_ = None
         if not 0 <= unknown_rate < 0.5:
             raise ValueError(f"unknown_rate must be in [0, 0.5), got {unknown_rate}.")
         # refused by its own name (scikit-learn's error names `C`), before anything is set

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -220,6 +221,8 @@ class DrugResponseModel(
             genes=genes,
             n_top_genes=n_top_genes,
             min_detected=min_detected,
+            # only the network aligns to the target's values of `genes`
+            genes_in_target=prediction != "wide",
         )
         self.smooth_neighbors = int(smooth_neighbors)
         self.match_neighbors = int(match_neighbors)
@@ -516,7 +519,9 @@ def _check_model_args(adata, target, target_layer, input_scale, prediction: str)
         check_unique_var_names(target)
         try:
             if prediction == "wide":
-                kind, _ = input_kind(target, target_layer)  # refuses anything else
+                with warnings.catch_warnings():  # said below, naming the target
+                    warnings.filterwarnings("ignore", message=".*not raw counts but log1p")
+                    kind, _ = input_kind(target, target_layer)  # refuses anything else
                 if kind == "log1p":
                     warn_user(
                         "target holds log1p of normalised counts, not counts: "

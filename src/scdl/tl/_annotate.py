@@ -61,7 +61,8 @@ def annotate(
     condition, annotate each on its own and join the results: ``parts = [annotate(adata[m].copy(),
     copy=True) ...]`` over the sample masks, then ``anndata.concat(parts)``. The order of the
     cells changes the calls only through the query's Leiden clusters (which depend on it, as
-    in scanpy), for the Unknown call and for voting: rarely, by a cluster at a threshold.
+    in scanpy), for the Unknown call and for voting: on a query unlike the reference, clusters
+    near the threshold can turn Unknown or back, a few percent of the cells.
 
     The input may be raw counts or, when a file ships no counts, log1p of counts normalised to
     a constant total per cell (``sc.pp.normalize_total`` then ``sc.pp.log1p`` on all genes):

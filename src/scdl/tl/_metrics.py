@@ -95,7 +95,8 @@ def integration_metrics(
 
     Notes
     -----
-    Every score is higher-is-better, in [0, 1]. ``Batch correction`` and ``Bio conservation``
+    Every score is higher-is-better, in [0, 1] (KMeans ARI can dip just below 0 for an
+    embedding no better than chance). ``Batch correction`` and ``Bio conservation``
     are the plain means of their five metrics, as scib-metrics computes them; a metric that is
     NaN (e.g. PCR comparison of an embedding with a constant column) is left out of its mean,
     with a warning. Given the same neighbours, the values equal scib-metrics'
