@@ -38,9 +38,9 @@ def select_model_genes(
     min_detected: float = 0.0,
     genes_in_target: bool = True,
 ) -> pd.Index:
-    """The genes a drug-response model uses: ``genes`` when given (checked against ``bulk``
-    and ``target``),
-    else those shared by ``bulk`` and ``target`` (all of ``bulk``'s without a target),
+    """The genes a drug-response model uses: ``genes`` when given (checked against ``bulk``,
+    and against ``target`` with ``genes_in_target``), else those shared by ``bulk`` and
+    ``target`` (all of ``bulk``'s without a target),
     detected (count > 0) in at least ``min_detected`` of the target cells, then the
     ``n_top_genes`` that vary most across the bulk profiles (``bulk.layers[bulk_layer]``, or
     ``bulk.X``; read only when ``n_top_genes`` leaves genes out). ``genes_in_target``: every

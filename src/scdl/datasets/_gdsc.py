@@ -190,8 +190,8 @@ def gdsc(
         files[_RESPONSE[0]], usecols=["cell_line_key", "drug", "dataset", "metric", "value"]
     )
     long = long[(long["dataset"] == dataset) & (long["metric"] == metric)]
-    # the table's keys as the expression file writes them (16 NCI-H lines lack the prefix
-    # there): without this their responses found no profile and were dropped silently
+    # the table's keys as the expression file writes them (19 NCI lines carry the prefix in
+    # one file only): without this their responses found no profile and were dropped silently
     known = set(bulk.obs["cell_line_key"].astype(str))
     as_bulk = {k: _nci_variant(k, known) or k for k in long["cell_line_key"].astype(str).unique()}
     long = long.assign(cell_line_key=long["cell_line_key"].astype(str).map(as_bulk))
