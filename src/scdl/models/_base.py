@@ -454,6 +454,12 @@ class CheckedQueryMixin:
                 check_counts(target, layer, fix=fix, warn_zero_cells=False)
         return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
+    def _make_data_loader(self, *args, batch_size=None, **kwargs):
+        """scvi-tools' loader, every method's way to the cells: a numpy-integer ``batch_size``
+        (which the checks accept) as the ``int`` torch's DataLoader requires."""
+        batch_size = None if batch_size is None else int(batch_size)
+        return super()._make_data_loader(*args, batch_size=batch_size, **kwargs)
+
     def _check_cells(self, adata: AnnData | None, indices, batch_size) -> np.ndarray | None:
         """Refuse ``indices`` or ``batch_size`` that scvi-tools' data loader would fail on,
         before :meth:`_validate_anndata` registers a new AnnData (which writes into it); the

@@ -376,8 +376,6 @@ class ContrastiveVAE(
         return idx, (self._target_mask(source, target_mask) if salient else None)
 
     def _posterior(self, adata, indices, batch_size):
-        # a numpy integer passes the checks, but torch's DataLoader takes only an int
-        batch_size = None if batch_size is None else int(batch_size)
         loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         for tensors in loader:
             inf = self.module.inference(**self.module._get_inference_input(tensors))

@@ -352,7 +352,6 @@ class VAE(
             scvi-tools' further options (``give_mean``, ``mc_samples``, ``batch_size``, ...).
         """
         self._check_cells(adata, indices, kwargs.get("batch_size"))
-        _int_batch_size(kwargs)
         return super().get_latent_representation(adata, indices, *args, **kwargs)
 
     def get_normalized_expression(self, adata: AnnData | None = None, *args, **kwargs):
@@ -376,7 +375,6 @@ class VAE(
         call = inspect.signature(parent).bind(adata, *args, **kwargs)
         given = call.arguments
         self._check_cells(adata, given.get("indices"), given.get("batch_size"))
-        _int_batch_size(given)
         gene_list = given.get("gene_list")
         if gene_list is not None:
             genes = pd.Index(self.get_var_names())
@@ -440,7 +438,6 @@ class VAE(
             from scdl.data import check_positive_int
 
             check_positive_int(kwargs["batch_size"], "batch_size")
-        _int_batch_size(kwargs)
         return super().differential_expression(
             adata=adata, groupby=groupby, group1=group1, group2=group2, **kwargs
         )
@@ -449,13 +446,6 @@ class VAE(
 def _python(value):
     """A numpy scalar as the Python value it holds (``0``, not ``np.int64(0)``)."""
     return value.item() if isinstance(value, np.generic) else value
-
-
-def _int_batch_size(options: dict) -> None:
-    """``batch_size`` as an ``int`` in ``options``: a numpy integer passes the checks, but
-    torch's DataLoader refuses it."""
-    if options.get("batch_size") is not None:
-        options["batch_size"] = int(options["batch_size"])
 
 
 def _as_list(group) -> list:

@@ -1,0 +1,136 @@
+"""The command line's files: reading IN (an .h5ad or a Cell Ranger .h5), checking OUT and
+the model folder before any work, and ``--layer raw``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def read_input(path: str, *, quiet: bool = False):
+    """Read IN.h5ad with a one-line error for a missing or unreadable file."""
+    import anndata
+
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"input {path!r} is a folder; give an .h5ad file.")
+    if not p.is_file():
+        raise FileNotFoundError(f"input file {path!r} does not exist.")
+    how = ""
+    try:
+        if _is_cell_ranger_h5(p):  # often a lab's first file: read as scanpy reads it
+            import warnings
+
+            import scanpy as sc
+
+            with warnings.catch_warnings():  # repeated symbols: made unique just below
+                warnings.filterwarnings("ignore", message="Variable names are not unique")
+                adata = sc.read_10x_h5(p)
+            how = " (a Cell Ranger .h5, read with scanpy.read_10x_h5"
+            if not adata.var_names.is_unique:  # as scanpy's tutorials do next
+                adata.var_names_make_unique()
+                how += "; repeated gene names made unique"
+            how += ")"
+        else:
+            adata = anndata.read_h5ad(p)
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"could not read {path!r} as an .h5ad file ({e}).") from e
+    if not quiet:
+        print(f"read {path}{how}: {adata.n_obs} cells x {adata.n_vars} genes")
+    return adata
+
+
+def _is_cell_ranger_h5(path: Path) -> bool:
+    """Whether ``path`` is Cell Ranger's HDF5 matrix (v3: a ``matrix`` group; v2: one group per
+    genome), which anndata cannot read as an .h5ad."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "obs" in f or "X" in f:  # an .h5ad
+                return False
+            groups = [f[name] for name in f if isinstance(f[name], h5py.Group)]
+            return any({"barcodes", "data", "indices", "indptr"} <= set(g) for g in groups)
+    except OSError:  # not HDF5: anndata's reader says so
+        return False
+
+
+def raw_as_layer(adata) -> None:
+    """``--layer raw``: ``adata.raw``'s values of X's genes as the layer ``raw`` (removed again
+    before the output is written)."""
+    if adata.raw is None:
+        raise ValueError("--layer raw: the input has no .raw; name one of its layers instead.")
+    missing = adata.var_names.difference(adata.raw.var_names)
+    if len(missing):
+        raise ValueError(
+            f"--layer raw: .raw lacks {len(missing)} of X's genes (e.g. {list(missing[:3])})."
+        )
+    adata.layers["raw"] = adata.raw[:, adata.var_names].X
+
+
+def check_output(path: str, *, overwrite: bool) -> None:
+    """Fail before any work if OUT cannot be written: a missing or unwritable folder, a
+    folder given as OUT, or an existing file without ``--overwrite``."""
+    import tempfile
+
+    if path.endswith(("/", os.sep)) or Path(path).is_dir():
+        raise ValueError(f"output {path!r} is a folder; give a file name ending in .h5ad.")
+    if Path(path).suffix.lower() != ".h5ad":  # an AnnData file is written, whatever the name
+        raise ValueError(f"output {path!r} must be a file name ending in .h5ad.")
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"output folder {str(parent)!r} does not exist.")
+    if Path(path).exists() and not overwrite:
+        raise FileExistsError(
+            f"output {path!r} already exists; pass --overwrite to replace it, or another name."
+        )
+    try:  # the folder must take a new file (the output is written beside it, then renamed)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".scdl-", suffix=".tmp"):
+            pass
+    except OSError as e:
+        raise PermissionError(f"cannot write to the output folder {str(parent)!r} ({e}).") from e
+
+
+def check_model_folder(path: str | None, *, overwrite: bool, output: str) -> None:
+    """``--save-model``: checked before training, like OUT (what ``save()`` would refuse)."""
+    if path is None:
+        return
+    folder = Path(path)
+    if folder.resolve() == Path(output).resolve():
+        raise ValueError(f"--save-model {path!r} is the output file; give a folder of its own.")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--save-model {path!r} is a file; give a folder.")
+    held = [name for name in ("config.json", "model.safetensors") if (folder / name).exists()]
+    if held and not overwrite:
+        raise FileExistsError(
+            f"--save-model {path!r} already holds {' and '.join(held)}; pass --overwrite to "
+            "replace it, or another folder."
+        )
+    if not folder.resolve().parent.is_dir():
+        raise FileNotFoundError(
+            f"--save-model: folder {str(folder.resolve().parent)!r} does not exist."
+        )
+    import tempfile
+
+    existing = folder if folder.is_dir() else folder.resolve().parent
+    try:  # found now, not after training (the model is saved last)
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".scdl-", suffix=".tmp"):
+            pass
+    except OSError as e:
+        raise PermissionError(f"cannot write --save-model {path!r} ({e}).") from e
+
+
+def copy_annotation(source, adata, key: str) -> None:
+    """The fields ``tl.annotate`` wrote into ``source`` (a copy of ``adata``'s cells), copied
+    into ``adata``: obs columns and obsm entries named from ``key``, and ``uns[key]``; those an
+    earlier run left under ``key`` and this one removed are removed too."""
+    for col in [c for c in adata.obs.columns if c == key or c.startswith(f"{key}_")]:
+        if col not in source.obs.columns:
+            del adata.obs[col]
+    for col in source.obs.columns:
+        if col == key or col.startswith(f"{key}_"):
+            adata.obs[col] = source.obs[col].values  # the same cells in the same order
+    for name in source.obsm:
+        if name.startswith(f"{key}_"):
+            adata.obsm[name] = source.obsm[name]
+    adata.uns[key] = source.uns[key]
