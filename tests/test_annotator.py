@@ -583,6 +583,14 @@ def test_pretraining_lowers_masked_loss(kang2k):
 
     before = loss()
     unlabelled = kang2k[kang2k.obs.condition != "control"].copy()
+    # train()'s options and a layer without cells are refused by name, not by Lightning
+    with pytest.raises(ValueError, match="pretrain.. takes no early_stopping, train_size"):
+        m.pretrain(unlabelled, early_stopping=True, train_size=0.9)
+    with pytest.raises(ValueError, match="none was passed"):
+        m.pretrain(layer="counts")
+    with pytest.raises(ValueError, match="Pretrain on cells that measure") as err:
+        m.pretrain(unlabelled[:, : ref.n_vars // 4])
+    assert "min_gene_overlap" not in str(err.value)
     m.pretrain(unlabelled, max_epochs=15, enable_progress_bar=False)
     assert loss() < 0.8 * before
     # pretrained only: no cell types learnt (near-random calls were written silently)

@@ -1,23 +1,25 @@
 """Model-agnostic helpers: input checks shared by every ``setup_anndata``, gene alignment,
 normalisation, group resolution and gene ranking."""
 
-from ._checks import (
-    CountSummary,
+from ._arguments import (
     check_bool,
-    check_categorical,
-    check_count_setup,
-    check_counts,
     check_embedding,
     check_fraction,
-    check_is_anndata,
     check_key_added,
     check_non_negative,
-    check_not_empty,
-    check_obs_key,
     check_obsm_key,
     check_positive_int,
     check_positive_number,
     check_random_state,
+)
+from ._checks import (
+    CountSummary,
+    check_categorical,
+    check_count_setup,
+    check_counts,
+    check_is_anndata,
+    check_not_empty,
+    check_obs_key,
     check_unique_var_names,
     get_matrix,
     warn_empty_cells,

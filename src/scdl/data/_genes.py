@@ -177,11 +177,20 @@ def gene_positions(var_names, genes, *, what: str = "model") -> np.ndarray:
     return np.where(pos >= 0, np.flatnonzero(single)[pos], -1)
 
 
-def gene_columns(adata, genes, *, min_overlap: float = 0.5, what: str = "model"):
+def gene_columns(
+    adata,
+    genes,
+    *,
+    min_overlap: float = 0.5,
+    what: str = "model",
+    lower_hint: str | None = None,
+):
     """Where each of ``genes`` sits in ``adata.var_names`` (``-1``: absent) and which occur.
 
     Duplicated names in ``adata.var_names`` are allowed (scanpy warns) unless one of
-    ``genes`` is among them: it could not be matched by name.
+    ``genes`` is among them: it could not be matched by name. ``lower_hint`` ends the
+    too-few-genes message (default: the annotating calls' ``min_gene_overlap``), for callers
+    without that option.
 
     Raises
     ------
@@ -205,12 +214,12 @@ def gene_columns(adata, genes, *, min_overlap: float = 0.5, what: str = "model")
         example = adata.var_names[~adata.var_names.isin(genes)][:3].tolist()
         needed = int(np.ceil(min_overlap * len(genes) - 1e-9))
         needed = f"{needed} ({min_overlap:.0%}) are" if needed else "one is"
-        lower = (
-            " If the data simply holds fewer of them, lower `min_gene_overlap` "
-            "(`scdl.tl.annotate`, `predict`; `scdl annotate --min-gene-overlap`)."
-            if n_present
-            else ""
-        )
+        if lower_hint is None:
+            lower_hint = (
+                " If the data simply holds fewer of them, lower `min_gene_overlap` "
+                "(`scdl.tl.annotate`, `predict`; `scdl annotate --min-gene-overlap`)."
+            )
+        lower = lower_hint if n_present else ""
         raise ValueError(
             f"Only {n_present} of the {what}'s {len(genes)} genes ({n_present / len(genes):.1%}) "
             f"occur in adata.var_names (e.g. {example}; the {what}'s missing ones: "
@@ -228,6 +237,7 @@ def align_to_genes(
     layer: str | None = None,
     min_overlap: float = 0.5,
     what: str = "model",
+    lower_hint: str | None = None,
 ):
     """Put ``adata``'s counts in the column order of ``genes`` (matched by name).
 
@@ -242,7 +252,9 @@ def align_to_genes(
     import numpy as np
     from scipy import sparse
 
-    col, present = gene_columns(adata, genes, min_overlap=min_overlap, what=what)
+    col, present = gene_columns(
+        adata, genes, min_overlap=min_overlap, what=what, lower_hint=lower_hint
+    )
     n_present = int(present.sum())
     x = get_matrix(adata, layer)
     # a 0/1 selection matrix maps query columns to the model's, without densifying

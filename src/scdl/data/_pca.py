@@ -50,7 +50,8 @@ def unintegrated_pca(
     import scanpy as sc
     from scipy import sparse
 
-    from ._checks import check_positive_int, get_matrix
+    from ._arguments import check_positive_int
+    from ._checks import get_matrix
     from ._lognorm import input_kind
     from ._rows import in_memory
 
@@ -125,7 +126,8 @@ def genes_pca(
     import scanpy as sc
     from scipy import sparse
 
-    from ._checks import check_positive_int, get_matrix
+    from ._arguments import check_positive_int
+    from ._checks import get_matrix
     from ._lognorm import input_kind
     from ._rows import row_blocks
 

@@ -13,9 +13,7 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
-from scdl._warnings import warn_user
 from scdl.data import (
-    check_categorical,
     check_count_setup,
     check_fraction,
     check_positive_int,
@@ -28,7 +26,8 @@ from scdl.train import AnnotatorTrainingPlan, guarded_training
 
 from ._annotator_attribution import AnnotatorAttributionMixin
 from ._annotator_calibration import AnnotatorCalibrationMixin
-from ._annotator_predict import UNKNOWN, AnnotatorPredictionMixin
+from ._annotator_labels import check_reference_labels
+from ._annotator_predict import AnnotatorPredictionMixin
 from ._annotator_pretrain import AnnotatorPretrainingMixin
 from ._base import SafeSaveLoadMixin
 from ._training import plan_training
@@ -37,9 +36,6 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 logger = logging.getLogger(__name__)
-
-#: labels that are the text of a missing value, as `.astype(str)`, pandas and R write it
-_NA_TEXT = frozenset({"nan", "na", "<na>", "none", "null", ""})
 
 
 class CellTypeTransformer(
@@ -318,69 +314,7 @@ class CellTypeTransformer(
         if labels_key is None and not from_registry:
             raise ValueError("`labels_key` is required: the obs column with cell-type labels.")
         if labels_key is not None:
-            labels = check_categorical(
-                adata,
-                labels_key,
-                arg="labels_key",
-                min_categories=1 if from_registry else 2,
-                too_few="give the reference cells of at least two types: a classifier tells "
-                "types apart.",
-            )
-            if not from_registry and (labels.astype(str) == UNKNOWN).any():
-                raise ValueError(
-                    f"adata.obs[{labels_key!r}] holds the label {UNKNOWN!r}, the name the "
-                    "annotator gives cells unlike every reference type: the two could not be "
-                    "told apart. If these cells are unlabelled (scANVI's unlabeled_category), "
-                    f"leave them out of the reference: `ref = ref[ref.obs[{labels_key!r}] != "
-                    f"{UNKNOWN!r}].copy()`; if it is a cell type, rename it."
-                )
-            missing_text = sorted(
-                {str(v) for v in labels.dropna().unique() if str(v).strip().lower() in _NA_TEXT}
-            )
-            if missing_text and not from_registry:
-                n_cells = int(labels.astype(str).isin(missing_text).sum())
-                warn_user(
-                    f"adata.obs[{labels_key!r}] labels {n_cells} cells {missing_text}, the text "
-                    "of a missing value (NaN turned into text by `.astype(str)` or a CSV): they "
-                    "are trained as a cell type of that name. If they are unlabelled, leave them "
-                    f"out: `ref = ref[~ref.obs[{labels_key!r}].astype(str).isin({missing_text!r})]"
-                    ".copy()`.",
-                    UserWarning,
-                )
-            values = labels.dropna().unique()
-            numbers = [v for v in values if not isinstance(v, str)]
-            if numbers and not from_registry:
-                example = numbers[0].item() if hasattr(numbers[0], "item") else numbers[0]
-                warn_user(
-                    f"adata.obs[{labels_key!r}] holds numbers (e.g. {example!r}): predictions "
-                    f"name cell types as text ({str(example)!r}, beside {UNKNOWN!r}), so compare "
-                    f"them with `adata.obs[{labels_key!r}].astype(str)`, or give the types "
-                    "names before setup.",
-                    UserWarning,
-                )
-            slashed = sorted({str(v) for v in labels.dropna().unique() if "/" in str(v)})
-            if slashed and not from_registry:
-                warn_user(
-                    f"Cell types {slashed[:3]} contain '/': tl.annotate writes one probability "
-                    "column per type, and .h5ad files cannot hold '/' in column names (anndata "
-                    ">= 0.13 refuses to write them). Rename them before training, e.g. "
-                    f"`adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}].astype(str)"
-                    ".str.replace('/', '|')`.",
-                    UserWarning,
-                )
-            unused = []
-            if hasattr(labels, "cat") and not from_registry:
-                seen = set(labels.dropna().unique())
-                unused = [str(c) for c in labels.cat.categories if c not in seen]
-            if unused:  # scvi-tools registers a categorical's categories, cells or not
-                warn_user(
-                    f"adata.obs[{labels_key!r}] has categories without cells: {unused[:3]}"
-                    f"{' and more' if len(unused) > 3 else ''}. The model will carry them as "
-                    "types it has never seen (a probability column each, near 0). Drop them "
-                    f"before setup: `adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}]"
-                    ".cat.remove_unused_categories()`.",
-                    UserWarning,
-                )
+            check_reference_labels(adata, labels_key, from_registry=from_registry)
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),

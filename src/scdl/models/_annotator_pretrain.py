@@ -26,6 +26,19 @@ if TYPE_CHECKING:
     from ._annotator import CellTypeTransformer
 
 
+# train()'s data-splitting and schedule options, which pretraining has no use for
+_TRAIN_ONLY = frozenset(
+    {
+        "early_stopping",
+        "train_size",
+        "validation_size",
+        "shuffle_set_split",
+        "plan_kwargs",
+        "datasplitter_kwargs",
+    }
+)
+
+
 class AnnotatorPretrainingMixin:
     """Masked-expression pretraining of :class:`~scdl.models.CellTypeTransformer`."""
 
@@ -59,12 +72,31 @@ class AnnotatorPretrainingMixin:
         batch_size, lr
             Minibatch size and AdamW learning rate.
         layer
-            Layer of ``adata`` holding raw counts.
+            Layer of ``adata`` holding raw counts; only with ``adata`` (the reference is read
+            from the layer it was registered with).
         accelerator, devices, **trainer_kwargs
-            Passed to the Lightning trainer.
+            Passed to the Lightning trainer. :meth:`train`'s options that split off validation
+            cells or schedule on them (``early_stopping``, ``train_size``, ``validation_size``,
+            ``shuffle_set_split``, ``plan_kwargs``, ``datasplitter_kwargs``) are refused:
+            pretraining holds out no cells.
         """
         from scvi.train import Trainer
 
+        # train()'s options would reach Lightning's Trainer (a TypeError naming train_size) or
+        # watch validation cells that pretraining never holds out: name them here instead
+        misplaced = sorted(_TRAIN_ONLY.intersection(trainer_kwargs))
+        if misplaced:
+            raise ValueError(
+                f"pretrain() takes no {', '.join(misplaced)}: it holds out no validation cells "
+                "and runs max_epochs passes over all the cells. Set max_epochs=, lr= or "
+                "batch_size= here; these options belong to train()."
+            )
+        if adata is None and layer is not None:
+            raise ValueError(
+                f"layer={layer!r} names a layer of the `adata` passed to pretrain(), but none was "
+                "passed: without it the reference is read from the layer it was registered with "
+                "(setup_anndata). Pass pretrain(adata, layer=...), or drop layer=."
+            )
         if len(self.module.layers) == 0:
             # the last block reads only the CLS token: no block lets a gene see the others
             warn_user(
@@ -81,7 +113,13 @@ class AnnotatorPretrainingMixin:
             x = in_memory(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
         else:
             check_counts(adata, layer)
-            x, _ = align_to_genes(adata, self.get_var_names(), layer=layer, what="model")
+            x, _ = align_to_genes(
+                adata,
+                self.get_var_names(),
+                layer=layer,
+                what="model",
+                lower_hint=" Pretrain on cells that measure at least half of the model's genes.",
+            )
         max_epochs, batch_size = plan_training(
             x.shape[0],
             max_epochs,

@@ -1,0 +1,145 @@
+"""Checks of the arguments every public call takes besides the AnnData: numbers, flags,
+seeds, ``key_added`` and the ``obsm`` key of an embedding.
+
+Each raises before anything is written or trained, naming the argument and what it takes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import sparse
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+
+def check_positive_int(value, arg: str, *, none: str | None = None) -> int | None:
+    """``value`` must be a positive integer (numpy integers too); ``None`` is allowed when
+    ``none`` says what it means."""
+    if value is None and none is not None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        allowed = f" or None ({none})" if none is not None else ""
+        wrong_type = isinstance(value, bool) or not isinstance(value, int | np.integer)
+        error = TypeError if wrong_type else ValueError
+        raise error(f"{arg} must be a positive integer{allowed}, got {value!r}.")
+    return int(value)
+
+
+def check_positive_number(value, arg: str, *, meaning: str = "") -> float:
+    """``value`` must be a finite number above zero (numpy numbers too, not bools);
+    ``meaning`` says what it is in the message."""
+    number = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+    if not number or not np.isfinite(value) or value <= 0:
+        extra = f" ({meaning})" if meaning else ""
+        error = ValueError if number else TypeError
+        raise error(f"{arg} must be a positive number{extra}, got {value!r}.")
+    return float(value)
+
+
+def check_bool(value, arg: str) -> bool:
+    """``value`` must be ``True`` or ``False`` (numpy bools too): a string such as ``"no"``
+    would otherwise be taken as true."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{arg} must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def check_fraction(value, arg: str, *, meaning: str = "", below_one: bool = False) -> float:
+    """``value`` must be a number in [0, 1] (``below_one``: [0, 1), e.g. a dropout rate;
+    numpy numbers too, not bools); ``meaning`` says what it is in the message."""
+    extra = f" ({meaning})" if meaning else ""
+    span = "[0, 1)" if below_one else "[0, 1]"
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise TypeError(f"{arg} must be a number in {span}{extra}, got {value!r}.")
+    if not (0.0 <= value < 1.0 if below_one else 0.0 <= value <= 1.0):  # NaN fails too
+        raise ValueError(f"{arg} must be a fraction in {span}{extra}, got {value!r}.")
+    return float(value)
+
+
+def check_non_negative(value, arg: str, *, meaning: str = "") -> float:
+    """``value`` must be a finite number >= 0 (a loss weight; numpy numbers too, not bools)."""
+    number = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+    if not number or not np.isfinite(value) or value < 0:
+        extra = f" ({meaning})" if meaning else ""
+        error = ValueError if number else TypeError
+        raise error(f"{arg} must be a finite number >= 0{extra}, got {value!r}.")
+    return float(value)
+
+
+def check_random_state(value, arg: str = "random_state") -> None:
+    """``value`` must be an integer seed from 0 to 2**32 - 1 (numpy's and Lightning's range)
+    or ``None`` (checked before anything is written or trained; otherwise numpy's error comes
+    after a step has written part of its results, or inside training)."""
+    if isinstance(value, bool) or not (value is None or isinstance(value, int | np.integer)):
+        raise TypeError(f"{arg} must be an integer seed (or None), got {value!r}.")
+    if value is not None and not 0 <= value < 2**32:
+        raise ValueError(f"{arg} must be an integer from 0 to 2**32 - 1, got {value}.")
+
+
+def check_key_added(key_added) -> str:
+    """``key_added`` must be a non-empty string (the key a ``tl`` step writes under) without
+    "/", which h5ad files read as a path: the written file could not be read back."""
+    if not isinstance(key_added, str) or not key_added:
+        error = TypeError if not isinstance(key_added, str) else ValueError
+        raise error(f"key_added must be a non-empty string, got {key_added!r}.")
+    if "/" in key_added:
+        raise ValueError(
+            f"key_added={key_added!r} holds '/', which .h5ad files read as a nested group: "
+            f"the file would not read back. Use another separator, e.g. "
+            f"{key_added.replace('/', '_')!r}."
+        )
+    return key_added
+
+
+def check_obsm_key(key, arg: str) -> None:
+    """``key`` must be one obsm key (a string); a list of keys failed as unhashable."""
+    if not isinstance(key, str):
+        raise TypeError(
+            f"{arg} must be one adata.obsm key (a string, e.g. 'X_scdl'), got "
+            f"{type(key).__name__} {key!r}."
+        )
+
+
+def check_embedding(
+    adata: AnnData, key: str, *, purpose: str = "it", arg: str = "key"
+) -> np.ndarray:
+    """``adata.obsm[key]`` as a dense numeric cells x dimensions array with finite values
+    (what clustering, a UMAP or the integration metrics read); ``arg`` names the argument.
+
+    Raises
+    ------
+    KeyError
+        ``key`` is not in ``obsm``.
+    TypeError
+        ``key`` is not a string; the embedding is sparse, not numeric or not two-dimensional.
+    ValueError
+        It holds NaN or infinite values.
+    """
+    check_obsm_key(key, arg)
+    if key not in adata.obsm:
+        raise KeyError(
+            f"{key!r} is not in adata.obsm (available: {list(adata.obsm) or 'none'}). Run "
+            "`scdl.tl.integrate(adata, ...)` first or pass the key of an existing embedding."
+        )
+    rep = adata.obsm[key]
+    dense = None if sparse.issparse(rep) else np.asarray(rep)
+    if dense is None or dense.ndim != 2 or not np.issubdtype(dense.dtype, np.number):
+        raise TypeError(
+            f"adata.obsm[{key!r}] is a "
+            + (
+                f"sparse matrix ({type(rep).__name__})"
+                if dense is None
+                else f"{type(rep).__name__} of dtype {dense.dtype}, shape {dense.shape}"
+            )
+            + f"; {purpose} needs a dense numeric embedding (cells x dimensions), e.g. "
+            f"`adata.obsm[{key!r}] = adata.obsm[{key!r}].toarray()` for a sparse one."
+        )
+    if not np.isfinite(dense).all():
+        raise ValueError(
+            f"adata.obsm[{key!r}] has {int((~np.isfinite(dense)).sum())} NaN or infinite "
+            "values (a diverged training?). Recompute it, e.g. with `scdl.tl.integrate`."
+        )
+    return dense
