@@ -29,7 +29,13 @@ def _set_value(adata, value):
 
 @pytest.mark.parametrize(
     ("value", "match"),
-    [(0.5, "non-integer"), (-1.0, "negative"), (np.nan, "NaN"), (np.inf, "infinite")],
+    [
+        (0.5, "non-integer"),
+        (-1.0, "negative"),
+        (np.nan, "NaN"),
+        (np.inf, "infinite"),
+        (3e12, "far above any count"),  # a damaged file: its sums and samplers overflow
+    ],
 )
 @pytest.mark.parametrize("call", ["setup", "integrate"])
 def test_not_raw_counts(kang, value, match, call):

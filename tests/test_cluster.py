@@ -270,6 +270,7 @@ def test_a_stored_pca_is_used_and_the_graph_is_the_average(cellbench_integrated,
     expected = (adata.obsp["alone_neighbors_connectivities"] + pca.obsp["connectivities"]) / 2
     got = adata.obsp["joint_neighbors_connectivities"]
     assert abs(got - expected).max() < 1e-6
+    assert got.dtype == np.float32  # as scanpy writes it (the average promoted it to float64)
     # the distances stay the latent's kNN graph
     assert (
         adata.obsp["joint_neighbors_distances"] != adata.obsp["alone_neighbors_distances"]

@@ -242,8 +242,13 @@ def test_keys_of_another_run_are_refused_and_a_rerun_drops_its_old_shared_space(
         assert_unchanged(adata, snap)
     scdl.tl.contrastive(adata, key_added="b", progress_bar=False, **kw)
     assert "b_shared" in adata.obsm
+    scdl.pl.contrastive(adata, key="b", color="cell_type", n_neighbors=5, show=False)
+    # both cached UMAPs float32, as scanpy's X_umap (the salient one, NaN-padded, was float64)
+    assert {adata.obsm[k].dtype for k in ("b_umap", "b_shared_umap")} == {np.dtype(np.float32)}
     scdl.tl.contrastive(adata, key_added="b", shared_key="b_other", progress_bar=False, **kw)
     assert "b_shared" not in adata.obsm and "b_other" in adata.obsm
+    # and the UMAP cached from the dropped space goes with it
+    assert "b_shared_umap" not in adata.obsm and "b_shared_umap" not in adata.uns
     assert "X_scdl_shared" in adata.obsm  # the default run's space is kept
 
 

@@ -155,6 +155,38 @@ def test_watched_validation_runs_every_epoch():
         1_000, 200, batch_size=128, train_size=0.9, trainer_kwargs=kwargs, early_stopping=True
     )
     assert kwargs["check_val_every_n_epoch"] == 5
+    # a user's checkpoint that keeps the best by a monitored value watches each pass too;
+    # one that keeps the last does not
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from scvi.train import SaveCheckpoint
+
+    for callback, every in ((SaveCheckpoint(), 1), (ModelCheckpoint(), 10)):
+        kwargs = {"callbacks": [callback]}
+        plan_training(1_000, 200, batch_size=128, train_size=0.9, trainer_kwargs=kwargs)
+        assert kwargs["check_val_every_n_epoch"] == every, callback
+
+
+def test_a_users_logger_keeps_the_curves_and_the_tools_still_write(kang, tmp_path):
+    """scvi-tools leaves model.history empty under a user's logger: tl.integrate records the
+    epochs from the trainer, and the plot names where the curves went; pretrain() takes a
+    logger as train() does."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    import scdl
+
+    adata = kang[::8].copy()
+    scdl.tl.integrate(
+        adata, max_epochs=2, progress_bar=False, train_kwargs={"logger": CSVLogger(tmp_path)}
+    )
+    assert adata.uns["X_scdl"]["params"]["max_epochs"] == 2
+    assert adata.obsm["X_scdl"].shape == (adata.n_obs, 10)
+    with pytest.raises(ValueError, match="logger of your own"):
+        scdl.pl.training_history(adata, show=False)
+
+    scdl.models.CellTypeTransformer.setup_anndata(adata, labels_key="cell_type")
+    model = scdl.models.CellTypeTransformer(adata)
+    model.pretrain(max_epochs=1, batch_size=64, logger=CSVLogger(tmp_path, name="pretrain"))
+    assert model.pretrained_epochs_ == 1
 
 
 def test_early_stopping_stops_after_its_patience_in_epochs(kang):

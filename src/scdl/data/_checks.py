@@ -113,7 +113,7 @@ def _count_stats(x, n_obs: int, n_vars: int) -> tuple[np.ndarray, np.ndarray, di
     values, read in row chunks (a sparse matrix stays sparse)."""
     row_totals = np.zeros(n_obs, dtype=np.float64)
     gene_totals = np.zeros(n_vars, dtype=np.float64)
-    n_bad = {"nan": 0, "neg": 0, "frac": 0, "frac_dev": 0.0}
+    n_bad = {"nan": 0, "neg": 0, "frac": 0, "frac_dev": 0.0, "max": 0.0}
     is_float = np.issubdtype(x.dtype, np.floating)
     if isinstance(x, sparse.csr_matrix | sparse.csr_array):
         # in memory: the stored values read through views of fixed size (a row slice copied
@@ -137,6 +137,7 @@ def _count_stats(x, n_obs: int, n_vars: int) -> tuple[np.ndarray, np.ndarray, di
                     vals = vals[finite]
                 _count_fractions(vals, n_bad)
             n_bad["neg"] += int(np.count_nonzero(vals < 0))
+            n_bad["max"] = max(n_bad["max"], float(vals.max()) if vals.size else 0.0)
             partial = running + np.cumsum(summed, dtype=np.float64)
             first, last = np.searchsorted(indptr, [start, stop], side="right")
             before[first:last] = partial[indptr[first:last] - start - 1]
@@ -158,12 +159,18 @@ def _count_stats(x, n_obs: int, n_vars: int) -> tuple[np.ndarray, np.ndarray, di
             vals = vals[finite] if not finite.all() else vals
             _count_fractions(vals, n_bad)
         n_bad["neg"] += int(np.count_nonzero(vals < 0))
-        rows = np.asarray(chunk.sum(axis=1)).ravel()
+        n_bad["max"] = max(n_bad["max"], float(vals.max()) if vals.size else 0.0)
+        rows = np.asarray(chunk.sum(axis=1, dtype=np.float64)).ravel()
         row_totals[offset : offset + rows.size] = rows
-        gene_totals += np.asarray(chunk.sum(axis=0)).ravel()
+        gene_totals += np.asarray(chunk.sum(axis=0, dtype=np.float64)).ravel()
         offset += rows.size
     return row_totals, gene_totals, n_bad
 
+
+#: the largest value one entry of a count matrix is taken to hold (a bulk sample's most
+#: expressed gene reaches ~1e7 reads); far above it the row sums lose whole cells and the
+#: training's samplers overflow. A guard against damaged files, not a tuned value
+MAX_COUNT = 1e9
 
 #: non-integer values all this close to a whole number are counts with float round-off
 ROUND_OFF = 1e-3
@@ -209,7 +216,8 @@ def check_counts(
     TypeError
         The matrix is not numeric.
     ValueError
-        The AnnData is empty; the matrix has NaN/inf, negative or non-integer values.
+        The AnnData is empty; the matrix has NaN/inf, negative or non-integer values, or
+        values above ``MAX_COUNT`` (1e9, no count comes near).
     KeyError
         ``layer`` does not exist.
     """
@@ -270,6 +278,13 @@ def check_counts(
                 if largest_value(x) > LOG_SCALE_MAX  # rounding log values makes no counts
                 else ""
             )
+        )
+    if n_bad["max"] > MAX_COUNT:
+        raise ValueError(
+            f"{where} holds values up to {n_bad['max']:.3g}, far above any count of molecules "
+            f"or reads in one cell and gene (at most ~{MAX_COUNT:.0e}): a damaged file, or "
+            "values multiplied by a large factor? "
+            + (fix or "Pass `layer=` naming the raw-count layer, or restore the counts.")
         )
     n_zero_cells = int(np.count_nonzero(row_totals == 0))
     if n_zero_cells and warn_zero_cells:

@@ -36,6 +36,11 @@ MIN_LINES_PER_DRUG = 3
 # --- the response table --------------------------------------------------------------------
 
 
+#: the largest response magnitude taken (ln IC50 spans about -11..14, AUC 0..1, CCLE's
+#: activity area 0..8; an IC50 in nM unlogged reaches 1e7): a guard, not a tuned value
+MAX_RESPONSE = 1e6
+
+
 def check_response(adata: AnnData, key: str, *, arg: str = "response_key") -> pd.DataFrame:
     """Return ``adata.obsm[key]``, a cell lines x drugs DataFrame (NaN = not measured).
 
@@ -81,6 +86,15 @@ def check_response(adata: AnnData, key: str, *, arg: str = "response_key") -> pd
         raise ValueError(
             f"adata.obsm[{key!r}] holds {int(np.isinf(values).sum())} infinite values; use NaN "
             "for unmeasured entries."
+        )
+    big = np.abs(values) > MAX_RESPONSE
+    if big.any():
+        raise ValueError(
+            f"adata.obsm[{key!r}] holds {int(big.sum())} values beyond +-{MAX_RESPONSE:.0e} "
+            f"(largest {np.nanmax(np.abs(values)):.3g}): no response metric (ln IC50, AUC, "
+            "activity area) comes near, and the model's squares of them overflow. If they are "
+            f"IC50 concentrations, take their log: `adata.obsm[{key!r}] = "
+            f"np.log(adata.obsm[{key!r}])`."
         )
     measured = (~np.isnan(values)).sum(axis=0)
     if table.shape[1] == 0 or measured.sum() == 0:

@@ -295,7 +295,8 @@ class CountProfiles:
         self.positions = gene_positions(var_names, genes)
         self.present = self.positions >= 0
         x = in_memory(x)
-        library = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+        # summed in float64: a float16 matrix would sum in float16 and overflow above 65,504
+        library = np.asarray(x.sum(axis=1, dtype=np.float64)).ravel()
         library[library == 0] = 1.0
         self.to_cp = target_sum / library  # each row's factor to counts per target_sum
         sub = x[:, self.positions[self.present]]

@@ -155,7 +155,8 @@ def genes_pca(
         # way its column subset below is new memory, normalised in place
         parts.append(sparse.csr_matrix(block[:, cols], dtype=np.float32))
         if kind == "counts":
-            totals.append(np.asarray(block.sum(axis=1), dtype=np.float64).ravel())
+            # float64 sums: a float16 matrix sums in float16, overflowing above 65,504 counts
+            totals.append(np.asarray(block.sum(axis=1, dtype=np.float64)).ravel())
     sub = sparse.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
     # canonical, as a sparse product would leave it: the PCA's sums then run in one order
     sub.sort_indices()

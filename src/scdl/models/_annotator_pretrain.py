@@ -133,6 +133,9 @@ class AnnotatorPretrainingMixin:
         loader = CSRBatches(x, batch_size=batch_size, shuffle=True, drop_last=True)
         plan = MaskedExpressionPlan(self.module, lr=lr)
         trainer_kwargs.setdefault("enable_progress_bar", True)
+        # a user's logger or checkpoints are Lightning's to take (train() takes them too)
+        trainer_kwargs.setdefault("enable_checkpointing", False)
+        trainer_kwargs.setdefault("logger", False)
         with guarded_training(self, trainer_kwargs, lr=lr), warnings.catch_warnings():
             # no validation cells here by design: Lightning would say so on every call
             warnings.filterwarnings("ignore", message=".*validation_step.* no .val_dataloader")
@@ -140,8 +143,6 @@ class AnnotatorPretrainingMixin:
                 max_epochs=max_epochs,
                 accelerator=accelerator,
                 devices=devices,
-                enable_checkpointing=False,
-                logger=False,
                 **trainer_kwargs,
             )
             trainer.fit(plan, train_dataloaders=loader)

@@ -107,7 +107,8 @@ def plan_training(
     something watches the validation metrics (early stopping, a plateau schedule,
     checkpointing, as scvi-tools' ``Trainer`` does: Lightning counts early stopping's patience
     in validation passes, and a plateau schedule fails on an epoch without one); the user's
-    ``check_val_every_n_epoch`` is kept either way. Lightning's logging interval
+    ``check_val_every_n_epoch`` is kept either way; an ``EarlyStopping`` or monitoring
+    ``ModelCheckpoint`` among ``callbacks`` counts as watching. Lightning's logging interval
     no longer than an epoch (else it warns on small data); and ``strategy="ddp"`` becomes
     ``"ddp_find_unused_parameters_true"`` (``"ddp_spawn"``, ``"ddp_fork"`` and
     ``"ddp_notebook"`` likewise), because every scdl network holds parameters that a
@@ -164,6 +165,7 @@ def plan_training(
             or trainer_kwargs.get("early_stopping")
             or trainer_kwargs.get("enable_checkpointing")
             or (plan_kwargs or {}).get("reduce_lr_on_plateau")
+            or _watching_callback(trainer_kwargs.get("callbacks"))
         )
         every = 1 if watched else max(1, max_epochs // 20)
         trainer_kwargs.setdefault("check_val_every_n_epoch", every)
@@ -179,6 +181,22 @@ def plan_training(
     if trainer_kwargs.get("strategy") in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
         trainer_kwargs["strategy"] = f"{trainer_kwargs['strategy']}_find_unused_parameters_true"
     return TrainingSchedule(max_epochs, batch_size)
+
+
+def _watching_callback(callbacks) -> bool:
+    """Whether a user's callback reads a metric each validation pass (early stopping, or a
+    checkpoint that keeps the best by a monitored value, scvi-tools' ``SaveCheckpoint`` too):
+    with validation every few epochs it would choose among those epochs only."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    if callbacks is None:
+        return False
+    callbacks = callbacks if isinstance(callbacks, list | tuple) else [callbacks]
+    return any(
+        isinstance(c, EarlyStopping)
+        or (isinstance(c, ModelCheckpoint) and getattr(c, "monitor", None) is not None)
+        for c in callbacks
+    )
 
 
 def vae_plan_kwargs(

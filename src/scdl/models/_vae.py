@@ -201,8 +201,10 @@ class VAE(
         """Check ``adata`` and register it for the model.
 
         As in scvi-tools, registering writes into ``adata``: an ``obs`` column per registered
-        categorical field (e.g. ``_scvi_batch``, ``_scvi_labels``) and ``uns["_scvi_uuid"]``,
-        ``uns["_scvi_manager_uuid"]``. The ``scdl.tl`` steps train on a copy and leave them out.
+        categorical field (e.g. ``_scvi_batch``, ``_scvi_labels``), ``uns["_scvi_uuid"]``,
+        ``uns["_scvi_manager_uuid"]``, and with covariates
+        ``obsm["_scvi_extra_categorical_covs"]`` / ``obsm["_scvi_extra_continuous_covs"]``.
+        The ``scdl.tl`` steps train on a copy and leave them out.
 
         Parameters
         ----------

@@ -41,6 +41,13 @@ def _curves(source: Any, key: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarr
                 f"`scdl.tl.contrastive` with key_added={key!r} first, or pass the trained model."
             )
         h = source.uns[key]["history"]
+        if not any(name in h for name in ("elbo_train", "elbo_validation")):
+            raise ValueError(
+                f"adata.uns[{key!r}]['history'] holds no curves: the training ran with a logger "
+                "of your own (train_kwargs={'logger': ...}), which records them instead (e.g. "
+                "TensorBoard, W&B, a CSVLogger's metrics.csv). Plot them from there, or train "
+                "without logger= to keep them here."
+            )
         curves = {
             _label(name): (np.asarray(h[f"{name}_epoch"]), np.asarray(h[name]))
             for name in ("elbo_train", "elbo_validation")
@@ -60,6 +67,14 @@ def _curves(source: Any, key: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarr
                     if name in history
                 }
                 return curves, ylabel
+    if isinstance(history, dict) and not history and getattr(source, "is_trained_", False):
+        # scvi-tools keeps model.history empty when the user passes logger=
+        raise ValueError(
+            f"This {type(source).__name__}'s history is empty: it was trained with a logger of "
+            "your own (logger=...), which records the curves instead (e.g. TensorBoard, W&B, "
+            "a CSVLogger's metrics.csv), or fitted in closed form (a DrugResponseModel with "
+            "prediction='wide'). Plot them from the logger's output."
+        )
     if hasattr(source, "history"):  # a model without per-epoch curves
         raise TypeError(
             f"This {type(source).__name__} has no per-epoch training history to plot (a "

@@ -228,7 +228,7 @@ def cached_umap(
     if rows is None:
         emb = _umap(x, n_neighbors, random_state)
     else:
-        emb = np.full((adata.n_obs, 2), np.nan)
+        emb = np.full((adata.n_obs, 2), np.nan, dtype=np.float32)  # as scanpy's X_umap
         emb[rows] = _umap(x[rows], n_neighbors, random_state)
     adata.obsm[umap_key] = emb
     adata.uns[umap_key] = {"params": params}

@@ -158,7 +158,8 @@ def cluster(
     graph = f"{neighbors_key}_connectivities"
     if pca is not None:
         averaged = (adata.obsp[graph] + pca_connectivities(pca, random_state)) / 2
-        adata.obsp[graph] = averaged.tocsr()
+        # float32 as scanpy writes it (the division promoted it to float64: twice the memory)
+        adata.obsp[graph] = averaged.tocsr().astype(np.float32)
     adata.uns[neighbors_key]["params"]["pca"] = pca_source
     connectivities = adata.obsp[graph]
     if n_clusters is not None:

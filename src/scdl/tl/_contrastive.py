@@ -23,7 +23,7 @@ from scdl.data import (
 )
 
 from ._hvg import select_genes
-from ._train import check_finite, train_model, training_summary
+from ._train import check_finite, epochs_trained, train_model, training_summary
 from ._training_data import training_adata
 
 if TYPE_CHECKING:
@@ -120,8 +120,10 @@ def contrastive(
         does), ``salient_genes`` (DataFrame of every gene ranked by
         :meth:`~scdl.models.ContrastiveVAE.get_salient_genes`: ``gene``, ``score``,
         ``lfc_mean``, ``mean_with_salient``, ``mean_without_salient``), ``history``
-        (per-epoch ``elbo_train``, ``elbo_validation``, ``reconstruction_loss_train`` and
-        ``kl_local_train``, each with its ``<name>_epoch`` array) and ``train_time_s``.
+        (per-epoch ``elbo_train``, ``elbo_validation`` (when cells are held out),
+        ``reconstruction_loss_train`` and ``kl_local_train``, each with its ``<name>_epoch``
+        array; empty when ``train_kwargs`` passes a ``logger``, which records them instead)
+        and ``train_time_s``.
 
     Raises
     ------
@@ -183,10 +185,6 @@ def contrastive(
     check_finite(shared, salient)
     genes_table = model.get_salient_genes(n_top=None)
 
-    adata = writable(adata)
-    _drop_previous_shared(adata, key_added, shared_key)
-    adata.obsm[key_added] = salient
-    adata.obsm[shared_key] = shared
     params = {
         "groupby": groupby,
         "background": np.asarray(np.atleast_1d(background)).astype(str),
@@ -197,12 +195,18 @@ def contrastive(
         "n_background": int(bg.size),
         "n_target": int(tg.size),
     }
-    adata.uns[key_added] = {
+    # everything read from the model before the first write: a failure leaves adata as it was
+    info = {
         "params": {**params, **_model_params(model, len(genes), shared, salient, random_state)},
         "var_names": np.asarray(genes, dtype=object),
         "salient_genes": genes_table,
         **training_summary(model, train_time),
     }
+    adata = writable(adata)
+    _drop_previous_shared(adata, key_added, shared_key)
+    adata.obsm[key_added] = salient
+    adata.obsm[shared_key] = shared
+    adata.uns[key_added] = info
     return model
 
 
@@ -262,10 +266,14 @@ def _check_other_runs(adata, key_added: str, shared_key: str) -> None:
 
 def _drop_previous_shared(adata, key_added: str, shared_key: str) -> None:
     """A rerun under ``key_added`` with another ``shared_key`` removes the first run's shared
-    space (nothing would record which run it came from)."""
+    space (nothing would record which run it came from), and the UMAP ``pl.contrastive``
+    cached from it."""
     old = _contrastive_runs(adata).get(key_added)
-    if old and old != shared_key and old in adata.obsm:
-        del adata.obsm[old]
+    if old and old != shared_key:
+        for field in (adata.obsm, adata.uns):
+            field.pop(f"{old}_umap", None)
+        if old in adata.obsm:
+            del adata.obsm[old]
 
 
 def _model_params(model, n_genes: int, shared, salient, random_state: int) -> dict:
@@ -274,7 +282,7 @@ def _model_params(model, n_genes: int, shared, salient, random_state: int) -> di
         "n_genes": n_genes,
         "n_shared_latent": shared.shape[1],
         "n_salient_latent": salient.shape[1],
-        "max_epochs": int(model.history["elbo_train"].shape[0]),
+        "max_epochs": epochs_trained(model),
         "random_state": random_state,
         "model": "scdl.models.ContrastiveVAE",
     }

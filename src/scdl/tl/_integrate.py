@@ -23,7 +23,7 @@ from scdl.data import (
 
 from ._cluster_graph import VAE_MODEL
 from ._hvg import select_genes
-from ._train import check_finite, train_model, training_summary
+from ._train import check_finite, epochs_trained, train_model, training_summary
 from ._training_data import training_adata
 
 if TYPE_CHECKING:
@@ -110,8 +110,10 @@ def integrate(
         epochs run), ``gene_likelihood``, ``random_state``, ``model``), ``var_names`` (genes
         used; duplicated names suffixed ``-1``, ``-2``, ... as ``var_names_make_unique``
         does), ``history``
-        (per-epoch ``elbo_train``, ``elbo_validation``, ``reconstruction_loss_train`` and
-        ``kl_local_train``, each with its ``<name>_epoch`` array) and ``train_time_s``.
+        (per-epoch ``elbo_train``, ``elbo_validation`` (when cells are held out),
+        ``reconstruction_loss_train`` and ``kl_local_train``, each with its ``<name>_epoch``
+        array; empty when ``train_kwargs`` passes a ``logger``, which records them instead)
+        and ``train_time_s``.
 
     Examples
     --------
@@ -163,16 +165,14 @@ def integrate(
     )
     latent = model.get_latent_representation()
     check_finite(latent)
-
-    adata = writable(adata)
-    adata.obsm[key_added] = latent
-    adata.uns[key_added] = {
+    # everything read from the model before the first write: a failure leaves adata as it was
+    info = {
         "params": {
             "batch_key": batch_key or "",
             "layer": layer or "",
             "n_latent": n_latent,
             "n_genes": len(genes),
-            "max_epochs": int(model.history["elbo_train"].shape[0]),
+            "max_epochs": epochs_trained(model),
             "gene_likelihood": gene_likelihood,
             "random_state": random_state,
             "model": VAE_MODEL,  # tl.cluster reads it, with batch_key, to average in a PCA
@@ -180,6 +180,9 @@ def integrate(
         "var_names": np.asarray(genes, dtype=object),
         **training_summary(model, train_time),
     }
+    adata = writable(adata)
+    adata.obsm[key_added] = latent
+    adata.uns[key_added] = info
     return model
 
 

@@ -85,8 +85,18 @@ def check_finite(*latents: np.ndarray) -> None:
         )
 
 
+def epochs_trained(model) -> int:
+    """Epochs the training ran: the length of the ELBO history, or the trainer's count when a
+    logger of the user's (``logger=`` in ``train_kwargs``) kept the curves out of
+    ``model.history`` (scvi-tools leaves it empty then)."""
+    if "elbo_train" in model.history:
+        return int(model.history["elbo_train"].shape[0])
+    return int(getattr(getattr(model, "trainer", None), "current_epoch", 0))
+
+
 def training_summary(model, train_time: float) -> dict:
-    """``history`` (per-epoch ELBO curves as plain arrays) and ``train_time_s`` for ``uns``."""
+    """``history`` (per-epoch ELBO curves as plain arrays; empty when a logger of the user's
+    took them) and ``train_time_s`` for ``uns``."""
     history = {}
     for key in ("elbo_train", "elbo_validation", "reconstruction_loss_train", "kl_local_train"):
         if key in model.history:
