@@ -175,6 +175,14 @@ def test_copy_returns_a_clustered_copy_and_leaves_the_input(cellbench_integrated
     assert_unchanged(adata, snap)
     assert scdl.tl.cluster(adata, resolution=0.5) is None
     assert adata.obs["scdl_cluster"].equals(out.obs["scdl_cluster"])
+    # the same embedding as a DataFrame of nullable columns (`.convert_dtypes()`), which
+    # scanpy reads, is clustered (it was refused as "dtype object")
+    import pandas as pd
+
+    frame = pd.DataFrame(adata.obsm["X_scdl"], index=adata.obs_names).convert_dtypes()
+    adata.obsm["X_frame"] = frame
+    scdl.tl.cluster(adata, use_rep="X_frame", pca_key=None, resolution=0.5, key_added="frame")
+    assert adata.obs["frame"].nunique() > 1
 
 
 def _cross_batch_share(graph, batches) -> float:

@@ -132,6 +132,20 @@ def test_gdsc_joins_nci_lines_written_without_the_prefix(gdsc):
     }
 
 
+def test_gdsc1_drug_names_write_to_h5ad(tmp_path):
+    """GDSC1's VNLG/124 named a column "/", which anndata >= 0.13 refuses to write: the loader
+    writes it "|", and the AnnData writes and reads back."""
+    _gdsc_files_or_skip()
+    import anndata as ad
+
+    bulk = scdl.datasets.gdsc(dataset="GDSC1", path=DATA)
+    drugs = bulk.obsm["ln_ic50"].columns
+    assert "VNLG|124" in drugs and not drugs.str.contains("/").any()
+    assert list(drugs) == sorted(drugs)
+    bulk.write_h5ad(tmp_path / "g.h5ad")
+    assert "VNLG|124" in ad.read_h5ad(tmp_path / "g.h5ad").obsm["ln_ic50"].columns
+
+
 def test_gdsc_other_metric(gdsc):
     auc = scdl.datasets.gdsc(metric="auc", path=DATA)
     assert auc.obsm["auc"].shape[0] == gdsc.n_obs

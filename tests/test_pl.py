@@ -388,6 +388,11 @@ def test_embedding_of_backed_data(kang_integrated, tmp_path):
     gene = str(adata.var_names[0])
     assert isinstance(scdl.pl.embedding(backed, color=["cell_type", gene], show=False), Figure)
     assert "cell_type_colors" not in backed.uns
+    # a view of it cannot hold a cached UMAP: refused before the UMAP is computed, naming
+    # to_memory() (anndata's copy error came after it)
+    view = backed[backed.obs["cell_type"] == backed.obs["cell_type"].iloc[0]]
+    with pytest.raises(ValueError, match="view of a backed AnnData.*to_memory"):
+        scdl.pl.embedding(view, n_neighbors=5, show=False)
 
 
 def test_annotation_agreement_leaves_unlabelled_cells_out():

@@ -656,3 +656,29 @@ def test_the_annotator_trains_on_dense_half_precision_counts(kang):
     model.train(max_epochs=2, enable_progress_bar=False)
     calls = model.predict(adata)
     assert set(calls) <= set(adata.obs["cell_type"].astype(str)) | {"Unknown"}
+
+
+def test_results_of_odd_names_still_write_to_h5ad(kang, tmp_path):
+    """Integer gene names (a matrix read without names) were stored by tl.integrate and
+    tl.contrastive as integers in uns, which h5ad files cannot hold; a model's cell type with
+    "/" names a probability column that anndata >= 0.13 refuses to write: tl.annotate says so
+    for a model loaded from elsewhere, not only the setup of whoever trained it."""
+    import anndata as ad
+
+    adata = _three_hundred(kang)
+    adata.var_names = pd.Index(np.arange(1, adata.n_vars + 1))
+    kw = dict(n_top_genes=200, max_epochs=1, progress_bar=False)
+    scdl.tl.integrate(adata, **kw)
+    scdl.tl.contrastive(adata, groupby="condition", background="ctrl", **kw)
+    assert adata.uns["X_scdl"]["var_names"][0] == str(adata.uns["X_scdl"]["var_names"][0])
+    adata.write_h5ad(tmp_path / "ints.h5ad")
+    assert ad.read_h5ad(tmp_path / "ints.h5ad").uns["X_scdl_salient"]["salient_genes"].shape[0]
+
+    ref = _three_hundred(kang)
+    ref.obs["cell_type"] = ref.obs["cell_type"].astype(str).str.replace("CD4 T", "CD4/CD8 T")
+    with pytest.warns(UserWarning, match=r"Cell types \['CD4/CD8 T cells'\] contain '/'"):
+        CellTypeTransformer.setup_anndata(ref, labels_key="cell_type")
+    model = CellTypeTransformer(ref)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    with pytest.warns(UserWarning, match=r"cell types \['CD4/CD8 T cells'\].*_probabilities'\]"):
+        scdl.tl.annotate(_three_hundred(kang), model=model)

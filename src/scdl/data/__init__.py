@@ -21,7 +21,6 @@ from ._checks import (
     check_not_empty,
     check_obs_key,
     check_unique_var_names,
-    get_matrix,
     warn_empty_cells,
 )
 from ._csr import CSRTensors, gather_counts, inference_batch_size, sparse_tensors_on
@@ -65,9 +64,9 @@ from ._query import (
     edited_obs_columns,
     sampled_counts_ok,
 )
-from ._rows import ROW_BLOCK, in_memory, row_blocks
+from ._rows import ROW_BLOCK, get_matrix, in_memory, row_blocks
 from ._salient_genes import salient_gene_table
-from ._write import check_writable, writable, write_h5ad_atomic
+from ._write import check_writable, warn_slashed_names, writable, write_h5ad_atomic
 
 __all__ = [
     "LOW_GENE_OVERLAP",
@@ -134,6 +133,7 @@ __all__ = [
     "row_blocks",
     "ROW_BLOCK",
     "check_writable",
+    "warn_slashed_names",
     "writable",
     "write_h5ad_atomic",
 ]

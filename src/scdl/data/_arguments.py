@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from scipy import sparse
 
 if TYPE_CHECKING:
@@ -126,6 +127,9 @@ def check_embedding(
         )
     rep = adata.obsm[key]
     dense = None if sparse.issparse(rep) else np.asarray(rep)
+    if isinstance(rep, pd.DataFrame) and all(map(pd.api.types.is_numeric_dtype, rep.dtypes)):
+        # nullable columns (`.convert_dtypes()`) give an object array; scanpy reads them
+        dense = rep.to_numpy(dtype=np.float64, na_value=np.nan)
     if dense is None or dense.ndim != 2 or not np.issubdtype(dense.dtype, np.number):
         raise TypeError(
             f"adata.obsm[{key!r}] is a "

@@ -17,7 +17,7 @@ from scipy import sparse
 
 from scdl._warnings import warn_user
 
-from ._rows import row_blocks
+from ._rows import get_matrix, row_blocks
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -74,29 +74,6 @@ def check_is_anndata(adata, *, registering: bool = False) -> None:
 
 def _where(layer: str | None) -> str:
     return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-
-
-def get_matrix(adata: AnnData, layer: str | None = None):
-    """Return ``adata.X`` or ``adata.layers[layer]``, with a clear error if it is missing."""
-    if layer is None:
-        if adata.X is None:
-            raise ValueError(
-                "adata.X is empty (None). Put raw counts in adata.X or pass `layer=` naming "
-                "the layer that holds them."
-            )
-        return adata.X
-    if not isinstance(layer, str):
-        raise TypeError(f"`layer` must be a string or None, got {type(layer).__name__}.")
-    if layer not in adata.layers:
-        # anndata >= 0.13 lists None (X itself) among the layers' keys
-        avail = [k for k in adata.layers.keys() if isinstance(k, str)]
-        hint = difflib.get_close_matches(layer, avail, n=1)
-        extra = f" Did you mean {hint[0]!r}?" if hint else ""
-        raise KeyError(
-            f"Layer {layer!r} not found in adata.layers (available: {avail or 'none'}).{extra} "
-            "Pass `layer=None` to use adata.X."
-        )
-    return adata.layers[layer]
 
 
 @dataclass

@@ -17,8 +17,8 @@ from scipy import sparse
 
 from scdl._warnings import warn_user
 
-from ._checks import LOG_SCALE_MAX, get_matrix, largest_value
-from ._rows import in_memory
+from ._checks import LOG_SCALE_MAX, largest_value
+from ._rows import get_matrix, in_memory
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

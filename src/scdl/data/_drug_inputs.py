@@ -16,10 +16,9 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from ._checks import get_matrix
 from ._drug_checks import MIN_SHARED_GENES, shared_genes
 from ._genes import gene_positions
-from ._rows import in_memory
+from ._rows import get_matrix, in_memory
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._checks import get_matrix
-from ._rows import row_blocks
+from ._rows import get_matrix, row_blocks
 
 
 def same_gene_names(a, b) -> bool:

@@ -14,10 +14,9 @@ from ._checks import (
     LOG_SCALE_MAX,
     RoundOffError,
     check_counts,
-    get_matrix,
     warn_empty_cells,
 )
-from ._rows import in_memory, row_blocks
+from ._rows import get_matrix, in_memory, row_blocks
 
 if TYPE_CHECKING:
     from anndata import AnnData

@@ -51,9 +51,8 @@ def unintegrated_pca(
     from scipy import sparse
 
     from ._arguments import check_positive_int
-    from ._checks import get_matrix
     from ._lognorm import input_kind
-    from ._rows import in_memory
+    from ._rows import get_matrix, in_memory
 
     check_positive_int(n_comps, "n_comps")
     check_positive_int(n_top_genes, "n_top_genes")
@@ -127,9 +126,8 @@ def genes_pca(
     from scipy import sparse
 
     from ._arguments import check_positive_int
-    from ._checks import get_matrix
     from ._lognorm import input_kind
-    from ._rows import row_blocks
+    from ._rows import get_matrix, row_blocks
 
     check_positive_int(n_comps, "n_comps")
     _check_cells(adata)

@@ -69,7 +69,8 @@ def check_query(
     layer = setup_args.get("layer")
     if layer is not None and layer not in adata.layers:  # before anything names `layer=`
         raise KeyError(
-            f"adata.layers has no {layer!r} ({list(adata.layers) or 'no layers'}): "
+            f"adata.layers has no {layer!r} "
+            f"({[k for k in adata.layers.keys() if isinstance(k, str)] or 'no layers'}): "
             + counts_place_fix(model, layer)
         )
     check_not_sparse_array(adata, layer)

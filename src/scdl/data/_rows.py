@@ -1,12 +1,18 @@
-"""Reading a matrix a block of rows at a time (a backed AnnData's matrix is never read whole, and
-a check of a large in-memory one never copies it whole), or whole where a step needs all of it."""
+"""The matrix a step reads (``adata.X`` or a layer, checked), and reading it a block of rows at
+a time (a backed AnnData's matrix is never read whole, and a check of a large in-memory one
+never copies it whole), or whole where a step needs all of it."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy import sparse
+
+if TYPE_CHECKING:
+    from anndata import AnnData
 
 #: rows per block: 10,000 cells of 30,000 genes are ~1.2 GB dense (float32), far less sparse
 ROW_BLOCK = 10_000
@@ -34,3 +40,40 @@ def in_memory(x: Any) -> Any:
     if sparse.issparse(x) or isinstance(x, np.ndarray):
         return x
     return x[:]
+
+
+def get_matrix(adata: AnnData, layer: str | None = None):
+    """Return ``adata.X`` or ``adata.layers[layer]``, with a clear error if it is missing or a
+    dask array of sparse blocks (which numpy's checks cannot read)."""
+    if layer is None:
+        if adata.X is None:
+            raise ValueError(
+                "adata.X is empty (None). Put raw counts in adata.X or pass `layer=` naming "
+                "the layer that holds them."
+            )
+        return _not_sparse_dask(adata.X, "adata.X")
+    if not isinstance(layer, str):
+        raise TypeError(f"`layer` must be a string or None, got {type(layer).__name__}.")
+    if layer not in adata.layers:
+        # anndata >= 0.13 lists None (X itself) among the layers' keys
+        avail = [k for k in adata.layers.keys() if isinstance(k, str)]
+        hint = difflib.get_close_matches(layer, avail, n=1)
+        extra = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise KeyError(
+            f"Layer {layer!r} not found in adata.layers (available: {avail or 'none'}).{extra} "
+            "Pass `layer=None` to use adata.X."
+        )
+    return _not_sparse_dask(adata.layers[layer], f"adata.layers[{layer!r}]")
+
+
+def _not_sparse_dask(x, where: str):
+    """Refuse a dask array of sparse blocks (anndata's lazy readers give one for sparse data):
+    its blocks reach numpy's checks as objects, failing with a message that names neither."""
+    meta = getattr(x, "_meta", None)
+    if hasattr(x, "compute") and meta is not None and sparse.issparse(meta):
+        raise TypeError(
+            f"{where} is a dask array of sparse blocks, which scdl does not read block by "
+            f"block: load it into memory first, `{where} = {where}.compute()`, or open the "
+            "file with `anndata.read_h5ad(path, backed='r')` to keep it on disk."
+        )
+    return x

@@ -70,3 +70,17 @@ def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike) -> Path:
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+def warn_slashed_names(names, *, what: str, written: str, fix: str) -> list[str]:
+    """Warn where ``names`` holding ``"/"`` become column names of a written table: .h5ad files
+    read ``"/"`` as a path, and anndata >= 0.13 refuses to write them (0.12 warns). Returns
+    those names."""
+    slashed = sorted({str(n) for n in names if "/" in str(n)})
+    if slashed:
+        warn_user(
+            f"{what} {slashed[:3]} contain '/': {written}, and .h5ad files cannot hold '/' in "
+            f"column names (anndata >= 0.13 refuses to write them). {fix}",
+            UserWarning,
+        )
+    return slashed

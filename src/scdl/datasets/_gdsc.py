@@ -139,7 +139,8 @@ def gdsc(
     ``obs["cell_line_key"]``
         The join key (upper case, punctuation removed; see ``cell_line_key``).
     ``obsm[metric]``
-        DataFrame of cell lines x drugs (drug names as columns, sorted), NaN where the line
+        DataFrame of cell lines x drugs (drug names as columns, sorted; a "/" in a name is
+        written "|", e.g. GDSC1's ``VNLG|124``, so the AnnData writes to .h5ad), NaN where the line
         was not measured. A line measured twice for a drug (a key shared by two spellings of
         one line, or a drug screened twice) gets the mean. Drugs measured on none of the
         lines are left out.
@@ -195,6 +196,9 @@ def gdsc(
     known = set(bulk.obs["cell_line_key"].astype(str))
     as_bulk = {k: _nci_variant(k, known) or k for k in long["cell_line_key"].astype(str).unique()}
     long = long.assign(cell_line_key=long["cell_line_key"].astype(str).map(as_bulk))
+    # "/" in a drug's name (GDSC1's VNLG/124) becomes "|": h5ad files read "/" in a column
+    # name as a path, and anndata >= 0.13 refuses to write the AnnData
+    long = long.assign(drug=long["drug"].astype(str).str.replace("/", "|"))
     wide = long.pivot_table(index="cell_line_key", columns="drug", values="value", aggfunc="mean")
     keys = bulk.obs["cell_line_key"].astype(str).to_numpy()
     response = wide.reindex(index=keys)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from scdl._warnings import warn_user
-from scdl.data import check_categorical
+from scdl.data import check_categorical, warn_slashed_names
 
 from ._annotator_predict import UNKNOWN
 
@@ -61,15 +61,13 @@ def check_reference_labels(adata: AnnData, labels_key: str, *, from_registry: bo
             "names before setup.",
             UserWarning,
         )
-    slashed = sorted({str(v) for v in labels.dropna().unique() if "/" in str(v)})
-    if slashed and not from_registry:
-        warn_user(
-            f"Cell types {slashed[:3]} contain '/': tl.annotate writes one probability "
-            "column per type, and .h5ad files cannot hold '/' in column names (anndata "
-            ">= 0.13 refuses to write them). Rename them before training, e.g. "
-            f"`adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}].astype(str)"
-            ".str.replace('/', '|')`.",
-            UserWarning,
+    if not from_registry:
+        warn_slashed_names(
+            labels.dropna().unique(),
+            what="Cell types",
+            written="tl.annotate writes one probability column per type",
+            fix=f"Rename them before training, e.g. `adata.obs[{labels_key!r}] = "
+            f"adata.obs[{labels_key!r}].astype(str).str.replace('/', '|')`.",
         )
     unused = []
     if hasattr(labels, "cat") and not from_registry:

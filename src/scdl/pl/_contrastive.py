@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from scdl._rng import keeps_rng
+from scdl.data import check_writable
 
 from ._utils import cached_umap, color_keys, doc_show_save, finish, umaps_kept_on_success
 
@@ -111,6 +112,7 @@ def contrastive(
     is_target = np.any(salient != 0, axis=1)
     if not is_target.any():
         raise ValueError(f"adata.obsm[{key!r}] is zero for every cell: no target cells to plot.")
+    check_writable(adata)  # the UMAPs are cached in it: a backed view failed after computing them
     shared_umap_key, salient_umap_key = f"{shared_key}_umap", f"{key}_umap"
     umap = {"n_neighbors": n_neighbors, "random_state": random_state}
     with umaps_kept_on_success(adata, shared_umap_key, salient_umap_key):
@@ -166,7 +168,8 @@ def _colors(adata: AnnData, key: str, color, layer: str | None) -> list:
     else:
         color = color_keys(color)
     if layer is not None and layer not in adata.layers:
-        raise KeyError(f"layer={layer!r} is not in adata.layers (layers: {list(adata.layers)}).")
+        layers = [k for k in adata.layers.keys() if isinstance(k, str)]  # 0.13 lists X as None
+        raise KeyError(f"layer={layer!r} is not in adata.layers (layers: {layers}).")
     for c in color:
         if c is not None and c not in adata.obs.columns and c not in adata.var_names:
             raise KeyError(

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from scdl._rng import keeps_rng
-from scdl.data import check_embedding, check_obsm_key
+from scdl.data import check_embedding, check_obsm_key, check_writable
 
 from ._utils import cached_umap, color_keys, doc_show_save, finish, umaps_kept_on_success
 
@@ -85,6 +85,7 @@ def embedding(
     if rep.shape[0] < 4:
         raise ValueError(f"adata.obsm[{basis!r}] holds {rep.shape[0]} cells: a UMAP needs 4.")
     _check_colors(adata, color, kwargs.get("gene_symbols"))
+    check_writable(adata)  # the UMAP is cached in it: a backed view failed after computing it
     umap_key = f"{basis}_umap"
     with umaps_kept_on_success(adata, umap_key):
         cached_umap(

@@ -12,7 +12,7 @@ import pandas as pd
 from scdl._rng import keeps_rng
 from scdl._version import __version__ as scdl_version
 from scdl._warnings import warn_user
-from scdl.data import check_writable, writable
+from scdl.data import check_writable, warn_slashed_names, writable
 
 from ._majority import majority_vote
 
@@ -227,6 +227,14 @@ def annotate(
             UserWarning,
         )
     model, model_name = _resolve_model(model)
+    # a loaded model's labels were never checked here (setup_anndata warns whoever trains it)
+    warn_slashed_names(
+        model.labels,
+        what="The model's cell types",
+        written=f"they name the columns of adata.obsm['{key_added}_probabilities']",
+        fix=f"Rename those columns before `adata.write_h5ad`: `df = adata.obsm["
+        f"'{key_added}_probabilities']; df.columns = df.columns.str.replace('/', '|')`.",
+    )
     clusters, graph = None, None
     if majority_voting and over_clustering is not None:
         clusters = _given_clusters(adata, over_clustering)

@@ -184,6 +184,7 @@ def contrastive(
     salient = model.get_latent_representation(representation="salient")
     check_finite(shared, salient)
     genes_table = model.get_salient_genes(n_top=None)
+    genes_table["gene"] = genes_table["gene"].astype(str)  # integer names: no h5ad write
 
     params = {
         "groupby": groupby,
@@ -198,7 +199,8 @@ def contrastive(
     # everything read from the model before the first write: a failure leaves adata as it was
     info = {
         "params": {**params, **_model_params(model, len(genes), shared, salient, random_state)},
-        "var_names": np.asarray(genes, dtype=object),
+        # as text: integer gene names (a matrix read without names) made the file unwritable
+        "var_names": np.asarray([str(g) for g in genes], dtype=object),
         "salient_genes": genes_table,
         **training_summary(model, train_time),
     }

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from scdl._rng import keeps_rng
-from scdl.data import check_writable, writable
+from scdl.data import check_writable, warn_slashed_names, writable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -150,6 +150,14 @@ def drug_response(
         modality=modality, smooth_neighbors=smooth_neighbors,
     )  # fmt: skip
     value, prob, label, sd = (tables[k] for k in ("value", "probability", "label", "sd"))
+    warn_slashed_names(
+        value.columns,
+        what="Drugs",
+        written=f"they name the columns of adata.obsm['{key_added}'] and its _prob, _label and "
+        "_sd tables",
+        fix="Rename those columns before `adata.write_h5ad`, e.g. `df.columns = "
+        "df.columns.str.replace('/', '|')` for each table.",
+    )
     stats = model.drug_stats_.loc[list(value.columns)]
     summary = pd.DataFrame(
         {

@@ -177,7 +177,8 @@ def integrate(
             "random_state": random_state,
             "model": VAE_MODEL,  # tl.cluster reads it, with batch_key, to average in a PCA
         },
-        "var_names": np.asarray(genes, dtype=object),
+        # as text: integer gene names (a matrix read without names) made the file unwritable
+        "var_names": np.asarray([str(g) for g in genes], dtype=object),
         **training_summary(model, train_time),
     }
     adata = writable(adata)
