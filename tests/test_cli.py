@@ -317,7 +317,10 @@ def test_scanpy_layouts_are_read_through_layer_raw(kang, tmp_path, capsys):
     stale.obs["scdl_cell_type_majority_voting"] = "B"  # an earlier run's vote: removed
     stale.write_h5ad(tmp_path / "hvg.h5ad")
     args = ["annotate", str(tmp_path / "hvg.h5ad"), "-q", "--layer", "raw"]
+    capsys.readouterr()
     assert main([*args, "-o", str(tmp_path / "a.h5ad")]) == 0
+    # what it says of the values names where they came from (it said "adata.X")
+    assert "adata.layers['raw'] is not raw counts but log1p" in capsys.readouterr().err
     out = ad.read_h5ad(tmp_path / "a.h5ad")
     expected = scdl.tl.annotate(cells.raw.to_adata(), copy=True)
     assert out.n_vars == 500 and out.uns["scdl_cell_type"]["params"]["layer"] == "raw"

@@ -273,7 +273,9 @@ def _annotate(args: argparse.Namespace) -> int:
         raise ValueError("--layer raw: the input has no .raw; name one of its layers instead.")
     # .raw holds every gene (scanpy keeps them there before selecting genes): annotated whole
     target = adata.raw.to_adata() if use_raw else adata
-    layer = None if use_raw else args.layer
+    layer = args.layer
+    if use_raw:  # named as the layer the user chose in messages ("adata.X" was misleading)
+        target.layers["raw"] = target.X
     x = scdl.data.get_matrix(target, layer)
     # every cell would be Unknown (or one forced type); NaN, negative or scaled values are
     # said by the counts check below (a scaled matrix can sum to 0 without being empty)
@@ -293,7 +295,6 @@ def _annotate(args: argparse.Namespace) -> int:
     )
     if use_raw:
         copy_annotation(target, adata, args.key_added)
-        adata.uns[args.key_added]["params"]["layer"] = "raw"  # where the values came from
     scdl.data.write_h5ad_atomic(adata, args.output)
     counts = adata.obs[args.key_added].value_counts()
     say(f"wrote obs[{args.key_added!r}] to {args.output}:")

@@ -137,7 +137,8 @@ def gdsc(
     are dropped) with
 
     ``obs["cell_line_key"]``
-        The join key (upper case, punctuation removed; see ``cell_line_key``).
+        The join key: the line's name in upper case without punctuation ("NCI-H1975" is
+        "NCIH1975"); key your own cells' line names the same way to match them.
     ``obsm[metric]``
         DataFrame of cell lines x drugs (drug names as columns, sorted; a "/" in a name is
         written "|", e.g. GDSC1's ``VNLG|124``, so the AnnData writes to .h5ad), NaN where the line
