@@ -588,6 +588,13 @@ def test_pretraining_lowers_masked_loss(kang2k):
         m.pretrain(unlabelled, early_stopping=True, train_size=0.9)
     with pytest.raises(ValueError, match="none was passed"):
         m.pretrain(layer="counts")
+    # the layer it was registered with is no contradiction
+    small = ref[:200].copy()
+    small.layers["counts"] = small.X.copy()
+    scdl.models.CellTypeTransformer.setup_anndata(small, labels_key="cell_type", layer="counts")
+    on_layer = scdl.models.CellTypeTransformer(small)
+    on_layer.pretrain(layer="counts", max_epochs=1, batch_size=64, enable_progress_bar=False)
+    assert on_layer.pretrained_epochs_ == 1
     with pytest.raises(ValueError, match="Pretrain on cells that measure") as err:
         m.pretrain(unlabelled[:, : ref.n_vars // 4])
     assert "min_gene_overlap" not in str(err.value)

@@ -258,7 +258,12 @@ def test_cluster_recovers_cell_types(kang_integrated):
     assert "neighbors" not in adata.uns  # the default graph is not touched
 
 
-def test_integration_metrics_rank_vae_above_pca(kang_integrated):
+def test_integration_metrics_rank_vae_above_pca(kang_integrated, monkeypatch):
+    import logging
+
+    # a session without logging set up: scib-metrics' own logging.info call gave the root
+    # logger a stderr handler for good (every later record printed twice)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
     adata, _ = kang_integrated
     adata = adata.copy()
     adata.obsm["X_pca"] = unintegrated_pca(adata)
@@ -273,6 +278,7 @@ def test_integration_metrics_rank_vae_above_pca(kang_integrated):
             embeddings=["X_pca", "X_scdl", "_pre"],
         )
     assert not adata.is_view
+    assert logging.getLogger().handlers == []
     assert df.loc["_pre", "Bio conservation"] != df.loc["X_pca", "Bio conservation"]
     for k, v in before.items():  # scores only: the embeddings stay bit for bit
         np.testing.assert_array_equal(adata.obsm[k], v)

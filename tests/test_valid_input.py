@@ -672,6 +672,9 @@ def test_results_of_odd_names_still_write_to_h5ad(kang, tmp_path):
     scdl.tl.contrastive(adata, groupby="condition", background="ctrl", **kw)
     assert adata.uns["X_scdl"]["var_names"][0] == str(adata.uns["X_scdl"]["var_names"][0])
     adata.write_h5ad(tmp_path / "ints.h5ad")
+    # tl.cluster finds tl.integrate's genes by name still (compared as text)
+    scdl.tl.cluster(adata, resolution=0.5)
+    assert "['var_names']" in adata.uns["scdl_cluster_neighbors"]["params"]["pca"]
     assert ad.read_h5ad(tmp_path / "ints.h5ad").uns["X_scdl_salient"]["salient_genes"].shape[0]
 
     ref = _three_hundred(kang)
@@ -682,3 +685,30 @@ def test_results_of_odd_names_still_write_to_h5ad(kang, tmp_path):
     model.train(max_epochs=1, enable_progress_bar=False)
     with pytest.warns(UserWarning, match=r"cell types \['CD4/CD8 T cells'\].*_probabilities'\]"):
         scdl.tl.annotate(_three_hundred(kang), model=model)
+
+
+def test_half_precision_counts_of_deep_cells_are_summed_without_overflow(kang):
+    """float16 sums overflow above 65,504: deep cells stored as float16 read as empty in the
+    PCA baseline (scanpy's normalize_total sums in the matrix's dtype)."""
+    from scdl.data import unintegrated_pca
+
+    deep = _three_hundred(kang)
+    # dense (scipy has no float16), each value below float16's largest, 65,504
+    dense = deep.X.toarray()
+    deep.X = (dense * np.floor(60_000 / dense.max())).astype(np.float16)
+    assert (np.asarray(deep.X.sum(1, dtype=np.float64)).ravel() > 65_504).sum() > 0
+    wide = deep.copy()
+    wide.X = deep.X.astype(np.float32)
+    np.testing.assert_allclose(unintegrated_pca(deep), unintegrated_pca(wide), atol=1e-3)
+
+
+def test_a_query_with_damaged_counts_is_refused_by_the_annotator(kang):
+    """The annotator's quick check of a query's counts let 3e12 through (two B cells were
+    called CD8 T), though every other step refuses values no count comes near."""
+    query = _three_hundred(kang)
+    x = query.X.tolil()
+    x[0, 0] = 3e12
+    query.X = x.tocsr().astype(np.float32)
+    with pytest.raises(ValueError, match="far above any count"):
+        scdl.tl.annotate(query)
+    assert "scdl_cell_type" not in query.obs

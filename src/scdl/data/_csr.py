@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import sparse
 
+from ._checks import MAX_COUNT
+
 if TYPE_CHECKING:
     import torch
 
@@ -107,9 +109,12 @@ def gather_counts(
 
 
 def _counts_ok(values) -> bool:
+    """The quick check: non-negative whole numbers up to ``MAX_COUNT`` (else the full check
+    names what is wrong)."""
     if values.dtype.kind in "iub":
-        return bool((values >= 0).all())
-    return bool((np.isfinite(values) & (values >= 0) & (values == np.floor(values))).all())
+        return bool(((values >= 0) & (values <= MAX_COUNT)).all())
+    whole = np.isfinite(values) & (values >= 0) & (values == np.floor(values))
+    return bool((whole & (values <= MAX_COUNT)).all())
 
 
 def _gather_host(x, columns: np.ndarray, n_cols: int) -> CSRTensors | None:

@@ -37,8 +37,9 @@ MIN_LINES_PER_DRUG = 3
 
 
 #: the largest response magnitude taken (ln IC50 spans about -11..14, AUC 0..1, CCLE's
-#: activity area 0..8; an IC50 in nM unlogged reaches 1e7): a guard, not a tuned value
-MAX_RESPONSE = 1e6
+#: activity area 0..8; an IC50 unlogged reaches 1e7 in nM): far above, the model's sums of
+#: squares overflow. A guard against unit slips, not a tuned value
+MAX_RESPONSE = 1e12
 
 
 def check_response(adata: AnnData, key: str, *, arg: str = "response_key") -> pd.DataFrame:
@@ -91,10 +92,10 @@ def check_response(adata: AnnData, key: str, *, arg: str = "response_key") -> pd
     if big.any():
         raise ValueError(
             f"adata.obsm[{key!r}] holds {int(big.sum())} values beyond +-{MAX_RESPONSE:.0e} "
-            f"(largest {np.nanmax(np.abs(values)):.3g}): no response metric (ln IC50, AUC, "
-            "activity area) comes near, and the model's squares of them overflow. If they are "
-            f"IC50 concentrations, take their log: `adata.obsm[{key!r}] = "
-            f"np.log(adata.obsm[{key!r}])`."
+            f"(largest {np.nanmax(np.abs(values)):.6g}): no response metric (ln IC50, AUC, "
+            "activity area, an IC50 concentration) comes near, and the model's sums of their "
+            "squares overflow. A unit slip? If they are IC50 concentrations, take their log: "
+            f"`adata.obsm[{key!r}] = np.log(adata.obsm[{key!r}])`."
         )
     measured = (~np.isnan(values)).sum(axis=0)
     if table.shape[1] == 0 or measured.sum() == 0:

@@ -63,6 +63,8 @@ def unintegrated_pca(
     x = in_memory(x)
     # a private copy for scanpy, as a sparse matrix (its normalize_total fails on csr_array)
     x = sparse.csr_matrix(x, copy=True) if sparse.issparse(x) else np.array(x)
+    if x.dtype == np.float16:  # scanpy's normalize_total sums in it: overflow above 65,504
+        x = x.astype(np.float32)
     tmp = anndata.AnnData(X=x)
     tmp.var_names = adata.var_names
     if kind == "counts":

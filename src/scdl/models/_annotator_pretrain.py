@@ -91,11 +91,13 @@ class AnnotatorPretrainingMixin:
                 "and runs max_epochs passes over all the cells. Set max_epochs=, lr= or "
                 "batch_size= here; these options belong to train()."
             )
-        if adata is None and layer is not None:
+        registered = self.registry_["setup_args"].get("layer") if adata is None else None
+        if adata is None and layer is not None and layer != registered:
             raise ValueError(
                 f"layer={layer!r} names a layer of the `adata` passed to pretrain(), but none was "
                 "passed: without it the reference is read from the layer it was registered with "
-                "(setup_anndata). Pass pretrain(adata, layer=...), or drop layer=."
+                f"(setup_anndata: {registered!r}). Pass pretrain(adata, layer=...), or drop "
+                "layer=."
             )
         if len(self.module.layers) == 0:
             # the last block reads only the CLS token: no block lets a gene see the others

@@ -196,4 +196,6 @@ def params_genes(adata: AnnData, use_rep: str) -> list[str] | None:
     if genes is None or len(genes) < 3 or not adata.var_names.is_unique:
         return None
     genes = [str(g) for g in np.asarray(genes).ravel()]
-    return genes if adata.var_names.get_indexer(genes).min() >= 0 else None
+    # compared as text (tl.integrate stores names as text; integer var_names stay integers)
+    where = adata.var_names.astype(str).get_indexer(genes)
+    return list(adata.var_names[where]) if where.min() >= 0 else None

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from scdl._rng import keeps_rng
+from scdl._rng import keeps_rng, python_numpy_env_kept
 from scdl._warnings import warn_user
 from scdl.data import (
     check_categorical,
@@ -182,7 +184,9 @@ def integration_metrics(
     pre = unintegrated_pca(adata, layer=layer) if computed_pca else adata.obsm[pre_integrated]
 
     import anndata
-    from scib_metrics.benchmark import Benchmarker  # slow to import: after the checks
+
+    with python_numpy_env_kept():  # the first import of jax draws from numpy's global state
+        from scib_metrics.benchmark import Benchmarker  # slow to import: after the checks
 
     # a light copy: Benchmarker writes into the AnnData it is given
     obs = adata.obs[[batch_key, label_key]].copy()
@@ -209,7 +213,8 @@ def integration_metrics(
     )
     exact = partial(_sklearn_neighbors, n_jobs=n_jobs)
     bm.prepare(neighbor_computer=exact if adata.n_obs <= _EXACT_NEIGHBORS_MAX_CELLS else None)
-    bm.benchmark()
+    with _root_logger_left_alone():
+        bm.benchmark()
     res = bm.get_results(min_max_scale=False)
     res = res.drop(index="Metric Type", errors="ignore").astype(float)
     res.index.name = "embedding"
@@ -217,6 +222,22 @@ def integration_metrics(
     if key_added is not None:
         writable(adata).uns[key_added] = res.copy()  # the caller may edit what it gets
     return res
+
+
+@contextmanager
+def _root_logger_left_alone():
+    """scib-metrics logs through ``logging.info`` itself, whose first call gives an unset root
+    logger a stderr handler for the rest of the session (every later record printed twice,
+    the user's ``logging.basicConfig`` ignored): a placeholder handler keeps it unset."""
+    root = logging.getLogger()
+    placeholder = logging.NullHandler() if not root.handlers else None
+    if placeholder is not None:
+        root.addHandler(placeholder)
+    try:
+        yield
+    finally:
+        if placeholder is not None:
+            root.removeHandler(placeholder)
 
 
 #: isolated types with fewer cells than this are named in a warning (a guard, chosen on no
