@@ -213,7 +213,10 @@ def load(name_or_path: str | os.PathLike, *, sha256: str | None = None, device: 
     ----------
     name_or_path
         A name from :func:`available` (bundled with scdl), a folder, a ``.zip``/``.tar.gz``
-        archive of one, or an ``https://`` URL of such an archive.
+        archive of one, or an ``https://`` URL of such an archive. An archive, local or
+        downloaded, is unpacked once into the cache (``$SCDL_CACHE``, else
+        the per-user cache folder, e.g. ``~/.cache/scdl``; a few MB each) and read from there
+        on later loads.
     sha256
         Checksum of the archive; required for URLs (pooch verifies the download), checked
         for local archives when given; for a folder or a bundled name, the checksum of its
