@@ -175,9 +175,11 @@ def test_a_users_logger_keeps_the_curves_and_the_tools_still_write(kang, tmp_pat
     import scdl
 
     adata = kang[::8].copy()
-    scdl.tl.integrate(
+    vae = scdl.tl.integrate(
         adata, max_epochs=2, progress_bar=False, train_kwargs={"logger": CSVLogger(tmp_path)}
     )
+    with pytest.raises(ValueError, match="history is empty: it was trained with a logger"):
+        scdl.pl.training_history(vae, show=False)
     assert adata.uns["X_scdl"]["params"]["max_epochs"] == 2
     assert adata.obsm["X_scdl"].shape == (adata.n_obs, 10)
     with pytest.raises(ValueError, match="logger of your own"):

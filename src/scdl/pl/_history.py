@@ -72,8 +72,7 @@ def _curves(source: Any, key: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarr
         raise ValueError(
             f"This {type(source).__name__}'s history is empty: it was trained with a logger of "
             "your own (logger=...), which records the curves instead (e.g. TensorBoard, W&B, "
-            "a CSVLogger's metrics.csv), or fitted in closed form (a DrugResponseModel with "
-            "prediction='wide'). Plot them from the logger's output."
+            "a CSVLogger's metrics.csv). Plot them from the logger's output."
         )
     if hasattr(source, "history"):  # a model without per-epoch curves
         raise TypeError(
