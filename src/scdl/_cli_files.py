@@ -55,17 +55,31 @@ def _is_cell_ranger_h5(path: Path) -> bool:
         return False
 
 
-def raw_as_layer(adata) -> None:
-    """``--layer raw``: ``adata.raw``'s values of X's genes as the layer ``raw`` (removed again
-    before the output is written)."""
+def _require_raw(adata) -> None:
     if adata.raw is None:
         raise ValueError("--layer raw: the input has no .raw; name one of its layers instead.")
+
+
+def raw_as_layer(adata) -> None:
+    """``--layer raw`` (integrate): ``adata.raw``'s values of X's genes as the layer ``raw``
+    (removed again before the output is written)."""
+    _require_raw(adata)
     missing = adata.var_names.difference(adata.raw.var_names)
     if len(missing):
         raise ValueError(
             f"--layer raw: .raw lacks {len(missing)} of X's genes (e.g. {list(missing[:3])})."
         )
     adata.layers["raw"] = adata.raw[:, adata.var_names].X
+
+
+def raw_as_adata(adata):
+    """``--layer raw`` (annotate): ``adata.raw`` with every gene (scanpy keeps them there
+    before selecting genes), its values also as the layer ``raw`` so that messages name them
+    as the user chose them."""
+    _require_raw(adata)
+    target = adata.raw.to_adata()
+    target.layers["raw"] = target.X  # the same matrix, not a copy
+    return target
 
 
 def check_output(path: str, *, overwrite: bool) -> None:

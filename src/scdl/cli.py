@@ -14,6 +14,7 @@ from ._cli_files import (
     check_model_folder,
     check_output,
     copy_annotation,
+    raw_as_adata,
     raw_as_layer,
     read_input,
 )
@@ -269,13 +270,8 @@ def _annotate(args: argparse.Namespace) -> int:
     if args.sha256 is not None:
         model = scdl.pretrained.load(args.model, sha256=args.sha256)
     use_raw = args.layer == "raw" and "raw" not in adata.layers
-    if use_raw and adata.raw is None:
-        raise ValueError("--layer raw: the input has no .raw; name one of its layers instead.")
-    # .raw holds every gene (scanpy keeps them there before selecting genes): annotated whole
-    target = adata.raw.to_adata() if use_raw else adata
+    target = raw_as_adata(adata) if use_raw else adata  # .raw annotated with all its genes
     layer = args.layer
-    if use_raw:  # named as the layer the user chose in messages ("adata.X" was misleading)
-        target.layers["raw"] = target.X
     x = scdl.data.get_matrix(target, layer)
     # every cell would be Unknown (or one forced type); NaN, negative or scaled values are
     # said by the counts check below (a scaled matrix can sum to 0 without being empty)

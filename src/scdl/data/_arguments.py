@@ -126,10 +126,13 @@ def check_embedding(
             "`scdl.tl.integrate(adata, ...)` first or pass the key of an existing embedding."
         )
     rep = adata.obsm[key]
-    dense = None if sparse.issparse(rep) else np.asarray(rep)
-    if isinstance(rep, pd.DataFrame) and all(map(pd.api.types.is_numeric_dtype, rep.dtypes)):
+    if sparse.issparse(rep):
+        dense = None
+    elif isinstance(rep, pd.DataFrame) and all(map(pd.api.types.is_numeric_dtype, rep.dtypes)):
         # nullable columns (`.convert_dtypes()`) give an object array; scanpy reads them
         dense = rep.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        dense = np.asarray(rep)
     if dense is None or dense.ndim != 2 or not np.issubdtype(dense.dtype, np.number):
         raise TypeError(
             f"adata.obsm[{key!r}] is a "

@@ -19,6 +19,7 @@ from scdl._warnings import warn_user
 
 from ._checks import LOG_SCALE_MAX, largest_value
 from ._rows import get_matrix, in_memory
+from ._write import warn_slashed_names
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -52,8 +53,11 @@ def check_response(adata: AnnData, key: str, *, arg: str = "response_key") -> pd
     KeyError
         ``key`` is not in ``adata.obsm``.
     ValueError
-        Infinite values; no measured value at all; drugs measured on fewer than
-        :data:`MIN_LINES_PER_DRUG` lines (e.g. a column that is all NaN) or with one value only.
+        Infinite values or values beyond 1e12 (``MAX_RESPONSE``); no measured value at all;
+        drugs measured on fewer than :data:`MIN_LINES_PER_DRUG` lines (e.g. a column that is
+        all NaN) or with one value only.
+
+    Drug names holding "/" are warned of (``tl.drug_response`` names columns by them).
     """
     if not isinstance(key, str):
         raise TypeError(f"`{arg}` must be an obsm key (str), got {type(key).__name__}.")
@@ -118,6 +122,13 @@ def check_response(adata: AnnData, key: str, *, arg: str = "response_key") -> pd
             f"Drugs {table.columns[flat].astype(str).tolist()[:5]} have the same response on "
             f"every measured line in adata.obsm[{key!r}]; drop them (nothing to predict)."
         )
+    warn_slashed_names(
+        table.columns,
+        what="Drugs",
+        written="tl.drug_response writes a column per drug",
+        fix=f"Rename them before setup, e.g. `adata.obsm[{key!r}].columns = "
+        f"adata.obsm[{key!r}].columns.str.replace('/', '|')`.",
+    )
     return table
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from ._arguments import check_positive_int
 from ._drug_checks import MIN_SHARED_GENES, shared_genes
 from ._genes import gene_positions
 from ._rows import get_matrix, in_memory
@@ -87,7 +88,6 @@ def select_model_genes(
                     f"{min_detected:.0%} of the target cells; lower `min_detected`."
                 )
             genes = kept
-    from ._arguments import check_positive_int
 
     n_top = check_positive_int(n_top_genes, "n_top_genes", none="every gene")
     if n_top is None or n_top >= len(genes):
@@ -98,7 +98,6 @@ def select_model_genes(
 
 def select_variable_genes(profiles: np.ndarray, genes: pd.Index, n_top: int | None) -> pd.Index:
     """The ``n_top`` genes whose profiles vary most across cell lines (all if ``None``)."""
-    from ._arguments import check_positive_int
 
     n_top = check_positive_int(n_top, "n_top_genes", none="every gene")
     genes = pd.Index(genes)
@@ -252,7 +251,6 @@ def iter_profiles_from_counts(
     ``genes`` (sparse stays sparse), their float64 copy during the neighbour search and the
     neighbour graph. The arguments are checked and the neighbours found on the call, before
     the first block (:class:`~scdl.data.CountProfiles`)."""
-    from ._arguments import check_positive_int
 
     check_positive_int(chunk_rows, "chunk_rows")  # on the call, not at the first block
     profiles = CountProfiles(
@@ -331,7 +329,6 @@ class CountProfiles:
 
     def blocks(self, chunk_rows: int = 256) -> Iterator[np.ndarray]:
         """The rows in order, ``chunk_rows`` at a time."""
-        from ._arguments import check_positive_int
 
         chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
 
@@ -375,7 +372,6 @@ def iter_profiles_from_expression(
     """:func:`~scdl.data.profiles_from_expression` a block of at most ``chunk_rows`` rows at a time
     (float32, rows x ``genes``, in order); a sparse or backed matrix is read a block of rows
     at a time."""
-    from ._arguments import check_positive_int
 
     _check_scale(scale)
     chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
@@ -424,7 +420,6 @@ def matched_reference(
     to all of them, keeps cells from a few lines or one tissue from being spread over every
     tissue of the panel.
     """
-    from ._arguments import check_positive_int
 
     k = min(check_positive_int(n_neighbors, "n_neighbors"), bulk.shape[0])
     if target.shape[0] == 0 or bulk.shape[0] == 0:

@@ -24,7 +24,6 @@ from scdl.data import (
     get_matrix,
     profiles_from_expression,
     select_model_genes,
-    warn_slashed_names,
 )
 from scdl.dataloaders import DomainSplitter
 from scdl.module import RESPONSE_KEY, DrugResponseModule
@@ -340,13 +339,6 @@ class DrugResponseModel(
         check_unique_var_names(adata)
         check_profiles(adata, layer)
         check_response(adata, response_key)
-        warn_slashed_names(
-            adata.obsm[response_key].columns,
-            what="Drugs",
-            written="tl.drug_response writes a column per drug",
-            fix=f"Rename them before setup, e.g. `adata.obsm[{response_key!r}].columns = "
-            f"adata.obsm[{response_key!r}].columns.str.replace('/', '|')`.",
-        )
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             ObsmField(RESPONSE_KEY, response_key),
