@@ -46,6 +46,8 @@ MAX_RESPONSE = 1e12
 def check_response(adata: AnnData, key: str, *, arg: str = "response_key") -> pd.DataFrame:
     """Return ``adata.obsm[key]``, a cell lines x drugs DataFrame (NaN = not measured).
 
+    Drug names holding "/" are warned of (``tl.drug_response`` names columns by them).
+
     Raises
     ------
     TypeError
@@ -56,8 +58,6 @@ def check_response(adata: AnnData, key: str, *, arg: str = "response_key") -> pd
         Infinite values or values beyond 1e12 (``MAX_RESPONSE``); no measured value at all;
         drugs measured on fewer than :data:`MIN_LINES_PER_DRUG` lines (e.g. a column that is
         all NaN) or with one value only.
-
-    Drug names holding "/" are warned of (``tl.drug_response`` names columns by them).
     """
     if not isinstance(key, str):
         raise TypeError(f"`{arg}` must be an obsm key (str), got {type(key).__name__}.")
