@@ -24,6 +24,17 @@ def cells():
     return adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
 
 
+@pytest.fixture
+def seeded():
+    """scvi-tools' seed 0 for one test (its default, None, draws the weights afresh)."""
+    import scvi
+
+    before = scvi.settings.seed
+    scvi.settings.seed = 0
+    yield
+    scvi.settings.seed = before
+
+
 def _model(name, cells):
     adata = cells.copy()
     if name == "VAE":
@@ -138,10 +149,10 @@ def test_tl_seed_is_local_as_scanpys_random_state(cells):
 
 
 @pytest.mark.parametrize("name", ["VAE", "ContrastiveVAE", "CellTypeTransformer"])
-def test_save_checkpoint_loads_the_best_epoch_from_an_scdl_save(cells, name, tmp_path):
+def test_save_checkpoint_loads_the_best_epoch_from_an_scdl_save(cells, name, tmp_path, seeded):
     """scvi-tools' SaveCheckpoint saves with the model's own save; load_best_on_end read a
     pickled model.pt back and failed after the last epoch. The best save (here the worst loss:
-    mode="max", so not the last epoch) is read with the class's own safe load."""
+    mode="max", not the last epoch at this seed) is read with the class's own safe load."""
     from scvi.train import SaveCheckpoint
 
     model, kwargs = _model(name, cells)
@@ -162,6 +173,38 @@ def test_save_checkpoint_loads_the_best_epoch_from_an_scdl_save(cells, name, tmp
     for key, value in model.module.named_parameters():
         if not key.startswith("linear."):
             assert torch.equal(value.detach().cpu(), best[key].detach()), key
+
+
+class _Planted:
+    """A pickle that creates a file when it is read: stands for a crafted ``model.pt``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (self.marker.touch, ())
+
+
+def test_save_checkpoint_never_reads_a_model_pt_left_in_its_folder(cells, tmp_path):
+    """A checkpoint folder reused from an scvi-tools run (same dirpath and filename) holds a
+    pickled model.pt beside scdl's save: the best weights come from scdl's own files, and the
+    pickle (which can run code) is never read."""
+    from safetensors.torch import load_file
+    from scvi.train import SaveCheckpoint
+
+    marker = tmp_path / "pickle_was_read"
+    (tmp_path / "ckpt" / "best").mkdir(parents=True)
+    torch.save({"attr_dict": _Planted(marker)}, tmp_path / "ckpt" / "best" / "model.pt")
+    model, _ = _model("VAE", cells)
+    checkpoint = SaveCheckpoint(
+        dirpath=str(tmp_path / "ckpt"), filename="best", mode="max", load_best_on_end=True
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's "directory exists and is not empty"
+        model.train(max_epochs=3, callbacks=[checkpoint], **FAST)
+    assert not marker.exists()
+    best = load_file(str(tmp_path / "ckpt" / "best" / "model.safetensors"))
+    assert _same({k: v.cpu() for k, v in model.module.state_dict().items()}, best)
 
 
 def test_steps_keep_the_users_torch_thread_count(tmp_path):

@@ -5,7 +5,7 @@ The callback saves each best epoch with the model's own ``save`` (scdl: ``config
 run with ``check_nan_gradients``) from scvi-tools' pickled ``model.pt``, which an scdl save does
 not hold: training ran to the end and then failed. :func:`safe_checkpoints` switches such
 callbacks to :class:`SafeSaveCheckpoint`, which reads the save with the model class's own
-``load`` (no pickle).
+``load`` (no pickle), and never reads a ``model.pt``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,14 @@ class SafeSaveCheckpoint(SaveCheckpoint):
     """:class:`~scvi.train.SaveCheckpoint` that reads an scdl model's best save safely."""
 
     def _best_state(self, trainer) -> dict | None:
-        """The best save's weights; ``None`` for a scvi-tools save (``model.pt``) or none."""
+        """The best save's weights, read from its ``config.json``; ``None`` when there is none.
+
+        A ``model.pt`` in the same folder (left by an earlier scvi-tools run with the same
+        ``dirpath`` and ``filename``) is never read: scvi-tools reads it with pickle, which can
+        run code, and its weights are not this run's.
+        """
         path = Path(self.best_model_path) if self.best_model_path else None
-        if path is None or (path / "model.pt").is_file() or not path.is_dir():
+        if path is None or not (path / "config.json").is_file():
             return None
         model = trainer._model  # where scvi-tools' SaveCheckpoint itself finds the model
         return type(model).load(path, adata=False).module.state_dict()
@@ -33,7 +38,12 @@ class SafeSaveCheckpoint(SaveCheckpoint):
             return
         state = self._best_state(trainer)
         if state is None:
-            super().on_train_end(trainer, pl_module)
+            warn_user(
+                "SaveCheckpoint(load_best_on_end=True) found no best save "
+                f"({self.best_model_path or 'none was written'}); the last epoch's weights are "
+                "kept.",
+                UserWarning,
+            )
             return
         pl_module.module.load_state_dict(state)
 
@@ -41,8 +51,7 @@ class SafeSaveCheckpoint(SaveCheckpoint):
         if isinstance(exception, KeyboardInterrupt) or not self.check_nan_gradients:
             return
         state = self._best_state(trainer)
-        if state is None:
-            super().on_exception(trainer, pl_module, exception)
+        if state is None:  # nothing to restore: the exception goes on to the user
             return
         trainer.should_stop = True
         pl_module.module.load_state_dict(state)
