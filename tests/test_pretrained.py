@@ -224,6 +224,48 @@ def test_archive_loads_and_ignores_unsafe_members(kind, tmp_path, monkeypatch, h
         scdl.pretrained.load(path, sha256=digest[:12])
 
 
+def test_damaged_or_crafted_archives_are_refused_by_name(tmp_path, monkeypatch):
+    """A truncated or corrupt archive, a member larger than an annotator's files can be (a
+    decompression bomb: read no further than the limit), two models in one archive and a link
+    are each refused with a ValueError naming the archive, nothing left in the cache."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SCDL_CACHE", str(cache))
+    good = {kind: _archive(kind, tmp_path).read_bytes() for kind in ("zip", "tar.gz")}
+    for kind, data in good.items():
+        cut = tmp_path / f"cut.{kind}"
+        cut.write_bytes(data[: len(data) // 2])
+        with pytest.raises(ValueError, match="damaged or incomplete"):
+            scdl.pretrained.load(cut)
+    crc = bytearray(good["zip"])  # flip a byte inside the stored weights' data
+    crc[len(crc) // 2] ^= 0xFF
+    (tmp_path / "crc.zip").write_bytes(bytes(crc))
+    with pytest.raises(ValueError, match="damaged or incomplete"):
+        scdl.pretrained.load(tmp_path / "crc.zip")
+    monkeypatch.setitem(_registry.MAX_MEMBER_BYTES, "config.json", 1_000)
+    with pytest.raises(ValueError, match=r"config.json unpacks to more than"):
+        scdl.pretrained.load(_archive("tar.gz", tmp_path))
+    monkeypatch.undo()
+    monkeypatch.setenv("SCDL_CACHE", str(cache))
+    twice = tmp_path / "twice.zip"
+    with zipfile.ZipFile(twice, "w") as z, zipfile.ZipFile(io.BytesIO(good["zip"])) as one:
+        for name in one.namelist():
+            z.writestr(name, one.read(name))
+            z.writestr(f"other/{name}", one.read(name))
+    with pytest.raises(ValueError, match="several files named"):
+        scdl.pretrained.load(twice)
+    linked = tmp_path / "linked.tar.gz"
+    with tarfile.open(linked, "w:gz") as t, tarfile.open(tmp_path / "annot.tar.gz") as one:
+        for member in one.getmembers():
+            if member.name.endswith("config.json"):
+                t.addfile(member, one.extractfile(member))
+        link = tarfile.TarInfo("pbmc/model.safetensors")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        t.addfile(link)
+    with pytest.raises(ValueError, match="is a link or special file"):
+        scdl.pretrained.load(linked)
+    assert not (cache / "models").exists() or not list((cache / "models").glob("*"))
+
+
 def test_a_refused_archive_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
     """Extraction goes through a temporary folder: an archive without the model's files, or a
     file that is no archive, leaves the cache as it was; a good one is then extracted."""

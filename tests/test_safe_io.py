@@ -313,6 +313,51 @@ def _drop_class_saved_before_checksums(folder):
     _edit_config(folder, lambda c: c.pop("model_class"))
 
 
+def _resigned(folder, edit_config=None, edit_weights=None):
+    """Edited and signed again as a crafted file would be (the checksums are for damage, not
+    for authorship): the weights' checksum recomputed, the config's dropped."""
+    from safetensors.torch import load_file, save_file
+
+    from scdl.datasets import sha256sum
+
+    weights = folder / "model.safetensors"
+    state = load_file(weights)
+    if edit_weights is not None:
+        edit_weights(state)
+    save_file(state, weights)
+    _edit_config(folder, lambda c: (edit_config and edit_config(c), c.update(weights_sha256=None)))
+    _edit_config(folder, lambda c: c.update(weights_sha256=sha256sum(weights)))
+
+
+def _nan_weight(folder):
+    _resigned(folder, edit_weights=lambda s: s[next(iter(s))].view(-1)[0].fill_(float("nan")))
+
+
+def _registry_a_list(folder):
+    _resigned(folder, lambda c: c["attrs"].update(registry_=[]))
+
+
+def _torch_name_a_list(folder):
+    named = {"__torch__": ["torch.exp"]}
+    _resigned(folder, lambda c: c["attrs"]["init_params_"]["kwargs"].update(f=named))
+
+
+def _nested_deep(folder):
+    """Lists 950 deep: JSON that parses, then too deep to decode (or to parse)."""
+    _resigned(folder, lambda c: c["attrs"].update(deep_="DEEP"))
+    config = folder / "config.json"
+    config.write_text(config.read_text().replace('"DEEP"', "[" * 950 + "]" * 950))
+
+
+def _huge_hidden_layer(folder):
+    """10^9 units: the network is checked against the weights before it is allocated."""
+    _resigned(folder, lambda c: c["attrs"]["init_params_"]["non_kwargs"].update(n_hidden=10**9))
+
+
+def _trained_flag_as_text(folder):
+    _resigned(folder, lambda c: c["attrs"].update(is_trained_="no"))
+
+
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
@@ -327,6 +372,12 @@ def _drop_class_saved_before_checksums(folder):
         (_set_a_method_without_checksums, r"sets the attributes \['module', 'predict'\]"),
         (_subarray_dtype_without_checksums, r"dtype '\(4000,4000\)f8'.*edited"),
         (_name_torch_load_without_checksums, r"'torch.load', not one of the torch activ"),
+        (_nan_weight, r"model.safetensors holds NaN in '.*corrupt"),
+        (_registry_a_list, r"lacks \['attrs.registry_ \(setup_args"),
+        (_torch_name_a_list, r"does not describe a model scdl can build \(TypeError"),
+        (_nested_deep, r"config.json (is not valid JSON|does not describe).*maximum recursion"),
+        (_huge_hidden_layer, "do not fit the model"),
+        (_trained_flag_as_text, r"holds \['is_trained_'\] in a form no scdl save writes"),
     ],
 )
 def test_load_refuses_an_edited_save(small_save, tmp_path, edit, match):
@@ -442,6 +493,38 @@ def test_pretrained_annotator_with_an_edited_config_is_refused(tmp_path):
     _edit_config(tmp_path / "a", lambda c: c.update(labels=c["labels"][::-1]))
     with pytest.raises(ValueError, match="config.json does not match the checksum"):
         scdl.pretrained.load(tmp_path / "a")
+
+
+def test_an_annotator_whose_stored_cells_do_not_fit_its_genes_is_refused(tmp_path):
+    """The annotator's reference sample, prototypes and sketch take their sizes from the
+    file: gene indices beyond the vocabulary (which would make scipy read and write out of
+    bounds when a query lacking genes refits on the sample), label codes beyond its types or
+    misfitting shapes are refused at load, by name."""
+    from scdl.models import CellTypeTransformer
+    from scdl.pretrained import _registry
+
+    edits = {
+        "sample_indices": (lambda s: s["sample_indices"].fill_(10**6), "gene indices outside"),
+        "sample_labels": (lambda s: s["sample_labels"].fill_(99), "label codes outside"),
+        "prototype_profiles": (
+            lambda s: s.update(prototype_profiles=s["prototype_profiles"][:, :3].clone()),
+            "prototypes have shapes",
+        ),
+        "sketch_cells": (
+            lambda s: s.update(sketch_cells=s["sketch_cells"][..., :2].clone()),
+            "sketch has buffers whose shapes",
+        ),
+    }
+    for name, (edit, match) in edits.items():
+        folder = tmp_path / name
+        shutil.copytree(_registry._HERE / "pbmc_kang2018", folder)
+        _resigned(folder, edit_weights=edit)
+        with pytest.raises(ValueError, match=f"saved annotator's .*{match}"):
+            CellTypeTransformer.load(folder, adata=False)
+    folder = tmp_path / "untouched"
+    shutil.copytree(_registry._HERE / "pbmc_kang2018", folder)
+    _resigned(folder)
+    CellTypeTransformer.load(folder, adata=False)  # re-signed but unedited: loads
 
 
 def test_save_to_a_file_path_names_the_folder_it_needs(small_save, tmp_path):

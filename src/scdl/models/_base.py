@@ -22,6 +22,7 @@ import pandas as pd
 
 from scdl._warnings import warn_user
 
+from ._saved_checks import check_saved_attrs, config_errors, probe_weights
 from ._saved_files import (
     ANNDATA_DIGEST_KEY,
     CONFIG_DIGEST_KEY,
@@ -287,9 +288,12 @@ class SafeSaveLoadMixin:
                 f"scdl.models.{config['model_class']}.load."
             )
         _, _, torch_device = resolve_device(accelerator, device, single=True)
-        attrs = _decode(config["attrs"])
-        registry = attrs.pop("registry_")
-        _check_genes_agree(config, registry, files)
+        with config_errors(files):
+            attrs = _decode(config["attrs"])
+            registry = attrs.pop("registry_")
+            _check_genes_agree(config, registry, files)
+        n_genes = len(config["var_names"])
+        check_saved_attrs(files, attrs, registry, cls.__name__, n_genes)
         if without_data:
             adata = None
         elif adata is None:
@@ -317,12 +321,13 @@ class SafeSaveLoadMixin:
                 unseen_fix=cls._unseen_categories_fix,
                 counts=cls._reads_counts,
             )
-            # the weights must fit before adata is registered (a failing load leaves it as it was)
-            probe = _initialize_model(cls, None, registry, copy.deepcopy(attrs))
-            _load_state(probe, state, files)
+        # the weights must fit before adata is registered (a failing load leaves it as it was)
+        probe_weights(cls, registry, attrs, state, files)
+        if adata is not None:
             cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
-        model = _initialize_model(cls, adata, registry, attrs)
-        model._on_load()
+        with config_errors(files):
+            model = _initialize_model(cls, adata, registry, attrs)
+            model._on_load()
         _load_state(model, state, files)
         model.to_device(torch_device)
         model.module.eval()

@@ -196,7 +196,7 @@ def read_config(
     try:
         with open(path, encoding="utf-8") as f:
             config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # also: a 100k-digit int
         raise ValueError(
             f"{path} is not valid JSON ({e}): the file is corrupt or not an scdl model config. "
             "Save the model again with `.save()`."
@@ -240,11 +240,15 @@ def _load_state(model, state: dict, files: SavedFiles) -> None:
     try:
         model.module.load_state_dict(state)
     except RuntimeError as e:
+        # torch's first line names only the module; the next one names the tensor and why
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise ValueError(
             f"The weights in {files} do not fit the model its {files.config_name} "
-            f"describes ({str(e).splitlines()[0]}): the files come from different saves or "
+            f"describes ({' '.join(lines[:2])[:500]}): the files come from different saves or "
             "were edited. Save the model again with `.save()`."
         ) from e
+    except ValueError as e:  # a part the module checks itself (the annotator's buffers)
+        raise ValueError(f"{files}: {e}") from e
 
 
 def _sha256(path: Path) -> str:
@@ -335,11 +339,33 @@ def _check_fields(files: SavedFiles, config: dict) -> None:
             )
         if not all(isinstance(init.get(k), dict) for k in ("non_kwargs", "kwargs")):
             missing = ["attrs.init_params_.non_kwargs/kwargs"]
+        elif not all(isinstance(group, dict) for group in init["kwargs"].values()):
+            missing = ["attrs.init_params_.kwargs (groups of options)"]
+    if not missing:
+        missing = _wrong_types(config)
     if missing:
         raise ValueError(
-            f"{files}: {files.config_name} lacks {missing}: the file was edited or is "
-            "corrupt. Save the model again with `.save()`."
+            f"{files}: {files.config_name} lacks {missing}, or holds them in another form: the "
+            "file was edited or is corrupt. Save the model again with `.save()`."
         )
+
+
+def _wrong_types(config: dict) -> list[str]:
+    """The fields ``load`` reads before decoding that do not have the type ``save`` writes."""
+    registry = config["attrs"]["registry_"]
+    wrong = []
+    if not isinstance(config["model_class"], str):
+        wrong.append("model_class (text)")
+    names = config["var_names"]
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        wrong.append("var_names (a list of gene names)")
+    if not (
+        isinstance(registry, dict)
+        and isinstance(registry.get("setup_args"), dict)
+        and isinstance(registry.get("field_registries"), dict)
+    ):
+        wrong.append("attrs.registry_ (setup_args and field_registries)")
+    return wrong
 
 
 def _initialize_model(cls, adata, registry: dict, attrs: dict):

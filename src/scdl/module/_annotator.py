@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._annotator_buffers import check_saved_buffers
+
 #: the reference sketch's buffers and their number of dimensions
 SKETCH_BUFFERS = {
     "sketch_loadings": 2,
@@ -270,7 +272,9 @@ class CellTypeTransformerModule(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # the sketch's size is the saved one, whatever the module was built with; a file saved
         # before the sketch existed has none (the mixing check is then skipped), one saved
-        # before the reference sample none of it (no refit for a query lacking genes)
+        # before the reference sample none of it (no refit for a query lacking genes); sizes
+        # taken from the file are checked first
+        check_saved_buffers(state_dict, prefix, n_genes=self.n_genes, n_labels=self.n_labels)
         for name, ndim in SKETCH_BUFFERS.items():
             key = prefix + name
             if key in state_dict:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import lzma
 import os
 import shutil
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -97,28 +99,72 @@ def _holds(folder: Path, members: dict[str, bytes]) -> bool:
         return False
 
 
+#: the most each file may unpack to: an annotator's weights take a few MB to a few hundred, its
+#: config and card far less; a larger member (a decompression bomb) is refused before it is read
+MAX_MEMBER_BYTES = {"config.json": 64 << 20, "model.safetensors": 2 << 30, "README.md": 16 << 20}
+#: what a damaged or truncated archive raises while it is read
+_DAMAGED = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)
+
+
 def _known_members(archive: Path) -> dict[str, bytes]:
     """The archive's members named as the annotator's files, by file name (flat)."""
+    try:
+        found = _read_members(archive)
+    except _DAMAGED as e:
+        raise ValueError(
+            f"{archive} is damaged or incomplete ({type(e).__name__}: {e}): download it again."
+        ) from e
+    missing = {"config.json", "model.safetensors"} - set(found)
+    if missing:
+        raise ValueError(f"{archive} lacks {sorted(missing)}: not a pretrained scdl annotator.")
+    return found
+
+
+def _read_members(archive: Path) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
+
+    def keep(name: str, size: int, read) -> None:
+        if name in found:
+            raise ValueError(
+                f"{archive} holds several files named {name} (several models?): unpack the "
+                "one you want and pass its folder."
+            )
+        cap = MAX_MEMBER_BYTES[name]
+        data = read(cap + 1) if size <= cap else b""  # bounded: the declared size may lie
+        if size > cap or len(data) > cap:
+            raise ValueError(
+                f"{archive}'s {name} unpacks to more than {cap >> 20} MiB ({size} bytes "
+                "declared), far more than an scdl annotator's files: the archive is not one."
+            )
+        found[name] = data
+
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
             for info in z.infolist():
                 name = Path(info.filename).name
                 if info.is_dir() or name not in _ALLOWED:
                     continue
-                found[name] = z.read(info)
+                with z.open(info) as f:
+                    keep(name, info.file_size, f.read)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as t:
             for member in t.getmembers():
                 name = Path(member.name).name
-                if not member.isfile() or name not in _ALLOWED:
+                if name not in _ALLOWED or member.isdir():
                     continue
-                found[name] = t.extractfile(member).read()
+                if not member.isfile():  # never followed
+                    raise ValueError(
+                        f"{archive}'s {member.name} is a link or special file, not a file: "
+                        "pack the annotator's files themselves."
+                    )
+                keep(name, member.size, t.extractfile(member).read)
+    elif archive.name.endswith((".zip", ".tar", ".tar.gz", ".tgz")):
+        raise ValueError(
+            f"{archive} cannot be read as a {archive.suffix} archive: it is damaged or "
+            "incomplete. Download it again."
+        )
     else:
         raise ValueError(f"{archive} is neither a folder, a .zip nor a .tar.gz archive.")
-    missing = {"config.json", "model.safetensors"} - set(found)
-    if missing:
-        raise ValueError(f"{archive} lacks {sorted(missing)}: not a pretrained scdl annotator.")
     return found
 
 

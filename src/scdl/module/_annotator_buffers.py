@@ -1,0 +1,110 @@
+"""Checks of the annotator's variable-size buffers as a saved file gives them.
+
+The reference sample, the prototypes and the sketch take their sizes from the file
+(``AnnotatorModule._load_from_state_dict``), so ``load_state_dict`` cannot compare them with the
+module's. Their layout is checked here before they are stored: a damaged or crafted file
+with, e.g., gene indices beyond the vocabulary would otherwise make scipy read and write out of
+bounds when a query lacking genes refits on the sample.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _refuse(name: str, why: str) -> None:
+    raise ValueError(
+        f"The saved annotator's {name} {why}: the file is damaged or was not written by scdl's "
+        "`.save()`. Save the model again with `.save()`, or retrain it."
+    )
+
+
+def _check_codes(name: str, codes: torch.Tensor, n_labels: int) -> None:
+    if codes.numel() and (float(codes.min()) < 0 or float(codes.max()) >= n_labels):
+        _refuse(name, f"holds label codes outside 0-{n_labels - 1}")
+
+
+def _check_sample(get, n_genes: int, n_labels: int) -> None:
+    labels = get("sample_labels")
+    if labels is None or labels.numel() == 0:
+        return
+    indptr, indices, counts = get("sample_indptr"), get("sample_indices"), get("sample_counts")
+    parts = (indptr, indices, counts, labels)
+    if any(part is None or part.ndim != 1 for part in parts):
+        _refuse("reference sample", "is incomplete")
+    if (
+        len(indptr) != len(labels) + 1
+        or int(indptr[0]) != 0
+        or bool((indptr[1:] < indptr[:-1]).any())
+        or int(indptr[-1]) != len(indices)
+        or len(indices) != len(counts)
+    ):
+        _refuse("reference sample", "has an inconsistent sparse layout")
+    if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= n_genes):
+        _refuse("reference sample", f"holds gene indices outside the {n_genes} genes")
+    if counts.is_floating_point() and not bool(torch.isfinite(counts).all()):
+        _refuse("reference sample", "holds counts that are not finite")
+    _check_codes("reference sample's labels", labels, n_labels)
+
+
+def _check_prototypes(get, n_genes: int, n_labels: int) -> None:
+    profiles, types = get("prototype_profiles"), get("prototype_types")
+    if profiles is None or types is None:
+        return
+    if profiles.ndim != 2 or profiles.shape[1] != n_genes or types.shape != (len(profiles),):
+        _refuse(
+            "prototypes",
+            f"have shapes {tuple(profiles.shape)} and {tuple(types.shape)}, not (prototypes x "
+            f"{n_genes} genes) with one type each",
+        )
+    _check_codes("prototype types", types, n_labels)
+
+
+def _check_sketch(get, n_genes: int, n_labels: int) -> None:
+    loadings = get("sketch_loadings")
+    if loadings is None:
+        return
+    center, cells, labels = get("sketch_center"), get("sketch_cells"), get("sketch_labels")
+    moments, levels = get("sketch_moments"), get("sketch_level_moments")
+    composition = get("sketch_composition")
+    parts = (center, cells, labels, moments, levels)
+    if loadings.numel() == 0:  # no sketch (too few cells or genes): nothing else of it either
+        if any(part is not None and part.numel() for part in parts):
+            _refuse("reference sketch", "holds parts without its loadings")
+        return
+    if any(part is None for part in (*parts, composition)):
+        _refuse("reference sketch", "is incomplete")
+    n_pcs = loadings.shape[1] if loadings.ndim == 2 else -1
+    shapes_fit = (
+        loadings.shape[0] == n_genes
+        and center.shape == (n_genes,)
+        and cells.ndim == 3
+        and cells.shape[2] == n_pcs
+        and (labels.numel() == 0 or labels.shape == (cells.shape[1],))
+        and composition.ndim == 1
+        and len(composition) <= n_labels
+    )
+    if shapes_fit and moments.numel():
+        used = int(torch.any(loadings != 0, dim=1).sum())  # the genes the PCs load
+        n_types = moments.shape[1] if moments.ndim == 3 else -1
+        shapes_fit = (
+            moments.shape == (2, n_types, n_genes)
+            and n_types <= n_labels
+            and levels.shape == (cells.shape[0], 2, n_types, used)
+        )
+    if not shapes_fit:
+        _refuse("reference sketch", "has buffers whose shapes do not fit together")
+    _check_codes("reference sketch's labels", labels, n_labels)
+
+
+def check_saved_buffers(state_dict: dict, prefix: str, *, n_genes: int, n_labels: int) -> None:
+    """Refuse a state dict whose reference sample, prototypes or sketch (those present) do not
+    fit a module of ``n_genes`` genes and ``n_labels`` types, with a ``ValueError`` naming the
+    part."""
+
+    def get(name: str) -> torch.Tensor | None:
+        return state_dict.get(prefix + name)
+
+    _check_sample(get, n_genes, n_labels)
+    _check_prototypes(get, n_genes, n_labels)
+    _check_sketch(get, n_genes, n_labels)
