@@ -227,11 +227,43 @@ def test_query_gene_mismatch(kang_integrated):
     assert_unchanged(query, snap)
 
 
+def test_query_genes_renamed_by_r_are_named_with_the_fix(kang_integrated):
+    """Seurat objects and CSV exports write 'HLA-DRA' as 'HLA.DRA' (R's make.names): the
+    message says so and gives the names back, without offering zero padding (their counts
+    are in the file); its fix works."""
+    import re
+
+    adata, model = kang_integrated
+    query = adata[adata.obs["sample"] == "stim107"].copy()
+    renamed = query.var_names.str.replace(r"[^A-Za-z0-9._]", ".", regex=True)
+    assert (renamed != query.var_names).sum() >= 5  # symbols R renames
+    query.var_names = renamed
+    with pytest.raises(ValueError, match=r"as R's make.names writes them") as info:
+        VAE.load_query_data(query, model)
+    assert "pad" not in str(info.value)
+    back = {re.sub(r"[^A-Za-z0-9._]", ".", g): g for g in model.get_var_names()}
+    query.var_names = [back.get(g, g) for g in query.var_names]
+    VAE.load_query_data(query, model)
+
+
+def test_ensembl_ids_differing_in_their_version_are_matched_by_the_hint():
+    ids = pd.Index([f"ENSG{n:011d}" for n in range(1, 41)])
+    versioned = ids + ".3"
+    hint = scdl.data.renamed_hint(ids, versioned)
+    assert "with a version suffix" in hint and "str.replace" in hint
+    hint = scdl.data.renamed_hint(versioned, ids)
+    assert "without a version suffix" in hint and "bare.get" in hint
+    assert scdl.data.renamed_hint(ids, ids) is None
+    assert scdl.data.renamed_hint(ids, pd.Index([f"Gm{n}" for n in range(40)])) is None
+    message = scdl.data.gene_mismatch_message(ids, versioned)
+    assert "version suffix" in message and "pad" not in message
+
+
 def test_query_without_batch_column(kang_integrated):
     adata, model = kang_integrated
     query = adata[adata.obs["sample"] == "stim107"].copy()
     del query.obs["sample"]
-    with pytest.raises(KeyError, match="batch_key"):
+    with pytest.raises(KeyError, match=r"lacks 'sample'.*query.obs\['sample'\] = 'query'"):
         VAE.load_query_data(query, model)
 
 

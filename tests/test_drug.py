@@ -95,6 +95,16 @@ def line_predictions(trained, cellbench):
 # --- the loader ----------------------------------------------------------------------------
 
 
+def test_missing_genes_warning_names_the_genes_in_raw(trained, cellbench):
+    """scanpy's and Seurat's usual layout (X cut to variable genes, every gene in .raw): the
+    warning says .raw holds the model's genes and how to predict from them."""
+    cells = cellbench[:60].copy()
+    cells.raw = cells
+    cut = cells[:, ~cells.var_names.isin(trained.genes[: len(trained.genes) // 2])].copy()
+    with pytest.warns(UserWarning, match=r"adata.raw holds \d+ of them: predict from it"):
+        scdl.tl.drug_response(cut, model=trained)
+
+
 def test_gdsc_loader_joins_expression_and_response(gdsc):
     assert gdsc.n_vars == 6163 and gdsc.n_obs >= 900
     table = gdsc.obsm["ln_ic50"]

@@ -26,6 +26,15 @@ def heldout():
     return scdl.datasets.kang_pbmc_heldout()
 
 
+def test_annotate_names_genes_renamed_by_r(heldout):
+    """Fewer than 10% of the model's genes lacking is otherwise only logged: lacking because R
+    renamed them ('HLA-DRA' as 'HLA.DRA'), it is said with the fix."""
+    query = heldout.copy()
+    query.var_names = query.var_names.str.replace(r"[^A-Za-z0-9._]", ".", regex=True)
+    with pytest.warns(UserWarning, match=r"as R's make.names writes them"):
+        scdl.tl.annotate(query)
+
+
 def _card() -> str:
     return (_registry._HERE / "pbmc_kang2018" / "README.md").read_text()
 

@@ -51,7 +51,9 @@ from ._genes import (
     align_to_genes,
     gene_columns,
     gene_mismatch_message,
+    renamed_hint,
     same_gene_names,
+    warn_renamed_genes,
 )
 from ._groups import resolve_groups, warn_if_batch_nested, warn_if_few_cells
 from ._lognorm import input_kind, normalised_from_log1p
@@ -79,7 +81,9 @@ __all__ = [
     "sparse_tensors_on",
     "gene_columns",
     "gene_mismatch_message",
+    "renamed_hint",
     "same_gene_names",
+    "warn_renamed_genes",
     "inference_batch_size",
     "check_bool",
     "check_categorical",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from scdl._warnings import warn_user
+
 from ._rows import get_matrix, row_blocks
 
 
@@ -32,10 +34,11 @@ def gene_mismatch_message(
     missing = ref.difference(qry)
     extra = qry.difference(ref)
     if len(missing):
+        # padding genes that are there under another spelling would zero their counts
         pad_fix = (
             ", or pad the missing genes with zeros with `VAE.prepare_query_anndata(query, "
             "model)` if only a few are absent"
-            if pad
+            if pad and renamed_hint(ref, qry) is None
             else ""
         )
         return (
@@ -86,6 +89,71 @@ _OTHER_KIND_FIX = {
 }
 
 
+#: an Ensembl identifier with its version suffix (GENCODE, STARsolo, alevin; Cell Ranger's
+#: have none)
+_ENSEMBL_VERSION = r"^(ENS[A-Z]*\d+)\.\d+$"
+
+
+def _r_names(genes: pd.Index) -> pd.Index:
+    """``genes`` as R's ``make.names`` writes them (Seurat objects, CSV exports): characters
+    other than letters, digits, '.' and '_' as '.', and an 'X' before a name that does not
+    start with a letter (or a '.' not followed by a digit)."""
+    made = genes.str.replace(r"[^A-Za-z0-9._]", ".", regex=True)
+    return made.where(made.str.match(r"^([A-Za-z]|\.(?![0-9]))"), "X" + made)
+
+
+def renamed_hint(genes, var_names) -> str | None:
+    """How to restore the model's ``genes`` when most of those ``var_names`` lacks are there
+    under a mechanical rename (R's ``make.names``: 'HLA-DRA' as 'HLA.DRA'; an Ensembl ID with
+    or without its version suffix); ``None`` when no rename explains them."""
+    genes, names = pd.Index(genes).astype(str), pd.Index(var_names).astype(str)
+    lacking = genes[~genes.isin(names)]
+    if len(lacking) == 0:
+        return None
+    made = _r_names(lacking)
+    as_made = made.isin(names)
+    bare_names = names.str.replace(_ENSEMBL_VERSION, r"\1", regex=True)
+    bare = lacking.str.replace(_ENSEMBL_VERSION, r"\1", regex=True)
+    as_bare = bare.isin(bare_names)
+    n_made, n_bare = int(as_made.sum()), int(as_bare.sum())
+    if max(n_made, n_bare) < min(10, max(1, 0.5 * len(lacking))):
+        return None
+    if n_made >= n_bare:
+        k = int(np.flatnonzero(as_made)[0])
+        return (
+            f"{n_made} of the model's genes the data lack are in adata.var_names as R's "
+            f"make.names writes them (e.g. {lacking[k]!r} as {made[k]!r}: a Seurat object or "
+            "a CSV export): restore the model's names, `import re; back = "
+            "{re.sub(r'[^A-Za-z0-9._]', '.', g): g for g in genes}; adata.var_names = "
+            "[back.get(g, g) for g in adata.var_names]` (`genes`: the model's gene names)"
+        )
+    k = int(np.flatnonzero(as_bare)[0])
+    versioned = bool(names.str.match(_ENSEMBL_VERSION).mean() > 0.5)
+    fix = (
+        "`adata.var_names = adata.var_names.str.replace(r'\\.\\d+$', '', regex=True)`"
+        if versioned
+        else "`bare = {g.split('.')[0]: g for g in genes}; adata.var_names = "
+        "[bare.get(g, g) for g in adata.var_names]` (`genes`: the model's gene names)"
+    )
+    return (
+        f"{n_bare} of the model's genes the data lack are in adata.var_names "
+        f"{'with' if versioned else 'without'} a version suffix (e.g. {lacking[k]!r}): the "
+        f"same Ensembl IDs, so match them: {fix}"
+    )
+
+
+def warn_renamed_genes(genes, var_names, present: np.ndarray) -> bool:
+    """Warn, however few genes the data lack, when a mechanical rename explains them
+    (:func:`renamed_hint`): their counts are in the file. Returns whether it warned."""
+    hint = None if present.all() else renamed_hint(genes, var_names)
+    if hint is not None:
+        warn_user(
+            f"The query holds {int(present.sum())} of the model's {len(present)} genes; {hint}.",
+            UserWarning,
+        )
+    return hint is not None
+
+
 def best_var_column(genes, var: pd.DataFrame, *, floor: int = 0) -> tuple[str | None, int]:
     """The text column of ``var`` holding the most of ``genes`` (more than ``floor``), and how
     many it holds; ``(None, floor)`` when none holds more."""
@@ -121,6 +189,9 @@ def identifier_hint(
                 f"`adata.var_names = adata.var[{best!r}].astype(str)`, then "
                 "`adata.var_names_make_unique()`"
             )
+    renamed = renamed_hint(genes, names)
+    if renamed is not None:
+        return renamed
     if n_case > max(n_names, 0.5 * len(genes)):
         # the exact matches are counted in n_case too: the message counts the others
         return (

@@ -28,6 +28,7 @@ from scdl.data import (
     resolve_modality,
     shared_genes,
     stack_blocks,
+    warn_renamed_genes,
 )
 
 from ._attribution import integrated_gradients
@@ -144,11 +145,21 @@ class DrugPredictionMixin:
             shared_genes(
                 self.genes, adata.var_names, names=("model's genes", "data"), query_var=adata.var
             )
-        if present.mean() < LOW_GENE_OVERLAP:
+        renamed = warn_renamed_genes(self.genes, adata.var_names, np.asarray(present))
+        if not renamed and present.mean() < LOW_GENE_OVERLAP:
+            # scanpy's and Seurat's usual layout: X cut to variable genes, every gene in .raw
+            in_raw = 0 if adata.raw is None else int(self.genes.isin(adata.raw.var_names).sum())
+            raw_fix = (
+                f" adata.raw holds {in_raw} of them: predict from it, "
+                "`raw = adata.raw.to_adata(); scdl.tl.drug_response(raw, model=model)` (the same "
+                "cells), then copy raw.obsm's and raw.uns' 'scdl_drug' entries to adata."
+                if in_raw > present.sum()
+                else ""
+            )
             warn_user(
                 f"{(~present).sum()} of the model's {len(self.genes)} genes are missing from "
                 "the data; each is set to its mean over the training lines, so it moves no "
-                "prediction. Predictions may be less reliable.",
+                f"prediction. Predictions may be less reliable.{raw_fix}",
                 UserWarning,
             )
         if modality == "auto":

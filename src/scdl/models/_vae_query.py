@@ -175,6 +175,7 @@ class VAEQueryMixin:
         elif adata.is_view:  # registering writes into the AnnData: a view gets its own copy
             adata = adata.copy()
         setup_args = reference_model.registry_["setup_args"]
+        _check_reference_columns(adata, setup_args)
         if setup_args.get("batch_key") is not None:
             from scdl.data import check_category_kind
 
@@ -213,3 +214,27 @@ class VAEQueryMixin:
                 UserWarning,
             )
         return model
+
+
+def _check_reference_columns(adata, setup_args: dict) -> None:
+    """The obs columns the reference was set up with, which a query from another lab often
+    names otherwise: named with the fix (scvi-tools: "'donor' not found in adata.obs")."""
+    wanted = [("batch_key", setup_args.get("batch_key"))]
+    wanted += [
+        ("categorical_covariate_keys", k)
+        for k in setup_args.get("categorical_covariate_keys") or []
+    ]
+    for arg, key in wanted:
+        if key is None or key in adata.obs.columns:
+            continue
+        what = (
+            "the query's batches (a name the reference does not know maps them as a new "
+            "batch), e.g. `query.obs[{key!r}] = 'query'` or "
+            "`query.obs[{key!r}] = query.obs['sample']`"
+            if arg == "batch_key"
+            else "each query cell's value of it, e.g. `query.obs[{key!r}] = query.obs['...']`"
+        ).format(key=key)
+        raise KeyError(
+            f"The query's adata.obs lacks {key!r}, which the reference was set up with "
+            f"(`{arg}`; columns: {list(map(str, adata.obs.columns))}). Add it, holding {what}."
+        )
