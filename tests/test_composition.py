@@ -17,11 +17,11 @@ from scdl.models._novelty import (
     NOVELTY_RESOLUTION,
     _mean_sd,
     _type_centroids,
-    calibrate_threshold,
     cluster_cells,
     cluster_novelty,
     log_normalize,
 )
+from scdl.models._novelty_calibration import calibrate_threshold
 
 POPULATIONS = ["B cells", "CD4 T cells"]  # Kang 1.5k's names
 

@@ -16,11 +16,11 @@ from sklearn.linear_model import LogisticRegression
 from scdl.models._novelty import (
     _mean_sd,
     _type_centroids,
-    calibrate_threshold,
     cluster_cells,
     cluster_novelty,
     log_normalize,
 )
+from scdl.models._novelty_calibration import calibrate_threshold
 from scdl.models._prototypes import type_prototypes
 
 
@@ -178,6 +178,26 @@ def test_batches_of_other_types_calibrate_on_halves_with_a_warning():
         warnings.simplefilter("error", UserWarning)
         by_condition = calibrate_threshold(x, codes, condition.astype(int), prototypes=False)
     assert by_condition[1] == "leave-one-batch-out" and np.isfinite(by_condition[0])
+
+
+def test_a_reference_of_many_batches_holds_out_a_few(monkeypatch):
+    """Each batch held out costs a clustering of it (two with prototypes): a reference of 24
+    donors holds out ``MAX_HELD_OUT_BATCHES`` of them, drawn with the seed, not all 24."""
+    import scdl.models._novelty_calibration as calibration
+
+    ref, _ = kang_reference_query()
+    codes = np.unique(ref.obs["cell_type"].astype(str), return_inverse=True)[1]
+    x = log_normalize(ref.X)
+    donors = np.random.default_rng(0).integers(0, 24, ref.n_obs)
+    assert np.bincount(donors).min() >= 20
+    sizes = []
+    real = calibration.cluster_cells
+    monkeypatch.setattr(
+        calibration, "cluster_cells", lambda x, **kw: sizes.append(x.shape[0]) or real(x, **kw)
+    )
+    threshold, how, _ = calibrate_threshold(x, codes, donors, min_cells=20, prototypes=False)
+    assert how == "leave-one-batch-out" and np.isfinite(threshold)
+    assert len(sizes) == calibration.MAX_HELD_OUT_BATCHES < 24
 
 
 def test_prototypes_of_a_large_reference_come_from_a_sample(monkeypatch):

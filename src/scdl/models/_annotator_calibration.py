@@ -19,7 +19,8 @@ from scdl.data import in_memory
 from scdl.dataloaders import dense_rows
 
 from ._mixing import MIN_REFERENCE_SHARE, build_sketch
-from ._novelty import UNKNOWN_EVIDENCE, calibrate_threshold, reference_prototypes
+from ._novelty import UNKNOWN_EVIDENCE, reference_prototypes
+from ._novelty_calibration import calibrate_threshold
 from ._refit import linear_weights, sample_rows
 
 #: most values (cells x genes) densified for the linear path's fit: with 2,000 genes every
