@@ -181,8 +181,8 @@ def test_batches_of_other_types_calibrate_on_halves_with_a_warning():
 
 
 def test_a_reference_of_many_batches_holds_out_a_few(monkeypatch):
-    """Each batch held out costs a clustering of it (two with prototypes): a reference of 24
-    donors holds out ``MAX_HELD_OUT_BATCHES`` of them, drawn with the seed, not all 24."""
+    """Each part held out costs a clustering of it (two with prototypes): a reference of 24
+    donors holds out ``MAX_HELD_OUT_BATCHES`` folds of whole donors, not each of the 24."""
     import scdl.models._novelty_calibration as calibration
 
     ref, _ = kang_reference_query()

@@ -35,8 +35,8 @@ def _types_shared(labels: np.ndarray, fit: np.ndarray, play: np.ndarray) -> bool
     )
 
 
-#: at most this many batches are each held out (drawn with the seed when the reference has
-#: more): the threshold is a percentile over their clusters, and each costs two clusterings
+#: at most this many parts are held out in turn: a reference of more batches holds out folds
+#: of whole batches (drawn with the seed), as each part costs two clusterings
 MAX_HELD_OUT_BATCHES = 8
 
 
@@ -54,8 +54,9 @@ def calibrate_threshold(
 ) -> tuple[float, str, list[int]]:
     """Cluster-novelty threshold from the reference alone (see the module notes).
 
-    Each batch of at least ``min_cells`` cells is held out in turn (at most
-    ``MAX_HELD_OUT_BATCHES`` of them, drawn with ``seed``); the part that plays the query is a
+    Each batch of at least ``min_cells`` cells is held out in turn (with more than
+    ``MAX_HELD_OUT_BATCHES`` of them, that many folds of whole batches, drawn with ``seed``);
+    the part that plays the query is a
     sample of ``PROTOTYPE_MAX_CELLS`` cells when it holds more, as the profiles' part is.
     Without two batches of at least ``min_cells`` cells, ``n_halvings`` random halvings
     (seeds ``seed``, ``seed + 1``, ...) each play both ways, and the percentile is taken over
@@ -87,9 +88,13 @@ def calibrate_threshold(
                     UserWarning,
                 )
             parts = shared if len(shared) >= 2 else []
-    if len(parts) > MAX_HELD_OUT_BATCHES:  # each one held out costs two clusterings
-        keep = np.random.default_rng(seed).choice(len(parts), MAX_HELD_OUT_BATCHES, replace=False)
-        parts = [parts[i] for i in np.sort(keep)]
+    if len(parts) > MAX_HELD_OUT_BATCHES:  # each part held out costs two clusterings
+        order = np.random.default_rng(seed).permutation(len(parts))
+        folds = [
+            np.any([parts[i][1] for i in fold], axis=0)
+            for fold in np.array_split(order, MAX_HELD_OUT_BATCHES)
+        ]
+        parts = [(~play, play) for play in folds]
     how = "leave-one-batch-out" if parts else "split-half"
     seeds = [seed] * len(parts)
     for h in range(0 if parts else n_halvings):
