@@ -290,6 +290,26 @@ def test_integration_metrics_rank_vae_above_pca(kang_integrated, monkeypatch):
     assert adata.uns["scdl_integration_metrics"].loc["X_scdl", "Total"] > 0
 
 
+def test_integration_metrics_start_arpack_from_a_fixed_vector(kang_integrated):
+    """scib-metrics' kBET diffusion embedding calls ``eigsh`` without a start vector: ARPACK's
+    random one (from the process's earlier calls; from the OS since SciPy 1.18) flipped
+    eigenvector signs between calls and moved kBET by 0.05 for the same input. While the
+    metrics run, the same matrix gives the same eigenvectors; scipy is restored after."""
+    import scipy.sparse.linalg as linalg
+    from sklearn.neighbors import kneighbors_graph
+
+    from scdl.tl._metrics import _fixed_arpack_start
+
+    adata, _ = kang_integrated
+    graph = kneighbors_graph(adata.obsm["X_scdl"][:400], 15, include_self=False)
+    graph = (graph + graph.T).astype(np.float64)
+    original = linalg.eigsh
+    with _fixed_arpack_start():
+        first, again = (linalg.eigsh(graph, k=6)[1] for _ in range(2))
+    np.testing.assert_array_equal(first, again)
+    assert linalg.eigsh is original
+
+
 def test_integration_metrics_say_where_a_score_rests_on_little(kang_integrated):
     """A NaN metric (PCR comparison of an embedding with a constant column) leaves its totals
     on fewer metrics, and a one-cell type scored as isolated gives 0.5 whatever the embedding:
