@@ -249,10 +249,21 @@ def test_query_genes_renamed_by_r_are_named_with_the_fix(kang_integrated):
 def test_ensembl_ids_differing_in_their_version_are_matched_by_the_hint():
     ids = pd.Index([f"ENSG{n:011d}" for n in range(1, 41)])
     versioned = ids + ".3"
-    hint = scdl.data.renamed_hint(ids, versioned)
-    assert "with a version suffix" in hint and "str.replace" in hint
-    hint = scdl.data.renamed_hint(versioned, ids)
-    assert "without a version suffix" in hint and "bare.get" in hint
+    for genes, names in ((ids, versioned), (versioned, ids), (versioned, ids + ".4")):
+        hint = scdl.data.renamed_hint(genes, names)
+        assert "another version suffix" in hint, hint
+        fix = {"genes": list(genes), "names": list(names)}  # the fix as printed, run
+        code = hint[hint.index("`bare") + 1 : hint.index("` (`genes`")]
+        exec(code.replace("adata.var_names = ", "out = ").replace("adata.var_names", "names"), fix)
+        assert fix["out"] == list(genes)
+    # R's make.names, leading digits included (mouse RIKEN genes), restored by the printed fix
+    genes = pd.Index(["0610009B22Rik", "HLA-DRA", ".5S"] + [f"Gm{n}-ps" for n in range(20)])
+    made = pd.Index(["X0610009B22Rik", "HLA.DRA", "X.5S"] + [f"Gm{n}.ps" for n in range(20)])
+    hint = scdl.data.renamed_hint(genes, made)
+    fix = {"genes": list(genes), "names": list(made)}
+    code = hint[hint.index("`import re") + 1 : hint.index("` (`genes`")]
+    exec(code.replace("adata.var_names = ", "out = ").replace("adata.var_names", "names"), fix)
+    assert fix["out"] == list(genes)
     assert scdl.data.renamed_hint(ids, ids) is None
     assert scdl.data.renamed_hint(ids, pd.Index([f"Gm{n}" for n in range(40)])) is None
     message = scdl.data.gene_mismatch_message(ids, versioned)

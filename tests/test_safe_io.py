@@ -354,6 +354,10 @@ def _huge_hidden_layer(folder):
     _resigned(folder, lambda c: c["attrs"]["init_params_"]["non_kwargs"].update(n_hidden=10**9))
 
 
+def _no_init_params(folder):
+    _resigned(folder, lambda c: c["attrs"].update(init_params_=None))
+
+
 def _trained_flag_as_text(folder):
     _resigned(folder, lambda c: c["attrs"].update(is_trained_="no"))
 
@@ -377,6 +381,7 @@ def _trained_flag_as_text(folder):
         (_torch_name_a_list, r"does not describe a model scdl can build \(TypeError"),
         (_nested_deep, r"config.json (is not valid JSON|does not describe).*maximum recursion"),
         (_huge_hidden_layer, "do not fit the model"),
+        (_no_init_params, r"lacks \['attrs.init_params_.non_kwargs/kwargs'\]"),
         (_trained_flag_as_text, r"holds \['is_trained_'\] in a form no scdl save writes"),
     ],
 )
@@ -506,6 +511,11 @@ def test_an_annotator_whose_stored_cells_do_not_fit_its_genes_is_refused(tmp_pat
     edits = {
         "sample_indices": (lambda s: s["sample_indices"].fill_(10**6), "gene indices outside"),
         "sample_labels": (lambda s: s["sample_labels"].fill_(99), "label codes outside"),
+        "sample_counts": (lambda s: s["sample_counts"].neg_(), "counts that are negative"),
+        "float labels": (
+            lambda s: s.update(sample_labels=s["sample_labels"].float()),
+            "not whole numbers",
+        ),
         "prototype_profiles": (
             lambda s: s.update(prototype_profiles=s["prototype_profiles"][:, :3].clone()),
             "prototypes have shapes",

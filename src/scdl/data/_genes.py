@@ -123,22 +123,18 @@ def renamed_hint(genes, var_names) -> str | None:
         return (
             f"{n_made} of the model's genes the data lack are in adata.var_names as R's "
             f"make.names writes them (e.g. {lacking[k]!r} as {made[k]!r}: a Seurat object or "
-            "a CSV export): restore the model's names, `import re; back = "
-            "{re.sub(r'[^A-Za-z0-9._]', '.', g): g for g in genes}; adata.var_names = "
-            "[back.get(g, g) for g in adata.var_names]` (`genes`: the model's gene names)"
+            "a CSV export): restore the model's names, `import re; made = {re.sub(r'^(?![A-Za-z]"
+            "|\\.(?!\\d))', 'X', re.sub(r'[^A-Za-z0-9._]', '.', g)): g for g in genes}; "
+            "adata.var_names = [made.get(g, g) for g in adata.var_names]` (`genes`: the model's "
+            "gene names)"
         )
     k = int(np.flatnonzero(as_bare)[0])
-    versioned = bool(names.str.match(_ENSEMBL_VERSION).mean() > 0.5)
-    fix = (
-        "`adata.var_names = adata.var_names.str.replace(r'\\.\\d+$', '', regex=True)`"
-        if versioned
-        else "`bare = {g.split('.')[0]: g for g in genes}; adata.var_names = "
-        "[bare.get(g, g) for g in adata.var_names]` (`genes`: the model's gene names)"
-    )
     return (
-        f"{n_bare} of the model's genes the data lack are in adata.var_names "
-        f"{'with' if versioned else 'without'} a version suffix (e.g. {lacking[k]!r}): the "
-        f"same Ensembl IDs, so match them: {fix}"
+        f"{n_bare} of the model's genes the data lack are in adata.var_names with another "
+        f"version suffix (e.g. {lacking[k]!r}): the same Ensembl IDs, so match them without "
+        "it: `bare = {g.split('.')[0]: g for g in genes}; adata.var_names = "
+        "[bare.get(g.split('.')[0], g) for g in adata.var_names]` (`genes`: the model's gene "
+        "names)"
     )
 
 

@@ -162,8 +162,8 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
                 xs = sparse.csr_matrix(xs, dtype=np.float32, copy=True)
                 xs.data = np.expm1(xs.data)
             x = CSRTensors.from_scipy(xs, dev)
-        renamed = warn_renamed_genes(self.get_var_names(), adata.var_names, present)
-        if not renamed and present.mean() < LOW_GENE_OVERLAP:  # said, not only logged
+        warn_renamed_genes(self.get_var_names(), adata.var_names, present)
+        if present.mean() < LOW_GENE_OVERLAP:  # calls lose accuracy: said, not only logged
             warn_user(
                 f"The query holds {int(present.sum())} of the model's {len(present)} genes "
                 f"({present.mean():.0%}); the rest count as unmeasured, and calls made without "

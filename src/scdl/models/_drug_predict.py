@@ -145,8 +145,8 @@ class DrugPredictionMixin:
             shared_genes(
                 self.genes, adata.var_names, names=("model's genes", "data"), query_var=adata.var
             )
-        renamed = warn_renamed_genes(self.genes, adata.var_names, np.asarray(present))
-        if not renamed and present.mean() < LOW_GENE_OVERLAP:
+        warn_renamed_genes(self.genes, adata.var_names, np.asarray(present))
+        if present.mean() < LOW_GENE_OVERLAP:
             # scanpy's and Seurat's usual layout: X cut to variable genes, every gene in .raw
             in_raw = 0 if adata.raw is None else int(self.genes.isin(adata.raw.var_names).sum())
             raw_fix = (

@@ -337,7 +337,9 @@ def _check_fields(files: SavedFiles, config: dict) -> None:
                 "writes (only names ending in '_'): the file was edited or is corrupt. Save "
                 "the model again with `.save()`."
             )
-        if not all(isinstance(init.get(k), dict) for k in ("non_kwargs", "kwargs")):
+        if not isinstance(init, dict) or not all(
+            isinstance(init.get(k), dict) for k in ("non_kwargs", "kwargs")
+        ):
             missing = ["attrs.init_params_.non_kwargs/kwargs"]
         elif not all(isinstance(group, dict) for group in init["kwargs"].values()):
             missing = ["attrs.init_params_.kwargs (groups of options)"]

@@ -26,12 +26,15 @@ def _check_codes(name: str, codes: torch.Tensor, n_labels: int) -> None:
 
 def _check_sample(get, n_genes: int, n_labels: int) -> None:
     labels = get("sample_labels")
-    if labels is None or labels.numel() == 0:
-        return
     indptr, indices, counts = get("sample_indptr"), get("sample_indices"), get("sample_counts")
-    parts = (indptr, indices, counts, labels)
-    if any(part is None or part.ndim != 1 for part in parts):
+    if labels.numel() == 0:
+        if indices.numel() or counts.numel():
+            _refuse("reference sample", "holds counts without labels")
+        return
+    if any(part.ndim != 1 for part in (indptr, indices, counts, labels)):
         _refuse("reference sample", "is incomplete")
+    if any(part.is_floating_point() for part in (indptr, indices, labels)):
+        _refuse("reference sample", "holds positions or labels that are not whole numbers")
     if (
         len(indptr) != len(labels) + 1
         or int(indptr[0]) != 0
@@ -42,16 +45,21 @@ def _check_sample(get, n_genes: int, n_labels: int) -> None:
         _refuse("reference sample", "has an inconsistent sparse layout")
     if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= n_genes):
         _refuse("reference sample", f"holds gene indices outside the {n_genes} genes")
-    if counts.is_floating_point() and not bool(torch.isfinite(counts).all()):
-        _refuse("reference sample", "holds counts that are not finite")
+    if counts.numel() and not (bool(torch.isfinite(counts).all()) and float(counts.min()) >= 0):
+        _refuse("reference sample", "holds counts that are negative or not finite")
     _check_codes("reference sample's labels", labels, n_labels)
 
 
 def _check_prototypes(get, n_genes: int, n_labels: int) -> None:
     profiles, types = get("prototype_profiles"), get("prototype_types")
-    if profiles is None or types is None:
+    if profiles.numel() == 0 and types.numel() == 0:
         return
-    if profiles.ndim != 2 or profiles.shape[1] != n_genes or types.shape != (len(profiles),):
+    if (
+        types.is_floating_point()
+        or profiles.ndim != 2
+        or profiles.shape[1] != n_genes
+        or types.shape != (len(profiles),)
+    ):
         _refuse(
             "prototypes",
             f"have shapes {tuple(profiles.shape)} and {tuple(types.shape)}, not (prototypes x "
@@ -62,25 +70,22 @@ def _check_prototypes(get, n_genes: int, n_labels: int) -> None:
 
 def _check_sketch(get, n_genes: int, n_labels: int) -> None:
     loadings = get("sketch_loadings")
-    if loadings is None:
-        return
     center, cells, labels = get("sketch_center"), get("sketch_cells"), get("sketch_labels")
     moments, levels = get("sketch_moments"), get("sketch_level_moments")
     composition = get("sketch_composition")
-    parts = (center, cells, labels, moments, levels)
     if loadings.numel() == 0:  # no sketch (too few cells or genes): nothing else of it either
-        if any(part is not None and part.numel() for part in parts):
+        if any(part.numel() for part in (center, cells, labels, moments, levels)):
             _refuse("reference sketch", "holds parts without its loadings")
         return
-    if any(part is None for part in (*parts, composition)):
-        _refuse("reference sketch", "is incomplete")
+    if cells.numel() == 0:
+        _refuse("reference sketch", "holds loadings without its cells")
     n_pcs = loadings.shape[1] if loadings.ndim == 2 else -1
     shapes_fit = (
         loadings.shape[0] == n_genes
         and center.shape == (n_genes,)
-        and cells.ndim == 3
-        and cells.shape[2] == n_pcs
-        and (labels.numel() == 0 or labels.shape == (cells.shape[1],))
+        and cells.ndim in (2, 3)  # one depth level in saves from before the levels
+        and cells.shape[-1] == n_pcs
+        and (labels.numel() == 0 or labels.shape == (cells.shape[-2],))
         and composition.ndim == 1
         and len(composition) <= n_labels
     )
@@ -102,8 +107,9 @@ def check_saved_buffers(state_dict: dict, prefix: str, *, n_genes: int, n_labels
     fit a module of ``n_genes`` genes and ``n_labels`` types, with a ``ValueError`` naming the
     part."""
 
-    def get(name: str) -> torch.Tensor | None:
-        return state_dict.get(prefix + name)
+    def get(name: str) -> torch.Tensor:
+        # a part the file lacks is stored empty (a save from before it existed)
+        return state_dict.get(prefix + name, torch.zeros(0))
 
     _check_sample(get, n_genes, n_labels)
     _check_prototypes(get, n_genes, n_labels)

@@ -114,6 +114,11 @@ def _known_members(archive: Path) -> dict[str, bytes]:
         raise ValueError(
             f"{archive} is damaged or incomplete ({type(e).__name__}: {e}): download it again."
         ) from e
+    except (NotImplementedError, RuntimeError) as e:  # zipfile: Deflate64, encryption
+        raise ValueError(
+            f"{archive} cannot be read ({type(e).__name__}: {e}): pack the annotator's files "
+            "as a plain .zip or .tar.gz."
+        ) from e
     missing = {"config.json", "model.safetensors"} - set(found)
     if missing:
         raise ValueError(f"{archive} lacks {sorted(missing)}: not a pretrained scdl annotator.")
