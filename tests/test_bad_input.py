@@ -264,6 +264,11 @@ def test_ensembl_ids_differing_in_their_version_are_matched_by_the_hint():
     code = hint[hint.index("`import re") + 1 : hint.index("` (`genes`")]
     exec(code.replace("adata.var_names = ", "out = ").replace("adata.var_names", "names"), fix)
     assert fix["out"] == list(genes)
+    hint = scdl.data.renamed_hint(made, genes)  # a model trained on an R export
+    fix = {"names": list(genes)}
+    code = hint[hint.index("`import re") + 1 : hint.index("`, then")]
+    exec(code.replace("adata.var_names = ", "out = ").replace("adata.var_names", "names"), fix)
+    assert fix["out"] == list(made)
     assert scdl.data.renamed_hint(ids, ids) is None
     assert scdl.data.renamed_hint(ids, pd.Index([f"Gm{n}" for n in range(40)])) is None
     message = scdl.data.gene_mismatch_message(ids, versioned)

@@ -102,10 +102,12 @@ def _r_names(genes: pd.Index) -> pd.Index:
     return made.where(made.str.match(r"^([A-Za-z]|\.(?![0-9]))"), "X" + made)
 
 
-def renamed_hint(genes, var_names) -> str | None:
+def renamed_hint(genes, var_names, *, model_renamed: bool = True) -> str | None:
     """How to restore the model's ``genes`` when most of those ``var_names`` lacks are there
     under a mechanical rename (R's ``make.names``: 'HLA-DRA' as 'HLA.DRA'; an Ensembl ID with
-    or without its version suffix); ``None`` when no rename explains them."""
+    or without its version suffix); ``None`` when no rename explains them.
+    ``model_renamed``: also when the model's own names are R's (a model trained on an R
+    export)."""
     genes, names = pd.Index(genes).astype(str), pd.Index(var_names).astype(str)
     lacking = genes[~genes.isin(names)]
     if len(lacking) == 0:
@@ -115,9 +117,19 @@ def renamed_hint(genes, var_names) -> str | None:
     bare_names = names.str.replace(_ENSEMBL_VERSION, r"\1", regex=True)
     bare = lacking.str.replace(_ENSEMBL_VERSION, r"\1", regex=True)
     as_bare = bare.isin(bare_names)
-    n_made, n_bare = int(as_made.sum()), int(as_bare.sum())
-    if max(n_made, n_bare) < min(10, max(1, 0.5 * len(lacking))):
+    as_r = lacking.isin(_r_names(names)) if model_renamed else np.zeros(len(lacking), bool)
+    n_made, n_bare, n_r = int(as_made.sum()), int(as_bare.sum()), int(as_r.sum())
+    if max(n_made, n_bare, n_r) < min(10, max(1, 0.5 * len(lacking))):
         return None
+    if n_r > max(n_made, n_bare):
+        k = int(np.flatnonzero(as_r)[0])
+        return (
+            f"{n_r} of the model's genes the data lack are the data's names as R's make.names "
+            f"writes them (e.g. the model's {lacking[k]!r}: it was trained on an R export): "
+            "write the data's names the same way, `import re; adata.var_names = "
+            "[re.sub(r'^(?![A-Za-z]|\\.(?!\\d))', 'X', re.sub(r'[^A-Za-z0-9._]', '.', g)) for g "
+            "in adata.var_names]`, then `adata.var_names_make_unique()`"
+        )
     if n_made >= n_bare:
         k = int(np.flatnonzero(as_made)[0])
         return (
@@ -141,7 +153,9 @@ def renamed_hint(genes, var_names) -> str | None:
 def warn_renamed_genes(genes, var_names, present: np.ndarray) -> bool:
     """Warn, however few genes the data lack, when a mechanical rename explains them
     (:func:`renamed_hint`): their counts are in the file. Returns whether it warned."""
-    hint = None if present.all() else renamed_hint(genes, var_names)
+    # not for a model trained on R's names (e.g. GDSC's bulk file: 'HLA.DPA1'), whose every
+    # prediction would warn: its refusals still say so
+    hint = None if present.all() else renamed_hint(genes, var_names, model_renamed=False)
     if hint is not None:
         warn_user(
             f"The query holds {int(present.sum())} of the model's {len(present)} genes; {hint}.",
