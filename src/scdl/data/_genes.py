@@ -152,7 +152,7 @@ def renamed_hint(genes, var_names, *, model_renamed: bool = True) -> str | None:
 
 def warn_renamed_genes(genes, var_names, present: np.ndarray) -> bool:
     """Warn, however few genes the data lack, when a mechanical rename explains them
-    (:func:`renamed_hint`): their counts are in the file. Returns whether it warned."""
+    (:func:`~scdl.data.renamed_hint`): their counts are in the file. Returns whether it warned."""
     # not for a model trained on R's names (e.g. GDSC's bulk file: 'HLA.DPA1'), whose every
     # prediction would warn: its refusals still say so
     hint = None if present.all() else renamed_hint(genes, var_names, model_renamed=False)
