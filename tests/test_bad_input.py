@@ -253,7 +253,7 @@ def test_ensembl_ids_differing_in_their_version_are_matched_by_the_hint():
         hint = scdl.data.renamed_hint(genes, names)
         assert "another version suffix" in hint, hint
         fix = {"genes": list(genes), "names": list(names)}  # the fix as printed, run
-        code = hint[hint.index("`bare") + 1 : hint.index("` (`genes`")]
+        code = hint[hint.index("`import re") + 1 : hint.index("` (`genes`")]
         exec(code.replace("adata.var_names = ", "out = ").replace("adata.var_names", "names"), fix)
         assert fix["out"] == list(genes)
     # R's make.names, leading digits included (mouse RIKEN genes), restored by the printed fix
@@ -269,6 +269,17 @@ def test_ensembl_ids_differing_in_their_version_are_matched_by_the_hint():
     code = hint[hint.index("`import re") + 1 : hint.index("`, then")]
     exec(code.replace("adata.var_names = ", "out = ").replace("adata.var_names", "names"), fix)
     assert fix["out"] == list(made)
+    # the printed fix touches Ensembl IDs only: a symbol's dotted suffix is its own name
+    hint = scdl.data.renamed_hint(ids.append(pd.Index(["RP11-473M20.14"])), versioned)
+    fix = {"genes": [*ids, "RP11-473M20.14"], "names": [*versioned, "RP11-473M20.7"]}
+    code = hint[hint.index("`import re") + 1 : hint.index("` (`genes`")]
+    exec(code.replace("adata.var_names = ", "out = ").replace("adata.var_names", "names"), fix)
+    assert fix["out"] == [*ids, "RP11-473M20.7"]
+    # R's duplicate suffixes ('CRYBG3.1') in a model whose other names R never touched: writing
+    # the data's names as R does would lose more genes than it finds, so no hint
+    model = pd.Index([f"G{n}.1" for n in range(20)] + [f"RP{n}-2" for n in range(50)])
+    data = pd.Index([f"G{n}-1" for n in range(20)] + [f"RP{n}-2" for n in range(50)])
+    assert scdl.data.renamed_hint(model, data) is None
     assert scdl.data.renamed_hint(ids, ids) is None
     assert scdl.data.renamed_hint(ids, pd.Index([f"Gm{n}" for n in range(40)])) is None
     message = scdl.data.gene_mismatch_message(ids, versioned)

@@ -117,7 +117,11 @@ def renamed_hint(genes, var_names, *, model_renamed: bool = True) -> str | None:
     bare_names = names.str.replace(_ENSEMBL_VERSION, r"\1", regex=True)
     bare = lacking.str.replace(_ENSEMBL_VERSION, r"\1", regex=True)
     as_bare = bare.isin(bare_names)
-    as_r = lacking.isin(_r_names(names)) if model_renamed else np.zeros(len(lacking), bool)
+    as_r = np.zeros(len(lacking), bool)
+    # only when writing the data's names as R does matches more of the model's genes (R's
+    # duplicate suffixes, 'CRYBG3.1', also occur in models whose names R never touched)
+    if model_renamed and genes.isin(_r_names(names)).sum() > len(genes) - len(lacking):
+        as_r = lacking.isin(_r_names(names))
     n_made, n_bare, n_r = int(as_made.sum()), int(as_bare.sum()), int(as_r.sum())
     if max(n_made, n_bare, n_r) < min(10, max(1, 0.5 * len(lacking))):
         return None
@@ -144,9 +148,9 @@ def renamed_hint(genes, var_names, *, model_renamed: bool = True) -> str | None:
     return (
         f"{n_bare} of the model's genes the data lack are in adata.var_names with another "
         f"version suffix (e.g. {lacking[k]!r}): the same Ensembl IDs, so match them without "
-        "it: `bare = {g.split('.')[0]: g for g in genes}; adata.var_names = "
-        "[bare.get(g.split('.')[0], g) for g in adata.var_names]` (`genes`: the model's gene "
-        "names)"
+        "it (Ensembl IDs only): `import re; cut = lambda g: re.sub(r'^(ENS[A-Z]*\\d+)\\.\\d+$', "
+        "r'\\1', g); bare = {cut(g): g for g in genes}; adata.var_names = "
+        "[bare.get(cut(g), g) for g in adata.var_names]` (`genes`: the model's gene names)"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
 from contextlib import contextmanager
 from functools import partial
@@ -224,27 +225,38 @@ def integration_metrics(
     return res
 
 
+#: calls of integration_metrics running (threads): scipy's eigsh is replaced while any runs
+_ARPACK_LOCK = threading.Lock()
+_ARPACK_USERS = [0, None]  # how many, and scipy's own eigsh
+
+
 @contextmanager
 def _fixed_arpack_start():
     """scib-metrics' kBET embeds each type by diffusion, through ``scipy.sparse.linalg.eigsh``
     without a start vector: ARPACK's random one (from the process's earlier calls, from the OS
     since SciPy 1.18) flips eigenvectors' signs, which moves the exact neighbours and kBET
     (0.455 or 0.505 for the same input). A fixed start vector, while the metrics run, gives the
-    same scores for the same input."""
+    same scores for the same input; scipy's own function is put back after the last call."""
     import scipy.sparse.linalg as linalg
 
-    eigsh = linalg.eigsh
+    with _ARPACK_LOCK:
+        if _ARPACK_USERS[0] == 0:
+            eigsh = _ARPACK_USERS[1] = linalg.eigsh
 
-    def seeded(a, k=6, *args, v0=None, **kwargs):
-        if v0 is None:
-            v0 = np.random.default_rng(0).uniform(-1.0, 1.0, a.shape[0])
-        return eigsh(a, k, *args, v0=v0, **kwargs)
+            def seeded(A, k=6, *args, v0=None, **kwargs):  # scipy's own signature
+                if v0 is None:
+                    v0 = np.random.default_rng(0).uniform(-1.0, 1.0, A.shape[0])
+                return eigsh(A, k, *args, v0=v0, **kwargs)
 
-    linalg.eigsh = seeded
+            linalg.eigsh = seeded
+        _ARPACK_USERS[0] += 1
     try:
         yield
     finally:
-        linalg.eigsh = eigsh
+        with _ARPACK_LOCK:
+            _ARPACK_USERS[0] -= 1
+            if _ARPACK_USERS[0] == 0:
+                linalg.eigsh = _ARPACK_USERS[1]
 
 
 @contextmanager
