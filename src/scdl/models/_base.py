@@ -292,7 +292,6 @@ class SafeSaveLoadMixin:
             attrs = _decode(config["attrs"])
             registry = attrs.pop("registry_")
             _check_genes_agree(config, registry, files)
-        with config_errors(files):
             check_saved_attrs(files, attrs, registry, cls.__name__, len(config["var_names"]))
         if without_data:
             adata = None
