@@ -118,10 +118,12 @@ def renamed_hint(genes, var_names, *, model_renamed: bool = True) -> str | None:
     bare = lacking.str.replace(_ENSEMBL_VERSION, r"\1", regex=True)
     as_bare = bare.isin(bare_names)
     as_r = np.zeros(len(lacking), bool)
-    # only when writing the data's names as R does matches more of the model's genes (R's
-    # duplicate suffixes, 'CRYBG3.1', also occur in models whose names R never touched)
-    if model_renamed and genes.isin(_r_names(names)).sum() > len(genes) - len(lacking):
-        as_r = lacking.isin(_r_names(names))
+    if model_renamed:
+        # only when writing the data's names as R does matches more of the model's genes (R's
+        # duplicate suffixes, 'CRYBG3.1', also occur in models whose names R never touched)
+        r_names = _r_names(names)
+        if genes.isin(r_names).sum() > len(genes) - len(lacking):
+            as_r = lacking.isin(r_names)
     n_made, n_bare, n_r = int(as_made.sum()), int(as_bare.sum()), int(as_r.sum())
     if max(n_made, n_bare, n_r) < min(10, max(1, 0.5 * len(lacking))):
         return None
@@ -154,9 +156,9 @@ def renamed_hint(genes, var_names, *, model_renamed: bool = True) -> str | None:
     )
 
 
-def warn_renamed_genes(genes, var_names, present: np.ndarray) -> bool:
+def warn_renamed_genes(genes, var_names, present: np.ndarray) -> None:
     """Warn, however few genes the data lack, when a mechanical rename explains them
-    (:func:`~scdl.data.renamed_hint`): their counts are in the file. Returns whether it warned."""
+    (:func:`~scdl.data.renamed_hint`): their counts are in the file."""
     # not for a model trained on R's names (e.g. GDSC's bulk file: 'HLA.DPA1'), whose every
     # prediction would warn: its refusals still say so
     hint = None if present.all() else renamed_hint(genes, var_names, model_renamed=False)
@@ -165,7 +167,6 @@ def warn_renamed_genes(genes, var_names, present: np.ndarray) -> bool:
             f"The query holds {int(present.sum())} of the model's {len(present)} genes; {hint}.",
             UserWarning,
         )
-    return hint is not None
 
 
 def best_var_column(genes, var: pd.DataFrame, *, floor: int = 0) -> tuple[str | None, int]:

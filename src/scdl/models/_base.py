@@ -288,8 +288,9 @@ class SafeSaveLoadMixin:
                 f"scdl.models.{config['model_class']}.load."
             )
         _, _, torch_device = resolve_device(accelerator, device, single=True)
-        with config_errors(files):
+        with config_errors(files, values=True):
             attrs = _decode(config["attrs"])
+        with config_errors(files):
             registry = attrs.pop("registry_")
             _check_genes_agree(config, registry, files)
             check_saved_attrs(files, attrs, registry, cls.__name__, len(config["var_names"]))

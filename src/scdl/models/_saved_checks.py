@@ -28,13 +28,15 @@ _MALFORMED = (
 
 
 @contextlib.contextmanager
-def config_errors(files: SavedFiles):
-    """Name the config when reading it or building its model fails on a malformed field."""
+def config_errors(files: SavedFiles, *, values: bool = False):
+    """Name the config when reading it or building its model fails on a malformed field;
+    ``values``: numpy's and pandas' ``ValueError`` too (decoding a ragged or mistyped array),
+    where no check of scdl's raises one."""
     try:
         yield
     except (*_MALFORMED, ValueError) as e:
-        if isinstance(e, ValueError) and "`.save()`" in str(e):  # scdl's own, with the fix
-            raise ValueError(f"{files}: {e}") from e
+        if isinstance(e, ValueError) and not values:
+            raise
         raise ValueError(
             f"{files}: {files.config_name} does not describe a model scdl can build "
             f"({type(e).__name__}: {e}): the file was edited or is corrupt. Save the model "
