@@ -101,8 +101,23 @@ def test_missing_genes_warning_names_the_genes_in_raw(trained, cellbench):
     cells = cellbench[:60].copy()
     cells.raw = cells
     cut = cells[:, ~cells.var_names.isin(trained.genes[: len(trained.genes) // 2])].copy()
-    with pytest.warns(UserWarning, match=r"adata.raw holds \d+ of them: predict from it"):
+    with pytest.warns(UserWarning, match=r"adata.raw holds \d+ of the model's genes: predict"):
         scdl.tl.drug_response(cut, model=trained)
+
+
+def test_log1p_refusal_of_a_gene_subset_names_raw(trained, cellbench):
+    """Log-normalised cells cut to variable genes (their totals spread) cannot be read as
+    log1p; the refusal says .raw holds every gene and how to predict from it."""
+    import scanpy as sc
+
+    cells = cellbench[:200].copy()
+    sc.pp.normalize_total(cells, target_sum=1e4)
+    sc.pp.log1p(cells)
+    cells.raw = cells
+    cut = cells[:, cells.var_names[::3]].copy()
+    with pytest.raises(ValueError, match=r"nor is it log1p.*adata.raw holds \d+ of the model's"):
+        trained.predict(cut, modality="log1p")
+    assert len(trained.predict(cut.raw.to_adata(), modality="log1p")) == 200
 
 
 def test_gdsc_loader_joins_expression_and_response(gdsc):
@@ -124,6 +139,16 @@ def test_gdsc_loader_joins_expression_and_response(gdsc):
     line = gdsc.obs_names[gdsc.obs["cell_line_key"] == "HCC827"][0]
     assert table.loc[line, "Gefitinib"] == pytest.approx(rows["value"].mean())
     assert "cell_line_key" in gdsc.obs and np.isfinite(np.asarray(gdsc.X)).all()
+
+
+def test_gdsc_gene_names_are_the_cells_names(gdsc, trained, cellbench):
+    """The carrier's file went through R's make.names ('HLA-DRA' as 'HLA.DRA'): restored, so
+    the cells' HLA and NKX genes reach the model instead of being left out as missing."""
+    names = gdsc.var_names
+    assert {"HLA-DRA", "HLA-A", "NKX2-1", "NME1-NME2"} <= set(names) and names.is_unique
+    assert not names.str.contains(".", regex=False).any()
+    hla = [g for g in ("HLA-A", "HLA-B", "HLA-C", "HLA-E") if g in cellbench.var_names]
+    assert len(hla) == 4 and set(hla) <= set(trained.genes)
 
 
 def test_gdsc_joins_nci_lines_written_without_the_prefix(gdsc):
@@ -292,8 +317,10 @@ def test_transfer_ranks_five_unseen_lines_better_than_ridge_on_pseudobulk(gdsc, 
     def score(pred):
         return np.mean([spearmanr(pred.loc[lines, d], measured[d])[0] for d in drugs])
 
-    # measured with these settings, seed 0: 0.340 vs 0.299 (163 drugs)
-    assert score(scdl_lines) > score(ridge) + 0.02, (score(scdl_lines), score(ridge))
+    # measured with these settings, seed 0: 0.343 vs 0.324 (163 drugs); 0.340 vs 0.299 while
+    # the loader left out the GDSC file's R-renamed genes (HLA-*), which the ridge gains most
+    # from (benchmarks/drug_response.py, seeds 0-2: 0.350 +- 0.003 vs 0.324)
+    assert score(scdl_lines) > score(ridge) + 0.01, (score(scdl_lines), score(ridge))
 
 
 def line_means(pred, cells):

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from scdl._warnings import warn_user
+
 from ._arguments import check_positive_int
 from ._drug_checks import MIN_SHARED_GENES, shared_genes
 from ._genes import gene_positions
@@ -198,6 +200,8 @@ def neighbor_weights(
         if row_scale is not None:
             logp *= row_scale[:, None]
         logp = np.log1p(logp, out=logp)
+    if not (logp.nnz if sparse.issparse(logp) else np.count_nonzero(logp)):
+        return None  # every row empty in these genes: nothing to tell neighbours apart by
     n_comp = max(1, min(n_pcs, n - 1, profiles.shape[1] - 1))
     # exact PCA (ARPACK, as scanpy's default): sklearn's randomized solver samples over the
     # cells of a wide matrix, so each cell's neighbours depended on the order of the cells
@@ -294,11 +298,20 @@ class CountProfiles:
         x = in_memory(x)
         # summed in float64: a float16 matrix would sum in float16 and overflow above 65,504
         library = np.asarray(x.sum(axis=1, dtype=np.float64)).ravel()
+        any_counts = bool((library > 0).any())
         library[library == 0] = 1.0
         self.to_cp = target_sum / library  # each row's factor to counts per target_sum
         sub = x[:, self.positions[self.present]]
         # only the genes' counts are kept (a backed file's whole read is let go with x)
         self.counts = _narrow(sparse.csr_matrix(sub) if sparse.issparse(sub) else np.asarray(sub))
+        nonzero = self.counts.nnz if sparse.issparse(self.counts) else np.count_nonzero(self.counts)
+        if nonzero == 0 and any_counts:  # cells empty in every gene are said elsewhere
+            warn_user(
+                f"No cell has a count in the model's {int(self.present.sum())} genes the data "
+                "hold (every value in them is 0): every cell gets the prediction of an empty "
+                "cell. Pass the layer or file that holds those genes' counts.",
+                UserWarning,
+            )
         # a row is W[row] @ diag(to_cp) @ counts, W the neighbour average (none: the identity)
         self.weights = (
             neighbor_weights(self.counts, n_neighbors, row_scale=self.to_cp)

@@ -34,17 +34,17 @@ def gene_mismatch_message(
     missing = ref.difference(qry)
     extra = qry.difference(ref)
     if len(missing):
-        # padding genes that are there under another spelling would zero their counts
+        found, hint = identifier_fix(ref, qry, var)
+        # padding genes that are there under another name or case would zero their counts
         pad_fix = (
             ", or pad the missing genes with zeros with `VAE.prepare_query_anndata(query, "
             "model)` if only a few are absent"
-            if pad and renamed_hint(ref, qry) is None
+            if pad and found not in FOUND_ELSEWHERE
             else ""
         )
         return (
             f"The query lacks {len(missing)} of the model's {len(ref)} genes "
-            f"(e.g. {missing[:5].tolist()}). "
-            f"{identifier_hint(ref, qry, var)}{pad_fix}."
+            f"(e.g. {missing[:5].tolist()}). {hint}{pad_fix}."
         )
     if len(extra):
         return (
@@ -66,13 +66,13 @@ _CASES = ("upper", "lower", "capitalize")
 
 def _case_fix(genes: pd.Index) -> str:
     """The rewrite of ``adata.var_names`` that spells them as ``genes`` are spelled: one case
-    method that nearly every model gene follows (human symbols: upper, bar a few like
-    'C1orf112'), else a lookup through the model's own names (mixed spellings, e.g. worm
-    'WBGene00000001')."""
-    share = {m: float((genes == getattr(genes.str, m)()).mean()) for m in _CASES}
-    method = max(share, key=share.get)
-    if share[method] >= 0.95:
-        return f"`adata.var_names = adata.var_names.str.{method}()`"
+    method that every model gene follows, else a lookup through the model's own names (human
+    symbols such as 'C1orf112', mouse 'mt-Co1', worm 'WBGene00000001')."""
+    # a method most genes follow loses the others ('C15orf48' under .upper(), 'mt-Co1' under
+    # .capitalize()), silently: only one that every gene follows is offered
+    for method in _CASES:
+        if (genes == getattr(genes.str, method)()).all():
+            return f"`adata.var_names = adata.var_names.str.{method}()`"
     return (
         "`spelling = {g.upper(): g for g in genes}; adata.var_names = "
         "[spelling.get(g.upper(), g) for g in adata.var_names]` (`genes`: the model's gene "
@@ -94,6 +94,13 @@ _OTHER_KIND_FIX = {
 _ENSEMBL_VERSION = r"^(ENS[A-Z]*\d+)\.\d+$"
 
 
+#: scater's uniquifyFeatureNames suffix: an Ensembl ID after '_'
+_SCATER_SUFFIX = r"_ENS[A-Z]*\d+(?:\.\d+)?$"
+
+#: a multi-genome reference's prefix (Cell Ranger: 'GRCh38_', 'mm10___'); symbols hold no '_'
+_GENOME_PREFIX = r"^([A-Za-z][A-Za-z0-9.]*?\d[A-Za-z0-9.]*_+)([^_].*)$"
+
+
 def _r_names(genes: pd.Index) -> pd.Index:
     """``genes`` as R's ``make.names`` writes them (Seurat objects, CSV exports): characters
     other than letters, digits, '.' and '_' as '.', and an 'X' before a name that does not
@@ -105,13 +112,19 @@ def _r_names(genes: pd.Index) -> pd.Index:
 def renamed_hint(genes, var_names, *, model_renamed: bool = True) -> str | None:
     """How to restore the model's ``genes`` when most of those ``var_names`` lacks are there
     under a mechanical rename (R's ``make.names``: 'HLA-DRA' as 'HLA.DRA'; an Ensembl ID with
-    or without its version suffix); ``None`` when no rename explains them.
+    or without its version suffix; scater's 'HLA-DRA_ENSG00000204287'; a multi-genome
+    reference's 'GRCh38_HLA-DRA'); ``None`` when no rename explains them.
     ``model_renamed``: also when the model's own names are R's (a model trained on an R
     export)."""
+    return _renamed(genes, var_names, model_renamed)[0]
+
+
+def _renamed(genes, var_names, model_renamed: bool) -> tuple[str | None, int]:
+    """:func:`renamed_hint` and how many of the lacking genes its rename finds."""
     genes, names = pd.Index(genes).astype(str), pd.Index(var_names).astype(str)
     lacking = genes[~genes.isin(names)]
     if len(lacking) == 0:
-        return None
+        return None, 0
     made = _r_names(lacking)
     as_made = made.isin(names)
     bare_names = names.str.replace(_ENSEMBL_VERSION, r"\1", regex=True)
@@ -124,9 +137,42 @@ def renamed_hint(genes, var_names, *, model_renamed: bool = True) -> str | None:
         r_names = _r_names(names)
         if genes.isin(r_names).sum() > len(genes) - len(lacking):
             as_r = lacking.isin(r_names)
+    # scater's uniquifyFeatureNames (Bioconductor exports): 'HLA-DRA_ENSG00000204287' for a
+    # symbol several IDs share, in the data or in the model's own names
+    unsuffixed = names.str.replace(_SCATER_SUFFIX, "", regex=True)
+    as_sfx = lacking.isin(unsuffixed[unsuffixed != names]) | (
+        lacking.str.contains(_SCATER_SUFFIX, regex=True)
+        & lacking.str.replace(_SCATER_SUFFIX, "", regex=True).isin(names)
+    )
+    # Cell Ranger's multi-genome references: 'GRCh38_CD3E' beside 'mm10___Cd3e'
+    split = names.str.extract(_GENOME_PREFIX)
+    prefix, n_pre = None, 0
+    if split[0].notna().any():
+        found = split[split[1].isin(lacking)]
+        if len(found):
+            prefix = str(found[0].value_counts().index[0])
+            n_pre = int(lacking.isin(found.loc[found[0] == prefix, 1]).sum())
     n_made, n_bare, n_r = int(as_made.sum()), int(as_bare.sum()), int(as_r.sum())
-    if max(n_made, n_bare, n_r) < min(10, max(1, 0.5 * len(lacking))):
-        return None
+    n_sfx = int(as_sfx.sum())
+    if max(n_made, n_bare, n_r, n_sfx, n_pre) < min(10, max(1, 0.5 * len(lacking))):
+        return None, 0
+    if n_pre > max(n_made, n_bare, n_r, n_sfx):
+        return (
+            f"{n_pre} of the model's genes the data lack are in adata.var_names behind the "
+            f"genome prefix {prefix!r} (a multi-genome reference): keep that genome's genes "
+            f"without it, `adata = adata[:, adata.var_names.str.startswith({prefix!r})].copy(); "
+            f"adata.var_names = adata.var_names.str.removeprefix({prefix!r})`"
+        ), n_pre
+    if n_sfx > max(n_made, n_bare, n_r):
+        k = int(np.flatnonzero(as_sfx)[0])
+        return (
+            f"{n_sfx} of the model's genes the data lack differ from adata.var_names by an "
+            f"Ensembl ID after '_' (e.g. {lacking[k]!r}; scater's uniquifyFeatureNames writes "
+            "'SYMBOL_ENSG...' for a symbol several IDs share): match them without it, `import "
+            f"re; cut = lambda g: re.sub(r'{_SCATER_SUFFIX}', '', g); plain = {{cut(g): g for g "
+            "in genes}; adata.var_names = [plain.get(cut(g), g) for g in adata.var_names]`, "
+            "then `adata.var_names_make_unique()` (`genes`: the model's gene names)"
+        ), n_sfx
     if n_r > max(n_made, n_bare):
         k = int(np.flatnonzero(as_r)[0])
         return (
@@ -135,7 +181,7 @@ def renamed_hint(genes, var_names, *, model_renamed: bool = True) -> str | None:
             "write the data's names the same way, `import re; adata.var_names = "
             "[re.sub(r'^(?![A-Za-z]|\\.(?!\\d))', 'X', re.sub(r'[^A-Za-z0-9._]', '.', g)) for g "
             "in adata.var_names]`, then `adata.var_names_make_unique()`"
-        )
+        ), n_r
     if n_made >= n_bare:
         k = int(np.flatnonzero(as_made)[0])
         return (
@@ -145,7 +191,7 @@ def renamed_hint(genes, var_names, *, model_renamed: bool = True) -> str | None:
             "|\\.(?!\\d))', 'X', re.sub(r'[^A-Za-z0-9._]', '.', g)): g for g in genes}; "
             "adata.var_names = [made.get(g, g) for g in adata.var_names]` (`genes`: the model's "
             "gene names)"
-        )
+        ), n_made
     k = int(np.flatnonzero(as_bare)[0])
     return (
         f"{n_bare} of the model's genes the data lack are in adata.var_names with another "
@@ -153,15 +199,30 @@ def renamed_hint(genes, var_names, *, model_renamed: bool = True) -> str | None:
         "it (Ensembl IDs only): `import re; cut = lambda g: re.sub(r'^(ENS[A-Z]*\\d+)\\.\\d+$', "
         "r'\\1', g); bare = {cut(g): g for g in genes}; adata.var_names = "
         "[bare.get(cut(g), g) for g in adata.var_names]` (`genes`: the model's gene names)"
-    )
+    ), n_bare
 
 
 def warn_renamed_genes(genes, var_names, present: np.ndarray) -> None:
-    """Warn, however few genes the data lack, when a mechanical rename explains them
-    (:func:`~scdl.data.renamed_hint`): their counts are in the file."""
-    # not for a model trained on R's names (e.g. GDSC's bulk file: 'HLA.DPA1'), whose every
-    # prediction would warn: its refusals still say so
-    hint = None if present.all() else renamed_hint(genes, var_names, model_renamed=False)
+    """Warn, however few genes the data lack, when a mechanical rename
+    (:func:`~scdl.data.renamed_hint`) or a change of case explains them: their counts are in
+    the file."""
+    # not for a model trained on R's names (e.g. a bulk file read straight from an R export:
+    # 'HLA.DPA1'), whose every prediction would warn: its refusals still say so
+    if present.all():
+        return
+    hint = renamed_hint(genes, var_names, model_renamed=False)
+    if hint is None:
+        # the genes a whole-file case change would lose ('C15orf48' under .upper())
+        genes, names = pd.Index(genes).astype(str), pd.Index(var_names).astype(str)
+        lacking = genes[~np.asarray(present, bool)]
+        cased = lacking[lacking.str.upper().isin(names[~names.isin(genes)].str.upper())]
+        if len(cased) >= min(10, max(1, 0.5 * len(lacking))):
+            hint = (
+                f"{len(cased)} of the genes it lacks are in adata.var_names in another case "
+                f"(e.g. {cased[:3].tolist()}): match them, `spelling = {{g.upper(): g for g in "
+                "genes}; adata.var_names = [spelling.get(g.upper(), g) for g in "
+                "adata.var_names]` (`genes`: the model's gene names)"
+            )
     if hint is not None:
         warn_user(
             f"The query holds {int(present.sum())} of the model's {len(present)} genes; {hint}.",
@@ -169,51 +230,90 @@ def warn_renamed_genes(genes, var_names, present: np.ndarray) -> None:
         )
 
 
-def best_var_column(genes, var: pd.DataFrame, *, floor: int = 0) -> tuple[str | None, int]:
+def best_var_column(
+    genes, var: pd.DataFrame, *, floor: int = 0, any_case: bool = False
+) -> tuple[str | None, int]:
     """The text column of ``var`` holding the most of ``genes`` (more than ``floor``), and how
-    many it holds; ``(None, floor)`` when none holds more."""
+    many it holds; ``(None, floor)`` when none holds more. ``any_case``: matched whatever the
+    case ('Cd3e' holds 'CD3E')."""
     genes = pd.Index(genes).astype(str)
+    if any_case:
+        genes = genes.str.upper()
     best, best_n = None, floor
     for column in var.columns:
         values = var[column]
         if values.dtype.kind in "biufc":  # identifiers are text
             continue
-        n = int(genes.isin(pd.Index(values.astype(str))).sum())
+        values = pd.Index(values.astype(str))
+        n = int(genes.isin(values.str.upper() if any_case else values).sum())
         if n > best_n:
             best, best_n = column, n
     return best, best_n
 
 
-def identifier_hint(
+#: what identifier_fix found: the genes are in the file under another name, so neither
+#: padding them with zeros nor lowering the overlap the call needs is the fix
+FOUND_ELSEWHERE = frozenset({"column", "rename", "case"})
+
+
+def identifier_fix(
     genes: pd.Index, var_names: pd.Index, var: pd.DataFrame | None, *, other_kind: str = "train"
-) -> str:
-    """How to give the query the model's gene identifiers: a var column holding more of them
-    than ``var_names`` (and than a change of case would), names that differ in case only, a
-    query cut to a few genes, or a generic hint. ``other_kind``: the fix for data of another
-    species (``"train"``: a model of its own; ``"human"``: orthologues of the human genes)."""
+) -> tuple[str, str]:
+    """:func:`identifier_hint` with what it found: ``"column"`` (a var column holds them),
+    ``"rename"`` (a mechanical rename), ``"case"``, ``"numbers"`` (the names are row
+    numbers), ``"none"`` (no gene in common), ``"panel"`` (a query cut to a few genes) or
+    ``"other"``."""
     other = _OTHER_KIND_FIX[other_kind]
     genes = pd.Index(genes).astype(str)
     names = pd.Index(var_names).astype(str)
     n_names = int(genes.isin(names).sum())
     n_case = int(genes.str.upper().isin(names.str.upper()).sum())
+    species = (
+        f"if the data are of the model's species written in another case, match them: "
+        f"{_case_fix(genes)}; if they are another species' genes (mouse Isg15 vs human "
+        f"ISG15), {other}"
+    )
     if var is not None:
         best, best_n = best_var_column(genes, var, floor=max(n_names, n_case))
+        # CELLxGENE's layout for mouse data: Ensembl IDs as names, 'Cd3e' in a column
+        cased, cased_n = best_var_column(
+            genes, var, floor=max(n_names, n_case, best_n), any_case=True
+        )
+        if cased is not None:
+            as_written = int(genes.isin(pd.Index(var[cased].astype(str))).sum())
+            return "case", (
+                f"adata.var[{cased!r}] holds {cased_n} of them in another case ({as_written} as "
+                f"written): use it as the names, `adata.var_names = adata.var[{cased!r}]"
+                f".astype(str)`, then `adata.var_names_make_unique()`; then, {species}"
+            )
         if best is not None:
-            return (
+            return "column", (
                 f"adata.var[{best!r}] holds {best_n} of them: use it as the names, "
                 f"`adata.var_names = adata.var[{best!r}].astype(str)`, then "
                 "`adata.var_names_make_unique()`"
             )
-    renamed = renamed_hint(genes, names)
+    panel = (
+        f"The data hold {len(names)} genes: if they were cut to highly variable genes (or a "
+        "panel), pass every gene the file holds (e.g. `adata.raw.to_adata()`); the model "
+        "reads its own genes"
+    )
+    renamed, n_renamed = _renamed(genes, names, True)
+    n_found = n_names + n_renamed
+    cut = len(names) < 0.5 * len(genes) or (len(names) <= 5_000 and n_found < 0.5 * len(genes))
     if renamed is not None:
-        return renamed
+        # a rename that finds a few genes of a panel: the panel is the larger problem
+        return ("panel", f"{renamed}. {panel}") if cut else ("rename", renamed)
     if n_case > max(n_names, 0.5 * len(genes)):
         # the exact matches are counted in n_case too: the message counts the others
-        return (
+        return "case", (
             f"{n_case - n_names} more of them occur in adata.var_names in another case (e.g. "
-            f"{genes[:2].tolist()}). If the data are of the model's species with the names "
-            f"written in another case, match them: {_case_fix(genes)}; if they are another "
-            f"species' genes (mouse Isg15 vs human ISG15), {other}"
+            f"{genes[:2].tolist()}). {species[0].upper()}{species[1:]}"
+        )
+    if len(names) and names.str.fullmatch(r"\d+").mean() > 0.9:
+        return "numbers", (
+            f"adata.var_names are row numbers (e.g. {names[:3].tolist()}): the matrix was read "
+            "without its gene names. Set them from the file's gene list (e.g. 10x's "
+            "features.tsv.gz, or read the folder with `sc.read_10x_mtx`)"
         )
     if n_names == 0 and n_case == 0:  # nothing in common, in any var column or case
         then = (
@@ -221,21 +321,28 @@ def identifier_hint(
             if other_kind == "train"
             else f"Then {other}"
         )
-        return (
+        return "none", (
             "None of its genes occur in the data under any name in var_names or a var column: "
             f"is the data from another species or gene panel? {then} (or convert the "
             "identifiers, e.g. symbols vs Ensembl IDs)"
         )
-    if len(names) < 0.5 * len(genes) or (len(names) <= 5_000 and n_names < 0.5 * len(genes)):
-        return (
-            f"The data hold {len(names)} genes: if they were cut to highly variable genes (or a "
-            "panel), pass every gene the file holds (e.g. `adata.raw.to_adata()`); the model "
-            "reads its own genes"
-        )
-    return (
+    if cut:
+        return "panel", panel
+    return "other", (
         "Use the same gene identifiers as the model (symbols vs Ensembl IDs?), or set "
         "adata.var_names from the var column that holds them"
     )
+
+
+def identifier_hint(
+    genes: pd.Index, var_names: pd.Index, var: pd.DataFrame | None, *, other_kind: str = "train"
+) -> str:
+    """How to give the query the model's gene identifiers: a var column holding more of them
+    than ``var_names`` (and than a change of case would; in any case), a mechanical rename,
+    names that differ in case only, row numbers for names, a query cut to a few genes, or a
+    generic hint. ``other_kind``: the fix for data of another species (``"train"``: a model of
+    its own; ``"human"``: orthologues of the human genes)."""
+    return identifier_fix(genes, var_names, var, other_kind=other_kind)[1]
 
 
 def gene_positions(var_names, genes, *, what: str = "model") -> np.ndarray:
@@ -304,13 +411,14 @@ def gene_columns(
                 " If the data simply holds fewer of them, lower `min_gene_overlap` "
                 "(`scdl.tl.annotate`, `predict`; `scdl annotate --min-gene-overlap`)."
             )
-        lower = lower_hint if n_present else ""
+        found, hint = identifier_fix(genes, adata.var_names, adata.var)
+        # the genes are in the file under another name: fewer of them is not the fix
+        lower = lower_hint if n_present and found not in FOUND_ELSEWHERE else ""
         raise ValueError(
             f"Only {n_present} of the {what}'s {len(genes)} genes ({n_present / len(genes):.1%}) "
             f"occur in adata.var_names (e.g. {example}; the {what}'s missing ones: "
             f"{genes[~present][:3].tolist()}); "
-            f"at least {needed} needed. "
-            f"{identifier_hint(genes, adata.var_names, adata.var)}.{lower}"
+            f"at least {needed} needed. {hint}.{lower}"
         )
     return col, present
 

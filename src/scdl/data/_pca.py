@@ -72,6 +72,7 @@ def unintegrated_pca(
         sc.pp.log1p(tmp)
     if tmp.n_vars > n_top_genes:
         sc.pp.highly_variable_genes(tmp, n_top_genes=n_top_genes, subset=True)
+    _check_values(tmp.X, "the data's genes")
     n_comps = max(1, min(n_comps, tmp.n_obs - 1, tmp.n_vars - 1))
     sc.pp.pca(tmp, n_comps=n_comps, random_state=0)
     return tmp.obsm["X_pca"]
@@ -121,7 +122,7 @@ def genes_pca(
     ValueError, TypeError
         The data are neither counts nor log-normalised counts (as
         :func:`scdl.data.input_kind`), or fewer than 2 cells, or ``n_comps`` below 1, or
-        ``adata.var_names`` has duplicates.
+        ``adata.var_names`` has duplicates, or every value of ``genes`` is 0.
     """
     import anndata
     import scanpy as sc
@@ -165,10 +166,22 @@ def genes_pca(
         scale = np.where(total > 0, 1e4 / np.maximum(total, 1e-12), 0.0).astype(np.float32)
         sub.data *= np.repeat(scale, np.diff(sub.indptr))
         np.log1p(sub.data, out=sub.data)
+    _check_values(sub, f"the {len(genes)} genes")
     tmp = anndata.AnnData(X=sub)
     n_comps = max(1, min(n_comps, tmp.n_obs - 1, tmp.n_vars - 1))
     sc.pp.pca(tmp, n_comps=n_comps, random_state=0)
     return tmp.obsm["X_pca"]
+
+
+def _check_values(x, what: str) -> None:
+    """ARPACK fails on a matrix of zeros (its starting vector is zero): said first."""
+    from scipy import sparse
+
+    if not (x.nnz if sparse.issparse(x) else np.count_nonzero(x)):
+        raise ValueError(
+            f"Every value of {what} is 0 in every cell: a PCA has nothing to find. Pass the "
+            "layer that holds their counts."
+        )
 
 
 def _check_genes(n_genes: int) -> None:

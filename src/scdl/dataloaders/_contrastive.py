@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scvi.external.contrastivevi import ContrastiveDataSplitter
 
@@ -34,8 +36,25 @@ class ContrastiveSplitter(ContrastiveDataSplitter):
             target_indices=[int(i) for i in target_indices],
             **kwargs,
         )
+        if self.external_indexing is None:
+            # scvi-tools moves a group's last 1-2 training cells (its remainder in minibatches)
+            # to validation, which left a group of 1-2 cells out of training entirely; the
+            # minibatches here mix both groups, so a group's remainder is no minibatch's size
+            n_bg, n_tg = self.n_background, self.n_target
+            self.n_background_train, self.n_background_val = self._split(n_bg)
+            self.n_target_train, self.n_target_val = self._split(n_tg)
+            self.n_train = self.n_background_train + self.n_target_train
+            self.n_val = self.n_background_val + self.n_target_val
         self.is_target = np.zeros(adata_manager.adata.n_obs, dtype=bool)
         self.is_target[self.target_indices] = True
+
+    def _split(self, n: int) -> tuple[int, int]:
+        """Training and validation cells of a group of ``n``, as scvi-tools counts them
+        (``train_size`` rounded up, ``validation_size`` down) without its remainder rule."""
+        n_train = math.ceil(self.train_size * n)
+        if self.validation_size is None:
+            return n_train, n - n_train
+        return n_train, math.floor(n * self.validation_size)
 
     def _loader(self, indices, *, shuffle: bool, drop_last):
         if len(indices) == 0:

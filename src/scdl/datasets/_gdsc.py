@@ -13,6 +13,7 @@ from ._fetch import cache_dir, fetch_file
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    import pandas as pd
     from anndata import AnnData
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,16 @@ def _nci_variant(key: str, known: set[str]) -> str | None:
     return None
 
 
+def _hgnc_names(names: pd.Index) -> pd.Index:
+    """The carrier's gene names as HGNC and 10x files write them: it went through R's
+    ``make.names``, which writes 'HLA-DRA' as 'HLA.DRA' ('NKX2-1', 'NME1-NME2', 'SNORD116-20'
+    too), so those genes found no cell's gene and were left out of every model. HGNC symbols
+    hold no '.', so each '.' was a '-'; a name whose restored form is already there is kept."""
+    restored = names.str.replace(".", "-", regex=False)
+    keep = (restored == names) | restored.isin(names) | restored.duplicated(keep=False)
+    return names.where(keep, restored)
+
+
 def _check_choice(value: str, arg: str, choices: Iterable[str], extra: str = "") -> None:
     choices = list(choices)
     if value not in choices:
@@ -134,7 +145,8 @@ def gdsc(
     Returns
     -------
     AnnData of cell lines x genes (profiles that are constant across genes, e.g. all zero,
-    are dropped) with
+    are dropped; gene names as HGNC writes them, 'HLA-DRA', where the carrier's file has R's
+    'HLA.DRA') with
 
     ``obs["cell_line_key"]``
         The join key: the line's name in upper case without punctuation ("NCI-H1975" is
@@ -182,6 +194,7 @@ def gdsc(
         files[name] = fetch_file(name, sha256=sha, url=url, path=folder)
 
     bulk = anndata.read_h5ad(files[_EXPRESSION[0]])
+    bulk.var_names = _hgnc_names(bulk.var_names)
     x = np.asarray(bulk.X)
     constant = x.std(axis=1) == 0
     if constant.any():

@@ -84,6 +84,14 @@ class AnnotatorCalibrationMixin:
         labels = labels.astype(int)
         threshold, how, genes = calibrate_threshold(x_log, labels, batches.astype(int), seed=seed)
         self.cluster_threshold_, self.novelty_calibration_ = float(threshold), how
+        if not np.isfinite(threshold):
+            warn_user(
+                f"The reference ({len(labels)} cells) is too small to calibrate the Unknown "
+                "call (no held-out part of 10 or more cells): this annotator calls no cell "
+                "Unknown. Train on more labelled cells for a novelty call, or annotate with "
+                "`unknown=False` to say so.",
+                UserWarning,
+            )
         self.novelty_rule_ = "prototypes"
         self.novelty_genes_ = genes
         # the types' states, standardised by the reference statistics as the centroids are

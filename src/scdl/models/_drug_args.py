@@ -36,8 +36,8 @@ def check_model_args(adata, target, target_layer, input_scale, prediction: str) 
                 f"target is a {type(target).__name__}; pass the cells as an AnnData of counts "
                 "(cells x genes), e.g. `anndata.AnnData(X)`."
             )
-        check_unique_var_names(target)
         try:
+            check_unique_var_names(target)
             if prediction == "wide":
                 with warnings.catch_warnings():  # said below, naming the target
                     warnings.filterwarnings("ignore", message=".*not raw counts but log1p")

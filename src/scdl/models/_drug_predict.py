@@ -146,16 +146,16 @@ class DrugPredictionMixin:
                 self.genes, adata.var_names, names=("model's genes", "data"), query_var=adata.var
             )
         warn_renamed_genes(self.genes, adata.var_names, np.asarray(present))
+        # scanpy's and Seurat's usual layout: X cut to variable genes, every gene in .raw
+        in_raw = 0 if adata.raw is None else int(self.genes.isin(adata.raw.var_names).sum())
+        raw_fix = (
+            f" adata.raw holds {in_raw} of the model's genes: predict from it, "
+            "`raw = adata.raw.to_adata(); scdl.tl.drug_response(raw, model=model)` (the same "
+            "cells), then copy raw.obsm's and raw.uns' 'scdl_drug' entries to adata."
+            if in_raw > present.sum()
+            else ""
+        )
         if present.mean() < LOW_GENE_OVERLAP:
-            # scanpy's and Seurat's usual layout: X cut to variable genes, every gene in .raw
-            in_raw = 0 if adata.raw is None else int(self.genes.isin(adata.raw.var_names).sum())
-            raw_fix = (
-                f" adata.raw holds {in_raw} of them: predict from it, "
-                "`raw = adata.raw.to_adata(); scdl.tl.drug_response(raw, model=model)` (the same "
-                "cells), then copy raw.obsm's and raw.uns' 'scdl_drug' entries to adata."
-                if in_raw > present.sum()
-                else ""
-            )
             warn_user(
                 f"{(~present).sum()} of the model's {len(self.genes)} genes are missing from "
                 "the data; each is set to its mean over the training lines, so it moves no "
@@ -169,7 +169,12 @@ class DrugPredictionMixin:
             if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
                 raise ValueError(f"smooth_neighbors must be an integer >= 0, got {k!r}.")
             if modality == "log1p":
-                x = normalised_from_log1p(adata, layer)
+                try:
+                    x = normalised_from_log1p(adata, layer)
+                except ValueError as err:  # e.g. X cut to variable genes: totals spread
+                    if not raw_fix:
+                        raise
+                    raise ValueError(f"{err}{raw_fix}") from None
             else:
                 check_counts(adata, layer)
             blocks = self._count_profile_blocks(x, adata.var_names, k, chunk_rows=chunk_rows)

@@ -112,8 +112,10 @@ def cluster_cells(
     _, sd = stats if stats is not None else _mean_sd(x_log)
     scaled = sparse.csr_matrix(x_log @ sparse.diags((1.0 / sd).astype(np.float32)))
     a = ad.AnnData(scaled)
-    n_comps = max(2, min(n_pcs, n - 2, x_log.shape[1] - 1))
-    sc.pp.pca(a, n_comps=n_comps, random_state=seed)
+    if x_log.shape[1] < 3:  # ARPACK needs more genes than components: the genes themselves
+        a.obsm["X_pca"] = scaled.toarray()
+    else:
+        sc.pp.pca(a, n_comps=max(2, min(n_pcs, n - 2, x_log.shape[1] - 1)), random_state=seed)
     k = min(15, n - 1)
     knn = TorchKNN(n_neighbors=k, device=device) if torch.device(device).type == "cuda" else None
     sc.pp.neighbors(

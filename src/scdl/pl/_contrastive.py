@@ -112,6 +112,13 @@ def contrastive(
     is_target = np.any(salient != 0, axis=1)
     if not is_target.any():
         raise ValueError(f"adata.obsm[{key!r}] is zero for every cell: no target cells to plot.")
+    if is_target.sum() < 4 or adata.n_obs < 4:  # as pl.embedding: UMAP's spectral start fails
+        raise ValueError(
+            f"{int(is_target.sum())} target cells (of {adata.n_obs}): a UMAP needs at least 4. "
+            "Plot the shared space alone with "
+            f"`scdl.pl.embedding(adata, basis={shared_key!r})`, or fit the model on more target "
+            "cells."
+        )
     check_writable(adata)  # the UMAPs are cached in it: a backed view failed after computing them
     shared_umap_key, salient_umap_key = f"{shared_key}_umap", f"{key}_umap"
     umap = {"n_neighbors": n_neighbors, "random_state": random_state}

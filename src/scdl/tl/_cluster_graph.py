@@ -126,13 +126,23 @@ def expression_pca(
         )
         return None, ""
     genes = params_genes(adata, use_rep)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        pca = (
-            unintegrated_pca(adata, layer=layer)
-            if genes is None
-            else genes_pca(adata, genes, layer=layer, kind=kind)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            pca = (
+                unintegrated_pca(adata, layer=layer)
+                if genes is None
+                else genes_pca(adata, genes, layer=layer, kind=kind)
+            )
+    except ValueError as err:  # e.g. no count in those genes: the user asked for no PCA
+        if given:
+            raise
+        warn_user(
+            f"{key!r} is not in adata.obsm and could not be computed ({err}); clustering on "
+            f"{use_rep!r}'s graph alone. Pass layer= (counts), or pca_key=None to silence this.",
+            UserWarning,
         )
+        return None, ""
     how = f"uns[{use_rep!r}]['var_names']" if genes is not None else "most variable genes"
     source = f"computed from {layer or 'X'}, {how}"
     return harmonised(adata, np.asarray(pca, dtype=np.float32), batch, source, random_state)
