@@ -214,14 +214,12 @@ def check_counts(
             f"{where} contains {n_bad['nan']} NaN or infinite values. Raw counts must be finite; "
             "remove or fix those entries before setting up the model."
         )
-    # scanpy keeps a copy in .raw: counts there are not used, but can be put into a layer
-    raw = (
-        " adata.raw is set: if it holds the raw counts, copy them into a layer, "
-        "`adata.layers['counts'] = adata.raw[:, adata.var_names].X`, and pass "
-        "`layer='counts'`."
-        if layer is None and fix is None and getattr(adata, "raw", None) is not None
-        else ""
-    )
+    # the counts are often elsewhere in the same AnnData (a layer, X, scanpy's .raw): named
+    raw = ""
+    if fix is None and (n_bad["neg"] or n_bad["frac"]):
+        from ._query import counts_elsewhere_hint
+
+        raw = counts_elsewhere_hint(adata, layer)
     if n_bad["neg"]:
         raise ValueError(
             f"{where} contains {n_bad['neg']} negative values, so it is not raw counts "

@@ -220,16 +220,22 @@ def sampled_counts_ok(adata: AnnData, layer: str | None, *, n_values: int = 10_0
     counts. Such data are non-integer almost everywhere, so the sample finds them without a
     pass over every value; a matrix of another storage (e.g. backed) is not sampled.
     """
+    x = adata.X if layer is None else adata.layers.get(layer)
+    found = _sample_is_counts(x, n_values)
+    return True if found is None else found
+
+
+def _sample_is_counts(x, n_values: int = 10_000) -> bool | None:
+    """:func:`sampled_counts_ok` of one matrix; ``None`` where it is not sampled."""
     from scipy import sparse
 
-    x = adata.X if layer is None else adata.layers.get(layer)
     if sparse.issparse(x):
         values = x.data
     elif isinstance(x, np.ndarray) and x.ndim == 2:
         # about 100 evenly spaced rows: flattening all of X could copy it
         values = x[:: max(1, x.shape[0] // 100)].ravel()
     else:
-        return True
+        return None
     if values.dtype == bool:  # 0/1, counts to check_counts too
         return True
     if values.size == 0 or not np.issubdtype(values.dtype, np.number):
@@ -238,3 +244,27 @@ def sampled_counts_ok(adata: AnnData, layer: str | None, *, n_values: int = 10_0
     return bool(
         np.isfinite(sample).all() and (sample >= 0).all() and (sample == np.round(sample)).all()
     )
+
+
+def counts_elsewhere_hint(adata: AnnData, layer: str | None) -> str:
+    """Where else ``adata`` holds raw counts (``X``, a layer; ``.raw`` when nothing else
+    does), as the fix for a refusal of ``layer`` (``None``: ``X``): ``""`` when nowhere (a
+    sample of each is checked, as :func:`sampled_counts_ok`)."""
+    places = [
+        f"layer={k!r}"
+        for k in adata.layers.keys()
+        if k != layer and _sample_is_counts(adata.layers[k]) and adata.layers[k].size
+    ]
+    if layer is not None and _sample_is_counts(adata.X) and adata.X is not None:
+        places.append("layer=None (adata.X)")
+    if places:
+        return f" Raw counts are in this AnnData: pass {' or '.join(places)}."
+    raw = getattr(adata, "raw", None)
+    if layer is None and raw is not None and _sample_is_counts(raw.X):
+        name = next(n for n in ("counts", "raw_counts", "scdl_counts") if n not in adata.layers)
+        return (
+            " adata.raw holds raw counts: copy them into a layer, "
+            f"`adata.layers[{name!r}] = adata.raw[:, adata.var_names].X`, and pass "
+            f"`layer={name!r}`."
+        )
+    return ""

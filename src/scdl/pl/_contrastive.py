@@ -76,7 +76,9 @@ def contrastive(
         Default: the ``groupby`` column recorded in ``uns[key]``. A numeric colour has one
         scale over both panels.
     layer
-        Layer a gene's values are read from; ``None`` uses ``adata.X``.
+        Layer a gene's values are read from; ``None`` uses ``adata.raw`` when it is set (as
+        scanpy's ``use_raw`` default: every gene, log-normalised, not scaled), else
+        ``adata.X``.
     palette
         Colours of a categorical ``color`` (as :func:`scanpy.pl.embedding` takes them), the
         same in both panels; ``None`` uses ``adata.uns[f"{color}_colors"]`` or scanpy's
@@ -177,18 +179,27 @@ def _colors(adata: AnnData, key: str, color, layer: str | None) -> list:
     if layer is not None and layer not in adata.layers:
         layers = [k for k in adata.layers.keys() if isinstance(k, str)]  # 0.13 lists X as None
         raise KeyError(f"layer={layer!r} is not in adata.layers (layers: {layers}).")
+    names, where = _gene_names(adata, layer)
     for c in color:
-        if c is not None and c not in adata.obs.columns and c not in adata.var_names:
+        if c is not None and c not in adata.obs.columns and c not in names:
             raise KeyError(
                 f"color={c!r} is neither a column of adata.obs (columns: "
-                f"{list(adata.obs.columns)}) nor a gene in adata.var_names."
+                f"{list(adata.obs.columns)}) nor a gene in {where}."
             )
-        if c is not None and c not in adata.obs.columns and (adata.var_names == c).sum() > 1:
+        if c is not None and c not in adata.obs.columns and (names == c).sum() > 1:
             raise ValueError(
-                f"color={c!r} names {int((adata.var_names == c).sum())} genes of "
-                "adata.var_names: make the names unique first (`adata.var_names_make_unique()`)."
+                f"color={c!r} names {int((names == c).sum())} genes of {where}: make the "
+                "names unique first (`var_names_make_unique()`)."
             )
     return color
+
+
+def _gene_names(adata: AnnData, layer: str | None):
+    """The gene names a colour is read from, and where: scanpy's default reads ``.raw``
+    when it is set and no layer is given."""
+    if layer is None and adata.raw is not None:
+        return adata.raw.var_names, "adata.raw.var_names"
+    return adata.var_names, "adata.var_names"
 
 
 def _plot_data(
@@ -197,6 +208,7 @@ def _plot_data(
     """A private AnnData to plot from: scanpy would otherwise store palettes in the user's uns.
     Genes become columns of its obs (one column each, read without densifying the matrix)."""
     import anndata
+    import pandas as pd
     import scanpy as sc
 
     keys = [c for c in dict.fromkeys(color) if c is not None]
@@ -205,8 +217,16 @@ def _plot_data(
     obs = adata.obs[[c for c in keys if c in adata.obs.columns]].copy()
     genes = [c for c in keys if c not in adata.obs.columns]
     if genes:
-        at = [int(np.flatnonzero(adata.var_names == g)[0]) for g in genes]  # unique (_colors)
-        values = sc.get.obs_df(adata[:, at], keys=genes, layer=layer)
+        names, _ = _gene_names(adata, layer)
+        at = [int(np.flatnonzero(names == g)[0]) for g in genes]  # unique (_colors)
+        if layer is None and adata.raw is not None:
+            from scipy import sparse
+
+            cols = adata.raw.X[:, at]  # a few columns: dense is small
+            cols = cols.toarray() if sparse.issparse(cols) else np.asarray(cols)
+            values = pd.DataFrame(cols, columns=genes)
+        else:
+            values = sc.get.obs_df(adata[:, at], keys=genes, layer=layer)
         for c in genes:
             obs[c] = values[c].to_numpy()
     obs = obs[keys]

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING
 from scdl._rng import keeps_rng
 from scdl.data import check_embedding, check_obsm_key, check_writable
 
-from ._utils import cached_umap, color_keys, doc_show_save, finish, umaps_kept_on_success
+from ._utils import (
+    cached_umap,
+    color_keys,
+    doc_show_save,
+    finish,
+    parent_layout,
+    umaps_kept_on_success,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -41,7 +48,10 @@ def embedding(
     ``adata.uns[f"{basis}_umap"]["params"]``: the only fields this function writes (palettes
     in ``uns[f"{color}_colors"]`` are used, but scanpy's new ones are not stored). Later
     calls reuse it while ``obsm[basis]`` and those settings are unchanged, and recompute it
-    otherwise (e.g. after a new :func:`scdl.tl.integrate` into the same key).
+    otherwise (e.g. after a new :func:`scdl.tl.integrate` into the same key). A view of some
+    cells (``adata[mask]``) whose parent holds a current UMAP is drawn in the parent's layout
+    and nothing is written; a ``basis`` of two columns (e.g. scanpy's ``"X_umap"``) is drawn
+    as it is.
 
     Parameters
     ----------
@@ -82,19 +92,29 @@ def embedding(
         color = [batch] if batch and batch in adata.obs else None
     # everything checked before the UMAP cache is written: a failing call writes nothing
     rep = check_embedding(adata, basis, purpose="a UMAP", arg="basis")
-    if rep.shape[0] < 4:
+    # a basis of two columns (scanpy's X_umap, a t-SNE) is drawn as it is, as scanpy does: a
+    # UMAP of it redrew another picture
+    two_d = rep.shape[1] == 2
+    umap_key = basis if two_d else f"{basis}_umap"
+    # a view of cells whose parent has a current UMAP: drawn in the whole data's layout
+    as_parent = not two_d and parent_layout(
+        adata, umap_key, basis, n_neighbors=n_neighbors, random_state=random_state
+    )
+    computed = not (two_d or as_parent)
+    if computed and rep.shape[0] < 4:
         raise ValueError(f"adata.obsm[{basis!r}] holds {rep.shape[0]} cells: a UMAP needs 4.")
     _check_colors(adata, color, kwargs.get("gene_symbols"))
-    check_writable(adata)  # the UMAP is cached in it: a backed view failed after computing it
-    umap_key = f"{basis}_umap"
-    with umaps_kept_on_success(adata, umap_key):
-        cached_umap(
-            adata,
-            umap_key,
-            rep,
-            n_neighbors=n_neighbors,
-            random_state=random_state,  # None is 0 there, so the cache can match it
-        )
+    if computed:
+        check_writable(adata)  # the UMAP is cached in it: a backed view failed after computing
+    with umaps_kept_on_success(adata, *([umap_key] if computed else [])):
+        if computed:
+            cached_umap(
+                adata,
+                umap_key,
+                rep,
+                n_neighbors=n_neighbors,
+                random_state=random_state,  # None is 0 there, so the cache can match it
+            )
         kwargs.setdefault("frameon", False)
         kwargs.pop("return_fig", None)  # the figure is always returned
         with _scanpy_writes_undone(adata):  # the cached UMAP stays the only thing written

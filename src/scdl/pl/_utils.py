@@ -170,6 +170,47 @@ def umaps_kept_on_success(adata: AnnData, *keys: str) -> Iterator[None]:
         raise
 
 
+def _cache_params(x: np.ndarray, n_neighbors: int, random_state: int, rows=None) -> dict:
+    return {
+        "n_neighbors": int(n_neighbors),
+        "random_state": int(random_state),
+        "fingerprint": _fingerprint(x) if rows is None else _fingerprint(x[rows]),
+        "rows": "all" if rows is None else _fingerprint(np.asarray(rows, dtype=bool)),
+    }
+
+
+def _cache_holds(adata: AnnData, umap_key: str, params: dict) -> bool:
+    cached = adata.obsm.get(umap_key)
+    info = adata.uns.get(umap_key)
+    stored = info.get("params") if isinstance(info, dict) else None
+    return (
+        cached is not None
+        and cached.shape == (adata.n_obs, 2)
+        and isinstance(stored, dict)
+        and {k: stored.get(k) for k in params} == params
+    )
+
+
+def parent_layout(
+    adata: AnnData, umap_key: str, basis: str, *, n_neighbors: int, random_state: int
+) -> bool:
+    """Whether ``adata`` is a view of cells whose parent's cached UMAP of ``basis`` is
+    current: its rows are then the view's ``obsm[umap_key]``, so a subset is drawn in the
+    whole data's layout (as ``sc.pl.embedding(adata[mask])`` draws it)."""
+    from scdl.data import check_embedding
+
+    # anndata keeps a view's parent here (no public accessor); a view of a view too
+    parent = getattr(adata, "_adata_ref", None) if adata.is_view else None
+    if parent is None or basis not in parent.obsm or umap_key not in adata.obsm:
+        return False
+    random_state = 0 if random_state is None else random_state
+    try:
+        rep = check_embedding(parent, basis)
+    except (KeyError, TypeError, ValueError):
+        return False
+    return _cache_holds(parent, umap_key, _cache_params(rep, n_neighbors, random_state))
+
+
 @keeps_torch_threads
 def _umap(x: np.ndarray, n_neighbors: int, random_state: int) -> np.ndarray:
     import anndata
@@ -209,22 +250,9 @@ def cached_umap(
     if n_neighbors < 2:
         raise ValueError(f"n_neighbors must be >= 2 (a UMAP's neighbour graph), got {n_neighbors}.")
     random_state = 0 if random_state is None else random_state  # so the cache can match it
-    params = {
-        "n_neighbors": int(n_neighbors),
-        "random_state": int(random_state),
-        "fingerprint": _fingerprint(x) if rows is None else _fingerprint(x[rows]),
-        "rows": "all" if rows is None else _fingerprint(np.asarray(rows, dtype=bool)),
-    }
-    cached = adata.obsm.get(umap_key)
-    info = adata.uns.get(umap_key)
-    stored = info.get("params") if isinstance(info, dict) else None
-    if (
-        cached is not None
-        and cached.shape == (adata.n_obs, 2)
-        and isinstance(stored, dict)
-        and {k: stored.get(k) for k in params} == params
-    ):
-        return np.asarray(cached)
+    params = _cache_params(x, n_neighbors, random_state, rows)
+    if _cache_holds(adata, umap_key, params):
+        return np.asarray(adata.obsm[umap_key])
     if rows is None:
         emb = _umap(x, n_neighbors, random_state)
     else:
