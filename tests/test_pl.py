@@ -291,6 +291,10 @@ def _nan_basis(adata):
         (_nan_basis, {}, ValueError, "NaN or infinite"),
         (_sparse_basis, {}, TypeError, "dense numeric embedding"),
         (None, {"basis": ["X_scdl"]}, TypeError, "basis must be one adata.obsm key"),
+        # scanpy reads these only when it draws, after the UMAP: checked before it
+        (None, {"legend_loc": "upper rigth"}, ValueError, "legend_loc='upper rigth' is not"),
+        (None, {"layer": "count", "color": "ISG15"}, KeyError, "layer='count' is not in"),
+        (None, {"palette": "Set-1"}, ValueError, r"not a matplotlib colormap \(close: \['Set1'"),
     ],
 )
 def test_embedding_checks_before_writing_its_cache(kang_integrated, edit, kwargs, error, match):
@@ -431,3 +435,29 @@ def test_annotation_agreement_needs_shared_label_names():
     calls["truth"] = ["B", "NK cells", "B", "NK cells"]  # one shared name: a rate again
     fig = scdl.pl.annotation(ad.AnnData(obs=calls), groupby="truth", show=False)
     assert fig.axes[1].get_title() == "Agreement 50.0%"
+
+
+def test_one_panel_plots_refuse_an_array_of_axes_by_name(kang_integrated):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2)
+    with pytest.raises(ValueError, match=r"draws 1 panel\(s\): pass `ax` as one"):
+        scdl.pl.training_history(kang_integrated[0], ax=axes, show=False)
+    plt.close(fig)
+
+
+def test_save_expands_home_and_follows_the_save_dpi(kang_integrated, tmp_path, monkeypatch):
+    """``save="~/figs/x.png"`` made a folder named "~" in the working directory; the saved
+    figure's resolution is the user's ``savefig.dpi`` (``sc.set_figure_params(dpi_save=)``)."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    for dpi in (80, 160):
+        monkeypatch.setitem(plt.rcParams, "savefig.dpi", dpi)
+        scdl.pl.training_history(kang_integrated[0], save=f"~/figs/h{dpi}.png", show=False)
+        plt.close("all")
+    assert not (tmp_path / "~").exists()
+    sizes = [Image.open(tmp_path / "home" / "figs" / f"h{d}.png").size for d in (80, 160)]
+    assert sizes[1][0] == pytest.approx(2 * sizes[0][0], rel=0.05)

@@ -9,7 +9,15 @@ import numpy as np
 from scdl._rng import keeps_rng
 from scdl.data import check_writable
 
-from ._utils import cached_umap, color_keys, doc_show_save, finish, umaps_kept_on_success
+from ._utils import (
+    cached_umap,
+    check_scanpy_options,
+    color_keys,
+    doc_show_save,
+    figures_closed_on_failure,
+    finish,
+    umaps_kept_on_success,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -121,6 +129,7 @@ def contrastive(
             f"`scdl.pl.embedding(adata, basis={shared_key!r})`, or fit the model on more target "
             "cells."
         )
+    check_scanpy_options(adata, {"palette": palette})  # read only when drawing
     check_writable(adata)  # the UMAPs are cached in it: a backed view failed after computing them
     shared_umap_key, salient_umap_key = f"{shared_key}_umap", f"{key}_umap"
     umap = {"n_neighbors": n_neighbors, "random_state": random_state}
@@ -150,12 +159,13 @@ def contrastive(
         legend_width = min(1.6, max(0.55, 0.065 * longest + 0.2))
         ratios = [1, 1, legend_width] + ([0.8] if table is not None else [])
         height = max(3.6 * nrows, 0.22 * (n_genes or 0) + 1.2)
-        fig = plt.figure(figsize=(4.2 * sum(ratios), height))
-        gs = fig.add_gridspec(nrows, len(ratios), width_ratios=ratios, wspace=0.3)
-        for i, c in enumerate(color):
-            _space_panels(fig, gs[i, 0], gs[i, 1], tmp, tmp_target, c, palette)
-        if table is not None:
-            _gene_bars(fig.add_subplot(gs[:, 3]), table)
+        with figures_closed_on_failure():
+            fig = plt.figure(figsize=(4.2 * sum(ratios), height))
+            gs = fig.add_gridspec(nrows, len(ratios), width_ratios=ratios, wspace=0.3)
+            for i, c in enumerate(color):
+                _space_panels(fig, gs[i, 0], gs[i, 1], tmp, tmp_target, c, palette)
+            if table is not None:
+                _gene_bars(fig.add_subplot(gs[:, 3]), table)
         return finish(fig, show=show, save=save, default_name=f"contrastive_{key}")
 
 

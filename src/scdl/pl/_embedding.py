@@ -10,8 +10,10 @@ from scdl.data import check_embedding, check_obsm_key, check_writable
 
 from ._utils import (
     cached_umap,
+    check_scanpy_options,
     color_keys,
     doc_show_save,
+    figures_closed_on_failure,
     finish,
     parent_layout,
     umaps_kept_on_success,
@@ -104,6 +106,7 @@ def embedding(
     if computed and rep.shape[0] < 4:
         raise ValueError(f"adata.obsm[{basis!r}] holds {rep.shape[0]} cells: a UMAP needs 4.")
     _check_colors(adata, color, kwargs.get("gene_symbols"))
+    check_scanpy_options(adata, kwargs)
     if computed:
         check_writable(adata)  # the UMAP is cached in it: a backed view failed after computing
     with umaps_kept_on_success(adata, *([umap_key] if computed else [])):
@@ -117,7 +120,7 @@ def embedding(
             )
         kwargs.setdefault("frameon", False)
         kwargs.pop("return_fig", None)  # the figure is always returned
-        with _scanpy_writes_undone(adata):  # the cached UMAP stays the only thing written
+        with _scanpy_writes_undone(adata), figures_closed_on_failure():
             plot = sc.pl.embedding(
                 adata,
                 basis=umap_key,

@@ -71,7 +71,8 @@ def new_axes(ax, figsize: tuple[float, float]):
 
     if ax is None:
         return plt.subplots(figsize=figsize)
-    return ax.figure, ax
+    fig, (one,) = panel_axes(ax, 1)  # an array of Axes is refused by name
+    return fig, one
 
 
 #: distinct numbers a ``groupby`` column may hold as group codes: more is a per-cell
@@ -132,11 +133,13 @@ def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_n
                     break
             path = Path(sc.settings.figdir) / f"{default_name}{suffix}.{fmt}"
         else:
-            path = Path(save)
+            path = Path(save).expanduser()  # "~/figs/x.png" made a folder named "~"
             if not path.suffix:
                 path = path.with_suffix(".png")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        # the user's savefig.dpi (sc.set_figure_params(dpi_save=...)) when set, else 150
+        dpi = 150 if plt.rcParams["savefig.dpi"] == "figure" else None
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
     if show is None:
         if save:  # as scanpy: a saved figure is closed, not left open for the notebook
             plt.close(fig)
@@ -150,6 +153,47 @@ def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_n
             plt.close(fig)
         return None
     return fig
+
+
+def check_scanpy_options(adata: AnnData, kwargs: dict) -> None:
+    """The options scanpy reads only when it draws (after a UMAP was computed, for nothing):
+    ``layer``, ``legend_loc`` and a ``palette`` named as a colormap."""
+    import difflib
+
+    import matplotlib
+    from matplotlib.legend import Legend
+
+    layer = kwargs.get("layer")
+    if layer is not None and layer not in adata.layers:
+        layers = [k for k in adata.layers.keys() if isinstance(k, str)]  # 0.13 lists X as None
+        raise KeyError(f"layer={layer!r} is not in adata.layers (layers: {layers}).")
+    loc = kwargs.get("legend_loc")
+    valid = ["right margin", "on data", "on data export", "none", *Legend.codes]
+    if isinstance(loc, str) and loc not in valid:
+        raise ValueError(f"legend_loc={loc!r} is not one of {valid} (or None).")
+    palette = kwargs.get("palette")
+    if isinstance(palette, str) and palette not in matplotlib.colormaps:
+        close = difflib.get_close_matches(palette, list(matplotlib.colormaps), n=3)
+        raise ValueError(
+            f"palette={palette!r} is not a matplotlib colormap"
+            + (f" (close: {close})" if close else "")
+            + "; pass a colormap name, a list of colours or a dict of category to colour."
+        )
+
+
+@contextmanager
+def figures_closed_on_failure() -> Iterator[None]:
+    """Close the figures a failing drawing call opened (a half-drawn one stayed open in the
+    notebook, shown under the next cell's output)."""
+    import matplotlib.pyplot as plt
+
+    before = set(plt.get_fignums())
+    try:
+        yield
+    except BaseException:
+        for num in set(plt.get_fignums()) - before:
+            plt.close(num)
+        raise
 
 
 @contextmanager
