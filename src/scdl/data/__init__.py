@@ -66,7 +66,7 @@ from ._query import (
     edited_obs_columns,
     sampled_counts_ok,
 )
-from ._rows import ROW_BLOCK, get_matrix, in_memory, row_blocks
+from ._rows import ROW_BLOCK, get_matrix, in_memory, read_columns, row_blocks
 from ._salient_genes import salient_gene_table
 from ._write import check_writable, warn_slashed_names, writable, write_h5ad_atomic
 
@@ -134,6 +134,7 @@ __all__ = [
     "unintegrated_pca",
     "neighbors_used",
     "genes_pca",
+    "read_columns",
     "row_blocks",
     "ROW_BLOCK",
     "check_writable",

@@ -65,10 +65,19 @@ def check_is_anndata(adata, *, registering: bool = False) -> None:
             f"Expected an AnnData (cells x genes), got {type(adata).__name__}. Wrap a matrix or "
             "DataFrame first: `adata = anndata.AnnData(X)`."
         )
+    if not isinstance(adata.obs, pd.DataFrame):
+        # anndata's read_lazy: obs is an xarray Dataset, which no check or model reads
+        raise TypeError(
+            f"adata.obs is a {type(adata.obs).__name__} (a lazily read AnnData, "
+            "`anndata.experimental.read_lazy`): read it into memory first, "
+            "`adata = adata.to_memory()`, or open the file backed (`read_h5ad(path, "
+            "backed='r')`), which scdl reads a block of cells at a time."
+        )
     if registering and adata.is_view:
+        fix = "adata[mask].to_memory()" if adata.isbacked else "adata[mask].copy()"
         raise ValueError(
             "adata is a view of another AnnData (e.g. `adata[mask]`), and registering it "
-            "would write into it. Make it a real object first: `adata = adata[mask].copy()`."
+            f"would write into it. Make it a real object first: `adata = {fix}`."
         )
 
 

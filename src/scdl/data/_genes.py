@@ -46,14 +46,16 @@ def gene_mismatch_message(
             f"The query lacks {len(missing)} of the model's {len(ref)} genes "
             f"(e.g. {missing[:5].tolist()}). {hint}{pad_fix}."
         )
+    # a backed query's subset is read with to_memory(): copy() of a backed view fails
+    into = "to_memory()" if getattr(query, "isbacked", False) else "copy()"
     if len(extra):
         return (
             f"The query has {len(extra)} genes the model was not trained on. Subset it to the "
-            f"model's genes: `query = query[:, {genes_from}].copy()`."
+            f"model's genes: `query = query[:, {genes_from}].{into}`."
         )
     return (
         "The query has the model's genes in a different order. Reorder them: "
-        f"`query = query[:, {genes_from}].copy()`."
+        f"`query = query[:, {genes_from}].{into}`."
     )
 
 

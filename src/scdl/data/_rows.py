@@ -14,8 +14,12 @@ from scipy import sparse
 if TYPE_CHECKING:
     from anndata import AnnData
 
-#: rows per block: 10,000 cells of 30,000 genes are ~1.2 GB dense (float32), far less sparse
+#: rows per block of a sparse matrix (10,000 cells hold far less than 10,000 x genes values)
 ROW_BLOCK = 10_000
+
+#: values per block of a dense matrix (~80 MB in float32): 10,000 rows of 14,000 genes in
+#: float64 were 1.1 GB a block, and a check's copies of it several times that
+DENSE_BLOCK_VALUES = 20_000_000
 
 
 def row_blocks(x: Any, n_rows: int | None = None, *, size: int | None = None) -> Iterator[Any]:
@@ -24,12 +28,30 @@ def row_blocks(x: Any, n_rows: int | None = None, *, size: int | None = None) ->
 
     Works on anything sliced by rows: a dense or sparse in-memory matrix (each slice as
     ``x[a:b]`` gives it: a view of a dense array, a copy of a sparse one's rows) or a backed
-    AnnData's on-disk matrix (each slice read from disk, a sparse one staying sparse).
+    AnnData's on-disk matrix (each slice read from disk, a sparse one staying sparse). A
+    dense matrix's default blocks hold at most :data:`DENSE_BLOCK_VALUES` values.
     """
     n_rows = x.shape[0] if n_rows is None else n_rows
-    size = ROW_BLOCK if size is None else size
+    if size is None:
+        # scipy's and anndata's backed sparse matrices carry a format; dense ones do not
+        dense = not (sparse.issparse(x) or hasattr(x, "format")) and len(x.shape) == 2
+        size = (
+            max(1, min(ROW_BLOCK, DENSE_BLOCK_VALUES // max(1, x.shape[1]))) if dense else ROW_BLOCK
+        )
     for start in range(0, n_rows, size):
         yield x[start : min(start + size, n_rows)]
+
+
+def read_columns(x: Any, cols: np.ndarray) -> Any:
+    """``x[:, cols]`` in memory: an in-memory matrix indexed directly; a backed AnnData's
+    matrix read a block of rows at a time, keeping those columns of each (anndata reads a
+    backed sparse matrix whole to index its columns)."""
+    if sparse.issparse(x) or isinstance(x, np.ndarray):
+        return x[:, cols]
+    parts = [block[:, cols] for block in row_blocks(x)]
+    if any(sparse.issparse(p) for p in parts):
+        return sparse.vstack([sparse.csr_matrix(p) for p in parts], format="csr")
+    return np.vstack(parts)
 
 
 def in_memory(x: Any) -> Any:

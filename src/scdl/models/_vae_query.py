@@ -154,6 +154,8 @@ class VAEQueryMixin:
                 f"reference_model must be a trained {cls.__name__} or a folder it was saved to, "
                 f"got {type(reference_model).__name__}."
             )
+        if adata.is_view and adata.isbacked:  # anndata neither copies nor subsets it again
+            adata = adata.to_memory()
         ref_genes = pd.Index(reference_model.get_var_names())
         subset_genes = not same_gene_names(adata.var_names, ref_genes)
         if subset_genes:
@@ -173,7 +175,7 @@ class VAEQueryMixin:
             # a backed query's subset is read into memory (a copy of it would need a file)
             adata = subset.to_memory() if adata.isbacked else subset.copy()
         elif adata.is_view:  # registering writes into the AnnData: a view gets its own copy
-            adata = adata.copy()
+            adata = adata.to_memory() if adata.isbacked else adata.copy()
         setup_args = reference_model.registry_["setup_args"]
         _check_reference_columns(adata, setup_args)
         if setup_args.get("batch_key") is not None:

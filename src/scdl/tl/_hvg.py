@@ -9,6 +9,7 @@ import pandas as pd
 
 from scdl._rng import keeps_torch_threads
 from scdl._warnings import warn_user
+from scdl.data import read_columns
 
 from ._training_data import unique_gene_names
 
@@ -44,7 +45,7 @@ def select_genes(
     ranked = names  # in memory, every gene is ranked: a column subset would copy the matrix
     if not in_memory:  # a backed matrix is read (scanpy cannot rank it), expressed genes only
         ranked = expressed
-        x = x[:, np.asarray(gene_totals > 0)]
+        x = read_columns(x, np.flatnonzero(np.asarray(gene_totals > 0)))
     if isinstance(x, sparse.sparray):  # scanpy's seurat_v3 takes scipy's sparse matrices only
         x = sparse.csr_matrix(x) if x.format == "csr" else sparse.csc_matrix(x)
     narrow_int = x.dtype.kind in "iu" and x.dtype.itemsize <= 4 and not sparse.issparse(x)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from scdl.data import get_matrix, warn_empty_cells
+from scdl.data import get_matrix, read_columns, warn_empty_cells
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -45,7 +45,8 @@ def training_adata(
     import anndata
     from scipy import sparse
 
-    x = get_matrix(adata, layer)[:, unique_gene_names(adata).get_indexer(genes)]
+    # a backed matrix is read a block of rows at a time: its column index read it whole
+    x = read_columns(get_matrix(adata, layer), unique_gene_names(adata).get_indexer(genes))
     if isinstance(x, sparse.sparray) or (sparse.issparse(x) and x.format != "csr"):
         # scvi-tools registers scipy's sparse matrices only, and minibatches gather rows:
         # from CSC ~40x slower (this is the tool's own copy, so the user cannot convert it)
