@@ -102,8 +102,9 @@ class AnnotatorAttributionMixin:
             groups = check_obs_key(cells, groupby, arg="groupby").astype(str).to_numpy()
             _check_groups_are_types(groups, wanted, names, groupby, given=label is not None)
         else:
-            with warnings.catch_warnings():  # _query_matrix above has said it once
+            with warnings.catch_warnings():  # _query_matrix above has said these once
                 warnings.filterwarnings("ignore", message="The query holds .* of the model's")
+                warnings.filterwarnings("ignore", message=".* is not raw counts but log1p")
                 groups = self.predict(
                     adata, unknown=False, layer=layer, min_gene_overlap=min_gene_overlap
                 )
@@ -119,12 +120,12 @@ class AnnotatorAttributionMixin:
         dev = self.module.device
         mask = None if present is None else torch.as_tensor(present, device=dev)
         genes = np.asarray(self.get_var_names())
-        rows = []
+        rows, absent = [], []
         self.module.eval()
         for name in wanted:
             cells = np.flatnonzero(groups == name)
             if len(cells) == 0:
-                logger.warning("No cells of type %r to attribute.", name)
+                absent.append(name)
                 continue
             cells = np.sort(rng.choice(cells, min(n_cells, len(cells)), replace=False))
             x_log = self.module.log_normalize(dense_rows(x, cells).to(dev))
@@ -144,6 +145,8 @@ class AnnotatorAttributionMixin:
                     }
                 )
             )
+        if absent:  # left out, as documented: one line, not one per type
+            logger.info("No cells of type(s) %s to attribute: left out.", absent)
         return (
             pd.concat(rows, ignore_index=True)
             if rows

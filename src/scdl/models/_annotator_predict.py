@@ -289,7 +289,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             first = probs.argmax(1).numpy()
             later = unknown_call or own_graph  # clusters the query below, and warns there
             first_share = self._cluster_calls(
-                host, present, first, False, seed, cluster=False, warn=not later
+                host, present, first, False, seed, cluster=False, warn=unknown_call and not later
             )[4]
             lacks = self._lacks_sketch_genes(host, present)
             median_share, adapt = auto_blend(first_share, lacks_sketch_genes=lacks)
@@ -321,8 +321,9 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = -1, np.nan, -1
         calls["cluster_reference_share"] = np.nan
         if unknown_call or own_graph:
+            # the mixing check's skip is said only where there is an Unknown call to weaken
             cluster, score, share, over, own_share = self._cluster_calls(
-                host, present, best.numpy(), resolution, seed
+                host, present, best.numpy(), resolution, seed, warn=unknown_call
             )
             calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = cluster, score, over
             calls["cluster_reference_share"] = share
