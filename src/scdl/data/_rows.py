@@ -29,7 +29,7 @@ def row_blocks(x: Any, n_rows: int | None = None, *, size: int | None = None) ->
     Works on anything sliced by rows: a dense or sparse in-memory matrix (each slice as
     ``x[a:b]`` gives it: a view of a dense array, a copy of a sparse one's rows) or a backed
     AnnData's on-disk matrix (each slice read from disk, a sparse one staying sparse). A
-    dense matrix's default blocks hold at most :data:`DENSE_BLOCK_VALUES` values.
+    dense matrix's default blocks hold at most 20 million values (``DENSE_BLOCK_VALUES``).
     """
     n_rows = x.shape[0] if n_rows is None else n_rows
     if size is None:
