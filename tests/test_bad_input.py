@@ -92,7 +92,7 @@ def test_counts_kept_in_raw_are_pointed_to(kang):
     sc.pp.log1p(adata)
     snap = snapshot(adata)
     with pytest.raises(
-        ValueError, match=r"adata\.raw is set.*adata\.raw\[:, adata\.var_names\]\.X"
+        ValueError, match=r"adata\.raw holds raw counts.*adata\.raw\[:, adata\.var_names\]\.X"
     ):
         scdl.tl.integrate(adata, batch_key="sample", max_epochs=1)
     assert_unchanged(adata, snap)

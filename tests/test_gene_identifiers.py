@@ -153,3 +153,27 @@ def test_drug_model_names_the_target_with_duplicated_genes():
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match=r"target.var_names has duplicates.*target.var_names_"):
             scdl.models.DrugResponseModel(bulk, target=cells)
+
+
+def _refusal(names, genes) -> str:
+    adata = ad.AnnData(sparse.csr_matrix((2, len(names)), dtype=np.float32))
+    adata.var_names = names
+    with pytest.raises(ValueError) as err:
+        scdl.data.align_to_genes(adata, pd.Index(genes))
+    return str(err.value)
+
+
+def test_numeric_identifiers_are_not_called_row_numbers():
+    rng = np.random.default_rng(0)
+    entrez = [str(g) for g in rng.choice(90_000, 600, replace=False) + 1_000]
+    assert "row numbers" not in _refusal(entrez[300:], entrez[:300])
+    assert "row numbers" in _refusal([str(i) for i in range(300)], entrez[:300])
+
+
+@pytest.mark.parametrize(("n_renamed", "lower"), [(400, False), (200, True)])
+def test_a_rename_that_finds_too_few_genes_keeps_the_lower_overlap_fix(n_renamed, lower):
+    genes = [f"G{i}-x" for i in range(400)] + [f"H{i}" for i in range(600)]
+    names = [f"G{i}.x" for i in range(n_renamed)] + [f"H{i}" for i in range(100)]
+    text = _refusal(names, genes)
+    assert "make.names" in text
+    assert ("min_gene_overlap" in text) == lower, text

@@ -34,7 +34,7 @@ def gene_mismatch_message(
     missing = ref.difference(qry)
     extra = qry.difference(ref)
     if len(missing):
-        found, hint = identifier_fix(ref, qry, var)
+        found, hint, _ = identifier_fix(ref, qry, var)
         # padding genes that are there under another name or case would zero their counts
         pad_fix = (
             ", or pad the missing genes with zeros with `VAE.prepare_query_anndata(query, "
@@ -163,7 +163,8 @@ def _renamed(genes, var_names, model_renamed: bool) -> tuple[str | None, int]:
             f"{n_pre} of the model's genes the data lack are in adata.var_names behind the "
             f"genome prefix {prefix!r} (a multi-genome reference): keep that genome's genes "
             f"without it, `adata = adata[:, adata.var_names.str.startswith({prefix!r})].copy(); "
-            f"adata.var_names = adata.var_names.str.removeprefix({prefix!r})`"
+            f"adata.var_names = adata.var_names.str.removeprefix({prefix!r})` "
+            "(`.to_memory()` instead of `.copy()` for a backed AnnData)"
         ), n_pre
     if n_sfx > max(n_made, n_bare, n_r):
         k = int(np.flatnonzero(as_sfx)[0])
@@ -260,7 +261,7 @@ FOUND_ELSEWHERE = frozenset({"column", "rename", "case"})
 
 def identifier_fix(
     genes: pd.Index, var_names: pd.Index, var: pd.DataFrame | None, *, other_kind: str = "train"
-) -> tuple[str, str]:
+) -> tuple[str, str, int]:
     """:func:`identifier_hint` with what it found: ``"column"`` (a var column holds them),
     ``"rename"`` (a mechanical rename), ``"case"``, ``"numbers"`` (the names are row
     numbers), ``"none"`` (no gene in common), ``"panel"`` (a query cut to a few genes) or
@@ -283,16 +284,25 @@ def identifier_fix(
         )
         if cased is not None:
             as_written = int(genes.isin(pd.Index(var[cased].astype(str))).sum())
-            return "case", (
-                f"adata.var[{cased!r}] holds {cased_n} of them in another case ({as_written} as "
-                f"written): use it as the names, `adata.var_names = adata.var[{cased!r}]"
-                f".astype(str)`, then `adata.var_names_make_unique()`; then, {species}"
+            return (
+                "case",
+                (
+                    f"adata.var[{cased!r}] holds {cased_n} of them in another case "
+                    f"({as_written} as written): use it as the names, "
+                    f"`adata.var_names = adata.var[{cased!r}].astype(str)`, then "
+                    f"`adata.var_names_make_unique()`; then, {species}"
+                ),
+                cased_n,
             )
         if best is not None:
-            return "column", (
-                f"adata.var[{best!r}] holds {best_n} of them: use it as the names, "
-                f"`adata.var_names = adata.var[{best!r}].astype(str)`, then "
-                "`adata.var_names_make_unique()`"
+            return (
+                "column",
+                (
+                    f"adata.var[{best!r}] holds {best_n} of them: use it as the names, "
+                    f"`adata.var_names = adata.var[{best!r}].astype(str)`, then "
+                    "`adata.var_names_make_unique()`"
+                ),
+                best_n,
             )
     panel = (
         f"The data hold {len(names)} genes: if they were cut to highly variable genes (or a "
@@ -304,18 +314,26 @@ def identifier_fix(
     cut = len(names) < 0.5 * len(genes) or (len(names) <= 5_000 and n_found < 0.5 * len(genes))
     if renamed is not None:
         # a rename that finds a few genes of a panel: the panel is the larger problem
-        return ("panel", f"{renamed}. {panel}") if cut else ("rename", renamed)
+        return ("panel" if cut else "rename"), (f"{renamed}. {panel}" if cut else renamed), n_found
     if n_case > max(n_names, 0.5 * len(genes)):
         # the exact matches are counted in n_case too: the message counts the others
-        return "case", (
-            f"{n_case - n_names} more of them occur in adata.var_names in another case (e.g. "
-            f"{genes[:2].tolist()}). {species[0].upper()}{species[1:]}"
+        return (
+            "case",
+            (
+                f"{n_case - n_names} more of them occur in adata.var_names in another case (e.g. "
+                f"{genes[:2].tolist()}). {species[0].upper()}{species[1:]}"
+            ),
+            n_case,
         )
-    if len(names) and names.str.fullmatch(r"\d+").mean() > 0.9:
-        return "numbers", (
-            f"adata.var_names are row numbers (e.g. {names[:3].tolist()}): the matrix was read "
-            "without its gene names. Set them from the file's gene list (e.g. 10x's "
-            "features.tsv.gz, or read the folder with `sc.read_10x_mtx`)"
+    if n_names == 0 and _row_numbers(names):
+        return (
+            "numbers",
+            (
+                f"adata.var_names are row numbers (e.g. {names[:3].tolist()}): the matrix was read "
+                "without its gene names. Set them from the file's gene list (e.g. 10x's "
+                "features.tsv.gz, or read the folder with `sc.read_10x_mtx`)"
+            ),
+            0,
         )
     if n_names == 0 and n_case == 0:  # nothing in common, in any var column or case
         then = (
@@ -323,17 +341,34 @@ def identifier_fix(
             if other_kind == "train"
             else f"Then {other}"
         )
-        return "none", (
-            "None of its genes occur in the data under any name in var_names or a var column: "
-            f"is the data from another species or gene panel? {then} (or convert the "
-            "identifiers, e.g. symbols vs Ensembl IDs)"
+        return (
+            "none",
+            (
+                "None of its genes occur in the data under any name in var_names or a var column: "
+                f"is the data from another species or gene panel? {then} (or convert the "
+                "identifiers, e.g. symbols vs Ensembl IDs)"
+            ),
+            0,
         )
     if cut:
-        return "panel", panel
-    return "other", (
-        "Use the same gene identifiers as the model (symbols vs Ensembl IDs?), or set "
-        "adata.var_names from the var column that holds them"
+        return "panel", panel, n_names
+    return (
+        "other",
+        (
+            "Use the same gene identifiers as the model (symbols vs Ensembl IDs?), or set "
+            "adata.var_names from the var column that holds them"
+        ),
+        n_names,
     )
+
+
+def _row_numbers(names: pd.Index) -> bool:
+    """Names that are the rows' positions ('0', '1', ...; or from '1'), not identifiers such
+    as Entrez IDs, which are numbers too but not consecutive."""
+    if not len(names) or not names.str.fullmatch(r"\d+").all():
+        return False
+    values = np.sort(names.astype(np.int64))
+    return int(values[0]) in (0, 1) and bool((np.diff(values) == 1).all())
 
 
 def identifier_hint(
@@ -413,9 +448,11 @@ def gene_columns(
                 " If the data simply holds fewer of them, lower `min_gene_overlap` "
                 "(`scdl.tl.annotate`, `predict`; `scdl annotate --min-gene-overlap`)."
             )
-        found, hint = identifier_fix(genes, adata.var_names, adata.var)
-        # the genes are in the file under another name: fewer of them is not the fix
-        lower = lower_hint if n_present and found not in FOUND_ELSEWHERE else ""
+        found, hint, n_after = identifier_fix(genes, adata.var_names, adata.var)
+        # the genes are in the file under another name, enough of them once named so: fewer
+        # of them is not the fix
+        enough = found in FOUND_ELSEWHERE and n_after >= min_overlap * len(genes)
+        lower = lower_hint if n_present and not enough else ""
         raise ValueError(
             f"Only {n_present} of the {what}'s {len(genes)} genes ({n_present / len(genes):.1%}) "
             f"occur in adata.var_names (e.g. {example}; the {what}'s missing ones: "

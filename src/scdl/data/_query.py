@@ -250,13 +250,14 @@ def counts_elsewhere_hint(adata: AnnData, layer: str | None) -> str:
     """Where else ``adata`` holds raw counts (``X``, a layer; ``.raw`` when nothing else
     does), as the fix for a refusal of ``layer`` (``None``: ``X``): ``""`` when nowhere (a
     sample of each is checked, as :func:`sampled_counts_ok`)."""
+    # in backticks: the drug model's and the CLI's messages rewrite `layer=` to their names
     places = [
-        f"layer={k!r}"
+        f"`layer={k!r}`"
         for k in adata.layers.keys()
         if k != layer and _sample_is_counts(adata.layers[k]) and adata.layers[k].size
     ]
     if layer is not None and _sample_is_counts(adata.X) and adata.X is not None:
-        places.append("layer=None (adata.X)")
+        return " adata.X holds raw counts: pass `layer=None`."
     if places:
         return f" Raw counts are in this AnnData: pass {' or '.join(places)}."
     raw = getattr(adata, "raw", None)

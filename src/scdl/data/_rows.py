@@ -46,8 +46,8 @@ def read_columns(x: Any, cols: np.ndarray) -> Any:
     """``x[:, cols]`` in memory: an in-memory matrix indexed directly; a backed AnnData's
     matrix read a block of rows at a time, keeping those columns of each (anndata reads a
     backed sparse matrix whole to index its columns)."""
-    if sparse.issparse(x) or isinstance(x, np.ndarray):
-        return x[:, cols]
+    if sparse.issparse(x) or isinstance(x, np.ndarray) or getattr(x, "format", None) == "csc":
+        return x[:, cols]  # a backed CSC matrix reads only those columns
     parts = [block[:, cols] for block in row_blocks(x)]
     if any(sparse.issparse(p) for p in parts):
         return sparse.vstack([sparse.csr_matrix(p) for p in parts], format="csr")

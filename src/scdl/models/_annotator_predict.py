@@ -287,9 +287,9 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         if adapt == "auto":  # the query's mixing with the reference decides (._adaptation):
             # the cells' own shares need no clustering, which is made once, on the final calls
             first = probs.argmax(1).numpy()
-            later = unknown_call or own_graph  # clusters the query below, and warns there
+            # the mixing check's skip is said by the Unknown call below, where there is one
             first_share = self._cluster_calls(
-                host, present, first, False, seed, cluster=False, warn=unknown_call and not later
+                host, present, first, False, seed, cluster=False, warn=False
             )[4]
             lacks = self._lacks_sketch_genes(host, present)
             median_share, adapt = auto_blend(first_share, lacks_sketch_genes=lacks)

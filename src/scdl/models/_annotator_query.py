@@ -25,6 +25,7 @@ from ._adaptation import (
 )
 from ._composition import (
     composition_warning,
+    fill_counts,
     filled_stats,
     query_fill,
     shift_is_plausible,
@@ -97,7 +98,13 @@ class AnnotatorQueryMixin:
         sorted population), what the Unknown call can then tell (:mod:`._composition`)."""
         shift = composition_shift(best, self.module.sketch_composition.cpu().numpy())
         if shift > MAX_COMPOSITION_SHIFT:
-            filled = self.module.sketch_moments.numel() > 0
+            # whether this query is filled (a type absent), not whether the model could fill
+            # one: a query enriched in one type, with every type present, is not
+            composition = self.module.sketch_composition.cpu().numpy()
+            filled = (
+                self.module.sketch_moments.numel() > 0
+                and fill_counts(best, composition)[0].sum() > 0
+            )
             warn_user(composition_warning(shift, filled), UserWarning)
 
     def _adapted_features(self, x, present, batch_size, host, weight: float, first):

@@ -106,7 +106,8 @@ def embedding(
     if computed and rep.shape[0] < 4:
         raise ValueError(f"adata.obsm[{basis!r}] holds {rep.shape[0]} cells: a UMAP needs 4.")
     _check_colors(adata, color, kwargs.get("gene_symbols"))
-    check_scanpy_options(adata, kwargs)
+    gene_keys = [k for k in color_keys(color) if k is not None and k not in adata.obs.columns]
+    check_scanpy_options(adata, kwargs, genes=bool(gene_keys))
     if computed:
         check_writable(adata)  # the UMAP is cached in it: a backed view failed after computing
     with umaps_kept_on_success(adata, *([umap_key] if computed else [])):

@@ -155,16 +155,18 @@ def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_n
     return fig
 
 
-def check_scanpy_options(adata: AnnData, kwargs: dict) -> None:
+def check_scanpy_options(adata: AnnData, kwargs: dict, genes: bool = True) -> None:
     """The options scanpy reads only when it draws (after a UMAP was computed, for nothing):
-    ``layer``, ``legend_loc`` and a ``palette`` named as a colormap."""
+    ``layer`` (when a gene is coloured: ``genes``), ``legend_loc`` and a ``palette`` that
+    looks like a misspelt colormap name (scanpy ignores what it does not use)."""
     import difflib
 
     import matplotlib
+    from matplotlib.colors import is_color_like
     from matplotlib.legend import Legend
 
     layer = kwargs.get("layer")
-    if layer is not None and layer not in adata.layers:
+    if genes and layer is not None and layer not in adata.layers:
         layers = [k for k in adata.layers.keys() if isinstance(k, str)]  # 0.13 lists X as None
         raise KeyError(f"layer={layer!r} is not in adata.layers (layers: {layers}).")
     loc = kwargs.get("legend_loc")
@@ -172,13 +174,18 @@ def check_scanpy_options(adata: AnnData, kwargs: dict) -> None:
     if isinstance(loc, str) and loc not in valid:
         raise ValueError(f"legend_loc={loc!r} is not one of {valid} (or None).")
     palette = kwargs.get("palette")
-    if isinstance(palette, str) and palette not in matplotlib.colormaps:
+    if (
+        isinstance(palette, str)
+        and palette not in matplotlib.colormaps
+        and not is_color_like(palette)
+        and not all(map(is_color_like, palette))  # 'rgb': a colour per letter
+    ):
         close = difflib.get_close_matches(palette, list(matplotlib.colormaps), n=3)
-        raise ValueError(
-            f"palette={palette!r} is not a matplotlib colormap"
-            + (f" (close: {close})" if close else "")
-            + "; pass a colormap name, a list of colours or a dict of category to colour."
-        )
+        if close:  # a misspelt colormap (scanpy fails on it when drawing)
+            raise ValueError(
+                f"palette={palette!r} is not a matplotlib colormap (close: {close}); pass a "
+                "colormap name, a list of colours or a dict of category to colour."
+            )
 
 
 @contextmanager
