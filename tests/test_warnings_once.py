@@ -55,4 +55,3 @@ def test_types_absent_from_the_query_are_left_out_without_warnings(annotator, qu
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert set(table["label"]) < set(annotator.labels)
     assert np.isfinite(table["attribution"]).all()
-
