@@ -68,3 +68,14 @@ def test_a_lazily_read_anndata_names_to_memory(kang, tmp_path):
     lazy = read_lazy(tmp_path / "k.h5ad")
     with pytest.raises(TypeError, match=r"lazily read AnnData.*adata = adata.to_memory\(\)"):
         VAE.setup_anndata(lazy)
+
+
+def test_plotting_a_view_of_backed_data_is_refused_by_name(kang, tmp_path):
+    """A two-column basis is drawn without a UMAP, but scanpy writes its palettes into the
+    AnnData: a backed view is refused by name, not inside anndata."""
+    adata = kang.copy()
+    adata.obsm["X_umap"] = np.random.default_rng(0).normal(size=(adata.n_obs, 2))
+    adata.write_h5ad(tmp_path / "u.h5ad")
+    view = ad.read_h5ad(tmp_path / "u.h5ad", backed="r")[:200]
+    with pytest.raises(ValueError, match=r"view of a backed AnnData.*to_memory\(\)"):
+        scdl.pl.embedding(view, basis="X_umap", color="cell_type", show=False)

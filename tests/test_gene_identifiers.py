@@ -177,3 +177,13 @@ def test_a_rename_that_finds_too_few_genes_keeps_the_lower_overlap_fix(n_renamed
     text = _refusal(names, genes)
     assert "make.names" in text
     assert ("min_gene_overlap" in text) == lower, text
+
+
+def test_a_model_trained_on_r_names_warns_on_cells_with_the_original_names():
+    """A drug model trained on GDSC's file as read before scdl.datasets.gdsc restored its names
+    ('HLA.DRA'): the cells' 'HLA-DRA' is the same gene, said with the fix."""
+    original = pd.Index([f"HLA-D{c}A" for c in "ABCDEFGHJKLM"] + [f"G{i}" for i in range(300)])
+    model_genes = original.str.replace("-", ".", regex=False)
+    present = model_genes.isin(original)
+    with pytest.warns(UserWarning, match=r"12 of the model's genes .*trained on an R export"):
+        scdl.data.warn_renamed_genes(model_genes, original, present)

@@ -209,11 +209,11 @@ def warn_renamed_genes(genes, var_names, present: np.ndarray) -> None:
     """Warn, however few genes the data lack, when a mechanical rename
     (:func:`~scdl.data.renamed_hint`) or a change of case explains them: their counts are in
     the file."""
-    # not for a model trained on R's names (e.g. a bulk file read straight from an R export:
-    # 'HLA.DPA1'), whose every prediction would warn: its refusals still say so
     if present.all():
         return
-    hint = renamed_hint(genes, var_names, model_renamed=False)
+    # a model trained on R's names too (a bulk file read from an R export, or GDSC's as
+    # scdl.datasets.gdsc read it before it restored the names): its genes are in the cells
+    hint = renamed_hint(genes, var_names)
     if hint is None:
         # the genes a whole-file case change would lose ('C15orf48' under .upper())
         genes, names = pd.Index(genes).astype(str), pd.Index(var_names).astype(str)

@@ -108,8 +108,8 @@ def embedding(
     _check_colors(adata, color, kwargs.get("gene_symbols"))
     gene_keys = [k for k in color_keys(color) if k is not None and k not in adata.obs.columns]
     check_scanpy_options(adata, kwargs, genes=bool(gene_keys))
-    if computed:
-        check_writable(adata)  # the UMAP is cached in it: a backed view failed after computing
+    # the UMAP is cached in it, scanpy's palettes written: a backed view failed inside anndata
+    check_writable(adata)
     with umaps_kept_on_success(adata, *([umap_key] if computed else [])):
         if computed:
             cached_umap(
