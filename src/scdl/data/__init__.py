@@ -46,14 +46,13 @@ from ._drug_inputs import (
     select_model_genes,
     stack_blocks,
 )
+from ._gene_renames import renamed_hint, warn_renamed_genes
 from ._genes import (
     LOW_GENE_OVERLAP,
     align_to_genes,
     gene_columns,
     gene_mismatch_message,
-    renamed_hint,
     same_gene_names,
-    warn_renamed_genes,
 )
 from ._groups import resolve_groups, warn_if_batch_nested, warn_if_few_cells
 from ._lognorm import input_kind, normalised_from_log1p
