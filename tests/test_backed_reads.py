@@ -40,9 +40,10 @@ def test_columns_of_a_backed_matrix_are_read_by_blocks(kang, backed, monkeypatch
         return out
 
     monkeypatch.setattr(type(backed.X), "__getitem__", spy)
-    got = scdl.data.read_columns(backed.X, cols)
-    assert max(sizes) <= 200
+    got, totals = scdl.data.read_columns(backed.X, cols, row_totals=True)
+    assert max(sizes) <= 200  # one pass of blocks gives both
     np.testing.assert_array_equal(got.toarray(), kang.X[:, cols].toarray())
+    np.testing.assert_allclose(totals, np.asarray(kang.X.sum(axis=1)).ravel())
 
 
 def test_a_view_of_a_backed_query_maps(kang_integrated, tmp_path):

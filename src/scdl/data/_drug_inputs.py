@@ -21,7 +21,7 @@ from scdl._warnings import warn_user
 from ._arguments import check_positive_int
 from ._drug_checks import MIN_SHARED_GENES, shared_genes
 from ._genes import gene_positions
-from ._rows import get_matrix, read_columns, row_blocks
+from ._rows import get_matrix, read_columns
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -295,19 +295,11 @@ class CountProfiles:
         self.scale = scale
         self.positions = gene_positions(var_names, genes)
         self.present = self.positions >= 0
-        # summed in float64: a float16 matrix would sum in float16 and overflow above 65,504;
-        # a backed matrix a block of rows at a time (it was read whole)
-        whole = sparse.issparse(x) or isinstance(x, np.ndarray)
-        library = np.concatenate(
-            [
-                np.asarray(b.sum(axis=1, dtype=np.float64)).ravel()
-                for b in ([x] if whole else row_blocks(x))
-            ]
-        )
+        # the genes' columns and each row's library, a backed matrix read once in blocks
+        sub, library = read_columns(x, self.positions[self.present], row_totals=True)
         any_counts = bool((library > 0).any())
         library[library == 0] = 1.0
         self.to_cp = target_sum / library  # each row's factor to counts per target_sum
-        sub = read_columns(x, self.positions[self.present])
         # only the genes' counts are kept (a backed file's whole read is let go with x)
         self.counts = _narrow(sparse.csr_matrix(sub) if sparse.issparse(sub) else np.asarray(sub))
         nonzero = self.counts.nnz if sparse.issparse(self.counts) else np.count_nonzero(self.counts)

@@ -1,6 +1,6 @@
 """Gene names other tools write mechanically (R's make.names, Ensembl version suffixes,
-scater's 'SYMBOL_ENSG...', a multi-genome reference's prefix) and the fix that restores a
-model's genes."""
+scater's 'SYMBOL_ENSG...', a multi-genome reference's prefix, another case) and the fix that
+restores a model's genes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,25 @@ import numpy as np
 import pandas as pd
 
 from scdl._warnings import warn_user
+
+_CASES = ("upper", "lower", "capitalize")
+
+
+def _case_fix(genes: pd.Index) -> str:
+    """The rewrite of ``adata.var_names`` that spells them as ``genes`` are spelled: one case
+    method that every model gene follows, else a lookup through the model's own names (human
+    symbols such as 'C1orf112', mouse 'mt-Co1', worm 'WBGene00000001')."""
+    # a method most genes follow loses the others ('C15orf48' under .upper(), 'mt-Co1' under
+    # .capitalize()), silently: only one that every gene follows is offered
+    for method in _CASES:
+        if (genes == getattr(genes.str, method)()).all():
+            return f"`adata.var_names = adata.var_names.str.{method}()`"
+    return (
+        "`spelling = {g.upper(): g for g in genes}; adata.var_names = "
+        "[spelling.get(g.upper(), g) for g in adata.var_names]` (`genes`: the model's gene "
+        "names)"
+    )
+
 
 #: an Ensembl identifier with its version suffix (GENCODE, STARsolo, alevin; Cell Ranger's
 #: have none)
@@ -140,9 +159,7 @@ def warn_renamed_genes(genes, var_names, present: np.ndarray) -> None:
         if len(cased) >= min(10, max(1, 0.5 * len(lacking))):
             hint = (
                 f"{len(cased)} of the genes it lacks are in adata.var_names in another case "
-                f"(e.g. {cased[:3].tolist()}): match them, `spelling = {{g.upper(): g for g in "
-                "genes}; adata.var_names = [spelling.get(g.upper(), g) for g in "
-                "adata.var_names]` (`genes`: the model's gene names)"
+                f"(e.g. {cased[:3].tolist()}): match them, {_case_fix(genes)}"
             )
     if hint is not None:
         warn_user(

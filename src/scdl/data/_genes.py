@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._gene_renames import _renamed
+from ._gene_renames import _case_fix, _renamed
 from ._rows import get_matrix, row_blocks
 
 
@@ -60,25 +60,6 @@ def gene_mismatch_message(
 
 #: below this share of a model's genes, a query's predictions are said to be less reliable
 LOW_GENE_OVERLAP = 0.9
-
-
-_CASES = ("upper", "lower", "capitalize")
-
-
-def _case_fix(genes: pd.Index) -> str:
-    """The rewrite of ``adata.var_names`` that spells them as ``genes`` are spelled: one case
-    method that every model gene follows, else a lookup through the model's own names (human
-    symbols such as 'C1orf112', mouse 'mt-Co1', worm 'WBGene00000001')."""
-    # a method most genes follow loses the others ('C15orf48' under .upper(), 'mt-Co1' under
-    # .capitalize()), silently: only one that every gene follows is offered
-    for method in _CASES:
-        if (genes == getattr(genes.str, method)()).all():
-            return f"`adata.var_names = adata.var_names.str.{method}()`"
-    return (
-        "`spelling = {g.upper(): g for g in genes}; adata.var_names = "
-        "[spelling.get(g.upper(), g) for g in adata.var_names]` (`genes`: the model's gene "
-        "names)"
-    )
 
 
 #: what to do with data of another species or panel: an annotator is trained on labelled

@@ -42,16 +42,28 @@ def row_blocks(x: Any, n_rows: int | None = None, *, size: int | None = None) ->
         yield x[start : min(start + size, n_rows)]
 
 
-def read_columns(x: Any, cols: np.ndarray) -> Any:
+def read_columns(x: Any, cols: np.ndarray, *, row_totals: bool = False) -> Any:
     """``x[:, cols]`` in memory: an in-memory matrix indexed directly; a backed AnnData's
     matrix read a block of rows at a time, keeping those columns of each (anndata reads a
-    backed sparse matrix whole to index its columns)."""
+    backed sparse matrix whole to index its columns). ``row_totals``: also each row's sum
+    over every column (float64), taken in the same pass: ``(columns, totals)``."""
+
+    def totals(m) -> np.ndarray:  # float64: float16 sums overflow above 65,504
+        return np.asarray(m.sum(axis=1, dtype=np.float64)).ravel()
+
     if sparse.issparse(x) or isinstance(x, np.ndarray) or getattr(x, "format", None) == "csc":
-        return x[:, cols]  # a backed CSC matrix reads only those columns
-    parts = [block[:, cols] for block in row_blocks(x)]
+        out = x[:, cols]  # a backed CSC matrix reads only those columns
+        return (out, totals(x)) if row_totals else out
+    parts, sums = [], []
+    for block in row_blocks(x):
+        parts.append(block[:, cols])
+        if row_totals:
+            sums.append(totals(block))
     if any(sparse.issparse(p) for p in parts):
-        return sparse.vstack([sparse.csr_matrix(p) for p in parts], format="csr")
-    return np.vstack(parts)
+        out = sparse.vstack([sparse.csr_matrix(p) for p in parts], format="csr")
+    else:
+        out = np.vstack(parts)
+    return (out, np.concatenate(sums)) if row_totals else out
 
 
 def in_memory(x: Any) -> Any:
