@@ -52,8 +52,10 @@ def read_columns(x: Any, cols: np.ndarray, *, row_totals: bool = False) -> Any:
         return np.asarray(m.sum(axis=1, dtype=np.float64)).ravel()
 
     if sparse.issparse(x) or isinstance(x, np.ndarray) or getattr(x, "format", None) == "csc":
+        # the totals first: scipy's float64 sum copies the matrix, not to be held beside out
+        sums = totals(x) if row_totals else None
         out = x[:, cols]  # a backed CSC matrix reads only those columns
-        return (out, totals(x)) if row_totals else out
+        return (out, sums) if row_totals else out
     parts, sums = [], []
     for block in row_blocks(x):
         parts.append(block[:, cols])
