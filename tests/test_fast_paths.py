@@ -119,6 +119,11 @@ def test_gather_counts_equals_scipy_alignment():
     x.data[np.flatnonzero(used)[0]] = 0.5
     assert gather_counts(x, lookup, len(genes)) is None
     assert _gather_device(x, lookup, len(genes), torch.device("cpu")) is None
+    # a count past MAX_COUNT is refused on either path (the GPU's let it through once)
+    x = query.X.copy()
+    x.data[np.flatnonzero(used)[0]] = 5e12
+    assert gather_counts(x, lookup, len(genes)) is None
+    assert _gather_device(x, lookup, len(genes), torch.device("cpu")) is None
     x = query.X.copy()
     x.data[np.flatnonzero(~used)[0]] = 0.5
     assert gather_counts(x, lookup, len(genes)) is not None

@@ -128,12 +128,18 @@ def test_load_resolves_the_device_and_refuses_what_it_cannot_use(saved, kang_int
     from scdl.models._devices import resolve_device
 
     assert resolve_device("cpu", "1,")[1] == "1,"  # Lightning's one-index form, left to it
+    for none in (0, "0"):  # Lightning's count of no devices: named, not a TypeError
+        with pytest.raises(ValueError, match="selects no cuda device"):
+            resolve_device("cuda", none)
     model = VAE.load(saved, adata=adata.copy(), device=torch.device("cpu"))
     assert next(model.module.parameters()).device == torch.device("cpu")
     if not torch.cuda.is_available():
         with pytest.raises(Exception, match=r"(?i)gpu: \[0\]") as gone:
             VAE.load(saved, adata=adata.copy(), device="cuda:0")
         assert "invalid literal" not in str(gone.value)
+        # load's device "1" is the index 1, as its int (Lightning would read a count of one)
+        with pytest.raises(Exception, match=r"(?i)gpu: \[1\]"):
+            VAE.load(saved, adata=adata.copy(), accelerator="cuda", device="1")
     if not torch.cuda.is_available():
         with pytest.raises(Exception, match="(?i)gpu|cuda"):
             VAE.load(saved, adata=adata.copy(), accelerator="cuda")

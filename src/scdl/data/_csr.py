@@ -159,6 +159,7 @@ def _gather_device(x, columns: np.ndarray, n_cols: int, device: torch.device):
             ok = torch.isfinite(val) & (val >= 0) & (val == torch.floor(val))
         else:
             ok = val >= 0
+        ok &= val <= MAX_COUNT  # as the CPU path's check: the refusal must not depend on it
         if not bool(ok.all()):
             return None
         chunk_ptr = torch.from_numpy(indptr_in[start : stop + 1] - lo).to(device)

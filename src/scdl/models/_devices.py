@@ -29,6 +29,8 @@ def resolve_device(
         raise ValueError(f"accelerator={accelerator!r} is not one of {ACCELERATORS}.")
     accelerator, devices = _torch_device_string(accelerator, devices)
     if single:
+        if isinstance(devices, str) and devices.strip().isdigit():
+            devices = int(devices)  # "1" as load's index 1, not Lightning's count of one
         if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 0:
             devices = [devices]  # one device: an integer is its index (a count to Lightning)
         elif (
@@ -47,6 +49,11 @@ def resolve_device(
         return "cpu", devices, torch.device("cpu")
     parser = CUDAAccelerator if accelerator == "cuda" else MPSAccelerator
     ids = parser.parse_devices(1 if devices == "auto" else devices)  # raises when none exists
+    if not ids:  # Lightning reads 0 (or "0") as a count of no devices
+        raise ValueError(
+            f"devices={devices!r} selects no {accelerator} device. Pass the number of devices "
+            "(1), or a device's index in a list ([0])."
+        )
     return (
         accelerator,
         ids[:1] if devices == "auto" else ids,

@@ -81,7 +81,9 @@ class VAEQueryMixin:
             from ._vae import VAE
 
             with torch.random.fork_rng(devices=[]):  # building it draws from torch's RNG
-                reference_model = VAE.load(reference_model, adata=False, prefix=prefix)
+                reference_model = VAE.load(  # only its genes are read: on the CPU
+                    reference_model, adata=False, prefix=prefix, accelerator="cpu"
+                )
         ref_genes = pd.Index(reference_model.get_var_names())
         if getattr(adata, "isbacked", False) and not same_gene_names(adata.var_names, ref_genes):
             if inplace:  # genes cannot be added to a matrix on disk

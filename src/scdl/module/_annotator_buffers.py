@@ -105,8 +105,10 @@ def check_saved_buffers(state_dict: dict, prefix: str, *, n_genes: int, n_labels
     part."""
 
     def get(name: str) -> torch.Tensor:
-        # a part the file lacks is stored empty (a save from before it existed)
-        return state_dict.get(prefix + name, torch.zeros(0))
+        # a part the file lacks is stored empty (a save from before it existed); read on the
+        # CPU: a state dict taken from a module on a GPU (a run restored after divergence)
+        # holds CUDA tensors, which numpy cannot read
+        return state_dict.get(prefix + name, torch.zeros(0)).detach().cpu()
 
     _check_sample(get, n_genes, n_labels)
     _check_prototypes(get, n_genes, n_labels)

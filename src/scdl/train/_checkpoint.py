@@ -31,7 +31,10 @@ class SafeSaveCheckpoint(SaveCheckpoint):
         if path is None or not (path / "config.json").is_file():
             return None
         model = trainer._model  # where scvi-tools' SaveCheckpoint itself finds the model
-        return type(model).load(path, adata=False).module.state_dict()
+        # read on the CPU: load_state_dict copies it to wherever the trained module is, and
+        # a load on the default device would put a second model on the GPU (or start CUDA in
+        # a run on the CPU)
+        return type(model).load(path, adata=False, accelerator="cpu").module.state_dict()
 
     def on_train_end(self, trainer, pl_module) -> None:
         if not self.load_best_on_end:
