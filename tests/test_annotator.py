@@ -140,6 +140,22 @@ def test_a_shallower_query_is_judged_at_its_own_depth(annotator):
     assert np.median(score[is_b]) > np.quantile(score[~is_b], 0.95)
 
 
+def test_a_query_dominated_by_one_type_keeps_its_cells_known(annotator):
+    """CD4 T cells at 80% of the stimulated query, every other type kept (subsampled alike):
+    every type is present, so nothing is filled; the call weighs the cells to the reference's
+    composition, and the known cells stay known (read with the query's own statistics, 86% of
+    them were called Unknown)."""
+    model, query = annotator
+    truth = query.obs["cell_type"].to_numpy()
+    dominant, other = np.flatnonzero(truth == "CD4T"), np.flatnonzero(truth != "CD4T")
+    rng = np.random.default_rng(0)
+    rows = np.sort(np.r_[dominant, rng.choice(other, len(dominant) // 4, replace=False)])
+    calls, _ = model.annotate_cells(query[rows].copy())
+    known = truth[rows] != HELD_OUT_TYPE
+    assert calls["is_unknown"][known].mean() <= 0.15, calls["is_unknown"][known].mean()
+    assert (calls["label_forced"][truth[rows] == "CD4T"] == "CD4T").mean() > 0.8
+
+
 def test_a_query_of_one_population_is_known_and_warned_about(annotator, tmp_path):
     """A sorted population is filled to the reference's composition before the Unknown call,
     so its known cells stay known; one unlike every reference type (B cells here) is not. A

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import kang_reference_query
+from conftest import kang_reference_query, read_shared
 from sklearn.linear_model import LogisticRegression
 
-from scdl.models._composition import filled_stats, query_fill, shift_is_plausible, sketch_stats
+from scdl.models._composition import (
+    composition_weights,
+    filled_stats,
+    query_fill,
+    shift_is_plausible,
+    sketch_stats,
+)
 from scdl.models._mixing import MIN_REFERENCE_SHARE, build_sketch, reference_share
 from scdl.models._novelty import (
     NOVELTY_RESOLUTION,
@@ -74,3 +80,49 @@ def test_one_population_is_known_once_filled(kang, population):
     share = reference_share(x, clusters, sketch, stats=stats, fill=np.round(fill[0]))
     apart = share < MIN_REFERENCE_SHARE
     assert novel.mean() <= 0.15 and apart.mean() <= 0.15, (novel.mean(), apart.mean())
+
+
+@pytest.fixture(scope="module")
+def kang_samples():
+    """Kang 1.5k: one sample (ctrl101) the reference, the three others the query; every query
+    type is a reference type and the reference's every type is in the query."""
+    import scanpy as sc
+
+    cells = read_shared("kang_pbmc_1.5k.h5ad")
+    ref = cells[cells.obs["sample"] == "ctrl101"]
+    hv = sc.pp.highly_variable_genes(ref, flavor="seurat_v3", n_top_genes=2000, inplace=False)
+    genes = ref.var_names[hv["highly_variable"].to_numpy()]
+    query = cells[cells.obs["sample"] != "ctrl101", genes].copy()
+    return {"query": query, "x": log_normalize(query.X), **reference(ref[:, genes].copy())}
+
+
+@pytest.mark.parametrize("population", POPULATIONS)
+def test_a_query_dominated_by_one_type_is_known_once_weighted(kang_samples, population):
+    """The query with one type at 80% of its cells and every other type kept (subsampled
+    alike): read with its own statistics many of its cells look new; weighted to the
+    reference's composition, few do. The mixed query is not weighted."""
+    data = kang_samples
+    sketch = data["sketch"]
+    threshold, genes, centroids = data["novelty"]
+    composition = sketch["sketch_composition"]
+    assert composition_weights(data["clf"].predict(data["x"]), composition) is None
+    truth = data["query"].obs["cell_type"].to_numpy()
+    dominant, other = np.flatnonzero(truth == population), np.flatnonzero(truth != population)
+    rng = np.random.default_rng(0)
+    rows = np.sort(np.r_[dominant, rng.choice(other, len(dominant) // 4, replace=False)])
+    x = data["x"][rows]
+    predicted = data["clf"].predict(x)
+    mine = truth[rows] == population
+
+    def flagged(stats=None, weights=None):
+        (clusters,) = cluster_cells(x)
+        score = cluster_novelty(x, clusters, predicted, centroids, genes, stats=stats)[0]
+        share = reference_share(x, clusters, sketch, stats=stats, weights=weights)
+        return (score > threshold)[mine].mean(), (share < MIN_REFERENCE_SHARE)[mine].mean()
+
+    novel, apart = flagged()
+    assert max(novel, apart) >= 0.5, (novel, apart)
+    weights = composition_weights(predicted, composition)
+    assert weights is not None and query_fill(predicted, sketch) is None
+    novel, apart = flagged(_mean_sd(x, weights), weights)
+    assert novel <= 0.15 and apart <= 0.15, (novel, apart)

@@ -25,6 +25,7 @@ from ._adaptation import (
 )
 from ._composition import (
     composition_warning,
+    composition_weights,
     fill_counts,
     filled_stats,
     query_fill,
@@ -98,14 +99,16 @@ class AnnotatorQueryMixin:
         sorted population), what the Unknown call can then tell (:mod:`._composition`)."""
         shift = composition_shift(best, self.module.sketch_composition.cpu().numpy())
         if shift > MAX_COMPOSITION_SHIFT:
-            # whether this query is filled (a type absent), not whether the model could fill
-            # one: a query enriched in one type, with every type present, is not
+            # how this query is read: weighted to the reference's composition (every type
+            # present), filled (a type absent; a model saved with the type moments), or by
+            # its own statistics (a model saved before the fill)
             composition = self.module.sketch_composition.cpu().numpy()
-            filled = (
-                self.module.sketch_moments.numel() > 0
-                and fill_counts(best, composition)[0].sum() > 0
-            )
-            warn_user(composition_warning(shift, filled), UserWarning)
+            how = None
+            if fill_counts(best, composition)[0].sum() > 0:
+                how = "filled" if self.module.sketch_moments.numel() > 0 else None
+            elif composition_weights(best, composition) is not None:
+                how = "weighted"
+            warn_user(composition_warning(shift, how), UserWarning)
 
     def _adapted_features(self, x, present, batch_size, host, weight: float, first):
         """:meth:`_features` with the query's own statistics blended in by ``weight``, the
@@ -209,8 +212,17 @@ class AnnotatorQueryMixin:
             x_log, best, sketch, fill, centroids, genes, present
         ):
             fill = None  # its types are unlike the reference's: not a shift to remove
+        # a query far from the reference's composition with every type present (a sample
+        # dominated by one type) is read at the reference's composition; not for "auto"'s
+        # decision (cluster=False): the unadapted calls it reads take a shifted query's
+        # composition poorly, and weights from them moved its calls (benchmarks/README.md)
+        weights = None
+        if cluster and fill is None:
+            weights = composition_weights(best, sketch["sketch_composition"])
         if fill is not None:
             stats, part = filled_stats(x_log, best, sketch["sketch_moments"], *fill)
+        elif weights is not None:
+            stats = _mean_sd(x_log, weights)
         clusters, score, over = np.full(n, -1), np.full(n, np.nan), np.full(n, -1)
         if cluster:
             resolutions = (NOVELTY_RESOLUTION * part,)
@@ -246,6 +258,8 @@ class AnnotatorQueryMixin:
         if fill is not None:
             stats = sketch_stats(x_log, best, sketch, fill, own, level)
             pseudo = np.round(fill[0])
+        elif weights is not None:
+            stats = _mean_sd(x_log, weights)
         own_share = reference_share(
             x_log,
             None,
@@ -256,6 +270,7 @@ class AnnotatorQueryMixin:
             level=level,
             fill=pseudo,
             warn=warn,
+            weights=weights,
         )
         share = cluster_means(own_share, clusters) if cluster else np.full(n, np.nan)
         return clusters, score, share, over, own_share

@@ -181,6 +181,7 @@ def reference_share(
     level: int = 0,
     fill: np.ndarray | None = None,
     warn: bool = True,
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per cell, its cluster's mean share of reference cells among the neighbours of its cells
     (steps 2-3 of the module notes; ``clusters=None``: the cell's own share, before any
@@ -191,7 +192,10 @@ def reference_share(
     (:func:`scdl.models._depth.match_depth`; a sketch saved with one level has only 0);
     ``fill``: pseudo-cells per label code that fill the query to the reference's composition
     (:func:`scdl.models._composition.fill_counts`; used when the sketch has its labels);
-    ``warn=False``: no warning for a query lacking the sketch's genes."""
+    ``weights``: per query cell, its weight towards the reference's composition
+    (:func:`scdl.models._composition.composition_weights`): the pool's query side holds each
+    cell in proportion to it; ``warn=False``: no warning for a query lacking the sketch's
+    genes."""
     from sklearn.neighbors import NearestNeighbors
 
     n = x_log.shape[0]
@@ -218,6 +222,9 @@ def reference_share(
     labels = np.asarray(sketch.get("sketch_labels", np.zeros(0)), dtype=int)
     if fill is not None and fill.sum() > 0 and len(labels) == len(ref):
         ref, side, own_rows = _filled_sides(ref, labels, q, np.asarray(fill), rng)
+    elif weights is not None:
+        own_rows = _weighted_rows(q, np.asarray(weights, dtype=np.float64), rng)
+        side = q[own_rows]
     m = min(len(ref), len(side))  # balanced: the same number of reference and query neighbours
     ref = ref[np.sort(rng.choice(len(ref), m, replace=False))] if len(ref) > m else ref
     servers = _subsample(side, m, rng) if len(side) > m else np.arange(m)
@@ -277,6 +284,18 @@ def _subsample(points: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarr
     their positions, in that sorted order (the pool's order breaks neighbour ties)."""
     canonical = np.lexsort(points.T[::-1])  # by the first coordinate, ties by the next
     return canonical[np.sort(rng.choice(len(points), m, replace=False))]
+
+
+def _weighted_rows(points: np.ndarray, weights: np.ndarray, rng) -> np.ndarray:
+    """Rows of ``points`` kept in proportion to their ``weights`` (cells of equal weight, i.e.
+    of one predicted type, subsampled together; the heaviest all kept), sorted."""
+    rows = []
+    for w in np.unique(weights):
+        idx = np.flatnonzero(weights == w)
+        keep = int(round(len(idx) * w / weights.max()))
+        if keep > 0:
+            rows.append(idx[_subsample(points[idx], keep, rng)])
+    return np.sort(np.concatenate(rows)) if rows else np.arange(len(points))
 
 
 def _filled_sides(ref, labels, q, fill, rng):

@@ -78,10 +78,16 @@ def log_normalize(x) -> sparse.csr_matrix:
     return log_normalize_counts(x, dtype=np.float32, share_index=True)
 
 
-def _mean_sd(x_log) -> tuple[np.ndarray, np.ndarray]:
-    n = x_log.shape[0]
-    mean = np.asarray(x_log.sum(0), dtype=np.float64).ravel() / n
-    sq = np.asarray(x_log.multiply(x_log).sum(0), dtype=np.float64).ravel() / n
+def _mean_sd(x_log, weights=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and sd of the cells (``weights``: each cell's weight; ``None``: equal)."""
+    if weights is None:
+        n = x_log.shape[0]
+        mean = np.asarray(x_log.sum(0), dtype=np.float64).ravel() / n
+        sq = np.asarray(x_log.multiply(x_log).sum(0), dtype=np.float64).ravel() / n
+    else:
+        w = np.asarray(weights, dtype=np.float64) / np.sum(weights)
+        mean = np.asarray(x_log.T @ w, dtype=np.float64).ravel()
+        sq = np.asarray(x_log.multiply(x_log).T @ w, dtype=np.float64).ravel()
     return mean, np.maximum(np.sqrt(np.maximum(sq - mean**2, 0.0)), _STD_FLOOR)
 
 
