@@ -4,9 +4,9 @@ On every split of ``annotation.py`` (its genes, its labels), scdl's ``CellTypeTr
 trained on the reference (defaults; one model per split and seed) and annotates:
 
 * the full query;
-* each query type with >= 40 cells *enriched* to 60% and to 80% of the query (the other types
-  subsampled alike, every one kept; a sample dominated by one type, e.g. a tumour or a sorted
-  but impure population);
+* each query type with >= 40 cells *enriched* to 60% and to 80% of the query (the other cells
+  subsampled at random, so a rare type can drop below the fill's limits and the query is then
+  filled; a sample dominated by one type, e.g. a tumour or a sorted but impure population);
 * each such type *depleted* to 15% and to 30% of its cells.
 
 Printed per query kind and share (mean over the splits' queries, and the worst query): the

@@ -150,7 +150,8 @@ def test_a_query_dominated_by_one_type_keeps_its_cells_known(annotator):
     dominant, other = np.flatnonzero(truth == "CD4T"), np.flatnonzero(truth != "CD4T")
     rng = np.random.default_rng(0)
     rows = np.sort(np.r_[dominant, rng.choice(other, len(dominant) // 4, replace=False)])
-    calls, _ = model.annotate_cells(query[rows].copy())
+    with pytest.warns(UserWarning, match="weighs its cells to the reference's composition"):
+        calls, _ = model.annotate_cells(query[rows].copy())
     known = truth[rows] != HELD_OUT_TYPE
     assert calls["is_unknown"][known].mean() <= 0.15, calls["is_unknown"][known].mean()
     assert (calls["label_forced"][truth[rows] == "CD4T"] == "CD4T").mean() > 0.8

@@ -126,3 +126,20 @@ def test_a_query_dominated_by_one_type_is_known_once_weighted(kang_samples, popu
     assert weights is not None and query_fill(predicted, sketch) is None
     novel, apart = flagged(_mean_sd(x, weights), weights)
     assert novel <= 0.15 and apart <= 0.15, (novel, apart)
+
+
+def test_composition_weights_only_for_a_dominated_query_holding_every_type():
+    """Weights bring the predicted composition to the reference's (mean 1); none for a query
+    close to it, one not dominated by a type, one lacking a type (it is filled instead), a
+    code beyond the reference's types, or a reference without shares."""
+    shares = np.array([0.3, 0.4, 0.3])
+    dominated = np.repeat([0, 1, 2], [160, 20, 20])  # 80% of type 0
+    weights = composition_weights(dominated, shares)
+    np.testing.assert_allclose(weights.mean(), 1.0)
+    reweighted = np.bincount(dominated, weights=weights) / len(dominated)
+    np.testing.assert_allclose(reweighted, shares)
+    assert composition_weights(np.repeat([0, 1, 2], [80, 60, 60]), shares) is None  # close
+    assert composition_weights(np.repeat([0, 1, 2], [95, 95, 10]), shares) is None  # no 50%
+    assert composition_weights(np.repeat([0, 1], [160, 40]), shares) is None  # type 2 absent
+    assert composition_weights(np.repeat([0, 1, 2, 3], [160, 20, 20, 5]), shares) is None
+    assert composition_weights(dominated, np.zeros(3)) is None

@@ -122,18 +122,21 @@ class CellTypeTransformer(
     pseudo-cells of the missing types under the shift its present types show), as its own mean would
     be its own profile (unless its types are unlike their reference types before any shift is
     removed); it then cannot show a new type close to a known one, which is read as that type under
-    a shift (on cell lines too: a removed line forced onto a similar one). A ``UserWarning`` says so
-    when the query's predicted composition is more than half away from the reference's
-    (total-variation distance above 0.5). A query pooling samples of different chemistries shares
-    only part of its shift: a state more common in one of them than in the reference can be called
-    Unknown, which annotating each sample on its own avoids. Models saved before the cluster call
-    keep their per-cell thresholds (``cluster_threshold_`` is ``None``), and those calibrated before
-    the mixture compare a cluster with its majority type's profile (``novelty_rule_`` is ``None``),
-    those before the prototypes with its types' means (``novelty_rule_`` is ``"mixture"``); models
-    saved before the sketch make the first check only (``min_reference_share_`` is ``None``), those
-    saved before the sum call a cluster past either threshold (``unknown_evidence_`` is ``None``),
-    and those before the fill read a sorted population against its own mean (its known types mostly
-    Unknown).
+    a shift (on cell lines too: a removed line forced onto a similar one). A query holding every
+    type but dominated by one (at least half of its calls, and further from the reference's
+    composition than the reference's largest type's share) is weighted to the reference's
+    composition instead, which reads a new population called as the dominant type as part of it. A
+    ``UserWarning`` says how the query was read when its predicted composition is more than half
+    away from the reference's (total-variation distance above 0.5) or when it was weighted. A query
+    pooling samples of different chemistries shares only part of its shift: a state more common in
+    one of them than in the reference can be called Unknown, which annotating each sample on its own
+    avoids. Models saved before the cluster call keep their per-cell thresholds
+    (``cluster_threshold_`` is ``None``), and those calibrated before the mixture compare a cluster
+    with its majority type's profile (``novelty_rule_`` is ``None``), those before the prototypes
+    with its types' means (``novelty_rule_`` is ``"mixture"``); models saved before the sketch make
+    the first check only (``min_reference_share_`` is ``None``), those saved before the sum call a
+    cluster past either threshold (``unknown_evidence_`` is ``None``), and those before the fill
+    read a sorted population against its own mean (its known types mostly Unknown).
 
     **What the Unknown call is not.** It is made per query cluster: a handful of unlike cells
     among many (ten cells of an unseen type in a query of 1,500) join a known cluster and take its

@@ -322,7 +322,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         calls["cluster_reference_share"] = np.nan
         if unknown_call or own_graph:
             # the mixing check's skip is said only where there is an Unknown call to weaken
-            cluster, score, share, over, own_share = self._cluster_calls(
+            cluster, score, share, over, own_share, read = self._cluster_calls(
                 host, present, best.numpy(), resolution, seed, warn=unknown_call
             )
             calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = cluster, score, over
@@ -388,7 +388,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
                 UserWarning,
             )
         elif self.cluster_threshold_ is not None and typed >= MIN_QUERY_CELLS:
-            self._warn_if_composition_differs(best.numpy()[~empty])  # of the typed cells
+            self._warn_if_composition_differs(best.numpy()[~empty], read)  # the typed cells
         calls.insert(0, "label", np.where(unknown, UNKNOWN, forced))
         calls["is_unknown"] = unknown
         return calls, pd.DataFrame(probs.numpy(), index=index, columns=self.labels)

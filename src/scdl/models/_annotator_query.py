@@ -26,7 +26,6 @@ from ._adaptation import (
 from ._composition import (
     composition_warning,
     composition_weights,
-    fill_counts,
     filled_stats,
     query_fill,
     shift_is_plausible,
@@ -94,21 +93,14 @@ class AnnotatorQueryMixin:
                 lin.weight.copy_(saved[0])
                 lin.bias.copy_(saved[1])
 
-    def _warn_if_composition_differs(self, best: np.ndarray) -> None:
+    def _warn_if_composition_differs(self, best: np.ndarray, read: str) -> None:
         """Warn when the query's predicted composition is far from the reference's (e.g. one
-        sorted population), what the Unknown call can then tell (:mod:`._composition`)."""
+        sorted population) or the call weighed it to the reference's, what the Unknown call
+        can then tell; ``read``: how :meth:`_cluster_calls` read the query
+        (:mod:`._composition`)."""
         shift = composition_shift(best, self.module.sketch_composition.cpu().numpy())
-        if shift > MAX_COMPOSITION_SHIFT:
-            # how this query is read: weighted to the reference's composition (every type
-            # present), filled (a type absent; a model saved with the type moments), or by
-            # its own statistics (a model saved before the fill)
-            composition = self.module.sketch_composition.cpu().numpy()
-            how = None
-            if fill_counts(best, composition)[0].sum() > 0:
-                how = "filled" if self.module.sketch_moments.numel() > 0 else None
-            elif composition_weights(best, composition) is not None:
-                how = "weighted"
-            warn_user(composition_warning(shift, how), UserWarning)
+        if shift > MAX_COMPOSITION_SHIFT or read == "weighted":
+            warn_user(composition_warning(shift, read), UserWarning)
 
     def _adapted_features(self, x, present, batch_size, host, weight: float, first):
         """:meth:`_features` with the query's own statistics blended in by ``weight``, the
@@ -170,10 +162,12 @@ class AnnotatorQueryMixin:
         self, x, present, best, resolution, seed, *, cluster: bool = True, warn: bool = True
     ):
         """Query clusters, their novelty and reference share per cell, the over-clustering for
-        voting (``resolution=False``: none, ``-1``) and each cell's own reference share (what
-        ``"auto"`` adaptation decides on). ``cluster=False``: the cells' own shares only (no
-        clustering; the other outputs -1 / NaN). ``warn=False``: a query lacking the sketch's
-        genes is not warned about here (a later call in the same step warns)."""
+        voting (``resolution=False``: none, ``-1``), each cell's own reference share (what
+        ``"auto"`` adaptation decides on) and how the query's statistics were read
+        (``"own"``, ``"filled"`` or ``"weighted"``, :mod:`._composition`). ``cluster=False``:
+        the cells' own shares only (no clustering; the other outputs -1 / NaN).
+        ``warn=False``: a query lacking the sketch's genes is not warned about here (a later
+        call in the same step warns)."""
         n = x.shape[0]
         has = np.asarray(x.sum(1)).ravel() > 0
         if 0 < has.sum() < n:  # cells without counts are Unknown; clustered with the others,
@@ -183,9 +177,9 @@ class AnnotatorQueryMixin:
             sub = self._cluster_calls(
                 x[has], present, best[has], resolution, seed, cluster=cluster, warn=warn
             )
-            for full, part in zip(out, sub, strict=True):
+            for full, part in zip(out, sub[:5], strict=True):
                 full[has] = part
-            return out
+            return (*out, sub[5])
         if not cluster:
             resolution = False
         if resolution is None:  # CellTypist's choice by query size
@@ -200,7 +194,8 @@ class AnnotatorQueryMixin:
                 (over,) = cluster_cells(
                     log_normalize(x), resolutions=(float(resolution),), seed=seed
                 )
-            return np.zeros(n, dtype=int), *np.full((2, n), np.nan), over, np.full(n, np.nan)
+            nan = np.full((2, n), np.nan)
+            return np.zeros(n, dtype=int), *nan, over, np.full(n, np.nan), "own"
         x_log = log_normalize(x)
         own = _mean_sd(x_log)  # the query's own per-gene statistics, read by all three steps
         # a query lacking reference types is filled to the reference's composition first
@@ -273,4 +268,5 @@ class AnnotatorQueryMixin:
             weights=weights,
         )
         share = cluster_means(own_share, clusters) if cluster else np.full(n, np.nan)
-        return clusters, score, share, over, own_share
+        read = "filled" if fill is not None else "weighted" if weights is not None else "own"
+        return clusters, score, share, over, own_share, read
