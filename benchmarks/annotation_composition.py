@@ -9,7 +9,8 @@ trained on the reference (defaults; one model per split and seed) and annotates:
   filled; a sample dominated by one type, e.g. a tumour or a sorted but impure population);
 * each such type *depleted* to 15% and to 30% of its cells.
 
-Printed per query kind and share (mean over the splits' queries, and the worst query): the
+Queries of fewer than 100 cells (which get no Unknown call) are left out. Printed per query
+kind and share (mean over the splits' queries, and the worst query): the
 share of cells called Unknown (every query type is a reference type, so all of it is on known
 types) and the macro-F1 with Unknown counted wrong, beside logistic regression's (CellTypist's
 recipe, its "Unassigned" below a 0.5 probability counted wrong, as ``annotation.py``).
@@ -29,6 +30,8 @@ from sklearn.metrics import f1_score
 
 #: query types with fewer cells are neither enriched nor depleted
 MIN_TYPE_CELLS = 40
+#: a query with fewer cells gets no Unknown call (scdl's minimum): it is left out
+MIN_QUERY_CELLS = 100
 
 
 def queries(truth: np.ndarray, seed: int = 0):
@@ -76,6 +79,8 @@ def run_split(name, ref, qry, seed: int) -> list[dict]:
     truth = qry.obs.cell_type.to_numpy()
     rows = []
     for kind, t, f, keep in queries(truth, seed):
+        if keep.sum() < MIN_QUERY_CELLS:
+            continue
         calls, _ = model.annotate_cells(qry[keep].copy())
         labels = np.unique(truth[keep])
         rows.append(
@@ -86,6 +91,7 @@ def run_split(name, ref, qry, seed: int) -> list[dict]:
                 "type": t,
                 "f": f,
                 "n": int(keep.sum()),
+                "read": calls.attrs.get("composition_read"),
                 "unknown": float(calls["is_unknown"].mean()),
                 "F1_w_unknown": f1_score(
                     truth[keep], calls["label"], average="macro", labels=labels
@@ -135,6 +141,8 @@ def main():
     print(summary.round(3).to_string())
     by_split = df.groupby(["split", "kind"])[["unknown", "F1 - logreg"]].mean().unstack()
     print("\nper split\n" + by_split.round(3).to_string())
+    reads = df.groupby(["kind", "f"])["read"].value_counts().unstack(fill_value=0)
+    print("\nhow the Unknown call read each query\n" + reads.to_string())
 
 
 if __name__ == "__main__":

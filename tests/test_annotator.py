@@ -141,7 +141,8 @@ def test_a_shallower_query_is_judged_at_its_own_depth(annotator):
 
 
 def test_a_query_dominated_by_one_type_keeps_its_cells_known(annotator):
-    """CD4 T cells at 80% of the stimulated query, every other type kept (subsampled alike):
+    """CD4 T cells at 80% of the stimulated query, the other cells drawn at random (every type
+    kept):
     every type is present, so nothing is filled; the call weighs the cells to the reference's
     composition, and the known cells stay known (read with the query's own statistics, 86% of
     them were called Unknown)."""
@@ -152,6 +153,7 @@ def test_a_query_dominated_by_one_type_keeps_its_cells_known(annotator):
     rows = np.sort(np.r_[dominant, rng.choice(other, len(dominant) // 4, replace=False)])
     with pytest.warns(UserWarning, match="weighs its cells to the reference's composition"):
         calls, _ = model.annotate_cells(query[rows].copy())
+    assert calls.attrs["composition_read"] == "weighted"
     known = truth[rows] != HELD_OUT_TYPE
     assert calls["is_unknown"][known].mean() <= 0.15, calls["is_unknown"][known].mean()
     assert (calls["label_forced"][truth[rows] == "CD4T"] == "CD4T").mean() > 0.8
@@ -176,8 +178,9 @@ def test_a_query_of_one_population_is_known_and_warned_about(annotator, tmp_path
     assert (calls["label_forced"] == "CD4T").mean() > 0.8
     assert calls["is_unknown"].mean() <= 0.15, calls["is_unknown"].mean()
     # B cells alone (the reference has none) look like no reference type: not filled, Unknown
-    with pytest.warns(UserWarning, match="sorted population"):
+    with pytest.warns(UserWarning, match="do not look like the reference's even before"):
         calls, _ = model.annotate_cells(query[query.obs.cell_type == HELD_OUT_TYPE].copy())
+    assert calls.attrs["composition_read"] == "unlike"
     assert calls["is_unknown"].mean() >= 0.5, calls["is_unknown"].mean()
     model.save(tmp_path / "m")
     weights = tmp_path / "m" / "model.safetensors"

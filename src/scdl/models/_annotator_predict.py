@@ -230,15 +230,16 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             (``"median_reference_share"``: with a blend given, the one the Unknown call
             measures on the final calls; NaN where no share was measured) and the Unknown
             call's ``"mixing_level"`` (set from that median, see the class notes; NaN without
-            its mixing check). The query's statistics are taken after filling it to the
-            reference's composition: reference types that its unadapted calls leave out (or
-            nearly) are added as pseudo-cells with the reference's statistics for those types,
-            moved by the shift its present types share, so a query of one or a few populations
-            does not take its own markers as its mean (a model saved before it kept those
-            statistics blends unfilled). Cells without counts (empty droplets) are left out. A
-            blend costs one more forward pass, each re-centring pass one more; ``"auto"`` one
-            more neighbour search of the mixing check (the cells' own shares, before the query
-            is clustered). The Unknown
+            its mixing check) and how it read the query's composition (``"composition_read"``:
+            ``"own"``, ``"filled"``, ``"weighted"`` or ``"unlike"``, see the class notes; unset
+            without the Unknown call's clusters). The query's statistics are taken after filling it
+            to the reference's composition: reference types that its unadapted calls leave out (or
+            nearly) are added as pseudo-cells with the reference's statistics for those types, moved
+            by the shift its present types share, so a query of one or a few populations does not
+            take its own markers as its mean (a model saved before it kept those statistics blends
+            unfilled). Cells without counts (empty droplets) are left out. A blend costs one more
+            forward pass, each re-centring pass one more; ``"auto"`` one more neighbour search of
+            the mixing check (the cells' own shares, before the query is clustered). The Unknown
             call is made on clusters standardised by the query's own statistics and follows
             the adapted calls.
         over_clustering
@@ -327,6 +328,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             )
             calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = cluster, score, over
             calls["cluster_reference_share"] = share
+            calls.attrs["composition_read"] = read
         if over_clustering and not own_graph:
             graph = over_clustering_graph
             if getattr(graph, "shape", None) != (len(calls), len(calls)):

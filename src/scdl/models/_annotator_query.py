@@ -164,7 +164,8 @@ class AnnotatorQueryMixin:
         """Query clusters, their novelty and reference share per cell, the over-clustering for
         voting (``resolution=False``: none, ``-1``), each cell's own reference share (what
         ``"auto"`` adaptation decides on) and how the query's statistics were read
-        (``"own"``, ``"filled"`` or ``"weighted"``, :mod:`._composition`). ``cluster=False``:
+        (``"own"``, ``"filled"``, ``"weighted"``, or ``"unlike"`` where a fill was refused:
+        :mod:`._composition`). ``cluster=False``:
         the cells' own shares only (no clustering; the other outputs -1 / NaN).
         ``warn=False``: a query lacking the sketch's genes is not warned about here (a later
         call in the same step warns)."""
@@ -202,11 +203,11 @@ class AnnotatorQueryMixin:
         sketch = self.module.sketch()
         centroids = self.module.centroids.cpu().numpy()
         genes = self.novelty_genes_ if self.novelty_genes_ is not None else range(x.shape[1])
-        fill, stats, part = query_fill(best, sketch), own, 1.0
+        fill, stats, part, unlike = query_fill(best, sketch), own, 1.0, False
         if fill is not None and not shift_is_plausible(
             x_log, best, sketch, fill, centroids, genes, present
         ):
-            fill = None  # its types are unlike the reference's: not a shift to remove
+            fill, unlike = None, True  # its types are unlike the reference's: no shift
         # a query far from the reference's composition with every type present (a sample
         # dominated by one type) is read at the reference's composition; not for "auto"'s
         # decision (cluster=False): the unadapted calls it reads take a shifted query's
@@ -269,4 +270,4 @@ class AnnotatorQueryMixin:
         )
         share = cluster_means(own_share, clusters) if cluster else np.full(n, np.nan)
         read = "filled" if fill is not None else "weighted" if weights is not None else "own"
-        return clusters, score, share, over, own_share, read
+        return clusters, score, share, over, own_share, "unlike" if unlike else read

@@ -192,8 +192,18 @@ def shift_is_plausible(x_log, predicted, sketch, fill, centroids, genes, present
 def composition_warning(shift: float, how: str | None) -> str:
     """The warning for a query whose predicted composition is ``shift`` (total variation)
     away from the reference's; ``how`` the call read it: ``"filled"`` (a type absent),
-    ``"weighted"`` (:func:`composition_weights`) or ``"own"`` (its own statistics: a fill
-    refused, a model saved before the fill, or a query neither rule applies to)."""
+    ``"weighted"`` (:func:`composition_weights`), ``"unlike"`` (a fill refused by
+    :func:`shift_is_plausible`) or ``"own"`` (its own statistics: a model saved before the
+    fill, or a query neither rule applies to)."""
+    if how == "unlike":
+        return (
+            f"{shift:.0%} of the query's cells would have to change type for its predicted "
+            "composition to match the reference's, and the types it is called as do not look "
+            "like the reference's even before any shift is removed (e.g. cells of another "
+            "tissue): the call reads the query's own statistics, and cells unlike every "
+            "reference type are 'Unknown'. Their forced calls (`label_forced`) name the nearest "
+            "reference type, not what they are."
+        )
     if how == "weighted":
         risk = (
             "every reference type is in it, so the call weighs its cells to the reference's "
