@@ -789,6 +789,35 @@ def test_majority_voting_keeps_pure_clusters_and_fixes_isolated_calls(annotator)
     assert q.uns["mv"]["majority_voting"] is True
 
 
+def test_a_rerun_keeps_each_types_colour(annotator):
+    """scanpy pairs ``uns[f"{key}_colors"]`` with the categories by position: a rerun whose
+    votes lack a type gave each type after it the colour of another type."""
+    model, query = annotator
+    q = query[:600].copy()
+    scdl.tl.annotate(q, model=model, majority_voting=True, key_added="ct")
+    voted = "ct_majority_voting"
+    before = list(q.obs[voted].cat.categories)
+    assert len(before) >= 3
+    q.uns[f"{voted}_colors"] = np.asarray([f"#0000{i:02x}" for i in range(len(before))])
+    colour = dict(zip(before, q.uns[f"{voted}_colors"], strict=True))
+    # the clusters of a small type (not the last) merged into the largest cluster of another
+    # type: it is outvoted there and drops out of the categories
+    counts = q.obs[voted].value_counts()
+    gone = min(before[:-1], key=lambda t: counts[t])
+    clusters = q.obs["ct_over_clustering"].astype(str).to_numpy()
+    others = clusters[(q.obs[voted] != gone).to_numpy()]
+    largest = pd.Series(others).value_counts().index[0]
+    q.obs["merged"] = np.where(q.obs[voted] == gone, largest, clusters)
+    scdl.tl.annotate(q, model=model, majority_voting=True, over_clustering="merged", key_added="ct")
+    after = list(q.obs[voted].cat.categories)
+    assert gone not in after and set(after) <= set(before)
+    assert list(q.uns[f"{voted}_colors"]) == [colour[t] for t in after]
+    # a type no colour was drawn for: the palette goes, and scanpy draws a new one
+    q.uns[f"{voted}_colors"] = q.uns[f"{voted}_colors"][:1]
+    scdl.tl.annotate(q, model=model, majority_voting=True, key_added="ct")
+    assert f"{voted}_colors" not in q.uns
+
+
 def test_predict_takes_indices_as_scvi_tools(annotator):
     """``predict(adata, indices)`` predicts those cells, as ``predict(adata[indices])``."""
     model, query = annotator
@@ -972,6 +1001,39 @@ def test_labels_that_are_the_text_of_a_missing_value_are_warned_about(kang):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         scdl.models.CellTypeTransformer.setup_anndata(ref, labels_key="cell_type")
+
+
+def test_messy_reference_labels_are_refused_or_warned_about(kang):
+    """What spreadsheets and other tools write in a label column: "unknown" in any case or
+    spacing clashes with the call (refused as "Unknown" is); the spellings of no label, labels
+    that differ only in case or spaces, and types of a few cells trained silently."""
+    setup = scdl.models.CellTypeTransformer.setup_anndata
+    ref = kang[::3].copy()
+    base = ref.obs["cell_type"].astype(str).to_numpy()
+    snap = snapshot(ref)
+    for clash in ("unknown", " Unknown", "UNKNOWN"):
+        labels = base.copy()
+        labels[:20] = clash
+        ref.obs["cell_type"] = labels
+        with pytest.raises(ValueError, match=f"holds the label {clash!r}, the name the"):
+            setup(ref, labels_key="cell_type")
+    ref.obs["cell_type"] = snap["obs"]["cell_type"]
+    assert_unchanged(ref, snap)
+    labels = base.copy()
+    labels[:20] = "Unassigned"
+    ref.obs["cell_type"] = labels
+    with pytest.warns(UserWarning, match=r"labels 20 cells \['Unassigned'\].*or of no label"):
+        setup(ref, labels_key="cell_type")
+    labels = base.copy()
+    b = np.flatnonzero(labels == "B cells")
+    labels[b[:15]] = "B cells "
+    labels[b[15:19]] = "Plasma cells"
+    ref.obs["cell_type"] = labels
+    with pytest.warns(UserWarning) as record:
+        setup(ref, labels_key="cell_type")
+    said = " ".join(str(w.message) for w in record)
+    assert "differ only in case or spaces ('B cells' and 'B cells ')" in said
+    assert "fewer than 10 reference cells: Plasma cells (4)" in said
 
 
 @pytest.mark.parametrize("as_category", [False, True])

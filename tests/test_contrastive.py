@@ -481,6 +481,45 @@ def test_new_cells_refused_by_the_salient_methods_are_left_unchanged(kang_contra
     with pytest.raises(ValueError, match="5 missing values.*target_mask="):
         model.get_latent_representation(nan, representation="salient")
     assert_unchanged(nan, snap)
+    # groups spelt otherwise than in training: the controls became target cells, silently
+    renamed = adata[120:180].copy()
+    renamed.obs_names = [f"renamed{i}" for i in range(renamed.n_obs)]
+    renamed.obs["condition"] = renamed.obs["condition"].map(
+        {"ctrl": "control", "stim": "stimulated"}
+    )
+    snap = snapshot(renamed)
+    with pytest.raises(ValueError, match=r"not trained on \(\['control'.*background \['ctrl'\]"):
+        model.get_latent_representation(renamed, representation="salient")
+    with pytest.raises(ValueError, match="not trained on"):
+        model.get_salient_genes(adata=renamed)
+    assert_unchanged(renamed, snap)
+
+
+def test_group_values_read_as_text_are_refused_for_new_cells(kang, tmp_path):
+    """A time course trained on numbers and read back as text ("0" after a CSV round trip)
+    matched no trained value: every cell was a target cell (``target=None``) or none was."""
+    adata = _small(kang, 300)
+    adata.obs["hours"] = np.where(adata.obs["condition"] == "ctrl", 0, 6)
+    model = scdl.tl.contrastive(
+        adata, groupby="hours", background=0, max_epochs=2, progress_bar=False
+    )
+    model.save(tmp_path / "m")
+    model = ContrastiveVAE.load(tmp_path / "m", adata=adata)  # the values survive the save
+    new = adata[::6].copy()  # both time points
+    new.obs_names = [f"new{i}" for i in range(new.n_obs)]
+    assert set(new.obs["hours"]) == {0, 6}
+    expected = model.get_latent_representation(
+        new, representation="salient", target_mask=(new.obs["hours"] == 6).to_numpy()
+    )
+    np.testing.assert_array_equal(
+        model.get_latent_representation(new, representation="salient"), expected
+    )
+    new.obs["hours"] = new.obs["hours"].astype(str)
+    with pytest.raises(TypeError, match=r"holds str values.*astype\(int\)"):
+        model.get_latent_representation(new, representation="salient")
+    new.obs["hours"] = np.where(new.obs["hours"] == "0", 0, 2)  # 2 h: not trained on
+    with pytest.raises(ValueError, match=r"not trained on \(\[2\]"):
+        model.get_latent_representation(new, representation="salient")
 
 
 def test_model_methods_refuse_impossible_arguments(kang_contrastive):

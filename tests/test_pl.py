@@ -332,6 +332,20 @@ def test_embedding_default_colour_needs_the_recorded_batch_column(kang_integrate
     assert isinstance(scdl.pl.embedding(adata, basis="X_other", show=False), Figure)
 
 
+def test_embedding_draws_numbered_batches_as_categories(kang_integrated):
+    """Batch codes 0, 1, ... that tl.integrate read as categories are drawn as categories by
+    default (a legend, not scanpy's colour bar for numbers); the column is left as it was."""
+    adata = kang_integrated[0][:300].copy()
+    batch = adata.uns["X_scdl"]["params"]["batch_key"]
+    adata.obs[batch] = adata.obs[batch].cat.codes.astype(np.int64)
+    fig = scdl.pl.embedding(adata, show=False)
+    assert len(fig.axes) == 1  # no colour bar beside the panel
+    legend = fig.axes[0].get_legend()
+    labels = {t.get_text() for t in legend.get_texts()} if legend else set()
+    assert labels == {str(c) for c in adata.obs[batch].unique()}
+    assert adata.obs[batch].dtype == np.int64 and f"{batch}_colors" not in adata.uns
+
+
 def test_embedding_takes_scanpys_gene_symbols(kang_integrated):
     """``gene_symbols=`` goes to scanpy (as the docstring says of other options): a colour
     named in that var column is a gene, not refused; a missing column is named."""

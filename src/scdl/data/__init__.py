@@ -23,6 +23,11 @@ from ._checks import (
     check_unique_var_names,
     warn_empty_cells,
 )
+from ._covariates import (
+    check_continuous_covariates,
+    check_covariate_keys,
+    covariate_scaling,
+)
 from ._csr import CSRTensors, gather_counts, inference_batch_size, sparse_tensors_on
 from ._drug_checks import (
     MIN_LINES_PER_DRUG,
@@ -67,7 +72,13 @@ from ._query import (
 )
 from ._rows import ROW_BLOCK, get_matrix, in_memory, read_columns, row_blocks
 from ._salient_genes import salient_gene_table
-from ._write import check_writable, warn_slashed_names, writable, write_h5ad_atomic
+from ._write import (
+    check_writable,
+    warn_slashed_names,
+    writable,
+    write_categorical,
+    write_h5ad_atomic,
+)
 
 __all__ = [
     "LOW_GENE_OVERLAP",
@@ -86,6 +97,8 @@ __all__ = [
     "inference_batch_size",
     "check_bool",
     "check_categorical",
+    "check_continuous_covariates",
+    "check_covariate_keys",
     "check_count_setup",
     "check_counts",
     "check_embedding",
@@ -106,6 +119,7 @@ __all__ = [
     "edited_obs_columns",
     "sampled_counts_ok",
     "counts_place_fix",
+    "covariate_scaling",
     "check_category_kind",
     "check_unique_var_names",
     "get_matrix",
@@ -139,5 +153,6 @@ __all__ = [
     "check_writable",
     "warn_slashed_names",
     "writable",
+    "write_categorical",
     "write_h5ad_atomic",
 ]

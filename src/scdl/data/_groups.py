@@ -53,8 +53,14 @@ def _check_present(values: list, present: list, groupby: str, arg: str) -> None:
     if missing:
         raise ValueError(
             f"{arg}={missing[0] if len(missing) == 1 else missing!r} is not a value of "
-            f"adata.obs[{groupby!r}] (values present: {present}). Pass one of those."
+            f"adata.obs[{groupby!r}] (values present: {_some(present)}). Pass one of those."
         )
+
+
+def _some(values: list, n: int = 20) -> str:
+    """The first ``n`` values, and how many more (a numeric column has one per cell)."""
+    more = f" and {len(values) - n} more" if len(values) > n else ""
+    return f"{values[:n]}{more}"
 
 
 def resolve_groups(
@@ -148,7 +154,9 @@ def _groups_from_obs(adata, groupby, background, target) -> tuple[np.ndarray, np
                 f"{both} given as both background and target; a group is one or the other."
             )
         tg_mask = col.isin(tg_values).to_numpy()
-    split = {"groupby": groupby, "background": bg_values, "target": tg_values}
+    # every value seen, so new cells can be refused a value the model never saw (a control
+    # spelt "control" instead of "ctrl" would otherwise become a target cell)
+    split = {"groupby": groupby, "background": bg_values, "target": tg_values, "values": present}
     return np.flatnonzero(bg_mask), np.flatnonzero(tg_mask), split
 
 

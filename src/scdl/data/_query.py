@@ -14,6 +14,7 @@ from ._checks import (
     check_obs_key,
     check_unique_var_names,
 )
+from ._covariates import check_continuous_covariates
 from ._genes import gene_mismatch_message, same_gene_names
 
 if TYPE_CHECKING:
@@ -42,7 +43,8 @@ def check_query(
     """Check a new AnnData given to a trained model (latent space, expression, ...).
 
     The genes must be the model's, in its order; the counts raw; each registered obs column
-    present with only the categories the model was trained on. Runs before scvi-tools
+    present with only the categories the model was trained on, each continuous covariate
+    present, numeric and finite. Runs before scvi-tools
     transfers the registration, so a failing call leaves ``adata`` unchanged.
 
     Parameters
@@ -106,6 +108,8 @@ def check_query(
                 f"({_plain(unseen[:5])}); it knows {_plain(categories[:10])}. To use new "
                 f"categories, {unseen_fix}."
             )
+    # numbers the model standardises and feeds its network: a NaN there fails inside torch
+    check_continuous_covariates(adata, setup_args.get("continuous_covariate_keys"), model=model)
 
 
 def _as_value(value):

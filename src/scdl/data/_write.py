@@ -84,3 +84,33 @@ def warn_slashed_names(names, *, what: str, written: str, fix: str) -> list[str]
             UserWarning,
         )
     return slashed
+
+
+def write_categorical(adata: AnnData, column: str, values) -> None:
+    """Write a categorical obs column, keeping each category's colour by name.
+
+    scanpy pairs ``uns[f"{column}_colors"]`` with the categories by position, so a rerun that
+    changes the categories (a type no cell holds any more) gave the types after it another
+    type's colour. Colours of categories still present are kept; when a category is new the
+    palette is dropped, and scanpy draws a new one.
+    """
+    import numpy as np
+    import pandas as pd
+
+    key = f"{column}_colors"
+    colors = adata.uns.get(key)
+    old = adata.obs[column] if column in adata.obs.columns else None
+    adata.obs[column] = values
+    if colors is None:
+        return
+    new = adata.obs[column]
+    by_name = {}
+    if old is not None and isinstance(old.dtype, pd.CategoricalDtype):
+        cats = list(old.cat.categories)
+        if len(colors) >= len(cats):
+            by_name = dict(zip(map(str, cats), list(colors)[: len(cats)], strict=True))
+    wanted = [str(c) for c in new.cat.categories] if hasattr(new, "cat") else None
+    if wanted is not None and all(c in by_name for c in wanted):
+        adata.uns[key] = np.asarray([by_name[c] for c in wanted], dtype=object)
+    else:
+        del adata.uns[key]

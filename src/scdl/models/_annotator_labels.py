@@ -14,8 +14,14 @@ from ._annotator_predict import UNKNOWN
 if TYPE_CHECKING:
     from anndata import AnnData
 
-#: labels that are the text of a missing value, as `.astype(str)`, pandas and R write it
-_NA_TEXT = frozenset({"nan", "na", "<na>", "none", "null", ""})
+#: labels that are the text of a missing value, as `.astype(str)`, pandas and R write it, or
+#: that references write for cells without a type (scANVI's `unlabeled_category`)
+_NA_TEXT = frozenset(
+    {"nan", "na", "<na>", "none", "null", "", "n/a", "#n/a"}
+    | {"unassigned", "unlabeled", "unlabelled", "unannotated", "unclassified", "undefined"}
+)
+#: fewer reference cells than this make a type's thresholds and prototypes rest on noise
+MIN_TYPE_CELLS = 10
 
 
 def check_reference_labels(adata: AnnData, labels_key: str, *, from_registry: bool) -> None:
@@ -29,13 +35,17 @@ def check_reference_labels(adata: AnnData, labels_key: str, *, from_registry: bo
         min_categories=1 if from_registry else 2,
         too_few="give the reference cells of at least two types: a classifier tells types apart.",
     )
-    if not from_registry and (labels.astype(str) == UNKNOWN).any():
+    # any case or spacing: " Unknown" and "Unknown" look the same in a legend
+    clash = [
+        str(v) for v in labels.dropna().unique() if str(v).strip().casefold() == UNKNOWN.casefold()
+    ]
+    if not from_registry and clash:
         raise ValueError(
-            f"adata.obs[{labels_key!r}] holds the label {UNKNOWN!r}, the name the "
+            f"adata.obs[{labels_key!r}] holds the label {clash[0]!r}, the name the "
             "annotator gives cells unlike every reference type: the two could not be "
             "told apart. If these cells are unlabelled (scANVI's unlabeled_category), "
             f"leave them out of the reference: `ref = ref[ref.obs[{labels_key!r}] != "
-            f"{UNKNOWN!r}].copy()`; if it is a cell type, rename it."
+            f"{clash[0]!r}].copy()`; if it is a cell type, rename it."
         )
     missing_text = sorted(
         {str(v) for v in labels.dropna().unique() if str(v).strip().lower() in _NA_TEXT}
@@ -44,18 +54,19 @@ def check_reference_labels(adata: AnnData, labels_key: str, *, from_registry: bo
         n_cells = int(labels.astype(str).isin(missing_text).sum())
         warn_user(
             f"adata.obs[{labels_key!r}] labels {n_cells} cells {missing_text}, the text "
-            "of a missing value (NaN turned into text by `.astype(str)` or a CSV): they "
-            "are trained as a cell type of that name. If they are unlabelled, leave them "
-            f"out: `ref = ref[~ref.obs[{labels_key!r}].astype(str).isin({missing_text!r})]"
-            ".copy()`.",
+            "of a missing value (NaN turned into text by `.astype(str)` or a CSV) or of no "
+            "label: they are trained as a cell type of that name. If they are unlabelled, "
+            f"leave them out: `ref = ref[~ref.obs[{labels_key!r}].astype(str)"
+            f".isin({missing_text!r})].copy()`.",
             UserWarning,
         )
     values = labels.dropna().unique()
     numbers = [v for v in values if not isinstance(v, str)]
     if numbers and not from_registry:
         example = numbers[0].item() if hasattr(numbers[0], "item") else numbers[0]
+        kind = "booleans" if isinstance(example, bool) else "numbers"
         warn_user(
-            f"adata.obs[{labels_key!r}] holds numbers (e.g. {example!r}): predictions "
+            f"adata.obs[{labels_key!r}] holds {kind} (e.g. {example!r}): predictions "
             f"name cell types as text ({str(example)!r}, beside {UNKNOWN!r}), so compare "
             f"them with `adata.obs[{labels_key!r}].astype(str)`, or give the types "
             "names before setup.",
@@ -80,5 +91,41 @@ def check_reference_labels(adata: AnnData, labels_key: str, *, from_registry: bo
             "types it has never seen (a probability column each, near 0). Drop them "
             f"before setup: `adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}]"
             ".cat.remove_unused_categories()`.",
+            UserWarning,
+        )
+    if not from_registry:
+        _warn_near_duplicates(labels, labels_key)
+        _warn_small_types(labels, labels_key)
+
+
+def _warn_near_duplicates(labels, labels_key: str) -> None:
+    """Labels that differ only in case or surrounding spaces ("B cells" and "B cells "), as
+    spreadsheets make them, would be trained as two types."""
+    groups: dict[str, list[str]] = {}
+    for v in labels.dropna().unique():
+        groups.setdefault(" ".join(str(v).split()).casefold(), []).append(str(v))
+    same = [sorted(g) for g in groups.values() if len(g) > 1]
+    if same:
+        warn_user(
+            f"adata.obs[{labels_key!r}] holds labels that differ only in case or spaces "
+            f"({', '.join(' and '.join(map(repr, g)) for g in same[:3])}): they are trained "
+            "as different cell types. If they are one type, write them one way first, e.g. "
+            f"`adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}].astype(str).str.strip()`.",
+            UserWarning,
+        )
+
+
+def _warn_small_types(labels, labels_key: str) -> None:
+    counts = labels.value_counts()
+    small = counts[(counts > 0) & (counts < MIN_TYPE_CELLS)]
+    if len(small):
+        named = ", ".join(f"{k!s} ({v})" for k, v in small.sort_values().items())
+        warn_user(
+            f"adata.obs[{labels_key!r}] has cell types of fewer than {MIN_TYPE_CELLS} "
+            f"reference cells: {named}. Each is learned from those cells alone, and what "
+            "counts as like it (the Unknown call's thresholds) rests on them, which can "
+            "turn cells of nearby types Unknown. Merge them into a broader type or leave "
+            f"them out: `ref = ref[ref.obs[{labels_key!r}].map(ref.obs[{labels_key!r}]"
+            f".value_counts()) >= {MIN_TYPE_CELLS}].copy()`.",
             UserWarning,
         )

@@ -14,6 +14,7 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from scdl.data import (
+    check_category_kind,
     check_count_setup,
     check_fraction,
     check_non_negative,
@@ -34,6 +35,7 @@ from ._training import plan_training, vae_plan_kwargs
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    import pandas as pd
     from anndata import AnnData
 
 logger = logging.getLogger(__name__)
@@ -351,6 +353,8 @@ class ContrastiveVAE(
         groupby = split["groupby"]
         if groupby is not None and groupby in adata.obs:
             col = adata.obs[groupby]
+            if split.get("values") is not None:  # models saved before it was kept: not checked
+                _check_trained_values(col, split)
             if split["target"] is not None:
                 return col.isin(split["target"]).to_numpy()
             if col.isna().any():  # refused in training for the same reason
@@ -436,3 +440,22 @@ class ContrastiveVAE(
         if target is not None:
             latent[~target[idx]] = 0.0
         return latent
+
+
+def _check_trained_values(col: pd.Series, split: dict) -> None:
+    """Refuse new cells whose group value the model never saw: a control spelt otherwise
+    ("control" for "ctrl", "0" for 0) would silently become a target cell, or no cell at all."""
+    groupby, seen = split["groupby"], list(split["values"])
+    check_category_kind(col.dropna(), seen, groupby, model="ContrastiveVAE")
+    known = set(seen)
+    unseen = sorted({v for v in col.dropna().unique().tolist() if v not in known}, key=str)
+    if unseen:
+        groups = f"background {split['background']}" + (
+            f", target {split['target']}" if split["target"] is not None else ""
+        )
+        raise ValueError(
+            f"adata.obs[{groupby!r}] holds values the model was not trained on ({unseen[:5]}"
+            f"{' ...' if len(unseen) > 5 else ''}); it was trained with {groups} among "
+            f"{seen[:10]}{' ...' if len(seen) > 10 else ''}. Rename them to those values, or "
+            "pass target_mask= (True for target cells)."
+        )

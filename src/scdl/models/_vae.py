@@ -25,12 +25,14 @@ from scvi.model.base import (
 )
 
 from scdl.data import (
+    check_continuous_covariates,
     check_count_setup,
+    check_covariate_keys,
     check_fraction,
     check_non_negative,
-    check_obs_key,
     check_positive_int,
     counts_place_fix,
+    covariate_scaling,
 )
 from scdl.dataloaders import CSRDataSplitter
 from scdl.module import VAEModule
@@ -72,7 +74,11 @@ class VAE(
     alone, without it. Its encoder also reads each cell's batch, with layer norm in place of
     batch norm (scArches' settings, so reference mapping trains only a query batch's own
     weights): a cell's latent depends on the batch it is given, as ``SCVI``'s with
-    ``encode_covariates=True`` does. Every method refuses an AnnData whose genes differ from
+    ``encode_covariates=True`` does; so does it on the covariates beside the batch. Continuous
+    covariates enter the network standardised by the training cells' mean and standard
+    deviation (kept with the model and applied to a query as to the reference), so their
+    units do not matter: a raw total count in the thousands would outweigh the genes under
+    the layer norm. Every method refuses an AnnData whose genes differ from
     the model's (in name or order), whose counts are not counts, or whose batch column is
     missing or holds unseen batches, where scvi-tools may embed it without a word; a query of
     new batches is mapped with :meth:`load_query_data`.
@@ -178,6 +184,12 @@ class VAE(
             batch_mmd_weight=batch_mmd_weight,
             **module_kwargs,
         )
+        if adata is not None and self.module.cont_cov_center.numel():
+            # continuous covariates enter the network standardised by the training cells' mean
+            # and sd (buffers: saved with the weights and kept for a query); raw, a covariate in
+            # the thousands (total counts) outweighs the genes under the layer norm
+            values = self.adata_manager.get_from_registry(REGISTRY_KEYS.CONT_COVS_KEY)
+            self.module.set_covariate_scaling(*covariate_scaling(np.asarray(values)))
         self._model_summary_string = (
             f"scdl VAE: n_latent={n_latent}, n_hidden={n_hidden}, n_layers={n_layers}, "
             f"gene_likelihood={gene_likelihood}, batch_mmd_weight={batch_mmd_weight}, "
@@ -224,6 +236,7 @@ class VAE(
         cls._refuse_setup_options(kwargs)
         setup_method_args = cls._get_setup_method_args(**locals())
         from_registry = kwargs.get("source_registry") is not None
+        check_covariate_keys(categorical_covariate_keys, continuous_covariate_keys)
         # a query or a reloaded dataset may lack some of the reference genes (padded zeros)
         check_count_setup(
             adata,
@@ -240,27 +253,7 @@ class VAE(
             fix=counts_place_fix(cls.__name__, layer) if from_registry else None,
             numeric_hint=" (numeric covariates go in `continuous_covariate_keys`)",
         )
-        if continuous_covariate_keys is not None and not isinstance(
-            continuous_covariate_keys, list | tuple
-        ):
-            raise TypeError(
-                "`continuous_covariate_keys` must be a list of obs column names, got "
-                f"{continuous_covariate_keys!r}."
-            )
-        for key in continuous_covariate_keys or []:
-            col = check_obs_key(adata, key, arg="continuous_covariate_keys")
-            if not pd.api.types.is_numeric_dtype(col):
-                raise TypeError(
-                    f"continuous covariate {key!r} must be numeric, got {col.dtype}. Numbers "
-                    f"held as text or categories: `adata.obs[{key!r}] = pd.to_numeric("
-                    f"adata.obs[{key!r}].astype(str))`; levels such as samples go in "
-                    "`categorical_covariate_keys`."
-                )
-            if not np.isfinite(col.to_numpy(dtype=float)).all():
-                raise ValueError(
-                    f"continuous covariate adata.obs[{key!r}] has infinite values; fix or drop "
-                    "those cells."
-                )
+        check_continuous_covariates(adata, continuous_covariate_keys)
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
@@ -411,9 +404,19 @@ class VAE(
         if groupby is not None:
             obs = (adata if adata is not None else self._require_adata("compare")).obs
             if groupby not in obs.columns:
+                own = (
+                    ""
+                    if adata is not None
+                    else " `model.adata.obs` is a copy of obs made when the model was set up "
+                    "(by `scdl.tl.integrate`: when it ran), so columns written since, such as "
+                    "`scdl.tl.cluster`'s, are not in it. Copy the column across (cells are "
+                    f"matched by name): `model.adata.obs[{groupby!r}] = adata.obs[{groupby!r}]`, "
+                    "or pass `adata=adata[:, model.get_var_names()].copy()`."
+                )
                 raise KeyError(
-                    f"groupby={groupby!r} is not a column of the AnnData's obs (columns: "
-                    f"{list(obs.columns)})."
+                    f"groupby={groupby!r} is not a column of the "
+                    f"{'AnnData' if adata is not None else 'model'}'s obs (columns: "
+                    f"{list(obs.columns)[:20]}).{own}"
                 )
             col = obs[groupby]
             # compared by value, as scvi-tools selects the cells (a "0" is no group of 0s)

@@ -19,6 +19,7 @@ from scvi.model.base import ArchesMixin
 
 from scdl._warnings import warn_user
 from scdl.data import (
+    check_category_kind,
     check_is_anndata,
     check_obs_key,
     check_unique_var_names,
@@ -180,13 +181,16 @@ class VAEQueryMixin:
             adata = adata.to_memory() if adata.isbacked else adata.copy()
         setup_args = reference_model.registry_["setup_args"]
         _check_reference_columns(adata, setup_args)
+        # from the registry: a model loaded without data has no AnnData manager
+        fields = reference_model.registry_["field_registries"]
+        covs = fields.get(REGISTRY_KEYS.CAT_COVS_KEY, {}).get("state_registry", {})
+        for key, mapping in (covs.get("mappings") or {}).items():
+            # scArches would extend the mapping with the query's 1 beside the reference's "1",
+            # and the query model then refuses the reference's own cells
+            check_category_kind(adata.obs[key], list(mapping), key, model=cls.__name__)
         if setup_args.get("batch_key") is not None:
-            from scdl.data import check_category_kind
-
             key = setup_args["batch_key"]
             col = check_obs_key(adata, key, arg="batch_key (of the reference)")
-            # from the registry: a model loaded without data has no AnnData manager
-            fields = reference_model.registry_["field_registries"]
             state = fields[REGISTRY_KEYS.BATCH_KEY]["state_registry"]
             check_category_kind(col, state["categorical_mapping"], key, model=cls.__name__)
             known = sorted(
@@ -225,8 +229,9 @@ def _check_reference_columns(adata, setup_args: dict) -> None:
     names otherwise: named with the fix (scvi-tools: "'donor' not found in adata.obs")."""
     wanted = [("batch_key", setup_args.get("batch_key"))]
     wanted += [
-        ("categorical_covariate_keys", k)
-        for k in setup_args.get("categorical_covariate_keys") or []
+        (arg, k)
+        for arg in ("categorical_covariate_keys", "continuous_covariate_keys")
+        for k in setup_args.get(arg) or []
     ]
     for arg, key in wanted:
         if key is None or key in adata.obs.columns:
@@ -237,6 +242,7 @@ def _check_reference_columns(adata, setup_args: dict) -> None:
             "`query.obs[{key!r}] = query.obs['sample']`"
             if arg == "batch_key"
             else "each query cell's value of it, e.g. `query.obs[{key!r}] = query.obs['...']`"
+            + (" (numbers, as in the reference)" if arg == "continuous_covariate_keys" else "")
         ).format(key=key)
         raise KeyError(
             f"The query's adata.obs lacks {key!r}, which the reference was set up with "

@@ -64,6 +64,35 @@ class VAEModule(_SCVIModule):
     def __init__(self, *args, batch_mmd_weight: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.batch_mmd_weight = float(batch_mmd_weight)
+        n_cont = int(kwargs.get("n_continuous_cov", 0))
+        # each continuous covariate enters encoder and decoder as (value - center) / scale
+        self.register_buffer("cont_cov_center", torch.zeros(n_cont))
+        self.register_buffer("cont_cov_scale", torch.ones(n_cont))
+
+    def set_covariate_scaling(self, center, scale) -> None:
+        """Set the center and scale of the continuous covariates (one value per covariate)."""
+        dtype = self.cont_cov_center.dtype
+        self.cont_cov_center.copy_(torch.as_tensor(center, dtype=dtype))
+        self.cont_cov_scale.copy_(torch.as_tensor(scale, dtype=dtype))
+
+    def _scaled_covariates(self, inputs: dict) -> dict:
+        cont = inputs.get("cont_covs")
+        if cont is not None and self.cont_cov_center.numel():
+            inputs["cont_covs"] = (cont - self.cont_cov_center) / self.cont_cov_scale
+        return inputs
+
+    def _get_inference_input(self, *args, **kwargs):
+        return self._scaled_covariates(super()._get_inference_input(*args, **kwargs))
+
+    def _get_generative_input(self, *args, **kwargs):
+        return self._scaled_covariates(super()._get_generative_input(*args, **kwargs))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name, fill in (("cont_cov_center", 0.0), ("cont_cov_scale", 1.0)):
+            if prefix + name not in state_dict:
+                # saved before covariates were standardised: those models read them raw
+                state_dict[prefix + name] = torch.full_like(getattr(self, name), fill)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _csr_supported(self) -> bool:
         return (

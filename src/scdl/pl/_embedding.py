@@ -79,6 +79,7 @@ def embedding(
 
     %(returns_figure)s
     """
+    import pandas as pd
     import scanpy as sc
 
     check_obsm_key(basis, "basis")
@@ -92,6 +93,10 @@ def embedding(
         params = info.get("params") if isinstance(info, dict) else None
         batch = params.get("batch_key") if isinstance(params, dict) else None
         color = [batch] if batch and batch in adata.obs else None
+        # tl.integrate read numeric batch codes as categories; scanpy would draw a colour bar
+        numeric_batch = color is not None and pd.api.types.is_numeric_dtype(adata.obs[batch])
+    else:
+        numeric_batch = False
     # everything checked before the UMAP cache is written: a failing call writes nothing
     rep = check_embedding(adata, basis, purpose="a UMAP", arg="basis")
     # a basis of two columns (scanpy's X_umap, a t-SNE) is drawn as it is, as scanpy does: a
@@ -122,6 +127,8 @@ def embedding(
         kwargs.setdefault("frameon", False)
         kwargs.pop("return_fig", None)  # the figure is always returned
         with _scanpy_writes_undone(adata), figures_closed_on_failure():
+            if numeric_batch:  # put back as it was when the figure is drawn
+                adata.obs[color[0]] = adata.obs[color[0]].astype("category")
             plot = sc.pl.embedding(
                 adata,
                 basis=umap_key,

@@ -12,7 +12,7 @@ import pandas as pd
 from scdl._rng import keeps_rng
 from scdl._version import __version__ as scdl_version
 from scdl._warnings import warn_user
-from scdl.data import check_writable, warn_slashed_names, writable
+from scdl.data import check_writable, warn_slashed_names, writable, write_categorical
 
 from ._majority import majority_vote
 
@@ -262,9 +262,11 @@ def annotate(
     adata = writable(adata, copy=copy)
     # the model's order, without types no cell holds (scanpy's rank_genes_groups and dotplot
     # fail on an empty group; uns[key_added]["cell_types"] lists every type)
-    adata.obs[key_added] = pd.Categorical(
-        label.to_numpy(), categories=categories
-    ).remove_unused_categories()
+    write_categorical(
+        adata,
+        key_added,
+        pd.Categorical(label.to_numpy(), categories=categories).remove_unused_categories(),
+    )
     adata.obs[f"{key_added}_confidence"] = calls["confidence"].to_numpy()
     adata.obs[f"{key_added}_unknown"] = calls["is_unknown"].to_numpy() & unknown
     adata.obs[f"{key_added}_cluster_novelty"] = calls["cluster_novelty"].to_numpy()
@@ -273,9 +275,11 @@ def annotate(
     voting = [f"{key_added}_{k}" for k in _VOTING_FIELDS]
     if majority_voting:
         adata.obs[voting[0]] = _cluster_column(clusters, user_order)
-        adata.obs[voting[1]] = pd.Categorical(
-            voted, categories=categories
-        ).remove_unused_categories()
+        write_categorical(
+            adata,
+            voting[1],
+            pd.Categorical(voted, categories=categories).remove_unused_categories(),
+        )
         adata.obs[voting[2]] = support
     else:  # an earlier call's voting under this key would contradict the new calls
         for column in [c for c in voting if c in adata.obs]:

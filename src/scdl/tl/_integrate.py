@@ -9,7 +9,9 @@ import numpy as np
 from scdl._rng import keeps_rng
 from scdl.data import (
     check_categorical,
+    check_continuous_covariates,
     check_counts,
+    check_covariate_keys,
     check_is_anndata,
     check_key_added,
     check_not_empty,
@@ -32,11 +34,16 @@ if TYPE_CHECKING:
     from scdl.models import VAE
 
 
+_NUMERIC_HINT = " (numeric covariates go in `continuous_covariate_keys`)"
+
+
 @keeps_rng
 def integrate(
     adata: AnnData,
     *,
     batch_key: str | None = None,
+    categorical_covariate_keys: list[str] | None = None,
+    continuous_covariate_keys: list[str] | None = None,
     layer: str | None = None,
     key_added: str = "X_scdl",
     n_latent: int = 10,
@@ -67,6 +74,11 @@ def integrate(
         obs column of the batches to integrate (sample, donor, technology); ``None`` for no
         batch correction. A column of one category is trained on as one batch, with a
         warning (nothing to correct).
+    categorical_covariate_keys, continuous_covariate_keys
+        Further obs columns the model conditions on, as in scvi-tools' ``setup_anndata``:
+        levels such as donor or chemistry beside the batch, numbers such as the percentage of
+        mitochondrial counts (standardised by the model, so their units do not matter). The
+        latent then depends on them, as on the batch.
     layer
         Layer with raw counts; ``None`` uses ``adata.X``.
     key_added
@@ -94,11 +106,13 @@ def integrate(
     Returns
     -------
     scdl.models.VAE
-        The trained model, attached to an internal AnnData of the selected genes and all of
-        ``adata.obs`` (``model.adata``, counts in ``X`` whatever ``layer`` was, so a query for
-        it holds its counts in ``X`` too), so its methods group cells by ``adata``'s obs
+        The trained model, attached to an internal AnnData of the selected genes and a copy
+        of ``adata.obs`` as it was (``model.adata``, counts in ``X`` whatever ``layer`` was, so
+        a query for it holds its counts in ``X`` too), so its methods group cells by those obs
         columns, e.g. ``model.differential_expression(groupby="condition", group1="stim")``;
-        save it with ``model.save(dir)`` or map new batches onto it with
+        a column written later (:func:`scdl.tl.cluster`'s clusters) is copied across first:
+        ``model.adata.obs["scdl_cluster"] = adata.obs["scdl_cluster"]``. Save it with
+        ``model.save(dir)`` or map new batches onto it with
         :meth:`scdl.models.VAE.load_query_data`.
 
     ``adata`` gains
@@ -107,7 +121,8 @@ def integrate(
         Latent representation (posterior means), cells x ``n_latent``.
     ``adata.uns[key_added]``
         ``params`` (``batch_key``, ``layer``, ``n_latent``, ``n_genes``, ``max_epochs`` (the
-        epochs run), ``gene_likelihood``, ``random_state``, ``model``), ``var_names`` (genes
+        epochs run), ``gene_likelihood``, ``random_state``, ``model``, and the covariate keys
+        when given), ``var_names`` (genes
         used; duplicated names suffixed ``-1``, ``-2``, ... as ``var_names_make_unique``
         does), ``history``
         (per-epoch ``elbo_train``, ``elbo_validation`` (when cells are held out),
@@ -127,6 +142,14 @@ def integrate(
     # validate everything before touching adata, so a failing call leaves it unchanged
     check_random_state(random_state)
     summary = _check_inputs(adata, key_added, layer, batch_key, n_top_genes)
+    covariates = {
+        "categorical_covariate_keys": categorical_covariate_keys,
+        "continuous_covariate_keys": continuous_covariate_keys,
+    }
+    check_covariate_keys(*covariates.values())
+    check_continuous_covariates(adata, continuous_covariate_keys)
+    for key in categorical_covariate_keys or []:
+        check_categorical(adata, key, arg="categorical_covariate_keys", numeric_hint=_NUMERIC_HINT)
     genes = select_genes(
         adata,
         summary.gene_totals,
@@ -149,7 +172,11 @@ def integrate(
         VAE,
         train_adata,
         random_state=random_state,
-        setup_kwargs={"batch_key": batch_key},
+        setup_kwargs={
+            "batch_key": batch_key,
+            "categorical_covariate_keys": categorical_covariate_keys,
+            "continuous_covariate_keys": continuous_covariate_keys,
+        },
         # dict(): a key given twice is a TypeError, as in a call
         model_kwargs=dict(
             n_latent=n_latent, gene_likelihood=gene_likelihood, **(model_kwargs or {})
@@ -176,6 +203,11 @@ def integrate(
             "gene_likelihood": gene_likelihood,
             "random_state": random_state,
             "model": VAE_MODEL,  # tl.cluster reads it, with batch_key, to average in a PCA
+            **{
+                k: np.asarray([str(c) for c in v], dtype=object)
+                for k, v in covariates.items()
+                if v is not None
+            },
         },
         # as text: integer gene names (a matrix read without names) made the file unwritable
         "var_names": np.asarray([str(g) for g in genes], dtype=object),
@@ -197,7 +229,7 @@ def _check_inputs(adata, key_added, layer, batch_key, n_top_genes):
     get_matrix(adata, layer)
     check_unique_var_names(adata, warn=True)  # genes are not matched by name here
     if batch_key is not None:  # one category is valid: VAE.setup_anndata says so
-        check_categorical(adata, batch_key, arg="batch_key")
+        check_categorical(adata, batch_key, arg="batch_key", numeric_hint=_NUMERIC_HINT)
     summary = check_counts(adata, layer, warn_zero_cells=False)  # said for the genes used
     if summary.n_zero_genes == adata.n_vars:
         raise ValueError("No gene has counts; nothing to integrate.")

@@ -1,0 +1,87 @@
+"""Checks of the covariate columns a count model registers beside its batch."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from ._checks import check_obs_key
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+
+def check_covariate_keys(
+    categorical: Sequence[str] | None, continuous: Sequence[str] | None
+) -> None:
+    """Covariate keys must be lists, each column named once: scvi-tools registers a column
+    named twice twice (a categorical one then fails inside pandas, a continuous one enters the
+    network twice)."""
+    for arg, keys in (
+        ("categorical_covariate_keys", categorical),
+        ("continuous_covariate_keys", continuous),
+    ):
+        if keys is None:
+            continue
+        if not isinstance(keys, list | tuple):
+            raise TypeError(
+                f"`{arg}` must be a list of obs column names, got {keys!r}; e.g. "
+                f"`{arg}=[{keys!r}]`."
+            )
+        twice = sorted(k for k, n in Counter(map(str, keys)).items() if n > 1)
+        if twice:
+            raise ValueError(f"`{arg}` names {twice} more than once; name each column once.")
+
+
+def check_continuous_covariates(
+    adata: AnnData, keys: Sequence[str] | None, *, model: str | None = None
+) -> None:
+    """Check the obs columns of continuous covariates: present, numeric, finite.
+
+    ``model``: the trained model's name, for a query (the message then says the column is one
+    the model was set up with, rather than an argument the user passed).
+    """
+    if keys is None:
+        return
+    if not isinstance(keys, list | tuple):
+        raise TypeError(
+            f"`continuous_covariate_keys` must be a list of obs column names, got {keys!r}."
+        )
+    for key in keys:
+        if model is not None and key not in adata.obs.columns:
+            raise KeyError(
+                f"adata.obs lacks the column {key!r}, a continuous covariate the {model} was "
+                "set up with; add it (numbers, as in the reference)."
+            )
+        col = check_obs_key(adata, key, arg="continuous_covariate_keys")
+        if not pd.api.types.is_numeric_dtype(col):  # True/False count as 1/0, as in scvi-tools
+            raise TypeError(
+                f"continuous covariate {key!r} must be numeric, got {col.dtype}. Numbers "
+                f"held as text or categories: `adata.obs[{key!r}] = pd.to_numeric("
+                f"adata.obs[{key!r}].astype(str))`; levels such as samples go in "
+                "`categorical_covariate_keys`."
+            )
+        values = col.to_numpy(dtype=float)
+        if not np.isfinite(values).all():
+            raise ValueError(
+                f"continuous covariate adata.obs[{key!r}] has "
+                f"{int((~np.isfinite(values)).sum())} infinite values; fix or drop those cells."
+            )
+
+
+def covariate_scaling(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each continuous covariate (columns of ``values``); a
+    constant column gets a scale of 1, so it enters the network as zeros."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] == 0:
+        n = values.shape[1] if values.ndim == 2 else 0
+        return np.zeros(n), np.ones(n)
+    center = values.mean(axis=0)
+    scale = values.std(axis=0)
+    scale[~np.isfinite(scale) | (scale <= 1e-8 * np.maximum(1.0, np.abs(center)))] = 1.0
+    return center, scale
