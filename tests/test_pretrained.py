@@ -169,6 +169,51 @@ def test_empty_droplets_beside_cells_leave_the_cells_calls_unchanged(heldout):
     assert (alone["label"] != "Unknown").mean() > 0.9  # the case under test: typed cells
 
 
+def test_near_empty_cells_beside_cells_leave_the_cells_calls_unchanged(heldout):
+    """Cells of 1-3 counts (segmentation slivers, near-empty droplets) got confident calls
+    and, in the query's statistics and clusters, turned real cells Unknown (on a 200-gene
+    panel, 300 of them beside 2,000 cells called most CD4 T cells Unknown). They are Unknown,
+    said in a warning, and the other cells keep the calls they get alone."""
+    model = scdl.pretrained.load("pbmc_kang2018")
+    cells = heldout[:300].copy()
+    alone, _ = model.annotate_cells(cells)
+    slivers = cells[:150].copy()
+    rng = np.random.default_rng(0)
+    x = slivers[:, model.get_var_names()].X.toarray().astype(np.int64)
+    kept = np.zeros_like(x)
+    for i, row in enumerate(x):  # 1-3 of each cell's own counts
+        drawn = rng.choice(np.repeat(np.arange(row.size), row), rng.integers(1, 4), replace=False)
+        np.add.at(kept[i], drawn, 1)
+    slivers = slivers[:, model.get_var_names()].copy()
+    slivers.X = sparse.csr_matrix(kept.astype(np.float32))
+    slivers.obs_names = [f"sliver{i}" for i in range(slivers.n_obs)]
+    query = ad.concat([cells[:, model.get_var_names()], slivers])
+    with pytest.warns(UserWarning, match=r"150 of 450 query cells hold fewer than .* counts"):
+        both, _ = model.annotate_cells(query)
+    assert (both["label"].iloc[300:] == "Unknown").all()
+    assert (both["label"].iloc[:300].to_numpy() == alone["label"].to_numpy()).all()
+    assert (alone["label"] != "Unknown").mean() > 0.9
+
+
+def test_a_query_far_shallower_than_the_reference_is_warned_about(heldout):
+    """Below 1/16 of the reference's depth (imaging panels of a few dozen counts) the calls
+    lose accuracy fast (on Kang's cells thinned to a twentieth, below a logistic regression's):
+    said; at the reference's own depth, not."""
+    import warnings
+
+    model = scdl.pretrained.load("pbmc_kang2018")
+    cells = heldout[:300].copy()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*shallowest depth")
+        model.annotate_cells(cells)
+    x = sparse.csr_matrix(cells.X, dtype=np.float32, copy=True)  # binomial thinning
+    x.data = np.random.default_rng(0).binomial(x.data.astype(np.int64), 1 / 32).astype(np.float32)
+    x.eliminate_zeros()
+    cells.X = x
+    with pytest.warns(UserWarning, match=r"hold \d+\.\d% of the counts .* below 1/16"):
+        model.annotate_cells(cells)
+
+
 def test_annotate_copy_leaves_input_unchanged(heldout):
     adata = heldout.copy()
     snap = snapshot(adata)

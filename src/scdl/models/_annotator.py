@@ -142,9 +142,12 @@ class CellTypeTransformer(
     among many (ten cells of an unseen type in a query of 1,500) join a known cluster and take its
     type. It is not a doublet or empty-droplet detector: doublets mostly take the type of their
     larger part. Filter barcodes and doublets first, as a scanpy workflow does
-    (``sc.pp.filter_cells``, ``sc.pp.scrublet``): a near-empty droplet among many cells takes
-    its cluster's type. Only cells with no count in the model's genes are called Unknown on
-    their own.
+    (``sc.pp.filter_cells``, ``sc.pp.scrublet``). Only cells with no count in the model's
+    genes, or with fewer than 1/16 of the query's median count there (at most 10 counts:
+    segmentation slivers, near-empty droplets among cells), are called Unknown on their own,
+    with a warning; they are left out of the clusters the call checks, where they turned real
+    cells Unknown. A query whose cells hold less than 1/16 of the reference's depth (imaging
+    panels of a few dozen counts) is warned about: the calls lose accuracy fast there.
 
     **Genes.** The vocabulary is the registered AnnData's genes (select e.g. 2,000 highly
     variable genes first). A query is aligned by gene name; missing genes are treated as

@@ -39,6 +39,7 @@ from scdl.dataloaders import dense_rows
 from ._adaptation import auto_blend, check_adapt
 from ._annotator_query import AnnotatorQueryMixin
 from ._base import cell_positions
+from ._depth import rows_emptied
 from ._mixing import MIN_QUERY_CELLS, mixing_level
 from ._novelty import celltypist_resolution, leiden_on_graph, unknown_clusters
 
@@ -281,6 +282,14 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         x, present = self._query_matrix(adata, layer, min_gene_overlap)
         # the host copy that query statistics, clustering and the empty-cell check read
         host = x.to_scipy() if adapt != 0.0 or unknown_call or over_clustering else None
+        totals = np.asarray((host if host is not None else x.to_scipy()).sum(1)).ravel()
+        # cells of a few counts (segmentation slivers, near-empty droplets) get confident calls
+        # that rest on nothing, and in the Unknown call's clusters and mixing check they called
+        # real cells Unknown: that call reads them as empty (the query's statistics, which the
+        # forced calls adapt to, keep them: a shallow query is mostly such cells)
+        floor = self._min_typed_counts(totals)
+        few = (totals > 0) & (totals < floor)
+        checked = rows_emptied(host, few) if host is not None and few.any() else host
         own_graph = over_clustering and over_clustering_graph is None
         resolution = over_clustering_resolution if own_graph else False
         probs, novelty = self._features(x, present, batch_size)
@@ -290,9 +299,9 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             first = probs.argmax(1).numpy()
             # the mixing check's skip is said by the Unknown call below, where there is one
             first_share = self._cluster_calls(
-                host, present, first, False, seed, cluster=False, warn=False
+                checked, present, first, False, seed, cluster=False, warn=False
             )[4]
-            lacks = self._lacks_sketch_genes(host, present)
+            lacks = self._lacks_sketch_genes(checked, present)
             median_share, adapt = auto_blend(first_share, lacks_sketch_genes=lacks)
         steps = 0
         if adapt > 0:
@@ -324,7 +333,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         if unknown_call or own_graph:
             # the mixing check's skip is said only where there is an Unknown call to weaken
             cluster, score, share, over, own_share, read = self._cluster_calls(
-                host, present, best.numpy(), resolution, seed, warn=unknown_call
+                checked, present, best.numpy(), resolution, seed, warn=unknown_call
             )
             calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = cluster, score, over
             calls["cluster_reference_share"] = share
@@ -367,14 +376,28 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
                 (conf < self.module.confidence_threshold.cpu())
                 | (novelty > self.module.novelty_threshold.cpu()[best])
             ).numpy()
-        # (adapt_to_query=0 without the Unknown call made no host copy: the sums need one)
-        empty = np.asarray((host if host is not None else x.to_scipy()).sum(1)).ravel() == 0
-        if empty.all():
+        self._warn_if_shallow(totals[totals > 0], best.numpy()[totals > 0])
+        empty = (totals == 0) | few
+        if empty.all() and not few.any():
             warn_user(
                 f"No cell of the query has a count in the model's genes (every value of "
                 f"{'adata.X' if layer is None else repr(layer)} in them is 0): "
                 f"{'every cell is Unknown' if unknown_call else 'every call is the same guess'}. "
                 "Pass the layer or file that holds the counts.",
+                UserWarning,
+            )
+        elif few.any():
+            warn_user(
+                f"{int(few.sum())} of {len(few)} query cells hold fewer than {floor:.3g} counts "
+                f"in the model's genes (the query's cells: median {np.median(totals[totals > 0]):g}"
+                "): too few to type a cell by. "
+                + (
+                    "They are called Unknown and left out of the clusters the Unknown call checks."
+                    if unknown_call
+                    else "Their calls are guesses."
+                )
+                + " Filter them out first, e.g. "
+                f"`sc.pp.filter_cells(adata, min_counts={int(np.ceil(floor))})`.",
                 UserWarning,
             )
         if unknown_call:  # no count in the model's genes: nothing to type the cell by

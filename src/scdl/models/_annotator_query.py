@@ -31,7 +31,14 @@ from ._composition import (
     shift_is_plausible,
     sketch_stats,
 )
-from ._depth import integer_counts, match_depth
+from ._depth import (
+    DEPTH_LEVELS,
+    depth_ratio,
+    integer_counts,
+    level_fraction,
+    match_depth,
+    min_typed_counts,
+)
 from ._mixing import (
     MIN_QUERY_CELLS,
     MIN_SKETCH_COVERAGE,
@@ -55,6 +62,28 @@ from ._refit import refit_linear
 class AnnotatorQueryMixin:
     """Query adaptation, the linear path for a query lacking genes and the Unknown call's
     per-cluster checks of a call."""
+
+    def _min_typed_counts(self, totals) -> float:
+        """Fewest counts in the model's genes a cell of a query whose cells hold ``totals`` is
+        typed by (:func:`._depth.min_typed_counts`)."""
+        return min_typed_counts(self.module.sketch_depth.detach().cpu().numpy(), totals)
+
+    def _warn_if_shallow(self, totals: np.ndarray, best: np.ndarray) -> None:
+        """Warn when the typed cells hold, at the median, less than the lowest depth level the
+        model keeps (1/16) of the counts its reference cells of their predicted types hold:
+        the classifier saw only the reference's own depth, and its calls lose accuracy fast
+        below that (imaging panels of a few dozen counts per cell)."""
+        ratio = depth_ratio(totals, self.module.sketch_depth.detach().cpu().numpy(), best)
+        if np.isfinite(ratio) and ratio < level_fraction(DEPTH_LEVELS - 1):
+            warn_user(
+                f"The query's cells hold {ratio:.1%} of the counts (median) that the "
+                "reference's cells of their types hold in the model's genes, below 1/16, the "
+                "shallowest depth the model is checked at: its calls lose accuracy fast at "
+                "such depths (see the model card). Compare them with a simple classifier on "
+                "these cells, e.g. a logistic regression on log-normalised counts, and use "
+                "the calls with care.",
+                UserWarning,
+            )
 
     def _lacks_genes(self, present) -> bool:
         """Whether the query lacks genes carrying more than 10% of the reference sketch

@@ -76,6 +76,21 @@ def integer_counts(x) -> sparse.csr_matrix | None:
     return out
 
 
+def depth_ratio(totals, depths, calls=None) -> float:
+    """The median over cells of each cell's total count against ``depths`` (the reference's
+    median per type, :func:`type_depths`) for its predicted type (``calls``, label codes;
+    without them, against the median of ``depths``); NaN without cells or depths."""
+    totals = np.asarray(totals, dtype=np.float64).ravel()
+    depths = np.asarray(depths, dtype=np.float64).ravel()
+    if totals.size == 0 or depths.size == 0 or np.any(depths <= 0):
+        return float("nan")
+    if calls is not None and depths.size > 1:
+        expected = depths[np.clip(np.asarray(calls, dtype=int), 0, depths.size - 1)]
+    else:
+        expected = np.full(len(totals), np.median(depths))
+    return float(np.median(totals / expected))
+
+
 def match_depth(counts, depths, *, n_levels: int = DEPTH_LEVELS, calls=None, seed: int = 0):
     """The depth level a query is compared at, and its counts thinned to the reference's depth
     when it is deeper by more than sqrt(2) (else ``None``).
@@ -88,14 +103,41 @@ def match_depth(counts, depths, *, n_levels: int = DEPTH_LEVELS, calls=None, see
     depths = np.asarray(depths, dtype=np.float64).ravel()
     if counts is None or depths.size == 0 or np.any(depths <= 0) or n_levels < 1:
         return 0, None
-    totals = np.asarray(counts.sum(1), dtype=np.float64).ravel()
-    if calls is not None and depths.size > 1:
-        expected = depths[np.clip(np.asarray(calls, dtype=int), 0, depths.size - 1)]
-    else:
-        expected = np.full(len(totals), np.median(depths))
-    ratio = float(np.median(totals / expected))
+    ratio = depth_ratio(np.asarray(counts.sum(1), dtype=np.float64).ravel(), depths, calls)
     if ratio <= 0:
         return 0, None
     if ratio > np.sqrt(2.0):
         return 0, thin_counts(counts, 1.0 / ratio, seed)
     return int(np.clip(np.rint(-np.log2(ratio)), 0, n_levels - 1)), None
+
+
+#: a query cell with fewer counts than this in the model's genes is not typed (at most: less
+#: where the reference or the query itself is shallow): the usual floor of imaging panels' QC
+#: (squidpy's Xenium tutorial filters cells under 10 counts)
+MIN_TYPED_COUNTS = 10.0
+
+
+def min_typed_counts(depths, totals) -> float:
+    """The fewest counts in the model's genes a query cell is typed by: 10, or 1/16 (the
+    lowest depth level the model keeps) of the shallowest reference type's median (``depths``)
+    or of the query's own median over its cells with counts (``totals``), whichever is least.
+    Relative to the query, a shallow query (an imaging panel, a query lacking most of the
+    model's genes) keeps its cells; slivers and near-empty droplets among deeper cells are
+    left out."""
+    fraction = level_fraction(DEPTH_LEVELS - 1)
+    lows = [MIN_TYPED_COUNTS]
+    depths = np.asarray(depths, dtype=np.float64).ravel()
+    if depths.size and np.all(depths > 0):
+        lows.append(float(depths.min()) * fraction)
+    totals = np.asarray(totals, dtype=np.float64).ravel()
+    if (totals > 0).any():
+        lows.append(float(np.median(totals[totals > 0])) * fraction)
+    return min(lows)
+
+
+def rows_emptied(x: sparse.csr_matrix, rows: np.ndarray) -> sparse.csr_matrix:
+    """``x`` with the counts of the cells in ``rows`` (a boolean mask) removed (a copy)."""
+    x = sparse.csr_matrix(x, copy=True)
+    x.data[np.repeat(rows, np.diff(x.indptr))] = 0
+    x.eliminate_zeros()
+    return x

@@ -50,9 +50,11 @@ def annotate(
     is unlike the reference type they are predicted as are called ``"Unknown"``; the threshold
     is set on the reference alone (one batch against the others, or random halves) with a
     margin for the shift a new dataset brings (see
-    :class:`~scdl.models.CellTypeTransformer`). Cells with no count in the model's genes are
-    called ``"Unknown"`` too. The call is not a doublet or empty-droplet detector: run scanpy's
-    quality control first. Pass ``unknown=False`` to keep every cell's most probable type.
+    :class:`~scdl.models.CellTypeTransformer`). Cells with no count in the model's genes, or
+    with fewer than 1/16 of the query's median count there (at most 10), are called
+    ``"Unknown"`` too, with a warning. The call is not a doublet or empty-droplet detector:
+    run scanpy's quality control first. Pass ``unknown=False`` to keep every cell's most
+    probable type.
 
     The query is read as one dataset: its clusters, its shift from the reference and (with
     ``adapt_to_query``) its gene statistics are computed over all its cells, so a sample's
