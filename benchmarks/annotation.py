@@ -308,6 +308,16 @@ def unknown_score(model, calls) -> np.ndarray:
     )
 
 
+def _auroc(is_removed, score) -> float:
+    """AUROC over the cells that have the score: cells of no or a few counts, which the call
+    makes Unknown for that alone, have no cluster and no score."""
+    from sklearn.metrics import roc_auc_score
+
+    score = np.asarray(score, dtype=np.float64)
+    has = np.isfinite(score)
+    return roc_auc_score(np.asarray(is_removed)[has], score[has])
+
+
 def save_calls(out: str | None, stem: str, model, calls, truth) -> None:
     """Write a run's per-cell calls, the query's labels and the model's thresholds and evidence
     sum (for scoring other combinations of the Unknown checks offline)."""
@@ -375,7 +385,6 @@ def leave_one_type_out(
     ``qry`` hold every gene: the model's genes are chosen on the reference without the removed
     type, as a user's reference that lacks it would choose them."""
     import scvi
-    from sklearn.metrics import roc_auc_score
 
     import scdl
 
@@ -401,11 +410,11 @@ def leave_one_type_out(
             "n_removed_query": int(is_removed.sum()),
             "unknown_removed": float(unknown[is_removed].mean()),
             "unknown_known": float(unknown[~is_removed].mean()),
-            "auroc_cluster_novelty": roc_auc_score(is_removed, calls["cluster_novelty"]),
-            "auroc_reference_share": roc_auc_score(is_removed, -calls["cluster_reference_share"]),
+            "auroc_cluster_novelty": _auroc(is_removed, calls["cluster_novelty"]),
+            "auroc_reference_share": _auroc(is_removed, -calls["cluster_reference_share"]),
             # the score the call uses: the two checks' summed evidence
-            "auroc_both": roc_auc_score(is_removed, unknown_score(model, calls)),
-            "auroc_cell_novelty": roc_auc_score(is_removed, calls["novelty"]),
+            "auroc_both": _auroc(is_removed, unknown_score(model, calls)),
+            "auroc_cell_novelty": _auroc(is_removed, calls["novelty"]),
         }
         print(pd.DataFrame([row]).round(3).to_string(index=False), flush=True)
         rows.append(row)

@@ -207,6 +207,48 @@ def test_save_checkpoint_never_reads_a_model_pt_left_in_its_folder(cells, tmp_pa
     assert _same({k: v.cpu() for k, v in model.module.state_dict().items()}, best)
 
 
+def test_steps_keep_the_users_grad_mode_and_run_under_a_float64_default(cells):
+    """A notebook that turned autograd off keeps it off after a training step (Lightning's fit
+    turns it on); one whose torch default dtype is float64 (set for other work) annotates with
+    a float32 model, loaded before or after (scdl's own tensors took the default dtype)."""
+    adata = cells.copy()
+    with torch.no_grad():
+        scdl.tl.integrate(adata, max_epochs=1, progress_bar=False, batch_size=64)
+        assert not torch.is_grad_enabled()
+    reference = cells.copy()
+    CellTypeTransformer.setup_anndata(reference, labels_key="cell_type")
+    model = CellTypeTransformer(reference)
+    model.train(max_epochs=2, **FAST)
+    expected, _ = model.annotate_cells(cells)
+    before = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        calls, _ = model.annotate_cells(cells)
+        assert (calls["label"] == expected["label"]).all()
+        pretrained = scdl.pretrained.load("pbmc_kang2018")  # built under float64, saved in 32
+        assert next(pretrained.module.parameters()).dtype == torch.float32
+        calls, _ = pretrained.annotate_cells(scdl.datasets.kang_pbmc_heldout()[:200])
+        assert len(calls) == 200
+    finally:
+        torch.set_default_dtype(before)
+
+
+def test_pandas_future_string_inference_raises_no_warning_of_ours(cells):
+    """pandas 2's migration option to pandas 3 (``future.infer_string``): scdl's own lookups
+    inferred a dtype from object pandas objects, a FutureWarning that a strict notebook turns
+    into an error after the whole training."""
+    import pandas as pd
+
+    if not hasattr(pd.options, "future") or not hasattr(pd.options.future, "infer_string"):
+        pytest.skip("this pandas has no future.infer_string")
+    adata = cells.copy()
+    model = scdl.tl.integrate(adata, max_epochs=1, progress_bar=False, batch_size=64)
+    with pd.option_context("future.infer_string", True), warnings.catch_warnings():
+        warnings.filterwarnings("error", message="Dtype inference on a pandas object")
+        model.get_latent_representation()
+        scdl.pretrained.load("pbmc_kang2018").annotate_cells(scdl.datasets.kang_pbmc_heldout())
+
+
 def test_steps_keep_the_users_torch_thread_count(tmp_path):
     """scanpy's neighbours (numba) set the OpenMP thread count torch shares to every core: the
     steps put the user's count back, or the next training of the session would sum in another

@@ -229,7 +229,9 @@ def gene_positions(var_names, genes, *, what: str = "model") -> np.ndarray:
     ValueError
         One of ``genes`` occurs more than once in ``var_names``.
     """
-    names, genes = pd.Index(var_names), pd.Index(genes)
+    # from arrays: inferring a dtype from a pandas object is deprecated (pandas 2's infer_string)
+    names = pd.Index(np.asarray(var_names, dtype=object), dtype=object)
+    genes = pd.Index(np.asarray(genes, dtype=object), dtype=object)
     if names.is_unique:
         return names.get_indexer(genes)
     clash = names[names.duplicated()].unique().intersection(genes)

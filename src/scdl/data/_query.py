@@ -204,7 +204,10 @@ def edited_obs_columns(adata: AnnData, registry: dict, *, skip: tuple = ("labels
 def _codes(values: pd.Series, categories) -> np.ndarray:
     """Codes of ``values`` in ``categories`` (-1: not among them), as scvi-tools registered
     them; pandas 3 deprecates a Categorical whose values fall outside its categories."""
-    return pd.Index(categories).get_indexer(values.astype(object).where(values.notna(), None))
+    # object Indexes built from arrays: inferring a dtype from a pandas object is deprecated
+    # (a FutureWarning under pandas 2's future.infer_string)
+    looked_up = pd.Index(values.astype(object).where(values.notna(), None).to_numpy(), dtype=object)
+    return pd.Index(np.asarray(categories, dtype=object), dtype=object).get_indexer(looked_up)
 
 
 def _same_numbers(now, stored) -> bool:

@@ -237,6 +237,9 @@ def _check_genes_agree(config: dict, registry: dict, files: SavedFiles) -> None:
 
 
 def _load_state(model, state: dict, files: SavedFiles) -> None:
+    saved = {t.dtype for t in state.values() if t.is_floating_point()}
+    if len(saved) == 1:  # built under a session's default dtype (float64): the saved one
+        model.module.to(saved.pop())
     try:
         model.module.load_state_dict(state)
     except RuntimeError as e:

@@ -440,7 +440,8 @@ class CellTypeTransformerModule(nn.Module):
         dev = counts.device
         lengths = crow[1:] - crow[:-1]
         row = torch.repeat_interleave(torch.arange(n_cells, device=dev), lengths)
-        lib = torch.zeros(n_cells, device=dev).index_add_(0, row, counts)
+        # dtypes given: a session whose default dtype is float64 made these Double
+        lib = torch.zeros(n_cells, dtype=counts.dtype, device=dev).index_add_(0, row, counts)
         x_log = torch.log1p(counts / lib.clamp(min=1.0)[row] * 1e4)
         z0 = (-self.gene_mean / self.gene_std).clamp(-10.0, 10.0)
         if present is not None:  # absent genes: no non-zeros, 0 in the summary
@@ -456,7 +457,7 @@ class CellTypeTransformerModule(nn.Module):
         # tokens: top over-expressed among each cell's non-zeros
         pos = torch.arange(col.numel(), device=dev) - crow[:-1][row]
         width = max(int(lengths.max()) if n_cells else 0, self.n_tokens)
-        score = torch.full((n_cells, width), float("-inf"), device=dev)
+        score = torch.full((n_cells, width), float("-inf"), dtype=z_nz.dtype, device=dev)
         score[row, pos] = z_nz.masked_fill(x_log <= 0, float("-inf"))
         genes = torch.zeros((n_cells, width), dtype=torch.long, device=dev)
         genes[row, pos] = col
@@ -474,7 +475,7 @@ class CellTypeTransformerModule(nn.Module):
         logits = self._logits(emb, linear)
         c = self.centroids if centroids is None else centroids
         dots = z0 @ c.T + delta @ c.T
-        sq = torch.full((n_cells,), float(z0 @ z0), device=dev)
+        sq = torch.full((n_cells,), float(z0 @ z0), dtype=z0.dtype, device=dev)
         sq = sq.index_add(0, row, z_nz**2 - z0[col] ** 2)
         return emb, logits, dots, sq.clamp(min=0.0).sqrt()
 

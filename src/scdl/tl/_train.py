@@ -59,6 +59,7 @@ def _seeded(seed: int):
 
     cudnn = torch.backends.cudnn
     saved_seed, flags = scvi.settings.seed, (cudnn.deterministic, cudnn.benchmark)
+    grad = torch.is_grad_enabled()  # Lightning's fit turns autograd on
     # not is_available(): reading a GPU's generator starts CUDA, which a CPU run on a GPU
     # machine must not do (Lightning's fork-based strategies refuse to start after it)
     gpus = range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []
@@ -74,6 +75,7 @@ def _seeded(seed: int):
             with quiet_loggers(_SEED_LOGGER):  # (re-seeds; the states restored undo that)
                 scvi.settings.seed = saved_seed
             cudnn.deterministic, cudnn.benchmark = flags
+            torch.set_grad_enabled(grad)
 
 
 def check_finite(*latents: np.ndarray) -> None:
