@@ -193,6 +193,14 @@ def test_near_empty_cells_beside_cells_leave_the_cells_calls_unchanged(heldout):
     assert (both["label"].iloc[300:] == "Unknown").all()
     assert (both["label"].iloc[:300].to_numpy() == alone["label"].to_numpy()).all()
     assert (alone["label"] != "Unknown").mean() > 0.9
+    # the same query log-normalised (a file without counts): the counts behind it are read
+    import scanpy as sc
+
+    sc.pp.normalize_total(query, target_sum=1e4)
+    sc.pp.log1p(query)
+    with pytest.warns(UserWarning, match=r"150 of 450 query cells hold fewer than"):
+        lognorm, _ = model.annotate_cells(query)
+    assert (lognorm["label"].iloc[300:] == "Unknown").all()
 
 
 def test_a_query_far_shallower_than_the_reference_is_warned_about(heldout):

@@ -233,7 +233,7 @@ def test_steps_keep_the_users_grad_mode_and_run_under_a_float64_default(cells):
         torch.set_default_dtype(before)
 
 
-def test_pandas_future_string_inference_raises_no_warning_of_ours(cells):
+def test_pandas_future_string_inference_raises_no_warning_of_ours():
     """pandas 2's migration option to pandas 3 (``future.infer_string``): scdl's own lookups
     inferred a dtype from object pandas objects, a FutureWarning that a strict notebook turns
     into an error after the whole training."""
@@ -241,12 +241,14 @@ def test_pandas_future_string_inference_raises_no_warning_of_ours(cells):
 
     if not hasattr(pd.options, "future") or not hasattr(pd.options.future, "infer_string"):
         pytest.skip("this pandas has no future.infer_string")
-    adata = cells.copy()
-    model = scdl.tl.integrate(adata, max_epochs=1, progress_bar=False, batch_size=64)
-    with pd.option_context("future.infer_string", True), warnings.catch_warnings():
-        warnings.filterwarnings("error", message="Dtype inference on a pandas object")
-        model.get_latent_representation()
-        scdl.pretrained.load("pbmc_kang2018").annotate_cells(scdl.datasets.kang_pbmc_heldout())
+    with pd.option_context("future.infer_string", True):
+        adata = scdl.datasets.kang_pbmc()[:300].copy()  # read with the option on
+        adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
+        model = scdl.tl.integrate(adata, max_epochs=1, progress_bar=False, batch_size=64)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="Dtype inference on a pandas object")
+            model.get_latent_representation()
+            scdl.pretrained.load("pbmc_kang2018").annotate_cells(scdl.datasets.kang_pbmc_heldout())
 
 
 def test_steps_keep_the_users_torch_thread_count(tmp_path):

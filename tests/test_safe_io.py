@@ -336,7 +336,12 @@ def _resigned(folder, edit_config=None, edit_weights=None):
 
 
 def _nan_weight(folder):
-    _resigned(folder, edit_weights=lambda s: s[next(iter(s))].view(-1)[0].fill_(float("nan")))
+    def nan(state):  # the first weight with values (the VAE's covariate scaling may be empty)
+        next(t for t in state.values() if t.numel() and t.is_floating_point()).view(-1)[0] = float(
+            "nan"
+        )
+
+    _resigned(folder, edit_weights=nan)
 
 
 def _registry_a_list(folder):

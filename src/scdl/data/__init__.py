@@ -27,6 +27,7 @@ from ._covariates import (
     check_continuous_covariates,
     check_covariate_keys,
     covariate_scaling,
+    key_list,
 )
 from ._csr import CSRTensors, gather_counts, inference_batch_size, sparse_tensors_on
 from ._drug_checks import (
@@ -120,6 +121,7 @@ __all__ = [
     "sampled_counts_ok",
     "counts_place_fix",
     "covariate_scaling",
+    "key_list",
     "check_category_kind",
     "check_unique_var_names",
     "get_matrix",

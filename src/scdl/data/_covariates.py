@@ -16,6 +16,20 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
+def key_list(keys, arg: str) -> list | None:
+    """Covariate keys as a list (scvi-tools takes any sequence of column names, e.g. an array
+    or an Index); a single name or a non-sequence is refused with the list it should be."""
+    if keys is None:
+        return None
+    if isinstance(keys, np.ndarray | pd.Index | pd.Series):
+        keys = keys.tolist()
+    if not isinstance(keys, list | tuple):
+        raise TypeError(
+            f"`{arg}` must be a list of obs column names, got {keys!r}; e.g. `{arg}=[{keys!r}]`."
+        )
+    return list(keys)
+
+
 def check_covariate_keys(
     categorical: Sequence[str] | None, continuous: Sequence[str] | None
 ) -> None:
@@ -26,13 +40,9 @@ def check_covariate_keys(
         ("categorical_covariate_keys", categorical),
         ("continuous_covariate_keys", continuous),
     ):
+        keys = key_list(keys, arg)
         if keys is None:
             continue
-        if not isinstance(keys, list | tuple):
-            raise TypeError(
-                f"`{arg}` must be a list of obs column names, got {keys!r}; e.g. "
-                f"`{arg}=[{keys!r}]`."
-            )
         twice = sorted(k for k, n in Counter(map(str, keys)).items() if n > 1)
         if twice:
             raise ValueError(f"`{arg}` names {twice} more than once; name each column once.")

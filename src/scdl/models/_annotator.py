@@ -143,8 +143,9 @@ class CellTypeTransformer(
     type. It is not a doublet or empty-droplet detector: doublets mostly take the type of their
     larger part. Filter barcodes and doublets first, as a scanpy workflow does
     (``sc.pp.filter_cells``, ``sc.pp.scrublet``). Only cells with no count in the model's
-    genes, or with fewer than 1/16 of the query's median count there (at most 10 counts:
-    segmentation slivers, near-empty droplets among cells), are called Unknown on their own,
+    genes, or with fewer than 1/16 of the query's median count there (at most 10 counts, and
+    at most 1/16 of the shallowest reference type's median: segmentation slivers, near-empty
+    droplets among cells), are called Unknown on their own,
     with a warning; they are left out of the clusters the call checks, where they turned real
     cells Unknown. A query whose cells hold less than 1/16 of the reference's depth (imaging
     panels of a few dozen counts) is warned about: the calls lose accuracy fast there.

@@ -109,8 +109,10 @@ def _warn_near_duplicates(labels, labels_key: str) -> None:
         warn_user(
             f"adata.obs[{labels_key!r}] holds labels that differ only in case or spaces "
             f"({', '.join(' and '.join(map(repr, g)) for g in same[:3])}): they are trained "
-            "as different cell types. If they are one type, write them one way first, e.g. "
-            f"`adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}].astype(str).str.strip()`.",
+            "as different cell types. If they are one type, write them one way first: spaces "
+            f"with `adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}].astype(str)"
+            ".str.strip()`, case by renaming the variants (e.g. `.replace({'CD4 t cells': "
+            "'CD4 T cells'})`).",
             UserWarning,
         )
 
@@ -125,7 +127,7 @@ def _warn_small_types(labels, labels_key: str) -> None:
             f"reference cells: {named}. Each is learned from those cells alone, and what "
             "counts as like it (the Unknown call's thresholds) rests on them, which can "
             "turn cells of nearby types Unknown. Merge them into a broader type or leave "
-            f"them out: `ref = ref[ref.obs[{labels_key!r}].map(ref.obs[{labels_key!r}]"
-            f".value_counts()) >= {MIN_TYPE_CELLS}].copy()`.",
+            f"them out: `n = ref.obs[{labels_key!r}].value_counts(); ref = ref[ref.obs["
+            f"{labels_key!r}].isin(n.index[n >= {MIN_TYPE_CELLS}])].copy()`.",
             UserWarning,
         )

@@ -39,7 +39,7 @@ from scdl.dataloaders import dense_rows
 from ._adaptation import auto_blend, check_adapt
 from ._annotator_query import AnnotatorQueryMixin
 from ._base import cell_positions
-from ._depth import rows_emptied
+from ._depth import integer_counts, rows_emptied
 from ._mixing import MIN_QUERY_CELLS, mixing_level
 from ._novelty import celltypist_resolution, leiden_on_graph, unknown_clusters
 
@@ -282,13 +282,19 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         x, present = self._query_matrix(adata, layer, min_gene_overlap)
         # the host copy that query statistics, clustering and the empty-cell check read
         host = x.to_scipy() if adapt != 0.0 or unknown_call or over_clustering else None
-        totals = np.asarray((host if host is not None else x.to_scipy()).sum(1)).ravel()
+        matrix = host if host is not None else x.to_scipy()
+        values = np.asarray(matrix.sum(1)).ravel()
+        # counts, also behind log-normalised input (None: not recoverable, depth unknown)
+        counts = integer_counts(matrix)
+        totals = None if counts is None else np.asarray(counts.sum(1)).ravel()
         # cells of a few counts (segmentation slivers, near-empty droplets) get confident calls
         # that rest on nothing, and in the Unknown call's clusters and mixing check they called
         # real cells Unknown: that call reads them as empty (the query's statistics, which the
         # forced calls adapt to, keep them: a shallow query is mostly such cells)
-        floor = self._min_typed_counts(totals)
-        few = (totals > 0) & (totals < floor)
+        few, floor = np.zeros(len(values), dtype=bool), float("nan")
+        if totals is not None:
+            floor = self._min_typed_counts(totals)
+            few = (totals > 0) & (totals < floor)
         checked = rows_emptied(host, few) if host is not None and few.any() else host
         own_graph = over_clustering and over_clustering_graph is None
         resolution = over_clustering_resolution if own_graph else False
@@ -376,8 +382,9 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
                 (conf < self.module.confidence_threshold.cpu())
                 | (novelty > self.module.novelty_threshold.cpu()[best])
             ).numpy()
-        self._warn_if_shallow(totals[totals > 0], best.numpy()[totals > 0])
-        empty = (totals == 0) | few
+        if totals is not None and not self._lacks_genes(present):  # else depth is not comparable
+            self._warn_if_shallow(totals[totals > 0], best.numpy()[totals > 0])
+        empty = (values == 0) | few
         if empty.all() and not few.any():
             warn_user(
                 f"No cell of the query has a count in the model's genes (every value of "
@@ -390,14 +397,15 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             warn_user(
                 f"{int(few.sum())} of {len(few)} query cells hold fewer than {floor:.3g} counts "
                 f"in the model's genes (the query's cells: median {np.median(totals[totals > 0]):g}"
-                "): too few to type a cell by. "
+                "; the floor is 1/16 of that, at most 10): too few to type a cell by. "
                 + (
                     "They are called Unknown and left out of the clusters the Unknown call checks."
                     if unknown_call
                     else "Their calls are guesses."
                 )
-                + " Filter them out first, e.g. "
-                f"`sc.pp.filter_cells(adata, min_counts={int(np.ceil(floor))})`.",
+                + " Filter them out first on the model's genes, e.g. `genes = adata.var_names"
+                ".intersection(model.get_var_names()); adata = adata[np.asarray(adata[:, genes]"
+                f".X.sum(1)).ravel() >= {int(np.ceil(floor))}].copy()`.",
                 UserWarning,
             )
         if unknown_call:  # no count in the model's genes: nothing to type the cell by

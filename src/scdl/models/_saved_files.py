@@ -237,9 +237,11 @@ def _check_genes_agree(config: dict, registry: dict, files: SavedFiles) -> None:
 
 
 def _load_state(model, state: dict, files: SavedFiles) -> None:
+    import torch
+
     saved = {t.dtype for t in state.values() if t.is_floating_point()}
-    if len(saved) == 1:  # built under a session's default dtype (float64): the saved one
-        model.module.to(saved.pop())
+    if saved == {torch.float32}:  # built under a session's float64 default: as it was saved
+        model.module.to(torch.float32)
     try:
         model.module.load_state_dict(state)
     except RuntimeError as e:

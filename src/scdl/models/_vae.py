@@ -33,6 +33,7 @@ from scdl.data import (
     check_positive_int,
     counts_place_fix,
     covariate_scaling,
+    key_list,
 )
 from scdl.dataloaders import CSRDataSplitter
 from scdl.module import VAEModule
@@ -184,7 +185,7 @@ class VAE(
             batch_mmd_weight=batch_mmd_weight,
             **module_kwargs,
         )
-        if adata is not None and self.module.cont_cov_center.numel():
+        if adata is not None and self.module.has_covariate_scaling:
             # continuous covariates enter the network standardised by the training cells' mean
             # and sd (buffers: saved with the weights and kept for a query); raw, a covariate in
             # the thousands (total counts) outweighs the genes under the layer norm
@@ -234,6 +235,11 @@ class VAE(
         %(raises_counts)s
         """
         cls._refuse_setup_options(kwargs)
+        # before the registry records them: an array of names is saved as a list
+        categorical_covariate_keys = key_list(
+            categorical_covariate_keys, "categorical_covariate_keys"
+        )
+        continuous_covariate_keys = key_list(continuous_covariate_keys, "continuous_covariate_keys")
         setup_method_args = cls._get_setup_method_args(**locals())
         from_registry = kwargs.get("source_registry") is not None
         check_covariate_keys(categorical_covariate_keys, continuous_covariate_keys)

@@ -65,9 +65,12 @@ class VAEModule(_SCVIModule):
         super().__init__(*args, **kwargs)
         self.batch_mmd_weight = float(batch_mmd_weight)
         n_cont = int(kwargs.get("n_continuous_cov", 0))
-        # each continuous covariate enters encoder and decoder as (value - center) / scale
-        self.register_buffer("cont_cov_center", torch.zeros(n_cont))
-        self.register_buffer("cont_cov_scale", torch.ones(n_cont))
+        # each continuous covariate enters encoder and decoder as (value - center) / scale;
+        # only with covariates, so a model without them saves the weights it saved before
+        self.has_covariate_scaling = n_cont > 0
+        if self.has_covariate_scaling:
+            self.register_buffer("cont_cov_center", torch.zeros(n_cont))
+            self.register_buffer("cont_cov_scale", torch.ones(n_cont))
 
     def set_covariate_scaling(self, center, scale) -> None:
         """Set the center and scale of the continuous covariates (one value per covariate)."""
@@ -77,8 +80,10 @@ class VAEModule(_SCVIModule):
 
     def _scaled_covariates(self, inputs: dict) -> dict:
         cont = inputs.get("cont_covs")
-        if cont is not None and self.cont_cov_center.numel():
-            inputs["cont_covs"] = (cont - self.cont_cov_center) / self.cont_cov_scale
+        if cont is not None and self.has_covariate_scaling:
+            # on the data's device: scvi-tools moves a minibatch to the module's after this
+            center = self.cont_cov_center.to(cont.device, cont.dtype)
+            inputs["cont_covs"] = (cont - center) / self.cont_cov_scale.to(cont.device, cont.dtype)
         return inputs
 
     def _get_inference_input(self, *args, **kwargs):
@@ -89,7 +94,7 @@ class VAEModule(_SCVIModule):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name, fill in (("cont_cov_center", 0.0), ("cont_cov_scale", 1.0)):
-            if prefix + name not in state_dict:
+            if self.has_covariate_scaling and prefix + name not in state_dict:
                 # saved before covariates were standardised: those models read them raw
                 state_dict[prefix + name] = torch.full_like(getattr(self, name), fill)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

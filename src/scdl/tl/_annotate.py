@@ -51,7 +51,8 @@ def annotate(
     is set on the reference alone (one batch against the others, or random halves) with a
     margin for the shift a new dataset brings (see
     :class:`~scdl.models.CellTypeTransformer`). Cells with no count in the model's genes, or
-    with fewer than 1/16 of the query's median count there (at most 10), are called
+    with fewer than 1/16 of the query's median count there (at most 10, and at most 1/16 of
+    the shallowest reference type's median), are called
     ``"Unknown"`` too, with a warning. The call is not a doublet or empty-droplet detector:
     run scanpy's quality control first. Pass ``unknown=False`` to keep every cell's most
     probable type.

@@ -20,6 +20,7 @@ from scdl.data import (
     check_unique_var_names,
     check_writable,
     get_matrix,
+    key_list,
     writable,
 )
 
@@ -142,6 +143,8 @@ def integrate(
     # validate everything before touching adata, so a failing call leaves it unchanged
     check_random_state(random_state)
     summary = _check_inputs(adata, key_added, layer, batch_key, n_top_genes)
+    categorical_covariate_keys = key_list(categorical_covariate_keys, "categorical_covariate_keys")
+    continuous_covariate_keys = key_list(continuous_covariate_keys, "continuous_covariate_keys")
     covariates = {
         "categorical_covariate_keys": categorical_covariate_keys,
         "continuous_covariate_keys": continuous_covariate_keys,
