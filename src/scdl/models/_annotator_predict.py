@@ -396,8 +396,9 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         elif few.any():
             warn_user(
                 f"{int(few.sum())} of {len(few)} query cells hold fewer than {floor:.3g} counts "
-                f"in the model's genes (the query's cells: median {np.median(totals[totals > 0]):g}"
-                "; the floor is 1/16 of that, at most 10): too few to type a cell by. "
+                "in the model's genes (the floor: 1/16 of the query's median, "
+                f"{np.median(totals[totals > 0]):g}, at most 10 and at most 1/16 of the "
+                "reference's shallowest type): too few to type a cell by. "
                 + (
                     "They are called Unknown and left out of the clusters the Unknown call checks."
                     if unknown_call
