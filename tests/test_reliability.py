@@ -244,7 +244,9 @@ def test_pandas_future_string_inference_raises_no_warning_of_ours():
     with pd.option_context("future.infer_string", True):
         adata = scdl.datasets.kang_pbmc()[:300].copy()  # read with the option on
         adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
-        model = scdl.tl.integrate(adata, max_epochs=1, progress_bar=False, batch_size=64)
+        model = scdl.tl.integrate(
+            adata, batch_key="sample", max_epochs=1, progress_bar=False, batch_size=64
+        )
         with warnings.catch_warnings():
             warnings.filterwarnings("error", message="Dtype inference on a pandas object")
             model.get_latent_representation()
