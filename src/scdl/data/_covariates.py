@@ -56,13 +56,7 @@ def check_continuous_covariates(
     ``model``: the trained model's name, for a query (the message then says the column is one
     the model was set up with, rather than an argument the user passed).
     """
-    if keys is None:
-        return
-    if not isinstance(keys, list | tuple):
-        raise TypeError(
-            f"`continuous_covariate_keys` must be a list of obs column names, got {keys!r}."
-        )
-    for key in keys:
+    for key in key_list(keys, "continuous_covariate_keys") or []:
         if model is not None and key not in adata.obs.columns:
             raise KeyError(
                 f"adata.obs lacks the column {key!r}, a continuous covariate the {model} was "

@@ -244,10 +244,11 @@ class AnnotatorQueryMixin:
         weights = None
         if cluster and fill is None:
             weights = composition_weights(best, sketch["sketch_composition"])
+        weighted = None if weights is None else _mean_sd(x_log, weights)
         if fill is not None:
             stats, part = filled_stats(x_log, best, sketch["sketch_moments"], *fill)
-        elif weights is not None:
-            stats = _mean_sd(x_log, weights)
+        elif weighted is not None:
+            stats = weighted
         clusters, score, over = np.full(n, -1), np.full(n, np.nan), np.full(n, -1)
         if cluster:
             resolutions = (NOVELTY_RESOLUTION * part,)
@@ -279,12 +280,13 @@ class AnnotatorQueryMixin:
         if thinned is not None:  # deeper than the reference: thinned to its depth
             x_log = log_normalize(thinned)
             own = _mean_sd(x_log)
+            weighted = None if weights is None else _mean_sd(x_log, weights)
         stats, pseudo = own, None
         if fill is not None:
             stats = sketch_stats(x_log, best, sketch, fill, own, level)
             pseudo = np.round(fill[0])
-        elif weights is not None:
-            stats = _mean_sd(x_log, weights)
+        elif weighted is not None:
+            stats = weighted
         own_share = reference_share(
             x_log,
             None,

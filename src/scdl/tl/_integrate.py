@@ -9,9 +9,7 @@ import numpy as np
 from scdl._rng import keeps_rng
 from scdl.data import (
     check_categorical,
-    check_continuous_covariates,
     check_counts,
-    check_covariate_keys,
     check_is_anndata,
     check_key_added,
     check_not_empty,
@@ -145,14 +143,11 @@ def integrate(
     summary = _check_inputs(adata, key_added, layer, batch_key, n_top_genes)
     categorical_covariate_keys = key_list(categorical_covariate_keys, "categorical_covariate_keys")
     continuous_covariate_keys = key_list(continuous_covariate_keys, "continuous_covariate_keys")
+    # their columns are checked by VAE.setup_anndata on the training copy, before training
     covariates = {
         "categorical_covariate_keys": categorical_covariate_keys,
         "continuous_covariate_keys": continuous_covariate_keys,
     }
-    check_covariate_keys(*covariates.values())
-    check_continuous_covariates(adata, continuous_covariate_keys)
-    for key in categorical_covariate_keys or []:
-        check_categorical(adata, key, arg="categorical_covariate_keys", numeric_hint=_NUMERIC_HINT)
     genes = select_genes(
         adata,
         summary.gene_totals,
