@@ -148,3 +148,72 @@ def copy_annotation(source, adata, key: str) -> None:
         if name.startswith(f"{key}_"):
             adata.obsm[name] = source.obsm[name]
     adata.uns[key] = source.uns[key]
+
+
+def _refuses_slashes() -> bool:
+    """Whether this anndata refuses to write '/' in a key (>= 0.13; 0.12 warns and writes)."""
+    import anndata
+    from packaging.version import Version
+
+    return Version(anndata.__version__).release >= (0, 13)
+
+
+def slashed_keys(adata) -> list[str]:
+    """Where ``adata`` holds a key with '/' that an .h5ad file cannot store: obs/var columns,
+    the keys of layers, obsm, varm, obsp, varp and uns (nested too), and the columns of obsm
+    and varm tables."""
+    import pandas as pd
+
+    found = []  # (where, the key) pairs
+
+    def add(where: str, key, *, column: bool = False) -> None:
+        if "/" in str(key):
+            found.append(f"column {str(key)!r} of {where}" if column else f"{where}[{str(key)!r}]")
+
+    for attr in ("obs", "var"):
+        for column in getattr(adata, attr).columns:
+            add(attr, column)
+    for attr in ("layers", "obsm", "varm", "obsp", "varp"):
+        for key, value in getattr(adata, attr).items():
+            add(attr, key)
+            if isinstance(value, pd.DataFrame):
+                for column in value.columns:
+                    add(f"{attr}[{key!r}]", column, column=True)
+
+    def walk(mapping, where: str) -> None:
+        for key, value in mapping.items():
+            add(where, key)
+            if isinstance(value, dict):
+                walk(value, f"{where}[{key!r}]")
+
+    walk(adata.uns, "uns")
+    return found
+
+
+def check_input_names(adata, path: str) -> None:
+    """Refuse, before any work, an input whose keys hold '/' where this anndata cannot write
+    them back: the output would fail after all the computing."""
+    if not _refuses_slashes():
+        return
+    keys = slashed_keys(adata)
+    if keys:
+        raise ValueError(
+            f"{path} holds '/' in {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}: "
+            "anndata >= 0.13 cannot write '/' in a key, so OUT.h5ad could not be written. "
+            "Rename them in Python first (e.g. `adata.obs.columns = "
+            "adata.obs.columns.str.replace('/', '|')`) and save the input again."
+        )
+
+
+def slash_free_columns(adata, key: str) -> list[str]:
+    """The columns of ``obsm[key]`` holding '/' renamed with '|', as .h5ad files need
+    (``tl.annotate`` names a column after each cell type); returns the names it changed."""
+    table = adata.obsm.get(key)
+    if table is None or not hasattr(table, "columns"):
+        return []
+    slashed = [str(c) for c in table.columns if "/" in str(c)]
+    if slashed:
+        table = table.copy()
+        table.columns = [str(c).replace("/", "|") for c in table.columns]
+        adata.obsm[key] = table
+    return slashed

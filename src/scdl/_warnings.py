@@ -7,6 +7,7 @@ wherever in the stack the check sits. A fixed ``stacklevel`` is right for one ca
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -39,3 +40,21 @@ def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
     while frame is not None and _skipped(frame.f_code.co_filename, roots):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level + 1)  # + 1: this function's own frame
+
+
+#: scvi-tools' warning on a category of fewer than 3 cells names an integer code in the
+#: column it writes (``adata.obs['_scvi_batch']``) and the smallest category only; scdl's
+#: setup checks name every such category of a batch or covariate column by its value
+#: (``scdl.data.check_count_setup``); labels keep scvi-tools' warning
+SMALL_CATEGORY_MESSAGE = (
+    r"Category .* in adata\.obs\['(?!_scvi_labels)[^']*'\] has fewer than 3 cells"
+)
+
+
+@contextlib.contextmanager
+def registering_quietly():
+    """A context for ``AnnDataManager.register_fields``: without scvi-tools' small-category
+    warning, which scdl's own check has said in the user's terms."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=SMALL_CATEGORY_MESSAGE)
+        yield

@@ -11,12 +11,14 @@ from functools import partial
 from pathlib import Path
 
 from ._cli_files import (
+    check_input_names,
     check_model_folder,
     check_output,
     copy_annotation,
     raw_as_adata,
     raw_as_layer,
     read_input,
+    slash_free_columns,
 )
 
 #: the Python arguments the library's error messages name, as this command line's flags
@@ -214,6 +216,7 @@ def _integrate(args: argparse.Namespace) -> int:
     check_output(args.output, overwrite=args.overwrite)
     check_model_folder(args.save_model, overwrite=args.overwrite, output=args.output)
     adata = read_input(args.input)
+    check_input_names(adata, args.input)
     # input errors are said before "training ..." is printed: the batch column, the layer,
     # and values that a sample already shows are not counts (the full check runs in training)
     if adata.n_obs == 0 or adata.n_vars == 0:
@@ -264,11 +267,10 @@ def _annotate(args: argparse.Namespace) -> int:
 
     check_output(args.output, overwrite=args.overwrite)
     adata = read_input(args.input, quiet=args.quiet)
+    check_input_names(adata, args.input)
     say = (lambda *_: None) if args.quiet else print
     say(f"annotating with {args.model!r} ...")
-    model = args.model
-    if args.sha256 is not None:
-        model = scdl.pretrained.load(args.model, sha256=args.sha256)
+    model = scdl.pretrained.load(args.model, sha256=args.sha256, prefix=args.prefix)
     use_raw = args.layer == "raw" and "raw" not in adata.layers
     target = raw_as_adata(adata) if use_raw else adata  # .raw annotated with all its genes
     layer = args.layer
@@ -281,16 +283,30 @@ def _annotate(args: argparse.Namespace) -> int:
             f"{args.input} holds no counts (every value of "
             f"{'X' if args.layer is None else repr(args.layer)} is 0)."
         )
-    scdl.tl.annotate(
-        target,
-        model=model,
-        layer=layer,
-        key_added=args.key_added,
-        unknown=not args.no_unknown,
-        min_gene_overlap=args.min_gene_overlap,
-    )
+    import warnings
+
+    with warnings.catch_warnings():  # its fix is Python's: this command renames them below
+        warnings.filterwarnings("ignore", message=r"The model's cell types \[")
+        scdl.tl.annotate(
+            target,
+            model=model,
+            layer=layer,
+            key_added=args.key_added,
+            unknown=not args.no_unknown,
+            min_gene_overlap=args.min_gene_overlap,
+        )
     if use_raw:
         copy_annotation(target, adata, args.key_added)
+    table = f"{args.key_added}_probabilities"
+    slashed = slash_free_columns(adata, table)
+    if slashed:
+        warnings.warn(
+            f"The model's cell types {slashed[:3]} contain '/', which .h5ad files cannot hold "
+            f"in column names: their columns of obsm[{table!r}] are written with '|' instead "
+            "(the calls in obs keep the names).",
+            UserWarning,
+            stacklevel=1,
+        )
     scdl.data.write_h5ad_atomic(adata, args.output)
     counts = adata.obs[args.key_added].value_counts()
     say(f"wrote obs[{args.key_added!r}] to {args.output}:")
@@ -407,6 +423,11 @@ def _add_annotate(sub) -> None:
         "--sha256",
         default=None,
         help="checksum of the model's archive (required for a URL; checked when given)",
+    )
+    a.add_argument(
+        "--prefix",
+        default=None,
+        help="the prefix a model in the --model folder was saved with (scvi-tools' `prefix`)",
     )
     a.add_argument("--overwrite", action="store_true", help="replace an existing OUT.h5ad")
     a.add_argument(

@@ -477,7 +477,25 @@ def check_count_setup(
             col = check_categorical(adata, key, arg=arg, numeric_hint=numeric_hint)
             if warn_one_category and arg in _COVARIATE_ARGS and col.nunique() < 2:
                 warn_one_batch(col, key, arg)
+            if arg in _COVARIATE_ARGS:
+                warn_small_categories(col, key, arg)
     return summary
+
+
+def warn_small_categories(col: pd.Series, key: str, arg: str = "batch_key") -> None:
+    """Name every category of a batch or covariate column that holds 1 or 2 cells (valid:
+    registered as scvi-tools registers it, whose own warning names one integer code in a
+    column the user never sees)."""
+    sizes = col.value_counts(sort=False)
+    small = sizes[(sizes > 0) & (sizes < 3)]
+    if len(small):
+        shown = ", ".join(f"{c!r} ({n})" for c, n in list(small.items())[:5])
+        warn_user(
+            f"`{arg}={key!r}` has {len(small)} categor{'y' if len(small) == 1 else 'ies'} of "
+            f"fewer than 3 cells: {shown}{' ...' if len(small) > 5 else ''}. Their correction "
+            "rests on those cells alone; merge them with a similar category if there is one.",
+            UserWarning,
+        )
 
 
 def warn_one_batch(col: pd.Series, key: str, arg: str = "batch_key") -> None:

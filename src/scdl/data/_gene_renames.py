@@ -91,10 +91,21 @@ def _renamed(genes, var_names, model_renamed: bool) -> tuple[str | None, int]:
         if len(found):
             prefix = str(found[0].value_counts().index[0])
             n_pre = int(lacking.isin(found.loc[found[0] == prefix, 1]).sum())
+    # a spreadsheet's trailing blanks, a CRLF features file's '\r', R's write.table quotes,
+    # a non-breaking space: the names hold the genes inside other characters
+    stripped = names.str.strip().str.strip("\"'").str.strip()
+    n_strip = int(lacking.isin(stripped[stripped != names]).sum())
     n_made, n_bare, n_r = int(as_made.sum()), int(as_bare.sum()), int(as_r.sum())
     n_sfx = int(as_sfx.sum())
-    if max(n_made, n_bare, n_r, n_sfx, n_pre) < min(10, max(1, 0.5 * len(lacking))):
+    if max(n_made, n_bare, n_r, n_sfx, n_pre, n_strip) < min(10, max(1, 0.5 * len(lacking))):
         return None, 0
+    if n_strip > max(n_made, n_bare, n_r, n_sfx, n_pre):
+        k = int(np.flatnonzero(stripped != names)[0])
+        return (
+            f"{n_strip} of the model's genes the data lack are in adata.var_names inside "
+            f"spaces, quotes or line ends (e.g. {names[k]!r}): strip them, `adata.var_names = "
+            "adata.var_names.str.strip().str.strip('\"'')`"
+        ), n_strip
     if n_pre > max(n_made, n_bare, n_r, n_sfx):
         return (
             f"{n_pre} of the model's genes the data lack are in adata.var_names behind the "

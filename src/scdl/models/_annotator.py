@@ -13,6 +13,7 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainRunner
 
+from scdl._warnings import registering_quietly
 from scdl.data import (
     check_count_setup,
     check_fraction,
@@ -328,7 +329,8 @@ class CellTypeTransformer(
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
         ]
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(adata, **kwargs)
+        with registering_quietly():  # small categories: said by check_count_setup
+            adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
 
     @property

@@ -13,6 +13,7 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
+from scdl._warnings import registering_quietly
 from scdl.data import (
     check_category_kind,
     check_count_setup,
@@ -215,7 +216,8 @@ class ContrastiveVAE(
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
         ]
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(adata, **kwargs)
+        with registering_quietly():  # small categories: said by check_count_setup
+            adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
 
     def train(

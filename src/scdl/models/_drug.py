@@ -103,7 +103,18 @@ class DrugResponseModel(
     ``sensitive="high"`` in :meth:`setup_anndata`, :attr:`sensitive`) it is P(response >
     the median), and the labels follow. (With ``n_ensemble=1`` the residuals come from the
     validation lines, or, with ``train_size=1``, from the training lines, which understates
-    the uncertainty.)
+    the uncertainty.) The residual sd is measured on bulk lines, so the probability is
+    calibrated for bulk profiles; on cells it is a score to compare cells and lines within a
+    drug, not a chance to read against 0.5: cells' profiles differ from their own line's bulk
+    profile by more than bulk lines differ from each other's predictions, and a query's cells
+    can sit on one side of the median together (benchmarks/README.md). The ensemble's sd
+    (``kind="sd"``) is the members' disagreement, much smaller than the error
+    (``drug_stats_["residual_sd"]``).
+
+    **The cells' library size** is their total over every gene of the query (as
+    :func:`scanpy.pp.normalize_total` takes it): it weighs the neighbour averaging, so pass
+    the counts of every gene, not a subset to the model's genes or to highly variable genes
+    (without averaging, ``smooth_neighbors=0``, the library cancels).
 
     Parameters
     ----------

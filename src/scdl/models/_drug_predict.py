@@ -222,7 +222,8 @@ class DrugPredictionMixin:
             when :attr:`sensitive` is ``"high"``); ``"label"``: 1 (sensitive) where the value
             is on the sensitive side of the drug's median over the training lines
             (``drug_stats_["median"]``, the threshold; probability > 0.5), else 0;
-            ``"sd"``: the per-cell uncertainty, the sd of the value over ensemble members.
+            ``"sd"``: the sd of the value over ensemble members, their disagreement (not
+            the error, which ``drug_stats_["residual_sd"]`` measures on held-out lines).
             A list of kinds returns a dict of DataFrames by kind, from one pass over the data
             (the cells' profiles, with their neighbour smoothing, are computed once). The
             profiles are made and reduced to the drugs' columns a block of cells at a time,
@@ -294,9 +295,10 @@ class DrugPredictionMixin:
         Returns
         -------
         pandas.DataFrame
-            Probabilities of the same shape, index and columns: the chance that each cell is
-            more sensitive than the drug's median training line (below it, or above it when
-            :attr:`sensitive` is ``"high"``).
+            Probabilities of the same shape, index and columns: the chance that each profile
+            is more sensitive than the drug's median training line (below it, or above it when
+            :attr:`sensitive` is ``"high"``), calibrated on bulk lines; for cells a score to
+            compare within a drug (see the class notes).
         """
         from scipy.special import ndtr
 

@@ -23,22 +23,57 @@ from ._prototypes import PROTOTYPE_MAX_CELLS
 #: share of a left-out batch's cells whose type the other batches hold, and of theirs that
 #: it holds, for the batch to calibrate the Unknown call (a guard, not a tuned value)
 BATCH_TYPE_SHARE = 0.9
+#: a type counts as missing from a part only when the part would hold at least this many of
+#: its cells at the reference's composition: a small donor lacks a rare type by chance
+MIN_EXPECTED_CELLS = 3
+
+
+def _share_held(labels: np.ndarray, cells: np.ndarray, other: np.ndarray) -> float:
+    """Share of ``cells``' cells whose type ``other`` holds, over the types ``other`` would
+    hold at least ``MIN_EXPECTED_CELLS`` of at the reference's composition (1 without any)."""
+    n_types = int(labels.max()) + 1
+    expected = np.bincount(labels, minlength=n_types) * (other.sum() / len(labels))
+    counted = expected >= MIN_EXPECTED_CELLS
+    own = np.bincount(labels[cells], minlength=n_types)[counted]
+    held = np.bincount(labels[other], minlength=n_types)[counted] > 0
+    return float(own[held].sum() / own.sum()) if own.sum() else 1.0
 
 
 def _types_shared(labels: np.ndarray, fit: np.ndarray, play: np.ndarray) -> bool:
     """Whether the batch ``play`` and the rest ``fit`` hold the same types, each for at
-    least ``BATCH_TYPE_SHARE`` of the other's cells."""
-    fit_labels, play_labels = labels[fit], labels[play]
+    least ``BATCH_TYPE_SHARE`` of the other's cells (types too rare to be expected in a part
+    of its size not counted)."""
     return (
-        np.isin(play_labels, np.unique(fit_labels)).mean() >= BATCH_TYPE_SHARE
-        and np.isin(fit_labels, np.unique(play_labels)).mean() >= BATCH_TYPE_SHARE
+        _share_held(labels, play, fit) >= BATCH_TYPE_SHARE
+        and _share_held(labels, fit, play) >= BATCH_TYPE_SHARE
     )
 
 
 #: at most this many parts are held out in turn: a reference of more batches holds out folds
-#: of whole batches (drawn with the seed), as each part costs two clusterings. A cost bound,
-#: chosen on no benchmark (every labelled set in ``../shared/data`` has at most 4 batches)
+#: of whole batches, as each part costs two clusterings. A cost bound, chosen on no benchmark
+#: (every labelled set in ``../shared/data`` has at most 4 batches)
 MAX_HELD_OUT_BATCHES = 8
+
+
+def held_out_parts(batches: np.ndarray, min_cells: int, seed: int) -> list[np.ndarray]:
+    """The parts of the reference held out in turn, as cell masks (see
+    :func:`calibrate_threshold`): each batch of at least ``min_cells`` cells when there are
+    at most ``MAX_HELD_OUT_BATCHES`` batches; else every batch, small ones included, in that
+    many folds of about equal cells (largest batch first into the smallest fold, ties in an
+    order drawn with ``seed``), so a part's size, and with it the noise of its clusters, does
+    not depend on how finely the batches cut the reference. Parts under ``min_cells`` are left
+    out."""
+    levels, counts = np.unique(batches, return_counts=True)
+    if len(levels) <= MAX_HELD_OUT_BATCHES:
+        return [batches == b for b in levels[counts >= min_cells]]
+    order = np.random.default_rng(seed).permutation(len(levels))
+    order = order[np.argsort(-counts[order], kind="stable")]
+    fold_of, fold_cells = np.empty(len(levels), int), np.zeros(MAX_HELD_OUT_BATCHES)
+    for i in order:
+        fold_of[i] = int(np.argmin(fold_cells))
+        fold_cells[fold_of[i]] += counts[i]
+    cell_fold = fold_of[np.searchsorted(levels, batches)]
+    return [cell_fold == f for f in range(MAX_HELD_OUT_BATCHES) if fold_cells[f] >= min_cells]
 
 
 def calibrate_threshold(
@@ -56,10 +91,10 @@ def calibrate_threshold(
     """Cluster-novelty threshold from the reference alone (see the module notes).
 
     Each batch of at least ``min_cells`` cells is held out in turn (with more than
-    ``MAX_HELD_OUT_BATCHES`` of them, that many folds of whole batches, drawn with ``seed``);
+    ``MAX_HELD_OUT_BATCHES`` batches, that many folds of whole batches: :func:`held_out_parts`);
     the part that plays the query is a
     sample of ``PROTOTYPE_MAX_CELLS`` cells when it holds more, as the profiles' part is.
-    Without two batches of at least ``min_cells`` cells, ``n_halvings`` random halvings
+    Without two such parts (warned when batches were given), ``n_halvings`` random halvings
     (seeds ``seed``, ``seed + 1``, ...) each play both ways, and the percentile is taken over
     all their clusters together. ``prototypes``: each part's clusters are compared by the
     nearest of their type's profiles in the other part, its mean and its prototypes
@@ -71,31 +106,32 @@ def calibrate_threshold(
     n_types = int(labels.max()) + 1
     genes = novelty_genes(_type_centroids(x_log, labels, n_types))
     parts = []
-    if batches is not None:
-        levels, counts = np.unique(batches, return_counts=True)
-        if (counts >= min_cells).sum() >= 2:
-            parts = [(batches != b, batches == b) for b in levels[counts >= min_cells]]
-            # a batch of other types than the rest (sorted populations, one run each) is a
-            # new composition, not a shift of known types: it cannot calibrate the call
-            shared = [p for p in parts if _types_shared(labels, *p)]
-            if len(shared) < 2:
-                n_apart = len(parts) - len(shared)
-                warn_user(
-                    f"The reference's batches hold different cell types ({n_apart} "
-                    f"of {len(parts)} share fewer than {BATCH_TYPE_SHARE:.0%} of their cells' "
-                    "types with the other batches), so leaving one batch out would play types "
-                    "the rest lacks: the Unknown call is calibrated on random halves of the "
-                    "reference instead, and a shift between batches is not allowed for.",
-                    UserWarning,
-                )
-            parts = shared if len(shared) >= 2 else []
-    if len(parts) > MAX_HELD_OUT_BATCHES:  # each part held out costs two clusterings
-        order = np.random.default_rng(seed).permutation(len(parts))
-        folds = [
-            np.any([parts[i][1] for i in fold], axis=0)
-            for fold in np.array_split(order, MAX_HELD_OUT_BATCHES)
-        ]
-        parts = [(~play, play) for play in folds]
+    if batches is not None and len(np.unique(batches)) >= 2:
+        parts = [(~play, play) for play in held_out_parts(batches, min_cells, seed)]
+        if len(parts) < 2:
+            warn_user(
+                f"The reference's batches are too small to leave one out (fewer than two of "
+                f"{min_cells} or more cells): the Unknown call is calibrated on random halves "
+                "of the reference instead, and a shift between batches is not allowed for. "
+                "Register a coarser `batch_key` (e.g. the sample rather than the lane) for a "
+                "call calibrated across batches.",
+                UserWarning,
+            )
+            parts = []
+        # a batch of other types than the rest (sorted populations, one run each) is a new
+        # composition, not a shift of known types: it cannot calibrate the call
+        shared = [p for p in parts if _types_shared(labels, *p)]
+        if parts and len(shared) < 2:
+            n_apart = len(parts) - len(shared)
+            warn_user(
+                f"The reference's batches hold different cell types ({n_apart} "
+                f"of {len(parts)} share fewer than {BATCH_TYPE_SHARE:.0%} of their cells' "
+                "types with the other batches), so leaving one batch out would play types "
+                "the rest lacks: the Unknown call is calibrated on random halves of the "
+                "reference instead, and a shift between batches is not allowed for.",
+                UserWarning,
+            )
+        parts = shared if len(shared) >= 2 else []
     how = "leave-one-batch-out" if parts else "split-half"
     seeds = [seed] * len(parts)
     for h in range(0 if parts else n_halvings):

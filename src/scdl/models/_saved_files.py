@@ -32,12 +32,18 @@ class SavedFiles:
         if prefix is not None and not isinstance(prefix, str):
             raise TypeError(f"prefix must be a string, got {type(prefix).__name__}.")
         prefix = prefix or ""
-        if os.sep in prefix or (os.altsep and os.altsep in prefix) or ":" in prefix:
+        # ':' names a drive on Windows only; elsewhere it is an ordinary character of a file
+        # name (a timestamped prefix "2024-05-01T10:30_"), as scvi-tools takes it
+        if os.sep in prefix or (os.altsep and os.altsep in prefix):
             raise ValueError(
-                f"prefix {prefix!r} holds a path separator or ':': it starts the file names; "
-                "pass the folder as `dir_path`."
+                f"prefix {prefix!r} holds a path separator: it starts the file names; pass the "
+                "folder as `dir_path`."
             )
-        self.dir = Path(dir_path)
+        if os.name == "nt" and ":" in prefix:
+            raise ValueError(f"prefix {prefix!r} holds ':', which Windows file names cannot.")
+        # "~/models/x" is the user's home, as the shell and scdl.pl read it (a folder named
+        # "~" in the working folder is what `rm -rf ~` would then remove)
+        self.dir = Path(dir_path).expanduser()
         self.config_name = f"{prefix}{CONFIG_NAME}"
         self.weights_name = f"{prefix}{WEIGHTS_NAME}"
         self.anndata_name = f"{prefix}{ANNDATA_NAME}"

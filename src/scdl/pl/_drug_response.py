@@ -167,7 +167,8 @@ def _heatmap(means: pd.DataFrame, scale, value: str, groupby: str, sizes: pd.Ser
     data = means.to_numpy()
     if value == "probability":
         cmap, vmin, vmax = "RdBu_r", 0.0, 1.0
-        label = "mean probability of being more\nsensitive than the median line (red)"
+        # calibrated on bulk lines: on cells a score (the class notes)
+        label = "mean sensitive probability\n(red: more sensitive than the median line)"
     else:
         median, name, high = scale
         data = data - median

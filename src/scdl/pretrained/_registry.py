@@ -190,8 +190,11 @@ def _fetch_archive(url: str, sha256: str | None) -> Path:
     )
 
 
-def resolve(name_or_path: str | os.PathLike, *, sha256: str | None = None) -> Path:
-    """Local folder holding the annotator's files, downloading/extracting if needed."""
+def resolve(
+    name_or_path: str | os.PathLike, *, sha256: str | None = None, prefix: str | None = None
+) -> Path:
+    """Local folder holding the annotator's files, downloading/extracting if needed
+    (``prefix``: of a folder's save, for its checksum)."""
     if not isinstance(name_or_path, str | os.PathLike):
         raise TypeError(
             f"name_or_path must be a name from scdl.pretrained.available() ({sorted(REGISTRY)}), "
@@ -225,12 +228,11 @@ def resolve(name_or_path: str | os.PathLike, *, sha256: str | None = None) -> Pa
     elif key.startswith(("http://", "https://")):
         archive = _fetch_archive(key, sha256)
     else:
-        path = Path(name_or_path)
+        path = Path(name_or_path).expanduser()
         if path.is_dir():
-            if sha256 is not None and sha256sum(path / "model.safetensors") != sha256:
-                raise ValueError(
-                    f"Checksum mismatch for {path / 'model.safetensors'}: expected sha256 {sha256}."
-                )
+            weights = path / f"{prefix or ''}model.safetensors"
+            if sha256 is not None and sha256sum(weights) != sha256:
+                raise ValueError(f"Checksum mismatch for {weights}: expected sha256 {sha256}.")
             return path
         if not path.is_file():
             raise ValueError(
@@ -257,7 +259,13 @@ def _refetch_fix(name_or_path) -> str:
     return "Get the annotator's files again from where they came from."
 
 
-def load(name_or_path: str | os.PathLike, *, sha256: str | None = None, device: str = "cpu"):
+def load(
+    name_or_path: str | os.PathLike,
+    *,
+    sha256: str | None = None,
+    device: str = "cpu",
+    prefix: str | None = None,
+):
     """Load a pretrained annotator without executing anything from its files.
 
     Parameters
@@ -275,6 +283,9 @@ def load(name_or_path: str | os.PathLike, *, sha256: str | None = None, device: 
     device
         Where to put the model: ``"cpu"``, ``"auto"`` (a GPU when there is one), ``"cuda"``
         or ``"cuda:N"`` (GPU ``N``).
+    prefix
+        The ``prefix`` a model in a folder was saved with (:meth:`CellTypeTransformer.save
+        <scdl.models.CellTypeTransformer.save>`); only for a folder.
 
     Returns
     -------
@@ -297,17 +308,30 @@ def load(name_or_path: str | os.PathLike, *, sha256: str | None = None, device: 
                 f"{'' if n_gpus == 1 else 's'}: use device='cpu' or 'auto' (a GPU when there "
                 "is one)."
             )
-    folder = resolve(name_or_path, sha256=sha256)
+    if prefix is not None and not Path(str(name_or_path)).expanduser().is_dir():
+        raise ValueError(
+            f"prefix={prefix!r} names a save in a folder, but {str(name_or_path)!r} is not a "
+            "folder: drop `prefix` for a name, an archive or a URL."
+        )
+    folder = resolve(name_or_path, sha256=sha256, prefix=prefix)
     accelerator = {"cpu": "cpu", "auto": "auto", "cuda": "gpu"}[kind]
     try:
+        # adata=False: annotating never reads the training cells, so a save made with
+        # `save_anndata=True` loads without its adata.h5ad (and without reading it)
         model = CellTypeTransformer.load(
-            folder, accelerator=accelerator, device=int(index) if index else "auto"
+            folder,
+            adata=False,
+            accelerator=accelerator,
+            device=int(index) if index else "auto",
+            prefix=prefix,
         )
     except FileNotFoundError as e:
         if "saves with prefix" not in str(e):
             raise
-        # a folder of prefixed saves: pretrained.load takes none, so say where the model goes
-        raise FileNotFoundError(f"{e} Pass that model to scdl.tl.annotate(model=...).") from e
+        raise FileNotFoundError(
+            f"{str(e).rstrip('.')}, or with `scdl.pretrained.load(path, prefix=...)` "
+            "(`--prefix` of `scdl annotate`)."
+        ) from e
     except ValueError as e:
         # the saved files' own checksums failed: their fix ("save again") is not a user's
         # who never saved this model
@@ -316,5 +340,5 @@ def load(name_or_path: str | os.PathLike, *, sha256: str | None = None, device: 
         raise ValueError(str(e).replace(_SAVE_AGAIN, _refetch_fix(name_or_path))) from e
     model.source_ = str(name_or_path)
     # recorded by tl.annotate: which weights made the calls, whatever the name
-    model.source_sha256_ = sha256sum(folder / "model.safetensors")
+    model.source_sha256_ = sha256sum(folder / f"{prefix or ''}model.safetensors")
     return model

@@ -77,14 +77,17 @@ def drug_response(
     ``obsm[f"{key_added}_prob"]``
         DataFrame of cells x drugs: sensitive probability, P(response < the drug's median
         over the bulk lines) given the held-out residual sd (P(response > the median) for a
-        model whose ``sensitive`` is ``"high"``, e.g. activity area).
+        model whose ``sensitive`` is ``"high"``, e.g. activity area). The sd is measured on
+        bulk lines: on cells this is a score to compare cells within a drug, not a
+        calibrated chance (see :class:`~scdl.models.DrugResponseModel`).
     ``obsm[f"{key_added}_label"]``
         DataFrame of cells x drugs: 1 (sensitive) where the predicted response is on the
         sensitive side of the drug's median over the training lines (``threshold`` in the
         summary), else 0.
     ``obsm[f"{key_added}_sd"]``
-        DataFrame of cells x drugs: per-cell uncertainty, the sd of the prediction over the
-        model's ensemble members (each trained without one fold of the lines).
+        DataFrame of cells x drugs: the sd of the prediction over the model's ensemble
+        members (each trained without one fold of the lines): their disagreement, much smaller
+        than the prediction's error (``residual_sd`` in the summary).
     ``uns[key_added]``
         ``params`` (``drugs``, ``layer``, ``modality`` as read: ``"counts"``, ``"log1p"``
         or ``"profiles"``, ``smooth_neighbors`` as used: the model's when ``None``, at most
