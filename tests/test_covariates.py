@@ -154,3 +154,47 @@ def test_tl_integrate_conditions_on_covariates(kang_qc):
     assert list(params["categorical_covariate_keys"]) == ["donor"]
     assert list(params["continuous_covariate_keys"]) == ["total_counts"]
     assert label_purity(adata.obsm["X_scdl"], adata.obs["cell_type"]) > 0.75
+
+
+def test_batches_of_one_or_two_cells_are_named_by_their_values(kang_qc):
+    """scvi-tools' own warning names one integer code in a column the user never sees
+    ("Category 2 in adata.obs['_scvi_batch']"); every small batch or covariate level is named
+    by its value instead."""
+    import warnings
+
+    cells = kang_qc.copy()
+    donor = cells.obs["sample"].astype(str).to_numpy().copy()
+    donor[:2], donor[2] = "tiny", "one"
+    cells.obs["donor"] = donor
+    cells.obs["lane"] = np.where(np.arange(cells.n_obs) == 5, "L9", "L1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        VAE.setup_anndata(cells, batch_key="donor", categorical_covariate_keys=["lane"])
+    messages = [str(w.message) for w in caught]
+    assert any(
+        "`batch_key='donor'` has 2 categories" in m and "'tiny' (2), 'one' (1)" in m
+        for m in messages
+    ), messages
+    assert any("'L9' (1)" in m for m in messages), messages
+    assert not any("has fewer than 3 cells. Models may not" in m for m in messages), messages
+
+
+def test_transform_batch_of_a_batch_without_cells_is_warned(kang_qc):
+    """An unused category of the batch column is registered (as scvi-tools does) but its
+    weights never trained: decoding with it says so."""
+    import pandas as pd
+
+    cells = kang_qc[:, :300].copy()
+    cells.obs["sample"] = pd.Categorical(
+        cells.obs["sample"].astype(str), categories=[*sorted(set(cells.obs["sample"])), "none"]
+    )
+    VAE.setup_anndata(cells, batch_key="sample")
+    model = VAE(cells, n_latent=4)
+    model.train(max_epochs=1, enable_progress_bar=False)
+    with pytest.warns(UserWarning, match=r"transform_batch names \['none'\]"):
+        model.get_normalized_expression(indices=np.arange(5), transform_batch="none")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.get_normalized_expression(indices=np.arange(5), transform_batch="ctrl101")

@@ -187,3 +187,19 @@ def test_a_model_trained_on_r_names_warns_on_cells_with_the_original_names():
     present = model_genes.isin(original)
     with pytest.warns(UserWarning, match=r"12 of the model's genes .*trained on an R export"):
         scdl.data.warn_renamed_genes(model_genes, original, present)
+
+
+@pytest.mark.parametrize("damage", [" ", "\r", "\xa0", '"'])
+def test_names_inside_spaces_quotes_or_line_ends_are_named_with_a_fix_that_works(damage):
+    """A spreadsheet's trailing blank, a CRLF features file, a non-breaking space, R's
+    write.table quotes: the genes are there inside other characters (the hint asked whether
+    the data were of another species)."""
+    query = _query(lambda q: setattr(q, "var_names", q.var_names.map(lambda g: f"{damage}{g}")))
+    with pytest.raises(ValueError, match="inside spaces, quotes or line ends") as err:
+        scdl.tl.annotate(query)
+    assert "another species" not in str(err.value)
+    code = re.search(r"`(adata\.var_names = [^`]+)`", str(err.value)).group(1)
+    scope = {"adata": query}
+    exec(code, scope)
+    genes = pd.Index(scdl.pretrained.load("pbmc_kang2018").get_var_names())
+    assert genes.isin(query.var_names).mean() > 0.5

@@ -200,6 +200,70 @@ def test_a_reference_of_many_batches_holds_out_a_few(monkeypatch):
     assert len(sizes) == calibration.MAX_HELD_OUT_BATCHES < 24
 
 
+def test_many_small_donors_are_held_out_in_folds_of_every_donor():
+    """A reference of many small donors (an atlas' batch key) is held out in folds that hold
+    every donor, of about equal cells: only donors of 50 or more cells were held out before,
+    so 40 donors of ~40-60 cells held out a few donors of ~50 cells (noisy clusters, a lax
+    threshold), and 60 donors of ~30 cells fell back to random halves without a word."""
+    import warnings
+
+    from scdl.models._novelty_calibration import MAX_HELD_OUT_BATCHES, held_out_parts
+
+    ref, _ = kang_reference_query()
+    codes = np.unique(ref.obs["cell_type"].astype(str), return_inverse=True)[1]
+    x = log_normalize(ref.X)
+    donors = np.random.default_rng(0).integers(0, 60, ref.n_obs)
+    assert np.bincount(donors).max() < 50
+    parts = held_out_parts(donors, 50, 0)
+    assert len(parts) == MAX_HELD_OUT_BATCHES
+    assert (np.sum(parts, axis=0) == 1).all()  # every cell held out once
+    for part in parts:  # whole donors
+        assert not np.isin(np.unique(donors[part]), donors[~part]).any()
+    sizes = np.sum(parts, axis=1)
+    assert sizes.max() <= 1.2 * sizes.min(), sizes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        threshold, how, _ = calibrate_threshold(x, codes, donors, prototypes=False)
+    assert how == "leave-one-batch-out" and np.isfinite(threshold)
+
+
+def test_batches_too_small_to_leave_out_are_said():
+    """With a batch key but fewer than two batches of 50 cells, the call is calibrated on
+    random halves, and the user who registered the batches is told so."""
+    ref, _ = kang_reference_query()
+    codes = np.unique(ref.obs["cell_type"].astype(str), return_inverse=True)[1]
+    x = log_normalize(ref.X)
+    batches = np.zeros(ref.n_obs, int)
+    batches[:30], batches[30:60] = 1, 2  # one large batch and two of 30 cells
+    with pytest.warns(UserWarning, match="too small to leave one out"):
+        threshold, how, _ = calibrate_threshold(x, codes, batches, n_halvings=1)
+    assert how == "split-half"
+    assert threshold == calibrate_threshold(x, codes, n_halvings=1)[0]
+
+
+def test_a_rare_type_missing_from_a_small_batch_is_not_another_composition():
+    """Fine labels (each type split into states of a few cells) and donors drawn at random:
+    a donor lacks some rare states by chance alone, which is not the sorted populations the
+    composition check is for; a type is counted missing from a part only where the part would
+    hold 3 or more of its cells at the reference's composition."""
+    from scdl.models._novelty_calibration import _types_shared
+
+    ref, _ = kang_reference_query()
+    types = ref.obs["cell_type"].astype(str).to_numpy()
+    rng = np.random.default_rng(0)
+    fine = np.char.add(types.astype(str), rng.integers(0, 40, len(types)).astype(str))
+    codes = np.unique(fine, return_inverse=True)[1]
+    donors = rng.integers(0, 10, len(types))
+    shared = [_types_shared(codes, donors != d, donors == d) for d in range(10)]
+    assert all(shared)
+    # a held-out donor does lack types the others hold: the old rule refused most donors
+    lacking = [np.isin(codes[donors != d], codes[donors == d]).mean() for d in range(10)]
+    assert min(lacking) < 0.9
+    # sorted populations are still another composition
+    lymphoid = np.isin(types, ["CD4T", "CD8T", "NK", "B"])
+    assert not _types_shared(codes, lymphoid, ~lymphoid)
+
+
 def test_prototypes_of_a_large_reference_come_from_a_sample(monkeypatch):
     """Beyond ``PROTOTYPE_MAX_CELLS`` the prototypes are found on a random sample of that many
     cells (the clustering's exact graph costs cells squared), each sampled cell keeping its own
