@@ -107,6 +107,10 @@ def cluster_cells(
     implicitly), then scanpy's PCA, an exact kNN graph (scikit-learn's brute force; on a GPU
     ``device`` the same search as matrix products, :class:`TorchKNN`) and Leiden (igraph).
     ``stats``: the cells' :func:`_mean_sd`, when the caller has it already.
+
+    Leiden (and the PCA's sums and the graph's ties) depend on the order of the cells, so the
+    cells are clustered in an order of their own (:func:`content_order`): the same cells in any
+    order get the same clusters.
     """
     import anndata as ad
     import scanpy as sc
@@ -116,7 +120,8 @@ def cluster_cells(
     if n < 10 or n_values == 0:  # too few cells, or no counts (a PCA of zeros): one cluster
         return [np.zeros(n, dtype=int) for _ in resolutions]
     _, sd = stats if stats is not None else _mean_sd(x_log)
-    scaled = sparse.csr_matrix(x_log @ sparse.diags((1.0 / sd).astype(np.float32)))
+    order = content_order(x_log)
+    scaled = sparse.csr_matrix(x_log @ sparse.diags((1.0 / sd).astype(np.float32)))[order]
     a = ad.AnnData(scaled)
     if x_log.shape[1] < 3:  # ARPACK needs more genes than components: the genes themselves
         a.obsm["X_pca"] = scaled.toarray()
@@ -132,8 +137,18 @@ def cluster_cells(
         sc.tl.leiden(
             a, resolution=r, flavor="igraph", n_iterations=2, random_state=seed, key_added="c"
         )
-        out.append(a.obs["c"].astype(int).to_numpy())
+        clusters = np.empty(n, dtype=int)
+        clusters[order] = a.obs["c"].astype(int).to_numpy()
+        out.append(clusters)
     return out
+
+
+def content_order(x) -> np.ndarray:
+    """An order of the rows of ``x`` by their content alone: each row's projection on fixed
+    random weights (a seeded draw per column), so that a reordered matrix gets its rows back
+    in the same order (identical rows keep theirs)."""
+    weights = np.random.default_rng(0).standard_normal(x.shape[1])
+    return np.argsort(np.asarray(x @ weights).ravel(), kind="stable")
 
 
 def celltypist_resolution(n_cells: int) -> float:
