@@ -104,7 +104,7 @@ def _renamed(genes, var_names, model_renamed: bool) -> tuple[str | None, int]:
         return (
             f"{n_strip} of the model's genes the data lack are in adata.var_names inside "
             f"spaces, quotes or line ends (e.g. {names[k]!r}): strip them, `adata.var_names = "
-            "adata.var_names.str.strip().str.strip(\"\\\"'\").str.strip()`"
+            'adata.var_names.str.strip().str.strip("\\"\'").str.strip()`'
         ), n_strip
     if n_pre > max(n_made, n_bare, n_r, n_sfx):
         return (
