@@ -177,24 +177,3 @@ def test_batches_of_one_or_two_cells_are_named_by_their_values(kang_qc):
     ), messages
     assert any("'L9' (1)" in m for m in messages), messages
     assert not any("has fewer than 3 cells. Models may not" in m for m in messages), messages
-
-
-def test_transform_batch_of_a_batch_without_cells_is_warned(kang_qc):
-    """An unused category of the batch column is registered (as scvi-tools does) but its
-    weights never trained: decoding with it says so."""
-    import pandas as pd
-
-    cells = kang_qc[:, :300].copy()
-    cells.obs["sample"] = pd.Categorical(
-        cells.obs["sample"].astype(str), categories=[*sorted(set(cells.obs["sample"])), "none"]
-    )
-    VAE.setup_anndata(cells, batch_key="sample")
-    model = VAE(cells, n_latent=4)
-    model.train(max_epochs=1, enable_progress_bar=False)
-    with pytest.warns(UserWarning, match=r"transform_batch names \['none'\]"):
-        model.get_normalized_expression(indices=np.arange(5), transform_batch="none")
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
-        model.get_normalized_expression(indices=np.arange(5), transform_batch="ctrl101")

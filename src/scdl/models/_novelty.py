@@ -99,18 +99,16 @@ def cluster_cells(
     seed: int = 0,
     n_pcs: int = 30,
     device="cpu",
-    stats: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """Leiden clusters (one array per resolution) of cells on their own standardised PCA.
 
     Genes are scaled by the cells' own sd (the sparse matrix stays sparse; PCA centres
     implicitly), then scanpy's PCA, an exact kNN graph (scikit-learn's brute force; on a GPU
     ``device`` the same search as matrix products, :class:`TorchKNN`) and Leiden (igraph).
-    ``stats``: the cells' :func:`_mean_sd`, when the caller has it already.
 
-    Leiden (and the PCA's sums and the graph's ties) depend on the order of the cells, so the
-    cells are clustered in an order of their own (:func:`content_order`): the same cells in any
-    order get the same clusters.
+    Leiden (and the sums of the sd and the PCA, and the graph's ties) depend on the order of
+    the cells, so the cells are put in an order of their own (:func:`content_order`) first: the
+    same cells in any order get the same clusters.
     """
     import anndata as ad
     import scanpy as sc
@@ -119,9 +117,10 @@ def cluster_cells(
     n_values = x_log.nnz if sparse.issparse(x_log) else np.count_nonzero(x_log)
     if n < 10 or n_values == 0:  # too few cells, or no counts (a PCA of zeros): one cluster
         return [np.zeros(n, dtype=int) for _ in resolutions]
-    _, sd = stats if stats is not None else _mean_sd(x_log)
     order = content_order(x_log)
-    scaled = sparse.csr_matrix(x_log @ sparse.diags((1.0 / sd).astype(np.float32)))[order]
+    x_log = x_log[order]
+    _, sd = _mean_sd(x_log)
+    scaled = sparse.csr_matrix(x_log @ sparse.diags((1.0 / sd).astype(np.float32)))
     a = ad.AnnData(scaled)
     if x_log.shape[1] < 3:  # ARPACK needs more genes than components: the genes themselves
         a.obsm["X_pca"] = scaled.toarray()
@@ -399,7 +398,7 @@ def reference_prototypes(x_log, labels, genes, *, seed: int = 0, stats=None, clu
         x_log, labels, clusters = x_log[rows], labels[rows], None
     own = _mean_sd(x_log)
     if clusters is None:
-        (clusters,) = cluster_cells(x_log, seed=seed, stats=own)
+        (clusters,) = cluster_cells(x_log, seed=seed)
     return type_prototypes(x_log, labels, clusters, own if stats is None else stats, genes)
 
 

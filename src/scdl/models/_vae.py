@@ -24,7 +24,7 @@ from scvi.model.base import (
     VAEMixin,
 )
 
-from scdl._warnings import registering_quietly, warn_user
+from scdl._warnings import registering_quietly
 from scdl.data import (
     check_continuous_covariates,
     check_count_setup,
@@ -389,28 +389,7 @@ class VAE(
                     f"{missing[:5].tolist()}); its genes are model.get_var_names()."
                 )
             given["gene_list"] = requested.tolist()  # one name: scvi-tools needs a list
-        self._warn_untrained_batches(given.get("transform_batch"))
         return parent(*call.args, **call.kwargs)
-
-    def _warn_untrained_batches(self, transform_batch) -> None:
-        """Warn when ``transform_batch`` names a registered batch without a training cell (an
-        unused category of the batch column): its weights are their initial values (scvi-tools
-        decodes with them silently)."""
-        if transform_batch is None or self.adata is None:
-            return
-        mapping = self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping
-        codes = np.unique(self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY).ravel())
-        trained = set(np.asarray(mapping)[codes].tolist())
-        named = [transform_batch] if np.isscalar(transform_batch) else list(transform_batch)
-        untrained = [b for b in named if b in set(np.asarray(mapping).tolist()) - trained]
-        if untrained:
-            warn_user(
-                f"transform_batch names {untrained[:5]}, a category of the batch column that no "
-                "cell the model was trained on holds (an unused category): its batch weights "
-                "were never trained, so the values are not that batch's. Name a batch with "
-                "cells.",
-                UserWarning,
-            )
 
     def differential_expression(
         self,
