@@ -151,17 +151,23 @@ def copy_annotation(source, adata, key: str) -> None:
 
 
 def _refuses_slashes() -> bool:
-    """Whether this anndata refuses to write '/' in a key (>= 0.13; 0.12 warns and writes)."""
+    """Whether anndata refuses to write '/' in a key: its setting where it has one (0.12.19
+    and later; on by default from 0.13), else whether it is 0.13 or later."""
+    import importlib.metadata
+
     import anndata
     from packaging.version import Version
 
-    return Version(anndata.__version__).release >= (0, 13)
+    setting = getattr(anndata.settings, "disallow_forward_slash_in_h5ad", None)
+    if setting is not None:
+        return bool(setting)
+    return Version(importlib.metadata.version("anndata")).release >= (0, 13)
 
 
 def slashed_keys(adata) -> list[str]:
-    """Where ``adata`` holds a key with '/' that an .h5ad file cannot store: obs/var columns,
-    the keys of layers, obsm, varm, obsp, varp and uns (nested too), and the columns of obsm
-    and varm tables."""
+    """Where ``adata`` holds a key with '/' that an .h5ad file cannot store: obs, var and
+    raw.var columns, the keys of layers, obsm, varm, obsp, varp and uns (nested too), and the
+    columns of tables in obsm, varm and uns."""
     import pandas as pd
 
     found = []  # (where, the key) pairs
@@ -173,6 +179,9 @@ def slashed_keys(adata) -> list[str]:
     for attr in ("obs", "var"):
         for column in getattr(adata, attr).columns:
             add(attr, column)
+    if adata.raw is not None:
+        for column in adata.raw.var.columns:
+            add("raw.var", column)
     for attr in ("layers", "obsm", "varm", "obsp", "varp"):
         for key, value in getattr(adata, attr).items():
             add(attr, key)
@@ -185,6 +194,9 @@ def slashed_keys(adata) -> list[str]:
             add(where, key)
             if isinstance(value, dict):
                 walk(value, f"{where}[{key!r}]")
+            elif isinstance(value, pd.DataFrame):
+                for column in value.columns:
+                    add(f"{where}[{key!r}]", column, column=True)
 
     walk(adata.uns, "uns")
     return found
@@ -199,7 +211,9 @@ def check_input_names(adata, path: str) -> None:
     if keys:
         raise ValueError(
             f"{path} holds '/' in {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}: "
-            "anndata >= 0.13 cannot write '/' in a key, so OUT.h5ad could not be written. "
+            "anndata cannot write '/' in a key (from 0.13, or with "
+            "`anndata.settings.disallow_forward_slash_in_h5ad`), so OUT.h5ad could not be "
+            "written. "
             "Rename them in Python first (e.g. `adata.obs.columns = "
             "adata.obs.columns.str.replace('/', '|')`) and save the input again."
         )

@@ -80,7 +80,7 @@ class AnnotatorCalibrationMixin:
             from scdl.data import check_obs_key
 
             obs = check_obs_key(self.adata, batch_key, arg="batch_key")
-            batches = pd.factorize(obs.astype(str))[0]
+            batches = pd.factorize(obs.astype(str), sort=True)[0]  # not the cells' order
         labels = labels.astype(int)
         threshold, how, genes = calibrate_threshold(x_log, labels, batches.astype(int), seed=seed)
         self.cluster_threshold_, self.novelty_calibration_ = float(threshold), how

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from scdl._warnings import warn_user
+from scdl._warnings import registering_quietly, warn_user
 
 from ._saved_checks import check_saved_attrs, config_errors, probe_weights
 from ._saved_files import (
@@ -135,7 +135,8 @@ class SafeSaveLoadMixin:
         # a copy: registering rebuilds the manager's registry, which is the source read here
         source = copy.deepcopy(manager.registry)
         manager.adata = None  # as AnnDataManager.validate does before registering again
-        manager.register_fields(adata, source)
+        with registering_quietly():  # small batches do not matter to a trained model
+            manager.register_fields(adata, source)
 
     def save(
         self,
@@ -451,13 +452,15 @@ class CheckedQueryMixin:
                 "restore the column."
             )
         if edited:  # a query registered earlier: register it again, with its new values
-            self._register_manager_for_instance(self.adata_manager.transfer_fields(target))
+            with registering_quietly():  # small batches do not matter to a trained model
+                self._register_manager_for_instance(self.adata_manager.transfer_fields(target))
         elif registered:  # checked in full at registration; normalised in place since?
             layer = self.registry_["setup_args"].get("layer")
             if not sampled_counts_ok(target, layer):
                 fix = counts_place_fix(type(self).__name__, layer)
                 check_counts(target, layer, fix=fix, warn_zero_cells=False)
-        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+        with registering_quietly():  # scvi-tools registers a new AnnData here
+            return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
     def _make_data_loader(self, *args, batch_size=None, **kwargs):
         """scvi-tools' loader, every method's way to the cells: a numpy-integer ``batch_size``

@@ -82,8 +82,10 @@ def _mean_sd(x_log, weights=None) -> tuple[np.ndarray, np.ndarray]:
     """Per-gene mean and sd of the cells (``weights``: each cell's weight; ``None``: equal)."""
     if weights is None:
         n = x_log.shape[0]
-        mean = np.asarray(x_log.sum(0), dtype=np.float64).ravel() / n
-        sq = np.asarray(x_log.multiply(x_log).sum(0), dtype=np.float64).ravel() / n
+        # summed in float64: float32 sums moved with the order of the cells, enough to move
+        # a cluster of the Unknown call
+        mean = np.asarray(x_log.sum(0, dtype=np.float64)).ravel() / n
+        sq = np.asarray(x_log.multiply(x_log).sum(0, dtype=np.float64)).ravel() / n
     else:
         w = np.asarray(weights, dtype=np.float64) / np.sum(weights)
         mean = np.asarray(x_log.T @ w, dtype=np.float64).ravel()

@@ -60,9 +60,9 @@ def held_out_parts(batches: np.ndarray, min_cells: int, seed: int) -> list[np.nd
     :func:`calibrate_threshold`): each batch of at least ``min_cells`` cells when there are
     at most ``MAX_HELD_OUT_BATCHES`` batches; else every batch, small ones included, in that
     many folds of about equal cells (largest batch first into the smallest fold, ties in an
-    order drawn with ``seed``), so a part's size, and with it the noise of its clusters, does
-    not depend on how finely the batches cut the reference. Parts under ``min_cells`` are left
-    out."""
+    order drawn with ``seed``; folds under ``min_cells`` merged), so a part's size, and with it
+    the noise of its clusters, does not depend on how finely the batches cut the reference.
+    Parts under ``min_cells`` are left out."""
     levels, counts = np.unique(batches, return_counts=True)
     if len(levels) <= MAX_HELD_OUT_BATCHES:
         return [batches == b for b in levels[counts >= min_cells]]
@@ -72,6 +72,11 @@ def held_out_parts(batches: np.ndarray, min_cells: int, seed: int) -> list[np.nd
     for i in order:
         fold_of[i] = int(np.argmin(fold_cells))
         fold_cells[fold_of[i]] += counts[i]
+    # folds short of min_cells (small batches beside a large one) are merged, smallest two
+    # first, so that their batches are held out together rather than not at all
+    while (fold_cells < min_cells).sum() >= 2:
+        a, b = np.argsort(np.where(fold_cells > 0, fold_cells, np.inf))[:2]
+        fold_of[fold_of == b], fold_cells[a], fold_cells[b] = a, fold_cells[a] + fold_cells[b], 0
     cell_fold = fold_of[np.searchsorted(levels, batches)]
     return [cell_fold == f for f in range(MAX_HELD_OUT_BATCHES) if fold_cells[f] >= min_cells]
 

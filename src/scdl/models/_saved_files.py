@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scdl._paths import user_path
 from scdl._warnings import warn_user
 
 FORMAT = "scdl-model"
@@ -41,9 +42,7 @@ class SavedFiles:
             )
         if os.name == "nt" and ":" in prefix:
             raise ValueError(f"prefix {prefix!r} holds ':', which Windows file names cannot.")
-        # "~/models/x" is the user's home, as the shell and scdl.pl read it (a folder named
-        # "~" in the working folder is what `rm -rf ~` would then remove)
-        self.dir = Path(dir_path).expanduser()
+        self.dir = user_path(dir_path)
         self.config_name = f"{prefix}{CONFIG_NAME}"
         self.weights_name = f"{prefix}{WEIGHTS_NAME}"
         self.anndata_name = f"{prefix}{ANNDATA_NAME}"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from docrep import DocstringProcessor
 
+from scdl._paths import user_path
 from scdl._rng import keeps_torch_threads
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_n
                     break
             path = Path(sc.settings.figdir) / f"{default_name}{suffix}.{fmt}"
         else:
-            path = Path(save).expanduser()  # "~/figs/x.png" made a folder named "~"
+            path = user_path(save)  # "~/figs/x.png" made a folder named "~"
             if not path.suffix:
                 path = path.with_suffix(".png")
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from scdl._paths import user_path
 from scdl.datasets import as_sha256, cache_dir, download, sha256sum
 
 _HERE = Path(__file__).parent / "annotators"
@@ -228,7 +229,7 @@ def resolve(
     elif key.startswith(("http://", "https://")):
         archive = _fetch_archive(key, sha256)
     else:
-        path = Path(name_or_path).expanduser()
+        path = user_path(name_or_path)
         if path.is_dir():
             weights = path / f"{prefix or ''}model.safetensors"
             if sha256 is not None and sha256sum(weights) != sha256:
@@ -308,7 +309,7 @@ def load(
                 f"{'' if n_gpus == 1 else 's'}: use device='cpu' or 'auto' (a GPU when there "
                 "is one)."
             )
-    if prefix is not None and not Path(str(name_or_path)).expanduser().is_dir():
+    if prefix is not None and not user_path(name_or_path).is_dir():
         raise ValueError(
             f"prefix={prefix!r} names a save in a folder, but {str(name_or_path)!r} is not a "
             "folder: drop `prefix` for a name, an archive or a URL."
