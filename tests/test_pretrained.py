@@ -501,10 +501,11 @@ def test_shipped_annotator_calls_non_pbmc_cells_unknown_and_pbmcs_known(heldout)
 def test_the_order_of_the_cells_does_not_change_the_calls():
     """The Unknown call and the vote are made on Leiden clusters of the query, and Leiden
     depends on the order of its nodes: another lab's cells (PBMC 7k's panel) in another
-    order had 6% of their calls changed. The cells are clustered in an order of their own."""
+    order had up to 7% of their calls changed (and float32 sums of the query's statistics
+    moved a cluster). The cells are clustered in an order of their own."""
     from conftest import read_shared
 
-    cells = read_shared("pbmc_7k_200genes.h5ad")[:800].copy()
+    cells = read_shared("pbmc_7k_200genes.h5ad")[-2000:].copy()
     model = scdl.pretrained.load("pbmc_kang2018")
     first = scdl.tl.annotate(
         cells, model=model, min_gene_overlap=0.05, majority_voting=True, copy=True
