@@ -226,7 +226,7 @@ def test_many_small_donors_are_held_out_in_folds_of_every_donor():
     # one large batch beside nine of 20 cells: the small ones are held out together
     lopsided = np.r_[np.zeros(1500, int), np.repeat(np.arange(1, 10), 20)]
     sizes = sorted(int(part.sum()) for part in held_out_parts(lopsided, 50, 0))
-    assert len(sizes) >= 2 and sizes[-1] == 1500 and sum(sizes) == 1680, sizes
+    assert len(sizes) >= 3 and sizes[-1] == 1500 and min(sizes) >= 50, sizes
 
 
 def test_batches_too_small_to_leave_out_are_said():

@@ -74,7 +74,7 @@ def held_out_parts(batches: np.ndarray, min_cells: int, seed: int) -> list[np.nd
         fold_cells[fold_of[i]] += counts[i]
     # folds short of min_cells (small batches beside a large one) are merged, smallest two
     # first, so that their batches are held out together rather than not at all
-    while (fold_cells < min_cells).sum() >= 2:
+    while ((fold_cells > 0) & (fold_cells < min_cells)).sum() >= 2:  # merged folds hold 0
         a, b = np.argsort(np.where(fold_cells > 0, fold_cells, np.inf))[:2]
         fold_of[fold_of == b], fold_cells[a], fold_cells[b] = a, fold_cells[a] + fold_cells[b], 0
     cell_fold = fold_of[np.searchsorted(levels, batches)]
