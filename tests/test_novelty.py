@@ -42,7 +42,9 @@ def kang():
         # the rule of the mixture tests below: types compared by their means alone
         "calibration_means": calibrate_threshold(x_ref, codes, prototypes=False),
         # as the model keeps them: over the reference's clusters, compared on the same genes
-        "prototypes": type_prototypes(x_ref, codes, cluster_cells(x_ref)[0], stats, calibration[2]),
+        "prototypes": type_prototypes(
+            x_ref, codes, cluster_cells(x_ref, stats=stats)[0], stats, calibration[2]
+        ),
     }
 
 
@@ -282,7 +284,7 @@ def test_prototypes_of_a_large_reference_come_from_a_sample(monkeypatch):
     profiles, types = novelty.reference_prototypes(x, codes, genes, seed=3, clusters=whole)
     rows = np.sort(np.random.default_rng(3).choice(x.shape[0], 800, False))
     sub = x[rows]
-    clusters = cluster_cells(sub, seed=3)[0]
+    clusters = cluster_cells(sub, seed=3, stats=_mean_sd(sub))[0]
     expected = direct(sub, codes[rows], clusters, _mean_sd(sub), genes)
     np.testing.assert_array_equal(types, expected[1])
     np.testing.assert_allclose(profiles, expected[0])

@@ -254,7 +254,7 @@ class AnnotatorQueryMixin:
             resolutions = (NOVELTY_RESOLUTION * part,)
             resolutions += () if resolution is False else (float(resolution),)
             clusters, *more = cluster_cells(
-                x_log, resolutions=resolutions, seed=seed, device=self.module.device
+                x_log, resolutions=resolutions, seed=seed, device=self.module.device, stats=own
             )
             over = more[0] if more else over
             score, _ = cluster_novelty(

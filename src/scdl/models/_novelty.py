@@ -82,10 +82,8 @@ def _mean_sd(x_log, weights=None) -> tuple[np.ndarray, np.ndarray]:
     """Per-gene mean and sd of the cells (``weights``: each cell's weight; ``None``: equal)."""
     if weights is None:
         n = x_log.shape[0]
-        # summed in float64: float32 sums moved with the order of the cells, enough to move
-        # a cluster of the Unknown call
-        mean = np.asarray(x_log.sum(0, dtype=np.float64)).ravel() / n
-        sq = np.asarray(x_log.multiply(x_log).sum(0, dtype=np.float64)).ravel() / n
+        mean = np.asarray(x_log.sum(0), dtype=np.float64).ravel() / n
+        sq = np.asarray(x_log.multiply(x_log).sum(0), dtype=np.float64).ravel() / n
     else:
         w = np.asarray(weights, dtype=np.float64) / np.sum(weights)
         mean = np.asarray(x_log.T @ w, dtype=np.float64).ravel()
@@ -101,16 +99,14 @@ def cluster_cells(
     seed: int = 0,
     n_pcs: int = 30,
     device="cpu",
+    stats: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """Leiden clusters (one array per resolution) of cells on their own standardised PCA.
 
     Genes are scaled by the cells' own sd (the sparse matrix stays sparse; PCA centres
     implicitly), then scanpy's PCA, an exact kNN graph (scikit-learn's brute force; on a GPU
     ``device`` the same search as matrix products, :class:`TorchKNN`) and Leiden (igraph).
-
-    Leiden (and the sums of the sd and the PCA, and the graph's ties) depend on the order of
-    the cells, so the cells are put in an order of their own (:func:`content_order`) first: the
-    same cells in any order get the same clusters.
+    ``stats``: the cells' :func:`_mean_sd`, when the caller has it already.
     """
     import anndata as ad
     import scanpy as sc
@@ -119,9 +115,7 @@ def cluster_cells(
     n_values = x_log.nnz if sparse.issparse(x_log) else np.count_nonzero(x_log)
     if n < 10 or n_values == 0:  # too few cells, or no counts (a PCA of zeros): one cluster
         return [np.zeros(n, dtype=int) for _ in resolutions]
-    order = content_order(x_log)
-    x_log = x_log[order]
-    _, sd = _mean_sd(x_log)
+    _, sd = stats if stats is not None else _mean_sd(x_log)
     scaled = sparse.csr_matrix(x_log @ sparse.diags((1.0 / sd).astype(np.float32)))
     a = ad.AnnData(scaled)
     if x_log.shape[1] < 3:  # ARPACK needs more genes than components: the genes themselves
@@ -138,18 +132,8 @@ def cluster_cells(
         sc.tl.leiden(
             a, resolution=r, flavor="igraph", n_iterations=2, random_state=seed, key_added="c"
         )
-        clusters = np.empty(n, dtype=int)
-        clusters[order] = a.obs["c"].astype(int).to_numpy()
-        out.append(clusters)
+        out.append(a.obs["c"].astype(int).to_numpy())
     return out
-
-
-def content_order(x) -> np.ndarray:
-    """An order of the rows of ``x`` by their content alone: each row's projection on fixed
-    random weights (a seeded draw per column), so that a reordered matrix gets its rows back
-    in the same order (identical rows keep theirs)."""
-    weights = np.random.default_rng(0).standard_normal(x.shape[1])
-    return np.argsort(np.asarray(x @ weights).ravel(), kind="stable")
 
 
 def celltypist_resolution(n_cells: int) -> float:
@@ -400,7 +384,7 @@ def reference_prototypes(x_log, labels, genes, *, seed: int = 0, stats=None, clu
         x_log, labels, clusters = x_log[rows], labels[rows], None
     own = _mean_sd(x_log)
     if clusters is None:
-        (clusters,) = cluster_cells(x_log, seed=seed)
+        (clusters,) = cluster_cells(x_log, seed=seed, stats=own)
     return type_prototypes(x_log, labels, clusters, own if stats is None else stats, genes)
 
 
