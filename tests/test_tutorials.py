@@ -72,9 +72,9 @@ def _claims_annotation(ns: dict) -> dict:
     # own reference: "logistic regression does as well"
     own = (query.obs["scdl_cell_type"] == query.obs["cell_type"].astype(str)).mean()
     assert abs(own - ns["right"].mean()) <= 0.03, (own, ns["right"].mean())
-    # without B cells: "it calls the query's B cells Unknown"
+    # without B cells: "it calls most of the query's B cells Unknown"
     is_b, unknown = ns["is_b"], ns["unknown"]
-    assert unknown[is_b].mean() >= 0.9 and unknown[~is_b].mean() <= 0.05
+    assert unknown[is_b].mean() > 0.5 and unknown[~is_b].mean() <= 0.05
     return {"shipped": shipped, "own": own, "B Unknown": unknown[is_b].mean()}
 
 

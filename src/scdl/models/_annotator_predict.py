@@ -41,7 +41,7 @@ from ._annotator_query import AnnotatorQueryMixin
 from ._base import cell_positions
 from ._depth import integer_counts, rows_emptied
 from ._mixing import MIN_QUERY_CELLS, mixing_level
-from ._novelty import celltypist_resolution, leiden_on_graph, unknown_clusters
+from ._novelty import celltypist_resolution, content_order, leiden_on_graph, unknown_clusters
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -280,6 +280,14 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         """
         adapt = check_adapt(adapt_to_query)
         x, present = self._query_matrix(adata, layer, min_gene_overlap)
+        # Leiden (the Unknown call's clusters, the over-clustering), the query's float sums and
+        # the thinning draws follow the order of the cells: the query is read in an order of
+        # its cells' own content, so the same cells in any order get the same calls (the
+        # reference, its prototypes and its calibration keep their own order)
+        host_x = x.to_scipy()
+        order = content_order(host_x)
+        x = CSRTensors.from_scipy(host_x[order], self.module.device)
+        del host_x
         # the host copy that query statistics, clustering and the empty-cell check read
         host = x.to_scipy() if adapt != 0.0 or unknown_call or over_clustering else None
         matrix = host if host is not None else x.to_scipy()
@@ -321,7 +329,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         names = np.asarray(self.labels, dtype=object)
         conf, best = probs.max(1)
         forced = names[best.numpy()]
-        index = (self.adata if adata is None else adata).obs_names
+        index = (self.adata if adata is None else adata).obs_names[order]
         calls = pd.DataFrame(
             {
                 "label_forced": forced,
@@ -353,6 +361,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
                 )
             res = over_clustering_resolution
             res = celltypist_resolution(len(calls)) if res is None else float(res)
+            graph = sparse.csr_matrix(graph)[order][:, order]  # the cells' content order
             calls["over_cluster"] = leiden_on_graph(graph, resolution=res, seed=seed)
         if not unknown_call:  # forced calls only
             unknown = np.zeros(len(calls), dtype=bool)
@@ -425,7 +434,9 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             self._warn_if_composition_differs(best.numpy()[~empty], read)  # the typed cells
         calls.insert(0, "label", np.where(unknown, UNKNOWN, forced))
         calls["is_unknown"] = unknown
-        return calls, pd.DataFrame(probs.numpy(), index=index, columns=self.labels)
+        probs = pd.DataFrame(probs.numpy(), index=index, columns=self.labels)
+        back = np.argsort(order)  # the cells' own order again
+        return calls.iloc[back], probs.iloc[back]
 
     def predict(
         self,

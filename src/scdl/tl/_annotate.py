@@ -63,9 +63,10 @@ def annotate(
     such as CellTypist without voting). Where samples differ by chemistry, protocol or
     condition, annotate each on its own and join the results: ``parts = [annotate(adata[m].copy(),
     copy=True) ...]`` over the sample masks, then ``anndata.concat(parts)``. The order of the
-    cells changes the calls only through the query's Leiden clusters (which depend on it, as
-    in scanpy), for the Unknown call and for voting: on a query unlike the reference, clusters
-    near the threshold can turn Unknown or back, a few percent of the cells.
+    cells does not change the calls: the query's Leiden clusters (the Unknown call's and the
+    over-clustering for voting, which in scanpy depend on the order of the cells) are made
+    with the cells in an order of their own content, so the same cells in any order get the
+    same calls, probabilities and votes.
 
     The input may be raw counts or, when a file ships no counts, log1p of counts normalised to
     a constant total per cell (``sc.pp.normalize_total`` then ``sc.pp.log1p`` on all genes):
@@ -111,8 +112,9 @@ def annotate(
         cluster's most frequent call (``"Unknown"`` included) is written to
         ``obs[f"{key_added}_majority_voting"]``; ``obs[key_added]`` keeps the per-cell
         calls. A call without it removes the voting columns an earlier call left under the
-        same ``key_added``. As in CellTypist, the over-clustering (Leiden) depends on the
-        order of the cells, so a reordered query can vote a few clusters differently. Voting
+        same ``key_added``. The over-clustering (Leiden, of the query's own PCA or of the
+        graph in ``obsp``) is made in the cells' content order, so a reordered query votes
+        alike (in CellTypist it depends on the order of the cells). Voting
         fixes isolated calls inside a cluster of one type; where a cluster mixes types (close
         types in a query unlike the reference), it gives every cell the majority's type and can
         lower accuracy, as it does in CellTypist.
