@@ -754,16 +754,26 @@ def test_query_mapping_names_a_batch_column_of_another_kind(kang_integrated):
 
 def test_new_data_without_counts_in_x_names_where_the_model_reads(kang_integrated):
     """A model reads counts where it was set up (tl.integrate copies a layer into X): the
-    error says to put them there, not to pass a `layer=` its methods do not take."""
+    error says to put them there, not to pass a `layer=` its methods do not take, and names
+    the layer that holds them (it named a 'counts' layer the query lacked); its fix runs."""
     _, model = kang_integrated
     query = model.adata[:200].copy()
-    query.layers["counts"] = query.X.copy()
+    query.layers["raw"] = query.X.copy()
     query.X = query.X.astype(np.float32) * 0.5
     snap = snapshot(query)
+    fix = r"adata\.layers\['raw'\] holds them.*`query = adata\.copy\(\); query\.X = adata\.layers"
     for call in (model.get_latent_representation, lambda q: VAE.load_query_data(q, model)):
-        with pytest.raises(ValueError, match=r"reads raw counts from adata\.X.*adata\.X = adata"):
+        with pytest.raises(ValueError, match=r"reads raw counts from adata\.X, and " + fix):
             call(query)
         assert_unchanged(query, snap)
+    adata = query  # the fix as written
+    query = adata.copy()
+    query.X = adata.layers["raw"]
+    assert model.get_latent_representation(query).shape == (200, model.module.n_latent)
+    del query.layers["raw"]  # nowhere else: the message says to bring the counts
+    query.X = query.X.astype(np.float32) * 0.5
+    with pytest.raises(ValueError, match=r"cells' raw counts there \(`query\.X = counts`"):
+        model.get_latent_representation(query)
 
 
 def test_trained_contrastive_checks_new_data(kang):
@@ -921,6 +931,11 @@ def _cut_to_a_few_genes(query):
     return query[:, :600].copy()
 
 
+def _cut_keeping_raw(query):
+    query.raw = query  # scanpy's layout: every gene in .raw, a few in X
+    return query[:, :600].copy()
+
+
 @pytest.mark.parametrize(
     ("model_genes", "query_genes"),
     [
@@ -955,7 +970,8 @@ def test_the_case_hint_s_fix_matches_every_gene(model_genes, query_genes):
         (_mouse_cased, {}, r"of them occur in adata.var_names in another case \(e.g. \[.KLHL17."),
         (_ids_with_symbols_in_var, {}, r"adata.var\['symbol'\] holds \d+ of them"),
         (_lower_case_with_a_few_ids_in_var, {}, r"another case.*match them: `spelling = "),
-        (_cut_to_a_few_genes, {}, r"The data hold 600 genes: if they were cut to highly"),
+        (_cut_to_a_few_genes, {}, r"The data hold 600 genes: if they were cut.*start again"),
+        (_cut_keeping_raw, {}, r"600 genes: .*adata\.raw holds 2000 of them \(`adata\.raw\.to_"),
         (
             _no_shared_gene,
             {"min_gene_overlap": 0},

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import tarfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -188,19 +189,41 @@ def test_near_empty_cells_beside_cells_leave_the_cells_calls_unchanged(heldout):
     slivers.X = sparse.csr_matrix(kept.astype(np.float32))
     slivers.obs_names = [f"sliver{i}" for i in range(slivers.n_obs)]
     query = ad.concat([cells[:, model.get_var_names()], slivers])
-    with pytest.warns(UserWarning, match=r"150 of 450 query cells hold fewer than .* counts"):
+    with pytest.warns(UserWarning, match=r"150 of 450 query cells hold fewer than .* counts") as w:
         both, _ = model.annotate_cells(query)
     assert (both["label"].iloc[300:] == "Unknown").all()
     assert (both["label"].iloc[:300].to_numpy() == alone["label"].to_numpy()).all()
     assert (alone["label"] != "Unknown").mean() > 0.9
+    _the_filter_drops_them(w, query, model)
     # the same query log-normalised (a file without counts): the counts behind it are read
     import scanpy as sc
 
+    counts = query.X.copy()
     sc.pp.normalize_total(query, target_sum=1e4)
     sc.pp.log1p(query)
-    with pytest.warns(UserWarning, match=r"150 of 450 query cells hold fewer than"):
+    with pytest.warns(UserWarning, match=r"150 of 450 query cells hold fewer than") as w:
         lognorm, _ = model.annotate_cells(query)
     assert (lognorm["label"].iloc[300:] == "Unknown").all()
+    _the_filter_drops_them(w, query, model)  # counted in genes detected (it summed log values)
+    # counts in a layer beside log-normalised X: the filter reads the layer (it read X)
+    query.layers["counts"] = counts
+    with pytest.warns(UserWarning, match=r"150 of 450 query cells hold fewer than") as w:
+        model.annotate_cells(query, layer="counts")
+    _the_filter_drops_them(w, query, model, layer="counts")
+
+
+def _the_filter_drops_them(record, adata, model, layer=None):
+    """The warning's filter, run as written, drops the near-empty cells and keeps the rest."""
+    message = next(str(r.message) for r in record if "hold fewer than" in str(r.message))
+    code = re.search(r"e\.g\. `(genes = .*?)`", message)[1]
+    assert ("layers['counts']" in code) == (layer == "counts"), code
+    space = {"adata": adata, "model": model, "np": np}
+    exec(code, space)
+    kept = space["adata"]
+    assert kept.n_obs == 300 and not kept.obs_names.str.startswith("sliver").any()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*hold fewer than")
+        model.annotate_cells(kept, layer=layer)
 
 
 def test_a_query_far_shallower_than_the_reference_is_warned_about(heldout):

@@ -33,7 +33,7 @@ def gene_mismatch_message(
     missing = ref.difference(qry)
     extra = qry.difference(ref)
     if len(missing):
-        found, hint, _ = identifier_fix(ref, qry, var)
+        found, hint, _ = identifier_fix(ref, qry, var, raw=getattr(query, "raw", None))
         # padding genes that are there under another name or case would zero their counts
         pad_fix = (
             ", or pad the missing genes with zeros with `VAE.prepare_query_anndata(query, "
@@ -98,12 +98,18 @@ FOUND_ELSEWHERE = frozenset({"column", "rename", "case"})
 
 
 def identifier_fix(
-    genes: pd.Index, var_names: pd.Index, var: pd.DataFrame | None, *, other_kind: str = "train"
+    genes: pd.Index,
+    var_names: pd.Index,
+    var: pd.DataFrame | None,
+    *,
+    other_kind: str = "train",
+    raw=None,
 ) -> tuple[str, str, int]:
     """:func:`identifier_hint` with what it found: ``"column"`` (a var column holds them),
     ``"rename"`` (a mechanical rename), ``"case"``, ``"numbers"`` (the names are row
     numbers), ``"none"`` (no gene in common), ``"panel"`` (a query cut to a few genes) or
-    ``"other"``; and how many of ``genes`` the data hold once its fix is made."""
+    ``"other"``; and how many of ``genes`` the data hold once its fix is made. ``raw``: the
+    AnnData's ``.raw`` (named in a panel's fix only where it holds more of ``genes``)."""
     other = _OTHER_KIND_FIX[other_kind]
     genes = pd.Index(genes).astype(str)
     names = pd.Index(var_names).astype(str)
@@ -142,10 +148,16 @@ def identifier_fix(
                 ),
                 best_n,
             )
+    n_raw = 0 if raw is None else int(genes.isin(pd.Index(raw.var_names).astype(str)).sum())
     panel = (
         f"The data hold {len(names)} genes: if they were cut to highly variable genes (or a "
-        "panel), pass every gene the file holds (e.g. `adata.raw.to_adata()`); the model "
-        "reads its own genes"
+        + (
+            f"panel), pass every gene the file holds: adata.raw holds {n_raw} of them "
+            "(`adata.raw.to_adata()`); the model reads its own genes"
+            if n_raw > n_names
+            else "panel), start again from the file with every gene (this AnnData keeps no "
+            "more of them, in adata.raw or elsewhere); the model reads its own genes"
+        )
     )
     renamed, n_renamed = _renamed(genes, names, True)
     n_found = n_names + n_renamed
@@ -288,7 +300,7 @@ def gene_columns(
                 " If the data simply holds fewer of them, lower `min_gene_overlap` "
                 "(`scdl.tl.annotate`, `predict`; `scdl annotate --min-gene-overlap`)."
             )
-        found, hint, n_after = identifier_fix(genes, adata.var_names, adata.var)
+        found, hint, n_after = identifier_fix(genes, adata.var_names, adata.var, raw=adata.raw)
         # the genes are in the file under another name, enough of them once named so: fewer
         # of them is not the fix
         enough = found in FOUND_ELSEWHERE and n_after >= min_overlap * len(genes)

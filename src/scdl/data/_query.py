@@ -21,15 +21,36 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
-def counts_place_fix(model: str, layer: str | None) -> str:
+def counts_place_fix(model: str, layer: str | None, adata: AnnData | None = None) -> str:
     """How to give a trained model its counts: it reads the place it was set up with, so the
-    fix names that place, not ``layer=``."""
+    fix names that place, not ``layer=``; where ``adata`` holds the counts elsewhere (a layer,
+    ``X``, ``.raw``), a copy with them in that place (the user's AnnData is left as it is)."""
     place = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    return f"the {model} reads raw counts from {place}; put them there, e.g. " + (
-        "`adata.X = adata.layers['counts']` (or a copy of the AnnData with counts in X)."
-        if layer is None
-        else f"`adata.layers[{layer!r}] = counts`."
+    into = "query.X" if layer is None else f"query.layers[{layer!r}]"
+    source = None if adata is None else _counts_source(adata, layer)
+    if source is not None:
+        return (
+            f"the {model} reads raw counts from {place}, and {source} holds them: pass a copy "
+            f"with them there, e.g. `query = adata.copy(); {into} = {source}`, then `query`."
+        )
+    return (
+        f"the {model} reads raw counts from {place}; pass a copy of the AnnData with the "
+        f"cells' raw counts there (`{into} = counts`, e.g. from the file they came from)."
     )
+
+
+def _counts_source(adata: AnnData, layer: str | None) -> str | None:
+    """The expression of a place other than ``layer`` (``None``: ``X``) where ``adata``
+    holds raw counts of its genes (a sample checked), or ``None``."""
+    for k in adata.layers.keys():
+        if k != layer and adata.layers[k].size and _sample_is_counts(adata.layers[k]):
+            return f"adata.layers[{k!r}]"
+    if layer is not None and adata.X is not None and _sample_is_counts(adata.X):
+        return "adata.X"
+    raw = getattr(adata, "raw", None)
+    if raw is not None and adata.var_names.isin(raw.var_names).all() and _sample_is_counts(raw.X):
+        return "adata.raw[:, adata.var_names].X"
+    return None
 
 
 def check_query(
@@ -73,11 +94,11 @@ def check_query(
         raise KeyError(
             f"adata.layers has no {layer!r} "
             f"({[k for k in adata.layers.keys() if isinstance(k, str)] or 'no layers'}): "
-            + counts_place_fix(model, layer)
+            + counts_place_fix(model, layer, adata)
         )
     check_not_sparse_array(adata, layer)
     if counts:
-        check_counts(adata, layer, fix=counts_place_fix(model, layer))
+        check_counts(adata, layer, fix=counts_place_fix(model, layer, adata))
     known: dict[str, tuple[str, list]] = {}
     for field in fields.values():
         state = field.get("state_registry", {})

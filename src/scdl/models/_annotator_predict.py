@@ -413,9 +413,9 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
                     if unknown_call
                     else "Their calls are guesses."
                 )
-                + " Filter them out first on the model's genes, e.g. `genes = adata.var_names"
-                ".intersection(model.get_var_names()); adata = adata[np.asarray(adata[:, genes]"
-                f".X.sum(1)).ravel() >= {int(np.ceil(floor))}].copy()`.",
+                + _shallow_filter_fix(
+                    layer, int(np.ceil(floor)), np.array_equal(matrix.data, np.rint(matrix.data))
+                ),
                 UserWarning,
             )
         if unknown_call:  # no count in the model's genes: nothing to type the cell by
@@ -490,6 +490,21 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         if soft:
             return probs
         return calls["label" if unknown else "label_forced"].to_numpy()
+
+
+def _shallow_filter_fix(layer: str | None, floor: int, raw_counts: bool) -> str:
+    """The code that drops cells under ``floor`` counts in the model's genes, on the matrix
+    annotate read: counts summed, or for log-normalised values the genes detected (each
+    holds at least one count, so every cell kept passes the floor)."""
+    place = "X" if layer is None else f"layers[{layer!r}]"
+    kept = f"adata[:, genes].{place}" + (".sum(1)" if raw_counts else " > 0).sum(1)")
+    kept = ("np.asarray(" if raw_counts else "np.asarray((") + kept
+    return (
+        " Filter them out first on the model's genes, e.g. `genes = adata.var_names"
+        f".intersection(model.get_var_names()); adata = adata[{kept}).ravel() >= {floor}].copy()`"
+        + ("" if raw_counts else " (genes detected: the values are log-normalised)")
+        + " (`model`: the annotator, e.g. `scdl.pretrained.load('pbmc_kang2018')`)."
+    )
 
 
 @contextlib.contextmanager

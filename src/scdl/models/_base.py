@@ -457,7 +457,7 @@ class CheckedQueryMixin:
         elif registered:  # checked in full at registration; normalised in place since?
             layer = self.registry_["setup_args"].get("layer")
             if not sampled_counts_ok(target, layer):
-                fix = counts_place_fix(type(self).__name__, layer)
+                fix = counts_place_fix(type(self).__name__, layer, target)
                 check_counts(target, layer, fix=fix, warn_zero_cells=False)
         with registering_quietly():  # scvi-tools registers a new AnnData here
             return super()._validate_anndata(adata, copy_if_view=copy_if_view)

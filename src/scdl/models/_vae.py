@@ -257,7 +257,7 @@ class VAE(
             warn_one_category=not from_registry,
             unique_genes=False,  # as in scvi-tools: genes are matched by name only for a query
             # a query is read where the reference was (`layer=` is not an option there)
-            fix=counts_place_fix(cls.__name__, layer) if from_registry else None,
+            fix=counts_place_fix(cls.__name__, layer, adata) if from_registry else None,
             numeric_hint=" (numeric covariates go in `continuous_covariate_keys`)",
         )
         check_continuous_covariates(adata, continuous_covariate_keys)
