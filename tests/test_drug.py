@@ -11,6 +11,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import re
+
 import anndata as ad  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -1130,9 +1132,13 @@ def test_setup_all_nan_drug(gdsc):
     bulk.obsm["ln_ic50"] = bulk.obsm["ln_ic50"].loc[:, bulk.obsm["ln_ic50"].notna().sum() >= 3]
     bulk.obsm["ln_ic50"]["Gefitinib"] = np.nan
     snap = snapshot(bulk)
-    with pytest.raises(ValueError, match="all NaN for \\['Gefitinib'\\]"):
+    with pytest.raises(ValueError, match="all NaN for \\['Gefitinib'\\]") as err:
         scdl.models.DrugResponseModel.setup_anndata(bulk, response_key="ln_ic50")
     assert_unchanged(bulk, snap)
+    adata = bulk  # the message's fix, run as written
+    exec(re.search(r"Keep the others: `(.*)`", str(err.value))[1])
+    assert "Gefitinib" not in adata.obsm["ln_ic50"]
+    scdl.models.DrugResponseModel.setup_anndata(adata, response_key="ln_ic50")
 
 
 def test_setup_response_must_be_dataframe_and_bulk_not_counts(gdsc, cellbench):

@@ -265,6 +265,19 @@ def test_annotate_bad_input_leaves_adata_unchanged(heldout):
     with pytest.raises(ValueError, match="nor is it log1p of counts normalised per cell"):
         scdl.tl.annotate(lognorm)
     assert_unchanged(lognorm, snap)
+    # a counts layer under another name is named, and its fix runs
+    lognorm.layers["raw_counts"] = heldout.X.copy()
+    with pytest.raises(ValueError, match=r"Raw counts are in this AnnData: pass `layer='raw_c"):
+        scdl.tl.annotate(lognorm)
+    scdl.tl.annotate(lognorm, layer="raw_counts")
+    # linear fractional values (estimated counts) are named as such; rounding them runs
+    linear = heldout.copy()
+    linear.X = linear.X * 1.37
+    linear.X.data += 0.11
+    with pytest.raises(ValueError, match=r"far above a log scale: linear values.*round them"):
+        scdl.tl.annotate(linear)
+    linear.X.data = np.round(linear.X.data)
+    scdl.tl.annotate(linear)
     with pytest.raises(ValueError, match="not a known annotator"):
         scdl.tl.annotate(heldout.copy(), model="no_such_model")
     with pytest.raises(TypeError, match="CellTypeTransformer"):

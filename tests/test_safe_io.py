@@ -558,6 +558,11 @@ def test_save_to_a_file_path_names_the_folder_it_needs(small_save, tmp_path):
         with pytest.raises(FileExistsError, match="is a file; `save\\(\\)` writes a folder"):
             model.save(target, overwrite=overwrite)
     assert target.read_bytes() == b"user data"
+    # a save's own file (the user meant that save): its folder and prefix, which run
+    model.save(tmp_path / "m", prefix="v1_")
+    with pytest.raises(FileExistsError, match=r"holds it, `'.*m'`, with `prefix='v1_'`"):
+        model.save(tmp_path / "m" / "v1_config.json", overwrite=True)
+    model.save(tmp_path / "m", prefix="v1_", overwrite=True)
 
 
 def test_save_without_overwrite_replaces_no_file(small_save, tmp_path):

@@ -443,11 +443,18 @@ def test_empty_cells_are_kept_with_a_warning(hundred_cells, likelihood):
 def test_integrate_keeps_cells_without_counts_in_the_chosen_genes(hundred_cells):
     """20 highly variable genes leave some cells without counts in them: valid, said once."""
     adata = hundred_cells
-    with pytest.warns(UserWarning, match="cells have no counts in the 20 genes trained on"):
+    with pytest.warns(UserWarning, match="cells have no counts in the 20 genes trained on") as w:
         scdl.tl.integrate(adata, n_top_genes=np.int64(20), max_epochs=2, progress_bar=False)
     genes = list(adata.uns["X_scdl"]["var_names"])
     assert (np.asarray(adata[:, genes].X.sum(1)).ravel() == 0).any()  # the case under test
     assert np.isfinite(adata.obsm["X_scdl"]).all()
+    # its fix (they hold counts in other genes: a filter on all genes dropped none of them)
+    said = next(str(r.message) for r in w if "cells have no counts" in str(r.message))
+    assert "Raise `n_top_genes` (`None`: every expressed gene" in said
+    assert (np.asarray(adata.X.sum(1)).ravel() > 0).all()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*cells have no counts")
+        scdl.tl.integrate(adata, n_top_genes=None, max_epochs=2, progress_bar=False)
 
 
 def test_load_query_data_takes_a_view(kang):

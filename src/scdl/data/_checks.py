@@ -298,12 +298,13 @@ def check_not_sparse_array(adata: AnnData, layer: str | None = None) -> None:
         )
 
 
-def warn_empty_cells(n_empty: int, n_obs: int, where: str) -> None:
-    """Say that ``n_empty`` cells have no counts (kept; they carry no information)."""
+def warn_empty_cells(n_empty: int, n_obs: int, where: str, fix: str | None = None) -> None:
+    """Say that ``n_empty`` cells have no counts (kept; they carry no information) and how
+    to drop them (``fix``; default: cells without any count)."""
     warn_user(
         f"{n_empty} of {n_obs} cells have no counts {where}; they are kept, with the "
-        "representation of an empty cell. `sc.pp.filter_cells(adata, min_counts=1)` drops "
-        "them.",
+        "representation of an empty cell. "
+        + (fix or "`sc.pp.filter_cells(adata, min_counts=1)` drops them."),
         UserWarning,
     )
 

@@ -110,10 +110,9 @@ def check_response(adata: AnnData, key: str, *, arg: str = "response_key") -> pd
         what = f"all NaN for {empty[:5]}" if empty else f"under {MIN_LINES_PER_DRUG} values"
         raise ValueError(
             f"{len(few)} drugs in adata.obsm[{key!r}] are measured on fewer than "
-            f"{MIN_LINES_PER_DRUG} cell lines ({what}; e.g. {few[:5]}). Drop them: "
-            f"`adata.obsm[{key!r}] = adata.obsm[{key!r}].drop(columns={few[:5]!r}...)`, or keep "
-            f"the drugs with `.loc[:, adata.obsm[{key!r}].notna().sum() >= "
-            f"{MIN_LINES_PER_DRUG}]`."
+            f"{MIN_LINES_PER_DRUG} cell lines ({what}; e.g. {few[:5]}). Keep the others: "
+            f"`adata.obsm[{key!r}] = adata.obsm[{key!r}].loc[:, adata.obsm[{key!r}].notna()"
+            f".sum() >= {MIN_LINES_PER_DRUG}]`."
         )
     with np.errstate(invalid="ignore"):
         flat = np.nanstd(values, axis=0) == 0
@@ -290,6 +289,7 @@ def resolve_modality(adata: AnnData, layer: str | None = None, n_rows: int = 200
     import warnings
 
     from ._lognorm import Log2Error, input_kind
+    from ._query import counts_elsewhere_hint
 
     x = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
@@ -320,7 +320,7 @@ def resolve_modality(adata: AnnData, layer: str | None = None, n_rows: int = 200
                 "nor a sample's own log profile, and reading them as bulk profiles shifts every "
                 "prediction. Pass raw counts (a counts layer with `layer=`, or "
                 "`adata.raw.to_adata()`), or `modality='profiles'` for bulk profiles "
-                "standardised that way."
+                "standardised that way." + counts_elsewhere_hint(adata, layer)
             )
         vmax = largest_value(x, n_rows)
         if kind == "profiles" and vmax > LOG_SCALE_MAX:

@@ -16,6 +16,7 @@ from ._checks import (
     check_counts,
     warn_empty_cells,
 )
+from ._query import counts_elsewhere_hint
 from ._rows import get_matrix, in_memory, row_blocks
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | N
         "Pass raw counts (`layer=` naming them, e.g. 'counts'), or log1p of counts normalised "
         "to a constant total over all genes (`sc.pp.normalize_total(adata, target_sum=1e4); "
         "sc.pp.log1p(adata)` before any gene selection or scaling)."
-    )
+    ) + counts_elsewhere_hint(adata, layer)
     if n_bad:
         raise ValueError(
             f"{where} holds neither raw counts nor log-normalised counts: {n_bad} values are "
@@ -111,6 +112,16 @@ def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | N
             f"(sparse) or `{where} = np.log1p(np.exp2({where}) - 1)` (dense), or pass raw "
             "counts.",
             total2,
+        )
+    if not natural and vmax > LOG_SCALE_MAX:  # far above any log scale: linear values
+        log_layer = "" if layer is None else f", layer={layer!r}"
+        raise ValueError(
+            f"{where} has {n_frac} non-integer values up to {vmax:.4g}, far above a log scale: "
+            "linear values, not raw counts. If they are estimated counts (Salmon, RSEM, "
+            "kallisto, alevin: fractional read or UMI counts), round them: "
+            f"`{where}.data = np.round({where}.data)` (sparse) or `{where} = np.round({where})` "
+            "(dense); if they are counts normalised to a constant total per cell over all "
+            f"genes (CPM, TPM), log them: `sc.pp.log1p(adata{log_layer})`. {fix}"
         )
     if not natural:
         raise ValueError(

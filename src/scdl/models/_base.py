@@ -174,9 +174,18 @@ class SafeSaveLoadMixin:
         if save_anndata:
             self._require_adata("save")
         if dir_path.exists() and not dir_path.is_dir():
+            name = dir_path.name
+            saved = next((n for n in ("config.json", "model.safetensors") if name.endswith(n)), "")
             raise FileExistsError(
                 f"{str(dir_path)!r} is a file; `save()` writes a folder (config.json + "
-                "model.safetensors). Pass a folder path, e.g. without the file extension."
+                "model.safetensors). "
+                + (  # a saved model's own file: its folder (and prefix) is what was meant
+                    f"Pass the folder that holds it, `{str(dir_path.parent)!r}`"
+                    + (f", with `prefix={name[: -len(saved)]!r}`" if name != saved else "")
+                    + " (and `overwrite=True` to replace that save)."
+                    if saved
+                    else "Pass a folder path, e.g. without the file extension."
+                )
             )
         # as scvi-tools: without overwrite nothing in the folder is replaced (a user's
         # adata.h5ad or weights of another tool included)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
@@ -412,8 +413,11 @@ class VAE(
         if groupby is not None:
             obs = (adata if adata is not None else self._require_adata("compare")).obs
             if groupby not in obs.columns:
+                close = difflib.get_close_matches(groupby, [str(c) for c in obs.columns], n=1)
                 own = (
-                    ""
+                    f" Did you mean {close[0]!r}?"
+                    if close
+                    else ""
                     if adata is not None
                     else " `model.adata.obs` is a copy of obs made when the model was set up "
                     "(by `scdl.tl.integrate`: when it ran), so columns written since, such as "

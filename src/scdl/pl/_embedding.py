@@ -85,8 +85,9 @@ def embedding(
     check_obsm_key(basis, "basis")
     if basis not in adata.obsm:
         raise KeyError(
-            f"basis={basis!r} is not in adata.obsm (available: {list(adata.obsm)}). Run "
-            "`scdl.tl.integrate` first or pass the key of an existing embedding."
+            f"basis={basis!r} is not in adata.obsm (available: {list(adata.obsm)}). Pass the "
+            "key of an existing embedding, or make it first: `scdl.tl.integrate` writes "
+            "'X_scdl' (drawn here on its UMAP), `sc.tl.umap` writes 'X_umap'."
         )
     if color is None:  # the batch key tl.integrate recorded, while that column exists
         info = adata.uns.get(basis)
