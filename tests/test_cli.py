@@ -48,6 +48,8 @@ def test_warnings_name_the_command_lines_flags():
 
     said = _as_flags("3 cells have no counts in the 2000 genes (`n_top_genes` sets how many)")
     assert "`--n-top-genes`" in said
+    said = _as_flags("Raise `n_top_genes`, or pass `n_top_genes=None` to train on every gene")
+    assert said == "Raise `--n-top-genes`, or pass `--n-top-genes 0` to train on every gene"
     assert _n_top_genes("0") is None and _n_top_genes("300") == 300
     with pytest.raises(Exception, match="integer >= 1"):
         _n_top_genes("-5")

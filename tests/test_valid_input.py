@@ -450,7 +450,7 @@ def test_integrate_keeps_cells_without_counts_in_the_chosen_genes(hundred_cells)
     assert np.isfinite(adata.obsm["X_scdl"]).all()
     # its fix (they hold counts in other genes: a filter on all genes dropped none of them)
     said = next(str(r.message) for r in w if "cells have no counts" in str(r.message))
-    assert "Raise `n_top_genes` (`None`: every expressed gene" in said
+    assert "Raise `n_top_genes`, or pass `n_top_genes=None` to train on every" in said
     assert (np.asarray(adata.X.sum(1)).ravel() > 0).all()
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*cells have no counts")

@@ -35,7 +35,8 @@ _FLAGS = {
 
 def _as_flags(message: str) -> str:
     """An error of the Python API in the command line's terms: ``layer=None`` is leaving out
-    ``--layer``, ``layer=`` is ``--layer``."""
+    ``--layer``, ``layer=`` is ``--layer``, ``n_top_genes=None`` is ``--n-top-genes 0``."""
+    message = message.replace("pass `n_top_genes=None`", "pass `--n-top-genes 0`")
     message = re.sub(
         r"[Pp]ass `(\w+)=None`",
         lambda m: (

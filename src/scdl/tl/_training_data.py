@@ -66,7 +66,8 @@ def training_adata(
             out.n_obs,
             f"in the {len(genes)} genes trained on (`n_top_genes` sets how many)",
             # they hold counts in other genes: a filter on all genes drops none of them
-            fix="Raise `n_top_genes` (`None`: every expressed gene; then only cells without "
-            "any count stay empty, and `sc.pp.filter_cells(adata, min_counts=1)` drops them).",
+            fix="Raise `n_top_genes`, or pass `n_top_genes=None` to train on every expressed "
+            "gene (then only cells without any count stay empty, and "
+            "`sc.pp.filter_cells(adata, min_counts=1)` drops them).",
         )
     return out
