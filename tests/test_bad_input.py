@@ -758,6 +758,7 @@ def test_new_data_without_counts_in_x_names_where_the_model_reads(kang_integrate
     the layer that holds them (it named a 'counts' layer the query lacked); its fix runs."""
     _, model = kang_integrated
     query = model.adata[:200].copy()
+    query.layers["detected"] = query.X > 0  # 0/1 flags: integers, but no counts to name
     query.layers["raw"] = query.X.copy()
     query.X = query.X.astype(np.float32) * 0.5
     snap = snapshot(query)
@@ -770,10 +771,27 @@ def test_new_data_without_counts_in_x_names_where_the_model_reads(kang_integrate
     query = adata.copy()
     query.X = adata.layers["raw"]
     assert model.get_latent_representation(query).shape == (200, model.module.n_latent)
-    del query.layers["raw"]  # nowhere else: the message says to bring the counts
+    del query.layers["raw"], query.layers["detected"]  # nowhere: bring the counts
     query.X = query.X.astype(np.float32) * 0.5
     with pytest.raises(ValueError, match=r"cells' raw counts there \(`query\.X = counts`"):
         model.get_latent_representation(query)
+
+
+def test_counts_in_raw_are_named_only_where_the_copy_runs(kang):
+    """`.raw` holding counts is named with a copy that reads every gene of the AnnData; where
+    the genes were renamed since, that copy would raise a KeyError: not offered."""
+    from scdl.data._query import counts_elsewhere_hint
+
+    adata = kang[:50].copy()
+    adata.raw = adata
+    adata.X = adata.X.astype(np.float32) * 0.5
+    hint = counts_elsewhere_hint(adata, None)
+    code = re.search(r"`(adata\.layers\['counts'\] = .*?)`", hint)[1]
+    exec(code)
+    assert scdl.data.sampled_counts_ok(adata, "counts")
+    del adata.layers["counts"]
+    adata.var_names = [f"g{i}" for i in range(adata.n_vars)]
+    assert counts_elsewhere_hint(adata, None) == ""
 
 
 def test_trained_contrastive_checks_new_data(kang):

@@ -563,6 +563,9 @@ def test_save_to_a_file_path_names_the_folder_it_needs(small_save, tmp_path):
     with pytest.raises(FileExistsError, match=r"holds it, `'.*m'`, with `prefix='v1_'`"):
         model.save(tmp_path / "m" / "v1_config.json", overwrite=True)
     model.save(tmp_path / "m", prefix="v1_", overwrite=True)
+    (tmp_path / "my_config.json").write_text("{}")  # a user's own file: no save's partner
+    with pytest.raises(FileExistsError, match="Pass a folder path, e.g. without the file"):
+        model.save(tmp_path / "my_config.json")
 
 
 def test_save_without_overwrite_replaces_no_file(small_save, tmp_path):

@@ -42,9 +42,9 @@ def counts_place_fix(model: str, layer: str | None, adata: AnnData | None = None
 def _counts_source(adata: AnnData, layer: str | None) -> str | None:
     """The expression of a place other than ``layer`` (``None``: ``X``) where ``adata``
     holds raw counts of its genes (a sample checked), or ``None``."""
-    for k in adata.layers.keys():
-        if k != layer and adata.layers[k].size and _sample_is_counts(adata.layers[k]):
-            return f"adata.layers[{k!r}]"
+    keys = _count_layers(adata, layer)
+    if keys:
+        return f"adata.layers[{keys[0]!r}]"
     if layer is not None and adata.X is not None and _sample_is_counts(adata.X):
         return "adata.X"
     raw = getattr(adata, "raw", None)
@@ -274,22 +274,41 @@ def _sample_is_counts(x, n_values: int = 10_000) -> bool | None:
     )
 
 
+def _count_layers(adata: AnnData, layer: str | None) -> list[str]:
+    """Layers other than ``layer`` that hold raw counts (a sample checked), those named for
+    counts first: 0/1 flags and velocyto's unspliced / ambiguous reads are integers too, but
+    not the cells' counts."""
+    keys = sorted(
+        (k for k in adata.layers.keys() if k != layer and isinstance(k, str)),
+        key=lambda k: not any(w in k.lower() for w in ("count", "raw", "umi")),
+    )
+    return [
+        k
+        for k in keys
+        if k.lower() not in ("unspliced", "ambiguous")
+        and np.dtype(getattr(adata.layers[k], "dtype", object)) != np.bool_
+        and adata.layers[k].size
+        and _sample_is_counts(adata.layers[k])
+    ]
+
+
 def counts_elsewhere_hint(adata: AnnData, layer: str | None) -> str:
     """Where else ``adata`` holds raw counts (``X``, a layer; ``.raw`` when nothing else
     does), as the fix for a refusal of ``layer`` (``None``: ``X``): ``""`` when nowhere (a
     sample of each is checked, as :func:`sampled_counts_ok`)."""
     # in backticks: the drug model's and the CLI's messages rewrite `layer=` to their names
-    places = [
-        f"`layer={k!r}`"
-        for k in adata.layers.keys()
-        if k != layer and _sample_is_counts(adata.layers[k]) and adata.layers[k].size
-    ]
+    places = [f"`layer={k!r}`" for k in _count_layers(adata, layer)]
     if layer is not None and _sample_is_counts(adata.X) and adata.X is not None:
         return " adata.X holds raw counts: pass `layer=None`."
     if places:
         return f" Raw counts are in this AnnData: pass {' or '.join(places)}."
     raw = getattr(adata, "raw", None)
-    if layer is None and raw is not None and _sample_is_counts(raw.X):
+    if (
+        layer is None
+        and raw is not None
+        and adata.var_names.isin(raw.var_names).all()  # the copy below reads every gene
+        and _sample_is_counts(raw.X)
+    ):
         name = next(n for n in ("counts", "raw_counts", "scdl_counts") if n not in adata.layers)
         return (
             " adata.raw holds raw counts: copy them into a layer, "

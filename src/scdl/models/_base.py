@@ -175,7 +175,16 @@ class SafeSaveLoadMixin:
             self._require_adata("save")
         if dir_path.exists() and not dir_path.is_dir():
             name = dir_path.name
-            saved = next((n for n in ("config.json", "model.safetensors") if name.endswith(n)), "")
+            pair = {"config.json": "model.safetensors", "model.safetensors": "config.json"}
+            # a save's own file: its partner under the same prefix lies beside it
+            saved = next(
+                (
+                    n
+                    for n, other in pair.items()
+                    if name.endswith(n) and (dir_path.parent / (name[: -len(n)] + other)).exists()
+                ),
+                "",
+            )
             raise FileExistsError(
                 f"{str(dir_path)!r} is a file; `save()` writes a folder (config.json + "
                 "model.safetensors). "

@@ -414,12 +414,13 @@ class VAE(
             obs = (adata if adata is not None else self._require_adata("compare")).obs
             if groupby not in obs.columns:
                 close = difflib.get_close_matches(groupby, [str(c) for c in obs.columns], n=1)
-                own = (
-                    f" Did you mean {close[0]!r}?"
-                    if close
-                    else ""
+                # a close name may be a typo, or another column than one written since
+                typo = f" Did you mean {close[0]!r}?" if close else ""
+                own = typo + (
+                    ""
                     if adata is not None
-                    else " `model.adata.obs` is a copy of obs made when the model was set up "
+                    else (" Otherwise:" if typo else "")
+                    + " `model.adata.obs` is a copy of obs made when the model was set up "
                     "(by `scdl.tl.integrate`: when it ran), so columns written since, such as "
                     "`scdl.tl.cluster`'s, are not in it. Copy the column across (cells are "
                     f"matched by name): `model.adata.obs[{groupby!r}] = adata.obs[{groupby!r}]`, "

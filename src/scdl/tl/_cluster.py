@@ -61,11 +61,11 @@ def cluster(
     kept, but never one below 0.4: the silhouette can peak at a few coarse groups of types
     (e.g. lymphoid and myeloid cells), below the types themselves; on a PCA of blood cells
     the floor is often the choice. When no partition's silhouette is above 0.01 (e.g.
-    identical cells), the lowest resolution of the grid is kept. "auto" never returns a single
-    cluster, and it is made for data of several types: on one homogeneous population in a
-    low-dimensional space (one cell type subset out of a VAE latent), arbitrary splits score
-    silhouettes of 0.03-0.1, the scan is flat and the choice follows noise (the seed, a
-    subsample), from 2 to over 10 clusters; pass a number there, or read the scan
+    identical cells), the lowest resolution of the grid is kept; otherwise "auto" never
+    returns a single cluster, and it is made for data of several types: on one homogeneous
+    population in a low-dimensional space (one cell type subset out of a VAE latent), arbitrary
+    splits score silhouettes of 0.03-0.1, the scan is flat and the choice follows noise (the
+    seed, a subsample), from 2 to over 10 clusters; pass a number there, or read the scan
     (:func:`scdl.pl.cluster_resolution`) first. Like any silhouette choice it favours
     well-separated groups: subtypes that overlap in the representation may stay merged;
     pass a number or ``n_clusters`` then.
