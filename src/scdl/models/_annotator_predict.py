@@ -285,7 +285,8 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         # its cells' own content, so the same cells in any order get the same calls (the
         # reference, its prototypes and its calibration keep their own order)
         host_x = x.to_scipy()
-        order = content_order(host_x)
+        # cells identical in the model's genes by name: their rows in a user's graph differ
+        order = content_order(host_x, (self.adata if adata is None else adata).obs_names)
         x = CSRTensors.from_scipy(host_x[order], self.module.device)
         del host_x
         # the host copy that query statistics, clustering and the empty-cell check read
@@ -502,7 +503,12 @@ def _shallow_filter_fix(layer: str | None, floor: int, raw_counts: bool) -> str:
     return (
         " Filter them out first on the model's genes, e.g. `genes = adata.var_names"
         f".intersection(model.get_var_names()); adata = adata[{kept}).ravel() >= {floor}].copy()`"
-        + ("" if raw_counts else " (genes detected: the values are log-normalised)")
+        + (
+            ""
+            if raw_counts  # a gene detected holds one count or more: a few cells just above
+            else " (genes detected, as the values are log-normalised: it can also drop a few "
+            "cells just above the floor)"
+        )
         + " (`model`: the annotator, e.g. `scdl.pretrained.load('pbmc_kang2018')`)."
     )
 

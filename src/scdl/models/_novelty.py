@@ -136,12 +136,15 @@ def cluster_cells(
     return out
 
 
-def content_order(x) -> np.ndarray:
+def content_order(x, names=None) -> np.ndarray:
     """An order of the rows of ``x`` by their content alone: each row's projection on fixed
     random weights (a seeded draw per column), so that a reordered matrix gets its rows back
-    in the same order (identical rows keep theirs)."""
-    weights = np.random.default_rng(0).standard_normal(x.shape[1])
-    return np.argsort(np.asarray(x @ weights).ravel(), kind="stable")
+    in the same order. Identical rows are ordered by ``names`` (e.g. the cells' obs_names:
+    a graph over the cells tells them apart), else keep theirs."""
+    projection = np.asarray(x @ np.random.default_rng(0).standard_normal(x.shape[1])).ravel()
+    if names is None:
+        return np.argsort(projection, kind="stable")
+    return np.lexsort((np.asarray(names, dtype=str), projection))
 
 
 def celltypist_resolution(n_cells: int) -> float:
