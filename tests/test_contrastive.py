@@ -151,6 +151,19 @@ def test_batch_nested_in_groups_warns(kang):
     assert adata.uns["X_scdl_salient"]["params"]["batch_key"] == "sample"
 
 
+def test_training_across_processes_is_refused_before_it_hangs(kang):
+    """Two CPU processes hung at the first epoch's end (each in another collective): refused
+    with the fix, the AnnData left as it was."""
+    adata = _small(kang)
+    snap = snapshot(adata)
+    for train_kwargs in ({"devices": 2, "accelerator": "cpu"}, {"strategy": "ddp_spawn"}):
+        with pytest.raises(ValueError, match=r"trains in one process.*`devices=1`"):
+            scdl.tl.contrastive(
+                adata, groupby="condition", background="ctrl", train_kwargs=train_kwargs
+            )
+        assert_unchanged(adata, snap)
+
+
 def test_model_api_warns_of_a_nested_batch_too(kang):
     """The model's own ``train`` checks what ``tl.contrastive`` checks; a donor spanning both
     groups is fine."""

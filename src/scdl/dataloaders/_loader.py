@@ -58,6 +58,16 @@ def check_loader_options(kwargs: dict, cls: str) -> None:
             "`datasplitter_kwargs`?); it takes the options of scvi-tools' AnnDataLoader and "
             "torch's DataLoader."
         )
+    workers = {k: kwargs[k] for k in ("num_workers", "persistent_workers") if kwargs.get(k)}
+    if workers:  # accepted as scvi-tools' splitter takes them, but there is nothing to start
+        from scdl._warnings import warn_user
+
+        warn_user(
+            f"{workers} (`datasplitter_kwargs`) have no effect in training: scdl's loader "
+            "gathers each minibatch from memory in the training process, with no worker "
+            "processes. Inference loaders follow `scvi.settings.dl_num_workers`.",
+            UserWarning,
+        )
 
 
 class TensorBatchLoader:

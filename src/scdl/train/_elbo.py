@@ -40,6 +40,17 @@ class EpochLoggingTrainingPlan(EpochMeansMixin, TrainingPlan):
         # which scdl's ``tl`` and ``pl`` read under their usual names)
         self.log_steps, self.on_step = bool(self.on_step), False
 
+    def compute_and_log_metrics(self, *args, **kwargs):
+        """scvi-tools' metric logging, under ``no_grad`` instead of ``inference_mode``: the
+        module's extra metrics (the VAE's ``batch_mmd``) logged with ``sync_dist`` in inference
+        mode became inference tensors, which the epoch-end sync of CPU (gloo) multi-process
+        runs updates in place outside it (a RuntimeError at the first validation)."""
+        logged = getattr(TrainingPlan.compute_and_log_metrics, "__wrapped__", None)
+        if logged is None:  # an scvi-tools without the decorator
+            return super().compute_and_log_metrics(*args, **kwargs)
+        with torch.no_grad():
+            return logged(self, *args, **kwargs)
+
     def _optimizer_creator_fn(self, optimizer_cls):
         def create(params):
             params = list(params)
