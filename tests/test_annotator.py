@@ -258,7 +258,9 @@ def test_model_saved_before_the_sketch_makes_the_novelty_check_only(annotator, t
 def test_model_saved_before_the_prototypes_compares_with_the_type_means(annotator, tmp_path):
     """A file written before the prototypes (no prototype tensors, ``novelty_rule_`` "mixture")
     loads and compares each cluster with its types' means alone: never nearer than the new rule,
-    which also tries each type's prototypes, and farther for some cluster."""
+    which also tries each type's prototypes, and farther for some cluster (by 0.008 here, in
+    any order of the query; the file's order of the cells gave 0.016, random orders 0.007-0.010
+    before the query was clustered in its content order)."""
     from safetensors.torch import load_file, save_file
 
     model, query = annotator
@@ -280,7 +282,7 @@ def test_model_saved_before_the_prototypes_compares_with_the_type_means(annotato
     np.testing.assert_array_equal(new_calls["cluster"], old_calls["cluster"])
     new, before = new_calls["cluster_novelty"], old_calls["cluster_novelty"]
     assert (new <= before + 1e-9).all()
-    assert (new < before - 0.01).any()
+    assert (new < before - 0.005).any()
 
 
 def _threshold_where_the_rules_differ(calls) -> float:
