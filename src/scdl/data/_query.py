@@ -47,10 +47,16 @@ def _counts_source(adata: AnnData, layer: str | None) -> str | None:
         return f"adata.layers[{keys[0]!r}]"
     if layer is not None and adata.X is not None and _sample_is_counts(adata.X):
         return "adata.X"
+    return "adata.raw[:, adata.var_names].X" if _raw_holds_counts(adata) else None
+
+
+def _raw_holds_counts(adata: AnnData) -> bool:
+    """Whether ``adata.raw`` holds raw counts (a sample checked) of every gene of ``adata``
+    (``adata.raw[:, adata.var_names]`` then reads them all)."""
     raw = getattr(adata, "raw", None)
-    if raw is not None and adata.var_names.isin(raw.var_names).all() and _sample_is_counts(raw.X):
-        return "adata.raw[:, adata.var_names].X"
-    return None
+    return bool(
+        raw is not None and adata.var_names.isin(raw.var_names).all() and _sample_is_counts(raw.X)
+    )
 
 
 def check_query(
@@ -302,13 +308,7 @@ def counts_elsewhere_hint(adata: AnnData, layer: str | None) -> str:
         return " adata.X holds raw counts: pass `layer=None`."
     if places:
         return f" Raw counts are in this AnnData: pass {' or '.join(places)}."
-    raw = getattr(adata, "raw", None)
-    if (
-        layer is None
-        and raw is not None
-        and adata.var_names.isin(raw.var_names).all()  # the copy below reads every gene
-        and _sample_is_counts(raw.X)
-    ):
+    if layer is None and _raw_holds_counts(adata):
         name = next(n for n in ("counts", "raw_counts", "scdl_counts") if n not in adata.layers)
         return (
             " adata.raw holds raw counts: copy them into a layer, "

@@ -43,7 +43,8 @@ def _as_array(data, dtype):
 def check_loader_options(kwargs: dict, cls: str) -> None:
     """Refuse a data-loader option neither scvi-tools' ``AnnDataLoader`` nor torch's
     ``DataLoader`` takes (a typo in ``datasplitter_kwargs``), as scvi-tools' loader does; the
-    options they take are accepted (the in-memory path has no worker processes to set)."""
+    options they take are accepted, and worker options (the in-memory path has no worker
+    processes to start) are said to do nothing."""
     import inspect
 
     from scvi.dataloaders import AnnDataLoader

@@ -284,14 +284,14 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         # the thinning draws follow the order of the cells: the query is read in an order of
         # its cells' own content, so the same cells in any order get the same calls (the
         # reference, its prototypes and its calibration keep their own order)
-        host_x = x.to_scipy()
+        matrix = x.to_scipy()
         # cells identical in the model's genes by name: their rows in a user's graph differ
-        order = content_order(host_x, (self.adata if adata is None else adata).obs_names)
-        x = CSRTensors.from_scipy(host_x[order], self.module.device)
-        del host_x
-        # the host copy that query statistics, clustering and the empty-cell check read
-        host = x.to_scipy() if adapt != 0.0 or unknown_call or over_clustering else None
-        matrix = host if host is not None else x.to_scipy()
+        order = content_order(matrix, (self.adata if adata is None else adata).obs_names)
+        # the host copy, in that order, that query statistics, clustering and the empty-cell
+        # check read (the device copy is made from it)
+        matrix = matrix[order]
+        x = CSRTensors.from_scipy(matrix, self.module.device)
+        host = matrix if adapt != 0.0 or unknown_call or over_clustering else None
         values = np.asarray(matrix.sum(1)).ravel()
         # counts, also behind log-normalised input (None: not recoverable, depth unknown)
         counts = integer_counts(matrix)
