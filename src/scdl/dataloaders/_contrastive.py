@@ -73,8 +73,12 @@ class ContrastiveSplitter(ContrastiveDataSplitter):
         return self._loader(self.train_idx, shuffle=True, drop_last=self.drop_last)
 
     def val_dataloader(self):
+        # the groups' cells in one fixed mixed order (the split lists them group by group): each
+        # minibatch, and each process's share of a multi-process run, then holds both groups
+        val = np.asarray(self.val_idx, dtype=np.int64)
+        val = val[np.random.default_rng(0).permutation(len(val))]
         # no validation cells (a tiny group): an empty list, which Lightning skips
-        loader = self._loader(self.val_idx, shuffle=False, drop_last=False)
+        loader = self._loader(val, shuffle=False, drop_last=False)
         return [] if loader is None else loader
 
     def test_dataloader(self):

@@ -281,19 +281,8 @@ class ContrastiveVAE(
             ``groupby`` is not a column of ``adata.obs``.
         ValueError
             A ``background``/``target`` value is not in the column (the message lists the
-            values present); no target or no background cells; a cell is both; more than one
-            device or a DDP strategy (training runs in one process).
+            values present); no target or no background cells; a cell is both.
         """
-        several = isinstance(devices, int) and not isinstance(devices, bool) and devices > 1
-        several |= isinstance(devices, list | tuple) and len(devices) > 1
-        if several or "ddp" in str(kwargs.get("strategy", "")):
-            # two CPU processes hung at the first epoch's end, each in another collective
-            # (one in the validation sync, one in the training one): not supported yet
-            raise ValueError(
-                f"ContrastiveVAE trains in one process (devices={devices!r}, strategy="
-                f"{kwargs.get('strategy')!r} given): across processes the run can hang at the "
-                "first epoch's end. Train with `devices=1` (and no DDP strategy)."
-            )
         bg, tg, split = resolve_groups(
             self._require_adata(),
             background_indices,
