@@ -1073,6 +1073,16 @@ def test_training_after_another_models_setup_reads_its_own_labels(kang):
     scdl.models.VAE.setup_anndata(ref)
     model.calibrate_clusters()
     assert model.cluster_threshold_ == threshold
+    # the public per-cell calibration too (it read the other setup's labels: empty centroids)
+    rng = np.random.default_rng(0)
+    cells = rng.permutation(ref.n_obs)
+    half = ref.n_obs // 2
+    model.calibrate(cells[:half], cells[half:])
+    centroids = model.module.centroids.numpy().copy()
+    scdl.models.VAE.setup_anndata(ref, labels_key="condition")
+    model.calibrate(cells[:half], cells[half:])
+    np.testing.assert_array_equal(model.module.centroids.numpy(), centroids)
+    assert (np.abs(centroids).sum(1) > 0).all()
 
 
 def test_annotation_inputs_named_by_what_fixes_them(annotator):

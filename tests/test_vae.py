@@ -440,6 +440,63 @@ def test_another_models_setup_on_the_same_anndata_leaves_the_model_working(kang)
         model.get_latent_representation()
 
 
+def test_a_copy_used_by_another_model_keeps_its_own_models_registration(kang):
+    """A model set up on a copy (a subset) of another model's AnnData: the first model given
+    that copy gives it a new id and writes its own batch codes into it (scvi-tools' copy
+    rule). The second model then read those codes: its inference blamed an edit nobody made,
+    and its training read the other model's batches (a crash with more of them, wrong batches
+    silently with fewer)."""
+    import scvi
+
+    adata = kang[np.sort(np.random.default_rng(2).choice(kang.n_obs, 300, replace=False))].copy()
+    VAE.setup_anndata(adata, batch_key="condition")
+    first = VAE(adata, n_latent=5)
+    first.train(max_epochs=1, enable_progress_bar=False)
+    sub = adata[:200].copy()  # carries the parent's id
+    VAE.setup_anndata(sub, batch_key="sample")
+    second = VAE(sub, n_latent=5)
+    scvi.settings.seed = 0
+    second.train(max_epochs=1, enable_progress_bar=False)
+    z = second.get_latent_representation()
+    clean = sub.copy()
+    assert first.get_latent_representation(sub).shape == (200, 5)  # re-ids `sub`
+    np.testing.assert_array_equal(second.get_latent_representation(), z)
+    # training reads its own four samples again, not the first model's two conditions
+    codes = second.adata_manager.get_from_registry(scvi.REGISTRY_KEYS.BATCH_KEY).ravel()
+    mapping = second.registry_["field_registries"]["batch"]["state_registry"]["categorical_mapping"]
+    np.testing.assert_array_equal(np.asarray(mapping)[codes], sub.obs["sample"].astype(str))
+    scvi.settings.seed = 1
+    second.train(max_epochs=1, enable_progress_bar=False)  # crashed: more batches than codes
+    assert np.isfinite(second.get_latent_representation(clean)).all()
+
+
+def test_covariate_scaling_reads_the_models_own_column_after_another_setup(kang):
+    """``VAE(adata)`` standardises its continuous covariates from the registered column; another
+    class's setup since (here scvi-tools' SCVI with another covariate) rewrote the shared copy,
+    and the model was scaled by that column instead (sd 129 for the covariate's 0.6)."""
+    import scvi
+
+    adata = kang[np.sort(np.random.default_rng(3).choice(kang.n_obs, 200, replace=False))].copy()
+    counts = np.asarray(adata.X.sum(1)).ravel()
+    adata.obs["log_total"] = np.log1p(counts)
+    adata.obs["n_genes"] = np.asarray((adata.X > 0).sum(1)).ravel().astype(float)
+    VAE.setup_anndata(adata, continuous_covariate_keys=["log_total"])
+    scvi.model.SCVI.setup_anndata(adata, continuous_covariate_keys=["n_genes"])
+    model = VAE(adata, n_latent=5)
+    clean = adata.copy()
+    for key in [k for k in clean.uns if k.startswith("_scvi")]:
+        del clean.uns[key]
+    VAE.setup_anndata(clean, continuous_covariate_keys=["log_total"])
+    reference = VAE(clean, n_latent=5)
+    for buffer in ("cont_cov_center", "cont_cov_scale"):
+        np.testing.assert_allclose(
+            getattr(model.module, buffer).numpy(),
+            getattr(reference.module, buffer).numpy(),
+            rtol=1e-6,
+        )
+    assert abs(float(model.module.cont_cov_scale[0]) - adata.obs["log_total"].std()) < 0.05
+
+
 def test_counts_normalised_in_place_after_registration_are_refused(kang_integrated):
     """scanpy's normalize_total and log1p rewrite X in place after the model registered it."""
     import scanpy as sc

@@ -159,6 +159,7 @@ class AnnotatorCalibrationMixin:
             Share of held-out cells the per-cell thresholds leave Unknown (a fifth of it by
             confidence, the rest by novelty).
         """
+        self._require_adata("train")  # registered again if another model's setup has since
         x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         labels = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel()
         train_indices, heldout_indices = np.sort(train_indices), np.sort(heldout_indices)

@@ -123,6 +123,12 @@ class SafeSaveLoadMixin:
         from scdl.data import check_query
 
         manager = self.get_anndata_manager(adata)
+        rekey = False
+        if manager is None and adata is self.adata and self.adata_manager is not None:
+            # another model given a copy of this AnnData found the copy's id in its own store
+            # and gave this AnnData a new id (scvi-tools' copy rule), writing its own fields:
+            # the model's manager is then under the old id only
+            manager, rekey = self.adata_manager, True
         if manager is None or adata.uns.get(_MANAGER_UUID) == manager.id:
             return
         check_query(
@@ -137,6 +143,8 @@ class SafeSaveLoadMixin:
         manager.adata = None  # as AnnDataManager.validate does before registering again
         with registering_quietly():  # small batches do not matter to a trained model
             manager.register_fields(adata, source)
+        if rekey:
+            self._register_manager_for_instance(manager)
 
     def save(
         self,

@@ -191,6 +191,8 @@ class VAE(
             # continuous covariates enter the network standardised by the training cells' mean
             # and sd (buffers: saved with the weights and kept for a query); raw, a covariate in
             # the thousands (total counts) outweighs the genes under the layer norm
+            # another class's setup since this one rewrites the shared covariate copy
+            self._replay_if_registered_elsewhere(adata)
             values = self.adata_manager.get_from_registry(REGISTRY_KEYS.CONT_COVS_KEY)
             self.module.set_covariate_scaling(*covariate_scaling(np.asarray(values)))
         self._model_summary_string = (
