@@ -1260,3 +1260,26 @@ def test_batch_codes_are_compared_by_value(kang):
     adata.obs["dose"] = adata.obs["code"].astype(str)
     with pytest.raises(TypeError, match=r"must be numeric.*pd.to_numeric"):
         VAE.setup_anndata(adata, continuous_covariate_keys=["dose"])
+
+
+def test_a_broken_scikit_misc_install_is_named_not_read_as_a_loess_fit(kang, monkeypatch):
+    """scikit-misc 0.3 wheels raise ValueError at import on numpy 2; the highly-variable-gene
+    ranking caught it as a singular loess fit and trained on every gene with a warning that
+    blamed the data. It is an install problem, said as one, before any work."""
+    import importlib.abc
+    import sys
+
+    class BrokenLoess(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "skmisc.loess":
+                raise ValueError("numpy.dtype size changed, may indicate binary incompatibility")
+            return None
+
+    for name in [m for m in sys.modules if m == "skmisc" or m.startswith("skmisc.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [BrokenLoess(), *sys.meta_path])
+    adata = kang[:200].copy()
+    snap = snapshot(adata)
+    with pytest.raises(ImportError, match=r"scikit-misc.*binary incompatibility.*pip install"):
+        scdl.tl.integrate(adata, n_top_genes=300, max_epochs=1, progress_bar=False)
+    assert_unchanged(adata, snap)

@@ -521,7 +521,7 @@ def test_an_annotator_whose_stored_cells_do_not_fit_its_genes_is_refused(tmp_pat
     from scdl.pretrained import _registry
 
     edits = {
-        "sample_indices": (lambda s: s["sample_indices"].fill_(10**6), r"indices must be <"),
+        "sample_indices": (lambda s: s["sample_indices"].fill_(10**6), r"must be <"),
         "sample_labels": (lambda s: s["sample_labels"].fill_(99), "label codes outside"),
         "sample_counts": (lambda s: s["sample_counts"].neg_(), "counts that are negative"),
         "float labels": (

@@ -115,6 +115,16 @@ def _seurat_v3(tmp: AnnData, n_top_genes: int, batch_key: str | None) -> pd.Data
     def filtered() -> AnnData | None:  # made on first need, once
         return _expressed_in_cells(tmp, n_top_genes)
 
+    # a broken scikit-misc install (0.3 wheels on numpy 2 raise ValueError at import) is an
+    # install problem, not the singular fit caught below
+    try:
+        import skmisc.loess  # noqa: F401
+    except (ImportError, ValueError) as err:
+        raise ImportError(
+            f"scikit-misc, which ranks highly variable genes (seurat_v3), could not be loaded "
+            f"({err}); install a build for this numpy: `pip install -U 'scikit-misc>=0.4'`."
+        ) from err
+
     def rank(by):
         try:
             return sc.pp.highly_variable_genes(
