@@ -1155,3 +1155,30 @@ def test_majority_voting_by_a_series_matches_cells_by_name_and_a_tie_keeps_the_c
     assert len(set(own[picks])) == 3
     voted = q.obs["scdl_cell_type_majority_voting"].astype(str).to_numpy()
     np.testing.assert_array_equal(voted[picks], own[picks])
+
+
+def test_switches_given_as_strings_or_clusters_are_refused(annotator, tmp_path):
+    """``annotate_cells(over_clustering=...)`` is a switch where ``tl.annotate``'s option of
+    that name takes the clusters: a column name was read as True (34 Leiden clusters instead
+    of the column's 2), an array failed in numpy. Strings such as "no" (papermill, snakemake)
+    were taken as true by predict, save and the tl steps' ``copy``."""
+    model, query = annotator
+    q = query[:200].copy()
+    with pytest.raises(TypeError, match=r"over_clustering of annotate_cells.*tl.annotate"):
+        model.annotate_cells(q, over_clustering="condition")
+    with pytest.raises(TypeError, match=r"over_clustering of annotate_cells"):
+        model.annotate_cells(q, over_clustering=q.obs["condition"].to_numpy())
+    with pytest.raises(TypeError, match="soft must be True or False, got 'no'"):
+        model.predict(q, soft="no")
+    model.save(tmp_path / "m")
+    with pytest.raises(TypeError, match="overwrite must be True or False"):
+        model.save(tmp_path / "m", overwrite="no")
+    with pytest.raises(TypeError, match="copy must be True or False"):
+        scdl.tl.annotate(q, model=model, copy="no")
+    assert "scdl_cell_type" not in q.obs
+    with pytest.raises(TypeError, match=r"second argument is `registry`.*n_latent=20"):
+        scdl.models.CellTypeTransformer(q, 20)
+    # clusters given without majority voting are not used, and not recorded as used
+    with pytest.warns(UserWarning, match="over_clustering"):
+        scdl.tl.annotate(q, model=model, over_clustering="condition")
+    assert q.uns["scdl_cell_type"]["params"]["over_clustering"] == ""

@@ -589,3 +589,11 @@ def test_model_methods_refuse_impossible_arguments(kang_contrastive):
         model.get_latent_representation(indices=mask, representation="salient"),
         model.get_latent_representation(indices=[3, 7, 11], representation="salient"),
     )
+
+
+def test_salient_genes_given_the_cells_first_name_the_argument(kang_contrastive):
+    """``get_salient_genes`` is the one model method whose first argument is not ``adata``:
+    ``model.get_salient_genes(adata)`` printed the whole AnnData as ``n_top``."""
+    adata, model = kang_contrastive
+    with pytest.raises(TypeError, match="takes the cells as `adata=`"):
+        model.get_salient_genes(adata)

@@ -1505,3 +1505,10 @@ def test_deep_training_options_are_checked_before_training(bulk_train, cellbench
     with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0"):
         model.train(max_epochs=1, weight_decay=-1.0, enable_progress_bar=False)
     assert not model.is_trained
+
+
+def test_cells_passed_where_the_registry_goes_are_refused(bulk_train, cellbench):
+    """``DrugResponseModel(bulk, cells)`` put the cells in ``registry``, which was ignored: the
+    model was built without its target (on every bulk gene, no alignment to the cells)."""
+    with pytest.raises(TypeError, match=r"second argument is `registry`.*`target=`"):
+        scdl.models.DrugResponseModel(bulk_train, cellbench)

@@ -278,6 +278,17 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         probabilities
             DataFrame (cells x cell types).
         """
+        from scdl.data import check_bool
+
+        if not isinstance(over_clustering, bool | np.bool_):
+            # tl.annotate's option of the same name takes the clusters; here it is a switch
+            raise TypeError(
+                "over_clustering of annotate_cells is True or False (over-cluster the query for "
+                f"majority voting), got {type(over_clustering).__name__}. To vote over clusters "
+                "of your own, pass them to `scdl.tl.annotate(adata, model=..., "
+                "majority_voting=True, over_clustering=...)`."
+            )
+        unknown_call = check_bool(unknown_call, "unknown_call")
         adapt = check_adapt(adapt_to_query)
         x, present = self._query_matrix(adata, layer, min_gene_overlap)
         # Leiden (the Unknown call's clusters, the over-clustering), the query's float sums and
@@ -477,6 +488,9 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             Blend of the query's own gene statistics into the standardisation, or ``"auto"``
             (default; see :meth:`annotate_cells`); ``0`` uses the reference's only.
         """
+        from scdl.data import check_bool
+
+        soft, unknown = check_bool(soft, "soft"), check_bool(unknown, "unknown")
         if indices is not None:
             host = self._require_adata("predict", takes_adata=True) if adata is None else adata
             adata = host[cell_positions(indices, host.n_obs)]

@@ -28,7 +28,7 @@ from scdl.dataloaders import ContrastiveSplitter
 from scdl.module import ContrastiveModule
 from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
-from ._base import CheckedQueryMixin, SafeSaveLoadMixin
+from ._base import CheckedQueryMixin, SafeSaveLoadMixin, check_registry
 from ._contrastive_expression import ContrastiveExpressionMixin
 from ._docs import counts_dsp
 from ._training import plan_training, vae_plan_kwargs
@@ -129,6 +129,7 @@ class ContrastiveVAE(
         shared_mmd_weight: float = 10.0,
         independence_weight: float = 100.0,
     ):
+        check_registry(registry, "ContrastiveVAE")
         super().__init__(adata, registry)
         for name, value in (
             ("n_shared_latent", n_shared_latent),

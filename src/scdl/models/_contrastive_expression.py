@@ -138,6 +138,12 @@ class ContrastiveExpressionMixin:
             ``score``, ``lfc_mean`` (> 0: higher because of the salient code),
             ``mean_with_salient``, ``mean_without_salient``.
         """
+        from anndata import AnnData
+
+        if isinstance(n_top, AnnData):  # the one model method whose first argument is not adata
+            raise TypeError(
+                "get_salient_genes takes the cells as `adata=` (its first argument is n_top)."
+            )
         n_top = check_positive_int(n_top, "n_top", none="every gene")
         check_positive_number(library_size, "library_size", meaning="counts per cell")
         self._check_if_trained(warn=False)

@@ -29,7 +29,7 @@ from scdl.dataloaders import DomainSplitter
 from scdl.module import RESPONSE_KEY, DrugResponseModule
 from scdl.train import EpochLoggingTrainingPlan, quiet_loggers
 
-from ._base import SafeSaveLoadMixin
+from ._base import SafeSaveLoadMixin, check_registry
 from ._drug_args import (
     check_model_args,
     check_network,
@@ -223,6 +223,7 @@ class DrugResponseModel(
         check_sizes(n_top_genes, smooth_neighbors, match_neighbors, ridge_alpha)
         check_network(n_hidden, n_latent, dropout_rate, input_noise, mmd_weight)
         check_fraction(min_detected, "min_detected", meaning="of the target cells")
+        check_registry(registry, "DrugResponseModel", second="target")
         super().__init__(adata, registry)
         self.drugs = [str(d) for d in self._drug_names()]
         self.genes = select_model_genes(

@@ -41,7 +41,7 @@ from scdl.dataloaders import CSRDataSplitter
 from scdl.module import VAEModule
 from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
-from ._base import CheckedQueryMixin, SafeSaveLoadMixin
+from ._base import CheckedQueryMixin, SafeSaveLoadMixin, check_registry
 from ._docs import counts_dsp
 from ._training import plan_training, vae_plan_kwargs
 from ._vae_query import VAEQueryMixin
@@ -138,6 +138,7 @@ class VAE(
         batch_mmd_weight: float = 3.0,
         **kwargs,
     ):
+        check_registry(registry, "VAE")
         super().__init__(adata, registry)
         if gene_likelihood not in ("nb", "zinb", "poisson"):
             raise ValueError(

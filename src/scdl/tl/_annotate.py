@@ -35,12 +35,12 @@ def annotate(
     key_added: str = "scdl_cell_type",
     unknown: bool = True,
     min_gene_overlap: float = 0.5,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     adapt_to_query: float | Literal["auto"] = "auto",
     majority_voting: bool = False,
     over_clustering: str | Sequence | None = None,
     min_support: float = 0.0,
-    random_state: int = 0,
+    random_state: int | None = 0,
     copy: bool = False,
 ) -> AnnData | None:
     """Annotate cell types with a trained or pretrained :class:`~scdl.models.CellTypeTransformer`.
@@ -93,7 +93,8 @@ def annotate(
         carrying more than 10% of the model's reference sketch, the model's linear path is
         refitted to the genes it holds (see :class:`~scdl.models.CellTypeTransformer`).
     batch_size
-        Cells per forward pass.
+        Cells per forward pass; ``None``: the model's own choice for its device (1,024 on
+        CPU, 16,384 on a GPU).
     adapt_to_query
         Blend (0-1) of the query's own per-gene statistics into the standardisation of each
         cell (its tokens and per-cell novelty; the Unknown call already removes the query's
@@ -134,7 +135,8 @@ def annotate(
         first in sorted order).
     random_state
         Seed of the query's PCA and Leiden clusterings (the clusters the Unknown call is made
-        on, and the over-clustering); the same seed gives the same calls on CPU.
+        on, and the over-clustering); the same seed gives the same calls on CPU. ``None``: not
+        seeded (each run can differ).
     copy
         Return a copy instead of writing to ``adata``.
 
@@ -214,7 +216,7 @@ def annotate(
     check_writable(adata, copy=copy)  # anndata refuses these only after all the work
     check_key_added(key_added)
     check_random_state(random_state)
-    check_positive_int(batch_size, "batch_size")
+    check_positive_int(batch_size, "batch_size", none="the model's choice")
     unknown = check_bool(unknown, "unknown")
     majority_voting = check_bool(majority_voting, "majority_voting")
     min_gene_overlap = check_fraction(
@@ -296,7 +298,8 @@ def annotate(
             "min_gene_overlap": float(min_gene_overlap),
             "adapt_to_query": adapt_to_query,
             "majority_voting": bool(majority_voting),
-            "over_clustering": _clusters_given(over_clustering, graph),
+            # clusters given without majority voting are not used (said in a warning)
+            "over_clustering": _clusters_given(over_clustering, graph) if majority_voting else "",
             "min_support": float(min_support),
             "random_state": "" if random_state is None else int(random_state),
         },

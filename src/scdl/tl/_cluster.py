@@ -37,7 +37,7 @@ def cluster(
     pca_key: str | None = "auto",
     layer: str | None = None,
     key_added: str = "scdl_cluster",
-    random_state: int = 0,
+    random_state: int | None = 0,
     copy: bool = False,
 ) -> AnnData | None:
     """Cluster cells by Leiden community detection on a learned representation.
@@ -114,7 +114,8 @@ def cluster(
         obs column of the clusters (not ``use_rep`` or its UMAP's key, whose ``uns`` records it
         would overwrite).
     random_state
-        Seed of the Leiden optimisation, the neighbour graphs and Harmony.
+        Seed of the Leiden optimisation, the neighbour graphs and Harmony. ``None``: not
+        seeded (each run can differ).
     copy
         Return a copy instead of writing into ``adata``.
 

@@ -45,7 +45,7 @@ def contrastive(
     shared_key: str | None = None,
     n_top_genes: int | None = 2000,
     max_epochs: int | None = None,
-    random_state: int = 0,
+    random_state: int | None = 0,
     progress_bar: bool = True,
     model_kwargs: dict | None = None,
     train_kwargs: dict | None = None,
@@ -91,6 +91,7 @@ def contrastive(
         Training epochs; ``None`` chooses from the number of cells.
     random_state
         Seed for weights, data order and sampling; the same seed gives the same result on CPU.
+        ``None``: not seeded (each run differs).
     progress_bar
         Show Lightning's progress bar.
     model_kwargs, train_kwargs

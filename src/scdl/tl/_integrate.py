@@ -52,7 +52,7 @@ def integrate(
     batch_size: int = 128,
     accelerator: str = "auto",
     devices: int | str = "auto",
-    random_state: int = 0,
+    random_state: int | None = 0,
     progress_bar: bool = True,
     model_kwargs: dict | None = None,
     train_kwargs: dict | None = None,
@@ -97,6 +97,7 @@ def integrate(
         Passed to Lightning.
     random_state
         Seed for weights, data order and sampling; the same seed gives the same result on CPU.
+        ``None``: not seeded (each run differs).
     progress_bar
         Show Lightning's progress bar.
     model_kwargs, train_kwargs
