@@ -174,12 +174,31 @@ def test_trains_across_two_cpu_processes_with_validation(kang):
             "check_val_every_n_epoch": 1,
         },
     )
-    validation = np.asarray(
-        adata.uns["X_scdl_salient"]["history"]["elbo_validation"], dtype=float
-    ).ravel()
+    history = adata.uns["X_scdl_salient"]["history"]
+    validation = np.asarray(history["elbo_validation"], dtype=float).ravel()
     assert len(validation) == 2 and np.isfinite(validation).all()
+    train = np.asarray(history["elbo_train"], dtype=float).ravel()
+    assert len(train) == 2 and train[1] < train[0]  # the trained weights came back
     salient = adata.obsm["X_scdl_salient"]
     assert salient.shape == (300, 10) and np.isfinite(salient).all()
+
+
+def test_every_validation_minibatch_holds_both_groups(kang):
+    """The split lists validation cells group by group; read in that order, a minibatch (and
+    a process's share of a multi-process run) held one group only."""
+    from scdl.dataloaders import ContrastiveSplitter
+    from scdl.module import TARGET_KEY
+
+    adata = _small(kang, 400)
+    ContrastiveVAE.setup_anndata(adata)
+    model = ContrastiveVAE(adata)
+    stim = np.flatnonzero(adata.obs["condition"].to_numpy() == "stim")
+    ctrl = np.flatnonzero(adata.obs["condition"].to_numpy() == "ctrl")
+    splitter = ContrastiveSplitter(model.adata_manager, ctrl, stim, train_size=0.5, batch_size=32)
+    splitter.setup()
+    flags = [batch[TARGET_KEY].numpy().ravel() for batch in splitter.val_dataloader()]
+    assert len(flags) >= 5
+    assert all(0 < f.mean() < 1 for f in flags)
 
 
 def test_salient_dependence_is_in_every_minibatch_output(kang):

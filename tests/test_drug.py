@@ -262,10 +262,20 @@ def test_gdsc_reads_a_users_own_rebuilt_copy_with_a_warning(tmp_path, monkeypatc
     monkeypatch.setenv("SCDL_CACHE", str(cache))
     with pytest.raises(ValueError, match="Checksum mismatch"):
         scdl.datasets.gdsc()
+    # the same folder named as the user's own is theirs, whatever else it is
+    monkeypatch.setenv("SCDL_GDSC_DIR", str(cache))
+    with pytest.warns(UserWarning, match="not the version scdl was tested with"):
+        scdl.datasets.gdsc()
     table = pd.read_csv(own / "drug_response_long.csv.gz").drop(columns="metric")
     table.to_csv(own / "drug_response_long.csv.gz", index=False)
     with pytest.raises(ValueError, match=r"lacks the columns \['metric'\]"):
         with pytest.warns(UserWarning, match="not the version"):
+            scdl.datasets.gdsc(path=own)
+    # a partial download in the user's folder: named, with the fix (was a raw EOFError)
+    partial = gzip.compress(raw)[:100_000]
+    (own / "drug_response_long.csv.gz").write_bytes(partial)
+    with pytest.raises(ValueError, match=r"drug_response_long.csv.gz could not be read.*replace"):
+        with pytest.warns(UserWarning, match="partial download"):
             scdl.datasets.gdsc(path=own)
 
 

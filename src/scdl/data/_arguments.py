@@ -40,10 +40,11 @@ def check_positive_number(value, arg: str, *, meaning: str = "") -> float:
     return float(value)
 
 
-def check_bool(value, arg: str) -> bool:
+def check_bool(value, arg: str, *, truthy: bool = False) -> bool:
     """``value`` must be ``True`` or ``False`` (numpy bools too): a string such as ``"no"``
-    would otherwise be taken as true."""
-    if not isinstance(value, bool | np.bool_):
+    would otherwise be taken as true. ``truthy``: only strings are refused, anything else is
+    read by its truth value (as scanpy reads ``copy=0`` or ``copy=None``)."""
+    if isinstance(value, str) or not (truthy or isinstance(value, bool | np.bool_)):
         raise TypeError(f"{arg} must be True or False, got {value!r}.")
     return bool(value)
 

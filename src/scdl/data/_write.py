@@ -44,7 +44,7 @@ def check_writable(adata: AnnData, *, copy: bool = False) -> None:
     unwritten."""
     from ._arguments import check_bool
 
-    copy = check_bool(copy, "copy")
+    copy = check_bool(copy, "copy", truthy=True)
     if not getattr(adata, "isbacked", False):
         return
     if adata.is_view:

@@ -97,6 +97,8 @@ def fetch_file(
     ValueError
         The file's checksum does not match (corrupt or different file).
     """
+    if mismatch_in_path not in ("raise", "warn"):
+        raise ValueError(f"mismatch_in_path must be 'raise' or 'warn', got {mismatch_in_path!r}.")
     if path is not None:
         candidate = Path(path) / filename
         if not candidate.is_file():
@@ -124,8 +126,8 @@ def fetch_file(
 
         warnings.warn(
             f"{candidate} is not the version scdl was tested with (sha256 {digest}, expected "
-            f"{sha256}): read as given. A re-compressed copy or another release of the table "
-            "reads the same way; results may differ from scdl's benchmarks.",
+            f"{sha256}): read as given (a table you rebuilt, re-compressed or updated; results "
+            "may differ from scdl's benchmarks). If it is a partial download, replace it.",
             UserWarning,
             stacklevel=3,
         )

@@ -88,14 +88,46 @@ def _hgnc_names(names: pd.Index) -> pd.Index:
     return names.where(keep, restored)
 
 
+#: the long response table's columns scdl reads
+_RESPONSE_COLUMNS = ["cell_line_key", "drug", "dataset", "metric", "value"]
+
+
+def _readable(file: Path, reader):
+    """``reader(file)``; a file that cannot be read (a partial download, another format) is a
+    ``ValueError`` naming it, not the reader's own error."""
+    try:
+        return reader(file)
+    except (OSError, EOFError, ValueError, KeyError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{file} could not be read ({type(err).__name__}: {err}). It may be a partial "
+            "download or another format: replace it."
+        ) from err
+
+
+def _read_response(file: Path) -> pd.DataFrame:
+    """The long response table's columns that scdl reads; a missing one is named."""
+    import pandas as pd
+
+    header = _readable(file, lambda f: pd.read_csv(f, nrows=0)).columns
+    lacking = sorted(set(_RESPONSE_COLUMNS) - set(header))
+    if lacking:
+        raise ValueError(
+            f"{file} lacks the columns {lacking}: the long table has one row per line, drug, "
+            f"screen and metric, with columns {_RESPONSE_COLUMNS}."
+        )
+    return _readable(file, lambda f: pd.read_csv(f, usecols=_RESPONSE_COLUMNS))
+
+
 def _check_choice(value: str, arg: str, choices: Iterable[str], extra: str = "") -> None:
     choices = list(choices)
     if value not in choices:
         raise ValueError(f"{arg}={value!r} is not one of {choices}.{extra}")
 
 
-def _locate(path: str | os.PathLike | None) -> tuple[Path | None, str | None]:
-    """Folder to read from, else base URL to download from; explains how to get the files."""
+def _locate(path: str | os.PathLike | None) -> tuple[Path | None, str | None, bool]:
+    """Folder to read from, else base URL to download from, and whether the folder is the
+    user's own (``path=`` or ``$SCDL_GDSC_DIR``, even where it is the cache folder) rather
+    than the cache of an earlier download; explains how to get the files."""
     if path is None and os.environ.get(DIR_ENV):
         path = os.environ[DIR_ENV]
     if path is not None:
@@ -103,14 +135,14 @@ def _locate(path: str | os.PathLike | None) -> tuple[Path | None, str | None]:
         missing = [n for n, _ in (_EXPRESSION, _RESPONSE) if not (path / n).is_file()]
         if missing:
             raise FileNotFoundError(f"{missing} not found in {str(path)!r}. {_HOW_TO_GET}")
-        return path, None
+        return path, None, True
     base = os.environ.get(URL_ENV)
     if not base:
         cached = cache_dir()
         if all((cached / n).is_file() for n, _ in (_EXPRESSION, _RESPONSE)):
-            return cached, None  # downloaded before (their checksums are checked on reading)
+            return cached, None, False  # downloaded before (checksums checked on reading)
         raise FileNotFoundError(_HOW_TO_GET)
-    return None, base.rstrip("/") + "/"
+    return None, base.rstrip("/") + "/", False
 
 
 def gdsc(
@@ -182,7 +214,6 @@ def gdsc(
     """
     import anndata
     import numpy as np
-    import pandas as pd
 
     _check_choice(dataset, "dataset", METRICS)
     _check_choice(
@@ -191,10 +222,9 @@ def gdsc(
         METRICS[dataset],
         extra=f" Those are the metrics of {dataset} (all screens: {METRICS}).",
     )
-    folder, base_url = _locate(path)
     # the user's own folder may hold a table they rebuilt or updated: read with a warning;
     # cached downloads must match
-    own = folder is not None and folder != cache_dir()
+    folder, base_url, own = _locate(path)
     files = {}
     for name, sha in (_EXPRESSION, _RESPONSE):
         url = None if base_url is None else base_url + name
@@ -202,7 +232,8 @@ def gdsc(
             name, sha256=sha, url=url, path=folder, mismatch_in_path="warn" if own else "raise"
         )
 
-    bulk = anndata.read_h5ad(files[_EXPRESSION[0]])
+    long = _read_response(files[_RESPONSE[0]])  # first: the smaller read, and so a bad file
+    bulk = _readable(files[_EXPRESSION[0]], anndata.read_h5ad)
     if "cell_line_key" not in bulk.obs:
         raise ValueError(
             f"{files[_EXPRESSION[0]]} has no obs['cell_line_key'] (each line's name in upper "
@@ -215,14 +246,6 @@ def gdsc(
         logger.info("Dropping %d constant (e.g. all-zero) expression profiles.", constant.sum())
         bulk = bulk[~constant].copy()
 
-    columns = ["cell_line_key", "drug", "dataset", "metric", "value"]
-    lacking = sorted(set(columns) - set(pd.read_csv(files[_RESPONSE[0]], nrows=0).columns))
-    if lacking:
-        raise ValueError(
-            f"{files[_RESPONSE[0]]} lacks the columns {lacking}: the long table has one row per "
-            f"line, drug, screen and metric, with columns {columns}."
-        )
-    long = pd.read_csv(files[_RESPONSE[0]], usecols=columns)
     long = long[(long["dataset"] == dataset) & (long["metric"] == metric)]
     # the table's keys as the expression file writes them (19 NCI lines carry the prefix in
     # one file only): without this their responses found no profile and were dropped silently

@@ -30,7 +30,8 @@ from ._annotator_calibration import AnnotatorCalibrationMixin
 from ._annotator_labels import check_reference_labels
 from ._annotator_predict import AnnotatorPredictionMixin
 from ._annotator_pretrain import AnnotatorPretrainingMixin
-from ._base import SafeSaveLoadMixin, check_registry
+from ._base import SafeSaveLoadMixin
+from ._registry_arg import check_registry
 from ._training import plan_training
 
 if TYPE_CHECKING:

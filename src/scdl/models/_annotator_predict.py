@@ -37,7 +37,7 @@ from scdl.data import (
 from scdl.dataloaders import dense_rows
 
 from ._adaptation import auto_blend, check_adapt
-from ._annotator_query import AnnotatorQueryMixin
+from ._annotator_query import AnnotatorQueryMixin, check_switches
 from ._base import cell_positions
 from ._depth import integer_counts, rows_emptied
 from ._mixing import MIN_QUERY_CELLS, mixing_level
@@ -278,17 +278,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         probabilities
             DataFrame (cells x cell types).
         """
-        from scdl.data import check_bool
-
-        if not isinstance(over_clustering, bool | np.bool_):
-            # tl.annotate's option of the same name takes the clusters; here it is a switch
-            raise TypeError(
-                "over_clustering of annotate_cells is True or False (over-cluster the query for "
-                f"majority voting), got {type(over_clustering).__name__}. To vote over clusters "
-                "of your own, pass them to `scdl.tl.annotate(adata, model=..., "
-                "majority_voting=True, over_clustering=...)`."
-            )
-        unknown_call = check_bool(unknown_call, "unknown_call")
+        over_clustering, unknown_call = check_switches(over_clustering, unknown_call)
         adapt = check_adapt(adapt_to_query)
         x, present = self._query_matrix(adata, layer, min_gene_overlap)
         # Leiden (the Unknown call's clusters, the over-clustering), the query's float sums and
@@ -490,7 +480,8 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         """
         from scdl.data import check_bool
 
-        soft, unknown = check_bool(soft, "soft"), check_bool(unknown, "unknown")
+        soft = check_bool(soft, "soft", truthy=True)
+        unknown = check_bool(unknown, "unknown", truthy=True)
         if indices is not None:
             host = self._require_adata("predict", takes_adata=True) if adata is None else adata
             adata = host[cell_positions(indices, host.n_obs)]

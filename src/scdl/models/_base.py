@@ -52,24 +52,6 @@ _SCVI_UUID = "_scvi_uuid"
 _MANAGER_UUID = "_scvi_manager_uuid"  # the manager that last registered an AnnData
 
 
-def check_registry(registry, model: str, *, second: str = "") -> None:
-    """``registry`` (a model's second positional argument, as in scvi-tools) must be a saved
-    registry dict or ``None``: anything else passed there (another AnnData, a number meant as
-    an option) was silently ignored. ``second`` names where a second AnnData belongs."""
-    from anndata import AnnData
-
-    if registry is None or isinstance(registry, dict):
-        return
-    if isinstance(registry, AnnData) and second:
-        fix = f"pass it as `{second}=`"
-    else:
-        fix = f"options are keyword arguments, e.g. `{model}(adata, n_latent=20)`"
-    raise TypeError(
-        f"{model}'s second argument is `registry` (a saved registry, as `load` passes it), got "
-        f"{type(registry).__name__}: {fix}."
-    )
-
-
 class SafeSaveLoadMixin:
     """``save``/``load`` through JSON + safetensors instead of pickle."""
 
@@ -197,8 +179,8 @@ class SafeSaveLoadMixin:
         from scdl.data import check_bool
 
         # a string such as "no" would be taken as true (and replace an earlier save)
-        overwrite = check_bool(overwrite, "overwrite")
-        save_anndata = check_bool(save_anndata, "save_anndata")
+        overwrite = check_bool(overwrite, "overwrite", truthy=True)
+        save_anndata = check_bool(save_anndata, "save_anndata", truthy=True)
         files = SavedFiles(dir_path, prefix)
         dir_path = files.dir
         if save_anndata:

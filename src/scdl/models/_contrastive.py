@@ -28,9 +28,10 @@ from scdl.dataloaders import ContrastiveSplitter
 from scdl.module import ContrastiveModule
 from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
-from ._base import CheckedQueryMixin, SafeSaveLoadMixin, check_registry
+from ._base import CheckedQueryMixin, SafeSaveLoadMixin
 from ._contrastive_expression import ContrastiveExpressionMixin
 from ._docs import counts_dsp
+from ._registry_arg import check_registry
 from ._training import plan_training, vae_plan_kwargs
 
 if TYPE_CHECKING:
@@ -99,7 +100,9 @@ class ContrastiveVAE(
         shared code (the HSIC, a kernel measure of dependence, between ``z`` and ``s``), so
         cell types separate in the shared space and much less in the salient one. Responses that
         differ between cell types are still decoded (the decoder combines both codes).
-        ``0`` turns it off.
+        ``0`` turns it off. It applies to minibatches holding at least 8 target cells; the
+        training history's ``salient_dependence`` is the penalty's mean value per minibatch
+        (0 in those with fewer, where it is off).
 
     Examples
     --------

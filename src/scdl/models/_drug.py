@@ -29,7 +29,7 @@ from scdl.dataloaders import DomainSplitter
 from scdl.module import RESPONSE_KEY, DrugResponseModule
 from scdl.train import EpochLoggingTrainingPlan, quiet_loggers
 
-from ._base import SafeSaveLoadMixin, check_registry
+from ._base import SafeSaveLoadMixin
 from ._drug_args import (
     check_model_args,
     check_network,
@@ -39,6 +39,7 @@ from ._drug_args import (
 )
 from ._drug_fit import DrugFittingMixin
 from ._drug_predict import DrugPredictionMixin
+from ._registry_arg import check_registry
 
 #: response metrics where a higher value means a more sensitive line (CCLE's activity area:
 #: the area above the dose-response curve); every other key is read as lower = sensitive

@@ -41,8 +41,9 @@ from scdl.dataloaders import CSRDataSplitter
 from scdl.module import VAEModule
 from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
-from ._base import CheckedQueryMixin, SafeSaveLoadMixin, check_registry
+from ._base import CheckedQueryMixin, SafeSaveLoadMixin
 from ._docs import counts_dsp
+from ._registry_arg import check_registry
 from ._training import plan_training, vae_plan_kwargs
 from ._vae_query import VAEQueryMixin
 

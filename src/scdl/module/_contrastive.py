@@ -199,9 +199,9 @@ class ContrastiveModule(BaseModuleClass):
             extra["shared_mmd"] = mmd.detach()
         is_target = target > 0.5
         if self.independence_weight > 0:
-            # the metric is in every minibatch's output (0 where fewer than 8 target cells
-            # leave the penalty off): processes of a multi-process run must log the same
-            # metrics, and a validation shard can hold one group only
+            # the metric is the penalty's value, in every minibatch's output (0 where fewer
+            # than 8 target cells leave the penalty off): processes of a multi-process run
+            # must log the same metrics, and a minibatch can hold few target cells
             dep = qs.loc.new_zeros(())
             if int(is_target.sum()) >= 8:
                 dep = hsic(qz.loc[is_target].detach(), qs.loc[is_target])

@@ -94,7 +94,7 @@ def annotate(
         refitted to the genes it holds (see :class:`~scdl.models.CellTypeTransformer`).
     batch_size
         Cells per forward pass; ``None``: the model's own choice for its device (1,024 on
-        CPU, 16,384 on a GPU).
+        CPU, 16,384 on a CUDA GPU).
     adapt_to_query
         Blend (0-1) of the query's own per-gene statistics into the standardisation of each
         cell (its tokens and per-cell novelty; the Unknown call already removes the query's
