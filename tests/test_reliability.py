@@ -106,6 +106,55 @@ def test_interrupted_training_is_reported_and_can_resume(cells, name):
     assert model.is_trained_
 
 
+@pytest.mark.parametrize("name", ["VAE", "CellTypeTransformer"])
+def test_an_interrupted_further_training_leaves_a_trained_model_consistent(cells, name):
+    """A trained model trained further and interrupted was marked untrained: it refused
+    inference, and the next ``train()`` replaced its history (scvi-tools replaces it for an
+    untrained model). A VAE keeps the weights reached and stays trained; an annotator, whose
+    Unknown thresholds belong to its weights, gets its weights before the call back."""
+    model, kw = _model(name, cells)
+    model.train(max_epochs=3, **kw, **FAST)
+    before = _weights(model)
+    epochs = len(model.history["train_loss"])
+    expect = "stays trained" if name == "VAE" else "put back to what they were"
+    with pytest.raises(KeyboardInterrupt, match=expect):
+        model.train(max_epochs=5, callbacks=[_CtrlC()], **kw, **FAST)
+    assert model.is_trained_
+    assert _same(_weights(model), before) == (name != "VAE")
+    model.predict() if name != "VAE" else model.get_latent_representation()
+    model.train(max_epochs=2, **kw, **FAST)
+    assert len(model.history["train_loss"]) > epochs  # added to, not replaced
+
+
+def test_an_interrupted_tool_says_to_run_it_again(cells):
+    """tl.integrate returns no model when interrupted: the model's advice (call .train()
+    again) named a model the user never received."""
+    adata = cells.copy()
+    with pytest.raises(KeyboardInterrupt, match="adata is unchanged.*run the tool again"):
+        scdl.tl.integrate(
+            adata, max_epochs=5, progress_bar=False, train_kwargs={"callbacks": [_CtrlC()]}
+        )
+    assert "X_scdl" not in adata.obsm and "X_scdl" not in adata.uns
+
+
+def test_the_users_own_time_limit_is_not_called_a_callbacks_stop(cells):
+    model, _ = _model("VAE", cells)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.train(max_epochs=400, max_time={"seconds": 1}, **FAST)
+    assert len(model.history["elbo_train"]) < 400
+    assert not [w for w in caught if "a callback asked it to stop" in str(w.message)]
+
+
+def test_a_refused_training_call_keeps_a_pretrained_annotators_provenance():
+    model = scdl.pretrained.load("pbmc_kang2018")
+    sha = model.source_sha256_
+    assert sha
+    with pytest.raises(ValueError, match="unknown_rate"):
+        model.train(unknown_rate=0.7)
+    assert model.source_sha256_ == sha
+
+
 class _Halt(Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.current_epoch == 1:

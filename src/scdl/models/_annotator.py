@@ -201,6 +201,8 @@ class CellTypeTransformer(
     _module_cls = CellTypeTransformerModule
     _data_splitter_cls = LabelledSplitter
     _training_plan_cls = AnnotatorTrainingPlan
+    # the Unknown thresholds are set on the weights after training (see guarded_training)
+    _calibrated_after_training = True
     _unseen_categories_fix = (
         "load the model without `adata` and annotate these cells with "
         "`scdl.tl.annotate(adata, model=model)` or `model.predict(adata)`, which take cells "
@@ -433,8 +435,6 @@ class CellTypeTransformer(
             Further arguments for the data splitter (scvi-tools' ``DataSplitter``).
         """
         train_size = 0.9 if train_size is None else train_size  # scvi-tools' None
-        # a pretrained annotator trained further is no longer the weights it was loaded with
-        self.source_sha256_ = None
         if not 0 <= unknown_rate < 0.5:
             raise ValueError(f"unknown_rate must be in [0, 0.5), got {unknown_rate}.")
         # refused by its own name (scikit-learn's error names `C`), before anything is set
@@ -484,6 +484,9 @@ class CellTypeTransformer(
                 **kwargs,
             )
             out = runner()
+        # a pretrained annotator trained further is no longer the weights it was loaded with
+        # (a refused or interrupted call leaves them, and so the provenance, as they were)
+        self.source_sha256_ = None
         self.linear_C_ = linear_C  # kept only once training went through
         self._calibrate_after_training(splitter, unknown_rate=unknown_rate, linear_C=linear_C)
         return out

@@ -138,7 +138,10 @@ class AnnotatorPretrainingMixin:
         # a user's logger or checkpoints are Lightning's to take (train() takes them too)
         trainer_kwargs.setdefault("enable_checkpointing", False)
         trainer_kwargs.setdefault("logger", False)
-        with guarded_training(self, trainer_kwargs, lr=lr), warnings.catch_warnings():
+        with (
+            guarded_training(self, trainer_kwargs, lr=lr, again=".pretrain()"),
+            warnings.catch_warnings(),
+        ):
             # no validation cells here by design: Lightning would say so on every call
             warnings.filterwarnings("ignore", message=".*validation_step.* no .val_dataloader")
             trainer = Trainer(
@@ -150,6 +153,7 @@ class AnnotatorPretrainingMixin:
             trainer.fit(plan, train_dataloaders=loader)
         self.module.to(device)  # Lightning's teardown leaves it on the CPU
         self.module.eval()
+        self.source_sha256_ = None  # no longer the weights a pretrained annotator loaded
         self.pretrained_epochs_ = int(max_epochs)
         if retrained:
             # the encoder moved beneath the trained head and the Unknown thresholds: a call

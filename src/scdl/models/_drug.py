@@ -188,6 +188,8 @@ class DrugResponseModel(
     _module_cls = DrugResponseModule
     _data_splitter_cls = DomainSplitter
     _training_plan_cls = EpochLoggingTrainingPlan
+    # the per-drug statistics are set on the weights after training (see guarded_training)
+    _calibrated_after_training = True
     _reads_counts = False  # bulk expression (log or z-scored), checked by setup_anndata
     _load_adata_what = "the bulk cell lines it was trained on, with their response table"
     _load_adata_hint = (

@@ -43,7 +43,15 @@ def train_model(
                 message=".*moved from training set to validation set",
                 category=UserWarning,
             )
-            model.train(**train_kwargs)
+            try:
+                model.train(**train_kwargs)
+            except KeyboardInterrupt as e:
+                # the model's own advice (call .train() again) names a model the tool never
+                # returned: the AnnData is as it was, so the tool is run again
+                epoch = str(e).split(". ")[0]
+                raise KeyboardInterrupt(
+                    f"{epoch}. adata is unchanged and no model was returned: run the tool again."
+                ) from e
         return model, time.perf_counter() - t0
 
 

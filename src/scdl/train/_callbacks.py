@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import Callback, EarlyStopping, Timer
 
 from scdl._warnings import warn_user
 
@@ -121,8 +121,12 @@ class TrainingGuard(Callback):
         early = any(
             isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0 for cb in trainer.callbacks
         )
-        # the user's own max_steps stopped it, not a callback
+        # the user's own max_steps or max_time stopped it, not a callback
         steps = trainer.max_steps is not None and 0 <= trainer.max_steps <= trainer.global_step
+        steps |= any(
+            isinstance(cb, Timer) and cb.time_remaining() is not None and cb.time_remaining() <= 0
+            for cb in trainer.callbacks
+        )
         if total is not None and 0 < total and done < total and not early and not steps:
             warn_user(
                 f"Training stopped after {done} of {total} epochs (a callback asked it to "
@@ -134,7 +138,7 @@ class TrainingGuard(Callback):
 
 @contextmanager
 def guarded_training(
-    model, trainer_kwargs: dict, *, lr: float | None = None
+    model, trainer_kwargs: dict, *, lr: float | None = None, again: str = ".train()"
 ) -> Iterator[TrainingGuard]:
     """Run a model's training inside the guards described in this module.
 
@@ -148,6 +152,8 @@ def guarded_training(
     lr
         The learning rate, named in the divergence message; refused unless a positive
         number (before anything runs).
+    again
+        The call that continues this training, named when it is interrupted.
 
     Yields
     ------
@@ -168,6 +174,7 @@ def guarded_training(
     # training sets train mode (TrainingGuard.on_fit_start); scvi-tools' inference methods
     # rely on the eval mode a finished run leaves, so a failed run restores the mode too
     was_training = module.training
+    was_trained = bool(getattr(model, "is_trained_", False))
     main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main_thread else None
     with quiet_lightning():
@@ -177,15 +184,8 @@ def guarded_training(
             if guard.interrupted_epoch is None:
                 raise
             module.to(device)
-            module.eval()  # the weights reached so far, ready for inference if the user wants
-            model.is_trained_ = False
-            of = f" of {guard.max_epochs}" if guard.max_epochs else ""
-            raise KeyboardInterrupt(
-                f"Training was interrupted during epoch {guard.interrupted_epoch + 1}{of}. The "
-                "model keeps the weights reached so far but is marked untrained "
-                "(model.is_trained_ = False). Call .train() again to continue from these weights, "
-                "or set model.is_trained_ = True to use them as they are."
-            ) from e
+            message = _interrupted(model, guard, before, was_trained, again)
+            raise KeyboardInterrupt(message) from e
         except Exception as e:
             if guard.diverged or not _all_finite(module):
                 module.load_state_dict(before)
@@ -201,3 +201,38 @@ def guarded_training(
             if main_thread and sigint is not None:
                 # Lightning ignores Ctrl+C for the rest of the process after an interrupt
                 signal.signal(signal.SIGINT, sigint)
+
+
+def _interrupted(model, guard: TrainingGuard, before: dict, was_trained: bool, again: str) -> str:
+    """Leave an interrupted model in a state that its flags describe; the message says which.
+
+    A trained model that calibrates on its weights after training (the annotator's Unknown
+    thresholds, the drug model's per-drug statistics) gets the weights it had before the call
+    back: the calibration belongs to them. Any other trained model keeps the weights reached
+    and stays trained (as scvi-tools leaves it), so a further ``train()`` adds to its history.
+    A model trained for the first time keeps the weights reached, marked untrained.
+    """
+    module = model.module  # already back on the device it trained from
+    calibrated = bool(getattr(model, "_calibrated_after_training", False))
+    of = f" of {guard.max_epochs}" if guard.max_epochs else ""
+    head = f"Training was interrupted during epoch {guard.interrupted_epoch + 1}{of}. "
+    if was_trained and calibrated:
+        module.load_state_dict(before)
+        module.eval()
+        model.is_trained_ = True
+        return (
+            head + "The model's weights were put back to what they were before this call (its "
+            f"calibration belongs to them); call {again} again to train it."
+        )
+    module.eval()  # the weights reached so far, ready for inference
+    model.is_trained_ = was_trained
+    if was_trained:
+        return (
+            head + "The model keeps the weights reached so far and stays trained; call "
+            f"{again} again to continue from them."
+        )
+    use = "" if calibrated else ", or set model.is_trained_ = True to use them as they are"
+    return (
+        head + "The model keeps the weights reached so far but is marked untrained "
+        f"(model.is_trained_ = False). Call {again} again to continue from these weights{use}."
+    )
