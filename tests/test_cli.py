@@ -119,6 +119,15 @@ def test_unreadable_input_and_missing_output_folder(tmp_path, capsys):
     assert "output folder" in capsys.readouterr().err
 
 
+def test_a_mudata_file_is_named_with_the_modality_to_give(kang, tmp_path, capsys):
+    """A .h5mu file failed in anndata's reader with a 35-line traceback."""
+    mudata = pytest.importorskip("mudata")
+    path = tmp_path / "cite.h5mu"
+    mudata.MuData({"rna": kang[:50].copy()}).write(path)
+    assert main(["annotate", str(path), "-o", str(tmp_path / "o.h5ad")]) == 2
+    assert "is a MuData (.h5mu) file" in capsys.readouterr().err
+
+
 def test_annotate_command(tmp_path, capsys):
     import scdl
 

@@ -720,3 +720,32 @@ def test_a_query_with_damaged_counts_is_refused_by_the_annotator():
     with pytest.raises(ValueError, match="far above any count"):
         scdl.tl.annotate(query, model=model)
     assert "scdl_cell_type" not in query.obs
+
+
+def test_features_other_than_gene_expression_are_said(kang):
+    """``sc.read_10x_h5(gex_only=False)`` keeps antibody / hashtag / peak features beside the
+    genes, marked in ``var["feature_types"]``: scdl read them as genes without a word (7 of 10
+    antibodies picked as highly variable genes, hashtags learnt into the latent). A warning
+    names them and the subset to pass; gene expression alone is silent. A MuData is refused
+    with the modality to pass."""
+    import anndata as ad
+
+    adata = kang[:300].copy()
+    rng = np.random.default_rng(0)
+    adt = ad.AnnData(
+        X=sparse.csr_matrix(rng.poisson(30, (300, 5)).astype(np.float32)),
+        obs=adata.obs,
+        var=pd.DataFrame(index=[f"CD{i}_TotalSeqB" for i in range(5)]),
+    )
+    adata.var["feature_types"] = "Gene Expression"
+    adt.var["feature_types"] = "Antibody Capture"
+    mixed = ad.concat([adata, adt], axis=1, merge="first")
+    mixed.var["feature_types"] = pd.concat([adata.var, adt.var])["feature_types"].to_numpy()
+    with pytest.warns(UserWarning, match=r"marks 5 features other than 'Gene Expression'"):
+        scdl.tl.integrate(mixed, max_epochs=1, progress_bar=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*features other than")
+        VAE.setup_anndata(adata)  # gene expression only: no word
+    mudata = pytest.importorskip("mudata")
+    with pytest.raises(TypeError, match=r"got a MuData.*mdata.mod\['rna'\]"):
+        scdl.tl.integrate(mudata.MuData({"rna": adata}), max_epochs=1)

@@ -17,6 +17,11 @@ def read_input(path: str, *, quiet: bool = False):
     if not p.is_file():
         raise FileNotFoundError(f"input file {path!r} does not exist.")
     how = ""
+    if _is_mudata(p):  # anndata's reader fails on it with a long traceback
+        raise ValueError(
+            f"{path!r} is a MuData (.h5mu) file; give the gene expression modality as an .h5ad: "
+            "`mudata.read_h5mu(IN).mod['rna'].write_h5ad(OUT)`."
+        )
     try:
         if _is_cell_ranger_h5(p):  # often a lab's first file: read as scanpy reads it
             import warnings
@@ -38,6 +43,17 @@ def read_input(path: str, *, quiet: bool = False):
     if not quiet:
         print(f"read {path}{how}: {adata.n_obs} cells x {adata.n_vars} genes")
     return adata
+
+
+def _is_mudata(path: Path) -> bool:
+    """Whether ``path`` is a MuData file (an HDF5 file with a ``mod`` group of modalities)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "mod" in f and isinstance(f["mod"], h5py.Group)
+    except OSError:  # not HDF5: anndata's reader says so
+        return False
 
 
 def _is_cell_ranger_h5(path: Path) -> bool:

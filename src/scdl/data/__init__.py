@@ -22,6 +22,7 @@ from ._checks import (
     check_obs_key,
     check_unique_var_names,
     warn_empty_cells,
+    warn_other_features,
 )
 from ._covariates import (
     check_continuous_covariates,
@@ -124,6 +125,7 @@ __all__ = [
     "key_list",
     "check_category_kind",
     "check_unique_var_names",
+    "warn_other_features",
     "get_matrix",
     "in_memory",
     "guess_modality",

@@ -61,6 +61,12 @@ def check_is_anndata(adata, *, registering: bool = False) -> None:
     from anndata import AnnData
 
     if not isinstance(adata, AnnData):
+        if type(adata).__name__ == "MuData":  # to_anndata() would mix proteins/peaks in
+            raise TypeError(
+                "Expected an AnnData (cells x genes), got a MuData: pass its gene expression "
+                "modality, e.g. `mdata.mod['rna']` (results are written into it; "
+                "`mdata.update()` afterwards)."
+            )
         raise TypeError(
             f"Expected an AnnData (cells x genes), got {type(adata).__name__}. Wrap a matrix or "
             "DataFrame first: `adata = anndata.AnnData(X)`."
@@ -409,6 +415,30 @@ def _check_category_values(col: pd.Series, key: str, arg: str) -> None:
             )
 
 
+#: 10x's name of gene features in ``var["feature_types"]`` (scanpy's ``read_10x_h5`` keeps
+#: only these by default)
+GENE_EXPRESSION = "Gene Expression"
+
+
+def warn_other_features(adata: AnnData) -> None:
+    """Say, in a warning, that ``var["feature_types"]`` marks features other than gene
+    expression (antibodies, hashtags, peaks, as ``sc.read_10x_h5(gex_only=False)`` reads
+    them): scdl reads every column of X as a gene (selection, normalisation, matching)."""
+    types = getattr(adata, "var", None)
+    if types is None or "feature_types" not in types:
+        return
+    types = types["feature_types"].astype(str)
+    other = types[types != GENE_EXPRESSION].value_counts()
+    if len(other) and (types == GENE_EXPRESSION).any():
+        warn_user(
+            f"adata.var['feature_types'] marks {int(other.sum())} features other than "
+            f"{GENE_EXPRESSION!r} ({other.to_dict()}); they are read as genes (gene selection, "
+            "normalisation, matching by name). Pass gene expression only: "
+            "`adata[:, adata.var['feature_types'] == 'Gene Expression'].copy()`.",
+            UserWarning,
+        )
+
+
 def check_unique_var_names(adata: AnnData, *, warn: bool = False) -> None:
     """Gene names must be unique to align genes between datasets; with ``warn``, where genes
     are not matched by name, duplicates are only said in a warning (as scanpy does)."""
@@ -422,9 +452,21 @@ def check_unique_var_names(adata: AnnData, *, warn: bool = False) -> None:
                 UserWarning,
             )
             return
+        other = (
+            "feature_types" in adata.var
+            and (adata.var["feature_types"].astype(str) != GENE_EXPRESSION).any()
+        )
         raise ValueError(
             f"adata.var_names has duplicates (e.g. {dup}). Call `adata.var_names_make_unique()` "
-            "first."
+            "first"
+            + (
+                " (it keeps each name on its first copy): var['feature_types'] marks features "
+                "other than gene expression, which may share the genes' names; keep gene "
+                "expression only instead: `adata[:, adata.var['feature_types'] == "
+                "'Gene Expression'].copy()`."
+                if other
+                else "."
+            )
         )
 
 
@@ -462,6 +504,7 @@ def check_count_setup(
     """
     check_is_anndata(adata, registering=True)
     check_unique_var_names(adata, warn=not unique_genes)
+    warn_other_features(adata)
     check_not_sparse_array(adata, layer)
     summary = check_counts(adata, layer, report_zero_genes=report_zero_genes, fix=fix)
     for arg, keys in (categorical or {}).items():

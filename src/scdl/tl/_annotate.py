@@ -209,10 +209,12 @@ def annotate(
         check_key_added,
         check_positive_int,
         check_random_state,
+        warn_other_features,
     )
 
     # everything is computed (and checked) before anything is written
     check_is_anndata(adata)
+    warn_other_features(adata)
     check_writable(adata, copy=copy)  # anndata refuses these only after all the work
     check_key_added(key_added)
     check_random_state(random_state)

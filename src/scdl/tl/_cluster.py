@@ -17,6 +17,7 @@ from scdl.data import (
     check_random_state,
     check_writable,
     get_matrix,
+    warn_other_features,
     writable,
 )
 
@@ -202,6 +203,7 @@ def _check_inputs(
     """The representation to cluster and the number of neighbours to use, with every argument
     checked before anything is written."""
     check_is_anndata(adata)
+    warn_other_features(adata)
     rep = check_embedding(adata, use_rep, purpose="clustering", arg="use_rep")
     if pca_key is not None and pca_key != "auto":
         check_obsm_key(pca_key, "pca_key")

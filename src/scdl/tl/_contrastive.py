@@ -19,6 +19,7 @@ from scdl.data import (
     check_writable,
     get_matrix,
     resolve_groups,
+    warn_other_features,
     writable,
 )
 
@@ -220,6 +221,7 @@ def _check_inputs(
     check_is_anndata(adata)
     check_not_empty(adata)
     check_writable(adata)
+    warn_other_features(adata)
     check_key_added(key_added)
     check_key_added(shared_key)
     if key_added == shared_key:

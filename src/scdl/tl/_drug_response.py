@@ -121,10 +121,17 @@ def drug_response(
     >>> scdl.tl.drug_response(adata, model=model, drugs=["Gefitinib", "Erlotinib"])
     >>> scdl.pl.drug_response(adata, groupby="cell_line")  # any obs column of groups
     """
-    from scdl.data import check_is_anndata, check_key_added, neighbors_used, resolve_modality
+    from scdl.data import (
+        check_is_anndata,
+        check_key_added,
+        neighbors_used,
+        resolve_modality,
+        warn_other_features,
+    )
     from scdl.models import DrugResponseModel
 
     check_is_anndata(adata)
+    warn_other_features(adata)
     check_writable(adata, copy=copy)
     if not isinstance(model, DrugResponseModel):
         raise TypeError(

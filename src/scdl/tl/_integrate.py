@@ -19,6 +19,7 @@ from scdl.data import (
     check_writable,
     get_matrix,
     key_list,
+    warn_other_features,
     writable,
 )
 
@@ -223,6 +224,7 @@ def _check_inputs(adata, key_added, layer, batch_key, n_top_genes):
     check_is_anndata(adata)
     check_not_empty(adata)
     check_writable(adata)
+    warn_other_features(adata)
     check_key_added(key_added)
     check_positive_int(n_top_genes, "n_top_genes", none="all expressed genes")
     get_matrix(adata, layer)
