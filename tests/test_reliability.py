@@ -121,9 +121,28 @@ def test_an_interrupted_further_training_leaves_a_trained_model_consistent(cells
         model.train(max_epochs=5, callbacks=[_CtrlC()], **kw, **FAST)
     assert model.is_trained_
     assert _same(_weights(model), before) == (name != "VAE")
+    if name != "VAE":  # the history describes the weights put back
+        assert len(model.history["train_loss"]) == epochs
     model.predict() if name != "VAE" else model.get_latent_representation()
     model.train(max_epochs=2, **kw, **FAST)
     assert len(model.history["train_loss"]) > epochs  # added to, not replaced
+
+
+def test_an_interrupt_while_calibrating_puts_the_annotator_back(cells, monkeypatch):
+    """The Unknown thresholds are set after the epochs; an interrupt there left new weights
+    beside old and new thresholds, marked trained, with an empty message."""
+    model, kw = _model("CellTypeTransformer", cells)
+    model.train(max_epochs=2, **FAST)
+    before, threshold = _weights(model), model.cluster_threshold_
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model, "_calibrate_after_training", interrupted)
+    with pytest.raises(KeyboardInterrupt, match="outside its epochs.*put back"):
+        model.train(max_epochs=2, **FAST)
+    assert model.is_trained_ and _same(_weights(model), before)
+    assert model.cluster_threshold_ == threshold
 
 
 def test_an_interrupted_tool_says_to_run_it_again(cells):

@@ -745,7 +745,13 @@ def test_features_other_than_gene_expression_are_said(kang):
         scdl.tl.integrate(mixed, max_epochs=1, progress_bar=False)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*features other than")
-        VAE.setup_anndata(adata)  # gene expression only: no word
+        # clustering the latent alone reads no feature; gene expression only (missing types
+        # not counted) is silent
+        scdl.tl.cluster(mixed, use_rep="X_scdl", pca_key=None)
+        adata.var["feature_types"] = adata.var["feature_types"].where(
+            np.arange(adata.n_vars) % 2 == 0
+        )
+        VAE.setup_anndata(adata)
     mudata = pytest.importorskip("mudata")
     with pytest.raises(TypeError, match=r"got a MuData.*mdata.mod\['rna'\]"):
         scdl.tl.integrate(mudata.MuData({"rna": adata}), max_epochs=1)

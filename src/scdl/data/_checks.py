@@ -420,15 +420,20 @@ def _check_category_values(col: pd.Series, key: str, arg: str) -> None:
 GENE_EXPRESSION = "Gene Expression"
 
 
-def warn_other_features(adata: AnnData) -> None:
+def warn_other_features(adata: AnnData, *, among=None) -> None:
     """Say, in a warning, that ``var["feature_types"]`` marks features other than gene
     expression (antibodies, hashtags, peaks, as ``sc.read_10x_h5(gex_only=False)`` reads
-    them): scdl reads every column of X as a gene (selection, normalisation, matching)."""
+    them): scdl reads every column of X as a gene (selection, normalisation, matching).
+    Missing values are not counted; with ``among`` (a model's genes), only those features
+    whose names it reads."""
     types = getattr(adata, "var", None)
     if types is None or "feature_types" not in types:
         return
-    types = types["feature_types"].astype(str)
-    other = types[types != GENE_EXPRESSION].value_counts()
+    types = types["feature_types"].dropna().astype(str)
+    other = types[types != GENE_EXPRESSION]
+    if among is not None:
+        other = other[other.index.isin(pd.Index(among))]
+    other = other.value_counts()
     if len(other) and (types == GENE_EXPRESSION).any():
         warn_user(
             f"adata.var['feature_types'] marks {int(other.sum())} features other than "
@@ -452,10 +457,11 @@ def check_unique_var_names(adata: AnnData, *, warn: bool = False) -> None:
                 UserWarning,
             )
             return
-        other = (
-            "feature_types" in adata.var
-            and (adata.var["feature_types"].astype(str) != GENE_EXPRESSION).any()
+        types = (
+            adata.var["feature_types"] if "feature_types" in adata.var else pd.Series(dtype=object)
         )
+        types = types.dropna().astype(str)
+        other = (types != GENE_EXPRESSION).any() and (types == GENE_EXPRESSION).any()
         raise ValueError(
             f"adata.var_names has duplicates (e.g. {dup}). Call `adata.var_names_make_unique()` "
             "first"

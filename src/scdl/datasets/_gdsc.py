@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -97,7 +98,7 @@ def _readable(file: Path, reader):
     ``ValueError`` naming it, not the reader's own error."""
     try:
         return reader(file)
-    except (OSError, EOFError, ValueError, KeyError, UnicodeDecodeError) as err:
+    except (OSError, EOFError, ValueError, KeyError, UnicodeDecodeError, zlib.error) as err:
         raise ValueError(
             f"{file} could not be read ({type(err).__name__}: {err}). It may be a partial "
             "download or another format: replace it."

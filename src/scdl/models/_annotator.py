@@ -484,11 +484,13 @@ class CellTypeTransformer(
                 **kwargs,
             )
             out = runner()
+            # inside the guard: an interrupt while calibrating leaves the model as one during
+            # the epochs does (the weights before the call back, with their calibration)
+            self._calibrate_after_training(splitter, unknown_rate=unknown_rate, linear_C=linear_C)
         # a pretrained annotator trained further is no longer the weights it was loaded with
         # (a refused or interrupted call leaves them, and so the provenance, as they were)
         self.source_sha256_ = None
         self.linear_C_ = linear_C  # kept only once training went through
-        self._calibrate_after_training(splitter, unknown_rate=unknown_rate, linear_C=linear_C)
         return out
 
 

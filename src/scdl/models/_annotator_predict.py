@@ -481,7 +481,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         from scdl.data import check_bool
 
         soft = check_bool(soft, "soft", truthy=True)
-        unknown = check_bool(unknown, "unknown", truthy=True)
+        unknown = check_bool(unknown, "unknown")  # on by default: None is no "off"
         if indices is not None:
             host = self._require_adata("predict", takes_adata=True) if adata is None else adata
             adata = host[cell_positions(indices, host.n_obs)]

@@ -67,14 +67,15 @@ def check_switches(over_clustering, unknown_call) -> tuple[bool, bool]:
 
     if over_clustering is None:  # as no over-clustering
         over_clustering = False
-    if not isinstance(over_clustering, bool | np.bool_ | int | np.integer):
+    if not isinstance(over_clustering, bool | np.bool_):
         raise TypeError(
             "over_clustering of annotate_cells is True or False (over-cluster the query for "
             f"majority voting), got {type(over_clustering).__name__}. To vote over clusters of "
             "your own, pass them to `scdl.tl.annotate(adata, model=..., majority_voting=True, "
             "over_clustering=...)`."
         )
-    return bool(over_clustering), check_bool(unknown_call, "unknown_call", truthy=True)
+    # on by default: None is no "off"
+    return bool(over_clustering), check_bool(unknown_call, "unknown_call")
 
 
 class AnnotatorQueryMixin:

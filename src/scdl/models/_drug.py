@@ -488,6 +488,15 @@ class DrugResponseModel(
                 "again, build a new model with `target=` the cells.",
                 UserWarning,
             )
+
+        def calibrate() -> None:
+            self.module.eval()
+            alphas = None
+            if self.module.ridge_alpha is not None:
+                # after the network, so a diverged run leaves every weight as it was
+                alphas = self._fit_ridge(profiles, responses, folds)
+            self.drug_stats_ = self._calibrate(folds, alphas, (profiles, responses))
+
         out = self._train_network(
             profiles,
             folds,
@@ -505,12 +514,7 @@ class DrugResponseModel(
             early_stopping=early_stopping,
             accelerator=accelerator,
             devices=devices,
+            after=calibrate,
             **kwargs,
         )
-        self.module.eval()
-        alphas = None
-        if self.module.ridge_alpha is not None:
-            # after the network, so a diverged run leaves every weight as it was
-            alphas = self._fit_ridge(profiles, responses, folds)
-        self.drug_stats_ = self._calibrate(folds, alphas, (profiles, responses))
         return out

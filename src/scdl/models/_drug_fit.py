@@ -25,8 +25,10 @@ from ._training import plan_training
 class DrugFittingMixin:
     """Training steps of :class:`~scdl.models.DrugResponseModel`."""
 
-    def _train_network(self, profiles, folds, *, max_epochs, plan, **kwargs):
-        """Lightning training of the deep path (scvi-tools' loop), guarded against divergence."""
+    def _train_network(self, profiles, folds, *, max_epochs, plan, after=None, **kwargs):
+        """Lightning training of the deep path (scvi-tools' loop), guarded against divergence;
+        ``after()`` (the calibration on the new weights) runs inside the same guard, so an
+        interrupt there leaves the model as an interrupt during the epochs does."""
         n_obs = self.adata.n_obs
         reference_p = None
         if self._target_profiles is not None and self.match_neighbors > 0:
@@ -70,6 +72,8 @@ class DrugFittingMixin:
                 },
                 **kwargs,
             )
+            if after is not None:
+                after()
         return out
 
     def _fit_ridge(self, profiles, responses, folds) -> np.ndarray:

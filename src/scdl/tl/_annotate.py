@@ -214,7 +214,6 @@ def annotate(
 
     # everything is computed (and checked) before anything is written
     check_is_anndata(adata)
-    warn_other_features(adata)
     check_writable(adata, copy=copy)  # anndata refuses these only after all the work
     check_key_added(key_added)
     check_random_state(random_state)
@@ -236,6 +235,8 @@ def annotate(
             UserWarning,
         )
     model, model_name = _resolve_model(model)
+    # the annotator reads its own genes only: other features matter where they bear those names
+    warn_other_features(adata, among=model.get_var_names())
     # a loaded model's labels were never checked here (setup_anndata warns whoever trains it)
     warn_slashed_names(
         model.labels,

@@ -153,6 +153,8 @@ def cluster(
     check_writable(adata, copy=copy)
     # computed (or refused) before anything is written
     pca, pca_source = expression_pca(adata, use_rep, pca_key, layer, random_state)
+    if pca is not None:  # read from every column of X
+        warn_other_features(adata)
     adata = writable(adata, copy=copy)
     neighbors_key = f"{key_added}_neighbors"
     sc.pp.neighbors(
@@ -203,7 +205,6 @@ def _check_inputs(
     """The representation to cluster and the number of neighbours to use, with every argument
     checked before anything is written."""
     check_is_anndata(adata)
-    warn_other_features(adata)
     rep = check_embedding(adata, use_rep, purpose="clustering", arg="use_rep")
     if pca_key is not None and pca_key != "auto":
         check_obsm_key(pca_key, "pca_key")

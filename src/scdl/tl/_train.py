@@ -48,9 +48,9 @@ def train_model(
             except KeyboardInterrupt as e:
                 # the model's own advice (call .train() again) names a model the tool never
                 # returned: the AnnData is as it was, so the tool is run again
-                epoch = str(e).split(". ")[0]
+                what = str(e).split(". ")[0] or "Training was interrupted"
                 raise KeyboardInterrupt(
-                    f"{epoch}. adata is unchanged and no model was returned: run the tool again."
+                    f"{what}. adata is unchanged and no model was returned: run the tool again."
                 ) from e
         return model, time.perf_counter() - t0
 

@@ -18,6 +18,7 @@ device and read every ``check_every_n_steps`` steps and at each epoch end.
 
 from __future__ import annotations
 
+import copy
 import signal
 import threading
 from contextlib import contextmanager
@@ -175,16 +176,25 @@ def guarded_training(
     # rely on the eval mode a finished run leaves, so a failed run restores the mode too
     was_training = module.training
     was_trained = bool(getattr(model, "is_trained_", False))
+    # what an interrupt puts back with the weights on a model calibrated on them: its fitted
+    # attributes (thresholds, statistics) and history, which scvi-tools extends on an interrupt
+    kept = None
+    if was_trained and getattr(model, "_calibrated_after_training", False):
+        kept = {k: copy.deepcopy(v) for k, v in vars(model).items() if _fitted(k)}
     main_thread = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main_thread else None
     with quiet_lightning():
         try:
             yield guard
         except (KeyboardInterrupt, SystemExit) as e:
-            if guard.interrupted_epoch is None:
+            # Lightning turns Ctrl+C during the epochs into SystemExit; a KeyboardInterrupt
+            # outside them (preparing, calibrating) is the user's too
+            if guard.interrupted_epoch is None and not isinstance(e, KeyboardInterrupt):
                 raise
             module.to(device)
             message = _interrupted(model, guard, before, was_trained, again)
+            for key, value in (kept or {}).items():
+                setattr(model, key, value)
             raise KeyboardInterrupt(message) from e
         except Exception as e:
             if guard.diverged or not _all_finite(module):
@@ -215,7 +225,10 @@ def _interrupted(model, guard: TrainingGuard, before: dict, was_trained: bool, a
     module = model.module  # already back on the device it trained from
     calibrated = bool(getattr(model, "_calibrated_after_training", False))
     of = f" of {guard.max_epochs}" if guard.max_epochs else ""
-    head = f"Training was interrupted during epoch {guard.interrupted_epoch + 1}{of}. "
+    if guard.interrupted_epoch is None:
+        head = "Training was interrupted outside its epochs (preparing or calibrating). "
+    else:
+        head = f"Training was interrupted during epoch {guard.interrupted_epoch + 1}{of}. "
     if was_trained and calibrated:
         module.load_state_dict(before)
         module.eval()
@@ -236,3 +249,8 @@ def _interrupted(model, guard: TrainingGuard, before: dict, was_trained: bool, a
         head + "The model keeps the weights reached so far but is marked untrained "
         f"(model.is_trained_ = False). Call {again} again to continue from these weights{use}."
     )
+
+
+def _fitted(name: str) -> bool:
+    """A model attribute set by fitting (scikit-learn's trailing underscore), not data."""
+    return name.endswith("_") and not name.startswith("_") and name != "is_trained_"
