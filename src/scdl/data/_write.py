@@ -39,9 +39,9 @@ def check_writable(adata: AnnData, *, copy: bool = False) -> None:
     """Refuse, before any work, an AnnData that :func:`~scdl.data.writable` could not write into: a
     view of a backed AnnData (making it actual needs it in memory), or a backed AnnData with
     ``copy=True`` (its copy needs a file). anndata refuses both only when the results are
-    written, after all the computing. ``copy`` must be a bool: a string such as ``"no"``
-    (papermill, snakemake) would be taken as true, returning a copy and leaving ``adata``
-    unwritten."""
+    written, after all the computing. A string ``copy`` (``"no"``, as papermill or snakemake
+    pass it) is refused: it would be taken as true, returning a copy and leaving ``adata``
+    unwritten; other values are read by their truth value, as scanpy reads them."""
     from ._arguments import check_bool
 
     copy = check_bool(copy, "copy", truthy=True)
