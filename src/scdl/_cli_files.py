@@ -17,13 +17,14 @@ def read_input(path: str, *, quiet: bool = False):
     if not p.is_file():
         raise FileNotFoundError(f"input file {path!r} does not exist.")
     how = ""
-    if _is_mudata(p):  # anndata's reader fails on it with a long traceback
+    kind = _hdf5_kind(p)
+    if kind == "mudata":  # anndata's reader fails on it with a long traceback
         raise ValueError(
             f"{path!r} is a MuData (.h5mu) file; give the gene expression modality as an .h5ad: "
             "`mudata.read_h5mu(IN).mod['rna'].write_h5ad(OUT)`."
         )
     try:
-        if _is_cell_ranger_h5(p):  # often a lab's first file: read as scanpy reads it
+        if kind == "cellranger":  # often a lab's first file: read as scanpy reads it
             import warnings
 
             import scanpy as sc
@@ -45,30 +46,25 @@ def read_input(path: str, *, quiet: bool = False):
     return adata
 
 
-def _is_mudata(path: Path) -> bool:
-    """Whether ``path`` is a MuData file (an HDF5 file with a ``mod`` group of modalities)."""
+def _hdf5_kind(path: Path) -> str | None:
+    """What an HDF5 file holds, read in one open: ``"mudata"`` (a ``mod`` group of modalities),
+    ``"cellranger"`` (Cell Ranger's matrix, v3: a ``matrix`` group; v2: one group per genome,
+    which anndata cannot read as an .h5ad), or ``None`` (an .h5ad, or not HDF5: anndata's
+    reader says so)."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            return "mod" in f and isinstance(f["mod"], h5py.Group)
-    except OSError:  # not HDF5: anndata's reader says so
-        return False
-
-
-def _is_cell_ranger_h5(path: Path) -> bool:
-    """Whether ``path`` is Cell Ranger's HDF5 matrix (v3: a ``matrix`` group; v2: one group per
-    genome), which anndata cannot read as an .h5ad."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
+            if "mod" in f and isinstance(f["mod"], h5py.Group):
+                return "mudata"
             if "obs" in f or "X" in f:  # an .h5ad
-                return False
+                return None
             groups = [f[name] for name in f if isinstance(f[name], h5py.Group)]
-            return any({"barcodes", "data", "indices", "indptr"} <= set(g) for g in groups)
-    except OSError:  # not HDF5: anndata's reader says so
-        return False
+            if any({"barcodes", "data", "indices", "indptr"} <= set(g) for g in groups):
+                return "cellranger"
+    except (OSError, KeyError):  # not HDF5, or a broken link inside: anndata's reader says so
+        pass
+    return None
 
 
 def _require_raw(adata) -> None:

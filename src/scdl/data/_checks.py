@@ -420,21 +420,33 @@ def _check_category_values(col: pd.Series, key: str, arg: str) -> None:
 GENE_EXPRESSION = "Gene Expression"
 
 
+def _feature_types(adata: AnnData) -> pd.Series:
+    """``var["feature_types"]`` as text, missing values left out (empty without the column)."""
+    var = getattr(adata, "var", None)
+    if var is None or "feature_types" not in var:
+        return pd.Series(dtype=object)
+    return var["feature_types"].dropna().astype(str)
+
+
+def _has_other_features(types: pd.Series) -> bool:
+    """Whether ``types`` mark gene expression and something else beside it."""
+    return bool((types == GENE_EXPRESSION).any() and (types != GENE_EXPRESSION).any())
+
+
 def warn_other_features(adata: AnnData, *, among=None) -> None:
     """Say, in a warning, that ``var["feature_types"]`` marks features other than gene
     expression (antibodies, hashtags, peaks, as ``sc.read_10x_h5(gex_only=False)`` reads
     them): scdl reads every column of X as a gene (selection, normalisation, matching).
     Missing values are not counted; with ``among`` (a model's genes), only those features
     whose names it reads."""
-    types = getattr(adata, "var", None)
-    if types is None or "feature_types" not in types:
+    types = _feature_types(adata)
+    if not _has_other_features(types):
         return
-    types = types["feature_types"].dropna().astype(str)
     other = types[types != GENE_EXPRESSION]
     if among is not None:
         other = other[other.index.isin(pd.Index(among))]
     other = other.value_counts()
-    if len(other) and (types == GENE_EXPRESSION).any():
+    if len(other):
         warn_user(
             f"adata.var['feature_types'] marks {int(other.sum())} features other than "
             f"{GENE_EXPRESSION!r} ({other.to_dict()}); they are read as genes (gene selection, "
@@ -457,11 +469,7 @@ def check_unique_var_names(adata: AnnData, *, warn: bool = False) -> None:
                 UserWarning,
             )
             return
-        types = (
-            adata.var["feature_types"] if "feature_types" in adata.var else pd.Series(dtype=object)
-        )
-        types = types.dropna().astype(str)
-        other = (types != GENE_EXPRESSION).any() and (types == GENE_EXPRESSION).any()
+        other = _has_other_features(_feature_types(adata))
         raise ValueError(
             f"adata.var_names has duplicates (e.g. {dup}). Call `adata.var_names_make_unique()` "
             "first"

@@ -31,7 +31,6 @@ from ._annotator_labels import check_reference_labels
 from ._annotator_predict import AnnotatorPredictionMixin
 from ._annotator_pretrain import AnnotatorPretrainingMixin
 from ._base import SafeSaveLoadMixin
-from ._registry_arg import check_registry
 from ._training import plan_training
 
 if TYPE_CHECKING:
@@ -223,7 +222,6 @@ class CellTypeTransformer(
         linear_head: bool = True,
         transformer_weight: float = 0.5,
     ):
-        check_registry(registry, "CellTypeTransformer")
         super().__init__(adata, registry)
         for name, value in (
             ("n_tokens", n_tokens),

@@ -37,7 +37,8 @@ from scdl.data import (
 from scdl.dataloaders import dense_rows
 
 from ._adaptation import auto_blend, check_adapt
-from ._annotator_query import AnnotatorQueryMixin, check_switches
+from ._annotator_query import AnnotatorQueryMixin
+from ._arguments import check_switches
 from ._base import cell_positions
 from ._depth import integer_counts, rows_emptied
 from ._mixing import MIN_QUERY_CELLS, mixing_level

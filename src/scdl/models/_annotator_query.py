@@ -59,25 +59,6 @@ from ._novelty import (
 from ._refit import refit_linear
 
 
-def check_switches(over_clustering, unknown_call) -> tuple[bool, bool]:
-    """``annotate_cells``' two switches. Its ``over_clustering`` is True or False where
-    :func:`scdl.tl.annotate`'s option of that name takes the clusters: a column name was read
-    as True (its own Leiden clusters, silently), an array failed in numpy."""
-    from scdl.data import check_bool
-
-    if over_clustering is None:  # as no over-clustering
-        over_clustering = False
-    if not isinstance(over_clustering, bool | np.bool_):
-        raise TypeError(
-            "over_clustering of annotate_cells is True or False (over-cluster the query for "
-            f"majority voting), got {type(over_clustering).__name__}. To vote over clusters of "
-            "your own, pass them to `scdl.tl.annotate(adata, model=..., majority_voting=True, "
-            "over_clustering=...)`."
-        )
-    # on by default: None is no "off"
-    return bool(over_clustering), check_bool(unknown_call, "unknown_call")
-
-
 class AnnotatorQueryMixin:
     """Query adaptation, the linear path for a query lacking genes and the Unknown call's
     per-cluster checks of a call."""

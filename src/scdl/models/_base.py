@@ -22,6 +22,7 @@ import pandas as pd
 
 from scdl._warnings import registering_quietly, warn_user
 
+from ._arguments import check_registry
 from ._saved_checks import check_saved_attrs, config_errors, probe_weights
 from ._saved_files import (
     ANNDATA_DIGEST_KEY,
@@ -64,6 +65,13 @@ class SafeSaveLoadMixin:
     _reads_counts = True
     #: what ``load(adata=)`` takes, as a model loaded without data names it
     _load_adata_what = "cells with the model's genes"
+    #: the keyword a second AnnData belongs to, named where one is passed as ``registry``
+    _second_adata = ""
+
+    def __init__(self, adata=None, registry=None, **kwargs):
+        # every scdl model's second positional argument, checked once here for all of them
+        check_registry(registry, type(self).__name__, second=self._second_adata)
+        super().__init__(adata, registry, **kwargs)
 
     @classmethod
     def _refuse_setup_options(cls, kwargs: dict) -> None:

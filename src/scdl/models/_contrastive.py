@@ -31,7 +31,6 @@ from scdl.train import EpochLoggingTrainingPlan, guarded_training
 from ._base import CheckedQueryMixin, SafeSaveLoadMixin
 from ._contrastive_expression import ContrastiveExpressionMixin
 from ._docs import counts_dsp
-from ._registry_arg import check_registry
 from ._training import plan_training, vae_plan_kwargs
 
 if TYPE_CHECKING:
@@ -132,7 +131,6 @@ class ContrastiveVAE(
         shared_mmd_weight: float = 10.0,
         independence_weight: float = 100.0,
     ):
-        check_registry(registry, "ContrastiveVAE")
         super().__init__(adata, registry)
         for name, value in (
             ("n_shared_latent", n_shared_latent),

@@ -39,7 +39,6 @@ from ._drug_args import (
 )
 from ._drug_fit import DrugFittingMixin
 from ._drug_predict import DrugPredictionMixin
-from ._registry_arg import check_registry
 
 #: response metrics where a higher value means a more sensitive line (CCLE's activity area:
 #: the area above the dose-response curve); every other key is read as lower = sensitive
@@ -190,6 +189,7 @@ class DrugResponseModel(
     _training_plan_cls = EpochLoggingTrainingPlan
     # the per-drug statistics are set on the weights after training (see guarded_training)
     _calibrated_after_training = True
+    _second_adata = "target"  # where DrugResponseModel(bulk, cells)'s cells belong
     _reads_counts = False  # bulk expression (log or z-scored), checked by setup_anndata
     _load_adata_what = "the bulk cell lines it was trained on, with their response table"
     _load_adata_hint = (
@@ -226,7 +226,6 @@ class DrugResponseModel(
         check_sizes(n_top_genes, smooth_neighbors, match_neighbors, ridge_alpha)
         check_network(n_hidden, n_latent, dropout_rate, input_noise, mmd_weight)
         check_fraction(min_detected, "min_detected", meaning="of the target cells")
-        check_registry(registry, "DrugResponseModel", second="target")
         super().__init__(adata, registry)
         self.drugs = [str(d) for d in self._drug_names()]
         self.genes = select_model_genes(

@@ -43,7 +43,6 @@ from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
 from ._base import CheckedQueryMixin, SafeSaveLoadMixin
 from ._docs import counts_dsp
-from ._registry_arg import check_registry
 from ._training import plan_training, vae_plan_kwargs
 from ._vae_query import VAEQueryMixin
 
@@ -139,7 +138,6 @@ class VAE(
         batch_mmd_weight: float = 3.0,
         **kwargs,
     ):
-        check_registry(registry, "VAE")
         super().__init__(adata, registry)
         if gene_likelihood not in ("nb", "zinb", "poisson"):
             raise ValueError(

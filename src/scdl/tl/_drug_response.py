@@ -131,12 +131,13 @@ def drug_response(
     from scdl.models import DrugResponseModel
 
     check_is_anndata(adata)
-    warn_other_features(adata)
     check_writable(adata, copy=copy)
     if not isinstance(model, DrugResponseModel):
         raise TypeError(
             f"model must be a trained scdl.models.DrugResponseModel, got {type(model).__name__}."
         )
+    # the model reads its own genes only: other features matter where they bear those names
+    warn_other_features(adata, among=model.genes)
     check_key_added(key_added)
     for suffix in ("_prob", "_label", "_sd"):  # the tables another call writes beside its own
         base, info = key_added.removesuffix(suffix), adata.uns.get(key_added.removesuffix(suffix))
