@@ -22,7 +22,6 @@ from ._checks import (
     check_obs_key,
     check_unique_var_names,
     warn_empty_cells,
-    warn_other_features,
 )
 from ._covariates import (
     check_continuous_covariates,
@@ -53,6 +52,7 @@ from ._drug_inputs import (
     select_model_genes,
     stack_blocks,
 )
+from ._features import warn_other_features
 from ._gene_renames import renamed_hint, warn_renamed_genes
 from ._genes import (
     LOW_GENE_OVERLAP,

@@ -17,6 +17,7 @@ from scipy import sparse
 
 from scdl._warnings import warn_user
 
+from ._features import feature_types_of, has_other_features, warn_other_features
 from ._rows import get_matrix, row_blocks
 
 if TYPE_CHECKING:
@@ -415,47 +416,6 @@ def _check_category_values(col: pd.Series, key: str, arg: str) -> None:
             )
 
 
-#: 10x's name of gene features in ``var["feature_types"]`` (scanpy's ``read_10x_h5`` keeps
-#: only these by default)
-GENE_EXPRESSION = "Gene Expression"
-
-
-def _feature_types(adata: AnnData) -> pd.Series:
-    """``var["feature_types"]`` as text, missing values left out (empty without the column)."""
-    var = getattr(adata, "var", None)
-    if var is None or "feature_types" not in var:
-        return pd.Series(dtype=object)
-    return var["feature_types"].dropna().astype(str)
-
-
-def _has_other_features(types: pd.Series) -> bool:
-    """Whether ``types`` mark gene expression and something else beside it."""
-    return bool((types == GENE_EXPRESSION).any() and (types != GENE_EXPRESSION).any())
-
-
-def warn_other_features(adata: AnnData, *, among=None) -> None:
-    """Say, in a warning, that ``var["feature_types"]`` marks features other than gene
-    expression (antibodies, hashtags, peaks, as ``sc.read_10x_h5(gex_only=False)`` reads
-    them): scdl reads every column of X as a gene (selection, normalisation, matching).
-    Missing values are not counted; with ``among`` (a model's genes), only those features
-    whose names it reads."""
-    types = _feature_types(adata)
-    if not _has_other_features(types):
-        return
-    other = types[types != GENE_EXPRESSION]
-    if among is not None:
-        other = other[other.index.isin(pd.Index(among))]
-    other = other.value_counts()
-    if len(other):
-        warn_user(
-            f"adata.var['feature_types'] marks {int(other.sum())} features other than "
-            f"{GENE_EXPRESSION!r} ({other.to_dict()}); they are read as genes (gene selection, "
-            "normalisation, matching by name). Pass gene expression only: "
-            "`adata[:, adata.var['feature_types'] == 'Gene Expression'].copy()`.",
-            UserWarning,
-        )
-
-
 def check_unique_var_names(adata: AnnData, *, warn: bool = False) -> None:
     """Gene names must be unique to align genes between datasets; with ``warn``, where genes
     are not matched by name, duplicates are only said in a warning (as scanpy does)."""
@@ -469,7 +429,7 @@ def check_unique_var_names(adata: AnnData, *, warn: bool = False) -> None:
                 UserWarning,
             )
             return
-        other = _has_other_features(_feature_types(adata))
+        other = has_other_features(feature_types_of(adata))
         raise ValueError(
             f"adata.var_names has duplicates (e.g. {dup}). Call `adata.var_names_make_unique()` "
             "first"
