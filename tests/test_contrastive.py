@@ -146,7 +146,7 @@ def test_batch_nested_in_groups_warns(kang):
             batch_key="sample",
             max_epochs=1,
             progress_bar=False,
-            train_kwargs={"batch_size": 64},
+            batch_size=64,
         )
     assert adata.uns["X_scdl_salient"]["params"]["batch_key"] == "sample"
 
@@ -167,9 +167,9 @@ def test_trains_across_two_cpu_processes_with_validation(kang):
         background="ctrl",
         max_epochs=2,
         progress_bar=False,
+        accelerator="cpu",
+        devices=2,
         train_kwargs={
-            "accelerator": "cpu",
-            "devices": 2,
             "strategy": "ddp_spawn",
             "check_val_every_n_epoch": 1,
         },

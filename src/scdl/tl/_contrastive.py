@@ -46,6 +46,9 @@ def contrastive(
     shared_key: str | None = None,
     n_top_genes: int | None = 2000,
     max_epochs: int | None = None,
+    batch_size: int = 128,
+    accelerator: str = "auto",
+    devices: int | list[int] | str = "auto",
     random_state: int | None = 0,
     progress_bar: bool = True,
     model_kwargs: dict | None = None,
@@ -90,6 +93,10 @@ def contrastive(
         genes.
     max_epochs
         Training epochs; ``None`` chooses from the number of cells.
+    batch_size
+        Cells per minibatch.
+    accelerator, devices
+        Passed to Lightning.
     random_state
         Seed for weights, data order and sampling; the same seed gives the same result on CPU.
         ``None``: not seeded (each run differs).
@@ -98,7 +105,7 @@ def contrastive(
     model_kwargs, train_kwargs
         Further arguments for :class:`scdl.models.ContrastiveVAE` (e.g. ``n_salient_latent``,
         ``independence_weight``) and its :meth:`~scdl.models.ContrastiveVAE.train`
-        (e.g. ``batch_size``, ``accelerator``).
+        (e.g. ``early_stopping``, ``lr``).
 
     Returns
     -------
@@ -178,6 +185,9 @@ def contrastive(
             background=background,
             target=target,
             max_epochs=max_epochs,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            devices=devices,
             enable_progress_bar=progress_bar,
             **(train_kwargs or {}),
         ),
