@@ -243,6 +243,20 @@ def test_a_query_far_shallower_than_the_reference_is_warned_about(heldout):
     cells.X = x
     with pytest.warns(UserWarning, match=r"hold \d+\.\d% of the counts .* below 1/16"):
         model.annotate_cells(cells)
+    # a panel of half the model's genes: compared over the genes it holds (the sketch's
+    # depths count genes it lacks, and the warning was skipped); thinned further, as few
+    # counts per cell leave the calls on the shallowest type, whose depth the cells are read
+    # against
+    panel = heldout[:300, heldout.var_names.isin(np.asarray(model.get_var_names())[::2])].copy()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*shallowest depth")
+        model.annotate_cells(panel, min_gene_overlap=0.1)
+    x = sparse.csr_matrix(panel.X, dtype=np.float32, copy=True)
+    x.data = np.random.default_rng(0).binomial(x.data.astype(np.int64), 1 / 64).astype(np.float32)
+    x.eliminate_zeros()
+    panel.X = x
+    with pytest.warns(UserWarning, match=r"hold \d+\.\d% of the counts .* below 1/16"):
+        model.annotate_cells(panel, min_gene_overlap=0.1)
 
 
 def test_annotate_copy_leaves_input_unchanged(heldout):

@@ -394,8 +394,8 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
                 (conf < self.module.confidence_threshold.cpu())
                 | (novelty > self.module.novelty_threshold.cpu()[best])
             ).numpy()
-        if totals is not None and not self._lacks_genes(present):  # else depth is not comparable
-            self._warn_if_shallow(totals[totals > 0], best.numpy()[totals > 0])
+        if totals is not None:
+            self._warn_if_shallow(totals[totals > 0], best.numpy()[totals > 0], present)
         empty = (values == 0) | few
         if empty.all() and not few.any():
             warn_user(

@@ -38,6 +38,7 @@ from ._depth import (
     level_fraction,
     match_depth,
     min_typed_counts,
+    type_depths,
 )
 from ._mixing import (
     MIN_QUERY_CELLS,
@@ -68,12 +69,25 @@ class AnnotatorQueryMixin:
         typed by (:func:`._depth.min_typed_counts`)."""
         return min_typed_counts(self.module.sketch_depth.detach().cpu().numpy(), totals)
 
-    def _warn_if_shallow(self, totals: np.ndarray, best: np.ndarray) -> None:
+    def _warn_if_shallow(self, totals: np.ndarray, best: np.ndarray, present=None) -> None:
         """Warn when the typed cells hold, at the median, less than the lowest depth level the
         model keeps (1/16) of the counts its reference cells of their predicted types hold:
         the classifier saw only the reference's own depth, and its calls lose accuracy fast
-        below that (imaging panels of a few dozen counts per cell)."""
-        ratio = depth_ratio(totals, self.module.sketch_depth.detach().cpu().numpy(), best)
+        below that (imaging panels of a few dozen counts per cell). A query lacking genes is
+        compared with the model's reference sample over the genes it holds (no warning for a
+        model saved without that sample)."""
+        depths = self.module.sketch_depth.detach().cpu().numpy()
+        if self._lacks_genes(present):  # the sketch's depths count genes the query lacks
+            sample = self.module.reference_sample()
+            if sample is None:
+                return
+            counts, labels = sample
+            counts = counts[:, np.asarray(present, dtype=bool)]
+            kept = type_depths(counts, labels) if len(labels) else np.zeros(0, np.float32)
+            # a type without sampled cells takes the sample's overall median
+            depths = np.full(len(depths), type_depths(counts)[0] if len(labels) else 0.0)
+            depths[: kept.size] = kept
+        ratio = depth_ratio(totals, depths, best)
         if np.isfinite(ratio) and ratio < level_fraction(DEPTH_LEVELS - 1):
             warn_user(
                 f"The query's cells hold {ratio:.1%} of the counts (median) that the "

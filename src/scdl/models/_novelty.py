@@ -43,6 +43,8 @@ types' means alone (``prototypes=None``).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import torch
@@ -124,9 +126,13 @@ def cluster_cells(
         sc.pp.pca(a, n_comps=max(2, min(n_pcs, n - 2, x_log.shape[1] - 1)), random_state=seed)
     k = min(15, n - 1)
     knn = TorchKNN(n_neighbors=k, device=device) if torch.device(device).type == "cuda" else None
-    sc.pp.neighbors(
-        a, n_neighbors=k, transformer=knn or "sklearn", random_state=seed, use_rep="X_pca"
-    )
+    with warnings.catch_warnings():
+        # scanpy sets the graph's diagonal in place: duplicated cells (shallow queries hold
+        # many) make scipy warn about its own efficiency, which nobody can act on
+        warnings.simplefilter("ignore", sparse.SparseEfficiencyWarning)
+        sc.pp.neighbors(
+            a, n_neighbors=k, transformer=knn or "sklearn", random_state=seed, use_rep="X_pca"
+        )
     out = []
     for r in resolutions:
         sc.tl.leiden(
