@@ -7,6 +7,7 @@ valid: every model and ``tl`` step takes them, with at most a log line or a warn
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 
 import numpy as np
@@ -501,6 +502,21 @@ def test_baseline_pca_reads_log_normalised_data_as_its_counts(hundred_cells):
     np.testing.assert_allclose(np.abs(from_log), np.abs(from_counts), rtol=1e-3, atol=1e-3)
 
 
+def _message(caught) -> str:
+    return next(str(w.message) for w in caught if "needs at least 100" in str(w.message))
+
+
+def test_a_few_cells_of_another_tissue_are_said_to_be_unlike_the_reference():
+    """Below 100 cells the Unknown call is skipped; the warning says how many cells lie beyond
+    their type's per-cell threshold: nearly all for lung cancer lines against PBMCs."""
+    lines = read_shared("cellbench_lung_lines_2batches.h5ad")
+    query = lines[np.random.default_rng(0).choice(lines.n_obs, 60, replace=False)].copy()
+    with pytest.warns(UserWarning, match="needs at least 100") as caught:
+        scdl.tl.annotate(query, model="pbmc_kang2018", min_gene_overlap=0.3)
+    beyond = re.search(r"\((\d+)%\) lie beyond", _message(caught))
+    assert beyond is not None and int(beyond[1]) >= 80
+
+
 @pytest.mark.parametrize("n", [5, 50])
 def test_annotating_a_few_cells_gives_their_types_with_a_warning(n):
     """A few cells' own mean is their profile, not a shift they share: the Unknown call,
@@ -513,6 +529,9 @@ def test_annotating_a_few_cells_gives_their_types_with_a_warning(n):
         scdl.tl.annotate(query, model="pbmc_kang2018", majority_voting=True)
     assert not any("composition" in str(w.message) for w in caught)  # one caveat, not two
     assert not query.obs["scdl_cell_type_unknown"].any()
+    # the warning says how many lie beyond the per-cell thresholds: few of these
+    beyond = re.search(r"\((\d+)%\) lie beyond", _message(caught))
+    assert beyond is not None and int(beyond[1]) <= 20
     # each cell its most probable type, as among all 395 held-out cells (5 cells are too few
     # for an accuracy: one call is 20%)
     forced = scdl.pretrained.load("pbmc_kang2018").predict(every, unknown=False)

@@ -425,12 +425,20 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             unknown = unknown | empty
         typed = 0 if not unknown_call else int((~empty).sum())
         if self.cluster_threshold_ is not None and 0 < typed < MIN_QUERY_CELLS:
+            # the per-cell thresholds (calibrated on held-out reference cells) say whether
+            # the cells resemble the reference at all: a few of a query of its kind pass them,
+            # nearly all of another tissue's
+            beyond = (novelty > self.module.novelty_threshold.cpu()[best]).numpy()[~empty]
             warn_user(  # _cluster_calls made no novelty: the call is one caveat, not two
                 f"The query has {typed} cell{'s' * (typed != 1)} with counts; the Unknown call "
                 "compares its clusters using the query's own gene statistics and needs at least "
                 f"{MIN_QUERY_CELLS}. It is skipped: every cell takes its most probable type. "
-                "Annotate these cells together with more cells of their sample to have them "
-                "checked.",
+                f"{int(beyond.sum())} of them ({beyond.mean():.0%}) lie beyond their type's "
+                "per-cell novelty threshold (calibrated on held-out reference cells; the "
+                "`novelty` column of `model.annotate_cells`): a few do in a query of the "
+                "reference's kind (up to a third under another chemistry), nearly all in cells "
+                "of another tissue. Annotate these cells together with more cells of their "
+                "sample to have them checked.",
                 UserWarning,
             )
         elif self.cluster_threshold_ is not None and typed >= MIN_QUERY_CELLS:

@@ -88,6 +88,9 @@ def annotate(
         Key under which results are written (see below).
     unknown
         Call unlike cells ``"Unknown"``; ``False`` keeps every cell's most probable type.
+        The call compares clusters of the query and needs at least 100 cells with counts:
+        below that it is skipped (every cell takes its most probable type) and a warning says
+        how many cells lie beyond their type's per-cell novelty threshold.
     min_gene_overlap
         Smallest fraction of the model's genes that ``adata`` must hold. When it lacks genes
         carrying more than 10% of the model's reference sketch, the model's linear path is
