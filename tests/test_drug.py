@@ -1522,3 +1522,22 @@ def test_cells_passed_where_the_registry_goes_are_refused(bulk_train, cellbench)
     model was built without its target (on every bulk gene, no alignment to the cells)."""
     with pytest.raises(TypeError, match=r"second argument is `registry`.*`target=`"):
         scdl.models.DrugResponseModel(bulk_train, cellbench)
+
+
+def test_plots_leave_out_cells_without_predictions(trained, cellbench):
+    """Rows of NaN (cells added by an outer-join concat): the heatmap's n= counted them and
+    the ROC failed inside scikit-learn."""
+    out = scdl.tl.drug_response(cellbench, model=trained, drugs=list(EGFR_DRUGS), copy=True)
+    for suffix in ("", "_prob"):
+        table = out.obsm[f"scdl_drug{suffix}"].copy()
+        table.iloc[:10] = np.nan
+        out.obsm[f"scdl_drug{suffix}"] = table
+    first = out.obs["cell_line"].astype(str).iloc[0]
+    n_first = int((out.obs["cell_line"].astype(str).iloc[10:] == first).sum())
+    fig = scdl.pl.drug_response(out, groupby="cell_line", kind="heatmap", show=False)
+    rows = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert f"{first} (n={n_first})" in rows, rows
+    out.obs["egfr_mutant"] = (out.obs["cell_line_key"] == "HCC827").to_numpy()
+    with pytest.warns(UserWarning, match="10 of .* cells have no predictions"):
+        fig = scdl.pl.drug_response(out, labels="egfr_mutant", drugs=["Gefitinib"], show=False)
+    assert "AUROC" in fig.axes[0].get_legend().get_texts()[0].get_text()

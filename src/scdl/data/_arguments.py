@@ -146,8 +146,19 @@ def check_embedding(
             f"`adata.obsm[{key!r}] = adata.obsm[{key!r}].toarray()` for a sparse one."
         )
     if not np.isfinite(dense).all():
+        bad = ~np.isfinite(dense)
+        rows = bad.any(axis=1)
+        if rows.any() and bad[rows].all():  # whole rows: cells without a value
+            raise ValueError(
+                f"adata.obsm[{key!r}] holds only NaN or infinite values for {int(rows.sum())} "
+                f"of {len(rows)} cells: cells without one, e.g. added by "
+                "`anndata.concat(..., join='outer')`. "
+                f"Subset to the cells that have them, `adata[np.isfinite(adata.obsm[{key!r}])"
+                ".all(axis=1)]`, or recompute it for every cell."
+            )
         raise ValueError(
-            f"adata.obsm[{key!r}] has {int((~np.isfinite(dense)).sum())} NaN or infinite "
-            "values (a diverged training?). Recompute it, e.g. with `scdl.tl.integrate`."
+            f"adata.obsm[{key!r}] has {int(bad.sum())} NaN or infinite values in "
+            f"{int(rows.sum())} cells (a diverged training?). Recompute it, e.g. with "
+            "`scdl.tl.integrate`."
         )
     return dense

@@ -25,7 +25,7 @@ from scvi.model.base import (
     VAEMixin,
 )
 
-from scdl._warnings import registering_quietly
+from scdl._warnings import registering_quietly, warn_user
 from scdl.data import (
     check_continuous_covariates,
     check_count_setup,
@@ -449,6 +449,17 @@ class VAE(
                 raise ValueError(
                     f"{[_python(g) for g in missing]} not among the values of obs[{groupby!r}] "
                     f"({values[:20]}): no cells to compare.{fix}"
+                )
+            n_na = int(col.isna().sum())
+            if group2 is None and n_na:
+                # scvi-tools counts them in "Rest": e.g. a column copied across from a
+                # subset (clusters of the T cells) puts every other cell type there
+                warn_user(
+                    f"{n_na} of {len(col)} cells have no obs[{groupby!r}] value (e.g. a column "
+                    "copied across from a subset of the cells) and are counted in each "
+                    "group's 'Rest'. Compare only the cells that have one: pass "
+                    f"`adata=cells[:, model.get_var_names()].copy()` for them, or group2=.",
+                    UserWarning,
                 )
             if group1 is None:  # one vs rest over the categories that have cells: scvi-tools
                 # takes every category, and an unused one failed with no cells to sample

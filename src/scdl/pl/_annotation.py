@@ -108,7 +108,11 @@ def annotation(
         # sits on the diagonal even when the label sets differ
         rows = _categories(truth)
         order = list(dict.fromkeys([*rows, *map(str, types)]))
-        counts = pd.crosstab(known, called).reindex(index=rows, columns=order, fill_value=0)
+        # as arrays: crosstab aligns Series on their index, which fails on duplicated obs
+        # names (two samples' barcodes concatenated without index_unique)
+        counts = pd.crosstab(
+            known.to_numpy(), called.to_numpy(), rownames=[None], colnames=[None]
+        ).reindex(index=rows, columns=order, fill_value=0)
         table = counts.div(counts.sum(axis=1), axis=0)
         im = ax.imshow(table.to_numpy(), cmap="Blues", vmin=0, vmax=1)
         ax.grid(False)  # scanpy's style draws a grid through every cell

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from scdl._rng import keeps_rng
-from scdl.data import check_writable
+from scdl.data import check_embedding, check_writable
 
 from ._utils import (
     cached_umap,
@@ -118,7 +118,10 @@ def contrastive(
     color = _colors(adata, key, color, layer)
     table = _gene_table(adata, key).head(n_genes) if n_genes else None
 
-    salient = np.asarray(adata.obsm[key])
+    # a cell without values (NaN rows, e.g. from an outer-join concat) is refused by name,
+    # not read as a target cell
+    salient = check_embedding(adata, key, purpose="pl.contrastive")
+    check_embedding(adata, shared_key, purpose="pl.contrastive")
     is_target = np.any(salient != 0, axis=1)
     if not is_target.any():
         raise ValueError(f"adata.obsm[{key!r}] is zero for every cell: no target cells to plot.")

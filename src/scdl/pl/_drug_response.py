@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
+from scdl._warnings import warn_user
+
 from ._utils import MAX_NUMERIC_GROUPS, doc_show_save, finish, panel_axes, response_wording
 
 if TYPE_CHECKING:
@@ -145,7 +147,8 @@ def drug_response(
     # in the column's category order (as scanpy's plots), not sorted as strings (0, 1, 10, 2)
     order = [str(c) for c in column.cat.categories if (column == c).any()]
     means = table.groupby(groups.to_numpy(), observed=True).mean().reindex(order)
-    sizes = groups.value_counts().reindex(order)
+    # cells with predictions: an outer-join concat adds rows of NaN, which the means skip
+    sizes = groups[table.notna().any(axis=1).to_numpy()].value_counts().reindex(order, fill_value=0)
     if drugs is None:
         spread = means.max(axis=0) - means.min(axis=0)
         drugs = spread.sort_values(ascending=False, kind="stable").index[:n_drugs].tolist()
@@ -252,6 +255,20 @@ def _roc(adata, labels, drugs, key, n_drugs, *, ax, show, save):
         )
     truth = truth.astype(bool).to_numpy()
     table = _table(adata, key, "probability")
+    predicted = table.notna().all(axis=1).to_numpy()
+    if not predicted.all():  # rows of NaN, e.g. cells added by an outer-join concat
+        warn_user(
+            f"{int((~predicted).sum())} of {len(predicted)} cells have no predictions in "
+            f"adata.obsm[{key + '_prob'!r}] (NaN, e.g. cells added by an outer-join concat): "
+            "they are left out of the ROC.",
+            UserWarning,
+        )
+        truth, table = truth[predicted], table[predicted]
+        if len(set(truth.tolist())) != 2:
+            raise ValueError(
+                f"The cells with predictions hold only one value of obs[{labels!r}]: an ROC "
+                "needs sensitive and non-sensitive cells."
+            )
     if drugs is None:  # as for the groups: the drugs whose means differ most
         gap = (table[truth].mean() - table[~truth].mean()).abs()
         drugs = gap.sort_values(ascending=False, kind="stable").index[:n_drugs].tolist()

@@ -62,7 +62,8 @@ def annotate(
     calls can change with the other samples annotated beside it (unlike a per-cell classifier
     such as CellTypist without voting). Where samples differ by chemistry, protocol or
     condition, annotate each on its own and join the results: ``parts = [annotate(adata[m].copy(),
-    copy=True) ...]`` over the sample masks, then ``anndata.concat(parts)``. The order of the
+    copy=True) ...]`` over the sample masks, then ``anndata.concat(parts, uns_merge="same")``
+    (which keeps what the parts share, such as ``tl.integrate``'s record). The order of the
     cells does not change the calls: the query's Leiden clusters (the Unknown call's and the
     over-clustering for voting, which in scanpy depend on the order of the cells) are made
     with the cells in an order of their own content, so the same cells in any order get the
