@@ -255,6 +255,21 @@ def test_embedding_umap_follows_the_representation(kang_integrated):
     assert adata.uns["X_scdl_umap"]["params"]["n_neighbors"] == 15
 
 
+def test_embedding_keeps_its_layout_for_the_same_cells_in_another_order(kang_integrated):
+    """Cells sorted (e.g. by type for a heatmap) keep their cached layout, as scanpy keeps
+    X_umap; the representation's rows moved without the layout's get a new one."""
+    adata = kang_integrated[0].copy()
+    scdl.pl.embedding(adata, show=False)
+    order = np.argsort(adata.obs["cell_type"].astype(str).to_numpy(), kind="stable")
+    layout = adata.obsm["X_scdl_umap"][order].copy()
+    sorted_cells = adata[order].copy()
+    scdl.pl.embedding(sorted_cells, show=False)
+    np.testing.assert_array_equal(sorted_cells.obsm["X_scdl_umap"], layout)
+    sorted_cells.obsm["X_scdl"] = sorted_cells.obsm["X_scdl"][::-1].copy()  # layout unmoved
+    scdl.pl.embedding(sorted_cells, show=False)
+    assert not np.allclose(sorted_cells.obsm["X_scdl_umap"], layout)
+
+
 def test_embedding_writes_only_its_umap_cache(kang_integrated):
     """scanpy stores palettes in uns and makes string obs columns categorical; the docstring
     promises the cached UMAP is all scdl.pl.embedding writes."""

@@ -49,8 +49,9 @@ def embedding(
     ``random_state`` and a fingerprint of ``obsm[basis]``) in
     ``adata.uns[f"{basis}_umap"]["params"]``: the only fields this function writes (palettes
     in ``uns[f"{color}_colors"]`` are used, but scanpy's new ones are not stored). Later
-    calls reuse it while ``obsm[basis]`` and those settings are unchanged, and recompute it
-    otherwise (e.g. after a new :func:`scdl.tl.integrate` into the same key). A view of some
+    calls reuse it while ``obsm[basis]`` and those settings are unchanged (the same cells
+    sorted or reordered keep their layout), and recompute it otherwise (e.g. after a new
+    :func:`scdl.tl.integrate` into the same key). A view of some
     cells (``adata[mask]``) whose parent holds a current UMAP is drawn in the parent's layout
     and nothing is written; a ``basis`` of two columns (e.g. scanpy's ``"X_umap"``) is drawn
     as it is.

@@ -227,11 +227,22 @@ def _cache_params(x: np.ndarray, n_neighbors: int, random_state: int, rows=None)
         "n_neighbors": int(n_neighbors),
         "random_state": int(random_state),
         "fingerprint": _fingerprint(x) if rows is None else _fingerprint(x[rows]),
-        "rows": "all" if rows is None else _fingerprint(np.asarray(rows, dtype=bool)),
+        # the rows left out, as a set too: with the rows drawn, which cells are drawn
+        "rows": "all" if rows is None else _fingerprint(x[~np.asarray(rows, dtype=bool)]),
     }
 
 
-def _cache_holds(adata: AnnData, umap_key: str, params: dict) -> bool:
+def _pairs(x: np.ndarray, emb: np.ndarray, rows=None) -> str:
+    """Fingerprint of each cell's representation beside its layout, as a set: the cached rows
+    still belong to the cells they were computed for (the rows' fingerprint alone is blind
+    to the representation's rows moved without the layout's)."""
+    x, emb = np.asarray(x, dtype=np.float64), np.asarray(emb, dtype=np.float64)
+    if rows is not None:
+        x, emb = x[rows], emb[rows]
+    return _fingerprint(np.hstack([x, emb]))
+
+
+def _cache_holds(adata: AnnData, umap_key: str, params: dict, x: np.ndarray, rows=None) -> bool:
     cached = adata.obsm.get(umap_key)
     info = adata.uns.get(umap_key)
     stored = info.get("params") if isinstance(info, dict) else None
@@ -240,6 +251,7 @@ def _cache_holds(adata: AnnData, umap_key: str, params: dict) -> bool:
         and cached.shape == (adata.n_obs, 2)
         and isinstance(stored, dict)
         and {k: stored.get(k) for k in params} == params
+        and stored.get("pairs") == _pairs(x, cached, rows)
     )
 
 
@@ -260,7 +272,7 @@ def parent_layout(
         rep = check_embedding(parent, basis)
     except (KeyError, TypeError, ValueError):
         return False
-    return _cache_holds(parent, umap_key, _cache_params(rep, n_neighbors, random_state))
+    return _cache_holds(parent, umap_key, _cache_params(rep, n_neighbors, random_state), rep)
 
 
 @keeps_torch_threads
@@ -275,8 +287,13 @@ def _umap(x: np.ndarray, n_neighbors: int, random_state: int) -> np.ndarray:
 
 
 def _fingerprint(x: np.ndarray) -> str:
+    """SHA-1 of an embedding's rows as a set: the same cells in another order (sorted for a
+    heatmap) keep their cached layout, whose rows anndata reordered with them."""
     x = np.ascontiguousarray(x)
     head = f"{x.dtype.str}{x.shape}".encode()
+    if x.ndim == 2 and x.shape[1] > 0:
+        # each row as one opaque value, sorted bytewise (in C: no per-row Python)
+        x = np.sort(x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel())
     return hashlib.sha1(head + x.tobytes()).hexdigest()
 
 
@@ -292,9 +309,10 @@ def cached_umap(
     """UMAP of ``x`` (cells x dims), cached in ``adata.obsm[umap_key]``.
 
     The cache is keyed on what the UMAP is computed from: ``uns[umap_key]["params"]`` holds
-    ``n_neighbors``, ``random_state`` and a SHA-1 fingerprint of ``x`` (and of ``rows``), so a
-    new representation under the same key (e.g. after another ``tl.integrate``) is never
-    shown with a stale UMAP. ``rows`` (a boolean mask) embeds only those cells; the others
+    ``n_neighbors``, ``random_state``, a SHA-1 fingerprint of ``x``'s rows as a set (and of
+    the rows left out by ``rows``) and one of each row beside its layout (``pairs``), so a new
+    representation under the same key (e.g. after another ``tl.integrate``) is never shown
+    with a stale UMAP, while the same cells in another order keep their layout. ``rows`` (a boolean mask) embeds only those cells; the others
     get NaN.
     """
     if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int | np.integer):
@@ -303,7 +321,7 @@ def cached_umap(
         raise ValueError(f"n_neighbors must be >= 2 (a UMAP's neighbour graph), got {n_neighbors}.")
     random_state = 0 if random_state is None else random_state  # so the cache can match it
     params = _cache_params(x, n_neighbors, random_state, rows)
-    if _cache_holds(adata, umap_key, params):
+    if _cache_holds(adata, umap_key, params, x, rows):
         return np.asarray(adata.obsm[umap_key])
     if rows is None:
         emb = _umap(x, n_neighbors, random_state)
@@ -311,5 +329,5 @@ def cached_umap(
         emb = np.full((adata.n_obs, 2), np.nan, dtype=np.float32)  # as scanpy's X_umap
         emb[rows] = _umap(x[rows], n_neighbors, random_state)
     adata.obsm[umap_key] = emb
-    adata.uns[umap_key] = {"params": params}
+    adata.uns[umap_key] = {"params": {**params, "pairs": _pairs(x, emb, rows)}}
     return emb
