@@ -1541,3 +1541,36 @@ def test_plots_leave_out_cells_without_predictions(trained, cellbench):
     with pytest.warns(UserWarning, match="10 of .* cells have no predictions"):
         fig = scdl.pl.drug_response(out, labels="egfr_mutant", drugs=["Gefitinib"], show=False)
     assert "AUROC" in fig.axes[0].get_legend().get_texts()[0].get_text()
+
+
+def test_cells_unlike_every_training_line_score_low(trained, cellbench, tmp_path):
+    """PBMCs beside the lung lines' cells (a tumour sample's immune cells) still get responses
+    that mean nothing, and the ensemble's spread does not flag them: the line similarity
+    does. The training lines are each their own nearest line."""
+    import anndata as ad
+
+    blood = read_shared("kang_pbmc_2k_celltypes.h5ad")
+    blood = blood[np.random.default_rng(0).choice(blood.n_obs, 300, replace=False)]
+    common = cellbench.var_names.intersection(blood.var_names)
+    mix = ad.concat([cellbench[:, common], blood[:, common]], label="src", keys=["lung", "pbmc"])
+    mix.obs_names_make_unique()
+    scdl.tl.drug_response(mix, model=trained, drugs=["Gefitinib"])
+    score = mix.obs["scdl_drug_line_similarity"].to_numpy()
+    lung = (mix.obs["src"] == "lung").to_numpy()
+    assert np.isfinite(score).all()
+    # every PBMC below the lung cells' 5th percentile, nearly (AUROC 1.0 in this run)
+    assert np.quantile(score[~lung], 0.95) < np.quantile(score[lung], 0.05)
+    nearest = mix.obs["scdl_drug_nearest_line"]
+    assert isinstance(nearest.dtype, pd.CategoricalDtype)
+    assert set(nearest.cat.categories) <= set(trained.adata.obs_names)
+    own = trained.predict(kind="similarity")
+    np.testing.assert_allclose(own["similarity"], 1.0, atol=1e-5)
+    assert (own["nearest_line"] == own.index).all()
+    # a model loaded without its training lines: predictions, no similarity (a rerun drops
+    # the earlier columns rather than leave them beside new predictions)
+    trained.save(tmp_path / "m")
+    bare = scdl.models.DrugResponseModel.load(tmp_path / "m")
+    scdl.tl.drug_response(mix, model=bare, drugs=["Gefitinib"])
+    assert "scdl_drug_line_similarity" not in mix.obs and "scdl_drug_nearest_line" not in mix.obs
+    with pytest.raises(ValueError, match="loaded without data does not hold"):
+        bare.predict(mix, kind="similarity")

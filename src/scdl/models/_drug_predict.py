@@ -32,6 +32,7 @@ from scdl.data import (
 )
 
 from ._attribution import integrated_gradients
+from ._drug_similarity import LineSimilarity
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +42,9 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 Modality = Literal["auto", "counts", "log1p", "profiles"]
-Kind = Literal["value", "probability", "label", "sd"]
-#: what :meth:`DrugPredictionMixin.predict` returns per cell and drug
-KINDS = ("value", "probability", "label", "sd")
+Kind = Literal["value", "probability", "label", "sd", "similarity"]
+#: what :meth:`DrugPredictionMixin.predict` returns per cell and drug (and per cell)
+KINDS = ("value", "probability", "label", "sd", "similarity")
 
 
 class DrugPredictionMixin:
@@ -223,7 +224,15 @@ class DrugPredictionMixin:
             is on the sensitive side of the drug's median over the training lines
             (``drug_stats_["median"]``, the threshold; probability > 0.5), else 0;
             ``"sd"``: the sd of the value over ensemble members, their disagreement (not
-            the error, which ``drug_stats_["residual_sd"]`` measures on held-out lines).
+            the error, which ``drug_stats_["residual_sd"]`` measures on held-out lines);
+            ``"similarity"``: per cell, not per drug, a DataFrame of ``similarity``, the
+            largest Pearson correlation of the cell's profile with a training line's over the
+            genes ``adata`` holds (NaN for a profile constant over them), and
+            ``nearest_line``, that line's name (needs the model's training lines: not for a
+            model loaded without data). Cells unlike every cancer line the model was trained
+            on (immune or stromal cells of a tumour sample, another tissue) score lower than
+            the query's cancer cells; their predictions carry no meaning. Not a calibrated
+            cut: compare cells or groups of one query.
             A list of kinds returns a dict of DataFrames by kind, from one pass over the data
             (the cells' profiles, with their neighbour smoothing, are computed once). The
             profiles are made and reduced to the drugs' columns a block of cells at a time,
@@ -254,11 +263,29 @@ class DrugPredictionMixin:
         )
         cols = [self.drugs.index(d) for d in drugs]
         index = self.adata.obs_names if adata is None else adata.obs_names
+        near = None
+        if "similarity" in kinds:
+            if self.adata is None:
+                raise ValueError(
+                    "kind='similarity' compares cells with the model's training lines, which a "
+                    "model loaded without data does not hold: load it with "
+                    "`DrugResponseModel.load(dir_path, adata=bulk)` (the bulk cell lines it was "
+                    "trained on, with their response table)."
+                )
+            training = self.adata
+            present = (
+                np.ones(len(self.genes), dtype=bool)
+                if adata is None
+                else np.asarray(self.genes.isin(adata.var_names))
+            )
+            near = LineSimilarity(self._bulk()[0], training.obs_names, present)
         want_sd = "sd" in kinds
         want_value = bool(set(kinds) & {"value", "probability", "label"})
         # each block of profiles is reduced to the drugs' columns before the next is made
         sds, values = [], []
         for block in blocks:
+            if near is not None:
+                near.add(block)
             if want_sd:
                 members = self._run(block, lambda x: self.module.member_predictions(x, cols))
                 sds.append(members.std(axis=0))
@@ -279,6 +306,8 @@ class DrugPredictionMixin:
             out["value"] = value
             out["probability"] = self.sensitive_probability(value)
             out["label"] = self.sensitive_label(value)
+        if near is not None:
+            out["similarity"] = near.table(index)
         out = {k: out[k] for k in kinds}
         return out[kind] if isinstance(kind, str) else out
 

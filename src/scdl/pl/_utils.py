@@ -312,8 +312,8 @@ def cached_umap(
     ``n_neighbors``, ``random_state``, a SHA-1 fingerprint of ``x``'s rows as a set (and of
     the rows left out by ``rows``) and one of each row beside its layout (``pairs``), so a new
     representation under the same key (e.g. after another ``tl.integrate``) is never shown
-    with a stale UMAP, while the same cells in another order keep their layout. ``rows`` (a boolean mask) embeds only those cells; the others
-    get NaN.
+    with a stale UMAP, while the same cells in another order keep their layout. ``rows`` (a
+    boolean mask) embeds only those cells; the others get NaN.
     """
     if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int | np.integer):
         raise TypeError(f"n_neighbors must be an integer, got {n_neighbors!r}.")

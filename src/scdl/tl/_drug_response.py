@@ -37,11 +37,16 @@ def drug_response(
     over neighbouring cells and scaled as the model was trained (see its docstring).
 
     What to rely on: the order of cells, clusters or samples within a drug (which are more
-    sensitive than which). Predictions are shrunk towards the training lines' typical response
-    (a ridge ensemble fitted on bulk lines), so their spread is narrower than the measured one,
-    and the ``_label`` / ``_prob`` tables, which read each cell against the drug's median over
-    the bulk lines, can put every cell of a query on one side of it, the most sensitive
-    line's cells included (tutorial 04 shows such a case). Compare within a drug by rank.
+    sensitive than which), among cells like the cancer lines the model was trained on. A
+    cell unlike every training line (an immune or stromal cell of a tumour sample, another
+    tissue) still gets a prediction, which carries no meaning; the ``_line_similarity`` obs
+    column shows such cells (they score lower than the sample's cancer cells): predict for
+    the malignant cells, or compare groups of similar score. Predictions are shrunk towards
+    the training lines' typical response (a ridge ensemble fitted on bulk lines), so their
+    spread is narrower than the measured one, and the ``_label`` / ``_prob`` tables, which
+    read each cell against the drug's median over the bulk lines, can put every cell of a
+    query on one side of it, the most sensitive line's cells included (tutorial 04 shows such
+    a case). Compare within a drug by rank.
 
     Parameters
     ----------
@@ -88,6 +93,14 @@ def drug_response(
         DataFrame of cells x drugs: the sd of the prediction over the model's ensemble
         members (each trained without one fold of the lines): their disagreement, much smaller
         than the prediction's error (``residual_sd`` in the summary).
+    ``obs[f"{key_added}_line_similarity"]``
+        The largest Pearson correlation of each cell's profile (the model's input: normalised,
+        smoothed, scaled) with a training line's, over the genes ``adata`` holds (NaN for a
+        cell without counts in them): how much the cell resembles the lines the model learnt
+        from. Not a calibrated cut: compare cells or groups of one query. Written when the
+        model holds its training lines (not for one loaded without data).
+    ``obs[f"{key_added}_nearest_line"]``
+        Categorical: the training line of that correlation (``""`` where it is NaN).
     ``uns[key_added]``
         ``params`` (``drugs``, ``layer``, ``modality`` as read: ``"counts"``, ``"log1p"``
         or ``"profiles"``, ``smooth_neighbors`` as used: the model's when ``None``, at most
@@ -156,11 +169,16 @@ def drug_response(
         modality = resolve_modality(adata, layer)
     # everything is computed before anything is written, so a failure leaves adata unchanged
     # one pass: the cells' profiles (and their neighbour smoothing) are computed once
+    kinds = ["value", "probability", "label", "sd"]
+    # the training lines are needed to compare cells with them (a model loaded without data
+    # lacks them)
+    kinds += ["similarity"] if model.adata is not None else []
     tables = model.predict(
-        adata, drugs=drugs, kind=["value", "probability", "label", "sd"], layer=layer,
-        modality=modality, smooth_neighbors=smooth_neighbors,
+        adata, drugs=drugs, kind=kinds, layer=layer, modality=modality,
+        smooth_neighbors=smooth_neighbors,
     )  # fmt: skip
     value, prob, label, sd = (tables[k] for k in ("value", "probability", "label", "sd"))
+    similar = tables.get("similarity")
     warn_slashed_names(
         value.columns,
         what="Drugs",
@@ -190,6 +208,14 @@ def drug_response(
     out.obsm[f"{key_added}_prob"] = prob
     out.obsm[f"{key_added}_label"] = label
     out.obsm[f"{key_added}_sd"] = sd
+    # a rerun with a model loaded without data leaves no stale columns
+    stale = [
+        c for c in (f"{key_added}_line_similarity", f"{key_added}_nearest_line") if c in out.obs
+    ]
+    out.obs.drop(columns=stale, inplace=True)
+    if similar is not None:
+        out.obs[f"{key_added}_line_similarity"] = similar["similarity"].to_numpy()
+        out.obs[f"{key_added}_nearest_line"] = pd.Categorical(similar["nearest_line"])
     out.uns[key_added] = {
         "params": {
             "drugs": np.asarray(value.columns, dtype=object),
