@@ -1574,3 +1574,20 @@ def test_cells_unlike_every_training_line_score_low(trained, cellbench, tmp_path
     assert "scdl_drug_line_similarity" not in mix.obs and "scdl_drug_nearest_line" not in mix.obs
     with pytest.raises(ValueError, match="loaded without data does not hold"):
         bare.predict(mix, kind="similarity")
+
+
+def test_response_plot_after_concatenating_parts_predicted_apart(trained, cellbench):
+    """The bulk medians sat in a table with each call's own statistics, which never compare
+    equal between parts: `uns_merge="same"` dropped them and the response plot failed."""
+    import anndata as ad
+
+    lines = cellbench.obs["cell_line"].astype(str)
+    parts = [cellbench[(lines == line).to_numpy()].copy() for line in sorted(set(lines))]
+    for part in parts:
+        scdl.tl.drug_response(part, model=trained, drugs=["Gefitinib", "Erlotinib"])
+    joined = ad.concat(parts, uns_merge="same")
+    assert "drugs" not in joined.uns["scdl_drug"] and "bulk" in joined.uns["scdl_drug"]
+    fig = scdl.pl.drug_response(joined, groupby="cell_line", value="response", show=False)
+    assert isinstance(fig, Figure)
+    with pytest.raises(KeyError, match="uns_merge='same'"):
+        scdl.pl.drug_response(ad.concat(parts), groupby="cell_line", value="response", show=False)

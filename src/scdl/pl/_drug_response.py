@@ -52,13 +52,17 @@ def _predicted(key: str) -> tuple[str, str]:
 def _response_scale(adata: AnnData, key: str, drugs: list[str]) -> tuple[np.ndarray, str, bool]:
     """The drugs' bulk medians, the response's name, and whether higher means sensitive."""
     info = adata.uns.get(key, {})
-    if "drugs" not in info:
+    # "bulk": the model's columns alone, which a concat with uns_merge="same" keeps
+    table = next((info[k] for k in ("bulk", "drugs") if k in info), None)
+    if table is None:
         raise KeyError(
-            f"adata.uns[{key!r}]['drugs'] not found (the bulk medians). Run "
-            "`scdl.tl.drug_response` first, or plot value='probability'."
+            f"adata.uns[{key!r}]['bulk'] not found (the bulk medians). Run "
+            "`scdl.tl.drug_response` first; after `anndata.concat`, concatenate with "
+            "uns_merge='same' (parts predicted by one model share it); or plot "
+            "value='probability'."
         )
     name, high = response_wording(info.get("params", {}))
-    return info["drugs"].loc[drugs, "bulk_median"].to_numpy(), name, high
+    return table.loc[drugs, "bulk_median"].to_numpy(), name, high
 
 
 @doc_show_save

@@ -112,7 +112,10 @@ def drug_response(
         (the same value: the label's cut), ``mean_sd``,
         ``mean_probability``, ``fraction_sensitive`` (probability > 0.5),
         ``heldout_spearman`` and ``residual_sd`` of the model on held-out lines,
-        ``n_lines`` trained on), sorted by ``mean_probability``.
+        ``n_lines`` trained on), sorted by ``mean_probability``; ``bulk``: the model's own
+        columns of it (``bulk_median``, ``residual_sd``, ``heldout_spearman``, ``n_lines``)
+        sorted by drug name, the same for every call with the model, so that
+        ``anndata.concat(..., uns_merge="same")`` of parts predicted apart keeps them.
 
     Raises
     ------
@@ -234,5 +237,9 @@ def drug_response(
             "sensitive": model.sensitive,
         },
         "drugs": summary,
+        # the model's figures alone, by drug name: the same for every call of the model on
+        # any cells, so `anndata.concat(..., uns_merge="same")` keeps them (the summary's
+        # per-call columns differ between parts, and it was dropped whole)
+        "bulk": summary[["bulk_median", "residual_sd", "heldout_spearman", "n_lines"]].sort_index(),
     }
     return out if copy else None
