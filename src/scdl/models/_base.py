@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import weakref
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -23,6 +24,7 @@ import pandas as pd
 from scdl._warnings import registering_quietly, warn_user
 
 from ._arguments import check_registry
+from ._registrations import forget_registrations
 from ._saved_checks import check_saved_attrs, config_errors, probe_weights
 from ._saved_files import (
     ANNDATA_DIGEST_KEY,
@@ -53,6 +55,14 @@ _SCVI_UUID = "_scvi_uuid"
 _MANAGER_UUID = "_scvi_manager_uuid"  # the manager that last registered an AnnData
 
 
+def fresh_registration_id(adata: AnnData) -> None:
+    """Drop the registration ids an AnnData scdl made carries from the one it was made from
+    (a copy's uns, a save's file): registered, it gets its own, and releasing it with its
+    model never touches the original's registration."""
+    adata.uns.pop(_SCVI_UUID, None)
+    adata.uns.pop(_MANAGER_UUID, None)
+
+
 class SafeSaveLoadMixin:
     """``save``/``load`` through JSON + safetensors instead of pickle."""
 
@@ -72,6 +82,27 @@ class SafeSaveLoadMixin:
         # every scdl model's second positional argument, checked once here for all of them
         check_registry(registry, type(self).__name__, second=self._second_adata)
         super().__init__(adata, registry, **kwargs)
+        # scvi-tools keeps every registration in class-level stores for the session: the
+        # model's own entry, and those of AnnData scdl made for it (a tool's training copy, a
+        # query's gene subset, a saved AnnData read back), go when the model does
+        self._own_adata_ids: set[str] = set()
+        weakref.finalize(self, forget_registrations, type(self), self.id, self._own_adata_ids)
+
+    @classmethod
+    def _release_adata(cls, adata: AnnData) -> None:
+        """Drop the registration of an AnnData scdl made for a model that was not built (a
+        half-built one registered it in its own store too)."""
+        uuid = adata.uns.get(_SCVI_UUID)
+        for store in (*cls._per_instance_manager_store.values(), cls._setup_adata_manager_store):
+            store.pop(uuid, None)
+
+    def _owns_adata(self, adata: AnnData) -> None:
+        """Mark ``adata`` as made by scdl for this model alone: its registration is dropped
+        from scvi-tools' class store with the model (never the user's own AnnData, which
+        ``Model(adata)`` may be given again)."""
+        uuid = adata.uns.get(_SCVI_UUID)
+        if uuid is not None:
+            self._own_adata_ids.add(uuid)
 
     @classmethod
     def _refuse_setup_options(cls, kwargs: dict) -> None:
@@ -327,6 +358,7 @@ class SafeSaveLoadMixin:
                 f"scdl.models.{config['model_class']}.load."
             )
         _, _, torch_device = resolve_device(accelerator, device, single=True)
+        read_back = adata is None and not without_data  # an AnnData of the save's own
         with config_errors(files, values=True):
             attrs = _decode(config["attrs"])
         with config_errors(files):
@@ -362,12 +394,16 @@ class SafeSaveLoadMixin:
             )
         # the weights must fit before adata is registered (a failing load leaves it as it was)
         probe_weights(cls, registry, attrs, state, files)
+        if read_back:  # a new object: not under the saved (the user's) AnnData's id
+            fresh_registration_id(adata)
         if adata is not None:
             cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
         with config_errors(files):
             model = _initialize_model(cls, adata, registry, attrs)
             model._on_load()
         _load_state(model, state, files)
+        if read_back:
+            model._owns_adata(adata)
         model.to_device(torch_device)
         model.module.eval()
         return model

@@ -28,6 +28,8 @@ from scdl.data import (
     same_gene_names,
 )
 
+from ._base import fresh_registration_id
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
@@ -157,7 +159,8 @@ class VAEQueryMixin:
                 f"reference_model must be a trained {cls.__name__} or a folder it was saved to, "
                 f"got {type(reference_model).__name__}."
             )
-        if adata.is_view and adata.isbacked:  # anndata neither copies nor subsets it again
+        copied = adata.is_view and adata.isbacked  # scdl's own copy: released with the model
+        if copied:  # anndata neither copies nor subsets it again
             adata = adata.to_memory()
         ref_genes = pd.Index(reference_model.get_var_names())
         subset_genes = not same_gene_names(adata.var_names, ref_genes)
@@ -179,6 +182,7 @@ class VAEQueryMixin:
             adata = subset.to_memory() if adata.isbacked else subset.copy()
         elif adata.is_view:  # registering writes into the AnnData: a view gets its own copy
             adata = adata.to_memory() if adata.isbacked else adata.copy()
+            copied = True
         setup_args = reference_model.registry_["setup_args"]
         _check_reference_columns(adata, setup_args)
         # from the registry: a model loaded without data has no AnnData manager
@@ -205,11 +209,17 @@ class VAEQueryMixin:
                     "query)`; to map them as a new batch, give them a new batch name.",
                     UserWarning,
                 )
+        if copied or subset_genes:  # scdl's copy: its own registration, released with it
+            fresh_registration_id(adata)
         if not subset_genes:
-            return super().load_query_data(adata, reference_model, **kwargs)
+            model = super().load_query_data(adata, reference_model, **kwargs)
+            if copied:
+                model._owns_adata(adata)
+            return model
         with warnings.catch_warnings():  # said below: the fix it names is for the copy
             warnings.filterwarnings("ignore", message=r".* cells have no counts in adata")
             model = super().load_query_data(adata, reference_model, **kwargs)
+        model._owns_adata(adata)  # the subset scdl made: its registration goes with the model
         x = get_matrix(adata, setup_args.get("layer"))
         n_empty = int(np.count_nonzero(np.asarray(x.sum(axis=1)).ravel() == 0))
         if n_empty:

@@ -35,7 +35,14 @@ def train_model(
                 "ignore", message=".* cells have no counts", category=UserWarning
             )
             model_cls.setup_anndata(train_adata, **setup_kwargs)
-        model = model_cls(train_adata, **model_kwargs)
+        # train_adata is the tool's own copy: its registration (scvi-tools keeps it for the
+        # session) goes with the model, or now when the model cannot be built
+        try:
+            model = model_cls(train_adata, **model_kwargs)
+        except BaseException:
+            model_cls._release_adata(train_adata)
+            raise
+        model._owns_adata(train_adata)
         t0 = time.perf_counter()
         with warnings.catch_warnings():  # its advice names train_size, which tools take in
             warnings.filterwarnings(  # train_kwargs; a cell or two moved is no news
