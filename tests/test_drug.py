@@ -1591,3 +1591,48 @@ def test_response_plot_after_concatenating_parts_predicted_apart(trained, cellbe
     assert isinstance(fig, Figure)
     with pytest.raises(KeyError, match="uns_merge='same'"):
         scdl.pl.drug_response(ad.concat(parts), groupby="cell_line", value="response", show=False)
+
+
+def test_finite_blow_up_is_divergence_and_the_model_stays_untrained(bulk_train, cellbench):
+    """A huge lr blew a small network's weights up without reaching NaN: held-out errors of
+    ~1e6 ln IC50 were written as predictions. It is now a divergence, weights restored."""
+    import scvi
+
+    from scdl.train import TrainingDivergedError
+
+    # a small network on 120 lines and 5 drugs: its weights grow large but finite
+    bulk = bulk_train[np.sort(np.random.default_rng(0).choice(bulk_train.n_obs, 120, False))]
+    bulk = bulk.copy()
+    bulk.obsm["ln_ic50"] = bulk.obsm["ln_ic50"].iloc[:, :5]
+    scdl.models.DrugResponseModel.setup_anndata(bulk, response_key="ln_ic50")
+    cells = cellbench[:150].copy()
+    genes = list(bulk.var_names.intersection(cells.var_names)[:300])
+    scvi.settings.seed = 0
+    model = scdl.models.DrugResponseModel(
+        bulk, target=cells, genes=genes, prediction="wide_deep", n_hidden=32, n_latent=8,
+        n_ensemble=2,
+    )  # fmt: skip
+    with pytest.raises(TrainingDivergedError, match="times the spread of the measured"):
+        model.train(max_epochs=2, lr=1e3, enable_progress_bar=False)
+    assert not model.is_trained_ and model.drug_stats_ is None
+
+
+def test_target_batch_size_above_the_cells_is_capped(bulk_train, cellbench):
+    """More target draws per minibatch than cells repeated them at a quadratic cost (176 s at
+    6,000 for 150 cells): capped, with a warning."""
+    bulk = bulk_train.copy()
+    scdl.models.DrugResponseModel.setup_anndata(bulk, response_key="ln_ic50")
+    cells = cellbench[:150].copy()
+    model = scdl.models.DrugResponseModel(bulk, target=cells, prediction="wide_deep", **SMALL)
+    with pytest.warns(UserWarning, match="target_batch_size=100000 is more than the 150"):
+        model.train(max_epochs=1, target_batch_size=100_000, enable_progress_bar=False)
+    assert model.is_trained_
+
+
+def test_a_one_gene_model_builds_and_predicts(bulk_train, cellbench):
+    """One gene failed in scikit-learn's PCA (neighbour smoothing), naming neither."""
+    bulk = bulk_train.copy()
+    scdl.models.DrugResponseModel.setup_anndata(bulk, response_key="ln_ic50")
+    model = scdl.models.DrugResponseModel(bulk, target=cellbench, genes=["EGFR"], **SMALL)
+    model.train(enable_progress_bar=False)
+    assert np.isfinite(model.predict(cellbench, drugs="Gefitinib").to_numpy()).all()

@@ -203,10 +203,13 @@ def neighbor_weights(
     if not (logp.nnz if sparse.issparse(logp) else np.count_nonzero(logp)):
         return None  # every row empty in these genes: nothing to tell neighbours apart by
     n_comp = max(1, min(n_pcs, n - 1, profiles.shape[1] - 1))
-    # exact PCA (ARPACK, as scanpy's default): sklearn's randomized solver samples over the
-    # cells of a wide matrix, so each cell's neighbours depended on the order of the cells
-    emb = PCA(n_components=n_comp, svd_solver="arpack", random_state=random_state)
-    emb = emb.fit_transform(logp)
+    if profiles.shape[1] < 2:  # one gene: ARPACK needs more; the gene itself is the space
+        emb = logp.toarray() if sparse.issparse(logp) else logp
+    else:
+        # exact PCA (ARPACK, as scanpy's default): sklearn's randomized solver samples over
+        # the cells of a wide matrix, so each cell's neighbours depended on their order
+        emb = PCA(n_components=n_comp, svd_solver="arpack", random_state=random_state)
+        emb = emb.fit_transform(logp)
     idx = NearestNeighbors(n_neighbors=k).fit(emb).kneighbors(emb, return_distance=False)
     return sparse.csr_matrix(
         (np.full(idx.size, 1.0 / k), idx.ravel(), np.arange(0, idx.size + 1, k)), shape=(n, n)

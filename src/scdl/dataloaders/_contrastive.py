@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from scvi.external.contrastivevi import ContrastiveDataSplitter
@@ -30,12 +31,17 @@ class ContrastiveSplitter(ContrastiveDataSplitter):
     """
 
     def __init__(self, adata_manager, background_indices, target_indices, **kwargs):
-        super().__init__(
-            adata_manager,
-            background_indices=[int(i) for i in background_indices],
-            target_indices=[int(i) for i in target_indices],
-            **kwargs,
-        )
+        with warnings.catch_warnings():
+            # scvi-tools' remainder rule, which the counts below replace: nothing moves
+            warnings.filterwarnings(
+                "ignore", ".*moved from training set to validation set", UserWarning
+            )
+            super().__init__(
+                adata_manager,
+                background_indices=[int(i) for i in background_indices],
+                target_indices=[int(i) for i in target_indices],
+                **kwargs,
+            )
         if self.external_indexing is None:
             # scvi-tools moves a group's last 1-2 training cells (its remainder in minibatches)
             # to validation, which left a group of 1-2 cells out of training entirely; the

@@ -15,6 +15,7 @@ from scvi.train import TrainRunner
 
 from scdl._warnings import registering_quietly
 from scdl.data import (
+    check_bool,
     check_count_setup,
     check_fraction,
     check_positive_int,
@@ -30,6 +31,7 @@ from ._annotator_calibration import AnnotatorCalibrationMixin
 from ._annotator_labels import check_reference_labels
 from ._annotator_predict import AnnotatorPredictionMixin
 from ._annotator_pretrain import AnnotatorPretrainingMixin
+from ._arguments import check_annotator_plan
 from ._base import SafeSaveLoadMixin
 from ._training import plan_training
 
@@ -241,6 +243,7 @@ class CellTypeTransformer(
             gene_dropout, "gene_dropout", below_one=True, meaning="genes hidden per cell"
         )
         check_fraction(transformer_weight, "transformer_weight")
+        check_bool(linear_head, "linear_head")  # None turned the linear path off
         self.module = self._module_cls(
             n_genes=self.summary_stats.n_vars,
             n_labels=self.summary_stats.n_labels,
@@ -433,8 +436,12 @@ class CellTypeTransformer(
             Further arguments for the data splitter (scvi-tools' ``DataSplitter``).
         """
         train_size = 0.9 if train_size is None else train_size  # scvi-tools' None
-        if not 0 <= unknown_rate < 0.5:
-            raise ValueError(f"unknown_rate must be in [0, 0.5), got {unknown_rate}.")
+        number = isinstance(unknown_rate, int | float | np.number)
+        if isinstance(unknown_rate, bool) or not number or not 0 <= unknown_rate < 0.5:
+            raise (ValueError if number else TypeError)(
+                f"unknown_rate must be a number in [0, 0.5), got {unknown_rate!r}."
+            )
+        plan_kwargs = check_annotator_plan(plan_kwargs, list(self.labels))
         # refused by its own name (scikit-learn's error names `C`), before anything is set
         linear_C = check_positive_number(
             linear_C, "linear_C", meaning="inverse L2 strength of the linear head"

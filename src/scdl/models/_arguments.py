@@ -41,3 +41,40 @@ def check_switches(over_clustering, unknown_call) -> tuple[bool, bool]:
         )
     # on by default: None is no "off"
     return bool(over_clustering), check_bool(unknown_call, "unknown_call")
+
+
+def check_annotator_plan(plan_kwargs: dict | None, labels: list) -> dict:
+    """The annotator's documented plan options, checked by name before anything is fitted
+    (torch refused them after the linear head, or took a label smoothing of 1: uniform
+    targets); ``class_weights`` as a float tensor over the model's ``labels``, in order."""
+    import torch
+
+    from scdl.data import check_fraction, check_non_negative
+
+    plan = dict(plan_kwargs or {})
+    if "label_smoothing" in plan:
+        check_fraction(
+            plan["label_smoothing"], "label_smoothing", below_one=True,
+            meaning="the share of each target spread over the other types",
+        )  # fmt: skip
+    if "weight_decay" in plan:
+        check_non_negative(plan["weight_decay"], "weight_decay", meaning="AdamW's decay")
+    if plan.get("class_weights") is not None:
+        given = plan["class_weights"]
+        try:
+            weights = torch.as_tensor(np.asarray(given, dtype=np.float64), dtype=torch.float32)
+        except (TypeError, ValueError):
+            weights = None
+        if (
+            weights is None
+            or weights.shape != (len(labels),)
+            or not torch.isfinite(weights).all()
+            or (weights < 0).any()
+            or not (weights > 0).any()
+        ):
+            raise ValueError(
+                f"class_weights must hold {len(labels)} finite numbers >= 0, not all 0, one "
+                f"per cell type in the model's order ({list(labels)[:10]}); got {given!r}."
+            )
+        plan["class_weights"] = weights
+    return plan

@@ -27,7 +27,7 @@ from scdl.data import (
 )
 from scdl.dataloaders import DomainSplitter
 from scdl.module import RESPONSE_KEY, DrugResponseModule
-from scdl.train import EpochLoggingTrainingPlan, quiet_loggers
+from scdl.train import EpochLoggingTrainingPlan, TrainingDivergedError, quiet_loggers
 
 from ._base import SafeSaveLoadMixin
 from ._drug_args import (
@@ -56,6 +56,11 @@ RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
 
 
 # --- the model -----------------------------------------------------------------------------
+
+
+#: held-out error over the measured responses' spread (median over drugs) above which the
+#: network's weights count as blown up: a working model sits near or below 1
+MAX_RESIDUAL_RATIO = 10.0
 
 
 class DrugResponseModel(
@@ -494,7 +499,21 @@ class DrugResponseModel(
             if self.module.ridge_alpha is not None:
                 # after the network, so a diverged run leaves every weight as it was
                 alphas = self._fit_ridge(profiles, responses, folds)
-            self.drug_stats_ = self._calibrate(folds, alphas, (profiles, responses))
+            stats = self._calibrate(folds, alphas, (profiles, responses))
+            # weights blown up without reaching NaN (a huge lr or weight_decay) predict
+            # finite values far outside every measured response
+            spread = np.nanstd(np.asarray(responses, dtype=np.float64), axis=0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = float(np.nanmedian(stats["residual_sd"].to_numpy() / spread))
+            if ratio > MAX_RESIDUAL_RATIO:
+                raise TrainingDivergedError(
+                    f"Training diverged: on held-out lines the predictions' error is {ratio:.3g} "
+                    "times the spread of the measured responses (median over drugs): the "
+                    "weights blew up without becoming NaN. The model's weights were restored to "
+                    f"what they were before this .train() call. Lower lr={lr:g} or "
+                    f"weight_decay={weight_decay:g} (e.g. 10x smaller) and train again."
+                )
+            self.drug_stats_ = stats
 
         out = self._train_network(
             profiles,

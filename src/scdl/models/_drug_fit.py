@@ -35,6 +35,16 @@ class DrugFittingMixin:
             reference_p = matched_reference(self._target_profiles, profiles, self.match_neighbors)
         batch_size, target_batch_size = kwargs.pop("batch_size"), kwargs.pop("target_batch_size")
         target_batch_size = check_positive_int(target_batch_size, "target_batch_size")
+        n_target = 0 if self._target_profiles is None else len(self._target_profiles)
+        if 0 < n_target < target_batch_size:
+            # each minibatch draws its target cells with replacement: more draws than cells
+            # repeat them, at a cost that grows with the square of the size
+            warn_user(
+                f"target_batch_size={target_batch_size} is more than the {n_target} target "
+                f"cells; {n_target} are used.",
+                UserWarning,
+            )
+            target_batch_size = n_target
         if "weight_decay" in plan:
             check_non_negative(plan["weight_decay"], "weight_decay", meaning="AdamW's decay")
         # the documented default (every line): scvi-tools' splitter would read None as 0.9

@@ -197,10 +197,13 @@ def guarded_training(
                 setattr(model, key, value)
             raise KeyboardInterrupt(message) from e
         except Exception as e:
-            if guard.diverged or not _all_finite(module):
+            # a model's own check after the epochs (the drug model's calibration) says so too
+            if guard.diverged or isinstance(e, TrainingDivergedError) or not _all_finite(module):
                 module.load_state_dict(before)
                 module.to(device)
                 module.train(was_training)
+                # a check after the epochs fails once scvi-tools has marked the model trained
+                model.is_trained_ = was_trained
                 if isinstance(e, TrainingDivergedError):
                     raise
                 raise TrainingDivergedError(guard.message(guard.epoch, "its weights")) from e
