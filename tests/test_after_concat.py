@@ -102,3 +102,24 @@ def test_annotation_plot_takes_duplicated_cell_names():
     fig = scdl.pl.annotation(ad.AnnData(obs=calls), groupby="truth", show=False)
     assert isinstance(fig, Figure)
     assert fig.axes[1].get_title() == "Agreement 75.0%"
+
+
+def test_scanpy_hints_name_no_field_scdl_did_not_write(kang_integrated):
+    """At scanpy's "hint" verbosity its messages from scdl's own scratch AnnData (the Unknown
+    call's graph, the UMAP cache) named .obsp['connectivities'] and X_umap as added."""
+    import io
+
+    import scanpy as sc
+
+    adata = kang_integrated[0][:300].copy()
+    log, before = io.StringIO(), (sc.settings.verbosity, sc.settings.logfile)
+    sc.settings.logfile, sc.settings.verbosity = log, 3
+    try:
+        scdl.tl.annotate(adata, model="pbmc_kang2018", min_gene_overlap=0.1)
+        scdl.pl.embedding(adata, color="cell_type", show=False)
+        assert sc.settings.verbosity == 3  # put back
+    finally:
+        sc.settings.verbosity, sc.settings.logfile = before[0], before[1]
+    text = log.getvalue()
+    assert "connectivities" not in text and "X_umap" not in text, text
+    assert "connectivities" not in adata.obsp and "X_umap" not in adata.obsm

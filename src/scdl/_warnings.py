@@ -58,3 +58,20 @@ def registering_quietly():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=SMALL_CATEGORY_MESSAGE)
         yield
+
+
+@contextlib.contextmanager
+def scanpy_scratch():
+    """scanpy at most at "warning" verbosity for the duration (also a decorator): on an
+    AnnData of scdl's own (a scratch PCA, graph, Leiden or UMAP), scanpy's "finished: added
+    .obsp['connectivities'] ..." hints at verbosity 3 named fields the user's AnnData never
+    gets, as if scdl had overwritten the user's own. scanpy's warnings still show."""
+    import scanpy as sc
+
+    before = sc.settings.verbosity
+    if int(before) > 1:  # scanpy's Verbosity: 0 error, 1 warning, 2 info, 3 hint, 4 debug
+        sc.settings.verbosity = 1
+    try:
+        yield
+    finally:
+        sc.settings.verbosity = before

@@ -489,6 +489,12 @@ def _quiet_libraries():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # imported before the quieting: a library's first import sets its own warning filters
+    # and logger levels, which the quieting's restore on exit would discard for the session
+    # (and Lightning's import reset the levels it had just lowered)
+    import lightning.pytorch  # noqa: F401
+    import scvi  # noqa: F401
+
     with _quiet_libraries():
         import warnings
 

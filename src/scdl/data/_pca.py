@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from scdl._rng import keeps_torch_threads
+from scdl._warnings import scanpy_scratch
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
 
+@scanpy_scratch()
 @keeps_torch_threads
 def unintegrated_pca(
     adata: AnnData, *, layer: str | None = None, n_comps: int = 50, n_top_genes: int = 2000
@@ -78,6 +80,7 @@ def unintegrated_pca(
     return tmp.obsm["X_pca"]
 
 
+@scanpy_scratch()
 @keeps_torch_threads
 def genes_pca(
     adata: AnnData,

@@ -51,6 +51,7 @@ import torch
 from scipy import sparse
 
 from scdl._rng import keeps_torch_threads
+from scdl._warnings import scanpy_scratch
 from scdl.data import log_normalize_counts
 
 from ._knn import TorchKNN
@@ -94,6 +95,7 @@ def _mean_sd(x_log, weights=None) -> tuple[np.ndarray, np.ndarray]:
 
 
 @keeps_torch_threads
+@scanpy_scratch()
 def cluster_cells(
     x_log,
     *,
@@ -161,6 +163,7 @@ def celltypist_resolution(n_cells: int) -> float:
 
 
 @keeps_torch_threads
+@scanpy_scratch()
 def leiden_on_graph(graph, *, resolution: float, seed: int = 0) -> np.ndarray:
     """Leiden clusters (igraph, as :func:`cluster_cells`) of a given cells x cells graph, e.g.
     the user's ``adata.obsp["connectivities"]`` from ``sc.pp.neighbors``."""

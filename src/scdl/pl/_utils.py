@@ -13,6 +13,7 @@ from docrep import DocstringProcessor
 
 from scdl._paths import user_path
 from scdl._rng import keeps_torch_threads
+from scdl._warnings import scanpy_scratch
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -275,6 +276,7 @@ def parent_layout(
     return _cache_holds(parent, umap_key, _cache_params(rep, n_neighbors, random_state), rep)
 
 
+@scanpy_scratch()
 @keeps_torch_threads
 def _umap(x: np.ndarray, n_neighbors: int, random_state: int) -> np.ndarray:
     import anndata

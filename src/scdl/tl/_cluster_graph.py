@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from scdl._rng import keeps_torch_threads
-from scdl._warnings import warn_user
+from scdl._warnings import scanpy_scratch, warn_user
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -194,6 +194,7 @@ def harmonised(
     return np.ascontiguousarray(z), f"{source}, harmonised over obs[{batch!r}]"
 
 
+@scanpy_scratch()
 @keeps_torch_threads
 def pca_connectivities(pca: np.ndarray, random_state: int) -> sparse.csr_matrix:
     """scanpy's neighbour graph (``PCA_NEIGHBORS`` neighbours) of ``pca``, on a private

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from scdl._warnings import scanpy_scratch
+
 if TYPE_CHECKING:
     import pandas as pd
     from scipy import sparse
@@ -26,6 +28,7 @@ TIE = 0.01
 FLOOR = 0.4
 
 
+@scanpy_scratch()
 def leiden(
     connectivities: sparse.spmatrix, resolution: float, seed: int, n_iterations: int = 2
 ) -> np.ndarray:
