@@ -146,9 +146,14 @@ def test_batch_nested_in_groups_warns(kang):
             batch_key="sample",
             max_epochs=1,
             progress_bar=False,
-            batch_size=64,
+            train_kwargs={"batch_size": 64},  # where it went before it was an argument
         )
     assert adata.uns["X_scdl_salient"]["params"]["batch_key"] == "sample"
+    with pytest.raises(TypeError, match="batch_size is given both as an argument"):
+        scdl.tl.contrastive(
+            adata, groupby="condition", background="ctrl", batch_size=32,
+            train_kwargs={"batch_size": 64},
+        )  # fmt: skip
 
 
 def test_trains_across_two_cpu_processes_with_validation(kang):

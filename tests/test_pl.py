@@ -265,6 +265,10 @@ def test_embedding_keeps_its_layout_for_the_same_cells_in_another_order(kang_int
     sorted_cells = adata[order].copy()
     scdl.pl.embedding(sorted_cells, show=False)
     np.testing.assert_array_equal(sorted_cells.obsm["X_scdl_umap"], layout)
+    sorted_cells.obsm["X_scdl_umap"] = -layout  # a layout the user flipped is theirs
+    scdl.pl.embedding(sorted_cells, show=False)
+    np.testing.assert_array_equal(sorted_cells.obsm["X_scdl_umap"], -layout)
+    layout = -layout
     sorted_cells.obsm["X_scdl"] = sorted_cells.obsm["X_scdl"][::-1].copy()  # layout unmoved
     scdl.pl.embedding(sorted_cells, show=False)
     assert not np.allclose(sorted_cells.obsm["X_scdl_umap"], layout)

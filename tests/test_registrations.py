@@ -84,3 +84,19 @@ def test_a_query_subset_is_released_with_its_model(kang):
     assert mapped.adata is not query and _held(VAE)[0] == before[0] + 1
     del mapped
     assert _held(VAE) == before
+
+
+def test_what_the_user_set_up_again_is_kept(kang, tmp_path):
+    """A copy of a model's AnnData carries its registration id: once the user set the copy up,
+    the model going must not drop it. And the model's own AnnData, kept by the user after
+    the model went, can be set up again."""
+    adata = _small(kang)
+    model = scdl.tl.integrate(adata, max_epochs=1, progress_bar=False)
+    kept = model.adata
+    copy = model.adata.copy()
+    VAE.setup_anndata(copy)
+    del model
+    gc.collect()
+    VAE(copy)  # the user's registration of the copy is still there
+    VAE.setup_anndata(kept)  # the model's own AnnData: set up again, not "another model's"
+    VAE(kept)

@@ -35,10 +35,13 @@ def test_annotator_plan_options_are_refused_before_fitting(annotator, plan, erro
     assert not annotator.is_trained_ and getattr(annotator, "linear_C_", None) is None
 
 
-def test_annotator_class_weights_as_a_list_train(annotator):
-    annotator.train(
-        max_epochs=1, plan_kwargs={"class_weights": [1.0] * 5}, enable_progress_bar=False
-    )
+@pytest.mark.parametrize("weights", [[1.0] * 5, "tensor"])
+def test_annotator_class_weights_as_a_list_or_tensor_train(annotator, weights):
+    import torch
+
+    if weights == "tensor":  # one tracking gradients (a GPU one is moved the same way)
+        weights = torch.ones(5, requires_grad=True)
+    annotator.train(max_epochs=1, plan_kwargs={"class_weights": weights}, enable_progress_bar=False)
     assert annotator.is_trained_
 
 

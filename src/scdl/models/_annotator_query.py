@@ -85,8 +85,10 @@ class AnnotatorQueryMixin:
             counts = counts[:, np.asarray(present, dtype=bool)]
             kept = type_depths(counts, labels) if len(labels) else np.zeros(0, np.float32)
             # a type without sampled cells takes the sample's overall median
-            depths = np.full(len(depths), type_depths(counts)[0] if len(labels) else 0.0)
+            overall = type_depths(counts)[0] if len(labels) else 0.0
+            depths = np.full(len(depths), overall)
             depths[: kept.size] = kept
+            depths[depths <= 0] = overall  # a type without counts in these genes: the sample's
         ratio = depth_ratio(totals, depths, best)
         if np.isfinite(ratio) and ratio < level_fraction(DEPTH_LEVELS - 1):
             warn_user(

@@ -62,8 +62,10 @@ def check_annotator_plan(plan_kwargs: dict | None, labels: list) -> dict:
     if plan.get("class_weights") is not None:
         given = plan["class_weights"]
         try:
+            if isinstance(given, torch.Tensor):  # a GPU or grad-tracking tensor too
+                given = given.detach().cpu().double().numpy()
             weights = torch.as_tensor(np.asarray(given, dtype=np.float64), dtype=torch.float32)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RuntimeError):
             weights = None
         if (
             weights is None

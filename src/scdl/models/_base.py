@@ -85,15 +85,16 @@ class SafeSaveLoadMixin:
         # scvi-tools keeps every registration in class-level stores for the session: the
         # model's own entry, and those of AnnData scdl made for it (a tool's training copy, a
         # query's gene subset, a saved AnnData read back), go when the model does
-        self._own_adata_ids: set[str] = set()
-        weakref.finalize(self, forget_registrations, type(self), self.id, self._own_adata_ids)
+        self._own_adata: dict = {}
+        weakref.finalize(self, forget_registrations, type(self), self.id, self._own_adata)
 
     @classmethod
     def _release_adata(cls, adata: AnnData) -> None:
         """Drop the registration of an AnnData scdl made for a model that was not built (a
         half-built one registered it in its own store too)."""
         uuid = adata.uns.get(_SCVI_UUID)
-        for store in (*cls._per_instance_manager_store.values(), cls._setup_adata_manager_store):
+        stores = [*cls._per_instance_manager_store.values(), cls._setup_adata_manager_store]
+        for store in stores:
             store.pop(uuid, None)
 
     def _owns_adata(self, adata: AnnData) -> None:
@@ -101,8 +102,9 @@ class SafeSaveLoadMixin:
         from scvi-tools' class store with the model (never the user's own AnnData, which
         ``Model(adata)`` may be given again)."""
         uuid = adata.uns.get(_SCVI_UUID)
-        if uuid is not None:
-            self._own_adata_ids.add(uuid)
+        manager = type(self)._setup_adata_manager_store.get(uuid)
+        if uuid is not None and manager is not None:
+            self._own_adata[uuid] = (id(manager), weakref.ref(adata))
 
     @classmethod
     def _refuse_setup_options(cls, kwargs: dict) -> None:
@@ -358,7 +360,6 @@ class SafeSaveLoadMixin:
                 f"scdl.models.{config['model_class']}.load."
             )
         _, _, torch_device = resolve_device(accelerator, device, single=True)
-        read_back = adata is None and not without_data  # an AnnData of the save's own
         with config_errors(files, values=True):
             attrs = _decode(config["attrs"])
         with config_errors(files):
@@ -367,8 +368,10 @@ class SafeSaveLoadMixin:
             check_saved_attrs(files, attrs, registry, cls.__name__, len(config["var_names"]))
         if without_data:
             adata = None
-        elif adata is None:
+        read_back = False  # an AnnData of the save's own (none in a save without one)
+        if not without_data and adata is None:
             adata = _saved_anndata(files, config, checksummed)
+            read_back = adata is not None
         if adata is not None:
             from scdl.data import gene_mismatch_message, same_gene_names
 

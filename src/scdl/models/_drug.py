@@ -37,7 +37,7 @@ from ._drug_args import (
     resolve_prediction,
     warn_unused_training_options,
 )
-from ._drug_fit import DrugFittingMixin
+from ._drug_fit import DEFAULT_TARGET_BATCH_SIZE, DrugFittingMixin
 from ._drug_predict import DrugPredictionMixin
 
 #: response metrics where a higher value means a more sensitive line (CCLE's activity area:
@@ -416,7 +416,7 @@ class DrugResponseModel(
         max_epochs: int | None = None,
         *,
         batch_size: int = 64,
-        target_batch_size: int = 32,
+        target_batch_size: int = DEFAULT_TARGET_BATCH_SIZE,
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
         train_size: float | None = 1.0,
@@ -503,8 +503,8 @@ class DrugResponseModel(
             # weights blown up without reaching NaN (a huge lr or weight_decay) predict
             # finite values far outside every measured response
             spread = np.nanstd(np.asarray(responses, dtype=np.float64), axis=0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = float(np.nanmedian(stats["residual_sd"].to_numpy() / spread))
+            varies = spread > 0  # a drug every line answers alike has no spread to compare
+            ratio = float(np.nanmedian(stats["residual_sd"].to_numpy()[varies] / spread[varies]))
             if ratio > MAX_RESIDUAL_RATIO:
                 raise TrainingDivergedError(
                     f"Training diverged: on held-out lines the predictions' error is {ratio:.3g} "

@@ -21,6 +21,9 @@ from scdl.train import guarded_training
 
 from ._training import plan_training
 
+#: ``DrugResponseModel.train``'s ``target_batch_size`` default
+DEFAULT_TARGET_BATCH_SIZE = 32
+
 
 class DrugFittingMixin:
     """Training steps of :class:`~scdl.models.DrugResponseModel`."""
@@ -38,12 +41,14 @@ class DrugFittingMixin:
         n_target = 0 if self._target_profiles is None else len(self._target_profiles)
         if 0 < n_target < target_batch_size:
             # each minibatch draws its target cells with replacement: more draws than cells
-            # repeat them, at a cost that grows with the square of the size
-            warn_user(
-                f"target_batch_size={target_batch_size} is more than the {n_target} target "
-                f"cells; {n_target} are used.",
-                UserWarning,
-            )
+            # repeat them, at a cost that grows with the square of the size (the default is
+            # capped quietly: nobody chose it)
+            if target_batch_size != DEFAULT_TARGET_BATCH_SIZE:
+                warn_user(
+                    f"target_batch_size={target_batch_size} is more than the {n_target} target "
+                    f"cells; {n_target} are used.",
+                    UserWarning,
+                )
             target_batch_size = n_target
         if "weight_decay" in plan:
             check_non_negative(plan["weight_decay"], "weight_decay", meaning="AdamW's decay")

@@ -258,13 +258,8 @@ class DrugPredictionMixin:
         if bad or not kinds:
             raise ValueError(f"kind={kind!r}: each kind must be one of {KINDS}.")
         drugs = resolve_drugs(drugs, self.drugs)
-        blocks = self._profile_blocks(
-            adata, layer=layer, modality=modality, smooth_neighbors=smooth_neighbors
-        )
-        cols = [self.drugs.index(d) for d in drugs]
-        index = self.adata.obs_names if adata is None else adata.obs_names
         near = None
-        if "similarity" in kinds:
+        if "similarity" in kinds:  # checked before the (slow) profiles and their neighbours
             if self.adata is None:
                 raise ValueError(
                     "kind='similarity' compares cells with the model's training lines, which a "
@@ -279,6 +274,11 @@ class DrugPredictionMixin:
                 else np.asarray(self.genes.isin(adata.var_names))
             )
             near = LineSimilarity(self._bulk()[0], training.obs_names, present)
+        blocks = self._profile_blocks(
+            adata, layer=layer, modality=modality, smooth_neighbors=smooth_neighbors
+        )
+        cols = [self.drugs.index(d) for d in drugs]
+        index = self.adata.obs_names if adata is None else adata.obs_names
         want_sd = "sd" in kinds
         want_value = bool(set(kinds) & {"value", "probability", "label"})
         # each block of profiles is reduced to the drugs' columns before the next is made

@@ -233,14 +233,21 @@ def _cache_params(x: np.ndarray, n_neighbors: int, random_state: int, rows=None)
     }
 
 
-def _pairs(x: np.ndarray, emb: np.ndarray, rows=None) -> str:
-    """Fingerprint of each cell's representation beside its layout, as a set: the cached rows
+def _pairs(x: np.ndarray, names, rows=None) -> str:
+    """Fingerprint of each cell's representation beside its name, as a set: the cached rows
     still belong to the cells they were computed for (the rows' fingerprint alone is blind
-    to the representation's rows moved without the layout's)."""
-    x, emb = np.asarray(x, dtype=np.float64), np.asarray(emb, dtype=np.float64)
+    to the representation's rows moved without the cells'), and a layout the user edited
+    (flipped, rotated) is kept."""
+    import pandas as pd
+
+    x = np.ascontiguousarray(x)
+    if x.ndim != 2:
+        return _fingerprint(x)
+    names = pd.util.hash_array(np.asarray(names, dtype=object)).astype(np.uint64)
     if rows is not None:
-        x, emb = x[rows], emb[rows]
-    return _fingerprint(np.hstack([x, emb]))
+        x, names = x[rows], names[rows]
+    as_bytes = x.view(np.uint8).reshape(len(x), -1)
+    return _fingerprint(np.hstack([as_bytes, names.view(np.uint8).reshape(len(x), 8)]))
 
 
 def _cache_holds(adata: AnnData, umap_key: str, params: dict, x: np.ndarray, rows=None) -> bool:
@@ -252,7 +259,7 @@ def _cache_holds(adata: AnnData, umap_key: str, params: dict, x: np.ndarray, row
         and cached.shape == (adata.n_obs, 2)
         and isinstance(stored, dict)
         and {k: stored.get(k) for k in params} == params
-        and stored.get("pairs") == _pairs(x, cached, rows)
+        and stored.get("pairs") == _pairs(x, adata.obs_names, rows)
     )
 
 
@@ -312,7 +319,7 @@ def cached_umap(
 
     The cache is keyed on what the UMAP is computed from: ``uns[umap_key]["params"]`` holds
     ``n_neighbors``, ``random_state``, a SHA-1 fingerprint of ``x``'s rows as a set (and of
-    the rows left out by ``rows``) and one of each row beside its layout (``pairs``), so a new
+    the rows left out by ``rows``) and one of each row beside its cell's name (``pairs``), so a new
     representation under the same key (e.g. after another ``tl.integrate``) is never shown
     with a stale UMAP, while the same cells in another order keep their layout. ``rows`` (a
     boolean mask) embeds only those cells; the others get NaN.
@@ -331,5 +338,5 @@ def cached_umap(
         emb = np.full((adata.n_obs, 2), np.nan, dtype=np.float32)  # as scanpy's X_umap
         emb[rows] = _umap(x[rows], n_neighbors, random_state)
     adata.obsm[umap_key] = emb
-    adata.uns[umap_key] = {"params": {**params, "pairs": _pairs(x, emb, rows)}}
+    adata.uns[umap_key] = {"params": {**params, "pairs": _pairs(x, adata.obs_names, rows)}}
     return emb

@@ -53,14 +53,15 @@ def uses_pca(adata: AnnData, use_rep: str, pca_key: str | None) -> tuple[str | N
         info = adata.uns.get(use_rep)
         if info is None and use_rep == "X_scdl":  # tl.integrate's latent, its record gone
             warn_user(
-                f"adata.obsm[{use_rep!r}] has no record in adata.uns[{use_rep!r}] (e.g. "
-                "`anndata.concat` drops uns unless given uns_merge='same'), so nothing says "
-                "it is a tl.integrate latent: it is clustered on its own graph, without the "
-                "PCA graph tl.integrate's latents are joined with (they separate cell types "
-                "less well alone). Restore the record (concatenate with uns_merge='same', or "
-                f"copy adata.uns[{use_rep!r}] from the object tl.integrate wrote to), pass "
-                "pca_key='X_pca' to join a PCA graph (not harmonised over batches), or "
-                "pca_key=None to silence this.",
+                f"adata.obsm[{use_rep!r}] has no record in adata.uns[{use_rep!r}], so nothing "
+                "says it is a tl.integrate latent: it is clustered on its own graph, without "
+                "the PCA graph tl.integrate's latents are joined with (they separate cell "
+                "types less well alone). After `anndata.concat` (which drops uns unless given "
+                "uns_merge='same'), concatenate with uns_merge='same' or copy "
+                f"adata.uns[{use_rep!r}] from the object tl.integrate wrote to; for a latent "
+                "written by hand (`model.get_latent_representation()`), pass pca_key='X_pca' "
+                "to join a PCA graph (not harmonised over batches), or pca_key=None to "
+                "silence this.",
                 UserWarning,
             )
         params = info.get("params", {}) if isinstance(info, dict) else {}

@@ -96,7 +96,8 @@ def contrastive(
     batch_size
         Cells per minibatch.
     accelerator, devices
-        Passed to Lightning.
+        Passed to Lightning. These three may also come in ``train_kwargs`` (an argument left
+        at its default defers to it; set both ways, a ``TypeError``).
     random_state
         Seed for weights, data order and sampling; the same seed gives the same result on CPU.
         ``None``: not seeded (each run differs).
@@ -185,11 +186,10 @@ def contrastive(
             background=background,
             target=target,
             max_epochs=max_epochs,
-            batch_size=batch_size,
-            accelerator=accelerator,
-            devices=devices,
             enable_progress_bar=progress_bar,
-            **(train_kwargs or {}),
+            **_training_options(
+                train_kwargs, batch_size=batch_size, accelerator=accelerator, devices=devices
+            ),
         ),
     )
     shared = model.get_latent_representation(representation="shared")
@@ -301,3 +301,23 @@ def _model_params(model, n_genes: int, shared, salient, random_state: int) -> di
         "random_state": random_state,
         "model": "scdl.models.ContrastiveVAE",
     }
+
+
+#: the training options tl.contrastive takes as arguments, with their defaults
+_OPTION_DEFAULTS = {"batch_size": 128, "accelerator": "auto", "devices": "auto"}
+
+
+def _training_options(train_kwargs: dict | None, **given) -> dict:
+    """``train_kwargs`` with the arguments ``given`` added: one left at its default defers to
+    ``train_kwargs`` (where these options went before they were arguments); one set both
+    ways is a ``TypeError``, as a keyword given twice in a call."""
+    out = dict(train_kwargs or {})
+    for name, value in given.items():
+        if name not in out:
+            out[name] = value
+        elif value != _OPTION_DEFAULTS[name]:
+            raise TypeError(
+                f"{name} is given both as an argument ({value!r}) and in train_kwargs "
+                f"({out[name]!r}); pass it once."
+            )
+    return out
