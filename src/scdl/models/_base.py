@@ -88,6 +88,13 @@ class SafeSaveLoadMixin:
         self._own_adata: dict = {}
         weakref.finalize(self, forget_registrations, type(self), self.id, self._own_adata)
 
+    def __getstate__(self) -> dict:
+        # weak references do not pickle (a model sent to spawned training processes); the
+        # release belongs to the process that registered the AnnData
+        state = self.__dict__.copy()
+        state["_own_adata"] = {}
+        return state
+
     @classmethod
     def _release_adata(cls, adata: AnnData) -> None:
         """Drop the registration of an AnnData scdl made for a model that was not built (a
