@@ -223,17 +223,17 @@ def umaps_kept_on_success(adata: AnnData, *keys: str) -> Iterator[None]:
         raise
 
 
-def _cache_params(x: np.ndarray, n_neighbors: int, random_state: int, rows=None) -> dict:
+def _cache_params(x: np.ndarray, n_neighbors: int, random_state: int, names, rows=None) -> dict:
     return {
         "n_neighbors": int(n_neighbors),
         "random_state": int(random_state),
-        "fingerprint": _fingerprint(x) if rows is None else _fingerprint(x[rows]),
+        "fingerprint": _cells_fingerprint(x, names, rows),
         # the rows left out, as a set too: with the rows drawn, which cells are drawn
         "rows": "all" if rows is None else _fingerprint(x[~np.asarray(rows, dtype=bool)]),
     }
 
 
-def _pairs(x: np.ndarray, names, rows=None) -> str:
+def _cells_fingerprint(x: np.ndarray, names, rows=None) -> str:
     """Fingerprint of each cell's representation beside its name, as a set: the cached rows
     still belong to the cells they were computed for (the rows' fingerprint alone is blind
     to the representation's rows moved without the cells'), and a layout the user edited
@@ -250,7 +250,7 @@ def _pairs(x: np.ndarray, names, rows=None) -> str:
     return _fingerprint(np.hstack([as_bytes, names.view(np.uint8).reshape(len(x), 8)]))
 
 
-def _cache_holds(adata: AnnData, umap_key: str, params: dict, x: np.ndarray, rows=None) -> bool:
+def _cache_holds(adata: AnnData, umap_key: str, params: dict) -> bool:
     cached = adata.obsm.get(umap_key)
     info = adata.uns.get(umap_key)
     stored = info.get("params") if isinstance(info, dict) else None
@@ -259,7 +259,6 @@ def _cache_holds(adata: AnnData, umap_key: str, params: dict, x: np.ndarray, row
         and cached.shape == (adata.n_obs, 2)
         and isinstance(stored, dict)
         and {k: stored.get(k) for k in params} == params
-        and stored.get("pairs") == _pairs(x, adata.obs_names, rows)
     )
 
 
@@ -280,7 +279,8 @@ def parent_layout(
         rep = check_embedding(parent, basis)
     except (KeyError, TypeError, ValueError):
         return False
-    return _cache_holds(parent, umap_key, _cache_params(rep, n_neighbors, random_state), rep)
+    params = _cache_params(rep, n_neighbors, random_state, parent.obs_names)
+    return _cache_holds(parent, umap_key, params)
 
 
 @scanpy_scratch()
@@ -318,19 +318,19 @@ def cached_umap(
     """UMAP of ``x`` (cells x dims), cached in ``adata.obsm[umap_key]``.
 
     The cache is keyed on what the UMAP is computed from: ``uns[umap_key]["params"]`` holds
-    ``n_neighbors``, ``random_state``, a SHA-1 fingerprint of ``x``'s rows as a set (and of
-    the rows left out by ``rows``) and one of each row beside its cell's name (``pairs``), so a new
-    representation under the same key (e.g. after another ``tl.integrate``) is never shown
-    with a stale UMAP, while the same cells in another order keep their layout. ``rows`` (a
-    boolean mask) embeds only those cells; the others get NaN.
+    ``n_neighbors``, ``random_state``, a SHA-1 fingerprint of ``x``'s rows, each beside its
+    cell's name, as a set (and one of the rows left out by ``rows``), so a new representation
+    under the same key (e.g. after another ``tl.integrate``) is never shown with a stale UMAP,
+    while the same cells in another order keep their layout (and a layout the user edited is
+    kept). ``rows`` (a boolean mask) embeds only those cells; the others get NaN.
     """
     if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int | np.integer):
         raise TypeError(f"n_neighbors must be an integer, got {n_neighbors!r}.")
     if n_neighbors < 2:
         raise ValueError(f"n_neighbors must be >= 2 (a UMAP's neighbour graph), got {n_neighbors}.")
     random_state = 0 if random_state is None else random_state  # so the cache can match it
-    params = _cache_params(x, n_neighbors, random_state, rows)
-    if _cache_holds(adata, umap_key, params, x, rows):
+    params = _cache_params(x, n_neighbors, random_state, adata.obs_names, rows)
+    if _cache_holds(adata, umap_key, params):
         return np.asarray(adata.obsm[umap_key])
     if rows is None:
         emb = _umap(x, n_neighbors, random_state)
@@ -338,5 +338,5 @@ def cached_umap(
         emb = np.full((adata.n_obs, 2), np.nan, dtype=np.float32)  # as scanpy's X_umap
         emb[rows] = _umap(x[rows], n_neighbors, random_state)
     adata.obsm[umap_key] = emb
-    adata.uns[umap_key] = {"params": {**params, "pairs": _pairs(x, adata.obs_names, rows)}}
+    adata.uns[umap_key] = {"params": params}
     return emb
