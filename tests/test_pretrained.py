@@ -130,11 +130,20 @@ def test_cells_without_counts_are_unknown_and_the_rest_unchanged(heldout):
     for i in empty:
         x[i, :] = 0
     adata.X = x.tocsr()
-    after, _ = model.annotate_cells(adata)
+    with pytest.warns(UserWarning, match="3 of 395 query cells have no count in the model's"):
+        after, probs = model.annotate_cells(adata)
     assert (after["label"].iloc[empty] == "Unknown").all()
-    forced, _ = model.annotate_cells(adata, unknown_call=False)
-    assert (forced["label"].iloc[empty] != "Unknown").all()  # forced calls stay forced
+    # an empty profile's softmax (0.78 for CD4T) was written as a confident call
+    assert after["confidence"].iloc[empty].isna().all() and probs.iloc[empty].isna().all(None)
     rest = np.setdiff1d(np.arange(adata.n_obs), empty)
+    assert np.isfinite(after["confidence"].iloc[rest]).all()
+    with pytest.warns(UserWarning, match="their calls are guesses, with NaN confidence"):
+        forced, _ = model.annotate_cells(adata, unknown_call=False)
+    assert (forced["label"].iloc[empty] != "Unknown").all()  # forced calls stay forced
+    scdl.tl.annotate(adata, model=model)  # the figure counts them, draws the others
+    fig = scdl.pl.annotation(adata, show=False)
+    n_unknown = int((adata.obs["scdl_cell_type"] == "Unknown").sum())
+    assert f"Unknown ({n_unknown})" in [t.get_text() for t in fig.axes[0].get_yticklabels()]
     # three empty cells may move a query cluster's mean, not the per-cell forced calls
     assert (after["label_forced"].iloc[rest] == before["label_forced"].iloc[rest]).all()
     agree = np.mean(after["label"].iloc[rest].to_numpy() == before["label"].iloc[rest].to_numpy())

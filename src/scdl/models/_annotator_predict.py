@@ -266,7 +266,8 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         calls
             DataFrame (cells) with ``label`` (``"Unknown"`` where flagged, and for a cell
             without any count in the model's genes),
-            ``label_forced`` (the most probable type), ``confidence`` (its probability),
+            ``label_forced`` (the most probable type), ``confidence`` (its probability; NaN,
+            as the cell's probabilities are, for a cell without any count in the model's genes),
             ``novelty`` (1 - cosine similarity of the cell's standardised profile to the
             predicted type's mean reference profile), ``cluster`` and ``cluster_novelty``
             (the query cluster the Unknown call is made on and its novelty, see the class
@@ -405,6 +406,22 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
                 "Pass the layer or file that holds the counts.",
                 UserWarning,
             )
+        elif (values == 0).any():
+            n_blank = int((values == 0).sum())
+            warn_user(
+                f"{n_blank} of {len(values)} query cells have no count in the model's genes "
+                f"(every value of {'adata.X' if layer is None else repr(layer)} in them is 0): "
+                + ("they are called Unknown" if unknown_call else "their calls are guesses")
+                + ", with NaN confidence and probabilities. Filter out empty cells first (e.g. "
+                "`sc.pp.filter_cells(adata, min_counts=...)` on the model's genes)."
+                + (
+                    f" {int(few.sum())} more hold fewer than {floor:.3g} counts there and are "
+                    + ("called Unknown too." if unknown_call else "guessed too.")
+                    if few.any()
+                    else ""
+                ),
+                UserWarning,
+            )
         elif few.any():
             warn_user(
                 f"{int(few.sum())} of {len(few)} query cells hold fewer than {floor:.3g} counts "
@@ -445,7 +462,13 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             self._warn_if_composition_differs(best.numpy()[~empty], read)  # the typed cells
         calls.insert(0, "label", np.where(unknown, UNKNOWN, forced))
         calls["is_unknown"] = unknown
-        probs = pd.DataFrame(probs.numpy(), index=index, columns=self.labels)
+        probs = probs.numpy()
+        # a cell without a count in the model's genes has nothing its probabilities rest on:
+        # the softmax of an empty profile read as a confident call (0.78 in the shipped model)
+        blank = values == 0
+        probs[blank] = np.nan
+        calls.loc[blank, "confidence"] = np.nan
+        probs = pd.DataFrame(probs, index=index, columns=self.labels)
         back = np.argsort(order)  # the cells' own order again
         return calls.iloc[back], probs.iloc[back]
 

@@ -59,7 +59,8 @@ PCA_FIT_CELLS = 5_000
 #: vocabulary of mostly flat genes does not drown the types' genes once all are standardised
 MIXING_GENES = 2_000
 #: the mixing check's floor: a cluster whose mean reference share is below it is Unknown unless
-#: its novelty says it is like its type (0.5: fully mixed; see UNKNOWN_EVIDENCE)
+#: its novelty says it is like its type (0.5: fully mixed; see UNKNOWN_EVIDENCE). Bound by the
+#: least-mixed known query cluster of the benchmark's splits (0.159), not fitted on the reference
 MIN_REFERENCE_SHARE = 0.15
 #: the share of a query cell whose reference holds cells like it (balanced sides, fully mixed)
 MIXED_SHARE = 0.5

@@ -66,7 +66,8 @@ def annotation(
             "of that call (a majority-voting column has no confidence; show it with "
             "`sc.pl.embedding(adata, color=...)`)."
         )
-    conf = check_obs_key(adata, f"{key}_confidence", arg="key").to_numpy()
+    conf = check_obs_key(adata, f"{key}_confidence", arg="key", missing_ok=True)
+    conf = conf.to_numpy(dtype=float)
     truth = None
     if groupby is not None:  # unlabelled cells (NaN) are left out of the matrix, as scanpy's
         truth = check_categorical(  # numbers: codes, not a per-cell measurement
@@ -90,12 +91,14 @@ def annotation(
         ax, n_panels, figsize=(max(5.5, 0.3 * len(types) + 3.0) * n_panels, height)
     )
     ax = axes[0]
-    data = [conf[(pred == t).to_numpy()] for t in types]
+    cells = [conf[(pred == t).to_numpy()] for t in types]
+    # cells without a count in the model's genes have no confidence (NaN): counted, not drawn
+    data = [d[np.isfinite(d)] for d in cells]
     ax.boxplot(data, showfliers=False, **_horizontal())
     for i, d in enumerate(data, start=1):
         jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(d))
         ax.scatter(d, i + jitter, s=3, alpha=0.4, color="tab:blue")
-    ax.set_yticks(range(1, len(types) + 1), [f"{t} ({len(d)})" for t, d in zip(types, data)])
+    ax.set_yticks(range(1, len(types) + 1), [f"{t} ({len(d)})" for t, d in zip(types, cells)])
     ax.invert_yaxis()  # first type on top, as in the matrix beside it
     ax.set_xlabel("confidence (top probability)")
     ax.set_title("Predicted cell types")

@@ -152,13 +152,17 @@ def annotate(
         Cell type (categorical, in the model's order; types no cell holds are not
         categories), ``"Unknown"`` for flagged cells.
     ``adata.obs[f"{key_added}_confidence"]``
-        Probability of the most probable type.
+        Probability of the most probable type (the model's softmax; NaN for a cell without a
+        count in the model's genes). Not calibrated: training's label smoothing keeps it below
+        the share of right calls on cells like the reference's, and on another lab's or
+        chemistry's cells it can lie above it. The Unknown call, not a cut on this value, is
+        the check for cells unlike the reference.
     ``adata.obs[f"{key_added}_unknown"]``
         Whether the cell was flagged as unlike the reference (bool; before any vote).
     ``adata.obs[f"{key_added}_cluster_novelty"]``
         Novelty of the cell's query cluster (1 - cosine similarity to its predicted type's
         reference profile, after the query's shared shift is removed); over the model's
-        ``cluster_threshold`` it is the first check's evidence of the cluster's Unknown call.
+        ``cluster_threshold_`` it is the first check's evidence of the cluster's Unknown call.
     ``adata.obs[f"{key_added}_cluster_reference_share"]``
         Share of reference cells among the neighbours of the cluster's cells in the model's
         reference sketch (about 0.5 where the reference holds such cells, near 0 where it holds
@@ -177,7 +181,8 @@ def annotate(
         With ``majority_voting``: the fraction of the cell's cluster that carries the
         majority call.
     ``adata.obsm[f"{key_added}_probabilities"]``
-        DataFrame of probabilities, cells x cell types.
+        DataFrame of probabilities, cells x cell types (NaN rows for cells without a count
+        in the model's genes).
     ``adata.uns[key_added]``
         ``params`` (``layer``, ``unknown``, ``min_gene_overlap``, ``adapt_to_query``,
         ``majority_voting``, ``over_clustering``, ``min_support``, ``random_state``: the
@@ -190,10 +195,12 @@ def annotate(
         model from :func:`scdl.pretrained.load`, ``""`` for one in memory), ``scdl_version``
         (the scdl that made the calls), ``cell_types``, ``n_genes_model`` and
         ``n_genes_matched`` (the model's genes, and how many ``adata`` holds), the model's
-        thresholds (``confidence_threshold``,
-        ``novelty_thresholds``: a DataFrame of each type's per-cell threshold, indexed by cell
-        type; ``novelty_calibration``; ``cluster_threshold``; ``min_reference_share`` and
-        ``unknown_evidence``, absent for models saved without them), ``unknown_fraction`` (the
+        thresholds (``cluster_threshold``, ``min_reference_share`` and ``unknown_evidence``,
+        which make the Unknown call, the last two absent for models saved without them;
+        ``novelty_calibration``; ``confidence_threshold`` and ``novelty_thresholds``, a
+        DataFrame of each type's per-cell threshold indexed by cell type: they make the call
+        only for models saved before the cluster call; the per-type thresholds also count the
+        cells of a query under 100 cells that lie beyond them), ``unknown_fraction`` (the
         fraction called Unknown), ``majority_voting`` (as in ``params``),
         ``adapt_to_query`` (the blend that gave the starting calls: with ``"auto"``, 0 or 0.5),
         ``recentre_steps`` (the re-centring passes ``"auto"`` kept after its blend; 0 where
