@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -621,3 +623,19 @@ def test_salient_genes_given_the_cells_first_name_the_argument(kang_contrastive)
     adata, model = kang_contrastive
     with pytest.raises(TypeError, match="takes the cells as `adata=`"):
         model.get_salient_genes(adata)
+
+
+def test_a_target_like_its_background_is_said_to_have_no_salient_variation(kang):
+    """Control cells split at random into target and background: the salient codes collapse
+    to one value, yet a ranked gene list and a salient UMAP came out with no word. The real
+    stimulated-vs-control split, trained as briefly, is not warned about."""
+    ctrl = kang[(kang.obs["condition"] == "ctrl").to_numpy()].copy()
+    ctrl.obs["half"] = np.where(np.random.default_rng(0).random(ctrl.n_obs) < 0.5, "a", "b")
+    kw = dict(max_epochs=10, random_state=0, progress_bar=False)
+    with pytest.warns(UserWarning, match="salient space holds almost no variation"):
+        scdl.tl.contrastive(ctrl, groupby="half", background="a", **kw)
+    assert "salient_genes" in ctrl.uns["X_scdl_salient"]  # written all the same
+    real = kang.copy()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*almost no variation")
+        scdl.tl.contrastive(real, groupby="condition", background="ctrl", **kw)

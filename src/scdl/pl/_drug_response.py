@@ -175,7 +175,7 @@ def _heatmap(means: pd.DataFrame, scale, value: str, groupby: str, sizes: pd.Ser
     if value == "probability":
         cmap, vmin, vmax = "RdBu_r", 0.0, 1.0
         # calibrated on bulk lines: on cells a score (the class notes)
-        label = "mean sensitive probability\n(red: more sensitive than the median line)"
+        label = "mean sensitive score (P < median line on bulk)\n(red: more sensitive)"
     else:
         median, name, high = scale
         data = data - median

@@ -110,7 +110,8 @@ def drug_response(
         ``"low"`` or ``"high"``, which responses mean more sensitive),
         ``drugs`` (DataFrame per drug: ``mean_prediction``, ``bulk_median`` and ``threshold``
         (the same value: the label's cut), ``mean_sd``,
-        ``mean_probability``, ``fraction_sensitive`` (probability > 0.5),
+        ``mean_probability``, ``fraction_sensitive`` (the share of cells whose
+        ``_prob`` is above 0.5: by the score, not a measured share),
         ``heldout_spearman`` and ``residual_sd`` of the model on held-out lines,
         ``n_lines`` trained on), sorted by ``mean_probability``; ``bulk``: the model's own
         columns of it (``bulk_median``, ``residual_sd``, ``heldout_spearman``, ``n_lines``)
