@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from scdl._paths import user_path
+
 
 def read_input(path: str, *, quiet: bool = False):
     """Read IN.h5ad with a one-line error for a missing or unreadable file."""
@@ -121,7 +123,7 @@ def check_model_folder(path: str | None, *, overwrite: bool, output: str) -> Non
     """``--save-model``: checked before training, like OUT (what ``save()`` would refuse)."""
     if path is None:
         return
-    folder = Path(path)
+    folder = user_path(path)  # as save() reads it (bash leaves ~ in --save-model=~/x)
     if folder.resolve() == Path(output).resolve():
         raise ValueError(f"--save-model {path!r} is the output file; give a folder of its own.")
     if folder.exists() and not folder.is_dir():

@@ -15,3 +15,12 @@ def user_path(path: str | os.PathLike) -> Path:
     if text == "~" or text.startswith(tuple(f"~{s}" for s in seps)):
         return Path(text).expanduser()
     return Path(path)
+
+
+def as_user_created(path: str | os.PathLike) -> None:
+    """Give ``path`` the permissions of a file (or folder) the user creates: tempfile and
+    pooch make theirs 0600 / 0700 whatever the umask, so a cache entry or a file written
+    through one was unreadable by the group a shared cache or project folder is for."""
+    umask = os.umask(0)  # read by setting it: restored at once
+    os.umask(umask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)

@@ -495,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     import lightning.pytorch  # noqa: F401
     import scvi  # noqa: F401
 
-    with _quiet_libraries():
+    with _quiet_libraries(), _batch_job_io(args.command):
         import warnings
 
         def show(message, category, *_args, **_kwargs):
@@ -504,6 +504,38 @@ def main(argv: list[str] | None = None) -> int:
 
         warnings.showwarning = show  # restored when _quiet_libraries' catch_warnings exits
         return _run(args)
+
+
+@contextlib.contextmanager
+def _batch_job_io(command: str):
+    """Output and signals as a batch job (nohup, Slurm) needs them, restored on exit: stdout
+    flushed line by line (block-buffered into a log, it stayed empty through hours of
+    training and printed after the warnings), names a non-UTF-8 locale cannot encode written
+    escaped (the step failed after writing its output), and SIGTERM (a job's time limit,
+    scancel) exits through the cleanup (a partial output file stayed behind)."""
+    import signal
+    import threading
+
+    out = sys.stdout
+    saved = None
+    if hasattr(out, "reconfigure"):  # a real text stream, not a notebook's or pytest's
+        saved = {"line_buffering": out.line_buffering, "errors": out.errors}
+        out.reconfigure(line_buffering=True, errors="backslashreplace")
+
+    def terminate(signum, frame):
+        print(f"scdl {command}: terminated", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if saved is not None:
+            out.reconfigure(**saved)
 
 
 def _run(args) -> int:

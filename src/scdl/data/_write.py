@@ -4,9 +4,11 @@ file left behind by a failed write."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from scdl._paths import as_user_created, user_path
 from scdl._warnings import warn_user
 
 if TYPE_CHECKING:
@@ -67,10 +69,16 @@ def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike) -> Path:
     A write that fails (a full disk, a column anndata cannot store) leaves an earlier file
     of that name as it was and no cut-off file that a later save or load would trust.
     """
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
+    # through a link, as anndata writes: the partial beside the file it replaces
+    path = Path(os.path.realpath(user_path(path)))
+    # a name of its own per writer: two writers of one file (a rerun beside a running job)
+    # deleted each other's partial, or without HDF5 file locking wrote into the same one
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    partial = Path(name)
     try:
         adata.write_h5ad(partial)
+        as_user_created(partial)  # mkstemp's 0600
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

@@ -6,6 +6,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from scdl._paths import as_user_created, user_path
+
 _BUNDLED = Path(__file__).parent / "data"
 
 
@@ -15,7 +17,15 @@ def cache_dir() -> Path:
     import pooch
 
     folder = os.environ.get("SCDL_CACHE", "").strip()
-    return Path(folder).expanduser() if folder else Path(pooch.os_cache("scdl"))
+    if folder:
+        return Path(folder).expanduser()
+    try:
+        return Path(pooch.os_cache("scdl"))
+    except RuntimeError as e:  # platformdirs: no home folder (a container's bare user id)
+        raise OSError(
+            f"No home folder to keep downloads in ({e}). Set $SCDL_CACHE to a writable "
+            "folder, or pass the files' folder as `path=`."
+        ) from e
 
 
 def sha256sum(path: str | os.PathLike) -> str:
@@ -100,7 +110,7 @@ def fetch_file(
     if mismatch_in_path not in ("raise", "warn"):
         raise ValueError(f"mismatch_in_path must be 'raise' or 'warn', got {mismatch_in_path!r}.")
     if path is not None:
-        candidate = Path(path) / filename
+        candidate = user_path(path) / filename
         if not candidate.is_file():
             raise FileNotFoundError(f"{filename!r} not found in {str(path)!r}.")
     elif (_BUNDLED / filename).is_file():
@@ -175,7 +185,7 @@ def download(
     import pooch
 
     try:
-        return Path(
+        stored = Path(
             pooch.retrieve(
                 url,
                 known_hash=f"sha256:{as_sha256(sha256)}",
@@ -184,6 +194,11 @@ def download(
                 progressbar=False,
             )
         )
+        try:  # pooch's downloads are 0600: unreadable by the rest of a shared cache's group
+            as_user_created(stored)
+        except OSError:  # another user's file, already there
+            pass
+        return stored
     except ValueError:  # checksum mismatch: pooch's message names both hashes
         raise
     except (PermissionError, NotADirectoryError, FileExistsError) as e:

@@ -9,6 +9,8 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from scdl._paths import user_path
+
 from ._fetch import cache_dir, fetch_file
 
 if TYPE_CHECKING:
@@ -132,14 +134,17 @@ def _locate(path: str | os.PathLike | None) -> tuple[Path | None, str | None, bo
     if path is None and os.environ.get(DIR_ENV):
         path = os.environ[DIR_ENV]
     if path is not None:
-        path = Path(path)
+        path = user_path(path)
         missing = [n for n, _ in (_EXPRESSION, _RESPONSE) if not (path / n).is_file()]
         if missing:
             raise FileNotFoundError(f"{missing} not found in {str(path)!r}. {_HOW_TO_GET}")
         return path, None, True
     base = os.environ.get(URL_ENV)
     if not base:
-        cached = cache_dir()
+        try:
+            cached = cache_dir()
+        except OSError:  # no home folder, so no cache of an earlier download either
+            raise FileNotFoundError(_HOW_TO_GET) from None
         if all((cached / n).is_file() for n, _ in (_EXPRESSION, _RESPONSE)):
             return cached, None, False  # downloaded before (checksums checked on reading)
         raise FileNotFoundError(_HOW_TO_GET)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
+from scdl._paths import as_user_created
 from scdl._warnings import registering_quietly, warn_user
 
 from ._arguments import check_registry
@@ -297,9 +298,7 @@ class SafeSaveLoadMixin:
         # safetensors writes through a private temporary file (mode 0600): the weights get
         # the permissions of any file the user creates, as config.json does (a model shared
         # on a cluster or in an image stays readable)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(files.weights, 0o666 & ~umask)
+        as_user_created(files.weights)
         config["weights_sha256"] = _sha256(files.weights)
         with open(files.config, "w", encoding="utf-8") as f:
             json.dump(config, f)

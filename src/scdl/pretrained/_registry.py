@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from scdl._paths import user_path
+from scdl._paths import as_user_created, user_path
 from scdl.datasets import as_sha256, cache_dir, download, sha256sum
 
 _HERE = Path(__file__).parent / "annotators"
@@ -81,6 +81,7 @@ def _safe_extract(archive: Path, dest: Path) -> Path:
             return dest
         if dest.is_dir():  # differs from the archive (edited or damaged): replaced
             shutil.rmtree(dest, ignore_errors=True)
+        as_user_created(partial)  # mkdtemp's 0700 kept other users of a shared cache out
         try:
             os.replace(partial, dest)
         except OSError:

@@ -105,8 +105,9 @@ def check_finite(*latents: np.ndarray) -> None:
 def epochs_trained(model) -> int:
     """Epochs the training ran: the length of the ELBO history, or the trainer's count when a
     logger of the user's (``logger=`` in ``train_kwargs``) kept the curves out of
-    ``model.history`` (scvi-tools leaves it empty then)."""
-    if "elbo_train" in model.history:
+    ``model.history`` (scvi-tools leaves it empty then), or in a process of rank > 0 (a
+    multi-task Slurm step), where scvi-tools leaves it ``None``."""
+    if "elbo_train" in (model.history or {}):
         return int(model.history["elbo_train"].shape[0])
     return int(getattr(getattr(model, "trainer", None), "current_epoch", 0))
 
@@ -116,7 +117,7 @@ def training_summary(model, train_time: float) -> dict:
     took them) and ``train_time_s`` for ``uns``."""
     history = {}
     for key in ("elbo_train", "elbo_validation", "reconstruction_loss_train", "kl_local_train"):
-        if key in model.history:
+        if key in (model.history or {}):
             df = model.history[key]
             history[key] = df.iloc[:, 0].to_numpy(dtype=float)
             history[f"{key}_epoch"] = df.index.to_numpy(dtype=float)
