@@ -82,7 +82,8 @@ class DrugResponseModel(
     entries. ``prediction`` chooses what a member predicts: ``"wide"`` (default; no network
     is trained), ``"wide_deep"`` (the mean of both) or ``"deep"``. The wide path is the
     default because the network, with or without alignment, transferred worse to unseen
-    lines' cells (benchmarks/README.md, "Drug response").
+    lines' cells (benchmarks/README.md, "Drug response": one query of five lung lines, the
+    only transfer measured, on which this and the other defaults were chosen).
 
     **Comparable inputs.** Bulk profiles and cells are matched by gene symbol; the model
     uses every gene present in both (or the ``n_top_genes`` that vary most across the lines,
@@ -171,7 +172,7 @@ class DrugResponseModel(
         and responses), or several (e.g. ``np.logspace(-1, 5, 13)``), each drug taking the one
         with the smallest leave-one-out error on the member's lines (``drug_stats_``
         column ``ridge_alpha``); ``None`` drops the wide path. A fixed penalty is the
-        default: it transferred to unseen lines' cells better than each drug's own
+        default: it transferred to five unseen lines' cells better than each drug's own
         leave-one-out choice, at the same bulk cross-validation score (benchmarks/README).
     prediction
         ``"wide"``: the ridge alone, no network (``n_hidden``, ``n_latent``,
