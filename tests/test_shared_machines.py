@@ -1,17 +1,21 @@
-"""Shared machines, clusters and containers: files others read, links, batch jobs."""
+"""Shared machines, clusters, containers and other operating systems: files others read,
+links, batch jobs, archives and tables made on Windows."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
 import signal
 import stat
 import sys
+import zipfile
 
 import anndata as ad
 import numpy as np
 import pytest
+from conftest import DATA
 from scipy import sparse
 from test_datasets import http_root  # noqa: F401  (the local web server fixture)
 from test_pretrained import _archive
@@ -124,3 +128,47 @@ def test_a_slurm_task_of_rank_above_zero_integrates(kang, monkeypatch):
     scdl.tl.integrate(adata, batch_key="sample", max_epochs=1, progress_bar=False, n_top_genes=200)
     assert adata.obsm["X_scdl"].shape == (adata.n_obs, 10)
     assert adata.uns["X_scdl"]["params"]["max_epochs"] == 1
+
+
+def test_a_zip_made_on_windows_loads(tmp_path, monkeypatch, heldout_cells):
+    """PowerShell 5.1's Compress-Archive separates folders with backslashes: the annotator's
+    files were not found in the archive ("not a pretrained scdl annotator")."""
+    monkeypatch.setenv("SCDL_CACHE", str(tmp_path / "cache"))
+    posix = _archive("zip", tmp_path)
+    windows = tmp_path / "windows.zip"
+    with zipfile.ZipFile(posix) as one, zipfile.ZipFile(windows, "w") as z:
+        for info in one.infolist():
+            z.writestr(info.filename.replace("/", "\\"), one.read(info))
+    model = scdl.pretrained.load(windows)
+    shipped = scdl.pretrained.load("pbmc_kang2018")
+    np.testing.assert_array_equal(model.predict(heldout_cells), shipped.predict(heldout_cells))
+
+
+@pytest.fixture()
+def heldout_cells():
+    return scdl.datasets.kang_pbmc_heldout()[:120].copy()
+
+
+def test_writing_over_the_file_a_backed_anndata_reads_is_refused(tmp_path):
+    """Windows refuses to replace an open file (a bare PermissionError); elsewhere the object
+    went on reading the deleted copy. The file stays as it was."""
+    path = tmp_path / "a.h5ad"
+    ad.AnnData(sparse.csr_matrix(np.ones((4, 3)))).write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"backed by .*to_memory\(\)"):
+        scdl.data.write_h5ad_atomic(backed, path)
+    assert path.read_bytes() == before
+    backed.file.close()
+
+
+def test_a_response_table_saved_by_excel_is_named_as_another_encoding(tmp_path):
+    """A complete table in cp1252 was blamed on a partial download."""
+    if not (DATA / "gdsc_bulk_expression.h5ad").is_file():
+        pytest.skip("needs ../shared/data")
+    (tmp_path / "gdsc_bulk_expression.h5ad").symlink_to(DATA / "gdsc_bulk_expression.h5ad")
+    table = "cell_line_key,drug,dataset,metric,value\nA549,Caf\u00e9ine,GDSC2,ln_ic50,1.0\n"
+    (tmp_path / "drug_response_long.csv.gz").write_bytes(gzip.compress(table.encode("cp1252")))
+    with pytest.warns(UserWarning, match="not the version scdl was tested with"):
+        with pytest.raises(ValueError, match="is not UTF-8 text"):
+            scdl.datasets.gdsc(path=tmp_path)

@@ -71,6 +71,13 @@ def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike) -> Path:
     """
     # through a link, as anndata writes: the partial beside the file it replaces
     path = Path(os.path.realpath(user_path(path)))
+    if getattr(adata, "isbacked", False) and path.exists() and path.samefile(adata.filename):
+        # replacing the file it reads: Windows refuses (an open file), elsewhere the object
+        # goes on reading the old, deleted copy
+        raise ValueError(
+            f"The AnnData is backed by {path}, the file to write: load it into memory first "
+            "(`adata = adata.to_memory()`), or write to another path."
+        )
     # a name of its own per writer: two writers of one file (a rerun beside a running job)
     # deleted each other's partial, or without HDF5 file locking wrote into the same one
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)

@@ -100,7 +100,12 @@ def _readable(file: Path, reader):
     ``ValueError`` naming it, not the reader's own error."""
     try:
         return reader(file)
-    except (OSError, EOFError, ValueError, KeyError, UnicodeDecodeError, zlib.error) as err:
+    except UnicodeDecodeError as err:  # complete, in another encoding (Excel's cp1252)
+        raise ValueError(
+            f"{file} is not UTF-8 text ({err}): save it as UTF-8 (in Excel: CSV UTF-8), or "
+            "replace it with the downloaded file."
+        ) from err
+    except (OSError, EOFError, ValueError, KeyError, zlib.error) as err:
         raise ValueError(
             f"{file} could not be read ({type(err).__name__}: {err}). It may be a partial "
             "download or another format: replace it."

@@ -55,6 +55,12 @@ def available() -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("name")
 
 
+def _member_name(entry: str) -> str:
+    """An archive member's file name: Windows' zip tools (PowerShell 5.1's Compress-Archive)
+    separate folders with backslashes, which a POSIX path keeps inside the name."""
+    return entry.replace("\\", "/").rsplit("/", 1)[-1]
+
+
 def _safe_extract(archive: Path, dest: Path) -> Path:
     """Extract only the annotator's known files (no paths, links or code) into ``dest``,
     through a temporary folder beside it: an archive refused halfway leaves nothing behind.
@@ -148,7 +154,7 @@ def _read_members(archive: Path) -> dict[str, bytes]:
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
             for info in z.infolist():
-                name = Path(info.filename).name
+                name = _member_name(info.filename)
                 if info.is_dir() or name not in _ALLOWED:
                     continue
                 with z.open(info) as f:
@@ -156,7 +162,7 @@ def _read_members(archive: Path) -> dict[str, bytes]:
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as t:
             for member in t.getmembers():
-                name = Path(member.name).name
+                name = _member_name(member.name)
                 if name not in _ALLOWED or member.isdir():
                     continue
                 if not member.isfile():  # never followed
