@@ -592,8 +592,12 @@ def main():
                 if not known.all():
                     row["unknown_novel"] = float(unknown[~known].mean())
             rows.append(row)
+            # each row as key=value: the methods' rows hold different columns, which one
+            # header printed once put under the wrong names
             print(
-                pd.DataFrame([row]).round(3).to_string(index=False, header=len(rows) == 1),
+                "  ".join(
+                    f"{k}={round(v, 3) if isinstance(v, float) else v}" for k, v in row.items()
+                ),
                 flush=True,
             )
         if not args.skip_loto:
