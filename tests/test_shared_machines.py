@@ -47,6 +47,9 @@ def test_cache_entries_follow_the_umask(umask_002, tmp_path, monkeypatch, http_r
     (root / "d.bin").write_bytes(b"bytes")
     got = fetch_file("d.bin", sha256=hashlib.sha256(b"bytes").hexdigest(), url=f"{url}/d.bin")
     assert _mode(got) == 0o664, oct(_mode(got))
+    os.chmod(got, 0o600)  # another job's umask: a file already cached is left as it is
+    fetch_file("d.bin", sha256=hashlib.sha256(b"bytes").hexdigest(), url=f"{url}/d.bin")
+    assert _mode(got) == 0o600
 
 
 def test_an_output_written_through_a_link_keeps_the_link(umask_002, tmp_path):
@@ -110,6 +113,23 @@ def test_batch_job_output_and_termination(monkeypatch):
         assert e.value.code == 128 + signal.SIGTERM
     assert out.errors == "strict" and not out.line_buffering
     assert signal.getsignal(signal.SIGTERM) is before
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a parent's `trap '' TERM` stays in force
+    try:
+        with _batch_job_io("annotate"):
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_the_output_check_reads_home_as_the_write_does(tmp_path, monkeypatch):
+    """`--output=~/x.h5ad` (bash leaves ~ after `=`): the write went to $HOME/x.h5ad while the
+    check looked at ./~/x.h5ad, so an existing file was replaced without --overwrite."""
+    from scdl._cli_files import check_output
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "x.h5ad").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        check_output("~/x.h5ad", overwrite=False)
 
 
 def test_a_slurm_task_of_rank_above_zero_integrates(kang, monkeypatch):

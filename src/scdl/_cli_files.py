@@ -105,10 +105,12 @@ def check_output(path: str, *, overwrite: bool) -> None:
         raise ValueError(f"output {path!r} is a folder; give a file name ending in .h5ad.")
     if Path(path).suffix.lower() != ".h5ad":  # an AnnData file is written, whatever the name
         raise ValueError(f"output {path!r} must be a file name ending in .h5ad.")
-    parent = Path(path).resolve().parent
+    # the file write_h5ad_atomic writes: ~ read as home, through a link to its target
+    target = Path(os.path.realpath(user_path(path)))
+    parent = target.parent
     if not parent.is_dir():
         raise FileNotFoundError(f"output folder {str(parent)!r} does not exist.")
-    if Path(path).exists() and not overwrite:
+    if target.exists() and not overwrite:
         raise FileExistsError(
             f"output {path!r} already exists; pass --overwrite to replace it, or another name."
         )
@@ -124,7 +126,7 @@ def check_model_folder(path: str | None, *, overwrite: bool, output: str) -> Non
     if path is None:
         return
     folder = user_path(path)  # as save() reads it (bash leaves ~ in --save-model=~/x)
-    if folder.resolve() == Path(output).resolve():
+    if folder.resolve() == user_path(output).resolve():
         raise ValueError(f"--save-model {path!r} is the output file; give a folder of its own.")
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--save-model {path!r} is a file; give a folder.")

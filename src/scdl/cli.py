@@ -527,7 +527,12 @@ def _batch_job_io(command: str):
         raise SystemExit(128 + signum)
 
     previous = None
-    if threading.current_thread() is threading.main_thread():
+    # only over the default: a parent's "ignore SIGTERM" (trap '' TERM) or a handler of the
+    # session's own stays in force
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
         previous = signal.signal(signal.SIGTERM, terminate)
     try:
         yield

@@ -4,11 +4,11 @@ file left behind by a failed write."""
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scdl._paths import as_user_created, user_path
+from scdl._paths import user_path
 from scdl._warnings import warn_user
 
 if TYPE_CHECKING:
@@ -67,7 +67,9 @@ def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike) -> Path:
     """``adata.write_h5ad(path)``, under a temporary name beside it until complete.
 
     A write that fails (a full disk, a column anndata cannot store) leaves an earlier file
-    of that name as it was and no cut-off file that a later save or load would trust.
+    of that name as it was and no cut-off file that a later save or load would trust. A
+    leading ``~`` is the home folder; a link is written through (the link kept). Returns the
+    path written: a link's target.
     """
     # through a link, as anndata writes: the partial beside the file it replaces
     path = Path(os.path.realpath(user_path(path)))
@@ -78,18 +80,34 @@ def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike) -> Path:
             f"The AnnData is backed by {path}, the file to write: load it into memory first "
             "(`adata = adata.to_memory()`), or write to another path."
         )
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"The folder {str(path.parent)!r} to write {path.name} into does not exist."
+        )
     # a name of its own per writer: two writers of one file (a rerun beside a running job)
-    # deleted each other's partial, or without HDF5 file locking wrote into the same one
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    partial = Path(name)
+    # deleted each other's partial, or without HDF5 file locking wrote into the same one.
+    # Created with the mode any new file gets (mkstemp's 0600 chmod-ed after lowered the ACL
+    # mask of a folder with default ACLs: group write lost)
+    partial = _new_file(path.parent, f".{path.name}.", ".partial")
     try:
         adata.write_h5ad(partial)
-        as_user_created(partial)  # mkstemp's 0600
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+def _new_file(folder: Path, prefix: str, suffix: str) -> Path:
+    """A new empty file of a name no other writer holds, created with mode 0666 less the
+    umask (and a folder's default ACL), as ``open(path, "w")`` would."""
+    for _ in range(100):
+        path = folder / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"No free temporary name in {folder}.")
 
 
 def warn_slashed_names(names, *, what: str, written: str, fix: str) -> list[str]:

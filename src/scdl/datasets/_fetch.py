@@ -24,7 +24,7 @@ def cache_dir() -> Path:
     except RuntimeError as e:  # platformdirs: no home folder (a container's bare user id)
         raise OSError(
             f"No home folder to keep downloads in ({e}). Set $SCDL_CACHE to a writable "
-            "folder, or pass the files' folder as `path=`."
+            "folder (or give a local copy of the file instead of downloading it)."
         ) from e
 
 
@@ -185,6 +185,7 @@ def download(
     import pooch
 
     try:
+        before = set(folder.iterdir()) if folder.is_dir() else set()
         stored = Path(
             pooch.retrieve(
                 url,
@@ -194,10 +195,8 @@ def download(
                 progressbar=False,
             )
         )
-        try:  # pooch's downloads are 0600: unreadable by the rest of a shared cache's group
-            as_user_created(stored)
-        except OSError:  # another user's file, already there
-            pass
+        if stored not in before:  # pooch's downloads are 0600: unreadable by a shared
+            as_user_created(stored)  # cache's group; a file already there is left as it is
         return stored
     except ValueError:  # checksum mismatch: pooch's message names both hashes
         raise

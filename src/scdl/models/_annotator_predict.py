@@ -494,7 +494,8 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             Cells of ``adata`` to predict (positions or a boolean mask, as in scvi-tools);
             ``None``: all. The Unknown call is then made among these cells only.
         soft
-            Return probabilities (DataFrame cells x cell types) instead of labels.
+            Return probabilities (DataFrame cells x cell types) instead of labels; rows of
+            cells without a count in the model's genes are NaN.
         unknown
             Call cells unlike any reference type ``"Unknown"`` (see the class notes).
         layer

@@ -33,6 +33,10 @@ from ._training_data import training_adata
 #: 10 epochs to the default; control cells split at random in two: 0.002-0.06 (a guard set
 #: in that gap, not a tuned value)
 MIN_SALIENT_SD = 0.1
+#: with collapsed salient codes, a top gene's mean |log2 fold change| below this is read as
+#: sampling noise (control cells split at random: 0.15-0.36; a response of +3 counts on 20
+#: genes in every target cell: 3.6)
+MIN_SHIFT_LOG2FC = 1.0
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -68,9 +72,9 @@ def contrastive(
     code only, target cells (e.g. stimulated, diseased) a shared and a salient one. The
     shared space holds what both groups show (cell types); the salient space what only the
     target cells show (e.g. an interferon response), and the genes it explains are ranked.
-    Where the target shows nothing its own (target and background the same population), the
-    salient codes collapse to one value and a warning says so: the ranked genes are then
-    sampling noise.
+    Where the target shows no variation of its own (target and background the same
+    population, or a shift every target cell shares), the salient codes collapse to one value
+    and a warning says so, and whether the top gene's change is larger than sampling noise.
 
     Parameters
     ----------
@@ -205,20 +209,9 @@ def contrastive(
     shared = model.get_latent_representation(representation="shared")
     salient = model.get_latent_representation(representation="salient")
     check_finite(shared, salient)
-    spread = float(salient[tg].std(0).max())
-    if spread < MIN_SALIENT_SD:
-        warn_user(
-            f"The salient space holds almost no variation among the target cells (the largest "
-            f"sd of a salient dimension over them is {spread:.3g}, under {MIN_SALIENT_SD}; "
-            f"{epochs_trained(model)} epochs): the target differs from the background by no "
-            "more than a shift all its cells share, or training stopped before the space was "
-            "used. The salient genes then rank that shared shift at the level of sampling noise "
-            "and the salient UMAP spreads noise. Check that `groupby` marks a real condition, "
-            "train longer, or compare the groups with `sc.tl.rank_genes_groups`.",
-            UserWarning,
-        )
     genes_table = model.get_salient_genes(n_top=None)
     genes_table["gene"] = genes_table["gene"].astype(str)  # integer names: no h5ad write
+    _warn_if_salient_collapsed(salient[tg], genes_table, epochs_trained(model))
 
     params = {
         "groupby": groupby,
@@ -244,6 +237,38 @@ def contrastive(
     adata.obsm[shared_key] = shared
     adata.uns[key_added] = info
     return model
+
+
+def _warn_if_salient_collapsed(salient, genes_table, epochs: int) -> None:
+    """Say when the salient codes hardly vary over the target cells: what tells the target
+    from the background is then at most one shift all its cells share (or training stopped
+    early), and the salient UMAP spreads noise. The top gene's effect says whether that shift
+    is a real one (several-fold, as a response added to every target cell gives) or of the
+    size of two random halves of one population's differences."""
+    spread = float(salient.std(0).max()) if len(salient) else 0.0
+    if spread >= MIN_SALIENT_SD:
+        return
+    top = genes_table.iloc[0] if len(genes_table) else None
+    size = float(top["score"]) if top is not None else 0.0
+    genes = (
+        f"the salient genes rank that shift: {top['gene']} changes {size:.2f} log2-fold"
+        if top is not None
+        else "no gene is ranked"
+    )
+    if size < MIN_SHIFT_LOG2FC:
+        genes += (
+            f"; no gene reaches a {2**MIN_SHIFT_LOG2FC:g}-fold change, the size of the "
+            "differences between random halves of one population: likely sampling noise"
+        )
+    warn_user(
+        f"The salient space holds almost no variation among the target cells (the largest sd "
+        f"of a salient dimension over them is {spread:.3g}, under {MIN_SALIENT_SD}; {epochs} "
+        "epochs): the target differs from the background by no more than one shift all its "
+        f"cells share, or training stopped before the space was used. {genes[0].upper()}"
+        f"{genes[1:]}. The salient UMAP spreads noise. Check that `groupby` marks a real "
+        "condition, train longer, or compare the groups with `sc.tl.rank_genes_groups`.",
+        UserWarning,
+    )
 
 
 def _check_inputs(
