@@ -219,6 +219,14 @@ def test_near_empty_cells_beside_cells_leave_the_cells_calls_unchanged(heldout):
     with pytest.warns(UserWarning, match=r"150 of 450 query cells hold fewer than") as w:
         model.annotate_cells(query, layer="counts")
     _the_filter_drops_them(w, query, model, layer="counts")
+    # two of the slivers empty: one warning says both kinds, with the filter that drops both
+    counts = counts.tolil()
+    counts[[300, 301], :] = 0
+    query.layers["counts"] = counts.tocsr()
+    pattern = r"2 of 450 query cells have no count.* 148 more hold fewer than"
+    with pytest.warns(UserWarning, match=pattern) as w:
+        model.annotate_cells(query, layer="counts")
+    _the_filter_drops_them(w, query, model, layer="counts")
 
 
 def _the_filter_drops_them(record, adata, model, layer=None):

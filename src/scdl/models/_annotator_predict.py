@@ -412,13 +412,20 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
                 f"{n_blank} of {len(values)} query cells have no count in the model's genes "
                 f"(every value of {'adata.X' if layer is None else repr(layer)} in them is 0): "
                 + ("they are called Unknown" if unknown_call else "their calls are guesses")
-                + ", with NaN confidence and probabilities. Filter out empty cells first (e.g. "
-                "`sc.pp.filter_cells(adata, min_counts=...)` on the model's genes)."
+                + ", with NaN confidence and probabilities."
                 + (
-                    f" {int(few.sum())} more hold fewer than {floor:.3g} counts there and are "
-                    + ("called Unknown too." if unknown_call else "guessed too.")
+                    f" {int(few.sum())} more hold fewer than {floor:.3g} counts there (the "
+                    f"floor: 1/16 of the query's median, {np.median(totals[totals > 0]):g}, at "
+                    "most 10 and at most 1/16 of the reference's shallowest type), too few to "
+                    "type a cell by: "
+                    + ("called Unknown too." if unknown_call else "their calls are guesses too.")
                     if few.any()
                     else ""
+                )
+                + _shallow_filter_fix(
+                    layer,
+                    int(np.ceil(floor)) if few.any() else 1,
+                    np.array_equal(matrix.data, np.rint(matrix.data)),
                 ),
                 UserWarning,
             )
