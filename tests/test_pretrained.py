@@ -137,7 +137,7 @@ def test_cells_without_counts_are_unknown_and_the_rest_unchanged(heldout):
     assert after["confidence"].iloc[empty].isna().all() and probs.iloc[empty].isna().all(None)
     rest = np.setdiff1d(np.arange(adata.n_obs), empty)
     assert np.isfinite(after["confidence"].iloc[rest]).all()
-    with pytest.warns(UserWarning, match="their calls are guesses, with NaN confidence"):
+    with pytest.warns(UserWarning, match="NaN confidence and probabilities. Their calls are"):
         forced, _ = model.annotate_cells(adata, unknown_call=False)
     assert (forced["label"].iloc[empty] != "Unknown").all()  # forced calls stay forced
     scdl.tl.annotate(adata, model=model)  # the figure counts them, draws the others
@@ -223,7 +223,7 @@ def test_near_empty_cells_beside_cells_leave_the_cells_calls_unchanged(heldout):
     counts = counts.tolil()
     counts[[300, 301], :] = 0
     query.layers["counts"] = counts.tocsr()
-    pattern = r"2 of 450 query cells have no count.* 148 more hold fewer than"
+    pattern = r"2 of 450 query cells have no count.*; 148 more query cells hold fewer than"
     with pytest.warns(UserWarning, match=pattern) as w:
         model.annotate_cells(query, layer="counts")
     _the_filter_drops_them(w, query, model, layer="counts")

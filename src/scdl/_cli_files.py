@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from scdl._paths import user_path
+from scdl._paths import user_path, written_path
 
 
 def read_input(path: str, *, quiet: bool = False):
@@ -105,8 +105,7 @@ def check_output(path: str, *, overwrite: bool) -> None:
         raise ValueError(f"output {path!r} is a folder; give a file name ending in .h5ad.")
     if Path(path).suffix.lower() != ".h5ad":  # an AnnData file is written, whatever the name
         raise ValueError(f"output {path!r} must be a file name ending in .h5ad.")
-    # the file write_h5ad_atomic writes: ~ read as home, through a link to its target
-    target = Path(os.path.realpath(user_path(path)))
+    target = written_path(path)  # the file write_h5ad_atomic writes
     parent = target.parent
     if not parent.is_dir():
         raise FileNotFoundError(f"output folder {str(parent)!r} does not exist.")

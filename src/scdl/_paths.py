@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 
@@ -24,3 +25,26 @@ def as_user_created(path: str | os.PathLike) -> None:
     umask = os.umask(0)  # read by setting it: restored at once
     os.umask(umask)
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
+def written_path(path: str | os.PathLike) -> Path:
+    """The file a write to ``path`` creates or replaces: ``~`` read as home, a link followed
+    to its target (as anndata writes through links)."""
+    return Path(os.path.realpath(user_path(path)))
+
+
+def new_entry(parent: Path, prefix: str, suffix: str = "", *, folder: bool = False) -> Path:
+    """A new empty file (or folder) in ``parent`` under a name no other process holds, made
+    with the mode any new one gets (0666 / 0777 less the umask, or a folder's default ACL):
+    tempfile's are 0600 / 0700, and changing that after lowered a default ACL's mask."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            if folder:
+                path.mkdir()
+            else:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"No free temporary name in {parent}.")

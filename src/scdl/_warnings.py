@@ -68,10 +68,6 @@ def scanpy_scratch():
     gets, as if scdl had overwritten the user's own. scanpy's warnings still show."""
     import scanpy as sc
 
-    before = sc.settings.verbosity
-    if int(before) > 1:  # scanpy's Verbosity: 0 error, 1 warning, 2 info, 3 hint, 4 debug
-        sc.settings.verbosity = 1
-    try:
+    level = sc.settings.verbosity  # 0 error, 1 warning, 2 info, 3 hint, 4 debug
+    with level.override(min(int(level), 1)):  # never raised (a user's "error" stays)
         yield
-    finally:
-        sc.settings.verbosity = before

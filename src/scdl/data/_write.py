@@ -4,11 +4,10 @@ file left behind by a failed write."""
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scdl._paths import user_path
+from scdl._paths import new_entry, written_path
 from scdl._warnings import warn_user
 
 if TYPE_CHECKING:
@@ -72,7 +71,7 @@ def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike) -> Path:
     path written: a link's target.
     """
     # through a link, as anndata writes: the partial beside the file it replaces
-    path = Path(os.path.realpath(user_path(path)))
+    path = written_path(path)
     if getattr(adata, "isbacked", False) and path.exists() and path.samefile(adata.filename):
         # replacing the file it reads: Windows refuses (an open file), elsewhere the object
         # goes on reading the old, deleted copy
@@ -85,29 +84,14 @@ def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike) -> Path:
             f"The folder {str(path.parent)!r} to write {path.name} into does not exist."
         )
     # a name of its own per writer: two writers of one file (a rerun beside a running job)
-    # deleted each other's partial, or without HDF5 file locking wrote into the same one.
-    # Created with the mode any new file gets (mkstemp's 0600 chmod-ed after lowered the ACL
-    # mask of a folder with default ACLs: group write lost)
-    partial = _new_file(path.parent, f".{path.name}.", ".partial")
+    # deleted each other's partial, or without HDF5 file locking wrote into the same one
+    partial = new_entry(path.parent, f".{path.name}.", ".partial")
     try:
         adata.write_h5ad(partial)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
     return path
-
-
-def _new_file(folder: Path, prefix: str, suffix: str) -> Path:
-    """A new empty file of a name no other writer holds, created with mode 0666 less the
-    umask (and a folder's default ACL), as ``open(path, "w")`` would."""
-    for _ in range(100):
-        path = folder / f"{prefix}{secrets.token_hex(4)}{suffix}"
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-        except FileExistsError:
-            continue
-        return path
-    raise FileExistsError(f"No free temporary name in {folder}.")
 
 
 def warn_slashed_names(names, *, what: str, written: str, fix: str) -> list[str]:

@@ -406,42 +406,36 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
                 "Pass the layer or file that holds the counts.",
                 UserWarning,
             )
-        elif (values == 0).any():
-            n_blank = int((values == 0).sum())
+        elif empty.any():
+            # empty cells and cells under the count floor, said together with one filter
+            blank = values == 0
+            said = []
+            if blank.any():
+                said.append(
+                    f"{int(blank.sum())} of {len(values)} query cells have no count in the "
+                    f"model's genes (every value of {'adata.X' if layer is None else repr(layer)}"
+                    " in them is 0): NaN confidence and probabilities"
+                )
+            if few.any():
+                said.append(
+                    (f"{int(few.sum())} more" if blank.any() else f"{int(few.sum())} of {len(few)}")
+                    + f" query cells hold fewer than {floor:.3g} counts in the model's genes "
+                    f"(the floor: 1/16 of the query's median, {np.median(totals[totals > 0]):g}, "
+                    "at most 10 and at most 1/16 of the reference's shallowest type): too few to "
+                    "type a cell by"
+                )
             warn_user(
-                f"{n_blank} of {len(values)} query cells have no count in the model's genes "
-                f"(every value of {'adata.X' if layer is None else repr(layer)} in them is 0): "
-                + ("they are called Unknown" if unknown_call else "their calls are guesses")
-                + ", with NaN confidence and probabilities."
+                "; ".join(said)
                 + (
-                    f" {int(few.sum())} more hold fewer than {floor:.3g} counts there (the "
-                    f"floor: 1/16 of the query's median, {np.median(totals[totals > 0]):g}, at "
-                    "most 10 and at most 1/16 of the reference's shallowest type), too few to "
-                    "type a cell by: "
-                    + ("called Unknown too." if unknown_call else "their calls are guesses too.")
-                    if few.any()
-                    else ""
+                    ". They are called Unknown and left out of the clusters the Unknown call "
+                    "checks."
+                    if unknown_call
+                    else ". Their calls are guesses."
                 )
                 + _shallow_filter_fix(
                     layer,
                     int(np.ceil(floor)) if few.any() else 1,
                     np.array_equal(matrix.data, np.rint(matrix.data)),
-                ),
-                UserWarning,
-            )
-        elif few.any():
-            warn_user(
-                f"{int(few.sum())} of {len(few)} query cells hold fewer than {floor:.3g} counts "
-                "in the model's genes (the floor: 1/16 of the query's median, "
-                f"{np.median(totals[totals > 0]):g}, at most 10 and at most 1/16 of the "
-                "reference's shallowest type): too few to type a cell by. "
-                + (
-                    "They are called Unknown and left out of the clusters the Unknown call checks."
-                    if unknown_call
-                    else "Their calls are guesses."
-                )
-                + _shallow_filter_fix(
-                    layer, int(np.ceil(floor)), np.array_equal(matrix.data, np.rint(matrix.data))
                 ),
                 UserWarning,
             )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import lzma
 import os
-import secrets
 import shutil
 import tarfile
 import zipfile
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from scdl._paths import user_path
+from scdl._paths import new_entry, user_path
 from scdl.datasets import as_sha256, cache_dir, download, sha256sum
 
 _HERE = Path(__file__).parent / "annotators"
@@ -55,18 +54,6 @@ def available() -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("name")
 
 
-def _new_folder(parent: Path, prefix: str) -> Path:
-    """A new empty folder of a name no other process holds, mode 0777 less the umask."""
-    for _ in range(100):
-        path = parent / f"{prefix}{secrets.token_hex(4)}"
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        return path
-    raise FileExistsError(f"No free temporary name in {parent}.")
-
-
 def _member_name(entry: str) -> str:
     """An archive member's file name: Windows' zip tools (PowerShell 5.1's Compress-Archive)
     separate folders with backslashes, which a POSIX path keeps inside the name."""
@@ -85,9 +72,9 @@ def _safe_extract(archive: Path, dest: Path) -> Path:
         return dest
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        # made with the mode any new folder gets (mkdtemp's 0700, or chmod-ed after it, kept
-        # the rest of a shared cache's group out, or lowered a default ACL's mask)
-        partial = _new_folder(dest.parent, f".{dest.name}.")
+        # made with the mode any new folder gets (mkdtemp's 0700 kept the rest of a shared
+        # cache's group out)
+        partial = new_entry(dest.parent, f".{dest.name}.", folder=True)
     except OSError as e:
         raise OSError(
             f"Cannot unpack {archive.name} into the cache folder {dest.parent} "
