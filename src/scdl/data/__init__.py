@@ -14,12 +14,10 @@ from ._arguments import (
 )
 from ._checks import (
     CountSummary,
-    check_categorical,
     check_count_setup,
     check_counts,
     check_is_anndata,
     check_not_empty,
-    check_obs_key,
     check_unique_var_names,
     warn_empty_cells,
 )
@@ -64,6 +62,7 @@ from ._genes import (
 from ._groups import resolve_groups, warn_if_batch_nested, warn_if_few_cells
 from ._lognorm import input_kind, normalised_from_log1p
 from ._normalize import log_normalize_counts
+from ._obs_checks import check_categorical, check_obs_key
 from ._pca import genes_pca, unintegrated_pca
 from ._query import (
     check_category_kind,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ._checks import check_obs_key
+from ._obs_checks import check_obs_key
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -13,7 +13,7 @@ import numpy as np
 
 from scdl._warnings import warn_user
 
-from ._checks import check_obs_key
+from ._obs_checks import check_obs_key
 
 if TYPE_CHECKING:
     from anndata import AnnData

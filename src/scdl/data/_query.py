@@ -11,11 +11,11 @@ from ._checks import (
     check_counts,
     check_is_anndata,
     check_not_sparse_array,
-    check_obs_key,
     check_unique_var_names,
 )
 from ._covariates import check_continuous_covariates
 from ._genes import gene_mismatch_message, same_gene_names
+from ._obs_checks import check_obs_key
 
 if TYPE_CHECKING:
     from anndata import AnnData

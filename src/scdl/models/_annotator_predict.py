@@ -39,7 +39,7 @@ from scdl.dataloaders import dense_rows
 from ._adaptation import auto_blend, check_adapt
 from ._annotator_query import AnnotatorQueryMixin
 from ._arguments import check_switches
-from ._base import cell_positions
+from ._checked_query import cell_positions
 from ._depth import integer_counts, rows_emptied
 from ._mixing import MIN_QUERY_CELLS, mixing_level
 from ._novelty import celltypist_resolution, content_order, leiden_on_graph, unknown_clusters

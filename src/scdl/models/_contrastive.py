@@ -28,7 +28,8 @@ from scdl.dataloaders import ContrastiveSplitter
 from scdl.module import ContrastiveModule
 from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
-from ._base import CheckedQueryMixin, SafeSaveLoadMixin
+from ._base import SafeSaveLoadMixin
+from ._checked_query import CheckedQueryMixin
 from ._contrastive_expression import ContrastiveExpressionMixin
 from ._docs import counts_dsp
 from ._training import plan_training, vae_plan_kwargs

@@ -41,7 +41,8 @@ from scdl.dataloaders import CSRDataSplitter
 from scdl.module import VAEModule
 from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
-from ._base import CheckedQueryMixin, SafeSaveLoadMixin
+from ._base import SafeSaveLoadMixin
+from ._checked_query import CheckedQueryMixin
 from ._docs import counts_dsp
 from ._training import plan_training, vae_plan_kwargs
 from ._vae_query import VAEQueryMixin
