@@ -143,6 +143,41 @@ def test_a_shallower_query_is_judged_at_its_own_depth(annotator):
     assert np.median(score[is_b]) > np.quantile(score[~is_b], 0.95)
 
 
+def _amplified_reads(counts, seed: int = 0) -> sparse.csr_matrix:
+    """Full-length read counts from UMI counts: each molecule copied NB(2, mean 30) times
+    through a gene's efficiency (lognormal), as Smart-seq2 amplifies (about 1% of the values
+    are ones, against 73% of the UMIs')."""
+    rng = np.random.default_rng(seed)
+    x = sparse.csr_matrix(counts, dtype=np.float32, copy=True)
+    efficiency = rng.lognormal(0.0, 0.5, x.shape[1])[x.indices]
+    p = 2.0 / (2.0 + 30.0 * efficiency)
+    x.data = (1 + rng.negative_binomial(2 * np.rint(x.data).astype(np.int64), p)).astype(np.float32)
+    return x
+
+
+def test_a_read_count_query_is_not_thinned_as_deeper_molecules(annotator):
+    """The stimulated cells as amplified read counts (~35x the UMI totals): their totals count
+    copies, not molecules, so the mixing check does not thin them to the reference's depth
+    (thinned reads keep their amplification noise: the query looked unlike the reference,
+    "auto" adapted to it and lost 4 points) and no depth is compared. The calls then agree
+    with the same cells' UMIs as closely as two reads of one molecule allow."""
+    from scdl.models._depth import looks_amplified
+
+    model, query = annotator
+    reads = query.copy()
+    reads.X = _amplified_reads(query.X)
+    assert looks_amplified(reads.X) and not looks_amplified(query.X)
+    umi_calls, _ = model.annotate_cells(query)
+    read_calls, _ = model.annotate_cells(reads)
+    assert read_calls.attrs["adapt_to_query"] == umi_calls.attrs["adapt_to_query"]
+    truth = query.obs.cell_type.to_numpy()
+    known = truth != HELD_OUT_TYPE
+    umi_right = (umi_calls["label_forced"].to_numpy() == truth)[known].mean()
+    read_right = (read_calls["label_forced"].to_numpy() == truth)[known].mean()
+    assert read_right >= umi_right - 0.02, (read_right, umi_right)
+    assert read_calls["is_unknown"][known].mean() <= 0.10
+
+
 def test_a_query_dominated_by_one_type_keeps_its_cells_known(annotator):
     """CD4 T cells at 80% of the stimulated query, the other cells drawn at random (every type
     kept):
@@ -517,7 +552,7 @@ def test_gene_attributions_in_chunks_match_one_pass():
 
     model = scdl.pretrained.load("pbmc_kang2018")
     cells = scdl.datasets.kang_pbmc_heldout()[:40]
-    x, _ = model._query_matrix(cells, None, 0.5)
+    x, _, _ = model._query_matrix(cells, None, 0.5)
     x_log = model.module.log_normalize(torch.as_tensor(x.to_scipy().toarray()))
     model.module.eval()
     whole = model._attribution(x_log, None, 0, 8, chunk=40)
@@ -881,9 +916,42 @@ def test_majority_voting_over_clusters_the_users_neighbour_graph(annotator):
 
 
 def test_log_normalised_query_gives_the_same_calls(annotator):
-    """log1p(normalize_total) of the counts is detected (one warning) and annotated: forced
-    calls equal, probabilities within 1e-4, Unknown calls on >= 99% of cells the same (the
-    query's clustering sees float32-rounded values)."""
+    """log1p(normalize_total) of the counts is detected (one warning) and read as the counts
+    behind it (each cell's smallest value is one count): every output of ``tl.annotate`` is
+    the counts' own, the over-clustering and majority vote included (Leiden follows the
+    order and float sums of the values, so expm1's per-cell scale moved 1-3.5% of the votes),
+    over a user's neighbour graph too."""
+    import scanpy as sc
+
+    model, query = annotator
+    q = query[:800].copy()
+    lognorm = q.copy()
+    sc.pp.normalize_total(lognorm, target_sum=1e4)
+    sc.pp.log1p(lognorm)
+    graph = lognorm.copy()
+    sc.pp.pca(graph, n_comps=20, random_state=0)
+    sc.pp.neighbors(graph, random_state=0)
+    for with_graph in (False, True):
+        a, b = q.copy(), lognorm.copy()
+        if with_graph:
+            for x in (a, b):
+                x.obsp["connectivities"] = graph.obsp["connectivities"].copy()
+                x.obsp["distances"] = graph.obsp["distances"].copy()
+                x.uns["neighbors"] = graph.uns["neighbors"]
+        scdl.tl.annotate(a, model=model, majority_voting=True)
+        with pytest.warns(UserWarning, match="log1p of counts normalised to 1e\\+04"):
+            scdl.tl.annotate(b, model=model, majority_voting=True)
+        pd.testing.assert_frame_equal(b.obs, a.obs)
+        np.testing.assert_allclose(
+            b.obsm["scdl_cell_type_probabilities"].to_numpy(),
+            a.obsm["scdl_cell_type_probabilities"].to_numpy(),
+            atol=1e-6,
+        )
+
+
+def test_log_normalised_values_rounded_still_give_the_calls(annotator):
+    """log1p values rounded to 3 decimals (no longer whole counts once scaled): read on the
+    CP10k scale, forced calls equal and Unknown calls on >= 99% of cells the same."""
     import scanpy as sc
 
     model, query = annotator
@@ -892,10 +960,11 @@ def test_log_normalised_query_gives_the_same_calls(annotator):
     lognorm = q.copy()
     sc.pp.normalize_total(lognorm, target_sum=1e4)
     sc.pp.log1p(lognorm)
+    lognorm.X.data = np.round(lognorm.X.data, 3)
     with pytest.warns(UserWarning, match="log1p of counts normalised to 1e\\+04"):
         calls_ln, probs_ln = model.annotate_cells(lognorm)
-    np.testing.assert_allclose(probs_ln.to_numpy(), probs.to_numpy(), atol=1e-4)
-    assert (calls_ln["label_forced"] == calls["label_forced"]).all()
+    np.testing.assert_allclose(probs_ln.to_numpy(), probs.to_numpy(), atol=1e-2)
+    assert (calls_ln["label_forced"] == calls["label_forced"]).mean() >= 0.99
     assert (calls_ln["label"] == calls["label"]).mean() >= 0.99
 
 

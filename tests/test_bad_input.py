@@ -500,6 +500,65 @@ def test_log2_of_normalised_counts_is_named_with_its_conversion():
     assert same.mean() >= 0.99
 
 
+def _per_million(counts, lengths=None) -> sparse.csr_matrix:
+    """Counts (divided by gene ``lengths``: TPM) scaled to 1e6 per cell."""
+    x = sparse.csr_matrix(counts, dtype=np.float64, copy=True)
+    if lengths is not None:
+        x = x @ sparse.diags(1.0 / lengths)
+    x = sparse.diags(1e6 / np.asarray(x.sum(1)).ravel()) @ x
+    return sparse.csr_matrix(x, dtype=np.float32)
+
+
+def test_tpm_is_named_for_count_models_and_rounded_tpm_is_said(kang):
+    """TPM was refused as "normalised or log-transformed" with only a rounding command (its
+    values are above a log scale), and the rounded matrix then trained as a million molecules
+    per cell without a word: TPM / CPM is named, rounding is not offered, and whole numbers
+    summing to nearly one total per cell are said in a warning."""
+    adata = _small(kang)
+    adata = adata[np.asarray(adata.X.sum(1)).ravel() > 0].copy()
+    lengths = np.random.default_rng(0).lognormal(7.5, 0.6, adata.n_vars)
+    adata.X = _per_million(adata.X, lengths)
+    snap = snapshot(adata)
+    with pytest.raises(ValueError, match="every cell with any sums to 1e\\+06") as err:
+        VAE.setup_anndata(adata)
+    assert "CPM, TPM" in str(err.value) and "np.round" not in str(err.value)
+    assert_unchanged(adata, snap)
+    adata.X.data = np.round(adata.X.data)
+    with pytest.warns(UserWarning, match="rounded CPM/TPM"):
+        VAE.setup_anndata(adata)
+    import scanpy as sc
+
+    counts = _small(kang)
+    counts = counts[np.asarray(counts.X.sum(1)).ravel() >= 300].copy()
+    same_depth = counts.copy()  # counts downsampled to one depth sum to it exactly
+    sc.pp.downsample_counts(same_depth, counts_per_cell=300, random_state=0)
+    with warnings.catch_warnings():  # real counts, and counts of one depth, are not said
+        warnings.simplefilter("error", UserWarning)
+        scdl.data.check_counts(counts)
+        scdl.data.check_counts(same_depth)
+
+
+def test_log1p_of_fpkm_is_told_how_to_become_tpm():
+    """log1p(FPKM) (per-cell totals differ by design) was blamed on a gene subset or scaling;
+    the message now says how FPKM becomes TPM, and that conversion is annotated."""
+    cells = scdl.datasets.kang_pbmc_heldout()
+    fpkm = cells.copy()
+    lengths = np.random.default_rng(0).lognormal(7.5, 0.6, fpkm.n_vars)
+    x = sparse.csr_matrix(fpkm.X, dtype=np.float64) @ sparse.diags(1e3 / lengths)
+    x = sparse.diags(1e6 / np.asarray(fpkm.X.sum(1)).ravel().clip(1)) @ x
+    fpkm.X = sparse.csr_matrix(x, dtype=np.float32)
+    fpkm.X.data = np.log1p(fpkm.X.data)
+    with pytest.raises(ValueError, match="FPKM / RPKM: take expm1, scale each cell to 1e6"):
+        scdl.tl.annotate(fpkm, model="pbmc_kang2018")
+    fpkm.X.data = np.expm1(fpkm.X.data)  # the conversion the message names
+    import scanpy as sc
+
+    sc.pp.normalize_total(fpkm, target_sum=1e6)
+    sc.pp.log1p(fpkm)
+    with pytest.warns(UserWarning, match="log1p of counts normalised to 1e\\+06"):
+        scdl.tl.annotate(fpkm, model="pbmc_kang2018")
+
+
 def test_annotator_labels_refused_with_the_annotators_fix(kang):
     """A reference of one type is told to give two (not to pass ``labels_key=None``, which
     the annotator refuses); fractional numbers are not pointed to a parameter it lacks."""

@@ -81,7 +81,7 @@ def test_annotator_csr_inference_equals_dense(drop_genes):
     model = scdl.pretrained.load("pbmc_kang2018")
     cells = scdl.datasets.kang_pbmc_heldout()
     cells = cells[:, drop_genes:].copy()  # some of the model's genes absent
-    x, present = model._query_matrix(cells, None, 0.5)
+    x, present, _ = model._query_matrix(cells, None, 0.5)
     assert isinstance(x, scdl.data.CSRTensors)
     p_csr, nov_csr = model._features(x, present, batch_size=128)
     p_dense, nov_dense = model._features(x.to_scipy().toarray(), present, batch_size=128)

@@ -183,6 +183,23 @@ def _count_fractions(vals: np.ndarray, n_bad: dict) -> None:
         n_bad["frac_dev"] = max(n_bad["frac_dev"], float(dev.max()))
 
 
+#: cells whose totals agree this closely (relative spread; rounded TPM of ~10,000 genes
+#: per cell spreads by ~3e-5, real counts by orders of magnitude) were normalised per cell
+_SAME_TOTAL = 1e-3
+#: fewest cells with counts for that to mean anything
+_MIN_CELLS_FOR_TOTALS = 10
+
+
+def _constant_total(row_totals: np.ndarray) -> float | None:
+    """The total every cell with values sums to when they agree within ``_SAME_TOTAL`` (a
+    matrix normalised per cell), else ``None``; ``None`` under ``_MIN_CELLS_FOR_TOTALS``."""
+    positive = row_totals[np.isfinite(row_totals) & (row_totals > 0)]
+    if positive.size < _MIN_CELLS_FOR_TOTALS:
+        return None
+    lo, hi = float(positive.min()), float(positive.max())
+    return float(np.median(positive)) if hi - lo <= _SAME_TOTAL * hi else None
+
+
 def check_counts(
     adata: AnnData,
     layer: str | None = None,
@@ -190,6 +207,7 @@ def check_counts(
     report_zero_genes: bool = False,
     warn_zero_cells: bool = True,
     fix: str | None = None,
+    warn_normalised: bool = True,
 ) -> CountSummary:
     """Check that ``adata.X`` (or ``layer``) holds raw counts a count model can use.
 
@@ -202,7 +220,8 @@ def check_counts(
     the summary. With ``report_zero_genes`` (a fresh registration) their number is logged in
     one line. Cells with no counts are valid too (scvi-tools and scanpy take them; common
     after subsetting genes): they are kept, and with ``warn_zero_cells`` a UserWarning says
-    how many and how to drop them.
+    how many and how to drop them. Whole numbers that sum to nearly one total in every cell
+    (rounded CPM/TPM) are said in a warning with ``warn_normalised``.
 
     Raises
     ------
@@ -252,6 +271,21 @@ def check_counts(
             f"`{data}.data = np.round({data}.data)` (sparse) or `{data} = np.round({data})` "
             "(dense)."
         )
+    per_cell = _constant_total(row_totals)
+    if n_bad["frac"] and per_cell is not None:  # rounding would pass them off as counts
+        raise ValueError(
+            f"{where} contains {n_bad['frac']} non-integer values and every cell with any sums "
+            f"to {per_cell:.4g}: counts normalised per cell (CPM, TPM, normalize_total), not "
+            "counts, and rounding them does not make counts. The model needs the raw read or "
+            "UMI counts: "
+            + (
+                fix
+                or "pass `layer=` naming them, or put them in adata.X (the counts table "
+                "of the pipeline, e.g. Cell Ranger's matrix, featureCounts, STAR's GeneCounts)."
+            )
+            + raw
+            + " `scdl.tl.annotate` also reads log1p of such values (`sc.pp.log1p`)."
+        )
     if n_bad["frac"]:
         raise ValueError(
             f"{where} contains {n_bad['frac']} non-integer values, so it looks normalised or "
@@ -276,6 +310,15 @@ def check_counts(
             f"or reads in one cell and gene (at most ~{MAX_COUNT:.0e}): a damaged file, or "
             "values multiplied by a large factor? "
             + (fix or "Pass `layer=` naming the raw-count layer, or restore the counts.")
+        )
+    if per_cell is not None and warn_normalised and np.ptp(row_totals[row_totals > 0]) > 0:
+        # whole numbers summing to nearly one total in every cell: rounded CPM/TPM (counts
+        # downsampled to one depth sum to it exactly, and real depths differ by far more)
+        warn_user(
+            f"{where} holds whole numbers, but every cell with any sums to nearly the same "
+            f"total ({per_cell:.4g}): rounded CPM/TPM? A count model reads them as that many "
+            "molecules per cell. Pass the raw read or UMI counts if these are not.",
+            UserWarning,
         )
     n_zero_cells = int(np.count_nonzero(row_totals == 0))
     if n_zero_cells and warn_zero_cells:

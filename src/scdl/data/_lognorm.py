@@ -121,13 +121,17 @@ def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | N
             "kallisto, alevin: fractional read or UMI counts), round them: "
             f"`{where}.data = np.round({where}.data)` (sparse) or `{where} = np.round({where})` "
             "(dense); if they are counts normalised to a constant total per cell over all "
-            f"genes (CPM, TPM), log them: `sc.pp.log1p(adata{log_layer})`. {fix}"
+            f"genes (CPM, TPM), log them: `sc.pp.log1p(adata{log_layer})`; FPKM / RPKM "
+            "(per-cell totals differ) become TPM when each cell is scaled to 1e6 first: "
+            f"`sc.pp.normalize_total(adata, target_sum=1e6{log_layer})`, then log1p. {fix}"
         )
     if not natural:
         raise ValueError(
             f"{where} has {n_frac} non-integer values, so it is not raw counts; nor is it log1p "
             f"of counts normalised per cell: expm1 of it sums to {lo:.4g}-{hi:.4g} per cell (a "
-            "constant total is expected; a gene subset or a scaled matrix gives a spread) and "
+            "constant total is expected; a gene subset or a scaled matrix gives a spread, and "
+            "so does log1p of FPKM / RPKM: take expm1, scale each cell to 1e6 with "
+            "`sc.pp.normalize_total(adata, target_sum=1e6)` (that is TPM), then log1p) and "
             f"its largest value is {vmax:.3g}. {fix}"
         )
     if positive.size < totals.size:  # normalize_total leaves an empty cell empty: kept
@@ -167,3 +171,57 @@ def normalised_from_log1p(adata: AnnData, layer: str | None = None):
         x.data = np.expm1(x.data)
         return x
     return np.expm1(np.asarray(x, dtype=np.float64))
+
+
+#: a scaled value this close to an integer reads as a whole count (float32 log1p values of
+#: counts up to ~10^5 come back within 0.01 of it)
+_WHOLE = 0.05
+
+
+def counts_from_log1p(x_log, units: np.ndarray) -> sparse.csr_matrix | None:
+    """The counts behind log1p-normalised rows: ``expm1(x_log)`` divided by each row's one
+    count (``units``, :func:`log1p_count_units`, measured over all of the AnnData's genes
+    before any subset), rounded; ``None`` when a value is not then a whole count (a cell
+    without a count of 1, rounded or edited values): the caller keeps ``expm1``.
+
+    The counts give every step that follows (clustering, thinning, the depth checks) the
+    values the raw counts give, not merely the same values up to a per-cell scale."""
+    x = sparse.csr_matrix(x_log, dtype=np.float64, copy=True)
+    if x.nnz == 0:
+        return None
+    x.data = np.expm1(x.data)
+    units = np.asarray(units, dtype=np.float64).ravel()
+    per_value = np.repeat(units, np.diff(x.indptr))
+    if not np.all(np.isfinite(per_value) & (per_value > 0)):
+        return None
+    scaled = x.data / per_value
+    whole = np.rint(scaled)
+    if np.any(np.abs(scaled - whole) > _WHOLE) or np.any(whole < 1):
+        return None
+    x.data = whole
+    return sparse.csr_matrix(x, dtype=np.float32)
+
+
+def log1p_count_units(x) -> np.ndarray:
+    """Each row's one count in log1p-normalised values: ``expm1`` of its smallest positive
+    value (a count of 1 times the cell's scale, ``target_sum / total``; nearly every cell of
+    UMI data holds genes of one count), NaN for an empty row. Read in row blocks over every
+    gene (the scale was set over all of them)."""
+    out = []
+    for chunk in row_blocks(x):
+        if sparse.issparse(chunk):
+            chunk = sparse.csr_matrix(chunk, dtype=np.float64)
+            chunk.data = np.where(chunk.data > 0, chunk.data, np.inf)
+            lo = np.full(chunk.shape[0], np.inf)
+            filled = np.diff(chunk.indptr) > 0
+            if filled.any():
+                lo[filled] = np.minimum.reduceat(chunk.data, chunk.indptr[:-1][filled])
+        else:
+            block = np.asarray(chunk, dtype=np.float64)
+            lo = (
+                np.where(block > 0, block, np.inf).min(1)
+                if block.shape[1]
+                else np.full(block.shape[0], np.inf)
+            )
+        out.append(np.where(np.isfinite(lo), np.expm1(lo), np.nan))
+    return np.concatenate(out) if out else np.zeros(0)

@@ -93,7 +93,7 @@ class AnnotatorAttributionMixin:
         check_positive_int(n_steps, "n_steps")
         if n_top is not None:
             check_positive_int(n_top, "n_top")
-        x, present = self._query_matrix(adata, layer, min_gene_overlap)
+        x, present, _ = self._query_matrix(adata, layer, min_gene_overlap)
         x = x.to_scipy()
         if groupby is not None:
             from scdl.data import check_obs_key

@@ -25,12 +25,14 @@ from scdl.data import (
     CSRTensors,
     align_to_genes,
     check_is_anndata,
+    counts_from_log1p,
     gather_counts,
     gene_columns,
     get_matrix,
     in_memory,
     inference_batch_size,
     input_kind,
+    log1p_count_units,
     sparse_tensors_on,
     warn_renamed_genes,
 )
@@ -114,8 +116,9 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         return torch.cat(probs).cpu(), torch.cat(novelty).cpu()
 
     def _query_matrix(self, adata: AnnData | None, layer: str | None, min_gene_overlap: float):
-        """The query's counts in the model's gene order on the model's device, and the mask
-        of the model's genes it holds (``None``: all)."""
+        """The query's counts in the model's gene order on the model's device, the mask of
+        the model's genes it holds (``None``: all), and what the user's matrix holds
+        (``"counts"``, or ``"log1p"``: log-normalised values, read as their counts)."""
 
         if not self.is_trained_:  # scvi-tools' own methods refuse an untrained model too
             raise ValueError(
@@ -126,7 +129,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         if adata is None:
             self._require_adata("annotate", takes_adata=True)
             x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-            return CSRTensors.from_scipy(sparse.csr_matrix(in_memory(x)), dev), None
+            return CSRTensors.from_scipy(sparse.csr_matrix(in_memory(x)), dev), None, "counts"
         check_is_anndata(adata)
         if adata.n_obs == 0:
             raise ValueError(
@@ -146,7 +149,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         lookup[col[present]] = np.flatnonzero(present)
         # CSR counts: gathered and checked on the device (only the model's genes are read)
         x = gather_counts(matrix, lookup, len(present), dev)
-        xs = None
+        xs, kind = None, "counts"
         numeric = np.issubdtype(getattr(matrix, "dtype", np.dtype(object)), np.number)
         if x is None and numeric:  # dense or backed: the model's genes checked as for CSR
             xs, present = align_to_genes(
@@ -160,9 +163,16 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
                 xs, present = align_to_genes(
                     adata, self.get_var_names(), layer=layer, min_overlap=min_gene_overlap
                 )
-            if kind == "log1p":  # expm1 gives counts per a constant total: the same log1p(CP10k)
-                xs = sparse.csr_matrix(xs, dtype=np.float32, copy=True)
-                xs.data = np.expm1(xs.data)
+            if kind == "log1p":
+                # the counts themselves where each cell's one count shows (its smallest value
+                # over all genes): the query then reads exactly as its counts do, also where
+                # the order of the cells and float sums steer Leiden (the over-clustering)
+                units = log1p_count_units(get_matrix(adata, layer))
+                counts = counts_from_log1p(xs, units)
+                if counts is None:  # expm1: counts per a constant total, the same log1p(CP10k)
+                    counts = sparse.csr_matrix(xs, dtype=np.float32, copy=True)
+                    counts.data = np.expm1(counts.data)
+                xs = counts
             x = CSRTensors.from_scipy(xs, dev)
         warn_renamed_genes(self.get_var_names(), adata.var_names, present)
         if present.mean() < LOW_GENE_OVERLAP:  # calls lose accuracy: said, not only logged
@@ -179,7 +189,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
                 present.sum(),
                 len(present),
             )
-        return x, (None if present.all() else present)
+        return x, (None if present.all() else present), kind
 
     def annotate_cells(
         self,
@@ -282,7 +292,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         """
         over_clustering, unknown_call = check_switches(over_clustering, unknown_call)
         adapt = check_adapt(adapt_to_query)
-        x, present = self._query_matrix(adata, layer, min_gene_overlap)
+        x, present, kind = self._query_matrix(adata, layer, min_gene_overlap)
         # Leiden (the Unknown call's clusters, the over-clustering), the query's float sums and
         # the thinning draws follow the order of the cells: the query is read in an order of
         # its cells' own content, so the same cells in any order get the same calls (the
@@ -395,7 +405,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
                 (conf < self.module.confidence_threshold.cpu())
                 | (novelty > self.module.novelty_threshold.cpu()[best])
             ).numpy()
-        if totals is not None:
+        if totals is not None and self._depths_comparable(counts):
             self._warn_if_shallow(totals[totals > 0], best.numpy()[totals > 0], present)
         empty = (values == 0) | few
         if empty.all() and not few.any():
@@ -435,7 +445,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
                 + _shallow_filter_fix(
                     layer,
                     int(np.ceil(floor)) if few.any() else 1,
-                    np.array_equal(matrix.data, np.rint(matrix.data)),
+                    kind == "counts",  # the user's values (log1p ones are read as counts)
                 ),
                 UserWarning,
             )

@@ -36,6 +36,7 @@ from ._depth import (
     depth_ratio,
     integer_counts,
     level_fraction,
+    looks_amplified,
     match_depth,
     min_typed_counts,
     type_depths,
@@ -68,6 +69,16 @@ class AnnotatorQueryMixin:
         """Fewest counts in the model's genes a cell of a query whose cells hold ``totals`` is
         typed by (:func:`._depth.min_typed_counts`)."""
         return min_typed_counts(self.module.sketch_depth.detach().cpu().numpy(), totals)
+
+    def _depths_comparable(self, counts) -> bool:
+        """Whether the query's ``counts`` (``None``: not recovered) and the reference's count
+        the same thing: molecules on both sides, or amplified reads on neither
+        (:func:`._depth.looks_amplified`; the reference read from its stored sample, taken as
+        molecules in a model saved without one)."""
+        if counts is None or looks_amplified(counts):
+            return False
+        sample = self.module.reference_sample()
+        return sample is None or not looks_amplified(sample[0])
 
     def _warn_if_shallow(self, totals: np.ndarray, best: np.ndarray, present=None) -> None:
         """Warn when the typed cells hold, at the median, less than the lowest depth level the
@@ -286,8 +297,9 @@ class AnnotatorQueryMixin:
             )
         # the mixing check compares the query with the reference sketch at the query's depth
         cells = sketch["sketch_cells"]
+        counts = integer_counts(x)
         level, thinned = match_depth(
-            integer_counts(x),
+            counts if self._depths_comparable(counts) else None,
             sketch["sketch_depth"],
             n_levels=len(cells) if cells.ndim == 3 else 1,
             calls=best,

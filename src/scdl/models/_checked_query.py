@@ -79,7 +79,7 @@ class CheckedQueryMixin:
             layer = self.registry_["setup_args"].get("layer")
             if not sampled_counts_ok(target, layer):
                 fix = counts_place_fix(type(self).__name__, layer, target)
-                check_counts(target, layer, fix=fix, warn_zero_cells=False)
+                check_counts(target, layer, fix=fix, warn_zero_cells=False, warn_normalised=False)
         with registering_quietly():  # scvi-tools registers a new AnnData here
             return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 

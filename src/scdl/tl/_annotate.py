@@ -71,7 +71,11 @@ def annotate(
 
     The input may be raw counts or, when a file ships no counts, log1p of counts normalised to
     a constant total per cell (``sc.pp.normalize_total`` then ``sc.pp.log1p`` on all genes):
-    that is detected, said once in a warning, and gives the same calls as the counts. Any
+    that is detected, said once in a warning, and read as the counts behind it (each cell's
+    smallest value over all genes is one count), which gives every output the counts give,
+    the over-clustering and votes included. Where the values no longer scale to whole counts
+    (rounded, edited), they are read on the normalised scale: the per-cell calls then agree
+    with the counts' on nearly every cell, and Leiden's clusters may differ a little. Any
     other matrix (scaled, a gene subset of log data, ...) is refused with a ValueError.
 
     Parameters
@@ -136,7 +140,9 @@ def annotate(
         With ``majority_voting``, clusters whose majority call holds fewer than this fraction
         of their cells keep the per-cell calls (``0``: always vote, as CellTypist). A cluster
         whose most frequent calls tie keeps the per-cell calls too (CellTypist takes the
-        first in sorted order).
+        first in sorted order). CellTypist's ``min_prop`` names such clusters
+        ``"Heterogeneous"``; here they keep the per-cell calls, and
+        ``obs[f"{key_added}_majority_support"] < min_support`` picks them out.
     random_state
         Seed of the query's PCA and Leiden clusterings (the clusters the Unknown call is made
         on, and the over-clustering); the same seed gives the same calls on CPU. ``None``: not

@@ -20,7 +20,9 @@ def majority_vote(labels, clusters, *, min_support: float = 0.0) -> tuple[np.nda
         cell's own label (``0`` always takes the majority, as CellTypist does). A cluster
         whose most frequent labels tie has no majority and keeps each cell's own label too
         (CellTypist takes the first in sorted order, which on a few cells overwrites most
-        of them with an arbitrary one).
+        of them with an arbitrary one). CellTypist's ``min_prop`` labels a cluster below it
+        ``"Heterogeneous"``; here its cells keep their labels (the support returned tells
+        them apart).
 
     Returns
     -------
