@@ -14,8 +14,13 @@ import functools
 import os
 import random
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import numpy as np
+
+#: a decorated function's own type, kept for type checkers (IDE completion of its options)
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: what Lightning's ``seed_everything`` writes into the environment
 SEED_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
@@ -49,7 +54,7 @@ def import_scvi_keeping_rng() -> None:
         import scvi  # noqa: F401
 
 
-def keeps_torch_threads(func):
+def keeps_torch_threads(func: F) -> F:
     """Run ``func`` with torch's CPU thread count put back afterwards.
 
     scanpy's neighbours (UMAP's numba code) and HVG steps set the OpenMP thread count, which
@@ -68,10 +73,10 @@ def keeps_torch_threads(func):
             if n_threads is not None and torch.get_num_threads() != n_threads:
                 torch.set_num_threads(n_threads)
 
-    return wrapper
+    return cast("F", wrapper)
 
 
-def keeps_rng(func):
+def keeps_rng(func: F) -> F:
     """Run ``func`` with Python's ``random`` and torch's CPU generator put back afterwards.
 
     The tools seed their own work (``random_state``); a lazy import, a model's weight
@@ -94,4 +99,4 @@ def keeps_rng(func):
             if torch is not None and torch_state is not None:  # is fresh, nothing to keep
                 torch.random.set_rng_state(torch_state)
 
-    return wrapper
+    return cast("F", wrapper)

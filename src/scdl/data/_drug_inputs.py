@@ -48,6 +48,13 @@ def select_model_genes(
     ``bulk.X``; read only when ``n_top_genes`` leaves genes out). ``genes_in_target``: every
     one of ``genes`` must be in ``target`` (where a network aligns to its values)."""
     if genes is not None:
+        if isinstance(genes, str):  # iterated, it would be its letters
+            raise TypeError(
+                f"`genes` must be a list of gene names, got the string {genes!r}; for one "
+                f"gene pass [{genes!r}]."
+            )
+        if isinstance(genes, set | frozenset):  # its order follows string hashing, which
+            genes = sorted(map(str, genes))  # changes per session: the inputs' order with it
         genes = pd.Index([str(g) for g in genes])
         if genes.has_duplicates:
             # a repeated gene would enter the model twice, doubling its weight

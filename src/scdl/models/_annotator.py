@@ -33,6 +33,7 @@ from ._annotator_predict import AnnotatorPredictionMixin
 from ._annotator_pretrain import AnnotatorPretrainingMixin
 from ._arguments import check_annotator_plan
 from ._base import SafeSaveLoadMixin
+from ._devices import lightning_devices
 from ._training import plan_training
 
 if TYPE_CHECKING:
@@ -486,7 +487,7 @@ class CellTypeTransformer(
                 data_splitter=splitter,
                 max_epochs=max_epochs,
                 accelerator=accelerator,
-                devices=devices,
+                devices=lightning_devices(devices),
                 **kwargs,
             )
             out = runner()

@@ -31,6 +31,7 @@ from scdl.train import EpochLoggingTrainingPlan, guarded_training
 from ._base import SafeSaveLoadMixin
 from ._checked_query import CheckedQueryMixin
 from ._contrastive_expression import ContrastiveExpressionMixin
+from ._devices import lightning_devices
 from ._docs import counts_dsp
 from ._training import plan_training, vae_plan_kwargs
 
@@ -319,7 +320,7 @@ class ContrastiveVAE(
                 batch_size=batch_size,
                 early_stopping=early_stopping,
                 accelerator=accelerator,
-                devices=devices,
+                devices=lightning_devices(devices),
                 train_size=train_size,
                 plan_kwargs=plan,
                 datasplitter_kwargs={

@@ -9,6 +9,7 @@ own ``"auto"``, which relaunches the script under DDP).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 #: accelerators scdl's models run on
@@ -61,6 +62,19 @@ def resolve_device(
     )
 
 
+def lightning_devices(devices):
+    """``devices`` with numpy integers (from an array or a config) as the ``int`` and
+    ``list[int]`` Lightning tests for with ``isinstance`` (it failed on ``np.int64(1)`` with
+    "truth value of an empty array is ambiguous"); anything else unchanged."""
+    if isinstance(devices, np.integer) and not isinstance(devices, np.bool_):
+        return int(devices)
+    if isinstance(devices, tuple | np.ndarray) or (
+        isinstance(devices, list) and any(isinstance(d, np.integer) for d in devices)
+    ):
+        return [int(d) if isinstance(d, np.integer) else d for d in list(devices)]
+    return devices
+
+
 def _torch_device_string(accelerator: str, devices):
     """A device written as torch writes it (``"cuda:1"``, ``"cuda"``, ``"mps"``, ``"cpu"``, or
     a ``torch.device``) read as its accelerator and index; Lightning's own values (``"auto"``,
@@ -68,6 +82,7 @@ def _torch_device_string(accelerator: str, devices):
     string is refused."""
     if isinstance(devices, torch.device):
         devices = str(devices)
+    devices = lightning_devices(devices)
     if not isinstance(devices, str):
         return accelerator, devices
     text = devices.strip().lower()

@@ -30,6 +30,7 @@ from scdl.module import RESPONSE_KEY, DrugResponseModule
 from scdl.train import EpochLoggingTrainingPlan, TrainingDivergedError, quiet_loggers
 
 from ._base import SafeSaveLoadMixin
+from ._devices import lightning_devices
 from ._drug_args import (
     check_model_args,
     check_network,
@@ -532,7 +533,7 @@ class DrugResponseModel(
             train_size=train_size,
             early_stopping=early_stopping,
             accelerator=accelerator,
-            devices=devices,
+            devices=lightning_devices(devices),
             after=calibrate,
             **kwargs,
         )

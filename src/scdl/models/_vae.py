@@ -43,6 +43,7 @@ from scdl.train import EpochLoggingTrainingPlan, guarded_training
 
 from ._base import SafeSaveLoadMixin
 from ._checked_query import CheckedQueryMixin
+from ._devices import lightning_devices
 from ._docs import counts_dsp
 from ._training import plan_training, vae_plan_kwargs
 from ._vae_query import VAEQueryMixin
@@ -337,7 +338,7 @@ class VAE(
                 batch_size=batch_size,
                 early_stopping=early_stopping,
                 accelerator=accelerator,
-                devices=devices,
+                devices=lightning_devices(devices),
                 train_size=train_size,
                 plan_kwargs=plan,
                 **kwargs,
@@ -358,7 +359,9 @@ class VAE(
         *args, **kwargs
             scvi-tools' further options (``give_mean``, ``mc_samples``, ``batch_size``, ...).
         """
-        self._check_cells(adata, indices, kwargs.get("batch_size"))
+        idx = self._check_cells(adata, indices, kwargs.get("batch_size"))
+        # positions, which scvi-tools reads a Python list of booleans as
+        indices = indices if indices is None or idx is None else idx
         return super().get_latent_representation(adata, indices, *args, **kwargs)
 
     def get_normalized_expression(self, adata: AnnData | None = None, *args, **kwargs):
@@ -381,7 +384,9 @@ class VAE(
         parent = super().get_normalized_expression
         call = inspect.signature(parent).bind(adata, *args, **kwargs)
         given = call.arguments
-        self._check_cells(adata, given.get("indices"), given.get("batch_size"))
+        idx = self._check_cells(adata, given.get("indices"), given.get("batch_size"))
+        if given.get("indices") is not None and idx is not None:
+            given["indices"] = idx  # positions: a Python list of booleans would read as them
         gene_list = given.get("gene_list")
         if gene_list is not None:
             genes = pd.Index(self.get_var_names())

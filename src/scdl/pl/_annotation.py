@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,7 @@ def annotation(
     groupby: str | None = None,
     ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
-    save: str | bool | None = None,
+    save: str | os.PathLike | bool | None = None,
 ) -> Figure | None:
     """Confidence per predicted cell type and, where true labels exist, a confusion matrix.
 
@@ -154,7 +155,7 @@ def attributions(
     ncols: int = 4,
     ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
-    save: str | bool | None = None,
+    save: str | os.PathLike | bool | None = None,
 ) -> Figure | None:
     """Top genes driving each cell type's prediction, or a drug's predicted response (bar
     chart per type or drug; bars of positive attributions orange, negative purple).

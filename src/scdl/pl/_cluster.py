@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,7 +22,7 @@ def cluster_resolution(
     key: str = "scdl_cluster",
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | bool | None = None,
+    save: str | os.PathLike | bool | None = None,
 ) -> Figure | None:
     """Plot the silhouette width and number of clusters of each scanned Leiden resolution, with the
     chosen one marked.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -53,7 +54,7 @@ def contrastive(
     n_neighbors: int = 15,
     random_state: int = 0,
     show: bool | None = None,
-    save: str | bool | None = None,
+    save: str | os.PathLike | bool | None = None,
 ) -> Figure | None:
     """UMAPs of the shared and the salient space side by side, and the top salient genes.
 

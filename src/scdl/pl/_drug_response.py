@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -78,7 +79,7 @@ def drug_response(
     n_drugs: int = 20,
     ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
-    save: str | bool | None = None,
+    save: str | os.PathLike | bool | None = None,
 ) -> Figure | None:
     """Predicted sensitivity to each drug per group of cells (cluster, sample, cell line).
 

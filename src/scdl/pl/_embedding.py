@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -39,7 +40,7 @@ def embedding(
     ncols: int = 3,
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | bool | None = None,
+    save: str | os.PathLike | bool | None = None,
     **kwargs,
 ) -> Figure | None:
     """UMAP of ``obsm[basis]``, one panel per ``color`` key.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -94,7 +95,7 @@ def training_history(
     key: str = "X_scdl",
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | bool | None = None,
+    save: str | os.PathLike | bool | None = None,
 ) -> Figure | None:
     """Plot the training (and validation) ELBO, or loss, per epoch, to check convergence.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +23,7 @@ def integration_metrics(
     key: str = "scdl_integration_metrics",
     ax: Axes | None = None,
     show: bool | None = None,
-    save: str | bool | None = None,
+    save: str | os.PathLike | bool | None = None,
 ) -> Figure | None:
     """Grouped bars of the scib-metrics summary scores per embedding.
 

@@ -4,6 +4,7 @@ parameter text of their docstrings, and the UMAPs they cache in ``obsm``."""
 from __future__ import annotations
 
 import hashlib
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,11 +13,11 @@ import numpy as np
 from docrep import DocstringProcessor
 
 from scdl._paths import user_path
-from scdl._rng import keeps_torch_threads
+from scdl._rng import F, keeps_torch_threads
 from scdl._warnings import scanpy_scratch
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
     from anndata import AnnData
     from matplotlib.figure import Figure
@@ -53,7 +54,7 @@ def color_keys(color) -> list:
     return list(color)
 
 
-def doc_show_save(func: Callable) -> Callable:
+def doc_show_save(func: F) -> F:
     """Fill ``%(show_save)s`` and ``%(returns_figure)s`` in ``func``'s docstring."""
     return plot_dsp.dedent(func)
 
@@ -106,7 +107,9 @@ _FORMATS = (".svg", ".pdf", ".png")
 _SUFFIXES = ("_", *_FORMATS)
 
 
-def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_name: str):
+def finish(
+    fig: Figure, *, show: bool | None, save: str | os.PathLike | bool | None, default_name: str
+):
     """Save and/or show ``fig``; return it unless it was shown, or saved with ``show=None``
     (then closed, as scanpy does).
 
@@ -124,11 +127,11 @@ def finish(fig: Figure, *, show: bool | None, save: str | bool | None, default_n
         save = bool(sc.settings.autosave)
     if save:
         scanpy_suffix = isinstance(save, str) and "/" not in save and save.startswith(_SUFFIXES)
-        if save is True or scanpy_suffix:
+        if isinstance(save, bool | np.bool_) or scanpy_suffix:  # np.bool_ is no path
             import scanpy as sc
 
             fmt = str(sc.settings.file_format_figs or "png").lstrip(".")
-            suffix = "" if save is True else save
+            suffix = save if scanpy_suffix else ""
             for ext in _FORMATS:
                 if suffix.endswith(ext):
                     suffix, fmt = suffix.removesuffix(ext), ext[1:]

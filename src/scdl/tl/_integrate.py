@@ -52,7 +52,7 @@ def integrate(
     gene_likelihood: Literal["nb", "zinb", "poisson"] = "nb",
     batch_size: int = 128,
     accelerator: str = "auto",
-    devices: int | str = "auto",
+    devices: int | list[int] | str = "auto",
     random_state: int | None = 0,
     progress_bar: bool = True,
     model_kwargs: dict | None = None,

@@ -1,0 +1,67 @@
+"""Argument types users naturally pass (numpy scalars and booleans, lists of booleans, sets,
+one name as a string) read as they mean, or refused naming the fix."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+
+import scdl
+
+
+@pytest.fixture(scope="module")
+def small_vae(kang):
+    import scvi
+
+    scvi.settings.seed = 0
+    adata = kang[np.random.default_rng(0).choice(kang.n_obs, 300, replace=False)].copy()
+    adata = adata[:, np.asarray(adata.X.sum(0)).ravel() > 0].copy()
+    scdl.models.VAE.setup_anndata(adata, batch_key="sample")
+    model = scdl.models.VAE(adata, n_latent=5)
+    # a numpy integer as devices: Lightning tested it as an empty array and failed
+    model.train(max_epochs=2, accelerator="cpu", devices=np.int64(1), enable_progress_bar=False)
+    return model, adata
+
+
+def test_a_list_of_booleans_selects_cells_as_a_mask(small_vae):
+    """scdl's check read a Python list of booleans as a mask, then passed the list on, which
+    scvi-tools read as positions (IndexError in scipy)."""
+    model, adata = small_vae
+    mask = np.zeros(adata.n_obs, dtype=bool)
+    mask[::3] = True
+    latent = model.get_latent_representation(indices=mask.tolist())
+    np.testing.assert_allclose(latent, model.get_latent_representation(indices=mask), atol=1e-6)
+    assert latent.shape == (mask.sum(), 5)
+    expr = model.get_normalized_expression(indices=mask.tolist(), library_size=1e4)
+    assert expr.shape == (mask.sum(), adata.n_vars)
+    assert list(expr.index) == list(adata.obs_names[mask])
+
+
+def test_drug_genes_as_a_set_are_ordered_and_one_name_is_refused():
+    """A set's order follows string hashing, which changes per session (the deep network's
+    inputs with it: other predictions for the same seed); a string was split into letters
+    and blamed on another species."""
+    bulk = ad.AnnData(np.ones((3, 4), dtype=np.float32))
+    bulk.var_names = ["EGFR", "KRAS", "TP53", "MYC"]
+    chosen = scdl.data.select_model_genes(bulk, None, genes={"TP53", "EGFR", "MYC"})
+    assert list(chosen) == ["EGFR", "MYC", "TP53"]
+    with pytest.raises(TypeError, match=r"for one gene pass \['EGFR'\]"):
+        scdl.data.select_model_genes(bulk, None, genes="EGFR")
+
+
+def test_a_numpy_true_save_is_the_default_file_name(kang_integrated, tmp_path):
+    """``save=np.bool_(True)`` (e.g. read from a config array) was taken as a path and
+    failed; as ``True`` it saves under scanpy's figure folder and the default name."""
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    adata, _ = kang_integrated
+    before = sc.settings.figdir
+    sc.settings.figdir = tmp_path
+    try:
+        scdl.pl.training_history(adata, save=np.bool_(True), show=False)
+    finally:
+        sc.settings.figdir = before
+        plt.close("all")
+    assert len(list(tmp_path.iterdir())) == 1  # in scanpy's figure format
