@@ -65,3 +65,51 @@ def test_a_numpy_true_save_is_the_default_file_name(kang_integrated, tmp_path):
         sc.settings.figdir = before
         plt.close("all")
     assert len(list(tmp_path.iterdir())) == 1  # in scanpy's figure format
+
+
+def test_a_list_where_one_column_is_meant_is_refused_naming_it(small_vae, kang):
+    """``batch_key=["sample"]`` passed scdl's check (each listed column was checked) and failed
+    in scvi-tools with "unhashable type: 'list'"; a list as ``group2`` reached scvi-tools,
+    which compared the whole column with it (pandas: "Lengths must match"). Both are refused
+    first, the batch key with how to correct for several columns, the AnnData unchanged."""
+    from conftest import assert_unchanged, snapshot
+
+    model, adata = small_vae
+    cells = kang[:200].copy()
+    snap = snapshot(cells)
+    for cls in (scdl.models.VAE, scdl.models.ContrastiveVAE):
+        with pytest.raises(TypeError, match="join them into one"):
+            cls.setup_anndata(cells, batch_key=["sample"])
+        assert_unchanged(cells, snap)
+    with pytest.raises(TypeError, match="labels_key` must be one obs column name"):
+        scdl.models.VAE.setup_anndata(cells, labels_key=["cell_type"])
+    groups = adata.obs["cell_type"].astype(str).unique()
+    with pytest.raises(TypeError, match="group2 must be one value"):
+        model.differential_expression(groupby="cell_type", group1=groups[0], group2=[groups[1]])
+    with pytest.raises(TypeError, match="groupby must be one obs column name"):
+        model.differential_expression(groupby=["cell_type"], group1=groups[0])
+
+
+def test_covariate_keys_as_a_set_are_told_the_list_that_works(kang):
+    """A set of covariate columns was told to pass ``[{'condition'}]``, which fails again;
+    the fix named is the sorted list, and it registers."""
+    cells = kang[:200].copy()
+    cells.obs["donor"] = cells.obs["sample"].astype(str).str[-3:]
+    with pytest.raises(TypeError, match=r"categorical_covariate_keys=\['donor'\]") as err:
+        scdl.models.VAE.setup_anndata(cells, categorical_covariate_keys={"donor"})
+    assert "[{" not in str(err.value)
+    scdl.models.VAE.setup_anndata(cells, categorical_covariate_keys=["donor"])
+
+
+@pytest.mark.parametrize(
+    ("seed", "error"), [(-1, ValueError), (1.0, TypeError), (2**40, ValueError)]
+)
+def test_annotator_method_seeds_are_checked_by_name(kang, seed, error):
+    """The annotator's methods' ``seed`` failed in numpy without naming it (the ``tl``
+    functions' ``random_state`` was checked)."""
+    model = scdl.pretrained.load("pbmc_kang2018")
+    cells = kang[:150].copy()
+    with pytest.raises(error, match="seed must be an integer"):
+        model.annotate_cells(cells, seed=seed)
+    with pytest.raises(error, match="seed must be an integer"):
+        model.gene_attributions(cells, n_cells=5, seed=seed)

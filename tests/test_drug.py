@@ -439,6 +439,25 @@ def test_probability_is_calibrated_against_bulk_median(trained, cellbench):
     assert (trained.drug_stats_["heldout_spearman"] > 0).mean() > 0.9
 
 
+def test_calls_from_predicted_values_match_predict_and_take_one_drugs_column(trained, cellbench):
+    """``sensitive_probability`` / ``sensitive_label`` on the values ``predict`` returned give
+    its ``kind="probability"`` / ``"label"`` tables; one drug's column (``pred["Gefitinib"]``,
+    the natural selection) gives that drug's Series (it failed on ``.columns``); anything
+    else is refused naming the table it takes."""
+    drugs = list(EGFR_DRUGS)
+    value = trained.predict(cellbench, drugs=drugs)
+    prob = trained.sensitive_probability(value)
+    pd.testing.assert_frame_equal(prob, trained.predict(cellbench, drugs=drugs, kind="probability"))
+    label = trained.sensitive_label(value)
+    pd.testing.assert_frame_equal(label, trained.predict(cellbench, drugs=drugs, kind="label"))
+    one = trained.sensitive_probability(value[drugs[0]])
+    assert isinstance(one, pd.Series) and one.name == drugs[0]
+    pd.testing.assert_series_equal(one, prob[drugs[0]])
+    pd.testing.assert_series_equal(trained.sensitive_label(value[drugs[0]]), label[drugs[0]])
+    with pytest.raises(TypeError, match="cells x drugs DataFrame"):
+        trained.sensitive_label(value.to_numpy())
+
+
 def test_replicate_rows_of_a_line_share_its_fold(bulk_train, cellbench, trained):
     """Every line twice (replicates): the left-out folds are drawn per cell line, so a line's
     copy never trains the fold that scores it and the held-out correlations stay about those

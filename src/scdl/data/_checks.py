@@ -16,6 +16,7 @@ from scipy import sparse
 
 from scdl._warnings import warn_user
 
+from ._covariates import list_of_keys_fix
 from ._features import feature_types_of, has_other_features, warn_other_features
 from ._obs_checks import check_categorical, warn_one_batch, warn_small_categories
 from ._rows import get_matrix, row_blocks
@@ -426,8 +427,17 @@ def check_count_setup(
             continue
         if arg.endswith("_keys") and not isinstance(keys, list | tuple):
             raise TypeError(
-                f"`{arg}` must be a list of obs column names, got {keys!r}; e.g. "
-                f"`{arg}=[{keys!r}]`."
+                f"`{arg}` must be a list of obs column names, got {keys!r}; "
+                + list_of_keys_fix(keys, arg)
+            )
+        if not arg.endswith("_keys") and not isinstance(keys, str):  # scvi-tools: "unhashable"
+            raise TypeError(
+                f"`{arg}` must be one obs column name (str), got {keys!r}. To correct for "
+                "several columns, join them into one, e.g. `adata.obs['batch'] = "
+                "adata.obs['a'].astype(str) + '_' + adata.obs['b'].astype(str)`, or pass the "
+                "others as `categorical_covariate_keys`."
+                if arg == "batch_key"
+                else f"`{arg}` must be one obs column name (str), got {keys!r}."
             )
         if isinstance(keys, str):
             keys = [keys]

@@ -25,9 +25,18 @@ def key_list(keys, arg: str) -> list | None:
         keys = keys.tolist()
     if not isinstance(keys, list | tuple):
         raise TypeError(
-            f"`{arg}` must be a list of obs column names, got {keys!r}; e.g. `{arg}=[{keys!r}]`."
+            f"`{arg}` must be a list of obs column names, got {keys!r}; "
+            + list_of_keys_fix(keys, arg)
         )
     return list(keys)
+
+
+def list_of_keys_fix(keys, arg: str) -> str:
+    """The list a wrong ``keys`` should be: one name in a list; a set's names in a list
+    (sorted: a set has no order, and the covariates' order is the model's)."""
+    if isinstance(keys, set | frozenset):
+        return f"e.g. `{arg}={sorted(map(str, keys))!r}`."
+    return f"e.g. `{arg}=[{keys!r}]`."
 
 
 def check_covariate_keys(

@@ -82,8 +82,9 @@ class AnnotatorAttributionMixin:
         DataFrame with columns ``label``, ``gene``, ``attribution``, ``rank``; genes the
         query lacks are left out (they carry no attribution).
         """
-        from scdl.data import check_positive_int
+        from scdl.data import check_positive_int, check_random_state
 
+        check_random_state(seed, "seed")
         names = self.labels
         wanted = names if label is None else ([label] if isinstance(label, str) else list(label))
         bad = [w for w in wanted if w not in names]

@@ -68,8 +68,11 @@ class AnnotatorCalibrationMixin:
             Seed of the first halving (the others follow it), of the clustering and of the
             reference sketch.
         """
+        from scdl.data import check_random_state
+
         from ._novelty import log_normalize
 
+        check_random_state(seed, "seed")
         self._require_adata("train")  # registered again if another model's setup has since
         counts = in_memory(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY))
         x_log = log_normalize(counts)

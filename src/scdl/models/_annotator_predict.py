@@ -25,6 +25,7 @@ from scdl.data import (
     CSRTensors,
     align_to_genes,
     check_is_anndata,
+    check_random_state,
     counts_from_log1p,
     gather_counts,
     gene_columns,
@@ -292,6 +293,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         """
         over_clustering, unknown_call = check_switches(over_clustering, unknown_call)
         adapt = check_adapt(adapt_to_query)
+        check_random_state(seed, "seed")  # numpy's errors name no argument
         x, present, kind = self._query_matrix(adata, layer, min_gene_overlap)
         # Leiden (the Unknown call's clusters, the over-clustering), the query's float sums and
         # the thinning draws follow the order of the cells: the query is read in an order of

@@ -311,7 +311,7 @@ class DrugPredictionMixin:
         out = {k: out[k] for k in kinds}
         return out[kind] if isinstance(kind, str) else out
 
-    def sensitive_probability(self, values: pd.DataFrame) -> pd.DataFrame:
+    def sensitive_probability(self, values: pd.DataFrame | pd.Series) -> pd.DataFrame | pd.Series:
         """The sensitive probability ``Phi((median - value) / residual_sd)`` of predicted
         responses, as ``predict(kind="probability")`` gives it, without predicting again.
 
@@ -319,7 +319,8 @@ class DrugPredictionMixin:
         ----------
         values
             Predicted responses, cells x drugs, as :meth:`predict` returns them (columns:
-            the model's drug names).
+            the model's drug names), or one drug's column of them (a Series named by the
+            drug: a Series comes back).
 
         Returns
         -------
@@ -331,19 +332,22 @@ class DrugPredictionMixin:
         """
         from scipy.special import ndtr
 
+        values, one = _response_table(values)
         stats = self._stats(values)
         z = (stats["median"].to_numpy() - values.to_numpy()) / stats["residual_sd"].to_numpy()
         if self.sensitive == "high":
             z = -z
-        return pd.DataFrame(ndtr(z), index=values.index.copy(), columns=values.columns.copy())
+        out = pd.DataFrame(ndtr(z), index=values.index.copy(), columns=values.columns.copy())
+        return out.iloc[:, 0] if one else out
 
-    def sensitive_label(self, values: pd.DataFrame) -> pd.DataFrame:
+    def sensitive_label(self, values: pd.DataFrame | pd.Series) -> pd.DataFrame | pd.Series:
         """Binary calls of predicted responses, as ``predict(kind="label")`` gives them.
 
         Parameters
         ----------
         values
-            Predicted responses, cells x drugs, as :meth:`predict` returns them.
+            Predicted responses, cells x drugs, as :meth:`predict` returns them, or one drug's
+            column of them (a Series named by the drug: a Series comes back).
 
         Returns
         -------
@@ -352,9 +356,11 @@ class DrugPredictionMixin:
             below the drug's median over the training lines (above it when :attr:`sensitive`
             is ``"high"``), else 0.
         """
+        values, one = _response_table(values)
         median = self._stats(values)["median"].to_numpy()
         sensitive = values > median if self.sensitive == "high" else values < median
-        return sensitive.astype(np.int8)
+        sensitive = sensitive.astype(np.int8)
+        return sensitive.iloc[:, 0] if one else sensitive
 
     def _stats(self, values: pd.DataFrame) -> pd.DataFrame:
         if self.drug_stats_ is None:
@@ -461,3 +467,16 @@ class DrugPredictionMixin:
             sensitive=self.sensitive,
         )
         return out
+
+
+def _response_table(values) -> tuple[pd.DataFrame, bool]:
+    """``values`` as the cells x drugs table the calls read, and whether it was one drug's
+    column (a Series named by the drug, e.g. ``pred["Gefitinib"]``)."""
+    if isinstance(values, pd.Series) and values.name is not None:
+        return values.to_frame(), True
+    if not isinstance(values, pd.DataFrame):
+        raise TypeError(
+            "values must be the cells x drugs DataFrame `predict()` returns, or one drug's "
+            f"column of it (a Series named by the drug), got {type(values).__name__}."
+        )
+    return values, False

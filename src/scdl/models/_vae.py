@@ -418,6 +418,14 @@ class VAE(
             As in scvi-tools; ``adata=None`` uses the model's AnnData (from
             :func:`scdl.tl.integrate`, it holds the obs columns of the data it was run on).
         """
+        if groupby is not None and not isinstance(groupby, str):  # pandas: "unhashable type"
+            raise TypeError(f"groupby must be one obs column name (str), got {groupby!r}.")
+        if group2 is not None and not np.isscalar(group2):  # compared with the whole column
+            raise TypeError(
+                f"group2 must be one value of obs[groupby], got {group2!r}: the cells of group1 "
+                "are compared with those of group2, or with all the others (group2=None); to "
+                "compare with several groups, put them in one column value first."
+            )
         if groupby is not None:
             obs = (adata if adata is not None else self._require_adata("compare")).obs
             if groupby not in obs.columns:
