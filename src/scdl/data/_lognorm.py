@@ -180,7 +180,7 @@ _WHOLE = 0.05
 
 def counts_from_log1p(x_log, units: np.ndarray) -> sparse.csr_matrix | None:
     """The counts behind log1p-normalised rows: ``expm1(x_log)`` divided by each row's one
-    count (``units``, :func:`log1p_count_units`, measured over all of the AnnData's genes
+    count (``units``, :func:`~scdl.data.log1p_count_units`, measured over all of the AnnData's genes
     before any subset), rounded; ``None`` when a value is not then a whole count (a cell
     without a count of 1, rounded or edited values): the caller keeps ``expm1``.
 
