@@ -2,9 +2,9 @@
 standardisation of its cells, and when ``adapt_to_query="auto"`` does so.
 
 Each cell is standardised by the reference's per-gene mean and sd before it is tokenised. A query
-from another lab or chemistry moves many genes the same way in every cell (capture efficiency,
-ambient RNA), and with the reference's statistics that shift decides which genes become a cell's
-tokens. Blending the query's own statistics in removes it; but a query whose composition differs
+from another lab or chemistry moves many genes the same way in every cell (capture efficiency),
+and with the reference's statistics that shift decides which genes become a cell's tokens.
+Blending the query's own statistics in removes it; but a query whose composition differs
 from the reference's (a new donor) moves those statistics too, which costs accuracy where no shift
 needs removing (benchmarks/README.md). So ``"auto"`` blends only when the query itself says it is
 shifted: its cells mix with the reference's sketch at a median share below :data:`AUTO_BELOW_SHARE`
@@ -21,6 +21,10 @@ reference's composition (a sorted population: its few miscalls, all of one kind,
 shift towards their type and make more), or calls that do not settle. For the blend, the query is
 first filled to the reference's composition (:mod:`._composition`) so that a query of a few
 populations does not take its own markers as its mean.
+
+Ambient RNA (the sample's mean profile added to every cell) moves the cells' mix with the
+reference little, so "auto" does not blend for it, though a fixed blend recovers much of the
+accuracy it costs: users are told to remove it first, or to compare the calls with a blend.
 """
 
 from __future__ import annotations

@@ -146,11 +146,14 @@ class CellTypeTransformer(
     **What the Unknown call is not.** It is made per query cluster: a handful of unlike cells
     among many (ten cells of an unseen type in a query of 1,500) join a known cluster and take its
     type. It is not a doublet or empty-droplet detector: doublets mostly take the type of their
-    larger part. Filter barcodes and doublets first, as a scanpy workflow does
-    (``sc.pp.filter_cells``, ``sc.pp.scrublet``). Only cells with no count in the model's
-    genes, or with fewer than 1/16 of the query's median count there (at most 10 counts, and
-    at most 1/16 of the shallowest reference type's median: segmentation slivers, near-empty
-    droplets among cells), are called Unknown on their own,
+    larger part, and their confidence is only a little lower than singlets'. Filter barcodes
+    and doublets first, as a scanpy workflow does (``sc.pp.filter_cells``,
+    ``sc.pp.scrublet``), and remove strong ambient RNA (SoupX, CellBender, DecontX): a profile
+    every cell shares pulls calls towards the sample's most abundant types, and neither check
+    nor ``adapt_to_query="auto"`` (whose mixing measure it moves little) says so. Only cells
+    with no count in the model's genes, or with fewer than 1/16 of the query's median count
+    there (at most 10 counts, and at most 1/16 of the shallowest reference type's median:
+    segmentation slivers, near-empty droplets among cells), are called Unknown on their own,
     with a warning; they are left out of the clusters the call checks, where they turned real
     cells Unknown. A query whose cells hold less than 1/16 of the reference's depth (imaging
     panels of a few dozen counts) is warned about: the calls lose accuracy fast there.

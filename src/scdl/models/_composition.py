@@ -216,8 +216,9 @@ def composition_warning(shift: float, how: str | None) -> str:
         )
         return (
             f"{shift:.0%} of the query's cells would have to change type for its predicted "
-            f"composition to match the reference's (e.g. a sample dominated by one type): "
-            f"{risk}."
+            f"composition to match the reference's (e.g. a sample dominated by one type; or, "
+            "where its cells are of many types, strong ambient RNA pulling their calls towards "
+            f"the most abundant ones: remove it first, e.g. with SoupX or CellBender): {risk}."
         )
     risk = (
         "the call fills the query to the reference's composition from its forced calls, so it "

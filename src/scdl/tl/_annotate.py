@@ -54,7 +54,11 @@ def annotate(
     with fewer than 1/16 of the query's median count there (at most 10, and at most 1/16 of
     the shallowest reference type's median), are called
     ``"Unknown"`` too, with a warning. The call is not a doublet or empty-droplet detector:
-    run scanpy's quality control first. Pass ``unknown=False`` to keep every cell's most
+    run scanpy's quality control first. Nor does it remove ambient RNA: a profile shared by
+    every cell of a droplet sample (the soup of lysed cells) moves cells towards the sample's
+    most abundant types and costs accuracy, more than it costs a logistic regression, without
+    a warning; remove it first where it is strong (SoupX, CellBender, DecontX), or compare the
+    calls with ``adapt_to_query=0.5``. Pass ``unknown=False`` to keep every cell's most
     probable type.
 
     The query is read as one dataset: its clusters, its shift from the reference and (with

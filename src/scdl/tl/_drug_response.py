@@ -97,8 +97,11 @@ def drug_response(
         The largest Pearson correlation of each cell's profile (the model's input: normalised,
         smoothed, scaled) with a training line's, over the genes ``adata`` holds (NaN for a
         cell without counts in them): how much the cell resembles the lines the model learnt
-        from. Not a calibrated cut: compare cells or groups of one query. Written when the
-        model holds its training lines (not for one loaded without data).
+        from. Not a calibrated cut: compare cells or groups of one query. Nor a quality
+        check: a doublet of two cancer cells scores as high as a cancer cell or higher, and
+        without smoothing a deeper cell scores higher; filter doublets and low-quality cells
+        first. Written when the model holds its training lines (not for one loaded without
+        data).
     ``obs[f"{key_added}_nearest_line"]``
         Categorical: the training line of that correlation (``""`` where it is NaN).
     ``uns[key_added]``
