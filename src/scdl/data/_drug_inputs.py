@@ -35,7 +35,7 @@ def select_model_genes(
     target_layer: str | None = None,
     *,
     bulk_layer: str | None = None,
-    genes: Sequence[str] | None = None,
+    genes: Sequence[str] | pd.Index | np.ndarray | None = None,
     n_top_genes: int | None = None,
     min_detected: float = 0.0,
     genes_in_target: bool = True,

@@ -21,6 +21,8 @@ from ._annotator_predict import UNKNOWN
 from ._attribution import integrated_gradients
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from anndata import AnnData
 
 logger = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ class AnnotatorAttributionMixin:
         self,
         adata: AnnData | None = None,
         *,
-        label: str | list[str] | None = None,
+        label: str | Sequence[str] | None = None,
         groupby: str | None = None,
         n_cells: int = 200,
         n_steps: int = 32,

@@ -395,12 +395,12 @@ class ContrastiveVAE(
     def get_latent_representation(
         self,
         adata: AnnData | None = None,
-        indices: Sequence[int] | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
         representation: Literal["shared", "salient"] = "shared",
         *,
         give_mean: bool = True,
         batch_size: int | None = None,
-        target_mask: np.ndarray | None = None,
+        target_mask: Sequence[bool] | np.ndarray | None = None,
     ) -> np.ndarray:
         """Shared or salient latent representation of each cell.
 

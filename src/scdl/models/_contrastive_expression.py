@@ -38,13 +38,13 @@ class ContrastiveExpressionMixin:
     def get_normalized_expression(
         self,
         adata: AnnData | None = None,
-        indices: Sequence[int] | None = None,
+        indices: Sequence[int] | np.ndarray | None = None,
         *,
         batch_size: int | None = None,
-        target_mask: np.ndarray | None = None,
+        target_mask: Sequence[bool] | np.ndarray | None = None,
         salient: bool = True,
         library_size: float = 1e4,
-        gene_list: Sequence[str] | str | None = None,
+        gene_list: Sequence[str] | pd.Index | np.ndarray | str | None = None,
     ) -> pd.DataFrame:
         """Decoded expression per ``library_size`` counts (posterior means).
 
@@ -112,7 +112,7 @@ class ContrastiveExpressionMixin:
         *,
         adata: AnnData | None = None,
         batch_size: int | None = None,
-        target_mask: np.ndarray | None = None,
+        target_mask: Sequence[bool] | np.ndarray | None = None,
         library_size: float = 1e4,
     ) -> pd.DataFrame:
         """Genes whose expression in target cells the salient space explains, ranked.

@@ -212,7 +212,7 @@ class DrugResponseModel(
         target: AnnData | None = None,
         *,
         target_layer: str | None = None,
-        genes: Sequence[str] | None = None,
+        genes: Sequence[str] | pd.Index | np.ndarray | None = None,
         n_top_genes: int | None = None,
         min_detected: float = 0.0,
         smooth_neighbors: int = 15,
@@ -224,7 +224,7 @@ class DrugResponseModel(
         mmd_weight: float = 1.0,
         match_neighbors: int = 10,
         input_scale: Literal["zscore", "rank"] = "rank",
-        ridge_alpha: float | Sequence[float] | None = 3162.0,
+        ridge_alpha: float | Sequence[float] | np.ndarray | None = 3162.0,
         prediction: Literal["wide", "wide_deep", "deep"] | None = None,
     ):
         n_ensemble = check_positive_int(n_ensemble, "n_ensemble")  # stored as a plain int

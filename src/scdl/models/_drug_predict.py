@@ -202,7 +202,7 @@ class DrugPredictionMixin:
         self,
         adata: AnnData | None = None,
         *,
-        drugs: str | Sequence[str] | None = None,
+        drugs: str | Sequence[str] | pd.Index | np.ndarray | None = None,
         kind: Kind | Sequence[Kind] = "value",
         layer: str | None = None,
         modality: Modality = "auto",

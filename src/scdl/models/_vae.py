@@ -213,7 +213,7 @@ class VAE(
         layer: str | None = None,
         batch_key: str | None = None,
         labels_key: str | None = None,
-        categorical_covariate_keys: list[str] | None = None,
+        categorical_covariate_keys: Sequence[str] | pd.Index | None = None,
         continuous_covariate_keys: list[str] | None = None,
         **kwargs,
     ) -> None:

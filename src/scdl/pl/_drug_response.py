@@ -71,7 +71,7 @@ def drug_response(
     adata: AnnData,
     *,
     groupby: str | None = None,
-    drugs: str | Sequence[str] | None = None,
+    drugs: str | Sequence[str] | pd.Index | np.ndarray | None = None,
     key: str = "scdl_drug",
     kind: Literal["heatmap", "violin", "roc"] = "heatmap",
     labels: str | None = None,

@@ -38,7 +38,7 @@ def annotate(
     batch_size: int | None = None,
     adapt_to_query: float | Literal["auto"] = "auto",
     majority_voting: bool = False,
-    over_clustering: str | Sequence | None = None,
+    over_clustering: str | Sequence | np.ndarray | pd.Series | pd.Categorical | None = None,
     min_support: float = 0.0,
     random_state: int | None = 0,
     copy: bool = False,

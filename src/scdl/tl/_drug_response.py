@@ -23,7 +23,7 @@ def drug_response(
     adata: AnnData,
     *,
     model: DrugResponseModel,
-    drugs: str | Sequence[str] | None = None,
+    drugs: str | Sequence[str] | pd.Index | np.ndarray | None = None,
     key_added: str = "scdl_drug",
     layer: str | None = None,
     modality: str = "auto",

@@ -29,6 +29,9 @@ from ._train import check_finite, epochs_trained, train_model, training_summary
 from ._training_data import training_adata
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import pandas as pd
     from anndata import AnnData
 
     from scdl.models import VAE
@@ -42,7 +45,7 @@ def integrate(
     adata: AnnData,
     *,
     batch_key: str | None = None,
-    categorical_covariate_keys: list[str] | None = None,
+    categorical_covariate_keys: Sequence[str] | pd.Index | None = None,
     continuous_covariate_keys: list[str] | None = None,
     layer: str | None = None,
     key_added: str = "X_scdl",

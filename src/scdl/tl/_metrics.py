@@ -51,7 +51,7 @@ def integration_metrics(
     *,
     batch_key: str,
     label_key: str,
-    embeddings: Sequence[str] = ("X_scdl",),
+    embeddings: Sequence[str] | np.ndarray = ("X_scdl",),
     pre_integrated: str | None = "X_pca",
     layer: str | None = None,
     key_added: str | None = "scdl_integration_metrics",
