@@ -949,6 +949,32 @@ def test_log_normalised_query_gives_the_same_calls(annotator):
         )
 
 
+def test_log_normalised_values_that_do_not_scale_to_counts_give_the_calls(annotator):
+    """One cell without a count of 1 whose counts share no factor (its smallest value is 2,
+    another 3): the values no longer scale to whole counts, so the query is read on the
+    normalised scale (expm1), as before the counts were recovered: forced calls equal the
+    counts', probabilities within 1e-4."""
+    import scanpy as sc
+
+    model, query = annotator
+    q = query[:800].copy()
+    x = q.X.tolil()
+    x[0, :] = 0
+    x[0, 0], x[0, 1], x[0, 2] = 2, 3, 5
+    q.X = sparse.csr_matrix(x, dtype=np.float32)
+    calls, probs = model.annotate_cells(q)
+    lognorm = q.copy()
+    sc.pp.normalize_total(lognorm, target_sum=1e4)
+    sc.pp.log1p(lognorm)
+    units = scdl.data.log1p_count_units(lognorm.X)
+    assert scdl.data.counts_from_log1p(lognorm.X, units) is None  # the fallback is taken
+    with pytest.warns(UserWarning, match="log1p of counts normalised to 1e\\+04"):
+        calls_ln, probs_ln = model.annotate_cells(lognorm)
+    np.testing.assert_allclose(probs_ln.to_numpy()[1:], probs.to_numpy()[1:], atol=1e-4)
+    assert (calls_ln["label_forced"] == calls["label_forced"]).iloc[1:].all()
+    assert (calls_ln["label"] == calls["label"]).mean() >= 0.99
+
+
 def test_log_normalised_values_rounded_still_give_the_calls(annotator):
     """log1p values rounded to 3 decimals (no longer whole counts once scaled): read on the
     CP10k scale, forced calls equal and Unknown calls on >= 99% of cells the same."""

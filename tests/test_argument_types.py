@@ -93,8 +93,9 @@ def test_a_list_where_one_column_is_meant_is_refused_naming_it(small_vae, kang):
 def test_covariate_keys_as_a_set_are_told_the_list_that_works(kang):
     """A set of covariate columns was told to pass ``[{'condition'}]``, which fails again;
     the fix named is the sorted list, and it registers."""
-    cells = kang[:200].copy()
+    cells = kang[np.random.default_rng(0).choice(kang.n_obs, 200, replace=False)].copy()
     cells.obs["donor"] = cells.obs["sample"].astype(str).str[-3:]
+    assert cells.obs["donor"].nunique() > 1
     with pytest.raises(TypeError, match=r"categorical_covariate_keys=\['donor'\]") as err:
         scdl.models.VAE.setup_anndata(cells, categorical_covariate_keys={"donor"})
     assert "[{" not in str(err.value)
@@ -113,3 +114,44 @@ def test_annotator_method_seeds_are_checked_by_name(kang, seed, error):
         model.annotate_cells(cells, seed=seed)
     with pytest.raises(error, match="seed must be an integer"):
         model.gene_attributions(cells, n_cells=5, seed=seed)
+
+
+def test_numpy_devices_are_lightnings_ints():
+    """Numpy integers (a scalar, a 0-d or 1-d array, as read from a config) become the ints
+    and lists Lightning tests with ``isinstance``; its own values pass unchanged."""
+    from scdl.models._devices import lightning_devices
+
+    assert lightning_devices(np.int64(1)) == 1 and type(lightning_devices(np.int64(1))) is int
+    assert lightning_devices(np.asarray(1)) == 1
+    assert lightning_devices(np.array([0, 1])) == [0, 1]
+    assert lightning_devices((np.int32(0),)) == [0]
+    for value in ("auto", 1, -1, "0,1", [0, 1], "1"):
+        assert lightning_devices(value) == value
+
+
+def test_counts_from_log1p_in_every_storage():
+    """The counts behind log1p(normalize_total) values, whatever the target sum and the
+    storage (CSR, CSC, dense); an empty row stays empty; a stored zero is no value; NaN, or a
+    value that does not scale to a whole count, gives None (the caller keeps expm1)."""
+    from scipy import sparse
+
+    counts = np.array([[1, 0, 3, 7], [0, 0, 0, 0], [2, 1, 0, 40]], dtype=np.float32)
+    for target in (1e4, 1e6):
+        totals = counts.sum(1, keepdims=True)
+        log = np.log1p(counts * target / np.where(totals > 0, totals, 1)).astype(np.float32)
+        for x in (sparse.csr_matrix(log), sparse.csc_matrix(log), log):
+            units = scdl.data.log1p_count_units(x)
+            assert np.isnan(units[1])
+            back = scdl.data.counts_from_log1p(x, units)
+            np.testing.assert_array_equal(back.toarray(), counts)
+        stored = sparse.csr_matrix(log)
+        stored.data[0] = 0.0  # an explicit zero
+        fewer = counts.copy()
+        fewer[0, 0] = 0
+        units = scdl.data.log1p_count_units(sparse.csr_matrix(log))
+        np.testing.assert_array_equal(scdl.data.counts_from_log1p(stored, units).toarray(), fewer)
+        broken = sparse.csr_matrix(log)
+        broken.data[1] = np.nan
+        assert scdl.data.counts_from_log1p(broken, units) is None
+        rounded = sparse.csr_matrix(np.round(log, 1))
+        assert scdl.data.counts_from_log1p(rounded, scdl.data.log1p_count_units(rounded)) is None

@@ -456,6 +456,8 @@ def test_calls_from_predicted_values_match_predict_and_take_one_drugs_column(tra
     pd.testing.assert_series_equal(trained.sensitive_label(value[drugs[0]]), label[drugs[0]])
     with pytest.raises(TypeError, match="cells x drugs DataFrame"):
         trained.sensitive_label(value.to_numpy())
+    with pytest.raises(TypeError, match=r"pred.loc\[\[cell\]\]"):  # a cell's row, not a drug's
+        trained.sensitive_probability(value.iloc[0])
 
 
 def test_replicate_rows_of_a_line_share_its_fold(bulk_train, cellbench, trained):

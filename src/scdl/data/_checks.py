@@ -107,7 +107,7 @@ def _count_stats(x, n_obs: int, n_vars: int) -> tuple[np.ndarray, np.ndarray, di
     values, read in row chunks (a sparse matrix stays sparse)."""
     row_totals = np.zeros(n_obs, dtype=np.float64)
     gene_totals = np.zeros(n_vars, dtype=np.float64)
-    n_bad = {"nan": 0, "neg": 0, "frac": 0, "frac_dev": 0.0, "max": 0.0}
+    n_bad = {"nan": 0, "neg": 0, "frac": 0, "frac_dev": 0.0, "max": 0.0, "ones": 0, "values": 0}
     is_float = np.issubdtype(x.dtype, np.floating)
     if isinstance(x, sparse.csr_matrix | sparse.csr_array):
         # in memory: the stored values read through views of fixed size (a row slice copied
@@ -132,6 +132,7 @@ def _count_stats(x, n_obs: int, n_vars: int) -> tuple[np.ndarray, np.ndarray, di
                 _count_fractions(vals, n_bad)
             n_bad["neg"] += int(np.count_nonzero(vals < 0))
             n_bad["max"] = max(n_bad["max"], float(vals.max()) if vals.size else 0.0)
+            _count_ones(vals, n_bad)
             partial = running + np.cumsum(summed, dtype=np.float64)
             first, last = np.searchsorted(indptr, [start, stop], side="right")
             before[first:last] = partial[indptr[first:last] - start - 1]
@@ -154,6 +155,7 @@ def _count_stats(x, n_obs: int, n_vars: int) -> tuple[np.ndarray, np.ndarray, di
             _count_fractions(vals, n_bad)
         n_bad["neg"] += int(np.count_nonzero(vals < 0))
         n_bad["max"] = max(n_bad["max"], float(vals.max()) if vals.size else 0.0)
+        _count_ones(vals, n_bad)
         rows = np.asarray(chunk.sum(axis=1, dtype=np.float64)).ravel()
         row_totals[offset : offset + rows.size] = rows
         gene_totals += np.asarray(chunk.sum(axis=0, dtype=np.float64)).ravel()
@@ -174,6 +176,12 @@ class RoundOffError(ValueError):
     """Counts whose only fault is floating-point round-off (e.g. recovered from log values)."""
 
 
+def _count_ones(vals: np.ndarray, n_bad: dict) -> None:
+    """Add the non-zero values of ``vals`` and those equal to 1 to ``n_bad``."""
+    n_bad["ones"] += int(np.count_nonzero(vals == 1))
+    n_bad["values"] += int(np.count_nonzero(vals))
+
+
 def _count_fractions(vals: np.ndarray, n_bad: dict) -> None:
     """Add the non-integer values of ``vals`` (finite) and their largest distance from a whole
     number to ``n_bad``."""
@@ -189,6 +197,11 @@ def _count_fractions(vals: np.ndarray, n_bad: dict) -> None:
 _SAME_TOTAL = 1e-3
 #: fewest cells with counts for that to mean anything
 _MIN_CELLS_FOR_TOTALS = 10
+#: whole numbers with fewer ones than this share of their non-zero values are not molecules
+#: (a molecule of a rounded CPM / TPM value is 1e6 / its cell's total: far above 1); UMI
+#: counts hold 30-70% ones, and equal totals alone also come from downsampling to one depth
+#: then filtering genes
+_FEW_ONES = 0.01
 
 
 def _constant_total(row_totals: np.ndarray) -> float | None:
@@ -285,7 +298,11 @@ def check_counts(
                 "of the pipeline, e.g. Cell Ranger's matrix, featureCounts, STAR's GeneCounts)."
             )
             + raw
-            + " `scdl.tl.annotate` also reads log1p of such values (`sc.pp.log1p`)."
+            + (
+                " `scdl.tl.annotate` also reads log1p of such values (`sc.pp.log1p`)."
+                if fix is None  # a trained model's own query has its own ways
+                else ""
+            )
         )
     if n_bad["frac"]:
         raise ValueError(
@@ -312,9 +329,10 @@ def check_counts(
             "values multiplied by a large factor? "
             + (fix or "Pass `layer=` naming the raw-count layer, or restore the counts.")
         )
-    if per_cell is not None and warn_normalised and np.ptp(row_totals[row_totals > 0]) > 0:
-        # whole numbers summing to nearly one total in every cell: rounded CPM/TPM (counts
-        # downsampled to one depth sum to it exactly, and real depths differ by far more)
+    few_ones = n_bad["ones"] < _FEW_ONES * max(n_bad["values"], 1)
+    if per_cell is not None and warn_normalised and few_ones:
+        # whole numbers summing to nearly one total in every cell, and not molecules (few ones):
+        # rounded CPM/TPM. Real depths differ by far more, unless downsampled to one depth
         warn_user(
             f"{where} holds whole numbers, but every cell with any sums to nearly the same "
             f"total ({per_cell:.4g}): rounded CPM/TPM? A count model reads them as that many "

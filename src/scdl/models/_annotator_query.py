@@ -72,13 +72,14 @@ class AnnotatorQueryMixin:
 
     def _depths_comparable(self, counts) -> bool:
         """Whether the query's ``counts`` (``None``: not recovered) and the reference's count
-        the same thing: molecules on both sides, or amplified reads on neither
+        the same thing: molecules on both sides, or amplified reads on both
         (:func:`._depth.looks_amplified`; the reference read from its stored sample, taken as
         molecules in a model saved without one)."""
-        if counts is None or looks_amplified(counts):
+        if counts is None:
             return False
         sample = self.module.reference_sample()
-        return sample is None or not looks_amplified(sample[0])
+        reference_reads = sample is not None and looks_amplified(sample[0])
+        return looks_amplified(counts) == reference_reads
 
     def _warn_if_shallow(self, totals: np.ndarray, best: np.ndarray, present=None) -> None:
         """Warn when the typed cells hold, at the median, less than the lowest depth level the

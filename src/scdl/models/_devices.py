@@ -66,6 +66,8 @@ def lightning_devices(devices):
     """``devices`` with numpy integers (from an array or a config) as the ``int`` and
     ``list[int]`` Lightning tests for with ``isinstance`` (it failed on ``np.int64(1)`` with
     "truth value of an empty array is ambiguous"); anything else unchanged."""
+    if isinstance(devices, np.ndarray) and devices.ndim == 0:  # np.asarray of one value
+        devices = devices.item()
     if isinstance(devices, np.integer) and not isinstance(devices, np.bool_):
         return int(devices)
     if isinstance(devices, tuple | np.ndarray) or (

@@ -332,7 +332,7 @@ class DrugPredictionMixin:
         """
         from scipy.special import ndtr
 
-        values, one = _response_table(values)
+        values, one = _response_table(values, self.drugs)
         stats = self._stats(values)
         z = (stats["median"].to_numpy() - values.to_numpy()) / stats["residual_sd"].to_numpy()
         if self.sensitive == "high":
@@ -356,7 +356,7 @@ class DrugPredictionMixin:
             below the drug's median over the training lines (above it when :attr:`sensitive`
             is ``"high"``), else 0.
         """
-        values, one = _response_table(values)
+        values, one = _response_table(values, self.drugs)
         median = self._stats(values)["median"].to_numpy()
         sensitive = values > median if self.sensitive == "high" else values < median
         sensitive = sensitive.astype(np.int8)
@@ -469,10 +469,18 @@ class DrugPredictionMixin:
         return out
 
 
-def _response_table(values) -> tuple[pd.DataFrame, bool]:
+def _response_table(values, drugs) -> tuple[pd.DataFrame, bool]:
     """``values`` as the cells x drugs table the calls read, and whether it was one drug's
-    column (a Series named by the drug, e.g. ``pred["Gefitinib"]``)."""
-    if isinstance(values, pd.Series) and values.name is not None:
+    column (a Series named by one of the model's ``drugs``, e.g. ``pred["Gefitinib"]``; a
+    row of one cell, named by its barcode, is refused)."""
+    if isinstance(values, pd.Series):
+        named = {str(d).casefold() for d in drugs}
+        if values.name is None or str(values.name).casefold() not in named:
+            raise TypeError(
+                f"A Series named {values.name!r} is not one of the model's drugs' columns: pass "
+                "the cells x drugs DataFrame `predict()` returns, one drug's column of it "
+                "(`pred['Gefitinib']`), or for one cell its row as a table (`pred.loc[[cell]]`)."
+            )
         return values.to_frame(), True
     if not isinstance(values, pd.DataFrame):
         raise TypeError(

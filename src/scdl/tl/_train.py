@@ -34,6 +34,8 @@ def train_model(
             warnings.filterwarnings(
                 "ignore", message=".* cells have no counts", category=UserWarning
             )
+            # and for all the genes (a normalised total is the whole profile's)
+            warnings.filterwarnings("ignore", message=".*rounded CPM/TPM", category=UserWarning)
             model_cls.setup_anndata(train_adata, **setup_kwargs)
         # train_adata is the tool's own copy: its registration (scvi-tools keeps it for the
         # session) goes with the model, or now when the model cannot be built
