@@ -138,16 +138,21 @@ def _count_stats(x, n_obs: int, n_vars: int) -> tuple[np.ndarray, np.ndarray, di
             before[first:last] = partial[indptr[first:last] - start - 1]
             running = float(partial[-1])
         row_totals = np.diff(before)
+        n_bad["detected"] = np.diff(indptr)  # stored values per cell
         for rows in bad_rows:
             row_totals[rows] = np.nan
         return row_totals, gene_totals, n_bad
     offset = 0
+    detected = np.zeros(n_obs, dtype=np.int64)
+    n_bad["detected"] = detected
     for chunk in row_blocks(x, n_obs):
         if sparse.issparse(chunk):
             vals = chunk.data
+            detected[offset : offset + chunk.shape[0]] = chunk.getnnz(axis=1)
         else:
             chunk = np.asarray(chunk)
             vals = chunk.ravel()
+            detected[offset : offset + chunk.shape[0]] = np.count_nonzero(chunk, axis=1)
         if is_float:
             finite = np.isfinite(vals)
             n_bad["nan"] += int(vals.size - finite.sum())
@@ -192,8 +197,10 @@ def _count_fractions(vals: np.ndarray, n_bad: dict) -> None:
         n_bad["frac_dev"] = max(n_bad["frac_dev"], float(dev.max()))
 
 
-#: cells whose totals agree this closely (relative spread; rounded TPM of ~10,000 genes
-#: per cell spreads by ~3e-5, real counts by orders of magnitude) were normalised per cell
+#: cells whose totals agree this closely with their median (relative; or within half a count
+#: per gene detected, what rounding each value moves a total by: rounded CPM of UMI data moves
+#: by up to 4e-3, TPM by ~3e-5; real counts differ by orders of magnitude) were normalised
+#: per cell
 _SAME_TOTAL = 1e-3
 #: fewest cells with counts for that to mean anything
 _MIN_CELLS_FOR_TOTALS = 10
@@ -204,14 +211,20 @@ _MIN_CELLS_FOR_TOTALS = 10
 _FEW_ONES = 0.01
 
 
-def _constant_total(row_totals: np.ndarray) -> float | None:
-    """The total every cell with values sums to when they agree within ``_SAME_TOTAL`` (a
-    matrix normalised per cell), else ``None``; ``None`` under ``_MIN_CELLS_FOR_TOTALS``."""
-    positive = row_totals[np.isfinite(row_totals) & (row_totals > 0)]
+def _constant_total(row_totals: np.ndarray, detected: np.ndarray | None = None) -> float | None:
+    """The total every cell with values sums to when each is within ``_SAME_TOTAL`` of their
+    median (a matrix normalised per cell), or, given the values each holds (``detected``: a
+    rounded matrix), within half a count per value plus one. Else ``None``; ``None`` under
+    ``_MIN_CELLS_FOR_TOTALS`` cells."""
+    keep = np.isfinite(row_totals) & (row_totals > 0)
+    positive = row_totals[keep]
     if positive.size < _MIN_CELLS_FOR_TOTALS:
         return None
-    lo, hi = float(positive.min()), float(positive.max())
-    return float(np.median(positive)) if hi - lo <= _SAME_TOTAL * hi else None
+    total = float(np.median(positive))
+    allowed = _SAME_TOTAL * total
+    if detected is not None:
+        allowed = np.maximum(allowed, 0.5 * np.asarray(detected)[keep] + 1.0)
+    return total if np.all(np.abs(positive - total) <= allowed) else None
 
 
 def check_counts(
@@ -330,7 +343,9 @@ def check_counts(
             + (fix or "Pass `layer=` naming the raw-count layer, or restore the counts.")
         )
     few_ones = n_bad["ones"] < _FEW_ONES * max(n_bad["values"], 1)
-    if per_cell is not None and warn_normalised and few_ones:
+    if warn_normalised and few_ones:
+        per_cell = _constant_total(row_totals, n_bad["detected"])
+    if warn_normalised and few_ones and per_cell is not None:
         # whole numbers summing to nearly one total in every cell, and not molecules (few ones):
         # rounded CPM/TPM. Real depths differ by far more, unless downsampled to one depth
         warn_user(

@@ -139,7 +139,7 @@ def input_kind(adata: AnnData, layer: str | None = None) -> tuple[str, float | N
     total = float(np.median(positive))
     warn_user(
         f"{where} is not raw counts but log1p of counts normalised to {total:.4g} per cell; "
-        "reading it on that scale (log-normalising its counts would give the same values).",
+        "reading it as such (log-normalising its counts would give the same values).",
         UserWarning,
     )
     return "log1p", total

@@ -78,9 +78,10 @@ def annotate(
     that is detected, said once in a warning, and read as the counts behind it (each cell's
     smallest value over all genes is one count), which gives every output the counts give,
     the over-clustering and votes included. Where the values no longer scale to whole counts
-    (rounded, edited), they are read on the normalised scale: the per-cell calls then agree
-    with the counts' on nearly every cell, and Leiden's clusters may differ a little. Any
-    other matrix (scaled, a gene subset of log data, ...) is refused with a ValueError.
+    (rounded, edited), they are read on the normalised scale: the forced calls then agree
+    with the counts' on nearly every cell, while Leiden's clusters, and so the Unknown call
+    made per cluster and the votes, may differ. Any other matrix (scaled, a gene subset of
+    log data, ...) is refused with a ValueError.
 
     Parameters
     ----------
