@@ -528,7 +528,15 @@ def test_count_check_reads_csr_in_place_like_the_row_chunks():
     # frac_dev: the largest distance of a fractional value from a whole number (2.5: 0.5);
     # max: the largest finite value (the bound on damaged counts)
     largest = float(np.nanmax(x.data))
-    assert fast[2] == slow[2] == {"nan": 1, "neg": 1, "frac": 1, "frac_dev": 0.5, "max": largest}
+    expected = {"nan": 1, "neg": 1, "frac": 1, "frac_dev": 0.5, "max": largest}
+    assert {k: fast[2][k] for k in expected} == {k: slow[2][k] for k in expected} == expected
+    # the values equal to 1 and the non-zero values (molecules vs rounded CPM), values per cell
+    assert fast[2]["ones"] == slow[2]["ones"] == int(np.sum(x.data == 1))
+    assert (
+        fast[2]["values"] == slow[2]["values"] == int(np.count_nonzero(x.data[np.isfinite(x.data)]))
+    )
+    np.testing.assert_array_equal(fast[2]["detected"], slow[2]["detected"])
+    np.testing.assert_array_equal(fast[2]["detected"], np.diff(x.indptr))
     np.testing.assert_allclose(fast[0], slow[0], rtol=1e-6)  # NaN where the NaN's row is
     np.testing.assert_allclose(fast[1], slow[1], rtol=1e-6)
     # duplicate entries are counted as stored and left so (scipy 1.18's sums rewrite them)
