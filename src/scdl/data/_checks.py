@@ -343,14 +343,15 @@ def check_counts(
             + (fix or "Pass `layer=` naming the raw-count layer, or restore the counts.")
         )
     few_ones = n_bad["ones"] < _FEW_ONES * max(n_bad["values"], 1)
-    if warn_normalised and few_ones:
-        per_cell = _constant_total(row_totals, n_bad["detected"])
-    if warn_normalised and few_ones and per_cell is not None:
-        # whole numbers summing to nearly one total in every cell, and not molecules (few ones):
-        # rounded CPM/TPM. Real depths differ by far more, unless downsampled to one depth
+    rounded = (
+        _constant_total(row_totals, n_bad["detected"]) if warn_normalised and few_ones else None
+    )
+    if rounded is not None:
+        # whole numbers summing to one total in every cell within rounding, and not molecules
+        # (few ones): rounded CPM/TPM. Real depths differ by far more, unless downsampled
         warn_user(
             f"{where} holds whole numbers, but every cell with any sums to nearly the same "
-            f"total ({per_cell:.4g}): rounded CPM/TPM? A count model reads them as that many "
+            f"total ({rounded:.4g}): rounded CPM/TPM? A count model reads them as that many "
             "molecules per cell. Pass the raw read or UMI counts if these are not.",
             UserWarning,
         )
