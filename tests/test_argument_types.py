@@ -155,3 +155,10 @@ def test_counts_from_log1p_in_every_storage():
         assert scdl.data.counts_from_log1p(broken, units) is None
         rounded = sparse.csr_matrix(np.round(log, 1))
         assert scdl.data.counts_from_log1p(rounded, scdl.data.log1p_count_units(rounded)) is None
+        # the depth checks' reading of CP10k values over the model's genes (each cell's
+        # smallest value as one count) is the same rounding, with a 1% tolerance
+        from scdl.models._depth import integer_counts
+
+        linear = sparse.csr_matrix(np.expm1(log.astype(np.float64)))
+        np.testing.assert_array_equal(integer_counts(linear).toarray(), counts)
+        assert integer_counts(sparse.csr_matrix(counts)) is not None  # counts as they are

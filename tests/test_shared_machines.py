@@ -192,3 +192,27 @@ def test_a_response_table_saved_by_excel_is_named_as_another_encoding(tmp_path):
     with pytest.warns(UserWarning, match="not the version scdl was tested with"):
         with pytest.raises(ValueError, match="is not UTF-8 text"):
             scdl.datasets.gdsc(path=tmp_path)
+
+
+def test_the_mode_of_a_cache_entry_is_read_without_touching_the_umask(
+    umask_002, tmp_path, monkeypatch
+):
+    """The mode a new file gets is read off a probe entry beside it: the umask, which every
+    thread of the session shares, was set to 0 to be read (another thread's files made
+    meanwhile were world-writable)."""
+    from scdl._paths import as_user_created
+
+    calls = []
+    real_umask = os.umask
+    monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or real_umask(mask))
+    target = tmp_path / "weights.bin"
+    target.write_bytes(b"x")
+    os.chmod(target, 0o600)
+    folder = tmp_path / "unpacked"
+    folder.mkdir(mode=0o700)
+    as_user_created(target)
+    as_user_created(folder)
+    assert calls == []
+    assert target.stat().st_mode & 0o777 == 0o664
+    assert folder.stat().st_mode & 0o777 == 0o775
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unpacked", "weights.bin"]

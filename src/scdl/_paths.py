@@ -21,10 +21,20 @@ def user_path(path: str | os.PathLike) -> Path:
 def as_user_created(path: str | os.PathLike) -> None:
     """Give ``path`` the permissions of a file (or folder) the user creates: tempfile and
     pooch make theirs 0600 / 0700 whatever the umask, so a cache entry or a file written
-    through one was unreadable by the group a shared cache or project folder is for."""
-    umask = os.umask(0)  # read by setting it: restored at once
-    os.umask(umask)
-    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+    through one was unreadable by the group a shared cache or project folder is for. The
+    mode is read off a new entry beside it (:func:`new_entry`), not by setting the umask to
+    read it: that left every thread of the session creating files under umask 0 meanwhile."""
+    path = Path(path)
+    folder = path.is_dir()
+    probe = new_entry(path.parent, f".{path.name}.mode.", folder=folder)
+    try:
+        mode = probe.stat().st_mode & 0o7777
+    finally:
+        if folder:
+            probe.rmdir()
+        else:
+            probe.unlink()
+    os.chmod(path, mode)
 
 
 def written_path(path: str | os.PathLike) -> Path:

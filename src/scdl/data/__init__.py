@@ -60,7 +60,13 @@ from ._genes import (
     same_gene_names,
 )
 from ._groups import resolve_groups, warn_if_batch_nested, warn_if_few_cells
-from ._lognorm import counts_from_log1p, input_kind, log1p_count_units, normalised_from_log1p
+from ._lognorm import (
+    counts_from_log1p,
+    input_kind,
+    log1p_count_units,
+    normalised_from_log1p,
+    whole_counts,
+)
 from ._normalize import log_normalize_counts
 from ._obs_checks import check_categorical, check_obs_key
 from ._pca import genes_pca, unintegrated_pca
@@ -132,6 +138,7 @@ __all__ = [
     "input_kind",
     "counts_from_log1p",
     "log1p_count_units",
+    "whole_counts",
     "normalised_from_log1p",
     "log_normalize_counts",
     "looks_like_counts",

@@ -181,11 +181,11 @@ _WHOLE = 0.05
 
 def counts_from_log1p(x_log, units: np.ndarray) -> sparse.csr_matrix | None:
     """The counts behind log1p-normalised rows: ``expm1(x_log)`` divided by each row's one
-    count (``units``, :func:`~scdl.data.log1p_count_units`, measured over all of the AnnData's genes
-    before any subset), rounded; ``None`` when a value is not then a whole count (a cell
-    without a count of 1, rounded or edited values, NaN): the caller keeps ``expm1``. A cell
-    without a count of 1 whose counts all share a factor (a near-empty cell of counts 2, 4,
-    6) is read divided by it.
+    count (``units``, :func:`~scdl.data.log1p_count_units`, measured over all of the
+    AnnData's genes before any subset), rounded (:func:`whole_counts`); ``None`` when a value
+    is not then a whole count (a cell without a count of 1, rounded or edited values, NaN):
+    the caller keeps ``expm1``. A cell without a count of 1 whose counts all share a factor (a
+    near-empty cell of counts 2, 4, 6) is read divided by it.
 
     The counts give every step that follows (clustering, thinning, the depth checks) the
     values the raw counts give, not merely the same values up to a per-cell scale."""
@@ -194,13 +194,22 @@ def counts_from_log1p(x_log, units: np.ndarray) -> sparse.csr_matrix | None:
     if x.nnz == 0 or not np.all(np.isfinite(x.data)):
         return None
     x.data = np.expm1(x.data)
+    return whole_counts(x, units)
+
+
+def whole_counts(x, units: np.ndarray, *, min_share: float = 1.0) -> sparse.csr_matrix | None:
+    """Rows of values each scaled to a constant total (``expm1`` of log-normalised data)
+    divided by their row's one count (``units``) and rounded, as CSR float32, when at least
+    ``min_share`` of the values are then within ``_WHOLE`` of a whole count of 1 or more;
+    else ``None``. ``x`` is not changed."""
+    x = sparse.csr_matrix(x, dtype=np.float64, copy=True)
     units = np.asarray(units, dtype=np.float64).ravel()
     per_value = np.repeat(units, np.diff(x.indptr))
-    if not np.all(np.isfinite(per_value) & (per_value > 0)):
+    if x.nnz == 0 or not np.all(np.isfinite(per_value) & (per_value > 0)):
         return None
     scaled = x.data / per_value
     whole = np.rint(scaled)
-    if np.any(np.abs(scaled - whole) > _WHOLE) or np.any(whole < 1):
+    if np.mean((np.abs(scaled - whole) < _WHOLE) & (whole >= 1)) < min_share:
         return None
     x.data = whole
     return sparse.csr_matrix(x, dtype=np.float32)

@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
+from scdl.data import whole_counts
+
 #: depth levels of the reference kept by the model: its own, then halved at each level
 DEPTH_LEVELS = 5
 
@@ -83,14 +85,13 @@ def integer_counts(x) -> sparse.csr_matrix | None:
         return None
     if np.all(x.data == np.rint(x.data)):
         return x
+    # the smallest value of each cell as its one count, over the model's genes only (a query
+    # read from log1p values has its counts already where its genes showed them: see
+    # AnnotatorPredictionMixin._query_matrix; this reads what that left on the CP10k scale)
     filled = np.diff(x.indptr) > 0
-    unit = np.minimum.reduceat(x.data, x.indptr[:-1][filled])
-    scaled = x.data / np.repeat(unit, np.diff(x.indptr)[filled])
-    if np.mean(np.abs(scaled - np.rint(scaled)) < 0.05) < 0.99:
-        return None
-    out = x.copy()
-    out.data = np.rint(scaled).astype(np.float32)
-    return out
+    units = np.ones(x.shape[0])
+    units[filled] = np.minimum.reduceat(x.data, x.indptr[:-1][filled])
+    return whole_counts(x, units, min_share=0.99)
 
 
 def depth_ratio(totals, depths, calls=None) -> float:
