@@ -64,7 +64,8 @@ def type_depths(counts, labels=None) -> np.ndarray:
 #: molecules, so depths are not compared with another protocol's and a deep query is not
 #: thinned (its reads keep their amplification noise: the cells then look unlike the
 #: reference). Ones are 33-73% of the values of every UMI set here, CEL-seq2 at 27,000 UMIs
-#: per cell included, and about 1% of simulated Smart-seq2 reads
+#: per cell included, and about 1% of simulated Smart-seq2 reads (../shared/data holds no real
+#: full-length data: a file with more single reads is read as molecules, as before this check)
 AMPLIFIED_BELOW_ONES = 0.1
 
 
