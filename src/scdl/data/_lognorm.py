@@ -182,10 +182,10 @@ _WHOLE = 0.05
 def counts_from_log1p(x_log, units: np.ndarray) -> sparse.csr_matrix | None:
     """The counts behind log1p-normalised rows: ``expm1(x_log)`` divided by each row's one
     count (``units``, :func:`~scdl.data.log1p_count_units`, measured over all of the
-    AnnData's genes before any subset), rounded (:func:`whole_counts`); ``None`` when a value
-    is not then a whole count (a cell without a count of 1, rounded or edited values, NaN):
-    the caller keeps ``expm1``. A cell without a count of 1 whose counts all share a factor (a
-    near-empty cell of counts 2, 4, 6) is read divided by it.
+    AnnData's genes before any subset), rounded (:func:`~scdl.data.whole_counts`); ``None``
+    when a value is not then a whole count (a cell without a count of 1, rounded or edited
+    values, NaN): the caller keeps ``expm1``. A cell without a count of 1 whose counts all
+    share a factor (a near-empty cell of counts 2, 4, 6) is read divided by it.
 
     The counts give every step that follows (clustering, thinning, the depth checks) the
     values the raw counts give, not merely the same values up to a per-cell scale."""
