@@ -1136,6 +1136,50 @@ def test_messy_reference_labels_are_refused_or_warned_about(kang):
     assert "fewer than 10 reference cells: Plasma cells (4)" in said
 
 
+def test_reference_labels_the_calls_could_not_be_written_beside_are_refused(kang):
+    """A category "Unknown" no cell holds (left by `obs.loc[mask, key] = ...` or a mask on
+    obs) trained a type of that name, and every tl.annotate with the model then failed in
+    pandas; an empty label trained, and the annotated AnnData could not be written to .h5ad;
+    missing labels were told to be filled, which trains a type. Each is refused at setup with
+    a fix that registers, and a loaded model carrying such a type is refused by tl.annotate
+    before the query runs."""
+    from scvi import REGISTRY_KEYS
+
+    setup = scdl.models.CellTypeTransformer.setup_anndata
+    ref = kang[::4].copy()
+    base = ref.obs["cell_type"].astype(str).to_numpy()
+    ref.obs["cell_type"] = pd.Categorical(base, categories=[*sorted(set(base)), "Unknown"])
+    snap = snapshot(ref)
+    with pytest.raises(ValueError, match=r"category 'Unknown' \(no cell holds it\)"):
+        setup(ref, labels_key="cell_type")
+    assert_unchanged(ref, snap)
+    ref.obs["cell_type"] = ref.obs["cell_type"].cat.remove_unused_categories()  # the fix
+    setup(ref, labels_key="cell_type")
+    for blank in ("", "  "):
+        labels = base.astype(object)
+        labels[:20] = blank
+        ref.obs["cell_type"] = labels
+        with pytest.raises(ValueError, match=f"empty label {blank!r} \\(20 cells\\)"):
+            setup(ref, labels_key="cell_type")
+    labels = pd.Series(base, index=ref.obs_names, dtype=object)
+    labels.iloc[:20] = None
+    ref.obs["cell_type"] = labels
+    with pytest.raises(ValueError, match=r"20 cells without a label.*\.notna\(\)\]\.copy"):
+        setup(ref, labels_key="cell_type")
+    ref = ref[ref.obs["cell_type"].notna()].copy()  # the fix the message gives
+    setup(ref, labels_key="cell_type")
+
+    model = scdl.pretrained.load("pbmc_kang2018")  # a fresh object: the mapping is its own
+    state = model.registry_["field_registries"][REGISTRY_KEYS.LABELS_KEY]["state_registry"]
+    mapping = state["categorical_mapping"]
+    state["categorical_mapping"] = np.array([*mapping[:-1], "Unknown"], dtype=object)
+    cells = scdl.datasets.kang_pbmc_heldout()[:100].copy()
+    snap = snapshot(cells)
+    with pytest.raises(ValueError, match="has a cell type named 'Unknown'.*remove_unused"):
+        scdl.tl.annotate(cells, model=model)
+    assert_unchanged(cells, snap)
+
+
 @pytest.mark.parametrize("as_category", [False, True])
 def test_integer_labels_are_warned_to_come_back_as_text(kang, as_category):
     """Labels 0, 1, ... train, but calls name types as text beside "Unknown" (scANVI returns

@@ -28,6 +28,7 @@ def check_reference_labels(adata: AnnData, labels_key: str, *, from_registry: bo
     """Refuse labels of one type or holding ``"Unknown"``; warn for missing values written as
     text, numbers, ``"/"`` in a name and categories without cells. A model loaded onto new
     data (``from_registry``) is checked only as a categorical column."""
+    _refuse_missing_labels(adata, labels_key, from_registry=from_registry)
     labels = check_categorical(
         adata,
         labels_key,
@@ -35,17 +36,46 @@ def check_reference_labels(adata: AnnData, labels_key: str, *, from_registry: bo
         min_categories=1 if from_registry else 2,
         too_few="give the reference cells of at least two types: a classifier tells types apart.",
     )
-    # any case or spacing: " Unknown" and "Unknown" look the same in a legend
-    clash = [
-        str(v) for v in labels.dropna().unique() if str(v).strip().casefold() == UNKNOWN.casefold()
-    ]
+    # any case or spacing: " Unknown" and "Unknown" look the same in a legend; a category
+    # without cells counts too: scvi-tools registers every category, so the model would carry
+    # a type of that name and tl.annotate could not write its calls beside it
+    values = labels.cat.categories if hasattr(labels, "cat") else labels.dropna().unique()
+    clash = [str(v) for v in values if str(v).strip().casefold() == UNKNOWN.casefold()]
     if not from_registry and clash:
+        if not (labels.astype(str) == clash[0]).any():
+            raise ValueError(
+                f"adata.obs[{labels_key!r}] has the category {clash[0]!r} (no cell holds it), "
+                "the name the annotator gives cells unlike every reference type: the model "
+                "would carry a type of that name beside its own call. Drop the unused "
+                f"categories first: `adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}]"
+                ".cat.remove_unused_categories()`."
+            )
         raise ValueError(
             f"adata.obs[{labels_key!r}] holds the label {clash[0]!r}, the name the "
             "annotator gives cells unlike every reference type: the two could not be "
             "told apart. If these cells are unlabelled (scANVI's unlabeled_category), "
             f"leave them out of the reference: `ref = ref[ref.obs[{labels_key!r}] != "
             f"{clash[0]!r}].copy()`; if it is a cell type, rename it."
+        )
+    # a type named by no text cannot be a column of the probabilities tl.annotate writes
+    # (anndata cannot write a DataFrame column named "" to .h5ad) nor an entry of a legend
+    blank = [str(v) for v in values if not str(v).strip()]
+    if not from_registry and blank:
+        n_blank = int((labels.astype(str) == blank[0]).sum())
+        if not n_blank:
+            raise ValueError(
+                f"adata.obs[{labels_key!r}] has the empty category {blank[0]!r} (no cell "
+                "holds it): the model would carry a type without a name. Drop the unused "
+                f"categories first: `adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}]"
+                ".cat.remove_unused_categories()`."
+            )
+        raise ValueError(
+            f"adata.obs[{labels_key!r}] holds the empty label {blank[0]!r} "
+            f"({n_blank} cells): a cell type needs a name "
+            "(tl.annotate writes a probability column per type, and an .h5ad file cannot hold "
+            "a column without one). If these cells are unlabelled, leave them out: `ref = "
+            f"ref[ref.obs[{labels_key!r}].astype(str).str.strip() != ''].copy()`; if they are "
+            "a type, name it."
         )
     missing_text = sorted(
         {str(v) for v in labels.dropna().unique() if str(v).strip().lower() in _NA_TEXT}
@@ -96,6 +126,29 @@ def check_reference_labels(adata: AnnData, labels_key: str, *, from_registry: bo
     if not from_registry:
         _warn_near_duplicates(labels, labels_key)
         _warn_small_types(labels, labels_key)
+
+
+def _refuse_missing_labels(adata: AnnData, labels_key: str, *, from_registry: bool) -> None:
+    """Cells without a label: the annotator has no unlabelled category (scANVI's), so they
+    are left out of a reference rather than filled; a query's column is not read."""
+    col = adata.obs[labels_key] if labels_key in adata.obs else None
+    if col is None or not col.isna().any():
+        return  # a missing column is check_categorical's KeyError
+    n = int(col.isna().sum())
+    if from_registry:
+        raise ValueError(
+            f"adata.obs[{labels_key!r}] has {n} missing values. A query's labels are not "
+            "needed: load the model without `adata` (`model = CellTypeTransformer.load(path)`) "
+            "and annotate with `scdl.tl.annotate(adata, model=model)`; to register this "
+            "AnnData as labelled data, leave those cells out first."
+        )
+    raise ValueError(
+        f"adata.obs[{labels_key!r}] has {n} cells without a label (missing values). The "
+        "annotator trains on labelled cells only (it has no unlabelled category, as scANVI's "
+        "`unlabeled_category`), so leave them out of the reference: `ref = ref[ref.obs["
+        f"{labels_key!r}].notna()].copy()`; then annotate them as a query with the trained "
+        "model."
+    )
 
 
 def _warn_near_duplicates(labels, labels_key: str) -> None:

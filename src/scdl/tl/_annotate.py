@@ -257,6 +257,7 @@ def annotate(
             UserWarning,
         )
     model, model_name = _resolve_model(model)
+    _check_model_labels(model.labels, key_added)
     # the annotator reads its own genes only: other features matter where they bear those names
     warn_other_features(adata, among=model.get_var_names())
     # a loaded model's labels were never checked here (setup_anndata warns whoever trains it)
@@ -355,6 +356,30 @@ def _resolve_model(model) -> tuple:
         "model must be a CellTypeTransformer or the name/path of a pretrained annotator "
         f"(see scdl.pretrained.available()), got {type(model).__name__}."
     )
+
+
+def _check_model_labels(labels: list[str], key_added: str) -> None:
+    """A model trained before setup refused them may carry a type named as the Unknown call
+    (a category without cells) or one without a name: refused / said before the query runs."""
+    clash = [name for name in labels if name.strip().casefold() == "unknown"]
+    if clash:
+        raise ValueError(
+            f"The model has a cell type named {clash[0]!r}, the name of the annotator's own "
+            "call for cells unlike every type, so its calls could not be written beside it "
+            "(a model trained before setup refused it, e.g. from a category without "
+            "cells). Retrain it without that category (`ref.obs[labels_key] = ref.obs[labels_key]"
+            ".cat.remove_unused_categories()` before setup); its forced calls are "
+            "`model.predict(adata, unknown=False)`."
+        )
+    blank = [name for name in labels if not name.strip()]
+    if blank:
+        warn_user(
+            f"The model has a cell type without a name ({blank[0]!r}): it names a column of "
+            f"adata.obsm['{key_added}_probabilities'], which `adata.write_h5ad` cannot write. "
+            f"Rename it before writing: `df = adata.obsm['{key_added}_probabilities']; "
+            f"df.columns = [c if c.strip() else 'unnamed' for c in df.columns]`.",
+            UserWarning,
+        )
 
 
 def _given_clusters(adata: AnnData, over_clustering) -> np.ndarray:
