@@ -30,8 +30,23 @@ def test_plan_training_defaults_and_ddp():
             "log_every_n_steps": 10,
         }
     kwargs = {"strategy": "ddp_find_unused_parameters_false"}  # the user's explicit choice
-    plan_training(10_000, 7, batch_size=64, train_size=1.0, trainer_kwargs=kwargs)
+    plan_training(10_000, 7, batch_size=64, train_size=1.0, trainer_kwargs=kwargs, devices=2)
     assert kwargs["strategy"] == "ddp_find_unused_parameters_false"
+    # several devices and no strategy: Lightning chose plain DDP, which failed at the first
+    # step on the unused parameters (`tl.integrate(devices=2)`); one device: no strategy
+    for devices in (2, -1, "0,1", [0, 1], "2", np.int64(3)):
+        for given in ({}, {"strategy": "auto"}):
+            kwargs = dict(given)
+            plan_training(
+                10_000, 7, batch_size=64, train_size=1.0, trainer_kwargs=kwargs, devices=devices
+            )
+            assert kwargs["strategy"] == "ddp_find_unused_parameters_true", devices
+    for devices in (None, "auto", 1, [0], "1", "0,", True):
+        kwargs = {}
+        plan_training(
+            10_000, 7, batch_size=64, train_size=1.0, trainer_kwargs=kwargs, devices=devices
+        )
+        assert "strategy" not in kwargs, devices
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,8 @@ _FLAGS = {
     "n_latent": "--n-latent",
     "n_top_genes": "--n-top-genes",
     "min_gene_overlap": "--min-gene-overlap",
+    "prefix": "--prefix",
+    "sha256": "--sha256",
 }
 
 

@@ -105,6 +105,28 @@ def check_obsm_key(key, arg: str) -> None:
         )
 
 
+#: the steps that write the usual obsm keys (scanpy's and scdl's own defaults)
+_MAKERS = {
+    "X_pca": "`sc.pp.pca(adata)`",
+    "X_umap": "`sc.tl.umap(adata)`",
+    "X_tsne": "`sc.tl.tsne(adata)`",
+    "X_pca_harmony": "`sc.external.pp.harmony_integrate(adata, key=...)`",
+    "X_scdl": "`scdl.tl.integrate(adata, ...)`",
+    "X_scdl_salient": "`scdl.tl.contrastive(adata, ...)`",
+    "X_scdl_shared": "`scdl.tl.contrastive(adata, ...)`",
+}
+
+
+def _embedding_maker(key: str) -> str:
+    """What to run first for a missing obsm ``key``."""
+    if key in _MAKERS:
+        return f"Run {_MAKERS[key]} first"
+    return (
+        "Run the step that writes it first (`scdl.tl.integrate(adata, key_added="
+        f"{key!r})` writes a learned space under that key; `sc.pp.pca` writes 'X_pca')"
+    )
+
+
 def check_embedding(
     adata: AnnData, key: str, *, purpose: str = "it", arg: str = "key"
 ) -> np.ndarray:
@@ -123,8 +145,8 @@ def check_embedding(
     check_obsm_key(key, arg)
     if key not in adata.obsm:
         raise KeyError(
-            f"{key!r} is not in adata.obsm (available: {list(adata.obsm) or 'none'}). Run "
-            "`scdl.tl.integrate(adata, ...)` first or pass the key of an existing embedding."
+            f"{key!r} is not in adata.obsm (available: {list(adata.obsm) or 'none'}). "
+            f"{_embedding_maker(key)}, or pass the key of an existing embedding."
         )
     rep = adata.obsm[key]
     if sparse.issparse(rep):

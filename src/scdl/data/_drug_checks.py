@@ -181,14 +181,18 @@ def shared_genes(
     min_genes: int = MIN_SHARED_GENES,
     names: tuple[str, str] = ("bulk profiles", "cells"),
     query_var: pd.DataFrame | None = None,
+    query_name: str = "adata",
 ) -> pd.Index:
     """Genes in both indexes, in the reference's order; a clear error if too few, with what
-    the query's ``var`` (``query_var``) or the names' case suggest."""
+    the query's ``var`` (``query_var``) or the names' case suggest; ``query_name``: the
+    query's argument, as the fix names it."""
     from ._genes import identifier_hint
 
     common = pd.Index(reference)[pd.Index(reference).isin(query)]
     if len(common) == 0 or len(common) < min_genes:  # the hint reads every var column
         hint = identifier_hint(reference, query, query_var, other_kind="human")
+        # the hint names the query `adata`; the drug model's cells are its `target`
+        hint = hint.replace("adata.", f"{query_name}.")
     if len(common) == 0:
         raise ValueError(
             f"The {names[0]} and the {names[1]} share no gene names (e.g. "
@@ -211,8 +215,10 @@ def shared_genes(
             warn_user(
                 f"The {names[0]} and the {names[1]} share only {len(common)} of "
                 f"{len(reference)} gene names; the {names[1]}' var[{column!r}] holds {n} of "
-                f"them: use it as the names (`adata.var_names = adata.var[{column!r}]"
-                ".astype(str)`, then `adata.var_names_make_unique()`). Until then only those "
+                f"them: use it as the names (`{query_name}.var_names = "
+                f"{query_name}.var[{column!r}]"
+                f".astype(str)`, then `{query_name}.var_names_make_unique()`). Until then only "
+                "those "
                 f"{len(common)} genes are used.",
                 UserWarning,
             )

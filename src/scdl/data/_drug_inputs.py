@@ -86,7 +86,9 @@ def select_model_genes(
         raise ValueError("Pass the bulk `adata` (or `genes=`) to build the model.")
     genes = bulk.var_names
     if target is not None:
-        genes = shared_genes(bulk.var_names, target.var_names, query_var=target.var)
+        genes = shared_genes(
+            bulk.var_names, target.var_names, query_var=target.var, query_name="target"
+        )
         if min_detected > 0:
             x = get_matrix(target, target_layer)
             frac = detected_fraction(x, target.var_names.get_indexer(genes))

@@ -12,6 +12,14 @@ from scdl._warnings import warn_user
 _CASES = ("upper", "lower", "capitalize")
 
 
+#: what ``genes`` is in the fixes below: a user annotating with a pretrained name holds no
+#: model object to read them from
+GENES_ARE = (
+    " (`genes = model.get_var_names()`: the model's gene names; for a pretrained annotator "
+    "`model = scdl.pretrained.load('pbmc_kang2018')`, its name)"
+)
+
+
 def _case_fix(genes: pd.Index) -> str:
     """The rewrite of ``adata.var_names`` that spells them as ``genes`` are spelled: one case
     method that every model gene follows, else a lookup through the model's own names (human
@@ -23,8 +31,7 @@ def _case_fix(genes: pd.Index) -> str:
             return f"`adata.var_names = adata.var_names.str.{method}()`"
     return (
         "`spelling = {g.upper(): g for g in genes}; adata.var_names = "
-        "[spelling.get(g.upper(), g) for g in adata.var_names]` (`genes`: the model's gene "
-        "names)"
+        "[spelling.get(g.upper(), g) for g in adata.var_names]`" + GENES_ARE
     )
 
 
@@ -122,7 +129,7 @@ def _renamed(genes, var_names, model_renamed: bool) -> tuple[str | None, int]:
             "'SYMBOL_ENSG...' for a symbol several IDs share): match them without it, `import "
             f"re; cut = lambda g: re.sub(r'{_SCATER_SUFFIX}', '', g); plain = {{cut(g): g for g "
             "in genes}; adata.var_names = [plain.get(cut(g), g) for g in adata.var_names]`, "
-            "then `adata.var_names_make_unique()` (`genes`: the model's gene names)"
+            "then `adata.var_names_make_unique()`" + GENES_ARE
         ), n_sfx
     if n_r > max(n_made, n_bare):
         k = int(np.flatnonzero(as_r)[0])
@@ -140,8 +147,7 @@ def _renamed(genes, var_names, model_renamed: bool) -> tuple[str | None, int]:
             f"make.names writes them (e.g. {lacking[k]!r} as {made[k]!r}: a Seurat object or "
             "a CSV export): restore the model's names, `import re; made = {re.sub(r'^(?![A-Za-z]"
             "|\\.(?!\\d))', 'X', re.sub(r'[^A-Za-z0-9._]', '.', g)): g for g in genes}; "
-            "adata.var_names = [made.get(g, g) for g in adata.var_names]` (`genes`: the model's "
-            "gene names)"
+            "adata.var_names = [made.get(g, g) for g in adata.var_names]`" + GENES_ARE
         ), n_made
     k = int(np.flatnonzero(as_bare)[0])
     return (
@@ -149,7 +155,7 @@ def _renamed(genes, var_names, model_renamed: bool) -> tuple[str | None, int]:
         f"version suffix (e.g. {lacking[k]!r}): the same Ensembl IDs, so match them without "
         "it (Ensembl IDs only): `import re; cut = lambda g: re.sub(r'^(ENS[A-Z]*\\d+)\\.\\d+$', "
         "r'\\1', g); bare = {cut(g): g for g in genes}; adata.var_names = "
-        "[bare.get(cut(g), g) for g in adata.var_names]` (`genes`: the model's gene names)"
+        "[bare.get(cut(g), g) for g in adata.var_names]`" + GENES_ARE
     ), n_bare
 
 

@@ -307,8 +307,8 @@ def gene_columns(
         lower = lower_hint if n_present and not enough else ""
         raise ValueError(
             f"Only {n_present} of the {what}'s {len(genes)} genes ({n_present / len(genes):.1%}) "
-            f"occur in adata.var_names (e.g. {example}; the {what}'s missing ones: "
-            f"{genes[~present][:3].tolist()}); "
+            f"occur in adata.var_names ({f'e.g. {example}; ' if example else ''}the {what}'s "
+            f"missing ones: {genes[~present][:3].tolist()}); "
             f"at least {needed} needed. {hint}.{lower}"
         )
     return col, present

@@ -458,6 +458,7 @@ class CellTypeTransformer(
             batch_size=batch_size,
             train_size=train_size,
             trainer_kwargs=kwargs,
+            devices=devices,
             plan_kwargs=plan_kwargs,
             validation_size=validation_size,
             n_cells_seen=1_500 * batch_size,

@@ -128,6 +128,7 @@ class AnnotatorPretrainingMixin:
             batch_size=batch_size,
             train_size=1.0,
             trainer_kwargs=trainer_kwargs,
+            devices=devices,
             n_cells_seen=2_000 * 128,
             cap=50,
             floor=5,

@@ -307,6 +307,7 @@ class ContrastiveVAE(
             batch_size=batch_size,
             train_size=train_size,
             trainer_kwargs=kwargs,
+            devices=devices,
             early_stopping=early_stopping,
             plan_kwargs=plan_kwargs,
             groups=(bg.size, tg.size),  # contrastiveVI splits each group on its own

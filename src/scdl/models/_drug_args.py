@@ -66,7 +66,9 @@ def check_sizes(n_top_genes, smooth_neighbors, match_neighbors, ridge_alpha) -> 
         ("smooth_neighbors", smooth_neighbors),
         ("match_neighbors", match_neighbors),
     ):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise TypeError(f"{name} must be an integer >= 0 (0: none), got {value!r}.")
+        if value < 0:
             raise ValueError(f"{name} must be an integer >= 0 (0: none), got {value!r}.")
     if ridge_alpha is not None:
         alphas = list(np.atleast_1d(np.asarray(ridge_alpha, dtype=object)))

@@ -62,6 +62,7 @@ class DrugFittingMixin:
             batch_size=batch_size,
             train_size=train_size,
             trainer_kwargs=kwargs,
+            devices=kwargs.get("devices"),
             plan_kwargs=plan,
             unit="lines",
             n_cells_seen=600 * 128,

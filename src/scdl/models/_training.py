@@ -96,6 +96,7 @@ def plan_training(
     n_cells_seen: int = 512_000,
     cap: int = 400,
     floor: int = 30,
+    devices=None,
 ) -> TrainingSchedule:
     """What every scdl ``.train()`` settles before Lightning starts.
 
@@ -113,7 +114,9 @@ def plan_training(
     ``"ddp_find_unused_parameters_true"`` (``"ddp_spawn"``, ``"ddp_fork"`` and
     ``"ddp_notebook"`` likewise), because every scdl network holds parameters that a
     given loss does not use (scVI's library encoder with observed library sizes, the
-    annotator's pretraining head) and plain DDP refuses them.
+    annotator's pretraining head) and plain DDP refuses them. Several ``devices`` (the
+    training's Lightning ``devices``) without a ``strategy`` get that DDP form too (forked in a
+    notebook, as Lightning's own choice would be).
 
     Validation cells are counted as scvi-tools' splitter counts them: ``validation_size``
     (given here or among ``trainer_kwargs``) or the rest after ``train_size``, in each of
@@ -176,11 +179,39 @@ def plan_training(
     elif isinstance(limit, float):
         n_batches = int(n_batches * limit)
     trainer_kwargs.setdefault("log_every_n_steps", max(1, min(10, n_batches)))
+    # several devices without a strategy: Lightning's own choice, DDP (forked in a notebook),
+    # refused the unused parameters below with a RuntimeError at the first step
+    if trainer_kwargs.get("strategy", "auto") == "auto" and several_devices(devices):
+        trainer_kwargs["strategy"] = "ddp_fork" if _interactive() else "ddp"
     # Lightning's DDP strategies by name: their forms that allow parameters a step leaves
     # unused (scvi-tools' modules have some, e.g. the library encoder)
     if trainer_kwargs.get("strategy") in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
         trainer_kwargs["strategy"] = f"{trainer_kwargs['strategy']}_find_unused_parameters_true"
     return TrainingSchedule(max_epochs, batch_size)
+
+
+def several_devices(devices) -> bool:
+    """Whether Lightning's ``devices`` asks for more than one device (a count above 1, -1 for
+    every device, a list or ``"0,1"`` of several); ``"auto"`` is one in scdl's models."""
+    if isinstance(devices, bool) or devices is None:
+        return False
+    if isinstance(devices, int | np.integer):
+        return devices > 1 or devices == -1
+    if isinstance(devices, list | tuple):
+        return len(devices) > 1
+    if isinstance(devices, str):
+        parts = [p.strip() for p in devices.split(",") if p.strip()]
+        if "," in devices:
+            return len(parts) > 1
+        return devices.strip() == "-1" or (devices.strip().isdigit() and int(devices) > 1)
+    return False
+
+
+def _interactive() -> bool:
+    """A notebook or an interactive interpreter, as Lightning tells them (DDP there forks)."""
+    import sys
+
+    return hasattr(sys, "ps1") or bool(sys.flags.interactive)
 
 
 def _watching_callback(callbacks) -> bool:

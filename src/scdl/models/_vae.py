@@ -326,6 +326,7 @@ class VAE(
             batch_size=batch_size,
             train_size=train_size,
             trainer_kwargs=kwargs,
+            devices=devices,
             early_stopping=early_stopping,
             plan_kwargs=plan_kwargs,
         )

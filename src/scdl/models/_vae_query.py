@@ -6,6 +6,7 @@ query's genes and batch categories are checked by name first.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import warnings
@@ -246,14 +247,18 @@ def _check_reference_columns(adata, setup_args: dict) -> None:
     for arg, key in wanted:
         if key is None or key in adata.obs.columns:
             continue
+        # the example copies one of the query's own columns, never the missing one itself
+        others = [str(c) for c in adata.obs.columns]
+        near = difflib.get_close_matches(str(key), others, n=1, cutoff=0.6)
+        source = near[0] if near else "<batch column of the query>"
         what = (
             "the query's batches (a name the reference does not know maps them as a new "
             "batch), e.g. `query.obs[{key!r}] = 'query'` or "
-            "`query.obs[{key!r}] = query.obs['sample']`"
+            "`query.obs[{key!r}] = query.obs[{source!r}]`"
             if arg == "batch_key"
             else "each query cell's value of it, e.g. `query.obs[{key!r}] = query.obs['...']`"
             + (" (numbers, as in the reference)" if arg == "continuous_covariate_keys" else "")
-        ).format(key=key)
+        ).format(key=key, source=source)
         raise KeyError(
             f"The query's adata.obs lacks {key!r}, which the reference was set up with "
             f"(`{arg}`; columns: {list(map(str, adata.obs.columns))}). Add it, holding {what}."

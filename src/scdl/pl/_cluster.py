@@ -47,7 +47,7 @@ def cluster_resolution(
     if not isinstance(info, dict) or "silhouette" not in info.get("scan", {}):
         raise KeyError(
             f"adata.uns[{key!r}]['scan'] with a silhouette scan not found. Run "
-            f'`scdl.tl.cluster(adata, resolution="auto", key_added={key!r})` first.'
+            f"`scdl.tl.cluster(adata, resolution='auto', key_added={key!r})` first."
         )
     scan = info["scan"]
     res = np.asarray(scan["resolution"], dtype=float)

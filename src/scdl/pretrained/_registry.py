@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import lzma
 import os
@@ -243,9 +244,11 @@ def resolve(
                 raise ValueError(f"Checksum mismatch for {weights}: expected sha256 {sha256}.")
             return path
         if not path.is_file():
+            near = difflib.get_close_matches(key, sorted(REGISTRY), n=1, cutoff=0.6)
             raise ValueError(
                 f"{key!r} is not a known annotator ({sorted(REGISTRY)}), a folder, an archive "
-                "or a URL. See scdl.pretrained.available()."
+                f"or a URL.{f' Did you mean {near[0]!r}?' if near else ''} See "
+                "scdl.pretrained.available()."
             )
         archive = path
         if sha256 is not None and sha256sum(path) != sha256:
@@ -343,6 +346,12 @@ def load(
     except ValueError as e:
         # the saved files' own checksums failed: their fix ("save again") is not a user's
         # who never saved this model
+        if "model; load it with scdl.models." in str(e):  # another model class's save
+            raise ValueError(
+                f"{str(e).split(' model; ')[0]} model, not an annotator: annotating needs a "
+                "CellTypeTransformer (trained with `labels_key`). Pass an annotator's folder "
+                "or a name from `scdl.pretrained.available()`."
+            ) from e
         if _SAVE_AGAIN not in str(e):
             raise
         raise ValueError(str(e).replace(_SAVE_AGAIN, _refetch_fix(name_or_path))) from e

@@ -287,6 +287,12 @@ def _check_inputs(
         )
     _check_other_runs(adata, key_added, shared_key)
     check_positive_int(n_top_genes, "n_top_genes", none="all expressed genes")
+    if groupby is None:  # resolve_groups' message would offer ContrastiveVAE's indices
+        raise ValueError(
+            "Say which cells are the background: pass groupby= (the obs column) and "
+            "background= (its value or values for the background cells), e.g. "
+            "`scdl.tl.contrastive(adata, groupby='condition', background='control')`."
+        )
     bg, tg, _ = resolve_groups(adata, groupby=groupby, background=background, target=target)
     get_matrix(adata, layer)
     check_unique_var_names(adata, warn=True)  # genes are not matched by name here

@@ -211,15 +211,15 @@ def drug_response(
     ).sort_values("mean_probability", ascending=False, kind="stable")
 
     out = writable(adata, copy=copy)
+    # a rerun with a model loaded without data leaves no stale columns (`del`: pandas 3
+    # deprecates `drop(inplace=True)`, an error where deprecations are errors)
+    for stale in (f"{key_added}_line_similarity", f"{key_added}_nearest_line"):
+        if stale in out.obs:
+            del out.obs[stale]
     out.obsm[key_added] = value
     out.obsm[f"{key_added}_prob"] = prob
     out.obsm[f"{key_added}_label"] = label
     out.obsm[f"{key_added}_sd"] = sd
-    # a rerun with a model loaded without data leaves no stale columns
-    stale = [
-        c for c in (f"{key_added}_line_similarity", f"{key_added}_nearest_line") if c in out.obs
-    ]
-    out.obs.drop(columns=stale, inplace=True)
     if similar is not None:
         out.obs[f"{key_added}_line_similarity"] = similar["similarity"].to_numpy()
         out.obs[f"{key_added}_nearest_line"] = pd.Categorical(similar["nearest_line"])
