@@ -538,11 +538,32 @@ def test_gene_attributions_find_markers():
         model.gene_attributions(cells, label="Neuron")
     # a type asked for by name that no cell is predicted as: said, with the way to ask
     nk = cells[np.asarray(model.predict(cells, unknown=False)) == "NK"].copy()
-    with pytest.raises(ValueError, match=r"No cell is predicted \['B'\].*groupby='explain'"):
+    with pytest.raises(ValueError, match=r"No cell is called \['B'\].*groupby='explain'"):
         model.gene_attributions(nk, label="B")
     nk.obs["explain"] = "B"
     why_b = model.gene_attributions(nk, label="B", groupby="explain", n_top=5)
     assert len(why_b) == 5 and set(why_b["label"]) == {"B"}
+
+
+def test_gene_attributions_leave_out_cells_called_unknown():
+    """By default a type's genes come from the cells called that type: cells without a count
+    (and cells unlike every type) are called Unknown and left out; forced onto the nearest
+    type they added rows of zeros to it (its scores shrank by their share)."""
+    model = scdl.pretrained.load("pbmc_kang2018")
+    cells = scdl.datasets.kang_pbmc_heldout()[:300]
+    empty = cells[:20].copy()
+    empty.X = sparse.csr_matrix(empty.shape, dtype=np.float32)
+    empty.obs_names = [f"empty{i}" for i in range(20)]
+    query = ad.concat([cells, empty])
+    with pytest.warns(UserWarning, match="no count in the model's genes"):
+        calls = np.asarray(model.predict(query))
+    assert (calls[-20:] == "Unknown").all()
+    forced = model.predict(query, unknown=False)
+    label = forced[-1]  # the type the empty cells were forced onto
+    with pytest.warns(UserWarning, match="no count in the model's genes"):
+        table = model.gene_attributions(query, label=label, n_cells=1000, n_top=5)
+    assert (table["n_cells"] == (calls == label).sum()).all()
+    assert (table["n_cells"] < (forced == label).sum()).all()
 
 
 def test_gene_attributions_in_chunks_match_one_pass():

@@ -50,10 +50,13 @@ class AnnotatorAttributionMixin:
     ) -> pd.DataFrame:
         """Genes that drive the prediction of each cell type (integrated gradients).
 
-        For each cell type, up to ``n_cells`` cells of that type (predicted, or from
-        ``adata.obs[groupby]``) are attributed: integrated gradients of the type's logit with
-        respect to the cell's log-normalised expression, from no expression to the cell's
-        profile. Gene scores are averaged over the cells; positive genes push towards the type.
+        For each cell type, up to ``n_cells`` cells of that type (called so, or from
+        ``adata.obs[groupby]``) are attributed: integrated gradients of the type's logit (the
+        score its probability is the softmax of) with respect to the cell's log-normalised
+        expression, from no expression to the cell's profile, with the genes the cell's own
+        profile selects as its tokens held along the path. Gene scores are averaged over the
+        cells; positive genes push towards the type, negative ones away from it. A per-type
+        average: a cell's own call can rest on other genes of the list in another order.
 
         Parameters
         ----------
@@ -66,11 +69,15 @@ class AnnotatorAttributionMixin:
             with its name in an obs column passed as ``groupby``.
         groupby
             obs column choosing the cells of each type, e.g. the column ``tl.annotate`` wrote
-            (its "Unknown" cells are left out); default the model's own predictions.
+            (its "Unknown" cells are left out); default the model's own calls with their
+            Unknown call (:meth:`predict`, whose defaults are :func:`scdl.tl.annotate`'s
+            without majority voting): cells called "Unknown", among them cells without a
+            count in the model's genes, are left out, as cells unlike every type explain none.
         n_cells, n_steps
             Cells per type and integration steps (cost grows with both).
         n_top
-            Top genes per type to return; ``None`` returns every gene.
+            Top genes per type to return, the most positive (those pushing towards the type);
+            ``None`` returns every gene, the negative ones last.
         layer
             Layer of ``adata`` holding raw counts.
         min_gene_overlap
@@ -81,8 +88,9 @@ class AnnotatorAttributionMixin:
 
         Returns
         -------
-        DataFrame with columns ``label``, ``gene``, ``attribution``, ``rank``; genes the
-        query lacks are left out (they carry no attribution).
+        DataFrame with columns ``label``, ``gene``, ``attribution``, ``rank`` and ``n_cells``
+        (the cells the type's scores are averaged over: a few cells give a noisier list);
+        genes the query lacks are left out (they carry no attribution).
         """
         from scdl.data import check_positive_int, check_random_state
 
@@ -108,13 +116,21 @@ class AnnotatorAttributionMixin:
             with warnings.catch_warnings():  # _query_matrix above has said these once
                 warnings.filterwarnings("ignore", message="The query holds .* of the model's")
                 warnings.filterwarnings("ignore", message=".* is not raw counts but log1p")
+                # the Unknown call's own caveats (a query too small for it, one whose
+                # composition or genes limit it) are tl.annotate's to say, not the genes'
+                warnings.filterwarnings("ignore", message="The query has .* the Unknown call")
+                warnings.filterwarnings("ignore", message=".* for its predicted composition")
+                warnings.filterwarnings("ignore", message=".*mixing check is skipped")
+                # the calls with their Unknown call: a cell unlike every type (another
+                # tissue's, one without counts) forced onto one would add its genes to it
                 groups = self.predict(
-                    adata, unknown=False, layer=layer, min_gene_overlap=min_gene_overlap
+                    adata, unknown=True, layer=layer, min_gene_overlap=min_gene_overlap
                 )
             none = [w for w in wanted if label is not None and not (groups == w).any()]
             if none:  # asked for by name: an empty table would not say why
                 raise ValueError(
-                    f"No cell is predicted {none}, so there are no cells of that type to "
+                    f"No cell is called {none} (cells called Unknown are left out), so there "
+                    "are no cells of that type to "
                     "explain. To see which genes argue for a type in other cells, label those "
                     "cells with its name in an obs column and pass it as `groupby=` (e.g. "
                     f"`adata.obs['explain'] = {none[0]!r}`, `groupby='explain'`)."
@@ -145,6 +161,7 @@ class AnnotatorAttributionMixin:
                         "gene": genes[top],
                         "attribution": score[top],
                         "rank": np.arange(1, len(top) + 1),
+                        "n_cells": len(cells),
                     }
                 )
             )
@@ -153,7 +170,7 @@ class AnnotatorAttributionMixin:
         return (
             pd.concat(rows, ignore_index=True)
             if rows
-            else pd.DataFrame(columns=["label", "gene", "attribution", "rank"])
+            else pd.DataFrame(columns=["label", "gene", "attribution", "rank", "n_cells"])
         )
 
     def _attribution(
