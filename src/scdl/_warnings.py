@@ -52,11 +52,16 @@ SMALL_CATEGORY_MESSAGE = (
 
 
 @contextlib.contextmanager
-def registering_quietly():
+def registering_quietly(*, labels_said: bool = False):
     """A context for ``AnnDataManager.register_fields``: without scvi-tools' small-category
-    warning, which scdl's own check has said in the user's terms."""
+    warning, which scdl's own check has said in the user's terms (``labels_said``: for the
+    labels too, where the caller's check names small types, as the annotator's does)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=SMALL_CATEGORY_MESSAGE)
+        if labels_said:
+            warnings.filterwarnings(
+                "ignore", message=r"Category .* in adata\.obs\['_scvi_labels'\] has fewer"
+            )
         yield
 
 

@@ -339,7 +339,8 @@ class CellTypeTransformer(
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
         ]
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
-        with registering_quietly():  # small categories: said by check_count_setup
+        # small batches: said by check_count_setup; small types: by check_reference_labels
+        with registering_quietly(labels_said=labels_key is not None and not from_registry):
             adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
 
