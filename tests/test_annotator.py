@@ -1200,6 +1200,8 @@ def test_reference_labels_the_calls_could_not_be_written_beside_are_refused(kang
     with pytest.raises(ValueError, match="has a cell type named 'Unknown'.*remove_unused"):
         scdl.tl.annotate(cells, model=model)
     assert_unchanged(cells, snap)
+    scdl.tl.annotate(cells, model=model, unknown=False)  # the first fix given: no call to clash
+    assert cells.obs["scdl_cell_type"].notna().all()
 
 
 @pytest.mark.parametrize("as_category", [False, True])

@@ -253,7 +253,7 @@ def test_ensembl_ids_differing_in_their_version_are_matched_by_the_hint():
         hint = scdl.data.renamed_hint(genes, names)
         assert "another version suffix" in hint, hint
         fix = {"genes": list(genes), "names": list(names)}  # the fix as printed, run
-        code = hint[hint.index("`import re") + 1 : hint.index("` (`genes`")]
+        code = hint[hint.index("`import re") + 1 : hint.index("` (`genes`:")]
         exec(code.replace("adata.var_names = ", "out = ").replace("adata.var_names", "names"), fix)
         assert fix["out"] == list(genes)
     # R's make.names, leading digits included (mouse RIKEN genes), restored by the printed fix
@@ -261,7 +261,7 @@ def test_ensembl_ids_differing_in_their_version_are_matched_by_the_hint():
     made = pd.Index(["X0610009B22Rik", "HLA.DRA", "X.5S"] + [f"Gm{n}.ps" for n in range(20)])
     hint = scdl.data.renamed_hint(genes, made)
     fix = {"genes": list(genes), "names": list(made)}
-    code = hint[hint.index("`import re") + 1 : hint.index("` (`genes`")]
+    code = hint[hint.index("`import re") + 1 : hint.index("` (`genes`:")]
     exec(code.replace("adata.var_names = ", "out = ").replace("adata.var_names", "names"), fix)
     assert fix["out"] == list(genes)
     hint = scdl.data.renamed_hint(made, genes)  # a model trained on an R export
@@ -272,7 +272,7 @@ def test_ensembl_ids_differing_in_their_version_are_matched_by_the_hint():
     # the printed fix touches Ensembl IDs only: a symbol's dotted suffix is its own name
     hint = scdl.data.renamed_hint(ids.append(pd.Index(["RP11-473M20.14"])), versioned)
     fix = {"genes": [*ids, "RP11-473M20.14"], "names": [*versioned, "RP11-473M20.7"]}
-    code = hint[hint.index("`import re") + 1 : hint.index("` (`genes`")]
+    code = hint[hint.index("`import re") + 1 : hint.index("` (`genes`:")]
     exec(code.replace("adata.var_names = ", "out = ").replace("adata.var_names", "names"), fix)
     assert fix["out"] == [*ids, "RP11-473M20.7"]
     # R's duplicate suffixes ('CRYBG3.1') in a model whose other names R never touched: writing

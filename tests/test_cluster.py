@@ -88,7 +88,7 @@ def test_one_batch_gene_codes_defaults(cellbench):
 def test_cluster_resolution_plot_needs_scan(cellbench):
     adata = cellbench.copy()
     scdl.tl.cluster(adata, use_rep="X_pca", resolution=0.5)
-    with pytest.raises(KeyError, match='resolution="auto"'):
+    with pytest.raises(KeyError, match="resolution='auto'"):
         scdl.pl.cluster_resolution(adata)
     assert np.isfinite(adata.uns["scdl_cluster"]["resolution"])
 

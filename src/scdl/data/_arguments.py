@@ -107,8 +107,8 @@ def check_obsm_key(key, arg: str) -> None:
 
 #: the steps that write the usual obsm keys (scanpy's and scdl's own defaults)
 _MAKERS = {
-    "X_pca": "`sc.pp.pca(adata)`",
-    "X_umap": "`sc.tl.umap(adata)`",
+    "X_pca": "`sc.pp.pca(adata)` (after `sc.pp.normalize_total` and `sc.pp.log1p` on counts)",
+    "X_umap": "`sc.pp.neighbors(adata)` and `sc.tl.umap(adata)`",
     "X_tsne": "`sc.tl.tsne(adata)`",
     "X_pca_harmony": "`sc.external.pp.harmony_integrate(adata, key=...)`",
     "X_scdl": "`scdl.tl.integrate(adata, ...)`",

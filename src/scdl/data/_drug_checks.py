@@ -192,7 +192,7 @@ def shared_genes(
     if len(common) == 0 or len(common) < min_genes:  # the hint reads every var column
         hint = identifier_hint(reference, query, query_var, other_kind="human")
         # the hint names the query `adata`; the drug model's cells are its `target`
-        hint = hint.replace("adata.", f"{query_name}.")
+        hint = hint.replace("adata.var", f"{query_name}.var")
     if len(common) == 0:
         raise ValueError(
             f"The {names[0]} and the {names[1]} share no gene names (e.g. "
@@ -217,9 +217,8 @@ def shared_genes(
                 f"{len(reference)} gene names; the {names[1]}' var[{column!r}] holds {n} of "
                 f"them: use it as the names (`{query_name}.var_names = "
                 f"{query_name}.var[{column!r}]"
-                f".astype(str)`, then `{query_name}.var_names_make_unique()`). Until then only "
-                "those "
-                f"{len(common)} genes are used.",
+                f".astype(str)`, then `{query_name}.var_names_make_unique()`). Until then "
+                f"only those {len(common)} genes are used.",
                 UserWarning,
             )
     return common

@@ -13,10 +13,11 @@ _CASES = ("upper", "lower", "capitalize")
 
 
 #: what ``genes`` is in the fixes below: a user annotating with a pretrained name holds no
-#: model object to read them from
+#: model object to read them from, and a drug model's cells are matched to its bulk's genes
 GENES_ARE = (
-    " (`genes = model.get_var_names()`: the model's gene names; for a pretrained annotator "
-    "`model = scdl.pretrained.load('pbmc_kang2018')`, its name)"
+    " (`genes`: the reference's gene names: `model.get_var_names()` of a trained model, "
+    "`scdl.pretrained.load(name).get_var_names()` of a pretrained annotator, the bulk's "
+    "`var_names` for a drug model's cells)"
 )
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from scdl._warnings import warn_user
 from scdl.dataloaders import dense_rows
 
 from ._annotator_predict import UNKNOWN
@@ -116,15 +117,24 @@ class AnnotatorAttributionMixin:
             with warnings.catch_warnings():  # _query_matrix above has said these once
                 warnings.filterwarnings("ignore", message="The query holds .* of the model's")
                 warnings.filterwarnings("ignore", message=".* is not raw counts but log1p")
-                # the Unknown call's own caveats (a query too small for it, one whose
-                # composition or genes limit it) are tl.annotate's to say, not the genes'
-                warnings.filterwarnings("ignore", message="The query has .* the Unknown call")
+                # the Unknown call's caveats of a query whose composition or genes limit it
+                # are tl.annotate's to say; a query too small for the call is said below
                 warnings.filterwarnings("ignore", message=".* for its predicted composition")
                 warnings.filterwarnings("ignore", message=".*mixing check is skipped")
+                warnings.filterwarnings("ignore", message="The query has .* the Unknown call")
                 # the calls with their Unknown call: a cell unlike every type (another
                 # tissue's, one without counts) forced onto one would add its genes to it
-                groups = self.predict(
-                    adata, unknown=True, layer=layer, min_gene_overlap=min_gene_overlap
+                calls, _ = self.annotate_cells(
+                    adata, layer=layer, min_gene_overlap=min_gene_overlap
+                )
+            groups = calls["label"].to_numpy()
+            if np.isnan(calls["cluster_novelty"].to_numpy(dtype=np.float64)).all():
+                warn_user(
+                    "The query is too small for the Unknown call (fewer than 100 cells with "
+                    "counts), so each type's genes come from every cell's most probable type, "
+                    "cells unlike every type included. To leave those out, annotate the whole "
+                    "sample with `scdl.tl.annotate` and pass its column as `groupby=`.",
+                    UserWarning,
                 )
             none = [w for w in wanted if label is not None and not (groups == w).any()]
             if none:  # asked for by name: an empty table would not say why

@@ -131,6 +131,8 @@ def check_reference_labels(adata: AnnData, labels_key: str, *, from_registry: bo
 def _refuse_missing_labels(adata: AnnData, labels_key: str, *, from_registry: bool) -> None:
     """Cells without a label: the annotator has no unlabelled category (scANVI's), so they
     are left out of a reference rather than filled; a query's column is not read."""
+    if not isinstance(labels_key, str):  # check_categorical names a key of the wrong type
+        return
     col = adata.obs[labels_key] if labels_key in adata.obs else None
     if col is None or not col.isna().any():
         return  # a missing column is check_categorical's KeyError

@@ -387,9 +387,9 @@ class DrugPredictionMixin:
         (negative, towards sensitivity), towards sensitivity when :attr:`sensitive` is
         ``"high"`` (activity area). A profile equal to the typical line has no drivers. Per
         cell the attributions sum to its prediction minus the typical line's. A gene the data
-        lack holds the typical value and gets 0; so does a gene with one value in every
-        training line (``constant_in_training``: it carries no signal the model could learn,
-        e.g. a gene at the bulk array's floor), whatever the cells hold.
+        lack holds the typical value and gets 0; so does a gene without spread over the bulk
+        lines on the model's input scale (``constant_in_training``: its input is 0 whatever
+        the cells hold, as it carries no signal the model could learn).
 
         Parameters
         ----------
@@ -413,8 +413,9 @@ class DrugPredictionMixin:
             :func:`scdl.pl.attributions` plots): ``label`` (the drug), ``gene``,
             ``attribution`` (signed mean over cells), ``rank``, ``mean_abs_attribution`` (mean
             of its absolute value), ``mean_input`` (mean input level on the common scale),
-            ``constant_in_training`` (the gene has one value in every training line, so its
-            attribution is 0 by construction, not a finding of no effect).
+            ``constant_in_training`` (the gene's spread over the bulk lines, on the model's
+            input scale after ``input_scale``, is under 1e-4 of the median gene's: its input
+            and attribution are 0 by construction, not a finding of no effect).
             ``attrs`` holds ``response_key`` and ``sensitive``, which the plot's axis reads.
         """
         from scdl.data import check_positive_int
@@ -455,6 +456,8 @@ class DrugPredictionMixin:
         n_cells = max(n_cells, 1)
         mean = total / n_cells
         order = np.argsort(-np.abs(mean), kind="stable")
+        # an infinite scale zeroes a gene without spread in the bulk (DrugResponseModel)
+        constant = ~torch.isfinite(self.module.gene_scale).cpu().numpy()
         out = pd.DataFrame(
             {
                 "label": drug,
@@ -463,9 +466,7 @@ class DrugPredictionMixin:
                 "rank": np.arange(1, len(order) + 1),
                 "mean_abs_attribution": (total_abs / n_cells)[order],
                 "mean_input": (total_input / n_cells)[order],
-                "constant_in_training": ~np.isfinite(self.module.gene_scale.detach().cpu().numpy())[
-                    order
-                ],
+                "constant_in_training": constant[order],
             }
         )
         # what the units and signs mean, for pl.attributions' axis

@@ -9,6 +9,8 @@ import numpy as np
 
 from scdl._warnings import warn_user
 
+from ._devices import lightning_devices
+
 
 def default_max_epochs(
     n_obs: int, *, n_cells_seen: int = 512_000, cap: int = 400, floor: int = 30
@@ -181,7 +183,8 @@ def plan_training(
     trainer_kwargs.setdefault("log_every_n_steps", max(1, min(10, n_batches)))
     # several devices without a strategy: Lightning's own choice, DDP (forked in a notebook),
     # refused the unused parameters below with a RuntimeError at the first step
-    if trainer_kwargs.get("strategy", "auto") == "auto" and several_devices(devices):
+    several = several_devices(lightning_devices(devices)) or trainer_kwargs.get("num_nodes", 1) > 1
+    if trainer_kwargs.get("strategy", "auto") == "auto" and several:
         trainer_kwargs["strategy"] = "ddp_fork" if _interactive() else "ddp"
     # Lightning's DDP strategies by name: their forms that allow parameters a step leaves
     # unused (scvi-tools' modules have some, e.g. the library encoder)

@@ -249,8 +249,9 @@ def _check_reference_columns(adata, setup_args: dict) -> None:
             continue
         # the example copies one of the query's own columns, never the missing one itself
         others = [str(c) for c in adata.obs.columns]
-        near = difflib.get_close_matches(str(key), others, n=1, cutoff=0.6)
-        source = near[0] if near else "<batch column of the query>"
+        folded = {c.casefold(): c for c in others}  # "SAMPLE" offered for "sample"
+        near = difflib.get_close_matches(str(key).casefold(), list(folded), n=1, cutoff=0.6)
+        source = folded[near[0]] if near else "<batch column of the query>"
         what = (
             "the query's batches (a name the reference does not know maps them as a new "
             "batch), e.g. `query.obs[{key!r}] = 'query'` or "

@@ -257,7 +257,7 @@ def annotate(
             UserWarning,
         )
     model, model_name = _resolve_model(model)
-    _check_model_labels(model.labels, key_added)
+    _check_model_labels(model, key_added, unknown=unknown)
     # the annotator reads its own genes only: other features matter where they bear those names
     warn_other_features(adata, among=model.get_var_names())
     # a loaded model's labels were never checked here (setup_anndata warns whoever trains it)
@@ -358,18 +358,19 @@ def _resolve_model(model) -> tuple:
     )
 
 
-def _check_model_labels(labels: list[str], key_added: str) -> None:
+def _check_model_labels(model, key_added: str, *, unknown: bool) -> None:
     """A model trained before setup refused them may carry a type named as the Unknown call
     (a category without cells) or one without a name: refused / said before the query runs."""
-    clash = [name for name in labels if name.strip().casefold() == "unknown"]
-    if clash:
+    labels = model.labels
+    if unknown and "Unknown" in labels:  # the calls' categories would repeat it (pandas fails)
+        key = model.registry_["setup_args"].get("labels_key") or "labels_key"
         raise ValueError(
-            f"The model has a cell type named {clash[0]!r}, the name of the annotator's own "
-            "call for cells unlike every type, so its calls could not be written beside it "
-            "(a model trained before setup refused it, e.g. from a category without "
-            "cells). Retrain it without that category (`ref.obs[labels_key] = ref.obs[labels_key]"
-            ".cat.remove_unused_categories()` before setup); its forced calls are "
-            "`model.predict(adata, unknown=False)`."
+            "The model has a cell type named 'Unknown', the name of the annotator's own call "
+            "for cells unlike every type, so its calls could not be written beside it (a "
+            "model trained before setup refused it, e.g. from a category without cells). "
+            f"Annotate without the call, `scdl.tl.annotate(adata, model=model, unknown=False)`, "
+            f"or retrain it without that category: `ref.obs[{key!r}] = ref.obs[{key!r}]"
+            ".cat.remove_unused_categories()` before setup."
         )
     blank = [name for name in labels if not name.strip()]
     if blank:
