@@ -388,8 +388,8 @@ class DrugPredictionMixin:
         ``"high"`` (activity area). A profile equal to the typical line has no drivers. Per
         cell the attributions sum to its prediction minus the typical line's. A gene the data
         lack holds the typical value and gets 0; so does a gene without spread over the bulk
-        lines on the model's input scale (``constant_in_training``: its input is 0 whatever
-        the cells hold, as it carries no signal the model could learn).
+        lines on the model's input scale (``constant_in_training``: its standardised input is
+        0 whatever the cells hold, as it carries no signal the model could learn).
 
         Parameters
         ----------
@@ -414,8 +414,9 @@ class DrugPredictionMixin:
             ``attribution`` (signed mean over cells), ``rank``, ``mean_abs_attribution`` (mean
             of its absolute value), ``mean_input`` (mean input level on the common scale),
             ``constant_in_training`` (the gene's spread over the bulk lines, on the model's
-            input scale after ``input_scale``, is under 1e-4 of the median gene's: its input
-            and attribution are 0 by construction, not a finding of no effect).
+            input scale after ``input_scale``, is under 1e-4 of the median gene's: its
+            standardised input and its attribution are 0 by construction, not a finding of no
+            effect; ``mean_input`` still shows the cells' level, which the model does not use).
             ``attrs`` holds ``response_key`` and ``sensitive``, which the plot's axis reads.
         """
         from scdl.data import check_positive_int
