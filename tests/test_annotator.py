@@ -1191,6 +1191,16 @@ def test_reference_labels_the_calls_could_not_be_written_beside_are_refused(kang
     ref = ref[ref.obs["cell_type"].notna()].copy()  # the fix the message gives
     setup(ref, labels_key="cell_type")
 
+    # a query's labels loaded onto a model: not needed to annotate it, as the message says
+    from scdl.pretrained._registry import resolve
+
+    query = scdl.datasets.kang_pbmc_heldout()[:100].copy()
+    labels = pd.Series(query.obs["cell_type"].astype(str), dtype=object)
+    labels.iloc[:5] = None
+    query.obs["cell_type"] = labels  # the shipped annotator's labels_key
+    with pytest.raises(ValueError, match=r"5 missing values.*needs no labels.*load\(path\)"):
+        scdl.models.CellTypeTransformer.load(resolve("pbmc_kang2018"), adata=query)
+
     model = scdl.pretrained.load("pbmc_kang2018")  # a fresh object: the mapping is its own
     state = model.registry_["field_registries"][REGISTRY_KEYS.LABELS_KEY]["state_registry"]
     mapping = state["categorical_mapping"]

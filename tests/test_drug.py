@@ -669,8 +669,8 @@ def test_gene_attributions(trained, cellbench):
         exact = (((x - m.gene_mean) / m.gene_scale) * weight).mean(0).numpy()
     by_gene = table.set_index("gene")["attribution"].reindex(trained.genes).to_numpy()
     np.testing.assert_allclose(by_gene, exact, rtol=1e-4, atol=1e-6)
-    # genes of one value in every training line are flagged: 0 by construction (GDSC's bulk
-    # holds genes at its array's floor in every line, AREG among them)
+    # genes without spread over the bulk lines on the model's input scale are flagged: their
+    # standardised input and attribution are 0 by construction
     constant = table.set_index("gene")["constant_in_training"].reindex(trained.genes)
     np.testing.assert_array_equal(constant.to_numpy(), ~np.isfinite(m.gene_scale.numpy()))
     assert (table.loc[table["constant_in_training"], "attribution"] == 0).all()

@@ -34,7 +34,7 @@ def test_plan_training_defaults_and_ddp():
     assert kwargs["strategy"] == "ddp_find_unused_parameters_false"
     # several devices and no strategy: Lightning chose plain DDP, which failed at the first
     # step on the unused parameters (`tl.integrate(devices=2)`); one device: no strategy
-    for devices in (2, -1, "0,1", [0, 1], "2", np.int64(3)):
+    for devices in (2, -1, "0,1", [0, 1], "2", np.int64(3), np.array([0, 1]), (0, 1)):
         for given in ({}, {"strategy": "auto"}):
             kwargs = dict(given)
             plan_training(
@@ -47,6 +47,9 @@ def test_plan_training_defaults_and_ddp():
             10_000, 7, batch_size=64, train_size=1.0, trainer_kwargs=kwargs, devices=devices
         )
         assert "strategy" not in kwargs, devices
+    kwargs = {"num_nodes": 2}  # one device on each of two machines: DDP as well
+    plan_training(10_000, 7, batch_size=64, train_size=1.0, trainer_kwargs=kwargs, devices=1)
+    assert kwargs["strategy"] == "ddp_find_unused_parameters_true"
 
 
 @pytest.mark.parametrize(

@@ -124,6 +124,16 @@ def check_query(
                 f"adata.obs lacks the column {key!r} (the model's `{arg}`). Add it, with "
                 f"values among those the model was trained on: {categories[:10]}."
             )
+        if arg == "labels_key" and adata.obs[key].isna().any():
+            # a query's labels are never read to annotate it: filling them is not the fix
+            raise ValueError(
+                f"adata.obs[{key!r}] has {int(adata.obs[key].isna().sum())} missing values. "
+                f"To annotate these cells the {model} needs no labels: load it without "
+                "`adata` (`model = scdl.models.CellTypeTransformer.load(path)`) and call "
+                "`scdl.tl.annotate(adata, model=model)`; to register them as labelled data, "
+                f"leave those cells out first (`adata = adata[adata.obs[{key!r}].notna()]"
+                ".copy()`)."
+            )
         col = check_obs_key(adata, key, arg=arg)
         check_category_kind(col, categories, key, model=model)
         # by value, as the registry maps them: a batch 1 is the model's 1.0

@@ -20,6 +20,7 @@ from scdl.dataloaders import dense_rows
 
 from ._annotator_predict import UNKNOWN
 from ._attribution import integrated_gradients
+from ._mixing import MIN_QUERY_CELLS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -130,8 +131,9 @@ class AnnotatorAttributionMixin:
             groups = calls["label"].to_numpy()
             if np.isnan(calls["cluster_novelty"].to_numpy(dtype=np.float64)).all():
                 warn_user(
-                    "The query is too small for the Unknown call (fewer than 100 cells with "
-                    "counts), so each type's genes come from every cell's most probable type, "
+                    f"The query is too small for the Unknown call (fewer than {MIN_QUERY_CELLS} "
+                    "cells with counts), so each type's genes come from every cell's most "
+                    "probable type, "
                     "cells unlike every type included. To leave those out, annotate the whole "
                     "sample with `scdl.tl.annotate` and pass its column as `groupby=`.",
                     UserWarning,

@@ -46,9 +46,7 @@ def check_reference_labels(adata: AnnData, labels_key: str, *, from_registry: bo
             raise ValueError(
                 f"adata.obs[{labels_key!r}] has the category {clash[0]!r} (no cell holds it), "
                 "the name the annotator gives cells unlike every reference type: the model "
-                "would carry a type of that name beside its own call. Drop the unused "
-                f"categories first: `adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}]"
-                ".cat.remove_unused_categories()`."
+                "would carry a type of that name beside its own call. " + _drop_unused(labels_key)
             )
         raise ValueError(
             f"adata.obs[{labels_key!r}] holds the label {clash[0]!r}, the name the "
@@ -65,9 +63,8 @@ def check_reference_labels(adata: AnnData, labels_key: str, *, from_registry: bo
         if not n_blank:
             raise ValueError(
                 f"adata.obs[{labels_key!r}] has the empty category {blank[0]!r} (no cell "
-                "holds it): the model would carry a type without a name. Drop the unused "
-                f"categories first: `adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}]"
-                ".cat.remove_unused_categories()`."
+                "holds it): the model would carry a type without a name. "
+                + _drop_unused(labels_key)
             )
         raise ValueError(
             f"adata.obs[{labels_key!r}] holds the empty label {blank[0]!r} "
@@ -118,9 +115,8 @@ def check_reference_labels(adata: AnnData, labels_key: str, *, from_registry: bo
         warn_user(
             f"adata.obs[{labels_key!r}] has categories without cells: {unused[:3]}"
             f"{' and more' if len(unused) > 3 else ''}. The model will carry them as "
-            "types it has never seen (a probability column each, near 0). Drop them "
-            f"before setup: `adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}]"
-            ".cat.remove_unused_categories()`.",
+            "types it has never seen (a probability column each, near 0). "
+            + _drop_unused(labels_key),
             UserWarning,
         )
     if not from_registry:
@@ -128,22 +124,25 @@ def check_reference_labels(adata: AnnData, labels_key: str, *, from_registry: bo
         _warn_small_types(labels, labels_key)
 
 
+def _drop_unused(labels_key: str) -> str:
+    """The line that drops a label column's categories without cells, before setup."""
+    return (
+        "Drop the unused categories before setup: "
+        f"`adata.obs[{labels_key!r}] = adata.obs[{labels_key!r}].cat.remove_unused_categories()`."
+    )
+
+
 def _refuse_missing_labels(adata: AnnData, labels_key: str, *, from_registry: bool) -> None:
     """Cells without a label: the annotator has no unlabelled category (scANVI's), so they
     are left out of a reference rather than filled; a query's column is not read."""
-    if not isinstance(labels_key, str):  # check_categorical names a key of the wrong type
+    if from_registry or not isinstance(labels_key, str):
+        # a query loaded onto a model: its labels are checked by check_query; a key of the
+        # wrong type: named by check_categorical
         return
     col = adata.obs[labels_key] if labels_key in adata.obs else None
     if col is None or not col.isna().any():
         return  # a missing column is check_categorical's KeyError
     n = int(col.isna().sum())
-    if from_registry:
-        raise ValueError(
-            f"adata.obs[{labels_key!r}] has {n} missing values. A query's labels are not "
-            "needed: load the model without `adata` (`model = CellTypeTransformer.load(path)`) "
-            "and annotate with `scdl.tl.annotate(adata, model=model)`; to register this "
-            "AnnData as labelled data, leave those cells out first."
-        )
     raise ValueError(
         f"adata.obs[{labels_key!r}] has {n} cells without a label (missing values). The "
         "annotator trains on labelled cells only (it has no unlabelled category, as scANVI's "
