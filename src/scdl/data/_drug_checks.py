@@ -190,9 +190,9 @@ def shared_genes(
 
     common = pd.Index(reference)[pd.Index(reference).isin(query)]
     if len(common) == 0 or len(common) < min_genes:  # the hint reads every var column
-        hint = identifier_hint(reference, query, query_var, other_kind="human")
-        # the hint names the query `adata`; the drug model's cells are its `target`
-        hint = hint.replace("adata.var", f"{query_name}.var")
+        hint = identifier_hint(
+            reference, query, query_var, other_kind="human", query_name=query_name
+        )
     if len(common) == 0:
         raise ValueError(
             f"The {names[0]} and the {names[1]} share no gene names (e.g. "

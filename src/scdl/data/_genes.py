@@ -222,14 +222,21 @@ def _row_numbers(names: pd.Index) -> bool:
 
 
 def identifier_hint(
-    genes: pd.Index, var_names: pd.Index, var: pd.DataFrame | None, *, other_kind: str = "train"
+    genes: pd.Index,
+    var_names: pd.Index,
+    var: pd.DataFrame | None,
+    *,
+    other_kind: str = "train",
+    query_name: str = "adata",
 ) -> str:
     """How to give the query the model's gene identifiers: a var column holding more of them
     than ``var_names`` (and than a change of case would; in any case), a mechanical rename,
     names that differ in case only, row numbers for names, a query cut to a few genes, or a
     generic hint. ``other_kind``: the fix for data of another species (``"train"``: a model of
-    its own; ``"human"``: orthologues of the human genes)."""
-    return identifier_fix(genes, var_names, var, other_kind=other_kind)[1]
+    its own; ``"human"``: orthologues of the human genes). ``query_name``: the name the data
+    go by in the caller's arguments (the fixes' code reads ``adata.var...`` otherwise)."""
+    hint = identifier_fix(genes, var_names, var, other_kind=other_kind)[1]
+    return hint.replace("adata.var", f"{query_name}.var")
 
 
 def gene_positions(var_names, genes, *, what: str = "model") -> np.ndarray:

@@ -75,6 +75,8 @@ class AnnotatorAttributionMixin:
             Unknown call (:meth:`predict`, whose defaults are :func:`scdl.tl.annotate`'s
             without majority voting): cells called "Unknown", among them cells without a
             count in the model's genes, are left out, as cells unlike every type explain none.
+            Those calls cluster the whole query first, whatever ``label`` and ``n_cells``:
+            after :func:`scdl.tl.annotate`, passing its column reuses its calls.
         n_cells, n_steps
             Cells per type and integration steps (cost grows with both).
         n_top

@@ -77,6 +77,30 @@ def lightning_devices(devices):
     return devices
 
 
+def several_devices(devices) -> bool:
+    """Whether Lightning's ``devices`` asks for more than one device (a count above 1, -1 for
+    every device, a list or ``"0,1"`` of several); ``"auto"`` is one in scdl's models."""
+    if isinstance(devices, bool) or devices is None:
+        return False
+    if isinstance(devices, int | np.integer):
+        return devices > 1 or devices == -1
+    if isinstance(devices, list | tuple):
+        return len(devices) > 1
+    if isinstance(devices, str):
+        parts = [p.strip() for p in devices.split(",") if p.strip()]
+        if "," in devices:
+            return len(parts) > 1
+        return devices.strip() == "-1" or (devices.strip().isdigit() and int(devices) > 1)
+    return False
+
+
+def started_interactively() -> bool:
+    """A notebook or an interactive interpreter, as Lightning tells them (DDP there forks)."""
+    import sys
+
+    return hasattr(sys, "ps1") or bool(sys.flags.interactive)
+
+
 def _torch_device_string(accelerator: str, devices):
     """A device written as torch writes it (``"cuda:1"``, ``"cuda"``, ``"mps"``, ``"cpu"``, or
     a ``torch.device``) read as its accelerator and index; Lightning's own values (``"auto"``,

@@ -9,7 +9,7 @@ import numpy as np
 
 from scdl._warnings import warn_user
 
-from ._devices import lightning_devices
+from ._devices import lightning_devices, several_devices, started_interactively
 
 
 def default_max_epochs(
@@ -185,36 +185,12 @@ def plan_training(
     # refused the unused parameters below with a RuntimeError at the first step
     several = several_devices(lightning_devices(devices)) or trainer_kwargs.get("num_nodes", 1) > 1
     if trainer_kwargs.get("strategy", "auto") == "auto" and several:
-        trainer_kwargs["strategy"] = "ddp_fork" if _interactive() else "ddp"
+        trainer_kwargs["strategy"] = "ddp_fork" if started_interactively() else "ddp"
     # Lightning's DDP strategies by name: their forms that allow parameters a step leaves
     # unused (scvi-tools' modules have some, e.g. the library encoder)
     if trainer_kwargs.get("strategy") in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
         trainer_kwargs["strategy"] = f"{trainer_kwargs['strategy']}_find_unused_parameters_true"
     return TrainingSchedule(max_epochs, batch_size)
-
-
-def several_devices(devices) -> bool:
-    """Whether Lightning's ``devices`` asks for more than one device (a count above 1, -1 for
-    every device, a list or ``"0,1"`` of several); ``"auto"`` is one in scdl's models."""
-    if isinstance(devices, bool) or devices is None:
-        return False
-    if isinstance(devices, int | np.integer):
-        return devices > 1 or devices == -1
-    if isinstance(devices, list | tuple):
-        return len(devices) > 1
-    if isinstance(devices, str):
-        parts = [p.strip() for p in devices.split(",") if p.strip()]
-        if "," in devices:
-            return len(parts) > 1
-        return devices.strip() == "-1" or (devices.strip().isdigit() and int(devices) > 1)
-    return False
-
-
-def _interactive() -> bool:
-    """A notebook or an interactive interpreter, as Lightning tells them (DDP there forks)."""
-    import sys
-
-    return hasattr(sys, "ps1") or bool(sys.flags.interactive)
 
 
 def _watching_callback(callbacks) -> bool:
