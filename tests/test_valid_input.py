@@ -59,9 +59,9 @@ def test_reference_with_all_zero_genes_integrates_and_maps_a_query(
     assert sum("no counts in any cell" in r.getMessage() for r in caplog.records) == 1
     vae = VAE(ref)
     assert vae.summary_stats.n_vars == ref.n_vars  # every gene kept
-    vae.train(max_epochs=40, enable_progress_bar=False)
+    vae.train(max_epochs=20, enable_progress_bar=False)
     query_model = VAE.load_query_data(query, vae)
-    query_model.train(max_epochs=40, enable_progress_bar=False, plan_kwargs={"weight_decay": 0})
+    query_model.train(max_epochs=20, enable_progress_bar=False, plan_kwargs={"weight_decay": 0})
     z_ref = vae.get_latent_representation()
     z_query = query_model.get_latent_representation(query)
     assert np.isfinite(z_ref).all() and np.isfinite(z_query).all()
