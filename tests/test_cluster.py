@@ -402,3 +402,25 @@ def test_backed_data_cluster_as_in_memory(cellbench_integrated, tmp_path, monkey
         ).max()
         < 1e-6
     )
+
+
+def test_graphs_of_up_to_20000_cells_hold_the_exact_neighbours():
+    """From 8,192 cells scanpy's search is pynndescent's (approximate, and compiled by numba on
+    its first call in a process: most of a first ``tl.cluster`` of 14,000 cells); scdl's own
+    graphs search exactly up to 20,000 cells: every cell's neighbours are its true nearest."""
+    import anndata as ad
+    from sklearn.neighbors import NearestNeighbors
+
+    from scdl.tl._cluster_graph import pca_connectivities
+
+    x = np.random.default_rng(0).normal(size=(9000, 10)).astype(np.float32)
+    adata = ad.AnnData(obsm={"X_rep": x})
+    adata.obs_names = [f"c{i}" for i in range(adata.n_obs)]
+    scdl.tl.cluster(adata, use_rep="X_rep", pca_key=None, resolution=0.5, n_neighbors=15)
+    graph = adata.obsp["scdl_cluster_neighbors_distances"].tocsr()
+    exact = NearestNeighbors(n_neighbors=15).fit(x).kneighbors(x, return_distance=False)
+    found = np.split(graph.indices, graph.indptr[1:-1])
+    assert all(set(f) == set(e[1:]) for f, e in zip(found, exact, strict=True))
+    # the PCA graph tl.cluster averages in: the same search
+    joined = pca_connectivities(x, 0).tocsr()
+    assert all(set(e[1:]) <= set(joined[i].indices) for i, e in enumerate(exact[:500]))

@@ -45,7 +45,8 @@ def embedding(
 ) -> Figure | None:
     """UMAP of ``obsm[basis]``, one panel per ``color`` key.
 
-    The UMAP is computed from ``obsm[basis]`` the first time and cached in
+    The UMAP is computed from ``obsm[basis]`` the first time (scanpy's neighbour graph, exact
+    neighbours up to 20,000 cells, and :func:`~scanpy.tl.umap`) and cached in
     ``adata.obsm[f"{basis}_umap"]``, with what it was computed from (``n_neighbors``,
     ``random_state`` and a fingerprint of ``obsm[basis]``) in
     ``adata.uns[f"{basis}_umap"]["params"]``: the only fields this function writes (palettes

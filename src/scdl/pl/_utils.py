@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from docrep import DocstringProcessor
 
+from scdl._neighbors import knn_transformer
 from scdl._paths import user_path
 from scdl._rng import F, keeps_torch_threads
 from scdl._warnings import scanpy_scratch
@@ -293,7 +294,13 @@ def _umap(x: np.ndarray, n_neighbors: int, random_state: int) -> np.ndarray:
     import scanpy as sc
 
     tmp = anndata.AnnData(obsm={"rep": x})
-    sc.pp.neighbors(tmp, use_rep="rep", n_neighbors=n_neighbors, random_state=random_state)
+    sc.pp.neighbors(
+        tmp,
+        use_rep="rep",
+        n_neighbors=n_neighbors,
+        random_state=random_state,
+        transformer=knn_transformer(x.shape[0]),
+    )
     sc.tl.umap(tmp, random_state=random_state)
     return tmp.obsm["X_umap"]
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from scdl._neighbors import knn_transformer
 from scdl._rng import keeps_rng
 from scdl._warnings import warn_user
 from scdl.data import (
@@ -44,7 +45,8 @@ def cluster(
     """Cluster cells by Leiden community detection on a learned representation.
 
     Builds a k-nearest-neighbour graph on ``obsm[use_rep]`` (scanpy's
-    :func:`~scanpy.pp.neighbors`) and runs scanpy's Leiden (igraph flavour) on it. For a latent
+    :func:`~scanpy.pp.neighbors`; the neighbours are exact, scikit-learn's search, up to 20,000
+    cells, where scanpy would switch to pynndescent from 8,192) and runs scanpy's Leiden (igraph flavour) on it. For a latent
     of :func:`scdl.tl.integrate`, the graph is first averaged with scanpy's 15-neighbour graph
     on a PCA of the cells' expression (``obsm["X_pca"]``, computed when missing): the VAE's
     low-dimensional latent draws close, small types together and splits large ones, the PCA
@@ -163,6 +165,7 @@ def cluster(
         use_rep=use_rep,
         key_added=neighbors_key,
         random_state=random_state,
+        transformer=knn_transformer(adata.n_obs),
     )
     graph = f"{neighbors_key}_connectivities"
     if pca is not None:

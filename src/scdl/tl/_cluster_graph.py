@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from scdl._neighbors import knn_transformer
 from scdl._rng import keeps_torch_threads
 from scdl._warnings import scanpy_scratch, warn_user
 
@@ -208,7 +209,9 @@ def pca_connectivities(pca: np.ndarray, random_state: int) -> sparse.csr_matrix:
     tmp = anndata.AnnData(obs=pd.DataFrame(index=pd.RangeIndex(n).astype(str)))
     tmp.obsm["pca"] = pca
     k = PCA_NEIGHBORS if n > PCA_NEIGHBORS else 1 + n // 2  # as tl.cluster's own graph
-    sc.pp.neighbors(tmp, n_neighbors=k, use_rep="pca", random_state=random_state)
+    sc.pp.neighbors(
+        tmp, n_neighbors=k, use_rep="pca", random_state=random_state, transformer=knn_transformer(n)
+    )
     return tmp.obsp["connectivities"]
 
 
