@@ -33,6 +33,30 @@ def test_a_missing_embedding_names_the_step_that_writes_it(kang):
     assert "resolution='auto'" in str(info.value) and "\\" not in repr(info.value)
 
 
+def test_a_mask_passed_as_background_is_told_how_to_choose_cells_by_mask(kang):
+    """background= takes the groupby column's values: a mask (one entry per cell) was refused
+    with every entry listed (16,000 characters) and no way to choose cells by a mask."""
+    import numpy as np
+
+    adata = kang[::8].copy()  # both conditions
+    mask = (adata.obs["condition"] == "ctrl").to_numpy()
+    snap = snapshot(adata)
+    for arg in ("background", "target"):
+        kwargs = {"background": "ctrl", arg: mask}
+        with pytest.raises(ValueError, match=f"one per cell.*{arg}_indices=mask") as info:
+            scdl.tl.contrastive(adata, groupby="condition", **kwargs)
+        assert len(str(info.value)) < 700
+    assert_unchanged(adata, snap)
+    with pytest.raises(ValueError, match=r"\['x0', 'x1'.*\] and 2 more is not a value"):
+        scdl.tl.contrastive(adata, groupby="condition", background=[f"x{i}" for i in range(12)])
+    adata.obs["group"] = np.where(mask, "control", "treated")  # the fix, as written
+    scdl.tl.contrastive(
+        adata, groupby="group", background="control", max_epochs=2, progress_bar=False
+    )
+    assert np.all(adata.obsm["X_scdl_salient"][mask] == 0)
+    assert np.any(adata.obsm["X_scdl_salient"][~mask] != 0)
+
+
 def test_contrastive_without_groupby_names_its_own_arguments(kang):
     adata = kang[:200].copy()
     snap = snapshot(adata)

@@ -48,13 +48,24 @@ def _as_indices(idx, n_obs: int, arg: str) -> np.ndarray:
     return np.sort(arr)
 
 
-def _check_present(values: list, present: list, groupby: str, arg: str) -> None:
+def _check_present(values: list, present: list, groupby: str, arg: str, n_obs: int) -> None:
     missing = [v for v in values if v not in set(present)]
-    if missing:
+    if not missing:
+        return
+    if len(values) == n_obs > 1:  # a mask or the cells' names, one entry per cell
         raise ValueError(
-            f"{arg}={missing[0] if len(missing) == 1 else missing!r} is not a value of "
-            f"adata.obs[{groupby!r}] (values present: {_some(present)}). Pass one of those."
+            f"{arg}= holds {n_obs} entries, one per cell (a mask or cell names?); it takes "
+            f"the value(s) of adata.obs[{groupby!r}] that mark the {arg} cells (values present: "
+            f"{_some(present)}). To choose cells by a mask, write it as a column, e.g. "
+            "`adata.obs['group'] = np.where(mask, 'control', 'treated')`, and pass "
+            f"groupby='group', {arg}='{'control' if arg == 'background' else 'treated'}'; or "
+            f"train `scdl.models.ContrastiveVAE` with `{arg}_indices=mask`."
         )
+    given = repr(missing[0]) if len(missing) == 1 else _some(missing, 10)
+    raise ValueError(
+        f"{arg}={given} is not a value of "
+        f"adata.obs[{groupby!r}] (values present: {_some(present)}). Pass one of those."
+    )
 
 
 def _some(values: list, n: int = 20) -> str:
@@ -140,14 +151,14 @@ def _groups_from_obs(adata, groupby, background, target) -> tuple[np.ndarray, np
         )
     present = sorted(col.dropna().unique().tolist(), key=str)
     bg_values = _as_values(background, "background")
-    _check_present(bg_values, present, groupby, "background")
+    _check_present(bg_values, present, groupby, "background", adata.n_obs)
     bg_mask = col.isin(bg_values).to_numpy()
     tg_values = None
     if target is None:
         tg_mask = ~bg_mask
     else:
         tg_values = _as_values(target, "target")
-        _check_present(tg_values, present, groupby, "target")
+        _check_present(tg_values, present, groupby, "target", adata.n_obs)
         both = [v for v in tg_values if v in set(bg_values)]
         if both:
             raise ValueError(
