@@ -104,7 +104,8 @@ def scores(shared, salient, obs, label_key, groupby, target_mask, top_genes) -> 
 
     lab = obs[label_key].to_numpy()[target_mask]
     return {
-        "ISGs_top50": int(sum(g in ISGS for g in top_genes[:50])),
+        # Kang 1.5k names two of the list's genes with an Ensembl suffix (PSMB9_ENSG...)
+        "ISGs_top50": int(sum(g.split("_ENSG")[0] in ISGS for g in top_genes[:50])),
         "purity_shared": knn_purity(shared[target_mask], lab),
         "purity_salient": knn_purity(salient[target_mask], lab),
         "silhouette_shared": float(silhouette_score(shared[target_mask], lab)),

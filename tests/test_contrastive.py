@@ -208,6 +208,39 @@ def test_every_validation_minibatch_holds_both_groups(kang):
     assert all(0 < f.mean() < 1 for f in flags)
 
 
+def test_a_small_background_is_repeated_in_each_training_epoch(kang):
+    """Minibatches mix the groups in proportion: 30 controls beside 806 stimulated cells gave
+    4-5 controls a minibatch. Each epoch now repeats every cell of the smaller group equally
+    often, the fewest times that bring the larger group within MAX_GROUP_RATIO cells per cell
+    of it; groups within that ratio train on their cells as split."""
+    from scdl.dataloaders import ContrastiveSplitter
+    from scdl.dataloaders._contrastive import MAX_GROUP_RATIO
+    from scdl.module import TARGET_KEY
+
+    adata = _small(kang, 600)
+    ContrastiveVAE.setup_anndata(adata)
+    model = ContrastiveVAE(adata)
+    stim = np.flatnonzero(adata.obs["condition"].to_numpy() == "stim")
+    ctrl = np.flatnonzero(adata.obs["condition"].to_numpy() == "ctrl")
+    for background in (ctrl[:20], ctrl):
+        splitter = ContrastiveSplitter(model.adata_manager, background, stim, batch_size=64)
+        splitter.setup()
+        epoch = splitter.balanced_train_idx()
+        seen = pd.Series(epoch).value_counts()
+        bg_train = np.intersect1d(splitter.train_idx, background)
+        times = seen[bg_train].iloc[0]
+        assert (seen[bg_train] == times).all() and (seen.drop(bg_train) == 1).all()
+        n_tg = len(epoch) - times * len(bg_train)
+        assert n_tg <= MAX_GROUP_RATIO * times * len(bg_train)
+        assert times == 1 or n_tg > MAX_GROUP_RATIO * (times - 1) * len(bg_train)
+        flags = np.concatenate([b[TARGET_KEY].numpy().ravel() for b in splitter.train_dataloader()])
+        assert len(flags) == len(epoch) and (flags == 0).sum() == times * len(bg_train)
+        if len(background) == 20:
+            assert times >= 3
+        else:  # balanced: the cells as split
+            assert times == 1 and np.array_equal(epoch, splitter.train_idx)
+
+
 def test_salient_dependence_is_in_every_minibatch_output(kang):
     """Processes of a multi-process run must log the same metrics: a background-only
     minibatch reports the HSIC metric too (0: no target cells to measure it on)."""
