@@ -210,9 +210,10 @@ def test_every_validation_minibatch_holds_both_groups(kang):
 
 def test_a_small_background_is_repeated_in_each_training_epoch(kang):
     """Minibatches mix the groups in proportion: 30 controls beside 806 stimulated cells gave
-    4-5 controls a minibatch. Each epoch now repeats every cell of the smaller group equally
-    often, the fewest times that bring the larger group within MAX_GROUP_RATIO cells per cell
-    of it; groups within that ratio train on their cells as split."""
+    4-5 controls a minibatch. Each epoch now repeats every background cell equally often, the
+    fewest times that bring the target within MAX_GROUP_RATIO cells per background cell;
+    groups within that ratio, and a small target (repeating it lost interferon genes), train
+    on their cells as split."""
     from scdl.dataloaders import ContrastiveSplitter
     from scdl.dataloaders._contrastive import MAX_GROUP_RATIO
     from scdl.module import TARGET_KEY
@@ -222,8 +223,8 @@ def test_a_small_background_is_repeated_in_each_training_epoch(kang):
     model = ContrastiveVAE(adata)
     stim = np.flatnonzero(adata.obs["condition"].to_numpy() == "stim")
     ctrl = np.flatnonzero(adata.obs["condition"].to_numpy() == "ctrl")
-    for background in (ctrl[:20], ctrl):
-        splitter = ContrastiveSplitter(model.adata_manager, background, stim, batch_size=64)
+    for background, target in ((ctrl[:20], stim), (ctrl, stim), (ctrl, stim[:20])):
+        splitter = ContrastiveSplitter(model.adata_manager, background, target, batch_size=64)
         splitter.setup()
         epoch = splitter.balanced_train_idx()
         seen = pd.Series(epoch).value_counts()
@@ -237,7 +238,7 @@ def test_a_small_background_is_repeated_in_each_training_epoch(kang):
         assert len(flags) == len(epoch) and (flags == 0).sum() == times * len(bg_train)
         if len(background) == 20:
             assert times >= 3
-        else:  # balanced: the cells as split
+        else:  # balanced, or a small target: the cells as split
             assert times == 1 and np.array_equal(epoch, splitter.train_idx)
 
 
