@@ -99,13 +99,18 @@ def cvi_salient_pairs(model, indices: np.ndarray, batch_size: int = 256):
             yield full["px_scale"].cpu().numpy(), none["px_scale"].cpu().numpy()
 
 
+def is_isg(gene: str) -> bool:
+    """In ISGS, by symbol: Kang 1.5k names five of them with an Ensembl suffix
+    (PSMB8, PSMB9, TAP1, DHX58, APOBEC3A: ``PSMB9_ENSG00000240065``)."""
+    return gene.split("_ENSG")[0] in ISGS
+
+
 def scores(shared, salient, obs, label_key, groupby, target_mask, top_genes) -> dict:
     from sklearn.metrics import silhouette_score
 
     lab = obs[label_key].to_numpy()[target_mask]
     return {
-        # Kang 1.5k names two of the list's genes with an Ensembl suffix (PSMB9_ENSG...)
-        "ISGs_top50": int(sum(g.split("_ENSG")[0] in ISGS for g in top_genes[:50])),
+        "ISGs_top50": int(sum(is_isg(g) for g in top_genes[:50])),
         "purity_shared": knn_purity(shared[target_mask], lab),
         "purity_salient": knn_purity(salient[target_mask], lab),
         "silhouette_shared": float(silhouette_score(shared[target_mask], lab)),
@@ -255,7 +260,7 @@ def main() -> None:
         table, top = run(d, args.seed, args.epochs)
         tables.append(table)
         for method, genes in top.items():
-            marked = [f"{g}*" if g in ISGS else g for g in genes[:20]]
+            marked = [f"{g}*" if is_isg(g) else g for g in genes[:20]]
             print(f"{d} {method} top 20 salient genes (* = ISG): {' '.join(marked)}")
     out = pd.concat(tables, ignore_index=True)
     pd.set_option("display.width", 250)

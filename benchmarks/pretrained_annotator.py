@@ -315,12 +315,13 @@ def main() -> None:
   `cellbench_lung_5lines_3plates.h5ad`): called Unknown: {lung:.1%}.
 - **Limits:** PBMCs of one study and one technology (10x 3'); no platelets, megakaryocytes,
   plasma cells or progenitors: such cells come out "Unknown" or as the nearest type. In the
-  study's 14k unlabelled PBMCs (`kang_pbmc_14k.h5ad`, scdl 0.1 at stop 71) a 102-cell
-  megakaryocyte cluster (PPBP, PF4, GNG11, TUBB1) was called CD4T (96 cells; none Unknown,
-  median confidence 0.87; logistic regression called 97 of them CD4T too) and a 53-cell
-  red-cell cluster (HBB) spread over five types: the Unknown call compares clusters on the
-  genes that tell the reference types apart, which these cells' genes are not. Check clusters
-  of such markers by hand.
+  study's 14k unlabelled PBMCs (`kang_pbmc_14k.h5ad`, `tl.annotate` with this model) the 156
+  cells with at least 3 PPBP and 1 PF4 counts (megakaryocytes, platelets on other cells) were
+  called CD4T 82, CD14+Mono 36, B 11, FCGR3A+Mono 10, NK 8 and none Unknown, and the 66 with
+  at least 20 HBB counts (red cells) six known types: the Unknown call compares clusters on
+  the genes that tell the reference types apart (`model.novelty_genes_`, positions in
+  `model.get_var_names()`), and PPBP, PF4 and HBB are not among them. Check clusters of
+  such markers by hand.
   CD4 vs CD8 T cells is the hardest distinction. Depth: checked down to a quarter of its
   training cells' depth (above); far below, as imaging panels of a few dozen counts per cell
   are, the calls lose accuracy fast (muscat's Kang cells, 214 of the model's genes, thinned

@@ -406,8 +406,8 @@ def test_backed_data_cluster_as_in_memory(cellbench_integrated, tmp_path, monkey
 
 def test_graphs_of_up_to_20000_cells_hold_the_exact_neighbours():
     """From 8,192 cells scanpy's search is pynndescent's (approximate, and compiled by numba on
-    its first call in a process: most of a first ``tl.cluster`` of 14,000 cells); scdl's own
-    graphs search exactly up to 20,000 cells: every cell's neighbours are its true nearest."""
+    its first call in a process: about half of a first ``tl.cluster`` of 14,000 cells); scdl's
+    own graphs search exactly up to 20,000 cells: every cell's neighbours are its true nearest."""
     import anndata as ad
     from sklearn.neighbors import NearestNeighbors
 

@@ -212,8 +212,9 @@ def test_a_small_background_is_repeated_in_each_training_epoch(kang):
     """Minibatches mix the groups in proportion: 30 controls beside 806 stimulated cells gave
     4-5 controls a minibatch. Each epoch now repeats every background cell equally often, the
     fewest times that bring the target within MAX_GROUP_RATIO cells per background cell;
-    groups within that ratio, and a small target (repeating it lost interferon genes), train
-    on their cells as split."""
+    groups within that ratio, a small target (repeating it lost interferon genes) and a
+    background too small to repeat (copies of a few cells would pass the MMD's 4-cell guard)
+    train on their cells as split."""
     from scdl.dataloaders import ContrastiveSplitter
     from scdl.dataloaders._contrastive import MAX_GROUP_RATIO
     from scdl.module import TARGET_KEY
@@ -223,7 +224,12 @@ def test_a_small_background_is_repeated_in_each_training_epoch(kang):
     model = ContrastiveVAE(adata)
     stim = np.flatnonzero(adata.obs["condition"].to_numpy() == "stim")
     ctrl = np.flatnonzero(adata.obs["condition"].to_numpy() == "ctrl")
-    for background, target in ((ctrl[:20], stim), (ctrl, stim), (ctrl, stim[:20])):
+    for background, target in (
+        (ctrl[:20], stim),
+        (ctrl, stim),
+        (ctrl, stim[:20]),
+        (ctrl[:5], stim),
+    ):
         splitter = ContrastiveSplitter(model.adata_manager, background, target, batch_size=64)
         splitter.setup()
         epoch = splitter.balanced_train_idx()
@@ -232,14 +238,24 @@ def test_a_small_background_is_repeated_in_each_training_epoch(kang):
         times = seen[bg_train].iloc[0]
         assert (seen[bg_train] == times).all() and (seen.drop(bg_train) == 1).all()
         n_tg = len(epoch) - times * len(bg_train)
-        assert n_tg <= MAX_GROUP_RATIO * times * len(bg_train)
-        assert times == 1 or n_tg > MAX_GROUP_RATIO * (times - 1) * len(bg_train)
+        if times > 1:  # the fewest repeats that bring the target within the ratio
+            assert MAX_GROUP_RATIO * (times - 1) * len(bg_train) < n_tg
+            assert n_tg <= MAX_GROUP_RATIO * times * len(bg_train)
         flags = np.concatenate([b[TARGET_KEY].numpy().ravel() for b in splitter.train_dataloader()])
         assert len(flags) == len(epoch) and (flags == 0).sum() == times * len(bg_train)
         if len(background) == 20:
             assert times >= 3
-        else:  # balanced, or a small target: the cells as split
+        else:  # balanced, a small target, or too few controls to repeat: as split
             assert times == 1 and np.array_equal(epoch, splitter.train_idx)
+    # a model trains on the repeated epoch, and its history says so: one epoch's minibatches
+    model.train(
+        background_indices=ctrl[:20],
+        target_indices=stim,
+        max_epochs=1,
+        batch_size=64,
+        enable_progress_bar=False,
+    )
+    assert np.isfinite(np.asarray(model.history["elbo_train"], dtype=float)).all()
 
 
 def test_salient_dependence_is_in_every_minibatch_output(kang):

@@ -34,27 +34,36 @@ def test_a_missing_embedding_names_the_step_that_writes_it(kang):
 
 
 def test_a_mask_passed_as_background_is_told_how_to_choose_cells_by_mask(kang):
-    """background= takes the groupby column's values: a mask (one entry per cell) was refused
-    with every entry listed (16,000 characters) and no way to choose cells by a mask."""
+    """background= / target= take the groupby column's values: a mask or the cells' names
+    were refused with every entry listed (16,000 characters) and no way to choose cells
+    yourself. The fix the message gives, followed as written, picks those cells."""
     import numpy as np
 
     adata = kang[::8].copy()  # both conditions
-    mask = (adata.obs["condition"] == "ctrl").to_numpy()
+    ctrl = (adata.obs["condition"] == "ctrl").to_numpy()
     snap = snapshot(adata)
-    for arg in ("background", "target"):
-        kwargs = {"background": "ctrl", arg: mask}
-        with pytest.raises(ValueError, match=f"one per cell.*{arg}_indices=mask") as info:
-            scdl.tl.contrastive(adata, groupby="condition", **kwargs)
-        assert len(str(info.value)) < 700
+    for arg, mask in (("background", ctrl), ("target", ~ctrl)):
+        for given, said in ((mask, "boolean mask"), (adata.obs_names[mask], "cell names")):
+            kwargs = {"background": "ctrl", arg: given}
+            with pytest.raises(ValueError, match=said) as info:
+                scdl.tl.contrastive(adata, groupby="condition", **kwargs)
+            assert len(str(info.value)) < 700 and "np.True_" not in str(info.value)
     assert_unchanged(adata, snap)
-    with pytest.raises(ValueError, match=r"\['x0', 'x1'.*\] and 2 more is not a value"):
+    with pytest.raises(ValueError, match=r"\['x0', 'x1'.*\] and 2 more are not values"):
         scdl.tl.contrastive(adata, groupby="condition", background=[f"x{i}" for i in range(12)])
-    adata.obs["group"] = np.where(mask, "control", "treated")  # the fix, as written
+    # the fix, as the message writes it for target= (mask: the target cells)
+    mask = ~ctrl
+    adata.obs["group"] = np.where(mask, "treated", "control")
     scdl.tl.contrastive(
-        adata, groupby="group", background="control", max_epochs=2, progress_bar=False
+        adata,
+        groupby="group",
+        background="control",
+        target="treated",
+        max_epochs=2,
+        progress_bar=False,
     )
-    assert np.all(adata.obsm["X_scdl_salient"][mask] == 0)
-    assert np.any(adata.obsm["X_scdl_salient"][~mask] != 0)
+    assert np.all(adata.obsm["X_scdl_salient"][~mask] == 0)
+    assert np.all(np.any(adata.obsm["X_scdl_salient"][mask] != 0, axis=1))
 
 
 def test_contrastive_without_groupby_names_its_own_arguments(kang):

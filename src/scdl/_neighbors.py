@@ -1,18 +1,23 @@
-"""The neighbour search behind scdl's own graphs (``tl.cluster``, ``pl.embedding``'s UMAP).
+"""The neighbour search behind scdl's own graphs (``tl.cluster``; the UMAPs of ``pl.embedding``
+and ``pl.contrastive``) and ``tl.integration_metrics``.
 
 scanpy searches exactly (scikit-learn, brute force) below 8,192 cells and with pynndescent's
-approximate search above. pynndescent is compiled by numba on its first call in a process: on
-one core that first ``tl.cluster`` of 14,000 cells took 82-87 s, of which the compile was most,
-and exact search on a latent of tens of dimensions costs a second or two at that size. Up to
-``EXACT_NEIGHBORS_MAX_CELLS`` cells the search is exact; above, where brute force grows with the
-square of the cells, scanpy's default.
+approximate search above. pynndescent is compiled by numba on its first call in a process:
+about half of a first ``tl.cluster`` of 14,000 cells in a fresh kernel (82-87 s; 43 s with
+exact search, one core), while exact search on a representation of tens of dimensions costs
+seconds at that size. Up to ``EXACT_NEIGHBORS_MAX_CELLS`` cells the search is exact; above,
+where brute force grows with the square of the cells, scanpy's default.
 """
 
 from __future__ import annotations
 
-#: the most cells searched exactly: scikit-learn's brute force on 30 dimensions took ~2 s at
-#: 14,000 cells and ~20 s at 50,000 on one core (benchmarks/README.md, "Clustering")
+#: the most cells whose graphs scdl searches exactly: scikit-learn's brute force on 30
+#: dimensions took ~2 s at 14,000 cells and ~20 s at 50,000 on one core (benchmarks/README.md,
+#: "Clustering"), and tl.cluster searches twice (its representation and the PCA it joins)
 EXACT_NEIGHBORS_MAX_CELLS = 20_000
+#: the same for tl.integration_metrics (its 90 neighbours for scib-metrics' kBET and LISIs):
+#: run once over a benchmark's embeddings, one search each, where exact search stays fast
+METRICS_EXACT_NEIGHBORS_MAX_CELLS = 50_000
 
 
 def knn_transformer(n_cells: int) -> str | None:

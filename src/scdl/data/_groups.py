@@ -48,30 +48,53 @@ def _as_indices(idx, n_obs: int, arg: str) -> np.ndarray:
     return np.sort(arr)
 
 
-def _check_present(values: list, present: list, groupby: str, arg: str, n_obs: int) -> None:
-    missing = [v for v in values if v not in set(present)]
+def _check_present(adata, values: list, present: list, groupby: str, arg: str) -> None:
+    known = set(present)
+    missing = [v for v in values if v not in known]
     if not missing:
         return
-    if len(values) == n_obs > 1:  # a mask or the cells' names, one entry per cell
+    per_cell = _cells_named(adata, values)
+    if per_cell is not None:
+        value = "control" if arg == "background" else "treated"
+        other = "treated" if arg == "background" else "control"
+        pass_as = "background='control'" + ("" if arg == "background" else ", target='treated'")
         raise ValueError(
-            f"{arg}= holds {n_obs} entries, one per cell (a mask or cell names?); it takes "
-            f"the value(s) of adata.obs[{groupby!r}] that mark the {arg} cells (values present: "
-            f"{_some(present)}). To choose cells by a mask, write it as a column, e.g. "
-            "`adata.obs['group'] = np.where(mask, 'control', 'treated')`, and pass "
-            f"groupby='group', {arg}='{'control' if arg == 'background' else 'treated'}'; or "
-            f"train `scdl.models.ContrastiveVAE` with `{arg}_indices=mask`."
+            f"{arg}= holds {per_cell}; it takes the value(s) of adata.obs[{groupby!r}] that mark "
+            f"the {arg} cells (values present: {_some(present)}). To choose the {arg} cells "
+            f"yourself, write them as a column, e.g. `adata.obs['group'] = np.where(mask, "
+            f"'{value}', '{other}')` with `mask` True for the {arg} cells"
+            + (" (`mask = adata.obs_names.isin(names)` for names)" if "names" in per_cell else "")
+            + f", and pass groupby='group', {pass_as}."
         )
-    given = repr(missing[0]) if len(missing) == 1 else _some(missing, 10)
+    given = repr(_plain(missing[0])) if len(missing) == 1 else _some(missing, 10)
     raise ValueError(
-        f"{arg}={given} is not a value of "
+        f"{arg}={given} {'is not a value' if len(missing) == 1 else 'are not values'} of "
         f"adata.obs[{groupby!r}] (values present: {_some(present)}). Pass one of those."
     )
+
+
+def _cells_named(adata, values: list) -> str | None:
+    """What ``values`` are when they pick cells rather than name groups (a mask, the cells'
+    names or positions), or ``None``."""
+    if len(values) == adata.n_obs > 1 and all(isinstance(v, bool | np.bool_) for v in values):
+        return "a boolean mask, one entry per cell"
+    if len(values) > 1 and all(isinstance(v, str) for v in values):
+        if set(values) <= set(adata.obs_names):
+            return f"{len(values)} cell names"
+    if len(values) == adata.n_obs > 1:
+        return "one entry per cell"
+    return None
+
+
+def _plain(value):
+    """A numpy scalar as the Python value it holds (its repr in a message: 3, not np.int64(3))."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _some(values: list, n: int = 20) -> str:
     """The first ``n`` values, and how many more (a numeric column has one per cell)."""
     more = f" and {len(values) - n} more" if len(values) > n else ""
-    return f"{values[:n]}{more}"
+    return f"{[_plain(v) for v in values[:n]]}{more}"
 
 
 def resolve_groups(
@@ -151,14 +174,14 @@ def _groups_from_obs(adata, groupby, background, target) -> tuple[np.ndarray, np
         )
     present = sorted(col.dropna().unique().tolist(), key=str)
     bg_values = _as_values(background, "background")
-    _check_present(bg_values, present, groupby, "background", adata.n_obs)
+    _check_present(adata, bg_values, present, groupby, "background")
     bg_mask = col.isin(bg_values).to_numpy()
     tg_values = None
     if target is None:
         tg_mask = ~bg_mask
     else:
         tg_values = _as_values(target, "target")
-        _check_present(tg_values, present, groupby, "target", adata.n_obs)
+        _check_present(adata, tg_values, present, groupby, "target")
         both = [v for v in tg_values if v in set(bg_values)]
         if both:
             raise ValueError(

@@ -26,6 +26,10 @@ class _FlaggedLoader(TensorBatchLoader):
 #: minibatch, and the salient genes lost half their interferon genes). A small target is not
 #: repeated: 30 stimulated cells repeated beside 750 controls lost 17 of 42 (one seed)
 MAX_GROUP_RATIO = 4
+#: the fewest background training cells repeated: copies of a few cells would pass the shared
+#: space's MMD guard (4 cells a minibatch) and pull every target cell towards them; a group
+#: under 20 cells (18 training at the default train_size) is already warned of as noise
+MIN_REPEATED_CELLS = 18
 
 
 class ContrastiveSplitter(ContrastiveDataSplitter):
@@ -36,7 +40,8 @@ class ContrastiveSplitter(ContrastiveDataSplitter):
     groups and carry a per-cell flag, so the model trains with scvi-tools' standard
     ``TrainingPlan``. When the target's training cells outnumber the background's more than
     ``MAX_GROUP_RATIO`` times, each epoch repeats every background cell the same number of
-    times, to that ratio (contrastiveVI pairs equal numbers of each group in every minibatch).
+    times, to that ratio (contrastiveVI pairs equal numbers of each group in every minibatch);
+    not under ``MIN_REPEATED_CELLS`` background training cells.
     """
 
     def __init__(self, adata_manager, background_indices, target_indices, **kwargs):
@@ -88,12 +93,15 @@ class ContrastiveSplitter(ContrastiveDataSplitter):
         return self._loader(self.balanced_train_idx(), shuffle=True, drop_last=self.drop_last)
 
     def balanced_train_idx(self) -> np.ndarray:
-        """The training cells of an epoch: the background's repeated (each cell equally often)
-        where the target outnumbers it more than ``MAX_GROUP_RATIO`` times."""
+        """The training cells of an epoch (positions in the AnnData): the target's, then the
+        background's repeated (each cell equally often) where the target outnumbers them more
+        than ``MAX_GROUP_RATIO`` times and they are at least ``MIN_REPEATED_CELLS``; else
+        ``train_idx`` as split."""
         train = np.asarray(self.train_idx, dtype=np.int64)
         is_target = self.is_target[train]
         target, background = train[is_target], train[~is_target]
-        if len(background) == 0 or len(target) <= MAX_GROUP_RATIO * len(background):
+        few = len(background) < MIN_REPEATED_CELLS
+        if few or len(target) <= MAX_GROUP_RATIO * len(background):
             return train
         times = math.ceil(len(target) / (MAX_GROUP_RATIO * len(background)))
         return np.concatenate([target, np.tile(background, times)])

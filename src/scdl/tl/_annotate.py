@@ -51,10 +51,11 @@ def annotate(
     is set on the reference alone (one batch against the others, or random halves) with a
     margin for the shift a new dataset brings (see
     :class:`~scdl.models.CellTypeTransformer`). The profiles are compared on the genes that
-    tell the reference types apart, so a new type whose own genes are not among them can pass
-    as the known type it is called (megakaryocytes beside the shipped PBMC annotator: their
-    PPBP, PF4 and TUBB1 are not, and they are called CD4 T cells); check clusters of such
-    markers by hand. Cells with no count in the model's genes, or
+    tell the reference types apart (``model.novelty_genes_``, positions in its genes), so a
+    new type whose own genes are not among them can pass as the known types it is called
+    (megakaryocytes beside the shipped PBMC annotator, whose PPBP and PF4 are not: mostly
+    called CD4 T cells); check clusters of such markers by hand. Cells with no count in the
+    model's genes, or
     with fewer than 1/16 of the query's median count there (at most 10, and at most 1/16 of
     the shallowest reference type's median), are called
     ``"Unknown"`` too, with a warning. The call is not a doublet or empty-droplet detector:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from scdl._neighbors import METRICS_EXACT_NEIGHBORS_MAX_CELLS
 from scdl._rng import keeps_rng, python_numpy_env_kept
 from scdl._warnings import warn_user
 from scdl.data import (
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
-# exact neighbours are fast at these sizes and avoid pynndescent's numba start-up
-_EXACT_NEIGHBORS_MAX_CELLS = 50_000
 # the most neighbours Benchmarker.prepare asks for (its default, for kBET and the LISIs)
 _SCIB_NEIGHBORS = 90
 
@@ -213,7 +212,8 @@ def integration_metrics(
         progress_bar=False,
     )
     exact = partial(_sklearn_neighbors, n_jobs=n_jobs)
-    bm.prepare(neighbor_computer=exact if adata.n_obs <= _EXACT_NEIGHBORS_MAX_CELLS else None)
+    small = adata.n_obs <= METRICS_EXACT_NEIGHBORS_MAX_CELLS
+    bm.prepare(neighbor_computer=exact if small else None)
     with _root_logger_left_alone(), _fixed_arpack_start():
         bm.benchmark()
     res = bm.get_results(min_max_scale=False)
