@@ -34,26 +34,37 @@ def test_a_missing_embedding_names_the_step_that_writes_it(kang):
 
 
 def test_a_mask_passed_as_background_is_told_how_to_choose_cells_by_mask(kang):
-    """background= / target= take the groupby column's values: a mask or the cells' names
-    were refused with every entry listed (16,000 characters) and no way to choose cells
-    yourself. The fix the message gives, followed as written, picks those cells."""
+    """background= / target= take the groupby column's values: a mask, the cells' names or
+    positions were refused with every entry listed (16,000 characters) and no way to choose
+    cells yourself. The code the message gives, run as written, picks those cells and keeps
+    the other group as given (a target mask beside background='ctrl' leaves the other
+    stimulated cells out, not in the background)."""
+    import re
+
     import numpy as np
 
     adata = kang[::8].copy()  # both conditions
     ctrl = (adata.obs["condition"] == "ctrl").to_numpy()
+    b_stim = ~ctrl & (adata.obs["cell_type"] == "B cells").to_numpy()
     snap = snapshot(adata)
-    for arg, mask in (("background", ctrl), ("target", ~ctrl)):
-        for given, said in ((mask, "boolean mask"), (adata.obs_names[mask], "cell names")):
+    for arg, mask in (("background", ctrl), ("target", b_stim)):
+        for given, said in (
+            (mask, "boolean mask"),
+            (adata.obs_names[mask], "cell names"),
+            (np.flatnonzero(mask), "cell positions"),
+        ):
             kwargs = {"background": "ctrl", arg: given}
             with pytest.raises(ValueError, match=said) as info:
                 scdl.tl.contrastive(adata, groupby="condition", **kwargs)
-            assert len(str(info.value)) < 700 and "np.True_" not in str(info.value)
+            assert len(str(info.value)) < 900 and "np.True_" not in str(info.value)
     assert_unchanged(adata, snap)
     with pytest.raises(ValueError, match=r"\['x0', 'x1'.*\] and 2 more are not values"):
         scdl.tl.contrastive(adata, groupby="condition", background=[f"x{i}" for i in range(12)])
-    # the fix, as the message writes it for target= (mask: the target cells)
-    mask = ~ctrl
-    adata.obs["group"] = np.where(mask, "treated", "control")
+    # the fix for the target mask, run as the message writes it
+    code = re.search(r"`(adata\.obs\['group'\] = .*?)`", str(info.value)).group(1)
+    assert "then groupby='group', background='control', target='treated'" in str(info.value)
+    mask = b_stim
+    exec(code, {"np": np, "adata": adata, "mask": mask})
     scdl.tl.contrastive(
         adata,
         groupby="group",
@@ -62,8 +73,10 @@ def test_a_mask_passed_as_background_is_told_how_to_choose_cells_by_mask(kang):
         max_epochs=2,
         progress_bar=False,
     )
-    assert np.all(adata.obsm["X_scdl_salient"][~mask] == 0)
-    assert np.all(np.any(adata.obsm["X_scdl_salient"][mask] != 0, axis=1))
+    info = adata.uns["X_scdl_salient"]["params"]
+    assert (adata.obs["group"] == "control").sum() == ctrl.sum()  # the background as given
+    assert (adata.obs["group"] == "treated").sum() == b_stim.sum()
+    assert np.all(np.any(adata.obsm["X_scdl_salient"][b_stim] != 0, axis=1)), info
 
 
 def test_contrastive_without_groupby_names_its_own_arguments(kang):

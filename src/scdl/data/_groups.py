@@ -48,28 +48,48 @@ def _as_indices(idx, n_obs: int, arg: str) -> np.ndarray:
     return np.sort(arr)
 
 
-def _check_present(adata, values: list, present: list, groupby: str, arg: str) -> None:
+def _check_present(adata, values: list, present: list, groupby: str, arg: str, other) -> None:
+    """Refuse ``values`` (of ``arg``) missing from the column; ``other``: the other group's
+    argument as given (``None``: not given), for the fix's example."""
     known = set(present)
     missing = [v for v in values if v not in known]
     if not missing:
         return
     per_cell = _cells_named(adata, values)
     if per_cell is not None:
-        value = "control" if arg == "background" else "treated"
-        other = "treated" if arg == "background" else "control"
-        pass_as = "background='control'" + ("" if arg == "background" else ", target='treated'")
+        hint = ""
+        if "names" in per_cell:
+            hint = " (for names: `mask = adata.obs_names.isin(names)`)"
+        elif "positions" in per_cell:
+            hint = " (for positions: `mask = np.isin(np.arange(adata.n_obs), positions)`)"
         raise ValueError(
             f"{arg}= holds {per_cell}; it takes the value(s) of adata.obs[{groupby!r}] that mark "
             f"the {arg} cells (values present: {_some(present)}). To choose the {arg} cells "
-            f"yourself, write them as a column, e.g. `adata.obs['group'] = np.where(mask, "
-            f"'{value}', '{other}')` with `mask` True for the {arg} cells"
-            + (" (`mask = adata.obs_names.isin(names)` for names)" if "names" in per_cell else "")
-            + f", and pass groupby='group', {pass_as}."
+            f"yourself, write the groups as a column: {_mask_recipe(groupby, arg, other)}{hint}."
         )
     given = repr(_plain(missing[0])) if len(missing) == 1 else _some(missing, 10)
     raise ValueError(
         f"{arg}={given} {'is not a value' if len(missing) == 1 else 'are not values'} of "
         f"adata.obs[{groupby!r}] (values present: {_some(present)}). Pass one of those."
+    )
+
+
+def _mask_recipe(groupby: str, arg: str, other) -> str:
+    """Code that writes ``mask`` (True for the ``arg`` cells) as a column beside the other
+    group as given, so that following it picks the same cells."""
+    mine, theirs = ("control", "treated") if arg == "background" else ("treated", "control")
+    if other is None:  # target=None: the target is every other cell
+        column = f"np.where(mask, '{mine}', '{theirs}')"
+        pass_as = "background='control'"
+    else:  # the other group keeps its cells; the rest stay out of both
+        kept = [_plain(v) for v in _as_values(other, "other")]
+        # the other argument a mask too: named, not listed
+        others = f"adata.obs[{groupby!r}].isin({kept!r})" if len(kept) <= 20 else "other_mask"
+        column = f"np.where(mask, '{mine}', np.where({others}, '{theirs}', 'neither'))"
+        pass_as = "background='control', target='treated'"
+    return (
+        f"`adata.obs['group'] = {column}` with `mask` True for the {arg} cells, then "
+        f"groupby='group', {pass_as}"
     )
 
 
@@ -81,6 +101,9 @@ def _cells_named(adata, values: list) -> str | None:
     if len(values) > 1 and all(isinstance(v, str) for v in values):
         if set(values) <= set(adata.obs_names):
             return f"{len(values)} cell names"
+    if len(values) > 1 and all(isinstance(v, int | np.integer) for v in values):
+        if min(values) >= 0 and max(values) < adata.n_obs:
+            return f"{len(values)} integers (cell positions?)"
     if len(values) == adata.n_obs > 1:
         return "one entry per cell"
     return None
@@ -174,14 +197,14 @@ def _groups_from_obs(adata, groupby, background, target) -> tuple[np.ndarray, np
         )
     present = sorted(col.dropna().unique().tolist(), key=str)
     bg_values = _as_values(background, "background")
-    _check_present(adata, bg_values, present, groupby, "background")
+    _check_present(adata, bg_values, present, groupby, "background", target)
     bg_mask = col.isin(bg_values).to_numpy()
     tg_values = None
     if target is None:
         tg_mask = ~bg_mask
     else:
         tg_values = _as_values(target, "target")
-        _check_present(adata, tg_values, present, groupby, "target")
+        _check_present(adata, tg_values, present, groupby, "target", background)
         both = [v for v in tg_values if v in set(bg_values)]
         if both:
             raise ValueError(

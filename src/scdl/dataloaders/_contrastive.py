@@ -26,10 +26,10 @@ class _FlaggedLoader(TensorBatchLoader):
 #: minibatch, and the salient genes lost half their interferon genes). A small target is not
 #: repeated: 30 stimulated cells repeated beside 750 controls lost 17 of 42 (one seed)
 MAX_GROUP_RATIO = 4
-#: the fewest background training cells repeated: copies of a few cells would pass the shared
-#: space's MMD guard (4 cells a minibatch) and pull every target cell towards them; a group
-#: under 20 cells (18 training at the default train_size) is already warned of as noise
-MIN_REPEATED_CELLS = 18
+#: the fewest background cells repeated: copies of a few cells would pass the shared space's
+#: MMD guard (4 cells a minibatch) and pull every target cell towards them; under 20 cells (the
+#: data checks' MIN_GROUP_CELLS) the model already warns that its result may be noise
+MIN_REPEATED_CELLS = 20
 
 
 class ContrastiveSplitter(ContrastiveDataSplitter):
@@ -41,7 +41,7 @@ class ContrastiveSplitter(ContrastiveDataSplitter):
     ``TrainingPlan``. When the target's training cells outnumber the background's more than
     ``MAX_GROUP_RATIO`` times, each epoch repeats every background cell the same number of
     times, to that ratio (contrastiveVI pairs equal numbers of each group in every minibatch);
-    not under ``MIN_REPEATED_CELLS`` background training cells.
+    not with fewer than ``MIN_REPEATED_CELLS`` background cells.
     """
 
     def __init__(self, adata_manager, background_indices, target_indices, **kwargs):
@@ -95,12 +95,12 @@ class ContrastiveSplitter(ContrastiveDataSplitter):
     def balanced_train_idx(self) -> np.ndarray:
         """The training cells of an epoch (positions in the AnnData): the target's, then the
         background's repeated (each cell equally often) where the target outnumbers them more
-        than ``MAX_GROUP_RATIO`` times and they are at least ``MIN_REPEATED_CELLS``; else
-        ``train_idx`` as split."""
+        than ``MAX_GROUP_RATIO`` times and the background holds at least
+        ``MIN_REPEATED_CELLS`` cells; else ``train_idx`` as split."""
         train = np.asarray(self.train_idx, dtype=np.int64)
         is_target = self.is_target[train]
         target, background = train[is_target], train[~is_target]
-        few = len(background) < MIN_REPEATED_CELLS
+        few = self.n_background < MIN_REPEATED_CELLS or len(background) == 0
         if few or len(target) <= MAX_GROUP_RATIO * len(background):
             return train
         times = math.ceil(len(target) / (MAX_GROUP_RATIO * len(background)))
