@@ -59,7 +59,7 @@ from ._genes import (
     gene_mismatch_message,
     same_gene_names,
 )
-from ._groups import resolve_groups, warn_if_batch_nested, warn_if_few_cells
+from ._groups import MIN_GROUP_CELLS, resolve_groups, warn_if_batch_nested, warn_if_few_cells
 from ._lognorm import (
     counts_from_log1p,
     input_kind,
@@ -89,6 +89,7 @@ from ._write import (
 
 __all__ = [
     "LOW_GENE_OVERLAP",
+    "MIN_GROUP_CELLS",
     "MIN_LINES_PER_DRUG",
     "MIN_SHARED_GENES",
     "CSRTensors",

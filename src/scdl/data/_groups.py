@@ -101,7 +101,8 @@ def _cells_named(adata, values: list) -> str | None:
     if len(values) > 1 and all(isinstance(v, str) for v in values):
         if set(values) <= set(adata.obs_names):
             return f"{len(values)} cell names"
-    if len(values) > 1 and all(isinstance(v, int | np.integer) for v in values):
+    integers = (isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values)
+    if len(values) > 1 and all(integers):
         if min(values) >= 0 and max(values) < adata.n_obs:
             return f"{len(values)} integers (cell positions?)"
     if len(values) == adata.n_obs > 1:
@@ -238,8 +239,9 @@ def _groups_from_indices(
     return bg, tg
 
 
-# below this many cells a group's mean expression (what the salient space and genes contrast)
-# rests on a handful of cells; a guard, not a tuned value
+#: below this many cells a group's mean expression (what the salient space and genes contrast)
+#: rests on a handful of cells (a warning), and a small background is not repeated in training
+#: (a guard, not a tuned value)
 MIN_GROUP_CELLS = 20
 
 

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 from scvi.external.contrastivevi import ContrastiveDataSplitter
 
+from scdl.data import MIN_GROUP_CELLS
 from scdl.module import TARGET_KEY
 
 from ._loader import TensorBatchLoader
@@ -26,10 +27,6 @@ class _FlaggedLoader(TensorBatchLoader):
 #: minibatch, and the salient genes lost half their interferon genes). A small target is not
 #: repeated: 30 stimulated cells repeated beside 750 controls lost 17 of 42 (one seed)
 MAX_GROUP_RATIO = 4
-#: the fewest background cells repeated: copies of a few cells would pass the shared space's
-#: MMD guard (4 cells a minibatch) and pull every target cell towards them; under 20 cells (the
-#: data checks' MIN_GROUP_CELLS) the model already warns that its result may be noise
-MIN_REPEATED_CELLS = 20
 
 
 class ContrastiveSplitter(ContrastiveDataSplitter):
@@ -41,7 +38,9 @@ class ContrastiveSplitter(ContrastiveDataSplitter):
     ``TrainingPlan``. When the target's training cells outnumber the background's more than
     ``MAX_GROUP_RATIO`` times, each epoch repeats every background cell the same number of
     times, to that ratio (contrastiveVI pairs equal numbers of each group in every minibatch);
-    not with fewer than ``MIN_REPEATED_CELLS`` background cells.
+    not with fewer than ``MIN_GROUP_CELLS`` background cells, where the model warns that its
+    result may be noise (copies of a few cells would also pass the shared space's MMD guard,
+    4 cells a minibatch, and pull every target cell towards them).
     """
 
     def __init__(self, adata_manager, background_indices, target_indices, **kwargs):
@@ -95,12 +94,12 @@ class ContrastiveSplitter(ContrastiveDataSplitter):
     def balanced_train_idx(self) -> np.ndarray:
         """The training cells of an epoch (positions in the AnnData): the target's, then the
         background's repeated (each cell equally often) where the target outnumbers them more
-        than ``MAX_GROUP_RATIO`` times and the background holds at least
-        ``MIN_REPEATED_CELLS`` cells; else ``train_idx`` as split."""
+        than ``MAX_GROUP_RATIO`` times and the background holds at least ``MIN_GROUP_CELLS``
+        cells; else ``train_idx`` as split."""
         train = np.asarray(self.train_idx, dtype=np.int64)
         is_target = self.is_target[train]
         target, background = train[is_target], train[~is_target]
-        few = self.n_background < MIN_REPEATED_CELLS or len(background) == 0
+        few = self.n_background < MIN_GROUP_CELLS or len(background) == 0
         if few or len(target) <= MAX_GROUP_RATIO * len(background):
             return train
         times = math.ceil(len(target) / (MAX_GROUP_RATIO * len(background)))

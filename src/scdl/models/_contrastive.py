@@ -267,9 +267,8 @@ class ContrastiveVAE(
             Cells per minibatch (background and target cells mixed). Where the target's
             training cells outnumber the background's more than 4 times (and the background
             holds at least 20 cells), each epoch repeats every background cell equally often
-            to that ratio,
-            as contrastiveVI pairs the groups: an epoch is then longer, and ``elbo_train``
-            weighs the background more than ``elbo_validation`` does.
+            to that ratio, as contrastiveVI pairs the groups: an epoch is then longer, and
+            ``elbo_train`` weighs the background more than ``elbo_validation`` does.
         early_stopping
             Stop when the validation ELBO stops improving.
         accelerator, devices

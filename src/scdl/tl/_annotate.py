@@ -55,10 +55,9 @@ def annotate(
     new type whose own genes are not among them can pass as the known types it is called
     (megakaryocytes beside the shipped PBMC annotator, whose PPBP and PF4 are not: mostly
     called CD4 T cells); check clusters of such markers by hand. Cells with no count in the
-    model's genes, or
-    with fewer than 1/16 of the query's median count there (at most 10, and at most 1/16 of
-    the shallowest reference type's median), are called
-    ``"Unknown"`` too, with a warning. The call is not a doublet or empty-droplet detector:
+    model's genes, or with fewer than 1/16 of the query's median count there (at most 10, and
+    at most 1/16 of the shallowest reference type's median), are called ``"Unknown"`` too,
+    with a warning. The call is not a doublet or empty-droplet detector:
     run scanpy's quality control first. Nor does it remove ambient RNA: a profile shared by
     every cell of a droplet sample (the soup of lysed cells) moves cells towards the sample's
     most abundant types and costs accuracy, more than it costs a logistic regression, without

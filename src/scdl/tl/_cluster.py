@@ -48,8 +48,8 @@ def cluster(
     :func:`~scanpy.pp.neighbors`; the neighbours are exact, scikit-learn's search, up to 20,000
     cells, where scanpy would switch to pynndescent from 8,192) and runs scanpy's Leiden
     (igraph flavour) on it. For a latent of :func:`scdl.tl.integrate`, the graph is first
-    averaged with scanpy's 15-neighbour graph
-    on a PCA of the cells' expression (``obsm["X_pca"]``, computed when missing): the VAE's
+    averaged with scanpy's 15-neighbour graph on a PCA of the cells' expression
+    (``obsm["X_pca"]``, computed when missing): the VAE's
     low-dimensional latent draws close, small types together and splits large ones, the PCA
     keeps that finer structure, and on the average cells stay linked by the edges both graphs
     give them. A PCA also carries every batch effect (across two labs it put one lab's
