@@ -54,6 +54,12 @@ def test_integration_metrics_plot(tmp_path):
         scdl.pl.integration_metrics(df.drop(columns="Total"), show=False)
     with pytest.raises(TypeError, match="results is a dict; pass the DataFrame"):
         scdl.pl.integration_metrics(df.to_dict(), show=False)
+    # scib-metrics' own Benchmarker.get_results(): its "Metric Type" row of words is left out
+    kinds = pd.DataFrame([["Aggregate score"] * 3], columns=df.columns, index=["Metric Type"])
+    table = pd.concat([df, kinds]).rename_axis("Embedding")
+    assert len(scdl.pl.integration_metrics(table, show=False).axes[0].patches) == 6
+    # scanpy's return_fig=True: the figure, not shown
+    assert isinstance(scdl.pl.integration_metrics(df, return_fig=True), Figure)
     # twelve embeddings: twelve colours (matplotlib's cycle repeated after ten)
     many = pd.concat([df] * 6, ignore_index=True).set_axis([f"e{i}" for i in range(12)])
     fig = scdl.pl.integration_metrics(many, show=False)
@@ -126,6 +132,33 @@ def test_saved_figure_is_closed_as_scanpy_does(tmp_path):
     # shown and saved: closed too (scanpy); save=None follows scanpy's autosave
     assert scdl.pl.integration_metrics(df, save=tmp_path / "shown.png", show=True) is None
     assert plt.get_fignums() == []
+
+
+def test_a_saved_figure_is_shown_first_where_scanpy_shows_it(tmp_path, monkeypatch):
+    """In a notebook (scanpy's ``autoshow``, on by default) ``save=`` with ``show=None`` shows
+    the figure, then closes it, as scanpy's ``savefig_or_show`` does: it was closed unshown,
+    so adding ``save=`` made the figure vanish from the notebook."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import scanpy as sc
+
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda *a, **k: shown.append(plt.get_fignums()))
+    df = pd.DataFrame({"Batch correction": [0.3], "Bio conservation": [0.6], "Total": [0.5]})
+    plt.close("all")
+    autoshow = sc.settings.autoshow  # a property: set and restored, not monkeypatched
+    try:
+        sc.settings.autoshow = True
+        assert scdl.pl.integration_metrics(df, save=tmp_path / "a.png") is None
+        assert len(shown) == 1 and len(shown[0]) == 1 and plt.get_fignums() == []
+        sc.settings.autoshow = False  # a script: saved, closed, not shown
+        assert scdl.pl.integration_metrics(df, save=tmp_path / "b.png") is None
+        assert len(shown) == 1 and plt.get_fignums() == []
+        fig = scdl.pl.integration_metrics(df)  # neither: the figure is the caller's
+        assert isinstance(fig, Figure) and len(shown) == 1
+    finally:
+        sc.settings.autoshow = autoshow
+        plt.close("all")
 
 
 def test_autosave_and_sizes_follow_scanpy(tmp_path):

@@ -328,14 +328,22 @@ def test_integration_metrics_say_where_a_score_rests_on_little(kang_integrated):
     adata.obsm["flat"] = np.c_[adata.obsm["X_scdl"], np.zeros(adata.n_obs)]
     types = adata.obs["cell_type"].astype(str).to_numpy().copy()
     types[0] = "Lonely"
+    # cells without a type, scored as one (two of each sample: not an isolated label)
+    sample = adata.obs["sample"].astype(str).to_numpy()
+    types[[i for s in np.unique(sample) for i in np.flatnonzero(sample == s)[5:7]]] = "NA"
     adata.obs["types"] = types
+    samples = adata.obs["sample"].astype(str).to_numpy().copy()
+    samples[[1, 2, -1]] = "stray"  # a batch of three cells: iLISI's divisor grows by one
+    adata.obs["samples"] = samples
     with pytest.warns(UserWarning) as record:
         df = scdl.tl.integration_metrics(
-            adata, batch_key="sample", label_key="types", embeddings=["X_scdl", "flat"]
+            adata, batch_key="samples", label_key="types", embeddings=["X_scdl", "flat"]
         )
     said = " ".join(str(w.message) for w in record)
     assert "is NaN for 'flat'" in said and "is NaN for 'X_scdl'" not in said
     assert "Lonely (1 cells)" in said
+    assert "batches of a few cells (stray (3 cells))" in said and "['stray']" in said
+    assert "'NA' (8 cells), scored as a cell type" in said
     assert np.isnan(df.loc["flat", "PCR comparison"]) and np.isfinite(df.loc["X_scdl"]).all()
     assert df.loc["X_scdl", "Isolated labels"] == pytest.approx(0.5)
 

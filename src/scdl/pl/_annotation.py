@@ -28,6 +28,7 @@ def annotation(
     ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
     save: str | os.PathLike | bool | None = None,
+    return_fig: bool | None = None,
 ) -> Figure | None:
     """Confidence per predicted cell type and, where true labels exist, a confusion matrix.
 
@@ -144,7 +145,9 @@ def annotation(
         fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of row")
     if own_figure:  # a user's layout is theirs to arrange
         fig.tight_layout()
-    return finish(fig, show=show, save=save, default_name=f"annotation_{key}")
+    return finish(
+        fig, show=show, save=save, return_fig=return_fig, default_name=f"annotation_{key}"
+    )
 
 
 @doc_show_save
@@ -156,6 +159,7 @@ def attributions(
     ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
     save: str | os.PathLike | bool | None = None,
+    return_fig: bool | None = None,
 ) -> Figure | None:
     """Top genes driving each cell type's prediction, or a drug's predicted response (bar
     chart per type or drug; bars of positive attributions orange, negative purple).
@@ -225,7 +229,7 @@ def attributions(
     if not own_figure:  # the user's figure holds other panels: each of ours says it alone
         for ax in axes:
             ax.set_xlabel(f"contribution to {response}" if drug else "contribution to the logit")
-        return finish(fig, show=show, save=save, default_name="attributions")
+        return finish(fig, show=show, save=save, return_fig=return_fig, default_name="attributions")
     if drug:
         fig.supxlabel(
             f"mean contribution to the predicted {response} (integrated gradients, from a "
@@ -237,7 +241,7 @@ def attributions(
             "> 0 (orange): towards the type; < 0 (purple): away from it"
         )
     fig.tight_layout()
-    return finish(fig, show=show, save=save, default_name="attributions")
+    return finish(fig, show=show, save=save, return_fig=return_fig, default_name="attributions")
 
 
 def _horizontal() -> dict:

@@ -23,6 +23,7 @@ def cluster_resolution(
     ax: Axes | None = None,
     show: bool | None = None,
     save: str | os.PathLike | bool | None = None,
+    return_fig: bool | None = None,
 ) -> Figure | None:
     """Plot the silhouette width and number of clusters of each scanned Leiden resolution, with the
     chosen one marked.
@@ -35,7 +36,8 @@ def cluster_resolution(
     key
         ``key_added`` of the cluster call.
     ax
-        Axes to draw on (in a layout of your own); the figure holding it is returned.
+        Axes to draw on, in a layout of your own (pass ``show=False`` and show the layout
+        when it is complete: shown, it is closed); the figure holding it is returned.
     %(show_save)s
 
     %(returns_figure)s
@@ -75,4 +77,6 @@ def cluster_resolution(
     ax.set_title(f"Resolution scan ({key}): chosen {chosen:g}{note}")
     if own:
         fig.tight_layout()
-    return finish(fig, show=show, save=save, default_name=f"cluster_resolution_{key}")
+    return finish(
+        fig, show=show, save=save, return_fig=return_fig, default_name=f"cluster_resolution_{key}"
+    )

@@ -55,6 +55,7 @@ def contrastive(
     random_state: int = 0,
     show: bool | None = None,
     save: str | os.PathLike | bool | None = None,
+    return_fig: bool | None = None,
 ) -> Figure | None:
     """UMAPs of the shared and the salient space side by side, and the top salient genes.
 
@@ -170,7 +171,9 @@ def contrastive(
                 _space_panels(fig, gs[i, 0], gs[i, 1], tmp, tmp_target, c, palette)
             if table is not None:
                 _gene_bars(fig.add_subplot(gs[:, 3]), table)
-        return finish(fig, show=show, save=save, default_name=f"contrastive_{key}")
+        return finish(
+            fig, show=show, save=save, return_fig=return_fig, default_name=f"contrastive_{key}"
+        )
 
 
 def _summary(adata: AnnData, key: str) -> dict:

@@ -80,6 +80,7 @@ def drug_response(
     ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
     save: str | os.PathLike | bool | None = None,
+    return_fig: bool | None = None,
 ) -> Figure | None:
     """Predicted sensitivity to each drug per group of cells (cluster, sample, cell line).
 
@@ -135,7 +136,9 @@ def drug_response(
     if value not in ("probability", "response"):
         raise ValueError(f"value={value!r} is not one of 'probability', 'response'.")
     if kind == "roc":
-        return _roc(adata, labels, drugs, key, n_drugs, ax=ax, show=show, save=save)
+        return _roc(
+            adata, labels, drugs, key, n_drugs, ax=ax, show=show, save=save, return_fig=return_fig
+        )
     if groupby is None:
         raise ValueError(f"kind={kind!r} needs `groupby`, an obs column of groups of cells.")
     # cells without a group are left out, as pl.annotation does
@@ -164,7 +167,9 @@ def drug_response(
         fig = _heatmap(means[drugs], scale, value, groupby, sizes, ax)
     else:
         fig = _violins(table, groups, means.index.tolist(), drugs, scale, value, ax)
-    return finish(fig, show=show, save=save, default_name=f"drug_response_{key}_{kind}")
+    return finish(
+        fig, show=show, save=save, return_fig=return_fig, default_name=f"drug_response_{key}_{kind}"
+    )
 
 
 def _heatmap(means: pd.DataFrame, scale, value: str, groupby: str, sizes: pd.Series, ax=None):
@@ -241,7 +246,7 @@ def _violins(table, groups, names: list, drugs: list, scale, value: str, ax=None
     return fig
 
 
-def _roc(adata, labels, drugs, key, n_drugs, *, ax, show, save):
+def _roc(adata, labels, drugs, key, n_drugs, *, ax, show, save, return_fig):
     """ROC of the sensitive probability against per-cell truth, one curve per drug."""
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_auc_score, roc_curve
@@ -295,4 +300,6 @@ def _roc(adata, labels, drugs, key, n_drugs, *, ax, show, save):
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     else:
         ax.legend(fontsize=7, loc="lower right")
-    return finish(fig, show=show, save=save, default_name=f"drug_response_{key}_roc")
+    return finish(
+        fig, show=show, save=save, return_fig=return_fig, default_name=f"drug_response_{key}_roc"
+    )

@@ -41,6 +41,7 @@ def embedding(
     ax: Axes | None = None,
     show: bool | None = None,
     save: str | os.PathLike | bool | None = None,
+    return_fig: bool | None = None,
     **kwargs,
 ) -> Figure | None:
     """UMAP of ``obsm[basis]``, one panel per ``color`` key.
@@ -74,11 +75,11 @@ def embedding(
     ncols
         Panels per row.
     ax
-        Axes to draw a single ``color`` panel on; the figure holding it is returned.
+        Axes to draw a single ``color`` panel on (pass ``show=False`` and show your layout
+        when it is complete); the figure holding it is returned.
     %(show_save)s
     **kwargs
-        Passed to :func:`scanpy.pl.embedding` (``frameon`` is ``False`` unless given;
-        ``return_fig`` is ignored: the figure is always returned).
+        Passed to :func:`scanpy.pl.embedding` (``frameon`` is ``False`` unless given).
 
     %(returns_figure)s
     """
@@ -129,7 +130,6 @@ def embedding(
                 random_state=random_state,  # None is 0 there, so the cache can match it
             )
         kwargs.setdefault("frameon", False)
-        kwargs.pop("return_fig", None)  # the figure is always returned
         with _scanpy_writes_undone(adata), figures_closed_on_failure():
             if numeric_batch:  # put back as it was when the figure is drawn
                 adata.obs[color[0]] = adata.obs[color[0]].astype("category")
@@ -150,7 +150,9 @@ def embedding(
             fig = plot.figure if plot is not None else __import__("matplotlib.pyplot").pyplot.gcf()
         else:
             fig = plot
-        return finish(fig, show=show, save=save, default_name=f"embedding_{basis}")
+        return finish(
+            fig, show=show, save=save, return_fig=return_fig, default_name=f"embedding_{basis}"
+        )
 
 
 def _check_colors(adata: AnnData, color, gene_symbols: str | None = None) -> None:

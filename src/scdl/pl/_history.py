@@ -96,6 +96,7 @@ def training_history(
     ax: Axes | None = None,
     show: bool | None = None,
     save: str | os.PathLike | bool | None = None,
+    return_fig: bool | None = None,
 ) -> Figure | None:
     """Plot the training (and validation) ELBO, or loss, per epoch, to check convergence.
 
@@ -110,7 +111,8 @@ def training_history(
     key
         ``key_added`` of the integrate (or contrastive) call.
     ax
-        Axes to draw on (in a layout of your own); the figure holding it is returned.
+        Axes to draw on, in a layout of your own (pass ``show=False`` and show the layout
+        when it is complete: shown, it is closed); the figure holding it is returned.
     %(show_save)s
 
     %(returns_figure)s
@@ -131,4 +133,6 @@ def training_history(
     ax.legend(frameon=False)
     if own:
         fig.tight_layout()
-    return finish(fig, show=show, save=save, default_name=f"training_history_{key}")
+    return finish(
+        fig, show=show, save=save, return_fig=return_fig, default_name=f"training_history_{key}"
+    )

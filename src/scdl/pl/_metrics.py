@@ -24,18 +24,20 @@ def integration_metrics(
     ax: Axes | None = None,
     show: bool | None = None,
     save: str | os.PathLike | bool | None = None,
+    return_fig: bool | None = None,
 ) -> Figure | None:
     """Grouped bars of the scib-metrics summary scores per embedding.
 
     Parameters
     ----------
     results
-        The DataFrame returned by :func:`scdl.tl.integration_metrics`, or an AnnData holding
-        it in ``uns[key]``.
+        The DataFrame returned by :func:`scdl.tl.integration_metrics` (or by scib-metrics'
+        ``Benchmarker.get_results``), or an AnnData holding it in ``uns[key]``.
     key
         uns key when ``results`` is an AnnData.
     ax
-        Axes to draw on (in a layout of your own); the figure holding it is returned.
+        Axes to draw on, in a layout of your own (pass ``show=False`` and show the layout
+        when it is complete: shown, it is closed); the figure holding it is returned.
     %(show_save)s
 
     %(returns_figure)s
@@ -59,7 +61,8 @@ def integration_metrics(
             "scdl.tl.integration_metrics, which holds "
             f"{list(_COLUMNS)}."
         )
-    df = results.loc[:, list(_COLUMNS)].astype(float)
+    # scib-metrics' own Benchmarker.get_results() holds a "Metric Type" row of words
+    df = results.drop(index="Metric Type", errors="ignore").loc[:, list(_COLUMNS)].astype(float)
     n = len(df)
     if n == 0:
         raise ValueError("The results table has no rows: there is no embedding to draw.")
@@ -81,7 +84,9 @@ def integration_metrics(
     ax.spines[["top", "right"]].set_visible(False)
     if own:
         fig.tight_layout()
-    return finish(fig, show=show, save=save, default_name="integration_metrics")
+    return finish(
+        fig, show=show, save=save, return_fig=return_fig, default_name="integration_metrics"
+    )
 
 
 def _palette(n: int) -> list:

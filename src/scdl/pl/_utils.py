@@ -27,16 +27,22 @@ if TYPE_CHECKING:
 plot_dsp = DocstringProcessor(
     show_save=(
         "show, save\n"
-        "    Show the figure (``None``: scanpy's ``settings.autoshow``; when saving, the\n"
-        "    figure is closed, as in scanpy, unless ``show=False``), and/or\n"
+        "    Show the figure (``None``: scanpy's ``settings.autoshow``, on by default; a saved\n"
+        "    figure is shown, then closed, as in scanpy, unless ``show=False``), and/or\n"
         "    save it: ``True`` writes ``{scanpy.settings.figdir}/<name>.<format>`` (scanpy's\n"
         "    ``settings.file_format_figs``); a string starting with ``_`` or a format is\n"
         '    scanpy\'s suffix (``save="_ctrl"`` writes ``{figdir}/<name>_ctrl.<format>``,\n'
         '    ``save=".pdf"`` ``{figdir}/<name>.pdf``); any other string or path is the file\'s\n'
         "    path, ``.png`` added when it has no suffix. ``save=None``: scanpy's\n"
-        "    ``settings.autosave`` (saved as with ``True`` when it is set)."
+        "    ``settings.autosave`` (saved as with ``True`` when it is set).\n"
+        "return_fig\n"
+        "    As in scanpy: ``True`` returns the Figure, not shown (``show=False``)."
     ),
-    returns_figure="Returns\n-------\nThe Figure, unless it was shown or saved and closed.",
+    returns_figure=(
+        "Returns\n-------\nThe Figure, unless it was shown or saved and closed. In a notebook,\n"
+        "assign it (``fig = ...``) or end the line with ``;``: a Figure left as a cell's\n"
+        "value is drawn a second time."
+    ),
 )
 
 
@@ -109,10 +115,15 @@ _SUFFIXES = ("_", *_FORMATS)
 
 
 def finish(
-    fig: Figure, *, show: bool | None, save: str | os.PathLike | bool | None, default_name: str
+    fig: Figure,
+    *,
+    show: bool | None,
+    save: str | os.PathLike | bool | None,
+    default_name: str,
+    return_fig: bool | None = None,
 ):
     """Save and/or show ``fig``; return it unless it was shown, or saved with ``show=None``
-    (then closed, as scanpy does).
+    (shown first when scanpy's ``autoshow`` is on, then closed, as scanpy does).
 
     ``save=True`` writes ``{scanpy.settings.figdir}/{default_name}.{file_format_figs}``; a
     string starting with ``_`` or one of scanpy's formats (``.pdf``, ``.png``, ``.svg``), with
@@ -146,19 +157,21 @@ def finish(
         # the user's savefig.dpi (sc.set_figure_params(dpi_save=...)) when set, else 150
         dpi = 150 if plt.rcParams["savefig.dpi"] == "figure" else None
         fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    if show is None:
-        if save:  # as scanpy: a saved figure is closed, not left open for the notebook
-            plt.close(fig)
-            return None
-        import scanpy as sc
+    if return_fig:  # scanpy's option: the figure, not shown
+        show = False
+    if show is False:  # the caller draws on: kept open, saved or not
+        return fig
+    import scanpy as sc
 
-        show = bool(sc.settings.autoshow)
-    if show:
+    # as scanpy's savefig_or_show: shown when autoshow is on (a notebook shows a saved
+    # figure too: closing it unshown left the cell without a figure), then closed if saved
+    if show or sc.settings.autoshow:
         plt.show()
-        if save:  # shown and saved: closed, as scanpy does
-            plt.close(fig)
-        return None
-    return fig
+    elif not save:
+        return fig
+    if save:
+        plt.close(fig)
+    return None
 
 
 def check_scanpy_options(adata: AnnData, kwargs: dict, genes: bool = True) -> None:

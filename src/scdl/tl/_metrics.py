@@ -108,7 +108,14 @@ def integration_metrics(
     any embedding that mixes batches, a random one too (a random embedding of Kang PBMCs
     scores about 0.84 there): read them beside ``Bio conservation``. Isolated labels scores
     the types found in the fewest batches; one of a single cell scores 0.5 whatever the
-    embedding (a warning names such types under 10 cells).
+    embedding (a warning names such types under 10 cells). iLISI is scaled by the number of
+    batches, so a batch of a few cells lowers every cell's score, and a label such as "NA" or
+    "unassigned" is scored as a cell type: warnings name both. kBET's diffusion embedding
+    starts ARPACK from a fixed vector here, so the same input gives the same kBET (a random
+    start, as in a ``Benchmarker`` run by hand, can flip eigenvectors and move it).
+
+    The first call in a Python session takes about a minute longer than later ones (JAX's
+    import and scib-metrics' compilation); later calls on a few thousand cells take seconds.
     """
     check_is_anndata(adata)
     # said here, not by joblib after the baseline PCA and scib-metrics' import
@@ -276,8 +283,13 @@ def _root_logger_left_alone():
 
 
 #: isolated types with fewer cells than this are named in a warning (a guard, chosen on no
-#: benchmark: a single cell scores 0.5 whatever the embedding)
+#: benchmark: a single cell scores 0.5 whatever the embedding); batches too (iLISI is scaled
+#: by the number of batches, each of a few cells counting as one)
 _FEW_ISOLATED_CELLS = 10
+#: label values that mark cells without a cell type (scored as a type of their own)
+_NO_LABEL = frozenset(
+    {"", "na", "n/a", "nan", "none", "null", "unknown", "unassigned", "unlabelled", "unlabeled"}
+)
 
 
 def _warn_of_weak_scores(res: pd.DataFrame, obs: pd.DataFrame, batch_key, label_key) -> None:
@@ -302,5 +314,27 @@ def _warn_of_weak_scores(res: pd.DataFrame, obs: pd.DataFrame, batch_key, label_
             f"Isolated labels scores the {label_key!r} types found in the fewest batches, "
             f"among them {', '.join(few)}: a type of a few cells scores near 0.5 whatever the "
             "embedding. Merge or drop such types to score the isolated types that matter.",
+            UserWarning,
+        )
+    batches = obs[batch_key].value_counts()
+    small = batches[batches < _FEW_ISOLATED_CELLS]
+    if len(small):
+        names = [str(b) for b in small.index]
+        listed = ", ".join(f"{b} ({n} cells)" for b, n in small.items())
+        warn_user(
+            f"{batch_key!r} holds batches of a few cells ({listed}): "
+            f"iLISI is scaled by the number of batches ({len(batches)}), each counting as one, "
+            "so they lower every cell's score. Merge or drop them first, e.g. "
+            f"`adata = adata[~adata.obs[{batch_key!r}].isin({names})].copy()`.",
+            UserWarning,
+        )
+    unlabelled = [t for t in sizes.index if str(t).strip().lower() in _NO_LABEL]
+    if unlabelled:
+        drop = [str(t) for t in unlabelled]
+        warn_user(
+            f"{label_key!r} has {', '.join(f'{t!r} ({sizes[t]} cells)' for t in unlabelled)}, "
+            "scored as a cell type of its own (the bio-conservation metrics and kBET move "
+            "with it). If it marks cells without a label, drop them first, e.g. "
+            f"`adata = adata[~adata.obs[{label_key!r}].isin({drop})].copy()`.",
             UserWarning,
         )
