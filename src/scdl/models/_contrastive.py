@@ -245,6 +245,11 @@ class ContrastiveVAE(
     ):
         """Train on background and target cells (Lightning; history in ``history``).
 
+        As in scvi-tools, the weights' initialisation, the data split and the minibatch order
+        draw from ``scvi.settings.seed``: set it before building the model
+        (``scvi.settings.seed = 0``) and the same seed gives the same model on CPU; unset
+        (``None``), every run differs.
+
         Say which cells are which either by position or by an obs column:
 
         - ``background_indices`` and/or ``target_indices`` (integer positions or boolean

@@ -435,6 +435,11 @@ class DrugResponseModel(
         A loaded model holds no target cells (they are not saved): training it again fits the
         bulk lines only, with a warning.
 
+        The folds draw from ``scvi.settings.seed`` (seed 0 when it is unset); with
+        ``prediction="deep"`` or ``"wide_deep"`` the network's initialisation and minibatch
+        order draw from it too, as in scvi-tools: set it before building the model for the
+        same model on CPU (unset, every deep run differs).
+
         Parameters
         ----------
         max_epochs

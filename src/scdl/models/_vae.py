@@ -294,6 +294,11 @@ class VAE(
     ):
         """Train the model with Lightning (progress bar, history in ``history``).
 
+        As in scvi-tools, the weights' initialisation, the data split and the minibatch order
+        draw from ``scvi.settings.seed``: set it before building the model
+        (``scvi.settings.seed = 0``) and the same seed gives the same model on CPU; unset
+        (``None``), every run differs.
+
         Parameters
         ----------
         max_epochs

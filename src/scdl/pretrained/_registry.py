@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from scdl._paths import new_entry, user_path
+from scdl._rng import keeps_rng
 from scdl.datasets import as_sha256, cache_dir, download, sha256sum
 
 _HERE = Path(__file__).parent / "annotators"
@@ -270,6 +271,7 @@ def _refetch_fix(name_or_path) -> str:
     return "Get the annotator's files again from where they came from."
 
 
+@keeps_rng  # building the network draws weights the saved ones replace: not the user's draws
 def load(
     name_or_path: str | os.PathLike,
     *,
