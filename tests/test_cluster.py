@@ -58,6 +58,40 @@ def test_n_clusters(cellbench, k):
     assert adata.uns["scdl_cluster"]["n_clusters"] == adata.obs["scdl_cluster"].nunique()
 
 
+def test_clusters_are_named_by_size_and_other_records_are_not_overwritten(cellbench):
+    """Every path names clusters "0", "1", ... from the largest (the fixed and "auto" paths
+    kept igraph's numbering, n_clusters named by size); a key_added holding another step's
+    record (sc.pp.neighbors') is refused: it was replaced, and sc.tl.umap then failed."""
+    import scanpy as sc
+    from conftest import assert_unchanged, snapshot
+
+    adata = cellbench.copy()
+    scdl.tl.cluster(adata, use_rep="X_pca", resolution=0.3)
+    sizes = adata.obs["scdl_cluster"].value_counts(sort=False)
+    assert list(sizes.index) == [str(i) for i in range(len(sizes))]
+    assert (np.diff(sizes.to_numpy()) <= 0).all()
+    scdl.tl.cluster(adata, use_rep="X_pca", resolution=0.3)  # its own record: replaced
+    # below the graph's five components (the lines), closest centroids merge
+    with pytest.warns(UserWarning, match="resolution='auto' is ignored"):
+        scdl.tl.cluster(adata, use_rep="X_pca", n_clusters=2, resolution="auto", key_added="k2")
+    assert adata.obs["k2"].nunique() == 2 < adata.uns["k2"]["n_clusters_leiden"]
+    # scanpy's sub-clustering on the graph written, as the docstring shows
+    sc.tl.leiden(
+        adata,
+        restrict_to=("scdl_cluster", ["0"]),
+        neighbors_key="scdl_cluster_neighbors",
+        flavor="igraph",
+        n_iterations=2,
+        key_added="scdl_subcluster",
+    )
+    assert adata.obs["scdl_subcluster"].nunique() > adata.obs["scdl_cluster"].nunique()
+    sc.pp.neighbors(adata, use_rep="X_pca", transformer="sklearn")
+    snap = snapshot(adata)
+    with pytest.raises(ValueError, match=r"overwrite adata.uns\['neighbors'\].*sc.pp.neighbors"):
+        scdl.tl.cluster(adata, use_rep="X_pca", key_added="neighbors")
+    assert_unchanged(adata, snap)
+
+
 def test_n_clusters_beyond_reach_warns_with_the_count_reached(cellbench):
     adata = cellbench.copy()
     with pytest.warns(UserWarning, match=f"No resolution gives {adata.n_obs} Leiden clusters"):

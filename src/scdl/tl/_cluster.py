@@ -3,6 +3,7 @@ a resolution chosen without labels, or the resolution giving a number of cluster
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -25,6 +26,7 @@ from scdl.data import (
 from ._cluster_graph import expression_pca, pca_connectivities
 
 if TYPE_CHECKING:
+    import pandas as pd
     from anndata import AnnData
 
 
@@ -79,6 +81,13 @@ def cluster(
     graph has connected components, a smaller ``k`` is reached by merging the clusters whose
     centroids in ``use_rep`` are closest (average linkage).
 
+    To sub-cluster some clusters (scanpy's ``restrict_to``), run scanpy's Leiden on the graph
+    written here: ``sc.tl.leiden(adata, restrict_to=("scdl_cluster", ["0"]),
+    neighbors_key="scdl_cluster_neighbors", flavor="igraph", n_iterations=2,
+    key_added="scdl_subcluster")``; ``sc.tl.umap`` and ``sc.tl.paga`` read it with the same
+    ``neighbors_key``. For a graph of your own only (``sc.pp.neighbors``, bbknn), use
+    ``sc.tl.leiden``: this step builds its graph from ``use_rep``.
+
     Parameters
     ----------
     adata
@@ -128,15 +137,16 @@ def cluster(
     ``None``, or a copy of ``adata`` if ``copy=True``. Writes:
 
     ``adata.obs[key_added]``
-        Cluster labels (categorical).
+        Cluster labels (categorical), named ``"0"``, ``"1"``, ... from the largest.
     ``adata.uns[key_added]``
         Leiden parameters, with ``resolution`` (the one used) and ``resolution_method``
         (``"fixed"``, ``"auto"`` or ``"n_clusters"``). ``"auto"`` adds ``scan``: a dict of
         arrays ``resolution``, ``n_clusters`` and ``silhouette`` over the grid (plot it with
         :func:`scdl.pl.cluster_resolution`); ``n_clusters`` adds ``n_clusters`` (the
         count reached: the closest one, with a warning, when no resolution gives the one
-        requested), ``n_clusters_requested`` and ``scan`` with the ``resolution`` and
-        ``n_clusters`` of each search step.
+        requested), ``n_clusters_requested``, ``n_clusters_leiden`` (Leiden's count at
+        ``resolution``: more than ``n_clusters`` when closest centroids were merged) and
+        ``scan`` with the ``resolution`` and ``n_clusters`` of each search step.
     ``adata.uns[f"{key_added}_neighbors"]``
         The neighbour graph's ``params`` (scanpy's layout), with ``params["pca"]``: the obsm
         key of the PCA whose graph was averaged in, ``"computed from X, ..."`` (the layer and
@@ -196,6 +206,8 @@ def cluster(
         directed=False,
         random_state=random_state,
     )
+    # named by size, as with n_clusters (igraph numbers them from the first cell's)
+    adata.obs[key_added] = named_by_size(adata.obs[key_added].to_numpy())
     adata.uns[key_added]["resolution"] = float(resolution)
     adata.uns[key_added]["resolution_method"] = "fixed" if scan is None else "auto"
     if scan is not None:
@@ -225,6 +237,12 @@ def _check_inputs(
                 f"n_clusters must be between 1 and the number of cells ({adata.n_obs}), got "
                 f"{n_clusters}."
             )
+        if isinstance(resolution, str):
+            warn_user(
+                f"resolution={resolution!r} is ignored: n_clusters={n_clusters} searches the "
+                "resolution giving that many clusters.",
+                UserWarning,
+            )
     elif isinstance(resolution, str):
         if resolution != "auto":
             raise ValueError(f'resolution must be a number > 0 or "auto", got {resolution!r}.')
@@ -239,6 +257,17 @@ def _check_inputs(
         raise ValueError(
             f"key_added={key_added!r} would overwrite adata.uns[{key_added!r}], the record of "
             f"use_rep={use_rep!r}. Choose another key, e.g. 'scdl_cluster'."
+        )
+    record = adata.uns.get(key_added)
+    params = record.get("params") if isinstance(record, Mapping) else None
+    if record is not None and not (isinstance(params, Mapping) and "resolution" in params):
+        # a clustering's record (scdl's, sc.tl.leiden's) is replaced as scanpy replaces it;
+        # another step's is not: key_added="neighbors" replaced sc.pp.neighbors' record and
+        # sc.tl.umap then failed with KeyError: 'method'
+        raise ValueError(
+            f"key_added={key_added!r} would overwrite adata.uns[{key_added!r}], which is not "
+            "a clustering's record (e.g. sc.pp.neighbors' graph, which sc.tl.umap reads). "
+            "Choose another key, e.g. 'scdl_cluster'."
         )
     if layer is not None:  # a typo is refused even where no PCA is computed
         get_matrix(adata, layer)
@@ -259,16 +288,29 @@ def _check_inputs(
     return rep, n_neighbors
 
 
+def named_by_size(labels) -> pd.Categorical:
+    """Clusters named "0", "1", ... from the largest (ties: the first cell's first)."""
+    import pandas as pd
+
+    codes, uniques = pd.factorize(np.asarray(labels))  # in order of first appearance
+    order = np.argsort(-np.bincount(codes), kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    names = [str(i) for i in range(len(uniques))]
+    return pd.Categorical.from_codes(rank[codes], categories=names)
+
+
 def _cluster_to_k(adata, connectivities, rep, n_clusters: int, key_added: str, random_state):
     """Leiden at the resolution searched for ``n_clusters`` (merging the closest centroids
     below the graph's components); clusters named 0, 1, ... by size."""
-    import pandas as pd
 
     from ._resolution import merge_to, search_n_clusters
 
     chosen, labels, steps = search_n_clusters(connectivities, n_clusters, seed=random_state)
+    leiden_count = len(np.unique(labels))
     labels = merge_to(labels, rep, n_clusters)
-    sizes = pd.Series(labels).value_counts()  # name clusters 0, 1, ... by size
+    named = named_by_size(labels)
+    sizes = named.value_counts()
     if len(sizes) != n_clusters:  # Leiden's counts jump, or stop growing at resolution 10
         warn_user(
             f"No resolution gives {n_clusters} Leiden clusters on this graph; using the "
@@ -276,15 +318,15 @@ def _cluster_to_k(adata, connectivities, rep, n_clusters: int, key_added: str, r
             f"uns[{key_added!r}]['n_clusters']).",
             UserWarning,
         )
-    rename = {c: str(i) for i, c in enumerate(sizes.index)}
-    names = [str(i) for i in range(len(sizes))]
-    adata.obs[key_added] = pd.Categorical([rename[c] for c in labels], categories=names)
+    adata.obs[key_added] = named
     adata.uns[key_added] = {
         "params": {"resolution": chosen, "random_state": random_state, "n_iterations": 2},
         "resolution": chosen,
         "resolution_method": "n_clusters",
         "n_clusters": len(sizes),
         "n_clusters_requested": int(n_clusters),
+        # Leiden's count at that resolution, when closest centroids were merged below it
+        "n_clusters_leiden": leiden_count,
         "scan": {
             "resolution": np.array([r for r, _ in steps]),
             "n_clusters": np.array([k for _, k in steps]),
