@@ -29,7 +29,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 import scdl  # noqa: E402
-from scdl.datasets._gdsc import match_cell_lines  # noqa: E402
+from scdl.datasets import match_cell_lines  # noqa: E402
 
 EGFR_DRUGS = ("Gefitinib", "Erlotinib", "Afatinib")
 # small, fast settings: the tests check outcomes, not the defaults' full training budget
@@ -289,6 +289,30 @@ def test_cell_line_names_match_gdsc_keys(gdsc):
         "NCI-H2228": "NCIH2228",
         "no such line": None,
     }
+
+
+def test_cells_of_a_line_the_model_trained_on_are_said_to_be_in_sample(gdsc, cellbench, trained):
+    """The README's example trained on every GDSC line, the query's own among them, and its
+    agreement with their measured response was in-sample, unsaid; the warning's code holds
+    them out."""
+    import warnings
+
+    cells = cellbench[:200].copy()
+    kept = gdsc.obs["cell_line_key"].isin(["NCIH1975", "NCIH2228"]).to_numpy()  # HCC827 in
+    bulk = gdsc[~kept].copy()
+    scdl.models.DrugResponseModel.setup_anndata(bulk, response_key="ln_ic50")
+    model = _train(bulk, cells)
+    with pytest.warns(UserWarning, match=r"names 1 cell line\(s\) the model was trained on") as rec:
+        scdl.tl.drug_response(cells, model=model, drugs="Gefitinib")
+    said = next(str(w.message) for w in rec if "trained on" in str(w.message))
+    assert "HCC827" in said and "H1975" not in said
+    namespace = {"scdl": scdl, "cells": cells, "bulk": bulk}
+    exec(said.split("`")[1], namespace)  # the message's code: every query line held out
+    assert not namespace["bulk"].obs["cell_line_key"].isin(["HCC827"]).any()
+    with warnings.catch_warnings(record=True) as rec:  # lines held out: nothing said
+        warnings.simplefilter("always")
+        scdl.tl.drug_response(cells, model=trained, drugs="Gefitinib")
+    assert not [str(w.message) for w in rec if "trained on" in str(w.message)]
 
 
 # --- transfer to single cells --------------------------------------------------------------

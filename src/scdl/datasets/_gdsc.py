@@ -195,7 +195,9 @@ def gdsc(
 
     ``obs["cell_line_key"]``
         The join key: the line's name in upper case without punctuation ("NCI-H1975" is
-        "NCIH1975"); key your own cells' line names the same way to match them.
+        "NCIH1975", :func:`scdl.datasets.cell_line_key`). Match your cells' line names with
+        :func:`scdl.datasets.match_cell_lines`, which also finds NCI lines written without
+        the prefix ("H1975"), e.g. to hold the lines of your cells out of training.
     ``obsm[metric]``
         DataFrame of cell lines x drugs (drug names as columns, sorted; a "/" in a name is
         written "|", e.g. GDSC1's ``VNLG|124``, so the AnnData writes to .h5ad), NaN where the line
@@ -265,7 +267,8 @@ def gdsc(
     long = long.assign(cell_line_key=long["cell_line_key"].astype(str).map(as_bulk))
     # "/" in a drug's name (GDSC1's VNLG/124) becomes "|": h5ad files read "/" in a column
     # name as a path, and anndata >= 0.13 refuses to write the AnnData
-    long = long.assign(drug=long["drug"].astype(str).str.replace("/", "|"))
+    # a name's stray spaces (GDSC2's "GSK-LSD1-2HCl ") made a column nobody could type
+    long = long.assign(drug=long["drug"].astype(str).str.strip().str.replace("/", "|"))
     wide = long.pivot_table(index="cell_line_key", columns="drug", values="value", aggfunc="mean")
     keys = bulk.obs["cell_line_key"].astype(str).to_numpy()
     response = wide.reindex(index=keys)

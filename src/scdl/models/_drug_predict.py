@@ -267,16 +267,16 @@ class DrugPredictionMixin:
                     "`DrugResponseModel.load(dir_path, adata=bulk)` (the bulk cell lines it was "
                     "trained on, with their response table)."
                 )
-            training = self.adata
+        blocks = self._profile_blocks(
+            adata, layer=layer, modality=modality, smooth_neighbors=smooth_neighbors
+        )
+        if "similarity" in kinds:  # after the genes' checks: no overlap gave numpy's warnings
             present = (
                 np.ones(len(self.genes), dtype=bool)
                 if adata is None
                 else np.asarray(self.genes.isin(adata.var_names))
             )
-            near = LineSimilarity(self._bulk()[0], training.obs_names, present)
-        blocks = self._profile_blocks(
-            adata, layer=layer, modality=modality, smooth_neighbors=smooth_neighbors
-        )
+            near = LineSimilarity(self._bulk()[0], self.adata.obs_names, present)
         cols = [self.drugs.index(d) for d in drugs]
         index = self.adata.obs_names if adata is None else adata.obs_names
         want_sd = "sd" in kinds

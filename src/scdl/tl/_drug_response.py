@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from scdl._rng import keeps_rng
+from scdl._warnings import warn_user
 from scdl.data import check_writable, warn_slashed_names, writable
 
 if TYPE_CHECKING:
@@ -68,7 +69,9 @@ def drug_response(
     smooth_neighbors
         Cells each cell's counts are averaged over (itself included) before prediction;
         ``None`` uses the model's setting, ``0`` none. At most a fifth of the query's cells
-        are used, so that a small query's cells keep their own predictions.
+        are used, so that a query of a few cells is not averaged into one profile; in a
+        small query of several lines or types (tens of cells), a cell's neighbours still
+        include many of the others' cells: pass a small number (e.g. 3) or ``0`` there.
     copy
         Return a copy with the results instead of writing into ``adata``.
 
@@ -172,6 +175,8 @@ def drug_response(
                 f"key_added={key_added!r} would overwrite adata.obsm[{key_added + suffix!r}], "
                 f"written by the call under key_added={key_added + suffix!r}; choose another key."
             )
+    if model.adata is not None:
+        warn_of_training_lines(adata, model.adata)
     if modality == "auto":  # resolved here so that params records what was read
         modality = resolve_modality(adata, layer)
     # everything is computed before anything is written, so a failure leaves adata unchanged
@@ -247,3 +252,39 @@ def drug_response(
         "bulk": summary[["bulk_median", "residual_sd", "heldout_spearman", "n_lines"]].sort_index(),
     }
     return out if copy else None
+
+
+#: obs columns with more distinct values than this are not read as cell-line names
+_MAX_LINE_NAMES = 500
+
+
+def warn_of_training_lines(adata: AnnData, bulk: AnnData) -> None:
+    """Warn when an obs column of the query names lines the model was trained on (matched
+    as :func:`scdl.datasets.match_cell_lines` matches them): their cells' predictions are
+    in-sample, and agreement with those lines' measured response is not a test."""
+    from scdl.datasets import match_cell_lines
+
+    keys = bulk.obs["cell_line_key"] if "cell_line_key" in bulk.obs else bulk.obs_names
+    known = set(map(str, keys))
+    for column in adata.obs.columns:
+        values = adata.obs[column]
+        if str(column).endswith("_nearest_line"):  # an earlier call's output names them all
+            continue
+        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            continue
+        names = pd.unique(values.dropna().astype(str))
+        if len(names) > _MAX_LINE_NAMES:
+            continue
+        hits = {n: k for n, k in match_cell_lines(names, known).items() if k is not None}
+        if hits:
+            listed = ", ".join(f"{n} ({k})" if n != k else n for n, k in list(hits.items())[:8])
+            warn_user(
+                f"obs[{column!r}] names {len(hits)} cell line(s) the model was trained on "
+                f"({listed}): their cells' predictions are in-sample, so agreement with those "
+                "lines' measured response is not a test. To predict them as unseen, train "
+                "without them: `keys = scdl.datasets.match_cell_lines(cells.obs["
+                f"{column!r}].unique(), bulk.obs['cell_line_key']).values(); bulk = "
+                "bulk[~bulk.obs['cell_line_key'].isin(keys)].copy()`.",
+                UserWarning,
+            )
+            return
