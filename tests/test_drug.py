@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import shutil
 import threading
+import warnings
 from functools import partial
 
 import matplotlib
@@ -130,6 +131,7 @@ def test_gdsc_loader_joins_expression_and_response(gdsc):
     assert table.shape[1] == gdsc.uns["gdsc"]["n_drugs"] >= 250
     assert table.isna().any().any() and table.notna().any(axis=0).all()
     assert set(EGFR_DRUGS) <= set(table.columns)
+    assert (table.columns == table.columns.str.strip()).all()  # GDSC2's "GSK-LSD1-2HCl "
     # values are the long table's, joined on cell_line_key (mean over duplicates)
     long = pd.read_csv(DATA / "drug_response_long.csv.gz")
     rows = long[
@@ -295,7 +297,6 @@ def test_cells_of_a_line_the_model_trained_on_are_said_to_be_in_sample(gdsc, cel
     """The README's example trained on every GDSC line, the query's own among them, and its
     agreement with their measured response was in-sample, unsaid; the warning's code holds
     them out."""
-    import warnings
 
     cells = cellbench[:200].copy()
     kept = gdsc.obs["cell_line_key"].isin(["NCIH1975", "NCIH2228"]).to_numpy()  # HCC827 in
@@ -1164,9 +1165,12 @@ def test_cells_of_another_species_are_told_to_map_to_human_genes(trained, cellbe
     worm = cellbench[:50].copy()
     worm.var_names = [f"WBGene{i:08d}" for i in range(worm.n_vars)]
     for cells in (mouse, worm):
-        with pytest.raises(ValueError, match="human orthologue") as err:
-            scdl.tl.drug_response(cells, model=trained, drugs=["Gefitinib"])
+        with warnings.catch_warnings(record=True) as said:  # numpy's before the error, once
+            warnings.simplefilter("always")
+            with pytest.raises(ValueError, match="human orthologue") as err:
+                scdl.tl.drug_response(cells, model=trained, drugs=["Gefitinib"])
         assert "labelled cells" not in str(err.value)
+        assert not [w for w in said if issubclass(w.category, RuntimeWarning)]
 
 
 def test_auto_modality_names_nan_counts(trained, cellbench):
