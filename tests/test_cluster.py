@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import EPOCHS, read_shared
 from sklearn.metrics import adjusted_rand_score
@@ -85,11 +87,28 @@ def test_clusters_are_named_by_size_and_other_records_are_not_overwritten(cellbe
         key_added="scdl_subcluster",
     )
     assert adata.obs["scdl_subcluster"].nunique() > adata.obs["scdl_cluster"].nunique()
+    # per-sample clusterings concatenated: the thinned record beside its column is replaced
+    halves = [adata[:200].copy(), adata[200:].copy()]
+    for half, res in zip(halves, (0.3, 1.0)):
+        scdl.tl.cluster(half, use_rep="X_pca", resolution=res)
+    joined = ad.concat(halves, uns_merge="same")
+    assert "resolution" not in joined.uns["scdl_cluster"].get("params", {})
+    scdl.tl.cluster(joined, use_rep="X_pca", resolution=0.3)
+    assert joined.uns["scdl_cluster"]["resolution"] == 0.3
     sc.pp.neighbors(adata, use_rep="X_pca", transformer="sklearn")
     snap = snapshot(adata)
     with pytest.raises(ValueError, match=r"overwrite adata.uns\['neighbors'\].*sc.pp.neighbors"):
         scdl.tl.cluster(adata, use_rep="X_pca", key_added="neighbors")
     assert_unchanged(adata, snap)
+
+
+def test_named_by_size_ranks_clusters_from_the_largest():
+    from scdl.tl._cluster import named_by_size
+
+    named = named_by_size(np.array([7, 3, 3, 9, 9, 9, 9, 7, 3]))  # sizes: 9 x4, 3 x3, 7 x2
+    assert list(named) == ["2", "1", "1", "0", "0", "0", "0", "2", "1"]
+    tied = named_by_size(pd.Categorical(["b", "a", "a", "b"]))  # a tie: the first cell's first
+    assert list(tied) == ["0", "1", "1", "0"] and list(tied.categories) == ["0", "1"]
 
 
 def test_n_clusters_beyond_reach_warns_with_the_count_reached(cellbench):

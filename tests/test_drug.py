@@ -299,17 +299,36 @@ def test_cells_of_a_line_the_model_trained_on_are_said_to_be_in_sample(gdsc, cel
     them out."""
 
     cells = cellbench[:200].copy()
-    kept = gdsc.obs["cell_line_key"].isin(["NCIH1975", "NCIH2228"]).to_numpy()  # HCC827 in
-    bulk = gdsc[~kept].copy()
+    held = gdsc.obs["cell_line_key"].isin(["NCIH1975", "NCIH2228"]).to_numpy()  # HCC827 in
+    bulk = gdsc[~held].copy()
     scdl.models.DrugResponseModel.setup_anndata(bulk, response_key="ln_ic50")
     model = _train(bulk, cells)
-    with pytest.warns(UserWarning, match=r"names 1 cell line\(s\) the model was trained on") as rec:
+    with pytest.warns(UserWarning, match=r"names of 1 cell line\(s\) the model was trained") as rec:
         scdl.tl.drug_response(cells, model=model, drugs="Gefitinib")
     said = next(str(w.message) for w in rec if "trained on" in str(w.message))
     assert "HCC827" in said and "H1975" not in said
     namespace = {"scdl": scdl, "cells": cells, "bulk": bulk}
     exec(said.split("`")[1], namespace)  # the message's code: every query line held out
     assert not namespace["bulk"].obs["cell_line_key"].isin(["HCC827"]).any()
+    # a bulk of the user's own, its lines named by obs_names only (as "HCC-827"), is matched
+    ours = ["HCC827", "NCIH1975", "NCIH2228"]  # the query's lines, as the user's bulk names them
+    others = gdsc.obs["cell_line_key"].drop_duplicates()
+    others = others[~others.isin(ours)].iloc[:30]
+    own = gdsc[gdsc.obs["cell_line_key"].isin([*others, *ours])]
+    own = own[~own.obs["cell_line_key"].duplicated().to_numpy()].copy()
+    names = {"HCC827": "HCC-827", "NCIH1975": "NCI-H1975"}
+    own.obs_names = own.obs["cell_line_key"].astype(str).replace(names).to_numpy()
+    del own.obs["cell_line_key"]
+    every = cellbench.copy()  # the three lines
+    scdl.models.DrugResponseModel.setup_anndata(own, response_key="ln_ic50")
+    model = scdl.models.DrugResponseModel(own, n_ensemble=2)
+    model.train(enable_progress_bar=False)
+    with pytest.warns(UserWarning, match=r"names of 3 cell line\(s\)") as rec:
+        scdl.tl.drug_response(every, model=model, drugs="Gefitinib")
+    said = next(str(w.message) for w in rec if "trained on" in str(w.message))
+    namespace = {"scdl": scdl, "cells": every, "bulk": own}
+    exec(said.split("`")[1], namespace)
+    assert sorted(namespace["bulk"].obs_names) == sorted(others)
     with warnings.catch_warnings(record=True) as rec:  # lines held out: nothing said
         warnings.simplefilter("always")
         scdl.tl.drug_response(cells, model=trained, drugs="Gefitinib")

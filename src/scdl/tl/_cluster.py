@@ -96,7 +96,8 @@ def cluster(
         obsm key of the representation, e.g. the output of :func:`scdl.tl.integrate`.
     resolution
         Leiden resolution: higher gives more, smaller clusters. ``"auto"`` chooses it by
-        silhouette width, at least 0.4 (see above). Ignored when ``n_clusters`` is given.
+        silhouette width, at least 0.4 (see above). Ignored, with a warning, when
+        ``n_clusters`` is given.
     n_clusters
         Number of clusters wanted; the resolution is searched for it.
     n_neighbors
@@ -124,8 +125,10 @@ def cluster(
         trained ``use_rep`` on (``uns[use_rep]["params"]["layer"]``) while it exists, else
         ``X``. A layer given must exist, even where no PCA is computed.
     key_added
-        obs column of the clusters (not ``use_rep`` or its UMAP's key, whose ``uns`` records it
-        would overwrite).
+        obs column of the clusters (not ``use_rep`` or its UMAP's key, nor a key whose ``uns``
+        entry is another step's record, e.g. ``"neighbors"``: each is refused, as it would be
+        overwritten). A clustering's record under it (this step's, ``sc.tl.leiden``'s) is
+        replaced.
     random_state
         Seed of the Leiden optimisation, the neighbour graphs and Harmony. ``None``: not
         seeded (each run can differ).
@@ -237,7 +240,7 @@ def _check_inputs(
                 f"n_clusters must be between 1 and the number of cells ({adata.n_obs}), got "
                 f"{n_clusters}."
             )
-        if isinstance(resolution, str):
+        if isinstance(resolution, str) or resolution != 1.0:  # 1.0: the default, unsaid
             warn_user(
                 f"resolution={resolution!r} is ignored: n_clusters={n_clusters} searches the "
                 "resolution giving that many clusters.",
@@ -260,14 +263,16 @@ def _check_inputs(
         )
     record = adata.uns.get(key_added)
     params = record.get("params") if isinstance(record, Mapping) else None
-    if record is not None and not (isinstance(params, Mapping) and "resolution" in params):
-        # a clustering's record (scdl's, sc.tl.leiden's) is replaced as scanpy replaces it;
-        # another step's is not: key_added="neighbors" replaced sc.pp.neighbors' record and
-        # sc.tl.umap then failed with KeyError: 'method'
+    clustering = (isinstance(params, Mapping) and "resolution" in params) or key_added in adata.obs
+    if record is not None and not clustering:
+        # a clustering's record (scdl's, sc.tl.leiden's, or one whose params a concat thinned
+        # beside its obs column) is replaced as scanpy replaces it; another step's is not:
+        # key_added="neighbors" replaced sc.pp.neighbors' record, and sc.tl.umap then failed
+        other = "scdl_cluster" if key_added != "scdl_cluster" else "scdl_leiden"
         raise ValueError(
             f"key_added={key_added!r} would overwrite adata.uns[{key_added!r}], which is not "
             "a clustering's record (e.g. sc.pp.neighbors' graph, which sc.tl.umap reads). "
-            "Choose another key, e.g. 'scdl_cluster'."
+            f"Choose another key, e.g. {other!r}."
         )
     if layer is not None:  # a typo is refused even where no PCA is computed
         get_matrix(adata, layer)

@@ -42,7 +42,9 @@ def drug_response(
     cell unlike every training line (an immune or stromal cell of a tumour sample, another
     tissue) still gets a prediction, which carries no meaning; the ``_line_similarity`` obs
     column shows such cells (they score lower than the sample's cancer cells): predict for
-    the malignant cells, or compare groups of similar score. Predictions are shrunk towards
+    the malignant cells, or compare groups of similar score. Cells of a line the model was
+    trained on are predicted in-sample: a warning says when an obs column holds such lines'
+    names, with the code that holds them out of training. Predictions are shrunk towards
     the training lines' typical response (a ridge ensemble fitted on bulk lines), so their
     spread is narrower than the measured one, and the ``_label`` / ``_prob`` tables, which
     read each cell against the drug's median over the bulk lines, can put every cell of a
@@ -259,32 +261,41 @@ _MAX_LINE_NAMES = 500
 
 
 def warn_of_training_lines(adata: AnnData, bulk: AnnData) -> None:
-    """Warn when an obs column of the query names lines the model was trained on (matched
-    as :func:`scdl.datasets.match_cell_lines` matches them): their cells' predictions are
-    in-sample, and agreement with those lines' measured response is not a test."""
-    from scdl.datasets import match_cell_lines
+    """Warn when an obs column of the query holds names of lines the model was trained on
+    (matched as :func:`scdl.datasets.match_cell_lines` matches them): if the cells are those
+    lines, their predictions are in-sample, and agreement with those lines' measured response
+    is not a test."""
+    from scdl.datasets import cell_line_key, match_cell_lines
 
-    keys = bulk.obs["cell_line_key"] if "cell_line_key" in bulk.obs else bulk.obs_names
-    known = set(map(str, keys))
+    has_key = "cell_line_key" in bulk.obs
+    keys = bulk.obs["cell_line_key"] if has_key else bulk.obs_names
+    known = {cell_line_key(k) for k in pd.unique(np.asarray(keys, dtype=object))}
     for column in adata.obs.columns:
         values = adata.obs[column]
         if str(column).endswith("_nearest_line"):  # an earlier call's output names them all
             continue
         if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
             continue
-        names = pd.unique(values.dropna().astype(str))
+        names = pd.unique(np.asarray(values.dropna().unique(), dtype=object).astype(str))
         if len(names) > _MAX_LINE_NAMES:
             continue
         hits = {n: k for n, k in match_cell_lines(names, known).items() if k is not None}
-        if hits:
-            listed = ", ".join(f"{n} ({k})" if n != k else n for n, k in list(hits.items())[:8])
-            warn_user(
-                f"obs[{column!r}] names {len(hits)} cell line(s) the model was trained on "
-                f"({listed}): their cells' predictions are in-sample, so agreement with those "
-                "lines' measured response is not a test. To predict them as unseen, train "
-                "without them: `keys = scdl.datasets.match_cell_lines(cells.obs["
-                f"{column!r}].unique(), bulk.obs['cell_line_key']).values(); bulk = "
-                "bulk[~bulk.obs['cell_line_key'].isin(keys)].copy()`.",
-                UserWarning,
-            )
-            return
+        if not hits:
+            continue
+        listed = ", ".join(f"{n} ({k})" if n != k else n for n, k in list(hits.items())[:8])
+        column_keys = (
+            "bulk.obs['cell_line_key']"
+            if has_key
+            else "bulk.obs_names.map(scdl.datasets.cell_line_key)"
+        )
+        warn_user(
+            f"obs[{column!r}] holds names of {len(hits)} cell line(s) the model was trained on "
+            f"({listed}): if these cells are those lines, their predictions are in-sample, and "
+            "agreement with those lines' measured response is not a test. To predict them as "
+            "unseen, hold them out of the bulk lines: `keys = "
+            f"scdl.datasets.match_cell_lines(cells.obs[{column!r}].unique(), {column_keys})"
+            f".values(); bulk = bulk[~{column_keys}.isin(keys)].copy()`, then "
+            "`setup_anndata` and train the model again.",
+            UserWarning,
+        )
+        return

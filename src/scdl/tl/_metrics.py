@@ -325,7 +325,7 @@ def _warn_of_weak_scores(res: pd.DataFrame, obs: pd.DataFrame, batch_key, label_
             f"{batch_key!r} holds batches of a few cells ({listed}): "
             f"iLISI is scaled by the number of batches ({len(batches)}), each counting as one, "
             "so they lower every cell's score. Merge or drop them first, e.g. "
-            f"`adata = adata[~adata.obs[{batch_key!r}].isin({names})].copy()`.",
+            f"`adata = adata[~adata.obs[{batch_key!r}].astype(str).isin({names})].copy()`.",
             UserWarning,
         )
     unlabelled = [t for t in sizes.index if str(t).strip().lower() in _NO_LABEL]
@@ -335,6 +335,6 @@ def _warn_of_weak_scores(res: pd.DataFrame, obs: pd.DataFrame, batch_key, label_
             f"{label_key!r} has {', '.join(f'{t!r} ({sizes[t]} cells)' for t in unlabelled)}, "
             "scored as a cell type of its own (the bio-conservation metrics and kBET move "
             "with it). If it marks cells without a label, drop them first, e.g. "
-            f"`adata = adata[~adata.obs[{label_key!r}].isin({drop})].copy()`.",
+            f"`adata = adata[~adata.obs[{label_key!r}].astype(str).isin({drop})].copy()`.",
             UserWarning,
         )
