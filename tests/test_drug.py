@@ -329,6 +329,18 @@ def test_cells_of_a_line_the_model_trained_on_are_said_to_be_in_sample(gdsc, cel
     namespace = {"scdl": scdl, "cells": every, "bulk": own}
     exec(said.split("`")[1], namespace)
     assert sorted(namespace["bulk"].obs_names) == sorted(others)
+    # two-letter GDSC keys (HH, HN) are patients' or tissues' codes too: only a column named
+    # for lines reads them as lines
+    from scdl.tl._drug_response import warn_of_training_lines
+
+    query = ad.AnnData(obs=pd.DataFrame({"patient": ["HH", "HN", "P3"]}, index=list("abc")))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        warn_of_training_lines(query, gdsc)
+    assert not rec
+    query.obs["cell_line"] = ["HH", "K562", "x"]
+    with pytest.warns(UserWarning, match=r"names of 2 cell line\(s\).*\(HH, K562\)"):
+        warn_of_training_lines(query, gdsc)
     with warnings.catch_warnings(record=True) as rec:  # lines held out: nothing said
         warnings.simplefilter("always")
         scdl.tl.drug_response(cells, model=trained, drugs="Gefitinib")

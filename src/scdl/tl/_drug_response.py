@@ -258,6 +258,9 @@ def drug_response(
 
 #: obs columns with more distinct values than this are not read as cell-line names
 _MAX_LINE_NAMES = 500
+#: GDSC keys this short (HH, H9, K5, ...) are also patients', samples' or tissues' codes: they
+#: count only in a column whose name says it holds lines
+_SHORT_LINE_NAME = 2
 
 
 def warn_of_training_lines(adata: AnnData, bulk: AnnData) -> None:
@@ -280,6 +283,8 @@ def warn_of_training_lines(adata: AnnData, bulk: AnnData) -> None:
         if len(names) > _MAX_LINE_NAMES:
             continue
         hits = {n: k for n, k in match_cell_lines(names, known).items() if k is not None}
+        if "line" not in str(column).lower():  # a patient "HH", a tissue "HN": GDSC keys too
+            hits = {n: k for n, k in hits.items() if len(k) > _SHORT_LINE_NAME}
         if not hits:
             continue
         listed = ", ".join(f"{n} ({k})" if n != k else n for n, k in list(hits.items())[:8])
