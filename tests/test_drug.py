@@ -331,7 +331,7 @@ def test_cells_of_a_line_the_model_trained_on_are_said_to_be_in_sample(gdsc, cel
     assert sorted(namespace["bulk"].obs_names) == sorted(others)
     # two-letter GDSC keys (HH, HN) are patients' or tissues' codes too: only a column named
     # for lines reads them as lines
-    from scdl.tl._drug_response import warn_of_training_lines
+    from scdl.data import warn_of_training_lines
 
     query = ad.AnnData(obs=pd.DataFrame({"patient": ["HH", "HN", "P3"]}, index=list("abc")))
     with warnings.catch_warnings(record=True) as rec:

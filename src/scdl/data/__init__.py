@@ -38,6 +38,7 @@ from ._drug_checks import (
     resolve_drugs,
     resolve_modality,
     shared_genes,
+    warn_of_training_lines,
 )
 from ._drug_inputs import (
     CountProfiles,
@@ -164,6 +165,7 @@ __all__ = [
     "row_blocks",
     "ROW_BLOCK",
     "check_writable",
+    "warn_of_training_lines",
     "warn_slashed_names",
     "writable",
     "write_categorical",

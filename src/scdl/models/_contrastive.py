@@ -224,6 +224,7 @@ class ContrastiveVAE(
             adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
 
+    @counts_dsp.dedent
     def train(
         self,
         background_indices: Sequence[int] | np.ndarray | None = None,
@@ -245,10 +246,7 @@ class ContrastiveVAE(
     ):
         """Train on background and target cells (Lightning; history in ``history``).
 
-        As in scvi-tools, the weights' initialisation, the data split and the minibatch order
-        draw from ``scvi.settings.seed``: set it before building the model
-        (``scvi.settings.seed = 0``) and the same seed gives the same model on CPU; unset
-        (``None``), every run differs.
+        %(train_seed)s
 
         Say which cells are which either by position or by an obs column:
 

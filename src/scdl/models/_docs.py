@@ -7,6 +7,12 @@ from docrep import DocstringProcessor
 counts_dsp = DocstringProcessor(
     param_adata="adata\n    AnnData with raw counts (cells x genes).",
     param_layer="layer\n    Layer holding raw counts; ``None`` uses ``adata.X``.",
+    train_seed=(
+        "As in scvi-tools, the weights' initialisation, the data split and the minibatch order\n"
+        "draw from ``scvi.settings.seed``: set it before building the model\n"
+        "(``scvi.settings.seed = 0``) and the same seed gives the same model on CPU; unset\n"
+        "(``None``), every run differs."
+    ),
     raises_counts=(
         "KeyError\n"
         "    A layer or obs column does not exist.\n"

@@ -278,6 +278,7 @@ class VAE(
             adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
 
+    @counts_dsp.dedent
     def train(
         self,
         max_epochs: int | None = None,
@@ -294,10 +295,7 @@ class VAE(
     ):
         """Train the model with Lightning (progress bar, history in ``history``).
 
-        As in scvi-tools, the weights' initialisation, the data split and the minibatch order
-        draw from ``scvi.settings.seed``: set it before building the model
-        (``scvi.settings.seed = 0``) and the same seed gives the same model on CPU; unset
-        (``None``), every run differs.
+        %(train_seed)s
 
         Parameters
         ----------

@@ -285,7 +285,7 @@ def _root_logger_left_alone():
 #: isolated types with fewer cells than this are named in a warning (a guard, chosen on no
 #: benchmark: a single cell scores 0.5 whatever the embedding); batches too (iLISI is scaled
 #: by the number of batches, each of a few cells counting as one)
-_FEW_ISOLATED_CELLS = 10
+_FEW_CELLS = 10
 #: label values that mark cells without a cell type (scored as a type of their own)
 _NO_LABEL = frozenset(
     {"", "na", "n/a", "nan", "none", "null", "unknown", "unassigned", "unlabelled", "unlabeled"}
@@ -308,7 +308,7 @@ def _warn_of_weak_scores(res: pd.DataFrame, obs: pd.DataFrame, batch_key, label_
     n_batches = obs.drop_duplicates()[label_key].value_counts()
     isolated = n_batches.index[n_batches == n_batches.min()]
     sizes = obs[label_key].value_counts()
-    few = [f"{t} ({sizes[t]} cells)" for t in isolated if sizes[t] < _FEW_ISOLATED_CELLS]
+    few = [f"{t} ({sizes[t]} cells)" for t in isolated if sizes[t] < _FEW_CELLS]
     if few:
         warn_user(
             f"Isolated labels scores the {label_key!r} types found in the fewest batches, "
@@ -317,7 +317,7 @@ def _warn_of_weak_scores(res: pd.DataFrame, obs: pd.DataFrame, batch_key, label_
             UserWarning,
         )
     batches = obs[batch_key].value_counts()
-    small = batches[batches < _FEW_ISOLATED_CELLS]
+    small = batches[batches < _FEW_CELLS]
     if len(small):
         names = [str(b) for b in small.index]
         listed = ", ".join(f"{b} ({n} cells)" for b, n in small.items())
