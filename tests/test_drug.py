@@ -293,7 +293,9 @@ def test_cell_line_names_match_gdsc_keys(gdsc):
     }
 
 
-def test_cells_of_a_line_the_model_trained_on_are_said_to_be_in_sample(gdsc, cellbench, trained):
+def test_cells_of_a_line_the_model_trained_on_are_said_to_be_in_sample(
+    gdsc, cellbench, trained, tmp_path
+):
     """The README's example trained on every GDSC line, the query's own among them, and its
     agreement with their measured response was in-sample, unsaid; the warning's code holds
     them out."""
@@ -310,6 +312,16 @@ def test_cells_of_a_line_the_model_trained_on_are_said_to_be_in_sample(gdsc, cel
     namespace = {"scdl": scdl, "cells": cells, "bulk": bulk}
     exec(said.split("`")[1], namespace)  # the message's code: every query line held out
     assert not namespace["bulk"].obs["cell_line_key"].isin(["HCC827"]).any()
+    # the lines are saved with the model: loaded without data, or with a bulk holding every
+    # line, it names the one it was trained on, not those of the AnnData it is given
+    model.save(tmp_path / "m")
+    for given in (False, gdsc.copy()):
+        loaded = scdl.models.DrugResponseModel.load(tmp_path / "m", adata=given)
+        assert loaded.training_lines_ == model.training_lines_
+        with pytest.warns(UserWarning, match=r"names of 1 cell line\(s\)") as rec:
+            scdl.tl.drug_response(cells.copy(), model=loaded, drugs="Gefitinib")
+        said = next(str(w.message) for w in rec if "trained on" in str(w.message))
+        assert "HCC827" in said and "H1975" not in said
     # a bulk of the user's own, its lines named by obs_names only (as "HCC-827"), is matched
     ours = ["HCC827", "NCIH1975", "NCIH2228"]  # the query's lines, as the user's bulk names them
     others = gdsc.obs["cell_line_key"].drop_duplicates()

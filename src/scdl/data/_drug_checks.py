@@ -459,16 +459,25 @@ _MAX_LINE_NAMES = 500
 _SHORT_LINE_NAME = 2
 
 
-def warn_of_training_lines(adata: AnnData, bulk: AnnData) -> None:
+def warn_of_training_lines(
+    adata: AnnData, bulk: AnnData | None, *, lines: Sequence[str] | None = None
+) -> None:
     """Warn when an obs column of the query holds names of lines the model was trained on
     (matched as :func:`scdl.datasets.match_cell_lines` matches them): if the cells are those
     lines, their predictions are in-sample, and agreement with those lines' measured response
-    is not a test."""
+    is not a test.
+
+    The training lines are ``lines`` (a trained model's ``training_lines_``) when given, else
+    ``bulk``'s ``obs["cell_line_key"]`` (its ``obs_names`` without one); the message's code
+    names ``bulk``'s key column (``obs["cell_line_key"]`` without a ``bulk``)."""
     from scdl.datasets import cell_line_key, match_cell_lines
 
-    has_key = "cell_line_key" in bulk.obs
-    keys = bulk.obs["cell_line_key"] if has_key else bulk.obs_names
-    known = {cell_line_key(k) for k in pd.unique(np.asarray(keys, dtype=object))}
+    has_key = bulk is None or "cell_line_key" in bulk.obs
+    if lines is None:
+        if bulk is None:
+            raise TypeError("warn_of_training_lines needs the training `bulk` or its `lines`.")
+        lines = bulk.obs["cell_line_key"] if has_key else bulk.obs_names
+    known = {cell_line_key(k) for k in pd.unique(np.asarray(lines, dtype=object))}
     for column in adata.obs.columns:
         values = adata.obs[column]
         if str(column).endswith("_nearest_line"):  # an earlier call's output names them all

@@ -275,6 +275,7 @@ class DrugResponseModel(
         # set by train(); saved with the model
         self.drug_stats_: pd.DataFrame | None = None
         self.calibration_source_: str | None = None
+        self.training_lines_: list[str] | None = None  # scdl's keys, else the bulk's obs_names
         self.n_target_cells_ = 0 if target is None else int(target.n_obs)  # saved: repr
         self._summary = (
             f"scdl DrugResponseModel: {len(self.drugs)} drugs, {len(self.genes)} genes, "
@@ -478,6 +479,9 @@ class DrugResponseModel(
             key = adata.obs["cell_line_key"].astype(object)
             line = key.where(key.notna(), line)
         codes, lines = pd.factorize(line.astype(str))
+        # tl.drug_response warns of cells of these lines whatever AnnData a loaded model is
+        # given (or none)
+        self.training_lines_ = [str(x) for x in lines]
         # scvi-tools leaves its seed unset (None); the folds are the wide path's only draw,
         # so an unset seed gives seed 0's folds rather than new ones on every run
         seed = 0 if scvi.settings.seed is None else int(scvi.settings.seed)

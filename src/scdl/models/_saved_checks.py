@@ -85,7 +85,11 @@ SAVED_ATTR_KINDS = {
             "number",
         ),
     },
-    "DrugResponseModel": {"drug_stats_": "frame", "n_target_cells_": "count"},
+    "DrugResponseModel": {
+        "drug_stats_": "frame",
+        "n_target_cells_": "count",
+        "training_lines_": "names",
+    },
 }
 
 
@@ -96,6 +100,8 @@ def _fits(kind: str, value, n_genes: int) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool) and value == value
     if kind == "count":
         return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if kind == "names":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if kind in ("dict", "frame"):
         return isinstance(value, dict if kind == "dict" else pd.DataFrame)
     # "rows" (cell positions) or "genes" (positions among the model's genes): whole numbers

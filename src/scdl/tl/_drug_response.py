@@ -176,8 +176,11 @@ def drug_response(
                 f"key_added={key_added!r} would overwrite adata.obsm[{key_added + suffix!r}], "
                 f"written by the call under key_added={key_added + suffix!r}; choose another key."
             )
-    if model.adata is not None:
-        warn_of_training_lines(adata, model.adata)
+    # the lines the model was fitted on (None: trained before scdl recorded them): a loaded
+    # model may be given another bulk, or none
+    trained_on = getattr(model, "training_lines_", None)
+    if trained_on is not None or model.adata is not None:
+        warn_of_training_lines(adata, model.adata, lines=trained_on)
     if modality == "auto":  # resolved here so that params records what was read
         modality = resolve_modality(adata, layer)
     # everything is computed before anything is written, so a failure leaves adata unchanged
