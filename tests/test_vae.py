@@ -156,6 +156,69 @@ def test_query_genes_are_aligned_to_the_reference(kang_integrated):
     assert query.var_names[0] == adata.var_names[-1]  # the user's query is not reordered
 
 
+def test_padding_a_query_keeps_its_dtype_sparsity_and_uns(kang_integrated):
+    """scvi-tools pads with dense float64 zeros (the query upcast, a dense block of every cell
+    by every missing gene) and drops ``uns``; scdl's padding is sparse, of the query's dtype."""
+    from scipy import sparse
+
+    adata, model = kang_integrated
+    genes = list(model.adata.var_names)
+    query = adata[adata.obs["sample"] == "stim107", genes[:0:-1]].copy()  # one gene missing
+    query.X = sparse.csr_matrix(query.X, dtype=np.float32)
+    query.layers["counts"] = query.X.copy()
+    query.uns["log1p"] = {"base": None}
+    query.obsm["X_other"] = np.ones((query.n_obs, 2))
+    before = query.X.toarray()
+    VAE.prepare_query_anndata(query, model)  # in place
+    assert list(query.var_names) == genes
+    assert sparse.issparse(query.X) and query.X.dtype == np.float32
+    assert query.layers["counts"].dtype == np.float32
+    assert query.uns["log1p"] == {"base": None} and "X_other" in query.obsm
+    assert not query.X[:, 0].toarray().any()  # the missing gene: zeros
+    np.testing.assert_array_equal(query.X[:, 1:].toarray(), before[:, ::-1])
+    with pytest.raises(ValueError, match="holds none of the reference's"):
+        VAE.prepare_query_anndata(query[:, :0].copy(), model)
+
+
+def test_a_query_can_be_subset_in_place_as_scvi_tools_does(kang_integrated):
+    adata, model = kang_integrated
+    query = adata[adata.obs["sample"] == "stim107"].copy()
+    query = query[:, query.var_names[::-1]].copy()
+    query.obs["sample"] = "new"
+    qm = VAE.load_query_data(query, model, inplace_subset_query_vars=True)
+    assert qm.adata is query and list(query.var_names) == list(model.adata.var_names)
+
+
+def test_mapping_onto_a_reference_without_batches_or_with_labels_is_said(kang):
+    """A reference trained without a batch key has no batch weights to train (mapping would
+    change nothing, silently); a labels column of the query is checked as the batch one is."""
+    from conftest import assert_unchanged, snapshot
+
+    ref = kang[kang.obs["sample"] != "stim107"][::4].copy()
+    query = kang[kang.obs["sample"] == "stim107"][:100].copy()
+    VAE.setup_anndata(ref)
+    plain = VAE(ref, n_latent=4)
+    plain.train(max_epochs=1, enable_progress_bar=False)
+    with pytest.warns(UserWarning, match="trained without a batch_key"):
+        VAE.load_query_data(query.copy(), plain)
+    VAE.setup_anndata(ref, batch_key="sample", labels_key="cell_type")
+    labelled = VAE(ref, n_latent=4)
+    labelled.train(max_epochs=1, enable_progress_bar=False)
+    unlabelled = query.copy()
+    del unlabelled.obs["cell_type"]
+    snap = snapshot(unlabelled)
+    with pytest.raises(KeyError, match=r"labels_key.*query.obs\['cell_type'\] = 'unknown'"):
+        VAE.load_query_data(unlabelled, labelled)
+    assert_unchanged(unlabelled, snap)
+    unlabelled.obs["cell_type"] = np.arange(unlabelled.n_obs)  # numbers, the reference's text
+    snap = snapshot(unlabelled)
+    with pytest.raises(TypeError, match="cell_type"):
+        VAE.load_query_data(unlabelled, labelled)
+    assert_unchanged(unlabelled, snap)
+    unlabelled.obs["cell_type"] = "unknown"  # a label the reference does not know: taken
+    assert VAE.load_query_data(unlabelled, labelled).summary_stats.n_batch == 4
+
+
 def test_query_cells_empty_in_the_reference_genes_are_said_as_such(kang_integrated):
     """Cells whose counts all lie in the query's extra genes are empty in the copy mapped:
     said of the reference's genes, with a filter that drops them (filter_cells on the whole

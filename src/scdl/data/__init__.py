@@ -70,6 +70,7 @@ from ._lognorm import (
 )
 from ._normalize import log_normalize_counts
 from ._obs_checks import check_categorical, check_obs_key
+from ._pad import pad_to_genes
 from ._pca import genes_pca, unintegrated_pca
 from ._query import (
     check_category_kind,
@@ -100,6 +101,7 @@ __all__ = [
     "sparse_tensors_on",
     "gene_columns",
     "gene_mismatch_message",
+    "pad_to_genes",
     "renamed_hint",
     "same_gene_names",
     "warn_renamed_genes",

@@ -26,6 +26,7 @@ from scdl.data import (
     check_unique_var_names,
     gene_mismatch_message,
     get_matrix,
+    pad_to_genes,
     same_gene_names,
 )
 
@@ -55,7 +56,10 @@ class VAEQueryMixin:
         """Pad a query's missing reference genes with zeros and put them in the reference order.
 
         As scvi-tools' method, but a saved reference is read with scdl's safe loader (the
-        scvi-tools version unpickles ``model.pt``).
+        scvi-tools version unpickles ``model.pt``), and the padding is sparse zeros of each
+        matrix's own dtype (scvi-tools' is dense float64, which upcasts the query); ``uns``,
+        ``obsm``, ``obsp`` and ``raw`` are kept, ``varm`` is dropped when genes are added.
+        Below 80% of the reference's genes in the query, a warning says so.
 
         Parameters
         ----------
@@ -97,7 +101,16 @@ class VAEQueryMixin:
                     "`adata.to_memory()`, or inplace=False for a padded copy in memory."
                 )
             adata = adata.to_memory()
-        return ArchesMixin.prepare_query_anndata(adata, reference_model, inplace=inplace)
+        if ref_genes.isin(adata.var_names).all():  # a reorder or subset only: scvi-tools'
+            return ArchesMixin.prepare_query_anndata(adata, reference_model, inplace=inplace)
+        check_unique_var_names(adata)
+        out = pad_to_genes(adata, ref_genes)
+        if not inplace:
+            return out
+        # anndata has no public way to give an AnnData other genes in place; scvi-tools'
+        # prepare_query_anndata re-initialises it the same way
+        adata._init_as_actual(out)
+        return None
 
     @staticmethod
     def prepare_query_mudata(*args, **kwargs):
@@ -122,7 +135,13 @@ class VAEQueryMixin:
         trained on (a warning says so): their weights are trained too. As in scvi-tools, a
         reference registered with ``categorical_covariate_keys`` is the other exception: the
         first layers' weights of every covariate category, the reference's too, are trained
-        with the query, so the reference cells' representation moves a little.
+        with the query, so the reference cells' representation moves a little. So does a
+        reference of one batch (as in scvi-tools: with one category its first layer takes no
+        batch input, and mapping adds one, untrained, for the reference's batch too): by a
+        few hundredths on the scale of the latent, which leaves nearly every cell's nearest
+        neighbours as they were. A reference trained without a ``batch_key`` has no batch
+        weights to train (a warning says so): embed the query with
+        ``reference_model.get_latent_representation(query)`` instead.
 
         Parameters
         ----------
@@ -136,7 +155,11 @@ class VAEQueryMixin:
             read into memory); ``adata`` itself is then not modified, and the returned model
             holds the copy (``model.adata``): call its methods without ``adata=``, or pass
             ``adata[:, model.get_var_names()]``. Otherwise ``adata`` is registered in place:
-            it gains the ``_scvi_*`` fields :meth:`setup_anndata` writes.
+            it gains the ``_scvi_*`` fields :meth:`setup_anndata` writes. With
+            ``inplace_subset_query_vars=True`` (scvi-tools' option) ``adata`` itself is subset
+            to the reference's genes, in their order, and registered (a backed ``adata`` is
+            refused: a file cannot lose genes). A reference set up with ``labels_key`` needs
+            that column in the query too; labels the reference does not know are taken.
         reference_model
             Trained :class:`VAE`, or the folder it was saved to.
         prefix
@@ -178,9 +201,18 @@ class VAEQueryMixin:
             logger.info(
                 "Using the query's %d reference genes, in the reference's order.", len(ref_genes)
             )
-            subset = adata[:, ref_genes]
-            # a backed query's subset is read into memory (a copy of it would need a file)
-            adata = subset.to_memory() if adata.isbacked else subset.copy()
+            if kwargs.get("inplace_subset_query_vars") and adata.isbacked:
+                raise ValueError(
+                    "inplace_subset_query_vars=True cannot subset a backed query's genes (a "
+                    "file cannot lose genes): leave it out, and scdl maps a copy with the "
+                    "reference's genes read into memory."
+                )
+            if kwargs.get("inplace_subset_query_vars") and not adata.is_view:
+                subset_genes = False  # scvi-tools subsets the caller's AnnData, as asked
+            else:
+                subset = adata[:, ref_genes]
+                # a backed query's subset is read into memory (a copy would need a file)
+                adata = subset.to_memory() if adata.isbacked else subset.copy()
         elif adata.is_view:  # registering writes into the AnnData: a view gets its own copy
             adata = adata.to_memory() if adata.isbacked else adata.copy()
             copied = True
@@ -193,6 +225,24 @@ class VAEQueryMixin:
             # scArches would extend the mapping with the query's 1 beside the reference's "1",
             # and the query model then refuses the reference's own cells
             check_category_kind(adata.obs[key], list(mapping), key, model=cls.__name__)
+        labels = fields.get(REGISTRY_KEYS.LABELS_KEY, {}).get("state_registry", {})
+        if (
+            setup_args.get("labels_key") is not None
+            and labels.get("categorical_mapping") is not None
+        ):
+            key = setup_args["labels_key"]  # new labels are taken, of the reference's kind
+            check_category_kind(
+                adata.obs[key], list(labels["categorical_mapping"]), key, model=cls.__name__
+            )
+        if setup_args.get("batch_key") is None and not covs.get("mappings"):
+            warn_user(
+                "The reference was trained without a batch_key, so the query model has no "
+                "batch weights to train: `.train()` would leave the query where the reference "
+                "model places it. Embed it directly with `reference_model."
+                "get_latent_representation(query)`, or train the reference with "
+                "`batch_key=` (its batches) to map a query as a new batch.",
+                UserWarning,
+            )
         if setup_args.get("batch_key") is not None:
             key = setup_args["batch_key"]
             col = check_obs_key(adata, key, arg="batch_key (of the reference)")
@@ -244,6 +294,7 @@ def _check_reference_columns(adata, setup_args: dict) -> None:
         for arg in ("categorical_covariate_keys", "continuous_covariate_keys")
         for k in setup_args.get(arg) or []
     ]
+    wanted += [("labels_key", setup_args.get("labels_key"))]
     for arg, key in wanted:
         if key is None or key in adata.obs.columns:
             continue
@@ -257,6 +308,9 @@ def _check_reference_columns(adata, setup_args: dict) -> None:
             "batch), e.g. `query.obs[{key!r}] = 'query'` or "
             "`query.obs[{key!r}] = query.obs[{source!r}]`"
             if arg == "batch_key"
+            else "each query cell's label, or one for all when they are not known (a label "
+            "the reference does not know is taken), e.g. `query.obs[{key!r}] = 'unknown'`"
+            if arg == "labels_key"
             else "each query cell's value of it, e.g. `query.obs[{key!r}] = query.obs['...']`"
             + (" (numbers, as in the reference)" if arg == "continuous_covariate_keys" else "")
         ).format(key=key, source=source)
