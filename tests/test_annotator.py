@@ -1156,6 +1156,22 @@ def test_messy_reference_labels_are_refused_or_warned_about(kang):
     assert "differ only in case or spaces ('B cells' and 'B cells ')" in said
     assert "fewer than 10 reference cells: Plasma cells (2)" in said
     assert "_scvi_labels" not in said  # scvi-tools' own "fewer than 3 cells": said once, above
+    assert "To balance the reference" not in said  # no type dominates Kang's five
+    labels = base.copy()
+    labels[:20] = "?"  # a placeholder of no label
+    others = np.flatnonzero(labels != "CD14+ Monocytes")[20:]
+    labels[others[: int(0.6 * len(others))]] = "CD14+ Monocytes"  # one type ~2/3 of the cells
+    ref.obs["cell_type"] = labels
+    with pytest.warns(UserWarning) as record:
+        setup(ref, labels_key="cell_type")
+    said = " ".join(str(w.message) for w in record)
+    assert "labels 20 cells ['?']" in said
+    assert "one type, CD14+ Monocytes, holds 6" in said
+    code = said.split("To balance the reference")[1].split("`")[1]
+    namespace = {"ref": ref}
+    exec(code, namespace)  # the message's code caps every type at the second largest's size
+    counts = namespace["ref"].obs["cell_type"].value_counts()
+    assert counts.iloc[0] == counts.iloc[1]
 
 
 def test_reference_labels_the_calls_could_not_be_written_beside_are_refused(kang):

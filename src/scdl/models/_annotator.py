@@ -102,7 +102,9 @@ class CellTypeTransformer(
     shallower query's known types otherwise lose their reference neighbours. What to rely on: cells
     of a known type form clusters that match their type once the shared shift is removed and mix
     with its reference cells, and are rarely called Unknown; a type absent from the reference and
-    unlike every reference type (e.g. B cells for a T/NK/monocyte reference) mostly is; a type close
+    unlike every reference type (e.g. B cells for a T/NK/monocyte reference) often is (when the
+    reference's batches show a mild shift; where they differ a lot, a high threshold lets it pass
+    as its nearest type); a type close
     to a reference type (CD4 vs CD8 T cells, NK vs CD8 T cells, CD14 vs FCGR3A monocytes) is caught
     when its cells sit apart from that type's reference cells, and otherwise called as that type. A
     known type in a state the reference lacks (e.g. stimulated monocytes for an unstimulated
@@ -313,8 +315,10 @@ class CellTypeTransformer(
             obs column of the reference's batches (samples, donors, conditions; registered
             and kept with the model). The Unknown call is calibrated one batch against the
             others, which shows the shift a new sample brings; without it, random halves of a
-            reference that mixes samples or conditions set a higher threshold and miss more
-            new types (see the class notes).
+            reference that mixes samples set a higher threshold and miss more new types (see
+            the class notes). A biological condition as the batch (stimulated vs control)
+            counts the condition's change as a shift to tolerate: it can raise the threshold
+            so far that a new type passes as known; prefer samples or donors.
 
         Raises
         ------

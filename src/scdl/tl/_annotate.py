@@ -135,7 +135,9 @@ def annotate(
         alike (in CellTypist it depends on the order of the cells). Voting
         fixes isolated calls inside a cluster of one type; where a cluster mixes types (close
         types in a query unlike the reference), it gives every cell the majority's type and can
-        lower accuracy, as it does in CellTypist.
+        lower accuracy, as it does in CellTypist. A type with fewer query cells than an
+        over-cluster holds (tens of cells at the default resolution) has no cluster of its
+        own and is voted away, as in CellTypist.
         Compare both columns before keeping the vote, or set ``min_support``. A query of
         fewer than 10 cells is too small to over-cluster: each cell is its own cluster.
     over_clustering
