@@ -349,6 +349,14 @@ def test_cells_of_a_line_the_model_trained_on_are_said_to_be_in_sample(
     namespace = {"scdl": scdl, "cells": every, "bulk": own}
     exec(said.split("`")[1], namespace)
     assert sorted(namespace["bulk"].obs_names) == sorted(others)
+    model.save(tmp_path / "own")  # loaded without data: the code reads that bulk's names too
+    loaded = scdl.models.DrugResponseModel.load(tmp_path / "own", adata=False)
+    with pytest.warns(UserWarning, match=r"names of 3 cell line\(s\)") as rec:
+        scdl.tl.drug_response(every.copy(), model=loaded, drugs="Gefitinib")
+    said = next(str(w.message) for w in rec if "trained on" in str(w.message))
+    namespace = {"scdl": scdl, "cells": every, "bulk": own}
+    exec(said.split("`")[1], namespace)
+    assert sorted(namespace["bulk"].obs_names) == sorted(others)
     # two-letter GDSC keys (HH, HN) are patients' or tissues' codes too: only a column named
     # for lines reads them as lines
     from scdl.data import warn_of_training_lines

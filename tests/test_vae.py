@@ -156,7 +156,7 @@ def test_query_genes_are_aligned_to_the_reference(kang_integrated):
     assert query.var_names[0] == adata.var_names[-1]  # the user's query is not reordered
 
 
-def test_padding_a_query_keeps_its_dtype_sparsity_and_uns(kang_integrated):
+def test_padding_a_query_keeps_its_dtype_sparsity_and_uns(kang_integrated, tmp_path):
     """scvi-tools pads with dense float64 zeros (the query upcast, a dense block of every cell
     by every missing gene) and drops ``uns``; scdl's padding is sparse, of the query's dtype."""
     from scipy import sparse
@@ -168,7 +168,11 @@ def test_padding_a_query_keeps_its_dtype_sparsity_and_uns(kang_integrated):
     query.layers["counts"] = query.X.copy()
     query.uns["log1p"] = {"base": None}
     query.obsm["X_other"] = np.ones((query.n_obs, 2))
+    query.var["highly_variable"] = True  # scanpy's HVG column: True/False/NaN once padded
     before = query.X.toarray()
+    full = adata[adata.obs["sample"] == "stim107", genes[::-1]].copy()  # a reorder only
+    out = VAE.prepare_query_anndata(full, model, inplace=False)
+    assert list(out.var_names) == genes and list(full.var_names) == genes[::-1]  # a new one
     VAE.prepare_query_anndata(query, model)  # in place
     assert list(query.var_names) == genes
     assert sparse.issparse(query.X) and query.X.dtype == np.float32
@@ -176,6 +180,10 @@ def test_padding_a_query_keeps_its_dtype_sparsity_and_uns(kang_integrated):
     assert query.uns["log1p"] == {"base": None} and "X_other" in query.obsm
     assert not query.X[:, 0].toarray().any()  # the missing gene: zeros
     np.testing.assert_array_equal(query.X[:, 1:].toarray(), before[:, ::-1])
+    query.write_h5ad(tmp_path / "padded.h5ad")  # the padded var is writable
+    twice = full[:, [0, 0, *range(1, full.n_vars)]].copy()
+    with pytest.raises(ValueError, match="duplicate"):  # scdl's message, not pandas'
+        VAE.prepare_query_anndata(twice, model, inplace=False)
     with pytest.raises(ValueError, match="holds none of the reference's"):
         VAE.prepare_query_anndata(query[:, :0].copy(), model)
 
@@ -192,6 +200,8 @@ def test_a_query_can_be_subset_in_place_as_scvi_tools_does(kang_integrated):
 def test_mapping_onto_a_reference_without_batches_or_with_labels_is_said(kang):
     """A reference trained without a batch key has no batch weights to train (mapping would
     change nothing, silently); a labels column of the query is checked as the batch one is."""
+    import warnings
+
     from conftest import assert_unchanged, snapshot
 
     ref = kang[kang.obs["sample"] != "stim107"][::4].copy()
@@ -201,6 +211,9 @@ def test_mapping_onto_a_reference_without_batches_or_with_labels_is_said(kang):
     plain.train(max_epochs=1, enable_progress_bar=False)
     with pytest.warns(UserWarning, match="trained without a batch_key"):
         VAE.load_query_data(query.copy(), plain)
+    with warnings.catch_warnings():  # every weight trains: the query moves
+        warnings.filterwarnings("error", message=".*trained without a batch_key")
+        VAE.load_query_data(query.copy(), plain, unfrozen=True)
     VAE.setup_anndata(ref, batch_key="sample", labels_key="cell_type")
     labelled = VAE(ref, n_latent=4)
     labelled.train(max_epochs=1, enable_progress_bar=False)

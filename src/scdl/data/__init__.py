@@ -38,7 +38,6 @@ from ._drug_checks import (
     resolve_drugs,
     resolve_modality,
     shared_genes,
-    warn_of_training_lines,
 )
 from ._drug_inputs import (
     CountProfiles,
@@ -81,6 +80,7 @@ from ._query import (
 )
 from ._rows import ROW_BLOCK, get_matrix, in_memory, read_columns, row_blocks
 from ._salient_genes import salient_gene_table
+from ._training_lines import warn_of_training_lines
 from ._write import (
     check_writable,
     warn_slashed_names,

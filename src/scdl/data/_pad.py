@@ -23,8 +23,21 @@ def pad_to_genes(adata: AnnData, genes: pd.Index) -> AnnData:
 
     As scvi-tools' ``prepare_query_anndata`` pads, except that the zeros are sparse and of
     each matrix's own dtype (scvi-tools builds them dense, in float64, which upcasts the
-    query), and ``uns``, ``obsm``, ``obsp`` and ``raw`` are kept. ``varm`` is dropped (it has
-    no values for the padded genes). ``adata`` is not modified.
+    query), and ``uns``, ``obsm``, ``obsp`` and ``raw`` are kept. ``varm`` and ``varp`` are
+    dropped (they have no values for the padded genes); in ``var`` the padded genes' values
+    are missing (a boolean column becomes pandas' nullable ``"boolean"``, which ``.h5ad``
+    files hold). ``adata`` is not modified.
+
+    Parameters
+    ----------
+    adata
+        The query, with unique gene names.
+    genes
+        The reference's genes, in its order.
+
+    Returns
+    -------
+    The padded copy, ``len(genes)`` genes.
 
     Raises
     ------
@@ -58,6 +71,9 @@ def pad_to_genes(adata: AnnData, genes: pd.Index) -> AnnData:
         return np.hstack([np.asarray(x), zeros.toarray()])  # dense stays dense: the user's form
 
     var = pd.concat([adata.var, pd.DataFrame(index=missing)])
+    for column, dtype in adata.var.dtypes.items():  # True/False/NaN as object: h5ad refuses it
+        if pd.api.types.is_bool_dtype(dtype):
+            var[column] = var[column].astype("boolean")
     out = ad.AnnData(
         X=padded(adata.X) if adata.X is not None else None,
         obs=adata.obs.copy(),

@@ -23,9 +23,9 @@ _NA_TEXT = frozenset(
 )
 #: fewer reference cells than this make a type's thresholds and prototypes rest on noise
 MIN_TYPE_CELLS = 10
-#: above this share of the reference one type sets what a query's make-up is compared with:
-#: on a query of other make-up, rarer types' cells find few reference neighbours (a review,
-#: benchmarks/README.md: a reference 64% one type turned known query types Unknown; 43% did not)
+#: above this share of the reference (and twice the next type's size) one type sets what a
+#: query's make-up is compared with: on a query of other make-up, rarer types' cells find few
+#: reference neighbours (benchmarks/README.md, "A reference dominated by one type")
 DOMINANT_TYPE_SHARE = 0.5
 
 
@@ -196,9 +196,9 @@ def _warn_small_types(labels, labels_key: str) -> None:
 def _warn_dominant_type(labels, labels_key: str) -> None:
     counts = labels.value_counts()
     share = counts.iloc[0] / counts.sum() if len(counts) > 1 else 0.0
-    if share <= DOMINANT_TYPE_SHARE:
+    top, second = counts.index[0], int(counts.iloc[1]) if len(counts) > 1 else 0
+    if share <= DOMINANT_TYPE_SHARE or counts.iloc[0] < 2 * second:  # not 51/49 of two types
         return
-    top, second = counts.index[0], int(counts.iloc[1])
     warn_user(
         f"adata.obs[{labels_key!r}]: one type, {top!s}, holds {share:.0%} of the reference's "
         "cells. The Unknown call asks whether a query's cells find reference neighbours of "

@@ -102,7 +102,8 @@ class DrugResponseModel(
     **Outputs.** A continuous response per drug (the table's units; for ln IC50 lower is
     more sensitive), the mean over ``n_ensemble`` members. Each member leaves out one fold of
     the lines, so every line has a held-out prediction; from those the model keeps, per drug,
-    the held-out residual sd and Spearman correlation (``drug_stats_``). The *sensitive
+    the held-out residual sd and Spearman correlation (``drug_stats_``; the lines fitted on
+    are ``training_lines_``, saved with the model). The *sensitive
     probability* is P(response < the drug's median over the bulk lines) for a Gaussian
     centred on the prediction with the held-out residual sd:
     ``Phi((median - prediction) / residual_sd)``; 0.5 means "as sensitive as the median
@@ -275,7 +276,9 @@ class DrugResponseModel(
         # set by train(); saved with the model
         self.drug_stats_: pd.DataFrame | None = None
         self.calibration_source_: str | None = None
-        self.training_lines_: list[str] | None = None  # scdl's keys, else the bulk's obs_names
+        # the lines fitted on (cell_line_key, else obs_names): tl.drug_response warns of
+        # cells of these lines whatever AnnData a loaded model is given, or none
+        self.training_lines_: list[str] | None = None
         self.n_target_cells_ = 0 if target is None else int(target.n_obs)  # saved: repr
         self._summary = (
             f"scdl DrugResponseModel: {len(self.drugs)} drugs, {len(self.genes)} genes, "
@@ -479,9 +482,6 @@ class DrugResponseModel(
             key = adata.obs["cell_line_key"].astype(object)
             line = key.where(key.notna(), line)
         codes, lines = pd.factorize(line.astype(str))
-        # tl.drug_response warns of cells of these lines whatever AnnData a loaded model is
-        # given (or none)
-        self.training_lines_ = [str(x) for x in lines]
         # scvi-tools leaves its seed unset (None); the folds are the wide path's only draw,
         # so an unset seed gives seed 0's folds rather than new ones on every run
         seed = 0 if scvi.settings.seed is None else int(scvi.settings.seed)
@@ -493,6 +493,7 @@ class DrugResponseModel(
             self.train_indices = np.arange(adata.n_obs)
             alphas = self._fit_ridge(profiles, responses, folds)
             self.drug_stats_ = self._calibrate(folds, alphas, (profiles, responses))
+            self.training_lines_ = [str(x) for x in lines]
             self.is_trained_ = True
             return None
         if self._target_profiles is None and self.n_target_cells_ > 0:
@@ -525,6 +526,7 @@ class DrugResponseModel(
                     f"weight_decay={weight_decay:g} (e.g. 10x smaller) and train again."
                 )
             self.drug_stats_ = stats
+            self.training_lines_ = [str(x) for x in lines]
 
         out = self._train_network(
             profiles,

@@ -58,7 +58,8 @@ class VAEQueryMixin:
         As scvi-tools' method, but a saved reference is read with scdl's safe loader (the
         scvi-tools version unpickles ``model.pt``), and the padding is sparse zeros of each
         matrix's own dtype (scvi-tools' is dense float64, which upcasts the query); ``uns``,
-        ``obsm``, ``obsp`` and ``raw`` are kept, ``varm`` is dropped when genes are added.
+        ``obsm``, ``obsp`` and ``raw`` are kept, ``varm`` and ``varp`` are dropped when genes
+        are added (see :func:`scdl.data.pad_to_genes`).
         Below 80% of the reference's genes in the query, a warning says so.
 
         Parameters
@@ -101,9 +102,11 @@ class VAEQueryMixin:
                     "`adata.to_memory()`, or inplace=False for a padded copy in memory."
                 )
             adata = adata.to_memory()
-        if ref_genes.isin(adata.var_names).all():  # a reorder or subset only: scvi-tools'
-            return ArchesMixin.prepare_query_anndata(adata, reference_model, inplace=inplace)
         check_unique_var_names(adata)
+        if ref_genes.isin(adata.var_names).all():  # a reorder or subset only
+            if not inplace:  # scvi-tools' would reorder the caller's AnnData and return it
+                return adata[:, ref_genes].copy()
+            return ArchesMixin.prepare_query_anndata(adata, reference_model, inplace=True)
         out = pad_to_genes(adata, ref_genes)
         if not inplace:
             return out
@@ -157,9 +160,10 @@ class VAEQueryMixin:
             ``adata[:, model.get_var_names()]``. Otherwise ``adata`` is registered in place:
             it gains the ``_scvi_*`` fields :meth:`setup_anndata` writes. With
             ``inplace_subset_query_vars=True`` (scvi-tools' option) ``adata`` itself is subset
-            to the reference's genes, in their order, and registered (a backed ``adata`` is
-            refused: a file cannot lose genes). A reference set up with ``labels_key`` needs
-            that column in the query too; labels the reference does not know are taken.
+            to the reference's genes, in their order, and registered (a view's copy is, as
+            above; a backed ``adata`` is refused: a file cannot lose genes). A reference set
+            up with ``labels_key`` needs that column in the query too; labels the reference
+            does not know are taken.
         reference_model
             Trained :class:`VAE`, or the folder it was saved to.
         prefix
@@ -234,7 +238,9 @@ class VAEQueryMixin:
             check_category_kind(
                 adata.obs[key], list(labels["categorical_mapping"]), key, model=cls.__name__
             )
-        if setup_args.get("batch_key") is None and not covs.get("mappings"):
+        # (unfrozen=True trains every weight: the query then moves)
+        no_batches = setup_args.get("batch_key") is None and not covs.get("mappings")
+        if no_batches and not kwargs.get("unfrozen"):
             warn_user(
                 "The reference was trained without a batch_key, so the query model has no "
                 "batch weights to train: `.train()` would leave the query where the reference "
