@@ -22,11 +22,11 @@ def pad_to_genes(adata: AnnData, genes: pd.Index) -> AnnData:
     them, zeros for the others (also in every layer).
 
     As scvi-tools' ``prepare_query_anndata`` pads, except that the zeros are sparse and of
-    each matrix's own dtype (scvi-tools builds them dense, in float64, which upcasts the
-    query), and ``uns``, ``obsm``, ``obsp`` and ``raw`` are kept. ``varm`` and ``varp`` are
-    dropped (they have no values for the padded genes); in ``var`` the padded genes' values
-    are missing (a boolean column becomes pandas' nullable ``"boolean"``, which ``.h5ad``
-    files hold). ``adata`` is not modified.
+    each matrix's own dtype (scvi-tools makes them from a dense float64 block of every cell by
+    every missing gene, and the query becomes float64), and ``uns``, ``obsm``, ``obsp`` and
+    ``raw`` are kept. ``varm`` and ``varp`` are dropped (they have no values for the padded
+    genes); in ``var`` the padded genes' values are missing (a boolean column becomes
+    pandas' nullable ``"boolean"``, which ``.h5ad`` files hold). ``adata`` is not modified.
 
     Parameters
     ----------

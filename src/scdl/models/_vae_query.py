@@ -57,9 +57,9 @@ class VAEQueryMixin:
 
         As scvi-tools' method, but a saved reference is read with scdl's safe loader (the
         scvi-tools version unpickles ``model.pt``), and the padding is sparse zeros of each
-        matrix's own dtype (scvi-tools' is dense float64, which upcasts the query); ``uns``,
-        ``obsm``, ``obsp`` and ``raw`` are kept, ``varm`` and ``varp`` are dropped when genes
-        are added (see :func:`scdl.data.pad_to_genes`).
+        matrix's own dtype (scvi-tools' passes through a dense float64 block and makes the
+        query float64); ``uns``, ``obsm``, ``obsp`` and ``raw`` are kept, ``varm`` and
+        ``varp`` are dropped when genes are added (see :func:`scdl.data.pad_to_genes`).
         Below 80% of the reference's genes in the query, a warning says so.
 
         Parameters
