@@ -81,7 +81,8 @@ def pad_to_genes(adata: AnnData, genes: pd.Index) -> AnnData:
         uns=adata.uns.copy(),
         obsm=dict(adata.obsm),
         obsp=dict(adata.obsp),
-        layers={k: padded(v) for k, v in adata.layers.items()},
+        # anndata 0.13 lists X among the layers, as layers[None]
+        layers={k: padded(v) for k, v in adata.layers.items() if k is not None},
     )
     if adata.raw is not None:
         out.raw = adata.raw.to_adata()
