@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -10,23 +11,24 @@ from scipy import sparse
 
 from scdl._warnings import warn_user
 
+from ._genes import LOW_GENE_OVERLAP, gene_columns
+
 if TYPE_CHECKING:
     from anndata import AnnData
-
-#: below this share of the reference's genes a mapped query is warned of (scvi-tools' level)
-MIN_REFERENCE_GENES = 0.8
 
 
 def pad_to_genes(adata: AnnData, genes: pd.Index) -> AnnData:
     """A new AnnData with ``genes`` in their order: the query's own columns where it has
     them, zeros for the others (also in every layer).
 
-    As scvi-tools' ``prepare_query_anndata`` pads, except that the zeros are sparse and of
-    each matrix's own dtype (scvi-tools makes them from a dense float64 block of every cell by
+    As scvi-tools' ``prepare_query_anndata`` pads, except that each matrix keeps its own
+    dtype and format (scvi-tools makes the zeros from a dense float64 block of every cell by
     every missing gene, and the query becomes float64), and ``uns``, ``obsm``, ``obsp`` and
     ``raw`` are kept. ``varm`` and ``varp`` are dropped (they have no values for the padded
     genes); in ``var`` the padded genes' values are missing (a boolean column becomes
-    pandas' nullable ``"boolean"``, which ``.h5ad`` files hold). ``adata`` is not modified.
+    pandas' nullable ``"boolean"``, which ``.h5ad`` files hold). Genes are matched as the
+    models match them (:func:`scdl.data.gene_columns`); below ``LOW_GENE_OVERLAP`` of
+    ``genes`` in the query, a warning says so. ``adata`` is not modified.
 
     Parameters
     ----------
@@ -47,43 +49,40 @@ def pad_to_genes(adata: AnnData, genes: pd.Index) -> AnnData:
     import anndata as ad
 
     genes = pd.Index(genes)
-    present = genes.isin(adata.var_names)
-    if not present.any():
-        raise ValueError(
-            f"The query holds none of the reference's {len(genes)} genes (query genes: "
-            f"{list(map(str, adata.var_names[:5]))}, reference genes: "
-            f"{list(map(str, genes[:5]))}): check that both name genes the same way (symbols "
-            "or Ensembl IDs, the same species)."
-        )
-    if present.mean() < MIN_REFERENCE_GENES:
+    # the models' matching: with none found, its error names an identifier or species fix
+    col, present = gene_columns(adata, genes, min_overlap=0.0, what="reference", lower_hint="")
+    if present.mean() < LOW_GENE_OVERLAP:
         warn_user(
             f"The query holds {int(present.sum())} of the reference's {len(genes)} genes "
             f"({present.mean():.0%}); the {int((~present).sum())} others are set to zero, "
             "which may place its cells less well.",
             UserWarning,
         )
-    missing = genes[~present]
+    # one 0/1 matrix takes each gene the query holds to its reference column: padding and
+    # ordering in one product, one new copy of each matrix, in its own dtype and format
+    sel = sparse.csr_matrix(
+        (np.ones(int(present.sum())), (col[present], np.flatnonzero(present))),
+        shape=(adata.n_vars, len(genes)),
+    )
 
-    def padded(x):
-        zeros = sparse.csr_matrix((adata.n_obs, len(missing)), dtype=x.dtype)
-        if sparse.issparse(x):
-            return sparse.hstack([x, zeros], format="csr" if x.format != "csc" else "csc")
-        return np.hstack([np.asarray(x), zeros.toarray()])  # dense stays dense: the user's form
+    def moved(x):
+        out = x @ sel.astype(x.dtype)
+        return out.asformat(x.format) if sparse.issparse(x) else np.asarray(out)
 
-    var = pd.concat([adata.var, pd.DataFrame(index=missing)])
+    var = adata.var.iloc[col[present]].set_axis(genes[present]).reindex(genes)
     for column, dtype in adata.var.dtypes.items():  # True/False/NaN as object: h5ad refuses it
         if pd.api.types.is_bool_dtype(dtype):
             var[column] = var[column].astype("boolean")
     out = ad.AnnData(
-        X=padded(adata.X) if adata.X is not None else None,
+        X=None if adata.X is None else moved(adata.X),
         obs=adata.obs.copy(),
         var=var,
-        uns=adata.uns.copy(),
-        obsm=dict(adata.obsm),
-        obsp=dict(adata.obsp),
+        uns=copy.deepcopy(dict(adata.uns)),
+        obsm={k: v.copy() for k, v in adata.obsm.items()},
+        obsp={k: v.copy() for k, v in adata.obsp.items()},
         # anndata 0.13 lists X among the layers, as layers[None]
-        layers={k: padded(v) for k, v in adata.layers.items() if k is not None},
+        layers={k: moved(v) for k, v in adata.layers.items() if k is not None},
     )
-    if adata.raw is not None:
-        out.raw = adata.raw.to_adata()
-    return out[:, genes].copy()
+    if adata.raw is not None:  # Raw copies the matrix once
+        out.raw = ad.AnnData(X=adata.raw.X, var=adata.raw.var, obs=adata.obs[[]])
+    return out

@@ -60,7 +60,8 @@ class VAEQueryMixin:
         matrix's own dtype (scvi-tools' passes through a dense float64 block and makes the
         query float64); ``uns``, ``obsm``, ``obsp`` and ``raw`` are kept, ``varm`` and
         ``varp`` are dropped when genes are added (see :func:`scdl.data.pad_to_genes`).
-        Below 80% of the reference's genes in the query, a warning says so.
+        Below 90% of the reference's genes in the query (``LOW_GENE_OVERLAP``), a warning
+        says so.
 
         Parameters
         ----------
@@ -103,13 +104,11 @@ class VAEQueryMixin:
                 )
             adata = adata.to_memory()
         check_unique_var_names(adata)
-        if ref_genes.isin(adata.var_names).all():  # a reorder or subset only
-            if not inplace:  # scvi-tools' would reorder the caller's AnnData and return it
-                return adata[:, ref_genes].copy()
+        if not inplace:  # scvi-tools' returned the caller's AnnData, reordered, on a reorder
+            return pad_to_genes(adata, ref_genes)
+        if ref_genes.isin(adata.var_names).all():  # a reorder or subset in place: no copy
             return ArchesMixin.prepare_query_anndata(adata, reference_model, inplace=True)
         out = pad_to_genes(adata, ref_genes)
-        if not inplace:
-            return out
         # anndata has no public way to give an AnnData other genes in place; scvi-tools'
         # prepare_query_anndata re-initialises it the same way
         adata._init_as_actual(out)
