@@ -395,13 +395,58 @@ def test_integration_metrics_start_arpack_from_a_fixed_vector(kang_integrated):
     assert linalg.eigsh is original
 
 
+def test_integration_metrics_search_kbets_neighbours_exactly(kang_integrated):
+    """kBET's neighbours within each type come from scib-metrics' ``pynndescent``, whose numba
+    compilation took about 40 s of a first call: while the metrics run, a search of up to
+    50,000 cells is exact (scikit-learn), and scib-metrics' own function is put back after."""
+    import scib_metrics.nearest_neighbors as nn
+    from sklearn.neighbors import NearestNeighbors
+
+    from scdl.tl._metrics import _exact_diffusion_neighbors
+
+    x = kang_integrated[0].obsm["X_scdl"][:300].astype(np.float64)
+    original = nn.pynndescent
+    with _exact_diffusion_neighbors(), _exact_diffusion_neighbors():  # nested calls: one patch
+        assert nn.pynndescent is not original
+        found = nn.pynndescent(x, n_neighbors=16)
+    assert nn.pynndescent is original
+    dist, idx = NearestNeighbors(n_neighbors=16).fit(x).kneighbors(x)
+    np.testing.assert_array_equal(found.indices, idx)
+    np.testing.assert_allclose(found.distances, dist)
+    assert (found.indices[:, 0] == np.arange(len(x))).all()  # each cell its own first, as before
+
+
+def test_integration_metrics_freeze_the_sessions_objects_only_while_they_run():
+    """scib-metrics collects garbage after every metric: the session's objects are frozen
+    meanwhile (those collections walk only the new ones) and thawed after; a user's own
+    ``gc.freeze`` is left as it was."""
+    import gc
+
+    from scdl.tl._metrics import _session_objects_frozen
+
+    assert gc.get_freeze_count() == 0
+    with _session_objects_frozen():
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with _session_objects_frozen():
+            pass
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+
+
 def test_integration_metrics_say_where_a_score_rests_on_little(kang_integrated):
     """A NaN metric (PCR comparison of an embedding with a constant column) leaves its totals
     on fewer metrics, and a one-cell type scored as isolated gives 0.5 whatever the embedding:
     both were silent (scib-metrics' own values, passed through)."""
     adata, _ = kang_integrated
     adata = adata.copy()
-    adata.obsm["flat"] = np.c_[adata.obsm["X_scdl"], np.zeros(adata.n_obs)]
+    # a constant column, the embedding's shape kept (JAX compiles once per shape)
+    adata.obsm["flat"] = adata.obsm["X_scdl"].copy()
+    adata.obsm["flat"][:, -1] = 0.0
     types = adata.obs["cell_type"].astype(str).to_numpy().copy()
     types[0] = "Lonely"
     # cells without a type, scored as one (two of each sample: not an isolated label)

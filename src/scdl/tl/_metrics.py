@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Iterable
@@ -103,8 +104,9 @@ def integration_metrics(
     NaN (e.g. PCR comparison of an embedding with a constant column) is left out of its mean,
     with a warning. Given the same neighbours, the values equal scib-metrics'
     ``Benchmarker`` run by hand; but scdl searches neighbours exactly (scikit-learn) up to
-    50,000 cells where ``Benchmarker`` uses pynndescent's approximate search, and kBET
-    especially moves with them, so compare numbers from one tool. The batch metrics credit
+    50,000 cells where ``Benchmarker`` uses pynndescent's approximate search (for the
+    embeddings' neighbours and for kBET's neighbours within each type), and kBET especially
+    moves with them, so compare numbers from one tool. The batch metrics credit
     any embedding that mixes batches, a random one too (a random embedding of Kang PBMCs
     scores about 0.84 there): read them beside ``Bio conservation``. Isolated labels scores
     the types found in the fewest batches; one of a single cell scores 0.5 whatever the
@@ -114,7 +116,7 @@ def integration_metrics(
     starts ARPACK from a fixed vector here, so the same input gives the same kBET (a random
     start, as in a ``Benchmarker`` run by hand, can flip eigenvectors and move it).
 
-    The first call in a Python session takes about a minute longer than later ones (JAX's
+    The first call in a Python session takes tens of seconds longer than later ones (JAX's
     import and scib-metrics' compilation); later calls on a few thousand cells take seconds.
     """
     check_is_anndata(adata)
@@ -221,7 +223,12 @@ def integration_metrics(
     exact = partial(_sklearn_neighbors, n_jobs=n_jobs)
     small = adata.n_obs <= METRICS_EXACT_NEIGHBORS_MAX_CELLS
     bm.prepare(neighbor_computer=exact if small else None)
-    with _root_logger_left_alone(), _fixed_arpack_start():
+    with (
+        _root_logger_left_alone(),
+        _fixed_arpack_start(),
+        _exact_diffusion_neighbors(),
+        _session_objects_frozen(),
+    ):
         bm.benchmark()
     res = bm.get_results(min_max_scale=False)
     res = res.drop(index="Metric Type", errors="ignore").astype(float)
@@ -232,12 +239,31 @@ def integration_metrics(
     return res
 
 
-#: calls of integration_metrics running (threads): scipy's eigsh is replaced while any runs
-_ARPACK_LOCK = threading.Lock()
-_ARPACK_USERS = [0, None]  # how many, and scipy's own eigsh
+#: calls of integration_metrics running (threads) per function replaced, and the original:
+#: a replaced function is put back when the last call that needs it ends
+_PATCH_LOCK = threading.Lock()
+_PATCHES: dict[tuple[str, str], list] = {}
 
 
 @contextmanager
+def _replaced(module, name: str, replacement):
+    """``module.name`` is ``replacement(original)`` while any call in the block runs."""
+    key = (module.__name__, name)
+    with _PATCH_LOCK:
+        entry = _PATCHES.setdefault(key, [0, None])
+        if entry[0] == 0:
+            entry[1] = getattr(module, name)
+            setattr(module, name, replacement(entry[1]))
+        entry[0] += 1
+    try:
+        yield
+    finally:
+        with _PATCH_LOCK:
+            entry[0] -= 1
+            if entry[0] == 0:
+                setattr(module, name, entry[1])
+
+
 def _fixed_arpack_start():
     """scib-metrics' kBET embeds each type by diffusion, through ``scipy.sparse.linalg.eigsh``
     without a start vector: ARPACK's random one (from the process's earlier calls, from the OS
@@ -246,24 +272,51 @@ def _fixed_arpack_start():
     same scores for the same input; scipy's own function is put back after the last call."""
     import scipy.sparse.linalg as linalg
 
-    with _ARPACK_LOCK:
-        if _ARPACK_USERS[0] == 0:
-            eigsh = _ARPACK_USERS[1] = linalg.eigsh
+    def seeded_from(eigsh):
+        def seeded(A, k=6, *args, v0=None, **kwargs):  # scipy's own signature
+            if v0 is None:
+                v0 = np.random.default_rng(0).uniform(-1.0, 1.0, A.shape[0])
+            return eigsh(A, k, *args, v0=v0, **kwargs)
 
-            def seeded(A, k=6, *args, v0=None, **kwargs):  # scipy's own signature
-                if v0 is None:
-                    v0 = np.random.default_rng(0).uniform(-1.0, 1.0, A.shape[0])
-                return eigsh(A, k, *args, v0=v0, **kwargs)
+        return seeded
 
-            linalg.eigsh = seeded
-        _ARPACK_USERS[0] += 1
+    return _replaced(linalg, "eigsh", seeded_from)
+
+
+def _exact_diffusion_neighbors():
+    """kBET searches each type's diffusion embedding with scib-metrics' ``pynndescent`` (looked
+    up on ``scib_metrics.nearest_neighbors`` at every call, with no option to pass another
+    search). numba compiles pynndescent on its first call in a process, about 40 s on a laptop
+    core for a few hundred cells, and its search is approximate: up to the same cell limit as the
+    main neighbour search, it is exact here (scikit-learn), as the neighbours of the
+    embeddings are; above it, scib-metrics' own search runs."""
+    import scib_metrics.nearest_neighbors as nn
+
+    def exact_from(pynndescent):
+        def search(X, n_neighbors, random_state=0, n_jobs=1):  # scib-metrics' own signature
+            if X.shape[0] > METRICS_EXACT_NEIGHBORS_MAX_CELLS:
+                return pynndescent(X, n_neighbors, random_state=random_state, n_jobs=n_jobs)
+            return _sklearn_neighbors(X, n_neighbors, n_jobs=n_jobs)
+
+        return search
+
+    return _replaced(nn, "pynndescent", exact_from)
+
+
+@contextmanager
+def _session_objects_frozen():
+    """scib-metrics runs a full ``gc.collect()`` after every metric of every embedding, each
+    one walking every object of the session (a notebook's AnnDatas and models): the session's
+    objects until then are frozen (``gc.freeze``), so those collections walk only the metrics'
+    own, and thawed after. Left alone where the user froze objects of their own."""
+    mine = gc.get_freeze_count() == 0
+    if mine:
+        gc.freeze()
     try:
         yield
     finally:
-        with _ARPACK_LOCK:
-            _ARPACK_USERS[0] -= 1
-            if _ARPACK_USERS[0] == 0:
-                linalg.eigsh = _ARPACK_USERS[1]
+        if mine:
+            gc.unfreeze()
 
 
 @contextmanager
