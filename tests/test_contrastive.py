@@ -163,7 +163,9 @@ def test_trains_across_two_cpu_processes_with_validation(kang):
     target cells left out the ``salient_dependence`` metric, and the unshuffled validation
     cells split by process put all background cells on one, so the processes logged different
     metrics and waited in different collectives. Every minibatch now reports it, and the
-    validation cells are read in a mixed order."""
+    validation cells are read in a mixed order. The processes are forked, as Lightning's
+    ``ddp_notebook`` does in Jupyter (spawned ones import torch and scvi-tools again, ~20 s):
+    the hang was in the collectives, which both launch alike."""
     import scvi
 
     adata = _small(kang, 300)
@@ -177,7 +179,7 @@ def test_trains_across_two_cpu_processes_with_validation(kang):
         accelerator="cpu",
         devices=2,
         train_kwargs={
-            "strategy": "ddp_spawn",
+            "strategy": "ddp_fork",
             "check_val_every_n_epoch": 1,
         },
     )
