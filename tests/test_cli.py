@@ -98,6 +98,16 @@ def test_missing_input_is_one_line_error_without_traceback(tmp_path):
     assert out.returncode == 2
     assert "does not exist" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "out.h5ad").exists()
+    # said before the import of torch and scvi-tools (~10 s): a typo was said after it
+    code = (
+        "import sys, scdl.cli; "
+        f"rc = scdl.cli.main(['annotate', {str(tmp_path / 'nope.h5ad')!r}, "
+        f"'-o', {str(tmp_path / 'out.h5ad')!r}]); "
+        "print(rc, [m for m in ('torch', 'scvi', 'lightning') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["2", "[]"], out.stdout + out.stderr[-500:]
+    assert "input file" in out.stderr and "does not exist" in out.stderr
 
 
 def test_unreadable_input_and_missing_output_folder(tmp_path, capsys):

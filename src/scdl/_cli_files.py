@@ -9,15 +9,35 @@ from pathlib import Path
 from scdl._paths import user_path, written_path
 
 
-def read_input(path: str, *, quiet: bool = False):
-    """Read IN.h5ad with a one-line error for a missing or unreadable file."""
-    import anndata
-
+def check_input_path(path: str) -> Path:
+    """IN.h5ad is a file that exists (said before anything heavy is imported)."""
     p = Path(path)
     if p.is_dir():
         raise ValueError(f"input {path!r} is a folder; give an .h5ad file.")
     if not p.is_file():
         raise FileNotFoundError(f"input file {path!r} does not exist.")
+    return p
+
+
+def check_paths(args) -> int:
+    """The files a command reads and writes, checked in the order the command checks them:
+    a mistyped path is said at once, not after the seconds-long import of torch, Lightning
+    and scvi-tools that precedes the command. Returns 0 (a problem raises)."""
+    if getattr(args, "input", None) is None:  # e.g. the demo, which writes a folder
+        return 0
+    check_output(args.output, overwrite=args.overwrite)
+    check_model_folder(
+        getattr(args, "save_model", None), overwrite=args.overwrite, output=args.output
+    )
+    check_input_path(args.input)
+    return 0
+
+
+def read_input(path: str, *, quiet: bool = False):
+    """Read IN.h5ad with a one-line error for a missing or unreadable file."""
+    import anndata
+
+    p = check_input_path(path)
     how = ""
     kind = _hdf5_kind(p)
     if kind == "mudata":  # anndata's reader fails on it with a long traceback

@@ -14,6 +14,7 @@ from ._cli_files import (
     check_input_names,
     check_model_folder,
     check_output,
+    check_paths,
     copy_annotation,
     raw_as_adata,
     raw_as_layer,
@@ -389,6 +390,10 @@ def _quiet_libraries():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # a wrong path is said before the imports below (about 10 s on a laptop core)
+    status = _run(args, step=check_paths)
+    if status:
+        return status
     # imported before the quieting: a library's first import sets its own warning filters
     # and logger levels, which the quieting's restore on exit would discard for the session
     # (and Lightning's import reset the levels it had just lowered)
@@ -443,10 +448,10 @@ def _batch_job_io(command: str):
             out.reconfigure(**saved)
 
 
-def _run(args) -> int:
-    """The command, with expected input problems reported in one line."""
+def _run(args, *, step=None) -> int:
+    """The command (or ``step``), with expected input problems reported in one line."""
     try:
-        return args.func(args)
+        return (step or args.func)(args)
     except (ValueError, KeyError, TypeError, OSError, FloatingPointError) as e:
         # expected problems with the input: one line, no traceback (SCDL_DEBUG=1 shows it)
         if os.environ.get("SCDL_DEBUG"):

@@ -50,6 +50,13 @@ def annotation(
     %(show_save)s
 
     %(returns_figure)s
+
+    Examples
+    --------
+    >>> import scdl
+    >>> adata = scdl.datasets.kang_pbmc_heldout()
+    >>> scdl.tl.annotate(adata)
+    >>> scdl.pl.annotation(adata, groupby="cell_type")
     """
     import pandas as pd
 
@@ -181,6 +188,13 @@ def attributions(
     %(show_save)s
 
     %(returns_figure)s
+
+    Examples
+    --------
+    >>> import scdl
+    >>> model = scdl.pretrained.load("pbmc_kang2018")
+    >>> adata = scdl.datasets.kang_pbmc_heldout()
+    >>> scdl.pl.attributions(model.gene_attributions(adata), n_top=8)
     """
     import matplotlib.pyplot as plt
 

@@ -41,6 +41,14 @@ def cluster_resolution(
     %(show_save)s
 
     %(returns_figure)s
+
+    Examples
+    --------
+    >>> import scdl
+    >>> adata = scdl.datasets.kang_pbmc()
+    >>> scdl.tl.integrate(adata, batch_key="sample")
+    >>> scdl.tl.cluster(adata, resolution="auto")
+    >>> scdl.pl.cluster_resolution(adata)
     """
 
     from matplotlib.ticker import MaxNLocator

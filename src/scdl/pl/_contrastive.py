@@ -101,6 +101,13 @@ def contrastive(
     %(show_save)s
 
     %(returns_figure)s
+
+    Examples
+    --------
+    >>> import scdl
+    >>> adata = scdl.datasets.kang_pbmc()
+    >>> scdl.tl.contrastive(adata, groupby="condition", background="ctrl")
+    >>> scdl.pl.contrastive(adata, color="cell_type")
     """
     import matplotlib.pyplot as plt
 

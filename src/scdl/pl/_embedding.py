@@ -82,6 +82,13 @@ def embedding(
         Passed to :func:`scanpy.pl.embedding` (``frameon`` is ``False`` unless given).
 
     %(returns_figure)s
+
+    Examples
+    --------
+    >>> import scdl
+    >>> adata = scdl.datasets.kang_pbmc()
+    >>> scdl.tl.integrate(adata, batch_key="sample")
+    >>> scdl.pl.embedding(adata, color=["cell_type", "sample"])
     """
     import pandas as pd
     import scanpy as sc

@@ -116,6 +116,13 @@ def training_history(
     %(show_save)s
 
     %(returns_figure)s
+
+    Examples
+    --------
+    >>> import scdl
+    >>> adata = scdl.datasets.kang_pbmc()
+    >>> model = scdl.tl.integrate(adata, batch_key="sample")
+    >>> scdl.pl.training_history(adata)  # or the model: scdl.pl.training_history(model)
     """
 
     from matplotlib.ticker import MaxNLocator

@@ -41,6 +41,14 @@ def integration_metrics(
     %(show_save)s
 
     %(returns_figure)s
+
+    Examples
+    --------
+    >>> import scdl
+    >>> adata = scdl.datasets.kang_pbmc()
+    >>> scdl.tl.integrate(adata, batch_key="sample")
+    >>> scdl.tl.integration_metrics(adata, batch_key="sample", label_key="cell_type")
+    >>> scdl.pl.integration_metrics(adata)
     """
     import pandas as pd
     from anndata import AnnData

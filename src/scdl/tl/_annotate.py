@@ -229,6 +229,24 @@ def annotate(
         genes, else 0) and ``mixing_level`` (the reference share the Unknown call counted as
         fully mixed: 0.5, or lower for a query shifted as a whole from the reference; NaN
         without the call's mixing check).
+
+    Examples
+    --------
+    The pretrained PBMC annotator, on cells it was not trained on:
+
+    >>> import scdl
+    >>> adata = scdl.datasets.kang_pbmc_heldout()
+    >>> scdl.tl.annotate(adata)
+    >>> adata.obs["scdl_cell_type"].value_counts()
+    >>> scdl.pl.annotation(adata, groupby="cell_type")
+
+    An annotator trained on your own reference:
+
+    >>> ref = scdl.datasets.kang_pbmc()
+    >>> scdl.models.CellTypeTransformer.setup_anndata(ref, labels_key="cell_type")
+    >>> model = scdl.models.CellTypeTransformer(ref)
+    >>> model.train()
+    >>> scdl.tl.annotate(adata, model=model, key_added="own_cell_type")
     """
     from scdl.data import (
         check_bool,

@@ -160,6 +160,15 @@ def cluster(
         one joined.
     ``adata.obsp[f"{key_added}_neighbors_distances"]``
         The kNN distances in ``use_rep``.
+
+    Examples
+    --------
+    >>> import scdl
+    >>> adata = scdl.datasets.kang_pbmc()
+    >>> scdl.tl.integrate(adata, batch_key="sample")
+    >>> scdl.tl.cluster(adata, resolution="auto")
+    >>> scdl.pl.cluster_resolution(adata)
+    >>> scdl.pl.embedding(adata, color=["scdl_cluster", "sample"])
     """
     import scanpy as sc
 

@@ -118,6 +118,14 @@ def integration_metrics(
 
     The first call in a Python session takes tens of seconds longer than later ones (JAX's
     import and scib-metrics' compilation); later calls on a few thousand cells take seconds.
+
+    Examples
+    --------
+    >>> import scdl
+    >>> adata = scdl.datasets.kang_pbmc()
+    >>> scdl.tl.integrate(adata, batch_key="sample")
+    >>> scdl.tl.integration_metrics(adata, batch_key="sample", label_key="cell_type")
+    >>> scdl.pl.integration_metrics(adata)
     """
     check_is_anndata(adata)
     # said here, not by joblib after the baseline PCA and scib-metrics' import
@@ -308,7 +316,8 @@ def _session_objects_frozen():
     """scib-metrics runs a full ``gc.collect()`` after every metric of every embedding, each
     one walking every object of the session (a notebook's AnnDatas and models): the session's
     objects until then are frozen (``gc.freeze``), so those collections walk only the metrics'
-    own, and thawed after. Left alone where the user froze objects of their own."""
+    own, and thawed after. Left alone where objects are frozen already (a user's ``gc.freeze``;
+    Python 3.12.1 starts with some), since unfreezing would thaw those too."""
     mine = gc.get_freeze_count() == 0
     if mine:
         gc.freeze()
