@@ -22,6 +22,30 @@ def pytest_collection_modifyitems(config, items):
 EPOCHS = 60
 
 
+@pytest.fixture(scope="session")
+def fresh_session() -> dict:
+    """What a fresh Python session reports (``fresh_session.py``): one subprocess for the
+    tests of imports, seeds and thread counts that need one."""
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).with_name("fresh_session.py")
+    args = [sys.executable, str(script), str(DATA / "kang_pbmc_1.5k.h5ad")]
+    out = subprocess.run(args, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def session_part(report: dict, name: str) -> dict:
+    """One part of ``fresh_session``'s report; its error, if it raised, fails the test."""
+    part = report[name]
+    assert "error" not in part, part.get("error")
+    if "skipped" in part:
+        pytest.skip(part["skipped"])
+    return part
+
+
 def read_shared(name: str) -> ad.AnnData:
     path = DATA / name
     if not path.is_file():

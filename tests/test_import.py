@@ -1,46 +1,25 @@
-import json
-import subprocess
-import sys
-
 import pytest
+from conftest import session_part
 
 
-def test_import_is_light():
+def test_import_is_light(fresh_session):
     """`import scdl` and its namespaces must not load torch, scvi-tools or lightning."""
-    code = (
-        "import sys, scdl; scdl.tl; scdl.pl; scdl.datasets; scdl.data; "
-        "heavy = [m for m in ('torch', 'scvi', 'lightning', 'jax') if m in sys.modules]; "
-        "print(','.join(heavy))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"heavy modules imported: {out.stdout}"
+    part = session_part(fresh_session, "import")
+    assert part["heavy"] == [], f"heavy modules imported: {part['heavy']}"
 
 
-@pytest.fixture(scope="module")
-def fresh_import() -> dict:
-    """What a fresh interpreter sees of scdl's namespace before and after reaching the models
-    (one process for the tests below: each import of torch and scvi-tools costs seconds)."""
-    code = (
-        "import json, sys, scdl; names = dir(scdl); torch_before = 'torch' in sys.modules; "
-        "scdl.models.VAE; torch_after = 'torch' in sys.modules; "
-        "reached = [getattr(scdl, m).__name__ for m in ('dataloaders', 'module', 'train')]; "
-        "print(json.dumps({'names': names, 'all': sorted(scdl.__all__), "
-        "'torch_before': torch_before, 'torch_after': torch_after, 'reached': reached}))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def test_models_load_on_demand(fresh_session):
+    assert not session_part(fresh_session, "models")["scvi_before"]
+    assert session_part(fresh_session, "models")["scvi_after"]
 
 
-def test_models_load_on_demand(fresh_import):
-    assert not fresh_import["torch_before"]
-    assert fresh_import["torch_after"]
-
-
-def test_namespace_lists_the_public_api_and_reaches_every_documented_submodule(fresh_import):
+def test_namespace_lists_the_public_api_and_reaches_every_documented_submodule(fresh_session):
     """Tab completion offers the public API only; ``scdl.dataloaders`` / ``module`` /
     ``train`` (documented, as in scvi-tools) load on attribute access."""
-    assert fresh_import["names"] == fresh_import["all"]
-    assert fresh_import["reached"] == ["scdl.dataloaders", "scdl.module", "scdl.train"]
+    part = session_part(fresh_session, "import")
+    assert part["names"] == part["all"]
+    reached = session_part(fresh_session, "models")["reached"]
+    assert reached == ["scdl.dataloaders", "scdl.module", "scdl.train"]
 
 
 def test_every_public_name_has_an_api_page():

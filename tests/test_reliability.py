@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import session_part
 from lightning.pytorch.callbacks import Callback
 
 import scdl
@@ -330,52 +331,19 @@ def test_pandas_future_string_inference_raises_no_warning_of_ours():
             scdl.pretrained.load("pbmc_kang2018").annotate_cells(scdl.datasets.kang_pbmc_heldout())
 
 
-def test_steps_keep_the_users_torch_thread_count(tmp_path):
+def test_steps_keep_the_users_torch_thread_count(fresh_session):
     """scanpy's neighbours (numba) set the OpenMP thread count torch shares to every core: the
     steps put the user's count back, or the next training of the session would sum in another
     order than the first (a fresh process: numba's first parallel call is the one that sets it).
     """
-    import subprocess
-    import sys
-
-    from conftest import DATA
-
-    path = DATA / "kang_pbmc_1.5k.h5ad"
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
-    code = (
-        "import anndata as ad, torch, scdl\n"
-        "from scdl.models import CellTypeTransformer\n"
-        "torch.set_num_threads(1)\n"
-        f"a = ad.read_h5ad({str(path)!r})[::3].copy()\n"
-        "scdl.tl.integrate(a, batch_key='sample', max_epochs=1, progress_bar=False)\n"
-        "scdl.tl.cluster(a, resolution=0.5)\n"
-        "assert torch.get_num_threads() == 1, ('tl', torch.get_num_threads())\n"
-        "CellTypeTransformer.setup_anndata(a, labels_key='cell_type')\n"
-        "m = CellTypeTransformer(a)\n"
-        "m.train(max_epochs=1, enable_progress_bar=False)\n"
-        "m.annotate_cells(a)\n"
-        "assert torch.get_num_threads() == 1, ('annotator', torch.get_num_threads())\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
+    part = session_part(fresh_session, "threads")
+    assert part == {"tl": 1, "annotator": 1}, part
 
 
-def test_first_use_of_scvi_tools_keeps_the_users_seed():
+def test_first_use_of_scvi_tools_keeps_the_users_seed(fresh_session):
     """Importing scvi-tools sets its seed (every global generator restarts from 0): scdl
     imports it lazily, at the first model or training step, so that import must not
     replace a seed the user set before (a fresh process: scvi-tools not yet imported)."""
-    import subprocess
-    import sys
-
-    code = (
-        "import random, numpy as np, torch, scdl\n"
-        "def draw(): return torch.rand(1).item(), float(np.random.rand()), random.random()\n"
-        "def seed(): torch.manual_seed(42); np.random.seed(42); random.seed(42)\n"
-        "seed(); expected = draw(); seed()\n"
-        "import scdl.models\n"
-        "assert 'scvi' in __import__('sys').modules\n"
-        "print(draw() == expected)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"
+    part = session_part(fresh_session, "models")
+    assert not part["scvi_before"] and part["scvi_after"]
+    assert part["seed_kept"] is True
