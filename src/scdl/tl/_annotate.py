@@ -240,13 +240,16 @@ def annotate(
     >>> adata.obs["scdl_cell_type"].value_counts()
     >>> scdl.pl.annotation(adata, groupby="cell_type")
 
-    An annotator trained on your own reference:
+    An annotator trained on your own reference (here control cells), calling other cells
+    (stimulated ones):
 
-    >>> ref = scdl.datasets.kang_pbmc()
+    >>> cells = scdl.datasets.kang_pbmc()
+    >>> ref = cells[cells.obs["condition"] == "ctrl"].copy()
+    >>> query = cells[cells.obs["condition"] == "stim"].copy()
     >>> scdl.models.CellTypeTransformer.setup_anndata(ref, labels_key="cell_type")
     >>> model = scdl.models.CellTypeTransformer(ref)
     >>> model.train()
-    >>> scdl.tl.annotate(adata, model=model, key_added="own_cell_type")
+    >>> scdl.tl.annotate(query, model=model)
     """
     from scdl.data import (
         check_bool,
