@@ -234,6 +234,7 @@ def gdsc(
 
     Examples
     --------
+    >>> import scdl
     >>> bulk = scdl.datasets.gdsc(path="data/")  # the folder holding the two GDSC files
     >>> bulk.obsm["ln_ic50"]["Gefitinib"].describe()
     """

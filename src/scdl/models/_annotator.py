@@ -200,6 +200,10 @@ class CellTypeTransformer(
 
     Examples
     --------
+    >>> import scdl
+    >>> cells = scdl.datasets.kang_pbmc()
+    >>> ref = cells[cells.obs["condition"] == "ctrl"].copy()
+    >>> query = cells[cells.obs["condition"] == "stim"].copy()
     >>> scdl.models.CellTypeTransformer.setup_anndata(ref, labels_key="cell_type")
     >>> model = scdl.models.CellTypeTransformer(ref)
     >>> model.train()

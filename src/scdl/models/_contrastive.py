@@ -107,6 +107,7 @@ class ContrastiveVAE(
 
     Examples
     --------
+    >>> import scdl
     >>> adata = scdl.datasets.kang_pbmc()  # obs["condition"]: ctrl or stim
     >>> scdl.models.ContrastiveVAE.setup_anndata(adata)
     >>> model = scdl.models.ContrastiveVAE(adata)

@@ -114,6 +114,8 @@ class VAE(
 
     Examples
     --------
+    >>> import scdl
+    >>> adata = scdl.datasets.kang_pbmc()
     >>> scdl.models.VAE.setup_anndata(adata, batch_key="sample")
     >>> model = scdl.models.VAE(adata)
     >>> model.train()

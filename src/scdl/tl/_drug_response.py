@@ -138,6 +138,7 @@ def drug_response(
 
     Examples
     --------
+    >>> import scdl
     >>> bulk = scdl.datasets.gdsc(path="data/")  # the folder holding the two GDSC files
     >>> scdl.models.DrugResponseModel.setup_anndata(bulk, response_key="ln_ic50")
     >>> model = scdl.models.DrugResponseModel(bulk, target=adata)  # adata: raw counts
