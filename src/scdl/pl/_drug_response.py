@@ -123,6 +123,15 @@ def drug_response(
     %(show_save)s
 
     %(returns_figure)s
+
+    Examples
+    --------
+    After :func:`scdl.tl.drug_response` (whose example trains the model on GDSC):
+
+    >>> import scdl
+    >>> scdl.tl.drug_response(adata, model=model, drugs=["Gefitinib", "Erlotinib"])
+    >>> scdl.pl.drug_response(adata, groupby="cell_line")  # any obs column of groups
+    >>> scdl.pl.drug_response(adata, groupby="cell_line", kind="violin", value="response")
     """
 
     from scdl.data import check_categorical, check_positive_int, resolve_drugs
