@@ -37,6 +37,21 @@ def fresh_session() -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture
+def forked_processes_on_one_thread(monkeypatch):
+    """Training processes forked by the test run one OpenMP thread each. libgomp (torch's CPU
+    wheel) hangs a forked child that starts a team of 2+ threads after its parent used one, and
+    a forked child keeps the parent's torch thread count (Lightning sets cores // 2 only where
+    ``OMP_NUM_THREADS`` is unset): on 4+ cores the tests hung. The count is put back after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def session_part(report: dict, name: str) -> dict:
     """One part of ``fresh_session``'s report; its error, if it raised, fails the test."""
     part = report[name]

@@ -158,7 +158,7 @@ def test_batch_nested_in_groups_warns(kang):
         )  # fmt: skip
 
 
-def test_trains_across_two_cpu_processes_with_validation(kang):
+def test_trains_across_two_cpu_processes_with_validation(kang, forked_processes_on_one_thread):
     """Two CPU processes (gloo) hung at the first validation: a minibatch with fewer than 8
     target cells left out the ``salient_dependence`` metric, and the unshuffled validation
     cells split by process put all background cells on one, so the processes logged different

@@ -379,7 +379,7 @@ def test_logging_interval_follows_the_batches_lightning_runs():
         plan_training(300, 5, batch_size=1_000, train_size=1.0, trainer_kwargs={}, unit="lines")
 
 
-def test_vae_trains_across_two_cpu_processes_with_validation(kang):
+def test_vae_trains_across_two_cpu_processes_with_validation(kang, forked_processes_on_one_thread):
     """CPU multi-process training (gloo) failed at the first validation with the default VAE:
     its extra metric (batch_mmd), logged with sync_dist in inference mode, was updated in
     place by the epoch-end sync ("Inplace update to inference tensor"). The processes are

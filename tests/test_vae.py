@@ -409,7 +409,13 @@ def test_integration_metrics_search_kbets_neighbours_exactly(kang_integrated):
     with _exact_diffusion_neighbors(), _exact_diffusion_neighbors():  # nested calls: one patch
         assert nn.pynndescent is not original
         found = nn.pynndescent(x, n_neighbors=16)
+        # kBET asks 11 neighbours of a type of 10: every cell, then -1 / inf as pynndescent
+        # pads (scikit-learn refused, and kBET scored such a type 0 instead of its score)
+        few = nn.pynndescent(x[:10], n_neighbors=11)
     assert nn.pynndescent is original
+    assert few.indices.shape == few.distances.shape == (10, 11)
+    assert (few.indices[:, -1] == -1).all() and np.isinf(few.distances[:, -1]).all()
+    assert all(sorted(row) == list(range(10)) for row in few.indices[:, :10])
     dist, idx = NearestNeighbors(n_neighbors=16).fit(x).kneighbors(x)
     np.testing.assert_array_equal(found.indices, idx)
     np.testing.assert_allclose(found.distances, dist)
@@ -417,7 +423,7 @@ def test_integration_metrics_search_kbets_neighbours_exactly(kang_integrated):
 
 
 def test_integration_metrics_freeze_the_sessions_objects_only_while_they_run():
-    """scib-metrics collects garbage after every metric: the session's objects are frozen
+    """scib-metrics collects garbage before every metric: the session's objects are frozen
     meanwhile (those collections walk only the new ones) and thawed after; objects frozen
     already (a user's ``gc.freeze``; Python 3.12.1 starts with some) are left as they were."""
     import gc

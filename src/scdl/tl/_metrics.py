@@ -297,14 +297,25 @@ def _exact_diffusion_neighbors():
     search). numba compiles pynndescent on its first call in a process, about 40 s on a laptop
     core for a few hundred cells, and its search is approximate: up to the same cell limit as the
     main neighbour search, it is exact here (scikit-learn), as the neighbours of the
-    embeddings are; above it, scib-metrics' own search runs."""
+    embeddings are; above it, scib-metrics' own search runs. Asked for more neighbours than
+    there are cells (kBET asks 11 of a type of 10), it returns every cell and pads the rest
+    with index -1 and an infinite distance, as pynndescent does (scikit-learn refuses, and kBET
+    then scored the type 0)."""
     import scib_metrics.nearest_neighbors as nn
 
     def exact_from(pynndescent):
         def search(X, n_neighbors, random_state=0, n_jobs=1):  # scib-metrics' own signature
-            if X.shape[0] > METRICS_EXACT_NEIGHBORS_MAX_CELLS:
+            n = X.shape[0]
+            if n > METRICS_EXACT_NEIGHBORS_MAX_CELLS:
                 return pynndescent(X, n_neighbors, random_state=random_state, n_jobs=n_jobs)
-            return _sklearn_neighbors(X, n_neighbors, n_jobs=n_jobs)
+            found = _sklearn_neighbors(X, min(n_neighbors, n), n_jobs=n_jobs)
+            missing = n_neighbors - found.indices.shape[1]
+            if missing <= 0:
+                return found
+            return type(found)(
+                indices=np.pad(found.indices, ((0, 0), (0, missing)), constant_values=-1),
+                distances=np.pad(found.distances, ((0, 0), (0, missing)), constant_values=np.inf),
+            )
 
         return search
 
@@ -313,7 +324,7 @@ def _exact_diffusion_neighbors():
 
 @contextmanager
 def _session_objects_frozen():
-    """scib-metrics runs a full ``gc.collect()`` after every metric of every embedding, each
+    """scib-metrics runs a full ``gc.collect()`` before every metric of every embedding, each
     one walking every object of the session (a notebook's AnnDatas and models): the session's
     objects until then are frozen (``gc.freeze``), so those collections walk only the metrics'
     own, and thawed after. Left alone where objects are frozen already (a user's ``gc.freeze``;
