@@ -397,7 +397,7 @@ def test_integration_metrics_start_arpack_from_a_fixed_vector(kang_integrated):
 
 def test_integration_metrics_search_kbets_neighbours_exactly(kang_integrated):
     """kBET's neighbours within each type come from scib-metrics' ``pynndescent``, whose numba
-    compilation took about 40 s of a first call: while the metrics run, a search of up to
+    compilation took about 35 s of a first call: while the metrics run, a search of up to
     50,000 cells is exact (scikit-learn), and scib-metrics' own function is put back after."""
     import scib_metrics.nearest_neighbors as nn
     from sklearn.neighbors import NearestNeighbors

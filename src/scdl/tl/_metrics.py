@@ -294,7 +294,7 @@ def _fixed_arpack_start():
 def _exact_diffusion_neighbors():
     """kBET searches each type's diffusion embedding with scib-metrics' ``pynndescent`` (looked
     up on ``scib_metrics.nearest_neighbors`` at every call, with no option to pass another
-    search). numba compiles pynndescent on its first call in a process, about 40 s on a laptop
+    search). numba compiles pynndescent on its first call in a process, about 35 s on a laptop
     core for a few hundred cells, and its search is approximate: up to the same cell limit as the
     main neighbour search, it is exact here (scikit-learn), as the neighbours of the
     embeddings are; above it, scib-metrics' own search runs. Asked for more neighbours than
