@@ -383,13 +383,13 @@ def test_integration_metrics_start_arpack_from_a_fixed_vector(kang_integrated):
     import scipy.sparse.linalg as linalg
     from sklearn.neighbors import kneighbors_graph
 
-    from scdl.tl._metrics import _fixed_arpack_start
+    from scdl.tl._scib_run import fixed_arpack_start
 
     adata, _ = kang_integrated
     graph = kneighbors_graph(adata.obsm["X_scdl"][:400], 15, include_self=False)
     graph = (graph + graph.T).astype(np.float64)
     original = linalg.eigsh
-    with _fixed_arpack_start():
+    with fixed_arpack_start():
         first, again = (linalg.eigsh(graph, k=6)[1] for _ in range(2))
     np.testing.assert_array_equal(first, again)
     assert linalg.eigsh is original
@@ -402,11 +402,11 @@ def test_integration_metrics_search_kbets_neighbours_exactly(kang_integrated):
     import scib_metrics.nearest_neighbors as nn
     from sklearn.neighbors import NearestNeighbors
 
-    from scdl.tl._metrics import _exact_diffusion_neighbors
+    from scdl.tl._scib_run import exact_diffusion_neighbors
 
     x = kang_integrated[0].obsm["X_scdl"][:300].astype(np.float64)
     original = nn.pynndescent
-    with _exact_diffusion_neighbors(), _exact_diffusion_neighbors():  # nested calls: one patch
+    with exact_diffusion_neighbors(), exact_diffusion_neighbors():  # nested calls: one patch
         assert nn.pynndescent is not original
         found = nn.pynndescent(x, n_neighbors=16)
         # kBET asks 11 neighbours of a type of 10: every cell, then -1 / inf as pynndescent
@@ -428,10 +428,10 @@ def test_integration_metrics_freeze_the_sessions_objects_only_while_they_run():
     already (a user's ``gc.freeze``; Python 3.12.1 starts with some) are left as they were."""
     import gc
 
-    from scdl.tl._metrics import _session_objects_frozen
+    from scdl.tl._scib_run import session_objects_frozen
 
     def frozen_inside() -> int:
-        with _session_objects_frozen():
+        with session_objects_frozen():
             return gc.get_freeze_count()
 
     before = gc.get_freeze_count()

@@ -20,9 +20,9 @@ def check_input_path(path: str) -> Path:
 
 
 def check_paths(args) -> int:
-    """The files a command reads and writes, checked in the order the command checks them:
-    a mistyped path is said at once, not after the seconds-long import of torch, Lightning
-    and scvi-tools that precedes the command. Returns 0 (a problem raises)."""
+    """The files a command reads and writes (OUT, ``--save-model``, then IN), checked once, by
+    ``main`` before the seconds-long import of torch, Lightning and scvi-tools: a mistyped
+    path is said at once. Returns 0 (a problem raises)."""
     if getattr(args, "input", None) is None:  # e.g. the demo, which writes a folder
         return 0
     check_output(args.output, overwrite=args.overwrite)

@@ -12,8 +12,6 @@ from functools import partial
 from ._cli_demo import run_demo
 from ._cli_files import (
     check_input_names,
-    check_model_folder,
-    check_output,
     check_paths,
     copy_annotation,
     raw_as_adata,
@@ -115,8 +113,7 @@ def _integrate(args: argparse.Namespace) -> int:
 
     import scdl
 
-    check_output(args.output, overwrite=args.overwrite)
-    check_model_folder(args.save_model, overwrite=args.overwrite, output=args.output)
+    # OUT, --save-model and IN were checked by main() before the heavy imports
     adata = read_input(args.input)
     check_input_names(adata, args.input)
     # input errors are said before "training ..." is printed: the batch column, the layer,
@@ -167,7 +164,7 @@ def _annotate(args: argparse.Namespace) -> int:
 
     import scdl
 
-    check_output(args.output, overwrite=args.overwrite)
+    # OUT and IN were checked by main() before the heavy imports
     adata = read_input(args.input, quiet=args.quiet)
     check_input_names(adata, args.input)
     say = (lambda *_: None) if args.quiet else print
