@@ -16,6 +16,7 @@ from scdl.models._composition import (
     filled_stats,
     query_fill,
     shift_is_plausible,
+    shifted_query_weights,
     sketch_stats,
 )
 from scdl.models._mixing import MIN_REFERENCE_SHARE, build_sketch, reference_share
@@ -146,3 +147,64 @@ def test_composition_weights_only_for_a_dominated_query_holding_every_type():
     assert composition_weights(np.repeat([0, 1], [160, 40]), shares) is None  # type 2 absent
     assert composition_weights(np.repeat([0, 1, 2, 3], [160, 20, 20, 5]), shares) is None
     assert composition_weights(dominated, np.zeros(3)) is None
+
+
+def test_shifted_query_weights_read_the_reference_composition_unless_it_is_dominated():
+    """A shifted query's weights bring any predicted composition to the reference's (mean 1,
+    each weight at most 10); none for a query lacking a type (it is filled instead), a code
+    beyond the reference's types, or a reference one type dominates."""
+    shares = np.array([0.3, 0.4, 0.3])
+    calls = np.repeat([0, 1, 2], [20, 50, 130])
+    weights = shifted_query_weights(calls, shares)
+    np.testing.assert_allclose(weights.mean(), 1.0)
+    np.testing.assert_allclose(np.bincount(calls, weights=weights) / len(calls), shares)
+    assert weights.max() <= 10
+    assert shifted_query_weights(np.repeat([0, 1], [100, 100]), shares) is None  # 2 absent
+    assert shifted_query_weights(np.repeat([0, 1, 2, 3], [60, 60, 60, 5]), shares) is None
+    assert shifted_query_weights(calls, np.array([0.6, 0.2, 0.2])) is None  # dominated
+    assert shifted_query_weights(calls, np.zeros(3)) is None
+
+
+@pytest.fixture(scope="module")
+def cross_lab():
+    """Kang 2k (reference) and 1,500 cells of PBMC 7k (query: another lab, donors and 10x
+    run; CD8 T cells 6% of the reference, 37% of the query) on the genes both hold, in common
+    type names; Kang's dendritic cells stay in the reference only."""
+    kang_names = {"CD4T": "CD4 T", "CD8T": "CD8 T", "B": "B", "NK": "NK", "CD14+Mono": "Mono",
+                  "FCGR3A+Mono": "Mono", "Dendritic": "DC"}  # fmt: skip
+    pbmc_names = {"CD4+ T-cells": "CD4 T", "CD8+ T-cells": "CD8 T", "B-cells": "B",
+                  "NK cells": "NK", "Monocytes": "Mono"}  # fmt: skip
+    ref = read_shared("kang_pbmc_2k_celltypes.h5ad")
+    query = read_shared("pbmc_7k_200genes.h5ad")
+    genes = ref.var_names.intersection(query.var_names)
+    query = query[query.obs["cell_type"].astype(str).isin(pbmc_names), genes]
+    rows = np.sort(np.random.default_rng(0).choice(query.n_obs, 1500, replace=False))
+    query = query[rows].copy()
+    ref = ref[:, genes].copy()
+    ref.obs["cell_type"] = ref.obs["cell_type"].map(kang_names).astype(str)
+    query.obs["cell_type"] = query.obs["cell_type"].map(pbmc_names).astype(str)
+    return {"query": query, "x": log_normalize(query.X), **reference(ref)}
+
+
+def test_a_shifted_query_read_at_the_reference_composition_looks_less_new(cross_lab):
+    """Another lab's query mixes poorly with the reference as a whole; read with its own
+    statistics (its own composition), known types' clusters look new far more often than
+    read at the reference's composition (its statistics alone weighted)."""
+    data = cross_lab
+    sketch = data["sketch"]
+    threshold, genes, centroids = data["novelty"]
+    x = data["x"]
+    predicted = data["clf"].predict(x)
+    assert np.median(reference_share(x, None, sketch)) < 0.3  # shifted as a whole
+    weights = shifted_query_weights(predicted, sketch["sketch_composition"])
+    assert weights is not None and query_fill(predicted, sketch) is None
+    (clusters,) = cluster_cells(x)
+
+    def flagged(stats=None):
+        score = cluster_novelty(x, clusters, predicted, centroids, genes, stats=stats)[0]
+        share = reference_share(x, clusters, sketch, stats=stats)
+        return (score > threshold).mean(), float(np.median(share))
+
+    (novel, share), (novel_w, share_w) = flagged(), flagged(_mean_sd(x, weights))
+    assert novel >= 0.15 and novel_w <= 0.75 * novel, (novel, novel_w)
+    assert share_w > share, (share, share_w)

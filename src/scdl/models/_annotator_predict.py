@@ -44,7 +44,7 @@ from ._annotator_query import AnnotatorQueryMixin
 from ._arguments import check_switches
 from ._checked_query import cell_positions
 from ._depth import integer_counts, rows_emptied
-from ._mixing import MIN_QUERY_CELLS, mixing_level
+from ._mixing import MIN_QUERY_CELLS, SHIFTED_BELOW_SHARE, mixing_level
 from ._novelty import celltypist_resolution, content_order, leiden_on_graph, unknown_clusters
 
 if TYPE_CHECKING:
@@ -244,17 +244,19 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             measures on the final calls; NaN where no share was measured) and the Unknown
             call's ``"mixing_level"`` (set from that median, see the class notes; NaN without
             its mixing check) and how it read the query's composition (``"composition_read"``:
-            ``"own"``, ``"filled"``, ``"weighted"`` or ``"unlike"``, see the class notes; unset
-            without the Unknown call's clusters). The query's statistics are taken after filling it
-            to the reference's composition: reference types that its unadapted calls leave out (or
-            nearly) are added as pseudo-cells with the reference's statistics for those types, moved
-            by the shift its present types share, so a query of one or a few populations does not
-            take its own markers as its mean (a model saved before it kept those statistics blends
-            unfilled). Cells without counts (empty droplets) are left out. A blend costs one more
-            forward pass, each re-centring pass one more; ``"auto"`` one more neighbour search of
-            the mixing check (the cells' own shares, before the query is clustered). The Unknown
-            call is made on clusters standardised by the query's own statistics and follows
-            the adapted calls.
+            ``"own"``, ``"filled"``, ``"weighted"``, ``"shifted"`` or ``"unlike"``, see the class
+            notes; unset without the Unknown call's clusters). The query's statistics are taken
+            after filling it to the reference's composition: reference types that its unadapted
+            calls leave out (or nearly) are added as pseudo-cells with the reference's statistics
+            for those types, moved by the shift its present types share, so a query of one or a few
+            populations does not take its own markers as its mean (a model saved before it kept
+            those statistics blends unfilled). Cells without counts (empty droplets) are left out. A
+            blend costs one more forward pass, each re-centring pass one more; ``"auto"``, and the
+            Unknown call whatever the blend, one more neighbour search of the mixing check (the
+            cells' own shares, before the query is clustered). The Unknown call is made on clusters
+            standardised by the query's own statistics (read at the reference's composition where
+            the query is filled, dominated by one type or shifted as a whole) and follows the
+            adapted calls.
         over_clustering
             Also over-cluster the query (for majority voting) and return it as
             ``over_cluster`` (``-1`` otherwise); it costs a second Leiden run.
@@ -323,16 +325,21 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         own_graph = over_clustering and over_clustering_graph is None
         resolution = over_clustering_resolution if own_graph else False
         probs, novelty = self._features(x, present, batch_size)
-        median_share = float("nan")
-        if adapt == "auto":  # the query's mixing with the reference decides (._adaptation):
-            # the cells' own shares need no clustering, which is made once, on the final calls
+        median_share, first_median = float("nan"), float("nan")
+        if adapt == "auto" or unknown_call:
+            # the query's mixing with the reference decides "auto"'s blend (._adaptation) and
+            # how the Unknown call reads its statistics (shifted as a whole or not); the cells'
+            # own shares need no clustering, which is made once, on the final calls. The
+            # mixing check's skip is said by the Unknown call below, where there is one
             first = probs.argmax(1).numpy()
-            # the mixing check's skip is said by the Unknown call below, where there is one
             first_share = self._cluster_calls(
                 checked, present, first, False, seed, cluster=False, warn=False
             )[4]
-            lacks = self._lacks_sketch_genes(checked, present)
-            median_share, adapt = auto_blend(first_share, lacks_sketch_genes=lacks)
+            if np.isfinite(first_share).any():
+                first_median = float(np.nanmedian(first_share))
+            if adapt == "auto":
+                lacks = self._lacks_sketch_genes(checked, present)
+                median_share, adapt = auto_blend(first_share, lacks_sketch_genes=lacks)
         steps = 0
         if adapt > 0:
             # the unadapted calls say which reference types the query lacks; filling them
@@ -363,7 +370,13 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         if unknown_call or own_graph:
             # the mixing check's skip is said only where there is an Unknown call to weaken
             cluster, score, share, over, own_share, read = self._cluster_calls(
-                checked, present, best.numpy(), resolution, seed, warn=unknown_call
+                checked,
+                present,
+                best.numpy(),
+                resolution,
+                seed,
+                warn=unknown_call,
+                shifted=bool(first_median < SHIFTED_BELOW_SHARE),
             )
             calls["cluster"], calls["cluster_novelty"], calls["over_cluster"] = cluster, score, over
             calls["cluster_reference_share"] = share

@@ -29,6 +29,7 @@ from ._composition import (
     filled_stats,
     query_fill,
     shift_is_plausible,
+    shifted_query_weights,
     sketch_stats,
 )
 from ._depth import (
@@ -216,16 +217,27 @@ class AnnotatorQueryMixin:
         return self._lacks_genes(present) and with_counts >= MIN_QUERY_CELLS
 
     def _cluster_calls(
-        self, x, present, best, resolution, seed, *, cluster: bool = True, warn: bool = True
+        self,
+        x,
+        present,
+        best,
+        resolution,
+        seed,
+        *,
+        cluster: bool = True,
+        warn: bool = True,
+        shifted: bool = False,
     ):
         """Query clusters, their novelty and reference share per cell, the over-clustering for
         voting (``resolution=False``: none, ``-1``), each cell's own reference share (what
         ``"auto"`` adaptation decides on) and how the query's statistics were read
-        (``"own"``, ``"filled"``, ``"weighted"``, or ``"unlike"`` where a fill was refused:
-        :mod:`._composition`). ``cluster=False``:
+        (``"own"``, ``"filled"``, ``"weighted"``, ``"shifted"``, or ``"unlike"`` where a fill
+        was refused: :mod:`._composition`). ``cluster=False``:
         the cells' own shares only (no clustering; the other outputs -1 / NaN).
         ``warn=False``: a query lacking the sketch's genes is not warned about here (a later
-        call in the same step warns)."""
+        call in the same step warns). ``shifted``: the query's cells mix poorly with the
+        reference's as a whole (another lab or chemistry); its statistics are then read at the
+        reference's composition (:func:`._composition.shifted_query_weights`), the pool as it is."""
         n = x.shape[0]
         has = np.asarray(x.sum(1)).ravel() > 0
         if 0 < has.sum() < n:  # cells without counts are Unknown; clustered with the others,
@@ -233,7 +245,14 @@ class AnnotatorQueryMixin:
             # shift the call removes), which called many real cells Unknown: left out
             out = (np.full(n, -1), *np.full((2, n), np.nan), np.full(n, -1), np.full(n, np.nan))
             sub = self._cluster_calls(
-                x[has], present, best[has], resolution, seed, cluster=cluster, warn=warn
+                x[has],
+                present,
+                best[has],
+                resolution,
+                seed,
+                cluster=cluster,
+                warn=warn,
+                shifted=shifted,
             )
             for full, part in zip(out, sub[:5], strict=True):
                 full[has] = part
@@ -272,7 +291,16 @@ class AnnotatorQueryMixin:
         weights = None
         if cluster and fill is None:
             weights = composition_weights(best, sketch["sketch_composition"])
-        weighted = None if weights is None else _mean_sd(x_log, weights)
+        # a query shifted as a whole stands in for the reference under that shift only at the
+        # reference's composition: its own mean, at another composition (another lab's
+        # donors), moved known types' clusters away from their profiles (benchmarks/README.md,
+        # stop 75). Its statistics alone: a population the reference lacks, called as a known
+        # type, keeps its place in the mixing check's pool
+        stat_weights, reweighted = weights, False
+        if cluster and fill is None and not unlike and weights is None and shifted:
+            stat_weights = shifted_query_weights(best, sketch["sketch_composition"])
+            reweighted = stat_weights is not None
+        weighted = None if stat_weights is None else _mean_sd(x_log, stat_weights)
         if fill is not None:
             stats, part = filled_stats(x_log, best, sketch["sketch_moments"], *fill)
         elif weighted is not None:
@@ -309,7 +337,7 @@ class AnnotatorQueryMixin:
         if thinned is not None:  # deeper than the reference: thinned to its depth
             x_log = log_normalize(thinned)
             own = _mean_sd(x_log)
-            weighted = None if weights is None else _mean_sd(x_log, weights)
+            weighted = None if stat_weights is None else _mean_sd(x_log, stat_weights)
         stats, pseudo = own, None
         if fill is not None:
             stats = sketch_stats(x_log, best, sketch, fill, own, level)
@@ -330,4 +358,5 @@ class AnnotatorQueryMixin:
         )
         share = cluster_means(own_share, clusters) if cluster else np.full(n, np.nan)
         read = "filled" if fill is not None else "weighted" if weights is not None else "own"
+        read = "shifted" if reweighted else read
         return clusters, score, share, over, own_share, "unlike" if unlike else read
