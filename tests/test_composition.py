@@ -183,7 +183,7 @@ def cross_lab():
     ref = ref[:, genes].copy()
     ref.obs["cell_type"] = ref.obs["cell_type"].map(kang_names).astype(str)
     query.obs["cell_type"] = query.obs["cell_type"].map(pbmc_names).astype(str)
-    return {"query": query, "x": log_normalize(query.X), **reference(ref)}
+    return {"query": query, "x": log_normalize(query.X), "ref": ref, **reference(ref)}
 
 
 def test_a_shifted_query_read_at_the_reference_composition_looks_less_new(cross_lab):
@@ -208,3 +208,21 @@ def test_a_shifted_query_read_at_the_reference_composition_looks_less_new(cross_
     (novel, share), (novel_w, share_w) = flagged(), flagged(_mean_sd(x, weights))
     assert novel >= 0.15 and novel_w <= 0.75 * novel, (novel, novel_w)
     assert share_w > share, (share, share_w)
+
+
+def test_an_annotator_reads_another_labs_query_at_the_reference_composition(cross_lab):
+    """The model's call: the query mixes poorly as a whole, is read as shifted (the median
+    that decided it recorded), and few of its cells (every type known) are Unknown."""
+    import scvi
+
+    from scdl.models import CellTypeTransformer
+
+    scvi.settings.seed = 0
+    ref = cross_lab["ref"].copy()
+    CellTypeTransformer.setup_anndata(ref, labels_key="cell_type")
+    model = CellTypeTransformer(ref)
+    model.train(max_epochs=10, enable_progress_bar=False)
+    calls, _ = model.annotate_cells(cross_lab["query"].copy())
+    assert calls.attrs["composition_read"] == "shifted"
+    assert calls.attrs["median_reference_share"] < 0.3
+    assert calls["is_unknown"].mean() <= 0.08, calls["is_unknown"].mean()

@@ -133,9 +133,9 @@ class CellTypeTransformer(
     type but dominated by one (at least half of its calls, and further from the reference's
     composition than the reference's largest type's share) is weighted to the reference's
     composition instead, which reads a new population called as the dominant type as part of it. A
-    query shifted as a whole (its cells mix poorly with the reference's: another lab or chemistry)
-    has its gene statistics, not the mixing check's pool, read at the reference's composition too,
-    unless one type holds half of the reference. A
+    query shifted as a whole (its cells' median reference share, on the unadapted calls, below 0.3:
+    another lab or chemistry) has its gene statistics, not the mixing check's pool, read at the
+    reference's composition too, unless one type holds half of the reference. A
     ``UserWarning`` says how the query was read when its predicted composition is more than half
     away from the reference's (total-variation distance above 0.5) or when it was weighted. A query
     pooling samples of different chemistries shares only part of its shift: a state more common in

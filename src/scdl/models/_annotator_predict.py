@@ -253,10 +253,11 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             those statistics blends unfilled). Cells without counts (empty droplets) are left out. A
             blend costs one more forward pass, each re-centring pass one more; ``"auto"``, and the
             Unknown call whatever the blend, one more neighbour search of the mixing check (the
-            cells' own shares, before the query is clustered). The Unknown call is made on clusters
-            standardised by the query's own statistics (read at the reference's composition where
-            the query is filled, dominated by one type or shifted as a whole) and follows the
-            adapted calls.
+            cells' own shares, before the query is clustered). The Unknown call clusters the query
+            on its own statistics, then compares the clusters with the reference standardised by
+            the query's statistics read at the reference's composition where the query is
+            filled, dominated by one type or shifted as a whole (its cells' median reference
+            share, measured on the unadapted calls, below 0.3); it follows the adapted calls.
         over_clustering
             Also over-cluster the query (for majority voting) and return it as
             ``over_cluster`` (``-1`` otherwise); it costs a second Leiden run.
@@ -399,8 +400,10 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             # known clusters', not only to full mixing (._mixing.mixing_level)
             share = calls["cluster_reference_share"].to_numpy()
             if np.isnan(median_share) and np.isfinite(own_share).any():
-                # a given blend: the median of the cells' shares on the final calls
-                median_share = float(np.nanmedian(own_share))
+                # a given blend: the median of the cells' shares on the final calls; for a
+                # query read as shifted, the median that decided it (its shares on reweighted
+                # statistics are higher, and would read it as less shifted than it is)
+                median_share = first_median if read == "shifted" else float(np.nanmedian(own_share))
                 calls.attrs["median_reference_share"] = median_share
             level = mixing_level(
                 calls["cluster_novelty"].to_numpy(), self.cluster_threshold_, share, median_share

@@ -47,7 +47,8 @@ dominated query or itself makes half of one. A fill refused as above, or a model
 the fill, keeps the query's own statistics.
 
 A query *shifted as a whole* (its cells' median share of reference neighbours in the mixing
-check below ``SHIFTED_BELOW_SHARE``: another lab, donors or chemistry) that is neither filled
+check below ``SHIFTED_BELOW_SHARE``, measured on its unadapted calls: another lab, donors or
+chemistry) that is neither filled
 nor weighted as above has its statistics, not the mixing check's pool, read at the reference's
 composition too (:func:`shifted_query_weights`). Its own mean stands in for the reference's
 mean under the shift only at the reference's composition; another lab's donors hold the types
@@ -235,9 +236,20 @@ def shift_is_plausible(x_log, predicted, sketch, fill, centroids, genes, present
 def composition_warning(shift: float, how: str | None) -> str:
     """The warning for a query whose predicted composition is ``shift`` (total variation)
     away from the reference's; ``how`` the call read it: ``"filled"`` (a type absent),
-    ``"weighted"`` (:func:`composition_weights`), ``"unlike"`` (a fill refused by
+    ``"weighted"`` (:func:`composition_weights`), ``"shifted"`` (its statistics alone at the
+    reference's composition, :func:`shifted_query_weights`), ``"unlike"`` (a fill refused by
     :func:`shift_is_plausible`) or ``"own"`` (its own statistics: a model saved before the
     fill, or a query neither rule applies to)."""
+    if how == "shifted":
+        return (
+            f"{shift:.0%} of the query's cells would have to change type for its predicted "
+            "composition to match the reference's, and its cells mix poorly with the "
+            "reference's as a whole (another lab or chemistry): the Unknown call reads its "
+            "statistics at the reference's composition. A population the reference lacks that "
+            "is called as an over-represented type weighs less there, and is then harder to "
+            "tell from that type; its cells still have to find reference cells like them to be "
+            "called known."
+        )
     if how == "unlike":
         return (
             f"{shift:.0%} of the query's cells would have to change type for its predicted "
