@@ -48,16 +48,15 @@ the fill, keeps the query's own statistics.
 
 A query *shifted as a whole* (its cells' median share of reference neighbours in the mixing
 check below ``SHIFTED_BELOW_SHARE``, measured on its unadapted calls: another lab, donors or
-chemistry) that is neither filled
-nor weighted as above has its statistics, not the mixing check's pool, read at the reference's
-composition too (:func:`shifted_query_weights`). Its own mean stands in for the reference's
-mean under the shift only at the reference's composition; another lab's donors hold the types
-in other shares (CD8 T cells 6% of Kang 2k, 37% of PBMC 7k), and that difference moved its
-known types' clusters away from their profiles. Every cell stays in the pool, so a population
-the reference lacks still finds only itself there. Not for a reference dominated by one type:
-its query mixes poorly because of the reference's make-up, and weighting it up made a
-population the reference lacks, called as the dominant type, weigh as that type does
-(benchmarks/README.md, stop 75).
+chemistry) that is neither filled nor weighted as above has its statistics, not the mixing
+check's pool, read at the reference's composition too (:func:`shifted_query_weights`). Its own
+mean stands in for the reference's mean under the shift only at the reference's composition;
+another lab's donors hold the types in other shares (CD8 T cells 6% of Kang 2k, 37% of PBMC
+7k), and that difference moved its known types' clusters away from their profiles. Every cell
+stays in the pool, so a population the reference lacks still finds only itself there. Not for a
+reference dominated by one type: its query mixes poorly because of the reference's make-up, and
+weighting it up made a population the reference lacks, called as the dominant type, weigh as
+that type does (benchmarks/README.md, stop 75).
 """
 
 from __future__ import annotations
