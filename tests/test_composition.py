@@ -212,7 +212,8 @@ def test_a_shifted_query_read_at_the_reference_composition_looks_less_new(cross_
 
 def test_an_annotator_reads_another_labs_query_at_the_reference_composition(cross_lab):
     """The model's call: the query mixes poorly as a whole, is read as shifted (the median
-    that decided it recorded), and few of its cells (every type known) are Unknown."""
+    that decided it recorded), and few of its cells (every type known) are Unknown: 1.8%,
+    against 14.2% for the same model reading the query's own statistics (stop 74's code)."""
     import scvi
 
     from scdl.models import CellTypeTransformer

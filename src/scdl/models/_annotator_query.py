@@ -288,18 +288,17 @@ class AnnotatorQueryMixin:
         # dominated by one type) is read at the reference's composition; not for "auto"'s
         # decision (cluster=False): the unadapted calls it reads take a shifted query's
         # composition poorly, and weights from them moved its calls (benchmarks/README.md)
-        weights = None
+        # the weights of the pool's query side and of the query's statistics
+        weights = stat_weights = None
         if cluster and fill is None:
-            weights = composition_weights(best, sketch["sketch_composition"])
-        # a query shifted as a whole stands in for the reference under that shift only at the
-        # reference's composition: its own mean, at another composition (another lab's
-        # donors), moved known types' clusters away from their profiles (benchmarks/README.md,
-        # stop 75). Its statistics alone: a population the reference lacks, called as a known
-        # type, keeps its place in the mixing check's pool
-        stat_weights, reweighted = weights, False
-        if cluster and fill is None and not unlike and weights is None and shifted:
-            stat_weights = shifted_query_weights(best, sketch["sketch_composition"])
-            reweighted = stat_weights is not None
+            weights = stat_weights = composition_weights(best, sketch["sketch_composition"])
+            if weights is None and shifted:
+                # a query shifted as a whole stands in for the reference under that shift only
+                # at the reference's composition: its own mean, at another composition (another
+                # lab's donors), moved known types' clusters away from their profiles
+                # (benchmarks/README.md, stop 75). Its statistics alone: a population the
+                # reference lacks keeps its place in the mixing check's pool
+                stat_weights = shifted_query_weights(best, sketch["sketch_composition"])
         weighted = None if stat_weights is None else _mean_sd(x_log, stat_weights)
         if fill is not None:
             stats, part = filled_stats(x_log, best, sketch["sketch_moments"], *fill)
@@ -358,5 +357,5 @@ class AnnotatorQueryMixin:
         )
         share = cluster_means(own_share, clusters) if cluster else np.full(n, np.nan)
         read = "filled" if fill is not None else "weighted" if weights is not None else "own"
-        read = "shifted" if reweighted else read
+        read = "shifted" if weights is None and stat_weights is not None else read
         return clusters, score, share, over, own_share, "unlike" if unlike else read
