@@ -230,6 +230,20 @@ def annotate(
         fully mixed: 0.5, or lower for a query shifted as a whole from the reference; NaN
         without the call's mixing check).
 
+    Raises
+    ------
+    KeyError
+        ``layer`` is not in ``adata.layers``, or ``over_clustering`` names no obs column.
+    TypeError
+        ``model`` is neither a model nor a pretrained annotator's name or path, or an option
+        has the wrong type (``adapt_to_query`` neither a number nor ``"auto"``).
+    ValueError
+        ``model`` names no known annotator, folder, archive or URL; the values are neither raw
+        counts nor log1p of normalised counts (fractional linear values, negative values, NaN
+        or infinite values); fewer than ``min_gene_overlap`` of the model's genes are in
+        ``adata.var_names``; ``over_clustering`` does not give one cluster to every cell.
+        ``adata`` is left unchanged.
+
     Examples
     --------
     The pretrained PBMC annotator, on cells it was not trained on:

@@ -161,6 +161,19 @@ def cluster(
     ``adata.obsp[f"{key_added}_neighbors_distances"]``
         The kNN distances in ``use_rep``.
 
+    Raises
+    ------
+    KeyError
+        ``use_rep`` or ``pca_key`` is not in ``adata.obsm`` (``pca_key="X_pca"`` is computed
+        when missing).
+    TypeError
+        ``n_neighbors``, ``n_clusters`` or ``resolution`` has the wrong type.
+    ValueError
+        ``use_rep`` holds NaN or infinite values; fewer than 3 cells; ``resolution`` not
+        positive, ``n_neighbors`` below 2 or ``n_clusters`` outside 1 to the number of cells;
+        ``key_added`` would overwrite another step's record in ``adata.uns``. ``adata`` is left
+        unchanged.
+
     Examples
     --------
     >>> import scdl

@@ -136,6 +136,16 @@ def integrate(
         array; empty when ``train_kwargs`` passes a ``logger``, which records them instead)
         and ``train_time_s``.
 
+    Raises
+    ------
+    KeyError
+        ``layer`` is not in ``adata.layers``, or ``batch_key`` or a covariate key is not a
+        column of ``adata.obs``.
+    ValueError
+        The values are not raw counts (non-integer, negative, NaN or infinite), ``batch_key``
+        has missing values, no gene has counts, or an option is out of range (``n_latent``
+        below 1, an empty ``key_added``). ``adata`` is left unchanged.
+
     Examples
     --------
     >>> import scdl
