@@ -80,6 +80,27 @@ def test_the_query_clusters_match_their_types(kang):
     assert (score > threshold).mean() <= 0.05, (score > threshold).mean()
 
 
+def test_query_clusters_search_exactly_up_to_the_cap_then_approximately(kang, monkeypatch):
+    """Brute force grows with the square of the cells (about 80 s of a 100,000-cell
+    ``tl.annotate`` on one core, ~100 times that at a million): above
+    ``EXACT_NEIGHBORS_MAX_CELLS`` the query's graph is scanpy's own search, as ``tl.cluster``'s.
+    Below 8,192 cells scanpy's own is the same exact search, so the clusters do not move."""
+    import scanpy as sc
+
+    import scdl._neighbors as neighbors
+
+    seen, real = [], sc.pp.neighbors
+    monkeypatch.setattr(
+        sc.pp, "neighbors", lambda *a, **kw: seen.append(kw.get("transformer")) or real(*a, **kw)
+    )
+    x = kang["x"]
+    (exact,) = cluster_cells(x)
+    monkeypatch.setattr(neighbors, "EXACT_NEIGHBORS_MAX_CELLS", x.shape[0] - 1)
+    (capped,) = cluster_cells(x)
+    assert seen == ["sklearn", None]
+    np.testing.assert_array_equal(exact, capped)
+
+
 def test_a_state_its_type_label_covers_is_known(kang):
     """Kang 2k's FCGR3A+Mono label also covers most IFN-beta-stimulated CD14 monocytes (the
     scGen repository's labels), so its mean profile mixes two states. The query's own FCGR3A

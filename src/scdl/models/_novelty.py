@@ -50,6 +50,7 @@ import pandas as pd
 import torch
 from scipy import sparse
 
+from scdl._neighbors import knn_transformer
 from scdl._rng import keeps_torch_threads
 from scdl._warnings import scanpy_scratch
 from scdl.data import log_normalize_counts
@@ -110,9 +111,12 @@ def cluster_cells(
     """Leiden clusters (one array per resolution) of cells on their own standardised PCA.
 
     Genes are scaled by the cells' own sd (the sparse matrix stays sparse; PCA centres
-    implicitly), then scanpy's PCA, an exact kNN graph (scikit-learn's brute force; on a GPU
-    ``device`` the same search as matrix products, :class:`TorchKNN`) and Leiden (igraph).
-    ``stats``: the cells' :func:`_mean_sd`, when the caller has it already.
+    implicitly), then scanpy's PCA, a kNN graph and Leiden (igraph). The graph is exact
+    (scikit-learn's brute force; on a GPU ``device`` the same search as matrix products,
+    :class:`TorchKNN`) up to :data:`scdl._neighbors.EXACT_NEIGHBORS_MAX_CELLS` cells, as
+    ``tl.cluster``'s; above, on the CPU, scanpy's approximate search (pynndescent), since brute
+    force grows with the square of the cells. ``stats``: the cells' :func:`_mean_sd`, when the
+    caller has it already.
     """
     import anndata as ad
     import scanpy as sc
@@ -135,7 +139,11 @@ def cluster_cells(
         # many) make scipy warn about its own efficiency, which nobody can act on
         warnings.simplefilter("ignore", sparse.SparseEfficiencyWarning)
         sc.pp.neighbors(
-            a, n_neighbors=k, transformer=knn or "sklearn", random_state=seed, use_rep="X_pca"
+            a,
+            n_neighbors=k,
+            transformer=knn or knn_transformer(n),
+            random_state=seed,
+            use_rep="X_pca",
         )
     out = []
     for r in resolutions:
