@@ -8,7 +8,8 @@ run's saved thresholds):
 * **the ceiling**: per removal, the share of the removed type's cells above the threshold that
   leaves ``--known-rates`` (5% and 10%) of that query's known cells Unknown (a threshold chosen
   per query *with* the labels, which no rule has): what any rule that thresholds this score
-  per query could reach at that known-cell rate;
+  per query could reach at that known-cell rate. Over the cells with a score: cells of too few
+  counts, which the call makes Unknown for that alone, have none (they count as missed);
 * **query-relative rules**: a cluster is also Unknown where its score exceeds ``f`` and ``k``
   times the query's cell-weighted median cluster score (its own clusters as the null), over a
   grid of ``f`` and ``k``; the removed types' Unknown beside the known cells' (leave one type
@@ -59,8 +60,10 @@ def read_runs(folder: str) -> list[dict]:
         truth = calls["truth"].astype(str).to_numpy()
         removed = None
         if stem.startswith("loto_"):  # the longest type name the file's name ends with
-            ends = [t for t in np.unique(truth) if stem.endswith("_" + _stem(t).strip("_"))]
+            ends = [t for t in np.unique(truth) if stem.endswith(_stem("_" + t))]
             removed = max(ends, key=len) if ends else None
+            if removed is None:
+                print(f"{stem}: no query type matches the file's name; left out", flush=True)
         runs.append(
             {
                 "stem": stem,
@@ -80,6 +83,8 @@ def ceiling(run: dict, known_rates) -> dict:
     reached only at a rate that admits its known cells)."""
     y = run["truth"] == run["removed"]
     s, has = run["score"], np.isfinite(run["score"])
+    if not ((has & y).any() and (has & ~y).any()):  # no cluster scored on one side
+        return None
     row = {
         "run": run["stem"][len("loto_") :],
         "n_removed": int(y.sum()),
@@ -96,6 +101,8 @@ def ceiling(run: dict, known_rates) -> dict:
 def relative_calls(run: dict, f: float, k: float) -> np.ndarray:
     """The call plus clusters over ``f`` and over ``k`` x the query's median cluster score."""
     has = np.isfinite(run["score"]) & (run["cluster"] >= 0)
+    if not has.any():
+        return run["unknown"].copy()
     s = run["score"][has]
     order = np.argsort(s)  # cells weight their cluster's score in the median
     median = s[order][np.searchsorted(np.arange(1, len(s) + 1) / len(s), 0.5)]
@@ -114,7 +121,11 @@ def main() -> None:
     full = [r for r in runs if r["stem"].startswith("full_")]
     if not loto:
         raise SystemExit(f"no leave-one-type-out calls (loto_*.csv.gz) in {args.calls}")
-    table = pd.DataFrame([ceiling(r, args.known_rates) for r in loto])
+    rows = [ceiling(r, args.known_rates) for r in loto]
+    skipped = [r["stem"] for r, row in zip(loto, rows, strict=True) if row is None]
+    if skipped:
+        print(f"left out, no scored cell of the removed or the known types: {skipped}")
+    table = pd.DataFrame([row for row in rows if row is not None])
     pd.set_option("display.width", 200)
     print(table.round(3).to_string(index=False))
     print(f"\nmean over {len(table)} removals:")

@@ -156,8 +156,9 @@ def annotate(
         ``obs[f"{key_added}_majority_support"] < min_support`` picks them out.
     random_state
         Seed of the query's PCA and Leiden clusterings (the clusters the Unknown call is made
-        on, and the over-clustering); the same seed gives the same calls on CPU. ``None``: not
-        seeded (each run can differ).
+        on, and the over-clustering); the same seed gives the same calls on CPU. Their neighbour
+        search is exact up to 20,000 cells and approximate above on a CPU (exact on a GPU), so
+        there a GPU's calls can differ slightly. ``None``: not seeded (each run can differ).
     copy
         Return a copy instead of writing to ``adata``.
 
@@ -233,16 +234,25 @@ def annotate(
     Raises
     ------
     KeyError
-        ``layer`` is not in ``adata.layers``, or ``over_clustering`` names no obs column.
+        ``layer`` is not in ``adata.layers``; with ``majority_voting``, ``over_clustering``
+        names no obs column.
     TypeError
         ``model`` is neither a model nor a pretrained annotator's name or path, or an option
-        has the wrong type (``adapt_to_query`` neither a number nor ``"auto"``).
+        has the wrong type (e.g. ``adapt_to_query`` neither a number nor ``"auto"``, a
+        ``key_added`` that is not a string).
     ValueError
-        ``model`` names no known annotator, folder, archive or URL; the values are neither raw
-        counts nor log1p of normalised counts (fractional linear values, negative values, NaN
-        or infinite values); fewer than ``min_gene_overlap`` of the model's genes are in
-        ``adata.var_names``; ``over_clustering`` does not give one cluster to every cell.
-        ``adata`` is left unchanged.
+        ``model`` names no known annotator, archive or URL; the values are neither raw counts
+        nor log1p of normalised counts (fractional linear values, negative, NaN or infinite
+        values); fewer than ``min_gene_overlap`` of the model's genes are in
+        ``adata.var_names``; ``adata`` has no cells or no ``X``; an option is out of range
+        (``min_gene_overlap``, ``min_support`` or a numeric ``adapt_to_query`` outside [0, 1],
+        ``batch_size`` below 1, ``key_added`` empty or holding "/"); with ``majority_voting``,
+        ``over_clustering`` does not give one cluster to every cell; the model has a type
+        named ``"Unknown"``.
+    FileNotFoundError
+        ``model`` is a folder that holds no saved model.
+
+    ``adata`` is left unchanged by each of these.
 
     Examples
     --------

@@ -165,14 +165,19 @@ def cluster(
     ------
     KeyError
         ``use_rep`` or ``pca_key`` is not in ``adata.obsm`` (``pca_key="X_pca"`` is computed
-        when missing).
+        when missing), or ``layer`` is not in ``adata.layers``.
     TypeError
-        ``n_neighbors``, ``n_clusters`` or ``resolution`` has the wrong type.
+        ``n_neighbors``, ``n_clusters``, ``resolution``, ``use_rep`` or ``pca_key`` has the
+        wrong type (e.g. a sparse or non-numeric ``use_rep``).
     ValueError
-        ``use_rep`` holds NaN or infinite values; fewer than 3 cells; ``resolution`` not
-        positive, ``n_neighbors`` below 2 or ``n_clusters`` outside 1 to the number of cells;
-        ``key_added`` would overwrite another step's record in ``adata.uns``. ``adata`` is left
-        unchanged.
+        ``use_rep`` holds NaN or infinite values; fewer than 3 cells; ``resolution`` neither
+        a positive number nor ``"auto"``, ``n_neighbors`` below 2 or ``n_clusters`` outside 1
+        to the number of cells; the batch key ``use_rep`` was trained with has missing values
+        (its PCA is harmonised over it); a given ``layer`` holds neither counts nor
+        log-normalised counts; ``key_added`` would overwrite another step's record in
+        ``adata.uns``.
+
+    ``adata`` is left unchanged by each of these.
 
     Examples
     --------

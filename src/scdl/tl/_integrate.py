@@ -141,10 +141,16 @@ def integrate(
     KeyError
         ``layer`` is not in ``adata.layers``, or ``batch_key`` or a covariate key is not a
         column of ``adata.obs``.
+    TypeError
+        ``batch_key`` holds non-integer numbers (not a category), or an option has the wrong
+        type (``n_latent``, ``n_top_genes``, ``random_state``, ``key_added``).
     ValueError
-        The values are not raw counts (non-integer, negative, NaN or infinite), ``batch_key``
-        has missing values, no gene has counts, or an option is out of range (``n_latent``
-        below 1, an empty ``key_added``). ``adata`` is left unchanged.
+        The values are not raw counts (non-integer, negative, NaN or infinite); ``batch_key``
+        has missing values; no gene has counts; ``adata`` has no cells; an option is out of
+        range (``n_latent`` or ``n_top_genes`` below 1, a ``gene_likelihood`` other than
+        ``"nb"``, ``"zinb"`` or ``"poisson"``, ``key_added`` empty or holding "/").
+
+    ``adata`` is left unchanged by each of these.
 
     Examples
     --------
