@@ -81,10 +81,10 @@ def test_the_query_clusters_match_their_types(kang):
 
 
 def test_query_clusters_search_exactly_up_to_the_cap_then_approximately(kang, monkeypatch):
-    """Brute force grows with the square of the cells (about 80 s of a 100,000-cell
-    ``tl.annotate`` on one core, ~100 times that at a million): above
-    ``EXACT_NEIGHBORS_MAX_CELLS`` the query's graph is scanpy's own search, as ``tl.cluster``'s.
-    Below 8,192 cells scanpy's own is the same exact search, so the clusters do not move."""
+    """Brute force grows with the square of the cells (most of a 100,000-cell ``tl.annotate``
+    on one core, ~100 times that at a million): above ``QUERY_EXACT_NEIGHBORS_MAX_CELLS`` the
+    query's graph is scanpy's own search. Below 8,192 cells scanpy's own is the same exact
+    search, so the clusters do not move."""
     import scanpy as sc
 
     import scdl._neighbors as neighbors
@@ -95,7 +95,7 @@ def test_query_clusters_search_exactly_up_to_the_cap_then_approximately(kang, mo
     )
     x = kang["x"]
     (exact,) = cluster_cells(x)
-    monkeypatch.setattr(neighbors, "EXACT_NEIGHBORS_MAX_CELLS", x.shape[0] - 1)
+    monkeypatch.setattr(neighbors, "QUERY_EXACT_NEIGHBORS_MAX_CELLS", x.shape[0] - 1)
     (capped,) = cluster_cells(x)
     assert seen == ["sklearn", None]
     np.testing.assert_array_equal(exact, capped)

@@ -18,9 +18,21 @@ EXACT_NEIGHBORS_MAX_CELLS = 20_000
 #: the same for tl.integration_metrics (its 90 neighbours for scib-metrics' kBET and LISIs):
 #: run once over a benchmark's embeddings, one search each, where exact search stays fast
 METRICS_EXACT_NEIGHBORS_MAX_CELLS = 50_000
+#: the same for the annotator's query clusters (the Unknown call, majority voting): one search
+#: of 15 neighbours on 30 PCs. In a fresh process pynndescent's compile outweighs brute force
+#: below ~100,000 cells (``tl.annotate`` of 40,000 cells 17 s exact, 53 s approximate; of
+#: 100,000, 87 s and 74 s; benchmarks/README.md), while brute force grows with the square of
+#: the cells above
+QUERY_EXACT_NEIGHBORS_MAX_CELLS = 100_000
 
 
 def knn_transformer(n_cells: int) -> str | None:
     """``transformer`` for ``scanpy.pp.neighbors``: ``"sklearn"`` (exact) up to
     ``EXACT_NEIGHBORS_MAX_CELLS`` cells, else ``None`` (scanpy's choice)."""
     return "sklearn" if n_cells <= EXACT_NEIGHBORS_MAX_CELLS else None
+
+
+def query_knn_transformer(n_cells: int) -> str | None:
+    """:func:`knn_transformer` for the annotator's query clusters: exact up to
+    ``QUERY_EXACT_NEIGHBORS_MAX_CELLS`` cells."""
+    return "sklearn" if n_cells <= QUERY_EXACT_NEIGHBORS_MAX_CELLS else None

@@ -1,11 +1,11 @@
 """Exact k-nearest neighbours with torch, as a transformer for :func:`scanpy.pp.neighbors`.
 
 The query's Unknown call clusters its cells on a kNN graph. On the model's GPU it is this
-exact search, as chunked matrix products in float64. On a CPU it is scikit-learn's brute force
-up to ``scdl._neighbors.EXACT_NEIGHBORS_MAX_CELLS`` cells, which gives the same neighbours (this
-search is slower than scikit-learn's there), and scanpy's approximate search above, where brute
-force grows with the square of the cells: a query of more cells can get slightly other
-clusters on a CPU than on a GPU.
+exact search, as chunked matrix products in float64. On a CPU it is scikit-learn's brute
+force up to ``scdl._neighbors.QUERY_EXACT_NEIGHBORS_MAX_CELLS`` cells, which gives the same
+neighbours (this search is slower than scikit-learn's there), and scanpy's approximate search
+above, where brute force grows with the square of the cells: a query of more cells can get
+slightly other clusters on a CPU than on a GPU.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ import pandas as pd
 import torch
 from scipy import sparse
 
-from scdl._neighbors import knn_transformer
+from scdl._neighbors import query_knn_transformer
 from scdl._rng import keeps_torch_threads
 from scdl._warnings import scanpy_scratch
 from scdl.data import log_normalize_counts
@@ -113,10 +113,10 @@ def cluster_cells(
     Genes are scaled by the cells' own sd (the sparse matrix stays sparse; PCA centres
     implicitly), then scanpy's PCA, a kNN graph and Leiden (igraph). The graph is exact
     (scikit-learn's brute force; on a GPU ``device`` the same search as matrix products,
-    :class:`TorchKNN`) up to :data:`scdl._neighbors.EXACT_NEIGHBORS_MAX_CELLS` cells, as
-    ``tl.cluster``'s; above, on the CPU, scanpy's approximate search (pynndescent), since brute
-    force grows with the square of the cells. ``stats``: the cells' :func:`_mean_sd`, when the
-    caller has it already.
+    :class:`TorchKNN`) up to :data:`scdl._neighbors.QUERY_EXACT_NEIGHBORS_MAX_CELLS` cells;
+    above, on the CPU, scanpy's approximate search (pynndescent), since brute force grows with
+    the square of the cells. ``stats``: the cells' :func:`_mean_sd`, when the caller has it
+    already.
     """
     import anndata as ad
     import scanpy as sc
@@ -141,7 +141,7 @@ def cluster_cells(
         sc.pp.neighbors(
             a,
             n_neighbors=k,
-            transformer=knn or knn_transformer(n),
+            transformer=knn or query_knn_transformer(n),
             random_state=seed,
             use_rep="X_pca",
         )

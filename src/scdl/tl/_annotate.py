@@ -157,7 +157,7 @@ def annotate(
     random_state
         Seed of the query's PCA and Leiden clusterings (the clusters the Unknown call is made
         on, and the over-clustering); the same seed gives the same calls on CPU. Their neighbour
-        search is exact up to 20,000 cells and approximate above on a CPU (exact on a GPU), so
+        search is exact up to 100,000 cells and approximate above on a CPU (exact on a GPU), so
         there a GPU's calls can differ slightly. ``None``: not seeded (each run can differ).
     copy
         Return a copy instead of writing to ``adata``.
