@@ -250,9 +250,8 @@ def annotate(
         ``over_clustering`` does not give one cluster to every cell; the model has a type
         named ``"Unknown"``.
     FileNotFoundError
-        ``model`` is a folder that holds no saved model.
-
-    ``adata`` is left unchanged by each of these.
+        ``model`` is a folder that holds no saved model. Every refusal listed here leaves
+        ``adata`` unchanged.
 
     Examples
     --------

@@ -175,9 +175,7 @@ def cluster(
         to the number of cells; the batch key ``use_rep`` was trained with has missing values
         (its PCA is harmonised over it); a given ``layer`` holds neither counts nor
         log-normalised counts; ``key_added`` would overwrite another step's record in
-        ``adata.uns``.
-
-    ``adata`` is left unchanged by each of these.
+        ``adata.uns``. Every refusal listed here leaves ``adata`` unchanged.
 
     Examples
     --------

@@ -148,9 +148,8 @@ def integrate(
         The values are not raw counts (non-integer, negative, NaN or infinite); ``batch_key``
         has missing values; no gene has counts; ``adata`` has no cells; an option is out of
         range (``n_latent`` or ``n_top_genes`` below 1, a ``gene_likelihood`` other than
-        ``"nb"``, ``"zinb"`` or ``"poisson"``, ``key_added`` empty or holding "/").
-
-    ``adata`` is left unchanged by each of these.
+        ``"nb"``, ``"zinb"`` or ``"poisson"``, ``key_added`` empty or holding "/"). Every
+        refusal listed here leaves ``adata`` unchanged.
 
     Examples
     --------
