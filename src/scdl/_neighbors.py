@@ -26,13 +26,14 @@ METRICS_EXACT_NEIGHBORS_MAX_CELLS = 50_000
 QUERY_EXACT_NEIGHBORS_MAX_CELLS = 100_000
 
 
-def knn_transformer(n_cells: int) -> str | None:
-    """``transformer`` for ``scanpy.pp.neighbors``: ``"sklearn"`` (exact) up to
-    ``EXACT_NEIGHBORS_MAX_CELLS`` cells, else ``None`` (scanpy's choice)."""
-    return "sklearn" if n_cells <= EXACT_NEIGHBORS_MAX_CELLS else None
+def knn_transformer(n_cells: int, max_exact: int | None = None) -> str | None:
+    """``transformer`` for ``scanpy.pp.neighbors``: ``"sklearn"`` (exact) up to ``max_exact``
+    cells (``None``: ``EXACT_NEIGHBORS_MAX_CELLS``), else ``None`` (scanpy's choice)."""
+    max_exact = EXACT_NEIGHBORS_MAX_CELLS if max_exact is None else max_exact
+    return "sklearn" if n_cells <= max_exact else None
 
 
 def query_knn_transformer(n_cells: int) -> str | None:
     """:func:`knn_transformer` for the annotator's query clusters: exact up to
     ``QUERY_EXACT_NEIGHBORS_MAX_CELLS`` cells."""
-    return "sklearn" if n_cells <= QUERY_EXACT_NEIGHBORS_MAX_CELLS else None
+    return knn_transformer(n_cells, QUERY_EXACT_NEIGHBORS_MAX_CELLS)
