@@ -77,10 +77,11 @@ def read_runs(folder: str) -> list[dict]:
     return runs
 
 
-def ceiling(run: dict, known_rates) -> dict:
+def ceiling(run: dict, known_rates) -> dict | None:
     """The removal's call, AUROC and the share a per-query threshold reaches at each known rate
     (a cluster's known cells share its score, so an impure cluster of the removed type is
-    reached only at a rate that admits its known cells)."""
+    reached only at a rate that admits its known cells); ``None`` without a scored cell of the
+    removed or of the known types."""
     y = run["truth"] == run["removed"]
     s, has = run["score"], np.isfinite(run["score"])
     if not ((has & y).any() and (has & ~y).any()):  # no cluster scored on one side
