@@ -318,9 +318,10 @@ def _auroc(is_removed, score) -> float:
     return roc_auc_score(np.asarray(is_removed)[has], score[has])
 
 
-def save_calls(out: str | None, stem: str, model, calls, truth) -> None:
+def save_calls(out: str | None, stem: str, model, calls, truth, removed: str | None = None) -> None:
     """Write a run's per-cell calls, the query's labels and the model's thresholds and evidence
-    sum (for scoring other combinations of the Unknown checks offline)."""
+    sum (for scoring other combinations of the Unknown checks offline); ``removed``: the type
+    a leave-one-type-out run trained without."""
     if out is None:
         return
     os.makedirs(out, exist_ok=True)
@@ -335,6 +336,7 @@ def save_calls(out: str | None, stem: str, model, calls, truth) -> None:
             for k in ("adapt_to_query", "median_reference_share", "recentre_steps")
         },
         "mixing_level": calls.attrs.get("mixing_level"),
+        "removed": removed,
     }
     with open(os.path.join(out, f"{stem}.json"), "w") as fh:
         json.dump(thresholds, fh)
@@ -402,7 +404,7 @@ def leave_one_type_out(
         model = scdl.models.CellTypeTransformer(data)
         model.train(max_epochs=epochs, enable_progress_bar=False)
         calls, _ = model.annotate_cells(query, adapt_to_query=adapt)
-        save_calls(save, f"loto_{name}_{removed}", model, calls, qry.obs.cell_type)
+        save_calls(save, f"loto_{name}_{removed}", model, calls, qry.obs.cell_type, removed)
         unknown = calls["is_unknown"].to_numpy()
         row = {
             "split": name,

@@ -27,17 +27,12 @@ import argparse
 import glob
 import json
 import os
-import re
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from scdl.models._novelty import unknown_score
-
-
-def _stem(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+]+", "_", text)  # as annotation.py's save_calls names files
 
 
 def read_runs(folder: str) -> list[dict]:
@@ -57,20 +52,16 @@ def read_runs(folder: str) -> list[dict]:
             th["unknown_evidence"],
             0.5 if level is None else level,
         )
-        truth = calls["truth"].astype(str).to_numpy()
-        removed = None
-        if stem.startswith("loto_"):  # the longest type name the file's name ends with
-            ends = [t for t in np.unique(truth) if stem.endswith(_stem("_" + t))]
-            removed = max(ends, key=len) if ends else None
-            if removed is None:
-                print(f"{stem}: no query type matches the file's name; left out", flush=True)
+        removed = th.get("removed")
+        if stem.startswith("loto_") and removed is None:
+            print(f"{stem}: no removed type recorded (saved before it was); left out", flush=True)
         runs.append(
             {
                 "stem": stem,
                 "cluster": calls["cluster"].to_numpy(),
                 "score": score,
                 "unknown": calls["is_unknown"].to_numpy(bool),
-                "truth": truth,
+                "truth": calls["truth"].astype(str).to_numpy(),
                 "removed": removed,
             }
         )
@@ -105,8 +96,7 @@ def relative_calls(run: dict, f: float, k: float) -> np.ndarray:
     if not has.any():
         return run["unknown"].copy()
     s = run["score"][has]
-    order = np.argsort(s)  # cells weight their cluster's score in the median
-    median = s[order][np.searchsorted(np.arange(1, len(s) + 1) / len(s), 0.5)]
+    median = np.quantile(s, 0.5, method="lower")  # over cells: clusters weigh by their cells
     out = run["unknown"].copy()
     out[has] |= (s > f) & (s > k * median)
     return out
