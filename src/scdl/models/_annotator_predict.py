@@ -25,6 +25,7 @@ from scdl.data import (
     CSRTensors,
     align_to_genes,
     check_is_anndata,
+    check_obs_key,
     check_random_state,
     counts_from_log1p,
     gather_counts,
@@ -40,6 +41,7 @@ from scdl.data import (
 from scdl.dataloaders import dense_rows
 
 from ._adaptation import auto_blend, check_adapt
+from ._annotator_batches import annotate_by_batch
 from ._annotator_query import AnnotatorQueryMixin
 from ._arguments import check_switches
 from ._checked_query import cell_positions
@@ -205,6 +207,7 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         over_clustering_resolution: float | None = None,
         seed: int = 0,
         unknown_call: bool = True,
+        batch_key: str | None = None,
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Everything :func:`scdl.tl.annotate` writes: per-cell calls and probabilities.
 
@@ -274,6 +277,12 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         unknown_call
             Cluster the query and make the Unknown call (the clustering is most of the cost);
             ``False`` returns forced calls only (no cell Unknown, cluster columns -1 / NaN).
+        batch_key
+            obs column of the query's samples: each is annotated as a query of its own (its
+            shift, statistics and clusters), and the calls are joined in the cells' order
+            (:func:`scdl.models._annotator_batches.annotate_by_batch`). ``calls.attrs`` then
+            holds ``"batches"``, a table of each sample's cells, share called Unknown and the
+            entries above, in place of them.
 
         Returns
         -------
@@ -297,6 +306,22 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         over_clustering, unknown_call = check_switches(over_clustering, unknown_call)
         adapt = check_adapt(adapt_to_query)
         check_random_state(seed, "seed")  # numpy's errors name no argument
+        if batch_key is not None:
+            data = self.adata if adata is None else adata
+            return annotate_by_batch(
+                self,
+                data,
+                check_obs_key(data, batch_key, arg="batch_key"),
+                layer=layer,
+                min_gene_overlap=min_gene_overlap,
+                batch_size=batch_size,
+                adapt_to_query=adapt_to_query,
+                over_clustering=over_clustering,
+                over_clustering_graph=over_clustering_graph,
+                over_clustering_resolution=over_clustering_resolution,
+                seed=seed,
+                unknown_call=unknown_call,
+            )
         x, present, kind = self._query_matrix(adata, layer, min_gene_overlap)
         # Leiden (the Unknown call's clusters, the over-clustering), the query's float sums and
         # the thinning draws follow the order of the cells: the query is read in an order of

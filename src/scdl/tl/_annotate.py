@@ -32,6 +32,7 @@ def annotate(
     *,
     model: CellTypeTransformer | str | os.PathLike = "pbmc_kang2018",
     layer: str | None = None,
+    batch_key: str | None = None,
     key_added: str = "scdl_cell_type",
     unknown: bool = True,
     min_gene_overlap: float = 0.5,
@@ -68,10 +69,9 @@ def annotate(
     The query is read as one dataset: its clusters, its shift from the reference and (with
     ``adapt_to_query``) its gene statistics are computed over all its cells, so a sample's
     calls can change with the other samples annotated beside it (unlike a per-cell classifier
-    such as CellTypist without voting). Where samples differ by chemistry, protocol or
-    condition, annotate each on its own and join the results: ``parts = [annotate(adata[m].copy(),
-    copy=True) ...]`` over the sample masks, then ``anndata.concat(parts, uns_merge="same")``
-    (which keeps what the parts share, such as ``tl.integrate``'s record). The order of the
+    such as CellTypist without voting). Where samples differ by chemistry, protocol, donor or
+    condition, pass their obs column as ``batch_key``: each sample is then read as a query of
+    its own and the calls are joined, as annotating each apart would give them. The order of the
     cells does not change the calls: the query's Leiden clusters (the Unknown call's and the
     over-clustering for voting, which in scanpy depend on the order of the cells) are made
     with the cells in an order of their own content, so the same cells in any order get the
@@ -98,6 +98,13 @@ def annotate(
         ``scdl.pretrained.load(url, sha256=...)``, and pass the model.
     layer
         Layer with raw counts; ``None`` uses ``adata.X``.
+    batch_key
+        obs column of the query's samples (chemistry, donor, condition): each sample is
+        annotated as a query of its own, with its own shift from the reference, statistics and
+        clusters (the Unknown call's and the over-clustering, numbered on from one sample to
+        the next; a graph in ``obsp`` is cut to each sample's cells), and the calls are joined
+        in the cells' order. A sample of fewer than 100 cells gets no Unknown call (with a
+        warning naming it). ``None``: the query is one dataset.
     key_added
         Key under which results are written (see below).
     unknown
@@ -202,7 +209,7 @@ def annotate(
         DataFrame of probabilities, cells x cell types (NaN rows for cells without a count
         in the model's genes).
     ``adata.uns[key_added]``
-        ``params`` (``layer``, ``unknown``, ``min_gene_overlap``, ``adapt_to_query``,
+        ``params`` (``layer``, ``batch_key``, ``unknown``, ``min_gene_overlap``, ``adapt_to_query``,
         ``majority_voting``, ``over_clustering``, ``min_support``, ``random_state``: the
         options that change the calls; ``""`` for ``None``, except ``over_clustering``, which
         records the clusters: the obs column given, ``"an array given per cell"``,
@@ -229,7 +236,10 @@ def annotate(
         when it was not measured: then ``"auto"`` blended 0.5 if the query lacked the sketch's
         genes, else 0) and ``mixing_level`` (the reference share the Unknown call counted as
         fully mixed: 0.5, or lower for a query shifted as a whole from the reference; NaN
-        without the call's mixing check).
+        without the call's mixing check). With ``batch_key``, these four are given per sample
+        instead, in ``batches``: a DataFrame indexed by sample with ``n_cells``,
+        ``unknown_fraction``, the four, and ``composition_read`` (how the Unknown call read
+        the sample's composition; ``""`` without its clusters).
 
     Raises
     ------
@@ -330,6 +340,7 @@ def annotate(
         batch_size=batch_size,
         adapt_to_query=adapt_to_query,
         unknown_call=unknown,
+        batch_key=batch_key,
         over_clustering=majority_voting and over_clustering is None,
         over_clustering_graph=graph,
         seed=random_state,
@@ -370,6 +381,7 @@ def annotate(
     adata.uns[key_added] = {
         "params": {  # what changes the calls, as scanpy's tl functions record them
             "layer": layer or "",
+            "batch_key": batch_key or "",
             "unknown": bool(unknown),
             "min_gene_overlap": float(min_gene_overlap),
             "adapt_to_query": adapt_to_query,
@@ -383,12 +395,17 @@ def annotate(
         "n_genes_matched": n_present,
         "unknown_fraction": float(adata.obs[f"{key_added}_unknown"].mean()),
         "majority_voting": bool(majority_voting),
-        "adapt_to_query": calls.attrs["adapt_to_query"],
-        "recentre_steps": calls.attrs["recentre_steps"],
-        "median_reference_share": calls.attrs["median_reference_share"],
-        "mixing_level": calls.attrs["mixing_level"],
+        **_reading(calls.attrs),
     }
     return adata if copy else None
+
+
+def _reading(attrs: dict) -> dict:
+    """How the query was read, for ``uns``: the four entries, or the table per sample."""
+    if "batches" in attrs:
+        return {"batches": attrs["batches"]}
+    keys = ("adapt_to_query", "recentre_steps", "median_reference_share", "mixing_level")
+    return {k: attrs[k] for k in keys}
 
 
 def _resolve_model(model) -> tuple:
