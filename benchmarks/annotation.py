@@ -32,14 +32,18 @@ follows CellTypist: log1p(CP10k), scaled per gene, L2-regularised multinomial. s
 epochs) then scANVI (20 epochs) on the reference, scvi-tools' default architecture; the query mapped
 with ``load_query_data`` and predicted. Macro-F1 and accuracy use every method's forced call (scdl's
 Unknown calls are reported separately; "F1 w/ Unknown" counts them as errors; every query type is in
-the reference, so its Unknown fraction is the rate on known types).
+the reference, so its Unknown fraction is the rate on known types). "scdl by sample": the same
+model with ``batch_key`` set to the query's samples where it holds several (Kang 1.5k's
+``sample``, CellBench's ``batch``, Kang 2k's ``condition``, each a separate run; see
+:func:`query_samples`), each sample read as a query of its own; elsewhere the default call.
 
 Leave one type out (the novelty call): for each split and each reference type with >= 30
 cells, scdl is trained without it (seed 0, ``--loto-epochs`` epochs, 20 by default, to keep
 the run short; the Unknown call is calibrated on the reference as usual) and the query is
 annotated: the fraction of the removed type's query cells called Unknown and the AUROC of the
 cluster novelty score (removed type vs the known types' cells) are printed per type, with
-the known types' Unknown fraction beside them.
+the known types' Unknown fraction beside them; where the query holds several samples, also
+by sample (``*_by_sample``, the same model).
 
 Composition (``--composition``): with the full reference (scdl, first seed), each query type
 in turn is depleted to 5%, 15% and 30% of its cells (two random draws each), a query whose
@@ -245,13 +249,15 @@ def run_logreg_cv(ref, qry):
 _TRAINED: dict[int, object] = {}
 
 
-def run_scdl(ref, qry, seed: int = 0, adapt_to_query: float | str = "auto"):
+def trained(ref, seed: int = 0):
+    """The split's model and its training time (0 when trained already): the scdl columns
+    after the first reuse the model trained on this split."""
     import scvi
 
     import scdl
 
     t_train = 0.0
-    if id(ref) not in _TRAINED:  # the other scdl columns reuse the model trained on this split
+    if id(ref) not in _TRAINED:
         scvi.settings.seed = seed
         data = ref.copy()
         t0 = time.perf_counter()
@@ -261,9 +267,33 @@ def run_scdl(ref, qry, seed: int = 0, adapt_to_query: float | str = "auto"):
         t_train = time.perf_counter() - t0
         _TRAINED.clear()
         _TRAINED[id(ref)] = model
-    model = _TRAINED[id(ref)]
+    return _TRAINED[id(ref)], t_train
+
+
+def run_scdl(ref, qry, seed: int = 0, adapt_to_query: float | str = "auto"):
+    model, t_train = trained(ref, seed)
     t0 = time.perf_counter()
     calls, _ = model.annotate_cells(qry, adapt_to_query=adapt_to_query)
+    return calls["label_forced"].to_numpy(), t_train, time.perf_counter() - t0, calls
+
+
+#: obs columns that name a query's samples (separate runs), in the order looked for
+SAMPLE_COLUMNS = ("sample", "batch", "condition")
+
+
+def query_samples(qry) -> str | None:
+    """The query's column of samples where it holds several, else ``None``."""
+    for column in SAMPLE_COLUMNS:
+        if column in qry.obs and qry.obs[column].nunique() > 1:
+            return column
+    return None
+
+
+def run_scdl_by_sample(ref, qry, seed: int = 0):
+    """The default call with each of the query's samples read apart (``batch_key``)."""
+    model, t_train = trained(ref, seed)
+    t0 = time.perf_counter()
+    calls, _ = model.annotate_cells(qry, batch_key=query_samples(qry))
     return calls["label_forced"].to_numpy(), t_train, time.perf_counter() - t0, calls
 
 
@@ -294,18 +324,28 @@ def run_scanvi(ref, qry, seed: int = 0):
     return np.asarray(pred), t_train, time.perf_counter() - t0, None
 
 
-def unknown_score(model, calls) -> np.ndarray:
-    """The score the model's Unknown call thresholds at 1 (the model's own function)."""
+def unknown_score(model, calls, samples=None) -> np.ndarray:
+    """The score the model's Unknown call thresholds at 1 (the model's own function); for
+    calls made by sample (``samples``: each cell's), with each sample's mixing level."""
     from scdl.models._novelty import unknown_score as score
 
-    return score(
-        calls["cluster_novelty"].to_numpy(),
-        model.cluster_threshold_,
-        calls["cluster_reference_share"].to_numpy(),
-        model.min_reference_share_,
-        model.unknown_evidence_,
-        calls.attrs.get("mixing_level", 0.5),
-    )
+    def part(rows, level):
+        return score(
+            calls["cluster_novelty"].to_numpy()[rows],
+            model.cluster_threshold_,
+            calls["cluster_reference_share"].to_numpy()[rows],
+            model.min_reference_share_,
+            model.unknown_evidence_,
+            level,
+        )
+
+    if "batches" not in calls.attrs:
+        return part(slice(None), calls.attrs.get("mixing_level", 0.5))
+    out = np.full(len(calls), np.nan)
+    samples = np.asarray(samples).astype(str)
+    for name, level in calls.attrs["batches"]["mixing_level"].items():
+        out[samples == name] = part(samples == name, level)
+    return out
 
 
 def _auroc(is_removed, score) -> float:
@@ -405,6 +445,17 @@ def leave_one_type_out(
         model.train(max_epochs=epochs, enable_progress_bar=False)
         calls, _ = model.annotate_cells(query, adapt_to_query=adapt)
         save_calls(save, f"loto_{name}_{removed}", model, calls, qry.obs.cell_type, removed)
+        by_sample = {}
+        if (key := query_samples(query)) is not None:
+            each, _ = model.annotate_cells(query, adapt_to_query=adapt, batch_key=key)
+            flagged = each["is_unknown"].to_numpy()
+            by_sample = {
+                "unknown_removed_by_sample": float(flagged[is_removed].mean()),
+                "unknown_known_by_sample": float(flagged[~is_removed].mean()),
+                "auroc_both_by_sample": _auroc(
+                    is_removed, unknown_score(model, each, query.obs[key])
+                ),
+            }
         unknown = calls["is_unknown"].to_numpy()
         row = {
             "split": name,
@@ -417,6 +468,7 @@ def leave_one_type_out(
             # the score the call uses: the two checks' summed evidence
             "auroc_both": _auroc(is_removed, unknown_score(model, calls)),
             "auroc_cell_novelty": _auroc(is_removed, calls["novelty"]),
+            **by_sample,
         }
         print(pd.DataFrame([row]).round(3).to_string(index=False), flush=True)
         rows.append(row)
@@ -535,6 +587,7 @@ def main():
         "scdl": run_scdl,
         "scdl adapt=0": run_scdl_unadapted,
         "scdl adapt=0.5": run_scdl_adapted,
+        "scdl by sample": run_scdl_by_sample,
     }
     if not args.skip_scanvi:
         methods["scANVI"] = run_scanvi
@@ -632,6 +685,10 @@ def main():
     summary["logreg_CV_F1_w_unassigned"] = tuned["F1_w_unknown"]
     print("\nscdl default calls: Unknown on known types, F1 w/ Unknown vs logreg\n")
     print(summary.round(4).to_string())
+    sampled = df[df.method.isin(["scdl", "scdl by sample"])]
+    cols = ["unknown_frac", "F1_w_unknown", "macro_F1"]
+    print("\nthe query whole vs by sample (mean over seeds; the same where it has one sample)\n")
+    print(sampled.pivot_table(index="split", columns="method", values=cols).round(4).to_string())
     flags = df.groupby(["split", "method"])[["unknown_if_right", "unknown_if_wrong"]].mean()
     print("\nknown cells flagged Unknown (Unassigned) where the forced call is right / wrong\n")
     print(flags.unstack().round(3).to_string())
@@ -646,6 +703,14 @@ def main():
             "\nmean over removed types: "
             + lt.drop(columns=["split", "removed", "n_removed_query"]).mean().round(3).to_string()
         )
+        if "unknown_removed_by_sample" in lt:
+            both = lt.dropna(subset=["unknown_removed_by_sample"])
+            cols = ["unknown_removed", "unknown_known", "auroc_both"]
+            cols += [f"{c}_by_sample" for c in cols]
+            print(
+                f"\nthe {len(both)} removals whose query holds several samples, whole vs by "
+                "sample:\n" + both[cols].mean().round(3).to_string()
+            )
     if depleted:
         dp = pd.DataFrame(depleted)
         cols = ["unknown", "logreg_unassigned"]
