@@ -31,7 +31,7 @@ def test_integrate_command(kang, tmp_path, capsys):
     # each option reached tl.integrate / tl.cluster / save
     assert out.obsm["X_cli"].shape == (small.n_obs, 6) and "X_scdl" not in out.obsm
     info = out.uns["X_cli"]
-    assert info["params"]["batch_key"] == "sample"
+    assert info["params"]["batch_key"] == "condition"
     assert len(info["history"]["elbo_train"]) == 2
     assert out.obs["scdl_cluster"].nunique() > 1
     genes = list(info["var_names"])
@@ -157,6 +157,14 @@ def test_annotate_command(tmp_path, capsys):
     assert "Unknown" not in set(calls.astype(str))
     best = cells.obsm["scdl_cell_type_probabilities"]
     assert (calls.astype(str).to_numpy() == best.columns[best.to_numpy().argmax(1)]).all()
+    # --batch-key: the calls tl.annotate makes by sample
+    by_sample = [*args, "-o", str(tmp_path / "b.h5ad"), "--batch-key", "condition", "-q"]
+    assert main(by_sample) == 0
+    written = ad.read_h5ad(tmp_path / "b.h5ad")
+    scdl.tl.annotate(cells, model="pbmc_kang2018", batch_key="condition")
+    assert written.obs["scdl_cell_type"].astype(str).equals(cells.obs["scdl_cell_type"].astype(str))
+    assert written.uns["scdl_cell_type"]["params"]["batch_key"] == "condition"
+    assert main([*args, "-o", str(tmp_path / "x.h5ad"), "--batch-key", "donor", "-q"]) == 2
 
 
 def test_annotate_unknown_model_is_clear_error(tmp_path, capsys):

@@ -190,6 +190,7 @@ def _annotate(args: argparse.Namespace) -> int:
             target,
             model=model,
             layer=layer,
+            batch_key=args.batch_key,
             key_added=args.key_added,
             unknown=not args.no_unknown,
             min_gene_overlap=args.min_gene_overlap,
@@ -338,6 +339,12 @@ def _add_annotate(sub) -> None:
         "--key-added",
         default="scdl_cell_type",
         help="obs key of the cell types (default: %(default)s)",
+    )
+    a.add_argument(
+        "--batch-key",
+        default=None,
+        help="obs column of the samples (chemistry, donor, condition): each is annotated as a "
+        "query of its own (default: the file is one query)",
     )
     a.add_argument(
         "--min-gene-overlap",

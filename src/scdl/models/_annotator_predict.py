@@ -279,8 +279,8 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             ``False`` returns forced calls only (no cell Unknown, cluster columns -1 / NaN).
         batch_key
             obs column of the query's samples: each is annotated as a query of its own (its
-            shift, statistics and clusters), and the calls are joined in the cells' order
-            (:func:`scdl.models._annotator_batches.annotate_by_batch`). ``calls.attrs`` then
+            shift, statistics and clusters), and the calls are joined in the cells' order,
+            cluster ids numbered on from one sample to the next. ``calls.attrs`` then
             holds ``"batches"``, a table of each sample's cells, share called Unknown and the
             entries above, in place of them.
 
