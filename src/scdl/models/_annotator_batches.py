@@ -45,7 +45,17 @@ def annotate_by_batch(model, adata, batches: pd.Series, *, over_clustering_graph
     A warning raised for every sample is said once; one raised for some of them names them.
     """
     codes, names = sample_codes(batches)
-    graph = None if over_clustering_graph is None else sparse.csr_matrix(over_clustering_graph)
+    if not names:  # no cells: refused as a query without samples is
+        return model.annotate_cells(adata, over_clustering_graph=over_clustering_graph, **kwargs)
+    graph = None
+    if over_clustering_graph is not None:
+        n = adata.n_obs
+        if getattr(over_clustering_graph, "shape", None) != (n, n):
+            raise ValueError(
+                f"over_clustering_graph must be a cells x cells matrix ({n} x {n}), got shape "
+                f"{getattr(over_clustering_graph, 'shape', None)}."
+            )
+        graph = sparse.csr_matrix(over_clustering_graph)
     calls_parts, probs_parts, rows, positions, said = [], [], [], [], {}
     offsets = {"cluster": 0, "over_cluster": 0}
     for code, name in enumerate(names):

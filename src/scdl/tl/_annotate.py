@@ -244,12 +244,12 @@ def annotate(
     Raises
     ------
     KeyError
-        ``layer`` is not in ``adata.layers``; with ``majority_voting``, ``over_clustering``
-        names no obs column.
+        ``layer`` is not in ``adata.layers``; ``batch_key`` names no obs column; with
+        ``majority_voting``, ``over_clustering`` names no obs column.
     TypeError
         ``model`` is neither a model nor a pretrained annotator's name or path, or an option
         has the wrong type (e.g. ``adapt_to_query`` neither a number nor ``"auto"``, a
-        ``key_added`` that is not a string).
+        ``key_added`` or ``batch_key`` that is not a string).
     ValueError
         ``model`` names no known annotator, archive or URL; the values are neither raw counts
         nor log1p of normalised counts (fractional linear values, negative, NaN or infinite
@@ -258,7 +258,7 @@ def annotate(
         (``min_gene_overlap``, ``min_support`` or a numeric ``adapt_to_query`` outside [0, 1],
         ``batch_size`` below 1, ``key_added`` empty or holding "/"); with ``majority_voting``,
         ``over_clustering`` does not give one cluster to every cell; the model has a type
-        named ``"Unknown"``.
+        named ``"Unknown"``; ``batch_key``'s column has missing values.
     FileNotFoundError
         ``model`` is a folder that holds no saved model. Every refusal listed here leaves
         ``adata`` unchanged.
