@@ -227,6 +227,18 @@ def test_query_gene_mismatch(kang_integrated):
     assert_unchanged(query, snap)
 
 
+def test_a_query_of_two_cells_maps_without_scvi_tools_labels_warning(kang_integrated):
+    """A query of 1-2 cells is valid (mapped as scvi-tools maps it); scvi-tools' warning on a
+    small category named its own ``_scvi_labels`` column, which the user never set."""
+    adata, model = kang_integrated
+    query = adata[adata.obs["sample"] == "stim107"][:2].copy()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mapped = VAE.load_query_data(query, model)
+    assert not [w for w in caught if "_scvi_labels" in str(w.message)]
+    assert mapped.adata.n_obs == 2
+
+
 def test_query_genes_renamed_by_r_are_named_with_the_fix(kang_integrated):
     """Seurat objects and CSV exports write 'HLA-DRA' as 'HLA.DRA' (R's make.names): the
     message says so and gives the names back, without offering zero padding (their counts

@@ -267,14 +267,20 @@ class VAEQueryMixin:
                 )
         if copied or subset_genes:  # scdl's copy: its own registration, released with it
             fresh_registration_id(adata)
-        if not subset_genes:
+        with warnings.catch_warnings():
+            # a query of 1-2 cells: scvi-tools names its own labels column (never the user's,
+            # and unused by the map); said below where genes were subset: the fix it names is
+            # for the copy
+            warnings.filterwarnings(
+                "ignore", message=r"Category .* in adata\.obs\['_scvi_labels'\] has fewer"
+            )
+            if subset_genes:
+                warnings.filterwarnings("ignore", message=r".* cells have no counts in adata")
             model = super().load_query_data(adata, reference_model, **kwargs)
+        if not subset_genes:
             if copied:
                 model._owns_adata(adata)
             return model
-        with warnings.catch_warnings():  # said below: the fix it names is for the copy
-            warnings.filterwarnings("ignore", message=r".* cells have no counts in adata")
-            model = super().load_query_data(adata, reference_model, **kwargs)
         model._owns_adata(adata)  # the subset scdl made: its registration goes with the model
         x = get_matrix(adata, setup_args.get("layer"))
         n_empty = int(np.count_nonzero(np.asarray(x.sum(axis=1)).ravel() == 0))
