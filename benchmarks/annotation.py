@@ -343,8 +343,8 @@ def unknown_score(model, calls, samples=None) -> np.ndarray:
         return part(slice(None), calls.attrs.get("mixing_level", 0.5))
     out = np.full(len(calls), np.nan)
     samples = np.asarray(samples).astype(str)
-    for name, level in calls.attrs["batches"]["mixing_level"].items():
-        out[samples == name] = part(samples == name, level)
+    for name, reading in calls.attrs["batches"].items():
+        out[samples == name] = part(samples == name, reading["mixing_level"])
     return out
 
 

@@ -109,8 +109,20 @@ def test_a_small_sample_is_named_in_the_warning(lines):
         warnings.simplefilter("always")
         joined = scdl.tl.annotate(query, model=model, batch_key="batch", copy=True)
     said = [str(w.message) for w in caught if "needs at least" in str(w.message)]
-    assert len(said) == 1 and said[0].startswith("In sample 'sc_dropseq':")
+    assert len(said) == 1 and said[0].endswith("(sample 'sc_dropseq')")
     assert joined.uns[KEY]["batches"].loc["sc_dropseq", "n_cells"] == 40
+    # the user's filters hold for the samples' warnings: ignored, or raised as errors
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", message="The query has 40 cells")
+        calls, _ = model.annotate_cells(query, batch_key="batch")
+    assert not [w for w in caught if "needs at least" in str(w.message)]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="The query has 40 cells")
+        with pytest.raises(UserWarning, match="needs at least"):
+            model.annotate_cells(query, batch_key="batch")
+    # calls made by sample concatenate (their attrs hold no DataFrame for pandas to compare)
+    assert len(pd.concat([calls, calls])) == 2 * query.n_obs
 
 
 @pytest.mark.parametrize(
@@ -119,6 +131,7 @@ def test_a_small_sample_is_named_in_the_warning(lines):
         ("plate", KeyError, "batch_key='plate'"),
         (3, TypeError, "batch_key"),
         ("gaps", ValueError, "missing"),
+        ("depth", TypeError, "non-integer numbers"),  # a per-cell measurement, not samples
     ],
 )
 def test_a_wrong_batch_key_is_refused_and_adata_left_unchanged(lines, batch_key, error, says):
@@ -126,6 +139,7 @@ def test_a_wrong_batch_key_is_refused_and_adata_left_unchanged(lines, batch_key,
     query = query.copy()
     query.obs["gaps"] = query.obs["batch"].astype(object)
     query.obs.iloc[:3, query.obs.columns.get_loc("gaps")] = np.nan
+    query.obs["depth"] = np.asarray(query.X.sum(1)).ravel() / 7.0
     snap = snapshot(query)
     with pytest.raises(error, match=says):
         scdl.tl.annotate(query, model=model, batch_key=batch_key)

@@ -31,7 +31,7 @@ def test_integrate_command(kang, tmp_path, capsys):
     # each option reached tl.integrate / tl.cluster / save
     assert out.obsm["X_cli"].shape == (small.n_obs, 6) and "X_scdl" not in out.obsm
     info = out.uns["X_cli"]
-    assert info["params"]["batch_key"] == "condition"
+    assert info["params"]["batch_key"] == "sample"
     assert len(info["history"]["elbo_train"]) == 2
     assert out.obs["scdl_cluster"].nunique() > 1
     genes = list(info["var_names"])

@@ -51,6 +51,10 @@ SMALL_CATEGORY_MESSAGE = (
 )
 
 
+#: the same warning on scvi-tools' own labels column (``_scvi_labels``)
+SMALL_LABEL_MESSAGE = r"Category .* in adata\.obs\['_scvi_labels'\] has fewer"
+
+
 @contextlib.contextmanager
 def registering_quietly(*, labels_said: bool = False):
     """A context for ``AnnDataManager.register_fields``: without scvi-tools' small-category
@@ -59,9 +63,7 @@ def registering_quietly(*, labels_said: bool = False):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=SMALL_CATEGORY_MESSAGE)
         if labels_said:
-            warnings.filterwarnings(
-                "ignore", message=r"Category .* in adata\.obs\['_scvi_labels'\] has fewer"
-            )
+            warnings.filterwarnings("ignore", message=SMALL_LABEL_MESSAGE)
         yield
 
 

@@ -141,7 +141,7 @@ def warn_one_batch(col: pd.Series, key: str, arg: str = "batch_key") -> None:
         f"`{arg}={key!r}` has one category ({col.iloc[0]!r}): there is nothing to correct for, "
         f"so the cells are treated as one batch. Pass `{arg}=None` to silence this"
         + (
-            ", or keep it on a reference that query batches will be mapped onto "
+            "; keep it on a VAE reference that query batches will be mapped onto "
             "(`VAE.load_query_data` trains their weights; a model trained without a batch key "
             "has none)."
             if arg == "batch_key"

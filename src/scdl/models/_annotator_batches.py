@@ -16,8 +16,6 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from scdl._warnings import warn_user
-
 #: ``calls.attrs`` entries that describe how one dataset was read (written per sample)
 READING_ATTRS = (
     "adapt_to_query",
@@ -40,9 +38,12 @@ def annotate_by_batch(model, adata, batches: pd.Series, *, over_clustering_graph
 
     Cluster ids (the Unknown call's ``cluster`` and the ``over_cluster`` of majority voting)
     are numbered on from one sample to the next, so that no two samples share one. A user's
-    graph is cut to each sample's cells. ``calls.attrs["batches"]`` is a table (one row per
-    sample: its cells, the share called Unknown and how it was read, :data:`READING_ATTRS`).
-    A warning raised for every sample is said once; one raised for some of them names them.
+    graph is cut to each sample's cells. ``calls.attrs["batches"]`` maps each sample's name to
+    its cells, the share called Unknown and how it was read (:data:`READING_ATTRS`).
+
+    Warnings pass the user's filters as each sample raises them (an "error" filter stops at
+    the sample that raised it); each is then said once, where it was raised, with the samples
+    that raised it named unless every sample did.
     """
     codes, names = sample_codes(batches)
     if not names:  # no cells: refused as a query without samples is
@@ -56,43 +57,50 @@ def annotate_by_batch(model, adata, batches: pd.Series, *, over_clustering_graph
                 f"{getattr(over_clustering_graph, 'shape', None)}."
             )
         graph = sparse.csr_matrix(over_clustering_graph)
-    calls_parts, probs_parts, rows, positions, said = [], [], [], [], {}
+    calls_parts, probs_parts, positions, table = [], [], [], {}
+    said: dict[tuple, list[str]] = {}
     offsets = {"cluster": 0, "over_cluster": 0}
-    for code, name in enumerate(names):
-        idx = np.flatnonzero(codes == code)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            calls, probs = model.annotate_cells(
-                adata[idx],
-                over_clustering_graph=None if graph is None else graph[idx][:, idx],
-                **kwargs,
-            )
-        for w in caught:
-            said.setdefault((w.category, str(w.message)), []).append(name)
-        for column in offsets:  # -1: not clustered
-            ids = calls[column].to_numpy()
-            if (ids >= 0).any():
-                calls[column] = np.where(ids >= 0, ids + offsets[column], -1)
-                offsets[column] = int(calls[column].max()) + 1
-        row = {"n_cells": len(idx), "unknown_fraction": float(calls["is_unknown"].mean())}
-        # "" for a reading not made: a text column with NaN in it cannot be written to .h5ad
-        row.update(
-            {
-                k: calls.attrs.get(k, "" if k == "composition_read" else np.nan)
-                for k in READING_ATTRS
-            }
-        )
-        rows.append(row)
-        calls_parts.append(calls)
-        probs_parts.append(probs)
-        positions.append(idx)
+    try:
+        for code, name in enumerate(names):
+            idx = np.flatnonzero(codes == code)
+            # recorded as the user's filters let them through, to be said once for all samples
+            with warnings.catch_warnings(record=True) as caught:
+                calls, probs = model.annotate_cells(
+                    adata[idx],
+                    over_clustering_graph=None if graph is None else graph[idx][:, idx],
+                    **kwargs,
+                )
+            for w in caught:
+                where = said.setdefault((w.category, str(w.message), w.filename, w.lineno), [])
+                if name not in where:
+                    where.append(name)
+            for column in offsets:  # -1: not clustered
+                ids = calls[column].to_numpy()
+                if (ids >= 0).any():
+                    calls[column] = np.where(ids >= 0, ids + offsets[column], -1)
+                    offsets[column] = int(calls[column].max()) + 1
+            row = {"n_cells": len(idx), "unknown_fraction": float(calls["is_unknown"].mean())}
+            # "" for a reading not made: a text column with NaN cannot be written to .h5ad
+            for k in READING_ATTRS:
+                row[k] = calls.attrs.get(k, "" if k == "composition_read" else np.nan)
+            table[name] = row
+            calls_parts.append(calls)
+            probs_parts.append(probs)
+            positions.append(idx)
+    finally:  # the samples' warnings, also where a later sample fails
+        _say(said, len(names))
     back = np.argsort(np.concatenate(positions))
     calls = pd.concat(calls_parts).iloc[back]
     probs = pd.concat(probs_parts).iloc[back]
-    calls.attrs = {"batches": pd.DataFrame(rows, index=pd.Index(names, name="batch"))}
-    for (category, message), where in said.items():
-        if len(where) < len(names):
-            shown = ", ".join(repr(w) for w in where[:5]) + (", ..." if len(where) > 5 else "")
-            message = f"In sample{'s' * (len(where) > 1)} {shown}: {message}"
-        warn_user(message, category)
+    # a dict, not a DataFrame: pandas compares attrs when concatenating calls
+    calls.attrs = {"batches": table}
     return calls, probs
+
+
+def _say(said: dict, n_samples: int) -> None:
+    """Each recorded warning once, where it was raised, naming its samples unless all."""
+    for (category, message, filename, lineno), where in said.items():
+        if len(where) < n_samples:
+            shown = ", ".join(repr(w) for w in where[:5]) + (", ..." if len(where) > 5 else "")
+            message = f"{message} (sample{'s' * (len(where) > 1)} {shown})"
+        warnings.warn_explicit(message, category, filename, lineno)

@@ -24,8 +24,8 @@ from scdl.data import (
     LOW_GENE_OVERLAP,
     CSRTensors,
     align_to_genes,
+    check_categorical,
     check_is_anndata,
-    check_obs_key,
     check_random_state,
     counts_from_log1p,
     gather_counts,
@@ -281,8 +281,8 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
             obs column of the query's samples: each is annotated as a query of its own (its
             shift, statistics and clusters), and the calls are joined in the cells' order,
             cluster ids numbered on from one sample to the next. ``calls.attrs`` then
-            holds ``"batches"``, a table of each sample's cells, share called Unknown and the
-            entries above, in place of them.
+            holds ``"batches"`` in place of them: a dict by sample of its cells, share called
+            Unknown and those entries.
 
         Returns
         -------
@@ -307,11 +307,13 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
         adapt = check_adapt(adapt_to_query)
         check_random_state(seed, "seed")  # numpy's errors name no argument
         if batch_key is not None:
-            data = self.adata if adata is None else adata
+            if adata is None:  # the registered cells, read from the layer they were set up with
+                adata = self._require_adata("annotate", takes_adata=True)
+                layer = self.registry_["setup_args"].get("layer")
             return annotate_by_batch(
                 self,
-                data,
-                check_obs_key(data, batch_key, arg="batch_key"),
+                adata,
+                check_categorical(adata, batch_key, arg="batch_key"),
                 layer=layer,
                 min_gene_overlap=min_gene_overlap,
                 batch_size=batch_size,

@@ -18,7 +18,7 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.model.base import ArchesMixin
 
-from scdl._warnings import warn_user
+from scdl._warnings import SMALL_LABEL_MESSAGE, warn_user
 from scdl.data import (
     check_category_kind,
     check_is_anndata,
@@ -271,9 +271,7 @@ class VAEQueryMixin:
             # a query of 1-2 cells: scvi-tools names its own labels column (never the user's,
             # and unused by the map); said below where genes were subset: the fix it names is
             # for the copy
-            warnings.filterwarnings(
-                "ignore", message=r"Category .* in adata\.obs\['_scvi_labels'\] has fewer"
-            )
+            warnings.filterwarnings("ignore", message=SMALL_LABEL_MESSAGE)
             if subset_genes:
                 warnings.filterwarnings("ignore", message=r".* cells have no counts in adata")
             model = super().load_query_data(adata, reference_model, **kwargs)

@@ -71,7 +71,8 @@ def annotate(
     calls can change with the other samples annotated beside it (unlike a per-cell classifier
     such as CellTypist without voting). Where samples differ by chemistry, protocol, donor or
     condition, pass their obs column as ``batch_key``: each sample is then read as a query of
-    its own and the calls are joined, as annotating each apart would give them. The order of the
+    its own and the calls are joined, as annotating each apart would give them (a given
+    ``over_clustering`` is voted over as given, across samples). The order of the
     cells does not change the calls: the query's Leiden clusters (the Unknown call's and the
     over-clustering for voting, which in scanpy depend on the order of the cells) are made
     with the cells in an order of their own content, so the same cells in any order get the
@@ -402,8 +403,9 @@ def annotate(
 
 def _reading(attrs: dict) -> dict:
     """How the query was read, for ``uns``: the four entries, or the table per sample."""
-    if "batches" in attrs:
-        return {"batches": attrs["batches"]}
+    if "batches" in attrs:  # a table by sample (.h5ad writes a DataFrame; "/" in a key nests)
+        table = pd.DataFrame.from_dict(attrs["batches"], orient="index")
+        return {"batches": table.rename_axis("batch")}
     keys = ("adapt_to_query", "recentre_steps", "median_reference_share", "mixing_level")
     return {k: attrs[k] for k in keys}
 
