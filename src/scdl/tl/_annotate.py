@@ -105,7 +105,11 @@ def annotate(
         clusters (the Unknown call's and the over-clustering, numbered on from one sample to
         the next; a graph in ``obsp`` is cut to each sample's cells), and the calls are joined
         in the cells' order. A sample of fewer than 100 cells gets no Unknown call (with a
-        warning naming it). ``None``: the query is one dataset.
+        warning naming it). For samples that differ by chemistry or protocol, where the
+        pooled query's shift is wrong for each: a sample read alone is judged on its own cells,
+        so one holding only a condition the reference lacks is judged more strictly, and a type
+        new to the reference, spread over smaller queries, is called Unknown less often than
+        in the pooled query. ``None`` (default): the query is one dataset.
     key_added
         Key under which results are written (see below).
     unknown
