@@ -2,7 +2,7 @@
 
 What the annotator reads from a query as a whole (the shift it shares with the reference, its
 own gene statistics for ``adapt_to_query``, its clusters for the Unknown call and for majority
-voting) is one sample's where samples differ by chemistry, donor or condition: a cluster of
+voting) is one sample's where samples differ by chemistry or protocol: a cluster of
 one chemistry's cells in a query of two is unlike the shift the whole query shares and can
 be called Unknown for it. With a ``batch_key`` each sample is annotated apart and the calls
 are joined in the cells' order, as ``anndata.concat`` of separate calls would give them.

@@ -69,14 +69,14 @@ def annotate(
     The query is read as one dataset: its clusters, its shift from the reference and (with
     ``adapt_to_query``) its gene statistics are computed over all its cells, so a sample's
     calls can change with the other samples annotated beside it (unlike a per-cell classifier
-    such as CellTypist without voting). Where samples differ by chemistry, protocol, donor or
-    condition, pass their obs column as ``batch_key``: each sample is then read as a query of
-    its own and the calls are joined, as annotating each apart would give them (a given
-    ``over_clustering`` is voted over as given, across samples). The order of the
-    cells does not change the calls: the query's Leiden clusters (the Unknown call's and the
-    over-clustering for voting, which in scanpy depend on the order of the cells) are made
-    with the cells in an order of their own content, so the same cells in any order get the
-    same calls, probabilities and votes.
+    such as CellTypist without voting). Where samples differ by chemistry or protocol, pass
+    their obs column as ``batch_key``: each sample is then read as a query of its own and the
+    calls are joined, as annotating each apart would give them (a given ``over_clustering`` is
+    voted over as given, across samples; see ``batch_key`` for what reading apart costs). The
+    order of the cells does not change the calls: the query's Leiden clusters (the Unknown
+    call's and the over-clustering for voting, which in scanpy depend on the order of the
+    cells) are made with the cells in an order of their own content, so the same cells in any
+    order get the same calls, probabilities and votes.
 
     The input may be raw counts or, when a file ships no counts, log1p of counts normalised to
     a constant total per cell (``sc.pp.normalize_total`` then ``sc.pp.log1p`` on all genes):
@@ -254,7 +254,8 @@ def annotate(
     TypeError
         ``model`` is neither a model nor a pretrained annotator's name or path, or an option
         has the wrong type (e.g. ``adapt_to_query`` neither a number nor ``"auto"``, a
-        ``key_added`` or ``batch_key`` that is not a string).
+        ``key_added`` or ``batch_key`` that is not a string, a ``batch_key`` column of
+        non-integer numbers).
     ValueError
         ``model`` names no known annotator, archive or URL; the values are neither raw counts
         nor log1p of normalised counts (fractional linear values, negative, NaN or infinite
@@ -263,7 +264,8 @@ def annotate(
         (``min_gene_overlap``, ``min_support`` or a numeric ``adapt_to_query`` outside [0, 1],
         ``batch_size`` below 1, ``key_added`` empty or holding "/"); with ``majority_voting``,
         ``over_clustering`` does not give one cluster to every cell; the model has a type
-        named ``"Unknown"``; ``batch_key``'s column has missing values.
+        named ``"Unknown"``; ``batch_key``'s column has missing values, or more distinct
+        numbers than a column of sample codes holds (a per-cell measurement).
     FileNotFoundError
         ``model`` is a folder that holds no saved model. Every refusal listed here leaves
         ``adata`` unchanged.
