@@ -416,9 +416,12 @@ def test_single_level_batch_is_registered_with_a_warning(kang, model):
     ``batch_key=None`` to silence it (the annotator's labels still need two types)."""
     adata = _expressed(kang)
     adata.obs["one"] = "run1"
-    with pytest.warns(UserWarning, match="one category .*batch_key=None"):
+    with pytest.warns(UserWarning, match="one category .*batch_key=None") as said:
         SETUPS[model](adata, batch_key="one")
     assert "_scvi_uuid" in adata.uns
+    # only a VAE reference is mapped onto (the reason to keep the key is the VAE's alone)
+    text = " ".join(str(w.message) for w in said if "one category" in str(w.message))
+    assert ("load_query_data" in text) == (model == "VAE")
 
 
 def test_not_an_anndata(kang):

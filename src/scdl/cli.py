@@ -343,8 +343,8 @@ def _add_annotate(sub) -> None:
     a.add_argument(
         "--batch-key",
         default=None,
-        help="obs column of the samples (chemistry, donor, condition): each is annotated as a "
-        "query of its own (default: the file is one query)",
+        help="obs column of samples that differ by chemistry or protocol: each is annotated as "
+        "a query of its own (default: the file is one query)",
     )
     a.add_argument(
         "--min-gene-overlap",

@@ -433,6 +433,7 @@ def check_count_setup(
     report_zero_genes: bool = True,
     categorical: dict[str, str | list[str] | None] | None = None,
     warn_one_category: bool = False,
+    one_batch_hint: str = "",
     unique_genes: bool = True,
     fix: str | None = None,
     numeric_hint: str = "",
@@ -447,7 +448,8 @@ def check_count_setup(
     query padded with the reference's missing genes need not be). With
     ``warn_one_category`` (a fresh registration; a query or a reloaded model may hold a single
     batch), a ``batch_key`` or ``categorical_covariate_keys`` column of one category is said in
-    a warning and registered as it is, as scvi-tools does (one batch: nothing to correct).
+    a warning and registered as it is, as scvi-tools does (one batch: nothing to correct);
+    ``one_batch_hint``: the model's reason to keep a ``batch_key`` of one category, added to it.
     ``fix``: how to give the counts, named in the errors (:func:`check_counts`);
     ``numeric_hint``: as :func:`check_categorical`'s. Raises before anything is written.
     """
@@ -478,7 +480,7 @@ def check_count_setup(
         for key in keys:
             col = check_categorical(adata, key, arg=arg, numeric_hint=numeric_hint)
             if warn_one_category and arg in _COVARIATE_ARGS and col.nunique() < 2:
-                warn_one_batch(col, key, arg)
+                warn_one_batch(col, key, arg, one_batch_hint if arg == "batch_key" else "")
             if arg in _COVARIATE_ARGS:
                 warn_small_categories(col, key, arg)
     return summary

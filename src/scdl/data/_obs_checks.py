@@ -134,18 +134,12 @@ def warn_small_categories(col: pd.Series, key: str, arg: str = "batch_key") -> N
         )
 
 
-def warn_one_batch(col: pd.Series, key: str, arg: str = "batch_key") -> None:
+def warn_one_batch(col: pd.Series, key: str, arg: str = "batch_key", hint: str = "") -> None:
     """Say that a batch column of one category leaves nothing to correct (valid input, as in
-    scvi-tools: a subset of one sample, a per-sample pipeline)."""
+    scvi-tools: a subset of one sample, a per-sample pipeline). ``hint``: the model's own
+    reason to keep the column anyway, said after the fix."""
     warn_user(
         f"`{arg}={key!r}` has one category ({col.iloc[0]!r}): there is nothing to correct for, "
-        f"so the cells are treated as one batch. Pass `{arg}=None` to silence this"
-        + (
-            "; keep it on a VAE reference that query batches will be mapped onto "
-            "(`VAE.load_query_data` trains their weights; a model trained without a batch key "
-            "has none)."
-            if arg == "batch_key"
-            else "."
-        ),
+        f"so the cells are treated as one batch. Pass `{arg}=None` to silence this{hint}.",
         UserWarning,
     )

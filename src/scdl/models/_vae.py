@@ -262,6 +262,9 @@ class VAE(
                 "categorical_covariate_keys": categorical_covariate_keys,
             },
             warn_one_category=not from_registry,
+            # without a batch key a reference has no batch weights for a query to train
+            one_batch_hint="; keep it on a reference that query batches will be mapped onto "
+            "(`VAE.load_query_data` trains their weights)",
             unique_genes=False,  # as in scvi-tools: genes are matched by name only for a query
             # a query is read where the reference was (`layer=` is not an option there)
             fix=counts_place_fix(cls.__name__, layer, adata) if from_registry else None,
