@@ -134,10 +134,11 @@ def test_batch_embeddings_are_refused(kang):
 def test_reference_mapping_places_query_next_to_its_type(kang):
     ref = kang[kang.obs["sample"] != "stim107"].copy()
     query = kang[kang.obs["sample"] == "stim107"].copy()
-    model = scdl.tl.integrate(ref, batch_key="sample", max_epochs=60, progress_bar=False)
+    # 40 + 20 epochs: accuracy 0.85 on both supported stacks (0.88 at 60 + 40, in twice the time)
+    model = scdl.tl.integrate(ref, batch_key="sample", max_epochs=40, progress_bar=False)
     ref_latent_before = model.get_latent_representation()
     qm = VAE.load_query_data(query, model)
-    qm.train(max_epochs=40, plan_kwargs={"weight_decay": 0.0}, enable_progress_bar=False)
+    qm.train(max_epochs=20, plan_kwargs={"weight_decay": 0.0}, enable_progress_bar=False)
     zq = qm.get_latent_representation()
     knn = KNeighborsClassifier(15).fit(ref.obsm["X_scdl"], ref.obs["cell_type"])
     acc = (knn.predict(zq) == query.obs["cell_type"].to_numpy()).mean()
