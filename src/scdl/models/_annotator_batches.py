@@ -11,10 +11,15 @@ are joined in the cells' order, as ``anndata.concat`` of separate calls would gi
 from __future__ import annotations
 
 import warnings
+from contextvars import ContextVar
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
+
+#: set while one sample of a ``batch_key`` query is read, so that advice given to a small
+#: query ("annotate these cells with more cells of their sample") fits a sample read apart
+READING_ONE_SAMPLE: ContextVar[bool] = ContextVar("scdl_reading_one_sample", default=False)
 
 #: ``calls.attrs`` entries that describe how one dataset was read (written per sample)
 READING_ATTRS = (
@@ -65,11 +70,15 @@ def annotate_by_batch(model, adata, batches: pd.Series, *, over_clustering_graph
             idx = np.flatnonzero(codes == code)
             # recorded as the user's filters let them through, to be said once for all samples
             with warnings.catch_warnings(record=True) as caught:
-                calls, probs = model.annotate_cells(
-                    adata[idx],
-                    over_clustering_graph=None if graph is None else graph[idx][:, idx],
-                    **kwargs,
-                )
+                token = READING_ONE_SAMPLE.set(True)
+                try:
+                    calls, probs = model.annotate_cells(
+                        adata[idx],
+                        over_clustering_graph=None if graph is None else graph[idx][:, idx],
+                        **kwargs,
+                    )
+                finally:
+                    READING_ONE_SAMPLE.reset(token)
             for w in caught:
                 where = said.setdefault((w.category, str(w.message), w.filename, w.lineno), [])
                 if name not in where:

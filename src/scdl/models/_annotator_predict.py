@@ -41,7 +41,7 @@ from scdl.data import (
 from scdl.dataloaders import dense_rows
 
 from ._adaptation import auto_blend, check_adapt
-from ._annotator_batches import annotate_by_batch
+from ._annotator_batches import READING_ONE_SAMPLE, annotate_by_batch
 from ._annotator_query import AnnotatorQueryMixin
 from ._arguments import check_switches
 from ._checked_query import cell_positions
@@ -510,8 +510,14 @@ class AnnotatorPredictionMixin(AnnotatorQueryMixin):
                 "per-cell novelty threshold (calibrated on held-out reference cells; the "
                 "`novelty` column of `model.annotate_cells`): a few do in a query of the "
                 "reference's kind (up to a third under another chemistry), nearly all in cells "
-                "of another tissue. Annotate these cells together with more cells of their "
-                "sample to have them checked.",
+                "of another tissue. "
+                + (
+                    "This sample is read alone (`batch_key`): annotate it without `batch_key`, "
+                    "with the query's other cells, to have them checked."
+                    if READING_ONE_SAMPLE.get()
+                    else "Annotate these cells together with more cells of their sample to have "
+                    "them checked."
+                ),
                 UserWarning,
             )
         elif self.cluster_threshold_ is not None and typed >= MIN_QUERY_CELLS:
