@@ -23,7 +23,8 @@ Reference and query differ in condition, sample or cells (real splits of ../shar
   type; ``--cross-lab-novel`` keeps them: they are then left out of the F1 and the known-type
   Unknown rate, and the share of them called Unknown is printed as ``unknown_novel``).
 
-All methods see the same genes (2,000 highly variable genes of the reference where it has more).
+All methods see the same genes (2,000 highly variable genes of the reference where it has more;
+``--genes all``: every gene of the split). ``--only`` takes one or more split-name prefixes.
 "scdl" is the model's default call (``adapt_to_query="auto"``: when its cells mix poorly with the
 reference's, the query's statistics blended in halfway, then the reference's mean moved by the
 query's shift at its own composition until the calls settle); "scdl adapt=0" and "scdl adapt=0.5"
@@ -422,6 +423,7 @@ def leave_one_type_out(
     min_cells: int = 30,
     save: str | None = None,
     adapt: float | str = "auto",
+    gene_set: str = "hvg",
 ) -> list[dict]:
     """Train without each reference type in turn; how its query cells are called. ``ref`` and
     ``qry`` hold every gene: the model's genes are chosen on the reference without the removed
@@ -438,7 +440,7 @@ def leave_one_type_out(
             continue
         scvi.settings.seed = 0
         data = ref[ref.obs.cell_type != removed].copy()
-        genes = hvg(data)
+        genes = hvg(data) if gene_set == "hvg" else data.var_names
         data, query = data[:, genes].copy(), qry[:, genes].copy()
         scdl.models.CellTypeTransformer.setup_anndata(data, labels_key="cell_type")
         model = scdl.models.CellTypeTransformer(data)
@@ -544,7 +546,13 @@ def main():
     logging.getLogger("scvi").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-scanvi", action="store_true")
-    parser.add_argument("--only", default=None, help="run one split (name prefix)")
+    parser.add_argument("--only", nargs="+", default=None, help="run these splits (name prefixes)")
+    parser.add_argument(
+        "--genes",
+        choices=("hvg", "all"),
+        default="hvg",
+        help="every method's genes: 2,000 HVGs of the reference (hvg) or all of the split's",
+    )
     parser.add_argument("--speed-only", action="store_true")
     parser.add_argument("--device", default="cpu", help="device of the speed check (cuda)")
     parser.add_argument("--skip-loto", action="store_true", help="skip leave-one-type-out")
@@ -595,10 +603,10 @@ def main():
     for name, ref, qry in splits(
         cross_lab_novel=args.cross_lab_novel, scgen_labels=args.scgen_labels
     ):
-        if args.only and not name.startswith(args.only):
+        if args.only and not any(name.startswith(p) for p in args.only):
             continue
         full_ref, full_qry = ref, qry  # leave-one-type-out chooses its own genes
-        genes = hvg(ref)
+        genes = hvg(ref) if args.genes == "hvg" else ref.var_names
         ref, qry = ref[:, genes].copy(), qry[:, genes].copy()
         truth = qry.obs.cell_type.to_numpy()
         # query types the reference lacks (only with --cross-lab-novel): scored apart
@@ -663,6 +671,7 @@ def main():
                 epochs=args.loto_epochs,
                 save=args.save_calls,
                 adapt=args.adapt,
+                gene_set=args.genes,
             )
     if not rows:
         raise SystemExit(f"annotation.py: no split's name starts with --only {args.only!r}.")
