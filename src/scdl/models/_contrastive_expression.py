@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS
 
+from scdl._warnings import warn_user
 from scdl.data import check_positive_int, check_positive_number, salient_gene_table
 
 if TYPE_CHECKING:
@@ -26,13 +27,16 @@ class ContrastiveExpressionMixin:
     """Expression methods of :class:`~scdl.models.ContrastiveVAE`."""
 
     def _decode_pairs(self, adata, indices, batch_size):
-        """Normalised expression of each cell decoded from ``[z, s]`` and from ``[z, 0]``."""
+        """Normalised expression of each cell decoded from ``[z, s]`` and from ``[z, 0]``,
+        with the cells' counts (the minibatch's, already dense)."""
         for tensors, inf in self._posterior(adata, indices, batch_size):
             z, s, lib = inf["qz"].loc, inf["qs"].loc, inf["library"]
             b = tensors[REGISTRY_KEYS.BATCH_KEY]
             full = self.module.generative(z, s, lib, b)["px"].scale
             shared = self.module.generative(z, torch.zeros_like(s), lib, b)["px"].scale
-            yield full.cpu().numpy(), shared.cpu().numpy()
+            # the minibatch's counts, which the decodings are checked against
+            counts = tensors[REGISTRY_KEYS.X_KEY]
+            yield full.cpu().numpy(), shared.cpu().numpy(), counts.cpu().numpy()
 
     @torch.inference_mode()
     def get_normalized_expression(
@@ -75,7 +79,7 @@ class ContrastiveExpressionMixin:
         adata = self._validate_anndata(adata)
         use_salient = None if target is None else target[idx]
         rows, start = [], 0
-        for full, shared in self._decode_pairs(adata, idx, batch_size):
+        for full, shared, _ in self._decode_pairs(adata, idx, batch_size):
             if use_salient is None:
                 rows.append(shared[:, columns])
             else:
@@ -134,9 +138,13 @@ class ContrastiveExpressionMixin:
         Returns
         -------
         pandas.DataFrame
-            Sorted by ``score`` (see :func:`scdl.data.salient_gene_table`): ``gene``,
-            ``score``, ``lfc_mean`` (> 0: higher because of the salient code),
-            ``mean_with_salient``, ``mean_without_salient``.
+            Sorted by ``score`` (see :func:`scdl.data.salient_gene_table`), genes the
+            decoder does not fit last: ``gene``, ``score``, ``lfc_mean`` (> 0: higher because
+            of the salient code), ``mean_with_salient``, ``mean_without_salient``,
+            ``mean_observed`` (the target cells' counts per ``library_size``) and
+            ``fits_data`` (the decoded mean within 4-fold of the observed one; a gene of tiny
+            inverse dispersion can drift far from the data, and its fold change then says
+            nothing about it).
         """
         from anndata import AnnData
 
@@ -161,4 +169,30 @@ class ContrastiveExpressionMixin:
             adata.var_names,
             library_size=library_size,
         )
+        _warn_if_misfit_genes_rank_high(table, library_size)
         return table if n_top is None else table.head(n_top)
+
+
+def _warn_if_misfit_genes_rank_high(table, library_size: float, top: int = 50) -> None:
+    """Say which genes the decoder does not fit would have ranked among the ``top`` by score
+    (they are ranked last instead)."""
+    misfit = table[~table["fits_data"]]
+    if misfit.empty:
+        return
+    cut = np.sort(table["score"].to_numpy())[::-1][min(top, len(table)) - 1]
+    high = misfit[misfit["score"] >= cut]
+    if high.empty:
+        return
+    shown = ", ".join(
+        f"{r.gene} ({r.mean_with_salient:.3g} decoded vs {r.mean_observed:.3g} observed)"
+        for r in high.head(5).itertuples()
+    )
+    many = len(high) > 1
+    warn_user(
+        f"{len(high)} gene{'s' * many} with a salient score among the top {top} "
+        f"{'are' if many else 'is'} decoded more than 4-fold from {'their' if many else 'its'} "
+        f"observed mean in the target cells (per {library_size:g} counts): {shown}. The "
+        "decoder does not fit such a gene (its fitted dispersion lets its mean drift), so its "
+        "fold change says nothing about the data; it is ranked last (column `fits_data`).",
+        UserWarning,
+    )

@@ -151,7 +151,8 @@ def contrastive(
         ``var_names`` (genes used; duplicated names suffixed as ``var_names_make_unique``
         does), ``salient_genes`` (DataFrame of every gene ranked by
         :meth:`~scdl.models.ContrastiveVAE.get_salient_genes`: ``gene``, ``score``,
-        ``lfc_mean``, ``mean_with_salient``, ``mean_without_salient``), ``history``
+        ``lfc_mean``, ``mean_with_salient``, ``mean_without_salient``, ``mean_observed``,
+        ``fits_data``), ``history``
         (per-epoch ``elbo_train``, ``elbo_validation`` (when cells are held out),
         ``reconstruction_loss_train`` and ``kl_local_train``, each with its ``<name>_epoch``
         array; empty when ``train_kwargs`` passes a ``logger``, which records them instead)
