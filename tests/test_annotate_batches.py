@@ -113,10 +113,13 @@ def test_a_small_sample_is_named_in_the_warning(lines):
     # the advice fits a sample read apart: it has no more cells of its own to be read with
     assert "annotate it without `batch_key`" in said[0] and "more cells of" not in said[0]
     assert joined.uns[KEY]["batches"].loc["sc_dropseq", "n_cells"] == 40
-    # the same cells as a query of their own are told to join more cells of their sample
-    with pytest.warns(UserWarning, match="together with more cells of their sample") as alone:
-        model.annotate_cells(query[batch[keep] == "sc_dropseq"].copy())
-    assert not [w for w in alone if "batch_key" in str(w.message)]
+    # the same cells as a query of their own, or as its one sample, are told to join more
+    # cells of their sample (there are no other samples to be read with)
+    alone = query[batch[keep] == "sc_dropseq"].copy()
+    for kwargs in ({}, {"batch_key": "batch"}):
+        with pytest.warns(UserWarning, match="together with more cells of their sample") as w:
+            model.annotate_cells(alone, **kwargs)
+        assert not [x for x in w if "annotate it without `batch_key`" in str(x.message)]
     # the user's filters hold for the samples' warnings: ignored, or raised as errors
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 #: a gene decoded more than this many log2 units (per ``library_size`` counts, pseudocount 1)
 #: from its observed mean in the target cells is a gene the decoder does not fit: a gene of
 #: tiny inverse dispersion, whose likelihood barely constrains its mean, drifted 42-fold from
-#: the data (Kang 14k PBMCs on every gene) while 99% of genes stayed within 0.16
+#: the data (Kang 14k PBMCs on every gene) while 99% of genes stayed within 0.16 (review)
 MAX_FIT_LOG2 = 2.0
 
 
@@ -31,8 +31,10 @@ def salient_gene_table(
     chunks
         Pairs ``(with_salient, without_salient)`` of normalised expression (cells x genes,
         rows summing to 1) for target cells: decoded from ``[z, s]`` and from ``[z, 0]``;
-        or triples with the cells' observed counts third (any scale: each row is divided by
-        its total; a cell without counts adds zeros).
+        or with the cells' observed counts third (any scale: each row is divided by its
+        total; a cell without counts adds zeros) and, optionally, fourth the normalised
+        expression the model expects with the salient code (e.g. a zero-inflated model's
+        ``(1 - zi_probs) * scale``; the first array when not given).
     var_names
         Gene names, in column order.
     library_size
@@ -46,8 +48,8 @@ def salient_gene_table(
         two decodings; ``lfc_mean``, its signed mean (> 0: the salient space raises the gene);
         ``mean_with_salient`` and ``mean_without_salient`` (mean expression per
         ``library_size`` counts). With observed counts also ``mean_observed`` (the same
-        scale) and ``fits_data``: whether the decoded mean (with the salient code) is within
-        4-fold (:data:`MAX_FIT_LOG2`, pseudocount 1) of the observed one; a gene the decoder
+        scale) and ``fits_data``: whether the expected mean (with the salient code) is within
+        4-fold (``MAX_FIT_LOG2``, pseudocount 1) of the observed one; a gene the decoder
         does not fit has a fold change that says nothing about the data. Sorted by
         ``score``, genes that do not fit the data last.
     """
@@ -61,6 +63,8 @@ def salient_gene_table(
             counts = np.asarray(chunk[2], dtype=np.float64)
             total = counts.sum(1, keepdims=True)
             rows.append((counts / np.where(total > 0, total, 1.0)).sum(0) * library_size)
+            expected = np.asarray(chunk[3 if len(chunk) > 3 else 0], dtype=np.float64)
+            rows.append(expected.sum(0) * library_size)
         part = np.stack(rows)
         sums = part if sums is None else sums + part
         n += full.shape[0]
@@ -78,7 +82,7 @@ def salient_gene_table(
     )
     if len(mean) > 4:
         df["mean_observed"] = mean[4]
-        off = np.abs(np.log2(mean[2] + 1) - np.log2(mean[4] + 1))
+        off = np.abs(np.log2(mean[5] + 1) - np.log2(mean[4] + 1))
         df["fits_data"] = off <= MAX_FIT_LOG2
         order = np.lexsort((-df["score"].to_numpy(), ~df["fits_data"].to_numpy()))
         return df.iloc[order].reset_index(drop=True)

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from ._mixing import MIN_QUERY_CELLS
+
 #: set while one sample of a ``batch_key`` query is read, so that advice given to a small
 #: query ("annotate these cells with more cells of their sample") fits a sample read apart
 READING_ONE_SAMPLE: ContextVar[bool] = ContextVar("scdl_reading_one_sample", default=False)
@@ -70,7 +72,8 @@ def annotate_by_batch(model, adata, batches: pd.Series, *, over_clustering_graph
             idx = np.flatnonzero(codes == code)
             # recorded as the user's filters let them through, to be said once for all samples
             with warnings.catch_warnings(record=True) as caught:
-                token = READING_ONE_SAMPLE.set(True)
+                # one sample of several, which with the others would be read as a whole
+                token = READING_ONE_SAMPLE.set(len(names) > 1 and adata.n_obs >= MIN_QUERY_CELLS)
                 try:
                     calls, probs = model.annotate_cells(
                         adata[idx],

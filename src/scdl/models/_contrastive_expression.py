@@ -28,15 +28,25 @@ class ContrastiveExpressionMixin:
 
     def _decode_pairs(self, adata, indices, batch_size):
         """Normalised expression of each cell decoded from ``[z, s]`` and from ``[z, 0]``,
-        with the cells' counts (the minibatch's, already dense)."""
+        the cells' counts (the minibatch's, already dense) and the expected share of them
+        decoded from ``[z, s]``."""
         for tensors, inf in self._posterior(adata, indices, batch_size):
             z, s, lib = inf["qz"].loc, inf["qs"].loc, inf["library"]
             b = tensors[REGISTRY_KEYS.BATCH_KEY]
-            full = self.module.generative(z, s, lib, b)["px"].scale
+            px = self.module.generative(z, s, lib, b)["px"]
+            full = px.scale
             shared = self.module.generative(z, torch.zeros_like(s), lib, b)["px"].scale
-            # the minibatch's counts, which the decodings are checked against
+            # the minibatch's counts, which the fit is checked against: the distribution's
+            # expected share of them (a zero-inflated gene's excess zeros taken off its scale)
             counts = tensors[REGISTRY_KEYS.X_KEY]
-            yield full.cpu().numpy(), shared.cpu().numpy(), counts.cpu().numpy()
+            zi = getattr(px, "zi_probs", None)
+            expected = full if zi is None else full * (1 - zi)
+            yield (
+                full.cpu().numpy(),
+                shared.cpu().numpy(),
+                counts.cpu().numpy(),
+                expected.cpu().numpy(),
+            )
 
     @torch.inference_mode()
     def get_normalized_expression(
@@ -79,7 +89,7 @@ class ContrastiveExpressionMixin:
         adata = self._validate_anndata(adata)
         use_salient = None if target is None else target[idx]
         rows, start = [], 0
-        for full, shared, _ in self._decode_pairs(adata, idx, batch_size):
+        for full, shared, *_ in self._decode_pairs(adata, idx, batch_size):
             if use_salient is None:
                 rows.append(shared[:, columns])
             else:
@@ -169,15 +179,15 @@ class ContrastiveExpressionMixin:
             adata.var_names,
             library_size=library_size,
         )
-        _warn_if_misfit_genes_rank_high(table, library_size)
+        _warn_if_misfit_genes_rank_high(table, library_size, top=max(50, n_top or 50))
         return table if n_top is None else table.head(n_top)
 
 
-def _warn_if_misfit_genes_rank_high(table, library_size: float, top: int = 50) -> None:
-    """Say which genes the decoder does not fit would have ranked among the ``top`` by score
-    (they are ranked last instead)."""
+def _warn_if_misfit_genes_rank_high(table, library_size: float, top: int) -> None:
+    """Name the genes the decoder does not fit that scored among the ``top`` of a table of
+    several genes (they are ranked last instead)."""
     misfit = table[~table["fits_data"]]
-    if misfit.empty:
+    if misfit.empty or len(misfit) == len(table):  # none, or no ranking to move them in
         return
     cut = np.sort(table["score"].to_numpy())[::-1][min(top, len(table)) - 1]
     high = misfit[misfit["score"] >= cut]
@@ -190,9 +200,10 @@ def _warn_if_misfit_genes_rank_high(table, library_size: float, top: int = 50) -
     many = len(high) > 1
     warn_user(
         f"{len(high)} gene{'s' * many} with a salient score among the top {top} "
-        f"{'are' if many else 'is'} decoded more than 4-fold from {'their' if many else 'its'} "
-        f"observed mean in the target cells (per {library_size:g} counts): {shown}. The "
-        "decoder does not fit such a gene (its fitted dispersion lets its mean drift), so its "
-        "fold change says nothing about the data; it is ranked last (column `fits_data`).",
+        f"{'are' if many else 'is'} decoded more than 4-fold from "
+        f"{'their' if many else 'its'} observed mean in the target cells (per "
+        f"{library_size:g} counts): {shown}. The decoder does not fit such a gene (its fitted "
+        "dispersion lets its mean drift), so its fold change says nothing about the data; "
+        f"{'they are' if many else 'it is'} ranked last (column `fits_data`).",
         UserWarning,
     )
