@@ -152,9 +152,10 @@ class ContrastiveExpressionMixin:
             decoder does not fit last: ``gene``, ``score``, ``lfc_mean`` (> 0: higher because
             of the salient code), ``mean_with_salient``, ``mean_without_salient``,
             ``mean_observed`` (the target cells' counts per ``library_size``) and
-            ``fits_data`` (the decoded mean within 4-fold of the observed one; a gene of tiny
-            inverse dispersion can drift far from the data, and its fold change then says
-            nothing about it).
+            ``fits_data`` (the model's expected mean, for a zero-inflated model without its
+            excess zeros, within 4-fold of the observed one; a gene of tiny inverse
+            dispersion can drift far from the data, and its fold change then says nothing
+            about it).
         """
         from anndata import AnnData
 
