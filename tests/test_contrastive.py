@@ -760,3 +760,12 @@ def test_a_zero_inflated_models_genes_are_checked_by_their_expected_share(kang):
     scale_off = np.log2(table["mean_with_salient"] + 1) - np.log2(table["mean_observed"] + 1)
     assert (np.abs(scale_off) > 2).any()
     assert model.module.gene_likelihood == "zinb"
+
+
+def test_salient_gene_chunks_of_another_length_are_refused_by_name():
+    """Chunks hold 2 arrays (no fit check) or 4 (with the counts and the expected share)."""
+    x = np.full((3, 2), 0.5)
+    table = scdl.data.salient_gene_table([(x, x, x * 4, x)], ["a", "b"])
+    assert table["fits_data"].all() and np.allclose(table["mean_observed"], 5e3)
+    with pytest.raises(ValueError, match="2 or 4 arrays"):
+        scdl.data.salient_gene_table([(x, x, x)], ["a", "b"])

@@ -134,7 +134,7 @@ def test_batch_embeddings_are_refused(kang):
 def test_reference_mapping_places_query_next_to_its_type(kang):
     ref = kang[kang.obs["sample"] != "stim107"].copy()
     query = kang[kang.obs["sample"] == "stim107"].copy()
-    # 40 + 20 epochs: accuracy 0.85 on both supported stacks (0.88 at 60 + 40, in twice the time)
+    # 40 + 20 epochs: accuracy 0.85 on both supported stacks (0.88 at 60 + 40, 1.4-2x the time)
     model = scdl.tl.integrate(ref, batch_key="sample", max_epochs=40, progress_bar=False)
     ref_latent_before = model.get_latent_representation()
     qm = VAE.load_query_data(query, model)

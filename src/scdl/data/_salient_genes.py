@@ -31,10 +31,10 @@ def salient_gene_table(
     chunks
         Pairs ``(with_salient, without_salient)`` of normalised expression (cells x genes,
         rows summing to 1) for target cells: decoded from ``[z, s]`` and from ``[z, 0]``;
-        or with the cells' observed counts third (any scale: each row is divided by its
-        total; a cell without counts adds zeros) and, optionally, fourth the normalised
-        expression the model expects with the salient code (e.g. a zero-inflated model's
-        ``(1 - zi_probs) * scale``; the first array when not given).
+        or four arrays: those two, the cells' observed counts (any scale: each row is
+        divided by its total; a cell without counts adds zeros) and the normalised expression
+        the model expects with the salient code (the first array for a negative binomial,
+        ``(1 - zi_probs) * scale`` for a zero-inflated one).
     var_names
         Gene names, in column order.
     library_size
@@ -47,7 +47,7 @@ def salient_gene_table(
         ``gene``; ``score``, the mean over target cells of ``|log2 fold change|`` between the
         two decodings; ``lfc_mean``, its signed mean (> 0: the salient space raises the gene);
         ``mean_with_salient`` and ``mean_without_salient`` (mean expression per
-        ``library_size`` counts). With observed counts also ``mean_observed`` (the same
+        ``library_size`` counts). With the counts also ``mean_observed`` (the same
         scale) and ``fits_data``: whether the expected mean (with the salient code) is within
         4-fold (``MAX_FIT_LOG2``, pseudocount 1) of the observed one; a gene the decoder
         does not fit has a fold change that says nothing about the data. Sorted by
@@ -59,12 +59,16 @@ def salient_gene_table(
         full, shared = (np.asarray(c, dtype=np.float64) * library_size for c in chunk[:2])
         lfc = np.log2(full + 1) - np.log2(shared + 1)
         rows = [np.abs(lfc).sum(0), lfc.sum(0), full.sum(0), shared.sum(0)]
-        if len(chunk) > 2:
-            counts = np.asarray(chunk[2], dtype=np.float64)
+        if len(chunk) == 4:
+            counts, expected = (np.asarray(c, dtype=np.float64) for c in chunk[2:])
             total = counts.sum(1, keepdims=True)
             rows.append((counts / np.where(total > 0, total, 1.0)).sum(0) * library_size)
-            expected = np.asarray(chunk[3 if len(chunk) > 3 else 0], dtype=np.float64)
             rows.append(expected.sum(0) * library_size)
+        elif len(chunk) != 2:
+            raise ValueError(
+                f"Each chunk holds 2 or 4 arrays (with and without the salient code; then the "
+                f"counts and the expected expression), got {len(chunk)}."
+            )
         part = np.stack(rows)
         sums = part if sums is None else sums + part
         n += full.shape[0]

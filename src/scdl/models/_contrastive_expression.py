@@ -26,25 +26,25 @@ if TYPE_CHECKING:
 class ContrastiveExpressionMixin:
     """Expression methods of :class:`~scdl.models.ContrastiveVAE`."""
 
-    def _decode_pairs(self, adata, indices, batch_size):
-        """Normalised expression of each cell decoded from ``[z, s]`` and from ``[z, 0]``,
-        the cells' counts (the minibatch's, already dense) and the expected share of them
-        decoded from ``[z, s]``."""
+    def _decode_pairs(self, adata, indices, batch_size, *, with_counts: bool = False):
+        """Normalised expression of each cell decoded from ``[z, s]`` and from ``[z, 0]``;
+        ``with_counts``: also the cells' counts (the minibatch's, already dense) and the share
+        of them the model expects from ``[z, s]``, for the fit check of the salient genes."""
         for tensors, inf in self._posterior(adata, indices, batch_size):
             z, s, lib = inf["qz"].loc, inf["qs"].loc, inf["library"]
             b = tensors[REGISTRY_KEYS.BATCH_KEY]
             px = self.module.generative(z, s, lib, b)["px"]
-            full = px.scale
             shared = self.module.generative(z, torch.zeros_like(s), lib, b)["px"].scale
-            # the minibatch's counts, which the fit is checked against: the distribution's
-            # expected share of them (a zero-inflated gene's excess zeros taken off its scale)
-            counts = tensors[REGISTRY_KEYS.X_KEY]
+            if not with_counts:
+                yield px.scale.cpu().numpy(), shared.cpu().numpy()
+                continue
+            # a zero-inflated gene's excess zeros taken off its scale
             zi = getattr(px, "zi_probs", None)
-            expected = full if zi is None else full * (1 - zi)
+            expected = px.scale if zi is None else px.scale * (1 - zi)
             yield (
-                full.cpu().numpy(),
+                px.scale.cpu().numpy(),
                 shared.cpu().numpy(),
-                counts.cpu().numpy(),
+                tensors[REGISTRY_KEYS.X_KEY].cpu().numpy(),
                 expected.cpu().numpy(),
             )
 
@@ -89,7 +89,7 @@ class ContrastiveExpressionMixin:
         adata = self._validate_anndata(adata)
         use_salient = None if target is None else target[idx]
         rows, start = [], 0
-        for full, shared, *_ in self._decode_pairs(adata, idx, batch_size):
+        for full, shared in self._decode_pairs(adata, idx, batch_size):
             if use_salient is None:
                 rows.append(shared[:, columns])
             else:
@@ -176,7 +176,7 @@ class ContrastiveExpressionMixin:
             )
         adata = self._validate_anndata(adata)
         table = salient_gene_table(
-            self._decode_pairs(adata, targets, batch_size),
+            self._decode_pairs(adata, targets, batch_size, with_counts=True),
             adata.var_names,
             library_size=library_size,
         )
