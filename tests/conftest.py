@@ -9,6 +9,16 @@ import anndata as ad
 import numpy as np
 import pytest
 
+# One thread per test process, set before torch and numba are imported: the suite runs as two
+# workers (pyproject's addopts), and on two cores torch's default two threads ran these small
+# models slower than one (drug + annotator tests: 493 s on two threads, 403 s on one, 285 s as
+# two one-thread workers). numba's count too: its first parallel call (scanpy's neighbours)
+# starts a team of one thread per core in the OpenMP runtime torch shares, whose spinning
+# threads took the other worker's core (the whole suite: 41 min instead of about 11). A count
+# the caller set is kept.
+for _var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 DATA = Path(os.environ.get("SCDL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
@@ -32,7 +42,10 @@ def fresh_session() -> dict:
 
     script = Path(__file__).with_name("fresh_session.py")
     args = [sys.executable, str(script), str(DATA / "kang_pbmc_1.5k.h5ad")]
-    out = subprocess.run(args, capture_output=True, text=True)
+    # without the suite's one-thread settings: a user's session has none, and with it numba
+    # would not move torch's thread count, which test_reliability checks scdl puts back
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    out = subprocess.run(args, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -437,13 +437,16 @@ def test_integration_metrics_freeze_the_sessions_objects_only_while_they_run():
 
     before = gc.get_freeze_count()
     inside = frozen_inside()
-    assert gc.get_freeze_count() == before
-    assert inside > 0 if before == 0 else inside == before
+    assert gc.get_freeze_count() <= before  # fewer only where another thread freed some
+    assert inside > 0 if before == 0 else 0.99 * before < inside <= before
     if before == 0:  # a user's own freeze (not done where the interpreter's is: it can't be undone)
         gc.freeze()
         try:
             frozen = gc.get_freeze_count()
-            assert frozen_inside() == frozen and gc.get_freeze_count() == frozen
+            # at most the user's objects, not one more frozen nor all thawed; a few fewer where
+            # another thread (pytest-xdist's channel) freed some of them meanwhile
+            assert 0.99 * frozen < frozen_inside() <= frozen
+            assert 0.99 * frozen < gc.get_freeze_count() <= frozen
         finally:
             gc.unfreeze()
 
