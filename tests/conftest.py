@@ -42,8 +42,8 @@ def fresh_session() -> dict:
 
     script = Path(__file__).with_name("fresh_session.py")
     args = [sys.executable, str(script), str(DATA / "kang_pbmc_1.5k.h5ad")]
-    # without the suite's one-thread settings: a user's session has none, and with it numba
-    # would not move torch's thread count, which test_reliability checks scdl puts back
+    # without a thread count in its environment (the suite's or the caller's), as a user's
+    # session starts: numba then moves torch's count, which test_reliability checks scdl puts back
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
     out = subprocess.run(args, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
