@@ -437,7 +437,9 @@ def test_integration_metrics_freeze_the_sessions_objects_only_while_they_run():
 
     before = gc.get_freeze_count()
     inside = frozen_inside()
-    assert gc.get_freeze_count() <= before  # fewer only where another thread freed some
+    # left as it was: not thawed (Python 3.12.1 starts with objects frozen) nor frozen further;
+    # a few fewer only where another thread (pytest-xdist's channel) freed some meanwhile
+    assert 0.99 * before <= gc.get_freeze_count() <= before
     assert inside > 0 if before == 0 else 0.99 * before < inside <= before
     if before == 0:  # a user's own freeze (not done where the interpreter's is: it can't be undone)
         gc.freeze()
