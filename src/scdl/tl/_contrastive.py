@@ -152,7 +152,7 @@ def contrastive(
         does), ``salient_genes`` (DataFrame of every gene ranked by
         :meth:`~scdl.models.ContrastiveVAE.get_salient_genes`: ``gene``, ``score``,
         ``lfc_mean``, ``mean_with_salient``, ``mean_without_salient``, ``mean_observed``,
-        ``fits_data``), ``history``
+        ``mean_background``, ``fits_data``), ``history``
         (per-epoch ``elbo_train``, ``elbo_validation`` (when cells are held out),
         ``reconstruction_loss_train`` and ``kl_local_train``, each with its ``<name>_epoch``
         array; empty when ``train_kwargs`` passes a ``logger``, which records them instead)
