@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 #: tiny inverse dispersion, whose likelihood barely constrains its mean, drifted 42-fold from
 #: the data (Kang 14k PBMCs on every gene) while 99% of genes stayed within 0.16 (review). The
 #: same bound holds the decoding without the salient code to the background cells like the
-#: target cells (99% of genes within 0.39 on Kang's PBMCs at the defaults, benchmarks/README.md)
+#: target cells (99% of genes within 0.27-0.68 on Kang's PBMCs at the defaults, stop 80)
 MAX_FIT_LOG2 = 2.0
 
 

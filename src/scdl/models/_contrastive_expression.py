@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 
 #: background cells pooled per target cell as the data its decoding without the salient code
-#: stands for (its nearest in the shared space; 10 or 50 move few genes, benchmarks/README.md)
+#: stands for (its nearest in the shared space); on Kang's PBMCs 10 flagged the same genes and
+#: 50 one more, outside the top 50 (benchmarks/README.md, stop 80)
 MATCHED_NEIGHBORS = 30
 
 
