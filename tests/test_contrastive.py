@@ -783,6 +783,11 @@ def test_the_decoding_without_the_salient_code_is_checked_against_like_backgroun
         again = model.get_salient_genes(adata=raised, n_top=None)
     fits = again["fits_data"].to_numpy()
     assert not again.set_index("gene").loc[top, "fits_data"] and not (fits[:-1] < fits[1:]).any()
+    # a target_mask of one donor's stimulated cells: the background stays the controls, not
+    # every cell outside the mask (the other donor's stimulated cells hold the response)
+    donor = (adata.obs["sample"] == "stim101").to_numpy()
+    one = model.get_salient_genes(n_top=None, target_mask=donor).set_index("gene")
+    assert one.loc["ISG15", "fits_data"] and one.loc["ISG15", "mean_background"] < 10
     # cells with no background cell: the decoding without the code has nothing to stand for
     alone = model.get_salient_genes(adata=adata[stim].copy(), n_top=None)
     assert "mean_background" not in alone and alone["fits_data"][:50].all()

@@ -53,6 +53,19 @@ class ContrastiveExpressionMixin:
                 _expected_share(px0).cpu().numpy(),
             )
 
+    def _background_mask(self, adata, target, target_mask) -> np.ndarray:
+        """The background cells of ``adata`` (``None``: the training data): the cells the
+        model's groupby rule calls background, not merely those outside a ``target_mask`` (a
+        mask of one donor's stimulated cells leaves the other donor's outside it); the cells
+        outside the mask where the rule cannot be read (``adata`` lacks the groupby column)."""
+        if target_mask is None:
+            return ~target
+        try:
+            rule = self._target_mask(self.adata if adata is None else adata)
+        except ValueError:  # no groupby column to read the rule from
+            return ~target
+        return ~rule & ~target
+
     def _background_like_targets(self, adata, targets, background, batch_size) -> np.ndarray:
         """Observed expression (each cell's counts over its total) of the background cells
         nearest the target cells in the shared space, pooled: each target cell's
@@ -193,8 +206,9 @@ class ContrastiveExpressionMixin:
             ``mean_observed`` (the target cells' counts per ``library_size``),
             ``mean_background`` (the counts of the background cells nearest the target cells
             in the shared space, each target cell's ``MATCHED_NEIGHBORS`` pooled, so they
-            follow the target cells' composition; absent when ``adata`` holds no background
-            cell) and ``fits_data`` (the model's expected means, for a zero-inflated model
+            follow the target cells' composition; background: the cells the trained groupby
+            rule calls so, not merely those outside ``target_mask``; absent when ``adata``
+            holds none) and ``fits_data`` (the model's expected means, for a zero-inflated model
             without its excess zeros, fit the data on both sides of the fold change: with
             the salient code within 4-fold of ``mean_observed``, without it no more than
             4-fold past ``mean_background``, away from the decoding with it; a gene of tiny
@@ -218,8 +232,8 @@ class ContrastiveExpressionMixin:
                 "groupby value for background, or target_mask all False). Pass cells of the "
                 "target group, or a target_mask marking them."
             )
+        background = np.flatnonzero(self._background_mask(adata, target, target_mask))
         adata = self._validate_anndata(adata)
-        background = np.flatnonzero(~target)
         table = salient_gene_table(
             self._decode_pairs(adata, targets, batch_size, with_counts=True),
             adata.var_names,
