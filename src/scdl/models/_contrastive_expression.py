@@ -34,9 +34,10 @@ class ContrastiveExpressionMixin:
 
     def _decode_pairs(self, adata, indices, batch_size, *, with_counts: bool = False):
         """Normalised expression of each cell decoded from ``[z, s]`` and from ``[z, 0]``;
-        ``with_counts``: also the cells' counts (the minibatch's, already dense) and the shares
-        of them the model expects from ``[z, s]`` and from ``[z, 0]``, for the fit check of
-        the salient genes."""
+        ``with_counts``: also the cells' counts (the minibatch's, already dense) and the share
+        of them the model expects from ``[z, s]`` and, for a zero-inflated model (whose
+        expected share is not its scale), from ``[z, 0]``: the fit check of the salient
+        genes (:func:`scdl.data.salient_gene_table` reads the second decoding otherwise)."""
         for tensors, inf in self._posterior(adata, indices, batch_size):
             z, s, lib = inf["qz"].loc, inf["qs"].loc, inf["library"]
             b = tensors[REGISTRY_KEYS.BATCH_KEY]
@@ -45,13 +46,15 @@ class ContrastiveExpressionMixin:
             if not with_counts:
                 yield px.scale.cpu().numpy(), px0.scale.cpu().numpy()
                 continue
-            yield (
+            chunk = (
                 px.scale.cpu().numpy(),
                 px0.scale.cpu().numpy(),
                 tensors[REGISTRY_KEYS.X_KEY].cpu().numpy(),
                 _expected_share(px).cpu().numpy(),
-                _expected_share(px0).cpu().numpy(),
             )
+            # a negative binomial expects its scale: no copy of the second decoding
+            zero_inflated = getattr(px0, "zi_probs", None) is not None
+            yield (*chunk, _expected_share(px0).cpu().numpy()) if zero_inflated else chunk
 
     def _background_mask(self, adata, target, target_mask) -> np.ndarray:
         """The background cells of ``adata`` (``None``: the training data): the cells the
@@ -257,7 +260,7 @@ def _expected_share(px) -> torch.Tensor:
 
 def _warn_if_misfit_genes_rank_high(table, library_size: float, top: int) -> None:
     """Name the genes the decoder does not fit that scored among the ``top`` of a table of
-    several genes (they are ranked last instead), each with the side that is off."""
+    several genes (they are ranked last instead), each with the data of both sides."""
     misfit = table[~table["fits_data"]]
     if misfit.empty or len(misfit) == len(table):  # none, or no ranking to move them in
         return
@@ -265,7 +268,7 @@ def _warn_if_misfit_genes_rank_high(table, library_size: float, top: int) -> Non
     high = misfit[misfit["score"] >= cut]
     if high.empty:
         return
-    shown = ", ".join(_misfit_side(r) for r in high.head(5).itertuples())
+    shown = ", ".join(_both_sides(r) for r in high.head(5).itertuples())
     many = len(high) > 1
     warn_user(
         f"{len(high)} gene{'s' * many} with a salient score among the top {top} "
@@ -279,15 +282,14 @@ def _warn_if_misfit_genes_rank_high(table, library_size: float, top: int) -> Non
     )
 
 
-def _misfit_side(row) -> str:
-    """``GENE (decoded vs observed)`` on the side of the fold change that is further off (the
-    decoding without the salient code counted only past the background's data)."""
-    off_target = abs(np.log2(row.mean_with_salient + 1) - np.log2(row.mean_observed + 1))
-    background = getattr(row, "mean_background", np.nan)
-    past = np.sign(row.lfc_mean) * (np.log2(background + 1) - np.log2(row.mean_without_salient + 1))
-    if past > off_target:  # NaN (no background cells) compares False
-        return (
-            f"{row.gene} ({row.mean_without_salient:.3g} decoded without the salient code vs "
-            f"{background:.3g} in the background)"
-        )
-    return f"{row.gene} ({row.mean_with_salient:.3g} decoded vs {row.mean_observed:.3g} observed)"
+def _both_sides(row) -> str:
+    """``GENE (decoded vs observed, with and without the salient code)``: the data of both
+    sides of the fold change, whichever the check found off."""
+    with_code = f"{row.mean_with_salient:.3g} decoded vs {row.mean_observed:.3g} observed"
+    background = getattr(row, "mean_background", None)
+    if background is None:
+        return f"{row.gene} ({with_code})"
+    return (
+        f"{row.gene} ({with_code}; without the salient code {row.mean_without_salient:.3g} "
+        f"decoded vs {background:.3g} in the background)"
+    )
