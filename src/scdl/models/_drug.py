@@ -22,12 +22,11 @@ from scdl.data import (
     check_response,
     check_unique_var_names,
     get_matrix,
-    profiles_from_expression,
     select_model_genes,
 )
 from scdl.dataloaders import DomainSplitter
 from scdl.module import RESPONSE_KEY, DrugResponseModule
-from scdl.train import EpochLoggingTrainingPlan, TrainingDivergedError, quiet_loggers
+from scdl.train import EpochLoggingTrainingPlan, quiet_loggers
 
 from ._base import SafeSaveLoadMixin
 from ._devices import lightning_devices
@@ -38,7 +37,7 @@ from ._drug_args import (
     resolve_prediction,
     warn_unused_training_options,
 )
-from ._drug_fit import DEFAULT_TARGET_BATCH_SIZE, DrugFittingMixin
+from ._drug_fit import DEFAULT_TARGET_BATCH_SIZE, DrugFittingMixin, check_not_diverged, line_folds
 from ._drug_predict import DrugPredictionMixin
 
 #: response metrics where a higher value means a more sensitive line (CCLE's activity area:
@@ -57,11 +56,6 @@ RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
 
 
 # --- the model -----------------------------------------------------------------------------
-
-
-#: held-out error over the measured responses' spread (median over drugs) above which the
-#: network's weights count as blown up: a working model sits near or below 1
-MAX_RESIDUAL_RATIO = 10.0
 
 
 class DrugResponseModel(
@@ -381,17 +375,6 @@ class DrugResponseModel(
             self.registry_["field_registries"][RESPONSE_KEY]["state_registry"]["column_names"]
         )
 
-    def _bulk(self) -> tuple[np.ndarray, np.ndarray]:
-        """Training profiles (lines x model genes) and responses (lines x drugs)."""
-        x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        profiles = profiles_from_expression(
-            x, self.adata.var_names, self.genes, scale=self.input_scale
-        )
-        y = self.adata_manager.get_from_registry(RESPONSE_KEY)
-        # nullable Float64/Int64 columns come as objects holding pd.NA: read as NaN
-        y = pd.DataFrame(y)
-        return profiles, np.asarray(y.where(y.notna(), np.nan), dtype=np.float64)
-
     def _count_profile_rows(self, x, var_names: pd.Index, n_neighbors: int) -> CountProfiles:
         """Counts to the model's input, made on demand by rows (the same code path)."""
         return CountProfiles(
@@ -403,18 +386,6 @@ class DrugResponseModel(
     ):
         """:meth:`_count_profile_rows` a block of rows at a time, in order."""
         return self._count_profile_rows(x, var_names, n_neighbors).blocks(chunk_rows)
-
-    def _set_scaling(self) -> None:
-        profiles, y = self._bulk()
-        gene_scale = profiles.astype(np.float64).std(axis=0)
-        # A gene with one value in every bulk line (e.g. at the array's floor) carries no
-        # signal; float32 rounding leaves it a spread of ~1e-5, and dividing by that would
-        # blow a cell's value up ~1e5-fold. An infinite scale gives it input 0 everywhere.
-        typical = np.median(gene_scale[gene_scale > 0]) if (gene_scale > 0).any() else 1.0
-        gene_scale[gene_scale < 1e-4 * typical] = np.inf
-        self.module.set_scaling(
-            profiles.mean(axis=0), gene_scale, np.nanmean(y, axis=0), np.nanstd(y, axis=0)
-        )
 
     # --- training ---
 
@@ -475,19 +446,10 @@ class DrugResponseModel(
 
         adata = self._require_adata()
         profiles, responses = self._bulk()
-        # folds of cell lines, not rows: a line's replicate in another fold would make its
-        # "held-out" prediction a training one (and the calibrated sd too narrow); with one
-        # row per line this is the permutation of rows
-        line = pd.Series(adata.obs_names, index=adata.obs_names, dtype=object)
-        if "cell_line_key" in adata.obs:  # scdl.datasets.gdsc's join key; rows without one alone
-            key = adata.obs["cell_line_key"].astype(object)
-            line = key.where(key.notna(), line)
-        codes, lines = pd.factorize(line.astype(str))
         # scvi-tools leaves its seed unset (None); the folds are the wide path's only draw,
         # so an unset seed gives seed 0's folds rather than new ones on every run
         seed = 0 if scvi.settings.seed is None else int(scvi.settings.seed)
-        order = np.random.RandomState(seed).permutation(len(lines))
-        folds = (order % self.module.n_ensemble)[codes]
+        folds, lines = line_folds(adata, self.module.n_ensemble, seed)
         if self.module.prediction == "wide":  # no network: closed-form ridges on all lines
             warn_unused_training_options(self.train, **given)
             self.module.eval()
@@ -513,19 +475,7 @@ class DrugResponseModel(
                 # after the network, so a diverged run leaves every weight as it was
                 alphas = self._fit_ridge(profiles, responses, folds)
             stats = self._calibrate(folds, alphas, (profiles, responses))
-            # weights blown up without reaching NaN (a huge lr or weight_decay) predict
-            # finite values far outside every measured response
-            spread = np.nanstd(np.asarray(responses, dtype=np.float64), axis=0)
-            varies = spread > 0  # a drug every line answers alike has no spread to compare
-            ratio = float(np.nanmedian(stats["residual_sd"].to_numpy()[varies] / spread[varies]))
-            if ratio > MAX_RESIDUAL_RATIO:
-                raise TrainingDivergedError(
-                    f"Training diverged: on held-out lines the predictions' error is {ratio:.3g} "
-                    "times the spread of the measured responses (median over drugs): the "
-                    "weights blew up without becoming NaN. The model's weights were restored to "
-                    f"what they were before this .train() call. Lower lr={lr:g} or "
-                    f"weight_decay={weight_decay:g} (e.g. 10x smaller) and train again."
-                )
+            check_not_diverged(stats, responses, lr=lr, weight_decay=weight_decay)
             self.drug_stats_ = stats
             self.training_lines_ = [str(x) for x in lines]
 

@@ -1,6 +1,7 @@
 """Fitting the two paths of :class:`~scdl.models.DrugResponseModel`: Lightning training of the
 deep path (scvi-tools' loop, with the cells as a second domain), the closed-form ridges of the
-wide path, and the per-drug calibration on held-out lines.
+wide path, and the per-drug calibration on held-out lines; the bulk lines' profiles and
+responses, their scaling, their folds and the check that the network did not blow up.
 
 A mixin of the model class (``train`` orchestrates; these are its steps).
 """
@@ -12,21 +13,55 @@ import warnings
 import numpy as np
 import pandas as pd
 import torch
+from scvi import REGISTRY_KEYS
 from scvi.model.base import UnsupervisedTrainingMixin
 
 from scdl._warnings import warn_user
-from scdl.data import check_non_negative, check_positive_int, matched_reference
-from scdl.module import drug_table, heldout_predictions
-from scdl.train import guarded_training
+from scdl.data import (
+    check_non_negative,
+    check_positive_int,
+    matched_reference,
+    profiles_from_expression,
+)
+from scdl.module import RESPONSE_KEY, drug_table, heldout_predictions
+from scdl.train import TrainingDivergedError, guarded_training
 
 from ._training import plan_training
 
 #: ``DrugResponseModel.train``'s ``target_batch_size`` default
 DEFAULT_TARGET_BATCH_SIZE = 32
+#: held-out error over the measured responses' spread (median over drugs) above which the
+#: network's weights count as blown up: a working model sits near or below 1
+MAX_RESIDUAL_RATIO = 10.0
 
 
 class DrugFittingMixin:
     """Training steps of :class:`~scdl.models.DrugResponseModel`."""
+
+    def _bulk(self) -> tuple[np.ndarray, np.ndarray]:
+        """Training profiles (lines x model genes) and responses (lines x drugs)."""
+        x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        profiles = profiles_from_expression(
+            x, self.adata.var_names, self.genes, scale=self.input_scale
+        )
+        y = self.adata_manager.get_from_registry(RESPONSE_KEY)
+        # nullable Float64/Int64 columns come as objects holding pd.NA: read as NaN
+        y = pd.DataFrame(y)
+        return profiles, np.asarray(y.where(y.notna(), np.nan), dtype=np.float64)
+
+    def _set_scaling(self) -> None:
+        """The module's input and response scaling: the bulk lines' per-gene mean and sd, and
+        each drug's mean and sd over the lines measured."""
+        profiles, y = self._bulk()
+        gene_scale = profiles.astype(np.float64).std(axis=0)
+        # A gene with one value in every bulk line (e.g. at the array's floor) carries no
+        # signal; float32 rounding leaves it a spread of ~1e-5, and dividing by that would
+        # blow a cell's value up ~1e5-fold. An infinite scale gives it input 0 everywhere.
+        typical = np.median(gene_scale[gene_scale > 0]) if (gene_scale > 0).any() else 1.0
+        gene_scale[gene_scale < 1e-4 * typical] = np.inf
+        self.module.set_scaling(
+            profiles.mean(axis=0), gene_scale, np.nanmean(y, axis=0), np.nanstd(y, axis=0)
+        )
 
     def _train_network(self, profiles, folds, *, max_epochs, plan, after=None, **kwargs):
         """Lightning training of the deep path (scvi-tools' loop), guarded against divergence;
@@ -138,3 +173,38 @@ class DrugFittingMixin:
                 UserWarning,
             )
         return drug_table(heldout, y, self.drugs, alphas)
+
+
+def line_folds(adata, n_folds: int, seed: int) -> tuple[np.ndarray, pd.Index]:
+    """Each bulk row's fold, drawn with ``seed``, and the cell lines in order of first row.
+
+    Folds of cell lines, not rows: a line's replicate in another fold would make its
+    "held-out" prediction a training one (and the calibrated sd too narrow); with one row per
+    line this is the permutation of rows. A line is its ``obs["cell_line_key"]``
+    (:func:`scdl.datasets.gdsc`'s join key) where given, else its row.
+    """
+    line = pd.Series(adata.obs_names, index=adata.obs_names, dtype=object)
+    if "cell_line_key" in adata.obs:
+        key = adata.obs["cell_line_key"].astype(object)
+        line = key.where(key.notna(), line)
+    codes, lines = pd.factorize(line.astype(str))
+    order = np.random.RandomState(seed).permutation(len(lines))
+    return (order % n_folds)[codes], lines
+
+
+def check_not_diverged(stats: pd.DataFrame, responses, *, lr: float, weight_decay: float) -> None:
+    """Refuse a network whose held-out error (``stats["residual_sd"]``, per drug) is over
+    ``MAX_RESIDUAL_RATIO`` times the spread of the measured ``responses`` (median over the
+    drugs that vary): weights blown up without reaching NaN (a huge lr or weight_decay)
+    predict finite values far outside every measured response."""
+    spread = np.nanstd(np.asarray(responses, dtype=np.float64), axis=0)
+    varies = spread > 0  # a drug every line answers alike has no spread to compare
+    ratio = float(np.nanmedian(stats["residual_sd"].to_numpy()[varies] / spread[varies]))
+    if ratio > MAX_RESIDUAL_RATIO:
+        raise TrainingDivergedError(
+            f"Training diverged: on held-out lines the predictions' error is {ratio:.3g} "
+            "times the spread of the measured responses (median over drugs): the "
+            "weights blew up without becoming NaN. The model's weights were restored to "
+            f"what they were before this .train() call. Lower lr={lr:g} or "
+            f"weight_decay={weight_decay:g} (e.g. 10x smaller) and train again."
+        )

@@ -14,7 +14,13 @@ from scdl._version import __version__ as scdl_version
 from scdl._warnings import warn_user
 from scdl.data import check_writable, warn_slashed_names, writable, write_categorical
 
-from ._majority import majority_vote
+from ._majority import (
+    categories_given,
+    cluster_column,
+    clusters_given,
+    given_clusters,
+    majority_vote,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -337,7 +343,7 @@ def annotate(
     )
     clusters, graph = None, None
     if majority_voting and over_clustering is not None:
-        clusters = _given_clusters(adata, over_clustering)
+        clusters = given_clusters(adata, over_clustering)
     elif majority_voting:  # the user's neighbour graph, as CellTypist over-clusters
         graph = adata.obsp["connectivities"] if "connectivities" in adata.obsp else None
     calls, probs = model.annotate_cells(
@@ -359,7 +365,7 @@ def annotate(
         if clusters is None:
             clusters = calls["over_cluster"].to_numpy()
         voted, support = majority_vote(label.to_numpy(), clusters, min_support=min_support)
-    user_order = _categories_given(adata, over_clustering) if majority_voting else None
+    user_order = categories_given(adata, over_clustering) if majority_voting else None
     adata = writable(adata, copy=copy)
     # the model's order, without types no cell holds (scanpy's rank_genes_groups and dotplot
     # fail on an empty group; uns[key_added]["cell_types"] lists every type)
@@ -375,7 +381,7 @@ def annotate(
     adata.obsm[f"{key_added}_probabilities"] = probs
     voting = [f"{key_added}_{k}" for k in _VOTING_FIELDS]
     if majority_voting:
-        adata.obs[voting[0]] = _cluster_column(clusters, user_order)
+        adata.obs[voting[0]] = cluster_column(clusters, user_order)
         write_categorical(
             adata,
             voting[1],
@@ -394,7 +400,7 @@ def annotate(
             "adapt_to_query": adapt_to_query,
             "majority_voting": bool(majority_voting),
             # clusters given without majority voting are not used (said in a warning)
-            "over_clustering": _clusters_given(over_clustering, graph) if majority_voting else "",
+            "over_clustering": clusters_given(over_clustering, graph) if majority_voting else "",
             "min_support": float(min_support),
             "random_state": "" if random_state is None else int(random_state),
         },
@@ -456,68 +462,6 @@ def _check_model_labels(model, key_added: str, *, unknown: bool) -> None:
             f"df.columns = [c if c.strip() else 'unnamed' for c in df.columns]`.",
             UserWarning,
         )
-
-
-def _given_clusters(adata: AnnData, over_clustering) -> np.ndarray:
-    """The user's over-clustering: an obs column, or one cluster per cell."""
-    if isinstance(over_clustering, str):
-        from scdl.data import check_obs_key
-
-        return check_obs_key(adata, over_clustering, arg="over_clustering").to_numpy()
-    if isinstance(over_clustering, pd.Series):  # by cell name, as pandas aligns (not position)
-        if (
-            not over_clustering.index.is_unique
-            or not adata.obs_names.isin(over_clustering.index).all()
-        ):
-            raise ValueError(
-                "over_clustering is a Series whose index does not name every cell of adata "
-                "once; index it by adata.obs_names (or pass its values: `.to_numpy()`)."
-            )
-        over_clustering = over_clustering.reindex(adata.obs_names)
-    clusters = np.asarray(over_clustering)
-    if clusters.shape != (adata.n_obs,):
-        raise ValueError(
-            f"over_clustering must be an obs column name or hold one cluster per cell "
-            f"({adata.n_obs}); got shape {clusters.shape}."
-        )
-    n_missing = int(pd.isna(pd.Series(clusters, dtype=object)).sum())
-    if n_missing:  # as an obs column with them is refused: else they vote as one cluster
-        raise ValueError(
-            f"over_clustering has {n_missing} missing values (NaN/None); give every cell a "
-            "cluster, or pass over_clustering=None to compute one."
-        )
-    return clusters
-
-
-def _categories_given(adata: AnnData, over_clustering) -> list[str] | None:
-    """The order of a categorical over-clustering the user gave (an obs column or a
-    Series), as strings; ``None`` for any other."""
-    column = adata.obs.get(over_clustering) if isinstance(over_clustering, str) else over_clustering
-    if isinstance(getattr(column, "dtype", None), pd.CategoricalDtype):  # Series or Categorical
-        return [str(c) for c in column.dtype.categories]
-    return None
-
-
-def _cluster_column(clusters, order: list[str] | None) -> pd.Categorical:
-    """Cluster ids as a categorical of strings, as scanpy writes Leiden's: in the given
-    order, else numbers by value (0, 1, 2, ..., 10, not 0, 1, 10) and any other ids after
-    them in text order."""
-    values = pd.Series(clusters).astype(str).to_numpy()
-    present = set(values)
-    if order is None:
-        order = sorted(
-            present, key=lambda v: (0, int(v), "") if v.lstrip("-").isdigit() else (1, 0, v)
-        )
-    return pd.Categorical(values, categories=[c for c in order if c in present])
-
-
-def _clusters_given(over_clustering, graph) -> str:
-    """How ``params`` records the over-clustering: its obs column, or where it came from."""
-    if isinstance(over_clustering, str):
-        return over_clustering
-    if over_clustering is not None:
-        return "an array given per cell"
-    return "" if graph is None else "Leiden of obsp['connectivities']"
 
 
 def _model_summary(model, model_name: str) -> dict:
