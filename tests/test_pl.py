@@ -12,6 +12,16 @@ from matplotlib.figure import Figure  # noqa: E402
 import scdl  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Each test's figures closed after it: pyplot keeps every figure a test leaves open (a
+    worker held over 20 of them, matplotlib's memory warning)."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 def test_embedding_side_by_side(kang_integrated, tmp_path):
     adata, _ = kang_integrated
     fig = scdl.pl.embedding(
