@@ -25,6 +25,8 @@ reference are the simple baseline a ranking of the model's own must beat.
 
     python benchmarks/annotation_attribution.py --seeds 0 1 2
     python benchmarks/annotation_attribution.py --only kang2k cellbench --k 5 10 20
+    python benchmarks/annotation_attribution.py --seeds 1 --out s1.csv   # a seed per core,
+    python benchmarks/annotation_attribution.py --read s0.csv s1.csv s2.csv  # then together
 """
 
 from __future__ import annotations
@@ -129,7 +131,12 @@ def main() -> None:
     p.add_argument("--n-cells", type=int, default=100)
     p.add_argument("--only", nargs="+", help="split-name prefixes")
     p.add_argument("--out", help="CSV of every row")
+    p.add_argument("--read", nargs="+", metavar="CSV", help="report saved runs (--out), no run")
     args = p.parse_args()
+    if args.read:
+        table = pd.concat([pd.read_csv(f) for f in args.read], ignore_index=True)
+        report(table, sorted(set(table["k"])))
+        return
     rows = []
     for name, ref, qry in splits():
         if args.only and not any(name.startswith(x) for x in args.only):
@@ -151,22 +158,41 @@ def main() -> None:
     table = pd.DataFrame(rows)
     if args.out:
         table.to_csv(args.out, index=False)
+    report(table, args.k)
+
+
+def report(table: pd.DataFrame, ks) -> None:
+    """Per k: each split's mean over types (one table per measure), the mean over splits and
+    the worst split, scdl's lead over the better baseline per split, and the spread over
+    seeds of the mean over splits."""
     per_split = (
-        table.groupby(["split", "method", "k"])[["prob_fall", "calls_lost"]].mean().reset_index()
+        table.groupby(["split", "method", "k", "seed"])[["prob_fall", "calls_lost"]]
+        .mean()
+        .groupby(["split", "method", "k"])
+        .mean()
+        .reset_index()
     )
-    for k in args.k:
+    methods = [m for m in METHODS if m in set(table["method"])]
+    for k in ks:
         view = per_split[per_split["k"] == k].pivot(index="split", columns="method")
         print(f"\n== top {k} genes set to zero: fall in the type's probability / calls lost")
-        print(view["prob_fall"][list(METHODS)].round(3).to_string())
-        print(view["calls_lost"][list(METHODS)].round(3).to_string())
-        means = view["prob_fall"][list(METHODS)]
+        print(view["prob_fall"][methods].round(3).to_string())
+        print(view["calls_lost"][methods].round(3).to_string())
+        means = view["prob_fall"][methods]
         print("mean over splits:", means.mean().round(3).to_dict())
         print("worst split:", means.min().round(3).to_dict())
         lead = means["scdl"] - means[["Wilcoxon", "logistic regression"]].max(axis=1)
         print("scdl - best baseline, per split:", lead.round(3).to_dict())
-    spread = table.groupby(["method", "k", "seed"])["prob_fall"].mean().unstack("seed")
-    print("\nfall in probability, mean over splits and types, per seed:")
-    print(spread.round(3).to_string())
+    by_seed = (
+        table.groupby(["split", "method", "k", "seed"])["prob_fall"]
+        .mean()
+        .groupby(["method", "k", "seed"])
+        .mean()
+        .unstack("seed")
+    )
+    print("\nfall in probability, mean over splits, per seed (and their mean, sd):")
+    by_seed["mean"], by_seed["sd"] = by_seed.mean(axis=1), by_seed.std(axis=1, ddof=0)
+    print(by_seed.round(3).to_string())
 
 
 if __name__ == "__main__":
