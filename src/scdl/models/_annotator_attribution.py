@@ -2,7 +2,8 @@
 each cell type's call (integrated gradients through the module).
 
 A mixin of the model class, beside :class:`~._annotator_predict.AnnotatorPredictionMixin`
-whose ``_query_matrix`` and ``predict`` it uses.
+whose ``predict`` (and :class:`~._annotator_input.AnnotatorInputMixin`'s ``_query_matrix``) it
+uses.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ def integer_counts(x) -> sparse.csr_matrix | None:
         return x
     # the smallest value of each cell as its one count, over the model's genes only (a query
     # read from log1p values has its counts already where its genes showed them: see
-    # AnnotatorPredictionMixin._query_matrix; this reads what that left on the CP10k scale)
+    # AnnotatorInputMixin._query_matrix; this reads what that left on the CP10k scale)
     filled = np.diff(x.indptr) > 0
     units = np.ones(x.shape[0])
     units[filled] = np.minimum.reduceat(x.data, x.indptr[:-1][filled])
