@@ -35,6 +35,7 @@ import argparse
 import time
 import warnings
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import scanpy as sc
@@ -76,15 +77,14 @@ def rankings(model, ref, qry, types, n_cells: int, seed: int) -> dict:
     return out
 
 
-def deleted(qry, cells: np.ndarray, genes: list[str]):
-    """The query's ``cells`` with ``genes`` set to zero counts (a sparse copy)."""
-    sub = qry[cells].copy()
-    keep = np.ones(sub.n_vars)
-    keep[sub.var_names.get_indexer(genes)] = 0.0
-    x = sparse.csr_matrix(sub.X) @ sparse.diags(keep)
+def deleted(cells, genes: list[str]):
+    """``cells`` (an AnnData of CSR counts) with ``genes`` set to zero counts: a new AnnData
+    sharing their obs and var, only the matrix copied."""
+    keep = np.ones(cells.n_vars)
+    keep[cells.var_names.get_indexer(genes)] = 0.0
+    x = cells.X @ sparse.diags(keep)
     x.eliminate_zeros()
-    sub.X = sparse.csr_matrix(x, dtype=np.float32)
-    return sub
+    return ad.AnnData(X=sparse.csr_matrix(x, dtype=np.float32), obs=cells.obs, var=cells.var)
 
 
 def deletion_scores(model, qry, types, ranked: dict, ks) -> list[dict]:
@@ -98,12 +98,14 @@ def deletion_scores(model, qry, types, ranked: dict, ks) -> list[dict]:
         if len(right) < 5:
             continue
         p0 = base[t].to_numpy()[right]
+        cells = qry[right].copy()  # once per type: each ranking and k only masks its genes
+        cells.X = sparse.csr_matrix(cells.X)
         for method, k in ((m, k) for m in METHODS for k in ks):
             draws = ranked[method][t] if method == "random" else [ranked[method][t]]
             falls, lost = [], []
             for order in draws:
                 p = model.predict(
-                    deleted(qry, right, order[:k]), soft=True, unknown=False, adapt_to_query=0
+                    deleted(cells, order[:k]), soft=True, unknown=False, adapt_to_query=0
                 )
                 falls.append(float(np.mean(p0 - p[t].to_numpy())))
                 lost.append(float(np.mean(p.idxmax(1).to_numpy() != t)))

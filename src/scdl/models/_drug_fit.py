@@ -36,7 +36,8 @@ MAX_RESIDUAL_RATIO = 10.0
 
 
 class DrugFittingMixin:
-    """Training steps of :class:`~scdl.models.DrugResponseModel`."""
+    """Training steps of :class:`~scdl.models.DrugResponseModel`; ``_bulk`` (the lines'
+    profiles and responses) is read by prediction too (the line similarity, attributions)."""
 
     def _bulk(self) -> tuple[np.ndarray, np.ndarray]:
         """Training profiles (lines x model genes) and responses (lines x drugs)."""
