@@ -8,6 +8,7 @@ from ._cluster import cluster
 from ._contrastive import contrastive
 from ._drug_response import drug_response
 from ._integrate import integrate
+from ._map_query import map_query
 from ._metrics import integration_metrics
 
 __all__ = [
@@ -17,4 +18,5 @@ __all__ = [
     "drug_response",
     "integrate",
     "integration_metrics",
+    "map_query",
 ]
