@@ -64,7 +64,7 @@ def vote(ref_latent, labels, qry_latent) -> np.ndarray:
     return KNeighborsClassifier(n_neighbors=K).fit(ref_latent, labels).predict(qry_latent)
 
 
-def run_scdl(ref, qry, seed: int):
+def run_scdl(ref, qry, genes, seed: int):
     import scdl
 
     model = scdl.tl.integrate(ref, batch_key=BATCH, random_state=seed, progress_bar=False)
@@ -74,11 +74,10 @@ def run_scdl(ref, qry, seed: int):
     ].to_numpy()
 
 
-def run_scvi(ref, qry, seed: int):
+def run_scvi(ref, qry, genes, seed: int):
     import scvi
 
     scvi.settings.seed = seed
-    genes = hvg(ref)
     r, q = ref[:, genes].copy(), qry[:, genes].copy()
     scvi.model.SCVI.setup_anndata(r, batch_key=BATCH)
     arches = dict(
@@ -95,15 +94,13 @@ def run_scvi(ref, qry, seed: int):
     return vote(vae.get_latent_representation(), r.obs["cell_type"], qm.get_latent_representation())
 
 
-def run_pca(ref, qry, seed: int):
-    genes = hvg(ref)
+def run_pca(ref, qry, genes, seed: int):
     x_ref, x_qry = (np.asarray(lognorm(a[:, genes]).toarray()) for a in (ref, qry))
     pca = PCA(n_components=min(50, *x_ref.shape), random_state=seed).fit(x_ref)
     return vote(pca.transform(x_ref), ref.obs["cell_type"], pca.transform(x_qry))
 
 
-def run_lr(ref, qry, seed: int):
-    genes = hvg(ref)
+def run_lr(ref, qry, genes, seed: int):
     return run_logreg(ref[:, genes].copy(), qry[:, genes].copy())[0]
 
 
@@ -136,12 +133,13 @@ def main() -> None:
         for a in (ref, qry):
             if not sparse.issparse(a.X):
                 a.X = sparse.csr_matrix(a.X)
+        genes = hvg(ref)  # the peers' genes (scdl chooses its own per batch): once per split
         known = qry.obs["cell_type"].isin(set(ref.obs["cell_type"])).to_numpy()
         truth = qry.obs["cell_type"].astype(str).to_numpy()[known]
         for seed in args.seeds:
             for method in args.methods:
                 t0 = time.perf_counter()
-                out = RUNNERS[method](ref, qry.copy(), seed)
+                out = RUNNERS[method](ref, qry.copy(), genes, seed)
                 pred, unc = out if isinstance(out, tuple) else (out, None)
                 pred = np.asarray(pred, dtype=str)[known]
                 right = pred == truth

@@ -65,9 +65,9 @@ def map_query(
     ``adata``. With ``labels_key``, each query cell takes the majority label of its
     ``n_neighbors`` nearest labelled reference cells in that space (scikit-learn's
     :class:`~sklearn.neighbors.KNeighborsClassifier`), with the share of neighbours that
-    disagree as its uncertainty. Every query cell gets a reference label, also a cell of a
-    type the reference lacks: its uncertainty is often high, but not always, so set a cut on
-    ``uncertainty`` only after looking at its distribution.
+    disagree as its uncertainty. Every query cell gets one of the reference's labels, a cell
+    of a type the reference lacks too: the uncertainty is the vote's disagreement, not a
+    novelty call (:func:`scdl.tl.annotate` calls cells of new types "Unknown").
 
     Parameters
     ----------
@@ -176,10 +176,12 @@ def map_query(
         check_key_added(labels_added)
     genes = pd.Index(reference.get_var_names())
     get_matrix(adata, layer)
-    if not genes.isin(unique_gene_names(adata)).all():
+    names = unique_gene_names(adata)
+    if not genes.isin(names).all():
         raise ValueError(gene_mismatch_message(genes, adata))
-    # the reference's genes only: a query's other genes may hold anything
-    check_counts(adata[:, unique_gene_names(adata).get_indexer(genes)], layer)
+    # the reference's genes only (a query's other genes may hold anything), on the user's
+    # AnnData: its errors then name where counts sit instead (another layer, .raw)
+    check_counts(adata[:, names.get_indexer(genes)], layer)
     # the model trains on its own AnnData: the user's object gets no _scvi_* columns
     query = training_adata(adata, genes, layer=layer, obs_keys=list(adata.obs.columns))
     with _seeded(random_state):
